@@ -1,0 +1,34 @@
+//! One file per subcommand. `dispatch` is the only entry; commands that need no database never
+//! open it.
+
+mod bench;
+mod demo;
+mod emulator;
+mod report;
+mod resume;
+mod retry;
+mod run;
+mod runs;
+mod status;
+
+use crate::cli::{Cli, Command};
+use crate::exit::{ExitError, ExitStatus};
+
+pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
+    match cli.command {
+        Command::Run(args) => run::run(&cli.db, args).await,
+        Command::Resume(args) => resume::resume(&cli.db, args).await,
+        Command::Retry(args) => retry::retry(&cli.db, args).await,
+        Command::Status(args) => status::status(&cli.db, args),
+        Command::Runs => runs::runs(&cli.db),
+        Command::Report(args) => report::report(&cli.db, args),
+        Command::Emulator(args) => emulator::emulator(args).await,
+        Command::Demo(args) => demo::demo(args).await,
+        Command::Bench(args) => bench::bench(args).await,
+    }
+}
+
+/// Answer of a command that a later issue fills in.
+fn not_implemented(command: &str) -> anyhow::Result<ExitStatus> {
+    Err(ExitError::usage(format!("`{command}` is not implemented yet")).into())
+}

@@ -1,0 +1,1 @@
+//! The Graph client: HTTP, authentication, retries and throttling. Nothing else builds URLs.

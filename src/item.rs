@@ -1,0 +1,453 @@
+//! The vocabulary of a run: item states, reason codes, run mode, options and the records the
+//! queue stores. Every stage (source, queue, workers, report) speaks these types; the strings
+//! they serialise to are the external contract of SPEC.md and must not change.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::User;
+
+/// Where an item is in its life: `pending` → `in_flight` → one terminal state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemState {
+    Pending,
+    /// Only while a request for the item may be on the wire.
+    InFlight,
+    Converted,
+    WouldConvert,
+    Skipped,
+    Blocked,
+    Failed,
+}
+
+impl ItemState {
+    pub const ALL: [ItemState; 7] = [
+        ItemState::Pending,
+        ItemState::InFlight,
+        ItemState::Converted,
+        ItemState::WouldConvert,
+        ItemState::Skipped,
+        ItemState::Blocked,
+        ItemState::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ItemState::Pending => "pending",
+            ItemState::InFlight => "in_flight",
+            ItemState::Converted => "converted",
+            ItemState::WouldConvert => "would_convert",
+            ItemState::Skipped => "skipped",
+            ItemState::Blocked => "blocked",
+            ItemState::Failed => "failed",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, ItemState::Pending | ItemState::InFlight)
+    }
+
+    /// Terminal states that still make the run's exit code 3.
+    pub fn needs_attention(self) -> bool {
+        matches!(self, ItemState::Blocked | ItemState::Failed)
+    }
+}
+
+impl fmt::Display for ItemState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ItemState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ItemState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown item state `{s}`"))
+    }
+}
+
+/// Why an item was blocked or skipped (SPEC.md, "Reason codes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    BadInput,
+    DuplicateUser,
+    DuplicateEmail,
+    UserNotFound,
+    AlreadyB2b,
+    MailMissing,
+    MailMismatch,
+    DomainVerified,
+    OnpremUpnPresent,
+    ExchangeMailbox,
+    MailConflict,
+    AccountDisabled,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 12] = [
+        Reason::BadInput,
+        Reason::DuplicateUser,
+        Reason::DuplicateEmail,
+        Reason::UserNotFound,
+        Reason::AlreadyB2b,
+        Reason::MailMissing,
+        Reason::MailMismatch,
+        Reason::DomainVerified,
+        Reason::OnpremUpnPresent,
+        Reason::ExchangeMailbox,
+        Reason::MailConflict,
+        Reason::AccountDisabled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::BadInput => "bad_input",
+            Reason::DuplicateUser => "duplicate_user",
+            Reason::DuplicateEmail => "duplicate_email",
+            Reason::UserNotFound => "user_not_found",
+            Reason::AlreadyB2b => "already_b2b",
+            Reason::MailMissing => "mail_missing",
+            Reason::MailMismatch => "mail_mismatch",
+            Reason::DomainVerified => "domain_verified",
+            Reason::OnpremUpnPresent => "onprem_upn_present",
+            Reason::ExchangeMailbox => "exchange_mailbox",
+            Reason::MailConflict => "mail_conflict",
+            Reason::AccountDisabled => "account_disabled",
+        }
+    }
+
+    /// The state an item with this reason ends in.
+    pub fn state(self) -> ItemState {
+        match self {
+            Reason::AlreadyB2b => ItemState::Skipped,
+            _ => ItemState::Blocked,
+        }
+    }
+
+    /// Plain-language meaning, for reports and `status`.
+    pub fn explanation(self) -> &'static str {
+        match self {
+            Reason::BadInput => "The input row could not be used (unparseable, no user key, or an invalid email address).",
+            Reason::DuplicateUser => "The same user appears more than once in this run; only the first row is processed.",
+            Reason::DuplicateEmail => "Two or more users would be invited with the same external email address.",
+            Reason::UserNotFound => "No user with this object id or UPN exists in the tenant.",
+            Reason::AlreadyB2b => "The account already signs in with an external identity (externalUserState set or creationType Invitation).",
+            Reason::MailMissing => "The user has no mail address and the input gives no external email.",
+            Reason::MailMismatch => "The external email is not the user's current mail property; Microsoft requires mail to be the external address before conversion.",
+            Reason::DomainVerified => "The external email is in a verified domain of this tenant; a B2B address cannot be.",
+            Reason::OnpremUpnPresent => "onPremisesUserPrincipalName is set (Entra Connect default rule); Microsoft blocks conversion of such users.",
+            Reason::ExchangeMailbox => "The user has an enabled Exchange Online plan; mail cannot point outside the tenant while a mailbox exists.",
+            Reason::MailConflict => "Another user of the tenant already holds this address in mail or otherMails.",
+            Reason::AccountDisabled => "The account is disabled; converting it would invite someone who cannot sign in.",
+        }
+    }
+
+    /// What an administrator does to clear the reason.
+    pub fn fix_hint(self) -> &'static str {
+        match self {
+            Reason::BadInput => "Correct the row in the input file (see the line number and message) and run it again.",
+            Reason::DuplicateUser => "Remove the repeated row; nothing else is needed.",
+            Reason::DuplicateEmail => "Give each user their own external address in the input or in their mail property.",
+            Reason::UserNotFound => "Check the object id or UPN; the account may have been deleted or renamed.",
+            Reason::AlreadyB2b => "Nothing to do. To re-send, use the portal's reset redemption on that user.",
+            Reason::MailMissing => "Set the user's mail property to the partner's external address, or give externalEmail in the input.",
+            Reason::MailMismatch => "Set the user's mail property to the external address first (for cloud-only users the older guidance used otherMails; the newer requires mail).",
+            Reason::DomainVerified => "Set mail to the partner's own address at their domain, not an address in one of your verified domains.",
+            Reason::OnpremUpnPresent => "Change the Entra Connect sync rule so onPremisesUserPrincipalName is not written, sync, then re-run.",
+            Reason::ExchangeMailbox => "Remove the mailbox or change mail in the Exchange admin center first, then re-run.",
+            Reason::MailConflict => "Remove the address from the other user's mail/otherMails, or choose another external address.",
+            Reason::AccountDisabled => "Enable the account if the partner still needs access, or leave it out of the migration.",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Reason {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Reason::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown reason code `{s}`"))
+    }
+}
+
+/// Dry run validates only; live sends invitations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunMode {
+    DryRun,
+    Live,
+}
+
+impl RunMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunMode::DryRun => "dry_run",
+            RunMode::Live => "live",
+        }
+    }
+}
+
+impl FromStr for RunMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "dry_run" => Ok(RunMode::DryRun),
+            "live" => Ok(RunMode::Live),
+            _ => Err(format!("unknown run mode `{s}`")),
+        }
+    }
+}
+
+/// Where a run's users come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SourceSpec {
+    Csv { path: String },
+    Filter { filter: String },
+    Group { id: String, transitive: bool },
+}
+
+impl fmt::Display for SourceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourceSpec::Csv { path } => write!(f, "csv:{path}"),
+            SourceSpec::Filter { filter } => write!(f, "filter:{filter}"),
+            SourceSpec::Group { id, transitive } => {
+                write!(
+                    f,
+                    "group:{id}{}",
+                    if *transitive { " (transitive)" } else { "" }
+                )
+            }
+        }
+    }
+}
+
+pub const DEFAULT_REDIRECT_URL: &str = "https://myapplications.microsoft.com";
+
+/// Options that change what a run does, stored with the run so `resume` behaves the same.
+/// Holds no secret: credentials always come from the environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunOptions {
+    pub silent: bool,
+    pub redirect_url: String,
+    pub message_language: Option<String>,
+    /// The text of `--message-file`, read once at `run` so a resume sends the same body.
+    pub message_body: Option<String>,
+    pub cc: Option<String>,
+    /// Requests per second ceiling.
+    pub rate: f64,
+    pub concurrency: usize,
+    pub max_attempts: u32,
+    pub limit: Option<u64>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            silent: false,
+            redirect_url: DEFAULT_REDIRECT_URL.to_string(),
+            message_language: None,
+            message_body: None,
+            cc: None,
+            rate: 20.0,
+            concurrency: 8,
+            max_attempts: 6,
+            limit: None,
+        }
+    }
+}
+
+/// Per-row overrides from the CSV columns of the same names.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Overrides {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_invitation_message: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invite_redirect_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_language: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customized_message_body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cc_recipient: Option<String>,
+}
+
+impl Overrides {
+    pub fn is_empty(&self) -> bool {
+        *self == Overrides::default()
+    }
+}
+
+/// How a source row names its user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "by", content = "value", rename_all = "camelCase")]
+pub enum UserKey {
+    Id(String),
+    UserPrincipalName(String),
+}
+
+impl UserKey {
+    pub fn value(&self) -> &str {
+        match self {
+            UserKey::Id(v) | UserKey::UserPrincipalName(v) => v,
+        }
+    }
+
+    /// Case-folded form used to spot the same user twice in one run.
+    pub fn normalized(&self) -> String {
+        match self {
+            UserKey::Id(v) => format!("id:{}", v.to_ascii_lowercase()),
+            UserKey::UserPrincipalName(v) => format!("upn:{}", v.to_lowercase()),
+        }
+    }
+}
+
+/// One row handed by a source to the queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewItem {
+    /// 1-based line of the CSV file (header is line 1); `None` for Graph-query sources.
+    pub line: Option<u64>,
+    /// `None` only for bad rows that name no user.
+    pub key: Option<UserKey>,
+    /// Empty means "use the user's current mail".
+    pub external_email: Option<String>,
+    pub overrides: Overrides,
+    /// Set when the row is unusable: the item is stored `blocked` / `bad_input` with this text.
+    pub bad_input: Option<String>,
+    /// The user as a Graph-query source already read it (saves a second GET).
+    pub snapshot: Option<User>,
+}
+
+/// A stored run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunRecord {
+    pub id: i64,
+    pub source: SourceSpec,
+    pub mode: RunMode,
+    pub options: RunOptions,
+    pub tenant_id: Option<String>,
+    pub graph_url: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    /// `running`, `finished`, `interrupted` (Ctrl-C), `stopped` (tenant refused, exit 4).
+    pub status: String,
+    pub ingest_complete: bool,
+}
+
+/// A stored item: one user of one run, with everything the report needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ItemRecord {
+    pub id: i64,
+    pub run_id: i64,
+    pub line: Option<u64>,
+    pub key: Option<UserKey>,
+    /// Object id once resolved.
+    pub user_id: Option<String>,
+    pub user_principal_name: Option<String>,
+    pub display_name: Option<String>,
+    pub user_type: Option<String>,
+    /// The address the invitation goes (or would go) to.
+    pub external_email: Option<String>,
+    pub overrides: Overrides,
+    pub state: ItemState,
+    pub reason: Option<Reason>,
+    /// What exactly was wrong (bad_input message, which verified domain, …).
+    pub detail: Option<String>,
+    pub attempts: u32,
+    /// The user as read before any change: the record of a one-way conversion.
+    pub snapshot: Option<User>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    /// `request-id` of the last Graph answer about this item, for Microsoft support.
+    pub request_id: Option<String>,
+    pub client_request_id: Option<String>,
+    pub invitation_id: Option<String>,
+    pub invitation_status: Option<String>,
+    /// Converted by reconciliation: the outcome was unknown and a re-read showed it took effect.
+    pub reconciled: bool,
+    pub updated_at: String,
+}
+
+/// One Graph request as logged in the append-only events table. Never holds a token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestRecord {
+    pub run_id: i64,
+    pub item_id: Option<i64>,
+    pub method: String,
+    /// Path with query, never a full URL with credentials.
+    pub path: String,
+    /// `None` when no answer arrived (connection lost, timeout).
+    pub status: Option<u16>,
+    pub client_request_id: String,
+    pub request_id: Option<String>,
+    pub duration_ms: u64,
+    pub error: Option<String>,
+    pub at: String,
+}
+
+/// Aggregates for `status` and reports.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunCounts {
+    pub total: u64,
+    pub states: std::collections::BTreeMap<String, u64>,
+    pub reasons: std::collections::BTreeMap<String, u64>,
+    pub graph_requests: u64,
+    pub throttled_requests: u64,
+    pub retries: u64,
+    pub reconciled: u64,
+}
+
+impl RunCounts {
+    pub fn state(&self, s: ItemState) -> u64 {
+        self.states.get(s.as_str()).copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_and_reason_strings_round_trip() {
+        for s in ItemState::ALL {
+            assert_eq!(s.as_str().parse::<ItemState>().unwrap(), s);
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        for r in Reason::ALL {
+            assert_eq!(r.as_str().parse::<Reason>().unwrap(), r);
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
+    }
+
+    #[test]
+    fn only_already_b2b_is_skipped() {
+        for r in Reason::ALL {
+            let expected = if r == Reason::AlreadyB2b {
+                ItemState::Skipped
+            } else {
+                ItemState::Blocked
+            };
+            assert_eq!(r.state(), expected, "{r}");
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! Entry point: parse, set up logging, dispatch, map the outcome to an exit code.
+
+use clap::Parser;
+
+use b2b_convert::cli::Cli;
+use b2b_convert::{commands, exit, logging};
+
+fn main() {
+    let cli = Cli::parse();
+    logging::init(cli.log_format, cli.verbose, cli.quiet);
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(commands::dispatch(cli)));
+    std::process::exit(exit::exit_code_of(result));
+}

@@ -1,0 +1,355 @@
+//! Microsoft Graph JSON shapes shared by the client (`graph`) and the emulator (`emulator`).
+//!
+//! These are the wire types, spelled as Graph spells them (camelCase). Both sides use the same
+//! structs so the emulator cannot drift from what the client parses. Optional properties stay
+//! `Option` because Graph omits what was not `$select`ed and returns `null` for unset values.
+
+use serde::{Deserialize, Serialize};
+
+/// A user as Graph returns it. Only the properties this tool reads are modelled; the emulator
+/// keeps the same set as the tenant's source of truth.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct User {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_principal_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mail: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other_mails: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_addresses: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_enabled: Option<bool>,
+    /// `Member` or `Guest`. Reported, never a reason to block (SPEC.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_type: Option<String>,
+    /// `PendingAcceptance` or `Accepted` once the user has been invited as B2B.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_user_state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_user_state_change_date_time: Option<String>,
+    /// `Invitation` for accounts created or converted through the invitation API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_premises_sync_enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_premises_user_principal_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned_plans: Option<Vec<AssignedPlan>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identities: Option<Vec<ObjectIdentity>>,
+}
+
+impl User {
+    /// True when an enabled Exchange Online plan is assigned: such a user has a mailbox and
+    /// `mail` cannot point outside the tenant.
+    pub fn has_enabled_exchange_plan(&self) -> bool {
+        self.assigned_plans.iter().flatten().any(|p| {
+            p.service.eq_ignore_ascii_case("exchange")
+                && p.capability_status.eq_ignore_ascii_case("Enabled")
+        })
+    }
+}
+
+/// The `$select` list that gives validation everything it needs in one read.
+pub const VALIDATION_SELECT: &str = "id,displayName,userPrincipalName,mail,otherMails,\
+proxyAddresses,accountEnabled,userType,externalUserState,externalUserStateChangeDateTime,\
+creationType,onPremisesSyncEnabled,onPremisesUserPrincipalName,assignedPlans,identities";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AssignedPlan {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned_date_time: Option<String>,
+    pub capability_status: String,
+    pub service: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_plan_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectIdentity {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sign_in_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_assigned_id: Option<String>,
+}
+
+/// `GET /v1.0/domains` entry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Domain {
+    pub id: String,
+    #[serde(default)]
+    pub is_verified: bool,
+    #[serde(default)]
+    pub is_default: bool,
+}
+
+/// A group as listed by the emulator's tenant file; Graph itself returns more.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Group {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+}
+
+/// One page of a Graph collection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Page<T> {
+    #[serde(
+        rename = "@odata.context",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub context: Option<String>,
+    #[serde(
+        rename = "@odata.count",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub count: Option<u64>,
+    #[serde(
+        rename = "@odata.nextLink",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub next_link: Option<String>,
+    pub value: Vec<T>,
+}
+
+/// `POST /v1.0/invitations` body. Unknown properties are refused by Graph (and the emulator),
+/// so every field is modelled and absent ones are skipped.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InvitationRequest {
+    pub invited_user_email_address: String,
+    pub invite_redirect_url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_invitation_message: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invited_user_display_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invited_user_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset_redemption: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invited_user: Option<InvitedUserRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invited_user_message_info: Option<InvitedUserMessageInfo>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InvitedUserRef {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InvitedUserMessageInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_language: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cc_recipients: Option<Vec<Recipient>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customized_message_body: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Recipient {
+    pub email_address: EmailAddress,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EmailAddress {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub address: String,
+}
+
+/// `201 Created` answer of the invitation API.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Invitation {
+    pub id: String,
+    #[serde(default)]
+    pub invited_user_email_address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invited_user_display_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invited_user_type: Option<String>,
+    /// Credential-like link: stored in the database only, never logged or reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invite_redeem_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invite_redirect_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_invitation_message: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset_redemption: Option<bool>,
+    /// `PendingAcceptance`, `Completed`, `InProgress` or `Error`.
+    #[serde(default)]
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invited_user: Option<InvitedUserRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invited_user_message_info: Option<InvitedUserMessageInfo>,
+}
+
+/// Graph's error body: `{"error":{"code","message","innerError":{…}}}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+    #[serde(
+        rename = "innerError",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub inner_error: Option<InnerError>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InnerError {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(
+        rename = "request-id",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub request_id: Option<String>,
+    #[serde(
+        rename = "client-request-id",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub client_request_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub date: Option<String>,
+}
+
+/// `POST /v1.0/$batch` body.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BatchRequest {
+    pub requests: Vec<BatchRequestItem>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BatchRequestItem {
+    pub id: String,
+    pub method: String,
+    /// Relative to the version root, e.g. `/users/{id}`.
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BatchResponse {
+    pub responses: Vec<BatchResponseItem>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BatchResponseItem {
+    pub id: String,
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<serde_json::Value>,
+}
+
+/// Successful answer of the token endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TokenResponse {
+    pub token_type: String,
+    pub expires_in: u64,
+    #[serde(default)]
+    pub ext_expires_in: Option<u64>,
+    pub access_token: String,
+}
+
+/// Error answer of the token endpoint (AADSTS style).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TokenError {
+    pub error: String,
+    pub error_description: String,
+    #[serde(default)]
+    pub error_codes: Vec<u64>,
+    #[serde(default)]
+    pub trace_id: Option<String>,
+    #[serde(default)]
+    pub correlation_id: Option<String>,
+    #[serde(default)]
+    pub timestamp: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invitation_request_refuses_unknown_properties() {
+        let body =
+            r#"{"invitedUserEmailAddress":"a@b.com","inviteRedirectUrl":"https://x","bogus":1}"#;
+        assert!(serde_json::from_str::<InvitationRequest>(body).is_err());
+    }
+
+    #[test]
+    fn invitation_request_omits_absent_fields() {
+        let req = InvitationRequest {
+            invited_user_email_address: "a@fabrikam.com".into(),
+            invite_redirect_url: "https://myapplications.microsoft.com".into(),
+            send_invitation_message: Some(false),
+            invited_user: Some(InvitedUserRef { id: "u1".into() }),
+            ..Default::default()
+        };
+        let json = serde_json::to_value(&req).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "invitedUserEmailAddress": "a@fabrikam.com",
+                "inviteRedirectUrl": "https://myapplications.microsoft.com",
+                "sendInvitationMessage": false,
+                "invitedUser": {"id": "u1"}
+            })
+        );
+    }
+
+    #[test]
+    fn exchange_plan_detection_needs_enabled_exchange() {
+        let mut u = User {
+            id: "1".into(),
+            ..Default::default()
+        };
+        assert!(!u.has_enabled_exchange_plan());
+        u.assigned_plans = Some(vec![AssignedPlan {
+            capability_status: "Deleted".into(),
+            service: "exchange".into(),
+            ..Default::default()
+        }]);
+        assert!(!u.has_enabled_exchange_plan());
+        u.assigned_plans.as_mut().unwrap()[0].capability_status = "Enabled".into();
+        assert!(u.has_enabled_exchange_plan());
+    }
+}

@@ -1,0 +1,1 @@
+//! Progress bar on stderr when it is a terminal.

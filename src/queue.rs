@@ -1,0 +1,1 @@
+//! The SQLite work queue: the only module with SQL.

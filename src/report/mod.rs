@@ -1,0 +1,1 @@
+//! Reports for a change board and a service desk, rendered from the database alone.

@@ -1,0 +1,1 @@
+//! Sources feed the queue: a CSV file or a Graph query.

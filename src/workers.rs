@@ -1,0 +1,1 @@
+//! Workers: validate → invite → record, rate-limited and checkpointed.
