@@ -2,6 +2,7 @@
 //! open it.
 
 mod bench;
+mod common;
 mod demo;
 mod emulator;
 mod report;

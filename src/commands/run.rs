@@ -1,7 +1,157 @@
-//! `run` subcommand.
+//! `run`: ingest a source into a new run, then validate and convert.
 
-use crate::exit::ExitStatus;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-pub async fn run(_db: &std::path::Path, _args: crate::cli::RunArgs) -> anyhow::Result<ExitStatus> {
-    super::not_implemented("run")
+use anyhow::Context as _;
+
+use super::common::{self, Endpoints, RequestLog};
+use crate::cli::RunArgs;
+use crate::exit::{ExitError, ExitStatus};
+use crate::graph::Credentials;
+use crate::item::{ItemState, RunMode, RunOptions, SourceSpec};
+use crate::queue::Queue;
+
+/// Everything a new run needs, resolved from flags (or built by `demo`).
+pub struct NewRun {
+    pub source: SourceSpec,
+    pub mode: RunMode,
+    pub options: RunOptions,
+    pub endpoints: Endpoints,
+    pub yes: bool,
+    pub report: Option<PathBuf>,
+}
+
+pub async fn run(db: &Path, args: RunArgs) -> anyhow::Result<ExitStatus> {
+    let new = from_args(args)?;
+    common::require_consent_possible(new.mode, new.yes)?;
+    let credentials = Credentials::from_env()?;
+    start(db, new, credentials).await
+}
+
+fn from_args(args: RunArgs) -> anyhow::Result<NewRun> {
+    let source = match (args.source.csv, args.source.filter, args.source.group) {
+        (Some(path), None, None) => {
+            if args.transitive {
+                return Err(ExitError::usage("--transitive goes with --group").into());
+            }
+            SourceSpec::Csv {
+                path: path.to_string_lossy().into_owned(),
+            }
+        }
+        (None, Some(filter), None) => SourceSpec::Filter { filter },
+        (None, None, Some(id)) => SourceSpec::Group {
+            id,
+            transitive: args.transitive,
+        },
+        _ => return Err(ExitError::usage("give exactly one of --csv, --filter, --group").into()),
+    };
+    let message_body = match &args.message_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| ExitError::usage(format!("--message-file {}: {e}", p.display())))?,
+        ),
+        None => None,
+    };
+    if let Some(cc) = &args.cc {
+        if let Some(problem) = crate::validate::email_syntax_error(cc) {
+            return Err(ExitError::usage(format!("--cc {cc}: {problem}")).into());
+        }
+    }
+    if !(args.redirect_url.starts_with("https://") || args.redirect_url.starts_with("http://")) {
+        return Err(ExitError::usage("--redirect-url must be an http(s) URL").into());
+    }
+    let defaults = RunOptions::default();
+    let options = RunOptions {
+        silent: args.silent,
+        redirect_url: args.redirect_url,
+        message_language: args.message_language,
+        message_body,
+        cc: args.cc,
+        rate: args.exec.rate.unwrap_or(defaults.rate),
+        concurrency: args.exec.concurrency.unwrap_or(defaults.concurrency),
+        max_attempts: args.exec.max_attempts.unwrap_or(defaults.max_attempts),
+        limit: args.exec.limit,
+    };
+    common::check_options(&options)?;
+    Ok(NewRun {
+        source,
+        mode: if args.dry_run { RunMode::DryRun } else { RunMode::Live },
+        options,
+        endpoints: Endpoints {
+            graph_url: args.exec.endpoints.graph_url(),
+            login_url: args.exec.endpoints.login_url(),
+        },
+        yes: args.exec.yes,
+        report: args.exec.report,
+    })
+}
+
+/// Creates the run, ingests its source and executes it.
+pub async fn start(db: &Path, new: NewRun, credentials: Credentials) -> anyhow::Result<ExitStatus> {
+    if let SourceSpec::Csv { path } = &new.source {
+        if !Path::new(path).is_file() {
+            return Err(ExitError::usage(format!("--csv {path}: no such file")).into());
+        }
+    }
+    let tenant_id = credentials.tenant_id().map(str::to_string);
+    let graph = common::connect(&new.endpoints, credentials, &new.options)?;
+    // A Graph query is checked before anything is queued: an unsupported filter or an unknown
+    // group is a usage error, not a run.
+    let first_page = match &new.source {
+        SourceSpec::Csv { .. } => None,
+        source => Some(
+            crate::source::ingest::fetch_page(&graph, source, None)
+                .await
+                .map_err(query_error)?,
+        ),
+    };
+    let queue = Arc::new(Queue::open(db)?);
+    let run_id = queue.create_run(
+        &new.source,
+        new.mode,
+        &new.options,
+        tenant_id.as_deref(),
+        &new.endpoints.graph_url,
+    )?;
+    println!("run-id: {run_id}");
+    std::io::stdout().flush()?;
+    let graph = graph.with_observer(Arc::new(RequestLog {
+        queue: queue.clone(),
+        run_id,
+    }));
+    let run = queue.run(run_id)?.context("the new run vanished")?;
+    let summary = crate::source::ingest::ingest(&queue, &run, &graph, first_page).await?;
+    tracing::info!(
+        run_id,
+        pending = summary.stats.pending,
+        bad_input = summary.stats.bad_input,
+        duplicate_user = summary.stats.duplicate_user,
+        duplicate_email = summary.duplicate_email,
+        "source ingested"
+    );
+    let run = queue.run(run_id)?.context("the new run vanished")?;
+    if new.mode == RunMode::Live && !new.yes {
+        let pending = queue.counts(run_id)?.state(ItemState::Pending);
+        if pending > 0 && !common::confirm(&run, pending)? {
+            queue.set_run_status(run_id, "interrupted")?;
+            println!("not confirmed: nothing sent; `b2b-convert resume {run_id}` starts it later");
+            return Ok(ExitStatus::Interrupted);
+        }
+    }
+    common::execute(queue, run, graph, new.report.as_deref()).await
+}
+
+/// Graph's refusal of a query (400 unsupported filter, 404 unknown group) is the operator's
+/// input being wrong: a usage error.
+fn query_error(e: anyhow::Error) -> anyhow::Error {
+    match e.downcast_ref::<crate::graph::GraphError>() {
+        Some(crate::graph::GraphError::Api {
+            status, code, message, ..
+        }) if (400..500).contains(status) => {
+            ExitError::usage(format!("Graph refused the query ({status} {code}): {message}")).into()
+        }
+        _ => e,
+    }
 }

@@ -1,7 +1,83 @@
-//! `status` subcommand.
+//! `status`: counts by state and by reason, as a table or one JSON object (SPEC.md).
 
+use std::path::Path;
+
+use serde_json::json;
+
+use super::common;
+use crate::cli::StatusArgs;
 use crate::exit::ExitStatus;
+use crate::item::{ItemState, Reason};
+use crate::queue::Queue;
 
-pub fn status(_db: &std::path::Path, _args: crate::cli::StatusArgs) -> anyhow::Result<ExitStatus> {
-    super::not_implemented("status")
+pub fn status(db: &Path, args: StatusArgs) -> anyhow::Result<ExitStatus> {
+    let queue = Queue::open_existing(db)?;
+    let run = common::pick_run(&queue, args.run_id)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status_json(&queue, run.id)?)?);
+    } else {
+        print_table(&queue, run.id)?;
+    }
+    Ok(ExitStatus::Success)
+}
+
+/// The machine-readable status object of SPEC.md. Keys are stable; every state is present.
+pub fn status_json(queue: &Queue, run_id: i64) -> anyhow::Result<serde_json::Value> {
+    let run = common::pick_run(queue, Some(run_id))?;
+    let c = queue.counts(run_id)?;
+    let states: serde_json::Map<String, serde_json::Value> = ItemState::ALL
+        .iter()
+        .map(|s| (s.as_str().to_string(), json!(c.state(*s))))
+        .collect();
+    let converted = c.state(ItemState::Converted).max(1);
+    Ok(json!({
+        "runId": run.id,
+        "mode": run.mode.as_str(),
+        "source": run.source.to_string(),
+        "status": run.status,
+        "total": c.total,
+        "states": states,
+        "reasons": c.reasons,
+        "graphRequests": c.graph_requests,
+        "throttledRequests": c.throttled_requests,
+        "reconciled": c.reconciled,
+        "graphRequestsPerUser": if c.total == 0 { 0.0 } else {
+            (c.graph_requests as f64 / if c.state(ItemState::Converted) > 0 { converted } else { c.total } as f64 * 1000.0).round() / 1000.0
+        },
+    }))
+}
+
+/// The human table printed at the end of a run and by `status`.
+pub fn print_table(queue: &Queue, run_id: i64) -> anyhow::Result<()> {
+    let run = common::pick_run(queue, Some(run_id))?;
+    let c = queue.counts(run_id)?;
+    println!(
+        "run {} · {} · {} · {} · started {}",
+        run.id,
+        match run.mode {
+            crate::item::RunMode::DryRun => "dry run",
+            crate::item::RunMode::Live => "live",
+        },
+        run.status,
+        run.source,
+        run.started_at
+    );
+    println!("  {:<14} {:>8}", "state", "users");
+    for s in ItemState::ALL {
+        println!("  {:<14} {:>8}", s.as_str(), c.state(s));
+    }
+    println!("  {:<14} {:>8}", "total", c.total);
+    if !c.reasons.is_empty() {
+        println!("  {:<20} {:>8}", "reason", "users");
+        for r in Reason::ALL {
+            if let Some(n) = c.reasons.get(r.as_str()) {
+                println!("  {:<20} {:>8}", r.as_str(), n);
+            }
+        }
+    }
+    println!(
+        "  graph requests {} (throttled {}), reconciled {}",
+        c.graph_requests, c.throttled_requests, c.reconciled
+    );
+    Ok(())
 }

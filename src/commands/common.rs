@@ -1,0 +1,254 @@
+//! What `run`, `resume`, `retry` and `demo` share: connecting to Graph, executing a run's queue
+//! with Ctrl-C handling, and turning the result into the exit code.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+
+use crate::cli::ExecArgs;
+use crate::exit::{ExitError, ExitStatus};
+use crate::graph::{Credentials, GraphClient, GraphConfig, Limiter, RequestEvent, RequestObserver};
+use crate::item::{ItemState, RequestRecord, RunMode, RunOptions, RunRecord};
+use crate::progress::Progress;
+use crate::queue::Queue;
+use crate::workers::{self, Outcome, Pipeline};
+
+/// Graph and token endpoints of one invocation.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    pub graph_url: String,
+    pub login_url: String,
+}
+
+/// Builds the run's Graph client (one limiter for all its workers). Fails on bad endpoints or
+/// incomplete credentials: exit 1 with the cause.
+pub fn connect(
+    endpoints: &Endpoints,
+    credentials: Credentials,
+    options: &RunOptions,
+) -> anyhow::Result<GraphClient> {
+    let config = GraphConfig {
+        graph_url: endpoints.graph_url.clone(),
+        login_url: endpoints.login_url.clone(),
+        credentials,
+        request_timeout: std::time::Duration::from_secs(60),
+        max_attempts: options.max_attempts.max(1),
+    };
+    let limiter = Limiter::new(options.rate);
+    Ok(GraphClient::new(config, limiter)?)
+}
+
+/// Logs every Graph request of a run into the queue's append-only request table.
+pub struct RequestLog {
+    pub queue: Arc<Queue>,
+    pub run_id: i64,
+}
+
+impl RequestObserver for RequestLog {
+    fn on_request(&self, ev: &RequestEvent) {
+        let rec = RequestRecord {
+            run_id: self.run_id,
+            item_id: None,
+            method: ev.method.clone(),
+            path: ev.path.clone(),
+            status: ev.status,
+            client_request_id: ev.client_request_id.clone(),
+            request_id: ev.request_id.clone(),
+            duration_ms: ev.duration.as_millis() as u64,
+            error: ev.error.clone(),
+            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        };
+        if let Err(e) = self.queue.log_request(&rec, ev.throttled, ev.attempt) {
+            tracing::warn!(error = %e, "could not log a Graph request");
+        }
+    }
+}
+
+/// Applies `resume`/`retry` overrides of how the work is done to the stored options.
+pub fn apply_exec(options: &mut RunOptions, exec: &ExecArgs) -> anyhow::Result<()> {
+    if let Some(rate) = exec.rate {
+        options.rate = rate;
+    }
+    if let Some(c) = exec.concurrency {
+        options.concurrency = c;
+    }
+    if let Some(m) = exec.max_attempts {
+        options.max_attempts = m;
+    }
+    if exec.limit.is_some() {
+        options.limit = exec.limit;
+    }
+    check_options(options)
+}
+
+pub fn check_options(options: &RunOptions) -> anyhow::Result<()> {
+    if !(options.rate.is_finite() && options.rate > 0.0) {
+        return Err(ExitError::usage("--rate must be a positive number of requests per second").into());
+    }
+    if options.concurrency == 0 || options.concurrency > 256 {
+        return Err(ExitError::usage("--concurrency must be between 1 and 256").into());
+    }
+    if options.max_attempts == 0 {
+        return Err(ExitError::usage("--max-attempts must be at least 1").into());
+    }
+    Ok(())
+}
+
+/// A live run asks before touching anyone; without a terminal it needs `--yes`.
+pub fn require_consent_possible(mode: RunMode, yes: bool) -> anyhow::Result<()> {
+    if mode == RunMode::Live && !yes && !std::io::stdin().is_terminal() {
+        return Err(ExitError::usage(
+            "a live run needs confirmation: run it from a terminal, or pass --yes",
+        )
+        .into());
+    }
+    Ok(())
+}
+
+pub fn confirm(run: &RunRecord, pending: u64) -> anyhow::Result<bool> {
+    let mut err = std::io::stderr();
+    writeln!(
+        err,
+        "About to CONVERT up to {pending} users of tenant {} to B2B collaboration (run {}, source {}).\n\
+         The conversion is one-way. Invitation emails: {}.\nType `yes` to go on: ",
+        run.tenant_id.as_deref().unwrap_or("(from token)"),
+        run.id,
+        run.source,
+        if run.options.silent { "not sent (--silent)" } else { "sent" },
+    )?;
+    err.flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(answer.trim().eq_ignore_ascii_case("yes"))
+}
+
+/// Works the run's queue to the end (or Ctrl-C, or a tenant refusal), then prints the status
+/// and writes the report. Returns the exit status of SPEC.md.
+pub async fn execute(
+    queue: Arc<Queue>,
+    run: RunRecord,
+    graph: GraphClient,
+    report: Option<&Path>,
+) -> anyhow::Result<ExitStatus> {
+    let run_id = run.id;
+    queue.set_run_status(run_id, "running")?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let ctrl_c = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!(
+                "\nstopping: finishing requests on the wire and checkpointing (Ctrl-C again to quit at once; `resume` is safe either way)"
+            );
+            let _ = stop_tx.send(true);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(ExitStatus::Interrupted.code());
+            }
+        }
+    });
+    let counts = queue.counts(run_id)?;
+    let label = match run.mode {
+        RunMode::DryRun => "checking",
+        RunMode::Live => "converting",
+    };
+    let pipeline = Pipeline {
+        queue: queue.clone(),
+        graph,
+        progress: Arc::new(Progress::new(label, counts.total)),
+        run: Arc::new(run),
+        stop: stop_rx,
+    };
+    let outcome = workers::work(pipeline).await;
+    ctrl_c.abort();
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            queue.set_run_status(run_id, "interrupted")?;
+            return Err(e.context(format!("run {run_id} stopped; `b2b-convert resume {run_id}` continues it")));
+        }
+    };
+    let (status, exit) = match &outcome {
+        Outcome::Completed { .. } => {
+            let exit = if workers::needs_attention(&queue, run_id)? {
+                ExitStatus::NeedsAttention
+            } else {
+                ExitStatus::Success
+            };
+            ("finished", exit)
+        }
+        Outcome::Interrupted => ("interrupted", ExitStatus::Interrupted),
+        Outcome::TenantRefused(_) => ("stopped", ExitStatus::TenantRefused),
+    };
+    queue.set_run_status(run_id, status)?;
+    super::status::print_table(&queue, run_id)?;
+    match &outcome {
+        Outcome::Completed { limit_reached: true } => {
+            let left = queue.counts(run_id)?.state(ItemState::Pending);
+            println!("--limit reached: {left} users left pending; `b2b-convert resume {run_id} --limit N` continues");
+        }
+        Outcome::Interrupted => println!("interrupted: `b2b-convert resume {run_id}` continues the run"),
+        Outcome::TenantRefused(message) => {
+            eprintln!("error: the tenant refused to go on: {message}");
+            println!("stopped: nothing more was sent; fix the cause, then `b2b-convert resume {run_id}`");
+        }
+        Outcome::Completed { .. } => {}
+    }
+    if let Some(path) = report {
+        super::report::write(&queue, run_id, path, None)
+            .with_context(|| format!("writing the report {}", path.display()))?;
+        println!("report: {}", path.display());
+    }
+    Ok(exit)
+}
+
+/// The run named, or the latest one.
+pub fn pick_run(queue: &Queue, id: Option<i64>) -> anyhow::Result<RunRecord> {
+    match id {
+        Some(id) => queue
+            .run(id)?
+            .ok_or_else(|| ExitError::usage(format!("no run {id} in {}", queue.path().display())).into()),
+        None => queue
+            .latest_run()?
+            .ok_or_else(|| ExitError::usage(format!("no runs in {}", queue.path().display())).into()),
+    }
+}
+
+/// Endpoints for continuing a stored run: flags and environment win, else the run's own Graph URL.
+pub fn endpoints_for(exec: &ExecArgs, run: &RunRecord) -> Endpoints {
+    Endpoints {
+        graph_url: exec
+            .endpoints
+            .graph_url
+            .clone()
+            .unwrap_or_else(|| run.graph_url.clone()),
+        login_url: exec.endpoints.login_url(),
+    }
+}
+
+/// `resume` and `retry`: reconnect and go on with the stored run.
+pub async fn continue_run(db: &Path, mut run: RunRecord, exec: &ExecArgs) -> anyhow::Result<ExitStatus> {
+    let queue = Arc::new(Queue::open_existing(db)?);
+    apply_exec(&mut run.options, exec)?;
+    queue.update_run_options(run.id, &run.options)?;
+    require_consent_possible(run.mode, exec.yes)?;
+    let credentials = Credentials::from_env()?;
+    let graph = connect(&endpoints_for(exec, &run), credentials, &run.options)?.with_observer(Arc::new(
+        RequestLog {
+            queue: queue.clone(),
+            run_id: run.id,
+        },
+    ));
+    if !run.ingest_complete {
+        crate::source::ingest::ingest(&queue, &run, &graph, None).await?;
+        run = queue.run(run.id)?.context("run vanished")?;
+    }
+    if run.mode == RunMode::Live && !exec.yes {
+        let pending = queue.counts(run.id)?.state(ItemState::Pending);
+        if pending > 0 && !confirm(&run, pending)? {
+            println!("not confirmed: nothing sent");
+            return Ok(ExitStatus::Interrupted);
+        }
+    }
+    execute(queue, run, graph, exec.report.as_deref()).await
+}

@@ -1,0 +1,154 @@
+//! Ingestion: a source's rows into a run's queue, in large transactions, each carrying the
+//! source's cursor so an ingestion killed at any point resumes without losing or repeating a row.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use crate::graph::GraphClient;
+use crate::item::{NewItem, Overrides, RunRecord, SourceSpec, UserKey};
+use crate::model::{Page, User};
+use crate::progress::Progress;
+use crate::queue::{InsertStats, Queue};
+
+/// Rows per transaction: large enough to make ingestion cheap, small enough to lose little.
+const BATCH: usize = 5_000;
+
+/// Marks a Graph listing whose last page was stored.
+const LISTING_DONE: &str = "";
+
+#[derive(Debug, Default, Clone)]
+pub struct IngestSummary {
+    pub stats: InsertStats,
+    pub duplicate_email: u64,
+    pub warnings: Vec<String>,
+}
+
+impl IngestSummary {
+    fn add(&mut self, s: InsertStats) {
+        self.stats.pending += s.pending;
+        self.stats.bad_input += s.bad_input;
+        self.stats.duplicate_user += s.duplicate_user;
+    }
+}
+
+/// Ingests (or finishes ingesting) the run's source. `first_page` is a listing page the caller
+/// already fetched to check the query before creating the run.
+pub async fn ingest(
+    queue: &Arc<Queue>,
+    run: &RunRecord,
+    graph: &GraphClient,
+    first_page: Option<Page<User>>,
+) -> anyhow::Result<IngestSummary> {
+    if run.ingest_complete {
+        return Ok(IngestSummary::default());
+    }
+    let mut summary = match &run.source {
+        SourceSpec::Csv { path } => {
+            let queue = queue.clone();
+            let path = path.clone();
+            let run_id = run.id;
+            tokio::task::spawn_blocking(move || ingest_csv(&queue, run_id, Path::new(&path)))
+                .await
+                .context("CSV ingestion task panicked")??
+        }
+        SourceSpec::Filter { .. } | SourceSpec::Group { .. } => {
+            ingest_listing(queue, run, graph, first_page).await?
+        }
+    };
+    summary.duplicate_email = queue.finish_ingest(run.id)?;
+    Ok(summary)
+}
+
+pub fn ingest_csv(queue: &Queue, run_id: i64, path: &Path) -> anyhow::Result<IngestSummary> {
+    let cursor: u64 = queue
+        .ingest_cursor(run_id)?
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let mut source = crate::source::CsvSource::open(path, cursor)?;
+    let mut summary = IngestSummary {
+        warnings: source.warnings().to_vec(),
+        ..Default::default()
+    };
+    for w in &summary.warnings {
+        tracing::warn!("{w}");
+    }
+    let progress = Progress::new("reading", source.total_bytes());
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut last_line = cursor;
+    loop {
+        let next = source.next().transpose()?;
+        if let Some(item) = &next {
+            last_line = item.line.unwrap_or(last_line);
+        }
+        let end = next.is_none();
+        batch.extend(next);
+        if batch.len() >= BATCH || (end && !batch.is_empty()) {
+            summary.add(queue.insert_items(run_id, &batch, Some(&last_line.to_string()))?);
+            batch.clear();
+            progress.set_position(source.bytes_read());
+        }
+        if end {
+            break;
+        }
+    }
+    progress.finish();
+    Ok(summary)
+}
+
+async fn ingest_listing(
+    queue: &Queue,
+    run: &RunRecord,
+    graph: &GraphClient,
+    mut first_page: Option<Page<User>>,
+) -> anyhow::Result<IngestSummary> {
+    let mut summary = IngestSummary::default();
+    let mut cursor = queue.ingest_cursor(run.id)?;
+    if cursor.is_some() {
+        // Resuming mid-listing: the page fetched to check the query is not the next one.
+        first_page = None;
+    }
+    let progress = Progress::new("listing", 0);
+    loop {
+        let page = match (first_page.take(), cursor.as_deref()) {
+            (Some(page), _) => page,
+            (None, Some(LISTING_DONE)) => break,
+            (None, link) => fetch_page(graph, &run.source, link).await?,
+        };
+        let next = page.next_link.clone().unwrap_or_else(|| LISTING_DONE.to_string());
+        let items: Vec<NewItem> = page.value.into_iter().map(listed_user).collect();
+        progress.inc(items.len() as u64);
+        summary.add(queue.insert_items(run.id, &items, Some(&next))?);
+        cursor = Some(next);
+    }
+    progress.finish();
+    Ok(summary)
+}
+
+/// Fetches one page of the run's Graph query (`link` = the stored nextLink, `None` = first).
+pub async fn fetch_page(
+    graph: &GraphClient,
+    source: &SourceSpec,
+    link: Option<&str>,
+) -> anyhow::Result<Page<User>> {
+    let page = match source {
+        SourceSpec::Filter { filter } => graph.list_users_page(filter, link).await,
+        SourceSpec::Group { id, transitive } => graph.group_members_page(id, *transitive, link).await,
+        SourceSpec::Csv { .. } => unreachable!("CSV sources are not listed"),
+    };
+    Ok(page?)
+}
+
+/// A user returned by a listing already carries every property validation needs, so the
+/// snapshot is stored now and the user is never fetched again.
+fn listed_user(user: User) -> NewItem {
+    NewItem {
+        line: None,
+        key: Some(UserKey::Id(user.id.clone())),
+        external_email: None,
+        overrides: Overrides::default(),
+        bad_input: None,
+        snapshot: Some(user),
+    }
+}
