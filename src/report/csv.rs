@@ -126,10 +126,7 @@ mod tests {
                 assert_eq!(row.len(), CSV_COLUMNS.len());
                 assert_eq!(row[0], item.id.to_string());
                 assert_eq!(row[8], item.state.as_str());
-                assert_eq!(
-                    row[9],
-                    item.reason.map(|r| r.as_str()).unwrap_or_default()
-                );
+                assert_eq!(row[9], item.reason.map(|r| r.as_str()).unwrap_or_default());
                 assert_eq!(row[14], item.request_id.clone().unwrap_or_default());
                 assert_eq!(row[20].is_empty(), !item.state.needs_attention());
             }
@@ -140,7 +137,10 @@ mod tests {
     fn injection_cell_starts_with_quote_and_text_survives() {
         let data = dry_run();
         let (_, rows) = parse(&render_report(ReportFormat::Csv, &data));
-        let name = CSV_COLUMNS.iter().position(|c| *c == "display_name").unwrap();
+        let name = CSV_COLUMNS
+            .iter()
+            .position(|c| *c == "display_name")
+            .unwrap();
         let inj = rows.iter().find(|r| r[0] == "2").unwrap();
         assert_eq!(inj[name], format!("'{INJECTION}"));
         let xss = rows.iter().find(|r| r[0] == "1").unwrap();

@@ -5,8 +5,8 @@
 use std::fmt::Write as _;
 
 use super::{
-    item_detail, item_fix, item_reason, mode_label, things_to_consider, Summary,
-    FULL_LIST_LIMIT, THINGS_TO_CONSIDER_INTRO,
+    item_detail, item_fix, item_reason, mode_label, things_to_consider, Summary, FULL_LIST_LIMIT,
+    THINGS_TO_CONSIDER_INTRO,
 };
 use crate::item::{ItemRecord, ItemState};
 
@@ -136,7 +136,11 @@ pub(super) fn render(s: &Summary) -> String {
     let d = s.data;
     let run = &d.run;
     let mut out = String::new();
-    let title = format!("b2b-convert report: run {} ({})", run.id, mode_label(run.mode));
+    let title = format!(
+        "b2b-convert report: run {} ({})",
+        run.id,
+        mode_label(run.mode)
+    );
     let _ = write!(
         out,
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
@@ -278,7 +282,12 @@ pub(super) fn render(s: &Summary) -> String {
     out.push_str("<h2>Things to consider</h2>\n");
     let _ = writeln!(out, "<p>{}</p>\n<ul>", esc(THINGS_TO_CONSIDER_INTRO));
     for (topic, text) in things_to_consider(run.tenant_id.as_deref()) {
-        let _ = writeln!(out, "<li><strong>{}.</strong> {}</li>", esc(topic), esc(&text));
+        let _ = writeln!(
+            out,
+            "<li><strong>{}.</strong> {}</li>",
+            esc(topic),
+            esc(&text)
+        );
     }
     out.push_str("</ul>\n");
     let _ = write!(
@@ -357,7 +366,10 @@ mod tests {
 
     #[test]
     fn escapes_every_special_character() {
-        assert_eq!(esc("<a href='x'>&\"</a>"), "&lt;a href=&#39;x&#39;&gt;&amp;&quot;&lt;/a&gt;");
+        assert_eq!(
+            esc("<a href='x'>&\"</a>"),
+            "&lt;a href=&#39;x&#39;&gt;&amp;&quot;&lt;/a&gt;"
+        );
     }
 
     #[test]
@@ -404,7 +416,8 @@ mod tests {
                 assert_eq!(html.matches(&marker).count(), 1, "item {}", i.id);
                 if i.state.needs_attention() {
                     let row_start = html.find(&marker).unwrap();
-                    let row = &html[row_start..row_start + html[row_start..].find("</tr>").unwrap()];
+                    let row =
+                        &html[row_start..row_start + html[row_start..].find("</tr>").unwrap()];
                     assert!(html.contains(&format!("<tr class=\"{}\" {marker}>", i.state)));
                     assert!(row.contains(&esc(&item_reason(i))));
                     if let Some(r) = &i.request_id {

@@ -140,10 +140,16 @@ mod tests {
             let items: Vec<ItemRecord> = serde_json::from_value(v["items"].clone()).unwrap();
             assert_eq!(items, data.items);
             for key in v["run"].as_object().unwrap().keys() {
-                assert!(doc.contains(&format!("`{key}`")), "run.{key} not documented");
+                assert!(
+                    doc.contains(&format!("`{key}`")),
+                    "run.{key} not documented"
+                );
             }
             for key in v["counts"].as_object().unwrap().keys() {
-                assert!(doc.contains(&format!("`{key}`")), "counts.{key} not documented");
+                assert!(
+                    doc.contains(&format!("`{key}`")),
+                    "counts.{key} not documented"
+                );
             }
         }
     }
@@ -159,7 +165,10 @@ mod tests {
         assert_eq!(e["boundBy"], "configured_rate");
         let doc = include_str!("../../docs/report-json.md");
         for key in e.as_object().unwrap().keys() {
-            assert!(doc.contains(&format!("`{key}`")), "estimate.{key} not documented");
+            assert!(
+                doc.contains(&format!("`{key}`")),
+                "estimate.{key} not documented"
+            );
         }
 
         let live: Value = serde_json::from_str(&render(ReportFormat::Json, &live_run())).unwrap();
@@ -174,11 +183,15 @@ mod tests {
         assert_eq!(t["retries"], 7);
         assert_eq!(t["reconciled"], 1);
         for key in t.as_object().unwrap().keys() {
-            assert!(doc.contains(&format!("`{key}`")), "throughput.{key} not documented");
+            assert!(
+                doc.contains(&format!("`{key}`")),
+                "throughput.{key} not documented"
+            );
         }
         let reasons = live["reasons"].as_array().unwrap();
-        assert!(reasons.iter().any(|r| r["code"] == "mail_mismatch"
-            && r["fixHint"].as_str().unwrap().contains("mail")));
+        assert!(reasons.iter().any(
+            |r| r["code"] == "mail_mismatch" && r["fixHint"].as_str().unwrap().contains("mail")
+        ));
     }
 
     #[test]

@@ -7,8 +7,8 @@
 use std::fmt::Write as _;
 
 use super::{
-    item_detail, item_fix, item_reason, mode_label, things_to_consider, Summary,
-    FULL_LIST_LIMIT, THINGS_TO_CONSIDER_INTRO,
+    item_detail, item_fix, item_reason, mode_label, things_to_consider, Summary, FULL_LIST_LIMIT,
+    THINGS_TO_CONSIDER_INTRO,
 };
 use crate::item::ItemRecord;
 
@@ -41,7 +41,7 @@ fn opt(s: &Option<String>) -> String {
 }
 
 fn kv_table(out: &mut String, rows: &[(&str, String)]) {
-    out.push_str("| | |\n| --- | --- |\n");
+    out.push_str("| Field | Value |\n| --- | --- |\n");
     for (k, v) in rows {
         let _ = writeln!(out, "| {} | {} |", cell(k), cell(v));
     }
@@ -92,7 +92,9 @@ pub(super) fn render(s: &Summary) -> String {
     if s.reasons.is_empty() {
         out.push_str("No item was blocked or skipped.\n\n");
     } else {
-        out.push_str("| Reason | State | Count | Meaning | Fix |\n| --- | --- | ---: | --- | --- |\n");
+        out.push_str(
+            "| Reason | State | Count | Meaning | Fix |\n| --- | --- | ---: | --- | --- |\n",
+        );
         for r in &s.reasons {
             let _ = writeln!(
                 out,
@@ -107,11 +109,7 @@ pub(super) fn render(s: &Summary) -> String {
         out.push('\n');
     }
 
-    let _ = writeln!(
-        out,
-        "## Blocked and failed users ({})\n",
-        s.attention.len()
-    );
+    let _ = writeln!(out, "## Blocked and failed users ({})\n", s.attention.len());
     if s.attention.is_empty() {
         out.push_str("None.\n\n");
     } else {
@@ -232,7 +230,9 @@ mod tests {
         assert!(md.contains("- **Billing.**"));
         assert!(md.contains("11111111-2222-3333-4444-555555555555"));
         assert!(!md.contains("<script>"));
-        assert!(md.contains("| Custom message | 35 characters: Welcome \\| to \\<b\\>B2B\\</b\\> / second line |"));
+        assert!(md.contains(
+            "| Custom message | 35 characters: Welcome \\| to \\<b\\>B2B\\</b\\> / second line |"
+        ));
     }
 
     #[test]

@@ -141,7 +141,7 @@ impl Estimate {
         let rate = run.options.rate;
         let at_rate = estimate_live_duration(users, rate);
         let at_ceiling = estimate_at_graph_ceiling(users);
-        let at_rate_s = (at_rate != Duration::MAX).then(|| at_rate.as_secs_f64());
+        let at_rate_s = (at_rate != Duration::MAX).then_some(at_rate.as_secs_f64());
         let bound_by = if at_rate >= at_ceiling {
             BoundBy::ConfiguredRate
         } else {
@@ -329,10 +329,15 @@ impl<'a> Summary<'a> {
             ("Redirect URL", o.redirect_url.clone()),
             (
                 "Message language",
-                o.message_language.clone().unwrap_or_else(|| "default".into()),
+                o.message_language
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
             ),
             ("Custom message", message),
-            ("Cc recipient", o.cc.clone().unwrap_or_else(|| "none".into())),
+            (
+                "Cc recipient",
+                o.cc.clone().unwrap_or_else(|| "none".into()),
+            ),
             ("Rate", format!("{} requests/s", num(o.rate))),
             ("Concurrency", o.concurrency.to_string()),
             ("Max attempts per user", o.max_attempts.to_string()),
@@ -349,7 +354,10 @@ impl<'a> Summary<'a> {
         let e = self.estimate?;
         let users = match e.limit {
             Some(l) if l < e.would_convert => {
-                format!("{} ({} would convert, --limit {l})", e.users_to_convert, e.would_convert)
+                format!(
+                    "{} ({} would convert, --limit {l})",
+                    e.users_to_convert, e.would_convert
+                )
             }
             _ => e.users_to_convert.to_string(),
         };
@@ -379,7 +387,11 @@ impl<'a> Summary<'a> {
                 "At Graph's write ceiling",
                 format!(
                     "{} (about 20 invitations/s sustained per app+tenant after an initial burst of 3,000 writes; /invitations allows at most 30/s)",
-                    secs(Some(e.at_graph_ceiling_seconds))
+                    if e.at_graph_ceiling_seconds == 0.0 {
+                        "0 s, within the initial burst".to_string()
+                    } else {
+                        secs(Some(e.at_graph_ceiling_seconds))
+                    }
                 ),
             ),
             (
@@ -425,7 +437,8 @@ impl<'a> Summary<'a> {
 /// Start to finish; to the report's time while the run has not finished.
 fn run_duration(run: &RunRecord, generated_at: &str) -> Option<Duration> {
     let start = DateTime::parse_from_rfc3339(&run.started_at).ok()?;
-    let end = DateTime::parse_from_rfc3339(run.finished_at.as_deref().unwrap_or(generated_at)).ok()?;
+    let end =
+        DateTime::parse_from_rfc3339(run.finished_at.as_deref().unwrap_or(generated_at)).ok()?;
     (end - start).to_std().ok()
 }
 
@@ -510,7 +523,9 @@ pub(crate) fn failed_fix_hint(code: Option<&str>) -> &'static str {
         || code.contains("internal")
     {
         "Transient Graph error; attempts ran out. Run `b2b-convert retry RUN_ID` later."
-    } else if code.contains("authorization") || code.contains("forbidden") || code.contains("denied")
+    } else if code.contains("authorization")
+        || code.contains("forbidden")
+        || code.contains("denied")
     {
         "Check the app's User.Invite.All consent and the tenant's B2B invitation settings, then retry the run."
     } else {
@@ -625,7 +640,10 @@ mod tests {
         assert_eq!(estimate_at_graph_ceiling(3_150), Duration::from_secs(100));
         assert_eq!(estimate_at_graph_ceiling(8_700), Duration::from_secs(285));
         // Above, the write bucket (20/s after 3,000): 100,000 users ≈ 81 min.
-        assert_eq!(estimate_at_graph_ceiling(100_000), Duration::from_secs(4_850));
+        assert_eq!(
+            estimate_at_graph_ceiling(100_000),
+            Duration::from_secs(4_850)
+        );
         assert_eq!(
             human_duration(estimate_at_graph_ceiling(100_000)),
             "1 h 20 min 50 s"
