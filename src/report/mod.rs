@@ -1,1 +1,718 @@
-//! Reports for a change board and a service desk, rendered from the database alone.
+//! Reports for a change board and a service desk, rendered from data alone.
+//!
+//! The caller reads a run from the queue into [`ReportData`]; [`render`] turns it into Markdown,
+//! one self-contained HTML file, CSV or JSON. This module owns the facts every format states
+//! (run identity, options, counts, blocked and failed users, the dry-run estimate, live
+//! throughput, the things to consider); the format modules only lay them out and escape them.
+//! Nothing here does I/O.
+
+mod csv;
+mod html;
+mod json;
+mod markdown;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::DateTime;
+use serde::Serialize;
+
+use crate::cli::ReportFormat;
+use crate::item::{ItemRecord, ItemState, Reason, RunCounts, RunMode, RunRecord};
+
+pub use self::csv::CSV_COLUMNS;
+
+/// Graph's sustained write ceiling per app+tenant: the write bucket of 3,000 per 150 s.
+pub const GRAPH_WRITE_CEILING_PER_S: f64 = 20.0;
+/// Size of the write bucket, available at once when a run starts.
+pub const GRAPH_WRITE_BURST: u64 = 3_000;
+/// `/invitations` allows 150 per 5 s per tenant: it caps the initial burst at 30/s.
+pub const GRAPH_INVITATIONS_PER_S: f64 = 30.0;
+/// Size of the `/invitations` bucket.
+pub const GRAPH_INVITATIONS_BURST: u64 = 150;
+
+/// `schema` of the JSON report (docs/report-json.md).
+pub const JSON_SCHEMA: &str = "b2b-convert.report";
+/// `version` of the JSON report; additive changes keep it.
+pub const JSON_VERSION: u32 = 1;
+
+/// How much of a custom invitation message the human formats show.
+pub const MESSAGE_PREVIEW_CHARS: usize = 200;
+/// Above this many items the human formats list only blocked and failed users; the CSV and
+/// JSON reports always carry every item.
+pub const FULL_LIST_LIMIT: usize = 5_000;
+
+/// Everything a report states; the caller reads it from the queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportData {
+    pub run: RunRecord,
+    pub counts: RunCounts,
+    /// Every item of the run, ordered by id.
+    pub items: Vec<ItemRecord>,
+    /// RFC 3339.
+    pub generated_at: String,
+    pub tool_version: String,
+}
+
+/// The format a report path asks for, from its extension (case-insensitive).
+pub fn format_from_path(path: &Path) -> Option<ReportFormat> {
+    let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+    match ext.as_str() {
+        "md" | "markdown" => Some(ReportFormat::Md),
+        "html" | "htm" => Some(ReportFormat::Html),
+        "csv" => Some(ReportFormat::Csv),
+        "json" => Some(ReportFormat::Json),
+        _ => None,
+    }
+}
+
+/// Renders a report. Infallible: the data is already in memory.
+pub fn render(format: ReportFormat, data: &ReportData) -> String {
+    let summary = Summary::new(data);
+    match format {
+        ReportFormat::Md => markdown::render(&summary),
+        ReportFormat::Html => html::render(&summary),
+        ReportFormat::Csv => csv::render(data),
+        ReportFormat::Json => json::render(&summary),
+    }
+}
+
+/// Time to send `users_to_convert` invitations at a steady `rate_per_s`: `users / rate`.
+///
+/// A rate that is not a positive number never finishes: `Duration::MAX`.
+pub fn estimate_live_duration(users_to_convert: u64, rate_per_s: f64) -> Duration {
+    if users_to_convert == 0 {
+        return Duration::ZERO;
+    }
+    if !(rate_per_s.is_finite() && rate_per_s > 0.0) {
+        return Duration::MAX;
+    }
+    Duration::try_from_secs_f64(users_to_convert as f64 / rate_per_s).unwrap_or(Duration::MAX)
+}
+
+/// Shortest time Graph lets `users_to_convert` invitations through one app+tenant.
+///
+/// Each conversion costs one write and one `/invitations` call. Both buckets start full, so
+/// the last of `n` invitations can go at
+/// `max(0, (n − 3,000) / 20, (n − 150) / 30)` seconds: the `/invitations` bucket (150 per 5 s)
+/// binds below 8,700 users, the write bucket (3,000 per 150 s, 20/s sustained) above. 100,000
+/// users take at least ~81 minutes. Reads cost resource units, not writes, and are left out.
+pub fn estimate_at_graph_ceiling(users_to_convert: u64) -> Duration {
+    let n = users_to_convert as f64;
+    let writes = (n - GRAPH_WRITE_BURST as f64) / GRAPH_WRITE_CEILING_PER_S;
+    let invitations = (n - GRAPH_INVITATIONS_BURST as f64) / GRAPH_INVITATIONS_PER_S;
+    Duration::try_from_secs_f64(writes.max(invitations).max(0.0)).unwrap_or(Duration::MAX)
+}
+
+/// Which limit bounds the estimated live run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BoundBy {
+    ConfiguredRate,
+    GraphCeiling,
+}
+
+/// Dry run only: how long the live run will take.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Estimate {
+    /// Items in state `would_convert`.
+    pub would_convert: u64,
+    /// `--limit`, when set.
+    pub limit: Option<u64>,
+    /// `min(would_convert, limit)`.
+    pub users_to_convert: u64,
+    pub configured_rate_per_second: f64,
+    /// `None` when the configured rate is not a positive number.
+    pub at_configured_rate_seconds: Option<f64>,
+    pub graph_ceiling_per_second: f64,
+    pub at_graph_ceiling_seconds: f64,
+    /// The slower of the two.
+    pub estimated_seconds: Option<f64>,
+    pub bound_by: BoundBy,
+}
+
+impl Estimate {
+    fn new(run: &RunRecord, counts: &RunCounts) -> Estimate {
+        let would_convert = counts.state(ItemState::WouldConvert);
+        let limit = run.options.limit;
+        let users = limit.map_or(would_convert, |l| l.min(would_convert));
+        let rate = run.options.rate;
+        let at_rate = estimate_live_duration(users, rate);
+        let at_ceiling = estimate_at_graph_ceiling(users);
+        let at_rate_s = (at_rate != Duration::MAX).then_some(at_rate.as_secs_f64());
+        let bound_by = if at_rate >= at_ceiling {
+            BoundBy::ConfiguredRate
+        } else {
+            BoundBy::GraphCeiling
+        };
+        let estimated = match bound_by {
+            BoundBy::ConfiguredRate => at_rate_s,
+            BoundBy::GraphCeiling => Some(at_ceiling.as_secs_f64()),
+        };
+        Estimate {
+            would_convert,
+            limit,
+            users_to_convert: users,
+            configured_rate_per_second: rate,
+            at_configured_rate_seconds: at_rate_s,
+            graph_ceiling_per_second: GRAPH_WRITE_CEILING_PER_S,
+            at_graph_ceiling_seconds: at_ceiling.as_secs_f64(),
+            estimated_seconds: estimated,
+            bound_by,
+        }
+    }
+}
+
+/// Live run only: what the run achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Throughput {
+    pub converted: u64,
+    /// Start to finish (or to the report, while running); `None` if the times do not parse.
+    pub duration_seconds: Option<f64>,
+    pub converted_per_second: Option<f64>,
+    pub graph_requests: u64,
+    pub requests_per_converted: Option<f64>,
+    pub retries: u64,
+    pub throttled_requests: u64,
+    /// Converted by re-reading the user after an unknown outcome.
+    pub reconciled: u64,
+}
+
+/// One reason code present in the run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReasonCount {
+    pub code: String,
+    pub count: u64,
+    /// `blocked` or `skipped`; `None` for a code this version does not know.
+    pub state: Option<ItemState>,
+    pub explanation: Option<&'static str>,
+    pub fix_hint: Option<&'static str>,
+}
+
+/// The facts every format states, computed once.
+pub(crate) struct Summary<'a> {
+    pub data: &'a ReportData,
+    pub duration: Option<Duration>,
+    pub estimate: Option<Estimate>,
+    pub throughput: Option<Throughput>,
+    pub reasons: Vec<ReasonCount>,
+    /// Blocked and failed items, each once, by id.
+    pub attention: Vec<&'a ItemRecord>,
+    /// Every other item, by id.
+    pub others: Vec<&'a ItemRecord>,
+}
+
+impl<'a> Summary<'a> {
+    pub fn new(data: &'a ReportData) -> Summary<'a> {
+        let run = &data.run;
+        let duration = run_duration(run, &data.generated_at);
+        let estimate = (run.mode == RunMode::DryRun).then(|| Estimate::new(run, &data.counts));
+        let throughput = (run.mode == RunMode::Live).then(|| {
+            let c = &data.counts;
+            let converted = c.state(ItemState::Converted);
+            let secs = duration.map(|d| d.as_secs_f64());
+            Throughput {
+                converted,
+                duration_seconds: secs,
+                converted_per_second: secs.filter(|s| *s > 0.0).map(|s| converted as f64 / s),
+                graph_requests: c.graph_requests,
+                requests_per_converted: (converted > 0)
+                    .then(|| c.graph_requests as f64 / converted as f64),
+                retries: c.retries,
+                throttled_requests: c.throttled_requests,
+                reconciled: c.reconciled,
+            }
+        });
+        let reasons = data
+            .counts
+            .reasons
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(code, n)| {
+                let reason = code.parse::<Reason>().ok();
+                ReasonCount {
+                    code: code.clone(),
+                    count: *n,
+                    state: reason.map(Reason::state),
+                    explanation: reason.map(Reason::explanation),
+                    fix_hint: reason.map(Reason::fix_hint),
+                }
+            })
+            .collect();
+        let mut seen = BTreeSet::new();
+        let mut items: Vec<&ItemRecord> = data.items.iter().filter(|i| seen.insert(i.id)).collect();
+        items.sort_by_key(|i| i.id);
+        let (attention, others) = items.into_iter().partition(|i| i.state.needs_attention());
+        Summary {
+            data,
+            duration,
+            estimate,
+            throughput,
+            reasons,
+            attention,
+            others,
+        }
+    }
+
+    pub fn state_counts(&self) -> Vec<(ItemState, u64)> {
+        ItemState::ALL
+            .into_iter()
+            .map(|s| (s, self.data.counts.state(s)))
+            .collect()
+    }
+
+    /// Run identity, as label → plain text (the renderer escapes).
+    pub fn run_rows(&self) -> Vec<(&'static str, String)> {
+        let run = &self.data.run;
+        let finished = match &run.finished_at {
+            Some(t) => t.clone(),
+            None if run.status == "running" => "still running".to_string(),
+            None => format!("not finished ({})", run.status),
+        };
+        let duration = match (self.duration, &run.finished_at) {
+            (Some(d), Some(_)) => human_duration(d),
+            (Some(d), None) => format!("{} so far", human_duration(d)),
+            (None, _) => "unknown".to_string(),
+        };
+        vec![
+            ("Run id", run.id.to_string()),
+            (
+                "Tenant id",
+                run.tenant_id.clone().unwrap_or_else(|| "unknown".into()),
+            ),
+            ("Source", run.source.to_string()),
+            ("Mode", mode_label(run.mode).to_string()),
+            ("Status", run.status.clone()),
+            ("Graph endpoint", run.graph_url.clone()),
+            ("Started", run.started_at.clone()),
+            ("Finished", finished),
+            ("Duration", duration),
+            ("Report generated", self.data.generated_at.clone()),
+            ("Tool version", self.data.tool_version.clone()),
+        ]
+    }
+
+    /// The options that change what a run does. The custom message is cut to a preview.
+    pub fn option_rows(&self) -> Vec<(&'static str, String)> {
+        let o = &self.data.run.options;
+        let message = match &o.message_body {
+            None => "none".to_string(),
+            Some(body) => {
+                let n = body.chars().count();
+                let preview: String = body.chars().take(MESSAGE_PREVIEW_CHARS).collect();
+                if n > MESSAGE_PREVIEW_CHARS {
+                    format!("{n} characters, begins: {preview}…")
+                } else {
+                    format!("{n} characters: {preview}")
+                }
+            }
+        };
+        let overridden = self
+            .data
+            .items
+            .iter()
+            .filter(|i| !i.overrides.is_empty())
+            .count();
+        vec![
+            (
+                "Invitation email",
+                if o.silent {
+                    "not sent (silent: sendInvitationMessage=false)".to_string()
+                } else {
+                    "sent (sendInvitationMessage=true)".to_string()
+                },
+            ),
+            ("Redirect URL", o.redirect_url.clone()),
+            (
+                "Message language",
+                o.message_language
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
+            ),
+            ("Custom message", message),
+            (
+                "Cc recipient",
+                o.cc.clone().unwrap_or_else(|| "none".into()),
+            ),
+            ("Rate", format!("{} requests/s", num(o.rate))),
+            ("Concurrency", o.concurrency.to_string()),
+            ("Max attempts per user", o.max_attempts.to_string()),
+            (
+                "Limit",
+                o.limit
+                    .map_or_else(|| "none".to_string(), |l| format!("{l} users")),
+            ),
+            ("Rows with per-row overrides", overridden.to_string()),
+        ]
+    }
+
+    pub fn estimate_rows(&self) -> Option<Vec<(&'static str, String)>> {
+        let e = self.estimate?;
+        let users = match e.limit {
+            Some(l) if l < e.would_convert => {
+                format!(
+                    "{} ({} would convert, --limit {l})",
+                    e.users_to_convert, e.would_convert
+                )
+            }
+            _ => e.users_to_convert.to_string(),
+        };
+        let secs = |s: Option<f64>| {
+            s.map_or_else(
+                || "never (the rate is not a positive number)".to_string(),
+                |s| human_duration(Duration::from_secs_f64(s)),
+            )
+        };
+        let bound = match e.bound_by {
+            BoundBy::ConfiguredRate => "the configured rate is the slower, so it bounds the run",
+            BoundBy::GraphCeiling => {
+                "Graph's ceiling is the slower, so it bounds the run (a higher --rate will not help)"
+            }
+        };
+        Some(vec![
+            ("Users that would convert", users),
+            (
+                "At the configured rate",
+                format!(
+                    "{} (at {} requests/s)",
+                    secs(e.at_configured_rate_seconds),
+                    num(e.configured_rate_per_second)
+                ),
+            ),
+            (
+                "At Graph's write ceiling",
+                format!(
+                    "{} (about 20 invitations/s sustained per app+tenant after an initial burst of 3,000 writes; /invitations allows at most 30/s)",
+                    if e.at_graph_ceiling_seconds == 0.0 {
+                        "0 s, within the initial burst".to_string()
+                    } else {
+                        secs(Some(e.at_graph_ceiling_seconds))
+                    }
+                ),
+            ),
+            (
+                "Estimated duration",
+                format!("{}: {bound}", secs(e.estimated_seconds)),
+            ),
+        ])
+    }
+
+    pub fn throughput_rows(&self) -> Option<Vec<(&'static str, String)>> {
+        let t = self.throughput?;
+        let per = |v: Option<f64>, unit: &str| {
+            v.map_or_else(|| "n/a".to_string(), |v| format!("{v:.2} {unit}"))
+        };
+        Some(vec![
+            ("Converted", t.converted.to_string()),
+            (
+                "Duration",
+                t.duration_seconds.map_or_else(
+                    || "unknown".to_string(),
+                    |s| human_duration(Duration::from_secs_f64(s)),
+                ),
+            ),
+            (
+                "Throughput",
+                per(t.converted_per_second, "users/s converted"),
+            ),
+            ("Graph requests", t.graph_requests.to_string()),
+            (
+                "Requests per converted user",
+                per(t.requests_per_converted, "requests"),
+            ),
+            ("Retries", t.retries.to_string()),
+            ("Throttled requests (429)", t.throttled_requests.to_string()),
+            (
+                "Reconciled (converted, found by re-reading after an unknown outcome)",
+                t.reconciled.to_string(),
+            ),
+        ])
+    }
+}
+
+/// Start to finish; to the report's time while the run has not finished.
+fn run_duration(run: &RunRecord, generated_at: &str) -> Option<Duration> {
+    let start = DateTime::parse_from_rfc3339(&run.started_at).ok()?;
+    let end =
+        DateTime::parse_from_rfc3339(run.finished_at.as_deref().unwrap_or(generated_at)).ok()?;
+    (end - start).to_std().ok()
+}
+
+pub(crate) fn mode_label(mode: RunMode) -> &'static str {
+    match mode {
+        RunMode::DryRun => "Dry run",
+        RunMode::Live => "Live",
+    }
+}
+
+/// "1 h 23 min 4 s": whole seconds, rounded; leading and trailing zero units left out.
+pub fn human_duration(d: Duration) -> String {
+    if d == Duration::MAX {
+        return "unbounded".to_string();
+    }
+    if d > Duration::ZERO && d < Duration::from_millis(500) {
+        return "under 1 s".to_string();
+    }
+    let total = d.as_secs() + u64::from(d.subsec_millis() >= 500);
+    let parts = [
+        (total / 86_400, "d"),
+        (total / 3_600 % 24, "h"),
+        (total / 60 % 60, "min"),
+        (total % 60, "s"),
+    ];
+    let first = parts.iter().position(|(n, _)| *n > 0);
+    let last = parts.iter().rposition(|(n, _)| *n > 0);
+    match (first, last) {
+        (Some(f), Some(l)) => parts[f..=l]
+            .iter()
+            .map(|(n, u)| format!("{n} {u}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => "0 s".to_string(),
+    }
+}
+
+/// A rate or ratio without needless decimals: 20 → "20", 12.5 → "12.5".
+fn num(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else {
+        let s = format!("{v:.2}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
+/// Reason code for a blocked or skipped item, Graph error code for a failed one.
+pub(crate) fn item_reason(item: &ItemRecord) -> String {
+    match (item.reason, &item.error_code) {
+        (Some(r), _) => r.as_str().to_string(),
+        (None, Some(code)) => code.clone(),
+        (None, None) => String::new(),
+    }
+}
+
+/// What exactly was wrong: the detail and the Graph error message.
+pub(crate) fn item_detail(item: &ItemRecord) -> String {
+    match (&item.detail, &item.error_message) {
+        (Some(d), Some(m)) if d != m => format!("{d} — {m}"),
+        (Some(d), _) => d.clone(),
+        (None, Some(m)) => m.clone(),
+        (None, None) => String::new(),
+    }
+}
+
+/// What the service desk does about one blocked or failed item.
+pub(crate) fn item_fix(item: &ItemRecord) -> &'static str {
+    if let Some(r) = item.reason {
+        return r.fix_hint();
+    }
+    failed_fix_hint(item.error_code.as_deref())
+}
+
+/// Fix hint for a failed item, by Graph error code.
+pub(crate) fn failed_fix_hint(code: Option<&str>) -> &'static str {
+    let code = code.unwrap_or("").to_ascii_lowercase();
+    if code.contains("toomanyrequests")
+        || code.contains("unavailable")
+        || code.contains("timeout")
+        || code.contains("gateway")
+        || code.contains("internal")
+    {
+        "Transient Graph error; attempts ran out. Run `b2b-convert retry RUN_ID` later."
+    } else if code.contains("authorization")
+        || code.contains("forbidden")
+        || code.contains("denied")
+    {
+        "Check the app's User.Invite.All consent and the tenant's B2B invitation settings, then retry the run."
+    } else {
+        "Read the Graph error message, correct the user or tenant setting it names, then run `b2b-convert retry RUN_ID`; quote the request id to Microsoft support if it persists."
+    }
+}
+
+/// The seed documents' "Things to consider", as (topic, text).
+pub(crate) fn things_to_consider(tenant_id: Option<&str>) -> Vec<(&'static str, String)> {
+    let tenant = tenant_id.unwrap_or("<tenant id>");
+    vec![
+        (
+            "One-way",
+            "The conversion cannot be undone. Each user's properties as read before the change are \
+             kept in the run's database and in the JSON report."
+                .to_string(),
+        ),
+        (
+            "Billing",
+            "userType is not changed, so converted users stay on member-based billing. To move them \
+             to External ID monthly active user (MAU) pricing, set userType to Guest; the tenant \
+             must also be linked to an Azure subscription for MAU billing."
+                .to_string(),
+        ),
+        (
+            "On-premises access",
+            "Converted users can still use their internal credentials for on-premises resources \
+             until the password of the internal account is reset or changed."
+                .to_string(),
+        ),
+        (
+            "Synced users",
+            "For accounts synced from on-premises, the on-premises directory stays the source of \
+             authority: changes there, including disabling or deleting, reach the cloud account. \
+             To stop on-premises sign-in, set the on-premises password to an unknown value rather \
+             than deleting the account."
+                .to_string(),
+        ),
+        (
+            "Sign-in account",
+            "When redeeming, users must sign in with an account in the domain of their mail \
+             address, or services such as Teams cannot authenticate them."
+                .to_string(),
+        ),
+        (
+            "Teams",
+            format!(
+                "At first this tenant is missing from the Teams tenant picker for converted users; \
+                 give them a link with the tenant id, https://teams.microsoft.com/?tenantId={tenant} \
+                 — after that first visit it appears in the picker."
+            ),
+        ),
+    ]
+}
+
+pub(crate) const THINGS_TO_CONSIDER_INTRO: &str =
+    "These are consequences of the conversion the board approves, not findings of this run:";
+
+#[cfg(test)]
+pub(crate) mod fixtures;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::item::RunOptions;
+
+    #[test]
+    fn format_from_extension() {
+        let f = |p: &str| format_from_path(Path::new(p));
+        assert_eq!(f("r.md"), Some(ReportFormat::Md));
+        assert_eq!(f("r.MARKDOWN"), Some(ReportFormat::Md));
+        assert_eq!(f("out/r.html"), Some(ReportFormat::Html));
+        assert_eq!(f("r.HTM"), Some(ReportFormat::Html));
+        assert_eq!(f("r.csv"), Some(ReportFormat::Csv));
+        assert_eq!(f("r.json"), Some(ReportFormat::Json));
+        assert_eq!(f("r.txt"), None);
+        assert_eq!(f("report"), None);
+        assert_eq!(f(".md"), None);
+    }
+
+    #[test]
+    fn durations_read_like_people_say_them() {
+        let s = |n| human_duration(Duration::from_secs(n));
+        assert_eq!(s(0), "0 s");
+        assert_eq!(s(4), "4 s");
+        assert_eq!(s(60), "1 min");
+        assert_eq!(s(3600), "1 h");
+        assert_eq!(s(3604), "1 h 0 min 4 s");
+        assert_eq!(s(5_004), "1 h 23 min 24 s");
+        assert_eq!(s(3600 + 23 * 60 + 4), "1 h 23 min 4 s");
+        assert_eq!(s(90_061), "1 d 1 h 1 min 1 s");
+        assert_eq!(human_duration(Duration::from_millis(1_600)), "2 s");
+        assert_eq!(human_duration(Duration::from_millis(100)), "under 1 s");
+        assert_eq!(human_duration(Duration::MAX), "unbounded");
+    }
+
+    #[test]
+    fn estimate_is_users_over_rate() {
+        assert_eq!(estimate_live_duration(0, 20.0), Duration::ZERO);
+        assert_eq!(estimate_live_duration(1_000, 20.0), Duration::from_secs(50));
+        assert_eq!(estimate_live_duration(100, 0.5), Duration::from_secs(200));
+        assert_eq!(estimate_live_duration(10, 0.0), Duration::MAX);
+        assert_eq!(estimate_live_duration(10, f64::NAN), Duration::MAX);
+        assert_eq!(estimate_live_duration(10, -1.0), Duration::MAX);
+    }
+
+    #[test]
+    fn graph_ceiling_allows_the_burst_then_twenty_per_second() {
+        assert_eq!(estimate_at_graph_ceiling(0), Duration::ZERO);
+        assert_eq!(estimate_at_graph_ceiling(150), Duration::ZERO);
+        // Below 8,700 users the /invitations bucket (30/s after 150) binds.
+        assert_eq!(estimate_at_graph_ceiling(3_150), Duration::from_secs(100));
+        assert_eq!(estimate_at_graph_ceiling(8_700), Duration::from_secs(285));
+        // Above, the write bucket (20/s after 3,000): 100,000 users ≈ 81 min.
+        assert_eq!(
+            estimate_at_graph_ceiling(100_000),
+            Duration::from_secs(4_850)
+        );
+        assert_eq!(
+            human_duration(estimate_at_graph_ceiling(100_000)),
+            "1 h 20 min 50 s"
+        );
+    }
+
+    #[test]
+    fn slower_limit_bounds_the_estimate() {
+        let mut run = fixtures::dry_run().run;
+        let mut counts = RunCounts::default();
+        counts.states.insert("would_convert".into(), 100_000);
+        run.options.rate = 20.0;
+        let e = Estimate::new(&run, &counts);
+        assert_eq!(e.bound_by, BoundBy::ConfiguredRate);
+        assert_eq!(e.estimated_seconds, Some(5_000.0));
+        run.options.rate = 100.0;
+        let e = Estimate::new(&run, &counts);
+        assert_eq!(e.bound_by, BoundBy::GraphCeiling);
+        assert_eq!(e.estimated_seconds, Some(4_850.0));
+        run.options.limit = Some(1_000);
+        let e = Estimate::new(&run, &counts);
+        assert_eq!(e.users_to_convert, 1_000);
+        assert_eq!(e.at_configured_rate_seconds, Some(10.0));
+        run.options = RunOptions {
+            rate: 0.0,
+            ..RunOptions::default()
+        };
+        let e = Estimate::new(&run, &counts);
+        assert_eq!(e.bound_by, BoundBy::ConfiguredRate);
+        assert_eq!(e.estimated_seconds, None);
+    }
+
+    #[test]
+    fn summary_lists_each_blocked_or_failed_item_once() {
+        let mut data = fixtures::dry_run();
+        let dup = data.items[0].clone();
+        data.items.push(dup);
+        let s = Summary::new(&data);
+        let blocked = data
+            .items
+            .iter()
+            .filter(|i| i.state.needs_attention())
+            .map(|i| i.id)
+            .collect::<BTreeSet<_>>();
+        let listed: Vec<i64> = s.attention.iter().map(|i| i.id).collect();
+        assert_eq!(listed, blocked.into_iter().collect::<Vec<_>>());
+        assert_eq!(s.attention.len() + s.others.len(), data.items.len() - 1);
+    }
+
+    #[test]
+    fn unfinished_run_counts_to_the_report_time() {
+        let mut data = fixtures::live_run();
+        data.run.finished_at = None;
+        data.run.status = "running".into();
+        let s = Summary::new(&data);
+        let rows = s.run_rows();
+        let get = |k: &str| rows.iter().find(|(l, _)| *l == k).unwrap().1.clone();
+        assert_eq!(get("Finished"), "still running");
+        assert!(get("Duration").ends_with("so far"), "{}", get("Duration"));
+    }
+
+    #[test]
+    fn custom_message_is_previewed() {
+        let mut data = fixtures::dry_run();
+        data.run.options.message_body = Some("x".repeat(500));
+        let s = Summary::new(&data);
+        let rows = s.option_rows();
+        let msg = &rows.iter().find(|(l, _)| *l == "Custom message").unwrap().1;
+        assert!(msg.starts_with("500 characters"));
+        assert_eq!(msg.matches('x').count(), MESSAGE_PREVIEW_CHARS);
+    }
+}

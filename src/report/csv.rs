@@ -1,0 +1,151 @@
+//! CSV report: one row per item, columns in the fixed order of [`CSV_COLUMNS`] (documented in
+//! docs/report-json.md, "CSV columns"). Spreadsheet-safe: a cell a spreadsheet would read as a
+//! formula (starting with `=`, `+`, `-`, `@`, tab or carriage return) gets a leading `'`.
+
+use crate::item::{ItemRecord, UserKey};
+
+use super::{item_fix, ReportData};
+
+/// Column order of the CSV report. New columns are only ever appended.
+pub const CSV_COLUMNS: [&str; 21] = [
+    "item_id",
+    "line",
+    "user_key",
+    "user_id",
+    "user_principal_name",
+    "display_name",
+    "user_type",
+    "external_email",
+    "state",
+    "reason",
+    "detail",
+    "attempts",
+    "error_code",
+    "error_message",
+    "request_id",
+    "client_request_id",
+    "invitation_id",
+    "invitation_status",
+    "reconciled",
+    "updated_at",
+    "fix_hint",
+];
+
+/// Neutralises a cell a spreadsheet would evaluate as a formula.
+pub(crate) fn spreadsheet_safe(cell: String) -> String {
+    match cell.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{cell}"),
+        _ => cell,
+    }
+}
+
+fn row(i: &ItemRecord) -> [String; 21] {
+    let o = |s: &Option<String>| s.clone().unwrap_or_default();
+    let key = match &i.key {
+        Some(UserKey::Id(v)) => format!("id:{v}"),
+        Some(UserKey::UserPrincipalName(v)) => format!("userPrincipalName:{v}"),
+        None => String::new(),
+    };
+    let fix = if i.state.needs_attention() {
+        item_fix(i).to_string()
+    } else {
+        String::new()
+    };
+    [
+        i.id.to_string(),
+        i.line.map(|l| l.to_string()).unwrap_or_default(),
+        key,
+        o(&i.user_id),
+        o(&i.user_principal_name),
+        o(&i.display_name),
+        o(&i.user_type),
+        o(&i.external_email),
+        i.state.as_str().to_string(),
+        i.reason.map(|r| r.as_str().to_string()).unwrap_or_default(),
+        o(&i.detail),
+        i.attempts.to_string(),
+        o(&i.error_code),
+        o(&i.error_message),
+        o(&i.request_id),
+        o(&i.client_request_id),
+        o(&i.invitation_id),
+        o(&i.invitation_status),
+        i.reconciled.to_string(),
+        i.updated_at.clone(),
+        fix,
+    ]
+}
+
+pub(super) fn render(data: &ReportData) -> String {
+    let mut w = ::csv::WriterBuilder::new().from_writer(Vec::new());
+    // Writing to memory cannot fail except on a bug in the csv crate.
+    w.write_record(CSV_COLUMNS)
+        .expect("CSV write to memory cannot fail");
+    for item in &data.items {
+        w.write_record(row(item).map(spreadsheet_safe))
+            .expect("CSV write to memory cannot fail");
+    }
+    let bytes = w.into_inner().expect("CSV flush to memory cannot fail");
+    String::from_utf8(bytes).expect("CSV of UTF-8 strings is UTF-8")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::{dry_run, live_run, INJECTION, XSS_NAME};
+    use super::*;
+    use crate::cli::ReportFormat;
+    use crate::report::render as render_report;
+
+    fn parse(text: &str) -> (Vec<String>, Vec<Vec<String>>) {
+        let mut r = ::csv::ReaderBuilder::new().from_reader(text.as_bytes());
+        let header = r.headers().unwrap().iter().map(String::from).collect();
+        let rows = r
+            .records()
+            .map(|rec| rec.unwrap().iter().map(String::from).collect())
+            .collect();
+        (header, rows)
+    }
+
+    #[test]
+    fn formula_cells_are_quoted() {
+        for bad in ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx"] {
+            assert!(spreadsheet_safe(bad.into()).starts_with('\''), "{bad:?}");
+        }
+        assert_eq!(spreadsheet_safe("plain".into()), "plain");
+        assert_eq!(spreadsheet_safe(String::new()), "");
+    }
+
+    #[test]
+    fn parses_back_one_row_per_item() {
+        for data in [dry_run(), live_run()] {
+            let text = render_report(ReportFormat::Csv, &data);
+            let (header, rows) = parse(&text);
+            assert_eq!(header, CSV_COLUMNS);
+            assert_eq!(rows.len(), data.items.len());
+            for (row, item) in rows.iter().zip(&data.items) {
+                assert_eq!(row.len(), CSV_COLUMNS.len());
+                assert_eq!(row[0], item.id.to_string());
+                assert_eq!(row[8], item.state.as_str());
+                assert_eq!(row[9], item.reason.map(|r| r.as_str()).unwrap_or_default());
+                assert_eq!(row[14], item.request_id.clone().unwrap_or_default());
+                assert_eq!(row[20].is_empty(), !item.state.needs_attention());
+            }
+        }
+    }
+
+    #[test]
+    fn injection_cell_starts_with_quote_and_text_survives() {
+        let data = dry_run();
+        let (_, rows) = parse(&render_report(ReportFormat::Csv, &data));
+        let name = CSV_COLUMNS
+            .iter()
+            .position(|c| *c == "display_name")
+            .unwrap();
+        let inj = rows.iter().find(|r| r[0] == "2").unwrap();
+        assert_eq!(inj[name], format!("'{INJECTION}"));
+        let xss = rows.iter().find(|r| r[0] == "1").unwrap();
+        assert_eq!(xss[name], XSS_NAME);
+        let newline = rows.iter().find(|r| r[10].contains('\n')).unwrap();
+        assert!(newline[10].contains("| with pipe\nand newline"));
+    }
+}

@@ -1,0 +1,176 @@
+//! Hand-built runs for the report tests: a dry run with an item in every state and every reason
+//! code (and hostile values), and a live run with failures carrying Graph error codes.
+
+use super::ReportData;
+use crate::item::{
+    ItemRecord, ItemState, Overrides, Reason, RunCounts, RunMode, RunOptions, RunRecord,
+    SourceSpec, UserKey,
+};
+use crate::model::User;
+
+pub const XSS_NAME: &str = "<script>alert(1)</script>";
+pub const INJECTION: &str = "=HYPERLINK(\"http://x\")";
+
+pub fn item(id: i64, state: ItemState) -> ItemRecord {
+    let upn = format!("user{id}@contoso.com");
+    ItemRecord {
+        id,
+        run_id: 1,
+        line: Some(id as u64 + 1),
+        key: Some(UserKey::UserPrincipalName(upn.clone())),
+        user_id: Some(format!("00000000-0000-0000-0000-{id:012}")),
+        user_principal_name: Some(upn),
+        display_name: Some(format!("User {id}")),
+        user_type: Some("Guest".into()),
+        external_email: Some(format!("user{id}@partner.example")),
+        overrides: Overrides::default(),
+        state,
+        reason: None,
+        detail: None,
+        attempts: 0,
+        snapshot: Some(User {
+            id: format!("00000000-0000-0000-0000-{id:012}"),
+            display_name: Some(format!("User {id}")),
+            mail: Some(format!("user{id}@partner.example")),
+            ..User::default()
+        }),
+        error_code: None,
+        error_message: None,
+        request_id: None,
+        client_request_id: None,
+        invitation_id: None,
+        invitation_status: None,
+        reconciled: false,
+        updated_at: "2025-03-01T10:05:00Z".into(),
+    }
+}
+
+pub fn counts_of(items: &[ItemRecord]) -> RunCounts {
+    let mut c = RunCounts {
+        total: items.len() as u64,
+        ..RunCounts::default()
+    };
+    for s in ItemState::ALL {
+        c.states.insert(s.as_str().into(), 0);
+    }
+    for i in items {
+        *c.states.entry(i.state.as_str().into()).or_default() += 1;
+        if let Some(r) = i.reason {
+            *c.reasons.entry(r.as_str().into()).or_default() += 1;
+        }
+        c.reconciled += u64::from(i.reconciled);
+    }
+    c
+}
+
+fn run(mode: RunMode) -> RunRecord {
+    RunRecord {
+        id: 1,
+        source: SourceSpec::Csv {
+            path: "users.csv".into(),
+        },
+        mode,
+        options: RunOptions {
+            message_body: Some("Welcome | to <b>B2B</b>\nsecond line".into()),
+            cc: Some("it@contoso.com".into()),
+            ..RunOptions::default()
+        },
+        tenant_id: Some("11111111-2222-3333-4444-555555555555".into()),
+        graph_url: "https://graph.microsoft.com".into(),
+        started_at: "2025-03-01T10:00:00Z".into(),
+        finished_at: Some("2025-03-01T11:23:04Z".into()),
+        status: "finished".into(),
+        ingest_complete: true,
+    }
+}
+
+/// A dry run: every state, every reason, a script-tag display name, a CSV-injection value.
+pub fn dry_run() -> ReportData {
+    let mut items = Vec::new();
+    let mut xss = item(1, ItemState::WouldConvert);
+    xss.display_name = Some(XSS_NAME.into());
+    items.push(xss);
+    let mut inj = item(2, ItemState::WouldConvert);
+    inj.display_name = Some(INJECTION.into());
+    items.push(inj);
+    items.push(item(3, ItemState::Pending));
+    items.push(item(4, ItemState::InFlight));
+    items.push(item(5, ItemState::Converted));
+    let mut id = 6;
+    for r in Reason::ALL {
+        let mut it = item(id, r.state());
+        it.reason = Some(r);
+        it.detail = Some(format!("detail of {r} | with pipe\nand newline"));
+        if r == Reason::BadInput {
+            it.key = None;
+            it.user_id = None;
+            it.user_principal_name = None;
+            it.display_name = Some(XSS_NAME.into());
+            it.detail = Some("line 13: invalid email `a@@b` <x>".into());
+        }
+        items.push(it);
+        id += 1;
+    }
+    let mut failed = item(id, ItemState::Failed);
+    failed.error_code = Some("Request_BadRequest".into());
+    failed.error_message = Some("User invitation failed. Invalid request input.".into());
+    failed.request_id = Some("req-dry-failed".into());
+    items.push(failed);
+    let counts = counts_of(&items);
+    ReportData {
+        run: run(RunMode::DryRun),
+        counts,
+        items,
+        generated_at: "2025-03-01T11:30:00Z".into(),
+        tool_version: "0.1.0".into(),
+    }
+}
+
+/// A live run: converted (one reconciled), failed with codes and request ids, one blocked.
+pub fn live_run() -> ReportData {
+    let mut items = Vec::new();
+    for id in 1..=3 {
+        let mut it = item(id, ItemState::Converted);
+        it.attempts = 1;
+        it.invitation_id = Some(format!("inv-{id}"));
+        it.invitation_status = Some("PendingAcceptance".into());
+        it.request_id = Some(format!("req-ok-{id}"));
+        it.reconciled = id == 3;
+        items.push(it);
+    }
+    let mut f1 = item(4, ItemState::Failed);
+    f1.attempts = 6;
+    f1.error_code = Some("TooManyRequests".into());
+    f1.error_message = Some("Too many requests; retry after 2 s".into());
+    f1.request_id = Some("req-fail-4".into());
+    f1.client_request_id = Some("creq-4".into());
+    items.push(f1);
+    let mut f2 = item(5, ItemState::Failed);
+    f2.attempts = 1;
+    f2.error_code = Some("BadRequest".into());
+    f2.error_message = Some("User invitation failed. Invalid request input.".into());
+    f2.request_id = Some("req-fail-5".into());
+    items.push(f2);
+    let mut b = item(6, ItemState::Blocked);
+    b.reason = Some(Reason::MailMismatch);
+    b.detail = Some("mail is user6@contoso.com".into());
+    items.push(b);
+    let mut s = item(7, ItemState::Skipped);
+    s.reason = Some(Reason::AlreadyB2b);
+    items.push(s);
+    let mut counts = counts_of(&items);
+    counts.graph_requests = 21;
+    counts.throttled_requests = 5;
+    counts.retries = 7;
+    let mut run = run(RunMode::Live);
+    run.options.silent = true;
+    run.options.message_body = None;
+    run.finished_at = Some("2025-03-01T10:01:40Z".into());
+    ReportData {
+        run,
+        counts,
+        items,
+        generated_at: "2025-03-01T10:02:00Z".into(),
+        tool_version: "0.1.0".into(),
+    }
+}

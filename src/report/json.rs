@@ -1,0 +1,208 @@
+//! JSON report: the whole run, in the versioned shape of docs/report-json.md.
+//!
+//! Items keep their `ItemRecord` serde shape, snapshot included: it is the record of each user
+//! before a one-way change. Nothing secret is in these structs (no token, no redeem URL).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::{
+    things_to_consider, Estimate, ReasonCount, Summary, Throughput, JSON_SCHEMA, JSON_VERSION,
+};
+use crate::item::{ItemRecord, ItemState, RunRecord};
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Report<'a> {
+    schema: &'static str,
+    version: u32,
+    generated_at: &'a str,
+    tool_version: &'a str,
+    run: Run<'a>,
+    counts: Counts,
+    reasons: &'a [ReasonCount],
+    estimate: Option<Estimate>,
+    throughput: Option<Throughput>,
+    things_to_consider: Vec<Consideration>,
+    items: &'a [ItemRecord],
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Run<'a> {
+    #[serde(flatten)]
+    record: &'a RunRecord,
+    /// Start to finish, or to `generatedAt` while the run is unfinished.
+    duration_seconds: Option<f64>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Counts {
+    total: u64,
+    /// Every state, zero included.
+    states: BTreeMap<&'static str, u64>,
+    reasons: BTreeMap<String, u64>,
+    graph_requests: u64,
+    throttled_requests: u64,
+    retries: u64,
+    reconciled: u64,
+}
+
+#[derive(Serialize)]
+struct Consideration {
+    topic: &'static str,
+    text: String,
+}
+
+pub(super) fn render(s: &Summary) -> String {
+    let d = s.data;
+    let c = &d.counts;
+    let report = Report {
+        schema: JSON_SCHEMA,
+        version: JSON_VERSION,
+        generated_at: &d.generated_at,
+        tool_version: &d.tool_version,
+        run: Run {
+            record: &d.run,
+            duration_seconds: s.duration.map(|d| d.as_secs_f64()),
+        },
+        counts: Counts {
+            total: c.total,
+            states: ItemState::ALL
+                .into_iter()
+                .map(|st| (st.as_str(), c.state(st)))
+                .collect(),
+            reasons: c.reasons.clone(),
+            graph_requests: c.graph_requests,
+            throttled_requests: c.throttled_requests,
+            retries: c.retries,
+            reconciled: c.reconciled,
+        },
+        reasons: &s.reasons,
+        estimate: s.estimate,
+        throughput: s.throughput,
+        things_to_consider: things_to_consider(d.run.tenant_id.as_deref())
+            .into_iter()
+            .map(|(topic, text)| Consideration { topic, text })
+            .collect(),
+        items: &d.items,
+    };
+    let mut text =
+        serde_json::to_string_pretty(&report).expect("report types always serialise to JSON");
+    text.push('\n');
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::{dry_run, live_run, XSS_NAME};
+    use crate::cli::ReportFormat;
+    use crate::item::{ItemRecord, ItemState};
+    use crate::report::render;
+    use serde_json::Value;
+
+    /// Keep in step with docs/report-json.md.
+    const TOP_LEVEL: [&str; 11] = [
+        "schema",
+        "version",
+        "generatedAt",
+        "toolVersion",
+        "run",
+        "counts",
+        "reasons",
+        "estimate",
+        "throughput",
+        "thingsToConsider",
+        "items",
+    ];
+
+    #[test]
+    fn documented_shape_and_version() {
+        let doc = include_str!("../../docs/report-json.md");
+        for data in [dry_run(), live_run()] {
+            let v: Value = serde_json::from_str(&render(ReportFormat::Json, &data)).unwrap();
+            let obj = v.as_object().unwrap();
+            for key in TOP_LEVEL {
+                assert!(obj.contains_key(key), "missing {key}");
+                assert!(doc.contains(&format!("`{key}`")), "{key} not documented");
+            }
+            assert_eq!(obj.len(), 11, "undocumented key in {:?}", obj.keys());
+            assert_eq!(v["schema"], "b2b-convert.report");
+            assert_eq!(v["version"], 1);
+            assert_eq!(v["run"]["id"], 1);
+            assert_eq!(v["run"]["mode"], data.run.mode.as_str());
+            for st in ItemState::ALL {
+                assert_eq!(v["counts"]["states"][st.as_str()], data.counts.state(st));
+            }
+            assert_eq!(v["counts"]["total"], data.counts.total);
+            let items: Vec<ItemRecord> = serde_json::from_value(v["items"].clone()).unwrap();
+            assert_eq!(items, data.items);
+            for key in v["run"].as_object().unwrap().keys() {
+                assert!(
+                    doc.contains(&format!("`{key}`")),
+                    "run.{key} not documented"
+                );
+            }
+            for key in v["counts"].as_object().unwrap().keys() {
+                assert!(
+                    doc.contains(&format!("`{key}`")),
+                    "counts.{key} not documented"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn estimate_only_for_dry_run_throughput_only_for_live() {
+        let dry: Value = serde_json::from_str(&render(ReportFormat::Json, &dry_run())).unwrap();
+        assert!(dry["throughput"].is_null());
+        let e = &dry["estimate"];
+        assert_eq!(e["wouldConvert"], 2);
+        assert_eq!(e["usersToConvert"], 2);
+        assert_eq!(e["atConfiguredRateSeconds"], 0.1);
+        assert_eq!(e["boundBy"], "configured_rate");
+        let doc = include_str!("../../docs/report-json.md");
+        for key in e.as_object().unwrap().keys() {
+            assert!(
+                doc.contains(&format!("`{key}`")),
+                "estimate.{key} not documented"
+            );
+        }
+
+        let live: Value = serde_json::from_str(&render(ReportFormat::Json, &live_run())).unwrap();
+        assert!(live["estimate"].is_null());
+        let t = &live["throughput"];
+        assert_eq!(t["converted"], 3);
+        assert_eq!(t["durationSeconds"], 100.0);
+        assert_eq!(t["convertedPerSecond"], 0.03);
+        assert_eq!(t["graphRequests"], 21);
+        assert_eq!(t["requestsPerConverted"], 7.0);
+        assert_eq!(t["throttledRequests"], 5);
+        assert_eq!(t["retries"], 7);
+        assert_eq!(t["reconciled"], 1);
+        for key in t.as_object().unwrap().keys() {
+            assert!(
+                doc.contains(&format!("`{key}`")),
+                "throughput.{key} not documented"
+            );
+        }
+        let reasons = live["reasons"].as_array().unwrap();
+        assert!(reasons.iter().any(
+            |r| r["code"] == "mail_mismatch" && r["fixHint"].as_str().unwrap().contains("mail")
+        ));
+    }
+
+    #[test]
+    fn values_are_json_escaped_not_html_escaped() {
+        let text = render(ReportFormat::Json, &dry_run());
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["items"][0]["displayName"], XSS_NAME);
+        assert!(v["items"][0]["snapshot"].is_object());
+        let lower = text.to_lowercase();
+        for secret in ["redeemurl", "access_token", "client_secret", "bearer"] {
+            assert!(!lower.contains(secret), "{secret}");
+        }
+    }
+}

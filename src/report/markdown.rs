@@ -1,0 +1,278 @@
+//! Markdown report: headings and pipe tables, readable in a terminal and on a wiki.
+//!
+//! Every value from the tenant or the input is escaped for a table cell: `|` cannot split a
+//! cell, a newline cannot end a row, and `<`, `>`, `[`, `]`, `` ` `` and `\` are
+//! backslash-escaped so a wiki renders them as text, never as HTML or links.
+
+use std::fmt::Write as _;
+
+use super::{
+    item_detail, item_fix, item_reason, mode_label, things_to_consider, Summary, FULL_LIST_LIMIT,
+    THINGS_TO_CONSIDER_INTRO,
+};
+use crate::item::ItemRecord;
+
+/// Escapes text for a Markdown table cell or a paragraph.
+pub(crate) fn cell(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '|' | '<' | '>' | '[' | ']' | '`' | '\\' | '*' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\r' => {
+                if chars.peek() == Some(&'\n') {
+                    chars.next();
+                }
+                out.push_str(" / ");
+            }
+            '\n' => out.push_str(" / "),
+            c if c.is_control() => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn opt(s: &Option<String>) -> String {
+    s.as_deref().map(cell).unwrap_or_default()
+}
+
+fn kv_table(out: &mut String, rows: &[(&str, String)]) {
+    out.push_str("| Field | Value |\n| --- | --- |\n");
+    for (k, v) in rows {
+        let _ = writeln!(out, "| {} | {} |", cell(k), cell(v));
+    }
+    out.push('\n');
+}
+
+pub(super) fn render(s: &Summary) -> String {
+    let d = s.data;
+    let run = &d.run;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# b2b-convert report: run {} ({})\n",
+        run.id,
+        mode_label(run.mode)
+    );
+    let _ = writeln!(
+        out,
+        "Converting internal accounts of tenant {} to B2B collaboration.\n",
+        cell(run.tenant_id.as_deref().unwrap_or("unknown"))
+    );
+
+    out.push_str("## Run\n\n");
+    kv_table(&mut out, &s.run_rows());
+    out.push_str("## Options\n\n");
+    kv_table(&mut out, &s.option_rows());
+
+    if let Some(rows) = s.estimate_rows() {
+        out.push_str("## Estimated duration of the live run\n\n");
+        kv_table(&mut out, &rows);
+        out.push_str(
+            "Formula: users ÷ configured rate, against Graph's ceiling \
+             max(0, (users − 3,000) ÷ 20, (users − 150) ÷ 30) seconds; the slower bounds the run.\n\n",
+        );
+    }
+    if let Some(rows) = s.throughput_rows() {
+        out.push_str("## Throughput\n\n");
+        kv_table(&mut out, &rows);
+    }
+
+    out.push_str("## Counts by state\n\n| State | Count |\n| --- | ---: |\n");
+    for (state, n) in s.state_counts() {
+        let _ = writeln!(out, "| {} | {n} |", cell(state.as_str()));
+    }
+    let _ = writeln!(out, "| **total** | **{}** |\n", d.counts.total);
+
+    out.push_str("## Counts by reason\n\n");
+    if s.reasons.is_empty() {
+        out.push_str("No item was blocked or skipped.\n\n");
+    } else {
+        out.push_str(
+            "| Reason | State | Count | Meaning | Fix |\n| --- | --- | ---: | --- | --- |\n",
+        );
+        for r in &s.reasons {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} |",
+                cell(&r.code),
+                r.state.map(|s| s.as_str()).unwrap_or(""),
+                r.count,
+                cell(r.explanation.unwrap_or("Unknown reason code.")),
+                cell(r.fix_hint.unwrap_or("")),
+            );
+        }
+        out.push('\n');
+    }
+
+    let _ = writeln!(out, "## Blocked and failed users ({})\n", s.attention.len());
+    if s.attention.is_empty() {
+        out.push_str("None.\n\n");
+    } else {
+        out.push_str(
+            "| Item | Line | User principal name | Object id | External email | State | Reason / error code | Detail / Graph message | Request id | Fix |\n\
+             | ---: | ---: | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        );
+        for i in &s.attention {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                i.id,
+                i.line.map(|l| l.to_string()).unwrap_or_default(),
+                upn_or_key(i),
+                opt(&i.user_id),
+                opt(&i.external_email),
+                i.state.as_str(),
+                cell(&item_reason(i)),
+                cell(&item_detail(i)),
+                opt(&i.request_id),
+                cell(item_fix(i)),
+            );
+        }
+        out.push('\n');
+    }
+
+    let _ = writeln!(out, "## Other users ({})\n", s.others.len());
+    if d.items.len() > FULL_LIST_LIMIT {
+        let _ = writeln!(
+            out,
+            "The run has more than {FULL_LIST_LIMIT} items; the CSV and JSON reports list every one.\n"
+        );
+    } else if s.others.is_empty() {
+        out.push_str("None.\n\n");
+    } else {
+        out.push_str(
+            "| Item | Line | User principal name | Display name | User type | External email | State | Reason | Attempts | Request id |\n\
+             | ---: | ---: | --- | --- | --- | --- | --- | --- | ---: | --- |\n",
+        );
+        for i in &s.others {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                i.id,
+                i.line.map(|l| l.to_string()).unwrap_or_default(),
+                upn_or_key(i),
+                opt(&i.display_name),
+                opt(&i.user_type),
+                opt(&i.external_email),
+                i.state.as_str(),
+                cell(&item_reason(i)),
+                i.attempts,
+                opt(&i.request_id),
+            );
+        }
+        out.push('\n');
+    }
+
+    out.push_str("## Things to consider\n\n");
+    let _ = writeln!(out, "{THINGS_TO_CONSIDER_INTRO}\n");
+    for (topic, text) in things_to_consider(run.tenant_id.as_deref()) {
+        let _ = writeln!(out, "- **{topic}.** {}", cell(&text));
+    }
+    out
+}
+
+/// The UPN, else the key the input gave (a bad row may have neither).
+fn upn_or_key(i: &ItemRecord) -> String {
+    match (&i.user_principal_name, &i.key) {
+        (Some(upn), _) => cell(upn),
+        (None, Some(k)) => cell(k.value()),
+        (None, None) => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::{dry_run, live_run, XSS_NAME};
+    use super::*;
+    use crate::cli::ReportFormat;
+    use crate::item::ItemState;
+    use crate::report::render;
+
+    fn section<'a>(md: &'a str, heading: &str) -> &'a str {
+        let start = md.find(heading).unwrap_or_else(|| panic!("no {heading}"));
+        let rest = &md[start + heading.len()..];
+        &rest[..rest.find("\n## ").unwrap_or(rest.len())]
+    }
+
+    #[test]
+    fn cells_cannot_break_the_table() {
+        assert_eq!(cell("a|b\nc\r\nd"), "a\\|b / c / d");
+        assert_eq!(cell(XSS_NAME), "\\<script\\>alert(1)\\</script\\>");
+        assert_eq!(cell("[x](javascript:y)"), "\\[x\\](javascript:y)");
+    }
+
+    #[test]
+    fn dry_run_states_counts_reasons_and_estimate() {
+        let data = dry_run();
+        let md = render(ReportFormat::Md, &data);
+        let states = section(&md, "## Counts by state");
+        for st in ItemState::ALL {
+            let row = format!("| {} | {} |", cell(st.as_str()), data.counts.state(st));
+            assert!(states.contains(&row), "missing {row}");
+        }
+        let reasons = section(&md, "## Counts by reason");
+        for (code, n) in &data.counts.reasons {
+            let r: crate::item::Reason = code.parse().unwrap();
+            assert!(reasons.contains(&format!("| {} |", cell(code))));
+            assert!(reasons.contains(&format!(" | {n} | ")));
+            assert!(reasons.contains(&cell(r.explanation())));
+            assert!(reasons.contains(&cell(r.fix_hint())));
+        }
+        let est = section(&md, "## Estimated duration of the live run");
+        assert!(est.contains("At Graph's write ceiling"));
+        assert!(est.contains("bounds the run"));
+        assert!(!md.contains("## Throughput"));
+        assert!(md.contains("- **Billing.**"));
+        assert!(md.contains("11111111-2222-3333-4444-555555555555"));
+        assert!(!md.contains("<script>"));
+        assert!(md.contains(
+            "| Custom message | 35 characters: Welcome \\| to \\<b\\>B2B\\</b\\> / second line |"
+        ));
+    }
+
+    #[test]
+    fn each_blocked_or_failed_user_listed_once_with_reason() {
+        for data in [dry_run(), live_run()] {
+            let md = render(ReportFormat::Md, &data);
+            let section = section(&md, "## Blocked and failed users");
+            let rows: Vec<&str> = section.lines().filter(|l| l.starts_with("| ")).collect();
+            let attention: Vec<_> = data
+                .items
+                .iter()
+                .filter(|i| i.state.needs_attention())
+                .collect();
+            assert_eq!(rows.len(), attention.len() + 2, "{section}");
+            for i in attention {
+                let prefix = format!("| {} | ", i.id);
+                let mine: Vec<_> = rows.iter().filter(|r| r.starts_with(&prefix)).collect();
+                assert_eq!(mine.len(), 1, "item {} in {section}", i.id);
+                assert!(mine[0].contains(&cell(&item_reason(i))));
+                assert_eq!(mine[0].matches(" | ").count(), 9, "cell split: {}", mine[0]);
+                if let Some(req) = &i.request_id {
+                    assert!(mine[0].contains(req.as_str()));
+                }
+                let everywhere = md.lines().filter(|l| l.starts_with(&prefix)).count();
+                assert_eq!(everywhere, 1, "item {} listed twice", i.id);
+            }
+        }
+    }
+
+    #[test]
+    fn live_run_shows_throughput_not_estimate() {
+        let md = render(ReportFormat::Md, &live_run());
+        assert!(!md.contains("Estimated duration of the live run"));
+        let t = section(&md, "## Throughput");
+        assert!(t.contains("| Throughput | 0.03 users/s converted |"), "{t}");
+        assert!(t.contains("| Requests per converted user | 7.00 requests |"));
+        assert!(t.contains("| Retries | 7 |"));
+        assert!(t.contains("| Throttled requests (429) | 5 |"));
+        assert!(t.contains("re-reading after an unknown outcome) | 1 |"));
+        assert!(t.contains("| Duration | 1 min 40 s |"));
+        assert!(md.contains("| TooManyRequests |"));
+    }
+}
