@@ -143,7 +143,7 @@ pub struct ExecArgs {
     /// Attempts per user before it ends `failed`.
     #[arg(long, value_name = "N")]
     pub max_attempts: Option<u32>,
-    /// Convert at most N users of this run (a pilot batch).
+    /// Convert at most N users of this run (a pilot batch); 0 lifts the limit on resume.
     #[arg(long, value_name = "N")]
     pub limit: Option<u64>,
     /// Write a report at the end (format from the extension).

@@ -78,8 +78,9 @@ pub fn apply_exec(options: &mut RunOptions, exec: &ExecArgs) -> anyhow::Result<(
     if let Some(m) = exec.max_attempts {
         options.max_attempts = m;
     }
-    if exec.limit.is_some() {
-        options.limit = exec.limit;
+    if let Some(limit) = exec.limit {
+        // `--limit 0` lifts a pilot's limit.
+        options.limit = (limit > 0).then_some(limit);
     }
     check_options(options)
 }

@@ -1,0 +1,121 @@
+//! Shared harness: an in-process emulator on 127.0.0.1:0 and the real binary pointed at it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use b2b_convert::emulator::{self, Emulator, EmulatorConfig, Tenant};
+use b2b_convert::item::{ItemRecord, ItemState};
+use b2b_convert::queue::Queue;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_b2b-convert");
+
+/// Hard ceiling on any one command of a test, so a hung run fails instead of stalling CI.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(240);
+
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+pub async fn start(config: EmulatorConfig) -> Emulator {
+    emulator::start(config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("emulator starts on loopback")
+}
+
+pub async fn start_sample() -> Emulator {
+    start(EmulatorConfig::new(Tenant::sample())).await
+}
+
+/// The binary with the emulator's client environment and nothing inherited that could point
+/// it elsewhere.
+pub fn command(emu: &Emulator, db: &Path, args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(emu.client_env())
+        .env("RUST_LOG", "b2b_convert=info")
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+pub struct Ran {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Ran {
+    pub fn run_id(&self) -> i64 {
+        self.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("run-id: "))
+            .unwrap_or_else(|| panic!("no run-id line in stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+fn ran(out: Output) -> Ran {
+    Ran {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+pub async fn run(emu: &Emulator, db: &Path, args: &[&str]) -> Ran {
+    let child = command(emu, db, args).output();
+    let out = tokio::time::timeout(COMMAND_TIMEOUT, child)
+        .await
+        .unwrap_or_else(|_| panic!("b2b-convert {args:?} did not finish in {COMMAND_TIMEOUT:?}"))
+        .expect("binary runs");
+    ran(out)
+}
+
+/// Runs the binary without an emulator environment (usage and input errors).
+pub async fn run_plain(db: &Path, args: &[&str]) -> Ran {
+    let out = tokio::process::Command::new(BIN)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .stdin(Stdio::null())
+        .output();
+    ran(tokio::time::timeout(COMMAND_TIMEOUT, out).await.unwrap().unwrap())
+}
+
+pub fn items(db: &Path, run_id: i64) -> Vec<ItemRecord> {
+    Queue::open(db).unwrap().items(run_id).unwrap()
+}
+
+pub fn count(items: &[ItemRecord], state: ItemState) -> usize {
+    items.iter().filter(|i| i.state == state).count()
+}
+
+/// `{"<METHOD> <template>": {"<status>": n}}` summed over statuses.
+pub fn requests_to(stats: &serde_json::Value, key: &str) -> u64 {
+    stats["requests"][key]
+        .as_object()
+        .map(|m| m.values().filter_map(|v| v.as_u64()).sum())
+        .unwrap_or(0)
+}
+
+/// Every invitation the emulator accepted, as (userId, count).
+pub fn invitations_per_user(emu: &Emulator) -> std::collections::BTreeMap<String, usize> {
+    let mut m = std::collections::BTreeMap::new();
+    for inv in emu.invitations() {
+        *m.entry(inv["userId"].as_str().unwrap_or_default().to_string())
+            .or_insert(0) += 1;
+    }
+    m
+}

@@ -1,0 +1,187 @@
+//! The spine against the emulator: CSV → queue → validation → dry run, status and runs.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use b2b_convert::item::ItemState;
+use common::*;
+
+fn expected() -> BTreeMap<u64, (String, String)> {
+    let mut r = csv::Reader::from_path(repo_path("tests/fixtures/sample-expected.csv")).unwrap();
+    r.records()
+        .map(|rec| {
+            let rec = rec.unwrap();
+            (
+                rec[0].parse().unwrap(),
+                (rec[2].to_string(), rec[3].to_string()),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sample_dry_run_gives_the_expected_verdict_for_every_row() {
+    let emu = start_sample().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    let csv = repo_path("sample-data/users.csv");
+    let out = run(&emu, &db, &["run", "--csv", csv.to_str().unwrap(), "--dry-run"]).await;
+    assert_eq!(out.code, 3, "blocked rows make exit 3\n{}\n{}", out.stdout, out.stderr);
+    let run_id = out.run_id();
+
+    let got: BTreeMap<u64, (String, String)> = items(&db, run_id)
+        .into_iter()
+        .map(|i| {
+            (
+                i.line.expect("CSV items keep their line"),
+                (
+                    i.state.as_str().to_string(),
+                    i.reason.map(|r| r.as_str().to_string()).unwrap_or_default(),
+                ),
+            )
+        })
+        .collect();
+    let want = expected();
+    for (line, w) in &want {
+        assert_eq!(got.get(line), Some(w), "line {line}");
+    }
+    assert_eq!(got.len(), want.len(), "one item per data row");
+
+    // A dry run sends no write request at all.
+    let stats = emu.stats();
+    for key in stats["requests"].as_object().unwrap().keys() {
+        assert!(
+            !key.starts_with("PATCH") && !key.contains("/invitations") && !key.contains("$batch"),
+            "dry run sent {key}"
+        );
+    }
+    assert!(emu.invitations().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_json_is_stable_machine_output() {
+    let emu = start_sample().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    let csv = repo_path("sample-data/users.csv");
+    let out = run(&emu, &db, &["run", "--csv", csv.to_str().unwrap(), "--dry-run"]).await;
+    let run_id = out.run_id();
+    let status = run(&emu, &db, &["status", &run_id.to_string(), "--json"]).await;
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    let v: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    for key in ["runId", "mode", "source", "total", "states", "reasons", "graphRequests"] {
+        assert!(v.get(key).is_some(), "missing {key}");
+    }
+    assert_eq!(v["runId"], run_id);
+    assert_eq!(v["mode"], "dry_run");
+    let states = v["states"].as_object().unwrap();
+    for s in ItemState::ALL {
+        assert!(states.contains_key(s.as_str()), "state {s} missing");
+    }
+    let total: u64 = states.values().map(|n| n.as_u64().unwrap()).sum();
+    assert_eq!(v["total"].as_u64().unwrap(), total);
+    assert_eq!(states["pending"], 0);
+    assert_eq!(states["converted"], 0);
+    assert!(v["graphRequests"].as_u64().unwrap() > 0);
+    // The same question asked twice gives the same bytes.
+    let again = run(&emu, &db, &["status", &run_id.to_string(), "--json"]).await;
+    assert_eq!(again.stdout, status.stdout);
+
+    let runs = run(&emu, &db, &["runs"]).await;
+    assert_eq!(runs.code, 0);
+    assert!(runs.stdout.contains("dry_run"), "{}", runs.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_csv_gives_clear_errors_or_blocked_items_never_a_panic() {
+    let emu = start_sample().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &[u8])] = &[
+        ("empty.csv", b""),
+        ("header-only.csv", b"id,userPrincipalName,externalEmail\n"),
+        ("no-key.csv", b"name,externalEmail\nbob,bob@fabrikam.com\n"),
+        (
+            "truncated-quote.csv",
+            b"id,userPrincipalName,externalEmail\n,\"broken@contoso.com,x@fabrikam.com\n",
+        ),
+        ("garbage.csv", &[0xff, 0xfe, 0x00, 0x9c, b'\n', 0x01, 0x02, b',', 0xc3, 0x28, b'\n']),
+    ];
+    for (name, bytes) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let db = dir.path().join(format!("{name}.db"));
+        let out = run(&emu, &db, &["run", "--csv", path.to_str().unwrap(), "--dry-run"]).await;
+        assert!(
+            [0, 1, 2, 3].contains(&out.code),
+            "{name}: exit {} (a panic is 101)\n{}",
+            out.code,
+            out.stderr
+        );
+        assert!(!out.stderr.contains("panicked"), "{name}: {}", out.stderr);
+        match *name {
+            "empty.csv" | "no-key.csv" => {
+                assert_ne!(out.code, 0, "{name}");
+                assert!(out.stderr.contains(name), "{name}: the error names the file: {}", out.stderr);
+            }
+            "header-only.csv" => assert_eq!(out.code, 0, "{name}: {}", out.stderr),
+            _ => {
+                // Either refused with a message naming the file, or every row recorded blocked.
+                if out.code == 3 {
+                    let its = items(&db, out.run_id());
+                    assert!(!its.is_empty());
+                    assert!(its.iter().all(|i| i.state == ItemState::Blocked), "{name}");
+                } else {
+                    assert!(out.stderr.contains(name), "{name}: {}", out.stderr);
+                }
+            }
+        }
+    }
+    assert!(emu.invitations().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_rows_are_recorded_with_line_and_field_and_the_rest_goes_on() {
+    let emu = start_sample().await;
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("mixed.csv");
+    let sample = std::fs::read_to_string(repo_path("sample-data/users.csv")).unwrap();
+    // The sample's header and first good rows, then a bad email on line 4 (of this file).
+    let mut lines = sample.lines();
+    let header = lines.next().unwrap();
+    let good: Vec<&str> = lines.filter(|l| l.contains("fabrikam")).take(2).collect();
+    let text = format!("{header}\n{}\n{}\n,partner-x@contoso.com,not an email\n", good[0], good[1]);
+    std::fs::write(&csv, text).unwrap();
+    let db = dir.path().join("q.db");
+    let out = run(&emu, &db, &["run", "--csv", csv.to_str().unwrap(), "--dry-run"]).await;
+    let its = items(&db, out.run_id());
+    let bad = its.iter().find(|i| i.line == Some(4)).expect("bad row kept");
+    assert_eq!(bad.state, ItemState::Blocked);
+    assert_eq!(bad.reason.map(|r| r.as_str()), Some("bad_input"));
+    let detail = bad.detail.as_deref().unwrap_or_default();
+    assert!(detail.contains("line 4") && detail.contains("externalEmail"), "{detail}");
+    assert_eq!(its.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_errors_exit_2_and_live_runs_need_consent() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    assert_eq!(run_plain(&db, &["run"]).await.code, 2);
+    assert_eq!(run_plain(&db, &["run", "--csv", "a.csv", "--filter", "x"]).await.code, 2);
+    let emu = start_sample().await;
+    let csv = repo_path("sample-data/users.csv");
+    // Live, no terminal, no --yes: refuses before anything is read or sent.
+    let out = run(&emu, &db, &["run", "--csv", csv.to_str().unwrap()]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("--yes"));
+    assert!(emu.invitations().is_empty());
+    // Plain http to a non-loopback host is refused.
+    let out = run(
+        &emu,
+        &db,
+        &["run", "--csv", csv.to_str().unwrap(), "--dry-run", "--graph-url", "http://example.com"],
+    )
+    .await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+}
