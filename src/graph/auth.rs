@@ -30,7 +30,7 @@ enum Source {
     },
     Certificate {
         client_id: String,
-        cert: ClientCertificate,
+        cert: Box<ClientCertificate>,
     },
 }
 
@@ -65,7 +65,10 @@ impl std::fmt::Debug for TokenProvider {
 
 impl TokenProvider {
     /// Checks the endpoints and loads the certificate, so configuration mistakes show at start.
-    pub fn new(config: &GraphConfig, http: reqwest::Client) -> Result<Arc<TokenProvider>, GraphError> {
+    pub fn new(
+        config: &GraphConfig,
+        http: reqwest::Client,
+    ) -> Result<Arc<TokenProvider>, GraphError> {
         let graph = super::config::check_endpoint(&config.graph_url)?;
         let (source, tenant) = match &config.credentials {
             Credentials::Token(t) => (Source::Fixed(t.clone()), None),
@@ -87,7 +90,7 @@ impl TokenProvider {
             } => (
                 Source::Certificate {
                     client_id: client_id.clone(),
-                    cert: ClientCertificate::from_pem_file(pem_path)?,
+                    cert: Box::new(ClientCertificate::from_pem_file(pem_path)?),
                 },
                 Some(tenant_id),
             ),
@@ -156,7 +159,10 @@ impl TokenProvider {
 
     /// Graph refused `refused` with a 401: get a new token unless another task already did.
     /// `None` for a fixed token, which cannot be renewed.
-    pub async fn renew_after_refusal(&self, refused: &Secret) -> Result<Option<Secret>, GraphError> {
+    pub async fn renew_after_refusal(
+        &self,
+        refused: &Secret,
+    ) -> Result<Option<Secret>, GraphError> {
         if !self.is_renewable() {
             return Ok(None);
         }
@@ -255,12 +261,11 @@ impl TokenProvider {
             };
             match status {
                 Some(s) if s.is_success() => {
-                    let t: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
-                        GraphError::Auth {
+                    let t: TokenResponse =
+                        serde_json::from_slice(&body).map_err(|e| GraphError::Auth {
                             code: "invalid_response".into(),
                             message: format!("unreadable token endpoint answer: {e}"),
-                        }
-                    })?;
+                        })?;
                     return Ok(cache_entry(t, sent_at));
                 }
                 Some(s) if s.is_client_error() && s.as_u16() != 429 => {
@@ -375,7 +380,8 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let body = br#"{"error":"unauthorized_client","error_description":"","error_codes":[700016]}"#;
+        let body =
+            br#"{"error":"unauthorized_client","error_description":"","error_codes":[700016]}"#;
         assert_eq!(auth_error(400, body).code(), Some("AADSTS700016"));
         let body = br#"{"error":"invalid_request","error_description":"bad"}"#;
         assert_eq!(auth_error(400, body).code(), Some("invalid_request"));
@@ -385,13 +391,22 @@ mod tests {
     #[test]
     fn scope_follows_the_graph_cloud() {
         let s = |u: &str| scope_for(&url::Url::parse(u).unwrap());
-        assert_eq!(s("https://graph.microsoft.com"), "https://graph.microsoft.com/.default");
-        assert_eq!(s("https://graph.microsoft.us/"), "https://graph.microsoft.us/.default");
+        assert_eq!(
+            s("https://graph.microsoft.com"),
+            "https://graph.microsoft.com/.default"
+        );
+        assert_eq!(
+            s("https://graph.microsoft.us/"),
+            "https://graph.microsoft.us/.default"
+        );
         assert_eq!(
             s("https://microsoftgraph.chinacloudapi.cn/v1.0"),
             "https://microsoftgraph.chinacloudapi.cn/.default"
         );
-        assert_eq!(s("http://127.0.0.1:8080"), "https://graph.microsoft.com/.default");
+        assert_eq!(
+            s("http://127.0.0.1:8080"),
+            "https://graph.microsoft.com/.default"
+        );
     }
 
     #[test]

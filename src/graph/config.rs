@@ -148,8 +148,8 @@ impl fmt::Display for Secret {
 /// Accepts `https` anywhere and plain `http` only on loopback, so a token never crosses a
 /// network in clear text.
 pub fn check_endpoint(url: &str) -> Result<url::Url, GraphError> {
-    let parsed =
-        url::Url::parse(url).map_err(|e| GraphError::Config(format!("invalid URL {url:?}: {e}")))?;
+    let parsed = url::Url::parse(url)
+        .map_err(|e| GraphError::Config(format!("invalid URL {url:?}: {e}")))?;
     let host = parsed
         .host()
         .ok_or_else(|| GraphError::Config(format!("URL {url:?} has no host")))?;
@@ -252,7 +252,9 @@ mod tests {
             ("AZURE_CLIENT_CERTIFICATE_PATH", "/x.pem"),
         ]))
         .unwrap();
-        assert!(matches!(c, Credentials::Certificate { ref pem_path, .. } if pem_path == &PathBuf::from("/x.pem")));
+        assert!(
+            matches!(c, Credentials::Certificate { ref pem_path, .. } if pem_path == &PathBuf::from("/x.pem"))
+        );
 
         let err = Credentials::from_lookup(lookup(&[("AZURE_CLIENT_ID", "c")])).unwrap_err();
         assert!(err.to_string().contains("AZURE_TENANT_ID"), "{err}");

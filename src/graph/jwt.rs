@@ -38,10 +38,14 @@ unencrypted (e.g. `openssl pkcs8 -topk8 -nocrypt`) or use AZURE_CLIENT_SECRET";
 impl ClientCertificate {
     pub fn from_pem_file(path: &Path) -> Result<ClientCertificate, GraphError> {
         let text = std::fs::read(path).map_err(|e| {
-            GraphError::Config(format!("cannot read certificate file {}: {e}", path.display()))
+            GraphError::Config(format!(
+                "cannot read certificate file {}: {e}",
+                path.display()
+            ))
         })?;
-        Self::from_pem(&text)
-            .map_err(|msg| GraphError::Config(format!("certificate file {}: {msg}", path.display())))
+        Self::from_pem(&text).map_err(|msg| {
+            GraphError::Config(format!("certificate file {}: {msg}", path.display()))
+        })
     }
 
     /// Reads a PEM bundle holding one `CERTIFICATE` and one unencrypted RSA key.
@@ -165,8 +169,8 @@ mod tests {
         let public = std::fs::read_to_string(fixture("app-pub.pem")).unwrap();
         let verifier =
             VerifyingKey::<Sha256>::new(rsa::RsaPublicKey::from_public_key_pem(&public).unwrap());
-        let sig = Signature::try_from(URL_SAFE_NO_PAD.decode(parts[2]).unwrap().as_slice())
-            .unwrap();
+        let sig =
+            Signature::try_from(URL_SAFE_NO_PAD.decode(parts[2]).unwrap().as_slice()).unwrap();
         let signed = format!("{}.{}", parts[0], parts[1]);
         verifier.verify(signed.as_bytes(), &sig).unwrap();
         assert!(verifier.verify(b"tampered", &sig).is_err());
@@ -182,9 +186,13 @@ mod tests {
         let err = ClientCertificate::from_pem(&only_cert).unwrap_err();
         assert!(err.contains("no private key"), "{err}");
 
-        let encrypted = "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n";
+        let encrypted =
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n";
         let err = ClientCertificate::from_pem(encrypted.as_bytes()).unwrap_err();
-        assert!(err.contains("encrypted private keys are not supported"), "{err}");
+        assert!(
+            err.contains("encrypted private keys are not supported"),
+            "{err}"
+        );
 
         let err = ClientCertificate::from_pem_file(&fixture("missing.pem")).unwrap_err();
         assert!(matches!(err, GraphError::Config(ref m) if m.contains("missing.pem")));

@@ -478,7 +478,8 @@ impl GraphClient {
                                 meta,
                             });
                         }
-                        wait = wait.max(retry_after.unwrap_or_else(|| self.backoff.delay(p.failures)));
+                        wait =
+                            wait.max(retry_after.unwrap_or_else(|| self.backoff.delay(p.failures)));
                         queue.push_back(p);
                     }
                     status => return Err(self.refusal(status, &body.to_string(), meta)),
@@ -727,7 +728,9 @@ impl GraphClient {
             &[("$filter", filter), ("$select", select), ("$top", "999")],
         );
         let path = url.path();
-        let relative = path.strip_prefix(self.version_path().as_str()).unwrap_or(path);
+        let relative = path
+            .strip_prefix(self.version_path().as_str())
+            .unwrap_or(path);
         format!("{relative}?{}", url.query().unwrap_or(""))
     }
 
@@ -803,7 +806,10 @@ fn describe_transport_error(e: &reqwest::Error, timeout: Duration) -> String {
     } else if e.is_connect() {
         format!("cannot connect: {}", error_chain(e))
     } else {
-        format!("connection failed before a complete answer: {}", error_chain(e))
+        format!(
+            "connection failed before a complete answer: {}",
+            error_chain(e)
+        )
     }
 }
 
@@ -821,9 +827,17 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// True when the filter uses operators Graph only supports as an advanced query.
 pub fn needs_advanced_query(filter: &str) -> bool {
     let f = format!(" {} ", filter.to_ascii_lowercase());
-    [" ne ", "not(", " not ", "(not ", "endswith(", " eq null", " ne null"]
-        .iter()
-        .any(|needle| f.contains(needle))
+    [
+        " ne ",
+        "not(",
+        " not ",
+        "(not ",
+        "endswith(",
+        " eq null",
+        " ne null",
+    ]
+    .iter()
+    .any(|needle| f.contains(needle))
 }
 
 /// An OData string literal: quoted, with `'` doubled.
@@ -840,7 +854,8 @@ fn odata_list(values: &[String]) -> String {
 }
 
 /// `k=v&…` with everything outside a conservative safe set percent-encoded (spaces as `%20`,
-/// never `+`, which Graph could read as a literal plus in an address).
+/// never `+`, which Graph could read as a literal plus in an address; `'` as `%27`, as the URL
+/// standard does for queries anyway).
 fn encode_query(pairs: &[(&str, &str)]) -> String {
     pairs
         .iter()
@@ -855,7 +870,7 @@ fn encode_component(s: &str) -> String {
         let safe = b.is_ascii_alphanumeric()
             || matches!(
                 b,
-                b'-' | b'.' | b'_' | b'~' | b'$' | b'\'' | b'(' | b')' | b',' | b':' | b'/' | b'@'
+                b'-' | b'.' | b'_' | b'~' | b'$' | b'(' | b')' | b',' | b':' | b'/' | b'@'
             );
         if safe {
             out.push(b as char);

@@ -201,7 +201,11 @@ async fn requests_carry_ids_and_bearer_and_report_events() {
     let mock = Mock::start(|_, _| reply(200, user_json("u1"))).await;
     let recorder = Arc::new(Recorder::default());
     let client = mock.client().with_observer(recorder.clone());
-    let user = client.get_user("ann#EXT#@contoso.com").await.unwrap().unwrap();
+    let user = client
+        .get_user("ann#EXT#@contoso.com")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(user.id, "u1");
     let hits = mock.graph_hits();
     assert_eq!(hits.len(), 1);
@@ -302,7 +306,11 @@ async fn invite_success_is_traced() {
 #[tokio::test]
 async fn invite_is_never_resent_after_a_server_error() {
     let mock = Mock::start(|_, _| graph_error(502, "BadGateway", "oops")).await;
-    let err = mock.client().invite(&invitation_request()).await.unwrap_err();
+    let err = mock
+        .client()
+        .invite(&invitation_request())
+        .await
+        .unwrap_err();
     assert!(matches!(err, GraphError::Unknown { .. }), "{err:?}");
     assert_eq!(mock.graph_hits().len(), 1);
 }
@@ -389,7 +397,11 @@ async fn blocked_directory_stops_the_run() {
         )
     })
     .await;
-    let err = mock.client().invite(&invitation_request()).await.unwrap_err();
+    let err = mock
+        .client()
+        .invite(&invitation_request())
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, GraphError::TenantRefused { status: 403, .. }),
         "{err:?}"
@@ -400,7 +412,11 @@ async fn blocked_directory_stops_the_run() {
 #[tokio::test]
 async fn bad_request_is_an_api_error_with_graphs_words() {
     let mock = Mock::start(|_, _| graph_error(400, "BadRequest", "Invalid request input.")).await;
-    let err = mock.client().invite(&invitation_request()).await.unwrap_err();
+    let err = mock
+        .client()
+        .invite(&invitation_request())
+        .await
+        .unwrap_err();
     match err {
         GraphError::Api {
             status,
@@ -420,7 +436,11 @@ async fn bad_request_is_an_api_error_with_graphs_words() {
         body: String::new(),
     })
     .await;
-    let err = mock.client().invite(&invitation_request()).await.unwrap_err();
+    let err = mock
+        .client()
+        .invite(&invitation_request())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some("Bad Request"));
 }
 
@@ -437,7 +457,10 @@ async fn repeated_permission_denials_stop_the_run() {
     let client = mock.client();
     for _ in 1..DENIED_STREAK_LIMIT {
         let err = client.invite(&invitation_request()).await.unwrap_err();
-        assert!(matches!(err, GraphError::Api { status: 403, .. }), "{err:?}");
+        assert!(
+            matches!(err, GraphError::Api { status: 403, .. }),
+            "{err:?}"
+        );
     }
     let err = client.invite(&invitation_request()).await.unwrap_err();
     assert!(err.is_tenant_refusal(), "{err:?}");
@@ -447,7 +470,11 @@ async fn repeated_permission_denials_stop_the_run() {
 async fn unauthorized_renews_the_token_once() {
     let mock = Mock::start(|seen, _| {
         if seen.header("authorization") == Some("Bearer tok-1") {
-            graph_error(401, "InvalidAuthenticationToken", "Access token has expired.")
+            graph_error(
+                401,
+                "InvalidAuthenticationToken",
+                "Access token has expired.",
+            )
         } else {
             reply(200, user_json("u1"))
         }
@@ -539,10 +566,14 @@ async fn token_request_shapes_and_refusals() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(mock.token_hits()[0].path(), "/contoso-tenant/oauth2/v2.0/token");
+    assert_eq!(
+        mock.token_hits()[0].path(),
+        "/contoso-tenant/oauth2/v2.0/token"
+    );
     assert!(mock.token_hits()[0].body.contains("client_secret=s3cret"));
 
-    let pem = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/app-cert-with-key.pem");
+    let pem =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/app-cert-with-key.pem");
     let client = mock.client_with(Credentials::Certificate {
         tenant_id: "contoso-tenant".into(),
         client_id: "app-1".into(),
@@ -633,12 +664,14 @@ async fn batch_resends_only_the_throttled_sub_request() {
     assert!(
         first.requests[0]
             .url
-            .starts_with("/users?$filter=id%20in%20('a0','a1',"),
+            .starts_with("/users?$filter=id%20in%20(%27a0%27,%27a1%27,"),
         "{}",
         first.requests[0].url
     );
     assert!(
-        first.requests[1].url.contains(",'o''brien')&$select="),
+        first.requests[1]
+            .url
+            .contains(",%27o%27%27brien%27)&$select="),
         "{}",
         first.requests[1].url
     );
@@ -660,12 +693,19 @@ async fn batch_splits_into_twenty_sub_requests_and_fails_on_refusals() {
     })
     .await;
     let client = mock.client();
-    let upns: Vec<String> = (0..(15 * 25)).map(|i| format!("u{i}@contoso.com")).collect();
+    let upns: Vec<String> = (0..(15 * 25))
+        .map(|i| format!("u{i}@contoso.com"))
+        .collect();
     assert!(client.users_by_upns(&upns).await.unwrap().is_empty());
     let sizes: Vec<usize> = mock
         .graph_hits()
         .iter()
-        .map(|h| serde_json::from_str::<BatchRequest>(&h.body).unwrap().requests.len())
+        .map(|h| {
+            serde_json::from_str::<BatchRequest>(&h.body)
+                .unwrap()
+                .requests
+                .len()
+        })
         .collect();
     assert_eq!(sizes, [20, 5]);
     assert!(client.users_by_ids(&[]).await.unwrap().is_empty());
@@ -674,11 +714,11 @@ async fn batch_splits_into_twenty_sub_requests_and_fails_on_refusals() {
     let mock = Mock::start(|seen, _| {
         let batch: BatchRequest = serde_json::from_str(&seen.body).unwrap();
         let first = &batch.requests[0];
-        assert!(first.url.contains("mail%20in%20('a@x.com')"), "{}", first.url);
+        assert!(first.url.contains("mail%20in%20(%27a@x.com%27)"), "{}", first.url);
         assert!(
             batch.requests[1]
                 .url
-                .contains("otherMails/any(x:x%20in%20('a@x.com'))"),
+                .contains("otherMails/any(x:x%20in%20(%27a@x.com%27))"),
             "{}",
             batch.requests[1].url
         );
@@ -726,7 +766,10 @@ async fn advanced_filter_pages_send_consistency_level_every_time() {
     let server = Mock::start(move |_, n| {
         if n == 0 {
             let next = format!("{}/v1.0/users?$skiptoken=abc", base.lock().unwrap());
-            reply(200, json!({"@odata.nextLink": next, "value": [user_json("u1")]}))
+            reply(
+                200,
+                json!({"@odata.nextLink": next, "value": [user_json("u1")]}),
+            )
         } else {
             reply(200, json!({"value": [user_json("u2")]}))
         }
@@ -744,11 +787,16 @@ async fn advanced_filter_pages_send_consistency_level_every_time() {
     let hits = server.graph_hits();
     assert_eq!(hits.len(), 2);
     for hit in &hits {
-        assert_eq!(hit.header("consistencylevel"), Some("eventual"), "{}", hit.uri);
+        assert_eq!(
+            hit.header("consistencylevel"),
+            Some("eventual"),
+            "{}",
+            hit.uri
+        );
         assert!(hit.uri.contains("$count=true"), "{}", hit.uri);
     }
     assert!(hits[0].uri.contains(
-        "$filter=userType%20eq%20'Guest'%20and%20onPremisesUserPrincipalName%20ne%20null"
+        "$filter=userType%20eq%20%27Guest%27%20and%20onPremisesUserPrincipalName%20ne%20null"
     ));
     assert!(hits[0].uri.contains("$top=999"));
     assert!(hits[1].uri.starts_with("/v1.0/users?$skiptoken=abc"));
@@ -798,7 +846,10 @@ async fn domains_and_group_members() {
         hits[1].path(),
         "/v1.0/groups/g1/transitiveMembers/microsoft.graph.user"
     );
-    assert_eq!(hits[2].path(), "/v1.0/groups/g1/members/microsoft.graph.user");
+    assert_eq!(
+        hits[2].path(),
+        "/v1.0/groups/g1/members/microsoft.graph.user"
+    );
     assert!(hits[2].uri.contains("$top=999"));
 }
 
@@ -830,7 +881,7 @@ fn odata_literals_and_query_encoding() {
     assert_eq!(odata_quote("o'brien"), "'o''brien'");
     assert_eq!(
         encode_query(&[("$filter", "mail eq 'a+b@x.com' & x=1#")]),
-        "$filter=mail%20eq%20'a%2Bb@x.com'%20%26%20x%3D1%23"
+        "$filter=mail%20eq%20%27a%2Bb@x.com%27%20%26%20x%3D1%23"
     );
     assert_eq!(encode_component("ü"), "%C3%BC");
 }
