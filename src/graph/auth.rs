@@ -5,6 +5,7 @@
 //! while every caller keeps using the still-valid one; only when the token has really expired do
 //! callers wait, and then for that one fetch.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,6 +53,8 @@ pub struct TokenProvider {
     backoff: Backoff,
     cache: Mutex<Option<Cached>>,
     renewing: Arc<tokio::sync::Mutex<()>>,
+    /// Set by the first token obtained: later refusals mean the tenant withdrew its consent.
+    obtained_once: AtomicBool,
 }
 
 impl std::fmt::Debug for TokenProvider {
@@ -117,12 +120,19 @@ impl TokenProvider {
             backoff: Backoff::default(),
             cache: Mutex::new(None),
             renewing: Arc::new(tokio::sync::Mutex::new(())),
+            obtained_once: AtomicBool::new(false),
         }))
     }
 
     /// False for a fixed token: a 401 cannot be cured by renewing it.
     pub fn is_renewable(&self) -> bool {
         !matches!(self.source, Source::Fixed(_))
+    }
+
+    /// True once a token was obtained (or for a fixed token): from then on a refusal by the
+    /// token endpoint is the tenant withdrawing access mid-run, not a configuration mistake.
+    pub fn obtained_once(&self) -> bool {
+        !self.is_renewable() || self.obtained_once.load(Ordering::Relaxed)
     }
 
     /// The scope requested from the token endpoint.
@@ -266,6 +276,7 @@ impl TokenProvider {
                             code: "invalid_response".into(),
                             message: format!("unreadable token endpoint answer: {e}"),
                         })?;
+                    self.obtained_once.store(true, Ordering::Relaxed);
                     return Ok(cache_entry(t, sent_at));
                 }
                 Some(s) if s.is_client_error() && s.as_u16() != 429 => {

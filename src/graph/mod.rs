@@ -16,7 +16,7 @@ pub mod retry;
 mod tests;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,7 +91,9 @@ struct Inner {
     timeout: Duration,
     max_attempts: u32,
     sent: AtomicU64,
-    denied_streak: AtomicU32,
+    /// `Authorization_RequestDenied` answers in a row, per kind of request (`POST invitations`,
+    /// `GET users`, …): reads succeeding must not hide that every invitation is refused.
+    denied_streaks: std::sync::Mutex<HashMap<String, u32>>,
 }
 
 /// A request as `execute` sends it (possibly several times).
@@ -102,6 +104,19 @@ struct Call {
     body: Option<Vec<u8>>,
     /// May be resent after a 5xx or a connection failure.
     idempotent: bool,
+}
+
+impl Call {
+    /// What the request does, for per-kind bookkeeping: method and first path segment after
+    /// the version (`POST invitations`, `GET users`, `POST $batch`).
+    fn kind(&self) -> String {
+        let resource = self
+            .url
+            .path_segments()
+            .and_then(|mut segments| segments.by_ref().skip_while(|s| *s != "v1.0").nth(1))
+            .unwrap_or("");
+        format!("{} {resource}", self.method)
+    }
 }
 
 /// A 2xx answer.
@@ -148,7 +163,7 @@ impl GraphClient {
                 timeout: config.request_timeout,
                 max_attempts: config.max_attempts.max(1),
                 sent: AtomicU64::new(0),
-                denied_streak: AtomicU32::new(0),
+                denied_streaks: std::sync::Mutex::new(HashMap::new()),
             }),
             observer: None,
             backoff: Backoff::default(),
@@ -451,6 +466,11 @@ impl GraphClient {
                             })?;
                         users.extend(page.value);
                         more_pages.extend(page.next_link);
+                        self.inner
+                            .denied_streaks
+                            .lock()
+                            .expect("denied streaks")
+                            .remove("GET users");
                     }
                     429 => {
                         tracing::debug!(sub_request = %p.id, "$batch sub-request throttled");
@@ -482,7 +502,9 @@ impl GraphClient {
                             wait.max(retry_after.unwrap_or_else(|| self.backoff.delay(p.failures)));
                         queue.push_back(p);
                     }
-                    status => return Err(self.refusal(status, &body.to_string(), meta)),
+                    status => {
+                        return Err(self.refusal("GET users", status, &body.to_string(), meta))
+                    }
                 }
             }
             if !wait.is_zero() && !queue.is_empty() {
@@ -516,7 +538,7 @@ impl GraphClient {
             inner.limiter.acquire().await;
             let token = match renewed.take() {
                 Some(t) => t,
-                None => inner.tokens.token().await?,
+                None => inner.tokens.token().await.map_err(|e| self.mid_run(e))?,
             };
             let client_request_id = uuid::Uuid::new_v4().to_string();
             let started = Instant::now();
@@ -577,7 +599,11 @@ impl GraphClient {
             if (200..300).contains(&status) {
                 self.report(call, attempt, &meta, started, None, false);
                 inner.limiter.succeeded();
-                inner.denied_streak.store(0, Ordering::Relaxed);
+                inner
+                    .denied_streaks
+                    .lock()
+                    .expect("denied streaks")
+                    .remove(&call.kind());
                 return Ok(Answer { body, meta });
             }
             let body_text = String::from_utf8_lossy(&body);
@@ -600,7 +626,12 @@ impl GraphClient {
                 }
                 401 => {
                     if !already_renewed {
-                        if let Some(fresh) = inner.tokens.renew_after_refusal(&token).await? {
+                        let fresh = inner
+                            .tokens
+                            .renew_after_refusal(&token)
+                            .await
+                            .map_err(|e| self.mid_run(e))?;
+                        if let Some(fresh) = fresh {
                             already_renewed = true;
                             renewed = Some(fresh);
                             continue;
@@ -637,19 +668,38 @@ impl GraphClient {
                     let wait = retry_after.unwrap_or_else(|| self.backoff.delay(failures));
                     tokio::time::sleep(wait).await;
                 }
-                _ => return Err(self.refusal(status, &body_text, meta)),
+                _ => return Err(self.refusal(&call.kind(), status, &body_text, meta)),
             }
         }
     }
 
+    /// A token refusal after the run got going is the tenant withdrawing access (revoked
+    /// consent, deleted secret): stop the run resumably rather than fail like a bad config.
+    fn mid_run(&self, error: GraphError) -> GraphError {
+        match error {
+            GraphError::Auth { code, message } if self.inner.tokens.obtained_once() => {
+                GraphError::TenantRefused {
+                    status: 401,
+                    code,
+                    message: format!("the token endpoint refused to renew the token: {message}"),
+                    meta: ResponseMeta::default(),
+                }
+            }
+            other => other,
+        }
+    }
+
     /// A non-retryable answer: the tenant refusing the whole run, or this one request.
-    fn refusal(&self, status: u16, body: &str, meta: ResponseMeta) -> GraphError {
+    fn refusal(&self, kind: &str, status: u16, body: &str, meta: ResponseMeta) -> GraphError {
         let (code, message) = error_parts(status, body);
         if status == 403 {
             let stop = if message.starts_with(BLOCKED_PREFIX) {
                 true
             } else if code == "Authorization_RequestDenied" {
-                let streak = self.inner.denied_streak.fetch_add(1, Ordering::Relaxed) + 1;
+                let mut streaks = self.inner.denied_streaks.lock().expect("denied streaks");
+                let streak = streaks.entry(kind.to_string()).or_insert(0);
+                *streak += 1;
+                let streak = *streak;
                 streak >= DENIED_STREAK_LIMIT
             } else {
                 false

@@ -8,6 +8,7 @@ use serde_json::json;
 use super::*;
 use crate::model::InvitedUserRef;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU32;
 
 #[derive(Clone, Debug)]
 struct Seen {
@@ -446,7 +447,10 @@ async fn bad_request_is_an_api_error_with_graphs_words() {
 
 #[tokio::test]
 async fn repeated_permission_denials_stop_the_run() {
-    let mock = Mock::start(|_, _| {
+    let mock = Mock::start(|seen, _| {
+        if seen.method == "GET" {
+            return reply(200, user_json("u1"));
+        }
         graph_error(
             403,
             "Authorization_RequestDenied",
@@ -461,6 +465,8 @@ async fn repeated_permission_denials_stop_the_run() {
             matches!(err, GraphError::Api { status: 403, .. }),
             "{err:?}"
         );
+        // Reads going through do not hide that every invitation is refused.
+        assert!(client.get_user("u1").await.unwrap().is_some());
     }
     let err = client.invite(&invitation_request()).await.unwrap_err();
     assert!(err.is_tenant_refusal(), "{err:?}");
@@ -512,6 +518,37 @@ async fn unauthorized_after_renewal_stops_the_run() {
     // A fixed token cannot be renewed: stop at once.
     let err = mock.client().get_user("u1").await.unwrap_err();
     assert!(err.is_tenant_refusal(), "{err:?}");
+}
+
+#[tokio::test]
+async fn token_refused_mid_run_stops_the_run() {
+    let mock = Mock::start_with(
+        |_, _| {
+            graph_error(
+                401,
+                "InvalidAuthenticationToken",
+                "Access token has expired.",
+            )
+        },
+        |_, n| {
+            if n == 0 {
+                token_ok(n)
+            } else {
+                reply(
+                    400,
+                    json!({"error": "unauthorized_client",
+                           "error_description": "AADSTS700016: Application not found.",
+                           "error_codes": [700016]}),
+                )
+            }
+        },
+    )
+    .await;
+    let client = mock.client_with(secret_credentials());
+    client.authenticate().await.unwrap();
+    let err = client.get_user("u1").await.unwrap_err();
+    assert!(err.is_tenant_refusal(), "{err:?}");
+    assert_eq!(err.code(), Some("AADSTS700016"));
 }
 
 #[tokio::test]
