@@ -1,0 +1,358 @@
+//! The one rate limiter of a run, shared by every worker.
+//!
+//! Two layers: governor enforces the configured ceiling (with a small burst); on top, an
+//! adaptive pace slows everyone down after a 429 and ramps back up cautiously. A 429 also sets
+//! a global pause: Graph's buckets are per app+tenant, so when one worker is throttled, all are.
+//! Time is tokio's clock throughout, so tests run under `start_paused`.
+
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::clock::Clock;
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use tokio::time::Instant;
+
+/// Governor's clock over `tokio::time::Instant`, so the ceiling follows a paused test clock.
+#[derive(Debug, Clone, Copy)]
+pub struct TokioClock {
+    start: Instant,
+}
+
+impl TokioClock {
+    pub fn new() -> TokioClock {
+        TokioClock {
+            start: Instant::now(),
+        }
+    }
+}
+
+impl Default for TokioClock {
+    fn default() -> Self {
+        TokioClock::new()
+    }
+}
+
+impl Clock for TokioClock {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        Nanos::from(self.start.elapsed())
+    }
+}
+
+/// Rate cut applied by a 429.
+const CUT_FACTOR: f64 = 0.5;
+/// Share of the ceiling regained per ramp step.
+const RAMP_STEP: f64 = 0.05;
+/// Longest global pause chosen without a `Retry-After`.
+const MAX_DEFAULT_PAUSE: Duration = Duration::from_secs(60);
+
+type Governor = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Nanos>>;
+
+pub struct Limiter {
+    ceiling: f64,
+    floor: f64,
+    /// Successes needed for one ramp step: about a second's worth at the ceiling.
+    ramp_every: u64,
+    governor: Governor,
+    clock: TokioClock,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    rate: f64,
+    paused_until: Option<Instant>,
+    /// Next free slot of the adaptive pace (only used below the ceiling).
+    next_slot: Instant,
+    /// 429s without a success in between: drives the default pause (1 s, 2 s, 4 s, …).
+    consecutive_throttles: u32,
+    successes_since_step: u64,
+    /// End of the pause set by the last rate cut: 429s arriving before it answer requests sent
+    /// before the cut, so they do not cut again.
+    cut_episode_end: Option<Instant>,
+}
+
+impl Limiter {
+    /// A limiter allowing at most `rate_per_second` requests per second (a small burst aside).
+    pub fn new(rate_per_second: f64) -> Arc<Limiter> {
+        let ceiling = if rate_per_second.is_finite() && rate_per_second > 0.0 {
+            rate_per_second
+        } else {
+            1.0
+        };
+        let burst = ((ceiling / 4.0).floor() as u32).max(1);
+        let period = Duration::from_secs_f64(1.0 / ceiling).max(Duration::from_nanos(1));
+        let quota = Quota::with_period(period)
+            .expect("period is positive")
+            .allow_burst(NonZeroU32::new(burst).expect("burst is at least 1"));
+        let clock = TokioClock::new();
+        Arc::new(Limiter {
+            ceiling,
+            floor: ceiling.min(1.0),
+            ramp_every: (ceiling.ceil() as u64).max(10),
+            governor: RateLimiter::direct_with_clock(quota, clock),
+            clock,
+            state: Mutex::new(State {
+                rate: ceiling,
+                paused_until: None,
+                next_slot: Instant::now(),
+                consecutive_throttles: 0,
+                successes_since_step: 0,
+                cut_episode_end: None,
+            }),
+        })
+    }
+
+    /// The configured ceiling (requests per second).
+    pub fn ceiling(&self) -> f64 {
+        self.ceiling
+    }
+
+    /// The burst governor allows at the ceiling.
+    pub fn burst(&self) -> u32 {
+        ((self.ceiling / 4.0).floor() as u32).max(1)
+    }
+
+    /// Waits for any global pause, then for a slot at the current (adaptive) rate.
+    pub async fn acquire(&self) {
+        loop {
+            if let Some(until) = self.paused_until() {
+                tokio::time::sleep_until(until).await;
+                continue;
+            }
+            let slot = {
+                let mut s = self.state.lock().expect("limiter state");
+                if s.rate < self.ceiling {
+                    let now = Instant::now();
+                    let slot = s.next_slot.max(now);
+                    s.next_slot = slot + Duration::from_secs_f64(1.0 / s.rate);
+                    Some(slot)
+                } else {
+                    None
+                }
+            };
+            if let Some(slot) = slot {
+                tokio::time::sleep_until(slot).await;
+                // A 429 during the wait: the slot belongs to the old pace, start over.
+                if self.paused_until().is_some() {
+                    continue;
+                }
+            }
+            loop {
+                match self.governor.check() {
+                    Ok(()) => return,
+                    Err(not_until) => {
+                        let wait = not_until.wait_time_from(self.clock.now());
+                        tokio::time::sleep(wait.max(Duration::from_micros(1))).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A 429 anywhere: pause everyone until `retry_after` has passed (or an exponential default
+    /// when Graph gave none) and halve the pace, once per throttling episode.
+    pub fn throttled(&self, retry_after: Option<Duration>) {
+        let now = Instant::now();
+        let mut s = self.state.lock().expect("limiter state");
+        s.consecutive_throttles = s.consecutive_throttles.saturating_add(1);
+        s.successes_since_step = 0;
+        let pause = retry_after.unwrap_or_else(|| {
+            let exp = s.consecutive_throttles.saturating_sub(1).min(16);
+            Duration::from_secs(1u64 << exp).min(MAX_DEFAULT_PAUSE)
+        });
+        let until = now + pause;
+        s.paused_until = Some(s.paused_until.map_or(until, |p| p.max(until)));
+        let new_episode = s.cut_episode_end.is_none_or(|end| now >= end);
+        if new_episode {
+            s.rate = (s.rate * CUT_FACTOR).max(self.floor);
+            s.cut_episode_end = s.paused_until;
+        }
+        s.next_slot = s.next_slot.max(until);
+        tracing::debug!(
+            pause_ms = pause.as_millis() as u64,
+            rate = s.rate,
+            "throttled: pausing all workers"
+        );
+    }
+
+    /// A request went through: after enough of them, step the pace back toward the ceiling.
+    pub fn succeeded(&self) {
+        let mut s = self.state.lock().expect("limiter state");
+        s.consecutive_throttles = 0;
+        if s.rate >= self.ceiling {
+            return;
+        }
+        s.successes_since_step += 1;
+        if s.successes_since_step >= self.ramp_every {
+            s.successes_since_step = 0;
+            s.rate = (s.rate + self.ceiling * RAMP_STEP).min(self.ceiling);
+        }
+    }
+
+    /// The pace requests are currently let through at (requests per second).
+    pub fn current_rate(&self) -> f64 {
+        self.state.lock().expect("limiter state").rate
+    }
+
+    /// The end of the current global pause, if one is in force.
+    pub fn paused_until(&self) -> Option<Instant> {
+        let mut s = self.state.lock().expect("limiter state");
+        match s.paused_until {
+            Some(until) if until > Instant::now() => Some(until),
+            Some(_) => {
+                s.paused_until = None;
+                None
+            }
+            None => None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter")
+            .field("ceiling", &self.ceiling)
+            .field("state", &self.state.lock().ok())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn acquire_n(limiter: &Arc<Limiter>, n: usize, tasks: usize) {
+        let mut handles = Vec::new();
+        for t in 0..tasks {
+            let l = limiter.clone();
+            let share = n / tasks + usize::from(t < n % tasks);
+            handles.push(tokio::spawn(async move {
+                for _ in 0..share {
+                    l.acquire().await;
+                }
+            }));
+        }
+        for h in handles {
+            h.await.unwrap();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ceiling_is_respected() {
+        let limiter = Limiter::new(20.0);
+        assert_eq!(limiter.burst(), 5);
+        let start = Instant::now();
+        acquire_n(&limiter, 105, 8).await;
+        let took = start.elapsed();
+        // 105 requests, 5 of them in the initial burst: at least 100 / 20 = 5 s.
+        assert!(took >= Duration::from_millis(4990), "{took:?}");
+        assert!(took < Duration::from_millis(5200), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn burst_goes_through_at_once() {
+        let limiter = Limiter::new(40.0);
+        let start = Instant::now();
+        acquire_n(&limiter, 10, 1).await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttle_pauses_everyone_until_retry_after() {
+        let limiter = Limiter::new(100.0);
+        let start = Instant::now();
+        limiter.throttled(Some(Duration::from_secs(7)));
+        assert_eq!(limiter.paused_until(), Some(start + Duration::from_secs(7)));
+        assert_eq!(limiter.current_rate(), 50.0);
+        let mut handles = Vec::new();
+        for _ in 0..4 {
+            let l = limiter.clone();
+            handles.push(tokio::spawn(async move {
+                l.acquire().await;
+                Instant::now()
+            }));
+        }
+        for h in handles {
+            let at = h.await.unwrap();
+            assert!(at >= start + Duration::from_secs(7), "{:?}", at - start);
+        }
+        assert_eq!(limiter.paused_until(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn simultaneous_429s_cut_once_and_default_pause_grows() {
+        let limiter = Limiter::new(100.0);
+        let start = Instant::now();
+        for _ in 0..5 {
+            limiter.throttled(Some(Duration::from_secs(2)));
+        }
+        assert_eq!(limiter.current_rate(), 50.0);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        // No Retry-After: the default grows with consecutive 429s (6th here → capped at 32 s).
+        limiter.throttled(None);
+        assert_eq!(limiter.current_rate(), 25.0);
+        assert_eq!(
+            limiter.paused_until(),
+            Some(start + Duration::from_secs(3 + 32))
+        );
+        limiter.succeeded();
+        limiter.throttled(None);
+        assert_eq!(
+            limiter.paused_until(),
+            Some(start + Duration::from_secs(3 + 32)),
+            "a shorter pause does not shorten the current one"
+        );
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        limiter.throttled(None);
+        assert_eq!(
+            limiter.paused_until(),
+            Some(start + Duration::from_secs(43 + 2))
+        );
+        // Floor of 1 request per second.
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_secs(61)).await;
+            limiter.throttled(None);
+        }
+        assert_eq!(limiter.current_rate(), 1.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reduced_rate_paces_and_ramps_back() {
+        let limiter = Limiter::new(20.0);
+        limiter.throttled(Some(Duration::from_secs(1)));
+        assert_eq!(limiter.current_rate(), 10.0);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let start = Instant::now();
+        acquire_n(&limiter, 21, 4).await;
+        // 21 slots at 10/s: the last starts 2 s after the first.
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(1990), "{took:?}");
+        assert!(took < Duration::from_millis(2200), "{took:?}");
+
+        for _ in 0..20 * 10 {
+            limiter.succeeded();
+        }
+        assert_eq!(limiter.current_rate(), 20.0);
+        limiter.succeeded();
+        assert_eq!(limiter.current_rate(), 20.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ramp_is_gradual() {
+        let limiter = Limiter::new(100.0);
+        limiter.throttled(Some(Duration::ZERO));
+        assert_eq!(limiter.current_rate(), 50.0);
+        for _ in 0..99 {
+            limiter.succeeded();
+        }
+        assert_eq!(limiter.current_rate(), 50.0);
+        limiter.succeeded();
+        assert_eq!(limiter.current_rate(), 55.0);
+    }
+}

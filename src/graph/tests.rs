@@ -1,0 +1,935 @@
+//! HTTP-level tests of the client against small mock servers on loopback.
+
+use std::sync::Mutex;
+
+use axum::extract::State;
+use serde_json::json;
+
+use super::*;
+use crate::model::InvitedUserRef;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU32;
+
+#[derive(Clone, Debug)]
+struct Seen {
+    method: String,
+    uri: String,
+    headers: axum::http::HeaderMap,
+    body: String,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    fn path(&self) -> &str {
+        self.uri.split('?').next().unwrap_or("")
+    }
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: String,
+}
+
+fn reply(status: u16, body: serde_json::Value) -> Reply {
+    Reply {
+        status,
+        headers: vec![("request-id", format!("req-{status}"))],
+        body: body.to_string(),
+    }
+}
+
+fn graph_error(status: u16, code: &str, message: &str) -> Reply {
+    reply(status, json!({"error": {"code": code, "message": message}}))
+}
+
+fn token_ok(n: usize) -> Reply {
+    reply(
+        200,
+        json!({"token_type": "Bearer", "expires_in": 3599, "access_token": format!("tok-{}", n + 1)}),
+    )
+}
+
+type Script = dyn Fn(&Seen, usize) -> Reply + Send + Sync;
+
+struct MockState {
+    seen: Mutex<Vec<Seen>>,
+    graph: Box<Script>,
+    token: Box<Script>,
+}
+
+/// A loopback server: token requests go to `token`, everything else to `graph`; both get the
+/// request and how many earlier requests had the same path.
+struct Mock {
+    url: String,
+    state: Arc<MockState>,
+}
+
+impl Mock {
+    async fn start(graph: impl Fn(&Seen, usize) -> Reply + Send + Sync + 'static) -> Mock {
+        Self::start_with(graph, |_, n| token_ok(n)).await
+    }
+
+    async fn start_with(
+        graph: impl Fn(&Seen, usize) -> Reply + Send + Sync + 'static,
+        token: impl Fn(&Seen, usize) -> Reply + Send + Sync + 'static,
+    ) -> Mock {
+        let state = Arc::new(MockState {
+            seen: Mutex::new(Vec::new()),
+            graph: Box::new(graph),
+            token: Box::new(token),
+        });
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Mock { url, state }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().unwrap().clone()
+    }
+
+    fn graph_hits(&self) -> Vec<Seen> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.path().starts_with("/v1.0"))
+            .collect()
+    }
+
+    fn token_hits(&self) -> Vec<Seen> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.path().ends_with("/oauth2/v2.0/token"))
+            .collect()
+    }
+
+    fn config(&self, credentials: Credentials) -> GraphConfig {
+        GraphConfig {
+            max_attempts: 3,
+            request_timeout: Duration::from_secs(5),
+            ..GraphConfig::new(&self.url, &self.url, credentials)
+        }
+    }
+
+    fn client(&self) -> GraphClient {
+        self.client_with(Credentials::Token(Secret::new("static-token")))
+    }
+
+    fn client_with(&self, credentials: Credentials) -> GraphClient {
+        GraphClient::new(self.config(credentials), Limiter::new(1000.0))
+            .unwrap()
+            .with_backoff(fast_backoff())
+    }
+}
+
+fn fast_backoff() -> Backoff {
+    Backoff {
+        base: Duration::from_millis(1),
+        cap: Duration::from_millis(5),
+    }
+}
+
+fn secret_credentials() -> Credentials {
+    Credentials::ClientSecret {
+        tenant_id: "contoso-tenant".into(),
+        client_id: "app-1".into(),
+        secret: Secret::new("s3cret"),
+    }
+}
+
+async fn handle(
+    State(state): State<Arc<MockState>>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    let seen = Seen {
+        method: parts.method.to_string(),
+        uri: parts.uri.to_string(),
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    };
+    let n = {
+        let mut all = state.seen.lock().unwrap();
+        let n = all.iter().filter(|s| s.path() == seen.path()).count();
+        all.push(seen.clone());
+        n
+    };
+    let reply = if seen.path().ends_with("/oauth2/v2.0/token") {
+        (state.token)(&seen, n)
+    } else {
+        (state.graph)(&seen, n)
+    };
+    let mut builder = axum::response::Response::builder()
+        .status(reply.status)
+        .header("content-type", "application/json");
+    for (k, v) in reply.headers {
+        builder = builder.header(k, v);
+    }
+    builder.body(axum::body::Body::from(reply.body)).unwrap()
+}
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<RequestEvent>>);
+
+impl RequestObserver for Recorder {
+    fn on_request(&self, event: &RequestEvent) {
+        self.0.lock().unwrap().push(event.clone());
+    }
+}
+
+fn invitation_request() -> InvitationRequest {
+    InvitationRequest {
+        invited_user_email_address: "ann@fabrikam.com".into(),
+        invite_redirect_url: "https://myapplications.microsoft.com".into(),
+        send_invitation_message: Some(false),
+        invited_user: Some(InvitedUserRef { id: "u1".into() }),
+        ..Default::default()
+    }
+}
+
+fn user_json(id: &str) -> serde_json::Value {
+    json!({"id": id, "userPrincipalName": format!("{id}@contoso.com")})
+}
+
+#[tokio::test]
+async fn requests_carry_ids_and_bearer_and_report_events() {
+    let mock = Mock::start(|_, _| reply(200, user_json("u1"))).await;
+    let recorder = Arc::new(Recorder::default());
+    let client = mock.client().with_observer(recorder.clone());
+    let user = client
+        .get_user("ann#EXT#@contoso.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(user.id, "u1");
+    let hits = mock.graph_hits();
+    assert_eq!(hits.len(), 1);
+    let hit = &hits[0];
+    assert_eq!(hit.path(), "/v1.0/users/ann%23EXT%23@contoso.com");
+    assert!(hit.uri.contains("$select=id,displayName,"), "{}", hit.uri);
+    assert_eq!(hit.header("authorization"), Some("Bearer static-token"));
+    assert_eq!(hit.header("return-client-request-id"), Some("true"));
+    let crid = hit.header("client-request-id").unwrap();
+    assert!(uuid::Uuid::parse_str(crid).is_ok());
+
+    let events = recorder.0.lock().unwrap().clone();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].client_request_id, crid);
+    assert_eq!(events[0].request_id.as_deref(), Some("req-200"));
+    assert_eq!(events[0].status, Some(200));
+    assert_eq!(events[0].attempt, 1);
+    assert!(events[0].path.starts_with("/v1.0/users/"));
+    assert!(!format!("{events:?}").contains("static-token"));
+    assert_eq!(client.requests_sent(), 1);
+}
+
+#[tokio::test]
+async fn missing_user_is_none() {
+    let mock = Mock::start(|_, _| graph_error(404, "Request_ResourceNotFound", "gone")).await;
+    assert!(mock.client().get_user("nobody").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn throttled_request_waits_retry_after_and_is_retried() {
+    let mock = Mock::start(|_, n| {
+        if n == 0 {
+            let mut r = graph_error(429, "TooManyRequests", "slow down");
+            r.headers.push(("Retry-After", "0.3".into()));
+            r
+        } else {
+            reply(200, user_json("u1"))
+        }
+    })
+    .await;
+    let recorder = Arc::new(Recorder::default());
+    let client = mock.client().with_observer(recorder.clone());
+    let started = std::time::Instant::now();
+    let user = client.get_user("u1").await.unwrap();
+    assert!(user.is_some());
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(mock.graph_hits().len(), 2);
+    assert_eq!(client.requests_sent(), 2);
+    let events = recorder.0.lock().unwrap().clone();
+    assert_eq!(events.len(), 2);
+    assert!(events[0].throttled && !events[1].throttled);
+    assert_eq!((events[0].attempt, events[1].attempt), (1, 2));
+    assert_ne!(events[0].client_request_id, events[1].client_request_id);
+    assert_eq!(client.limiter().current_rate(), 500.0);
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_until_exhausted() {
+    let mock = Mock::start(|_, _| graph_error(503, "ServiceUnavailable", "busy")).await;
+    let err = mock.client().get_user("u1").await.unwrap_err();
+    assert!(matches!(err, GraphError::Exhausted { .. }), "{err:?}");
+    assert_eq!(err.meta().unwrap().status, Some(503));
+    assert_eq!(mock.graph_hits().len(), 3, "max_attempts = 3");
+
+    let mock = Mock::start(|_, n| {
+        if n < 2 {
+            graph_error(504, "GatewayTimeout", "slow")
+        } else {
+            reply(200, user_json("u1"))
+        }
+    })
+    .await;
+    assert!(mock.client().get_user("u1").await.unwrap().is_some());
+    assert_eq!(mock.graph_hits().len(), 3);
+}
+
+#[tokio::test]
+async fn invite_success_is_traced() {
+    let mock = Mock::start(|seen, _| {
+        let body: serde_json::Value = serde_json::from_str(&seen.body).unwrap();
+        assert_eq!(body["invitedUser"]["id"], "u1");
+        assert_eq!(seen.header("content-type"), Some("application/json"));
+        reply(
+            201,
+            json!({"id": "inv-1", "status": "PendingAcceptance", "inviteRedeemUrl": "https://secret",
+                   "invitedUserEmailAddress": "ann@fabrikam.com", "invitedUser": {"id": "u1"}}),
+        )
+    })
+    .await;
+    let traced = mock.client().invite(&invitation_request()).await.unwrap();
+    assert_eq!(traced.value.id, "inv-1");
+    assert_eq!(traced.meta.status, Some(201));
+    assert_eq!(traced.meta.request_id.as_deref(), Some("req-201"));
+    assert_eq!(mock.graph_hits()[0].method, "POST");
+    assert_eq!(mock.graph_hits()[0].path(), "/v1.0/invitations");
+}
+
+#[tokio::test]
+async fn invite_is_never_resent_after_a_server_error() {
+    let mock = Mock::start(|_, _| graph_error(502, "BadGateway", "oops")).await;
+    let err = mock
+        .client()
+        .invite(&invitation_request())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, GraphError::Unknown { .. }), "{err:?}");
+    assert_eq!(mock.graph_hits().len(), 1);
+}
+
+#[tokio::test]
+async fn invite_is_resent_after_429() {
+    let mock = Mock::start(|_, n| {
+        if n == 0 {
+            let mut r = graph_error(429, "TooManyRequests", "later");
+            r.headers.push(("Retry-After", "0".into()));
+            r
+        } else {
+            reply(201, json!({"id": "inv-1", "status": "PendingAcceptance"}))
+        }
+    })
+    .await;
+    let traced = mock.client().invite(&invitation_request()).await.unwrap();
+    assert_eq!(traced.value.id, "inv-1");
+    assert_eq!(mock.graph_hits().len(), 2);
+}
+
+#[tokio::test]
+async fn invite_on_dropped_connection_is_unknown() {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicU32::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            counter.fetch_add(1, Ordering::SeqCst);
+            // Read the request (headers and body), "carry it out", then drop the connection.
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut got = Vec::new();
+            loop {
+                let n = socket.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got);
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if got.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+            }
+            drop(socket);
+        }
+    });
+    let config = GraphConfig {
+        max_attempts: 3,
+        request_timeout: Duration::from_secs(5),
+        ..GraphConfig::new(&url, &url, Credentials::Token(Secret::new("t")))
+    };
+    let client = GraphClient::new(config, Limiter::new(1000.0)).unwrap();
+    let err = client.invite(&invitation_request()).await.unwrap_err();
+    assert!(matches!(err, GraphError::Unknown { .. }), "{err:?}");
+    assert_eq!(err.meta().unwrap().status, None);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "never resent");
+
+    // The same failure on a GET is retried, then given up.
+    let err = client.get_user("u1").await.unwrap_err();
+    assert!(matches!(err, GraphError::Exhausted { .. }), "{err:?}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test]
+async fn blocked_directory_stops_the_run() {
+    let mock = Mock::start(|_, _| {
+        graph_error(
+            403,
+            "Forbidden",
+            "Invitations are blocked for this directory due to suspicious activity",
+        )
+    })
+    .await;
+    let err = mock
+        .client()
+        .invite(&invitation_request())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, GraphError::TenantRefused { status: 403, .. }),
+        "{err:?}"
+    );
+    assert_eq!(mock.graph_hits().len(), 1);
+}
+
+#[tokio::test]
+async fn bad_request_is_an_api_error_with_graphs_words() {
+    let mock = Mock::start(|_, _| graph_error(400, "BadRequest", "Invalid request input.")).await;
+    let err = mock
+        .client()
+        .invite(&invitation_request())
+        .await
+        .unwrap_err();
+    match err {
+        GraphError::Api {
+            status,
+            code,
+            message,
+            meta,
+        } => {
+            assert_eq!((status, code.as_str()), (400, "BadRequest"));
+            assert_eq!(message, "Invalid request input.");
+            assert_eq!(meta.request_id.as_deref(), Some("req-400"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let mock = Mock::start(|_, _| Reply {
+        status: 400,
+        headers: vec![],
+        body: String::new(),
+    })
+    .await;
+    let err = mock
+        .client()
+        .invite(&invitation_request())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("Bad Request"));
+}
+
+#[tokio::test]
+async fn repeated_permission_denials_stop_the_run() {
+    let mock = Mock::start(|seen, _| {
+        if seen.method == "GET" {
+            return reply(200, user_json("u1"));
+        }
+        graph_error(
+            403,
+            "Authorization_RequestDenied",
+            "Insufficient privileges to complete the operation.",
+        )
+    })
+    .await;
+    let client = mock.client();
+    for _ in 1..DENIED_STREAK_LIMIT {
+        let err = client.invite(&invitation_request()).await.unwrap_err();
+        assert!(
+            matches!(err, GraphError::Api { status: 403, .. }),
+            "{err:?}"
+        );
+        // Reads going through do not hide that every invitation is refused.
+        assert!(client.get_user("u1").await.unwrap().is_some());
+    }
+    let err = client.invite(&invitation_request()).await.unwrap_err();
+    assert!(err.is_tenant_refusal(), "{err:?}");
+}
+
+#[tokio::test]
+async fn unauthorized_renews_the_token_once() {
+    let mock = Mock::start(|seen, _| {
+        if seen.header("authorization") == Some("Bearer tok-1") {
+            graph_error(
+                401,
+                "InvalidAuthenticationToken",
+                "Access token has expired.",
+            )
+        } else {
+            reply(200, user_json("u1"))
+        }
+    })
+    .await;
+    let client = mock.client_with(secret_credentials());
+    assert!(client.get_user("u1").await.unwrap().is_some());
+    assert_eq!(mock.token_hits().len(), 2);
+    assert_eq!(mock.graph_hits().len(), 2);
+    assert_eq!(
+        mock.graph_hits()[1].header("authorization"),
+        Some("Bearer tok-2")
+    );
+    // The renewed token is cached.
+    assert!(client.get_user("u1").await.unwrap().is_some());
+    assert_eq!(mock.token_hits().len(), 2);
+}
+
+#[tokio::test]
+async fn unauthorized_after_renewal_stops_the_run() {
+    let mock =
+        Mock::start(|_, _| graph_error(401, "InvalidAuthenticationToken", "Consent revoked")).await;
+    let err = mock
+        .client_with(secret_credentials())
+        .invite(&invitation_request())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, GraphError::TenantRefused { status: 401, .. }),
+        "{err:?}"
+    );
+    assert_eq!(mock.token_hits().len(), 2);
+    assert_eq!(mock.graph_hits().len(), 2);
+
+    // A fixed token cannot be renewed: stop at once.
+    let err = mock.client().get_user("u1").await.unwrap_err();
+    assert!(err.is_tenant_refusal(), "{err:?}");
+}
+
+#[tokio::test]
+async fn token_refused_mid_run_stops_the_run() {
+    let mock = Mock::start_with(
+        |_, _| {
+            graph_error(
+                401,
+                "InvalidAuthenticationToken",
+                "Access token has expired.",
+            )
+        },
+        |_, n| {
+            if n == 0 {
+                token_ok(n)
+            } else {
+                reply(
+                    400,
+                    json!({"error": "unauthorized_client",
+                           "error_description": "AADSTS700016: Application not found.",
+                           "error_codes": [700016]}),
+                )
+            }
+        },
+    )
+    .await;
+    let client = mock.client_with(secret_credentials());
+    client.authenticate().await.unwrap();
+    let err = client.get_user("u1").await.unwrap_err();
+    assert!(err.is_tenant_refusal(), "{err:?}");
+    assert_eq!(err.code(), Some("AADSTS700016"));
+}
+
+#[tokio::test]
+async fn token_request_shapes_and_refusals() {
+    let mock = Mock::start_with(
+        |_, _| reply(200, user_json("u1")),
+        |seen, n| {
+            if n == 0 {
+                return reply(
+                    400,
+                    json!({"error": "invalid_client",
+                           "error_description": "AADSTS7000215: Invalid client secret provided.\r\nTrace ID: 1",
+                           "error_codes": [7000215]}),
+                );
+            }
+            let form: HashMap<String, String> = url::form_urlencoded::parse(seen.body.as_bytes())
+                .into_owned()
+                .collect();
+            assert_eq!(form["grant_type"], "client_credentials");
+            assert_eq!(form["scope"], "https://graph.microsoft.com/.default");
+            assert_eq!(form["client_id"], "app-1");
+            assert_eq!(
+                form["client_assertion_type"],
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+            );
+            let jwt = &form["client_assertion"];
+            let claims = jwt.split('.').nth(1).unwrap();
+            use base64::Engine as _;
+            let claims: serde_json::Value = serde_json::from_slice(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(claims)
+                    .unwrap(),
+            )
+            .unwrap();
+            assert!(claims["aud"]
+                .as_str()
+                .unwrap()
+                .ends_with("/contoso-tenant/oauth2/v2.0/token"));
+            token_ok(n)
+        },
+    )
+    .await;
+    let err = mock
+        .client_with(secret_credentials())
+        .authenticate()
+        .await
+        .unwrap_err();
+    match err {
+        GraphError::Auth { code, message } => {
+            assert_eq!(code, "AADSTS7000215");
+            assert_eq!(message, "AADSTS7000215: Invalid client secret provided.");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        mock.token_hits()[0].path(),
+        "/contoso-tenant/oauth2/v2.0/token"
+    );
+    assert!(mock.token_hits()[0].body.contains("client_secret=s3cret"));
+
+    let pem =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/app-cert-with-key.pem");
+    let client = mock.client_with(Credentials::Certificate {
+        tenant_id: "contoso-tenant".into(),
+        client_id: "app-1".into(),
+        pem_path: pem,
+    });
+    assert!(client.get_user("u1").await.unwrap().is_some());
+    assert_eq!(
+        mock.graph_hits()[0].header("authorization"),
+        Some("Bearer tok-2")
+    );
+}
+
+#[tokio::test]
+async fn token_is_renewed_ahead_of_expiry_without_blocking() {
+    let mock = Mock::start(|_, _| reply(200, json!({}))).await;
+    let client = mock.client_with(secret_credentials());
+    let tokens = client.inner.tokens.clone();
+    assert_eq!(tokens.token().await.unwrap().expose(), "tok-1");
+    assert_eq!(tokens.token().await.unwrap().expose(), "tok-1");
+    assert_eq!(mock.token_hits().len(), 1);
+
+    // Enter the renewal window: callers keep getting the valid token while one task renews.
+    tokens.force_window_for_test(false);
+    let mut handles = Vec::new();
+    for _ in 0..10 {
+        let t = tokens.clone();
+        handles.push(tokio::spawn(async move { t.token().await.unwrap() }));
+    }
+    for h in handles {
+        assert_eq!(h.await.unwrap().expose(), "tok-1");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while tokens.cached_for_test().as_deref() != Some("tok-2") {
+        assert!(std::time::Instant::now() < deadline, "renewal never landed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(tokens.token().await.unwrap().expose(), "tok-2");
+    assert_eq!(mock.token_hits().len(), 2, "single-flight renewal");
+
+    // Expired: callers wait for one renewal.
+    tokens.force_window_for_test(true);
+    let mut handles = Vec::new();
+    for _ in 0..10 {
+        let t = tokens.clone();
+        handles.push(tokio::spawn(async move { t.token().await.unwrap() }));
+    }
+    for h in handles {
+        assert_eq!(h.await.unwrap().expose(), "tok-3");
+    }
+    assert_eq!(mock.token_hits().len(), 3);
+}
+
+#[tokio::test]
+async fn batch_resends_only_the_throttled_sub_request() {
+    let mock = Mock::start(|seen, n| {
+        assert_eq!(seen.path(), "/v1.0/$batch");
+        let batch: BatchRequest = serde_json::from_str(&seen.body).unwrap();
+        let responses: Vec<_> = batch
+            .requests
+            .iter()
+            .map(|r| {
+                if n == 0 && r.id == "2" {
+                    json!({"id": r.id, "status": 429, "headers": {"Retry-After": "0.1"},
+                           "body": {"error": {"code": "TooManyRequests", "message": "later"}}})
+                } else {
+                    json!({"id": r.id, "status": 200,
+                           "body": {"value": [user_json(&format!("user-{}", r.id))]}})
+                }
+            })
+            .collect();
+        reply(200, json!({ "responses": responses }))
+    })
+    .await;
+    let client = mock.client();
+    let mut ids: Vec<String> = (0..29).map(|i| format!("a{i}")).collect();
+    ids.push("o'brien".into());
+    let users = client.users_by_ids(&ids).await.unwrap();
+    let mut got: Vec<_> = users.iter().map(|u| u.id.as_str()).collect();
+    got.sort();
+    assert_eq!(got, ["user-1", "user-2"]);
+
+    let hits = mock.graph_hits();
+    assert_eq!(hits.len(), 2);
+    assert_eq!(client.requests_sent(), 2);
+    let first: BatchRequest = serde_json::from_str(&hits[0].body).unwrap();
+    assert_eq!(first.requests.len(), 2);
+    assert_eq!(first.requests[0].method, "GET");
+    assert!(
+        first.requests[0]
+            .url
+            .starts_with("/users?$filter=id%20in%20(%27a0%27,%27a1%27,"),
+        "{}",
+        first.requests[0].url
+    );
+    assert!(
+        first.requests[1]
+            .url
+            .contains(",%27o%27%27brien%27)&$select="),
+        "{}",
+        first.requests[1].url
+    );
+    let second: BatchRequest = serde_json::from_str(&hits[1].body).unwrap();
+    let second_ids: Vec<_> = second.requests.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(second_ids, ["2"]);
+}
+
+#[tokio::test]
+async fn batch_splits_into_twenty_sub_requests_and_fails_on_refusals() {
+    let mock = Mock::start(|seen, _| {
+        let batch: BatchRequest = serde_json::from_str(&seen.body).unwrap();
+        let responses: Vec<_> = batch
+            .requests
+            .iter()
+            .map(|r| json!({"id": r.id, "status": 200, "body": {"value": []}}))
+            .collect();
+        reply(200, json!({ "responses": responses }))
+    })
+    .await;
+    let client = mock.client();
+    let upns: Vec<String> = (0..(15 * 25))
+        .map(|i| format!("u{i}@contoso.com"))
+        .collect();
+    assert!(client.users_by_upns(&upns).await.unwrap().is_empty());
+    let sizes: Vec<usize> = mock
+        .graph_hits()
+        .iter()
+        .map(|h| {
+            serde_json::from_str::<BatchRequest>(&h.body)
+                .unwrap()
+                .requests
+                .len()
+        })
+        .collect();
+    assert_eq!(sizes, [20, 5]);
+    assert!(client.users_by_ids(&[]).await.unwrap().is_empty());
+    assert_eq!(mock.graph_hits().len(), 2, "nothing to ask, nothing sent");
+
+    let mock = Mock::start(|seen, _| {
+        let batch: BatchRequest = serde_json::from_str(&seen.body).unwrap();
+        let first = &batch.requests[0];
+        assert!(first.url.contains("mail%20in%20(%27a@x.com%27)"), "{}", first.url);
+        assert!(
+            batch.requests[1]
+                .url
+                .contains("otherMails/any(x:x%20in%20(%27a@x.com%27))"),
+            "{}",
+            batch.requests[1].url
+        );
+        reply(
+            200,
+            json!({"responses": [
+                {"id": "1", "status": 200, "body": {"value": []}},
+                {"id": "2", "status": 400, "body": {"error": {"code": "BadRequest", "message": "Unsupported query."}}}
+            ]}),
+        )
+    })
+    .await;
+    let err = mock
+        .client()
+        .users_with_addresses(&["a@x.com".into()])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("BadRequest"));
+}
+
+#[tokio::test]
+async fn batch_sub_request_server_errors_are_retried() {
+    let mock = Mock::start(|seen, n| {
+        let batch: BatchRequest = serde_json::from_str(&seen.body).unwrap();
+        let r = &batch.requests[0];
+        if n < 2 {
+            reply(200, json!({"responses": [{"id": r.id, "status": 503, "body": {}}]}))
+        } else {
+            reply(
+                200,
+                json!({"responses": [{"id": r.id, "status": 200, "body": {"value": [user_json("u1")]}}]}),
+            )
+        }
+    })
+    .await;
+    let users = mock.client().users_by_ids(&["u1".into()]).await.unwrap();
+    assert_eq!(users.len(), 1);
+    assert_eq!(mock.graph_hits().len(), 3);
+}
+
+#[tokio::test]
+async fn advanced_filter_pages_send_consistency_level_every_time() {
+    let mock = Arc::new(Mutex::new(String::new()));
+    let base = mock.clone();
+    let server = Mock::start(move |_, n| {
+        if n == 0 {
+            let next = format!("{}/v1.0/users?$skiptoken=abc", base.lock().unwrap());
+            reply(
+                200,
+                json!({"@odata.nextLink": next, "value": [user_json("u1")]}),
+            )
+        } else {
+            reply(200, json!({"value": [user_json("u2")]}))
+        }
+    })
+    .await;
+    *mock.lock().unwrap() = server.url.clone();
+    let client = server.client();
+    let filter = "userType eq 'Guest' and onPremisesUserPrincipalName ne null";
+    let first = client.list_users_page(filter, None).await.unwrap();
+    let next = first.next_link.clone().unwrap();
+    let second = client.list_users_page(filter, Some(&next)).await.unwrap();
+    assert_eq!(second.value[0].id, "u2");
+    assert!(second.next_link.is_none());
+
+    let hits = server.graph_hits();
+    assert_eq!(hits.len(), 2);
+    for hit in &hits {
+        assert_eq!(
+            hit.header("consistencylevel"),
+            Some("eventual"),
+            "{}",
+            hit.uri
+        );
+        assert!(hit.uri.contains("$count=true"), "{}", hit.uri);
+    }
+    assert!(hits[0].uri.contains(
+        "$filter=userType%20eq%20%27Guest%27%20and%20onPremisesUserPrincipalName%20ne%20null"
+    ));
+    assert!(hits[0].uri.contains("$top=999"));
+    assert!(hits[1].uri.starts_with("/v1.0/users?$skiptoken=abc"));
+
+    // A simple filter needs no advanced query.
+    client
+        .list_users_page("userType eq 'Member'", None)
+        .await
+        .unwrap();
+    let hit = server.graph_hits().pop().unwrap();
+    assert_eq!(hit.header("consistencylevel"), None);
+    assert!(!hit.uri.contains("$count"));
+
+    // A page link elsewhere would carry our token there: refused.
+    let err = client
+        .list_users_page(filter, Some("https://evil.example/v1.0/users?$skiptoken=x"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, GraphError::Config(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn domains_and_group_members() {
+    let mock = Mock::start(|seen, _| {
+        if seen.path() == "/v1.0/domains" {
+            reply(
+                200,
+                json!({"value": [
+                    {"id": "contoso.com", "isVerified": true, "isDefault": true},
+                    {"id": "pending.com", "isVerified": false}
+                ]}),
+            )
+        } else {
+            reply(200, json!({"value": [user_json("m1")]}))
+        }
+    })
+    .await;
+    let client = mock.client();
+    let domains = client.verified_domains().await.unwrap();
+    assert_eq!(domains.len(), 1);
+    assert_eq!(domains[0].id, "contoso.com");
+    let page = client.group_members_page("g1", true, None).await.unwrap();
+    assert_eq!(page.value[0].id, "m1");
+    client.group_members_page("g1", false, None).await.unwrap();
+    let hits = mock.graph_hits();
+    assert_eq!(
+        hits[1].path(),
+        "/v1.0/groups/g1/transitiveMembers/microsoft.graph.user"
+    );
+    assert_eq!(
+        hits[2].path(),
+        "/v1.0/groups/g1/members/microsoft.graph.user"
+    );
+    assert!(hits[2].uri.contains("$top=999"));
+}
+
+#[test]
+fn advanced_query_detection() {
+    for f in [
+        "userType ne 'Member'",
+        "not(accountEnabled eq true)",
+        "NOT accountEnabled eq true",
+        "endsWith(mail,'@fabrikam.com')",
+        "onPremisesUserPrincipalName eq null",
+        "mail ne null",
+    ] {
+        assert!(needs_advanced_query(f), "{f}");
+    }
+    for f in [
+        "userType eq 'Guest'",
+        "startsWith(displayName,'Ann')",
+        "accountEnabled eq true and mail in ('a@b.com')",
+        "displayName eq 'Anne Knot'",
+        "",
+    ] {
+        assert!(!needs_advanced_query(f), "{f}");
+    }
+}
+
+#[test]
+fn odata_literals_and_query_encoding() {
+    assert_eq!(odata_quote("o'brien"), "'o''brien'");
+    assert_eq!(
+        encode_query(&[("$filter", "mail eq 'a+b@x.com' & x=1#")]),
+        "$filter=mail%20eq%20%27a%2Bb@x.com%27%20%26%20x%3D1%23"
+    );
+    assert_eq!(encode_component("ü"), "%C3%BC");
+}
+
+#[test]
+fn client_refuses_plain_http_to_public_hosts() {
+    let config = GraphConfig::new(
+        "http://graph.microsoft.com",
+        DEFAULT_LOGIN_URL,
+        Credentials::Token(Secret::new("t")),
+    );
+    let err = GraphClient::new(config, Limiter::new(1.0)).unwrap_err();
+    assert!(matches!(err, GraphError::Config(_)));
+}
