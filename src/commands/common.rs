@@ -29,6 +29,7 @@ pub fn connect(
     endpoints: &Endpoints,
     credentials: Credentials,
     options: &RunOptions,
+    mode: RunMode,
 ) -> anyhow::Result<GraphClient> {
     let config = GraphConfig {
         graph_url: endpoints.graph_url.clone(),
@@ -38,7 +39,7 @@ pub fn connect(
         max_attempts: options.max_attempts.max(1),
     };
     let limiter = Limiter::new(options.rate);
-    Ok(GraphClient::new(config, limiter)?)
+    Ok(GraphClient::new(config, limiter)?.with_batching(mode == RunMode::Live))
 }
 
 /// Logs every Graph request of a run into the queue's append-only request table.
@@ -234,12 +235,13 @@ pub async fn continue_run(db: &Path, mut run: RunRecord, exec: &ExecArgs) -> any
     queue.update_run_options(run.id, &run.options)?;
     require_consent_possible(run.mode, exec.yes)?;
     let credentials = Credentials::from_env()?;
-    let graph = connect(&endpoints_for(exec, &run), credentials, &run.options)?.with_observer(Arc::new(
+    let graph = connect(&endpoints_for(exec, &run), credentials, &run.options, run.mode)?.with_observer(Arc::new(
         RequestLog {
             queue: queue.clone(),
             run_id: run.id,
         },
     ));
+    graph.authenticate().await?;
     if !run.ingest_complete {
         crate::source::ingest::ingest(&queue, &run, &graph, None).await?;
         run = queue.run(run.id)?.context("run vanished")?;

@@ -96,7 +96,8 @@ pub async fn start(db: &Path, new: NewRun, credentials: Credentials) -> anyhow::
         }
     }
     let tenant_id = credentials.tenant_id().map(str::to_string);
-    let graph = common::connect(&new.endpoints, credentials, &new.options)?;
+    let graph = common::connect(&new.endpoints, credentials, &new.options, new.mode)?;
+    graph.authenticate().await?;
     // A Graph query is checked before anything is queued: an unsupported filter or an unknown
     // group is a usage error, not a run.
     let first_page = match &new.source {

@@ -79,6 +79,9 @@ pub struct GraphClient {
     inner: Arc<Inner>,
     observer: Option<Arc<dyn RequestObserver>>,
     backoff: Backoff,
+    /// Bulk reads go through `$batch` (a POST) unless the run is a dry run, which must send
+    /// nothing but GETs.
+    batching: bool,
 }
 
 struct Inner {
@@ -167,11 +170,19 @@ impl GraphClient {
             }),
             observer: None,
             backoff: Backoff::default(),
+            batching: true,
         })
     }
 
     pub fn with_observer(mut self, observer: Arc<dyn RequestObserver>) -> Self {
         self.observer = Some(observer);
+        self
+    }
+
+    /// With `false`, bulk reads are sent as plain GETs (15 values each) instead of `$batch`:
+    /// more requests, but not a single POST — what a dry run promises.
+    pub fn with_batching(mut self, batching: bool) -> Self {
+        self.batching = batching;
         self
     }
 
@@ -375,6 +386,9 @@ impl GraphClient {
     /// Runs GET sub-requests (URLs relative to the version root) through `$batch`, 20 at a time,
     /// resending throttled and failed ones on their own.
     async fn batch_users(&self, urls: Vec<String>) -> Result<Vec<User>, GraphError> {
+        if !self.batching {
+            return self.get_users_one_by_one(urls).await;
+        }
         struct Pending {
             id: String,
             url: String,
@@ -769,6 +783,24 @@ impl GraphClient {
             url.set_query(Some(&encode_query(query)));
         }
         url
+    }
+
+    /// The same sub-requests as `batch_users`, each as its own GET (every page followed).
+    async fn get_users_one_by_one(&self, urls: Vec<String>) -> Result<Vec<User>, GraphError> {
+        let mut users = Vec::new();
+        for relative in urls {
+            let mut url = Url::parse(&format!("{}/v1.0{relative}", self.inner.root))
+                .map_err(|e| GraphError::Config(format!("bad request URL {relative}: {e}")))?;
+            loop {
+                let page: Page<User> = self.get_json(url, false).await?;
+                users.extend(page.value);
+                match page.next_link {
+                    Some(next) => url = self.next_link_url(&next, false)?,
+                    None => break,
+                }
+            }
+        }
+        Ok(users)
     }
 
     /// A `$batch` sub-request URL: relative to the version root.
