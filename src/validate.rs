@@ -1,1 +1,649 @@
 //! Validation: a pure function from a user snapshot and tenant facts to a verdict.
+//!
+//! Nothing here does I/O. Workers read the user (and, once per run, the tenant's verified domains
+//! and address owners), then ask [`validate`] whether the user can be converted. The checks follow
+//! the newer seed document (`seeds/000_…`) and GRAPH-NOTES.md "Conversion rules"; where the older
+//! document (`seeds/001_…`) asked for more, its rule becomes a note or a hint in a detail text,
+//! never a block.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::item::Reason;
+use crate::model::User;
+
+/// What the tenant knows beyond the user itself, gathered once per run.
+#[derive(Debug, Default, Clone)]
+pub struct TenantFacts {
+    /// Verified domains of the tenant, lowercase.
+    pub verified_domains: HashSet<String>,
+    /// Lowercase address → ids of the users holding it in `mail` or `otherMails`.
+    pub address_owners: HashMap<String, Vec<String>>,
+}
+
+impl TenantFacts {
+    /// Indexes the user's `mail` and `otherMails` so [`validate`] can spot a second holder of
+    /// the address an invitation would use.
+    pub fn add_owner(&mut self, user: &User) {
+        let addresses = user
+            .mail
+            .iter()
+            .chain(user.other_mails.iter().flatten())
+            .map(|a| a.trim().to_lowercase())
+            .filter(|a| !a.is_empty());
+        for address in addresses {
+            let owners = self.address_owners.entry(address).or_default();
+            if !owners.iter().any(|id| id.eq_ignore_ascii_case(&user.id)) {
+                owners.push(user.id.clone());
+            }
+        }
+    }
+
+    /// True when the address's domain is one of the tenant's verified domains.
+    ///
+    /// Exact domain match only: Graph lists and verifies each domain (subdomains included) on its
+    /// own, so `partner.contoso.com` is verified only when it appears in the list itself.
+    pub fn is_verified_domain(&self, email: &str) -> bool {
+        domain_of(email).is_some_and(|d| self.verified_domains.contains(&d))
+    }
+}
+
+/// The outcome of validating one user.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Every check passed: invite `email`. `notes` are warnings for the report (userType,
+    /// on-premises source of authority), never reasons to stop.
+    Convert { email: String, notes: Vec<String> },
+    /// Nothing to do; only [`Reason::AlreadyB2b`].
+    Skip { reason: Reason, detail: String },
+    /// A check failed; nothing may be sent.
+    Block { reason: Reason, detail: String },
+}
+
+/// Decides whether `user` can be converted, inviting `requested_email` (the input's
+/// `externalEmail`) or, when absent, the user's `mail`.
+///
+/// Checks run in a fixed order and the first hit wins (the sample data's expectations rely on
+/// it): already_b2b, account_disabled, onprem_upn_present, exchange_mailbox, mail_missing,
+/// mail_mismatch, address syntax, domain_verified, mail_conflict.
+///
+/// An effective address that fails [`email_syntax_error`] is blocked as
+/// [`Reason::MailMissing`]: by that point the requested address equals `mail` (otherwise
+/// `mail_mismatch` fired first), so the unusable address is always the user's `mail` property,
+/// and the fix is the same as for a missing one: set `mail` to a usable external address.
+/// `bad_input` stays reserved for unusable input rows.
+pub fn validate(user: &User, requested_email: Option<&str>, facts: &TenantFacts) -> Verdict {
+    let block = |reason: Reason, detail: String| Verdict::Block { reason, detail };
+
+    if let Some(state) = non_empty(user.external_user_state.as_deref()) {
+        return Verdict::Skip {
+            reason: Reason::AlreadyB2b,
+            detail: format!("externalUserState is {state}: the user is already a B2B user"),
+        };
+    }
+    if let Some(ct) = non_empty(user.creation_type.as_deref()) {
+        if ct.eq_ignore_ascii_case("Invitation") {
+            return Verdict::Skip {
+                reason: Reason::AlreadyB2b,
+                detail: "creationType is Invitation: the user was created or converted through \
+                         the invitation API"
+                    .to_string(),
+            };
+        }
+    }
+
+    if user.account_enabled == Some(false) {
+        return block(
+            Reason::AccountDisabled,
+            "accountEnabled is false: the partner could not sign in after conversion".to_string(),
+        );
+    }
+
+    if let Some(onprem_upn) = non_empty(user.on_premises_user_principal_name.as_deref()) {
+        return block(
+            Reason::OnpremUpnPresent,
+            format!(
+                "onPremisesUserPrincipalName is {onprem_upn:?}: Entra Connect's default sync rule \
+                 writes this attribute, and Microsoft blocks internal-to-external conversion of \
+                 user objects that have it"
+            ),
+        );
+    }
+
+    if user.has_enabled_exchange_plan() {
+        return block(
+            Reason::ExchangeMailbox,
+            "an Exchange Online plan is enabled: the user has a mailbox, so mail cannot be set \
+             to an external address outside the Exchange admin center"
+                .to_string(),
+        );
+    }
+
+    let other_mails: Vec<&str> = user
+        .other_mails
+        .iter()
+        .flatten()
+        .map(|a| a.trim())
+        .filter(|a| !a.is_empty())
+        .collect();
+
+    let Some(mail) = non_empty(user.mail.as_deref()) else {
+        let mut detail = "the user has no mail address; the invitation goes to mail".to_string();
+        if !other_mails.is_empty() {
+            detail.push_str(&format!(
+                "; otherMails holds {}: the older guidance used otherMails for cloud-only users, \
+                 the current one requires mail to be the external address",
+                other_mails.join(", ")
+            ));
+        }
+        return block(Reason::MailMissing, detail);
+    };
+
+    let requested = non_empty(requested_email);
+    if let Some(requested) = requested {
+        if requested.to_lowercase() != mail.to_lowercase() {
+            let mut detail = format!("externalEmail {requested} is not the user's mail {mail}");
+            let cloud_only = user.on_premises_sync_enabled != Some(true);
+            if cloud_only
+                && other_mails
+                    .iter()
+                    .any(|a| a.to_lowercase() == requested.to_lowercase())
+            {
+                detail.push_str(
+                    "; it is in otherMails, which the older guidance used for cloud-only users: \
+                     the current guidance requires mail to be the external address, so set mail \
+                     to it first",
+                );
+            }
+            return block(Reason::MailMismatch, detail);
+        }
+    }
+
+    let email = requested.unwrap_or(mail);
+    if let Some(why) = email_syntax_error(email) {
+        return block(
+            Reason::MailMissing,
+            format!("mail {email:?} is not a valid address for an invitation: {why}"),
+        );
+    }
+
+    if facts.is_verified_domain(email) {
+        let domain = domain_of(email).unwrap_or_default();
+        return block(
+            Reason::DomainVerified,
+            format!(
+                "{email} is in {domain}, a verified domain of this tenant: a B2B user's email \
+                 cannot be in a verified domain"
+            ),
+        );
+    }
+
+    if let Some(owners) = facts.address_owners.get(&email.to_lowercase()) {
+        let others: Vec<&str> = owners
+            .iter()
+            .filter(|id| !id.eq_ignore_ascii_case(&user.id))
+            .map(String::as_str)
+            .collect();
+        if !others.is_empty() {
+            return block(
+                Reason::MailConflict,
+                format!(
+                    "{email} is already held in mail or otherMails by user {}",
+                    others.join(", ")
+                ),
+            );
+        }
+    }
+
+    let mut notes = Vec::new();
+    match non_empty(user.user_type.as_deref()) {
+        Some(t) if t.eq_ignore_ascii_case("Guest") => {
+            notes.push("internal guest (userType Guest): converted, userType stays Guest".into())
+        }
+        Some(t) if t.eq_ignore_ascii_case("Member") => notes.push(
+            "userType Member: conversion does not change userType; set it to Guest separately \
+             for External ID monthly-active-user billing"
+                .into(),
+        ),
+        _ => {}
+    }
+    if user.on_premises_sync_enabled == Some(true) {
+        notes.push(
+            "synced from on-premises: the on-premises directory stays the source of authority, \
+             and the internal password still works on-premises until it is reset (set it to a \
+             random unknown value)"
+                .into(),
+        );
+    }
+    Verdict::Convert {
+        email: email.to_string(),
+        notes,
+    }
+}
+
+/// Characters the invitation API refuses in an email's local part (GRAPH-NOTES.md).
+const FORBIDDEN_LOCAL: &[char] = &[
+    '~', '!', '#', '$', '%', '^', '&', '*', '(', ')', '+', '=', '[', ']', '{', '}', '\\', '/', '|',
+    ';', ':', '"', '<', '>', '?', ',',
+];
+
+/// Why `address` cannot be an invitation address, or `None` when it can.
+///
+/// The rules are the invitation API's (GRAPH-NOTES.md), not RFC 5322: exactly one `@`; a local
+/// part without spaces or any of ``~ ! # $ % ^ & * ( ) + = [ ] { } \ / | ; : " < > ? ,``, not
+/// starting or ending with `.` or `-` (`_` is fine anywhere); a domain of at least two
+/// dot-separated labels made of ASCII letters, digits and hyphens, none empty and none starting
+/// or ending with `-`; at most 254 characters in all.
+pub fn email_syntax_error(address: &str) -> Option<String> {
+    if address.is_empty() {
+        return Some("the address is empty".into());
+    }
+    if address.chars().count() > 254 {
+        return Some("longer than 254 characters".into());
+    }
+    let (local, domain) = match address.split_once('@') {
+        None => return Some("no @".into()),
+        Some((_, rest)) if rest.contains('@') => return Some("more than one @".into()),
+        Some(parts) => parts,
+    };
+    if local.is_empty() {
+        return Some("empty local part (before @)".into());
+    }
+    if domain.is_empty() {
+        return Some("empty domain (after @)".into());
+    }
+    if let Some(c) = local.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Some(format!(
+            "local part contains whitespace or control character {c:?}"
+        ));
+    }
+    if let Some(c) = local.chars().find(|c| FORBIDDEN_LOCAL.contains(c)) {
+        return Some(format!("local part contains forbidden character `{c}`"));
+    }
+    for edge in ['.', '-'] {
+        if local.starts_with(edge) || local.ends_with(edge) {
+            return Some(format!("local part starts or ends with `{edge}`"));
+        }
+    }
+    if !domain.contains('.') {
+        return Some("domain has no dot".into());
+    }
+    for label in domain.split('.') {
+        if label.is_empty() {
+            return Some("domain has an empty label (`..` or a leading or trailing dot)".into());
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+        {
+            return Some(format!(
+                "domain contains {c:?}: only letters, digits, hyphens and dots are allowed"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Some(format!("domain label `{label}` starts or ends with `-`"));
+        }
+    }
+    None
+}
+
+fn non_empty(value: Option<&str>) -> Option<&str> {
+    value.map(str::trim).filter(|v| !v.is_empty())
+}
+
+/// Lowercase domain after the last `@`.
+fn domain_of(email: &str) -> Option<String> {
+    email
+        .trim()
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_lowercase())
+        .filter(|d| !d.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::AssignedPlan;
+
+    /// Turns the passing [`good`] user into a test case.
+    type Change = fn(&mut User);
+
+    const ME: &str = "11111111-1111-1111-1111-111111111111";
+    const OTHER: &str = "22222222-2222-2222-2222-222222222222";
+
+    /// A cloud-only internal guest who passes every check.
+    fn good() -> User {
+        User {
+            id: ME.into(),
+            user_principal_name: Some("bob@contoso.com".into()),
+            mail: Some("bob@fabrikam.com".into()),
+            account_enabled: Some(true),
+            user_type: Some("Guest".into()),
+            on_premises_sync_enabled: None,
+            ..Default::default()
+        }
+    }
+
+    fn facts() -> TenantFacts {
+        let mut f = TenantFacts {
+            verified_domains: ["contoso.com", "contoso.onmicrosoft.com"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            ..Default::default()
+        };
+        f.add_owner(&good());
+        f.add_owner(&User {
+            id: OTHER.into(),
+            mail: Some("carol@fabrikam.com".into()),
+            other_mails: Some(vec!["Shared@Fabrikam.com".into()]),
+            ..Default::default()
+        });
+        f
+    }
+
+    fn exchange() -> Option<Vec<AssignedPlan>> {
+        Some(vec![AssignedPlan {
+            capability_status: "Enabled".into(),
+            service: "exchange".into(),
+            ..Default::default()
+        }])
+    }
+
+    fn reason_of(v: &Verdict) -> Option<Reason> {
+        match v {
+            Verdict::Skip { reason, .. } | Verdict::Block { reason, .. } => Some(*reason),
+            Verdict::Convert { .. } => None,
+        }
+    }
+
+    fn detail_of(v: &Verdict) -> &str {
+        match v {
+            Verdict::Skip { detail, .. } | Verdict::Block { detail, .. } => detail,
+            Verdict::Convert { .. } => "",
+        }
+    }
+
+    /// One row per reason code `validate` can produce, plus the Convert cases.
+    #[test]
+    fn one_row_per_reason() {
+        type Case = (
+            &'static str,
+            fn(&mut User),
+            Option<&'static str>,
+            Option<Reason>,
+        );
+        let cases: Vec<Case> = vec![
+            ("guest converts", |_| {}, None, None),
+            (
+                "member converts",
+                |u| u.user_type = Some("Member".into()),
+                None,
+                None,
+            ),
+            (
+                "requested = mail, other case",
+                |_| {},
+                Some(" BOB@fabrikam.com "),
+                None,
+            ),
+            (
+                "externalUserState",
+                |u| u.external_user_state = Some("PendingAcceptance".into()),
+                None,
+                Some(Reason::AlreadyB2b),
+            ),
+            (
+                "creationType Invitation",
+                |u| u.creation_type = Some("invitation".into()),
+                None,
+                Some(Reason::AlreadyB2b),
+            ),
+            (
+                "disabled",
+                |u| u.account_enabled = Some(false),
+                None,
+                Some(Reason::AccountDisabled),
+            ),
+            (
+                "onprem upn",
+                |u| u.on_premises_user_principal_name = Some("bob@corp.local".into()),
+                None,
+                Some(Reason::OnpremUpnPresent),
+            ),
+            (
+                "exchange",
+                |u| u.assigned_plans = exchange(),
+                None,
+                Some(Reason::ExchangeMailbox),
+            ),
+            (
+                "no mail",
+                |u| u.mail = None,
+                None,
+                Some(Reason::MailMissing),
+            ),
+            (
+                "no mail, email requested",
+                |u| u.mail = Some("  ".into()),
+                Some("bob@fabrikam.com"),
+                Some(Reason::MailMissing),
+            ),
+            (
+                "mismatch",
+                |_| {},
+                Some("robert@fabrikam.com"),
+                Some(Reason::MailMismatch),
+            ),
+            (
+                "mail not a valid address",
+                |u| u.mail = Some("bob smith@fabrikam.com".into()),
+                None,
+                Some(Reason::MailMissing),
+            ),
+            (
+                "verified domain",
+                |u| u.mail = Some("bob@Contoso.com".into()),
+                None,
+                Some(Reason::DomainVerified),
+            ),
+            (
+                "conflict via mail",
+                |u| u.mail = Some("carol@fabrikam.com".into()),
+                None,
+                Some(Reason::MailConflict),
+            ),
+            (
+                "conflict via otherMails",
+                |u| u.mail = Some("shared@fabrikam.com".into()),
+                None,
+                Some(Reason::MailConflict),
+            ),
+        ];
+        let facts = facts();
+        for (name, change, requested, expected) in cases {
+            let mut user = good();
+            change(&mut user);
+            let verdict = validate(&user, requested, &facts);
+            assert_eq!(reason_of(&verdict), expected, "{name}: {verdict:?}");
+            if let Some(r) = expected {
+                let skip = matches!(verdict, Verdict::Skip { .. });
+                assert_eq!(skip, r == Reason::AlreadyB2b, "{name}");
+                assert!(!detail_of(&verdict).is_empty(), "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn first_hit_wins() {
+        let facts = facts();
+        let cases: Vec<(Change, Reason)> = vec![
+            (
+                |u| {
+                    u.account_enabled = Some(false);
+                    u.external_user_state = Some("Accepted".into());
+                },
+                Reason::AlreadyB2b,
+            ),
+            (
+                |u| {
+                    u.account_enabled = Some(false);
+                    u.on_premises_user_principal_name = Some("x@corp.local".into());
+                },
+                Reason::AccountDisabled,
+            ),
+            (
+                |u| {
+                    u.on_premises_user_principal_name = Some("x@corp.local".into());
+                    u.assigned_plans = exchange();
+                },
+                Reason::OnpremUpnPresent,
+            ),
+            (
+                |u| {
+                    u.assigned_plans = exchange();
+                    u.mail = None;
+                },
+                Reason::ExchangeMailbox,
+            ),
+            (
+                |u| {
+                    u.mail = Some("bob@contoso.com".into());
+                    u.assigned_plans = None;
+                },
+                Reason::DomainVerified,
+            ),
+        ];
+        for (i, (change, expected)) in cases.into_iter().enumerate() {
+            let mut user = good();
+            change(&mut user);
+            let verdict = validate(&user, None, &facts);
+            assert_eq!(reason_of(&verdict), Some(expected), "case {i}: {verdict:?}");
+        }
+        // Mismatch is checked before the verified domain of the requested address.
+        let verdict = validate(&good(), Some("bob@contoso.com"), &facts);
+        assert_eq!(reason_of(&verdict), Some(Reason::MailMismatch));
+    }
+
+    #[test]
+    fn notes_report_user_type_and_sync() {
+        let facts = facts();
+        let Verdict::Convert { email, notes } = validate(&good(), None, &facts) else {
+            panic!("guest should convert");
+        };
+        assert_eq!(email, "bob@fabrikam.com");
+        assert_eq!(
+            notes,
+            vec!["internal guest (userType Guest): converted, userType stays Guest"]
+        );
+
+        let mut synced = good();
+        synced.user_type = Some("Member".into());
+        synced.on_premises_sync_enabled = Some(true);
+        let Verdict::Convert { notes, .. } = validate(&synced, None, &facts) else {
+            panic!("synced member should convert");
+        };
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].contains("userType Member"));
+        assert!(notes[1].contains("source of authority"));
+    }
+
+    #[test]
+    fn details_carry_older_guidance_hints() {
+        let facts = facts();
+        let mut user = good();
+        user.mail = None;
+        user.other_mails = Some(vec!["bob@fabrikam.com".into()]);
+        let v = validate(&user, None, &facts);
+        assert!(detail_of(&v).contains("otherMails"), "{v:?}");
+
+        let mut user = good();
+        user.other_mails = Some(vec!["robert@fabrikam.com".into()]);
+        let v = validate(&user, Some("robert@fabrikam.com"), &facts);
+        let d = detail_of(&v);
+        assert!(d.contains("robert@fabrikam.com") && d.contains("bob@fabrikam.com"));
+        assert!(d.contains("otherMails"), "{d}");
+
+        // A synced user gets no otherMails hint: the older guidance used mail for them too.
+        user.on_premises_sync_enabled = Some(true);
+        let v = validate(&user, Some("robert@fabrikam.com"), &facts);
+        assert!(!detail_of(&v).contains("otherMails"), "{v:?}");
+    }
+
+    #[test]
+    fn own_address_is_not_a_conflict_and_domains_match_exactly() {
+        let facts = facts();
+        assert!(matches!(
+            validate(&good(), None, &facts),
+            Verdict::Convert { .. }
+        ));
+        assert!(facts.is_verified_domain("a@CONTOSO.com"));
+        assert!(!facts.is_verified_domain("a@sub.contoso.com"));
+        assert!(!facts.is_verified_domain("no-at-sign"));
+    }
+
+    #[test]
+    fn email_syntax_table() {
+        for ok in [
+            "bob@fabrikam.com",
+            "bob.smith@fabrikam.co.uk",
+            "_bob_@fabrikam.com",
+            "b-o.b@x-y.example",
+            "o'neil@fabrikam.com",
+            "BOB@FABRIKAM.COM",
+            "1@2.io",
+        ] {
+            assert_eq!(email_syntax_error(ok), None, "{ok}");
+        }
+        let long = format!("{}@fabrikam.com", "a".repeat(250));
+        let mut bad: Vec<String> = [
+            "",
+            "bob",
+            "bob@@fabrikam.com",
+            "bob@x@fabrikam.com",
+            "@fabrikam.com",
+            "bob@",
+            "bob smith@fabrikam.com",
+            "bob\t@fabrikam.com",
+            ".bob@fabrikam.com",
+            "bob.@fabrikam.com",
+            "-bob@fabrikam.com",
+            "bob-@fabrikam.com",
+            "bob@fabrikam",
+            "bob@fabrikam..com",
+            "bob@.fabrikam.com",
+            "bob@fabrikam.com.",
+            "bob@-fabrikam.com",
+            "bob@fabrikam-.com",
+            "bob@fab_rikam.com",
+            "bob@fab rikam.com",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        bad.push(long);
+        for c in FORBIDDEN_LOCAL {
+            bad.push(format!("bo{c}b@fabrikam.com"));
+        }
+        for b in &bad {
+            assert!(email_syntax_error(b).is_some(), "{b:?} should be refused");
+        }
+        assert!(email_syntax_error("bo#b@fabrikam.com")
+            .unwrap()
+            .contains('#'));
+    }
+
+    #[test]
+    fn add_owner_indexes_each_holder_once() {
+        let mut f = TenantFacts::default();
+        let u = User {
+            id: ME.into(),
+            mail: Some("Bob@Fabrikam.com".into()),
+            other_mails: Some(vec!["bob@fabrikam.com".into(), "".into()]),
+            ..Default::default()
+        };
+        f.add_owner(&u);
+        f.add_owner(&u);
+        assert_eq!(f.address_owners.len(), 1);
+        assert_eq!(f.address_owners["bob@fabrikam.com"], vec![ME.to_string()]);
+    }
+}

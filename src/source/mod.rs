@@ -1,1 +1,6 @@
-//! Sources feed the queue: a CSV file or a Graph query.
+//! Sources feed the queue: a CSV file or a Graph query. Each yields [`crate::item::NewItem`]s;
+//! a bad row is an item (blocked, `bad_input`), only an unreadable file is an error.
+
+pub mod csv;
+
+pub use self::csv::{CsvSource, SourceError};
