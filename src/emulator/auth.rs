@@ -208,7 +208,9 @@ fn verify_assertion(app: &App, jwt: &str, req: &TokenRequest<'_>) -> Result<(), 
         }
     };
     if !verified {
-        return Err(bad_assertion("Client assertion failed signature validation."));
+        return Err(bad_assertion(
+            "Client assertion failed signature validation.",
+        ));
     }
     let claim = |k: &str| claims.get(k).and_then(Value::as_str).unwrap_or("");
     let aud = claim("aud");

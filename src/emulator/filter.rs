@@ -459,7 +459,10 @@ impl Parser {
             Some(Tok::Ident(s)) if s.eq_ignore_ascii_case("true") => Ok(Literal::Bool(true)),
             Some(Tok::Ident(s)) if s.eq_ignore_ascii_case("false") => Ok(Literal::Bool(false)),
             Some(Tok::Ident(s)) if s.eq_ignore_ascii_case("null") => Ok(Literal::Null),
-            Some(t) => Err(syntax(format!("expected a literal, found {}", describe(&t)))),
+            Some(t) => Err(syntax(format!(
+                "expected a literal, found {}",
+                describe(&t)
+            ))),
             None => Err(syntax("expected a literal, found end of expression")),
         }
     }
@@ -471,7 +474,12 @@ impl Parser {
             match self.next() {
                 Some(Tok::Comma) => out.push(self.literal()?),
                 Some(Tok::RParen) => break,
-                Some(t) => return Err(syntax(format!("expected ',' or ')', found {}", describe(&t)))),
+                Some(t) => {
+                    return Err(syntax(format!(
+                        "expected ',' or ')', found {}",
+                        describe(&t)
+                    )))
+                }
                 None => return Err(syntax("unterminated 'in' list")),
             }
         }
@@ -500,7 +508,12 @@ impl Parser {
         let prop = self.property(name)?;
         let op = match self.next() {
             Some(Tok::Ident(op)) => op.to_ascii_lowercase(),
-            Some(t) => return Err(syntax(format!("expected an operator after '{name}', found {}", describe(&t)))),
+            Some(t) => {
+                return Err(syntax(format!(
+                    "expected an operator after '{name}', found {}",
+                    describe(&t)
+                )))
+            }
             None => return Err(syntax(format!("expected an operator after '{name}'"))),
         };
         match op.as_str() {
@@ -547,7 +560,9 @@ fn describe(t: &Tok) -> String {
 fn unknown_property(name: &str) -> FilterError {
     FilterError {
         code: "BadRequest",
-        message: format!("Could not find a property named '{name}' on type 'microsoft.graph.user'."),
+        message: format!(
+            "Could not find a property named '{name}' on type 'microsoft.graph.user'."
+        ),
     }
 }
 
@@ -573,7 +588,10 @@ pub fn parse(s: &str) -> Result<Filter, FilterError> {
     };
     let expr = p.or()?;
     if let Some(t) = p.peek() {
-        return Err(syntax(format!("unexpected {} after the end of the expression", describe(t))));
+        return Err(syntax(format!(
+            "unexpected {} after the end of the expression",
+            describe(t)
+        )));
     }
     Ok(Filter {
         expr,
@@ -606,9 +624,13 @@ mod tests {
     fn standard_operators() {
         assert!(m("userType eq 'guest'"));
         assert!(!m("userType eq 'Member'"));
-        assert!(m("accountEnabled eq true and userType in ('Member','Guest')"));
+        assert!(m(
+            "accountEnabled eq true and userType in ('Member','Guest')"
+        ));
         assert!(m("mail eq 'x@y.com' or id eq 'u1'"));
-        assert!(m("(mail eq 'x@y.com' or id eq 'U1') and accountEnabled eq true"));
+        assert!(m(
+            "(mail eq 'x@y.com' or id eq 'U1') and accountEnabled eq true"
+        ));
         assert!(m("otherMails/any(x:x eq 'ANN@northwind.example')"));
         assert!(m("proxyAddresses/any(p:p in ('a','smtp:ann@contoso.com'))"));
         assert!(m("startsWith(userPrincipalName,'ann')"));
@@ -639,7 +661,10 @@ mod tests {
     #[test]
     fn quotes_escape_and_precedence() {
         let f = parse("displayName eq 'O''Brien'").unwrap();
-        assert_eq!(f.expr, Expr::Eq(Prop::DisplayName, Literal::Str("O'Brien".into())));
+        assert_eq!(
+            f.expr,
+            Expr::Eq(Prop::DisplayName, Literal::Str("O'Brien".into()))
+        );
         // and binds tighter than or
         let f = parse("id eq 'a' or id eq 'b' and id eq 'c'").unwrap();
         assert!(matches!(f.expr, Expr::Or(_, _)));

@@ -13,9 +13,32 @@ const FIRST: &[&str] = &[
     "Wen", "Ximena", "Yusuf", "Zofia",
 ];
 const LAST: &[&str] = &[
-    "Almeida", "Berg", "Castillo", "Dubois", "Eriksen", "Fischer", "Gupta", "Haddad", "Ivanova",
-    "Jensen", "Kowalski", "Larsen", "Moreau", "Nakamura", "Okafor", "Petrov", "Quispe", "Rossi",
-    "Schmidt", "Tanaka", "Underwood", "Varga", "Weber", "Xu", "Yilmaz", "Zimmermann",
+    "Almeida",
+    "Berg",
+    "Castillo",
+    "Dubois",
+    "Eriksen",
+    "Fischer",
+    "Gupta",
+    "Haddad",
+    "Ivanova",
+    "Jensen",
+    "Kowalski",
+    "Larsen",
+    "Moreau",
+    "Nakamura",
+    "Okafor",
+    "Petrov",
+    "Quispe",
+    "Rossi",
+    "Schmidt",
+    "Tanaka",
+    "Underwood",
+    "Varga",
+    "Weber",
+    "Xu",
+    "Yilmaz",
+    "Zimmermann",
 ];
 const PARTNER_DOMAINS: &[&str] = &[
     "fabrikam.com",
@@ -99,7 +122,10 @@ impl Tenant {
             let guest = rng.random_bool(0.6);
             let mut u = User {
                 id: guid(&mut rng),
-                display_name: Some(format!("{first} {last} ({})", partner.split('.').next().unwrap_or(partner))),
+                display_name: Some(format!(
+                    "{first} {last} ({})",
+                    partner.split('.').next().unwrap_or(partner)
+                )),
                 user_principal_name: Some(upn.clone()),
                 mail: Some(format!("{local}@{partner}")),
                 other_mails: Some(vec![]),
@@ -204,7 +230,9 @@ mod tests {
                     && u.account_enabled == Some(true)
                     && u.on_premises_user_principal_name.is_none()
                     && !u.has_enabled_exchange_plan()
-                    && u.mail.as_deref().is_some_and(|m| !m.ends_with("@contoso.com"))
+                    && u.mail
+                        .as_deref()
+                        .is_some_and(|m| !m.ends_with("@contoso.com"))
             })
             .count();
         let share = plain as f64 / 2000.0;

@@ -92,7 +92,9 @@ fn parse_select(call: &Call, ctx: &Ctx) -> Result<Vec<&'static str>, Reply> {
                 return Err(ctx.err(
                     400,
                     "BadRequest",
-                    format!("Could not find a property named '{name}' on type 'microsoft.graph.user'."),
+                    format!(
+                        "Could not find a property named '{name}' on type 'microsoft.graph.user'."
+                    ),
                 ))
             }
         }
@@ -142,23 +144,43 @@ fn parse_skip(call: &Call, ctx: &Ctx) -> Result<usize, Reply> {
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
         .and_then(|s| s.strip_prefix(SKIP_PREFIX).and_then(|n| n.parse().ok()))
-        .ok_or_else(|| ctx.err(400, "Request_BadRequest", "The specified page token value has expired or is invalid."))
+        .ok_or_else(|| {
+            ctx.err(
+                400,
+                "Request_BadRequest",
+                "The specified page token value has expired or is invalid.",
+            )
+        })
 }
 
 fn wants_count(call: &Call) -> bool {
-    call.q("count").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    call.q("count")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
 
 impl Shared {
     /// One page of `items` (already filtered), with `@odata.nextLink` and `@odata.count`.
-    fn page(&self, call: &Call, context: &str, items: Vec<Value>, offset: usize, top: usize) -> Reply {
+    fn page(
+        &self,
+        call: &Call,
+        context: &str,
+        items: Vec<Value>,
+        offset: usize,
+        top: usize,
+    ) -> Reply {
         let total = items.len();
         let end = (offset + top).min(total);
-        let value: Vec<Value> = items.into_iter().skip(offset).take(end.saturating_sub(offset)).collect();
+        let value: Vec<Value> = items
+            .into_iter()
+            .skip(offset)
+            .take(end.saturating_sub(offset))
+            .collect();
         let mut body = Map::new();
         body.insert(
             "@odata.context".into(),
-            json!(format!("https://graph.microsoft.com/v1.0/$metadata#{context}")),
+            json!(format!(
+                "https://graph.microsoft.com/v1.0/$metadata#{context}"
+            )),
         );
         if wants_count(call) {
             body.insert("@odata.count".into(), json!(total));
@@ -339,7 +361,9 @@ impl Shared {
                     _ => return bad(),
                 },
                 "otherMails" => match serde_json::from_value::<Vec<String>>(v.clone()) {
-                    Ok(list) if list.iter().all(|m| valid_email(m)) => next.other_mails = Some(list),
+                    Ok(list) if list.iter().all(|m| valid_email(m)) => {
+                        next.other_mails = Some(list)
+                    }
                     _ => return bad(),
                 },
                 "accountEnabled" => match v.as_bool() {
@@ -350,9 +374,7 @@ impl Shared {
                     Some(s) if !s.trim().is_empty() => next.display_name = Some(s.into()),
                     _ => return bad(),
                 },
-                other => {
-                    return ctx.err(400, "BadRequest", format!("Invalid property '{other}'."))
-                }
+                other => return ctx.err(400, "BadRequest", format!("Invalid property '{other}'.")),
             }
         }
         st.tenant.users[pos] = next;
@@ -383,14 +405,20 @@ impl Shared {
             );
         }
         if !valid_email(&email) {
-            return ctx.err(400, "BadRequest", format!("The email address '{email}' is not valid."));
+            return ctx.err(
+                400,
+                "BadRequest",
+                format!("The email address '{email}' is not valid."),
+            );
         }
         let verified = st.tenant.verified_domains();
         let domain = email.rsplit('@').next().unwrap_or("").to_lowercase();
         let in_verified = verified.contains(&domain);
         const VERIFIED_MSG: &str = "User's email address cannot be in a verified domain. Please change the user's email to enable conversion to a B2B user.";
         let reset = req.reset_redemption.unwrap_or(false);
-        let stamp = self.wall(now).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let stamp = self
+            .wall(now)
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let user_pos = match &req.invited_user {
             None => {
                 if reset {
@@ -404,16 +432,28 @@ impl Shared {
                     pos
                 } else {
                     let id = uuid::Uuid::new_v4().to_string();
-                    let upn = format!("{}#EXT#@{}", email.replace('@', "_"), st.tenant.initial_domain());
+                    let upn = format!(
+                        "{}#EXT#@{}",
+                        email.replace('@', "_"),
+                        st.tenant.initial_domain()
+                    );
                     let user = User {
                         id,
-                        display_name: Some(req.invited_user_display_name.clone().unwrap_or_else(|| email.clone())),
+                        display_name: Some(
+                            req.invited_user_display_name
+                                .clone()
+                                .unwrap_or_else(|| email.clone()),
+                        ),
                         user_principal_name: Some(upn),
                         mail: Some(email.clone()),
                         other_mails: Some(vec![email.clone()]),
                         proxy_addresses: Some(vec![format!("SMTP:{email}")]),
                         account_enabled: Some(true),
-                        user_type: Some(req.invited_user_type.clone().unwrap_or_else(|| "Guest".into())),
+                        user_type: Some(
+                            req.invited_user_type
+                                .clone()
+                                .unwrap_or_else(|| "Guest".into()),
+                        ),
                         creation_type: Some("Invitation".into()),
                         ..Default::default()
                     };
@@ -429,7 +469,9 @@ impl Shared {
                 };
                 let u = &st.tenant.users[pos];
                 let converted = u.external_user_state.is_some()
-                    || u.creation_type.as_deref().is_some_and(|c| c.eq_ignore_ascii_case("Invitation"));
+                    || u.creation_type
+                        .as_deref()
+                        .is_some_and(|c| c.eq_ignore_ascii_case("Invitation"));
                 if converted && !reset {
                     return ctx.err(
                         400,
@@ -438,7 +480,11 @@ impl Shared {
                     );
                 }
                 if u.on_premises_user_principal_name.is_some() {
-                    return ctx.err(400, "BadRequest", "User invitation failed. Invalid request input.");
+                    return ctx.err(
+                        400,
+                        "BadRequest",
+                        "User invitation failed. Invalid request input.",
+                    );
                 }
                 if u.has_enabled_exchange_plan() {
                     return ctx.err(
@@ -447,7 +493,11 @@ impl Shared {
                         "B2B users having a mailbox is not supported. Remove the Exchange Online mailbox before converting the user.",
                     );
                 }
-                if !u.mail.as_deref().is_some_and(|m| m.eq_ignore_ascii_case(&email)) {
+                if !u
+                    .mail
+                    .as_deref()
+                    .is_some_and(|m| m.eq_ignore_ascii_case(&email))
+                {
                     return ctx.err(
                         400,
                         "BadRequest",
@@ -511,14 +561,24 @@ impl Shared {
         Reply::json(201, body)
     }
 
-    pub(super) fn token(&self, st: &mut State, call: &Call, ctx: &Ctx, segment: &str, now: Duration) -> Reply {
+    pub(super) fn token(
+        &self,
+        st: &mut State,
+        call: &Call,
+        ctx: &Ctx,
+        segment: &str,
+        now: Duration,
+    ) -> Reply {
         let form: HashMap<String, String> = url::form_urlencoded::parse(&call.body)
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
         let mut audiences = Vec::new();
-        for base in [Some(self.base_url.clone()), call.header("host").map(|h| format!("http://{h}"))]
-            .into_iter()
-            .flatten()
+        for base in [
+            Some(self.base_url.clone()),
+            call.header("host").map(|h| format!("http://{h}")),
+        ]
+        .into_iter()
+        .flatten()
         {
             audiences.push(format!("{base}/{segment}/oauth2/v2.0/token"));
             audiences.push(format!("{base}/{}/oauth2/v2.0/token", st.tenant.tenant_id));
@@ -550,7 +610,10 @@ impl Shared {
             }
             Err(refusal) => {
                 let body = refusal.body(&ctx.date);
-                Reply::json(refusal.status, serde_json::to_value(body).unwrap_or(Value::Null))
+                Reply::json(
+                    refusal.status,
+                    serde_json::to_value(body).unwrap_or(Value::Null),
+                )
             }
         }
     }
@@ -562,9 +625,14 @@ fn owner_of(st: &State, email: &str, except: Option<usize>) -> Option<usize> {
     st.tenant.users.iter().enumerate().position(|(i, u)| {
         Some(i) != except
             && (u.mail.as_deref().is_some_and(|m| m.to_lowercase() == e)
-                || u.other_mails.iter().flatten().any(|m| m.to_lowercase() == e)
+                || u.other_mails
+                    .iter()
+                    .flatten()
+                    .any(|m| m.to_lowercase() == e)
                 || u.proxy_addresses.iter().flatten().any(|p| {
-                    p.to_lowercase().strip_prefix("smtp:").is_some_and(|a| a == e)
+                    p.to_lowercase()
+                        .strip_prefix("smtp:")
+                        .is_some_and(|a| a == e)
                 }))
     })
 }
@@ -577,8 +645,7 @@ fn body_error(serde_msg: &str) -> String {
     } else if serde_msg.starts_with("missing field") {
         format!("Property '{}' is required.", quoted())
     } else {
-        "The request body is not a valid invitation: check property names and value types."
-            .into()
+        "The request body is not a valid invitation: check property names and value types.".into()
     }
 }
 
@@ -611,12 +678,30 @@ mod tests {
 
     #[test]
     fn email_syntax() {
-        for ok in ["a@b.com", "first.last@fabrikam.com", "a_b-c@x.example", "_x_@a.b"] {
+        for ok in [
+            "a@b.com",
+            "first.last@fabrikam.com",
+            "a_b-c@x.example",
+            "_x_@a.b",
+        ] {
             assert!(valid_email(ok), "{ok}");
         }
         for bad in [
-            "", "a", "a@", "@b.com", "a@b", ".a@b.com", "a.@b.com", "-a@b.com", "a-@b.com",
-            "a(b@c.com", "a,b@c.com", "a b@c.com", "a@b@c.com", "a@-b.com", "a#b@c.com",
+            "",
+            "a",
+            "a@",
+            "@b.com",
+            "a@b",
+            ".a@b.com",
+            "a.@b.com",
+            "-a@b.com",
+            "a-@b.com",
+            "a(b@c.com",
+            "a,b@c.com",
+            "a b@c.com",
+            "a@b@c.com",
+            "a@-b.com",
+            "a#b@c.com",
         ] {
             assert!(!valid_email(bad), "{bad}");
         }
@@ -624,7 +709,13 @@ mod tests {
 
     #[test]
     fn serde_messages_become_graph_messages() {
-        assert_eq!(body_error("unknown field `bogus`, expected one of `a`"), "Invalid property 'bogus'.");
-        assert_eq!(body_error("missing field `inviteRedirectUrl` at line 1"), "Property 'inviteRedirectUrl' is required.");
+        assert_eq!(
+            body_error("unknown field `bogus`, expected one of `a`"),
+            "Invalid property 'bogus'."
+        );
+        assert_eq!(
+            body_error("missing field `inviteRedirectUrl` at line 1"),
+            "Property 'inviteRedirectUrl' is required."
+        );
     }
 }

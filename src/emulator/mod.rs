@@ -148,7 +148,11 @@ pub async fn start(mut config: EmulatorConfig, listen: SocketAddr) -> anyhow::Re
         ru_limit,
     });
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(server::serve(listener, server::router(Arc::clone(&shared)), rx));
+    let task = tokio::spawn(server::serve(
+        listener,
+        server::router(Arc::clone(&shared)),
+        rx,
+    ));
     tracing::info!(%addr, "emulator listening");
     Ok(Emulator {
         addr,

@@ -14,7 +14,9 @@ use serde_json::{json, Value};
 use super::tenant::{Index, Tenant};
 use super::throttle::{retry_after_secs, Bucket};
 use super::EmulatorConfig;
-use crate::model::{BatchRequest, BatchResponse, BatchResponseItem, ErrorBody, ErrorDetail, InnerError};
+use crate::model::{
+    BatchRequest, BatchResponse, BatchResponseItem, ErrorBody, ErrorDetail, InnerError,
+};
 
 /// Most entries kept in the request log.
 const LOG_CAP: usize = 1_000_000;
@@ -78,7 +80,9 @@ impl Call {
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
     }
 }
 
@@ -198,7 +202,10 @@ fn route(method: &str, path: &str) -> Result<(Route, String), (NoRoute, String)>
     let wrong_method = |tmpl: &str| (NoRoute::Method, tmpl.replace("{m}", method));
     match segs.as_slice() {
         [tenant, "oauth2", "v2.0", "token"] => match method {
-            "POST" => Ok((Route::Token(t(tenant)), t("POST /{tenant}/oauth2/v2.0/token"))),
+            "POST" => Ok((
+                Route::Token(t(tenant)),
+                t("POST /{tenant}/oauth2/v2.0/token"),
+            )),
             _ => Err(wrong_method("{m} /{tenant}/oauth2/v2.0/token")),
         },
         ["v1.0", "users"] => match method {
@@ -216,7 +223,11 @@ fn route(method: &str, path: &str) -> Result<(Route, String), (NoRoute, String)>
         {
             let tmpl = format!(
                 "GET /v1.0/groups/{{id}}/{kind}{}",
-                if rest.is_empty() { "" } else { "/microsoft.graph.user" }
+                if rest.is_empty() {
+                    ""
+                } else {
+                    "/microsoft.graph.user"
+                }
             );
             match method {
                 "GET" => Ok((
@@ -475,7 +486,11 @@ impl Shared {
             Err((why, template)) => {
                 if graph {
                     if let Err(msg) = st.check_token(call, now) {
-                        return (ctx.err(401, "InvalidAuthenticationToken", msg), template, Some(0));
+                        return (
+                            ctx.err(401, "InvalidAuthenticationToken", msg),
+                            template,
+                            Some(0),
+                        );
                     }
                 }
                 let reply = match why {
@@ -499,7 +514,11 @@ impl Shared {
         let app = match st.check_token(call, now) {
             Ok(app) => app,
             Err(msg) => {
-                return (ctx.err(401, "InvalidAuthenticationToken", msg), template, Some(0))
+                return (
+                    ctx.err(401, "InvalidAuthenticationToken", msg),
+                    template,
+                    Some(0),
+                )
             }
         };
         let cost = cost_of(&route, call);
@@ -534,7 +553,11 @@ impl Shared {
             } => self.members(st, call, ctx, group, *transitive, *cast),
             Route::Domains => self.domains(st),
             Route::Invite => self.invite(st, call, ctx, now),
-            Route::Batch => ctx.err(400, "BadRequest", "Nested batch requests are not supported."),
+            Route::Batch => ctx.err(
+                400,
+                "BadRequest",
+                "Nested batch requests are not supported.",
+            ),
             Route::Token(_) => unreachable!("answered above"),
         };
         if used >= 0.8 {
@@ -559,16 +582,28 @@ impl Shared {
         }
         st.faults += 1;
         Some(match st.rng.random_range(0..3u8) {
-            0 => ctx.err(500, "InternalServerError", "An internal server error occurred. Please retry."),
+            0 => ctx.err(
+                500,
+                "InternalServerError",
+                "An internal server error occurred. Please retry.",
+            ),
             1 => {
-                let r = ctx.err(503, "ServiceUnavailable", "The service is temporarily unavailable. Please retry later.");
+                let r = ctx.err(
+                    503,
+                    "ServiceUnavailable",
+                    "The service is temporarily unavailable. Please retry later.",
+                );
                 if st.rng.random_bool(0.5) {
                     r.with_header("Retry-After", st.rng.random_range(1..=3u8).to_string())
                 } else {
                     r
                 }
             }
-            _ => ctx.err(504, "GatewayTimeout", "The request timed out at the gateway. Please retry."),
+            _ => ctx.err(
+                504,
+                "GatewayTimeout",
+                "The request timed out at the gateway. Please retry.",
+            ),
         })
     }
 
@@ -596,7 +631,10 @@ impl Shared {
             Ok(b) if b.requests.len() > MAX_BATCH => ctx.err(
                 400,
                 "BadRequest",
-                format!("The batch request contains {} requests; at most {MAX_BATCH} are allowed.", b.requests.len()),
+                format!(
+                    "The batch request contains {} requests; at most {MAX_BATCH} are allowed.",
+                    b.requests.len()
+                ),
             ),
             Ok(b) => {
                 let responses = b
@@ -636,7 +674,10 @@ impl Shared {
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let segs: Vec<&str> = call.path.trim_start_matches('/').split('/').collect();
         if call.method != "GET" {
-            return Reply::json(405, json!({"error": {"code": "MethodNotAllowed", "message": "Inspection endpoints are GET only."}}));
+            return Reply::json(
+                405,
+                json!({"error": {"code": "MethodNotAllowed", "message": "Inspection endpoints are GET only."}}),
+            );
         }
         match segs.as_slice() {
             ["_emulator", "invitations"] => Reply::json(200, json!({"value": st.invitations})),
@@ -747,9 +788,12 @@ mod tests {
         let (r, t) = route("GET", "/v1.0/users/abc").ok().unwrap();
         assert_eq!(r, Route::GetUser("abc".into()));
         assert_eq!(t, "GET /v1.0/users/{id}");
-        let (r, t) = route("GET", "/v1.0/groups/g/transitiveMembers/microsoft.graph.user")
-            .ok()
-            .unwrap();
+        let (r, t) = route(
+            "GET",
+            "/v1.0/groups/g/transitiveMembers/microsoft.graph.user",
+        )
+        .ok()
+        .unwrap();
         assert_eq!(
             r,
             Route::Members {
@@ -758,7 +802,10 @@ mod tests {
                 cast: true
             }
         );
-        assert_eq!(t, "GET /v1.0/groups/{id}/transitiveMembers/microsoft.graph.user");
+        assert_eq!(
+            t,
+            "GET /v1.0/groups/{id}/transitiveMembers/microsoft.graph.user"
+        );
         let (_, t) = route("POST", "/tid/oauth2/v2.0/token").ok().unwrap();
         assert_eq!(t, "POST /{tenant}/oauth2/v2.0/token");
         assert!(route("DELETE", "/v1.0/users/x").is_err());
@@ -767,7 +814,10 @@ mod tests {
 
     #[test]
     fn percent_decoding() {
-        assert_eq!(percent_decode("/v1.0/users/a%40b.com"), "/v1.0/users/a@b.com");
+        assert_eq!(
+            percent_decode("/v1.0/users/a%40b.com"),
+            "/v1.0/users/a@b.com"
+        );
         assert_eq!(percent_decode("%2"), "%2");
         assert_eq!(percent_decode("100%"), "100%");
     }

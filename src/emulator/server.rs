@@ -41,7 +41,12 @@ async fn entry(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         headers: parts
             .headers
             .iter()
-            .filter_map(|(k, v)| Some((k.as_str().to_ascii_lowercase(), v.to_str().ok()?.to_string())))
+            .filter_map(|(k, v)| {
+                Some((
+                    k.as_str().to_ascii_lowercase(),
+                    v.to_str().ok()?.to_string(),
+                ))
+            })
             .collect(),
         body,
     };
@@ -51,7 +56,10 @@ async fn entry(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let worker = Arc::clone(&shared);
     let reply = match tokio::task::spawn_blocking(move || worker.handle(&call)).await {
         Ok(r) => r,
-        Err(_) => Reply::json(500, serde_json::json!({"error": {"code": "InternalServerError", "message": "The emulator failed on this request."}})),
+        Err(_) => Reply::json(
+            500,
+            serde_json::json!({"error": {"code": "InternalServerError", "message": "The emulator failed on this request."}}),
+        ),
     };
     if !shared.config.latency.is_zero() {
         tokio::time::sleep(shared.config.latency).await;
@@ -108,8 +116,10 @@ pub async fn serve(listener: TcpListener, router: Router, mut shutdown: watch::R
                     router.call(req.map(Body::new)).await
                 }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), hyper_util::service::TowerToHyperService::new(svc));
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(
+                TokioIo::new(stream),
+                hyper_util::service::TowerToHyperService::new(svc),
+            );
             tokio::pin!(conn);
             tokio::select! {
                 biased;

@@ -82,10 +82,18 @@ impl Tenant {
         anyhow::ensure!(!self.tenant_id.is_empty(), "tenantId is empty");
         let mut ids = HashSet::new();
         for u in &self.users {
-            anyhow::ensure!(ids.insert(u.id.to_lowercase()), "duplicate user id {}", u.id);
+            anyhow::ensure!(
+                ids.insert(u.id.to_lowercase()),
+                "duplicate user id {}",
+                u.id
+            );
         }
         for g in &self.groups {
-            anyhow::ensure!(ids.insert(g.id.to_lowercase()), "duplicate object id {}", g.id);
+            anyhow::ensure!(
+                ids.insert(g.id.to_lowercase()),
+                "duplicate object id {}",
+                g.id
+            );
         }
         Ok(())
     }
@@ -93,8 +101,8 @@ impl Tenant {
     /// An input CSV over every user: `id,userPrincipalName,externalEmail` (the user's `mail`).
     pub fn write_csv(&self, path: &Path) -> anyhow::Result<()> {
         use std::io::Write;
-        let file = std::fs::File::create(path)
-            .with_context(|| format!("creating {}", path.display()))?;
+        let file =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
         let mut w = std::io::BufWriter::new(file);
         writeln!(w, "id,userPrincipalName,externalEmail")?;
         for u in &self.users {
@@ -172,10 +180,7 @@ impl Index {
     /// A user by object id or UPN.
     pub fn user(&self, key: &str) -> Option<usize> {
         let k = key.to_lowercase();
-        self.by_id
-            .get(&k)
-            .or_else(|| self.by_upn.get(&k))
-            .copied()
+        self.by_id.get(&k).or_else(|| self.by_upn.get(&k)).copied()
     }
 }
 
@@ -194,7 +199,8 @@ mod tests {
         for g in &t.groups {
             for m in &g.members {
                 assert!(
-                    ix.by_id.contains_key(&m.to_lowercase()) || ix.groups.contains_key(&m.to_lowercase()),
+                    ix.by_id.contains_key(&m.to_lowercase())
+                        || ix.groups.contains_key(&m.to_lowercase()),
                     "dangling member {m}"
                 );
             }
