@@ -1,7 +1,55 @@
-//! `emulator` subcommand.
+//! `emulator` subcommand: serve a simulated tenant on loopback until Ctrl-C, after printing the
+//! environment a client needs (`NAME=value` lines on stdout).
 
-use crate::exit::ExitStatus;
+use std::io::Write;
+use std::net::SocketAddr;
 
-pub async fn emulator(_args: crate::cli::EmulatorArgs) -> anyhow::Result<ExitStatus> {
-    super::not_implemented("emulator")
+use anyhow::Context;
+
+use crate::emulator::{self, EmulatorConfig, Tenant};
+use crate::exit::{ExitError, ExitStatus};
+
+pub async fn emulator(args: crate::cli::EmulatorArgs) -> anyhow::Result<ExitStatus> {
+    let listen: SocketAddr = args.listen.parse().map_err(|_| {
+        ExitError::usage(format!(
+            "--listen {}: expected an address such as 127.0.0.1:0",
+            args.listen
+        ))
+    })?;
+    if !listen.ip().is_loopback() {
+        return Err(ExitError::usage(format!(
+            "--listen {listen}: the emulator serves loopback addresses only"
+        ))
+        .into());
+    }
+    let tenant = match (&args.tenant, args.generate) {
+        (Some(path), _) => Tenant::load(path)?,
+        (None, Some(n)) => {
+            let t = Tenant::generate(n, args.seed);
+            if let Some(csv) = &args.write_csv {
+                t.write_csv(csv)
+                    .with_context(|| format!("writing {}", csv.display()))?;
+                tracing::info!(path = %csv.display(), users = n, "wrote input CSV");
+            }
+            t
+        }
+        (None, None) => Tenant::sample(),
+    };
+    let users = tenant.users.len();
+    let config = EmulatorConfig::from_knobs(tenant, &args.knobs);
+    let emu = emulator::start(config, listen).await?;
+    {
+        let mut out = std::io::stdout().lock();
+        for (name, value) in emu.client_env() {
+            writeln!(out, "{name}={value}")?;
+        }
+        out.flush()?;
+    }
+    tracing::info!(url = %emu.base_url(), users, "emulator serving; Ctrl-C to stop");
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    tracing::info!("stopping the emulator");
+    emu.shutdown().await;
+    Ok(ExitStatus::Success)
 }

@@ -1,1 +1,233 @@
-//! The simulated tenant: a loopback HTTP server that behaves like Graph and the token endpoint.
+//! The simulated tenant: a loopback HTTP server that behaves like Microsoft Graph and the token
+//! endpoint for the calls this tool makes (SPEC.md, "The emulator"), with Graph-shaped throttling
+//! and injectable faults. It shares only `model` with the rest of the crate.
+//!
+//! Files: `tenant` (data and tenant files), `generate` (synthetic tenants), `filter` (OData
+//! `$filter`), `throttle` (clock and token buckets), `auth` (token endpoint decisions),
+//! `routes` (pipeline, `$batch`, inspection), `handlers` (endpoints), `server` (connections).
+//!
+//! Per request: token (401) → throttling (429, nothing carried out) → injected fault (500/503/504,
+//! nothing carried out) → handler → for writes, maybe a lost response (carried out, connection
+//! dropped). Faults are not injected on the token endpoint, which is not throttled either.
+
+mod auth;
+mod filter;
+mod generate;
+mod handlers;
+mod routes;
+mod server;
+mod tenant;
+mod throttle;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use rand::SeedableRng;
+
+pub use tenant::{App, AppCertificate, Tenant, TenantGroup};
+pub use throttle::Clock;
+
+use routes::{Shared, State};
+
+/// Limits and faults of an emulator run. [`EmulatorConfig::new`] gives Graph's documented figures
+/// and no faults.
+#[derive(Debug, Clone)]
+pub struct EmulatorConfig {
+    pub tenant: Tenant,
+    /// Added before each answer.
+    pub latency: Duration,
+    /// Resource units per 10 s per app+tenant. `None`: by tenant size (<50 users 3,500, 50–500
+    /// 5,000, >500 8,000); `Some(0)`: unlimited.
+    pub ru_per_10s: Option<u64>,
+    /// Writes per 150 s per app+tenant (0 = unlimited).
+    pub writes_per_150s: u64,
+    /// Invitations per 5 s per tenant (0 = unlimited).
+    pub invitations_per_5s: u64,
+    /// Share of requests answered 500/503/504 without being carried out.
+    pub fault_rate: f64,
+    /// Share of writes carried out whose connection is then dropped before the answer.
+    pub lost_response_rate: f64,
+    /// Every invitation answers 403 "Invitations are blocked for this directory…".
+    pub block_invitations: bool,
+    pub token_lifetime: Duration,
+    /// Seed of the fault RNG.
+    pub seed: u64,
+    pub clock: Clock,
+    /// Multiplies every bucket's size and refill rate.
+    pub bucket_scale: f64,
+}
+
+impl EmulatorConfig {
+    pub fn new(tenant: Tenant) -> Self {
+        EmulatorConfig {
+            tenant,
+            latency: Duration::ZERO,
+            ru_per_10s: None,
+            writes_per_150s: 3000,
+            invitations_per_5s: 150,
+            fault_rate: 0.0,
+            lost_response_rate: 0.0,
+            block_invitations: false,
+            token_lifetime: Duration::from_secs(3599),
+            seed: 1,
+            clock: Clock::system(),
+            bucket_scale: 1.0,
+        }
+    }
+
+    pub fn from_knobs(tenant: Tenant, knobs: &crate::cli::EmulatorKnobs) -> Self {
+        EmulatorConfig {
+            latency: Duration::from_millis(knobs.latency_ms),
+            ru_per_10s: knobs.ru_per_10s,
+            writes_per_150s: knobs.writes_per_150s,
+            invitations_per_5s: knobs.invitations_per_5s,
+            fault_rate: knobs.fault_rate,
+            lost_response_rate: knobs.lost_response_rate,
+            block_invitations: knobs.block_invitations,
+            token_lifetime: Duration::from_secs(knobs.token_lifetime_s),
+            ..EmulatorConfig::new(tenant)
+        }
+    }
+
+    /// Resource units per 10 s after the tenant-size default (0 = unlimited).
+    fn ru_limit(&self) -> u64 {
+        self.ru_per_10s.unwrap_or(match self.tenant.users.len() {
+            0..50 => 3500,
+            50..=500 => 5000,
+            _ => 8000,
+        })
+    }
+}
+
+/// A running emulator.
+pub struct Emulator {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Serve `config.tenant` on `listen` (a loopback address; port 0 picks a free one).
+pub async fn start(mut config: EmulatorConfig, listen: SocketAddr) -> anyhow::Result<Emulator> {
+    anyhow::ensure!(
+        listen.ip().is_loopback(),
+        "the emulator listens on loopback addresses only, not {listen}"
+    );
+    config.tenant.check().context("the emulator's tenant")?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let addr = listener.local_addr()?;
+    let ru_limit = config.ru_limit();
+    let tenant = std::mem::take(&mut config.tenant);
+    let state = State {
+        index: tenant::Index::build(&tenant),
+        tenant,
+        tokens: HashMap::new(),
+        buckets: HashMap::new(),
+        invitations: Vec::new(),
+        log: Vec::new(),
+        seq: 0,
+        stats: BTreeMap::new(),
+        throttled: 0,
+        faults: 0,
+        lost: 0,
+        current_second: 0,
+        in_current_second: 0,
+        peak_per_second: 0,
+        rng: rand::rngs::StdRng::seed_from_u64(config.seed),
+    };
+    let shared = Arc::new(Shared {
+        config,
+        state: Mutex::new(state),
+        base_url: format!("http://{addr}"),
+        wall_start: chrono::Utc::now(),
+        ru_limit,
+    });
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(server::serve(
+        listener,
+        server::router(Arc::clone(&shared)),
+        rx,
+    ));
+    tracing::info!(%addr, "emulator listening");
+    Ok(Emulator {
+        addr,
+        shared,
+        shutdown: tx,
+        task,
+    })
+}
+
+impl Emulator {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Both the Graph URL and the login URL.
+    pub fn base_url(&self) -> String {
+        self.shared.base_url.clone()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn tenant_id(&self) -> String {
+        self.state().tenant.tenant_id.clone()
+    }
+
+    /// `B2B_GRAPH_URL`, `B2B_LOGIN_URL`, `AZURE_TENANT_ID`, `AZURE_CLIENT_ID` and
+    /// `AZURE_CLIENT_SECRET` of the first app with a secret.
+    pub fn client_env(&self) -> Vec<(String, String)> {
+        let st = self.state();
+        let base = self.base_url();
+        let mut env = vec![
+            ("B2B_GRAPH_URL".to_string(), base.clone()),
+            ("B2B_LOGIN_URL".to_string(), base),
+            ("AZURE_TENANT_ID".to_string(), st.tenant.tenant_id.clone()),
+        ];
+        let app = st
+            .tenant
+            .apps
+            .iter()
+            .find(|a| a.client_secret.is_some())
+            .or(st.tenant.apps.first());
+        if let Some(app) = app {
+            env.push(("AZURE_CLIENT_ID".into(), app.client_id.clone()));
+            if let Some(s) = &app.client_secret {
+                env.push(("AZURE_CLIENT_SECRET".into(), s.clone()));
+            }
+        }
+        env
+    }
+
+    /// Same items as `GET /_emulator/invitations`.
+    pub fn invitations(&self) -> Vec<serde_json::Value> {
+        self.state().invitations.clone()
+    }
+
+    /// Same as `GET /_emulator/stats`.
+    pub fn stats(&self) -> serde_json::Value {
+        self.state().stats_json()
+    }
+
+    /// The user as the tenant holds it now.
+    pub fn user(&self, id: &str) -> Option<crate::model::User> {
+        let st = self.state();
+        st.index.user(id).map(|pos| st.tenant.users[pos].clone())
+    }
+
+    pub fn clock(&self) -> Clock {
+        self.shared.config.clock.clone()
+    }
+
+    /// Stop accepting and close every connection.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+}

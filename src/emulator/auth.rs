@@ -1,0 +1,258 @@
+//! The token endpoint's decision: which app a client-credentials request authenticates, by client
+//! secret or by a certificate-signed JWT assertion (verified for real with the registered public
+//! key), and the AADSTS-style refusals of the real service.
+//!
+//! Refusals used: AADSTS90002 (unknown tenant, 400), AADSTS700016 (unknown app, 400),
+//! AADSTS7000215 (wrong secret, 401), AADSTS7000216 (no credential, 400), AADSTS700027 (assertion
+//! signature, thumbprint, audience or issuer invalid, 401), AADSTS700024 (assertion outside its
+//! validity window, 401), AADSTS70011 (scope, 400), AADSTS70003 (grant type, 400).
+
+use std::collections::HashMap;
+
+use base64::Engine;
+use serde_json::Value;
+use sha2::Sha256;
+
+use super::tenant::{App, Tenant};
+use crate::model::TokenError;
+
+pub const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// Longest assertion lifetime accepted (`exp - nbf`).
+const MAX_ASSERTION_LIFETIME_S: i64 = 600;
+/// Clock skew tolerated on `nbf`.
+const SKEW_S: i64 = 300;
+
+/// A refusal: HTTP status, OAuth `error`, AADSTS number, description.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub status: u16,
+    pub error: &'static str,
+    pub code: u64,
+    pub description: String,
+}
+
+impl Refusal {
+    fn new(status: u16, error: &'static str, code: u64, description: impl Into<String>) -> Self {
+        Refusal {
+            status,
+            error,
+            code,
+            description: description.into(),
+        }
+    }
+
+    /// The answer body, with fresh trace and correlation ids.
+    pub fn body(&self, timestamp: &str) -> TokenError {
+        let trace = uuid::Uuid::new_v4().to_string();
+        let correlation = uuid::Uuid::new_v4().to_string();
+        TokenError {
+            error: self.error.into(),
+            error_description: format!(
+                "AADSTS{}: {} Trace ID: {trace} Correlation ID: {correlation} Timestamp: {timestamp}",
+                self.code, self.description
+            ),
+            error_codes: vec![self.code],
+            trace_id: Some(trace),
+            correlation_id: Some(correlation),
+            timestamp: Some(timestamp.into()),
+        }
+    }
+}
+
+/// What the token endpoint needs to know about the request.
+pub struct TokenRequest<'a> {
+    /// The `{tenant}` path segment (id or a verified domain name).
+    pub tenant_segment: &'a str,
+    pub form: &'a HashMap<String, String>,
+    /// Acceptable `aud` values of an assertion (the token URL as the client may spell it).
+    pub audiences: Vec<String>,
+    /// Unix seconds by the emulator's clock.
+    pub unix_now: i64,
+}
+
+/// Authenticate a client-credentials request; on success the app's client id.
+pub fn authenticate(tenant: &Tenant, req: &TokenRequest<'_>) -> Result<String, Refusal> {
+    let seg = req.tenant_segment.to_lowercase();
+    let known_tenant = seg == tenant.tenant_id.to_lowercase()
+        || tenant
+            .domains
+            .iter()
+            .any(|d| d.is_verified && d.id.to_lowercase() == seg);
+    if !known_tenant {
+        return Err(Refusal::new(
+            400,
+            "invalid_request",
+            90002,
+            format!("Tenant '{}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud.", req.tenant_segment),
+        ));
+    }
+    let field = |k: &str| req.form.get(k).map(String::as_str).unwrap_or("");
+    if field("grant_type") != "client_credentials" {
+        return Err(Refusal::new(
+            400,
+            "unsupported_grant_type",
+            70003,
+            "The app requested an unsupported grant type.",
+        ));
+    }
+    let client_id = field("client_id");
+    let app = tenant
+        .apps
+        .iter()
+        .find(|a| a.client_id.eq_ignore_ascii_case(client_id))
+        .ok_or_else(|| {
+            Refusal::new(
+                400,
+                "unauthorized_client",
+                700016,
+                format!("Application with identifier '{client_id}' was not found in the directory '{}'.", tenant.display_name),
+            )
+        })?;
+    if field("scope") != GRAPH_SCOPE {
+        return Err(Refusal::new(
+            400,
+            "invalid_scope",
+            70011,
+            format!("The provided value for the input parameter 'scope' is not valid. The scope {} is not valid.", field("scope")),
+        ));
+    }
+    if let Some(secret) = req.form.get("client_secret") {
+        return match &app.client_secret {
+            Some(s) if s == secret => Ok(app.client_id.clone()),
+            _ => Err(Refusal::new(
+                401,
+                "invalid_client",
+                7000215,
+                format!("Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{}'.", app.client_id),
+            )),
+        };
+    }
+    if let Some(assertion) = req.form.get("client_assertion") {
+        if field("client_assertion_type") != JWT_BEARER {
+            return Err(Refusal::new(
+                400,
+                "invalid_request",
+                50027,
+                "Invalid client_assertion_type.",
+            ));
+        }
+        verify_assertion(app, assertion, req)?;
+        return Ok(app.client_id.clone());
+    }
+    Err(Refusal::new(
+        400,
+        "invalid_client",
+        7000216,
+        "'client_assertion', 'client_secret' or 'request' is required for the 'client_credentials' grant type.",
+    ))
+}
+
+fn b64(s: &str) -> Option<Vec<u8>> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s.trim_end_matches('='))
+        .ok()
+}
+
+fn bad_assertion(description: impl Into<String>) -> Refusal {
+    Refusal::new(401, "invalid_client", 700027, description)
+}
+
+fn verify_assertion(app: &App, jwt: &str, req: &TokenRequest<'_>) -> Result<(), Refusal> {
+    let parts: Vec<&str> = jwt.split('.').collect();
+    if parts.len() != 3 {
+        return Err(bad_assertion("Client assertion is not a valid JWT."));
+    }
+    let json = |s: &str| -> Option<Value> { serde_json::from_slice(&b64(s)?).ok() };
+    let (Some(header), Some(claims), Some(sig)) = (json(parts[0]), json(parts[1]), b64(parts[2]))
+    else {
+        return Err(bad_assertion("Client assertion is not a valid JWT."));
+    };
+    let thumb = header
+        .get("x5t#S256")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad_assertion("Client assertion has no x5t#S256 thumbprint; the emulator identifies certificates by their SHA-256 thumbprint."))?;
+    let cert = app
+        .certificates
+        .iter()
+        .find(|c| c.thumbprint_sha256.trim_end_matches('=') == thumb.trim_end_matches('='))
+        .ok_or_else(|| {
+            bad_assertion(format!(
+                "The certificate with identifier used to sign the client assertion is not registered on application. [Reason - The key was not found., Thumbprint of key used by client: '{thumb}']"
+            ))
+        })?;
+    use rsa::pkcs8::DecodePublicKey;
+    use rsa::signature::Verifier;
+    let key = rsa::RsaPublicKey::from_public_key_pem(&cert.public_key_pem)
+        .map_err(|_| bad_assertion("The registered certificate key cannot be read."))?;
+    let message = format!("{}.{}", parts[0], parts[1]);
+    let verified = match header.get("alg").and_then(Value::as_str) {
+        Some("RS256") => rsa::pkcs1v15::Signature::try_from(sig.as_slice())
+            .map(|s| {
+                rsa::pkcs1v15::VerifyingKey::<Sha256>::new(key)
+                    .verify(message.as_bytes(), &s)
+                    .is_ok()
+            })
+            .unwrap_or(false),
+        Some("PS256") => rsa::pss::Signature::try_from(sig.as_slice())
+            .map(|s| {
+                rsa::pss::VerifyingKey::<Sha256>::new(key)
+                    .verify(message.as_bytes(), &s)
+                    .is_ok()
+            })
+            .unwrap_or(false),
+        other => {
+            return Err(bad_assertion(format!(
+                "Client assertion algorithm {other:?} is not supported; use RS256 or PS256."
+            )))
+        }
+    };
+    if !verified {
+        return Err(bad_assertion(
+            "Client assertion failed signature validation.",
+        ));
+    }
+    let claim = |k: &str| claims.get(k).and_then(Value::as_str).unwrap_or("");
+    let aud = claim("aud");
+    if !req.audiences.iter().any(|a| a.eq_ignore_ascii_case(aud)) {
+        return Err(bad_assertion(format!(
+            "Client assertion audience claim does not match Realm issuer. Expected one of {:?}, found '{aud}'.",
+            req.audiences
+        )));
+    }
+    if !claim("iss").eq_ignore_ascii_case(&app.client_id)
+        || !claim("sub").eq_ignore_ascii_case(&app.client_id)
+    {
+        return Err(Refusal::new(
+            401,
+            "invalid_client",
+            700021,
+            "Client assertion application identifier doesn't match 'client_id' parameter.",
+        ));
+    }
+    if claim("jti").is_empty() {
+        return Err(bad_assertion("Client assertion has no jti claim."));
+    }
+    let num = |k: &str| claims.get(k).and_then(Value::as_i64);
+    let (Some(nbf), Some(exp)) = (num("nbf"), num("exp")) else {
+        return Err(Refusal::new(
+            401,
+            "invalid_client",
+            700024,
+            "Client assertion is not within its valid time range (nbf and exp are required).",
+        ));
+    };
+    if num("iat").is_none()
+        || exp <= req.unix_now
+        || nbf > req.unix_now + SKEW_S
+        || exp - nbf > MAX_ASSERTION_LIFETIME_S
+    {
+        return Err(Refusal::new(
+            401,
+            "invalid_client",
+            700024,
+            format!("Client assertion is not within its valid time range. Current time: {}, assertion valid from {nbf} to {exp} (at most {MAX_ASSERTION_LIFETIME_S} s).", req.unix_now),
+        ));
+    }
+    Ok(())
+}

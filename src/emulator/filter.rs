@@ -1,0 +1,693 @@
+//! The OData `$filter` subset Graph accepts on `/users`: a parser to an [`Expr`] tree and its
+//! evaluation against a [`User`].
+//!
+//! Grammar: `eq`, `ne`, `in (…)` (at most 15 values), `and`, `or`, `not`, parentheses,
+//! `startsWith(prop,'x')`, `endsWith(prop,'x')`, and the lambda `otherMails/any(x:x eq 'v')` /
+//! `any(x:x in ('a','b'))` (also on `proxyAddresses`). Literals: single-quoted strings (`''`
+//! escapes a quote), `true`, `false`, `null`. String comparison is case-insensitive, like Graph.
+//!
+//! As in Graph, `ne`, `not`, `endsWith` and `eq null`/`ne null` are "advanced queries": the
+//! parse reports them in [`Filter::advanced`] and the caller refuses them unless the request has
+//! `ConsistencyLevel: eventual` and `$count=true`. `startsWith` is a standard query in Graph and
+//! needs neither.
+
+use crate::model::User;
+
+/// A 400 answer: Graph error code and message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilterError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+fn syntax(message: impl Into<String>) -> FilterError {
+    FilterError {
+        code: "BadRequest",
+        message: format!("Invalid filter clause: {}", message.into()),
+    }
+}
+
+/// Most values Graph accepts in one `in (…)`.
+pub const MAX_IN_VALUES: usize = 15;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Literal {
+    Str(String),
+    Bool(bool),
+    Null,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Str,
+    Bool,
+}
+
+/// A filterable single-valued user property.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prop {
+    Id,
+    UserType,
+    AccountEnabled,
+    Mail,
+    OnPremisesSyncEnabled,
+    UserPrincipalName,
+    CreationType,
+    ExternalUserState,
+    DisplayName,
+}
+
+impl Prop {
+    fn parse(name: &str) -> Option<Prop> {
+        const ALL: [(&str, Prop); 9] = [
+            ("id", Prop::Id),
+            ("userType", Prop::UserType),
+            ("accountEnabled", Prop::AccountEnabled),
+            ("mail", Prop::Mail),
+            ("onPremisesSyncEnabled", Prop::OnPremisesSyncEnabled),
+            ("userPrincipalName", Prop::UserPrincipalName),
+            ("creationType", Prop::CreationType),
+            ("externalUserState", Prop::ExternalUserState),
+            ("displayName", Prop::DisplayName),
+        ];
+        ALL.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, p)| *p)
+    }
+
+    fn kind(self) -> Kind {
+        match self {
+            Prop::AccountEnabled | Prop::OnPremisesSyncEnabled => Kind::Bool,
+            _ => Kind::Str,
+        }
+    }
+
+    fn value(self, u: &User) -> Literal {
+        let s = |v: &Option<String>| v.clone().map(Literal::Str).unwrap_or(Literal::Null);
+        let b = |v: Option<bool>| v.map(Literal::Bool).unwrap_or(Literal::Null);
+        match self {
+            Prop::Id => Literal::Str(u.id.clone()),
+            Prop::UserType => s(&u.user_type),
+            Prop::AccountEnabled => b(u.account_enabled),
+            Prop::Mail => s(&u.mail),
+            Prop::OnPremisesSyncEnabled => b(u.on_premises_sync_enabled),
+            Prop::UserPrincipalName => s(&u.user_principal_name),
+            Prop::CreationType => s(&u.creation_type),
+            Prop::ExternalUserState => s(&u.external_user_state),
+            Prop::DisplayName => s(&u.display_name),
+        }
+    }
+}
+
+/// A filterable multi-valued (string collection) property.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CollProp {
+    OtherMails,
+    ProxyAddresses,
+}
+
+impl CollProp {
+    fn parse(name: &str) -> Option<CollProp> {
+        if name.eq_ignore_ascii_case("otherMails") {
+            Some(CollProp::OtherMails)
+        } else if name.eq_ignore_ascii_case("proxyAddresses") {
+            Some(CollProp::ProxyAddresses)
+        } else {
+            None
+        }
+    }
+
+    fn values(self, u: &User) -> &[String] {
+        match self {
+            CollProp::OtherMails => u.other_mails.as_deref().unwrap_or(&[]),
+            CollProp::ProxyAddresses => u.proxy_addresses.as_deref().unwrap_or(&[]),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Func {
+    StartsWith,
+    EndsWith,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expr {
+    Eq(Prop, Literal),
+    Ne(Prop, Literal),
+    In(Prop, Vec<Literal>),
+    Any(CollProp, Vec<String>),
+    Func(Func, Prop, String),
+    And(Box<Expr>, Box<Expr>),
+    Or(Box<Expr>, Box<Expr>),
+    Not(Box<Expr>),
+}
+
+/// A parsed `$filter`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Filter {
+    pub expr: Expr,
+    /// Uses an operator Graph only accepts as an advanced query.
+    pub advanced: bool,
+}
+
+fn lit_eq(a: &Literal, b: &Literal) -> bool {
+    match (a, b) {
+        (Literal::Str(x), Literal::Str(y)) => x.to_lowercase() == y.to_lowercase(),
+        (Literal::Bool(x), Literal::Bool(y)) => x == y,
+        (Literal::Null, Literal::Null) => true,
+        _ => false,
+    }
+}
+
+impl Expr {
+    pub fn matches(&self, u: &User) -> bool {
+        match self {
+            Expr::Eq(p, v) => lit_eq(&p.value(u), v),
+            Expr::Ne(p, v) => !lit_eq(&p.value(u), v),
+            Expr::In(p, vs) => {
+                let have = p.value(u);
+                vs.iter().any(|v| lit_eq(&have, v))
+            }
+            Expr::Any(c, vs) => c.values(u).iter().any(|have| {
+                let have = have.to_lowercase();
+                vs.iter().any(|v| v.to_lowercase() == have)
+            }),
+            Expr::Func(f, p, s) => match p.value(u) {
+                Literal::Str(have) => {
+                    let (have, s) = (have.to_lowercase(), s.to_lowercase());
+                    match f {
+                        Func::StartsWith => have.starts_with(&s),
+                        Func::EndsWith => have.ends_with(&s),
+                    }
+                }
+                _ => false,
+            },
+            Expr::And(a, b) => a.matches(u) && b.matches(u),
+            Expr::Or(a, b) => a.matches(u) || b.matches(u),
+            Expr::Not(a) => !a.matches(u),
+        }
+    }
+}
+
+impl Filter {
+    pub fn matches(&self, u: &User) -> bool {
+        self.expr.matches(u)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Ident(String),
+    Str(String),
+    LParen,
+    RParen,
+    Comma,
+    Colon,
+    Slash,
+}
+
+fn tokenize(s: &str) -> Result<Vec<Tok>, FilterError> {
+    let chars: Vec<char> = s.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            c if c.is_whitespace() => i += 1,
+            '(' => {
+                out.push(Tok::LParen);
+                i += 1
+            }
+            ')' => {
+                out.push(Tok::RParen);
+                i += 1
+            }
+            ',' => {
+                out.push(Tok::Comma);
+                i += 1
+            }
+            ':' => {
+                out.push(Tok::Colon);
+                i += 1
+            }
+            '/' => {
+                out.push(Tok::Slash);
+                i += 1
+            }
+            '\'' => {
+                let mut v = String::new();
+                i += 1;
+                loop {
+                    match chars.get(i) {
+                        None => return Err(syntax("unterminated string literal")),
+                        Some('\'') if chars.get(i + 1) == Some(&'\'') => {
+                            v.push('\'');
+                            i += 2;
+                        }
+                        Some('\'') => {
+                            i += 1;
+                            break;
+                        }
+                        Some(c) => {
+                            v.push(*c);
+                            i += 1;
+                        }
+                    }
+                }
+                out.push(Tok::Str(v));
+            }
+            c if c.is_alphanumeric() || c == '_' || c == '.' || c == '-' => {
+                let start = i;
+                while i < chars.len()
+                    && (chars[i].is_alphanumeric() || matches!(chars[i], '_' | '.' | '-'))
+                {
+                    i += 1;
+                }
+                out.push(Tok::Ident(chars[start..i].iter().collect()));
+            }
+            other => {
+                return Err(syntax(format!(
+                    "unexpected character '{other}' at position {i}"
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+struct Parser {
+    toks: Vec<Tok>,
+    pos: usize,
+    advanced: bool,
+}
+
+impl Parser {
+    fn peek(&self) -> Option<&Tok> {
+        self.toks.get(self.pos)
+    }
+
+    fn next(&mut self) -> Option<Tok> {
+        let t = self.toks.get(self.pos).cloned();
+        self.pos += 1;
+        t
+    }
+
+    fn peek_keyword(&self, kw: &str) -> bool {
+        matches!(self.peek(), Some(Tok::Ident(s)) if s.eq_ignore_ascii_case(kw))
+    }
+
+    fn expect(&mut self, want: Tok, what: &str) -> Result<(), FilterError> {
+        match self.next() {
+            Some(t) if t == want => Ok(()),
+            Some(t) => Err(syntax(format!("expected {what}, found {}", describe(&t)))),
+            None => Err(syntax(format!("expected {what}, found end of expression"))),
+        }
+    }
+
+    fn or(&mut self) -> Result<Expr, FilterError> {
+        let mut left = self.and()?;
+        while self.peek_keyword("or") {
+            self.pos += 1;
+            let right = self.and()?;
+            left = Expr::Or(Box::new(left), Box::new(right));
+        }
+        Ok(left)
+    }
+
+    fn and(&mut self) -> Result<Expr, FilterError> {
+        let mut left = self.unary()?;
+        while self.peek_keyword("and") {
+            self.pos += 1;
+            let right = self.unary()?;
+            left = Expr::And(Box::new(left), Box::new(right));
+        }
+        Ok(left)
+    }
+
+    fn unary(&mut self) -> Result<Expr, FilterError> {
+        if self.peek_keyword("not") {
+            self.pos += 1;
+            self.advanced = true;
+            return Ok(Expr::Not(Box::new(self.unary()?)));
+        }
+        self.primary()
+    }
+
+    fn primary(&mut self) -> Result<Expr, FilterError> {
+        match self.next() {
+            Some(Tok::LParen) => {
+                let e = self.or()?;
+                self.expect(Tok::RParen, "')'")?;
+                Ok(e)
+            }
+            Some(Tok::Ident(name)) => {
+                if self.peek() == Some(&Tok::LParen) {
+                    return self.function(&name);
+                }
+                if self.peek() == Some(&Tok::Slash) {
+                    return self.lambda(&name);
+                }
+                self.comparison(&name)
+            }
+            Some(t) => Err(syntax(format!("unexpected {}", describe(&t)))),
+            None => Err(syntax("unexpected end of expression")),
+        }
+    }
+
+    fn property(&self, name: &str) -> Result<Prop, FilterError> {
+        if let Some(p) = Prop::parse(name) {
+            return Ok(p);
+        }
+        if CollProp::parse(name).is_some() {
+            return Err(FilterError {
+                code: "Request_UnsupportedQuery",
+                message: format!(
+                    "Unsupported or invalid query filter clause specified for property '{name}' of resource 'User'. Use a lambda such as {name}/any(x:x eq 'value')."
+                ),
+            });
+        }
+        Err(unknown_property(name))
+    }
+
+    fn function(&mut self, name: &str) -> Result<Expr, FilterError> {
+        let func = if name.eq_ignore_ascii_case("startsWith") {
+            Func::StartsWith
+        } else if name.eq_ignore_ascii_case("endsWith") {
+            self.advanced = true;
+            Func::EndsWith
+        } else {
+            return Err(FilterError {
+                code: "Request_UnsupportedQuery",
+                message: format!("Unsupported function '{name}' in filter clause."),
+            });
+        };
+        self.expect(Tok::LParen, "'('")?;
+        let prop = match self.next() {
+            Some(Tok::Ident(p)) => self.property(&p)?,
+            _ => return Err(syntax(format!("{name} expects a property name"))),
+        };
+        if prop.kind() != Kind::Str {
+            return Err(incompatible(name));
+        }
+        self.expect(Tok::Comma, "','")?;
+        let value = match self.next() {
+            Some(Tok::Str(s)) => s,
+            _ => return Err(syntax(format!("{name} expects a string literal"))),
+        };
+        self.expect(Tok::RParen, "')'")?;
+        Ok(Expr::Func(func, prop, value))
+    }
+
+    fn lambda(&mut self, name: &str) -> Result<Expr, FilterError> {
+        let coll = CollProp::parse(name).ok_or_else(|| {
+            if Prop::parse(name).is_some() {
+                syntax(format!("'{name}' is not a collection"))
+            } else {
+                unknown_property(name)
+            }
+        })?;
+        self.expect(Tok::Slash, "'/'")?;
+        match self.next() {
+            Some(Tok::Ident(a)) if a.eq_ignore_ascii_case("any") => {}
+            _ => {
+                return Err(FilterError {
+                    code: "Request_UnsupportedQuery",
+                    message: format!("Only the 'any' lambda operator is supported on '{name}'."),
+                })
+            }
+        }
+        self.expect(Tok::LParen, "'('")?;
+        let var = match self.next() {
+            Some(Tok::Ident(v)) => v,
+            _ => return Err(syntax("expected a lambda variable")),
+        };
+        self.expect(Tok::Colon, "':'")?;
+        match self.next() {
+            Some(Tok::Ident(v)) if v == var => {}
+            _ => return Err(syntax(format!("expected the lambda variable '{var}'"))),
+        }
+        let values = match self.next() {
+            Some(Tok::Ident(op)) if op.eq_ignore_ascii_case("eq") => match self.next() {
+                Some(Tok::Str(s)) => vec![s],
+                _ => return Err(syntax("expected a string literal after 'eq'")),
+            },
+            Some(Tok::Ident(op)) if op.eq_ignore_ascii_case("in") => self
+                .literal_list()?
+                .into_iter()
+                .map(|l| match l {
+                    Literal::Str(s) => Ok(s),
+                    _ => Err(incompatible(name)),
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            _ => {
+                return Err(FilterError {
+                    code: "Request_UnsupportedQuery",
+                    message: format!(
+                        "Unsupported query: only 'eq' and 'in' are supported inside {name}/any()."
+                    ),
+                })
+            }
+        };
+        self.expect(Tok::RParen, "')'")?;
+        Ok(Expr::Any(coll, values))
+    }
+
+    fn literal(&mut self) -> Result<Literal, FilterError> {
+        match self.next() {
+            Some(Tok::Str(s)) => Ok(Literal::Str(s)),
+            Some(Tok::Ident(s)) if s.eq_ignore_ascii_case("true") => Ok(Literal::Bool(true)),
+            Some(Tok::Ident(s)) if s.eq_ignore_ascii_case("false") => Ok(Literal::Bool(false)),
+            Some(Tok::Ident(s)) if s.eq_ignore_ascii_case("null") => Ok(Literal::Null),
+            Some(t) => Err(syntax(format!(
+                "expected a literal, found {}",
+                describe(&t)
+            ))),
+            None => Err(syntax("expected a literal, found end of expression")),
+        }
+    }
+
+    fn literal_list(&mut self) -> Result<Vec<Literal>, FilterError> {
+        self.expect(Tok::LParen, "'(' after 'in'")?;
+        let mut out = vec![self.literal()?];
+        loop {
+            match self.next() {
+                Some(Tok::Comma) => out.push(self.literal()?),
+                Some(Tok::RParen) => break,
+                Some(t) => {
+                    return Err(syntax(format!(
+                        "expected ',' or ')', found {}",
+                        describe(&t)
+                    )))
+                }
+                None => return Err(syntax("unterminated 'in' list")),
+            }
+        }
+        if out.len() > MAX_IN_VALUES {
+            return Err(FilterError {
+                code: "Request_UnsupportedQuery",
+                message: format!(
+                    "Too many child clauses specified in search filter expression containing 'OR' operators: {}. Max allowed: {MAX_IN_VALUES}.",
+                    out.len()
+                ),
+            });
+        }
+        Ok(out)
+    }
+
+    fn check_kind(&self, prop: Prop, name: &str, lit: &Literal) -> Result<(), FilterError> {
+        match (prop.kind(), lit) {
+            (_, Literal::Null) | (Kind::Str, Literal::Str(_)) | (Kind::Bool, Literal::Bool(_)) => {
+                Ok(())
+            }
+            _ => Err(incompatible(name)),
+        }
+    }
+
+    fn comparison(&mut self, name: &str) -> Result<Expr, FilterError> {
+        let prop = self.property(name)?;
+        let op = match self.next() {
+            Some(Tok::Ident(op)) => op.to_ascii_lowercase(),
+            Some(t) => {
+                return Err(syntax(format!(
+                    "expected an operator after '{name}', found {}",
+                    describe(&t)
+                )))
+            }
+            None => return Err(syntax(format!("expected an operator after '{name}'"))),
+        };
+        match op.as_str() {
+            "eq" | "ne" => {
+                let lit = self.literal()?;
+                self.check_kind(prop, name, &lit)?;
+                if op == "ne" || lit == Literal::Null {
+                    self.advanced = true;
+                }
+                Ok(if op == "eq" {
+                    Expr::Eq(prop, lit)
+                } else {
+                    Expr::Ne(prop, lit)
+                })
+            }
+            "in" => {
+                let list = self.literal_list()?;
+                for l in &list {
+                    self.check_kind(prop, name, l)?;
+                }
+                Ok(Expr::In(prop, list))
+            }
+            "gt" | "ge" | "lt" | "le" | "has" => Err(FilterError {
+                code: "Request_UnsupportedQuery",
+                message: format!("Unsupported or invalid query filter clause specified for property '{name}' of resource 'User'."),
+            }),
+            other => Err(syntax(format!("unknown operator '{other}'"))),
+        }
+    }
+}
+
+fn describe(t: &Tok) -> String {
+    match t {
+        Tok::Ident(s) => format!("'{s}'"),
+        Tok::Str(s) => format!("string '{s}'"),
+        Tok::LParen => "'('".into(),
+        Tok::RParen => "')'".into(),
+        Tok::Comma => "','".into(),
+        Tok::Colon => "':'".into(),
+        Tok::Slash => "'/'".into(),
+    }
+}
+
+fn unknown_property(name: &str) -> FilterError {
+    FilterError {
+        code: "BadRequest",
+        message: format!(
+            "Could not find a property named '{name}' on type 'microsoft.graph.user'."
+        ),
+    }
+}
+
+fn incompatible(name: &str) -> FilterError {
+    FilterError {
+        code: "BadRequest",
+        message: format!(
+            "Invalid filter clause: a binary operator with incompatible types was detected for property '{name}'."
+        ),
+    }
+}
+
+/// Parse a `$filter` value.
+pub fn parse(s: &str) -> Result<Filter, FilterError> {
+    let toks = tokenize(s)?;
+    if toks.is_empty() {
+        return Err(syntax("empty expression"));
+    }
+    let mut p = Parser {
+        toks,
+        pos: 0,
+        advanced: false,
+    };
+    let expr = p.or()?;
+    if let Some(t) = p.peek() {
+        return Err(syntax(format!(
+            "unexpected {} after the end of the expression",
+            describe(t)
+        )));
+    }
+    Ok(Filter {
+        expr,
+        advanced: p.advanced,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user() -> User {
+        User {
+            id: "u1".into(),
+            user_type: Some("Guest".into()),
+            account_enabled: Some(true),
+            mail: Some("Ann.Lee@Fabrikam.com".into()),
+            other_mails: Some(vec!["ann@northwind.example".into()]),
+            proxy_addresses: Some(vec!["SMTP:ann@contoso.com".into()]),
+            user_principal_name: Some("ann.lee@contoso.com".into()),
+            ..Default::default()
+        }
+    }
+
+    fn m(s: &str) -> bool {
+        parse(s).unwrap().matches(&user())
+    }
+
+    #[test]
+    fn standard_operators() {
+        assert!(m("userType eq 'guest'"));
+        assert!(!m("userType eq 'Member'"));
+        assert!(m(
+            "accountEnabled eq true and userType in ('Member','Guest')"
+        ));
+        assert!(m("mail eq 'x@y.com' or id eq 'u1'"));
+        assert!(m(
+            "(mail eq 'x@y.com' or id eq 'U1') and accountEnabled eq true"
+        ));
+        assert!(m("otherMails/any(x:x eq 'ANN@northwind.example')"));
+        assert!(m("proxyAddresses/any(p:p in ('a','smtp:ann@contoso.com'))"));
+        assert!(m("startsWith(userPrincipalName,'ann')"));
+        assert!(!parse("userType eq 'Guest'").unwrap().advanced);
+        assert!(!parse("startsWith(mail,'a')").unwrap().advanced);
+    }
+
+    #[test]
+    fn advanced_operators_are_flagged() {
+        for f in [
+            "userType ne 'Member'",
+            "not (userType eq 'Member')",
+            "endsWith(mail,'@fabrikam.com')",
+            "onPremisesUserPrincipalName eq null",
+            "externalUserState eq null",
+            "mail ne null",
+        ] {
+            match parse(f) {
+                Ok(p) => assert!(p.advanced, "{f}"),
+                Err(e) => assert!(f.contains("onPremisesUserPrincipalName"), "{f}: {e:?}"),
+            }
+        }
+        assert!(m("externalUserState eq null"));
+        assert!(m("endsWith(mail,'@FABRIKAM.com')"));
+        assert!(!m("not (userType eq 'Guest')"));
+    }
+
+    #[test]
+    fn quotes_escape_and_precedence() {
+        let f = parse("displayName eq 'O''Brien'").unwrap();
+        assert_eq!(
+            f.expr,
+            Expr::Eq(Prop::DisplayName, Literal::Str("O'Brien".into()))
+        );
+        // and binds tighter than or
+        let f = parse("id eq 'a' or id eq 'b' and id eq 'c'").unwrap();
+        assert!(matches!(f.expr, Expr::Or(_, _)));
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let e = parse("favouriteColour eq 'blue'").unwrap_err();
+        assert!(e.message.contains("favouriteColour"));
+        let e = parse("userType eq").unwrap_err();
+        assert_eq!(e.code, "BadRequest");
+        let e = parse("userType eq 'Guest' and").unwrap_err();
+        assert_eq!(e.code, "BadRequest");
+        let e = parse("accountEnabled eq 'yes'").unwrap_err();
+        assert!(e.message.contains("incompatible"));
+        let e = parse("mail eq 'unterminated").unwrap_err();
+        assert!(e.message.contains("unterminated"));
+        let many: Vec<String> = (0..16).map(|i| format!("'{i}'")).collect();
+        let e = parse(&format!("id in ({})", many.join(","))).unwrap_err();
+        assert_eq!(e.code, "Request_UnsupportedQuery");
+        let ok: Vec<String> = (0..15).map(|i| format!("'{i}'")).collect();
+        assert!(parse(&format!("id in ({})", ok.join(","))).is_ok());
+        assert!(parse("otherMails eq 'a'").is_err());
+        assert!(parse("userType gt 'a'").is_err());
+    }
+}

@@ -1,0 +1,721 @@
+//! Graph and token endpoint handlers. Each runs under the state lock, after the token,
+//! throttling and fault checks of `routes`.
+//!
+//! Invitation refusals (all `400` unless said otherwise), in the order they are checked:
+//! - directory flagged (`block_invitations`): `403 Authorization_RequestDenied` "Invitations are
+//!   blocked for this directory due to suspicious activity. …";
+//! - unknown property in the body: `BadRequest` "Invalid property 'x'."; missing required
+//!   property: `BadRequest` "Property 'x' is required.";
+//! - `inviteRedirectUrl` missing or not an absolute http(s) URL: `BadRequest`;
+//! - invalid email syntax (GRAPH-NOTES local-part rules): `BadRequest` "The email address 'x' is
+//!   not valid.";
+//! - `resetRedemption` without `invitedUser`: `BadRequest`;
+//! - `invitedUser.id` unknown: `404 Request_ResourceNotFound`;
+//! - already converted (`externalUserState` set or `creationType` Invitation) without
+//!   `resetRedemption: true`: `BadRequest` "User invitation failed. The user is already a B2B
+//!   collaboration user. …";
+//! - `onPremisesUserPrincipalName` set: `BadRequest` "User invitation failed. Invalid request
+//!   input.";
+//! - enabled Exchange plan: `BadRequest` "B2B users having a mailbox is not supported. …";
+//! - `mail` ≠ `invitedUserEmailAddress` (case-insensitive): `BadRequest` "User invitation failed.
+//!   The invited user email address must match the user's mail property. …";
+//! - email in a verified domain: `BadRequest` "User's email address cannot be in a verified
+//!   domain. Please change the user's email to enable conversion to a B2B user.";
+//! - another object already has the address (mail, otherMails or proxyAddresses):
+//!   `Request_BadRequest` "Another object with the same value for property proxyAddresses
+//!   already exists.".
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use base64::Engine;
+use rand::RngCore;
+use serde_json::{json, Map, Value};
+
+use super::auth::{self, TokenRequest};
+use super::filter;
+use super::routes::{Call, Ctx, Reply, Shared, State, TokenInfo};
+use crate::model::{Invitation, InvitationRequest, InvitedUserMessageInfo, InvitedUserRef, User};
+
+/// Properties `$select` accepts: the modelled ones, then Graph properties the emulator does not
+/// hold (answered `null`).
+const USER_PROPS: &[&str] = &[
+    "id",
+    "displayName",
+    "userPrincipalName",
+    "mail",
+    "otherMails",
+    "proxyAddresses",
+    "accountEnabled",
+    "userType",
+    "externalUserState",
+    "externalUserStateChangeDateTime",
+    "creationType",
+    "onPremisesSyncEnabled",
+    "onPremisesUserPrincipalName",
+    "assignedPlans",
+    "identities",
+    "givenName",
+    "surname",
+    "jobTitle",
+    "department",
+    "companyName",
+    "businessPhones",
+    "mobilePhone",
+    "officeLocation",
+    "preferredLanguage",
+    "usageLocation",
+    "createdDateTime",
+];
+const DEFAULT_SELECT: &[&str] = &["id", "displayName", "mail", "userPrincipalName"];
+const DEFAULT_TOP: usize = 100;
+const MAX_TOP: usize = 999;
+const SKIP_PREFIX: &str = "emu1:";
+
+fn random_b64(len: usize) -> String {
+    let mut bytes = vec![0u8; len];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Parse `$select` into canonical property names.
+fn parse_select(call: &Call, ctx: &Ctx) -> Result<Vec<&'static str>, Reply> {
+    let Some(sel) = call.q("select") else {
+        return Ok(DEFAULT_SELECT.to_vec());
+    };
+    let mut out = vec!["id"];
+    for name in sel.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match USER_PROPS.iter().find(|p| p.eq_ignore_ascii_case(name)) {
+            Some(p) if !out.contains(p) => out.push(p),
+            Some(_) => {}
+            None => {
+                return Err(ctx.err(
+                    400,
+                    "BadRequest",
+                    format!(
+                        "Could not find a property named '{name}' on type 'microsoft.graph.user'."
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn project(u: &User, select: &[&str]) -> Value {
+    let full = serde_json::to_value(u).unwrap_or(Value::Null);
+    let mut out = Map::new();
+    for p in select {
+        out.insert(
+            (*p).to_string(),
+            full.get(*p).cloned().unwrap_or(Value::Null),
+        );
+    }
+    Value::Object(out)
+}
+
+fn parse_top(call: &Call, ctx: &Ctx) -> Result<usize, Reply> {
+    match call.q("top") {
+        None => Ok(DEFAULT_TOP),
+        Some(v) => match v.trim().parse::<usize>() {
+            Ok(n) if (1..=MAX_TOP).contains(&n) => Ok(n),
+            _ => Err(ctx.err(
+                400,
+                "Request_BadRequest",
+                format!("Invalid page size specified: '{v}'. Must be between 1 and {MAX_TOP} inclusive."),
+            )),
+        },
+    }
+}
+
+fn parse_skip(call: &Call, ctx: &Ctx) -> Result<usize, Reply> {
+    if call.q("skip").is_some() {
+        return Err(ctx.err(
+            400,
+            "Request_BadRequest",
+            "'$skip' is not supported by the service.",
+        ));
+    }
+    let Some(tok) = call.q("skiptoken") else {
+        return Ok(0);
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(tok)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.strip_prefix(SKIP_PREFIX).and_then(|n| n.parse().ok()))
+        .ok_or_else(|| {
+            ctx.err(
+                400,
+                "Request_BadRequest",
+                "The specified page token value has expired or is invalid.",
+            )
+        })
+}
+
+fn wants_count(call: &Call) -> bool {
+    call.q("count")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
+impl Shared {
+    /// One page of `items` (already filtered), with `@odata.nextLink` and `@odata.count`.
+    fn page(
+        &self,
+        call: &Call,
+        context: &str,
+        items: Vec<Value>,
+        offset: usize,
+        top: usize,
+    ) -> Reply {
+        let total = items.len();
+        let end = (offset + top).min(total);
+        let value: Vec<Value> = items
+            .into_iter()
+            .skip(offset)
+            .take(end.saturating_sub(offset))
+            .collect();
+        let mut body = Map::new();
+        body.insert(
+            "@odata.context".into(),
+            json!(format!(
+                "https://graph.microsoft.com/v1.0/$metadata#{context}"
+            )),
+        );
+        if wants_count(call) {
+            body.insert("@odata.count".into(), json!(total));
+        }
+        if end < total {
+            let token = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(format!("{SKIP_PREFIX}{end}"));
+            let mut ser = url::form_urlencoded::Serializer::new(String::new());
+            for (k, v) in &call.query {
+                if !k.trim_start_matches('$').eq_ignore_ascii_case("skiptoken") {
+                    ser.append_pair(k, v);
+                }
+            }
+            ser.append_pair("$skiptoken", &token);
+            body.insert(
+                "@odata.nextLink".into(),
+                json!(format!("{}{}?{}", self.base_url, call.path, ser.finish())),
+            );
+        }
+        body.insert("value".into(), Value::Array(value));
+        Reply::json(200, Value::Object(body))
+    }
+
+    pub(super) fn list_users(&self, st: &State, call: &Call, ctx: &Ctx) -> Reply {
+        let select = match parse_select(call, ctx) {
+            Ok(s) => s,
+            Err(r) => return r,
+        };
+        let (top, offset) = match (parse_top(call, ctx), parse_skip(call, ctx)) {
+            (Ok(t), Ok(o)) => (t, o),
+            (Err(r), _) | (_, Err(r)) => return r,
+        };
+        let filter = match call.q("filter").map(filter::parse) {
+            None => None,
+            Some(Ok(f)) => Some(f),
+            Some(Err(e)) => return ctx.err(400, e.code, e.message),
+        };
+        if let Some(f) = &filter {
+            let eventual = call
+                .header("consistencylevel")
+                .is_some_and(|v| v.eq_ignore_ascii_case("eventual"));
+            if f.advanced && !(eventual && wants_count(call)) {
+                return ctx.err(
+                    400,
+                    "Request_UnsupportedQuery",
+                    "Unsupported Query. This $filter uses an advanced query operator (ne, not, endsWith, or a null check): send the header 'ConsistencyLevel: eventual' and '$count=true'.",
+                );
+            }
+        }
+        let items: Vec<Value> = st
+            .tenant
+            .users
+            .iter()
+            .filter(|u| filter.as_ref().is_none_or(|f| f.matches(u)))
+            .map(|u| project(u, &select))
+            .collect();
+        self.page(call, "users", items, offset, top)
+    }
+
+    pub(super) fn get_user(&self, st: &State, call: &Call, ctx: &Ctx, key: &str) -> Reply {
+        let select = match parse_select(call, ctx) {
+            Ok(s) => s,
+            Err(r) => return r,
+        };
+        match st.index.user(key) {
+            Some(pos) => {
+                let mut v = project(&st.tenant.users[pos], &select);
+                if let Value::Object(m) = &mut v {
+                    m.insert(
+                        "@odata.context".into(),
+                        json!("https://graph.microsoft.com/v1.0/$metadata#users/$entity"),
+                    );
+                }
+                Reply::json(200, v)
+            }
+            None => ctx.not_found(key),
+        }
+    }
+
+    pub(super) fn members(
+        &self,
+        st: &State,
+        call: &Call,
+        ctx: &Ctx,
+        group: &str,
+        transitive: bool,
+        cast: bool,
+    ) -> Reply {
+        let Some(&gpos) = st.index.groups.get(&group.to_lowercase()) else {
+            return ctx.not_found(group);
+        };
+        let select = match parse_select(call, ctx) {
+            Ok(s) => s,
+            Err(r) => return r,
+        };
+        let (top, offset) = match (parse_top(call, ctx), parse_skip(call, ctx)) {
+            (Ok(t), Ok(o)) => (t, o),
+            (Err(r), _) | (_, Err(r)) => return r,
+        };
+        // Depth-first over nested groups; each object once, cycles safe.
+        let mut seen: HashSet<String> = HashSet::new();
+        seen.insert(st.tenant.groups[gpos].id.to_lowercase());
+        let mut items = Vec::new();
+        let mut stack: Vec<(usize, usize)> = vec![(gpos, 0)];
+        while let Some((g, i)) = stack.pop() {
+            let members = &st.tenant.groups[g].members;
+            let Some(member) = members.get(i) else {
+                continue;
+            };
+            stack.push((g, i + 1));
+            let key = member.to_lowercase();
+            if !seen.insert(key.clone()) {
+                continue;
+            }
+            if let Some(&upos) = st.index.by_id.get(&key) {
+                let mut v = project(&st.tenant.users[upos], &select);
+                if !cast {
+                    if let Value::Object(m) = &mut v {
+                        m.insert("@odata.type".into(), json!("#microsoft.graph.user"));
+                    }
+                }
+                items.push(v);
+            } else if let Some(&sub) = st.index.groups.get(&key) {
+                if !cast {
+                    let grp = &st.tenant.groups[sub];
+                    items.push(json!({
+                        "@odata.type": "#microsoft.graph.group",
+                        "id": grp.id,
+                        "displayName": grp.display_name,
+                    }));
+                }
+                if transitive {
+                    stack.push((sub, 0));
+                }
+            }
+        }
+        let context = if cast { "users" } else { "directoryObjects" };
+        self.page(call, context, items, offset, top)
+    }
+
+    pub(super) fn domains(&self, st: &State) -> Reply {
+        Reply::json(
+            200,
+            json!({
+                "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#domains",
+                "value": st.tenant.domains,
+            }),
+        )
+    }
+
+    pub(super) fn patch_user(&self, st: &mut State, call: &Call, ctx: &Ctx, key: &str) -> Reply {
+        let Some(pos) = st.index.user(key) else {
+            return ctx.not_found(key);
+        };
+        let body: Map<String, Value> = match serde_json::from_slice(&call.body) {
+            Ok(Value::Object(m)) => m,
+            _ => return ctx.err(400, "BadRequest", "Empty Payload. JSON content expected."),
+        };
+        let mut next = st.tenant.users[pos].clone();
+        for (k, v) in &body {
+            let bad = || {
+                ctx.err(
+                    400,
+                    "Request_BadRequest",
+                    format!("Invalid value specified for property '{k}' of resource 'User'."),
+                )
+            };
+            match k.as_str() {
+                "userType" => match v.as_str() {
+                    Some(t @ ("Member" | "Guest")) => next.user_type = Some(t.into()),
+                    _ => return bad(),
+                },
+                "mail" => match v {
+                    Value::Null => next.mail = None,
+                    Value::String(s) if s.is_empty() || valid_email(s) => {
+                        next.mail = (!s.is_empty()).then(|| s.clone())
+                    }
+                    _ => return bad(),
+                },
+                "otherMails" => match serde_json::from_value::<Vec<String>>(v.clone()) {
+                    Ok(list) if list.iter().all(|m| valid_email(m)) => {
+                        next.other_mails = Some(list)
+                    }
+                    _ => return bad(),
+                },
+                "accountEnabled" => match v.as_bool() {
+                    Some(b) => next.account_enabled = Some(b),
+                    None => return bad(),
+                },
+                "displayName" => match v.as_str() {
+                    Some(s) if !s.trim().is_empty() => next.display_name = Some(s.into()),
+                    _ => return bad(),
+                },
+                other => return ctx.err(400, "BadRequest", format!("Invalid property '{other}'.")),
+            }
+        }
+        st.tenant.users[pos] = next;
+        Reply::empty(204)
+    }
+
+    pub(super) fn invite(&self, st: &mut State, call: &Call, ctx: &Ctx, now: Duration) -> Reply {
+        if self.config.block_invitations {
+            return ctx.err(
+                403,
+                "Authorization_RequestDenied",
+                "Invitations are blocked for this directory due to suspicious activity. Please contact Microsoft support to restore invitations.",
+            );
+        }
+        let req: InvitationRequest = match serde_json::from_slice(&call.body) {
+            Ok(r) => r,
+            Err(e) => return ctx.err(400, "BadRequest", body_error(&e.to_string())),
+        };
+        let email = req.invited_user_email_address.trim().to_string();
+        let redirect_ok = url::Url::parse(&req.invite_redirect_url)
+            .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .unwrap_or(false);
+        if !redirect_ok {
+            return ctx.err(
+                400,
+                "BadRequest",
+                "The inviteRedirectUrl is missing or invalid: it must be an absolute http or https URL.",
+            );
+        }
+        if !valid_email(&email) {
+            return ctx.err(
+                400,
+                "BadRequest",
+                format!("The email address '{email}' is not valid."),
+            );
+        }
+        let verified = st.tenant.verified_domains();
+        let domain = email.rsplit('@').next().unwrap_or("").to_lowercase();
+        let in_verified = verified.contains(&domain);
+        const VERIFIED_MSG: &str = "User's email address cannot be in a verified domain. Please change the user's email to enable conversion to a B2B user.";
+        let reset = req.reset_redemption.unwrap_or(false);
+        let stamp = self
+            .wall(now)
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let user_pos = match &req.invited_user {
+            None => {
+                if reset {
+                    return ctx.err(400, "BadRequest", "resetRedemption requires invitedUser.id to name the user whose redemption is reset.");
+                }
+                if in_verified {
+                    return ctx.err(400, "BadRequest", VERIFIED_MSG);
+                }
+                if let Some(pos) = owner_of(st, &email, None) {
+                    // Graph answers an invitation for a known guest with that guest.
+                    pos
+                } else {
+                    let id = uuid::Uuid::new_v4().to_string();
+                    let upn = format!(
+                        "{}#EXT#@{}",
+                        email.replace('@', "_"),
+                        st.tenant.initial_domain()
+                    );
+                    let user = User {
+                        id,
+                        display_name: Some(
+                            req.invited_user_display_name
+                                .clone()
+                                .unwrap_or_else(|| email.clone()),
+                        ),
+                        user_principal_name: Some(upn),
+                        mail: Some(email.clone()),
+                        other_mails: Some(vec![email.clone()]),
+                        proxy_addresses: Some(vec![format!("SMTP:{email}")]),
+                        account_enabled: Some(true),
+                        user_type: Some(
+                            req.invited_user_type
+                                .clone()
+                                .unwrap_or_else(|| "Guest".into()),
+                        ),
+                        creation_type: Some("Invitation".into()),
+                        ..Default::default()
+                    };
+                    let pos = st.tenant.users.len();
+                    st.index.add_user(pos, &user);
+                    st.tenant.users.push(user);
+                    pos
+                }
+            }
+            Some(r) => {
+                let Some(&pos) = st.index.by_id.get(&r.id.to_lowercase()) else {
+                    return ctx.not_found(&r.id);
+                };
+                let u = &st.tenant.users[pos];
+                let converted = u.external_user_state.is_some()
+                    || u.creation_type
+                        .as_deref()
+                        .is_some_and(|c| c.eq_ignore_ascii_case("Invitation"));
+                if converted && !reset {
+                    return ctx.err(
+                        400,
+                        "BadRequest",
+                        "User invitation failed. The user is already a B2B collaboration user; set resetRedemption to true to reset its redemption status.",
+                    );
+                }
+                if u.on_premises_user_principal_name.is_some() {
+                    return ctx.err(
+                        400,
+                        "BadRequest",
+                        "User invitation failed. Invalid request input.",
+                    );
+                }
+                if u.has_enabled_exchange_plan() {
+                    return ctx.err(
+                        400,
+                        "BadRequest",
+                        "B2B users having a mailbox is not supported. Remove the Exchange Online mailbox before converting the user.",
+                    );
+                }
+                if !u
+                    .mail
+                    .as_deref()
+                    .is_some_and(|m| m.eq_ignore_ascii_case(&email))
+                {
+                    return ctx.err(
+                        400,
+                        "BadRequest",
+                        "User invitation failed. The invited user email address must match the user's mail property; update mail before converting.",
+                    );
+                }
+                if in_verified {
+                    return ctx.err(400, "BadRequest", VERIFIED_MSG);
+                }
+                if owner_of(st, &email, Some(pos)).is_some() {
+                    return ctx.err(
+                        400,
+                        "Request_BadRequest",
+                        "Another object with the same value for property proxyAddresses already exists.",
+                    );
+                }
+                pos
+            }
+        };
+        let user = &mut st.tenant.users[user_pos];
+        user.external_user_state = Some("PendingAcceptance".into());
+        user.external_user_state_change_date_time = Some(stamp.clone());
+        let user_id = user.id.clone();
+        let user_type = user.user_type.clone();
+        let invitation = Invitation {
+            id: uuid::Uuid::new_v4().to_string(),
+            invited_user_email_address: email.clone(),
+            invited_user_display_name: req.invited_user_display_name.clone(),
+            invited_user_type: req.invited_user_type.clone().or(user_type),
+            invite_redeem_url: Some(format!(
+                "https://login.microsoftonline.com/redeem?rd=https%3a%2f%2finvitations.microsoft.com%2fredeem%2f%3ftenant%3d{}%26user%3d{}%26ticket%3d{}%26ver%3d2.0",
+                st.tenant.tenant_id,
+                user_id,
+                random_b64(96)
+            )),
+            invite_redirect_url: Some(req.invite_redirect_url.clone()),
+            send_invitation_message: Some(req.send_invitation_message.unwrap_or(false)),
+            reset_redemption: Some(reset),
+            status: "PendingAcceptance".into(),
+            invited_user: Some(InvitedUserRef { id: user_id.clone() }),
+            invited_user_message_info: Some(req.invited_user_message_info.clone().unwrap_or(InvitedUserMessageInfo {
+                message_language: None,
+                cc_recipients: Some(vec![]),
+                customized_message_body: None,
+            })),
+        };
+        st.invitations.push(json!({
+            "id": invitation.id,
+            "userId": user_id,
+            "invitedUserEmailAddress": email,
+            "sendInvitationMessage": req.send_invitation_message.unwrap_or(false),
+            "createdDateTime": stamp,
+        }));
+        let mut body = serde_json::to_value(&invitation).unwrap_or(Value::Null);
+        if let Value::Object(m) = &mut body {
+            m.insert(
+                "@odata.context".into(),
+                json!("https://graph.microsoft.com/v1.0/$metadata#invitations/$entity"),
+            );
+        }
+        Reply::json(201, body)
+    }
+
+    pub(super) fn token(
+        &self,
+        st: &mut State,
+        call: &Call,
+        ctx: &Ctx,
+        segment: &str,
+        now: Duration,
+    ) -> Reply {
+        let form: HashMap<String, String> = url::form_urlencoded::parse(&call.body)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let mut audiences = Vec::new();
+        for base in [
+            Some(self.base_url.clone()),
+            call.header("host").map(|h| format!("http://{h}")),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            audiences.push(format!("{base}/{segment}/oauth2/v2.0/token"));
+            audiences.push(format!("{base}/{}/oauth2/v2.0/token", st.tenant.tenant_id));
+        }
+        let req = TokenRequest {
+            tenant_segment: segment,
+            form: &form,
+            audiences,
+            unix_now: self.wall(now).timestamp(),
+        };
+        match auth::authenticate(&st.tenant, &req) {
+            Ok(app) => {
+                let token = format!("emu.{}", random_b64(48));
+                let lifetime = self.config.token_lifetime;
+                st.tokens.insert(
+                    token.clone(),
+                    TokenInfo {
+                        app,
+                        expires_at: now + lifetime,
+                    },
+                );
+                let body = crate::model::TokenResponse {
+                    token_type: "Bearer".into(),
+                    expires_in: lifetime.as_secs(),
+                    ext_expires_in: Some(lifetime.as_secs()),
+                    access_token: token,
+                };
+                Reply::json(200, serde_json::to_value(body).unwrap_or(Value::Null))
+            }
+            Err(refusal) => {
+                let body = refusal.body(&ctx.date);
+                Reply::json(
+                    refusal.status,
+                    serde_json::to_value(body).unwrap_or(Value::Null),
+                )
+            }
+        }
+    }
+}
+
+/// Another user (not `except`) holding `email` in mail, otherMails or proxyAddresses.
+fn owner_of(st: &State, email: &str, except: Option<usize>) -> Option<usize> {
+    let e = email.to_lowercase();
+    st.tenant.users.iter().enumerate().position(|(i, u)| {
+        Some(i) != except
+            && (u.mail.as_deref().is_some_and(|m| m.to_lowercase() == e)
+                || u.other_mails
+                    .iter()
+                    .flatten()
+                    .any(|m| m.to_lowercase() == e)
+                || u.proxy_addresses.iter().flatten().any(|p| {
+                    p.to_lowercase()
+                        .strip_prefix("smtp:")
+                        .is_some_and(|a| a == e)
+                }))
+    })
+}
+
+/// serde's message about an invitation body, in Graph's words.
+fn body_error(serde_msg: &str) -> String {
+    let quoted = || serde_msg.split('`').nth(1).unwrap_or("").to_string();
+    if serde_msg.starts_with("unknown field") {
+        format!("Invalid property '{}'.", quoted())
+    } else if serde_msg.starts_with("missing field") {
+        format!("Property '{}' is required.", quoted())
+    } else {
+        "The request body is not a valid invitation: check property names and value types.".into()
+    }
+}
+
+/// Email syntax as the invitation API checks it (GRAPH-NOTES.md): one `@`, a local part without
+/// `~!#$%^&*()+=[]{}\/|;:"<>?,`, not starting or ending with `.` or `-`, and a dotted domain.
+pub fn valid_email(s: &str) -> bool {
+    const FORBIDDEN: &str = "~!#$%^&*()+=[]{}\\/|;:\"<>?, \t";
+    let Some((local, domain)) = s.split_once('@') else {
+        return false;
+    };
+    if local.is_empty() || domain.contains('@') || local.contains(|c| FORBIDDEN.contains(c)) {
+        return false;
+    }
+    if local.starts_with(['.', '-']) || local.ends_with(['.', '-']) || local.contains("..") {
+        return false;
+    }
+    let labels: Vec<&str> = domain.split('.').collect();
+    labels.len() >= 2
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_alphanumeric() || c == '-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn email_syntax() {
+        for ok in [
+            "a@b.com",
+            "first.last@fabrikam.com",
+            "a_b-c@x.example",
+            "_x_@a.b",
+        ] {
+            assert!(valid_email(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "a",
+            "a@",
+            "@b.com",
+            "a@b",
+            ".a@b.com",
+            "a.@b.com",
+            "-a@b.com",
+            "a-@b.com",
+            "a(b@c.com",
+            "a,b@c.com",
+            "a b@c.com",
+            "a@b@c.com",
+            "a@-b.com",
+            "a#b@c.com",
+        ] {
+            assert!(!valid_email(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn serde_messages_become_graph_messages() {
+        assert_eq!(
+            body_error("unknown field `bogus`, expected one of `a`"),
+            "Invalid property 'bogus'."
+        );
+        assert_eq!(
+            body_error("missing field `inviteRedirectUrl` at line 1"),
+            "Property 'inviteRedirectUrl' is required."
+        );
+    }
+}

@@ -1,0 +1,824 @@
+//! Request dispatch: route matching, the per-request pipeline (token → throttling → faults →
+//! handler → lost response), `$batch`, bookkeeping for `/_emulator/stats` and
+//! `/_emulator/requests`, and the inspection endpoints.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rand::rngs::StdRng;
+use rand::Rng;
+use serde_json::{json, Value};
+
+use super::tenant::{Index, Tenant};
+use super::throttle::{retry_after_secs, Bucket};
+use super::EmulatorConfig;
+use crate::model::{
+    BatchRequest, BatchResponse, BatchResponseItem, ErrorBody, ErrorDetail, InnerError,
+};
+
+/// Most entries kept in the request log.
+const LOG_CAP: usize = 1_000_000;
+/// Most sub-requests in one `$batch`.
+const MAX_BATCH: usize = 20;
+
+/// Everything the server shares between connections.
+pub struct Shared {
+    pub config: EmulatorConfig,
+    pub state: Mutex<State>,
+    pub base_url: String,
+    pub wall_start: DateTime<Utc>,
+    /// Resource units per 10 s (0 = unlimited), after the tenant-size default.
+    pub ru_limit: u64,
+}
+
+pub struct TokenInfo {
+    pub app: String,
+    pub expires_at: Duration,
+}
+
+/// Mutable tenant and bookkeeping, behind one lock: handlers are short and synchronous.
+pub struct State {
+    pub tenant: Tenant,
+    pub index: Index,
+    pub tokens: HashMap<String, TokenInfo>,
+    pub buckets: HashMap<String, Bucket>,
+    pub invitations: Vec<Value>,
+    pub log: Vec<Value>,
+    pub seq: u64,
+    pub stats: BTreeMap<String, BTreeMap<String, u64>>,
+    pub throttled: u64,
+    pub faults: u64,
+    pub lost: u64,
+    pub current_second: u64,
+    pub in_current_second: u64,
+    pub peak_per_second: u64,
+    pub rng: StdRng,
+}
+
+/// One request, top-level or a `$batch` sub-request.
+#[derive(Debug, Clone, Default)]
+pub struct Call {
+    pub method: String,
+    /// Percent-decoded path, e.g. `/v1.0/users/ann@contoso.com`.
+    pub path: String,
+    pub query: Vec<(String, String)>,
+    /// Lower-cased names.
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl Call {
+    /// A query option, with or without its `$`, names case-insensitive.
+    pub fn q(&self, name: &str) -> Option<&str> {
+        let bare = name.trim_start_matches('$');
+        self.query
+            .iter()
+            .find(|(k, _)| k.trim_start_matches('$').eq_ignore_ascii_case(bare))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
+    }
+}
+
+/// An answer before it is turned into HTTP or into a `$batch` sub-response.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<Value>,
+    /// Carried out, but the connection is to be dropped without answering.
+    pub lost: bool,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: Value) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: Some(body),
+            lost: false,
+        }
+    }
+
+    pub fn empty(status: u16) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: None,
+            lost: false,
+        }
+    }
+
+    pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Reply {
+        self.headers.push((name.to_string(), value.into()));
+        self
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Per-request identifiers that also go into error bodies.
+pub struct Ctx {
+    pub request_id: String,
+    pub client_request_id: Option<String>,
+    pub date: String,
+}
+
+impl Ctx {
+    pub fn err(&self, status: u16, code: &str, message: impl Into<String>) -> Reply {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.into(),
+                message: message.into(),
+                inner_error: Some(InnerError {
+                    code: None,
+                    request_id: Some(self.request_id.clone()),
+                    client_request_id: self.client_request_id.clone(),
+                    date: Some(self.date.clone()),
+                }),
+            },
+        };
+        Reply::json(status, serde_json::to_value(body).unwrap_or(Value::Null))
+    }
+
+    pub fn not_found(&self, key: &str) -> Reply {
+        self.err(
+            404,
+            "Request_ResourceNotFound",
+            format!("Resource '{key}' does not exist or one of its queried reference-property objects are not present."),
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Route {
+    Token(String),
+    ListUsers,
+    GetUser(String),
+    PatchUser(String),
+    Members {
+        group: String,
+        transitive: bool,
+        cast: bool,
+    },
+    Domains,
+    Invite,
+    Batch,
+}
+
+/// What a request costs in the buckets.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cost {
+    pub ru: u64,
+    pub writes: u64,
+    pub invitation: bool,
+}
+
+enum NoRoute {
+    Segment(String),
+    Method,
+}
+
+fn route(method: &str, path: &str) -> Result<(Route, String), (NoRoute, String)> {
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let t = |s: &str| s.to_string();
+    let unknown = |seg: &str| {
+        (
+            NoRoute::Segment(seg.to_string()),
+            format!("{method} (unknown)"),
+        )
+    };
+    let wrong_method = |tmpl: &str| (NoRoute::Method, tmpl.replace("{m}", method));
+    match segs.as_slice() {
+        [tenant, "oauth2", "v2.0", "token"] => match method {
+            "POST" => Ok((
+                Route::Token(t(tenant)),
+                t("POST /{tenant}/oauth2/v2.0/token"),
+            )),
+            _ => Err(wrong_method("{m} /{tenant}/oauth2/v2.0/token")),
+        },
+        ["v1.0", "users"] => match method {
+            "GET" => Ok((Route::ListUsers, t("GET /v1.0/users"))),
+            _ => Err(wrong_method("{m} /v1.0/users")),
+        },
+        ["v1.0", "users", id] if !id.is_empty() => match method {
+            "GET" => Ok((Route::GetUser(t(id)), t("GET /v1.0/users/{id}"))),
+            "PATCH" => Ok((Route::PatchUser(t(id)), t("PATCH /v1.0/users/{id}"))),
+            _ => Err(wrong_method("{m} /v1.0/users/{id}")),
+        },
+        ["v1.0", "groups", id, kind, rest @ ..]
+            if (*kind == "members" || *kind == "transitiveMembers")
+                && (rest.is_empty() || rest == ["microsoft.graph.user"]) =>
+        {
+            let tmpl = format!(
+                "GET /v1.0/groups/{{id}}/{kind}{}",
+                if rest.is_empty() {
+                    ""
+                } else {
+                    "/microsoft.graph.user"
+                }
+            );
+            match method {
+                "GET" => Ok((
+                    Route::Members {
+                        group: t(id),
+                        transitive: *kind == "transitiveMembers",
+                        cast: !rest.is_empty(),
+                    },
+                    tmpl,
+                )),
+                _ => Err((NoRoute::Method, tmpl.replacen("GET", method, 1))),
+            }
+        }
+        ["v1.0", "domains"] => match method {
+            "GET" => Ok((Route::Domains, t("GET /v1.0/domains"))),
+            _ => Err(wrong_method("{m} /v1.0/domains")),
+        },
+        ["v1.0", "invitations"] => match method {
+            "POST" => Ok((Route::Invite, t("POST /v1.0/invitations"))),
+            _ => Err(wrong_method("{m} /v1.0/invitations")),
+        },
+        ["v1.0", "$batch"] => match method {
+            "POST" => Ok((Route::Batch, t("POST /v1.0/$batch"))),
+            _ => Err(wrong_method("{m} /v1.0/$batch")),
+        },
+        ["v1.0", rest @ ..] => Err(unknown(rest.last().copied().unwrap_or(""))),
+        [first, ..] => Err(unknown(first)),
+        [] => Err(unknown("")),
+    }
+}
+
+fn cost_of(route: &Route, call: &Call) -> Cost {
+    let select = call.q("select").is_some();
+    match route {
+        Route::ListUsers | Route::GetUser(_) => Cost {
+            ru: if select { 1 } else { 2 },
+            ..Cost::default()
+        },
+        Route::Members { transitive, .. } => Cost {
+            ru: if *transitive { 5 } else { 3 },
+            ..Cost::default()
+        },
+        Route::Domains => Cost {
+            ru: 1,
+            ..Cost::default()
+        },
+        Route::Invite => Cost {
+            ru: 1,
+            writes: 1,
+            invitation: true,
+        },
+        Route::PatchUser(_) => Cost {
+            ru: 1,
+            writes: 1,
+            invitation: false,
+        },
+        Route::Token(_) | Route::Batch => Cost::default(),
+    }
+}
+
+struct Throttled {
+    wait: Duration,
+    information: &'static str,
+    scope: String,
+}
+
+impl State {
+    fn check_token(&self, call: &Call, now: Duration) -> Result<String, &'static str> {
+        let auth = call.header("authorization").unwrap_or("");
+        let token = auth
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim())
+            .unwrap_or("");
+        if token.is_empty() {
+            return Err("Access token is empty.");
+        }
+        match self.tokens.get(token) {
+            None => Err("Access token validation failure. Invalid audience."),
+            Some(info) if now >= info.expires_at => {
+                Err("Lifetime validation failed, the token is expired.")
+            }
+            Some(info) => Ok(info.app.clone()),
+        }
+    }
+
+    /// Take `cost` from every bucket it touches, or none of them. On success, the highest share
+    /// of a bucket now in use.
+    fn throttle(
+        &mut self,
+        cfg: &EmulatorConfig,
+        ru_limit: u64,
+        app: &str,
+        cost: Cost,
+        now: Duration,
+    ) -> Result<f64, Throttled> {
+        let tenant = self.tenant.tenant_id.clone();
+        let scale = cfg.bucket_scale;
+        let mut wants: Vec<(String, f64, Duration, f64, &'static str, String)> = Vec::new();
+        if cost.ru > 0 && ru_limit > 0 {
+            wants.push((
+                format!("ru:{app}"),
+                ru_limit as f64 * scale,
+                Duration::from_secs(10),
+                cost.ru as f64,
+                "ResourceUnitLimitExceeded",
+                format!("Tenant_Application/ReadWrite/{tenant}/{app}"),
+            ));
+        }
+        if cost.writes > 0 && cfg.writes_per_150s > 0 {
+            wants.push((
+                format!("w:{app}"),
+                cfg.writes_per_150s as f64 * scale,
+                Duration::from_secs(150),
+                cost.writes as f64,
+                "WriteLimitExceeded",
+                format!("Tenant_Application/Write/{tenant}/{app}"),
+            ));
+            wants.push((
+                "w:tenant".into(),
+                18_000.0 * scale,
+                Duration::from_secs(300),
+                cost.writes as f64,
+                "WriteLimitExceeded",
+                format!("Tenant/Write/{tenant}"),
+            ));
+        }
+        if cost.invitation && cfg.invitations_per_5s > 0 {
+            wants.push((
+                "inv".into(),
+                cfg.invitations_per_5s as f64 * scale,
+                Duration::from_secs(5),
+                1.0,
+                "InvitationLimitExceeded",
+                format!("Tenant/Invitations/{tenant}"),
+            ));
+        }
+        let mut worst: Option<Throttled> = None;
+        for (key, cap, window, c, info, scope) in &wants {
+            let b = self
+                .buckets
+                .entry(key.clone())
+                .or_insert_with(|| Bucket::new(*cap, *window, now));
+            if let Err(wait) = b.check(*c, now) {
+                if worst.as_ref().is_none_or(|w| wait > w.wait) {
+                    worst = Some(Throttled {
+                        wait,
+                        information: info,
+                        scope: scope.clone(),
+                    });
+                }
+            }
+        }
+        if let Some(w) = worst {
+            return Err(w);
+        }
+        let mut used: f64 = 0.0;
+        for (key, _, _, c, _, _) in &wants {
+            if let Some(b) = self.buckets.get_mut(key) {
+                b.take(*c, now);
+                used = used.max(b.used_share());
+            }
+        }
+        Ok(used)
+    }
+
+    fn record(&mut self, template: &str, call: &Call, reply: &Reply, now: Duration) {
+        *self
+            .stats
+            .entry(template.to_string())
+            .or_default()
+            .entry(reply.status.to_string())
+            .or_default() += 1;
+        if reply.status == 429 {
+            self.throttled += 1;
+        }
+        let second = now.as_secs();
+        if second != self.current_second {
+            self.current_second = second;
+            self.in_current_second = 0;
+        }
+        self.in_current_second += 1;
+        self.peak_per_second = self.peak_per_second.max(self.in_current_second);
+        self.seq += 1;
+        if self.log.len() < LOG_CAP {
+            let mut entry = json!({
+                "seq": self.seq,
+                "atMs": now.as_millis() as u64,
+                "method": call.method,
+                "path": call.path,
+                "status": reply.status,
+                "clientRequestId": call.header("client-request-id"),
+            });
+            if let Some(secs) = reply
+                .header("retry-after")
+                .and_then(|v| v.parse::<f64>().ok())
+            {
+                entry["retryAfterMs"] = json!((secs * 1000.0) as u64);
+            }
+            if reply.lost {
+                entry["lost"] = json!(true);
+            }
+            self.log.push(entry);
+        }
+    }
+}
+
+impl Shared {
+    /// Wall-clock time by the emulator's clock.
+    pub fn wall(&self, now: Duration) -> DateTime<Utc> {
+        self.wall_start + chrono::Duration::from_std(now).unwrap_or_default()
+    }
+
+    pub fn date(&self, now: Duration) -> String {
+        self.wall(now).format("%Y-%m-%dT%H:%M:%S").to_string()
+    }
+
+    fn ctx(&self, call: &Call, now: Duration) -> Ctx {
+        Ctx {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            client_request_id: call.header("client-request-id").map(str::to_string),
+            date: self.date(now),
+        }
+    }
+
+    /// Answer a top-level request.
+    pub fn handle(&self, call: &Call) -> Reply {
+        if call.method == "POST" && call.path.trim_end_matches('/') == "/v1.0/$batch" {
+            return self.batch(call);
+        }
+        self.call(call, true)
+    }
+
+    /// The pipeline for one (sub-)request.
+    pub fn call(&self, call: &Call, top_level: bool) -> Reply {
+        let now = self.config.clock.now();
+        let ctx = self.ctx(call, now);
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (reply, template, ru) = self.process(&mut st, call, &ctx, now, top_level);
+        let reply = finish(reply, &ctx, ru);
+        st.record(&template, call, &reply, now);
+        reply
+    }
+
+    fn process(
+        &self,
+        st: &mut State,
+        call: &Call,
+        ctx: &Ctx,
+        now: Duration,
+        top_level: bool,
+    ) -> (Reply, String, Option<u64>) {
+        let graph = call.path.starts_with("/v1.0/") || call.path == "/v1.0";
+        let (route, template) = match route(&call.method, &call.path) {
+            Ok(r) => r,
+            Err((why, template)) => {
+                if graph {
+                    if let Err(msg) = st.check_token(call, now) {
+                        return (
+                            ctx.err(401, "InvalidAuthenticationToken", msg),
+                            template,
+                            Some(0),
+                        );
+                    }
+                }
+                let reply = match why {
+                    NoRoute::Method => ctx.err(
+                        405,
+                        "Request_BadRequest",
+                        "Specified HTTP method is not allowed for the request target.",
+                    ),
+                    NoRoute::Segment(seg) => ctx.err(
+                        400,
+                        "BadRequest",
+                        format!("Resource not found for the segment '{seg}'."),
+                    ),
+                };
+                return (reply, template, graph.then_some(0));
+            }
+        };
+        if let Route::Token(segment) = &route {
+            return (self.token(st, call, ctx, segment, now), template, None);
+        }
+        let app = match st.check_token(call, now) {
+            Ok(app) => app,
+            Err(msg) => {
+                return (
+                    ctx.err(401, "InvalidAuthenticationToken", msg),
+                    template,
+                    Some(0),
+                )
+            }
+        };
+        let cost = cost_of(&route, call);
+        let used = match st.throttle(&self.config, self.ru_limit, &app, cost, now) {
+            Ok(used) => used,
+            Err(t) => {
+                let secs = retry_after_secs(t.wait);
+                let reply = ctx
+                    .err(
+                        429,
+                        "TooManyRequests",
+                        format!("Too many requests. The request was throttled ({}); retry after {secs} seconds.", t.information),
+                    )
+                    .with_header("Retry-After", secs.to_string())
+                    .with_header("x-ms-throttle-scope", t.scope)
+                    .with_header("x-ms-throttle-information", t.information)
+                    .with_header("x-ms-throttle-limit-percentage", "1.0");
+                return (reply, template, Some(cost.ru));
+            }
+        };
+        if let Some(fault) = self.fault(st, ctx) {
+            return (fault, template, Some(cost.ru));
+        }
+        let mut reply = match &route {
+            Route::ListUsers => self.list_users(st, call, ctx),
+            Route::GetUser(key) => self.get_user(st, call, ctx, key),
+            Route::PatchUser(key) => self.patch_user(st, call, ctx, key),
+            Route::Members {
+                group,
+                transitive,
+                cast,
+            } => self.members(st, call, ctx, group, *transitive, *cast),
+            Route::Domains => self.domains(st),
+            Route::Invite => self.invite(st, call, ctx, now),
+            Route::Batch => ctx.err(
+                400,
+                "BadRequest",
+                "Nested batch requests are not supported.",
+            ),
+            Route::Token(_) => unreachable!("answered above"),
+        };
+        if used >= 0.8 {
+            reply = reply.with_header("x-ms-throttle-limit-percentage", format!("{used:.1}"));
+        }
+        let write = matches!(route, Route::Invite | Route::PatchUser(_));
+        if top_level
+            && write
+            && (200..300).contains(&reply.status)
+            && self.config.lost_response_rate > 0.0
+            && st.rng.random::<f64>() < self.config.lost_response_rate
+        {
+            reply.lost = true;
+            st.lost += 1;
+        }
+        (reply, template, Some(cost.ru))
+    }
+
+    fn fault(&self, st: &mut State, ctx: &Ctx) -> Option<Reply> {
+        if self.config.fault_rate <= 0.0 || st.rng.random::<f64>() >= self.config.fault_rate {
+            return None;
+        }
+        st.faults += 1;
+        Some(match st.rng.random_range(0..3u8) {
+            0 => ctx.err(
+                500,
+                "InternalServerError",
+                "An internal server error occurred. Please retry.",
+            ),
+            1 => {
+                let r = ctx.err(
+                    503,
+                    "ServiceUnavailable",
+                    "The service is temporarily unavailable. Please retry later.",
+                );
+                if st.rng.random_bool(0.5) {
+                    r.with_header("Retry-After", st.rng.random_range(1..=3u8).to_string())
+                } else {
+                    r
+                }
+            }
+            _ => ctx.err(
+                504,
+                "GatewayTimeout",
+                "The request timed out at the gateway. Please retry.",
+            ),
+        })
+    }
+
+    fn batch(&self, call: &Call) -> Reply {
+        let now = self.config.clock.now();
+        let ctx = self.ctx(call, now);
+        let template = "POST /v1.0/$batch";
+        let early = {
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let early = match st.check_token(call, now) {
+                Err(msg) => Some(ctx.err(401, "InvalidAuthenticationToken", msg)),
+                Ok(_) => self.fault(&mut st, &ctx),
+            };
+            early.map(|r| {
+                let r = finish(r, &ctx, Some(0));
+                st.record(template, call, &r, now);
+                r
+            })
+        };
+        if let Some(r) = early {
+            return r;
+        }
+        let reply = match serde_json::from_slice::<BatchRequest>(&call.body) {
+            Err(e) => ctx.err(400, "BadRequest", format!("Invalid batch payload: {e}.")),
+            Ok(b) if b.requests.len() > MAX_BATCH => ctx.err(
+                400,
+                "BadRequest",
+                format!(
+                    "The batch request contains {} requests; at most {MAX_BATCH} are allowed.",
+                    b.requests.len()
+                ),
+            ),
+            Ok(b) => {
+                let responses = b
+                    .requests
+                    .iter()
+                    .map(|item| {
+                        let sub = sub_call(call, item);
+                        let r = self.call(&sub, false);
+                        let headers: BTreeMap<String, String> = r
+                            .headers
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect();
+                        BatchResponseItem {
+                            id: item.id.clone(),
+                            status: r.status,
+                            headers: Some(headers),
+                            body: r.body,
+                        }
+                    })
+                    .collect();
+                Reply::json(
+                    200,
+                    serde_json::to_value(BatchResponse { responses }).unwrap_or(Value::Null),
+                )
+            }
+        };
+        let reply = finish(reply, &ctx, Some(0));
+        let now = self.config.clock.now();
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.record(template, call, &reply, now);
+        reply
+    }
+
+    /// `GET /_emulator/...`: inspection, no token, not counted.
+    pub fn inspect(&self, call: &Call) -> Reply {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let segs: Vec<&str> = call.path.trim_start_matches('/').split('/').collect();
+        if call.method != "GET" {
+            return Reply::json(
+                405,
+                json!({"error": {"code": "MethodNotAllowed", "message": "Inspection endpoints are GET only."}}),
+            );
+        }
+        match segs.as_slice() {
+            ["_emulator", "invitations"] => Reply::json(200, json!({"value": st.invitations})),
+            ["_emulator", "stats"] => Reply::json(200, st.stats_json()),
+            ["_emulator", "requests"] => Reply::json(200, json!({"value": st.log})),
+            ["_emulator", "users", id] => match st.index.user(id) {
+                Some(pos) => Reply::json(
+                    200,
+                    serde_json::to_value(&st.tenant.users[pos]).unwrap_or(Value::Null),
+                ),
+                None => Reply::json(404, json!({"error": {"code": "Request_ResourceNotFound", "message": format!("Resource '{id}' does not exist or one of its queried reference-property objects are not present.")}})),
+            },
+            _ => Reply::json(404, json!({"error": {"code": "NotFound", "message": format!("No inspection endpoint at '{}'.", call.path)}})),
+        }
+        .with_header("Content-Type", "application/json")
+    }
+}
+
+impl State {
+    pub fn stats_json(&self) -> Value {
+        json!({
+            "requests": self.stats,
+            "throttled": self.throttled,
+            "peakRequestsPerSecond": self.peak_per_second,
+            "faults": self.faults,
+            "lostResponses": self.lost,
+            "invitations": self.invitations.len(),
+        })
+    }
+}
+
+/// Standard Graph headers on every answer.
+fn finish(reply: Reply, ctx: &Ctx, ru: Option<u64>) -> Reply {
+    let mut r = reply
+        .with_header("request-id", ctx.request_id.clone())
+        .with_header("Content-Type", "application/json");
+    if let Some(c) = &ctx.client_request_id {
+        r = r.with_header("client-request-id", c.clone());
+    }
+    if let Some(ru) = ru {
+        r = r.with_header("x-ms-resource-unit", ru.to_string());
+    }
+    r
+}
+
+fn sub_call(outer: &Call, item: &crate::model::BatchRequestItem) -> Call {
+    let url = item.url.trim();
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let rel = path.trim_start_matches('/');
+    let path = if rel.starts_with("v1.0/") {
+        format!("/{rel}")
+    } else {
+        format!("/v1.0/{rel}")
+    };
+    let mut headers: HashMap<String, String> = item
+        .headers
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .collect();
+    if let Some(auth) = outer.header("authorization") {
+        headers.insert("authorization".into(), auth.to_string());
+    }
+    Call {
+        method: item.method.to_ascii_uppercase(),
+        path: percent_decode(&path),
+        query: url::form_urlencoded::parse(query.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect(),
+        headers,
+        body: item
+            .body
+            .as_ref()
+            .map(|b| serde_json::to_vec(b).unwrap_or_default())
+            .unwrap_or_default(),
+    }
+}
+
+/// Decode `%XX` escapes of a URL path.
+pub fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push(h * 16 + l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_and_templates() {
+        let (r, t) = route("GET", "/v1.0/users/abc").ok().unwrap();
+        assert_eq!(r, Route::GetUser("abc".into()));
+        assert_eq!(t, "GET /v1.0/users/{id}");
+        let (r, t) = route(
+            "GET",
+            "/v1.0/groups/g/transitiveMembers/microsoft.graph.user",
+        )
+        .ok()
+        .unwrap();
+        assert_eq!(
+            r,
+            Route::Members {
+                group: "g".into(),
+                transitive: true,
+                cast: true
+            }
+        );
+        assert_eq!(
+            t,
+            "GET /v1.0/groups/{id}/transitiveMembers/microsoft.graph.user"
+        );
+        let (_, t) = route("POST", "/tid/oauth2/v2.0/token").ok().unwrap();
+        assert_eq!(t, "POST /{tenant}/oauth2/v2.0/token");
+        assert!(route("DELETE", "/v1.0/users/x").is_err());
+        assert!(route("GET", "/v1.0/applications").is_err());
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(
+            percent_decode("/v1.0/users/a%40b.com"),
+            "/v1.0/users/a@b.com"
+        );
+        assert_eq!(percent_decode("%2"), "%2");
+        assert_eq!(percent_decode("100%"), "100%");
+    }
+}
