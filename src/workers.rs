@@ -142,7 +142,12 @@ pub async fn work(pipeline: Pipeline) -> anyhow::Result<Outcome> {
     let limit_reached = produced?;
 
     pass.pipeline.progress.finish();
-    if let Some(message) = pass.refusal.lock().unwrap_or_else(|p| p.into_inner()).take() {
+    if let Some(message) = pass
+        .refusal
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    {
         return Ok(Outcome::TenantRefused(message));
     }
     if *pass.pipeline.stop.borrow() {
@@ -318,7 +323,11 @@ fn effective_email(item: &ItemRecord) -> Option<String> {
 }
 
 /// The invitation for one item: run options, overridden per row.
-pub fn invitation_request(item: &ItemRecord, email: &str, options: &RunOptions) -> InvitationRequest {
+pub fn invitation_request(
+    item: &ItemRecord,
+    email: &str,
+    options: &RunOptions,
+) -> InvitationRequest {
     let o = &item.overrides;
     let send = o.send_invitation_message.unwrap_or(!options.silent);
     let language = o
@@ -330,8 +339,8 @@ pub fn invitation_request(item: &ItemRecord, email: &str, options: &RunOptions) 
         .clone()
         .or_else(|| options.message_body.clone());
     let cc = o.cc_recipient.clone().or_else(|| options.cc.clone());
-    let info = (language.is_some() || body.is_some() || cc.is_some()).then(|| {
-        InvitedUserMessageInfo {
+    let info =
+        (language.is_some() || body.is_some() || cc.is_some()).then(|| InvitedUserMessageInfo {
             message_language: language,
             customized_message_body: body,
             cc_recipients: cc.map(|address| {
@@ -342,8 +351,7 @@ pub fn invitation_request(item: &ItemRecord, email: &str, options: &RunOptions) 
                     },
                 }]
             }),
-        }
-    });
+        });
     InvitationRequest {
         invited_user_email_address: email.to_string(),
         invite_redirect_url: o
@@ -366,7 +374,11 @@ enum Reconciled {
 
 async fn reread(graph: &GraphClient, user_id: &str) -> Reconciled {
     match graph.get_user(user_id).await {
-        Ok(Some(u)) if u.external_user_state.as_deref().is_some_and(|s| !s.is_empty()) => {
+        Ok(Some(u))
+            if u.external_user_state
+                .as_deref()
+                .is_some_and(|s| !s.is_empty()) =>
+        {
             Reconciled::Converted
         }
         Ok(_) => Reconciled::NotConverted,
@@ -464,7 +476,9 @@ async fn convert(pass: &Pass, item: ItemRecord, email: String) -> anyhow::Result
                 p.progress.inc(1);
                 return Ok(());
             }
-            Err(GraphError::Unknown { message, meta }) => ("UnknownOutcome".to_string(), message, meta),
+            Err(GraphError::Unknown { message, meta }) => {
+                ("UnknownOutcome".to_string(), message, meta)
+            }
             Err(other) => {
                 let code = other.code().unwrap_or("Error").to_string();
                 let meta = other.meta().cloned();
@@ -606,7 +620,11 @@ mod tests {
         let req = invitation_request(&item(row), "a@f.com", &options);
         assert_eq!(req.send_invitation_message, Some(true));
         assert_eq!(req.invite_redirect_url, "https://apps.example");
-        let cc = req.invited_user_message_info.unwrap().cc_recipients.unwrap();
+        let cc = req
+            .invited_user_message_info
+            .unwrap()
+            .cc_recipients
+            .unwrap();
         assert_eq!(cc.len(), 1);
         assert_eq!(cc[0].email_address.address, "boss@f.com");
     }

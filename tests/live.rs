@@ -15,7 +15,12 @@ use common::*;
 /// The users a dry run says would convert: the expectation every live run is held to.
 async fn would_convert(emu: &Emulator, dir: &Path, csv: &Path) -> BTreeSet<String> {
     let db = dir.join("dry.db");
-    let out = run(emu, &db, &["run", "--csv", csv.to_str().unwrap(), "--dry-run"]).await;
+    let out = run(
+        emu,
+        &db,
+        &["run", "--csv", csv.to_str().unwrap(), "--dry-run"],
+    )
+    .await;
     assert!([0, 3].contains(&out.code), "{}", out.stderr);
     items(&db, out.run_id())
         .into_iter()
@@ -39,9 +44,20 @@ fn assert_exactly_once(emu: &Emulator, db: &Path, run_id: i64, expected: &BTreeS
     let invited: BTreeSet<String> = per_user.keys().cloned().collect();
     assert_eq!(count(&its, ItemState::Pending), 0);
     assert_eq!(count(&its, ItemState::InFlight), 0);
-    assert_eq!(count(&its, ItemState::Failed), 0, "{:?}", its.iter().find(|i| i.state == ItemState::Failed));
-    assert_eq!(&converted, expected, "converted = what the dry run promised");
-    assert_eq!(invited, converted, "one invitation per converted user, none missing");
+    assert_eq!(
+        count(&its, ItemState::Failed),
+        0,
+        "{:?}",
+        its.iter().find(|i| i.state == ItemState::Failed)
+    );
+    assert_eq!(
+        &converted, expected,
+        "converted = what the dry run promised"
+    );
+    assert_eq!(
+        invited, converted,
+        "one invitation per converted user, none missing"
+    );
 }
 
 fn generated(n: usize, seed: u64, dir: &Path) -> (Tenant, std::path::PathBuf) {
@@ -62,20 +78,41 @@ async fn faults_lost_answers_and_throttling_still_convert_everyone_exactly_once(
     config.seed = 3;
     let emu = start(config).await;
     let expected = would_convert(&emu, dir.path(), &csv).await;
-    assert!(expected.len() > 1_500, "the generated tenant is mostly convertible");
+    assert!(
+        expected.len() > 1_500,
+        "the generated tenant is mostly convertible"
+    );
 
     let db = dir.path().join("live.db");
     let out = run(
         &emu,
         &db,
-        &["run", "--csv", csv.to_str().unwrap(), "--yes", "--silent", "--rate", "300", "--concurrency", "16", "--max-attempts", "12"],
+        &[
+            "run",
+            "--csv",
+            csv.to_str().unwrap(),
+            "--yes",
+            "--silent",
+            "--rate",
+            "300",
+            "--concurrency",
+            "16",
+            "--max-attempts",
+            "12",
+        ],
     )
     .await;
     assert_eq!(out.code, 3, "blocked users remain: exit 3\n{}", out.stderr);
     assert_exactly_once(&emu, &db, out.run_id(), &expected);
     let stats = emu.stats();
-    assert!(stats["throttled"].as_u64().unwrap() > 0, "the run was really throttled");
-    let reconciled = items(&db, out.run_id()).iter().filter(|i| i.reconciled).count();
+    assert!(
+        stats["throttled"].as_u64().unwrap() > 0,
+        "the run was really throttled"
+    );
+    let reconciled = items(&db, out.run_id())
+        .iter()
+        .filter(|i| i.reconciled)
+        .count();
     assert!(reconciled > 0, "lost answers were reconciled, not re-sent");
     for inv in emu.invitations() {
         assert_eq!(inv["sendInvitationMessage"], false, "--silent");
@@ -98,7 +135,16 @@ async fn sigkill_at_several_points_then_resume_converts_everyone_exactly_once() 
     for (i, fraction) in [0.25, 0.5, 0.75].into_iter().enumerate() {
         let target = (expected.len() as f64 * fraction) as usize;
         let args: Vec<&str> = if i == 0 {
-            vec!["run", "--csv", csv.to_str().unwrap(), "--yes", "--rate", "100", "--concurrency", "8"]
+            vec![
+                "run",
+                "--csv",
+                csv.to_str().unwrap(),
+                "--yes",
+                "--rate",
+                "100",
+                "--concurrency",
+                "8",
+            ]
         } else {
             vec!["resume", "--yes"]
         };
@@ -112,7 +158,14 @@ async fn sigkill_at_several_points_then_resume_converts_everyone_exactly_once() 
         child.start_kill().unwrap(); // SIGKILL
         let status = child.wait().await.unwrap();
         assert!(!status.success());
-        run_id.get_or_insert_with(|| b2b_convert::queue::Queue::open(&db).unwrap().latest_run().unwrap().unwrap().id);
+        run_id.get_or_insert_with(|| {
+            b2b_convert::queue::Queue::open(&db)
+                .unwrap()
+                .latest_run()
+                .unwrap()
+                .unwrap()
+                .id
+        });
     }
     let out = run(&emu, &db, &["resume", "--yes"]).await;
     assert_eq!(out.code, 3, "{}", out.stderr);
@@ -128,13 +181,30 @@ async fn retry_after_is_honoured_by_every_request() {
     let emu = start(config).await;
     let expected = would_convert(&emu, dir.path(), &csv).await;
     let db = dir.path().join("live.db");
-    let out = run(&emu, &db, &["run", "--csv", csv.to_str().unwrap(), "--yes", "--rate", "100", "--concurrency", "4"]).await;
+    let out = run(
+        &emu,
+        &db,
+        &[
+            "run",
+            "--csv",
+            csv.to_str().unwrap(),
+            "--yes",
+            "--rate",
+            "100",
+            "--concurrency",
+            "4",
+        ],
+    )
+    .await;
     assert_eq!(out.code, 3, "{}", out.stderr);
     assert_exactly_once(&emu, &db, out.run_id(), &expected);
 
     let log = emu_requests(&emu).await;
     let throttled: Vec<_> = log.iter().filter(|r| r.status == 429).collect();
-    assert!(!throttled.is_empty(), "the bucket was small enough to throttle");
+    assert!(
+        !throttled.is_empty(),
+        "the bucket was small enough to throttle"
+    );
     // After a 429 with Retry-After r at time t, nothing new may arrive before t + r. Requests
     // already on the wire when the 429 was sent are allowed a small grace (loopback trip).
     let grace = 150;
@@ -144,7 +214,10 @@ async fn retry_after_is_honoured_by_every_request() {
             .iter()
             .filter(|r| r.at_ms > t.at_ms + grace && r.at_ms < until && r.path.contains("/v1.0/"))
             .collect();
-        assert!(early.is_empty(), "requests before Retry-After elapsed ({t:?}): {early:?}");
+        assert!(
+            early.is_empty(),
+            "requests before Retry-After elapsed ({t:?}): {early:?}"
+        );
     }
 }
 
@@ -184,15 +257,37 @@ async fn blocked_directory_stops_the_run_with_exit_4_and_no_retry_storm() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("q.db");
     let csv = repo_path("sample-data/users.csv");
-    let out = run(&emu, &db, &["run", "--csv", csv.to_str().unwrap(), "--yes", "--concurrency", "4"]).await;
+    let out = run(
+        &emu,
+        &db,
+        &[
+            "run",
+            "--csv",
+            csv.to_str().unwrap(),
+            "--yes",
+            "--concurrency",
+            "4",
+        ],
+    )
+    .await;
     assert_eq!(out.code, 4, "{}\n{}", out.stdout, out.stderr);
-    assert!(out.stderr.contains("Invitations are blocked"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("Invitations are blocked"),
+        "{}",
+        out.stderr
+    );
     let its = items(&db, out.run_id());
     assert_eq!(count(&its, ItemState::Converted), 0);
     assert_eq!(count(&its, ItemState::InFlight), 0);
-    assert!(count(&its, ItemState::Pending) > 0, "untouched users stay pending");
+    assert!(
+        count(&its, ItemState::Pending) > 0,
+        "untouched users stay pending"
+    );
     let posts = requests_to(&emu.stats(), "POST /v1.0/invitations");
-    assert!(posts <= 4, "at most one refused request per worker, not a storm: {posts}");
+    assert!(
+        posts <= 4,
+        "at most one refused request per worker, not a storm: {posts}"
+    );
     let status = run(&emu, &db, &["status", "--json"]).await;
     let v: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
     assert_eq!(v["status"], "stopped");
@@ -207,20 +302,45 @@ async fn sigint_exits_130_and_the_run_resumes_to_completion() {
     let emu = start(config).await;
     let expected = would_convert(&emu, dir.path(), &csv).await;
     let db = dir.path().join("live.db");
-    let child = command(&emu, &db, &["run", "--csv", csv.to_str().unwrap(), "--yes", "--rate", "20"])
-        .spawn()
-        .unwrap();
+    let child = command(
+        &emu,
+        &db,
+        &[
+            "run",
+            "--csv",
+            csv.to_str().unwrap(),
+            "--yes",
+            "--rate",
+            "20",
+        ],
+    )
+    .spawn()
+    .unwrap();
     let pid = child.id().unwrap();
     let mut waited = Duration::ZERO;
     while emu.invitations().len() < 10 && waited < COMMAND_TIMEOUT {
         tokio::time::sleep(Duration::from_millis(20)).await;
         waited += Duration::from_millis(20);
     }
-    let kill = std::process::Command::new("kill").args(["-INT", &pid.to_string()]).status().unwrap();
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
     assert!(kill.success());
-    let out = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output()).await.unwrap().unwrap();
-    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(emu.invitations().len() < expected.len(), "stopped before the end");
+    let out = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        emu.invitations().len() < expected.len(),
+        "stopped before the end"
+    );
     let its = b2b_convert::queue::Queue::open(&db).unwrap();
     let run = its.latest_run().unwrap().unwrap();
     assert_eq!(run.status, "interrupted");

@@ -26,8 +26,17 @@ async fn sample_dry_run_gives_the_expected_verdict_for_every_row() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("q.db");
     let csv = repo_path("sample-data/users.csv");
-    let out = run(&emu, &db, &["run", "--csv", csv.to_str().unwrap(), "--dry-run"]).await;
-    assert_eq!(out.code, 3, "blocked rows make exit 3\n{}\n{}", out.stdout, out.stderr);
+    let out = run(
+        &emu,
+        &db,
+        &["run", "--csv", csv.to_str().unwrap(), "--dry-run"],
+    )
+    .await;
+    assert_eq!(
+        out.code, 3,
+        "blocked rows make exit 3\n{}\n{}",
+        out.stdout, out.stderr
+    );
     let run_id = out.run_id();
 
     let got: BTreeMap<u64, (String, String)> = items(&db, run_id)
@@ -65,12 +74,25 @@ async fn status_json_is_stable_machine_output() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("q.db");
     let csv = repo_path("sample-data/users.csv");
-    let out = run(&emu, &db, &["run", "--csv", csv.to_str().unwrap(), "--dry-run"]).await;
+    let out = run(
+        &emu,
+        &db,
+        &["run", "--csv", csv.to_str().unwrap(), "--dry-run"],
+    )
+    .await;
     let run_id = out.run_id();
     let status = run(&emu, &db, &["status", &run_id.to_string(), "--json"]).await;
     assert_eq!(status.code, 0, "{}", status.stderr);
     let v: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
-    for key in ["runId", "mode", "source", "total", "states", "reasons", "graphRequests"] {
+    for key in [
+        "runId",
+        "mode",
+        "source",
+        "total",
+        "states",
+        "reasons",
+        "graphRequests",
+    ] {
         assert!(v.get(key).is_some(), "missing {key}");
     }
     assert_eq!(v["runId"], run_id);
@@ -105,13 +127,23 @@ async fn malformed_csv_gives_clear_errors_or_blocked_items_never_a_panic() {
             "truncated-quote.csv",
             b"id,userPrincipalName,externalEmail\n,\"broken@contoso.com,x@fabrikam.com\n",
         ),
-        ("garbage.csv", &[0xff, 0xfe, 0x00, 0x9c, b'\n', 0x01, 0x02, b',', 0xc3, 0x28, b'\n']),
+        (
+            "garbage.csv",
+            &[
+                0xff, 0xfe, 0x00, 0x9c, b'\n', 0x01, 0x02, b',', 0xc3, 0x28, b'\n',
+            ],
+        ),
     ];
     for (name, bytes) in cases {
         let path = dir.path().join(name);
         std::fs::write(&path, bytes).unwrap();
         let db = dir.path().join(format!("{name}.db"));
-        let out = run(&emu, &db, &["run", "--csv", path.to_str().unwrap(), "--dry-run"]).await;
+        let out = run(
+            &emu,
+            &db,
+            &["run", "--csv", path.to_str().unwrap(), "--dry-run"],
+        )
+        .await;
         assert!(
             [0, 1, 2, 3].contains(&out.code),
             "{name}: exit {} (a panic is 101)\n{}",
@@ -122,7 +154,11 @@ async fn malformed_csv_gives_clear_errors_or_blocked_items_never_a_panic() {
         match *name {
             "empty.csv" | "no-key.csv" => {
                 assert_ne!(out.code, 0, "{name}");
-                assert!(out.stderr.contains(name), "{name}: the error names the file: {}", out.stderr);
+                assert!(
+                    out.stderr.contains(name),
+                    "{name}: the error names the file: {}",
+                    out.stderr
+                );
             }
             "header-only.csv" => assert_eq!(out.code, 0, "{name}: {}", out.stderr),
             _ => {
@@ -150,16 +186,30 @@ async fn bad_rows_are_recorded_with_line_and_field_and_the_rest_goes_on() {
     let mut lines = sample.lines();
     let header = lines.next().unwrap();
     let good: Vec<&str> = lines.filter(|l| l.contains("fabrikam")).take(2).collect();
-    let text = format!("{header}\n{}\n{}\n,partner-x@contoso.com,not an email\n", good[0], good[1]);
+    let text = format!(
+        "{header}\n{}\n{}\n,partner-x@contoso.com,not an email\n",
+        good[0], good[1]
+    );
     std::fs::write(&csv, text).unwrap();
     let db = dir.path().join("q.db");
-    let out = run(&emu, &db, &["run", "--csv", csv.to_str().unwrap(), "--dry-run"]).await;
+    let out = run(
+        &emu,
+        &db,
+        &["run", "--csv", csv.to_str().unwrap(), "--dry-run"],
+    )
+    .await;
     let its = items(&db, out.run_id());
-    let bad = its.iter().find(|i| i.line == Some(4)).expect("bad row kept");
+    let bad = its
+        .iter()
+        .find(|i| i.line == Some(4))
+        .expect("bad row kept");
     assert_eq!(bad.state, ItemState::Blocked);
     assert_eq!(bad.reason.map(|r| r.as_str()), Some("bad_input"));
     let detail = bad.detail.as_deref().unwrap_or_default();
-    assert!(detail.contains("line 4") && detail.contains("externalEmail"), "{detail}");
+    assert!(
+        detail.contains("line 4") && detail.contains("externalEmail"),
+        "{detail}"
+    );
     assert_eq!(its.len(), 3);
 }
 
@@ -168,7 +218,12 @@ async fn usage_errors_exit_2_and_live_runs_need_consent() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("q.db");
     assert_eq!(run_plain(&db, &["run"]).await.code, 2);
-    assert_eq!(run_plain(&db, &["run", "--csv", "a.csv", "--filter", "x"]).await.code, 2);
+    assert_eq!(
+        run_plain(&db, &["run", "--csv", "a.csv", "--filter", "x"])
+            .await
+            .code,
+        2
+    );
     let emu = start_sample().await;
     let csv = repo_path("sample-data/users.csv");
     // Live, no terminal, no --yes: refuses before anything is read or sent.
@@ -180,7 +235,14 @@ async fn usage_errors_exit_2_and_live_runs_need_consent() {
     let out = run(
         &emu,
         &db,
-        &["run", "--csv", csv.to_str().unwrap(), "--dry-run", "--graph-url", "http://example.com"],
+        &[
+            "run",
+            "--csv",
+            csv.to_str().unwrap(),
+            "--dry-run",
+            "--graph-url",
+            "http://example.com",
+        ],
     )
     .await;
     assert_eq!(out.code, 1, "{}", out.stderr);

@@ -2,7 +2,7 @@
 //! with Ctrl-C handling, and turning the result into the exit code.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -88,7 +88,9 @@ pub fn apply_exec(options: &mut RunOptions, exec: &ExecArgs) -> anyhow::Result<(
 
 pub fn check_options(options: &RunOptions) -> anyhow::Result<()> {
     if !(options.rate.is_finite() && options.rate > 0.0) {
-        return Err(ExitError::usage("--rate must be a positive number of requests per second").into());
+        return Err(
+            ExitError::usage("--rate must be a positive number of requests per second").into(),
+        );
     }
     if options.concurrency == 0 || options.concurrency > 256 {
         return Err(ExitError::usage("--concurrency must be between 1 and 256").into());
@@ -167,7 +169,9 @@ pub async fn execute(
         Ok(o) => o,
         Err(e) => {
             queue.set_run_status(run_id, "interrupted")?;
-            return Err(e.context(format!("run {run_id} stopped; `b2b-convert resume {run_id}` continues it")));
+            return Err(e.context(format!(
+                "run {run_id} stopped; `b2b-convert resume {run_id}` continues it"
+            )));
         }
     };
     let (status, exit) = match &outcome {
@@ -185,14 +189,20 @@ pub async fn execute(
     queue.set_run_status(run_id, status)?;
     super::status::print_table(&queue, run_id)?;
     match &outcome {
-        Outcome::Completed { limit_reached: true } => {
+        Outcome::Completed {
+            limit_reached: true,
+        } => {
             let left = queue.counts(run_id)?.state(ItemState::Pending);
             println!("--limit reached: {left} users left pending; `b2b-convert resume {run_id} --limit N` continues");
         }
-        Outcome::Interrupted => println!("interrupted: `b2b-convert resume {run_id}` continues the run"),
+        Outcome::Interrupted => {
+            println!("interrupted: `b2b-convert resume {run_id}` continues the run")
+        }
         Outcome::TenantRefused(message) => {
             eprintln!("error: the tenant refused to go on: {message}");
-            println!("stopped: nothing more was sent; fix the cause, then `b2b-convert resume {run_id}`");
+            println!(
+                "stopped: nothing more was sent; fix the cause, then `b2b-convert resume {run_id}`"
+            );
         }
         Outcome::Completed { .. } => {}
     }
@@ -207,12 +217,12 @@ pub async fn execute(
 /// The run named, or the latest one.
 pub fn pick_run(queue: &Queue, id: Option<i64>) -> anyhow::Result<RunRecord> {
     match id {
-        Some(id) => queue
-            .run(id)?
-            .ok_or_else(|| ExitError::usage(format!("no run {id} in {}", queue.path().display())).into()),
-        None => queue
-            .latest_run()?
-            .ok_or_else(|| ExitError::usage(format!("no runs in {}", queue.path().display())).into()),
+        Some(id) => queue.run(id)?.ok_or_else(|| {
+            ExitError::usage(format!("no run {id} in {}", queue.path().display())).into()
+        }),
+        None => queue.latest_run()?.ok_or_else(|| {
+            ExitError::usage(format!("no runs in {}", queue.path().display())).into()
+        }),
     }
 }
 
@@ -229,18 +239,26 @@ pub fn endpoints_for(exec: &ExecArgs, run: &RunRecord) -> Endpoints {
 }
 
 /// `resume` and `retry`: reconnect and go on with the stored run.
-pub async fn continue_run(db: &Path, mut run: RunRecord, exec: &ExecArgs) -> anyhow::Result<ExitStatus> {
+pub async fn continue_run(
+    db: &Path,
+    mut run: RunRecord,
+    exec: &ExecArgs,
+) -> anyhow::Result<ExitStatus> {
     let queue = Arc::new(Queue::open_existing(db)?);
     apply_exec(&mut run.options, exec)?;
     queue.update_run_options(run.id, &run.options)?;
     require_consent_possible(run.mode, exec.yes)?;
     let credentials = Credentials::from_env()?;
-    let graph = connect(&endpoints_for(exec, &run), credentials, &run.options, run.mode)?.with_observer(Arc::new(
-        RequestLog {
-            queue: queue.clone(),
-            run_id: run.id,
-        },
-    ));
+    let graph = connect(
+        &endpoints_for(exec, &run),
+        credentials,
+        &run.options,
+        run.mode,
+    )?
+    .with_observer(Arc::new(RequestLog {
+        queue: queue.clone(),
+        run_id: run.id,
+    }));
     graph.authenticate().await?;
     if !run.ingest_complete {
         crate::source::ingest::ingest(&queue, &run, &graph, None).await?;

@@ -34,14 +34,28 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitStatus> {
     config.invitations_per_5s = 25;
     config.seed = 7;
     let emu = emulator::start(config, "127.0.0.1:0".parse()?).await?;
-    println!("emulator: sample tenant {} at {}", emu.tenant_id(), emu.base_url());
+    println!(
+        "emulator: sample tenant {} at {}",
+        emu.tenant_id(),
+        emu.base_url()
+    );
 
     let env: std::collections::HashMap<String, String> = emu.client_env().into_iter().collect();
     let credentials = || -> anyhow::Result<Credentials> {
         Ok(Credentials::ClientSecret {
-            tenant_id: env.get("AZURE_TENANT_ID").context("emulator gave no tenant")?.clone(),
-            client_id: env.get("AZURE_CLIENT_ID").context("emulator gave no app")?.clone(),
-            secret: Secret::new(env.get("AZURE_CLIENT_SECRET").context("emulator gave no secret")?.clone()),
+            tenant_id: env
+                .get("AZURE_TENANT_ID")
+                .context("emulator gave no tenant")?
+                .clone(),
+            client_id: env
+                .get("AZURE_CLIENT_ID")
+                .context("emulator gave no app")?
+                .clone(),
+            secret: Secret::new(
+                env.get("AZURE_CLIENT_SECRET")
+                    .context("emulator gave no secret")?
+                    .clone(),
+            ),
         })
     };
     let new_run = |mode: RunMode, report: &Path| NewRun {
@@ -75,9 +89,19 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitStatus> {
     println!(
         "\nthe emulator accepted {invitations} invitations (one per converted user, none twice)"
     );
-    println!("dry-run report (for the change board): {}", dry_report.display());
-    println!("live-run report (for the service desk): {}", live_report.display());
-    println!("queue: {} (try `b2b-convert --db {} runs`)", db.display(), db.display());
+    println!(
+        "dry-run report (for the change board): {}",
+        dry_report.display()
+    );
+    println!(
+        "live-run report (for the service desk): {}",
+        live_report.display()
+    );
+    println!(
+        "queue: {} (try `b2b-convert --db {} runs`)",
+        db.display(),
+        db.display()
+    );
     emu.shutdown().await;
     // Blocked users are the point of the sample tenant; the demo itself succeeded.
     Ok(ExitStatus::Success)

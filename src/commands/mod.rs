@@ -13,7 +13,7 @@ mod runs;
 mod status;
 
 use crate::cli::{Cli, Command};
-use crate::exit::{ExitError, ExitStatus};
+use crate::exit::ExitStatus;
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
     match cli.command {
@@ -27,9 +27,4 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Demo(args) => demo::demo(args).await,
         Command::Bench(args) => bench::bench(args).await,
     }
-}
-
-/// Answer of a command that a later issue fills in.
-fn not_implemented(command: &str) -> anyhow::Result<ExitStatus> {
-    Err(ExitError::usage(format!("`{command}` is not implemented yet")).into())
 }

@@ -17,7 +17,12 @@ pub fn report(db: &Path, args: ReportArgs) -> anyhow::Result<ExitStatus> {
 }
 
 /// Renders the run and writes it to `path` (format from the extension unless given).
-pub fn write(queue: &Queue, run_id: i64, path: &Path, format: Option<ReportFormat>) -> anyhow::Result<()> {
+pub fn write(
+    queue: &Queue,
+    run_id: i64,
+    path: &Path,
+    format: Option<ReportFormat>,
+) -> anyhow::Result<()> {
     let format = format.or_else(|| report::format_from_path(path)).ok_or_else(|| {
         ExitError::usage(format!(
             "{}: cannot tell the report format from the extension; use .md, .html, .csv or .json, or --format",

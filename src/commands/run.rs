@@ -77,7 +77,11 @@ fn from_args(args: RunArgs) -> anyhow::Result<NewRun> {
     common::check_options(&options)?;
     Ok(NewRun {
         source,
-        mode: if args.dry_run { RunMode::DryRun } else { RunMode::Live },
+        mode: if args.dry_run {
+            RunMode::DryRun
+        } else {
+            RunMode::Live
+        },
         options,
         endpoints: Endpoints {
             graph_url: args.exec.endpoints.graph_url(),
@@ -149,10 +153,14 @@ pub async fn start(db: &Path, new: NewRun, credentials: Credentials) -> anyhow::
 fn query_error(e: anyhow::Error) -> anyhow::Error {
     match e.downcast_ref::<crate::graph::GraphError>() {
         Some(crate::graph::GraphError::Api {
-            status, code, message, ..
-        }) if (400..500).contains(status) => {
-            ExitError::usage(format!("Graph refused the query ({status} {code}): {message}")).into()
-        }
+            status,
+            code,
+            message,
+            ..
+        }) if (400..500).contains(status) => ExitError::usage(format!(
+            "Graph refused the query ({status} {code}): {message}"
+        ))
+        .into(),
         _ => e,
     }
 }

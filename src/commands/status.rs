@@ -14,7 +14,10 @@ pub fn status(db: &Path, args: StatusArgs) -> anyhow::Result<ExitStatus> {
     let queue = Queue::open_existing(db)?;
     let run = common::pick_run(&queue, args.run_id)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&status_json(&queue, run.id)?)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status_json(&queue, run.id)?)?
+        );
     } else {
         print_table(&queue, run.id)?;
     }

@@ -116,7 +116,10 @@ async fn ingest_listing(
             (None, Some(LISTING_DONE)) => break,
             (None, link) => fetch_page(graph, &run.source, link).await?,
         };
-        let next = page.next_link.clone().unwrap_or_else(|| LISTING_DONE.to_string());
+        let next = page
+            .next_link
+            .clone()
+            .unwrap_or_else(|| LISTING_DONE.to_string());
         let items: Vec<NewItem> = page.value.into_iter().map(listed_user).collect();
         progress.inc(items.len() as u64);
         summary.add(queue.insert_items(run.id, &items, Some(&next))?);
@@ -134,7 +137,9 @@ pub async fn fetch_page(
 ) -> anyhow::Result<Page<User>> {
     let page = match source {
         SourceSpec::Filter { filter } => graph.list_users_page(filter, link).await,
-        SourceSpec::Group { id, transitive } => graph.group_members_page(id, *transitive, link).await,
+        SourceSpec::Group { id, transitive } => {
+            graph.group_members_page(id, *transitive, link).await
+        }
         SourceSpec::Csv { .. } => unreachable!("CSV sources are not listed"),
     };
     Ok(page?)

@@ -57,7 +57,12 @@ impl Ran {
         self.stdout
             .lines()
             .find_map(|l| l.strip_prefix("run-id: "))
-            .unwrap_or_else(|| panic!("no run-id line in stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no run-id line in stdout:\n{}\nstderr:\n{}",
+                    self.stdout, self.stderr
+                )
+            })
             .trim()
             .parse()
             .unwrap()
@@ -91,7 +96,10 @@ pub async fn run_plain(db: &Path, args: &[&str]) -> Ran {
         .args(args)
         .stdin(Stdio::null())
         .output();
-    ran(tokio::time::timeout(COMMAND_TIMEOUT, out).await.unwrap().unwrap())
+    ran(tokio::time::timeout(COMMAND_TIMEOUT, out)
+        .await
+        .unwrap()
+        .unwrap())
 }
 
 pub fn items(db: &Path, run_id: i64) -> Vec<ItemRecord> {
