@@ -181,14 +181,12 @@ async fn bad_rows_are_recorded_with_line_and_field_and_the_rest_goes_on() {
     let emu = start_sample().await;
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("mixed.csv");
-    let sample = std::fs::read_to_string(repo_path("sample-data/users.csv")).unwrap();
-    // The sample's header and first good rows, then a bad email on line 4 (of this file).
-    let mut lines = sample.lines();
-    let header = lines.next().unwrap();
-    let good: Vec<&str> = lines.filter(|l| l.contains("fabrikam")).take(2).collect();
+    let tenant = b2b_convert::emulator::Tenant::sample();
+    let (u1, u2) = (&tenant.users[0], &tenant.users[1]);
+    // Two good rows, then a bad email on line 4.
     let text = format!(
-        "{header}\n{}\n{}\n,partner-x@contoso.com,not an email\n",
-        good[0], good[1]
+        "id,userPrincipalName,externalEmail\n{},,\n{},,\n,partner-x@contoso.com,not an email\n",
+        u1.id, u2.id
     );
     std::fs::write(&csv, text).unwrap();
     let db = dir.path().join("q.db");
