@@ -84,16 +84,16 @@ impl Pass {
 /// Runs the queue of `pipeline.run` until nothing pending is left, Ctrl-C, or a tenant refusal.
 pub async fn work(pipeline: Pipeline) -> anyhow::Result<Outcome> {
     let run_id = pipeline.run.id;
-    let domains = match pipeline.graph.verified_domains().await {
-        Ok(d) => d,
-        Err(e) => return refusal_or_error(e, "reading the tenant's verified domains"),
+    let facts = match tenant_facts(&pipeline.graph).await {
+        Ok(f) => Arc::new(f),
+        Err(e) => return refusal_or_error(e, "reading the tenant's domains and addresses"),
     };
-    let verified = domains
-        .iter()
-        .filter(|d| d.is_verified)
-        .map(|d| d.id.to_ascii_lowercase())
-        .collect();
-    tracing::info!(run_id, domains = domains.len(), "tenant facts read");
+    tracing::info!(
+        run_id,
+        verified_domains = facts.verified_domains.len(),
+        addresses = facts.address_owners.len(),
+        "tenant facts read"
+    );
 
     let counts = pipeline.queue.counts(run_id)?;
     let done = counts.total - counts.state(ItemState::Pending) - counts.state(ItemState::InFlight);
@@ -135,7 +135,7 @@ pub async fn work(pipeline: Pipeline) -> anyhow::Result<Outcome> {
         }
     }
 
-    let produced = produce(&pass, verified, tx).await;
+    let produced = produce(&pass, &facts, tx).await;
     while let Some(joined) = workers.join_next().await {
         joined.context("an invite worker panicked")??;
     }
@@ -175,7 +175,7 @@ fn refusal_or_error(e: GraphError, doing: &str) -> anyhow::Result<Outcome> {
 /// Returns whether `--limit` stopped it.
 async fn produce(
     pass: &Arc<Pass>,
-    verified_domains: std::collections::HashSet<String>,
+    facts: &TenantFacts,
     tx: mpsc::Sender<(ItemRecord, String)>,
 ) -> anyhow::Result<bool> {
     let p = &pass.pipeline;
@@ -190,7 +190,7 @@ async fn produce(
             return Ok(false);
         };
         after = last.id;
-        let verdicts = match prepare(pass, items, &verified_domains).await {
+        let verdicts = match prepare(pass, items, facts).await {
             Ok(v) => v,
             Err(GraphError::TenantRefused { message, .. }) => {
                 pass.refuse(message);
@@ -242,11 +242,38 @@ async fn produce(
     }
 }
 
+/// Reads what validation needs to know about the tenant once per pass: verified domains and
+/// who holds which address in `mail` or `otherMails`. Listing every user's addresses costs one
+/// request per 999 users, far less than asking about each checked address.
+async fn tenant_facts(graph: &GraphClient) -> Result<TenantFacts, GraphError> {
+    let mut facts = TenantFacts {
+        verified_domains: graph
+            .verified_domains()
+            .await?
+            .iter()
+            .filter(|d| d.is_verified)
+            .map(|d| d.id.to_ascii_lowercase())
+            .collect(),
+        ..Default::default()
+    };
+    let mut next: Option<String> = None;
+    loop {
+        let page = graph.list_user_addresses_page(next.as_deref()).await?;
+        for user in &page.value {
+            facts.add_owner(user);
+        }
+        match page.next_link {
+            Some(link) => next = Some(link),
+            None => return Ok(facts),
+        }
+    }
+}
+
 /// Looks up the chunk's users that have no snapshot yet, then validates every item.
 async fn prepare(
     pass: &Pass,
     items: Vec<ItemRecord>,
-    verified_domains: &std::collections::HashSet<String>,
+    facts: &TenantFacts,
 ) -> Result<Vec<(ItemRecord, Verdict)>, GraphError> {
     let p = &pass.pipeline;
     let mut ids = Vec::new();
@@ -290,36 +317,14 @@ async fn prepare(
         ready.push(item);
     }
 
-    let addresses: Vec<String> = ready
-        .iter()
-        .filter_map(|i| effective_email(i))
-        .filter(|a| crate::validate::email_syntax_error(a).is_none())
-        .collect();
-    let mut facts = TenantFacts {
-        verified_domains: verified_domains.clone(),
-        ..Default::default()
-    };
-    if !addresses.is_empty() {
-        for holder in p.graph.users_with_addresses(&addresses).await? {
-            facts.add_owner(&holder);
-        }
-    }
     Ok(ready
         .into_iter()
         .filter_map(|item| {
             let user = item.snapshot.as_ref()?;
-            let verdict = validate(user, item.external_email.as_deref(), &facts);
+            let verdict = validate(user, item.external_email.as_deref(), facts);
             Some((item, verdict))
         })
         .collect())
-}
-
-fn effective_email(item: &ItemRecord) -> Option<String> {
-    item.external_email
-        .clone()
-        .or_else(|| item.snapshot.as_ref().and_then(|u| u.mail.clone()))
-        .map(|a| a.trim().to_string())
-        .filter(|a| !a.is_empty())
 }
 
 /// The invitation for one item: run options, overridden per row.

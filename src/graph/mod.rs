@@ -15,7 +15,7 @@ pub mod retry;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -261,27 +261,18 @@ impl GraphClient {
         self.batch_users(urls).await
     }
 
-    /// Users whose `mail` is one of `addrs` or whose `otherMails` contains one (for the
-    /// mail_conflict check). Each user appears once.
-    pub async fn users_with_addresses(&self, addrs: &[String]) -> Result<Vec<User>, GraphError> {
-        const SELECT: &str = "id,mail,otherMails";
-        let mut urls = Vec::new();
-        for chunk in addrs.chunks(VALUES_PER_FILTER) {
-            let list = odata_list(chunk);
-            urls.push(self.batch_url(&["users"], &format!("mail in ({list})"), SELECT));
-            urls.push(self.batch_url(
-                &["users"],
-                &format!("otherMails/any(x:x in ({list}))"),
-                SELECT,
-            ));
-        }
-        let mut seen = HashSet::new();
-        Ok(self
-            .batch_users(urls)
-            .await?
-            .into_iter()
-            .filter(|u| seen.insert(u.id.clone()))
-            .collect())
+    /// One page of every user's addresses (`id,mail,otherMails`, 999 a page): the tenant-wide
+    /// index the `mail_conflict` check reads, built with one request per 999 users instead of
+    /// one per 15 checked addresses.
+    pub async fn list_user_addresses_page(
+        &self,
+        next_link: Option<&str>,
+    ) -> Result<Page<User>, GraphError> {
+        let url = match next_link {
+            Some(link) => self.next_link_url(link, false)?,
+            None => self.api_url(&["users"], &[("$select", "id,mail,otherMails"), ("$top", "999")]),
+        };
+        self.get_json(url, false).await
     }
 
     /// One page of `GET /v1.0/users?$filter=…`. Pass the previous page's `next_link` to go on.

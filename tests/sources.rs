@@ -1,0 +1,259 @@
+//! Graph-query sources, request economy and sign-in, against the emulator over loopback.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use b2b_convert::emulator::{Emulator, EmulatorConfig, Tenant};
+use b2b_convert::item::ItemState;
+use b2b_convert::queue::Queue;
+use common::*;
+
+/// Asks the emulator itself which users match `filter`: the expectation for a `--filter` run.
+async fn emulator_evaluation(emu: &Emulator, filter: &str) -> BTreeSet<String> {
+    let env: BTreeMap<String, String> = emu.client_env().into_iter().collect();
+    let http = reqwest::Client::new();
+    let token: serde_json::Value = http
+        .post(format!("{}/{}/oauth2/v2.0/token", emu.base_url(), env["AZURE_TENANT_ID"]))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", env["AZURE_CLIENT_ID"].as_str()),
+            ("client_secret", env["AZURE_CLIENT_SECRET"].as_str()),
+            ("scope", "https://graph.microsoft.com/.default"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bearer = token["access_token"].as_str().unwrap().to_string();
+    let mut url = reqwest::Url::parse_with_params(
+        &format!("{}/v1.0/users", emu.base_url()),
+        &[("$filter", filter), ("$select", "id"), ("$top", "500")],
+    )
+    .unwrap()
+    .to_string();
+    let mut ids = BTreeSet::new();
+    for _ in 0..1_000 {
+        let page: serde_json::Value =
+            http.get(&url).bearer_auth(&bearer).send().await.unwrap().json().await.unwrap();
+        for u in page["value"].as_array().unwrap() {
+            assert!(ids.insert(u["id"].as_str().unwrap().to_string()));
+        }
+        match page["@odata.nextLink"].as_str() {
+            Some(next) => url = next.to_string(),
+            None => return ids,
+        }
+    }
+    panic!("paging did not end");
+}
+
+fn queued_ids(db: &Path, run_id: i64) -> Vec<String> {
+    items(db, run_id).into_iter().map(|i| i.user_id.unwrap()).collect()
+}
+
+fn once_each(ids: &[String]) -> BTreeSet<String> {
+    let set: BTreeSet<String> = ids.iter().cloned().collect();
+    assert_eq!(set.len(), ids.len(), "a user was queued twice");
+    set
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filter_run_queues_exactly_the_matching_users_even_across_a_crash_mid_listing() {
+    let mut config = EmulatorConfig::new(Tenant::generate(5_000, 21));
+    // Slow answers keep the six-page listing open long enough to kill it in the middle.
+    config.latency = Duration::from_millis(150);
+    config.ru_per_10s = Some(0);
+    let emu = start(config).await;
+    let filter = "userType eq 'Guest' and accountEnabled eq true";
+    let expected = emulator_evaluation(&emu, filter).await;
+    assert!(expected.len() > 999, "the listing spans several pages");
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    let mut child = command(&emu, &db, &["run", "--filter", filter, "--dry-run", "--rate", "500"])
+        .spawn()
+        .unwrap();
+    // Kill once some pages are stored but the listing is not complete (bounded wait).
+    let mut killed_mid_listing = false;
+    for _ in 0..2_000 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if !db.exists() {
+            continue;
+        }
+        let Ok(q) = Queue::open(&db) else { continue };
+        let Ok(Some(run)) = q.latest_run() else { continue };
+        let stored = q.counts(run.id).map(|c| c.total).unwrap_or(0);
+        if run.ingest_complete {
+            break;
+        }
+        if stored > 0 {
+            child.start_kill().unwrap();
+            killed_mid_listing = true;
+            break;
+        }
+    }
+    child.wait().await.unwrap();
+    assert!(killed_mid_listing, "the listing was interrupted part-way");
+    let run_id = Queue::open(&db).unwrap().latest_run().unwrap().unwrap().id;
+    let partial = queued_ids(&db, run_id).len();
+    assert!(partial > 0 && partial < expected.len(), "stopped mid-listing: {partial}");
+
+    let out = run(&emu, &db, &["resume", "--rate", "500"]).await;
+    assert!([0, 3].contains(&out.code), "{}", out.stderr);
+    let got = once_each(&queued_ids(&db, run_id));
+    assert_eq!(got, expected, "exactly the users the tenant says match");
+    let its = items(&db, run_id);
+    assert_eq!(count(&its, ItemState::Pending), 0);
+    assert!(count(&its, ItemState::WouldConvert) > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_filter_is_a_usage_error_before_anything_is_queued() {
+    let emu = start_sample().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    let out = run(&emu, &db, &["run", "--filter", "favouriteColour eq 'blue'", "--dry-run"]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("Graph refused the query"), "{}", out.stderr);
+    assert!(!out.stdout.contains("run-id"), "no run was created");
+    // Advanced queries get ConsistencyLevel + $count and work.
+    let out = run(&emu, &db, &["run", "--filter", "endsWith(mail,'@fabrikam.com')", "--dry-run"]).await;
+    assert!([0, 3].contains(&out.code), "{}", out.stderr);
+    assert!(!items(&db, out.run_id()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_transitive_reaches_nested_members_once_each() {
+    let tenant = Tenant::sample();
+    let groups: BTreeMap<String, Vec<String>> = tenant
+        .groups
+        .iter()
+        .map(|g| (g.id.clone(), g.members.clone()))
+        .collect();
+    let users: BTreeSet<String> = tenant.users.iter().map(|u| u.id.clone()).collect();
+    // The group with a nested group inside.
+    let (top, _) = groups
+        .iter()
+        .find(|(_, m)| m.iter().any(|id| groups.contains_key(id)))
+        .expect("the sample tenant nests a group");
+    let mut expected = BTreeSet::new();
+    let mut direct = BTreeSet::new();
+    let mut todo = vec![(top.clone(), true)];
+    let mut seen = BTreeSet::new();
+    while let Some((g, is_top)) = todo.pop() {
+        if !seen.insert(g.clone()) {
+            continue;
+        }
+        for m in &groups[&g] {
+            if groups.contains_key(m) {
+                todo.push((m.clone(), false));
+            } else if users.contains(m) {
+                expected.insert(m.clone());
+                if is_top {
+                    direct.insert(m.clone());
+                }
+            }
+        }
+    }
+    assert!(expected.len() > direct.len(), "nesting adds members");
+
+    let emu = start(EmulatorConfig::new(tenant)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    let out = run(&emu, &db, &["run", "--group", top, "--transitive", "--dry-run"]).await;
+    assert!([0, 3].contains(&out.code), "{}", out.stderr);
+    assert_eq!(once_each(&queued_ids(&db, out.run_id())), expected);
+    let out = run(&emu, &db, &["run", "--group", top, "--dry-run"]).await;
+    assert_eq!(once_each(&queued_ids(&db, out.run_id())), direct);
+}
+
+/// Graph requests per converted user, counted the way Graph counts them: every `$batch`
+/// sub-request is a request (the outer `$batch` POST is not counted again), token requests are
+/// not Graph requests.
+fn requests_per_converted(emu: &Emulator, converted: usize) -> f64 {
+    let stats = emu.stats();
+    let total: u64 = stats["requests"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.contains(" /v1.0/") && k.as_str() != "POST /v1.0/$batch")
+        .map(|(k, _)| requests_to(&stats, k))
+        .sum();
+    total as f64 / converted as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_economy_meets_the_targets_for_query_and_csv_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    // --filter: the listing already carries every property validation needs.
+    let emu = start(EmulatorConfig::new(Tenant::generate(1_500, 4))).await;
+    let db = dir.path().join("filter.db");
+    let out = run(&emu, &db, &["run", "--filter", "accountEnabled eq true", "--yes", "--rate", "400", "--concurrency", "16"]).await;
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    let converted = count(&items(&db, out.run_id()), ItemState::Converted);
+    assert!(converted > 1_000);
+    let per_user = requests_per_converted(&emu, converted);
+    assert!(per_user <= 1.02, "--filter: {per_user:.3} requests per converted user");
+    emu.shutdown().await;
+
+    // --csv: users looked up 15 at a time, in $batch requests.
+    let tenant = Tenant::generate(1_500, 4);
+    let csv = dir.path().join("users.csv");
+    tenant.write_csv(&csv).unwrap();
+    let emu = start(EmulatorConfig::new(tenant)).await;
+    let db = dir.path().join("csv.db");
+    let out = run(&emu, &db, &["run", "--csv", csv.to_str().unwrap(), "--yes", "--rate", "400", "--concurrency", "16"]).await;
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    let converted = count(&items(&db, out.run_id()), ItemState::Converted);
+    let per_user = requests_per_converted(&emu, converted);
+    assert!(per_user <= 1.15, "--csv: {per_user:.3} requests per converted user");
+    let status = run(&emu, &db, &["status", "--json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert!(v["graphRequestsPerUser"].as_f64().unwrap() <= 1.15);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_sign_in_works_and_a_wrong_key_is_refused() {
+    let emu = start_sample().await;
+    let dir = tempfile::tempdir().unwrap();
+    let csv = repo_path("sample-data/users.csv");
+    for (cert, ok) in [("tests/fixtures/app-cert-with-key.pem", true), ("tests/fixtures/wrong-cert-with-key.pem", false)] {
+        let db = dir.path().join(format!("{ok}.db"));
+        let mut cmd = command(&emu, &db, &["run", "--csv", csv.to_str().unwrap(), "--dry-run"]);
+        cmd.env_remove("AZURE_CLIENT_SECRET")
+            .env("AZURE_CLIENT_CERTIFICATE_PATH", repo_path(cert));
+        let out = tokio::time::timeout(COMMAND_TIMEOUT, cmd.output()).await.unwrap().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if ok {
+            assert_eq!(out.status.code(), Some(3), "{stderr}");
+        } else {
+            assert_eq!(out.status.code(), Some(1), "{stderr}");
+            assert!(stderr.contains("AADSTS"), "a clear sign-in error: {stderr}");
+            assert!(!db.exists() || Queue::open(&db).unwrap().latest_run().unwrap().is_none());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_expiring_mid_run_cause_no_failed_item() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenant = Tenant::generate(300, 13);
+    let csv = dir.path().join("users.csv");
+    tenant.write_csv(&csv).unwrap();
+    let mut config = EmulatorConfig::new(tenant);
+    config.token_lifetime = Duration::from_secs(2);
+    let emu = start(config).await;
+    let db = dir.path().join("q.db");
+    let out = run(&emu, &db, &["run", "--csv", csv.to_str().unwrap(), "--yes", "--rate", "60"]).await;
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    let its = items(&db, out.run_id());
+    assert_eq!(count(&its, ItemState::Failed), 0);
+    assert_eq!(count(&its, ItemState::Pending), 0);
+    let tokens = requests_to(&emu.stats(), "POST /{tenant}/oauth2/v2.0/token");
+    assert!(tokens >= 2, "the token was renewed during the run ({tokens} token requests)");
+    assert_eq!(invitations_per_user(&emu).len(), count(&its, ItemState::Converted));
+}
