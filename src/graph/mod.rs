@@ -270,7 +270,10 @@ impl GraphClient {
     ) -> Result<Page<User>, GraphError> {
         let url = match next_link {
             Some(link) => self.next_link_url(link, false)?,
-            None => self.api_url(&["users"], &[("$select", "id,mail,otherMails"), ("$top", "999")]),
+            None => self.api_url(
+                &["users"],
+                &[("$select", "id,mail,otherMails"), ("$top", "999")],
+            ),
         };
         self.get_json(url, false).await
     }
