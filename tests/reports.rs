@@ -1,0 +1,682 @@
+//! Reports of real runs, written by the real binary: the sample tenant's dry run in every
+//! format, a live run with hostile display names and failed invitations, a report written from
+//! a copied database with no tenant in reach, and `demo`. Every count is checked against the
+//! database the run wrote, every documented JSON key against docs/report-json.md.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use b2b_convert::emulator::{EmulatorConfig, Tenant};
+use b2b_convert::item::{ItemRecord, ItemState, RunCounts};
+use b2b_convert::queue::Queue;
+use common::*;
+use serde_json::Value;
+
+const XSS_NAME: &str = "<script>alert(1)</script>";
+const FORMULA_NAME: &str = "=HYPERLINK(\"http://x\")";
+
+fn db_counts(db: &Path, run_id: i64) -> RunCounts {
+    Queue::open(db).unwrap().counts(run_id).unwrap()
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Writes `report RUN --out path [extra…]` and returns its text.
+async fn report(
+    emu: &b2b_convert::emulator::Emulator,
+    db: &Path,
+    run_id: i64,
+    path: &Path,
+    extra: &[&str],
+) -> String {
+    let id = run_id.to_string();
+    let mut args = vec!["report", id.as_str(), "--out", path.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let out = run(emu, db, &args).await;
+    assert_eq!(out.code, 0, "report {path:?}: {}", out.stderr);
+    assert!(
+        out.stdout.contains(&path.display().to_string()),
+        "{}",
+        out.stdout
+    );
+    read(path)
+}
+
+/// Nothing that lets someone redeem an invitation or call Graph is in any report.
+fn assert_no_secrets(text: &str, secret: &str, what: &str) {
+    for bad in [
+        "inviteRedeemUrl",
+        "invite_redeem_url",
+        "redeem?rd=",
+        "ticket%3d",
+        "access_token",
+        "Bearer ",
+        secret,
+    ] {
+        assert!(!text.contains(bad), "{what} contains {bad:?}");
+    }
+}
+
+fn client_secret(emu: &b2b_convert::emulator::Emulator) -> String {
+    emu.client_env()
+        .into_iter()
+        .find(|(k, _)| k == "AZURE_CLIENT_SECRET")
+        .map(|(_, v)| v)
+        .expect("the emulator gives a client secret")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-format checks
+
+/// Markdown: state table equals the database, each item's row once, attention rows carry the
+/// reason (or Graph error code) and the request id.
+fn check_md(md: &str, counts: &RunCounts, items: &[ItemRecord]) {
+    assert!(md.starts_with("# b2b-convert report: run "), "{md:.200}");
+    for st in ItemState::ALL {
+        let row = format!("| {} | {} |", st.as_str(), counts.state(st));
+        assert!(md.lines().any(|l| l == row), "missing state row {row}");
+    }
+    assert!(md.contains(&format!("| **total** | **{}** |", counts.total)));
+    for (code, n) in counts.reasons.iter().filter(|(_, n)| **n > 0) {
+        let state = code
+            .parse::<b2b_convert::item::Reason>()
+            .map(|r| r.state().as_str())
+            .unwrap_or("");
+        let row = format!("| {code} | {state} | {n} |");
+        assert!(md.contains(&row), "missing reason row {row}");
+    }
+    let attention = section(md, "## Blocked and failed users", "## Other users");
+    let listed = items.iter().filter(|i| i.state.needs_attention()).count();
+    assert!(md.contains(&format!("## Blocked and failed users ({listed})")));
+    for i in items {
+        let prefix = format!(
+            "| {} | {} | ",
+            i.id,
+            i.line.map(|l| l.to_string()).unwrap_or_default()
+        );
+        let rows: Vec<&str> = md.lines().filter(|l| l.starts_with(&prefix)).collect();
+        assert_eq!(rows.len(), 1, "item {} rows: {rows:?}", i.id);
+        if i.state.needs_attention() {
+            let row = rows[0];
+            assert!(attention.contains(row), "item {} not under attention", i.id);
+            let code = i
+                .reason
+                .map(|r| r.as_str().to_string())
+                .or_else(|| i.error_code.clone())
+                .expect("blocked or failed items have a reason or an error code");
+            assert!(row.contains(&format!(" {code} ")), "{row}");
+            if let Some(req) = &i.request_id {
+                assert!(row.contains(req.as_str()), "{row}");
+            }
+        }
+    }
+    assert!(!md.contains("<script>"), "raw script tag in Markdown");
+}
+
+/// The text between two headings (or to the end).
+fn section<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
+    let s = text
+        .find(start)
+        .unwrap_or_else(|| panic!("no {start:?} in report"));
+    let rest = &text[s..];
+    &rest[..rest.find(end).unwrap_or(rest.len())]
+}
+
+const VOID: [&str; 14] = [
+    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source",
+    "track", "wbr",
+];
+
+/// Every opened non-void tag is closed, in order; `<script>`/`<style>` bodies are raw text.
+/// Returns the names of the elements seen.
+fn check_balanced(html: &str) -> Vec<String> {
+    let mut stack: Vec<String> = Vec::new();
+    let mut names = Vec::new();
+    let mut rest = html;
+    while let Some(open) = rest.find('<') {
+        rest = &rest[open..];
+        if rest.starts_with("<!--") {
+            let end = rest.find("-->").expect("unclosed comment");
+            rest = &rest[end + 3..];
+            continue;
+        }
+        let end = rest.find('>').expect("unclosed tag");
+        let tag = &rest[1..end];
+        rest = &rest[end + 1..];
+        if tag.starts_with('!') {
+            assert!(tag.eq_ignore_ascii_case("!DOCTYPE html"), "<{tag}>");
+            continue;
+        }
+        if let Some(name) = tag.strip_prefix('/') {
+            let top = stack.pop().unwrap_or_else(|| panic!("stray </{name}>"));
+            assert_eq!(top, name.trim(), "mismatched close");
+            continue;
+        }
+        let name: String = tag
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .collect::<String>()
+            .to_ascii_lowercase();
+        assert!(!name.is_empty(), "bad tag <{tag}>");
+        names.push(name.clone());
+        if tag.ends_with('/') || VOID.contains(&name.as_str()) {
+            continue;
+        }
+        if name == "script" || name == "style" {
+            let close = format!("</{name}>");
+            let end = rest.find(&close).expect("unclosed raw text element");
+            rest = &rest[end..];
+        }
+        stack.push(name);
+    }
+    assert!(stack.is_empty(), "unclosed: {stack:?}");
+    names
+}
+
+fn check_html(html: &str, counts: &RunCounts, items: &[ItemRecord]) {
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    let names = check_balanced(html);
+    assert_eq!(
+        names.iter().filter(|n| *n == "script").count(),
+        1,
+        "only the report's own sorting script"
+    );
+    assert!(!html.contains("<script>alert(1)"));
+    for st in ItemState::ALL {
+        let row = format!(
+            "<tr><td>{}</td><td class=\"n\">{}</td></tr>",
+            st.as_str(),
+            counts.state(st)
+        );
+        assert!(html.contains(&row), "missing {row}");
+    }
+    assert!(html.contains(&format!(
+        "<tfoot><tr><th>total</th><th class=\"n\">{}</th></tr></tfoot>",
+        counts.total
+    )));
+    for i in items {
+        let marker = format!("data-item=\"{}\"", i.id);
+        assert_eq!(html.matches(&marker).count(), 1, "item {}", i.id);
+        if i.state.needs_attention() {
+            assert!(html.contains(&format!("<tr class=\"{}\" {marker}>", i.state)));
+            let start = html.find(&marker).unwrap();
+            let row = &html[start..start + html[start..].find("</tr>").unwrap()];
+            let code = i
+                .reason
+                .map(|r| r.as_str().to_string())
+                .or_else(|| i.error_code.clone())
+                .expect("blocked or failed items have a reason or an error code");
+            assert!(row.contains(&format!("<td>{code}</td>")), "{row}");
+            if let Some(req) = &i.request_id {
+                assert!(row.contains(&format!("<td>{req}</td>")), "{row}");
+            }
+        }
+    }
+}
+
+/// CSV: one row per item with the database's state and reason, nothing a spreadsheet would
+/// evaluate. Returns the rows by item id.
+fn check_csv(text: &str, counts: &RunCounts, items: &[ItemRecord]) -> BTreeMap<i64, Vec<String>> {
+    let mut r = csv::ReaderBuilder::new().from_reader(text.as_bytes());
+    let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
+    assert_eq!(header, b2b_convert::report::CSV_COLUMNS);
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let mut rows = BTreeMap::new();
+    let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
+    for rec in r.records() {
+        let row: Vec<String> = rec.unwrap().iter().map(String::from).collect();
+        assert_eq!(row.len(), header.len());
+        for cell in &row {
+            assert!(
+                !cell.starts_with(['=', '+', '-', '@', '\t', '\r']),
+                "formula-like cell {cell:?}"
+            );
+        }
+        *by_state.entry(row[col("state")].clone()).or_default() += 1;
+        let id: i64 = row[col("item_id")].parse().unwrap();
+        assert!(rows.insert(id, row).is_none(), "item {id} twice");
+    }
+    assert_eq!(rows.len() as u64, counts.total);
+    for st in ItemState::ALL {
+        assert_eq!(
+            by_state.get(st.as_str()).copied().unwrap_or(0),
+            counts.state(st),
+            "{st}"
+        );
+    }
+    for i in items {
+        let row = &rows[&i.id];
+        assert_eq!(row[col("state")], i.state.as_str());
+        assert_eq!(
+            row[col("reason")],
+            i.reason.map(|r| r.as_str()).unwrap_or_default()
+        );
+        assert_eq!(
+            row[col("request_id")],
+            i.request_id.clone().unwrap_or_default()
+        );
+        assert_eq!(row[col("fix_hint")].is_empty(), !i.state.needs_attention());
+    }
+    rows
+}
+
+/// The keys a documented table of docs/report-json.md lists under `heading`.
+fn documented_keys(doc: &str, heading: &str) -> BTreeSet<String> {
+    let start = doc
+        .lines()
+        .position(|l| l == heading)
+        .unwrap_or_else(|| panic!("docs/report-json.md has no {heading:?}"));
+    doc.lines()
+        .skip(start + 1)
+        .take_while(|l| !l.starts_with('#'))
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .map(String::from)
+        .collect()
+}
+
+fn keys(v: &Value) -> BTreeSet<String> {
+    v.as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .keys()
+        .cloned()
+        .collect()
+}
+
+/// JSON: parses, has the documented shape at every level, and its counts and items are the
+/// database's.
+fn check_json(text: &str, counts: &RunCounts, items: &[ItemRecord]) -> Value {
+    let v: Value = serde_json::from_str(text).expect("the JSON report parses");
+    let doc = read(&repo_path("docs/report-json.md"));
+    assert_eq!(v["schema"], "b2b-convert.report");
+    assert_eq!(v["version"], 1);
+    assert_eq!(keys(&v), documented_keys(&doc, "## Top level"), "top level");
+    assert_eq!(keys(&v["run"]), documented_keys(&doc, "## `run`"), "run");
+    assert_eq!(
+        keys(&v["run"]["options"]),
+        documented_keys(&doc, "### `run.options`"),
+        "run.options"
+    );
+    assert_eq!(
+        keys(&v["counts"]),
+        documented_keys(&doc, "## `counts`"),
+        "counts"
+    );
+    let reasons = v["reasons"].as_array().unwrap();
+    for r in reasons {
+        assert_eq!(
+            keys(r),
+            documented_keys(&doc, "## `reasons[]`"),
+            "reasons[]"
+        );
+    }
+    for t in v["thingsToConsider"].as_array().unwrap() {
+        assert_eq!(
+            keys(t),
+            ["text", "topic"].map(String::from).into(),
+            "thingsToConsider[]"
+        );
+    }
+    for it in v["items"].as_array().unwrap() {
+        assert_eq!(keys(it), documented_keys(&doc, "## `items[]`"), "items[]");
+    }
+    if !v["estimate"].is_null() {
+        assert_eq!(
+            keys(&v["estimate"]),
+            documented_keys(&doc, "## `estimate` (dry run)")
+        );
+    }
+    if !v["throughput"].is_null() {
+        assert_eq!(
+            keys(&v["throughput"]),
+            documented_keys(&doc, "## `throughput` (live run)")
+        );
+    }
+
+    // Counts are the database's.
+    let c = &v["counts"];
+    assert_eq!(c["total"], counts.total);
+    assert_eq!(keys(&c["states"]).len(), 7, "all seven states");
+    for st in ItemState::ALL {
+        assert_eq!(c["states"][st.as_str()], counts.state(st), "{st}");
+    }
+    let reasons_in_json: BTreeMap<String, u64> =
+        serde_json::from_value(c["reasons"].clone()).unwrap();
+    let reasons_in_db: BTreeMap<String, u64> = counts
+        .reasons
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| (k.clone(), *n))
+        .collect();
+    assert_eq!(
+        reasons_in_json
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .collect::<BTreeMap<_, _>>(),
+        reasons_in_db
+    );
+    assert_eq!(c["graphRequests"], counts.graph_requests);
+    assert_eq!(c["throttledRequests"], counts.throttled_requests);
+    assert_eq!(c["retries"], counts.retries);
+    assert_eq!(c["reconciled"], counts.reconciled);
+    let listed: BTreeMap<String, u64> = reasons
+        .iter()
+        .map(|r| {
+            (
+                r["code"].as_str().unwrap().to_string(),
+                r["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(listed, reasons_in_db, "reasons[] is the database's");
+
+    // Items: each once, in id order, with the database's state, reason and Graph error.
+    let json_items = v["items"].as_array().unwrap();
+    assert_eq!(json_items.len(), items.len());
+    for (j, i) in json_items.iter().zip(items) {
+        assert_eq!(j["id"], i.id);
+        assert_eq!(j["state"], i.state.as_str());
+        assert_eq!(
+            j["reason"].as_str(),
+            i.reason.map(|r| r.as_str()),
+            "item {}",
+            i.id
+        );
+        assert_eq!(j["errorCode"].as_str(), i.error_code.as_deref());
+        assert_eq!(j["requestId"].as_str(), i.request_id.as_deref());
+    }
+    v
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. The sample tenant's dry run, every format
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sample_dry_run_report_in_every_format_states_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    let emu = start_sample().await;
+    let csv = repo_path("sample-data/users.csv");
+    let out = run(
+        &emu,
+        &db,
+        &["run", "--csv", csv.to_str().unwrap(), "--dry-run"],
+    )
+    .await;
+    assert_eq!(out.code, 3, "the sample has blocked users: {}", out.stderr);
+    let run_id = out.run_id();
+    let counts = db_counts(&db, run_id);
+    let its = items(&db, run_id);
+    assert!(counts.state(ItemState::Blocked) > 0 && counts.state(ItemState::WouldConvert) > 0);
+    assert_eq!(counts.total as usize, its.len());
+    let secret = client_secret(&emu);
+
+    let md = report(&emu, &db, run_id, &dir.path().join("r.md"), &[]).await;
+    check_md(&md, &counts, &its);
+    assert!(md.contains("## Estimated duration of the live run"));
+    assert!(md.contains(&format!(
+        "| Users that would convert | {} |",
+        counts.state(ItemState::WouldConvert)
+    )));
+    assert!(!md.contains("## Throughput"));
+
+    let html = report(&emu, &db, run_id, &dir.path().join("r.html"), &[]).await;
+    check_html(&html, &counts, &its);
+    assert!(html.contains("<h2>Estimated duration of the live run</h2>"));
+    assert!(!html.contains("<h2>Throughput</h2>"));
+
+    let csv_text = report(&emu, &db, run_id, &dir.path().join("r.csv"), &[]).await;
+    check_csv(&csv_text, &counts, &its);
+
+    let json_text = report(&emu, &db, run_id, &dir.path().join("r.json"), &[]).await;
+    let v = check_json(&json_text, &counts, &its);
+    assert_eq!(v["run"]["mode"], "dry_run");
+    assert!(v["throughput"].is_null());
+    let e = &v["estimate"];
+    assert!(e.is_object(), "a dry run has an estimate: {e}");
+    assert_eq!(e["wouldConvert"], counts.state(ItemState::WouldConvert));
+    assert_eq!(e["usersToConvert"], counts.state(ItemState::WouldConvert));
+    assert!(e["estimatedSeconds"].as_f64().unwrap() >= 0.0);
+
+    // --format wins over an extension it cannot read.
+    let txt = report(
+        &emu,
+        &db,
+        run_id,
+        &dir.path().join("r.txt"),
+        &["--format", "md"],
+    )
+    .await;
+    check_md(&txt, &counts, &its);
+
+    // Without --format, an unknown extension is a usage error and writes nothing.
+    let bad = dir.path().join("r.unknown");
+    let id = run_id.to_string();
+    let out = run(&emu, &db, &["report", &id, "--out", bad.to_str().unwrap()]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("--format"), "{}", out.stderr);
+    assert!(!bad.exists());
+
+    for (what, text) in [
+        ("md", &md),
+        ("html", &html),
+        ("csv", &csv_text),
+        ("json", &json_text),
+    ] {
+        assert_no_secrets(text, &secret, what);
+    }
+    emu.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2 and 3. A live run with hostile names and failures; its report from a copied database
+
+fn user_mut<'a>(t: &'a mut Tenant, upn: &str) -> &'a mut b2b_convert::model::User {
+    t.users
+        .iter_mut()
+        .find(|u| u.user_principal_name.as_deref() == Some(upn))
+        .unwrap_or_else(|| panic!("sample tenant has no {upn}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_run_with_failures_and_hostile_names_reports_safely() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    let mut tenant = Tenant::sample();
+    user_mut(&mut tenant, "aisha.rahman@contoso.com").display_name = Some(XSS_NAME.into());
+    user_mut(&mut tenant, "bruno.costa@contoso.com").display_name = Some(FORMULA_NAME.into());
+    // Graph refuses an invitation whose address another object holds in proxyAddresses
+    // ("Another object with the same value for property proxyAddresses already exists."); the
+    // tool's validation looks at mail and otherMails only, so these two pass validation and
+    // fail at Graph with its error code and request id.
+    let doomed = ["chen.wei@contoso.com", "elif.demir@contoso.com"];
+    let mut taken = Vec::new();
+    for upn in doomed {
+        let mail = user_mut(&mut tenant, upn).mail.clone().unwrap();
+        taken.push(format!("smtp:{mail}"));
+    }
+    user_mut(&mut tenant, "dana.whitfield@contoso.com")
+        .proxy_addresses
+        .get_or_insert_with(Vec::new)
+        .extend(taken);
+
+    let emu = start(EmulatorConfig::new(tenant)).await;
+    let secret = client_secret(&emu);
+    let csv = repo_path("sample-data/users.csv");
+    let live_html = dir.path().join("live.html");
+    let out = run(
+        &emu,
+        &db,
+        &[
+            "run",
+            "--csv",
+            csv.to_str().unwrap(),
+            "--yes",
+            "--report",
+            live_html.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 3, "blocked and failed items: {}", out.stderr);
+    let run_id = out.run_id();
+    let counts = db_counts(&db, run_id);
+    let its = items(&db, run_id);
+    let by_upn = |upn: &str| {
+        its.iter()
+            .find(|i| i.user_principal_name.as_deref() == Some(upn))
+            .unwrap_or_else(|| panic!("no item for {upn}"))
+    };
+    for upn in doomed {
+        let i = by_upn(upn);
+        assert_eq!(i.state, ItemState::Failed, "{i:?}");
+        assert_eq!(i.error_code.as_deref(), Some("Request_BadRequest"), "{i:?}");
+        assert!(i.request_id.is_some(), "{i:?}");
+    }
+    assert_eq!(
+        by_upn("aisha.rahman@contoso.com").state,
+        ItemState::Converted
+    );
+    assert_eq!(
+        by_upn("bruno.costa@contoso.com").state,
+        ItemState::Converted
+    );
+    assert_eq!(counts.state(ItemState::Failed), doomed.len() as u64);
+    assert!(counts.state(ItemState::Converted) > 0);
+    assert!(
+        !emu.invitations().is_empty(),
+        "Graph issued invitations, with redeem URLs the reports must not carry"
+    );
+
+    // HTML, written by `run --report`.
+    let html = read(&live_html);
+    check_html(&html, &counts, &its);
+    assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    assert!(!html.contains(XSS_NAME));
+    assert!(html.contains("<h2>Throughput</h2>"));
+    assert!(!html.contains("Estimated duration of the live run"));
+    for upn in doomed {
+        let i = by_upn(upn);
+        let marker = format!("<tr class=\"failed\" data-item=\"{}\">", i.id);
+        let start = html.find(&marker).expect("failed row");
+        let row = &html[start..start + html[start..].find("</tr>").unwrap()];
+        assert!(row.contains("<td>Request_BadRequest</td>"), "{row}");
+        assert!(row.contains("proxyAddresses"), "Graph's message: {row}");
+        assert!(row.contains(i.request_id.as_deref().unwrap()), "{row}");
+    }
+
+    // Markdown.
+    let md = report(&emu, &db, run_id, &dir.path().join("live.md"), &[]).await;
+    check_md(&md, &counts, &its);
+    assert!(md.contains("\\<script\\>alert(1)\\</script\\>"));
+    assert!(md.contains("## Throughput"));
+    assert!(!md.contains("## Estimated duration"));
+
+    // CSV: the formula name is text, the failed rows carry code and request id.
+    let csv_text = report(&emu, &db, run_id, &dir.path().join("live.csv"), &[]).await;
+    let rows = check_csv(&csv_text, &counts, &its);
+    let col = |name: &str| {
+        b2b_convert::report::CSV_COLUMNS
+            .iter()
+            .position(|c| *c == name)
+            .unwrap()
+    };
+    let bruno = &rows[&by_upn("bruno.costa@contoso.com").id];
+    assert_eq!(bruno[col("display_name")], format!("'{FORMULA_NAME}"));
+    let aisha = &rows[&by_upn("aisha.rahman@contoso.com").id];
+    assert_eq!(aisha[col("display_name")], XSS_NAME);
+    for upn in doomed {
+        let i = by_upn(upn);
+        let row = &rows[&i.id];
+        assert_eq!(row[col("state")], "failed");
+        assert_eq!(row[col("error_code")], "Request_BadRequest");
+        assert_eq!(row[col("request_id")], i.request_id.clone().unwrap());
+        assert!(!row[col("fix_hint")].is_empty());
+    }
+
+    // JSON.
+    let json_text = report(&emu, &db, run_id, &dir.path().join("live.json"), &[]).await;
+    let v = check_json(&json_text, &counts, &its);
+    assert_eq!(v["run"]["mode"], "live");
+    assert!(v["estimate"].is_null(), "a live run has no estimate");
+    let t = &v["throughput"];
+    assert_eq!(t["converted"], counts.state(ItemState::Converted));
+    assert_eq!(t["graphRequests"], counts.graph_requests);
+
+    for (what, text) in [
+        ("html", &html),
+        ("md", &md),
+        ("csv", &csv_text),
+        ("json", &json_text),
+    ] {
+        assert_no_secrets(text, &secret, what);
+    }
+
+    // 3. From the database alone: the tenant is gone, the file is elsewhere.
+    emu.shutdown().await;
+    let elsewhere = tempfile::tempdir().unwrap();
+    let copy = elsewhere.path().join("copied.db");
+    std::fs::copy(&db, &copy).unwrap();
+    drop(dir);
+    let id = run_id.to_string();
+    for name in ["again.html", "again.json", "again.md", "again.csv"] {
+        let path = elsewhere.path().join(name);
+        let out = run_plain(&copy, &["report", &id, "--out", path.to_str().unwrap()]).await;
+        assert_eq!(out.code, 0, "{name}: {}", out.stderr);
+        let text = read(&path);
+        match name.rsplit('.').next().unwrap() {
+            "html" => check_html(&text, &counts, &its),
+            "json" => {
+                check_json(&text, &counts, &its);
+            }
+            "md" => check_md(&text, &counts, &its),
+            _ => {
+                check_csv(&text, &counts, &its);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. demo
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_writes_html_reports_and_prints_their_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("demo");
+    let out = run_plain(
+        &dir.path().join("unused.db"),
+        &["demo", "--out-dir", out_dir.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let printed: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_once("report").map(|(_, rest)| rest))
+        .filter_map(|rest| rest.rsplit_once(": ").map(|(_, p)| p.trim()))
+        .filter(|p| p.ends_with(".html"))
+        .collect();
+    assert!(
+        !printed.is_empty(),
+        "no HTML report path in stdout:\n{}",
+        out.stdout
+    );
+    for p in &printed {
+        let path = Path::new(p);
+        assert!(path.starts_with(&out_dir), "{p} is under --out-dir");
+        let html = read(path);
+        assert!(html.starts_with("<!DOCTYPE html>"), "{p}");
+        check_balanced(&html);
+    }
+    for name in ["dry-run-report.html", "live-run-report.html"] {
+        let path = out_dir.join(name);
+        assert!(
+            printed.iter().any(|p| Path::new(p) == path),
+            "{name} printed"
+        );
+    }
+}
