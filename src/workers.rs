@@ -113,7 +113,9 @@ pub async fn work(pipeline: Pipeline) -> anyhow::Result<Outcome> {
     reconcile_in_flight(&pass).await?;
 
     let concurrency = pass.options().concurrency.max(1);
-    let (tx, rx) = mpsc::channel::<(ItemRecord, String)>(concurrency * 2);
+    // A whole chunk fits in the hand-off, so the next chunk's look-ups overlap with inviting
+    // this one and the workers never wait on the producer.
+    let (tx, rx) = mpsc::channel::<(ItemRecord, String)>((concurrency * 2).max(CHUNK));
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
     let mut workers = tokio::task::JoinSet::new();
     if pipeline.run.mode == RunMode::Live {
