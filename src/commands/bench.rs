@@ -1,10 +1,14 @@
 //! `bench`: measurements written up in docs/performance.md. Never run by the tests.
 //!
-//! - `ingest`: a generated CSV of N rows into a fresh queue: rows per second and peak RSS, at N
-//!   and N/10 rows so flat memory shows as two equal figures.
-//! - `convert`: a live run over a generated tenant against Graph-shaped buckets scaled by
-//!   `--scale`: invitations per second as a share of the write-bucket ceiling, the share of
-//!   requests that drew a 429, and Graph requests per converted user.
+//! - `ingest`: a generated CSV of N/10 and of N rows, each ingested into a fresh queue in a
+//!   process of its own (peak RSS only grows within a process): rows per second and peak RSS, so
+//!   flat memory shows as two close figures.
+//! - `convert`: live runs over a generated tenant against Graph-shaped buckets scaled by
+//!   `--scale`, three cases (CSV with the write bucket full as at the start of a real run; CSV
+//!   and `$filter` with the write bucket drained first, so the sustained ceiling binds from the
+//!   start): invitations per second over the whole run and over a sustained window, as a share
+//!   of the write bucket's refill rate, the share of requests that drew a 429, and Graph
+//!   requests per converted user.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -22,21 +26,22 @@ use crate::item::{ItemState, RunMode, RunOptions, SourceSpec};
 use crate::queue::Queue;
 
 pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitStatus> {
-    let tmp;
-    let dir: PathBuf = match &args.work_dir {
+    let (dir, temporary): (PathBuf, bool) = match &args.work_dir {
         Some(d) => {
             std::fs::create_dir_all(d)?;
-            d.clone()
+            (d.clone(), false)
         }
-        None => {
-            tmp = tempdir()?;
-            tmp.clone()
-        }
+        None => (tempdir()?, true),
     };
-    match args.kind {
+    let result = match args.kind {
         BenchKind::Ingest => ingest(&dir, args.users),
         BenchKind::Convert => convert(&dir, args.users, args.scale).await,
+    };
+    if temporary {
+        // Generated inputs and queues (hundreds of MB at a million rows): not worth keeping.
+        let _ = std::fs::remove_dir_all(&dir);
     }
+    result
 }
 
 fn tempdir() -> anyhow::Result<PathBuf> {
@@ -68,40 +73,237 @@ fn write_rows(path: &Path, rows: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Set in the environment of a child `bench ingest` process: ingest exactly `--users` rows and
+/// print one table row. Peak RSS (VmHWM) only ever grows within a process, so each size is
+/// measured in a process of its own.
+const INGEST_CHILD_ENV: &str = "B2B_BENCH_INGEST_CHILD";
+
 fn ingest(dir: &Path, rows: usize) -> anyhow::Result<ExitStatus> {
-    println!("| rows | seconds | rows/s | peak RSS after (MiB) |");
-    println!("|---:|---:|---:|---:|");
+    if std::env::var_os(INGEST_CHILD_ENV).is_some() {
+        return ingest_one(dir, rows);
+    }
+    println!("| rows | seconds | rows/s | RSS before ingest (MiB) | peak RSS (MiB) |");
+    println!("|---:|---:|---:|---:|---:|");
+    let exe = std::env::current_exe().context("locating this executable")?;
     for n in [rows / 10, rows] {
-        let csv = dir.join(format!("rows-{n}.csv"));
-        write_rows(&csv, n)?;
-        let db = dir.join(format!("ingest-{n}.db"));
-        let _ = std::fs::remove_file(&db);
-        let queue = Queue::open(&db)?;
-        let run_id = queue.create_run(
-            &SourceSpec::Csv {
-                path: csv.to_string_lossy().into_owned(),
-            },
-            RunMode::DryRun,
-            &RunOptions::default(),
-            None,
-            "https://graph.microsoft.com",
-        )?;
-        let started = Instant::now();
-        crate::source::ingest::ingest_csv(&queue, run_id, &csv)?;
-        queue.finish_ingest(run_id)?;
-        let secs = started.elapsed().as_secs_f64();
-        let total = queue.counts(run_id)?.total;
-        anyhow::ensure!(total == n as u64, "ingested {total} of {n} rows");
-        println!(
-            "| {n} | {secs:.2} | {:.0} | {:.1} |",
-            n as f64 / secs,
-            peak_rss_mib().unwrap_or(f64::NAN)
-        );
+        let out = std::process::Command::new(&exe)
+            .args(["bench", "ingest", "--users", &n.to_string(), "--work-dir"])
+            .arg(dir)
+            .env(INGEST_CHILD_ENV, "1")
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .with_context(|| format!("running {}", exe.display()))?;
+        anyhow::ensure!(out.status.success(), "the {n}-row child failed");
+        print!("{}", String::from_utf8_lossy(&out.stdout));
     }
     Ok(ExitStatus::Success)
 }
 
+/// One size, in this process: generate, ingest into a fresh queue, print a row.
+fn ingest_one(dir: &Path, n: usize) -> anyhow::Result<ExitStatus> {
+    let csv = dir.join(format!("rows-{n}.csv"));
+    write_rows(&csv, n)?;
+    let db = dir.join(format!("ingest-{n}.db"));
+    let _ = std::fs::remove_file(&db);
+    let queue = Queue::open(&db)?;
+    let run_id = queue.create_run(
+        &SourceSpec::Csv {
+            path: csv.to_string_lossy().into_owned(),
+        },
+        RunMode::DryRun,
+        &RunOptions::default(),
+        None,
+        "https://graph.microsoft.com",
+    )?;
+    let before = peak_rss_mib().unwrap_or(f64::NAN);
+    let started = Instant::now();
+    crate::source::ingest::ingest_csv(&queue, run_id, &csv)?;
+    queue.finish_ingest(run_id)?;
+    let secs = started.elapsed().as_secs_f64();
+    let total = queue.counts(run_id)?.total;
+    anyhow::ensure!(total == n as u64, "ingested {total} of {n} rows");
+    println!(
+        "| {n} | {secs:.2} | {:.0} | {before:.1} | {:.1} |",
+        n as f64 / secs,
+        peak_rss_mib().unwrap_or(f64::NAN)
+    );
+    Ok(ExitStatus::Success)
+}
+
+/// One `bench convert` case.
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    /// `true`: the run lists its users with a `$filter`; `false`: a CSV over every user.
+    filter: bool,
+    /// Empty the app's write bucket before the run, so the sustained ceiling binds from the
+    /// first invitation instead of after a 3,000 × scale burst.
+    drained: bool,
+    /// The run's `--rate` as a multiple of the sustained ceiling (1.0: the tool's default pace,
+    /// 20/s scaled; above 1: a misconfigured or optimistic `--rate` the 429s must correct).
+    rate_factor: f64,
+}
+
+impl Case {
+    fn name(&self) -> String {
+        let mut name = format!(
+            "{}, {} bucket",
+            if self.filter { "filter" } else { "csv" },
+            if self.drained { "drained" } else { "full" }
+        );
+        if self.rate_factor != 1.0 {
+            name.push_str(&format!(", --rate {}× ceiling", self.rate_factor));
+        }
+        name
+    }
+}
+
+/// The `$filter` of the filter cases: every user (internal partners are Members and Guests), so
+/// both sources cover the same population.
+const BENCH_FILTER: &str = "userType in ('Member','Guest')";
+
 async fn convert(dir: &Path, users: usize, scale: f64) -> anyhow::Result<ExitStatus> {
+    // The write bucket (3,000 per 150 s per app+tenant) sustains 20 writes/s; /invitations
+    // (150 per 5 s) would allow 30/s, so the write bucket is the binding one. Both scale.
+    let ceiling = 20.0 * scale;
+    let header = format!(
+        "users {users}, scale {scale}: write bucket {:.0} writes refilling {ceiling:.0}/s; \
+         /invitations bucket {:.0} per 5 s; client --rate {ceiling:.0} unless the case says otherwise, --concurrency 32",
+        3000.0 * scale,
+        150.0 * scale
+    );
+    let cases = [
+        Case {
+            filter: false,
+            drained: false,
+            rate_factor: 1.0,
+        },
+        Case {
+            filter: false,
+            drained: true,
+            rate_factor: 1.0,
+        },
+        Case {
+            filter: true,
+            drained: true,
+            rate_factor: 1.0,
+        },
+        Case {
+            filter: false,
+            drained: true,
+            rate_factor: 1.5,
+        },
+    ];
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    for case in cases {
+        let r = convert_case(dir, users, scale, ceiling, case).await?;
+        rows.push(format!(
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {ceiling:.0} | {:.1}% | {} | {:.2}% | {:.2}% | {:.3} |",
+            case.name(),
+            r.converted,
+            r.seconds,
+            r.converted as f64 / r.seconds,
+            r.sustained_rate,
+            100.0 * r.sustained_rate / ceiling,
+            r.throttled,
+            100.0 * r.throttled as f64 / r.emulator_requests.max(1) as f64,
+            100.0 * r.client_throttled as f64 / r.client_requests.max(1) as f64,
+            r.client_requests as f64 / r.converted.max(1) as f64,
+        ));
+        notes.push(format!(
+            "- {}: 429s at {} s after the first invitation; invitations per second, second by \
+             second: {}",
+            case.name(),
+            fmt_list(&r.throttled_at_s),
+            fmt_list(&r.per_second)
+        ));
+    }
+    println!();
+    println!("{header}");
+    println!();
+    println!(
+        "| case | converted | seconds | invitations/s (whole run) | invitations/s (sustained window) \
+         | ceiling/s | sustained ÷ ceiling | 429s | 429 share (emulator) | 429 share (client) \
+         | requests/converted user |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for row in rows {
+        println!("{row}");
+    }
+    println!();
+    for note in notes {
+        println!("{note}");
+    }
+    Ok(ExitStatus::Success)
+}
+
+fn fmt_list(v: &[f64]) -> String {
+    if v.is_empty() {
+        return "none".into();
+    }
+    let shown: Vec<String> = v.iter().take(40).map(|x| format!("{x:.1}")).collect();
+    let more = if v.len() > 40 {
+        format!(" … ({} in all)", v.len())
+    } else {
+        String::new()
+    };
+    format!("{}{more}", shown.join(", "))
+}
+
+struct CaseResult {
+    converted: u64,
+    seconds: f64,
+    /// Invitations per second over the middle 80% of the span between the first and the last
+    /// successful invitation (the emulator's request log, millisecond timestamps).
+    sustained_rate: f64,
+    /// 429s the emulator answered during the run (the drain's excluded).
+    throttled: u64,
+    /// Requests to `/v1.0/` the emulator counted during the run, `$batch` sub-requests included.
+    emulator_requests: u64,
+    /// Requests the run journaled (one per HTTP attempt) and how many of them drew a 429.
+    client_requests: u64,
+    client_throttled: u64,
+    /// When the emulator answered 429, in seconds after the first successful invitation.
+    throttled_at_s: Vec<f64>,
+    /// Successful invitations in each whole second after the first one.
+    per_second: Vec<f64>,
+}
+
+/// Sum of the emulator's `/v1.0/` request counts and its 429 count.
+fn emulator_counts(stats: &serde_json::Value) -> (u64, u64) {
+    let requests = stats["requests"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(k, _)| k.contains("/v1.0/"))
+                .flat_map(|(_, v)| v.as_object().into_iter().flatten())
+                .filter_map(|(_, n)| n.as_u64())
+                .sum()
+        })
+        .unwrap_or(0);
+    (requests, stats["throttled"].as_u64().unwrap_or(0))
+}
+
+/// The emulator's request log (`/_emulator/requests`).
+async fn request_log(base_url: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut log: serde_json::Value = reqwest::get(format!("{base_url}/_emulator/requests"))
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(match log["value"].take() {
+        serde_json::Value::Array(v) => v,
+        _ => Vec::new(),
+    })
+}
+
+async fn convert_case(
+    dir: &Path,
+    users: usize,
+    scale: f64,
+    ceiling: f64,
+    case: Case,
+) -> anyhow::Result<CaseResult> {
     let tenant = Tenant::generate(users, 42);
     let csv = dir.join("bench-users.csv");
     tenant.write_csv(&csv)?;
@@ -115,21 +317,35 @@ async fn convert(dir: &Path, users: usize, scale: f64) -> anyhow::Result<ExitSta
         client_id: env["AZURE_CLIENT_ID"].clone(),
         secret: Secret::new(env["AZURE_CLIENT_SECRET"].clone()),
     };
-    // The write bucket (3,000 per 150 s) sustains 20 writes/s; scaled with the emulator.
-    let ceiling = 20.0 * scale;
+    if case.drained {
+        let writes = drain_write_bucket(&emu.base_url(), &env).await?;
+        eprintln!(
+            "bench: {}: drained the write bucket with {writes} writes",
+            case.name()
+        );
+    }
+    let logged_before = request_log(&emu.base_url()).await?.len();
+    let (requests_before, throttled_before) = emulator_counts(&emu.stats());
     let db = dir.join("bench-convert.db");
     let _ = std::fs::remove_file(&db);
+    let source = if case.filter {
+        SourceSpec::Filter {
+            filter: BENCH_FILTER.into(),
+        }
+    } else {
+        SourceSpec::Csv {
+            path: csv.to_string_lossy().into_owned(),
+        }
+    };
     let started = Instant::now();
     run::start(
         &db,
         NewRun {
-            source: SourceSpec::Csv {
-                path: csv.to_string_lossy().into_owned(),
-            },
+            source,
             mode: RunMode::Live,
             options: RunOptions {
                 silent: true,
-                rate: ceiling,
+                rate: ceiling * case.rate_factor,
                 concurrency: 32,
                 ..Default::default()
             },
@@ -143,33 +359,150 @@ async fn convert(dir: &Path, users: usize, scale: f64) -> anyhow::Result<ExitSta
         credentials,
     )
     .await?;
-    let secs = started.elapsed().as_secs_f64();
+    let seconds = started.elapsed().as_secs_f64();
     let queue = Queue::open(&db)?;
     let run = queue.latest_run()?.context("bench run missing")?;
     let counts = queue.counts(run.id)?;
     let converted = counts.state(ItemState::Converted);
-    let stats = emu.stats();
-    let throttled = stats["throttled"].as_u64().unwrap_or(0);
-    let requests: u64 = stats["requests"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .filter(|(k, _)| k.contains("/v1.0/"))
-                .flat_map(|(_, v)| v.as_object().into_iter().flatten())
-                .filter_map(|(_, n)| n.as_u64())
-                .sum()
-        })
-        .unwrap_or(0);
-    let invitations = emu.invitations().len();
+    let (requests_after, throttled_after) = emulator_counts(&emu.stats());
+    let log = request_log(&emu.base_url()).await?;
+    let timing = invitation_timing(log.get(logged_before..).unwrap_or_default());
     emu.shutdown().await;
-    let rate = converted as f64 / secs;
-    println!("| users | converted | invitations | seconds | invitations/s | ceiling/s | share of ceiling | 429 share | requests/converted user |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    println!(
-        "| {users} | {converted} | {invitations} | {secs:.1} | {rate:.1} | {ceiling:.0} | {:.1}% | {:.2}% | {:.3} |",
-        100.0 * rate / ceiling,
-        100.0 * throttled as f64 / requests.max(1) as f64,
-        counts.graph_requests as f64 / converted.max(1) as f64,
-    );
-    Ok(ExitStatus::Success)
+    anyhow::ensure!(converted > 0, "{}: nothing was converted", case.name());
+    Ok(CaseResult {
+        converted,
+        seconds,
+        sustained_rate: timing.sustained_rate,
+        throttled_at_s: timing.throttled_at_s,
+        per_second: timing.per_second,
+        throttled: throttled_after - throttled_before,
+        emulator_requests: requests_after - requests_before,
+        client_requests: counts.graph_requests,
+        client_throttled: counts.throttled_requests,
+    })
+}
+
+struct Timing {
+    sustained_rate: f64,
+    throttled_at_s: Vec<f64>,
+    per_second: Vec<f64>,
+}
+
+/// From the emulator's request log of the run (millisecond timestamps): invitations per second
+/// over the middle 80% of the time between the first and the last successful
+/// `POST /v1.0/invitations`, when the 429s fell, and the count in each second.
+fn invitation_timing(entries: &[serde_json::Value]) -> Timing {
+    let mut at: Vec<u64> = entries
+        .iter()
+        .filter(|e| e["method"] == "POST" && e["path"] == "/v1.0/invitations" && e["status"] == 201)
+        .filter_map(|e| e["atMs"].as_u64())
+        .collect();
+    at.sort_unstable();
+    let (Some(&first), Some(&last)) = (at.first(), at.last()) else {
+        return Timing {
+            sustained_rate: f64::NAN,
+            throttled_at_s: Vec::new(),
+            per_second: Vec::new(),
+        };
+    };
+    let span = (last - first) as f64;
+    let from = first as f64 + 0.1 * span;
+    let to = last as f64 - 0.1 * span;
+    let inside = at
+        .iter()
+        .filter(|&&t| (t as f64) >= from && (t as f64) < to)
+        .count();
+    let throttled_at_s = entries
+        .iter()
+        .filter(|e| e["status"] == 429)
+        .filter_map(|e| e["atMs"].as_u64())
+        .map(|t| (t as f64 - first as f64) / 1000.0)
+        .collect();
+    let mut per_second = vec![0.0; ((last - first) / 1000) as usize + 1];
+    for t in &at {
+        per_second[((t - first) / 1000) as usize] += 1.0;
+    }
+    Timing {
+        sustained_rate: inside as f64 / ((to - from) / 1000.0).max(1e-3),
+        throttled_at_s,
+        per_second,
+    }
+}
+
+/// Spends the app's write bucket (and the tenant's, by as much) with `PATCH` requests on a user
+/// that does not exist, 20 to a `$batch`, until the emulator answers 429: the bucket is empty and
+/// refills at the sustained rate. A 404 still costs a write, because throttling is decided before
+/// the request is carried out. No user in the tenant is touched.
+async fn drain_write_bucket(
+    base_url: &str,
+    env: &std::collections::HashMap<String, String>,
+) -> anyhow::Result<u64> {
+    let http = reqwest::Client::new();
+    let token: serde_json::Value = http
+        .post(format!(
+            "{base_url}/{}/oauth2/v2.0/token",
+            env["AZURE_TENANT_ID"]
+        ))
+        .form(&[
+            ("client_id", env["AZURE_CLIENT_ID"].as_str()),
+            ("client_secret", env["AZURE_CLIENT_SECRET"].as_str()),
+            ("scope", "https://graph.microsoft.com/.default"),
+            ("grant_type", "client_credentials"),
+        ])
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let token = token["access_token"]
+        .as_str()
+        .context("no access_token from the emulator")?
+        .to_string();
+    let batch = serde_json::json!({
+        "requests": (0..20).map(|i| serde_json::json!({
+            "id": i.to_string(),
+            "method": "PATCH",
+            "url": "/users/00000000-0000-0000-0000-0000000000d0",
+            "headers": {"Content-Type": "application/json"},
+            "body": {"department": "drain"},
+        })).collect::<Vec<_>>()
+    });
+    let started = Instant::now();
+    let mut accepted = 0u64;
+    loop {
+        anyhow::ensure!(
+            started.elapsed() < std::time::Duration::from_secs(300),
+            "the write bucket did not drain within 5 minutes"
+        );
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..16 {
+            let req = http
+                .post(format!("{base_url}/v1.0/$batch"))
+                .bearer_auth(&token)
+                .json(&batch);
+            set.spawn(async move {
+                let answer: serde_json::Value =
+                    req.send().await?.error_for_status()?.json().await?;
+                let statuses: Vec<u64> = answer["responses"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|r| r["status"].as_u64())
+                    .collect();
+                anyhow::Ok((
+                    statuses.iter().filter(|&&s| s != 429).count() as u64,
+                    statuses.contains(&429),
+                ))
+            });
+        }
+        let mut throttled = false;
+        while let Some(joined) = set.join_next().await {
+            let (taken, refused) = joined??;
+            accepted += taken;
+            throttled |= refused;
+        }
+        if throttled {
+            return Ok(accepted);
+        }
+    }
 }
