@@ -190,6 +190,43 @@ impl Expr {
     }
 }
 
+/// Positions (ascending, in tenant order) of the only users that can match `expr`, when the
+/// expression pins them by `id` or `userPrincipalName`; `None` means "scan everyone".
+pub fn candidates(expr: &Expr, index: &crate::emulator::tenant::Index) -> Option<Vec<usize>> {
+    // `Some(hit)` for a key property (a non-string literal matches no one); `None` otherwise.
+    let lookup = |p: &Prop, v: &Literal| -> Option<Option<usize>> {
+        let map = match p {
+            Prop::Id => &index.by_id,
+            Prop::UserPrincipalName => &index.by_upn,
+            _ => return None,
+        };
+        match v {
+            Literal::Str(v) => Some(map.get(&v.to_lowercase()).copied()),
+            _ => Some(None),
+        }
+    };
+    let mut found: Vec<usize> = match expr {
+        Expr::Eq(p, v) => lookup(p, v)?.into_iter().collect(),
+        Expr::In(p, vs) => {
+            let mut out = Vec::new();
+            for v in vs {
+                out.extend(lookup(p, v)?);
+            }
+            out
+        }
+        Expr::And(a, b) => return candidates(a, index).or_else(|| candidates(b, index)),
+        Expr::Or(a, b) => {
+            let mut out = candidates(a, index)?;
+            out.extend(candidates(b, index)?);
+            out
+        }
+        _ => return None,
+    };
+    found.sort_unstable();
+    found.dedup();
+    Some(found)
+}
+
 impl Filter {
     pub fn matches(&self, u: &User) -> bool {
         self.expr.matches(u)
@@ -602,6 +639,34 @@ pub fn parse(s: &str) -> Result<Filter, FilterError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn id_and_upn_lookups_narrow_the_scan_and_nothing_else_does() {
+        let mut index = crate::emulator::tenant::Index::default();
+        for (pos, id) in ["a", "b", "c"].iter().enumerate() {
+            index.add_user(
+                pos,
+                &User {
+                    id: id.to_string(),
+                    user_principal_name: Some(format!("{id}@contoso.com")),
+                    ..Default::default()
+                },
+            );
+        }
+        let cands = |f: &str| candidates(&parse(f).unwrap().expr, &index);
+        assert_eq!(
+            cands("id in ('c','A','zz') and userType eq 'Guest'"),
+            Some(vec![0, 2])
+        );
+        assert_eq!(cands("userPrincipalName eq 'B@contoso.com'"), Some(vec![1]));
+        assert_eq!(
+            cands("id eq 'a' or userPrincipalName eq 'c@contoso.com'"),
+            Some(vec![0, 2])
+        );
+        assert_eq!(cands("id eq 'a' or mail eq 'x@y.com'"), None);
+        assert_eq!(cands("userType eq 'Guest'"), None);
+        assert_eq!(cands("accountEnabled eq false"), None);
+    }
 
     fn user() -> User {
         User {

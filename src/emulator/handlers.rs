@@ -169,12 +169,21 @@ impl Shared {
         top: usize,
     ) -> Reply {
         let total = items.len();
-        let end = (offset + top).min(total);
-        let value: Vec<Value> = items
-            .into_iter()
-            .skip(offset)
-            .take(end.saturating_sub(offset))
-            .collect();
+        let value: Vec<Value> = items.into_iter().skip(offset).take(top).collect();
+        self.page_window(call, context, total, offset, value)
+    }
+
+    /// A page whose `value` is already the window `[offset, offset + value.len())` of `total`
+    /// items, so large collections are serialised one page at a time.
+    fn page_window(
+        &self,
+        call: &Call,
+        context: &str,
+        total: usize,
+        offset: usize,
+        value: Vec<Value>,
+    ) -> Reply {
+        let end = offset + value.len();
         let mut body = Map::new();
         body.insert(
             "@odata.context".into(),
@@ -230,14 +239,24 @@ impl Shared {
                 );
             }
         }
-        let items: Vec<Value> = st
-            .tenant
-            .users
-            .iter()
-            .filter(|u| filter.as_ref().is_none_or(|f| f.matches(u)))
-            .map(|u| project(u, &select))
+        let users = &st.tenant.users;
+        // Look-ups by id or UPN go through the index instead of scanning the tenant; the
+        // whole filter is still applied to every candidate.
+        let candidates = filter
+            .as_ref()
+            .and_then(|f| filter::candidates(&f.expr, &st.index))
+            .unwrap_or_else(|| (0..users.len()).collect());
+        let matching: Vec<usize> = candidates
+            .into_iter()
+            .filter(|&i| filter.as_ref().is_none_or(|f| f.matches(&users[i])))
             .collect();
-        self.page(call, "users", items, offset, top)
+        let value = matching
+            .iter()
+            .skip(offset)
+            .take(top)
+            .map(|&i| project(&users[i], &select))
+            .collect();
+        self.page_window(call, "users", matching.len(), offset, value)
     }
 
     pub(super) fn get_user(&self, st: &State, call: &Call, ctx: &Ctx, key: &str) -> Reply {
