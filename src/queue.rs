@@ -759,18 +759,6 @@ impl Queue {
             .map_err(|e| self.err(e))? as u64;
         Ok(counts)
     }
-
-    /// Converted plus in-flight items: what `--limit` counts against.
-    pub fn converted_or_in_flight(&self, run_id: i64) -> Result<u64> {
-        self.conn()
-            .query_row(
-                "SELECT count(*) FROM items WHERE run_id = ?1 AND state IN ('converted', 'in_flight')",
-                [run_id],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n as u64)
-            .map_err(|e| self.err(e))
-    }
 }
 
 const RUN_COLUMNS: &str = "id, source, mode, options, tenant_id, graph_url, started_at, \

@@ -20,7 +20,7 @@ use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
 
 use crate::graph::{GraphClient, GraphError};
-use crate::item::{ItemRecord, ItemState, Reason, RunMode, RunOptions, RunRecord, UserKey};
+use crate::item::{ItemRecord, ItemState, RunMode, RunOptions, RunRecord, UserKey};
 use crate::model::{
     EmailAddress, InvitationRequest, InvitedUserMessageInfo, InvitedUserRef, Recipient, User,
 };
@@ -564,15 +564,6 @@ fn retry_delay(attempt: u32) -> Duration {
 pub fn needs_attention(queue: &Queue, run_id: i64) -> anyhow::Result<bool> {
     let c = queue.counts(run_id)?;
     Ok(c.state(ItemState::Blocked) + c.state(ItemState::Failed) + c.state(ItemState::InFlight) > 0)
-}
-
-/// Whether any reason seen is worth a one-line hint at the end of a run.
-pub fn reason_summary(queue: &Queue, run_id: i64) -> anyhow::Result<Vec<(Reason, u64)>> {
-    let c = queue.counts(run_id)?;
-    Ok(Reason::ALL
-        .into_iter()
-        .filter_map(|r| c.reasons.get(r.as_str()).map(|n| (r, *n)))
-        .collect())
 }
 
 #[cfg(test)]

@@ -32,7 +32,16 @@ pub fn status_json(queue: &Queue, run_id: i64) -> anyhow::Result<serde_json::Val
         .iter()
         .map(|s| (s.as_str().to_string(), json!(c.state(*s))))
         .collect();
-    let converted = c.state(ItemState::Converted).max(1);
+    // Per converted user once anyone is converted (live), else per item (dry run).
+    let per = match c.state(ItemState::Converted) {
+        0 => c.total,
+        n => n,
+    };
+    let per_user = if per == 0 {
+        0.0
+    } else {
+        (c.graph_requests as f64 / per as f64 * 1000.0).round() / 1000.0
+    };
     Ok(json!({
         "runId": run.id,
         "mode": run.mode.as_str(),
@@ -44,9 +53,7 @@ pub fn status_json(queue: &Queue, run_id: i64) -> anyhow::Result<serde_json::Val
         "graphRequests": c.graph_requests,
         "throttledRequests": c.throttled_requests,
         "reconciled": c.reconciled,
-        "graphRequestsPerUser": if c.total == 0 { 0.0 } else {
-            (c.graph_requests as f64 / if c.state(ItemState::Converted) > 0 { converted } else { c.total } as f64 * 1000.0).round() / 1000.0
-        },
+        "graphRequestsPerUser": per_user,
     }))
 }
 
