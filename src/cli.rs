@@ -189,8 +189,7 @@ pub struct RunArgs {
 pub struct ResumeArgs {
     /// The run to continue; default the latest.
     pub run_id: Option<i64>,
-    /// Resume a dry run's queue as a live run is not possible; this flag only
-    /// documents that `resume` keeps the run's stored mode.
+    /// How the work is done; the run keeps its stored mode, source and message options.
     #[command(flatten)]
     pub exec: ExecArgs,
 }
