@@ -72,6 +72,25 @@ impl Pass {
         *self.pipeline.stop.borrow() || self.refusal.lock().map(|r| r.is_some()).unwrap_or(true)
     }
 
+    /// Ends an item `failed` with Graph's code and message and counts it done.
+    fn fail(
+        &self,
+        item_id: i64,
+        code: &str,
+        message: &str,
+        meta: Option<&crate::graph::ResponseMeta>,
+    ) -> anyhow::Result<()> {
+        self.pipeline.queue.record_failed(
+            item_id,
+            code,
+            message,
+            meta.and_then(|m| m.request_id.as_deref()),
+            meta.map(|m| m.client_request_id.as_str()),
+        )?;
+        self.pipeline.progress.inc(1);
+        Ok(())
+    }
+
     fn refuse(&self, message: String) {
         let mut r = self.refusal.lock().unwrap_or_else(|p| p.into_inner());
         if r.is_none() {
@@ -473,31 +492,14 @@ async fn convert(pass: &Pass, item: ItemRecord, email: String) -> anyhow::Result
                         }
                     }
                 }
-                q.record_failed(
-                    item.id,
-                    &code,
-                    &message,
-                    meta.request_id.as_deref(),
-                    Some(&meta.client_request_id),
-                )?;
-                p.progress.inc(1);
-                return Ok(());
+                return pass.fail(item.id, &code, &message, Some(&meta));
             }
             Err(GraphError::Unknown { message, meta }) => {
                 ("UnknownOutcome".to_string(), message, meta)
             }
             Err(other) => {
-                let code = other.code().unwrap_or("Error").to_string();
-                let meta = other.meta().cloned();
-                q.record_failed(
-                    item.id,
-                    &code,
-                    &other.to_string(),
-                    meta.as_ref().and_then(|m| m.request_id.as_deref()),
-                    meta.as_ref().map(|m| m.client_request_id.as_str()),
-                )?;
-                p.progress.inc(1);
-                return Ok(());
+                let code = other.code().unwrap_or("Error");
+                return pass.fail(item.id, code, &other.to_string(), other.meta());
             }
         };
         unknown_before = true;
@@ -509,8 +511,7 @@ async fn convert(pass: &Pass, item: ItemRecord, email: String) -> anyhow::Result
             Some(&meta.client_request_id),
         )?;
         let Some(user_id) = item.user_id.as_deref() else {
-            q.record_failed(item.id, &code, &message, None, None)?;
-            return Ok(());
+            return pass.fail(item.id, &code, &message, Some(&meta));
         };
         match reread(&p.graph, user_id).await {
             Reconciled::Converted => {
@@ -526,17 +527,10 @@ async fn convert(pass: &Pass, item: ItemRecord, email: String) -> anyhow::Result
             Reconciled::NotConverted => {
                 if pass.stopping() {
                     q.back_to_pending(item.id)?;
-                } else {
-                    q.record_failed(
-                        item.id,
-                        &code,
-                        &format!("{message} (after {attempts} attempts)"),
-                        meta.request_id.as_deref(),
-                        Some(&meta.client_request_id),
-                    )?;
-                    p.progress.inc(1);
+                    return Ok(());
                 }
-                return Ok(());
+                let message = format!("{message} (after {attempts} attempts)");
+                return pass.fail(item.id, &code, &message, Some(&meta));
             }
             Reconciled::Unreadable(GraphError::TenantRefused { message, .. }) => {
                 pass.refuse(message);
