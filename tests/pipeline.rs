@@ -245,3 +245,83 @@ async fn usage_errors_exit_2_and_live_runs_need_consent() {
     .await;
     assert_eq!(out.code, 1, "{}", out.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_emulator_command_prints_a_client_environment_that_works() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("generated.csv");
+    let mut emu = tokio::process::Command::new(BIN)
+        .args([
+            "emulator",
+            "--generate",
+            "200",
+            "--seed",
+            "3",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--write-csv")
+        .arg(&csv)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(emu.stdout.take().unwrap()).lines();
+    let mut env = Vec::new();
+    while env.len() < 5 {
+        let line = tokio::time::timeout(COMMAND_TIMEOUT, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("five NAME=value lines");
+        let (k, v) = line.split_once('=').expect("NAME=value");
+        env.push((k.to_string(), v.to_string()));
+    }
+    let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+    for name in [
+        "B2B_GRAPH_URL",
+        "B2B_LOGIN_URL",
+        "AZURE_TENANT_ID",
+        "AZURE_CLIENT_ID",
+        "AZURE_CLIENT_SECRET",
+    ] {
+        assert!(names.contains(&name), "{name} printed: {names:?}");
+    }
+    let header = std::fs::read_to_string(&csv).unwrap();
+    assert!(header.starts_with("id,userPrincipalName,externalEmail"));
+    assert_eq!(header.lines().count(), 201);
+
+    let db = dir.path().join("q.db");
+    let out = tokio::process::Command::new(BIN)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env)
+        .arg("--db")
+        .arg(&db)
+        .args(["run", "--csv", csv.to_str().unwrap(), "--dry-run"])
+        .output();
+    let out = tokio::time::timeout(COMMAND_TIMEOUT, out)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run_id: i64 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("run-id: "))
+        .expect("the first stdout line is the run id")
+        .parse()
+        .unwrap();
+    let its = items(&db, run_id);
+    assert_eq!(its.len(), 200);
+    assert!(its.iter().all(|i| i.state.is_terminal()));
+    emu.start_kill().unwrap();
+}
