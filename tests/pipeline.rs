@@ -4,8 +4,6 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use std::time::Duration;
-
 use b2b_convert::item::ItemState;
 use common::*;
 
@@ -354,31 +352,7 @@ async fn csv_ingestion_killed_half_way_resumes_without_losing_or_repeating_a_row
         "2000",
     ];
     let mut child = command(&emu, &db, &args).spawn().unwrap();
-    let mut killed_mid_ingest = false;
-    for _ in 0..6_000 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        let Ok(conn) =
-            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        else {
-            continue;
-        };
-        let Ok((complete, stored)) = conn.query_row(
-            "SELECT ingest_complete, (SELECT count(*) FROM items) FROM runs ORDER BY id DESC LIMIT 1",
-            [],
-            |r| Ok((r.get::<_, bool>(0)?, r.get::<_, i64>(1)?)),
-        ) else {
-            continue;
-        };
-        if complete {
-            break;
-        }
-        if stored > 0 {
-            child.start_kill().unwrap();
-            killed_mid_ingest = true;
-            break;
-        }
-    }
-    child.wait().await.unwrap();
+    let killed_mid_ingest = kill_mid_ingest(&mut child, &db).await;
     assert!(killed_mid_ingest, "ingestion was interrupted part-way");
 
     let out = run(&emu, &db, &["resume", "--yes", "--rate", "2000"]).await;

@@ -95,36 +95,8 @@ async fn filter_run_queues_exactly_the_matching_users_even_across_a_crash_mid_li
     )
     .spawn()
     .unwrap();
-    // Kill once some pages are stored but the listing is not complete (bounded wait).
-    let mut killed_mid_listing = false;
-    for _ in 0..2_000 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        if !db.exists() {
-            continue;
-        }
-        // Read-only: the test must not take part in creating the database.
-        let Ok(conn) =
-            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        else {
-            continue;
-        };
-        let Ok((complete, stored)) = conn.query_row(
-            "SELECT ingest_complete, (SELECT count(*) FROM items) FROM runs ORDER BY id DESC LIMIT 1",
-            [],
-            |r| Ok((r.get::<_, bool>(0)?, r.get::<_, i64>(1)?)),
-        ) else {
-            continue;
-        };
-        if complete {
-            break;
-        }
-        if stored > 0 {
-            child.start_kill().unwrap();
-            killed_mid_listing = true;
-            break;
-        }
-    }
-    child.wait().await.unwrap();
+    // Kill once some pages are stored but the listing is not complete.
+    let killed_mid_listing = kill_mid_ingest(&mut child, &db).await;
     assert!(killed_mid_listing, "the listing was interrupted part-way");
     let run_id = Queue::open(&db).unwrap().latest_run().unwrap().unwrap().id;
     let partial = queued_ids(&db, run_id).len();

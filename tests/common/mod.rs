@@ -127,3 +127,35 @@ pub fn invitations_per_user(emu: &Emulator) -> std::collections::BTreeMap<String
     }
     m
 }
+
+/// Kills `child` (SIGKILL) once its run has stored some items but not finished ingesting, by
+/// polling the queue read-only (the test must not take part in creating the database). Bounded
+/// to 30 s of polling; returns whether the kill happened mid-ingestion.
+pub async fn kill_mid_ingest(child: &mut tokio::process::Child, db: &Path) -> bool {
+    let mut killed = false;
+    for _ in 0..6_000 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let Ok(conn) =
+            rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        else {
+            continue;
+        };
+        let Ok((complete, stored)) = conn.query_row(
+            "SELECT ingest_complete, (SELECT count(*) FROM items) FROM runs ORDER BY id DESC LIMIT 1",
+            [],
+            |r| Ok((r.get::<_, bool>(0)?, r.get::<_, i64>(1)?)),
+        ) else {
+            continue;
+        };
+        if complete {
+            break;
+        }
+        if stored > 0 {
+            child.start_kill().unwrap();
+            killed = true;
+            break;
+        }
+    }
+    child.wait().await.unwrap();
+    killed
+}
