@@ -1,17 +1,21 @@
 //! The CSV source: streams an administrator's user list (SPEC.md "CSV input") into
-//! [`NewItem`]s, one row at a time.
+//! [`NewItem`]s, one row at a time, and checks a file's header before a run is created
+//! ([`check_header`]).
 //!
-//! Files run to hundreds of thousands of rows, so nothing is collected: one `ByteRecord` is reused
-//! for every row and memory stays flat (only a single huge field, such as an unterminated quote
-//! swallowing the rest of the file, grows it). A row that cannot be used never stops ingestion:
-//! it becomes an item with `bad_input` naming the file, the line and the field. Only a file that
-//! cannot be opened, has no usable header, or fails to read mid-way is a [`SourceError`].
+//! Files run to hundreds of thousands of rows, so nothing is collected: one record buffer is
+//! reused for every row and capped at [`MAX_RECORD_BYTES`], so memory stays flat whatever the
+//! file holds. The reader is a small RFC 4180 scanner of its own rather than the `csv` crate,
+//! because it must know exact physical line numbers, accept a bare CR as a line end
+//! (spreadsheets' "CSV (Macintosh)"), and recover from an unterminated quote by reading the
+//! lines it swallowed again as rows: a general-purpose parser does none of these.
+//!
+//! A row that cannot be used never stops ingestion: it becomes an item with `bad_input` naming
+//! the file, the line and the field. Only a file that cannot be opened, has no usable header, or
+//! fails to read mid-way is a [`SourceError`].
 
 use std::fs::File;
-use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::io::{self, BufRead, BufReader, Seek, SeekFrom};
 use std::path::Path;
-
-use ::csv::{ByteRecord, Reader, ReaderBuilder, Terminator};
 
 use crate::item::{NewItem, Overrides, UserKey};
 use crate::validate::email_syntax_error;
@@ -25,7 +29,7 @@ pub enum SourceError {
         #[source]
         source: io::Error,
     },
-    #[error("{file}: line {line}: no header row")]
+    #[error("{file}: line {line}: no header row (the file is empty or blank)")]
     NoHeader { file: String, line: u64 },
     #[error("{file}: line {line}: header has neither `id` nor `userPrincipalName`")]
     NoKeyColumn { file: String, line: u64 },
@@ -35,14 +39,35 @@ pub enum SourceError {
         line: u64,
         column: usize,
     },
+    #[error("{file}: line {line}: header: {why}")]
+    BadHeader {
+        file: String,
+        line: u64,
+        why: String,
+    },
     #[error("{file}: line {line}: read error: {source}")]
     Read {
         file: String,
         line: u64,
         #[source]
-        source: ::csv::Error,
+        source: io::Error,
     },
 }
+
+/// Checks that `path` is a CSV file the tool can use — it opens, has a header row, and the header
+/// names `id` or `userPrincipalName` — reading only up to the header. Meant to run before a run
+/// is created, so an unusable input is refused (exit 2) instead of leaving an empty run behind.
+/// Returns the header's warnings (unknown or repeated columns).
+pub fn check_header(path: &Path) -> Result<Vec<String>, SourceError> {
+    CsvSource::open(path, 0).map(|source| source.warnings)
+}
+
+/// A record (with its quoted fields) is never held beyond this size: a longer row is `bad_input`,
+/// and a quote still open at this size is taken as unterminated. Far above any real row.
+pub const MAX_RECORD_BYTES: usize = 4 << 20;
+
+/// A warning names at most this many columns, then says how many more there are.
+const MAX_NAMED_COLUMNS: usize = 20;
 
 /// The columns SPEC.md defines; header names match them case-insensitively, no aliases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,19 +123,165 @@ enum Field<'r> {
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
+/// One record's fields, in one reused buffer.
+#[derive(Debug, Default)]
+struct Record {
+    data: Vec<u8>,
+    ends: Vec<usize>,
+    /// Fields seen, including those not stored once the record passed [`MAX_RECORD_BYTES`].
+    fields: usize,
+    overflow: bool,
+}
+
+impl Record {
+    fn clear(&mut self) {
+        self.data.clear();
+        self.ends.clear();
+        self.fields = 0;
+        self.overflow = false;
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        if self.overflow {
+            return;
+        }
+        if self.data.len() + bytes.len() + 8 * self.ends.len() > MAX_RECORD_BYTES {
+            self.overflow = true;
+            return;
+        }
+        self.data.extend_from_slice(bytes);
+    }
+
+    fn end_field(&mut self) {
+        self.fields += 1;
+        if !self.overflow {
+            self.ends.push(self.data.len());
+        }
+    }
+
+    /// Drops the current field's bytes from `len` on (the field stays open).
+    fn truncate_field(&mut self, len: usize) {
+        if !self.overflow {
+            self.data.truncate(len);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.fields
+    }
+
+    fn get(&self, i: usize) -> Option<&[u8]> {
+        let end = *self.ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        Some(&self.data[start..end])
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        (0..self.ends.len()).filter_map(|i| self.get(i))
+    }
+}
+
+/// A quoted field that spans lines, as first seen.
+#[derive(Debug, Clone, Copy)]
+struct MultiLine {
+    field: usize,
+    /// Line of the opening quote.
+    line: u64,
+    /// Offset and line just after the first line end inside the quotes: where reading goes on
+    /// if the quote turns out to be unterminated.
+    after_first_break: (u64, u64),
+}
+
+/// How a quote that should not have spanned lines ended.
+#[derive(Debug, Clone, Copy)]
+enum QuoteEnd {
+    EndOfFile,
+    /// Closed, then followed by this byte instead of a comma or a line end.
+    Stray(u8),
+    /// Closed properly, but took in line breaks where the row cannot have any.
+    TookLines,
+    TooLong,
+}
+
+/// An unterminated quote: the record is reported from its opening and reading goes on with
+/// the line after it.
+#[derive(Debug, Clone, Copy)]
+struct BadQuote {
+    open: MultiLine,
+    end: QuoteEnd,
+    /// Line where the scan for the closing quote stopped.
+    last_line: u64,
+}
+
+/// The physical reader: bytes, the current line and offset.
+struct Scanner {
+    input: BufReader<File>,
+    /// 1-based line of the next byte.
+    line: u64,
+    /// Offset of the next byte.
+    offset: u64,
+    /// Offset where the current line began.
+    line_start: u64,
+}
+
+impl Scanner {
+    fn peek(&mut self) -> io::Result<Option<u8>> {
+        Ok(self.input.fill_buf()?.first().copied())
+    }
+
+    fn bump(&mut self, n: usize) {
+        self.input.consume(n);
+        self.offset += n as u64;
+    }
+
+    /// Consumes one line end (`\n`, `\r\n` or a bare `\r`) starting at the next byte, copying it
+    /// into `into` when given.
+    fn line_end(&mut self, first: u8, into: Option<&mut Record>) -> io::Result<()> {
+        self.bump(1);
+        let crlf = first == b'\r' && self.peek()? == Some(b'\n');
+        if crlf {
+            self.bump(1);
+        }
+        if let Some(record) = into {
+            let one = [first];
+            record.push(if crlf { b"\r\n" } else { &one });
+        }
+        self.line += 1;
+        self.line_start = self.offset;
+        Ok(())
+    }
+
+    fn seek(&mut self, (offset, line): (u64, u64)) -> io::Result<()> {
+        self.input.seek(SeekFrom::Start(offset))?;
+        self.offset = offset;
+        self.line = line;
+        self.line_start = offset;
+        Ok(())
+    }
+}
+
+/// What one call of [`CsvSource::read_record`] found.
+#[derive(Debug)]
+struct Read {
+    line: u64,
+    bad_quote: Option<BadQuote>,
+}
+
 /// Streaming reader of one CSV input file.
 pub struct CsvSource {
     file: String,
-    reader: Reader<BufReader<File>>,
-    record: ByteRecord,
+    scanner: Scanner,
+    record: Record,
     /// Index of each [`Column`] in the header (first occurrence), by `Column as usize`.
     columns: [Option<usize>; 8],
     width: usize,
     warnings: Vec<String>,
     total_bytes: u64,
-    /// Whether the file's last byte is `\n`: tells whether the last record was ended by a
-    /// newline or by end of file, which the line arithmetic needs.
-    ends_with_newline: bool,
+    /// Furthest offset read (reading goes back after an unterminated quote).
+    furthest: u64,
+    /// Fields of the current record that hold what the row says (fewer than all after an
+    /// unterminated quote).
+    usable: usize,
     skip_through_line: u64,
     done: bool,
 }
@@ -124,7 +295,7 @@ impl CsvSource {
             file: file_name.clone(),
             source,
         };
-        let mut file = File::open(path).map_err(open_err)?;
+        let file = File::open(path).map_err(open_err)?;
         let meta = file.metadata().map_err(open_err)?;
         if meta.is_dir() {
             return Err(open_err(io::Error::new(
@@ -132,46 +303,50 @@ impl CsvSource {
                 "is a directory",
             )));
         }
-        let total_bytes = meta.len();
-        let ends_with_newline = if total_bytes > 0 {
-            let mut last = [0u8; 1];
-            file.seek(SeekFrom::End(-1))
-                .and_then(|_| file.read_exact(&mut last))
-                .and_then(|_| file.seek(SeekFrom::Start(0)))
-                .map_err(open_err)?;
-            last[0] == b'\n'
-        } else {
-            false
+        let mut scanner = Scanner {
+            input: BufReader::with_capacity(64 * 1024, file),
+            line: 1,
+            offset: 0,
+            line_start: 0,
         };
-
-        // `\n` alone ends a record: a `\r` before it stays in the last field and is trimmed
-        // away like other whitespace, so CRLF and LF files read the same, and every record
-        // ends by consuming exactly one `\n` (see `record_start_line`).
-        let reader = ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .terminator(Terminator::Any(b'\n'))
-            .from_reader(BufReader::new(file));
-
+        if scanner.input.fill_buf().map_err(open_err)?.starts_with(BOM) {
+            scanner.bump(BOM.len());
+            scanner.line_start = scanner.offset;
+        }
         let mut source = CsvSource {
             file: file_name,
-            reader,
-            record: ByteRecord::new(),
+            scanner,
+            record: Record::default(),
             columns: [None; 8],
             width: 0,
             warnings: Vec::new(),
-            total_bytes,
-            ends_with_newline,
+            total_bytes: meta.len(),
+            furthest: 0,
+            usable: 0,
             skip_through_line,
             done: false,
         };
-        let Some(line) = source.read_record()? else {
+        let Some(read) = source.read_record()? else {
             return Err(SourceError::NoHeader {
                 file: source.file,
                 line: 1,
             });
         };
-        source.read_header(line)?;
+        if let Some(bad) = read.bad_quote {
+            return Err(SourceError::BadHeader {
+                file: source.file,
+                line: read.line,
+                why: format!("column {}: {}", bad.open.field + 1, quote_problem(&bad)),
+            });
+        }
+        if source.record.overflow {
+            return Err(SourceError::BadHeader {
+                file: source.file,
+                line: read.line,
+                why: format!("longer than {} MiB", MAX_RECORD_BYTES >> 20),
+            });
+        }
+        source.read_header(read.line)?;
         Ok(source)
     }
 
@@ -182,7 +357,7 @@ impl CsvSource {
 
     /// Bytes consumed so far, for a progress bar.
     pub fn bytes_read(&self) -> u64 {
-        self.reader.position().byte()
+        self.furthest.max(self.scanner.offset)
     }
 
     /// Size of the file when it was opened.
@@ -192,13 +367,9 @@ impl CsvSource {
 
     fn read_header(&mut self, line: u64) -> Result<(), SourceError> {
         let mut unknown = Vec::new();
+        let mut unknown_count = 0usize;
         let mut repeated = Vec::new();
         for (i, raw) in self.record.iter().enumerate() {
-            let raw = if i == 0 {
-                raw.strip_prefix(BOM).unwrap_or(raw)
-            } else {
-                raw
-            };
             let name = std::str::from_utf8(raw)
                 .map_err(|_| SourceError::HeaderNotUtf8 {
                     file: self.file.clone(),
@@ -208,9 +379,21 @@ impl CsvSource {
                 .trim();
             match Column::from_header(name) {
                 Some(c) if self.columns[c as usize].is_none() => self.columns[c as usize] = Some(i),
-                Some(c) => repeated.push(c.name()),
-                None if name.is_empty() => unknown.push(format!("(unnamed column {})", i + 1)),
-                None => unknown.push(name.to_string()),
+                Some(c) => {
+                    if !repeated.contains(&c.name()) {
+                        repeated.push(c.name());
+                    }
+                }
+                None => {
+                    unknown_count += 1;
+                    if unknown.len() < MAX_NAMED_COLUMNS {
+                        unknown.push(if name.is_empty() {
+                            format!("(unnamed column {})", i + 1)
+                        } else {
+                            show_name(name)
+                        });
+                    }
+                }
             }
         }
         self.width = self.record.len();
@@ -222,9 +405,15 @@ impl CsvSource {
                 line,
             });
         }
-        if !unknown.is_empty() {
+        if unknown_count > 0 {
+            let more = unknown_count - unknown.len();
+            let tail = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
             self.warnings.push(format!(
-                "{}: ignoring unknown columns: {}",
+                "{}: ignoring unknown columns: {}{tail}",
                 self.file,
                 unknown.join(", ")
             ));
@@ -239,57 +428,267 @@ impl CsvSource {
         Ok(())
     }
 
-    /// Reads the next non-blank record into `self.record`; returns its first line.
-    fn read_record(&mut self) -> Result<Option<u64>, SourceError> {
+    fn read_err(&self, source: io::Error) -> SourceError {
+        SourceError::Read {
+            file: self.file.clone(),
+            line: self.scanner.line,
+            source,
+        }
+    }
+
+    /// Reads the next non-blank record into `self.record`; `None` at end of file.
+    fn read_record(&mut self) -> Result<Option<Read>, SourceError> {
         loop {
-            let line_before = self.reader.position().line();
-            match self.reader.read_byte_record(&mut self.record) {
-                Ok(false) => return Ok(None),
-                Ok(true) => {}
-                Err(source) => {
-                    return Err(SourceError::Read {
-                        file: self.file.clone(),
-                        line: self.reader.position().line(),
-                        source,
-                    })
+            match self.scan_record() {
+                Err(e) => return Err(self.read_err(e)),
+                Ok(None) => return Ok(None),
+                Ok(Some(read)) => {
+                    self.furthest = self.furthest.max(self.scanner.offset);
+                    if let Some(bad) = &read.bad_quote {
+                        // The lines the quote took in are read again as rows of their own.
+                        let resume = bad.open.after_first_break;
+                        self.scanner.seek(resume).map_err(|e| self.read_err(e))?;
+                        self.usable = bad.open.field;
+                        return Ok(Some(read));
+                    }
+                    self.usable = self.record.len();
+                    if !self.is_blank_line() {
+                        return Ok(Some(read));
+                    }
                 }
-            }
-            if !is_blank(&self.record) {
-                return Ok(Some(self.record_start_line(line_before)));
             }
         }
     }
 
-    /// 1-based physical line where the record just read starts.
-    ///
-    /// The reader's own record position points just after the previous record, i.e. before
-    /// any blank lines it skipped, so it is computed from the end instead: the reader's line
-    /// count after the record, minus its terminating `\n` (absent only when the file ends
-    /// without one), minus the newlines inside its quoted fields. A record can also end at
-    /// end of file inside an unterminated quote that swallowed the file's final `\n`; that is
-    /// recognised when counting a terminator would put the start before `line_before`, the
-    /// reader's line when it began this record.
-    fn record_start_line(&self, line_before: u64) -> u64 {
-        let pos = self.reader.position();
-        let embedded = self
-            .record
-            .as_slice()
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count() as u64;
-        let if_terminated = pos.line().saturating_sub(1 + embedded);
-        let at_end = pos.byte() >= self.total_bytes;
-        let ended_by_eof = at_end && (!self.ends_with_newline || if_terminated < line_before);
-        let start = if ended_by_eof {
-            pos.line().saturating_sub(embedded)
+    /// An empty or whitespace-only line: one unquoted field of spaces. Skipped; a line with a
+    /// comma or a quote is a row, even when every field is blank.
+    fn is_blank_line(&self) -> bool {
+        self.record.len() == 1
+            && !self.record.overflow
+            && self
+                .record
+                .get(0)
+                .is_some_and(|f| f.iter().all(|b| *b == b' ' || *b == b'\t'))
+    }
+
+    /// One record from the scanner's position, or `None` at end of file.
+    fn scan_record(&mut self) -> io::Result<Option<Read>> {
+        if self.scanner.peek()?.is_none() {
+            return Ok(None);
+        }
+        let start_line = self.scanner.line;
+        self.record.clear();
+        let mut first_multi_line: Option<MultiLine> = None;
+        let end_line;
+        loop {
+            let field = self.record.fields;
+            let field_start = self.record.data.len();
+            if self.scanner.peek()? == Some(b'"') {
+                self.scanner.bump(1);
+                let open_line = self.scanner.line;
+                let mut multi: Option<MultiLine> = None;
+                let mut first_break_len = 0;
+                // Inside the quotes, up to the closing quote.
+                let closed = loop {
+                    let buf = self.scanner.input.fill_buf()?;
+                    if buf.is_empty() {
+                        break false;
+                    }
+                    let n = buf
+                        .iter()
+                        .position(|b| matches!(b, b'"' | b'\r' | b'\n'))
+                        .unwrap_or(buf.len());
+                    let chunk = &buf[..n];
+                    self.record.push(chunk);
+                    self.scanner.bump(n);
+                    match self.scanner.peek()? {
+                        Some(b'"') => {
+                            self.scanner.bump(1);
+                            if self.scanner.peek()? == Some(b'"') {
+                                self.scanner.bump(1);
+                                self.record.push(b"\"");
+                            } else {
+                                break true;
+                            }
+                        }
+                        Some(b @ (b'\r' | b'\n')) => {
+                            if multi.is_none() {
+                                first_break_len = self.record.data.len();
+                            }
+                            self.scanner.line_end(b, Some(&mut self.record))?;
+                            multi.get_or_insert(MultiLine {
+                                field,
+                                line: open_line,
+                                after_first_break: (self.scanner.offset, self.scanner.line),
+                            });
+                            if self.record.overflow {
+                                let open = multi.expect("set above");
+                                return Ok(Some(self.bad_quote(
+                                    start_line,
+                                    open,
+                                    QuoteEnd::TooLong,
+                                    field_start,
+                                    first_break_len,
+                                )));
+                            }
+                        }
+                        _ => {}
+                    }
+                };
+                if !closed {
+                    if let Some(open) = multi {
+                        return Ok(Some(self.bad_quote(
+                            start_line,
+                            open,
+                            QuoteEnd::EndOfFile,
+                            field_start,
+                            first_break_len,
+                        )));
+                    }
+                    // Open quote on the file's last line: nothing was taken in.
+                    self.record.end_field();
+                    return Ok(Some(Read {
+                        line: start_line,
+                        bad_quote: Some(BadQuote {
+                            open: MultiLine {
+                                field,
+                                line: open_line,
+                                after_first_break: (self.scanner.offset, self.scanner.line),
+                            },
+                            end: QuoteEnd::EndOfFile,
+                            last_line: self.scanner.line,
+                        }),
+                    }));
+                }
+                match (self.scanner.peek()?, multi) {
+                    (None | Some(b',' | b'\r' | b'\n'), _) => {}
+                    (Some(b), Some(open)) => {
+                        return Ok(Some(self.bad_quote(
+                            start_line,
+                            open,
+                            QuoteEnd::Stray(b),
+                            field_start,
+                            first_break_len,
+                        )));
+                    }
+                    // `"ab"c` on one line: read leniently as `abc`, like other CSV readers.
+                    (Some(_), None) => {}
+                }
+                if first_multi_line.is_none() {
+                    first_multi_line = multi;
+                }
+            }
+            // Unquoted text (or the rest of a field after a stray quote) up to the separator.
+            let ended = loop {
+                let buf = self.scanner.input.fill_buf()?;
+                if buf.is_empty() {
+                    break None;
+                }
+                let n = buf
+                    .iter()
+                    .position(|b| matches!(b, b',' | b'\r' | b'\n'))
+                    .unwrap_or(buf.len());
+                let chunk = &buf[..n];
+                self.record.push(chunk);
+                self.scanner.bump(n);
+                match self.scanner.peek()? {
+                    Some(b @ (b',' | b'\r' | b'\n')) => break Some(b),
+                    Some(_) => {}
+                    None => break None,
+                }
+            };
+            self.record.end_field();
+            match ended {
+                Some(b',') => self.scanner.bump(1),
+                Some(b) => {
+                    end_line = self.scanner.line;
+                    self.scanner.line_end(b, None)?;
+                    break;
+                }
+                None => {
+                    end_line = self.scanner.line;
+                    break;
+                }
+            }
+        }
+        if let Some(open) = first_multi_line {
+            if self.width > 0 && !self.may_span_lines(open.field) {
+                return Ok(Some(Read {
+                    line: start_line,
+                    bad_quote: Some(BadQuote {
+                        open,
+                        end: QuoteEnd::TookLines,
+                        last_line: end_line,
+                    }),
+                }));
+            }
+            if self.record.overflow {
+                return Ok(Some(Read {
+                    line: start_line,
+                    bad_quote: Some(BadQuote {
+                        open,
+                        end: QuoteEnd::TooLong,
+                        last_line: end_line,
+                    }),
+                }));
+            }
+        }
+        Ok(Some(Read {
+            line: start_line,
+            bad_quote: None,
+        }))
+    }
+
+    /// Whether a row may hold a line break in field `index`: only in the message body and in
+    /// columns the tool ignores (notes), and only when the row has the header's width.
+    /// Anywhere else, line breaks inside quotes are rows swallowed by a stray quote.
+    fn may_span_lines(&self, index: usize) -> bool {
+        let known = self.columns.iter().position(|c| *c == Some(index));
+        self.record.len() == self.width
+            && match known {
+                None => true,
+                Some(c) => Column::ALL[c] == Column::CustomizedMessageBody,
+            }
+    }
+
+    /// Ends the record at an unterminated quote: the quoted field keeps its first line only.
+    fn bad_quote(
+        &mut self,
+        line: u64,
+        open: MultiLine,
+        end: QuoteEnd,
+        field_start: usize,
+        first_break_len: usize,
+    ) -> Read {
+        // At end of file just after a line end, the last line is the one that line end closed.
+        let at_line_start = self.scanner.offset == self.scanner.line_start;
+        let last_line = if at_line_start && self.scanner.line > open.line {
+            self.scanner.line - 1
         } else {
-            if_terminated
+            self.scanner.line
         };
-        start.max(1)
+        self.record.truncate_field(first_break_len.max(field_start));
+        self.record.end_field();
+        Read {
+            line,
+            bad_quote: Some(BadQuote {
+                open,
+                end,
+                last_line,
+            }),
+        }
+    }
+
+    fn column_name(&self, index: usize) -> String {
+        match self.columns.iter().position(|c| *c == Some(index)) {
+            Some(c) => Column::ALL[c].name().to_string(),
+            None => format!("column {}", index + 1),
+        }
     }
 
     fn field(&self, column: Column) -> Field<'_> {
-        let Some(raw) = self.columns[column as usize].and_then(|i| self.record.get(i)) else {
+        let index = self.columns[column as usize].filter(|i| *i < self.usable);
+        let Some(raw) = index.and_then(|i| self.record.get(i)) else {
             return Field::Absent;
         };
         match std::str::from_utf8(raw) {
@@ -300,10 +699,31 @@ impl CsvSource {
     }
 
     /// Turns the current record into an item; every problem found goes into `bad_input`.
-    fn parse_row(&self, line: u64) -> NewItem {
+    fn parse_row(&self, read: &Read) -> NewItem {
+        let line = read.line;
         let mut problems = Vec::new();
-        let aligned = self.record.len() == self.width;
-        if !aligned {
+        let aligned =
+            read.bad_quote.is_none() && !self.record.overflow && self.record.len() == self.width;
+        let all_blank = read.bad_quote.is_none()
+            && !self.record.overflow
+            && self
+                .record
+                .iter()
+                .all(|f| f.iter().all(u8::is_ascii_whitespace));
+        if let Some(bad) = &read.bad_quote {
+            problems.push(format!(
+                "field {}: {}",
+                self.column_name(bad.open.field),
+                quote_problem(bad)
+            ));
+        } else if self.record.overflow {
+            problems.push(format!(
+                "row longer than {} MiB: not read",
+                MAX_RECORD_BYTES >> 20
+            ));
+        } else if all_blank {
+            problems.push("every field is blank: no id and no userPrincipalName".to_string());
+        } else if !aligned {
             problems.push(format!(
                 "expected {} fields, found {}",
                 self.width,
@@ -360,7 +780,7 @@ impl CsvSource {
             }
             Some(UserKey::UserPrincipalName(upn.to_string()))
         } else {
-            if aligned && !key_unreadable {
+            if aligned && !all_blank && !key_unreadable {
                 problems.push("no id and no userPrincipalName".to_string());
             }
             None
@@ -439,25 +859,61 @@ impl Iterator for CsvSource {
                     self.done = true;
                     return Some(Err(e));
                 }
-                Ok(Some(line)) if line <= self.skip_through_line => {}
-                Ok(Some(line)) => return Some(Ok(self.parse_row(line))),
+                Ok(Some(read)) if read.line <= self.skip_through_line => {}
+                Ok(Some(read)) => return Some(Ok(self.parse_row(&read))),
             }
         }
         None
     }
 }
 
-/// Blank lines, whitespace-only lines and rows of empty fields (spreadsheet exports end with
-/// `,,,` rows) carry nothing and are skipped.
-fn is_blank(record: &ByteRecord) -> bool {
-    record.iter().enumerate().all(|(i, f)| {
-        let f = if i == 0 {
-            f.strip_prefix(BOM).unwrap_or(f)
-        } else {
-            f
-        };
-        f.iter().all(u8::is_ascii_whitespace)
-    })
+/// What the operator is told about an unterminated quote: where it opened, how it ended, how
+/// many lines it spans, and that those lines are not lost.
+fn quote_problem(bad: &BadQuote) -> String {
+    let open = bad.open.line;
+    let spans = bad.last_line.saturating_sub(open) + 1;
+    let how = match bad.end {
+        QuoteEnd::EndOfFile => "is never closed".to_string(),
+        QuoteEnd::Stray(b) => format!(
+            "closes on line {} followed by {} instead of a comma or a line end",
+            bad.last_line,
+            show_byte(b)
+        ),
+        QuoteEnd::TookLines => format!(
+            "closes only on line {}, taking in line breaks this field cannot hold",
+            bad.last_line
+        ),
+        QuoteEnd::TooLong => format!("is still open after {} MiB", MAX_RECORD_BYTES >> 20),
+    };
+    let lines = if spans == 1 { "line" } else { "lines" };
+    let mut message = format!(
+        "unterminated quote: the quote opened on line {open} {how} (spans {spans} {lines})"
+    );
+    if spans > 1 {
+        message.push_str(&format!(
+            "; the lines after line {open} are read as rows of their own"
+        ));
+    }
+    message
+}
+
+fn show_byte(b: u8) -> String {
+    if b.is_ascii_graphic() {
+        format!("{:?}", b as char)
+    } else {
+        format!("byte 0x{b:02X}")
+    }
+}
+
+/// A header name quoted for a warning, cut short like [`show`].
+fn show_name(name: &str) -> String {
+    const MAX: usize = 40;
+    if name.chars().count() <= MAX {
+        name.to_string()
+    } else {
+        let cut: String = name.chars().take(MAX).collect();
+        format!("{cut}…")
+    }
 }
 
 /// 8-4-4-4-12 hexadecimal digits.
@@ -602,9 +1058,173 @@ mod tests {
     }
 
     #[test]
-    fn blank_and_empty_rows_are_skipped() {
-        let got = items(&format!("\n\nid\n\n{G1}\n   \n,\n{G2}\n\n"));
+    fn blank_lines_are_skipped_but_rows_of_blank_fields_are_bad_input() {
+        let got = items(&format!("\n\nid\n\n{G1}\n   \n\t\n{G2}\n\n"));
         assert_eq!(lines(&got), vec![5, 8]);
+        // A row of commas (a spreadsheet's trailing rows, or a user left out) names no user:
+        // it is kept as bad_input so the report shows it, never dropped silently.
+        let got = items(&format!(
+            "id,userPrincipalName,externalEmail\n{G1},,\n,,\n , ,\n\"\",,\n,\n"
+        ));
+        assert_eq!(lines(&got), vec![2, 3, 4, 5, 6]);
+        assert!(got[0].bad_input.is_none());
+        for item in &got[1..] {
+            let msg = item.bad_input.as_deref().expect("blank row is bad_input");
+            assert!(
+                msg.contains(&format!(
+                    "line {}: every field is blank",
+                    item.line.unwrap()
+                )),
+                "{msg}"
+            );
+            assert_eq!(item.key, None);
+        }
+    }
+
+    #[test]
+    fn cr_only_line_endings_are_read() {
+        // Excel's "CSV (Macintosh)": a bare CR ends each line, quoted fields included.
+        let text = format!(
+            "id,customizedMessageBody,externalEmail\r{G1},\"Hello\rthere\",a@fabrikam.com\r\r{G2},x,b@fabrikam.com\r"
+        );
+        let f = write(text.as_bytes());
+        let src = CsvSource::open(&f.path, 0).unwrap();
+        assert!(src.warnings().is_empty(), "{:?}", src.warnings());
+        let got: Vec<NewItem> = src.map(|r| r.unwrap()).collect();
+        assert_eq!(lines(&got), vec![2, 5]);
+        assert!(got.iter().all(|i| i.bad_input.is_none()), "{got:?}");
+        assert_eq!(got[0].key, Some(UserKey::Id(G1.into())));
+        assert_eq!(got[0].external_email.as_deref(), Some("a@fabrikam.com"));
+        assert_eq!(
+            got[0].overrides.customized_message_body.as_deref(),
+            Some("Hello\rthere")
+        );
+        assert_eq!(got[1].external_email.as_deref(), Some("b@fabrikam.com"));
+        // Mixed endings in one file still count one line per ending.
+        let mixed = format!("id\r\n{G1}\r{G2}\n\r\n{G1}");
+        assert_eq!(lines(&items(&mixed)), vec![2, 3, 5]);
+    }
+
+    #[test]
+    fn unterminated_quote_is_its_own_bad_row_and_later_rows_are_read() {
+        let g3 = "33333333-3333-3333-3333-333333333333";
+        // "Closed" by the next quote in the file, two rows later.
+        let text = format!(
+            "id,externalEmail,customizedMessageBody\n{G1},\"bob@fabrikam.com,hi\n{G2},c@fabrikam.com,hello\n{g3},d@fabrikam.com,\"multi\nline\"\n"
+        );
+        let got = items(&text);
+        assert_eq!(lines(&got), vec![2, 3, 4], "{got:?}");
+        let msg = got[0].bad_input.as_deref().expect("the quoted row is bad");
+        assert!(
+            msg.contains("users.csv: line 2: field externalEmail: unterminated quote: the quote opened on line 2"),
+            "{msg}"
+        );
+        assert!(msg.contains("closes on line 4 followed by 'm'"), "{msg}");
+        assert!(msg.contains("(spans 3 lines)"), "{msg}");
+        assert_eq!(got[0].key, Some(UserKey::Id(G1.into())), "whose row it was");
+        assert!(got[1].bad_input.is_none(), "{:?}", got[1]);
+        assert_eq!(got[1].key, Some(UserKey::Id(G2.into())));
+        // The swallowed quoted body of line 4 is read again as the real multi-line field.
+        assert!(got[2].bad_input.is_none(), "{:?}", got[2]);
+        assert_eq!(
+            got[2].overrides.customized_message_body.as_deref(),
+            Some("multi\nline")
+        );
+
+        // Closed later by another row's quote: a stray character follows the "closing" quote.
+        let text = format!(
+            "id,customizedMessageBody,externalEmail\n{G1},\"oops,a@fabrikam.com\n{G2},x,b@fabrikam.com\n{g3},\"quoted\",c@fabrikam.com\n"
+        );
+        let got = items(&text);
+        assert_eq!(lines(&got), vec![2, 3, 4], "{got:?}");
+        let msg = got[0].bad_input.as_deref().unwrap();
+        assert!(
+            msg.contains("line 2: field customizedMessageBody: unterminated quote: the quote opened on line 2 closes on line 4"),
+            "{msg}"
+        );
+        assert!(msg.contains("(spans 3 lines)"), "{msg}");
+        assert!(got[1..].iter().all(|i| i.bad_input.is_none()), "{got:?}");
+
+        // Closed properly, but in a column that cannot hold line breaks.
+        let text =
+            format!("id,externalEmail\n{G1},\"a@fabrikam.com\n{G2},b@fabrikam.com\n{g3},\"\n");
+        let got = items(&text);
+        assert_eq!(lines(&got), vec![2, 3, 4], "{got:?}");
+        let msg = got[0].bad_input.as_deref().unwrap();
+        assert!(
+            msg.contains("closes only on line 4") && msg.contains("(spans 3 lines)"),
+            "{msg}"
+        );
+        assert!(got[1].bad_input.is_none(), "{got:?}");
+        assert!(
+            got[2].bad_input.is_some(),
+            "line 4 has the other half of the quote"
+        );
+
+        // Resume skips by line exactly as the first reading counted them.
+        let text = format!(
+            "id,externalEmail,customizedMessageBody\n{G1},\"bob@fabrikam.com,hi\n{G2},c@fabrikam.com,hello\n{g3},d@fabrikam.com,x\n"
+        );
+        assert_eq!(lines(&items_from(text.as_bytes(), 0)), vec![2, 3, 4]);
+        assert_eq!(lines(&items_from(text.as_bytes(), 2)), vec![3, 4]);
+        assert_eq!(lines(&items_from(text.as_bytes(), 3)), vec![4]);
+    }
+
+    #[test]
+    fn warnings_are_capped_in_length() {
+        let mut header = "id".to_string();
+        for i in 0..100_000 {
+            header.push_str(&format!(",extra{i}"));
+        }
+        header.push_str(&format!(",{}", "n".repeat(10_000)));
+        let f = write(format!("{header}\n{G1}\n").as_bytes());
+        let src = CsvSource::open(&f.path, 0).unwrap();
+        assert_eq!(src.warnings().len(), 1);
+        let w = &src.warnings()[0];
+        assert!(w.len() < 1_000, "{} bytes", w.len());
+        assert!(w.contains("extra0, extra1,"), "{w}");
+        assert!(w.ends_with("and 99981 more"), "{w}");
+    }
+
+    #[test]
+    fn check_header_reads_only_the_header() {
+        let f = write(format!("id,notes\n{G1},\"never closed\n").as_bytes());
+        let warnings = check_header(&f.path).unwrap();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        for (content, expected) in [
+            (&b""[..], "users.csv: line 1: no header row"),
+            (b"\r\n  \r", "users.csv: line 1: no header row"),
+            (
+                b"mail\rx@y.com\r",
+                "users.csv: line 1: header has neither `id` nor `userPrincipalName`",
+            ),
+            (
+                b"id,\"notes\nmore\n",
+                "users.csv: line 1: header: column 2: unterminated quote",
+            ),
+        ] {
+            let f = write(content);
+            let e = check_header(&f.path).unwrap_err().to_string();
+            assert!(e.contains(expected), "{content:?}: {e}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let e = check_header(&dir.path().join("nope.csv")).unwrap_err();
+        assert!(e.to_string().contains("nope.csv: cannot open"), "{e}");
+    }
+
+    #[test]
+    fn a_row_beyond_the_cap_is_bad_input_and_memory_stays_bounded() {
+        let long = "x".repeat(MAX_RECORD_BYTES + 10);
+        let text = format!("id,notes\n{G1},{long}\n{G2},\"{long}\"\n{G1},ok\n");
+        let got = items(&text);
+        assert_eq!(lines(&got), vec![2, 3, 4]);
+        assert!(got[0]
+            .bad_input
+            .as_deref()
+            .unwrap()
+            .contains("row longer than 4 MiB"));
+        assert!(got[1].bad_input.is_some());
+        assert!(got[2].bad_input.is_none());
     }
 
     #[test]
@@ -768,9 +1388,24 @@ mod tests {
         let got = items(&format!(
             "id,externalEmail\n{G1},\"bob@fabrikam.com\n{G2},c@fabrikam.com\n"
         ));
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].line, Some(2));
-        assert!(got[0].bad_input.is_some(), "{got:?}");
+        assert_eq!(lines(&got), vec![2, 3]);
+        let msg = got[0].bad_input.as_deref().unwrap();
+        assert!(
+            msg.contains("line 2: field externalEmail: unterminated quote: the quote opened on line 2 is never closed (spans 2 lines)"),
+            "{msg}"
+        );
+        assert!(
+            got[1].bad_input.is_none(),
+            "the row after is not swallowed: {got:?}"
+        );
+        // On the last line, without a line end: spans that one line.
+        let got = items(&format!("id,externalEmail\n{G1},\"bob@fabrikam.com"));
+        assert_eq!(lines(&got), vec![2]);
+        assert!(got[0]
+            .bad_input
+            .as_deref()
+            .unwrap()
+            .contains("(spans 1 line)"));
     }
 
     #[test]
@@ -818,7 +1453,7 @@ mod tests {
         let body_ends_in_newline = format!("id,customizedMessageBody\n\n{G1},\"a\n\"\n");
         assert_eq!(lines(&items(&body_ends_in_newline)), vec![3]);
         let unterminated = format!("id,customizedMessageBody\n{G1},\"a\nb\n");
-        assert_eq!(lines(&items(&unterminated)), vec![2]);
+        assert_eq!(lines(&items(&unterminated)), vec![2, 3]);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Shared harness: an in-process emulator on 127.0.0.1:0 and the real binary pointed at it.
 #![allow(dead_code)]
 
+use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
@@ -156,6 +157,10 @@ pub async fn kill_mid_ingest(child: &mut tokio::process::Child, db: &Path) -> bo
             break;
         }
     }
-    child.wait().await.unwrap();
+    let status = child.wait().await.unwrap();
+    if killed {
+        // The process died of the signal, not of its own accord just before it.
+        assert_eq!(status.signal(), Some(9), "killed by SIGKILL: {status:?}");
+    }
     killed
 }
