@@ -5,6 +5,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::config;
+/// Plain option types live in `config` so `logging` and `report` need not import the command line.
+pub use crate::config::{LogFormat, ReportFormat};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "b2b-convert",
@@ -16,7 +20,7 @@ queued in a SQLite file, so a run can be stopped and resumed without losing or r
 )]
 pub struct Cli {
     /// The SQLite work queue.
-    #[arg(long, global = true, default_value = "b2b-convert.db", env = "B2B_DB")]
+    #[arg(long, global = true, default_value = config::DEFAULT_DB, env = "B2B_DB")]
     pub db: PathBuf,
 
     /// Log format on stderr.
@@ -33,12 +37,6 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -135,16 +133,35 @@ impl EndpointArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ExecArgs {
     /// Requests per second ceiling (Graph's write bucket sustains about 20).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = config::parse_rate,
+          help = config::with_default(
+              &format!("Requests per second ceiling, {} to {} (Graph's write bucket sustains about 20)",
+                       config::MIN_RATE, config::MAX_RATE),
+              config::DEFAULT_RATE))]
     pub rate: Option<f64>,
     /// Users worked on at once.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = config::concurrency_parser(),
+          help = config::with_default(
+              &format!("Users worked on at once, {} to {}",
+                       config::CONCURRENCY.start(), config::CONCURRENCY.end()),
+              config::DEFAULT_CONCURRENCY))]
     pub concurrency: Option<usize>,
-    /// Attempts per user before it ends `failed`.
-    #[arg(long, value_name = "N")]
+    /// Requests that may have reached Graph for one user before it ends `failed`.
+    #[arg(long, value_name = "N", value_parser = config::max_attempts_parser(),
+          help = config::with_default(
+              &format!("Requests that may have reached Graph for one user before it ends `failed`, {} to {}",
+                       config::MAX_ATTEMPTS.start(), config::MAX_ATTEMPTS.end()),
+              config::DEFAULT_MAX_ATTEMPTS))]
     pub max_attempts: Option<u32>,
+    /// Retries of one HTTP request inside the Graph client (5xx, not sent); 429s do not count.
+    #[arg(long, value_name = "N", value_parser = config::http_retries_parser(),
+          help = config::with_default(
+              &format!("Retries of one HTTP request inside the Graph client (5xx, connection not made), {} to {}; 429s wait for Retry-After and do not count",
+                       config::HTTP_RETRIES.start(), config::HTTP_RETRIES.end()),
+              config::DEFAULT_HTTP_RETRIES))]
+    pub http_retries: Option<u32>,
     /// Convert at most N users of this run (a pilot batch); 0 lifts the limit on resume.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = config::limit_parser())]
     pub limit: Option<u64>,
     /// Write a report at the end (format from the extension).
     #[arg(long, value_name = "PATH")]
@@ -170,7 +187,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub silent: bool,
     /// Where the user lands after redeeming.
-    #[arg(long, value_name = "URL", default_value = crate::item::DEFAULT_REDIRECT_URL)]
+    #[arg(long, value_name = "URL", default_value = config::DEFAULT_REDIRECT_URL)]
     pub redirect_url: String,
     /// Language of the invitation message, e.g. en-US.
     #[arg(long, value_name = "TAG")]
@@ -210,14 +227,6 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ReportFormat {
-    Md,
-    Html,
-    Csv,
-    Json,
-}
-
 #[derive(Debug, Clone, Args)]
 pub struct ReportArgs {
     pub run_id: i64,
@@ -234,7 +243,7 @@ pub struct EmulatorArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "generate")]
     pub tenant: Option<PathBuf>,
     /// A synthetic tenant of N users.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = config::at_least_one_parser())]
     pub generate: Option<usize>,
     /// Seed of --generate.
     #[arg(long, value_name = "S", default_value_t = 1)]
@@ -253,7 +262,7 @@ pub struct EmulatorArgs {
 #[derive(Debug, Clone, Args)]
 pub struct EmulatorKnobs {
     /// Added latency per request.
-    #[arg(long, value_name = "MS", default_value_t = 0)]
+    #[arg(long, value_name = "MS", default_value_t = 0, value_parser = config::latency_ms_parser())]
     pub latency_ms: u64,
     /// Resource units per 10 s per app+tenant (0 = unlimited; default by tenant size).
     #[arg(long, value_name = "N")]
@@ -265,16 +274,16 @@ pub struct EmulatorKnobs {
     #[arg(long, value_name = "N", default_value_t = 150)]
     pub invitations_per_5s: u64,
     /// Share of requests answered 500/503/504 without being carried out.
-    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = config::parse_share)]
     pub fault_rate: f64,
     /// Share of writes carried out whose answer is then lost (connection dropped).
-    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = config::parse_share)]
     pub lost_response_rate: f64,
     /// Answer every invitation with 403 "Invitations are blocked for this directory…".
     #[arg(long)]
     pub block_invitations: bool,
     /// Lifetime of issued access tokens.
-    #[arg(long, value_name = "S", default_value_t = 3599)]
+    #[arg(long, value_name = "S", default_value_t = 3599, value_parser = config::token_lifetime_parser())]
     pub token_lifetime_s: u64,
 }
 
@@ -291,10 +300,10 @@ pub struct BenchArgs {
     #[arg(value_enum)]
     pub kind: BenchKind,
     /// Users (or CSV rows) to use.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 20_000, value_parser = config::at_least_one_parser())]
     pub users: usize,
     /// Scale Graph's bucket sizes and refill rates by this factor so the run takes minutes.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = config::parse_scale)]
     pub scale: f64,
     /// Where to keep the database and inputs (default a temporary folder).
     #[arg(long, value_name = "DIR")]
@@ -326,5 +335,88 @@ mod tests {
             Cli::try_parse_from(["b2b-convert", "run", "--csv", "a", "--filter", "x"]).is_err()
         );
         assert!(Cli::try_parse_from(["b2b-convert", "run", "--csv", "a"]).is_ok());
+    }
+
+    fn parses(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(["b2b-convert"].iter().chain(args))
+    }
+
+    #[test]
+    fn numeric_flags_are_bounded_by_their_parsers() {
+        let run = ["run", "--csv", "a.csv"];
+        let with = |extra: &[&str]| parses(&[&run[..], extra].concat());
+        for bad in [
+            &["--rate", "1e-20"][..],
+            &["--rate", "0"],
+            &["--rate=-5"],
+            &["--rate", "10001"],
+            &["--rate", "NaN"],
+            &["--concurrency", "0"],
+            &["--concurrency", "257"],
+            &["--max-attempts", "0"],
+            &["--max-attempts", "101"],
+            &["--http-retries", "21"],
+            &["--http-retries=-1"],
+            &["--limit=-1"],
+            &["--limit", "18446744073709551615"],
+        ] {
+            let e = with(bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert_eq!(e.exit_code(), 2, "{bad:?} is a usage error");
+            let flag = bad[0].split('=').next().unwrap();
+            assert!(e.to_string().contains(flag), "{bad:?}: {e}");
+        }
+        let ok = with(&[
+            "--rate",
+            "0.5",
+            "--concurrency",
+            "256",
+            "--max-attempts",
+            "3",
+            "--http-retries",
+            "0",
+            "--limit",
+            "0",
+        ])
+        .unwrap();
+        let Command::Run(args) = ok.command else {
+            panic!("run")
+        };
+        assert_eq!(args.exec.rate, Some(0.5));
+        assert_eq!(args.exec.concurrency, Some(256));
+        assert_eq!(args.exec.max_attempts, Some(3));
+        assert_eq!(args.exec.http_retries, Some(0));
+        assert_eq!(args.exec.limit, Some(0));
+        for bad in [
+            &["emulator", "--fault-rate", "1.5"][..],
+            &["emulator", "--lost-response-rate", "-0.1"],
+            &["emulator", "--token-lifetime-s", "0"],
+            &["emulator", "--generate", "0"],
+            &["bench", "convert", "--scale", "0"],
+        ] {
+            assert!(parses(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn help_shows_the_defaults_from_config() {
+        let help = Cli::command()
+            .find_subcommand_mut("run")
+            .unwrap()
+            .render_help()
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        for expected in [
+            format!("[default: {}", config::DEFAULT_RATE),
+            format!("[default: {}", config::DEFAULT_CONCURRENCY),
+            format!("[default: {}", config::DEFAULT_MAX_ATTEMPTS),
+            format!("[default: {}", config::DEFAULT_HTTP_RETRIES),
+            format!("[default: {}]", config::DEFAULT_REDIRECT_URL),
+        ] {
+            assert!(help.contains(&expected), "{expected} missing from:\n{help}");
+        }
     }
 }

@@ -237,7 +237,7 @@ impl fmt::Display for SourceSpec {
     }
 }
 
-pub const DEFAULT_REDIRECT_URL: &str = "https://myapplications.microsoft.com";
+pub use crate::config::DEFAULT_REDIRECT_URL;
 
 /// Options that change what a run does, stored with the run so `resume` behaves the same.
 /// Holds no secret: credentials always come from the environment.
@@ -254,7 +254,14 @@ pub struct RunOptions {
     pub rate: f64,
     pub concurrency: usize,
     pub max_attempts: u32,
+    /// Retries of one HTTP request inside the Graph client; separate from `max_attempts`.
+    #[serde(default = "default_http_retries")]
+    pub http_retries: u32,
     pub limit: Option<u64>,
+}
+
+fn default_http_retries() -> u32 {
+    crate::config::DEFAULT_HTTP_RETRIES
 }
 
 impl Default for RunOptions {
@@ -265,9 +272,10 @@ impl Default for RunOptions {
             message_language: None,
             message_body: None,
             cc: None,
-            rate: 20.0,
-            concurrency: 8,
-            max_attempts: 6,
+            rate: crate::config::DEFAULT_RATE,
+            concurrency: crate::config::DEFAULT_CONCURRENCY,
+            max_attempts: crate::config::DEFAULT_MAX_ATTEMPTS,
+            http_retries: crate::config::DEFAULT_HTTP_RETRIES,
             limit: None,
         }
     }

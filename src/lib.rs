@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod config;
 pub mod emulator;
 pub mod exit;
 pub mod graph;

@@ -35,8 +35,8 @@ pub fn connect(
         graph_url: endpoints.graph_url.clone(),
         login_url: endpoints.login_url.clone(),
         credentials,
-        request_timeout: std::time::Duration::from_secs(60),
-        max_attempts: options.max_attempts.max(1),
+        request_timeout: crate::config::DEFAULT_HTTP_TIMEOUT,
+        http_retries: options.http_retries,
     };
     let limiter = Limiter::new(options.rate);
     Ok(GraphClient::new(config, limiter)?.with_batching(mode == RunMode::Live))
@@ -78,6 +78,9 @@ pub fn apply_exec(options: &mut RunOptions, exec: &ExecArgs) -> anyhow::Result<(
     }
     if let Some(m) = exec.max_attempts {
         options.max_attempts = m;
+    }
+    if let Some(r) = exec.http_retries {
+        options.http_retries = r;
     }
     if let Some(limit) = exec.limit {
         // `--limit 0` lifts a pilot's limit.

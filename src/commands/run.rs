@@ -72,6 +72,7 @@ fn from_args(args: RunArgs) -> anyhow::Result<NewRun> {
         rate: args.exec.rate.unwrap_or(defaults.rate),
         concurrency: args.exec.concurrency.unwrap_or(defaults.concurrency),
         max_attempts: args.exec.max_attempts.unwrap_or(defaults.max_attempts),
+        http_retries: args.exec.http_retries.unwrap_or(defaults.http_retries),
         limit: args.exec.limit.filter(|l| *l > 0),
     };
     common::check_options(&options)?;

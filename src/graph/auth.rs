@@ -116,7 +116,7 @@ impl TokenProvider {
             http,
             token_url,
             scope: scope_for(&graph),
-            max_attempts: config.max_attempts.max(1),
+            max_attempts: config.http_retries.saturating_add(1),
             backoff: Backoff::default(),
             cache: Mutex::new(None),
             renewing: Arc::new(tokio::sync::Mutex::new(())),

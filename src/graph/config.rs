@@ -12,10 +12,10 @@ use super::error::GraphError;
 pub const DEFAULT_GRAPH_URL: &str = "https://graph.microsoft.com";
 /// Where the token endpoint lives when nothing else is said.
 pub const DEFAULT_LOGIN_URL: &str = "https://login.microsoftonline.com";
-/// Attempts for idempotent requests when nothing else is said.
-pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+/// Retries of idempotent requests when nothing else is said (see `crate::config`).
+pub const DEFAULT_HTTP_RETRIES: u32 = crate::config::DEFAULT_HTTP_RETRIES;
 /// Per-request timeout when nothing else is said.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = crate::config::DEFAULT_HTTP_TIMEOUT;
 
 /// Everything the client needs to talk to one tenant.
 #[derive(Debug, Clone)]
@@ -27,8 +27,10 @@ pub struct GraphConfig {
     pub credentials: Credentials,
     /// Applies to one HTTP attempt, body included.
     pub request_timeout: Duration,
-    /// Attempts for idempotent requests failing with 5xx or connection errors. 429s do not count.
-    pub max_attempts: u32,
+    /// Retries of one idempotent request failing with 5xx or connection errors (so at most
+    /// `http_retries + 1` attempts). 429s do not count. Attempts per user are the workers'
+    /// business (`--max-attempts`), not this.
+    pub http_retries: u32,
 }
 
 impl GraphConfig {
@@ -43,7 +45,7 @@ impl GraphConfig {
             login_url: login_url.into(),
             credentials,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
-            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            http_retries: DEFAULT_HTTP_RETRIES,
         }
     }
 }

@@ -28,8 +28,8 @@ use url::Url;
 
 pub use auth::TokenProvider;
 pub use config::{
-    check_endpoint, Credentials, GraphConfig, Secret, DEFAULT_GRAPH_URL, DEFAULT_LOGIN_URL,
-    DEFAULT_MAX_ATTEMPTS, DEFAULT_REQUEST_TIMEOUT,
+    check_endpoint, Credentials, GraphConfig, Secret, DEFAULT_GRAPH_URL, DEFAULT_HTTP_RETRIES,
+    DEFAULT_LOGIN_URL, DEFAULT_REQUEST_TIMEOUT,
 };
 pub use error::{GraphError, ResponseMeta, Traced};
 pub use limiter::Limiter;
@@ -164,7 +164,7 @@ impl GraphClient {
                 tokens,
                 limiter,
                 timeout: config.request_timeout,
-                max_attempts: config.max_attempts.max(1),
+                max_attempts: config.http_retries.saturating_add(1),
                 sent: AtomicU64::new(0),
                 denied_streaks: std::sync::Mutex::new(HashMap::new()),
             }),

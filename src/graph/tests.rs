@@ -110,7 +110,7 @@ impl Mock {
 
     fn config(&self, credentials: Credentials) -> GraphConfig {
         GraphConfig {
-            max_attempts: 3,
+            http_retries: 2,
             request_timeout: Duration::from_secs(5),
             ..GraphConfig::new(&self.url, &self.url, credentials)
         }
@@ -372,7 +372,7 @@ async fn invite_on_dropped_connection_is_unknown() {
         }
     });
     let config = GraphConfig {
-        max_attempts: 3,
+        http_retries: 2,
         request_timeout: Duration::from_secs(5),
         ..GraphConfig::new(&url, &url, Credentials::Token(Secret::new("t")))
     };

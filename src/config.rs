@@ -1,0 +1,172 @@
+//! One resolved configuration: every default and every bound of the settings a run can be
+//! given, and the plain option types (`LogFormat`, `ReportFormat`) that `logging`, `report` and
+//! the command line share.
+//!
+//! The bounds are enforced once, by the command line's value parsers (an out-of-range value is a
+//! usage error, exit 2, naming the flag), so nothing downstream has to clamp or re-check a
+//! value, and `--help` shows the defaults from here. `RunOptions::default()`, the Graph client's
+//! defaults and the help texts all read these constants: change a default here and nowhere else.
+
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use clap::builder::{RangedU64ValueParser, TypedValueParser, ValueParser};
+use clap::ValueEnum;
+
+/// `--rate`: requests per second; Graph's write bucket sustains about 20 per app and tenant.
+pub const DEFAULT_RATE: f64 = 20.0;
+/// Slowest `--rate`: one request per 100 s. Anything slower is a typo, and a rate near zero
+/// would make the limiter's interval overflow.
+pub const MIN_RATE: f64 = 0.01;
+/// Fastest `--rate`: far above anything Graph sustains; beyond it the limiter is meaningless.
+pub const MAX_RATE: f64 = 10_000.0;
+
+/// `--concurrency`: users worked on at once.
+pub const DEFAULT_CONCURRENCY: usize = 8;
+pub const CONCURRENCY: RangeInclusive<u64> = 1..=256;
+
+/// `--max-attempts`: requests that may have reached Graph for one user before it ends `failed`.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 6;
+pub const MAX_ATTEMPTS: RangeInclusive<u64> = 1..=100;
+
+/// `--http-retries`: retries of one HTTP request inside the Graph client (idempotent requests
+/// answered 5xx or not sent); 429s wait for `Retry-After` and do not count.
+pub const DEFAULT_HTTP_RETRIES: u32 = 5;
+pub const HTTP_RETRIES: RangeInclusive<u64> = 0..=20;
+
+/// `--limit`: users converted in this run (0 lifts a pilot's limit on `resume`). Stored in
+/// SQLite, hence at most `i64::MAX`.
+pub const LIMIT: RangeInclusive<u64> = 0..=i64::MAX as u64;
+
+/// One HTTP attempt, body included.
+pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `--redirect-url`: where a user lands after redeeming.
+pub const DEFAULT_REDIRECT_URL: &str = "https://myapplications.microsoft.com";
+
+/// `--db`.
+pub const DEFAULT_DB: &str = "b2b-convert.db";
+
+/// Emulator `--latency-ms`: at most a minute per answer.
+pub const EMULATOR_LATENCY_MS: RangeInclusive<u64> = 0..=60_000;
+/// Emulator `--token-lifetime-s`: one second to one day.
+pub const EMULATOR_TOKEN_LIFETIME_S: RangeInclusive<u64> = 1..=86_400;
+/// `bench --scale`: bucket sizes and refill rates multiplied by this.
+pub const BENCH_SCALE: RangeInclusive<f64> = 0.01..=1_000.0;
+
+/// Log format on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Format of a written report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Md,
+    Html,
+    Csv,
+    Json,
+}
+
+/// A `u64` within `range`, converted to `T` (every range here fits the target type).
+fn ranged<T>(range: RangeInclusive<u64>) -> ValueParser
+where
+    RangedU64ValueParser<T>: TypedValueParser,
+    T: TryFrom<u64> + Clone + Send + Sync + 'static,
+{
+    RangedU64ValueParser::<T>::new().range(range).into()
+}
+
+pub fn concurrency_parser() -> ValueParser {
+    ranged::<usize>(CONCURRENCY)
+}
+
+pub fn max_attempts_parser() -> ValueParser {
+    ranged::<u32>(MAX_ATTEMPTS)
+}
+
+pub fn http_retries_parser() -> ValueParser {
+    ranged::<u32>(HTTP_RETRIES)
+}
+
+pub fn limit_parser() -> ValueParser {
+    ranged::<u64>(LIMIT)
+}
+
+pub fn latency_ms_parser() -> ValueParser {
+    ranged::<u64>(EMULATOR_LATENCY_MS)
+}
+
+pub fn token_lifetime_parser() -> ValueParser {
+    ranged::<u64>(EMULATOR_TOKEN_LIFETIME_S)
+}
+
+/// A count of at least one (`--generate`, `bench --users`).
+pub fn at_least_one_parser() -> ValueParser {
+    ranged::<usize>(1..=100_000_000)
+}
+
+/// A finite number within `range`.
+fn float_in(s: &str, range: &RangeInclusive<f64>) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number"))?;
+    if v.is_finite() && range.contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!(
+            "{s} is not within {} to {}",
+            range.start(),
+            range.end()
+        ))
+    }
+}
+
+/// `--rate`: requests per second within [`MIN_RATE`, `MAX_RATE`].
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    float_in(s, &(MIN_RATE..=MAX_RATE))
+}
+
+/// A share of requests (emulator faults): within 0 to 1.
+pub fn parse_share(s: &str) -> Result<f64, String> {
+    float_in(s, &(0.0..=1.0))
+}
+
+/// `bench --scale`.
+pub fn parse_scale(s: &str) -> Result<f64, String> {
+    float_in(s, &BENCH_SCALE)
+}
+
+/// The help line of a flag whose default lives here (`--help` shows it; `resume` keeps the
+/// run's stored value when the flag is not given).
+pub fn with_default(what: &str, default: impl std::fmt::Display) -> String {
+    format!("{what} [default: {default}; resume/retry keep the run's value]")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_bounds() {
+        for ok in ["0.01", "1", "20", "10000", " 300 "] {
+            assert!(parse_rate(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "0", "-1", "1e-20", "0.001", "10000.5", "1e300", "inf", "NaN", "fast", "",
+        ] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn shares_are_within_zero_and_one() {
+        assert_eq!(parse_share("0"), Ok(0.0));
+        assert_eq!(parse_share("1"), Ok(1.0));
+        assert!(parse_share("1.5").is_err() && parse_share("-0.1").is_err());
+        assert!(parse_scale("0").is_err() && parse_scale("10").is_ok());
+    }
+}
