@@ -220,71 +220,8 @@ pub fn validate(user: &User, requested_email: Option<&str>, facts: &TenantFacts)
     }
 }
 
-/// Characters the invitation API refuses in an email's local part (GRAPH-NOTES.md).
-const FORBIDDEN_LOCAL: &[char] = &[
-    '~', '!', '#', '$', '%', '^', '&', '*', '(', ')', '+', '=', '[', ']', '{', '}', '\\', '/', '|',
-    ';', ':', '"', '<', '>', '?', ',',
-];
-
-/// Why `address` cannot be an invitation address, or `None` when it can.
-///
-/// The rules are the invitation API's (GRAPH-NOTES.md), not RFC 5322: exactly one `@`; a local
-/// part without spaces or any of ``~ ! # $ % ^ & * ( ) + = [ ] { } \ / | ; : " < > ? ,``, not
-/// starting or ending with `.` or `-` (`_` is fine anywhere); a domain of at least two
-/// dot-separated labels made of ASCII letters, digits and hyphens, none empty and none starting
-/// or ending with `-`; at most 254 characters in all.
-pub fn email_syntax_error(address: &str) -> Option<String> {
-    if address.is_empty() {
-        return Some("the address is empty".into());
-    }
-    if address.chars().count() > 254 {
-        return Some("longer than 254 characters".into());
-    }
-    let (local, domain) = match address.split_once('@') {
-        None => return Some("no @".into()),
-        Some((_, rest)) if rest.contains('@') => return Some("more than one @".into()),
-        Some(parts) => parts,
-    };
-    if local.is_empty() {
-        return Some("empty local part (before @)".into());
-    }
-    if domain.is_empty() {
-        return Some("empty domain (after @)".into());
-    }
-    if let Some(c) = local.chars().find(|c| c.is_whitespace() || c.is_control()) {
-        return Some(format!(
-            "local part contains whitespace or control character {c:?}"
-        ));
-    }
-    if let Some(c) = local.chars().find(|c| FORBIDDEN_LOCAL.contains(c)) {
-        return Some(format!("local part contains forbidden character `{c}`"));
-    }
-    for edge in ['.', '-'] {
-        if local.starts_with(edge) || local.ends_with(edge) {
-            return Some(format!("local part starts or ends with `{edge}`"));
-        }
-    }
-    if !domain.contains('.') {
-        return Some("domain has no dot".into());
-    }
-    for label in domain.split('.') {
-        if label.is_empty() {
-            return Some("domain has an empty label (`..` or a leading or trailing dot)".into());
-        }
-        if let Some(c) = label
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
-        {
-            return Some(format!(
-                "domain contains {c:?}: only letters, digits, hyphens and dots are allowed"
-            ));
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Some(format!("domain label `{label}` starts or ends with `-`"));
-        }
-    }
-    None
-}
+/// The one email-syntax rule, shared with the emulator.
+pub use crate::email::{email_syntax_error, FORBIDDEN_LOCAL};
 
 fn non_empty(value: Option<&str>) -> Option<&str> {
     value.map(str::trim).filter(|v| !v.is_empty())

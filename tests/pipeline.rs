@@ -5,6 +5,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use b2b_convert::item::ItemState;
+use b2b_convert::queue::Queue;
 use common::*;
 
 fn expected() -> BTreeMap<u64, (String, String)> {
@@ -244,6 +245,102 @@ async fn usage_errors_exit_2_and_live_runs_need_consent() {
     )
     .await;
     assert_eq!(out.code, 1, "{}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_inputs_and_out_of_range_flags_exit_2_before_a_run_exists() {
+    let emu = start_sample().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sample = repo_path("sample-data/users.csv");
+    let db = dir.path().join("q.db");
+    // A rate so small the limiter's interval would overflow: a usage error, not a panic.
+    let out = run(
+        &emu,
+        &db,
+        &[
+            "run",
+            "--csv",
+            sample.to_str().unwrap(),
+            "--dry-run",
+            "--rate",
+            "1e-20",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("--rate"), "{}", out.stderr);
+    let cases: &[(&str, Option<&[u8]>, &str)] = &[
+        ("missing.csv", None, "missing.csv: cannot open"),
+        ("empty.csv", Some(b""), "empty.csv: line 1: no header row"),
+        (
+            "no-key.csv",
+            Some(b"name,externalEmail\nbob,bob@fabrikam.com\n"),
+            "no-key.csv: line 1: header has neither `id` nor `userPrincipalName`",
+        ),
+    ];
+    for (name, content, expected) in cases {
+        let path = dir.path().join(name);
+        if let Some(bytes) = content {
+            std::fs::write(&path, bytes).unwrap();
+        }
+        let out = run(
+            &emu,
+            &db,
+            &["run", "--csv", path.to_str().unwrap(), "--dry-run"],
+        )
+        .await;
+        assert_eq!(out.code, 2, "{name}: {}", out.stderr);
+        assert!(out.stderr.contains(expected), "{name}: {}", out.stderr);
+        assert!(!out.stdout.contains("run-id:"), "{name}: no run created");
+    }
+    assert!(
+        !db.exists() || Queue::open(&db).unwrap().latest_run().unwrap().is_none(),
+        "no run was created for an unusable input"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cr_only_csv_is_read_like_lf() {
+    // Excel's "CSV (Macintosh)" ends lines with a bare CR.
+    let emu = start_sample().await;
+    let dir = tempfile::tempdir().unwrap();
+    let lf = std::fs::read_to_string(repo_path("sample-data/users.csv")).unwrap();
+    let cr_path = dir.path().join("mac.csv");
+    std::fs::write(&cr_path, lf.replace("\r\n", "\n").replace('\n', "\r")).unwrap();
+    let mut verdicts = Vec::new();
+    for (name, path) in [("lf", repo_path("sample-data/users.csv")), ("cr", cr_path)] {
+        let db = dir.path().join(format!("{name}.db"));
+        let out = run(
+            &emu,
+            &db,
+            &["run", "--csv", path.to_str().unwrap(), "--dry-run"],
+        )
+        .await;
+        assert!([0, 3].contains(&out.code), "{name}: {}", out.stderr);
+        // Today's defect: a CR-only file read as one huge header line printed user data as
+        // "unknown columns". The sample's only extra column is `notes`.
+        let unknown: Vec<&str> = out
+            .stderr
+            .lines()
+            .filter_map(|l| l.split_once("ignoring unknown columns: ").map(|(_, c)| c))
+            .collect();
+        assert_eq!(unknown, ["notes"], "{name}: {}", out.stderr);
+        let its = items(&db, out.run_id());
+        let got: Vec<_> = its
+            .iter()
+            .map(|i| (i.line, i.state, i.reason.map(|r| r.as_str())))
+            .collect();
+        verdicts.push(got);
+    }
+    assert!(
+        verdicts[0].len() > 5,
+        "the sample has rows: {:?}",
+        verdicts[0]
+    );
+    assert_eq!(
+        verdicts[0], verdicts[1],
+        "CR-only gives the same items, lines and verdicts"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

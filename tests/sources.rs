@@ -213,12 +213,12 @@ fn requests_per_converted(emu: &Emulator, converted: usize) -> f64 {
     total as f64 / converted as f64
 }
 
-/// Graph's buckets ×5 (as `bench --scale` does): the invitation ceiling (150/s) stays below
-/// the runs' `--rate 400`, so the economy is still measured under throttling, without waiting
-/// half a minute per run on Graph's real refill rate.
+/// Graph's buckets ×3 (as `bench --scale` does): the invitation ceiling (90/s) stays far below
+/// the runs' `--rate 400` and below what the workers ask for, so the economy is still measured
+/// under throttling (asserted), without waiting half a minute per run on Graph's real refill.
 fn economy_emulator(tenant: Tenant) -> EmulatorConfig {
     let mut config = EmulatorConfig::new(tenant);
-    config.bucket_scale = 5.0;
+    config.bucket_scale = 3.0;
     config
 }
 

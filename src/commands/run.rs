@@ -96,9 +96,9 @@ fn from_args(args: RunArgs) -> anyhow::Result<NewRun> {
 /// Creates the run, ingests its source and executes it.
 pub async fn start(db: &Path, new: NewRun, credentials: Credentials) -> anyhow::Result<ExitStatus> {
     if let SourceSpec::Csv { path } = &new.source {
-        if !Path::new(path).is_file() {
-            return Err(ExitError::usage(format!("--csv {path}: no such file")).into());
-        }
+        // An input the tool cannot use at all is refused before a run exists (exit 2).
+        crate::source::csv::check_header(Path::new(path))
+            .map_err(|e| ExitError::usage(format!("--csv {e}")))?;
     }
     let tenant_id = credentials.tenant_id().map(str::to_string);
     let graph = common::connect(&new.endpoints, credentials, &new.options, new.mode)?;

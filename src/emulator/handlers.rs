@@ -668,27 +668,10 @@ fn body_error(serde_msg: &str) -> String {
     }
 }
 
-/// Email syntax as the invitation API checks it (GRAPH-NOTES.md): one `@`, a local part without
-/// `~!#$%^&*()+=[]{}\/|;:"<>?,`, not starting or ending with `.` or `-`, and a dotted domain.
+/// Email syntax as the invitation API checks it: the product's own rule (`crate::email`), so
+/// the emulator and the validator never disagree.
 pub fn valid_email(s: &str) -> bool {
-    const FORBIDDEN: &str = "~!#$%^&*()+=[]{}\\/|;:\"<>?, \t";
-    let Some((local, domain)) = s.split_once('@') else {
-        return false;
-    };
-    if local.is_empty() || domain.contains('@') || local.contains(|c| FORBIDDEN.contains(c)) {
-        return false;
-    }
-    if local.starts_with(['.', '-']) || local.ends_with(['.', '-']) || local.contains("..") {
-        return false;
-    }
-    let labels: Vec<&str> = domain.split('.').collect();
-    labels.len() >= 2
-        && labels.iter().all(|l| {
-            !l.is_empty()
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.chars().all(|c| c.is_alphanumeric() || c == '-')
-        })
+    crate::email::email_syntax_error(s).is_none()
 }
 
 #[cfg(test)]
