@@ -143,6 +143,10 @@ pub struct ExecArgs {
     /// Attempts per user before it ends `failed`.
     #[arg(long, value_name = "N")]
     pub max_attempts: Option<u32>,
+    /// Seconds to wait for one answer from Graph or the token endpoint before giving up on that
+    /// request (default 30). A connection that cannot even open is retried for about 45 s.
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub http_timeout: Option<u64>,
     /// Convert at most N users of this run (a pilot batch); 0 lifts the limit on resume.
     #[arg(long, value_name = "N")]
     pub limit: Option<u64>,

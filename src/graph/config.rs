@@ -14,8 +14,13 @@ pub const DEFAULT_GRAPH_URL: &str = "https://graph.microsoft.com";
 pub const DEFAULT_LOGIN_URL: &str = "https://login.microsoftonline.com";
 /// Attempts for idempotent requests when nothing else is said.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
-/// Per-request timeout when nothing else is said.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Per-request timeout when nothing else is said: Graph answers an invitation or a 999-user page
+/// in seconds, so a server silent for this long is not going to answer.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Resends of an idempotent request after a 5xx, a timeout or a reset, when nothing else is said.
+pub const DEFAULT_HTTP_RETRIES: u32 = 3;
+/// How long a request that cannot even connect is retried before Graph counts as unreachable.
+pub const DEFAULT_NOT_SENT_RETRY_FOR: Duration = Duration::from_secs(45);
 
 /// Everything the client needs to talk to one tenant.
 #[derive(Debug, Clone)]
@@ -27,8 +32,13 @@ pub struct GraphConfig {
     pub credentials: Credentials,
     /// Applies to one HTTP attempt, body included.
     pub request_timeout: Duration,
-    /// Attempts for idempotent requests failing with 5xx or connection errors. 429s do not count.
+    /// Attempts at the token endpoint. Graph requests use `http_retries` instead.
     pub max_attempts: u32,
+    /// Resends of an idempotent Graph request after a 5xx, a timeout or a reset (429s and
+    /// connections that never opened do not count). Not the attempts per user.
+    pub http_retries: u32,
+    /// How long a request that could not leave (connection refused, DNS, TLS) is retried.
+    pub not_sent_retry_for: Duration,
 }
 
 impl GraphConfig {
@@ -44,6 +54,8 @@ impl GraphConfig {
             credentials,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
+            http_retries: DEFAULT_HTTP_RETRIES,
+            not_sent_retry_for: DEFAULT_NOT_SENT_RETRY_FOR,
         }
     }
 }
