@@ -491,6 +491,12 @@ async fn convert(pass: &Pass, item: ItemRecord, email: String) -> anyhow::Result
                 }
                 return pass.fail(item.id, &code, &message, Some(&meta));
             }
+            Err(GraphError::NotSent { message }) => {
+                // Nothing left the process: the user is untouched and stays pending, and an
+                // unreachable Graph stops the run resumably.
+                q.back_to_pending(item.id)?;
+                return Err(GraphError::NotSent { message }.into());
+            }
             Err(GraphError::Unknown { message, meta }) => {
                 ("UnknownOutcome".to_string(), message, meta)
             }

@@ -41,7 +41,8 @@ pub fn connect(
             .http_timeout
             .unwrap_or(crate::graph::DEFAULT_REQUEST_TIMEOUT),
         max_attempts: options.max_attempts.max(1),
-        http_retries: crate::graph::DEFAULT_HTTP_RETRIES,
+        // Until `--http-retries` exists, HTTP retries follow --max-attempts as they always did.
+        http_retries: options.max_attempts.max(1) - 1,
         not_sent_retry_for: crate::graph::DEFAULT_NOT_SENT_RETRY_FOR,
     };
     let limiter = Limiter::new(options.rate);

@@ -18,7 +18,7 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 /// in seconds, so a server silent for this long is not going to answer.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Resends of an idempotent request after a 5xx, a timeout or a reset, when nothing else is said.
-pub const DEFAULT_HTTP_RETRIES: u32 = 3;
+pub const DEFAULT_HTTP_RETRIES: u32 = 4;
 /// How long a request that cannot even connect is retried before Graph counts as unreachable.
 pub const DEFAULT_NOT_SENT_RETRY_FOR: Duration = Duration::from_secs(45);
 

@@ -65,42 +65,59 @@ pub(super) struct Answer {
     pub(super) meta: ResponseMeta,
 }
 
-/// A request that got no answer, sorted by whether it could have reached Graph.
+/// A request that got no answer, sorted by whether it could have reached the server.
 #[derive(Debug, Clone, PartialEq)]
-pub(super) enum Lost {
+pub enum Lost {
     /// The connection never opened (refused, DNS, TLS handshake, connect timeout, pool).
     NotSent(String),
     /// The request may have left: a timeout waiting for the answer, or a reset after sending.
     MaybeSent(String),
 }
 
-/// Sorts a transport error; every message says what failed or timed out, and where.
+/// Sorts a transport error of a Graph request; the message names the request.
 pub(super) fn classify(
     e: &reqwest::Error,
     call: &Call,
     timeout: Duration,
     connect_timeout: Duration,
 ) -> Lost {
-    let origin = call.url.origin().ascii_serialization();
+    classify_error(
+        e,
+        &call.url.origin().ascii_serialization(),
+        &format!("Graph's answer to {}", call.describe()),
+        timeout,
+        connect_timeout,
+    )
+}
+
+/// Sorts any transport error by whether the request could have left, with a message saying
+/// what failed or timed out: `server` is where we connect (`https://graph.microsoft.com`, "the
+/// token endpoint at …"), `answer` what we wait for ("Graph's answer to POST /v1.0/invitations").
+/// Public so the token endpoint's requests word their failures the same way.
+pub fn classify_error(
+    e: &reqwest::Error,
+    server: &str,
+    answer: &str,
+    timeout: Duration,
+    connect_timeout: Duration,
+) -> Lost {
     if e.is_connect() {
         if e.is_timeout() {
             Lost::NotSent(format!(
-                "connecting to {origin} timed out after {} s",
+                "connecting to {server} timed out after {} s",
                 secs(connect_timeout)
             ))
         } else {
-            Lost::NotSent(format!("cannot connect to {origin}: {}", error_chain(e)))
+            Lost::NotSent(format!("cannot connect to {server}: {}", error_chain(e)))
         }
     } else if e.is_timeout() {
         Lost::MaybeSent(format!(
-            "waiting for Graph's answer to {} timed out after {} s (--http-timeout)",
-            call.describe(),
+            "waiting for {answer} timed out after {} s (--http-timeout)",
             secs(timeout)
         ))
     } else {
         Lost::MaybeSent(format!(
-            "the connection to {origin} failed before a complete answer to {}: {}",
-            call.describe(),
+            "the connection to {server} failed before {answer} was complete: {}",
             error_chain(e)
         ))
     }
