@@ -160,6 +160,15 @@ pub struct ExecArgs {
                        config::HTTP_RETRIES.start(), config::HTTP_RETRIES.end()),
               config::DEFAULT_HTTP_RETRIES))]
     pub http_retries: Option<u32>,
+    /// Seconds to wait for one answer from Graph or the token endpoint before giving up on that
+    /// request. A connection that cannot even open is retried for about 45 s.
+    #[arg(long, value_name = "SECONDS", value_parser = config::http_timeout_parser(),
+          help = config::with_default(
+              &format!("Seconds to wait for one answer from Graph or the token endpoint, {} to {}; a connection that cannot even open is retried for about {} s",
+                       config::HTTP_TIMEOUT_S.start(), config::HTTP_TIMEOUT_S.end(),
+                       config::DEFAULT_NOT_SENT_RETRY_FOR.as_secs()),
+              config::DEFAULT_HTTP_TIMEOUT.as_secs()))]
+    pub http_timeout: Option<u64>,
     /// Convert at most N users of this run (a pilot batch); 0 lifts the limit on resume.
     #[arg(long, value_name = "N", value_parser = config::limit_parser())]
     pub limit: Option<u64>,

@@ -38,8 +38,14 @@ pub const HTTP_RETRIES: RangeInclusive<u64> = 0..=20;
 /// SQLite, hence at most `i64::MAX`.
 pub const LIMIT: RangeInclusive<u64> = 0..=i64::MAX as u64;
 
-/// One HTTP attempt, body included.
-pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(60);
+/// `--http-timeout`: one HTTP attempt, body included. Graph answers an invitation or a 999-user
+/// page in seconds, so a server silent for this long is not going to answer.
+pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+pub const HTTP_TIMEOUT_S: RangeInclusive<u64> = 1..=3600;
+
+/// How long a request that cannot even connect (refused, DNS, TLS) is retried before Graph
+/// counts as unreachable and the run stops, resumable.
+pub const DEFAULT_NOT_SENT_RETRY_FOR: Duration = Duration::from_secs(45);
 
 /// `--redirect-url`: where a user lands after redeeming.
 pub const DEFAULT_REDIRECT_URL: &str = "https://myapplications.microsoft.com";
@@ -89,6 +95,10 @@ pub fn max_attempts_parser() -> ValueParser {
 
 pub fn http_retries_parser() -> ValueParser {
     ranged::<u32>(HTTP_RETRIES)
+}
+
+pub fn http_timeout_parser() -> ValueParser {
+    ranged::<u64>(HTTP_TIMEOUT_S)
 }
 
 pub fn limit_parser() -> ValueParser {

@@ -14,12 +14,11 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
 
-use crate::graph::{GraphClient, GraphError};
+use crate::graph::{GraphClient, GraphError, Pager};
 use crate::item::{ItemRecord, ItemState, RunMode, RunOptions, RunRecord, UserKey};
 use crate::model::{
     EmailAddress, InvitationRequest, InvitedUserMessageInfo, InvitedUserRef, Recipient, User,
@@ -277,17 +276,15 @@ async fn tenant_facts(graph: &GraphClient) -> Result<TenantFacts, GraphError> {
             .collect(),
         ..Default::default()
     };
-    let mut next: Option<String> = None;
-    loop {
-        let page = graph.list_user_addresses_page(next.as_deref()).await?;
+    let mut pages = Pager::new(|link: Option<String>| async move {
+        graph.list_user_addresses_page(link.as_deref()).await
+    });
+    while let Some(page) = pages.next_page().await? {
         for user in &page.value {
             facts.add_owner(user);
         }
-        match page.next_link {
-            Some(link) => next = Some(link),
-            None => return Ok(facts),
-        }
     }
+    Ok(facts)
 }
 
 /// Looks up the chunk's users that have no snapshot yet, then validates every item.
@@ -494,6 +491,12 @@ async fn convert(pass: &Pass, item: ItemRecord, email: String) -> anyhow::Result
                 }
                 return pass.fail(item.id, &code, &message, Some(&meta));
             }
+            Err(GraphError::NotSent { message }) => {
+                // Nothing left the process: the user is untouched and stays pending, and an
+                // unreachable Graph stops the run resumably.
+                q.back_to_pending(item.id)?;
+                return Err(GraphError::NotSent { message }.into());
+            }
             Err(GraphError::Unknown { message, meta }) => {
                 ("UnknownOutcome".to_string(), message, meta)
             }
@@ -522,7 +525,7 @@ async fn convert(pass: &Pass, item: ItemRecord, email: String) -> anyhow::Result
             }
             Reconciled::NotConverted if attempts < max_attempts && !pass.stopping() => {
                 q.back_to_pending(item.id)?;
-                tokio::time::sleep(retry_delay(attempts)).await;
+                tokio::time::sleep(crate::graph::retry::delay(attempts)).await;
             }
             Reconciled::NotConverted => {
                 if pass.stopping() {
@@ -544,14 +547,6 @@ async fn convert(pass: &Pass, item: ItemRecord, email: String) -> anyhow::Result
             }
         }
     }
-}
-
-/// Exponential backoff with full jitter between attempts at one invitation.
-fn retry_delay(attempt: u32) -> Duration {
-    let cap = Duration::from_secs(30);
-    let base = Duration::from_millis(500).saturating_mul(1 << attempt.min(6));
-    let max = base.min(cap);
-    max.mul_f64(rand::random::<f64>())
 }
 
 /// How a run's items ended, for the exit code.
@@ -619,12 +614,5 @@ mod tests {
             .unwrap();
         assert_eq!(cc.len(), 1);
         assert_eq!(cc[0].email_address.address, "boss@f.com");
-    }
-
-    #[test]
-    fn backoff_is_bounded() {
-        for attempt in 0..20 {
-            assert!(retry_delay(attempt) <= Duration::from_secs(30));
-        }
     }
 }

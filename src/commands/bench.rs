@@ -352,6 +352,7 @@ async fn convert_case(
             endpoints: Endpoints {
                 graph_url: emu.base_url(),
                 login_url: emu.base_url(),
+                http_timeout: None,
             },
             yes: true,
             report: None,

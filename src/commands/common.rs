@@ -21,6 +21,8 @@ use crate::workers::{self, Outcome, Pipeline};
 pub struct Endpoints {
     pub graph_url: String,
     pub login_url: String,
+    /// `--http-timeout`: how long one request waits for its answer (`None`: the default).
+    pub http_timeout: Option<std::time::Duration>,
 }
 
 /// Builds the run's Graph client (one limiter for all its workers). Fails on bad endpoints or
@@ -35,8 +37,11 @@ pub fn connect(
         graph_url: endpoints.graph_url.clone(),
         login_url: endpoints.login_url.clone(),
         credentials,
-        request_timeout: crate::config::DEFAULT_HTTP_TIMEOUT,
+        request_timeout: endpoints
+            .http_timeout
+            .unwrap_or(crate::config::DEFAULT_HTTP_TIMEOUT),
         http_retries: options.http_retries,
+        not_sent_retry_for: crate::config::DEFAULT_NOT_SENT_RETRY_FOR,
     };
     let limiter = Limiter::new(options.rate);
     Ok(GraphClient::new(config, limiter)?.with_batching(mode == RunMode::Live))
@@ -238,6 +243,7 @@ pub fn endpoints_for(exec: &ExecArgs, run: &RunRecord) -> Endpoints {
             .clone()
             .unwrap_or_else(|| run.graph_url.clone()),
         login_url: exec.endpoints.login_url(),
+        http_timeout: exec.http_timeout.map(std::time::Duration::from_secs),
     }
 }
 

@@ -72,6 +72,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitStatus> {
         endpoints: Endpoints {
             graph_url: emu.base_url(),
             login_url: emu.base_url(),
+            http_timeout: None,
         },
         yes: true,
         report: Some(report.to_path_buf()),

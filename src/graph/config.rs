@@ -12,10 +12,12 @@ use super::error::GraphError;
 pub const DEFAULT_GRAPH_URL: &str = "https://graph.microsoft.com";
 /// Where the token endpoint lives when nothing else is said.
 pub const DEFAULT_LOGIN_URL: &str = "https://login.microsoftonline.com";
-/// Retries of idempotent requests when nothing else is said (see `crate::config`).
+/// Resends of an idempotent request after a 5xx, a timeout or a reset (see `crate::config`).
 pub const DEFAULT_HTTP_RETRIES: u32 = crate::config::DEFAULT_HTTP_RETRIES;
-/// Per-request timeout when nothing else is said.
+/// Per-request timeout when nothing else is said (see `crate::config`).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = crate::config::DEFAULT_HTTP_TIMEOUT;
+/// How long a request that cannot even connect is retried before Graph counts as unreachable.
+pub const DEFAULT_NOT_SENT_RETRY_FOR: Duration = crate::config::DEFAULT_NOT_SENT_RETRY_FOR;
 
 /// Everything the client needs to talk to one tenant.
 #[derive(Debug, Clone)]
@@ -27,10 +29,12 @@ pub struct GraphConfig {
     pub credentials: Credentials,
     /// Applies to one HTTP attempt, body included.
     pub request_timeout: Duration,
-    /// Retries of one idempotent request failing with 5xx or connection errors (so at most
-    /// `http_retries + 1` attempts). 429s do not count. Attempts per user are the workers'
-    /// business (`--max-attempts`), not this.
+    /// Resends of an idempotent Graph request after a 5xx, a timeout or a reset (429s and
+    /// connections that never opened do not count), and of a token request. Not the attempts
+    /// per user (`--max-attempts`), which are the workers' business.
     pub http_retries: u32,
+    /// How long a request that could not leave (connection refused, DNS, TLS) is retried.
+    pub not_sent_retry_for: Duration,
 }
 
 impl GraphConfig {
@@ -46,6 +50,7 @@ impl GraphConfig {
             credentials,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             http_retries: DEFAULT_HTTP_RETRIES,
+            not_sent_retry_for: DEFAULT_NOT_SENT_RETRY_FOR,
         }
     }
 }

@@ -43,6 +43,11 @@ pub enum GraphError {
         message: String,
         meta: ResponseMeta,
     },
+    /// The request could not have left the process (connection refused, DNS failure, TLS
+    /// handshake failure, no connection from the pool): nothing reached Graph. The client has
+    /// already retried for its bounded stretch; the message names the URL.
+    #[error("Graph could not be reached: {message}")]
+    NotSent { message: String },
     /// A non-idempotent request may or may not have been carried out: re-read before resending.
     #[error("outcome unknown: {message}")]
     Unknown { message: String, meta: ResponseMeta },
@@ -55,7 +60,7 @@ impl GraphError {
     /// Diagnostics of the last exchange, when there was one.
     pub fn meta(&self) -> Option<&ResponseMeta> {
         match self {
-            GraphError::Config(_) | GraphError::Auth { .. } => None,
+            GraphError::Config(_) | GraphError::Auth { .. } | GraphError::NotSent { .. } => None,
             GraphError::TenantRefused { meta, .. }
             | GraphError::Api { meta, .. }
             | GraphError::Unknown { meta, .. }

@@ -1,8 +1,15 @@
-//! Backoff and `Retry-After`: how long to wait before trying again.
+//! The one retry policy of the client: how long to wait before trying again, and when to stop.
+//!
+//! Every resend decision goes through [`RetryPolicy::next`] — single requests in `transport`,
+//! `$batch` sub-requests in `batch`, and (through [`delay`]) the workers' pause between attempts
+//! at one user — so backoff, `Retry-After` and the limits live in one place.
 
 use std::time::Duration;
 
 use rand::Rng;
+use tokio::time::Instant;
+
+use super::config::{DEFAULT_HTTP_RETRIES, DEFAULT_NOT_SENT_RETRY_FOR};
 
 /// Exponential backoff with full jitter: attempt `n` (1-based) waits a uniformly random time in
 /// `[0, min(cap, base·2^(n-1))]`, which spreads retries of many workers instead of syncing them.
@@ -36,6 +43,116 @@ impl Backoff {
         }
         let nanos = rand::rng().random_range(0..=ceiling.as_nanos() as u64);
         Duration::from_nanos(nanos)
+    }
+}
+
+/// The default backoff's wait before retry number `attempt` (1-based): what the workers sleep
+/// between two attempts at one user, so they back off exactly like the client does.
+pub fn delay(attempt: u32) -> Duration {
+    Backoff::default().delay(attempt)
+}
+
+/// 429s do not use up attempts (the request was not carried out), but a request throttled this
+/// many times in a row is given up, so a run cannot spin forever.
+pub const MAX_THROTTLED_RETRIES: u32 = 50;
+
+/// Why an attempt did not succeed, as far as resending is concerned.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Failure {
+    /// 429: Graph did not carry the request out. The limiter pauses everyone for `Retry-After`,
+    /// so no extra wait is added here.
+    Throttled,
+    /// The request never left the process (connection refused, DNS, TLS handshake): safe to
+    /// resend whatever it is, for a bounded stretch of time.
+    NotSent,
+    /// A 5xx, a 424, an omitted `$batch` answer, a timeout or a reset after sending: only an
+    /// idempotent request may be resent, after `retry_after` if the server gave one.
+    Failed { retry_after: Option<Duration> },
+}
+
+/// What to do after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Verdict {
+    /// Wait this long (possibly zero), then send again.
+    RetryAfter(Duration),
+    /// Stop and report the failure.
+    GiveUp,
+}
+
+/// Limits and backoff for resending one request (or one `$batch` sub-request).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    pub backoff: Backoff,
+    /// Resends after [`Failure::Failed`] (so `http_retries + 1` attempts in all).
+    pub http_retries: u32,
+    /// Resends after [`Failure::Throttled`].
+    pub throttled_retries: u32,
+    /// How long, on tokio's clock from the first refused connection, a request that never left
+    /// is tried again before the client reports Graph unreachable.
+    pub not_sent_for: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            backoff: Backoff::default(),
+            http_retries: DEFAULT_HTTP_RETRIES,
+            throttled_retries: MAX_THROTTLED_RETRIES,
+            not_sent_for: DEFAULT_NOT_SENT_RETRY_FOR,
+        }
+    }
+}
+
+/// The failures one request has met so far (a fresh one per request or sub-request).
+#[derive(Debug, Clone, Default)]
+pub struct Attempts {
+    /// [`Failure::Failed`] so far.
+    pub failures: u32,
+    /// [`Failure::Throttled`] so far.
+    pub throttles: u32,
+    /// [`Failure::NotSent`] so far.
+    pub not_sent: u32,
+    /// When the first [`Failure::NotSent`] of the current stretch happened.
+    unreachable_since: Option<Instant>,
+}
+
+impl RetryPolicy {
+    /// Records `failure` in `attempts` and says whether (and after how long) to resend.
+    /// `idempotent` is false for requests Graph may have carried out (an invitation): those are
+    /// never resent after [`Failure::Failed`].
+    pub fn next(&self, attempts: &mut Attempts, failure: Failure, idempotent: bool) -> Verdict {
+        match failure {
+            Failure::Throttled => {
+                attempts.throttles += 1;
+                if attempts.throttles > self.throttled_retries {
+                    Verdict::GiveUp
+                } else {
+                    Verdict::RetryAfter(Duration::ZERO)
+                }
+            }
+            Failure::NotSent => {
+                attempts.not_sent += 1;
+                let now = Instant::now();
+                let since = *attempts.unreachable_since.get_or_insert(now);
+                let deadline = since + self.not_sent_for;
+                if now >= deadline {
+                    return Verdict::GiveUp;
+                }
+                let wait = self.backoff.delay(attempts.not_sent);
+                Verdict::RetryAfter(wait.min(deadline - now))
+            }
+            Failure::Failed { retry_after } => {
+                // An answer (or a connection) came: a later refused connection starts afresh.
+                attempts.unreachable_since = None;
+                attempts.failures += 1;
+                if !idempotent || attempts.failures > self.http_retries {
+                    return Verdict::GiveUp;
+                }
+                Verdict::RetryAfter(
+                    retry_after.unwrap_or_else(|| self.backoff.delay(attempts.failures)),
+                )
+            }
+        }
     }
 }
 
@@ -121,5 +238,122 @@ mod tests {
             cap: Duration::ZERO,
         };
         assert_eq!(zero.delay(3), Duration::ZERO);
+    }
+
+    fn quick() -> RetryPolicy {
+        RetryPolicy {
+            backoff: Backoff {
+                base: Duration::from_millis(100),
+                cap: Duration::from_secs(2),
+            },
+            http_retries: 2,
+            throttled_retries: 3,
+            not_sent_for: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn failures_are_resent_only_when_idempotent_and_within_the_retries() {
+        let policy = quick();
+        let failed = Failure::Failed { retry_after: None };
+        let mut a = Attempts::default();
+        for n in 1..=2 {
+            match policy.next(&mut a, failed, true) {
+                Verdict::RetryAfter(w) => assert!(w <= policy.backoff.ceiling(n), "{w:?}"),
+                Verdict::GiveUp => panic!("retry {n} is allowed"),
+            }
+        }
+        assert_eq!(policy.next(&mut a, failed, true), Verdict::GiveUp);
+        assert_eq!(a.failures, 3);
+
+        // A server's Retry-After wins over the backoff.
+        let mut a = Attempts::default();
+        let told = Failure::Failed {
+            retry_after: Some(Duration::from_millis(1500)),
+        };
+        assert_eq!(
+            policy.next(&mut a, told, true),
+            Verdict::RetryAfter(Duration::from_millis(1500))
+        );
+
+        // What may have been carried out is never resent blind.
+        let mut a = Attempts::default();
+        assert_eq!(policy.next(&mut a, failed, false), Verdict::GiveUp);
+    }
+
+    #[test]
+    fn throttling_does_not_use_up_retries_but_is_bounded() {
+        let policy = quick();
+        let mut a = Attempts::default();
+        for _ in 0..3 {
+            assert_eq!(
+                policy.next(&mut a, Failure::Throttled, false),
+                Verdict::RetryAfter(Duration::ZERO),
+                "the limiter does the waiting; even a POST is resent after a 429"
+            );
+        }
+        assert_eq!(
+            policy.next(&mut a, Failure::Throttled, false),
+            Verdict::GiveUp
+        );
+        assert_eq!(a.failures, 0);
+        let failed = Failure::Failed { retry_after: None };
+        assert!(matches!(
+            policy.next(&mut a, failed, true),
+            Verdict::RetryAfter(_)
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unreachable_graph_is_retried_for_exactly_the_stretch() {
+        let policy = quick();
+        let start = Instant::now();
+        let mut a = Attempts::default();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            assert!(tries < 1000, "bounded");
+            // Even a POST: nothing left the process.
+            match policy.next(&mut a, Failure::NotSent, false) {
+                Verdict::RetryAfter(w) => {
+                    assert!(w <= policy.backoff.ceiling(a.not_sent));
+                    tokio::time::advance(w).await;
+                }
+                Verdict::GiveUp => break,
+            }
+        }
+        assert_eq!(
+            start.elapsed(),
+            policy.not_sent_for,
+            "capped at the deadline"
+        );
+        assert_eq!(a.not_sent, tries);
+        assert_eq!(a.failures, 0, "no attempt counted");
+
+        // An answer in between starts a new stretch.
+        let mut a = Attempts::default();
+        assert!(matches!(
+            policy.next(&mut a, Failure::NotSent, true),
+            Verdict::RetryAfter(_)
+        ));
+        tokio::time::advance(Duration::from_secs(9)).await;
+        let failed = Failure::Failed { retry_after: None };
+        assert!(matches!(
+            policy.next(&mut a, failed, true),
+            Verdict::RetryAfter(_)
+        ));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(matches!(
+            policy.next(&mut a, Failure::NotSent, true),
+            Verdict::RetryAfter(_)
+        ));
+    }
+
+    #[test]
+    fn workers_back_off_like_the_client() {
+        for attempt in 1..40 {
+            assert!(delay(attempt) <= Backoff::default().ceiling(attempt));
+        }
+        assert!(delay(u32::MAX) <= Duration::from_secs(30));
     }
 }

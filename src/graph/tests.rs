@@ -5,8 +5,13 @@ use std::sync::Mutex;
 use axum::extract::State;
 use serde_json::json;
 
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::transport::Call;
 use super::*;
-use crate::model::InvitedUserRef;
+use crate::model::{BatchRequest, InvitationRequest, InvitedUserRef};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU32;
 
@@ -269,7 +274,11 @@ async fn server_errors_are_retried_until_exhausted() {
     let err = mock.client().get_user("u1").await.unwrap_err();
     assert!(matches!(err, GraphError::Exhausted { .. }), "{err:?}");
     assert_eq!(err.meta().unwrap().status, Some(503));
-    assert_eq!(mock.graph_hits().len(), 3, "max_attempts = 3");
+    assert_eq!(
+        mock.graph_hits().len(),
+        3,
+        "http_retries = 2: three attempts"
+    );
 
     let mock = Mock::start(|_, n| {
         if n < 2 {
@@ -883,39 +892,6 @@ async fn domains_and_group_members() {
 }
 
 #[test]
-fn advanced_query_detection() {
-    for f in [
-        "userType ne 'Member'",
-        "not(accountEnabled eq true)",
-        "NOT accountEnabled eq true",
-        "endsWith(mail,'@fabrikam.com')",
-        "onPremisesUserPrincipalName eq null",
-        "mail ne null",
-    ] {
-        assert!(needs_advanced_query(f), "{f}");
-    }
-    for f in [
-        "userType eq 'Guest'",
-        "startsWith(displayName,'Ann')",
-        "accountEnabled eq true and mail in ('a@b.com')",
-        "displayName eq 'Anne Knot'",
-        "",
-    ] {
-        assert!(!needs_advanced_query(f), "{f}");
-    }
-}
-
-#[test]
-fn odata_literals_and_query_encoding() {
-    assert_eq!(odata_quote("o'brien"), "'o''brien'");
-    assert_eq!(
-        encode_query(&[("$filter", "mail eq 'a+b@x.com' & x=1#")]),
-        "$filter=mail%20eq%20%27a%2Bb@x.com%27%20%26%20x%3D1%23"
-    );
-    assert_eq!(encode_component("ü"), "%C3%BC");
-}
-
-#[test]
 fn client_refuses_plain_http_to_public_hosts() {
     let config = GraphConfig::new(
         "http://graph.microsoft.com",
@@ -924,4 +900,238 @@ fn client_refuses_plain_http_to_public_hosts() {
     );
     let err = GraphClient::new(config, Limiter::new(1.0)).unwrap_err();
     assert!(matches!(err, GraphError::Config(_)));
+}
+
+/// A loopback port nothing listens on: bound, then released.
+fn closed_port_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}")
+}
+
+#[tokio::test(start_paused = true)]
+async fn closed_port_is_not_sent_and_retried_for_a_bounded_stretch() {
+    let url = closed_port_url();
+    let config = GraphConfig {
+        request_timeout: Duration::from_secs(5),
+        ..GraphConfig::new(&url, &url, Credentials::Token(Secret::new("t")))
+    };
+    let window = config.not_sent_retry_for;
+    let recorder = Arc::new(Recorder::default());
+    let client = GraphClient::new(config, Limiter::new(1000.0))
+        .unwrap()
+        .with_observer(recorder.clone());
+    let started = tokio::time::Instant::now();
+    // Even an invitation is resent: a connection that never opened carried nothing.
+    let err = client.invite(&invitation_request()).await.unwrap_err();
+    let elapsed = started.elapsed();
+    let GraphError::NotSent { message } = &err else {
+        panic!("expected NotSent, got {err:?}");
+    };
+    assert!(
+        message.contains(&format!("{url}/v1.0/invitations")),
+        "{message}"
+    );
+    assert!(message.contains("POST"), "{message}");
+    assert!(err.meta().is_none());
+    assert_eq!(client.requests_sent(), 0, "nothing may have reached Graph");
+    let events = recorder.0.lock().unwrap().clone();
+    assert!(events.len() > 1, "retried: {events:?}");
+    assert!(events
+        .iter()
+        .all(|e| e.status.is_none() && e.error.is_some()));
+    // On tokio's (virtual) clock: retried for the whole stretch, and not much longer.
+    assert!(elapsed >= window, "{elapsed:?}");
+    assert!(elapsed <= window + Duration::from_secs(6), "{elapsed:?}");
+}
+
+#[tokio::test]
+async fn silent_server_times_out_as_unknown_naming_what_timed_out() {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicU32::new(0));
+    let counter = accepted.clone();
+    // Accepts, reads whatever comes, never answers; holds every connection open.
+    let server = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            counter.fetch_add(1, Ordering::SeqCst);
+            held.push(tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                while socket.read(&mut buf).await.unwrap_or(0) > 0 {}
+            }));
+        }
+    });
+    let config = GraphConfig {
+        http_retries: 1,
+        request_timeout: Duration::from_millis(300),
+        ..GraphConfig::new(&url, &url, Credentials::Token(Secret::new("t")))
+    };
+    let client = GraphClient::new(config, Limiter::new(1000.0))
+        .unwrap()
+        .with_backoff(fast_backoff());
+    let err = client.invite(&invitation_request()).await.unwrap_err();
+    let GraphError::Unknown { message, meta } = &err else {
+        panic!("expected Unknown, got {err:?}");
+    };
+    assert!(
+        message.contains("POST /v1.0/invitations") && message.contains("timed out after 0.3 s"),
+        "{message}"
+    );
+    assert_eq!(meta.status, None);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "an invitation is never resent"
+    );
+    assert_eq!(client.requests_sent(), 1);
+
+    let err = client.get_user("u1").await.unwrap_err();
+    assert!(matches!(err, GraphError::Exhausted { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("GET /v1.0/users/u1") && err.to_string().contains("timed out"),
+        "{err}"
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        3,
+        "a read is retried http_retries times"
+    );
+    server.abort();
+}
+
+#[tokio::test]
+async fn transport_errors_are_sorted_by_whether_the_request_could_have_left() {
+    let url = closed_port_url();
+    let http = reqwest::Client::new();
+    let e = http
+        .get(format!("{url}/v1.0/users"))
+        .send()
+        .await
+        .unwrap_err();
+    let call = Call {
+        method: reqwest::Method::GET,
+        url: url::Url::parse(&format!("{url}/v1.0/users?$top=1")).unwrap(),
+        headers: Vec::new(),
+        body: None,
+        idempotent: true,
+    };
+    let lost = transport::classify(&e, &call, Duration::from_secs(7), Duration::from_secs(3));
+    match lost {
+        transport::Lost::NotSent(message) => {
+            assert!(
+                message.contains(&format!("cannot connect to {url}")),
+                "{message}"
+            )
+        }
+        other => panic!("a refused connection is not sent: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn batch_retries_424_and_fractional_retry_after_sub_responses() {
+    let mock = Mock::start(|seen, n| {
+        let batch: BatchRequest = serde_json::from_str(&seen.body).unwrap();
+        let mut ids: Vec<String> = batch
+            .requests
+            .iter()
+            .map(|r| r.id.to_ascii_lowercase())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(
+            ids.len(),
+            batch.requests.len(),
+            "sub-request ids are unique"
+        );
+        let responses: Vec<_> = batch
+            .requests
+            .iter()
+            .map(|r| match (n, r.id.as_str()) {
+                (0, "1") => json!({"id": r.id, "status": 424, "body": {"error":
+                    {"code": "FailedDependency", "message": "dependency failed"}}}),
+                (0, "2") => json!({"id": r.id, "status": 429, "headers": {"retry-after": "0.249"},
+                    "body": {"error": {"code": "TooManyRequests", "message": "later"}}}),
+                _ => json!({"id": r.id, "status": 200,
+                    "body": {"value": [user_json(&format!("user-{}", r.id))]}}),
+            })
+            .collect();
+        reply(200, json!({ "responses": responses }))
+    })
+    .await;
+    let client = mock.client();
+    let ids: Vec<String> = (0..45).map(|i| format!("a{i}")).collect();
+    let users = client.users_by_ids(&ids).await.unwrap();
+    let mut got: Vec<_> = users.iter().map(|u| u.id.as_str()).collect();
+    got.sort();
+    assert_eq!(got, ["user-1", "user-2", "user-3"]);
+    let hits = mock.graph_hits();
+    assert_eq!(hits.len(), 2);
+    let second: BatchRequest = serde_json::from_str(&hits[1].body).unwrap();
+    let mut again: Vec<_> = second.requests.iter().map(|r| r.id.as_str()).collect();
+    again.sort();
+    assert_eq!(
+        again,
+        ["1", "2"],
+        "only the failed and throttled sub-requests"
+    );
+}
+
+#[tokio::test]
+async fn pager_walks_every_page_of_an_emulator_listing() {
+    use crate::emulator::{EmulatorConfig, Tenant};
+    let tenant = Tenant::generate(2_100, 7);
+    let total = tenant.users.len();
+    let emu = crate::emulator::start(EmulatorConfig::new(tenant), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let env: HashMap<String, String> = emu.client_env().into_iter().collect();
+    let credentials = Credentials::from_lookup(|k| env.get(k).cloned()).unwrap();
+    let base = emu.base_url();
+    let client = GraphClient::new(
+        GraphConfig::new(&base, &base, credentials),
+        Limiter::new(1000.0),
+    )
+    .unwrap();
+    let fetch = |link: Option<String>| {
+        let client = client.clone();
+        async move { client.list_user_addresses_page(link.as_deref()).await }
+    };
+
+    let mut pages = Pager::new(fetch);
+    let mut sizes = Vec::new();
+    let mut links = Vec::new();
+    let mut ids = std::collections::HashSet::new();
+    while let Some(page) = pages.next_page().await.unwrap() {
+        sizes.push(page.value.len());
+        links.extend(page.next_link.clone());
+        ids.extend(page.value.into_iter().map(|u| u.id));
+    }
+    assert_eq!(sizes.len(), total.div_ceil(999), "{sizes:?}");
+    assert!(
+        sizes[..sizes.len() - 1].iter().all(|s| *s == 999),
+        "{sizes:?}"
+    );
+    assert_eq!(ids.len(), total, "every user once");
+    assert!(pages.next_page().await.unwrap().is_none(), "stays finished");
+
+    // Resumed from a stored link: only the rest; a served first page is not fetched again.
+    let rest = Pager::resume(Some(links[0].clone()), fetch)
+        .collect_all()
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), total - 999);
+    let first = client.list_user_addresses_page(None).await.unwrap();
+    let sent = client.requests_sent();
+    let all = Pager::new(fetch)
+        .with_first_page(Some(first))
+        .collect_all()
+        .await
+        .unwrap();
+    assert_eq!(all.len(), total);
+    assert_eq!(client.requests_sent(), sent + sizes.len() as u64 - 1);
+    assert!(Pager::finished(fetch).next_page().await.unwrap().is_none());
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use crate::graph::GraphClient;
+use crate::graph::{GraphClient, Pager};
 use crate::item::{NewItem, Overrides, RunRecord, SourceSpec, UserKey};
 use crate::model::{Page, User};
 use crate::progress::Progress;
@@ -101,21 +101,19 @@ async fn ingest_listing(
     queue: &Queue,
     run: &RunRecord,
     graph: &GraphClient,
-    mut first_page: Option<Page<User>>,
+    first_page: Option<Page<User>>,
 ) -> anyhow::Result<IngestSummary> {
     let mut summary = IngestSummary::default();
-    let mut cursor = queue.ingest_cursor(run.id)?;
-    if cursor.is_some() {
-        // Resuming mid-listing: the page fetched to check the query is not the next one.
-        first_page = None;
-    }
+    let fetch =
+        |link: Option<String>| async move { fetch_page(graph, &run.source, link.as_deref()).await };
+    // Resuming mid-listing, the page fetched to check the query is not the next one.
+    let mut pages = match queue.ingest_cursor(run.id)? {
+        Some(done) if done == LISTING_DONE => Pager::finished(fetch),
+        Some(link) => Pager::resume(Some(link), fetch),
+        None => Pager::new(fetch).with_first_page(first_page),
+    };
     let progress = Progress::new("listing", 0);
-    loop {
-        let page = match (first_page.take(), cursor.as_deref()) {
-            (Some(page), _) => page,
-            (None, Some(LISTING_DONE)) => break,
-            (None, link) => fetch_page(graph, &run.source, link).await?,
-        };
+    while let Some(page) = pages.next_page().await? {
         let next = page
             .next_link
             .clone()
@@ -123,7 +121,6 @@ async fn ingest_listing(
         let items: Vec<NewItem> = page.value.into_iter().map(listed_user).collect();
         progress.inc(items.len() as u64);
         summary.add(queue.insert_items(run.id, &items, Some(&next))?);
-        cursor = Some(next);
     }
     progress.finish();
     Ok(summary)

@@ -1,0 +1,372 @@
+//! [`GraphClient`] and the resources it reads and writes: users, domains, group members and
+//! invitations. Each method builds its URL here and hands the request to the transport.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use url::Url;
+
+use super::auth::TokenProvider;
+use super::config::{check_endpoint, GraphConfig};
+use super::error::{GraphError, Traced};
+use super::limiter::Limiter;
+use super::odata::{encode_query, in_filters, needs_advanced_query};
+use super::paging::Pager;
+use super::retry::{Backoff, RetryPolicy};
+use super::transport::{parse_answer, Call};
+use super::RequestObserver;
+use crate::model::{Domain, Invitation, InvitationRequest, Page, User, VALIDATION_SELECT};
+
+/// The longest we wait for a TCP (and TLS) connection, whatever the request timeout: a host
+/// that does not accept within this is down or filtered.
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Cheap to clone: every worker holds one, all share the connection pool, token and limiter.
+#[derive(Clone)]
+pub struct GraphClient {
+    pub(super) inner: Arc<Inner>,
+    pub(super) observer: Option<Arc<dyn RequestObserver>>,
+    pub(super) retry: RetryPolicy,
+    /// Bulk reads go through `$batch` (a POST) unless the run is a dry run, which must send
+    /// nothing but GETs.
+    pub(super) batching: bool,
+}
+
+pub(super) struct Inner {
+    /// Graph's root without the version, e.g. `https://graph.microsoft.com`.
+    pub(super) root: String,
+    pub(super) origin: url::Origin,
+    pub(super) http: reqwest::Client,
+    pub(super) tokens: Arc<TokenProvider>,
+    pub(super) limiter: Arc<Limiter>,
+    /// One attempt, connection and answer included.
+    pub(super) timeout: Duration,
+    /// Opening the connection (TCP and TLS).
+    pub(super) connect_timeout: Duration,
+    /// Requests that may have reached Graph.
+    pub(super) sent: AtomicU64,
+    /// `Authorization_RequestDenied` answers in a row, per kind of request (`POST invitations`,
+    /// `GET users`, …): reads succeeding must not hide that every invitation is refused.
+    pub(super) denied_streaks: std::sync::Mutex<HashMap<String, u32>>,
+}
+
+impl std::fmt::Debug for GraphClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GraphClient")
+            .field("root", &self.inner.root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GraphClient {
+    /// Checks both endpoints and loads the credentials (a certificate is read here); no request
+    /// is sent yet — [`GraphClient::authenticate`] does that.
+    pub fn new(config: GraphConfig, limiter: Arc<Limiter>) -> Result<GraphClient, GraphError> {
+        let graph = check_endpoint(&config.graph_url)?;
+        let root = graph
+            .as_str()
+            .trim_end_matches('/')
+            .trim_end_matches("/v1.0")
+            .trim_end_matches('/')
+            .to_string();
+        let connect_timeout = config.request_timeout.min(MAX_CONNECT_TIMEOUT);
+        let http = reqwest::Client::builder()
+            .use_rustls_tls()
+            .user_agent(concat!("b2b-convert/", env!("CARGO_PKG_VERSION")))
+            .timeout(config.request_timeout)
+            .connect_timeout(connect_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| GraphError::Config(format!("cannot build the HTTP client: {e}")))?;
+        let tokens = TokenProvider::new(&config, http.clone())?;
+        Ok(GraphClient {
+            inner: Arc::new(Inner {
+                root,
+                origin: graph.origin(),
+                http,
+                tokens,
+                limiter,
+                timeout: config.request_timeout,
+                connect_timeout,
+                sent: AtomicU64::new(0),
+                denied_streaks: std::sync::Mutex::new(HashMap::new()),
+            }),
+            observer: None,
+            retry: RetryPolicy {
+                http_retries: config.http_retries,
+                not_sent_for: config.not_sent_retry_for,
+                ..RetryPolicy::default()
+            },
+            batching: true,
+        })
+    }
+
+    pub fn with_observer(mut self, observer: Arc<dyn RequestObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// With `false`, bulk reads are sent as plain GETs (15 values each) instead of `$batch`:
+    /// more requests, but not a single POST — what a dry run promises.
+    pub fn with_batching(mut self, batching: bool) -> Self {
+        self.batching = batching;
+        self
+    }
+
+    /// Changes the backoff between retries of failed requests (tests, rehearsals).
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.retry.backoff = backoff;
+        self
+    }
+
+    /// The run's shared limiter.
+    pub fn limiter(&self) -> &Arc<Limiter> {
+        &self.inner.limiter
+    }
+
+    /// Gets a token now, so refused credentials stop the run before any work (exit 1).
+    pub async fn authenticate(&self) -> Result<(), GraphError> {
+        self.inner.tokens.token().await.map(|_| ())
+    }
+
+    /// HTTP requests that may have reached Graph (a `$batch` counts 1; token requests and
+    /// connections that never opened are not counted).
+    pub fn requests_sent(&self) -> u64 {
+        self.inner.sent.load(Ordering::Relaxed)
+    }
+
+    /// The tenant's verified domains (`GET /v1.0/domains`, every page).
+    pub async fn verified_domains(&self) -> Result<Vec<Domain>, GraphError> {
+        let domains: Vec<Domain> = self.get_all(self.api_url(&["domains"], &[]), false).await?;
+        Ok(domains.into_iter().filter(|d| d.is_verified).collect())
+    }
+
+    /// One user by object id or UPN with everything validation needs; `None` when absent.
+    pub async fn get_user(&self, id_or_upn: &str) -> Result<Option<User>, GraphError> {
+        let url = self.api_url(&["users", id_or_upn], &[("$select", VALIDATION_SELECT)]);
+        match self.get_json(url, false).await {
+            Ok(user) => Ok(Some(user)),
+            Err(GraphError::Api { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Users by object id (any number; absent ids are simply missing from the answer).
+    pub async fn users_by_ids(&self, ids: &[String]) -> Result<Vec<User>, GraphError> {
+        self.users_where_in("id", ids).await
+    }
+
+    /// Users by user principal name (any number; absent ones are missing from the answer).
+    pub async fn users_by_upns(&self, upns: &[String]) -> Result<Vec<User>, GraphError> {
+        self.users_where_in("userPrincipalName", upns).await
+    }
+
+    /// Users whose `property` is one of `values`: 15 values per `in (…)`, as Graph allows.
+    async fn users_where_in(
+        &self,
+        property: &str,
+        values: &[String],
+    ) -> Result<Vec<User>, GraphError> {
+        let urls = in_filters(property, values)
+            .iter()
+            .map(|filter| self.batch_url(&["users"], filter, VALIDATION_SELECT))
+            .collect();
+        self.batch_users(urls).await
+    }
+
+    /// One page of every user's addresses (`id,mail,otherMails`, 999 a page): the tenant-wide
+    /// index the `mail_conflict` check reads, built with one request per 999 users instead of
+    /// one per 15 checked addresses.
+    pub async fn list_user_addresses_page(
+        &self,
+        next_link: Option<&str>,
+    ) -> Result<Page<User>, GraphError> {
+        let url = match next_link {
+            Some(link) => self.next_link_url(link, false)?,
+            None => self.api_url(
+                &["users"],
+                &[("$select", "id,mail,otherMails"), ("$top", "999")],
+            ),
+        };
+        self.get_json(url, false).await
+    }
+
+    /// One page of `GET /v1.0/users?$filter=…`. Pass the previous page's `next_link` to go on.
+    /// Filters needing Graph's advanced queries get `ConsistencyLevel: eventual` and
+    /// `$count=true` on every page.
+    pub async fn list_users_page(
+        &self,
+        filter: &str,
+        next_link: Option<&str>,
+    ) -> Result<Page<User>, GraphError> {
+        let advanced = needs_advanced_query(filter);
+        let url = match next_link {
+            Some(link) => self.next_link_url(link, advanced)?,
+            None => {
+                let mut query = Vec::new();
+                if !filter.trim().is_empty() {
+                    query.push(("$filter", filter));
+                }
+                query.push(("$select", VALIDATION_SELECT));
+                query.push(("$top", "999"));
+                if advanced {
+                    query.push(("$count", "true"));
+                }
+                self.api_url(&["users"], &query)
+            }
+        };
+        self.get_json(url, advanced).await
+    }
+
+    /// One page of a group's user members (direct, or nested with `transitive`).
+    pub async fn group_members_page(
+        &self,
+        group_id: &str,
+        transitive: bool,
+        next_link: Option<&str>,
+    ) -> Result<Page<User>, GraphError> {
+        let url = match next_link {
+            Some(link) => self.next_link_url(link, false)?,
+            None => {
+                let relation = if transitive {
+                    "transitiveMembers"
+                } else {
+                    "members"
+                };
+                self.api_url(
+                    &["groups", group_id, relation, "microsoft.graph.user"],
+                    &[("$select", VALIDATION_SELECT), ("$top", "999")],
+                )
+            }
+        };
+        self.get_json(url, false).await
+    }
+
+    /// `POST /v1.0/invitations`. Resent only after a 429, a 401 renewal or a connection that
+    /// never opened; a 5xx, timeout or dropped connection gives [`GraphError::Unknown`]: the
+    /// invitation may exist.
+    pub async fn invite(&self, req: &InvitationRequest) -> Result<Traced<Invitation>, GraphError> {
+        let body = serde_json::to_vec(req)
+            .map_err(|e| GraphError::Config(format!("cannot encode the invitation: {e}")))?;
+        let answer = self
+            .execute(&Call {
+                method: Method::POST,
+                url: self.api_url(&["invitations"], &[]),
+                headers: Vec::new(),
+                body: Some(body),
+                idempotent: false,
+            })
+            .await?;
+        match serde_json::from_slice::<Invitation>(&answer.body) {
+            Ok(value) => Ok(Traced {
+                value,
+                meta: answer.meta,
+            }),
+            Err(e) => Err(GraphError::Unknown {
+                message: format!("invitation accepted but its answer is unreadable: {e}"),
+                meta: answer.meta,
+            }),
+        }
+    }
+
+    pub(super) async fn get_json<T: DeserializeOwned>(
+        &self,
+        url: Url,
+        eventual: bool,
+    ) -> Result<T, GraphError> {
+        let headers = if eventual {
+            vec![("ConsistencyLevel", "eventual")]
+        } else {
+            Vec::new()
+        };
+        let answer = self
+            .execute(&Call {
+                method: Method::GET,
+                url,
+                headers,
+                body: None,
+                idempotent: true,
+            })
+            .await?;
+        parse_answer(&answer.body, &answer.meta)
+    }
+
+    /// Every item of the listing whose first page is `first`, following each next link.
+    pub(super) async fn get_all<T: DeserializeOwned>(
+        &self,
+        first: Url,
+        eventual: bool,
+    ) -> Result<Vec<T>, GraphError> {
+        Pager::new(|link: Option<String>| {
+            let first = first.clone();
+            async move {
+                let url = match link {
+                    Some(link) => self.next_link_url(&link, eventual)?,
+                    None => first,
+                };
+                self.get_json::<Page<T>>(url, eventual).await
+            }
+        })
+        .collect_all()
+        .await
+    }
+
+    /// `{root}/v1.0/{segments…}?{query}`, each segment and value percent-encoded.
+    pub(super) fn api_url(&self, segments: &[&str], query: &[(&str, &str)]) -> Url {
+        let mut url = self.version_root();
+        url.path_segments_mut()
+            .expect("http(s) URLs have paths")
+            .extend(segments);
+        if !query.is_empty() {
+            url.set_query(Some(&encode_query(query)));
+        }
+        url
+    }
+
+    /// A URL relative to the version root (as `$batch` sub-requests are written), made absolute.
+    pub(super) fn relative_url(&self, relative: &str) -> Result<Url, GraphError> {
+        Url::parse(&format!("{}/v1.0{relative}", self.inner.root))
+            .map_err(|e| GraphError::Config(format!("bad request URL {relative}: {e}")))
+    }
+
+    /// A `$batch` sub-request URL: relative to the version root.
+    fn batch_url(&self, segments: &[&str], filter: &str, select: &str) -> String {
+        let url = self.api_url(
+            segments,
+            &[("$filter", filter), ("$select", select), ("$top", "999")],
+        );
+        let version = self.version_root();
+        let path = url.path();
+        let relative = path.strip_prefix(version.path()).unwrap_or(path);
+        format!("{relative}?{}", url.query().unwrap_or(""))
+    }
+
+    fn version_root(&self) -> Url {
+        Url::parse(&format!("{}/v1.0", self.inner.root)).expect("root was checked")
+    }
+
+    /// A page link from Graph, refused unless it points back at Graph (our token goes with it).
+    pub(super) fn next_link_url(&self, link: &str, count: bool) -> Result<Url, GraphError> {
+        let mut url = Url::parse(link)
+            .map_err(|e| GraphError::Config(format!("unreadable @odata.nextLink {link:?}: {e}")))?;
+        if url.origin() != self.inner.origin {
+            return Err(GraphError::Config(format!(
+                "@odata.nextLink points outside {}: {}",
+                self.inner.root,
+                url.origin().ascii_serialization()
+            )));
+        }
+        if count && !url.query_pairs().any(|(k, _)| k == "$count") {
+            let query = match url.query() {
+                Some(q) if !q.is_empty() => format!("{q}&$count=true"),
+                _ => "$count=true".to_string(),
+            };
+            url.set_query(Some(&query));
+        }
+        Ok(url)
+    }
+}
