@@ -17,6 +17,10 @@ use crate::item::{
 };
 use crate::model::{Invitation, User};
 
+mod lease;
+
+pub use lease::{host_name, pid_alive, Holder, LeaseRow, RunLease, HEARTBEAT_EVERY, STALE_AFTER};
+
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error("database {path}: {source}")]
@@ -35,6 +39,14 @@ pub enum QueueError {
         expected: &'static str,
         actual: String,
     },
+    /// Another live process holds the run's lease (SPEC.md: exit 1, nothing changed).
+    #[error("run {run_id} is being worked by pid {pid} on {host} since {since}")]
+    Leased {
+        run_id: i64,
+        pid: u32,
+        host: String,
+        since: String,
+    },
     #[error("stored JSON in column {column} is unreadable: {message}")]
     Corrupt {
         column: &'static str,
@@ -45,7 +57,10 @@ pub enum QueueError {
 pub type Result<T> = std::result::Result<T, QueueError>;
 
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(include_str!("../migrations/0001_init.sql"))])
+    Migrations::new(vec![
+        M::up(include_str!("../migrations/0001_init.sql")),
+        M::up(include_str!("../migrations/0002_run_lease.sql")),
+    ])
 }
 
 /// What `insert_items` did with a batch.
@@ -136,20 +151,32 @@ impl Queue {
         graph_url: &str,
     ) -> Result<i64> {
         let conn = self.conn();
-        conn.execute(
-            "INSERT INTO runs (source, mode, options, tenant_id, graph_url, started_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                to_json(source),
-                mode.as_str(),
-                to_json(options),
-                tenant_id,
-                graph_url,
-                now()
-            ],
-        )
-        .map_err(|e| self.err(e))?;
-        Ok(conn.last_insert_rowid())
+        insert_run(&conn, source, mode, options, tenant_id, graph_url).map_err(|e| self.err(e))
+    }
+
+    /// Creates a run already leased to this process, in one transaction: a bare `resume` in
+    /// another terminal can never pick the new run up while it is being ingested.
+    pub fn create_leased_run(
+        &self,
+        source: &SourceSpec,
+        mode: RunMode,
+        options: &RunOptions,
+        tenant_id: Option<&str>,
+        graph_url: &str,
+    ) -> Result<(i64, RunLease)> {
+        let (run_id, token) = {
+            let mut conn = self.conn();
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(|e| self.err(e))?;
+            let run_id = insert_run(&tx, source, mode, options, tenant_id, graph_url)
+                .map_err(|e| self.err(e))?;
+            let token = lease::acquire_in(&tx, run_id, &Holder::current(), pid_alive)
+                .map_err(|e| self.lease_err(run_id, e))?;
+            tx.commit().map_err(|e| self.err(e))?;
+            (run_id, token)
+        };
+        Ok((run_id, self.start_heartbeat(run_id, token)?))
     }
 
     pub fn run(&self, id: i64) -> Result<Option<RunRecord>> {
@@ -203,6 +230,22 @@ impl Queue {
             )
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    /// Removes a run that never started (the operator declined the confirmation): its items, its
+    /// request log and its lease, in one transaction.
+    pub fn discard_run(&self, run_id: i64) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        for sql in [
+            "DELETE FROM requests WHERE run_id = ?1",
+            "DELETE FROM items WHERE run_id = ?1",
+            "DELETE FROM run_leases WHERE run_id = ?1",
+            "DELETE FROM runs WHERE id = ?1",
+        ] {
+            tx.execute(sql, [run_id]).map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))
     }
 
     /// `resume` may change how the work is done (rate, concurrency); the run keeps the record.
@@ -629,12 +672,15 @@ impl Queue {
         )
     }
 
-    /// `retry`: every failed item of the run goes back to pending with a fresh attempt count.
+    /// `retry`: every failed item of the run goes back to pending with a fresh attempt count and
+    /// no snapshot, so its user is read again and the fix the report asked for is seen. (A
+    /// failed item changed nothing in the tenant, so its old snapshot records no change.)
     pub fn requeue_failed(&self, run_id: i64) -> Result<u64> {
         let n = self
             .conn()
             .execute(
-                "UPDATE items SET state = 'pending', attempts = 0, updated_at = ?2
+                "UPDATE items SET state = 'pending', attempts = 0, snapshot = NULL,
+                    external_email = NULL, updated_at = ?2
                  WHERE run_id = ?1 AND state = 'failed'",
                 params![run_id, now()],
             )
@@ -759,6 +805,29 @@ impl Queue {
             .map_err(|e| self.err(e))? as u64;
         Ok(counts)
     }
+}
+
+fn insert_run(
+    conn: &Connection,
+    source: &SourceSpec,
+    mode: RunMode,
+    options: &RunOptions,
+    tenant_id: Option<&str>,
+    graph_url: &str,
+) -> rusqlite::Result<i64> {
+    conn.prepare_cached(
+        "INSERT INTO runs (source, mode, options, tenant_id, graph_url, started_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        to_json(source),
+        mode.as_str(),
+        to_json(options),
+        tenant_id,
+        graph_url,
+        now()
+    ])?;
+    Ok(conn.last_insert_rowid())
 }
 
 const RUN_COLUMNS: &str = "id, source, mode, options, tenant_id, graph_url, started_at, \
