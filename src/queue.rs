@@ -1158,6 +1158,33 @@ mod tests {
     }
 
     #[test]
+    fn a_discarded_run_leaves_nothing_to_resume() {
+        let (_d, q) = queue();
+        let run = csv_run(&q);
+        q.insert_items(run, &[row(2, Some(UserKey::Id("u1".into())), None)], None)
+            .unwrap();
+        q.discard_run(run).unwrap();
+        assert!(q.latest_run().unwrap().is_none());
+        assert!(q.items(run).unwrap().is_empty());
+    }
+
+    #[test]
+    fn retry_forgets_the_snapshot_so_the_user_is_read_again() {
+        let (_d, q) = queue();
+        let run = csv_run(&q);
+        q.insert_items(run, &[row(2, Some(UserKey::Id("u1".into())), None)], None)
+            .unwrap();
+        let id = q.pending_items(run, 0, 1).unwrap()[0].id;
+        q.record_lookup(id, Some(&user("u1"))).unwrap();
+        q.mark_in_flight(id, "stale@fabrikam.com").unwrap();
+        q.record_failed(id, "BadRequest", "nope", None, None)
+            .unwrap();
+        q.requeue_failed(run).unwrap();
+        let item = q.item(id).unwrap().unwrap();
+        assert_eq!((item.snapshot, item.external_email), (None, None));
+    }
+
+    #[test]
     fn counts_include_every_state_and_requests() {
         let (_d, q) = queue();
         let run = csv_run(&q);

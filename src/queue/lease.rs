@@ -67,12 +67,7 @@ pub enum Verdict {
 
 /// Decides over a stored lease. Pure except for `alive`, the pid probe, which is only asked
 /// about pids of this host.
-pub fn judge(
-    row: &LeaseRow,
-    me: &Holder,
-    now_ms: i64,
-    alive: impl Fn(u32) -> bool,
-) -> Verdict {
+pub fn judge(row: &LeaseRow, me: &Holder, now_ms: i64, alive: impl Fn(u32) -> bool) -> Verdict {
     if row.host == me.host && !alive(row.pid) {
         return Verdict::HolderDead;
     }
@@ -316,7 +311,8 @@ pub fn pid_alive(pid: u32) -> bool {
         return match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
             // The state follows the command name in parentheses, which may itself hold spaces.
             Ok(stat) => !matches!(
-                stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()),
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.trim_start().chars().next()),
                 Some('Z' | 'X')
             ),
             Err(_) => false,
@@ -418,7 +414,10 @@ mod tests {
         };
         let me = holder(2, "h2");
         let stale = STALE_AFTER.as_millis() as i64;
-        assert_eq!(judge(&row, &me, 1_000_000 + stale, |_| false), Verdict::Held);
+        assert_eq!(
+            judge(&row, &me, 1_000_000 + stale, |_| false),
+            Verdict::Held
+        );
         assert_eq!(
             judge(&row, &me, 1_000_001 + stale, |_| false),
             Verdict::Stale
