@@ -951,16 +951,20 @@ fn sqlite_err(path: &Path, source: rusqlite::Error) -> QueueError {
 }
 
 /// Creates the database file readable by its owner only: it holds the users' snapshots and the
-/// invitations' redeem links.
+/// invitations' redeem links. An existing file that others can read (made by an older version,
+/// or copied with a loose umask) is tightened to 0600; SQLite gives its `-wal`/`-shm` files the
+/// database file's mode.
 fn create_private(path: &Path) -> Result<()> {
+    let io_err = |what: &str, e: std::io::Error| QueueError::Io {
+        path: path.to_path_buf(),
+        message: format!("{what}: {e}"),
+    };
     if path.exists() {
-        return Ok(());
+        return tighten(path).map_err(|e| io_err("cannot make it private (0600)", e));
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| QueueError::Io {
-            path: path.to_path_buf(),
-            message: format!("cannot create folder {}: {e}", dir.display()),
-        })?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| io_err(&format!("cannot create folder {}", dir.display()), e))?;
     }
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
@@ -972,11 +976,40 @@ fn create_private(path: &Path) -> Result<()> {
     match opts.open(path) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(QueueError::Io {
-            path: path.to_path_buf(),
-            message: format!("cannot create: {e}"),
-        }),
+        Err(e) => Err(io_err("cannot create", e)),
     }
+}
+
+#[cfg(unix)]
+fn tighten(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn tighten(_path: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// Writes a file that only its owner can read (reports and exports name users and addresses),
+/// replacing any earlier file of that name and tightening its mode if it was looser.
+pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut file = opts.open(path)?;
+    tighten(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
 }
 
 #[cfg(test)]
@@ -1037,6 +1070,27 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_existing_loose_database_and_report_are_tightened() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let db = dir.path().join("loose.db");
+        std::fs::write(&db, b"").unwrap();
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+        Queue::open(&db).unwrap();
+        assert_eq!(mode(&db), 0o600);
+        let report = dir.path().join("r.csv");
+        std::fs::write(&report, b"old").unwrap();
+        std::fs::set_permissions(&report, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(&report, b"new").unwrap();
+        assert_eq!(mode(&report), 0o600);
+        assert_eq!(std::fs::read(&report).unwrap(), b"new");
+        write_private(&dir.path().join("fresh.md"), b"x").unwrap();
+        assert_eq!(mode(&dir.path().join("fresh.md")), 0o600);
     }
 
     #[test]
