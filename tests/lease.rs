@@ -10,7 +10,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use b2b_convert::emulator::{EmulatorConfig, Tenant};
-use b2b_convert::item::{ItemState, NewItem, Overrides, RunMode, RunOptions, SourceSpec, UserKey};
+use b2b_convert::item::{
+    ItemState, NewItem, Overrides, RunMode, RunOptions, RunStatus, SourceSpec, UserKey,
+};
 use b2b_convert::queue::Queue;
 use common::*;
 
@@ -230,7 +232,7 @@ async fn retry_reads_its_users_again_before_validating() {
             .unwrap();
         q.record_failed(item.id, "Request_BadRequest", "refused", None, None)
             .unwrap();
-        q.set_run_status(run_id, "finished").unwrap();
+        q.set_run_status(run_id, RunStatus::Finished).unwrap();
         run_id
     };
     let out = run(&emu, &db, &["retry", &run_id.to_string(), "--yes"]).await;

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use crate::cli::ExecArgs;
 use crate::exit::{ExitError, ExitStatus};
 use crate::graph::{Credentials, GraphClient, GraphConfig, Limiter, RequestEvent, RequestObserver};
-use crate::item::{ItemState, RequestRecord, RunMode, RunOptions, RunRecord};
+use crate::item::{ItemState, RequestRecord, RunMode, RunOptions, RunRecord, RunStatus};
 use crate::progress::Progress;
 use crate::queue::{Queue, RunLease};
 use crate::workers::{self, Outcome, Pipeline};
@@ -139,7 +139,7 @@ pub async fn execute(
     report: Option<&Path>,
 ) -> anyhow::Result<ExitStatus> {
     let run_id = run.id;
-    queue.set_run_status(run_id, "running")?;
+    queue.set_run_status(run_id, RunStatus::Running)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let lost = lease.lost_flag();
     let ctrl_c = tokio::spawn(async move {
@@ -177,6 +177,7 @@ pub async fn execute(
     };
     let outcome = workers::work(pipeline).await;
     ctrl_c.abort();
+    queue.flush_request_log()?;
     if lease.is_lost() {
         // Another process took the run over (this one stopped heart-beating for a long time):
         // its status is now that process's to write.
@@ -187,7 +188,7 @@ pub async fn execute(
     let outcome = match outcome {
         Ok(o) => o,
         Err(e) => {
-            queue.set_run_status(run_id, "interrupted")?;
+            queue.set_run_status(run_id, RunStatus::Interrupted)?;
             return Err(e.context(format!(
                 "run {run_id} stopped; `b2b-convert resume {run_id}` continues it"
             )));
@@ -200,10 +201,10 @@ pub async fn execute(
             } else {
                 ExitStatus::Success
             };
-            ("finished", exit)
+            (RunStatus::Finished, exit)
         }
-        Outcome::Interrupted => ("interrupted", ExitStatus::Interrupted),
-        Outcome::TenantRefused(_) => ("stopped", ExitStatus::TenantRefused),
+        Outcome::Interrupted => (RunStatus::Interrupted, ExitStatus::Interrupted),
+        Outcome::TenantRefused(_) => (RunStatus::Stopped, ExitStatus::TenantRefused),
     };
     queue.set_run_status(run_id, status)?;
     super::status::print_table(&queue, run_id)?;
