@@ -261,12 +261,9 @@ fn heartbeat_loop(
         if *stopped {
             break;
         }
-        match conn.execute(
-            "UPDATE run_leases SET heartbeat_ms = ?3 WHERE run_id = ?1 AND token = ?2",
-            params![run_id, token, unix_ms()],
-        ) {
-            Ok(1) => {}
-            Ok(_) => {
+        match beat(&conn, run_id, &token) {
+            Ok(true) => {}
+            Ok(false) => {
                 tracing::error!(run_id, "the run's lease was taken over by another process");
                 lost.store(true, Ordering::SeqCst);
                 return;
@@ -282,6 +279,14 @@ fn heartbeat_loop(
     ) {
         tracing::warn!(run_id, error = %e, "could not release the run's lease");
     }
+}
+
+/// One heartbeat, fenced by the token: false when the lease is no longer ours.
+fn beat(conn: &Connection, run_id: i64, token: &str) -> rusqlite::Result<bool> {
+    let changed = conn
+        .prepare_cached("UPDATE run_leases SET heartbeat_ms = ?3 WHERE run_id = ?1 AND token = ?2")?
+        .execute(params![run_id, token, unix_ms()])?;
+    Ok(changed == 1)
 }
 
 pub(crate) fn unix_ms() -> i64 {
@@ -443,6 +448,18 @@ mod tests {
         // The old holder's release must not drop the new holder's lease.
         drop(lease);
         assert_eq!(q.lease(run).unwrap().unwrap().pid, 11);
+    }
+
+    #[test]
+    fn a_heartbeat_after_a_takeover_changes_nothing_and_reports_the_loss() {
+        let (_d, q, run) = queue_with_run();
+        let token = q.acquire(run, &holder(10, "h1"), |_| true).unwrap();
+        assert!(beat(&q.conn(), run, &token).unwrap());
+        backdate(&q, run, STALE_AFTER + Duration::from_secs(1));
+        q.acquire(run, &holder(11, "h2"), |_| true).unwrap();
+        let theirs = q.lease(run).unwrap().unwrap();
+        assert!(!beat(&q.conn(), run, &token).unwrap());
+        assert_eq!(q.lease(run).unwrap().unwrap(), theirs);
     }
 
     #[test]
