@@ -23,6 +23,51 @@ pub enum ItemState {
     Failed,
 }
 
+/// Where a run stands (`runs.status`). `RunRecord::status` keeps the stored text for display.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Being worked, or died while being worked (the lease tells which).
+    Running,
+    Finished,
+    /// Ctrl-C, a crash-safe stop or an error: `resume` continues it.
+    Interrupted,
+    /// The tenant refused to go on (exit 4).
+    Stopped,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Finished => "finished",
+            RunStatus::Interrupted => "interrupted",
+            RunStatus::Stopped => "stopped",
+        }
+    }
+}
+
+impl fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RunStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        [
+            RunStatus::Running,
+            RunStatus::Finished,
+            RunStatus::Interrupted,
+            RunStatus::Stopped,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+        .ok_or_else(|| format!("unknown run status {s:?}"))
+    }
+}
+
 impl ItemState {
     pub const ALL: [ItemState; 7] = [
         ItemState::Pending,

@@ -11,9 +11,9 @@ use tokio::sync::watch;
 use crate::cli::ExecArgs;
 use crate::exit::{ExitError, ExitStatus};
 use crate::graph::{Credentials, GraphClient, GraphConfig, Limiter, RequestEvent, RequestObserver};
-use crate::item::{ItemState, RequestRecord, RunMode, RunOptions, RunRecord};
+use crate::item::{ItemState, RequestRecord, RunMode, RunOptions, RunRecord, RunStatus};
 use crate::progress::Progress;
-use crate::queue::Queue;
+use crate::queue::{Queue, RunLease};
 use crate::workers::{self, Outcome, Pipeline};
 
 /// Graph and token endpoints of one invocation.
@@ -141,21 +141,33 @@ pub fn confirm(run: &RunRecord, pending: u64) -> anyhow::Result<bool> {
 /// and writes the report. Returns the exit status of SPEC.md.
 pub async fn execute(
     queue: Arc<Queue>,
+    lease: &RunLease,
     run: RunRecord,
     graph: GraphClient,
     report: Option<&Path>,
 ) -> anyhow::Result<ExitStatus> {
     let run_id = run.id;
-    queue.set_run_status(run_id, "running")?;
+    queue.set_run_status(run_id, RunStatus::Running)?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let lost = lease.lost_flag();
     let ctrl_c = tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!(
-                "\nstopping: finishing requests on the wire and checkpointing (Ctrl-C again to quit at once; `resume` is safe either way)"
-            );
-            let _ = stop_tx.send(true);
-            if tokio::signal::ctrl_c().await.is_ok() {
-                std::process::exit(ExitStatus::Interrupted.code());
+        let lease_lost = async {
+            while !lost.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        };
+        tokio::select! {
+            signal = tokio::signal::ctrl_c() => if signal.is_ok() {
+                eprintln!(
+                    "\nstopping: finishing requests on the wire and checkpointing (Ctrl-C again to quit at once; `resume` is safe either way)"
+                );
+                let _ = stop_tx.send(true);
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(ExitStatus::Interrupted.code());
+                }
+            },
+            () = lease_lost => {
+                let _ = stop_tx.send(true);
             }
         }
     });
@@ -173,10 +185,18 @@ pub async fn execute(
     };
     let outcome = workers::work(pipeline).await;
     ctrl_c.abort();
+    queue.flush_request_log()?;
+    if lease.is_lost() {
+        // Another process took the run over (this one stopped heart-beating for a long time):
+        // its status is now that process's to write.
+        return Err(anyhow::anyhow!(
+            "run {run_id} was taken over by another process while this one was stalled; stopped"
+        ));
+    }
     let outcome = match outcome {
         Ok(o) => o,
         Err(e) => {
-            queue.set_run_status(run_id, "interrupted")?;
+            queue.set_run_status(run_id, RunStatus::Interrupted)?;
             return Err(e.context(format!(
                 "run {run_id} stopped; `b2b-convert resume {run_id}` continues it"
             )));
@@ -189,10 +209,10 @@ pub async fn execute(
             } else {
                 ExitStatus::Success
             };
-            ("finished", exit)
+            (RunStatus::Finished, exit)
         }
-        Outcome::Interrupted => ("interrupted", ExitStatus::Interrupted),
-        Outcome::TenantRefused(_) => ("stopped", ExitStatus::TenantRefused),
+        Outcome::Interrupted => (RunStatus::Interrupted, ExitStatus::Interrupted),
+        Outcome::TenantRefused(_) => (RunStatus::Stopped, ExitStatus::TenantRefused),
     };
     queue.set_run_status(run_id, status)?;
     super::status::print_table(&queue, run_id)?;
@@ -247,17 +267,18 @@ pub fn endpoints_for(exec: &ExecArgs, run: &RunRecord) -> Endpoints {
     }
 }
 
-/// `resume` and `retry`: reconnect and go on with the stored run.
+/// `resume` and `retry`: reconnect and go on with the stored run, under the lease the caller
+/// took before changing anything.
 pub async fn continue_run(
-    db: &Path,
+    queue: Arc<Queue>,
+    lease: &RunLease,
     mut run: RunRecord,
     exec: &ExecArgs,
 ) -> anyhow::Result<ExitStatus> {
-    let queue = Arc::new(Queue::open_existing(db)?);
     apply_exec(&mut run.options, exec)?;
-    queue.update_run_options(run.id, &run.options)?;
     require_consent_possible(run.mode, exec.yes)?;
     let credentials = Credentials::from_env()?;
+    queue.update_run_options(run.id, &run.options)?;
     let graph = connect(
         &endpoints_for(exec, &run),
         credentials,
@@ -280,5 +301,25 @@ pub async fn continue_run(
             return Ok(ExitStatus::Interrupted);
         }
     }
-    execute(queue, run, graph, exec.report.as_deref()).await
+    execute(queue, lease, run, graph, exec.report.as_deref()).await
+}
+
+/// Opens the database and takes the lease of the run named (or the latest one) before anything
+/// of it changes. A run another process works is refused here: exit 1, nothing changed.
+pub fn lease_run(db: &Path, id: Option<i64>) -> anyhow::Result<(Arc<Queue>, RunLease, RunRecord)> {
+    let queue = Arc::new(Queue::open_existing(db)?);
+    let run = pick_run(&queue, id)?;
+    let lease = queue.take_lease(run.id)?;
+    // Read again under the lease: the holder we replaced may have moved it on.
+    let run = pick_run(&queue, Some(run.id))?;
+    Ok((queue, lease, run))
+}
+
+/// The exit status of a run that has ended, from its items alone.
+pub fn finished_status(queue: &Queue, run_id: i64) -> anyhow::Result<ExitStatus> {
+    Ok(if workers::needs_attention(queue, run_id)? {
+        ExitStatus::NeedsAttention
+    } else {
+        ExitStatus::Success
+    })
 }

@@ -39,7 +39,7 @@ pub fn write(
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(path, report::render(format, &data))
+    crate::queue::write_private(path, report::render(format, &data).as_bytes())
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok(())
 }

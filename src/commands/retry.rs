@@ -5,16 +5,13 @@ use std::path::Path;
 use super::common;
 use crate::cli::RetryArgs;
 use crate::exit::ExitStatus;
-use crate::queue::Queue;
 
 pub async fn retry(db: &Path, args: RetryArgs) -> anyhow::Result<ExitStatus> {
-    let run = {
-        let queue = Queue::open_existing(db)?;
-        let run = common::pick_run(&queue, Some(args.run_id))?;
-        let n = queue.requeue_failed(run.id)?;
-        println!("run-id: {}", run.id);
-        println!("requeued {n} failed items");
-        run
-    };
-    common::continue_run(db, run, &args.exec).await
+    let (queue, lease, run) = common::lease_run(db, Some(args.run_id))?;
+    // Options are checked before anything changes, so a bad flag leaves the failed items be.
+    common::apply_exec(&mut run.options.clone(), &args.exec)?;
+    let n = queue.requeue_failed(run.id)?;
+    println!("run-id: {}", run.id);
+    println!("requeued {n} failed items");
+    common::continue_run(queue, &lease, run, &args.exec).await
 }

@@ -115,7 +115,7 @@ pub async fn start(db: &Path, new: NewRun, credentials: Credentials) -> anyhow::
         ),
     };
     let queue = Arc::new(Queue::open(db)?);
-    let run_id = queue.create_run(
+    let (run_id, lease) = queue.create_leased_run(
         &new.source,
         new.mode,
         &new.options,
@@ -142,14 +142,18 @@ pub async fn start(db: &Path, new: NewRun, credentials: Credentials) -> anyhow::
     if new.mode == RunMode::Live && !new.yes {
         let pending = queue.counts(run_id)?.state(ItemState::Pending);
         if pending > 0 && !common::confirm(&run, pending)? {
-            queue.set_run_status(run_id, "interrupted")?;
-            println!("not confirmed: nothing sent; `b2b-convert resume {run_id}` starts it later");
+            // Nothing was sent, and a declined run must not be started by a later bare `resume`.
+            drop(lease);
+            queue.discard_run(run_id)?;
+            println!("not confirmed: nothing sent; run {run_id} removed");
             return Ok(ExitStatus::Interrupted);
         }
     }
-    common::execute(queue, run, graph, new.report.as_deref()).await
+    common::execute(queue, &lease, run, graph, new.report.as_deref()).await
 }
 
+/// An input the tool cannot use at all (no file, no header, no key column) is refused before a
+/// run exists: exit 2, nothing stored. Bad rows are not checked here; they become items.
 /// Graph's refusal of a query (400 unsupported filter, 404 unknown group) is the operator's
 /// input being wrong: a usage error.
 fn query_error(e: anyhow::Error) -> anyhow::Error {

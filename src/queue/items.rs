@@ -1,0 +1,428 @@
+//! Items: reading them and every state change of one item. A change names the states it leaves
+//! (`… WHERE id = ? AND state IN (…)`) and fails loudly when the row moved under it.
+
+use rusqlite::{params, OptionalExtension, Row, TransactionBehavior};
+
+use super::*;
+
+impl Queue {
+    // ---- work -----------------------------------------------------------------------------
+
+    /// Pending items after `after_id`, in input order.
+    pub fn pending_items(
+        &self,
+        run_id: i64,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<ItemRecord>> {
+        self.select_items(
+            &format!(
+                "SELECT {ITEM_COLUMNS} FROM items WHERE run_id = ?1 AND state = ?4 AND id > ?2
+                 ORDER BY id LIMIT ?3"
+            ),
+            params![run_id, after_id, limit as i64, ItemState::Pending],
+        )
+    }
+
+    pub fn in_flight_items(&self, run_id: i64) -> Result<Vec<ItemRecord>> {
+        self.select_items(
+            &format!(
+                "SELECT {ITEM_COLUMNS} FROM items WHERE run_id = ?1 AND state = ?2 ORDER BY id"
+            ),
+            params![run_id, ItemState::InFlight],
+        )
+    }
+
+    /// Every item of the run, in input order (reports).
+    pub fn items(&self, run_id: i64) -> Result<Vec<ItemRecord>> {
+        self.select_items(
+            &format!("SELECT {ITEM_COLUMNS} FROM items WHERE run_id = ?1 ORDER BY id"),
+            params![run_id],
+        )
+    }
+
+    pub fn item(&self, item_id: i64) -> Result<Option<ItemRecord>> {
+        Ok(self
+            .select_items(
+                &format!("SELECT {ITEM_COLUMNS} FROM items WHERE id = ?1"),
+                params![item_id],
+            )?
+            .pop())
+    }
+
+    fn select_items(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<ItemRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params, item_from_row)
+            .map_err(|e| self.err(e))?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        rows.into_iter().collect()
+    }
+
+    /// Stores what Graph said about a pending item's user. The snapshot is written once: later
+    /// reads (reconciliation) never overwrite the record of the user before the change.
+    pub fn record_lookup(&self, item_id: i64, user: Option<&User>) -> Result<LookupOutcome> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        let (run_id, state): (i64, ItemState) = tx
+            .prepare_cached("SELECT run_id, state FROM items WHERE id = ?1")
+            .and_then(|mut s| s.query_row([item_id], |r| Ok((r.get(0)?, r.get(1)?))))
+            .map_err(|e| self.err(e))?;
+        if state != ItemState::Pending {
+            return Err(QueueError::Moved {
+                item_id,
+                expected: ItemState::Pending.as_str(),
+                actual: state.to_string(),
+            });
+        }
+        let outcome = match user {
+            None => {
+                tx.prepare_cached(
+                    "UPDATE items SET state = ?3, reason = ?4,
+                        detail = 'no user with ' || coalesce(key_kind, 'key') || ' ' || coalesce(key_value, '') || ' in the tenant',
+                        updated_at = ?2 WHERE id = ?1",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        item_id,
+                        now(),
+                        ItemState::Blocked,
+                        Reason::UserNotFound
+                    ])
+                })
+                .map_err(|e| self.err(e))?;
+                LookupOutcome::NotFound
+            }
+            Some(u) => {
+                let earlier: Option<(i64, Option<i64>)> = tx
+                    .prepare_cached(
+                        "SELECT id, line FROM items WHERE run_id = ?1 AND user_id = ?2 AND id <> ?3
+                           AND (reason IS NULL OR reason <> ?4)
+                         ORDER BY id LIMIT 1",
+                    )
+                    .and_then(|mut s| {
+                        s.query_row(params![run_id, u.id, item_id, Reason::DuplicateUser], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })
+                    })
+                    .optional()
+                    .map_err(|e| self.err(e))?;
+                match earlier {
+                    Some((other, line)) => {
+                        let first = line
+                            .map(|l| format!("line {l}"))
+                            .unwrap_or_else(|| format!("item {other}"));
+                        tx.prepare_cached(
+                            "UPDATE items SET state = ?6, reason = ?7,
+                                detail = ?2, user_principal_name = ?3, display_name = ?4,
+                                updated_at = ?5 WHERE id = ?1",
+                        )
+                        .and_then(|mut s| {
+                            s.execute(params![
+                                item_id,
+                                format!("same user ({}) as {first}", u.id),
+                                u.user_principal_name,
+                                u.display_name,
+                                now(),
+                                ItemState::Blocked,
+                                Reason::DuplicateUser
+                            ])
+                        })
+                        .map_err(|e| self.err(e))?;
+                        LookupOutcome::DuplicateOf(other)
+                    }
+                    None => {
+                        tx.prepare_cached(
+                            "UPDATE items SET user_id = ?2, user_principal_name = ?3,
+                                display_name = ?4, user_type = ?5,
+                                snapshot = coalesce(snapshot, ?6), updated_at = ?7
+                             WHERE id = ?1",
+                        )
+                        .and_then(|mut s| {
+                            s.execute(params![
+                                item_id,
+                                u.id,
+                                u.user_principal_name,
+                                u.display_name,
+                                u.user_type,
+                                to_json(u),
+                                now()
+                            ])
+                        })
+                        .map_err(|e| self.err(e))?;
+                        LookupOutcome::Found
+                    }
+                }
+            }
+        };
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(outcome)
+    }
+
+    /// A validation verdict that ends the item without a request: `would_convert`, `skipped`
+    /// or `blocked`.
+    pub fn record_verdict(
+        &self,
+        item_id: i64,
+        state: ItemState,
+        reason: Option<Reason>,
+        detail: Option<&str>,
+        external_email: Option<&str>,
+    ) -> Result<()> {
+        self.transition(
+            item_id,
+            &[ItemState::Pending],
+            "state = ?2, reason = ?3, detail = ?4, external_email = coalesce(?5, external_email)",
+            params![item_id, state, reason, detail, external_email],
+        )
+    }
+
+    /// Checkpoint before an invitation can leave the process: `pending` → `in_flight`,
+    /// one more attempt. Also accepted from `in_flight` (a retry after an unknown outcome that
+    /// reconciliation showed had not taken effect).
+    pub fn mark_in_flight(&self, item_id: i64, external_email: &str) -> Result<()> {
+        self.transition(
+            item_id,
+            &[ItemState::Pending, ItemState::InFlight],
+            "state = ?3, attempts = attempts + 1, external_email = ?2",
+            params![item_id, external_email, ItemState::InFlight],
+        )
+    }
+
+    /// The invitation API accepted it; `invitation` is `None` when reconciliation found the user
+    /// converted without ever seeing the answer.
+    pub fn record_converted(
+        &self,
+        item_id: i64,
+        invitation: Option<&Invitation>,
+        request_id: Option<&str>,
+        client_request_id: Option<&str>,
+    ) -> Result<()> {
+        let reconciled = invitation.is_none();
+        self.transition(
+            item_id,
+            &[ItemState::InFlight],
+            "state = ?8, invitation_id = ?2, invitation_status = ?3,
+             invite_redeem_url = ?4, reconciled = ?5,
+             request_id = coalesce(?6, request_id), client_request_id = coalesce(?7, client_request_id),
+             error_code = NULL, error_message = NULL",
+            params![
+                item_id,
+                invitation.map(|i| i.id.clone()),
+                invitation
+                    .map(|i| i.status.clone())
+                    .or_else(|| Some("reconciled".to_string())),
+                invitation.and_then(|i| i.invite_redeem_url.clone()),
+                reconciled,
+                request_id,
+                client_request_id,
+                ItemState::Converted
+            ],
+        )
+    }
+
+    /// The API refused it permanently or attempts ran out.
+    pub fn record_failed(
+        &self,
+        item_id: i64,
+        code: &str,
+        message: &str,
+        request_id: Option<&str>,
+        client_request_id: Option<&str>,
+    ) -> Result<()> {
+        self.transition(
+            item_id,
+            &[ItemState::Pending, ItemState::InFlight],
+            "state = ?6, error_code = ?2, error_message = ?3,
+             request_id = coalesce(?4, request_id), client_request_id = coalesce(?5, client_request_id)",
+            params![
+                item_id,
+                code,
+                message,
+                request_id,
+                client_request_id,
+                ItemState::Failed
+            ],
+        )
+    }
+
+    /// Notes the last error of an item that stays where it is (e.g. in_flight awaiting
+    /// reconciliation) without changing state.
+    pub fn note_error(
+        &self,
+        item_id: i64,
+        code: &str,
+        message: &str,
+        request_id: Option<&str>,
+        client_request_id: Option<&str>,
+    ) -> Result<()> {
+        self.conn()
+            .prepare_cached(
+                "UPDATE items SET error_code = ?2, error_message = ?3,
+                    request_id = coalesce(?4, request_id),
+                    client_request_id = coalesce(?5, client_request_id), updated_at = ?6
+                 WHERE id = ?1",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    item_id,
+                    code,
+                    message,
+                    request_id,
+                    client_request_id,
+                    now()
+                ])
+            })
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// An `in_flight` item whose request certainly did not take effect (the tenant refused it
+    /// before carrying it out, or reconciliation showed the user unchanged) goes back to wait.
+    pub fn back_to_pending(&self, item_id: i64) -> Result<()> {
+        self.transition(
+            item_id,
+            &[ItemState::InFlight],
+            "state = ?2",
+            params![item_id, ItemState::Pending],
+        )
+    }
+
+    /// `retry`: every failed item of the run goes back to pending with a fresh attempt count and
+    /// no snapshot, so its user is read again and the fix the report asked for is seen. (A
+    /// failed item changed nothing in the tenant, so its old snapshot records no change.)
+    pub fn requeue_failed(&self, run_id: i64) -> Result<u64> {
+        let n = self
+            .conn()
+            .prepare_cached(
+                "UPDATE items SET state = ?3, attempts = 0, snapshot = NULL,
+                    external_email = NULL, updated_at = ?2
+                 WHERE run_id = ?1 AND state = ?4",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    run_id,
+                    now(),
+                    ItemState::Pending,
+                    ItemState::Failed
+                ])
+            })
+            .map_err(|e| self.err(e))?;
+        Ok(n as u64)
+    }
+
+    /// One state change of one item: `set` uses `?1` (the item id) to `?n` (the caller's
+    /// parameters); the time and the states it may leave are bound after them. The statement
+    /// text is fixed per call site, so it is prepared once and cached.
+    fn transition(
+        &self,
+        item_id: i64,
+        from: &[ItemState],
+        set: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> Result<()> {
+        let n = params.len();
+        let allowed = (0..from.len())
+            .map(|k| format!("?{}", n + 2 + k))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "UPDATE items SET {set}, updated_at = ?{} WHERE id = ?1 AND state IN ({allowed})",
+            n + 1
+        );
+        let at = now();
+        let mut bound: Vec<&dyn rusqlite::ToSql> = params.to_vec();
+        bound.push(&at);
+        bound.extend(from.iter().map(|s| s as &dyn rusqlite::ToSql));
+        let conn = self.conn();
+        let changed = conn
+            .prepare_cached(&sql)
+            .and_then(|mut s| s.execute(bound.as_slice()))
+            .map_err(|e| self.err(e))?;
+        if changed == 1 {
+            return Ok(());
+        }
+        let actual: Option<ItemState> = conn
+            .prepare_cached("SELECT state FROM items WHERE id = ?1")
+            .and_then(|mut s| s.query_row([item_id], |r| r.get(0)).optional())
+            .map_err(|e| self.err(e))?;
+        Err(QueueError::Moved {
+            item_id,
+            expected: from[0].as_str(),
+            actual: actual.map_or_else(|| "missing".into(), |s| s.to_string()),
+        })
+    }
+}
+
+const ITEM_COLUMNS: &str = "id, run_id, line, key_kind, key_value, user_id, user_principal_name, \
+    display_name, user_type, requested_email, external_email, overrides, state, reason, detail, \
+    attempts, snapshot, error_code, error_message, request_id, client_request_id, invitation_id, \
+    invitation_status, reconciled, updated_at";
+
+fn item_from_row(r: &Row<'_>) -> rusqlite::Result<Result<ItemRecord>> {
+    let key_kind: Option<String> = r.get(3)?;
+    let key_value: Option<String> = r.get(4)?;
+    let key = match (key_kind.as_deref(), key_value) {
+        (Some("id"), Some(v)) => Some(UserKey::Id(v)),
+        (Some(_), Some(v)) => Some(UserKey::UserPrincipalName(v)),
+        _ => None,
+    };
+    let requested: Option<String> = r.get(9)?;
+    let effective: Option<String> = r.get(10)?;
+    let overrides: Option<String> = r.get(11)?;
+    let state: String = r.get(12)?;
+    let reason: Option<String> = r.get(13)?;
+    let snapshot: Option<String> = r.get(16)?;
+    let line: Option<i64> = r.get(2)?;
+    let attempts: i64 = r.get(15)?;
+    let base = ItemRecord {
+        id: r.get(0)?,
+        run_id: r.get(1)?,
+        line: line.map(|l| l as u64),
+        key,
+        user_id: r.get(5)?,
+        user_principal_name: r.get(6)?,
+        display_name: r.get(7)?,
+        user_type: r.get(8)?,
+        external_email: effective.or(requested),
+        overrides: Overrides::default(),
+        state: ItemState::Pending,
+        reason: None,
+        detail: r.get(14)?,
+        attempts: attempts as u32,
+        snapshot: None,
+        error_code: r.get(17)?,
+        error_message: r.get(18)?,
+        request_id: r.get(19)?,
+        client_request_id: r.get(20)?,
+        invitation_id: r.get(21)?,
+        invitation_status: r.get(22)?,
+        reconciled: r.get(23)?,
+        updated_at: r.get(24)?,
+    };
+    Ok((|| {
+        let mut item = base;
+        item.state = state.parse().map_err(|m| QueueError::Corrupt {
+            column: "items.state",
+            message: m,
+        })?;
+        item.reason = reason
+            .map(|s| s.parse())
+            .transpose()
+            .map_err(|m| QueueError::Corrupt {
+                column: "items.reason",
+                message: m,
+            })?;
+        if let Some(o) = overrides {
+            item.overrides = from_json(&o, "items.overrides")?;
+        }
+        if let Some(s) = snapshot {
+            item.snapshot = Some(from_json(&s, "items.snapshot")?);
+        }
+        Ok(item)
+    })())
+}

@@ -1,0 +1,154 @@
+//! The append-only Graph request log and the run's counts.
+
+use std::sync::MutexGuard;
+use std::time::{Duration, Instant};
+
+use rusqlite::{params, TransactionBehavior};
+
+use super::*;
+
+/// Buffered rows are written once this many are waiting…
+pub const LOG_FLUSH_ROWS: usize = 256;
+/// …or once the oldest has waited this long (checked as rows arrive).
+pub const LOG_FLUSH_AFTER: Duration = Duration::from_millis(250);
+
+/// Request rows not yet written.
+#[derive(Default)]
+pub(super) struct LogBuffer {
+    rows: Vec<(RequestRecord, bool, u32)>,
+    since: Option<Instant>,
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush_request_log() {
+            tracing::warn!(error = %e, "could not write the last Graph requests to the log");
+        }
+    }
+}
+
+impl Queue {
+    // ---- requests log and counts ----------------------------------------------------------
+
+    /// Records one Graph request. Rows are buffered and written together, one transaction per
+    /// [`LOG_FLUSH_ROWS`] rows or [`LOG_FLUSH_AFTER`], instead of one per HTTP attempt: the log
+    /// is the support trail, not a checkpoint, so it never costs a write transaction per request.
+    /// Buffered rows are written before any count is read, when the run's work ends, and when
+    /// the queue is dropped (a normal exit loses none; a SIGKILL loses at most one batch).
+    pub fn log_request(&self, rec: &RequestRecord, throttled: bool, attempt: u32) -> Result<()> {
+        let due = {
+            let mut buf = self.log_buffer();
+            buf.rows.push((rec.clone(), throttled, attempt));
+            let since = *buf.since.get_or_insert_with(Instant::now);
+            buf.rows.len() >= LOG_FLUSH_ROWS || since.elapsed() >= LOG_FLUSH_AFTER
+        };
+        if due {
+            self.flush_request_log()?;
+        }
+        Ok(())
+    }
+
+    /// Writes every buffered request row in one transaction.
+    pub fn flush_request_log(&self) -> Result<()> {
+        let rows = {
+            let mut buf = self.log_buffer();
+            buf.since = None;
+            std::mem::take(&mut buf.rows)
+        };
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO requests (run_id, item_id, method, path, status, client_request_id,
+                        request_id, duration_ms, throttled, attempt, error, at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                )
+                .map_err(|e| self.err(e))?;
+            for (rec, throttled, attempt) in &rows {
+                insert
+                    .execute(params![
+                        rec.run_id,
+                        rec.item_id,
+                        rec.method,
+                        rec.path,
+                        rec.status,
+                        rec.client_request_id,
+                        rec.request_id,
+                        rec.duration_ms as i64,
+                        throttled,
+                        attempt,
+                        rec.error,
+                        rec.at
+                    ])
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    fn log_buffer(&self) -> MutexGuard<'_, LogBuffer> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn counts(&self, run_id: i64) -> Result<RunCounts> {
+        self.flush_request_log()?;
+        let conn = self.conn();
+        let mut counts = RunCounts::default();
+        for s in ItemState::ALL {
+            counts.states.insert(s.as_str().to_string(), 0);
+        }
+        let mut stmt = conn
+            .prepare_cached("SELECT state, count(*) FROM items WHERE run_id = ?1 GROUP BY state")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([run_id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })
+            .map_err(|e| self.err(e))?;
+        for row in rows {
+            let (state, n) = row.map_err(|e| self.err(e))?;
+            counts.total += n as u64;
+            counts.states.insert(state, n as u64);
+        }
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT reason, count(*) FROM items WHERE run_id = ?1 AND reason IS NOT NULL
+                 GROUP BY reason",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([run_id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })
+            .map_err(|e| self.err(e))?;
+        for row in rows {
+            let (reason, n) = row.map_err(|e| self.err(e))?;
+            counts.reasons.insert(reason, n as u64);
+        }
+        let (requests, throttled, retries): (i64, i64, i64) = conn
+            .query_row(
+                "SELECT count(*), coalesce(sum(throttled), 0), coalesce(sum(attempt > 1), 0)
+                 FROM requests WHERE run_id = ?1",
+                [run_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .map_err(|e| self.err(e))?;
+        counts.graph_requests = requests as u64;
+        counts.throttled_requests = throttled as u64;
+        counts.retries = retries as u64;
+        counts.reconciled = conn
+            .query_row(
+                "SELECT count(*) FROM items WHERE run_id = ?1 AND reconciled = 1",
+                [run_id],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(|e| self.err(e))? as u64;
+        Ok(counts)
+    }
+}
