@@ -23,7 +23,11 @@
 //!   domain. Please change the user's email to enable conversion to a B2B user.";
 //! - another object already has the address (mail, otherMails or proxyAddresses):
 //!   `Request_BadRequest` "Another object with the same value for property proxyAddresses
-//!   already exists.".
+//!   already exists." (details `ObjectConflict`).
+//!
+//! PATCH of a user's `mail` is refused for a mailbox user ("…originated within an external
+//! service."), for a synced user ("…on-premises mastered Directory Sync objects…") and, with the
+//! same conflict answer as invitations, for an address another object holds.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -350,7 +354,18 @@ impl Shared {
         )
     }
 
-    pub(super) fn patch_user(&self, st: &mut State, call: &Call, ctx: &Ctx, key: &str) -> Reply {
+    /// `PATCH /v1.0/users/{id}`. `mail` is refused for a mailbox user (Exchange owns it), for a
+    /// user synced from on-premises (mastered there), and for an address another object holds.
+    /// Every property is checked before anything changes; an accepted PATCH is recorded per
+    /// property for `GET /_emulator/patches`.
+    pub(super) fn patch_user(
+        &self,
+        st: &mut State,
+        call: &Call,
+        ctx: &Ctx,
+        key: &str,
+        now: Duration,
+    ) -> Reply {
         let Some(pos) = st.index.user(key) else {
             return ctx.not_found(key);
         };
@@ -358,7 +373,8 @@ impl Shared {
             Ok(Value::Object(m)) => m,
             _ => return ctx.err(400, "BadRequest", "Empty Payload. JSON content expected."),
         };
-        let mut next = st.tenant.users[pos].clone();
+        let old = st.tenant.users[pos].clone();
+        let mut next = old.clone();
         for (k, v) in &body {
             let bad = || {
                 ctx.err(
@@ -372,13 +388,33 @@ impl Shared {
                     Some(t @ ("Member" | "Guest")) => next.user_type = Some(t.into()),
                     _ => return bad(),
                 },
-                "mail" => match v {
-                    Value::Null => next.mail = None,
-                    Value::String(s) if s.is_empty() || valid_email(s) => {
-                        next.mail = (!s.is_empty()).then(|| s.clone())
+                "mail" => {
+                    if old.has_enabled_exchange_plan() {
+                        return ctx.err(
+                            400,
+                            "Request_BadRequest",
+                            "Unable to update the specified properties for objects that have originated within an external service.",
+                        );
                     }
-                    _ => return bad(),
-                },
+                    if old.on_premises_sync_enabled == Some(true) {
+                        return ctx.err(
+                            400,
+                            "Request_BadRequest",
+                            "Unable to update the specified properties for on-premises mastered Directory Sync objects or objects currently undergoing migration.",
+                        );
+                    }
+                    match v {
+                        Value::Null => next.mail = None,
+                        Value::String(s) if s.is_empty() => next.mail = None,
+                        Value::String(s) if valid_email(s) => {
+                            if st.index.address_owner(s, Some(pos)).is_some() {
+                                return ctx.conflict();
+                            }
+                            set_mail(&mut next, old.mail.as_deref(), s);
+                        }
+                        _ => return bad(),
+                    }
+                }
                 "otherMails" => match serde_json::from_value::<Vec<String>>(v.clone()) {
                     Ok(list) if list.iter().all(|m| valid_email(m)) => {
                         next.other_mails = Some(list)
@@ -396,6 +432,23 @@ impl Shared {
                 other => return ctx.err(400, "BadRequest", format!("Invalid property '{other}'.")),
             }
         }
+        let at = self
+            .wall(now)
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let (before, after) = (
+            serde_json::to_value(&old).unwrap_or(Value::Null),
+            serde_json::to_value(&next).unwrap_or(Value::Null),
+        );
+        for k in body.keys() {
+            st.patches.push(json!({
+                "userId": old.id,
+                "property": k,
+                "old": before.get(k).cloned().unwrap_or(Value::Null),
+                "new": after.get(k).cloned().unwrap_or(Value::Null),
+                "at": at,
+            }));
+        }
+        st.index.update_user(pos, &old, &next);
         st.tenant.users[pos] = next;
         Reply::empty(204)
     }
@@ -446,7 +499,7 @@ impl Shared {
                 if in_verified {
                     return ctx.err(400, "BadRequest", VERIFIED_MSG);
                 }
-                if let Some(pos) = owner_of(st, &email, None) {
+                if let Some(pos) = st.index.address_owner(&email, None) {
                     // Graph answers an invitation for a known guest with that guest.
                     pos
                 } else {
@@ -526,12 +579,8 @@ impl Shared {
                 if in_verified {
                     return ctx.err(400, "BadRequest", VERIFIED_MSG);
                 }
-                if owner_of(st, &email, Some(pos)).is_some() {
-                    return ctx.err(
-                        400,
-                        "Request_BadRequest",
-                        "Another object with the same value for property proxyAddresses already exists.",
-                    );
+                if st.index.address_owner(&email, Some(pos)).is_some() {
+                    return ctx.conflict();
                 }
                 pos
             }
@@ -638,22 +687,38 @@ impl Shared {
     }
 }
 
-/// Another user (not `except`) holding `email` in mail, otherMails or proxyAddresses.
-fn owner_of(st: &State, email: &str, except: Option<usize>) -> Option<usize> {
-    let e = email.to_lowercase();
-    st.tenant.users.iter().enumerate().position(|(i, u)| {
-        Some(i) != except
-            && (u.mail.as_deref().is_some_and(|m| m.to_lowercase() == e)
-                || u.other_mails
-                    .iter()
-                    .flatten()
-                    .any(|m| m.to_lowercase() == e)
-                || u.proxy_addresses.iter().flatten().any(|p| {
-                    p.to_lowercase()
-                        .strip_prefix("smtp:")
-                        .is_some_and(|a| a == e)
-                }))
-    })
+/// Set `mail` as Entra does for a cloud user: the new address becomes the primary SMTP proxy
+/// address and the old primary stays as a secondary one.
+fn set_mail(u: &mut User, old: Option<&str>, new: &str) {
+    let mut proxies: Vec<String> = u
+        .proxy_addresses
+        .take()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| !smtp_bare(p).is_some_and(|a| a.eq_ignore_ascii_case(new)))
+        .map(|p| match p.strip_prefix("SMTP:") {
+            Some(a) => format!("smtp:{a}"),
+            None => p,
+        })
+        .collect();
+    if let Some(old) = old.filter(|o| !o.eq_ignore_ascii_case(new)) {
+        if !proxies
+            .iter()
+            .any(|p| smtp_bare(p).is_some_and(|a| a.eq_ignore_ascii_case(old)))
+        {
+            proxies.push(format!("smtp:{old}"));
+        }
+    }
+    proxies.insert(0, format!("SMTP:{new}"));
+    u.proxy_addresses = Some(proxies);
+    u.mail = Some(new.to_string());
+}
+
+/// The address of an `smtp:`/`SMTP:` proxy address.
+fn smtp_bare(p: &str) -> Option<&str> {
+    p.get(..5)
+        .filter(|k| k.eq_ignore_ascii_case("smtp:"))
+        .and_then(|_| p.get(5..))
 }
 
 /// serde's message about an invitation body, in Graph's words.

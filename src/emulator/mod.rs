@@ -129,6 +129,7 @@ pub async fn start(mut config: EmulatorConfig, listen: SocketAddr) -> anyhow::Re
         tokens: HashMap::new(),
         buckets: HashMap::new(),
         invitations: Vec::new(),
+        patches: Vec::new(),
         log: Vec::new(),
         seq: 0,
         stats: BTreeMap::new(),
@@ -208,6 +209,11 @@ impl Emulator {
     /// Same items as `GET /_emulator/invitations`.
     pub fn invitations(&self) -> Vec<serde_json::Value> {
         self.state().invitations.clone()
+    }
+
+    /// Same items as `GET /_emulator/patches`.
+    pub fn patches(&self) -> Vec<serde_json::Value> {
+        self.state().patches.clone()
     }
 
     /// Same as `GET /_emulator/stats`.

@@ -45,6 +45,8 @@ pub struct State {
     pub tokens: HashMap<String, TokenInfo>,
     pub buckets: HashMap<String, Bucket>,
     pub invitations: Vec<Value>,
+    /// Every accepted PATCH, one entry per property: `GET /_emulator/patches`.
+    pub patches: Vec<Value>,
     pub log: Vec<Value>,
     pub seq: u64,
     pub stats: BTreeMap<String, BTreeMap<String, u64>>,
@@ -150,6 +152,21 @@ impl Ctx {
             },
         };
         Reply::json(status, serde_json::to_value(body).unwrap_or(Value::Null))
+    }
+
+    /// 400 `Request_BadRequest` for an address another object already holds, with the
+    /// `ObjectConflict` detail Graph adds.
+    pub fn conflict(&self) -> Reply {
+        const MSG: &str =
+            "Another object with the same value for property proxyAddresses already exists.";
+        let mut r = self.err(400, "Request_BadRequest", MSG);
+        if let Some(Value::Object(e)) = r.body.as_mut().and_then(|b| b.get_mut("error")) {
+            e.insert(
+                "details".into(),
+                json!([{"code": "ObjectConflict", "message": MSG, "target": "proxyAddresses"}]),
+            );
+        }
+        r
     }
 
     pub fn not_found(&self, key: &str) -> Reply {
@@ -545,7 +562,7 @@ impl Shared {
         let mut reply = match &route {
             Route::ListUsers => self.list_users(st, call, ctx),
             Route::GetUser(key) => self.get_user(st, call, ctx, key),
-            Route::PatchUser(key) => self.patch_user(st, call, ctx, key),
+            Route::PatchUser(key) => self.patch_user(st, call, ctx, key, now),
             Route::Members {
                 group,
                 transitive,
@@ -681,6 +698,7 @@ impl Shared {
         }
         match segs.as_slice() {
             ["_emulator", "invitations"] => Reply::json(200, json!({"value": st.invitations})),
+            ["_emulator", "patches"] => Reply::json(200, json!({"value": st.patches})),
             ["_emulator", "stats"] => Reply::json(200, st.stats_json()),
             ["_emulator", "requests"] => Reply::json(200, json!({"value": st.log})),
             ["_emulator", "users", id] => match st.index.user(id) {
