@@ -3,6 +3,7 @@
 //! delta queries and the throttling headers.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use b2b_convert::emulator::{self, Clock, Emulator, EmulatorConfig, Tenant};
 use b2b_convert::model::User;
@@ -437,5 +438,214 @@ async fn generated_tenant_has_users_set_mail_can_and_cannot_fix() {
             .any(|u| u.mail.is_none() && tenant.external_emails.contains_key(&u.id)),
         "some fixable users have no mail at all"
     );
+    emu.shutdown().await;
+}
+
+async fn redeem(g: &G, id: &str) -> (u16, Value) {
+    let r = g
+        .http
+        .post(format!("{}/_emulator/users/{id}/redeem", g.base))
+        .send()
+        .await
+        .unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn redeem_turns_pending_into_accepted() {
+    let emu = start(EmulatorConfig {
+        clock: Clock::manual(),
+        ..EmulatorConfig::new(Tenant::sample())
+    })
+    .await;
+    let g = G::new(&emu).await;
+    let bruno = sample_user("Bruno");
+    // Not invited yet: nothing to redeem.
+    assert_eq!(redeem(&g, &bruno.id).await.0, 409);
+    assert_eq!(
+        redeem(&g, "7d4a3c1e-0000-4000-8000-000000000000").await.0,
+        404
+    );
+    let (s, _) = g
+        .post(
+            "/invitations",
+            invite_body(&bruno.id, bruno.mail.as_deref().unwrap()),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let invited_at = emu
+        .user(&bruno.id)
+        .unwrap()
+        .external_user_state_change_date_time
+        .unwrap();
+    emu.clock().advance(Duration::from_secs(600));
+    let (s, v) = redeem(&g, &bruno.id).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["externalUserState"], "Accepted");
+    let after = emu.user(&bruno.id).unwrap();
+    assert_eq!(after.external_user_state.as_deref(), Some("Accepted"));
+    let accepted_at = after.external_user_state_change_date_time.unwrap();
+    assert_ne!(accepted_at, invited_at, "the change time moves");
+    // Graph shows it to the tool.
+    let (_, v) = g
+        .get(&format!(
+            "/users/{}?$select=externalUserState,externalUserStateChangeDateTime",
+            bruno.id
+        ))
+        .await;
+    assert_eq!(v["externalUserState"], "Accepted");
+    assert_eq!(v["externalUserStateChangeDateTime"], accepted_at.as_str());
+    // Redeeming twice keeps the first acceptance; the in-process API agrees.
+    emu.clock().advance(Duration::from_secs(60));
+    assert_eq!(emu.redeem(&bruno.id), Some(200));
+    assert_eq!(
+        emu.user(&bruno.id)
+            .unwrap()
+            .external_user_state_change_date_time
+            .unwrap(),
+        accepted_at
+    );
+    assert_eq!(emu.redeem("no-such-user"), None);
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn not_applied_invitations_answer_201_and_change_nothing() {
+    let emu = start(EmulatorConfig {
+        not_applied_rate: 1.0,
+        ..EmulatorConfig::new(Tenant::sample())
+    })
+    .await;
+    let g = G::new(&emu).await;
+    let chen = sample_user("Chen");
+    let (s, v) = g
+        .post(
+            "/invitations",
+            invite_body(&chen.id, chen.mail.as_deref().unwrap()),
+        )
+        .await;
+    assert_eq!(s, 201);
+    assert_eq!(
+        v["status"], "PendingAcceptance",
+        "the answer looks like success"
+    );
+    assert_eq!(emu.user(&chen.id).unwrap(), chen, "the user never changed");
+    let inv = g.inspect("invitations").await;
+    assert_eq!(inv["value"][0]["applied"], false);
+    assert_eq!(inv["value"][0]["resetRedemption"], false);
+    assert_eq!(
+        redeem(&g, &chen.id).await.0,
+        409,
+        "nothing reached the user"
+    );
+    emu.shutdown().await;
+
+    // A share of them: every invitation is logged, the dropped ones marked, the rest applied.
+    let emu = start(EmulatorConfig {
+        not_applied_rate: 0.5,
+        seed: 5,
+        ..EmulatorConfig::new(Tenant::generate(200, 3))
+    })
+    .await;
+    let g = G::new(&emu).await;
+    let t = Tenant::generate(200, 3);
+    let mut sent = 0;
+    for u in &t.users {
+        let Some(mail) = &u.mail else { continue };
+        if g.post("/invitations", invite_body(&u.id, mail)).await.0 == 201 {
+            sent += 1;
+        }
+    }
+    let inv = emu.invitations();
+    assert_eq!(inv.len(), sent);
+    let dropped: Vec<&Value> = inv.iter().filter(|i| i["applied"] == false).collect();
+    assert!(
+        !dropped.is_empty() && dropped.len() < sent,
+        "{} of {sent}",
+        dropped.len()
+    );
+    for i in &inv {
+        let state = emu
+            .user(i["userId"].as_str().unwrap())
+            .unwrap()
+            .external_user_state;
+        assert_eq!(state.is_some(), i["applied"] == true, "{i}");
+    }
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn reset_redemption_rules() {
+    let emu = start(EmulatorConfig::new(Tenant::sample())).await;
+    let g = G::new(&emu).await;
+    let reset = |id: &str, email: &str| {
+        let mut b = invite_body(id, email);
+        b["resetRedemption"] = json!(true);
+        b
+    };
+    let dana = sample_user("Dana");
+    let mail = dana.mail.clone().unwrap();
+    // Never invited: refused.
+    let (s, v) = g.post("/invitations", reset(&dana.id, &mail)).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("invited before"));
+    // Without invitedUser: refused.
+    let mut b = reset(&dana.id, &mail);
+    b.as_object_mut().unwrap().remove("invitedUser");
+    let (s, v) = g.post("/invitations", b).await;
+    assert_eq!(s, 400, "{v}");
+    // Invited, redeemed, then reset: back to PendingAcceptance.
+    assert_eq!(
+        g.post("/invitations", invite_body(&dana.id, &mail)).await.0,
+        201
+    );
+    assert_eq!(redeem(&g, &dana.id).await.0, 200);
+    let (s, v) = g
+        .post(
+            "/invitations",
+            reset(&dana.id, "someone.else@tailspintoys.example"),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().starts_with(
+        "The email you're using to invite this user doesn't match any emails on the user object"
+    ));
+    let (s, v) = g
+        .post("/invitations", reset(&dana.id, &mail.to_uppercase()))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["resetRedemption"], true);
+    assert_eq!(
+        emu.user(&dana.id).unwrap().external_user_state.as_deref(),
+        Some("PendingAcceptance")
+    );
+    // An address in otherMails is accepted too.
+    assert_eq!(
+        g.patch(
+            &dana.id,
+            json!({"otherMails": ["dana.w@tailspintoys.example"]})
+        )
+        .await
+        .0,
+        204
+    );
+    let (s, v) = g
+        .post(
+            "/invitations",
+            reset(&dana.id, "dana.w@tailspintoys.example"),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let inv = emu.invitations();
+    let flags: Vec<bool> = inv
+        .iter()
+        .map(|i| i["resetRedemption"].as_bool().unwrap())
+        .collect();
+    assert_eq!(flags, [false, true, true]);
+    assert!(inv.iter().all(|i| i["applied"] == true));
     emu.shutdown().await;
 }

@@ -14,6 +14,10 @@
 //! - already converted (`externalUserState` set or `creationType` Invitation) without
 //!   `resetRedemption: true`: `BadRequest` "User invitation failed. The user is already a B2B
 //!   collaboration user. …";
+//! - `resetRedemption: true` for a user never invited: `BadRequest`; with an address that is
+//!   neither the user's `mail` nor in its `otherMails`: `BadRequest` "The email you're using to
+//!   invite this user doesn't match any emails on the user object. …"; then only the
+//!   verified-domain and address-conflict rules below apply;
 //! - `onPremisesUserPrincipalName` set: `BadRequest` "User invitation failed. Invalid request
 //!   input.";
 //! - enabled Exchange plan: `BadRequest` "B2B users having a mailbox is not supported. …";
@@ -25,6 +29,9 @@
 //!   `Request_BadRequest` "Another object with the same value for property proxyAddresses
 //!   already exists." (details `ObjectConflict`).
 //!
+//! An accepted invitation answers 201; with `not_applied_rate` a share of them never reaches the
+//! user (logged with `applied: false`), as has been reported of the real service.
+//!
 //! PATCH of a user's `mail` is refused for a mailbox user ("…originated within an external
 //! service."), for a synced user ("…on-premises mastered Directory Sync objects…") and, with the
 //! same conflict answer as invitations, for an address another object holds.
@@ -33,7 +40,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use base64::Engine;
-use rand::RngCore;
+use rand::{Rng, RngCore};
 use serde_json::{json, Map, Value};
 
 use super::auth::{self, TokenRequest};
@@ -551,6 +558,34 @@ impl Shared {
                         "User invitation failed. The user is already a B2B collaboration user; set resetRedemption to true to reset its redemption status.",
                     );
                 }
+                if reset {
+                    if !converted {
+                        return ctx.err(
+                            400,
+                            "BadRequest",
+                            "User invitation failed. resetRedemption applies only to a user who has been invited before; invite the user without it first.",
+                        );
+                    }
+                    let known = u
+                        .mail
+                        .iter()
+                        .chain(u.other_mails.iter().flatten())
+                        .any(|m| m.eq_ignore_ascii_case(&email));
+                    if !known {
+                        return ctx.err(
+                            400,
+                            "BadRequest",
+                            "The email you're using to invite this user doesn't match any emails on the user object. Use the user's mail or one of its otherMails.",
+                        );
+                    }
+                    if in_verified {
+                        return ctx.err(400, "BadRequest", VERIFIED_MSG);
+                    }
+                    if st.index.address_owner(&email, Some(pos)).is_some() {
+                        return ctx.conflict();
+                    }
+                    return self.accept_invitation(st, &req, &email, pos, reset, &stamp);
+                }
                 if u.on_premises_user_principal_name.is_some() {
                     return ctx.err(
                         400,
@@ -585,14 +620,33 @@ impl Shared {
                 pos
             }
         };
+        self.accept_invitation(st, &req, &email, user_pos, reset, &stamp)
+    }
+
+    /// Answer 201 for an invitation that passed every check: the user becomes
+    /// `PendingAcceptance` (unless `--not-applied-rate` drops the change) and the invitation is
+    /// logged for `/_emulator/invitations`.
+    fn accept_invitation(
+        &self,
+        st: &mut State,
+        req: &InvitationRequest,
+        email: &str,
+        user_pos: usize,
+        reset: bool,
+        stamp: &str,
+    ) -> Reply {
+        let applied = !(self.config.not_applied_rate > 0.0
+            && st.rng.random::<f64>() < self.config.not_applied_rate);
         let user = &mut st.tenant.users[user_pos];
-        user.external_user_state = Some("PendingAcceptance".into());
-        user.external_user_state_change_date_time = Some(stamp.clone());
+        if applied {
+            user.external_user_state = Some("PendingAcceptance".into());
+            user.external_user_state_change_date_time = Some(stamp.to_string());
+        }
         let user_id = user.id.clone();
         let user_type = user.user_type.clone();
         let invitation = Invitation {
             id: uuid::Uuid::new_v4().to_string(),
-            invited_user_email_address: email.clone(),
+            invited_user_email_address: email.to_string(),
             invited_user_display_name: req.invited_user_display_name.clone(),
             invited_user_type: req.invited_user_type.clone().or(user_type),
             invite_redeem_url: Some(format!(
@@ -618,6 +672,8 @@ impl Shared {
             "invitedUserEmailAddress": email,
             "sendInvitationMessage": req.send_invitation_message.unwrap_or(false),
             "createdDateTime": stamp,
+            "resetRedemption": reset,
+            "applied": applied,
         }));
         let mut body = serde_json::to_value(&invitation).unwrap_or(Value::Null);
         if let Value::Object(m) = &mut body {
