@@ -649,3 +649,312 @@ async fn reset_redemption_rules() {
     assert!(inv.iter().all(|i| i["applied"] == true));
     emu.shutdown().await;
 }
+
+/// Every page of a delta round from `first`: the ids (removed ones prefixed `-`), the pages'
+/// sizes, and the round's deltaLink.
+async fn delta_round(
+    g: &G,
+    first: &str,
+    prefer: Option<&str>,
+) -> (Vec<String>, Vec<usize>, String) {
+    let mut ids = Vec::new();
+    let mut sizes = Vec::new();
+    let mut url = first.to_string();
+    for _ in 0..1000 {
+        let mut rb = g.http.get(g.url(&url)).bearer_auth(&g.token);
+        if let Some(p) = prefer {
+            rb = rb.header("Prefer", p);
+        }
+        let r = rb.send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        let page = v["value"].as_array().unwrap();
+        sizes.push(page.len());
+        for u in page {
+            let id = u["id"].as_str().unwrap();
+            ids.push(if u.get("@removed").is_some() {
+                assert_eq!(u["@removed"]["reason"], "changed");
+                format!("-{id}")
+            } else {
+                id.to_string()
+            });
+        }
+        assert!(
+            v.get("@odata.nextLink").is_none() || v.get("@odata.deltaLink").is_none(),
+            "never both links"
+        );
+        if let Some(d) = v["@odata.deltaLink"].as_str() {
+            return (ids, sizes, d.to_string());
+        }
+        url = v["@odata.nextLink"]
+            .as_str()
+            .expect("a next or delta link")
+            .to_string();
+        assert!(url.contains("/v1.0/users/delta?$skiptoken="), "{url}");
+        assert!(
+            !url.contains("select"),
+            "the options live in the opaque token: {url}"
+        );
+    }
+    panic!("the round never ended");
+}
+
+#[tokio::test]
+async fn users_delta_pages_then_reports_only_changes() {
+    let tenant = Tenant::sample();
+    let emu = start(EmulatorConfig::new(tenant.clone())).await;
+    let g = G::new(&emu).await;
+    let select = "/users/delta?$select=id,mail,otherMails,proxyAddresses";
+
+    // First round: every user once, in pages of at most the preferred size.
+    let r = g
+        .http
+        .get(g.url(select))
+        .bearer_auth(&g.token)
+        .header("Prefer", "odata.maxpagesize=20")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["preference-applied"], "odata.maxpagesize=20");
+    assert_eq!(
+        r.headers()["x-ms-resource-unit"],
+        "1",
+        "$select costs one unit less"
+    );
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v["value"][0]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<HashSet<_>>(),
+        ["id", "mail", "otherMails", "proxyAddresses"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<HashSet<_>>()
+            .iter()
+            .collect()
+    );
+    assert!(v["@odata.context"]
+        .as_str()
+        .unwrap()
+        .contains("users(id,mail,otherMails,proxyAddresses)"));
+    let (ids, sizes, link) = delta_round(&g, select, Some("odata.maxpagesize=20")).await;
+    assert_eq!(sizes, [20, 20, 20, 3]);
+    let all: HashSet<String> = tenant.users.iter().map(|u| u.id.clone()).collect();
+    assert_eq!(ids.len(), all.len());
+    assert_eq!(ids.iter().cloned().collect::<HashSet<_>>(), all);
+    assert!(link.contains("/v1.0/users/delta?$deltatoken="), "{link}");
+
+    // Nothing changed: an empty round and a fresh link.
+    let (ids, _, link) = delta_round(&g, &link, None).await;
+    assert!(ids.is_empty(), "{ids:?}");
+
+    // Changes: a tracked property twice, an untracked one, a new guest, a deletion.
+    let kofi = sample_user("Kofi");
+    let dana = sample_user("Dana");
+    let bruno = sample_user("Bruno");
+    let ines = sample_user("Ines");
+    assert_eq!(
+        g.patch(&kofi.id, json!({"mail": "kofi@adatum.example"}))
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        g.patch(&dana.id, json!({"displayName": "Dana W."})).await.0,
+        204
+    );
+    assert_eq!(
+        g.post(
+            "/invitations",
+            invite_body(&bruno.id, bruno.mail.as_deref().unwrap())
+        )
+        .await
+        .0,
+        201
+    );
+    assert_eq!(
+        g.patch(&kofi.id, json!({"mail": "kofi.asante@adatum.example"}))
+            .await
+            .0,
+        204
+    );
+    let (s, guest) = g
+        .post(
+            "/invitations",
+            json!({"invitedUserEmailAddress": "new.partner@fabrikam.com", "inviteRedirectUrl": "https://myapplications.microsoft.com"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{guest}");
+    let guest_id = guest["invitedUser"]["id"].as_str().unwrap().to_string();
+    let r = g
+        .http
+        .delete(format!("{}/_emulator/users/{}", g.base, ines.id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        g.get(&format!("/users/{}", ines.id)).await.0,
+        404,
+        "deleted"
+    );
+    let (ids, _, link2) = delta_round(&g, &link, None).await;
+    assert_eq!(
+        ids,
+        [kofi.id.clone(), guest_id.clone(), format!("-{}", ines.id)]
+    );
+    let (_, v) = g.get(&link).await;
+    assert_eq!(
+        v["value"][0]["mail"], "kofi.asante@adatum.example",
+        "its state now"
+    );
+    assert_eq!(
+        v["value"][0]["proxyAddresses"][0],
+        "SMTP:kofi.asante@adatum.example"
+    );
+    // The next round starts where this one ended.
+    let (ids, _, _) = delta_round(&g, &link2, None).await;
+    assert!(ids.is_empty(), "{ids:?}");
+
+    // Without $select every property is tracked: Bruno's invitation and Dana's name count.
+    let (_, _, everything) = delta_round(&g, "/users/delta", None).await;
+    assert_eq!(emu.redeem(&bruno.id), Some(200));
+    assert_eq!(
+        g.patch(&dana.id, json!({"displayName": "Dana Whitfield"}))
+            .await
+            .0,
+        204
+    );
+    let (ids, _, _) = delta_round(&g, &everything, None).await;
+    assert_eq!(ids, [bruno.id.clone(), dana.id.clone()]);
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn users_delta_refusals_and_latest() {
+    let emu = start(EmulatorConfig::new(Tenant::sample())).await;
+    let g = G::new(&emu).await;
+    let (_, _, link) = delta_round(&g, "/users/delta?$select=id,mail", None).await;
+    // Options belong to the first request only.
+    let (s, v) = g.get(&format!("{link}&$select=id")).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("Request_BadRequest")),
+        "{v}"
+    );
+    let (s, v) = g.get("/users/delta?$top=5").await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("Request_UnsupportedQuery")),
+        "{v}"
+    );
+    let (s, _) = g.get("/users/delta?$select=shoeSize").await;
+    assert_eq!(s, 400);
+    // A token this tenant never issued.
+    let (s, v) = g.get("/users/delta?$deltatoken=bm90LWEtdG9rZW4").await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (410, Some("syncStateNotFound")),
+        "{v}"
+    );
+    let other = start(EmulatorConfig::new(Tenant::sample())).await;
+    let g2 = G::new(&other).await;
+    let foreign = link.replace(&emu.base_url(), &other.base_url());
+    assert_eq!(
+        g2.get(&foreign).await.0,
+        410,
+        "a token from another emulator"
+    );
+    other.shutdown().await;
+    // $deltatoken=latest starts tracking from now without reading the tenant.
+    let (s, v) = g
+        .get("/users/delta?$select=id,mail&$deltatoken=latest")
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v["value"].as_array().unwrap().is_empty());
+    let latest = v["@odata.deltaLink"].as_str().unwrap().to_string();
+    let kofi = sample_user("Kofi");
+    assert_eq!(
+        g.patch(&kofi.id, json!({"mail": "kofi@adatum.example"}))
+            .await
+            .0,
+        204
+    );
+    let (ids, _, _) = delta_round(&g, &latest, None).await;
+    assert_eq!(ids, vec![kofi.id]);
+    let stats = emu.stats();
+    assert!(
+        stats["requests"]["GET /v1.0/users/delta"]["200"]
+            .as_u64()
+            .unwrap()
+            >= 3
+    );
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn throttle_headers_in_graphs_formats() {
+    let emu = start(EmulatorConfig {
+        clock: Clock::manual(),
+        writes_per_150s: 10,
+        ..EmulatorConfig::new(Tenant::sample())
+    })
+    .await;
+    let g = G::new(&emu).await;
+    let (app, tenant) = (env(&emu, "AZURE_CLIENT_ID"), emu.tenant_id());
+    let dana = sample_user("Dana");
+    let mut percentages = Vec::new();
+    for _ in 0..10 {
+        let r = g
+            .send(
+                reqwest::Method::PATCH,
+                &format!("/users/{}", dana.id),
+                json!({"accountEnabled": true}),
+            )
+            .await;
+        assert_eq!(r.status(), 204);
+        assert!(
+            r.headers().get("x-ms-throttle-scope").is_none(),
+            "only on 429"
+        );
+        percentages.push(
+            r.headers()
+                .get("x-ms-throttle-limit-percentage")
+                .map(|v| v.to_str().unwrap().to_string()),
+        );
+    }
+    // Sent only once more than 80% of the write bucket is used.
+    let expected: Vec<Option<String>> = (1..=10)
+        .map(|k| (k > 8).then(|| format!("{:.2}", k as f64 / 10.0)))
+        .collect();
+    assert_eq!(percentages, expected);
+    let r = g
+        .send(
+            reqwest::Method::PATCH,
+            &format!("/users/{}", dana.id),
+            json!({"accountEnabled": true}),
+        )
+        .await;
+    assert_eq!(r.status(), 429);
+    let h = |n: &str| r.headers()[n].to_str().unwrap().to_string();
+    assert_eq!(
+        h("x-ms-throttle-scope"),
+        format!("Tenant_Application/Write/{app}/{tenant}")
+    );
+    assert_eq!(h("x-ms-throttle-information"), "WriteLimitExceeded");
+    assert_eq!(h("x-ms-throttle-limit-percentage"), "1.10");
+    // Reads draw on the resource-unit bucket only, far from its limit: no header.
+    let (s, _) = g.get(&format!("/users/{}", dana.id)).await;
+    assert_eq!(s, 200);
+    let r = g
+        .http
+        .get(g.url("/domains"))
+        .bearer_auth(&g.token)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("x-ms-throttle-limit-percentage").is_none());
+    emu.shutdown().await;
+}

@@ -50,7 +50,7 @@ use crate::model::{Invitation, InvitationRequest, InvitedUserMessageInfo, Invite
 
 /// Properties `$select` accepts: the modelled ones, then Graph properties the emulator does not
 /// hold (answered `null`).
-const USER_PROPS: &[&str] = &[
+pub(super) const USER_PROPS: &[&str] = &[
     "id",
     "displayName",
     "userPrincipalName",
@@ -113,7 +113,7 @@ fn parse_select(call: &Call, ctx: &Ctx) -> Result<Vec<&'static str>, Reply> {
     Ok(out)
 }
 
-fn project(u: &User, select: &[&str]) -> Value {
+pub(super) fn project(u: &User, select: &[&str]) -> Value {
     let full = serde_json::to_value(u).unwrap_or(Value::Null);
     let mut out = Map::new();
     for p in select {
@@ -259,6 +259,7 @@ impl Shared {
             .unwrap_or_else(|| (0..users.len()).collect());
         let matching: Vec<usize> = candidates
             .into_iter()
+            .filter(|i| !st.removed.contains(i))
             .filter(|&i| filter.as_ref().is_none_or(|f| f.matches(&users[i])))
             .collect();
         let value = matching
@@ -455,8 +456,7 @@ impl Shared {
                 "at": at,
             }));
         }
-        st.index.update_user(pos, &old, &next);
-        st.tenant.users[pos] = next;
+        st.set_user(pos, next);
         Reply::empty(204)
     }
 
@@ -536,10 +536,7 @@ impl Shared {
                         creation_type: Some("Invitation".into()),
                         ..Default::default()
                     };
-                    let pos = st.tenant.users.len();
-                    st.index.add_user(pos, &user);
-                    st.tenant.users.push(user);
-                    pos
+                    st.add_user(user)
                 }
             }
             Some(r) => {
@@ -637,11 +634,13 @@ impl Shared {
     ) -> Reply {
         let applied = !(self.config.not_applied_rate > 0.0
             && st.rng.random::<f64>() < self.config.not_applied_rate);
-        let user = &mut st.tenant.users[user_pos];
         if applied {
-            user.external_user_state = Some("PendingAcceptance".into());
-            user.external_user_state_change_date_time = Some(stamp.to_string());
+            let mut next = st.tenant.users[user_pos].clone();
+            next.external_user_state = Some("PendingAcceptance".into());
+            next.external_user_state_change_date_time = Some(stamp.to_string());
+            st.set_user(user_pos, next);
         }
+        let user = &st.tenant.users[user_pos];
         let user_id = user.id.clone();
         let user_type = user.user_type.clone();
         let invitation = Invitation {

@@ -4,7 +4,7 @@
 //! plain [`EmulatorConfig`], which the commands fill from their command-line flags.
 //!
 //! Files: `tenant` (data and tenant files), `generate` (synthetic tenants), `filter` (OData
-//! `$filter`), `throttle` (clock and token buckets), `auth` (token endpoint decisions),
+//! `$filter`), `delta` (change tracking, `users/delta`), `throttle` (clock and token buckets), `auth` (token endpoint decisions),
 //! `routes` (pipeline, `$batch`, inspection), `handlers` (endpoints), `server` (connections).
 //!
 //! Per request: token (401) → throttling (429, nothing carried out) → injected fault (500/503/504,
@@ -12,6 +12,7 @@
 //! dropped). Faults are not injected on the token endpoint, which is not throttled either.
 
 mod auth;
+mod delta;
 mod filter;
 mod generate;
 mod handlers;
@@ -116,6 +117,9 @@ pub async fn start(mut config: EmulatorConfig, listen: SocketAddr) -> anyhow::Re
     let tenant = std::mem::take(&mut config.tenant);
     let state = State {
         index: tenant::Index::build(&tenant),
+        changes: delta::Changes::new(tenant.users.len()),
+        removed: std::collections::HashSet::new(),
+        instance: uuid::Uuid::new_v4().simple().to_string(),
         tenant,
         tokens: HashMap::new(),
         buckets: HashMap::new(),
@@ -212,6 +216,19 @@ impl Emulator {
         let mut st = self.state();
         let pos = st.index.user(id)?;
         Some(st.redeem(pos, &stamp).status)
+    }
+
+    /// Delete a user, as `DELETE /_emulator/users/{id}` does (an administrator's deletion: delta
+    /// queries then report it `@removed`); false for an unknown user.
+    pub fn delete_user(&self, id: &str) -> bool {
+        let mut st = self.state();
+        match st.index.user(id) {
+            Some(pos) => {
+                st.remove_user(pos);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Same items as `GET /_emulator/patches`.

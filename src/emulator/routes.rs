@@ -2,7 +2,7 @@
 //! handler → lost response), `$batch`, bookkeeping for `/_emulator/stats` and
 //! `/_emulator/requests`, and the inspection endpoints.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -11,11 +11,12 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use serde_json::{json, Value};
 
+use super::delta::{self, Changes};
 use super::tenant::{Index, Tenant};
 use super::throttle::{retry_after_secs, Bucket};
 use super::EmulatorConfig;
 use crate::model::{
-    BatchRequest, BatchResponse, BatchResponseItem, ErrorBody, ErrorDetail, InnerError,
+    BatchRequest, BatchResponse, BatchResponseItem, ErrorBody, ErrorDetail, InnerError, User,
 };
 
 /// Most entries kept in the request log.
@@ -42,6 +43,13 @@ pub struct TokenInfo {
 pub struct State {
     pub tenant: Tenant,
     pub index: Index,
+    /// Every change to a user, for delta queries.
+    pub changes: Changes,
+    /// Positions of users deleted from the tenant (kept in `tenant.users` so positions stay
+    /// valid; no look-up finds them, delta reports them `@removed`).
+    pub removed: HashSet<usize>,
+    /// Random per emulator start, so a delta token from another emulator is refused.
+    pub instance: String,
     pub tokens: HashMap<String, TokenInfo>,
     pub buckets: HashMap<String, Bucket>,
     pub invitations: Vec<Value>,
@@ -182,6 +190,7 @@ impl Ctx {
 pub enum Route {
     Token(String),
     ListUsers,
+    UsersDelta,
     GetUser(String),
     PatchUser(String),
     Members {
@@ -229,6 +238,12 @@ fn route(method: &str, path: &str) -> Result<(Route, String), (NoRoute, String)>
             "GET" => Ok((Route::ListUsers, t("GET /v1.0/users"))),
             _ => Err(wrong_method("{m} /v1.0/users")),
         },
+        ["v1.0", "users", "delta" | "microsoft.graph.delta" | "microsoft.graph.delta()"] => {
+            match method {
+                "GET" => Ok((Route::UsersDelta, t("GET /v1.0/users/delta"))),
+                _ => Err(wrong_method("{m} /v1.0/users/delta")),
+            }
+        }
         ["v1.0", "users", id] if !id.is_empty() => match method {
             "GET" => Ok((Route::GetUser(t(id)), t("GET /v1.0/users/{id}"))),
             "PATCH" => Ok((Route::PatchUser(t(id)), t("PATCH /v1.0/users/{id}"))),
@@ -283,6 +298,10 @@ fn cost_of(route: &Route, call: &Call) -> Cost {
             ru: if select { 1 } else { 2 },
             ..Cost::default()
         },
+        Route::UsersDelta => Cost {
+            ru: if delta::selects(call) { 1 } else { 2 },
+            ..Cost::default()
+        },
         Route::Members { transitive, .. } => Cost {
             ru: if *transitive { 5 } else { 3 },
             ..Cost::default()
@@ -309,6 +328,14 @@ struct Throttled {
     wait: Duration,
     information: &'static str,
     scope: String,
+    /// What the refused request would have used of its bucket (above 1.0).
+    demand: f64,
+}
+
+/// `x-ms-throttle-limit-percentage` as Graph writes it: the share of the limit in use, sent
+/// only above 0.8, at most 1.8.
+fn limit_percentage(share: f64) -> Option<String> {
+    (share > 0.8).then(|| format!("{:.2}", share.min(1.8)))
 }
 
 impl State {
@@ -351,7 +378,7 @@ impl State {
                 Duration::from_secs(10),
                 cost.ru as f64,
                 "ResourceUnitLimitExceeded",
-                format!("Tenant_Application/ReadWrite/{tenant}/{app}"),
+                format!("Tenant_Application/ReadWrite/{app}/{tenant}"),
             ));
         }
         if cost.writes > 0 && cfg.writes_per_150s > 0 {
@@ -361,7 +388,7 @@ impl State {
                 Duration::from_secs(150),
                 cost.writes as f64,
                 "WriteLimitExceeded",
-                format!("Tenant_Application/Write/{tenant}/{app}"),
+                format!("Tenant_Application/Write/{app}/{tenant}"),
             ));
             wants.push((
                 "w:tenant".into(),
@@ -369,7 +396,7 @@ impl State {
                 Duration::from_secs(300),
                 cost.writes as f64,
                 "WriteLimitExceeded",
-                format!("Tenant/Write/{tenant}"),
+                format!("Tenant/Write/{app}/{tenant}"),
             ));
         }
         if cost.invitation && cfg.invitations_per_5s > 0 {
@@ -379,7 +406,7 @@ impl State {
                 Duration::from_secs(5),
                 1.0,
                 "InvitationLimitExceeded",
-                format!("Tenant/Invitations/{tenant}"),
+                format!("Tenant/Write/{app}/{tenant}"),
             ));
         }
         let mut worst: Option<Throttled> = None;
@@ -394,6 +421,7 @@ impl State {
                         wait,
                         information: info,
                         scope: scope.clone(),
+                        demand: b.demand_share(*c),
                     });
                 }
             }
@@ -552,7 +580,10 @@ impl Shared {
                     .with_header("Retry-After", secs.to_string())
                     .with_header("x-ms-throttle-scope", t.scope)
                     .with_header("x-ms-throttle-information", t.information)
-                    .with_header("x-ms-throttle-limit-percentage", "1.0");
+                    .with_header(
+                        "x-ms-throttle-limit-percentage",
+                        limit_percentage(t.demand).unwrap_or_else(|| "1.80".into()),
+                    );
                 return (reply, template, Some(cost.ru));
             }
         };
@@ -561,6 +592,7 @@ impl Shared {
         }
         let mut reply = match &route {
             Route::ListUsers => self.list_users(st, call, ctx),
+            Route::UsersDelta => self.users_delta(st, call, ctx),
             Route::GetUser(key) => self.get_user(st, call, ctx, key),
             Route::PatchUser(key) => self.patch_user(st, call, ctx, key, now),
             Route::Members {
@@ -577,8 +609,8 @@ impl Shared {
             ),
             Route::Token(_) => unreachable!("answered above"),
         };
-        if used >= 0.8 {
-            reply = reply.with_header("x-ms-throttle-limit-percentage", format!("{used:.1}"));
+        if let Some(p) = limit_percentage(used) {
+            reply = reply.with_header("x-ms-throttle-limit-percentage", p);
         }
         let write = matches!(route, Route::Invite | Route::PatchUser(_));
         if top_level
@@ -707,6 +739,13 @@ impl Shared {
                 }
                 None => not_found(id),
             },
+            ("DELETE", ["_emulator", "users", id]) => match st.index.user(id) {
+                Some(pos) => {
+                    st.remove_user(pos);
+                    Reply::empty(204)
+                }
+                None => not_found(id),
+            },
             (_, ["_emulator", "users", _, "redeem"]) => Reply::json(
                 405,
                 json!({"error": {"code": "MethodNotAllowed", "message": "Redeem with POST."}}),
@@ -733,21 +772,54 @@ impl Shared {
 }
 
 impl State {
+    /// Replace the user at `pos`, keeping the index and the change log in step.
+    pub fn set_user(&mut self, pos: usize, next: User) {
+        let old = std::mem::replace(&mut self.tenant.users[pos], next);
+        let mask = delta::changed_mask(&old, &self.tenant.users[pos]);
+        if mask != 0 {
+            self.index.update_user(pos, &old, &self.tenant.users[pos]);
+            self.changes.record(pos, mask);
+        }
+    }
+
+    /// A new user (an invited guest); its position.
+    pub fn add_user(&mut self, user: User) -> usize {
+        let pos = self.tenant.users.len();
+        self.index.add_user(pos, &user);
+        self.tenant.users.push(user);
+        self.changes.record(pos, delta::ALL);
+        pos
+    }
+
+    /// Delete the user at `pos`, as an administrator would (it goes to deleted items).
+    pub fn remove_user(&mut self, pos: usize) {
+        if self.removed.insert(pos) {
+            let u = self.tenant.users[pos].clone();
+            self.index.remove_user(pos, &u);
+            self.changes.record(pos, delta::ALL);
+        }
+    }
+
     /// The partner redeems: `PendingAcceptance` becomes `Accepted` with its change time; 409
     /// for a user never invited (or whose invitation was not applied). Redeeming twice keeps
     /// the first acceptance.
     pub(super) fn redeem(&mut self, pos: usize, stamp: &str) -> Reply {
-        let u = &mut self.tenant.users[pos];
+        let u = &self.tenant.users[pos];
         match u.external_user_state.as_deref() {
             None => Reply::json(
                 409,
                 json!({"error": {"code": "Conflict", "message": format!("User '{}' has no invitation to redeem.", u.id)}}),
             ),
-            Some("Accepted") => Reply::json(200, serde_json::to_value(&*u).unwrap_or(Value::Null)),
+            Some("Accepted") => Reply::json(200, serde_json::to_value(u).unwrap_or(Value::Null)),
             Some(_) => {
-                u.external_user_state = Some("Accepted".into());
-                u.external_user_state_change_date_time = Some(stamp.to_string());
-                Reply::json(200, serde_json::to_value(&*u).unwrap_or(Value::Null))
+                let mut next = u.clone();
+                next.external_user_state = Some("Accepted".into());
+                next.external_user_state_change_date_time = Some(stamp.to_string());
+                self.set_user(pos, next);
+                Reply::json(
+                    200,
+                    serde_json::to_value(&self.tenant.users[pos]).unwrap_or(Value::Null),
+                )
             }
         }
     }
