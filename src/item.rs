@@ -255,6 +255,12 @@ pub struct RunOptions {
     pub concurrency: usize,
     pub max_attempts: u32,
     pub limit: Option<u64>,
+    /// `--set-mail`: PATCH a fixable user's `mail` to the input's externalEmail before inviting.
+    #[serde(default)]
+    pub set_mail: bool,
+    /// `--set-guest`: PATCH `userType` to `Guest` after the invitation is accepted.
+    #[serde(default)]
+    pub set_guest: bool,
 }
 
 impl Default for RunOptions {
@@ -269,6 +275,8 @@ impl Default for RunOptions {
             concurrency: 8,
             max_attempts: 6,
             limit: None,
+            set_mail: false,
+            set_guest: false,
         }
     }
 }

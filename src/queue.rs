@@ -17,6 +17,9 @@ use crate::item::{
 };
 use crate::model::{Invitation, User};
 
+mod steps;
+pub use steps::{FollowUps, StepRow};
+
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error("database {path}: {source}")]
@@ -45,7 +48,10 @@ pub enum QueueError {
 pub type Result<T> = std::result::Result<T, QueueError>;
 
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(include_str!("../migrations/0001_init.sql"))])
+    Migrations::new(vec![
+        M::up(include_str!("../migrations/0001_init.sql")),
+        M::up(include_str!("../migrations/0004_steps.sql")),
+    ])
 }
 
 /// What `insert_items` did with a batch.
@@ -535,15 +541,25 @@ impl Queue {
         )
     }
 
-    /// Checkpoint before an invitation can leave the process: `pending` → `in_flight`,
-    /// one more attempt. Also accepted from `in_flight` (a retry after an unknown outcome that
-    /// reconciliation showed had not taken effect).
+    /// Checkpoint before a request can leave the process: `pending` → `in_flight`. Also accepted
+    /// from `in_flight` (a retry after an unknown outcome that reconciliation showed had not taken
+    /// effect). Not an attempt: a kill right after it sent nothing (see `charge_attempt`).
     pub fn mark_in_flight(&self, item_id: i64, external_email: &str) -> Result<()> {
         self.transition(
             item_id,
             &["pending", "in_flight"],
-            "state = 'in_flight', attempts = attempts + 1, external_email = ?2",
+            "state = 'in_flight', external_email = ?2",
             params![item_id, external_email],
+        )
+    }
+
+    /// One more request for the item that may have reached Graph (`--max-attempts` counts these).
+    pub fn charge_attempt(&self, item_id: i64) -> Result<()> {
+        self.transition(
+            item_id,
+            &["in_flight"],
+            "attempts = attempts + 1",
+            params![item_id],
         )
     }
 
@@ -1057,6 +1073,9 @@ mod tests {
         ));
         q.mark_in_flight(id, "u1@fabrikam.com").unwrap();
         assert_eq!(q.in_flight_items(run).unwrap().len(), 1);
+        // A checkpoint is not an attempt: only a request that may have reached Graph is.
+        assert_eq!(q.item(id).unwrap().unwrap().attempts, 0);
+        q.charge_attempt(id).unwrap();
         let inv = Invitation {
             id: "inv1".into(),
             status: "PendingAcceptance".into(),

@@ -73,6 +73,8 @@ fn from_args(args: RunArgs) -> anyhow::Result<NewRun> {
         concurrency: args.exec.concurrency.unwrap_or(defaults.concurrency),
         max_attempts: args.exec.max_attempts.unwrap_or(defaults.max_attempts),
         limit: args.exec.limit.filter(|l| *l > 0),
+        set_mail: args.exec.set_mail,
+        set_guest: args.exec.set_guest,
     };
     common::check_options(&options)?;
     Ok(NewRun {

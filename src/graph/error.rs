@@ -46,6 +46,11 @@ pub enum GraphError {
     /// A non-idempotent request may or may not have been carried out: re-read before resending.
     #[error("outcome unknown: {message}")]
     Unknown { message: String, meta: ResponseMeta },
+    /// The request could not have left the process (connection refused, DNS or TLS failure, no
+    /// connection from the pool): nothing reached Graph. The client has already retried for a
+    /// bounded stretch; the message names the URL.
+    #[error("Graph could not be reached: {message}")]
+    NotSent { message: String },
     /// An idempotent request kept failing until the attempts ran out.
     #[error("gave up after repeated failures: {message}")]
     Exhausted { message: String, meta: ResponseMeta },
@@ -55,7 +60,7 @@ impl GraphError {
     /// Diagnostics of the last exchange, when there was one.
     pub fn meta(&self) -> Option<&ResponseMeta> {
         match self {
-            GraphError::Config(_) | GraphError::Auth { .. } => None,
+            GraphError::Config(_) | GraphError::Auth { .. } | GraphError::NotSent { .. } => None,
             GraphError::TenantRefused { meta, .. }
             | GraphError::Api { meta, .. }
             | GraphError::Unknown { meta, .. }

@@ -14,6 +14,7 @@ pub mod limiter;
 pub mod retry;
 #[cfg(test)]
 mod tests;
+mod writes;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -271,7 +272,10 @@ impl GraphClient {
             Some(link) => self.next_link_url(link, false)?,
             None => self.api_url(
                 &["users"],
-                &[("$select", "id,mail,otherMails"), ("$top", "999")],
+                &[
+                    ("$select", "id,mail,otherMails,proxyAddresses"),
+                    ("$top", "999"),
+                ],
             ),
         };
         self.get_json(url, false).await

@@ -19,14 +19,20 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
 
-use crate::graph::{GraphClient, GraphError};
+use crate::graph::{GraphClient, GraphError, ResponseMeta, Traced};
 use crate::item::{ItemRecord, ItemState, RunMode, RunOptions, RunRecord, UserKey};
 use crate::model::{
-    EmailAddress, InvitationRequest, InvitedUserMessageInfo, InvitedUserRef, Recipient, User,
+    EmailAddress, Invitation, InvitationRequest, InvitedUserMessageInfo, InvitedUserRef, Recipient,
+    User,
 };
 use crate::progress::Progress;
+use crate::queue::StepRow;
 use crate::queue::{LookupOutcome, Queue};
-use crate::validate::{validate, TenantFacts, Verdict};
+use crate::validate::{validate_with, TenantFacts, Verdict};
+
+pub mod planner;
+
+use planner::{Action, Answer, Attempts, Checkpoint, Leave, Reread, Step, StopReason};
 
 /// Items read, looked up and validated together: one `$batch` of 20 × 15 ids.
 const CHUNK: usize = 300;
@@ -56,7 +62,8 @@ pub struct Pipeline {
 /// Shared state of one pass.
 struct Pass {
     pipeline: Pipeline,
-    refusal: Mutex<Option<String>>,
+    /// Set once by the first item (or the producer) that stops the run.
+    stop_reason: Mutex<Option<StopReason>>,
     /// Converted (or would-convert) plus dispatched: what `--limit` counts.
     dispatched: AtomicU64,
     /// Items that stayed `in_flight` because the user could not be re-read.
@@ -69,33 +76,23 @@ impl Pass {
     }
 
     fn stopping(&self) -> bool {
-        *self.pipeline.stop.borrow() || self.refusal.lock().map(|r| r.is_some()).unwrap_or(true)
+        *self.pipeline.stop.borrow() || self.stop_reason.lock().map(|r| r.is_some()).unwrap_or(true)
     }
 
-    /// Ends an item `failed` with Graph's code and message and counts it done.
-    fn fail(
-        &self,
-        item_id: i64,
-        code: &str,
-        message: &str,
-        meta: Option<&crate::graph::ResponseMeta>,
-    ) -> anyhow::Result<()> {
-        self.pipeline.queue.record_failed(
-            item_id,
-            code,
-            message,
-            meta.and_then(|m| m.request_id.as_deref()),
-            meta.map(|m| m.client_request_id.as_str()),
-        )?;
-        self.pipeline.progress.inc(1);
-        Ok(())
-    }
-
-    fn refuse(&self, message: String) {
-        let mut r = self.refusal.lock().unwrap_or_else(|p| p.into_inner());
+    /// Stops the run: the first reason wins, later ones are logged.
+    fn stop_with(&self, reason: StopReason) {
+        let mut r = self.stop_reason.lock().unwrap_or_else(|p| p.into_inner());
+        match &reason {
+            StopReason::TenantRefused(m) => {
+                tracing::error!(message = %m, "the tenant refused to go on; stopping the run")
+            }
+            StopReason::Unreachable(m) => {
+                tracing::error!(message = %m, "Graph cannot be reached; stopping the run")
+            }
+            StopReason::Error(m) => tracing::error!(message = %m, "stopping the run"),
+        }
         if r.is_none() {
-            tracing::error!(%message, "the tenant refused to go on; stopping the run");
-            *r = Some(message);
+            *r = Some(reason);
         }
     }
 }
@@ -124,7 +121,7 @@ pub async fn work(pipeline: Pipeline) -> anyhow::Result<Outcome> {
 
     let pass = Arc::new(Pass {
         pipeline: pipeline.clone(),
-        refusal: Mutex::new(None),
+        stop_reason: Mutex::new(None),
         dispatched: AtomicU64::new(already),
         unresolved: AtomicU64::new(0),
     });
@@ -163,13 +160,18 @@ pub async fn work(pipeline: Pipeline) -> anyhow::Result<Outcome> {
     let limit_reached = produced?;
 
     pass.pipeline.progress.finish();
-    if let Some(message) = pass
-        .refusal
+    let reason = pass
+        .stop_reason
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .take()
-    {
-        return Ok(Outcome::TenantRefused(message));
+        .take();
+    match reason {
+        Some(StopReason::TenantRefused(message)) => return Ok(Outcome::TenantRefused(message)),
+        Some(StopReason::Unreachable(message)) => {
+            anyhow::bail!("Graph cannot be reached, nothing more was sent: {message}")
+        }
+        Some(StopReason::Error(message)) => anyhow::bail!(message),
+        None => {}
     }
     if *pass.pipeline.stop.borrow() {
         return Ok(Outcome::Interrupted);
@@ -211,10 +213,33 @@ async fn produce(
             return Ok(false);
         };
         after = last.id;
+        // Items a previous pass took half-way (mail set or invited) go on at their next step:
+        // validating them again against the snapshot taken before the change would be wrong.
+        let ids: Vec<i64> = items.iter().map(|i| i.id).collect();
+        let steps = db(&p.queue, move |q| q.steps_of(&ids)).await?;
+        let (started, items): (Vec<_>, Vec<_>) = items
+            .into_iter()
+            .partition(|i| steps.get(&i.id).is_some_and(|s| s.mail_set || s.invited));
+        for item in started {
+            let row = &steps[&item.id];
+            let email = row
+                .mail_to
+                .clone()
+                .or_else(|| item.external_email.clone())
+                .unwrap_or_default();
+            pass.dispatched.fetch_add(1, Ordering::Relaxed);
+            if pass.stopping() || tx.send((item, email)).await.is_err() {
+                return Ok(false);
+            }
+        }
         let verdicts = match prepare(pass, items, facts).await {
             Ok(v) => v,
             Err(GraphError::TenantRefused { message, .. }) => {
-                pass.refuse(message);
+                pass.stop_with(StopReason::TenantRefused(message));
+                return Ok(false);
+            }
+            Err(GraphError::NotSent { message }) => {
+                pass.stop_with(StopReason::Unreachable(message));
                 return Ok(false);
             }
             Err(e) => {
@@ -234,7 +259,11 @@ async fn produce(
                     )?;
                     p.progress.inc(1);
                 }
-                Verdict::Convert { email, notes } => {
+                Verdict::Convert {
+                    email,
+                    notes,
+                    mail_change,
+                } => {
                     if limit.is_some_and(|l| pass.dispatched.load(Ordering::Relaxed) >= l) {
                         return Ok(true);
                     }
@@ -252,6 +281,25 @@ async fn produce(
                             p.progress.inc(1);
                         }
                         RunMode::Live => {
+                            let needs_guest = pass.options().set_guest
+                                && !item
+                                    .snapshot
+                                    .as_ref()
+                                    .and_then(|u| u.user_type.as_deref())
+                                    .is_some_and(|t| t.eq_ignore_ascii_case("Guest"));
+                            if mail_change.is_some() || needs_guest {
+                                let id = item.id;
+                                db(&p.queue, move |q| {
+                                    q.plan_steps(
+                                        id,
+                                        mail_change
+                                            .as_ref()
+                                            .map(|m| (m.from.as_deref(), m.to.as_str())),
+                                        needs_guest,
+                                    )
+                                })
+                                .await?;
+                            }
                             if pass.stopping() || tx.send((item, email)).await.is_err() {
                                 return Ok(false);
                             }
@@ -342,7 +390,12 @@ async fn prepare(
         .into_iter()
         .filter_map(|item| {
             let user = item.snapshot.as_ref()?;
-            let verdict = validate(user, item.external_email.as_deref(), facts);
+            let verdict = validate_with(
+                user,
+                item.external_email.as_deref(),
+                facts,
+                pass.options().set_mail,
+            );
             Some((item, verdict))
         })
         .collect())
@@ -391,158 +444,306 @@ pub fn invitation_request(
     }
 }
 
-/// What a re-read of the user says about an invitation whose answer was lost.
-enum Reconciled {
-    Converted,
-    NotConverted,
-    Unreadable(GraphError),
+/// Runs a queue operation on the blocking pool: SQLite calls never stall the async workers.
+async fn db<T, F>(queue: &Arc<Queue>, f: F) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&Queue) -> crate::queue::Result<T> + Send + 'static,
+{
+    let queue = queue.clone();
+    Ok(tokio::task::spawn_blocking(move || f(&queue))
+        .await
+        .context("a database task panicked")??)
 }
 
-async fn reread(graph: &GraphClient, user_id: &str) -> Reconciled {
-    match graph.get_user(user_id).await {
-        Ok(Some(u))
-            if u.external_user_state
-                .as_deref()
-                .is_some_and(|s| !s.is_empty()) =>
-        {
-            Reconciled::Converted
+/// Reduces a Graph failure to what the planner decides on.
+fn answer_of(e: &GraphError) -> Answer {
+    match e {
+        GraphError::Api { code, message, .. } => Answer::Refused {
+            code: code.clone(),
+            message: message.clone(),
+        },
+        GraphError::TenantRefused { message, .. } => Answer::TenantRefused {
+            message: message.clone(),
+        },
+        GraphError::NotSent { message } => Answer::NotSent {
+            message: message.clone(),
+        },
+        // Retries ran out on something that may have reached Graph: the outcome is unknown.
+        GraphError::Unknown { message, .. } | GraphError::Exhausted { message, .. } => {
+            Answer::Unknown {
+                code: "UnknownOutcome".into(),
+                message: message.clone(),
+            }
         }
-        Ok(_) => Reconciled::NotConverted,
-        Err(e) => Reconciled::Unreadable(e),
+        other => Answer::Refused {
+            code: other.code().unwrap_or("Error").to_string(),
+            message: other.to_string(),
+        },
     }
 }
 
-/// Resolves every item a previous process left `in_flight`: converted if the user shows the
-/// invitation took effect, otherwise back to pending. Never sends an invitation.
+/// Reads the user back: did `step` (towards `email`) take effect?
+async fn reread(graph: &GraphClient, user_id: Option<&str>, step: Step, email: &str) -> Reread {
+    let Some(user_id) = user_id else {
+        return Reread::Unreadable {
+            message: "the item has no object id to read".into(),
+        };
+    };
+    match graph.get_user(user_id).await {
+        Ok(Some(u)) => {
+            let done = match step {
+                Step::Invite => u
+                    .external_user_state
+                    .as_deref()
+                    .is_some_and(|s| !s.is_empty()),
+                Step::SetMail => u
+                    .mail
+                    .as_deref()
+                    .is_some_and(|m| m.eq_ignore_ascii_case(email)),
+                Step::SetGuest => u.user_type.as_deref() == Some("Guest"),
+            };
+            if done {
+                Reread::Done
+            } else {
+                Reread::NotDone
+            }
+        }
+        Ok(None) => Reread::NotDone,
+        Err(GraphError::TenantRefused { message, .. }) => Reread::TenantRefused { message },
+        Err(GraphError::NotSent { message }) => Reread::NotSent { message },
+        Err(e) => Reread::Unreadable {
+            message: format!("re-reading user {user_id}: {e}"),
+        },
+    }
+}
+
+/// The planner's view of an item's stored step checkpoint (none: the invitation only).
+fn checkpoint(row: Option<&StepRow>) -> Checkpoint {
+    row.map(|r| Checkpoint {
+        needs_mail: r.needs_mail,
+        mail_set: r.mail_set,
+        invited: r.invited,
+        needs_guest: r.needs_guest,
+        guest_set: r.guest_set,
+    })
+    .unwrap_or_default()
+}
+
+/// Resolves every item a previous process left `in_flight`: the planner decides from a re-read
+/// of the user whether the step in flight took effect. Never sends anything.
 async fn reconcile_in_flight(pass: &Pass) -> anyhow::Result<()> {
     let p = &pass.pipeline;
-    let items = p.queue.in_flight_items(p.run.id)?;
+    let run_id = p.run.id;
+    let items = db(&p.queue, move |q| q.in_flight_items(run_id)).await?;
     if items.is_empty() {
         return Ok(());
     }
     tracing::info!(count = items.len(), "reconciling items left in flight");
     for item in items {
-        let Some(user_id) = item.user_id.as_deref() else {
-            p.queue.back_to_pending(item.id)?;
-            continue;
+        let id = item.id;
+        let row = db(&p.queue, move |q| q.steps(id)).await?;
+        let step = row
+            .as_ref()
+            .and_then(|r| r.in_flight.as_deref())
+            .and_then(Step::parse)
+            .unwrap_or(Step::Invite);
+        let email = match (step, &row) {
+            (Step::SetMail, Some(r)) => r.mail_to.clone().unwrap_or_default(),
+            _ => item.external_email.clone().unwrap_or_default(),
         };
-        match reread(&p.graph, user_id).await {
-            Reconciled::Converted => {
-                p.queue.record_converted(item.id, None, None, None)?;
+        let seen = match item.user_id.as_deref() {
+            Some(uid) => Some(reread(&p.graph, Some(uid), step, &email).await),
+            None => None,
+        };
+        let mut action = planner::at_resume(step, seen.as_ref());
+        if let Action::StepDone { step, .. } = action {
+            if row.is_some() {
+                db(&p.queue, move |q| q.step_done(id, step.as_str())).await?;
+            }
+            let mut cp = checkpoint(row.as_ref());
+            cp.mark_done(step);
+            action = planner::after_resume_step(&cp);
+        }
+        match action {
+            Action::RecordConverted => {
+                db(&p.queue, move |q| q.record_converted(id, None, None, None)).await?;
                 p.progress.inc(1);
             }
-            Reconciled::NotConverted => p.queue.back_to_pending(item.id)?,
-            Reconciled::Unreadable(GraphError::TenantRefused { message, .. }) => {
-                pass.refuse(message);
+            Action::BackToPending => db(&p.queue, move |q| q.back_to_pending(id)).await?,
+            Action::StopRun { reason, .. } => {
+                pass.stop_with(reason);
                 return Ok(());
             }
-            Reconciled::Unreadable(e) => {
-                return Err(anyhow::Error::new(e).context(format!(
-                    "re-reading user {user_id} to reconcile an unfinished invitation"
-                )))
-            }
+            other => unreachable!("at_resume never plans {other:?}"),
         }
     }
     Ok(())
 }
 
-/// Converts one user: checkpoint, send, record; on an unknown outcome re-read before resending.
+/// Converts one item by executing the planner's actions until the item leaves the worker.
 async fn convert(pass: &Pass, item: ItemRecord, email: String) -> anyhow::Result<()> {
     let p = &pass.pipeline;
     let q = &p.queue;
+    let id = item.id;
     let req = invitation_request(&item, &email, pass.options());
-    let max_attempts = pass.options().max_attempts.max(1);
-    let mut attempts = item.attempts;
-    let mut unknown_before = false;
+    let row = db(q, move |q| q.steps(id)).await?;
+    let mut cp = checkpoint(row.as_ref());
+    let has_steps = row.is_some();
+    let mut attempts = Attempts {
+        made: item.attempts,
+        max: pass.options().max_attempts.max(1),
+        unknown_before: false,
+        stopping: false,
+    };
+    let mut invitation: Option<Traced<Invitation>> = None;
+    let mut last = Answer::Accepted;
+    let mut last_meta: Option<ResponseMeta> = None;
+    let mut action = planner::next(&cp);
     loop {
-        q.mark_in_flight(item.id, &email)?;
-        attempts += 1;
-        let result = p.graph.invite(&req).await;
-        let (code, message, meta) = match result {
-            Ok(traced) => {
-                q.record_converted(
-                    item.id,
-                    Some(&traced.value),
-                    traced.meta.request_id.as_deref(),
-                    Some(&traced.meta.client_request_id),
-                )?;
-                p.progress.inc(1);
-                return Ok(());
-            }
-            Err(GraphError::TenantRefused { message, .. }) => {
-                // Refused before it was carried out: the user was not touched.
-                q.back_to_pending(item.id)?;
-                pass.refuse(message);
-                return Ok(());
-            }
-            Err(GraphError::Api {
-                code,
-                message,
-                meta,
-                ..
-            }) => {
-                if unknown_before {
-                    // An earlier attempt's answer was lost; this refusal may be Graph saying the
-                    // user is converted already. The tenant's word decides.
-                    if let Some(uid) = item.user_id.as_deref() {
-                        if let Reconciled::Converted = reread(&p.graph, uid).await {
-                            q.record_converted(item.id, None, meta.request_id.as_deref(), None)?;
-                            p.progress.inc(1);
-                            return Ok(());
-                        }
+        action = match action {
+            Action::Send(step) => {
+                let to = email.clone();
+                db(q, move |q| {
+                    if has_steps {
+                        q.step_in_flight(id, step.as_str())?;
                     }
+                    q.mark_in_flight(id, &to)
+                })
+                .await?;
+                let result = match step {
+                    Step::Invite => p.graph.invite(&req).await.map(|traced| {
+                        let meta = traced.meta.clone();
+                        invitation = Some(traced);
+                        meta
+                    }),
+                    Step::SetMail | Step::SetGuest => {
+                        let change = match step {
+                            Step::SetMail => serde_json::json!({ "mail": email }),
+                            _ => serde_json::json!({ "userType": "Guest" }),
+                        };
+                        let uid = item.user_id.as_deref().unwrap_or_default();
+                        p.graph.patch_user(uid, &change).await.map(|t| t.meta)
+                    }
+                };
+                let answer = match result {
+                    Ok(meta) => {
+                        last_meta = Some(meta);
+                        Answer::Accepted
+                    }
+                    Err(e) => {
+                        last_meta = e.meta().cloned();
+                        answer_of(&e)
+                    }
+                };
+                if planner::charges_attempt(&answer) {
+                    db(q, move |q| q.charge_attempt(id)).await?;
+                    attempts.made += 1;
                 }
-                return pass.fail(item.id, &code, &message, Some(&meta));
+                if let Answer::Unknown { code, message } = &answer {
+                    let (code, message) = (code.clone(), message.clone());
+                    let meta = last_meta.clone().unwrap_or_default();
+                    db(q, move |q| {
+                        q.note_error(
+                            id,
+                            &code,
+                            &message,
+                            meta.request_id.as_deref(),
+                            Some(&meta.client_request_id),
+                        )
+                    })
+                    .await?;
+                }
+                attempts.stopping = pass.stopping();
+                let next = planner::after_answer(step, &answer, &attempts);
+                attempts.unknown_before |= matches!(answer, Answer::Unknown { .. });
+                last = answer;
+                next
             }
-            Err(GraphError::Unknown { message, meta }) => {
-                ("UnknownOutcome".to_string(), message, meta)
+            Action::Reread(step) => {
+                let seen = reread(&p.graph, item.user_id.as_deref(), step, &email).await;
+                attempts.stopping = pass.stopping();
+                planner::after_reread(step, &seen, &last, &attempts)
             }
-            Err(other) => {
-                let code = other.code().unwrap_or("Error");
-                return pass.fail(item.id, code, &other.to_string(), other.meta());
+            Action::StepDone { step, reconciled } => {
+                if reconciled {
+                    tracing::info!(
+                        item = id,
+                        step = step.as_str(),
+                        "answer lost but the step took effect"
+                    );
+                }
+                if has_steps {
+                    db(q, move |q| q.step_done(id, step.as_str())).await?;
+                }
+                cp.mark_done(step);
+                // A new step starts with a fresh view: an earlier step's lost answer says
+                // nothing about this one's refusal.
+                attempts.unknown_before = false;
+                planner::next(&cp)
             }
-        };
-        unknown_before = true;
-        q.note_error(
-            item.id,
-            &code,
-            &message,
-            meta.request_id.as_deref(),
-            Some(&meta.client_request_id),
-        )?;
-        let Some(user_id) = item.user_id.as_deref() else {
-            return pass.fail(item.id, &code, &message, Some(&meta));
-        };
-        match reread(&p.graph, user_id).await {
-            Reconciled::Converted => {
-                tracing::info!(item = item.id, "answer lost but the invitation took effect");
-                q.record_converted(item.id, None, meta.request_id.as_deref(), None)?;
+            Action::RecordConverted => {
+                let (inv, meta) = match invitation.take() {
+                    Some(t) => (Some(t.value), Some(t.meta)),
+                    None => (None, last_meta.take()),
+                };
+                db(q, move |q| {
+                    q.record_converted(
+                        id,
+                        inv.as_ref(),
+                        meta.as_ref().and_then(|m| m.request_id.as_deref()),
+                        if inv.is_some() {
+                            meta.as_ref().map(|m| m.client_request_id.as_str())
+                        } else {
+                            None
+                        },
+                    )
+                })
+                .await?;
                 p.progress.inc(1);
                 return Ok(());
             }
-            Reconciled::NotConverted if attempts < max_attempts && !pass.stopping() => {
-                q.back_to_pending(item.id)?;
-                tokio::time::sleep(retry_delay(attempts)).await;
+            Action::Retry(step) => {
+                db(q, move |q| q.back_to_pending(id)).await?;
+                tokio::time::sleep(retry_delay(attempts.made)).await;
+                Action::Send(step)
             }
-            Reconciled::NotConverted => {
-                if pass.stopping() {
-                    q.back_to_pending(item.id)?;
-                    return Ok(());
-                }
-                let message = format!("{message} (after {attempts} attempts)");
-                return pass.fail(item.id, &code, &message, Some(&meta));
-            }
-            Reconciled::Unreadable(GraphError::TenantRefused { message, .. }) => {
-                pass.refuse(message);
+            Action::BackToPending => {
+                db(q, move |q| q.back_to_pending(id)).await?;
                 return Ok(());
             }
-            Reconciled::Unreadable(e) => {
+            Action::Fail { code, message } => {
+                let meta = last_meta.take();
+                db(q, move |q| {
+                    q.record_failed(
+                        id,
+                        &code,
+                        &message,
+                        meta.as_ref().and_then(|m| m.request_id.as_deref()),
+                        meta.as_ref().map(|m| m.client_request_id.as_str()),
+                    )
+                })
+                .await?;
+                p.progress.inc(1);
+                return Ok(());
+            }
+            Action::LeaveInFlight => {
                 // Unknown and unknowable for now: never resend blind. `resume` reconciles it.
-                tracing::warn!(item = item.id, error = %e, "cannot re-read user; item stays in flight");
+                tracing::warn!(item = id, "cannot re-read user; item stays in flight");
                 pass.unresolved.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
             }
-        }
+            Action::StopRun {
+                reason,
+                item: leave,
+            } => {
+                if leave == Leave::Pending {
+                    db(q, move |q| q.back_to_pending(id)).await?;
+                }
+                pass.stop_with(reason);
+                return Ok(());
+            }
+        };
     }
 }
 
