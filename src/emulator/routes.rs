@@ -45,6 +45,8 @@ pub struct State {
     pub tokens: HashMap<String, TokenInfo>,
     pub buckets: HashMap<String, Bucket>,
     pub invitations: Vec<Value>,
+    /// Every accepted PATCH, one entry per property: `GET /_emulator/patches`.
+    pub patches: Vec<Value>,
     pub log: Vec<Value>,
     pub seq: u64,
     pub stats: BTreeMap<String, BTreeMap<String, u64>>,
@@ -150,6 +152,21 @@ impl Ctx {
             },
         };
         Reply::json(status, serde_json::to_value(body).unwrap_or(Value::Null))
+    }
+
+    /// 400 `Request_BadRequest` for an address another object already holds, with the
+    /// `ObjectConflict` detail Graph adds.
+    pub fn conflict(&self) -> Reply {
+        const MSG: &str =
+            "Another object with the same value for property proxyAddresses already exists.";
+        let mut r = self.err(400, "Request_BadRequest", MSG);
+        if let Some(Value::Object(e)) = r.body.as_mut().and_then(|b| b.get_mut("error")) {
+            e.insert(
+                "details".into(),
+                json!([{"code": "ObjectConflict", "message": MSG, "target": "proxyAddresses"}]),
+            );
+        }
+        r
     }
 
     pub fn not_found(&self, key: &str) -> Reply {
@@ -545,7 +562,7 @@ impl Shared {
         let mut reply = match &route {
             Route::ListUsers => self.list_users(st, call, ctx),
             Route::GetUser(key) => self.get_user(st, call, ctx, key),
-            Route::PatchUser(key) => self.patch_user(st, call, ctx, key),
+            Route::PatchUser(key) => self.patch_user(st, call, ctx, key, now),
             Route::Members {
                 group,
                 transitive,
@@ -669,30 +686,70 @@ impl Shared {
         reply
     }
 
-    /// `GET /_emulator/...`: inspection, no token, not counted.
+    /// `/_emulator/...`: inspection (GET) and the partner's side of an invitation (`POST
+    /// /_emulator/users/{id}/redeem`); no token, not counted.
     pub fn inspect(&self, call: &Call) -> Reply {
-        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let segs: Vec<&str> = call.path.trim_start_matches('/').split('/').collect();
-        if call.method != "GET" {
-            return Reply::json(
+        let not_found = |id: &str| {
+            Reply::json(
+                404,
+                json!({"error": {"code": "Request_ResourceNotFound", "message": format!("Resource '{id}' does not exist or one of its queried reference-property objects are not present.")}}),
+            )
+        };
+        match (call.method.as_str(), segs.as_slice()) {
+            ("POST", ["_emulator", "users", id, "redeem"]) => match st.index.user(id) {
+                Some(pos) => {
+                    let stamp = self
+                        .wall(self.config.clock.now())
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                    st.redeem(pos, &stamp)
+                }
+                None => not_found(id),
+            },
+            (_, ["_emulator", "users", _, "redeem"]) => Reply::json(
                 405,
-                json!({"error": {"code": "MethodNotAllowed", "message": "Inspection endpoints are GET only."}}),
-            );
-        }
-        match segs.as_slice() {
-            ["_emulator", "invitations"] => Reply::json(200, json!({"value": st.invitations})),
-            ["_emulator", "stats"] => Reply::json(200, st.stats_json()),
-            ["_emulator", "requests"] => Reply::json(200, json!({"value": st.log})),
-            ["_emulator", "users", id] => match st.index.user(id) {
+                json!({"error": {"code": "MethodNotAllowed", "message": "Redeem with POST."}}),
+            ),
+            ("GET", ["_emulator", "invitations"]) => Reply::json(200, json!({"value": st.invitations})),
+            ("GET", ["_emulator", "patches"]) => Reply::json(200, json!({"value": st.patches})),
+            ("GET", ["_emulator", "stats"]) => Reply::json(200, st.stats_json()),
+            ("GET", ["_emulator", "requests"]) => Reply::json(200, json!({"value": st.log})),
+            ("GET", ["_emulator", "users", id]) => match st.index.user(id) {
                 Some(pos) => Reply::json(
                     200,
                     serde_json::to_value(&st.tenant.users[pos]).unwrap_or(Value::Null),
                 ),
-                None => Reply::json(404, json!({"error": {"code": "Request_ResourceNotFound", "message": format!("Resource '{id}' does not exist or one of its queried reference-property objects are not present.")}})),
+                None => not_found(id),
             },
-            _ => Reply::json(404, json!({"error": {"code": "NotFound", "message": format!("No inspection endpoint at '{}'.", call.path)}})),
+            ("GET", _) => Reply::json(404, json!({"error": {"code": "NotFound", "message": format!("No inspection endpoint at '{}'.", call.path)}})),
+            _ => Reply::json(
+                405,
+                json!({"error": {"code": "MethodNotAllowed", "message": "Inspection endpoints are GET only."}}),
+            ),
         }
         .with_header("Content-Type", "application/json")
+    }
+}
+
+impl State {
+    /// The partner redeems: `PendingAcceptance` becomes `Accepted` with its change time; 409
+    /// for a user never invited (or whose invitation was not applied). Redeeming twice keeps
+    /// the first acceptance.
+    pub(super) fn redeem(&mut self, pos: usize, stamp: &str) -> Reply {
+        let u = &mut self.tenant.users[pos];
+        match u.external_user_state.as_deref() {
+            None => Reply::json(
+                409,
+                json!({"error": {"code": "Conflict", "message": format!("User '{}' has no invitation to redeem.", u.id)}}),
+            ),
+            Some("Accepted") => Reply::json(200, serde_json::to_value(&*u).unwrap_or(Value::Null)),
+            Some(_) => {
+                u.external_user_state = Some("Accepted".into());
+                u.external_user_state_change_date_time = Some(stamp.to_string());
+                Reply::json(200, serde_json::to_value(&*u).unwrap_or(Value::Null))
+            }
+        }
     }
 }
 
