@@ -261,15 +261,26 @@ async fn produce(
                 }
                 Verdict::Convert {
                     email,
-                    notes,
+                    mut notes,
                     mail_change,
                 } => {
+                    let needs_guest = pass.options().set_guest
+                        && !item
+                            .snapshot
+                            .as_ref()
+                            .and_then(|u| u.user_type.as_deref())
+                            .is_some_and(|t| t.eq_ignore_ascii_case("Guest"));
                     if limit.is_some_and(|l| pass.dispatched.load(Ordering::Relaxed) >= l) {
                         return Ok(true);
                     }
                     pass.dispatched.fetch_add(1, Ordering::Relaxed);
                     match p.run.mode {
                         RunMode::DryRun => {
+                            if needs_guest {
+                                notes.push(
+                                    "userType will be set to Guest after the invitation".into(),
+                                );
+                            }
                             let detail = (!notes.is_empty()).then(|| notes.join("; "));
                             p.queue.record_verdict(
                                 item.id,
@@ -281,12 +292,6 @@ async fn produce(
                             p.progress.inc(1);
                         }
                         RunMode::Live => {
-                            let needs_guest = pass.options().set_guest
-                                && !item
-                                    .snapshot
-                                    .as_ref()
-                                    .and_then(|u| u.user_type.as_deref())
-                                    .is_some_and(|t| t.eq_ignore_ascii_case("Guest"));
                             if mail_change.is_some() || needs_guest {
                                 let id = item.id;
                                 db(&p.queue, move |q| {
