@@ -1,15 +1,18 @@
-//! Workers: validate → invite → record, rate-limited and checkpointed.
+//! Workers: validate → (set mail) → invite → (set userType) → record, rate-limited and
+//! checkpointed.
 //!
 //! A producer reads pending items in input order a chunk at a time, looks their users up in bulk
 //! (`id in (…)` through `$batch`), asks Graph who else holds their addresses, and validates each
 //! with the pure `validate` function. Verdicts that need no request are recorded at once; users to
-//! convert go through a bounded channel to `concurrency` invite workers, so reading the next chunk
-//! overlaps with inviting the current one.
+//! convert go through a bounded channel to `concurrency` workers, so reading the next chunk
+//! overlaps with converting the current one.
 //!
-//! Exactly-once: an item is checkpointed `in_flight` before its invitation can leave the process.
-//! When the outcome is unknown (timeout, dropped connection, 5xx) the user is re-read before
-//! anything is sent again, and if the invitation took effect the item ends `converted`
-//! (reconciled). `reconcile_in_flight` does the same at start-up for items a crash left behind.
+//! Exactly-once: every decision lives in [`planner`] as a pure function from the item's
+//! checkpoint and the last answer (or re-read) to an [`planner::Action`]; this module only executes
+//! actions. An item is checkpointed `in_flight` (with the step) before a request can leave the
+//! process; an attempt is charged only once the request may have reached Graph. When the outcome
+//! is unknown the user is re-read before anything is sent again, and `reconcile_in_flight` does
+//! the same at start-up for items a crash left behind. The queue is called on the blocking pool.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -264,12 +267,12 @@ async fn produce(
                     mut notes,
                     mail_change,
                 } => {
-                    let needs_guest = pass.options().set_guest
-                        && !item
-                            .snapshot
-                            .as_ref()
-                            .and_then(|u| u.user_type.as_deref())
-                            .is_some_and(|t| t.eq_ignore_ascii_case("Guest"));
+                    let needs_guest = planner::plan(
+                        mail_change.is_some(),
+                        item.snapshot.as_ref().and_then(|u| u.user_type.as_deref()),
+                        pass.options().set_guest,
+                    )
+                    .needs_guest;
                     if limit.is_some_and(|l| pass.dispatched.load(Ordering::Relaxed) >= l) {
                         return Ok(true);
                     }

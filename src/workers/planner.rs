@@ -145,6 +145,17 @@ pub struct Attempts {
     pub stopping: bool,
 }
 
+/// Which steps a user that validation lets through needs: the mail step when validation planned
+/// a mail change (`--set-mail`), the userType step with `--set-guest` unless already `Guest`.
+pub fn plan(mail_change: bool, user_type: Option<&str>, set_guest: bool) -> Checkpoint {
+    Checkpoint {
+        needs_mail: mail_change,
+        needs_guest: set_guest
+            && !user_type.is_some_and(|t| t.trim().eq_ignore_ascii_case("Guest")),
+        ..Default::default()
+    }
+}
+
 /// The first step not yet done, or `RecordConverted` when every step asked for is done.
 pub fn next(cp: &Checkpoint) -> Action {
     if cp.needs_mail && !cp.mail_set && !cp.invited {
@@ -296,6 +307,44 @@ mod tests {
             max: 3,
             unknown_before,
             stopping,
+        }
+    }
+
+    #[test]
+    fn which_steps_each_user_needs() {
+        let rows = [
+            ("plain", false, Some("Member"), false, (false, false)),
+            (
+                "set-guest, Member",
+                false,
+                Some("Member"),
+                true,
+                (false, true),
+            ),
+            ("set-guest, no userType", false, None, true, (false, true)),
+            (
+                "set-guest, already Guest",
+                false,
+                Some("guest"),
+                true,
+                (false, false),
+            ),
+            ("set-mail fix", true, Some("Guest"), false, (true, false)),
+            ("both", true, Some("Member"), true, (true, true)),
+        ];
+        for (name, mail, user_type, set_guest, (needs_mail, needs_guest)) in rows {
+            let cp = plan(mail, user_type, set_guest);
+            assert_eq!(
+                (cp.needs_mail, cp.needs_guest),
+                (needs_mail, needs_guest),
+                "{name}"
+            );
+            let first = if needs_mail {
+                Step::SetMail
+            } else {
+                Step::Invite
+            };
+            assert_eq!(next(&cp), Action::Send(first), "{name}");
         }
     }
 
