@@ -178,6 +178,15 @@ pub struct ExecArgs {
     /// Do not ask for confirmation before a live run.
     #[arg(long)]
     pub yes: bool,
+    /// Before inviting, set `mail` to the row's externalEmail for cloud-only users without a
+    /// mailbox whose only obstacle is mail_missing/mail_mismatch (needs User.ReadWrite.All;
+    /// the old value is kept in the snapshot).
+    #[arg(long)]
+    pub set_mail: bool,
+    /// After the invitation is accepted, set `userType` to Guest (External ID MAU billing;
+    /// needs User.ReadWrite.All).
+    #[arg(long)]
+    pub set_guest: bool,
     #[command(flatten)]
     pub endpoints: EndpointArgs,
 }

@@ -303,6 +303,12 @@ pub struct RunOptions {
     #[serde(default = "default_http_retries")]
     pub http_retries: u32,
     pub limit: Option<u64>,
+    /// `--set-mail`: PATCH a fixable user's `mail` to the input's externalEmail before inviting.
+    #[serde(default)]
+    pub set_mail: bool,
+    /// `--set-guest`: PATCH `userType` to `Guest` after the invitation is accepted.
+    #[serde(default)]
+    pub set_guest: bool,
 }
 
 fn default_http_retries() -> u32 {
@@ -322,6 +328,8 @@ impl Default for RunOptions {
             max_attempts: crate::config::DEFAULT_MAX_ATTEMPTS,
             http_retries: crate::config::DEFAULT_HTTP_RETRIES,
             limit: None,
+            set_mail: false,
+            set_guest: false,
         }
     }
 }

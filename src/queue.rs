@@ -24,8 +24,10 @@ mod log;
 
 pub use log::{LOG_FLUSH_AFTER, LOG_FLUSH_ROWS};
 mod runs;
+mod steps;
 
 pub use lease::{host_name, pid_alive, Holder, LeaseRow, RunLease, HEARTBEAT_EVERY, STALE_AFTER};
+pub use steps::{FollowUps, StepRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -66,6 +68,7 @@ fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
         M::up(include_str!("../migrations/0001_init.sql")),
         M::up(include_str!("../migrations/0002_run_lease.sql")),
+        M::up(include_str!("../migrations/0004_steps.sql")),
     ])
 }
 
@@ -432,6 +435,9 @@ mod tests {
         ));
         q.mark_in_flight(id, "u1@fabrikam.com").unwrap();
         assert_eq!(q.in_flight_items(run).unwrap().len(), 1);
+        // A checkpoint is not an attempt: only a request that may have reached Graph is.
+        assert_eq!(q.item(id).unwrap().unwrap().attempts, 0);
+        q.charge_attempt(id).unwrap();
         let inv = Invitation {
             id: "inv1".into(),
             status: "PendingAcceptance".into(),

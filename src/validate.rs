@@ -16,18 +16,27 @@ use crate::model::User;
 pub struct TenantFacts {
     /// Verified domains of the tenant, lowercase.
     pub verified_domains: HashSet<String>,
-    /// Lowercase address → ids of the users holding it in `mail` or `otherMails`.
+    /// Lowercase address → ids of the users holding it in `mail`, `otherMails` or (as
+    /// `smtp:address`) `proxyAddresses`.
     pub address_owners: HashMap<String, Vec<String>>,
 }
 
 impl TenantFacts {
-    /// Indexes the user's `mail` and `otherMails` so [`validate`] can spot a second holder of
-    /// the address an invitation would use.
+    /// Indexes the user's `mail`, `otherMails` and SMTP `proxyAddresses` so [`validate`] can spot
+    /// a second holder of the address an invitation (or `--set-mail`) would use: Graph refuses
+    /// both when another object holds the address in any of the three.
     pub fn add_owner(&mut self, user: &User) {
+        let proxies = user
+            .proxy_addresses
+            .iter()
+            .flatten()
+            .filter_map(|p| smtp_address(p));
         let addresses = user
             .mail
             .iter()
-            .chain(user.other_mails.iter().flatten())
+            .map(String::as_str)
+            .chain(user.other_mails.iter().flatten().map(String::as_str))
+            .chain(proxies)
             .map(|a| a.trim().to_lowercase())
             .filter(|a| !a.is_empty());
         for address in addresses {
@@ -47,12 +56,25 @@ impl TenantFacts {
     }
 }
 
+/// A `mail` change `--set-mail` makes before the invitation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailChange {
+    /// The user's `mail` before the change (`None`: it had none).
+    pub from: Option<String>,
+    pub to: String,
+}
+
 /// The outcome of validating one user.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
     /// Every check passed: invite `email`. `notes` are warnings for the report (userType,
     /// on-premises source of authority), never reasons to stop.
-    Convert { email: String, notes: Vec<String> },
+    Convert {
+        email: String,
+        notes: Vec<String>,
+        /// `--set-mail` will first change `mail` (from, to) so the invitation can go to `email`.
+        mail_change: Option<MailChange>,
+    },
     /// Nothing to do; only [`Reason::AlreadyB2b`].
     Skip { reason: Reason, detail: String },
     /// A check failed; nothing may be sent.
@@ -72,6 +94,20 @@ pub enum Verdict {
 /// and the fix is the same as for a missing one: set `mail` to a usable external address.
 /// `bad_input` stays reserved for unusable input rows.
 pub fn validate(user: &User, requested_email: Option<&str>, facts: &TenantFacts) -> Verdict {
+    validate_with(user, requested_email, facts, false)
+}
+
+/// [`validate`], with `--set-mail`: a cloud-only user without a mailbox whose only obstacle is
+/// `mail_missing` or `mail_mismatch`, and whose row gives `externalEmail`, converts with a
+/// [`MailChange`] to that address, provided the new address passes every later check (syntax,
+/// verified domain, conflicts). Synced and mailbox users stay blocked with a hint saying why the
+/// tool cannot set their mail.
+pub fn validate_with(
+    user: &User,
+    requested_email: Option<&str>,
+    facts: &TenantFacts,
+    set_mail: bool,
+) -> Verdict {
     let block = |reason: Reason, detail: String| Verdict::Block { reason, detail };
 
     if let Some(state) = non_empty(user.external_user_state.as_deref()) {
@@ -110,13 +146,30 @@ pub fn validate(user: &User, requested_email: Option<&str>, facts: &TenantFacts)
     }
 
     if user.has_enabled_exchange_plan() {
-        return block(
-            Reason::ExchangeMailbox,
-            "an Exchange Online plan is enabled: the user has a mailbox, so mail cannot be set \
-             to an external address outside the Exchange admin center"
-                .to_string(),
-        );
+        let mut detail = "an Exchange Online plan is enabled: the user has a mailbox, so mail \
+                          cannot be set to an external address outside the Exchange admin center"
+            .to_string();
+        if set_mail {
+            detail.push_str(
+                "; --set-mail cannot do it either: Graph refuses to change a mailbox user's mail",
+            );
+        }
+        return block(Reason::ExchangeMailbox, detail);
     }
+    let synced = user.on_premises_sync_enabled == Some(true);
+    // Only the mail obstacles --set-mail can remove; every later check still applies.
+    let fixable = |requested: Option<&str>| -> Option<String> {
+        let to = non_empty(requested)?;
+        (set_mail && !synced).then(|| to.to_string())
+    };
+    let synced_hint = |detail: &mut String| {
+        if set_mail && synced {
+            detail.push_str(
+                "; --set-mail cannot set it: a synced user's mail comes from on-premises Active \
+                 Directory, so set it there and let Entra Connect sync it",
+            );
+        }
+    };
 
     let other_mails: Vec<&str> = user
         .other_mails
@@ -127,6 +180,17 @@ pub fn validate(user: &User, requested_email: Option<&str>, facts: &TenantFacts)
         .collect();
 
     let Some(mail) = non_empty(user.mail.as_deref()) else {
+        if let Some(to) = fixable(requested_email) {
+            return validate_address(
+                user,
+                &to,
+                facts,
+                Some(MailChange {
+                    from: None,
+                    to: to.clone(),
+                }),
+            );
+        }
         let mut detail = "the user has no mail address; the invitation goes to mail".to_string();
         if !other_mails.is_empty() {
             detail.push_str(&format!(
@@ -135,12 +199,20 @@ pub fn validate(user: &User, requested_email: Option<&str>, facts: &TenantFacts)
                 other_mails.join(", ")
             ));
         }
+        synced_hint(&mut detail);
         return block(Reason::MailMissing, detail);
     };
 
     let requested = non_empty(requested_email);
     if let Some(requested) = requested {
         if requested.to_lowercase() != mail.to_lowercase() {
+            if let Some(to) = fixable(Some(requested)) {
+                let change = MailChange {
+                    from: Some(mail.to_string()),
+                    to: to.clone(),
+                };
+                return validate_address(user, &to, facts, Some(change));
+            }
             let mut detail = format!("externalEmail {requested} is not the user's mail {mail}");
             let cloud_only = user.on_premises_sync_enabled != Some(true);
             if cloud_only
@@ -154,11 +226,23 @@ pub fn validate(user: &User, requested_email: Option<&str>, facts: &TenantFacts)
                      to it first",
                 );
             }
+            synced_hint(&mut detail);
             return block(Reason::MailMismatch, detail);
         }
     }
 
     let email = requested.unwrap_or(mail);
+    validate_address(user, email, facts, None)
+}
+
+/// The checks on the address the invitation goes to (after `mail` is settled), then the notes.
+fn validate_address(
+    user: &User,
+    email: &str,
+    facts: &TenantFacts,
+    mail_change: Option<MailChange>,
+) -> Verdict {
+    let block = |reason: Reason, detail: String| Verdict::Block { reason, detail };
     if let Some(why) = email_syntax_error(email) {
         return block(
             Reason::MailMissing,
@@ -187,7 +271,7 @@ pub fn validate(user: &User, requested_email: Option<&str>, facts: &TenantFacts)
             return block(
                 Reason::MailConflict,
                 format!(
-                    "{email} is already held in mail or otherMails by user {}",
+                    "{email} is already held in mail, otherMails or proxyAddresses by user {}",
                     others.join(", ")
                 ),
             );
@@ -195,6 +279,12 @@ pub fn validate(user: &User, requested_email: Option<&str>, facts: &TenantFacts)
     }
 
     let mut notes = Vec::new();
+    if let Some(change) = &mail_change {
+        notes.push(match &change.from {
+            Some(from) => format!("mail will be set from `{from}` to `{}`", change.to),
+            None => format!("mail will be set to `{}` (it has none)", change.to),
+        });
+    }
     match non_empty(user.user_type.as_deref()) {
         Some(t) if t.eq_ignore_ascii_case("Guest") => {
             notes.push("internal guest (userType Guest): converted, userType stays Guest".into())
@@ -217,11 +307,23 @@ pub fn validate(user: &User, requested_email: Option<&str>, facts: &TenantFacts)
     Verdict::Convert {
         email: email.to_string(),
         notes,
+        mail_change,
     }
 }
 
 /// The one email-syntax rule, shared with the emulator.
 pub use crate::email::{email_syntax_error, FORBIDDEN_LOCAL};
+
+/// The address of an SMTP proxy address (`SMTP:` primary, `smtp:` secondary, or no prefix);
+/// `None` for other address types (`SIP:`, `X500:`, …), which cannot collide with a mail address.
+fn smtp_address(proxy: &str) -> Option<&str> {
+    let proxy = proxy.trim();
+    match proxy.split_once(':') {
+        Some((kind, rest)) if kind.eq_ignore_ascii_case("smtp") => Some(rest),
+        Some((kind, _)) if !kind.contains('@') => None,
+        _ => Some(proxy),
+    }
+}
 
 fn non_empty(value: Option<&str>) -> Option<&str> {
     value.map(str::trim).filter(|v| !v.is_empty())
@@ -273,6 +375,11 @@ mod tests {
             id: OTHER.into(),
             mail: Some("carol@fabrikam.com".into()),
             other_mails: Some(vec!["Shared@Fabrikam.com".into()]),
+            proxy_addresses: Some(vec![
+                "SMTP:carol@fabrikam.com".into(),
+                "smtp:Alias@Fabrikam.com".into(),
+                "SIP:voice@fabrikam.com".into(),
+            ]),
             ..Default::default()
         });
         f
@@ -395,6 +502,18 @@ mod tests {
                 None,
                 Some(Reason::MailConflict),
             ),
+            (
+                "conflict via proxyAddresses (smtp: stripped, any case)",
+                |u| u.mail = Some("ALIAS@fabrikam.com".into()),
+                None,
+                Some(Reason::MailConflict),
+            ),
+            (
+                "a SIP proxy address is no mail conflict",
+                |u| u.mail = Some("voice@fabrikam.com".into()),
+                None,
+                None,
+            ),
         ];
         let facts = facts();
         for (name, change, requested, expected) in cases {
@@ -464,7 +583,7 @@ mod tests {
     #[test]
     fn notes_report_user_type_and_sync() {
         let facts = facts();
-        let Verdict::Convert { email, notes } = validate(&good(), None, &facts) else {
+        let Verdict::Convert { email, notes, .. } = validate(&good(), None, &facts) else {
             panic!("guest should convert");
         };
         assert_eq!(email, "bob@fabrikam.com");
@@ -482,6 +601,123 @@ mod tests {
         assert_eq!(notes.len(), 2, "{notes:?}");
         assert!(notes[0].contains("userType Member"));
         assert!(notes[1].contains("source of authority"));
+    }
+
+    /// `--set-mail`: which users get a mail step, which stay blocked, and why.
+    #[test]
+    fn set_mail_fixes_only_cloud_only_users_without_a_mailbox() {
+        type Case = (
+            &'static str,
+            fn(&mut User),
+            Option<&'static str>,
+            Result<Option<(Option<&'static str>, &'static str)>, (Reason, &'static str)>,
+        );
+        let cases: Vec<Case> = vec![
+            ("nothing to fix: no mail step", |_| {}, None, Ok(None)),
+            (
+                "mismatch, cloud-only: set mail",
+                |_| {},
+                Some("robert@fabrikam.com"),
+                Ok(Some((Some("bob@fabrikam.com"), "robert@fabrikam.com"))),
+            ),
+            (
+                "missing, cloud-only: set mail",
+                |u| u.mail = None,
+                Some("robert@fabrikam.com"),
+                Ok(Some((None, "robert@fabrikam.com"))),
+            ),
+            (
+                "missing and no externalEmail: nothing to set",
+                |u| u.mail = None,
+                None,
+                Err((Reason::MailMissing, "no mail")),
+            ),
+            (
+                "synced: stays blocked with a hint",
+                |u| u.on_premises_sync_enabled = Some(true),
+                Some("robert@fabrikam.com"),
+                Err((Reason::MailMismatch, "on-premises Active Directory")),
+            ),
+            (
+                "synced, missing: stays blocked with a hint",
+                |u| {
+                    u.on_premises_sync_enabled = Some(true);
+                    u.mail = None
+                },
+                Some("robert@fabrikam.com"),
+                Err((Reason::MailMissing, "on-premises Active Directory")),
+            ),
+            (
+                "mailbox: stays blocked with a hint",
+                |u| u.assigned_plans = exchange(),
+                Some("robert@fabrikam.com"),
+                Err((Reason::ExchangeMailbox, "Graph refuses")),
+            ),
+            (
+                "new address in a verified domain",
+                |_| {},
+                Some("robert@contoso.com"),
+                Err((Reason::DomainVerified, "verified domain")),
+            ),
+            (
+                "new address held by another user's proxyAddresses",
+                |_| {},
+                Some("alias@fabrikam.com"),
+                Err((Reason::MailConflict, "proxyAddresses")),
+            ),
+            (
+                "on-premises UPN still blocks first",
+                |u| u.on_premises_user_principal_name = Some("bob@corp.local".into()),
+                Some("robert@fabrikam.com"),
+                Err((Reason::OnpremUpnPresent, "onPremisesUserPrincipalName")),
+            ),
+        ];
+        let facts = facts();
+        for (name, change, requested, want) in cases {
+            let mut user = good();
+            change(&mut user);
+            let verdict = validate_with(&user, requested, &facts, true);
+            match (want, &verdict) {
+                (
+                    Ok(expected),
+                    Verdict::Convert {
+                        email,
+                        mail_change,
+                        notes,
+                    },
+                ) => {
+                    let got = mail_change
+                        .as_ref()
+                        .map(|m| (m.from.as_deref(), m.to.as_str()));
+                    assert_eq!(got, expected, "{name}");
+                    if let Some((_, to)) = expected {
+                        assert_eq!(email, to, "{name}: the invitation goes to the new mail");
+                        assert!(
+                            notes[0].starts_with("mail will be set"),
+                            "{name}: {notes:?}"
+                        );
+                    }
+                }
+                (Err((reason, hint)), _) => {
+                    assert_eq!(reason_of(&verdict), Some(reason), "{name}: {verdict:?}");
+                    assert!(detail_of(&verdict).contains(hint), "{name}: {verdict:?}");
+                }
+                (Ok(_), other) => panic!("{name}: expected a conversion, got {other:?}"),
+            }
+        }
+        // Without --set-mail the same users stay blocked, with no --set-mail hint.
+        let v = validate_with(&good(), Some("robert@fabrikam.com"), &facts, false);
+        assert_eq!(reason_of(&v), Some(Reason::MailMismatch));
+        assert!(!detail_of(&v).contains("--set-mail"));
+        let Verdict::Convert { notes, .. } =
+            validate_with(&good(), Some("robert@fabrikam.com"), &facts, true)
+        else {
+            panic!("fixable");
+        };
+        assert_eq!(
+            notes[0],
+            "mail will be set from `bob@fabrikam.com` to `robert@fabrikam.com`"
+        );
     }
 
     #[test]

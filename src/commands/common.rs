@@ -91,6 +91,9 @@ pub fn apply_exec(options: &mut RunOptions, exec: &ExecArgs) -> anyhow::Result<(
         // `--limit 0` lifts a pilot's limit.
         options.limit = (limit > 0).then_some(limit);
     }
+    // Follow-up steps can be added on resume, never dropped: items half-way through keep theirs.
+    options.set_mail |= exec.set_mail;
+    options.set_guest |= exec.set_guest;
     check_options(options)
 }
 

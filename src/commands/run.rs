@@ -74,6 +74,8 @@ fn from_args(args: RunArgs) -> anyhow::Result<NewRun> {
         max_attempts: args.exec.max_attempts.unwrap_or(defaults.max_attempts),
         http_retries: args.exec.http_retries.unwrap_or(defaults.http_retries),
         limit: args.exec.limit.filter(|l| *l > 0),
+        set_mail: args.exec.set_mail,
+        set_guest: args.exec.set_guest,
     };
     common::check_options(&options)?;
     Ok(NewRun {

@@ -28,6 +28,7 @@ pub fn status(db: &Path, args: StatusArgs) -> anyhow::Result<ExitStatus> {
 pub fn status_json(queue: &Queue, run_id: i64) -> anyhow::Result<serde_json::Value> {
     let run = common::pick_run(queue, Some(run_id))?;
     let c = queue.counts(run_id)?;
+    let follow_ups = queue.follow_ups(run_id)?;
     let states: serde_json::Map<String, serde_json::Value> = ItemState::ALL
         .iter()
         .map(|s| (s.as_str().to_string(), json!(c.state(*s))))
@@ -54,6 +55,7 @@ pub fn status_json(queue: &Queue, run_id: i64) -> anyhow::Result<serde_json::Val
         "throttledRequests": c.throttled_requests,
         "reconciled": c.reconciled,
         "graphRequestsPerUser": per_user,
+        "followUps": { "mailSet": follow_ups.mail_set, "guestSet": follow_ups.guest_set },
     }))
 }
 

@@ -22,6 +22,7 @@ pub mod retry;
 #[cfg(test)]
 mod tests;
 mod transport;
+mod writes;
 
 use std::time::Duration;
 

@@ -181,15 +181,26 @@ impl Queue {
         )
     }
 
-    /// Checkpoint before an invitation can leave the process: `pending` → `in_flight`,
-    /// one more attempt. Also accepted from `in_flight` (a retry after an unknown outcome that
-    /// reconciliation showed had not taken effect).
+    /// Checkpoint before an invitation can leave the process: `pending` → `in_flight`. Also
+    /// accepted from `in_flight` (a retry after an unknown outcome that reconciliation showed had
+    /// not taken effect). Not an attempt: a kill right after it sent nothing (see
+    /// [`Queue::charge_attempt`]).
     pub fn mark_in_flight(&self, item_id: i64, external_email: &str) -> Result<()> {
         self.transition(
             item_id,
             &[ItemState::Pending, ItemState::InFlight],
-            "state = ?3, attempts = attempts + 1, external_email = ?2",
+            "state = ?3, external_email = ?2",
             params![item_id, external_email, ItemState::InFlight],
+        )
+    }
+
+    /// One more request for the item that may have reached Graph (`--max-attempts` counts these).
+    pub fn charge_attempt(&self, item_id: i64) -> Result<()> {
+        self.transition(
+            item_id,
+            &[ItemState::InFlight],
+            "attempts = attempts + 1",
+            params![item_id],
         )
     }
 

@@ -1,0 +1,821 @@
+//! Workers: validate → (set mail) → invite → (set userType) → record, rate-limited and
+//! checkpointed.
+//!
+//! A producer reads pending items in input order a chunk at a time, looks their users up in bulk
+//! (`id in (…)` through `$batch`), asks Graph who else holds their addresses, and validates each
+//! with the pure `validate` function. Verdicts that need no request are recorded at once; users to
+//! convert go through a bounded channel to `concurrency` workers, so reading the next chunk
+//! overlaps with converting the current one.
+//!
+//! Exactly-once: every decision lives in [`planner`] as a pure function from the item's
+//! checkpoint and the last answer (or re-read) to an [`planner::Action`]; this module only executes
+//! actions. An item is checkpointed `in_flight` (with the step) before a request can leave the
+//! process; an attempt is charged only once the request may have reached Graph. When the outcome
+//! is unknown the user is re-read before anything is sent again, and `reconcile_in_flight` does
+//! the same at start-up for items a crash left behind. The queue is called on the blocking pool.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use tokio::sync::{mpsc, watch};
+
+use crate::graph::{GraphClient, GraphError, Pager, ResponseMeta, Traced};
+use crate::item::{ItemRecord, ItemState, RunMode, RunOptions, RunRecord, UserKey};
+use crate::model::{
+    EmailAddress, Invitation, InvitationRequest, InvitedUserMessageInfo, InvitedUserRef, Recipient,
+    User,
+};
+use crate::progress::Progress;
+use crate::queue::StepRow;
+use crate::queue::{LookupOutcome, Queue};
+use crate::validate::{validate_with, TenantFacts, Verdict};
+
+pub mod planner;
+
+use planner::{Action, Answer, Attempts, Checkpoint, Leave, Reread, Step, StopReason};
+
+/// Items read, looked up and validated together: one `$batch` of 20 × 15 ids.
+const CHUNK: usize = 300;
+
+/// How a pass over the queue ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing pending is left (or `--limit` was reached).
+    Completed { limit_reached: bool },
+    /// Ctrl-C: claimed work was finished and checkpointed; the rest stays pending.
+    Interrupted,
+    /// The tenant refused to go on (invitations blocked, consent revoked): stop, exit 4.
+    TenantRefused(String),
+}
+
+/// Everything a pass needs. Cheap to clone into tasks.
+#[derive(Clone)]
+pub struct Pipeline {
+    pub queue: Arc<Queue>,
+    pub graph: GraphClient,
+    pub run: Arc<RunRecord>,
+    pub progress: Arc<Progress>,
+    /// Becomes `true` on Ctrl-C: stop claiming, finish what is on the wire.
+    pub stop: watch::Receiver<bool>,
+}
+
+/// Shared state of one pass.
+struct Pass {
+    pipeline: Pipeline,
+    /// Set once by the first item (or the producer) that stops the run.
+    stop_reason: Mutex<Option<StopReason>>,
+    /// Converted (or would-convert) plus dispatched: what `--limit` counts.
+    dispatched: AtomicU64,
+    /// Items that stayed `in_flight` because the user could not be re-read.
+    unresolved: AtomicU64,
+}
+
+impl Pass {
+    fn options(&self) -> &RunOptions {
+        &self.pipeline.run.options
+    }
+
+    fn stopping(&self) -> bool {
+        *self.pipeline.stop.borrow() || self.stop_reason.lock().map(|r| r.is_some()).unwrap_or(true)
+    }
+
+    /// Stops the run: the first reason wins, later ones are logged.
+    fn stop_with(&self, reason: StopReason) {
+        let mut r = self.stop_reason.lock().unwrap_or_else(|p| p.into_inner());
+        match &reason {
+            StopReason::TenantRefused(m) => {
+                tracing::error!(message = %m, "the tenant refused to go on; stopping the run")
+            }
+            StopReason::Unreachable(m) => {
+                tracing::error!(message = %m, "Graph cannot be reached; stopping the run")
+            }
+            StopReason::Error(m) => tracing::error!(message = %m, "stopping the run"),
+        }
+        if r.is_none() {
+            *r = Some(reason);
+        }
+    }
+}
+
+/// Runs the queue of `pipeline.run` until nothing pending is left, Ctrl-C, or a tenant refusal.
+pub async fn work(pipeline: Pipeline) -> anyhow::Result<Outcome> {
+    let run_id = pipeline.run.id;
+    let facts = match tenant_facts(&pipeline.graph).await {
+        Ok(f) => Arc::new(f),
+        Err(e) => return refusal_or_error(e, "reading the tenant's domains and addresses"),
+    };
+    tracing::info!(
+        run_id,
+        verified_domains = facts.verified_domains.len(),
+        addresses = facts.address_owners.len(),
+        "tenant facts read"
+    );
+
+    let counts = pipeline.queue.counts(run_id)?;
+    let done = counts.total - counts.state(ItemState::Pending) - counts.state(ItemState::InFlight);
+    pipeline.progress.set_position(done);
+    let already = match pipeline.run.mode {
+        RunMode::Live => counts.state(ItemState::Converted) + counts.state(ItemState::InFlight),
+        RunMode::DryRun => counts.state(ItemState::WouldConvert),
+    };
+
+    let pass = Arc::new(Pass {
+        pipeline: pipeline.clone(),
+        stop_reason: Mutex::new(None),
+        dispatched: AtomicU64::new(already),
+        unresolved: AtomicU64::new(0),
+    });
+
+    reconcile_in_flight(&pass).await?;
+
+    let concurrency = pass.options().concurrency.max(1);
+    // A whole chunk fits in the hand-off, so the next chunk's look-ups overlap with inviting
+    // this one and the workers never wait on the producer.
+    let (tx, rx) = mpsc::channel::<(ItemRecord, String)>((concurrency * 2).max(CHUNK));
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let mut workers = tokio::task::JoinSet::new();
+    if pipeline.run.mode == RunMode::Live {
+        for _ in 0..concurrency {
+            let pass = pass.clone();
+            let rx = rx.clone();
+            workers.spawn(async move {
+                loop {
+                    let next = rx.lock().await.recv().await;
+                    let Some((item, email)) = next else { break };
+                    if pass.stopping() {
+                        // Never marked in flight: it simply stays pending.
+                        continue;
+                    }
+                    convert(&pass, item, email).await?;
+                }
+                anyhow::Ok(())
+            });
+        }
+    }
+
+    let produced = produce(&pass, &facts, tx).await;
+    while let Some(joined) = workers.join_next().await {
+        joined.context("an invite worker panicked")??;
+    }
+    let limit_reached = produced?;
+
+    pass.pipeline.progress.finish();
+    let reason = pass
+        .stop_reason
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    match reason {
+        Some(StopReason::TenantRefused(message)) => return Ok(Outcome::TenantRefused(message)),
+        Some(StopReason::Unreachable(message)) => {
+            anyhow::bail!("Graph cannot be reached, nothing more was sent: {message}")
+        }
+        Some(StopReason::Error(message)) => anyhow::bail!(message),
+        None => {}
+    }
+    if *pass.pipeline.stop.borrow() {
+        return Ok(Outcome::Interrupted);
+    }
+    let unresolved = pass.unresolved.load(Ordering::Relaxed);
+    if unresolved > 0 {
+        tracing::warn!(
+            unresolved,
+            "some invitations have an unknown outcome and the user could not be re-read; \
+             they stay in_flight and `resume` reconciles them"
+        );
+    }
+    Ok(Outcome::Completed { limit_reached })
+}
+
+fn refusal_or_error(e: GraphError, doing: &str) -> anyhow::Result<Outcome> {
+    match e {
+        GraphError::TenantRefused { message, .. } => Ok(Outcome::TenantRefused(message)),
+        other => Err(anyhow::Error::new(other).context(doing.to_string())),
+    }
+}
+
+/// Reads pending items chunk by chunk, records verdicts, hands conversions to the workers.
+/// Returns whether `--limit` stopped it.
+async fn produce(
+    pass: &Arc<Pass>,
+    facts: &TenantFacts,
+    tx: mpsc::Sender<(ItemRecord, String)>,
+) -> anyhow::Result<bool> {
+    let p = &pass.pipeline;
+    let limit = pass.options().limit;
+    let mut after = 0;
+    loop {
+        if pass.stopping() {
+            return Ok(false);
+        }
+        let items = p.queue.pending_items(p.run.id, after, CHUNK)?;
+        let Some(last) = items.last() else {
+            return Ok(false);
+        };
+        after = last.id;
+        // Items a previous pass took half-way (mail set or invited) go on at their next step:
+        // validating them again against the snapshot taken before the change would be wrong.
+        let ids: Vec<i64> = items.iter().map(|i| i.id).collect();
+        let steps = db(&p.queue, move |q| q.steps_of(&ids)).await?;
+        let (started, items): (Vec<_>, Vec<_>) = items
+            .into_iter()
+            .partition(|i| steps.get(&i.id).is_some_and(|s| s.mail_set || s.invited));
+        for item in started {
+            let row = &steps[&item.id];
+            let email = row
+                .mail_to
+                .clone()
+                .or_else(|| item.external_email.clone())
+                .unwrap_or_default();
+            pass.dispatched.fetch_add(1, Ordering::Relaxed);
+            if pass.stopping() || tx.send((item, email)).await.is_err() {
+                return Ok(false);
+            }
+        }
+        let verdicts = match prepare(pass, items, facts).await {
+            Ok(v) => v,
+            Err(GraphError::TenantRefused { message, .. }) => {
+                pass.stop_with(StopReason::TenantRefused(message));
+                return Ok(false);
+            }
+            Err(GraphError::NotSent { message }) => {
+                pass.stop_with(StopReason::Unreachable(message));
+                return Ok(false);
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context("looking users up in Graph (the run is resumable)"))
+            }
+        };
+        for (item, verdict) in verdicts {
+            match verdict {
+                Verdict::Skip { reason, detail } | Verdict::Block { reason, detail } => {
+                    p.queue.record_verdict(
+                        item.id,
+                        reason.state(),
+                        Some(reason),
+                        Some(&detail),
+                        None,
+                    )?;
+                    p.progress.inc(1);
+                }
+                Verdict::Convert {
+                    email,
+                    mut notes,
+                    mail_change,
+                } => {
+                    let needs_guest = planner::plan(
+                        mail_change.is_some(),
+                        item.snapshot.as_ref().and_then(|u| u.user_type.as_deref()),
+                        pass.options().set_guest,
+                    )
+                    .needs_guest;
+                    if limit.is_some_and(|l| pass.dispatched.load(Ordering::Relaxed) >= l) {
+                        return Ok(true);
+                    }
+                    pass.dispatched.fetch_add(1, Ordering::Relaxed);
+                    match p.run.mode {
+                        RunMode::DryRun => {
+                            if needs_guest {
+                                notes.push(
+                                    "userType will be set to Guest after the invitation".into(),
+                                );
+                            }
+                            let detail = (!notes.is_empty()).then(|| notes.join("; "));
+                            p.queue.record_verdict(
+                                item.id,
+                                ItemState::WouldConvert,
+                                None,
+                                detail.as_deref(),
+                                Some(&email),
+                            )?;
+                            p.progress.inc(1);
+                        }
+                        RunMode::Live => {
+                            if mail_change.is_some() || needs_guest {
+                                let id = item.id;
+                                db(&p.queue, move |q| {
+                                    q.plan_steps(
+                                        id,
+                                        mail_change
+                                            .as_ref()
+                                            .map(|m| (m.from.as_deref(), m.to.as_str())),
+                                        needs_guest,
+                                    )
+                                })
+                                .await?;
+                            }
+                            if pass.stopping() || tx.send((item, email)).await.is_err() {
+                                return Ok(false);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads what validation needs to know about the tenant once per pass: verified domains and
+/// who holds which address in `mail` or `otherMails`. Listing every user's addresses costs one
+/// request per 999 users, far less than asking about each checked address.
+async fn tenant_facts(graph: &GraphClient) -> Result<TenantFacts, GraphError> {
+    let mut facts = TenantFacts {
+        verified_domains: graph
+            .verified_domains()
+            .await?
+            .iter()
+            .filter(|d| d.is_verified)
+            .map(|d| d.id.to_ascii_lowercase())
+            .collect(),
+        ..Default::default()
+    };
+    let mut pages = Pager::new(|link: Option<String>| async move {
+        graph.list_user_addresses_page(link.as_deref()).await
+    });
+    while let Some(page) = pages.next_page().await? {
+        for user in &page.value {
+            facts.add_owner(user);
+        }
+    }
+    Ok(facts)
+}
+
+/// Looks up the chunk's users that have no snapshot yet, then validates every item.
+async fn prepare(
+    pass: &Pass,
+    items: Vec<ItemRecord>,
+    facts: &TenantFacts,
+) -> Result<Vec<(ItemRecord, Verdict)>, GraphError> {
+    let p = &pass.pipeline;
+    let mut ids = Vec::new();
+    let mut upns = Vec::new();
+    for item in items.iter().filter(|i| i.snapshot.is_none()) {
+        match &item.key {
+            Some(UserKey::Id(v)) => ids.push(v.clone()),
+            Some(UserKey::UserPrincipalName(v)) => upns.push(v.clone()),
+            None => {}
+        }
+    }
+    let mut by_key: HashMap<String, User> = HashMap::new();
+    if !ids.is_empty() {
+        for u in p.graph.users_by_ids(&ids).await? {
+            by_key.insert(UserKey::Id(u.id.clone()).normalized(), u);
+        }
+    }
+    if !upns.is_empty() {
+        for u in p.graph.users_by_upns(&upns).await? {
+            if let Some(upn) = &u.user_principal_name {
+                by_key.insert(UserKey::UserPrincipalName(upn.clone()).normalized(), u);
+            }
+        }
+    }
+
+    let mut ready = Vec::with_capacity(items.len());
+    for mut item in items {
+        if item.snapshot.is_none() {
+            let found = item.key.as_ref().and_then(|k| by_key.get(&k.normalized()));
+            let outcome = p
+                .queue
+                .record_lookup(item.id, found)
+                .map_err(|e| GraphError::Config(e.to_string()))?;
+            if outcome != LookupOutcome::Found {
+                p.progress.inc(1);
+                continue;
+            }
+            item.snapshot = found.cloned();
+            item.user_id = found.map(|u| u.id.clone());
+        }
+        ready.push(item);
+    }
+
+    Ok(ready
+        .into_iter()
+        .filter_map(|item| {
+            let user = item.snapshot.as_ref()?;
+            let verdict = validate_with(
+                user,
+                item.external_email.as_deref(),
+                facts,
+                pass.options().set_mail,
+            );
+            Some((item, verdict))
+        })
+        .collect())
+}
+
+/// The invitation for one item: run options, overridden per row.
+pub fn invitation_request(
+    item: &ItemRecord,
+    email: &str,
+    options: &RunOptions,
+) -> InvitationRequest {
+    let o = &item.overrides;
+    let send = o.send_invitation_message.unwrap_or(!options.silent);
+    let language = o
+        .message_language
+        .clone()
+        .or_else(|| options.message_language.clone());
+    let body = o
+        .customized_message_body
+        .clone()
+        .or_else(|| options.message_body.clone());
+    let cc = o.cc_recipient.clone().or_else(|| options.cc.clone());
+    let info =
+        (language.is_some() || body.is_some() || cc.is_some()).then(|| InvitedUserMessageInfo {
+            message_language: language,
+            customized_message_body: body,
+            cc_recipients: cc.map(|address| {
+                vec![Recipient {
+                    email_address: EmailAddress {
+                        name: None,
+                        address,
+                    },
+                }]
+            }),
+        });
+    InvitationRequest {
+        invited_user_email_address: email.to_string(),
+        invite_redirect_url: o
+            .invite_redirect_url
+            .clone()
+            .unwrap_or_else(|| options.redirect_url.clone()),
+        send_invitation_message: Some(send),
+        invited_user: item.user_id.clone().map(|id| InvitedUserRef { id }),
+        invited_user_message_info: info,
+        ..Default::default()
+    }
+}
+
+/// Runs a queue operation on the blocking pool: SQLite calls never stall the async workers.
+async fn db<T, F>(queue: &Arc<Queue>, f: F) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&Queue) -> crate::queue::Result<T> + Send + 'static,
+{
+    let queue = queue.clone();
+    Ok(tokio::task::spawn_blocking(move || f(&queue))
+        .await
+        .context("a database task panicked")??)
+}
+
+/// Reduces a Graph failure to what the planner decides on.
+fn answer_of(e: &GraphError) -> Answer {
+    match e {
+        GraphError::Api { code, message, .. } => Answer::Refused {
+            code: code.clone(),
+            message: message.clone(),
+        },
+        GraphError::TenantRefused { message, .. } => Answer::TenantRefused {
+            message: message.clone(),
+        },
+        GraphError::NotSent { message } => Answer::NotSent {
+            message: message.clone(),
+        },
+        // Retries ran out on something that may have reached Graph: the outcome is unknown.
+        GraphError::Unknown { message, .. } | GraphError::Exhausted { message, .. } => {
+            Answer::Unknown {
+                code: "UnknownOutcome".into(),
+                message: message.clone(),
+            }
+        }
+        other => Answer::Refused {
+            code: other.code().unwrap_or("Error").to_string(),
+            message: other.to_string(),
+        },
+    }
+}
+
+/// Reads the user back: did `step` (towards `email`) take effect?
+async fn reread(graph: &GraphClient, user_id: Option<&str>, step: Step, email: &str) -> Reread {
+    let Some(user_id) = user_id else {
+        return Reread::Unreadable {
+            message: "the item has no object id to read".into(),
+        };
+    };
+    match graph.get_user(user_id).await {
+        Ok(Some(u)) => {
+            let done = match step {
+                Step::Invite => u
+                    .external_user_state
+                    .as_deref()
+                    .is_some_and(|s| !s.is_empty()),
+                Step::SetMail => u
+                    .mail
+                    .as_deref()
+                    .is_some_and(|m| m.eq_ignore_ascii_case(email)),
+                Step::SetGuest => u.user_type.as_deref() == Some("Guest"),
+            };
+            if done {
+                Reread::Done
+            } else {
+                Reread::NotDone
+            }
+        }
+        Ok(None) => Reread::NotDone,
+        Err(GraphError::TenantRefused { message, .. }) => Reread::TenantRefused { message },
+        Err(GraphError::NotSent { message }) => Reread::NotSent { message },
+        Err(e) => Reread::Unreadable {
+            message: format!("re-reading user {user_id}: {e}"),
+        },
+    }
+}
+
+/// The planner's view of an item's stored step checkpoint (none: the invitation only).
+fn checkpoint(row: Option<&StepRow>) -> Checkpoint {
+    row.map(|r| Checkpoint {
+        needs_mail: r.needs_mail,
+        mail_set: r.mail_set,
+        invited: r.invited,
+        needs_guest: r.needs_guest,
+        guest_set: r.guest_set,
+    })
+    .unwrap_or_default()
+}
+
+/// Resolves every item a previous process left `in_flight`: the planner decides from a re-read
+/// of the user whether the step in flight took effect. Never sends anything.
+async fn reconcile_in_flight(pass: &Pass) -> anyhow::Result<()> {
+    let p = &pass.pipeline;
+    let run_id = p.run.id;
+    let items = db(&p.queue, move |q| q.in_flight_items(run_id)).await?;
+    if items.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(count = items.len(), "reconciling items left in flight");
+    for item in items {
+        let id = item.id;
+        let row = db(&p.queue, move |q| q.steps(id)).await?;
+        let step = row
+            .as_ref()
+            .and_then(|r| r.in_flight.as_deref())
+            .and_then(Step::parse)
+            .unwrap_or(Step::Invite);
+        let email = match (step, &row) {
+            (Step::SetMail, Some(r)) => r.mail_to.clone().unwrap_or_default(),
+            _ => item.external_email.clone().unwrap_or_default(),
+        };
+        let seen = match item.user_id.as_deref() {
+            Some(uid) => Some(reread(&p.graph, Some(uid), step, &email).await),
+            None => None,
+        };
+        let mut action = planner::at_resume(step, seen.as_ref());
+        if let Action::StepDone { step, .. } = action {
+            if row.is_some() {
+                db(&p.queue, move |q| q.step_done(id, step.as_str())).await?;
+            }
+            let mut cp = checkpoint(row.as_ref());
+            cp.mark_done(step);
+            action = planner::after_resume_step(&cp);
+        }
+        match action {
+            Action::RecordConverted => {
+                db(&p.queue, move |q| q.record_converted(id, None, None, None)).await?;
+                p.progress.inc(1);
+            }
+            Action::BackToPending => db(&p.queue, move |q| q.back_to_pending(id)).await?,
+            Action::StopRun { reason, .. } => {
+                pass.stop_with(reason);
+                return Ok(());
+            }
+            other => unreachable!("at_resume never plans {other:?}"),
+        }
+    }
+    Ok(())
+}
+
+/// Converts one item by executing the planner's actions until the item leaves the worker.
+async fn convert(pass: &Pass, item: ItemRecord, email: String) -> anyhow::Result<()> {
+    let p = &pass.pipeline;
+    let q = &p.queue;
+    let id = item.id;
+    let req = invitation_request(&item, &email, pass.options());
+    let row = db(q, move |q| q.steps(id)).await?;
+    let mut cp = checkpoint(row.as_ref());
+    let has_steps = row.is_some();
+    let mut attempts = Attempts {
+        made: item.attempts,
+        max: pass.options().max_attempts.max(1),
+        unknown_before: false,
+        stopping: false,
+    };
+    let mut invitation: Option<Traced<Invitation>> = None;
+    let mut last = Answer::Accepted;
+    let mut last_meta: Option<ResponseMeta> = None;
+    let mut action = planner::next(&cp);
+    loop {
+        action = match action {
+            Action::Send(step) => {
+                let to = email.clone();
+                db(q, move |q| {
+                    if has_steps {
+                        q.step_in_flight(id, step.as_str())?;
+                    }
+                    q.mark_in_flight(id, &to)
+                })
+                .await?;
+                let result = match step {
+                    Step::Invite => p.graph.invite(&req).await.map(|traced| {
+                        let meta = traced.meta.clone();
+                        invitation = Some(traced);
+                        meta
+                    }),
+                    Step::SetMail | Step::SetGuest => {
+                        let change = match step {
+                            Step::SetMail => serde_json::json!({ "mail": email }),
+                            _ => serde_json::json!({ "userType": "Guest" }),
+                        };
+                        let uid = item.user_id.as_deref().unwrap_or_default();
+                        p.graph.patch_user(uid, &change).await.map(|t| t.meta)
+                    }
+                };
+                let answer = match result {
+                    Ok(meta) => {
+                        last_meta = Some(meta);
+                        Answer::Accepted
+                    }
+                    Err(e) => {
+                        last_meta = e.meta().cloned();
+                        answer_of(&e)
+                    }
+                };
+                if planner::charges_attempt(&answer) {
+                    db(q, move |q| q.charge_attempt(id)).await?;
+                    attempts.made += 1;
+                }
+                if let Answer::Unknown { code, message } = &answer {
+                    let (code, message) = (code.clone(), message.clone());
+                    let meta = last_meta.clone().unwrap_or_default();
+                    db(q, move |q| {
+                        q.note_error(
+                            id,
+                            &code,
+                            &message,
+                            meta.request_id.as_deref(),
+                            Some(&meta.client_request_id),
+                        )
+                    })
+                    .await?;
+                }
+                attempts.stopping = pass.stopping();
+                let next = planner::after_answer(step, &answer, &attempts);
+                attempts.unknown_before |= matches!(answer, Answer::Unknown { .. });
+                last = answer;
+                next
+            }
+            Action::Reread(step) => {
+                let seen = reread(&p.graph, item.user_id.as_deref(), step, &email).await;
+                attempts.stopping = pass.stopping();
+                planner::after_reread(step, &seen, &last, &attempts)
+            }
+            Action::StepDone { step, reconciled } => {
+                if reconciled {
+                    tracing::info!(
+                        item = id,
+                        step = step.as_str(),
+                        "answer lost but the step took effect"
+                    );
+                }
+                if has_steps {
+                    db(q, move |q| q.step_done(id, step.as_str())).await?;
+                }
+                cp.mark_done(step);
+                // A new step starts with a fresh view: an earlier step's lost answer says
+                // nothing about this one's refusal.
+                attempts.unknown_before = false;
+                planner::next(&cp)
+            }
+            Action::RecordConverted => {
+                let (inv, meta) = match invitation.take() {
+                    Some(t) => (Some(t.value), Some(t.meta)),
+                    None => (None, last_meta.take()),
+                };
+                db(q, move |q| {
+                    q.record_converted(
+                        id,
+                        inv.as_ref(),
+                        meta.as_ref().and_then(|m| m.request_id.as_deref()),
+                        if inv.is_some() {
+                            meta.as_ref().map(|m| m.client_request_id.as_str())
+                        } else {
+                            None
+                        },
+                    )
+                })
+                .await?;
+                p.progress.inc(1);
+                return Ok(());
+            }
+            Action::Retry(step) => {
+                db(q, move |q| q.back_to_pending(id)).await?;
+                tokio::time::sleep(crate::graph::retry::delay(attempts.made)).await;
+                Action::Send(step)
+            }
+            Action::BackToPending => {
+                db(q, move |q| q.back_to_pending(id)).await?;
+                return Ok(());
+            }
+            Action::Fail { code, message } => {
+                let meta = last_meta.take();
+                db(q, move |q| {
+                    q.record_failed(
+                        id,
+                        &code,
+                        &message,
+                        meta.as_ref().and_then(|m| m.request_id.as_deref()),
+                        meta.as_ref().map(|m| m.client_request_id.as_str()),
+                    )
+                })
+                .await?;
+                p.progress.inc(1);
+                return Ok(());
+            }
+            Action::LeaveInFlight => {
+                // Unknown and unknowable for now: never resend blind. `resume` reconciles it.
+                tracing::warn!(item = id, "cannot re-read user; item stays in flight");
+                pass.unresolved.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            Action::StopRun {
+                reason,
+                item: leave,
+            } => {
+                if leave == Leave::Pending {
+                    db(q, move |q| q.back_to_pending(id)).await?;
+                }
+                pass.stop_with(reason);
+                return Ok(());
+            }
+        };
+    }
+}
+
+/// How a run's items ended, for the exit code.
+pub fn needs_attention(queue: &Queue, run_id: i64) -> anyhow::Result<bool> {
+    let c = queue.counts(run_id)?;
+    Ok(c.state(ItemState::Blocked) + c.state(ItemState::Failed) + c.state(ItemState::InFlight) > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::item::Overrides;
+
+    fn item(overrides: Overrides) -> ItemRecord {
+        ItemRecord {
+            id: 1,
+            run_id: 1,
+            line: Some(2),
+            key: Some(UserKey::Id("u1".into())),
+            user_id: Some("u1".into()),
+            user_principal_name: None,
+            display_name: None,
+            user_type: None,
+            external_email: None,
+            overrides,
+            state: ItemState::Pending,
+            reason: None,
+            detail: None,
+            attempts: 0,
+            snapshot: None,
+            error_code: None,
+            error_message: None,
+            request_id: None,
+            client_request_id: None,
+            invitation_id: None,
+            invitation_status: None,
+            reconciled: false,
+            updated_at: String::new(),
+        }
+    }
+
+    #[test]
+    fn silent_run_sends_no_message_unless_a_row_says_so() {
+        let options = RunOptions {
+            silent: true,
+            ..Default::default()
+        };
+        let plain = invitation_request(&item(Overrides::default()), "a@f.com", &options);
+        assert_eq!(plain.send_invitation_message, Some(false));
+        assert_eq!(plain.invited_user.unwrap().id, "u1");
+        assert!(plain.invited_user_message_info.is_none());
+        let row = Overrides {
+            send_invitation_message: Some(true),
+            cc_recipient: Some("boss@f.com".into()),
+            invite_redirect_url: Some("https://apps.example".into()),
+            ..Default::default()
+        };
+        let req = invitation_request(&item(row), "a@f.com", &options);
+        assert_eq!(req.send_invitation_message, Some(true));
+        assert_eq!(req.invite_redirect_url, "https://apps.example");
+        let cc = req
+            .invited_user_message_info
+            .unwrap()
+            .cc_recipients
+            .unwrap();
+        assert_eq!(cc.len(), 1);
+        assert_eq!(cc[0].email_address.address, "boss@f.com");
+    }
+}

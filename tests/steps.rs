@@ -1,0 +1,323 @@
+//! The exactly-once planner seen from outside: attempts count only requests that may have
+//! reached Graph, and an unreachable Graph stops the run resumable with nothing left in flight.
+//! Every verdict is a count read from the emulator's or the queue's own records.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
+
+use b2b_convert::emulator::{EmulatorConfig, Tenant};
+use b2b_convert::item::ItemState;
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kills_and_checkpoints_are_not_charged_as_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenant = Tenant::generate(300, 21);
+    let csv = dir.path().join("users.csv");
+    tenant.write_csv(&csv).unwrap();
+    let mut config = EmulatorConfig::new(tenant);
+    // Slow answers keep many items checkpointed in flight at each kill.
+    config.latency = Duration::from_millis(20);
+    let emu = start(config).await;
+    let db = dir.path().join("live.db");
+
+    for (i, target) in [20usize, 60, 120].into_iter().enumerate() {
+        let args: Vec<&str> = if i == 0 {
+            vec![
+                "run",
+                "--csv",
+                csv.to_str().unwrap(),
+                "--yes",
+                "--rate",
+                "200",
+                "--concurrency",
+                "16",
+            ]
+        } else {
+            vec!["resume", "--yes"]
+        };
+        let mut child = command(&emu, &db, &args).spawn().unwrap();
+        let mut polls = 0;
+        while emu.invitations().len() < target && polls < 12_000 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            polls += 1;
+        }
+        child.start_kill().unwrap();
+        let status = child.wait().await.unwrap();
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "killed mid-run, not ended: {status:?}"
+        );
+    }
+    let out = run(&emu, &db, &["resume", "--yes"]).await;
+    assert!([0, 3].contains(&out.code), "{}", out.stderr);
+    let its = items(&db, 1);
+    assert_eq!(count(&its, ItemState::Pending), 0);
+    assert_eq!(count(&its, ItemState::InFlight), 0);
+    assert_eq!(
+        count(&its, ItemState::Failed),
+        0,
+        "no user ran out of attempts"
+    );
+    let charged: u64 = its.iter().map(|i| u64::from(i.attempts)).sum();
+    let sent = requests_to(&emu.stats(), "POST /v1.0/invitations");
+    assert!(
+        charged <= sent,
+        "attempts charged ({charged}) never exceed invitation requests Graph saw ({sent})"
+    );
+    for i in its.iter().filter(|i| i.state == ItemState::Converted) {
+        assert!(
+            i.attempts <= 1,
+            "no faults: one request per user at most, {i:?}"
+        );
+    }
+}
+
+/// Graph's port closes in the middle of a live run: the run stops resumable (exit 1, a message
+/// naming the URL) with no item left `in_flight`, and a resume against a live Graph finishes it.
+/// Needs the client's `GraphError::NotSent` (connect failures, bounded retries) from h-graph.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs h-graph's NotSent classification of connect failures in the client"]
+async fn a_closed_graph_port_stops_the_run_with_nothing_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenant = Tenant::generate(400, 23);
+    let csv = dir.path().join("users.csv");
+    tenant.write_csv(&csv).unwrap();
+    let mut config = EmulatorConfig::new(tenant.clone());
+    config.latency = Duration::from_millis(5);
+    let emu = start(config).await;
+    let db = dir.path().join("live.db");
+    let args = [
+        "run",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--yes",
+        "--rate",
+        "50",
+        "--concurrency",
+        "8",
+    ];
+    let child = command(&emu, &db, &args).spawn().unwrap();
+    let mut polls = 0;
+    while emu.invitations().len() < 30 && polls < 6_000 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        polls += 1;
+    }
+    let url = emu.base_url();
+    let invited_before = emu.invitations().len();
+    assert!(invited_before >= 30, "the run got going");
+    emu.shutdown().await;
+    let out = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
+        .await
+        .expect("the run ends on its own")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&url) || stderr.contains("127.0.0.1"),
+        "names the URL: {stderr}"
+    );
+    let its = items(&db, 1);
+    assert_eq!(
+        count(&its, ItemState::InFlight),
+        0,
+        "nothing stranded in flight"
+    );
+    assert!(
+        count(&its, ItemState::Pending) > 0,
+        "the rest waits for resume"
+    );
+    assert_eq!(
+        count(&its, ItemState::Failed),
+        0,
+        "no user charged for an outage"
+    );
+}
+
+/// Users the dry run with `--set-mail --set-guest` says would convert, and the subset whose
+/// `mail` it says will be set (id → the CSV address).
+async fn dry_run_plan(
+    emu: &b2b_convert::emulator::Emulator,
+    dir: &std::path::Path,
+    csv: &std::path::Path,
+) -> (BTreeSet<String>, BTreeMap<String, String>) {
+    let db = dir.join("dry.db");
+    let args = [
+        "run",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--dry-run",
+        "--set-mail",
+        "--set-guest",
+    ];
+    let out = run(emu, &db, &args).await;
+    assert!([0, 3].contains(&out.code), "{}", out.stderr);
+    let its = items(&db, out.run_id());
+    let would: BTreeSet<String> = its
+        .iter()
+        .filter(|i| i.state == ItemState::WouldConvert)
+        .map(|i| i.user_id.clone().unwrap())
+        .collect();
+    let fixable = its
+        .iter()
+        .filter(|i| i.state == ItemState::WouldConvert)
+        .filter(|i| {
+            i.detail
+                .as_deref()
+                .is_some_and(|d| d.contains("mail will be set"))
+        })
+        .map(|i| {
+            (
+                i.user_id.clone().unwrap(),
+                i.external_email.clone().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        requests_to(&emu.stats(), "PATCH /v1.0/users/{id}"),
+        0,
+        "a dry run sends no PATCH"
+    );
+    (would, fixable)
+}
+
+fn scaled(tenant: Tenant) -> EmulatorConfig {
+    let mut config = EmulatorConfig::new(tenant);
+    // Graph's bucket shapes, scaled so no test waits on wall-clock throttling.
+    config.bucket_scale = 50.0;
+    config
+}
+
+/// Issue 9's acceptance: mail set → invited → userType set, each exactly once, through 20%
+/// faults, 10% lost answers and repeated SIGKILLs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_mail_and_set_guest_survive_faults_lost_answers_and_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenant = Tenant::generate(1_000, 31);
+    let csv = dir.path().join("users.csv");
+    tenant.write_csv(&csv).unwrap();
+    let guest_before: BTreeSet<String> = tenant
+        .users
+        .iter()
+        .filter(|u| u.user_type.as_deref() == Some("Guest"))
+        .map(|u| u.id.clone())
+        .collect();
+    let mut config = scaled(tenant);
+    config.fault_rate = 0.2;
+    config.lost_response_rate = 0.1;
+    config.seed = 7;
+    let emu = start(config).await;
+    let (expected, fixable) = dry_run_plan(&emu, dir.path(), &csv).await;
+    assert!(
+        fixable.len() >= 10,
+        "the tenant has users --set-mail fixes: {}",
+        fixable.len()
+    );
+
+    let db = dir.path().join("live.db");
+    for (i, fraction) in [0.2, 0.45, 0.7].into_iter().enumerate() {
+        let target = (expected.len() as f64 * fraction) as usize;
+        let args: Vec<&str> = if i == 0 {
+            vec![
+                "run",
+                "--csv",
+                csv.to_str().unwrap(),
+                "--yes",
+                "--silent",
+                "--set-mail",
+                "--set-guest",
+                "--rate",
+                "400",
+                "--concurrency",
+                "16",
+                "--max-attempts",
+                "12",
+            ]
+        } else {
+            vec!["resume", "--yes"]
+        };
+        let mut child = command(&emu, &db, &args).spawn().unwrap();
+        let mut polls = 0;
+        while emu.invitations().len() < target && polls < 12_000 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            polls += 1;
+        }
+        child.start_kill().unwrap();
+        let status = child.wait().await.unwrap();
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "died of SIGKILL, not ended: {status:?}"
+        );
+    }
+    let out = run(&emu, &db, &["resume", "--yes"]).await;
+    assert_eq!(out.code, 3, "blocked users remain: exit 3\n{}", out.stderr);
+
+    let its = items(&db, 1);
+    assert_eq!(count(&its, ItemState::Pending), 0);
+    assert_eq!(count(&its, ItemState::InFlight), 0);
+    assert_eq!(
+        count(&its, ItemState::Failed),
+        0,
+        "{:?}",
+        its.iter().find(|i| i.state == ItemState::Failed)
+    );
+    let converted: BTreeSet<String> = its
+        .iter()
+        .filter(|i| i.state == ItemState::Converted)
+        .map(|i| i.user_id.clone().unwrap())
+        .collect();
+    assert_eq!(converted, expected, "converted = what the dry run promised");
+
+    let per_user = invitations_per_user(&emu);
+    let twice: Vec<_> = per_user.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "invited more than once: {twice:?}");
+    let invited: BTreeSet<String> = per_user.keys().cloned().collect();
+    assert_eq!(
+        invited, converted,
+        "one accepted invitation per converted user"
+    );
+
+    for (id, address) in &fixable {
+        let user = emu.user(id).unwrap();
+        assert_eq!(
+            user.mail.as_deref(),
+            Some(address.as_str()),
+            "mail set for {id}"
+        );
+    }
+    for id in &converted {
+        let user = emu.user(id).unwrap();
+        assert_eq!(user.user_type.as_deref(), Some("Guest"), "userType of {id}");
+    }
+    let patches = emu.patches();
+    let mail_patched: BTreeSet<String> = patches
+        .iter()
+        .filter(|p| p["property"] == "mail")
+        .map(|p| p["userId"].as_str().unwrap().to_string())
+        .collect();
+    let fixable_ids: BTreeSet<String> = fixable.keys().cloned().collect();
+    assert_eq!(
+        mail_patched, fixable_ids,
+        "mail written only for fixable users"
+    );
+    let guest_patched: BTreeSet<String> = patches
+        .iter()
+        .filter(|p| p["property"] == "userType")
+        .map(|p| p["userId"].as_str().unwrap().to_string())
+        .collect();
+    let needed_guest: BTreeSet<String> = converted.difference(&guest_before).cloned().collect();
+    assert_eq!(
+        guest_patched, needed_guest,
+        "users already Guest need no PATCH"
+    );
+
+    let status = run(&emu, &db, &["status", "1", "--json"]).await;
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(status["followUps"]["mailSet"], fixable.len() as u64);
+    assert_eq!(status["followUps"]["guestSet"], needed_guest.len() as u64);
+}
