@@ -276,6 +276,16 @@ pub struct EmulatorKnobs {
     /// Lifetime of issued access tokens.
     #[arg(long, value_name = "S", default_value_t = 3599)]
     pub token_lifetime_s: u64,
+    /// Application permissions granted to apps the tenant file says nothing about (comma-separated).
+    #[arg(long, value_name = "LIST", default_value = crate::emulator::DEFAULT_APP_ROLES)]
+    pub app_roles: String,
+    /// The tenant's authorization policy: who may invite guests.
+    #[arg(long, value_name = "VALUE", default_value = "everyone",
+          value_parser = ["none", "adminsAndGuestInviters", "adminsGuestInvitersAndAllMembers", "everyone"])]
+    pub allow_invites_from: String,
+    /// The device code is approved after N polls (0 = never).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub device_code_approve_after: u32,
 }
 
 #[derive(Debug, Clone, Args)]

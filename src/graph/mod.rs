@@ -12,6 +12,7 @@ pub mod error;
 pub mod jwt;
 pub mod limiter;
 pub mod retry;
+mod signin;
 #[cfg(test)]
 mod tests;
 
@@ -28,7 +29,7 @@ use url::Url;
 
 pub use auth::TokenProvider;
 pub use config::{
-    check_endpoint, Credentials, GraphConfig, Secret, DEFAULT_GRAPH_URL, DEFAULT_LOGIN_URL,
+    check_endpoint, AuthMethod, Credentials, GraphConfig, Secret, DEFAULT_GRAPH_URL, DEFAULT_LOGIN_URL,
     DEFAULT_MAX_ATTEMPTS, DEFAULT_REQUEST_TIMEOUT,
 };
 pub use error::{GraphError, ResponseMeta, Traced};
