@@ -61,6 +61,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Measure throughput against the emulator (see docs/performance.md).
     Bench(BenchArgs),
+    /// Before the weekend: sign in, check permissions and the invitation policy (exit 0 ready, 3 not).
+    Preflight(PreflightArgs),
 }
 
 /// Exactly one source.
@@ -152,6 +154,30 @@ pub struct ExecArgs {
     /// Do not ask for confirmation before a live run.
     #[arg(long)]
     pub yes: bool,
+    /// How to sign in (default: the first configured, in the Azure SDK's order).
+    #[arg(long, value_enum, env = "B2B_AUTH")]
+    pub auth: Option<crate::graph::AuthMethod>,
+    #[command(flatten)]
+    pub endpoints: EndpointArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PreflightArgs {
+    /// The run will set `mail` to the external address (needs User.ReadWrite.All).
+    #[arg(long)]
+    pub set_mail: bool,
+    /// The run will set `userType` to Guest (needs User.ReadWrite.All).
+    #[arg(long)]
+    pub set_guest: bool,
+    /// The run's source is this group (needs GroupMember.Read.All).
+    #[arg(long, value_name = "GROUP_ID")]
+    pub group: Option<String>,
+    /// One JSON object for scripts.
+    #[arg(long)]
+    pub json: bool,
+    /// How to sign in (default: the first configured, in the Azure SDK's order).
+    #[arg(long, value_enum, env = "B2B_AUTH")]
+    pub auth: Option<crate::graph::AuthMethod>,
     #[command(flatten)]
     pub endpoints: EndpointArgs,
 }
