@@ -18,7 +18,10 @@ use crate::item::{RunMode, RunOptions};
 const INVITING_ROLES: &[(&str, &str)] = &[
     ("95e79109-95c0-4d8e-aee3-d01accf2d47b", "Guest Inviter"),
     ("fe930be7-5e62-47db-91af-98c3a49a38b1", "User Administrator"),
-    ("62e90394-69f5-4237-9190-012177145e10", "Global Administrator"),
+    (
+        "62e90394-69f5-4237-9190-012177145e10",
+        "Global Administrator",
+    ),
 ];
 
 /// What the planned run will do, hence which permissions it needs.
@@ -206,11 +209,22 @@ pub async fn check(graph: &GraphClient, needs: &Needs) -> Vec<Finding> {
         }
     }
     out.push(match graph.verified_domains().await {
-        Ok(d) => Finding::new("Graph answers", "ok", format!("{} verified domains read", d.len())),
-        Err(GraphError::Api { status: 403, .. }) | Err(GraphError::TenantRefused { status: 403, .. }) => {
-            Finding::new("Graph answers", "ok", "Graph answered (403 on /domains: see above)")
-        }
-        Err(e) => Finding::new("Graph answers", "missing", format!("reading /v1.0/domains failed: {e}")),
+        Ok(d) => Finding::new(
+            "Graph answers",
+            "ok",
+            format!("{} verified domains read", d.len()),
+        ),
+        Err(GraphError::Api { status: 403, .. })
+        | Err(GraphError::TenantRefused { status: 403, .. }) => Finding::new(
+            "Graph answers",
+            "ok",
+            "Graph answered (403 on /domains: see above)",
+        ),
+        Err(e) => Finding::new(
+            "Graph answers",
+            "missing",
+            format!("reading /v1.0/domains failed: {e}"),
+        ),
     });
     out
 }
@@ -321,7 +335,12 @@ pub async fn preflight(_db: &Path, args: PreflightArgs) -> anyhow::Result<ExitSt
         login_url: args.endpoints.login_url(),
     };
     let credentials = Credentials::resolve(args.auth)?;
-    let graph = common::connect(&endpoints, credentials, &RunOptions::default(), RunMode::DryRun)?;
+    let graph = common::connect(
+        &endpoints,
+        credentials,
+        &RunOptions::default(),
+        RunMode::DryRun,
+    )?;
     let mut findings = check(&graph, &needs).await;
     if let (Some(group), false) = (&args.group, findings.iter().any(Finding::blocking)) {
         findings.push(match graph.group_members_page(group, false, None).await {

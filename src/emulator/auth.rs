@@ -33,7 +33,12 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    pub(super) fn new(status: u16, error: &'static str, code: u64, description: impl Into<String>) -> Self {
+    pub(super) fn new(
+        status: u16,
+        error: &'static str,
+        code: u64,
+        description: impl Into<String>,
+    ) -> Self {
         Refusal {
             status,
             error,
@@ -214,7 +219,9 @@ fn verify_assertion(app: &App, jwt: &str, req: &TokenRequest<'_>) -> Result<(), 
     let claims = match jsonwebtoken::decode::<Value>(jwt, &key, &validation) {
         Ok(data) => data.claims,
         Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => {
-            return Err(bad_assertion("Client assertion failed signature validation."))
+            return Err(bad_assertion(
+                "Client assertion failed signature validation.",
+            ))
         }
         Err(_) => return Err(not_a_jwt()),
     };
@@ -283,7 +290,13 @@ fn verify_federated(app: &App, jwt: &str, req: &TokenRequest<'_>) -> Result<(), 
     let claims = jsonwebtoken::decode::<Value>(jwt, &DecodingKey::from_secret(&[]), &validation)
         .map(|d| d.claims)
         .map_err(|_| bad_assertion("Client assertion is not a valid JWT."))?;
-    let claim = |k: &str| claims.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let claim = |k: &str| {
+        claims
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
     let (iss, sub) = (claim("iss"), claim("sub"));
     if !app
         .federated_credentials

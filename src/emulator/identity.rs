@@ -128,7 +128,12 @@ impl Shared {
     }
 
     /// Token endpoint answer for an app-only grant.
-    pub(super) fn app_token_reply(&self, st: &mut State, client_id: String, now: Duration) -> Reply {
+    pub(super) fn app_token_reply(
+        &self,
+        st: &mut State,
+        client_id: String,
+        now: Duration,
+    ) -> Reply {
         let grant = Grant {
             permissions: self.granted(st, &client_id),
             app_id: client_id,
@@ -148,7 +153,9 @@ impl Shared {
 
     fn delegated_reply(&self, st: &mut State, grant: Grant, now: Duration) -> Reply {
         let refresh = random_token(48);
-        st.identity.refresh_tokens.insert(refresh.clone(), grant.clone());
+        st.identity
+            .refresh_tokens
+            .insert(refresh.clone(), grant.clone());
         let scope = grant.permissions.join(" ");
         let (token, lifetime) = self.issue(st, grant, now);
         Reply::json(
@@ -448,7 +455,11 @@ impl Shared {
                 "Directory.Read.All",
                 "Directory.ReadWrite.All",
             ],
-            Route::Domains => &["Domain.Read.All", "Directory.Read.All", "Directory.ReadWrite.All"],
+            Route::Domains => &[
+                "Domain.Read.All",
+                "Directory.Read.All",
+                "Directory.ReadWrite.All",
+            ],
             Route::Invite => &["User.Invite.All", "Directory.ReadWrite.All"],
             Route::AuthorizationPolicy => &["Policy.Read.All", "Policy.ReadWrite.Authorization"],
             Route::Token(_) | Route::Batch => return None,
@@ -456,7 +467,8 @@ impl Shared {
         if !grant.has_any(needed) {
             return denied();
         }
-        if matches!(route, Route::Invite) && !invites_allowed(&self.config.allow_invites_from, grant)
+        if matches!(route, Route::Invite)
+            && !invites_allowed(&self.config.allow_invites_from, grant)
         {
             return Some(ctx.err(
                 403,

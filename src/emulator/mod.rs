@@ -28,7 +28,7 @@ use std::time::Duration;
 use anyhow::Context;
 use rand::SeedableRng;
 
-pub use tenant::{App, AppCertificate, Tenant, TenantGroup};
+pub use tenant::{App, AppCertificate, FederatedCredential, Tenant, TenantGroup};
 pub use throttle::Clock;
 
 use routes::{Shared, State};

@@ -296,9 +296,9 @@ impl TokenProvider {
         let resource = self.scope.trim_end_matches("/.default").to_string();
         let sent_at = Instant::now();
         let obtained = match &self.source {
-            Source::AzureCli { program, tenant_id } => Some(
-                signin::azure_cli(program, tenant_id.as_deref(), &resource).await?,
-            ),
+            Source::AzureCli { program, tenant_id } => {
+                Some(signin::azure_cli(program, tenant_id.as_deref(), &resource).await?)
+            }
             Source::ManagedIdentity {
                 endpoint,
                 client_id,
@@ -670,7 +670,9 @@ mod tests {
             GraphError::Auth { code, message } => {
                 assert_eq!(code, "AADSTS7000215");
                 assert!(
-                    message.starts_with("Invalid client secret provided. Fix: the client secret is wrong"),
+                    message.starts_with(
+                        "Invalid client secret provided. Fix: the client secret is wrong"
+                    ),
                     "{message}"
                 );
             }

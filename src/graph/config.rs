@@ -99,7 +99,10 @@ pub enum Credentials {
         pem_path: PathBuf,
     },
     /// A person signs in with a device code; renewed with the refresh token held in memory.
-    DeviceCode { tenant_id: String, client_id: String },
+    DeviceCode {
+        tenant_id: String,
+        client_id: String,
+    },
     /// `az account get-access-token`; `program` is `az` unless `B2B_AZ_PATH` says otherwise.
     AzureCli {
         tenant_id: Option<String>,
@@ -192,7 +195,12 @@ impl Credentials {
             get(name).ok_or_else(|| GraphError::Config(format!("{name} is not set: {why}")))
         };
         let tenant = || need("AZURE_TENANT_ID", "the tenant to sign in to (id or domain)");
-        let app = || need("AZURE_CLIENT_ID", "the app registration's application (client) id");
+        let app = || {
+            need(
+                "AZURE_CLIENT_ID",
+                "the app registration's application (client) id",
+            )
+        };
         let az = || Credentials::AzureCli {
             tenant_id: get("AZURE_TENANT_ID"),
             program: PathBuf::from(get("B2B_AZ_PATH").unwrap_or_else(|| "az".into())),
@@ -224,7 +232,10 @@ impl Credentials {
             Some(AuthMethod::Secret) => Ok(Credentials::ClientSecret {
                 tenant_id: tenant()?,
                 client_id: app()?,
-                secret: Secret::new(need("AZURE_CLIENT_SECRET", "the app's client secret value")?),
+                secret: Secret::new(need(
+                    "AZURE_CLIENT_SECRET",
+                    "the app's client secret value",
+                )?),
             }),
             Some(AuthMethod::Certificate) => Ok(Credentials::Certificate {
                 tenant_id: tenant()?,
@@ -240,14 +251,17 @@ impl Credentials {
             }),
             Some(AuthMethod::AzureCli) => Ok(az()),
             Some(AuthMethod::WorkloadIdentity) => workload(),
-            Some(AuthMethod::ManagedIdentity) => Ok(app_service().unwrap_or_else(|| {
-                Credentials::ManagedIdentity {
-                    endpoint: ManagedIdentityEndpoint::InstanceMetadata {
-                        base_url: get("B2B_IMDS_URL").unwrap_or_else(|| DEFAULT_IMDS_URL.into()),
-                    },
-                    client_id: get("AZURE_CLIENT_ID"),
-                }
-            })),
+            Some(AuthMethod::ManagedIdentity) => {
+                Ok(
+                    app_service().unwrap_or_else(|| Credentials::ManagedIdentity {
+                        endpoint: ManagedIdentityEndpoint::InstanceMetadata {
+                            base_url: get("B2B_IMDS_URL")
+                                .unwrap_or_else(|| DEFAULT_IMDS_URL.into()),
+                        },
+                        client_id: get("AZURE_CLIENT_ID"),
+                    }),
+                )
+            }
             None => {
                 let environment = get("B2B_ACCESS_TOKEN").is_some()
                     || get("AZURE_CLIENT_SECRET").is_some()

@@ -29,8 +29,8 @@ use url::Url;
 
 pub use auth::TokenProvider;
 pub use config::{
-    check_endpoint, AuthMethod, Credentials, GraphConfig, Secret, DEFAULT_GRAPH_URL, DEFAULT_LOGIN_URL,
-    DEFAULT_MAX_ATTEMPTS, DEFAULT_REQUEST_TIMEOUT,
+    check_endpoint, AuthMethod, Credentials, GraphConfig, Secret, DEFAULT_GRAPH_URL,
+    DEFAULT_LOGIN_URL, DEFAULT_MAX_ATTEMPTS, DEFAULT_REQUEST_TIMEOUT,
 };
 pub use error::{GraphError, ResponseMeta, Traced};
 pub use limiter::Limiter;
