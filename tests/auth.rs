@@ -282,7 +282,7 @@ async fn azure_cli_token_and_its_error() {
         &db,
         &["preflight", "--auth", "azure-cli"],
         &["AZURE_CLIENT_SECRET"],
-        &[az.clone()],
+        std::slice::from_ref(&az),
     )
     .await;
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
@@ -292,7 +292,7 @@ async fn azure_cli_token_and_its_error() {
         &db,
         &["preflight"],
         &["AZURE_CLIENT_SECRET"],
-        &[az.clone()],
+        std::slice::from_ref(&az),
     )
     .await;
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
