@@ -400,3 +400,97 @@ async fn workload_identity_uses_the_federated_token_file() {
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("(app-only)"), "{}", r.stdout);
 }
+
+#[tokio::test]
+async fn device_code_endpoint_answers_pending_slow_down_and_expired() {
+    let mut c = config(ALL);
+    c.device_code_approve_after = 0;
+    c.device_code_interval = std::time::Duration::from_secs(5);
+    c.clock = b2b_convert::emulator::Clock::manual();
+    let emu = common::start(c).await;
+    let http = reqwest::Client::new();
+    let base = format!("{}/{}/oauth2/v2.0", emu.base_url(), emu.tenant_id());
+    let dc: serde_json::Value = http
+        .post(format!("{base}/devicecode"))
+        .form(&[
+            ("client_id", "14d82eec-204b-4c2f-b7e8-296a70dab67e"),
+            (
+                "scope",
+                "https://graph.microsoft.com/.default offline_access",
+            ),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(dc["interval"], 5);
+    assert_eq!(dc["verification_uri"], "https://microsoft.com/devicelogin");
+    let code = dc["device_code"].as_str().unwrap().to_string();
+    let poll = || async {
+        let r = http
+            .post(format!("{base}/token"))
+            .form(&[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+                ("client_id", "14d82eec-204b-4c2f-b7e8-296a70dab67e"),
+                ("device_code", code.as_str()),
+            ])
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let v: serde_json::Value = r.json().await.unwrap();
+        (status, v["error"].as_str().unwrap_or("").to_string())
+    };
+    assert_eq!(poll().await, (400, "authorization_pending".into()));
+    assert_eq!(poll().await, (400, "slow_down".into()));
+    emu.clock().advance(std::time::Duration::from_secs(6));
+    assert_eq!(poll().await, (400, "authorization_pending".into()));
+    emu.clock().advance(std::time::Duration::from_secs(900));
+    assert_eq!(poll().await, (400, "expired_token".into()));
+}
+
+#[tokio::test]
+async fn graph_answers_403_without_the_permission_it_needs() {
+    let emu = common::start(config("User.Read.All")).await;
+    let env: std::collections::HashMap<_, _> = emu.client_env().into_iter().collect();
+    let http = reqwest::Client::new();
+    let token: serde_json::Value = http
+        .post(format!(
+            "{}/{}/oauth2/v2.0/token",
+            emu.base_url(),
+            emu.tenant_id()
+        ))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", env["AZURE_CLIENT_ID"].as_str()),
+            ("client_secret", env["AZURE_CLIENT_SECRET"].as_str()),
+            ("scope", "https://graph.microsoft.com/.default"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["access_token"].as_str().unwrap();
+    let claims = b2b_convert::graph::jwt::claims(token).unwrap();
+    assert_eq!(claims["tid"], emu.tenant_id());
+    assert_eq!(claims["appid"], env["AZURE_CLIENT_ID"].as_str());
+    assert_eq!(claims["roles"], serde_json::json!(["User.Read.All"]));
+    let get = |path: &str| {
+        http.get(format!("{}/v1.0/{path}", emu.base_url()))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(get("users?$top=1").await.unwrap().status(), 200);
+    let denied = get("domains").await.unwrap();
+    assert_eq!(denied.status(), 403);
+    let body: serde_json::Value = denied.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "Authorization_RequestDenied");
+    assert_eq!(
+        get("policies/authorizationPolicy").await.unwrap().status(),
+        403
+    );
+}

@@ -192,7 +192,17 @@ pub async fn check(graph: &GraphClient, needs: &Needs) -> Vec<Finding> {
         .find(|(id, _)| roles.contains(id))
         .map(|(_, name)| *name);
     if needs.invite {
-        out.push(policy_finding(graph, delegated, inviting_role).await);
+        // Read the policy only with the permission to: a refused read is a wasted request.
+        let can_read = !claims.is_object()
+            || granted.iter().any(|g| {
+                g.eq_ignore_ascii_case("Policy.Read.All")
+                    || g.eq_ignore_ascii_case("Policy.ReadWrite.Authorization")
+            });
+        out.push(if can_read {
+            policy_finding(graph, delegated, inviting_role).await
+        } else {
+            Finding::new("invitation policy", "warning", POLICY_NOT_CHECKED)
+        });
         if delegated && inviting_role.is_none() && !roles.is_empty() {
             out.push(Finding::new(
                 "directory role",
@@ -208,7 +218,15 @@ pub async fn check(graph: &GraphClient, needs: &Needs) -> Vec<Finding> {
             ));
         }
     }
-    out.push(match graph.verified_domains().await {
+    out
+}
+
+const POLICY_NOT_CHECKED: &str = "not checked: reading the authorization policy needs Policy.Read.All (optional); check External collaboration settings > Guest invite settings by hand";
+
+/// One cheap read proving Graph answers this sign-in (`preflight` only: a run's own first
+/// reads prove it).
+async fn graph_answers(graph: &GraphClient) -> Finding {
+    match graph.verified_domains().await {
         Ok(d) => Finding::new(
             "Graph answers",
             "ok",
@@ -225,8 +243,7 @@ pub async fn check(graph: &GraphClient, needs: &Needs) -> Vec<Finding> {
             "missing",
             format!("reading /v1.0/domains failed: {e}"),
         ),
-    });
-    out
+    }
 }
 
 async fn policy_finding(graph: &GraphClient, delegated: bool, role: Option<&str>) -> Finding {
@@ -235,11 +252,7 @@ async fn policy_finding(graph: &GraphClient, delegated: bool, role: Option<&str>
         Ok(p) => p,
         Err(GraphError::Api { status: 403, .. })
         | Err(GraphError::TenantRefused { status: 403, .. }) => {
-            return Finding::new(
-                CHECK,
-                "warning",
-                "not checked: reading the authorization policy needs Policy.Read.All (optional); check External collaboration settings > Guest invite settings by hand",
-            )
+            return Finding::new(CHECK, "warning", POLICY_NOT_CHECKED)
         }
         Err(e) => return Finding::new(CHECK, "warning", format!("not checked: {e}")),
     };
@@ -270,7 +283,10 @@ async fn policy_finding(graph: &GraphClient, delegated: bool, role: Option<&str>
 
 fn sign_in_problem(e: &GraphError) -> String {
     match e {
-        GraphError::Auth { code, message } => format!("{code}: {message}"),
+        GraphError::Auth { code, message } if !message.starts_with(code.as_str()) => {
+            format!("{code}: {message}")
+        }
+        GraphError::Auth { message, .. } => message.clone(),
         other => other.to_string(),
     }
 }
@@ -342,6 +358,12 @@ pub async fn preflight(_db: &Path, args: PreflightArgs) -> anyhow::Result<ExitSt
         RunMode::DryRun,
     )?;
     let mut findings = check(&graph, &needs).await;
+    if !findings
+        .iter()
+        .any(|f| f.check == "sign-in" && f.blocking())
+    {
+        findings.push(graph_answers(&graph).await);
+    }
     if let (Some(group), false) = (&args.group, findings.iter().any(Finding::blocking)) {
         findings.push(match graph.group_members_page(group, false, None).await {
             Ok(_) => Finding::new("group", "ok", format!("group {group} readable")),

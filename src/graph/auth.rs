@@ -610,14 +610,8 @@ fn auth_error(status: u16, body: &[u8]) -> GraphError {
                 .or_else(|| e.error_codes.first().map(|c| format!("AADSTS{c}")))
                 .unwrap_or(e.error.clone());
             let first_line = e.error_description.lines().next().unwrap_or("").trim();
-            // Entra puts trace ids after the sentence; keep the sentence, drop the code prefix
-            // (the code is shown on its own).
-            let first_line = first_line
-                .split(" Trace ID:")
-                .next()
-                .unwrap_or("")
-                .trim_start_matches(&format!("{code}:"))
-                .trim();
+            // Entra puts trace ids after the sentence on the same line: keep the sentence.
+            let first_line = first_line.split(" Trace ID:").next().unwrap_or("").trim();
             let mut message = if first_line.is_empty() {
                 e.error
             } else {
@@ -671,7 +665,7 @@ mod tests {
                 assert_eq!(code, "AADSTS7000215");
                 assert!(
                     message.starts_with(
-                        "Invalid client secret provided. Fix: the client secret is wrong"
+                        "AADSTS7000215: Invalid client secret provided. Fix: the client secret is wrong"
                     ),
                     "{message}"
                 );
@@ -684,6 +678,36 @@ mod tests {
         let body = br#"{"error":"invalid_request","error_description":"bad"}"#;
         assert_eq!(auth_error(400, body).code(), Some("invalid_request"));
         assert_eq!(auth_error(400, b"<html>").code(), Some("http_400"));
+    }
+
+    #[tokio::test]
+    async fn device_code_renews_with_the_refresh_token_without_asking_again() {
+        let mut c = crate::emulator::EmulatorConfig::new(crate::emulator::Tenant::sample());
+        c.device_code_interval = Duration::ZERO;
+        let emu = crate::emulator::start(c, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let creds = Credentials::DeviceCode {
+            tenant_id: emu.tenant_id(),
+            client_id: super::super::config::GRAPH_CLI_CLIENT_ID.into(),
+        };
+        let cfg = GraphConfig::new(emu.base_url(), emu.base_url(), creds);
+        let p = TokenProvider::new(&cfg, reqwest::Client::new()).unwrap();
+        let first = p.token().await.unwrap();
+        p.force_window_for_test(true);
+        let second = p.token().await.unwrap();
+        assert_ne!(first, second);
+        let claims = super::super::jwt::claims(second.expose()).unwrap();
+        assert!(claims["scp"].as_str().unwrap().contains("User.Invite.All"));
+        let stats = emu.stats();
+        let n = |k: &str| stats["requests"][k]["200"].as_u64().unwrap_or(0);
+        assert_eq!(n("POST /{tenant}/oauth2/v2.0/devicecode"), 1, "asked once");
+        assert_eq!(
+            n("POST /{tenant}/oauth2/v2.0/token"),
+            2,
+            "sign-in, then refresh"
+        );
+        emu.shutdown().await;
     }
 
     #[test]

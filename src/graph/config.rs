@@ -390,6 +390,60 @@ mod tests {
     }
 
     #[test]
+    fn sign_in_chain_follows_the_azure_sdk_order_without_probing() {
+        let resolve = |m, pairs: &[(&str, &str)]| Credentials::resolve_with(m, lookup(pairs));
+        let fed = [
+            ("AZURE_TENANT_ID", "t"),
+            ("AZURE_CLIENT_ID", "c"),
+            ("AZURE_FEDERATED_TOKEN_FILE", "/f"),
+            ("IDENTITY_ENDPOINT", "http://127.0.0.1:1/msi/token"),
+            ("IDENTITY_HEADER", "h"),
+        ];
+        assert!(matches!(
+            resolve(None, &fed).unwrap(),
+            Credentials::WorkloadIdentity { .. }
+        ));
+        let mut with_secret = fed.to_vec();
+        with_secret.push(("AZURE_CLIENT_SECRET", "s"));
+        assert!(matches!(
+            resolve(None, &with_secret).unwrap(),
+            Credentials::ClientSecret { .. }
+        ));
+        assert!(matches!(
+            resolve(None, &fed[3..]).unwrap(),
+            Credentials::ManagedIdentity {
+                endpoint: ManagedIdentityEndpoint::AppService { .. },
+                ..
+            }
+        ));
+        // No automatic instance-metadata probe: nothing configured is an error.
+        assert!(resolve(None, &[]).is_err());
+        match resolve(Some(AuthMethod::ManagedIdentity), &[]).unwrap() {
+            Credentials::ManagedIdentity {
+                endpoint: ManagedIdentityEndpoint::InstanceMetadata { base_url },
+                client_id: None,
+            } => assert_eq!(base_url, DEFAULT_IMDS_URL),
+            other => panic!("{other:?}"),
+        }
+        match resolve(Some(AuthMethod::DeviceCode), &[]).unwrap() {
+            Credentials::DeviceCode { client_id, .. } => {
+                assert_eq!(client_id, GRAPH_CLI_CLIENT_ID)
+            }
+            other => panic!("{other:?}"),
+        }
+        let err = resolve(Some(AuthMethod::Secret), &[("AZURE_TENANT_ID", "t")]).unwrap_err();
+        assert!(err.to_string().contains("AZURE_CLIENT_ID"), "{err}");
+        assert!(matches!(
+            resolve(
+                Some(AuthMethod::AzureCli),
+                &[("B2B_AZ_PATH", "/opt/az"), ("AZURE_TENANT_ID", "t")]
+            )
+            .unwrap(),
+            Credentials::AzureCli { ref program, tenant_id: Some(_) } if program == &PathBuf::from("/opt/az")
+        ));
+    }
+
+    #[test]
     fn secret_is_never_printed() {
         let s = Secret::new("hunter2");
         assert_eq!(format!("{s}"), "***");
