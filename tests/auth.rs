@@ -494,3 +494,140 @@ async fn graph_answers_403_without_the_permission_it_needs() {
         403
     );
 }
+
+#[tokio::test]
+async fn certificate_sign_in_and_its_refusals() {
+    let mut tenant = Tenant::sample();
+    let emu = common::start(config(ALL)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    let cert = |name: &str| {
+        (
+            "AZURE_CLIENT_CERTIFICATE_PATH",
+            common::repo_path(&format!("tests/fixtures/{name}"))
+                .to_string_lossy()
+                .into_owned(),
+        )
+    };
+    let args = ["preflight", "--auth", "certificate"];
+    let r = run_with(&emu, &db, &args, &[], &[cert("app-cert-with-key.pem")]).await;
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let r = run_with(&emu, &db, &args, &[], &[cert("wrong-cert-with-key.pem")]).await;
+    assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("AADSTS700027"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("Fix: the certificate is not registered on the app"),
+        "{}",
+        r.stdout
+    );
+    emu.shutdown().await;
+
+    let app = tenant
+        .apps
+        .iter_mut()
+        .find(|a| !a.certificates.is_empty())
+        .unwrap();
+    app.certificates[0].expires = Some("2021-06-30T00:00:00Z".into());
+    let mut c = config(ALL);
+    c.tenant = tenant;
+    let emu = common::start(c).await;
+    let r = run_with(&emu, &db, &args, &[], &[cert("app-cert-with-key.pem")]).await;
+    assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("AADSTS1000502"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("Fix: the certificate has expired"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[tokio::test]
+async fn unknown_tenant_and_unknown_app_say_what_to_check() {
+    let emu = common::start(config(ALL)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    let r = run_with(
+        &emu,
+        &db,
+        &["preflight"],
+        &[],
+        &[("AZURE_TENANT_ID", "nowhere.example".into())],
+    )
+    .await;
+    assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("AADSTS90002") && r.stdout.contains("check AZURE_TENANT_ID"),
+        "{}",
+        r.stdout
+    );
+    let r = run_with(
+        &emu,
+        &db,
+        &["preflight"],
+        &[],
+        &[(
+            "AZURE_CLIENT_ID",
+            "00000000-0000-0000-0000-000000000001".into(),
+        )],
+    )
+    .await;
+    assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("AADSTS700016") && r.stdout.contains("the app is not in this tenant"),
+        "{}",
+        r.stdout
+    );
+    // A run refused at sign-in is a configuration error (exit 1), shown once on stderr.
+    let csv = common::repo_path("sample-data/users.csv");
+    let r = run_with(
+        &emu,
+        &db,
+        &["run", "--csv", csv.to_str().unwrap(), "--dry-run"],
+        &[],
+        &[("AZURE_CLIENT_SECRET", "wrong".into())],
+    )
+    .await;
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.stderr.matches("AADSTS7000215").count(), 1, "{}", r.stderr);
+}
+
+#[tokio::test]
+async fn a_ready_token_is_read_for_its_roles() {
+    let emu = common::start(config("User.Read.All,Domain.Read.All")).await;
+    let env: std::collections::HashMap<_, _> = emu.client_env().into_iter().collect();
+    let answer: serde_json::Value = reqwest::Client::new()
+        .post(format!(
+            "{}/{}/oauth2/v2.0/token",
+            emu.base_url(),
+            emu.tenant_id()
+        ))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", env["AZURE_CLIENT_ID"].as_str()),
+            ("client_secret", env["AZURE_CLIENT_SECRET"].as_str()),
+            ("scope", "https://graph.microsoft.com/.default"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token = answer["access_token"].as_str().unwrap().to_string();
+    let r = run_with(
+        &emu,
+        &dir.path().join("q.db"),
+        &["preflight", "--auth", "token"],
+        &[],
+        &[("B2B_ACCESS_TOKEN", token.clone())],
+    )
+    .await;
+    assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("[FIX]  send invitations: grant the Microsoft Graph application permission User.Invite.All"), "{}", r.stdout);
+    assert!(
+        !r.stdout.contains(&token) && !r.stderr.contains(&token),
+        "the token is never printed"
+    );
+}
