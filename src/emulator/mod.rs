@@ -4,11 +4,12 @@
 //!
 //! Files: `tenant` (data and tenant files), `generate` (synthetic tenants), `filter` (OData
 //! `$filter`), `throttle` (clock and token buckets), `auth` (token endpoint decisions),
+//! `identity` (JWT access tokens, permissions, device code, managed identity, invitation policy),
 //! `routes` (pipeline, `$batch`, inspection), `handlers` (endpoints), `server` (connections).
 //!
-//! Per request: token (401) → throttling (429, nothing carried out) → injected fault (500/503/504,
-//! nothing carried out) → handler → for writes, maybe a lost response (carried out, connection
-//! dropped). Faults are not injected on the token endpoint, which is not throttled either.
+//! Per request: token (401) → permission (403) → throttling (429, nothing carried out) →
+//! injected fault (500/503/504, nothing carried out) → handler → for writes, maybe a lost response
+//! (carried out, connection dropped). Faults are not injected on the token endpoint, which is not throttled either.
 
 mod auth;
 mod filter;
