@@ -59,6 +59,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Measure throughput against the emulator (see docs/performance.md).
     Bench(BenchArgs),
+    /// Before the weekend: sign in, check permissions and the invitation policy (exit 0 ready, 3 not).
+    Preflight(PreflightArgs),
 }
 
 /// Exactly one source.
@@ -187,6 +189,30 @@ pub struct ExecArgs {
     /// needs User.ReadWrite.All).
     #[arg(long)]
     pub set_guest: bool,
+    /// How to sign in (default: the first configured, in the Azure SDK's order).
+    #[arg(long, value_enum, env = "B2B_AUTH")]
+    pub auth: Option<crate::graph::AuthMethod>,
+    #[command(flatten)]
+    pub endpoints: EndpointArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PreflightArgs {
+    /// The run will set `mail` to the external address (needs User.ReadWrite.All).
+    #[arg(long)]
+    pub set_mail: bool,
+    /// The run will set `userType` to Guest (needs User.ReadWrite.All).
+    #[arg(long)]
+    pub set_guest: bool,
+    /// The run's source is this group (needs GroupMember.Read.All).
+    #[arg(long, value_name = "GROUP_ID")]
+    pub group: Option<String>,
+    /// One JSON object for scripts.
+    #[arg(long)]
+    pub json: bool,
+    /// How to sign in (default: the first configured, in the Azure SDK's order).
+    #[arg(long, value_enum, env = "B2B_AUTH")]
+    pub auth: Option<crate::graph::AuthMethod>,
     #[command(flatten)]
     pub endpoints: EndpointArgs,
 }
@@ -306,6 +332,16 @@ pub struct EmulatorKnobs {
     /// Lifetime of issued access tokens.
     #[arg(long, value_name = "S", default_value_t = 3599, value_parser = config::token_lifetime_parser())]
     pub token_lifetime_s: u64,
+    /// Application permissions granted to apps the tenant file says nothing about (comma-separated).
+    #[arg(long, value_name = "LIST", default_value = crate::emulator::DEFAULT_APP_ROLES)]
+    pub app_roles: String,
+    /// The tenant's authorization policy: who may invite guests.
+    #[arg(long, value_name = "VALUE", default_value = "everyone",
+          value_parser = ["none", "adminsAndGuestInviters", "adminsGuestInvitersAndAllMembers", "everyone"])]
+    pub allow_invites_from: String,
+    /// The device code is approved after N polls (0 = never).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub device_code_approve_after: u32,
 }
 
 #[derive(Debug, Clone, Args)]

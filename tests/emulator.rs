@@ -841,40 +841,28 @@ fn b64(bytes: &[u8]) -> String {
 
 /// A client assertion signed with the key in `pem_path`, naming its certificate's thumbprint.
 fn assertion(pem_path: &str, client_id: &str, aud: &str, alg: &str) -> String {
-    use rsa::pkcs8::DecodePrivateKey;
-    use rsa::signature::{RandomizedSigner, SignatureEncoding, Signer};
     use sha2::{Digest, Sha256};
-    let text = std::fs::read_to_string(pem_path).unwrap();
-    let blocks = pem::parse_many(text).unwrap();
+    let text = std::fs::read(pem_path).unwrap();
+    let blocks = pem::parse_many(&text).unwrap();
     let cert = blocks.iter().find(|b| b.tag() == "CERTIFICATE").unwrap();
     let key = blocks.iter().find(|b| b.tag() == "PRIVATE KEY").unwrap();
-    let key = rsa::RsaPrivateKey::from_pkcs8_der(key.contents()).unwrap();
-    let header =
-        json!({"alg": alg, "typ": "JWT", "x5t#S256": b64(&Sha256::digest(cert.contents()))});
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(
+        pem::encode(&pem::Pem::new("PRIVATE KEY", key.contents())).as_bytes(),
+    )
+    .unwrap();
+    let mut header = jsonwebtoken::Header::new(if alg == "PS256" {
+        jsonwebtoken::Algorithm::PS256
+    } else {
+        jsonwebtoken::Algorithm::RS256
+    });
+    header.typ = Some("JWT".into());
+    header.x5t_s256 = Some(b64(&Sha256::digest(cert.contents())));
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs();
     let claims = json!({"aud": aud, "iss": client_id, "sub": client_id, "jti": uuid::Uuid::new_v4().to_string(), "nbf": now - 5, "iat": now - 5, "exp": now + 300});
-    let input = format!(
-        "{}.{}",
-        b64(header.to_string().as_bytes()),
-        b64(claims.to_string().as_bytes())
-    );
-    let sig = if alg == "PS256" {
-        rsa::pss::BlindedSigningKey::<Sha256>::new(key)
-            .sign_with_rng(&mut rand_core_rng(), input.as_bytes())
-            .to_vec()
-    } else {
-        rsa::pkcs1v15::SigningKey::<Sha256>::new(key)
-            .sign(input.as_bytes())
-            .to_vec()
-    };
-    format!("{input}.{}", b64(&sig))
-}
-
-fn rand_core_rng() -> rsa::rand_core::OsRng {
-    rsa::rand_core::OsRng
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
 }
 
 async fn token_with(emu: &Emulator, form: &[(&str, &str)]) -> (u16, Value) {

@@ -280,7 +280,7 @@ pub async fn continue_run(
 ) -> anyhow::Result<ExitStatus> {
     apply_exec(&mut run.options, exec)?;
     require_consent_possible(run.mode, exec.yes)?;
-    let credentials = Credentials::from_env()?;
+    let credentials = Credentials::resolve(exec.auth)?;
     queue.update_run_options(run.id, &run.options)?;
     let graph = connect(
         &endpoints_for(exec, &run),
@@ -293,6 +293,12 @@ pub async fn continue_run(
         run_id: run.id,
     }));
     graph.authenticate().await?;
+    let group = matches!(run.source, crate::item::SourceSpec::Group { .. });
+    super::preflight::require_ready(
+        &graph,
+        &super::preflight::needs_of(run.mode, &run.options, group),
+    )
+    .await?;
     if !run.ingest_complete {
         crate::source::ingest::ingest(&queue, &run, &graph, None).await?;
         run = queue.run(run.id)?.context("run vanished")?;

@@ -68,6 +68,14 @@ pub fn config_from(tenant: Tenant, knobs: &EmulatorKnobs) -> EmulatorConfig {
         not_applied_rate: knobs.not_applied_rate,
         block_invitations: knobs.block_invitations,
         token_lifetime: std::time::Duration::from_secs(knobs.token_lifetime_s),
+        app_roles: knobs
+            .app_roles
+            .split(',')
+            .map(|r| r.trim().to_string())
+            .filter(|r| !r.is_empty())
+            .collect(),
+        allow_invites_from: knobs.allow_invites_from.clone(),
+        device_code_approve_after: knobs.device_code_approve_after,
         ..EmulatorConfig::new(tenant)
     }
 }

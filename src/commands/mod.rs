@@ -5,6 +5,7 @@ mod bench;
 mod common;
 mod demo;
 mod emulator;
+mod preflight;
 mod report;
 mod resume;
 mod retry;
@@ -26,5 +27,6 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Emulator(args) => emulator::emulator(args).await,
         Command::Demo(args) => demo::demo(args).await,
         Command::Bench(args) => bench::bench(args).await,
+        Command::Preflight(args) => preflight::preflight(&cli.db, args).await,
     }
 }

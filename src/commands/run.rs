@@ -24,9 +24,10 @@ pub struct NewRun {
 }
 
 pub async fn run(db: &Path, args: RunArgs) -> anyhow::Result<ExitStatus> {
+    let auth = args.exec.auth;
     let new = from_args(args)?;
     common::require_consent_possible(new.mode, new.yes)?;
-    let credentials = Credentials::from_env()?;
+    let credentials = Credentials::resolve(auth)?;
     start(db, new, credentials).await
 }
 
@@ -106,6 +107,12 @@ pub async fn start(db: &Path, new: NewRun, credentials: Credentials) -> anyhow::
     let tenant_id = credentials.tenant_id().map(str::to_string);
     let graph = common::connect(&new.endpoints, credentials, &new.options, new.mode)?;
     graph.authenticate().await?;
+    let group = matches!(new.source, SourceSpec::Group { .. });
+    super::preflight::require_ready(
+        &graph,
+        &super::preflight::needs_of(new.mode, &new.options, group),
+    )
+    .await?;
     // A Graph query is checked before anything is queued: an unsupported filter or an unknown
     // group is a usage error, not a run.
     let first_page = match &new.source {

@@ -9,9 +9,9 @@
 
 use std::collections::HashMap;
 
-use base64::Engine;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
-use sha2::Sha256;
 
 use super::tenant::{App, Tenant};
 use crate::model::TokenError;
@@ -33,7 +33,12 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(status: u16, error: &'static str, code: u64, description: impl Into<String>) -> Self {
+    pub(super) fn new(
+        status: u16,
+        error: &'static str,
+        code: u64,
+        description: impl Into<String>,
+    ) -> Self {
         Refusal {
             status,
             error,
@@ -71,22 +76,28 @@ pub struct TokenRequest<'a> {
     pub unix_now: i64,
 }
 
-/// Authenticate a client-credentials request; on success the app's client id.
-pub fn authenticate(tenant: &Tenant, req: &TokenRequest<'_>) -> Result<String, Refusal> {
-    let seg = req.tenant_segment.to_lowercase();
+/// AADSTS90002 unless `segment` is the tenant's id or one of its verified domains.
+pub fn check_tenant(tenant: &Tenant, segment: &str) -> Result<(), Refusal> {
+    let seg = segment.to_lowercase();
     let known_tenant = seg == tenant.tenant_id.to_lowercase()
         || tenant
             .domains
             .iter()
             .any(|d| d.is_verified && d.id.to_lowercase() == seg);
-    if !known_tenant {
-        return Err(Refusal::new(
-            400,
-            "invalid_request",
-            90002,
-            format!("Tenant '{}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud.", req.tenant_segment),
-        ));
+    if known_tenant {
+        return Ok(());
     }
+    Err(Refusal::new(
+        400,
+        "invalid_request",
+        90002,
+        format!("Tenant '{segment}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."),
+    ))
+}
+
+/// Authenticate a client-credentials request; on success the app's client id.
+pub fn authenticate(tenant: &Tenant, req: &TokenRequest<'_>) -> Result<String, Refusal> {
+    check_tenant(tenant, req.tenant_segment)?;
     let field = |k: &str| req.form.get(k).map(String::as_str).unwrap_or("");
     if field("grant_type") != "client_credentials" {
         return Err(Refusal::new(
@@ -119,7 +130,15 @@ pub fn authenticate(tenant: &Tenant, req: &TokenRequest<'_>) -> Result<String, R
     }
     if let Some(secret) = req.form.get("client_secret") {
         return match &app.client_secret {
-            Some(s) if s == secret => Ok(app.client_id.clone()),
+            Some(s) if s == secret => match &app.secret_expires {
+                Some(at) if past(at, req.unix_now) => Err(Refusal::new(
+                    401,
+                    "invalid_client",
+                    7000222,
+                    format!("The provided client secret keys for app '{}' are expired. Visit the Azure portal to create new keys for your app: https://aka.ms/NewClientSecret", app.client_id),
+                )),
+                _ => Ok(app.client_id.clone()),
+            },
             _ => Err(Refusal::new(
                 401,
                 "invalid_client",
@@ -137,7 +156,13 @@ pub fn authenticate(tenant: &Tenant, req: &TokenRequest<'_>) -> Result<String, R
                 "Invalid client_assertion_type.",
             ));
         }
-        verify_assertion(app, assertion, req)?;
+        let federated = jsonwebtoken::decode_header(assertion)
+            .is_ok_and(|h| h.x5t_s256.is_none() && h.x5t.is_none());
+        if federated && !app.federated_credentials.is_empty() {
+            verify_federated(app, assertion, req)?;
+        } else {
+            verify_assertion(app, assertion, req)?;
+        }
         return Ok(app.client_id.clone());
     }
     Err(Refusal::new(
@@ -148,29 +173,16 @@ pub fn authenticate(tenant: &Tenant, req: &TokenRequest<'_>) -> Result<String, R
     ))
 }
 
-fn b64(s: &str) -> Option<Vec<u8>> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(s.trim_end_matches('='))
-        .ok()
-}
-
 fn bad_assertion(description: impl Into<String>) -> Refusal {
     Refusal::new(401, "invalid_client", 700027, description)
 }
 
 fn verify_assertion(app: &App, jwt: &str, req: &TokenRequest<'_>) -> Result<(), Refusal> {
-    let parts: Vec<&str> = jwt.split('.').collect();
-    if parts.len() != 3 {
-        return Err(bad_assertion("Client assertion is not a valid JWT."));
-    }
-    let json = |s: &str| -> Option<Value> { serde_json::from_slice(&b64(s)?).ok() };
-    let (Some(header), Some(claims), Some(sig)) = (json(parts[0]), json(parts[1]), b64(parts[2]))
-    else {
-        return Err(bad_assertion("Client assertion is not a valid JWT."));
-    };
+    let not_a_jwt = || bad_assertion("Client assertion is not a valid JWT.");
+    let header = jsonwebtoken::decode_header(jwt).map_err(|_| not_a_jwt())?;
     let thumb = header
-        .get("x5t#S256")
-        .and_then(Value::as_str)
+        .x5t_s256
+        .as_deref()
         .ok_or_else(|| bad_assertion("Client assertion has no x5t#S256 thumbprint; the emulator identifies certificates by their SHA-256 thumbprint."))?;
     let cert = app
         .certificates
@@ -181,37 +193,38 @@ fn verify_assertion(app: &App, jwt: &str, req: &TokenRequest<'_>) -> Result<(), 
                 "The certificate with identifier used to sign the client assertion is not registered on application. [Reason - The key was not found., Thumbprint of key used by client: '{thumb}']"
             ))
         })?;
-    use rsa::pkcs8::DecodePublicKey;
-    use rsa::signature::Verifier;
-    let key = rsa::RsaPublicKey::from_public_key_pem(&cert.public_key_pem)
-        .map_err(|_| bad_assertion("The registered certificate key cannot be read."))?;
-    let message = format!("{}.{}", parts[0], parts[1]);
-    let verified = match header.get("alg").and_then(Value::as_str) {
-        Some("RS256") => rsa::pkcs1v15::Signature::try_from(sig.as_slice())
-            .map(|s| {
-                rsa::pkcs1v15::VerifyingKey::<Sha256>::new(key)
-                    .verify(message.as_bytes(), &s)
-                    .is_ok()
-            })
-            .unwrap_or(false),
-        Some("PS256") => rsa::pss::Signature::try_from(sig.as_slice())
-            .map(|s| {
-                rsa::pss::VerifyingKey::<Sha256>::new(key)
-                    .verify(message.as_bytes(), &s)
-                    .is_ok()
-            })
-            .unwrap_or(false),
-        other => {
-            return Err(bad_assertion(format!(
-                "Client assertion algorithm {other:?} is not supported; use RS256 or PS256."
-            )))
+    if let Some(expired) = &cert.expires {
+        if past(expired, req.unix_now) {
+            return Err(Refusal::new(
+                401,
+                "invalid_client",
+                1000502,
+                format!("The provided client certificate has expired ({expired}). Upload a new certificate to the application."),
+            ));
         }
-    };
-    if !verified {
-        return Err(bad_assertion(
-            "Client assertion failed signature validation.",
-        ));
     }
+    let alg = header.alg;
+    if !matches!(alg, Algorithm::RS256 | Algorithm::PS256) {
+        return Err(bad_assertion(format!(
+            "Client assertion algorithm {alg:?} is not supported; use RS256 or PS256."
+        )));
+    }
+    let key = DecodingKey::from_rsa_pem(cert.public_key_pem.as_bytes())
+        .map_err(|_| bad_assertion("The registered certificate key cannot be read."))?;
+    // Time and audience are checked below, with Entra's own codes and words.
+    let mut validation = Validation::new(alg);
+    validation.validate_exp = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    let claims = match jsonwebtoken::decode::<Value>(jwt, &key, &validation) {
+        Ok(data) => data.claims,
+        Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => {
+            return Err(bad_assertion(
+                "Client assertion failed signature validation.",
+            ))
+        }
+        Err(_) => return Err(not_a_jwt()),
+    };
     let claim = |k: &str| claims.get(k).and_then(Value::as_str).unwrap_or("");
     let aud = claim("aud");
     if !req.audiences.iter().any(|a| a.eq_ignore_ascii_case(aud)) {
@@ -255,4 +268,68 @@ fn verify_assertion(app: &App, jwt: &str, req: &TokenRequest<'_>) -> Result<(), 
         ));
     }
     Ok(())
+}
+
+/// True when the RFC 3339 instant `at` is at or before `unix_now`.
+fn past(at: &str, unix_now: i64) -> bool {
+    chrono::DateTime::parse_from_rfc3339(at).is_ok_and(|t| t.timestamp() <= unix_now)
+}
+
+/// Audience of the external tokens Entra accepts for workload identity federation.
+pub const FEDERATION_AUDIENCE: &str = "api://AzureADTokenExchange";
+
+/// A workload identity's external token: issuer and subject must match a federated credential of
+/// the app, the audience must be Entra's exchange audience, and it must be within its lifetime.
+/// The emulator cannot fetch the issuer's signing keys, so the signature is not checked.
+fn verify_federated(app: &App, jwt: &str, req: &TokenRequest<'_>) -> Result<(), Refusal> {
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.insecure_disable_signature_validation();
+    validation.validate_exp = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    let claims = jsonwebtoken::decode::<Value>(jwt, &DecodingKey::from_secret(&[]), &validation)
+        .map(|d| d.claims)
+        .map_err(|_| bad_assertion("Client assertion is not a valid JWT."))?;
+    let claim = |k: &str| {
+        claims
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let (iss, sub) = (claim("iss"), claim("sub"));
+    if !app
+        .federated_credentials
+        .iter()
+        .any(|f| f.issuer == iss && f.subject == sub)
+    {
+        return Err(Refusal::new(
+            400,
+            "invalid_request",
+            70021,
+            format!("No matching federated identity record found for presented assertion. Assertion Issuer: '{iss}'. Assertion Subject: '{sub}'."),
+        ));
+    }
+    let aud_ok = match claims.get("aud") {
+        Some(Value::String(a)) => a == FEDERATION_AUDIENCE,
+        Some(Value::Array(a)) => a.iter().any(|v| v.as_str() == Some(FEDERATION_AUDIENCE)),
+        _ => false,
+    };
+    if !aud_ok {
+        return Err(Refusal::new(
+            400,
+            "invalid_request",
+            700212,
+            format!("No matching federated identity record found for presented assertion audience. The audience must be '{FEDERATION_AUDIENCE}'."),
+        ));
+    }
+    match claims.get("exp").and_then(Value::as_i64) {
+        Some(exp) if exp > req.unix_now => Ok(()),
+        _ => Err(Refusal::new(
+            400,
+            "invalid_request",
+            700024,
+            "Client assertion is not within its valid time range.",
+        )),
+    }
 }

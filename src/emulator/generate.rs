@@ -125,7 +125,9 @@ impl Tenant {
             certificates: vec![AppCertificate {
                 thumbprint_sha256: FIXTURE_THUMBPRINT.into(),
                 public_key_pem: FIXTURE_PUBLIC_KEY.into(),
+                expires: None,
             }],
+            ..App::default()
         };
         let issuer = "contoso.onmicrosoft.com";
         let mut users: Vec<User> = Vec::with_capacity(n);

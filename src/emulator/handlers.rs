@@ -45,7 +45,7 @@ use serde_json::{json, Map, Value};
 
 use super::auth::{self, TokenRequest};
 use super::filter;
-use super::routes::{Call, Ctx, Reply, Shared, State, TokenInfo};
+use super::routes::{Call, Ctx, Reply, Shared, State};
 use crate::model::{Invitation, InvitationRequest, InvitedUserMessageInfo, InvitedUserRef, User};
 
 /// Properties `$select` accepts: the modelled ones, then Graph properties the emulator does not
@@ -712,25 +712,11 @@ impl Shared {
             audiences,
             unix_now: self.wall(now).timestamp(),
         };
+        if let Some(reply) = self.other_grant(st, &form, ctx, now) {
+            return reply;
+        }
         match auth::authenticate(&st.tenant, &req) {
-            Ok(app) => {
-                let token = format!("emu.{}", random_b64(48));
-                let lifetime = self.config.token_lifetime;
-                st.tokens.insert(
-                    token.clone(),
-                    TokenInfo {
-                        app,
-                        expires_at: now + lifetime,
-                    },
-                );
-                let body = crate::model::TokenResponse {
-                    token_type: "Bearer".into(),
-                    expires_in: lifetime.as_secs(),
-                    ext_expires_in: Some(lifetime.as_secs()),
-                    access_token: token,
-                };
-                Reply::json(200, serde_json::to_value(body).unwrap_or(Value::Null))
-            }
+            Ok(app) => self.app_token_reply(st, app, now),
             Err(refusal) => {
                 let body = refusal.body(&ctx.date);
                 Reply::json(

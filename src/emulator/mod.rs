@@ -4,18 +4,21 @@
 //! plain [`EmulatorConfig`], which the commands fill from their command-line flags.
 //!
 //! Files: `tenant` (data and tenant files), `generate` (synthetic tenants), `filter` (OData
-//! `$filter`), `delta` (change tracking, `users/delta`), `throttle` (clock and token buckets), `auth` (token endpoint decisions),
+//! `$filter`), `delta` (change tracking, `users/delta`), `throttle` (clock and token buckets),
+//! `auth` (token endpoint decisions), `identity` (JWT access tokens, permissions, device code,
+//! managed identity, invitation policy),
 //! `routes` (pipeline, `$batch`, inspection), `handlers` (endpoints), `server` (connections).
 //!
-//! Per request: token (401) → throttling (429, nothing carried out) → injected fault (500/503/504,
-//! nothing carried out) → handler → for writes, maybe a lost response (carried out, connection
-//! dropped). Faults are not injected on the token endpoint, which is not throttled either.
+//! Per request: token (401) → permission (403) → throttling (429, nothing carried out) →
+//! injected fault (500/503/504, nothing carried out) → handler → for writes, maybe a lost response
+//! (carried out, connection dropped). Faults are not injected on the token endpoint, which is not throttled either.
 
 mod auth;
 mod delta;
 mod filter;
 mod generate;
 mod handlers;
+mod identity;
 mod routes;
 mod server;
 mod tenant;
@@ -29,7 +32,7 @@ use std::time::Duration;
 use anyhow::Context;
 use rand::SeedableRng;
 
-pub use tenant::{App, AppCertificate, Tenant, TenantGroup};
+pub use tenant::{App, AppCertificate, FederatedCredential, Tenant, TenantGroup};
 pub use throttle::Clock;
 
 use routes::{Shared, State};
@@ -63,7 +66,22 @@ pub struct EmulatorConfig {
     pub clock: Clock,
     /// Multiplies every bucket's size and refill rate.
     pub bucket_scale: f64,
+    /// Application permissions of apps whose tenant-file entry names none, of the managed
+    /// identity, and the delegated scopes of the device-code sign-in.
+    pub app_roles: Vec<String>,
+    /// The authorization policy's `allowInvitesFrom`.
+    pub allow_invites_from: String,
+    /// The device code is approved at this poll (0 = never).
+    pub device_code_approve_after: u32,
+    /// Least wait between device-code polls (`interval` of the device-code answer).
+    pub device_code_interval: Duration,
+    /// The `X-IDENTITY-HEADER` secret of the App Service managed-identity endpoint.
+    pub identity_header: String,
 }
+
+/// Application permissions the emulator grants when nothing else is said.
+pub const DEFAULT_APP_ROLES: &str =
+    "User.Invite.All,User.ReadWrite.All,Domain.Read.All,GroupMember.Read.All";
 
 impl EmulatorConfig {
     pub fn new(tenant: Tenant) -> Self {
@@ -81,6 +99,11 @@ impl EmulatorConfig {
             seed: 1,
             clock: Clock::system(),
             bucket_scale: 1.0,
+            app_roles: DEFAULT_APP_ROLES.split(',').map(str::to_string).collect(),
+            allow_invites_from: "everyone".into(),
+            device_code_approve_after: 1,
+            device_code_interval: Duration::from_secs(5),
+            identity_header: uuid::Uuid::new_v4().to_string(),
         }
     }
 
@@ -135,6 +158,7 @@ pub async fn start(mut config: EmulatorConfig, listen: SocketAddr) -> anyhow::Re
         in_current_second: 0,
         peak_per_second: 0,
         rng: rand::rngs::StdRng::seed_from_u64(config.seed),
+        identity: Default::default(),
     };
     let shared = Arc::new(Shared {
         config,
@@ -245,6 +269,16 @@ impl Emulator {
     pub fn user(&self, id: &str) -> Option<crate::model::User> {
         let st = self.state();
         st.index.user(id).map(|pos| st.tenant.users[pos].clone())
+    }
+
+    /// `IDENTITY_ENDPOINT`'s value for the App Service managed-identity shape.
+    pub fn identity_endpoint(&self) -> String {
+        format!("{}/msi/token", self.base_url())
+    }
+
+    /// `IDENTITY_HEADER`'s value: the secret the managed-identity endpoint expects.
+    pub fn identity_header(&self) -> String {
+        self.shared.config.identity_header.clone()
     }
 
     pub fn clock(&self) -> Clock {

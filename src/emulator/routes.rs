@@ -37,6 +37,7 @@ pub struct Shared {
 pub struct TokenInfo {
     pub app: String,
     pub expires_at: Duration,
+    pub grant: super::identity::Grant,
 }
 
 /// Mutable tenant and bookkeeping, behind one lock: handlers are short and synchronous.
@@ -65,6 +66,7 @@ pub struct State {
     pub in_current_second: u64,
     pub peak_per_second: u64,
     pub rng: StdRng,
+    pub identity: super::identity::IdentityState,
 }
 
 /// One request, top-level or a `$batch` sub-request.
@@ -201,6 +203,7 @@ pub enum Route {
     Domains,
     Invite,
     Batch,
+    AuthorizationPolicy,
 }
 
 /// What a request costs in the buckets.
@@ -281,6 +284,13 @@ fn route(method: &str, path: &str) -> Result<(Route, String), (NoRoute, String)>
             "POST" => Ok((Route::Invite, t("POST /v1.0/invitations"))),
             _ => Err(wrong_method("{m} /v1.0/invitations")),
         },
+        ["v1.0", "policies", "authorizationPolicy"] => match method {
+            "GET" => Ok((
+                Route::AuthorizationPolicy,
+                t("GET /v1.0/policies/authorizationPolicy"),
+            )),
+            _ => Err(wrong_method("{m} /v1.0/policies/authorizationPolicy")),
+        },
         ["v1.0", "$batch"] => match method {
             "POST" => Ok((Route::Batch, t("POST /v1.0/$batch"))),
             _ => Err(wrong_method("{m} /v1.0/$batch")),
@@ -306,7 +316,7 @@ fn cost_of(route: &Route, call: &Call) -> Cost {
             ru: if *transitive { 5 } else { 3 },
             ..Cost::default()
         },
-        Route::Domains => Cost {
+        Route::Domains | Route::AuthorizationPolicy => Cost {
             ru: 1,
             ..Cost::default()
         },
@@ -526,6 +536,9 @@ impl Shared {
         top_level: bool,
     ) -> (Reply, String, Option<u64>) {
         let graph = call.path.starts_with("/v1.0/") || call.path == "/v1.0";
+        if let Some((reply, template)) = self.identity_endpoint(st, call, ctx, now) {
+            return (reply, template, None);
+        }
         let (route, template) = match route(&call.method, &call.path) {
             Ok(r) => r,
             Err((why, template)) => {
@@ -566,6 +579,9 @@ impl Shared {
                 )
             }
         };
+        if let Some(denied) = self.authorize(st, &route, call, ctx) {
+            return (denied, template, Some(0));
+        }
         let cost = cost_of(&route, call);
         let used = match st.throttle(&self.config, self.ru_limit, &app, cost, now) {
             Ok(used) => used,
@@ -602,6 +618,7 @@ impl Shared {
             } => self.members(st, call, ctx, group, *transitive, *cast),
             Route::Domains => self.domains(st),
             Route::Invite => self.invite(st, call, ctx, now),
+            Route::AuthorizationPolicy => self.authorization_policy(st),
             Route::Batch => ctx.err(
                 400,
                 "BadRequest",

@@ -42,6 +42,23 @@ pub struct App {
     pub client_secret: Option<String>,
     #[serde(default)]
     pub certificates: Vec<AppCertificate>,
+    /// When the client secret expires (RFC 3339); past it the token endpoint answers AADSTS7000222.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_expires: Option<String>,
+    /// Application permissions granted (admin consent); `None`: the emulator's `--app-roles`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Vec<String>>,
+    /// Workload identity federation: external tokens accepted as client assertions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub federated_credentials: Vec<FederatedCredential>,
+}
+
+/// A federated identity credential: the issuer and subject of accepted external tokens.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FederatedCredential {
+    pub issuer: String,
+    pub subject: String,
 }
 
 /// A certificate credential of an app: its SHA-256 thumbprint (base64url, as in `x5t#S256`) and
@@ -51,6 +68,9 @@ pub struct App {
 pub struct AppCertificate {
     pub thumbprint_sha256: String,
     pub public_key_pem: String,
+    /// When the certificate expires (RFC 3339); past it the token endpoint answers AADSTS1000502.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
 }
 
 /// A group: members are ids of users or of other groups.

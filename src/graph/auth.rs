@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::config::{is_loopback, Credentials, GraphConfig, Secret};
+use super::config::{is_loopback, Credentials, GraphConfig, ManagedIdentityEndpoint, Secret};
 use super::error::{GraphError, ResponseMeta};
 use super::jwt::ClientCertificate;
 use super::retry::{retry_after_header, Backoff};
+use super::signin;
 use crate::model::{TokenError, TokenResponse};
 
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -32,6 +33,24 @@ enum Source {
     Certificate {
         client_id: String,
         cert: Box<ClientCertificate>,
+    },
+    /// A person; after the first sign-in, renewed with the refresh token (memory only).
+    DeviceCode {
+        client_id: String,
+        devicecode_url: String,
+        refresh: Mutex<Option<Secret>>,
+    },
+    AzureCli {
+        program: std::path::PathBuf,
+        tenant_id: Option<String>,
+    },
+    ManagedIdentity {
+        endpoint: ManagedIdentityEndpoint,
+        client_id: Option<String>,
+    },
+    Workload {
+        client_id: String,
+        token_file: std::path::PathBuf,
     },
 }
 
@@ -97,7 +116,62 @@ impl TokenProvider {
                 },
                 Some(tenant_id),
             ),
+            Credentials::DeviceCode {
+                tenant_id,
+                client_id,
+            } => (
+                Source::DeviceCode {
+                    client_id: client_id.clone(),
+                    devicecode_url: String::new(),
+                    refresh: Mutex::new(None),
+                },
+                Some(tenant_id),
+            ),
+            Credentials::AzureCli { tenant_id, program } => (
+                Source::AzureCli {
+                    program: program.clone(),
+                    tenant_id: tenant_id.clone(),
+                },
+                None,
+            ),
+            Credentials::ManagedIdentity {
+                endpoint,
+                client_id,
+            } => {
+                match endpoint {
+                    ManagedIdentityEndpoint::AppService { url, .. } => {
+                        super::config::check_endpoint(url)?;
+                    }
+                    // The link-local default never leaves the host; an override must be
+                    // https or loopback like every other endpoint.
+                    ManagedIdentityEndpoint::InstanceMetadata { base_url }
+                        if base_url != super::config::DEFAULT_IMDS_URL =>
+                    {
+                        super::config::check_endpoint(base_url)?;
+                    }
+                    ManagedIdentityEndpoint::InstanceMetadata { .. } => {}
+                }
+                (
+                    Source::ManagedIdentity {
+                        endpoint: endpoint.clone(),
+                        client_id: client_id.clone(),
+                    },
+                    None,
+                )
+            }
+            Credentials::WorkloadIdentity {
+                tenant_id,
+                client_id,
+                token_file,
+            } => (
+                Source::Workload {
+                    client_id: client_id.clone(),
+                    token_file: token_file.clone(),
+                },
+                Some(tenant_id),
+            ),
         };
+        let mut source = source;
         let token_url = match tenant {
             Some(tenant) => {
                 if tenant.is_empty() || tenant.contains(['/', '?', '#']) {
@@ -111,6 +185,9 @@ impl TokenProvider {
             }
             None => String::new(),
         };
+        if let Source::DeviceCode { devicecode_url, .. } = &mut source {
+            *devicecode_url = token_url.replace("/oauth2/v2.0/token", "/oauth2/v2.0/devicecode");
+        }
         Ok(Arc::new(TokenProvider {
             source,
             http,
@@ -216,6 +293,31 @@ impl TokenProvider {
     }
 
     async fn fetch(&self) -> Result<Cached, GraphError> {
+        let resource = self.scope.trim_end_matches("/.default").to_string();
+        let sent_at = Instant::now();
+        let obtained = match &self.source {
+            Source::AzureCli { program, tenant_id } => {
+                Some(signin::azure_cli(program, tenant_id.as_deref(), &resource).await?)
+            }
+            Source::ManagedIdentity {
+                endpoint,
+                client_id,
+            } => Some(
+                signin::managed_identity(&self.http, endpoint, client_id.as_deref(), &resource)
+                    .await?,
+            ),
+            Source::DeviceCode {
+                client_id,
+                devicecode_url,
+                refresh,
+            } if refresh.lock().expect("refresh token").is_none() => {
+                Some(self.device_code(client_id, devicecode_url).await?)
+            }
+            _ => None,
+        };
+        if let Some(o) = obtained {
+            return Ok(self.obtained(o, sent_at));
+        }
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -224,7 +326,35 @@ impl TokenProvider {
                 ("scope", self.scope.clone()),
             ];
             match &self.source {
-                Source::Fixed(_) => unreachable!("fixed tokens are never fetched"),
+                Source::Fixed(_) | Source::AzureCli { .. } | Source::ManagedIdentity { .. } => {
+                    unreachable!("fetched above")
+                }
+                Source::DeviceCode {
+                    client_id, refresh, ..
+                } => {
+                    let token = refresh.lock().expect("refresh token").clone();
+                    let token = token.expect("a refresh token after the first sign-in");
+                    form = vec![
+                        ("grant_type", "refresh_token".into()),
+                        ("scope", delegated_scope(&self.scope)),
+                        ("client_id", client_id.clone()),
+                        ("refresh_token", token.expose().to_string()),
+                    ];
+                }
+                Source::Workload {
+                    client_id,
+                    token_file,
+                } => {
+                    let assertion = std::fs::read_to_string(token_file).map_err(|e| {
+                        GraphError::Config(format!(
+                            "cannot read AZURE_FEDERATED_TOKEN_FILE {}: {e}",
+                            token_file.display()
+                        ))
+                    })?;
+                    form.push(("client_id", client_id.clone()));
+                    form.push(("client_assertion_type", ASSERTION_TYPE.into()));
+                    form.push(("client_assertion", assertion.trim().to_string()));
+                }
                 Source::Secret { client_id, secret } => {
                     form.push(("client_id", client_id.clone()));
                     form.push(("client_secret", secret.expose().to_string()));
@@ -276,6 +406,7 @@ impl TokenProvider {
                             code: "invalid_response".into(),
                             message: format!("unreadable token endpoint answer: {e}"),
                         })?;
+                    self.keep_refresh_token(&body);
                     self.obtained_once.store(true, Ordering::Relaxed);
                     return Ok(cache_entry(t, sent_at));
                 }
@@ -299,6 +430,131 @@ impl TokenProvider {
             }
         }
     }
+}
+
+impl TokenProvider {
+    fn obtained(&self, o: signin::Obtained, sent_at: Instant) -> Cached {
+        if let (Some(r), Source::DeviceCode { refresh, .. }) = (&o.refresh_token, &self.source) {
+            *refresh.lock().expect("refresh token") = Some(Secret::new(r.clone()));
+        }
+        self.obtained_once.store(true, Ordering::Relaxed);
+        cache_entry(
+            TokenResponse {
+                token_type: "Bearer".into(),
+                expires_in: o.expires_in,
+                ext_expires_in: None,
+                access_token: o.token,
+            },
+            sent_at,
+        )
+    }
+
+    /// A delegated answer carries a (rotated) refresh token: keep the newest, in memory only.
+    fn keep_refresh_token(&self, body: &[u8]) {
+        if let Source::DeviceCode { refresh, .. } = &self.source {
+            #[derive(serde::Deserialize)]
+            struct Refresh {
+                refresh_token: Option<String>,
+            }
+            if let Ok(Refresh {
+                refresh_token: Some(r),
+            }) = serde_json::from_slice(body)
+            {
+                *refresh.lock().expect("refresh token") = Some(Secret::new(r));
+            }
+        }
+    }
+
+    /// The device-code flow: show the code on stderr, then poll as the server asks.
+    async fn device_code(
+        &self,
+        client_id: &str,
+        devicecode_url: &str,
+    ) -> Result<signin::Obtained, GraphError> {
+        let scope = delegated_scope(&self.scope);
+        let resp = self
+            .http
+            .post(devicecode_url)
+            .form(&[("client_id", client_id), ("scope", scope.as_str())])
+            .send()
+            .await
+            .map_err(|e| GraphError::Auth {
+                code: "device_code".into(),
+                message: format!("cannot reach {devicecode_url}: {e}"),
+            })?;
+        let status = resp.status();
+        let body = resp.bytes().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(auth_error(status.as_u16(), &body));
+        }
+        let answer: signin::DeviceCodeAnswer =
+            serde_json::from_slice(&body).map_err(|e| GraphError::Auth {
+                code: "invalid_response".into(),
+                message: format!("unreadable device-code answer: {e}"),
+            })?;
+        eprintln!("{}", answer.instructions());
+        let deadline = Instant::now() + Duration::from_secs(answer.expires_in);
+        let mut interval = answer.interval();
+        loop {
+            tokio::time::sleep(interval).await;
+            if Instant::now() >= deadline {
+                return Err(GraphError::Auth {
+                    code: "expired_token".into(),
+                    message: "the code expired before anyone signed in: run the command again and sign in within the time shown".into(),
+                });
+            }
+            let resp = self
+                .http
+                .post(&self.token_url)
+                .form(&[
+                    ("grant_type", signin::DEVICE_CODE_GRANT),
+                    ("client_id", client_id),
+                    ("device_code", answer.device_code.as_str()),
+                ])
+                .send()
+                .await;
+            let Ok(resp) = resp else {
+                continue; // a lost poll is simply repeated at the next interval
+            };
+            let status = resp.status();
+            let body = resp.bytes().await.unwrap_or_default();
+            if status.is_success() {
+                let t: TokenResponse =
+                    serde_json::from_slice(&body).map_err(|e| GraphError::Auth {
+                        code: "invalid_response".into(),
+                        message: format!("unreadable token endpoint answer: {e}"),
+                    })?;
+                let refresh = serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v.get("refresh_token")?.as_str().map(str::to_string));
+                return Ok(signin::Obtained {
+                    token: t.access_token,
+                    expires_in: t.expires_in,
+                    refresh_token: refresh,
+                });
+            }
+            let error = serde_json::from_slice::<TokenError>(&body)
+                .map(|e| e.error)
+                .unwrap_or_default();
+            let (next, new_interval) = signin::after_poll(&error, interval);
+            interval = new_interval;
+            match next {
+                signin::Poll::Again(_) => {}
+                signin::Poll::GiveUp(why) => {
+                    return Err(GraphError::Auth {
+                        code: error,
+                        message: why.into(),
+                    })
+                }
+                signin::Poll::Refused => return Err(auth_error(status.as_u16(), &body)),
+            }
+        }
+    }
+}
+
+/// Delegated sign-in asks for Graph's consented permissions and a refresh token.
+fn delegated_scope(scope: &str) -> String {
+    format!("{scope} offline_access")
 }
 
 #[cfg(test)]
@@ -354,11 +610,16 @@ fn auth_error(status: u16, body: &[u8]) -> GraphError {
                 .or_else(|| e.error_codes.first().map(|c| format!("AADSTS{c}")))
                 .unwrap_or(e.error.clone());
             let first_line = e.error_description.lines().next().unwrap_or("").trim();
-            let message = if first_line.is_empty() {
+            // Entra puts trace ids after the sentence on the same line: keep the sentence.
+            let first_line = first_line.split(" Trace ID:").next().unwrap_or("").trim();
+            let mut message = if first_line.is_empty() {
                 e.error
             } else {
                 first_line.to_string()
             };
+            if let Some(fix) = fix_for(&code) {
+                message = format!("{message} Fix: {fix}");
+            }
             GraphError::Auth { code, message }
         }
         Err(_) => GraphError::Auth {
@@ -366,6 +627,21 @@ fn auth_error(status: u16, body: &[u8]) -> GraphError {
             message: String::from_utf8_lossy(body).chars().take(200).collect(),
         },
     }
+}
+
+/// What an administrator does about a token refusal, in plain words.
+pub fn fix_for(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "AADSTS7000215" => "the client secret is wrong: set AZURE_CLIENT_SECRET to the secret's Value (not its Secret ID) from the app registration's Certificates & secrets",
+        "AADSTS7000222" => "the client secret has expired: create a new one under the app registration's Certificates & secrets and set AZURE_CLIENT_SECRET to it",
+        "AADSTS700027" => "the certificate is not registered on the app (or the key does not match it): upload the certificate's public part under the app registration's Certificates & secrets",
+        "AADSTS1000502" => "the certificate has expired: create a new one and upload it under the app registration's Certificates & secrets",
+        "AADSTS700016" => "the app is not in this tenant: check AZURE_CLIENT_ID and AZURE_TENANT_ID, and that an administrator consented to the app in this tenant",
+        "AADSTS90002" => "the tenant does not exist: check AZURE_TENANT_ID (the Directory (tenant) ID or a verified domain) and --cloud",
+        "AADSTS700024" => "the client assertion is outside its validity: check this machine's clock",
+        "AADSTS70021" | "AADSTS700212" => "no federated credential of the app matches the token: check the issuer, subject and audience (api://AzureADTokenExchange) under Certificates & secrets > Federated credentials",
+        _ => return None,
+    })
 }
 
 fn aadsts_code(text: &str) -> Option<String> {
@@ -387,7 +663,12 @@ mod tests {
         match auth_error(400, body) {
             GraphError::Auth { code, message } => {
                 assert_eq!(code, "AADSTS7000215");
-                assert_eq!(message, "AADSTS7000215: Invalid client secret provided.");
+                assert!(
+                    message.starts_with(
+                        "AADSTS7000215: Invalid client secret provided. Fix: the client secret is wrong"
+                    ),
+                    "{message}"
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -397,6 +678,36 @@ mod tests {
         let body = br#"{"error":"invalid_request","error_description":"bad"}"#;
         assert_eq!(auth_error(400, body).code(), Some("invalid_request"));
         assert_eq!(auth_error(400, b"<html>").code(), Some("http_400"));
+    }
+
+    #[tokio::test]
+    async fn device_code_renews_with_the_refresh_token_without_asking_again() {
+        let mut c = crate::emulator::EmulatorConfig::new(crate::emulator::Tenant::sample());
+        c.device_code_interval = Duration::ZERO;
+        let emu = crate::emulator::start(c, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let creds = Credentials::DeviceCode {
+            tenant_id: emu.tenant_id(),
+            client_id: super::super::config::GRAPH_CLI_CLIENT_ID.into(),
+        };
+        let cfg = GraphConfig::new(emu.base_url(), emu.base_url(), creds);
+        let p = TokenProvider::new(&cfg, reqwest::Client::new()).unwrap();
+        let first = p.token().await.unwrap();
+        p.force_window_for_test(true);
+        let second = p.token().await.unwrap();
+        assert_ne!(first, second);
+        let claims = super::super::jwt::claims(second.expose()).unwrap();
+        assert!(claims["scp"].as_str().unwrap().contains("User.Invite.All"));
+        let stats = emu.stats();
+        let n = |k: &str| stats["requests"][k]["200"].as_u64().unwrap_or(0);
+        assert_eq!(n("POST /{tenant}/oauth2/v2.0/devicecode"), 1, "asked once");
+        assert_eq!(
+            n("POST /{tenant}/oauth2/v2.0/token"),
+            2,
+            "sign-in, then refresh"
+        );
+        emu.shutdown().await;
     }
 
     #[test]

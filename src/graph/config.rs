@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::error::GraphError;
@@ -55,6 +55,40 @@ impl GraphConfig {
     }
 }
 
+/// Microsoft Graph Command Line Tools: the public client the device-code sign-in uses when
+/// `AZURE_CLIENT_ID` names none (it exists in every tenant, as for `Connect-MgGraph`).
+pub const GRAPH_CLI_CLIENT_ID: &str = "14d82eec-204b-4c2f-b7e8-296a70dab67e";
+/// The instance metadata endpoint of Azure virtual machines (link-local, never leaves the host).
+pub const DEFAULT_IMDS_URL: &str = "http://169.254.169.254";
+
+/// `--auth`: how to sign in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMethod {
+    /// App registration with AZURE_CLIENT_SECRET.
+    Secret,
+    /// App registration with AZURE_CLIENT_CERTIFICATE_PATH (PEM with its key).
+    Certificate,
+    /// A person signs in in a browser (delegated: custom messages are delivered).
+    DeviceCode,
+    /// The account `az login` signed in.
+    AzureCli,
+    /// The managed identity of App Service, Automation or a virtual machine.
+    ManagedIdentity,
+    /// A federated token in AZURE_FEDERATED_TOKEN_FILE (Kubernetes, GitHub Actions).
+    WorkloadIdentity,
+    /// A ready bearer token in B2B_ACCESS_TOKEN.
+    Token,
+}
+
+/// Where a managed identity gets its token.
+#[derive(Debug, Clone)]
+pub enum ManagedIdentityEndpoint {
+    /// App Service and Automation: `IDENTITY_ENDPOINT` with the `IDENTITY_HEADER` secret.
+    AppService { url: String, header: Secret },
+    /// Virtual machines: the instance metadata endpoint (or `B2B_IMDS_URL`).
+    InstanceMetadata { base_url: String },
+}
+
 /// How the client gets its bearer token.
 #[derive(Debug, Clone)]
 pub enum Credentials {
@@ -70,6 +104,28 @@ pub enum Credentials {
         tenant_id: String,
         client_id: String,
         pem_path: PathBuf,
+    },
+    /// A person signs in with a device code; renewed with the refresh token held in memory.
+    DeviceCode {
+        tenant_id: String,
+        client_id: String,
+    },
+    /// `az account get-access-token`; `program` is `az` unless `B2B_AZ_PATH` says otherwise.
+    AzureCli {
+        tenant_id: Option<String>,
+        program: PathBuf,
+    },
+    ManagedIdentity {
+        endpoint: ManagedIdentityEndpoint,
+        /// A user-assigned identity's client id (`AZURE_CLIENT_ID`); `None`: system-assigned.
+        client_id: Option<String>,
+    },
+    /// Workload identity federation: the file's token is the client assertion (re-read at each
+    /// renewal, since the platform rotates it).
+    WorkloadIdentity {
+        tenant_id: String,
+        client_id: String,
+        token_file: PathBuf,
     },
 }
 
@@ -89,7 +145,8 @@ impl Credentials {
         let missing = |name: &str| {
             GraphError::Config(format!(
                 "{name} is not set: set B2B_ACCESS_TOKEN, or AZURE_TENANT_ID, AZURE_CLIENT_ID and \
-                 AZURE_CLIENT_SECRET or AZURE_CLIENT_CERTIFICATE_PATH"
+                 AZURE_CLIENT_SECRET or AZURE_CLIENT_CERTIFICATE_PATH, or choose another sign-in \
+                 with --auth (device-code, azure-cli, managed-identity, workload-identity)"
             ))
         };
         let tenant_id = get("AZURE_TENANT_ID").ok_or_else(|| missing("AZURE_TENANT_ID"))?;
@@ -118,11 +175,133 @@ impl Credentials {
     /// The tenant, when the credentials name one (a bare token does not).
     pub fn tenant_id(&self) -> Option<&str> {
         match self {
-            Credentials::Token(_) => None,
+            Credentials::Token(_) | Credentials::ManagedIdentity { .. } => None,
+            Credentials::AzureCli { tenant_id, .. } => tenant_id.as_deref(),
             Credentials::ClientSecret { tenant_id, .. }
-            | Credentials::Certificate { tenant_id, .. } => Some(tenant_id),
+            | Credentials::Certificate { tenant_id, .. }
+            | Credentials::DeviceCode { tenant_id, .. }
+            | Credentials::WorkloadIdentity { tenant_id, .. } => Some(tenant_id),
         }
     }
+
+    /// Credentials for `--auth`, or without it the first configured one in the Azure SDK's
+    /// order: environment (token, secret, certificate), workload identity, managed identity via
+    /// `IDENTITY_ENDPOINT`, Azure CLI when `az` is installed. The automatic chain never probes
+    /// the network: the instance metadata endpoint needs an explicit `--auth managed-identity`.
+    pub fn resolve(method: Option<AuthMethod>) -> Result<Credentials, GraphError> {
+        Self::resolve_with(method, |name| std::env::var(name).ok())
+    }
+
+    /// `resolve` over any lookup, so the rules are testable without touching the environment.
+    pub fn resolve_with(
+        method: Option<AuthMethod>,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Credentials, GraphError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let need = |name: &str, why: &str| {
+            get(name).ok_or_else(|| GraphError::Config(format!("{name} is not set: {why}")))
+        };
+        let tenant = || need("AZURE_TENANT_ID", "the tenant to sign in to (id or domain)");
+        let app = || {
+            need(
+                "AZURE_CLIENT_ID",
+                "the app registration's application (client) id",
+            )
+        };
+        let az = || Credentials::AzureCli {
+            tenant_id: get("AZURE_TENANT_ID"),
+            program: PathBuf::from(get("B2B_AZ_PATH").unwrap_or_else(|| "az".into())),
+        };
+        let workload = || -> Result<Credentials, GraphError> {
+            Ok(Credentials::WorkloadIdentity {
+                token_file: PathBuf::from(need(
+                    "AZURE_FEDERATED_TOKEN_FILE",
+                    "the file holding the federated token",
+                )?),
+                tenant_id: tenant()?,
+                client_id: app()?,
+            })
+        };
+        let app_service = || match (get("IDENTITY_ENDPOINT"), get("IDENTITY_HEADER")) {
+            (Some(url), Some(header)) => Some(Credentials::ManagedIdentity {
+                endpoint: ManagedIdentityEndpoint::AppService {
+                    url,
+                    header: Secret::new(header),
+                },
+                client_id: get("AZURE_CLIENT_ID"),
+            }),
+            _ => None,
+        };
+        match method {
+            Some(AuthMethod::Token) => Ok(Credentials::Token(Secret::new(
+                need("B2B_ACCESS_TOKEN", "the bearer token to use")?.trim(),
+            ))),
+            Some(AuthMethod::Secret) => Ok(Credentials::ClientSecret {
+                tenant_id: tenant()?,
+                client_id: app()?,
+                secret: Secret::new(need(
+                    "AZURE_CLIENT_SECRET",
+                    "the app's client secret value",
+                )?),
+            }),
+            Some(AuthMethod::Certificate) => Ok(Credentials::Certificate {
+                tenant_id: tenant()?,
+                client_id: app()?,
+                pem_path: PathBuf::from(need(
+                    "AZURE_CLIENT_CERTIFICATE_PATH",
+                    "the PEM file with the certificate and its key",
+                )?),
+            }),
+            Some(AuthMethod::DeviceCode) => Ok(Credentials::DeviceCode {
+                tenant_id: get("AZURE_TENANT_ID").unwrap_or_else(|| "organizations".into()),
+                client_id: get("AZURE_CLIENT_ID").unwrap_or_else(|| GRAPH_CLI_CLIENT_ID.into()),
+            }),
+            Some(AuthMethod::AzureCli) => Ok(az()),
+            Some(AuthMethod::WorkloadIdentity) => workload(),
+            Some(AuthMethod::ManagedIdentity) => {
+                Ok(
+                    app_service().unwrap_or_else(|| Credentials::ManagedIdentity {
+                        endpoint: ManagedIdentityEndpoint::InstanceMetadata {
+                            base_url: get("B2B_IMDS_URL")
+                                .unwrap_or_else(|| DEFAULT_IMDS_URL.into()),
+                        },
+                        client_id: get("AZURE_CLIENT_ID"),
+                    }),
+                )
+            }
+            None => {
+                let environment = get("B2B_ACCESS_TOKEN").is_some()
+                    || get("AZURE_CLIENT_SECRET").is_some()
+                    || get("AZURE_CLIENT_CERTIFICATE_PATH").is_some();
+                if !environment {
+                    if get("AZURE_FEDERATED_TOKEN_FILE").is_some() {
+                        return workload();
+                    }
+                    if let Some(mi) = app_service() {
+                        return Ok(mi);
+                    }
+                    if let Some(program) = find_program(&get("B2B_AZ_PATH"), &get("PATH")) {
+                        return Ok(Credentials::AzureCli {
+                            tenant_id: get("AZURE_TENANT_ID"),
+                            program,
+                        });
+                    }
+                }
+                Self::from_lookup(lookup)
+            }
+        }
+    }
+}
+
+/// The Azure CLI program when it is installed: `B2B_AZ_PATH` if that file exists, else `az` on
+/// `PATH`.
+fn find_program(explicit: &Option<String>, path: &Option<String>) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return Path::new(p).is_file().then(|| PathBuf::from(p));
+    }
+    std::env::split_paths(path.as_deref()?)
+        .map(|dir| dir.join("az"))
+        .find(|p| p.is_file())
 }
 
 /// A credential that must never reach a log, a report or the database.
@@ -215,6 +394,60 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn sign_in_chain_follows_the_azure_sdk_order_without_probing() {
+        let resolve = |m, pairs: &[(&str, &str)]| Credentials::resolve_with(m, lookup(pairs));
+        let fed = [
+            ("AZURE_TENANT_ID", "t"),
+            ("AZURE_CLIENT_ID", "c"),
+            ("AZURE_FEDERATED_TOKEN_FILE", "/f"),
+            ("IDENTITY_ENDPOINT", "http://127.0.0.1:1/msi/token"),
+            ("IDENTITY_HEADER", "h"),
+        ];
+        assert!(matches!(
+            resolve(None, &fed).unwrap(),
+            Credentials::WorkloadIdentity { .. }
+        ));
+        let mut with_secret = fed.to_vec();
+        with_secret.push(("AZURE_CLIENT_SECRET", "s"));
+        assert!(matches!(
+            resolve(None, &with_secret).unwrap(),
+            Credentials::ClientSecret { .. }
+        ));
+        assert!(matches!(
+            resolve(None, &fed[3..]).unwrap(),
+            Credentials::ManagedIdentity {
+                endpoint: ManagedIdentityEndpoint::AppService { .. },
+                ..
+            }
+        ));
+        // No automatic instance-metadata probe: nothing configured is an error.
+        assert!(resolve(None, &[]).is_err());
+        match resolve(Some(AuthMethod::ManagedIdentity), &[]).unwrap() {
+            Credentials::ManagedIdentity {
+                endpoint: ManagedIdentityEndpoint::InstanceMetadata { base_url },
+                client_id: None,
+            } => assert_eq!(base_url, DEFAULT_IMDS_URL),
+            other => panic!("{other:?}"),
+        }
+        match resolve(Some(AuthMethod::DeviceCode), &[]).unwrap() {
+            Credentials::DeviceCode { client_id, .. } => {
+                assert_eq!(client_id, GRAPH_CLI_CLIENT_ID)
+            }
+            other => panic!("{other:?}"),
+        }
+        let err = resolve(Some(AuthMethod::Secret), &[("AZURE_TENANT_ID", "t")]).unwrap_err();
+        assert!(err.to_string().contains("AZURE_CLIENT_ID"), "{err}");
+        assert!(matches!(
+            resolve(
+                Some(AuthMethod::AzureCli),
+                &[("B2B_AZ_PATH", "/opt/az"), ("AZURE_TENANT_ID", "t")]
+            )
+            .unwrap(),
+            Credentials::AzureCli { ref program, tenant_id: Some(_) } if program == &PathBuf::from("/opt/az")
+        ));
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub enum GraphError {
     #[error("configuration: {0}")]
     Config(String),
     /// The token endpoint refused the credentials (exit 1 at start).
-    #[error("the token endpoint refused the credentials: {code}: {message}")]
+    #[error("the token endpoint refused the sign-in: {}", auth_text(.code, .message))]
     Auth { code: String, message: String },
     /// The tenant refuses to go on (blocked invitations, revoked consent, repeated 401): the run
     /// must stop and stay resumable (exit 4).
@@ -81,5 +81,14 @@ impl GraphError {
     /// True when the whole run must stop (exit 4).
     pub fn is_tenant_refusal(&self) -> bool {
         matches!(self, GraphError::TenantRefused { .. })
+    }
+}
+
+/// `code: message`, without repeating an AADSTS code the message already starts with.
+fn auth_text(code: &str, message: &str) -> String {
+    if message.starts_with(code) {
+        message.to_string()
+    } else {
+        format!("{code}: {message}")
     }
 }

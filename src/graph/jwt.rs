@@ -5,11 +5,7 @@ use std::path::Path;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use rsa::pkcs1::DecodeRsaPrivateKey;
-use rsa::pkcs1v15::SigningKey;
-use rsa::pkcs8::DecodePrivateKey;
-use rsa::signature::{SignatureEncoding, Signer};
-use rsa::RsaPrivateKey;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use sha2::{Digest, Sha256};
 
 use super::error::GraphError;
@@ -19,7 +15,7 @@ const ASSERTION_LIFETIME_SECS: i64 = 10 * 60 - 30;
 
 /// A certificate and its private key, loaded once per run.
 pub struct ClientCertificate {
-    key: SigningKey<Sha256>,
+    key: EncodingKey,
     /// base64url(SHA-256(certificate DER)), the `x5t#S256` header.
     thumbprint_s256: String,
 }
@@ -57,8 +53,10 @@ impl ClientCertificate {
             match block.tag() {
                 "CERTIFICATE" if cert_der.is_none() => cert_der = Some(block.contents().to_vec()),
                 "PRIVATE KEY" => {
+                    // jsonwebtoken reads PKCS#8 from PEM only: re-wrap the one block.
+                    let pem = pem::encode(&pem::Pem::new("PRIVATE KEY", block.contents()));
                     key = Some(
-                        RsaPrivateKey::from_pkcs8_der(block.contents())
+                        EncodingKey::from_rsa_pem(pem.as_bytes())
                             .map_err(|e| format!("unreadable PKCS#8 RSA private key: {e}"))?,
                     )
                 }
@@ -70,10 +68,7 @@ impl ClientCertificate {
                     {
                         return Err(ENCRYPTED_KEY.into());
                     }
-                    key = Some(
-                        RsaPrivateKey::from_pkcs1_der(block.contents())
-                            .map_err(|e| format!("unreadable PKCS#1 RSA private key: {e}"))?,
-                    )
+                    key = Some(EncodingKey::from_rsa_der(block.contents()))
                 }
                 "ENCRYPTED PRIVATE KEY" => return Err(ENCRYPTED_KEY.into()),
                 _ => {}
@@ -84,23 +79,29 @@ impl ClientCertificate {
             "no private key found: the file must hold the certificate and its key \
              (PRIVATE KEY or RSA PRIVATE KEY)",
         )?;
-        Ok(ClientCertificate {
-            key: SigningKey::<Sha256>::new(key),
+        let cert = ClientCertificate {
+            key,
             thumbprint_s256: URL_SAFE_NO_PAD.encode(Sha256::digest(&cert_der)),
-        })
+        };
+        // A PKCS#1 key is only parsed when used: sign once now so a bad key shows at start.
+        cert.sign(&serde_json::json!({}))
+            .map_err(|e| format!("unusable RSA private key: {e}"))?;
+        Ok(cert)
     }
 
     pub fn thumbprint_s256(&self) -> &str {
         &self.thumbprint_s256
     }
 
+    fn sign(&self, claims: &serde_json::Value) -> Result<String, jsonwebtoken::errors::Error> {
+        let mut header = Header::new(Algorithm::RS256);
+        header.typ = Some("JWT".into());
+        header.x5t_s256 = Some(self.thumbprint_s256.clone());
+        jsonwebtoken::encode(&header, claims, &self.key)
+    }
+
     /// A signed assertion for `token_url`, valid from `now` (seconds since the epoch).
     pub fn assertion(&self, client_id: &str, token_url: &str, now: i64) -> String {
-        let header = serde_json::json!({
-            "alg": "RS256",
-            "typ": "JWT",
-            "x5t#S256": self.thumbprint_s256,
-        });
         let claims = serde_json::json!({
             "aud": token_url,
             "iss": client_id,
@@ -110,25 +111,20 @@ impl ClientCertificate {
             "iat": now,
             "exp": now + ASSERTION_LIFETIME_SECS,
         });
-        let signing_input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
-        let signature = self.key.sign(signing_input.as_bytes());
-        format!(
-            "{signing_input}.{}",
-            URL_SAFE_NO_PAD.encode(signature.to_bytes())
-        )
+        self.sign(&claims)
+            .expect("the key signed a probe assertion when it was loaded")
     }
+}
+
+/// The payload of a JWT, decoded without checking its signature (only the issuer can).
+pub fn claims(token: &str) -> Option<serde_json::Value> {
+    let payload = token.split('.').nth(1)?;
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?).ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rsa::pkcs1v15::{Signature, VerifyingKey};
-    use rsa::pkcs8::DecodePublicKey;
-    use rsa::signature::Verifier;
     use std::path::PathBuf;
 
     fn fixture(name: &str) -> PathBuf {
@@ -166,14 +162,14 @@ mod tests {
         assert!(exp > 1_700_000_000 && exp <= 1_700_000_000 + 600);
         assert!(uuid::Uuid::parse_str(claims["jti"].as_str().unwrap()).is_ok());
 
-        let public = std::fs::read_to_string(fixture("app-pub.pem")).unwrap();
-        let verifier =
-            VerifyingKey::<Sha256>::new(rsa::RsaPublicKey::from_public_key_pem(&public).unwrap());
-        let sig =
-            Signature::try_from(URL_SAFE_NO_PAD.decode(parts[2]).unwrap().as_slice()).unwrap();
-        let signed = format!("{}.{}", parts[0], parts[1]);
-        verifier.verify(signed.as_bytes(), &sig).unwrap();
-        assert!(verifier.verify(b"tampered", &sig).is_err());
+        let public = std::fs::read(fixture("app-pub.pem")).unwrap();
+        let key = jsonwebtoken::DecodingKey::from_rsa_pem(&public).unwrap();
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+        validation.validate_exp = false;
+        validation.set_audience(&[url]);
+        jsonwebtoken::decode::<serde_json::Value>(&jwt, &key, &validation).unwrap();
+        let tampered = format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode("{}"), parts[2]);
+        assert!(jsonwebtoken::decode::<serde_json::Value>(&tampered, &key, &validation).is_err());
 
         // Each assertion is unique.
         let again = cert.assertion("client-1", url, 1_700_000_000);

@@ -19,6 +19,7 @@ pub mod limiter;
 pub mod odata;
 pub mod paging;
 pub mod retry;
+mod signin;
 #[cfg(test)]
 mod tests;
 mod transport;
@@ -29,8 +30,8 @@ use std::time::Duration;
 pub use auth::TokenProvider;
 pub use client::GraphClient;
 pub use config::{
-    check_endpoint, Credentials, GraphConfig, Secret, DEFAULT_GRAPH_URL, DEFAULT_HTTP_RETRIES,
-    DEFAULT_LOGIN_URL, DEFAULT_NOT_SENT_RETRY_FOR, DEFAULT_REQUEST_TIMEOUT,
+    check_endpoint, AuthMethod, Credentials, GraphConfig, Secret, DEFAULT_GRAPH_URL,
+    DEFAULT_HTTP_RETRIES, DEFAULT_LOGIN_URL, DEFAULT_NOT_SENT_RETRY_FOR, DEFAULT_REQUEST_TIMEOUT,
 };
 pub use error::{GraphError, ResponseMeta, Traced};
 pub use limiter::Limiter;

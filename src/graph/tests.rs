@@ -608,7 +608,13 @@ async fn token_request_shapes_and_refusals() {
     match err {
         GraphError::Auth { code, message } => {
             assert_eq!(code, "AADSTS7000215");
-            assert_eq!(message, "AADSTS7000215: Invalid client secret provided.");
+            assert_eq!(
+                message,
+                format!(
+                    "AADSTS7000215: Invalid client secret provided. Fix: {}",
+                    super::auth::fix_for("AADSTS7000215").unwrap()
+                )
+            );
         }
         other => panic!("{other:?}"),
     }

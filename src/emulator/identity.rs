@@ -1,0 +1,525 @@
+//! Who a token speaks for and what it may do: JWT access tokens carrying `tid`, `appid` and
+//! `roles` (app-only) or `scp` (delegated), the device-code and refresh-token grants, the
+//! managed-identity endpoints (App Service shape and instance-metadata shape), the permission
+//! check every Graph endpoint goes through (403 `Authorization_RequestDenied`), and the tenant's
+//! authorization policy (`allowInvitesFrom`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use jsonwebtoken::{EncodingKey, Header};
+use serde_json::{json, Value};
+
+use super::auth::{check_tenant, Refusal};
+use super::routes::{Call, Ctx, Reply, Route, Shared, State, TokenInfo};
+
+/// Microsoft Graph Command Line Tools: a Microsoft public client present in every tenant.
+pub const GRAPH_CLI_CLIENT_ID: &str = "14d82eec-204b-4c2f-b7e8-296a70dab67e";
+/// The managed identity's client id in the emulator.
+pub const MANAGED_IDENTITY_CLIENT_ID: &str = "5a1b7c3e-0000-4000-8000-00000000a11d";
+/// Directory role template id of Guest Inviter, carried in `wids` of the signed-in user.
+pub const GUEST_INVITER_ROLE: &str = "95e79109-95c0-4d8e-aee3-d01accf2d47b";
+const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+const DEVICE_CODE_LIFETIME: Duration = Duration::from_secs(900);
+const GRAPH_RESOURCE: &str = "https://graph.microsoft.com";
+
+/// What one access token was issued for.
+#[derive(Debug, Clone, Default)]
+pub struct Grant {
+    pub app_id: String,
+    /// Application permissions (`roles`) or delegated scopes (`scp`).
+    pub permissions: Vec<String>,
+    /// The signed-in user's UPN for a delegated token.
+    pub user: Option<String>,
+}
+
+impl Grant {
+    fn has_any(&self, wanted: &[&str]) -> bool {
+        self.permissions
+            .iter()
+            .any(|p| wanted.iter().any(|w| p.eq_ignore_ascii_case(w)))
+    }
+}
+
+struct DeviceCode {
+    tenant: String,
+    client_id: String,
+    polls: u32,
+    issued_at: Duration,
+    last_poll: Option<Duration>,
+}
+
+/// The identity side of the emulator's mutable state.
+pub struct IdentityState {
+    key: EncodingKey,
+    device_codes: HashMap<String, DeviceCode>,
+    /// Refresh token → the grant it renews (rotated on each use, as Entra does).
+    refresh_tokens: HashMap<String, Grant>,
+}
+
+impl Default for IdentityState {
+    fn default() -> Self {
+        let secret: [u8; 32] = rand::random();
+        IdentityState {
+            key: EncodingKey::from_secret(&secret),
+            device_codes: HashMap::new(),
+            refresh_tokens: HashMap::new(),
+        }
+    }
+}
+
+fn random_token(bytes: usize) -> String {
+    use base64::Engine;
+    let raw: Vec<u8> = (0..bytes).map(|_| rand::random::<u8>()).collect();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+impl Shared {
+    /// The permissions consented for `client_id`: the tenant file's, else `--app-roles`.
+    pub(super) fn granted(&self, st: &State, client_id: &str) -> Vec<String> {
+        st.tenant
+            .apps
+            .iter()
+            .find(|a| a.client_id.eq_ignore_ascii_case(client_id))
+            .and_then(|a| a.roles.clone())
+            .unwrap_or_else(|| self.config.app_roles.clone())
+    }
+
+    /// A signed JWT for `grant`, remembered so Graph endpoints can check it.
+    pub(super) fn issue(&self, st: &mut State, grant: Grant, now: Duration) -> (String, u64) {
+        let lifetime = self.config.token_lifetime;
+        let iat = self.wall(now).timestamp();
+        let tid = st.tenant.tenant_id.clone();
+        let mut claims = json!({
+            "aud": GRAPH_RESOURCE,
+            "iss": format!("https://sts.windows.net/{tid}/"),
+            "iat": iat,
+            "nbf": iat,
+            "exp": iat + lifetime.as_secs() as i64,
+            "tid": tid,
+            "appid": grant.app_id,
+            "oid": uuid::Uuid::new_v4().to_string(),
+            "uti": random_token(12),
+            "ver": "1.0",
+        });
+        match &grant.user {
+            Some(upn) => {
+                claims["scp"] = Value::String(grant.permissions.join(" "));
+                claims["upn"] = Value::String(upn.clone());
+                claims["idtyp"] = Value::String("user".into());
+                claims["wids"] = json!([GUEST_INVITER_ROLE]);
+            }
+            None => {
+                claims["roles"] = json!(grant.permissions);
+                claims["idtyp"] = Value::String("app".into());
+            }
+        }
+        let token = jsonwebtoken::encode(&Header::default(), &claims, &st.identity.key)
+            .expect("HS256 signing cannot fail");
+        st.tokens.insert(
+            token.clone(),
+            TokenInfo {
+                app: grant.app_id.clone(),
+                expires_at: now + lifetime,
+                grant,
+            },
+        );
+        (token, lifetime.as_secs())
+    }
+
+    /// Token endpoint answer for an app-only grant.
+    pub(super) fn app_token_reply(
+        &self,
+        st: &mut State,
+        client_id: String,
+        now: Duration,
+    ) -> Reply {
+        let grant = Grant {
+            permissions: self.granted(st, &client_id),
+            app_id: client_id,
+            user: None,
+        };
+        let (token, lifetime) = self.issue(st, grant, now);
+        Reply::json(
+            200,
+            json!({
+                "token_type": "Bearer",
+                "expires_in": lifetime,
+                "ext_expires_in": lifetime,
+                "access_token": token,
+            }),
+        )
+    }
+
+    fn delegated_reply(&self, st: &mut State, grant: Grant, now: Duration) -> Reply {
+        let refresh = random_token(48);
+        st.identity
+            .refresh_tokens
+            .insert(refresh.clone(), grant.clone());
+        let scope = grant.permissions.join(" ");
+        let (token, lifetime) = self.issue(st, grant, now);
+        Reply::json(
+            200,
+            json!({
+                "token_type": "Bearer",
+                "scope": scope,
+                "expires_in": lifetime,
+                "ext_expires_in": lifetime,
+                "access_token": token,
+                "refresh_token": refresh,
+            }),
+        )
+    }
+
+    /// The device-code and refresh-token grants of the token endpoint; `None` for other grants.
+    pub(super) fn other_grant(
+        &self,
+        st: &mut State,
+        form: &HashMap<String, String>,
+        ctx: &Ctx,
+        now: Duration,
+    ) -> Option<Reply> {
+        let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+        let refuse = |r: Refusal| {
+            Reply::json(
+                r.status,
+                serde_json::to_value(r.body(&ctx.date)).unwrap_or(Value::Null),
+            )
+        };
+        match field("grant_type") {
+            DEVICE_CODE_GRANT => {
+                let code = field("device_code").to_string();
+                let interval = self.config.device_code_interval;
+                let approve_after = self.config.device_code_approve_after;
+                let Some(dc) = st.identity.device_codes.get_mut(&code) else {
+                    return Some(refuse(Refusal::new(
+                        400,
+                        "invalid_grant",
+                        70000,
+                        "The provided value for the input parameter 'device_code' is not valid.",
+                    )));
+                };
+                if now >= dc.issued_at + DEVICE_CODE_LIFETIME {
+                    st.identity.device_codes.remove(&code);
+                    return Some(refuse(Refusal::new(
+                        400,
+                        "expired_token",
+                        70020,
+                        "The provided value for the input parameter 'device_code' is expired.",
+                    )));
+                }
+                let too_soon = dc.last_poll.is_some_and(|last| now < last + interval);
+                dc.last_poll = Some(now);
+                if too_soon {
+                    return Some(refuse(Refusal::new(
+                        400,
+                        "slow_down",
+                        70016,
+                        "Polling too often: wait the interval between polls, plus 5 seconds.",
+                    )));
+                }
+                dc.polls += 1;
+                if approve_after == 0 || dc.polls < approve_after {
+                    return Some(refuse(Refusal::new(
+                        400,
+                        "authorization_pending",
+                        70016,
+                        "OAuth 2.0 device flow error. Authorization is pending. Continue polling.",
+                    )));
+                }
+                let dc = st.identity.device_codes.remove(&code).expect("present");
+                let user = self.signed_in_user(st);
+                let grant = Grant {
+                    permissions: self.config.app_roles.clone(),
+                    app_id: dc.client_id,
+                    user: Some(user),
+                };
+                let _ = dc.tenant;
+                Some(self.delegated_reply(st, grant, now))
+            }
+            "refresh_token" => {
+                let grant = st.identity.refresh_tokens.remove(field("refresh_token"));
+                Some(match grant {
+                    Some(g) if g.app_id.eq_ignore_ascii_case(field("client_id")) => {
+                        self.delegated_reply(st, g, now)
+                    }
+                    _ => refuse(Refusal::new(
+                        400,
+                        "invalid_grant",
+                        9002313,
+                        "Invalid request. Request is malformed or invalid: the refresh token is unknown or was already used.",
+                    )),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// The person the device-code flow signs in: the tenant's administrator.
+    fn signed_in_user(&self, st: &State) -> String {
+        let domain = st
+            .tenant
+            .domains
+            .iter()
+            .find(|d| d.is_verified)
+            .map(|d| d.id.clone())
+            .unwrap_or_else(|| "contoso.onmicrosoft.com".into());
+        format!("admin@{domain}")
+    }
+
+    /// The non-Graph identity endpoints; `None` for any other request. Template for the stats.
+    pub(super) fn identity_endpoint(
+        &self,
+        st: &mut State,
+        call: &Call,
+        ctx: &Ctx,
+        now: Duration,
+    ) -> Option<(Reply, String)> {
+        let segs: Vec<&str> = call.path.trim_start_matches('/').split('/').collect();
+        match (call.method.as_str(), segs.as_slice()) {
+            ("POST", [tenant, "oauth2", "v2.0", "devicecode"]) => Some((
+                self.device_code(st, call, ctx, tenant, now),
+                "POST /{tenant}/oauth2/v2.0/devicecode".into(),
+            )),
+            ("GET", ["msi", "token"]) => Some((
+                self.app_service_identity(st, call, now),
+                "GET /msi/token".into(),
+            )),
+            ("GET", ["metadata", "identity", "oauth2", "token"]) => Some((
+                self.instance_metadata_identity(st, call, now),
+                "GET /metadata/identity/oauth2/token".into(),
+            )),
+            _ => None,
+        }
+    }
+
+    fn device_code(
+        &self,
+        st: &mut State,
+        call: &Call,
+        ctx: &Ctx,
+        tenant: &str,
+        now: Duration,
+    ) -> Reply {
+        let form: HashMap<String, String> = url::form_urlencoded::parse(&call.body)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let refuse = |r: Refusal| {
+            Reply::json(
+                r.status,
+                serde_json::to_value(r.body(&ctx.date)).unwrap_or(Value::Null),
+            )
+        };
+        if let Err(r) = check_tenant(&st.tenant, tenant) {
+            return refuse(r);
+        }
+        let client_id = form.get("client_id").cloned().unwrap_or_default();
+        let known = client_id.eq_ignore_ascii_case(GRAPH_CLI_CLIENT_ID)
+            || st
+                .tenant
+                .apps
+                .iter()
+                .any(|a| a.client_id.eq_ignore_ascii_case(&client_id));
+        if !known {
+            return refuse(Refusal::new(
+                400,
+                "unauthorized_client",
+                700016,
+                format!("Application with identifier '{client_id}' was not found in the directory '{}'.", st.tenant.display_name),
+            ));
+        }
+        let device_code = random_token(48);
+        let user_code: String = (0..9)
+            .map(|_| char::from(b'A' + rand::random::<u8>() % 26))
+            .collect();
+        st.identity.device_codes.insert(
+            device_code.clone(),
+            DeviceCode {
+                tenant: tenant.to_string(),
+                client_id,
+                polls: 0,
+                issued_at: now,
+                last_poll: None,
+            },
+        );
+        let verification_uri = "https://microsoft.com/devicelogin";
+        Reply::json(
+            200,
+            json!({
+                "user_code": user_code,
+                "device_code": device_code,
+                "verification_uri": verification_uri,
+                "expires_in": DEVICE_CODE_LIFETIME.as_secs(),
+                "interval": self.config.device_code_interval.as_secs(),
+                "message": format!("To sign in, use a web browser to open the page {verification_uri} and enter the code {user_code} to authenticate."),
+            }),
+        )
+    }
+
+    fn managed_identity_token(&self, st: &mut State, now: Duration) -> (String, u64, i64) {
+        let grant = Grant {
+            app_id: MANAGED_IDENTITY_CLIENT_ID.into(),
+            permissions: self.granted(st, MANAGED_IDENTITY_CLIENT_ID),
+            user: None,
+        };
+        let (token, lifetime) = self.issue(st, grant, now);
+        let expires_on = self.wall(now).timestamp() + lifetime as i64;
+        (token, lifetime, expires_on)
+    }
+
+    /// App Service / Automation: `GET {IDENTITY_ENDPOINT}?resource=…&api-version=2019-08-01`
+    /// with the `X-IDENTITY-HEADER` secret.
+    fn app_service_identity(&self, st: &mut State, call: &Call, now: Duration) -> Reply {
+        if call.header("x-identity-header") != Some(self.config.identity_header.as_str()) {
+            return Reply::json(
+                401,
+                json!({"statusCode": 401, "message": "Unauthorized: the X-IDENTITY-HEADER header is missing or wrong."}),
+            );
+        }
+        if let Some(bad) = bad_resource(call) {
+            return bad;
+        }
+        let (token, _, expires_on) = self.managed_identity_token(st, now);
+        Reply::json(
+            200,
+            json!({
+                "access_token": token,
+                "expires_on": expires_on.to_string(),
+                "resource": GRAPH_RESOURCE,
+                "token_type": "Bearer",
+                "client_id": MANAGED_IDENTITY_CLIENT_ID,
+            }),
+        )
+    }
+
+    /// Virtual machines: `GET /metadata/identity/oauth2/token?api-version=2018-02-01&resource=…`
+    /// with `Metadata: true`.
+    fn instance_metadata_identity(&self, st: &mut State, call: &Call, now: Duration) -> Reply {
+        if call.header("metadata") != Some("true") {
+            return Reply::json(
+                400,
+                json!({"error": "invalid_request", "error_description": "Required metadata header not specified"}),
+            );
+        }
+        if let Some(bad) = bad_resource(call) {
+            return bad;
+        }
+        let (token, lifetime, expires_on) = self.managed_identity_token(st, now);
+        Reply::json(
+            200,
+            json!({
+                "access_token": token,
+                "refresh_token": "",
+                "expires_in": lifetime.to_string(),
+                "expires_on": expires_on.to_string(),
+                "not_before": (expires_on - lifetime as i64).to_string(),
+                "resource": GRAPH_RESOURCE,
+                "token_type": "Bearer",
+                "client_id": MANAGED_IDENTITY_CLIENT_ID,
+            }),
+        )
+    }
+
+    /// The permission check in front of every Graph endpoint, and the invitation policy.
+    pub(super) fn authorize(
+        &self,
+        st: &State,
+        route: &Route,
+        call: &Call,
+        ctx: &Ctx,
+    ) -> Option<Reply> {
+        let token = call
+            .header("authorization")
+            .and_then(|a| a.split_once(' '))
+            .map(|(_, t)| t.trim())
+            .unwrap_or("");
+        let grant = &st.tokens.get(token)?.grant;
+        let denied = || {
+            Some(ctx.err(
+                403,
+                "Authorization_RequestDenied",
+                "Insufficient privileges to complete the operation.",
+            ))
+        };
+        let needed: &[&str] = match route {
+            Route::ListUsers | Route::UsersDelta | Route::GetUser(_) => &[
+                "User.Read.All",
+                "User.ReadWrite.All",
+                "Directory.Read.All",
+                "Directory.ReadWrite.All",
+            ],
+            Route::PatchUser(_) => &["User.ReadWrite.All", "Directory.ReadWrite.All"],
+            Route::Members { .. } => &[
+                "GroupMember.Read.All",
+                "Group.Read.All",
+                "Directory.Read.All",
+                "Directory.ReadWrite.All",
+            ],
+            Route::Domains => &[
+                "Domain.Read.All",
+                "Directory.Read.All",
+                "Directory.ReadWrite.All",
+            ],
+            Route::Invite => &["User.Invite.All", "Directory.ReadWrite.All"],
+            Route::AuthorizationPolicy => &["Policy.Read.All", "Policy.ReadWrite.Authorization"],
+            Route::Token(_) | Route::Batch => return None,
+        };
+        if !grant.has_any(needed) {
+            return denied();
+        }
+        if matches!(route, Route::Invite)
+            && !invites_allowed(&self.config.allow_invites_from, grant)
+        {
+            return Some(ctx.err(
+                403,
+                "Authorization_RequestDenied",
+                "Guest invitations not allowed for your company. Contact your company administrator for more details.",
+            ));
+        }
+        None
+    }
+
+    /// `GET /v1.0/policies/authorizationPolicy`.
+    pub(super) fn authorization_policy(&self, st: &State) -> Reply {
+        Reply::json(
+            200,
+            json!({
+                "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#policies/authorizationPolicy/$entity",
+                "id": "authorizationPolicy",
+                "displayName": "Authorization Policy",
+                "description": "Used to manage authorization related settings across the company.",
+                "allowInvitesFrom": self.config.allow_invites_from,
+                "allowedToSignUpEmailBasedSubscriptions": true,
+                "allowEmailVerifiedUsersToJoinOrganization": false,
+                "blockMsolPowerShell": false,
+                "guestUserRoleId": "10dae51f-b6af-4016-8d66-8c2a99b929b3",
+                "defaultUserRolePermissions": {
+                    "allowedToCreateApps": true,
+                    "allowedToCreateSecurityGroups": true,
+                    "allowedToReadOtherUsers": true
+                },
+                "tenantId": st.tenant.tenant_id,
+            }),
+        )
+    }
+}
+
+/// Whether the tenant's `allowInvitesFrom` lets this token invite. Apps invite only when members
+/// may; the emulator's signed-in user holds the Guest Inviter role.
+pub fn invites_allowed(allow_invites_from: &str, grant: &Grant) -> bool {
+    match allow_invites_from {
+        "none" => false,
+        "adminsAndGuestInviters" => grant.user.is_some(),
+        _ => true,
+    }
+}
+
+fn bad_resource(call: &Call) -> Option<Reply> {
+    let resource = call.q("resource").unwrap_or("").trim_end_matches('/');
+    (resource != GRAPH_RESOURCE).then(|| {
+        Reply::json(
+            400,
+            json!({"error": "invalid_resource", "error_description": format!("AADSTS500011: The resource principal named {resource} was not found in the tenant.")}),
+        )
+    })
+}
