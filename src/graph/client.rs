@@ -178,7 +178,7 @@ impl GraphClient {
         self.batch_users(urls).await
     }
 
-    /// One page of every user's addresses (`id,mail,otherMails`, 999 a page): the tenant-wide
+    /// One page of every user's addresses (`id,mail,otherMails,proxyAddresses`, 999 a page): the tenant-wide
     /// index the `mail_conflict` check reads, built with one request per 999 users instead of
     /// one per 15 checked addresses.
     pub async fn list_user_addresses_page(
@@ -189,7 +189,7 @@ impl GraphClient {
             Some(link) => self.next_link_url(link, false)?,
             None => self.api_url(
                 &["users"],
-                &[("$select", "id,mail,otherMails"), ("$top", "999")],
+                &[("$select", "id,mail,otherMails,proxyAddresses"), ("$top", "999")],
             ),
         };
         self.get_json(url, false).await
