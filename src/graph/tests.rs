@@ -1024,7 +1024,8 @@ async fn transport_errors_are_sorted_by_whether_the_request_could_have_left() {
     match lost {
         transport::Lost::NotSent(message) => {
             assert!(
-                message.contains(&format!("cannot connect to {url}")),
+                message.contains(&format!("cannot connect to {url}: "))
+                    && message.contains("refused"),
                 "{message}"
             )
         }
