@@ -10,7 +10,6 @@ use std::time::Duration;
 use reqwest::Method;
 
 use super::error::{GraphError, ResponseMeta};
-use super::paging::Pager;
 use super::retry::{self, Attempts, Failure, Verdict};
 use super::transport::{error_parts, parse_answer, Call};
 use super::{GraphClient, REQUESTS_PER_BATCH};
@@ -177,13 +176,8 @@ impl GraphClient {
             }
         }
         for link in more_pages {
-            let rest: Vec<User> = Pager::resume(Some(link), |link: Option<String>| async move {
-                let url = self.next_link_url(link.as_deref().unwrap_or_default(), false)?;
-                self.get_json::<Page<User>>(url, false).await
-            })
-            .collect_all()
-            .await?;
-            users.extend(rest);
+            let rest = self.next_link_url(&link, false)?;
+            users.extend(self.get_all::<User>(rest, false).await?);
         }
         Ok(users)
     }

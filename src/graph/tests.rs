@@ -1029,7 +1029,8 @@ async fn transport_errors_are_sorted_by_whether_the_request_could_have_left() {
     match lost {
         transport::Lost::NotSent(message) => {
             assert!(
-                message.contains(&format!("cannot connect to {url}")),
+                message.contains(&format!("cannot connect to {url}: "))
+                    && message.contains("refused"),
                 "{message}"
             )
         }
@@ -1140,4 +1141,37 @@ async fn pager_walks_every_page_of_an_emulator_listing() {
     assert_eq!(all.len(), total);
     assert_eq!(client.requests_sent(), sent + sizes.len() as u64 - 1);
     assert!(Pager::finished(fetch).next_page().await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn batch_sub_responses_with_more_pages_are_followed() {
+    let base = Arc::new(Mutex::new(String::new()));
+    let link_base = base.clone();
+    let mock = Mock::start(move |seen, n| {
+        if seen.path() == "/v1.0/$batch" {
+            let batch: BatchRequest = serde_json::from_str(&seen.body).unwrap();
+            let next = format!("{}/v1.0/users?$skiptoken=p2", link_base.lock().unwrap());
+            let r = &batch.requests[0];
+            reply(
+                200,
+                json!({"responses": [{"id": r.id, "status": 200,
+                    "body": {"@odata.nextLink": next, "value": [user_json("u1")]}}]}),
+            )
+        } else if n == 0 {
+            assert!(seen.uri.contains("$skiptoken=p2"), "{}", seen.uri);
+            let next = format!("{}/v1.0/users?$skiptoken=p3", link_base.lock().unwrap());
+            reply(
+                200,
+                json!({"@odata.nextLink": next, "value": [user_json("u2")]}),
+            )
+        } else {
+            reply(200, json!({"value": [user_json("u3")]}))
+        }
+    })
+    .await;
+    *base.lock().unwrap() = mock.url.clone();
+    let users = mock.client().users_by_ids(&["u1".into()]).await.unwrap();
+    let ids: Vec<_> = users.iter().map(|u| u.id.as_str()).collect();
+    assert_eq!(ids, ["u1", "u2", "u3"]);
+    assert_eq!(mock.graph_hits().len(), 3);
 }

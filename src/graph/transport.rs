@@ -108,7 +108,7 @@ pub fn classify_error(
                 secs(connect_timeout)
             ))
         } else {
-            Lost::NotSent(format!("cannot connect to {server}: {}", error_chain(e)))
+            Lost::NotSent(format!("cannot connect to {server}: {}", root_cause(e)))
         }
     } else if e.is_timeout() {
         Lost::MaybeSent(format!(
@@ -118,7 +118,7 @@ pub fn classify_error(
     } else {
         Lost::MaybeSent(format!(
             "the connection to {server} failed before {answer} was complete: {}",
-            error_chain(e)
+            root_cause(e)
         ))
     }
 }
@@ -454,13 +454,12 @@ pub(super) fn error_parts(status: u16, body: &str) -> (String, String) {
     (reason, message)
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
+/// The innermost cause ("Connection refused (os error 111)", "failed to lookup address
+/// information: …", "invalid peer certificate: …"): the outer layers only repeat the URL.
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
     }
-    text
+    cause.to_string()
 }
