@@ -94,8 +94,9 @@ enum Kind {
     MailboxMismatch,
 }
 
-/// The convertible share (0..85) draws exactly as it always has, so a seed converts the same
-/// users whatever kinds are added to the rest.
+/// The ranks of the convertible (0..85) and conflict (98..100) shares are the ones they always
+/// had, and only `Conflict` draws again, so a seed yields the same convertible users whatever
+/// kinds share the rest.
 fn pick_kind(rng: &mut StdRng) -> Kind {
     match rng.random_range(0..100u32) {
         0..85 => Kind::Convertible,
@@ -105,11 +106,11 @@ fn pick_kind(rng: &mut StdRng) -> Kind {
         89..90 => Kind::Exchange,
         90..91 => Kind::MailMissing,
         91..92 => Kind::DomainVerified,
-        92..94 => Kind::Conflict,
-        94..96 => Kind::SetMailMissing,
-        96..98 => Kind::SetMailMismatch,
-        98..99 => Kind::SyncedMismatch,
-        _ => Kind::MailboxMismatch,
+        92..94 => Kind::SetMailMissing,
+        94..96 => Kind::SetMailMismatch,
+        96..97 => Kind::SyncedMismatch,
+        97..98 => Kind::MailboxMismatch,
+        _ => Kind::Conflict,
     }
 }
 
