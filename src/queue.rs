@@ -113,10 +113,6 @@ impl Queue {
             .map_err(|e| sqlite_err(path, e))?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(|e| sqlite_err(path, e))?;
-        // 64 MiB of page cache (default 2 MiB): the random-key indexes of a large ingest stay in
-        // memory between commits instead of being re-read and re-written to the WAL each batch.
-        conn.pragma_update(None, "cache_size", -65_536)
-            .map_err(|e| sqlite_err(path, e))?;
         migrations()
             .to_latest(&mut conn)
             .map_err(|e| QueueError::Migration {

@@ -12,9 +12,8 @@ use crate::model::{Page, User};
 use crate::progress::Progress;
 use crate::queue::{InsertStats, Queue};
 
-/// Rows per transaction: large enough that each index page is written to the WAL few times,
-/// small enough to lose little and keep memory flat (a batch is a few MiB).
-const BATCH: usize = 25_000;
+/// Rows per transaction: large enough to make ingestion cheap, small enough to lose little.
+const BATCH: usize = 5_000;
 
 /// Marks a Graph listing whose last page was stored.
 const LISTING_DONE: &str = "";
