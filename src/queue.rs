@@ -17,6 +17,9 @@ use crate::item::{
 };
 use crate::model::{Invitation, User};
 
+mod report;
+pub use report::{RunItems, WorkSpan};
+
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error("database {path}: {source}")]
@@ -45,7 +48,10 @@ pub enum QueueError {
 pub type Result<T> = std::result::Result<T, QueueError>;
 
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(include_str!("../migrations/0001_init.sql"))])
+    Migrations::new(vec![
+        M::up(include_str!("../migrations/0001_init.sql")),
+        M::up(include_str!("../migrations/0003_work_spans.sql")),
+    ])
 }
 
 /// What `insert_items` did with a batch.

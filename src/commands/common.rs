@@ -163,7 +163,9 @@ pub async fn execute(
         run: Arc::new(run),
         stop: stop_rx,
     };
+    let span = crate::queue::WorkSpan::start(queue.clone(), run_id)?;
     let outcome = workers::work(pipeline).await;
+    span.finish()?;
     ctrl_c.abort();
     let outcome = match outcome {
         Ok(o) => o,
