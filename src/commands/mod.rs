@@ -5,7 +5,7 @@ mod bench;
 mod common;
 mod demo;
 mod emulator;
-mod report;
+pub mod report;
 mod resume;
 mod retry;
 mod run;

@@ -319,9 +319,10 @@ fn attention_section(out: &mut String, s: &Summary) {
         }
         let _ = writeln!(
             out,
-            "<tr class=\"{st}\" data-item=\"{id}\"><td class=\"n\">{line}</td><td>{user}</td><td>{oid}</td><td>{mail}</td><td>{detail}</td><td>{req}</td></tr>",
+            "<tr class=\"{st}\" data-item=\"{id}\" data-reason=\"{reason}\"><td class=\"n\">{line}</td><td>{user}</td><td>{oid}</td><td>{mail}</td><td>{detail}</td><td>{req}</td></tr>",
             st = i.state.as_str(),
             id = i.id,
+            reason = esc(&item_reason(i)),
             line = i.line.map(|l| l.to_string()).unwrap_or_default(),
             user = user_cell(i),
             oid = opt(&i.user_id),
@@ -574,7 +575,7 @@ mod tests {
                     let row_start = html.find(&marker).unwrap();
                     let row =
                         &html[row_start..row_start + html[row_start..].find("</tr>").unwrap()];
-                    assert!(html.contains(&format!("<tr class=\"{}\" {marker}>", i.state)));
+                    assert!(html.contains(&format!("<tr class=\"{}\" {marker} ", i.state)));
                     assert!(row.contains(&esc(&item_detail(i))));
                     if let Some(r) = &i.request_id {
                         assert!(row.contains(r.as_str()));

@@ -55,7 +55,7 @@ pub(super) fn render(s: &Summary) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "# b2b-convert report: run {} ({})\n",
+        "# Conversion to B2B collaboration: run {} ({})\n",
         run.id,
         mode_label(run.mode)
     );
@@ -161,7 +161,10 @@ pub(super) fn render(s: &Summary) -> String {
         out.push_str("None. The CSV and JSON reports list every user of the run.\n\n");
     } else {
         out.push_str(
-            "| Item | Line | User principal name | Object id | External email | State | Reason / error code | Detail / Graph message | Request id | Fix |\n\
+            "Only users who need action are listed; the CSV and JSON reports list every user of the run.\n\n",
+        );
+        out.push_str(
+            "| Item | Line | User | Object id | External email | State | Reason / error code | Detail / Graph message | Request id | Fix |\n\
              | ---: | ---: | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         );
         for i in &s.attention {
@@ -191,12 +194,17 @@ pub(super) fn render(s: &Summary) -> String {
     out
 }
 
-/// The UPN, else the key the input gave (a bad row may have neither).
+/// The UPN, else the key the input gave (a bad row may have neither), then the display name.
 fn upn_or_key(i: &ItemRecord) -> String {
-    match (&i.user_principal_name, &i.key) {
+    let key = match (&i.user_principal_name, &i.key) {
         (Some(upn), _) => cell(upn),
         (None, Some(k)) => cell(k.value()),
         (None, None) => String::new(),
+    };
+    match &i.display_name {
+        Some(name) if key.is_empty() => cell(name),
+        Some(name) => format!("{key} ({})", cell(name)),
+        None => key,
     }
 }
 
