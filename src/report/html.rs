@@ -126,7 +126,8 @@ fn pace_chart(s: &Summary) -> String {
     const H: usize = 200;
     const LEFT: usize = 50;
     const BOTTOM: usize = 24;
-    let slot = (W - LEFT) as f64 / bins.len() as f64;
+    // A short run keeps bars of a readable width instead of one slab across the chart.
+    let slot = (W - LEFT) as f64 / bins.len().max(30) as f64;
     let unit = if bin == 1 {
         "minute".to_string()
     } else {
@@ -311,15 +312,24 @@ fn attention_section(out: &mut String, s: &Summary) {
                 thousands(n as u64),
                 esc(item_fix(i))
             );
-            out.push_str(
+            // Request ids exist only for users a request was sent for: failed ones.
+            out.push_str(if key.0 == 1 {
                 "<table class=\"users sortable\"><colgroup><col class=\"line\"><col class=\"user\"><col class=\"oid\"><col class=\"mail\"><col><col class=\"req\"></colgroup>\
-                 <thead><tr><th class=\"n\">Line</th><th>User</th><th>Object id</th><th>External email</th><th>Detail</th><th>Request id</th></tr></thead><tbody>\n",
-            );
-            current = Some(key);
+                 <thead><tr><th class=\"n\">Line</th><th>User</th><th>Object id</th><th>External email</th><th>Graph message</th><th>Request id</th></tr></thead><tbody>\n"
+            } else {
+                "<table class=\"users sortable\"><colgroup><col class=\"line\"><col class=\"user\"><col class=\"oid\"><col class=\"mail\"><col></colgroup>\
+                 <thead><tr><th class=\"n\">Line</th><th>User</th><th>Object id</th><th>External email</th><th>Detail</th></tr></thead><tbody>\n"
+            });
+            current = Some(key.clone());
         }
+        let req = if key.0 == 1 {
+            format!("<td>{}</td>", opt(&i.request_id))
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "<tr class=\"{st}\" data-item=\"{id}\" data-reason=\"{reason}\"><td class=\"n\">{line}</td><td>{user}</td><td>{oid}</td><td>{mail}</td><td>{detail}</td><td>{req}</td></tr>",
+            "<tr class=\"{st}\" data-item=\"{id}\" data-reason=\"{reason}\"><td class=\"n\">{line}</td><td>{user}</td><td>{oid}</td><td>{mail}</td><td>{detail}</td>{req}</tr>",
             st = i.state.as_str(),
             id = i.id,
             reason = esc(&item_reason(i)),
@@ -328,7 +338,6 @@ fn attention_section(out: &mut String, s: &Summary) {
             oid = opt(&i.user_id),
             mail = opt(&i.external_email),
             detail = esc(&item_detail(i)),
-            req = opt(&i.request_id),
         );
     }
     out.push_str("</tbody></table>\n");

@@ -425,6 +425,7 @@ impl<'a> Summary<'a> {
                 )
             })
             .collect();
+        out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         let failed = self.data.counts.state(ItemState::Failed);
         if failed > 0 {
             out.push((
