@@ -47,7 +47,13 @@ queued in a SQLite file, so a run can be stopped and resumed without losing or r
 )]
 pub struct Cli {
     /// The SQLite work queue (ignored by `emulator` and `demo`, which keep their own).
-    #[arg(help_heading = "Global options", long, global = true, default_value = "b2b-convert.db", env = "B2B_DB")]
+    #[arg(
+        help_heading = "Global options",
+        long,
+        global = true,
+        default_value = "b2b-convert.db",
+        env = "B2B_DB"
+    )]
     pub db: PathBuf,
 
     /// Log format on stderr: `json` writes one object per line, for log collectors.

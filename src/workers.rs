@@ -27,6 +27,7 @@ use crate::model::{
 use crate::progress::Progress;
 use crate::queue::{LookupOutcome, Queue};
 use crate::validate::{validate, TenantFacts, Verdict};
+use tracing::Instrument;
 
 /// Items read, looked up and validated together: one `$batch` of 20 × 15 ids.
 const CHUNK: usize = 300;
@@ -149,7 +150,13 @@ pub async fn work(pipeline: Pipeline) -> anyhow::Result<Outcome> {
                         // Never marked in flight: it simply stays pending.
                         continue;
                     }
-                    convert(&pass, item, email).await?;
+                    let (run_id, item_id) = (item.run_id, item.id);
+                    convert(&pass, item, email)
+                        .instrument(tracing::info_span!("item", run_id, item_id))
+                        .await?;
+                    pass.pipeline
+                        .progress
+                        .outcome_of(&pass.pipeline.queue, item_id);
                 }
                 anyhow::Ok(())
             });
@@ -233,6 +240,7 @@ async fn produce(
                         None,
                     )?;
                     p.progress.inc(1);
+                    p.progress.outcome_of(&p.queue, item.id);
                 }
                 Verdict::Convert { email, notes } => {
                     if limit.is_some_and(|l| pass.dispatched.load(Ordering::Relaxed) >= l) {
@@ -250,6 +258,7 @@ async fn produce(
                                 Some(&email),
                             )?;
                             p.progress.inc(1);
+                            p.progress.outcome_of(&p.queue, item.id);
                         }
                         RunMode::Live => {
                             if pass.stopping() || tx.send((item, email)).await.is_err() {
@@ -330,6 +339,7 @@ async fn prepare(
                 .map_err(|e| GraphError::Config(e.to_string()))?;
             if outcome != LookupOutcome::Found {
                 p.progress.inc(1);
+                p.progress.outcome_of(&p.queue, item.id);
                 continue;
             }
             item.snapshot = found.cloned();

@@ -86,7 +86,10 @@ fn readme_usage_block_is_the_help_output() {
         .find(start)
         .expect("README has a usage block marked `<!-- usage: b2b-convert --help -->`")
         + start.len();
-    let end = begin + readme[begin..].find("```\n").expect("usage block is closed");
+    let end = begin
+        + readme[begin..]
+            .find("```\n")
+            .expect("usage block is closed");
     let block = &readme[begin..end];
     let actual = help(&["--help"]);
     if block != actual {

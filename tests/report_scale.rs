@@ -105,7 +105,11 @@ fn html_report_of_100k_items_is_small_and_lists_every_blocked_user() {
     let csv_path = dir.path().join("r.csv");
     b2b_convert::commands::report::write(&queue, run_id, &csv_path, None).unwrap();
     let csv = std::fs::read_to_string(&csv_path).unwrap();
-    assert_eq!(csv.lines().count() as u64, N + 1, "header and one row per item");
+    assert_eq!(
+        csv.lines().count() as u64,
+        N + 1,
+        "header and one row per item"
+    );
     assert!(!dir.path().join("r.csv.partial").exists());
 }
 

@@ -82,7 +82,10 @@ fn check_md(md: &str, counts: &RunCounts, items: &[ItemRecord]) {
     assert!(md.find("## Summary for the change board") < md.find("## Run"));
     for st in ItemState::ALL {
         let row = format!(" ({}) | {} |", st.as_str(), counts.state(st));
-        assert!(md.lines().any(|l| l.ends_with(&row)), "missing state row {row}");
+        assert!(
+            md.lines().any(|l| l.ends_with(&row)),
+            "missing state row {row}"
+        );
     }
     assert!(md.contains(&format!("| **total** | **{}** |", counts.total)));
     for (code, n) in counts.reasons.iter().filter(|(_, n)| **n > 0) {

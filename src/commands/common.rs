@@ -156,10 +156,12 @@ pub async fn execute(
         RunMode::DryRun => "checking",
         RunMode::Live => "converting",
     };
+    let progress = Arc::new(Progress::new(label, counts.total));
+    progress.watch(queue.clone(), run_id);
     let pipeline = Pipeline {
         queue: queue.clone(),
         graph,
-        progress: Arc::new(Progress::new(label, counts.total)),
+        progress,
         run: Arc::new(run),
         stop: stop_rx,
     };

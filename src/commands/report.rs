@@ -38,7 +38,11 @@ pub fn write(
         items: queue.attention_items(run_id)?,
         overridden: queue.overridden_count(run_id)?,
         active_seconds: queue.active_seconds(run_id)?,
-        pace: if live { queue.pace(run_id)? } else { Vec::new() },
+        pace: if live {
+            queue.pace(run_id)?
+        } else {
+            Vec::new()
+        },
         generated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
     };

@@ -14,7 +14,7 @@ use std::time::Duration;
 use rusqlite::params;
 
 use super::{item_from_row, now, Queue, Result, ITEM_COLUMNS};
-use crate::item::ItemRecord;
+use crate::item::{ItemRecord, ItemState};
 use crate::report::{ItemSource, PaceMinute};
 
 /// How often a working process moves its span's `last_seen_at` forward. A process killed
@@ -61,7 +61,9 @@ impl Queue {
             .map_err(to_io)?;
         let mut rows = stmt.query([run_id]).map_err(to_io)?;
         while let Some(row) = rows.next().map_err(to_io)? {
-            let item = item_from_row(row).map_err(to_io)?.map_err(io::Error::other)?;
+            let item = item_from_row(row)
+                .map_err(to_io)?
+                .map_err(io::Error::other)?;
             f(&item)?;
         }
         Ok(())
@@ -121,6 +123,40 @@ impl Queue {
             .collect())
     }
 
+    /// Items per state (through the `items_run_state` index), for the progress bar.
+    pub fn state_counts(&self, run_id: i64) -> Result<Vec<(ItemState, u64)>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT state, count(*) FROM items WHERE run_id = ?1 GROUP BY state")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([run_id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (state, n) = row.map_err(|e| self.err(e))?;
+            if let Ok(state) = state.parse::<ItemState>() {
+                out.push((state, n as u64));
+            }
+        }
+        Ok(out)
+    }
+
+    /// 429 responses of the run logged after request `after`, and the last request id seen:
+    /// a rowid range, so polling it costs only the new rows.
+    pub fn throttled_after(&self, run_id: i64, after: i64) -> Result<(u64, i64)> {
+        let conn = self.conn();
+        conn.query_row(
+            "SELECT coalesce(sum(status = 429 AND run_id = ?1), 0), coalesce(max(id), ?2)
+             FROM requests WHERE id > ?2",
+            params![run_id, after],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)?)),
+        )
+        .map_err(|e| self.err(e))
+    }
+
     fn open_span(&self, run_id: i64) -> Result<i64> {
         let conn = self.conn();
         let at = now();
@@ -174,14 +210,11 @@ impl WorkSpan {
         let q = queue.clone();
         let beat = std::thread::Builder::new()
             .name("work-span".into())
-            .spawn(move || loop {
-                match rx.recv_timeout(HEARTBEAT) {
-                    Err(RecvTimeoutError::Timeout) => {
-                        if let Err(e) = q.touch_span(id, false) {
-                            tracing::warn!(error = %e, "work span heartbeat failed");
-                        }
+            .spawn(move || {
+                while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(HEARTBEAT) {
+                    if let Err(e) = q.touch_span(id, false) {
+                        tracing::warn!(error = %e, "work span heartbeat failed");
                     }
-                    _ => break,
                 }
             })
             .ok();

@@ -121,7 +121,12 @@ fn pace_chart(s: &Summary) -> String {
             )
         })
         .collect();
-    let max = bins.iter().map(|(c, t)| (*c).max(*t)).max().unwrap_or(0).max(1);
+    let max = bins
+        .iter()
+        .map(|(c, t)| (*c).max(*t))
+        .max()
+        .unwrap_or(0)
+        .max(1);
     const W: usize = 900;
     const H: usize = 200;
     const LEFT: usize = 50;
@@ -247,7 +252,10 @@ fn summary_section(out: &mut String, s: &Summary) {
             e.configured_rate_per_second,
             esc(&e.estimated_seconds.map_or_else(
                 || "never (the rate is not a positive number)".to_string(),
-                |v| format!("about {}", human_duration(std::time::Duration::from_secs_f64(v)))
+                |v| format!(
+                    "about {}",
+                    human_duration(std::time::Duration::from_secs_f64(v))
+                )
             ))
         );
     }
@@ -604,8 +612,11 @@ mod tests {
     #[test]
     fn opens_with_the_boards_summary() {
         let dry = render(ReportFormat::Html, &dry_run());
-        let summary = &dry[dry.find("<section class=\"summary\"").unwrap()..dry.find("</section>").unwrap()];
-        assert!(dry.find("<section class=\"summary\"").unwrap() < dry.find("<h2>Run</h2>").unwrap());
+        let summary =
+            &dry[dry.find("<section class=\"summary\"").unwrap()..dry.find("</section>").unwrap()];
+        assert!(
+            dry.find("<section class=\"summary\"").unwrap() < dry.find("<h2>Run</h2>").unwrap()
+        );
         assert!(summary.contains("A live run would convert 2 of"));
         assert!(summary.contains("will be converted"));
         assert!(summary.contains("need fixing first"));

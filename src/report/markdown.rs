@@ -8,8 +8,7 @@ use std::fmt::Write as _;
 
 use super::{
     human_duration, item_detail, item_fix, item_reason, mode_label, state_label,
-    things_to_consider, thousands, Summary, ONE_WAY,
-    THINGS_TO_CONSIDER_INTRO,
+    things_to_consider, thousands, Summary, ONE_WAY, THINGS_TO_CONSIDER_INTRO,
 };
 use crate::item::ItemRecord;
 
@@ -76,9 +75,17 @@ pub(super) fn render(s: &Summary) -> String {
     if fixes.is_empty() {
         out.push_str("Nothing needs fixing before the live run.\n\n");
     } else {
-        out.push_str("### What needs fixing first\n\n| Reason | Users | Fix |\n| --- | ---: | --- |\n");
+        out.push_str(
+            "### What needs fixing first\n\n| Reason | Users | Fix |\n| --- | ---: | --- |\n",
+        );
         for (reason, n, fix) in &fixes {
-            let _ = writeln!(out, "| {} | {} | {} |", cell(reason), thousands(*n), cell(fix));
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} |",
+                cell(reason),
+                thousands(*n),
+                cell(fix)
+            );
         }
         out.push('\n');
     }
@@ -90,7 +97,10 @@ pub(super) fn render(s: &Summary) -> String {
             e.configured_rate_per_second,
             e.estimated_seconds.map_or_else(
                 || "never (the rate is not a positive number)".to_string(),
-                |v| format!("about {}", human_duration(std::time::Duration::from_secs_f64(v)))
+                |v| format!(
+                    "about {}",
+                    human_duration(std::time::Duration::from_secs_f64(v))
+                )
             )
         );
     }
@@ -257,7 +267,10 @@ mod tests {
         assert!(!md.contains("## Throughput"));
         assert!(md.contains("- **Billing.**"));
         let summary = section(&md, "## Summary for the change board");
-        assert!(summary.contains("| **2** | will be converted |"), "{summary}");
+        assert!(
+            summary.contains("| **2** | will be converted |"),
+            "{summary}"
+        );
         assert!(summary.contains("### What needs fixing first"));
         assert!(summary.contains("> **One-way.**"));
         assert!(md.find("## Summary").unwrap() < md.find("## Run").unwrap());

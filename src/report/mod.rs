@@ -421,7 +421,9 @@ impl<'a> Summary<'a> {
                     r.explanation
                         .map_or_else(|| r.code.clone(), |e| e.to_string()),
                     r.count,
-                    r.fix_hint.unwrap_or("Read the detail in the CSV report.").to_string(),
+                    r.fix_hint
+                        .unwrap_or("Read the detail in the CSV report.")
+                        .to_string(),
                 )
             })
             .collect();
