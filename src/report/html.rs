@@ -47,12 +47,13 @@ section.summary h2{margin-top:.2em;border:0}
 .oneway{background:#fff4e5;border:1px solid #c77700;border-radius:4px;padding:.5em .8em;margin:.8em 0}
 .ok{background:#edf7ed;border:1px solid #2e7d32;border-radius:4px;padding:.5em .8em}
 table{border-collapse:collapse;margin:.4em 0 1em;font-size:.9em;width:100%}
-th,td{border:1px solid #bbb;padding:.25em .45em;text-align:left;vertical-align:top;overflow-wrap:anywhere}
+th,td{border:1px solid #bbb;padding:.25em .45em;text-align:left;vertical-align:top;overflow-wrap:break-word}
+table{table-layout:fixed}
 th{background:#f0f0f0}
 td.n,th.n{text-align:right;white-space:nowrap}
 table.kv{table-layout:fixed}table.kv th{width:14em}
 table.users{table-layout:fixed}
-table.users col.line{width:4.5em}table.users col.user{width:24%}table.users col.oid{width:19%}table.users col.mail{width:19%}table.users col.req{width:13%}
+table.users col.line{width:3.8em}table.users col.user{width:27%}table.users col.oid{width:17%}table.users col.mail{width:21%}table.users col.req{width:13%}
 td small{color:#555;display:block}
 .bar{display:inline-block;height:.8em;background:#4c9a4c;vertical-align:middle;margin-right:.4em}
 .blocked .bar,.bar.warn{background:#c77700}.bar.bad{background:#b00020}
@@ -638,7 +639,8 @@ mod tests {
 
     #[test]
     fn wide_values_wrap_and_tables_fit_the_page() {
-        assert!(STYLE.contains("overflow-wrap:anywhere"));
+        assert!(STYLE.contains("overflow-wrap:break-word"));
+        assert!(STYLE.contains("table{table-layout:fixed}"));
         assert!(STYLE.contains("table.users{table-layout:fixed}"));
         assert!(STYLE.contains("@page{size:A4"));
     }

@@ -396,7 +396,7 @@ impl<'a> Summary<'a> {
         };
         if blocked > 0 {
             text.push_str(&format!(
-                " {} need fixing first and are not converted until fixed (see \"What needs fixing\").",
+                " {} need fixing first and are not converted until fixed (see \"What needs fixing first\").",
                 thousands(blocked)
             ));
         }
