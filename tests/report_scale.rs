@@ -114,10 +114,12 @@ fn html_report_of_100k_items_is_small_and_lists_every_blocked_user() {
 }
 
 /// `B2B_SCALE_DB=/tmp/million.db cargo test --release --test report_scale -- --ignored`
+/// (`B2B_SCALE_N` changes the number of items).
 #[test]
 #[ignore = "builds a 1,000,000-item database for the memory measurement in docs/performance.md"]
 fn build_million_item_database() {
     let db = std::env::var("B2B_SCALE_DB").expect("B2B_SCALE_DB names the database to create");
-    let run_id = generate(Path::new(&db), 1_000_000);
+    let n = std::env::var("B2B_SCALE_N").map_or(1_000_000, |n| n.parse().expect("B2B_SCALE_N"));
+    let run_id = generate(Path::new(&db), n);
     println!("run {run_id} in {db}");
 }

@@ -65,7 +65,7 @@ svg{max-width:100%;height:auto}
 svg text{font-size:12px;fill:#1b1b1b}
 @page{size:A4;margin:14mm 12mm}
 @media print{body{margin:0;max-width:none;padding:0;font-size:9pt}h2,h3{break-after:avoid}tr,li,.oneway{break-inside:avoid}
-section.summary{break-inside:avoid}table.sortable th::after{content:''}thead{display:table-header-group}
+table.sortable th::after{content:''}thead{display:table-header-group}
 *{-webkit-print-color-adjust:exact;print-color-adjust:exact}}
 ";
 
