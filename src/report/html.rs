@@ -178,17 +178,25 @@ fn pace_chart(s: &Summary) -> String {
     }
     let first = &pace[0].minute;
     let last = &pace[pace.len() - 1].minute;
-    let _ = writeln!(
-        out,
-        "\n<text x=\"{LEFT}\" y=\"{H}\">{}</text><text x=\"{W}\" y=\"{H}\" text-anchor=\"end\">{}</text>\n</svg>",
-        esc(first),
-        esc(last)
-    );
+    let _ = write!(out, "\n<text x=\"{LEFT}\" y=\"{H}\">{}</text>", esc(first));
+    if pace.len() > 1 {
+        let _ = write!(
+            out,
+            "<text x=\"{:.1}\" y=\"{H}\" text-anchor=\"end\">{}</text>",
+            LEFT as f64 + slot * bins.len() as f64,
+            esc(last)
+        );
+    }
+    out.push_str("\n</svg>\n");
     let _ = writeln!(
         out,
         "<p class=\"note\"><span class=\"bar\" style=\"width:1em\"></span>conversions per {unit} \
          <span class=\"bar bad\" style=\"width:1em;margin-left:1em\"></span>429 (throttled) responses per {unit}. \
-         Minutes without activity (pauses between an interruption and its resume) are left out.</p>"
+         In all: {} conversions and {} 429s over {} minutes with activity; minutes without activity \
+         (pauses between an interruption and its resume) are left out.</p>",
+        thousands(total_c),
+        thousands(total_t),
+        thousands(pace.len() as u64)
     );
     out
 }
