@@ -28,7 +28,7 @@ fn active() -> &'static Mutex<Option<(u64, ProgressBar)>> {
 }
 
 /// Runs `f` (which writes to stderr) with the active bar cleared, then redraws the bar.
-pub(crate) fn suspend<R>(f: impl FnOnce() -> R) -> R {
+pub fn suspend<R>(f: impl FnOnce() -> R) -> R {
     let bar = active().lock().unwrap_or_else(|p| p.into_inner()).clone();
     match bar {
         Some((_, bar)) => bar.suspend(f),

@@ -142,9 +142,11 @@ pub async fn execute(
     let (stop_tx, stop_rx) = watch::channel(false);
     let ctrl_c = tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!(
+            crate::progress::suspend(|| {
+                eprintln!(
                 "\nstopping: finishing requests on the wire and checkpointing (Ctrl-C again to quit at once; `resume` is safe either way)"
-            );
+            )
+            });
             let _ = stop_tx.send(true);
             if tokio::signal::ctrl_c().await.is_ok() {
                 std::process::exit(ExitStatus::Interrupted.code());
