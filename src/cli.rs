@@ -9,6 +9,42 @@ use crate::config;
 /// Plain option types live in `config` so `logging` and `report` need not import the command line.
 pub use crate::config::{LogFormat, ReportFormat};
 
+/// Credentials, exit codes and examples, after the option list of `b2b-convert --help`.
+const AFTER_HELP: &str = "\
+Credentials (environment, Azure SDK names; never on the command line):
+  AZURE_TENANT_ID, AZURE_CLIENT_ID   the app registration
+  AZURE_CLIENT_SECRET                its client secret, or
+  AZURE_CLIENT_CERTIFICATE_PATH      a PEM file with its certificate and unencrypted private key
+  B2B_ACCESS_TOKEN                   instead of the above: a ready Graph token (not renewed)
+  AZURE_FEDERATED_TOKEN_FILE         workload identity: a federated token as client assertion
+  IDENTITY_ENDPOINT, IDENTITY_HEADER managed identity (App Service, Automation)
+  B2B_GRAPH_URL, B2B_LOGIN_URL       endpoint overrides (default from --cloud)
+  B2B_DB                             the work queue (--db)
+  --auth picks one explicitly: secret, certificate, device-code (a person signs in),
+  azure-cli, managed-identity (B2B_IMDS_URL overrides the VM metadata address),
+  workload-identity or token; without it the first configured wins, in that order.
+  Permissions: User.Invite.All, User.Read.All, Domain.Read.All; GroupMember.Read.All with
+  --group; User.ReadWrite.All with --set-mail/--set-guest. `preflight` checks them.
+
+Exit codes:
+  0    every user converted, would convert, or was skipped
+  3    the run finished, but some users are blocked or failed (see the report)
+  4    the tenant refused to go on (invitations blocked, consent revoked); resumable
+  130  interrupted (Ctrl-C); `resume` continues the run
+  2    usage error
+  1    any other fatal error (configuration, credentials, database)
+
+Examples:
+  b2b-convert demo                                               rehearse on the sample tenant
+  b2b-convert preflight --set-guest                              will Saturday's run work?
+  b2b-convert run --csv partners.csv --dry-run --report dry-run.html
+  b2b-convert run --csv partners.csv --silent --limit 50 --report pilot.html
+  b2b-convert resume --limit 0 --report live.html                everyone else in that run
+  b2b-convert status --json
+  b2b-convert report 1 --out run-1.csv
+
+Run `b2b-convert help <COMMAND>` for a command's options.";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "b2b-convert",
@@ -16,23 +52,31 @@ pub use crate::config::{LogFormat, ReportFormat};
     about = "Convert a Microsoft Entra tenant's internal partner accounts to B2B collaboration",
     long_about = "Convert internal (member) accounts of a Microsoft Entra tenant to B2B collaboration \
 through the Graph invitation API, keeping object id, UPN, groups and app assignments. Work is \
-queued in a SQLite file, so a run can be stopped and resumed without losing or repeating anyone."
+queued in a SQLite file, so a run can be stopped and resumed without losing or repeating anyone.",
+    term_width = 100,
+    after_help = AFTER_HELP
 )]
 pub struct Cli {
-    /// The SQLite work queue.
-    #[arg(long, global = true, default_value = config::DEFAULT_DB, env = "B2B_DB")]
+    /// The SQLite work queue (ignored by `emulator` and `demo`, which keep their own).
+    #[arg(
+        help_heading = "Global options",
+        long,
+        global = true,
+        default_value = config::DEFAULT_DB,
+        env = "B2B_DB"
+    )]
     pub db: PathBuf,
 
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    /// Log format on stderr: `json` writes one object per line, for log collectors.
+    #[arg(help_heading = "Global options", long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// More log output (repeat for more).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    /// More log output (repeat for more; `RUST_LOG` overrides).
+    #[arg(help_heading = "Global options", short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
     /// Less log output (repeat for less).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(help_heading = "Global options", short, long, global = true, action = clap::ArgAction::Count)]
     pub quiet: u8,
 
     #[command(subcommand)]
@@ -49,15 +93,17 @@ pub enum Command {
     Retry(RetryArgs),
     /// Counts by state and by reason.
     Status(StatusArgs),
-    /// List runs.
+    /// List the runs in the database, newest last.
     Runs,
-    /// Write a report of a run.
+    /// Write a run's report from the database (Markdown or HTML for people, CSV or JSON for
+    /// machines).
     Report(ReportArgs),
     /// Serve the simulated tenant until stopped.
     Emulator(EmulatorArgs),
     /// Rehearse on the shipped sample tenant: dry run, then live run, against an in-process emulator.
     Demo(DemoArgs),
     /// Measure throughput against the emulator (see docs/performance.md).
+    #[command(hide = true)]
     Bench(BenchArgs),
     /// Before the weekend: sign in, check permissions and the invitation policy (exit 0 ready, 3 not).
     Preflight(PreflightArgs),
@@ -257,6 +303,7 @@ pub struct ResumeArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct RetryArgs {
+    /// The run whose failed users are sent again.
     pub run_id: i64,
     #[command(flatten)]
     pub exec: ExecArgs,
@@ -273,10 +320,12 @@ pub struct StatusArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ReportArgs {
+    /// The run to report on (`runs` lists them).
     pub run_id: i64,
+    /// File to write (.md, .html, .csv or .json); written beside it first, then renamed.
     #[arg(long, value_name = "PATH")]
     pub out: PathBuf,
-    /// Default from the extension of --out.
+    /// Report format; default from the extension of --out.
     #[arg(long, value_enum)]
     pub format: Option<ReportFormat>,
 }

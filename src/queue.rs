@@ -21,12 +21,14 @@ mod ingest;
 mod items;
 mod lease;
 mod log;
+mod report;
 
 pub use log::{LOG_FLUSH_AFTER, LOG_FLUSH_ROWS};
 mod runs;
 mod steps;
 
 pub use lease::{host_name, pid_alive, Holder, LeaseRow, RunLease, HEARTBEAT_EVERY, STALE_AFTER};
+pub use report::{RunItems, WorkSpan};
 pub use steps::{FollowUps, StepRow};
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +70,7 @@ fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
         M::up(include_str!("../migrations/0001_init.sql")),
         M::up(include_str!("../migrations/0002_run_lease.sql")),
+        M::up(include_str!("../migrations/0003_work_spans.sql")),
         M::up(include_str!("../migrations/0004_steps.sql")),
     ])
 }
@@ -250,6 +253,14 @@ fn tighten(_path: &Path) -> std::io::Result<()> {
 /// replacing any earlier file of that name and tightening its mode if it was looser.
 pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
+    let mut file = open_private(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+/// Creates (or truncates) `path` readable by its owner only, tightening a file that already
+/// existed with looser permissions: reports and exports name every user of the tenant.
+pub fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -257,10 +268,9 @@ pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut file = opts.open(path)?;
+    let file = opts.open(path)?;
     tighten(path)?;
-    file.write_all(contents)?;
-    file.sync_all()
+    Ok(file)
 }
 
 #[cfg(test)]

@@ -75,23 +75,28 @@ fn client_secret(emu: &b2b_convert::emulator::Emulator) -> String {
 /// Markdown: state table equals the database, each item's row once, attention rows carry the
 /// reason (or Graph error code) and the request id.
 fn check_md(md: &str, counts: &RunCounts, items: &[ItemRecord]) {
-    assert!(md.starts_with("# b2b-convert report: run "), "{md:.200}");
+    assert!(
+        md.starts_with("# Conversion to B2B collaboration: run "),
+        "{md:.200}"
+    );
+    assert!(md.find("## Summary for the change board") < md.find("## Run"));
     for st in ItemState::ALL {
-        let row = format!("| {} | {} |", st.as_str(), counts.state(st));
-        assert!(md.lines().any(|l| l == row), "missing state row {row}");
+        let row = format!(" ({}) | {} |", st.as_str(), counts.state(st));
+        assert!(
+            md.lines().any(|l| l.ends_with(&row)),
+            "missing state row {row}"
+        );
     }
     assert!(md.contains(&format!("| **total** | **{}** |", counts.total)));
     for (code, n) in counts.reasons.iter().filter(|(_, n)| **n > 0) {
-        let state = code
-            .parse::<b2b_convert::item::Reason>()
-            .map(|r| r.state().as_str())
-            .unwrap_or("");
-        let row = format!("| {code} | {state} | {n} |");
+        let row = format!("| {code} | ");
+        assert!(md.contains(&row), "missing reason row {row}");
+        let row = format!(" | {n} | ");
         assert!(md.contains(&row), "missing reason row {row}");
     }
-    let attention = section(md, "## Blocked and failed users", "## Other users");
+    let attention = section(md, "## Users who need action", "## Things to consider");
     let listed = items.iter().filter(|i| i.state.needs_attention()).count();
-    assert!(md.contains(&format!("## Blocked and failed users ({listed})")));
+    assert!(md.contains(&format!("## Users who need action ({listed})")));
     for i in items {
         let prefix = format!(
             "| {} | {} | ",
@@ -99,7 +104,9 @@ fn check_md(md: &str, counts: &RunCounts, items: &[ItemRecord]) {
             i.line.map(|l| l.to_string()).unwrap_or_default()
         );
         let rows: Vec<&str> = md.lines().filter(|l| l.starts_with(&prefix)).collect();
-        assert_eq!(rows.len(), 1, "item {} rows: {rows:?}", i.id);
+        // Only users who need action are listed; everyone is in the CSV and JSON reports.
+        let expected = usize::from(i.state.needs_attention());
+        assert_eq!(rows.len(), expected, "item {} rows: {rows:?}", i.id);
         if i.state.needs_attention() {
             let row = rows[0];
             assert!(attention.contains(row), "item {} not under attention", i.id);
@@ -186,23 +193,24 @@ fn check_html(html: &str, counts: &RunCounts, items: &[ItemRecord]) {
         "only the report's own sorting script"
     );
     assert!(!html.contains("<script>alert(1)"));
+    assert!(html.find("<section class=\"summary\"") < html.find("<h2>Run</h2>"));
     for st in ItemState::ALL {
         let row = format!(
-            "<tr><td>{}</td><td class=\"n\">{}</td></tr>",
+            "<small>({})</small></td><td class=\"n\">{}</td>",
             st.as_str(),
             counts.state(st)
         );
         assert!(html.contains(&row), "missing {row}");
     }
     assert!(html.contains(&format!(
-        "<tfoot><tr><th>total</th><th class=\"n\">{}</th></tr></tfoot>",
+        "<tfoot><tr><th>total</th><th class=\"n\">{}</th>",
         counts.total
     )));
     for i in items {
         let marker = format!("data-item=\"{}\"", i.id);
-        assert_eq!(html.matches(&marker).count(), 1, "item {}", i.id);
+        let expected = usize::from(i.state.needs_attention());
+        assert_eq!(html.matches(&marker).count(), expected, "item {}", i.id);
         if i.state.needs_attention() {
-            assert!(html.contains(&format!("<tr class=\"{}\" {marker}>", i.state)));
             let start = html.find(&marker).unwrap();
             let row = &html[start..start + html[start..].find("</tr>").unwrap()];
             let code = i
@@ -210,7 +218,7 @@ fn check_html(html: &str, counts: &RunCounts, items: &[ItemRecord]) {
                 .map(|r| r.as_str().to_string())
                 .or_else(|| i.error_code.clone())
                 .expect("blocked or failed items have a reason or an error code");
-            assert!(row.contains(&format!("<td>{code}</td>")), "{row}");
+            assert!(row.contains(&format!("data-reason=\"{code}\"")), "{row}");
             if let Some(req) = &i.request_id {
                 assert!(row.contains(&format!("<td>{req}</td>")), "{row}");
             }
@@ -489,6 +497,8 @@ async fn live_run_with_failures_and_hostile_names_reports_safely() {
     let mut tenant = Tenant::sample();
     user_mut(&mut tenant, "aisha.rahman@contoso.com").display_name = Some(XSS_NAME.into());
     user_mut(&mut tenant, "bruno.costa@contoso.com").display_name = Some(FORMULA_NAME.into());
+    // A user who needs action carries a hostile name too: the people formats list only those.
+    user_mut(&mut tenant, "chen.wei@contoso.com").display_name = Some(XSS_NAME.into());
     // Graph refuses an invitation whose address another object holds in proxyAddresses
     // ("Another object with the same value for property proxyAddresses already exists."); the
     // tool's validation predicts it (issue 9), so these two are blocked `mail_conflict` and
@@ -564,13 +574,14 @@ async fn live_run_with_failures_and_hostile_names_reports_safely() {
     assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
     assert!(!html.contains(XSS_NAME));
     assert!(html.contains("<h2>Throughput</h2>"));
+    assert!(html.contains("<h2>Pace</h2>") && html.contains("<svg"));
     assert!(!html.contains("Estimated duration of the live run"));
     for upn in doomed {
         let i = by_upn(upn);
-        let marker = format!("<tr class=\"blocked\" data-item=\"{}\">", i.id);
+        let marker = format!("<tr class=\"blocked\" data-item=\"{}\" ", i.id);
         let start = html.find(&marker).expect("blocked row");
         let row = &html[start..start + html[start..].find("</tr>").unwrap()];
-        assert!(row.contains("mail_conflict"), "{row}");
+        assert!(row.contains("data-reason=\"mail_conflict\""), "{row}");
         assert!(
             row.contains("proxyAddresses"),
             "the holder's property: {row}"

@@ -161,9 +161,11 @@ pub async fn execute(
         };
         tokio::select! {
             signal = tokio::signal::ctrl_c() => if signal.is_ok() {
-                eprintln!(
-                    "\nstopping: finishing requests on the wire and checkpointing (Ctrl-C again to quit at once; `resume` is safe either way)"
-                );
+                crate::progress::suspend(|| {
+                    eprintln!(
+                        "\nstopping: finishing requests on the wire and checkpointing (Ctrl-C again to quit at once; `resume` is safe either way)"
+                    )
+                });
                 let _ = stop_tx.send(true);
                 if tokio::signal::ctrl_c().await.is_ok() {
                     std::process::exit(ExitStatus::Interrupted.code());
@@ -179,14 +181,18 @@ pub async fn execute(
         RunMode::DryRun => "checking",
         RunMode::Live => "converting",
     };
+    let progress = Arc::new(Progress::new(label, counts.total));
+    progress.watch(queue.clone(), run_id);
     let pipeline = Pipeline {
         queue: queue.clone(),
         graph,
-        progress: Arc::new(Progress::new(label, counts.total)),
+        progress,
         run: Arc::new(run),
         stop: stop_rx,
     };
+    let span = crate::queue::WorkSpan::start(queue.clone(), run_id)?;
     let outcome = workers::work(pipeline).await;
+    span.finish()?;
     ctrl_c.abort();
     queue.flush_request_log()?;
     if lease.is_lost() {

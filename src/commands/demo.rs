@@ -98,8 +98,14 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitStatus> {
         "live-run report (for the service desk): {}",
         live_report.display()
     );
+    // Name the program the way it was started (`target/release/b2b-convert` under `cargo run`),
+    // so the hint runs as printed whether or not `b2b-convert` is on PATH.
+    let me = std::env::args()
+        .next()
+        .filter(|a| !a.is_empty())
+        .unwrap_or_else(|| "b2b-convert".to_string());
     println!(
-        "queue: {} (try `b2b-convert --db {} runs`)",
+        "queue: {} (try `{me} --db {} runs`)",
         db.display(),
         db.display()
     );

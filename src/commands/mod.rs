@@ -6,7 +6,7 @@ mod common;
 mod demo;
 mod emulator;
 mod preflight;
-mod report;
+pub mod report;
 mod resume;
 mod retry;
 mod run;

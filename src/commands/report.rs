@@ -1,11 +1,12 @@
-//! `report`: write a run's report from the database alone (any past run, from any machine).
+//! `report`: write a run's report from the database alone (any past run, from any machine),
+//! streamed: aggregates by query, every item row by row.
 
 use std::path::Path;
 
 use super::common;
 use crate::cli::{ReportArgs, ReportFormat};
 use crate::exit::{ExitError, ExitStatus};
-use crate::queue::Queue;
+use crate::queue::{Queue, RunItems};
 use crate::report::{self, ReportData};
 
 pub fn report(db: &Path, args: ReportArgs) -> anyhow::Result<ExitStatus> {
@@ -29,17 +30,38 @@ pub fn write(
             path.display()
         ))
     })?;
+    let run = common::pick_run(queue, Some(run_id))?;
+    let live = run.mode == crate::item::RunMode::Live;
     let data = ReportData {
-        run: common::pick_run(queue, Some(run_id))?,
+        run,
         counts: queue.counts(run_id)?,
-        items: queue.items(run_id)?,
+        items: queue.attention_items(run_id)?,
+        overridden: queue.overridden_count(run_id)?,
+        active_seconds: queue.active_seconds(run_id)?,
+        pace: if live {
+            queue.pace(run_id)?
+        } else {
+            Vec::new()
+        },
         generated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
     };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    crate::queue::write_private(path, report::render(format, &data).as_bytes())
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    // Written beside the target and renamed into place: a reader never sees half a report.
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = std::path::PathBuf::from(partial);
+    let written = (|| -> std::io::Result<()> {
+        let mut out = std::io::BufWriter::new(crate::queue::open_private(&partial)?);
+        report::write(format, &data, &RunItems { queue, run_id }, &mut out)?;
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&partial, path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&partial);
+        return Err(anyhow::anyhow!("{}: {e}", path.display()));
+    }
     Ok(())
 }

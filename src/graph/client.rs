@@ -189,7 +189,10 @@ impl GraphClient {
             Some(link) => self.next_link_url(link, false)?,
             None => self.api_url(
                 &["users"],
-                &[("$select", "id,mail,otherMails,proxyAddresses"), ("$top", "999")],
+                &[
+                    ("$select", "id,mail,otherMails,proxyAddresses"),
+                    ("$top", "999"),
+                ],
             ),
         };
         self.get_json(url, false).await

@@ -50,7 +50,11 @@ impl Queue {
             .pop())
     }
 
-    fn select_items(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<ItemRecord>> {
+    pub(super) fn select_items(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<ItemRecord>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(sql).map_err(|e| self.err(e))?;
         let rows = stmt
@@ -369,12 +373,13 @@ impl Queue {
     }
 }
 
-const ITEM_COLUMNS: &str = "id, run_id, line, key_kind, key_value, user_id, user_principal_name, \
+pub(super) const ITEM_COLUMNS: &str =
+    "id, run_id, line, key_kind, key_value, user_id, user_principal_name, \
     display_name, user_type, requested_email, external_email, overrides, state, reason, detail, \
     attempts, snapshot, error_code, error_message, request_id, client_request_id, invitation_id, \
     invitation_status, reconciled, updated_at";
 
-fn item_from_row(r: &Row<'_>) -> rusqlite::Result<Result<ItemRecord>> {
+pub(super) fn item_from_row(r: &Row<'_>) -> rusqlite::Result<Result<ItemRecord>> {
     let key_kind: Option<String> = r.get(3)?;
     let key_value: Option<String> = r.get(4)?;
     let key = match (key_kind.as_deref(), key_value) {

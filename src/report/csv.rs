@@ -4,7 +4,9 @@
 
 use crate::item::{ItemRecord, UserKey};
 
-use super::{item_fix, ReportData};
+use std::io::{self, Write};
+
+use super::{item_fix, ItemSource};
 
 /// Column order of the CSV report. New columns are only ever appended.
 pub const CSV_COLUMNS: [&str; 21] = [
@@ -76,17 +78,15 @@ fn row(i: &ItemRecord) -> [String; 21] {
     ]
 }
 
-pub(super) fn render(data: &ReportData) -> String {
-    let mut w = ::csv::WriterBuilder::new().from_writer(Vec::new());
-    // Writing to memory cannot fail except on a bug in the csv crate.
-    w.write_record(CSV_COLUMNS)
-        .expect("CSV write to memory cannot fail");
-    for item in &data.items {
-        w.write_record(row(item).map(spreadsheet_safe))
-            .expect("CSV write to memory cannot fail");
-    }
-    let bytes = w.into_inner().expect("CSV flush to memory cannot fail");
-    String::from_utf8(bytes).expect("CSV of UTF-8 strings is UTF-8")
+/// Writes the header and one row per item as the source yields them: nothing is held.
+pub(super) fn write(items: &dyn ItemSource, out: &mut dyn Write) -> io::Result<()> {
+    let mut w = ::csv::WriterBuilder::new().from_writer(out);
+    w.write_record(CSV_COLUMNS)?;
+    items.each(&mut |item| {
+        w.write_record(row(item).map(spreadsheet_safe))?;
+        Ok(())
+    })?;
+    w.flush()
 }
 
 #[cfg(test)]

@@ -121,6 +121,9 @@ pub fn dry_run() -> ReportData {
         run: run(RunMode::DryRun),
         counts,
         items,
+        overridden: 0,
+        active_seconds: None,
+        pace: Vec::new(),
         generated_at: "2025-03-01T11:30:00Z".into(),
         tool_version: "0.1.0".into(),
     }
@@ -170,6 +173,20 @@ pub fn live_run() -> ReportData {
         run,
         counts,
         items,
+        overridden: 0,
+        active_seconds: None,
+        pace: vec![
+            super::PaceMinute {
+                minute: "2025-03-01T10:00:00Z".into(),
+                converted: 2,
+                throttled: 3,
+            },
+            super::PaceMinute {
+                minute: "2025-03-01T10:01:00Z".into(),
+                converted: 1,
+                throttled: 2,
+            },
+        ],
         generated_at: "2025-03-01T10:02:00Z".into(),
         tool_version: "0.1.0".into(),
     }

@@ -1,14 +1,15 @@
-//! HTML report: one self-contained file for a change board, printable, readable without
-//! JavaScript. Inline style and a small inline script (table sorting) only; no external asset,
+//! HTML report: one self-contained file for a change board, printable on A4 and no wider than
+//! the window, readable without JavaScript. It opens with the board's summary and lists only
+//! the users who need action, grouped by reason with the fix stated once per group. Inline style and a small inline script (table sorting) only; no external asset,
 //! font or URL. Every value from the tenant, the input or Graph goes through [`esc`].
 
 use std::fmt::Write as _;
 
 use super::{
-    item_detail, item_fix, item_reason, mode_label, things_to_consider, Summary, FULL_LIST_LIMIT,
-    THINGS_TO_CONSIDER_INTRO,
+    human_duration, item_detail, item_fix, item_reason, mode_label, state_label,
+    things_to_consider, thousands, Summary, ONE_WAY, THINGS_TO_CONSIDER_INTRO,
 };
-use crate::item::{ItemRecord, ItemState};
+use crate::item::{ItemRecord, ItemState, RunMode};
 
 /// Escapes text for HTML content and quoted attribute values.
 pub(crate) fn esc(s: &str) -> String {
@@ -31,20 +32,40 @@ fn opt(s: &Option<String>) -> String {
 }
 
 const STYLE: &str = "
-body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,Arial,sans-serif;color:#1b1b1b;background:#fff;margin:2em auto;max-width:75em;padding:0 1em;line-height:1.4}
-h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.25em;margin-top:1.6em;border-bottom:1px solid #ccc}
-table{border-collapse:collapse;margin:.5em 0 1em;font-size:.9em}
-th,td{border:1px solid #bbb;padding:.25em .5em;text-align:left;vertical-align:top}
+*{box-sizing:border-box}
+body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,Arial,sans-serif;color:#1b1b1b;background:#fff;margin:1.5em auto;max-width:72em;padding:0 1.5em;line-height:1.45}
+h1{font-size:1.55em;margin:0 0 .1em}h2{font-size:1.2em;margin:1.6em 0 .5em;border-bottom:1px solid #ccc;padding-bottom:.15em}
+h3{font-size:1em;margin:1.2em 0 .3em}
+.sub{color:#555;margin:0 0 1em}
+section.summary{border:2px solid #1b1b1b;border-radius:6px;padding:.8em 1.2em 1em;margin:1em 0 1.5em}
+section.summary h2{margin-top:.2em;border:0}
+.verdict{font-size:1.1em;margin:.3em 0 .8em}
+.figures{display:flex;flex-wrap:wrap;gap:.6em;margin:0 0 .8em;padding:0;list-style:none}
+.figures li{flex:1 1 9em;border:1px solid #bbb;border-left-width:6px;border-radius:4px;padding:.35em .7em}
+.figures b{display:block;font-size:1.6em;line-height:1.2}
+.figures .good{border-left-color:#2e7d32}.figures .warn{border-left-color:#c77700}.figures .bad{border-left-color:#b00020}.figures .plain{border-left-color:#888}
+.oneway{background:#fff4e5;border:1px solid #c77700;border-radius:4px;padding:.5em .8em;margin:.8em 0}
+.ok{background:#edf7ed;border:1px solid #2e7d32;border-radius:4px;padding:.5em .8em}
+table{border-collapse:collapse;margin:.4em 0 1em;font-size:.9em;width:100%}
+th,td{border:1px solid #bbb;padding:.25em .45em;text-align:left;vertical-align:top;overflow-wrap:break-word}
+table{table-layout:fixed}
 th{background:#f0f0f0}
-td.n,th.n{text-align:right}
-table.kv th{width:16em}
+td.n,th.n{text-align:right;white-space:nowrap}
+table.kv{table-layout:fixed}table.kv th{width:14em}
+table.users{table-layout:fixed}
+table.users col.line{width:3.8em}table.users col.user{width:27%}table.users col.oid{width:17%}table.users col.mail{width:21%}table.users col.req{width:13%}
+td small{color:#555;display:block}
+.bar{display:inline-block;height:.8em;background:#4c9a4c;vertical-align:middle;margin-right:.4em}
+.blocked .bar,.bar.warn{background:#c77700}.bar.bad{background:#b00020}
 table.sortable th{cursor:pointer}
 table.sortable th[aria-sort=ascending]::after{content:' \\25B2'}
 table.sortable th[aria-sort=descending]::after{content:' \\25BC'}
-.blocked{color:#8a4b00}.failed{color:#a00000}
-.note{color:#444}
-svg text{font-size:13px;fill:#1b1b1b}
-@media print{body{margin:0;max-width:none;font-size:10pt}h2{page-break-after:avoid}tr{page-break-inside:avoid}table.sortable th::after{content:''}
+.note{color:#444;font-size:.9em}
+svg{max-width:100%;height:auto}
+svg text{font-size:12px;fill:#1b1b1b}
+@page{size:A4;margin:14mm 12mm}
+@media print{body{margin:0;max-width:none;padding:0;font-size:9pt}h2,h3{break-after:avoid}tr,li,.oneway{break-inside:avoid}
+table.sortable th::after{content:''}thead{display:table-header-group}
 *{-webkit-print-color-adjust:exact;print-color-adjust:exact}}
 ";
 
@@ -81,63 +102,270 @@ fn kv_table(out: &mut String, rows: &[(&str, String)]) {
     out.push_str("</tbody></table>\n");
 }
 
-fn bar_colour(s: ItemState) -> &'static str {
-    match s {
-        ItemState::Pending => "#b0b0b0",
-        ItemState::InFlight => "#8fb3d9",
-        ItemState::Converted => "#4c9a4c",
-        ItemState::WouldConvert => "#7cc47c",
-        ItemState::Skipped => "#9fa8da",
-        ItemState::Blocked => "#e0a030",
-        ItemState::Failed => "#d05050",
-    }
-}
+/// Most minutes the pace chart draws; longer runs are drawn in bins of several minutes.
+const PACE_BARS: usize = 120;
 
-/// A horizontal bar per state, with its name and count as text.
-fn chart(s: &Summary) -> String {
-    const LABEL_W: u64 = 110;
-    const BAR_W: u64 = 320;
-    const ROW_H: u64 = 24;
-    let counts = s.state_counts();
-    let max = counts.iter().map(|(_, n)| *n).max().unwrap_or(0).max(1);
-    let height = ROW_H * counts.len() as u64 + 4;
-    let width = LABEL_W + BAR_W + 80;
+/// Conversions (green bars) and 429s (red bars) per minute, as an inline SVG with its numbers
+/// in the title and labels, so it reads without colour too.
+fn pace_chart(s: &Summary) -> String {
+    let pace = &s.data.pace;
+    if pace.is_empty() {
+        return String::from("<p>No conversion or 429 was recorded yet.</p>\n");
+    }
+    let bin = pace.len().div_ceil(PACE_BARS).max(1);
+    let bins: Vec<(u64, u64)> = pace
+        .chunks(bin)
+        .map(|c| {
+            (
+                c.iter().map(|m| m.converted).sum(),
+                c.iter().map(|m| m.throttled).sum(),
+            )
+        })
+        .collect();
+    let max = bins
+        .iter()
+        .map(|(c, t)| (*c).max(*t))
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    const W: usize = 900;
+    const H: usize = 200;
+    const LEFT: usize = 50;
+    const BOTTOM: usize = 24;
+    // A short run keeps bars of a readable width instead of one slab across the chart.
+    let slot = (W - LEFT) as f64 / bins.len().max(30) as f64;
+    let unit = if bin == 1 {
+        "minute".to_string()
+    } else {
+        format!("{bin} minutes")
+    };
     let mut out = String::new();
+    let total_c: u64 = pace.iter().map(|m| m.converted).sum();
+    let total_t: u64 = pace.iter().map(|m| m.throttled).sum();
     let _ = writeln!(
         out,
-        "<svg role=\"img\" aria-labelledby=\"chart-title\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\">\n<title id=\"chart-title\">Items by state</title>"
+        "<svg role=\"img\" aria-labelledby=\"pace-title\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\">\n\
+         <title id=\"pace-title\">Conversions and 429 responses per {unit}: {total_c} conversions, {total_t} 429s over {} minutes with activity</title>",
+        pace.len()
     );
-    for (row, (state, n)) in counts.iter().enumerate() {
-        let y = ROW_H * row as u64 + 2;
-        let w = if *n == 0 { 0 } else { (BAR_W * n / max).max(2) };
-        let _ = writeln!(
+    let plot_h = (H - BOTTOM - 10) as f64;
+    let y0 = (H - BOTTOM) as f64;
+    let _ = writeln!(
+        out,
+        "<line x1=\"{LEFT}\" y1=\"{y0}\" x2=\"{W}\" y2=\"{y0}\" stroke=\"#888\"></line>\
+         <text x=\"{lx}\" y=\"14\" text-anchor=\"end\">{max}</text><text x=\"{lx}\" y=\"{y0}\" text-anchor=\"end\">0</text>",
+        lx = LEFT - 6
+    );
+    for (n, (c, t)) in bins.iter().enumerate() {
+        let x = LEFT as f64 + slot * n as f64;
+        let hc = plot_h * *c as f64 / max as f64;
+        let ht = plot_h * *t as f64 / max as f64;
+        let _ = write!(
             out,
-            "<text x=\"0\" y=\"{ty}\">{name}</text><rect x=\"{LABEL_W}\" y=\"{y}\" width=\"{w}\" height=\"{bh}\" fill=\"{fill}\"></rect><text x=\"{cx}\" y=\"{ty}\">{n}</text>",
-            ty = y + 15,
-            name = esc(state.as_str()),
-            bh = ROW_H - 6,
-            fill = bar_colour(*state),
-            cx = LABEL_W + w + 6,
+            "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{hc:.1}\" fill=\"#4c9a4c\"></rect>",
+            y0 - hc,
+            (slot * 0.8).max(0.5)
+        );
+        if *t > 0 {
+            let _ = write!(
+                out,
+                "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{ht:.1}\" fill=\"#b00020\"></rect>",
+                x + slot * 0.25,
+                y0 - ht,
+                (slot * 0.35).max(0.5)
+            );
+        }
+    }
+    let first = &pace[0].minute;
+    let last = &pace[pace.len() - 1].minute;
+    let _ = write!(out, "\n<text x=\"{LEFT}\" y=\"{H}\">{}</text>", esc(first));
+    if pace.len() > 1 {
+        let _ = write!(
+            out,
+            "<text x=\"{:.1}\" y=\"{H}\" text-anchor=\"end\">{}</text>",
+            LEFT as f64 + slot * bins.len() as f64,
+            esc(last)
         );
     }
-    out.push_str("</svg>\n");
+    out.push_str("\n</svg>\n");
+    let _ = writeln!(
+        out,
+        "<p class=\"note\"><span class=\"bar\" style=\"width:1em\"></span>conversions per {unit} \
+         <span class=\"bar bad\" style=\"width:1em;margin-left:1em\"></span>429 (throttled) responses per {unit}. \
+         In all: {} conversions and {} 429s over {} minutes with activity; minutes without activity \
+         (pauses between an interruption and its resume) are left out.</p>",
+        thousands(total_c),
+        thousands(total_t),
+        thousands(pace.len() as u64)
+    );
     out
 }
 
-fn upn_or_key(i: &ItemRecord) -> String {
-    match (&i.user_principal_name, &i.key) {
+fn user_cell(i: &ItemRecord) -> String {
+    let main = match (&i.user_principal_name, &i.key) {
         (Some(upn), _) => esc(upn),
         (None, Some(k)) => esc(k.value()),
-        (None, None) => String::new(),
+        (None, None) => "(no user key)".to_string(),
+    };
+    match &i.display_name {
+        Some(name) => format!("{main}<small>{}</small>", esc(name)),
+        None => main,
     }
+}
+
+/// The group a user who needs action is listed under: reason code for blocked, Graph error code
+/// for failed.
+fn group_key(i: &ItemRecord) -> (u8, String) {
+    (u8::from(i.state == ItemState::Failed), item_reason(i))
+}
+
+fn summary_section(out: &mut String, s: &Summary) {
+    let run = &s.data.run;
+    out.push_str("<section class=\"summary\" aria-labelledby=\"summary\">\n<h2 id=\"summary\">Summary for the change board</h2>\n");
+    let _ = writeln!(out, "<p class=\"verdict\">{}</p>", esc(&s.verdict()));
+    out.push_str("<ul class=\"figures\">\n");
+    for (n, label, tone) in s.headline() {
+        let _ = writeln!(
+            out,
+            "<li class=\"{}\"><b>{}</b>{}</li>",
+            tone.class(),
+            thousands(n),
+            esc(label)
+        );
+    }
+    out.push_str("</ul>\n");
+    let fixes = s.fixes();
+    if fixes.is_empty() {
+        out.push_str("<p class=\"ok\">Nothing needs fixing before the live run.</p>\n");
+    } else {
+        out.push_str(
+            "<h3>What needs fixing first</h3>\n<table class=\"fixes\"><colgroup><col style=\"width:34%\"><col style=\"width:6em\"><col></colgroup>\
+             <thead><tr><th>Reason</th><th class=\"n\">Users</th><th>Fix</th></tr></thead><tbody>\n",
+        );
+        for (reason, n, fix) in &fixes {
+            let _ = writeln!(
+                out,
+                "<tr><td>{}</td><td class=\"n\">{}</td><td>{}</td></tr>",
+                esc(reason),
+                thousands(*n),
+                esc(fix)
+            );
+        }
+        out.push_str("</tbody></table>\n");
+    }
+    if let Some(e) = s.estimate {
+        let _ = writeln!(
+            out,
+            "<p><strong>Estimate.</strong> {} users at {} requests/s: {}.</p>",
+            thousands(e.users_to_convert),
+            e.configured_rate_per_second,
+            esc(&e.estimated_seconds.map_or_else(
+                || "never (the rate is not a positive number)".to_string(),
+                |v| format!(
+                    "about {}",
+                    human_duration(std::time::Duration::from_secs_f64(v))
+                )
+            ))
+        );
+    }
+    let follow = s.follow_ups();
+    let _ = writeln!(
+        out,
+        "<p><strong>Follow-up steps after each conversion.</strong> {}</p>",
+        if follow.is_empty() {
+            "None requested (mail and user type are left as they are).".to_string()
+        } else {
+            esc(&follow.join("; "))
+        }
+    );
+    let _ = writeln!(
+        out,
+        "<p class=\"oneway\"><strong>One-way.</strong> {}</p>",
+        esc(ONE_WAY)
+    );
+    let _ = writeln!(
+        out,
+        "<p class=\"note\">Run {} · {} · tenant {} · source {}.</p>\n</section>",
+        run.id,
+        esc(mode_label(run.mode)),
+        esc(run.tenant_id.as_deref().unwrap_or("unknown")),
+        esc(&run.source.to_string())
+    );
+}
+
+fn attention_section(out: &mut String, s: &Summary) {
+    let mode = s.data.run.mode;
+    let _ = writeln!(
+        out,
+        "<h2 id=\"attention\">Users who need action ({})</h2>",
+        thousands(s.attention.len() as u64)
+    );
+    if s.attention.is_empty() {
+        out.push_str("<p>None. The CSV and JSON reports list every user of the run.</p>\n");
+        return;
+    }
+    out.push_str(
+        "<p class=\"note\">Only users who need action are listed, grouped by reason; the CSV and JSON reports list every user of the run.</p>\n",
+    );
+    let mut sorted = s.attention.clone();
+    sorted.sort_by(|a, b| group_key(a).cmp(&group_key(b)).then(a.id.cmp(&b.id)));
+    let mut current: Option<(u8, String)> = None;
+    for i in sorted {
+        let key = group_key(i);
+        if current.as_ref() != Some(&key) {
+            if current.is_some() {
+                out.push_str("</tbody></table>\n");
+            }
+            let n = s.attention.iter().filter(|o| group_key(o) == key).count();
+            let title = match (i.reason, i.state) {
+                (Some(r), _) => r.explanation().to_string(),
+                (None, _) => format!("Failed at Graph: {}", key.1),
+            };
+            let _ = writeln!(
+                out,
+                "<h3>{} — {} ({})</h3>\n<p><strong>Fix:</strong> {}</p>",
+                esc(state_label(i.state, mode)),
+                esc(&title),
+                thousands(n as u64),
+                esc(item_fix(i))
+            );
+            // Request ids exist only for users a request was sent for: failed ones.
+            out.push_str(if key.0 == 1 {
+                "<table class=\"users sortable\"><colgroup><col class=\"line\"><col class=\"user\"><col class=\"oid\"><col class=\"mail\"><col><col class=\"req\"></colgroup>\
+                 <thead><tr><th class=\"n\">Line</th><th>User</th><th>Object id</th><th>External email</th><th>Graph message</th><th>Request id</th></tr></thead><tbody>\n"
+            } else {
+                "<table class=\"users sortable\"><colgroup><col class=\"line\"><col class=\"user\"><col class=\"oid\"><col class=\"mail\"><col></colgroup>\
+                 <thead><tr><th class=\"n\">Line</th><th>User</th><th>Object id</th><th>External email</th><th>Detail</th></tr></thead><tbody>\n"
+            });
+            current = Some(key.clone());
+        }
+        let req = if key.0 == 1 {
+            format!("<td>{}</td>", opt(&i.request_id))
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "<tr class=\"{st}\" data-item=\"{id}\" data-reason=\"{reason}\"><td class=\"n\">{line}</td><td>{user}</td><td>{oid}</td><td>{mail}</td><td>{detail}</td>{req}</tr>",
+            st = i.state.as_str(),
+            id = i.id,
+            reason = esc(&item_reason(i)),
+            line = i.line.map(|l| l.to_string()).unwrap_or_default(),
+            user = user_cell(i),
+            oid = opt(&i.user_id),
+            mail = opt(&i.external_email),
+            detail = esc(&item_detail(i)),
+        );
+    }
+    out.push_str("</tbody></table>\n");
 }
 
 pub(super) fn render(s: &Summary) -> String {
     let d = s.data;
     let run = &d.run;
-    let mut out = String::new();
+    let mut out = String::with_capacity(16 * 1024 + s.attention.len() * 400);
     let title = format!(
-        "b2b-convert report: run {} ({})",
+        "Conversion to B2B collaboration: run {} ({})",
         run.id,
         mode_label(run.mode)
     );
@@ -150,14 +378,67 @@ pub(super) fn render(s: &Summary) -> String {
     );
     let _ = writeln!(
         out,
-        "<p>Converting internal accounts of tenant {} to B2B collaboration.</p>",
-        esc(run.tenant_id.as_deref().unwrap_or("unknown"))
+        "<p class=\"sub\">Converting internal accounts of tenant {} to B2B collaboration · report generated {} · b2b-convert {}</p>",
+        esc(run.tenant_id.as_deref().unwrap_or("unknown")),
+        esc(&d.generated_at),
+        esc(&d.tool_version)
+    );
+    summary_section(&mut out, s);
+
+    if run.mode == RunMode::Live {
+        out.push_str("<h2>Pace</h2>\n");
+        out.push_str(&pace_chart(s));
+    }
+
+    attention_section(&mut out, s);
+
+    out.push_str("<h2>Counts by state</h2>\n");
+    let total = d.counts.total.max(1);
+    out.push_str(
+        "<table class=\"states\"><colgroup><col style=\"width:40%\"><col style=\"width:8em\"><col></colgroup><thead><tr><th>State</th><th class=\"n\">Users</th><th>Share</th></tr></thead><tbody>\n",
+    );
+    for (state, n) in s.state_counts() {
+        let tone = match state {
+            ItemState::Blocked => " warn",
+            ItemState::Failed => " bad",
+            _ => "",
+        };
+        let _ = writeln!(
+            out,
+            "<tr><td>{label} <small>({code})</small></td><td class=\"n\">{n}</td><td><span class=\"bar{tone}\" style=\"width:{w:.1}%\"></span>{p:.1}%</td></tr>",
+            label = esc(state_label(state, run.mode)),
+            code = state.as_str(),
+            w = 80.0 * n as f64 / total as f64,
+            p = 100.0 * n as f64 / total as f64,
+        );
+    }
+    let _ = writeln!(
+        out,
+        "</tbody><tfoot><tr><th>total</th><th class=\"n\">{}</th><th></th></tr></tfoot></table>",
+        d.counts.total
     );
 
-    out.push_str("<h2>Run</h2>\n");
-    kv_table(&mut out, &s.run_rows());
-    out.push_str("<h2>Options</h2>\n");
-    kv_table(&mut out, &s.option_rows());
+    out.push_str("<h2>Counts by reason</h2>\n");
+    if s.reasons.is_empty() {
+        out.push_str("<p>No user was blocked or skipped.</p>\n");
+    } else {
+        out.push_str(
+            "<table class=\"reasons\"><colgroup><col style=\"width:12em\"><col style=\"width:9em\"><col style=\"width:5em\"><col><col></colgroup>\
+             <thead><tr><th>Reason</th><th>State</th><th class=\"n\">Users</th><th>Meaning</th><th>Fix</th></tr></thead><tbody>\n",
+        );
+        for r in &s.reasons {
+            let _ = writeln!(
+                out,
+                "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&r.code),
+                r.state.map(|st| state_label(st, run.mode)).unwrap_or(""),
+                r.count,
+                esc(r.explanation.unwrap_or("Unknown reason code.")),
+                esc(r.fix_hint.unwrap_or("")),
+            );
+        }
+        out.push_str("</tbody></table>\n");
+    }
 
     if let Some(rows) = s.estimate_rows() {
         out.push_str("<h2>Estimated duration of the live run</h2>\n");
@@ -171,113 +452,10 @@ pub(super) fn render(s: &Summary) -> String {
         out.push_str("<h2>Throughput</h2>\n");
         kv_table(&mut out, &rows);
     }
-
-    out.push_str("<h2>Counts by state</h2>\n");
-    out.push_str(&chart(s));
-    out.push_str(
-        "<table class=\"states\"><thead><tr><th>State</th><th class=\"n\">Count</th></tr></thead><tbody>\n",
-    );
-    for (state, n) in s.state_counts() {
-        let _ = writeln!(
-            out,
-            "<tr><td>{}</td><td class=\"n\">{n}</td></tr>",
-            esc(state.as_str())
-        );
-    }
-    let _ = writeln!(
-        out,
-        "</tbody><tfoot><tr><th>total</th><th class=\"n\">{}</th></tr></tfoot></table>",
-        d.counts.total
-    );
-
-    out.push_str("<h2>Counts by reason</h2>\n");
-    if s.reasons.is_empty() {
-        out.push_str("<p>No item was blocked or skipped.</p>\n");
-    } else {
-        out.push_str(
-            "<table class=\"reasons\"><thead><tr><th>Reason</th><th>State</th><th class=\"n\">Count</th><th>Meaning</th><th>Fix</th></tr></thead><tbody>\n",
-        );
-        for r in &s.reasons {
-            let _ = writeln!(
-                out,
-                "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td><td>{}</td><td>{}</td></tr>",
-                esc(&r.code),
-                r.state.map(|s| s.as_str()).unwrap_or(""),
-                r.count,
-                esc(r.explanation.unwrap_or("Unknown reason code.")),
-                esc(r.fix_hint.unwrap_or("")),
-            );
-        }
-        out.push_str("</tbody></table>\n");
-    }
-
-    let _ = writeln!(
-        out,
-        "<h2 id=\"attention\">Blocked and failed users ({})</h2>",
-        s.attention.len()
-    );
-    if s.attention.is_empty() {
-        out.push_str("<p>None.</p>\n");
-    } else {
-        out.push_str(
-            "<table class=\"sortable attention\"><thead><tr><th class=\"n\">Item</th><th class=\"n\">Line</th>\
-             <th>User principal name</th><th>Display name</th><th>Object id</th><th>External email</th><th>State</th>\
-             <th>Reason / error code</th><th>Detail / Graph message</th><th>Request id</th><th>Fix</th></tr></thead><tbody>\n",
-        );
-        for i in &s.attention {
-            let _ = writeln!(
-                out,
-                "<tr class=\"{st}\" data-item=\"{id}\"><td class=\"n\">{id}</td><td class=\"n\">{line}</td><td>{upn}</td><td>{name}</td><td>{oid}</td>\
-                 <td>{mail}</td><td>{st}</td><td>{reason}</td><td>{detail}</td><td>{req}</td><td>{fix}</td></tr>",
-                st = i.state.as_str(),
-                id = i.id,
-                line = i.line.map(|l| l.to_string()).unwrap_or_default(),
-                upn = upn_or_key(i),
-                name = opt(&i.display_name),
-                oid = opt(&i.user_id),
-                mail = opt(&i.external_email),
-                reason = esc(&item_reason(i)),
-                detail = esc(&item_detail(i)),
-                req = opt(&i.request_id),
-                fix = esc(item_fix(i)),
-            );
-        }
-        out.push_str("</tbody></table>\n");
-    }
-
-    let _ = writeln!(out, "<h2>Other users ({})</h2>", s.others.len());
-    if d.items.len() > FULL_LIST_LIMIT {
-        let _ = writeln!(
-            out,
-            "<p>The run has more than {FULL_LIST_LIMIT} items; the CSV and JSON reports list every one.</p>"
-        );
-    } else if s.others.is_empty() {
-        out.push_str("<p>None.</p>\n");
-    } else {
-        out.push_str(
-            "<table class=\"sortable others\"><thead><tr><th class=\"n\">Item</th><th class=\"n\">Line</th>\
-             <th>User principal name</th><th>Display name</th><th>User type</th><th>External email</th><th>State</th>\
-             <th>Reason</th><th class=\"n\">Attempts</th><th>Request id</th></tr></thead><tbody>\n",
-        );
-        for i in &s.others {
-            let _ = writeln!(
-                out,
-                "<tr data-item=\"{id}\"><td class=\"n\">{id}</td><td class=\"n\">{line}</td><td>{upn}</td><td>{name}</td><td>{ut}</td>\
-                 <td>{mail}</td><td>{st}</td><td>{reason}</td><td class=\"n\">{att}</td><td>{req}</td></tr>",
-                id = i.id,
-                line = i.line.map(|l| l.to_string()).unwrap_or_default(),
-                upn = upn_or_key(i),
-                name = opt(&i.display_name),
-                ut = opt(&i.user_type),
-                mail = opt(&i.external_email),
-                st = i.state.as_str(),
-                reason = esc(&item_reason(i)),
-                att = i.attempts,
-                req = opt(&i.request_id),
-            );
-        }
-        out.push_str("</tbody></table>\n");
-    }
+    out.push_str("<h2>Run</h2>\n");
+    kv_table(&mut out, &s.run_rows());
+    out.push_str("<h2>Options</h2>\n");
+    kv_table(&mut out, &s.option_rows());
 
     out.push_str("<h2>Things to consider</h2>\n");
     let _ = writeln!(out, "<p>{}</p>\n<ul>", esc(THINGS_TO_CONSIDER_INTRO));
@@ -380,7 +558,7 @@ mod tests {
             assert!(html.contains("<meta charset=\"utf-8\">"));
             assert!(html.contains("<html lang=\"en\">"));
             assert!(html.contains("@media print"));
-            assert!(html.contains("<svg"));
+            assert_eq!(html.contains("<svg"), data.run.mode == RunMode::Live);
             assert!(!html.contains("<script>alert(1)"));
             let tags = check_balanced(&html);
             // No external reference: no URL inside any tag, no loading attribute or CSS import.
@@ -407,19 +585,24 @@ mod tests {
         for data in [dry_run(), live_run()] {
             let html = render(ReportFormat::Html, &data);
             for (st, n) in Summary::new(&data).state_counts() {
-                let row = format!("<tr><td>{}</td><td class=\"n\">{n}</td></tr>", st.as_str());
+                let row = format!(
+                    "<tr><td>{} <small>({})</small></td><td class=\"n\">{n}</td>",
+                    state_label(st, data.run.mode),
+                    st.as_str()
+                );
                 assert!(html.contains(&row), "{row}");
                 assert_eq!(n, data.counts.state(st));
             }
             for i in &data.items {
                 let marker = format!("data-item=\"{}\"", i.id);
-                assert_eq!(html.matches(&marker).count(), 1, "item {}", i.id);
+                let expected = usize::from(i.state.needs_attention());
+                assert_eq!(html.matches(&marker).count(), expected, "item {}", i.id);
                 if i.state.needs_attention() {
                     let row_start = html.find(&marker).unwrap();
                     let row =
                         &html[row_start..row_start + html[row_start..].find("</tr>").unwrap()];
-                    assert!(html.contains(&format!("<tr class=\"{}\" {marker}>", i.state)));
-                    assert!(row.contains(&esc(&item_reason(i))));
+                    assert!(html.contains(&format!("<tr class=\"{}\" {marker} ", i.state)));
+                    assert!(row.contains(&esc(&item_detail(i))));
                     if let Some(r) = &i.request_id {
                         assert!(row.contains(r.as_str()));
                     }
@@ -433,5 +616,40 @@ mod tests {
         assert!(!live.contains("Estimated duration of the live run"));
         assert!(live.contains("<h2>Throughput</h2>"));
         assert!(live.contains("0.03 users/s converted"));
+    }
+
+    #[test]
+    fn opens_with_the_boards_summary() {
+        let dry = render(ReportFormat::Html, &dry_run());
+        let summary =
+            &dry[dry.find("<section class=\"summary\"").unwrap()..dry.find("</section>").unwrap()];
+        assert!(
+            dry.find("<section class=\"summary\"").unwrap() < dry.find("<h2>Run</h2>").unwrap()
+        );
+        assert!(summary.contains("A live run would convert 2 of"));
+        assert!(summary.contains("will be converted"));
+        assert!(summary.contains("need fixing first"));
+        assert!(summary.contains("What needs fixing first"));
+        assert!(summary.contains("One-way."));
+        assert!(summary.contains("Follow-up steps"));
+        assert!(summary.contains("Estimate."));
+        for r in crate::item::Reason::ALL {
+            if r.state() == ItemState::Blocked {
+                assert!(summary.contains(&esc(r.fix_hint())), "{r}");
+            }
+        }
+        // The raw state codes are not what people read.
+        assert!(!summary.contains("would_convert"));
+        let live = render(ReportFormat::Html, &live_run());
+        assert!(live.contains("<h2>Pace</h2>"));
+        assert!(live.contains("3 conversions, 5 429s over 2 minutes"));
+    }
+
+    #[test]
+    fn wide_values_wrap_and_tables_fit_the_page() {
+        assert!(STYLE.contains("overflow-wrap:break-word"));
+        assert!(STYLE.contains("table{table-layout:fixed}"));
+        assert!(STYLE.contains("table.users{table-layout:fixed}"));
+        assert!(STYLE.contains("@page{size:A4"));
     }
 }

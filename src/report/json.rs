@@ -4,13 +4,15 @@
 //! before a one-way change. Nothing secret is in these structs (no token, no redeem URL).
 
 use std::collections::BTreeMap;
+use std::io::{self, Write};
 
 use serde::Serialize;
 
 use super::{
-    things_to_consider, Estimate, ReasonCount, Summary, Throughput, JSON_SCHEMA, JSON_VERSION,
+    things_to_consider, Estimate, ItemSource, PaceMinute, ReasonCount, Summary, Throughput,
+    JSON_SCHEMA, JSON_VERSION,
 };
-use crate::item::{ItemRecord, ItemState, RunRecord};
+use crate::item::{ItemState, RunRecord};
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -25,7 +27,32 @@ struct Report<'a> {
     estimate: Option<Estimate>,
     throughput: Option<Throughput>,
     things_to_consider: Vec<Consideration>,
-    items: &'a [ItemRecord],
+    /// Live runs: conversions and 429s per minute (additive to version 1).
+    pace: &'a [PaceMinute],
+    items: StreamedItems<'a>,
+}
+
+/// Serialises the item source as a JSON array, one item at a time.
+struct StreamedItems<'a>(&'a dyn ItemSource);
+
+impl Serialize for StreamedItems<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error as _, SerializeSeq};
+        let mut seq = serializer.serialize_seq(None)?;
+        let mut failure = None;
+        let streamed = self.0.each(&mut |item| {
+            seq.serialize_element(item).map_err(|e| {
+                let message = e.to_string();
+                failure = Some(e);
+                io::Error::other(message)
+            })
+        });
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        streamed.map_err(S::Error::custom)?;
+        seq.end()
+    }
 }
 
 #[derive(Serialize)]
@@ -35,6 +62,8 @@ struct Run<'a> {
     record: &'a RunRecord,
     /// Start to finish, or to `generatedAt` while the run is unfinished.
     duration_seconds: Option<f64>,
+    /// Time the run was being worked (sum of work spans); `null` before work spans existed.
+    active_seconds: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -56,7 +85,7 @@ struct Consideration {
     text: String,
 }
 
-pub(super) fn render(s: &Summary) -> String {
+pub(super) fn write(s: &Summary, items: &dyn ItemSource, out: &mut dyn Write) -> io::Result<()> {
     let d = s.data;
     let c = &d.counts;
     let report = Report {
@@ -66,7 +95,8 @@ pub(super) fn render(s: &Summary) -> String {
         tool_version: &d.tool_version,
         run: Run {
             record: &d.run,
-            duration_seconds: s.duration.map(|d| d.as_secs_f64()),
+            duration_seconds: s.elapsed.map(|d| d.as_secs_f64()),
+            active_seconds: d.active_seconds,
         },
         counts: Counts {
             total: c.total,
@@ -87,12 +117,13 @@ pub(super) fn render(s: &Summary) -> String {
             .into_iter()
             .map(|(topic, text)| Consideration { topic, text })
             .collect(),
-        items: &d.items,
+        pace: &d.pace,
+        items: StreamedItems(items),
     };
-    let mut text =
-        serde_json::to_string_pretty(&report).expect("report types always serialise to JSON");
-    text.push('\n');
-    text
+    let mut w = io::BufWriter::new(out);
+    serde_json::to_writer_pretty(&mut w, &report).map_err(io::Error::from)?;
+    w.write_all(b"\n")?;
+    w.flush()
 }
 
 #[cfg(test)]
@@ -104,7 +135,7 @@ mod tests {
     use serde_json::Value;
 
     /// Keep in step with docs/report-json.md.
-    const TOP_LEVEL: [&str; 11] = [
+    const TOP_LEVEL: [&str; 12] = [
         "schema",
         "version",
         "generatedAt",
@@ -115,6 +146,7 @@ mod tests {
         "estimate",
         "throughput",
         "thingsToConsider",
+        "pace",
         "items",
     ];
 
@@ -128,7 +160,7 @@ mod tests {
                 assert!(obj.contains_key(key), "missing {key}");
                 assert!(doc.contains(&format!("`{key}`")), "{key} not documented");
             }
-            assert_eq!(obj.len(), 11, "undocumented key in {:?}", obj.keys());
+            assert_eq!(obj.len(), 12, "undocumented key in {:?}", obj.keys());
             assert_eq!(v["schema"], "b2b-convert.report");
             assert_eq!(v["version"], 1);
             assert_eq!(v["run"]["id"], 1);

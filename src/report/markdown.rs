@@ -7,8 +7,8 @@
 use std::fmt::Write as _;
 
 use super::{
-    item_detail, item_fix, item_reason, mode_label, things_to_consider, Summary, FULL_LIST_LIMIT,
-    THINGS_TO_CONSIDER_INTRO,
+    human_duration, item_detail, item_fix, item_reason, mode_label, state_label,
+    things_to_consider, thousands, Summary, ONE_WAY, THINGS_TO_CONSIDER_INTRO,
 };
 use crate::item::ItemRecord;
 
@@ -54,7 +54,7 @@ pub(super) fn render(s: &Summary) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "# b2b-convert report: run {} ({})\n",
+        "# Conversion to B2B collaboration: run {} ({})\n",
         run.id,
         mode_label(run.mode)
     );
@@ -63,6 +63,58 @@ pub(super) fn render(s: &Summary) -> String {
         "Converting internal accounts of tenant {} to B2B collaboration.\n",
         cell(run.tenant_id.as_deref().unwrap_or("unknown"))
     );
+
+    out.push_str("## Summary for the change board\n\n");
+    let _ = writeln!(out, "{}\n", cell(&s.verdict()));
+    out.push_str("| Users | |\n| ---: | --- |\n");
+    for (n, label, _) in s.headline() {
+        let _ = writeln!(out, "| **{}** | {label} |", thousands(n));
+    }
+    out.push('\n');
+    let fixes = s.fixes();
+    if fixes.is_empty() {
+        out.push_str("Nothing needs fixing before the live run.\n\n");
+    } else {
+        out.push_str(
+            "### What needs fixing first\n\n| Reason | Users | Fix |\n| --- | ---: | --- |\n",
+        );
+        for (reason, n, fix) in &fixes {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} |",
+                cell(reason),
+                thousands(*n),
+                cell(fix)
+            );
+        }
+        out.push('\n');
+    }
+    if let Some(e) = s.estimate {
+        let _ = writeln!(
+            out,
+            "**Estimate.** {} users at {} requests/s: {}.\n",
+            thousands(e.users_to_convert),
+            e.configured_rate_per_second,
+            e.estimated_seconds.map_or_else(
+                || "never (the rate is not a positive number)".to_string(),
+                |v| format!(
+                    "about {}",
+                    human_duration(std::time::Duration::from_secs_f64(v))
+                )
+            )
+        );
+    }
+    let follow = s.follow_ups();
+    let _ = writeln!(
+        out,
+        "**Follow-up steps after each conversion.** {}\n",
+        if follow.is_empty() {
+            "None requested (mail and user type are left as they are).".to_string()
+        } else {
+            cell(&follow.join("; "))
+        }
+    );
+    let _ = writeln!(out, "> **One-way.** {ONE_WAY}\n");
 
     out.push_str("## Run\n\n");
     kv_table(&mut out, &s.run_rows());
@@ -84,7 +136,12 @@ pub(super) fn render(s: &Summary) -> String {
 
     out.push_str("## Counts by state\n\n| State | Count |\n| --- | ---: |\n");
     for (state, n) in s.state_counts() {
-        let _ = writeln!(out, "| {} | {n} |", cell(state.as_str()));
+        let _ = writeln!(
+            out,
+            "| {} ({}) | {n} |",
+            state_label(state, run.mode),
+            cell(state.as_str())
+        );
     }
     let _ = writeln!(out, "| **total** | **{}** |\n", d.counts.total);
 
@@ -100,7 +157,7 @@ pub(super) fn render(s: &Summary) -> String {
                 out,
                 "| {} | {} | {} | {} | {} |",
                 cell(&r.code),
-                r.state.map(|s| s.as_str()).unwrap_or(""),
+                r.state.map(|st| state_label(st, run.mode)).unwrap_or(""),
                 r.count,
                 cell(r.explanation.unwrap_or("Unknown reason code.")),
                 cell(r.fix_hint.unwrap_or("")),
@@ -109,12 +166,15 @@ pub(super) fn render(s: &Summary) -> String {
         out.push('\n');
     }
 
-    let _ = writeln!(out, "## Blocked and failed users ({})\n", s.attention.len());
+    let _ = writeln!(out, "## Users who need action ({})\n", s.attention.len());
     if s.attention.is_empty() {
-        out.push_str("None.\n\n");
+        out.push_str("None. The CSV and JSON reports list every user of the run.\n\n");
     } else {
         out.push_str(
-            "| Item | Line | User principal name | Object id | External email | State | Reason / error code | Detail / Graph message | Request id | Fix |\n\
+            "Only users who need action are listed; the CSV and JSON reports list every user of the run.\n\n",
+        );
+        out.push_str(
+            "| Item | Line | User | Object id | External email | State | Reason / error code | Detail / Graph message | Request id | Fix |\n\
              | ---: | ---: | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         );
         for i in &s.attention {
@@ -126,43 +186,11 @@ pub(super) fn render(s: &Summary) -> String {
                 upn_or_key(i),
                 opt(&i.user_id),
                 opt(&i.external_email),
-                i.state.as_str(),
+                state_label(i.state, run.mode),
                 cell(&item_reason(i)),
                 cell(&item_detail(i)),
                 opt(&i.request_id),
                 cell(item_fix(i)),
-            );
-        }
-        out.push('\n');
-    }
-
-    let _ = writeln!(out, "## Other users ({})\n", s.others.len());
-    if d.items.len() > FULL_LIST_LIMIT {
-        let _ = writeln!(
-            out,
-            "The run has more than {FULL_LIST_LIMIT} items; the CSV and JSON reports list every one.\n"
-        );
-    } else if s.others.is_empty() {
-        out.push_str("None.\n\n");
-    } else {
-        out.push_str(
-            "| Item | Line | User principal name | Display name | User type | External email | State | Reason | Attempts | Request id |\n\
-             | ---: | ---: | --- | --- | --- | --- | --- | --- | ---: | --- |\n",
-        );
-        for i in &s.others {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                i.id,
-                i.line.map(|l| l.to_string()).unwrap_or_default(),
-                upn_or_key(i),
-                opt(&i.display_name),
-                opt(&i.user_type),
-                opt(&i.external_email),
-                i.state.as_str(),
-                cell(&item_reason(i)),
-                i.attempts,
-                opt(&i.request_id),
             );
         }
         out.push('\n');
@@ -176,12 +204,17 @@ pub(super) fn render(s: &Summary) -> String {
     out
 }
 
-/// The UPN, else the key the input gave (a bad row may have neither).
+/// The UPN, else the key the input gave (a bad row may have neither), then the display name.
 fn upn_or_key(i: &ItemRecord) -> String {
-    match (&i.user_principal_name, &i.key) {
+    let key = match (&i.user_principal_name, &i.key) {
         (Some(upn), _) => cell(upn),
         (None, Some(k)) => cell(k.value()),
         (None, None) => String::new(),
+    };
+    match &i.display_name {
+        Some(name) if key.is_empty() => cell(name),
+        Some(name) => format!("{key} ({})", cell(name)),
+        None => key,
     }
 }
 
@@ -212,7 +245,12 @@ mod tests {
         let md = render(ReportFormat::Md, &data);
         let states = section(&md, "## Counts by state");
         for st in ItemState::ALL {
-            let row = format!("| {} | {} |", cell(st.as_str()), data.counts.state(st));
+            let row = format!(
+                "| {} ({}) | {} |",
+                state_label(st, data.run.mode),
+                cell(st.as_str()),
+                data.counts.state(st)
+            );
             assert!(states.contains(&row), "missing {row}");
         }
         let reasons = section(&md, "## Counts by reason");
@@ -228,6 +266,14 @@ mod tests {
         assert!(est.contains("bounds the run"));
         assert!(!md.contains("## Throughput"));
         assert!(md.contains("- **Billing.**"));
+        let summary = section(&md, "## Summary for the change board");
+        assert!(
+            summary.contains("| **2** | will be converted |"),
+            "{summary}"
+        );
+        assert!(summary.contains("### What needs fixing first"));
+        assert!(summary.contains("> **One-way.**"));
+        assert!(md.find("## Summary").unwrap() < md.find("## Run").unwrap());
         assert!(md.contains("11111111-2222-3333-4444-555555555555"));
         assert!(!md.contains("<script>"));
         assert!(md.contains(
@@ -239,7 +285,7 @@ mod tests {
     fn each_blocked_or_failed_user_listed_once_with_reason() {
         for data in [dry_run(), live_run()] {
             let md = render(ReportFormat::Md, &data);
-            let section = section(&md, "## Blocked and failed users");
+            let section = section(&md, "## Users who need action");
             let rows: Vec<&str> = section.lines().filter(|l| l.starts_with("| ")).collect();
             let attention: Vec<_> = data
                 .items

@@ -1,10 +1,12 @@
 //! Reports for a change board and a service desk, rendered from data alone.
 //!
-//! The caller reads a run from the queue into [`ReportData`]; [`render`] turns it into Markdown,
-//! one self-contained HTML file, CSV or JSON. This module owns the facts every format states
-//! (run identity, options, counts, blocked and failed users, the dry-run estimate, live
-//! throughput, the things to consider); the format modules only lay them out and escape them.
-//! Nothing here does I/O.
+//! The caller reads a run's aggregates and the users who need action from the queue into
+//! [`ReportData`]; [`write`] lays them out as Markdown, one self-contained HTML file, CSV or JSON.
+//! The full per-user list (CSV, JSON) is streamed from an [`ItemSource`] row by row, so memory
+//! stays flat at a million items. This module owns the facts every format states (the board's
+//! summary, run identity, options, counts, blocked and failed users, the dry-run estimate, live
+//! throughput and pace, the things to consider); the format modules only lay them out and
+//! escape them. The only I/O is writing to the caller's writer.
 
 mod csv;
 mod html;
@@ -12,6 +14,7 @@ mod json;
 mod markdown;
 
 use std::collections::BTreeSet;
+use std::io::{self, Write};
 use std::path::Path;
 use std::time::Duration;
 
@@ -39,20 +42,49 @@ pub const JSON_VERSION: u32 = 1;
 
 /// How much of a custom invitation message the human formats show.
 pub const MESSAGE_PREVIEW_CHARS: usize = 200;
-/// Above this many items the human formats list only blocked and failed users; the CSV and
-/// JSON reports always carry every item.
-pub const FULL_LIST_LIMIT: usize = 5_000;
 
-/// Everything a report states; the caller reads it from the queue.
+/// Everything a report states apart from the full per-user list; the caller reads it from the
+/// queue by aggregate queries.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReportData {
     pub run: RunRecord,
     pub counts: RunCounts,
-    /// Every item of the run, ordered by id.
+    /// The users the people formats list: every blocked or failed item, ordered by id. Items in
+    /// other states passed here are ignored by those formats.
     pub items: Vec<ItemRecord>,
+    /// Items carrying per-row overrides.
+    pub overridden: u64,
+    /// Seconds the run was being worked (the sum of its work spans); `None` when no span was
+    /// recorded (a run from an older version): then start to finish counts.
+    pub active_seconds: Option<f64>,
+    /// Live runs: conversions and 429s per minute of activity, oldest first.
+    pub pace: Vec<PaceMinute>,
     /// RFC 3339.
     pub generated_at: String,
     pub tool_version: String,
+}
+
+/// One minute of a live run's pace.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaceMinute {
+    /// RFC 3339 start of the minute (UTC), e.g. `2025-03-01T10:05:00Z`.
+    pub minute: String,
+    pub converted: u64,
+    pub throttled: u64,
+}
+
+/// Where the full per-user list of the CSV and JSON reports comes from: the queue streams it
+/// row by row; tests pass a slice.
+pub trait ItemSource {
+    /// Calls `f` with every item of the run, ordered by id; stops at the first error.
+    fn each(&self, f: &mut dyn FnMut(&ItemRecord) -> io::Result<()>) -> io::Result<()>;
+}
+
+impl ItemSource for Vec<ItemRecord> {
+    fn each(&self, f: &mut dyn FnMut(&ItemRecord) -> io::Result<()>) -> io::Result<()> {
+        self.iter().try_for_each(f)
+    }
 }
 
 /// The format a report path asks for, from its extension (case-insensitive).
@@ -67,14 +99,53 @@ pub fn format_from_path(path: &Path) -> Option<ReportFormat> {
     }
 }
 
-/// Renders a report. Infallible: the data is already in memory.
-pub fn render(format: ReportFormat, data: &ReportData) -> String {
+/// Writes a report to `out`. CSV and JSON take every item from `items`, one at a time; Markdown
+/// and HTML use only `data` (aggregates and the users who need action).
+pub fn write(
+    format: ReportFormat,
+    data: &ReportData,
+    items: &dyn ItemSource,
+    out: &mut dyn Write,
+) -> io::Result<()> {
     let summary = Summary::new(data);
     match format {
-        ReportFormat::Md => markdown::render(&summary),
-        ReportFormat::Html => html::render(&summary),
-        ReportFormat::Csv => csv::render(data),
-        ReportFormat::Json => json::render(&summary),
+        ReportFormat::Md => out.write_all(markdown::render(&summary).as_bytes()),
+        ReportFormat::Html => out.write_all(html::render(&summary).as_bytes()),
+        ReportFormat::Csv => csv::write(items, out),
+        ReportFormat::Json => json::write(&summary, items, out),
+    }
+}
+
+/// Renders a report to a string, taking the full list from `data.items` (tests).
+#[cfg(test)]
+pub(crate) fn render(format: ReportFormat, data: &ReportData) -> String {
+    let mut out = Vec::new();
+    write(format, data, &data.items, &mut out).expect("writing to memory");
+    String::from_utf8(out).expect("reports are UTF-8")
+}
+
+/// The plain words people read for a state; CSV and JSON keep the codes.
+pub fn state_label(state: ItemState, mode: RunMode) -> &'static str {
+    match (state, mode) {
+        (ItemState::Pending, RunMode::DryRun) => "not checked yet",
+        (ItemState::Pending, RunMode::Live) => "not started yet",
+        (ItemState::InFlight, _) => "in progress",
+        (ItemState::Converted, _) => "converted",
+        (ItemState::WouldConvert, _) => "will be converted",
+        (ItemState::Skipped, _) => "skipped (nothing to do)",
+        (ItemState::Blocked, _) => "needs fixing",
+        (ItemState::Failed, _) => "failed",
+    }
+}
+
+/// The run status in plain words.
+pub fn status_label(status: &str) -> &str {
+    match status {
+        "running" => "running (or stopped without a checkpoint; `resume` continues it)",
+        "finished" => "finished",
+        "interrupted" => "interrupted (resumable)",
+        "stopped" => "stopped by the tenant (resumable once fixed)",
+        other => other,
     }
 }
 
@@ -170,7 +241,9 @@ impl Estimate {
 #[serde(rename_all = "camelCase")]
 pub struct Throughput {
     pub converted: u64,
-    /// Start to finish (or to the report, while running); `None` if the times do not parse.
+    /// Time the run was being worked (the sum of its work spans, pauses between an
+    /// interruption and its resume left out); start to finish for a run recorded before work
+    /// spans existed. `None` if the times do not parse.
     pub duration_seconds: Option<f64>,
     pub converted_per_second: Option<f64>,
     pub graph_requests: u64,
@@ -196,20 +269,25 @@ pub struct ReasonCount {
 /// The facts every format states, computed once.
 pub(crate) struct Summary<'a> {
     pub data: &'a ReportData,
+    /// Start to finish (to the report while unfinished), pauses included.
+    pub elapsed: Option<Duration>,
+    /// Time worked: the sum of work spans when recorded, else `elapsed`.
     pub duration: Option<Duration>,
     pub estimate: Option<Estimate>,
     pub throughput: Option<Throughput>,
     pub reasons: Vec<ReasonCount>,
     /// Blocked and failed items, each once, by id.
     pub attention: Vec<&'a ItemRecord>,
-    /// Every other item, by id.
-    pub others: Vec<&'a ItemRecord>,
 }
 
 impl<'a> Summary<'a> {
     pub fn new(data: &'a ReportData) -> Summary<'a> {
         let run = &data.run;
-        let duration = run_duration(run, &data.generated_at);
+        let elapsed = run_duration(run, &data.generated_at);
+        let duration = match data.active_seconds {
+            Some(s) if s.is_finite() && s >= 0.0 => Some(Duration::from_secs_f64(s)),
+            _ => elapsed,
+        };
         let estimate = (run.mode == RunMode::DryRun).then(|| Estimate::new(run, &data.counts));
         let throughput = (run.mode == RunMode::Live).then(|| {
             let c = &data.counts;
@@ -244,18 +322,145 @@ impl<'a> Summary<'a> {
             })
             .collect();
         let mut seen = BTreeSet::new();
-        let mut items: Vec<&ItemRecord> = data.items.iter().filter(|i| seen.insert(i.id)).collect();
-        items.sort_by_key(|i| i.id);
-        let (attention, others) = items.into_iter().partition(|i| i.state.needs_attention());
+        let mut attention: Vec<&ItemRecord> = data
+            .items
+            .iter()
+            .filter(|i| i.state.needs_attention() && seen.insert(i.id))
+            .collect();
+        attention.sort_by_key(|i| i.id);
         Summary {
             data,
+            elapsed,
             duration,
             estimate,
             throughput,
             reasons,
             attention,
-            others,
         }
+    }
+
+    /// The board's figures, biggest decision first: (count, plain label, tone for styling).
+    pub fn headline(&self) -> Vec<(u64, &'static str, Tone)> {
+        let c = &self.data.counts;
+        let mut out = match self.data.run.mode {
+            RunMode::DryRun => vec![(
+                c.state(ItemState::WouldConvert),
+                "will be converted",
+                Tone::Good,
+            )],
+            RunMode::Live => vec![(c.state(ItemState::Converted), "converted", Tone::Good)],
+        };
+        out.push((c.state(ItemState::Blocked), "need fixing first", Tone::Warn));
+        out.push((c.state(ItemState::Failed), "failed", Tone::Bad));
+        out.push((
+            c.state(ItemState::Skipped),
+            "skipped (nothing to do)",
+            Tone::Plain,
+        ));
+        let open = c.state(ItemState::Pending) + c.state(ItemState::InFlight);
+        if open > 0 {
+            out.push((open, "not finished yet", Tone::Plain));
+        }
+        out
+    }
+
+    /// One paragraph a board reads first: what happens to how many users, what blocks whom,
+    /// how long it takes.
+    pub fn verdict(&self) -> String {
+        let c = &self.data.counts;
+        let blocked = c.state(ItemState::Blocked);
+        let failed = c.state(ItemState::Failed);
+        let mut text = match (self.data.run.mode, self.estimate) {
+            (RunMode::DryRun, Some(e)) => {
+                let when = e.estimated_seconds.map_or_else(
+                    || "never finishes: the configured rate is not a positive number".into(),
+                    |s| format!("takes about {}", human_duration(Duration::from_secs_f64(s))),
+                );
+                format!(
+                    "This dry run sent nothing. A live run would convert {} of {} users and {when}.",
+                    thousands(e.users_to_convert),
+                    thousands(c.total)
+                )
+            }
+            _ => {
+                let worked = self
+                    .duration
+                    .map(|d| format!(" in {} of work", human_duration(d)))
+                    .unwrap_or_default();
+                format!(
+                    "{} of {} users were converted{worked}.",
+                    thousands(c.state(ItemState::Converted)),
+                    thousands(c.total)
+                )
+            }
+        };
+        if blocked > 0 {
+            text.push_str(&format!(
+                " {} need fixing first and are not converted until fixed (see \"What needs fixing first\").",
+                thousands(blocked)
+            ));
+        }
+        if failed > 0 {
+            text.push_str(&format!(
+                " {} failed at Graph; `b2b-convert retry` sends them again once the cause is fixed.",
+                thousands(failed)
+            ));
+        }
+        text
+    }
+
+    /// What needs fixing, by reason, with the fix: blocked reasons and, when any item failed, one
+    /// line for the failures.
+    pub fn fixes(&self) -> Vec<(String, u64, String)> {
+        let mut out: Vec<(String, u64, String)> = self
+            .reasons
+            .iter()
+            .filter(|r| r.state != Some(ItemState::Skipped))
+            .map(|r| {
+                (
+                    r.explanation
+                        .map_or_else(|| r.code.clone(), |e| e.to_string()),
+                    r.count,
+                    r.fix_hint
+                        .unwrap_or("Read the detail in the CSV report.")
+                        .to_string(),
+                )
+            })
+            .collect();
+        out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let failed = self.data.counts.state(ItemState::Failed);
+        if failed > 0 {
+            out.push((
+                "Graph refused or did not answer the invitation".to_string(),
+                failed,
+                "See each user's Graph message and fix below; then `b2b-convert retry RUN_ID`."
+                    .to_string(),
+            ));
+        }
+        out
+    }
+
+    /// The follow-up steps the run was asked to take after each conversion (set-mail,
+    /// set-guest…), read from the stored options so a newer option shows up without a change
+    /// here.
+    pub fn follow_ups(&self) -> Vec<String> {
+        let Ok(serde_json::Value::Object(map)) = serde_json::to_value(&self.data.run.options)
+        else {
+            return Vec::new();
+        };
+        map.iter()
+            .filter(|(k, _)| {
+                let k = k.to_ascii_lowercase();
+                k.starts_with("set") || k.contains("followup")
+            })
+            .filter_map(|(k, v)| match v {
+                serde_json::Value::Bool(true) => Some(k.clone()),
+                serde_json::Value::Null | serde_json::Value::Bool(false) => None,
+                serde_json::Value::String(s) if s.is_empty() => None,
+                serde_json::Value::Array(a) if a.is_empty() => None,
+                other => Some(format!("{k}: {}", other.to_string().trim_matches('"'))),
+            })
+            .collect()
     }
 
     pub fn state_counts(&self) -> Vec<(ItemState, u64)> {
@@ -273,9 +478,14 @@ impl<'a> Summary<'a> {
             None if run.status == "running" => "still running".to_string(),
             None => format!("not finished ({})", run.status),
         };
+        let worked = if self.data.active_seconds.is_some() {
+            " worked (pauses left out)"
+        } else {
+            ""
+        };
         let duration = match (self.duration, &run.finished_at) {
-            (Some(d), Some(_)) => human_duration(d),
-            (Some(d), None) => format!("{} so far", human_duration(d)),
+            (Some(d), Some(_)) => format!("{}{worked}", human_duration(d)),
+            (Some(d), None) => format!("{}{worked} so far", human_duration(d)),
             (None, _) => "unknown".to_string(),
         };
         vec![
@@ -286,7 +496,7 @@ impl<'a> Summary<'a> {
             ),
             ("Source", run.source.to_string()),
             ("Mode", mode_label(run.mode).to_string()),
-            ("Status", run.status.clone()),
+            ("Status", status_label(&run.status).to_string()),
             ("Graph endpoint", run.graph_url.clone()),
             ("Started", run.started_at.clone()),
             ("Finished", finished),
@@ -311,12 +521,7 @@ impl<'a> Summary<'a> {
                 }
             }
         };
-        let overridden = self
-            .data
-            .items
-            .iter()
-            .filter(|i| !i.overrides.is_empty())
-            .count();
+        let overridden = self.data.overridden;
         vec![
             (
                 "Invitation email",
@@ -433,6 +638,44 @@ impl<'a> Summary<'a> {
         ])
     }
 }
+
+/// How a headline figure is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tone {
+    Good,
+    Warn,
+    Bad,
+    Plain,
+}
+
+impl Tone {
+    pub fn class(self) -> &'static str {
+        match self {
+            Tone::Good => "good",
+            Tone::Warn => "warn",
+            Tone::Bad => "bad",
+            Tone::Plain => "plain",
+        }
+    }
+}
+
+/// 1234567 → "1,234,567".
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub(crate) const ONE_WAY: &str = "The conversion is one-way: Microsoft offers no way back to an \
+    internal account. Users keep their object id, user principal name, groups and app \
+    assignments; each user's properties as read before the change are kept in the run's \
+    database and in the JSON report.";
 
 /// Start to finish; to the report's time while the run has not finished.
 fn run_duration(run: &RunRecord, generated_at: &str) -> Option<Duration> {
@@ -690,7 +933,7 @@ mod tests {
             .collect::<BTreeSet<_>>();
         let listed: Vec<i64> = s.attention.iter().map(|i| i.id).collect();
         assert_eq!(listed, blocked.into_iter().collect::<Vec<_>>());
-        assert_eq!(s.attention.len() + s.others.len(), data.items.len() - 1);
+        assert!(s.attention.iter().all(|i| i.state.needs_attention()));
     }
 
     #[test]

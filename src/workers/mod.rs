@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument as _;
 
 use crate::graph::{GraphClient, GraphError, Pager, ResponseMeta, Traced};
 use crate::item::{ItemRecord, ItemState, RunMode, RunOptions, RunRecord, UserKey};
@@ -148,7 +149,10 @@ pub async fn work(pipeline: Pipeline) -> anyhow::Result<Outcome> {
                         // Never marked in flight: it simply stays pending.
                         continue;
                     }
-                    convert(&pass, item, email).await?;
+                    let (run_id, item_id) = (item.run_id, item.id);
+                    convert(&pass, item, email)
+                        .instrument(tracing::info_span!("item", run_id, item_id))
+                        .await?;
                 }
                 anyhow::Ok(())
             });
@@ -259,7 +263,7 @@ async fn produce(
                         Some(&detail),
                         None,
                     )?;
-                    p.progress.inc(1);
+                    p.progress.item_done(&p.queue, item.id);
                 }
                 Verdict::Convert {
                     email,
@@ -291,7 +295,7 @@ async fn produce(
                                 detail.as_deref(),
                                 Some(&email),
                             )?;
-                            p.progress.inc(1);
+                            p.progress.item_done(&p.queue, item.id);
                         }
                         RunMode::Live => {
                             if mail_change.is_some() || needs_guest {
@@ -382,7 +386,7 @@ async fn prepare(
                 .record_lookup(item.id, found)
                 .map_err(|e| GraphError::Config(e.to_string()))?;
             if outcome != LookupOutcome::Found {
-                p.progress.inc(1);
+                p.progress.item_done(&p.queue, item.id);
                 continue;
             }
             item.snapshot = found.cloned();
@@ -573,7 +577,7 @@ async fn reconcile_in_flight(pass: &Pass) -> anyhow::Result<()> {
         match action {
             Action::RecordConverted => {
                 db(&p.queue, move |q| q.record_converted(id, None, None, None)).await?;
-                p.progress.inc(1);
+                p.progress.item_done(&p.queue, id);
             }
             Action::BackToPending => db(&p.queue, move |q| q.back_to_pending(id)).await?,
             Action::StopRun { reason, .. } => {
@@ -705,7 +709,7 @@ async fn convert(pass: &Pass, item: ItemRecord, email: String) -> anyhow::Result
                     )
                 })
                 .await?;
-                p.progress.inc(1);
+                p.progress.item_done(&p.queue, id);
                 return Ok(());
             }
             Action::Retry(step) => {
@@ -729,7 +733,7 @@ async fn convert(pass: &Pass, item: ItemRecord, email: String) -> anyhow::Result
                     )
                 })
                 .await?;
-                p.progress.inc(1);
+                p.progress.item_done(&p.queue, id);
                 return Ok(());
             }
             Action::LeaveInFlight => {

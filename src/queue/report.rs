@@ -1,0 +1,316 @@
+//! Read-only SQL for reports, plus the work spans that measure how long a run was worked.
+//!
+//! Reports never load a whole run: the people formats read aggregates and the users who need
+//! action (through the `items_run_state` index); the CSV and JSON reports stream every item from
+//! one prepared statement, row by row, so a report of a million-item run stays in flat memory.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::params;
+
+use super::items::{item_from_row, ITEM_COLUMNS};
+use super::{now, Queue, Result};
+use crate::item::{ItemRecord, ItemState};
+use crate::report::{ItemSource, PaceMinute};
+
+/// How often a working process moves its span's `last_seen_at` forward. A process killed
+/// without warning loses at most this much of its working time.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+
+impl Queue {
+    /// Blocked and failed items of the run, by id: the users the people formats list.
+    pub fn attention_items(&self, run_id: i64) -> Result<Vec<ItemRecord>> {
+        self.select_items(
+            &format!(
+                "SELECT {ITEM_COLUMNS} FROM items WHERE run_id = ?1 AND state IN ('blocked', 'failed')
+                 ORDER BY id"
+            ),
+            params![run_id],
+        )
+    }
+
+    /// How many items carry per-row overrides.
+    pub fn overridden_count(&self, run_id: i64) -> Result<u64> {
+        let conn = self.conn();
+        conn.query_row(
+            "SELECT count(*) FROM items WHERE run_id = ?1 AND overrides IS NOT NULL",
+            [run_id],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n as u64)
+        .map_err(|e| self.err(e))
+    }
+
+    /// Calls `f` with every item of the run in id order, one row in memory at a time. The
+    /// connection stays locked while it runs: a report is written by one thread.
+    pub fn for_each_item(
+        &self,
+        run_id: i64,
+        f: &mut dyn FnMut(&ItemRecord) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let conn = self.conn();
+        let to_io = |e: rusqlite::Error| io::Error::other(self.err(e));
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {ITEM_COLUMNS} FROM items WHERE run_id = ?1 ORDER BY id"
+            ))
+            .map_err(to_io)?;
+        let mut rows = stmt.query([run_id]).map_err(to_io)?;
+        while let Some(row) = rows.next().map_err(to_io)? {
+            let item = item_from_row(row)
+                .map_err(to_io)?
+                .map_err(io::Error::other)?;
+            f(&item)?;
+        }
+        Ok(())
+    }
+
+    /// Seconds the run was worked: the sum of its work spans, each ended at its `ended_at` or,
+    /// for a process that died without closing it, at its last heartbeat. `None` when the run
+    /// has no span (recorded before spans existed).
+    pub fn active_seconds(&self, run_id: i64) -> Result<Option<f64>> {
+        let conn = self.conn();
+        conn.query_row(
+            "SELECT CASE WHEN count(*) = 0 THEN NULL ELSE
+                 sum(max(0.0, julianday(coalesce(ended_at, last_seen_at)) - julianday(started_at)))
+                 * 86400.0 END
+             FROM work_spans WHERE run_id = ?1",
+            [run_id],
+            |r| r.get::<_, Option<f64>>(0),
+        )
+        .map_err(|e| self.err(e))
+    }
+
+    /// Conversions (items' last update in state `converted`) and 429 responses per UTC minute,
+    /// minutes without either left out. Grouped in SQLite: memory is one entry per minute.
+    pub fn pace(&self, run_id: i64) -> Result<Vec<PaceMinute>> {
+        let conn = self.conn();
+        let mut minutes: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        let queries = [
+            "SELECT substr(updated_at, 1, 16), count(*) FROM items
+             WHERE run_id = ?1 AND state = 'converted' GROUP BY 1",
+            "SELECT substr(at, 1, 16), count(*) FROM requests
+             WHERE run_id = ?1 AND status = 429 GROUP BY 1",
+        ];
+        for (n, sql) in queries.into_iter().enumerate() {
+            let mut stmt = conn.prepare_cached(sql).map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map([run_id], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                })
+                .map_err(|e| self.err(e))?;
+            for row in rows {
+                let (minute, count) = row.map_err(|e| self.err(e))?;
+                let slot = minutes.entry(minute).or_default();
+                if n == 0 {
+                    slot.0 += count as u64;
+                } else {
+                    slot.1 += count as u64;
+                }
+            }
+        }
+        Ok(minutes
+            .into_iter()
+            .map(|(minute, (converted, throttled))| PaceMinute {
+                minute: format!("{minute}:00Z"),
+                converted,
+                throttled,
+            })
+            .collect())
+    }
+
+    /// Items per state (through the `items_run_state` index), for the progress bar.
+    pub fn state_counts(&self, run_id: i64) -> Result<Vec<(ItemState, u64)>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT state, count(*) FROM items WHERE run_id = ?1 GROUP BY state")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([run_id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (state, n) = row.map_err(|e| self.err(e))?;
+            if let Ok(state) = state.parse::<ItemState>() {
+                out.push((state, n as u64));
+            }
+        }
+        Ok(out)
+    }
+
+    /// 429 responses of the run logged after request `after`, and the last request id seen:
+    /// a rowid range, so polling it costs only the new rows.
+    pub fn throttled_after(&self, run_id: i64, after: i64) -> Result<(u64, i64)> {
+        let conn = self.conn();
+        conn.query_row(
+            "SELECT coalesce(sum(status = 429 AND run_id = ?1), 0), coalesce(max(id), ?2)
+             FROM requests WHERE id > ?2",
+            params![run_id, after],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)?)),
+        )
+        .map_err(|e| self.err(e))
+    }
+
+    fn open_span(&self, run_id: i64) -> Result<i64> {
+        let conn = self.conn();
+        let at = now();
+        conn.execute(
+            "INSERT INTO work_spans (run_id, started_at, last_seen_at) VALUES (?1, ?2, ?2)",
+            params![run_id, at],
+        )
+        .map_err(|e| self.err(e))?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    fn touch_span(&self, span_id: i64, end: bool) -> Result<()> {
+        let sql = if end {
+            "UPDATE work_spans SET last_seen_at = ?2, ended_at = ?2 WHERE id = ?1"
+        } else {
+            "UPDATE work_spans SET last_seen_at = ?2 WHERE id = ?1 AND ended_at IS NULL"
+        };
+        self.conn()
+            .prepare_cached(sql)
+            .and_then(|mut s| s.execute(params![span_id, now()]))
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+}
+
+/// The full item list of one run, streamed from the queue for the CSV and JSON reports.
+pub struct RunItems<'a> {
+    pub queue: &'a Queue,
+    pub run_id: i64,
+}
+
+impl ItemSource for RunItems<'_> {
+    fn each(&self, f: &mut dyn FnMut(&ItemRecord) -> io::Result<()>) -> io::Result<()> {
+        self.queue.for_each_item(self.run_id, f)
+    }
+}
+
+/// One process's stretch of work on a run: opened by [`WorkSpan::start`], kept alive by a
+/// heartbeat thread every [`HEARTBEAT`], closed by [`WorkSpan::finish`] or on drop.
+pub struct WorkSpan {
+    queue: Arc<Queue>,
+    id: i64,
+    stop: Option<mpsc::Sender<()>>,
+    beat: Option<JoinHandle<()>>,
+}
+
+impl WorkSpan {
+    pub fn start(queue: Arc<Queue>, run_id: i64) -> Result<WorkSpan> {
+        let id = queue.open_span(run_id)?;
+        let (stop, rx) = mpsc::channel::<()>();
+        let q = queue.clone();
+        let beat = std::thread::Builder::new()
+            .name("work-span".into())
+            .spawn(move || {
+                while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(HEARTBEAT) {
+                    if let Err(e) = q.touch_span(id, false) {
+                        tracing::warn!(error = %e, "work span heartbeat failed");
+                    }
+                }
+            })
+            .ok();
+        Ok(WorkSpan {
+            queue,
+            id,
+            stop: Some(stop),
+            beat,
+        })
+    }
+
+    /// Stops the heartbeat and ends the span now.
+    pub fn finish(mut self) -> Result<()> {
+        self.close()
+    }
+
+    fn close(&mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            drop(stop);
+            if let Some(beat) = self.beat.take() {
+                let _ = beat.join();
+            }
+            self.queue.touch_span(self.id, true)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for WorkSpan {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::warn!(error = %e, "could not close the work span");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue() -> (tempfile::TempDir, Arc<Queue>) {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(&dir.path().join("q.db")).unwrap();
+        (dir, Arc::new(q))
+    }
+
+    fn run(q: &Queue) -> i64 {
+        q.create_run(
+            &crate::item::SourceSpec::Csv {
+                path: "u.csv".into(),
+            },
+            crate::item::RunMode::Live,
+            &crate::item::RunOptions::default(),
+            None,
+            "http://127.0.0.1:1",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn spans_sum_and_a_killed_process_ends_at_its_last_heartbeat() {
+        let (_d, q) = queue();
+        let run_id = run(&q);
+        assert_eq!(q.active_seconds(run_id).unwrap(), None);
+        {
+            let conn = q.conn();
+            // A closed 60 s span, a span whose process died 30 s after starting (never closed),
+            // and a span whose clock ran backwards (counts as zero).
+            conn.execute_batch(&format!(
+                "INSERT INTO work_spans (run_id, started_at, last_seen_at, ended_at) VALUES
+                   ({run_id}, '2025-03-01T10:00:00Z', '2025-03-01T10:00:50Z', '2025-03-01T10:01:00Z'),
+                   ({run_id}, '2025-03-02T10:00:00Z', '2025-03-02T10:00:30Z', NULL),
+                   ({run_id}, '2025-03-03T10:00:00Z', '2025-03-03T09:00:00Z', NULL);"
+            ))
+            .unwrap();
+        }
+        let s = q.active_seconds(run_id).unwrap().unwrap();
+        assert!((s - 90.0).abs() < 0.01, "{s}");
+    }
+
+    #[test]
+    fn a_span_is_closed_when_finished() {
+        let (_d, q) = queue();
+        let run_id = run(&q);
+        let span = WorkSpan::start(q.clone(), run_id).unwrap();
+        span.finish().unwrap();
+        let open: i64 = q
+            .conn()
+            .query_row(
+                "SELECT count(*) FROM work_spans WHERE ended_at IS NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(open, 0);
+        assert!(q.active_seconds(run_id).unwrap().unwrap() >= 0.0);
+    }
+}

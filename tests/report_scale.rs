@@ -1,0 +1,125 @@
+//! Reports at scale, from a queue generated directly in SQLite (no Graph, no emulator): the HTML
+//! report of a 100,000-item run stays small and lists every user who needs action, and the CSV
+//! report carries every item. The ignored test builds the 1,000,000-item database that
+//! docs/performance.md measures report memory on.
+
+use std::path::Path;
+
+use b2b_convert::item::{RunMode, RunOptions, RunStatus, SourceSpec};
+use b2b_convert::queue::Queue;
+
+/// Creates a finished live run of `n` items: every 50th blocked (three reasons), every 997th not
+/// blocked failed (`Request_BadRequest`), the rest converted over about an hour. Returns the run id.
+fn generate(db: &Path, n: u64) -> i64 {
+    let queue = Queue::open(db).unwrap();
+    let run_id = queue
+        .create_run(
+            &SourceSpec::Csv {
+                path: "users.csv".into(),
+            },
+            RunMode::Live,
+            &RunOptions::default(),
+            Some("11111111-2222-3333-4444-555555555555"),
+            "http://127.0.0.1:1",
+        )
+        .unwrap();
+    queue.set_run_status(run_id, RunStatus::Finished).unwrap();
+    drop(queue);
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.execute_batch(&format!(
+        "BEGIN;
+         INSERT INTO items (run_id, line, key_kind, key_value, key_norm, user_id,
+                            user_principal_name, display_name, user_type, external_email, state,
+                            reason, detail, error_code, error_message, request_id, attempts,
+                            created_at, updated_at)
+         WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < {n})
+         SELECT {run_id}, i + 1, 'userPrincipalName', 'user' || i || '@contoso.com',
+                'user' || i || '@contoso.com',
+                printf('%08x-0000-4000-8000-%012x', i, i * 7919),
+                'user' || i || '@contoso.com', 'User ' || i, 'Member',
+                'user' || i || '@partner.example',
+                CASE WHEN i % 50 = 0 THEN 'blocked' WHEN i % 997 = 0 THEN 'failed'
+                     ELSE 'converted' END,
+                CASE WHEN i % 150 = 0 THEN 'mail_missing' WHEN i % 100 = 0 THEN 'domain_verified'
+                     WHEN i % 50 = 0 THEN 'user_not_found' END,
+                CASE WHEN i % 50 = 0 THEN 'no user with this key' END,
+                CASE WHEN i % 50 <> 0 AND i % 997 = 0 THEN 'Request_BadRequest' END,
+                CASE WHEN i % 50 <> 0 AND i % 997 = 0 THEN 'Invalid request input.' END,
+                CASE WHEN i % 50 <> 0 THEN printf('%08x-1111-4000-8000-%012x', i, i) END,
+                1,
+                '2025-03-01T10:00:00.000Z',
+                strftime('%Y-%m-%dT%H:%M:%fZ', '2025-03-01T10:00:00', '+' || (i * 3600 / {n}) || ' seconds')
+         FROM k;
+         INSERT INTO requests (run_id, item_id, method, path, status, client_request_id,
+                               duration_ms, throttled, attempt, at)
+         SELECT {run_id}, id, 'POST', '/v1.0/invitations', CASE WHEN id % 200 = 0 THEN 429 ELSE 201 END,
+                'c' || id, 80, id % 200 = 0, 1, updated_at
+         FROM items WHERE run_id = {run_id} AND state <> 'blocked';
+         INSERT INTO work_spans (run_id, started_at, last_seen_at, ended_at)
+         VALUES ({run_id}, '2025-03-01T10:00:00Z', '2025-03-01T11:00:00Z', '2025-03-01T11:00:00Z');
+         UPDATE runs SET finished_at = '2025-03-02T11:00:00Z' WHERE id = {run_id};
+         COMMIT;"
+    ))
+    .unwrap();
+    run_id
+}
+
+#[test]
+fn html_report_of_100k_items_is_small_and_lists_every_blocked_user() {
+    const N: u64 = 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    let run_id = generate(&db, N);
+    let queue = Queue::open_existing(&db).unwrap();
+    let html_path = dir.path().join("r.html");
+    b2b_convert::commands::report::write(&queue, run_id, &html_path, None).unwrap();
+    let html = std::fs::read_to_string(&html_path).unwrap();
+
+    assert!(
+        html.len() < 2_000_000,
+        "HTML report of {N} items is {} bytes",
+        html.len()
+    );
+    let blocked: Vec<u64> = (1..=N).filter(|i| i % 50 == 0).collect();
+    let failed: Vec<u64> = (1..=N).filter(|i| i % 50 != 0 && i % 997 == 0).collect();
+    for i in blocked.iter().chain(&failed) {
+        // Item ids are 1..=N in insertion order, one row each.
+        let marker = format!("data-item=\"{i}\" ");
+        assert_eq!(html.matches(&marker).count(), 1, "item {i}");
+    }
+    assert_eq!(
+        html.matches("<tr class=\"blocked\"").count(),
+        blocked.len(),
+        "only blocked users are listed as blocked"
+    );
+    assert_eq!(html.matches("<tr class=\"failed\"").count(), failed.len());
+    assert_eq!(
+        html.matches(" data-item=").count(),
+        blocked.len() + failed.len(),
+        "converted users are left to the CSV and JSON reports"
+    );
+    // Working time comes from the work span (1 h), not from start to finish (25 h).
+    assert!(html.contains("1 h worked (pauses left out)"), "duration");
+    assert!(html.contains("<h2>Pace</h2>"));
+
+    let csv_path = dir.path().join("r.csv");
+    b2b_convert::commands::report::write(&queue, run_id, &csv_path, None).unwrap();
+    let csv = std::fs::read_to_string(&csv_path).unwrap();
+    assert_eq!(
+        csv.lines().count() as u64,
+        N + 1,
+        "header and one row per item"
+    );
+    assert!(!dir.path().join("r.csv.partial").exists());
+}
+
+/// `B2B_SCALE_DB=/tmp/million.db cargo test --release --test report_scale -- --ignored`
+/// (`B2B_SCALE_N` changes the number of items).
+#[test]
+#[ignore = "builds a 1,000,000-item database for the memory measurement in docs/performance.md"]
+fn build_million_item_database() {
+    let db = std::env::var("B2B_SCALE_DB").expect("B2B_SCALE_DB names the database to create");
+    let n = std::env::var("B2B_SCALE_N").map_or(1_000_000, |n| n.parse().expect("B2B_SCALE_N"));
+    let run_id = generate(Path::new(&db), n);
+    println!("run {run_id} in {db}");
+}
