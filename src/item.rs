@@ -255,6 +255,10 @@ pub struct RunOptions {
     pub concurrency: usize,
     pub max_attempts: u32,
     pub limit: Option<u64>,
+    /// `--keep-redeem-links`: store each invitation's redeem URL for `export-links`. Off, no
+    /// redeem URL is stored anywhere (runs stored before the flag existed read as off).
+    #[serde(default)]
+    pub keep_redeem_links: bool,
 }
 
 impl Default for RunOptions {
@@ -269,6 +273,7 @@ impl Default for RunOptions {
             concurrency: 8,
             max_attempts: 6,
             limit: None,
+            keep_redeem_links: false,
         }
     }
 }

@@ -17,6 +17,8 @@ use crate::item::{
 };
 use crate::model::{Invitation, User};
 
+pub mod track;
+
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error("database {path}: {source}")]
@@ -45,7 +47,10 @@ pub enum QueueError {
 pub type Result<T> = std::result::Result<T, QueueError>;
 
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(include_str!("../migrations/0001_init.sql"))])
+    Migrations::new(vec![
+        M::up(include_str!("../migrations/0001_init.sql")),
+        M::up(include_str!("../migrations/0005_redemption.sql")),
+    ])
 }
 
 /// What `insert_items` did with a batch.
@@ -560,10 +565,13 @@ impl Queue {
         self.transition(
             item_id,
             &["in_flight"],
-            "state = 'converted', invitation_id = ?2, invitation_status = ?3,
-             invite_redeem_url = ?4, reconciled = ?5,
+            &format!(
+                "state = 'converted', invitation_id = ?2, invitation_status = ?3,
+             invite_redeem_url = CASE WHEN {keep} THEN ?4 END, reconciled = ?5,
              request_id = coalesce(?6, request_id), client_request_id = coalesce(?7, client_request_id),
              error_code = NULL, error_message = NULL",
+                keep = track::KEEP_LINKS
+            ),
             params![
                 item_id,
                 invitation.map(|i| i.id.clone()),

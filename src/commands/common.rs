@@ -83,6 +83,9 @@ pub fn apply_exec(options: &mut RunOptions, exec: &ExecArgs) -> anyhow::Result<(
         // `--limit 0` lifts a pilot's limit.
         options.limit = (limit > 0).then_some(limit);
     }
+    if exec.keep_redeem_links {
+        options.keep_redeem_links = true;
+    }
     check_options(options)
 }
 

@@ -73,6 +73,7 @@ fn from_args(args: RunArgs) -> anyhow::Result<NewRun> {
         concurrency: args.exec.concurrency.unwrap_or(defaults.concurrency),
         max_attempts: args.exec.max_attempts.unwrap_or(defaults.max_attempts),
         limit: args.exec.limit.filter(|l| *l > 0),
+        keep_redeem_links: args.exec.keep_redeem_links,
     };
     common::check_options(&options)?;
     Ok(NewRun {
