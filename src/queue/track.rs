@@ -852,3 +852,256 @@ fn pass_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ResendPass> {
         finished_at: r.get(4)?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::item::{ItemState, NewItem, Overrides, RunMode, RunOptions, SourceSpec, UserKey};
+    use crate::model::{Invitation, User};
+
+    const URL: &str = "https://login.example/redeem?ticket=SECRET-TICKET";
+
+    /// A live run of `n` users, all converted with an invitation carrying a redeem URL.
+    fn converted_run(keep: bool, n: usize) -> (tempfile::TempDir, Queue, i64, Vec<i64>) {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(&dir.path().join("q.db")).unwrap();
+        let options = RunOptions {
+            keep_redeem_links: keep,
+            ..RunOptions::default()
+        };
+        let run = q
+            .create_run(
+                &SourceSpec::Csv {
+                    path: "u.csv".into(),
+                },
+                RunMode::Live,
+                &options,
+                Some("t"),
+                "http://127.0.0.1:1",
+            )
+            .unwrap();
+        let rows: Vec<NewItem> = (0..n)
+            .map(|i| NewItem {
+                line: Some(i as u64 + 2),
+                key: Some(UserKey::Id(format!("u{i}"))),
+                external_email: None,
+                overrides: Overrides::default(),
+                bad_input: None,
+                snapshot: None,
+            })
+            .collect();
+        q.insert_items(run, &rows, None).unwrap();
+        let mut ids = Vec::new();
+        for item in q.pending_items(run, 0, n).unwrap() {
+            let uid = item.key.as_ref().unwrap().value().to_string();
+            let user = User {
+                id: uid.clone(),
+                user_principal_name: Some(format!("{uid}@contoso.com")),
+                mail: Some(format!("{uid}@fabrikam.com")),
+                ..Default::default()
+            };
+            q.record_lookup(item.id, Some(&user)).unwrap();
+            q.mark_in_flight(item.id, &format!("{uid}@fabrikam.com"))
+                .unwrap();
+            let inv = Invitation {
+                id: format!("inv-{uid}"),
+                status: "PendingAcceptance".into(),
+                invite_redeem_url: Some(URL.into()),
+                ..Default::default()
+            };
+            q.record_converted(item.id, Some(&inv), Some("req-1"), Some("crid-1"))
+                .unwrap();
+            ids.push(item.id);
+        }
+        (dir, q, run, ids)
+    }
+
+    #[test]
+    fn redeem_urls_are_stored_only_with_the_flag() {
+        let (_d, q, run, ids) = converted_run(false, 2);
+        assert!(q.redeem_links(run).unwrap().is_empty());
+        let invited: Option<String> = q
+            .conn()
+            .query_row(
+                "SELECT invited_at FROM items WHERE id = ?1",
+                [ids[0]],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(invited.is_some());
+        let (_d2, q2, run2, _) = converted_run(true, 2);
+        let links = q2.redeem_links(run2).unwrap();
+        assert_eq!(links.len(), 2);
+        assert_eq!(links[0].invite_redeem_url, URL);
+        assert_eq!(links[0].external_email.as_deref(), Some("u0@fabrikam.com"));
+    }
+
+    #[test]
+    fn track_records_states_and_moves_not_applied_to_failed() {
+        let (_d, q, run, ids) = converted_run(false, 4);
+        assert_eq!(q.redemption_counts(run).unwrap().untracked, 4);
+        let targets = q.track_targets(run, 0, 10).unwrap();
+        assert_eq!(targets.len(), 4);
+        assert_eq!(targets[0].request_id.as_deref(), Some("req-1"));
+        let t = q.start_track(run).unwrap();
+        q.record_track_results(
+            t,
+            &[
+                TrackResult::Seen {
+                    item_id: ids[0],
+                    state: ACCEPTED.into(),
+                    changed_at: Some("2026-11-21T10:00:00Z".into()),
+                },
+                TrackResult::Seen {
+                    item_id: ids[1],
+                    state: PENDING_ACCEPTANCE.into(),
+                    changed_at: Some("2026-11-20T10:00:00.1234567Z".into()),
+                },
+                TrackResult::NotApplied {
+                    item_id: ids[2],
+                    message: "never took effect (request-id req-1)".into(),
+                },
+            ],
+        )
+        .unwrap();
+        let counts = q.finish_track(t).unwrap();
+        assert_eq!(
+            counts,
+            TrackCounts {
+                accepted: 1,
+                pending: 1,
+                not_applied: 1,
+                missing: 0
+            }
+        );
+        let r = q.redemption_counts(run).unwrap();
+        assert_eq!(
+            (r.accepted, r.pending_acceptance, r.not_applied, r.untracked),
+            (1, 1, 1, 1)
+        );
+        assert!(r.last_tracked_at.is_some());
+        let failed = q.item(ids[2]).unwrap().unwrap();
+        assert_eq!(failed.state, ItemState::Failed);
+        assert_eq!(failed.error_code.as_deref(), Some(NOT_APPLIED));
+        // A second NotApplied for the same item is a bug, and loud.
+        assert!(q
+            .record_track_results(
+                t,
+                &[TrackResult::NotApplied {
+                    item_id: ids[2],
+                    message: "again".into()
+                }]
+            )
+            .is_err());
+        // retry puts it back; it is no longer counted not applied.
+        assert_eq!(q.requeue_failed(run).unwrap(), 1);
+        assert_eq!(q.redemption_counts(run).unwrap().not_applied, 0);
+
+        let timeline = q.redemption_timeline(run).unwrap();
+        assert_eq!(
+            timeline,
+            vec![RedemptionDay {
+                day: "2026-11-21".into(),
+                accepted: 1,
+                cumulative: 1
+            }]
+        );
+        let waiting = q.not_redeemed(run, 10).unwrap();
+        let waiting: Vec<_> = waiting.iter().map(|w| w.item_id).collect();
+        assert_eq!(waiting, vec![ids[1], ids[3]]);
+        assert_eq!(q.track_history(run).unwrap().len(), 1);
+        let n = q.not_redeemed(run, 10).unwrap();
+        assert_eq!(
+            n[0].external_user_state_changed_at.as_deref(),
+            Some("2026-11-20T10:00:00.123Z")
+        );
+    }
+
+    #[test]
+    fn a_resend_pass_fixes_its_users_and_is_continued() {
+        let (_d, q, run, ids) = converted_run(true, 3);
+        let t = q.start_track(run).unwrap();
+        q.record_track_results(
+            t,
+            &[
+                TrackResult::Seen {
+                    item_id: ids[0],
+                    state: ACCEPTED.into(),
+                    changed_at: Some("2026-11-01T10:00:00Z".into()),
+                },
+                TrackResult::Seen {
+                    item_id: ids[1],
+                    state: PENDING_ACCEPTANCE.into(),
+                    changed_at: Some("2026-11-01T10:00:00Z".into()),
+                },
+                TrackResult::Seen {
+                    item_id: ids[2],
+                    state: PENDING_ACCEPTANCE.into(),
+                    changed_at: Some("2026-11-20T10:00:00Z".into()),
+                },
+            ],
+        )
+        .unwrap();
+        q.finish_track(t).unwrap();
+        // Older than the 10th: only the user invited on the 1st.
+        assert_eq!(
+            q.resend_candidates(run, "2026-11-10T00:00:00.000Z")
+                .unwrap(),
+            1
+        );
+        assert!(q
+            .create_resend_pass(run, 3, "2026-10-01T00:00:00.000Z")
+            .unwrap()
+            .is_none());
+        assert!(q.open_resend_pass(run).unwrap().is_none());
+        let pass = q
+            .create_resend_pass(run, 0, "2026-12-01T00:00:00.000Z")
+            .unwrap()
+            .unwrap();
+        assert_eq!(q.open_resend_pass(run).unwrap(), Some(pass.clone()));
+        let pending = q.resend_entries(pass.id, ResendState::Pending).unwrap();
+        assert_eq!(
+            pending.iter().map(|e| e.item_id).collect::<Vec<_>>(),
+            vec![ids[1], ids[2]]
+        );
+        assert_eq!(
+            pending[0].tracked_changed_at.as_deref(),
+            Some("2026-11-01T10:00:00.000Z")
+        );
+        let cp = q.mark_resend_in_flight(pass.id, ids[1]).unwrap();
+        assert!(q.mark_resend_in_flight(pass.id, ids[1]).is_err());
+        let inflight = q.resend_entries(pass.id, ResendState::InFlight).unwrap();
+        assert_eq!(inflight[0].checkpoint_at.as_deref(), Some(cp.as_str()));
+        assert_eq!(inflight[0].attempts, 1);
+        q.record_resent(pass.id, ids[1], Some("inv-2"), Some("r"), None, Some(URL))
+            .unwrap();
+        assert!(!q.finish_resend_pass(pass.id).unwrap());
+        q.mark_resend_in_flight(pass.id, ids[2]).unwrap();
+        q.resend_back_to_pending(pass.id, ids[2]).unwrap();
+        q.record_resend_failed(pass.id, ids[2], "BadRequest", "no", None, None)
+            .unwrap();
+        let s = q.resend_summary(pass.id).unwrap();
+        assert_eq!((s.sent, s.failed, s.pending, s.in_flight), (1, 1, 0, 0));
+        assert!(q.finish_resend_pass(pass.id).unwrap());
+        assert!(q.open_resend_pass(run).unwrap().is_none());
+        // Re-invited just now: not a candidate again for a pass with an earlier cutoff.
+        assert_eq!(
+            q.resend_candidates(run, "2026-11-10T00:00:00.000Z")
+                .unwrap(),
+            0
+        );
+    }
+
+    #[test]
+    fn graph_times_are_normalised_for_comparison() {
+        assert_eq!(
+            normalize_time("2026-11-20T10:00:00Z"),
+            "2026-11-20T10:00:00.000Z"
+        );
+        assert_eq!(
+            normalize_time("2026-11-20T11:00:00.9999+01:00"),
+            "2026-11-20T10:00:00.999Z"
+        );
+        assert_eq!(normalize_time("garbage"), "garbage");
+    }
+}
