@@ -836,9 +836,12 @@ pub(super) const KEEP_LINKS: &str = "coalesce((SELECT json_extract(options, '$.k
     FROM runs WHERE runs.id = items.run_id), 0) = 1";
 
 /// `?1` run id, `?2` cutoff: converted, `PendingAcceptance` per the last track, last invited
-/// (Graph's change time, else the conversion, or a later resend) at or before the cutoff.
+/// (Graph's change time, else the conversion, or a later resend) at or before the cutoff. A user
+/// re-invited after their last track is not known to be pending any more: a new `track` first.
 const CANDIDATE_WHERE: &str = "i.run_id = ?1 AND i.state = 'converted' AND i.user_id IS NOT NULL
     AND i.external_user_state = 'PendingAcceptance'
+    AND NOT EXISTS (SELECT 1 FROM resends s WHERE s.item_id = i.id AND s.state = 'sent'
+                    AND s.sent_at > coalesce(i.tracked_at, ''))
     AND max(coalesce(i.external_user_state_changed_at, i.invited_at, ''),
             coalesce((SELECT max(r.sent_at) FROM resends r
                       WHERE r.item_id = i.id AND r.state = 'sent'), '')) <= ?2";
@@ -1084,11 +1087,34 @@ mod tests {
         assert_eq!((s.sent, s.failed, s.pending, s.in_flight), (1, 1, 0, 0));
         assert!(q.finish_resend_pass(pass.id).unwrap());
         assert!(q.open_resend_pass(run).unwrap().is_none());
-        // Re-invited just now: not a candidate again for a pass with an earlier cutoff.
+        // Re-invited after the last track: not a candidate again until a new track shows the
+        // user still pending, and then only once the resend is older than the cutoff. (The
+        // user whose resend was refused stays a candidate.)
+        assert_eq!(
+            q.resend_candidates(run, "2099-01-01T00:00:00.000Z")
+                .unwrap(),
+            1
+        );
+        let t = q.start_track(run).unwrap();
+        q.record_track_results(
+            t,
+            &[TrackResult::Seen {
+                item_id: ids[1],
+                state: PENDING_ACCEPTANCE.into(),
+                changed_at: Some("2026-11-01T10:00:00Z".into()),
+            }],
+        )
+        .unwrap();
+        q.finish_track(t).unwrap();
         assert_eq!(
             q.resend_candidates(run, "2026-11-10T00:00:00.000Z")
                 .unwrap(),
             0
+        );
+        assert_eq!(
+            q.resend_candidates(run, "2099-01-01T00:00:00.000Z")
+                .unwrap(),
+            2
         );
     }
 
