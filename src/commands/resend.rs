@@ -24,8 +24,9 @@ use crate::model::User;
 use crate::queue::track::{ResendEntry, ResendPass, ResendState, ACCEPTED};
 use crate::queue::Queue;
 
-/// Clocks differ: Graph's change time is compared with our checkpoint with this much slack.
-pub const CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+/// Graph stamps `externalUserStateChangeDateTime` to the second: two changes at least this far
+/// apart in real time carry different stamps.
+pub const STAMP_RESOLUTION: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
 
 /// What a re-read of the user showed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +55,7 @@ impl Reread {
 /// The decision after a resend whose outcome is unknown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterUnknown {
-    /// Graph's change time moved past the user's last known change: the reset took effect.
+    /// Graph's change time moved past the one `track` read: the reset took effect.
     TookEffect,
     /// The user redeemed meanwhile: nothing more to send.
     Redeemed,
@@ -62,22 +63,34 @@ pub enum AfterUnknown {
     Gone,
     /// The user shows no invitation at all (not a B2B user): a reset cannot apply.
     NotInvited,
-    /// Unchanged since before the pass: the reset did not take effect; it may be sent again.
+    /// Unchanged since the track: the reset did not take effect; it may be sent again.
     SendAgain,
     /// Unchanged, and the pass's attempts for this user are used up.
     GiveUp,
-    /// The last known change is so close to the checkpoint that an unchanged time cannot prove
-    /// the reset did not happen: never send blind; the operator checks after the next `track`.
+    /// Nothing proves the reset did not happen (no change time, or the track read the user
+    /// too shortly before the checkpoint for a second-resolution stamp to differ): never send
+    /// blind; the operator checks after the next `track`.
     Ambiguous,
 }
 
-/// Decides what a lost answer means. `checkpoint_at` is when the entry went in flight;
-/// `baseline` is the user's last change known before this pass (tracked, or an earlier
-/// pass's resend). Times that do not parse count as absent.
+/// What the last `track` knew about the user before the pass touched it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Baseline<'a> {
+    /// Graph's `externalUserStateChangeDateTime` as tracked (Graph's clock).
+    pub changed_at: Option<&'a str>,
+    /// When `track` read it (our clock).
+    pub tracked_at: Option<&'a str>,
+}
+
+/// Decides what a lost answer means, before anything is sent again. Graph's change times are
+/// compared only with each other, and our checkpoint only with our own `tracked_at`, so clock
+/// skew between us and Graph cannot mislead it: the tracked change happened before the track
+/// read it, a reset after the checkpoint; when those are at least [`STAMP_RESOLUTION`] apart
+/// an unchanged stamp proves the reset did not happen. Times that do not parse count as absent.
 pub fn after_unknown(
     reread: &Reread,
     checkpoint_at: &str,
-    baseline: Option<&str>,
+    baseline: Baseline<'_>,
     attempts: u32,
     max_attempts: u32,
 ) -> AfterUnknown {
@@ -91,27 +104,17 @@ pub fn after_unknown(
     if state.eq_ignore_ascii_case(ACCEPTED) {
         return AfterUnknown::Redeemed;
     }
-    let checkpoint = parse(Some(checkpoint_at));
-    let changed = parse(changed_at.as_deref());
-    let baseline = parse(baseline);
-    let unchanged = match (changed, baseline, checkpoint) {
-        (Some(c), Some(b), _) if c > b => return AfterUnknown::TookEffect,
-        (Some(_), Some(b), Some(cp)) => {
-            if b >= cp - CLOCK_SKEW {
-                return AfterUnknown::Ambiguous;
-            }
-            true
-        }
-        (Some(c), None, Some(cp)) => {
-            if c >= cp - CLOCK_SKEW {
-                return AfterUnknown::TookEffect;
-            }
-            true
-        }
-        // Without a change time or a checkpoint nothing can be proved either way.
-        _ => return AfterUnknown::Ambiguous,
+    let (Some(changed), Some(before)) = (parse(changed_at.as_deref()), parse(baseline.changed_at))
+    else {
+        return AfterUnknown::Ambiguous;
     };
-    debug_assert!(unchanged);
+    if changed > before {
+        return AfterUnknown::TookEffect;
+    }
+    match (parse(baseline.tracked_at), parse(Some(checkpoint_at))) {
+        (Some(tracked), Some(checkpoint)) if checkpoint - tracked >= STAMP_RESOLUTION => {}
+        _ => return AfterUnknown::Ambiguous,
+    }
     if attempts < max_attempts {
         AfterUnknown::SendAgain
     } else {
@@ -459,7 +462,10 @@ impl Ctx<'_> {
         let decision = after_unknown(
             &reread,
             checkpoint,
-            entry.tracked_changed_at.as_deref(),
+            Baseline {
+                changed_at: entry.tracked_changed_at.as_deref(),
+                tracked_at: entry.tracked_at.as_deref(),
+            },
             entry.attempts,
             if refusal.is_some() {
                 0
@@ -528,18 +534,28 @@ mod tests {
         }
     }
 
-    const TRACKED: &str = "2026-11-01T08:00:00Z";
+    const CHANGED: &str = "2026-11-01T08:00:00Z";
+    const TRACKED_AT: &str = "2026-11-22T09:00:00.000Z";
     const CHECKPOINT: &str = "2026-11-22T10:00:00.000Z";
+    const BASE: Baseline<'static> = Baseline {
+        changed_at: Some(CHANGED),
+        tracked_at: Some(TRACKED_AT),
+    };
 
     #[test]
     fn a_lost_answer_is_decided_by_graphs_change_time() {
         use AfterUnknown::*;
-        let rows: Vec<(&str, Reread, Option<&str>, u32, u32, AfterUnknown)> = vec![
-            ("gone", Reread::Gone, Some(TRACKED), 1, 6, Gone),
+        let pending = |at: &str| state("PendingAcceptance", at);
+        let just_tracked = Baseline {
+            changed_at: Some(CHANGED),
+            tracked_at: Some("2026-11-22T09:59:59.500Z"),
+        };
+        let rows: Vec<(&str, Reread, Baseline, u32, u32, AfterUnknown)> = vec![
+            ("gone", Reread::Gone, BASE, 1, 6, Gone),
             (
                 "redeemed meanwhile",
-                state("Accepted", "2026-11-22T09:00:00Z"),
-                Some(TRACKED),
+                state("Accepted", "2026-11-22T09:30:00Z"),
+                BASE,
                 1,
                 6,
                 Redeemed,
@@ -550,74 +566,80 @@ mod tests {
                     state: None,
                     changed_at: None,
                 },
-                Some(TRACKED),
+                BASE,
                 1,
                 6,
                 NotInvited,
             ),
             (
-                "changed after the checkpoint",
-                state("PendingAcceptance", "2026-11-22T10:00:01Z"),
-                Some(TRACKED),
+                "changed since track",
+                pending("2026-11-22T10:00:01Z"),
+                BASE,
                 1,
                 6,
                 TookEffect,
             ),
             (
-                "changed since track, clock behind ours",
-                state("PendingAcceptance", "2026-11-22T09:58:00Z"),
-                Some(TRACKED),
+                "changed since track, Graph's clock far behind ours",
+                pending("2026-11-01T08:00:01Z"),
+                BASE,
                 1,
                 6,
                 TookEffect,
             ),
             (
                 "unchanged since track",
-                state("PendingAcceptance", TRACKED),
-                Some(TRACKED),
+                pending(CHANGED),
+                BASE,
                 1,
                 6,
                 SendAgain,
             ),
             (
                 "unchanged, attempts used up",
-                state("PendingAcceptance", TRACKED),
-                Some(TRACKED),
+                pending(CHANGED),
+                BASE,
                 6,
                 6,
                 GiveUp,
             ),
             (
-                "unchanged but last change too close to the checkpoint",
-                state("PendingAcceptance", "2026-11-22T09:59:00Z"),
-                Some("2026-11-22T09:59:00.000Z"),
+                "unchanged but tracked under a second before the checkpoint",
+                pending(CHANGED),
+                just_tracked,
                 1,
                 6,
                 Ambiguous,
             ),
             (
-                "no baseline, change after checkpoint",
-                state("PendingAcceptance", "2026-11-22T10:00:05Z"),
-                None,
+                "never tracked a change time",
+                pending("2026-11-22T10:00:05Z"),
+                Baseline {
+                    changed_at: None,
+                    tracked_at: Some(TRACKED_AT),
+                },
                 1,
                 6,
-                TookEffect,
+                Ambiguous,
             ),
             (
-                "no baseline, old change",
-                state("PendingAcceptance", "2026-10-01T10:00:00Z"),
-                None,
-                1,
-                6,
-                SendAgain,
-            ),
-            (
-                "no change time",
+                "no change time now",
                 Reread::State {
                     state: Some("PendingAcceptance".into()),
                     changed_at: None,
                 },
-                Some(TRACKED),
+                BASE,
+                1,
+                6,
+                Ambiguous,
+            ),
+            (
+                "no tracked_at",
+                pending(CHANGED),
+                Baseline {
+                    changed_at: Some(CHANGED),
+                    tracked_at: None,
+                },
                 1,
                 6,
                 Ambiguous,

@@ -183,9 +183,11 @@ pub struct ResendEntry {
     pub attempts: u32,
     /// When the entry was last put in flight.
     pub checkpoint_at: Option<String>,
-    /// Graph's change time as the last `track` read it (or an earlier pass's resend, if later):
-    /// the user's last change before this pass.
+    /// Graph's change time as the last `track` read it: the user's last change before this
+    /// pass (Graph's clock).
     pub tracked_changed_at: Option<String>,
+    /// When that `track` read the user (our clock).
+    pub tracked_at: Option<String>,
 }
 
 /// Counts of a pass by entry state.
@@ -210,12 +212,11 @@ pub fn normalize_time(value: &str) -> String {
         .unwrap_or_else(|_| value.to_string())
 }
 
-/// The baseline a lost answer is judged against: Graph's change time as tracked, or an earlier
-/// pass's resend if that came later.
+/// What a lost answer is judged against: Graph's change time as the last `track` read it, and
+/// when (on our clock) that read was made. Candidates are always tracked after any earlier
+/// resend, so the tracked change time is the user's last change before this pass.
 const RESEND_COLUMNS: &str = "r.pass_id, r.item_id, i.user_id, i.user_principal_name, r.state, \
-    r.attempts, r.checkpoint_at, max(coalesce(i.external_user_state_changed_at, ''), \
-    coalesce((SELECT max(o.sent_at) FROM resends o WHERE o.item_id = r.item_id \
-    AND o.pass_id <> r.pass_id AND o.state = 'sent'), ''))";
+    r.attempts, r.checkpoint_at, i.external_user_state_changed_at, i.tracked_at";
 
 impl Queue {
     // ---- track ----------------------------------------------------------------------------
@@ -606,9 +607,8 @@ impl Queue {
                         state: ResendState::Pending,
                         attempts: r.get::<_, i64>(5)? as u32,
                         checkpoint_at: r.get(6)?,
-                        tracked_changed_at: r
-                            .get::<_, String>(7)
-                            .map(|t| (!t.is_empty()).then_some(t))?,
+                        tracked_changed_at: r.get(7)?,
+                        tracked_at: r.get(8)?,
                     },
                     r.get::<_, String>(4)?,
                 ))
