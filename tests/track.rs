@@ -249,3 +249,103 @@ async fn export_links_writes_each_converted_users_link_once_privately() {
     assert_eq!(out.code, 2, "never overwritten: {}", out.stderr);
     assert_eq!(std::fs::read_to_string(&out_path).unwrap(), text);
 }
+
+/// Measurement for docs/performance.md, not a timing assertion: `track` of 100,000 converted
+/// users costs about 100,000 / 300 Graph requests. Run with
+/// `cargo test --release --test track -- --ignored --nocapture track_of_100k`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: 100,000 users (release build)"]
+async fn track_of_100k_converted_users_costs_one_request_per_300() {
+    use b2b_convert::item::{NewItem, Overrides, RunMode, RunOptions, SourceSpec, UserKey};
+    use b2b_convert::model::Invitation;
+    use b2b_convert::queue::Queue;
+    const N: usize = 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut tenant = Tenant::generate(N, 7);
+    // Every user as the invitation left it: converted, pending acceptance.
+    for u in &mut tenant.users {
+        u.external_user_state = Some("PendingAcceptance".into());
+        u.external_user_state_change_date_time = Some("2026-11-20T10:00:00Z".into());
+    }
+    let users: Vec<(String, Option<String>)> = tenant
+        .users
+        .iter()
+        .take(N)
+        .map(|u| (u.id.clone(), u.mail.clone()))
+        .collect();
+    let mut config = EmulatorConfig::new(tenant);
+    config.bucket_scale = 1_000.0;
+    let emu = start(config).await;
+    let db = dir.path().join("q.db");
+    let run_id = {
+        let q = Queue::open(&db).unwrap();
+        let run_id = q
+            .create_run(
+                &SourceSpec::Csv {
+                    path: "users.csv".into(),
+                },
+                RunMode::Live,
+                &RunOptions::default(),
+                Some(&emu.tenant_id()),
+                &emu.base_url(),
+            )
+            .unwrap();
+        let rows: Vec<NewItem> = users
+            .iter()
+            .enumerate()
+            .map(|(i, (id, _))| NewItem {
+                line: Some(i as u64 + 2),
+                key: Some(UserKey::Id(id.clone())),
+                external_email: None,
+                overrides: Overrides::default(),
+                bad_input: None,
+                snapshot: None,
+            })
+            .collect();
+        q.insert_items(run_id, &rows, None).unwrap();
+        q.finish_ingest(run_id).unwrap();
+        let mut after = 0;
+        loop {
+            let items = q.pending_items(run_id, after, 5_000).unwrap();
+            let Some(last) = items.last() else { break };
+            after = last.id;
+            for item in items {
+                let id = item.key.as_ref().unwrap().value().to_string();
+                let user = b2b_convert::model::User {
+                    id: id.clone(),
+                    ..Default::default()
+                };
+                q.record_lookup(item.id, Some(&user)).unwrap();
+                q.mark_in_flight(item.id, "x@fabrikam.example").unwrap();
+                let inv = Invitation {
+                    id: format!("inv-{id}"),
+                    status: "PendingAcceptance".into(),
+                    ..Default::default()
+                };
+                q.record_converted(item.id, Some(&inv), None, None).unwrap();
+            }
+        }
+        q.set_run_status(run_id, "finished").unwrap();
+        run_id
+    };
+    let before = emu.stats();
+    let started = std::time::Instant::now();
+    let out = run(&emu, &db, &["track", &run_id.to_string()]).await;
+    let took = started.elapsed();
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let after = emu.stats();
+    let batches =
+        requests_to(&after, "POST /v1.0/$batch") - requests_to(&before, "POST /v1.0/$batch");
+    let gets = requests_to(&after, "GET /v1.0/users") - requests_to(&before, "GET /v1.0/users");
+    let status = status_json(&emu, &db, run_id).await;
+    println!(
+        "track of {N} converted users: {batches} $batch + {gets} GET users requests \
+         (reference: {N} / 300 = {}), run's own request log {} ; {:.1} s wall; {}",
+        N.div_ceil(300),
+        status["graphRequests"],
+        took.as_secs_f64(),
+        out.stdout.trim()
+    );
+    assert_eq!(status["redemption"]["pendingAcceptance"], N as u64);
+    assert_eq!(batches as usize, N.div_ceil(300));
+}
