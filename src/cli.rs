@@ -310,6 +310,9 @@ pub struct EmulatorKnobs {
     /// Share of writes carried out whose answer is then lost (connection dropped).
     #[arg(long, value_name = "P", default_value_t = 0.0)]
     pub lost_response_rate: f64,
+    /// Share of invitations answered 201 whose change never reaches the user.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    pub not_applied_rate: f64,
     /// Answer every invitation with 403 "Invitations are blocked for this directory…".
     #[arg(long)]
     pub block_invitations: bool,

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 
+use crate::cli::EmulatorKnobs;
 use crate::emulator::{self, EmulatorConfig, Tenant};
 use crate::exit::{ExitError, ExitStatus};
 
@@ -36,7 +37,7 @@ pub async fn emulator(args: crate::cli::EmulatorArgs) -> anyhow::Result<ExitStat
         (None, None) => Tenant::sample(),
     };
     let users = tenant.users.len();
-    let config = EmulatorConfig::from_knobs(tenant, &args.knobs);
+    let config = config_from(tenant, &args.knobs);
     let emu = emulator::start(config, listen).await?;
     {
         let mut out = std::io::stdout().lock();
@@ -52,4 +53,21 @@ pub async fn emulator(args: crate::cli::EmulatorArgs) -> anyhow::Result<ExitStat
     tracing::info!("stopping the emulator");
     emu.shutdown().await;
     Ok(ExitStatus::Success)
+}
+
+/// The emulator's settings from the command line's flags (the emulator itself knows nothing of
+/// `cli`).
+pub fn config_from(tenant: Tenant, knobs: &EmulatorKnobs) -> EmulatorConfig {
+    EmulatorConfig {
+        latency: std::time::Duration::from_millis(knobs.latency_ms),
+        ru_per_10s: knobs.ru_per_10s,
+        writes_per_150s: knobs.writes_per_150s,
+        invitations_per_5s: knobs.invitations_per_5s,
+        fault_rate: knobs.fault_rate,
+        lost_response_rate: knobs.lost_response_rate,
+        not_applied_rate: knobs.not_applied_rate,
+        block_invitations: knobs.block_invitations,
+        token_lifetime: std::time::Duration::from_secs(knobs.token_lifetime_s),
+        ..EmulatorConfig::new(tenant)
+    }
 }

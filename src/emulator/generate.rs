@@ -81,18 +81,35 @@ enum Kind {
     MailMissing,
     DomainVerified,
     Conflict,
+    /// Cloud-only, no mailbox, `mail` empty; the CSV names a fresh partner address:
+    /// `--set-mail` can fix it.
+    SetMailMissing,
+    /// Cloud-only, no mailbox, `mail` an older partner address; the CSV names a fresh one:
+    /// `--set-mail` can fix it.
+    SetMailMismatch,
+    /// Synced from on-premises (mail is mastered there) and the CSV names another address:
+    /// `--set-mail` cannot fix it.
+    SyncedMismatch,
+    /// An Exchange mailbox and the CSV names another address: `--set-mail` cannot fix it.
+    MailboxMismatch,
 }
 
+/// The convertible share (0..85) draws exactly as it always has, so a seed converts the same
+/// users whatever kinds are added to the rest.
 fn pick_kind(rng: &mut StdRng) -> Kind {
     match rng.random_range(0..100u32) {
         0..85 => Kind::Convertible,
-        85..88 => Kind::AlreadyB2b,
-        88..90 => Kind::Disabled,
-        90..92 => Kind::OnPrem,
-        92..94 => Kind::Exchange,
-        94..96 => Kind::MailMissing,
-        96..98 => Kind::DomainVerified,
-        _ => Kind::Conflict,
+        85..87 => Kind::AlreadyB2b,
+        87..88 => Kind::Disabled,
+        88..89 => Kind::OnPrem,
+        89..90 => Kind::Exchange,
+        90..91 => Kind::MailMissing,
+        91..92 => Kind::DomainVerified,
+        92..94 => Kind::Conflict,
+        94..96 => Kind::SetMailMissing,
+        96..98 => Kind::SetMailMismatch,
+        98..99 => Kind::SyncedMismatch,
+        _ => Kind::MailboxMismatch,
     }
 }
 
@@ -112,6 +129,15 @@ impl Tenant {
         };
         let issuer = "contoso.onmicrosoft.com";
         let mut users: Vec<User> = Vec::with_capacity(n);
+        let mut external_emails = std::collections::BTreeMap::new();
+        let exchange_plan = || {
+            vec![AssignedPlan {
+                assigned_date_time: Some("2023-01-10T08:00:00Z".into()),
+                capability_status: "Enabled".into(),
+                service: "exchange".into(),
+                service_plan_id: Some("9aaf7827-d63c-4b61-89c3-182f06f82e5c".into()),
+            }]
+        };
         for i in 0..n {
             let first = FIRST[rng.random_range(0..FIRST.len())];
             let last = LAST[rng.random_range(0..LAST.len())];
@@ -153,14 +179,7 @@ impl Tenant {
                     u.on_premises_sync_enabled = Some(true);
                     u.on_premises_user_principal_name = Some(upn.clone());
                 }
-                Kind::Exchange => {
-                    u.assigned_plans = Some(vec![AssignedPlan {
-                        assigned_date_time: Some("2023-01-10T08:00:00Z".into()),
-                        capability_status: "Enabled".into(),
-                        service: "exchange".into(),
-                        service_plan_id: Some("9aaf7827-d63c-4b61-89c3-182f06f82e5c".into()),
-                    }])
-                }
+                Kind::Exchange => u.assigned_plans = Some(exchange_plan()),
                 Kind::MailMissing => u.mail = None,
                 Kind::DomainVerified => u.mail = Some(upn.clone()),
                 Kind::Conflict => {
@@ -168,6 +187,21 @@ impl Tenant {
                     if let (Some(mail), false) = (u.mail.clone(), users.is_empty()) {
                         let j = rng.random_range(0..users.len());
                         users[j].other_mails.get_or_insert_with(Vec::new).push(mail);
+                    }
+                }
+                Kind::SetMailMissing => {
+                    external_emails.insert(u.id.clone(), u.mail.take().unwrap_or_default());
+                }
+                Kind::SetMailMismatch | Kind::SyncedMismatch | Kind::MailboxMismatch => {
+                    // The CSV's address is fresh (the index `i` makes it unique); the user
+                    // still carries an older one.
+                    if let Some(mail) = u.mail.replace(format!("{local}.old@{partner}")) {
+                        external_emails.insert(u.id.clone(), mail);
+                    }
+                    match kind {
+                        Kind::SyncedMismatch => u.on_premises_sync_enabled = Some(true),
+                        Kind::MailboxMismatch => u.assigned_plans = Some(exchange_plan()),
+                        _ => {}
                     }
                 }
             }
@@ -207,6 +241,7 @@ impl Tenant {
             ],
             groups,
             users,
+            external_emails,
         }
     }
 }

@@ -14,6 +14,10 @@
 //! - already converted (`externalUserState` set or `creationType` Invitation) without
 //!   `resetRedemption: true`: `BadRequest` "User invitation failed. The user is already a B2B
 //!   collaboration user. …";
+//! - `resetRedemption: true` for a user never invited: `BadRequest`; with an address that is
+//!   neither the user's `mail` nor in its `otherMails`: `BadRequest` "The email you're using to
+//!   invite this user doesn't match any emails on the user object. …"; then only the
+//!   verified-domain and address-conflict rules below apply;
 //! - `onPremisesUserPrincipalName` set: `BadRequest` "User invitation failed. Invalid request
 //!   input.";
 //! - enabled Exchange plan: `BadRequest` "B2B users having a mailbox is not supported. …";
@@ -23,13 +27,20 @@
 //!   domain. Please change the user's email to enable conversion to a B2B user.";
 //! - another object already has the address (mail, otherMails or proxyAddresses):
 //!   `Request_BadRequest` "Another object with the same value for property proxyAddresses
-//!   already exists.".
+//!   already exists." (details `ObjectConflict`).
+//!
+//! An accepted invitation answers 201; with `not_applied_rate` a share of them never reaches the
+//! user (logged with `applied: false`), as has been reported of the real service.
+//!
+//! PATCH of a user's `mail` is refused for a mailbox user ("…originated within an external
+//! service."), for a synced user ("…on-premises mastered Directory Sync objects…") and, with the
+//! same conflict answer as invitations, for an address another object holds.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use base64::Engine;
-use rand::RngCore;
+use rand::{Rng, RngCore};
 use serde_json::{json, Map, Value};
 
 use super::auth::{self, TokenRequest};
@@ -39,7 +50,7 @@ use crate::model::{Invitation, InvitationRequest, InvitedUserMessageInfo, Invite
 
 /// Properties `$select` accepts: the modelled ones, then Graph properties the emulator does not
 /// hold (answered `null`).
-const USER_PROPS: &[&str] = &[
+pub(super) const USER_PROPS: &[&str] = &[
     "id",
     "displayName",
     "userPrincipalName",
@@ -102,7 +113,7 @@ fn parse_select(call: &Call, ctx: &Ctx) -> Result<Vec<&'static str>, Reply> {
     Ok(out)
 }
 
-fn project(u: &User, select: &[&str]) -> Value {
+pub(super) fn project(u: &User, select: &[&str]) -> Value {
     let full = serde_json::to_value(u).unwrap_or(Value::Null);
     let mut out = Map::new();
     for p in select {
@@ -248,6 +259,7 @@ impl Shared {
             .unwrap_or_else(|| (0..users.len()).collect());
         let matching: Vec<usize> = candidates
             .into_iter()
+            .filter(|i| !st.removed.contains(i))
             .filter(|&i| filter.as_ref().is_none_or(|f| f.matches(&users[i])))
             .collect();
         let value = matching
@@ -350,7 +362,18 @@ impl Shared {
         )
     }
 
-    pub(super) fn patch_user(&self, st: &mut State, call: &Call, ctx: &Ctx, key: &str) -> Reply {
+    /// `PATCH /v1.0/users/{id}`. `mail` is refused for a mailbox user (Exchange owns it), for a
+    /// user synced from on-premises (mastered there), and for an address another object holds.
+    /// Every property is checked before anything changes; an accepted PATCH is recorded per
+    /// property for `GET /_emulator/patches`.
+    pub(super) fn patch_user(
+        &self,
+        st: &mut State,
+        call: &Call,
+        ctx: &Ctx,
+        key: &str,
+        now: Duration,
+    ) -> Reply {
         let Some(pos) = st.index.user(key) else {
             return ctx.not_found(key);
         };
@@ -358,7 +381,8 @@ impl Shared {
             Ok(Value::Object(m)) => m,
             _ => return ctx.err(400, "BadRequest", "Empty Payload. JSON content expected."),
         };
-        let mut next = st.tenant.users[pos].clone();
+        let old = st.tenant.users[pos].clone();
+        let mut next = old.clone();
         for (k, v) in &body {
             let bad = || {
                 ctx.err(
@@ -372,13 +396,33 @@ impl Shared {
                     Some(t @ ("Member" | "Guest")) => next.user_type = Some(t.into()),
                     _ => return bad(),
                 },
-                "mail" => match v {
-                    Value::Null => next.mail = None,
-                    Value::String(s) if s.is_empty() || valid_email(s) => {
-                        next.mail = (!s.is_empty()).then(|| s.clone())
+                "mail" => {
+                    if old.has_enabled_exchange_plan() {
+                        return ctx.err(
+                            400,
+                            "Request_BadRequest",
+                            "Unable to update the specified properties for objects that have originated within an external service.",
+                        );
                     }
-                    _ => return bad(),
-                },
+                    if old.on_premises_sync_enabled == Some(true) {
+                        return ctx.err(
+                            400,
+                            "Request_BadRequest",
+                            "Unable to update the specified properties for on-premises mastered Directory Sync objects or objects currently undergoing migration.",
+                        );
+                    }
+                    match v {
+                        Value::Null => next.mail = None,
+                        Value::String(s) if s.is_empty() => next.mail = None,
+                        Value::String(s) if valid_email(s) => {
+                            if st.index.address_owner(s, Some(pos)).is_some() {
+                                return ctx.conflict();
+                            }
+                            set_mail(&mut next, old.mail.as_deref(), s);
+                        }
+                        _ => return bad(),
+                    }
+                }
                 "otherMails" => match serde_json::from_value::<Vec<String>>(v.clone()) {
                     Ok(list) if list.iter().all(|m| valid_email(m)) => {
                         next.other_mails = Some(list)
@@ -396,7 +440,23 @@ impl Shared {
                 other => return ctx.err(400, "BadRequest", format!("Invalid property '{other}'.")),
             }
         }
-        st.tenant.users[pos] = next;
+        let at = self
+            .wall(now)
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let (before, after) = (
+            serde_json::to_value(&old).unwrap_or(Value::Null),
+            serde_json::to_value(&next).unwrap_or(Value::Null),
+        );
+        for k in body.keys() {
+            st.patches.push(json!({
+                "userId": old.id,
+                "property": k,
+                "old": before.get(k).cloned().unwrap_or(Value::Null),
+                "new": after.get(k).cloned().unwrap_or(Value::Null),
+                "at": at,
+            }));
+        }
+        st.set_user(pos, next);
         Reply::empty(204)
     }
 
@@ -446,7 +506,7 @@ impl Shared {
                 if in_verified {
                     return ctx.err(400, "BadRequest", VERIFIED_MSG);
                 }
-                if let Some(pos) = owner_of(st, &email, None) {
+                if let Some(pos) = st.index.address_owner(&email, None) {
                     // Graph answers an invitation for a known guest with that guest.
                     pos
                 } else {
@@ -476,10 +536,7 @@ impl Shared {
                         creation_type: Some("Invitation".into()),
                         ..Default::default()
                     };
-                    let pos = st.tenant.users.len();
-                    st.index.add_user(pos, &user);
-                    st.tenant.users.push(user);
-                    pos
+                    st.add_user(user)
                 }
             }
             Some(r) => {
@@ -497,6 +554,34 @@ impl Shared {
                         "BadRequest",
                         "User invitation failed. The user is already a B2B collaboration user; set resetRedemption to true to reset its redemption status.",
                     );
+                }
+                if reset {
+                    if !converted {
+                        return ctx.err(
+                            400,
+                            "BadRequest",
+                            "User invitation failed. resetRedemption applies only to a user who has been invited before; invite the user without it first.",
+                        );
+                    }
+                    let known = u
+                        .mail
+                        .iter()
+                        .chain(u.other_mails.iter().flatten())
+                        .any(|m| m.eq_ignore_ascii_case(&email));
+                    if !known {
+                        return ctx.err(
+                            400,
+                            "BadRequest",
+                            "The email you're using to invite this user doesn't match any emails on the user object. Use the user's mail or one of its otherMails.",
+                        );
+                    }
+                    if in_verified {
+                        return ctx.err(400, "BadRequest", VERIFIED_MSG);
+                    }
+                    if st.index.address_owner(&email, Some(pos)).is_some() {
+                        return ctx.conflict();
+                    }
+                    return self.accept_invitation(st, &req, &email, pos, reset, &stamp);
                 }
                 if u.on_premises_user_principal_name.is_some() {
                     return ctx.err(
@@ -526,24 +611,41 @@ impl Shared {
                 if in_verified {
                     return ctx.err(400, "BadRequest", VERIFIED_MSG);
                 }
-                if owner_of(st, &email, Some(pos)).is_some() {
-                    return ctx.err(
-                        400,
-                        "Request_BadRequest",
-                        "Another object with the same value for property proxyAddresses already exists.",
-                    );
+                if st.index.address_owner(&email, Some(pos)).is_some() {
+                    return ctx.conflict();
                 }
                 pos
             }
         };
-        let user = &mut st.tenant.users[user_pos];
-        user.external_user_state = Some("PendingAcceptance".into());
-        user.external_user_state_change_date_time = Some(stamp.clone());
+        self.accept_invitation(st, &req, &email, user_pos, reset, &stamp)
+    }
+
+    /// Answer 201 for an invitation that passed every check: the user becomes
+    /// `PendingAcceptance` (unless `--not-applied-rate` drops the change) and the invitation is
+    /// logged for `/_emulator/invitations`.
+    fn accept_invitation(
+        &self,
+        st: &mut State,
+        req: &InvitationRequest,
+        email: &str,
+        user_pos: usize,
+        reset: bool,
+        stamp: &str,
+    ) -> Reply {
+        let applied = !(self.config.not_applied_rate > 0.0
+            && st.rng.random::<f64>() < self.config.not_applied_rate);
+        if applied {
+            let mut next = st.tenant.users[user_pos].clone();
+            next.external_user_state = Some("PendingAcceptance".into());
+            next.external_user_state_change_date_time = Some(stamp.to_string());
+            st.set_user(user_pos, next);
+        }
+        let user = &st.tenant.users[user_pos];
         let user_id = user.id.clone();
         let user_type = user.user_type.clone();
         let invitation = Invitation {
             id: uuid::Uuid::new_v4().to_string(),
-            invited_user_email_address: email.clone(),
+            invited_user_email_address: email.to_string(),
             invited_user_display_name: req.invited_user_display_name.clone(),
             invited_user_type: req.invited_user_type.clone().or(user_type),
             invite_redeem_url: Some(format!(
@@ -569,6 +671,8 @@ impl Shared {
             "invitedUserEmailAddress": email,
             "sendInvitationMessage": req.send_invitation_message.unwrap_or(false),
             "createdDateTime": stamp,
+            "resetRedemption": reset,
+            "applied": applied,
         }));
         let mut body = serde_json::to_value(&invitation).unwrap_or(Value::Null);
         if let Value::Object(m) = &mut body {
@@ -638,22 +742,38 @@ impl Shared {
     }
 }
 
-/// Another user (not `except`) holding `email` in mail, otherMails or proxyAddresses.
-fn owner_of(st: &State, email: &str, except: Option<usize>) -> Option<usize> {
-    let e = email.to_lowercase();
-    st.tenant.users.iter().enumerate().position(|(i, u)| {
-        Some(i) != except
-            && (u.mail.as_deref().is_some_and(|m| m.to_lowercase() == e)
-                || u.other_mails
-                    .iter()
-                    .flatten()
-                    .any(|m| m.to_lowercase() == e)
-                || u.proxy_addresses.iter().flatten().any(|p| {
-                    p.to_lowercase()
-                        .strip_prefix("smtp:")
-                        .is_some_and(|a| a == e)
-                }))
-    })
+/// Set `mail` as Entra does for a cloud user: the new address becomes the primary SMTP proxy
+/// address and the old primary stays as a secondary one.
+fn set_mail(u: &mut User, old: Option<&str>, new: &str) {
+    let mut proxies: Vec<String> = u
+        .proxy_addresses
+        .take()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| !smtp_bare(p).is_some_and(|a| a.eq_ignore_ascii_case(new)))
+        .map(|p| match p.strip_prefix("SMTP:") {
+            Some(a) => format!("smtp:{a}"),
+            None => p,
+        })
+        .collect();
+    if let Some(old) = old.filter(|o| !o.eq_ignore_ascii_case(new)) {
+        if !proxies
+            .iter()
+            .any(|p| smtp_bare(p).is_some_and(|a| a.eq_ignore_ascii_case(old)))
+        {
+            proxies.push(format!("smtp:{old}"));
+        }
+    }
+    proxies.insert(0, format!("SMTP:{new}"));
+    u.proxy_addresses = Some(proxies);
+    u.mail = Some(new.to_string());
+}
+
+/// The address of an `smtp:`/`SMTP:` proxy address.
+fn smtp_bare(p: &str) -> Option<&str> {
+    p.get(..5)
+        .filter(|k| k.eq_ignore_ascii_case("smtp:"))
+        .and_then(|_| p.get(5..))
 }
 
 /// serde's message about an invitation body, in Graph's words.

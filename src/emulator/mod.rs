@@ -1,9 +1,10 @@
 //! The simulated tenant: a loopback HTTP server that behaves like Microsoft Graph and the token
 //! endpoint for the calls this tool makes (SPEC.md, "The emulator"), with Graph-shaped throttling
-//! and injectable faults. It shares only `model` with the rest of the crate.
+//! and injectable faults. It shares only `model` with the rest of the crate: its settings are the
+//! plain [`EmulatorConfig`], which the commands fill from their command-line flags.
 //!
 //! Files: `tenant` (data and tenant files), `generate` (synthetic tenants), `filter` (OData
-//! `$filter`), `throttle` (clock and token buckets), `auth` (token endpoint decisions),
+//! `$filter`), `delta` (change tracking, `users/delta`), `throttle` (clock and token buckets), `auth` (token endpoint decisions),
 //! `routes` (pipeline, `$batch`, inspection), `handlers` (endpoints), `server` (connections).
 //!
 //! Per request: token (401) → throttling (429, nothing carried out) → injected fault (500/503/504,
@@ -11,6 +12,7 @@
 //! dropped). Faults are not injected on the token endpoint, which is not throttled either.
 
 mod auth;
+mod delta;
 mod filter;
 mod generate;
 mod handlers;
@@ -50,6 +52,9 @@ pub struct EmulatorConfig {
     pub fault_rate: f64,
     /// Share of writes carried out whose connection is then dropped before the answer.
     pub lost_response_rate: f64,
+    /// Share of accepted invitations answered 201 whose change never reaches the user (as
+    /// reported of the real service); `/_emulator/invitations` marks them `applied: false`.
+    pub not_applied_rate: f64,
     /// Every invitation answers 403 "Invitations are blocked for this directory…".
     pub block_invitations: bool,
     pub token_lifetime: Duration,
@@ -70,25 +75,12 @@ impl EmulatorConfig {
             invitations_per_5s: 150,
             fault_rate: 0.0,
             lost_response_rate: 0.0,
+            not_applied_rate: 0.0,
             block_invitations: false,
             token_lifetime: Duration::from_secs(3599),
             seed: 1,
             clock: Clock::system(),
             bucket_scale: 1.0,
-        }
-    }
-
-    pub fn from_knobs(tenant: Tenant, knobs: &crate::cli::EmulatorKnobs) -> Self {
-        EmulatorConfig {
-            latency: Duration::from_millis(knobs.latency_ms),
-            ru_per_10s: knobs.ru_per_10s,
-            writes_per_150s: knobs.writes_per_150s,
-            invitations_per_5s: knobs.invitations_per_5s,
-            fault_rate: knobs.fault_rate,
-            lost_response_rate: knobs.lost_response_rate,
-            block_invitations: knobs.block_invitations,
-            token_lifetime: Duration::from_secs(knobs.token_lifetime_s),
-            ..EmulatorConfig::new(tenant)
         }
     }
 
@@ -125,10 +117,14 @@ pub async fn start(mut config: EmulatorConfig, listen: SocketAddr) -> anyhow::Re
     let tenant = std::mem::take(&mut config.tenant);
     let state = State {
         index: tenant::Index::build(&tenant),
+        changes: delta::Changes::new(tenant.users.len()),
+        removed: std::collections::HashSet::new(),
+        instance: uuid::Uuid::new_v4().simple().to_string(),
         tenant,
         tokens: HashMap::new(),
         buckets: HashMap::new(),
         invitations: Vec::new(),
+        patches: Vec::new(),
         log: Vec::new(),
         seq: 0,
         stats: BTreeMap::new(),
@@ -208,6 +204,36 @@ impl Emulator {
     /// Same items as `GET /_emulator/invitations`.
     pub fn invitations(&self) -> Vec<serde_json::Value> {
         self.state().invitations.clone()
+    }
+
+    /// The user redeems its invitation, as `POST /_emulator/users/{id}/redeem` does: `None`
+    /// for an unknown user, else the HTTP status (200, or 409 when there is nothing to redeem).
+    pub fn redeem(&self, id: &str) -> Option<u16> {
+        let stamp = self
+            .shared
+            .wall(self.shared.config.clock.now())
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let mut st = self.state();
+        let pos = st.index.user(id)?;
+        Some(st.redeem(pos, &stamp).status)
+    }
+
+    /// Delete a user, as `DELETE /_emulator/users/{id}` does (an administrator's deletion: delta
+    /// queries then report it `@removed`); false for an unknown user.
+    pub fn delete_user(&self, id: &str) -> bool {
+        let mut st = self.state();
+        match st.index.user(id) {
+            Some(pos) => {
+                st.remove_user(pos);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Same items as `GET /_emulator/patches`.
+    pub fn patches(&self) -> Vec<serde_json::Value> {
+        self.state().patches.clone()
     }
 
     /// Same as `GET /_emulator/stats`.

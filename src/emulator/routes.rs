@@ -2,7 +2,7 @@
 //! handler → lost response), `$batch`, bookkeeping for `/_emulator/stats` and
 //! `/_emulator/requests`, and the inspection endpoints.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -11,11 +11,12 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use serde_json::{json, Value};
 
+use super::delta::{self, Changes};
 use super::tenant::{Index, Tenant};
 use super::throttle::{retry_after_secs, Bucket};
 use super::EmulatorConfig;
 use crate::model::{
-    BatchRequest, BatchResponse, BatchResponseItem, ErrorBody, ErrorDetail, InnerError,
+    BatchRequest, BatchResponse, BatchResponseItem, ErrorBody, ErrorDetail, InnerError, User,
 };
 
 /// Most entries kept in the request log.
@@ -42,9 +43,18 @@ pub struct TokenInfo {
 pub struct State {
     pub tenant: Tenant,
     pub index: Index,
+    /// Every change to a user, for delta queries.
+    pub changes: Changes,
+    /// Positions of users deleted from the tenant (kept in `tenant.users` so positions stay
+    /// valid; no look-up finds them, delta reports them `@removed`).
+    pub removed: HashSet<usize>,
+    /// Random per emulator start, so a delta token from another emulator is refused.
+    pub instance: String,
     pub tokens: HashMap<String, TokenInfo>,
     pub buckets: HashMap<String, Bucket>,
     pub invitations: Vec<Value>,
+    /// Every accepted PATCH, one entry per property: `GET /_emulator/patches`.
+    pub patches: Vec<Value>,
     pub log: Vec<Value>,
     pub seq: u64,
     pub stats: BTreeMap<String, BTreeMap<String, u64>>,
@@ -152,6 +162,21 @@ impl Ctx {
         Reply::json(status, serde_json::to_value(body).unwrap_or(Value::Null))
     }
 
+    /// 400 `Request_BadRequest` for an address another object already holds, with the
+    /// `ObjectConflict` detail Graph adds.
+    pub fn conflict(&self) -> Reply {
+        const MSG: &str =
+            "Another object with the same value for property proxyAddresses already exists.";
+        let mut r = self.err(400, "Request_BadRequest", MSG);
+        if let Some(Value::Object(e)) = r.body.as_mut().and_then(|b| b.get_mut("error")) {
+            e.insert(
+                "details".into(),
+                json!([{"code": "ObjectConflict", "message": MSG, "target": "proxyAddresses"}]),
+            );
+        }
+        r
+    }
+
     pub fn not_found(&self, key: &str) -> Reply {
         self.err(
             404,
@@ -165,6 +190,7 @@ impl Ctx {
 pub enum Route {
     Token(String),
     ListUsers,
+    UsersDelta,
     GetUser(String),
     PatchUser(String),
     Members {
@@ -212,6 +238,12 @@ fn route(method: &str, path: &str) -> Result<(Route, String), (NoRoute, String)>
             "GET" => Ok((Route::ListUsers, t("GET /v1.0/users"))),
             _ => Err(wrong_method("{m} /v1.0/users")),
         },
+        ["v1.0", "users", "delta" | "microsoft.graph.delta" | "microsoft.graph.delta()"] => {
+            match method {
+                "GET" => Ok((Route::UsersDelta, t("GET /v1.0/users/delta"))),
+                _ => Err(wrong_method("{m} /v1.0/users/delta")),
+            }
+        }
         ["v1.0", "users", id] if !id.is_empty() => match method {
             "GET" => Ok((Route::GetUser(t(id)), t("GET /v1.0/users/{id}"))),
             "PATCH" => Ok((Route::PatchUser(t(id)), t("PATCH /v1.0/users/{id}"))),
@@ -266,6 +298,10 @@ fn cost_of(route: &Route, call: &Call) -> Cost {
             ru: if select { 1 } else { 2 },
             ..Cost::default()
         },
+        Route::UsersDelta => Cost {
+            ru: if delta::selects(call) { 1 } else { 2 },
+            ..Cost::default()
+        },
         Route::Members { transitive, .. } => Cost {
             ru: if *transitive { 5 } else { 3 },
             ..Cost::default()
@@ -292,6 +328,14 @@ struct Throttled {
     wait: Duration,
     information: &'static str,
     scope: String,
+    /// What the refused request would have used of its bucket (above 1.0).
+    demand: f64,
+}
+
+/// `x-ms-throttle-limit-percentage` as Graph writes it: the share of the limit in use, sent
+/// only above 0.8, at most 1.8.
+fn limit_percentage(share: f64) -> Option<String> {
+    (share > 0.8).then(|| format!("{:.2}", share.min(1.8)))
 }
 
 impl State {
@@ -334,7 +378,7 @@ impl State {
                 Duration::from_secs(10),
                 cost.ru as f64,
                 "ResourceUnitLimitExceeded",
-                format!("Tenant_Application/ReadWrite/{tenant}/{app}"),
+                format!("Tenant_Application/ReadWrite/{app}/{tenant}"),
             ));
         }
         if cost.writes > 0 && cfg.writes_per_150s > 0 {
@@ -344,7 +388,7 @@ impl State {
                 Duration::from_secs(150),
                 cost.writes as f64,
                 "WriteLimitExceeded",
-                format!("Tenant_Application/Write/{tenant}/{app}"),
+                format!("Tenant_Application/Write/{app}/{tenant}"),
             ));
             wants.push((
                 "w:tenant".into(),
@@ -352,7 +396,7 @@ impl State {
                 Duration::from_secs(300),
                 cost.writes as f64,
                 "WriteLimitExceeded",
-                format!("Tenant/Write/{tenant}"),
+                format!("Tenant/Write/{app}/{tenant}"),
             ));
         }
         if cost.invitation && cfg.invitations_per_5s > 0 {
@@ -362,7 +406,7 @@ impl State {
                 Duration::from_secs(5),
                 1.0,
                 "InvitationLimitExceeded",
-                format!("Tenant/Invitations/{tenant}"),
+                format!("Tenant/Write/{app}/{tenant}"),
             ));
         }
         let mut worst: Option<Throttled> = None;
@@ -377,6 +421,7 @@ impl State {
                         wait,
                         information: info,
                         scope: scope.clone(),
+                        demand: b.demand_share(*c),
                     });
                 }
             }
@@ -535,7 +580,10 @@ impl Shared {
                     .with_header("Retry-After", secs.to_string())
                     .with_header("x-ms-throttle-scope", t.scope)
                     .with_header("x-ms-throttle-information", t.information)
-                    .with_header("x-ms-throttle-limit-percentage", "1.0");
+                    .with_header(
+                        "x-ms-throttle-limit-percentage",
+                        limit_percentage(t.demand).unwrap_or_else(|| "1.80".into()),
+                    );
                 return (reply, template, Some(cost.ru));
             }
         };
@@ -544,8 +592,9 @@ impl Shared {
         }
         let mut reply = match &route {
             Route::ListUsers => self.list_users(st, call, ctx),
+            Route::UsersDelta => self.users_delta(st, call, ctx),
             Route::GetUser(key) => self.get_user(st, call, ctx, key),
-            Route::PatchUser(key) => self.patch_user(st, call, ctx, key),
+            Route::PatchUser(key) => self.patch_user(st, call, ctx, key, now),
             Route::Members {
                 group,
                 transitive,
@@ -560,8 +609,8 @@ impl Shared {
             ),
             Route::Token(_) => unreachable!("answered above"),
         };
-        if used >= 0.8 {
-            reply = reply.with_header("x-ms-throttle-limit-percentage", format!("{used:.1}"));
+        if let Some(p) = limit_percentage(used) {
+            reply = reply.with_header("x-ms-throttle-limit-percentage", p);
         }
         let write = matches!(route, Route::Invite | Route::PatchUser(_));
         if top_level
@@ -669,30 +718,110 @@ impl Shared {
         reply
     }
 
-    /// `GET /_emulator/...`: inspection, no token, not counted.
+    /// `/_emulator/...`: inspection (GET) and the partner's side of an invitation (`POST
+    /// /_emulator/users/{id}/redeem`); no token, not counted.
     pub fn inspect(&self, call: &Call) -> Reply {
-        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let segs: Vec<&str> = call.path.trim_start_matches('/').split('/').collect();
-        if call.method != "GET" {
-            return Reply::json(
+        let not_found = |id: &str| {
+            Reply::json(
+                404,
+                json!({"error": {"code": "Request_ResourceNotFound", "message": format!("Resource '{id}' does not exist or one of its queried reference-property objects are not present.")}}),
+            )
+        };
+        match (call.method.as_str(), segs.as_slice()) {
+            ("POST", ["_emulator", "users", id, "redeem"]) => match st.index.user(id) {
+                Some(pos) => {
+                    let stamp = self
+                        .wall(self.config.clock.now())
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                    st.redeem(pos, &stamp)
+                }
+                None => not_found(id),
+            },
+            ("DELETE", ["_emulator", "users", id]) => match st.index.user(id) {
+                Some(pos) => {
+                    st.remove_user(pos);
+                    Reply::empty(204)
+                }
+                None => not_found(id),
+            },
+            (_, ["_emulator", "users", _, "redeem"]) => Reply::json(
                 405,
-                json!({"error": {"code": "MethodNotAllowed", "message": "Inspection endpoints are GET only."}}),
-            );
-        }
-        match segs.as_slice() {
-            ["_emulator", "invitations"] => Reply::json(200, json!({"value": st.invitations})),
-            ["_emulator", "stats"] => Reply::json(200, st.stats_json()),
-            ["_emulator", "requests"] => Reply::json(200, json!({"value": st.log})),
-            ["_emulator", "users", id] => match st.index.user(id) {
+                json!({"error": {"code": "MethodNotAllowed", "message": "Redeem with POST."}}),
+            ),
+            ("GET", ["_emulator", "invitations"]) => Reply::json(200, json!({"value": st.invitations})),
+            ("GET", ["_emulator", "patches"]) => Reply::json(200, json!({"value": st.patches})),
+            ("GET", ["_emulator", "stats"]) => Reply::json(200, st.stats_json()),
+            ("GET", ["_emulator", "requests"]) => Reply::json(200, json!({"value": st.log})),
+            ("GET", ["_emulator", "users", id]) => match st.index.user(id) {
                 Some(pos) => Reply::json(
                     200,
                     serde_json::to_value(&st.tenant.users[pos]).unwrap_or(Value::Null),
                 ),
-                None => Reply::json(404, json!({"error": {"code": "Request_ResourceNotFound", "message": format!("Resource '{id}' does not exist or one of its queried reference-property objects are not present.")}})),
+                None => not_found(id),
             },
-            _ => Reply::json(404, json!({"error": {"code": "NotFound", "message": format!("No inspection endpoint at '{}'.", call.path)}})),
+            ("GET", _) => Reply::json(404, json!({"error": {"code": "NotFound", "message": format!("No inspection endpoint at '{}'.", call.path)}})),
+            _ => Reply::json(
+                405,
+                json!({"error": {"code": "MethodNotAllowed", "message": "Inspection endpoints are GET only."}}),
+            ),
         }
         .with_header("Content-Type", "application/json")
+    }
+}
+
+impl State {
+    /// Replace the user at `pos`, keeping the index and the change log in step.
+    pub fn set_user(&mut self, pos: usize, next: User) {
+        let old = std::mem::replace(&mut self.tenant.users[pos], next);
+        let mask = delta::changed_mask(&old, &self.tenant.users[pos]);
+        if mask != 0 {
+            self.index.update_user(pos, &old, &self.tenant.users[pos]);
+            self.changes.record(pos, mask);
+        }
+    }
+
+    /// A new user (an invited guest); its position.
+    pub fn add_user(&mut self, user: User) -> usize {
+        let pos = self.tenant.users.len();
+        self.index.add_user(pos, &user);
+        self.tenant.users.push(user);
+        self.changes.record(pos, delta::ALL);
+        pos
+    }
+
+    /// Delete the user at `pos`, as an administrator would (it goes to deleted items).
+    pub fn remove_user(&mut self, pos: usize) {
+        if self.removed.insert(pos) {
+            let u = self.tenant.users[pos].clone();
+            self.index.remove_user(pos, &u);
+            self.changes.record(pos, delta::ALL);
+        }
+    }
+
+    /// The partner redeems: `PendingAcceptance` becomes `Accepted` with its change time; 409
+    /// for a user never invited (or whose invitation was not applied). Redeeming twice keeps
+    /// the first acceptance.
+    pub(super) fn redeem(&mut self, pos: usize, stamp: &str) -> Reply {
+        let u = &self.tenant.users[pos];
+        match u.external_user_state.as_deref() {
+            None => Reply::json(
+                409,
+                json!({"error": {"code": "Conflict", "message": format!("User '{}' has no invitation to redeem.", u.id)}}),
+            ),
+            Some("Accepted") => Reply::json(200, serde_json::to_value(u).unwrap_or(Value::Null)),
+            Some(_) => {
+                let mut next = u.clone();
+                next.external_user_state = Some("Accepted".into());
+                next.external_user_state_change_date_time = Some(stamp.to_string());
+                self.set_user(pos, next);
+                Reply::json(
+                    200,
+                    serde_json::to_value(&self.tenant.users[pos]).unwrap_or(Value::Null),
+                )
+            }
+        }
     }
 }
 

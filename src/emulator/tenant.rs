@@ -1,7 +1,7 @@
 //! The simulated tenant's data: users, groups, domains and registered apps, as read from a tenant
 //! file (`sample-data/tenant.json` is the shipped one) or generated.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use anyhow::Context;
@@ -24,6 +24,11 @@ pub struct Tenant {
     pub groups: Vec<TenantGroup>,
     #[serde(default)]
     pub users: Vec<User>,
+    /// User id → the address an input CSV names for that user when it is not the user's `mail`
+    /// (generated tenants: users whose mail `--set-mail` must set, or cannot). `write_csv` uses
+    /// it as `externalEmail`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub external_emails: BTreeMap<String, String>,
 }
 
 /// An app registration allowed to get tokens.
@@ -98,7 +103,8 @@ impl Tenant {
         Ok(())
     }
 
-    /// An input CSV over every user: `id,userPrincipalName,externalEmail` (the user's `mail`).
+    /// An input CSV over every user: `id,userPrincipalName,externalEmail` (the address from
+    /// `external_emails`, else the user's `mail`).
     pub fn write_csv(&self, path: &Path) -> anyhow::Result<()> {
         use std::io::Write;
         let file =
@@ -111,7 +117,13 @@ impl Tenant {
                 "{},{},{}",
                 csv_field(&u.id),
                 csv_field(u.user_principal_name.as_deref().unwrap_or("")),
-                csv_field(u.mail.as_deref().unwrap_or(""))
+                csv_field(
+                    self.external_emails
+                        .get(&u.id)
+                        .or(u.mail.as_ref())
+                        .map(String::as_str)
+                        .unwrap_or("")
+                )
             )?;
         }
         w.flush()
@@ -156,6 +168,10 @@ pub struct Index {
     pub by_upn: HashMap<String, usize>,
     /// Lower-cased group id → position in `groups`.
     pub groups: HashMap<String, usize>,
+    /// Lower-cased address (from `mail`, `otherMails`, `proxyAddresses` without `smtp:`) →
+    /// positions of the users holding it. Kept so the uniqueness check of every invitation and
+    /// PATCH is a look-up instead of a scan of the tenant.
+    by_address: HashMap<String, Vec<usize>>,
 }
 
 impl Index {
@@ -175,6 +191,44 @@ impl Index {
         if let Some(upn) = &u.user_principal_name {
             self.by_upn.insert(upn.to_lowercase(), pos);
         }
+        for a in addresses(u) {
+            let holders = self.by_address.entry(a).or_default();
+            if !holders.contains(&pos) {
+                holders.push(pos);
+            }
+        }
+    }
+
+    /// Forget every key of the user at `pos` (as it was: `u`).
+    pub fn remove_user(&mut self, pos: usize, u: &User) {
+        self.by_id.remove(&u.id.to_lowercase());
+        if let Some(upn) = &u.user_principal_name {
+            self.by_upn.remove(&upn.to_lowercase());
+        }
+        for a in addresses(u) {
+            if let Some(holders) = self.by_address.get_mut(&a) {
+                holders.retain(|&p| p != pos);
+                if holders.is_empty() {
+                    self.by_address.remove(&a);
+                }
+            }
+        }
+    }
+
+    /// The user at `pos` changed from `old` to `new`.
+    pub fn update_user(&mut self, pos: usize, old: &User, new: &User) {
+        self.remove_user(pos, old);
+        self.add_user(pos, new);
+    }
+
+    /// A user other than `except` holding `address` in `mail`, `otherMails` or
+    /// `proxyAddresses` (case-insensitive, `smtp:` prefix ignored).
+    pub fn address_owner(&self, address: &str, except: Option<usize>) -> Option<usize> {
+        self.by_address
+            .get(&address.trim().to_lowercase())?
+            .iter()
+            .copied()
+            .find(|&p| Some(p) != except)
     }
 
     /// A user by object id or UPN.
@@ -184,9 +238,72 @@ impl Index {
     }
 }
 
+/// Every address a user holds, lower-cased, `smtp:` stripped from proxy addresses. Proxy
+/// addresses of other kinds (`sip:`, `x500:`) are not email addresses and are left out.
+fn addresses(u: &User) -> Vec<String> {
+    let mut out: Vec<String> = u
+        .mail
+        .iter()
+        .chain(u.other_mails.iter().flatten())
+        .map(|m| m.trim().to_lowercase())
+        .collect();
+    for p in u.proxy_addresses.iter().flatten() {
+        let p = p.trim().to_lowercase();
+        if let Some(a) = p.strip_prefix("smtp:") {
+            out.push(a.to_string());
+        }
+    }
+    out.retain(|a| !a.is_empty());
+    out.sort();
+    out.dedup();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn address_index_follows_changes() {
+        let mut t = Tenant::sample();
+        let ix_pos = |t: &Tenant, name: &str| {
+            t.users
+                .iter()
+                .position(|u| u.display_name.as_deref() == Some(name))
+                .unwrap()
+        };
+        let megan = ix_pos(&t, "Megan Bowen");
+        let liam = ix_pos(&t, "Liam Murphy (Fourth Coffee)");
+        let mut ix = Index::build(&t);
+        // otherMails, proxyAddresses (any case, prefix stripped) and mail all count.
+        assert_eq!(
+            ix.address_owner("LIAM.MURPHY@fourthcoffee.example", Some(liam)),
+            Some(megan)
+        );
+        assert_eq!(
+            ix.address_owner("megan.bowen@contoso.com", None),
+            Some(megan)
+        );
+        assert_eq!(
+            ix.address_owner("megan.bowen@contoso.com", Some(megan)),
+            None
+        );
+        assert_eq!(ix.address_owner("nobody@fabrikam.com", None), None);
+        let old = t.users[megan].clone();
+        t.users[megan].other_mails = Some(vec![]);
+        t.users[megan].proxy_addresses = Some(vec!["smtp:mb@fabrikam.com".into()]);
+        ix.update_user(megan, &old, &t.users[megan]);
+        assert_eq!(
+            ix.address_owner("liam.murphy@fourthcoffee.example", Some(liam)),
+            None
+        );
+        assert_eq!(ix.address_owner("MB@fabrikam.com", None), Some(megan));
+        assert_eq!(
+            ix.address_owner("megan.bowen@contoso.com", None),
+            Some(megan),
+            "mail still counts"
+        );
+    }
 
     #[test]
     fn sample_tenant_loads_and_is_consistent() {

@@ -110,6 +110,16 @@ impl Bucket {
         self.tokens = (self.tokens - cost).max(0.0);
     }
 
+    /// Share of the bucket a request of `cost` would use, counting what is already in use (above
+    /// 1.0 when it does not fit).
+    pub fn demand_share(&self, cost: f64) -> f64 {
+        if self.capacity <= 0.0 {
+            0.0
+        } else {
+            (self.capacity - self.tokens + cost) / self.capacity
+        }
+    }
+
     /// Share of the bucket in use, 0.0 (full) to 1.0 (empty).
     pub fn used_share(&self) -> f64 {
         if self.capacity <= 0.0 {
