@@ -349,3 +349,95 @@ async fn track_of_100k_converted_users_costs_one_request_per_300() {
     assert_eq!(status["redemption"]["pendingAcceptance"], N as u64);
     assert_eq!(batches as usize, N.div_ceil(300));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn track_finds_who_redeemed_and_names_invitations_that_never_took_effect() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, csv) = config(160, 31, dir.path());
+    config.not_applied_rate = 0.15;
+    config.seed = 9;
+    let emu = start(config).await;
+    let db = dir.path().join("live.db");
+    let (run_id, converted) = live_run(&emu, &db, &csv, &[]).await;
+    let id = run_id.to_string();
+    let mut applied = BTreeSet::new();
+    let mut not_applied = BTreeSet::new();
+    for inv in emu.invitations() {
+        let user = inv["userId"].as_str().unwrap().to_string();
+        if inv["applied"] == true {
+            applied.insert(user);
+        } else {
+            not_applied.insert(user);
+        }
+    }
+    assert!(!not_applied.is_empty(), "some invitations were dropped");
+    assert_eq!(
+        applied
+            .union(&not_applied)
+            .cloned()
+            .collect::<BTreeSet<_>>(),
+        converted
+    );
+    // Some partners redeem.
+    let redeemed: BTreeSet<String> = applied.iter().take(25).cloned().collect();
+    for user in &redeemed {
+        assert_eq!(emu.redeem(user), Some(200), "redeem {user}");
+    }
+
+    let out = run(&emu, &db, &["track", &id]).await;
+    assert_eq!(
+        out.code, 3,
+        "not-applied users need attention\n{}",
+        out.stderr
+    );
+    for user in &not_applied {
+        assert!(out.stderr.contains(user.as_str()), "{user} named loudly");
+    }
+    let its = items(&db, run_id);
+    let failed: BTreeSet<String> = its
+        .iter()
+        .filter(|i| i.state == ItemState::Failed && i.error_code.as_deref() == Some("NotApplied"))
+        .map(|i| i.user_id.clone().unwrap())
+        .collect();
+    assert_eq!(
+        failed, not_applied,
+        "exactly the dropped invitations leave converted"
+    );
+    assert!(its
+        .iter()
+        .filter(|i| i.error_code.as_deref() == Some("NotApplied"))
+        .all(|i| i.error_message.as_deref().unwrap().contains("request-id")));
+    let status = status_json(&emu, &db, run_id).await;
+    let r = &status["redemption"];
+    assert_eq!(r["accepted"], redeemed.len() as u64);
+    assert_eq!(
+        r["pendingAcceptance"],
+        (applied.len() - redeemed.len()) as u64
+    );
+    assert_eq!(r["notApplied"], not_applied.len() as u64);
+    assert_eq!(r["untracked"], 0);
+
+    // resend re-invites exactly the pending users; redeemed and not-applied users are left alone.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let before = emu.invitations().len();
+    let out = run(&emu, &db, &["resend", &id, "--yes"]).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let resent: Vec<serde_json::Value> = emu.invitations()[before..].to_vec();
+    let resent_users: BTreeSet<String> = resent
+        .iter()
+        .map(|i| i["userId"].as_str().unwrap().to_string())
+        .collect();
+    let pending: BTreeSet<String> = applied.difference(&redeemed).cloned().collect();
+    assert_eq!(resent.len(), pending.len(), "once each");
+    assert_eq!(resent_users, pending);
+    assert!(resent.iter().all(|i| i["resetRedemption"] == true));
+
+    // `retry` invites the not-applied users again.
+    let out = run(&emu, &db, &["retry", &id, "--yes"]).await;
+    assert!([0, 3].contains(&out.code), "{}", out.stderr);
+    let again: BTreeSet<String> = emu.invitations()[before + resent.len()..]
+        .iter()
+        .map(|i| i["userId"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(again, not_applied);
+}
