@@ -841,7 +841,7 @@ pub(super) const KEEP_LINKS: &str = "coalesce((SELECT json_extract(options, '$.k
 const CANDIDATE_WHERE: &str = "i.run_id = ?1 AND i.state = 'converted' AND i.user_id IS NOT NULL
     AND i.external_user_state = 'PendingAcceptance'
     AND NOT EXISTS (SELECT 1 FROM resends s WHERE s.item_id = i.id AND s.state = 'sent'
-                    AND s.sent_at > coalesce(i.tracked_at, ''))
+                    AND s.sent_at >= coalesce(i.tracked_at, ''))
     AND max(coalesce(i.external_user_state_changed_at, i.invited_at, ''),
             coalesce((SELECT max(r.sent_at) FROM resends r
                       WHERE r.item_id = i.id AND r.state = 'sent'), '')) <= ?2";
@@ -1095,6 +1095,8 @@ mod tests {
                 .unwrap(),
             1
         );
+        // Times are to the millisecond: the new track must read after the resend.
+        std::thread::sleep(std::time::Duration::from_millis(5));
         let t = q.start_track(run).unwrap();
         q.record_track_results(
             t,
