@@ -98,6 +98,13 @@ pub enum Command {
     /// Write a run's report from the database (Markdown or HTML for people, CSV or JSON for
     /// machines).
     Report(ReportArgs),
+    /// Re-read every converted user of a run: who redeemed, who has not, and any invitation
+    /// Graph answered 201 for that never took effect.
+    Track(TrackArgs),
+    /// Re-invite converted users still PendingAcceptance (resetRedemption), once each per pass.
+    Resend(ResendArgs),
+    /// Write the redeem links of a run started with --keep-redeem-links (CSV, created 0600).
+    ExportLinks(ExportLinksArgs),
     /// Serve the simulated tenant until stopped.
     Emulator(EmulatorArgs),
     /// Rehearse on the shipped sample tenant: dry run, then live run, against an in-process emulator.
@@ -235,6 +242,10 @@ pub struct ExecArgs {
     /// needs User.ReadWrite.All).
     #[arg(long)]
     pub set_guest: bool,
+    /// Store each invitation's redeem URL for `export-links` (off: no redeem URL is stored).
+    /// Once on for a run, it stays on.
+    #[arg(long)]
+    pub keep_redeem_links: bool,
     /// How to sign in (default: the first configured, in the Azure SDK's order).
     #[arg(long, value_enum, env = "B2B_AUTH")]
     pub auth: Option<crate::graph::AuthMethod>,
@@ -316,6 +327,41 @@ pub struct StatusArgs {
     /// One JSON object for machines.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TrackArgs {
+    /// Default the latest run.
+    pub run_id: Option<i64>,
+    /// How to sign in (default: the first configured, in the Azure SDK's order).
+    #[arg(long, value_enum, env = "B2B_AUTH")]
+    pub auth: Option<crate::graph::AuthMethod>,
+    #[command(flatten)]
+    pub endpoints: EndpointArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ResendArgs {
+    pub run_id: i64,
+    /// Only users whose last invitation is at least DAYS old (per the last `track`).
+    #[arg(long, value_name = "DAYS", default_value_t = 0)]
+    pub older_than: u32,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub yes: bool,
+    /// How to sign in (default: the first configured, in the Azure SDK's order).
+    #[arg(long, value_enum, env = "B2B_AUTH")]
+    pub auth: Option<crate::graph::AuthMethod>,
+    #[command(flatten)]
+    pub endpoints: EndpointArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExportLinksArgs {
+    pub run_id: i64,
+    /// The CSV file to create (never overwritten).
+    #[arg(long, value_name = "PATH")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -309,6 +309,10 @@ pub struct RunOptions {
     /// `--set-guest`: PATCH `userType` to `Guest` after the invitation is accepted.
     #[serde(default)]
     pub set_guest: bool,
+    /// `--keep-redeem-links`: store each invitation's redeem URL for `export-links`. Off, no
+    /// redeem URL is stored anywhere (runs stored before the flag existed read as off).
+    #[serde(default)]
+    pub keep_redeem_links: bool,
 }
 
 fn default_http_retries() -> u32 {
@@ -330,6 +334,7 @@ impl Default for RunOptions {
             limit: None,
             set_mail: false,
             set_guest: false,
+            keep_redeem_links: false,
         }
     }
 }

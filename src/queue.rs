@@ -30,6 +30,7 @@ mod steps;
 pub use lease::{host_name, pid_alive, Holder, LeaseRow, RunLease, HEARTBEAT_EVERY, STALE_AFTER};
 pub use report::{RunItems, WorkSpan};
 pub use steps::{FollowUps, StepRow};
+pub mod track;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -72,6 +73,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../migrations/0002_run_lease.sql")),
         M::up(include_str!("../migrations/0003_work_spans.sql")),
         M::up(include_str!("../migrations/0004_steps.sql")),
+        M::up(include_str!("../migrations/0005_redemption.sql")),
     ])
 }
 

@@ -94,6 +94,9 @@ pub fn apply_exec(options: &mut RunOptions, exec: &ExecArgs) -> anyhow::Result<(
     // Follow-up steps can be added on resume, never dropped: items half-way through keep theirs.
     options.set_mail |= exec.set_mail;
     options.set_guest |= exec.set_guest;
+    if exec.keep_redeem_links {
+        options.keep_redeem_links = true;
+    }
     check_options(options)
 }
 
@@ -264,15 +267,18 @@ pub fn pick_run(queue: &Queue, id: Option<i64>) -> anyhow::Result<RunRecord> {
 }
 
 /// Endpoints for continuing a stored run: flags and environment win, else the run's own Graph URL.
-pub fn endpoints_for(exec: &ExecArgs, run: &RunRecord) -> Endpoints {
+pub fn endpoints_for(
+    args: &crate::cli::EndpointArgs,
+    http_timeout: Option<u64>,
+    run: &RunRecord,
+) -> Endpoints {
     Endpoints {
-        graph_url: exec
-            .endpoints
+        graph_url: args
             .graph_url
             .clone()
             .unwrap_or_else(|| run.graph_url.clone()),
-        login_url: exec.endpoints.login_url(),
-        http_timeout: exec.http_timeout.map(std::time::Duration::from_secs),
+        login_url: args.login_url(),
+        http_timeout: http_timeout.map(std::time::Duration::from_secs),
     }
 }
 
@@ -289,7 +295,7 @@ pub async fn continue_run(
     let credentials = Credentials::resolve(exec.auth)?;
     queue.update_run_options(run.id, &run.options)?;
     let graph = connect(
-        &endpoints_for(exec, &run),
+        &endpoints_for(&exec.endpoints, exec.http_timeout, &run),
         credentials,
         &run.options,
         run.mode,

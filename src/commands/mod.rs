@@ -5,13 +5,16 @@ mod bench;
 mod common;
 mod demo;
 mod emulator;
+mod export_links;
 mod preflight;
 pub mod report;
+mod resend;
 mod resume;
 mod retry;
 mod run;
 mod runs;
 mod status;
+mod track;
 
 use crate::cli::{Cli, Command};
 use crate::exit::ExitStatus;
@@ -24,6 +27,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Status(args) => status::status(&cli.db, args),
         Command::Runs => runs::runs(&cli.db),
         Command::Report(args) => report::report(&cli.db, args),
+        Command::Track(args) => track::track(&cli.db, args).await,
+        Command::Resend(args) => resend::resend(&cli.db, args).await,
+        Command::ExportLinks(args) => export_links::export_links(&cli.db, args),
         Command::Emulator(args) => emulator::emulator(args).await,
         Command::Demo(args) => demo::demo(args).await,
         Command::Bench(args) => bench::bench(args).await,

@@ -77,6 +77,7 @@ fn from_args(args: RunArgs) -> anyhow::Result<NewRun> {
         limit: args.exec.limit.filter(|l| *l > 0),
         set_mail: args.exec.set_mail,
         set_guest: args.exec.set_guest,
+        keep_redeem_links: args.exec.keep_redeem_links,
     };
     common::check_options(&options)?;
     Ok(NewRun {

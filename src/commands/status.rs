@@ -43,6 +43,7 @@ pub fn status_json(queue: &Queue, run_id: i64) -> anyhow::Result<serde_json::Val
     } else {
         (c.graph_requests as f64 / per as f64 * 1000.0).round() / 1000.0
     };
+    let redemption = queue.redemption_counts(run_id)?;
     Ok(json!({
         "runId": run.id,
         "mode": run.mode.as_str(),
@@ -56,6 +57,13 @@ pub fn status_json(queue: &Queue, run_id: i64) -> anyhow::Result<serde_json::Val
         "reconciled": c.reconciled,
         "graphRequestsPerUser": per_user,
         "followUps": { "mailSet": follow_ups.mail_set, "guestSet": follow_ups.guest_set },
+        "redemption": {
+            "pendingAcceptance": redemption.pending_acceptance,
+            "accepted": redemption.accepted,
+            "notApplied": redemption.not_applied,
+            "untracked": redemption.untracked,
+        },
+        "lastTrackedAt": redemption.last_tracked_at,
     }))
 }
 

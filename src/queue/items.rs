@@ -221,10 +221,15 @@ impl Queue {
         self.transition(
             item_id,
             &[ItemState::InFlight],
-            "state = ?8, invitation_id = ?2, invitation_status = ?3,
-             invite_redeem_url = ?4, reconciled = ?5,
-             request_id = coalesce(?6, request_id), client_request_id = coalesce(?7, client_request_id),
-             error_code = NULL, error_message = NULL",
+            // The redeem URL is bound but kept only when the run asked for it
+            // (`--keep-redeem-links`): otherwise it never reaches the file.
+            &format!(
+                "state = ?8, invitation_id = ?2, invitation_status = ?3,
+                 invite_redeem_url = CASE WHEN {keep} THEN ?4 END, reconciled = ?5,
+                 request_id = coalesce(?6, request_id), client_request_id = coalesce(?7, client_request_id),
+                 error_code = NULL, error_message = NULL",
+                keep = super::track::KEEP_LINKS
+            ),
             params![
                 item_id,
                 invitation.map(|i| i.id.clone()),

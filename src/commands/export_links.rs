@@ -1,0 +1,130 @@
+//! `export-links`: for administrators who send their own messages, each converted user's redeem
+//! URL and the tenant's Teams link as CSV. The file is created 0600 and never overwritten; the
+//! URLs are never logged or printed.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+
+use super::common;
+use crate::cli::ExportLinksArgs;
+use crate::exit::{ExitError, ExitStatus};
+use crate::queue::track::RedeemLink;
+use crate::queue::Queue;
+
+pub fn export_links(db: &Path, args: ExportLinksArgs) -> anyhow::Result<ExitStatus> {
+    let queue = Queue::open_existing(db)?;
+    let run = common::pick_run(&queue, Some(args.run_id))?;
+    if !run.options.keep_redeem_links {
+        return Err(ExitError::usage(format!(
+            "run {} was not started with --keep-redeem-links: no redeem URL was stored \
+             (`resume {} --keep-redeem-links` keeps them for users converted from now on)",
+            run.id, run.id
+        ))
+        .into());
+    }
+    let links = queue.redeem_links(run.id)?;
+    let file = create_private(&args.out)?;
+    write_csv(file, &links, run.tenant_id.as_deref())
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    println!(
+        "{} redeem links of run {} written to {} (readable by you only; treat it like a password)",
+        links.len(),
+        run.id,
+        args.out.display()
+    );
+    Ok(ExitStatus::Success)
+}
+
+/// Creates `path` for writing, owner-only, refusing an existing file.
+fn create_private(path: &Path) -> anyhow::Result<std::fs::File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            ExitError::usage(format!(
+                "--out {}: the file exists; export-links never overwrites (choose a new name)",
+                path.display()
+            ))
+            .into()
+        } else {
+            anyhow::anyhow!("--out {}: cannot create: {e}", path.display())
+        }
+    })
+}
+
+/// The tenant's Teams link (`https://teams.microsoft.com/?tenantId=<tenant>`), or Teams' plain
+/// address when the run does not know its tenant (token sign-in).
+pub fn teams_url(tenant_id: Option<&str>) -> String {
+    match tenant_id {
+        Some(t) => format!("https://teams.microsoft.com/?tenantId={t}"),
+        None => "https://teams.microsoft.com/".to_string(),
+    }
+}
+
+fn write_csv<W: std::io::Write>(
+    out: W,
+    links: &[RedeemLink],
+    tenant_id: Option<&str>,
+) -> anyhow::Result<()> {
+    let teams = teams_url(tenant_id);
+    let mut w = csv::Writer::from_writer(out);
+    w.write_record([
+        "userPrincipalName",
+        "externalEmail",
+        "inviteRedeemUrl",
+        "teamsUrl",
+    ])?;
+    for link in links {
+        w.write_record([
+            link.user_principal_name.as_deref().unwrap_or(""),
+            link.external_email.as_deref().unwrap_or(""),
+            link.invite_redeem_url.as_str(),
+            teams.as_str(),
+        ])?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_has_the_contract_columns() {
+        let links = vec![RedeemLink {
+            user_principal_name: Some("a@contoso.com".into()),
+            external_email: Some("a@fabrikam.com".into()),
+            invite_redeem_url: "https://login.example/redeem?x=1,2".into(),
+        }];
+        let mut out = Vec::new();
+        write_csv(&mut out, &links, Some("t-1")).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "userPrincipalName,externalEmail,inviteRedeemUrl,teamsUrl\n\
+             a@contoso.com,a@fabrikam.com,\"https://login.example/redeem?x=1,2\",\
+             https://teams.microsoft.com/?tenantId=t-1\n"
+        );
+        assert!(!format!("{:?}", links[0]).contains("redeem?x"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn file_is_private_and_never_overwritten() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("links.csv");
+        drop(create_private(&path).unwrap());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let err = create_private(&path).unwrap_err();
+        assert!(err.to_string().contains("never overwrites"), "{err}");
+    }
+}

@@ -1,0 +1,444 @@
+//! After the weekend: `track` finds who redeemed and which invitations never took effect,
+//! `resend` re-invites exactly the pending users once per pass (surviving SIGKILL), and redeem
+//! links exist only with `--keep-redeem-links`. Verdicts are counts from the emulator's own
+//! records and the queue; nothing depends on how fast the machine is.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use b2b_convert::emulator::{Emulator, EmulatorConfig, Tenant};
+use b2b_convert::item::ItemState;
+use common::*;
+
+/// A generated tenant with its CSV, and buckets scaled so nothing waits on throttling.
+fn config(n: usize, seed: u64, dir: &Path) -> (EmulatorConfig, std::path::PathBuf) {
+    let tenant = Tenant::generate(n, seed);
+    let csv = dir.join("users.csv");
+    tenant.write_csv(&csv).unwrap();
+    let mut config = EmulatorConfig::new(tenant);
+    config.bucket_scale = 1_000.0;
+    (config, csv)
+}
+
+async fn live_run(
+    emu: &Emulator,
+    db: &Path,
+    csv: &Path,
+    extra: &[&str],
+) -> (i64, BTreeSet<String>) {
+    let mut args = vec![
+        "run",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--yes",
+        "--silent",
+        "--rate",
+        "1000",
+        "--concurrency",
+        "8",
+    ];
+    args.extend_from_slice(extra);
+    let out = run(emu, db, &args).await;
+    assert!([0, 3].contains(&out.code), "{}", out.stderr);
+    let run_id = out.run_id();
+    let converted = items(db, run_id)
+        .into_iter()
+        .filter(|i| i.state == ItemState::Converted)
+        .map(|i| i.user_id.unwrap())
+        .collect();
+    (run_id, converted)
+}
+
+async fn status_json(emu: &Emulator, db: &Path, run_id: i64) -> serde_json::Value {
+    let out = run(emu, db, &["status", &run_id.to_string(), "--json"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    serde_json::from_str(&out.stdout).unwrap()
+}
+
+/// The bytes of the database and its WAL (what an attacker with the file would see).
+fn database_bytes(db: &Path) -> Vec<u8> {
+    let mut bytes = std::fs::read(db).unwrap();
+    for suffix in ["-wal", "-journal"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        if let Ok(b) = std::fs::read(Path::new(&p)) {
+            bytes.extend(b);
+        }
+    }
+    bytes
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn invitations_per_user(emu: &Emulator) -> BTreeMap<String, usize> {
+    common::invitations_per_user(emu)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resend_reinvites_every_pending_user_once_and_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, csv) = config(200, 21, dir.path());
+    // Slow enough answers that the resend pass is killed half-way, and some answers lost.
+    config.latency = Duration::from_millis(15);
+    config.lost_response_rate = 0.1;
+    config.seed = 5;
+    let emu = start(config).await;
+    let db = dir.path().join("live.db");
+    let (run_id, converted) = live_run(&emu, &db, &csv, &[]).await;
+    assert!(converted.len() > 100, "mostly convertible");
+    let id = run_id.to_string();
+
+    // No redeem URL is stored without --keep-redeem-links: not in the file, not in the WAL.
+    let bytes = database_bytes(&db);
+    assert!(
+        !contains(&bytes, b"/redeem?"),
+        "a redeem URL reached the database"
+    );
+    assert!(
+        !contains(&bytes, b"ticket%3d"),
+        "a redeem ticket reached the database"
+    );
+    let out = run(
+        &emu,
+        &db,
+        &[
+            "export-links",
+            &id,
+            "--out",
+            dir.path().join("l.csv").to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("--keep-redeem-links"), "{}", out.stderr);
+
+    let before = status_json(&emu, &db, run_id).await;
+    assert_eq!(before["redemption"]["untracked"], converted.len() as u64);
+    assert!(before["lastTrackedAt"].is_null());
+    let out = run(&emu, &db, &["resend", &id, "--yes"]).await;
+    assert_eq!(out.code, 2, "resend needs a track first: {}", out.stderr);
+
+    let requests_before = requests_to(&emu.stats(), "POST /v1.0/$batch");
+    let out = run(&emu, &db, &["track", &id]).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let batches = requests_to(&emu.stats(), "POST /v1.0/$batch") - requests_before;
+    assert_eq!(
+        batches as usize,
+        converted.len().div_ceil(300),
+        "~300 users per request"
+    );
+    let tracked = status_json(&emu, &db, run_id).await;
+    assert_eq!(
+        tracked["redemption"]["pendingAcceptance"],
+        converted.len() as u64
+    );
+    assert_eq!(tracked["redemption"]["untracked"], 0);
+    assert!(tracked["lastTrackedAt"].is_string());
+
+    // A resend checkpoint must be at least a stamp's resolution (1 s) after the track for an
+    // unchanged stamp to prove a lost reset did not happen; this wait is not an assertion.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let invited_once = emu.invitations().len();
+    let mut child = command(&emu, &db, &["resend", &id, "--yes"])
+        .spawn()
+        .unwrap();
+    let mut killed = false;
+    for _ in 0..6_000 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if emu.invitations().len() >= invited_once + 30 {
+            child.start_kill().unwrap();
+            killed = true;
+            break;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+    }
+    let status = child.wait().await.unwrap();
+    assert!(killed, "the resend pass was killed half-way");
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(9), "died of SIGKILL: {status:?}");
+    }
+    let partial = emu.invitations().len() - invited_once;
+    assert!(partial < converted.len(), "killed before the pass ended");
+
+    let out = run(&emu, &db, &["resend", &id, "--yes"]).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("continuing resend pass"),
+        "{}",
+        out.stdout
+    );
+    let per_user = invitations_per_user(&emu);
+    let wrong: Vec<_> = per_user
+        .iter()
+        .filter(|(u, n)| !converted.contains(*u) || **n != 2)
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "each pending user re-invited exactly once: {wrong:?}"
+    );
+    assert_eq!(per_user.len(), converted.len());
+
+    // The pass is finished: another resend starts no new pass until a new track.
+    let out = run(&emu, &db, &["resend", &id, "--yes"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("nobody to re-invite"), "{}", out.stdout);
+    assert_eq!(emu.invitations().len(), invited_once + converted.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_links_writes_each_converted_users_link_once_privately() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, csv) = config(60, 4, dir.path());
+    let emu = start(config).await;
+    let db = dir.path().join("live.db");
+    let (run_id, converted) = live_run(&emu, &db, &csv, &["--keep-redeem-links"]).await;
+    let out_path = dir.path().join("links.csv");
+    let id = run_id.to_string();
+    let out = run(
+        &emu,
+        &db,
+        &["export-links", &id, "--out", out_path.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        !out.stdout.contains("/redeem?") && !out.stderr.contains("/redeem?"),
+        "never printed"
+    );
+    let text = std::fs::read_to_string(&out_path).unwrap();
+    let mut rows = csv::Reader::from_reader(text.as_bytes());
+    assert_eq!(
+        rows.headers().unwrap(),
+        vec![
+            "userPrincipalName",
+            "externalEmail",
+            "inviteRedeemUrl",
+            "teamsUrl"
+        ]
+    );
+    let teams = format!("https://teams.microsoft.com/?tenantId={}", emu.tenant_id());
+    let mut n = 0;
+    for row in rows.records() {
+        let row = row.unwrap();
+        assert!(row[2].contains("/redeem?"), "{row:?}");
+        assert_eq!(&row[3], teams.as_str());
+        n += 1;
+    }
+    assert_eq!(n, converted.len());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&out_path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let out = run(
+        &emu,
+        &db,
+        &["export-links", &id, "--out", out_path.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(out.code, 2, "never overwritten: {}", out.stderr);
+    assert_eq!(std::fs::read_to_string(&out_path).unwrap(), text);
+}
+
+/// Measurement for docs/performance.md, not a timing assertion: `track` of 100,000 converted
+/// users costs about 100,000 / 300 Graph requests. Run with
+/// `cargo test --release --test track -- --ignored --nocapture track_of_100k`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: 100,000 users (release build)"]
+async fn track_of_100k_converted_users_costs_one_request_per_300() {
+    use b2b_convert::item::{NewItem, Overrides, RunMode, RunOptions, SourceSpec, UserKey};
+    use b2b_convert::model::Invitation;
+    use b2b_convert::queue::Queue;
+    const N: usize = 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut tenant = Tenant::generate(N, 7);
+    // Every user as the invitation left it: converted, pending acceptance.
+    for u in &mut tenant.users {
+        u.external_user_state = Some("PendingAcceptance".into());
+        u.external_user_state_change_date_time = Some("2026-11-20T10:00:00Z".into());
+    }
+    let users: Vec<(String, Option<String>)> = tenant
+        .users
+        .iter()
+        .take(N)
+        .map(|u| (u.id.clone(), u.mail.clone()))
+        .collect();
+    let mut config = EmulatorConfig::new(tenant);
+    config.bucket_scale = 1_000.0;
+    let emu = start(config).await;
+    let db = dir.path().join("q.db");
+    let run_id = {
+        let q = Queue::open(&db).unwrap();
+        let run_id = q
+            .create_run(
+                &SourceSpec::Csv {
+                    path: "users.csv".into(),
+                },
+                RunMode::Live,
+                &RunOptions::default(),
+                Some(&emu.tenant_id()),
+                &emu.base_url(),
+            )
+            .unwrap();
+        let rows: Vec<NewItem> = users
+            .iter()
+            .enumerate()
+            .map(|(i, (id, _))| NewItem {
+                line: Some(i as u64 + 2),
+                key: Some(UserKey::Id(id.clone())),
+                external_email: None,
+                overrides: Overrides::default(),
+                bad_input: None,
+                snapshot: None,
+            })
+            .collect();
+        q.insert_items(run_id, &rows, None).unwrap();
+        q.finish_ingest(run_id).unwrap();
+        let mut after = 0;
+        loop {
+            let items = q.pending_items(run_id, after, 5_000).unwrap();
+            let Some(last) = items.last() else { break };
+            after = last.id;
+            for item in items {
+                let id = item.key.as_ref().unwrap().value().to_string();
+                let user = b2b_convert::model::User {
+                    id: id.clone(),
+                    ..Default::default()
+                };
+                q.record_lookup(item.id, Some(&user)).unwrap();
+                q.mark_in_flight(item.id, "x@fabrikam.example").unwrap();
+                let inv = Invitation {
+                    id: format!("inv-{id}"),
+                    status: "PendingAcceptance".into(),
+                    ..Default::default()
+                };
+                q.record_converted(item.id, Some(&inv), None, None).unwrap();
+            }
+        }
+        q.set_run_status(run_id, b2b_convert::item::RunStatus::Finished)
+            .unwrap();
+        run_id
+    };
+    let before = emu.stats();
+    let started = std::time::Instant::now();
+    let out = run(&emu, &db, &["track", &run_id.to_string()]).await;
+    let took = started.elapsed();
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let after = emu.stats();
+    let batches =
+        requests_to(&after, "POST /v1.0/$batch") - requests_to(&before, "POST /v1.0/$batch");
+    let gets = requests_to(&after, "GET /v1.0/users") - requests_to(&before, "GET /v1.0/users");
+    let status = status_json(&emu, &db, run_id).await;
+    println!(
+        "track of {N} converted users: {batches} $batch + {gets} GET users requests \
+         (reference: {N} / 300 = {}), run's own request log {} ; {:.1} s wall; {}",
+        N.div_ceil(300),
+        status["graphRequests"],
+        took.as_secs_f64(),
+        out.stdout.trim()
+    );
+    assert_eq!(status["redemption"]["pendingAcceptance"], N as u64);
+    assert_eq!(batches as usize, N.div_ceil(300));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn track_finds_who_redeemed_and_names_invitations_that_never_took_effect() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, csv) = config(160, 31, dir.path());
+    config.not_applied_rate = 0.15;
+    config.seed = 9;
+    let emu = start(config).await;
+    let db = dir.path().join("live.db");
+    let (run_id, converted) = live_run(&emu, &db, &csv, &[]).await;
+    let id = run_id.to_string();
+    let mut applied = BTreeSet::new();
+    let mut not_applied = BTreeSet::new();
+    for inv in emu.invitations() {
+        let user = inv["userId"].as_str().unwrap().to_string();
+        if inv["applied"] == true {
+            applied.insert(user);
+        } else {
+            not_applied.insert(user);
+        }
+    }
+    assert!(!not_applied.is_empty(), "some invitations were dropped");
+    assert_eq!(
+        applied
+            .union(&not_applied)
+            .cloned()
+            .collect::<BTreeSet<_>>(),
+        converted
+    );
+    // Some partners redeem.
+    let redeemed: BTreeSet<String> = applied.iter().take(25).cloned().collect();
+    for user in &redeemed {
+        assert_eq!(emu.redeem(user), Some(200), "redeem {user}");
+    }
+
+    let out = run(&emu, &db, &["track", &id]).await;
+    assert_eq!(
+        out.code, 3,
+        "not-applied users need attention\n{}",
+        out.stderr
+    );
+    for user in &not_applied {
+        assert!(out.stderr.contains(user.as_str()), "{user} named loudly");
+    }
+    let its = items(&db, run_id);
+    let failed: BTreeSet<String> = its
+        .iter()
+        .filter(|i| i.state == ItemState::Failed && i.error_code.as_deref() == Some("NotApplied"))
+        .map(|i| i.user_id.clone().unwrap())
+        .collect();
+    assert_eq!(
+        failed, not_applied,
+        "exactly the dropped invitations leave converted"
+    );
+    assert!(its
+        .iter()
+        .filter(|i| i.error_code.as_deref() == Some("NotApplied"))
+        .all(|i| i.error_message.as_deref().unwrap().contains("request-id")));
+    let status = status_json(&emu, &db, run_id).await;
+    let r = &status["redemption"];
+    assert_eq!(r["accepted"], redeemed.len() as u64);
+    assert_eq!(
+        r["pendingAcceptance"],
+        (applied.len() - redeemed.len()) as u64
+    );
+    assert_eq!(r["notApplied"], not_applied.len() as u64);
+    assert_eq!(r["untracked"], 0);
+
+    // resend re-invites exactly the pending users; redeemed and not-applied users are left alone.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let before = emu.invitations().len();
+    let out = run(&emu, &db, &["resend", &id, "--yes"]).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let resent: Vec<serde_json::Value> = emu.invitations()[before..].to_vec();
+    let resent_users: BTreeSet<String> = resent
+        .iter()
+        .map(|i| i["userId"].as_str().unwrap().to_string())
+        .collect();
+    let pending: BTreeSet<String> = applied.difference(&redeemed).cloned().collect();
+    assert_eq!(resent.len(), pending.len(), "once each");
+    assert_eq!(resent_users, pending);
+    assert!(resent.iter().all(|i| i["resetRedemption"] == true));
+
+    // `retry` invites the not-applied users again.
+    let out = run(&emu, &db, &["retry", &id, "--yes"]).await;
+    assert!([0, 3].contains(&out.code), "{}", out.stderr);
+    let again: BTreeSet<String> = emu.invitations()[before + resent.len()..]
+        .iter()
+        .map(|i| i["userId"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(again, not_applied);
+}
