@@ -238,8 +238,8 @@ async fn produce(
                 return Ok(false);
             }
         }
-        let verdicts = match prepare(pass, items, facts).await {
-            Ok(v) => v,
+        let found = match look_up(pass, &items).await {
+            Ok(found) => found,
             Err(GraphError::TenantRefused { message, .. }) => {
                 pass.stop_with(StopReason::TenantRefused(message));
                 return Ok(false);
@@ -253,7 +253,7 @@ async fn produce(
                     .context("looking users up in Graph (the run is resumable)"))
             }
         };
-        for (item, verdict) in verdicts {
+        for (item, verdict) in prepare(pass, items, facts, found)? {
             match verdict {
                 Verdict::Skip { reason, detail } | Verdict::Block { reason, detail } => {
                     p.queue.record_verdict(
@@ -347,12 +347,8 @@ async fn tenant_facts(graph: &GraphClient) -> Result<TenantFacts, GraphError> {
     Ok(facts)
 }
 
-/// Looks up the chunk's users that have no snapshot yet, then validates every item.
-async fn prepare(
-    pass: &Pass,
-    items: Vec<ItemRecord>,
-    facts: &TenantFacts,
-) -> Result<Vec<(ItemRecord, Verdict)>, GraphError> {
+/// Looks the chunk's users without a snapshot up in Graph, by object id or UPN (bulk reads).
+async fn look_up(pass: &Pass, items: &[ItemRecord]) -> Result<HashMap<String, User>, GraphError> {
     let p = &pass.pipeline;
     let mut ids = Vec::new();
     let mut upns = Vec::new();
@@ -376,15 +372,23 @@ async fn prepare(
             }
         }
     }
+    Ok(by_key)
+}
 
+/// Records what the look-up found for the chunk's users without a snapshot (not found ends the
+/// item), then validates every item.
+fn prepare(
+    pass: &Pass,
+    items: Vec<ItemRecord>,
+    facts: &TenantFacts,
+    by_key: HashMap<String, User>,
+) -> anyhow::Result<Vec<(ItemRecord, Verdict)>> {
+    let p = &pass.pipeline;
     let mut ready = Vec::with_capacity(items.len());
     for mut item in items {
         if item.snapshot.is_none() {
             let found = item.key.as_ref().and_then(|k| by_key.get(&k.normalized()));
-            let outcome = p
-                .queue
-                .record_lookup(item.id, found)
-                .map_err(|e| GraphError::Config(e.to_string()))?;
+            let outcome = p.queue.record_lookup(item.id, found)?;
             if outcome != LookupOutcome::Found {
                 p.progress.item_done(&p.queue, item.id);
                 continue;
