@@ -85,6 +85,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Before the weekend: sign in, check permissions and the invitation policy (exit 0 ready, 3 not).
+    Preflight(PreflightArgs),
     /// Ingest a source into a new run, then validate and convert.
     Run(RunArgs),
     /// Continue a run that stopped (crash, Ctrl-C, network loss); default the latest run.
@@ -112,8 +114,6 @@ pub enum Command {
     /// Measure throughput against the emulator (see docs/performance.md).
     #[command(hide = true)]
     Bench(BenchArgs),
-    /// Before the weekend: sign in, check permissions and the invitation policy (exit 0 ready, 3 not).
-    Preflight(PreflightArgs),
 }
 
 /// Exactly one source.
@@ -342,6 +342,7 @@ pub struct TrackArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ResendArgs {
+    /// The live run whose pending users to re-invite (`runs` lists them).
     pub run_id: i64,
     /// Only users whose last invitation is at least DAYS old (per the last `track`).
     #[arg(long, value_name = "DAYS", default_value_t = 0)]
@@ -358,6 +359,7 @@ pub struct ResendArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ExportLinksArgs {
+    /// The run started with --keep-redeem-links (`runs` lists them).
     pub run_id: i64,
     /// The CSV file to create (never overwritten).
     #[arg(long, value_name = "PATH")]
