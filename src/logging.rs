@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::LogFormat;
+use crate::config::LogFormat;
 
 static JSON: AtomicBool = AtomicBool::new(false);
 
