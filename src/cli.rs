@@ -211,18 +211,17 @@ pub struct ExecArgs {
     /// Retries of one HTTP request inside the Graph client (5xx, not sent); 429s do not count.
     #[arg(long, value_name = "N", value_parser = config::http_retries_parser(),
           help = config::with_default(
-              &format!("Retries of one HTTP request inside the Graph client (5xx, connection not made), {} to {}; 429s wait for Retry-After and do not count",
+              &format!("Retries of one idempotent HTTP request inside the Graph client (5xx, timeout, reset), {} to {}; 429s wait for Retry-After and do not count",
                        config::HTTP_RETRIES.start(), config::HTTP_RETRIES.end()),
               config::DEFAULT_HTTP_RETRIES))]
     pub http_retries: Option<u32>,
     /// Seconds to wait for one answer from Graph or the token endpoint before giving up on that
     /// request. A connection that cannot even open is retried for about 45 s.
     #[arg(long, value_name = "SECONDS", value_parser = config::http_timeout_parser(),
-          help = config::with_default(
-              &format!("Seconds to wait for one answer from Graph or the token endpoint, {} to {}; a connection that cannot even open is retried for about {} s",
-                       config::HTTP_TIMEOUT_S.start(), config::HTTP_TIMEOUT_S.end(),
-                       config::DEFAULT_NOT_SENT_RETRY_FOR.as_secs()),
-              config::DEFAULT_HTTP_TIMEOUT.as_secs()))]
+          help = format!("Seconds to wait for one answer from Graph or the token endpoint, {} to {}; a connection that cannot even open is retried for about {} s [default: {}; not stored with the run]",
+                         config::HTTP_TIMEOUT_S.start(), config::HTTP_TIMEOUT_S.end(),
+                         config::DEFAULT_NOT_SENT_RETRY_FOR.as_secs(),
+                         config::DEFAULT_HTTP_TIMEOUT.as_secs()))]
     pub http_timeout: Option<u64>,
     /// Convert at most N users of this run (a pilot batch); 0 lifts the limit on resume.
     #[arg(long, value_name = "N", value_parser = config::limit_parser())]
