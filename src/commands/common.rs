@@ -47,6 +47,24 @@ pub fn connect(
     Ok(GraphClient::new(config, limiter)?.with_batching(mode == RunMode::Live))
 }
 
+/// Signs in for work on a stored run: its Graph client logs every request into the run's request
+/// table, and the token is fetched now so a bad credential stops before anything else.
+pub async fn connect_to_run(
+    endpoints: &Endpoints,
+    credentials: Credentials,
+    queue: &Arc<Queue>,
+    run: &RunRecord,
+    mode: RunMode,
+) -> anyhow::Result<GraphClient> {
+    let graph =
+        connect(endpoints, credentials, &run.options, mode)?.with_observer(Arc::new(RequestLog {
+            queue: queue.clone(),
+            run_id: run.id,
+        }));
+    graph.authenticate().await?;
+    Ok(graph)
+}
+
 /// Logs every Graph request of a run into the queue's append-only request table.
 pub struct RequestLog {
     pub queue: Arc<Queue>,
@@ -294,17 +312,14 @@ pub async fn continue_run(
     require_consent_possible(run.mode, exec.yes)?;
     let credentials = Credentials::resolve(exec.auth)?;
     queue.update_run_options(run.id, &run.options)?;
-    let graph = connect(
+    let graph = connect_to_run(
         &endpoints_for(&exec.endpoints, exec.http_timeout, &run),
         credentials,
-        &run.options,
+        &queue,
+        &run,
         run.mode,
-    )?
-    .with_observer(Arc::new(RequestLog {
-        queue: queue.clone(),
-        run_id: run.id,
-    }));
-    graph.authenticate().await?;
+    )
+    .await?;
     let group = matches!(run.source, crate::item::SourceSpec::Group { .. });
     super::preflight::require_ready(
         &graph,

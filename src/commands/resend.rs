@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 
-use super::common::{self, RequestLog};
+use super::common;
 use crate::cli::ResendArgs;
 use crate::exit::{ExitError, ExitStatus};
 use crate::graph::{Credentials, GraphClient, GraphError};
@@ -200,17 +200,14 @@ pub async fn resend(db: &Path, args: ResendArgs) -> anyhow::Result<ExitStatus> {
         }
     }
 
-    let graph = common::connect(
+    let graph = common::connect_to_run(
         &common::endpoints_for(&args.endpoints, None, &run),
         Credentials::resolve(args.auth)?,
-        &run.options,
+        &queue,
+        &run,
         RunMode::Live,
-    )?
-    .with_observer(Arc::new(RequestLog {
-        queue: queue.clone(),
-        run_id: run.id,
-    }));
-    graph.authenticate().await?;
+    )
+    .await?;
 
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let ctrl_c = tokio::spawn(async move {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use super::common::{self, RequestLog};
+use super::common;
 use crate::cli::TrackArgs;
 use crate::exit::{ExitError, ExitStatus};
 use crate::graph::Credentials;
@@ -32,18 +32,14 @@ pub async fn track(db: &Path, args: TrackArgs) -> anyhow::Result<ExitStatus> {
         ))
         .into());
     }
-    let endpoints = common::endpoints_for(&args.endpoints, None, &run);
-    let graph = common::connect(
-        &endpoints,
+    let graph = common::connect_to_run(
+        &common::endpoints_for(&args.endpoints, None, &run),
         Credentials::resolve(args.auth)?,
-        &run.options,
+        &queue,
+        &run,
         RunMode::Live,
-    )?
-    .with_observer(Arc::new(RequestLog {
-        queue: queue.clone(),
-        run_id: run.id,
-    }));
-    graph.authenticate().await?;
+    )
+    .await?;
 
     let track_id = queue.start_track(run.id)?;
     let mut after = 0;
