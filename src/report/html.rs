@@ -556,7 +556,7 @@ fn redemption_section(out: &mut String, s: &Summary) {
     for n in &r.not_redeemed {
         let _ = writeln!(
             out,
-            "<tr data-item=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr data-not-redeemed=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             n.item_id,
             opt(&n.user_principal_name),
             opt(&n.external_email),
@@ -884,7 +884,7 @@ mod tests {
             "<title id=\"redeem-title\">Users redeemed so far, per day: 2345 by 2025-03-02</title>",
             "Not redeemed yet (1,200)",
             "The 2 oldest invitations are listed; all 1,200 are in the CSV and JSON reports",
-            "<tr data-item=\"3\"><td>user3@contoso.com</td>",
+            "<tr data-not-redeemed=\"3\"><td>user3@contoso.com</td>",
         ] {
             assert!(r.contains(want), "missing {want:?}");
         }
