@@ -257,8 +257,9 @@ fn summary_section(out: &mut String, s: &Summary) {
     if let Some(e) = s.estimate {
         let _ = writeln!(
             out,
-            "<p><strong>Estimate.</strong> {} users at {} requests/s: {}.</p>",
+            "<p><strong>Estimate.</strong> {}{} at {} requests/s: {}.</p>",
             thousands(e.users_to_convert),
+            esc(&super::writes_clause(&e)),
             e.configured_rate_per_second,
             esc(&e.estimated_seconds.map_or_else(
                 || "never (the rate is not a positive number)".to_string(),
@@ -371,10 +372,10 @@ fn follow_up_section(out: &mut String, s: &Summary) {
     let live = s.data.run.mode == RunMode::Live;
     out.push_str("<h2 id=\"follow-ups\">Follow-up steps</h2>\n");
     out.push_str(if live {
-        "<table class=\"steps\"><colgroup><col style=\"width:30%\"><col style=\"width:8em\"><col style=\"width:6em\"><col></colgroup>\
+        "<table class=\"steps\"><colgroup><col style=\"width:30%\"><col style=\"width:12em\"><col style=\"width:6em\"><col></colgroup>\
          <thead><tr><th>Step</th><th class=\"n\">Users that needed it</th><th class=\"n\">Done</th><th>What it means</th></tr></thead><tbody>\n"
     } else {
-        "<table class=\"steps\"><colgroup><col style=\"width:30%\"><col style=\"width:8em\"><col></colgroup>\
+        "<table class=\"steps\"><colgroup><col style=\"width:30%\"><col style=\"width:12em\"><col></colgroup>\
          <thead><tr><th>Step</th><th class=\"n\">Users it will touch</th><th>What it means</th></tr></thead><tbody>\n"
     });
     for (step, planned, done, meaning) in s.follow_up_rows() {
@@ -492,7 +493,7 @@ fn redemption_section(out: &mut String, s: &Summary) {
     let total: u64 = rows.iter().map(|(_, n, _)| n).sum::<u64>().max(1);
     out.push_str(
         "<table class=\"redemption\"><colgroup><col style=\"width:12em\"><col style=\"width:7em\"><col style=\"width:22%\"><col></colgroup>\
-         <thead><tr><th>Converted users</th><th class=\"n\">Users</th><th>Share</th><th>Meaning</th></tr></thead><tbody>\n",
+         <thead><tr><th>Redemption state</th><th class=\"n\">Users</th><th>Share</th><th>Meaning</th></tr></thead><tbody>\n",
     );
     for (label, n, meaning) in &rows {
         let tone = match *label {
@@ -550,7 +551,7 @@ fn redemption_section(out: &mut String, s: &Summary) {
         );
     }
     out.push_str(
-        "<table class=\"users sortable\"><colgroup><col class=\"user\"><col class=\"mail\"><col><col><col></colgroup>\
+        "<table class=\"users sortable\"><colgroup><col style=\"width:28%\"><col style=\"width:28%\"><col style=\"width:14em\"><col style=\"width:10em\"><col></colgroup>\
          <thead><tr><th>User</th><th>External email</th><th>Invited</th><th>State</th><th>Last resent</th></tr></thead><tbody>\n",
     );
     for n in &r.not_redeemed {

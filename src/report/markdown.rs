@@ -93,8 +93,9 @@ pub(super) fn render(s: &Summary) -> String {
     if let Some(e) = s.estimate {
         let _ = writeln!(
             out,
-            "**Estimate.** {} users at {} requests/s: {}.\n",
+            "**Estimate.** {}{} at {} requests/s: {}.\n",
             thousands(e.users_to_convert),
+            cell(&super::writes_clause(&e)),
             e.configured_rate_per_second,
             e.estimated_seconds.map_or_else(
                 || "never (the rate is not a positive number)".to_string(),
@@ -285,7 +286,7 @@ fn redemption_section(out: &mut String, s: &Summary) {
             .map(cell)
             .unwrap_or_default()
     );
-    out.push_str("| Converted users | Count | Meaning |\n| --- | ---: | --- |\n");
+    out.push_str("| Redemption state | Users | Meaning |\n| --- | ---: | --- |\n");
     for (label, n, meaning) in rows {
         let _ = writeln!(out, "| {label} | {} | {} |", thousands(n), cell(meaning));
     }
@@ -479,7 +480,7 @@ mod tests {
         let md = render(ReportFormat::Md, &data);
         let summary = section(&md, "## Summary for the change board");
         assert!(summary.contains(
-            "Redemption as of 2025-03-04T09:00:05Z: 2,345 accepted, 1,150 pending acceptance, 7 not applied, 50 not tracked."
+            "As of 2025-03-04T09:00:05Z: 2,345 accepted, 1,150 pending acceptance, 7 not applied, 50 not tracked."
         ), "{summary}");
         let r = section(&md, "## Redemption");
         for row in [

@@ -801,7 +801,7 @@ impl<'a> Summary<'a> {
                 self.data.run.id
             ),
             Some(at) => format!(
-                "Redemption as of {at}: {} accepted, {} pending acceptance, {} not applied, {} not tracked.",
+                "As of {at}: {} accepted, {} pending acceptance, {} not applied, {} not tracked.",
                 thousands(c.accepted),
                 thousands(c.pending_acceptance),
                 thousands(c.not_applied),
@@ -823,17 +823,17 @@ impl<'a> Summary<'a> {
             (
                 "Pending acceptance",
                 c.pending_acceptance,
-                "invited, not redeemed yet; `b2b-convert resend RUN_ID --older-than DAYS` re-invites them",
+                "invited, not redeemed yet; b2b-convert resend RUN_ID --older-than DAYS re-invites them",
             ),
             (
                 "Not applied",
                 c.not_applied,
-                "Graph answered 201 but the user never changed; put back for `b2b-convert retry RUN_ID`",
+                "Graph answered 201 but the user never changed; back in the queue for b2b-convert retry RUN_ID",
             ),
             (
                 "Untracked",
                 c.untracked,
-                "converted, not read by a completed `track` yet (or deleted since)",
+                "converted, not read by a completed track yet (or deleted since)",
             ),
         ])
     }
@@ -888,6 +888,15 @@ impl Tone {
             Tone::Bad => "bad",
             Tone::Plain => "plain",
         }
+    }
+}
+
+/// " users" or " users (505 Graph writes)" when follow-up PATCHes add writes.
+pub(crate) fn writes_clause(e: &Estimate) -> String {
+    if e.writes > e.users_to_convert {
+        format!(" users ({} Graph writes)", thousands(e.writes))
+    } else {
+        " users".to_string()
     }
 }
 
