@@ -342,6 +342,7 @@ pub struct TrackArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ResendArgs {
+    /// The tracked live run whose pending users to re-invite (`runs` lists them).
     pub run_id: i64,
     /// Only users whose last invitation is at least DAYS old (per the last `track`).
     #[arg(long, value_name = "DAYS", default_value_t = 0)]
@@ -358,6 +359,7 @@ pub struct ResendArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ExportLinksArgs {
+    /// The live run started with --keep-redeem-links (`runs` lists them).
     pub run_id: i64,
     /// The CSV file to create (never overwritten).
     #[arg(long, value_name = "PATH")]
