@@ -70,6 +70,24 @@ fn html_report_of_100k_items_is_small_and_lists_every_blocked_user() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("q.db");
     let run_id = generate(&db, N);
+    // A `track` saw every third converted user redeemed over ten days, the rest pending.
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(&format!(
+            "UPDATE items SET tracked_at = '2025-03-12T09:00:00Z',
+               external_user_state = CASE WHEN id % 3 = 0 THEN 'Accepted' ELSE 'PendingAcceptance' END,
+               external_user_state_changed_at = CASE WHEN id % 3 = 0
+                 THEN strftime('%Y-%m-%dT%H:%M:%SZ', '2025-03-02T08:00:00', '+' || (id % 10) || ' days') END
+             WHERE run_id = {run_id} AND state = 'converted';
+             INSERT INTO tracks (run_id, started_at, finished_at, accepted, pending)
+             SELECT {run_id}, '2025-03-12T08:59:00Z', '2025-03-12T09:00:00Z',
+                    sum(external_user_state = 'Accepted'), sum(external_user_state <> 'Accepted')
+             FROM items WHERE run_id = {run_id} AND state = 'converted';"
+        ))
+        .unwrap();
+    let converted = (1..=N).filter(|i| i % 50 != 0 && i % 997 != 0);
+    let pending = converted.clone().filter(|i| i % 3 != 0).count();
+    let accepted = converted.count() - pending;
     let queue = Queue::open_existing(&db).unwrap();
     let html_path = dir.path().join("r.html");
     b2b_convert::commands::report::write(&queue, run_id, &html_path, None).unwrap();
@@ -101,6 +119,22 @@ fn html_report_of_100k_items_is_small_and_lists_every_blocked_user() {
     // Working time comes from the work span (1 h), not from start to finish (25 h).
     assert!(html.contains("1 h worked (pauses left out)"), "duration");
     assert!(html.contains("<h2>Pace</h2>"));
+    // Redemption: exact counts, ten days in the chart, and only the oldest invitations listed,
+    // with how many more the CSV and JSON reports hold.
+    let th = |n: usize| b2b_convert::report::thousands(n as u64);
+    assert!(html.contains(&format!(
+        "<td>Accepted</td><td class=\"n\">{}</td>",
+        th(accepted)
+    )));
+    assert!(html.contains(&format!("Not redeemed yet ({})", th(pending))));
+    assert_eq!(html.matches("<rect x=").count() - pace_bars(&html), 10);
+    let listed = b2b_convert::report::NOT_REDEEMED_LISTED;
+    assert_eq!(html.matches("<tr data-not-redeemed=").count(), listed);
+    assert!(html.contains(&format!(
+        "The {} oldest invitations are listed; all {} are in the CSV and JSON reports",
+        th(listed),
+        th(pending)
+    )));
 
     let csv_path = dir.path().join("r.csv");
     b2b_convert::commands::report::write(&queue, run_id, &csv_path, None).unwrap();
@@ -110,7 +144,23 @@ fn html_report_of_100k_items_is_small_and_lists_every_blocked_user() {
         N + 1,
         "header and one row per item"
     );
+    let state = b2b_convert::report::CSV_COLUMNS
+        .iter()
+        .position(|c| *c == "external_user_state")
+        .unwrap();
+    let pending_rows = csv::Reader::from_reader(csv.as_bytes())
+        .records()
+        .filter(|r| &r.as_ref().unwrap()[state] == "PendingAcceptance")
+        .count();
+    assert_eq!(pending_rows, pending, "every pending user is in the CSV");
     assert!(!dir.path().join("r.csv.partial").exists());
+}
+
+/// Bars of the pace chart (everything up to the redemption section).
+fn pace_bars(html: &str) -> usize {
+    html[..html.find("<h2 id=\"redemption\">").unwrap()]
+        .matches("<rect x=")
+        .count()
 }
 
 /// `B2B_SCALE_DB=/tmp/million.db cargo test --release --test report_scale -- --ignored`

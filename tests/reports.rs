@@ -699,3 +699,237 @@ async fn demo_writes_html_reports_and_prints_their_paths() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// 5. After the weekend: follow-up steps and redemption
+
+/// The CSV rows whose `column` is non-empty, as user ids.
+fn csv_users_with(
+    rows: &BTreeMap<i64, Vec<String>>,
+    column: &str,
+    want: Option<&str>,
+) -> BTreeSet<String> {
+    let col = |name: &str| {
+        b2b_convert::report::CSV_COLUMNS
+            .iter()
+            .position(|c| *c == name)
+            .unwrap()
+    };
+    rows.values()
+        .filter(|r| match want {
+            Some(w) => r[col(column)] == w,
+            None => !r[col(column)].is_empty(),
+        })
+        .map(|r| r[col("user_id")].clone())
+        .collect()
+}
+
+/// A dry run with `--set-mail --set-guest` counts the extra PATCH writes in its estimate; the
+/// live run's reports say how many users got each step (per user in CSV/JSON, the emulator's
+/// PATCH log being the truth) and what userType Guest means for billing; after some partners
+/// redeem and `track` runs, every format states exactly who redeemed, and no redeem URL appears
+/// even though the run kept them for `export-links`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracked_run_with_follow_up_steps_reports_steps_and_redemption() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenant = Tenant::generate(120, 31);
+    let csv = dir.path().join("users.csv");
+    tenant.write_csv(&csv).unwrap();
+    let mut config = EmulatorConfig::new(tenant);
+    config.bucket_scale = 1_000.0;
+    let emu = start(config).await;
+    let secret = client_secret(&emu);
+
+    // Dry run: the estimate counts one write per invitation plus one per planned PATCH.
+    let dry_db = dir.path().join("dry.db");
+    let steps = ["--set-mail", "--set-guest"];
+    let mut args = vec!["run", "--csv", csv.to_str().unwrap(), "--dry-run"];
+    args.extend(steps);
+    let out = run(&emu, &dry_db, &args).await;
+    assert!([0, 3].contains(&out.code), "{}", out.stderr);
+    let dry_id = out.run_id();
+    let dry_items = items(&dry_db, dry_id);
+    let would: Vec<&ItemRecord> = dry_items
+        .iter()
+        .filter(|i| i.state == ItemState::WouldConvert)
+        .collect();
+    let noted = |text: &str| {
+        would
+            .iter()
+            .filter(|i| i.detail.as_deref().is_some_and(|d| d.contains(text)))
+            .count() as u64
+    };
+    let (mail, guest) = (
+        noted("mail will be set"),
+        noted("userType will be set to Guest"),
+    );
+    assert!(
+        mail > 0 && guest > 0,
+        "the tenant has users each step touches"
+    );
+    let json = report(&emu, &dry_db, dry_id, &dir.path().join("dry.json"), &[]).await;
+    let v = check_json(&json, &db_counts(&dry_db, dry_id), &dry_items);
+    let writes = would.len() as u64 + mail + guest;
+    assert_eq!(v["estimate"]["mailWrites"], mail);
+    assert_eq!(v["estimate"]["guestWrites"], guest);
+    assert_eq!(v["estimate"]["writes"], writes);
+    assert_eq!(v["followUps"]["mailPlanned"], mail);
+    assert_eq!(v["followUps"]["guestPlanned"], guest);
+    assert_eq!(v["followUps"]["mailSet"], 0);
+    assert!(v["redemption"].is_null());
+    let md = report(&emu, &dry_db, dry_id, &dir.path().join("dry.md"), &[]).await;
+    assert!(
+        md.contains(&format!(
+            "| Graph writes | {writes} ({} invitations + {mail} mail PATCHes + {guest} userType PATCHes;",
+            would.len()
+        )),
+        "{md}"
+    );
+    assert!(
+        md.contains("**Billing.** The "),
+        "billing note in the dry run"
+    );
+
+    // Live run with both steps, keeping redeem links.
+    let db = dir.path().join("live.db");
+    let mut args = vec![
+        "run",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--yes",
+        "--silent",
+        "--rate",
+        "1000",
+        "--keep-redeem-links",
+    ];
+    args.extend(steps);
+    let out = run(&emu, &db, &args).await;
+    assert!([0, 3].contains(&out.code), "{}", out.stderr);
+    let run_id = out.run_id();
+    let id = run_id.to_string();
+    let patched = |property: &str| -> BTreeSet<String> {
+        emu.patches()
+            .iter()
+            .filter(|p| p["property"] == property)
+            .map(|p| p["userId"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (mail_set, guest_set) = (patched("mail"), patched("userType"));
+    assert!(!mail_set.is_empty() && !guest_set.is_empty());
+    let converted: Vec<String> = items(&db, run_id)
+        .into_iter()
+        .filter(|i| i.state == ItemState::Converted)
+        .map(|i| i.user_id.unwrap())
+        .collect();
+    assert!(converted.len() > 20, "{}", converted.len());
+
+    // Ten partners redeem; `track` reads everyone.
+    let redeemed: BTreeSet<String> = converted.iter().take(10).cloned().collect();
+    for user in &redeemed {
+        assert_eq!(emu.redeem(user), Some(200), "redeem {user}");
+    }
+    let out = run(&emu, &db, &["track", &id]).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let pending = converted.len() as u64 - 10;
+
+    let its = items(&db, run_id);
+    let counts = db_counts(&db, run_id);
+    let json = report(&emu, &db, run_id, &dir.path().join("live.json"), &[]).await;
+    let md = report(&emu, &db, run_id, &dir.path().join("live.md"), &[]).await;
+    let html = report(&emu, &db, run_id, &dir.path().join("live.html"), &[]).await;
+    let csv_text = report(&emu, &db, run_id, &dir.path().join("live.csv"), &[]).await;
+    for (text, what) in [
+        (&json, "json"),
+        (&md, "md"),
+        (&html, "html"),
+        (&csv_text, "csv"),
+    ] {
+        assert_no_secrets(text, &secret, what);
+        assert!(!text.contains("/redeem?"), "{what} holds a redeem URL");
+    }
+
+    let v = check_json(&json, &counts, &its);
+    let r = &v["redemption"];
+    assert_eq!(r["accepted"], 10);
+    assert_eq!(r["pendingAcceptance"], pending);
+    assert_eq!(r["notApplied"], 0);
+    assert_eq!(r["untracked"], 0);
+    assert!(r["lastTrackedAt"].is_string());
+    assert_eq!(r["tracks"].as_array().unwrap().len(), 1);
+    let days = r["timeline"].as_array().unwrap();
+    assert_eq!(days.last().unwrap()["cumulative"], 10);
+    assert_eq!(
+        keys(r),
+        documented_keys(
+            &read(&repo_path("docs/report-json.md")),
+            "## `redemption` (live run)"
+        )
+    );
+    assert_eq!(v["followUps"]["mailSet"], mail_set.len() as u64);
+    assert_eq!(v["followUps"]["guestSet"], guest_set.len() as u64);
+    let accepted_in_json: BTreeSet<String> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["externalUserState"] == "Accepted")
+        .map(|i| i["userId"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(accepted_in_json, redeemed);
+
+    // CSV: who redeemed, who got which step, per user.
+    let rows = check_csv(&csv_text, &counts, &its);
+    assert_eq!(
+        csv_users_with(&rows, "external_user_state", Some("Accepted")),
+        redeemed
+    );
+    assert_eq!(
+        csv_users_with(&rows, "external_user_state", Some("PendingAcceptance")).len() as u64,
+        pending
+    );
+    assert_eq!(csv_users_with(&rows, "mail_set_at", None), mail_set);
+    assert_eq!(csv_users_with(&rows, "guest_set_at", None), guest_set);
+
+    // Markdown and HTML: exact counts, the not-redeemed list, the steps and the billing note.
+    check_md(&md, &counts, &its);
+    let red = section(&md, "## Redemption", "\n## ");
+    assert!(red.contains("| Accepted | 10 |"), "{red}");
+    assert!(
+        red.contains(&format!("| Pending acceptance | {pending} |")),
+        "{red}"
+    );
+    assert!(red.contains("| Not applied | 0 |") && red.contains("| Untracked | 0 |"));
+    assert!(red.contains(&format!("### Not redeemed yet ({pending})")));
+    let listed = red
+        .lines()
+        .filter(|l| l.contains("| pending acceptance | never |"))
+        .count() as u64;
+    assert_eq!(
+        listed, pending,
+        "every pending user listed with invitation date: {red}"
+    );
+    let steps_md = section(&md, "## Follow-up steps", "\n## ");
+    assert!(
+        steps_md.contains(&format!(
+            "| userType switched to Guest (after the invitation) | {} | {} |",
+            guest_set.len(),
+            guest_set.len()
+        )),
+        "{steps_md}"
+    );
+    assert!(steps_md.contains("monthly active user (MAU) pricing"));
+    assert!(md.contains(&format!(
+        "mail set for {} of {} users that needed it",
+        mail_set.len(),
+        mail_set.len()
+    )));
+    check_html(&html, &counts, &its);
+    assert!(html.contains("<h2 id=\"redemption\">Redemption</h2>"));
+    assert!(html.contains("<td>Accepted</td><td class=\"n\">10</td>"));
+    assert!(html.contains(&format!("Not redeemed yet ({pending})")));
+    assert_eq!(
+        html.matches("<td>pending acceptance</td><td>never</td>")
+            .count() as u64,
+        pending
+    );
+    assert!(html.contains("<strong>Billing.</strong>"));
+}

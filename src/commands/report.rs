@@ -43,6 +43,17 @@ pub fn write(
         } else {
             Vec::new()
         },
+        follow_ups: queue.follow_up_counts(run_id)?,
+        redemption: if live {
+            Some(report::Redemption {
+                counts: queue.redemption_counts(run_id)?,
+                tracks: queue.track_history(run_id)?,
+                timeline: queue.redemption_timeline(run_id)?,
+                not_redeemed: queue.not_redeemed(run_id, report::NOT_REDEEMED_LISTED)?,
+            })
+        } else {
+            None
+        },
         generated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
     };

@@ -16,7 +16,7 @@ use rusqlite::params;
 use super::items::{item_from_row, ITEM_COLUMNS};
 use super::{now, Queue, Result};
 use crate::item::{ItemRecord, ItemState};
-use crate::report::{ItemSource, PaceMinute};
+use crate::report::{FollowUpCounts, ItemExtras, ItemSource, PaceMinute};
 
 /// How often a working process moves its span's `last_seen_at` forward. A process killed
 /// without warning loses at most this much of its working time.
@@ -46,18 +46,26 @@ impl Queue {
         .map_err(|e| self.err(e))
     }
 
-    /// Calls `f` with every item of the run in id order, one row in memory at a time. The
-    /// connection stays locked while it runs: a report is written by one thread.
+    /// Calls `f` with every item of the run in id order, with its redemption and follow-up
+    /// times, one row in memory at a time. The connection stays locked while it runs: a report
+    /// is written by one thread.
     pub fn for_each_item(
         &self,
         run_id: i64,
-        f: &mut dyn FnMut(&ItemRecord) -> io::Result<()>,
+        f: &mut dyn FnMut(&ItemRecord, &ItemExtras) -> io::Result<()>,
     ) -> io::Result<()> {
         let conn = self.conn();
         let to_io = |e: rusqlite::Error| io::Error::other(self.err(e));
+        // The extras follow the item columns; a correlated lookup by primary key keeps the
+        // item columns unqualified and the scan on `items` in id order.
+        let at = ITEM_COLUMNS.split(',').count();
         let mut stmt = conn
             .prepare_cached(&format!(
-                "SELECT {ITEM_COLUMNS} FROM items WHERE run_id = ?1 ORDER BY id"
+                "SELECT {ITEM_COLUMNS}, items.invited_at, external_user_state,
+                   external_user_state_changed_at, tracked_at,
+                   (SELECT s.mail_set_at FROM item_steps s WHERE s.item_id = items.id),
+                   (SELECT s.guest_set_at FROM item_steps s WHERE s.item_id = items.id)
+                 FROM items WHERE run_id = ?1 ORDER BY id"
             ))
             .map_err(to_io)?;
         let mut rows = stmt.query([run_id]).map_err(to_io)?;
@@ -65,9 +73,52 @@ impl Queue {
             let item = item_from_row(row)
                 .map_err(to_io)?
                 .map_err(io::Error::other)?;
-            f(&item)?;
+            let extras = (|| {
+                Ok::<_, rusqlite::Error>(ItemExtras {
+                    invited_at: row.get(at)?,
+                    external_user_state: row.get(at + 1)?,
+                    external_user_state_changed_at: row.get(at + 2)?,
+                    tracked_at: row.get(at + 3)?,
+                    mail_set_at: row.get(at + 4)?,
+                    guest_set_at: row.get(at + 5)?,
+                })
+            })()
+            .map_err(to_io)?;
+            f(&item, &extras)?;
         }
         Ok(())
+    }
+
+    /// Users of the run whose follow-up writes were planned and done. A live run plans steps
+    /// in `item_steps`; a dry run stores no plan (it writes nothing), so its planned steps are
+    /// counted from the notes validation and the workers put in a would-convert item's detail
+    /// ("mail will be set …", "userType will be set to Guest …"), in one aggregate.
+    pub fn follow_up_counts(&self, run_id: i64) -> Result<FollowUpCounts> {
+        let conn = self.conn();
+        let (mail_planned, mail_set, guest_planned, guest_set): (i64, i64, i64, i64) = conn
+            .query_row(
+                "SELECT coalesce(sum(s.needs_mail), 0), count(s.mail_set_at),
+                        coalesce(sum(s.needs_guest), 0), count(s.guest_set_at)
+                 FROM item_steps s JOIN items i ON i.id = s.item_id WHERE i.run_id = ?1",
+                [run_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .map_err(|e| self.err(e))?;
+        let (dry_mail, dry_guest): (i64, i64) = conn
+            .query_row(
+                "SELECT coalesce(sum(instr(detail, 'mail will be set') > 0), 0),
+                        coalesce(sum(instr(detail, 'userType will be set to Guest') > 0), 0)
+                 FROM items WHERE run_id = ?1 AND state = 'would_convert' AND detail IS NOT NULL",
+                [run_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(FollowUpCounts {
+            mail_planned: (mail_planned + dry_mail) as u64,
+            mail_set: mail_set as u64,
+            guest_planned: (guest_planned + dry_guest) as u64,
+            guest_set: guest_set as u64,
+        })
     }
 
     /// Seconds the run was worked: the sum of its work spans, each ended at its `ended_at` or,
@@ -190,7 +241,10 @@ pub struct RunItems<'a> {
 }
 
 impl ItemSource for RunItems<'_> {
-    fn each(&self, f: &mut dyn FnMut(&ItemRecord) -> io::Result<()>) -> io::Result<()> {
+    fn each(
+        &self,
+        f: &mut dyn FnMut(&ItemRecord, &ItemExtras) -> io::Result<()>,
+    ) -> io::Result<()> {
         self.queue.for_each_item(self.run_id, f)
     }
 }

@@ -6,10 +6,10 @@ use crate::item::{ItemRecord, UserKey};
 
 use std::io::{self, Write};
 
-use super::{item_fix, ItemSource};
+use super::{item_fix, ItemExtras, ItemSource};
 
 /// Column order of the CSV report. New columns are only ever appended.
-pub const CSV_COLUMNS: [&str; 21] = [
+pub const CSV_COLUMNS: [&str; 27] = [
     "item_id",
     "line",
     "user_key",
@@ -31,6 +31,12 @@ pub const CSV_COLUMNS: [&str; 21] = [
     "reconciled",
     "updated_at",
     "fix_hint",
+    "invited_at",
+    "external_user_state",
+    "external_user_state_changed_at",
+    "tracked_at",
+    "mail_set_at",
+    "guest_set_at",
 ];
 
 /// Neutralises a cell a spreadsheet would evaluate as a formula.
@@ -41,7 +47,7 @@ pub(crate) fn spreadsheet_safe(cell: String) -> String {
     }
 }
 
-fn row(i: &ItemRecord) -> [String; 21] {
+fn row(i: &ItemRecord, x: &ItemExtras) -> [String; 27] {
     let o = |s: &Option<String>| s.clone().unwrap_or_default();
     let key = match &i.key {
         Some(UserKey::Id(v)) => format!("id:{v}"),
@@ -75,6 +81,12 @@ fn row(i: &ItemRecord) -> [String; 21] {
         i.reconciled.to_string(),
         i.updated_at.clone(),
         fix,
+        o(&x.invited_at),
+        o(&x.external_user_state),
+        o(&x.external_user_state_changed_at),
+        o(&x.tracked_at),
+        o(&x.mail_set_at),
+        o(&x.guest_set_at),
     ]
 }
 
@@ -82,8 +94,8 @@ fn row(i: &ItemRecord) -> [String; 21] {
 pub(super) fn write(items: &dyn ItemSource, out: &mut dyn Write) -> io::Result<()> {
     let mut w = ::csv::WriterBuilder::new().from_writer(out);
     w.write_record(CSV_COLUMNS)?;
-    items.each(&mut |item| {
-        w.write_record(row(item).map(spreadsheet_safe))?;
+    items.each(&mut |item, extras| {
+        w.write_record(row(item, extras).map(spreadsheet_safe))?;
         Ok(())
     })?;
     w.flush()

@@ -124,6 +124,8 @@ pub fn dry_run() -> ReportData {
         overridden: 0,
         active_seconds: None,
         pace: Vec::new(),
+        follow_ups: Default::default(),
+        redemption: None,
         generated_at: "2025-03-01T11:30:00Z".into(),
         tool_version: "0.1.0".into(),
     }
@@ -187,7 +189,80 @@ pub fn live_run() -> ReportData {
                 throttled: 2,
             },
         ],
+        follow_ups: Default::default(),
+        redemption: Some(Default::default()),
         generated_at: "2025-03-01T10:02:00Z".into(),
         tool_version: "0.1.0".into(),
     }
+}
+
+/// The live run after `--set-mail --set-guest` and two `track` passes: one user redeemed, one
+/// pending (resent once, hostile UPN), one never tracked; 1,200 not redeemed in all, so the
+/// people formats list only some of them.
+pub fn tracked_live_run() -> ReportData {
+    use crate::queue::track::{NotRedeemed, RedemptionCounts, RedemptionDay, TrackPass};
+    let mut data = live_run();
+    data.run.options.set_mail = true;
+    data.run.options.set_guest = true;
+    data.follow_ups = super::FollowUpCounts {
+        mail_planned: 2,
+        mail_set: 2,
+        guest_planned: 3,
+        guest_set: 3,
+    };
+    let pass = |id: i64, day: &str, accepted, pending| TrackPass {
+        id,
+        started_at: format!("{day}T09:00:00Z"),
+        finished_at: Some(format!("{day}T09:00:05Z")),
+        accepted,
+        pending,
+        not_applied: 1,
+        missing: 0,
+    };
+    let waiting =
+        |item_id: i64, upn: &str, state: Option<&str>, resent: Option<&str>| NotRedeemed {
+            item_id,
+            user_id: Some(format!("00000000-0000-0000-0000-{item_id:012}")),
+            user_principal_name: Some(upn.into()),
+            external_email: Some(format!("user{item_id}@partner.example")),
+            invited_at: Some("2025-03-01T10:00:30Z".into()),
+            external_user_state: state.map(String::from),
+            external_user_state_changed_at: None,
+            last_resent_at: resent.map(String::from),
+        };
+    data.redemption = Some(super::Redemption {
+        counts: RedemptionCounts {
+            pending_acceptance: 1_150,
+            accepted: 2_345,
+            not_applied: 7,
+            untracked: 50,
+            last_tracked_at: Some("2025-03-04T09:00:05Z".into()),
+        },
+        tracks: vec![
+            pass(1, "2025-03-02", 1_000, 2_495),
+            pass(2, "2025-03-04", 2_345, 1_150),
+        ],
+        timeline: vec![
+            RedemptionDay {
+                day: "2025-03-01".into(),
+                accepted: 400,
+                cumulative: 400,
+            },
+            RedemptionDay {
+                day: "2025-03-02".into(),
+                accepted: 1_945,
+                cumulative: 2_345,
+            },
+        ],
+        not_redeemed: vec![
+            waiting(
+                2,
+                XSS_NAME,
+                Some("PendingAcceptance"),
+                Some("2025-03-03T08:00:00Z"),
+            ),
+            waiting(3, "user3@contoso.com", None, None),
+        ],
+    });
+    data
 }

@@ -6,8 +6,9 @@
 use std::fmt::Write as _;
 
 use super::{
-    human_duration, item_detail, item_fix, item_reason, mode_label, state_label,
-    things_to_consider, thousands, Summary, ONE_WAY, THINGS_TO_CONSIDER_INTRO,
+    human_duration, item_detail, item_fix, item_reason, mode_label, not_redeemed_state,
+    state_label, things_to_consider, thousands, Summary, HISTORY_ROWS, ONE_WAY,
+    THINGS_TO_CONSIDER_INTRO,
 };
 use crate::item::{ItemRecord, ItemState, RunMode};
 
@@ -256,8 +257,9 @@ fn summary_section(out: &mut String, s: &Summary) {
     if let Some(e) = s.estimate {
         let _ = writeln!(
             out,
-            "<p><strong>Estimate.</strong> {} users at {} requests/s: {}.</p>",
+            "<p><strong>Estimate.</strong> {}{} at {} requests/s: {}.</p>",
             thousands(e.users_to_convert),
+            esc(&super::writes_clause(&e)),
             e.configured_rate_per_second,
             esc(&e.estimated_seconds.map_or_else(
                 || "never (the rate is not a positive number)".to_string(),
@@ -268,16 +270,19 @@ fn summary_section(out: &mut String, s: &Summary) {
             ))
         );
     }
-    let follow = s.follow_ups();
+    let follow = s.follow_up_sentences();
     let _ = writeln!(
         out,
-        "<p><strong>Follow-up steps after each conversion.</strong> {}</p>",
+        "<p><strong>Follow-up steps.</strong> {}</p>",
         if follow.is_empty() {
             "None requested (mail and user type are left as they are).".to_string()
         } else {
-            esc(&follow.join("; "))
+            format!("{}.", esc(&follow.join("; ")))
         }
     );
+    if let Some(text) = s.redemption_sentence() {
+        let _ = writeln!(out, "<p><strong>Redemption.</strong> {}</p>", esc(&text));
+    }
     let _ = writeln!(
         out,
         "<p class=\"oneway\"><strong>One-way.</strong> {}</p>",
@@ -360,6 +365,213 @@ fn attention_section(out: &mut String, s: &Summary) {
     out.push_str("</tbody></table>\n");
 }
 
+fn follow_up_section(out: &mut String, s: &Summary) {
+    if !s.has_follow_ups() {
+        return;
+    }
+    let live = s.data.run.mode == RunMode::Live;
+    out.push_str("<h2 id=\"follow-ups\">Follow-up steps</h2>\n");
+    out.push_str(if live {
+        "<table class=\"steps\"><colgroup><col style=\"width:30%\"><col style=\"width:12em\"><col style=\"width:6em\"><col></colgroup>\
+         <thead><tr><th>Step</th><th class=\"n\">Users that needed it</th><th class=\"n\">Done</th><th>What it means</th></tr></thead><tbody>\n"
+    } else {
+        "<table class=\"steps\"><colgroup><col style=\"width:30%\"><col style=\"width:12em\"><col></colgroup>\
+         <thead><tr><th>Step</th><th class=\"n\">Users it will touch</th><th>What it means</th></tr></thead><tbody>\n"
+    });
+    for (step, planned, done, meaning) in s.follow_up_rows() {
+        let done = done
+            .map(|d| format!("<td class=\"n\">{}</td>", thousands(d)))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "<tr><td>{}</td><td class=\"n\">{}</td>{done}<td>{}</td></tr>",
+            esc(step),
+            thousands(planned),
+            esc(meaning)
+        );
+    }
+    out.push_str("</tbody></table>\n");
+    if let Some(e) = s.estimate.filter(|e| e.writes > e.users_to_convert) {
+        let _ = writeln!(
+            out,
+            "<p>Each step is one more write on Graph&#39;s shared write bucket: the estimate counts {} writes for {} users.</p>",
+            thousands(e.writes),
+            thousands(e.users_to_convert)
+        );
+    }
+    if let Some(note) = s.billing_note() {
+        let _ = writeln!(
+            out,
+            "<p class=\"oneway\"><strong>Billing.</strong> {}</p>",
+            esc(&note)
+        );
+    }
+    out.push_str(if live {
+        "<p class=\"note\">Who got which step: the CSV report (<code>mail_set_at</code>, <code>guest_set_at</code>) and the JSON report (<code>mailSetAt</code>, <code>guestSetAt</code>) give the time per user.</p>\n"
+    } else {
+        "<p class=\"note\">Who gets which step: each user&#39;s detail in the CSV and JSON reports says &quot;mail will be set …&quot; or &quot;userType will be set to Guest …&quot;.</p>\n"
+    });
+}
+
+/// Most days the redemption chart draws (the latest).
+const REDEMPTION_BARS: usize = 90;
+
+/// Users redeemed so far, per day with redemptions, as an inline SVG; each bar's count is in
+/// the title and the table beside it, so it reads without colour too.
+fn redemption_chart(days: &[crate::queue::track::RedemptionDay]) -> String {
+    let days = &days[days.len().saturating_sub(REDEMPTION_BARS)..];
+    let Some(last) = days.last() else {
+        return "<p>No user has redeemed yet.</p>\n".to_string();
+    };
+    let max = last.cumulative.max(1);
+    const W: usize = 900;
+    const H: usize = 180;
+    const LEFT: usize = 50;
+    const BOTTOM: usize = 24;
+    let slot = (W - LEFT) as f64 / days.len().max(20) as f64;
+    let plot_h = (H - BOTTOM - 10) as f64;
+    let y0 = (H - BOTTOM) as f64;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "<svg role=\"img\" aria-labelledby=\"redeem-title\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\">\n\
+         <title id=\"redeem-title\">Users redeemed so far, per day: {} by {}</title>\n\
+         <line x1=\"{LEFT}\" y1=\"{y0}\" x2=\"{W}\" y2=\"{y0}\" stroke=\"#888\"></line>\
+         <text x=\"{lx}\" y=\"14\" text-anchor=\"end\">{max}</text><text x=\"{lx}\" y=\"{y0}\" text-anchor=\"end\">0</text>",
+        last.cumulative,
+        esc(&last.day),
+        lx = LEFT - 6
+    );
+    for (n, d) in days.iter().enumerate() {
+        let h = plot_h * d.cumulative as f64 / max as f64;
+        let _ = write!(
+            out,
+            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{h:.1}\" fill=\"#4c9a4c\"><title>{}: {} redeemed, {} so far</title></rect>",
+            LEFT as f64 + slot * n as f64,
+            y0 - h,
+            (slot * 0.8).max(0.5),
+            esc(&d.day),
+            d.accepted,
+            d.cumulative
+        );
+    }
+    let _ = write!(
+        out,
+        "\n<text x=\"{LEFT}\" y=\"{H}\">{}</text>",
+        esc(&days[0].day)
+    );
+    if days.len() > 1 {
+        let _ = write!(
+            out,
+            "<text x=\"{:.1}\" y=\"{H}\" text-anchor=\"end\">{}</text>",
+            LEFT as f64 + slot * days.len() as f64,
+            esc(&last.day)
+        );
+    }
+    out.push_str("\n</svg>\n<p class=\"note\"><span class=\"bar\" style=\"width:1em\"></span>users redeemed so far, by the day Graph recorded each redemption (days without a redemption left out).</p>\n");
+    out
+}
+
+fn redemption_section(out: &mut String, s: &Summary) {
+    let Some(r) = &s.data.redemption else {
+        return;
+    };
+    out.push_str("<h2 id=\"redemption\">Redemption</h2>\n");
+    let Some(rows) = s.redemption_rows() else {
+        let _ = writeln!(
+            out,
+            "<p>Not tracked yet. <code>b2b-convert track {}</code> reads every converted user&#39;s redemption state; run it again later to follow progress.</p>",
+            s.data.run.id
+        );
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "<p>As of the last <code>track</code>, {}.</p>",
+        esc(r.counts.last_tracked_at.as_deref().unwrap_or(""))
+    );
+    let total: u64 = rows.iter().map(|(_, n, _)| n).sum::<u64>().max(1);
+    out.push_str(
+        "<table class=\"redemption\"><colgroup><col style=\"width:12em\"><col style=\"width:7em\"><col style=\"width:22%\"><col></colgroup>\
+         <thead><tr><th>Redemption state</th><th class=\"n\">Users</th><th>Share</th><th>Meaning</th></tr></thead><tbody>\n",
+    );
+    for (label, n, meaning) in &rows {
+        let tone = match *label {
+            "Accepted" => "",
+            "Not applied" => " bad",
+            _ => " warn",
+        };
+        let _ = writeln!(
+            out,
+            "<tr><td>{}</td><td class=\"n\">{}</td><td><span class=\"bar{tone}\" style=\"width:{w:.1}%\"></span>{p:.1}%</td><td>{}</td></tr>",
+            esc(label),
+            thousands(*n),
+            esc(meaning),
+            w = 70.0 * *n as f64 / total as f64,
+            p = 100.0 * *n as f64 / total as f64,
+        );
+    }
+    out.push_str("</tbody></table>\n<h3>Redemptions over time</h3>\n");
+    out.push_str(&redemption_chart(&r.timeline));
+    if !r.tracks.is_empty() {
+        let skip = r.tracks.len().saturating_sub(HISTORY_ROWS);
+        out.push_str(
+            "<table class=\"tracks\"><thead><tr><th>Track finished</th><th class=\"n\">Accepted</th><th class=\"n\">Pending</th><th class=\"n\">Not applied</th><th class=\"n\">Missing</th></tr></thead><tbody>\n",
+        );
+        for t in &r.tracks[skip..] {
+            let _ = writeln!(
+                out,
+                "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+                opt(&t.finished_at),
+                thousands(t.accepted),
+                thousands(t.pending),
+                thousands(t.not_applied),
+                thousands(t.missing)
+            );
+        }
+        out.push_str("</tbody></table>\n");
+    }
+    let total = r.not_redeemed_total();
+    let _ = writeln!(
+        out,
+        "<h3 id=\"not-redeemed\">Not redeemed yet ({})</h3>",
+        thousands(total)
+    );
+    if total == 0 {
+        out.push_str("<p class=\"ok\">Every converted user has redeemed.</p>\n");
+        return;
+    }
+    let listed = r.not_redeemed.len() as u64;
+    if listed < total {
+        let _ = writeln!(
+            out,
+            "<p class=\"note\">The {} oldest invitations are listed; all {} are in the CSV and JSON reports (<code>external_user_state</code> empty or <code>PendingAcceptance</code>).</p>",
+            thousands(listed),
+            thousands(total)
+        );
+    }
+    out.push_str(
+        "<table class=\"users sortable\"><colgroup><col style=\"width:28%\"><col style=\"width:28%\"><col style=\"width:14em\"><col style=\"width:10em\"><col></colgroup>\
+         <thead><tr><th>User</th><th>External email</th><th>Invited</th><th>State</th><th>Last resent</th></tr></thead><tbody>\n",
+    );
+    for n in &r.not_redeemed {
+        let _ = writeln!(
+            out,
+            "<tr data-not-redeemed=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            n.item_id,
+            opt(&n.user_principal_name),
+            opt(&n.external_email),
+            opt(&n.invited_at),
+            esc(&not_redeemed_state(n)),
+            n.last_resent_at
+                .as_deref()
+                .map(esc)
+                .unwrap_or_else(|| "never".into()),
+        );
+    }
+    out.push_str("</tbody></table>\n");
+}
+
 pub(super) fn render(s: &Summary) -> String {
     let d = s.data;
     let run = &d.run;
@@ -391,6 +603,7 @@ pub(super) fn render(s: &Summary) -> String {
     }
 
     attention_section(&mut out, s);
+    redemption_section(&mut out, s);
 
     out.push_str("<h2>Counts by state</h2>\n");
     let total = d.counts.total.max(1);
@@ -444,14 +657,15 @@ pub(super) fn render(s: &Summary) -> String {
         out.push_str("<h2>Estimated duration of the live run</h2>\n");
         kv_table(&mut out, &rows);
         out.push_str(
-            "<p class=\"note\">Formula: users ÷ configured rate, against Graph&#39;s ceiling \
-             max(0, (users − 3,000) ÷ 20, (users − 150) ÷ 30) seconds; the slower bounds the run.</p>\n",
+            "<p class=\"note\">Formula: writes (one invitation per user, plus one per mail or userType PATCH) ÷ configured rate, \
+             against Graph&#39;s ceiling max(0, (writes − 3,000) ÷ 20, (users − 150) ÷ 30) seconds; the slower bounds the run.</p>\n",
         );
     }
     if let Some(rows) = s.throughput_rows() {
         out.push_str("<h2>Throughput</h2>\n");
         kv_table(&mut out, &rows);
     }
+    follow_up_section(&mut out, s);
     out.push_str("<h2>Run</h2>\n");
     kv_table(&mut out, &s.run_rows());
     out.push_str("<h2>Options</h2>\n");
@@ -459,7 +673,7 @@ pub(super) fn render(s: &Summary) -> String {
 
     out.push_str("<h2>Things to consider</h2>\n");
     let _ = writeln!(out, "<p>{}</p>\n<ul>", esc(THINGS_TO_CONSIDER_INTRO));
-    for (topic, text) in things_to_consider(run.tenant_id.as_deref()) {
+    for (topic, text) in things_to_consider(run.tenant_id.as_deref(), run.options.set_guest) {
         let _ = writeln!(
             out,
             "<li><strong>{}.</strong> {}</li>",
@@ -651,5 +865,39 @@ mod tests {
         assert!(STYLE.contains("table{table-layout:fixed}"));
         assert!(STYLE.contains("table.users{table-layout:fixed}"));
         assert!(STYLE.contains("@page{size:A4"));
+    }
+
+    #[test]
+    fn tracked_run_has_redemption_section_chart_and_follow_ups() {
+        let data = super::super::fixtures::tracked_live_run();
+        let html = render(ReportFormat::Html, &data);
+        let tags = check_balanced(&html);
+        assert!(!tags.iter().any(|t| t.starts_with("script>alert")));
+        let r = &html[html.find("<h2 id=\"redemption\">").unwrap()..];
+        let r = &r[..r
+            .find("<h2")
+            .map_or(r.len(), |_| r[4..].find("<h2").unwrap() + 4)];
+        for want in [
+            "<td>Accepted</td><td class=\"n\">2,345</td>",
+            "<td>Pending acceptance</td><td class=\"n\">1,150</td>",
+            "<td>Not applied</td><td class=\"n\">7</td>",
+            "<td>Untracked</td><td class=\"n\">50</td>",
+            "<title id=\"redeem-title\">Users redeemed so far, per day: 2345 by 2025-03-02</title>",
+            "Not redeemed yet (1,200)",
+            "The 2 oldest invitations are listed; all 1,200 are in the CSV and JSON reports",
+            "<tr data-not-redeemed=\"3\"><td>user3@contoso.com</td>",
+        ] {
+            assert!(r.contains(want), "missing {want:?}");
+        }
+        assert!(r.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        assert_eq!(r.matches("<rect ").count(), 2, "one bar per day");
+        let f = &html[html.find("<h2 id=\"follow-ups\">").unwrap()..];
+        assert!(f.contains("<td>userType switched to Guest (after the invitation)</td><td class=\"n\">3</td><td class=\"n\">3</td>"));
+        assert!(f.contains("<strong>Billing.</strong> The 3 users switched to Guest"));
+        assert!(!html.to_lowercase().contains("redeem?"));
+        assert!(
+            !html.contains("http://") && !html.contains("src="),
+            "no external asset"
+        );
     }
 }

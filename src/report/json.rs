@@ -9,10 +9,11 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use super::{
-    things_to_consider, Estimate, ItemSource, PaceMinute, ReasonCount, Summary, Throughput,
-    JSON_SCHEMA, JSON_VERSION,
+    things_to_consider, Estimate, FollowUpCounts, ItemExtras, ItemSource, PaceMinute, ReasonCount,
+    Summary, Throughput, JSON_SCHEMA, JSON_VERSION,
 };
-use crate::item::{ItemState, RunRecord};
+use crate::item::{ItemRecord, ItemState, RunRecord};
+use crate::queue::track::{RedemptionDay, TrackPass};
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -29,7 +30,32 @@ struct Report<'a> {
     things_to_consider: Vec<Consideration>,
     /// Live runs: conversions and 429s per minute (additive to version 1).
     pace: &'a [PaceMinute],
+    /// Follow-up steps planned and done (additive to version 1).
+    follow_ups: &'a FollowUpCounts,
+    /// Live runs: what `track` found; `null` for a dry run (additive to version 1).
+    redemption: Option<Redemption<'a>>,
     items: StreamedItems<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Redemption<'a> {
+    pending_acceptance: u64,
+    accepted: u64,
+    not_applied: u64,
+    untracked: u64,
+    last_tracked_at: Option<&'a str>,
+    timeline: &'a [RedemptionDay],
+    tracks: &'a [TrackPass],
+}
+
+/// One item: its record and, beside it, redemption and follow-up times.
+#[derive(Serialize)]
+struct Item<'a> {
+    #[serde(flatten)]
+    record: &'a ItemRecord,
+    #[serde(flatten)]
+    extras: &'a ItemExtras,
 }
 
 /// Serialises the item source as a JSON array, one item at a time.
@@ -40,12 +66,13 @@ impl Serialize for StreamedItems<'_> {
         use serde::ser::{Error as _, SerializeSeq};
         let mut seq = serializer.serialize_seq(None)?;
         let mut failure = None;
-        let streamed = self.0.each(&mut |item| {
-            seq.serialize_element(item).map_err(|e| {
-                let message = e.to_string();
-                failure = Some(e);
-                io::Error::other(message)
-            })
+        let streamed = self.0.each(&mut |record, extras| {
+            seq.serialize_element(&Item { record, extras })
+                .map_err(|e| {
+                    let message = e.to_string();
+                    failure = Some(e);
+                    io::Error::other(message)
+                })
         });
         if let Some(e) = failure {
             return Err(e);
@@ -113,11 +140,21 @@ pub(super) fn write(s: &Summary, items: &dyn ItemSource, out: &mut dyn Write) ->
         reasons: &s.reasons,
         estimate: s.estimate,
         throughput: s.throughput,
-        things_to_consider: things_to_consider(d.run.tenant_id.as_deref())
+        things_to_consider: things_to_consider(d.run.tenant_id.as_deref(), d.run.options.set_guest)
             .into_iter()
             .map(|(topic, text)| Consideration { topic, text })
             .collect(),
         pace: &d.pace,
+        follow_ups: &d.follow_ups,
+        redemption: d.redemption.as_ref().map(|r| Redemption {
+            pending_acceptance: r.counts.pending_acceptance,
+            accepted: r.counts.accepted,
+            not_applied: r.counts.not_applied,
+            untracked: r.counts.untracked,
+            last_tracked_at: r.counts.last_tracked_at.as_deref(),
+            timeline: &r.timeline,
+            tracks: &r.tracks,
+        }),
         items: StreamedItems(items),
     };
     let mut w = io::BufWriter::new(out);
@@ -135,7 +172,7 @@ mod tests {
     use serde_json::Value;
 
     /// Keep in step with docs/report-json.md.
-    const TOP_LEVEL: [&str; 12] = [
+    const TOP_LEVEL: [&str; 14] = [
         "schema",
         "version",
         "generatedAt",
@@ -147,6 +184,8 @@ mod tests {
         "throughput",
         "thingsToConsider",
         "pace",
+        "followUps",
+        "redemption",
         "items",
     ];
 
@@ -160,7 +199,7 @@ mod tests {
                 assert!(obj.contains_key(key), "missing {key}");
                 assert!(doc.contains(&format!("`{key}`")), "{key} not documented");
             }
-            assert_eq!(obj.len(), 12, "undocumented key in {:?}", obj.keys());
+            assert_eq!(obj.len(), 14, "undocumented key in {:?}", obj.keys());
             assert_eq!(v["schema"], "b2b-convert.report");
             assert_eq!(v["version"], 1);
             assert_eq!(v["run"]["id"], 1);
@@ -236,5 +275,44 @@ mod tests {
         for secret in ["redeemurl", "access_token", "client_secret", "bearer"] {
             assert!(!lower.contains(secret), "{secret}");
         }
+    }
+
+    #[test]
+    fn redemption_and_follow_ups_are_documented_objects() {
+        let doc = include_str!("../../docs/report-json.md");
+        let data = super::super::fixtures::tracked_live_run();
+        let v: Value = serde_json::from_str(&render(ReportFormat::Json, &data)).unwrap();
+        let r = &v["redemption"];
+        assert_eq!(r["pendingAcceptance"], 1_150);
+        assert_eq!(r["accepted"], 2_345);
+        assert_eq!(r["notApplied"], 7);
+        assert_eq!(r["untracked"], 50);
+        assert_eq!(r["lastTrackedAt"], "2025-03-04T09:00:05Z");
+        assert_eq!(r["timeline"][1]["cumulative"], 2_345);
+        assert_eq!(r["tracks"][0]["notApplied"], 1);
+        let f = &v["followUps"];
+        assert_eq!(
+            (f["mailSet"].as_u64(), f["guestSet"].as_u64()),
+            (Some(2), Some(3))
+        );
+        for obj in [r, f, &v["items"][0]] {
+            for key in obj.as_object().unwrap().keys() {
+                assert!(doc.contains(&format!("`{key}`")), "{key} not documented");
+            }
+        }
+        for key in [
+            "externalUserState",
+            "trackedAt",
+            "mailSetAt",
+            "guestSetAt",
+            "invitedAt",
+        ] {
+            assert!(
+                v["items"][0][key].is_null(),
+                "{key} present, null without a value"
+            );
+        }
+        let dry: Value = serde_json::from_str(&render(ReportFormat::Json, &dry_run())).unwrap();
+        assert!(dry["redemption"].is_null());
     }
 }

@@ -7,8 +7,9 @@
 use std::fmt::Write as _;
 
 use super::{
-    human_duration, item_detail, item_fix, item_reason, mode_label, state_label,
-    things_to_consider, thousands, Summary, ONE_WAY, THINGS_TO_CONSIDER_INTRO,
+    human_duration, item_detail, item_fix, item_reason, mode_label, not_redeemed_state,
+    state_label, things_to_consider, thousands, Summary, HISTORY_ROWS, ONE_WAY,
+    THINGS_TO_CONSIDER_INTRO,
 };
 use crate::item::ItemRecord;
 
@@ -92,8 +93,9 @@ pub(super) fn render(s: &Summary) -> String {
     if let Some(e) = s.estimate {
         let _ = writeln!(
             out,
-            "**Estimate.** {} users at {} requests/s: {}.\n",
+            "**Estimate.** {}{} at {} requests/s: {}.\n",
             thousands(e.users_to_convert),
+            cell(&super::writes_clause(&e)),
             e.configured_rate_per_second,
             e.estimated_seconds.map_or_else(
                 || "never (the rate is not a positive number)".to_string(),
@@ -104,16 +106,19 @@ pub(super) fn render(s: &Summary) -> String {
             )
         );
     }
-    let follow = s.follow_ups();
+    let follow = s.follow_up_sentences();
     let _ = writeln!(
         out,
-        "**Follow-up steps after each conversion.** {}\n",
+        "**Follow-up steps.** {}\n",
         if follow.is_empty() {
             "None requested (mail and user type are left as they are).".to_string()
         } else {
-            cell(&follow.join("; "))
+            format!("{}.", cell(&follow.join("; ")))
         }
     );
+    if let Some(text) = s.redemption_sentence() {
+        let _ = writeln!(out, "**Redemption.** {}\n", cell(&text));
+    }
     let _ = writeln!(out, "> **One-way.** {ONE_WAY}\n");
 
     out.push_str("## Run\n\n");
@@ -125,14 +130,16 @@ pub(super) fn render(s: &Summary) -> String {
         out.push_str("## Estimated duration of the live run\n\n");
         kv_table(&mut out, &rows);
         out.push_str(
-            "Formula: users ÷ configured rate, against Graph's ceiling \
-             max(0, (users − 3,000) ÷ 20, (users − 150) ÷ 30) seconds; the slower bounds the run.\n\n",
+            "Formula: writes (one invitation per user, plus one per mail or userType PATCH) ÷ configured rate, \
+             against Graph's ceiling max(0, (writes − 3,000) ÷ 20, (users − 150) ÷ 30) seconds; the slower bounds the run.\n\n",
         );
     }
     if let Some(rows) = s.throughput_rows() {
         out.push_str("## Throughput\n\n");
         kv_table(&mut out, &rows);
     }
+    follow_up_section(&mut out, s);
+    redemption_section(&mut out, s);
 
     out.push_str("## Counts by state\n\n| State | Count |\n| --- | ---: |\n");
     for (state, n) in s.state_counts() {
@@ -198,10 +205,155 @@ pub(super) fn render(s: &Summary) -> String {
 
     out.push_str("## Things to consider\n\n");
     let _ = writeln!(out, "{THINGS_TO_CONSIDER_INTRO}\n");
-    for (topic, text) in things_to_consider(run.tenant_id.as_deref()) {
+    for (topic, text) in things_to_consider(run.tenant_id.as_deref(), run.options.set_guest) {
         let _ = writeln!(out, "- **{topic}.** {}", cell(&text));
     }
     out
+}
+
+fn follow_up_section(out: &mut String, s: &Summary) {
+    if !s.has_follow_ups() {
+        return;
+    }
+    let live = s.data.run.mode == crate::item::RunMode::Live;
+    out.push_str("## Follow-up steps\n\n");
+    if live {
+        out.push_str(
+            "| Step | Users that needed it | Done | What it means |\n| --- | ---: | ---: | --- |\n",
+        );
+    } else {
+        out.push_str("| Step | Users it will touch | What it means |\n| --- | ---: | --- |\n");
+    }
+    for (step, planned, done, meaning) in s.follow_up_rows() {
+        match done {
+            Some(done) => {
+                let _ = writeln!(
+                    out,
+                    "| {step} | {} | {} | {} |",
+                    thousands(planned),
+                    thousands(done),
+                    cell(meaning)
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "| {step} | {} | {} |",
+                    thousands(planned),
+                    cell(meaning)
+                );
+            }
+        }
+    }
+    out.push('\n');
+    if let Some(e) = s.estimate.filter(|e| e.writes > e.users_to_convert) {
+        let _ = writeln!(
+            out,
+            "Each step is one more write on Graph's shared write bucket: the estimate counts {} writes for {} users.\n",
+            thousands(e.writes),
+            thousands(e.users_to_convert)
+        );
+    }
+    if let Some(note) = s.billing_note() {
+        let _ = writeln!(out, "**Billing.** {}\n", cell(&note));
+    }
+    out.push_str(if live {
+        "Who got which step: the CSV report (`mail_set_at`, `guest_set_at`) and the JSON report (`mailSetAt`, `guestSetAt`) give the time per user.\n\n"
+    } else {
+        "Who gets which step: each user's detail in the CSV and JSON reports says \"mail will be set …\" or \"userType will be set to Guest …\".\n\n"
+    });
+}
+
+fn redemption_section(out: &mut String, s: &Summary) {
+    let Some(r) = &s.data.redemption else {
+        return;
+    };
+    out.push_str("## Redemption\n\n");
+    let Some(rows) = s.redemption_rows() else {
+        let _ = writeln!(
+            out,
+            "Not tracked yet. `b2b-convert track {}` reads every converted user's redemption state; run it again later to follow progress.\n",
+            s.data.run.id
+        );
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "As of the last `track`, {}.\n",
+        r.counts
+            .last_tracked_at
+            .as_deref()
+            .map(cell)
+            .unwrap_or_default()
+    );
+    out.push_str("| Redemption state | Users | Meaning |\n| --- | ---: | --- |\n");
+    for (label, n, meaning) in rows {
+        let _ = writeln!(out, "| {label} | {} | {} |", thousands(n), cell(meaning));
+    }
+    out.push('\n');
+    if !r.timeline.is_empty() {
+        out.push_str("### Redemptions per day\n\n| Day (UTC) | Redeemed | Redeemed so far |\n| --- | ---: | ---: |\n");
+        let skip = r.timeline.len().saturating_sub(HISTORY_ROWS);
+        if skip > 0 {
+            let _ = writeln!(out, "| (earlier {skip} days) | | |");
+        }
+        for d in &r.timeline[skip..] {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} |",
+                cell(&d.day),
+                thousands(d.accepted),
+                thousands(d.cumulative)
+            );
+        }
+        out.push('\n');
+    }
+    out.push_str("### Track passes\n\n| Finished | Accepted | Pending | Not applied | Missing |\n| --- | ---: | ---: | ---: | ---: |\n");
+    let skip = r.tracks.len().saturating_sub(HISTORY_ROWS);
+    for t in &r.tracks[skip..] {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            t.finished_at.as_deref().map(cell).unwrap_or_default(),
+            thousands(t.accepted),
+            thousands(t.pending),
+            thousands(t.not_applied),
+            thousands(t.missing)
+        );
+    }
+    out.push('\n');
+    let total = r.not_redeemed_total();
+    let _ = writeln!(out, "### Not redeemed yet ({})\n", thousands(total));
+    if total == 0 {
+        out.push_str("Every converted user has redeemed.\n\n");
+        return;
+    }
+    let listed = r.not_redeemed.len() as u64;
+    if listed < total {
+        let _ = writeln!(
+            out,
+            "The {} oldest invitations are listed; all {} are in the CSV and JSON reports (`external_user_state` empty or `PendingAcceptance`).\n",
+            thousands(listed),
+            thousands(total)
+        );
+    }
+    out.push_str("| Item | User | External email | Invited | State | Last resent |\n| ---: | --- | --- | --- | --- | --- |\n");
+    for n in &r.not_redeemed {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} |",
+            n.item_id,
+            opt(&n.user_principal_name),
+            opt(&n.external_email),
+            opt(&n.invited_at),
+            not_redeemed_state(n),
+            n.last_resent_at
+                .as_deref()
+                .map(cell)
+                .unwrap_or_else(|| "never".into()),
+        );
+    }
+    out.push('\n');
 }
 
 /// The UPN, else the key the input gave (a bad row may have neither), then the display name.
@@ -320,5 +472,92 @@ mod tests {
         assert!(t.contains("re-reading after an unknown outcome) | 1 |"));
         assert!(t.contains("| Duration | 1 min 40 s |"));
         assert!(md.contains("| TooManyRequests |"));
+    }
+
+    #[test]
+    fn tracked_run_shows_redemption_counts_history_and_who_has_not_redeemed() {
+        let data = super::super::fixtures::tracked_live_run();
+        let md = render(ReportFormat::Md, &data);
+        let summary = section(&md, "## Summary for the change board");
+        assert!(summary.contains(
+            "As of 2025-03-04T09:00:05Z: 2,345 accepted, 1,150 pending acceptance, 7 not applied, 50 not tracked."
+        ), "{summary}");
+        let r = section(&md, "## Redemption");
+        for row in [
+            "| Accepted | 2,345 |",
+            "| Pending acceptance | 1,150 |",
+            "| Not applied | 7 |",
+            "| Untracked | 50 |",
+            "| 2025-03-02 | 1,945 | 2,345 |",
+            "| 2025-03-04T09:00:05Z | 2,345 | 1,150 | 1 | 0 |",
+            "### Not redeemed yet (1,200)",
+            "The 2 oldest invitations are listed; all 1,200 are in the CSV and JSON reports",
+            "| 3 | user3@contoso.com | user3@partner.example | 2025-03-01T10:00:30Z | not tracked yet | never |",
+        ] {
+            assert!(r.contains(row), "missing {row:?} in {r}");
+        }
+        let pending = r.lines().find(|l| l.starts_with("| 2 | ")).unwrap();
+        assert!(pending.contains("\\<script\\>"), "escaped: {pending}");
+        assert!(pending.contains("pending acceptance | 2025-03-03T08:00:00Z |"));
+        assert!(!md.to_lowercase().contains("redeem?"));
+    }
+
+    #[test]
+    fn untracked_live_run_says_how_to_track_and_dry_run_has_no_redemption() {
+        let md = render(ReportFormat::Md, &live_run());
+        let r = section(&md, "## Redemption");
+        assert!(r.contains("Not tracked yet. `b2b-convert track 1`"), "{r}");
+        assert!(!render(ReportFormat::Md, &dry_run()).contains("## Redemption"));
+    }
+
+    #[test]
+    fn follow_up_counts_and_billing_note() {
+        let md = render(
+            ReportFormat::Md,
+            &super::super::fixtures::tracked_live_run(),
+        );
+        let summary = section(&md, "## Summary for the change board");
+        assert!(summary.contains("mail set for 2 of 2 users that needed it (--set-mail)"));
+        assert!(summary.contains("userType switched to Guest for 3 of 3 users that needed it"));
+        let f = section(&md, "## Follow-up steps");
+        assert!(
+            f.contains("| mail set to the input address (before the invitation) | 2 | 2 |"),
+            "{f}"
+        );
+        assert!(f.contains("| userType switched to Guest (after the invitation) | 3 | 3 |"));
+        assert!(f.contains("**Billing.** The 3 users switched to Guest move from member billing to Microsoft Entra External ID monthly active user (MAU) pricing"));
+        assert!(f.contains("`mail_set_at`, `guest_set_at`"));
+        // Without the options there is no section and the billing consideration says how.
+        let plain = render(ReportFormat::Md, &live_run());
+        assert!(!plain.contains("## Follow-up steps"));
+        assert!(plain.contains("set userType to Guest (--set-guest)"));
+    }
+
+    #[test]
+    fn dry_run_estimate_counts_the_follow_up_writes() {
+        let mut data = dry_run();
+        data.run.options.set_mail = true;
+        data.run.options.set_guest = true;
+        data.follow_ups.mail_planned = 1;
+        data.follow_ups.guest_planned = 2;
+        let md = render(ReportFormat::Md, &data);
+        let est = section(&md, "## Estimated duration of the live run");
+        assert!(
+            est.contains(
+                "| Graph writes | 5 (2 invitations + 1 mail PATCHes + 2 userType PATCHes;"
+            ),
+            "{est}"
+        );
+        let f = section(&md, "## Follow-up steps");
+        assert!(
+            f.contains("the estimate counts 5 writes for 2 users"),
+            "{f}"
+        );
+        assert!(f.contains("**Billing.** The 2 users whose userType will be set to Guest"));
+        let summary = section(&md, "## Summary for the change board");
+        assert!(
+            summary.contains("3 extra Graph writes, counted in the estimate"),
+            "{summary}"
+        );
     }
 }

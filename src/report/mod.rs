@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use crate::cli::ReportFormat;
 use crate::item::{ItemRecord, ItemState, Reason, RunCounts, RunMode, RunRecord};
+use crate::queue::track::{NotRedeemed, RedemptionCounts, RedemptionDay, TrackPass};
 
 pub use self::csv::CSV_COLUMNS;
 
@@ -43,6 +44,11 @@ pub const JSON_VERSION: u32 = 1;
 /// How much of a custom invitation message the human formats show.
 pub const MESSAGE_PREVIEW_CHARS: usize = 200;
 
+/// Most users not yet redeemed the people formats list (oldest invitation first). At 100,000
+/// converted users the whole list would drown the report; everyone is in the CSV and JSON
+/// reports (`external_user_state`), and the report says how many more there are.
+pub const NOT_REDEEMED_LISTED: usize = 500;
+
 /// Everything a report states apart from the full per-user list; the caller reads it from the
 /// queue by aggregate queries.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +65,10 @@ pub struct ReportData {
     pub active_seconds: Option<f64>,
     /// Live runs: conversions and 429s per minute of activity, oldest first.
     pub pace: Vec<PaceMinute>,
+    /// The follow-up steps (`--set-mail`, `--set-guest`): planned and done.
+    pub follow_ups: FollowUpCounts,
+    /// Live runs: what `track` found; `None` for a dry run.
+    pub redemption: Option<Redemption>,
     /// RFC 3339.
     pub generated_at: String,
     pub tool_version: String,
@@ -74,16 +84,82 @@ pub struct PaceMinute {
     pub throttled: u64,
 }
 
+/// Users of the run whose follow-up writes were planned and done.
+///
+/// Live run: `*_planned` counts the users whose step plan (`item_steps`) asked for the write,
+/// `*_set` those whose write is done. Dry run: `*_planned` counts the users that would convert
+/// with that step (nothing is set).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FollowUpCounts {
+    pub mail_planned: u64,
+    pub mail_set: u64,
+    pub guest_planned: u64,
+    pub guest_set: u64,
+}
+
+impl FollowUpCounts {
+    /// Extra writes the planned steps cost on Graph's shared write bucket.
+    pub fn extra_writes(&self) -> u64 {
+        self.mail_planned + self.guest_planned
+    }
+}
+
+/// What `track` found about a live run's converted users.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Redemption {
+    /// Counts as of the last `track` (`lastTrackedAt` is `None` before the first).
+    pub counts: RedemptionCounts,
+    /// Every completed `track`, oldest first.
+    pub tracks: Vec<TrackPass>,
+    /// Redemptions per day, from Graph's change times.
+    pub timeline: Vec<RedemptionDay>,
+    /// Users not yet redeemed, oldest invitation first, at most [`NOT_REDEEMED_LISTED`].
+    pub not_redeemed: Vec<NotRedeemed>,
+}
+
+impl Redemption {
+    /// Converted users who have not redeemed (pending, or never tracked).
+    pub fn not_redeemed_total(&self) -> u64 {
+        self.counts.pending_acceptance + self.counts.untracked
+    }
+
+    pub fn tracked(&self) -> bool {
+        self.counts.last_tracked_at.is_some()
+    }
+}
+
+/// Per-item facts beside the item record that the CSV and JSON reports carry: redemption as the
+/// last `track` saw it and when each follow-up write was done. Never a redeem URL.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ItemExtras {
+    /// When the item last became `converted`.
+    pub invited_at: Option<String>,
+    pub external_user_state: Option<String>,
+    pub external_user_state_changed_at: Option<String>,
+    pub tracked_at: Option<String>,
+    /// When `--set-mail` set the user's mail (RFC 3339).
+    pub mail_set_at: Option<String>,
+    /// When `--set-guest` set the user's userType to Guest (RFC 3339).
+    pub guest_set_at: Option<String>,
+}
+
 /// Where the full per-user list of the CSV and JSON reports comes from: the queue streams it
 /// row by row; tests pass a slice.
 pub trait ItemSource {
     /// Calls `f` with every item of the run, ordered by id; stops at the first error.
-    fn each(&self, f: &mut dyn FnMut(&ItemRecord) -> io::Result<()>) -> io::Result<()>;
+    fn each(&self, f: &mut dyn FnMut(&ItemRecord, &ItemExtras) -> io::Result<()>)
+        -> io::Result<()>;
 }
 
 impl ItemSource for Vec<ItemRecord> {
-    fn each(&self, f: &mut dyn FnMut(&ItemRecord) -> io::Result<()>) -> io::Result<()> {
-        self.iter().try_for_each(f)
+    fn each(
+        &self,
+        f: &mut dyn FnMut(&ItemRecord, &ItemExtras) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let none = ItemExtras::default();
+        self.iter().try_for_each(|i| f(i, &none))
     }
 }
 
@@ -162,17 +238,19 @@ pub fn estimate_live_duration(users_to_convert: u64, rate_per_s: f64) -> Duratio
     Duration::try_from_secs_f64(users_to_convert as f64 / rate_per_s).unwrap_or(Duration::MAX)
 }
 
-/// Shortest time Graph lets `users_to_convert` invitations through one app+tenant.
+/// Shortest time Graph lets `invitations` invitations and `writes` writes in all (the
+/// invitations plus the follow-up PATCHes) through one app+tenant.
 ///
-/// Each conversion costs one write and one `/invitations` call. Both buckets start full, so
-/// the last of `n` invitations can go at
-/// `max(0, (n − 3,000) / 20, (n − 150) / 30)` seconds: the `/invitations` bucket (150 per 5 s)
-/// binds below 8,700 users, the write bucket (3,000 per 150 s, 20/s sustained) above. 100,000
-/// users take at least ~81 minutes. Reads cost resource units, not writes, and are left out.
-pub fn estimate_at_graph_ceiling(users_to_convert: u64) -> Duration {
-    let n = users_to_convert as f64;
-    let writes = (n - GRAPH_WRITE_BURST as f64) / GRAPH_WRITE_CEILING_PER_S;
-    let invitations = (n - GRAPH_INVITATIONS_BURST as f64) / GRAPH_INVITATIONS_PER_S;
+/// Each conversion costs one write and one `/invitations` call; each `mail` or `userType`
+/// PATCH one more write on the same bucket. Both buckets start full, so the last request can
+/// go at `max(0, (writes − 3,000) / 20, (invitations − 150) / 30)` seconds: without follow-up
+/// steps the `/invitations` bucket (150 per 5 s) binds below 8,700 users, the write bucket
+/// (3,000 per 150 s, 20/s sustained) above. 100,000 users take at least ~81 minutes, ~2 h 44
+/// min with one follow-up step each and ~4 h 8 min with both. Reads cost resource units, not writes, and are left out.
+pub fn estimate_at_graph_ceiling(invitations: u64, writes: u64) -> Duration {
+    let writes = (writes as f64 - GRAPH_WRITE_BURST as f64) / GRAPH_WRITE_CEILING_PER_S;
+    let invitations =
+        (invitations as f64 - GRAPH_INVITATIONS_BURST as f64) / GRAPH_INVITATIONS_PER_S;
     Duration::try_from_secs_f64(writes.max(invitations).max(0.0)).unwrap_or(Duration::MAX)
 }
 
@@ -194,6 +272,12 @@ pub struct Estimate {
     pub limit: Option<u64>,
     /// `min(would_convert, limit)`.
     pub users_to_convert: u64,
+    /// Follow-up PATCHes the live run will send: users whose `mail` will be set.
+    pub mail_writes: u64,
+    /// Users whose `userType` will be set to Guest.
+    pub guest_writes: u64,
+    /// Writes on Graph's shared write bucket: one invitation per user plus the follow-ups.
+    pub writes: u64,
     pub configured_rate_per_second: f64,
     /// `None` when the configured rate is not a positive number.
     pub at_configured_rate_seconds: Option<f64>,
@@ -205,13 +289,18 @@ pub struct Estimate {
 }
 
 impl Estimate {
-    fn new(run: &RunRecord, counts: &RunCounts) -> Estimate {
+    fn new(run: &RunRecord, counts: &RunCounts, follow_ups: &FollowUpCounts) -> Estimate {
         let would_convert = counts.state(ItemState::WouldConvert);
         let limit = run.options.limit;
         let users = limit.map_or(would_convert, |l| l.min(would_convert));
+        // A --limit below the would-convert count: at most `users` of them need a step.
+        let mail_writes = follow_ups.mail_planned.min(users);
+        let guest_writes = follow_ups.guest_planned.min(users);
+        let writes = users + mail_writes + guest_writes;
         let rate = run.options.rate;
-        let at_rate = estimate_live_duration(users, rate);
-        let at_ceiling = estimate_at_graph_ceiling(users);
+        // The limiter paces every write (invitations and PATCHes) at the configured rate.
+        let at_rate = estimate_live_duration(writes, rate);
+        let at_ceiling = estimate_at_graph_ceiling(users, writes);
         let at_rate_s = (at_rate != Duration::MAX).then_some(at_rate.as_secs_f64());
         let bound_by = if at_rate >= at_ceiling {
             BoundBy::ConfiguredRate
@@ -226,6 +315,9 @@ impl Estimate {
             would_convert,
             limit,
             users_to_convert: users,
+            mail_writes,
+            guest_writes,
+            writes,
             configured_rate_per_second: rate,
             at_configured_rate_seconds: at_rate_s,
             graph_ceiling_per_second: GRAPH_WRITE_CEILING_PER_S,
@@ -288,7 +380,8 @@ impl<'a> Summary<'a> {
             Some(s) if s.is_finite() && s >= 0.0 => Some(Duration::from_secs_f64(s)),
             _ => elapsed,
         };
-        let estimate = (run.mode == RunMode::DryRun).then(|| Estimate::new(run, &data.counts));
+        let estimate = (run.mode == RunMode::DryRun)
+            .then(|| Estimate::new(run, &data.counts, &data.follow_ups));
         let throughput = (run.mode == RunMode::Live).then(|| {
             let c = &data.counts;
             let converted = c.state(ItemState::Converted);
@@ -440,27 +533,104 @@ impl<'a> Summary<'a> {
         out
     }
 
-    /// The follow-up steps the run was asked to take after each conversion (set-mail,
-    /// set-guest…), read from the stored options so a newer option shows up without a change
-    /// here.
-    pub fn follow_ups(&self) -> Vec<String> {
-        let Ok(serde_json::Value::Object(map)) = serde_json::to_value(&self.data.run.options)
-        else {
-            return Vec::new();
+    /// Whether the run asked for follow-up steps or took any.
+    pub fn has_follow_ups(&self) -> bool {
+        let o = &self.data.run.options;
+        let f = &self.data.follow_ups;
+        o.set_mail || o.set_guest || f.mail_set > 0 || f.guest_set > 0
+    }
+
+    /// One sentence per follow-up step: how many users it touches (dry run) or touched (live).
+    pub fn follow_up_sentences(&self) -> Vec<String> {
+        let o = &self.data.run.options;
+        let f = &self.data.follow_ups;
+        let mut out = Vec::new();
+        match self.data.run.mode {
+            RunMode::DryRun => {
+                if o.set_mail {
+                    out.push(format!(
+                        "mail will be set to the input address for {} users before their invitation (--set-mail)",
+                        thousands(f.mail_planned)
+                    ));
+                }
+                if o.set_guest {
+                    out.push(format!(
+                        "userType will be set to Guest for {} users after their invitation (--set-guest)",
+                        thousands(f.guest_planned)
+                    ));
+                }
+                if f.extra_writes() > 0 {
+                    out.push(format!(
+                        "{} extra Graph writes, counted in the estimate",
+                        thousands(f.extra_writes())
+                    ));
+                }
+            }
+            RunMode::Live => {
+                if o.set_mail || f.mail_set > 0 {
+                    out.push(format!(
+                        "mail set for {} of {} users that needed it (--set-mail)",
+                        thousands(f.mail_set),
+                        thousands(f.mail_planned.max(f.mail_set))
+                    ));
+                }
+                if o.set_guest || f.guest_set > 0 {
+                    out.push(format!(
+                        "userType switched to Guest for {} of {} users that needed it (--set-guest)",
+                        thousands(f.guest_set),
+                        thousands(f.guest_planned.max(f.guest_set))
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// Follow-up steps as table rows: (step, users planned, users done, what it means).
+    pub fn follow_up_rows(&self) -> Vec<(&'static str, u64, Option<u64>, &'static str)> {
+        let o = &self.data.run.options;
+        let f = &self.data.follow_ups;
+        let live = self.data.run.mode == RunMode::Live;
+        let mut rows = Vec::new();
+        if o.set_mail || f.mail_set > 0 {
+            rows.push((
+                "mail set to the input address (before the invitation)",
+                f.mail_planned.max(f.mail_set),
+                live.then_some(f.mail_set),
+                "The invitation goes to the user's mail; Microsoft requires it to be the external address. The old value is kept in the item's snapshot.",
+            ));
+        }
+        if o.set_guest || f.guest_set > 0 {
+            rows.push((
+                "userType switched to Guest (after the invitation)",
+                f.guest_planned.max(f.guest_set),
+                live.then_some(f.guest_set),
+                "Moves the user to External ID monthly active user (MAU) billing (see Billing below).",
+            ));
+        }
+        rows
+    }
+
+    /// What the userType switch means for billing, when the run asked for it.
+    pub fn billing_note(&self) -> Option<String> {
+        let f = &self.data.follow_ups;
+        if !(self.data.run.options.set_guest || f.guest_set > 0) {
+            return None;
+        }
+        let who = match self.data.run.mode {
+            RunMode::DryRun => format!(
+                "The {} users whose userType will be set to Guest",
+                thousands(f.guest_planned)
+            ),
+            RunMode::Live => format!("The {} users switched to Guest", thousands(f.guest_set)),
         };
-        map.iter()
-            .filter(|(k, _)| {
-                let k = k.to_ascii_lowercase();
-                k.starts_with("set") || k.contains("followup")
-            })
-            .filter_map(|(k, v)| match v {
-                serde_json::Value::Bool(true) => Some(k.clone()),
-                serde_json::Value::Null | serde_json::Value::Bool(false) => None,
-                serde_json::Value::String(s) if s.is_empty() => None,
-                serde_json::Value::Array(a) if a.is_empty() => None,
-                other => Some(format!("{k}: {}", other.to_string().trim_matches('"'))),
-            })
-            .collect()
+        Some(format!(
+            "{who} move from member billing to Microsoft Entra External ID monthly active user \
+             (MAU) pricing: they are billed as external users, by the months they sign in, not as \
+             licensed members. MAU billing is active only once the tenant is linked to an Azure \
+             subscription. Users already Guest were left alone; users not switched stay on member \
+             billing."
+        ))
     }
 
     pub fn state_counts(&self) -> Vec<(ItemState, u64)> {
@@ -578,8 +748,23 @@ impl<'a> Summary<'a> {
                 "Graph's ceiling is the slower, so it bounds the run (a higher --rate will not help)"
             }
         };
+        let writes = if e.writes > e.users_to_convert {
+            format!(
+                "{} ({} invitations + {} mail PATCHes + {} userType PATCHes; each PATCH is one more write on Graph's shared write bucket)",
+                thousands(e.writes),
+                thousands(e.users_to_convert),
+                thousands(e.mail_writes),
+                thousands(e.guest_writes)
+            )
+        } else {
+            format!(
+                "{} (one invitation per user; no follow-up steps)",
+                thousands(e.writes)
+            )
+        };
         Some(vec![
             ("Users that would convert", users),
+            ("Graph writes", writes),
             (
                 "At the configured rate",
                 format!(
@@ -591,7 +776,7 @@ impl<'a> Summary<'a> {
             (
                 "At Graph's write ceiling",
                 format!(
-                    "{} (about 20 invitations/s sustained per app+tenant after an initial burst of 3,000 writes; /invitations allows at most 30/s)",
+                    "{} (about 20 writes/s sustained per app+tenant after an initial burst of 3,000 writes; /invitations allows at most 30/s)",
                     if e.at_graph_ceiling_seconds == 0.0 {
                         "0 s, within the initial burst".to_string()
                     } else {
@@ -602,6 +787,53 @@ impl<'a> Summary<'a> {
             (
                 "Estimated duration",
                 format!("{}: {bound}", secs(e.estimated_seconds)),
+            ),
+        ])
+    }
+
+    /// One sentence for the board's summary on a live run: redemption as of the last `track`.
+    pub fn redemption_sentence(&self) -> Option<String> {
+        let r = self.data.redemption.as_ref()?;
+        let c = &r.counts;
+        Some(match &c.last_tracked_at {
+            None => format!(
+                "Redemption not tracked yet: `b2b-convert track {}` reads whether each converted user has redeemed.",
+                self.data.run.id
+            ),
+            Some(at) => format!(
+                "As of {at}: {} accepted, {} pending acceptance, {} not applied, {} not tracked.",
+                thousands(c.accepted),
+                thousands(c.pending_acceptance),
+                thousands(c.not_applied),
+                thousands(c.untracked)
+            ),
+        })
+    }
+
+    /// Redemption counts as table rows: (label, count, meaning), for a tracked live run.
+    pub fn redemption_rows(&self) -> Option<Vec<(&'static str, u64, &'static str)>> {
+        let r = self.data.redemption.as_ref().filter(|r| r.tracked())?;
+        let c = &r.counts;
+        Some(vec![
+            (
+                "Accepted",
+                c.accepted,
+                "redeemed: signs in with their external account",
+            ),
+            (
+                "Pending acceptance",
+                c.pending_acceptance,
+                "invited, not redeemed yet; b2b-convert resend RUN_ID --older-than DAYS re-invites them",
+            ),
+            (
+                "Not applied",
+                c.not_applied,
+                "Graph answered 201 but the user never changed; back in the queue for b2b-convert retry RUN_ID",
+            ),
+            (
+                "Untracked",
+                c.untracked,
+                "converted, not read by a completed track yet (or deleted since)",
             ),
         ])
     }
@@ -658,6 +890,27 @@ impl Tone {
         }
     }
 }
+
+/// " users" or " users (505 Graph writes)" when follow-up PATCHes add writes.
+pub(crate) fn writes_clause(e: &Estimate) -> String {
+    if e.writes > e.users_to_convert {
+        format!(" users ({} Graph writes)", thousands(e.writes))
+    } else {
+        " users".to_string()
+    }
+}
+
+/// A not-redeemed user's state in plain words.
+pub(crate) fn not_redeemed_state(n: &NotRedeemed) -> String {
+    match n.external_user_state.as_deref() {
+        Some(crate::queue::track::PENDING_ACCEPTANCE) => "pending acceptance".to_string(),
+        Some(other) => other.to_string(),
+        None => "not tracked yet".to_string(),
+    }
+}
+
+/// Most `track` passes and redemption days the tables list (the latest).
+pub(crate) const HISTORY_ROWS: usize = 30;
 
 /// 1234567 → "1,234,567".
 pub fn thousands(n: u64) -> String {
@@ -777,8 +1030,20 @@ pub(crate) fn failed_fix_hint(code: Option<&str>) -> &'static str {
 }
 
 /// The seed documents' "Things to consider", as (topic, text).
-pub(crate) fn things_to_consider(tenant_id: Option<&str>) -> Vec<(&'static str, String)> {
+pub(crate) fn things_to_consider(
+    tenant_id: Option<&str>,
+    set_guest: bool,
+) -> Vec<(&'static str, String)> {
     let tenant = tenant_id.unwrap_or("<tenant id>");
+    let billing = if set_guest {
+        "This run sets userType to Guest after each invitation (--set-guest), which moves those \
+         users to External ID monthly active user (MAU) pricing; the tenant must also be linked \
+         to an Azure subscription for MAU billing."
+    } else {
+        "userType is not changed, so converted users stay on member-based billing. To move them \
+         to External ID monthly active user (MAU) pricing, set userType to Guest (--set-guest); \
+         the tenant must also be linked to an Azure subscription for MAU billing."
+    };
     vec![
         (
             "One-way",
@@ -786,13 +1051,7 @@ pub(crate) fn things_to_consider(tenant_id: Option<&str>) -> Vec<(&'static str, 
              kept in the run's database and in the JSON report."
                 .to_string(),
         ),
-        (
-            "Billing",
-            "userType is not changed, so converted users stay on member-based billing. To move them \
-             to External ID monthly active user (MAU) pricing, set userType to Guest; the tenant \
-             must also be linked to an Azure subscription for MAU billing."
-                .to_string(),
-        ),
+        ("Billing", billing.to_string()),
         (
             "On-premises access",
             "Converted users can still use their internal credentials for on-premises resources \
@@ -877,19 +1136,28 @@ mod tests {
 
     #[test]
     fn graph_ceiling_allows_the_burst_then_twenty_per_second() {
-        assert_eq!(estimate_at_graph_ceiling(0), Duration::ZERO);
-        assert_eq!(estimate_at_graph_ceiling(150), Duration::ZERO);
+        let at = |n| estimate_at_graph_ceiling(n, n);
+        assert_eq!(at(0), Duration::ZERO);
+        assert_eq!(at(150), Duration::ZERO);
         // Below 8,700 users the /invitations bucket (30/s after 150) binds.
-        assert_eq!(estimate_at_graph_ceiling(3_150), Duration::from_secs(100));
-        assert_eq!(estimate_at_graph_ceiling(8_700), Duration::from_secs(285));
+        assert_eq!(at(3_150), Duration::from_secs(100));
+        assert_eq!(at(8_700), Duration::from_secs(285));
         // Above, the write bucket (20/s after 3,000): 100,000 users ≈ 81 min.
+        assert_eq!(at(100_000), Duration::from_secs(4_850));
+        assert_eq!(human_duration(at(100_000)), "1 h 20 min 50 s");
+        // Follow-up PATCHes share the write bucket: both steps for every user triple it.
         assert_eq!(
-            estimate_at_graph_ceiling(100_000),
-            Duration::from_secs(4_850)
+            estimate_at_graph_ceiling(100_000, 300_000),
+            Duration::from_secs(14_850)
         );
         assert_eq!(
-            human_duration(estimate_at_graph_ceiling(100_000)),
-            "1 h 20 min 50 s"
+            estimate_at_graph_ceiling(100_000, 200_000),
+            Duration::from_secs(9_850)
+        );
+        // Few users: the /invitations bucket still binds.
+        assert_eq!(
+            estimate_at_graph_ceiling(3_150, 4_000),
+            Duration::from_secs(100)
         );
     }
 
@@ -899,24 +1167,48 @@ mod tests {
         let mut counts = RunCounts::default();
         counts.states.insert("would_convert".into(), 100_000);
         run.options.rate = 20.0;
-        let e = Estimate::new(&run, &counts);
+        let e = Estimate::new(&run, &counts, &FollowUpCounts::default());
         assert_eq!(e.bound_by, BoundBy::ConfiguredRate);
         assert_eq!(e.estimated_seconds, Some(5_000.0));
         run.options.rate = 100.0;
-        let e = Estimate::new(&run, &counts);
+        let e = Estimate::new(&run, &counts, &FollowUpCounts::default());
         assert_eq!(e.bound_by, BoundBy::GraphCeiling);
         assert_eq!(e.estimated_seconds, Some(4_850.0));
         run.options.limit = Some(1_000);
-        let e = Estimate::new(&run, &counts);
+        let e = Estimate::new(&run, &counts, &FollowUpCounts::default());
         assert_eq!(e.users_to_convert, 1_000);
         assert_eq!(e.at_configured_rate_seconds, Some(10.0));
         run.options = RunOptions {
             rate: 0.0,
             ..RunOptions::default()
         };
-        let e = Estimate::new(&run, &counts);
+        let e = Estimate::new(&run, &counts, &FollowUpCounts::default());
         assert_eq!(e.bound_by, BoundBy::ConfiguredRate);
         assert_eq!(e.estimated_seconds, None);
+    }
+
+    #[test]
+    fn follow_up_writes_are_counted_in_the_estimate() {
+        let mut run = fixtures::dry_run().run;
+        run.options.rate = 20.0;
+        let mut counts = RunCounts::default();
+        counts.states.insert("would_convert".into(), 1_000);
+        let steps = FollowUpCounts {
+            mail_planned: 300,
+            guest_planned: 1_000,
+            ..FollowUpCounts::default()
+        };
+        let e = Estimate::new(&run, &counts, &steps);
+        assert_eq!(
+            (e.mail_writes, e.guest_writes, e.writes),
+            (300, 1_000, 2_300)
+        );
+        // 2,300 writes at 20/s, not 1,000 invitations.
+        assert_eq!(e.at_configured_rate_seconds, Some(115.0));
+        run.options.limit = Some(200);
+        let e = Estimate::new(&run, &counts, &steps);
+        assert_eq!((e.mail_writes, e.guest_writes, e.writes), (200, 200, 600));
+        assert_eq!(e.at_configured_rate_seconds, Some(30.0));
     }
 
     #[test]
