@@ -517,3 +517,50 @@ mod tests {
         }
     }
 }
+
+/// One minute of a live run's pace.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaceMinute {
+    /// RFC 3339 start of the minute (UTC), e.g. `2025-03-01T10:05:00Z`.
+    pub minute: String,
+    pub converted: u64,
+    pub throttled: u64,
+}
+
+/// Users of the run whose follow-up writes were planned and done.
+///
+/// Live run: `*_planned` counts the users whose step plan (`item_steps`) asked for the write,
+/// `*_set` those whose write is done. Dry run: `*_planned` counts the users that would convert
+/// with that step (nothing is set).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FollowUpCounts {
+    pub mail_planned: u64,
+    pub mail_set: u64,
+    pub guest_planned: u64,
+    pub guest_set: u64,
+}
+
+/// Per-item facts beside the item record that the CSV and JSON reports carry: redemption as the
+/// last `track` saw it and when each follow-up write was done. Never a redeem URL.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ItemExtras {
+    /// When the item last became `converted`.
+    pub invited_at: Option<String>,
+    pub external_user_state: Option<String>,
+    pub external_user_state_changed_at: Option<String>,
+    pub tracked_at: Option<String>,
+    /// When `--set-mail` set the user's mail (RFC 3339).
+    pub mail_set_at: Option<String>,
+    /// When `--set-guest` set the user's userType to Guest (RFC 3339).
+    pub guest_set_at: Option<String>,
+}
+
+impl FollowUpCounts {
+    /// Extra writes the planned steps cost on Graph's shared write bucket.
+    pub fn extra_writes(&self) -> u64 {
+        self.mail_planned + self.guest_planned
+    }
+}

@@ -28,7 +28,7 @@ mod runs;
 mod steps;
 
 pub use lease::{host_name, pid_alive, Holder, LeaseRow, RunLease, HEARTBEAT_EVERY, STALE_AFTER};
-pub use report::{RunItems, WorkSpan};
+pub use report::WorkSpan;
 pub use steps::{FollowUps, StepRow};
 pub mod track;
 

@@ -6,8 +6,9 @@ use std::path::Path;
 use super::common;
 use crate::cli::{ReportArgs, ReportFormat};
 use crate::exit::{ExitError, ExitStatus};
-use crate::queue::{Queue, RunItems};
-use crate::report::{self, ReportData};
+use crate::item::{ItemExtras, ItemRecord};
+use crate::queue::Queue;
+use crate::report::{self, ItemSource, ReportData};
 
 pub fn report(db: &Path, args: ReportArgs) -> anyhow::Result<ExitStatus> {
     let queue = Queue::open_existing(db)?;
@@ -75,4 +76,19 @@ pub fn write(
         return Err(anyhow::anyhow!("{}: {e}", path.display()));
     }
     Ok(())
+}
+
+/// The full item list of one run, streamed from the queue for the CSV and JSON reports.
+struct RunItems<'a> {
+    queue: &'a Queue,
+    run_id: i64,
+}
+
+impl ItemSource for RunItems<'_> {
+    fn each(
+        &self,
+        f: &mut dyn FnMut(&ItemRecord, &ItemExtras) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        self.queue.for_each_item(self.run_id, f)
+    }
 }

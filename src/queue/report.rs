@@ -15,8 +15,8 @@ use rusqlite::params;
 
 use super::items::{item_from_row, ITEM_COLUMNS};
 use super::{now, Queue, Result};
+use crate::item::{FollowUpCounts, ItemExtras, PaceMinute};
 use crate::item::{ItemRecord, ItemState};
-use crate::report::{FollowUpCounts, ItemExtras, ItemSource, PaceMinute};
 
 /// How often a working process moves its span's `last_seen_at` forward. A process killed
 /// without warning loses at most this much of its working time.
@@ -231,21 +231,6 @@ impl Queue {
             .and_then(|mut s| s.execute(params![span_id, now()]))
             .map_err(|e| self.err(e))?;
         Ok(())
-    }
-}
-
-/// The full item list of one run, streamed from the queue for the CSV and JSON reports.
-pub struct RunItems<'a> {
-    pub queue: &'a Queue,
-    pub run_id: i64,
-}
-
-impl ItemSource for RunItems<'_> {
-    fn each(
-        &self,
-        f: &mut dyn FnMut(&ItemRecord, &ItemExtras) -> io::Result<()>,
-    ) -> io::Result<()> {
-        self.queue.for_each_item(self.run_id, f)
     }
 }
 

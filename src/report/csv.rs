@@ -105,7 +105,7 @@ pub(super) fn write(items: &dyn ItemSource, out: &mut dyn Write) -> io::Result<(
 mod tests {
     use super::super::fixtures::{dry_run, live_run, INJECTION, XSS_NAME};
     use super::*;
-    use crate::cli::ReportFormat;
+    use crate::config::ReportFormat;
     use crate::report::render as render_report;
 
     fn parse(text: &str) -> (Vec<String>, Vec<Vec<String>>) {

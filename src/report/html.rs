@@ -695,7 +695,7 @@ pub(super) fn render(s: &Summary) -> String {
 mod tests {
     use super::super::fixtures::{dry_run, live_run, XSS_NAME};
     use super::*;
-    use crate::cli::ReportFormat;
+    use crate::config::ReportFormat;
     use crate::report::render;
 
     const VOID: [&str; 14] = [

@@ -166,7 +166,7 @@ pub(super) fn write(s: &Summary, items: &dyn ItemSource, out: &mut dyn Write) ->
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::{dry_run, live_run, XSS_NAME};
-    use crate::cli::ReportFormat;
+    use crate::config::ReportFormat;
     use crate::item::{ItemRecord, ItemState};
     use crate::report::render;
     use serde_json::Value;

@@ -374,7 +374,7 @@ fn upn_or_key(i: &ItemRecord) -> String {
 mod tests {
     use super::super::fixtures::{dry_run, live_run, XSS_NAME};
     use super::*;
-    use crate::cli::ReportFormat;
+    use crate::config::ReportFormat;
     use crate::item::ItemState;
     use crate::report::render;
 
