@@ -504,6 +504,56 @@ mod tests {
         );
     }
 
+    /// A chunk's look-ups in one transaction settle as one call per item would, in order.
+    #[test]
+    fn lookups_of_a_chunk_are_stored_together() {
+        let (_d, q) = queue();
+        let run = csv_run(&q);
+        q.insert_items(
+            run,
+            &[
+                row(2, Some(UserKey::Id("u1".into())), None),
+                row(
+                    3,
+                    Some(UserKey::UserPrincipalName("u1@contoso.com".into())),
+                    None,
+                ),
+                row(4, Some(UserKey::Id("zz".into())), None),
+            ],
+            None,
+        )
+        .unwrap();
+        let items = q.pending_items(run, 0, 10).unwrap();
+        let u = user("u1");
+        let outcomes = q
+            .record_lookups(&[
+                (items[0].id, Some(&u)),
+                (items[1].id, Some(&u)),
+                (items[2].id, None),
+            ])
+            .unwrap();
+        assert_eq!(
+            outcomes,
+            vec![
+                LookupOutcome::Found,
+                LookupOutcome::DuplicateOf(items[0].id),
+                LookupOutcome::NotFound
+            ]
+        );
+        let dup = q.item(items[1].id).unwrap().unwrap();
+        assert_eq!(dup.reason, Some(Reason::DuplicateUser));
+        assert_eq!(dup.detail.as_deref(), Some("same user (u1) as line 2"));
+        assert_eq!(q.item(items[0].id).unwrap().unwrap().snapshot, Some(u));
+        // A moved item fails the whole chunk: nothing of it is stored.
+        assert!(q
+            .record_lookups(&[(items[0].id, None), (items[2].id, None)])
+            .is_err());
+        assert_eq!(
+            q.item(items[0].id).unwrap().unwrap().state,
+            ItemState::Pending
+        );
+    }
+
     #[test]
     fn lookup_spots_same_user_under_two_keys() {
         let (_d, q) = queue();

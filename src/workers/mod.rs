@@ -377,14 +377,27 @@ async fn prepare(
         }
     }
 
+    // The chunk's look-ups are stored in one write transaction, not one per user.
+    let found: Vec<(i64, Option<&User>)> = items
+        .iter()
+        .filter(|i| i.snapshot.is_none())
+        .map(|i| {
+            (
+                i.id,
+                i.key.as_ref().and_then(|k| by_key.get(&k.normalized())),
+            )
+        })
+        .collect();
+    let mut outcomes = p
+        .queue
+        .record_lookups(&found)
+        .map_err(|e| GraphError::Config(e.to_string()))?
+        .into_iter()
+        .zip(found.iter().map(|&(_, u)| u));
     let mut ready = Vec::with_capacity(items.len());
     for mut item in items {
         if item.snapshot.is_none() {
-            let found = item.key.as_ref().and_then(|k| by_key.get(&k.normalized()));
-            let outcome = p
-                .queue
-                .record_lookup(item.id, found)
-                .map_err(|e| GraphError::Config(e.to_string()))?;
+            let (outcome, found) = outcomes.next().expect("one outcome per looked-up item");
             if outcome != LookupOutcome::Found {
                 p.progress.item_done(&p.queue, item.id);
                 continue;
