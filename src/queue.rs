@@ -74,15 +74,25 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../migrations/0003_work_spans.sql")),
         M::up(include_str!("../migrations/0004_steps.sql")),
         M::up(include_str!("../migrations/0005_redemption.sql")),
+        M::up(include_str!("../migrations/0006_ingest.sql")),
     ])
 }
 
-/// What `insert_items` did with a batch.
+/// What ingestion stored: `insert_items` counts `pending` and `bad_input` per batch (a later
+/// duplicate is stored `pending` until `finish_ingest` settles it), `finish_ingest` fills in
+/// `duplicate_user` and takes those rows off `pending`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct InsertStats {
     pub pending: u64,
     pub bad_input: u64,
     pub duplicate_user: u64,
+}
+
+/// What `finish_ingest` settled over the whole run (rows stored by earlier processes too).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FinishStats {
+    pub duplicate_user: u64,
+    pub duplicate_email: u64,
 }
 
 /// What `record_lookup` concluded.
@@ -372,9 +382,14 @@ mod tests {
                 Some("5"),
             )
             .unwrap();
-        assert_eq!(stats.pending, 3);
-        assert_eq!(stats.duplicate_user, 1);
-        assert_eq!(q.finish_ingest(run).unwrap(), 2);
+        assert_eq!(stats.pending, 4);
+        assert_eq!(
+            q.finish_ingest(run).unwrap(),
+            FinishStats {
+                duplicate_user: 1,
+                duplicate_email: 2
+            }
+        );
         let items = q.items(run).unwrap();
         let got: Vec<_> = items.iter().map(|i| (i.line, i.state, i.reason)).collect();
         assert_eq!(
@@ -388,6 +403,157 @@ mod tests {
         );
         assert_eq!(q.ingest_cursor(run).unwrap().as_deref(), Some("5"));
         assert!(q.run(run).unwrap().unwrap().ingest_complete);
+    }
+
+    /// Duplicates are settled after the load, across batches (a resumed ingestion stores the
+    /// rest of the file in later batches) and across the 100-row statements of one batch: the
+    /// first row that is not `bad_input` keeps `pending`, every later one names its line.
+    #[test]
+    fn duplicates_across_batches_are_settled_by_finish() {
+        let (_d, q) = queue();
+        let run = csv_run(&q);
+        let mut bad = row(2, Some(UserKey::Id("x".into())), None);
+        bad.bad_input = Some("line 2: externalEmail: not an address".into());
+        let mut first: Vec<NewItem> = vec![bad, row(3, Some(UserKey::Id("A".into())), None)];
+        // 250 distinct users: two full multi-row statements and a shorter one.
+        first.extend((0..250).map(|i| row(10 + i, Some(UserKey::Id(format!("u{i}"))), None)));
+        let stats = q.insert_items(run, &first, Some("259")).unwrap();
+        assert_eq!((stats.pending, stats.bad_input), (251, 1));
+        let second = [
+            row(300, Some(UserKey::Id("X".into())), None),
+            row(301, Some(UserKey::Id("a".into())), None),
+            row(302, Some(UserKey::Id("U249".into())), None),
+            row(303, Some(UserKey::Id("a".into())), None),
+        ];
+        q.insert_items(run, &second, Some("303")).unwrap();
+        assert_eq!(
+            q.finish_ingest(run).unwrap(),
+            FinishStats {
+                duplicate_user: 3,
+                duplicate_email: 0
+            }
+        );
+        let items = q.items(run).unwrap();
+        assert_eq!(items.len(), 256);
+        assert!(items.iter().zip(&items[1..]).all(|(a, b)| a.line < b.line));
+        let by_line = |l: u64| items.iter().find(|i| i.line == Some(l)).unwrap();
+        assert_eq!(by_line(2).reason, Some(Reason::BadInput));
+        // The bad row never counts as the first: line 300 is user x's first valid row.
+        assert_eq!(by_line(300).state, ItemState::Pending);
+        for (line, first) in [(301, 3), (302, 259), (303, 3)] {
+            let item = by_line(line);
+            assert_eq!(item.state, ItemState::Blocked, "line {line}");
+            assert_eq!(item.reason, Some(Reason::DuplicateUser), "line {line}");
+            assert_eq!(
+                item.detail.as_deref(),
+                Some(format!("same user as line {first}").as_str())
+            );
+        }
+        assert_eq!(q.counts(run).unwrap().state(ItemState::Pending), 252);
+        // Idempotent: a resumed process that finishes again changes nothing.
+        let before = q.items(run).unwrap();
+        assert_eq!(q.finish_ingest(run).unwrap(), FinishStats::default());
+        assert_eq!(q.items(run).unwrap(), before);
+    }
+
+    /// A repeated user's email is not a second user's email; listed users have no line.
+    #[test]
+    fn duplicate_user_rows_do_not_make_a_duplicate_email() {
+        let (_d, q) = queue();
+        let run = csv_run(&q);
+        q.insert_items(
+            run,
+            &[
+                row(2, Some(UserKey::Id("A".into())), Some("e@p.com")),
+                row(3, Some(UserKey::Id("a".into())), Some("E@p.com")),
+            ],
+            Some("3"),
+        )
+        .unwrap();
+        let mut listed = row(0, Some(UserKey::Id("b".into())), None);
+        listed.line = None;
+        q.insert_items(run, &[listed.clone(), listed], None)
+            .unwrap();
+        assert_eq!(
+            q.finish_ingest(run).unwrap(),
+            FinishStats {
+                duplicate_user: 2,
+                duplicate_email: 0
+            }
+        );
+        let got: Vec<_> = q
+            .items(run)
+            .unwrap()
+            .into_iter()
+            .map(|i| (i.line, i.state, i.detail))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Some(2), ItemState::Pending, None),
+                (
+                    Some(3),
+                    ItemState::Blocked,
+                    Some("same user as line 2".into())
+                ),
+                (None, ItemState::Pending, None),
+                (
+                    None,
+                    ItemState::Blocked,
+                    Some("same user as an earlier entry".into())
+                ),
+            ]
+        );
+    }
+
+    /// A chunk's look-ups in one transaction settle as one call per item would, in order.
+    #[test]
+    fn lookups_of_a_chunk_are_stored_together() {
+        let (_d, q) = queue();
+        let run = csv_run(&q);
+        q.insert_items(
+            run,
+            &[
+                row(2, Some(UserKey::Id("u1".into())), None),
+                row(
+                    3,
+                    Some(UserKey::UserPrincipalName("u1@contoso.com".into())),
+                    None,
+                ),
+                row(4, Some(UserKey::Id("zz".into())), None),
+            ],
+            None,
+        )
+        .unwrap();
+        let items = q.pending_items(run, 0, 10).unwrap();
+        let u = user("u1");
+        let outcomes = q
+            .record_lookups(&[
+                (items[0].id, Some(&u)),
+                (items[1].id, Some(&u)),
+                (items[2].id, None),
+            ])
+            .unwrap();
+        assert_eq!(
+            outcomes,
+            vec![
+                LookupOutcome::Found,
+                LookupOutcome::DuplicateOf(items[0].id),
+                LookupOutcome::NotFound
+            ]
+        );
+        let dup = q.item(items[1].id).unwrap().unwrap();
+        assert_eq!(dup.reason, Some(Reason::DuplicateUser));
+        assert_eq!(dup.detail.as_deref(), Some("same user (u1) as line 2"));
+        assert_eq!(q.item(items[0].id).unwrap().unwrap().snapshot, Some(u));
+        // A moved item fails the whole chunk: nothing of it is stored.
+        assert!(q
+            .record_lookups(&[(items[0].id, None), (items[2].id, None)])
+            .is_err());
+        assert_eq!(
+            q.item(items[0].id).unwrap().unwrap().state,
+            ItemState::Pending
+        );
     }
 
     #[test]

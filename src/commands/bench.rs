@@ -58,6 +58,22 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// CPU seconds (user + system) of this process (`RUSAGE_SELF`) or of its waited-for children
+/// (`RUSAGE_CHILDREN`). On a shared machine wall time drifts with the load; CPU time much less,
+/// so the bench shows both beside the reference's.
+fn cpu_secs(who: libc::c_int) -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage only writes the struct it is given, which is zero-initialised and ours.
+    let rc = unsafe { libc::getrusage(who, usage.as_mut_ptr()) };
+    if rc != 0 {
+        return f64::NAN;
+    }
+    // SAFETY: getrusage returned 0, so the struct is filled in.
+    let u = unsafe { usage.assume_init() };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(u.ru_utime) + secs(u.ru_stime)
+}
+
 /// Random GUIDs and addresses, as a real export has: sequential keys would keep every index
 /// insert at the right edge of its B-tree and flatter the ingest figure.
 fn write_rows(path: &Path, rows: usize) -> anyhow::Result<()> {
@@ -87,9 +103,9 @@ fn ingest(dir: &Path, rows: usize) -> anyhow::Result<ExitStatus> {
         return ingest_one(dir, rows);
     }
     println!(
-        "| rows | seconds | rows/s | `sqlite3 .import` s | ratio | counts s | RSS before ingest (MiB) | peak RSS (MiB) |"
+        "| rows | seconds | rows/s | `sqlite3 .import` s | ratio | CPU s | `sqlite3` CPU s | CPU ratio | of which finish s | counts s | RSS before ingest (MiB) | peak RSS (MiB) |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let exe = std::env::current_exe().context("locating this executable")?;
     for n in [rows / 10, rows] {
         let out = std::process::Command::new(&exe)
@@ -122,21 +138,33 @@ fn ingest_one(dir: &Path, n: usize) -> anyhow::Result<ExitStatus> {
         "https://graph.microsoft.com",
     )?;
     let before = peak_rss_mib().unwrap_or(f64::NAN);
+    let cpu_before = cpu_secs(libc::RUSAGE_SELF);
     let started = Instant::now();
     crate::source::ingest::ingest_csv(&queue, run_id, &csv)?;
+    let finishing = Instant::now();
     queue.finish_ingest(run_id)?;
+    let finish_secs = finishing.elapsed().as_secs_f64();
     let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_secs(libc::RUSAGE_SELF) - cpu_before;
     let peak = peak_rss_mib().unwrap_or(f64::NAN);
     // What `status` and `runs` read: every count of the run.
     let counted = Instant::now();
     let total = queue.counts(run_id)?.total;
     let counts_secs = counted.elapsed().as_secs_f64();
     anyhow::ensure!(total == n as u64, "ingested {total} of {n} rows");
-    let reference = sqlite3_import(dir, &csv, n)
-        .map(|r| format!("{r:.2} | {:.1}×", secs / r))
-        .unwrap_or_else(|| "n/a | n/a".into());
+    let children_before = cpu_secs(libc::RUSAGE_CHILDREN);
+    let (reference, cpu_reference) = match sqlite3_import(dir, &csv, n) {
+        Some(r) => {
+            let rc = cpu_secs(libc::RUSAGE_CHILDREN) - children_before;
+            (
+                format!("{r:.2} | {:.1}×", secs / r),
+                format!("{cpu:.2} | {rc:.2} | {:.1}×", cpu / rc),
+            )
+        }
+        None => ("n/a | n/a".into(), format!("{cpu:.2} | n/a | n/a")),
+    };
     println!(
-        "| {n} | {secs:.2} | {:.0} | {reference} | {counts_secs:.3} | {before:.1} | {peak:.1} |",
+        "| {n} | {secs:.2} | {:.0} | {reference} | {cpu_reference} | {finish_secs:.2} | {counts_secs:.3} | {before:.1} | {peak:.1} |",
         n as f64 / secs,
     );
     Ok(ExitStatus::Success)

@@ -68,10 +68,34 @@ impl Queue {
     /// Stores what Graph said about a pending item's user. The snapshot is written once: later
     /// reads (reconciliation) never overwrite the record of the user before the change.
     pub fn record_lookup(&self, item_id: i64, user: Option<&User>) -> Result<LookupOutcome> {
+        let mut outcomes = self.record_lookups(&[(item_id, user)])?;
+        Ok(outcomes.remove(0))
+    }
+
+    /// [`Queue::record_lookup`] for a whole chunk of looked-up items in ONE write transaction
+    /// (issue 15: fewer write transactions per user). Nothing has been sent for these items,
+    /// so no checkpoint is involved: a kill before the commit only means looking them up again.
+    /// Items are settled in order, so a later item of the chunk resolving to the same user as an
+    /// earlier one is its `duplicate_user`, exactly as with one call per item.
+    pub fn record_lookups(&self, found: &[(i64, Option<&User>)]) -> Result<Vec<LookupOutcome>> {
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.err(e))?;
+        let outcomes = found
+            .iter()
+            .map(|&(item_id, user)| self.lookup_in(&tx, item_id, user))
+            .collect::<Result<Vec<_>>>()?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(outcomes)
+    }
+
+    fn lookup_in(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        item_id: i64,
+        user: Option<&User>,
+    ) -> Result<LookupOutcome> {
         let (run_id, state): (i64, ItemState) = tx
             .prepare_cached("SELECT run_id, state FROM items WHERE id = ?1")
             .and_then(|mut s| s.query_row([item_id], |r| Ok((r.get(0)?, r.get(1)?))))
@@ -163,7 +187,6 @@ impl Queue {
                 }
             }
         };
-        tx.commit().map_err(|e| self.err(e))?;
         Ok(outcome)
     }
 

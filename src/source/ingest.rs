@@ -10,7 +10,7 @@ use crate::graph::{GraphClient, Pager};
 use crate::item::{NewItem, Overrides, RunRecord, SourceSpec, UserKey};
 use crate::model::{Page, User};
 use crate::progress::Progress;
-use crate::queue::{InsertStats, Queue};
+use crate::queue::{FinishStats, InsertStats, Queue};
 
 /// Rows per transaction: large enough to make ingestion cheap, small enough to lose little.
 const BATCH: usize = 5_000;
@@ -30,6 +30,14 @@ impl IngestSummary {
         self.stats.pending += s.pending;
         self.stats.bad_input += s.bad_input;
         self.stats.duplicate_user += s.duplicate_user;
+    }
+
+    /// `finish` counts the whole run; on a resume the rows stored before the kill are not in
+    /// `pending`, hence the saturating subtraction.
+    fn finish(&mut self, f: FinishStats) {
+        self.stats.duplicate_user += f.duplicate_user;
+        self.stats.pending = self.stats.pending.saturating_sub(f.duplicate_user);
+        self.duplicate_email = f.duplicate_email;
     }
 }
 
@@ -57,7 +65,7 @@ pub async fn ingest(
             ingest_listing(queue, run, graph, first_page).await?
         }
     };
-    summary.duplicate_email = queue.finish_ingest(run.id)?;
+    summary.finish(queue.finish_ingest(run.id)?);
     Ok(summary)
 }
 

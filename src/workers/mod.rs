@@ -376,7 +376,7 @@ async fn look_up(pass: &Pass, items: &[ItemRecord]) -> Result<HashMap<String, Us
 }
 
 /// Records what the look-up found for the chunk's users without a snapshot (not found ends the
-/// item), then validates every item.
+/// item) in one write transaction, then validates every item.
 fn prepare(
     pass: &Pass,
     items: Vec<ItemRecord>,
@@ -384,11 +384,25 @@ fn prepare(
     by_key: HashMap<String, User>,
 ) -> anyhow::Result<Vec<(ItemRecord, Verdict)>> {
     let p = &pass.pipeline;
+    let found: Vec<(i64, Option<&User>)> = items
+        .iter()
+        .filter(|i| i.snapshot.is_none())
+        .map(|i| {
+            (
+                i.id,
+                i.key.as_ref().and_then(|k| by_key.get(&k.normalized())),
+            )
+        })
+        .collect();
+    let mut outcomes = p
+        .queue
+        .record_lookups(&found)?
+        .into_iter()
+        .zip(found.iter().map(|&(_, u)| u));
     let mut ready = Vec::with_capacity(items.len());
     for mut item in items {
         if item.snapshot.is_none() {
-            let found = item.key.as_ref().and_then(|k| by_key.get(&k.normalized()));
-            let outcome = p.queue.record_lookup(item.id, found)?;
+            let (outcome, found) = outcomes.next().expect("one outcome per looked-up item");
             if outcome != LookupOutcome::Found {
                 p.progress.item_done(&p.queue, item.id);
                 continue;
