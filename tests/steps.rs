@@ -159,6 +159,9 @@ async fn dry_run_plan(
         "--dry-run",
         "--set-mail",
         "--set-guest",
+        // Reads only: the client's default --rate (20/s) would be most of the wait.
+        "--rate",
+        "2000",
     ];
     let out = run(emu, &db, &args).await;
     assert!([0, 3].contains(&out.code), "{}", out.stderr);
