@@ -223,6 +223,11 @@ pub struct ExecArgs {
                          config::DEFAULT_NOT_SENT_RETRY_FOR.as_secs(),
                          config::DEFAULT_HTTP_TIMEOUT.as_secs()))]
     pub http_timeout: Option<u64>,
+    /// Seconds connections that cannot even open are retried before the run stops resumable.
+    /// Hidden: for tests and rehearsals against a stopped emulator; the default suits Graph.
+    #[arg(long, hide = true, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub unreachable_after: Option<u64>,
     /// Convert at most N users of this run (a pilot batch); 0 lifts the limit on resume.
     #[arg(long, value_name = "N", value_parser = config::limit_parser())]
     pub limit: Option<u64>,

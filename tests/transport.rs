@@ -43,7 +43,15 @@ async fn a_silent_graph_times_out_after_http_timeout_with_a_message_naming_the_r
         .arg("--db")
         .arg(dir.path().join("runs.db"))
         .args(["run", "--csv", csv.to_str().unwrap(), "--dry-run"])
-        .args(["--http-timeout", "1", "--max-attempts", "1"])
+        // No HTTP retries: one timed-out request is enough for the message under test.
+        .args([
+            "--http-timeout",
+            "1",
+            "--max-attempts",
+            "1",
+            "--http-retries",
+            "0",
+        ])
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();

@@ -411,6 +411,7 @@ async fn convert_case(
                 graph_url: emu.base_url(),
                 login_url: emu.base_url(),
                 http_timeout: None,
+                unreachable_after: None,
             },
             yes: true,
             report: None,

@@ -23,6 +23,9 @@ pub struct Endpoints {
     pub login_url: String,
     /// `--http-timeout`: how long one request waits for its answer (`None`: the default).
     pub http_timeout: Option<std::time::Duration>,
+    /// Hidden `--unreachable-after`: how long connections that cannot open are retried before the
+    /// run stops resumable (`None`: the default, about 45 s).
+    pub unreachable_after: Option<std::time::Duration>,
 }
 
 /// Builds the run's Graph client (one limiter for all its workers). Fails on bad endpoints or
@@ -41,7 +44,9 @@ pub fn connect(
             .http_timeout
             .unwrap_or(crate::config::DEFAULT_HTTP_TIMEOUT),
         http_retries: options.http_retries,
-        not_sent_retry_for: crate::config::DEFAULT_NOT_SENT_RETRY_FOR,
+        not_sent_retry_for: endpoints
+            .unreachable_after
+            .unwrap_or(crate::config::DEFAULT_NOT_SENT_RETRY_FOR),
     };
     let limiter = Limiter::new(options.rate);
     Ok(GraphClient::new(config, limiter)?.with_batching(mode == RunMode::Live))
@@ -297,6 +302,7 @@ pub fn endpoints_for(
             .unwrap_or_else(|| run.graph_url.clone()),
         login_url: args.login_url(),
         http_timeout: http_timeout.map(std::time::Duration::from_secs),
+        unreachable_after: None,
     }
 }
 
@@ -312,14 +318,9 @@ pub async fn continue_run(
     require_consent_possible(run.mode, exec.yes)?;
     let credentials = Credentials::resolve(exec.auth)?;
     queue.update_run_options(run.id, &run.options)?;
-    let graph = connect_to_run(
-        &endpoints_for(&exec.endpoints, exec.http_timeout, &run),
-        credentials,
-        &queue,
-        &run,
-        run.mode,
-    )
-    .await?;
+    let mut endpoints = endpoints_for(&exec.endpoints, exec.http_timeout, &run);
+    endpoints.unreachable_after = exec.unreachable_after.map(std::time::Duration::from_secs);
+    let graph = connect_to_run(&endpoints, credentials, &queue, &run, run.mode).await?;
     let group = matches!(run.source, crate::item::SourceSpec::Group { .. });
     super::preflight::require_ready(
         &graph,

@@ -73,6 +73,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitStatus> {
             graph_url: emu.base_url(),
             login_url: emu.base_url(),
             http_timeout: None,
+            unreachable_after: None,
         },
         yes: true,
         report: Some(report.to_path_buf()),

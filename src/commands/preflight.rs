@@ -356,6 +356,7 @@ pub async fn preflight(_db: &Path, args: PreflightArgs) -> anyhow::Result<ExitSt
         graph_url: args.endpoints.graph_url(),
         login_url: args.endpoints.login_url(),
         http_timeout: None,
+        unreachable_after: None,
     };
     let credentials = Credentials::resolve(args.auth)?;
     let graph = common::connect(

@@ -92,6 +92,10 @@ fn from_args(args: RunArgs) -> anyhow::Result<NewRun> {
             graph_url: args.exec.endpoints.graph_url(),
             login_url: args.exec.endpoints.login_url(),
             http_timeout: args.exec.http_timeout.map(std::time::Duration::from_secs),
+            unreachable_after: args
+                .exec
+                .unreachable_after
+                .map(std::time::Duration::from_secs),
         },
         yes: args.exec.yes,
         report: args.exec.report,

@@ -66,6 +66,11 @@ pub struct EmulatorConfig {
     pub clock: Clock,
     /// Multiplies every bucket's size and refill rate.
     pub bucket_scale: f64,
+    /// Every Nth invitation request is answered 429 `InvitationLimitExceeded` with
+    /// `Retry-After: 1`, whatever the buckets hold (0 = never). Throttling by count, on top of
+    /// the buckets: a test with scaled buckets still sees a known number of 429s however fast or
+    /// slow the machine is, without waiting on Graph's real refill.
+    pub throttle_every_nth_invitation: u64,
     /// Application permissions of apps whose tenant-file entry names none, of the managed
     /// identity, and the delegated scopes of the device-code sign-in.
     pub app_roles: Vec<String>,
@@ -99,6 +104,7 @@ impl EmulatorConfig {
             seed: 1,
             clock: Clock::system(),
             bucket_scale: 1.0,
+            throttle_every_nth_invitation: 0,
             app_roles: DEFAULT_APP_ROLES.split(',').map(str::to_string).collect(),
             allow_invites_from: "everyone".into(),
             device_code_approve_after: 1,
@@ -121,7 +127,7 @@ impl EmulatorConfig {
 pub struct Emulator {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    shutdown: tokio::sync::watch::Sender<bool>,
+    shutdown: tokio::sync::watch::Sender<server::Stop>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -152,6 +158,7 @@ pub async fn start(mut config: EmulatorConfig, listen: SocketAddr) -> anyhow::Re
         seq: 0,
         stats: BTreeMap::new(),
         throttled: 0,
+        invitation_requests: 0,
         faults: 0,
         lost: 0,
         current_second: 0,
@@ -167,7 +174,7 @@ pub async fn start(mut config: EmulatorConfig, listen: SocketAddr) -> anyhow::Re
         wall_start: chrono::Utc::now(),
         ru_limit,
     });
-    let (tx, rx) = tokio::sync::watch::channel(false);
+    let (tx, rx) = tokio::sync::watch::channel(server::Stop::No);
     let task = tokio::spawn(server::serve(
         listener,
         server::router(Arc::clone(&shared)),
@@ -287,7 +294,16 @@ impl Emulator {
 
     /// Stop accepting and close every connection.
     pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
+        let _ = self.shutdown.send(server::Stop::Now);
+        let _ = self.task.await;
+    }
+
+    /// Close the port: stop accepting at once, answer the requests already received, then close
+    /// every connection (idle ones at once). Graph going away between two requests: every later
+    /// request is refused before it leaves the client, none is cut off half-way (cut-off answers
+    /// are `lost_response_rate`'s business).
+    pub async fn close_port(self) {
+        let _ = self.shutdown.send(server::Stop::Drain);
         let _ = self.task.await;
     }
 }

@@ -60,6 +60,9 @@ pub struct State {
     pub seq: u64,
     pub stats: BTreeMap<String, BTreeMap<String, u64>>,
     pub throttled: u64,
+    /// Invitation requests that reached the throttle, for
+    /// [`EmulatorConfig::throttle_every_nth_invitation`].
+    pub invitation_requests: u64,
     pub faults: u64,
     pub lost: u64,
     pub current_second: u64,
@@ -379,6 +382,17 @@ impl State {
         now: Duration,
     ) -> Result<f64, Throttled> {
         let tenant = self.tenant.tenant_id.clone();
+        if cost.invitation && cfg.throttle_every_nth_invitation > 0 {
+            self.invitation_requests += 1;
+            if self.invitation_requests % cfg.throttle_every_nth_invitation == 0 {
+                return Err(Throttled {
+                    wait: Duration::from_secs(1),
+                    information: "InvitationLimitExceeded",
+                    scope: format!("Tenant/Write/{app}/{tenant}"),
+                    demand: 1.0 + 1.0 / cfg.throttle_every_nth_invitation as f64,
+                });
+            }
+        }
         let scale = cfg.bucket_scale;
         let mut wants: Vec<(String, f64, Duration, f64, &'static str, String)> = Vec::new();
         if cost.ru > 0 && ru_limit > 0 {

@@ -88,8 +88,22 @@ fn to_response(reply: Reply) -> Response {
         .unwrap_or_else(|_| (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "").into_response())
 }
 
-/// Accept connections until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, router: Router, mut shutdown: watch::Receiver<bool>) {
+/// How the emulator stops serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Still serving.
+    No,
+    /// Stop accepting and drop every connection, answers in progress included.
+    Now,
+    /// Stop accepting, finish the answers in progress, then close every connection.
+    Drain,
+}
+
+/// Longest a draining connection may take to finish its answer (latency included).
+const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Accept connections until `shutdown` leaves [`Stop::No`].
+pub async fn serve(listener: TcpListener, router: Router, mut shutdown: watch::Receiver<Stop>) {
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -121,11 +135,20 @@ pub async fn serve(listener: TcpListener, router: Router, mut shutdown: watch::R
                 hyper_util::service::TowerToHyperService::new(svc),
             );
             tokio::pin!(conn);
-            tokio::select! {
+            let drain = tokio::select! {
                 biased;
-                _ = kill.0.notified() => {}
-                _ = conn_shutdown.changed() => {}
-                _ = conn.as_mut() => {}
+                _ = kill.0.notified() => false,
+                _ = conn_shutdown.changed() => *conn_shutdown.borrow() == Stop::Drain,
+                _ = conn.as_mut() => false,
+            };
+            if drain {
+                conn.as_mut().graceful_shutdown();
+                tokio::select! {
+                    biased;
+                    _ = kill.0.notified() => {}
+                    _ = tokio::time::sleep(DRAIN_LIMIT) => {}
+                    _ = conn.as_mut() => {}
+                }
             }
         });
     }

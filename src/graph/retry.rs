@@ -22,10 +22,30 @@ pub struct Backoff {
 impl Default for Backoff {
     fn default() -> Self {
         Backoff {
-            base: Duration::from_millis(500),
+            base: default_base(),
             cap: Duration::from_secs(30),
         }
     }
+}
+
+/// The backoff's first ceiling against Graph.
+const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(500);
+
+/// Lowers the backoff's base (milliseconds, 1 to 500; anything else is ignored). For the test
+/// suite and rehearsals against the emulator, which inject faults by the thousand: with Graph's
+/// 500 ms the suite would mostly sleep. Not a flag on purpose: against Graph the default is right.
+pub const BACKOFF_BASE_ENV: &str = "B2B_BACKOFF_BASE_MS";
+
+fn default_base() -> Duration {
+    static BASE: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *BASE.get_or_init(|| {
+        std::env::var(BACKOFF_BASE_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|ms| (1..=500).contains(ms))
+            .map(Duration::from_millis)
+            .unwrap_or(DEFAULT_BACKOFF_BASE)
+    })
 }
 
 impl Backoff {

@@ -37,6 +37,9 @@ pub fn command(emu: &Emulator, db: &Path, args: &[&str]) -> tokio::process::Comm
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .envs(emu.client_env())
         .env("RUST_LOG", "b2b_convert=info")
+        // The emulator injects faults by the thousand: back off from 20 ms rather than Graph's
+        // 500 ms so fault tests do not mostly sleep (same policy, same attempt limits).
+        .env("B2B_BACKOFF_BASE_MS", "20")
         .arg("--db")
         .arg(db)
         .args(args)
