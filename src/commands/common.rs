@@ -43,7 +43,10 @@ pub fn connect(
         http_retries: options.http_retries,
         not_sent_retry_for: crate::config::DEFAULT_NOT_SENT_RETRY_FOR,
     };
-    let limiter = Limiter::new(options.rate);
+    let settle = options
+        .settle_rate
+        .unwrap_or(crate::config::DEFAULT_SETTLE_RATE);
+    let limiter = Limiter::pacing(options.rate, settle);
     Ok(GraphClient::new(config, limiter)?.with_batching(mode == RunMode::Live))
 }
 
