@@ -373,6 +373,9 @@ pub enum BenchKind {
     Ingest,
     /// Live conversion against Graph-shaped buckets: invitations/s vs the ceiling, 429 share.
     Convert,
+    /// A 10-user pilot on a `--users` tenant: time to the first invitation once the tenant's
+    /// address index exists, beside a full listing of every user's addresses.
+    Pilot,
 }
 
 #[cfg(test)]
