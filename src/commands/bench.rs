@@ -341,7 +341,7 @@ async fn pilot(dir: &Path, users: usize) -> anyhow::Result<ExitStatus> {
 
     // Reference: what every pass did before its first invitation until the index was kept.
     let graph = crate::graph::GraphClient::new(
-        crate::graph::GraphConfig::new(&emu.base_url(), &emu.base_url(), credentials()),
+        crate::graph::GraphConfig::new(emu.base_url(), emu.base_url(), credentials()),
         crate::graph::Limiter::new(20.0),
     )?;
     let started = Instant::now();

@@ -146,7 +146,7 @@ impl Limiter {
     /// An answer's `x-ms-throttle-limit-percentage` (a share of a limit, 0.8–1.8): above 0.8,
     /// settle now, before the bucket runs out and Graph starts answering 429.
     pub fn pressure(&self, share: f64) {
-        if !(share > PRESSURE_THRESHOLD) {
+        if share.is_nan() || share <= PRESSURE_THRESHOLD {
             return;
         }
         let now = Instant::now();
