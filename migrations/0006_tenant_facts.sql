@@ -8,6 +8,10 @@ CREATE TABLE tenant_sync (
     round_link  TEXT,
     -- 1 while a full round is under way: its index is incomplete until delta_link is set.
     full_round  INTEGER NOT NULL DEFAULT 0,
+    -- A full round done by listing every user (999 a page, 5× fewer pages than a delta round):
+    -- the delta link taken just before the listing (`$deltatoken=latest`), adopted when the
+    -- listing ends; round_link is then a listing page link.
+    listing_delta TEXT,
     synced_at   TEXT
 );
 

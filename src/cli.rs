@@ -134,11 +134,14 @@ impl EndpointArgs {
 /// Options of `run` and `resume` that tune how the work is done.
 #[derive(Debug, Clone, Args)]
 pub struct ExecArgs {
-    /// Requests per second ceiling (Graph's write bucket sustains about 20).
+    /// Requests per second ceiling: the pace a run starts at; it settles just under 20 when
+    /// Graph signals a bucket above 80% used.
     #[arg(long, value_name = "N", value_parser = config::parse_rate,
           help = config::with_default(
-              &format!("Requests per second ceiling, {} to {} (Graph's write bucket sustains about 20)",
-                       config::MIN_RATE, config::MAX_RATE),
+              &format!("Requests per second ceiling, {} to {}: the pace a run starts at (Graph's \
+                        /invitations limit is 30); it settles at {} (at most N) when Graph signals \
+                        a bucket above 80% used",
+                       config::MIN_RATE, config::MAX_RATE, config::DEFAULT_SETTLE_RATE),
               config::DEFAULT_RATE))]
     pub rate: Option<f64>,
     /// Users worked on at once.

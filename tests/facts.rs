@@ -7,6 +7,7 @@ use b2b_convert::item::{ItemState, Reason};
 use common::*;
 
 const DELTA: &str = "GET /v1.0/users/delta";
+const LIST: &str = "GET /v1.0/users";
 /// The sample row whose address another user holds (tests/fixtures/sample-expected.csv).
 const CONFLICT_LINE: u64 = 42;
 
@@ -33,8 +34,11 @@ async fn a_second_pass_reads_only_the_changes_and_sees_them() {
 
     let first = run(&emu, &db, &args).await;
     assert_eq!(first.code, 3, "{}\n{}", first.stdout, first.stderr);
+    // The first pass: a delta link for "from now", then one listing of every user.
     let full_round = delta_status(&emu, "200");
-    assert!(full_round >= 1);
+    assert_eq!(full_round, 1);
+    let listed = requests_to(&emu.stats(), LIST);
+    assert!(listed >= 1);
     let (state, reason, detail) = conflict_row(&db, first.run_id());
     assert_eq!(
         (state, reason),
@@ -55,6 +59,13 @@ async fn a_second_pass_reads_only_the_changes_and_sees_them() {
         delta_status(&emu, "200") - full_round,
         1,
         "the second pass resumes from the stored delta link: one page of changes"
+    );
+    // The same look-ups as the first pass (a dry run reads users by id with plain GETs), but
+    // not the listing (one page: the sample tenant has fewer than 999 users).
+    assert_eq!(
+        requests_to(&emu.stats(), LIST) - listed,
+        listed - 1,
+        "and lists nobody"
     );
     let (state, reason, detail) = conflict_row(&db, second.run_id());
     assert_eq!(state, ItemState::WouldConvert, "{reason:?} {detail}");
@@ -79,7 +90,7 @@ async fn a_refused_delta_link_falls_back_to_a_full_round() {
     let args = ["run", "--csv", csv.to_str().unwrap(), "--dry-run"];
     let first = run(&emu, &db, &args).await;
     assert_eq!(first.code, 3, "{}\n{}", first.stdout, first.stderr);
-    let full_round = delta_status(&emu, "200");
+    let listed = requests_to(&emu.stats(), LIST);
 
     // The stored link expires (Graph keeps delta state for a limited time).
     let conn = rusqlite::Connection::open(&db).unwrap();
@@ -98,9 +109,9 @@ async fn a_refused_delta_link_falls_back_to_a_full_round() {
         "the expired link was tried once"
     );
     assert_eq!(
-        delta_status(&emu, "200") - full_round,
-        full_round,
-        "then a full round read every page again"
+        requests_to(&emu.stats(), LIST),
+        2 * listed,
+        "then a full round listed every user again"
     );
     let (state, reason, _) = conflict_row(&db, second.run_id());
     assert_eq!(

@@ -31,6 +31,9 @@ pub struct SyncState {
     pub round_link: Option<String>,
     /// A full round is under way (the index is incomplete until it ends).
     pub full_round: bool,
+    /// A full round by listing: the delta link it adopts when the listing ends (`round_link`
+    /// is then a listing page).
+    pub listing_delta: Option<String>,
     pub synced_at: Option<String>,
 }
 
@@ -59,8 +62,8 @@ impl Queue {
     pub fn facts_sync_state(&self, tenant: &str) -> Result<Option<SyncState>> {
         self.conn()
             .prepare_cached(
-                "SELECT delta_link, round_link, full_round, synced_at FROM tenant_sync
-                 WHERE tenant = ?1",
+                "SELECT delta_link, round_link, full_round, listing_delta, synced_at
+                 FROM tenant_sync WHERE tenant = ?1",
             )
             .and_then(|mut s| {
                 s.query_row([tenant], |r| {
@@ -68,7 +71,8 @@ impl Queue {
                         delta_link: r.get(0)?,
                         round_link: r.get(1)?,
                         full_round: r.get(2)?,
-                        synced_at: r.get(3)?,
+                        listing_delta: r.get(3)?,
+                        synced_at: r.get(4)?,
                     })
                 })
                 .optional()
@@ -78,8 +82,9 @@ impl Queue {
 
     /// Starts a full round: the tenant's addresses are dropped (the round lists every user
     /// again) and no delta link is kept, so an interrupted full round is never mistaken for a
-    /// complete index.
-    pub fn facts_start_full_round(&self, tenant: &str) -> Result<()> {
+    /// complete index. `listing_delta`: the round lists users instead of reading a delta round,
+    /// and adopts this delta link when the listing ends.
+    pub fn facts_start_full_round(&self, tenant: &str, listing_delta: Option<&str>) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -87,11 +92,13 @@ impl Queue {
         tx.execute("DELETE FROM tenant_addresses WHERE tenant = ?1", [tenant])
             .map_err(|e| self.err(e))?;
         tx.execute(
-            "INSERT INTO tenant_sync (tenant, delta_link, round_link, full_round, synced_at)
-             VALUES (?1, NULL, NULL, 1, NULL)
+            "INSERT INTO tenant_sync
+                 (tenant, delta_link, round_link, full_round, listing_delta, synced_at)
+             VALUES (?1, NULL, NULL, 1, ?2, NULL)
              ON CONFLICT (tenant) DO UPDATE SET
-                 delta_link = NULL, round_link = NULL, full_round = 1, synced_at = NULL",
-            [tenant],
+                 delta_link = NULL, round_link = NULL, full_round = 1, listing_delta = ?2,
+                 synced_at = NULL",
+            params![tenant, listing_delta],
         )
         .map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))
@@ -157,6 +164,8 @@ impl Queue {
                  round_link = excluded.round_link,
                  full_round = CASE WHEN excluded.delta_link IS NULL
                                    THEN tenant_sync.full_round ELSE 0 END,
+                 listing_delta = CASE WHEN excluded.delta_link IS NULL
+                                      THEN tenant_sync.listing_delta ELSE NULL END,
                  synced_at = CASE WHEN excluded.delta_link IS NULL
                                   THEN tenant_sync.synced_at ELSE excluded.synced_at END",
             params![tenant, delta, round, now()],
@@ -237,7 +246,8 @@ mod tests {
     fn a_round_is_resumable_page_by_page_and_ends_with_its_delta_link() {
         let (_d, q) = queue();
         assert_eq!(q.facts_sync_state("t").unwrap(), None);
-        q.facts_start_full_round("t").unwrap();
+        q.facts_start_full_round("t", Some("https://g/latest"))
+            .unwrap();
         q.facts_apply_page(
             "t",
             &[change("u1", &[(AddressSource::Mail, &["a@f.com"])])],
@@ -264,6 +274,7 @@ mod tests {
         assert_eq!(s.delta_link.as_deref(), Some("https://g/delta1"));
         assert_eq!(s.round_link, None);
         assert!(!s.full_round);
+        assert_eq!(s.listing_delta, None);
         assert!(s.synced_at.is_some());
         assert_eq!(owners(&q, "a@f.com"), vec!["u1", "u2"]);
         assert_eq!(q.indexed_addresses("t").unwrap(), 3);
@@ -338,9 +349,10 @@ mod tests {
             &RoundLink::Delta("https://g/d".into()),
         )
         .unwrap();
-        q.facts_start_full_round("t").unwrap();
+        q.facts_start_full_round("t", None).unwrap();
         let s = q.facts_sync_state("t").unwrap().unwrap();
         assert_eq!(s.delta_link, None);
+        assert_eq!(s.listing_delta, None);
         assert!(s.full_round);
         assert_eq!(q.indexed_addresses("t").unwrap(), 0);
     }

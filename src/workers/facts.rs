@@ -2,8 +2,10 @@
 //!
 //! Verified domains are read every pass (one request). The address index (who holds which
 //! address in `mail`, `otherMails` or SMTP `proxyAddresses`) is stored per tenant in the
-//! database and refreshed with Graph's delta query: the first pass on a tenant lists every user
-//! once (`GET /v1.0/users/delta`, following `@odata.nextLink`), and stores the
+//! database and refreshed with Graph's delta query: the first pass on a tenant takes a delta
+//! link for "from now" (`$deltatoken=latest`) and lists every user once (999 a page, a fifth of
+//! the pages of a delta round), or, where that link is refused, reads a full delta round
+//! (`GET /v1.0/users/delta`, following `@odata.nextLink`); it stores the
 //! `@odata.deltaLink`; every later pass — a resume, a pilot, the next run — reads only the users
 //! changed since, so its first invitation leaves after a page or two whatever the tenant's
 //! size. A link Graph no longer knows (410 `syncStateNotFound`, an expired token) starts a full
@@ -111,50 +113,122 @@ pub async fn refresh(
 
     let key = tenant.clone();
     let state = blocking(queue, move |q| q.facts_sync_state(&key)).await?;
-    let mut link = state.and_then(|s| {
-        s.round_link
-            .or(if s.full_round { None } else { s.delta_link })
-    });
+    let resumed = match state {
+        Some(s) if s.full_round && s.listing_delta.is_some() => Some(Round::Listing {
+            link: s.round_link,
+            delta: s.listing_delta.unwrap_or_default(),
+        }),
+        Some(s) if s.round_link.is_some() => Some(Round::Delta(s.round_link)),
+        Some(s) if !s.full_round && s.delta_link.is_some() => Some(Round::Delta(s.delta_link)),
+        _ => None,
+    };
     let mut done = Refresh {
-        full: link.is_none(),
+        full: resumed.is_none() || matches!(resumed, Some(Round::Listing { .. })),
         ..Default::default()
     };
-    if done.full {
-        let key = tenant.clone();
-        blocking(queue, move |q| q.facts_start_full_round(&key)).await?;
-    }
+    let mut round = match resumed {
+        Some(round) => round,
+        None => start_full_round(graph, queue, &tenant).await?,
+    };
     let mut restarted = false;
     loop {
-        let page = match graph.users_delta_page(link.as_deref()).await {
+        let answer = match &round {
+            Round::Delta(link) => graph.users_delta_page(link.as_deref()).await,
+            Round::Listing { link, .. } => graph.users_addresses_page(link.as_deref()).await,
+        };
+        let page = match answer {
             Ok(page) => page,
-            Err(e) if link.is_some() && !restarted && sync_state_lost(&e) => {
+            Err(e) if !restarted && round.has_link() && link_refused(&e, &round) => {
                 tracing::warn!(
                     error = %e,
-                    "Graph no longer knows the stored delta link; reading every user's addresses again"
+                    "Graph no longer knows the stored link; reading every user's addresses again"
                 );
                 restarted = true;
                 done.full = true;
-                link = None;
-                let key = tenant.clone();
-                blocking(queue, move |q| q.facts_start_full_round(&key)).await?;
+                round = start_full_round(graph, queue, &tenant).await?;
                 continue;
             }
             Err(e) => return Err(e.into()),
         };
         let changes: Vec<UserChange> = page.value.iter().filter_map(change_of).collect();
-        let next = match (page.next_link, page.delta_link) {
-            (Some(next), _) => RoundLink::Next(next),
-            (None, Some(delta)) => RoundLink::Delta(delta),
-            (None, None) => return Err(FactsError::NoLink),
+        let next = match (&round, page.next_link, page.delta_link) {
+            (_, Some(next), _) => RoundLink::Next(next),
+            (Round::Listing { delta, .. }, None, _) => RoundLink::Delta(delta.clone()),
+            (Round::Delta(_), None, Some(delta)) => RoundLink::Delta(delta),
+            (Round::Delta(_), None, None) => return Err(FactsError::NoLink),
         };
         done.pages += 1;
         done.changes += changes.len() as u64;
         let key = tenant.clone();
         let stored = next.clone();
         blocking(queue, move |q| q.facts_apply_page(&key, &changes, &stored)).await?;
-        match next {
-            RoundLink::Next(next) => link = Some(next),
-            RoundLink::Delta(_) => return Ok((facts, done)),
+        match (next, &mut round) {
+            (RoundLink::Next(next), Round::Delta(link) | Round::Listing { link, .. }) => {
+                *link = Some(next)
+            }
+            (RoundLink::Delta(_), _) => return Ok((facts, done)),
+        }
+    }
+}
+
+/// The round a refresh is reading.
+enum Round {
+    /// A delta round: from the stored delta link (changes only), a page link of an
+    /// interrupted round, or `None` for a full delta round.
+    Delta(Option<String>),
+    /// A full round by listing every user; `delta` is adopted when the listing ends.
+    Listing { link: Option<String>, delta: String },
+}
+
+impl Round {
+    fn has_link(&self) -> bool {
+        match self {
+            Round::Delta(link) | Round::Listing { link, .. } => link.is_some(),
+        }
+    }
+}
+
+/// Starts a full round: takes a delta link for "from now" (`$deltatoken=latest`) and lists
+/// every user, 999 a page; changes made during the listing come back in the next round, and
+/// applying a user twice is harmless. Where `latest` is refused, a full delta round.
+async fn start_full_round(
+    graph: &GraphClient,
+    queue: &Arc<Queue>,
+    tenant: &str,
+) -> Result<Round, FactsError> {
+    let round = match graph.users_delta_latest().await {
+        Ok(page) if page.next_link.is_none() && page.delta_link.is_some() => Round::Listing {
+            link: None,
+            delta: page.delta_link.unwrap_or_default(),
+        },
+        Ok(_) | Err(GraphError::Api { .. }) => {
+            tracing::info!("no delta link for \"from now\": reading a full delta round instead");
+            Round::Delta(None)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let key = tenant.to_string();
+    let listing_delta = match &round {
+        Round::Listing { delta, .. } => Some(delta.clone()),
+        Round::Delta(_) => None,
+    };
+    blocking(queue, move |q| {
+        q.facts_start_full_round(&key, listing_delta.as_deref())
+    })
+    .await?;
+    Ok(round)
+}
+
+/// Whether a refused stored link calls for a new full round: a delta link Graph no longer
+/// holds state for, or a listing page link that is no longer valid (4xx other than 429).
+fn link_refused(e: &GraphError, round: &Round) -> bool {
+    match round {
+        Round::Delta(_) => sync_state_lost(e),
+        Round::Listing { .. } => {
+            matches!(
+                e,
+                GraphError::Api { status, .. } if (400..500).contains(status) && *status != 429
+            ) || sync_state_lost(e)
         }
     }
 }
