@@ -131,11 +131,20 @@ pub async fn refresh(
         None => start_full_round(graph, queue, &tenant).await?,
     };
     let mut restarted = false;
+    // The page before is written while the next one is fetched: on a first round of a large
+    // tenant, writing a page costs about as much as fetching it. Pages still commit in order
+    // (the next write starts only once the one before has committed).
+    let mut writing: Option<tokio::task::JoinHandle<Result<(), FactsError>>> = None;
     loop {
         let answer = match &round {
             Round::Delta(link) => graph.users_delta_page(link.as_deref()).await,
             Round::Listing { link, .. } => graph.users_addresses_page(link.as_deref()).await,
         };
+        if let Some(write) = writing.take() {
+            write
+                .await
+                .map_err(|e| FactsError::Panicked(e.to_string()))??;
+        }
         let page = match answer {
             Ok(page) => page,
             Err(e) if !restarted && round.has_link() && link_refused(&e, &round) => {
@@ -161,12 +170,21 @@ pub async fn refresh(
         done.changes += changes.len() as u64;
         let key = tenant.clone();
         let stored = next.clone();
-        blocking(queue, move |q| q.facts_apply_page(&key, &changes, &stored)).await?;
+        let write = tokio::spawn({
+            let queue = queue.clone();
+            async move { blocking(&queue, move |q| q.facts_apply_page(&key, &changes, &stored)).await }
+        });
         match (next, &mut round) {
             (RoundLink::Next(next), Round::Delta(link) | Round::Listing { link, .. }) => {
-                *link = Some(next)
+                *link = Some(next);
+                writing = Some(write);
             }
-            (RoundLink::Delta(_), _) => return Ok((facts, done)),
+            (RoundLink::Delta(_), _) => {
+                write
+                    .await
+                    .map_err(|e| FactsError::Panicked(e.to_string()))??;
+                return Ok((facts, done));
+            }
         }
     }
 }
