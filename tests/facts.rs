@@ -128,3 +128,78 @@ async fn a_refused_delta_link_falls_back_to_a_full_round() {
     );
     emu.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_full_round_goes_on_at_its_next_page() {
+    use b2b_convert::graph::{Credentials, GraphClient, GraphConfig, Limiter};
+    use b2b_convert::queue::Queue;
+    use b2b_convert::workers::facts;
+    use std::sync::Arc;
+
+    // 2,100 users: three listing pages of 999.
+    let emu = start(b2b_convert::emulator::EmulatorConfig::new(
+        b2b_convert::emulator::Tenant::generate(2_100, 7),
+    ))
+    .await;
+    let env: std::collections::HashMap<String, String> = emu.client_env().into_iter().collect();
+    let base = emu.base_url();
+    let graph = GraphClient::new(
+        GraphConfig::new(
+            &base,
+            &base,
+            Credentials::from_lookup(|k| env.get(k).cloned()).unwrap(),
+        ),
+        Limiter::new(1_000.0),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    let queue = Arc::new(Queue::open(&db).unwrap());
+
+    let (f, first) = facts::refresh(&graph, &queue).await.unwrap();
+    assert_eq!((first.pages, first.changes, first.full), (3, 2_100, true));
+    let complete = queue.indexed_addresses(&f.tenant).unwrap();
+    let state = queue.facts_sync_state(&f.tenant).unwrap().unwrap();
+    let delta = state.delta_link.clone().unwrap();
+
+    // As if the process died after the first page of a full round: the index holds that page
+    // and the stored link points at the second.
+    let page2 = graph
+        .users_addresses_page(None)
+        .await
+        .unwrap()
+        .next_link
+        .unwrap();
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute(
+        "UPDATE tenant_sync SET full_round = 1, delta_link = NULL, listing_delta = ?1, \
+         round_link = ?2",
+        [&delta, &page2],
+    )
+    .unwrap();
+    drop(conn);
+    let listed = requests_to(&emu.stats(), LIST);
+    let deltas = requests_to(&emu.stats(), DELTA);
+
+    let (_, resumed) = facts::refresh(&graph, &queue).await.unwrap();
+    assert_eq!(
+        (resumed.pages, resumed.changes),
+        (2, 2_100 - 999),
+        "pages 2 and 3 only"
+    );
+    assert_eq!(requests_to(&emu.stats(), LIST) - listed, 2);
+    assert_eq!(
+        requests_to(&emu.stats(), DELTA),
+        deltas,
+        "no new delta link taken"
+    );
+    let state = queue.facts_sync_state(&f.tenant).unwrap().unwrap();
+    assert_eq!(
+        state.delta_link.as_deref(),
+        Some(delta.as_str()),
+        "the round's link adopted"
+    );
+    assert!(!state.full_round && state.round_link.is_none() && state.listing_delta.is_none());
+    assert_eq!(queue.indexed_addresses(&f.tenant).unwrap(), complete);
+    emu.shutdown().await;
+}
