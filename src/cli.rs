@@ -144,6 +144,15 @@ pub struct ExecArgs {
                        config::MIN_RATE, config::MAX_RATE, config::DEFAULT_SETTLE_RATE),
               config::DEFAULT_RATE))]
     pub rate: Option<f64>,
+    /// The pace when Graph signals a bucket above 80% used.
+    #[arg(long, value_name = "N", value_parser = config::parse_rate,
+          help = config::with_default(
+              &format!("Requests per second once Graph signals a bucket above 80% used \
+                        (x-ms-throttle-limit-percentage), at most --rate: {} is 98% of the write \
+                        bucket's refill; 30 where only the /invitations limit applies",
+                       config::DEFAULT_SETTLE_RATE),
+              config::DEFAULT_SETTLE_RATE))]
+    pub settle_rate: Option<f64>,
     /// Users worked on at once.
     #[arg(long, value_name = "N", value_parser = config::concurrency_parser(),
           help = config::with_default(

@@ -108,6 +108,9 @@ async fn faults_lost_answers_and_throttling_still_convert_everyone_exactly_once(
             "--silent",
             "--rate",
             "300",
+            // Never settle: the run must meet 429s (pacing on pressure is tests/pacing.rs).
+            "--settle-rate",
+            "300",
             "--concurrency",
             "48",
             "--max-attempts",

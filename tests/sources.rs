@@ -238,6 +238,9 @@ async fn request_economy_meets_the_targets_for_query_and_csv_sources() {
             "--yes",
             "--rate",
             "400",
+            // Never settle: the economy is measured under throttling, as asserted.
+            "--settle-rate",
+            "400",
             "--concurrency",
             "16",
         ],
@@ -272,6 +275,9 @@ async fn request_economy_meets_the_targets_for_query_and_csv_sources() {
             csv.to_str().unwrap(),
             "--yes",
             "--rate",
+            "400",
+            // Never settle: the economy is measured under throttling, as asserted.
+            "--settle-rate",
             "400",
             "--concurrency",
             "16",

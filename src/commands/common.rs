@@ -81,6 +81,9 @@ pub fn apply_exec(options: &mut RunOptions, exec: &ExecArgs) -> anyhow::Result<(
     if let Some(rate) = exec.rate {
         options.rate = rate;
     }
+    if let Some(settle) = exec.settle_rate {
+        options.settle_rate = Some(settle);
+    }
     if let Some(c) = exec.concurrency {
         options.concurrency = c;
     }
