@@ -187,13 +187,25 @@ impl EndpointArgs {
 /// Options of `run` and `resume` that tune how the work is done.
 #[derive(Debug, Clone, Args)]
 pub struct ExecArgs {
-    /// Requests per second ceiling (Graph's write bucket sustains about 20).
+    /// Requests per second ceiling: the pace a run starts at; it settles just under 20 when
+    /// Graph signals a bucket above 80% used.
     #[arg(long, value_name = "N", value_parser = config::parse_rate,
           help = config::with_default(
-              &format!("Requests per second ceiling, {} to {} (Graph's write bucket sustains about 20)",
-                       config::MIN_RATE, config::MAX_RATE),
+              &format!("Requests per second ceiling, {} to {}: the pace a run starts at (Graph's \
+                        /invitations limit is 30); it settles at {} (at most N) when Graph signals \
+                        a bucket above 80% used",
+                       config::MIN_RATE, config::MAX_RATE, config::DEFAULT_SETTLE_RATE),
               config::DEFAULT_RATE))]
     pub rate: Option<f64>,
+    /// The pace when Graph signals a bucket above 80% used.
+    #[arg(long, value_name = "N", value_parser = config::parse_rate,
+          help = config::with_default(
+              &format!("Requests per second once Graph signals a bucket above 80% used \
+                        (x-ms-throttle-limit-percentage), at most --rate: {} is 98% of the write \
+                        bucket's refill; 30 where only the /invitations limit applies",
+                       config::DEFAULT_SETTLE_RATE),
+              config::DEFAULT_SETTLE_RATE))]
+    pub settle_rate: Option<f64>,
     /// Users worked on at once.
     #[arg(long, value_name = "N", value_parser = config::concurrency_parser(),
           help = config::with_default(
@@ -474,6 +486,9 @@ pub enum BenchKind {
     Ingest,
     /// Live conversion against Graph-shaped buckets: invitations/s vs the ceiling, 429 share.
     Convert,
+    /// A 10-user pilot on a `--users` tenant: time to the first invitation once the tenant's
+    /// address index exists, beside a full listing of every user's addresses.
+    Pilot,
 }
 
 #[cfg(test)]

@@ -297,6 +297,10 @@ pub struct RunOptions {
     pub cc: Option<String>,
     /// Requests per second ceiling.
     pub rate: f64,
+    /// The pace under pressure (`x-ms-throttle-limit-percentage`); `None`: the default, at
+    /// most `rate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settle_rate: Option<f64>,
     pub concurrency: usize,
     pub max_attempts: u32,
     /// Retries of one HTTP request inside the Graph client; separate from `max_attempts`.
@@ -328,6 +332,7 @@ impl Default for RunOptions {
             message_body: None,
             cc: None,
             rate: crate::config::DEFAULT_RATE,
+            settle_rate: None,
             concurrency: crate::config::DEFAULT_CONCURRENCY,
             max_attempts: crate::config::DEFAULT_MAX_ATTEMPTS,
             http_retries: crate::config::DEFAULT_HTTP_RETRIES,

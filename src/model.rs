@@ -127,6 +127,26 @@ pub struct Page<T> {
     pub value: Vec<T>,
 }
 
+/// One page of a delta query (`GET /v1.0/users/delta`): entries stay JSON because an entry
+/// may carry only the properties that changed, and an absent property must not read as empty.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeltaPage {
+    #[serde(
+        rename = "@odata.nextLink",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub next_link: Option<String>,
+    #[serde(
+        rename = "@odata.deltaLink",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub delta_link: Option<String>,
+    #[serde(default)]
+    pub value: Vec<serde_json::Value>,
+}
+
 /// `POST /v1.0/invitations` body. Unknown properties are refused by Graph (and the emulator),
 /// so every field is modelled and absent ones are skipped.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

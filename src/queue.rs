@@ -17,6 +17,7 @@ use crate::item::{
 };
 use crate::model::{Invitation, User};
 
+mod facts;
 mod ingest;
 mod items;
 mod lease;
@@ -27,6 +28,7 @@ pub use log::{LOG_FLUSH_AFTER, LOG_FLUSH_ROWS};
 mod runs;
 mod steps;
 
+pub use facts::{AddressSource, RoundLink, SyncState, UserChange};
 pub use lease::{host_name, pid_alive, Holder, LeaseRow, RunLease, HEARTBEAT_EVERY, STALE_AFTER};
 pub use report::WorkSpan;
 pub use steps::{FollowUps, StepRow};
@@ -75,6 +77,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../migrations/0004_steps.sql")),
         M::up(include_str!("../migrations/0005_redemption.sql")),
         M::up(include_str!("../migrations/0006_ingest.sql")),
+        M::up(include_str!("../migrations/0007_tenant_facts.sql")),
     ])
 }
 

@@ -316,7 +316,7 @@ pub use crate::email::{email_syntax_error, FORBIDDEN_LOCAL};
 
 /// The address of an SMTP proxy address (`SMTP:` primary, `smtp:` secondary, or no prefix);
 /// `None` for other address types (`SIP:`, `X500:`, …), which cannot collide with a mail address.
-fn smtp_address(proxy: &str) -> Option<&str> {
+pub fn smtp_address(proxy: &str) -> Option<&str> {
     let proxy = proxy.trim();
     match proxy.split_once(':') {
         Some((kind, rest)) if kind.eq_ignore_ascii_case("smtp") => Some(rest),

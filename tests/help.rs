@@ -71,7 +71,7 @@ fn help_states_credentials_exit_codes_defaults_and_examples() {
     }
     assert!(!top.contains("bench"), "bench is not a user command");
     let run = help(&["run", "--help"]);
-    for needle in ["[default: 20", "[default: 8", "[default: 6"] {
+    for needle in ["[default: 30", "[default: 8", "[default: 6"] {
         assert!(run.contains(needle), "run --help lacks {needle}");
     }
     let demo = help(&["demo", "--help"]);

@@ -16,7 +16,7 @@ use common::*;
 /// The users a dry run says would convert: the expectation every live run is held to.
 async fn would_convert(emu: &Emulator, dir: &Path, csv: &Path) -> BTreeSet<String> {
     let db = dir.join("dry.db");
-    // Reads only, so the client's own --rate (default 20/s) and the workers' backoff after
+    // Reads only, so the client's own --rate (default 30/s) and the workers' backoff after
     // faults are the only waits: the rate lifted, more workers to overlap the backoffs.
     let out = run(
         emu,
@@ -111,6 +111,9 @@ async fn faults_lost_answers_and_throttling_still_convert_everyone_exactly_once(
             "--yes",
             "--silent",
             "--rate",
+            "2000",
+            // Never settle: the run must meet 429s (pacing on pressure is tests/pacing.rs).
+            "--settle-rate",
             "2000",
             "--concurrency",
             "48",

@@ -240,6 +240,9 @@ async fn request_economy_meets_the_targets_for_query_and_csv_sources() {
             "--yes",
             "--rate",
             "2000",
+            // Never settle: the economy is measured under throttling, as asserted.
+            "--settle-rate",
+            "2000",
             "--concurrency",
             "16",
         ],
@@ -274,6 +277,9 @@ async fn request_economy_meets_the_targets_for_query_and_csv_sources() {
             csv.to_str().unwrap(),
             "--yes",
             "--rate",
+            "2000",
+            // Never settle: the economy is measured under throttling, as asserted.
+            "--settle-rate",
             "2000",
             "--concurrency",
             "16",

@@ -48,7 +48,10 @@ pub fn connect(
             .unreachable_after
             .unwrap_or(crate::config::DEFAULT_NOT_SENT_RETRY_FOR),
     };
-    let limiter = Limiter::new(options.rate);
+    let settle = options
+        .settle_rate
+        .unwrap_or(crate::config::DEFAULT_SETTLE_RATE);
+    let limiter = Limiter::pacing(options.rate, settle);
     Ok(GraphClient::new(config, limiter)?.with_batching(mode == RunMode::Live))
 }
 
@@ -100,6 +103,9 @@ impl RequestObserver for RequestLog {
 pub fn apply_exec(options: &mut RunOptions, exec: &ExecArgs) -> anyhow::Result<()> {
     if let Some(rate) = exec.rate {
         options.rate = rate;
+    }
+    if let Some(settle) = exec.settle_rate {
+        options.settle_rate = Some(settle);
     }
     if let Some(c) = exec.concurrency {
         options.concurrency = c;

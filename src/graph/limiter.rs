@@ -3,6 +3,12 @@
 //! Two layers: governor enforces the configured ceiling (with a small burst); on top, an
 //! adaptive pace slows everyone down after a 429 and ramps back up cautiously. A 429 also sets
 //! a global pause: Graph's buckets are per app+tenant, so when one worker is throttled, all are.
+//!
+//! Pressure before a 429: Graph answers with `x-ms-throttle-limit-percentage` once a bucket is
+//! above 80% used. A run starts at its ceiling (by default the `/invitations` limit, using the
+//! write bucket's burst) and, on the first such answer, settles at the settle pace (just under
+//! the write bucket's refill), which an emptied bucket sustains without refusals; it climbs back
+//! only after answers have come without the header for [`PRESSURE_HOLD`].
 //! Time is tokio's clock throughout, so tests run under `start_paused`.
 
 use std::num::NonZeroU32;
@@ -50,11 +56,18 @@ const CUT_FACTOR: f64 = 0.5;
 const RAMP_STEP: f64 = 0.05;
 /// Longest global pause chosen without a `Retry-After`.
 const MAX_DEFAULT_PAUSE: Duration = Duration::from_secs(60);
+/// Graph sends `x-ms-throttle-limit-percentage` only above this share of a limit.
+pub const PRESSURE_THRESHOLD: f64 = 0.8;
+/// How long after the last pressure signal the pace stays at the settle rate: the header stops
+/// as soon as a bucket falls back under 80%, and climbing back at once would just refill it.
+pub const PRESSURE_HOLD: Duration = Duration::from_secs(30);
 
 type Governor = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Nanos>>;
 
 pub struct Limiter {
     ceiling: f64,
+    /// The pace under pressure (at most the ceiling).
+    settle: f64,
     floor: f64,
     /// Successes needed for one ramp step: about a second's worth at the ceiling.
     ramp_every: u64,
@@ -75,15 +88,30 @@ struct State {
     /// End of the pause set by the last rate cut: 429s arriving before it answer requests sent
     /// before the cut, so they do not cut again.
     cut_episode_end: Option<Instant>,
+    /// Until when the pace may not climb above the settle rate (the last pressure signal plus
+    /// [`PRESSURE_HOLD`]).
+    pressure_until: Option<Instant>,
 }
 
 impl Limiter {
-    /// A limiter allowing at most `rate_per_second` requests per second (a small burst aside).
+    /// A limiter allowing at most `rate_per_second` requests per second (a small burst aside),
+    /// which pressure signals do not slow down (only 429s do).
     pub fn new(rate_per_second: f64) -> Arc<Limiter> {
-        let ceiling = if rate_per_second.is_finite() && rate_per_second > 0.0 {
-            rate_per_second
+        Limiter::pacing(rate_per_second, rate_per_second)
+    }
+
+    /// A limiter starting at `start` requests per second that settles at `settle` (at most
+    /// `start`) on the first answer saying a bucket is above 80% used.
+    pub fn pacing(start: f64, settle: f64) -> Arc<Limiter> {
+        let ceiling = if start.is_finite() && start > 0.0 {
+            start
         } else {
             1.0
+        };
+        let settle = if settle.is_finite() && settle > 0.0 {
+            settle.min(ceiling)
+        } else {
+            ceiling
         };
         let burst = ((ceiling / 4.0).floor() as u32).max(1);
         let period = Duration::from_secs_f64(1.0 / ceiling).max(Duration::from_nanos(1));
@@ -93,6 +121,7 @@ impl Limiter {
         let clock = TokioClock::new();
         Arc::new(Limiter {
             ceiling,
+            settle,
             floor: ceiling.min(1.0),
             ramp_every: (ceiling.ceil() as u64).max(10),
             governor: RateLimiter::direct_with_clock(quota, clock),
@@ -104,8 +133,30 @@ impl Limiter {
                 consecutive_throttles: 0,
                 successes_since_step: 0,
                 cut_episode_end: None,
+                pressure_until: None,
             }),
         })
+    }
+
+    /// The pace the limiter settles at under pressure.
+    pub fn settle_rate(&self) -> f64 {
+        self.settle
+    }
+
+    /// An answer's `x-ms-throttle-limit-percentage` (a share of a limit, 0.8–1.8): above 0.8,
+    /// settle now, before the bucket runs out and Graph starts answering 429.
+    pub fn pressure(&self, share: f64) {
+        if share.is_nan() || share <= PRESSURE_THRESHOLD {
+            return;
+        }
+        let now = Instant::now();
+        let mut s = self.state.lock().expect("limiter state");
+        s.pressure_until = Some(now + PRESSURE_HOLD);
+        if s.rate > self.settle {
+            s.rate = self.settle;
+            s.successes_since_step = 0;
+            tracing::debug!(share, rate = s.rate, "Graph signals pressure: settling");
+        }
     }
 
     /// The configured ceiling (requests per second).
@@ -185,13 +236,17 @@ impl Limiter {
     pub fn succeeded(&self) {
         let mut s = self.state.lock().expect("limiter state");
         s.consecutive_throttles = 0;
-        if s.rate >= self.ceiling {
+        let cap = match s.pressure_until {
+            Some(until) if until > Instant::now() => self.settle,
+            _ => self.ceiling,
+        };
+        if s.rate >= cap {
             return;
         }
         s.successes_since_step += 1;
         if s.successes_since_step >= self.ramp_every {
             s.successes_since_step = 0;
-            s.rate = (s.rate + self.ceiling * RAMP_STEP).min(self.ceiling);
+            s.rate = (s.rate + self.ceiling * RAMP_STEP).min(cap);
         }
     }
 
@@ -354,5 +409,68 @@ mod tests {
         assert_eq!(limiter.current_rate(), 50.0);
         limiter.succeeded();
         assert_eq!(limiter.current_rate(), 55.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pressure_settles_before_any_429_and_holds_while_it_lasts() {
+        let limiter = Limiter::pacing(30.0, 19.6);
+        assert_eq!(limiter.settle_rate(), 19.6);
+        limiter.pressure(0.5);
+        limiter.pressure(0.8);
+        assert_eq!(
+            limiter.current_rate(),
+            30.0,
+            "Graph's header starts above 0.8"
+        );
+        limiter.pressure(0.93);
+        assert_eq!(limiter.current_rate(), 19.6);
+        limiter.pressure(1.2);
+        assert_eq!(
+            limiter.current_rate(),
+            19.6,
+            "settling is not a cut: it never compounds"
+        );
+
+        // Paced at the settle rate: 99 slots after the first take 99 / 19.6 s.
+        let start = Instant::now();
+        acquire_n(&limiter, 100, 8).await;
+        let took = start.elapsed().as_secs_f64();
+        assert!((took - 99.0 / 19.6).abs() < 0.05, "{took}");
+
+        // Successes under pressure do not climb above the settle rate.
+        for _ in 0..1_000 {
+            limiter.succeeded();
+        }
+        assert_eq!(limiter.current_rate(), 19.6);
+        // Quiet for the hold: the burst is used again, step by step.
+        tokio::time::sleep(PRESSURE_HOLD).await;
+        for _ in 0..30 {
+            limiter.succeeded();
+        }
+        assert_eq!(limiter.current_rate(), 19.6 + 30.0 * RAMP_STEP);
+        for _ in 0..30 * 10 {
+            limiter.succeeded();
+        }
+        assert_eq!(limiter.current_rate(), 30.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_under_pressure_still_cuts_and_the_ramp_stops_at_the_settle_rate() {
+        let limiter = Limiter::pacing(30.0, 20.0);
+        limiter.pressure(0.9);
+        limiter.throttled(Some(Duration::from_secs(1)));
+        assert_eq!(limiter.current_rate(), 10.0);
+        for _ in 0..30 * 20 {
+            limiter.succeeded();
+        }
+        assert_eq!(limiter.current_rate(), 20.0);
+        let plain = Limiter::new(20.0);
+        plain.pressure(1.5);
+        assert_eq!(
+            plain.current_rate(),
+            20.0,
+            "without a settle rate, pressure changes nothing"
+        );
+        assert_eq!(Limiter::pacing(10.0, 20.0).settle_rate(), 10.0);
     }
 }

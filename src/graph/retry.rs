@@ -206,10 +206,39 @@ pub fn retry_after_header(headers: &reqwest::header::HeaderMap) -> Option<Durati
         .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()))
 }
 
+/// `x-ms-throttle-limit-percentage` of a header map: the share of a limit in use, which Graph
+/// sends only above 0.8 (0.8–1.8). A value written as a percentage (`86`) is read as 0.86.
+pub fn limit_percentage_header(headers: &reqwest::header::HeaderMap) -> Option<f64> {
+    headers
+        .get("x-ms-throttle-limit-percentage")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().trim_end_matches('%').parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .map(|v| if v > 10.0 { v / 100.0 } else { v })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::SystemTime;
+
+    #[test]
+    fn limit_percentage_forms() {
+        let read = |v: &str| {
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert("x-ms-throttle-limit-percentage", v.parse().unwrap());
+            limit_percentage_header(&h)
+        };
+        assert_eq!(read("0.93"), Some(0.93));
+        assert_eq!(read(" 1.8 "), Some(1.8));
+        assert_eq!(read("86"), Some(0.86));
+        assert_eq!(read("90%"), Some(0.9));
+        assert_eq!(read("high"), None);
+        assert_eq!(
+            limit_percentage_header(&reqwest::header::HeaderMap::new()),
+            None
+        );
+    }
 
     #[test]
     fn retry_after_forms() {

@@ -237,6 +237,9 @@ impl GraphClient {
                 client_request_id,
                 request_id: header_str(&headers, "request-id"),
             };
+            if let Some(share) = retry::limit_percentage_header(&headers) {
+                inner.limiter.pressure(share);
+            }
             if (200..300).contains(&status) {
                 self.report(call, attempt, &meta, started, None, false);
                 inner.limiter.succeeded();

@@ -73,6 +73,8 @@ fn run(mode: RunMode) -> RunRecord {
         options: RunOptions {
             message_body: Some("Welcome | to <b>B2B</b>\nsecond line".into()),
             cc: Some("it@contoso.com".into()),
+            // Pinned: the estimates below are worked out at 20/s, whatever the default pace.
+            rate: 20.0,
             ..RunOptions::default()
         },
         tenant_id: Some("11111111-2222-3333-4444-555555555555".into()),

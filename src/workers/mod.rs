@@ -2,7 +2,8 @@
 //! checkpointed.
 //!
 //! A producer reads pending items in input order a chunk at a time, looks their users up in bulk
-//! (`id in (…)` through `$batch`), asks Graph who else holds their addresses, and validates each
+//! (`id in (…)` through `$batch`), asks the stored address index ([`facts`], refreshed with
+//! Graph's delta query at the start of the pass) who else holds their addresses, and validates each
 //! with the pure `validate` function. Verdicts that need no request are recorded at once; users to
 //! convert go through a bounded channel to `concurrency` workers, so reading the next chunk
 //! overlaps with converting the current one.
@@ -22,7 +23,7 @@ use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument as _;
 
-use crate::graph::{GraphClient, GraphError, Pager, ResponseMeta, Traced};
+use crate::graph::{GraphClient, GraphError, ResponseMeta, Traced};
 use crate::item::{ItemRecord, ItemState, RunMode, RunOptions, RunRecord, UserKey};
 use crate::model::{
     EmailAddress, Invitation, InvitationRequest, InvitedUserMessageInfo, InvitedUserRef, Recipient,
@@ -31,8 +32,9 @@ use crate::model::{
 use crate::progress::Progress;
 use crate::queue::StepRow;
 use crate::queue::{LookupOutcome, Queue};
-use crate::validate::{validate_with, TenantFacts, Verdict};
+use crate::validate::{validate_with, Verdict};
 
+pub mod facts;
 pub mod planner;
 
 use planner::{Action, Answer, Attempts, Checkpoint, Leave, Reread, Step, StopReason};
@@ -103,16 +105,23 @@ impl Pass {
 /// Runs the queue of `pipeline.run` until nothing pending is left, Ctrl-C, or a tenant refusal.
 pub async fn work(pipeline: Pipeline) -> anyhow::Result<Outcome> {
     let run_id = pipeline.run.id;
-    let facts = match tenant_facts(&pipeline.graph).await {
-        Ok(f) => Arc::new(f),
-        Err(e) => return refusal_or_error(e, "reading the tenant's domains and addresses"),
+    let facts = match facts::refresh(&pipeline.graph, &pipeline.queue).await {
+        Ok((f, refresh)) => {
+            tracing::info!(
+                run_id,
+                verified_domains = f.verified_domains.len(),
+                pages = refresh.pages,
+                changed_users = refresh.changes,
+                full_round = refresh.full,
+                "tenant facts brought up to date"
+            );
+            Arc::new(f)
+        }
+        Err(facts::FactsError::Graph(e)) => {
+            return refusal_or_error(e, "reading the tenant's domains and addresses")
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("updating the tenant's address index")),
     };
-    tracing::info!(
-        run_id,
-        verified_domains = facts.verified_domains.len(),
-        addresses = facts.address_owners.len(),
-        "tenant facts read"
-    );
 
     let counts = pipeline.queue.counts(run_id)?;
     let done = counts.total - counts.state(ItemState::Pending) - counts.state(ItemState::InFlight);
@@ -204,7 +213,7 @@ fn refusal_or_error(e: GraphError, doing: &str) -> anyhow::Result<Outcome> {
 /// Returns whether `--limit` stopped it.
 async fn produce(
     pass: &Arc<Pass>,
-    facts: &TenantFacts,
+    facts: &facts::Facts,
     tx: mpsc::Sender<(ItemRecord, String)>,
 ) -> anyhow::Result<bool> {
     let p = &pass.pipeline;
@@ -322,31 +331,6 @@ async fn produce(
     }
 }
 
-/// Reads what validation needs to know about the tenant once per pass: verified domains and
-/// who holds which address in `mail` or `otherMails`. Listing every user's addresses costs one
-/// request per 999 users, far less than asking about each checked address.
-async fn tenant_facts(graph: &GraphClient) -> Result<TenantFacts, GraphError> {
-    let mut facts = TenantFacts {
-        verified_domains: graph
-            .verified_domains()
-            .await?
-            .iter()
-            .filter(|d| d.is_verified)
-            .map(|d| d.id.to_ascii_lowercase())
-            .collect(),
-        ..Default::default()
-    };
-    let mut pages = Pager::new(|link: Option<String>| async move {
-        graph.list_user_addresses_page(link.as_deref()).await
-    });
-    while let Some(page) = pages.next_page().await? {
-        for user in &page.value {
-            facts.add_owner(user);
-        }
-    }
-    Ok(facts)
-}
-
 /// Looks the chunk's users without a snapshot up in Graph, by object id or UPN (bulk reads).
 async fn look_up(pass: &Pass, items: &[ItemRecord]) -> Result<HashMap<String, User>, GraphError> {
     let p = &pass.pipeline;
@@ -380,7 +364,7 @@ async fn look_up(pass: &Pass, items: &[ItemRecord]) -> Result<HashMap<String, Us
 fn prepare(
     pass: &Pass,
     items: Vec<ItemRecord>,
-    facts: &TenantFacts,
+    facts: &facts::Facts,
     by_key: HashMap<String, User>,
 ) -> anyhow::Result<Vec<(ItemRecord, Verdict)>> {
     let p = &pass.pipeline;
@@ -413,6 +397,7 @@ fn prepare(
         ready.push(item);
     }
 
+    let facts = facts.for_chunk(&p.queue, &ready)?;
     Ok(ready
         .into_iter()
         .filter_map(|item| {
@@ -420,7 +405,7 @@ fn prepare(
             let verdict = validate_with(
                 user,
                 item.external_email.as_deref(),
-                facts,
+                &facts,
                 pass.options().set_mail,
             );
             Some((item, verdict))
