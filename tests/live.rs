@@ -222,6 +222,9 @@ async fn retry_after_is_honoured_by_every_request() {
             "--yes",
             "--rate",
             "100",
+            // The pace after a 429 is tests/pacing.rs's business; this test is about Retry-After.
+            "--settle-rate",
+            "100",
             "--concurrency",
             "4",
         ],
