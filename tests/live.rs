@@ -85,6 +85,8 @@ async fn faults_lost_answers_and_throttling_still_convert_everyone_exactly_once(
     let (tenant, csv) = generated(2_000, 11, dir.path());
     let mut config = EmulatorConfig::new(tenant);
     config.fault_rate = 0.2;
+    // Graph's 503s ask for 1–3 s; a tenth of a second keeps the run busy, not asleep.
+    config.fault_retry_after_max = std::time::Duration::from_millis(100);
     config.lost_response_rate = 0.1;
     // Graph's bucket shapes scaled ×20 so the run does not wait on Graph's real refill, and every
     // 1,000th invitation request answered 429 by count: the run needs more than 1,500 invitation

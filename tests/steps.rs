@@ -217,6 +217,8 @@ async fn set_mail_and_set_guest_survive_faults_lost_answers_and_sigkill() {
         .collect();
     let mut config = scaled(tenant);
     config.fault_rate = 0.2;
+    // Graph's 503s ask for 1–3 s; a tenth of a second keeps the run busy, not asleep.
+    config.fault_retry_after_max = std::time::Duration::from_millis(100);
     config.lost_response_rate = 0.1;
     config.seed = 7;
     let emu = start(config).await;

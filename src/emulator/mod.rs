@@ -55,6 +55,9 @@ pub struct EmulatorConfig {
     pub fault_rate: f64,
     /// Share of writes carried out whose connection is then dropped before the answer.
     pub lost_response_rate: f64,
+    /// The longest `Retry-After` an injected 503 asks for (Graph's are seconds: 1 to 3 s by
+    /// default). Lowered by tests so a run under 20% faults is not mostly asleep.
+    pub fault_retry_after_max: Duration,
     /// Share of accepted invitations answered 201 whose change never reaches the user (as
     /// reported of the real service); `/_emulator/invitations` marks them `applied: false`.
     pub not_applied_rate: f64,
@@ -105,6 +108,7 @@ impl EmulatorConfig {
             clock: Clock::system(),
             bucket_scale: 1.0,
             throttle_every_nth_invitation: 0,
+            fault_retry_after_max: Duration::from_secs(3),
             app_roles: DEFAULT_APP_ROLES.split(',').map(str::to_string).collect(),
             allow_invites_from: "everyone".into(),
             device_code_approve_after: 1,

@@ -674,7 +674,7 @@ impl Shared {
                     "The service is temporarily unavailable. Please retry later.",
                 );
                 if st.rng.random_bool(0.5) {
-                    r.with_header("Retry-After", st.rng.random_range(1..=3u8).to_string())
+                    r.with_header("Retry-After", fault_retry_after(&mut st.rng, &self.config))
                 } else {
                     r
                 }
@@ -921,6 +921,17 @@ pub fn percent_decode(s: &str) -> String {
     percent_encoding::percent_decode_str(s)
         .decode_utf8_lossy()
         .into_owned()
+}
+
+/// `Retry-After` of an injected 503: whole seconds from 1 to the configured maximum, as Graph
+/// sends them; below a second (tests), a fraction of the maximum, as `$batch` answers carry.
+fn fault_retry_after(rng: &mut impl Rng, config: &super::EmulatorConfig) -> String {
+    let max = config.fault_retry_after_max.as_secs_f64();
+    if max >= 1.0 {
+        rng.random_range(1..=max as u64).to_string()
+    } else {
+        format!("{:.3}", rng.random_range(max / 3.0..=max))
+    }
 }
 
 #[cfg(test)]
