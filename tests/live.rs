@@ -207,10 +207,10 @@ async fn retry_after_is_honoured_by_every_request() {
     let dir = tempfile::tempdir().unwrap();
     let (tenant, csv) = generated(120, 8, dir.path());
     let mut config = EmulatorConfig::new(tenant);
-    // 429s by count (every 20th invitation request) rather than a small bucket, so the run is
+    // 429s by count (every 30th invitation request) rather than a small bucket, so the run is
     // throttled several times without waiting on a slow real refill.
     config.bucket_scale = 10.0;
-    config.throttle_every_nth_invitation = 20;
+    config.throttle_every_nth_invitation = 30;
     let emu = start(config).await;
     let expected = would_convert(&emu, dir.path(), &csv).await;
     let db = dir.path().join("live.db");
@@ -223,10 +223,10 @@ async fn retry_after_is_honoured_by_every_request() {
             csv.to_str().unwrap(),
             "--yes",
             "--rate",
-            "100",
+            "400",
             // The pace after a 429 is tests/pacing.rs's business; this test is about Retry-After.
             "--settle-rate",
-            "100",
+            "400",
             "--concurrency",
             "4",
         ],
