@@ -189,7 +189,7 @@ impl Reason {
             Reason::DomainVerified => "The external email is in a verified domain of this tenant; a B2B address cannot be.",
             Reason::OnpremUpnPresent => "onPremisesUserPrincipalName is set (Entra Connect default rule); Microsoft blocks conversion of such users.",
             Reason::ExchangeMailbox => "The user has an enabled Exchange Online plan; mail cannot point outside the tenant while a mailbox exists.",
-            Reason::MailConflict => "Another user of the tenant already holds this address in mail or otherMails.",
+            Reason::MailConflict => "Another user of the tenant already holds this address in mail, otherMails or proxyAddresses.",
             Reason::AccountDisabled => "The account is disabled; converting it would invite someone who cannot sign in.",
         }
     }
@@ -207,7 +207,7 @@ impl Reason {
             Reason::DomainVerified => "Set mail to the partner's own address at their domain, not an address in one of your verified domains.",
             Reason::OnpremUpnPresent => "Change the Entra Connect sync rule so onPremisesUserPrincipalName is not written, sync, then re-run.",
             Reason::ExchangeMailbox => "Remove the mailbox or change mail in the Exchange admin center first, then re-run.",
-            Reason::MailConflict => "Remove the address from the other user's mail/otherMails, or choose another external address.",
+            Reason::MailConflict => "Remove the address from the other user's mail, otherMails or proxyAddresses, or choose another external address.",
             Reason::AccountDisabled => "Enable the account if the partner still needs access, or leave it out of the migration.",
         }
     }
