@@ -29,7 +29,10 @@ async fn a_second_process_on_a_leased_run_exits_1_and_changes_nothing() {
     let tenant = Tenant::generate(300, 21);
     let csv = dir.path().join("users.csv");
     tenant.write_csv(&csv).unwrap();
-    let emu = start(EmulatorConfig::new(tenant)).await;
+    let mut config = EmulatorConfig::new(tenant);
+    // Graph's buckets ×4, so the client's --rate below is the pace, not /invitations' 30/s.
+    config.bucket_scale = 4.0;
+    let emu = start(config).await;
 
     let dry = dir.path().join("dry.db");
     let out = run(
@@ -54,8 +57,10 @@ async fn a_second_process_on_a_leased_run_exits_1_and_changes_nothing() {
             "--csv",
             csv.to_str().unwrap(),
             "--yes",
+            // Slow enough (about 2 s for 255 invitations) that the second process meets a
+            // lease held by a working run, never a finished one.
             "--rate",
-            "60",
+            "120",
             "--concurrency",
             "4",
         ],
