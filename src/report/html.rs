@@ -6,9 +6,8 @@
 use std::fmt::Write as _;
 
 use super::{
-    human_duration, item_detail, item_fix, item_reason, mode_label, not_redeemed_state,
-    state_label, things_to_consider, thousands, Summary, HISTORY_ROWS, ONE_WAY,
-    THINGS_TO_CONSIDER_INTRO,
+    item_detail, item_fix, item_reason, mode_label, not_redeemed_state, state_label,
+    things_to_consider, thousands, Summary, HISTORY_ROWS, ONE_WAY, THINGS_TO_CONSIDER_INTRO,
 };
 use crate::item::{ItemRecord, ItemState, RunMode};
 
@@ -257,28 +256,14 @@ fn summary_section(out: &mut String, s: &Summary) {
     if let Some(e) = s.estimate {
         let _ = writeln!(
             out,
-            "<p><strong>Estimate.</strong> {}{} at {} requests/s: {}.</p>",
-            thousands(e.users_to_convert),
-            esc(&super::writes_clause(&e)),
-            e.configured_rate_per_second,
-            esc(&e.estimated_seconds.map_or_else(
-                || "never (the rate is not a positive number)".to_string(),
-                |v| format!(
-                    "about {}",
-                    human_duration(std::time::Duration::from_secs_f64(v))
-                )
-            ))
+            "<p><strong>Estimate.</strong> {}.</p>",
+            esc(&super::estimate_text(&e))
         );
     }
-    let follow = s.follow_up_sentences();
     let _ = writeln!(
         out,
         "<p><strong>Follow-up steps.</strong> {}</p>",
-        if follow.is_empty() {
-            "None requested (mail and user type are left as they are).".to_string()
-        } else {
-            format!("{}.", esc(&follow.join("; ")))
-        }
+        esc(&super::follow_up_text(&s.follow_up_sentences()))
     );
     if let Some(text) = s.redemption_sentence() {
         let _ = writeln!(out, "<p><strong>Redemption.</strong> {}</p>", esc(&text));

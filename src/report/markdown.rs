@@ -7,9 +7,8 @@
 use std::fmt::Write as _;
 
 use super::{
-    human_duration, item_detail, item_fix, item_reason, mode_label, not_redeemed_state,
-    state_label, things_to_consider, thousands, Summary, HISTORY_ROWS, ONE_WAY,
-    THINGS_TO_CONSIDER_INTRO,
+    item_detail, item_fix, item_reason, mode_label, not_redeemed_state, state_label,
+    things_to_consider, thousands, Summary, HISTORY_ROWS, ONE_WAY, THINGS_TO_CONSIDER_INTRO,
 };
 use crate::item::ItemRecord;
 
@@ -91,30 +90,12 @@ pub(super) fn render(s: &Summary) -> String {
         out.push('\n');
     }
     if let Some(e) = s.estimate {
-        let _ = writeln!(
-            out,
-            "**Estimate.** {}{} at {} requests/s: {}.\n",
-            thousands(e.users_to_convert),
-            cell(&super::writes_clause(&e)),
-            e.configured_rate_per_second,
-            e.estimated_seconds.map_or_else(
-                || "never (the rate is not a positive number)".to_string(),
-                |v| format!(
-                    "about {}",
-                    human_duration(std::time::Duration::from_secs_f64(v))
-                )
-            )
-        );
+        let _ = writeln!(out, "**Estimate.** {}.\n", cell(&super::estimate_text(&e)));
     }
-    let follow = s.follow_up_sentences();
     let _ = writeln!(
         out,
         "**Follow-up steps.** {}\n",
-        if follow.is_empty() {
-            "None requested (mail and user type are left as they are).".to_string()
-        } else {
-            format!("{}.", cell(&follow.join("; ")))
-        }
+        cell(&super::follow_up_text(&s.follow_up_sentences()))
     );
     if let Some(text) = s.redemption_sentence() {
         let _ = writeln!(out, "**Redemption.** {}\n", cell(&text));

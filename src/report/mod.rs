@@ -845,6 +845,30 @@ impl Tone {
     }
 }
 
+/// The board summary's estimate in plain words, the same in every format: "48 users at 20
+/// requests/s: about 3 s".
+pub(crate) fn estimate_text(e: &Estimate) -> String {
+    format!(
+        "{}{} at {} requests/s: {}",
+        thousands(e.users_to_convert),
+        writes_clause(e),
+        e.configured_rate_per_second,
+        e.estimated_seconds.map_or_else(
+            || "never (the rate is not a positive number)".to_string(),
+            |v| format!("about {}", human_duration(Duration::from_secs_f64(v)))
+        )
+    )
+}
+
+/// The board summary's follow-up steps in plain words, the same in every format.
+pub(crate) fn follow_up_text(sentences: &[String]) -> String {
+    if sentences.is_empty() {
+        "None requested (mail and user type are left as they are).".to_string()
+    } else {
+        format!("{}.", sentences.join("; "))
+    }
+}
+
 /// " users" or " users (505 Graph writes)" when follow-up PATCHes add writes.
 pub(crate) fn writes_clause(e: &Estimate) -> String {
     if e.writes > e.users_to_convert {
