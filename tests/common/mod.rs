@@ -1,6 +1,8 @@
 //! Shared harness: an in-process emulator on 127.0.0.1:0 and the real binary pointed at it.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
