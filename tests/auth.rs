@@ -245,32 +245,14 @@ async fn azure_cli_token_and_its_error() {
     let emu = common::start(config(ALL)).await;
     let dir = tempfile::tempdir().unwrap();
     // A token the stand-in `az` hands out, obtained the way az would: from the token endpoint.
-    let env: std::collections::HashMap<_, _> = emu.client_env().into_iter().collect();
-    let answer: serde_json::Value = reqwest::Client::new()
-        .post(format!(
-            "{}/{}/oauth2/v2.0/token",
-            emu.base_url(),
-            emu.tenant_id()
-        ))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", env["AZURE_CLIENT_ID"].as_str()),
-            ("client_secret", env["AZURE_CLIENT_SECRET"].as_str()),
-            ("scope", "https://graph.microsoft.com/.default"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = common::raw::token(&emu).await;
     let expires_on = chrono::Utc::now().timestamp() + 3000;
     let script = dir.path().join("az");
     std::fs::write(
         &script,
         format!(
             "#!/bin/sh\n[ \"$1 $2 $3 $4\" = \"account get-access-token --resource https://graph.microsoft.com\" ] || exit 9\necho '{{\"accessToken\":\"{}\",\"expires_on\":{expires_on},\"tokenType\":\"Bearer\"}}'\n",
-            answer["access_token"].as_str().unwrap()
+            answer
         ),
     )
     .unwrap();
@@ -456,25 +438,8 @@ async fn graph_answers_403_without_the_permission_it_needs() {
     let emu = common::start(config("User.Read.All")).await;
     let env: std::collections::HashMap<_, _> = emu.client_env().into_iter().collect();
     let http = reqwest::Client::new();
-    let token: serde_json::Value = http
-        .post(format!(
-            "{}/{}/oauth2/v2.0/token",
-            emu.base_url(),
-            emu.tenant_id()
-        ))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", env["AZURE_CLIENT_ID"].as_str()),
-            ("client_secret", env["AZURE_CLIENT_SECRET"].as_str()),
-            ("scope", "https://graph.microsoft.com/.default"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = token["access_token"].as_str().unwrap();
+    let token = common::raw::token(&emu).await;
+    let token = token.as_str();
     let claims = b2b_convert::graph::jwt::claims(token).unwrap();
     assert_eq!(claims["tid"], emu.tenant_id());
     assert_eq!(claims["appid"], env["AZURE_CLIENT_ID"].as_str());
@@ -595,27 +560,9 @@ async fn unknown_tenant_and_unknown_app_say_what_to_check() {
 #[tokio::test]
 async fn a_ready_token_is_read_for_its_roles() {
     let emu = common::start(config("User.Read.All,Domain.Read.All")).await;
-    let env: std::collections::HashMap<_, _> = emu.client_env().into_iter().collect();
-    let answer: serde_json::Value = reqwest::Client::new()
-        .post(format!(
-            "{}/{}/oauth2/v2.0/token",
-            emu.base_url(),
-            emu.tenant_id()
-        ))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", env["AZURE_CLIENT_ID"].as_str()),
-            ("client_secret", env["AZURE_CLIENT_SECRET"].as_str()),
-            ("scope", "https://graph.microsoft.com/.default"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = common::raw::token(&emu).await;
     let dir = tempfile::tempdir().unwrap();
-    let token = answer["access_token"].as_str().unwrap().to_string();
+    let token = answer.to_string();
     let r = run_with(
         &emu,
         &dir.path().join("q.db"),

@@ -13,27 +13,8 @@ use common::*;
 
 /// Asks the emulator itself which users match `filter`: the expectation for a `--filter` run.
 async fn emulator_evaluation(emu: &Emulator, filter: &str) -> BTreeSet<String> {
-    let env: BTreeMap<String, String> = emu.client_env().into_iter().collect();
     let http = reqwest::Client::new();
-    let token: serde_json::Value = http
-        .post(format!(
-            "{}/{}/oauth2/v2.0/token",
-            emu.base_url(),
-            env["AZURE_TENANT_ID"]
-        ))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", env["AZURE_CLIENT_ID"].as_str()),
-            ("client_secret", env["AZURE_CLIENT_SECRET"].as_str()),
-            ("scope", "https://graph.microsoft.com/.default"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let bearer = token["access_token"].as_str().unwrap().to_string();
+    let bearer = common::raw::token(emu).await;
     let mut url = reqwest::Url::parse_with_params(
         &format!("{}/v1.0/users", emu.base_url()),
         &[("$filter", filter), ("$select", "id"), ("$top", "500")],
