@@ -349,12 +349,7 @@ async fn pilot(dir: &Path, users: usize) -> anyhow::Result<ExitStatus> {
         client_id: env["AZURE_CLIENT_ID"].clone(),
         secret: Secret::new(env["AZURE_CLIENT_SECRET"].clone()),
     };
-    let endpoints = || Endpoints {
-        graph_url: emu.base_url(),
-        login_url: emu.base_url(),
-        http_timeout: None,
-        unreachable_after: None,
-    };
+    let endpoints = || Endpoints::new(emu.base_url(), emu.base_url());
     let db = dir.join("bench-pilot.db");
     let _ = std::fs::remove_file(&db);
     let new_run = |mode, csv: &PathBuf| NewRun {
@@ -575,12 +570,7 @@ async fn convert_case(
                 concurrency: 32,
                 ..Default::default()
             },
-            endpoints: Endpoints {
-                graph_url: emu.base_url(),
-                login_url: emu.base_url(),
-                http_timeout: None,
-                unreachable_after: None,
-            },
+            endpoints: Endpoints::new(emu.base_url(), emu.base_url()),
             yes: true,
             report: None,
         },

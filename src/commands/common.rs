@@ -28,6 +28,29 @@ pub struct Endpoints {
     pub unreachable_after: Option<std::time::Duration>,
 }
 
+impl Endpoints {
+    /// Graph and the token endpoint at these addresses, with the default timeouts.
+    pub fn new(graph_url: String, login_url: String) -> Endpoints {
+        Endpoints {
+            graph_url,
+            login_url,
+            http_timeout: None,
+            unreachable_after: None,
+        }
+    }
+
+    /// With the timeouts `run`, `resume` and `retry` were given (`--http-timeout`, the hidden
+    /// `--unreachable-after`); they are not stored with the run.
+    pub fn with_timeouts(self, exec: &ExecArgs) -> Endpoints {
+        let secs = |s: Option<u64>| s.map(std::time::Duration::from_secs);
+        Endpoints {
+            http_timeout: secs(exec.http_timeout),
+            unreachable_after: secs(exec.unreachable_after),
+            ..self
+        }
+    }
+}
+
 /// Builds the run's Graph client (one limiter for all its workers). Fails on bad endpoints or
 /// incomplete credentials: exit 1 with the cause.
 pub fn connect(
@@ -296,20 +319,13 @@ pub fn pick_run(queue: &Queue, id: Option<i64>) -> anyhow::Result<RunRecord> {
 }
 
 /// Endpoints for continuing a stored run: flags and environment win, else the run's own Graph URL.
-pub fn endpoints_for(
-    args: &crate::cli::EndpointArgs,
-    http_timeout: Option<u64>,
-    run: &RunRecord,
-) -> Endpoints {
-    Endpoints {
-        graph_url: args
-            .graph_url
+pub fn endpoints_for(args: &crate::cli::EndpointArgs, run: &RunRecord) -> Endpoints {
+    Endpoints::new(
+        args.graph_url
             .clone()
             .unwrap_or_else(|| run.graph_url.clone()),
-        login_url: args.login_url(),
-        http_timeout: http_timeout.map(std::time::Duration::from_secs),
-        unreachable_after: None,
-    }
+        args.login_url(),
+    )
 }
 
 /// `resume` and `retry`: reconnect and go on with the stored run, under the lease the caller
@@ -324,8 +340,7 @@ pub async fn continue_run(
     require_consent_possible(run.mode, exec.yes)?;
     let credentials = Credentials::resolve(exec.auth)?;
     queue.update_run_options(run.id, &run.options)?;
-    let mut endpoints = endpoints_for(&exec.endpoints, exec.http_timeout, &run);
-    endpoints.unreachable_after = exec.unreachable_after.map(std::time::Duration::from_secs);
+    let endpoints = endpoints_for(&exec.endpoints, &run).with_timeouts(exec);
     let graph = connect_to_run(&endpoints, credentials, &queue, &run, run.mode).await?;
     let group = matches!(run.source, crate::item::SourceSpec::Group { .. });
     super::preflight::require_ready(

@@ -69,12 +69,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitStatus> {
             concurrency: 8,
             ..Default::default()
         },
-        endpoints: Endpoints {
-            graph_url: emu.base_url(),
-            login_url: emu.base_url(),
-            http_timeout: None,
-            unreachable_after: None,
-        },
+        endpoints: Endpoints::new(emu.base_url(), emu.base_url()),
         yes: true,
         report: Some(report.to_path_buf()),
     };

@@ -352,12 +352,7 @@ pub async fn preflight(_db: &Path, args: PreflightArgs) -> anyhow::Result<ExitSt
         // Preflight cannot know whether the run will carry a message: say it whenever it applies.
         custom_message: true,
     };
-    let endpoints = Endpoints {
-        graph_url: args.endpoints.graph_url(),
-        login_url: args.endpoints.login_url(),
-        http_timeout: None,
-        unreachable_after: None,
-    };
+    let endpoints = Endpoints::new(args.endpoints.graph_url(), args.endpoints.login_url());
     let credentials = Credentials::resolve(args.auth)?;
     let graph = common::connect(
         &endpoints,

@@ -201,7 +201,7 @@ pub async fn resend(db: &Path, args: ResendArgs) -> anyhow::Result<ExitStatus> {
     }
 
     let graph = common::connect_to_run(
-        &common::endpoints_for(&args.endpoints, None, &run),
+        &common::endpoints_for(&args.endpoints, &run),
         Credentials::resolve(args.auth)?,
         &queue,
         &run,

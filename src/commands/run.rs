@@ -89,15 +89,11 @@ fn from_args(args: RunArgs) -> anyhow::Result<NewRun> {
             RunMode::Live
         },
         options,
-        endpoints: Endpoints {
-            graph_url: args.exec.endpoints.graph_url(),
-            login_url: args.exec.endpoints.login_url(),
-            http_timeout: args.exec.http_timeout.map(std::time::Duration::from_secs),
-            unreachable_after: args
-                .exec
-                .unreachable_after
-                .map(std::time::Duration::from_secs),
-        },
+        endpoints: Endpoints::new(
+            args.exec.endpoints.graph_url(),
+            args.exec.endpoints.login_url(),
+        )
+        .with_timeouts(&args.exec),
         yes: args.exec.yes,
         report: args.exec.report,
     })

@@ -33,7 +33,7 @@ pub async fn track(db: &Path, args: TrackArgs) -> anyhow::Result<ExitStatus> {
         .into());
     }
     let graph = common::connect_to_run(
-        &common::endpoints_for(&args.endpoints, None, &run),
+        &common::endpoints_for(&args.endpoints, &run),
         Credentials::resolve(args.auth)?,
         &queue,
         &run,
