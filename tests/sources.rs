@@ -355,3 +355,38 @@ async fn tokens_expiring_mid_run_cause_no_failed_item() {
         count(&its, ItemState::Converted)
     );
 }
+
+/// The hostile-days repro, end to end: a notes cell with another user's row pasted into it, on
+/// a row with one field too many, must convert nobody, least of all the pasted user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pasted_row_inside_a_quoted_cell_converts_nobody() {
+    let emu = common::start_sample().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    let csv = dir.path().join("p.csv");
+    let named = "3535df92-088c-5e62-a2d6-4e3cfa0512e6";
+    let pasted = "50d40596-fd29-50f4-930b-15ecf3b4c22b";
+    std::fs::write(
+        &csv,
+        format!("id,notes\n{named},\"vendor note\n{pasted},pasted\nend of note\",extra\n"),
+    )
+    .unwrap();
+    let out = common::run(&emu, &db, &["run", "--csv", csv.to_str().unwrap(), "--yes"]).await;
+    assert_eq!(out.code, 3, "a bad row: {}", out.stderr);
+    let items = common::items(&db, out.run_id());
+    assert_eq!(
+        items.len(),
+        1,
+        "one record, as RFC 4180 reads it: {items:?}"
+    );
+    assert_eq!(items[0].state, ItemState::Blocked);
+    assert!(
+        items[0]
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.contains("expected 2 fields, found 3") && d.contains("lines 2–4")),
+        "{:?}",
+        items[0]
+    );
+    assert!(emu.invitations().is_empty(), "{:?}", emu.invitations());
+}

@@ -6,8 +6,10 @@
 //! reused for every row and capped at [`MAX_RECORD_BYTES`], so memory stays flat whatever the
 //! file holds. The reader is a small RFC 4180 scanner of its own rather than the `csv` crate,
 //! because it must know exact physical line numbers, accept a bare CR as a line end
-//! (spreadsheets' "CSV (Macintosh)"), and recover from an unterminated quote by reading the
-//! lines it swallowed again as rows: a general-purpose parser does none of these.
+//! (spreadsheets' "CSV (Macintosh)"), and recover from a quote left open at the end of the file
+//! by reading the lines it swallowed again as rows: a general-purpose parser does none of these.
+//! A quote that closes is never re-read: its row is one record, as RFC 4180 reads it, and a
+//! row of the wrong shape is one `bad_input` item naming its line span.
 //!
 //! A row that cannot be used never stops ingestion: it becomes an item with `bad_input` naming
 //! the file, the line and the field. Only a file that cannot be opened, has no usable header, or
@@ -62,8 +64,8 @@ pub fn check_header(path: &Path) -> Result<Vec<String>, SourceError> {
     CsvSource::open(path, 0).map(|source| source.warnings)
 }
 
-/// A record (with its quoted fields) is never held beyond this size: a longer row is `bad_input`,
-/// and a quote still open at this size is taken as unterminated. Far above any real row.
+/// A record (with its quoted fields) is never held beyond this size: a longer row is one
+/// `bad_input` item, however many lines its quotes span. Far above any real row.
 pub const MAX_RECORD_BYTES: usize = 4 << 20;
 
 /// A warning names at most this many columns, then says how many more there are.
@@ -131,6 +133,8 @@ struct Record {
     /// Fields seen, including those not stored once the record passed [`MAX_RECORD_BYTES`].
     fields: usize,
     overflow: bool,
+    /// Some field opened with a quote: the record is a row even if every field is blank.
+    quoted: bool,
 }
 
 impl Record {
@@ -139,6 +143,7 @@ impl Record {
         self.ends.clear();
         self.fields = 0;
         self.overflow = false;
+        self.quoted = false;
     }
 
     fn push(&mut self, bytes: &[u8]) {
@@ -192,25 +197,43 @@ struct MultiLine {
     after_first_break: (u64, u64),
 }
 
-/// How a quote that should not have spanned lines ended.
-#[derive(Debug, Clone, Copy)]
-enum QuoteEnd {
-    EndOfFile,
-    /// Closed, then followed by this byte instead of a comma or a line end.
-    Stray(u8),
-    /// Closed properly, but took in line breaks where the row cannot have any.
-    TookLines,
-    TooLong,
-}
-
-/// An unterminated quote: the record is reported from its opening and reading goes on with
-/// the line after it.
+/// A quote still open at the end of the file. It is the one case where lines are read again:
+/// the record is reported from its opening, and reading goes on with the line after it, so an
+/// unterminated quote never swallows the rows after it.
 #[derive(Debug, Clone, Copy)]
 struct BadQuote {
     open: MultiLine,
-    end: QuoteEnd,
-    /// Line where the scan for the closing quote stopped.
+    /// The file's last line, where the scan for the closing quote stopped.
     last_line: u64,
+}
+
+/// A row whose quotes closed but whose shape is wrong. Every RFC 4180 reader sees one record
+/// here, so it stays one `bad_input` item: its lines are never read again as rows, whatever the
+/// quotes hold (a notes cell with a pasted user list in it must not convert those users).
+#[derive(Debug, Clone, Copy)]
+enum Malformed {
+    /// Text follows a closing quote (`"a"b`) instead of a comma or a line end.
+    AfterQuote {
+        field: usize,
+        open_line: u64,
+        close_line: u64,
+        byte: u8,
+    },
+    /// A field that cannot hold line breaks (every column but the message body and ignored
+    /// ones) took some in.
+    LineBreaks {
+        field: usize,
+        open_line: u64,
+        close_line: u64,
+    },
+}
+
+impl Malformed {
+    fn field(self) -> usize {
+        match self {
+            Malformed::AfterQuote { field, .. } | Malformed::LineBreaks { field, .. } => field,
+        }
+    }
 }
 
 /// The physical reader: bytes, the current line and offset.
@@ -263,8 +286,25 @@ impl Scanner {
 /// What one call of [`CsvSource::read_record`] found.
 #[derive(Debug)]
 struct Read {
+    /// First and last physical line of the record.
     line: u64,
+    last_line: u64,
     bad_quote: Option<BadQuote>,
+    malformed: Option<Malformed>,
+}
+
+impl Read {
+    /// " (row spans lines 2–4 …)" for a record of several lines, else nothing.
+    fn span(&self) -> String {
+        if self.last_line > self.line {
+            format!(
+                " (one row spanning lines {}–{}: none of its lines is read as a row of its own)",
+                self.line, self.last_line
+            )
+        } else {
+            String::new()
+        }
+    }
 }
 
 /// Streaming reader of one CSV input file.
@@ -337,6 +377,13 @@ impl CsvSource {
                 file: source.file,
                 line: read.line,
                 why: format!("column {}: {}", bad.open.field + 1, quote_problem(&bad)),
+            });
+        }
+        if let Some(bad) = read.malformed {
+            return Err(SourceError::BadHeader {
+                file: source.file,
+                line: read.line,
+                why: format!("column {}: {}", bad.field() + 1, malformed_problem(bad)),
             });
         }
         if source.record.overflow {
@@ -445,13 +492,13 @@ impl CsvSource {
                 Ok(Some(read)) => {
                     self.furthest = self.furthest.max(self.scanner.offset);
                     if let Some(bad) = &read.bad_quote {
-                        // The lines the quote took in are read again as rows of their own.
+                        // The lines the unterminated quote took in are read again as rows.
                         let resume = bad.open.after_first_break;
                         self.scanner.seek(resume).map_err(|e| self.read_err(e))?;
                         self.usable = bad.open.field;
                         return Ok(Some(read));
                     }
-                    self.usable = self.record.len();
+                    self.usable = read.malformed.map_or(self.record.len(), Malformed::field);
                     if !self.is_blank_line() {
                         return Ok(Some(read));
                     }
@@ -461,9 +508,10 @@ impl CsvSource {
     }
 
     /// An empty or whitespace-only line: one unquoted field of spaces. Skipped; a line with a
-    /// comma or a quote is a row, even when every field is blank.
+    /// comma or a quote (`""` included) is a row, even when every field is blank.
     fn is_blank_line(&self) -> bool {
         self.record.len() == 1
+            && !self.record.quoted
             && !self.record.overflow
             && self
                 .record
@@ -471,24 +519,29 @@ impl CsvSource {
                 .is_some_and(|f| f.iter().all(|b| *b == b' ' || *b == b'\t'))
     }
 
-    /// One record from the scanner's position, or `None` at end of file.
+    /// One record from the scanner's position, or `None` at end of file. Record boundaries are
+    /// RFC 4180's: a closed quote holds whatever it holds, so a row is never cut inside one.
     fn scan_record(&mut self) -> io::Result<Option<Read>> {
         if self.scanner.peek()?.is_none() {
             return Ok(None);
         }
         let start_line = self.scanner.line;
         self.record.clear();
-        let mut first_multi_line: Option<MultiLine> = None;
+        // The first quoted field that spans lines, and the line its quote closed on.
+        let mut first_multi_line: Option<(MultiLine, u64)> = None;
+        let mut malformed: Option<Malformed> = None;
         let end_line;
         loop {
             let field = self.record.fields;
             let field_start = self.record.data.len();
             if self.scanner.peek()? == Some(b'"') {
+                self.record.quoted = true;
                 self.scanner.bump(1);
                 let open_line = self.scanner.line;
                 let mut multi: Option<MultiLine> = None;
                 let mut first_break_len = 0;
-                // Inside the quotes, up to the closing quote.
+                // Inside the quotes, up to the closing quote. Past the record's cap nothing is
+                // stored, but the scan goes on to the closing quote: a long field is one row.
                 let closed = loop {
                     let buf = self.scanner.input.fill_buf()?;
                     if buf.is_empty() {
@@ -521,16 +574,6 @@ impl CsvSource {
                                 line: open_line,
                                 after_first_break: (self.scanner.offset, self.scanner.line),
                             });
-                            if self.record.overflow {
-                                let open = multi.expect("set above");
-                                return Ok(Some(self.bad_quote(
-                                    start_line,
-                                    open,
-                                    QuoteEnd::TooLong,
-                                    field_start,
-                                    first_break_len,
-                                )));
-                            }
                         }
                         _ => {}
                     }
@@ -540,7 +583,6 @@ impl CsvSource {
                         return Ok(Some(self.bad_quote(
                             start_line,
                             open,
-                            QuoteEnd::EndOfFile,
                             field_start,
                             first_break_len,
                         )));
@@ -549,33 +591,33 @@ impl CsvSource {
                     self.record.end_field();
                     return Ok(Some(Read {
                         line: start_line,
+                        last_line: self.scanner.line,
                         bad_quote: Some(BadQuote {
                             open: MultiLine {
                                 field,
                                 line: open_line,
                                 after_first_break: (self.scanner.offset, self.scanner.line),
                             },
-                            end: QuoteEnd::EndOfFile,
                             last_line: self.scanner.line,
                         }),
+                        malformed: None,
                     }));
                 }
-                match (self.scanner.peek()?, multi) {
-                    (None | Some(b',' | b'\r' | b'\n'), _) => {}
-                    (Some(b), Some(open)) => {
-                        return Ok(Some(self.bad_quote(
-                            start_line,
-                            open,
-                            QuoteEnd::Stray(b),
-                            field_start,
-                            first_break_len,
-                        )));
+                let close_line = self.scanner.line;
+                match self.scanner.peek()? {
+                    None | Some(b',' | b'\r' | b'\n') => {}
+                    // `"ab"c`: the rest is read into the field, and the row is `bad_input`.
+                    Some(byte) => {
+                        malformed.get_or_insert(Malformed::AfterQuote {
+                            field,
+                            open_line,
+                            close_line,
+                            byte,
+                        });
                     }
-                    // `"ab"c` on one line: read leniently as `abc`, like other CSV readers.
-                    (Some(_), None) => {}
                 }
                 if first_multi_line.is_none() {
-                    first_multi_line = multi;
+                    first_multi_line = multi.map(|m| (m, close_line));
                 }
             }
             // Unquoted text (or the rest of a field after a stray quote) up to the separator.
@@ -611,44 +653,35 @@ impl CsvSource {
                 }
             }
         }
-        if let Some(open) = first_multi_line {
-            if self.width > 0 && !self.may_span_lines(open.field) {
-                return Ok(Some(Read {
-                    line: start_line,
-                    bad_quote: Some(BadQuote {
-                        open,
-                        end: QuoteEnd::TookLines,
-                        last_line: end_line,
-                    }),
-                }));
-            }
-            if self.record.overflow {
-                return Ok(Some(Read {
-                    line: start_line,
-                    bad_quote: Some(BadQuote {
-                        open,
-                        end: QuoteEnd::TooLong,
-                        last_line: end_line,
-                    }),
-                }));
+        if malformed.is_none() {
+            if let Some((open, close_line)) = first_multi_line {
+                if self.width > 0
+                    && self.record.len() == self.width
+                    && !self.may_span_lines(open.field)
+                {
+                    malformed = Some(Malformed::LineBreaks {
+                        field: open.field,
+                        open_line: open.line,
+                        close_line,
+                    });
+                }
             }
         }
         Ok(Some(Read {
             line: start_line,
+            last_line: end_line,
             bad_quote: None,
+            malformed,
         }))
     }
 
-    /// Whether a row may hold a line break in field `index`: only in the message body and in
-    /// columns the tool ignores (notes), and only when the row has the header's width.
-    /// Anywhere else, line breaks inside quotes are rows swallowed by a stray quote.
+    /// Whether field `index` may hold a line break: only the message body and columns the tool
+    /// ignores (notes).
     fn may_span_lines(&self, index: usize) -> bool {
-        let known = self.columns.iter().position(|c| *c == Some(index));
-        self.record.len() == self.width
-            && match known {
-                None => true,
-                Some(c) => Column::ALL[c] == Column::CustomizedMessageBody,
-            }
+        match self.columns.iter().position(|c| *c == Some(index)) {
+            None => true,
+            Some(c) => Column::ALL[c] == Column::CustomizedMessageBody,
+        }
     }
 
     /// Ends the record at an unterminated quote: the quoted field keeps its first line only.
@@ -656,7 +689,6 @@ impl CsvSource {
         &mut self,
         line: u64,
         open: MultiLine,
-        end: QuoteEnd,
         field_start: usize,
         first_break_len: usize,
     ) -> Read {
@@ -671,11 +703,9 @@ impl CsvSource {
         self.record.end_field();
         Read {
             line,
-            bad_quote: Some(BadQuote {
-                open,
-                end,
-                last_line,
-            }),
+            last_line,
+            bad_quote: Some(BadQuote { open, last_line }),
+            malformed: None,
         }
     }
 
@@ -702,10 +732,9 @@ impl CsvSource {
     fn parse_row(&self, read: &Read) -> NewItem {
         let line = read.line;
         let mut problems = Vec::new();
-        let aligned =
-            read.bad_quote.is_none() && !self.record.overflow && self.record.len() == self.width;
-        let all_blank = read.bad_quote.is_none()
-            && !self.record.overflow
+        let shaped = read.bad_quote.is_none() && read.malformed.is_none() && !self.record.overflow;
+        let aligned = shaped && self.record.len() == self.width;
+        let all_blank = shaped
             && self
                 .record
                 .iter()
@@ -716,18 +745,27 @@ impl CsvSource {
                 self.column_name(bad.open.field),
                 quote_problem(bad)
             ));
+        } else if let Some(bad) = read.malformed {
+            problems.push(format!(
+                "field {}: {}{}",
+                self.column_name(bad.field()),
+                malformed_problem(bad),
+                read.span()
+            ));
         } else if self.record.overflow {
             problems.push(format!(
-                "row longer than {} MiB: not read",
-                MAX_RECORD_BYTES >> 20
+                "row longer than {} MiB: not read{}",
+                MAX_RECORD_BYTES >> 20,
+                read.span()
             ));
         } else if all_blank {
             problems.push("every field is blank: no id and no userPrincipalName".to_string());
         } else if !aligned {
             problems.push(format!(
-                "expected {} fields, found {}",
+                "expected {} fields, found {}{}",
                 self.width,
-                self.record.len()
+                self.record.len(),
+                read.span()
             ));
         }
         let this: &CsvSource = self;
@@ -867,27 +905,14 @@ impl Iterator for CsvSource {
     }
 }
 
-/// What the operator is told about an unterminated quote: where it opened, how it ended, how
-/// many lines it spans, and that those lines are not lost.
+/// What the operator is told about an unterminated quote: where it opened, how many lines it
+/// spans, and that those lines are not lost.
 fn quote_problem(bad: &BadQuote) -> String {
     let open = bad.open.line;
     let spans = bad.last_line.saturating_sub(open) + 1;
-    let how = match bad.end {
-        QuoteEnd::EndOfFile => "is never closed".to_string(),
-        QuoteEnd::Stray(b) => format!(
-            "closes on line {} followed by {} instead of a comma or a line end",
-            bad.last_line,
-            show_byte(b)
-        ),
-        QuoteEnd::TookLines => format!(
-            "closes only on line {}, taking in line breaks this field cannot hold",
-            bad.last_line
-        ),
-        QuoteEnd::TooLong => format!("is still open after {} MiB", MAX_RECORD_BYTES >> 20),
-    };
     let lines = if spans == 1 { "line" } else { "lines" };
     let mut message = format!(
-        "unterminated quote: the quote opened on line {open} {how} (spans {spans} {lines})"
+        "unterminated quote: the quote opened on line {open} is never closed (spans {spans} {lines})"
     );
     if spans > 1 {
         message.push_str(&format!(
@@ -895,6 +920,35 @@ fn quote_problem(bad: &BadQuote) -> String {
         ));
     }
     message
+}
+
+/// What the operator is told about a closed quote that broke its row.
+fn malformed_problem(bad: Malformed) -> String {
+    match bad {
+        Malformed::AfterQuote {
+            open_line,
+            close_line,
+            byte,
+            ..
+        } => {
+            let opened = if open_line == close_line {
+                String::new()
+            } else {
+                format!("opened on line {open_line} ")
+            };
+            format!(
+                "text after a closing quote: the quote {opened}closes on line {close_line} followed by {} instead of a comma or a line end",
+                show_byte(byte)
+            )
+        }
+        Malformed::LineBreaks {
+            open_line,
+            close_line,
+            ..
+        } => format!(
+            "line breaks this field cannot hold: the quote opened on line {open_line} closes only on line {close_line}"
+        ),
+    }
 }
 
 fn show_byte(b: u8) -> String {
@@ -1068,7 +1122,17 @@ mod tests {
         ));
         assert_eq!(lines(&got), vec![2, 3, 4, 5, 6]);
         assert!(got[0].bad_input.is_none());
-        for item in &got[1..] {
+        check_blank_rows(&got[1..]);
+        // A single quoted blank field is a row too, not a blank line.
+        let got = items(&format!("id\n{G1}\n\"\"\n\" \"\n\n{G2}\n"));
+        assert_eq!(lines(&got), vec![2, 3, 4, 6], "{got:?}");
+        check_blank_rows(&got[1..3]);
+        assert!(got[0].bad_input.is_none() && got[3].bad_input.is_none());
+    }
+
+    /// Each item is a row of blank fields, kept as `bad_input` with no user.
+    fn check_blank_rows(got: &[NewItem]) {
+        for item in got {
             let msg = item.bad_input.as_deref().expect("blank row is bad_input");
             assert!(
                 msg.contains(&format!(
@@ -1108,66 +1172,136 @@ mod tests {
     #[test]
     fn unterminated_quote_is_its_own_bad_row_and_later_rows_are_read() {
         let g3 = "33333333-3333-3333-3333-333333333333";
-        // "Closed" by the next quote in the file, two rows later.
+        // Never closed: the quoted row is bad, and the lines it took in are rows of their own.
         let text = format!(
-            "id,externalEmail,customizedMessageBody\n{G1},\"bob@fabrikam.com,hi\n{G2},c@fabrikam.com,hello\n{g3},d@fabrikam.com,\"multi\nline\"\n"
+            "id,externalEmail,customizedMessageBody\n{G1},\"bob@fabrikam.com,hi\n{G2},c@fabrikam.com,hello\n{g3},d@fabrikam.com,x\n"
         );
         let got = items(&text);
         assert_eq!(lines(&got), vec![2, 3, 4], "{got:?}");
         let msg = got[0].bad_input.as_deref().expect("the quoted row is bad");
         assert!(
-            msg.contains("users.csv: line 2: field externalEmail: unterminated quote: the quote opened on line 2"),
+            msg.contains("users.csv: line 2: field externalEmail: unterminated quote: the quote opened on line 2 is never closed (spans 3 lines)"),
             "{msg}"
         );
-        assert!(msg.contains("closes on line 4 followed by 'm'"), "{msg}");
-        assert!(msg.contains("(spans 3 lines)"), "{msg}");
         assert_eq!(got[0].key, Some(UserKey::Id(G1.into())), "whose row it was");
-        assert!(got[1].bad_input.is_none(), "{:?}", got[1]);
-        assert_eq!(got[1].key, Some(UserKey::Id(G2.into())));
-        // The swallowed quoted body of line 4 is read again as the real multi-line field.
-        assert!(got[2].bad_input.is_none(), "{:?}", got[2]);
-        assert_eq!(
-            got[2].overrides.customized_message_body.as_deref(),
-            Some("multi\nline")
-        );
-
-        // Closed later by another row's quote: a stray character follows the "closing" quote.
-        let text = format!(
-            "id,customizedMessageBody,externalEmail\n{G1},\"oops,a@fabrikam.com\n{G2},x,b@fabrikam.com\n{g3},\"quoted\",c@fabrikam.com\n"
-        );
-        let got = items(&text);
-        assert_eq!(lines(&got), vec![2, 3, 4], "{got:?}");
-        let msg = got[0].bad_input.as_deref().unwrap();
-        assert!(
-            msg.contains("line 2: field customizedMessageBody: unterminated quote: the quote opened on line 2 closes on line 4"),
-            "{msg}"
-        );
-        assert!(msg.contains("(spans 3 lines)"), "{msg}");
         assert!(got[1..].iter().all(|i| i.bad_input.is_none()), "{got:?}");
-
-        // Closed properly, but in a column that cannot hold line breaks.
-        let text =
-            format!("id,externalEmail\n{G1},\"a@fabrikam.com\n{G2},b@fabrikam.com\n{g3},\"\n");
-        let got = items(&text);
-        assert_eq!(lines(&got), vec![2, 3, 4], "{got:?}");
-        let msg = got[0].bad_input.as_deref().unwrap();
-        assert!(
-            msg.contains("closes only on line 4") && msg.contains("(spans 3 lines)"),
-            "{msg}"
-        );
-        assert!(got[1].bad_input.is_none(), "{got:?}");
-        assert!(
-            got[2].bad_input.is_some(),
-            "line 4 has the other half of the quote"
-        );
+        assert_eq!(got[1].key, Some(UserKey::Id(G2.into())));
+        assert_eq!(got[2].key, Some(UserKey::Id(g3.into())));
 
         // Resume skips by line exactly as the first reading counted them.
-        let text = format!(
-            "id,externalEmail,customizedMessageBody\n{G1},\"bob@fabrikam.com,hi\n{G2},c@fabrikam.com,hello\n{g3},d@fabrikam.com,x\n"
-        );
         assert_eq!(lines(&items_from(text.as_bytes(), 0)), vec![2, 3, 4]);
         assert_eq!(lines(&items_from(text.as_bytes(), 2)), vec![3, 4]);
         assert_eq!(lines(&items_from(text.as_bytes(), 3)), vec![4]);
+    }
+
+    /// The hostile-days finding: a notes cell with another user's row pasted into it, on a row
+    /// with one field too many. Every RFC 4180 reader sees one record; so must this one, and
+    /// nobody on its lines may become an item that converts.
+    #[test]
+    fn a_closed_quote_is_never_read_again_as_rows() {
+        let pasted = "50d40596-fd29-50f4-930b-15ecf3b4c22b";
+        let named = "3535df92-088c-5e62-a2d6-4e3cfa0512e6";
+        for eol in ["\n", "\r\n", "\r"] {
+            let text = format!(
+                "id,notes{eol}{named},\"vendor note{eol}{pasted},pasted{eol}end of note\",extra{eol}"
+            );
+            let got = items(&text);
+            assert_eq!(lines(&got), vec![2], "eol {eol:?}: {got:?}");
+            let msg = got[0].bad_input.as_deref().expect("wrong field count");
+            assert!(
+                msg.contains("line 2: expected 2 fields, found 3 (one row spanning lines 2–4"),
+                "{msg}"
+            );
+            assert!(!got
+                .iter()
+                .any(|i| i.key == Some(UserKey::Id(pasted.into()))));
+            // One field too few: the same.
+            let text = format!(
+                "id,notes,externalEmail{eol}{named},\"vendor note{eol}{pasted},pasted,a@fabrikam.com{eol}end\"{eol}{G1},x,b@fabrikam.com{eol}"
+            );
+            let got = items(&text);
+            assert_eq!(lines(&got), vec![2, 5], "eol {eol:?}: {got:?}");
+            assert!(got[0]
+                .bad_input
+                .as_deref()
+                .unwrap()
+                .contains("expected 3 fields, found 2"));
+            assert!(got[1].bad_input.is_none(), "{got:?}");
+        }
+
+        let g3 = "33333333-3333-3333-3333-333333333333";
+        // "Closed" by another row's opening quote: text follows it. One row, lines 2–4.
+        let text = format!(
+            "id,externalEmail,customizedMessageBody\n{G1},\"bob@fabrikam.com,hi\n{G2},c@fabrikam.com,hello\n{g3},d@fabrikam.com,\"multi\nline\"\n{G1},e@fabrikam.com,ok\n"
+        );
+        let got = items(&text);
+        assert_eq!(lines(&got), vec![2, 5, 6], "{got:?}");
+        let msg = got[0].bad_input.as_deref().unwrap();
+        assert!(
+            msg.contains("line 2: field externalEmail: text after a closing quote: the quote opened on line 2 closes on line 4 followed by 'm'"),
+            "{msg}"
+        );
+        assert!(msg.contains("one row spanning lines 2–4"), "{msg}");
+        assert!(
+            got[1].bad_input.is_some(),
+            "the stray `line\"` is no row: {got:?}"
+        );
+        assert!(got[2].bad_input.is_none(), "{got:?}");
+        assert!(!got.iter().any(
+            |i| i.key == Some(UserKey::Id(G2.into())) || i.key == Some(UserKey::Id(g3.into()))
+        ));
+
+        // Closed properly, but in a column that cannot hold line breaks.
+        let text =
+            format!("id,externalEmail\n{G1},\"a@fabrikam.com\n{G2},b@fabrikam.com\n{g3},\"\n{G1},c@fabrikam.com\n");
+        let got = items(&text);
+        assert_eq!(lines(&got), vec![2, 5], "{got:?}");
+        let msg = got[0].bad_input.as_deref().unwrap();
+        assert!(
+            msg.contains("field externalEmail: line breaks this field cannot hold: the quote opened on line 2 closes only on line 4")
+                && msg.contains("lines 2–4"),
+            "{msg}"
+        );
+        assert_eq!(got[0].key, Some(UserKey::Id(G1.into())));
+        assert!(got[1].bad_input.is_none(), "{got:?}");
+
+        // Text after a closing quote on one line: no longer read leniently as `abc`.
+        let got = items(&format!(
+            "id,externalEmail\n{G1},\"a@fabrikam.com\"x\n\"{G2}\"{G1}\n"
+        ));
+        assert_eq!(lines(&got), vec![2, 3], "{got:?}");
+        let msg = got[0].bad_input.as_deref().unwrap();
+        assert!(
+            msg.contains("line 2: field externalEmail: text after a closing quote: the quote closes on line 2 followed by 'x'"),
+            "{msg}"
+        );
+        assert!(!msg.contains("spanning"), "{msg}");
+        assert!(got[1]
+            .bad_input
+            .as_deref()
+            .unwrap()
+            .contains("field id: text after a closing quote"));
+        assert_eq!(got[1].key, None);
+    }
+
+    #[test]
+    fn a_long_quoted_field_over_many_lines_is_one_row() {
+        // Past the record cap, still closed: one bad_input item, not one per line.
+        let lines_in_field = MAX_RECORD_BYTES / 4 + 10;
+        let mut text = format!("id,notes\n{G1},\"").into_bytes();
+        text.extend(std::iter::repeat_n(*b"abcdefgh\n\n", lines_in_field / 2).flatten());
+        text.extend(format!("end\"\n{G2},x\n").bytes());
+        let got = items_from(&text, 0);
+        let last = 2 + lines_in_field as u64;
+        assert_eq!(lines(&got), vec![2, last + 1], "{:?}", got.len());
+        let msg = got[0].bad_input.as_deref().unwrap();
+        assert!(
+            msg.contains(&format!(
+                "row longer than 4 MiB: not read (one row spanning lines 2–{last}"
+            )),
+            "{msg}"
+        );
+        assert!(got[1].bad_input.is_none());
     }
 
     #[test]
