@@ -60,6 +60,11 @@ pub enum QueueError {
         host: String,
         since: String,
     },
+    /// The run's lease is no longer this process's (it was frozen past the stale window and
+    /// another process took the run over): the write was refused so the new holder's records
+    /// stay as it wrote them.
+    #[error("run {run_id} was taken over by another process: this one writes nothing more")]
+    LeaseLost { run_id: i64 },
     #[error("stored JSON in column {column} is unreadable: {message}")]
     Corrupt {
         column: &'static str,
@@ -78,6 +83,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../migrations/0005_redemption.sql")),
         M::up(include_str!("../migrations/0006_ingest.sql")),
         M::up(include_str!("../migrations/0007_tenant_facts.sql")),
+        M::up(include_str!("../migrations/0008_step_attempts.sql")),
     ])
 }
 
@@ -112,6 +118,17 @@ pub struct Queue {
     path: PathBuf,
     conn: Mutex<Connection>,
     log: Mutex<log::LogBuffer>,
+    /// The lease this process holds (run id, token), set when it takes one: every write to the
+    /// run's items names the token, so a holder that lost the lease changes nothing.
+    fence: Mutex<Option<(i64, String)>>,
+}
+
+/// The condition a fenced write adds, `?{run}`/`?{token}` being the bound fence: true when the
+/// process holds no lease, or when the lease it holds is still its own.
+fn fence_sql(run: usize, token: usize) -> String {
+    format!(
+        "(?{run} IS NULL OR EXISTS (SELECT 1 FROM run_leases WHERE run_id = ?{run} AND token = ?{token}))"
+    )
 }
 
 fn now() -> String {
@@ -141,6 +158,7 @@ impl Queue {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
             log: Mutex::new(log::LogBuffer::default()),
+            fence: Mutex::new(None),
         })
     }
 
@@ -167,6 +185,33 @@ impl Queue {
 
     fn err(&self, e: rusqlite::Error) -> QueueError {
         sqlite_err(&self.path, e)
+    }
+
+    /// The lease this process holds, bound into fenced writes as `(run id, token)`.
+    fn fence(&self) -> (Option<i64>, Option<String>) {
+        let fence = self.fence.lock().unwrap_or_else(|p| p.into_inner());
+        match &*fence {
+            Some((run, token)) => (Some(*run), Some(token.clone())),
+            None => (None, None),
+        }
+    }
+
+    /// After a fenced write changed no row: `LeaseLost` when the lease is no longer ours.
+    fn check_fence(&self, conn: &Connection) -> Result<()> {
+        let (Some(run_id), Some(token)) = self.fence() else {
+            return Ok(());
+        };
+        let ours: bool = conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM run_leases WHERE run_id = ?1 AND token = ?2)",
+            )
+            .and_then(|mut s| s.query_row(rusqlite::params![run_id, token], |r| r.get(0)))
+            .map_err(|e| self.err(e))?;
+        if ours {
+            Ok(())
+        } else {
+            Err(QueueError::LeaseLost { run_id })
+        }
     }
 }
 

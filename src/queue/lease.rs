@@ -157,6 +157,7 @@ impl Queue {
 
     pub(crate) fn start_heartbeat(&self, run_id: i64, token: String) -> Result<RunLease> {
         let conn = open_side_connection(self.path())?;
+        *self.fence.lock().unwrap_or_else(|p| p.into_inner()) = Some((run_id, token.clone()));
         let lost = Arc::new(AtomicBool::new(false));
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let thread = {
