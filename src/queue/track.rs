@@ -200,6 +200,13 @@ pub struct ResendSummary {
     pub skipped: u64,
 }
 
+impl ResendSummary {
+    /// Every user of the pass.
+    pub fn total(&self) -> u64 {
+        self.pending + self.in_flight + self.sent + self.failed + self.skipped
+    }
+}
+
 /// Graph's times come with or without fractions (`…T10:00:00Z`, `…T10:00:00.1234567Z`); stored
 /// times are all `…T10:00:00.000Z` so SQL can compare them as text. Unparseable input is kept
 /// as is.
@@ -624,18 +631,30 @@ impl Queue {
             .collect()
     }
 
-    /// Checkpoint before a resend can leave the process: `pending` → `in_flight`, one more
-    /// attempt. Returns the checkpoint time, which a lost answer is later judged against.
+    /// Checkpoint before a resend can leave the process: `pending` → `in_flight`. Returns the
+    /// checkpoint time, which a lost answer is later judged against. Not an attempt: a process
+    /// killed right after it sent nothing (see [`Queue::charge_resend_attempt`]).
     pub fn mark_resend_in_flight(&self, pass_id: i64, item_id: i64) -> Result<String> {
         let at = now();
         self.resend_transition(
             pass_id,
             item_id,
             &["pending"],
-            "state = 'in_flight', attempts = attempts + 1, checkpoint_at = ?3",
+            "state = 'in_flight', checkpoint_at = ?3",
             params![pass_id, item_id, at],
         )?;
         Ok(at)
+    }
+
+    /// One more re-invitation of the user that may have reached Graph (`--max-attempts`).
+    pub fn charge_resend_attempt(&self, pass_id: i64, item_id: i64) -> Result<()> {
+        self.resend_transition(
+            pass_id,
+            item_id,
+            &["in_flight"],
+            "attempts = attempts + 1",
+            params![pass_id, item_id],
+        )
     }
 
     /// The resend took effect. `redeem_url` is stored on the item only for runs with
@@ -807,13 +826,21 @@ impl Queue {
             .map(|s| format!("'{s}'"))
             .collect::<Vec<_>>()
             .join(", ");
-        let conn = self.conn();
+        let mut conn = self.conn();
+        // The lease is checked and the entry changed in one write transaction: a holder that
+        // lost the run changes nothing.
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        self.check_fence(&tx)?;
         let sql = format!(
             "UPDATE resends SET {set} WHERE pass_id = ?1 AND item_id = ?2 AND state IN ({allowed})"
         );
-        if conn.execute(&sql, params).map_err(|e| self.err(e))? == 1 {
+        if tx.execute(&sql, params).map_err(|e| self.err(e))? == 1 {
+            tx.commit().map_err(|e| self.err(e))?;
             return Ok(());
         }
+        let conn = tx;
         let actual: Option<String> = conn
             .query_row(
                 "SELECT state FROM resends WHERE pass_id = ?1 AND item_id = ?2",

@@ -36,6 +36,7 @@ pub mod convert;
 pub mod executor;
 pub mod facts;
 pub mod planner;
+pub mod resend;
 
 use convert::{db, ConvertItem, ConvertOps};
 use executor::Settled;
