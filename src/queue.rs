@@ -29,7 +29,10 @@ mod runs;
 mod steps;
 
 pub use facts::{AddressSource, RoundLink, SyncState, UserChange};
-pub use lease::{host_name, pid_alive, Holder, LeaseRow, RunLease, HEARTBEAT_EVERY, STALE_AFTER};
+pub use lease::{
+    host_name, pid_alive, stale_after, Holder, LeaseCheck, LeaseRow, RunLease, HEARTBEAT_EVERY,
+    LEASE_STALE_ENV, STALE_AFTER,
+};
 pub use report::WorkSpan;
 pub use steps::{FollowUps, StepRow};
 pub mod track;

@@ -120,7 +120,7 @@ pub async fn resend(db: &Path, args: ResendArgs) -> anyhow::Result<ExitStatus> {
     progress.set_position(before.total() - before.pending - before.in_flight);
     let ops = Arc::new(ResendOps {
         queue: queue.clone(),
-        graph,
+        graph: graph.with_gate(common::lease_gate(&lease)),
         pass_id: pass.id,
         progress: progress.clone(),
     });
@@ -128,7 +128,7 @@ pub async fn resend(db: &Path, args: ResendArgs) -> anyhow::Result<ExitStatus> {
     ctrl_c.abort();
     progress.finish();
     queue.flush_request_log()?;
-    if lease.is_lost() {
+    if lease.is_lost() || outcome.as_ref().is_err_and(common::lease_refused) {
         return Err(anyhow::anyhow!(
             "run {} was taken over by another process while this one was stalled; stopped",
             run.id
@@ -157,6 +157,10 @@ pub async fn resend(db: &Path, args: ResendArgs) -> anyhow::Result<ExitStatus> {
         }
         PassEnd::Stopped(StopReason::Unreachable(message)) => Err(anyhow::anyhow!(
             "Graph cannot be reached, nothing more was sent: {message}; `b2b-convert resend {}` continues this pass",
+            run.id
+        )),
+        PassEnd::Stopped(StopReason::LeaseLost) => Err(anyhow::anyhow!(
+            "run {} was taken over by another process while this one was stalled; stopped",
             run.id
         )),
         PassEnd::Stopped(StopReason::Error(message)) => Err(anyhow::anyhow!(

@@ -32,6 +32,7 @@ const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct GraphClient {
     pub(super) inner: Arc<Inner>,
     pub(super) observer: Option<Arc<dyn RequestObserver>>,
+    pub(super) gate: Option<Arc<dyn super::SendGate>>,
     pub(super) retry: RetryPolicy,
     /// Bulk reads go through `$batch` (a POST) unless the run is a dry run, which must send
     /// nothing but GETs.
@@ -98,6 +99,7 @@ impl GraphClient {
                 denied_streaks: std::sync::Mutex::new(HashMap::new()),
             }),
             observer: None,
+            gate: None,
             retry: RetryPolicy {
                 http_retries: config.http_retries,
                 not_sent_for: config.not_sent_retry_for,
@@ -109,6 +111,12 @@ impl GraphClient {
 
     pub fn with_observer(mut self, observer: Arc<dyn RequestObserver>) -> Self {
         self.observer = Some(observer);
+        self
+    }
+
+    /// Every request first asks `gate` whether it may leave (the run's lease).
+    pub fn with_gate(mut self, gate: Arc<dyn super::SendGate>) -> Self {
+        self.gate = Some(gate);
         self
     }
 

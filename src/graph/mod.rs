@@ -46,6 +46,14 @@ pub const REQUESTS_PER_BATCH: usize = 20;
 /// this many requests in a row get it, the app itself lacks permission and the run must stop.
 pub const DENIED_STREAK_LIMIT: u32 = 3;
 
+/// Asked just before each request leaves the process (after the limiter's wait and the token):
+/// an `Err` stops the request as never sent, naming why. The run's lease answers it, so a holder
+/// that was frozen past its lease and taken over sends nothing more, even a request it had
+/// checkpointed before it froze.
+pub trait SendGate: Send + Sync {
+    fn may_send(&self) -> Result<(), String>;
+}
+
 /// Receives one event per HTTP attempt (for the request journal and progress statistics).
 pub trait RequestObserver: Send + Sync {
     fn on_request(&self, event: &RequestEvent);

@@ -164,6 +164,10 @@ impl GraphClient {
                     .header(CONTENT_TYPE, "application/json")
                     .body(body.clone());
             }
+            if let Some(gate) = &self.gate {
+                gate.may_send()
+                    .map_err(|message| GraphError::NotSent { message })?;
+            }
             let outcome = async {
                 let resp = builder.send().await?;
                 let status = resp.status().as_u16();

@@ -82,6 +82,8 @@ impl Queue {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.err(e))?;
+        // Fenced like every item write: a holder that lost the run records nothing.
+        self.check_fence(&tx)?;
         let outcomes = found
             .iter()
             .map(|&(item_id, user)| self.lookup_in(&tx, item_id, user))

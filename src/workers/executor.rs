@@ -140,8 +140,8 @@ pub fn reread_error(user_id: &str, e: GraphError) -> Reread {
 fn lease_lost(e: &anyhow::Error) -> Option<StopReason> {
     e.chain()
         .filter_map(|c| c.downcast_ref::<QueueError>())
-        .find(|q| matches!(q, QueueError::LeaseLost { .. }))
-        .map(|q| StopReason::Error(q.to_string()))
+        .any(|q| matches!(q, QueueError::LeaseLost { .. }))
+        .then_some(StopReason::LeaseLost)
 }
 
 /// Runs a queue write; a refusal by the lease ends the item's work as a stop of the pass.

@@ -98,6 +98,9 @@ impl Pass {
                 tracing::error!(message = %m, "Graph cannot be reached; stopping the run")
             }
             StopReason::Error(m) => tracing::error!(message = %m, "stopping the run"),
+            StopReason::LeaseLost => {
+                tracing::error!("the run's lease was taken over; this process writes nothing more")
+            }
         }
         if r.is_none() {
             *r = Some(reason);
@@ -195,6 +198,9 @@ pub async fn work(pipeline: Pipeline) -> anyhow::Result<Outcome> {
             anyhow::bail!("Graph cannot be reached, nothing more was sent: {message}")
         }
         Some(StopReason::Error(message)) => anyhow::bail!(message),
+        Some(StopReason::LeaseLost) => {
+            return Err(crate::queue::QueueError::LeaseLost { run_id }.into())
+        }
         None => {}
     }
     if *pass.pipeline.stop.borrow() {

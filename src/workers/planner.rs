@@ -205,8 +205,11 @@ pub enum StopReason {
     TenantRefused(String),
     /// Graph unreachable after the client's bounded retries: exit 1, resumable.
     Unreachable(String),
-    /// A re-read at resume failed for another reason, or the lease was lost: exit 1, resumable.
+    /// A re-read at resume failed for another reason: exit 1, resumable.
     Error(String),
+    /// The lease refused a write: another process took the run over while this one was
+    /// frozen. Exit 1 without writing anything more.
+    LeaseLost,
 }
 
 /// Where a stopped item is left.
