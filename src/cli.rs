@@ -363,6 +363,19 @@ pub struct ResendArgs {
     /// Only users whose last invitation is at least DAYS old (per the last `track`).
     #[arg(long, value_name = "DAYS", default_value_t = 0)]
     pub older_than: u32,
+    /// Re-invite at most N users in this invocation; the rest stay for the next `resend`.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
+    /// Only the users named in PATH: object ids or UPNs, one a line, `#` comments; a name not
+    /// pending in the pass is an error before anything is sent.
+    #[arg(long, value_name = "PATH")]
+    pub only: Option<PathBuf>,
+    /// List who would be re-invited; send nothing, record nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// One JSON object on stdout with the figures, for scripts.
+    #[arg(long)]
+    pub json: bool,
     /// Do not ask for confirmation.
     #[arg(long)]
     pub yes: bool,

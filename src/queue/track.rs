@@ -190,6 +190,16 @@ pub struct ResendEntry {
     pub tracked_at: Option<String>,
 }
 
+/// A user `resend` would re-invite (listed by `resend --dry-run`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResendUser {
+    pub item_id: i64,
+    pub user_id: Option<String>,
+    pub user_principal_name: Option<String>,
+    pub external_email: Option<String>,
+}
+
 /// Counts of a pass by entry state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ResendSummary {
@@ -552,6 +562,30 @@ impl Queue {
             )
             .map_err(|e| self.err(e))?;
         Ok(n as u64)
+    }
+
+    /// The users of [`Queue::resend_candidates`], in item order (`resend --dry-run` lists them).
+    pub fn resend_candidate_list(&self, run_id: i64, cutoff: &str) -> Result<Vec<ResendUser>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT i.id, i.user_id, i.user_principal_name, i.external_email FROM items i
+                 WHERE {CANDIDATE_WHERE} ORDER BY i.id"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![run_id, cutoff], |r| {
+                Ok(ResendUser {
+                    item_id: r.get(0)?,
+                    user_id: r.get(1)?,
+                    user_principal_name: r.get(2)?,
+                    external_email: r.get(3)?,
+                })
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
     }
 
     /// Creates a pass over the candidates of [`Queue::resend_candidates`], fixing its users in

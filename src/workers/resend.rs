@@ -7,7 +7,7 @@
 //! happen only when the track read the user at least a stamp's resolution before the
 //! checkpoint. A user who redeemed (or vanished) meanwhile is skipped, never reset.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
@@ -154,12 +154,13 @@ const CHUNK: usize = 300;
 /// blind), then the pending ones, `concurrency` at a time through the run's shared limiter.
 /// Each chunk of users is re-read in bulk just before it is re-invited: a user who redeemed
 /// since the last `track` is skipped, so a redemption is never reset. At most `limit` users are
-/// re-invited by this process.
+/// re-invited by this process, and with `only` just the entries of those items (`--only`).
 pub async fn work(
     ops: Arc<ResendOps>,
     options: Arc<RunOptions>,
     stop: watch::Receiver<bool>,
     limit: Option<u64>,
+    only: Option<BTreeSet<i64>>,
 ) -> anyhow::Result<PassEnd> {
     let q = &ops.queue;
     let pass = ops.pass_id;
@@ -182,7 +183,10 @@ pub async fn work(
         move || *stop.borrow() || stop_reason.lock().map_or(true, |r| r.is_some())
     };
     let mut budget = limit.unwrap_or(u64::MAX);
-    let pending = db(q, move |q| q.resend_entries(pass, ResendState::Pending)).await?;
+    let mut pending = db(q, move |q| q.resend_entries(pass, ResendState::Pending)).await?;
+    if let Some(only) = &only {
+        pending.retain(|e| only.contains(&e.item_id));
+    }
     for chunk in pending.chunks(CHUNK) {
         if stopping() || budget == 0 {
             break;
