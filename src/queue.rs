@@ -22,7 +22,10 @@ mod ingest;
 mod items;
 mod lease;
 mod log;
+mod redemption;
 mod report;
+mod resend;
+mod spans;
 
 pub use log::{LOG_FLUSH_AFTER, LOG_FLUSH_ROWS};
 mod runs;
@@ -33,7 +36,7 @@ pub use lease::{
     host_name, pid_alive, stale_after, Holder, LeaseCheck, LeaseRow, RunLease, HEARTBEAT_EVERY,
     LEASE_STALE_ENV, STALE_AFTER,
 };
-pub use report::WorkSpan;
+pub use spans::WorkSpan;
 pub use steps::{FollowUps, StepRow};
 pub mod track;
 
@@ -240,7 +243,7 @@ macro_rules! sql_text_enum {
     )*};
 }
 
-sql_text_enum!(ItemState, Reason, RunMode, RunStatus);
+sql_text_enum!(ItemState, Reason, RunMode, RunStatus, resend::ResendState);
 
 fn corrupt(column: &'static str) -> impl Fn(rusqlite::Error) -> QueueError {
     move |e| QueueError::Corrupt {

@@ -456,7 +456,12 @@ fn resets_per_user(emu: &Emulator) -> BTreeMap<String, usize> {
 }
 
 fn json_of(out: &Ran) -> serde_json::Value {
-    assert_eq!(out.stdout.lines().count(), 1, "one JSON object: {}", out.stdout);
+    assert_eq!(
+        out.stdout.lines().count(),
+        1,
+        "one JSON object: {}",
+        out.stdout
+    );
     serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
 }
 
@@ -467,7 +472,11 @@ async fn resend_dry_run_only_and_limit_choose_who_and_redeemed_users_are_never_r
     let emu = start(config).await;
     let db = dir.path().join("live.db");
     let (run_id, converted) = live_run(&emu, &db, &csv, &[]).await;
-    assert!(converted.len() > 30, "mostly convertible: {}", converted.len());
+    assert!(
+        converted.len() > 30,
+        "mostly convertible: {}",
+        converted.len()
+    );
     let id = run_id.to_string();
     let out = run(&emu, &db, &["track", &id]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -488,7 +497,12 @@ async fn resend_dry_run_only_and_limit_choose_who_and_redeemed_users_are_never_r
     assert_eq!(listed["users"].as_array().unwrap().len(), converted.len());
     let out = run(&emu, &db, &["resend", &id, "--dry-run", "--limit", "4"]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert_eq!(out.stdout.matches("would re-invite ").count(), 4, "{}", out.stdout);
+    assert_eq!(
+        out.stdout.matches("would re-invite ").count(),
+        4,
+        "{}",
+        out.stdout
+    );
     assert_eq!(emu.invitations().len(), invited_before);
 
     // A name the pass does not hold is an error before anything is sent.
@@ -506,7 +520,11 @@ async fn resend_dry_run_only_and_limit_choose_who_and_redeemed_users_are_never_r
     assert_eq!(emu.invitations().len(), invited_before);
 
     // --only: exactly the two named users (by object id and by UPN), nobody else.
-    let upn = emu.user(&converted[6]).unwrap().user_principal_name.unwrap();
+    let upn = emu
+        .user(&converted[6])
+        .unwrap()
+        .user_principal_name
+        .unwrap();
     std::fs::write(
         &only,
         format!("{}   # by id\n\n{}\n", converted[5].to_uppercase(), upn),
@@ -515,7 +533,14 @@ async fn resend_dry_run_only_and_limit_choose_who_and_redeemed_users_are_never_r
     let out = run(
         &emu,
         &db,
-        &["resend", &id, "--yes", "--json", "--only", only.to_str().unwrap()],
+        &[
+            "resend",
+            &id,
+            "--yes",
+            "--json",
+            "--only",
+            only.to_str().unwrap(),
+        ],
     )
     .await;
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
@@ -526,7 +551,12 @@ async fn resend_dry_run_only_and_limit_choose_who_and_redeemed_users_are_never_r
     assert_eq!(resets.keys().cloned().collect::<BTreeSet<_>>(), pilots);
 
     // --limit: five more of the same pass.
-    let out = run(&emu, &db, &["resend", &id, "--yes", "--json", "--limit", "5"]).await;
+    let out = run(
+        &emu,
+        &db,
+        &["resend", &id, "--yes", "--json", "--limit", "5"],
+    )
+    .await;
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     let second = json_of(&out);
     assert_eq!(second["continued"], true, "{second}");

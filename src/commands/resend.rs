@@ -296,7 +296,12 @@ fn dry_run(db: &Path, args: &ResendArgs, only: Option<&OnlyList>) -> anyhow::Res
 fn open_entries(queue: &Queue, pass_id: i64) -> anyhow::Result<BTreeSet<i64>> {
     let mut open = BTreeSet::new();
     for state in [ResendState::Pending, ResendState::InFlight] {
-        open.extend(queue.resend_entries(pass_id, state)?.iter().map(|e| e.item_id));
+        open.extend(
+            queue
+                .resend_entries(pass_id, state)?
+                .iter()
+                .map(|e| e.item_id),
+        );
     }
     Ok(open)
 }
@@ -415,4 +420,3 @@ fn confirm(run: &RunRecord, n: u64, days: u32, tracked: &str) -> anyhow::Result<
     std::io::stdin().lock().read_line(&mut answer)?;
     Ok(answer.trim().eq_ignore_ascii_case("yes"))
 }
-

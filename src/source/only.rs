@@ -75,8 +75,7 @@ impl OnlyList {
             if !buf.ends_with(b"\n") && n > MAX_NAME * 4 {
                 return Err(line_err(format!("longer than {MAX_NAME} characters")));
             }
-            let text = std::str::from_utf8(&buf)
-                .map_err(|_| line_err("not UTF-8 text".into()))?;
+            let text = std::str::from_utf8(&buf).map_err(|_| line_err("not UTF-8 text".into()))?;
             let Some(name) = parse_line(text) else {
                 continue;
             };
@@ -179,7 +178,10 @@ mod tests {
     fn unusable_files_are_refused_with_the_line() {
         let rows: [(&[u8], &str); 4] = [
             (b"# nothing\n\n", "names nobody"),
-            (b"ana@contoso.com\nnot a name\n", "line 2: `not a name` is neither"),
+            (
+                b"ana@contoso.com\nnot a name\n",
+                "line 2: `not a name` is neither",
+            ),
             (b"\xff\xfe\n", "line 1: not UTF-8"),
             (&[b'a'; 5_000], "line 1: longer than 256"),
         ];
@@ -188,6 +190,8 @@ mod tests {
             assert!(err.contains(want), "{err}");
         }
         let missing = OnlyList::read(Path::new("/nonexistent/only.txt")).unwrap_err();
-        assert!(missing.to_string().starts_with("--only /nonexistent/only.txt"));
+        assert!(missing
+            .to_string()
+            .starts_with("--only /nonexistent/only.txt"));
     }
 }

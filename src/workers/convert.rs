@@ -56,7 +56,13 @@ impl ConvertItem {
 /// The planner's view of an item's stored step checkpoint (none: the invitation only).
 pub fn checkpoint(row: Option<&StepRow>) -> Checkpoint {
     match row {
-        Some(r) => Checkpoint::convert(r.needs_mail, r.mail_set, r.invited, r.needs_guest, r.guest_set),
+        Some(r) => Checkpoint::convert(
+            r.needs_mail,
+            r.mail_set,
+            r.invited,
+            r.needs_guest,
+            r.guest_set,
+        ),
         None => Checkpoint::convert(false, false, false, false, false),
     }
 }

@@ -507,7 +507,12 @@ async fn reconcile_in_flight(pass: &Pass, ops: &ConvertOps) -> anyhow::Result<()
 }
 
 /// Converts one item: the executor carries out the planner's actions until it leaves.
-async fn convert(pass: &Pass, ops: &ConvertOps, item: ItemRecord, email: String) -> anyhow::Result<()> {
+async fn convert(
+    pass: &Pass,
+    ops: &ConvertOps,
+    item: ItemRecord,
+    email: String,
+) -> anyhow::Result<()> {
     let (mut it, mut plan) = ConvertItem::load(&ops.queue, item, email, pass.options()).await?;
     match executor::work_item(ops, &mut it, &mut plan, || pass.stopping()).await? {
         Settled::Recorded => {}

@@ -706,7 +706,13 @@ mod tests {
     /// Every answer × earlier unknown × stopping × attempts spent matches exactly one row.
     #[test]
     fn after_every_answer_in_every_state() {
-        type Row = (&'static str, Option<bool>, Option<bool>, Option<bool>, Action);
+        type Row = (
+            &'static str,
+            Option<bool>,
+            Option<bool>,
+            Option<bool>,
+            Action,
+        );
         let (y, n, any) = (Some(true), Some(false), None);
         let t = || StopReason::TenantRefused("blocked".into());
         let u = || StopReason::Unreachable("http://127.0.0.1:9 refused".into());
@@ -726,10 +732,7 @@ mod tests {
                 let matching: Vec<&Row> = rows
                     .iter()
                     .filter(|r| {
-                        r.0 == name
-                            && fits(r.1, before)
-                            && fits(r.2, stopping)
-                            && fits(r.3, spent)
+                        r.0 == name && fits(r.1, before) && fits(r.2, stopping) && fits(r.3, spent)
                     })
                     .collect();
                 let case = format!("{name}, before {before}, stopping {stopping}, spent {spent}");
@@ -773,13 +776,7 @@ mod tests {
                 any,
                 fail("BadRequest", already_msg),
             ),
-            (
-                "not done",
-                Some("unknown"),
-                y,
-                any,
-                Action::BackToPending,
-            ),
+            ("not done", Some("unknown"), y, any, Action::BackToPending),
             (
                 "not done",
                 Some("unknown"),
@@ -881,7 +878,11 @@ mod tests {
             };
             rows.push((name, Some(reread), want));
         }
-        assert_eq!(rows.len(), rereads().len() + 1, "one row per re-read and none");
+        assert_eq!(
+            rows.len(),
+            rereads().len() + 1,
+            "one row per re-read and none"
+        );
         for (name, reread, want) in rows {
             assert_eq!(at_resume(Step::Invite, reread.as_ref()), want, "{name}");
         }

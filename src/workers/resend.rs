@@ -135,7 +135,6 @@ fn parse(t: Option<&str>) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-
 /// How a resend pass ended in this process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PassEnd {
@@ -206,7 +205,9 @@ pub async fn work(
             }
         };
         budget = budget.saturating_sub(chunk.len() as u64);
-        let queue = Arc::new(tokio::sync::Mutex::new(std::collections::VecDeque::from(chunk)));
+        let queue = Arc::new(tokio::sync::Mutex::new(std::collections::VecDeque::from(
+            chunk,
+        )));
         let mut workers = tokio::task::JoinSet::new();
         for _ in 0..options.concurrency.max(1) {
             let (ops, options, queue) = (ops.clone(), options.clone(), queue.clone());
@@ -222,8 +223,7 @@ pub async fn work(
                     let Some((mut it, mut plan)) = prepare(&ops, &options, entry).await? else {
                         continue;
                     };
-                    let settled =
-                        executor::work_item(&*ops, &mut it, &mut plan, &stopping).await?;
+                    let settled = executor::work_item(&*ops, &mut it, &mut plan, &stopping).await?;
                     if let Settled::Stopped(reason) = settled {
                         let mut r = stop_reason.lock().unwrap_or_else(|p| p.into_inner());
                         r.get_or_insert(reason);
@@ -293,7 +293,11 @@ async fn skip_redeemed(
         .collect();
     let mut left = Vec::with_capacity(chunk.len());
     for entry in chunk {
-        let why = match entry.user_id.as_deref().map(|id| now.get(&id.to_lowercase())) {
+        let why = match entry
+            .user_id
+            .as_deref()
+            .map(|id| now.get(&id.to_lowercase()))
+        {
             // No object id: `prepare` records it failed.
             None => None,
             Some(None) => Some("the user no longer exists"),
@@ -306,7 +310,10 @@ async fn skip_redeemed(
         match why {
             Some(why) => {
                 let (pass, item_id) = (ops.pass_id, entry.item_id);
-                db(&ops.queue, move |q| q.record_resend_skipped(pass, item_id, why)).await?;
+                db(&ops.queue, move |q| {
+                    q.record_resend_skipped(pass, item_id, why)
+                })
+                .await?;
                 ops.done();
             }
             None => left.push(entry),
@@ -444,7 +451,10 @@ impl PassOps for ResendOps {
 
     async fn back_to_pending(&self, it: &ResendItem) -> anyhow::Result<()> {
         let (pass, item_id) = (self.pass_id, it.entry.item_id);
-        db(&self.queue, move |q| q.resend_back_to_pending(pass, item_id)).await
+        db(&self.queue, move |q| {
+            q.resend_back_to_pending(pass, item_id)
+        })
+        .await
     }
 
     async fn record_failed(
@@ -473,7 +483,10 @@ impl PassOps for ResendOps {
 
     async fn record_skipped(&self, it: &ResendItem, why: &str) -> anyhow::Result<()> {
         let (pass, item_id, why) = (self.pass_id, it.entry.item_id, why.to_string());
-        db(&self.queue, move |q| q.record_resend_skipped(pass, item_id, &why)).await?;
+        db(&self.queue, move |q| {
+            q.record_resend_skipped(pass, item_id, &why)
+        })
+        .await?;
         self.done();
         Ok(())
     }
@@ -492,7 +505,11 @@ pub fn judge(entry: &ResendEntry, seen: &Seen) -> Reread {
         0,
         1,
     );
-    tracing::info!(item = entry.item_id, ?decision, "resend with unknown outcome decided");
+    tracing::info!(
+        item = entry.item_id,
+        ?decision,
+        "resend with unknown outcome decided"
+    );
     match decision {
         AfterUnknown::TookEffect => Reread::Done,
         AfterUnknown::Redeemed => Reread::Moot {
