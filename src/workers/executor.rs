@@ -267,3 +267,244 @@ pub async fn reconcile_item<P: PassOps>(
     }
     Ok(Settled::Recorded)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::workers::planner::{Checkpoint, Pass};
+
+    /// A pass whose Graph answers and re-reads are scripted, and whose records are a journal.
+    #[derive(Default)]
+    struct Scripted {
+        answers: Mutex<VecDeque<Result<ResponseMeta, GraphError>>>,
+        rereads: Mutex<VecDeque<Reread>>,
+        journal: Mutex<Vec<String>>,
+        /// The lease refuses every write from the n-th on.
+        lease_lost_after: Option<usize>,
+    }
+
+    impl Scripted {
+        fn new(answers: Vec<Result<ResponseMeta, GraphError>>, rereads: Vec<Reread>) -> Self {
+            Scripted {
+                answers: Mutex::new(answers.into()),
+                rereads: Mutex::new(rereads.into()),
+                ..Scripted::default()
+            }
+        }
+        fn write(&self, what: String) -> anyhow::Result<()> {
+            let mut j = self.journal.lock().unwrap();
+            let writes = j
+                .iter()
+                .filter(|e| !e.starts_with("send") && !e.starts_with("reread"))
+                .count();
+            if self.lease_lost_after.is_some_and(|n| writes >= n) {
+                return Err(QueueError::LeaseLost { run_id: 1 }.into());
+            }
+            j.push(what);
+            Ok(())
+        }
+        fn journal(&self) -> Vec<String> {
+            self.journal.lock().unwrap().clone()
+        }
+    }
+
+    impl PassOps for Scripted {
+        type Item = ();
+        async fn checkpoint(&self, _: &mut (), step: Step) -> anyhow::Result<()> {
+            self.write(format!("checkpoint {}", step.as_str()))
+        }
+        async fn send(&self, _: &mut (), step: Step) -> Result<ResponseMeta, GraphError> {
+            self.journal
+                .lock()
+                .unwrap()
+                .push(format!("send {}", step.as_str()));
+            self.answers
+                .lock()
+                .unwrap()
+                .pop_front()
+                .expect("a scripted answer")
+        }
+        async fn reread(&self, _: &(), step: Step) -> Reread {
+            self.journal
+                .lock()
+                .unwrap()
+                .push(format!("reread {}", step.as_str()));
+            self.rereads
+                .lock()
+                .unwrap()
+                .pop_front()
+                .expect("a scripted re-read")
+        }
+        async fn charge(&self, _: &()) -> anyhow::Result<()> {
+            self.write("charge".into())
+        }
+        async fn note_unknown(
+            &self,
+            _: &(),
+            code: &str,
+            _: &str,
+            _: Option<&ResponseMeta>,
+        ) -> anyhow::Result<()> {
+            self.write(format!("note {code}"))
+        }
+        async fn step_done(&self, _: &(), step: Step) -> anyhow::Result<()> {
+            self.write(format!("done {}", step.as_str()))
+        }
+        async fn record_done(&self, _: &mut (), _: Option<ResponseMeta>) -> anyhow::Result<()> {
+            self.write("record done".into())
+        }
+        async fn back_to_pending(&self, _: &()) -> anyhow::Result<()> {
+            self.write("pending".into())
+        }
+        async fn record_failed(
+            &self,
+            _: &(),
+            code: &str,
+            _: &str,
+            _: Option<ResponseMeta>,
+        ) -> anyhow::Result<()> {
+            self.write(format!("failed {code}"))
+        }
+        async fn record_skipped(&self, _: &(), why: &str) -> anyhow::Result<()> {
+            self.write(format!("skipped {why}"))
+        }
+    }
+
+    fn ok() -> Result<ResponseMeta, GraphError> {
+        Ok(ResponseMeta::default())
+    }
+    fn lost() -> Result<ResponseMeta, GraphError> {
+        Err(GraphError::Unknown {
+            message: "answer lost".into(),
+            meta: ResponseMeta::default(),
+        })
+    }
+    fn refused(message: &str) -> Result<ResponseMeta, GraphError> {
+        Err(GraphError::Api {
+            status: 400,
+            code: "BadRequest".into(),
+            message: message.into(),
+            meta: ResponseMeta::default(),
+        })
+    }
+    fn not_sent() -> Result<ResponseMeta, GraphError> {
+        Err(GraphError::NotSent {
+            message: "http://127.0.0.1:9 refused".into(),
+        })
+    }
+    async fn drive(ops: &Scripted, cp: Checkpoint) -> Settled {
+        let mut plan = ItemPlan::new(cp, 0, 3);
+        work_item(ops, &mut (), &mut plan, || false).await.unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_request_is_checkpointed_first_and_charged_once_answered() {
+        let ops = Scripted::new(vec![ok(), ok()], vec![]);
+        let cp = Checkpoint::convert(false, false, false, true, false);
+        assert_eq!(drive(&ops, cp).await, Settled::Recorded);
+        assert_eq!(
+            ops.journal(),
+            [
+                "checkpoint invite",
+                "send invite",
+                "charge",
+                "done invite",
+                "checkpoint set_guest",
+                "send set_guest",
+                "charge",
+                "done set_guest",
+                "record done"
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_answer_is_re_read_before_anything_is_sent_again() {
+        let ops = Scripted::new(vec![lost(), ok()], vec![Reread::NotDone]);
+        let cp = Checkpoint::new(Pass::Resend, Pass::Resend.steps());
+        assert_eq!(drive(&ops, cp).await, Settled::Recorded);
+        assert_eq!(
+            ops.journal(),
+            [
+                "checkpoint reinvite",
+                "send reinvite",
+                "charge",
+                "note UnknownOutcome",
+                "reread reinvite",
+                "pending",
+                "checkpoint reinvite",
+                "send reinvite",
+                "charge",
+                "done reinvite",
+                "record done"
+            ]
+        );
+    }
+
+    /// The invitation took effect after the tool re-read the user: the next attempt is refused
+    /// as "already a B2B collaboration user", and the user decides — converted, not failed.
+    #[tokio::test(start_paused = true)]
+    async fn a_done_already_refusal_ends_done_not_failed() {
+        let already = "User invitation failed. The user is already a B2B collaboration user; \
+                       set resetRedemption to true to reset its redemption status.";
+        let ops = Scripted::new(
+            vec![lost(), refused(already)],
+            vec![Reread::NotDone, Reread::Done],
+        );
+        let cp = Checkpoint::convert(false, false, false, false, false);
+        assert_eq!(drive(&ops, cp).await, Settled::Recorded);
+        let journal = ops.journal();
+        assert_eq!(journal.last().unwrap(), "record done", "{journal:?}");
+        assert!(
+            !journal.iter().any(|e| e.starts_with("failed")),
+            "{journal:?}"
+        );
+        assert_eq!(journal.iter().filter(|e| *e == "send invite").count(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_never_left_stops_the_pass_uncharged() {
+        let ops = Scripted::new(vec![not_sent()], vec![]);
+        let cp = Checkpoint::new(Pass::Resend, Pass::Resend.steps());
+        assert_eq!(
+            drive(&ops, cp).await,
+            Settled::Stopped(StopReason::Unreachable("http://127.0.0.1:9 refused".into()))
+        );
+        assert_eq!(
+            ops.journal(),
+            ["checkpoint reinvite", "send reinvite", "pending"]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_lease_stops_the_item_before_its_next_request() {
+        // The first step's three writes go through; the next checkpoint is refused.
+        let ops = Scripted {
+            lease_lost_after: Some(3),
+            ..Scripted::new(vec![ok()], vec![])
+        };
+        let cp = Checkpoint::convert(false, false, false, true, false);
+        assert_eq!(
+            drive(&ops, cp).await,
+            Settled::Stopped(StopReason::LeaseLost)
+        );
+        assert_eq!(
+            ops.journal(),
+            ["checkpoint invite", "send invite", "charge", "done invite"]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resume_reconciles_without_sending() {
+        let ops = Scripted::new(vec![], vec![Reread::Done]);
+        let mut plan = ItemPlan::new(Checkpoint::convert(false, false, false, true, false), 0, 3);
+        let settled = reconcile_item(&ops, &mut (), &mut plan, Step::Invite, true)
+            .await
+            .unwrap();
+        assert_eq!(settled, Settled::Recorded);
+        assert_eq!(ops.journal(), ["reread invite", "done invite", "pending"]);
+    }
+}
