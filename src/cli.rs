@@ -411,6 +411,9 @@ pub struct EmulatorArgs {
     /// Loopback address to listen on; port 0 picks a free one.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     pub listen: String,
+    /// The tenant's id (a GUID); default: the tenant file's, or derived from --seed.
+    #[arg(long, value_name = "GUID")]
+    pub tenant_id: Option<String>,
     #[command(flatten)]
     pub knobs: EmulatorKnobs,
 }
@@ -455,6 +458,10 @@ pub struct EmulatorKnobs {
     /// The device code is approved after N polls (0 = never).
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub device_code_approve_after: u32,
+    /// Directory roles the app's service principal holds, by display name (comma-separated,
+    /// e.g. "User Administrator"); carried in tokens' `wids` as role template ids.
+    #[arg(long, value_name = "LIST", default_value = "")]
+    pub app_directory_roles: String,
 }
 
 #[derive(Debug, Clone, Args)]
