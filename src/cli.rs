@@ -280,6 +280,10 @@ pub struct PreflightArgs {
     /// The run's source is this group (needs GroupMember.Read.All).
     #[arg(long, value_name = "GROUP_ID")]
     pub group: Option<String>,
+    /// Also check what `retire` needs: User-PasswordProfile.ReadWrite.All,
+    /// User.RevokeSessions.All and, app-only, the User Administrator directory role.
+    #[arg(long)]
+    pub retire: bool,
     /// One JSON object for scripts.
     #[arg(long)]
     pub json: bool,

@@ -6,7 +6,7 @@ mod common;
 mod demo;
 mod emulator;
 mod export_links;
-mod preflight;
+pub mod preflight;
 pub mod report;
 mod resend;
 mod resume;

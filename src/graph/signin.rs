@@ -257,6 +257,29 @@ impl super::GraphClient {
         let url = self.api_url(&["policies", "authorizationPolicy"], &[]);
         self.get_json(url, false).await
     }
+
+    /// The email one-time passcode method's configuration
+    /// (`GET /v1.0/policies/authenticationMethodsPolicy/authenticationMethodConfigurations/email`,
+    /// needs Policy.Read.All): how partners without an account of their own redeem.
+    pub async fn email_otp_policy(&self) -> Result<Value, GraphError> {
+        let url = self.api_url(
+            &[
+                "policies",
+                "authenticationMethodsPolicy",
+                "authenticationMethodConfigurations",
+                "email",
+            ],
+            &[],
+        );
+        self.get_json(url, false).await
+    }
+
+    /// The default cross-tenant access policy (`GET /v1.0/policies/crossTenantAccessPolicy/default`,
+    /// needs Policy.Read.All): whether inbound B2B collaboration lets partners in at all.
+    pub async fn cross_tenant_default_policy(&self) -> Result<Value, GraphError> {
+        let url = self.api_url(&["policies", "crossTenantAccessPolicy", "default"], &[]);
+        self.get_json(url, false).await
+    }
 }
 
 #[cfg(test)]
