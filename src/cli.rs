@@ -107,6 +107,9 @@ pub enum Command {
     Resend(ResendArgs),
     /// Write the redeem links of a run started with --keep-redeem-links (CSV, created 0600).
     ExportLinks(ExportLinksArgs),
+    /// Write reviewed PowerShell 7 for what Graph cannot reach (on-premises AD DS passwords and
+    /// mail, Exchange Online mailbox users) for this run's users, into a new directory.
+    Scripts(ScriptsArgs),
     /// Serve the simulated tenant until stopped.
     Emulator(EmulatorArgs),
     /// Rehearse on the shipped sample tenant: dry run, then live run, against an in-process emulator.
@@ -383,6 +386,15 @@ pub struct ExportLinksArgs {
     pub run_id: i64,
     /// The CSV file to create (never overwritten).
     #[arg(long, value_name = "PATH")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ScriptsArgs {
+    /// The run whose users the scripts cover (`runs` lists them).
+    pub run_id: i64,
+    /// A new directory to write the scripts into (refused if it exists; files created 0600).
+    #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
 }
 
