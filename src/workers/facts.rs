@@ -110,12 +110,22 @@ pub async fn refresh(
         .map(|d| d.id.to_ascii_lowercase())
         .collect();
     let tenant = tenant_key(graph.root(), &verified_domains);
-    let converted_back = graph
-        .converted_back_users()
-        .await?
-        .into_iter()
-        .filter_map(|u| Some((u.id.to_lowercase(), u.external_user_converted_on?)))
-        .collect();
+    // A beta listing Graph refuses (beta changes without notice) must not stop a run: Graph
+    // then refuses such users itself with 412, which only fails them.
+    let converted_back = match graph.converted_back_users().await {
+        Ok(users) => users
+            .into_iter()
+            .filter_map(|u| Some((u.id.to_lowercase(), u.external_user_converted_on?)))
+            .collect(),
+        Err(e @ GraphError::Api { .. }) => {
+            tracing::warn!(
+                "could not list the users converted back (Graph beta): {e}; such users are \
+                 refused by Graph (412) instead of blocked converted_back"
+            );
+            Default::default()
+        }
+        Err(e) => return Err(e.into()),
+    };
     let facts = Facts {
         tenant: tenant.clone(),
         verified_domains,
