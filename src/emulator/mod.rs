@@ -6,7 +6,8 @@
 //! Files: `tenant` (data and tenant files), `generate` (synthetic tenants), `filter` (OData
 //! `$filter`), `delta` (change tracking, `users/delta`), `throttle` (clock and token buckets),
 //! `auth` (token endpoint decisions), `identity` (JWT access tokens, permissions, device code,
-//! managed identity, invitation policy),
+//! managed identity, invitation policy, directory roles in `wids`), `credentials` (password
+//! resets, `revokeSignInSessions`, the beta conversion back, the redemption policies),
 //! `routes` (pipeline, `$batch`, inspection), `handlers` (endpoints), `server` (connections).
 //!
 //! Per request: token (401) → permission (403) → throttling (429, nothing carried out) →
