@@ -580,3 +580,48 @@ async fn admin_sets_user_properties_through_the_inspection_endpoint() {
     assert_eq!(s, 412);
     emu.shutdown().await;
 }
+
+#[tokio::test]
+async fn directory_roles_list_who_holds_an_admin_role() {
+    let t = tenant();
+    let holders: Vec<String> = t.directory_roles.keys().cloned().collect();
+    assert_eq!(holders.len(), 6);
+    let emu = start(EmulatorConfig::new(t.clone())).await;
+    let g = G::new(&emu).await;
+    let (s, v) = g.get("/directoryRoles?$expand=members").await;
+    denied(s, &v);
+    emu.shutdown().await;
+
+    let emu = start(config(
+        t,
+        &["User.Read.All", "RoleManagement.Read.Directory"],
+        &[],
+    ))
+    .await;
+    let g = G::new(&emu).await;
+    let (s, v) = g.get("/directoryRoles?$expand=members").await;
+    assert_eq!(s, 200, "{v}");
+    let roles = v["value"].as_array().unwrap();
+    assert_eq!(roles.len(), 1, "only activated roles: {v}");
+    assert_eq!(roles[0]["roleTemplateId"], USER_ADMIN);
+    assert_ne!(
+        roles[0]["id"], USER_ADMIN,
+        "a role's id is not its template id"
+    );
+    let mut members: Vec<String> = roles[0]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    members.sort();
+    let mut want = holders;
+    want.sort();
+    assert_eq!(members, want);
+    let (s, v) = g.get("/directoryRoles").await;
+    assert_eq!(s, 200);
+    assert!(v["value"][0].get("members").is_none());
+    let (s, _) = g.get("/directoryRoles?$expand=owners").await;
+    assert_eq!(s, 400);
+    emu.shutdown().await;
+}

@@ -28,8 +28,8 @@ use serde_json::{json, Map, Value};
 
 use super::handlers::valid_email;
 use super::identity::{
-    Grant, GLOBAL_ADMINISTRATOR_ROLE, PRIVILEGED_AUTHENTICATION_ADMINISTRATOR_ROLE,
-    USER_ADMINISTRATOR_ROLE,
+    role_template_id, Grant, DIRECTORY_ROLES, GLOBAL_ADMINISTRATOR_ROLE,
+    PRIVILEGED_AUTHENTICATION_ADMINISTRATOR_ROLE, USER_ADMINISTRATOR_ROLE,
 };
 use super::routes::{Call, Ctx, Reply, Shared, State};
 use crate::model::User;
@@ -358,6 +358,95 @@ impl Shared {
             }),
         )
     }
+}
+
+impl Shared {
+    /// `GET /v1.0/directoryRoles`: the activated roles (those someone holds), each with its
+    /// `roleTemplateId`; with `$expand=members`, their user members. A role's object id is
+    /// derived from its template id, stable across starts as a tenant's is.
+    pub(super) fn directory_roles(&self, st: &State, call: &Call, ctx: &Ctx) -> Reply {
+        let expand =
+            match call.q("expand").map(str::trim) {
+                None => false,
+                Some(e)
+                    if e.eq_ignore_ascii_case("members")
+                        || e.to_lowercase().starts_with("members(") =>
+                {
+                    true
+                }
+                Some(e) => return ctx.err(
+                    400,
+                    "Request_BadRequest",
+                    format!(
+                        "Expansion of navigation property '{e}' is not supported on directoryRole."
+                    ),
+                ),
+            };
+        let mut roles: Vec<Value> = Vec::new();
+        for (name, template) in DIRECTORY_ROLES {
+            let holders: Vec<&User> = st
+                .tenant
+                .users
+                .iter()
+                .enumerate()
+                .filter(|(i, u)| {
+                    !st.removed.contains(i)
+                        && st
+                            .tenant
+                            .directory_roles
+                            .iter()
+                            .filter(|(id, _)| id.eq_ignore_ascii_case(&u.id))
+                            .flat_map(|(_, r)| r)
+                            .any(|r| role_template_id(r) == Some(*template))
+                })
+                .map(|(_, u)| u)
+                .collect();
+            if holders.is_empty() {
+                continue;
+            }
+            let mut role = json!({
+                "id": role_object_id(template),
+                "displayName": name,
+                "description": "",
+                "roleTemplateId": template,
+            });
+            if expand {
+                role["members"] = Value::Array(
+                    holders
+                        .iter()
+                        .map(|u| {
+                            json!({
+                                "@odata.type": "#microsoft.graph.user",
+                                "id": u.id,
+                                "displayName": u.display_name,
+                                "userPrincipalName": u.user_principal_name,
+                            })
+                        })
+                        .collect(),
+                );
+            }
+            roles.push(role);
+        }
+        Reply::json(
+            200,
+            json!({
+                "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#directoryRoles",
+                "value": roles,
+            }),
+        )
+    }
+}
+
+/// A directory role's object id in this tenant: its template id with the bytes turned, so the
+/// two differ (as in Graph) and the id is the same at every start.
+fn role_object_id(template: &str) -> String {
+    let bytes = uuid::Uuid::parse_str(template)
+        .map(|u| *u.as_bytes())
+        .unwrap_or_default()
+        .map(|b| b ^ 0x5a);
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
 }
 
 /// `POST /_emulator/users/{id}` with a JSON object: set those properties as an administrator

@@ -521,6 +521,12 @@ impl Shared {
                 "Directory.ReadWrite.All",
             ],
             Route::EmailOtpPolicy => &["Policy.Read.All", "Policy.ReadWrite.AuthenticationMethod"],
+            Route::DirectoryRoles => &[
+                "RoleManagement.Read.Directory",
+                "RoleManagement.ReadWrite.Directory",
+                "Directory.Read.All",
+                "Directory.ReadWrite.All",
+            ],
             Route::CrossTenantDefault => &["Policy.Read.All", "Policy.ReadWrite.CrossTenantAccess"],
             Route::Members { .. } => &[
                 "GroupMember.Read.All",

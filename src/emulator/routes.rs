@@ -223,6 +223,8 @@ pub enum Route {
     BetaGetUser(String),
     EmailOtpPolicy,
     CrossTenantDefault,
+    /// `GET /v1.0/directoryRoles` (`$expand=members`): who holds which activated role.
+    DirectoryRoles,
 }
 
 /// What a request costs in the buckets.
@@ -339,6 +341,10 @@ fn route(method: &str, path: &str) -> Result<(Route, String), (NoRoute, String)>
                 "{m} /v1.0/policies/crossTenantAccessPolicy/default",
             )),
         },
+        ["v1.0", "directoryRoles"] => match method {
+            "GET" => Ok((Route::DirectoryRoles, t("GET /v1.0/directoryRoles"))),
+            _ => Err(wrong_method("{m} /v1.0/directoryRoles")),
+        },
         ["beta", "users"] => match method {
             "GET" => Ok((Route::BetaListUsers, t("GET /beta/users"))),
             _ => Err(wrong_method("{m} /beta/users")),
@@ -392,7 +398,8 @@ fn cost_of(route: &Route, call: &Call) -> Cost {
         Route::Domains
         | Route::AuthorizationPolicy
         | Route::EmailOtpPolicy
-        | Route::CrossTenantDefault => Cost {
+        | Route::CrossTenantDefault
+        | Route::DirectoryRoles => Cost {
             ru: 1,
             ..Cost::default()
         },
@@ -714,6 +721,7 @@ impl Shared {
             Route::BetaGetUser(key) => self.get_user(st, call, ctx, key),
             Route::EmailOtpPolicy => self.email_otp_policy(st),
             Route::CrossTenantDefault => self.cross_tenant_default(st),
+            Route::DirectoryRoles => self.directory_roles(st, call, ctx),
             Route::Batch => ctx.err(
                 400,
                 "BadRequest",

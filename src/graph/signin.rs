@@ -274,6 +274,29 @@ impl super::GraphClient {
         self.get_json(url, false).await
     }
 
+    /// Lowercase user id → the directory roles (display names) the user holds, from the
+    /// activated roles and their members (`GET /v1.0/directoryRoles?$expand=members`, one
+    /// request; needs RoleManagement.Read.Directory or Directory.Read.All): who needs
+    /// Privileged Authentication Administrator for a password reset, known before any write.
+    pub async fn directory_role_holders(
+        &self,
+    ) -> Result<std::collections::HashMap<String, Vec<String>>, GraphError> {
+        let url = self.api_url(&["directoryRoles"], &[("$expand", "members")]);
+        let roles: Vec<Value> = self.get_all(url, false).await?;
+        let mut out: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for role in &roles {
+            let name = role["displayName"].as_str().unwrap_or("a directory role");
+            for member in role["members"].as_array().into_iter().flatten() {
+                if let Some(id) = member["id"].as_str() {
+                    out.entry(id.to_lowercase())
+                        .or_default()
+                        .push(name.to_string());
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The default cross-tenant access policy (`GET /v1.0/policies/crossTenantAccessPolicy/default`,
     /// needs Policy.Read.All): whether inbound B2B collaboration lets partners in at all.
     pub async fn cross_tenant_default_policy(&self) -> Result<Value, GraphError> {

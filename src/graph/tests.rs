@@ -1341,6 +1341,24 @@ async fn credential_writes_against_the_emulator() {
     emu.shutdown().await;
 }
 
+/// Who holds an admin role, known before any password write: one request.
+#[tokio::test]
+async fn directory_role_holders_from_the_emulator() {
+    let tenant = crate::emulator::Tenant::generate(600, 11);
+    let admin = tenant.users[7].id.clone();
+    let (emu, client) =
+        emulator_client(tenant, &["User.Read.All", "Directory.Read.All"], &[]).await;
+    let sent = client.requests_sent();
+    let holders = client.directory_role_holders().await.unwrap();
+    assert_eq!(client.requests_sent(), sent + 1);
+    assert_eq!(holders.len(), 6);
+    assert_eq!(
+        holders[&admin.to_lowercase()],
+        vec!["User Administrator".to_string()]
+    );
+    emu.shutdown().await;
+}
+
 /// The password is in no log line, at the most verbose level of every target, in either log
 /// format: the transport logs method, path, status and ids, never a body.
 #[tokio::test(flavor = "current_thread")]
