@@ -683,4 +683,57 @@ mod tests {
         assert!(f[0].detail.contains("delegated permission"));
         assert!(f[2].detail.contains("the signed-in user"));
     }
+
+    /// What `retire` will call before its first write: without the role it stops with exit 4
+    /// having sent nothing but the sign-in; with it, it goes on.
+    #[tokio::test]
+    async fn retire_stops_with_exit_4_before_any_write_without_the_role() {
+        use crate::emulator::{directory_role_ids, EmulatorConfig, Tenant};
+        for (wids, ready) in [("", false), ("User Administrator", true)] {
+            let config = EmulatorConfig {
+                app_roles: vec![
+                    "User.ReadWrite.All".into(),
+                    "User.RevokeSessions.All".into(),
+                ],
+                app_directory_roles: directory_role_ids(wids).unwrap(),
+                ..EmulatorConfig::new(Tenant::sample())
+            };
+            let emu = crate::emulator::start(config, "127.0.0.1:0".parse().unwrap())
+                .await
+                .unwrap();
+            let env: std::collections::HashMap<String, String> =
+                emu.client_env().into_iter().collect();
+            let credentials = Credentials::from_lookup(|k| env.get(k).cloned()).unwrap();
+            let base = emu.base_url();
+            let graph = common::connect(
+                &Endpoints::new(base.clone(), base),
+                credentials,
+                &RunOptions::default(),
+                RunMode::Live,
+            )
+            .unwrap();
+            let result = require_retire_ready(&graph).await;
+            if ready {
+                let findings = result.unwrap();
+                assert!(findings.iter().all(|f| !f.blocking()), "{findings:?}");
+            } else {
+                let err = result.unwrap_err();
+                let exit = err.downcast_ref::<ExitError>().unwrap();
+                assert_eq!(exit.status, ExitStatus::TenantRefused);
+                assert!(exit.message.contains("nothing was written"));
+            }
+            let stats = emu.stats();
+            let graph_requests: Vec<&String> = stats["requests"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| !k.contains("oauth2"))
+                .collect();
+            assert!(
+                graph_requests.is_empty(),
+                "only the sign-in: {graph_requests:?}"
+            );
+            emu.shutdown().await;
+        }
+    }
 }

@@ -365,23 +365,24 @@ impl Shared {
     /// `roleTemplateId`; with `$expand=members`, their user members. A role's object id is
     /// derived from its template id, stable across starts as a tenant's is.
     pub(super) fn directory_roles(&self, st: &State, call: &Call, ctx: &Ctx) -> Reply {
-        let expand =
-            match call.q("expand").map(str::trim) {
-                None => false,
-                Some(e)
-                    if e.eq_ignore_ascii_case("members")
-                        || e.to_lowercase().starts_with("members(") =>
-                {
-                    true
-                }
-                Some(e) => return ctx.err(
+        let expand = match call.q("expand").map(str::trim) {
+            None => false,
+            Some(e)
+                if e.eq_ignore_ascii_case("members")
+                    || e.to_lowercase().starts_with("members(") =>
+            {
+                true
+            }
+            Some(e) => {
+                return ctx.err(
                     400,
                     "Request_BadRequest",
                     format!(
                         "Expansion of navigation property '{e}' is not supported on directoryRole."
                     ),
-                ),
-            };
+                )
+            }
+        };
         let mut roles: Vec<Value> = Vec::new();
         for (name, template) in DIRECTORY_ROLES {
             let holders: Vec<&User> = st
