@@ -92,6 +92,11 @@ async fn retire_preflight_names_every_missing_permission_and_the_role() {
     let r = common::run(&emu, &dir.path().join("q.db"), &["preflight"]).await;
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert!(!r.stdout.contains("set passwords"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("ready, 3 checks not made"),
+        "policy, passcode and cross-tenant unread: never \"will work\": {}",
+        r.stdout
+    );
     emu.shutdown().await;
 }
 

@@ -510,7 +510,17 @@ pub fn render(findings: &[Finding]) -> String {
         s.push_str(&format!("{mark} {}: {}\n", f.check, f.detail));
     }
     let missing = findings.iter().filter(|f| f.blocking()).count();
-    if missing == 0 {
+    // A check that could not be made is never reported as "will work".
+    let unchecked = findings
+        .iter()
+        .filter(|f| f.status == "warning" && f.detail.starts_with("not checked"))
+        .count();
+    if missing == 0 && unchecked > 0 {
+        s.push_str(&format!(
+            "ready, {unchecked} check{} not made (see \"not checked\" above)\n",
+            if unchecked == 1 { "" } else { "s" }
+        ));
+    } else if missing == 0 {
         s.push_str("ready: the run will work\n");
     } else {
         s.push_str(&format!("not ready: {missing} thing(s) to fix first\n"));
@@ -682,6 +692,19 @@ mod tests {
         let f = retire_findings(&json!({"scp": "User.Read"}));
         assert!(f[0].detail.contains("delegated permission"));
         assert!(f[2].detail.contains("the signed-in user"));
+    }
+
+    #[test]
+    fn a_check_not_made_is_never_will_work() {
+        let ok = Finding::new("sign-in", "ok", "signed in");
+        let unchecked = Finding::new("invitation policy", "warning", POLICY_NOT_CHECKED);
+        let other = Finding::new("custom message", "warning", "app-only sign-in");
+        assert!(render(&[ok.clone(), other.clone()]).ends_with("ready: the run will work\n"));
+        assert!(render(&[ok.clone(), unchecked.clone(), other])
+            .ends_with("ready, 1 check not made (see \"not checked\" above)\n"));
+        let otp = Finding::new("email one-time passcode", "warning", REDEMPTION_NOT_CHECKED);
+        assert!(render(&[ok, unchecked, otp])
+            .ends_with("ready, 2 checks not made (see \"not checked\" above)\n"));
     }
 
     /// What `retire` will call before its first write: without the role it stops with exit 4
