@@ -1,8 +1,9 @@
 //! The credential side of a converted user, as Graph serves it (GRAPH-NOTES.md, "Passwords,
 //! sessions and directory roles" and "Converting back"): the permission and role checks of a
 //! `passwordProfile` PATCH, Entra's password complexity rules, `revokeSignInSessions`, the beta
-//! `convertExternalToInternalMemberUser`, the two policies that decide how partners redeem, and
-//! the administrator's `POST /_emulator/users/{id}`.
+//! `convertExternalToInternalMemberUser`, the two policies that decide how partners redeem, who
+//! holds which directory role (`GET /v1.0/directoryRoles`), and the administrator's
+//! `POST /_emulator/users/{id}`.
 //!
 //! Refusals of a `passwordProfile` PATCH (403 `Authorization_RequestDenied` "Insufficient
 //! privileges to complete the operation." unless said otherwise), in order:
@@ -486,7 +487,9 @@ pub(super) fn admin_set(st: &mut State, pos: usize, body: &[u8]) -> Reply {
     }
 }
 
-/// A user with every optional property present, so its JSON names every modelled property.
+/// A user with every optional property present, so its JSON names every modelled property. A
+/// struct literal without `..`: a property added to [`User`] fails to compile here until the
+/// administrator's endpoint can set it too.
 fn every_property() -> User {
     let s = || Some(String::new());
     User {
