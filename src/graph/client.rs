@@ -20,7 +20,8 @@ use super::retry::{Backoff, RetryPolicy};
 use super::transport::{parse_answer, Call};
 use super::RequestObserver;
 use crate::model::{
-    DeltaPage, Domain, Invitation, InvitationRequest, Page, User, VALIDATION_SELECT,
+    DeltaPage, Domain, Invitation, InvitationRequest, Page, User, CONVERTED_BACK_FILTER,
+    VALIDATION_SELECT,
 };
 
 /// The longest we wait for a TCP (and TLS) connection, whatever the request timeout: a host
@@ -159,6 +160,20 @@ impl GraphClient {
     pub async fn verified_domains(&self) -> Result<Vec<Domain>, GraphError> {
         let domains: Vec<Domain> = self.get_all(self.api_url(&["domains"], &[]), false).await?;
         Ok(domains.into_iter().filter(|d| d.is_verified).collect())
+    }
+
+    /// Every user converted back to an internal member (`id`, `externalUserConvertedOn`): the
+    /// property is beta-only, so one beta listing per pass replaces reading it with each user.
+    pub async fn converted_back_users(&self) -> Result<Vec<User>, GraphError> {
+        let url = self.beta_url(
+            &["users"],
+            &[
+                ("$filter", CONVERTED_BACK_FILTER),
+                ("$select", "id,externalUserConvertedOn"),
+                ("$top", "999"),
+            ],
+        );
+        self.get_all(url, false).await
     }
 
     /// One user by object id or UPN with everything validation needs; `None` when absent.
@@ -421,6 +436,19 @@ impl GraphClient {
 
     fn version_root(&self) -> Url {
         Url::parse(&format!("{}/v1.0", self.inner.root)).expect("root was checked")
+    }
+
+    /// `{root}/beta/{segments…}?{query}`: only for what v1.0 does not have (converting back,
+    /// `externalUserConvertedOn`); Microsoft does not support beta in production.
+    pub(super) fn beta_url(&self, segments: &[&str], query: &[(&str, &str)]) -> Url {
+        let mut url = Url::parse(&format!("{}/beta", self.inner.root)).expect("root was checked");
+        url.path_segments_mut()
+            .expect("http(s) URLs have paths")
+            .extend(segments);
+        if !query.is_empty() {
+            url.set_query(Some(&encode_query(query)));
+        }
+        url
     }
 
     /// A page link from Graph, refused unless it points back at Graph (our token goes with it).

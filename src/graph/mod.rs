@@ -39,6 +39,7 @@ pub use odata::{needs_advanced_query, odata_quote, VALUES_PER_FILTER};
 pub use paging::Pager;
 pub use retry::{Backoff, RetryPolicy, MAX_THROTTLED_RETRIES};
 pub use transport::{classify_error, Lost};
+pub use writes::{ConvertBack, Password, PASSWORD_LEN};
 
 /// Graph's limit of sub-requests in one `$batch`.
 pub const REQUESTS_PER_BATCH: usize = 20;

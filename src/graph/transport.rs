@@ -41,7 +41,12 @@ impl Call {
         let resource = self
             .url
             .path_segments()
-            .and_then(|mut segments| segments.by_ref().skip_while(|s| *s != "v1.0").nth(1))
+            .and_then(|mut segments| {
+                segments
+                    .by_ref()
+                    .skip_while(|s| *s != "v1.0" && *s != "beta")
+                    .nth(1)
+            })
             .unwrap_or("");
         format!("{} {resource}", self.method)
     }
