@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod drift;
 pub mod email;
 pub mod emulator;
 pub mod exit;

@@ -13,7 +13,7 @@ use rusqlite_migration::{Migrations, M};
 
 use crate::item::{
     ItemRecord, ItemState, NewItem, Overrides, Reason, RequestRecord, RunCounts, RunMode,
-    RunOptions, RunRecord, RunStatus, SourceSpec, UserKey,
+    RunOptions, RunRecord, RunStatus, SourceSpec, TenantIdentity, UserKey,
 };
 use crate::model::{Invitation, User};
 
@@ -26,11 +26,14 @@ mod report;
 
 pub use log::{LOG_FLUSH_AFTER, LOG_FLUSH_ROWS};
 mod runs;
+mod select;
 mod steps;
 
 pub use facts::{AddressSource, RoundLink, SyncState, UserChange};
 pub use lease::{host_name, pid_alive, Holder, LeaseRow, RunLease, HEARTBEAT_EVERY, STALE_AFTER};
 pub use report::WorkSpan;
+pub use runs::{OptionChange, PlannedUser};
+pub use select::Selection;
 pub use steps::{FollowUps, StepRow};
 pub mod track;
 
@@ -78,6 +81,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../migrations/0005_redemption.sql")),
         M::up(include_str!("../migrations/0006_ingest.sql")),
         M::up(include_str!("../migrations/0007_tenant_facts.sql")),
+        M::up(include_str!("../migrations/0008_run_tenant_plan.sql")),
     ])
 }
 

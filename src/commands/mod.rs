@@ -1,6 +1,7 @@
 //! One file per subcommand. `dispatch` is the only entry; commands that need no database never
 //! open it.
 
+mod apply;
 mod bench;
 mod common;
 mod demo;
@@ -14,6 +15,7 @@ mod retry;
 mod run;
 mod runs;
 mod status;
+mod tenant;
 mod track;
 
 use crate::cli::{Cli, Command};
@@ -23,6 +25,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
     match cli.command {
         Command::Run(args) => run::run(&cli.db, args).await,
         Command::Resume(args) => resume::resume(&cli.db, args).await,
+        Command::Apply(args) => apply::apply(&cli.db, args).await,
         Command::Retry(args) => retry::retry(&cli.db, args).await,
         Command::Status(args) => status::status(&cli.db, args),
         Command::Runs => runs::runs(&cli.db),

@@ -13,5 +13,5 @@ pub async fn retry(db: &Path, args: RetryArgs) -> anyhow::Result<ExitStatus> {
     let n = queue.requeue_failed(run.id)?;
     println!("run-id: {}", run.id);
     println!("requeued {n} failed items");
-    common::continue_run(queue, &lease, run, &args.exec).await
+    common::continue_run(queue, &lease, run, &args.exec, None).await
 }

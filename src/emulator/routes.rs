@@ -749,8 +749,9 @@ impl Shared {
         reply
     }
 
-    /// `/_emulator/...`: inspection (GET) and the partner's side of an invitation (`POST
-    /// /_emulator/users/{id}/redeem`); no token, not counted.
+    /// `/_emulator/...`: inspection (GET), the partner's side of an invitation (`POST
+    /// /_emulator/users/{id}/redeem`) and an administrator's changes (`POST
+    /// /_emulator/users/{id}`); no token, not counted.
     pub fn inspect(&self, call: &Call) -> Reply {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let segs: Vec<&str> = call.path.trim_start_matches('/').split('/').collect();
@@ -768,6 +769,10 @@ impl Shared {
                         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
                     st.redeem(pos, &stamp)
                 }
+                None => not_found(id),
+            },
+            ("POST", ["_emulator", "users", id]) => match st.index.user(id) {
+                Some(pos) => set_properties(&mut st, pos, &call.body),
                 None => not_found(id),
             },
             ("DELETE", ["_emulator", "users", id]) => match st.index.user(id) {
@@ -799,6 +804,42 @@ impl Shared {
             ),
         }
         .with_header("Content-Type", "application/json")
+    }
+}
+
+/// `POST /_emulator/users/{id}` with a JSON object: sets those properties on the user as an
+/// administrator would in the portal (`null` clears one), without Graph's write rules, so tests
+/// can change a user between a plan and its apply. Answers the user as it now is.
+fn set_properties(st: &mut State, pos: usize, body: &[u8]) -> Reply {
+    let bad = |message: String| {
+        Reply::json(
+            400,
+            json!({"error": {"code": "BadRequest", "message": message}}),
+        )
+    };
+    let changes = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => m,
+        _ => return bad("A JSON object of user properties is expected.".into()),
+    };
+    let mut user = match serde_json::to_value(&st.tenant.users[pos]) {
+        Ok(Value::Object(m)) => m,
+        _ => return bad("The user cannot be read.".into()),
+    };
+    for (k, v) in changes {
+        if k == "id" {
+            return bad("The object id cannot change.".into());
+        }
+        user.insert(k, v);
+    }
+    match serde_json::from_value::<User>(Value::Object(user)) {
+        Ok(next) => {
+            st.set_user(pos, next);
+            Reply::json(
+                200,
+                serde_json::to_value(&st.tenant.users[pos]).unwrap_or(Value::Null),
+            )
+        }
+        Err(e) => bad(format!("Invalid property value: {e}")),
     }
 }
 

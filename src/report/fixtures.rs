@@ -83,6 +83,8 @@ fn run(mode: RunMode) -> RunRecord {
         finished_at: Some("2025-03-01T11:23:04Z".into()),
         status: "finished".into(),
         ingest_complete: true,
+        tenant: None,
+        plan_run_id: None,
     }
 }
 
