@@ -67,7 +67,7 @@ pub async fn apply(db: &Path, args: ApplyArgs) -> anyhow::Result<ExitStatus> {
         }
     };
     print_plan(&queue, &plan, &age, copied, drifted)?;
-    let scope = match common::Scope::of(&queue, &run, only.as_deref()) {
+    let scope = match common::Scope::of(&queue, &graph, &run, only.as_deref()).await {
         Ok(scope) => scope,
         Err(e) => {
             drop(lease);

@@ -221,11 +221,41 @@ pub struct Scope {
 impl Scope {
     /// The scope of an invocation over `run`: `names` from `--only` must each match an item of
     /// the run (else a usage error, before anything is sent).
-    pub fn of(queue: &Queue, run: &RunRecord, names: Option<&[String]>) -> anyhow::Result<Scope> {
+    ///
+    /// A UPN is matched against the items' keys and the UPNs their look-ups stored; a UPN still
+    /// unmatched (an item named by object id, not looked up yet) is resolved to its object id
+    /// with one bulk read.
+    pub async fn of(
+        queue: &Queue,
+        graph: &GraphClient,
+        run: &RunRecord,
+        names: Option<&[String]>,
+    ) -> anyhow::Result<Scope> {
         let only = match names {
             None => None,
             Some(names) => {
-                let selection = queue.only_selection(run.id, names)?;
+                let mut selection = queue.only_selection(run.id, names)?;
+                let upns: Vec<String> = selection
+                    .unmatched
+                    .iter()
+                    .filter(|n| n.contains('@'))
+                    .cloned()
+                    .collect();
+                if !upns.is_empty() {
+                    let found = graph.users_by_upns(&upns).await?;
+                    let ids: Vec<String> = found.iter().map(|u| u.id.clone()).collect();
+                    let by_id = queue.only_selection(run.id, &ids)?;
+                    selection.items.extend(by_id.items);
+                    let resolved: HashSet<String> = found
+                        .iter()
+                        .filter(|u| !by_id.unmatched.contains(&u.id))
+                        .filter_map(|u| u.user_principal_name.as_deref())
+                        .map(str::to_lowercase)
+                        .collect();
+                    selection
+                        .unmatched
+                        .retain(|n| !resolved.contains(&n.to_lowercase()));
+                }
                 if !selection.unmatched.is_empty() {
                     let shown: Vec<&str> = selection
                         .unmatched
@@ -424,7 +454,7 @@ pub async fn continue_run(
         run = queue.run(run.id)?.context("run vanished")?;
         run.options = options;
     }
-    let scope = Scope::of(&queue, &run, only.as_deref())?;
+    let scope = Scope::of(&queue, &graph, &run, only.as_deref()).await?;
     if run.mode == RunMode::Live && !exec.yes && scope.users > 0 && !confirm(&run, scope.users)? {
         return Err(declined());
     }

@@ -165,7 +165,7 @@ pub async fn start(db: &Path, new: NewRun, credentials: Credentials) -> anyhow::
         "source ingested"
     );
     let run = queue.run(run_id)?.context("the new run vanished")?;
-    let scope = match common::Scope::of(&queue, &run, new.only.as_deref()) {
+    let scope = match common::Scope::of(&queue, &graph, &run, new.only.as_deref()).await {
         Ok(scope) => scope,
         Err(e) => {
             // A name matching nobody of the run: nothing was sent, and no half-started run stays.
