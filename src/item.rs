@@ -429,10 +429,10 @@ pub struct RunRecord {
     pub ingest_complete: bool,
     /// The tenant the run belongs to; `None`: it could not be known (a run made before runs
     /// recorded their tenant, with no tenant id among its stored options).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub tenant: Option<TenantIdentity>,
     /// `apply`: the dry run this live run executes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub plan_run_id: Option<i64>,
 }
 
