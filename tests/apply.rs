@@ -397,3 +397,116 @@ async fn an_only_pilot_silent_then_resume_no_silent_is_one_run_with_an_option_hi
         "{history}"
     );
 }
+
+/// Runs the binary with a pseudo-terminal as stdin (so it asks for confirmation) and `answer`
+/// typed into it.
+async fn run_answering(emu: &Emulator, db: &Path, args: &[&str], answer: &str) -> Ran {
+    use std::io::Write as _;
+    use std::os::fd::FromRawFd as _;
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty writes two new descriptors into the integers; the others may be null.
+    let opened = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(opened, 0, "openpty");
+    // SAFETY: both descriptors were just opened and are owned by nothing else.
+    let (mut master, slave) = unsafe {
+        (
+            std::fs::File::from_raw_fd(master),
+            std::fs::File::from_raw_fd(slave),
+        )
+    };
+    let mut cmd = command(emu, db, args);
+    cmd.stdin(std::process::Stdio::from(slave));
+    let child = cmd.spawn().expect("binary starts");
+    master.write_all(answer.as_bytes()).unwrap();
+    let out = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
+        .await
+        .expect("the prompted command ends")
+        .unwrap();
+    drop(master);
+    Ran {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prompt_names_the_tenant_and_this_invocations_users_and_no_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    let (emu, csv) = tenant_with_csv(30, 51, dir.path()).await;
+    let csv = csv.to_str().unwrap();
+    let tenant = format!("contoso.onmicrosoft.com ({})", emu.tenant_id());
+
+    let declined = run_answering(&emu, &db, &["run", "--csv", csv, "--limit", "3"], "n\n").await;
+    assert_eq!(declined.code, 1, "{}\n{}", declined.stdout, declined.stderr);
+    assert!(
+        declined
+            .stderr
+            .contains(&format!("About to CONVERT up to 3 users of tenant {tenant}")),
+        "{}",
+        declined.stderr
+    );
+    assert!(declined.stderr.contains("declined: nothing was sent"), "{}", declined.stderr);
+    assert!(emu.invitations().is_empty());
+    let queue = b2b_convert::queue::Queue::open(&db).unwrap();
+    assert!(queue.list_runs().unwrap().is_empty(), "no run left to resume");
+
+    // A run whose pilot is two named users: the prompt counts those two, not the run.
+    let started = run(&emu, &db, &["run", "--csv", csv, "--limit", "1", "--yes"]).await;
+    let run_id = started.run_id();
+    let pending: Vec<_> = items(&db, run_id)
+        .into_iter()
+        .filter(|i| i.state == ItemState::Pending)
+        .collect();
+    let only = dir.path().join("two.txt");
+    std::fs::write(
+        &only,
+        format!(
+            "{}\n{}\n",
+            pending[0].key.as_ref().unwrap().value(),
+            pending[5].key.as_ref().unwrap().value()
+        ),
+    )
+    .unwrap();
+    let invited = emu.invitations().len();
+    let declined = run_answering(
+        &emu,
+        &db,
+        &["resume", &run_id.to_string(), "--limit", "0", "--only", only.to_str().unwrap()],
+        "no\n",
+    )
+    .await;
+    assert_eq!(declined.code, 1, "{}", declined.stderr);
+    assert!(
+        declined
+            .stderr
+            .contains(&format!("About to CONVERT up to 2 users of tenant {tenant}")),
+        "{}",
+        declined.stderr
+    );
+    assert_eq!(emu.invitations().len(), invited, "nothing was sent");
+    assert_eq!(
+        count(&items(&db, run_id), ItemState::Pending),
+        pending.len(),
+        "the run is as it was"
+    );
+
+    let accepted = run_answering(
+        &emu,
+        &db,
+        &["resume", &run_id.to_string(), "--limit", "0", "--only", only.to_str().unwrap()],
+        "yes\n",
+    )
+    .await;
+    assert_eq!(accepted.code, 0, "{}", accepted.stderr);
+    assert_eq!(emu.invitations().len(), invited + 2);
+}
