@@ -156,9 +156,7 @@ mod tests {
             ),
             (
                 "assignedPlans",
-                |u| {
-                    u.assigned_plans.as_mut().unwrap()[0].capability_status = "Enabled".into()
-                },
+                |u| u.assigned_plans.as_mut().unwrap()[0].capability_status = "Enabled".into(),
                 "the Exchange Online plan was not enabled at the plan, now enabled",
             ),
             (
@@ -171,7 +169,12 @@ mod tests {
             let mut now = planned();
             change(&mut now);
             assert_eq!(
-                changed_since_plan(&planned(), Some("a@fabrikam.com"), &now, &convert("a@fabrikam.com")),
+                changed_since_plan(
+                    &planned(),
+                    Some("a@fabrikam.com"),
+                    &now,
+                    &convert("a@fabrikam.com")
+                ),
                 Some(want.to_string()),
                 "{property}"
             );
@@ -186,7 +189,12 @@ mod tests {
         now.mail = Some("A@Fabrikam.com".into());
         now.display_name = Some("Anna (renamed)".into());
         assert_eq!(
-            changed_since_plan(&plan, Some("a@fabrikam.com"), &now, &convert("a@fabrikam.com")),
+            changed_since_plan(
+                &plan,
+                Some("a@fabrikam.com"),
+                &now,
+                &convert("a@fabrikam.com")
+            ),
             None
         );
         let blocked = Verdict::Block {
@@ -201,7 +209,12 @@ mod tests {
             )
         );
         assert_eq!(
-            changed_since_plan(&plan, Some("a@fabrikam.com"), &planned(), &convert("c@x.com")),
+            changed_since_plan(
+                &plan,
+                Some("a@fabrikam.com"),
+                &planned(),
+                &convert("c@x.com")
+            ),
             Some("the invitation address was a@fabrikam.com at the plan, now c@x.com".into())
         );
         let mut two = planned();

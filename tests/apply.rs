@@ -63,7 +63,14 @@ async fn a_run_resumed_with_another_tenants_environment_is_refused_before_anythi
     let started = run(
         &contoso,
         &db,
-        &["run", "--csv", csv.to_str().unwrap(), "--limit", "2", "--yes"],
+        &[
+            "run",
+            "--csv",
+            csv.to_str().unwrap(),
+            "--limit",
+            "2",
+            "--yes",
+        ],
     )
     .await;
     assert_eq!(started.code, 0, "{}\n{}", started.stdout, started.stderr);
@@ -79,7 +86,12 @@ async fn a_run_resumed_with_another_tenants_environment_is_refused_before_anythi
     // The wrong `source`: tenant B's environment loaded.
     let other = fabrikam(12).await;
     assert_ne!(other.tenant_id(), contoso.tenant_id());
-    let refused = run(&other, &db, &["resume", &run_id.to_string(), "--limit", "8", "--yes"]).await;
+    let refused = run(
+        &other,
+        &db,
+        &["resume", &run_id.to_string(), "--limit", "8", "--yes"],
+    )
+    .await;
     assert_eq!(refused.code, 1, "{}\n{}", refused.stdout, refused.stderr);
     let line = refused
         .stderr
@@ -100,7 +112,10 @@ async fn a_run_resumed_with_another_tenants_environment_is_refused_before_anythi
         )),
         "{line}"
     );
-    assert!(line.contains("sign in to the run's tenant, or start a new run"), "{line}");
+    assert!(
+        line.contains("sign in to the run's tenant, or start a new run"),
+        "{line}"
+    );
 
     // Nothing reached B beyond the token and the domains.
     let stats = other.stats();
@@ -113,11 +128,19 @@ async fn a_run_resumed_with_another_tenants_environment_is_refused_before_anythi
     assert_eq!(requests_to(&stats, "GET /v1.0/domains"), 1);
     assert!(other.invitations().is_empty());
     // And A's run is as it was.
-    assert_eq!(count(&items(&db, run_id), ItemState::Pending), pending_before);
+    assert_eq!(
+        count(&items(&db, run_id), ItemState::Pending),
+        pending_before
+    );
     assert_eq!(count(&items(&db, run_id), ItemState::Failed), 0);
 
     // Its own tenant continues it.
-    let resumed = run(&contoso, &db, &["resume", &run_id.to_string(), "--limit", "0", "--yes"]).await;
+    let resumed = run(
+        &contoso,
+        &db,
+        &["resume", &run_id.to_string(), "--limit", "0", "--yes"],
+    )
+    .await;
     assert!(resumed.code == 0 || resumed.code == 3, "{}", resumed.stderr);
     assert_eq!(count(&items(&db, run_id), ItemState::Pending), 0);
 }
@@ -130,7 +153,13 @@ async fn apply_converts_exactly_the_plan_minus_the_users_changed_since() {
     let plan = run(
         &emu,
         &db,
-        &["run", "--csv", csv.to_str().unwrap(), "--dry-run", "--silent"],
+        &[
+            "run",
+            "--csv",
+            csv.to_str().unwrap(),
+            "--dry-run",
+            "--silent",
+        ],
     )
     .await;
     assert!(plan.code == 0 || plan.code == 3, "{}", plan.stderr);
@@ -147,7 +176,12 @@ async fn apply_converts_exactly_the_plan_minus_the_users_changed_since() {
         .map(|i| i.user_id.clone().unwrap())
         .collect();
     let old_mail = planned[0].snapshot.as_ref().unwrap().mail.clone().unwrap();
-    admin_changes(&emu, &changed[0], json!({"mail": "moved@elsewhere.example"})).await;
+    admin_changes(
+        &emu,
+        &changed[0],
+        json!({"mail": "moved@elsewhere.example"}),
+    )
+    .await;
     admin_changes(&emu, &changed[1], json!({"accountEnabled": false})).await;
     admin_changes(
         &emu,
@@ -180,9 +214,10 @@ async fn apply_converts_exactly_the_plan_minus_the_users_changed_since() {
         applied.stdout
     );
     assert!(
-        applied
-            .stdout
-            .contains(&format!("changed since the plan: 3 of {} users", planned.len())),
+        applied.stdout.contains(&format!(
+            "changed since the plan: 3 of {} users",
+            planned.len()
+        )),
         "{}",
         applied.stdout
     );
@@ -201,10 +236,17 @@ async fn apply_converts_exactly_the_plan_minus_the_users_changed_since() {
         .all(|inv| inv["sendInvitationMessage"] == false));
 
     let live = items(&db, live_id);
-    assert_eq!(live.len(), planned.len(), "items are the plan's, not the source's");
+    assert_eq!(
+        live.len(),
+        planned.len(),
+        "items are the plan's, not the source's"
+    );
     assert_eq!(count(&live, ItemState::Converted), planned.len() - 3);
     for id in &changed {
-        let item = live.iter().find(|i| i.user_id.as_ref() == Some(id)).unwrap();
+        let item = live
+            .iter()
+            .find(|i| i.user_id.as_ref() == Some(id))
+            .unwrap();
         assert_eq!(item.state, ItemState::Blocked, "{id}");
         assert_eq!(item.reason, Some(Reason::ChangedSincePlan), "{id}");
     }
@@ -222,7 +264,8 @@ async fn apply_converts_exactly_the_plan_minus_the_users_changed_since() {
         detail(&changed[1]),
         "accountEnabled was true at the plan, now false"
     );
-    assert!(detail(&changed[2]).contains("onPremisesUserPrincipalName was (none) at the plan, now someone@corp.local"));
+    assert!(detail(&changed[2])
+        .contains("onPremisesUserPrincipalName was (none) at the plan, now someone@corp.local"));
 
     let status = status_json(&run(&emu, &db, &["status", &live_id.to_string(), "--json"]).await);
     assert_eq!(status["plan"], plan_id);
@@ -236,7 +279,10 @@ async fn apply_converts_exactly_the_plan_minus_the_users_changed_since() {
         plan_section.contains(&format!("applies dry run {plan_id} (finished ")),
         "{plan_section}"
     );
-    assert!(plan_section.contains("moved@elsewhere.example"), "{plan_section}");
+    assert!(
+        plan_section.contains("moved@elsewhere.example"),
+        "{plan_section}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,11 +293,20 @@ async fn apply_refuses_an_unfinished_a_too_old_a_live_or_a_foreign_plan() {
     let csv = csv.to_str().unwrap();
 
     // Not finished: a dry run stopped by --limit still has users to check.
-    let partial = run(&emu, &db, &["run", "--csv", csv, "--dry-run", "--limit", "2"]).await;
+    let partial = run(
+        &emu,
+        &db,
+        &["run", "--csv", csv, "--dry-run", "--limit", "2"],
+    )
+    .await;
     let partial_id = partial.run_id();
     let refused = run(&emu, &db, &["apply", &partial_id.to_string(), "--yes"]).await;
     assert_eq!(refused.code, 2, "{}", refused.stderr);
-    assert!(refused.stderr.contains("is not finished"), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("is not finished"),
+        "{}",
+        refused.stderr
+    );
 
     // Too old: any finished plan is older than --max-age 0.
     let plan = run(&emu, &db, &["run", "--csv", csv, "--dry-run"]).await;
@@ -275,7 +330,11 @@ async fn apply_refuses_an_unfinished_a_too_old_a_live_or_a_foreign_plan() {
     let other = fabrikam(32).await;
     let refused = run(&other, &db, &["apply", &plan_id.to_string(), "--yes"]).await;
     assert_eq!(refused.code, 1, "{}", refused.stderr);
-    assert!(refused.stderr.contains("belongs to tenant"), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("belongs to tenant"),
+        "{}",
+        refused.stderr
+    );
     assert!(other.invitations().is_empty());
     assert_eq!(emu.invitations().len(), invited_so_far);
 
@@ -316,7 +375,11 @@ async fn an_only_pilot_silent_then_resume_no_silent_is_one_run_with_an_option_hi
         format!(
             "# users who agreed to test\n{}\n{}\n\n{}\n",
             pilot[0].id,
-            pilot[1].user_principal_name.as_deref().unwrap().to_uppercase(),
+            pilot[1]
+                .user_principal_name
+                .as_deref()
+                .unwrap()
+                .to_uppercase(),
             pilot[2].id
         ),
     )
@@ -328,18 +391,42 @@ async fn an_only_pilot_silent_then_resume_no_silent_is_one_run_with_an_option_hi
     let refused = run(
         &emu,
         &db,
-        &["run", "--csv", csv, "--silent", "--only", typo.to_str().unwrap(), "--yes"],
+        &[
+            "run",
+            "--csv",
+            csv,
+            "--silent",
+            "--only",
+            typo.to_str().unwrap(),
+            "--yes",
+        ],
     )
     .await;
     assert_eq!(refused.code, 2, "{}", refused.stderr);
-    assert!(refused.stderr.contains("nobody@contoso.com"), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("nobody@contoso.com"),
+        "{}",
+        refused.stderr
+    );
     assert!(emu.invitations().is_empty());
-    assert!(b2b_convert::queue::Queue::open(&db).unwrap().list_runs().unwrap().is_empty());
+    assert!(b2b_convert::queue::Queue::open(&db)
+        .unwrap()
+        .list_runs()
+        .unwrap()
+        .is_empty());
 
     let piloted = run(
         &emu,
         &db,
-        &["run", "--csv", csv, "--silent", "--only", only.to_str().unwrap(), "--yes"],
+        &[
+            "run",
+            "--csv",
+            csv,
+            "--silent",
+            "--only",
+            only.to_str().unwrap(),
+            "--yes",
+        ],
     )
     .await;
     assert_eq!(piloted.code, 0, "{}\n{}", piloted.stdout, piloted.stderr);
@@ -449,16 +536,23 @@ async fn the_prompt_names_the_tenant_and_this_invocations_users_and_no_leaves_no
     let declined = run_answering(&emu, &db, &["run", "--csv", csv, "--limit", "3"], "n\n").await;
     assert_eq!(declined.code, 1, "{}\n{}", declined.stdout, declined.stderr);
     assert!(
-        declined
-            .stderr
-            .contains(&format!("About to CONVERT up to 3 users of tenant {tenant}")),
+        declined.stderr.contains(&format!(
+            "About to CONVERT up to 3 users of tenant {tenant}"
+        )),
         "{}",
         declined.stderr
     );
-    assert!(declined.stderr.contains("declined: nothing was sent"), "{}", declined.stderr);
+    assert!(
+        declined.stderr.contains("declined: nothing was sent"),
+        "{}",
+        declined.stderr
+    );
     assert!(emu.invitations().is_empty());
     let queue = b2b_convert::queue::Queue::open(&db).unwrap();
-    assert!(queue.list_runs().unwrap().is_empty(), "no run left to resume");
+    assert!(
+        queue.list_runs().unwrap().is_empty(),
+        "no run left to resume"
+    );
 
     // A run whose pilot is two named users: the prompt counts those two, not the run.
     let started = run(&emu, &db, &["run", "--csv", csv, "--limit", "1", "--yes"]).await;
@@ -481,15 +575,22 @@ async fn the_prompt_names_the_tenant_and_this_invocations_users_and_no_leaves_no
     let declined = run_answering(
         &emu,
         &db,
-        &["resume", &run_id.to_string(), "--limit", "0", "--only", only.to_str().unwrap()],
+        &[
+            "resume",
+            &run_id.to_string(),
+            "--limit",
+            "0",
+            "--only",
+            only.to_str().unwrap(),
+        ],
         "no\n",
     )
     .await;
     assert_eq!(declined.code, 1, "{}", declined.stderr);
     assert!(
-        declined
-            .stderr
-            .contains(&format!("About to CONVERT up to 2 users of tenant {tenant}")),
+        declined.stderr.contains(&format!(
+            "About to CONVERT up to 2 users of tenant {tenant}"
+        )),
         "{}",
         declined.stderr
     );
@@ -503,7 +604,14 @@ async fn the_prompt_names_the_tenant_and_this_invocations_users_and_no_leaves_no
     let accepted = run_answering(
         &emu,
         &db,
-        &["resume", &run_id.to_string(), "--limit", "0", "--only", only.to_str().unwrap()],
+        &[
+            "resume",
+            &run_id.to_string(),
+            "--limit",
+            "0",
+            "--only",
+            only.to_str().unwrap(),
+        ],
         "yes\n",
     )
     .await;

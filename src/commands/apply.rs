@@ -86,7 +86,11 @@ pub async fn apply(db: &Path, args: ApplyArgs) -> anyhow::Result<ExitStatus> {
 
 /// A plan is applied only when it is a finished dry run no older than `--max-age` days (exit 2
 /// otherwise). Returns its age.
-fn check_plan(queue: &Queue, plan: &RunRecord, max_age_days: u32) -> anyhow::Result<chrono::Duration> {
+fn check_plan(
+    queue: &Queue,
+    plan: &RunRecord,
+    max_age_days: u32,
+) -> anyhow::Result<chrono::Duration> {
     if plan.mode != RunMode::DryRun {
         return Err(ExitError::usage(format!(
             "run {} is a live run, not a dry run: apply takes the dry run a change board approved",
@@ -107,8 +111,12 @@ fn check_plan(queue: &Queue, plan: &RunRecord, max_age_days: u32) -> anyhow::Res
             .into())
         }
     };
-    let finished = chrono::DateTime::parse_from_rfc3339(finished_at)
-        .with_context(|| format!("run {} has an unreadable finish time {finished_at}", plan.id))?;
+    let finished = chrono::DateTime::parse_from_rfc3339(finished_at).with_context(|| {
+        format!(
+            "run {} has an unreadable finish time {finished_at}",
+            plan.id
+        )
+    })?;
     let age = chrono::Utc::now().signed_duration_since(finished);
     if age > chrono::Duration::days(i64::from(max_age_days)) {
         return Err(ExitError::usage(format!(
@@ -180,8 +188,16 @@ fn print_plan(
         c.state(ItemState::Skipped),
         c.total,
         common::describe_email(&plan.options),
-        if plan.options.set_mail { "; mail set first where needed" } else { "" },
-        if plan.options.set_guest { "; userType set to Guest after" } else { "" },
+        if plan.options.set_mail {
+            "; mail set first where needed"
+        } else {
+            ""
+        },
+        if plan.options.set_guest {
+            "; userType set to Guest after"
+        } else {
+            ""
+        },
     );
     println!(
         "  changed since the plan: {drifted} of {copied} users (they will not be converted: \

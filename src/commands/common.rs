@@ -268,7 +268,11 @@ impl Scope {
                         selection.unmatched.len(),
                         run.id,
                         shown.join(", "),
-                        if selection.unmatched.len() > 5 { ", …" } else { "" }
+                        if selection.unmatched.len() > 5 {
+                            ", …"
+                        } else {
+                            ""
+                        }
                     ))
                     .into());
                 }
@@ -468,7 +472,10 @@ pub async fn continue_run(
 }
 
 /// `resume --silent/--no-silent/--redirect-url/…`: the send options for items not yet sent.
-pub fn apply_send(options: &mut RunOptions, send: &crate::cli::ResendOptions) -> anyhow::Result<()> {
+pub fn apply_send(
+    options: &mut RunOptions,
+    send: &crate::cli::ResendOptions,
+) -> anyhow::Result<()> {
     if send.silent {
         options.silent = true;
     }

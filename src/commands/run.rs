@@ -174,7 +174,11 @@ pub async fn start(db: &Path, new: NewRun, credentials: Credentials) -> anyhow::
             return Err(e);
         }
     };
-    if new.mode == RunMode::Live && !new.yes && scope.users > 0 && !common::confirm(&run, scope.users)? {
+    if new.mode == RunMode::Live
+        && !new.yes
+        && scope.users > 0
+        && !common::confirm(&run, scope.users)?
+    {
         // Nothing was sent, and a declined run must not be started by a later bare `resume`.
         drop(lease);
         queue.discard_run(run_id)?;

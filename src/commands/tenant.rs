@@ -31,14 +31,15 @@ pub async fn signed_in(
         .get("tid")
         .and_then(|v| v.as_str())
         .map(str::to_string)
-        .or_else(|| credentials_tenant.filter(|t| is_tenant_id(t)).map(str::to_string))
+        .or_else(|| {
+            credentials_tenant
+                .filter(|t| is_tenant_id(t))
+                .map(str::to_string)
+        })
         .map(|t| t.to_ascii_lowercase());
     let domains = graph.domains().await?;
     let pick = |f: fn(&crate::model::Domain) -> bool| {
-        domains
-            .iter()
-            .find(|d| f(d))
-            .map(|d| d.id.to_lowercase())
+        domains.iter().find(|d| f(d)).map(|d| d.id.to_lowercase())
     };
     let identity = tid.map(|id| TenantIdentity {
         id,
@@ -60,7 +61,10 @@ pub enum TenantCheck {
     /// holds: the same tenant, now recorded in full.
     Adopt(TenantIdentity),
     /// Another tenant: refused.
-    Different { run: String, signed_in: String },
+    Different {
+        run: String,
+        signed_in: String,
+    },
     /// The comparison could not be made; says why.
     NotMade(String),
 }
@@ -130,7 +134,10 @@ pub async fn check_run_tenant(
             tracing::info!(run_id = run.id, tenant = %identity, "run bound to its tenant");
             Ok(())
         }
-        TenantCheck::Different { run: theirs, signed_in } => Err(ExitError::fatal(format!(
+        TenantCheck::Different {
+            run: theirs,
+            signed_in,
+        } => Err(ExitError::fatal(format!(
             "run {} belongs to tenant {theirs}; you are signed in to {signed_in}: sign in to the \
              run's tenant, or start a new run",
             run.id
@@ -169,7 +176,9 @@ mod tests {
     fn run(tenant: Option<TenantIdentity>, tenant_id: Option<&str>) -> RunRecord {
         RunRecord {
             id: 7,
-            source: SourceSpec::Csv { path: "u.csv".into() },
+            source: SourceSpec::Csv {
+                path: "u.csv".into(),
+            },
             mode: RunMode::Live,
             options: RunOptions::default(),
             tenant_id: tenant_id.map(str::to_string),

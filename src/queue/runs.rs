@@ -182,7 +182,13 @@ impl Queue {
                        FROM items
                       WHERE run_id = ?2 AND state = ?5 AND user_id IS NOT NULL
                       ORDER BY id",
-                    params![run_id, plan.id, ItemState::Pending, at, ItemState::WouldConvert],
+                    params![
+                        run_id,
+                        plan.id,
+                        ItemState::Pending,
+                        at,
+                        ItemState::WouldConvert
+                    ],
                 )
                 .map_err(|e| self.err(e))? as u64;
             tx.execute(
@@ -245,7 +251,12 @@ impl Queue {
             .query_row(
                 "SELECT (SELECT min(id) FROM items WHERE run_id = ?1 AND state = ?2),
                         (SELECT count(*) FROM items WHERE run_id = ?1 AND state IN (?3, ?4))",
-                params![run_id, ItemState::Pending, ItemState::Converted, ItemState::Failed],
+                params![
+                    run_id,
+                    ItemState::Pending,
+                    ItemState::Converted,
+                    ItemState::Failed
+                ],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .map_err(|e| self.err(e))?;

@@ -689,7 +689,11 @@ fn plan_section(out: &mut String, data: &crate::report::ReportData) {
                 let _ = writeln!(
                     out,
                     "<tr><td>{}</td><td>{}</td></tr>",
-                    esc(i.user_principal_name.as_deref().or(i.user_id.as_deref()).unwrap_or("")),
+                    esc(i
+                        .user_principal_name
+                        .as_deref()
+                        .or(i.user_id.as_deref())
+                        .unwrap_or("")),
                     esc(i.detail.as_deref().unwrap_or(""))
                 );
             }

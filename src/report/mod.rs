@@ -97,7 +97,13 @@ impl ReportData {
                  with its options. Users who changed since the plan were not converted: {}.",
                 p.run_id,
                 p.finished_at.as_deref().unwrap_or("unknown"),
-                thousands(self.counts.reasons.get(Reason::ChangedSincePlan.as_str()).copied().unwrap_or(0))
+                thousands(
+                    self.counts
+                        .reasons
+                        .get(Reason::ChangedSincePlan.as_str())
+                        .copied()
+                        .unwrap_or(0)
+                )
             )
         })
     }
@@ -121,7 +127,9 @@ impl ReportData {
                 let span = match h.get(i + 1) {
                     Some(next) if next.sent_before < from => "no items".to_string(),
                     Some(next) if next.sent_before == from => format!("item {from}"),
-                    Some(next) => format!("items {}–{}", thousands(from), thousands(next.sent_before)),
+                    Some(next) => {
+                        format!("items {}–{}", thousands(from), thousands(next.sent_before))
+                    }
                     None => format!("items {}–…", thousands(from)),
                 };
                 let email = if c.options.silent {
