@@ -67,6 +67,17 @@ pub struct Cli {
     )]
     pub db: PathBuf,
 
+    /// A named tenant from b2b-convert.toml (`[profiles.NAME]`): its sign-in settings and its own
+    /// database, where flags and environment give none.
+    #[arg(
+        help_heading = "Global options",
+        long,
+        global = true,
+        value_name = "NAME",
+        env = "B2B_PROFILE"
+    )]
+    pub profile: Option<String>,
+
     /// Log format on stderr: `json` writes one object per line, for log collectors.
     #[arg(help_heading = "Global options", long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -110,6 +121,8 @@ pub enum Command {
     Resend(ResendArgs),
     /// Write the redeem links of a run started with --keep-redeem-links (CSV, created 0600).
     ExportLinks(ExportLinksArgs),
+    /// List the profiles of b2b-convert.toml (no secrets, nothing fetched).
+    Profiles,
     /// Serve the simulated tenant until stopped.
     Emulator(EmulatorArgs),
     /// Rehearse on the shipped sample tenant: dry run, then live run, against an in-process emulator.

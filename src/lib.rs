@@ -15,6 +15,7 @@ pub mod graph;
 pub mod item;
 pub mod logging;
 pub mod model;
+pub mod profile;
 pub mod progress;
 pub mod queue;
 pub mod report;

@@ -618,3 +618,165 @@ async fn the_prompt_names_the_tenant_and_this_invocations_users_and_no_leaves_no
     assert_eq!(accepted.code, 0, "{}", accepted.stderr);
     assert_eq!(emu.invitations().len(), invited + 2);
 }
+
+/// The binary in `cwd` with only a secret in its environment: everything else comes from the
+/// profile the arguments name.
+async fn run_in(cwd: &Path, secret: &str, args: &[&str]) -> Ran {
+    let out = tokio::process::Command::new(BIN)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", cwd)
+        .env("AZURE_CLIENT_SECRET", secret)
+        .env("B2B_BACKOFF_BASE_MS", "20")
+        .current_dir(cwd)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output();
+    let out = tokio::time::timeout(COMMAND_TIMEOUT, out)
+        .await
+        .expect("command ends")
+        .unwrap();
+    Ran {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profiles_keep_two_tenants_queues_apart_and_never_hold_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let (contoso, csv) = tenant_with_csv(20, 61, dir.path()).await;
+    let fabrikam = fabrikam(62).await;
+    let env = |emu: &Emulator, k: &str| common::raw::env(emu, k);
+    let profile = |emu: &Emulator| {
+        format!(
+            "tenant_id = \"{}\"\nclient_id = \"{}\"\ngraph_url = \"{}\"\nlogin_url = \"{}\"\n",
+            emu.tenant_id(),
+            env(emu, "AZURE_CLIENT_ID"),
+            emu.base_url(),
+            emu.base_url()
+        )
+    };
+    std::fs::write(
+        dir.path().join("b2b-convert.toml"),
+        format!(
+            "# one table per customer\n[profiles.contoso]\n{}\n[profiles.fabrikam]\n{}",
+            profile(&contoso),
+            profile(&fabrikam)
+        ),
+    )
+    .unwrap();
+    let csv = csv.to_str().unwrap();
+    let a_secret = env(&contoso, "AZURE_CLIENT_SECRET");
+    let b_secret = env(&fabrikam, "AZURE_CLIENT_SECRET");
+
+    let a = run_in(
+        dir.path(),
+        &a_secret,
+        &["--profile", "contoso", "run", "--csv", csv, "--dry-run"],
+    )
+    .await;
+    assert!(a.code == 0 || a.code == 3, "{}\n{}", a.stdout, a.stderr);
+    assert!(
+        dir.path().join("contoso.db").is_file(),
+        "the profile's own database"
+    );
+    let none_yet = run_in(dir.path(), &b_secret, &["--profile=fabrikam", "runs"]).await;
+    assert_eq!(
+        none_yet.code, 1,
+        "fabrikam has no queue yet: {}",
+        none_yet.stdout
+    );
+    assert!(!dir.path().join("fabrikam.db").exists());
+    assert_eq!(requests_to(&fabrikam.stats(), "GET /v1.0/users"), 0);
+    let b = run_in(
+        dir.path(),
+        &b_secret,
+        &[
+            "--profile=fabrikam",
+            "run",
+            "--filter",
+            "accountEnabled eq true",
+            "--dry-run",
+        ],
+    )
+    .await;
+    assert!(b.code == 0 || b.code == 3, "{}\n{}", b.stdout, b.stderr);
+    assert!(dir.path().join("fabrikam.db").is_file());
+    // Each queue holds its own tenant's run only.
+    for (name, secret, emu, source) in [
+        ("contoso", &a_secret, &contoso, "csv:"),
+        ("fabrikam", &b_secret, &fabrikam, "filter:"),
+    ] {
+        let runs = b2b_convert::queue::Queue::open(&dir.path().join(format!("{name}.db")))
+            .unwrap()
+            .list_runs()
+            .unwrap();
+        assert_eq!(runs.len(), 1, "{name}");
+        assert!(runs[0].source.to_string().starts_with(source), "{name}");
+        assert_eq!(
+            runs[0].tenant.as_ref().unwrap().id,
+            emu.tenant_id(),
+            "{name}"
+        );
+        let status = run_in(dir.path(), secret, &["--profile", name, "status", "--json"]).await;
+        assert_eq!(
+            status_json(&status)["tenant"]["id"],
+            emu.tenant_id(),
+            "{name}"
+        );
+    }
+
+    let listed = run_in(dir.path(), "", &["profiles"]).await;
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    for want in [
+        "contoso",
+        "fabrikam",
+        "contoso.db",
+        "fabrikam.db",
+        &contoso.tenant_id(),
+    ] {
+        assert!(listed.stdout.contains(want), "{want}: {}", listed.stdout);
+    }
+    assert!(!listed.stdout.contains(&a_secret));
+
+    // The command line beats the profile.
+    let elsewhere = dir.path().join("elsewhere.db");
+    let flagged = run_in(
+        dir.path(),
+        &a_secret,
+        &[
+            "--profile",
+            "contoso",
+            "--db",
+            elsewhere.to_str().unwrap(),
+            "run",
+            "--csv",
+            csv,
+            "--dry-run",
+        ],
+    )
+    .await;
+    assert!(flagged.code == 0 || flagged.code == 3, "{}", flagged.stderr);
+    assert!(elsewhere.is_file());
+
+    // A secret in the file is refused, naming the line, and never printed.
+    let leaky = tempfile::tempdir().unwrap();
+    std::fs::write(
+        leaky.path().join("b2b-convert.toml"),
+        "[profiles.x]\ntenant_id = \"t\"\nclient_secret = \"s3cr3t-value\"\n",
+    )
+    .unwrap();
+    let refused = run_in(leaky.path(), "", &["--profile", "x", "runs"]).await;
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(refused.stderr.contains("line 3"), "{}", refused.stderr);
+    assert!(!refused.stderr.contains("s3cr3t"), "{}", refused.stderr);
+    let unknown = run_in(dir.path(), "", &["--profile", "northwind", "runs"]).await;
+    assert_eq!(unknown.code, 1);
+    assert!(
+        unknown.stderr.contains("no profile `northwind`"),
+        "{}",
+        unknown.stderr
+    );
+}

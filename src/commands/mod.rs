@@ -8,6 +8,7 @@ mod demo;
 mod emulator;
 mod export_links;
 mod preflight;
+mod profiles;
 pub mod report;
 mod resend;
 mod resume;
@@ -33,6 +34,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Track(args) => track::track(&cli.db, args).await,
         Command::Resend(args) => resend::resend(&cli.db, args).await,
         Command::ExportLinks(args) => export_links::export_links(&cli.db, args),
+        Command::Profiles => profiles::profiles(),
         Command::Emulator(args) => emulator::emulator(args).await,
         Command::Demo(args) => demo::demo(args).await,
         Command::Bench(args) => bench::bench(args).await,
