@@ -102,7 +102,7 @@ pub fn parse(path: &str, text: &str) -> Result<BTreeMap<String, Profile>, Profil
             let text = e.to_string();
             let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
             let at = lines.next().unwrap_or("");
-            let what = lines.last().unwrap_or("");
+            let what = lines.next_back().unwrap_or("");
             ProfileError::Unreadable {
                 path: path.to_string(),
                 message: format!("{at}: {what}"),
@@ -135,8 +135,11 @@ pub fn config_dir() -> Option<PathBuf> {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
 }
 
+/// A profiles file: where it was read and its profiles by name.
+pub type Profiles = (PathBuf, BTreeMap<String, Profile>);
+
 /// Reads the profiles file (`None`: there is none).
-pub fn load() -> Result<Option<(PathBuf, BTreeMap<String, Profile>)>, ProfileError> {
+pub fn load() -> Result<Option<Profiles>, ProfileError> {
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     let Some(path) = locate(&cwd, config_dir().as_deref()) else {
         return Ok(None);
