@@ -483,6 +483,30 @@ async fn an_only_pilot_silent_then_resume_no_silent_is_one_run_with_an_option_hi
         history.contains("- items 4–…: with Microsoft's invitation email (changed at "),
         "{history}"
     );
+    let json_path = dir.path().join("run.json");
+    let written = run(
+        &emu,
+        &db,
+        &[
+            "report",
+            &run_id.to_string(),
+            "--out",
+            json_path.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(written.code, 0, "{}", written.stderr);
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let h = v["optionHistory"].as_array().unwrap();
+    assert_eq!(h.len(), 2, "{h:?}");
+    assert_eq!(
+        (h[0]["silent"].clone(), h[0]["sentBefore"].clone()),
+        (json!(true), json!(0))
+    );
+    assert_eq!(
+        (h[1]["silent"].clone(), h[1]["sentBefore"].clone()),
+        (json!(false), json!(3))
+    );
 }
 
 /// Runs the binary with a pseudo-terminal as stdin (so it asks for confirmation) and `answer`
