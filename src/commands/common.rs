@@ -425,20 +425,27 @@ pub fn endpoints_for(args: &crate::cli::EndpointArgs, run: &RunRecord) -> Endpoi
     )
 }
 
+/// How a stored run is continued.
+pub enum Continue<'a> {
+    /// `resume`, with the send options given again (if any).
+    Resume(&'a crate::cli::ResendOptions),
+    /// `retry`: the failed items go back to pending, once the run's tenant is confirmed.
+    Retry,
+}
+
 /// `resume` and `retry`: reconnect and go on with the stored run, under the lease the caller
-/// took before changing anything. `send` (resume only) changes the send options for the items
-/// not yet sent; the change is recorded in the run's option history once the operator
-/// confirmed.
+/// took before changing anything. `resume`'s send options apply to the items not yet sent; the
+/// change is recorded in the run's option history once the operator confirmed.
 pub async fn continue_run(
     queue: Arc<Queue>,
     lease: &RunLease,
     mut run: RunRecord,
     exec: &ExecArgs,
-    send: Option<&crate::cli::ResendOptions>,
+    how: Continue<'_>,
 ) -> anyhow::Result<ExitStatus> {
     let before = run.options.clone();
     apply_exec(&mut run.options, exec)?;
-    if let Some(send) = send {
+    if let Continue::Resume(send) = how {
         apply_send(&mut run.options, send)?;
     }
     let only = read_only(exec.only.as_deref())?;
@@ -452,6 +459,10 @@ pub async fn continue_run(
         &super::preflight::needs_of(run.mode, &run.options, group),
     )
     .await?;
+    if let Continue::Retry = how {
+        let n = queue.requeue_failed(run.id)?;
+        println!("requeued {n} failed items");
+    }
     if !run.ingest_complete {
         crate::source::ingest::ingest(&queue, &run, &graph, None).await?;
         let options = run.options.clone();

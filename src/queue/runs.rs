@@ -434,3 +434,99 @@ fn run_from_row(r: &Row<'_>) -> rusqlite::Result<Result<RunRecord>> {
         })
     })())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TID: &str = "A2600000-0000-4000-8000-000000000001";
+
+    /// A database made before migration 8: its runs stored only the tenant they were started
+    /// with. A tenant id becomes the run's tenant; a domain name or nothing stays unknown (the
+    /// check matches a domain at the next command, see `commands::tenant`).
+    #[test]
+    fn runs_made_before_migration_8_take_their_tenant_from_their_stored_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            migrations().to_version(&mut conn, 7).unwrap();
+            for tenant in [Some(TID), Some("contoso.onmicrosoft.com"), None] {
+                insert_run(
+                    &conn,
+                    &SourceSpec::Csv {
+                        path: "u.csv".into(),
+                    },
+                    RunMode::Live,
+                    &RunOptions::default(),
+                    tenant,
+                    "https://graph.microsoft.com",
+                )
+                .unwrap();
+            }
+        }
+        let q = Queue::open(&path).unwrap();
+        let runs = q.list_runs().unwrap();
+        assert_eq!(
+            runs[0].tenant,
+            Some(TenantIdentity {
+                id: TID.to_lowercase(),
+                initial_domain: None,
+                default_domain: None,
+            })
+        );
+        assert_eq!(runs[1].tenant, None);
+        assert_eq!(
+            runs[1].tenant_id.as_deref(),
+            Some("contoso.onmicrosoft.com")
+        );
+        assert_eq!(runs[2].tenant, None);
+        assert!(runs.iter().all(|r| r.plan_run_id.is_none()));
+        // Matched later, a run's tenant is recorded in full.
+        let identity = TenantIdentity {
+            id: TID.to_lowercase(),
+            initial_domain: Some("contoso.onmicrosoft.com".into()),
+            default_domain: Some("contoso.com".into()),
+        };
+        q.adopt_run_tenant(runs[1].id, &identity).unwrap();
+        assert_eq!(q.run(runs[1].id).unwrap().unwrap().tenant, Some(identity));
+    }
+
+    #[test]
+    fn the_option_history_starts_with_the_options_the_run_began_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(&dir.path().join("q.db")).unwrap();
+        let silent = RunOptions {
+            silent: true,
+            ..RunOptions::default()
+        };
+        let id = q
+            .create_run(
+                &SourceSpec::Csv {
+                    path: "u.csv".into(),
+                },
+                RunMode::Live,
+                &silent,
+                None,
+                "https://graph.microsoft.com",
+            )
+            .unwrap();
+        assert!(q.option_history(id).unwrap().is_empty());
+        let loud = RunOptions::default();
+        q.change_run_options(id, &silent, &loud, "with Microsoft's invitation email")
+            .unwrap();
+        let h = q.option_history(id).unwrap();
+        assert_eq!(h.len(), 2);
+        assert_eq!(
+            (h[0].changes.as_str(), h[0].options.silent),
+            ("as started", true)
+        );
+        assert!(!h[1].options.silent);
+        assert_eq!(h[1].sent_before, 0);
+        assert_eq!(q.run(id).unwrap().unwrap().options, loud);
+        // A later change adds one entry, not another "as started".
+        q.change_run_options(id, &loud, &silent, "silent (no invitation email)")
+            .unwrap();
+        assert_eq!(q.option_history(id).unwrap().len(), 3);
+    }
+}
