@@ -37,7 +37,13 @@ pub async fn signed_in(
                 .map(str::to_string)
         })
         .map(|t| t.to_ascii_lowercase());
-    let domains = graph.domains().await?;
+    // Without Domain.Read.All (track and resend need nothing else) the tenant is still known
+    // by its id; only its names are missing.
+    let domains = match graph.domains().await {
+        Ok(domains) => domains,
+        Err(crate::graph::GraphError::Api { status: 403, .. }) => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
     let pick = |f: fn(&crate::model::Domain) -> bool| {
         domains.iter().find(|d| f(d)).map(|d| d.id.to_lowercase())
     };
