@@ -144,6 +144,11 @@ fn key_of(name: &str) -> Option<UserKey> {
     valid.then(|| UserKey::UserPrincipalName(name.to_string()))
 }
 
+/// Reads a `--only` file into its names, in file order, each once.
+pub fn read(path: &Path) -> Result<Vec<String>, OnlyError> {
+    OnlyList::read(path).map(|list| list.names_as_text())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,9 +204,4 @@ mod tests {
             .to_string()
             .starts_with("--only /nonexistent/only.txt"));
     }
-}
-
-/// Reads a `--only` file into its names, in file order, each once.
-pub fn read(path: &Path) -> Result<Vec<String>, OnlyError> {
-    OnlyList::read(path).map(|list| list.names_as_text())
 }
