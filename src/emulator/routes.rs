@@ -56,6 +56,9 @@ pub struct State {
     pub invitations: Vec<Value>,
     /// Every accepted PATCH, one entry per property: `GET /_emulator/patches`.
     pub patches: Vec<Value>,
+    /// Users whose next single read shows them as before their last accepted invitation
+    /// ([`super::EmulatorConfig::lagging_read_rate`]), by position.
+    pub lagging: HashMap<usize, crate::model::User>,
     pub log: Vec<Value>,
     pub seq: u64,
     pub stats: BTreeMap<String, BTreeMap<String, u64>>,
