@@ -306,26 +306,50 @@ async fn a_frozen_holder_that_lost_its_lease_writes_nothing_and_exits_1() {
         tokio::time::sleep(poll).await;
     }
     assert!(emu.invitations().len() >= 20, "the first process converts");
-    signal(first_pid, "-STOP");
-
-    // Bounded wait until the frozen holder's heartbeat is older than the stale window.
+    // A holder frozen inside a write transaction keeps SQLite's write lock: the second process
+    // then cannot take the lease (it gives up after its busy timeout, exit 1, having changed
+    // nothing). Thaw briefly and freeze again; a few tries are always enough.
     let queue = Queue::open(&db).unwrap();
-    for _ in 0..1_000 {
-        let row = queue.lease(1).unwrap().unwrap();
-        if chrono::Utc::now().timestamp_millis() - row.heartbeat_ms > 1_700 {
+    let mut taken = None;
+    for _ in 0..5 {
+        signal(first_pid, "-STOP");
+        // Bounded wait until the frozen holder's heartbeat is older than the stale window.
+        for _ in 0..1_000 {
+            let row = queue.lease(1).unwrap().unwrap();
+            if chrono::Utc::now().timestamp_millis() - row.heartbeat_ms > 1_700 {
+                break;
+            }
+            tokio::time::sleep(poll).await;
+        }
+        let mut second = command(&emu, &db, &["resume", "--yes"]);
+        let mut second = second.env(STALE.0, STALE.1).spawn().unwrap();
+        let second_pid = second.id().unwrap();
+        let mut took = false;
+        for _ in 0..3_000 {
+            if queue.lease(1).unwrap().is_some_and(|l| l.pid == second_pid) {
+                took = true;
+                break;
+            }
+            if second.try_wait().unwrap().is_some() {
+                break;
+            }
+            tokio::time::sleep(poll).await;
+        }
+        if took {
+            taken = Some((second, second_pid));
             break;
         }
-        tokio::time::sleep(poll).await;
+        let out = tokio::time::timeout(COMMAND_TIMEOUT, second.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("locked"), "refused for another reason: {err}");
+        signal(first_pid, "-CONT");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let mut second = command(&emu, &db, &["resume", "--yes"]);
-    let second = second.env(STALE.0, STALE.1).spawn().unwrap();
-    let second_pid = second.id().unwrap();
-    for _ in 0..12_000 {
-        if queue.lease(1).unwrap().is_some_and(|l| l.pid == second_pid) {
-            break;
-        }
-        tokio::time::sleep(poll).await;
-    }
+    let (second, second_pid) = taken.expect("the second process took the lease over");
     assert_eq!(queue.lease(1).unwrap().map(|l| l.pid), Some(second_pid));
     // The new holder is converting before the old one wakes.
     let at_takeover = emu.invitations().len();
