@@ -306,26 +306,50 @@ async fn a_frozen_holder_that_lost_its_lease_writes_nothing_and_exits_1() {
         tokio::time::sleep(poll).await;
     }
     assert!(emu.invitations().len() >= 20, "the first process converts");
-    signal(first_pid, "-STOP");
-
-    // Bounded wait until the frozen holder's heartbeat is older than the stale window.
+    // A holder frozen inside a write transaction keeps SQLite's write lock: the second process
+    // then cannot take the lease (it gives up after its busy timeout, exit 1, having changed
+    // nothing). Thaw briefly and freeze again; a few tries are always enough.
     let queue = Queue::open(&db).unwrap();
-    for _ in 0..1_000 {
-        let row = queue.lease(1).unwrap().unwrap();
-        if chrono::Utc::now().timestamp_millis() - row.heartbeat_ms > 1_700 {
+    let mut taken = None;
+    for _ in 0..5 {
+        signal(first_pid, "-STOP");
+        // Bounded wait until the frozen holder's heartbeat is older than the stale window.
+        for _ in 0..1_000 {
+            let row = queue.lease(1).unwrap().unwrap();
+            if chrono::Utc::now().timestamp_millis() - row.heartbeat_ms > 1_700 {
+                break;
+            }
+            tokio::time::sleep(poll).await;
+        }
+        let mut second = command(&emu, &db, &["resume", "--yes"]);
+        let mut second = second.env(STALE.0, STALE.1).spawn().unwrap();
+        let second_pid = second.id().unwrap();
+        let mut took = false;
+        for _ in 0..3_000 {
+            if queue.lease(1).unwrap().is_some_and(|l| l.pid == second_pid) {
+                took = true;
+                break;
+            }
+            if second.try_wait().unwrap().is_some() {
+                break;
+            }
+            tokio::time::sleep(poll).await;
+        }
+        if took {
+            taken = Some((second, second_pid));
             break;
         }
-        tokio::time::sleep(poll).await;
+        let out = tokio::time::timeout(COMMAND_TIMEOUT, second.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("locked"), "refused for another reason: {err}");
+        signal(first_pid, "-CONT");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let mut second = command(&emu, &db, &["resume", "--yes"]);
-    let second = second.env(STALE.0, STALE.1).spawn().unwrap();
-    let second_pid = second.id().unwrap();
-    for _ in 0..12_000 {
-        if queue.lease(1).unwrap().is_some_and(|l| l.pid == second_pid) {
-            break;
-        }
-        tokio::time::sleep(poll).await;
-    }
+    let (second, second_pid) = taken.expect("the second process took the lease over");
     assert_eq!(queue.lease(1).unwrap().map(|l| l.pid), Some(second_pid));
     // The new holder is converting before the old one wakes.
     let at_takeover = emu.invitations().len();
@@ -387,4 +411,69 @@ async fn a_frozen_holder_that_lost_its_lease_writes_nothing_and_exits_1() {
     assert_eq!(count(&its, ItemState::InFlight), 0);
     assert_eq!(per_user.keys().cloned().collect::<BTreeSet<_>>(), converted);
     assert_eq!(queue.lease(1).unwrap(), None);
+}
+
+/// A process killed after its invitation was sent leaves the item `in_flight`; at `resume`
+/// the re-read is served by a replica behind the write (the user looks unconverted), so the
+/// invitation goes out again and Graph refuses it "already a B2B collaboration user". That
+/// refusal says the step is done: the user is re-read and recorded `converted`, not `failed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invitation_refused_as_done_already_is_reconciled_converted() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenant = Tenant::generate(40, 31);
+    let csv = dir.path().join("users.csv");
+    tenant.write_csv(&csv).unwrap();
+    let mut config = EmulatorConfig::new(tenant);
+    config.bucket_scale = 100.0;
+    // Every accepted invitation's next single read of the user lags behind it.
+    config.lagging_read_rate = 1.0;
+    let emu = start(config).await;
+    let db = dir.path().join("live.db");
+    // A pilot of 3: the others are looked up (snapshot kept) and left pending.
+    let out = run(
+        &emu,
+        &db,
+        &[
+            "run",
+            "--csv",
+            csv.to_str().unwrap(),
+            "--yes",
+            "--silent",
+            "--limit",
+            "3",
+        ],
+    )
+    .await;
+    assert!([0, 3].contains(&out.code), "{}", out.stderr);
+    let queue = Queue::open(&db).unwrap();
+    let victim = queue
+        .items(1)
+        .unwrap()
+        .into_iter()
+        .find(|i| {
+            i.state == ItemState::Pending && i.snapshot.is_some() && i.external_email.is_some()
+        })
+        .expect("a pending user already looked up");
+    let (user, email) = (
+        victim.user_id.clone().unwrap(),
+        victim.external_email.clone().unwrap(),
+    );
+
+    // The crash: checkpointed, sent, accepted, answer never recorded.
+    queue.mark_in_flight(victim.id, &email).unwrap();
+    drop(queue);
+    let graph = raw::G::new(&emu).await;
+    let (status, _) = graph
+        .post("/invitations", raw::invite_body(&user, &email))
+        .await;
+    assert_eq!(status, 201);
+
+    // `--limit 0` lifts the pilot's limit, so the item is worked again after reconciliation.
+    let out = run(&emu, &db, &["resume", "--yes", "--limit", "0"]).await;
+    assert!([0, 3].contains(&out.code), "{}", out.stderr);
+    let after = items(&db, 1);
+    let item = after.iter().find(|i| i.id == victim.id).unwrap();
+    assert_eq!(item.state, ItemState::Converted, "{item:?}");
+    assert_eq!(invitations_per_user(&emu)[&user], 1, "accepted once");
+    assert_eq!(count(&after, ItemState::Failed), 0);
 }

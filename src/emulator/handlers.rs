@@ -306,14 +306,16 @@ impl Shared {
         self.page_window(call, "users", matching.len(), offset, value)
     }
 
-    pub(super) fn get_user(&self, st: &State, call: &Call, ctx: &Ctx, key: &str) -> Reply {
+    pub(super) fn get_user(&self, st: &mut State, call: &Call, ctx: &Ctx, key: &str) -> Reply {
         let select = match parse_select(call, ctx) {
             Ok(s) => s,
             Err(r) => return r,
         };
         match st.index.user(key) {
             Some(pos) => {
-                let mut v = project(&st.tenant.users[pos], &select);
+                // A replica behind the last invitation answers once with the user as it was.
+                let behind = st.lagging.remove(&pos);
+                let mut v = project(behind.as_ref().unwrap_or(&st.tenant.users[pos]), &select);
                 if let Value::Object(m) = &mut v {
                     m.insert(
                         "@odata.context".into(),
@@ -718,6 +720,12 @@ impl Shared {
         let applied = !(self.config.not_applied_rate > 0.0
             && st.rng.random::<f64>() < self.config.not_applied_rate);
         if applied {
+            if self.config.lagging_read_rate > 0.0
+                && st.rng.random::<f64>() < self.config.lagging_read_rate
+            {
+                let before = st.tenant.users[user_pos].clone();
+                st.lagging.insert(user_pos, before);
+            }
             let mut next = st.tenant.users[user_pos].clone();
             next.external_user_state = Some("PendingAcceptance".into());
             next.external_user_state_change_date_time = Some(stamp.to_string());

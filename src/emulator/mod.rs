@@ -63,6 +63,11 @@ pub struct EmulatorConfig {
     /// Share of accepted invitations answered 201 whose change never reaches the user (as
     /// reported of the real service); `/_emulator/invitations` marks them `applied: false`.
     pub not_applied_rate: f64,
+    /// Share of accepted invitations that the next read of the user (`GET /users/{id}`) does not
+    /// show yet: Graph's directory replicates, and a read served by a replica behind the write
+    /// sees the user as it was. The invitation has taken effect: inviting the user again is
+    /// refused "already a B2B collaboration user", and the read after that shows it.
+    pub lagging_read_rate: f64,
     /// Every invitation answers 403 "Invitations are blocked for this directory…".
     pub block_invitations: bool,
     pub token_lifetime: Duration,
@@ -128,6 +133,7 @@ impl EmulatorConfig {
             fault_rate: 0.0,
             lost_response_rate: 0.0,
             not_applied_rate: 0.0,
+            lagging_read_rate: 0.0,
             block_invitations: false,
             token_lifetime: Duration::from_secs(3599),
             seed: 1,
@@ -188,6 +194,7 @@ pub async fn start(mut config: EmulatorConfig, listen: SocketAddr) -> anyhow::Re
         secrets: Vec::new(),
         revocations: Vec::new(),
         conversions_back: Vec::new(),
+        lagging: HashMap::new(),
         log: Vec::new(),
         seq: 0,
         stats: BTreeMap::new(),

@@ -64,6 +64,9 @@ pub struct State {
     /// Every accepted conversion back, the body's password replaced by `"set"`:
     /// `GET /_emulator/conversions-back`.
     pub conversions_back: Vec<Value>,
+    /// Users whose next single read shows them as before their last accepted invitation
+    /// ([`super::EmulatorConfig::lagging_read_rate`]), by position.
+    pub lagging: HashMap<usize, crate::model::User>,
     pub log: Vec<Value>,
     pub seq: u64,
     pub stats: BTreeMap<String, BTreeMap<String, u64>>,

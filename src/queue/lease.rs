@@ -435,7 +435,7 @@ pub fn pid_alive(pid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::item::{RunMode, RunOptions, SourceSpec};
+    use crate::item::{ItemState, RunMode, RunOptions, SourceSpec};
 
     fn queue_with_run() -> (tempfile::TempDir, Queue, i64) {
         let dir = tempfile::tempdir().unwrap();
@@ -561,6 +561,64 @@ mod tests {
         let theirs = q.lease(run).unwrap().unwrap();
         assert!(!beat(&q.conn(), run, &token).unwrap());
         assert_eq!(q.lease(run).unwrap().unwrap(), theirs);
+    }
+
+    /// One pending item of the run, and its id.
+    fn one_item(q: &Queue, run: i64) -> i64 {
+        use crate::item::{NewItem, Overrides, UserKey};
+        let row = NewItem {
+            line: Some(2),
+            key: Some(UserKey::Id("u1".into())),
+            external_email: None,
+            overrides: Overrides::default(),
+            bad_input: None,
+            snapshot: None,
+        };
+        q.insert_items(run, &[row], None).unwrap();
+        q.pending_items(run, 0, 1).unwrap()[0].id
+    }
+
+    #[test]
+    fn a_holder_taken_over_can_write_nothing() {
+        let (_d, q, run) = queue_with_run();
+        let item = one_item(&q, run);
+        let token = q.acquire(run, &holder(10, "h1"), |_| true).unwrap();
+        let lease = q.start_heartbeat(run, token).unwrap();
+        q.mark_in_flight(item, "a@fabrikam.com").unwrap();
+        q.plan_steps(item, None, true).unwrap();
+        assert!(lease.check().still_ours().is_ok());
+        backdate(&q, run, STALE_AFTER + Duration::from_secs(1));
+        q.acquire(run, &holder(11, "h2"), |_| true).unwrap();
+
+        let lost =
+            |r: Result<()>| matches!(r, Err(QueueError::LeaseLost { run_id }) if run_id == run);
+        assert!(lost(q.charge_attempt(item)));
+        assert!(lost(q.note_error(item, "E", "late", None, None)));
+        assert!(lost(q.step_done(item, "invite")));
+        assert!(lost(q.record_converted(item, None, None, None)));
+        assert!(lost(q.back_to_pending(item)));
+        assert!(lost(q.mark_in_flight(item, "a@fabrikam.com")));
+        let now = q.item(item).unwrap().unwrap();
+        assert_eq!(
+            (now.state, now.attempts, now.error_code),
+            (ItemState::InFlight, 0, None)
+        );
+        assert!(!q.steps(item).unwrap().unwrap().invited);
+    }
+
+    #[test]
+    fn attempts_are_counted_per_step_and_over_the_life_of_the_item() {
+        let (_d, q, run) = queue_with_run();
+        let item = one_item(&q, run);
+        q.plan_steps(item, None, true).unwrap();
+        q.mark_in_flight(item, "a@fabrikam.com").unwrap();
+        q.charge_attempt(item).unwrap();
+        q.charge_attempt(item).unwrap();
+        assert_eq!(q.steps(item).unwrap().unwrap().attempts, 2);
+        q.step_done(item, "invite").unwrap();
+        q.charge_attempt(item).unwrap();
+        assert_eq!(q.steps(item).unwrap().unwrap().attempts, 1);
+        assert_eq!(q.item(item).unwrap().unwrap().attempts, 3);
     }
 
     #[test]

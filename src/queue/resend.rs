@@ -383,7 +383,7 @@ impl Queue {
         )
     }
 
-    /// Notes the last error of an entry that stays where it is.
+    /// Notes the last error of an entry that stays where it is (fenced like every change).
     pub fn note_resend_error(
         &self,
         pass_id: i64,
@@ -392,14 +392,19 @@ impl Queue {
         message: &str,
         request_id: Option<&str>,
     ) -> Result<()> {
-        self.conn()
-            .execute(
-                "UPDATE resends SET error_code = ?3, error_message = ?4,
-                    request_id = coalesce(?5, request_id)
-                 WHERE pass_id = ?1 AND item_id = ?2",
-                params![pass_id, item_id, code, message, request_id],
-            )
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| self.err(e))?;
+        self.check_fence(&tx)?;
+        tx.execute(
+            "UPDATE resends SET error_code = ?3, error_message = ?4,
+                request_id = coalesce(?5, request_id)
+             WHERE pass_id = ?1 AND item_id = ?2",
+            params![pass_id, item_id, code, message, request_id],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
         Ok(())
     }
 

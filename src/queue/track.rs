@@ -393,6 +393,49 @@ mod tests {
     }
 
     #[test]
+    fn a_resend_holder_taken_over_changes_no_entry() {
+        let (_d, q, run, ids) = converted_run(false, 1);
+        let t = q.start_track(run).unwrap();
+        let seen = TrackResult::Seen {
+            item_id: ids[0],
+            state: PENDING_ACCEPTANCE.into(),
+            changed_at: Some("2026-11-01T10:00:00Z".into()),
+        };
+        q.record_track_results(t, &[seen]).unwrap();
+        q.finish_track(t).unwrap();
+        let pass = q
+            .create_resend_pass(run, 0, "2099-01-01T00:00:00.000Z")
+            .unwrap()
+            .unwrap();
+        let _lease = q.take_lease(run).unwrap();
+        q.mark_resend_in_flight(pass.id, ids[0]).unwrap();
+        // Another process takes the run over (this one froze past the stale window).
+        q.conn()
+            .execute(
+                "UPDATE run_leases SET token = 'theirs' WHERE run_id = ?1",
+                [run],
+            )
+            .unwrap();
+        let lost = |r: Result<()>| matches!(r, Err(QueueError::LeaseLost { .. }));
+        assert!(lost(q.charge_resend_attempt(pass.id, ids[0])));
+        assert!(lost(q.record_resent(
+            pass.id,
+            ids[0],
+            Some("inv"),
+            None,
+            None,
+            None
+        )));
+        assert!(lost(
+            q.note_resend_error(pass.id, ids[0], "E", "late", None)
+        ));
+        assert!(lost(q.resend_back_to_pending(pass.id, ids[0])));
+        let entry = &q.resend_entries(pass.id, ResendState::InFlight).unwrap()[0];
+        assert_eq!(entry.attempts, 0);
+        assert_eq!(q.resend_summary(pass.id).unwrap().sent, 0);
+    }
+
+    #[test]
     fn a_resend_pass_fixes_its_users_and_is_continued() {
         let (_d, q, run, ids) = converted_run(true, 3);
         let t = q.start_track(run).unwrap();

@@ -203,8 +203,12 @@ impl PassOps for ConvertOps {
     }
 
     async fn record_skipped(&self, it: &ConvertItem, why: &str) -> anyhow::Result<()> {
-        // The convert pass's re-reads never say "moot": a user that vanished is `NotDone`.
-        unreachable!("the convert pass never skips item {} ({why})", it.item.id)
+        // The convert pass's re-reads never say "moot" (a user that vanished is `NotDone`): a
+        // skip here is a bug, and the item stays as it is for `resume` rather than guessed at.
+        anyhow::bail!(
+            "item {}: the convert pass has no skipped outcome ({why}); stopping",
+            it.item.id
+        )
     }
 }
 

@@ -8,12 +8,13 @@
 //! convert go through a bounded channel to `concurrency` workers, so reading the next chunk
 //! overlaps with converting the current one.
 //!
-//! Exactly-once: every decision lives in [`planner`] as a pure function from the item's
-//! checkpoint and the last answer (or re-read) to an [`planner::Action`]; this module only executes
-//! actions. An item is checkpointed `in_flight` (with the step) before a request can leave the
-//! process; an attempt is charged only once the request may have reached Graph. When the outcome
-//! is unknown the user is re-read before anything is sent again, and `reconcile_in_flight` does
-//! the same at start-up for items a crash left behind. The queue is called on the blocking pool.
+//! Exactly-once: this module is the convert pass's producer and workers; each item is carried
+//! out by the one executor ([`executor`]) as the convert pass declares it ([`convert`]), every
+//! decision made by [`planner`]. An item is checkpointed `in_flight` (with the step, fenced by
+//! the lease) before a request can leave the process; an attempt is charged only once the
+//! request may have reached Graph. When the outcome is unknown the user is re-read before
+//! anything is sent again, and `reconcile_in_flight` does the same at start-up for items a crash
+//! left behind. The queue is called on the blocking pool.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
