@@ -32,6 +32,7 @@ use std::time::Duration;
 use anyhow::Context;
 use rand::SeedableRng;
 
+pub use server::BODY_LIMIT;
 pub use tenant::{App, AppCertificate, FederatedCredential, Tenant, TenantGroup};
 pub use throttle::Clock;
 
