@@ -235,8 +235,9 @@ pub struct ExecArgs {
                          config::DEFAULT_NOT_SENT_RETRY_FOR.as_secs(),
                          config::DEFAULT_HTTP_TIMEOUT.as_secs()))]
     pub http_timeout: Option<u64>,
-    /// Seconds connections that cannot even open are retried before the run stops resumable.
-    /// Hidden: for tests and rehearsals against a stopped emulator; the default suits Graph.
+    /// Seconds connections that cannot even open are retried, and seconds Graph and the token
+    /// endpoint may go without answering anything, before the run stops resumable. Hidden: for
+    /// tests and rehearsals against a stopped or silent emulator; the default suits Graph.
     #[arg(long, hide = true, value_name = "SECONDS",
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub unreachable_after: Option<u64>,

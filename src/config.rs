@@ -49,7 +49,8 @@ pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 pub const HTTP_TIMEOUT_S: RangeInclusive<u64> = 1..=3600;
 
 /// How long a request that cannot even connect (refused, DNS, TLS) is retried before Graph
-/// counts as unreachable and the run stops, resumable.
+/// counts as unreachable and the run stops, resumable; also how long Graph and the token
+/// endpoint may go without answering anything at all (`graph::retry::Silence`).
 pub const DEFAULT_NOT_SENT_RETRY_FOR: Duration = Duration::from_secs(45);
 
 /// `--redirect-url`: where a user lands after redeeming.

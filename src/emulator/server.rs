@@ -62,6 +62,7 @@ async fn entry(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     if call.path.starts_with("/_emulator/") {
         return to_response(shared.inspect(&call));
     }
+    hold_if_silent(&shared).await;
     let worker = Arc::clone(&shared);
     let reply = match tokio::task::spawn_blocking(move || worker.handle(&call)).await {
         Ok(r) => r,
@@ -73,6 +74,7 @@ async fn entry(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     if !shared.config.latency.is_zero() {
         tokio::time::sleep(shared.config.latency).await;
     }
+    hold_if_silent(&shared).await;
     if reply.lost {
         if let Some(k) = kill {
             tracing::debug!("dropping the connection instead of answering (lost response)");
@@ -81,6 +83,14 @@ async fn entry(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         }
     }
     to_response(reply)
+}
+
+/// While the emulator is a black hole, a request is never answered: the connection stays open
+/// until the client gives up or the emulator stops.
+async fn hold_if_silent(shared: &Shared) {
+    if shared.silent.load(std::sync::atomic::Ordering::SeqCst) {
+        std::future::pending::<()>().await;
+    }
 }
 
 fn to_response(reply: Reply) -> Response {
