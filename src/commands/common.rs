@@ -152,7 +152,36 @@ pub fn apply_exec(options: &mut RunOptions, exec: &ExecArgs) -> anyhow::Result<(
     check_options(options)
 }
 
+/// Reads `--message-file`, never more than [`crate::config::MAX_MESSAGE_BYTES`] plus one byte:
+/// a wrong path (`/dev/zero`, a huge log) is refused at once instead of filling memory.
+pub fn read_message_file(path: &Path) -> anyhow::Result<String> {
+    use std::io::Read as _;
+    let limit = crate::config::MAX_MESSAGE_BYTES;
+    let fail = |why: String| ExitError::usage(format!("--message-file {}: {why}", path.display()));
+    let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+    let mut bytes = Vec::new();
+    file.take(limit as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| fail(e.to_string()))?;
+    if bytes.len() > limit {
+        return Err(fail(format!(
+            "longer than {} KiB; an invitation message must be shorter",
+            limit / 1024
+        ))
+        .into());
+    }
+    String::from_utf8(bytes).map_err(|_| fail("not UTF-8 text".into()).into())
+}
+
 pub fn check_options(options: &RunOptions) -> anyhow::Result<()> {
+    if let Some(tag) = &options.message_language {
+        if !crate::validate::is_language_tag(tag) {
+            return Err(ExitError::usage(format!(
+                "--message-language {tag:?} is not a BCP 47 language tag like en-US or zh-Hans-CN"
+            ))
+            .into());
+        }
+    }
     if !(options.rate.is_finite() && options.rate > 0.0) {
         return Err(
             ExitError::usage("--rate must be a positive number of requests per second").into(),
