@@ -1,5 +1,6 @@
 //! What `run`, `resume`, `retry` and `demo` share: connecting to Graph, executing a run's queue
-//! with Ctrl-C handling, and turning the result into the exit code.
+//! with signal handling (SIGINT, SIGTERM and SIGHUP alike), and turning the result into the exit
+//! code.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
@@ -224,6 +225,72 @@ pub fn confirm(run: &RunRecord, pending: u64) -> anyhow::Result<bool> {
     Ok(answer.trim().eq_ignore_ascii_case("yes"))
 }
 
+/// A second signal this soon after the first quits at once; a later one only restarts the
+/// window (SPEC "Signals").
+pub const SECOND_SIGNAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// SIGINT, SIGTERM and SIGHUP, handled alike: job schedulers, `systemd`, containers and CI stop
+/// jobs with SIGTERM, and a closed terminal or SSH session sends SIGHUP. Each is a Ctrl-C.
+pub struct Signals {
+    #[cfg(unix)]
+    kinds: [(tokio::signal::unix::Signal, &'static str); 3],
+}
+
+impl Signals {
+    #[cfg(unix)]
+    pub fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            kinds: [
+                (signal(SignalKind::interrupt())?, "SIGINT"),
+                (signal(SignalKind::terminate())?, "SIGTERM"),
+                (signal(SignalKind::hangup())?, "SIGHUP"),
+            ],
+        })
+    }
+
+    #[cfg(not(unix))]
+    pub fn new() -> std::io::Result<Signals> {
+        Ok(Signals {})
+    }
+
+    /// The next signal's name.
+    #[cfg(unix)]
+    pub async fn next(&mut self) -> &'static str {
+        let [(int, a), (term, b), (hup, c)] = &mut self.kinds;
+        tokio::select! {
+            _ = int.recv() => a,
+            _ = term.recv() => b,
+            _ = hup.recv() => c,
+        }
+    }
+
+    #[cfg(not(unix))]
+    pub async fn next(&mut self) -> &'static str {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
+
+    /// Returns at the first signal that comes within [`SECOND_SIGNAL_WINDOW`] of the one
+    /// before it; a signal after a longer pause only says the run is still stopping.
+    pub async fn second(&mut self) {
+        loop {
+            match tokio::time::timeout(SECOND_SIGNAL_WINDOW, self.next()).await {
+                Ok(_) => return,
+                Err(_) => {
+                    let name = self.next().await;
+                    crate::progress::suspend(|| {
+                        eprintln!(
+                            "{name}: still stopping (another signal within {} s quits at once)",
+                            SECOND_SIGNAL_WINDOW.as_secs()
+                        )
+                    });
+                }
+            }
+        }
+    }
+}
+
 /// Works the run's queue to the end (or Ctrl-C, or a tenant refusal), then prints the status
 /// and writes the report. Returns the exit status of SPEC.md.
 pub async fn execute(
@@ -237,6 +304,9 @@ pub async fn execute(
     queue.set_run_status(run_id, RunStatus::Running)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let lost = lease.lost_flag();
+    // Registered before any work starts, so a SIGTERM from a scheduler is never the default
+    // "terminate at once" that leaves items mid-step.
+    let mut signals = Signals::new().context("cannot listen for SIGINT, SIGTERM and SIGHUP")?;
     let ctrl_c = tokio::spawn(async move {
         let lease_lost = async {
             while !lost.load(std::sync::atomic::Ordering::SeqCst) {
@@ -244,16 +314,16 @@ pub async fn execute(
             }
         };
         tokio::select! {
-            signal = tokio::signal::ctrl_c() => if signal.is_ok() {
+            name = signals.next() => {
                 crate::progress::suspend(|| {
                     eprintln!(
-                        "\nstopping: finishing requests on the wire and checkpointing (Ctrl-C again to quit at once; `resume` is safe either way)"
+                        "\n{name}: stopping: finishing requests on the wire and checkpointing (a second signal within {} s quits at once; `resume` is safe either way)",
+                        SECOND_SIGNAL_WINDOW.as_secs()
                     )
                 });
                 let _ = stop_tx.send(true);
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    std::process::exit(ExitStatus::Interrupted.code());
-                }
+                signals.second().await;
+                std::process::exit(ExitStatus::Interrupted.code());
             },
             () = lease_lost => {
                 let _ = stop_tx.send(true);
