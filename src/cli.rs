@@ -96,7 +96,7 @@ pub enum Command {
     /// Counts by state and by reason.
     Status(StatusArgs),
     /// List the runs in the database, newest last.
-    Runs,
+    Runs(RunsArgs),
     /// Write a run's report from the database (Markdown or HTML for people, CSV or JSON for
     /// machines).
     Report(ReportArgs),
@@ -347,9 +347,19 @@ pub struct StatusArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct RunsArgs {
+    /// Print one JSON object with the same figures instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct TrackArgs {
-    /// Default the latest run.
+    /// Default the latest live run (a dry run converted nobody).
     pub run_id: Option<i64>,
+    /// Print one JSON object with the figures instead of text.
+    #[arg(long)]
+    pub json: bool,
     /// How to sign in (default: the first configured, in the Azure SDK's order).
     #[arg(long, value_enum, env = "B2B_AUTH")]
     pub auth: Option<crate::graph::AuthMethod>,
@@ -376,8 +386,8 @@ pub struct ResendArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ExportLinksArgs {
-    /// The run started with --keep-redeem-links (`runs` lists them).
-    pub run_id: i64,
+    /// The run started with --keep-redeem-links (`runs` lists them); default the latest live run.
+    pub run_id: Option<i64>,
     /// The CSV file to create (never overwritten).
     #[arg(long, value_name = "PATH")]
     pub out: PathBuf,

@@ -417,6 +417,17 @@ pub fn pick_run(queue: &Queue, id: Option<i64>) -> anyhow::Result<RunRecord> {
     }
 }
 
+/// The live run named, or the latest live run: `track` and `export-links` have nothing to do
+/// with a dry run, so a dry run made after the live one is never picked by default.
+pub fn pick_live_run(queue: &Queue, id: Option<i64>) -> anyhow::Result<RunRecord> {
+    match id {
+        Some(id) => pick_run(queue, Some(id)),
+        None => queue.latest_live_run()?.ok_or_else(|| {
+            ExitError::usage(format!("no live run in {}", queue.path().display())).into()
+        }),
+    }
+}
+
 /// Endpoints for continuing a stored run: flags and environment win, else the run's own Graph URL.
 pub fn endpoints_for(args: &crate::cli::EndpointArgs, run: &RunRecord) -> Endpoints {
     Endpoints::new(

@@ -25,7 +25,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Resume(args) => resume::resume(&cli.db, args).await,
         Command::Retry(args) => retry::retry(&cli.db, args).await,
         Command::Status(args) => status::status(&cli.db, args),
-        Command::Runs => runs::runs(&cli.db),
+        Command::Runs(args) => runs::runs(&cli.db, args.json),
         Command::Report(args) => report::report(&cli.db, args),
         Command::Track(args) => track::track(&cli.db, args).await,
         Command::Resend(args) => resend::resend(&cli.db, args).await,
