@@ -33,8 +33,13 @@ pub enum SourceError {
     },
     #[error("{file}: line {line}: no header row (the file is empty or blank)")]
     NoHeader { file: String, line: u64 },
-    #[error("{file}: line {line}: header has neither `id` nor `userPrincipalName`")]
-    NoKeyColumn { file: String, line: u64 },
+    /// `hint` lists the headers found and, when the file splits better on `;` or a tab, says so.
+    #[error("{file}: line {line}: header has neither `id` nor `userPrincipalName`{hint}")]
+    NoKeyColumn {
+        file: String,
+        line: u64,
+        hint: String,
+    },
     #[error("{file}: line {line}: header column {column} is not valid UTF-8")]
     HeaderNotUtf8 {
         file: String,
@@ -466,9 +471,15 @@ impl CsvSource {
         if self.columns[Column::Id as usize].is_none()
             && self.columns[Column::UserPrincipalName as usize].is_none()
         {
+            let names: Vec<String> = self
+                .record
+                .iter()
+                .map(|raw| String::from_utf8_lossy(raw).trim().to_string())
+                .collect();
             return Err(SourceError::NoKeyColumn {
                 file: self.file.clone(),
                 line,
+                hint: header_hint(&names),
             });
         }
         if unknown_count > 0 {
@@ -1011,6 +1022,44 @@ fn show_byte(b: u8) -> String {
 }
 
 /// A header name quoted for a warning, cut short like [`show`].
+/// "; found: a, b, c" and, when the header splits into more names on `;` or a tab than on
+/// commas (a spreadsheet saved in a European locale, or a TSV), the delimiter to save with.
+fn header_hint(names: &[String]) -> String {
+    let shown: Vec<String> = names
+        .iter()
+        .take(MAX_NAMED_COLUMNS)
+        .map(|n| {
+            if n.is_empty() {
+                "(empty)".to_string()
+            } else {
+                show_name(n)
+            }
+        })
+        .collect();
+    let more = names.len().saturating_sub(shown.len());
+    let mut hint = format!("; found: {}", shown.join(", "));
+    if more > 0 {
+        hint.push_str(&format!(" and {more} more"));
+    }
+    let joined = names.join(",");
+    let better = [(';', "semicolons"), ('\t', "tabs")]
+        .into_iter()
+        .map(|(d, what)| (joined.split(d).count(), d, what))
+        .filter(|(n, _, _)| *n > names.len())
+        .max_by_key(|(n, _, _)| *n);
+    if let Some((_, delimiter, what)) = better {
+        let key_inside = joined.split(delimiter).any(|n| {
+            let n = n.trim();
+            n.eq_ignore_ascii_case("id") || n.eq_ignore_ascii_case("userPrincipalName")
+        });
+        hint.push_str(&format!(
+            "; the header splits better on {what}{}: the file must be comma-separated: save it again as \"CSV UTF-8 (Comma delimited)\"",
+            if key_inside { " and then names a key column" } else { "" }
+        ));
+    }
+    hint
+}
+
 fn show_name(name: &str) -> String {
     const MAX: usize = 40;
     if name.chars().count() <= MAX {
@@ -1400,6 +1449,31 @@ mod tests {
         assert!(got[2].bad_input.is_none());
     }
 
+    #[test]
+    fn a_header_without_a_key_lists_what_it_found_and_suggests_the_delimiter() {
+        let e = open_err(b"mail,externalEmail\na@b.c,a@f.c\n");
+        assert!(
+            e.ends_with(
+                "header has neither `id` nor `userPrincipalName`; found: mail, externalEmail"
+            ),
+            "{e}"
+        );
+        let e = open_err(b"id;userPrincipalName;externalEmail\n1;a@b.c;x@y.z\n");
+        assert!(
+            e.contains("found: id;userPrincipalName;externalEmail"),
+            "{e}"
+        );
+        assert!(
+            e.contains("splits better on semicolons and then names a key column"),
+            "{e}"
+        );
+        assert!(e.contains("Comma delimited"), "{e}");
+        let e = open_err(b"userPrincipalName\tmail\n");
+        assert!(e.contains("splits better on tabs"), "{e}");
+        let e = open_err(b"upn,mail\n");
+        assert!(!e.contains("splits better"), "{e}");
+    }
+
     /// A 1 MB UPN or message body is one `bad_input` row; the rows after it are read as usual.
     #[test]
     fn absurd_field_lengths_are_one_bad_input_row() {
@@ -1577,7 +1651,7 @@ mod tests {
         assert!(open_err(b"\xEF\xBB\xBF").contains("no header row"));
         let e = open_err(b"mail,externalEmail\na@b.com,c@d.com\n");
         assert!(
-            e.ends_with("users.csv: line 1: header has neither `id` nor `userPrincipalName`"),
+            e.ends_with("users.csv: line 1: header has neither `id` nor `userPrincipalName`; found: mail, externalEmail"),
             "{e}"
         );
         let e = open_err(b"\n\nname,mail\n");
