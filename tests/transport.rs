@@ -6,6 +6,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt as _;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -322,4 +323,77 @@ async fn a_token_endpoint_gone_silent_mid_run_stops_the_run_with_nothing_in_flig
     let per_user = invitations_per_user(&emu);
     assert_eq!(per_user.len(), count(&its, ItemState::Converted));
     hole.task.abort();
+}
+
+/// The disk fills mid-run (a file size limit on the process, `ulimit -f`, which an unprivileged
+/// test can set where a tiny filesystem is not available): the run stops on its own with exit 1
+/// and the resume advice instead of being killed by SIGXFSZ or hanging, and `resume` with room
+/// again converts everyone exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_the_run_resumable_and_resume_finishes_it_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenant = Tenant::generate(3_000, 37);
+    let csv = dir.path().join("users.csv");
+    tenant.write_csv(&csv).unwrap();
+    let mut config = EmulatorConfig::new(tenant);
+    config.bucket_scale = 1_000.0;
+    let emu = start(config).await;
+    let db = dir.path().join("live.db");
+    let args = [
+        "run",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--yes",
+        "--rate",
+        "1000",
+        "--concurrency",
+        "8",
+    ];
+    let mut cmd = command(&emu, &db, &args);
+    // 3.5 MB: past ingestion, well before the last of 3,000 users is recorded.
+    const LIMIT: libc::rlim_t = 3_500 * 1024;
+    // SAFETY: pre_exec runs in the forked child before exec; setrlimit is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: LIMIT,
+                rlim_max: LIMIT,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = tokio::time::timeout(COMMAND_TIMEOUT, cmd.output())
+        .await
+        .expect("the run stops on its own, no hang")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "exit 1, not killed: {stderr}");
+    assert!(stderr.contains("resume 1"), "{stderr}");
+    assert!(stderr.contains("disk"), "{stderr}");
+    let its = items(&db, 1);
+    assert!(
+        count(&its, ItemState::Pending) > 0,
+        "stopped before the end"
+    );
+    assert_eq!(count(&its, ItemState::Failed), 0);
+
+    let resumed = command(&emu, &db, &["resume", "1", "--yes", "--rate", "1000"]).output();
+    let resumed = tokio::time::timeout(COMMAND_TIMEOUT, resumed)
+        .await
+        .expect("resume finishes")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(
+        [0, 3].contains(&resumed.status.code().unwrap_or(-1)),
+        "{stderr}"
+    );
+    let its = items(&db, 1);
+    assert_eq!(count(&its, ItemState::Pending), 0);
+    assert_eq!(count(&its, ItemState::InFlight), 0);
+    let per_user = invitations_per_user(&emu);
+    assert!(per_user.values().all(|n| *n == 1), "no user invited twice");
+    assert_eq!(per_user.len(), count(&its, ItemState::Converted));
 }

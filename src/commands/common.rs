@@ -346,9 +346,9 @@ pub async fn execute(
     };
     let span = crate::queue::WorkSpan::start(queue.clone(), run_id)?;
     let outcome = workers::work(pipeline).await;
-    span.finish()?;
+    // A full disk fails these too: the run's own error (and the resume advice) goes first.
+    let bookkeeping = span.finish().and_then(|()| queue.flush_request_log());
     ctrl_c.abort();
-    queue.flush_request_log()?;
     if lease.is_lost() {
         // Another process took the run over (this one stopped heart-beating for a long time):
         // its status is now that process's to write.
@@ -356,13 +356,24 @@ pub async fn execute(
             "run {run_id} was taken over by another process while this one was stalled; stopped"
         ));
     }
-    let outcome = match outcome {
+    let stopped = |e: &anyhow::Error| {
+        format!(
+            "run {run_id} stopped; `b2b-convert resume {run_id}` continues it{}",
+            if storage_trouble(e) {
+                " once the disk has room (the database could not be written: disk full or file size limit?)"
+            } else {
+                ""
+            }
+        )
+    };
+    let outcome = match outcome.and_then(|o| bookkeeping.map(|()| o).map_err(Into::into)) {
         Ok(o) => o,
         Err(e) => {
-            queue.set_run_status(run_id, RunStatus::Interrupted)?;
-            return Err(e.context(format!(
-                "run {run_id} stopped; `b2b-convert resume {run_id}` continues it"
-            )));
+            if let Err(status) = queue.set_run_status(run_id, RunStatus::Interrupted) {
+                tracing::warn!(run_id, error = %status, "could not record the run as interrupted");
+            }
+            let why = stopped(&e);
+            return Err(e.context(why));
         }
     };
     let (status, exit) = match &outcome {
@@ -415,6 +426,18 @@ pub fn pick_run(queue: &Queue, id: Option<i64>) -> anyhow::Result<RunRecord> {
             ExitError::usage(format!("no runs in {}", queue.path().display())).into()
         }),
     }
+}
+
+/// Whether `e` is SQLite failing to write (a full disk, a quota, a file size limit), where the
+/// advice is to make room before resuming.
+fn storage_trouble(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<rusqlite::Error>(),
+            Some(rusqlite::Error::SqliteFailure(f, _))
+                if matches!(f.code, rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::SystemIoFailure)
+        )
+    })
 }
 
 /// The live run named, or the latest live run: `track` and `export-links` have nothing to do

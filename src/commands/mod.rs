@@ -20,6 +20,7 @@ use crate::cli::{Cli, Command};
 use crate::exit::ExitStatus;
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
+    ignore_file_size_signal();
     match cli.command {
         Command::Run(args) => run::run(&cli.db, args).await,
         Command::Resume(args) => resume::resume(&cli.db, args).await,
@@ -34,5 +35,17 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Demo(args) => demo::demo(args).await,
         Command::Bench(args) => bench::bench(args).await,
         Command::Preflight(args) => preflight::preflight(&cli.db, args).await,
+    }
+}
+
+/// A write past the file size limit (`ulimit -f`, a quota) raises SIGXFSZ, whose default kills
+/// the process on the spot, mid-step. Ignored, the write fails instead, like a full disk, and
+/// the run stops through its error path: resumable, exit 1, the database named.
+fn ignore_file_size_signal() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to SIG_IGN touches no memory of ours; it happens
+    // once, before any thread of ours writes a file.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
 }
