@@ -6,7 +6,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt as _;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
