@@ -30,7 +30,7 @@ Exit codes:
   0    every user converted, would convert, or was skipped
   3    the run finished, but some users are blocked or failed (see the report)
   4    the tenant refused to go on (invitations blocked, consent revoked); resumable
-  130  interrupted (Ctrl-C); `resume` continues the run
+  130  interrupted (Ctrl-C, SIGTERM, SIGHUP); `resume` continues the run
   2    usage error
   1    any other fatal error (configuration, credentials, database)
 
