@@ -107,6 +107,9 @@ pub enum Command {
     Resend(ResendArgs),
     /// Write the redeem links of a run started with --keep-redeem-links (CSV, created 0600).
     ExportLinks(ExportLinksArgs),
+    /// Write reviewed PowerShell 7 for what Graph cannot reach (on-premises AD DS passwords and
+    /// mail, Exchange Online mailbox users) for this run's users, into a new directory.
+    Scripts(ScriptsArgs),
     /// Serve the simulated tenant until stopped.
     Emulator(EmulatorArgs),
     /// Rehearse on the shipped sample tenant: dry run, then live run, against an in-process emulator.
@@ -281,6 +284,10 @@ pub struct PreflightArgs {
     /// The run's source is this group (needs GroupMember.Read.All).
     #[arg(long, value_name = "GROUP_ID")]
     pub group: Option<String>,
+    /// Also check what `retire` needs: User-PasswordProfile.ReadWrite.All,
+    /// User.RevokeSessions.All and, app-only, the User Administrator directory role.
+    #[arg(long)]
+    pub retire: bool,
     /// One JSON object for scripts.
     #[arg(long)]
     pub json: bool,
@@ -374,6 +381,19 @@ pub struct ResendArgs {
     /// Only users whose last invitation is at least DAYS old (per the last `track`).
     #[arg(long, value_name = "DAYS", default_value_t = 0)]
     pub older_than: u32,
+    /// Re-invite at most N users in this invocation; the rest stay for the next `resend`.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
+    /// Only the users named in PATH: object ids or UPNs, one a line, `#` comments; a name not
+    /// pending in the pass is an error before anything is sent.
+    #[arg(long, value_name = "PATH")]
+    pub only: Option<PathBuf>,
+    /// List who would be re-invited; send nothing, record nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// One JSON object on stdout with the figures, for scripts.
+    #[arg(long)]
+    pub json: bool,
     /// Do not ask for confirmation.
     #[arg(long)]
     pub yes: bool,
@@ -390,6 +410,15 @@ pub struct ExportLinksArgs {
     pub run_id: Option<i64>,
     /// The CSV file to create (never overwritten).
     #[arg(long, value_name = "PATH")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ScriptsArgs {
+    /// The run whose users the scripts cover (`runs` lists them).
+    pub run_id: i64,
+    /// A new directory to write the scripts into (refused if it exists; files created 0600).
+    #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
 }
 
@@ -422,6 +451,9 @@ pub struct EmulatorArgs {
     /// Loopback address to listen on; port 0 picks a free one.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     pub listen: String,
+    /// The tenant's id (a GUID); default: the tenant file's, or derived from --seed.
+    #[arg(long, value_name = "GUID")]
+    pub tenant_id: Option<String>,
     #[command(flatten)]
     pub knobs: EmulatorKnobs,
 }
@@ -466,6 +498,10 @@ pub struct EmulatorKnobs {
     /// The device code is approved after N polls (0 = never).
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub device_code_approve_after: u32,
+    /// Directory roles the app's service principal holds, by display name (comma-separated,
+    /// e.g. "User Administrator"); carried in tokens' `wids` as role template ids.
+    #[arg(long, value_name = "LIST", default_value = "")]
+    pub app_directory_roles: String,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -133,10 +133,11 @@ pub enum Reason {
     ExchangeMailbox,
     MailConflict,
     AccountDisabled,
+    ConvertedBack,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 13] = [
         Reason::BadInput,
         Reason::DuplicateUser,
         Reason::DuplicateEmail,
@@ -149,6 +150,7 @@ impl Reason {
         Reason::ExchangeMailbox,
         Reason::MailConflict,
         Reason::AccountDisabled,
+        Reason::ConvertedBack,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -165,6 +167,7 @@ impl Reason {
             Reason::ExchangeMailbox => "exchange_mailbox",
             Reason::MailConflict => "mail_conflict",
             Reason::AccountDisabled => "account_disabled",
+            Reason::ConvertedBack => "converted_back",
         }
     }
 
@@ -191,6 +194,7 @@ impl Reason {
             Reason::ExchangeMailbox => "The user has an enabled Exchange Online plan; mail cannot point outside the tenant while a mailbox exists.",
             Reason::MailConflict => "Another user of the tenant already holds this address in mail, otherMails or proxyAddresses.",
             Reason::AccountDisabled => "The account is disabled; converting it would invite someone who cannot sign in.",
+            Reason::ConvertedBack => "The user was converted back from B2B to an internal member (externalUserConvertedOn is set); Graph refuses a new invitation of such a user with 412.",
         }
     }
 
@@ -209,6 +213,7 @@ impl Reason {
             Reason::ExchangeMailbox => "Remove the mailbox or change mail in the Exchange admin center first, then re-run.",
             Reason::MailConflict => "Remove the address from the other user's mail, otherMails or proxyAddresses, or choose another external address.",
             Reason::AccountDisabled => "Enable the account if the partner still needs access, or leave it out of the migration.",
+            Reason::ConvertedBack => "Leave the user out of the migration: Microsoft offers no second conversion of a user converted back. If the partner needs B2B access, invite their external address as a new guest.",
         }
     }
 }

@@ -43,6 +43,22 @@ pub struct User {
     pub assigned_plans: Option<Vec<AssignedPlan>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identities: Option<Vec<ObjectIdentity>>,
+    /// Moves when the password is set (a synced user's when the on-premises change syncs):
+    /// how `retire` and `track` see that an internal password was retired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_password_change_date_time: Option<String>,
+    /// Moves on `revokeSignInSessions`: tokens issued before it are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sign_in_sessions_valid_from_date_time: Option<String>,
+    /// Set (beta) when the user was converted back to an internal member; Graph then refuses a
+    /// new invitation with 412, so validation blocks the user `converted_back`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_user_converted_on: Option<String>,
+    /// A synced user's on-premises SID: how the AD scripts find the account without guessing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_premises_security_identifier: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_premises_sam_account_name: Option<String>,
 }
 
 impl User {
@@ -59,7 +75,14 @@ impl User {
 /// The `$select` list that gives validation everything it needs in one read.
 pub const VALIDATION_SELECT: &str = "id,displayName,userPrincipalName,mail,otherMails,\
 proxyAddresses,accountEnabled,userType,externalUserState,externalUserStateChangeDateTime,\
-creationType,onPremisesSyncEnabled,onPremisesUserPrincipalName,assignedPlans,identities";
+creationType,onPremisesSyncEnabled,onPremisesUserPrincipalName,assignedPlans,identities,\
+lastPasswordChangeDateTime,signInSessionsValidFromDateTime,onPremisesSecurityIdentifier,\
+onPremisesSamAccountName";
+
+/// `externalUserConvertedOn` is a beta property: v1.0 refuses it in `$select`, so the users
+/// converted back are listed once per run through beta with this filter (Graph documents it as
+/// filterable with `ge`).
+pub const CONVERTED_BACK_FILTER: &str = "externalUserConvertedOn ge 1900-01-01T00:00:00Z";
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -299,6 +322,26 @@ pub struct BatchResponseItem {
     pub body: Option<serde_json::Value>,
 }
 
+/// `200` answer of the beta `convertExternalToInternalMemberUser`. Graph's answer spells the
+/// date `convertedToInternalUserDateTime`; the documentation's table spells it
+/// `convertedToInternalDateTime`: both are read.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConversionUserDetails {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_principal_name: Option<String>,
+    #[serde(
+        default,
+        alias = "convertedToInternalDateTime",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub converted_to_internal_user_date_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mail: Option<String>,
+}
+
 /// Successful answer of the token endpoint.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TokenResponse {
@@ -354,6 +397,24 @@ mod tests {
                 "invitedUser": {"id": "u1"}
             })
         );
+    }
+
+    #[test]
+    fn conversion_date_is_read_in_both_spellings() {
+        for key in [
+            "convertedToInternalUserDateTime",
+            "convertedToInternalDateTime",
+        ] {
+            let body = format!(
+                r#"{{"userPrincipalName":"a@contoso.com","{key}":"2026-12-01T10:00:00Z"}}"#
+            );
+            let d: ConversionUserDetails = serde_json::from_str(&body).unwrap();
+            assert_eq!(
+                d.converted_to_internal_user_date_time.as_deref(),
+                Some("2026-12-01T10:00:00Z"),
+                "{key}"
+            );
+        }
     }
 
     #[test]

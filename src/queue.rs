@@ -22,15 +22,21 @@ mod ingest;
 mod items;
 mod lease;
 mod log;
+mod redemption;
 mod report;
+mod resend;
+mod spans;
 
 pub use log::{LOG_FLUSH_AFTER, LOG_FLUSH_ROWS};
 mod runs;
 mod steps;
 
 pub use facts::{AddressSource, RoundLink, SyncState, UserChange};
-pub use lease::{host_name, pid_alive, Holder, LeaseRow, RunLease, HEARTBEAT_EVERY, STALE_AFTER};
-pub use report::WorkSpan;
+pub use lease::{
+    host_name, pid_alive, stale_after, Holder, LeaseCheck, LeaseRow, RunLease, HEARTBEAT_EVERY,
+    LEASE_STALE_ENV, STALE_AFTER,
+};
+pub use spans::WorkSpan;
 pub use steps::{FollowUps, StepRow};
 pub mod track;
 
@@ -60,6 +66,11 @@ pub enum QueueError {
         host: String,
         since: String,
     },
+    /// The run's lease is no longer this process's (it was frozen past the stale window and
+    /// another process took the run over): the write was refused so the new holder's records
+    /// stay as it wrote them.
+    #[error("run {run_id} was taken over by another process: this one writes nothing more")]
+    LeaseLost { run_id: i64 },
     #[error("stored JSON in column {column} is unreadable: {message}")]
     Corrupt {
         column: &'static str,
@@ -78,6 +89,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../migrations/0005_redemption.sql")),
         M::up(include_str!("../migrations/0006_ingest.sql")),
         M::up(include_str!("../migrations/0007_tenant_facts.sql")),
+        M::up(include_str!("../migrations/0008_step_attempts.sql")),
     ])
 }
 
@@ -112,6 +124,17 @@ pub struct Queue {
     path: PathBuf,
     conn: Mutex<Connection>,
     log: Mutex<log::LogBuffer>,
+    /// The lease this process holds (run id, token), set when it takes one: every write to the
+    /// run's items names the token, so a holder that lost the lease changes nothing.
+    fence: Mutex<Option<(i64, String)>>,
+}
+
+/// The condition a fenced write adds, `?{run}`/`?{token}` being the bound fence: true when the
+/// process holds no lease, or when the lease it holds is still its own.
+fn fence_sql(run: usize, token: usize) -> String {
+    format!(
+        "(?{run} IS NULL OR EXISTS (SELECT 1 FROM run_leases WHERE run_id = ?{run} AND token = ?{token}))"
+    )
 }
 
 fn now() -> String {
@@ -157,6 +180,7 @@ impl Queue {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
             log: Mutex::new(log::LogBuffer::default()),
+            fence: Mutex::new(None),
         })
     }
 
@@ -184,6 +208,33 @@ impl Queue {
     fn err(&self, e: rusqlite::Error) -> QueueError {
         sqlite_err(&self.path, e)
     }
+
+    /// The lease this process holds, bound into fenced writes as `(run id, token)`.
+    fn fence(&self) -> (Option<i64>, Option<String>) {
+        let fence = self.fence.lock().unwrap_or_else(|p| p.into_inner());
+        match &*fence {
+            Some((run, token)) => (Some(*run), Some(token.clone())),
+            None => (None, None),
+        }
+    }
+
+    /// After a fenced write changed no row: `LeaseLost` when the lease is no longer ours.
+    fn check_fence(&self, conn: &Connection) -> Result<()> {
+        let (Some(run_id), Some(token)) = self.fence() else {
+            return Ok(());
+        };
+        let ours: bool = conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM run_leases WHERE run_id = ?1 AND token = ?2)",
+            )
+            .and_then(|mut s| s.query_row(rusqlite::params![run_id, token], |r| r.get(0)))
+            .map_err(|e| self.err(e))?;
+        if ours {
+            Ok(())
+        } else {
+            Err(QueueError::LeaseLost { run_id })
+        }
+    }
 }
 
 /// States, reasons, modes and run statuses are bound as parameters and read back typed: no state
@@ -208,7 +259,7 @@ macro_rules! sql_text_enum {
     )*};
 }
 
-sql_text_enum!(ItemState, Reason, RunMode, RunStatus);
+sql_text_enum!(ItemState, Reason, RunMode, RunStatus, resend::ResendState);
 
 fn corrupt(column: &'static str) -> impl Fn(rusqlite::Error) -> QueueError {
     move |e| QueueError::Corrupt {

@@ -19,6 +19,10 @@ pub struct TenantFacts {
     /// Lowercase address → ids of the users holding it in `mail`, `otherMails` or (as
     /// `smtp:address`) `proxyAddresses`.
     pub address_owners: HashMap<String, Vec<String>>,
+    /// Lowercase id → `externalUserConvertedOn` of the users converted back to internal members.
+    /// The property is beta-only (v1.0 refuses it in `$select`), so it is listed once per run
+    /// and kept here rather than read with each user.
+    pub converted_back: HashMap<String, String>,
 }
 
 impl TenantFacts {
@@ -85,7 +89,7 @@ pub enum Verdict {
 /// `externalEmail`) or, when absent, the user's `mail`.
 ///
 /// Checks run in a fixed order and the first hit wins (the sample data's expectations rely on
-/// it): already_b2b, account_disabled, onprem_upn_present, exchange_mailbox, mail_missing,
+/// it): converted_back, already_b2b, account_disabled, onprem_upn_present, exchange_mailbox, mail_missing,
 /// mail_mismatch, address syntax, domain_verified, mail_conflict.
 ///
 /// An effective address that fails [`email_syntax_error`] is blocked as
@@ -109,6 +113,22 @@ pub fn validate_with(
     set_mail: bool,
 ) -> Verdict {
     let block = |reason: Reason, detail: String| Verdict::Block { reason, detail };
+
+    let converted_on = non_empty(user.external_user_converted_on.as_deref()).or_else(|| {
+        facts
+            .converted_back
+            .get(&user.id.to_lowercase())
+            .map(String::as_str)
+    });
+    if let Some(on) = converted_on {
+        return block(
+            Reason::ConvertedBack,
+            format!(
+                "externalUserConvertedOn is {on}: the user was converted back to an internal \
+                 member, and Graph refuses to invite such a user again (412)"
+            ),
+        );
+    }
 
     if let Some(state) = non_empty(user.external_user_state.as_deref()) {
         return Verdict::Skip {
@@ -461,6 +481,12 @@ mod tests {
                 None,
             ),
             (
+                "converted back (externalUserConvertedOn)",
+                |u| u.external_user_converted_on = Some("2026-11-02T10:00:00Z".into()),
+                None,
+                Some(Reason::ConvertedBack),
+            ),
+            (
                 "externalUserState",
                 |u| u.external_user_state = Some("PendingAcceptance".into()),
                 None,
@@ -559,10 +585,35 @@ mod tests {
         }
     }
 
+    /// The beta property is listed once per run: a user converted back is blocked from the
+    /// tenant facts even when its own snapshot (read through v1.0) cannot carry the property.
+    #[test]
+    fn converted_back_from_tenant_facts() {
+        let mut facts = facts();
+        facts
+            .converted_back
+            .insert(ME.to_string(), "2026-11-02T10:00:00Z".into());
+        let v = validate(&good(), None, &facts);
+        assert_eq!(reason_of(&v), Some(Reason::ConvertedBack));
+        assert!(detail_of(&v).contains("412"), "{v:?}");
+        facts.converted_back.clear();
+        assert!(matches!(
+            validate(&good(), None, &facts),
+            Verdict::Convert { .. }
+        ));
+    }
+
     #[test]
     fn first_hit_wins() {
         let facts = facts();
         let cases: Vec<(Change, Reason)> = vec![
+            (
+                |u| {
+                    u.external_user_converted_on = Some("2026-11-02T10:00:00Z".into());
+                    u.account_enabled = Some(false);
+                },
+                Reason::ConvertedBack,
+            ),
             (
                 |u| {
                     u.account_enabled = Some(false);

@@ -331,3 +331,136 @@ async fn retry_reads_its_users_again_before_validating() {
         Some(current_mail.as_str())
     );
 }
+
+/// Sends `signal` (`-STOP`, `-CONT`) to a process, through kill(1): no unsafe code in tests.
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_holder_that_lost_its_lease_writes_nothing_and_exits_1() {
+    // A 1.5 s stale window (heartbeat every 125 ms) instead of 60 s: same rule, scaled.
+    const STALE: (&str, &str) = ("B2B_LEASE_STALE_MS", "1500");
+    let dir = tempfile::tempdir().unwrap();
+    let tenant = Tenant::generate(400, 23);
+    let csv = dir.path().join("users.csv");
+    tenant.write_csv(&csv).unwrap();
+    let mut config = EmulatorConfig::new(tenant);
+    config.bucket_scale = 4.0;
+    config.latency = Duration::from_millis(20);
+    let emu = start(config).await;
+    let db = dir.path().join("live.db");
+
+    let mut first = command(
+        &emu,
+        &db,
+        &[
+            "run",
+            "--csv",
+            csv.to_str().unwrap(),
+            "--yes",
+            "--silent",
+            "--set-guest",
+            // Slow enough that both processes are still converting when the first wakes.
+            "--rate",
+            "60",
+            "--concurrency",
+            "4",
+        ],
+    );
+    let first = first.env(STALE.0, STALE.1).spawn().unwrap();
+    let first_pid = first.id().unwrap();
+    let poll = Duration::from_millis(20);
+    for _ in 0..12_000 {
+        if emu.invitations().len() >= 20 {
+            break;
+        }
+        tokio::time::sleep(poll).await;
+    }
+    assert!(emu.invitations().len() >= 20, "the first process converts");
+    signal(first_pid, "-STOP");
+
+    // Bounded wait until the frozen holder's heartbeat is older than the stale window.
+    let queue = Queue::open(&db).unwrap();
+    for _ in 0..1_000 {
+        let row = queue.lease(1).unwrap().unwrap();
+        if chrono::Utc::now().timestamp_millis() - row.heartbeat_ms > 1_700 {
+            break;
+        }
+        tokio::time::sleep(poll).await;
+    }
+    let mut second = command(&emu, &db, &["resume", "--yes"]);
+    let second = second.env(STALE.0, STALE.1).spawn().unwrap();
+    let second_pid = second.id().unwrap();
+    for _ in 0..12_000 {
+        if queue.lease(1).unwrap().is_some_and(|l| l.pid == second_pid) {
+            break;
+        }
+        tokio::time::sleep(poll).await;
+    }
+    assert_eq!(queue.lease(1).unwrap().map(|l| l.pid), Some(second_pid));
+    // The new holder is converting before the old one wakes.
+    let at_takeover = emu.invitations().len();
+    for _ in 0..12_000 {
+        if emu.invitations().len() >= at_takeover + 10 {
+            break;
+        }
+        tokio::time::sleep(poll).await;
+    }
+    signal(first_pid, "-CONT");
+
+    let first = tokio::time::timeout(COMMAND_TIMEOUT, first.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let first_err = String::from_utf8_lossy(&first.stderr);
+    assert_eq!(first.status.code(), Some(1), "{first_err}");
+    assert!(first_err.contains("taken over"), "{first_err}");
+    let second = tokio::time::timeout(COMMAND_TIMEOUT, second.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        [Some(0), Some(3)].contains(&second.status.code()),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+
+    // From the emulator's own logs: nobody invited or patched twice, every invited user
+    // converted, nothing left in flight.
+    let per_user = invitations_per_user(&emu);
+    let twice: Vec<_> = emu
+        .invitations()
+        .into_iter()
+        .filter(|i| per_user[i["userId"].as_str().unwrap()] > 1)
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "{twice:#?}\nfirst: {}\nsecond: {}",
+        String::from_utf8_lossy(&first.stderr),
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let mut patched = std::collections::BTreeMap::<String, usize>::new();
+    for p in emu.patches() {
+        if p["property"] == "userType" {
+            *patched
+                .entry(p["userId"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+    }
+    assert!(!patched.is_empty());
+    assert!(patched.values().all(|n| *n == 1), "{patched:?}");
+    let its = items(&db, 1);
+    let converted: BTreeSet<String> = its
+        .iter()
+        .filter(|i| i.state == ItemState::Converted)
+        .map(|i| i.user_id.clone().unwrap())
+        .collect();
+    assert_eq!(count(&its, ItemState::InFlight), 0);
+    assert_eq!(per_user.keys().cloned().collect::<BTreeSet<_>>(), converted);
+    assert_eq!(queue.lease(1).unwrap(), None);
+}

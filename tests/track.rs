@@ -527,3 +527,148 @@ async fn track_and_export_links_default_to_the_latest_live_run_and_name_missing_
             .contains(i.user_principal_name.as_deref().unwrap()));
     }
 }
+
+/// Re-invitations (resetRedemption) per user, from the emulator's own log.
+fn resets_per_user(emu: &Emulator) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for inv in emu.invitations() {
+        if inv["resetRedemption"] == true {
+            *m.entry(inv["userId"].as_str().unwrap().to_string())
+                .or_insert(0) += 1;
+        }
+    }
+    m
+}
+
+fn json_of(out: &Ran) -> serde_json::Value {
+    assert_eq!(
+        out.stdout.lines().count(),
+        1,
+        "one JSON object: {}",
+        out.stdout
+    );
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resend_dry_run_only_and_limit_choose_who_and_redeemed_users_are_never_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, csv) = config(80, 29, dir.path());
+    let emu = start(config).await;
+    let db = dir.path().join("live.db");
+    let (run_id, converted) = live_run(&emu, &db, &csv, &[]).await;
+    assert!(
+        converted.len() > 30,
+        "mostly convertible: {}",
+        converted.len()
+    );
+    let id = run_id.to_string();
+    let out = run(&emu, &db, &["track", &id]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let converted: Vec<String> = converted.into_iter().collect();
+    // Three partners redeem after the track: a resend must not reset them.
+    let redeemed: BTreeSet<String> = converted.iter().take(3).cloned().collect();
+    for user in &redeemed {
+        assert_eq!(emu.redeem(user), Some(200), "redeem {user}");
+    }
+    let invited_before = emu.invitations().len();
+
+    // --dry-run lists everyone pending per the track, sends and records nothing.
+    let out = run(&emu, &db, &["resend", &id, "--dry-run", "--json"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let listed = json_of(&out);
+    assert_eq!(listed["dryRun"], true);
+    assert_eq!(listed["wouldReinvite"], converted.len() as u64);
+    assert_eq!(listed["users"].as_array().unwrap().len(), converted.len());
+    let out = run(&emu, &db, &["resend", &id, "--dry-run", "--limit", "4"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout.matches("would re-invite ").count(),
+        4,
+        "{}",
+        out.stdout
+    );
+    assert_eq!(emu.invitations().len(), invited_before);
+
+    // A name the pass does not hold is an error before anything is sent.
+    let only = dir.path().join("only.txt");
+    let stranger = "00000000-0000-4000-8000-000000000000";
+    std::fs::write(&only, format!("# pilot\n{}\n{stranger}\n", converted[5])).unwrap();
+    let out = run(
+        &emu,
+        &db,
+        &["resend", &id, "--yes", "--only", only.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(out.code, 2, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains(stranger), "{}", out.stderr);
+    assert_eq!(emu.invitations().len(), invited_before);
+
+    // --only: exactly the two named users (by object id and by UPN), nobody else.
+    let upn = emu
+        .user(&converted[6])
+        .unwrap()
+        .user_principal_name
+        .unwrap();
+    std::fs::write(
+        &only,
+        format!("{}   # by id\n\n{}\n", converted[5].to_uppercase(), upn),
+    )
+    .unwrap();
+    let out = run(
+        &emu,
+        &db,
+        &[
+            "resend",
+            &id,
+            "--yes",
+            "--json",
+            "--only",
+            only.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let first = json_of(&out);
+    assert_eq!(first["reinvited"], 2, "{first}");
+    let resets = resets_per_user(&emu);
+    let pilots: BTreeSet<String> = [converted[5].clone(), converted[6].clone()].into();
+    assert_eq!(resets.keys().cloned().collect::<BTreeSet<_>>(), pilots);
+
+    // --limit: five more of the same pass.
+    let out = run(
+        &emu,
+        &db,
+        &["resend", &id, "--yes", "--json", "--limit", "5"],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let second = json_of(&out);
+    assert_eq!(second["continued"], true, "{second}");
+    assert_eq!(second["passId"], first["passId"]);
+    let after_limit = resets_per_user(&emu);
+    assert_eq!(after_limit.values().sum::<usize>(), 7, "{after_limit:?}");
+
+    // The rest; the users who redeemed since the track are re-read, skipped and never reset.
+    let out = run(&emu, &db, &["resend", &id, "--yes", "--json"]).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let last = json_of(&out);
+    assert_eq!(last["finished"], true, "{last}");
+    assert_eq!(last["left"], 0, "{last}");
+    assert_eq!(last["skipped"], redeemed.len() as u64, "{last}");
+    let resets = resets_per_user(&emu);
+    assert!(resets.values().all(|n| *n == 1), "{resets:?}");
+    let expected: BTreeSet<String> = converted
+        .iter()
+        .filter(|u| !redeemed.contains(*u))
+        .cloned()
+        .collect();
+    assert_eq!(resets.keys().cloned().collect::<BTreeSet<_>>(), expected);
+    for user in &redeemed {
+        assert_eq!(
+            emu.user(user).unwrap().external_user_state.as_deref(),
+            Some("Accepted"),
+            "{user} keeps its redemption"
+        );
+    }
+}

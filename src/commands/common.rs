@@ -339,7 +339,7 @@ pub async fn execute(
     progress.watch(queue.clone(), run_id);
     let pipeline = Pipeline {
         queue: queue.clone(),
-        graph,
+        graph: graph.with_gate(lease_gate(lease)),
         progress,
         run: Arc::new(run),
         stop: stop_rx,
@@ -349,7 +349,7 @@ pub async fn execute(
     // A full disk fails these too: the run's own error (and the resume advice) goes first.
     let bookkeeping = span.finish().and_then(|()| queue.flush_request_log());
     ctrl_c.abort();
-    if lease.is_lost() {
+    if lease.is_lost() || outcome.as_ref().is_err_and(lease_refused) {
         // Another process took the run over (this one stopped heart-beating for a long time):
         // its status is now that process's to write.
         return Err(anyhow::anyhow!(
@@ -414,6 +414,27 @@ pub async fn execute(
         println!("report: {}", path.display());
     }
     Ok(exit)
+}
+
+/// The run's lease as the gate every request passes just before it leaves.
+pub fn lease_gate(lease: &RunLease) -> Arc<dyn crate::graph::SendGate> {
+    struct Gate(Arc<crate::queue::LeaseCheck>);
+    impl crate::graph::SendGate for Gate {
+        fn may_send(&self) -> Result<(), String> {
+            self.0.still_ours()
+        }
+    }
+    Arc::new(Gate(lease.check()))
+}
+
+/// Whether a pass stopped because the lease refused one of its writes (it was taken over).
+pub fn lease_refused(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<crate::queue::QueueError>(),
+            Some(crate::queue::QueueError::LeaseLost { .. })
+        )
+    })
 }
 
 /// The run named, or the latest one.

@@ -36,8 +36,14 @@ pub async fn emulator(args: crate::cli::EmulatorArgs) -> anyhow::Result<ExitStat
         }
         (None, None) => Tenant::sample(),
     };
+    let mut tenant = tenant;
+    if let Some(id) = &args.tenant_id {
+        let id = uuid::Uuid::parse_str(id.trim())
+            .map_err(|_| ExitError::usage(format!("--tenant-id {id}: expected a GUID")))?;
+        tenant.tenant_id = id.to_string();
+    }
     let users = tenant.users.len();
-    let config = config_from(tenant, &args.knobs);
+    let config = config_from(tenant, &args.knobs)?;
     let emu = emulator::start(config, listen).await?;
     {
         let mut out = std::io::stdout().lock();
@@ -57,8 +63,10 @@ pub async fn emulator(args: crate::cli::EmulatorArgs) -> anyhow::Result<ExitStat
 
 /// The emulator's settings from the command line's flags (the emulator itself knows nothing of
 /// `cli`).
-pub fn config_from(tenant: Tenant, knobs: &EmulatorKnobs) -> EmulatorConfig {
-    EmulatorConfig {
+pub fn config_from(tenant: Tenant, knobs: &EmulatorKnobs) -> anyhow::Result<EmulatorConfig> {
+    let app_directory_roles = emulator::directory_role_ids(&knobs.app_directory_roles)
+        .map_err(|e| ExitError::usage(format!("--app-directory-roles: {e}")))?;
+    Ok(EmulatorConfig {
         latency: std::time::Duration::from_millis(knobs.latency_ms),
         ru_per_10s: knobs.ru_per_10s,
         writes_per_150s: knobs.writes_per_150s,
@@ -76,6 +84,7 @@ pub fn config_from(tenant: Tenant, knobs: &EmulatorKnobs) -> EmulatorConfig {
             .collect(),
         allow_invites_from: knobs.allow_invites_from.clone(),
         device_code_approve_after: knobs.device_code_approve_after,
+        app_directory_roles,
         ..EmulatorConfig::new(tenant)
-    }
+    })
 }

@@ -6,13 +6,14 @@ mod common;
 mod demo;
 mod emulator;
 mod export_links;
-mod preflight;
+pub mod preflight;
 pub mod report;
 mod resend;
 mod resume;
 mod retry;
 mod run;
 mod runs;
+mod scripts;
 mod status;
 mod track;
 
@@ -31,6 +32,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Track(args) => track::track(&cli.db, args).await,
         Command::Resend(args) => resend::resend(&cli.db, args).await,
         Command::ExportLinks(args) => export_links::export_links(&cli.db, args),
+        Command::Scripts(args) => scripts::scripts(&cli.db, args),
         Command::Emulator(args) => emulator::emulator(args).await,
         Command::Demo(args) => demo::demo(args).await,
         Command::Bench(args) => bench::bench(args).await,

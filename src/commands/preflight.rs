@@ -2,6 +2,12 @@
 //! token carries (`roles` app-only, `scp` delegated), read the tenant's invitation policy, and make
 //! one cheap read — and say what to grant or change. `run`, `resume` and `retry` go through the
 //! same checks (`require_ready`) before their first write.
+//!
+//! `--retire` adds what retiring the internal credentials needs ([`retire_findings`], from the
+//! token alone: `roles`/`scp` and the directory roles in `wids`); `retire` runs the same check
+//! ([`require_retire_ready`]) and stops with exit 4 before any write. With Policy.Read.All,
+//! preflight also reads how partners will redeem: the email one-time passcode method and the
+//! default cross-tenant access policy's inbound B2B collaboration.
 
 use std::path::Path;
 
@@ -24,6 +30,32 @@ const INVITING_ROLES: &[(&str, &str)] = &[
     ),
 ];
 
+/// Directory roles whose holders may reset a non-admin user's password (template ids), and
+/// those that may reset an admin's too.
+const PASSWORD_RESET_ROLES: &[(&str, &str)] = &[
+    ("fe930be7-5e62-47db-91af-98c3a49a38b1", "User Administrator"),
+    (
+        "729827e3-9c14-49f7-bb1b-9608f156bbb8",
+        "Helpdesk Administrator",
+    ),
+    (
+        "c4e39bd9-1100-46d3-8c65-fb160da0071f",
+        "Authentication Administrator",
+    ),
+    (
+        "7be44c8a-adaf-4e2a-84d6-ab2649e08a13",
+        "Privileged Authentication Administrator",
+    ),
+    (
+        "62e90394-69f5-4237-9190-012177145e10",
+        "Global Administrator",
+    ),
+];
+const ADMIN_RESET_ROLES: &[&str] = &[
+    "7be44c8a-adaf-4e2a-84d6-ab2649e08a13",
+    "62e90394-69f5-4237-9190-012177145e10",
+];
+
 /// What the planned run will do, hence which permissions it needs.
 #[derive(Debug, Clone, Default)]
 pub struct Needs {
@@ -35,6 +67,8 @@ pub struct Needs {
     pub write_users: bool,
     /// A custom invitation message was asked for (or may be: `preflight` cannot know).
     pub custom_message: bool,
+    /// Retires the internal credentials (`retire`): passwords, sessions, the directory role.
+    pub retire: bool,
 }
 
 /// One line of the checklist.
@@ -181,6 +215,9 @@ pub async fn check(graph: &GraphClient, needs: &Needs) -> Vec<Finding> {
             });
         }
     }
+    if needs.retire {
+        out.extend(retire_findings(&claims));
+    }
     let roles: Vec<&str> = claims["wids"]
         .as_array()
         .into_iter()
@@ -218,6 +255,176 @@ pub async fn check(graph: &GraphClient, needs: &Needs) -> Vec<Finding> {
             ));
         }
     }
+    out
+}
+
+/// The permissions a token carries: `scp` (delegated) or `roles` (app-only).
+fn granted_permissions(claims: &Value) -> Vec<String> {
+    match claims.get("scp").and_then(Value::as_str) {
+        Some(scp) => scp.split_whitespace().map(str::to_string).collect(),
+        None => claims["roles"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.as_str().map(str::to_string))
+            .collect(),
+    }
+}
+
+/// What retiring the internal credentials needs, read from the token alone (no request): a
+/// permission to set passwords, one to revoke sessions, and a directory role that may reset
+/// passwords (app-only: the app's service principal; delegated: the signed-in user). Without
+/// Privileged Authentication Administrator, users holding an admin role are refused by Graph:
+/// a warning, so `retire` reports them instead of failing them blindly.
+pub fn retire_findings(claims: &Value) -> Vec<Finding> {
+    if !claims.is_object() {
+        return vec![Finding::new(
+            "retire",
+            "missing",
+            "not checked: the token is not a JWT, so its permissions and roles cannot be read; sign in with a method that gives Graph tokens (not B2B_ACCESS_TOKEN of another kind) before retiring",
+        )];
+    }
+    let delegated = claims.get("scp").is_some();
+    let granted = granted_permissions(claims);
+    let kind = if delegated {
+        "delegated permission"
+    } else {
+        "application permission"
+    };
+    let has = |covered_by: &[&str]| {
+        granted
+            .iter()
+            .find(|g| covered_by.iter().any(|c| c.eq_ignore_ascii_case(g)))
+            .cloned()
+    };
+    let grant = |what: &str, name: &str| {
+        Finding::new(
+            what,
+            "missing",
+            format!("grant the Microsoft Graph {kind} {name} (API permissions > Add a permission, then Grant admin consent)"),
+        )
+    };
+    let mut out = Vec::new();
+    out.push(
+        match has(&[
+            "User-PasswordProfile.ReadWrite.All",
+            "User.ReadWrite.All",
+            "Directory.ReadWrite.All",
+        ]) {
+            Some(g) => Finding::new("set passwords", "ok", format!("{g} granted")),
+            None => grant("set passwords", "User-PasswordProfile.ReadWrite.All"),
+        },
+    );
+    out.push(
+        match has(&[
+            "User.RevokeSessions.All",
+            "User.ReadWrite.All",
+            "Directory.ReadWrite.All",
+        ]) {
+            Some(g) => Finding::new("revoke sessions", "ok", format!("{g} granted")),
+            None => grant("revoke sessions", "User.RevokeSessions.All"),
+        },
+    );
+    let wids: Vec<&str> = claims["wids"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let holder = if delegated {
+        "the signed-in user"
+    } else {
+        "the app's service principal"
+    };
+    let role = PASSWORD_RESET_ROLES
+        .iter()
+        .find(|(id, _)| wids.iter().any(|w| w.eq_ignore_ascii_case(id)))
+        .map(|(_, name)| *name);
+    out.push(match role {
+        None => Finding::new(
+            "password reset role",
+            "missing",
+            format!("{holder} holds no directory role that may reset passwords: assign it User Administrator (Entra ID > Roles and administrators > User Administrator > Add assignments{})", if delegated { "" } else { ", select the app" }),
+        ),
+        Some(name) if wids.iter().any(|w| ADMIN_RESET_ROLES.iter().any(|a| w.eq_ignore_ascii_case(a))) => {
+            Finding::new("password reset role", "ok", format!("{holder} holds {name}: every user, admins included"))
+        }
+        Some(name) => Finding::new(
+            "password reset role",
+            "warning",
+            format!("{holder} holds {name}: users holding an admin role need Privileged Authentication Administrator; Graph refuses them, and retire reports them by name"),
+        ),
+    });
+    out
+}
+
+/// `retire` before its first write: the same checks as `preflight --retire`; exit 4 with the
+/// checklist when a permission or the role is missing, so nothing is written.
+pub async fn require_retire_ready(graph: &GraphClient) -> anyhow::Result<Vec<Finding>> {
+    let findings = match graph.token_claims().await {
+        Ok(claims) => retire_findings(&claims),
+        Err(e) => vec![Finding::new("sign-in", "missing", sign_in_problem(&e))],
+    };
+    if findings.iter().any(Finding::blocking) {
+        eprint!("{}", render(&findings));
+        return Err(ExitError {
+            status: ExitStatus::TenantRefused,
+            message: "retire cannot work yet: nothing was written; grant what the checklist says, then run again (`preflight --retire` re-checks)".into(),
+        }
+        .into());
+    }
+    Ok(findings)
+}
+
+const REDEMPTION_NOT_CHECKED: &str = "not checked: reading it needs Policy.Read.All (optional)";
+
+/// How partners will redeem, where Policy.Read.All allows reading it: the email one-time
+/// passcode method and the default cross-tenant access policy's inbound B2B collaboration.
+/// Never blocking: a partner organization can have settings of its own.
+async fn redemption_findings(graph: &GraphClient, claims: &Value) -> Vec<Finding> {
+    const OTP: &str = "email one-time passcode";
+    const INBOUND: &str = "inbound B2B collaboration";
+    let can_read = granted_permissions(claims)
+        .iter()
+        .any(|g| g.eq_ignore_ascii_case("Policy.Read.All"));
+    if claims.is_object() && !can_read {
+        return vec![
+            Finding::new(OTP, "warning", format!("{REDEMPTION_NOT_CHECKED}; check Entra ID > External Identities > All identity providers > Email one-time passcode by hand")),
+            Finding::new(INBOUND, "warning", format!("{REDEMPTION_NOT_CHECKED}; check Entra ID > External Identities > Cross-tenant access settings > Default settings by hand")),
+        ];
+    }
+    let not_checked = |check: &str, e: GraphError| match e {
+        GraphError::Api { status: 403, .. } | GraphError::TenantRefused { status: 403, .. } => {
+            Finding::new(check, "warning", REDEMPTION_NOT_CHECKED)
+        }
+        e => Finding::new(check, "warning", format!("not checked: {e}")),
+    };
+    let mut out = Vec::new();
+    out.push(match graph.email_otp_policy().await {
+        Err(e) => not_checked(OTP, e),
+        Ok(p) => {
+            let state = p["state"].as_str().unwrap_or("enabled");
+            let external = p["allowExternalIdToUseEmailOtp"].as_str().unwrap_or("default");
+            if state.eq_ignore_ascii_case("enabled") && !external.eq_ignore_ascii_case("disabled") {
+                Finding::new(OTP, "ok", "on: a partner with no Entra, Microsoft or federated account redeems with a code sent to their address; one who redeems that way keeps using codes until their redemption is reset (resend)")
+            } else {
+                Finding::new(OTP, "warning", format!("off (state {state}, allowExternalIdToUseEmailOtp {external}): a partner with no Entra, Microsoft or federated account cannot redeem until they create a Microsoft account; turn it on under Entra ID > External Identities > All identity providers > Email one-time passcode"))
+            }
+        }
+    });
+    out.push(match graph.cross_tenant_default_policy().await {
+        Err(e) => not_checked(INBOUND, e),
+        Ok(p) => {
+            let inbound = &p["b2bCollaborationInbound"];
+            let users = inbound["usersAndGroups"]["accessType"].as_str().unwrap_or("allowed");
+            let apps = inbound["applications"]["accessType"].as_str().unwrap_or("allowed");
+            if users.eq_ignore_ascii_case("allowed") && apps.eq_ignore_ascii_case("allowed") {
+                Finding::new(INBOUND, "ok", "the default cross-tenant access policy lets partners' users in (users and groups: allowed, applications: allowed)")
+            } else {
+                Finding::new(INBOUND, "warning", format!("the default cross-tenant access policy blocks inbound B2B collaboration (users and groups: {users}, applications: {apps}): a partner organization without a setting of its own is refused (\"blocked by cross-tenant access settings\", sign-in AADSTS500213); allow it under Entra ID > External Identities > Cross-tenant access settings, by default or per partner organization"))
+            }
+        }
+    });
     out
 }
 
@@ -303,7 +510,17 @@ pub fn render(findings: &[Finding]) -> String {
         s.push_str(&format!("{mark} {}: {}\n", f.check, f.detail));
     }
     let missing = findings.iter().filter(|f| f.blocking()).count();
-    if missing == 0 {
+    // A check that could not be made is never reported as "will work".
+    let unchecked = findings
+        .iter()
+        .filter(|f| f.status == "warning" && f.detail.starts_with("not checked"))
+        .count();
+    if missing == 0 && unchecked > 0 {
+        s.push_str(&format!(
+            "ready, {unchecked} check{} not made (see \"not checked\" above)\n",
+            if unchecked == 1 { "" } else { "s" }
+        ));
+    } else if missing == 0 {
         s.push_str("ready: the run will work\n");
     } else {
         s.push_str(&format!("not ready: {missing} thing(s) to fix first\n"));
@@ -341,6 +558,7 @@ pub fn needs_of(mode: RunMode, options: &RunOptions, group: bool) -> Needs {
         group,
         write_users: mode == RunMode::Live && (options.set_mail || options.set_guest),
         custom_message: options.message_body.is_some(),
+        retire: false,
     }
 }
 
@@ -351,6 +569,7 @@ pub async fn preflight(_db: &Path, args: PreflightArgs) -> anyhow::Result<ExitSt
         write_users: args.set_mail || args.set_guest,
         // Preflight cannot know whether the run will carry a message: say it whenever it applies.
         custom_message: true,
+        retire: args.retire,
     };
     let endpoints = Endpoints::new(args.endpoints.graph_url(), args.endpoints.login_url());
     let credentials = Credentials::resolve(args.auth)?;
@@ -366,6 +585,15 @@ pub async fn preflight(_db: &Path, args: PreflightArgs) -> anyhow::Result<ExitSt
         .any(|f| f.check == "sign-in" && f.blocking())
     {
         findings.push(graph_answers(&graph).await);
+    }
+    // After a refused sign-in, asking for the token again would only repeat the refusal.
+    let signed_in = !findings
+        .iter()
+        .any(|f| f.check == "sign-in" && f.blocking());
+    if signed_in {
+        if let Ok(claims) = graph.token_claims().await {
+            findings.extend(redemption_findings(&graph, &claims).await);
+        }
     }
     if let (Some(group), false) = (&args.group, findings.iter().any(Finding::blocking)) {
         findings.push(match graph.group_members_page(group, false, None).await {
@@ -387,4 +615,148 @@ pub async fn preflight(_db: &Path, args: PreflightArgs) -> anyhow::Result<ExitSt
     } else {
         ExitStatus::Success
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const UA: &str = "fe930be7-5e62-47db-91af-98c3a49a38b1";
+    const PAA: &str = "7be44c8a-adaf-4e2a-84d6-ab2649e08a13";
+
+    fn statuses(claims: Value) -> Vec<(String, &'static str)> {
+        retire_findings(&claims)
+            .into_iter()
+            .map(|f| (f.check, f.status))
+            .collect()
+    }
+
+    /// One row per outcome of the retire check: what is missing is named, roles come from `wids`.
+    #[test]
+    fn retire_check_reads_roles_and_wids() {
+        let ok = |c: &str| (c.to_string(), "ok");
+        let missing = |c: &str| (c.to_string(), "missing");
+        let rows: Vec<(Value, Vec<(String, &str)>)> = vec![
+            (
+                json!({"roles": ["User-PasswordProfile.ReadWrite.All", "User.RevokeSessions.All"], "wids": [PAA]}),
+                vec![
+                    ok("set passwords"),
+                    ok("revoke sessions"),
+                    ok("password reset role"),
+                ],
+            ),
+            (
+                json!({"roles": ["User.ReadWrite.All"], "wids": [UA]}),
+                vec![
+                    ok("set passwords"),
+                    ok("revoke sessions"),
+                    ("password reset role".into(), "warning"),
+                ],
+            ),
+            (
+                json!({"roles": ["User.Read.All", "User.Invite.All"]}),
+                vec![
+                    missing("set passwords"),
+                    missing("revoke sessions"),
+                    missing("password reset role"),
+                ],
+            ),
+            (
+                json!({"roles": ["User-PasswordProfile.ReadWrite.All"], "wids": ["95e79109-95c0-4d8e-aee3-d01accf2d47b"]}),
+                vec![
+                    ok("set passwords"),
+                    missing("revoke sessions"),
+                    missing("password reset role"),
+                ],
+            ),
+            (
+                json!({"scp": "User.ReadWrite.All openid", "wids": [UA, PAA]}),
+                vec![
+                    ok("set passwords"),
+                    ok("revoke sessions"),
+                    ok("password reset role"),
+                ],
+            ),
+            (Value::Null, vec![missing("retire")]),
+        ];
+        for (claims, want) in rows {
+            assert_eq!(statuses(claims.clone()), want, "{claims}");
+        }
+        let f = retire_findings(&json!({"roles": []}));
+        assert!(f[0]
+            .detail
+            .contains("application permission User-PasswordProfile.ReadWrite.All"));
+        assert!(f[1].detail.contains("User.RevokeSessions.All"));
+        assert!(f[2].detail.contains("User Administrator"));
+        let f = retire_findings(&json!({"scp": "User.Read"}));
+        assert!(f[0].detail.contains("delegated permission"));
+        assert!(f[2].detail.contains("the signed-in user"));
+    }
+
+    #[test]
+    fn a_check_not_made_is_never_will_work() {
+        let ok = Finding::new("sign-in", "ok", "signed in");
+        let unchecked = Finding::new("invitation policy", "warning", POLICY_NOT_CHECKED);
+        let other = Finding::new("custom message", "warning", "app-only sign-in");
+        assert!(render(&[ok.clone(), other.clone()]).ends_with("ready: the run will work\n"));
+        assert!(render(&[ok.clone(), unchecked.clone(), other])
+            .ends_with("ready, 1 check not made (see \"not checked\" above)\n"));
+        let otp = Finding::new("email one-time passcode", "warning", REDEMPTION_NOT_CHECKED);
+        assert!(render(&[ok, unchecked, otp])
+            .ends_with("ready, 2 checks not made (see \"not checked\" above)\n"));
+    }
+
+    /// What `retire` will call before its first write: without the role it stops with exit 4
+    /// having sent nothing but the sign-in; with it, it goes on.
+    #[tokio::test]
+    async fn retire_stops_with_exit_4_before_any_write_without_the_role() {
+        use crate::emulator::{directory_role_ids, EmulatorConfig, Tenant};
+        for (wids, ready) in [("", false), ("User Administrator", true)] {
+            let config = EmulatorConfig {
+                app_roles: vec![
+                    "User.ReadWrite.All".into(),
+                    "User.RevokeSessions.All".into(),
+                ],
+                app_directory_roles: directory_role_ids(wids).unwrap(),
+                ..EmulatorConfig::new(Tenant::sample())
+            };
+            let emu = crate::emulator::start(config, "127.0.0.1:0".parse().unwrap())
+                .await
+                .unwrap();
+            let env: std::collections::HashMap<String, String> =
+                emu.client_env().into_iter().collect();
+            let credentials = Credentials::from_lookup(|k| env.get(k).cloned()).unwrap();
+            let base = emu.base_url();
+            let graph = common::connect(
+                &Endpoints::new(base.clone(), base),
+                credentials,
+                &RunOptions::default(),
+                RunMode::Live,
+            )
+            .unwrap();
+            let result = require_retire_ready(&graph).await;
+            if ready {
+                let findings = result.unwrap();
+                assert!(findings.iter().all(|f| !f.blocking()), "{findings:?}");
+            } else {
+                let err = result.unwrap_err();
+                let exit = err.downcast_ref::<ExitError>().unwrap();
+                assert_eq!(exit.status, ExitStatus::TenantRefused);
+                assert!(exit.message.contains("nothing was written"));
+            }
+            let stats = emu.stats();
+            let graph_requests: Vec<&String> = stats["requests"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| !k.contains("oauth2"))
+                .collect();
+            assert!(
+                graph_requests.is_empty(),
+                "only the sign-in: {graph_requests:?}"
+            );
+            emu.shutdown().await;
+        }
+    }
 }

@@ -133,6 +133,16 @@ impl Tenant {
         let issuer = "contoso.onmicrosoft.com";
         let mut users: Vec<User> = Vec::with_capacity(n);
         let mut external_emails = std::collections::BTreeMap::new();
+        let mut directory_roles = std::collections::BTreeMap::new();
+        // The domain part of every synced user's SID, from the tenant id (no draw of the RNG, so
+        // a seed's users are the same as before synced users carried SIDs).
+        let domain_sid = {
+            let b = uuid::Uuid::parse_str(&tenant_id)
+                .map(|u| *u.as_bytes())
+                .unwrap_or_default();
+            let part = |k: usize| u32::from_le_bytes([b[k], b[k + 1], b[k + 2], b[k + 3]]);
+            format!("S-1-5-21-{}-{}-{}", part(0), part(4), part(8))
+        };
         let exchange_plan = || {
             vec![AssignedPlan {
                 assigned_date_time: Some("2023-01-10T08:00:00Z".into()),
@@ -208,6 +218,15 @@ impl Tenant {
                     }
                 }
             }
+            if u.on_premises_sync_enabled == Some(true) {
+                u.on_premises_security_identifier = Some(format!("{domain_sid}-{}", 1100 + i));
+                u.on_premises_sam_account_name = Some(local.chars().take(20).collect());
+            }
+            // One user in a hundred holds an admin role: resetting their password needs
+            // Privileged Authentication Administrator, and they cannot be converted back.
+            if i % 100 == 7 {
+                directory_roles.insert(u.id.clone(), vec!["User Administrator".to_string()]);
+            }
             users.push(u);
         }
         let mut groups = Vec::new();
@@ -245,6 +264,8 @@ impl Tenant {
             groups,
             users,
             external_emails,
+            directory_roles,
+            policies: Default::default(),
         }
     }
 }

@@ -32,6 +32,9 @@
 //! An accepted invitation answers 201; with `not_applied_rate` a share of them never reaches the
 //! user (logged with `applied: false`), as has been reported of the real service.
 //!
+//! A user converted back to an internal member (`externalUserConvertedOn` set) is refused
+//! before any other check with `412 PreconditionFailed`: Graph never converts such a user again.
+//!
 //! PATCH of a user's `mail` is refused for a mailbox user ("…originated within an external
 //! service."), for a synced user ("…on-premises mastered Directory Sync objects…") and, with the
 //! same conflict answer as invitations, for an address another object holds.
@@ -66,6 +69,11 @@ pub(super) const USER_PROPS: &[&str] = &[
     "onPremisesUserPrincipalName",
     "assignedPlans",
     "identities",
+    "lastPasswordChangeDateTime",
+    "signInSessionsValidFromDateTime",
+    "externalUserConvertedOn",
+    "onPremisesSecurityIdentifier",
+    "onPremisesSamAccountName",
     "givenName",
     "surname",
     "jobTitle",
@@ -78,6 +86,8 @@ pub(super) const USER_PROPS: &[&str] = &[
     "usageLocation",
     "createdDateTime",
 ];
+/// Properties only the beta endpoint knows: v1.0 refuses them in `$select` as Graph does.
+const BETA_ONLY_PROPS: &[&str] = &["externalUserConvertedOn"];
 const DEFAULT_SELECT: &[&str] = &["id", "displayName", "mail", "userPrincipalName"];
 const DEFAULT_TOP: usize = 100;
 const MAX_TOP: usize = 999;
@@ -95,8 +105,13 @@ fn parse_select(call: &Call, ctx: &Ctx) -> Result<Vec<&'static str>, Reply> {
         return Ok(DEFAULT_SELECT.to_vec());
     };
     let mut out = vec!["id"];
+    let beta = call.path.starts_with("/beta/");
     for name in sel.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        match USER_PROPS.iter().find(|p| p.eq_ignore_ascii_case(name)) {
+        let known = USER_PROPS
+            .iter()
+            .find(|p| p.eq_ignore_ascii_case(name))
+            .filter(|p| beta || !BETA_ONLY_PROPS.contains(p));
+        match known {
             Some(p) if !out.contains(p) => out.push(p),
             Some(_) => {}
             None => {
@@ -233,7 +248,18 @@ impl Shared {
             (Ok(t), Ok(o)) => (t, o),
             (Err(r), _) | (_, Err(r)) => return r,
         };
-        let filter = match call.q("filter").map(filter::parse) {
+        // Beta lists the users converted back with `externalUserConvertedOn ge <instant>`, the
+        // one filter the emulator serves on that (beta-only) property.
+        let converted_since = call
+            .path
+            .starts_with("/beta/")
+            .then(|| call.q("filter").and_then(converted_back_since))
+            .flatten();
+        let filter = match call
+            .q("filter")
+            .filter(|_| converted_since.is_none())
+            .map(filter::parse)
+        {
             None => None,
             Some(Ok(f)) => Some(f),
             Some(Err(e)) => return ctx.err(400, e.code, e.message),
@@ -261,6 +287,15 @@ impl Shared {
             .into_iter()
             .filter(|i| !st.removed.contains(i))
             .filter(|&i| filter.as_ref().is_none_or(|f| f.matches(&users[i])))
+            .filter(|&i| {
+                converted_since.is_none_or(|since| {
+                    users[i]
+                        .external_user_converted_on
+                        .as_deref()
+                        .and_then(|on| chrono::DateTime::parse_from_rfc3339(on).ok())
+                        .is_some_and(|on| on >= since)
+                })
+            })
             .collect();
         let value = matching
             .iter()
@@ -383,6 +418,7 @@ impl Shared {
         };
         let old = st.tenant.users[pos].clone();
         let mut next = old.clone();
+        let mut password: Option<String> = None;
         for (k, v) in &body {
             let bad = || {
                 ctx.err(
@@ -437,22 +473,50 @@ impl Shared {
                     Some(s) if !s.trim().is_empty() => next.display_name = Some(s.into()),
                     _ => return bad(),
                 },
+                "passwordProfile" => {
+                    if old.on_premises_sync_enabled == Some(true) {
+                        return ctx.err(
+                            400,
+                            "Request_BadRequest",
+                            "Unable to update the specified properties for on-premises mastered Directory Sync objects or objects currently undergoing migration.",
+                        );
+                    }
+                    match super::credentials::password_of(v) {
+                        Ok(p) => password = Some(p),
+                        Err(msg) => return ctx.err(400, "Request_BadRequest", msg),
+                    }
+                }
                 other => return ctx.err(400, "BadRequest", format!("Invalid property '{other}'.")),
             }
         }
         let at = self
             .wall(now)
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        if let Some(password) = password {
+            next.last_password_change_date_time = Some(at.clone());
+            st.secrets
+                .push(json!({"userId": old.id, "password": password, "at": at}));
+        }
         let (before, after) = (
             serde_json::to_value(&old).unwrap_or(Value::Null),
             serde_json::to_value(&next).unwrap_or(Value::Null),
         );
         for k in body.keys() {
+            // Never the password, not even in the emulator's own log: `/_emulator/secrets`
+            // is the one place tests look for it.
+            let (was, now_is) = if k == "passwordProfile" {
+                (Value::Null, json!("set"))
+            } else {
+                (
+                    before.get(k).cloned().unwrap_or(Value::Null),
+                    after.get(k).cloned().unwrap_or(Value::Null),
+                )
+            };
             st.patches.push(json!({
                 "userId": old.id,
                 "property": k,
-                "old": before.get(k).cloned().unwrap_or(Value::Null),
-                "new": after.get(k).cloned().unwrap_or(Value::Null),
+                "old": was,
+                "new": now_is,
                 "at": at,
             }));
         }
@@ -544,6 +608,13 @@ impl Shared {
                     return ctx.not_found(&r.id);
                 };
                 let u = &st.tenant.users[pos];
+                if u.external_user_converted_on.is_some() {
+                    return ctx.err(
+                        412,
+                        "PreconditionFailed",
+                        "The user was converted to an internal user and can't be converted back to external.",
+                    );
+                }
                 let converted = u.external_user_state.is_some()
                     || u.creation_type
                         .as_deref()
@@ -730,7 +801,7 @@ impl Shared {
 
 /// Set `mail` as Entra does for a cloud user: the new address becomes the primary SMTP proxy
 /// address and the old primary stays as a secondary one.
-fn set_mail(u: &mut User, old: Option<&str>, new: &str) {
+pub(super) fn set_mail(u: &mut User, old: Option<&str>, new: &str) {
     let mut proxies: Vec<String> = u
         .proxy_addresses
         .take()
@@ -760,6 +831,20 @@ fn smtp_bare(p: &str) -> Option<&str> {
     p.get(..5)
         .filter(|k| k.eq_ignore_ascii_case("smtp:"))
         .and_then(|_| p.get(5..))
+}
+
+/// The instant of a filter `externalUserConvertedOn ge <RFC 3339 instant>` (property name
+/// case-insensitive); `None` for any other filter.
+fn converted_back_since(filter: &str) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+    let mut words = filter.split_whitespace();
+    let (prop, op, value) = (words.next()?, words.next()?, words.next()?);
+    if words.next().is_some()
+        || !prop.eq_ignore_ascii_case("externalUserConvertedOn")
+        || !op.eq_ignore_ascii_case("ge")
+    {
+        return None;
+    }
+    chrono::DateTime::parse_from_rfc3339(value.trim_matches('\'')).ok()
 }
 
 /// serde's message about an invitation body, in Graph's words.

@@ -19,6 +19,41 @@ pub const GRAPH_CLI_CLIENT_ID: &str = "14d82eec-204b-4c2f-b7e8-296a70dab67e";
 pub const MANAGED_IDENTITY_CLIENT_ID: &str = "5a1b7c3e-0000-4000-8000-00000000a11d";
 /// Directory role template id of Guest Inviter, carried in `wids` of the signed-in user.
 pub const GUEST_INVITER_ROLE: &str = "95e79109-95c0-4d8e-aee3-d01accf2d47b";
+pub const USER_ADMINISTRATOR_ROLE: &str = "fe930be7-5e62-47db-91af-98c3a49a38b1";
+pub const PRIVILEGED_AUTHENTICATION_ADMINISTRATOR_ROLE: &str =
+    "7be44c8a-adaf-4e2a-84d6-ab2649e08a13";
+pub const GLOBAL_ADMINISTRATOR_ROLE: &str = "62e90394-69f5-4237-9190-012177145e10";
+
+/// Directory roles by display name and Microsoft's role template id (the id tokens carry in
+/// `wids`, the same in every tenant). Holders of any of them but Guest Inviter are "admins" for
+/// password resets.
+pub const DIRECTORY_ROLES: &[(&str, &str)] = &[
+    ("Global Administrator", GLOBAL_ADMINISTRATOR_ROLE),
+    ("User Administrator", USER_ADMINISTRATOR_ROLE),
+    (
+        "Privileged Authentication Administrator",
+        PRIVILEGED_AUTHENTICATION_ADMINISTRATOR_ROLE,
+    ),
+    (
+        "Authentication Administrator",
+        "c4e39bd9-1100-46d3-8c65-fb160da0071f",
+    ),
+    (
+        "Helpdesk Administrator",
+        "729827e3-9c14-49f7-bb1b-9608f156bbb8",
+    ),
+    ("Guest Inviter", GUEST_INVITER_ROLE),
+];
+
+/// The template id of a directory role named by its display name (case-insensitive), or given
+/// as a template id already.
+pub fn role_template_id(name: &str) -> Option<&'static str> {
+    let name = name.trim();
+    DIRECTORY_ROLES
+        .iter()
+        .find(|(n, id)| n.eq_ignore_ascii_case(name) || id.eq_ignore_ascii_case(name))
+        .map(|(_, id)| *id)
+}
 const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 const DEVICE_CODE_LIFETIME: Duration = Duration::from_secs(900);
 const GRAPH_RESOURCE: &str = "https://graph.microsoft.com";
@@ -31,13 +66,22 @@ pub struct Grant {
     pub permissions: Vec<String>,
     /// The signed-in user's UPN for a delegated token.
     pub user: Option<String>,
+    /// Directory role template ids the caller holds (`wids`): the app's service principal's
+    /// for app-only tokens, the signed-in user's for delegated ones.
+    pub wids: Vec<String>,
 }
 
 impl Grant {
-    fn has_any(&self, wanted: &[&str]) -> bool {
+    pub(super) fn has_any(&self, wanted: &[&str]) -> bool {
         self.permissions
             .iter()
             .any(|p| wanted.iter().any(|w| p.eq_ignore_ascii_case(w)))
+    }
+
+    pub(super) fn holds_role(&self, wanted: &[&str]) -> bool {
+        self.wids
+            .iter()
+            .any(|r| wanted.iter().any(|w| r.eq_ignore_ascii_case(w)))
     }
 }
 
@@ -107,11 +151,14 @@ impl Shared {
                 claims["scp"] = Value::String(grant.permissions.join(" "));
                 claims["upn"] = Value::String(upn.clone());
                 claims["idtyp"] = Value::String("user".into());
-                claims["wids"] = json!([GUEST_INVITER_ROLE]);
+                claims["wids"] = json!(grant.wids);
             }
             None => {
                 claims["roles"] = json!(grant.permissions);
                 claims["idtyp"] = Value::String("app".into());
+                if !grant.wids.is_empty() {
+                    claims["wids"] = json!(grant.wids);
+                }
             }
         }
         let token = jsonwebtoken::encode(&Header::default(), &claims, &st.identity.key)
@@ -138,6 +185,7 @@ impl Shared {
             permissions: self.granted(st, &client_id),
             app_id: client_id,
             user: None,
+            wids: self.config.app_directory_roles.clone(),
         };
         let (token, lifetime) = self.issue(st, grant, now);
         Reply::json(
@@ -233,6 +281,7 @@ impl Shared {
                     permissions: self.config.app_roles.clone(),
                     app_id: dc.client_id,
                     user: Some(user),
+                    wids: vec![GUEST_INVITER_ROLE.to_string()],
                 };
                 let _ = dc.tenant;
                 Some(self.delegated_reply(st, grant, now))
@@ -361,6 +410,7 @@ impl Shared {
             app_id: MANAGED_IDENTITY_CLIENT_ID.into(),
             permissions: self.granted(st, MANAGED_IDENTITY_CLIENT_ID),
             user: None,
+            wids: self.config.app_directory_roles.clone(),
         };
         let (token, lifetime) = self.issue(st, grant, now);
         let expires_on = self.wall(now).timestamp() + lifetime as i64;
@@ -448,7 +498,36 @@ impl Shared {
                 "Directory.Read.All",
                 "Directory.ReadWrite.All",
             ],
-            Route::PatchUser(_) => &["User.ReadWrite.All", "Directory.ReadWrite.All"],
+            Route::PatchUser(key) => return self.authorize_patch(st, grant, call, ctx, key),
+            Route::RevokeSessions(_) => &[
+                "User.RevokeSessions.All",
+                "User.ReadWrite.All",
+                "Directory.ReadWrite.All",
+            ],
+            Route::ConvertBack(_) => {
+                // Delegated callers need at least User Administrator (GRAPH-NOTES.md); the
+                // emulator's signed-in user holds Guest Inviter only.
+                if grant.user.is_some()
+                    && !grant.holds_role(&[USER_ADMINISTRATOR_ROLE, GLOBAL_ADMINISTRATOR_ROLE])
+                {
+                    return denied();
+                }
+                &["User-ConvertToInternal.ReadWrite.All", "User.ReadWrite.All"]
+            }
+            Route::BetaListUsers | Route::BetaGetUser(_) => &[
+                "User.Read.All",
+                "User.ReadWrite.All",
+                "Directory.Read.All",
+                "Directory.ReadWrite.All",
+            ],
+            Route::EmailOtpPolicy => &["Policy.Read.All", "Policy.ReadWrite.AuthenticationMethod"],
+            Route::DirectoryRoles => &[
+                "RoleManagement.Read.Directory",
+                "RoleManagement.ReadWrite.Directory",
+                "Directory.Read.All",
+                "Directory.ReadWrite.All",
+            ],
+            Route::CrossTenantDefault => &["Policy.Read.All", "Policy.ReadWrite.CrossTenantAccess"],
             Route::Members { .. } => &[
                 "GroupMember.Read.All",
                 "Group.Read.All",

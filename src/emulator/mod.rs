@@ -6,7 +6,8 @@
 //! Files: `tenant` (data and tenant files), `generate` (synthetic tenants), `filter` (OData
 //! `$filter`), `delta` (change tracking, `users/delta`), `throttle` (clock and token buckets),
 //! `auth` (token endpoint decisions), `identity` (JWT access tokens, permissions, device code,
-//! managed identity, invitation policy),
+//! managed identity, invitation policy, directory roles in `wids`), `credentials` (password
+//! resets, `revokeSignInSessions`, the beta conversion back, the redemption policies),
 //! `routes` (pipeline, `$batch`, inspection), `handlers` (endpoints), `server` (connections).
 //!
 //! Per request: token (401) → permission (403) → throttling (429, nothing carried out) →
@@ -14,6 +15,7 @@
 //! (carried out, connection dropped). Faults are not injected on the token endpoint, which is not throttled either.
 
 mod auth;
+mod credentials;
 mod delta;
 mod filter;
 mod generate;
@@ -86,6 +88,30 @@ pub struct EmulatorConfig {
     pub device_code_interval: Duration,
     /// The `X-IDENTITY-HEADER` secret of the App Service managed-identity endpoint.
     pub identity_header: String,
+    /// Directory role template ids the app's service principal holds (`--app-directory-roles`
+    /// by display name, see [`directory_role_ids`]): carried in app-only tokens' `wids`.
+    pub app_directory_roles: Vec<String>,
+}
+
+/// The template ids of directory roles named by display name (comma-separated, as
+/// `--app-directory-roles` takes them); an unknown name is an error naming the known ones.
+pub fn directory_role_ids(list: &str) -> anyhow::Result<Vec<String>> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|name| {
+            identity::role_template_id(name)
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    let known: Vec<&str> =
+                        identity::DIRECTORY_ROLES.iter().map(|(n, _)| *n).collect();
+                    anyhow::anyhow!(
+                        "unknown directory role `{name}`: the emulator knows {}",
+                        known.join(", ")
+                    )
+                })
+        })
+        .collect()
 }
 
 /// Application permissions the emulator grants when nothing else is said.
@@ -115,6 +141,7 @@ impl EmulatorConfig {
             device_code_approve_after: 1,
             device_code_interval: Duration::from_secs(5),
             identity_header: uuid::Uuid::new_v4().to_string(),
+            app_directory_roles: Vec::new(),
         }
     }
 
@@ -159,6 +186,9 @@ pub async fn start(mut config: EmulatorConfig, listen: SocketAddr) -> anyhow::Re
         buckets: HashMap::new(),
         invitations: Vec::new(),
         patches: Vec::new(),
+        secrets: Vec::new(),
+        revocations: Vec::new(),
+        conversions_back: Vec::new(),
         log: Vec::new(),
         seq: 0,
         stats: BTreeMap::new(),
@@ -266,6 +296,21 @@ impl Emulator {
             }
             None => false,
         }
+    }
+
+    /// Same items as `GET /_emulator/secrets`.
+    pub fn secrets(&self) -> Vec<serde_json::Value> {
+        self.state().secrets.clone()
+    }
+
+    /// Same items as `GET /_emulator/revocations`.
+    pub fn revocations(&self) -> Vec<serde_json::Value> {
+        self.state().revocations.clone()
+    }
+
+    /// Same items as `GET /_emulator/conversions-back`.
+    pub fn conversions_back(&self) -> Vec<serde_json::Value> {
+        self.state().conversions_back.clone()
     }
 
     /// Same items as `GET /_emulator/patches`.

@@ -59,6 +59,14 @@ pub struct State {
     pub invitations: Vec<Value>,
     /// Every accepted PATCH, one entry per property: `GET /_emulator/patches`.
     pub patches: Vec<Value>,
+    /// Every password the tenant was given (`passwordProfile`, conversion back):
+    /// `GET /_emulator/secrets`, so tests can prove none reached the tool's files.
+    pub secrets: Vec<Value>,
+    /// Every accepted `revokeSignInSessions`: `GET /_emulator/revocations`.
+    pub revocations: Vec<Value>,
+    /// Every accepted conversion back, the body's password replaced by `"set"`:
+    /// `GET /_emulator/conversions-back`.
+    pub conversions_back: Vec<Value>,
     pub log: Vec<Value>,
     pub seq: u64,
     pub stats: BTreeMap<String, BTreeMap<String, u64>>,
@@ -210,6 +218,16 @@ pub enum Route {
     Invite,
     Batch,
     AuthorizationPolicy,
+    /// `POST /v1.0/users/{id}/revokeSignInSessions`.
+    RevokeSessions(String),
+    /// `POST /beta/users/{id}/convertExternalToInternalMemberUser`.
+    ConvertBack(String),
+    BetaListUsers,
+    BetaGetUser(String),
+    EmailOtpPolicy,
+    CrossTenantDefault,
+    /// `GET /v1.0/directoryRoles` (`$expand=members`): who holds which activated role.
+    DirectoryRoles,
 }
 
 /// What a request costs in the buckets.
@@ -297,6 +315,62 @@ fn route(method: &str, path: &str) -> Result<(Route, String), (NoRoute, String)>
             )),
             _ => Err(wrong_method("{m} /v1.0/policies/authorizationPolicy")),
         },
+        ["v1.0", "users", id, "revokeSignInSessions" | "microsoft.graph.revokeSignInSessions"]
+            if !id.is_empty() =>
+        {
+            match method {
+                "POST" => Ok((
+                    Route::RevokeSessions(t(id)),
+                    t("POST /v1.0/users/{id}/revokeSignInSessions"),
+                )),
+                _ => Err(wrong_method("{m} /v1.0/users/{id}/revokeSignInSessions")),
+            }
+        }
+        ["v1.0", "policies", "authenticationMethodsPolicy", "authenticationMethodConfigurations", kind]
+            if kind.eq_ignore_ascii_case("email") =>
+        {
+            let tmpl = "GET /v1.0/policies/authenticationMethodsPolicy/authenticationMethodConfigurations/email";
+            match method {
+                "GET" => Ok((Route::EmailOtpPolicy, t(tmpl))),
+                _ => Err((NoRoute::Method, tmpl.replacen("GET", method, 1))),
+            }
+        }
+        ["v1.0", "policies", "crossTenantAccessPolicy", "default"] => match method {
+            "GET" => Ok((
+                Route::CrossTenantDefault,
+                t("GET /v1.0/policies/crossTenantAccessPolicy/default"),
+            )),
+            _ => Err(wrong_method(
+                "{m} /v1.0/policies/crossTenantAccessPolicy/default",
+            )),
+        },
+        ["v1.0", "directoryRoles"] => match method {
+            "GET" => Ok((Route::DirectoryRoles, t("GET /v1.0/directoryRoles"))),
+            _ => Err(wrong_method("{m} /v1.0/directoryRoles")),
+        },
+        ["beta", "users"] => match method {
+            "GET" => Ok((Route::BetaListUsers, t("GET /beta/users"))),
+            _ => Err(wrong_method("{m} /beta/users")),
+        },
+        ["beta", "users", id] if !id.is_empty() => match method {
+            "GET" => Ok((Route::BetaGetUser(t(id)), t("GET /beta/users/{id}"))),
+            _ => Err(wrong_method("{m} /beta/users/{id}")),
+        },
+        ["beta", "users", id, "convertExternalToInternalMemberUser"
+        | "microsoft.graph.convertExternalToInternalMemberUser"]
+            if !id.is_empty() =>
+        {
+            match method {
+                "POST" => Ok((
+                    Route::ConvertBack(t(id)),
+                    t("POST /beta/users/{id}/convertExternalToInternalMemberUser"),
+                )),
+                _ => Err(wrong_method(
+                    "{m} /beta/users/{id}/convertExternalToInternalMemberUser",
+                )),
+            }
+        }
+        ["beta", rest @ ..] => Err(unknown(rest.last().copied().unwrap_or(""))),
         ["v1.0", "$batch"] => match method {
             "POST" => Ok((Route::Batch, t("POST /v1.0/$batch"))),
             _ => Err(wrong_method("{m} /v1.0/$batch")),
@@ -310,10 +384,12 @@ fn route(method: &str, path: &str) -> Result<(Route, String), (NoRoute, String)>
 fn cost_of(route: &Route, call: &Call) -> Cost {
     let select = call.q("select").is_some();
     match route {
-        Route::ListUsers | Route::GetUser(_) => Cost {
-            ru: if select { 1 } else { 2 },
-            ..Cost::default()
-        },
+        Route::ListUsers | Route::GetUser(_) | Route::BetaListUsers | Route::BetaGetUser(_) => {
+            Cost {
+                ru: if select { 1 } else { 2 },
+                ..Cost::default()
+            }
+        }
         Route::UsersDelta => Cost {
             ru: if delta::selects(call) { 1 } else { 2 },
             ..Cost::default()
@@ -322,7 +398,11 @@ fn cost_of(route: &Route, call: &Call) -> Cost {
             ru: if *transitive { 5 } else { 3 },
             ..Cost::default()
         },
-        Route::Domains | Route::AuthorizationPolicy => Cost {
+        Route::Domains
+        | Route::AuthorizationPolicy
+        | Route::EmailOtpPolicy
+        | Route::CrossTenantDefault
+        | Route::DirectoryRoles => Cost {
             ru: 1,
             ..Cost::default()
         },
@@ -331,7 +411,7 @@ fn cost_of(route: &Route, call: &Call) -> Cost {
             writes: 1,
             invitation: true,
         },
-        Route::PatchUser(_) => Cost {
+        Route::PatchUser(_) | Route::RevokeSessions(_) | Route::ConvertBack(_) => Cost {
             ru: 1,
             writes: 1,
             invitation: false,
@@ -552,7 +632,9 @@ impl Shared {
         now: Duration,
         top_level: bool,
     ) -> (Reply, String, Option<u64>) {
-        let graph = call.path.starts_with("/v1.0/") || call.path == "/v1.0";
+        let graph = call.path.starts_with("/v1.0/")
+            || call.path == "/v1.0"
+            || call.path.starts_with("/beta/");
         if let Some((reply, template)) = self.identity_endpoint(st, call, ctx, now) {
             return (reply, template, None);
         }
@@ -636,6 +718,13 @@ impl Shared {
             Route::Domains => self.domains(st),
             Route::Invite => self.invite(st, call, ctx, now),
             Route::AuthorizationPolicy => self.authorization_policy(st),
+            Route::RevokeSessions(key) => self.revoke_sessions(st, ctx, key, now),
+            Route::ConvertBack(key) => self.convert_back(st, call, ctx, key, now),
+            Route::BetaListUsers => self.list_users(st, call, ctx),
+            Route::BetaGetUser(key) => self.get_user(st, call, ctx, key),
+            Route::EmailOtpPolicy => self.email_otp_policy(st),
+            Route::CrossTenantDefault => self.cross_tenant_default(st),
+            Route::DirectoryRoles => self.directory_roles(st, call, ctx),
             Route::Batch => ctx.err(
                 400,
                 "BadRequest",
@@ -646,7 +735,10 @@ impl Shared {
         if let Some(p) = limit_percentage(used) {
             reply = reply.with_header("x-ms-throttle-limit-percentage", p);
         }
-        let write = matches!(route, Route::Invite | Route::PatchUser(_));
+        let write = matches!(
+            route,
+            Route::Invite | Route::PatchUser(_) | Route::RevokeSessions(_) | Route::ConvertBack(_)
+        );
         if top_level
             && write
             && (200..300).contains(&reply.status)
@@ -786,6 +878,17 @@ impl Shared {
             ),
             ("GET", ["_emulator", "invitations"]) => Reply::json(200, json!({"value": st.invitations})),
             ("GET", ["_emulator", "patches"]) => Reply::json(200, json!({"value": st.patches})),
+            ("GET", ["_emulator", "secrets"]) => Reply::json(200, json!({"value": st.secrets})),
+            ("GET", ["_emulator", "revocations"]) => {
+                Reply::json(200, json!({"value": st.revocations}))
+            }
+            ("GET", ["_emulator", "conversions-back"]) => {
+                Reply::json(200, json!({"value": st.conversions_back}))
+            }
+            ("POST", ["_emulator", "users", id]) => match st.index.user(id) {
+                Some(pos) => super::credentials::admin_set(&mut st, pos, &call.body),
+                None => not_found(id),
+            },
             ("GET", ["_emulator", "stats"]) => Reply::json(200, st.stats_json()),
             ("GET", ["_emulator", "requests"]) => Reply::json(200, json!({"value": st.log})),
             ("GET", ["_emulator", "users", id]) => match st.index.user(id) {
@@ -798,7 +901,7 @@ impl Shared {
             ("GET", _) => Reply::json(404, json!({"error": {"code": "NotFound", "message": format!("No inspection endpoint at '{}'.", call.path)}})),
             _ => Reply::json(
                 405,
-                json!({"error": {"code": "MethodNotAllowed", "message": "Inspection endpoints are GET only."}}),
+                json!({"error": {"code": "MethodNotAllowed", "message": "Inspection endpoints are GET only, except POST /_emulator/users/{id} and its /redeem and DELETE /_emulator/users/{id}."}}),
             ),
         }
         .with_header("Content-Type", "application/json")

@@ -29,6 +29,41 @@ pub struct Tenant {
     /// it as `externalEmail`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub external_emails: BTreeMap<String, String>,
+    /// User id → directory roles the user holds (display names or role template ids): a
+    /// password reset of such a user needs Privileged Authentication Administrator.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub directory_roles: BTreeMap<String, Vec<String>>,
+    /// How partners redeem: the email one-time passcode and cross-tenant access settings.
+    #[serde(default, skip_serializing_if = "Policies::is_default")]
+    pub policies: Policies,
+}
+
+/// The tenant's redemption policies, Entra's defaults unless the tenant file says otherwise.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Policies {
+    /// `state` of the email one-time passcode method: `enabled` or `disabled`.
+    pub email_otp_state: String,
+    /// `allowExternalIdToUseEmailOtp`: `default`, `enabled` or `disabled`.
+    pub allow_external_id_to_use_email_otp: String,
+    /// The default cross-tenant access policy blocks inbound B2B collaboration.
+    pub b2b_collaboration_inbound_blocked: bool,
+}
+
+impl Default for Policies {
+    fn default() -> Self {
+        Policies {
+            email_otp_state: "enabled".into(),
+            allow_external_id_to_use_email_otp: "default".into(),
+            b2b_collaboration_inbound_blocked: false,
+        }
+    }
+}
+
+impl Policies {
+    fn is_default(&self) -> bool {
+        *self == Policies::default()
+    }
 }
 
 /// An app registration allowed to get tokens.
@@ -121,6 +156,20 @@ impl Tenant {
             );
         }
         Ok(())
+    }
+
+    /// True when the user holds a directory role other than Guest Inviter.
+    pub fn holds_admin_role(&self, user_id: &str) -> bool {
+        let roles = self.directory_roles.get(user_id).or_else(|| {
+            self.directory_roles
+                .iter()
+                .find(|(id, _)| id.eq_ignore_ascii_case(user_id))
+                .map(|(_, r)| r)
+        });
+        roles.into_iter().flatten().any(|r| {
+            super::identity::role_template_id(r)
+                .is_none_or(|id| id != super::identity::GUEST_INVITER_ROLE)
+        })
     }
 
     /// An input CSV over every user: `id,userPrincipalName,externalEmail` (the address from

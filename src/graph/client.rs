@@ -20,7 +20,8 @@ use super::retry::{Backoff, RetryPolicy, Silence};
 use super::transport::{parse_answer, Call};
 use super::RequestObserver;
 use crate::model::{
-    DeltaPage, Domain, Invitation, InvitationRequest, Page, User, VALIDATION_SELECT,
+    DeltaPage, Domain, Invitation, InvitationRequest, Page, User, CONVERTED_BACK_FILTER,
+    VALIDATION_SELECT,
 };
 
 /// The longest we wait for a TCP (and TLS) connection, whatever the request timeout: a host
@@ -32,6 +33,7 @@ const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct GraphClient {
     pub(super) inner: Arc<Inner>,
     pub(super) observer: Option<Arc<dyn RequestObserver>>,
+    pub(super) gate: Option<Arc<dyn super::SendGate>>,
     pub(super) retry: RetryPolicy,
     /// Bulk reads go through `$batch` (a POST) unless the run is a dry run, which must send
     /// nothing but GETs.
@@ -101,6 +103,7 @@ impl GraphClient {
                 silence: Silence::new(config.not_sent_retry_for),
             }),
             observer: None,
+            gate: None,
             retry: RetryPolicy {
                 http_retries: config.http_retries,
                 not_sent_for: config.not_sent_retry_for,
@@ -112,6 +115,12 @@ impl GraphClient {
 
     pub fn with_observer(mut self, observer: Arc<dyn RequestObserver>) -> Self {
         self.observer = Some(observer);
+        self
+    }
+
+    /// Every request first asks `gate` whether it may leave (the run's lease).
+    pub fn with_gate(mut self, gate: Arc<dyn super::SendGate>) -> Self {
+        self.gate = Some(gate);
         self
     }
 
@@ -154,6 +163,20 @@ impl GraphClient {
     pub async fn verified_domains(&self) -> Result<Vec<Domain>, GraphError> {
         let domains: Vec<Domain> = self.get_all(self.api_url(&["domains"], &[]), false).await?;
         Ok(domains.into_iter().filter(|d| d.is_verified).collect())
+    }
+
+    /// Every user converted back to an internal member (`id`, `externalUserConvertedOn`): the
+    /// property is beta-only, so one beta listing per pass replaces reading it with each user.
+    pub async fn converted_back_users(&self) -> Result<Vec<User>, GraphError> {
+        let url = self.beta_url(
+            &["users"],
+            &[
+                ("$filter", CONVERTED_BACK_FILTER),
+                ("$select", "id,externalUserConvertedOn"),
+                ("$top", "999"),
+            ],
+        );
+        self.get_all(url, false).await
     }
 
     /// One user by object id or UPN with everything validation needs; `None` when absent.
@@ -416,6 +439,19 @@ impl GraphClient {
 
     fn version_root(&self) -> Url {
         Url::parse(&format!("{}/v1.0", self.inner.root)).expect("root was checked")
+    }
+
+    /// `{root}/beta/{segments…}?{query}`: only for what v1.0 does not have (converting back,
+    /// `externalUserConvertedOn`); Microsoft does not support beta in production.
+    pub(super) fn beta_url(&self, segments: &[&str], query: &[(&str, &str)]) -> Url {
+        let mut url = Url::parse(&format!("{}/beta", self.inner.root)).expect("root was checked");
+        url.path_segments_mut()
+            .expect("http(s) URLs have paths")
+            .extend(segments);
+        if !query.is_empty() {
+            url.set_query(Some(&encode_query(query)));
+        }
+        url
     }
 
     /// A page link from Graph, refused unless it points back at Graph (our token goes with it).

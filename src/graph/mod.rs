@@ -39,12 +39,21 @@ pub use odata::{needs_advanced_query, odata_quote, VALUES_PER_FILTER};
 pub use paging::Pager;
 pub use retry::{Backoff, RetryPolicy, MAX_THROTTLED_RETRIES};
 pub use transport::{classify_error, Lost};
+pub use writes::{ConvertBack, Password, PASSWORD_LEN};
 
 /// Graph's limit of sub-requests in one `$batch`.
 pub const REQUESTS_PER_BATCH: usize = 20;
 /// `Authorization_RequestDenied` can concern one target (e.g. a privileged admin account); when
 /// this many requests in a row get it, the app itself lacks permission and the run must stop.
 pub const DENIED_STREAK_LIMIT: u32 = 3;
+
+/// Asked just before each request leaves the process (after the limiter's wait and the token):
+/// an `Err` stops the request as never sent, naming why. The run's lease answers it, so a holder
+/// that was frozen past its lease and taken over sends nothing more, even a request it had
+/// checkpointed before it froze.
+pub trait SendGate: Send + Sync {
+    fn may_send(&self) -> Result<(), String>;
+}
 
 /// Receives one event per HTTP attempt (for the request journal and progress statistics).
 pub trait RequestObserver: Send + Sync {

@@ -257,6 +257,52 @@ impl super::GraphClient {
         let url = self.api_url(&["policies", "authorizationPolicy"], &[]);
         self.get_json(url, false).await
     }
+
+    /// The email one-time passcode method's configuration
+    /// (`GET /v1.0/policies/authenticationMethodsPolicy/authenticationMethodConfigurations/email`,
+    /// needs Policy.Read.All): how partners without an account of their own redeem.
+    pub async fn email_otp_policy(&self) -> Result<Value, GraphError> {
+        let url = self.api_url(
+            &[
+                "policies",
+                "authenticationMethodsPolicy",
+                "authenticationMethodConfigurations",
+                "email",
+            ],
+            &[],
+        );
+        self.get_json(url, false).await
+    }
+
+    /// Lowercase user id → the directory roles (display names) the user holds, from the
+    /// activated roles and their members (`GET /v1.0/directoryRoles?$expand=members`, one
+    /// request; needs RoleManagement.Read.Directory or Directory.Read.All): who needs
+    /// Privileged Authentication Administrator for a password reset, known before any write.
+    pub async fn directory_role_holders(
+        &self,
+    ) -> Result<std::collections::HashMap<String, Vec<String>>, GraphError> {
+        let url = self.api_url(&["directoryRoles"], &[("$expand", "members")]);
+        let roles: Vec<Value> = self.get_all(url, false).await?;
+        let mut out: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for role in &roles {
+            let name = role["displayName"].as_str().unwrap_or("a directory role");
+            for member in role["members"].as_array().into_iter().flatten() {
+                if let Some(id) = member["id"].as_str() {
+                    out.entry(id.to_lowercase())
+                        .or_default()
+                        .push(name.to_string());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The default cross-tenant access policy (`GET /v1.0/policies/crossTenantAccessPolicy/default`,
+    /// needs Policy.Read.All): whether inbound B2B collaboration lets partners in at all.
+    pub async fn cross_tenant_default_policy(&self) -> Result<Value, GraphError> {
+        let url = self.api_url(&["policies", "crossTenantAccessPolicy", "default"], &[]);
+        self.get_json(url, false).await
+    }
 }
 
 #[cfg(test)]

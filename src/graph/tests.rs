@@ -1175,3 +1175,250 @@ async fn batch_sub_responses_with_more_pages_are_followed() {
     assert_eq!(ids, ["u1", "u2", "u3"]);
     assert_eq!(mock.graph_hits().len(), 3);
 }
+
+/// A client of an emulator whose app holds `roles` and the directory roles `wids`.
+async fn emulator_client(
+    tenant: crate::emulator::Tenant,
+    roles: &[&str],
+    wids: &[&str],
+) -> (crate::emulator::Emulator, GraphClient) {
+    use crate::emulator::EmulatorConfig;
+    let config = EmulatorConfig {
+        app_roles: roles.iter().map(|r| r.to_string()).collect(),
+        app_directory_roles: crate::emulator::directory_role_ids(&wids.join(",")).unwrap(),
+        ..EmulatorConfig::new(tenant)
+    };
+    let emu = crate::emulator::start(config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let env: HashMap<String, String> = emu.client_env().into_iter().collect();
+    let credentials = Credentials::from_lookup(|k| env.get(k).cloned()).unwrap();
+    let base = emu.base_url();
+    let client = GraphClient::new(
+        GraphConfig::new(&base, &base, credentials),
+        Limiter::new(1000.0),
+    )
+    .unwrap()
+    .with_backoff(fast_backoff());
+    (emu, client)
+}
+
+/// Invite `u` through the client and let the partner redeem.
+async fn invite_and_redeem(
+    emu: &crate::emulator::Emulator,
+    client: &GraphClient,
+    u: &crate::model::User,
+) {
+    client
+        .invite(&InvitationRequest {
+            invited_user_email_address: u.mail.clone().unwrap(),
+            invite_redirect_url: "https://myapplications.microsoft.com".into(),
+            send_invitation_message: Some(false),
+            invited_user: Some(InvitedUserRef { id: u.id.clone() }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(emu.redeem(&u.id), Some(200));
+}
+
+/// Retiring credentials end to end through the real client: the password reaches Graph (and
+/// only `/_emulator/secrets`), the two timestamps come back in the validation `$select`, and the
+/// conversion back is read in Graph's answer and found again by the beta listing.
+#[tokio::test]
+async fn credential_writes_against_the_emulator() {
+    use crate::emulator::Tenant;
+    let mut tenant = Tenant::generate(600, 11);
+    let cloud = tenant
+        .users
+        .iter()
+        .find(|u| {
+            u.on_premises_sync_enabled.is_none()
+                && u.external_user_state.is_none()
+                && u.account_enabled == Some(true)
+                && !tenant.holds_admin_role(&u.id)
+                && u.mail
+                    .as_deref()
+                    .is_some_and(|m| !m.ends_with("@contoso.com"))
+                && !u.has_enabled_exchange_plan()
+        })
+        .cloned()
+        .unwrap();
+    let synced_pos = tenant
+        .users
+        .iter()
+        .position(|u| u.on_premises_user_principal_name.is_some())
+        .unwrap();
+    tenant.users[synced_pos].on_premises_user_principal_name = None;
+    let synced = tenant.users[synced_pos].clone();
+    let (emu, client) = emulator_client(
+        tenant,
+        &[
+            "User.Invite.All",
+            "User.ReadWrite.All",
+            "User.RevokeSessions.All",
+            "Domain.Read.All",
+        ],
+        &["User Administrator"],
+    )
+    .await;
+    invite_and_redeem(&emu, &client, &cloud).await;
+    invite_and_redeem(&emu, &client, &synced).await;
+
+    let before = client.get_user(&cloud.id).await.unwrap().unwrap();
+    assert_eq!(before.last_password_change_date_time, None);
+    let password = Password::generate().unwrap();
+    client.set_password(&cloud.id, &password).await.unwrap();
+    let secrets = emu.secrets();
+    assert_eq!(secrets.len(), 1);
+    assert_eq!(secrets[0]["password"], password.reveal());
+    assert!(client.revoke_sessions(&cloud.id).await.unwrap().value);
+    let after = client.get_user(&cloud.id).await.unwrap().unwrap();
+    assert!(after.last_password_change_date_time.is_some());
+    assert!(after.sign_in_sessions_valid_from_date_time.is_some());
+    assert_eq!(emu.revocations().len(), 1);
+
+    // The synced user's on-premises identifiers come with the validation read.
+    let s = client.get_user(&synced.id).await.unwrap().unwrap();
+    assert!(s.on_premises_security_identifier.is_some());
+    assert_eq!(
+        s.on_premises_sam_account_name,
+        synced.on_premises_sam_account_name
+    );
+    // Graph cannot write a synced user's password: refused, nothing handed over.
+    let err = client
+        .set_password(&synced.id, &Password::generate().unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, GraphError::Api { status: 400, .. }),
+        "{err:?}"
+    );
+    assert_eq!(emu.secrets().len(), 1);
+
+    assert!(client.converted_back_users().await.unwrap().is_empty());
+    let upn = cloud.user_principal_name.clone().unwrap();
+    let back_password = Password::generate().unwrap();
+    let answer = client
+        .convert_back(
+            &cloud.id,
+            &ConvertBack::Cloud {
+                user_principal_name: &upn,
+                password: &back_password,
+                mail: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.value.user_principal_name.as_deref(),
+        Some(upn.as_str())
+    );
+    let on = answer
+        .value
+        .converted_to_internal_user_date_time
+        .clone()
+        .unwrap();
+    let synced_answer = client
+        .convert_back(&synced.id, &ConvertBack::Synced)
+        .await
+        .unwrap();
+    assert!(synced_answer
+        .value
+        .converted_to_internal_user_date_time
+        .is_some());
+    let back = emu.conversions_back();
+    assert_eq!(back[1]["body"], json!({}), "synced users send no body");
+    let listed = client.converted_back_users().await.unwrap();
+    let mut ids: Vec<&str> = listed.iter().map(|u| u.id.as_str()).collect();
+    ids.sort_unstable();
+    let mut want = vec![cloud.id.as_str(), synced.id.as_str()];
+    want.sort_unstable();
+    assert_eq!(ids, want);
+    assert!(listed
+        .iter()
+        .any(|u| u.external_user_converted_on.as_deref() == Some(on.as_str())));
+    emu.shutdown().await;
+}
+
+/// Who holds an admin role, known before any password write: one request.
+#[tokio::test]
+async fn directory_role_holders_from_the_emulator() {
+    let tenant = crate::emulator::Tenant::generate(600, 11);
+    let admin = tenant.users[7].id.clone();
+    let (emu, client) =
+        emulator_client(tenant, &["User.Read.All", "Directory.Read.All"], &[]).await;
+    let sent = client.requests_sent();
+    let holders = client.directory_role_holders().await.unwrap();
+    assert_eq!(client.requests_sent(), sent + 1);
+    assert_eq!(holders.len(), 6);
+    assert_eq!(
+        holders[&admin.to_lowercase()],
+        vec!["User Administrator".to_string()]
+    );
+    emu.shutdown().await;
+}
+
+/// The password is in no log line, at the most verbose level of every target, in either log
+/// format: the transport logs method, path, status and ids, never a body.
+#[tokio::test(flavor = "current_thread")]
+async fn no_password_in_any_log_format_at_trace() {
+    use crate::emulator::Tenant;
+    use tracing_subscriber::fmt::MakeWriter;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl<'a> MakeWriter<'a> for Buf {
+        type Writer = Buf;
+        fn make_writer(&'a self) -> Buf {
+            self.clone()
+        }
+    }
+
+    let tenant = Tenant::generate(600, 11);
+    let user = tenant
+        .users
+        .iter()
+        .find(|u| u.on_premises_sync_enabled.is_none() && !tenant.holds_admin_role(&u.id))
+        .cloned()
+        .unwrap();
+    let (emu, client) =
+        emulator_client(tenant, &["User.ReadWrite.All"], &["User Administrator"]).await;
+    for json_format in [false, true] {
+        let buf = Buf::default();
+        let builder = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(buf.clone());
+        let _guard = if json_format {
+            tracing::subscriber::set_default(builder.json().finish())
+        } else {
+            tracing::subscriber::set_default(builder.finish())
+        };
+        let password = Password::generate().unwrap();
+        client.set_password(&user.id, &password).await.unwrap();
+        let logged = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            logged.contains("graph request"),
+            "the request was logged: {logged}"
+        );
+        assert!(!logged.contains(password.reveal()), "json={json_format}");
+        assert!(
+            !logged.contains("passwordProfile"),
+            "json={json_format}: {logged}"
+        );
+        assert!(emu
+            .secrets()
+            .iter()
+            .any(|s| s["password"] == password.reveal()));
+    }
+    emu.shutdown().await;
+}

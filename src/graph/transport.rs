@@ -41,7 +41,12 @@ impl Call {
         let resource = self
             .url
             .path_segments()
-            .and_then(|mut segments| segments.by_ref().skip_while(|s| *s != "v1.0").nth(1))
+            .and_then(|mut segments| {
+                segments
+                    .by_ref()
+                    .skip_while(|s| *s != "v1.0" && *s != "beta")
+                    .nth(1)
+            })
             .unwrap_or("");
         format!("{} {resource}", self.method)
     }
@@ -173,6 +178,10 @@ impl GraphClient {
                 builder = builder
                     .header(CONTENT_TYPE, "application/json")
                     .body(body.clone());
+            }
+            if let Some(gate) = &self.gate {
+                gate.may_send()
+                    .map_err(|message| GraphError::NotSent { message })?;
             }
             let outcome = async {
                 let resp = builder.send().await?;

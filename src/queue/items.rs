@@ -82,6 +82,8 @@ impl Queue {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.err(e))?;
+        // Fenced like every item write: a holder that lost the run records nothing.
+        self.check_fence(&tx)?;
         let outcomes = found
             .iter()
             .map(|&(item_id, user)| self.lookup_in(&tx, item_id, user))
@@ -221,14 +223,21 @@ impl Queue {
         )
     }
 
-    /// One more request for the item that may have reached Graph (`--max-attempts` counts these).
+    /// One more request for the item that may have reached Graph: `attempts` counts them over
+    /// the item's life (reports), the step checkpoint's `attempts` at the current step (what
+    /// `--max-attempts` bounds).
     pub fn charge_attempt(&self, item_id: i64) -> Result<()> {
         self.transition(
             item_id,
             &[ItemState::InFlight],
             "attempts = attempts + 1",
             params![item_id],
-        )
+        )?;
+        self.conn()
+            .prepare_cached("UPDATE item_steps SET attempts = attempts + 1 WHERE item_id = ?1")
+            .and_then(|mut s| s.execute([item_id]))
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     /// The invitation API accepted it; `invitation` is `None` when reconciliation found the user
@@ -303,13 +312,16 @@ impl Queue {
         request_id: Option<&str>,
         client_request_id: Option<&str>,
     ) -> Result<()> {
-        self.conn()
-            .prepare_cached(
+        let (fence_run, fence_token) = self.fence();
+        let conn = self.conn();
+        let changed = conn
+            .prepare_cached(&format!(
                 "UPDATE items SET error_code = ?2, error_message = ?3,
                     request_id = coalesce(?4, request_id),
                     client_request_id = coalesce(?5, client_request_id), updated_at = ?6
-                 WHERE id = ?1",
-            )
+                 WHERE id = ?1 AND {}",
+                super::fence_sql(7, 8)
+            ))
             .and_then(|mut s| {
                 s.execute(params![
                     item_id,
@@ -317,10 +329,15 @@ impl Queue {
                     message,
                     request_id,
                     client_request_id,
-                    now()
+                    now(),
+                    fence_run,
+                    fence_token
                 ])
             })
             .map_err(|e| self.err(e))?;
+        if changed == 0 {
+            self.check_fence(&conn)?;
+        }
         Ok(())
     }
 
@@ -361,6 +378,7 @@ impl Queue {
     /// One state change of one item: `set` uses `?1` (the item id) to `?n` (the caller's
     /// parameters); the time and the states it may leave are bound after them. The statement
     /// text is fixed per call site, so it is prepared once and cached.
+    /// A state change of one item, from one of `from`, fenced by the lease this process holds.
     fn transition(
         &self,
         item_id: i64,
@@ -373,14 +391,19 @@ impl Queue {
             .map(|k| format!("?{}", n + 2 + k))
             .collect::<Vec<_>>()
             .join(", ");
+        let fence_at = n + 2 + from.len();
         let sql = format!(
-            "UPDATE items SET {set}, updated_at = ?{} WHERE id = ?1 AND state IN ({allowed})",
-            n + 1
+            "UPDATE items SET {set}, updated_at = ?{} WHERE id = ?1 AND state IN ({allowed}) AND {}",
+            n + 1,
+            super::fence_sql(fence_at, fence_at + 1)
         );
         let at = now();
+        let (fence_run, fence_token) = self.fence();
         let mut bound: Vec<&dyn rusqlite::ToSql> = params.to_vec();
         bound.push(&at);
         bound.extend(from.iter().map(|s| s as &dyn rusqlite::ToSql));
+        bound.push(&fence_run);
+        bound.push(&fence_token);
         let conn = self.conn();
         let changed = conn
             .prepare_cached(&sql)
@@ -389,6 +412,7 @@ impl Queue {
         if changed == 1 {
             return Ok(());
         }
+        self.check_fence(&conn)?;
         let actual: Option<ItemState> = conn
             .prepare_cached("SELECT state FROM items WHERE id = ?1")
             .and_then(|mut s| s.query_row([item_id], |r| r.get(0)).optional())

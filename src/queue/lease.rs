@@ -12,10 +12,10 @@
 //! extending someone else's lease.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
@@ -27,6 +27,30 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 /// reused by another program). Twelve missed heartbeats: generous for a database busy with a
 /// large ingest, and well beyond the clock skew of hosts that share one database file.
 pub const STALE_AFTER: Duration = Duration::from_secs(60);
+
+/// Shortens the stale window (milliseconds, 1,000 to 60,000; anything else is ignored), the
+/// heartbeat following at a twelfth of it. For the test suite, which freezes a holder with
+/// SIGSTOP to see it taken over: with 60 s every such test would mostly wait. Not a flag on
+/// purpose: between real hosts the default is right.
+pub const LEASE_STALE_ENV: &str = "B2B_LEASE_STALE_MS";
+
+/// The stale window in force: [`STALE_AFTER`] unless [`LEASE_STALE_ENV`] shortens it.
+pub fn stale_after() -> Duration {
+    static STALE: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *STALE.get_or_init(|| {
+        std::env::var(LEASE_STALE_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|ms| (1_000..=60_000).contains(ms))
+            .map(Duration::from_millis)
+            .unwrap_or(STALE_AFTER)
+    })
+}
+
+/// The heartbeat in force: twelve per stale window, as [`HEARTBEAT_EVERY`] is to [`STALE_AFTER`].
+fn heartbeat_every() -> Duration {
+    stale_after() / 12
+}
 
 /// Who holds (or wants) a lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,7 +95,7 @@ pub fn judge(row: &LeaseRow, me: &Holder, now_ms: i64, alive: impl Fn(u32) -> bo
     if row.host == me.host && !alive(row.pid) {
         return Verdict::HolderDead;
     }
-    if now_ms.saturating_sub(row.heartbeat_ms) > STALE_AFTER.as_millis() as i64 {
+    if now_ms.saturating_sub(row.heartbeat_ms) > stale_after().as_millis() as i64 {
         return Verdict::Stale;
     }
     Verdict::Held
@@ -80,6 +104,7 @@ pub fn judge(row: &LeaseRow, me: &Holder, now_ms: i64, alive: impl Fn(u32) -> bo
 /// A held lease. Dropping it stops the heartbeat and releases the run.
 pub struct RunLease {
     run_id: i64,
+    check: Arc<LeaseCheck>,
     lost: Arc<AtomicBool>,
     stop: Arc<(Mutex<bool>, Condvar)>,
     thread: Option<JoinHandle<()>>,
@@ -99,6 +124,70 @@ impl RunLease {
     /// The flag behind [`RunLease::is_lost`], for a task that watches it.
     pub fn lost_flag(&self) -> Arc<AtomicBool> {
         self.lost.clone()
+    }
+
+    /// What a request asks just before it leaves the process.
+    pub fn check(&self) -> Arc<LeaseCheck> {
+        self.check.clone()
+    }
+}
+
+/// Whether the lease is still this process's, asked before every request leaves. A heartbeat
+/// younger than half the stale window proves it without a query (nobody may take over a lease
+/// heart-beaten that recently); after a longer silence — a process frozen by SIGSTOP, a
+/// suspended laptop: the monotonic clock keeps counting — the stored lease decides, and a lost
+/// one is flagged for the whole process.
+pub struct LeaseCheck {
+    run_id: i64,
+    token: String,
+    path: std::path::PathBuf,
+    born: Instant,
+    /// Milliseconds from `born` to the last heartbeat that found the lease ours.
+    last_beat_ms: AtomicU64,
+    lost: Arc<AtomicBool>,
+    conn: Mutex<Option<Connection>>,
+}
+
+impl LeaseCheck {
+    fn beat_ok(&self) {
+        let ms = self.born.elapsed().as_millis() as u64;
+        self.last_beat_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// `Ok` while the lease is ours; else why not.
+    pub fn still_ours(&self) -> std::result::Result<(), String> {
+        let lost = || {
+            format!(
+                "run {} was taken over by another process: this one sends nothing more",
+                self.run_id
+            )
+        };
+        if self.lost.load(Ordering::SeqCst) {
+            return Err(lost());
+        }
+        let since_beat = (self.born.elapsed().as_millis() as u64)
+            .saturating_sub(self.last_beat_ms.load(Ordering::SeqCst));
+        if u128::from(since_beat) < stale_after().as_millis() / 2 {
+            return Ok(());
+        }
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if conn.is_none() {
+            *conn = open_side_connection(&self.path).ok();
+        }
+        let ours = conn.as_ref().map(|c| {
+            c.prepare_cached("SELECT 1 FROM run_leases WHERE run_id = ?1 AND token = ?2")
+                .and_then(|mut s| s.exists(params![self.run_id, self.token]))
+        });
+        match ours {
+            Some(Ok(true)) => Ok(()),
+            Some(Ok(false)) => {
+                self.lost.store(true, Ordering::SeqCst);
+                Err(lost())
+            }
+            // The database cannot say: do not send on an unproven lease.
+            Some(Err(e)) => Err(format!("cannot check the run's lease: {e}")),
+            None => Err("cannot check the run's lease: the database does not open".into()),
+        }
     }
 }
 
@@ -157,13 +246,23 @@ impl Queue {
 
     pub(crate) fn start_heartbeat(&self, run_id: i64, token: String) -> Result<RunLease> {
         let conn = open_side_connection(self.path())?;
+        *self.fence.lock().unwrap_or_else(|p| p.into_inner()) = Some((run_id, token.clone()));
         let lost = Arc::new(AtomicBool::new(false));
+        let check = Arc::new(LeaseCheck {
+            run_id,
+            token: token.clone(),
+            path: self.path().to_path_buf(),
+            born: Instant::now(),
+            last_beat_ms: AtomicU64::new(0),
+            lost: lost.clone(),
+            conn: Mutex::new(None),
+        });
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let thread = {
-            let (lost, stop) = (lost.clone(), stop.clone());
+            let (lost, stop, check) = (lost.clone(), stop.clone(), check.clone());
             std::thread::Builder::new()
                 .name(format!("lease-{run_id}"))
-                .spawn(move || heartbeat_loop(conn, run_id, token, lost, stop))
+                .spawn(move || heartbeat_loop(conn, run_id, token, lost, stop, &check))
                 .map_err(|e| QueueError::Io {
                     path: self.path().to_path_buf(),
                     message: format!("cannot start the lease heartbeat: {e}"),
@@ -171,6 +270,7 @@ impl Queue {
         };
         Ok(RunLease {
             run_id,
+            check,
             lost,
             stop,
             thread: Some(thread),
@@ -250,19 +350,20 @@ fn heartbeat_loop(
     token: String,
     lost: Arc<AtomicBool>,
     stop: Arc<(Mutex<bool>, Condvar)>,
+    check: &LeaseCheck,
 ) {
     let (lock, cv) = &*stop;
     let mut stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
     loop {
         let (guard, _) = cv
-            .wait_timeout_while(stopped, HEARTBEAT_EVERY, |s| !*s)
+            .wait_timeout_while(stopped, heartbeat_every(), |s| !*s)
             .unwrap_or_else(|p| p.into_inner());
         stopped = guard;
         if *stopped {
             break;
         }
         match beat(&conn, run_id, &token) {
-            Ok(true) => {}
+            Ok(true) => check.beat_ok(),
             Ok(false) => {
                 tracing::error!(run_id, "the run's lease was taken over by another process");
                 lost.store(true, Ordering::SeqCst);

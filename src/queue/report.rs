@@ -1,4 +1,4 @@
-//! Read-only SQL for reports, plus the work spans that measure how long a run was worked.
+//! Read-only SQL for reports (the work spans they read are written by `spans`).
 //!
 //! Reports never load a whole run: the people formats read aggregates and the users who need
 //! action (through the `items_run_state` index); the CSV and JSON reports stream every item from
@@ -6,21 +6,13 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::Duration;
 
 use rusqlite::params;
 
 use super::items::{item_from_row, ITEM_COLUMNS};
-use super::{now, Queue, Result};
+use super::{Queue, Result};
 use crate::item::{FollowUpCounts, ItemExtras, PaceMinute};
 use crate::item::{ItemRecord, ItemState};
-
-/// How often a working process moves its span's `last_seen_at` forward. A process killed
-/// without warning loses at most this much of its working time.
-pub const HEARTBEAT: Duration = Duration::from_secs(10);
 
 impl Queue {
     /// Converted users of a run with no stored redeem link (their invitation's answer was lost
@@ -50,10 +42,10 @@ impl Queue {
     pub fn attention_items(&self, run_id: i64) -> Result<Vec<ItemRecord>> {
         self.select_items(
             &format!(
-                "SELECT {ITEM_COLUMNS} FROM items WHERE run_id = ?1 AND state IN ('blocked', 'failed')
+                "SELECT {ITEM_COLUMNS} FROM items WHERE run_id = ?1 AND state IN (?2, ?3)
                  ORDER BY id"
             ),
-            params![run_id],
+            params![run_id, ItemState::Blocked, ItemState::Failed],
         )
     }
 
@@ -131,8 +123,8 @@ impl Queue {
             .query_row(
                 "SELECT coalesce(sum(instr(detail, 'mail will be set') > 0), 0),
                         coalesce(sum(instr(detail, 'userType will be set to Guest') > 0), 0)
-                 FROM items WHERE run_id = ?1 AND state = 'would_convert' AND detail IS NOT NULL",
-                [run_id],
+                 FROM items WHERE run_id = ?1 AND state = ?2 AND detail IS NOT NULL",
+                params![run_id, ItemState::WouldConvert],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .map_err(|e| self.err(e))?;
@@ -165,16 +157,24 @@ impl Queue {
     pub fn pace(&self, run_id: i64) -> Result<Vec<PaceMinute>> {
         let conn = self.conn();
         let mut minutes: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        let converted: &dyn rusqlite::ToSql = &ItemState::Converted;
+        let throttled: &dyn rusqlite::ToSql = &429;
         let queries = [
-            "SELECT substr(updated_at, 1, 16), count(*) FROM items
-             WHERE run_id = ?1 AND state = 'converted' GROUP BY 1",
-            "SELECT substr(at, 1, 16), count(*) FROM requests
-             WHERE run_id = ?1 AND status = 429 GROUP BY 1",
+            (
+                "SELECT substr(updated_at, 1, 16), count(*) FROM items
+                 WHERE run_id = ?1 AND state = ?2 GROUP BY 1",
+                converted,
+            ),
+            (
+                "SELECT substr(at, 1, 16), count(*) FROM requests
+                 WHERE run_id = ?1 AND status = ?2 GROUP BY 1",
+                throttled,
+            ),
         ];
-        for (n, sql) in queries.into_iter().enumerate() {
+        for (n, (sql, which)) in queries.into_iter().enumerate() {
             let mut stmt = conn.prepare_cached(sql).map_err(|e| self.err(e))?;
             let rows = stmt
-                .query_map([run_id], |r| {
+                .query_map(params![run_id, which], |r| {
                     Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
                 })
                 .map_err(|e| self.err(e))?;
@@ -231,97 +231,16 @@ impl Queue {
         )
         .map_err(|e| self.err(e))
     }
-
-    fn open_span(&self, run_id: i64) -> Result<i64> {
-        let conn = self.conn();
-        let at = now();
-        conn.execute(
-            "INSERT INTO work_spans (run_id, started_at, last_seen_at) VALUES (?1, ?2, ?2)",
-            params![run_id, at],
-        )
-        .map_err(|e| self.err(e))?;
-        Ok(conn.last_insert_rowid())
-    }
-
-    fn touch_span(&self, span_id: i64, end: bool) -> Result<()> {
-        let sql = if end {
-            "UPDATE work_spans SET last_seen_at = ?2, ended_at = ?2 WHERE id = ?1"
-        } else {
-            "UPDATE work_spans SET last_seen_at = ?2 WHERE id = ?1 AND ended_at IS NULL"
-        };
-        self.conn()
-            .prepare_cached(sql)
-            .and_then(|mut s| s.execute(params![span_id, now()]))
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-}
-
-/// One process's stretch of work on a run: opened by [`WorkSpan::start`], kept alive by a
-/// heartbeat thread every [`HEARTBEAT`], closed by [`WorkSpan::finish`] or on drop.
-pub struct WorkSpan {
-    queue: Arc<Queue>,
-    id: i64,
-    stop: Option<mpsc::Sender<()>>,
-    beat: Option<JoinHandle<()>>,
-}
-
-impl WorkSpan {
-    pub fn start(queue: Arc<Queue>, run_id: i64) -> Result<WorkSpan> {
-        let id = queue.open_span(run_id)?;
-        let (stop, rx) = mpsc::channel::<()>();
-        let q = queue.clone();
-        let beat = std::thread::Builder::new()
-            .name("work-span".into())
-            .spawn(move || {
-                while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(HEARTBEAT) {
-                    if let Err(e) = q.touch_span(id, false) {
-                        tracing::warn!(error = %e, "work span heartbeat failed");
-                    }
-                }
-            })
-            .ok();
-        Ok(WorkSpan {
-            queue,
-            id,
-            stop: Some(stop),
-            beat,
-        })
-    }
-
-    /// Stops the heartbeat and ends the span now.
-    pub fn finish(mut self) -> Result<()> {
-        self.close()
-    }
-
-    fn close(&mut self) -> Result<()> {
-        if let Some(stop) = self.stop.take() {
-            drop(stop);
-            if let Some(beat) = self.beat.take() {
-                let _ = beat.join();
-            }
-            self.queue.touch_span(self.id, true)?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for WorkSpan {
-    fn drop(&mut self) {
-        if let Err(e) = self.close() {
-            tracing::warn!(error = %e, "could not close the work span");
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn queue() -> (tempfile::TempDir, Arc<Queue>) {
+    fn queue() -> (tempfile::TempDir, std::sync::Arc<Queue>) {
         let dir = tempfile::tempdir().unwrap();
         let q = Queue::open(&dir.path().join("q.db")).unwrap();
-        (dir, Arc::new(q))
+        (dir, std::sync::Arc::new(q))
     }
 
     fn run(q: &Queue) -> i64 {
@@ -356,23 +275,5 @@ mod tests {
         }
         let s = q.active_seconds(run_id).unwrap().unwrap();
         assert!((s - 90.0).abs() < 0.01, "{s}");
-    }
-
-    #[test]
-    fn a_span_is_closed_when_finished() {
-        let (_d, q) = queue();
-        let run_id = run(&q);
-        let span = WorkSpan::start(q.clone(), run_id).unwrap();
-        span.finish().unwrap();
-        let open: i64 = q
-            .conn()
-            .query_row(
-                "SELECT count(*) FROM work_spans WHERE ended_at IS NULL",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(open, 0);
-        assert!(q.active_seconds(run_id).unwrap().unwrap() >= 0.0);
     }
 }

@@ -19,6 +19,8 @@ pub struct StepRow {
     pub mail_set: bool,
     pub invited: bool,
     pub guest_set: bool,
+    /// Requests at the current step that may have reached Graph.
+    pub attempts: u32,
 }
 
 /// How many users of a run got each follow-up write (status `followUps`).
@@ -29,7 +31,7 @@ pub struct FollowUps {
 }
 
 const STEP_COLUMNS: &str = "needs_mail, mail_from, mail_to, needs_guest, in_flight, \
-     mail_set_at IS NOT NULL, invited_at IS NOT NULL, guest_set_at IS NOT NULL";
+     mail_set_at IS NOT NULL, invited_at IS NOT NULL, guest_set_at IS NOT NULL, attempts";
 
 fn step_from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<StepRow> {
     Ok(StepRow {
@@ -41,6 +43,7 @@ fn step_from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<StepRow> 
         mail_set: r.get(at + 5)?,
         invited: r.get(at + 6)?,
         guest_set: r.get(at + 7)?,
+        attempts: r.get(at + 8)?,
     })
 }
 
@@ -92,18 +95,14 @@ impl Queue {
         Ok(out)
     }
 
-    /// Notes which step is about to go on the wire (before `mark_in_flight`).
+    /// Notes which step is about to go on the wire (before `mark_in_flight`), fenced by the
+    /// lease.
     pub fn step_in_flight(&self, item_id: i64, step: &str) -> Result<()> {
-        self.conn()
-            .execute(
-                "UPDATE item_steps SET in_flight = ?2 WHERE item_id = ?1",
-                params![item_id, step],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(())
+        self.fenced_step_write(item_id, "in_flight = ?2", step)
     }
 
-    /// Checkpoints a step as done (answered, or shown done by a re-read).
+    /// Checkpoints a step as done (answered, or shown done by a re-read); the next step starts
+    /// with no attempts made. Fenced by the lease.
     pub fn step_done(&self, item_id: i64, step: &str) -> Result<()> {
         let column = match step {
             "set_mail" => "mail_set_at",
@@ -111,15 +110,28 @@ impl Queue {
             "set_guest" => "guest_set_at",
             other => unreachable!("unknown step {other}"),
         };
-        self.conn()
-            .execute(
-                &format!(
-                    "UPDATE item_steps SET {column} = coalesce({column}, ?2), in_flight = NULL
-                     WHERE item_id = ?1"
-                ),
-                params![item_id, now()],
-            )
+        self.fenced_step_write(
+            item_id,
+            &format!("{column} = coalesce({column}, ?2), in_flight = NULL, attempts = 0"),
+            &now(),
+        )
+    }
+
+    /// One `UPDATE item_steps SET {set}` (binding `value` as `?2`) that changes nothing unless
+    /// the lease this process holds is still its own.
+    fn fenced_step_write(&self, item_id: i64, set: &str, value: &str) -> Result<()> {
+        let (fence_run, fence_token) = self.fence();
+        let conn = self.conn();
+        let changed = conn
+            .prepare_cached(&format!(
+                "UPDATE item_steps SET {set} WHERE item_id = ?1 AND {}",
+                super::fence_sql(3, 4)
+            ))
+            .and_then(|mut s| s.execute(params![item_id, value, fence_run, fence_token]))
             .map_err(|e| self.err(e))?;
+        if changed == 0 {
+            self.check_fence(&conn)?;
+        }
         Ok(())
     }
 

@@ -5,3 +5,4 @@ pub mod csv;
 
 pub use self::csv::{CsvSource, SourceError};
 pub mod ingest;
+pub mod only;

@@ -42,6 +42,9 @@ pub struct Facts {
     pub tenant: String,
     /// Verified domains, lowercase.
     pub verified_domains: HashSet<String>,
+    /// Lowercase id → `externalUserConvertedOn` of the users converted back (one beta listing
+    /// per pass): validation blocks them `converted_back` instead of drawing Graph's 412.
+    pub converted_back: std::collections::HashMap<String, String>,
 }
 
 /// What one refresh did, for the log.
@@ -76,6 +79,7 @@ impl Facts {
         Ok(TenantFacts {
             verified_domains: self.verified_domains.clone(),
             address_owners: queue.address_owners(&self.tenant, &addresses)?,
+            converted_back: self.converted_back.clone(),
         })
     }
 }
@@ -106,9 +110,26 @@ pub async fn refresh(
         .map(|d| d.id.to_ascii_lowercase())
         .collect();
     let tenant = tenant_key(graph.root(), &verified_domains);
+    // A beta listing Graph refuses (beta changes without notice) must not stop a run: Graph
+    // then refuses such users itself with 412, which only fails them.
+    let converted_back = match graph.converted_back_users().await {
+        Ok(users) => users
+            .into_iter()
+            .filter_map(|u| Some((u.id.to_lowercase(), u.external_user_converted_on?)))
+            .collect(),
+        Err(e @ GraphError::Api { .. }) => {
+            tracing::warn!(
+                "could not list the users converted back (Graph beta): {e}; such users are \
+                 refused by Graph (412) instead of blocked converted_back"
+            );
+            Default::default()
+        }
+        Err(e) => return Err(e.into()),
+    };
     let facts = Facts {
         tenant: tenant.clone(),
         verified_domains,
+        converted_back,
     };
 
     let key = tenant.clone();

@@ -23,21 +23,24 @@ use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument as _;
 
-use crate::graph::{GraphClient, GraphError, ResponseMeta, Traced};
+use crate::graph::{GraphClient, GraphError};
 use crate::item::{ItemRecord, ItemState, RunMode, RunOptions, RunRecord, UserKey};
 use crate::model::{
-    EmailAddress, Invitation, InvitationRequest, InvitedUserMessageInfo, InvitedUserRef, Recipient,
-    User,
+    EmailAddress, InvitationRequest, InvitedUserMessageInfo, InvitedUserRef, Recipient, User,
 };
 use crate::progress::Progress;
-use crate::queue::StepRow;
 use crate::queue::{LookupOutcome, Queue};
 use crate::validate::{validate_with, Verdict};
 
+pub mod convert;
+pub mod executor;
 pub mod facts;
 pub mod planner;
+pub mod resend;
 
-use planner::{Action, Answer, Attempts, Checkpoint, Leave, Reread, Step, StopReason};
+use convert::{db, ConvertItem, ConvertOps};
+use executor::Settled;
+use planner::{Step, StopReason};
 
 /// Items read, looked up and validated together: one `$batch` of 20 × 15 ids.
 const CHUNK: usize = 300;
@@ -95,6 +98,9 @@ impl Pass {
                 tracing::error!(message = %m, "Graph cannot be reached; stopping the run")
             }
             StopReason::Error(m) => tracing::error!(message = %m, "stopping the run"),
+            StopReason::LeaseLost => {
+                tracing::error!("the run's lease was taken over; this process writes nothing more")
+            }
         }
         if r.is_none() {
             *r = Some(reason);
@@ -138,7 +144,12 @@ pub async fn work(pipeline: Pipeline) -> anyhow::Result<Outcome> {
         unresolved: AtomicU64::new(0),
     });
 
-    reconcile_in_flight(&pass).await?;
+    let ops = Arc::new(ConvertOps {
+        queue: pipeline.queue.clone(),
+        graph: pipeline.graph.clone(),
+        progress: pipeline.progress.clone(),
+    });
+    reconcile_in_flight(&pass, &ops).await?;
 
     let concurrency = pass.options().concurrency.max(1);
     // A whole chunk fits in the hand-off, so the next chunk's look-ups overlap with inviting
@@ -149,6 +160,7 @@ pub async fn work(pipeline: Pipeline) -> anyhow::Result<Outcome> {
     if pipeline.run.mode == RunMode::Live {
         for _ in 0..concurrency {
             let pass = pass.clone();
+            let ops = ops.clone();
             let rx = rx.clone();
             workers.spawn(async move {
                 loop {
@@ -159,7 +171,7 @@ pub async fn work(pipeline: Pipeline) -> anyhow::Result<Outcome> {
                         continue;
                     }
                     let (run_id, item_id) = (item.run_id, item.id);
-                    convert(&pass, item, email)
+                    convert(&pass, &ops, item, email)
                         .instrument(tracing::info_span!("item", run_id, item_id))
                         .await?;
                 }
@@ -186,6 +198,9 @@ pub async fn work(pipeline: Pipeline) -> anyhow::Result<Outcome> {
             anyhow::bail!("Graph cannot be reached, nothing more was sent: {message}")
         }
         Some(StopReason::Error(message)) => anyhow::bail!(message),
+        Some(StopReason::LeaseLost) => {
+            return Err(crate::queue::QueueError::LeaseLost { run_id }.into())
+        }
         None => {}
     }
     if *pass.pipeline.stop.borrow() {
@@ -284,7 +299,7 @@ async fn produce(
                         item.snapshot.as_ref().and_then(|u| u.user_type.as_deref()),
                         pass.options().set_guest,
                     )
-                    .needs_guest;
+                    .needs(Step::SetGuest);
                     if limit.is_some_and(|l| pass.dispatched.load(Ordering::Relaxed) >= l) {
                         return Ok(true);
                     }
@@ -456,95 +471,9 @@ pub fn invitation_request(
     }
 }
 
-/// Runs a queue operation on the blocking pool: SQLite calls never stall the async workers.
-async fn db<T, F>(queue: &Arc<Queue>, f: F) -> anyhow::Result<T>
-where
-    T: Send + 'static,
-    F: FnOnce(&Queue) -> crate::queue::Result<T> + Send + 'static,
-{
-    let queue = queue.clone();
-    Ok(tokio::task::spawn_blocking(move || f(&queue))
-        .await
-        .context("a database task panicked")??)
-}
-
-/// Reduces a Graph failure to what the planner decides on.
-fn answer_of(e: &GraphError) -> Answer {
-    match e {
-        GraphError::Api { code, message, .. } => Answer::Refused {
-            code: code.clone(),
-            message: message.clone(),
-        },
-        GraphError::TenantRefused { message, .. } => Answer::TenantRefused {
-            message: message.clone(),
-        },
-        GraphError::NotSent { message } => Answer::NotSent {
-            message: message.clone(),
-        },
-        // Retries ran out on something that may have reached Graph: the outcome is unknown.
-        GraphError::Unknown { message, .. } | GraphError::Exhausted { message, .. } => {
-            Answer::Unknown {
-                code: "UnknownOutcome".into(),
-                message: message.clone(),
-            }
-        }
-        other => Answer::Refused {
-            code: other.code().unwrap_or("Error").to_string(),
-            message: other.to_string(),
-        },
-    }
-}
-
-/// Reads the user back: did `step` (towards `email`) take effect?
-async fn reread(graph: &GraphClient, user_id: Option<&str>, step: Step, email: &str) -> Reread {
-    let Some(user_id) = user_id else {
-        return Reread::Unreadable {
-            message: "the item has no object id to read".into(),
-        };
-    };
-    match graph.get_user(user_id).await {
-        Ok(Some(u)) => {
-            let done = match step {
-                Step::Invite => u
-                    .external_user_state
-                    .as_deref()
-                    .is_some_and(|s| !s.is_empty()),
-                Step::SetMail => u
-                    .mail
-                    .as_deref()
-                    .is_some_and(|m| m.eq_ignore_ascii_case(email)),
-                Step::SetGuest => u.user_type.as_deref() == Some("Guest"),
-            };
-            if done {
-                Reread::Done
-            } else {
-                Reread::NotDone
-            }
-        }
-        Ok(None) => Reread::NotDone,
-        Err(GraphError::TenantRefused { message, .. }) => Reread::TenantRefused { message },
-        Err(GraphError::NotSent { message }) => Reread::NotSent { message },
-        Err(e) => Reread::Unreadable {
-            message: format!("re-reading user {user_id}: {e}"),
-        },
-    }
-}
-
-/// The planner's view of an item's stored step checkpoint (none: the invitation only).
-fn checkpoint(row: Option<&StepRow>) -> Checkpoint {
-    row.map(|r| Checkpoint {
-        needs_mail: r.needs_mail,
-        mail_set: r.mail_set,
-        invited: r.invited,
-        needs_guest: r.needs_guest,
-        guest_set: r.guest_set,
-    })
-    .unwrap_or_default()
-}
-
-/// Resolves every item a previous process left `in_flight`: the planner decides from a re-read
-/// of the user whether the step in flight took effect. Never sends anything.
-async fn reconcile_in_flight(pass: &Pass) -> anyhow::Result<()> {
+/// Resolves every item a previous process left `in_flight`: the executor re-reads the user and
+/// the planner decides whether the step in flight took effect. Never sends anything.
+async fn reconcile_in_flight(pass: &Pass, ops: &ConvertOps) -> anyhow::Result<()> {
     let p = &pass.pipeline;
     let run_id = p.run.id;
     let items = db(&p.queue, move |q| q.in_flight_items(run_id)).await?;
@@ -553,6 +482,7 @@ async fn reconcile_in_flight(pass: &Pass) -> anyhow::Result<()> {
     }
     tracing::info!(count = items.len(), "reconciling items left in flight");
     for item in items {
+        let has_user = item.user_id.is_some();
         let id = item.id;
         let row = db(&p.queue, move |q| q.steps(id)).await?;
         let step = row
@@ -564,199 +494,34 @@ async fn reconcile_in_flight(pass: &Pass) -> anyhow::Result<()> {
             (Step::SetMail, Some(r)) => r.mail_to.clone().unwrap_or_default(),
             _ => item.external_email.clone().unwrap_or_default(),
         };
-        let seen = match item.user_id.as_deref() {
-            Some(uid) => Some(reread(&p.graph, Some(uid), step, &email).await),
-            None => None,
-        };
-        let mut action = planner::at_resume(step, seen.as_ref());
-        if let Action::StepDone { step, .. } = action {
-            if row.is_some() {
-                db(&p.queue, move |q| q.step_done(id, step.as_str())).await?;
-            }
-            let mut cp = checkpoint(row.as_ref());
-            cp.mark_done(step);
-            action = planner::after_resume_step(&cp);
-        }
-        match action {
-            Action::RecordConverted => {
-                db(&p.queue, move |q| q.record_converted(id, None, None, None)).await?;
-                p.progress.item_done(&p.queue, id);
-            }
-            Action::BackToPending => db(&p.queue, move |q| q.back_to_pending(id)).await?,
-            Action::StopRun { reason, .. } => {
+        let (mut it, mut plan) = ConvertItem::load(&p.queue, item, email, pass.options()).await?;
+        match executor::reconcile_item(ops, &mut it, &mut plan, step, has_user).await? {
+            Settled::Stopped(reason) => {
                 pass.stop_with(reason);
                 return Ok(());
             }
-            other => unreachable!("at_resume never plans {other:?}"),
+            Settled::Recorded | Settled::Unresolved => {}
         }
     }
     Ok(())
 }
 
-/// Converts one item by executing the planner's actions until the item leaves the worker.
-async fn convert(pass: &Pass, item: ItemRecord, email: String) -> anyhow::Result<()> {
-    let p = &pass.pipeline;
-    let q = &p.queue;
-    let id = item.id;
-    let req = invitation_request(&item, &email, pass.options());
-    let row = db(q, move |q| q.steps(id)).await?;
-    let mut cp = checkpoint(row.as_ref());
-    let has_steps = row.is_some();
-    let mut attempts = Attempts {
-        made: item.attempts,
-        max: pass.options().max_attempts.max(1),
-        unknown_before: false,
-        stopping: false,
-    };
-    let mut invitation: Option<Traced<Invitation>> = None;
-    let mut last = Answer::Accepted;
-    let mut last_meta: Option<ResponseMeta> = None;
-    let mut action = planner::next(&cp);
-    loop {
-        action = match action {
-            Action::Send(step) => {
-                let to = email.clone();
-                db(q, move |q| {
-                    if has_steps {
-                        q.step_in_flight(id, step.as_str())?;
-                    }
-                    q.mark_in_flight(id, &to)
-                })
-                .await?;
-                let result = match step {
-                    Step::Invite => p.graph.invite(&req).await.map(|traced| {
-                        let meta = traced.meta.clone();
-                        invitation = Some(traced);
-                        meta
-                    }),
-                    Step::SetMail | Step::SetGuest => {
-                        let change = match step {
-                            Step::SetMail => serde_json::json!({ "mail": email }),
-                            _ => serde_json::json!({ "userType": "Guest" }),
-                        };
-                        let uid = item.user_id.as_deref().unwrap_or_default();
-                        p.graph.patch_user(uid, &change).await.map(|t| t.meta)
-                    }
-                };
-                let answer = match result {
-                    Ok(meta) => {
-                        last_meta = Some(meta);
-                        Answer::Accepted
-                    }
-                    Err(e) => {
-                        last_meta = e.meta().cloned();
-                        answer_of(&e)
-                    }
-                };
-                if planner::charges_attempt(&answer) {
-                    db(q, move |q| q.charge_attempt(id)).await?;
-                    attempts.made += 1;
-                }
-                if let Answer::Unknown { code, message } = &answer {
-                    let (code, message) = (code.clone(), message.clone());
-                    let meta = last_meta.clone().unwrap_or_default();
-                    db(q, move |q| {
-                        q.note_error(
-                            id,
-                            &code,
-                            &message,
-                            meta.request_id.as_deref(),
-                            Some(&meta.client_request_id),
-                        )
-                    })
-                    .await?;
-                }
-                attempts.stopping = pass.stopping();
-                let next = planner::after_answer(step, &answer, &attempts);
-                attempts.unknown_before |= matches!(answer, Answer::Unknown { .. });
-                last = answer;
-                next
-            }
-            Action::Reread(step) => {
-                let seen = reread(&p.graph, item.user_id.as_deref(), step, &email).await;
-                attempts.stopping = pass.stopping();
-                planner::after_reread(step, &seen, &last, &attempts)
-            }
-            Action::StepDone { step, reconciled } => {
-                if reconciled {
-                    tracing::info!(
-                        item = id,
-                        step = step.as_str(),
-                        "answer lost but the step took effect"
-                    );
-                }
-                if has_steps {
-                    db(q, move |q| q.step_done(id, step.as_str())).await?;
-                }
-                cp.mark_done(step);
-                // A new step starts with a fresh view: an earlier step's lost answer says
-                // nothing about this one's refusal.
-                attempts.unknown_before = false;
-                planner::next(&cp)
-            }
-            Action::RecordConverted => {
-                let (inv, meta) = match invitation.take() {
-                    Some(t) => (Some(t.value), Some(t.meta)),
-                    None => (None, last_meta.take()),
-                };
-                db(q, move |q| {
-                    q.record_converted(
-                        id,
-                        inv.as_ref(),
-                        meta.as_ref().and_then(|m| m.request_id.as_deref()),
-                        if inv.is_some() {
-                            meta.as_ref().map(|m| m.client_request_id.as_str())
-                        } else {
-                            None
-                        },
-                    )
-                })
-                .await?;
-                p.progress.item_done(&p.queue, id);
-                return Ok(());
-            }
-            Action::Retry(step) => {
-                db(q, move |q| q.back_to_pending(id)).await?;
-                tokio::time::sleep(crate::graph::retry::delay(attempts.made)).await;
-                Action::Send(step)
-            }
-            Action::BackToPending => {
-                db(q, move |q| q.back_to_pending(id)).await?;
-                return Ok(());
-            }
-            Action::Fail { code, message } => {
-                let meta = last_meta.take();
-                db(q, move |q| {
-                    q.record_failed(
-                        id,
-                        &code,
-                        &message,
-                        meta.as_ref().and_then(|m| m.request_id.as_deref()),
-                        meta.as_ref().map(|m| m.client_request_id.as_str()),
-                    )
-                })
-                .await?;
-                p.progress.item_done(&p.queue, id);
-                return Ok(());
-            }
-            Action::LeaveInFlight => {
-                // Unknown and unknowable for now: never resend blind. `resume` reconciles it.
-                tracing::warn!(item = id, "cannot re-read user; item stays in flight");
-                pass.unresolved.fetch_add(1, Ordering::Relaxed);
-                return Ok(());
-            }
-            Action::StopRun {
-                reason,
-                item: leave,
-            } => {
-                if leave == Leave::Pending {
-                    db(q, move |q| q.back_to_pending(id)).await?;
-                }
-                pass.stop_with(reason);
-                return Ok(());
-            }
-        };
+/// Converts one item: the executor carries out the planner's actions until it leaves.
+async fn convert(
+    pass: &Pass,
+    ops: &ConvertOps,
+    item: ItemRecord,
+    email: String,
+) -> anyhow::Result<()> {
+    let (mut it, mut plan) = ConvertItem::load(&ops.queue, item, email, pass.options()).await?;
+    match executor::work_item(ops, &mut it, &mut plan, || pass.stopping()).await? {
+        Settled::Recorded => {}
+        Settled::Unresolved => {
+            pass.unresolved.fetch_add(1, Ordering::Relaxed);
+        }
+        Settled::Stopped(reason) => pass.stop_with(reason),
     }
+    Ok(())
 }
 
 /// How a run's items ended, for the exit code.

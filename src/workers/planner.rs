@@ -1,12 +1,19 @@
 //! The exactly-once planner: pure decisions, no I/O.
 //!
-//! Every decision about one item — which step to take next, what an answer means, what a re-read
-//! of the user proves, what to do at resume with an item a crash left `in_flight` — is a function
-//! here from plain data to an [`Action`]. The workers only execute actions ("compute operations,
-//! then execute", as atuin's sync does), so each branch is a row in a table-driven test instead of
-//! a path through async control flow.
+//! Every decision about one item in any pass over users — which step to take next, what an
+//! answer means, what a re-read of the user proves, when the attempts at a step are spent, what
+//! to do at resume with an item a crash left `in_flight` — is made here from plain data, and the
+//! one executor (`workers/executor.rs`) only carries out the [`Action`]s ("compute operations,
+//! then execute", as atuin's sync does). The state those decisions need (the step checkpoint,
+//! the attempts at the current step, whether an earlier answer was lost, the last answer) lives
+//! in [`ItemPlan`], so nothing outside this module can drift from it. Each branch is a row of an
+//! exhaustive table test over every combination of inputs.
+//!
+//! A pass declares its steps in order ([`Pass::steps`]); adding a pass (retire: set a password,
+//! then revoke sessions) is declaring its [`Step`]s here and their requests and re-reads in the
+//! executor's `PassOps`.
 
-/// One write the tool makes for an item, in the order they are made.
+/// One write the tool makes for an item, in the order its pass makes them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Step {
     /// `PATCH /users/{id}` `{"mail": …}` (`--set-mail`), before the invitation.
@@ -15,7 +22,24 @@ pub enum Step {
     Invite,
     /// `PATCH /users/{id}` `{"userType": "Guest"}` (`--set-guest`), after the invitation.
     SetGuest,
+    /// `resend`: `POST /invitations` with `resetRedemption: true`.
+    Reinvite,
+    /// `retire`: `PATCH /users/{id}` with a random `passwordProfile`, so the internal password
+    /// stops working.
+    SetPassword,
+    /// `retire`: `POST /users/{id}/revokeSignInSessions`, after the password is set.
+    RevokeSessions,
 }
+
+/// Every step, for tables that must cover them all.
+pub const ALL_STEPS: [Step; 6] = [
+    Step::SetMail,
+    Step::Invite,
+    Step::SetGuest,
+    Step::Reinvite,
+    Step::SetPassword,
+    Step::RevokeSessions,
+];
 
 impl Step {
     pub fn as_str(self) -> &'static str {
@@ -23,38 +47,102 @@ impl Step {
             Step::SetMail => "set_mail",
             Step::Invite => "invite",
             Step::SetGuest => "set_guest",
+            Step::Reinvite => "reinvite",
+            Step::SetPassword => "set_password",
+            Step::RevokeSessions => "revoke_sessions",
         }
     }
 
     pub fn parse(s: &str) -> Option<Step> {
-        match s {
-            "set_mail" => Some(Step::SetMail),
-            "invite" => Some(Step::Invite),
-            "set_guest" => Some(Step::SetGuest),
-            _ => None,
+        ALL_STEPS.into_iter().find(|step| step.as_str() == s)
+    }
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+/// A pass over users: the steps it may take, in the order it takes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// `run` / `resume` / `retry`: (set mail) → invite → (set userType).
+    Convert,
+    /// `resend`: one re-invitation with `resetRedemption`.
+    Resend,
+    /// `retire`: set a random password, then revoke the sign-in sessions.
+    Retire,
+}
+
+impl Pass {
+    pub const fn steps(self) -> &'static [Step] {
+        match self {
+            Pass::Convert => &[Step::SetMail, Step::Invite, Step::SetGuest],
+            Pass::Resend => &[Step::Reinvite],
+            Pass::Retire => &[Step::SetPassword, Step::RevokeSessions],
         }
     }
 }
 
-/// Which steps an item needs and which are done, as checkpointed in the queue.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Which of its pass's steps an item needs and which are done, as checkpointed in the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Checkpoint {
-    /// The mail step is asked for (the user's `mail` must become the invited address).
-    pub needs_mail: bool,
-    pub mail_set: bool,
-    pub invited: bool,
-    /// The userType step is asked for (the user is not `Guest` yet and `--set-guest` is on).
-    pub needs_guest: bool,
-    pub guest_set: bool,
+    pass: Pass,
+    needed: u8,
+    done: u8,
 }
 
 impl Checkpoint {
-    pub fn mark_done(&mut self, step: Step) {
-        match step {
-            Step::SetMail => self.mail_set = true,
-            Step::Invite => self.invited = true,
-            Step::SetGuest => self.guest_set = true,
+    /// An item of `pass` that needs `needed` (steps outside the pass are ignored), none done.
+    pub fn new(pass: Pass, needed: &[Step]) -> Checkpoint {
+        let needed = needed
+            .iter()
+            .filter(|s| pass.steps().contains(s))
+            .fold(0, |bits, s| bits | s.bit());
+        Checkpoint {
+            pass,
+            needed,
+            done: 0,
         }
+    }
+
+    /// The convert pass's checkpoint as the queue stores it (the invitation is always needed).
+    pub fn convert(
+        needs_mail: bool,
+        mail_set: bool,
+        invited: bool,
+        needs_guest: bool,
+        guest_set: bool,
+    ) -> Checkpoint {
+        let mut needed = vec![Step::Invite];
+        needed.extend(needs_mail.then_some(Step::SetMail));
+        needed.extend(needs_guest.then_some(Step::SetGuest));
+        let mut cp = Checkpoint::new(Pass::Convert, &needed);
+        for (done, step) in [
+            (mail_set, Step::SetMail),
+            (invited, Step::Invite),
+            (guest_set, Step::SetGuest),
+        ] {
+            if done {
+                cp.mark_done(step);
+            }
+        }
+        cp
+    }
+
+    pub fn pass(&self) -> Pass {
+        self.pass
+    }
+
+    pub fn needs(&self, step: Step) -> bool {
+        self.needed & step.bit() != 0
+    }
+
+    pub fn is_done(&self, step: Step) -> bool {
+        self.done & step.bit() != 0
+    }
+
+    pub fn mark_done(&mut self, step: Step) {
+        self.done |= step.bit();
     }
 }
 
@@ -65,12 +153,29 @@ pub enum Answer {
     Accepted,
     /// A permanent refusal of this request (4xx with Graph's code and message).
     Refused { code: String, message: String },
+    /// A refusal that says the step is done already (400 "The user is already a B2B
+    /// collaboration user" to an invitation): an earlier request took effect after the tool
+    /// last read the user. Only a re-read can tell, and it decides.
+    AlreadyDone { code: String, message: String },
     /// The tenant refuses to go on (invitations blocked, consent revoked): the whole run stops.
     TenantRefused { message: String },
     /// The request may have reached Graph, the answer is unknown (lost answer, timeout, 5xx).
     Unknown { code: String, message: String },
     /// The request never left the process; the client already retried for a bounded stretch.
     NotSent { message: String },
+}
+
+/// Graph's words for "this user is converted already", in the refusal of an invitation.
+const ALREADY_B2B: &str = "already a B2B collaboration user";
+
+/// Sorts a 4xx refusal of `step`: one that says the step is done already is [`Answer::AlreadyDone`].
+pub fn refusal(step: Step, code: &str, message: &str) -> Answer {
+    let (code, message) = (code.to_string(), message.to_string());
+    if matches!(step, Step::Invite | Step::Reinvite) && message.contains(ALREADY_B2B) {
+        Answer::AlreadyDone { code, message }
+    } else {
+        Answer::Refused { code, message }
+    }
 }
 
 /// What reading the user back says about a step whose outcome is unknown.
@@ -80,6 +185,11 @@ pub enum Reread {
     Done,
     /// The user is unchanged (or gone): the step did not take effect.
     NotDone,
+    /// Nothing is left to do for this user (a resend's user redeemed meanwhile, or is gone).
+    Moot { why: String },
+    /// The user shows neither that the step took effect nor that sending it again is safe (a
+    /// change time too coarse to tell): never send blind; the item ends with this.
+    Unprovable { code: String, message: String },
     /// The tenant refused the read: stop the run.
     TenantRefused { message: String },
     /// Graph cannot be reached at all.
@@ -97,6 +207,9 @@ pub enum StopReason {
     Unreachable(String),
     /// A re-read at resume failed for another reason: exit 1, resumable.
     Error(String),
+    /// The lease refused a write: another process took the run over while this one was
+    /// frozen. Exit 1 without writing anything more.
+    LeaseLost,
 }
 
 /// Where a stopped item is left.
@@ -115,17 +228,19 @@ pub enum Action {
     Send(Step),
     /// Read the user back to learn whether the step took effect.
     Reread(Step),
-    /// Checkpoint the step as done, then ask [`next`] for the following step.
+    /// Checkpoint the step as done, then ask [`ItemPlan::step_done`] for the following step.
     StepDone { step: Step, reconciled: bool },
-    /// Every step asked for is done: the item ends `converted`.
-    RecordConverted,
-    /// The step certainly did not take effect: back to `pending`, wait `backoff(attempts)`, send
-    /// again.
+    /// Every step asked for is done: the item ends done (`converted`, `sent`).
+    RecordDone,
+    /// The step certainly did not take effect: back to `pending`, wait `retry::delay(attempts)`,
+    /// send again.
     Retry(Step),
     /// The step certainly did not take effect and the pass is stopping: back to `pending`.
     BackToPending,
     /// The item ends `failed` with this code and message.
     Fail { code: String, message: String },
+    /// Nothing is left to do for the item: it ends `skipped`.
+    Skip { why: String },
     /// The outcome is unknown and the user cannot be read now: leave it for `resume`.
     LeaveInFlight,
     /// Stop the whole run, leaving this item as said.
@@ -135,7 +250,7 @@ pub enum Action {
 /// What the planner knows about the attempts at the current step.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Attempts {
-    /// Requests for this item that may have reached Graph, this one included.
+    /// Requests for this step of this item that may have reached Graph, this one included.
     pub made: u32,
     /// `--max-attempts`.
     pub max: u32,
@@ -148,25 +263,23 @@ pub struct Attempts {
 /// Which steps a user that validation lets through needs: the mail step when validation planned
 /// a mail change (`--set-mail`), the userType step with `--set-guest` unless already `Guest`.
 pub fn plan(mail_change: bool, user_type: Option<&str>, set_guest: bool) -> Checkpoint {
-    Checkpoint {
-        needs_mail: mail_change,
-        needs_guest: set_guest
-            && !user_type.is_some_and(|t| t.trim().eq_ignore_ascii_case("Guest")),
-        ..Default::default()
-    }
+    let needs_guest =
+        set_guest && !user_type.is_some_and(|t| t.trim().eq_ignore_ascii_case("Guest"));
+    Checkpoint::convert(mail_change, false, false, needs_guest, false)
 }
 
-/// The first step not yet done, or `RecordConverted` when every step asked for is done.
+/// The first step the item needs that is not done, or `RecordDone` when none is left. A step
+/// whose successor is done already is past (an item invited before its mail step was asked for
+/// is never PATCHed back).
 pub fn next(cp: &Checkpoint) -> Action {
-    if cp.needs_mail && !cp.mail_set && !cp.invited {
-        Action::Send(Step::SetMail)
-    } else if !cp.invited {
-        Action::Send(Step::Invite)
-    } else if cp.needs_guest && !cp.guest_set {
-        Action::Send(Step::SetGuest)
-    } else {
-        Action::RecordConverted
-    }
+    let steps = cp.pass.steps();
+    steps
+        .iter()
+        .enumerate()
+        .find(|&(i, &s)| {
+            cp.needs(s) && !cp.is_done(s) && !steps[i + 1..].iter().any(|&l| cp.is_done(l))
+        })
+        .map_or(Action::RecordDone, |(_, &s)| Action::Send(s))
 }
 
 /// Whether an answer charges an attempt: only requests that may have reached Graph count.
@@ -187,6 +300,7 @@ pub fn after_answer(step: Step, answer: &Answer, attempts: &Attempts) -> Action 
             code: code.clone(),
             message: message.clone(),
         },
+        Answer::AlreadyDone { .. } => Action::Reread(step),
         // Refused before it was carried out: the user was not touched.
         Answer::TenantRefused { message } => Action::StopRun {
             reason: StopReason::TenantRefused(message.clone()),
@@ -201,7 +315,7 @@ pub fn after_answer(step: Step, answer: &Answer, attempts: &Attempts) -> Action 
 }
 
 /// What to do after re-reading the user while working an item. `last` is the answer that led to
-/// the re-read (an `Unknown`, or a `Refused` after an earlier `Unknown`).
+/// the re-read (an `Unknown`, an `AlreadyDone`, or a `Refused` after an earlier `Unknown`).
 pub fn after_reread(step: Step, reread: &Reread, last: &Answer, attempts: &Attempts) -> Action {
     match reread {
         Reread::Done => Action::StepDone {
@@ -210,10 +324,12 @@ pub fn after_reread(step: Step, reread: &Reread, last: &Answer, attempts: &Attem
         },
         Reread::NotDone => match last {
             // A refusal, and the user shows the step never took effect: the refusal stands.
-            Answer::Refused { code, message } => Action::Fail {
-                code: code.clone(),
-                message: message.clone(),
-            },
+            Answer::Refused { code, message } | Answer::AlreadyDone { code, message } => {
+                Action::Fail {
+                    code: code.clone(),
+                    message: message.clone(),
+                }
+            }
             _ if attempts.stopping => Action::BackToPending,
             _ if attempts.made < attempts.max.max(1) => Action::Retry(step),
             _ => {
@@ -226,6 +342,11 @@ pub fn after_reread(step: Step, reread: &Reread, last: &Answer, attempts: &Attem
                     message: format!("{message} (after {} attempts)", attempts.made),
                 }
             }
+        },
+        Reread::Moot { why } => Action::Skip { why: why.clone() },
+        Reread::Unprovable { code, message } => Action::Fail {
+            code: code.clone(),
+            message: message.clone(),
         },
         // The step may have taken effect: never resend blind.
         Reread::TenantRefused { message } => Action::StopRun {
@@ -249,6 +370,11 @@ pub fn at_resume(step: Step, reread: Option<&Reread>) -> Action {
             step,
             reconciled: true,
         },
+        Some(Reread::Moot { why }) => Action::Skip { why: why.clone() },
+        Some(Reread::Unprovable { code, message }) => Action::Fail {
+            code: code.clone(),
+            message: message.clone(),
+        },
         Some(Reread::TenantRefused { message }) => Action::StopRun {
             reason: StopReason::TenantRefused(message.clone()),
             item: Leave::InFlight,
@@ -265,11 +391,93 @@ pub fn at_resume(step: Step, reread: Option<&Reread>) -> Action {
 }
 
 /// After reconciling a step at resume: the item goes on with its next step in this pass's
-/// queue, or ends converted when nothing is left.
+/// queue, or ends done when nothing is left.
 pub fn after_resume_step(cp: &Checkpoint) -> Action {
     match next(cp) {
-        Action::RecordConverted => Action::RecordConverted,
+        Action::RecordDone => Action::RecordDone,
         _ => Action::BackToPending,
+    }
+}
+
+/// Everything the planner decides on for one item while a process works it: the checkpoint, the
+/// attempts at the current step (each step has its own `--max-attempts`: a user invited after
+/// two lost answers still gets every attempt at its userType step), whether an earlier answer at
+/// this step was lost, and the last answer. The executor feeds it what happened and does what it
+/// returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemPlan {
+    checkpoint: Checkpoint,
+    attempts: Attempts,
+    last: Answer,
+}
+
+impl ItemPlan {
+    /// `made` is what the queue has charged to the item's current step so far.
+    pub fn new(checkpoint: Checkpoint, made: u32, max_attempts: u32) -> ItemPlan {
+        ItemPlan {
+            checkpoint,
+            attempts: Attempts {
+                made,
+                max: max_attempts.max(1),
+                ..Attempts::default()
+            },
+            last: Answer::Accepted,
+        }
+    }
+
+    pub fn checkpoint(&self) -> &Checkpoint {
+        &self.checkpoint
+    }
+
+    /// Attempts at the current step that may have reached Graph.
+    pub fn attempts_made(&self) -> u32 {
+        self.attempts.made
+    }
+
+    /// The first action for the item.
+    pub fn start(&self) -> Action {
+        next(&self.checkpoint)
+    }
+
+    /// `step`'s request was answered (or not sent). The executor charges the attempt in the
+    /// queue when [`charges_attempt`] says so.
+    pub fn answered(&mut self, step: Step, answer: Answer, stopping: bool) -> Action {
+        if charges_attempt(&answer) {
+            self.attempts.made += 1;
+        }
+        self.attempts.stopping = stopping;
+        let action = after_answer(step, &answer, &self.attempts);
+        self.attempts.unknown_before |= matches!(answer, Answer::Unknown { .. });
+        self.last = answer;
+        action
+    }
+
+    /// The user was read back after an unknown outcome or a "done already" refusal of `step`.
+    pub fn reread(&mut self, step: Step, reread: &Reread, stopping: bool) -> Action {
+        self.attempts.stopping = stopping;
+        after_reread(step, reread, &self.last, &self.attempts)
+    }
+
+    /// `step` is checkpointed done: the next step starts with no attempts made and a fresh view
+    /// (an earlier step's lost answer says nothing about this one's refusal).
+    pub fn step_done(&mut self, step: Step) -> Action {
+        self.checkpoint.mark_done(step);
+        self.attempts.made = 0;
+        self.attempts.unknown_before = false;
+        self.last = Answer::Accepted;
+        next(&self.checkpoint)
+    }
+
+    /// At resume, the user was read back for `step`, left in flight by an earlier process.
+    pub fn resumed(&self, step: Step, reread: Option<&Reread>) -> Action {
+        at_resume(step, reread)
+    }
+
+    /// At resume, `step` was reconciled done: what is left of the item.
+    pub fn resumed_step_done(&mut self, step: Step) -> Action {
+        self.checkpoint.mark_done(step);
+        self.attempts.made = 0;
+        after_resume_step(&self.checkpoint)
     }
 }
 
@@ -283,10 +491,26 @@ mod tests {
             message: "nope".into(),
         }
     }
+    fn already() -> Answer {
+        Answer::AlreadyDone {
+            code: "BadRequest".into(),
+            message: "The user is already a B2B collaboration user".into(),
+        }
+    }
     fn unknown() -> Answer {
         Answer::Unknown {
             code: "UnknownOutcome".into(),
             message: "answer lost".into(),
+        }
+    }
+    fn tenant() -> Answer {
+        Answer::TenantRefused {
+            message: "blocked".into(),
+        }
+    }
+    fn not_sent() -> Answer {
+        Answer::NotSent {
+            message: "http://127.0.0.1:9 refused".into(),
         }
     }
     fn fail(code: &str, message: &str) -> Action {
@@ -308,6 +532,57 @@ mod tests {
             unknown_before,
             stopping,
         }
+    }
+    /// A wildcard in a decision table: `None` matches any value.
+    fn fits(pattern: Option<bool>, value: bool) -> bool {
+        pattern.is_none_or(|p| p == value)
+    }
+    fn answers() -> [(&'static str, Answer); 6] {
+        [
+            ("accepted", Answer::Accepted),
+            ("refused", refused()),
+            ("already done", already()),
+            ("tenant refused", tenant()),
+            ("unknown", unknown()),
+            ("not sent", not_sent()),
+        ]
+    }
+    fn rereads() -> [(&'static str, Reread); 7] {
+        [
+            ("done", Reread::Done),
+            ("not done", Reread::NotDone),
+            (
+                "moot",
+                Reread::Moot {
+                    why: "redeemed".into(),
+                },
+            ),
+            (
+                "unprovable",
+                Reread::Unprovable {
+                    code: "UnknownOutcome".into(),
+                    message: "cannot tell".into(),
+                },
+            ),
+            (
+                "tenant refused",
+                Reread::TenantRefused {
+                    message: "m".into(),
+                },
+            ),
+            (
+                "not sent",
+                Reread::NotSent {
+                    message: "m".into(),
+                },
+            ),
+            (
+                "unreadable",
+                Reread::Unreadable {
+                    message: "m".into(),
+                },
+            ),
+        ]
     }
 
     #[test]
@@ -335,7 +610,7 @@ mod tests {
         for (name, mail, user_type, set_guest, (needs_mail, needs_guest)) in rows {
             let cp = plan(mail, user_type, set_guest);
             assert_eq!(
-                (cp.needs_mail, cp.needs_guest),
+                (cp.needs(Step::SetMail), cp.needs(Step::SetGuest)),
                 (needs_mail, needs_guest),
                 "{name}"
             );
@@ -348,325 +623,373 @@ mod tests {
         }
     }
 
+    /// Every one of the 32 convert checkpoints matches exactly one row.
     #[test]
-    fn next_step_follows_mail_invite_guest() {
-        let cp = |needs_mail, mail_set, invited, needs_guest, guest_set| Checkpoint {
-            needs_mail,
-            mail_set,
-            invited,
-            needs_guest,
-            guest_set,
-        };
-        let rows = [
-            (
-                "invite only",
-                cp(false, false, false, false, false),
-                Action::Send(Step::Invite),
-            ),
-            (
-                "mail first",
-                cp(true, false, false, true, false),
-                Action::Send(Step::SetMail),
-            ),
-            (
-                "mail set: invite",
-                cp(true, true, false, true, false),
-                Action::Send(Step::Invite),
-            ),
-            (
-                "invited: guest",
-                cp(true, true, true, true, false),
-                Action::Send(Step::SetGuest),
-            ),
-            (
-                "all done",
-                cp(true, true, true, true, true),
-                Action::RecordConverted,
-            ),
-            (
-                "invited, no guest",
-                cp(false, false, true, false, false),
-                Action::RecordConverted,
-            ),
+    fn next_step_over_every_convert_checkpoint() {
+        type Row = ([Option<bool>; 5], Action);
+        // (needs_mail, mail_set, invited, needs_guest, guest_set)
+        let (y, n, any) = (Some(true), Some(false), None);
+        let rows: [Row; 6] = [
+            // A later step done: every step before it is past.
+            ([any, any, any, any, y], Action::RecordDone),
+            ([any, any, y, y, n], Action::Send(Step::SetGuest)),
+            ([any, any, y, n, n], Action::RecordDone),
+            ([y, n, n, any, n], Action::Send(Step::SetMail)),
+            ([y, y, n, any, n], Action::Send(Step::Invite)),
+            ([n, any, n, any, n], Action::Send(Step::Invite)),
         ];
-        for (name, cp, want) in rows {
-            assert_eq!(next(&cp), want, "{name}");
+        for bits in 0u8..32 {
+            let v: [bool; 5] = std::array::from_fn(|k| bits & (1 << k) != 0);
+            let matching: Vec<&Row> = rows
+                .iter()
+                .filter(|(p, _)| p.iter().zip(v).all(|(p, v)| fits(*p, v)))
+                .collect();
+            assert_eq!(matching.len(), 1, "{v:?} matches {} rows", matching.len());
+            let cp = Checkpoint::convert(v[0], v[1], v[2], v[3], v[4]);
+            assert_eq!(next(&cp), matching[0].1, "{v:?}");
         }
+    }
+
+    #[test]
+    fn every_pass_starts_with_its_first_step() {
+        let rows = [
+            (Pass::Convert, Step::Invite),
+            (Pass::Resend, Step::Reinvite),
+            (Pass::Retire, Step::SetPassword),
+        ];
+        for (pass, first) in rows {
+            let mut cp = Checkpoint::new(pass, pass.steps());
+            let first_needed = if pass == Pass::Convert {
+                Step::SetMail
+            } else {
+                first
+            };
+            assert_eq!(next(&cp), Action::Send(first_needed), "{pass:?}");
+            for &s in pass.steps() {
+                cp.mark_done(s);
+            }
+            assert_eq!(next(&cp), Action::RecordDone, "{pass:?}");
+        }
+        let mut retire = Checkpoint::new(Pass::Retire, Pass::Retire.steps());
+        retire.mark_done(Step::SetPassword);
+        assert_eq!(next(&retire), Action::Send(Step::RevokeSessions));
+        // A step outside the pass is never asked for.
+        assert!(!Checkpoint::new(Pass::Resend, &[Step::Invite]).needs(Step::Invite));
     }
 
     #[test]
     fn only_requests_that_may_have_reached_graph_are_charged() {
-        let rows = [
-            (Answer::Accepted, true),
-            (refused(), true),
-            (
-                Answer::TenantRefused {
-                    message: "m".into(),
-                },
-                true,
-            ),
-            (unknown(), true),
-            (
-                Answer::NotSent {
-                    message: "m".into(),
-                },
-                false,
-            ),
-        ];
-        for (answer, want) in rows {
-            assert_eq!(charges_attempt(&answer), want, "{answer:?}");
+        for (name, answer) in answers() {
+            assert_eq!(charges_attempt(&answer), name != "not sent", "{name}");
         }
     }
 
     #[test]
-    fn after_each_kind_of_answer() {
+    fn a_refusal_that_says_done_already_is_told_apart() {
+        let msg = "User invitation failed. The user is already a B2B collaboration user; set \
+                   resetRedemption to true to reset its redemption status.";
+        assert!(matches!(
+            refusal(Step::Invite, "BadRequest", msg),
+            Answer::AlreadyDone { .. }
+        ));
+        assert!(matches!(
+            refusal(Step::Reinvite, "BadRequest", msg),
+            Answer::AlreadyDone { .. }
+        ));
+        assert!(matches!(
+            refusal(Step::SetGuest, "BadRequest", msg),
+            Answer::Refused { .. }
+        ));
+        assert_eq!(refusal(Step::Invite, "BadRequest", "nope"), refused());
+    }
+
+    /// Every answer × earlier unknown × stopping × attempts spent matches exactly one row.
+    #[test]
+    fn after_every_answer_in_every_state() {
+        type Row = (
+            &'static str,
+            Option<bool>,
+            Option<bool>,
+            Option<bool>,
+            Action,
+        );
+        let (y, n, any) = (Some(true), Some(false), None);
         let t = || StopReason::TenantRefused("blocked".into());
         let u = || StopReason::Unreachable("http://127.0.0.1:9 refused".into());
-        let rows = [
-            (
-                "201",
-                Step::Invite,
-                Answer::Accepted,
-                tries(1, false, false),
-                done(Step::Invite, false),
-            ),
-            (
-                "204 mail",
-                Step::SetMail,
-                Answer::Accepted,
-                tries(1, false, false),
-                done(Step::SetMail, false),
-            ),
-            (
-                "204 guest",
-                Step::SetGuest,
-                Answer::Accepted,
-                tries(1, false, false),
-                done(Step::SetGuest, false),
-            ),
-            (
-                "4xx",
-                Step::Invite,
-                refused(),
-                tries(1, false, false),
-                fail("BadRequest", "nope"),
-            ),
-            (
-                "4xx on mail",
-                Step::SetMail,
-                refused(),
-                tries(1, false, false),
-                fail("BadRequest", "nope"),
-            ),
-            (
-                "4xx after unknown",
-                Step::Invite,
-                refused(),
-                tries(2, true, false),
-                Action::Reread(Step::Invite),
-            ),
-            (
-                "unknown",
-                Step::Invite,
-                unknown(),
-                tries(1, false, false),
-                Action::Reread(Step::Invite),
-            ),
-            (
-                "unknown guest",
-                Step::SetGuest,
-                unknown(),
-                tries(1, false, false),
-                Action::Reread(Step::SetGuest),
-            ),
-            (
-                "tenant refusal",
-                Step::Invite,
-                Answer::TenantRefused {
-                    message: "blocked".into(),
-                },
-                tries(1, false, false),
-                stop(t(), Leave::Pending),
-            ),
-            (
-                "not sent",
-                Step::Invite,
-                Answer::NotSent {
-                    message: "http://127.0.0.1:9 refused".into(),
-                },
-                tries(0, false, false),
-                stop(u(), Leave::Pending),
-            ),
+        // (answer, unknown before, stopping, attempts spent) → action
+        let rows: Vec<Row> = vec![
+            ("accepted", any, any, any, done(Step::Invite, false)),
+            ("refused", n, any, any, fail("BadRequest", "nope")),
+            ("refused", y, any, any, Action::Reread(Step::Invite)),
+            ("already done", any, any, any, Action::Reread(Step::Invite)),
+            ("tenant refused", any, any, any, stop(t(), Leave::Pending)),
+            ("unknown", any, any, any, Action::Reread(Step::Invite)),
+            ("not sent", any, any, any, stop(u(), Leave::Pending)),
         ];
-        for (name, step, answer, attempts, want) in rows {
-            assert_eq!(after_answer(step, &answer, &attempts), want, "{name}");
+        for (name, answer) in answers() {
+            for bits in 0u8..8 {
+                let [before, stopping, spent] = std::array::from_fn(|k| bits & (1 << k) != 0);
+                let matching: Vec<&Row> = rows
+                    .iter()
+                    .filter(|r| {
+                        r.0 == name && fits(r.1, before) && fits(r.2, stopping) && fits(r.3, spent)
+                    })
+                    .collect();
+                let case = format!("{name}, before {before}, stopping {stopping}, spent {spent}");
+                assert_eq!(matching.len(), 1, "{case}");
+                let attempts = tries(if spent { 3 } else { 1 }, before, stopping);
+                assert_eq!(
+                    after_answer(Step::Invite, &answer, &attempts),
+                    matching[0].4,
+                    "{case}"
+                );
+            }
         }
     }
 
+    /// Every re-read × the answer before it × stopping × attempts spent matches exactly one row.
     #[test]
-    fn after_each_kind_of_reread() {
-        let rows = [
+    fn after_every_reread_in_every_state() {
+        type Row = (
+            &'static str,
+            Option<&'static str>,
+            Option<bool>,
+            Option<bool>,
+            Action,
+        );
+        let (y, n, any) = (Some(true), Some(false), None);
+        let already_msg = "The user is already a B2B collaboration user";
+        // (re-read, last answer, stopping, attempts spent) → action
+        let rows: Vec<Row> = vec![
+            ("done", None, any, any, done(Step::Invite, true)),
             (
-                "done",
-                Reread::Done,
-                unknown(),
-                tries(1, true, false),
-                done(Step::Invite, true),
+                "not done",
+                Some("refused"),
+                any,
+                any,
+                fail("BadRequest", "nope"),
             ),
             (
-                "not done: retry",
-                Reread::NotDone,
-                unknown(),
-                tries(1, true, false),
+                "not done",
+                Some("already done"),
+                any,
+                any,
+                fail("BadRequest", already_msg),
+            ),
+            ("not done", Some("unknown"), y, any, Action::BackToPending),
+            (
+                "not done",
+                Some("unknown"),
+                n,
+                n,
                 Action::Retry(Step::Invite),
             ),
             (
-                "not done, stopping",
-                Reread::NotDone,
-                unknown(),
-                tries(1, true, true),
-                Action::BackToPending,
-            ),
-            (
-                "not done, attempts spent",
-                Reread::NotDone,
-                unknown(),
-                tries(3, true, false),
+                "not done",
+                Some("unknown"),
+                n,
+                y,
                 fail("UnknownOutcome", "answer lost (after 3 attempts)"),
             ),
             (
-                "refusal stands",
-                Reread::NotDone,
-                refused(),
-                tries(2, true, false),
-                fail("BadRequest", "nope"),
-            ),
-            (
-                "refusal was a repeat",
-                Reread::Done,
-                refused(),
-                tries(2, true, false),
-                done(Step::Invite, true),
-            ),
-            (
-                "tenant refuses the read",
-                Reread::TenantRefused {
-                    message: "m".into(),
+                "moot",
+                None,
+                any,
+                any,
+                Action::Skip {
+                    why: "redeemed".into(),
                 },
-                unknown(),
-                tries(1, true, false),
+            ),
+            (
+                "unprovable",
+                None,
+                any,
+                any,
+                fail("UnknownOutcome", "cannot tell"),
+            ),
+            (
+                "tenant refused",
+                None,
+                any,
+                any,
                 stop(StopReason::TenantRefused("m".into()), Leave::InFlight),
             ),
             (
-                "graph unreachable",
-                Reread::NotSent {
-                    message: "m".into(),
-                },
-                unknown(),
-                tries(1, true, false),
+                "not sent",
+                None,
+                any,
+                any,
                 stop(StopReason::Unreachable("m".into()), Leave::InFlight),
             ),
-            (
-                "unreadable",
-                Reread::Unreadable {
-                    message: "m".into(),
-                },
-                unknown(),
-                tries(1, true, false),
-                Action::LeaveInFlight,
-            ),
+            ("unreadable", None, any, any, Action::LeaveInFlight),
         ];
-        for (name, reread, last, attempts, want) in rows {
+        // The answers that lead to a re-read.
+        let lasts = [
+            ("refused", refused()),
+            ("already done", already()),
+            ("unknown", unknown()),
+        ];
+        for (name, reread) in rereads() {
+            for (last_name, last) in &lasts {
+                for bits in 0u8..4 {
+                    let [stopping, spent] = std::array::from_fn(|k| bits & (1 << k) != 0);
+                    let matching: Vec<&Row> = rows
+                        .iter()
+                        .filter(|r| {
+                            r.0 == name
+                                && r.1.is_none_or(|l| l == *last_name)
+                                && fits(r.2, stopping)
+                                && fits(r.3, spent)
+                        })
+                        .collect();
+                    let case =
+                        format!("{name} after {last_name}, stopping {stopping}, spent {spent}");
+                    assert_eq!(matching.len(), 1, "{case}");
+                    let attempts = tries(if spent { 3 } else { 1 }, true, stopping);
+                    assert_eq!(
+                        after_reread(Step::Invite, &reread, last, &attempts),
+                        matching[0].4,
+                        "{case}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Every re-read at resume (and none, for an item without a user) has its row.
+    #[test]
+    fn reconciliation_at_resume_for_every_reread() {
+        let mut rows: Vec<(&str, Option<Reread>, Action)> = vec![
+            ("no user", None, Action::BackToPending),
+            ("not done", Some(Reread::NotDone), Action::BackToPending),
+            ("done", Some(Reread::Done), done(Step::Invite, true)),
+        ];
+        for (name, reread) in rereads() {
+            let want = match name {
+                "done" | "not done" => continue,
+                "moot" => Action::Skip {
+                    why: "redeemed".into(),
+                },
+                "unprovable" => fail("UnknownOutcome", "cannot tell"),
+                "tenant refused" => stop(StopReason::TenantRefused("m".into()), Leave::InFlight),
+                "not sent" => stop(StopReason::Unreachable("m".into()), Leave::InFlight),
+                "unreadable" => stop(StopReason::Error("m".into()), Leave::InFlight),
+                other => panic!("no row for re-read {other}"),
+            };
+            rows.push((name, Some(reread), want));
+        }
+        assert_eq!(
+            rows.len(),
+            rereads().len() + 1,
+            "one row per re-read and none"
+        );
+        for (name, reread, want) in rows {
+            assert_eq!(at_resume(Step::Invite, reread.as_ref()), want, "{name}");
+        }
+        for step in ALL_STEPS {
             assert_eq!(
-                after_reread(Step::Invite, &reread, &last, &attempts),
-                want,
-                "{name}"
+                at_resume(step, Some(&Reread::Done)),
+                done(step, true),
+                "{step:?}"
             );
         }
     }
 
     #[test]
-    fn reconciliation_at_resume() {
-        let rows = [
-            ("no user", Step::Invite, None, Action::BackToPending),
-            (
-                "not done",
-                Step::Invite,
-                Some(Reread::NotDone),
-                Action::BackToPending,
-            ),
-            (
-                "invited",
-                Step::Invite,
-                Some(Reread::Done),
-                done(Step::Invite, true),
-            ),
-            (
-                "mail set",
-                Step::SetMail,
-                Some(Reread::Done),
-                done(Step::SetMail, true),
-            ),
-            (
-                "guest set",
-                Step::SetGuest,
-                Some(Reread::Done),
-                done(Step::SetGuest, true),
-            ),
-            (
-                "tenant refuses",
-                Step::Invite,
-                Some(Reread::TenantRefused {
-                    message: "m".into(),
-                }),
-                stop(StopReason::TenantRefused("m".into()), Leave::InFlight),
-            ),
-            (
-                "unreachable",
-                Step::Invite,
-                Some(Reread::NotSent {
-                    message: "m".into(),
-                }),
-                stop(StopReason::Unreachable("m".into()), Leave::InFlight),
-            ),
-            (
-                "unreadable",
-                Step::Invite,
-                Some(Reread::Unreadable {
-                    message: "m".into(),
-                }),
-                stop(StopReason::Error("m".into()), Leave::InFlight),
-            ),
-        ];
-        for (name, step, reread, want) in rows {
-            assert_eq!(at_resume(step, reread.as_ref()), want, "{name}");
-        }
-    }
-
-    #[test]
     fn after_a_step_reconciled_at_resume() {
-        let invited = Checkpoint {
-            invited: true,
-            ..Default::default()
-        };
-        assert_eq!(after_resume_step(&invited), Action::RecordConverted);
-        let guest_left = Checkpoint {
-            invited: true,
-            needs_guest: true,
-            ..Default::default()
-        };
+        let invited = Checkpoint::convert(false, false, true, false, false);
+        assert_eq!(after_resume_step(&invited), Action::RecordDone);
+        let guest_left = Checkpoint::convert(false, false, true, true, false);
         assert_eq!(after_resume_step(&guest_left), Action::BackToPending);
-        let mail_done = Checkpoint {
-            needs_mail: true,
-            mail_set: true,
-            ..Default::default()
-        };
+        let mail_done = Checkpoint::convert(true, true, false, false, false);
         assert_eq!(after_resume_step(&mail_done), Action::BackToPending);
     }
 
     #[test]
+    fn attempts_are_counted_per_step() {
+        let cp = Checkpoint::convert(false, false, false, true, false);
+        let mut plan = ItemPlan::new(cp, 0, 3);
+        assert_eq!(plan.start(), Action::Send(Step::Invite));
+        // Two lost answers at the invitation, the third accepted: 3 of 3 attempts used.
+        for _ in 0..2 {
+            assert_eq!(
+                plan.answered(Step::Invite, unknown(), false),
+                Action::Reread(Step::Invite)
+            );
+            assert_eq!(
+                plan.reread(Step::Invite, &Reread::NotDone, false),
+                Action::Retry(Step::Invite)
+            );
+        }
+        assert_eq!(
+            plan.answered(Step::Invite, Answer::Accepted, false),
+            done(Step::Invite, false)
+        );
+        assert_eq!(plan.attempts_made(), 3);
+        assert_eq!(plan.step_done(Step::Invite), Action::Send(Step::SetGuest));
+        // The userType step has its own attempts, and no earlier lost answer.
+        assert_eq!(plan.attempts_made(), 0);
+        assert_eq!(
+            plan.answered(Step::SetGuest, unknown(), false),
+            Action::Reread(Step::SetGuest)
+        );
+        assert_eq!(
+            plan.reread(Step::SetGuest, &Reread::NotDone, false),
+            Action::Retry(Step::SetGuest)
+        );
+        assert_eq!(
+            plan.answered(Step::SetGuest, refused(), false),
+            Action::Reread(Step::SetGuest)
+        );
+        assert_eq!(
+            plan.reread(Step::SetGuest, &Reread::Done, false),
+            done(Step::SetGuest, true)
+        );
+        assert_eq!(plan.step_done(Step::SetGuest), Action::RecordDone);
+    }
+
+    #[test]
+    fn a_not_sent_request_is_not_an_attempt() {
+        let mut plan = ItemPlan::new(Checkpoint::new(Pass::Resend, &[Step::Reinvite]), 2, 3);
+        assert_eq!(
+            plan.answered(Step::Reinvite, not_sent(), false),
+            stop(
+                StopReason::Unreachable("http://127.0.0.1:9 refused".into()),
+                Leave::Pending
+            )
+        );
+        assert_eq!(plan.attempts_made(), 2);
+    }
+
+    #[test]
+    fn a_done_already_refusal_is_reconciled_as_done() {
+        let mut plan = ItemPlan::new(Checkpoint::convert(false, false, false, false, false), 0, 3);
+        assert_eq!(
+            plan.answered(Step::Invite, already(), false),
+            Action::Reread(Step::Invite)
+        );
+        assert_eq!(
+            plan.reread(Step::Invite, &Reread::Done, false),
+            done(Step::Invite, true)
+        );
+        assert_eq!(plan.step_done(Step::Invite), Action::RecordDone);
+    }
+
+    #[test]
+    fn resume_reconciles_then_goes_on() {
+        let mut plan = ItemPlan::new(Checkpoint::convert(true, false, false, true, false), 1, 3);
+        assert_eq!(
+            plan.resumed(Step::SetMail, Some(&Reread::Done)),
+            done(Step::SetMail, true)
+        );
+        assert_eq!(plan.resumed_step_done(Step::SetMail), Action::BackToPending);
+        assert_eq!(plan.start(), Action::Send(Step::Invite));
+        assert_eq!(plan.attempts_made(), 0);
+    }
+
+    #[test]
     fn step_names_round_trip() {
-        for s in [Step::SetMail, Step::Invite, Step::SetGuest] {
+        for s in ALL_STEPS {
             assert_eq!(Step::parse(s.as_str()), Some(s));
         }
         assert_eq!(Step::parse("other"), None);

@@ -1,0 +1,522 @@
+//! `resend` passes (issue 10): the users a pass fixes when it starts and where each is within
+//! it. SQL only; the decisions live in `workers::resend`. Every change of an entry is fenced by
+//! the run's lease.
+
+use rusqlite::{params, OptionalExtension};
+
+use super::redemption::KEEP_LINKS;
+use super::track::PENDING_ACCEPTANCE;
+use super::{now, Queue, QueueError, Result};
+use crate::item::ItemState;
+
+/// A `resend` pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResendPass {
+    pub id: i64,
+    pub run_id: i64,
+    pub older_than_days: u32,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+}
+
+/// Where one user is within a resend pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResendState {
+    Pending,
+    /// A request may be on the wire (or was when the process died).
+    InFlight,
+    Sent,
+    Failed,
+    /// Nothing to send after all (redeemed meanwhile, user gone).
+    Skipped,
+}
+
+impl ResendState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResendState::Pending => "pending",
+            ResendState::InFlight => "in_flight",
+            ResendState::Sent => "sent",
+            ResendState::Failed => "failed",
+            ResendState::Skipped => "skipped",
+        }
+    }
+}
+
+impl std::str::FromStr for ResendState {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<ResendState, String> {
+        [
+            ResendState::Pending,
+            ResendState::InFlight,
+            ResendState::Sent,
+            ResendState::Failed,
+            ResendState::Skipped,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == s)
+        .ok_or_else(|| format!("unknown resend state `{s}`"))
+    }
+}
+
+/// One user of a resend pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResendEntry {
+    pub pass_id: i64,
+    pub item_id: i64,
+    pub user_id: Option<String>,
+    pub user_principal_name: Option<String>,
+    pub state: ResendState,
+    pub attempts: u32,
+    /// When the entry was last put in flight.
+    pub checkpoint_at: Option<String>,
+    /// Graph's change time as the last `track` read it: the user's last change before this
+    /// pass (Graph's clock).
+    pub tracked_changed_at: Option<String>,
+    /// When that `track` read the user (our clock).
+    pub tracked_at: Option<String>,
+}
+
+/// A user `resend` would re-invite (listed by `resend --dry-run`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResendUser {
+    pub item_id: i64,
+    pub user_id: Option<String>,
+    pub user_principal_name: Option<String>,
+    pub external_email: Option<String>,
+}
+
+/// Counts of a pass by entry state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResendSummary {
+    pub pending: u64,
+    pub in_flight: u64,
+    pub sent: u64,
+    pub failed: u64,
+    pub skipped: u64,
+}
+
+impl ResendSummary {
+    /// Every user of the pass.
+    pub fn total(&self) -> u64 {
+        self.pending + self.in_flight + self.sent + self.failed + self.skipped
+    }
+}
+
+/// What a lost answer is judged against: Graph's change time as the last `track` read it, and
+/// when (on our clock) that read was made. Candidates are always tracked after any earlier
+/// resend, so the tracked change time is the user's last change before this pass.
+const RESEND_COLUMNS: &str = "r.pass_id, r.item_id, i.user_id, i.user_principal_name, r.state, \
+    r.attempts, r.checkpoint_at, i.external_user_state_changed_at, i.tracked_at";
+
+impl Queue {
+    /// The run's unfinished resend pass, if one was interrupted.
+    pub fn open_resend_pass(&self, run_id: i64) -> Result<Option<ResendPass>> {
+        self.conn()
+            .query_row(
+                "SELECT id, run_id, older_than_days, started_at, finished_at FROM resend_passes
+                 WHERE run_id = ?1 AND finished_at IS NULL ORDER BY id LIMIT 1",
+                [run_id],
+                pass_from_row,
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Converted users still `PendingAcceptance` per the last `track` whose last invitation
+    /// (Graph's change time, else the conversion, or a later resend) is at or before `cutoff`.
+    pub fn resend_candidates(&self, run_id: i64, cutoff: &str) -> Result<u64> {
+        let n: i64 = self
+            .conn()
+            .query_row(
+                &format!("SELECT count(*) FROM items i WHERE {CANDIDATE_WHERE}"),
+                params![
+                    run_id,
+                    cutoff,
+                    ItemState::Converted,
+                    PENDING_ACCEPTANCE,
+                    ResendState::Sent
+                ],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(n as u64)
+    }
+
+    /// The users of [`Queue::resend_candidates`], in item order (`resend --dry-run` lists them).
+    pub fn resend_candidate_list(&self, run_id: i64, cutoff: &str) -> Result<Vec<ResendUser>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT i.id, i.user_id, i.user_principal_name, i.external_email FROM items i
+                 WHERE {CANDIDATE_WHERE} ORDER BY i.id"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(
+                params![
+                    run_id,
+                    cutoff,
+                    ItemState::Converted,
+                    PENDING_ACCEPTANCE,
+                    ResendState::Sent
+                ],
+                |r| {
+                    Ok(ResendUser {
+                        item_id: r.get(0)?,
+                        user_id: r.get(1)?,
+                        user_principal_name: r.get(2)?,
+                        external_email: r.get(3)?,
+                    })
+                },
+            )
+            .map_err(|e| self.err(e))?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
+    /// Creates a pass over the candidates of [`Queue::resend_candidates`], fixing its users in
+    /// the same transaction. `None` (and no pass) when there is nobody to re-invite.
+    pub fn create_resend_pass(
+        &self,
+        run_id: i64,
+        older_than_days: u32,
+        cutoff: &str,
+    ) -> Result<Option<ResendPass>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        tx.execute(
+            "INSERT INTO resend_passes (run_id, older_than_days, started_at) VALUES (?1, ?2, ?3)",
+            params![run_id, older_than_days, now()],
+        )
+        .map_err(|e| self.err(e))?;
+        let pass_id = tx.last_insert_rowid();
+        let n = tx
+            .execute(
+                &format!(
+                    "INSERT INTO resends (pass_id, item_id)
+                     SELECT ?6, i.id FROM items i WHERE {CANDIDATE_WHERE} ORDER BY i.id"
+                ),
+                params![
+                    run_id,
+                    cutoff,
+                    ItemState::Converted,
+                    PENDING_ACCEPTANCE,
+                    ResendState::Sent,
+                    pass_id
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let pass = tx
+            .query_row(
+                "SELECT id, run_id, older_than_days, started_at, finished_at FROM resend_passes
+                 WHERE id = ?1",
+                [pass_id],
+                pass_from_row,
+            )
+            .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(Some(pass))
+    }
+
+    /// The pass's entries in `state`, in item order.
+    pub fn resend_entries(&self, pass_id: i64, state: ResendState) -> Result<Vec<ResendEntry>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {RESEND_COLUMNS} FROM resends r JOIN items i ON i.id = r.item_id
+                 WHERE r.pass_id = ?1 AND r.state = ?2 ORDER BY r.item_id"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![pass_id, state], |r| {
+                Ok(ResendEntry {
+                    pass_id: r.get(0)?,
+                    item_id: r.get(1)?,
+                    user_id: r.get(2)?,
+                    user_principal_name: r.get(3)?,
+                    state: r.get(4)?,
+                    attempts: r.get::<_, i64>(5)? as u32,
+                    checkpoint_at: r.get(6)?,
+                    tracked_changed_at: r.get(7)?,
+                    tracked_at: r.get(8)?,
+                })
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
+    /// Checkpoint before a resend can leave the process: `pending` → `in_flight`. Returns the
+    /// checkpoint time, which a lost answer is later judged against. Not an attempt: a process
+    /// killed right after it sent nothing (see [`Queue::charge_resend_attempt`]).
+    pub fn mark_resend_in_flight(&self, pass_id: i64, item_id: i64) -> Result<String> {
+        let at = now();
+        self.resend_transition(
+            pass_id,
+            item_id,
+            &[ResendState::Pending],
+            ResendState::InFlight,
+            "checkpoint_at = ?3",
+            params![pass_id, item_id, at],
+        )?;
+        Ok(at)
+    }
+
+    /// One more re-invitation of the user that may have reached Graph (`--max-attempts`).
+    pub fn charge_resend_attempt(&self, pass_id: i64, item_id: i64) -> Result<()> {
+        self.resend_transition(
+            pass_id,
+            item_id,
+            &[ResendState::InFlight],
+            ResendState::InFlight,
+            "attempts = attempts + 1",
+            params![pass_id, item_id],
+        )
+    }
+
+    /// The resend took effect. `redeem_url` is stored on the item only for runs with
+    /// `--keep-redeem-links` (a reset invalidates the previous link).
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_resent(
+        &self,
+        pass_id: i64,
+        item_id: i64,
+        invitation_id: Option<&str>,
+        request_id: Option<&str>,
+        client_request_id: Option<&str>,
+        redeem_url: Option<&str>,
+    ) -> Result<()> {
+        let reconciled = invitation_id.is_none();
+        let at = now();
+        self.resend_transition(
+            pass_id,
+            item_id,
+            &[ResendState::InFlight],
+            ResendState::Sent,
+            "sent_at = ?3, reconciled = ?4, invitation_id = ?5,
+             request_id = coalesce(?6, request_id),
+             client_request_id = coalesce(?7, client_request_id),
+             error_code = NULL, error_message = NULL",
+            params![
+                pass_id,
+                item_id,
+                at,
+                reconciled,
+                invitation_id,
+                request_id,
+                client_request_id
+            ],
+        )?;
+        self.conn()
+            .execute(
+                &format!(
+                    "UPDATE items SET external_user_state = ?3,
+                        invite_redeem_url = CASE WHEN {KEEP_LINKS} THEN coalesce(?2, invite_redeem_url)
+                                                 ELSE NULL END
+                     WHERE id = ?1"
+                ),
+                params![item_id, redeem_url, PENDING_ACCEPTANCE],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Graph refused the resend (or attempts ran out): the user stays converted and pending.
+    pub fn record_resend_failed(
+        &self,
+        pass_id: i64,
+        item_id: i64,
+        code: &str,
+        message: &str,
+        request_id: Option<&str>,
+        client_request_id: Option<&str>,
+    ) -> Result<()> {
+        self.resend_transition(
+            pass_id,
+            item_id,
+            &[ResendState::Pending, ResendState::InFlight],
+            ResendState::Failed,
+            "error_code = ?3, error_message = ?4,
+             request_id = coalesce(?5, request_id),
+             client_request_id = coalesce(?6, client_request_id)",
+            params![
+                pass_id,
+                item_id,
+                code,
+                message,
+                request_id,
+                client_request_id
+            ],
+        )
+    }
+
+    /// Nothing to send after all: the user redeemed meanwhile, or is gone.
+    pub fn record_resend_skipped(&self, pass_id: i64, item_id: i64, why: &str) -> Result<()> {
+        self.resend_transition(
+            pass_id,
+            item_id,
+            &[ResendState::Pending, ResendState::InFlight],
+            ResendState::Skipped,
+            "error_message = ?3",
+            params![pass_id, item_id, why],
+        )
+    }
+
+    /// A resend that certainly did not take effect waits again (the tenant refused it before
+    /// carrying it out, or a re-read showed the user unchanged).
+    pub fn resend_back_to_pending(&self, pass_id: i64, item_id: i64) -> Result<()> {
+        self.resend_transition(
+            pass_id,
+            item_id,
+            &[ResendState::InFlight],
+            ResendState::Pending,
+            "",
+            params![pass_id, item_id],
+        )
+    }
+
+    /// Notes the last error of an entry that stays where it is.
+    pub fn note_resend_error(
+        &self,
+        pass_id: i64,
+        item_id: i64,
+        code: &str,
+        message: &str,
+        request_id: Option<&str>,
+    ) -> Result<()> {
+        self.conn()
+            .execute(
+                "UPDATE resends SET error_code = ?3, error_message = ?4,
+                    request_id = coalesce(?5, request_id)
+                 WHERE pass_id = ?1 AND item_id = ?2",
+                params![pass_id, item_id, code, message, request_id],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub fn resend_summary(&self, pass_id: i64) -> Result<ResendSummary> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT state, count(*) FROM resends WHERE pass_id = ?1 GROUP BY state")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([pass_id], |r| {
+                Ok((r.get::<_, ResendState>(0)?, r.get::<_, i64>(1)? as u64))
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        let mut s = ResendSummary::default();
+        for (state, n) in rows {
+            match state {
+                ResendState::Pending => s.pending = n,
+                ResendState::InFlight => s.in_flight = n,
+                ResendState::Sent => s.sent = n,
+                ResendState::Failed => s.failed = n,
+                ResendState::Skipped => s.skipped = n,
+            }
+        }
+        Ok(s)
+    }
+
+    /// Ends a pass once none of its users is pending or in flight; returns whether it ended.
+    pub fn finish_resend_pass(&self, pass_id: i64) -> Result<bool> {
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE resend_passes SET finished_at = ?2
+                 WHERE id = ?1 AND finished_at IS NULL AND NOT EXISTS (
+                   SELECT 1 FROM resends WHERE pass_id = ?1 AND state IN (?3, ?4))",
+                params![pass_id, now(), ResendState::Pending, ResendState::InFlight],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(n == 1)
+    }
+
+    /// Moves one entry of a pass from one of `from` to `to`, setting `set` too (`?1` pass, `?2`
+    /// item, then the caller's parameters; `set` may be empty); the lease is checked in the same write transaction,
+    /// so a holder that lost the run changes nothing.
+    fn resend_transition(
+        &self,
+        pass_id: i64,
+        item_id: i64,
+        from: &[ResendState],
+        to: ResendState,
+        set: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> Result<()> {
+        let n = params.len();
+        let allowed = (0..from.len())
+            .map(|k| format!("?{}", n + 2 + k))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let set = if set.is_empty() {
+            String::new()
+        } else {
+            format!("{set}, ")
+        };
+        let sql = format!(
+            "UPDATE resends SET {set}state = ?{} WHERE pass_id = ?1 AND item_id = ?2 AND state IN ({allowed})",
+            n + 1
+        );
+        let mut bound: Vec<&dyn rusqlite::ToSql> = params.to_vec();
+        bound.push(&to);
+        bound.extend(from.iter().map(|s| s as &dyn rusqlite::ToSql));
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        self.check_fence(&tx)?;
+        if tx
+            .execute(&sql, bound.as_slice())
+            .map_err(|e| self.err(e))?
+            == 1
+        {
+            tx.commit().map_err(|e| self.err(e))?;
+            return Ok(());
+        }
+        let actual: Option<ResendState> = tx
+            .query_row(
+                "SELECT state FROM resends WHERE pass_id = ?1 AND item_id = ?2",
+                params![pass_id, item_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Err(QueueError::Moved {
+            item_id,
+            expected: from[0].as_str(),
+            actual: actual.map_or_else(|| "not in this resend pass".into(), |s| s.as_str().into()),
+        })
+    }
+}
+
+/// `?1` run id, `?2` cutoff: converted, `PendingAcceptance` per the last track, last invited
+/// (Graph's change time, else the conversion, or a later resend) at or before the cutoff. A user
+/// re-invited after their last track is not known to be pending any more: a new `track` first.
+const CANDIDATE_WHERE: &str = "i.run_id = ?1 AND i.state = ?3 AND i.user_id IS NOT NULL
+    AND i.external_user_state = ?4
+    AND NOT EXISTS (SELECT 1 FROM resends s WHERE s.item_id = i.id AND s.state = ?5
+                    AND s.sent_at >= coalesce(i.tracked_at, ''))
+    AND max(coalesce(i.external_user_state_changed_at, i.invited_at, ''),
+            coalesce((SELECT max(r.sent_at) FROM resends r
+                      WHERE r.item_id = i.id AND r.state = ?5), '')) <= ?2";
+
+fn pass_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ResendPass> {
+    Ok(ResendPass {
+        id: r.get(0)?,
+        run_id: r.get(1)?,
+        older_than_days: r.get::<_, i64>(2)? as u32,
+        started_at: r.get(3)?,
+        finished_at: r.get(4)?,
+    })
+}

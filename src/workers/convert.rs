@@ -1,0 +1,253 @@
+//! The convert pass (`run`, `resume`, `retry`) as the executor sees it: (set mail) → invite →
+//! (set userType), each step's request, its re-read, and its records in the item queue.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use crate::graph::{GraphClient, GraphError, ResponseMeta, Traced};
+use crate::item::{ItemRecord, RunOptions};
+use crate::model::{Invitation, InvitationRequest};
+use crate::progress::Progress;
+use crate::queue::{Queue, StepRow};
+
+use super::executor::{reread_error, PassOps};
+use super::planner::{Checkpoint, ItemPlan, Reread, Step};
+
+/// One user being converted.
+pub struct ConvertItem {
+    pub item: ItemRecord,
+    /// The address invited (and the one `--set-mail` writes).
+    pub email: String,
+    req: InvitationRequest,
+    /// The item has a step checkpoint (it needs a step besides the invitation).
+    has_steps: bool,
+    /// The accepted invitation, once answered.
+    invitation: Option<Traced<Invitation>>,
+}
+
+impl ConvertItem {
+    /// Reads the item's step checkpoint and plans it: attempts already made at its current step
+    /// count against `--max-attempts`.
+    pub async fn load(
+        queue: &Arc<Queue>,
+        item: ItemRecord,
+        email: String,
+        options: &RunOptions,
+    ) -> anyhow::Result<(ConvertItem, ItemPlan)> {
+        let id = item.id;
+        let row = db(queue, move |q| q.steps(id)).await?;
+        let made = row.as_ref().map_or(item.attempts, |r| r.attempts);
+        let plan = ItemPlan::new(checkpoint(row.as_ref()), made, options.max_attempts);
+        let req = super::invitation_request(&item, &email, options);
+        Ok((
+            ConvertItem {
+                item,
+                email,
+                req,
+                has_steps: row.is_some(),
+                invitation: None,
+            },
+            plan,
+        ))
+    }
+}
+
+/// The planner's view of an item's stored step checkpoint (none: the invitation only).
+pub fn checkpoint(row: Option<&StepRow>) -> Checkpoint {
+    match row {
+        Some(r) => Checkpoint::convert(
+            r.needs_mail,
+            r.mail_set,
+            r.invited,
+            r.needs_guest,
+            r.guest_set,
+        ),
+        None => Checkpoint::convert(false, false, false, false, false),
+    }
+}
+
+/// What the convert pass needs to carry out its steps.
+pub struct ConvertOps {
+    pub queue: Arc<Queue>,
+    pub graph: GraphClient,
+    pub progress: Arc<Progress>,
+}
+
+impl PassOps for ConvertOps {
+    type Item = ConvertItem;
+
+    async fn checkpoint(&self, it: &mut ConvertItem, step: Step) -> anyhow::Result<()> {
+        let (id, to, has_steps) = (it.item.id, it.email.clone(), it.has_steps);
+        db(&self.queue, move |q| {
+            q.mark_in_flight(id, &to)?;
+            if has_steps {
+                q.step_in_flight(id, step.as_str())?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn send(&self, it: &mut ConvertItem, step: Step) -> Result<ResponseMeta, GraphError> {
+        let uid = it.item.user_id.as_deref().unwrap_or_default();
+        match step {
+            Step::Invite => {
+                let traced = self.graph.invite(&it.req).await?;
+                let meta = traced.meta.clone();
+                it.invitation = Some(traced);
+                Ok(meta)
+            }
+            Step::SetMail => {
+                let change = serde_json::json!({ "mail": it.email });
+                Ok(self.graph.patch_user(uid, &change).await?.meta)
+            }
+            Step::SetGuest => {
+                let change = serde_json::json!({ "userType": "Guest" });
+                Ok(self.graph.patch_user(uid, &change).await?.meta)
+            }
+            other => unreachable!("the convert pass has no step {other:?}"),
+        }
+    }
+
+    async fn reread(&self, it: &ConvertItem, step: Step) -> Reread {
+        reread(&self.graph, it.item.user_id.as_deref(), step, &it.email).await
+    }
+
+    async fn charge(&self, it: &ConvertItem) -> anyhow::Result<()> {
+        let id = it.item.id;
+        db(&self.queue, move |q| q.charge_attempt(id)).await
+    }
+
+    async fn note_unknown(
+        &self,
+        it: &ConvertItem,
+        code: &str,
+        message: &str,
+        meta: Option<&ResponseMeta>,
+    ) -> anyhow::Result<()> {
+        let (id, code, message) = (it.item.id, code.to_string(), message.to_string());
+        let meta = meta.cloned().unwrap_or_default();
+        db(&self.queue, move |q| {
+            q.note_error(
+                id,
+                &code,
+                &message,
+                meta.request_id.as_deref(),
+                Some(&meta.client_request_id),
+            )
+        })
+        .await
+    }
+
+    async fn step_done(&self, it: &ConvertItem, step: Step) -> anyhow::Result<()> {
+        if !it.has_steps {
+            return Ok(());
+        }
+        let id = it.item.id;
+        db(&self.queue, move |q| q.step_done(id, step.as_str())).await
+    }
+
+    async fn record_done(
+        &self,
+        it: &mut ConvertItem,
+        meta: Option<ResponseMeta>,
+    ) -> anyhow::Result<()> {
+        let id = it.item.id;
+        let (inv, meta) = match it.invitation.take() {
+            Some(t) => (Some(t.value), Some(t.meta)),
+            None => (None, meta),
+        };
+        db(&self.queue, move |q| {
+            q.record_converted(
+                id,
+                inv.as_ref(),
+                meta.as_ref().and_then(|m| m.request_id.as_deref()),
+                if inv.is_some() {
+                    meta.as_ref().map(|m| m.client_request_id.as_str())
+                } else {
+                    None
+                },
+            )
+        })
+        .await?;
+        self.progress.item_done(&self.queue, id);
+        Ok(())
+    }
+
+    async fn back_to_pending(&self, it: &ConvertItem) -> anyhow::Result<()> {
+        let id = it.item.id;
+        db(&self.queue, move |q| q.back_to_pending(id)).await
+    }
+
+    async fn record_failed(
+        &self,
+        it: &ConvertItem,
+        code: &str,
+        message: &str,
+        meta: Option<ResponseMeta>,
+    ) -> anyhow::Result<()> {
+        let (id, code, message) = (it.item.id, code.to_string(), message.to_string());
+        db(&self.queue, move |q| {
+            q.record_failed(
+                id,
+                &code,
+                &message,
+                meta.as_ref().and_then(|m| m.request_id.as_deref()),
+                meta.as_ref().map(|m| m.client_request_id.as_str()),
+            )
+        })
+        .await?;
+        self.progress.item_done(&self.queue, id);
+        Ok(())
+    }
+
+    async fn record_skipped(&self, it: &ConvertItem, why: &str) -> anyhow::Result<()> {
+        // The convert pass's re-reads never say "moot": a user that vanished is `NotDone`.
+        unreachable!("the convert pass never skips item {} ({why})", it.item.id)
+    }
+}
+
+/// Reads the user back: did `step` (towards `email`) take effect?
+pub async fn reread(graph: &GraphClient, user_id: Option<&str>, step: Step, email: &str) -> Reread {
+    let Some(user_id) = user_id else {
+        return Reread::Unreadable {
+            message: "the item has no object id to read".into(),
+        };
+    };
+    match graph.get_user(user_id).await {
+        Ok(Some(u)) => {
+            let done = match step {
+                Step::Invite => u
+                    .external_user_state
+                    .as_deref()
+                    .is_some_and(|s| !s.is_empty()),
+                Step::SetMail => u
+                    .mail
+                    .as_deref()
+                    .is_some_and(|m| m.eq_ignore_ascii_case(email)),
+                Step::SetGuest => u.user_type.as_deref() == Some("Guest"),
+                other => unreachable!("the convert pass has no step {other:?}"),
+            };
+            if done {
+                Reread::Done
+            } else {
+                Reread::NotDone
+            }
+        }
+        Ok(None) => Reread::NotDone,
+        Err(e) => reread_error(user_id, e),
+    }
+}
+
+/// Runs a queue operation on the blocking pool: SQLite calls never stall the async workers.
+pub async fn db<T, F>(queue: &Arc<Queue>, f: F) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&Queue) -> crate::queue::Result<T> + Send + 'static,
+{
+    let queue = queue.clone();
+    Ok(tokio::task::spawn_blocking(move || f(&queue))
+        .await
+        .context("a database task panicked")??)
+}

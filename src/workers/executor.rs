@@ -1,0 +1,510 @@
+//! The one executor every pass over users runs on: `run`/`resume`/`retry` (convert), `resend`,
+//! and the passes to come (retire, restore, rollback).
+//!
+//! A pass declares, through [`PassOps`], how each of its steps' requests is sent, how the user
+//! as Graph now holds it shows whether a step took effect (its re-read), and how each outcome is
+//! recorded in the queue. The [`planner`](super::planner) decides; this module only carries out
+//! its actions, in the same order for every pass:
+//!
+//! - the item is checkpointed `in_flight` (fenced by the lease) before a request may leave;
+//! - an attempt is charged only when the request may have reached Graph;
+//! - an unknown outcome (lost answer, timeout, 5xx) or a refusal that may mean "done already"
+//!   is followed by a re-read, never by a blind resend;
+//! - a request that never left, or a tenant refusal, stops the run;
+//! - the pause between attempts at a user is the one retry policy's (`graph::retry::delay`);
+//! - a write the lease no longer allows stops this process's pass without writing anything.
+
+use std::future::Future;
+
+use crate::graph::{GraphError, ResponseMeta};
+use crate::queue::QueueError;
+
+use super::planner::{Action, Answer, ItemPlan, Leave, Reread, Step, StopReason};
+
+/// How an item left the executor in this process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// Recorded done, failed or skipped, or back to `pending` for a later pass.
+    Recorded,
+    /// The outcome is unknown and the user could not be read: it stays `in_flight` for the
+    /// next process's reconciliation.
+    Unresolved,
+    /// The whole pass stops (tenant refusal, Graph unreachable, lease lost).
+    Stopped(StopReason),
+}
+
+/// What one pass declares for the executor: its requests, its re-read, its records. `Item` is
+/// what the pass knows about one user while working it. Every record is a small queue write;
+/// the checkpoint and every state change are fenced by the lease (`QueueError::LeaseLost`).
+pub trait PassOps: Sync {
+    type Item: Send;
+
+    /// Checkpoints `in_flight` at `step`: after this a request may leave.
+    fn checkpoint(
+        &self,
+        item: &mut Self::Item,
+        step: Step,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// Sends `step`'s request. Keeps what the pass needs of the answer in `item`.
+    fn send(
+        &self,
+        item: &mut Self::Item,
+        step: Step,
+    ) -> impl Future<Output = Result<ResponseMeta, GraphError>> + Send;
+
+    /// Reads the user back: did `step` take effect?
+    fn reread(&self, item: &Self::Item, step: Step) -> impl Future<Output = Reread> + Send;
+
+    /// One more request at `step` that may have reached Graph.
+    fn charge(&self, item: &Self::Item) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// The last error of an item whose outcome is unknown, kept where it is.
+    fn note_unknown(
+        &self,
+        item: &Self::Item,
+        code: &str,
+        message: &str,
+        meta: Option<&ResponseMeta>,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// Checkpoints `step` done.
+    fn step_done(
+        &self,
+        item: &Self::Item,
+        step: Step,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// Every step asked for is done. `meta` is the last answer's (none when reconciled).
+    fn record_done(
+        &self,
+        item: &mut Self::Item,
+        meta: Option<ResponseMeta>,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// Nothing took effect: the item waits for a later attempt or pass.
+    fn back_to_pending(&self, item: &Self::Item)
+        -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    fn record_failed(
+        &self,
+        item: &Self::Item,
+        code: &str,
+        message: &str,
+        meta: Option<ResponseMeta>,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    fn record_skipped(
+        &self,
+        item: &Self::Item,
+        why: &str,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// Reduces a Graph failure of `step`'s request to what the planner decides on.
+pub fn answer_of(step: Step, e: &GraphError) -> Answer {
+    match e {
+        GraphError::Api { code, message, .. } => super::planner::refusal(step, code, message),
+        GraphError::TenantRefused { message, .. } => Answer::TenantRefused {
+            message: message.clone(),
+        },
+        GraphError::NotSent { message } => Answer::NotSent {
+            message: message.clone(),
+        },
+        // Retries ran out on something that may have reached Graph: the outcome is unknown.
+        GraphError::Unknown { message, .. } | GraphError::Exhausted { message, .. } => {
+            Answer::Unknown {
+                code: "UnknownOutcome".into(),
+                message: message.clone(),
+            }
+        }
+        other => Answer::Refused {
+            code: other.code().unwrap_or("Error").to_string(),
+            message: other.to_string(),
+        },
+    }
+}
+
+/// Sorts a failed re-read of the user.
+pub fn reread_error(user_id: &str, e: GraphError) -> Reread {
+    match e {
+        GraphError::TenantRefused { message, .. } => Reread::TenantRefused { message },
+        GraphError::NotSent { message } => Reread::NotSent { message },
+        e => Reread::Unreadable {
+            message: format!("re-reading user {user_id}: {e}"),
+        },
+    }
+}
+
+/// A write the lease refused: this process lost the run and stops without writing more.
+fn lease_lost(e: &anyhow::Error) -> Option<StopReason> {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<QueueError>())
+        .any(|q| matches!(q, QueueError::LeaseLost { .. }))
+        .then_some(StopReason::LeaseLost)
+}
+
+/// Runs a queue write; a refusal by the lease ends the item's work as a stop of the pass.
+macro_rules! fenced {
+    ($write:expr) => {
+        match $write.await {
+            Ok(v) => v,
+            Err(e) => match lease_lost(&e) {
+                Some(reason) => return Ok(Settled::Stopped(reason)),
+                None => return Err(e),
+            },
+        }
+    };
+}
+
+/// Works one item through its pass's steps until it leaves the executor. `stopping` is asked
+/// before each decision that depends on it (Ctrl-C, another item's stop).
+pub async fn work_item<P: PassOps>(
+    ops: &P,
+    item: &mut P::Item,
+    plan: &mut ItemPlan,
+    stopping: impl Fn() -> bool + Sync,
+) -> anyhow::Result<Settled> {
+    let mut last_meta: Option<ResponseMeta> = None;
+    let mut action = plan.start();
+    loop {
+        action = match action {
+            Action::Send(step) => {
+                fenced!(ops.checkpoint(item, step));
+                let answer = match ops.send(item, step).await {
+                    Ok(meta) => {
+                        last_meta = Some(meta);
+                        Answer::Accepted
+                    }
+                    Err(e) => {
+                        last_meta = e.meta().cloned();
+                        answer_of(step, &e)
+                    }
+                };
+                if super::planner::charges_attempt(&answer) {
+                    fenced!(ops.charge(item));
+                }
+                if let Answer::Unknown { code, message } = &answer {
+                    fenced!(ops.note_unknown(item, code, message, last_meta.as_ref()));
+                }
+                plan.answered(step, answer, stopping())
+            }
+            Action::Reread(step) => {
+                let seen = ops.reread(item, step).await;
+                plan.reread(step, &seen, stopping())
+            }
+            Action::StepDone { step, reconciled } => {
+                if reconciled {
+                    tracing::info!(step = step.as_str(), "answer lost but the step took effect");
+                }
+                fenced!(ops.step_done(item, step));
+                plan.step_done(step)
+            }
+            Action::RecordDone => {
+                fenced!(ops.record_done(item, last_meta.take()));
+                return Ok(Settled::Recorded);
+            }
+            Action::Retry(step) => {
+                fenced!(ops.back_to_pending(item));
+                tokio::time::sleep(crate::graph::retry::delay(plan.attempts_made())).await;
+                Action::Send(step)
+            }
+            Action::BackToPending => {
+                fenced!(ops.back_to_pending(item));
+                return Ok(Settled::Recorded);
+            }
+            Action::Fail { code, message } => {
+                fenced!(ops.record_failed(item, &code, &message, last_meta.take()));
+                return Ok(Settled::Recorded);
+            }
+            Action::Skip { why } => {
+                fenced!(ops.record_skipped(item, &why));
+                return Ok(Settled::Recorded);
+            }
+            Action::LeaveInFlight => {
+                // Unknown and unknowable for now: never resend blind. The next process reconciles.
+                tracing::warn!("cannot re-read user; item stays in flight");
+                return Ok(Settled::Unresolved);
+            }
+            Action::StopRun {
+                reason,
+                item: leave,
+            } => {
+                if leave == Leave::Pending {
+                    fenced!(ops.back_to_pending(item));
+                }
+                return Ok(Settled::Stopped(reason));
+            }
+        };
+    }
+}
+
+/// Settles an item a previous process left `in_flight` at `step`, from a re-read of the user
+/// (`has_user` false: nothing can have been sent for it). Never sends anything.
+pub async fn reconcile_item<P: PassOps>(
+    ops: &P,
+    item: &mut P::Item,
+    plan: &mut ItemPlan,
+    step: Step,
+    has_user: bool,
+) -> anyhow::Result<Settled> {
+    let seen = match has_user {
+        true => Some(ops.reread(item, step).await),
+        false => None,
+    };
+    let mut action = plan.resumed(step, seen.as_ref());
+    if let Action::StepDone { step, .. } = action {
+        fenced!(ops.step_done(item, step));
+        action = plan.resumed_step_done(step);
+    }
+    match action {
+        Action::RecordDone => fenced!(ops.record_done(item, None)),
+        Action::BackToPending => fenced!(ops.back_to_pending(item)),
+        Action::Skip { why } => fenced!(ops.record_skipped(item, &why)),
+        Action::Fail { code, message } => fenced!(ops.record_failed(item, &code, &message, None)),
+        Action::StopRun { reason, .. } => return Ok(Settled::Stopped(reason)),
+        other => unreachable!("the planner never plans {other:?} at resume"),
+    }
+    Ok(Settled::Recorded)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::workers::planner::{Checkpoint, Pass};
+
+    /// A pass whose Graph answers and re-reads are scripted, and whose records are a journal.
+    #[derive(Default)]
+    struct Scripted {
+        answers: Mutex<VecDeque<Result<ResponseMeta, GraphError>>>,
+        rereads: Mutex<VecDeque<Reread>>,
+        journal: Mutex<Vec<String>>,
+        /// The lease refuses every write from the n-th on.
+        lease_lost_after: Option<usize>,
+    }
+
+    impl Scripted {
+        fn new(answers: Vec<Result<ResponseMeta, GraphError>>, rereads: Vec<Reread>) -> Self {
+            Scripted {
+                answers: Mutex::new(answers.into()),
+                rereads: Mutex::new(rereads.into()),
+                ..Scripted::default()
+            }
+        }
+        fn write(&self, what: String) -> anyhow::Result<()> {
+            let mut j = self.journal.lock().unwrap();
+            let writes = j
+                .iter()
+                .filter(|e| !e.starts_with("send") && !e.starts_with("reread"))
+                .count();
+            if self.lease_lost_after.is_some_and(|n| writes >= n) {
+                return Err(QueueError::LeaseLost { run_id: 1 }.into());
+            }
+            j.push(what);
+            Ok(())
+        }
+        fn journal(&self) -> Vec<String> {
+            self.journal.lock().unwrap().clone()
+        }
+    }
+
+    impl PassOps for Scripted {
+        type Item = ();
+        async fn checkpoint(&self, _: &mut (), step: Step) -> anyhow::Result<()> {
+            self.write(format!("checkpoint {}", step.as_str()))
+        }
+        async fn send(&self, _: &mut (), step: Step) -> Result<ResponseMeta, GraphError> {
+            self.journal
+                .lock()
+                .unwrap()
+                .push(format!("send {}", step.as_str()));
+            self.answers
+                .lock()
+                .unwrap()
+                .pop_front()
+                .expect("a scripted answer")
+        }
+        async fn reread(&self, _: &(), step: Step) -> Reread {
+            self.journal
+                .lock()
+                .unwrap()
+                .push(format!("reread {}", step.as_str()));
+            self.rereads
+                .lock()
+                .unwrap()
+                .pop_front()
+                .expect("a scripted re-read")
+        }
+        async fn charge(&self, _: &()) -> anyhow::Result<()> {
+            self.write("charge".into())
+        }
+        async fn note_unknown(
+            &self,
+            _: &(),
+            code: &str,
+            _: &str,
+            _: Option<&ResponseMeta>,
+        ) -> anyhow::Result<()> {
+            self.write(format!("note {code}"))
+        }
+        async fn step_done(&self, _: &(), step: Step) -> anyhow::Result<()> {
+            self.write(format!("done {}", step.as_str()))
+        }
+        async fn record_done(&self, _: &mut (), _: Option<ResponseMeta>) -> anyhow::Result<()> {
+            self.write("record done".into())
+        }
+        async fn back_to_pending(&self, _: &()) -> anyhow::Result<()> {
+            self.write("pending".into())
+        }
+        async fn record_failed(
+            &self,
+            _: &(),
+            code: &str,
+            _: &str,
+            _: Option<ResponseMeta>,
+        ) -> anyhow::Result<()> {
+            self.write(format!("failed {code}"))
+        }
+        async fn record_skipped(&self, _: &(), why: &str) -> anyhow::Result<()> {
+            self.write(format!("skipped {why}"))
+        }
+    }
+
+    fn ok() -> Result<ResponseMeta, GraphError> {
+        Ok(ResponseMeta::default())
+    }
+    fn lost() -> Result<ResponseMeta, GraphError> {
+        Err(GraphError::Unknown {
+            message: "answer lost".into(),
+            meta: ResponseMeta::default(),
+        })
+    }
+    fn refused(message: &str) -> Result<ResponseMeta, GraphError> {
+        Err(GraphError::Api {
+            status: 400,
+            code: "BadRequest".into(),
+            message: message.into(),
+            meta: ResponseMeta::default(),
+        })
+    }
+    fn not_sent() -> Result<ResponseMeta, GraphError> {
+        Err(GraphError::NotSent {
+            message: "http://127.0.0.1:9 refused".into(),
+        })
+    }
+    async fn drive(ops: &Scripted, cp: Checkpoint) -> Settled {
+        let mut plan = ItemPlan::new(cp, 0, 3);
+        work_item(ops, &mut (), &mut plan, || false).await.unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_request_is_checkpointed_first_and_charged_once_answered() {
+        let ops = Scripted::new(vec![ok(), ok()], vec![]);
+        let cp = Checkpoint::convert(false, false, false, true, false);
+        assert_eq!(drive(&ops, cp).await, Settled::Recorded);
+        assert_eq!(
+            ops.journal(),
+            [
+                "checkpoint invite",
+                "send invite",
+                "charge",
+                "done invite",
+                "checkpoint set_guest",
+                "send set_guest",
+                "charge",
+                "done set_guest",
+                "record done"
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_answer_is_re_read_before_anything_is_sent_again() {
+        let ops = Scripted::new(vec![lost(), ok()], vec![Reread::NotDone]);
+        let cp = Checkpoint::new(Pass::Resend, Pass::Resend.steps());
+        assert_eq!(drive(&ops, cp).await, Settled::Recorded);
+        assert_eq!(
+            ops.journal(),
+            [
+                "checkpoint reinvite",
+                "send reinvite",
+                "charge",
+                "note UnknownOutcome",
+                "reread reinvite",
+                "pending",
+                "checkpoint reinvite",
+                "send reinvite",
+                "charge",
+                "done reinvite",
+                "record done"
+            ]
+        );
+    }
+
+    /// The invitation took effect after the tool re-read the user: the next attempt is refused
+    /// as "already a B2B collaboration user", and the user decides — converted, not failed.
+    #[tokio::test(start_paused = true)]
+    async fn a_done_already_refusal_ends_done_not_failed() {
+        let already = "User invitation failed. The user is already a B2B collaboration user; \
+                       set resetRedemption to true to reset its redemption status.";
+        let ops = Scripted::new(
+            vec![lost(), refused(already)],
+            vec![Reread::NotDone, Reread::Done],
+        );
+        let cp = Checkpoint::convert(false, false, false, false, false);
+        assert_eq!(drive(&ops, cp).await, Settled::Recorded);
+        let journal = ops.journal();
+        assert_eq!(journal.last().unwrap(), "record done", "{journal:?}");
+        assert!(
+            !journal.iter().any(|e| e.starts_with("failed")),
+            "{journal:?}"
+        );
+        assert_eq!(journal.iter().filter(|e| *e == "send invite").count(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_never_left_stops_the_pass_uncharged() {
+        let ops = Scripted::new(vec![not_sent()], vec![]);
+        let cp = Checkpoint::new(Pass::Resend, Pass::Resend.steps());
+        assert_eq!(
+            drive(&ops, cp).await,
+            Settled::Stopped(StopReason::Unreachable("http://127.0.0.1:9 refused".into()))
+        );
+        assert_eq!(
+            ops.journal(),
+            ["checkpoint reinvite", "send reinvite", "pending"]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_lease_stops_the_item_before_its_next_request() {
+        // The first step's three writes go through; the next checkpoint is refused.
+        let ops = Scripted {
+            lease_lost_after: Some(3),
+            ..Scripted::new(vec![ok()], vec![])
+        };
+        let cp = Checkpoint::convert(false, false, false, true, false);
+        assert_eq!(
+            drive(&ops, cp).await,
+            Settled::Stopped(StopReason::LeaseLost)
+        );
+        assert_eq!(
+            ops.journal(),
+            ["checkpoint invite", "send invite", "charge", "done invite"]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resume_reconciles_without_sending() {
+        let ops = Scripted::new(vec![], vec![Reread::Done]);
+        let mut plan = ItemPlan::new(Checkpoint::convert(false, false, false, true, false), 0, 3);
+        let settled = reconcile_item(&ops, &mut (), &mut plan, Step::Invite, true)
+            .await
+            .unwrap();
+        assert_eq!(settled, Settled::Recorded);
+        assert_eq!(ops.journal(), ["reread invite", "done invite", "pending"]);
+    }
+}

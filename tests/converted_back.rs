@@ -1,0 +1,94 @@
+//! A user converted back to an internal member cannot be invited again (Graph answers 412): a
+//! run over such users blocks them `converted_back` from the one beta listing per pass, and
+//! Graph never has to refuse one.
+
+use b2b_convert::emulator::{EmulatorConfig, Tenant};
+use b2b_convert::item::{ItemState, Reason};
+use serde_json::json;
+
+mod common;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_blocks_converted_back_users_without_a_412() {
+    let tenant = Tenant::generate(80, 9);
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("users.csv");
+    tenant.write_csv(&csv).unwrap();
+    let emu = common::start(EmulatorConfig::new(tenant.clone())).await;
+    // Three plain users an administrator converted back earlier (as the beta action leaves them).
+    let back: Vec<String> = tenant
+        .users
+        .iter()
+        .filter(|u| {
+            u.external_user_state.is_none()
+                && u.account_enabled == Some(true)
+                && u.on_premises_sync_enabled.is_none()
+        })
+        .take(3)
+        .map(|u| u.id.clone())
+        .collect();
+    let http = reqwest::Client::new();
+    for id in &back {
+        let r = http
+            .post(format!("{}/_emulator/users/{id}", emu.base_url()))
+            .json(&json!({"externalUserConvertedOn": "2026-11-20T08:00:00Z", "userType": "Member"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let db = dir.path().join("q.db");
+    let r = common::run(
+        &emu,
+        &db,
+        &["run", "--csv", csv.to_str().unwrap(), "--silent", "--yes"],
+    )
+    .await;
+    assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
+    let items = common::items(&db, r.run_id());
+    let blocked: Vec<&str> = items
+        .iter()
+        .filter(|i| i.reason == Some(Reason::ConvertedBack))
+        .map(|i| {
+            assert_eq!(i.state, ItemState::Blocked);
+            assert!(i.detail.as_deref().unwrap().contains("412"));
+            i.user_id.as_deref().unwrap()
+        })
+        .collect();
+    let mut want: Vec<&str> = back.iter().map(String::as_str).collect();
+    want.sort_unstable();
+    let mut got = blocked.clone();
+    got.sort_unstable();
+    assert_eq!(got, want);
+    let stats = emu.stats();
+    assert_eq!(
+        stats["requests"]["POST /v1.0/invitations"]["412"],
+        serde_json::Value::Null,
+        "{stats}"
+    );
+    assert!(emu
+        .invitations()
+        .iter()
+        .all(|i| !back.contains(&i["userId"].as_str().unwrap().to_string())));
+    assert_eq!(
+        stats["requests"]["GET /beta/users"]["200"], 1,
+        "one beta listing per pass"
+    );
+    // The report's fix hint for the reason.
+    let out = dir.path().join("r.md");
+    let r2 = common::run(
+        &emu,
+        &db,
+        &[
+            "report",
+            &r.run_id().to_string(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(r2.code, 0, "{}", r2.stderr);
+    let md = std::fs::read_to_string(out).unwrap();
+    assert!(md.contains("converted_back"), "{md}");
+    emu.shutdown().await;
+}
