@@ -329,7 +329,8 @@ fn check_database(path: &Path, conn: &Connection) -> Result<()> {
     };
     let damaged = |e: rusqlite::Error| {
         refuse(format!(
-            "cannot be read as a database ({e}); nothing was changed: restore it from a copy or pass another --db"
+            "cannot be read as a database ({e}); nothing was changed: if the disk is full make room, \
+             else restore it from a copy or pass another --db"
         ))
     };
     let problems: Vec<String> = {
