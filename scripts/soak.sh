@@ -24,9 +24,23 @@ cd "$WORK"
 echo "soak: $MINUTES min, $USERS users per tenant, in $WORK" >&2
 
 EMU_PID=
+summary() {
+cat <<EOF
+tenants            $TENANTS ($USERS users each)
+tool processes     $CYCLES disturbed cycles: $KILL9 SIGKILL, $TERM SIGTERM, $STOPS SIGSTOP 3 s, $HOLES black-hole windows of 7 s
+approved           $APPROVED users by the dry runs
+converted          $CONVERTED users ($FAILED failed: attempts spent under faults); $RESENT re-invitations by resend passes
+fuzzed CSVs        $FUZZED dry runs; items naming a user not in the original: $FUZZ_BAD
+invited twice      $DUPES
+lost or unrecorded $MISSING
+left pending / in flight at the end   $STRANDED
+unexpected exits   $UNEXPECTED
+EOF
+}
 cleanup() {
   [ -n "$EMU_PID" ] && kill -CONT "$EMU_PID" 2>/dev/null && kill "$EMU_PID" 2>/dev/null
   wait 2>/dev/null || true
+  summary
 }
 trap cleanup EXIT
 
@@ -115,10 +129,11 @@ while [ "$(date +%s)" -lt "$DEADLINE" ]; do
   # Finish without disturbance, so every tenant's verdict is complete.
   "$BIN" --db "$db" resume --yes --rate 500 >/dev/null 2>>tool.err || true
 
-  # A resend pass through kill cycles too.
-  "$BIN" --db "$db" track >/dev/null 2>>tool.err || true
-  cycle "$db" resend 1 --yes
-  "$BIN" --db "$db" resend 1 --yes >/dev/null 2>>tool.err || true
+  # A resend pass through kill cycles too (only after a track: resend needs one).
+  if "$BIN" --db "$db" track >/dev/null 2>>tool.err; then
+    cycle "$db" resend 1 --yes
+    "$BIN" --db "$db" resend 1 --yes >/dev/null 2>>tool.err || true
+  fi
 
   status=$("$BIN" --db "$db" status --json)
   converted=$(echo "$status" | jq '.states.converted')
@@ -137,14 +152,3 @@ while [ "$(date +%s)" -lt "$DEADLINE" ]; do
   seed=$((seed + 1))
 done
 
-cat <<EOF
-tenants            $TENANTS ($USERS users each)
-tool processes     $CYCLES disturbed cycles: $KILL9 SIGKILL, $TERM SIGTERM, $STOPS SIGSTOP 3 s, $HOLES black-hole windows of 7 s
-approved           $APPROVED users by the dry runs
-converted          $CONVERTED users ($FAILED failed: attempts spent under faults); $RESENT re-invitations by resend passes
-fuzzed CSVs        $FUZZED dry runs; items naming a user not in the original: $FUZZ_BAD
-invited twice      $DUPES
-lost or unrecorded $MISSING
-left pending / in flight at the end   $STRANDED
-unexpected exits   $UNEXPECTED
-EOF
