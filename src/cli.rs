@@ -67,6 +67,17 @@ pub struct Cli {
     )]
     pub db: PathBuf,
 
+    /// A named tenant from b2b-convert.toml (`[profiles.NAME]`): its sign-in settings and its own
+    /// database, where flags and environment give none.
+    #[arg(
+        help_heading = "Global options",
+        long,
+        global = true,
+        value_name = "NAME",
+        env = "B2B_PROFILE"
+    )]
+    pub profile: Option<String>,
+
     /// Log format on stderr: `json` writes one object per line, for log collectors.
     #[arg(help_heading = "Global options", long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -91,6 +102,9 @@ pub enum Command {
     Run(RunArgs),
     /// Continue a run that stopped (crash, Ctrl-C, network loss); default the latest run.
     Resume(ResumeArgs),
+    /// The live run of exactly what a finished dry run approved (its would_convert users, its
+    /// options); users who changed since are not converted.
+    Apply(ApplyArgs),
     /// Put a run's failed items back to pending, then continue it.
     Retry(RetryArgs),
     /// Counts by state and by reason.
@@ -110,6 +124,8 @@ pub enum Command {
     /// Write reviewed PowerShell 7 for what Graph cannot reach (on-premises AD DS passwords and
     /// mail, Exchange Online mailbox users) for this run's users, into a new directory.
     Scripts(ScriptsArgs),
+    /// List the profiles of b2b-convert.toml (no secrets, nothing fetched).
+    Profiles,
     /// Serve the simulated tenant until stopped.
     Emulator(EmulatorArgs),
     /// Rehearse on the shipped sample tenant: dry run, then live run, against an in-process emulator.
@@ -247,6 +263,10 @@ pub struct ExecArgs {
     /// Convert at most N users of this run (a pilot batch); 0 lifts the limit on resume.
     #[arg(long, value_name = "N", value_parser = config::limit_parser())]
     pub limit: Option<u64>,
+    /// Work only the run's users named in this file (object ids or UPNs, one a line, `#`
+    /// comments): a pilot of named users; the others stay pending for a later `resume`.
+    #[arg(long, value_name = "PATH")]
+    pub only: Option<PathBuf>,
     /// Write a report at the end (format from the extension).
     #[arg(long, value_name = "PATH")]
     pub report: Option<PathBuf>,
@@ -331,7 +351,46 @@ pub struct RunArgs {
 pub struct ResumeArgs {
     /// The run to continue; default the latest.
     pub run_id: Option<i64>,
-    /// How the work is done; the run keeps its stored mode, source and message options.
+    /// Send options for the items not yet sent (recorded in the run's option history).
+    #[command(flatten)]
+    pub send: ResendOptions,
+    /// How the work is done; the run keeps its stored mode and source.
+    #[command(flatten)]
+    pub exec: ExecArgs,
+}
+
+/// `resume`: the send options again. Each one given replaces the run's for the items not yet
+/// sent; none given keeps the options in force.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ResendOptions {
+    /// From now on sendInvitationMessage=false.
+    #[arg(long, conflicts_with = "no_silent")]
+    pub silent: bool,
+    /// From now on Microsoft's invitation email is sent.
+    #[arg(long)]
+    pub no_silent: bool,
+    /// Where the user lands after redeeming.
+    #[arg(long, value_name = "URL")]
+    pub redirect_url: Option<String>,
+    /// Language of the invitation message, e.g. en-US.
+    #[arg(long, value_name = "TAG")]
+    pub message_language: Option<String>,
+    /// File with the customized message body.
+    #[arg(long, value_name = "PATH")]
+    pub message_file: Option<PathBuf>,
+    /// One cc recipient of the invitation message.
+    #[arg(long, value_name = "ADDRESS")]
+    pub cc: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ApplyArgs {
+    /// The finished dry run the change board approved (`runs` lists them).
+    pub dry_run_id: i64,
+    /// Refuse a dry run older than DAYS.
+    #[arg(long, value_name = "DAYS", default_value_t = 7)]
+    pub max_age: u32,
+    /// How the work is done; the plan's send options and follow-up steps are kept.
     #[command(flatten)]
     pub exec: ExecArgs,
 }

@@ -134,10 +134,12 @@ pub enum Reason {
     MailConflict,
     AccountDisabled,
     ConvertedBack,
+    /// `apply` only: the user changed since the approved dry run.
+    ChangedSincePlan,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::BadInput,
         Reason::DuplicateUser,
         Reason::DuplicateEmail,
@@ -151,6 +153,7 @@ impl Reason {
         Reason::MailConflict,
         Reason::AccountDisabled,
         Reason::ConvertedBack,
+        Reason::ChangedSincePlan,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -168,6 +171,7 @@ impl Reason {
             Reason::MailConflict => "mail_conflict",
             Reason::AccountDisabled => "account_disabled",
             Reason::ConvertedBack => "converted_back",
+            Reason::ChangedSincePlan => "changed_since_plan",
         }
     }
 
@@ -195,6 +199,7 @@ impl Reason {
             Reason::MailConflict => "Another user of the tenant already holds this address in mail, otherMails or proxyAddresses.",
             Reason::AccountDisabled => "The account is disabled; converting it would invite someone who cannot sign in.",
             Reason::ConvertedBack => "The user was converted back from B2B to an internal member (externalUserConvertedOn is set); Graph refuses a new invitation of such a user with 412.",
+            Reason::ChangedSincePlan => "The user changed since the approved dry run (the detail says what); what the board approved no longer describes this user.",
         }
     }
 
@@ -214,6 +219,7 @@ impl Reason {
             Reason::MailConflict => "Remove the address from the other user's mail, otherMails or proxyAddresses, or choose another external address.",
             Reason::AccountDisabled => "Enable the account if the partner still needs access, or leave it out of the migration.",
             Reason::ConvertedBack => "Leave the user out of the migration: Microsoft offers no second conversion of a user converted back. If the partner needs B2B access, invite their external address as a new guest.",
+            Reason::ChangedSincePlan => "Check the change; if the user should still be converted, include them in a new dry run and have it approved.",
         }
     }
 }
@@ -426,6 +432,44 @@ pub struct RunRecord {
     /// `running`, `finished`, `interrupted` (Ctrl-C), `stopped` (tenant refused, exit 4).
     pub status: String,
     pub ingest_complete: bool,
+    /// The tenant the run belongs to; `None`: it could not be known (a run made before runs
+    /// recorded their tenant, with no tenant id among its stored options).
+    #[serde(default)]
+    pub tenant: Option<TenantIdentity>,
+    /// `apply`: the dry run this live run executes.
+    #[serde(default)]
+    pub plan_run_id: Option<i64>,
+}
+
+/// Which tenant a run belongs to: the token's `tid` and the names an administrator knows it by.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantIdentity {
+    /// The directory id (`tid` claim), lower case.
+    pub id: String,
+    /// The `*.onmicrosoft.com` domain every tenant has.
+    pub initial_domain: Option<String>,
+    pub default_domain: Option<String>,
+}
+
+impl TenantIdentity {
+    /// The tenant as people name it: its initial domain, else its default one, else its id.
+    pub fn name(&self) -> &str {
+        self.initial_domain
+            .as_deref()
+            .or(self.default_domain.as_deref())
+            .unwrap_or(&self.id)
+    }
+}
+
+impl fmt::Display for TenantIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.name() == self.id {
+            write!(f, "{}", self.id)
+        } else {
+            write!(f, "{} ({})", self.name(), self.id)
+        }
+    }
 }
 
 /// A stored item: one user of one run, with everything the report needs.

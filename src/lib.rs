@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod drift;
 pub mod email;
 pub mod emulator;
 pub mod exit;
@@ -14,6 +15,7 @@ pub mod graph;
 pub mod item;
 pub mod logging;
 pub mod model;
+pub mod profile;
 pub mod progress;
 pub mod queue;
 pub mod report;

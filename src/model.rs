@@ -115,6 +115,9 @@ pub struct Domain {
     pub is_verified: bool,
     #[serde(default)]
     pub is_default: bool,
+    /// The `*.onmicrosoft.com` domain created with the tenant (exactly one per tenant).
+    #[serde(default)]
+    pub is_initial: bool,
 }
 
 /// A group as listed by the emulator's tenant file; Graph itself returns more.

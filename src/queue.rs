@@ -13,7 +13,7 @@ use rusqlite_migration::{Migrations, M};
 
 use crate::item::{
     ItemRecord, ItemState, NewItem, Overrides, Reason, RequestRecord, RunCounts, RunMode,
-    RunOptions, RunRecord, RunStatus, SourceSpec, UserKey,
+    RunOptions, RunRecord, RunStatus, SourceSpec, TenantIdentity, UserKey,
 };
 use crate::model::{Invitation, User};
 
@@ -29,6 +29,7 @@ mod spans;
 
 pub use log::{LOG_FLUSH_AFTER, LOG_FLUSH_ROWS};
 mod runs;
+mod select;
 mod steps;
 
 pub use facts::{AddressSource, RoundLink, SyncState, UserChange};
@@ -36,6 +37,8 @@ pub use lease::{
     host_name, pid_alive, stale_after, Holder, LeaseCheck, LeaseRow, RunLease, HEARTBEAT_EVERY,
     LEASE_STALE_ENV, STALE_AFTER,
 };
+pub use runs::{OptionChange, PlannedUser};
+pub use select::Selection;
 pub use spans::WorkSpan;
 pub use steps::{FollowUps, StepRow};
 pub mod track;
@@ -90,6 +93,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../migrations/0006_ingest.sql")),
         M::up(include_str!("../migrations/0007_tenant_facts.sql")),
         M::up(include_str!("../migrations/0008_step_attempts.sql")),
+        M::up(include_str!("../migrations/0009_run_tenant_plan.sql")),
     ])
 }
 

@@ -364,6 +364,7 @@ async fn pilot(dir: &Path, users: usize) -> anyhow::Result<ExitStatus> {
         endpoints: endpoints(),
         yes: true,
         report: None,
+        only: None,
     };
 
     // Reference: what every pass did before its first invitation until the index was kept.
@@ -573,6 +574,7 @@ async fn convert_case(
             endpoints: Endpoints::new(emu.base_url(), emu.base_url()),
             yes: true,
             report: None,
+            only: None,
         },
         credentials,
     )

@@ -2,6 +2,7 @@
 //! with signal handling (SIGINT, SIGTERM and SIGHUP alike), and turning the result into the exit
 //! code.
 
+use std::collections::HashSet;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 use std::sync::Arc;
@@ -88,12 +89,15 @@ pub async fn connect_to_run(
     run: &RunRecord,
     mode: RunMode,
 ) -> anyhow::Result<GraphClient> {
+    let credentials_tenant = credentials.tenant_id().map(str::to_string);
     let graph =
         connect(endpoints, credentials, &run.options, mode)?.with_observer(Arc::new(RequestLog {
             queue: queue.clone(),
             run_id: run.id,
         }));
     graph.authenticate().await?;
+    // Runs belong to their tenant: nothing beyond sign-in and domains before this check.
+    super::tenant::check_run_tenant(&graph, queue, run, credentials_tenant.as_deref()).await?;
     Ok(graph)
 }
 
@@ -208,13 +212,19 @@ pub fn require_consent_possible(mode: RunMode, yes: bool) -> anyhow::Result<()> 
     Ok(())
 }
 
-pub fn confirm(run: &RunRecord, pending: u64) -> anyhow::Result<bool> {
+/// Asks before a live invocation touches anyone, naming the tenant by domain and id and the
+/// number of users this invocation will work (`--limit`/`--only` applied), never the run's total.
+pub fn confirm(run: &RunRecord, users: u64) -> anyhow::Result<bool> {
+    let tenant = match (&run.tenant, &run.tenant_id) {
+        (Some(t), _) => t.to_string(),
+        (None, Some(t)) => format!("{t} (not verified: the run recorded no tenant id)"),
+        (None, None) => "(unknown: the run recorded no tenant)".to_string(),
+    };
     let mut err = std::io::stderr();
     writeln!(
         err,
-        "About to CONVERT up to {pending} users of tenant {} to B2B collaboration (run {}, source {}).\n\
+        "About to CONVERT up to {users} users of tenant {tenant} to B2B collaboration (run {}, source {}).\n\
          The conversion is one-way. Invitation emails: {}.\nType `yes` to go on: ",
-        run.tenant_id.as_deref().unwrap_or("(from token)"),
         run.id,
         run.source,
         if run.options.silent { "not sent (--silent)" } else { "sent" },
@@ -291,6 +301,92 @@ impl Signals {
     }
 }
 
+/// The error of a declined confirmation: exit 1, nothing was sent.
+pub fn declined() -> anyhow::Error {
+    ExitError::fatal("declined: nothing was sent").into()
+}
+
+/// Which items one invocation works: `--only`'s selection (all pending without it) and how
+/// many users that is with `--limit` applied, for the prompt and the progress bar.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    pub only: Option<Arc<HashSet<i64>>>,
+    pub users: u64,
+}
+
+impl Scope {
+    /// The scope of an invocation over `run`: `names` from `--only` must each match an item of
+    /// the run (else a usage error, before anything is sent).
+    ///
+    /// A UPN is matched against the items' keys and the UPNs their look-ups stored; a UPN still
+    /// unmatched (an item named by object id, not looked up yet) is resolved to its object id
+    /// with one bulk read.
+    pub async fn of(
+        queue: &Queue,
+        graph: &GraphClient,
+        run: &RunRecord,
+        names: Option<&[String]>,
+    ) -> anyhow::Result<Scope> {
+        let only = match names {
+            None => None,
+            Some(names) => {
+                let mut selection = queue.only_selection(run.id, names)?;
+                let upns: Vec<String> = selection
+                    .unmatched
+                    .iter()
+                    .filter(|n| n.contains('@'))
+                    .cloned()
+                    .collect();
+                if !upns.is_empty() {
+                    let found = graph.users_by_upns(&upns).await?;
+                    let ids: Vec<String> = found.iter().map(|u| u.id.clone()).collect();
+                    let by_id = queue.only_selection(run.id, &ids)?;
+                    selection.items.extend(by_id.items);
+                    let resolved: HashSet<String> = found
+                        .iter()
+                        .filter(|u| !by_id.unmatched.contains(&u.id))
+                        .filter_map(|u| u.user_principal_name.as_deref())
+                        .map(str::to_lowercase)
+                        .collect();
+                    selection
+                        .unmatched
+                        .retain(|n| !resolved.contains(&n.to_lowercase()));
+                }
+                if !selection.unmatched.is_empty() {
+                    let shown: Vec<&str> = selection
+                        .unmatched
+                        .iter()
+                        .take(5)
+                        .map(String::as_str)
+                        .collect();
+                    return Err(ExitError::usage(format!(
+                        "--only names {} user(s) that are not in run {}: {}{}",
+                        selection.unmatched.len(),
+                        run.id,
+                        shown.join(", "),
+                        if selection.unmatched.len() > 5 {
+                            ", …"
+                        } else {
+                            ""
+                        }
+                    ))
+                    .into());
+                }
+                Some(Arc::new(selection.items))
+            }
+        };
+        let pending = queue.pending_among(run.id, only.as_deref())?;
+        let users = run.options.limit.map_or(pending, |l| pending.min(l));
+        Ok(Scope { only, users })
+    }
+}
+
+/// Reads a `--only` file: unreadable or naming nobody is a usage error (exit 2).
+pub fn read_only(path: Option<&Path>) -> anyhow::Result<Option<Vec<String>>> {
+    path.map(|p| crate::source::only::read(p).map_err(|e| ExitError::usage(e.to_string()).into()))
+        .transpose()
+}
+
 /// Works the run's queue to the end (or Ctrl-C, or a tenant refusal), then prints the status
 /// and writes the report. Returns the exit status of SPEC.md.
 pub async fn execute(
@@ -299,6 +395,7 @@ pub async fn execute(
     run: RunRecord,
     graph: GraphClient,
     report: Option<&Path>,
+    scope: Scope,
 ) -> anyhow::Result<ExitStatus> {
     let run_id = run.id;
     queue.set_run_status(run_id, RunStatus::Running)?;
@@ -330,12 +427,11 @@ pub async fn execute(
             }
         }
     });
-    let counts = queue.counts(run_id)?;
     let label = match run.mode {
         RunMode::DryRun => "checking",
         RunMode::Live => "converting",
     };
-    let progress = Arc::new(Progress::new(label, counts.total));
+    let progress = Arc::new(Progress::new(label, scope.users));
     progress.watch(queue.clone(), run_id);
     let pipeline = Pipeline {
         queue: queue.clone(),
@@ -343,6 +439,7 @@ pub async fn execute(
         progress,
         run: Arc::new(run),
         stop: stop_rx,
+        only: scope.only,
     };
     let span = crate::queue::WorkSpan::start(queue.clone(), run_id)?;
     let outcome = workers::work(pipeline).await;
@@ -482,18 +579,32 @@ pub fn endpoints_for(args: &crate::cli::EndpointArgs, run: &RunRecord) -> Endpoi
     )
 }
 
+/// How a stored run is continued.
+pub enum Continue<'a> {
+    /// `resume`, with the send options given again (if any).
+    Resume(&'a crate::cli::ResendOptions),
+    /// `retry`: the failed items go back to pending, once the run's tenant is confirmed.
+    Retry,
+}
+
 /// `resume` and `retry`: reconnect and go on with the stored run, under the lease the caller
-/// took before changing anything.
+/// took before changing anything. `resume`'s send options apply to the items not yet sent; the
+/// change is recorded in the run's option history once the operator confirmed.
 pub async fn continue_run(
     queue: Arc<Queue>,
     lease: &RunLease,
     mut run: RunRecord,
     exec: &ExecArgs,
+    how: Continue<'_>,
 ) -> anyhow::Result<ExitStatus> {
+    let before = run.options.clone();
     apply_exec(&mut run.options, exec)?;
+    if let Continue::Resume(send) = how {
+        apply_send(&mut run.options, send)?;
+    }
+    let only = read_only(exec.only.as_deref())?;
     require_consent_possible(run.mode, exec.yes)?;
     let credentials = Credentials::resolve(exec.auth)?;
-    queue.update_run_options(run.id, &run.options)?;
     let endpoints = endpoints_for(&exec.endpoints, &run).with_timeouts(exec);
     let graph = connect_to_run(&endpoints, credentials, &queue, &run, run.mode).await?;
     let group = matches!(run.source, crate::item::SourceSpec::Group { .. });
@@ -502,18 +613,101 @@ pub async fn continue_run(
         &super::preflight::needs_of(run.mode, &run.options, group),
     )
     .await?;
+    if let Continue::Retry = how {
+        let n = queue.requeue_failed(run.id)?;
+        println!("requeued {n} failed items");
+    }
     if !run.ingest_complete {
         crate::source::ingest::ingest(&queue, &run, &graph, None).await?;
+        let options = run.options.clone();
         run = queue.run(run.id)?.context("run vanished")?;
+        run.options = options;
     }
-    if run.mode == RunMode::Live && !exec.yes {
-        let pending = queue.counts(run.id)?.state(ItemState::Pending);
-        if pending > 0 && !confirm(&run, pending)? {
-            println!("not confirmed: nothing sent");
-            return Ok(ExitStatus::Interrupted);
+    let scope = Scope::of(&queue, &graph, &run, only.as_deref()).await?;
+    if run.mode == RunMode::Live && !exec.yes && scope.users > 0 && !confirm(&run, scope.users)? {
+        return Err(declined());
+    }
+    let changed = send_option_changes(&before, &run.options);
+    if changed.is_empty() {
+        queue.update_run_options(run.id, &run.options)?;
+    } else {
+        queue.change_run_options(run.id, &before, &run.options, &changed.join(", "))?;
+    }
+    execute(queue, lease, run, graph, exec.report.as_deref(), scope).await
+}
+
+/// `resume --silent/--no-silent/--redirect-url/…`: the send options for items not yet sent.
+pub fn apply_send(
+    options: &mut RunOptions,
+    send: &crate::cli::ResendOptions,
+) -> anyhow::Result<()> {
+    if send.silent {
+        options.silent = true;
+    }
+    if send.no_silent {
+        options.silent = false;
+    }
+    if let Some(url) = &send.redirect_url {
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(ExitError::usage("--redirect-url must be an http(s) URL").into());
         }
+        options.redirect_url = url.clone();
     }
-    execute(queue, lease, run, graph, exec.report.as_deref()).await
+    if let Some(lang) = &send.message_language {
+        options.message_language = Some(lang.clone());
+    }
+    if let Some(p) = &send.message_file {
+        options.message_body = Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| ExitError::usage(format!("--message-file {}: {e}", p.display())))?,
+        );
+    }
+    if let Some(cc) = &send.cc {
+        if let Some(problem) = crate::validate::email_syntax_error(cc) {
+            return Err(ExitError::usage(format!("--cc {cc}: {problem}")).into());
+        }
+        options.cc = Some(cc.clone());
+    }
+    Ok(())
+}
+
+/// The send options that differ, in words, for the option history; empty when none does.
+pub fn send_option_changes(before: &RunOptions, after: &RunOptions) -> Vec<String> {
+    let mut changes = Vec::new();
+    if before.silent != after.silent {
+        changes.push(describe_email(after));
+    }
+    if before.redirect_url != after.redirect_url {
+        changes.push(format!("redirect URL {}", after.redirect_url));
+    }
+    if before.message_language != after.message_language {
+        changes.push(format!(
+            "message language {}",
+            after.message_language.as_deref().unwrap_or("default")
+        ));
+    }
+    if before.message_body != after.message_body {
+        changes.push("a new custom message".to_string());
+    }
+    if before.cc != after.cc {
+        changes.push(format!("cc {}", after.cc.as_deref().unwrap_or("none")));
+    }
+    if before.rate != after.rate {
+        changes.push(format!("rate {}/s", after.rate));
+    }
+    if before.concurrency != after.concurrency {
+        changes.push(format!("concurrency {}", after.concurrency));
+    }
+    changes
+}
+
+/// How invitations go out under these options, for prompts and the option history.
+pub fn describe_email(options: &RunOptions) -> String {
+    if options.silent {
+        "silent (no invitation email)".to_string()
+    } else {
+        "with Microsoft's invitation email".to_string()
+    }
 }
 
 /// Opens the database and takes the lease of the run named (or the latest one) before anything

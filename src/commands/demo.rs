@@ -72,6 +72,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitStatus> {
         endpoints: Endpoints::new(emu.base_url(), emu.base_url()),
         yes: true,
         report: Some(report.to_path_buf()),
+        only: None,
     };
 
     println!("\n== 1. dry run: validate every user, send nothing ==");

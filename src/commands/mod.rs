@@ -1,12 +1,14 @@
 //! One file per subcommand. `dispatch` is the only entry; commands that need no database never
 //! open it.
 
+mod apply;
 mod bench;
 mod common;
 mod demo;
 mod emulator;
 mod export_links;
 pub mod preflight;
+mod profiles;
 pub mod report;
 mod resend;
 mod resume;
@@ -15,6 +17,7 @@ mod run;
 mod runs;
 mod scripts;
 mod status;
+mod tenant;
 mod track;
 
 use crate::cli::{Cli, Command};
@@ -25,6 +28,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
     match cli.command {
         Command::Run(args) => run::run(&cli.db, args).await,
         Command::Resume(args) => resume::resume(&cli.db, args).await,
+        Command::Apply(args) => apply::apply(&cli.db, args).await,
         Command::Retry(args) => retry::retry(&cli.db, args).await,
         Command::Status(args) => status::status(&cli.db, args),
         Command::Runs(args) => runs::runs(&cli.db, args.json),
@@ -33,6 +37,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Resend(args) => resend::resend(&cli.db, args).await,
         Command::ExportLinks(args) => export_links::export_links(&cli.db, args),
         Command::Scripts(args) => scripts::scripts(&cli.db, args),
+        Command::Profiles => profiles::profiles(),
         Command::Emulator(args) => emulator::emulator(args).await,
         Command::Demo(args) => demo::demo(args).await,
         Command::Bench(args) => bench::bench(args).await,

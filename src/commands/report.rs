@@ -33,6 +33,7 @@ pub fn write(
     })?;
     let run = common::pick_run(queue, Some(run_id))?;
     let live = run.mode == crate::item::RunMode::Live;
+    let run_plan = run.plan_run_id;
     let data = ReportData {
         run,
         counts: queue.counts(run_id)?,
@@ -55,6 +56,14 @@ pub fn write(
         } else {
             None
         },
+        plan: match run_plan {
+            Some(id) => Some(report::PlanRef {
+                run_id: id,
+                finished_at: queue.run(id)?.and_then(|p| p.finished_at),
+            }),
+            None => None,
+        },
+        option_history: queue.option_history(run_id)?,
         generated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
     };

@@ -18,5 +18,12 @@ pub async fn resume(db: &Path, args: ResumeArgs) -> anyhow::Result<ExitStatus> {
             return common::finished_status(&queue, run.id);
         }
     }
-    common::continue_run(queue, &lease, run, &args.exec).await
+    common::continue_run(
+        queue,
+        &lease,
+        run,
+        &args.exec,
+        common::Continue::Resume(&args.send),
+    )
+    .await
 }

@@ -10,7 +10,7 @@ use super::common::{self, Endpoints, RequestLog};
 use crate::cli::RunArgs;
 use crate::exit::{ExitError, ExitStatus};
 use crate::graph::Credentials;
-use crate::item::{ItemState, RunMode, RunOptions, SourceSpec};
+use crate::item::{RunMode, RunOptions, SourceSpec};
 use crate::queue::Queue;
 
 /// Everything a new run needs, resolved from flags (or built by `demo`).
@@ -21,6 +21,8 @@ pub struct NewRun {
     pub endpoints: Endpoints,
     pub yes: bool,
     pub report: Option<PathBuf>,
+    /// `--only`: the names of the users this invocation works (read before the run exists).
+    pub only: Option<Vec<String>>,
 }
 
 pub async fn run(db: &Path, args: RunArgs) -> anyhow::Result<ExitStatus> {
@@ -78,6 +80,7 @@ fn from_args(args: RunArgs) -> anyhow::Result<NewRun> {
         keep_redeem_links: args.exec.keep_redeem_links,
     };
     common::check_options(&options)?;
+    let only = common::read_only(args.exec.only.as_deref())?;
     Ok(NewRun {
         source,
         mode: if args.dry_run {
@@ -93,6 +96,7 @@ fn from_args(args: RunArgs) -> anyhow::Result<NewRun> {
         .with_timeouts(&args.exec),
         yes: args.exec.yes,
         report: args.exec.report,
+        only,
     })
 }
 
@@ -106,6 +110,16 @@ pub async fn start(db: &Path, new: NewRun, credentials: Credentials) -> anyhow::
     let tenant_id = credentials.tenant_id().map(str::to_string);
     let graph = common::connect(&new.endpoints, credentials, &new.options, new.mode)?;
     graph.authenticate().await?;
+    // The run belongs to the tenant this token is for, recorded when it is created.
+    let tenant = super::tenant::signed_in(&graph, tenant_id.as_deref())
+        .await?
+        .identity;
+    if tenant.is_none() {
+        eprintln!(
+            "warning: the sign-in names no tenant id (a token without a `tid` claim): this run \
+             cannot be bound to its tenant, and later commands cannot check it"
+        );
+    }
     let group = matches!(new.source, SourceSpec::Group { .. });
     super::preflight::require_ready(
         &graph,
@@ -129,6 +143,7 @@ pub async fn start(db: &Path, new: NewRun, credentials: Credentials) -> anyhow::
         &new.options,
         tenant_id.as_deref(),
         &new.endpoints.graph_url,
+        tenant.as_ref(),
     )?;
     println!("run-id: {run_id}");
     std::io::stdout().flush()?;
@@ -147,17 +162,27 @@ pub async fn start(db: &Path, new: NewRun, credentials: Credentials) -> anyhow::
         "source ingested"
     );
     let run = queue.run(run_id)?.context("the new run vanished")?;
-    if new.mode == RunMode::Live && !new.yes {
-        let pending = queue.counts(run_id)?.state(ItemState::Pending);
-        if pending > 0 && !common::confirm(&run, pending)? {
-            // Nothing was sent, and a declined run must not be started by a later bare `resume`.
+    let scope = match common::Scope::of(&queue, &graph, &run, new.only.as_deref()).await {
+        Ok(scope) => scope,
+        Err(e) => {
+            // A name matching nobody of the run: nothing was sent, and no half-started run stays.
             drop(lease);
             queue.discard_run(run_id)?;
-            println!("not confirmed: nothing sent; run {run_id} removed");
-            return Ok(ExitStatus::Interrupted);
+            return Err(e);
         }
+    };
+    if new.mode == RunMode::Live
+        && !new.yes
+        && scope.users > 0
+        && !common::confirm(&run, scope.users)?
+    {
+        // Nothing was sent, and a declined run must not be started by a later bare `resume`.
+        drop(lease);
+        queue.discard_run(run_id)?;
+        println!("run {run_id} removed");
+        return Err(common::declined());
     }
-    common::execute(queue, &lease, run, graph, new.report.as_deref()).await
+    common::execute(queue, &lease, run, graph, new.report.as_deref(), scope).await
 }
 
 /// An input the tool cannot use at all (no file, no header, no key column) is refused before a

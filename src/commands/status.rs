@@ -64,6 +64,12 @@ pub fn status_json(queue: &Queue, run_id: i64) -> anyhow::Result<serde_json::Val
             "untracked": redemption.untracked,
         },
         "lastTrackedAt": redemption.last_tracked_at,
+        "tenant": run.tenant.as_ref().map(|t| json!({
+            "id": t.id,
+            "initialDomain": t.initial_domain,
+            "defaultDomain": t.default_domain,
+        })),
+        "plan": run.plan_run_id,
     }))
 }
 

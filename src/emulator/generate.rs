@@ -254,11 +254,13 @@ impl Tenant {
                     id: "contoso.com".into(),
                     is_verified: true,
                     is_default: true,
+                    is_initial: false,
                 },
                 Domain {
                     id: "contoso.onmicrosoft.com".into(),
                     is_verified: true,
                     is_default: false,
+                    is_initial: true,
                 },
             ],
             groups,

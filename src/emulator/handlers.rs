@@ -387,12 +387,24 @@ impl Shared {
         self.page(call, context, items, offset, top)
     }
 
+    /// `GET /v1.0/domains`. Graph marks exactly one domain `isInitial` (the `*.onmicrosoft.com`
+    /// one the tenant was created with); a tenant file that marks none gets its first such
+    /// domain marked.
     pub(super) fn domains(&self, st: &State) -> Reply {
+        let mut domains = st.tenant.domains.clone();
+        if !domains.iter().any(|d| d.is_initial) {
+            if let Some(d) = domains
+                .iter_mut()
+                .find(|d| d.id.to_lowercase().ends_with(".onmicrosoft.com"))
+            {
+                d.is_initial = true;
+            }
+        }
         Reply::json(
             200,
             json!({
                 "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#domains",
-                "value": st.tenant.domains,
+                "value": domains,
             }),
         )
     }

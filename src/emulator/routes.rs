@@ -844,8 +844,9 @@ impl Shared {
         reply
     }
 
-    /// `/_emulator/...`: inspection (GET) and the partner's side of an invitation (`POST
-    /// /_emulator/users/{id}/redeem`); no token, not counted.
+    /// `/_emulator/...`: inspection (GET), the partner's side of an invitation (`POST
+    /// /_emulator/users/{id}/redeem`) and an administrator's changes (`POST
+    /// /_emulator/users/{id}`); no token, not counted.
     pub fn inspect(&self, call: &Call) -> Reply {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let segs: Vec<&str> = call.path.trim_start_matches('/').split('/').collect();

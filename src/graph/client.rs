@@ -159,6 +159,12 @@ impl GraphClient {
         self.inner.sent.load(Ordering::Relaxed)
     }
 
+    /// Every domain of the tenant (`GET /v1.0/domains`, every page): the initial and default
+    /// ones name the tenant for people.
+    pub async fn domains(&self) -> Result<Vec<Domain>, GraphError> {
+        self.get_all(self.api_url(&["domains"], &[]), false).await
+    }
+
     /// The tenant's verified domains (`GET /v1.0/domains`, every page).
     pub async fn verified_domains(&self) -> Result<Vec<Domain>, GraphError> {
         let domains: Vec<Domain> = self.get_all(self.api_url(&["domains"], &[]), false).await?;

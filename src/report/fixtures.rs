@@ -83,6 +83,8 @@ fn run(mode: RunMode) -> RunRecord {
         finished_at: Some("2025-03-01T11:23:04Z".into()),
         status: "finished".into(),
         ingest_complete: true,
+        tenant: None,
+        plan_run_id: None,
     }
 }
 
@@ -163,6 +165,8 @@ pub fn dry_run() -> ReportData {
         pace: Vec::new(),
         follow_ups: Default::default(),
         redemption: None,
+        plan: None,
+        option_history: Vec::new(),
         generated_at: "2025-03-01T11:30:00Z".into(),
         tool_version: "0.1.0".into(),
     }
@@ -228,6 +232,8 @@ pub fn live_run() -> ReportData {
         ],
         follow_ups: Default::default(),
         redemption: Some(Default::default()),
+        plan: None,
+        option_history: Vec::new(),
         generated_at: "2025-03-01T10:02:00Z".into(),
         tool_version: "0.1.0".into(),
     }

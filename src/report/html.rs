@@ -655,6 +655,7 @@ pub(super) fn render(s: &Summary) -> String {
     kv_table(&mut out, &s.run_rows());
     out.push_str("<h2>Options</h2>\n");
     kv_table(&mut out, &s.option_rows());
+    plan_section(&mut out, s.data);
 
     out.push_str("<h2>Things to consider</h2>\n");
     let _ = writeln!(out, "<p>{}</p>\n<ul>", esc(THINGS_TO_CONSIDER_INTRO));
@@ -674,6 +675,39 @@ pub(super) fn render(s: &Summary) -> String {
         esc(&d.tool_version)
     );
     out
+}
+
+/// `apply` runs: the plan and who drifted; runs whose send options changed: the history.
+fn plan_section(out: &mut String, data: &crate::report::ReportData) {
+    if let Some(sentence) = data.plan_sentence() {
+        out.push_str("<h2 id=\"plan\">Plan</h2>\n");
+        let _ = writeln!(out, "<p>{}</p>", esc(&sentence));
+        let drifted = data.drifted();
+        if !drifted.is_empty() {
+            out.push_str("<table>\n<tr><th>User</th><th>What changed since the plan</th></tr>\n");
+            for i in drifted {
+                let _ = writeln!(
+                    out,
+                    "<tr><td>{}</td><td>{}</td></tr>",
+                    esc(i
+                        .user_principal_name
+                        .as_deref()
+                        .or(i.user_id.as_deref())
+                        .unwrap_or("")),
+                    esc(i.detail.as_deref().unwrap_or(""))
+                );
+            }
+            out.push_str("</table>\n");
+        }
+    }
+    let history = data.option_history_lines();
+    if !history.is_empty() {
+        out.push_str("<h2 id=\"option-history\">Option history</h2>\n<ul>\n");
+        for line in history {
+            let _ = writeln!(out, "<li>{}</li>", esc(&line));
+        }
+        out.push_str("</ul>\n");
+    }
 }
 
 #[cfg(test)]

@@ -34,7 +34,20 @@ struct Report<'a> {
     follow_ups: &'a FollowUpCounts,
     /// Live runs: what `track` found; `null` for a dry run (additive to version 1).
     redemption: Option<Redemption<'a>>,
+    /// `resume` with other send options: each stretch of items and how it went out (additive
+    /// to version 1).
+    option_history: Vec<OptionStretch<'a>>,
     items: StreamedItems<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OptionStretch<'a> {
+    at: &'a str,
+    first_item_id: Option<i64>,
+    sent_before: u64,
+    silent: bool,
+    changes: &'a str,
 }
 
 #[derive(Serialize)]
@@ -155,6 +168,17 @@ pub(super) fn write(s: &Summary, items: &dyn ItemSource, out: &mut dyn Write) ->
             timeline: &r.timeline,
             tracks: &r.tracks,
         }),
+        option_history: d
+            .option_history
+            .iter()
+            .map(|c| OptionStretch {
+                at: &c.at,
+                first_item_id: c.first_item_id,
+                sent_before: c.sent_before,
+                silent: c.options.silent,
+                changes: &c.changes,
+            })
+            .collect(),
         items: StreamedItems(items),
     };
     let mut w = io::BufWriter::new(out);
@@ -172,7 +196,7 @@ mod tests {
     use serde_json::Value;
 
     /// Keep in step with docs/report-json.md.
-    const TOP_LEVEL: [&str; 14] = [
+    const TOP_LEVEL: [&str; 15] = [
         "schema",
         "version",
         "generatedAt",
@@ -186,6 +210,7 @@ mod tests {
         "pace",
         "followUps",
         "redemption",
+        "optionHistory",
         "items",
     ];
 
@@ -199,7 +224,12 @@ mod tests {
                 assert!(obj.contains_key(key), "missing {key}");
                 assert!(doc.contains(&format!("`{key}`")), "{key} not documented");
             }
-            assert_eq!(obj.len(), 14, "undocumented key in {:?}", obj.keys());
+            assert_eq!(
+                obj.len(),
+                TOP_LEVEL.len(),
+                "undocumented key in {:?}",
+                obj.keys()
+            );
             assert_eq!(v["schema"], "b2b-convert.report");
             assert_eq!(v["version"], 1);
             assert_eq!(v["run"]["id"], 1);

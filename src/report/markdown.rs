@@ -117,6 +117,7 @@ pub(super) fn render(s: &Summary) -> String {
     kv_table(&mut out, &s.run_rows());
     out.push_str("## Options\n\n");
     kv_table(&mut out, &s.option_rows());
+    plan_section(&mut out, s.data);
 
     if let Some(rows) = s.estimate_rows() {
         out.push_str("## Estimated duration of the live run\n\n");
@@ -201,6 +202,35 @@ pub(super) fn render(s: &Summary) -> String {
         let _ = writeln!(out, "- **{topic}.** {}", cell(&text));
     }
     out
+}
+
+/// `apply` runs: the plan and who drifted; runs whose send options changed: the history.
+fn plan_section(out: &mut String, data: &crate::report::ReportData) {
+    if let Some(sentence) = data.plan_sentence() {
+        out.push_str("## Plan\n\n");
+        let _ = writeln!(out, "{}\n", cell(&sentence));
+        let drifted = data.drifted();
+        if !drifted.is_empty() {
+            out.push_str("| User | What changed since the plan |\n| --- | --- |\n");
+            for i in drifted {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} |",
+                    cell(&upn_or_key(i)),
+                    cell(i.detail.as_deref().unwrap_or(""))
+                );
+            }
+            out.push('\n');
+        }
+    }
+    let history = data.option_history_lines();
+    if !history.is_empty() {
+        out.push_str("## Option history\n\n");
+        for line in history {
+            let _ = writeln!(out, "- {}", cell(&line));
+        }
+        out.push('\n');
+    }
 }
 
 fn follow_up_section(out: &mut String, s: &Summary) {

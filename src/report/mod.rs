@@ -25,6 +25,7 @@ use crate::config::ReportFormat;
 pub use crate::item::{FollowUpCounts, ItemExtras, PaceMinute};
 use crate::item::{ItemRecord, ItemState, Reason, RunCounts, RunMode, RunRecord};
 use crate::queue::track::{NotRedeemed, RedemptionCounts, RedemptionDay, TrackPass};
+use crate::queue::OptionChange;
 
 pub use self::csv::CSV_COLUMNS;
 
@@ -70,9 +71,80 @@ pub struct ReportData {
     pub follow_ups: FollowUpCounts,
     /// Live runs: what `track` found; `None` for a dry run.
     pub redemption: Option<Redemption>,
+    /// `apply` runs: the dry run this live run executes.
+    pub plan: Option<PlanRef>,
+    /// `resume` with other send options: the run's option history, oldest first (empty when
+    /// the options never changed).
+    pub option_history: Vec<OptionChange>,
     /// RFC 3339.
     pub generated_at: String,
     pub tool_version: String,
+}
+
+/// The approved dry run an `apply` run executes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PlanRef {
+    pub run_id: i64,
+    pub finished_at: Option<String>,
+}
+
+impl ReportData {
+    /// "This live run applies dry run 4 (finished …)", for the people formats.
+    pub fn plan_sentence(&self) -> Option<String> {
+        self.plan.as_ref().map(|p| {
+            format!(
+                "This live run applies dry run {} (finished {}): only its would-convert users, \
+                 with its options. Users who changed since the plan were not converted: {}.",
+                p.run_id,
+                p.finished_at.as_deref().unwrap_or("unknown"),
+                thousands(
+                    self.counts
+                        .reasons
+                        .get(Reason::ChangedSincePlan.as_str())
+                        .copied()
+                        .unwrap_or(0)
+                )
+            )
+        })
+    }
+
+    /// The users an `apply` found changed since the plan (among the listed items).
+    pub fn drifted(&self) -> Vec<&ItemRecord> {
+        self.items
+            .iter()
+            .filter(|i| i.reason == Some(Reason::ChangedSincePlan))
+            .collect()
+    }
+
+    /// The option history in words, one line per stretch of sent items ("items 1–50 silent (no
+    /// invitation email) …, 51–… with Microsoft's invitation email").
+    pub fn option_history_lines(&self) -> Vec<String> {
+        let h = &self.option_history;
+        h.iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let from = c.sent_before + 1;
+                let span = match h.get(i + 1) {
+                    Some(next) if next.sent_before < from => "no items".to_string(),
+                    Some(next) if next.sent_before == from => format!("item {from}"),
+                    Some(next) => {
+                        format!("items {}–{}", thousands(from), thousands(next.sent_before))
+                    }
+                    None => format!("items {}–…", thousands(from)),
+                };
+                let email = if c.options.silent {
+                    "silent (no invitation email)"
+                } else {
+                    "with Microsoft's invitation email"
+                };
+                if i == 0 {
+                    format!("{span}: {email} (as the run started, {})", c.at)
+                } else {
+                    format!("{span}: {email} (changed at {}: {})", c.at, c.changes)
+                }
+            })
+            .collect()
+    }
 }
 
 /// What `track` found about a live run's converted users.
@@ -615,8 +687,12 @@ impl<'a> Summary<'a> {
         vec![
             ("Run id", run.id.to_string()),
             (
-                "Tenant id",
-                run.tenant_id.clone().unwrap_or_else(|| "unknown".into()),
+                "Tenant",
+                match (&run.tenant, &run.tenant_id) {
+                    (Some(t), _) => t.to_string(),
+                    (None, Some(id)) => id.clone(),
+                    (None, None) => "unknown".into(),
+                },
             ),
             ("Source", run.source.to_string()),
             ("Mode", mode_label(run.mode).to_string()),

@@ -99,6 +99,11 @@ impl OnlyList {
         Ok(OnlyList { keys })
     }
 
+    /// The names as written (object ids lower-cased), for matching against a run's items.
+    pub fn names_as_text(&self) -> Vec<String> {
+        self.keys.iter().map(|k| k.value().to_string()).collect()
+    }
+
     /// Whether the list names the user with this object id or UPN.
     pub fn names(&self, user_id: Option<&str>, upn: Option<&str>) -> bool {
         self.keys.iter().any(|k| match k {
@@ -137,6 +142,11 @@ fn key_of(name: &str) -> Option<UserKey> {
         && !domain.contains('@')
         && !name.chars().any(char::is_whitespace);
     valid.then(|| UserKey::UserPrincipalName(name.to_string()))
+}
+
+/// Reads a `--only` file into its names, in file order, each once.
+pub fn read(path: &Path) -> Result<Vec<String>, OnlyError> {
+    OnlyList::read(path).map(|list| list.names_as_text())
 }
 
 #[cfg(test)]

@@ -65,6 +65,8 @@ pub struct Pipeline {
     pub progress: Arc<Progress>,
     /// Becomes `true` on Ctrl-C: stop claiming, finish what is on the wire.
     pub stop: watch::Receiver<bool>,
+    /// `--only`: the items this pass may work; the other pending ones stay pending.
+    pub only: Option<Arc<std::collections::HashSet<i64>>>,
 }
 
 /// Shared state of one pass.
@@ -238,11 +240,14 @@ async fn produce(
         if pass.stopping() {
             return Ok(false);
         }
-        let items = p.queue.pending_items(p.run.id, after, CHUNK)?;
+        let mut items = p.queue.pending_items(p.run.id, after, CHUNK)?;
         let Some(last) = items.last() else {
             return Ok(false);
         };
         after = last.id;
+        if let Some(only) = &p.only {
+            items.retain(|i| only.contains(&i.id));
+        }
         // Items a previous pass took half-way (mail set or invited) go on at their next step:
         // validating them again against the snapshot taken before the change would be wrong.
         let ids: Vec<i64> = items.iter().map(|i| i.id).collect();
@@ -413,7 +418,7 @@ fn prepare(
     }
 
     let facts = facts.for_chunk(&p.queue, &ready)?;
-    Ok(ready
+    let verdicts = ready
         .into_iter()
         .filter_map(|item| {
             let user = item.snapshot.as_ref()?;
@@ -424,6 +429,45 @@ fn prepare(
                 pass.options().set_mail,
             );
             Some((item, verdict))
+        })
+        .collect();
+    against_plan(pass, verdicts)
+}
+
+/// `apply`: a user who changed since the approved dry run is not converted, whatever the checks
+/// say now (see [`crate::drift`]). Runs without a plan pass through unchanged.
+fn against_plan(
+    pass: &Pass,
+    verdicts: Vec<(ItemRecord, Verdict)>,
+) -> anyhow::Result<Vec<(ItemRecord, Verdict)>> {
+    let p = &pass.pipeline;
+    if p.run.plan_run_id.is_none() {
+        return Ok(verdicts);
+    }
+    let ids: Vec<i64> = verdicts.iter().map(|(i, _)| i.id).collect();
+    let plans = p.queue.plan_snapshots(&ids)?;
+    Ok(verdicts
+        .into_iter()
+        .map(|(item, verdict)| {
+            let drift = match (plans.get(&item.id), item.snapshot.as_ref()) {
+                (Some(plan), Some(now)) => crate::drift::changed_since_plan(
+                    &plan.user,
+                    plan.email.as_deref(),
+                    now,
+                    &verdict,
+                ),
+                _ => None,
+            };
+            match drift {
+                Some(detail) => (
+                    item,
+                    Verdict::Block {
+                        reason: crate::item::Reason::ChangedSincePlan,
+                        detail,
+                    },
+                ),
+                None => (item, verdict),
+            }
         })
         .collect())
 }
