@@ -30,7 +30,7 @@ Exit codes:
   0    every user converted, would convert, or was skipped
   3    the run finished, but some users are blocked or failed (see the report)
   4    the tenant refused to go on (invitations blocked, consent revoked); resumable
-  130  interrupted (Ctrl-C); `resume` continues the run
+  130  interrupted (Ctrl-C, SIGTERM, SIGHUP); `resume` continues the run
   2    usage error
   1    any other fatal error (configuration, credentials, database)
 
@@ -110,7 +110,7 @@ pub enum Command {
     /// Counts by state and by reason.
     Status(StatusArgs),
     /// List the runs in the database, newest last.
-    Runs,
+    Runs(RunsArgs),
     /// Write a run's report from the database (Markdown or HTML for people, CSV or JSON for
     /// machines).
     Report(ReportArgs),
@@ -254,8 +254,9 @@ pub struct ExecArgs {
                          config::DEFAULT_NOT_SENT_RETRY_FOR.as_secs(),
                          config::DEFAULT_HTTP_TIMEOUT.as_secs()))]
     pub http_timeout: Option<u64>,
-    /// Seconds connections that cannot even open are retried before the run stops resumable.
-    /// Hidden: for tests and rehearsals against a stopped emulator; the default suits Graph.
+    /// Seconds connections that cannot even open are retried, and seconds Graph and the token
+    /// endpoint may go without answering anything, before the run stops resumable. Hidden: for
+    /// tests and rehearsals against a stopped or silent emulator; the default suits Graph.
     #[arg(long, hide = true, value_name = "SECONDS",
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub unreachable_after: Option<u64>,
@@ -412,9 +413,19 @@ pub struct StatusArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct RunsArgs {
+    /// Print one JSON object with the same figures instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct TrackArgs {
-    /// Default the latest run.
+    /// Default the latest live run (a dry run converted nobody).
     pub run_id: Option<i64>,
+    /// Print one JSON object with the figures instead of text.
+    #[arg(long)]
+    pub json: bool,
     /// How to sign in (default: the first configured, in the Azure SDK's order).
     #[arg(long, value_enum, env = "B2B_AUTH")]
     pub auth: Option<crate::graph::AuthMethod>,
@@ -454,8 +465,8 @@ pub struct ResendArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ExportLinksArgs {
-    /// The run started with --keep-redeem-links (`runs` lists them).
-    pub run_id: i64,
+    /// The run started with --keep-redeem-links (`runs` lists them); default the latest live run.
+    pub run_id: Option<i64>,
     /// The CSV file to create (never overwritten).
     #[arg(long, value_name = "PATH")]
     pub out: PathBuf,

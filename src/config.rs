@@ -49,8 +49,15 @@ pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 pub const HTTP_TIMEOUT_S: RangeInclusive<u64> = 1..=3600;
 
 /// How long a request that cannot even connect (refused, DNS, TLS) is retried before Graph
-/// counts as unreachable and the run stops, resumable.
+/// counts as unreachable and the run stops, resumable; also how long Graph and the token
+/// endpoint may go without answering anything at all (`graph::retry::Silence`).
 pub const DEFAULT_NOT_SENT_RETRY_FOR: Duration = Duration::from_secs(45);
+
+/// Largest `--message-file` (and per-row `customizedMessageBody`) accepted, in bytes. Graph
+/// documents no limit of its own below its 4 MB request body; an invitation email's text is a
+/// few paragraphs, so 64 KiB leaves room for any real message while a wrong path (`/dev/zero`,
+/// a log file) is refused after reading 64 KiB, not gigabytes.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// `--redirect-url`: where a user lands after redeeming.
 pub const DEFAULT_REDIRECT_URL: &str = "https://myapplications.microsoft.com";

@@ -147,11 +147,27 @@ fn now() -> String {
 
 impl Queue {
     /// Opens (creating 0600 if absent) and migrates the database.
+    ///
+    /// An existing file is checked before anything is written to it or its mode is touched: a
+    /// directory, a file that is not SQLite, a database that fails `PRAGMA quick_check`, or a
+    /// SQLite database of some other program is refused with a one-line cause.
     pub fn open(path: &Path) -> Result<Queue> {
-        create_private(path)?;
+        let existed = path.exists();
+        if existed {
+            check_file(path)?;
+        } else {
+            create_private(path)?;
+        }
         let mut conn = Connection::open(path).map_err(|e| sqlite_err(path, e))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(|e| sqlite_err(path, e))?;
+        if existed {
+            check_database(path, &conn)?;
+            tighten(path).map_err(|e| QueueError::Io {
+                path: path.to_path_buf(),
+                message: format!("cannot make it private (0600): {e}"),
+            })?;
+        }
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| sqlite_err(path, e))?;
         conn.pragma_update(None, "synchronous", "NORMAL")
@@ -274,18 +290,110 @@ fn sqlite_err(path: &Path, source: rusqlite::Error) -> QueueError {
     }
 }
 
+/// The 16 bytes every SQLite database file starts with.
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+/// An existing `--db` path must be a regular file that is empty (a database not yet written)
+/// or starts like a SQLite database. Only reads: a wrong path keeps its content and its mode.
+fn check_file(path: &Path) -> Result<()> {
+    use std::io::Read as _;
+    let refuse = |message: String| QueueError::Io {
+        path: path.to_path_buf(),
+        message,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| refuse(format!("cannot read it: {e}")))?;
+    if meta.is_dir() {
+        return Err(refuse("is a directory, not a database file".into()));
+    }
+    if !meta.is_file() {
+        return Err(refuse("is not a regular file".into()));
+    }
+    if meta.len() == 0 {
+        return Ok(());
+    }
+    let mut head = [0u8; 16];
+    let read = std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .map_err(|e| refuse(format!("cannot read it: {e}")));
+    if read.is_err() || &head != SQLITE_MAGIC {
+        return Err(refuse(
+            "is not a b2b-convert database (not SQLite at all); nothing was changed".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// An existing SQLite file must pass `PRAGMA quick_check` and be this tool's (its schema version
+/// set by our migrations, or no tables at all) before anything is written to it: a damaged
+/// database could otherwise answer `status` with nothing, and a foreign one would be migrated.
+fn check_database(path: &Path, conn: &Connection) -> Result<()> {
+    let refuse = |message: String| QueueError::Io {
+        path: path.to_path_buf(),
+        message,
+    };
+    let damaged = |e: rusqlite::Error| {
+        refuse(format!(
+            "cannot be read as a database ({e}); nothing was changed: if the disk is full make room, \
+             else restore it from a copy or pass another --db"
+        ))
+    };
+    let problems: Vec<String> = {
+        let mut stmt = conn.prepare("PRAGMA quick_check(5)").map_err(damaged)?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(damaged)?;
+        rows.collect::<std::result::Result<_, _>>()
+            .map_err(damaged)?
+    };
+    if problems.first().map(String::as_str) != Some("ok") {
+        // SQLite's report can run over several lines ("*** in database main ***", then one
+        // line per problem): the first problem is the cause worth one line.
+        let first = problems
+            .iter()
+            .flat_map(|p| p.lines())
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with("***"))
+            .unwrap_or("unreadable");
+        let first: String = first.chars().take(200).collect();
+        return Err(refuse(format!(
+            "is damaged (PRAGMA quick_check: {first}); nothing was changed: restore it from a copy or pass another --db"
+        )));
+    }
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(damaged)?;
+    let tables: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(damaged)?;
+    let ours: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'runs'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(damaged)?;
+    if tables > 0 && (version == 0 || ours == 0) {
+        return Err(refuse(
+            "is a SQLite database of another program, not b2b-convert's; nothing was changed"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Creates the database file readable by its owner only: it holds the users' snapshots and the
-/// invitations' redeem links. An existing file that others can read (made by an older version,
-/// or copied with a loose umask) is tightened to 0600; SQLite gives its `-wal`/`-shm` files the
-/// database file's mode.
+/// invitations' redeem links. An existing database that others can read (made by an older
+/// version, or copied with a loose umask) is tightened to 0600 by [`Queue::open`] once it is
+/// known to be one; SQLite gives its `-wal`/`-shm` files the database file's mode.
 fn create_private(path: &Path) -> Result<()> {
     let io_err = |what: &str, e: std::io::Error| QueueError::Io {
         path: path.to_path_buf(),
         message: format!("{what}: {e}"),
     };
-    if path.exists() {
-        return tighten(path).map_err(|e| io_err("cannot make it private (0600)", e));
-    }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .map_err(|e| io_err(&format!("cannot create folder {}", dir.display()), e))?;
@@ -422,6 +530,71 @@ mod tests {
         assert_eq!(std::fs::read(&report).unwrap(), b"new");
         write_private(&dir.path().join("fresh.md"), b"x").unwrap();
         assert_eq!(mode(&dir.path().join("fresh.md")), 0o600);
+    }
+
+    /// A path that is not this tool's database is refused with a one-line cause, and neither its
+    /// content nor its mode changes.
+    #[cfg(unix)]
+    #[test]
+    fn a_foreign_damaged_or_non_database_path_is_refused_untouched() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let refuse = |p: &Path, want: &str| {
+            let before = (mode(p), std::fs::read(p).ok());
+            let e = Queue::open(p).err().expect("refused").to_string();
+            assert!(e.contains(want), "{}: {e}", p.display());
+            assert!(!e.contains('\n'), "one line: {e}");
+            assert_eq!((mode(p), std::fs::read(p).ok()), before, "untouched");
+        };
+
+        let text = dir.path().join("notes.txt");
+        std::fs::write(&text, b"my notes, not a database\n").unwrap();
+        std::fs::set_permissions(&text, std::fs::Permissions::from_mode(0o644)).unwrap();
+        refuse(&text, "not SQLite at all");
+
+        let folder = dir.path().join("folder");
+        std::fs::create_dir(&folder).unwrap();
+        std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o755)).unwrap();
+        refuse(&folder, "is a directory");
+
+        let foreign = dir.path().join("other.db");
+        Connection::open(&foreign)
+            .unwrap()
+            .execute_batch("CREATE TABLE notes (t TEXT); INSERT INTO notes VALUES ('x');")
+            .unwrap();
+        std::fs::set_permissions(&foreign, std::fs::Permissions::from_mode(0o644)).unwrap();
+        refuse(&foreign, "another program");
+
+        let garbled = dir.path().join("garbled.db");
+        {
+            let q = Queue::open(&garbled).unwrap();
+            let run = csv_run(&q);
+            let rows: Vec<NewItem> = (0..2_000)
+                .map(|i| NewItem {
+                    line: Some(i + 2),
+                    key: Some(UserKey::UserPrincipalName(format!("u{i}@contoso.com"))),
+                    external_email: Some(format!("u{i}@fabrikam.com")),
+                    overrides: Overrides::default(),
+                    bad_input: None,
+                    snapshot: None,
+                })
+                .collect();
+            q.insert_items(run, &rows, None).unwrap();
+            let conn = q.conn();
+            conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+                .unwrap();
+        }
+        let mut bytes = std::fs::read(&garbled).unwrap();
+        assert!(bytes.len() > 4096 * 8, "several pages to damage");
+        for page in 2..6 {
+            for b in &mut bytes[page * 4096..page * 4096 + 4096] {
+                *b = 0xA5;
+            }
+        }
+        std::fs::write(&garbled, &bytes).unwrap();
+        std::fs::set_permissions(&garbled, std::fs::Permissions::from_mode(0o640)).unwrap();
+        refuse(&garbled, "nothing was changed");
     }
 
     #[test]

@@ -334,6 +334,36 @@ fn validate_address(
 /// The one email-syntax rule, shared with the emulator.
 pub use crate::email::{email_syntax_error, FORBIDDEN_LOCAL};
 
+/// Longest `userPrincipalName` Entra accepts, in characters (64 before the `@`, 48 after it,
+/// 113 in all).
+pub const MAX_UPN_CHARS: usize = 113;
+
+/// Why `upn` cannot be a user principal name by length alone; `None` when it can. Checked at
+/// ingestion, so an absurd value is one `bad_input` row and never becomes a Graph request.
+pub fn upn_length_error(upn: &str) -> Option<String> {
+    let n = upn.chars().count();
+    (n > MAX_UPN_CHARS)
+        .then(|| format!("{n} characters long; Entra allows at most {MAX_UPN_CHARS}"))
+}
+
+/// Longest BCP 47 language tag accepted (RFC 5646 §4.4.1 asks every implementation to handle
+/// 35 characters, which covers every tag Microsoft's invitation email offers).
+pub const MAX_LANGUAGE_TAG_CHARS: usize = 35;
+
+/// A BCP 47 language tag such as `en-US`, `zh-Hans-CN` or `es-419`: a primary language of 2–8
+/// letters, then subtags of 1–8 letters or digits, separated by `-`. Anything else (`en_US`,
+/// `../../etc`) is refused before it can reach Graph or a file name.
+pub fn is_language_tag(s: &str) -> bool {
+    let mut subtags = s.split('-');
+    let first_ok = subtags
+        .next()
+        .is_some_and(|f| (2..=8).contains(&f.len()) && f.bytes().all(|b| b.is_ascii_alphabetic()));
+    s.len() <= MAX_LANGUAGE_TAG_CHARS
+        && first_ok
+        && subtags
+            .all(|t| (1..=8).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
 /// The address of an SMTP proxy address (`SMTP:` primary, `smtp:` secondary, or no prefix);
 /// `None` for other address types (`SIP:`, `X500:`, …), which cannot collide with a mail address.
 pub fn smtp_address(proxy: &str) -> Option<&str> {

@@ -941,3 +941,33 @@ async fn sample_csv_rows_name_sample_users() {
         }
     }
 }
+
+/// A hostile client cannot make the emulator buffer without limit or recurse without limit:
+/// both are Graph's 400/413 answers, and the emulator keeps serving afterwards.
+#[tokio::test]
+async fn oversized_bodies_and_deep_filters_are_refused_like_graph() {
+    let emu = start(EmulatorConfig::new(Tenant::sample())).await;
+    let g = G::new(&emu).await;
+    let big = "x".repeat(emulator::BODY_LIMIT + 1);
+    let r = g
+        .http
+        .post(g.url("/invitations"))
+        .bearer_auth(&g.token)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "RequestEntityTooLarge");
+
+    let deep = format!("{}id eq 'a'{}", "(".repeat(5_000), ")".repeat(5_000));
+    let (s, v) = g.get(&format!("/users?$filter={deep}")).await;
+    assert_eq!(s, 400, "{v}");
+    let deep = format!("{}id eq 'a'{}", "(".repeat(1_000), ")".repeat(1_000));
+    let (s, _) = g.get(&format!("/users?$filter={deep}")).await;
+    assert_eq!(s, 400);
+    let (s, _) = g.get("/users?$top=1").await;
+    assert_eq!(s, 200, "the emulator still serves");
+}

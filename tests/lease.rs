@@ -159,6 +159,82 @@ async fn unusable_inputs_are_refused_before_a_run_exists() {
     assert!(!out.stdout.contains("run-id:"), "{}", out.stdout);
 }
 
+/// Inputs without bounds are refused at once, before a run exists: an endless message file or
+/// CSV (`/dev/zero`), a language tag that is a path; and a `--db` that is not this tool's
+/// database is refused with a one-line cause, its mode untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endless_or_hostile_inputs_and_foreign_databases_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let emu = start_sample().await;
+    let db = dir.path().join("q.db");
+    let csv = repo_path("sample-data/users.csv");
+    let csv = csv.to_str().unwrap();
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &[
+                "run",
+                "--csv",
+                csv,
+                "--dry-run",
+                "--message-file",
+                "/dev/zero",
+            ],
+            "--message-file /dev/zero: longer than 64 KiB",
+        ),
+        (
+            &[
+                "run",
+                "--csv",
+                csv,
+                "--dry-run",
+                "--message-language",
+                "../../etc",
+            ],
+            "not a BCP 47 language tag",
+        ),
+        (
+            &["run", "--csv", "/dev/zero", "--dry-run"],
+            "is this a CSV file?",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = run(&emu, &db, args).await;
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(want), "{args:?}: {}", out.stderr);
+        assert!(!out.stdout.contains("run-id:"), "{args:?}: {}", out.stdout);
+    }
+    assert_eq!(run_count(&db), 0);
+
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, "not a database\n").unwrap();
+    std::fs::set_permissions(&notes, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let folder = dir.path().join("folder");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for path in [&notes, &folder] {
+        let mode = || std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        let before = mode();
+        for args in [&["status"][..], &["run", "--csv", csv, "--dry-run"][..]] {
+            let out = run(&emu, path, args).await;
+            assert_eq!(out.code, 1, "{}: {}", path.display(), out.stderr);
+            let lines: Vec<&str> = out
+                .stderr
+                .lines()
+                .filter(|l| l.starts_with("error"))
+                .collect();
+            assert_eq!(lines.len(), 1, "one-line cause: {}", out.stderr);
+            assert!(
+                out.stderr.contains("nothing was changed") || out.stderr.contains("directory"),
+                "{}",
+                out.stderr
+            );
+        }
+        assert_eq!(mode(), before, "{} keeps its mode", path.display());
+    }
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "not a database\n");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_of_a_finished_run_is_a_no_op() {
     let dir = tempfile::tempdir().unwrap();

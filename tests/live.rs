@@ -386,3 +386,94 @@ async fn sigint_exits_130_and_the_run_resumes_to_completion() {
 async fn run_resume(emu: &Emulator, db: &Path) -> Ran {
     run(emu, db, &["resume", "--yes", "--rate", "200"]).await
 }
+
+/// Sends `signals` (e.g. `["-TERM"]`) to the child once it has invited `after` users in all.
+async fn signal_when_invited(
+    emu: &Emulator,
+    child: tokio::process::Child,
+    after: usize,
+    signals: &[&str],
+) -> std::process::Output {
+    let pid = child.id().unwrap().to_string();
+    let mut waited = Duration::ZERO;
+    while emu.invitations().len() < after && waited < COMMAND_TIMEOUT {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += Duration::from_millis(20);
+    }
+    for signal in signals {
+        let kill = std::process::Command::new("kill")
+            .args([*signal, &pid])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+    }
+    tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// SIGTERM (schedulers, systemd, containers) and SIGHUP (a closed terminal) stop a run like
+/// Ctrl-C: exit 130, nothing left `in_flight`, the resume command on stderr; two signals in a
+/// row quit at once and `resume` reconciles. The run then finishes with everyone converted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_and_sighup_stop_like_ctrl_c_and_the_run_resumes_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tenant, csv) = generated(300, 13, dir.path());
+    let mut config = EmulatorConfig::new(tenant);
+    config.bucket_scale = 10.0;
+    let emu = start(config).await;
+    let expected = would_convert(&emu, dir.path(), &csv).await;
+    let db = dir.path().join("live.db");
+    let args = [
+        "run",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--yes",
+        "--rate",
+        "20",
+    ];
+    let child = command(&emu, &db, &args).spawn().unwrap();
+    let out = signal_when_invited(&emu, child, 10, &["-TERM"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "SIGTERM: {stderr}");
+    assert!(stderr.contains("SIGTERM: stopping"), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("resume"),
+        "{stderr}"
+    );
+    let its = items(&db, 1);
+    assert_eq!(count(&its, ItemState::InFlight), 0, "nothing left mid-step");
+    let run = b2b_convert::queue::Queue::open(&db)
+        .unwrap()
+        .run(1)
+        .unwrap()
+        .unwrap();
+    assert_eq!(run.status, "interrupted");
+
+    let child = command(&emu, &db, &["resume", "--yes", "--rate", "20"])
+        .spawn()
+        .unwrap();
+    let invited = emu.invitations().len();
+    let out = signal_when_invited(&emu, child, invited + 10, &["-HUP"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "SIGHUP: {stderr}");
+    assert!(stderr.contains("SIGHUP: stopping"), "{stderr}");
+    assert_eq!(count(&items(&db, 1), ItemState::InFlight), 0);
+
+    let child = command(&emu, &db, &["resume", "--yes", "--rate", "20"])
+        .spawn()
+        .unwrap();
+    let invited = emu.invitations().len();
+    let out = signal_when_invited(&emu, child, invited + 10, &["-TERM", "-TERM"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "a second signal quits at once: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = run_resume(&emu, &db).await;
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert_exactly_once(&emu, &db, 1, &expected);
+}

@@ -443,6 +443,91 @@ async fn track_finds_who_redeemed_and_names_invitations_that_never_took_effect()
     assert_eq!(again, not_applied);
 }
 
+/// Without a run id, `track` and `export-links` take the latest *live* run even when a dry run
+/// came after it; `track --json` and `runs --json` print one JSON object; `export-links` counts
+/// and names the converted users whose link was lost with their invitation's answer, and says
+/// how to get them one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn track_and_export_links_default_to_the_latest_live_run_and_name_missing_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, csv) = config(80, 12, dir.path());
+    // Lost answers: those users are converted by reconciliation, without a stored link.
+    config.lost_response_rate = 0.25;
+    let emu = start(config).await;
+    let db = dir.path().join("live.db");
+    let (run_id, converted) = live_run(&emu, &db, &csv, &["--keep-redeem-links"]).await;
+    let out = run(
+        &emu,
+        &db,
+        &["run", "--csv", csv.to_str().unwrap(), "--dry-run"],
+    )
+    .await;
+    assert!([0, 3].contains(&out.code), "{}", out.stderr);
+    let dry_id = out.run_id();
+    assert!(dry_id > run_id);
+
+    let out = run(&emu, &db, &["track", "--json"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(v["runId"], run_id, "the live run, not the later dry run");
+    let figures = ["accepted", "pendingAcceptance", "notApplied", "missing"];
+    let tracked: u64 = figures.iter().map(|k| v[k].as_u64().unwrap()).sum();
+    assert_eq!(tracked, converted.len() as u64);
+
+    let out = run(&emu, &db, &["runs", "--json"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0]["mode"], "live");
+    assert_eq!(runs[1]["mode"], "dry_run");
+    assert_eq!(runs[0]["states"]["converted"], converted.len() as u64);
+
+    let out_path = dir.path().join("links.csv");
+    let out = run(
+        &emu,
+        &db,
+        &["export-links", "--out", out_path.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let written = csv::Reader::from_path(&out_path).unwrap().records().count();
+    let without: Vec<_> = items(&db, run_id)
+        .into_iter()
+        .filter(|i| i.state == ItemState::Converted)
+        .filter(|i| i.invitation_id.is_none())
+        .collect();
+    assert_eq!(
+        written + out.stderr.matches("\n  ").count(),
+        converted.len(),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        written < converted.len(),
+        "some answers were lost: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(&format!(
+            "{} converted users of run {run_id} have no stored redeem link",
+            converted.len() - written
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(&format!("resend {run_id} --only")),
+        "{}",
+        out.stderr
+    );
+    for i in &without {
+        assert!(out
+            .stderr
+            .contains(i.user_principal_name.as_deref().unwrap()));
+    }
+}
+
 /// Re-invitations (resetRedemption) per user, from the emulator's own log.
 fn resets_per_user(emu: &Emulator) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();

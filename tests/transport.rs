@@ -1,12 +1,21 @@
 //! The binary against Graph endpoints that misbehave at the transport level, on loopback:
-//! every timeout message names what timed out, and `--http-timeout` reaches the client.
+//! every timeout message names what timed out, `--http-timeout` reaches the client, and a Graph
+//! or token endpoint that goes silent mid-run stops the run resumable instead of keeping it
+//! going without progress.
 
 mod common;
 
+use std::net::SocketAddr;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
-use common::{BIN, COMMAND_TIMEOUT};
-use tokio::io::AsyncReadExt;
+use b2b_convert::emulator::{EmulatorConfig, Tenant};
+use b2b_convert::item::ItemState;
+use common::{command, count, invitations_per_user, items, start, BIN, COMMAND_TIMEOUT};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 /// A loopback "Graph" that accepts connections, reads the requests and never answers.
 async fn silent_server() -> (String, tokio::task::JoinHandle<()>) {
@@ -88,4 +97,302 @@ async fn http_timeout_is_bounded() {
             "{bad}"
         );
     }
+}
+
+/// A loopback proxy in front of the emulator's token endpoint that can turn into a black hole:
+/// while `quiet` is set it still accepts connections and reads requests, but forwards nothing
+/// either way and never closes, on new connections and on pooled ones alike. (Graph itself is
+/// silenced with `Emulator::set_silent`, whose paging links keep pointing at itself.)
+struct Hole {
+    url: String,
+    quiet: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Hole {
+    async fn before(target: SocketAddr) -> Hole {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let quiet = Arc::new(AtomicBool::new(false));
+        let q = quiet.clone();
+        let task = tokio::spawn(async move {
+            // Bounded: a run opens a few connections per worker.
+            for _ in 0..2_000 {
+                let Ok((socket, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(relay(socket, target, q.clone()));
+            }
+        });
+        Hole { url, quiet, task }
+    }
+
+    fn go_quiet(&self, quiet: bool) {
+        self.quiet.store(quiet, Ordering::SeqCst);
+    }
+}
+
+async fn relay(client: TcpStream, target: SocketAddr, quiet: Arc<AtomicBool>) {
+    let (mut client_read, mut client_write) = client.into_split();
+    if quiet.load(Ordering::SeqCst) {
+        let mut buf = vec![0u8; 16 * 1024];
+        while client_read.read(&mut buf).await.unwrap_or(0) > 0 {}
+        return;
+    }
+    let Ok(upstream) = TcpStream::connect(target).await else {
+        return;
+    };
+    let (mut up_read, mut up_write) = upstream.into_split();
+    let (q_up, q_down) = (quiet.clone(), quiet);
+    let up = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = client_read.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            if !q_up.load(Ordering::SeqCst) && up_write.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    let down = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = up_read.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            if !q_down.load(Ordering::SeqCst) && client_write.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+        if q_down.load(Ordering::SeqCst) {
+            // A black hole never closes: hold the client's side open until the test ends.
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::join!(up, down);
+}
+
+/// The live-run flags of the silence tests: a short `--http-timeout` and a short hidden
+/// `--unreachable-after` (the silence window, 45 s by default) so nothing waits for long.
+fn live_args(csv: &str) -> Vec<String> {
+    [
+        "run",
+        "--csv",
+        csv,
+        "--yes",
+        "--rate",
+        "40",
+        "--concurrency",
+        "8",
+        "--http-timeout",
+        "1",
+        "--unreachable-after",
+        "2",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+async fn wait_for_invitations(emu: &b2b_convert::emulator::Emulator, n: usize) {
+    let mut polls = 0;
+    while emu.invitations().len() < n && polls < 6_000 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        polls += 1;
+    }
+    assert!(emu.invitations().len() >= n, "the run got going");
+}
+
+/// Graph starts accepting connections and never answering in the middle of a live run: the run
+/// stops itself (exit 1, the URL named, nothing failed, only requests that were on the wire left
+/// `in_flight`), and `resume` against the answering Graph reconciles and finishes it with one
+/// invitation per user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_hole_graph_stops_the_run_resumable_and_resume_finishes_it_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenant = Tenant::generate(300, 29);
+    let csv = dir.path().join("users.csv");
+    tenant.write_csv(&csv).unwrap();
+    let emu = start(EmulatorConfig::new(tenant)).await;
+    let db = dir.path().join("live.db");
+    let args = live_args(csv.to_str().unwrap());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let child = command(&emu, &db, &args).spawn().unwrap();
+    wait_for_invitations(&emu, 20).await;
+    emu.set_silent(true);
+    let out = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
+        .await
+        .expect("the run stops on its own")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&emu.base_url()), "names the URL: {stderr}");
+    assert!(stderr.contains("no answer"), "says why: {stderr}");
+    assert!(stderr.contains("resume"), "says how to go on: {stderr}");
+    let its = items(&db, 1);
+    assert_eq!(
+        count(&its, ItemState::Failed),
+        0,
+        "no user charged for an outage"
+    );
+    assert!(
+        count(&its, ItemState::InFlight) <= 8,
+        "only requests on the wire wait for reconciliation: {}",
+        count(&its, ItemState::InFlight)
+    );
+    assert!(
+        count(&its, ItemState::Pending) > 0,
+        "the rest waits for resume"
+    );
+
+    emu.set_silent(false);
+    let resumed = command(&emu, &db, &["resume", "1", "--yes"]).output();
+    let resumed = tokio::time::timeout(COMMAND_TIMEOUT, resumed)
+        .await
+        .expect("resume finishes")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(
+        [0, 3].contains(&resumed.status.code().unwrap_or(-1)),
+        "{stderr}"
+    );
+    let its = items(&db, 1);
+    assert_eq!(count(&its, ItemState::Pending), 0);
+    assert_eq!(count(&its, ItemState::InFlight), 0);
+    let per_user = invitations_per_user(&emu);
+    assert!(per_user.values().all(|n| *n == 1), "no user invited twice");
+    assert_eq!(
+        per_user.len(),
+        count(&its, ItemState::Converted),
+        "every invitation Graph accepted is recorded, none missing"
+    );
+}
+
+/// The token endpoint stops answering mid-run while Graph still answers: once the token runs
+/// out no Graph request can leave, so the run stops (exit 1, the token endpoint named) with
+/// nothing `in_flight`, instead of marking users "cannot re-read" one after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_endpoint_gone_silent_mid_run_stops_the_run_with_nothing_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenant = Tenant::generate(400, 31);
+    let csv = dir.path().join("users.csv");
+    tenant.write_csv(&csv).unwrap();
+    let mut config = EmulatorConfig::new(tenant);
+    // Short-lived tokens, so the run must renew after the token endpoint went quiet.
+    config.token_lifetime = Duration::from_secs(3);
+    let emu = start(config).await;
+    let hole = Hole::before(emu.addr()).await;
+    let db = dir.path().join("live.db");
+    let args = live_args(csv.to_str().unwrap());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let child = command(&emu, &db, &args)
+        .env("B2B_LOGIN_URL", &hole.url)
+        .spawn()
+        .unwrap();
+    wait_for_invitations(&emu, 10).await;
+    hole.go_quiet(true);
+    let out = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
+        .await
+        .expect("the run stops on its own")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("token"),
+        "names the token endpoint: {stderr}"
+    );
+    assert!(stderr.contains(&hole.url), "names the URL: {stderr}");
+    let its = items(&db, 1);
+    assert_eq!(
+        count(&its, ItemState::InFlight),
+        0,
+        "nothing left in flight"
+    );
+    assert_eq!(
+        count(&its, ItemState::Failed),
+        0,
+        "no user charged for an outage"
+    );
+    assert!(
+        count(&its, ItemState::Pending) > 0,
+        "the rest waits for resume"
+    );
+    let per_user = invitations_per_user(&emu);
+    assert_eq!(per_user.len(), count(&its, ItemState::Converted));
+    hole.task.abort();
+}
+
+/// The disk fills mid-run (a file size limit on the process, `ulimit -f`, which an unprivileged
+/// test can set where a tiny filesystem is not available): the run stops on its own with exit 1
+/// and the resume advice instead of being killed by SIGXFSZ or hanging, and `resume` with room
+/// again converts everyone exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_the_run_resumable_and_resume_finishes_it_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenant = Tenant::generate(3_000, 37);
+    let csv = dir.path().join("users.csv");
+    tenant.write_csv(&csv).unwrap();
+    let mut config = EmulatorConfig::new(tenant);
+    config.bucket_scale = 1_000.0;
+    let emu = start(config).await;
+    let db = dir.path().join("live.db");
+    let args = [
+        "run",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--yes",
+        "--rate",
+        "1000",
+        "--concurrency",
+        "8",
+    ];
+    let mut cmd = command(&emu, &db, &args);
+    // 3.5 MB: past ingestion, well before the last of 3,000 users is recorded.
+    const LIMIT: libc::rlim_t = 3_500 * 1024;
+    // SAFETY: pre_exec runs in the forked child before exec; setrlimit is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: LIMIT,
+                rlim_max: LIMIT,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = tokio::time::timeout(COMMAND_TIMEOUT, cmd.output())
+        .await
+        .expect("the run stops on its own, no hang")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "exit 1, not killed: {stderr}");
+    assert!(stderr.contains("resume 1"), "{stderr}");
+    assert!(stderr.contains("disk"), "{stderr}");
+    let its = items(&db, 1);
+    assert!(
+        count(&its, ItemState::Pending) > 0,
+        "stopped before the end"
+    );
+    assert_eq!(count(&its, ItemState::Failed), 0);
+
+    let resumed = command(&emu, &db, &["resume", "1", "--yes", "--rate", "1000"]).output();
+    let resumed = tokio::time::timeout(COMMAND_TIMEOUT, resumed)
+        .await
+        .expect("resume finishes")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(
+        [0, 3].contains(&resumed.status.code().unwrap_or(-1)),
+        "{stderr}"
+    );
+    let its = items(&db, 1);
+    assert_eq!(count(&its, ItemState::Pending), 0);
+    assert_eq!(count(&its, ItemState::InFlight), 0);
+    let per_user = invitations_per_user(&emu);
+    assert!(per_user.values().all(|n| *n == 1), "no user invited twice");
+    assert_eq!(per_user.len(), count(&its, ItemState::Converted));
 }

@@ -1,5 +1,6 @@
 //! What `run`, `resume`, `retry` and `demo` share: connecting to Graph, executing a run's queue
-//! with Ctrl-C handling, and turning the result into the exit code.
+//! with signal handling (SIGINT, SIGTERM and SIGHUP alike), and turning the result into the exit
+//! code.
 
 use std::collections::HashSet;
 use std::io::{BufRead, IsTerminal, Write};
@@ -156,7 +157,36 @@ pub fn apply_exec(options: &mut RunOptions, exec: &ExecArgs) -> anyhow::Result<(
     check_options(options)
 }
 
+/// Reads `--message-file`, never more than [`crate::config::MAX_MESSAGE_BYTES`] plus one byte:
+/// a wrong path (`/dev/zero`, a huge log) is refused at once instead of filling memory.
+pub fn read_message_file(path: &Path) -> anyhow::Result<String> {
+    use std::io::Read as _;
+    let limit = crate::config::MAX_MESSAGE_BYTES;
+    let fail = |why: String| ExitError::usage(format!("--message-file {}: {why}", path.display()));
+    let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+    let mut bytes = Vec::new();
+    file.take(limit as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| fail(e.to_string()))?;
+    if bytes.len() > limit {
+        return Err(fail(format!(
+            "longer than {} KiB; an invitation message must be shorter",
+            limit / 1024
+        ))
+        .into());
+    }
+    String::from_utf8(bytes).map_err(|_| fail("not UTF-8 text".into()).into())
+}
+
 pub fn check_options(options: &RunOptions) -> anyhow::Result<()> {
+    if let Some(tag) = &options.message_language {
+        if !crate::validate::is_language_tag(tag) {
+            return Err(ExitError::usage(format!(
+                "--message-language {tag:?} is not a BCP 47 language tag like en-US or zh-Hans-CN"
+            ))
+            .into());
+        }
+    }
     if !(options.rate.is_finite() && options.rate > 0.0) {
         return Err(
             ExitError::usage("--rate must be a positive number of requests per second").into(),
@@ -203,6 +233,72 @@ pub fn confirm(run: &RunRecord, users: u64) -> anyhow::Result<bool> {
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;
     Ok(answer.trim().eq_ignore_ascii_case("yes"))
+}
+
+/// A second signal this soon after the first quits at once; a later one only restarts the
+/// window (SPEC "Signals").
+pub const SECOND_SIGNAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// SIGINT, SIGTERM and SIGHUP, handled alike: job schedulers, `systemd`, containers and CI stop
+/// jobs with SIGTERM, and a closed terminal or SSH session sends SIGHUP. Each is a Ctrl-C.
+pub struct Signals {
+    #[cfg(unix)]
+    kinds: [(tokio::signal::unix::Signal, &'static str); 3],
+}
+
+impl Signals {
+    #[cfg(unix)]
+    pub fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            kinds: [
+                (signal(SignalKind::interrupt())?, "SIGINT"),
+                (signal(SignalKind::terminate())?, "SIGTERM"),
+                (signal(SignalKind::hangup())?, "SIGHUP"),
+            ],
+        })
+    }
+
+    #[cfg(not(unix))]
+    pub fn new() -> std::io::Result<Signals> {
+        Ok(Signals {})
+    }
+
+    /// The next signal's name.
+    #[cfg(unix)]
+    pub async fn next(&mut self) -> &'static str {
+        let [(int, a), (term, b), (hup, c)] = &mut self.kinds;
+        tokio::select! {
+            _ = int.recv() => a,
+            _ = term.recv() => b,
+            _ = hup.recv() => c,
+        }
+    }
+
+    #[cfg(not(unix))]
+    pub async fn next(&mut self) -> &'static str {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
+
+    /// Returns at the first signal that comes within [`SECOND_SIGNAL_WINDOW`] of the one
+    /// before it; a signal after a longer pause only says the run is still stopping.
+    pub async fn second(&mut self) {
+        loop {
+            match tokio::time::timeout(SECOND_SIGNAL_WINDOW, self.next()).await {
+                Ok(_) => return,
+                Err(_) => {
+                    let name = self.next().await;
+                    crate::progress::suspend(|| {
+                        eprintln!(
+                            "{name}: still stopping (another signal within {} s quits at once)",
+                            SECOND_SIGNAL_WINDOW.as_secs()
+                        )
+                    });
+                }
+            }
+        }
+    }
 }
 
 /// The error of a declined confirmation: exit 1, nothing was sent.
@@ -305,6 +401,9 @@ pub async fn execute(
     queue.set_run_status(run_id, RunStatus::Running)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let lost = lease.lost_flag();
+    // Registered before any work starts, so a SIGTERM from a scheduler is never the default
+    // "terminate at once" that leaves items mid-step.
+    let mut signals = Signals::new().context("cannot listen for SIGINT, SIGTERM and SIGHUP")?;
     let ctrl_c = tokio::spawn(async move {
         let lease_lost = async {
             while !lost.load(std::sync::atomic::Ordering::SeqCst) {
@@ -312,16 +411,16 @@ pub async fn execute(
             }
         };
         tokio::select! {
-            signal = tokio::signal::ctrl_c() => if signal.is_ok() {
+            name = signals.next() => {
                 crate::progress::suspend(|| {
                     eprintln!(
-                        "\nstopping: finishing requests on the wire and checkpointing (Ctrl-C again to quit at once; `resume` is safe either way)"
+                        "\n{name}: stopping: finishing requests on the wire and checkpointing (a second signal within {} s quits at once; `resume` is safe either way)",
+                        SECOND_SIGNAL_WINDOW.as_secs()
                     )
                 });
                 let _ = stop_tx.send(true);
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    std::process::exit(ExitStatus::Interrupted.code());
-                }
+                signals.second().await;
+                std::process::exit(ExitStatus::Interrupted.code());
             },
             () = lease_lost => {
                 let _ = stop_tx.send(true);
@@ -344,9 +443,9 @@ pub async fn execute(
     };
     let span = crate::queue::WorkSpan::start(queue.clone(), run_id)?;
     let outcome = workers::work(pipeline).await;
-    span.finish()?;
+    // A full disk fails these too: the run's own error (and the resume advice) goes first.
+    let bookkeeping = span.finish().and_then(|()| queue.flush_request_log());
     ctrl_c.abort();
-    queue.flush_request_log()?;
     if lease.is_lost() || outcome.as_ref().is_err_and(lease_refused) {
         // Another process took the run over (this one stopped heart-beating for a long time):
         // its status is now that process's to write.
@@ -354,13 +453,24 @@ pub async fn execute(
             "run {run_id} was taken over by another process while this one was stalled; stopped"
         ));
     }
-    let outcome = match outcome {
+    let stopped = |e: &anyhow::Error| {
+        format!(
+            "run {run_id} stopped; `b2b-convert resume {run_id}` continues it{}",
+            if storage_trouble(e) {
+                " once the disk has room (the database could not be written: disk full or file size limit?)"
+            } else {
+                ""
+            }
+        )
+    };
+    let outcome = match outcome.and_then(|o| bookkeeping.map(|()| o).map_err(Into::into)) {
         Ok(o) => o,
         Err(e) => {
-            queue.set_run_status(run_id, RunStatus::Interrupted)?;
-            return Err(e.context(format!(
-                "run {run_id} stopped; `b2b-convert resume {run_id}` continues it"
-            )));
+            if let Err(status) = queue.set_run_status(run_id, RunStatus::Interrupted) {
+                tracing::warn!(run_id, error = %status, "could not record the run as interrupted");
+            }
+            let why = stopped(&e);
+            return Err(e.context(why));
         }
     };
     let (status, exit) = match &outcome {
@@ -432,6 +542,29 @@ pub fn pick_run(queue: &Queue, id: Option<i64>) -> anyhow::Result<RunRecord> {
         }),
         None => queue.latest_run()?.ok_or_else(|| {
             ExitError::usage(format!("no runs in {}", queue.path().display())).into()
+        }),
+    }
+}
+
+/// Whether `e` is SQLite failing to write (a full disk, a quota, a file size limit), where the
+/// advice is to make room before resuming.
+fn storage_trouble(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<rusqlite::Error>(),
+            Some(rusqlite::Error::SqliteFailure(f, _))
+                if matches!(f.code, rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::SystemIoFailure)
+        )
+    })
+}
+
+/// The live run named, or the latest live run: `track` and `export-links` have nothing to do
+/// with a dry run, so a dry run made after the live one is never picked by default.
+pub fn pick_live_run(queue: &Queue, id: Option<i64>) -> anyhow::Result<RunRecord> {
+    match id {
+        Some(id) => pick_run(queue, Some(id)),
+        None => queue.latest_live_run()?.ok_or_else(|| {
+            ExitError::usage(format!("no live run in {}", queue.path().display())).into()
         }),
     }
 }

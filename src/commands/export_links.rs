@@ -1,6 +1,8 @@
 //! `export-links`: for administrators who send their own messages, each converted user's redeem
 //! URL and the tenant's Teams link as CSV. The file is created 0600 and never overwritten; the
-//! URLs are never logged or printed.
+//! URLs are never logged or printed. Converted users without a stored link (their invitation's
+//! answer was lost, so the conversion was reconciled from a re-read) are counted and named on
+//! stderr, with the way to get them one: `resend --only`.
 
 use std::path::Path;
 
@@ -14,7 +16,7 @@ use crate::queue::Queue;
 
 pub fn export_links(db: &Path, args: ExportLinksArgs) -> anyhow::Result<ExitStatus> {
     let queue = Queue::open_existing(db)?;
-    let run = common::pick_run(&queue, Some(args.run_id))?;
+    let run = common::pick_live_run(&queue, args.run_id)?;
     if !run.options.keep_redeem_links {
         return Err(ExitError::usage(format!(
             "run {} was not started with --keep-redeem-links: no redeem URL was stored \
@@ -33,7 +35,36 @@ pub fn export_links(db: &Path, args: ExportLinksArgs) -> anyhow::Result<ExitStat
         run.id,
         args.out.display()
     );
+    let missing = queue.converted_without_link(run.id)?;
+    if !missing.is_empty() {
+        eprintln!("{}", missing_links_notice(run.id, &missing));
+    }
     Ok(ExitStatus::Success)
+}
+
+/// Most users named on stderr; the rest are counted.
+const MISSING_NAMED: usize = 50;
+
+/// What stderr says about converted users without a link: how many, who, and how to get one.
+fn missing_links_notice(run_id: i64, missing: &[String]) -> String {
+    let mut text = format!(
+        "{} converted users of run {run_id} have no stored redeem link (the answer to their invitation was lost; \
+         the conversion was confirmed by re-reading the user) and are not in the file:",
+        missing.len()
+    );
+    for name in missing.iter().take(MISSING_NAMED) {
+        text.push_str("\n  ");
+        text.push_str(name);
+    }
+    if missing.len() > MISSING_NAMED {
+        text.push_str(&format!("\n  … and {} more", missing.len() - MISSING_NAMED));
+    }
+    text.push_str(&format!(
+        "\nto get them a link: put their UPNs in a file, one a line, and run \
+         `b2b-convert resend {run_id} --only FILE` (a fresh invitation, whose link is stored), \
+         then export-links again to a new file"
+    ));
+    text
 }
 
 /// Creates `path` for writing, owner-only, refusing an existing file.
@@ -113,6 +144,17 @@ mod tests {
              https://teams.microsoft.com/?tenantId=t-1\n"
         );
         assert!(!format!("{:?}", links[0]).contains("redeem?x"));
+    }
+
+    #[test]
+    fn missing_links_are_counted_named_and_explained() {
+        let names: Vec<String> = (0..60).map(|i| format!("u{i}@contoso.com")).collect();
+        let text = missing_links_notice(7, &names);
+        assert!(text.starts_with("60 converted users of run 7 have no stored redeem link"));
+        assert!(text.contains("\n  u0@contoso.com\n") && text.contains("u49@contoso.com"));
+        assert!(!text.contains("u50@contoso.com"));
+        assert!(text.contains("… and 10 more"));
+        assert!(text.contains("resend 7 --only FILE"));
     }
 
     #[cfg(unix)]

@@ -24,13 +24,14 @@ use crate::cli::{Cli, Command};
 use crate::exit::ExitStatus;
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
+    ignore_file_size_signal();
     match cli.command {
         Command::Run(args) => run::run(&cli.db, args).await,
         Command::Resume(args) => resume::resume(&cli.db, args).await,
         Command::Apply(args) => apply::apply(&cli.db, args).await,
         Command::Retry(args) => retry::retry(&cli.db, args).await,
         Command::Status(args) => status::status(&cli.db, args),
-        Command::Runs => runs::runs(&cli.db),
+        Command::Runs(args) => runs::runs(&cli.db, args.json),
         Command::Report(args) => report::report(&cli.db, args),
         Command::Track(args) => track::track(&cli.db, args).await,
         Command::Resend(args) => resend::resend(&cli.db, args).await,
@@ -41,5 +42,17 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Demo(args) => demo::demo(args).await,
         Command::Bench(args) => bench::bench(args).await,
         Command::Preflight(args) => preflight::preflight(&cli.db, args).await,
+    }
+}
+
+/// A write past the file size limit (`ulimit -f`, a quota) raises SIGXFSZ, whose default kills
+/// the process on the spot, mid-step. Ignored, the write fails instead, like a full disk, and
+/// the run stops through its error path: resumable, exit 1, the database named.
+fn ignore_file_size_signal() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to SIG_IGN touches no memory of ours; it happens
+    // once, before any thread of ours writes a file.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
 }

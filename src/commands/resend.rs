@@ -14,6 +14,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use chrono::Utc;
 
 use super::common;
@@ -115,6 +116,9 @@ pub async fn resend(db: &Path, args: ResendArgs) -> anyhow::Result<ExitStatus> {
 
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let lost = lease.lost_flag();
+    // SIGINT, SIGTERM and SIGHUP alike, as for a run (SPEC "Signals").
+    let mut signals =
+        common::Signals::new().context("cannot listen for SIGINT, SIGTERM and SIGHUP")?;
     let ctrl_c = tokio::spawn(async move {
         let lease_lost = async {
             while !lost.load(std::sync::atomic::Ordering::SeqCst) {
@@ -122,10 +126,13 @@ pub async fn resend(db: &Path, args: ResendArgs) -> anyhow::Result<ExitStatus> {
             }
         };
         tokio::select! {
-            signal = tokio::signal::ctrl_c() => if signal.is_ok() {
+            name = signals.next() => {
                 crate::progress::suspend(|| {
-                    eprintln!("\nstopping after the requests on the wire; `resend` continues this pass")
+                    eprintln!("\n{name}: stopping after the requests on the wire; `resend` continues this pass")
                 });
+                let _ = stop_tx.send(true);
+                signals.second().await;
+                std::process::exit(ExitStatus::Interrupted.code());
             },
             () = lease_lost => {}
         }

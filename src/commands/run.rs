@@ -51,10 +51,7 @@ fn from_args(args: RunArgs) -> anyhow::Result<NewRun> {
         _ => return Err(ExitError::usage("give exactly one of --csv, --filter, --group").into()),
     };
     let message_body = match &args.message_file {
-        Some(p) => Some(
-            std::fs::read_to_string(p)
-                .map_err(|e| ExitError::usage(format!("--message-file {}: {e}", p.display())))?,
-        ),
+        Some(p) => Some(common::read_message_file(p)?),
         None => None,
     };
     if let Some(cc) = &args.cc {

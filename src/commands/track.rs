@@ -24,7 +24,7 @@ const CHUNK: usize = 3_000;
 
 pub async fn track(db: &Path, args: TrackArgs) -> anyhow::Result<ExitStatus> {
     let queue = Arc::new(Queue::open_existing(db)?);
-    let run = common::pick_run(&queue, args.run_id)?;
+    let run = common::pick_live_run(&queue, args.run_id)?;
     if run.mode != RunMode::Live {
         return Err(ExitError::usage(format!(
             "run {} is a dry run: nobody was converted, there is nothing to track",
@@ -89,10 +89,24 @@ pub async fn track(db: &Path, args: TrackArgs) -> anyhow::Result<ExitStatus> {
         queue.record_track_results(track_id, &results)?;
     }
     let counts = queue.finish_track(track_id)?;
-    println!(
-        "run {} tracked: {} accepted, {} pending acceptance, {} not applied, {} no longer in the tenant",
-        run.id, counts.accepted, counts.pending, counts.not_applied, counts.missing
-    );
+    if args.json {
+        let v = serde_json::json!({
+            "runId": run.id,
+            "accepted": counts.accepted,
+            "pendingAcceptance": counts.pending,
+            "notApplied": counts.not_applied,
+            "missing": counts.missing,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "run {} tracked: {} accepted, {} pending acceptance, {} not applied, {} no longer in the tenant",
+            run.id, counts.accepted, counts.pending, counts.not_applied, counts.missing
+        );
+    }
+    if not_applied > 0 && args.json {
+        return Ok(ExitStatus::NeedsAttention);
+    }
     if not_applied > 0 {
         println!(
             "{not_applied} invitations never took effect: they are now failed/NotApplied; \

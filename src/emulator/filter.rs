@@ -30,6 +30,20 @@ fn syntax(message: impl Into<String>) -> FilterError {
 /// Most values Graph accepts in one `in (…)`.
 pub const MAX_IN_VALUES: usize = 15;
 
+/// Longest `$filter` accepted, in characters. Graph refuses URLs much beyond a few thousand
+/// characters with a 400; the emulator bounds the expression itself so that no request can make
+/// it tokenize, parse or evaluate without limit.
+pub const MAX_FILTER_LEN: usize = 4_096;
+
+/// Deepest nesting of parentheses and `not` accepted. Graph's OData parser refuses deeper
+/// expressions with a 400 ("The recursion limit has been exceeded"); without this bound a
+/// request of 5,000 nested parentheses overflowed the emulator's stack.
+pub const MAX_FILTER_DEPTH: usize = 100;
+
+/// Most `and`/`or` operators accepted in one expression (OData's node count limit): a long flat
+/// chain builds as deep a tree as nested parentheses do.
+pub const MAX_FILTER_OPERATORS: usize = 100;
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Literal {
     Str(String),
@@ -317,6 +331,10 @@ struct Parser {
     toks: Vec<Tok>,
     pos: usize,
     advanced: bool,
+    /// Current nesting of parentheses and `not`, bounded by [`MAX_FILTER_DEPTH`].
+    depth: usize,
+    /// `and`/`or` operators seen, bounded by [`MAX_FILTER_OPERATORS`].
+    operators: usize,
 }
 
 impl Parser {
@@ -342,10 +360,31 @@ impl Parser {
         }
     }
 
+    fn enter(&mut self) -> Result<(), FilterError> {
+        self.depth += 1;
+        if self.depth > MAX_FILTER_DEPTH {
+            return Err(syntax(format!(
+                "The recursion limit has been exceeded: more than {MAX_FILTER_DEPTH} nested parentheses or 'not'."
+            )));
+        }
+        Ok(())
+    }
+
+    fn operator(&mut self) -> Result<(), FilterError> {
+        self.pos += 1;
+        self.operators += 1;
+        if self.operators > MAX_FILTER_OPERATORS {
+            return Err(syntax(format!(
+                "The node count limit of '{MAX_FILTER_OPERATORS}' has been exceeded: too many 'and'/'or' operators."
+            )));
+        }
+        Ok(())
+    }
+
     fn or(&mut self) -> Result<Expr, FilterError> {
         let mut left = self.and()?;
         while self.peek_keyword("or") {
-            self.pos += 1;
+            self.operator()?;
             let right = self.and()?;
             left = Expr::Or(Box::new(left), Box::new(right));
         }
@@ -355,7 +394,7 @@ impl Parser {
     fn and(&mut self) -> Result<Expr, FilterError> {
         let mut left = self.unary()?;
         while self.peek_keyword("and") {
-            self.pos += 1;
+            self.operator()?;
             let right = self.unary()?;
             left = Expr::And(Box::new(left), Box::new(right));
         }
@@ -366,7 +405,10 @@ impl Parser {
         if self.peek_keyword("not") {
             self.pos += 1;
             self.advanced = true;
-            return Ok(Expr::Not(Box::new(self.unary()?)));
+            self.enter()?;
+            let inner = self.unary()?;
+            self.depth -= 1;
+            return Ok(Expr::Not(Box::new(inner)));
         }
         self.primary()
     }
@@ -374,8 +416,10 @@ impl Parser {
     fn primary(&mut self) -> Result<Expr, FilterError> {
         match self.next() {
             Some(Tok::LParen) => {
+                self.enter()?;
                 let e = self.or()?;
                 self.expect(Tok::RParen, "')'")?;
+                self.depth -= 1;
                 Ok(e)
             }
             Some(Tok::Ident(name)) => {
@@ -614,6 +658,12 @@ fn incompatible(name: &str) -> FilterError {
 
 /// Parse a `$filter` value.
 pub fn parse(s: &str) -> Result<Filter, FilterError> {
+    let len = s.chars().count();
+    if len > MAX_FILTER_LEN {
+        return Err(syntax(format!(
+            "the expression is {len} characters long; at most {MAX_FILTER_LEN} are accepted."
+        )));
+    }
     let toks = tokenize(s)?;
     if toks.is_empty() {
         return Err(syntax("empty expression"));
@@ -622,6 +672,8 @@ pub fn parse(s: &str) -> Result<Filter, FilterError> {
         toks,
         pos: 0,
         advanced: false,
+        depth: 0,
+        operators: 0,
     };
     let expr = p.or()?;
     if let Some(t) = p.peek() {
@@ -754,5 +806,77 @@ mod tests {
         assert!(parse(&format!("id in ({})", ok.join(","))).is_ok());
         assert!(parse("otherMails eq 'a'").is_err());
         assert!(parse("userType gt 'a'").is_err());
+    }
+
+    #[test]
+    fn depth_length_and_operator_count_are_bounded_with_a_400() {
+        let deep = format!("{}id eq 'a'{}", "(".repeat(5_000), ")".repeat(5_000));
+        let e = parse(&deep).unwrap_err();
+        assert_eq!(e.code, "BadRequest");
+        assert!(e.message.contains("characters"), "{}", e.message);
+        let nested = |n: usize| format!("{}id eq 'a'{}", "(".repeat(n), ")".repeat(n));
+        assert!(parse(&nested(MAX_FILTER_DEPTH)).is_ok());
+        let e = parse(&nested(MAX_FILTER_DEPTH + 1)).unwrap_err();
+        assert!(e.message.contains("recursion limit"), "{}", e.message);
+        let nots = format!("{}id eq 'a'", "not ".repeat(MAX_FILTER_DEPTH + 1));
+        assert!(parse(&nots)
+            .unwrap_err()
+            .message
+            .contains("recursion limit"));
+        let chain = |n: usize| vec!["id eq 'a'"; n + 1].join(" or ");
+        assert!(parse(&chain(MAX_FILTER_OPERATORS)).is_ok());
+        let e = parse(&chain(MAX_FILTER_OPERATORS + 1)).unwrap_err();
+        assert!(e.message.contains("node count"), "{}", e.message);
+        let long = format!("mail eq '{}'", "x".repeat(MAX_FILTER_LEN));
+        assert!(parse(&long).unwrap_err().message.contains("characters"));
+    }
+
+    /// Generated inputs, bounded in count: every one is parsed or refused, never a panic.
+    #[test]
+    fn generated_filters_never_panic() {
+        const PIECES: [&str; 24] = [
+            "(",
+            ")",
+            "id",
+            "eq",
+            "ne",
+            "in",
+            "and",
+            "or",
+            "not",
+            "'a'",
+            "''",
+            "'",
+            ",",
+            ":",
+            "/",
+            "any",
+            "x",
+            "otherMails",
+            "startsWith",
+            "true",
+            "null",
+            "\u{0}",
+            "é",
+            " ",
+        ];
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let user = User::default();
+        for _ in 0..20_000 {
+            let len = (next() % 40) as usize;
+            let text: String = (0..len)
+                .map(|_| PIECES[(next() % PIECES.len() as u64) as usize])
+                .collect::<Vec<_>>()
+                .join(" ");
+            if let Ok(f) = parse(&text) {
+                let _ = f.matches(&user);
+            }
+        }
     }
 }

@@ -34,6 +34,7 @@ use std::time::Duration;
 use anyhow::Context;
 use rand::SeedableRng;
 
+pub use server::BODY_LIMIT;
 pub use tenant::{App, AppCertificate, FederatedCredential, Tenant, TenantGroup};
 pub use throttle::Clock;
 
@@ -214,6 +215,7 @@ pub async fn start(mut config: EmulatorConfig, listen: SocketAddr) -> anyhow::Re
         base_url: format!("http://{addr}"),
         wall_start: chrono::Utc::now(),
         ru_limit,
+        silent: std::sync::atomic::AtomicBool::new(false),
     });
     let (tx, rx) = tokio::sync::watch::channel(server::Stop::No);
     let task = tokio::spawn(server::serve(
@@ -346,6 +348,15 @@ impl Emulator {
 
     pub fn clock(&self) -> Clock {
         self.shared.config.clock.clone()
+    }
+
+    /// Makes the tenant a black hole (`true`) or answer again (`false`): while silent, Graph
+    /// and the token endpoint accept connections and read requests but answer nothing, not even
+    /// requests already being handled; inspection endpoints still answer.
+    pub fn set_silent(&self, silent: bool) {
+        self.shared
+            .silent
+            .store(silent, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Stop accepting and close every connection.

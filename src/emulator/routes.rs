@@ -32,6 +32,9 @@ pub struct Shared {
     pub wall_start: DateTime<Utc>,
     /// Resource units per 10 s (0 = unlimited), after the tenant-size default.
     pub ru_limit: u64,
+    /// A black hole: connections are accepted and requests read, but nothing is answered
+    /// (inspection endpoints excepted), as a hung proxy or a black-holed route behaves.
+    pub silent: std::sync::atomic::AtomicBool,
 }
 
 pub struct TokenInfo {

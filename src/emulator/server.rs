@@ -18,8 +18,9 @@ use super::routes::{percent_decode, Call, Reply, Shared};
 #[derive(Clone, Default)]
 struct KillSwitch(Arc<Notify>);
 
-/// Largest request body read.
-const BODY_LIMIT: usize = 16 * 1024 * 1024;
+/// Largest request body read: Graph refuses request bodies above 4 MB with 413
+/// `RequestEntityTooLarge`, and the emulator never buffers more than Graph would accept.
+pub const BODY_LIMIT: usize = 4 * 1024 * 1024;
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new().fallback(entry).with_state(shared)
@@ -30,7 +31,15 @@ async fn entry(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let kill = parts.extensions.get::<KillSwitch>().cloned();
     let body = match axum::body::to_bytes(body, BODY_LIMIT).await {
         Ok(b) => b.to_vec(),
-        Err(_) => return (axum::http::StatusCode::PAYLOAD_TOO_LARGE, "").into_response(),
+        Err(_) => {
+            return to_response(Reply::json(
+                413,
+                serde_json::json!({"error": {
+                    "code": "RequestEntityTooLarge",
+                    "message": format!("The request body exceeds the maximum of {BODY_LIMIT} bytes."),
+                }}),
+            ))
+        }
     };
     let call = Call {
         method: parts.method.as_str().to_ascii_uppercase(),
@@ -53,6 +62,7 @@ async fn entry(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     if call.path.starts_with("/_emulator/") {
         return to_response(shared.inspect(&call));
     }
+    hold_if_silent(&shared).await;
     let worker = Arc::clone(&shared);
     let reply = match tokio::task::spawn_blocking(move || worker.handle(&call)).await {
         Ok(r) => r,
@@ -64,6 +74,7 @@ async fn entry(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     if !shared.config.latency.is_zero() {
         tokio::time::sleep(shared.config.latency).await;
     }
+    hold_if_silent(&shared).await;
     if reply.lost {
         if let Some(k) = kill {
             tracing::debug!("dropping the connection instead of answering (lost response)");
@@ -72,6 +83,14 @@ async fn entry(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         }
     }
     to_response(reply)
+}
+
+/// While the emulator is a black hole, a request is never answered: the connection stays open
+/// until the client gives up or the emulator stops.
+async fn hold_if_silent(shared: &Shared) {
+    if shared.silent.load(std::sync::atomic::Ordering::SeqCst) {
+        std::future::pending::<()>().await;
+    }
 }
 
 fn to_response(reply: Reply) -> Response {

@@ -16,7 +16,7 @@ use super::error::{GraphError, Traced};
 use super::limiter::Limiter;
 use super::odata::{encode_query, in_filters, needs_advanced_query};
 use super::paging::Pager;
-use super::retry::{Backoff, RetryPolicy};
+use super::retry::{Backoff, RetryPolicy, Silence};
 use super::transport::{parse_answer, Call};
 use super::RequestObserver;
 use crate::model::{
@@ -56,6 +56,8 @@ pub(super) struct Inner {
     /// `Authorization_RequestDenied` answers in a row, per kind of request (`POST invitations`,
     /// `GET users`, …): reads succeeding must not hide that every invitation is refused.
     pub(super) denied_streaks: std::sync::Mutex<HashMap<String, u32>>,
+    /// No answer of any kind from Graph or the token endpoint for this long stops the run.
+    pub(super) silence: Silence,
 }
 
 impl std::fmt::Debug for GraphClient {
@@ -98,6 +100,7 @@ impl GraphClient {
                 connect_timeout,
                 sent: AtomicU64::new(0),
                 denied_streaks: std::sync::Mutex::new(HashMap::new()),
+                silence: Silence::new(config.not_sent_retry_for),
             }),
             observer: None,
             gate: None,

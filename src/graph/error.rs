@@ -44,8 +44,11 @@ pub enum GraphError {
         meta: ResponseMeta,
     },
     /// The request could not have left the process (connection refused, DNS failure, TLS
-    /// handshake failure, no connection from the pool): nothing reached Graph. The client has
-    /// already retried for its bounded stretch; the message names the URL.
+    /// handshake failure, no connection from the pool, no token to send it with), or the client
+    /// started no more requests because Graph and the token endpoint have answered nothing for
+    /// the whole silence window (a read that timed out then is reported so too: it changes
+    /// nothing). The client has already retried for its bounded stretch; the message names the
+    /// URL.
     #[error("Graph could not be reached: {message}")]
     NotSent { message: String },
     /// A non-idempotent request may or may not have been carried out: re-read before resending.

@@ -176,6 +176,62 @@ impl RetryPolicy {
     }
 }
 
+/// How long Graph and the token endpoint have gone without answering anything, shared by every
+/// request of one client.
+///
+/// A server that refuses connections is caught by [`RetryPolicy::next`]'s not-sent stretch, but
+/// one that accepts connections and never answers (a black-holed route, a hung proxy, a token
+/// endpoint gone quiet) only produces timeouts, and each item's own retries would wait them out
+/// one after another for as long as the queue lasts. Silence is counted from the start of the
+/// first request that got no answer, and any answer of any kind (a 2xx, a 4xx, a 5xx, a 429)
+/// ends it; once it has lasted `window`, the client starts no more requests and the run stops,
+/// resumable.
+#[derive(Debug)]
+pub struct Silence {
+    window: Duration,
+    /// Start of the current silence: `Some` only after a request failed without an answer.
+    since: std::sync::Mutex<Option<Instant>>,
+    /// When the latest answer of any kind arrived.
+    last_answer: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Silence {
+    pub fn new(window: Duration) -> Silence {
+        Silence {
+            window,
+            since: std::sync::Mutex::new(None),
+            last_answer: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// An answer of any kind arrived: the servers are there.
+    pub fn answered(&self) {
+        *self.last_answer.lock().expect("silence") = Some(Instant::now());
+        *self.since.lock().expect("silence") = None;
+    }
+
+    /// A request sent at `started` got no answer (timeout, reset, refused connection). The
+    /// silence began when it was sent, or at the latest answer if one came in since.
+    pub fn unanswered(&self, started: Instant) {
+        let last = *self.last_answer.lock().expect("silence");
+        let mut since = self.since.lock().expect("silence");
+        if since.is_none() {
+            *since = Some(last.map_or(started, |l| l.max(started)));
+        }
+    }
+
+    /// `Some(how long)` once the silence has lasted the whole window.
+    pub fn exceeded(&self) -> Option<Duration> {
+        let since = (*self.since.lock().expect("silence"))?;
+        let silent = Instant::now().saturating_duration_since(since);
+        (silent >= self.window).then_some(silent)
+    }
+
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+}
+
 /// Longest `Retry-After` we obey; anything longer is treated as this (a misbehaving proxy must
 /// not stall a migration weekend for hours).
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
@@ -404,5 +460,37 @@ mod tests {
             assert!(delay(attempt) <= Backoff::default().ceiling(attempt));
         }
         assert!(delay(u32::MAX) <= Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_lasts_from_the_first_unanswered_request_until_any_answer() {
+        let silence = Silence::new(Duration::from_secs(60));
+        assert_eq!(silence.exceeded(), None, "no failure yet: never silent");
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert_eq!(silence.exceeded(), None, "idle is not silent");
+        let sent = Instant::now();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        silence.unanswered(sent);
+        assert_eq!(silence.exceeded(), None);
+        tokio::time::sleep(Duration::from_secs(29)).await;
+        silence.unanswered(Instant::now());
+        assert_eq!(
+            silence.exceeded(),
+            None,
+            "counted from the first request, 59 s"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(silence.exceeded(), Some(Duration::from_secs(60)));
+        silence.answered();
+        assert_eq!(silence.exceeded(), None, "any answer ends it");
+        // A request sent before the latest answer is silent only from that answer on.
+        let early = Instant::now();
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        silence.answered();
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        silence.unanswered(early);
+        assert_eq!(silence.exceeded(), None, "20 s since the last answer");
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        assert_eq!(silence.exceeded(), Some(Duration::from_secs(60)));
     }
 }

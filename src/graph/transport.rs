@@ -148,12 +148,22 @@ impl GraphClient {
         loop {
             attempt += 1;
             inner.limiter.acquire().await;
+            if let Some(silent) = inner.silence.exceeded() {
+                return Err(self.silenced(call, silent));
+            }
+            let started = Instant::now();
             let token = match renewed.take() {
                 Some(t) => t,
-                None => inner.tokens.token().await.map_err(|e| self.mid_run(e))?,
+                None => match inner.tokens.token().await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        let wait = self.token_unavailable(e, call, &mut attempts, started)?;
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                },
             };
             let client_request_id = uuid::Uuid::new_v4().to_string();
-            let started = Instant::now();
             let mut builder = inner
                 .http
                 .request(call.method.clone(), call.url.clone())
@@ -190,9 +200,14 @@ impl GraphClient {
                         client_request_id,
                         request_id: None,
                     };
+                    inner.silence.unanswered(started);
+                    let silent = inner.silence.exceeded();
                     match classify(&e, call, inner.timeout, inner.connect_timeout) {
                         Lost::NotSent(message) => {
                             self.report(call, attempt, &meta, started, Some(&message), false);
+                            if let Some(silent) = silent {
+                                return Err(self.silenced(call, silent));
+                            }
                             match self
                                 .retry
                                 .next(&mut attempts, Failure::NotSent, call.idempotent)
@@ -217,6 +232,16 @@ impl GraphClient {
                         Lost::MaybeSent(message) => {
                             inner.sent.fetch_add(1, Ordering::Relaxed);
                             self.report(call, attempt, &meta, started, Some(&message), false);
+                            match silent {
+                                // An invitation that may have left stays unknown: the caller
+                                // re-reads the user, and that read is refused as silenced.
+                                Some(_) if !call.idempotent => {
+                                    return Err(GraphError::Unknown { message, meta })
+                                }
+                                // A read changes nothing: whether it left does not matter.
+                                Some(silent) => return Err(self.silenced(call, silent)),
+                                None => {}
+                            }
                             let failure = Failure::Failed { retry_after: None };
                             match self.retry.next(&mut attempts, failure, call.idempotent) {
                                 Verdict::RetryAfter(wait) => {
@@ -241,6 +266,7 @@ impl GraphClient {
                 }
             };
             inner.sent.fetch_add(1, Ordering::Relaxed);
+            inner.silence.answered();
             let meta = ResponseMeta {
                 status: Some(status),
                 client_request_id,
@@ -278,11 +304,15 @@ impl GraphClient {
                 }
                 401 => {
                     if !already_renewed {
-                        let fresh = inner
-                            .tokens
-                            .renew_after_refusal(&token)
-                            .await
-                            .map_err(|e| self.mid_run(e))?;
+                        let asked = Instant::now();
+                        let fresh = match inner.tokens.renew_after_refusal(&token).await {
+                            Ok(fresh) => fresh,
+                            Err(e) => {
+                                let wait = self.token_unavailable(e, call, &mut attempts, asked)?;
+                                tokio::time::sleep(wait).await;
+                                continue;
+                            }
+                        };
                         if let Some(fresh) = fresh {
                             already_renewed = true;
                             renewed = Some(fresh);
@@ -334,6 +364,64 @@ impl GraphClient {
             .lock()
             .expect("denied streaks")
             .remove(kind);
+    }
+
+    /// The request could not get a token, so it never left. A refusal by the token endpoint is
+    /// handled by [`GraphClient::mid_run`]; a token endpoint that does not answer (or answers
+    /// only 5xx and 429) is retried like a refused connection, for the same bounded stretch and
+    /// silence window, then the run stops resumable with the token endpoint named. Returns how
+    /// long to wait before trying again.
+    fn token_unavailable(
+        &self,
+        error: GraphError,
+        call: &Call,
+        attempts: &mut Attempts,
+        started: Instant,
+    ) -> Result<Duration, GraphError> {
+        let GraphError::Exhausted { message, meta } = error else {
+            return Err(self.mid_run(error));
+        };
+        let silence = &self.inner.silence;
+        if meta.status.is_some() {
+            silence.answered();
+        } else {
+            silence.unanswered(started);
+        }
+        if let Some(silent) = silence.exceeded() {
+            return Err(GraphError::NotSent {
+                message: format!(
+                    "{} {} was not sent: no token, and no answer from Graph or the token endpoint for {} s (last: {message})",
+                    call.method,
+                    call.target(),
+                    silent.as_secs()
+                ),
+            });
+        }
+        match self.retry.next(attempts, Failure::NotSent, call.idempotent) {
+            Verdict::RetryAfter(wait) => Ok(wait),
+            Verdict::GiveUp => Err(GraphError::NotSent {
+                message: format!(
+                    "{} {} was not sent: no token ({message}; tried {} times over {} s)",
+                    call.method,
+                    call.target(),
+                    attempts.not_sent,
+                    secs(self.retry.not_sent_for)
+                ),
+            }),
+        }
+    }
+
+    /// Graph and the token endpoint have been silent for the whole window: no request starts.
+    fn silenced(&self, call: &Call, silent: Duration) -> GraphError {
+        GraphError::NotSent {
+            message: format!(
+                "{} {}: no answer of any kind from {} or the token endpoint for {} s (connections accepted but never answered, or refused); nothing more is sent",
+                call.method,
+                call.target(),
+                self.inner.origin.ascii_serialization(),
+                silent.as_secs()
+            ),
+        }
     }
 
     /// A token refusal after the run got going is the tenant withdrawing access (revoked

@@ -15,6 +15,29 @@ use crate::item::{FollowUpCounts, ItemExtras, PaceMinute};
 use crate::item::{ItemRecord, ItemState};
 
 impl Queue {
+    /// Converted users of a run with no stored redeem link (their invitation's answer was lost
+    /// and the conversion was reconciled from a re-read): UPN, else object id, in item order.
+    pub fn converted_without_link(&self, run_id: i64) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT COALESCE(user_principal_name, user_id, '') FROM items
+                 WHERE run_id = ?1 AND state = ?2 AND invite_redeem_url IS NULL
+                 ORDER BY id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![run_id, crate::item::ItemState::Converted], |r| {
+                r.get::<_, String>(0)
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+}
+
+impl Queue {
     /// Blocked and failed items of the run, by id: the users the people formats list.
     pub fn attention_items(&self, run_id: i64) -> Result<Vec<ItemRecord>> {
         self.select_items(

@@ -95,6 +95,18 @@ impl Queue {
             .transpose()
     }
 
+    /// The latest live run: what `track` and `export-links` mean without a run id (a dry run
+    /// converted nobody, so there is nothing to track or export).
+    pub fn latest_live_run(&self) -> Result<Option<RunRecord>> {
+        self.conn()
+            .prepare_cached(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE mode = ?1 ORDER BY id DESC LIMIT 1"
+            ))
+            .and_then(|mut s| s.query_row([RunMode::Live], run_from_row).optional())
+            .map_err(|e| self.err(e))?
+            .transpose()
+    }
+
     pub fn list_runs(&self) -> Result<Vec<RunRecord>> {
         let conn = self.conn();
         let mut stmt = conn

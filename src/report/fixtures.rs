@@ -88,6 +88,41 @@ fn run(mode: RunMode) -> RunRecord {
     }
 }
 
+/// Display names and UPNs an attacker (or a careless spreadsheet) could put in a tenant or a
+/// CSV: markup, link and image syntax, table pipes, backticks, line breaks, formula prefixes.
+pub const HOSTILE_NAMES: [&str; 10] = [
+    "<script>alert(1)</script>",
+    "x](javascript:alert(1))",
+    "![img](javascript:alert(2))",
+    "a | b | c",
+    "`code` ```fence```",
+    "line one\nline two\r\nline three",
+    "=HYPERLINK(\"http://x\")",
+    "+cmd|' /C calc'!A0",
+    "-2+3",
+    "@SUM(A1:A2)",
+];
+
+/// A dry run whose users carry [`HOSTILE_NAMES`] as display name and UPN, each blocked so the
+/// people-facing reports list it.
+pub fn hostile_run() -> ReportData {
+    let mut data = dry_run();
+    data.items = HOSTILE_NAMES
+        .iter()
+        .enumerate()
+        .map(|(n, name)| {
+            let mut it = item(n as i64 + 1, ItemState::Blocked);
+            it.reason = Some(Reason::MailMissing);
+            it.display_name = Some((*name).into());
+            it.user_principal_name = Some(format!("{name}@contoso.com"));
+            it.detail = Some(format!("detail: {name}"));
+            it
+        })
+        .collect();
+    data.counts = counts_of(&data.items);
+    data
+}
+
 /// A dry run: every state, every reason, a script-tag display name, a CSV-injection value.
 pub fn dry_run() -> ReportData {
     let mut items = Vec::new();

@@ -1,8 +1,11 @@
 //! Markdown report: headings and pipe tables, readable in a terminal and on a wiki.
 //!
 //! Every value from the tenant or the input is escaped for a table cell: `|` cannot split a
-//! cell, a newline cannot end a row, and `<`, `>`, `[`, `]`, `` ` `` and `\` are
-//! backslash-escaped so a wiki renders them as text, never as HTML or links.
+//! cell, a newline cannot end a row, and `<`, `>`, `[`, `]`, `` ` ``, `*`, `&` and `\` are
+//! backslash-escaped so a wiki renders them as text, never as HTML, links or entities. The
+//! pieces of link and image syntax are escaped as pairs too — a `(` right after `]`, a `!` right
+//! before `[` — so a display name such as `x](javascript:alert(1))` leaves no `](` or `![` in the
+//! text, even for a renderer that mishandles a single escape.
 
 use std::fmt::Write as _;
 
@@ -18,10 +21,18 @@ pub(crate) fn cell(s: &str) -> String {
     let mut chars = s.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
-            '|' | '<' | '>' | '[' | ']' | '`' | '\\' | '*' => {
+            '|' | '<' | '>' | '[' | '`' | '\\' | '*' | '&' => {
                 out.push('\\');
                 out.push(c);
             }
+            ']' => {
+                out.push_str("\\]");
+                if chars.peek() == Some(&'(') {
+                    chars.next();
+                    out.push_str("\\(");
+                }
+            }
+            '!' if chars.peek() == Some(&'[') => out.push_str("\\!"),
             '\r' => {
                 if chars.peek() == Some(&'\n') {
                     chars.next();
@@ -399,7 +410,11 @@ mod tests {
     fn cells_cannot_break_the_table() {
         assert_eq!(cell("a|b\nc\r\nd"), "a\\|b / c / d");
         assert_eq!(cell(XSS_NAME), "\\<script\\>alert(1)\\</script\\>");
-        assert_eq!(cell("[x](javascript:y)"), "\\[x\\](javascript:y)");
+        assert_eq!(cell("[x](javascript:y)"), "\\[x\\]\\(javascript:y)");
+        let md = cell("a](javascript:alert(1)) ![i](x) &lt;b&gt; &#91;");
+        for raw in ["](", "![", " &lt;", " &#91;"] {
+            assert!(!md.contains(raw), "{raw} survives in {md}");
+        }
     }
 
     #[test]

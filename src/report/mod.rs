@@ -1304,4 +1304,73 @@ mod tests {
         assert!(msg.starts_with("500 characters"));
         assert_eq!(msg.matches('x').count(), MESSAGE_PREVIEW_CHARS);
     }
+
+    /// Every hostile name through all four formats: Markdown and HTML show it as text (no tag,
+    /// link, image, broken row), CSV keeps one record per user with formulas defused, JSON keeps
+    /// the exact value.
+    #[test]
+    fn hostile_names_stay_text_in_every_format() {
+        use fixtures::HOSTILE_NAMES;
+        let data = fixtures::hostile_run();
+
+        let md = render(ReportFormat::Md, &data);
+        for raw in ["](", "!["] {
+            assert!(!md.contains(raw), "{raw} reaches the Markdown");
+        }
+        let attention = md
+            .split("## Users who need action")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .unwrap();
+        let rows: Vec<&str> = attention
+            .lines()
+            .filter(|l| l.starts_with("| ") && !l.starts_with("| Item") && !l.starts_with("| ---"))
+            .collect();
+        assert_eq!(rows.len(), HOSTILE_NAMES.len(), "one table row per user");
+        for row in rows {
+            assert!(row.ends_with(" |"), "row cut short: {row}");
+            for (at, c) in row.char_indices() {
+                if matches!(c, '<' | '>' | '`' | '[' | ']') {
+                    assert_eq!(&row[at - 1..at], "\\", "unescaped {c} in {row}");
+                }
+            }
+        }
+
+        let html = render(ReportFormat::Html, &data);
+        assert_eq!(
+            html.matches("<script").count(),
+            1,
+            "only the report's own script"
+        );
+        assert!(!html.contains("href=\"javascript"));
+        assert!(!html.contains("src=\"javascript"));
+        assert!(html.contains("&lt;script&gt;"));
+
+        let csv_text = render(ReportFormat::Csv, &data);
+        let mut reader = ::csv::ReaderBuilder::new().from_reader(csv_text.as_bytes());
+        let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+        let name_col = header.iter().position(|h| h == "display_name").unwrap();
+        let names: Vec<String> = reader
+            .records()
+            .map(|r| r.unwrap()[name_col].to_string())
+            .collect();
+        assert_eq!(names.len(), HOSTILE_NAMES.len(), "one record per user");
+        for (got, want) in names.iter().zip(HOSTILE_NAMES) {
+            if want.starts_with(['=', '+', '-', '@']) {
+                assert_eq!(got, &format!("'{want}"));
+            } else {
+                assert_eq!(got, want);
+            }
+        }
+
+        let json: serde_json::Value =
+            serde_json::from_str(&render(ReportFormat::Json, &data)).unwrap();
+        let names: Vec<&str> = json["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["displayName"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, HOSTILE_NAMES);
+    }
 }

@@ -20,7 +20,7 @@ use std::io::{self, BufRead, BufReader, Seek, SeekFrom};
 use std::path::Path;
 
 use crate::item::{NewItem, Overrides, UserKey};
-use crate::validate::email_syntax_error;
+use crate::validate::{email_syntax_error, is_language_tag, upn_length_error};
 
 /// Why a CSV file cannot be read at all. Display: `users.csv: line 1: …`.
 #[derive(Debug, thiserror::Error)]
@@ -33,8 +33,13 @@ pub enum SourceError {
     },
     #[error("{file}: line {line}: no header row (the file is empty or blank)")]
     NoHeader { file: String, line: u64 },
-    #[error("{file}: line {line}: header has neither `id` nor `userPrincipalName`")]
-    NoKeyColumn { file: String, line: u64 },
+    /// `hint` lists the headers found and, when the file splits better on `;` or a tab, says so.
+    #[error("{file}: line {line}: header has neither `id` nor `userPrincipalName`{hint}")]
+    NoKeyColumn {
+        file: String,
+        line: u64,
+        hint: String,
+    },
     #[error("{file}: line {line}: header column {column} is not valid UTF-8")]
     HeaderNotUtf8 {
         file: String,
@@ -67,6 +72,16 @@ pub fn check_header(path: &Path) -> Result<Vec<String>, SourceError> {
 /// A record (with its quoted fields) is never held beyond this size: a longer row is one
 /// `bad_input` item, however many lines its quotes span. Far above any real row.
 pub const MAX_RECORD_BYTES: usize = 4 << 20;
+
+/// Longest stretch of input one record may run over before the file is refused, while
+/// streaming: past [`MAX_RECORD_BYTES`] nothing is stored but the scan goes on to the record's
+/// end, so a legitimate long quoted field stays one `bad_input` row; a record still open after
+/// this many bytes (`/dev/zero`, a binary file, a field that never closes) is no CSV the tool can
+/// read, and reading stops at once instead of scanning without end.
+pub const MAX_SCANNED_RECORD_BYTES: u64 = 64 << 20;
+
+/// The header row is refused as soon as it runs past the record cap: it is stored whole.
+pub const MAX_HEADER_BYTES: u64 = MAX_RECORD_BYTES as u64;
 
 /// A warning names at most this many columns, then says how many more there are.
 const MAX_NAMED_COLUMNS: usize = 20;
@@ -307,6 +322,15 @@ impl Read {
     }
 }
 
+/// `64 KiB`, `64 MiB`.
+fn show_bytes(n: u64) -> String {
+    if n >= 1 << 20 {
+        format!("{} MiB", n >> 20)
+    } else {
+        format!("{} KiB", n >> 10)
+    }
+}
+
 /// Streaming reader of one CSV input file.
 pub struct CsvSource {
     file: String,
@@ -447,9 +471,15 @@ impl CsvSource {
         if self.columns[Column::Id as usize].is_none()
             && self.columns[Column::UserPrincipalName as usize].is_none()
         {
+            let names: Vec<String> = self
+                .record
+                .iter()
+                .map(|raw| String::from_utf8_lossy(raw).trim().to_string())
+                .collect();
             return Err(SourceError::NoKeyColumn {
                 file: self.file.clone(),
                 line,
+                hint: header_hint(&names),
             });
         }
         if unknown_count > 0 {
@@ -526,6 +556,24 @@ impl CsvSource {
             return Ok(None);
         }
         let start_line = self.scanner.line;
+        let start_offset = self.scanner.offset;
+        let (limit, what) = if self.width == 0 {
+            (MAX_HEADER_BYTES, "the header row")
+        } else {
+            (MAX_SCANNED_RECORD_BYTES, "one row")
+        };
+        let too_long = move |scanner: &Scanner| -> io::Result<()> {
+            if scanner.offset - start_offset > limit {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{what} runs on for more than {} without ending; is this a CSV file?",
+                        show_bytes(limit)
+                    ),
+                ));
+            }
+            Ok(())
+        };
         self.record.clear();
         // The first quoted field that spans lines, and the line its quote closed on.
         let mut first_multi_line: Option<(MultiLine, u64)> = None;
@@ -554,6 +602,7 @@ impl CsvSource {
                     let chunk = &buf[..n];
                     self.record.push(chunk);
                     self.scanner.bump(n);
+                    too_long(&self.scanner)?;
                     match self.scanner.peek()? {
                         Some(b'"') => {
                             self.scanner.bump(1);
@@ -633,6 +682,7 @@ impl CsvSource {
                 let chunk = &buf[..n];
                 self.record.push(chunk);
                 self.scanner.bump(n);
+                too_long(&self.scanner)?;
                 match self.scanner.peek()? {
                     Some(b @ (b',' | b'\r' | b'\n')) => break Some(b),
                     Some(_) => {}
@@ -810,7 +860,9 @@ impl CsvSource {
             }
             Some(UserKey::Id(id.to_string()))
         } else if let Some(upn) = upn {
-            if !is_upn(upn) {
+            if let Some(why) = upn_length_error(upn) {
+                problems.push(format!("field userPrincipalName: {} is {why}", show(upn)));
+            } else if !is_upn(upn) {
                 problems.push(format!(
                     "field userPrincipalName: {} is not a user principal name (needs exactly one @)",
                     show(upn)
@@ -866,7 +918,17 @@ impl CsvSource {
                 ));
             }
         }
-        overrides.customized_message_body = body.map(str::to_string);
+        if let Some(body) = body {
+            if body.len() > crate::config::MAX_MESSAGE_BYTES {
+                problems.push(format!(
+                    "field customizedMessageBody: {} bytes; at most {} KiB",
+                    body.len(),
+                    crate::config::MAX_MESSAGE_BYTES / 1024
+                ));
+            } else {
+                overrides.customized_message_body = Some(body.to_string());
+            }
+        }
         if let Some(cc) = cc {
             email_check(Column::CcRecipient, cc, &mut problems);
             overrides.cc_recipient = Some(cc.to_string());
@@ -960,6 +1022,44 @@ fn show_byte(b: u8) -> String {
 }
 
 /// A header name quoted for a warning, cut short like [`show`].
+/// "; found: a, b, c" and, when the header splits into more names on `;` or a tab than on
+/// commas (a spreadsheet saved in a European locale, or a TSV), the delimiter to save with.
+fn header_hint(names: &[String]) -> String {
+    let shown: Vec<String> = names
+        .iter()
+        .take(MAX_NAMED_COLUMNS)
+        .map(|n| {
+            if n.is_empty() {
+                "(empty)".to_string()
+            } else {
+                show_name(n)
+            }
+        })
+        .collect();
+    let more = names.len().saturating_sub(shown.len());
+    let mut hint = format!("; found: {}", shown.join(", "));
+    if more > 0 {
+        hint.push_str(&format!(" and {more} more"));
+    }
+    let joined = names.join(",");
+    let better = [(';', "semicolons"), ('\t', "tabs")]
+        .into_iter()
+        .map(|(d, what)| (joined.split(d).count(), d, what))
+        .filter(|(n, _, _)| *n > names.len())
+        .max_by_key(|(n, _, _)| *n);
+    if let Some((_, delimiter, what)) = better {
+        let key_inside = joined.split(delimiter).any(|n| {
+            let n = n.trim();
+            n.eq_ignore_ascii_case("id") || n.eq_ignore_ascii_case("userPrincipalName")
+        });
+        hint.push_str(&format!(
+            "; the header splits better on {what}{}: the file must be comma-separated: save it again as \"CSV UTF-8 (Comma delimited)\"",
+            if key_inside { " and then names a key column" } else { "" }
+        ));
+    }
+    hint
+}
+
 fn show_name(name: &str) -> String {
     const MAX: usize = 40;
     if name.chars().count() <= MAX {
@@ -999,18 +1099,6 @@ fn is_http_url(s: &str) -> bool {
         .strip_prefix("https://")
         .or_else(|| lower.strip_prefix("http://"));
     matches!(rest, Some(r) if !r.is_empty()) && !s.chars().any(char::is_whitespace)
-}
-
-/// The shape of a BCP 47 tag such as `en-US`, `zh-Hans-CN`, `es-419`: subtags of 1–8 ASCII
-/// letters or digits separated by hyphens, the first one letters only.
-fn is_language_tag(s: &str) -> bool {
-    let mut subtags = s.split('-');
-    let first_ok = subtags
-        .next()
-        .is_some_and(|f| (1..=8).contains(&f.len()) && f.bytes().all(|b| b.is_ascii_alphabetic()));
-    first_ok
-        && subtags
-            .all(|t| (1..=8).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
 /// A value quoted for a message, cut short so a runaway field cannot flood the report.
@@ -1362,6 +1450,77 @@ mod tests {
     }
 
     #[test]
+    fn a_header_without_a_key_lists_what_it_found_and_suggests_the_delimiter() {
+        let e = open_err(b"mail,externalEmail\na@b.c,a@f.c\n");
+        assert!(
+            e.ends_with(
+                "header has neither `id` nor `userPrincipalName`; found: mail, externalEmail"
+            ),
+            "{e}"
+        );
+        let e = open_err(b"id;userPrincipalName;externalEmail\n1;a@b.c;x@y.z\n");
+        assert!(
+            e.contains("found: id;userPrincipalName;externalEmail"),
+            "{e}"
+        );
+        assert!(
+            e.contains("splits better on semicolons and then names a key column"),
+            "{e}"
+        );
+        assert!(e.contains("Comma delimited"), "{e}");
+        let e = open_err(b"userPrincipalName\tmail\n");
+        assert!(e.contains("splits better on tabs"), "{e}");
+        let e = open_err(b"upn,mail\n");
+        assert!(!e.contains("splits better"), "{e}");
+    }
+
+    /// A 1 MB UPN or message body is one `bad_input` row; the rows after it are read as usual.
+    #[test]
+    fn absurd_field_lengths_are_one_bad_input_row() {
+        let upn = format!("{}@contoso.com", "a".repeat(1 << 20));
+        let body = "b".repeat(crate::config::MAX_MESSAGE_BYTES + 1);
+        let longest = format!("{}@{}", "a".repeat(64), "c".repeat(48));
+        let got = items(&format!(
+            "userPrincipalName,customizedMessageBody\n{upn},\nok@contoso.com,\"{body}\"\n{longest},hi\nfine@contoso.com,\n"
+        ));
+        assert_eq!(lines(&got), vec![2, 3, 4, 5]);
+        let why = got[0].bad_input.as_deref().unwrap();
+        assert!(why.contains("Entra allows at most 113"), "{why}");
+        assert!(why.len() < 400, "the message quotes the value cut short");
+        let why = got[1].bad_input.as_deref().unwrap();
+        assert!(why.contains("customizedMessageBody"), "{why}");
+        assert!(got[2].bad_input.is_none(), "113 characters is allowed");
+        assert!(got[3].bad_input.is_none());
+    }
+
+    /// `/dev/zero` (no line break, ever) is refused within the header's bound, and a row that
+    /// never ends is refused within the scan bound, instead of being read without end.
+    #[test]
+    fn endless_input_is_refused_while_streaming() {
+        let e = match CsvSource::open(Path::new("/dev/zero"), 0) {
+            Ok(_) => panic!("/dev/zero opened as a CSV"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            e.contains("the header row runs on for more than 4 MiB"),
+            "{e}"
+        );
+        let header = "x".repeat(MAX_HEADER_BYTES as usize + 1);
+        assert!(open_err(header.as_bytes()).contains("is this a CSV file?"));
+
+        let mut endless = format!("id,notes\n{G1},").into_bytes();
+        endless.extend(std::iter::repeat_n(
+            b'z',
+            MAX_SCANNED_RECORD_BYTES as usize + 1,
+        ));
+        let f = write(&endless);
+        let results: Vec<_> = CsvSource::open(&f.path, 0).unwrap().collect();
+        assert_eq!(results.len(), 1, "one error, then nothing more");
+        let e = results[0].as_ref().unwrap_err().to_string();
+        assert!(e.contains("one row runs on for more than 64 MiB"), "{e}");
+    }
+
+    #[test]
     fn one_warning_for_all_unknown_columns() {
         let f = write(format!("id,notes,externalEmail,department\n{G1},x,a@b.com,y\n").as_bytes());
         let src = CsvSource::open(&f.path, 0).unwrap();
@@ -1492,7 +1651,7 @@ mod tests {
         assert!(open_err(b"\xEF\xBB\xBF").contains("no header row"));
         let e = open_err(b"mail,externalEmail\na@b.com,c@d.com\n");
         assert!(
-            e.ends_with("users.csv: line 1: header has neither `id` nor `userPrincipalName`"),
+            e.ends_with("users.csv: line 1: header has neither `id` nor `userPrincipalName`; found: mail, externalEmail"),
             "{e}"
         );
         let e = open_err(b"\n\nname,mail\n");

@@ -134,7 +134,7 @@ pub async fn work(pipeline: Pipeline) -> anyhow::Result<Outcome> {
 
     let counts = pipeline.queue.counts(run_id)?;
     let done = counts.total - counts.state(ItemState::Pending) - counts.state(ItemState::InFlight);
-    pipeline.progress.set_position(done);
+    pipeline.progress.resume_at(done);
     let already = match pipeline.run.mode {
         RunMode::Live => counts.state(ItemState::Converted) + counts.state(ItemState::InFlight),
         RunMode::DryRun => counts.state(ItemState::WouldConvert),
