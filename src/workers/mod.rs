@@ -38,6 +38,7 @@ pub mod executor;
 pub mod facts;
 pub mod planner;
 pub mod resend;
+pub mod scan;
 
 use convert::{db, ConvertItem, ConvertOps};
 use executor::Settled;
@@ -79,11 +80,59 @@ struct Pass {
     dispatched: AtomicU64,
     /// Items that stayed `in_flight` because the user could not be re-read.
     unresolved: AtomicU64,
+    /// Items handed to the workers and not yet settled by them.
+    outstanding: AtomicU64,
+    /// Woken each time a worker settles an item: the producer waits on it between rounds.
+    settled: tokio::sync::Notify,
+}
+
+/// One item handed to the workers: settled (and the producer told) when dropped, whether the
+/// worker finished it, skipped it for a stop, or failed.
+struct Handed<'a>(&'a Pass);
+
+impl Drop for Handed<'_> {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::SeqCst);
+        self.0.settled.notify_waiters();
+    }
 }
 
 impl Pass {
     fn options(&self) -> &RunOptions {
         &self.pipeline.run.options
+    }
+
+    /// Hands one item to the workers; `false` when the pass stops or no worker is left.
+    async fn hand_out(
+        &self,
+        tx: &mpsc::Sender<(ItemRecord, String)>,
+        item: ItemRecord,
+        email: String,
+    ) -> bool {
+        if self.stopping() {
+            return false;
+        }
+        self.outstanding.fetch_add(1, Ordering::SeqCst);
+        if tx.send((item, email)).await.is_err() {
+            drop(Handed(self));
+            return false;
+        }
+        true
+    }
+
+    /// Waits until every item handed out is settled (or no worker is left to settle them).
+    async fn all_settled(&self, tx: &mpsc::Sender<(ItemRecord, String)>) {
+        loop {
+            // Created before the check: a worker settling in between still wakes it.
+            let settled = self.settled.notified();
+            if self.outstanding.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            tokio::select! {
+                () = settled => {}
+                () = tx.closed() => return,
+            }
+        }
     }
 
     fn stopping(&self) -> bool {
@@ -145,6 +194,8 @@ pub async fn work(pipeline: Pipeline) -> anyhow::Result<Outcome> {
         stop_reason: Mutex::new(None),
         dispatched: AtomicU64::new(already),
         unresolved: AtomicU64::new(0),
+        outstanding: AtomicU64::new(0),
+        settled: tokio::sync::Notify::new(),
     });
 
     let ops = Arc::new(ConvertOps {
@@ -169,6 +220,7 @@ pub async fn work(pipeline: Pipeline) -> anyhow::Result<Outcome> {
                 loop {
                     let next = rx.lock().await.recv().await;
                     let Some((item, email)) = next else { break };
+                    let _handed = Handed(&pass);
                     if pass.stopping() {
                         // Never marked in flight: it simply stays pending.
                         continue;
@@ -236,16 +288,22 @@ async fn produce(
 ) -> anyhow::Result<bool> {
     let p = &pass.pipeline;
     let limit = pass.options().limit;
-    let mut after = 0;
+    let mut scan = scan::Scan::default();
     loop {
         if pass.stopping() {
             return Ok(false);
         }
-        let mut items = p.queue.pending_items(p.run.id, after, CHUNK)?;
-        let Some(last) = items.last() else {
-            return Ok(false);
+        let run_id = p.run.id;
+        let mut items = match scan.next(&p.queue, run_id, CHUNK)? {
+            scan::Next::Items(items) => items,
+            // Items the workers still hold may put others back (or show they are pending):
+            // the next round starts once they are settled.
+            scan::Next::RoundEnded => {
+                pass.all_settled(&tx).await;
+                continue;
+            }
+            scan::Next::Done => return Ok(false),
         };
-        after = last.id;
         if let Some(only) = &p.only {
             items.retain(|i| only.contains(&i.id));
         }
@@ -264,7 +322,7 @@ async fn produce(
                 .or_else(|| item.external_email.clone())
                 .unwrap_or_default();
             pass.dispatched.fetch_add(1, Ordering::Relaxed);
-            if pass.stopping() || tx.send((item, email)).await.is_err() {
+            if !pass.hand_out(&tx, item, email).await {
                 return Ok(false);
             }
         }
@@ -341,7 +399,7 @@ async fn produce(
                                 })
                                 .await?;
                             }
-                            if pass.stopping() || tx.send((item, email)).await.is_err() {
+                            if !pass.hand_out(&tx, item, email).await {
                                 return Ok(false);
                             }
                         }
