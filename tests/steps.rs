@@ -80,9 +80,12 @@ async fn kills_and_checkpoints_are_not_charged_as_attempts() {
 }
 
 /// Graph's port closes in the middle of a live run: the run stops resumable (exit 1, a message
-/// naming the URL) with no item left `in_flight`, and a resume against a live Graph finishes it.
-/// The hidden `--unreachable-after 2` shortens the client's not-sent retry window (45 s by
-/// default) so the test does not wait three quarters of a minute on a closed port.
+/// naming the URL) and nobody is charged for the outage. An item is left `in_flight` only when
+/// its request was written as the port closed (the answer cut off, never to be resent blind, the
+/// user unreadable within the client's window); the stop says so, and a resume against Graph
+/// back on the same port settles every one of them exactly once. The hidden
+/// `--unreachable-after 2` shortens the client's not-sent retry window (45 s by default) so the
+/// test does not wait three quarters of a minute on a closed port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_graph_port_stops_the_run_with_nothing_in_flight() {
     let dir = tempfile::tempdir().unwrap();
@@ -91,7 +94,7 @@ async fn a_closed_graph_port_stops_the_run_with_nothing_in_flight() {
     tenant.write_csv(&csv).unwrap();
     let mut config = EmulatorConfig::new(tenant.clone());
     config.latency = Duration::from_millis(5);
-    let emu = start(config).await;
+    let mut emu = start(config).await;
     let db = dir.path().join("live.db");
     let args = [
         "run",
@@ -114,8 +117,9 @@ async fn a_closed_graph_port_stops_the_run_with_nothing_in_flight() {
     let url = emu.base_url();
     let invited_before = emu.invitations().len();
     assert!(invited_before >= 30, "the run got going");
-    // The port closes between requests (answers already being written are finished): what is
-    // under test is refused connections, not answers cut off half-way.
+    // The port closes between requests: answers already being written are finished, every
+    // later connection is refused. A request written on a kept-alive connection in that instant
+    // is the one the client cannot tell from an answer cut off.
     emu.close_port().await;
     let out = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
         .await
@@ -128,10 +132,26 @@ async fn a_closed_graph_port_stops_the_run_with_nothing_in_flight() {
         "names the URL: {stderr}"
     );
     let its = items(&db, 1);
+    let stranded: Vec<_> = its
+        .iter()
+        .filter(|i| i.state == ItemState::InFlight)
+        .collect();
+    for i in &stranded {
+        assert_eq!(
+            i.error_code.as_deref(),
+            Some("UnknownOutcome"),
+            "in flight only after an answer cut off: {i:?}"
+        );
+    }
+    assert!(
+        stranded.len() <= 8,
+        "at most one cut-off request per connection (--concurrency 8): {}",
+        stranded.len()
+    );
     assert_eq!(
-        count(&its, ItemState::InFlight),
-        0,
-        "nothing stranded in flight"
+        stderr.contains("stay in_flight"),
+        !stranded.is_empty(),
+        "the stop names the items left in flight, and only then: {stderr}"
     );
     assert!(
         count(&its, ItemState::Pending) > 0,
@@ -142,6 +162,33 @@ async fn a_closed_graph_port_stops_the_run_with_nothing_in_flight() {
         0,
         "no user charged for an outage"
     );
+
+    // Graph is back on the same port: resume settles everything, each user invited once.
+    emu.reopen_port().await.unwrap();
+    let out = run(&emu, &db, &["resume", "--yes"]).await;
+    assert!([0, 3].contains(&out.code), "{}", out.stderr);
+    let its = items(&db, 1);
+    assert_eq!(count(&its, ItemState::InFlight), 0, "{}", out.stderr);
+    assert_eq!(count(&its, ItemState::Pending), 0, "{}", out.stderr);
+    assert_eq!(count(&its, ItemState::Failed), 0, "{}", out.stderr);
+    let per_user = invitations_per_user(&emu);
+    let twice: Vec<_> = per_user.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "invited more than once: {twice:?}");
+    let converted: BTreeSet<String> = its
+        .iter()
+        .filter(|i| i.state == ItemState::Converted)
+        .map(|i| i.user_id.clone().unwrap())
+        .collect();
+    let invited: BTreeSet<String> = per_user.keys().cloned().collect();
+    assert_eq!(invited, converted, "one invitation per converted user");
+    for i in &stranded {
+        let now = its.iter().find(|n| n.id == i.id).unwrap();
+        assert_eq!(
+            now.state,
+            ItemState::Converted,
+            "settled by resume: {now:?}"
+        );
+    }
 }
 
 /// Users the dry run with `--set-mail --set-guest` says would convert, and the subset whose

@@ -367,10 +367,30 @@ impl Emulator {
 
     /// Close the port: stop accepting at once, answer the requests already received, then close
     /// every connection (idle ones at once). Graph going away between two requests: every later
-    /// request is refused before it leaves the client, none is cut off half-way (cut-off answers
-    /// are `lost_response_rate`'s business).
-    pub async fn close_port(self) {
+    /// request is refused before it leaves the client. As with any server going away, a request
+    /// the client writes on a kept-alive connection in the instant it closes is never read and
+    /// never answered: the client cannot tell it from an answer cut off. The tenant and every
+    /// record are kept for [`Emulator::reopen_port`].
+    pub async fn close_port(&mut self) {
         let _ = self.shutdown.send(server::Stop::Drain);
-        let _ = self.task.await;
+        let task = std::mem::replace(&mut self.task, tokio::spawn(async {}));
+        let _ = task.await;
+    }
+
+    /// Serve again on the same address after [`Emulator::close_port`], with the same tenant,
+    /// tokens and records: Graph back after an outage.
+    pub async fn reopen_port(&mut self) -> anyhow::Result<()> {
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .with_context(|| format!("binding {} again", self.addr))?;
+        let (tx, rx) = tokio::sync::watch::channel(server::Stop::No);
+        self.shutdown = tx;
+        self.task = tokio::spawn(server::serve(
+            listener,
+            server::router(Arc::clone(&self.shared)),
+            rx,
+        ));
+        tracing::info!(addr = %self.addr, "emulator listening again");
+        Ok(())
     }
 }

@@ -250,7 +250,15 @@ pub async fn work(pipeline: Pipeline) -> anyhow::Result<Outcome> {
     match reason {
         Some(StopReason::TenantRefused(message)) => return Ok(Outcome::TenantRefused(message)),
         Some(StopReason::Unreachable(message)) => {
-            anyhow::bail!("Graph cannot be reached, nothing more was sent: {message}")
+            let cut_off = pass
+                .pipeline
+                .queue
+                .counts(run_id)?
+                .state(ItemState::InFlight);
+            anyhow::bail!(
+                "Graph cannot be reached, nothing more was sent: {message}{}",
+                unknown_left(cut_off)
+            )
         }
         Some(StopReason::Error(message)) => anyhow::bail!(message),
         Some(StopReason::LeaseLost) => {
@@ -270,6 +278,19 @@ pub async fn work(pipeline: Pipeline) -> anyhow::Result<Outcome> {
         );
     }
     Ok(Outcome::Completed { limit_reached })
+}
+
+/// What a stop says about items whose outcome stayed unknown: their answer was cut off and the
+/// user could not be re-read within the client's window, so they stay `in_flight` (never sent
+/// again blind) and the next `resume` re-reads them before anything else.
+fn unknown_left(in_flight: u64) -> String {
+    match in_flight {
+        0 => String::new(),
+        n => format!(
+            "; {n} item(s) whose answer was cut off stay in_flight: `resume` re-reads those users \
+             before sending anything"
+        ),
+    }
 }
 
 fn refusal_or_error(e: GraphError, doing: &str) -> anyhow::Result<Outcome> {
