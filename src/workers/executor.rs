@@ -479,6 +479,36 @@ mod tests {
         );
     }
 
+    /// Graph's port closed as the invitation was written: the answer is cut off and the re-read
+    /// is refused for the client's whole window. The run stops with the item still `in_flight`
+    /// (no "pending" write, no second send): only a re-read at resume may decide it.
+    #[tokio::test(start_paused = true)]
+    async fn a_cut_off_answer_whose_user_cannot_be_read_stays_in_flight_and_stops() {
+        let refused =
+            "GET /v1.0/users/u1: cannot connect to http://127.0.0.1:9 (tried 3 times over 2 s)";
+        let ops = Scripted::new(
+            vec![lost()],
+            vec![Reread::NotSent {
+                message: refused.into(),
+            }],
+        );
+        let cp = Checkpoint::convert(false, false, false, false, false);
+        assert_eq!(
+            drive(&ops, cp).await,
+            Settled::Stopped(StopReason::Unreachable(refused.into()))
+        );
+        assert_eq!(
+            ops.journal(),
+            [
+                "checkpoint invite",
+                "send invite",
+                "charge",
+                "note UnknownOutcome",
+                "reread invite"
+            ]
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_lost_lease_stops_the_item_before_its_next_request() {
         // The first step's three writes go through; the next checkpoint is refused.

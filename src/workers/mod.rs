@@ -688,6 +688,15 @@ mod tests {
     }
 
     #[test]
+    fn a_stop_names_the_items_left_in_flight_only_when_there_are_some() {
+        assert_eq!(unknown_left(0), "");
+        let two = unknown_left(2);
+        assert!(two.contains("2 item(s)"), "{two}");
+        assert!(two.contains("stay in_flight"), "{two}");
+        assert!(two.contains("`resume` re-reads"), "{two}");
+    }
+
+    #[test]
     fn silent_run_sends_no_message_unless_a_row_says_so() {
         let options = RunOptions {
             silent: true,
