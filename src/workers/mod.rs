@@ -233,6 +233,9 @@ pub async fn work(pipeline: Pipeline) -> anyhow::Result<Outcome> {
                 anyhow::Ok(())
             });
         }
+        // Only the workers hold the hand-off from here: if every one of them ends early, the
+        // producer sees it closed instead of waiting for items nobody will settle.
+        drop(rx);
     }
 
     let produced = produce(&pass, &facts, tx).await;
