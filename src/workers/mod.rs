@@ -318,7 +318,8 @@ async fn produce(
             return Ok(false);
         }
         let run_id = p.run.id;
-        let mut items = match scan.next(&p.queue, run_id, CHUNK)? {
+        let keep = |i: &ItemRecord| p.only.as_ref().is_none_or(|only| only.contains(&i.id));
+        let items = match scan.next(&p.queue, run_id, CHUNK, keep)? {
             scan::Next::Items(items) => items,
             // Items the workers still hold may put others back (or show they are pending):
             // the next round starts once they are settled.
@@ -328,9 +329,6 @@ async fn produce(
             }
             scan::Next::Done => return Ok(false),
         };
-        if let Some(only) = &p.only {
-            items.retain(|i| only.contains(&i.id));
-        }
         // Items a previous pass took half-way (mail set or invited) go on at their next step:
         // validating them again against the snapshot taken before the change would be wrong.
         let ids: Vec<i64> = items.iter().map(|i| i.id).collect();
