@@ -83,6 +83,7 @@ impl Scan {
                 if self.rounds > 0 {
                     tracing::info!(
                         items = fresh.len(),
+                        first_item = fresh[0].id,
                         round = self.rounds + 1,
                         "pending items found again on a later walk (put back behind the cursor, or left pending); taking them now"
                     );
