@@ -191,6 +191,101 @@ async fn a_closed_graph_port_stops_the_run_with_nothing_in_flight() {
     }
 }
 
+/// Graph's port closes cutting off the answers in progress (slow answers keep every worker's
+/// invitation on the wire): those items stay `in_flight`, never sent again blind, the stop
+/// counts them, and a resume against Graph back on the same port re-reads each user first:
+/// every invitation that took effect is recorded, none is sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_cut_off_as_the_port_closes_stay_in_flight_and_resume_settles_them_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenant = Tenant::generate(200, 37);
+    let csv = dir.path().join("users.csv");
+    tenant.write_csv(&csv).unwrap();
+    let mut config = EmulatorConfig::new(tenant);
+    // Carried out at once, answered 300 ms later: the cut finds invitations done, unanswered.
+    config.latency = Duration::from_millis(300);
+    let mut emu = start(config).await;
+    let db = dir.path().join("live.db");
+    let args = [
+        "run",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--yes",
+        "--rate",
+        "50",
+        "--concurrency",
+        "8",
+        "--unreachable-after",
+        "2",
+    ];
+    let child = command(&emu, &db, &args).spawn().unwrap();
+    let mut polls = 0;
+    while emu.invitations().len() < 20 && polls < 6_000 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        polls += 1;
+    }
+    assert!(emu.invitations().len() >= 20, "the run got going");
+    emu.cut_port().await;
+    let out = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
+        .await
+        .expect("the run ends on its own")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let its = items(&db, 1);
+    let stranded: Vec<i64> = its
+        .iter()
+        .filter(|i| i.state == ItemState::InFlight)
+        .map(|i| i.id)
+        .collect();
+    assert!(
+        (1..=8).contains(&stranded.len()),
+        "one cut-off invitation per busy worker at most: {}\n{stderr}",
+        stranded.len()
+    );
+    for i in its.iter().filter(|i| i.state == ItemState::InFlight) {
+        assert_eq!(i.error_code.as_deref(), Some("UnknownOutcome"), "{i:?}");
+    }
+    assert!(
+        stderr.contains(&format!(
+            "{} item(s) whose answer was cut off stay in_flight",
+            stranded.len()
+        )),
+        "the stop counts them: {stderr}"
+    );
+    assert_eq!(
+        count(&its, ItemState::Failed),
+        0,
+        "no user charged for an outage"
+    );
+
+    emu.reopen_port().await.unwrap();
+    let out = run(&emu, &db, &["resume", "--yes"]).await;
+    assert!([0, 3].contains(&out.code), "{}", out.stderr);
+    let its = items(&db, 1);
+    assert_eq!(count(&its, ItemState::InFlight), 0, "{}", out.stderr);
+    assert_eq!(count(&its, ItemState::Pending), 0, "{}", out.stderr);
+    assert_eq!(count(&its, ItemState::Failed), 0, "{}", out.stderr);
+    let per_user = invitations_per_user(&emu);
+    let twice: Vec<_> = per_user.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "invited more than once: {twice:?}");
+    let converted: BTreeSet<String> = its
+        .iter()
+        .filter(|i| i.state == ItemState::Converted)
+        .map(|i| i.user_id.clone().unwrap())
+        .collect();
+    let invited: BTreeSet<String> = per_user.keys().cloned().collect();
+    assert_eq!(invited, converted, "one invitation per converted user");
+    for id in &stranded {
+        let now = its.iter().find(|n| n.id == *id).unwrap();
+        assert_eq!(
+            now.state,
+            ItemState::Converted,
+            "settled by resume: {now:?}"
+        );
+    }
+}
+
 /// Users the dry run with `--set-mail --set-guest` says would convert, and the subset whose
 /// `mail` it says will be set (id → the CSV address).
 async fn dry_run_plan(

@@ -372,7 +372,18 @@ impl Emulator {
     /// never answered: the client cannot tell it from an answer cut off. The tenant and every
     /// record are kept for [`Emulator::reopen_port`].
     pub async fn close_port(&mut self) {
-        let _ = self.shutdown.send(server::Stop::Drain);
+        self.close(server::Stop::Drain).await;
+    }
+
+    /// Close the port and cut off every answer in progress (a crash, a network cut): requests
+    /// Graph already carried out lose their answer. Kept for [`Emulator::reopen_port`] like
+    /// [`Emulator::close_port`].
+    pub async fn cut_port(&mut self) {
+        self.close(server::Stop::Now).await;
+    }
+
+    async fn close(&mut self, how: server::Stop) {
+        let _ = self.shutdown.send(how);
         let task = std::mem::replace(&mut self.task, tokio::spawn(async {}));
         let _ = task.await;
     }
