@@ -73,7 +73,14 @@ pub async fn restore(db: &Path, args: RestoreArgs) -> anyhow::Result<ExitStatus>
                 this_time, run.id
             ),
         );
-        print_json(args.json, &run, BackoutKind::Restore, &queue, true, this_time)?;
+        print_json(
+            args.json,
+            &run,
+            BackoutKind::Restore,
+            &queue,
+            true,
+            this_time,
+        )?;
         return Ok(ExitStatus::Success);
     }
     let lease = lease.expect("a live restore holds the lease");
@@ -90,7 +97,13 @@ pub async fn restore(db: &Path, args: RestoreArgs) -> anyhow::Result<ExitStatus>
         return Ok(ExitStatus::Success);
     }
     common::require_consent_possible(RunMode::Live, args.yes)?;
-    if !args.yes && !confirm(&run, "RESTORE the mail and userType the tool set for", this_time)? {
+    if !args.yes
+        && !confirm(
+            &run,
+            "RESTORE the mail and userType the tool set for",
+            this_time,
+        )?
+    {
         return Err(common::declined());
     }
     let graph = common::connect_to_run(
@@ -154,9 +167,9 @@ pub(super) fn named_items(
             let single = OnlyList {
                 keys: vec![(*k).clone()],
             };
-            !items.iter().any(|i| {
-                single.names(i.user_id.as_deref(), i.user_principal_name.as_deref())
-            })
+            !items
+                .iter()
+                .any(|i| single.names(i.user_id.as_deref(), i.user_principal_name.as_deref()))
         })
         .map(|k| k.value().to_string())
         .collect();
@@ -185,7 +198,11 @@ pub fn restore_plan(
     named: Option<&BTreeSet<i64>>,
 ) -> anyhow::Result<Vec<NewBackout>> {
     let taken: BTreeSet<i64> = queue
-        .backout_entries(items.first().map_or(0, |i| i.run_id), BackoutKind::Restore, None)?
+        .backout_entries(
+            items.first().map_or(0, |i| i.run_id),
+            BackoutKind::Restore,
+            None,
+        )?
         .into_iter()
         .filter(|e| e.state != BackoutState::Skipped)
         .map(|e| e.item_id)
@@ -308,14 +325,8 @@ pub(super) async fn execute(
         passwords,
         max_attempts: run.options.max_attempts,
     });
-    let outcome = crate::workers::backout::work(
-        ops,
-        run.id,
-        run.options.concurrency,
-        stop,
-        only,
-    )
-    .await;
+    let outcome =
+        crate::workers::backout::work(ops, run.id, run.options.concurrency, stop, only).await;
     ctrl_c.abort();
     progress.finish();
     queue.flush_request_log()?;
@@ -381,9 +392,7 @@ pub(super) fn finish(
             "run {} was taken over by another process while this one was stalled; stopped",
             run.id
         )),
-        PassEnd::Stopped(StopReason::Error(message)) => {
-            Err(anyhow::anyhow!("{message}; {resume}"))
-        }
+        PassEnd::Stopped(StopReason::Error(message)) => Err(anyhow::anyhow!("{message}; {resume}")),
         PassEnd::Interrupted => {
             say(json, format!("interrupted: {resume}"));
             Ok(ExitStatus::Interrupted)

@@ -306,12 +306,7 @@ impl Queue {
 
     /// Nothing took effect: the entry waits for a later attempt or `restore`/`rollback`.
     pub fn backout_to_pending(&self, item_id: i64, kind: BackoutKind) -> Result<()> {
-        self.backout_write(
-            item_id,
-            kind,
-            "state = 'pending', in_flight = NULL",
-            vec![],
-        )
+        self.backout_write(item_id, kind, "state = 'pending', in_flight = NULL", vec![])
     }
 
     /// Every step is done. `converted_back_at` is the conversion answer's time (`rollback`).

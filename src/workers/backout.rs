@@ -186,7 +186,9 @@ impl PasswordsFile {
 enum How {
     Restore,
     /// Cloud-only: keeps the snapshot's UPN.
-    Cloud { upn: String },
+    Cloud {
+        upn: String,
+    },
     Synced,
 }
 
@@ -391,8 +393,12 @@ async fn read_before(
             BackoutKind::Rollback => match rollback_view(user) {
                 Reread::NotDone => left.push(entry),
                 Reread::Done => {
-                    skip(ops, &entry, "already an internal member (converted back elsewhere)")
-                        .await?;
+                    skip(
+                        ops,
+                        &entry,
+                        "already an internal member (converted back elsewhere)",
+                    )
+                    .await?;
                 }
                 Reread::Moot { why } => skip(ops, &entry, &why).await?,
                 _ => left.push(entry),
@@ -476,7 +482,10 @@ impl PassOps for BackoutOps {
         match step {
             Step::RestoreUserType => {
                 let to = it.entry.user_type_to.as_deref().unwrap_or("Member");
-                let t = self.graph.patch_user(&id, &json!({ "userType": to })).await?;
+                let t = self
+                    .graph
+                    .patch_user(&id, &json!({ "userType": to }))
+                    .await?;
                 Ok(t.meta)
             }
             Step::RestoreMail => {
@@ -644,8 +653,18 @@ mod tests {
     #[test]
     fn a_property_is_restored_the_tools_or_someone_elses() {
         let rows = [
-            (Some("Member"), Some("Member"), Some("Guest"), Property::Restored),
-            (Some("guest"), Some("Member"), Some("Guest"), Property::ToolsValue),
+            (
+                Some("Member"),
+                Some("Member"),
+                Some("Guest"),
+                Property::Restored,
+            ),
+            (
+                Some("guest"),
+                Some("Member"),
+                Some("Guest"),
+                Property::ToolsValue,
+            ),
             (None, None, Some("a@f.com"), Property::Restored),
             (Some(""), None, Some("a@f.com"), Property::Restored),
             (Some("A@F.com"), None, Some("a@f.com"), Property::ToolsValue),
@@ -684,7 +703,10 @@ mod tests {
             restore_view(&e, Some(&back), Step::RestoreUserType),
             Reread::Done
         );
-        assert_eq!(restore_view(&e, Some(&back), Step::RestoreMail), Reread::Done);
+        assert_eq!(
+            restore_view(&e, Some(&back), Step::RestoreMail),
+            Reread::Done
+        );
         let other = user(Some("Contractor"), Some("a@fabrikam.com"));
         assert_eq!(
             restore_view(&e, Some(&other), Step::RestoreUserType),
