@@ -381,3 +381,74 @@ async fn rollback_converts_back_exactly_the_redeemed_named_users() {
     );
     emu.shutdown().await;
 }
+
+/// Answers lost after Graph carried the conversion out: each is settled by re-reading the user,
+/// never by a second conversion (or a second password).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_settles_lost_answers_by_re_reading_never_sending_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenant = Tenant::generate(200, 17);
+    let role_holders: BTreeSet<String> = tenant.directory_roles.keys().cloned().collect();
+    let csv = dir.path().join("users.csv");
+    tenant.write_csv(&csv).unwrap();
+    let mut config = scaled(tenant);
+    config.lost_response_rate = 0.3;
+    config.seed = 5;
+    let emu = start(config).await;
+    let db = dir.path().join("live.db");
+    let args = [
+        "run",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--yes",
+        "--silent",
+        "--rate",
+        "400",
+        "--max-attempts",
+        "12",
+    ];
+    let out = run(&emu, &db, &args).await;
+    assert!([0, 3].contains(&out.code), "{}", out.stderr);
+    let cloud: Vec<String> = items(&db, 1)
+        .into_iter()
+        .filter(|i| i.state == ItemState::Converted)
+        .filter(|i| i.snapshot.as_ref().unwrap().on_premises_sync_enabled != Some(true))
+        .filter_map(|i| i.user_id)
+        .filter(|id| !role_holders.contains(id))
+        .take(12)
+        .collect();
+    assert_eq!(cloud.len(), 12);
+    for id in &cloud {
+        assert_eq!(emu.redeem(id), Some(200));
+    }
+    let only = dir.path().join("only.txt");
+    std::fs::write(&only, cloud.join("\n")).unwrap();
+    let lost_before = emu.stats()["lostResponses"].as_u64().unwrap();
+    let pw = dir.path().join("pw.csv");
+    let args = [
+        "rollback",
+        "1",
+        "--only",
+        only.to_str().unwrap(),
+        "--passwords-out",
+        pw.to_str().unwrap(),
+        "--yes",
+    ];
+    let out = run(&emu, &db, &args).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        emu.stats()["lostResponses"].as_u64().unwrap() > lost_before,
+        "some conversion answers were lost"
+    );
+    let back = emu.conversions_back();
+    let per_user: BTreeSet<&str> = back.iter().map(|c| c["userId"].as_str().unwrap()).collect();
+    assert_eq!(back.len(), 12, "one conversion per user: {back:?}");
+    assert_eq!(per_user, cloud.iter().map(String::as_str).collect());
+    let file = std::fs::read_to_string(&pw).unwrap();
+    for s in emu.secrets() {
+        assert!(file.contains(s["password"].as_str().unwrap()));
+    }
+    let status = run(&emu, &db, &["status", "1", "--json"]).await;
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(status["rolledBack"], 12);
+}

@@ -1224,6 +1224,31 @@ mod tests {
     use crate::item::RunOptions;
 
     #[test]
+    fn the_back_out_paragraph_carries_the_runs_numbers() {
+        let mut dry = fixtures::dry_run();
+        dry.follow_ups.mail_planned = 7;
+        dry.follow_ups.guest_planned = 9;
+        let would = dry.counts.state(ItemState::WouldConvert);
+        let text = dry.backout_sentence();
+        assert!(text.contains("mail for 7 users"), "{text}");
+        assert!(text.contains("userType for 9 users"), "{text}");
+        assert!(
+            text.contains(&format!("{} users would need it", thousands(would))),
+            "{text}"
+        );
+        assert!(text.contains("redemption e-mails"), "{text}");
+        assert!(!text.contains("So far"), "{text}");
+        let mut live = fixtures::live_run();
+        live.backout.restored_total = 3;
+        live.backout.rolled_back_total = 2;
+        let text = live.backout_sentence();
+        assert!(
+            text.contains("So far 3 users restored, 2 rolled back."),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn format_from_extension() {
         let f = |p: &str| format_from_path(Path::new(p));
         assert_eq!(f("r.md"), Some(ReportFormat::Md));
