@@ -402,11 +402,118 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::item::{NewItem, Overrides, RunMode, RunOptions, SourceSpec, UserKey};
+    use crate::queue::QueueError;
+
+    fn queue_with_items() -> (tempfile::TempDir, Queue, i64, Vec<i64>) {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(&dir.path().join("q.db")).unwrap();
+        let run = q
+            .create_run(
+                &SourceSpec::Csv {
+                    path: "u.csv".into(),
+                },
+                RunMode::Live,
+                &RunOptions::default(),
+                None,
+                "http://127.0.0.1:1",
+            )
+            .unwrap();
+        let rows: Vec<NewItem> = (1..=2)
+            .map(|n| NewItem {
+                line: Some(n),
+                key: Some(UserKey::UserPrincipalName(format!("u{n}@contoso.com"))),
+                external_email: Some(format!("u{n}@fabrikam.com")),
+                overrides: Overrides::default(),
+                bad_input: None,
+                snapshot: None,
+            })
+            .collect();
+        q.insert_items(run, &rows, None).unwrap();
+        let ids = q.items(run).unwrap().iter().map(|i| i.id).collect();
+        (dir, q, run, ids)
+    }
+
+    fn restore(item_id: i64) -> NewBackout {
+        NewBackout {
+            item_id,
+            needs_user_type: true,
+            user_type_to: Some("Member".into()),
+            needs_mail: true,
+            mail_to: None,
+            mail_tool: Some("a@fabrikam.com".into()),
+        }
+    }
 
     #[test]
-    fn states_round_trip() {
-        for s in BackoutState::ALL {
-            assert_eq!(BackoutState::parse(s.as_str()), s);
-        }
+    fn an_entry_moves_through_its_steps_and_is_never_started_over() {
+        let (_d, q, run, ids) = queue_with_items();
+        let _lease = q.take_lease(run).unwrap();
+        let kind = BackoutKind::Restore;
+        q.add_backout(run, kind, &[restore(ids[0]), restore(ids[1])])
+            .unwrap();
+        q.backout_in_flight(ids[0], kind, "restore_user_type", None)
+            .unwrap();
+        q.backout_charge(ids[0], kind).unwrap();
+        q.backout_step_done(ids[0], kind, "restore_user_type")
+            .unwrap();
+        let e = &q.backout_entries(run, kind, None).unwrap()[0];
+        assert_eq!(e.state, BackoutState::InFlight);
+        assert!(e.user_type_done && !e.mail_done);
+        assert_eq!((e.attempts, e.in_flight.as_deref()), (0, None));
+        q.backout_done(ids[0], kind, None, Some("r1"), Some("c1"))
+            .unwrap();
+        q.backout_skipped(
+            ids[1],
+            kind,
+            "changed since by someone else: mail is x@y.com",
+        )
+        .unwrap();
+        // Asked again: the done entry keeps its record, the one left alone is taken up again.
+        q.add_backout(run, kind, &[restore(ids[0]), restore(ids[1])])
+            .unwrap();
+        let c = q.backout_counts(run, kind).unwrap();
+        assert_eq!((c.done, c.pending, c.skipped), (1, 1, 0));
+        assert_eq!(
+            q.backout_counts(run, BackoutKind::Rollback).unwrap().done,
+            0
+        );
+    }
+
+    #[test]
+    fn a_lost_lease_refuses_every_entry_write() {
+        let (_d, q, run, ids) = queue_with_items();
+        let _lease = q.take_lease(run).unwrap();
+        let kind = BackoutKind::Rollback;
+        q.add_backout(
+            run,
+            kind,
+            &[NewBackout {
+                item_id: ids[0],
+                ..NewBackout::default()
+            }],
+        )
+        .unwrap();
+        // Another process takes the run over.
+        q.conn()
+            .execute(
+                "UPDATE run_leases SET token = 'theirs' WHERE run_id = ?1",
+                params![run],
+            )
+            .unwrap();
+        let refused = q.backout_in_flight(ids[0], kind, "convert_back", Some("pw.csv"));
+        assert!(
+            matches!(refused, Err(QueueError::LeaseLost { .. })),
+            "{refused:?}"
+        );
+        assert!(matches!(
+            q.add_backout(run, kind, &[]),
+            Err(QueueError::LeaseLost { .. })
+        ));
+        let e = &q.backout_entries(run, kind, None).unwrap()[0];
+        assert_eq!(
+            (e.state, e.passwords_file.as_deref()),
+            (BackoutState::Pending, None)
+        );
     }
 }
