@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use b2b_convert::emulator::{EmulatorConfig, Tenant};
 use b2b_convert::item::{ItemState, Reason};
+use b2b_convert::model::Domain;
 use common::*;
 use serde_json::json;
 
@@ -91,6 +92,30 @@ async fn restore_puts_every_changed_property_back_exactly_once_through_sigkill()
     assert_eq!(r.status(), 200);
     want.retain(|(id, _), _| *id != changed_by_other);
     let before = emu.patches().len();
+
+    // Another tenant's credentials: refused before any request beyond sign-in and domains.
+    let mut other = Tenant::generate(10, 12);
+    other.domains = vec![Domain {
+        id: "fabrikam.onmicrosoft.com".into(),
+        is_verified: true,
+        is_default: true,
+        is_initial: true,
+    }];
+    let other = start(EmulatorConfig::new(other)).await;
+    let refused = run(&other, &db, &["restore", "1", "--yes"]).await;
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("belongs to tenant"),
+        "{}",
+        refused.stderr
+    );
+    for key in other.stats()["requests"].as_object().unwrap().keys() {
+        assert!(
+            key == "GET /v1.0/domains" || key.ends_with("/oauth2/v2.0/token"),
+            "the other tenant was sent {key}"
+        );
+    }
+    other.shutdown().await;
 
     let dry = run(&emu, &db, &["restore", "1", "--dry-run"]).await;
     assert_eq!(dry.code, 0, "{}", dry.stderr);

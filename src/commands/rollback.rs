@@ -129,6 +129,16 @@ pub async fn rollback(db: &Path, args: RollbackArgs) -> anyhow::Result<ExitStatu
     if !args.yes && !confirm(&run, "CONVERT BACK to internal members", this_time)? {
         return Err(common::declined());
     }
+    let graph = common::connect_to_run(
+        &common::endpoints_for(&args.endpoints, &run),
+        Credentials::resolve(args.auth)?,
+        &queue,
+        &run,
+        RunMode::Live,
+    )
+    .await?;
+    // Created after the tenant check (a refused tenant leaves no file behind) and before any
+    // request that writes.
     let passwords = match (&args.passwords_out, cloud) {
         (Some(path), n) if n > 0 => Some(PasswordsFile::create(path).map_err(|e| {
             ExitError::usage(format!(
@@ -139,14 +149,6 @@ pub async fn rollback(db: &Path, args: RollbackArgs) -> anyhow::Result<ExitStatu
         })?),
         _ => None,
     };
-    let graph = common::connect_to_run(
-        &common::endpoints_for(&args.endpoints, &run),
-        Credentials::resolve(args.auth)?,
-        &queue,
-        &run,
-        RunMode::Live,
-    )
-    .await?;
     queue.add_backout(run.id, BackoutKind::Rollback, &wanted)?;
     let file = passwords.as_ref().map(|p| p.path().display().to_string());
     let end = execute(
