@@ -17,6 +17,7 @@ use crate::item::{
 };
 use crate::model::{Invitation, User};
 
+pub mod backout;
 mod facts;
 mod ingest;
 mod items;
@@ -94,6 +95,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../migrations/0007_tenant_facts.sql")),
         M::up(include_str!("../migrations/0008_step_attempts.sql")),
         M::up(include_str!("../migrations/0009_run_tenant_plan.sql")),
+        M::up(include_str!("../migrations/0010_backout.sql")),
     ])
 }
 

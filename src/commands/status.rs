@@ -8,6 +8,7 @@ use super::common;
 use crate::cli::StatusArgs;
 use crate::exit::ExitStatus;
 use crate::item::{ItemState, Reason};
+use crate::queue::backout::BackoutKind;
 use crate::queue::Queue;
 
 pub fn status(db: &Path, args: StatusArgs) -> anyhow::Result<ExitStatus> {
@@ -70,6 +71,8 @@ pub fn status_json(queue: &Queue, run_id: i64) -> anyhow::Result<serde_json::Val
             "defaultDomain": t.default_domain,
         })),
         "plan": run.plan_run_id,
+        "restored": queue.backout_counts(run_id, BackoutKind::Restore)?.done,
+        "rolledBack": queue.backout_counts(run_id, BackoutKind::Rollback)?.done,
     }))
 }
 

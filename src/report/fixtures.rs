@@ -167,6 +167,7 @@ pub fn dry_run() -> ReportData {
         redemption: None,
         plan: None,
         option_history: Vec::new(),
+        backout: Default::default(),
         generated_at: "2025-03-01T11:30:00Z".into(),
         tool_version: "0.1.0".into(),
     }
@@ -234,6 +235,7 @@ pub fn live_run() -> ReportData {
         redemption: Some(Default::default()),
         plan: None,
         option_history: Vec::new(),
+        backout: Default::default(),
         generated_at: "2025-03-01T10:02:00Z".into(),
         tool_version: "0.1.0".into(),
     }

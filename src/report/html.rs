@@ -219,6 +219,26 @@ fn group_key(i: &ItemRecord) -> (u8, String) {
     (u8::from(i.state == ItemState::Failed), item_reason(i))
 }
 
+/// The "Back-out" paragraph and, for a live run, the users restored and rolled back (issue 20).
+fn backout_block(out: &mut String, data: &super::ReportData) {
+    let _ = writeln!(
+        out,
+        "<p><strong>Back-out.</strong> {}</p>",
+        esc(&data.backout_sentence())
+    );
+    let b = &data.backout;
+    for (title, users) in [("Restored", &b.restored), ("Rolled back", &b.rolled_back)] {
+        if users.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "<p>{title}:</p><ul>");
+        for u in users {
+            let _ = writeln!(out, "<li>{}: {}</li>", esc(&u.user), esc(&u.what));
+        }
+        out.push_str("</ul>\n");
+    }
+}
+
 fn summary_section(out: &mut String, s: &Summary) {
     let run = &s.data.run;
     out.push_str("<section class=\"summary\" aria-labelledby=\"summary\">\n<h2 id=\"summary\">Summary for the change board</h2>\n");
@@ -273,6 +293,7 @@ fn summary_section(out: &mut String, s: &Summary) {
         "<p class=\"oneway\"><strong>One-way.</strong> {}</p>",
         esc(ONE_WAY)
     );
+    backout_block(out, s.data);
     let _ = writeln!(
         out,
         "<p class=\"note\">Run {} · {} · tenant {} · source {}.</p>\n</section>",

@@ -37,7 +37,17 @@ struct Report<'a> {
     /// `resume` with other send options: each stretch of items and how it went out (additive
     /// to version 1).
     option_history: Vec<OptionStretch<'a>>,
+    /// What `restore` and `rollback` cover and did (additive to version 1).
+    back_out: BackOut,
     items: StreamedItems<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BackOut {
+    text: String,
+    restored: u64,
+    rolled_back: u64,
 }
 
 #[derive(Serialize)]
@@ -179,6 +189,11 @@ pub(super) fn write(s: &Summary, items: &dyn ItemSource, out: &mut dyn Write) ->
                 changes: &c.changes,
             })
             .collect(),
+        back_out: BackOut {
+            text: d.backout_sentence(),
+            restored: d.backout.restored_total,
+            rolled_back: d.backout.rolled_back_total,
+        },
         items: StreamedItems(items),
     };
     let mut w = io::BufWriter::new(out);
@@ -196,7 +211,7 @@ mod tests {
     use serde_json::Value;
 
     /// Keep in step with docs/report-json.md.
-    const TOP_LEVEL: [&str; 15] = [
+    const TOP_LEVEL: [&str; 16] = [
         "schema",
         "version",
         "generatedAt",
@@ -211,6 +226,7 @@ mod tests {
         "followUps",
         "redemption",
         "optionHistory",
+        "backOut",
         "items",
     ];
 

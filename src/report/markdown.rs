@@ -51,6 +51,30 @@ fn opt(s: &Option<String>) -> String {
     s.as_deref().map(cell).unwrap_or_default()
 }
 
+/// Live runs: the users `restore` and `rollback` finished with.
+fn backout_section(out: &mut String, b: &super::BackoutDone) {
+    for (title, users, total) in [
+        ("Restored", &b.restored, b.restored_total),
+        ("Rolled back", &b.rolled_back, b.rolled_back_total),
+    ] {
+        if users.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "**{title}** ({} users):\n", super::thousands(total));
+        for u in users {
+            let _ = writeln!(out, "- {}: {}", cell(&u.user), cell(&u.what));
+        }
+        if total > users.len() as u64 {
+            let _ = writeln!(
+                out,
+                "- … and {} more (see the CSV or JSON report)",
+                super::thousands(total - users.len() as u64)
+            );
+        }
+        out.push('\n');
+    }
+}
+
 fn kv_table(out: &mut String, rows: &[(&str, String)]) {
     out.push_str("| Field | Value |\n| --- | --- |\n");
     for (k, v) in rows {
@@ -112,6 +136,8 @@ pub(super) fn render(s: &Summary) -> String {
         let _ = writeln!(out, "**Redemption.** {}\n", cell(&text));
     }
     let _ = writeln!(out, "> **One-way.** {ONE_WAY}\n");
+    let _ = writeln!(out, "**Back-out.** {}\n", cell(&s.data.backout_sentence()));
+    backout_section(&mut out, &s.data.backout);
 
     out.push_str("## Run\n\n");
     kv_table(&mut out, &s.run_rows());

@@ -76,9 +76,28 @@ pub struct ReportData {
     /// `resume` with other send options: the run's option history, oldest first (empty when
     /// the options never changed).
     pub option_history: Vec<OptionChange>,
+    /// Live runs: what `restore` and `rollback` did (empty for a dry run).
+    pub backout: BackoutDone,
     /// RFC 3339.
     pub generated_at: String,
     pub tool_version: String,
+}
+
+/// What the back-out commands did for a live run: the users restored and rolled back, at most
+/// [`NOT_REDEEMED_LISTED`] of each listed (everyone is in the database), with the totals.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BackoutDone {
+    pub restored: Vec<BackoutUser>,
+    pub restored_total: u64,
+    pub rolled_back: Vec<BackoutUser>,
+    pub rolled_back_total: u64,
+}
+
+/// One user a back-out finished with, and what was done.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BackoutUser {
+    pub user: String,
+    pub what: String,
 }
 
 /// The approved dry run an `apply` run executes.
@@ -106,6 +125,62 @@ impl ReportData {
                 )
             )
         })
+    }
+
+    /// The "Back-out" paragraph of every people-facing report, with this run's numbers: what
+    /// `restore` covers, how many users would need `rollback` once redeemed, and what nothing
+    /// undoes. Computed once here; the renderers only place it.
+    pub fn backout_sentence(&self) -> String {
+        let f = &self.follow_ups;
+        let live = self.run.mode == RunMode::Live;
+        let (mail, guest, invited) = if live {
+            (
+                f.mail_set,
+                f.guest_set,
+                self.counts.state(crate::item::ItemState::Converted),
+            )
+        } else {
+            (
+                f.mail_planned,
+                f.guest_planned,
+                self.counts.state(crate::item::ItemState::WouldConvert),
+            )
+        };
+        let restore = if mail + guest == 0 {
+            "`restore` has nothing to put back: this run makes no follow-up writes".to_string()
+        } else {
+            format!(
+                "`restore` puts back from the snapshot what the tool itself {}: mail for {} users \
+                 (--set-mail) and userType for {} users (--set-guest)",
+                if live { "wrote" } else { "writes" },
+                thousands(mail),
+                thousands(guest)
+            )
+        };
+        let emails = if self.run.options.silent {
+            "the partners' redemption e-mails (no invitation e-mail is sent: --silent)".to_string()
+        } else {
+            format!(
+                "the invitation e-mail {} to {} users, or the partners' redemption e-mails",
+                if live { "already sent" } else { "sent" },
+                thousands(invited)
+            )
+        };
+        let mut text = format!(
+            "{restore}. The invitation itself is undone only by `rollback` (Microsoft Graph beta, \
+             not supported by Microsoft in production): {} users would need it once they have \
+             redeemed (cloud users get a new password; a user rolled back cannot be invited \
+             again). Nothing undoes {emails}.",
+            thousands(invited)
+        );
+        if live {
+            text.push_str(&format!(
+                " So far {} users restored, {} rolled back.",
+                thousands(self.backout.restored_total),
+                thousands(self.backout.rolled_back_total)
+            ));
+        }
+        text
     }
 
     /// The users an `apply` found changed since the plan (among the listed items).
@@ -979,8 +1054,8 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
-pub(crate) const ONE_WAY: &str = "The conversion is one-way: Microsoft offers no way back to an \
-    internal account. Users keep their object id, user principal name, groups and app \
+pub(crate) const ONE_WAY: &str = "The conversion is one-way in Graph's supported API: only the \
+    beta conversion back (see Back-out) returns a redeemed user to an internal account. Users keep their object id, user principal name, groups and app \
     assignments; each user's properties as read before the change are kept in the run's \
     database and in the JSON report.";
 
@@ -1147,6 +1222,31 @@ pub(crate) mod fixtures;
 mod tests {
     use super::*;
     use crate::item::RunOptions;
+
+    #[test]
+    fn the_back_out_paragraph_carries_the_runs_numbers() {
+        let mut dry = fixtures::dry_run();
+        dry.follow_ups.mail_planned = 7;
+        dry.follow_ups.guest_planned = 9;
+        let would = dry.counts.state(ItemState::WouldConvert);
+        let text = dry.backout_sentence();
+        assert!(text.contains("mail for 7 users"), "{text}");
+        assert!(text.contains("userType for 9 users"), "{text}");
+        assert!(
+            text.contains(&format!("{} users would need it", thousands(would))),
+            "{text}"
+        );
+        assert!(text.contains("redemption e-mails"), "{text}");
+        assert!(!text.contains("So far"), "{text}");
+        let mut live = fixtures::live_run();
+        live.backout.restored_total = 3;
+        live.backout.rolled_back_total = 2;
+        let text = live.backout_sentence();
+        assert!(
+            text.contains("So far 3 users restored, 2 rolled back."),
+            "{text}"
+        );
+    }
 
     #[test]
     fn format_from_extension() {

@@ -33,6 +33,7 @@ use crate::progress::Progress;
 use crate::queue::{LookupOutcome, Queue};
 use crate::validate::{validate_with, Verdict};
 
+pub mod backout;
 pub mod convert;
 pub mod executor;
 pub mod facts;
