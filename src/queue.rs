@@ -25,6 +25,7 @@ mod log;
 mod redemption;
 mod report;
 mod resend;
+mod retire;
 mod spans;
 
 pub use log::{LOG_FLUSH_AFTER, LOG_FLUSH_ROWS};
@@ -38,6 +39,10 @@ pub use lease::{
     LEASE_STALE_ENV, STALE_AFTER,
 };
 pub use runs::{OptionChange, PlannedUser};
+pub use retire::{
+    CredentialFacts, OnPremisesCounts, RetireCandidate, RetireEntry, RetirePass, RetireState,
+    RetireSummary, RetiredCounts, SkipKind,
+};
 pub use select::Selection;
 pub use spans::WorkSpan;
 pub use steps::{FollowUps, StepRow};
@@ -94,6 +99,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../migrations/0007_tenant_facts.sql")),
         M::up(include_str!("../migrations/0008_step_attempts.sql")),
         M::up(include_str!("../migrations/0009_run_tenant_plan.sql")),
+        M::up(include_str!("../migrations/0010_retire.sql")),
     ])
 }
 
@@ -247,7 +253,15 @@ macro_rules! sql_text_enum {
     )*};
 }
 
-sql_text_enum!(ItemState, Reason, RunMode, RunStatus, resend::ResendState);
+sql_text_enum!(
+    ItemState,
+    Reason,
+    RunMode,
+    RunStatus,
+    resend::ResendState,
+    retire::RetireState,
+    retire::SkipKind
+);
 
 fn corrupt(column: &'static str) -> impl Fn(rusqlite::Error) -> QueueError {
     move |e| QueueError::Corrupt {

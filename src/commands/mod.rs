@@ -12,6 +12,7 @@ mod profiles;
 pub mod report;
 mod resend;
 mod resume;
+mod retire;
 mod retry;
 mod run;
 mod runs;
@@ -34,6 +35,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Report(args) => report::report(&cli.db, args),
         Command::Track(args) => track::track(&cli.db, args).await,
         Command::Resend(args) => resend::resend(&cli.db, args).await,
+        Command::Retire(args) => retire::retire(&cli.db, args).await,
         Command::ExportLinks(args) => export_links::export_links(&cli.db, args),
         Command::Scripts(args) => scripts::scripts(&cli.db, args),
         Command::Profiles => profiles::profiles(),
