@@ -100,6 +100,9 @@ pub(super) fn render(s: &Summary) -> String {
     if let Some(text) = s.redemption_sentence() {
         let _ = writeln!(out, "**Redemption.** {}\n", cell(&text));
     }
+    if let Some(text) = s.credentials_sentence() {
+        let _ = writeln!(out, "**Internal credentials.** {}\n", cell(&text));
+    }
     let _ = writeln!(out, "> **One-way.** {ONE_WAY}\n");
 
     out.push_str("## Run\n\n");
