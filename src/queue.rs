@@ -38,11 +38,11 @@ pub use lease::{
     host_name, pid_alive, stale_after, Holder, LeaseCheck, LeaseRow, RunLease, HEARTBEAT_EVERY,
     LEASE_STALE_ENV, STALE_AFTER,
 };
-pub use runs::{OptionChange, PlannedUser};
 pub use retire::{
     CredentialFacts, OnPremisesCounts, RetireCandidate, RetireEntry, RetirePass, RetireState,
     RetireSummary, RetiredCounts, SkipKind,
 };
+pub use runs::{OptionChange, PlannedUser};
 pub use select::Selection;
 pub use spans::WorkSpan;
 pub use steps::{FollowUps, StepRow};

@@ -36,14 +36,30 @@ fn config(tenant: Tenant, wids: &[&str]) -> EmulatorConfig {
 }
 
 /// Converts the tenant's convertible users (run 1) and returns their object ids, in item order.
-async fn convert_all(emu: &b2b_convert::emulator::Emulator, dir: &Path, tenant: &Tenant) -> Vec<String> {
+async fn convert_all(
+    emu: &b2b_convert::emulator::Emulator,
+    dir: &Path,
+    tenant: &Tenant,
+) -> Vec<String> {
     let csv = dir.join("users.csv");
     tenant.write_csv(&csv).unwrap();
     let db = dir.join("q.db");
     let r = run(
         emu,
         &db,
-        &["run", "--csv", csv.to_str().unwrap(), "--yes", "--silent", "--rate", "400", "--concurrency", "16", "--max-attempts", "12"],
+        &[
+            "run",
+            "--csv",
+            csv.to_str().unwrap(),
+            "--yes",
+            "--silent",
+            "--rate",
+            "400",
+            "--concurrency",
+            "16",
+            "--max-attempts",
+            "12",
+        ],
     )
     .await;
     assert!(r.code == 0 || r.code == 3, "{}\n{}", r.stdout, r.stderr);
@@ -95,29 +111,45 @@ fn assert_files_clean(db: &Path, secrets: &[String]) {
 fn per_user(list: &[Value], filter: impl Fn(&Value) -> bool) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for v in list.iter().filter(|v| filter(v)) {
-        *m.entry(v["userId"].as_str().unwrap().to_lowercase()).or_insert(0) += 1;
+        *m.entry(v["userId"].as_str().unwrap().to_lowercase())
+            .or_insert(0) += 1;
     }
     m
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retire_through_three_sigkills_writes_each_redeemed_cloud_user_once_and_no_password_anywhere() {
+async fn retire_through_three_sigkills_writes_each_redeemed_cloud_user_once_and_no_password_anywhere(
+) {
     let dir = tempfile::tempdir().unwrap();
     let tenant = Tenant::generate(600, 19);
-    let admins: BTreeSet<String> = tenant.directory_roles.keys().map(|k| k.to_lowercase()).collect();
+    let admins: BTreeSet<String> = tenant
+        .directory_roles
+        .keys()
+        .map(|k| k.to_lowercase())
+        .collect();
     let mut cfg = config(tenant.clone(), &[USER_ADMIN]);
     cfg.lost_response_rate = 0.1;
     cfg.seed = 5;
     let emu = start(cfg).await;
     let converted = convert_all(&emu, dir.path(), &tenant).await;
-    assert!(converted.len() > 200, "most users convert: {}", converted.len());
+    assert!(
+        converted.len() > 200,
+        "most users convert: {}",
+        converted.len()
+    );
 
     // Half redeem; three of those are synced from on-premises (Graph cannot write them).
     let redeemed: Vec<String> = converted.iter().step_by(2).cloned().collect();
     for id in &redeemed {
         assert_eq!(emu.redeem(id), Some(200), "{id} redeems");
     }
-    let synced: Vec<String> = redeemed.iter().skip(1).step_by(40).take(3).cloned().collect();
+    let synced: Vec<String> = redeemed
+        .iter()
+        .skip(1)
+        .step_by(40)
+        .take(3)
+        .cloned()
+        .collect();
     for id in &synced {
         admin_set(&emu, id, serde_json::json!({"onPremisesSyncEnabled": true})).await;
     }
@@ -131,13 +163,18 @@ async fn retire_through_three_sigkills_writes_each_redeemed_cloud_user_once_and_
         .map(|id| id.to_lowercase())
         .filter(|id| admins.contains(id))
         .collect();
-    assert!(!privileged.is_empty(), "the seed converts and redeems an admin-role holder");
+    assert!(
+        !privileged.is_empty(),
+        "the seed converts and redeems an admin-role holder"
+    );
 
     let db = dir.path().join("q.db");
     let mut logs: Vec<u8> = Vec::new();
     for fraction in [0.2, 0.45, 0.7] {
         let target = (expected.len() as f64 * fraction) as usize;
-        let mut child = command(&emu, &db, &["-vv", "retire", "1", "--yes"]).spawn().unwrap();
+        let mut child = command(&emu, &db, &["-vv", "retire", "1", "--yes"])
+            .spawn()
+            .unwrap();
         let mut stderr = child.stderr.take().unwrap();
         let reader = tokio::spawn(async move {
             let mut buf = Vec::new();
@@ -151,13 +188,36 @@ async fn retire_through_three_sigkills_writes_each_redeemed_cloud_user_once_and_
         }
         child.start_kill().unwrap();
         let status = child.wait().await.unwrap();
-        assert_eq!(status.signal(), Some(9), "died of SIGKILL, not ended: {status:?}");
-        logs.extend(reader.await.unwrap());
+        let err = reader.await.unwrap();
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "died of SIGKILL, not ended: {status:?}\n{}",
+            String::from_utf8_lossy(&err)
+        );
+        logs.extend(err);
         // The WAL a killed process leaves behind holds no password either.
         assert_files_clean(&db, &passwords(&emu));
     }
-    let last = run(&emu, &db, &["-vv", "--log-format", "json", "retire", "1", "--yes", "--json"]).await;
-    assert_eq!(last.code, 3, "unredeemed, synced and admin users are left: exit 3\n{}\n{}", last.stdout, last.stderr);
+    let last = run(
+        &emu,
+        &db,
+        &[
+            "-vv",
+            "--log-format",
+            "json",
+            "retire",
+            "1",
+            "--yes",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(
+        last.code, 3,
+        "unredeemed, synced and admin users are left: exit 3\n{}\n{}",
+        last.stdout, last.stderr
+    );
     logs.extend(last.stderr.as_bytes());
     let summary: Value = serde_json::from_str(last.stdout.trim()).unwrap();
     assert_eq!(summary["left"], 0, "{summary}");
@@ -172,7 +232,10 @@ async fn retire_through_three_sigkills_writes_each_redeemed_cloud_user_once_and_
         .iter()
         .map(|id| emu.user(id).unwrap().user_principal_name.unwrap())
         .collect();
-    assert_eq!(synced_named, synced_upns, "synced users are listed for `scripts`");
+    assert_eq!(
+        synced_named, synced_upns,
+        "synced users are listed for `scripts`"
+    );
     assert_eq!(summary["privileged"], privileged.len() as u64, "{summary}");
 
     // Exactly one password change and one revocation per redeemed cloud-only user.
@@ -180,8 +243,14 @@ async fn retire_through_three_sigkills_writes_each_redeemed_cloud_user_once_and_
     let pw = per_user(&patches, |p| p["property"] == "passwordProfile");
     let revoked = per_user(&emu.revocations(), |_| true);
     let once: BTreeMap<String, usize> = expected.iter().map(|id| (id.clone(), 1)).collect();
-    assert_eq!(pw, once, "one password change per redeemed cloud-only user, none for anyone else");
-    assert_eq!(revoked, once, "one revocation per redeemed cloud-only user, none for anyone else");
+    assert_eq!(
+        pw, once,
+        "one password change per redeemed cloud-only user, none for anyone else"
+    );
+    assert_eq!(
+        revoked, once,
+        "one revocation per redeemed cloud-only user, none for anyone else"
+    );
     let secrets = passwords(&emu);
     assert_eq!(secrets.len(), expected.len());
     assert!(secrets.iter().all(|s| s.chars().count() >= 64));
@@ -192,9 +261,18 @@ async fn retire_through_three_sigkills_writes_each_redeemed_cloud_user_once_and_
     let retired = &v["retired"];
     assert_eq!(retired["passwords"], expected.len() as u64, "{retired}");
     assert_eq!(retired["sessions"], expected.len() as u64, "{retired}");
-    assert_eq!(retired["awaitingRedemption"], (converted.len() - redeemed.len()) as u64, "{retired}");
+    assert_eq!(
+        retired["awaitingRedemption"],
+        (converted.len() - redeemed.len()) as u64,
+        "{retired}"
+    );
     assert_eq!(retired["onPremises"]["notYet"], 3, "{retired}");
-    admin_set(&emu, &synced[0], serde_json::json!({"lastPasswordChangeDateTime": "2099-01-01T00:00:00Z"})).await;
+    admin_set(
+        &emu,
+        &synced[0],
+        serde_json::json!({"lastPasswordChangeDateTime": "2099-01-01T00:00:00Z"}),
+    )
+    .await;
     let tracked = run(&emu, &db, &["track", "1"]).await;
     assert_eq!(tracked.code, 0, "{}\n{}", tracked.stdout, tracked.stderr);
     let status = run(&emu, &db, &["status", "1", "--json"]).await;
@@ -210,7 +288,7 @@ async fn retire_through_three_sigkills_writes_each_redeemed_cloud_user_once_and_
         assert_eq!(r.code, 0, "{}", r.stderr);
         let bytes = std::fs::read(&out).unwrap();
         assert_no_secret(&out.display().to_string(), &bytes, &secrets);
-        if format == "md" {
+        if format == "md" || format == "html" {
             let text = String::from_utf8(bytes).unwrap();
             assert!(text.contains("working internal password"), "{text}");
         }
@@ -237,9 +315,21 @@ async fn without_the_role_retire_writes_nothing_and_the_checklist_names_it() {
     let v: Value = serde_json::from_str(dry.stdout.trim()).unwrap();
     let admins = tenant.directory_roles.len() as u64;
     let would = v["wouldRetire"].as_u64().unwrap();
-    assert!(would <= redeemed.len() as u64 && would + admins >= redeemed.len() as u64, "{v}");
-    assert_eq!(v["awaitingRedemption"], (converted.len() - redeemed.len()) as u64, "{v}");
-    assert!(v["missingPermissions"].to_string().contains("password reset role"), "{v}");
+    assert!(
+        would <= redeemed.len() as u64 && would + admins >= redeemed.len() as u64,
+        "{v}"
+    );
+    assert_eq!(
+        v["awaitingRedemption"],
+        (converted.len() - redeemed.len()) as u64,
+        "{v}"
+    );
+    assert!(
+        v["missingPermissions"]
+            .to_string()
+            .contains("password reset role"),
+        "{v}"
+    );
 
     let r = run(&emu, &db, &["retire", "1", "--yes"]).await;
     assert_eq!(r.code, 4, "{}\n{}", r.stdout, r.stderr);
@@ -247,7 +337,10 @@ async fn without_the_role_retire_writes_nothing_and_the_checklist_names_it() {
     assert!(r.stderr.contains("User Administrator"), "{}", r.stderr);
     assert!(emu.secrets().is_empty());
     assert!(emu.revocations().is_empty());
-    assert!(!emu.patches().iter().any(|p| p["property"] == "passwordProfile"));
+    assert!(!emu
+        .patches()
+        .iter()
+        .any(|p| p["property"] == "passwordProfile"));
 
     // Without --yes and without a terminal, retire refuses before anything.
     let r = run(&emu, &db, &["retire", "1"]).await;

@@ -68,7 +68,15 @@ pub async fn retire(db: &Path, args: RetireArgs) -> anyhow::Result<ExitStatus> {
                     "nobody to retire: run {} has no converted user left to retire",
                     run.id
                 ));
-                print_json(&args, &run, None, false, &[], &RetireSummary::default(), true);
+                print_json(
+                    &args,
+                    &run,
+                    None,
+                    false,
+                    &[],
+                    &RetireSummary::default(),
+                    true,
+                );
                 return Ok(ExitStatus::Success);
             }
             if !args.yes && !confirm(&run, chosen.len() as u64)? {
@@ -79,7 +87,15 @@ pub async fn retire(db: &Path, args: RetireArgs) -> anyhow::Result<ExitStatus> {
                 Some(pass) => (pass, false),
                 None => {
                     say("nobody to retire".into());
-                    print_json(&args, &run, None, false, &[], &RetireSummary::default(), true);
+                    print_json(
+                        &args,
+                        &run,
+                        None,
+                        false,
+                        &[],
+                        &RetireSummary::default(),
+                        true,
+                    );
                     return Ok(ExitStatus::Success);
                 }
             }
@@ -176,7 +192,15 @@ pub async fn retire(db: &Path, args: RetireArgs) -> anyhow::Result<ExitStatus> {
     if !args.json {
         print_summary(&run, pass.id, &s, &entries);
     }
-    print_json(&args, &run, Some(pass.id), continued, &entries, &s, finished);
+    print_json(
+        &args,
+        &run,
+        Some(pass.id),
+        continued,
+        &entries,
+        &s,
+        finished,
+    );
     let again = format!("`b2b-convert retire {}` continues this pass", run.id);
     match outcome {
         PassEnd::Stopped(StopReason::TenantRefused(message)) => {
@@ -191,9 +215,7 @@ pub async fn retire(db: &Path, args: RetireArgs) -> anyhow::Result<ExitStatus> {
             "run {} was taken over by another process while this one was stalled; stopped",
             run.id
         )),
-        PassEnd::Stopped(StopReason::Error(message)) => {
-            Err(anyhow::anyhow!("{message}; {again}"))
-        }
+        PassEnd::Stopped(StopReason::Error(message)) => Err(anyhow::anyhow!("{message}; {again}")),
         PassEnd::Interrupted => {
             say(format!("interrupted: {again}"));
             Ok(ExitStatus::Interrupted)
@@ -284,7 +306,10 @@ async fn dry_run(
     let mut would = Vec::new();
     let mut not = Vec::new();
     for c in &chosen {
-        let user = c.user_id.as_deref().and_then(|id| users.get(&id.to_lowercase()));
+        let user = c
+            .user_id
+            .as_deref()
+            .and_then(|id| users.get(&id.to_lowercase()));
         let name = c.user_principal_name.as_deref().unwrap_or("?");
         match skip_reason(user, &privileges) {
             None => would.push(name.to_string()),
@@ -404,7 +429,10 @@ fn print_summary(run: &RunRecord, pass_id: i64, s: &RetireSummary, entries: &[Re
             println!("  {n}");
         }
         if names.len() > LISTED {
-            println!("  … and {} more (`--json` lists them all)", names.len() - LISTED);
+            println!(
+                "  … and {} more (`--json` lists them all)",
+                names.len() - LISTED
+            );
         }
     };
     list(

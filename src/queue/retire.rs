@@ -149,7 +149,12 @@ pub struct RetireSummary {
 impl RetireSummary {
     /// Users of the pass not retired and not gone: they still hold a working internal password.
     pub fn not_done(&self) -> u64 {
-        self.pending + self.in_flight + self.failed + self.unredeemed + self.synced + self.privileged
+        self.pending
+            + self.in_flight
+            + self.failed
+            + self.unredeemed
+            + self.synced
+            + self.privileged
     }
 }
 
@@ -332,10 +337,11 @@ impl Queue {
         password_before: Option<&str>,
         sessions_before: Option<&str>,
     ) -> Result<()> {
+        // In flight already when the step before it was just done in this process.
         self.retire_transition(
             pass_id,
             item_id,
-            &[RetireState::Pending],
+            &[RetireState::Pending, RetireState::InFlight],
             RetireState::InFlight,
             "step = ?3, checkpoint_at = ?4,
              password_before = CASE WHEN password_set_at IS NULL AND attempts = 0

@@ -32,6 +32,9 @@ use super::resend::PassEnd;
 /// Users re-read together just before they are written: one `$batch` of 20 × 15 ids.
 const CHUNK: usize = 300;
 
+/// The one directory role whose holders a User Administrator may reset like anyone.
+const GUEST_INVITER: &str = "Guest Inviter";
+
 /// Graph's code for a write the caller's permissions or roles do not allow on this target.
 const DENIED: &str = "Authorization_RequestDenied";
 
@@ -72,7 +75,9 @@ pub fn skip_reason(user: Option<&User>, privileges: &Privileges) -> Option<(Skip
         ));
     }
     if let Some(roles) = privileges.holders.get(&u.id.to_lowercase()) {
-        if !privileges.admins_allowed {
+        // Guest Inviter is no admin role: a User Administrator may reset its holders.
+        let admin = roles.iter().any(|r| !r.eq_ignore_ascii_case(GUEST_INVITER));
+        if admin && !privileges.admins_allowed {
             return Some((
                 SkipKind::Privileged,
                 format!(
@@ -220,7 +225,12 @@ impl PassOps for RetireOps {
         match self.graph.get_user(&it.user_id).await {
             Ok(u) => {
                 let seen = judge(step, &it.entry, u.as_ref());
-                tracing::info!(item = it.entry.item_id, step = step.as_str(), ?seen, "retire step with unknown outcome decided");
+                tracing::info!(
+                    item = it.entry.item_id,
+                    step = step.as_str(),
+                    ?seen,
+                    "retire step with unknown outcome decided"
+                );
                 seen
             }
             Err(e) => reread_error(&it.user_id, e),
@@ -278,7 +288,10 @@ impl PassOps for RetireOps {
 
     async fn back_to_pending(&self, it: &RetireItem) -> anyhow::Result<()> {
         let (pass, item_id) = (self.pass_id, it.entry.item_id);
-        db(&self.queue, move |q| q.retire_back_to_pending(pass, item_id)).await
+        db(&self.queue, move |q| {
+            q.retire_back_to_pending(pass, item_id)
+        })
+        .await
     }
 
     async fn record_failed(
@@ -394,8 +407,7 @@ pub async fn work(
                     let Some(entry) = queue.lock().await.pop_front() else {
                         break;
                     };
-                    let Some((mut it, mut plan)) = RetireItem::new(entry, ops.max_attempts)
-                    else {
+                    let Some((mut it, mut plan)) = RetireItem::new(entry, ops.max_attempts) else {
                         continue;
                     };
                     let settled = executor::work_item(&*ops, &mut it, &mut plan, &stopping).await?;
@@ -525,15 +537,30 @@ mod tests {
     #[test]
     fn a_lost_answer_is_decided_by_graphs_time() {
         let unprovable = |r: &Reread| matches!(r, Reread::Unprovable { .. });
-        type Row = (&'static str, Option<&'static str>, Option<&'static str>, &'static str);
+        type Row = (
+            &'static str,
+            Option<&'static str>,
+            Option<&'static str>,
+            &'static str,
+        );
         let rows: [Row; 7] = [
             ("moved", Some(OLD), Some(NEW), "done"),
             ("first change ever", None, Some(NEW), "done"),
             ("unchanged", Some(OLD), Some(OLD), "not done"),
-            ("unchanged, other spelling", Some(OLD), Some("2026-11-01T08:00:00.000Z"), "not done"),
+            (
+                "unchanged, other spelling",
+                Some(OLD),
+                Some("2026-11-01T08:00:00.000Z"),
+                "not done",
+            ),
             ("still never set", None, None, "not done"),
             ("unreadable now", Some(OLD), Some("yesterday"), "unprovable"),
-            ("unreadable before", Some("yesterday"), Some(NEW), "unprovable"),
+            (
+                "unreadable before",
+                Some("yesterday"),
+                Some(NEW),
+                "unprovable",
+            ),
         ];
         for step in [Step::SetPassword, Step::RevokeSessions] {
             for (name, before, now, want) in rows {
@@ -560,6 +587,7 @@ mod tests {
     fn who_is_not_written_and_why() {
         let mut holders = HashMap::new();
         holders.insert("admin".to_string(), vec!["User Administrator".to_string()]);
+        holders.insert("inviter".to_string(), vec!["Guest Inviter".to_string()]);
         let privileges = Privileges {
             holders,
             admins_allowed: false,
@@ -571,14 +599,43 @@ mod tests {
             ..User::default()
         };
         let kind = |u: Option<&User>, p: &Privileges| skip_reason(u, p).map(|(k, _)| k);
-        let rows: [(&str, Option<User>, Option<SkipKind>); 7] = [
+        let rows: [(&str, Option<User>, Option<SkipKind>); 8] = [
             ("gone", None, Some(SkipKind::Gone)),
-            ("pending", Some(with(Some("PendingAcceptance"), None, "a")), Some(SkipKind::Unredeemed)),
-            ("no state", Some(with(None, None, "a")), Some(SkipKind::Unredeemed)),
-            ("synced", Some(with(Some("Accepted"), Some(true), "a")), Some(SkipKind::Synced)),
-            ("admin", Some(with(Some("accepted"), Some(false), "ADMIN")), Some(SkipKind::Privileged)),
-            ("cloud", Some(with(Some("Accepted"), Some(false), "a")), None),
-            ("cloud, sync unknown", Some(with(Some("Accepted"), None, "a")), None),
+            (
+                "pending",
+                Some(with(Some("PendingAcceptance"), None, "a")),
+                Some(SkipKind::Unredeemed),
+            ),
+            (
+                "no state",
+                Some(with(None, None, "a")),
+                Some(SkipKind::Unredeemed),
+            ),
+            (
+                "synced",
+                Some(with(Some("Accepted"), Some(true), "a")),
+                Some(SkipKind::Synced),
+            ),
+            (
+                "admin",
+                Some(with(Some("accepted"), Some(false), "ADMIN")),
+                Some(SkipKind::Privileged),
+            ),
+            (
+                "cloud",
+                Some(with(Some("Accepted"), Some(false), "a")),
+                None,
+            ),
+            (
+                "cloud, sync unknown",
+                Some(with(Some("Accepted"), None, "a")),
+                None,
+            ),
+            (
+                "guest inviter",
+                Some(with(Some("Accepted"), None, "inviter")),
+                None,
+            ),
         ];
         for (name, u, want) in &rows {
             assert_eq!(kind(u.as_ref(), &privileges), *want, "{name}");
@@ -588,11 +645,17 @@ mod tests {
             ..privileges
         };
         assert_eq!(kind(rows[4].1.as_ref(), &allowed), None, "admin with PAA");
-        let (_, why) = skip_reason(rows[4].1.as_ref(), &Privileges {
-            admins_allowed: false,
-            ..allowed
-        })
+        let (_, why) = skip_reason(
+            rows[4].1.as_ref(),
+            &Privileges {
+                admins_allowed: false,
+                ..allowed
+            },
+        )
         .unwrap();
-        assert!(why.contains("Privileged Authentication Administrator"), "{why}");
+        assert!(
+            why.contains("Privileged Authentication Administrator"),
+            "{why}"
+        );
     }
 }
