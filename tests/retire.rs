@@ -167,12 +167,13 @@ async fn retire_through_three_sigkills_writes_each_redeemed_cloud_user_once_and_
         !privileged.is_empty(),
         "the seed converts and redeems an admin-role holder"
     );
-
     let db = dir.path().join("q.db");
     let mut logs: Vec<u8> = Vec::new();
     for fraction in [0.2, 0.45, 0.7] {
         let target = (expected.len() as f64 * fraction) as usize;
+        // `-vv` is the most verbose level only without the harness's RUST_LOG.
         let mut child = command(&emu, &db, &["-vv", "retire", "1", "--yes"])
+            .env_remove("RUST_LOG")
             .spawn()
             .unwrap();
         let mut stderr = child.stderr.take().unwrap();
@@ -199,7 +200,7 @@ async fn retire_through_three_sigkills_writes_each_redeemed_cloud_user_once_and_
         // The WAL a killed process leaves behind holds no password either.
         assert_files_clean(&db, &passwords(&emu));
     }
-    let last = run(
+    let out = command(
         &emu,
         &db,
         &[
@@ -212,7 +213,23 @@ async fn retire_through_three_sigkills_writes_each_redeemed_cloud_user_once_and_
             "--json",
         ],
     )
-    .await;
+    .env_remove("RUST_LOG")
+    .output();
+    let out = tokio::time::timeout(common::COMMAND_TIMEOUT, out)
+        .await
+        .unwrap()
+        .unwrap();
+    let last = common::Ran {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    // At trace level the log names the steps it took: the password never.
+    assert!(
+        last.stderr.contains("\"level\":\"TRACE\"") || last.stderr.contains("\"level\":\"DEBUG\""),
+        "{}",
+        &last.stderr[..last.stderr.len().min(2000)]
+    );
     assert_eq!(
         last.code, 3,
         "unredeemed, synced and admin users are left: exit 3\n{}\n{}",
@@ -279,7 +296,6 @@ async fn retire_through_three_sigkills_writes_each_redeemed_cloud_user_once_and_
     let v: Value = serde_json::from_str(&status.stdout).unwrap();
     assert_eq!(v["retired"]["onPremises"]["retired"], 1, "{}", v["retired"]);
     assert_eq!(v["retired"]["onPremises"]["notYet"], 2, "{}", v["retired"]);
-
     // No password byte in any file the tool wrote, or in its logs.
     assert_no_secret("stderr at -vv (text and json)", &logs, &secrets);
     for format in ["md", "html", "csv", "json"] {
