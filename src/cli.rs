@@ -119,6 +119,9 @@ pub enum Command {
     Track(TrackArgs),
     /// Re-invite converted users still PendingAcceptance (resetRedemption), once each per pass.
     Resend(ResendArgs),
+    /// After redemption: set each converted cloud-only user's internal password to a random
+    /// value and revoke its sessions, once each; synced users are left to `scripts`.
+    Retire(RetireArgs),
     /// Write the redeem links of a run started with --keep-redeem-links (CSV, created 0600).
     ExportLinks(ExportLinksArgs),
     /// Undo the tool's own follow-up writes from the snapshot: userType back where --set-guest
@@ -515,6 +518,33 @@ pub struct RollbackArgs {
     /// One JSON object on stdout with the figures, for scripts.
     #[arg(long)]
     pub json: bool,
+    /// How to sign in (default: the first configured, in the Azure SDK's order).
+    #[arg(long, value_enum, env = "B2B_AUTH")]
+    pub auth: Option<crate::graph::AuthMethod>,
+    #[command(flatten)]
+    pub endpoints: EndpointArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RetireArgs {
+    /// The live run whose converted users to retire (`runs` lists them).
+    pub run_id: i64,
+    /// Take at most N users of the pass in this invocation; the rest stay for the next `retire`.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
+    /// Only the users named in PATH: object ids or UPNs, one a line, `#` comments; a name that
+    /// is not a converted user of the run left to retire is an error before anything is sent.
+    #[arg(long, value_name = "PATH")]
+    pub only: Option<PathBuf>,
+    /// Re-read the users and say who would be retired; write nothing, record nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// One JSON object on stdout with the figures, for scripts.
+    #[arg(long)]
+    pub json: bool,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub yes: bool,
     /// How to sign in (default: the first configured, in the Azure SDK's order).
     #[arg(long, value_enum, env = "B2B_AUTH")]
     pub auth: Option<crate::graph::AuthMethod>,

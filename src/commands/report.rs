@@ -56,6 +56,11 @@ pub fn write(
         } else {
             None
         },
+        retired: if live {
+            Some(queue.retired_counts(run_id)?)
+        } else {
+            None
+        },
         plan: match run_plan {
             Some(id) => Some(report::PlanRef {
                 run_id: id,

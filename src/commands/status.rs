@@ -45,6 +45,7 @@ pub fn status_json(queue: &Queue, run_id: i64) -> anyhow::Result<serde_json::Val
         (c.graph_requests as f64 / per as f64 * 1000.0).round() / 1000.0
     };
     let redemption = queue.redemption_counts(run_id)?;
+    let retired = queue.retired_counts(run_id)?;
     Ok(json!({
         "runId": run.id,
         "mode": run.mode.as_str(),
@@ -73,6 +74,15 @@ pub fn status_json(queue: &Queue, run_id: i64) -> anyhow::Result<serde_json::Val
         "plan": run.plan_run_id,
         "restored": queue.backout_counts(run_id, BackoutKind::Restore)?.done,
         "rolledBack": queue.backout_counts(run_id, BackoutKind::Rollback)?.done,
+        "retired": {
+            "passwords": retired.passwords,
+            "sessions": retired.sessions,
+            "awaitingRedemption": retired.awaiting_redemption,
+            "onPremises": {
+                "retired": retired.on_premises.retired,
+                "notYet": retired.on_premises.not_yet,
+            },
+        },
     }))
 }
 

@@ -288,6 +288,13 @@ fn summary_section(out: &mut String, s: &Summary) {
     if let Some(text) = s.redemption_sentence() {
         let _ = writeln!(out, "<p><strong>Redemption.</strong> {}</p>", esc(&text));
     }
+    if let Some(text) = s.credentials_sentence() {
+        let _ = writeln!(
+            out,
+            "<p><strong>Internal credentials.</strong> {}</p>",
+            esc(&text)
+        );
+    }
     let _ = writeln!(
         out,
         "<p class=\"oneway\"><strong>One-way.</strong> {}</p>",

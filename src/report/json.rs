@@ -34,6 +34,9 @@ struct Report<'a> {
     follow_ups: &'a FollowUpCounts,
     /// Live runs: what `track` found; `null` for a dry run (additive to version 1).
     redemption: Option<Redemption<'a>>,
+    /// Live runs: who still holds a working internal password (status JSON's `retired`,
+    /// additive to version 1).
+    retired: Option<&'a crate::queue::RetiredCounts>,
     /// `resume` with other send options: each stretch of items and how it went out (additive
     /// to version 1).
     option_history: Vec<OptionStretch<'a>>,
@@ -178,6 +181,7 @@ pub(super) fn write(s: &Summary, items: &dyn ItemSource, out: &mut dyn Write) ->
             timeline: &r.timeline,
             tracks: &r.tracks,
         }),
+        retired: d.retired.as_ref(),
         option_history: d
             .option_history
             .iter()
@@ -211,7 +215,7 @@ mod tests {
     use serde_json::Value;
 
     /// Keep in step with docs/report-json.md.
-    const TOP_LEVEL: [&str; 16] = [
+    const TOP_LEVEL: [&str; 17] = [
         "schema",
         "version",
         "generatedAt",
@@ -225,6 +229,7 @@ mod tests {
         "pace",
         "followUps",
         "redemption",
+        "retired",
         "optionHistory",
         "backOut",
         "items",

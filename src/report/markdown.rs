@@ -135,6 +135,9 @@ pub(super) fn render(s: &Summary) -> String {
     if let Some(text) = s.redemption_sentence() {
         let _ = writeln!(out, "**Redemption.** {}\n", cell(&text));
     }
+    if let Some(text) = s.credentials_sentence() {
+        let _ = writeln!(out, "**Internal credentials.** {}\n", cell(&text));
+    }
     let _ = writeln!(out, "> **One-way.** {ONE_WAY}\n");
     let _ = writeln!(out, "**Back-out.** {}\n", cell(&s.data.backout_sentence()));
     backout_section(&mut out, &s.data.backout);

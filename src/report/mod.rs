@@ -71,6 +71,8 @@ pub struct ReportData {
     pub follow_ups: FollowUpCounts,
     /// Live runs: what `track` found; `None` for a dry run.
     pub redemption: Option<Redemption>,
+    /// Live runs: who still holds a working internal password (`retire`, `track`).
+    pub retired: Option<crate::queue::RetiredCounts>,
     /// `apply` runs: the dry run this live run executes.
     pub plan: Option<PlanRef>,
     /// `resume` with other send options: the run's option history, oldest first (empty when
@@ -913,6 +915,33 @@ impl<'a> Summary<'a> {
                 thousands(c.untracked)
             ),
         })
+    }
+
+    /// One paragraph for a live run: who still holds a working internal password — the first
+    /// thing a security review asks after the weekend. Cloud-only users are retired by
+    /// `retire` once they redeemed; synced users by the on-premises script (`scripts`), seen by
+    /// `track` as a password change after their redemption.
+    pub fn credentials_sentence(&self) -> Option<String> {
+        let r = self.data.retired.as_ref()?;
+        let run = self.data.run.id;
+        let cloud_left = r.awaiting_redemption + r.redeemed_not_retired;
+        if cloud_left + r.on_premises.not_yet == 0 {
+            return Some(format!(
+                "No converted user holds a working internal password: {} cloud-only users were given a random password with their sessions revoked, {} synced users changed their on-premises password after redeeming.",
+                thousands(r.passwords),
+                thousands(r.on_premises.retired)
+            ));
+        }
+        Some(format!(
+            "{} converted users still hold a working internal password: {} cloud-only users who redeemed (`b2b-convert retire {run}` retires them), {} cloud-only users not redeemed yet (retire after they redeem), and {} synced users (`b2b-convert scripts {run} --out DIR`: the on-premises password, run by an AD administrator; `track` then sees it). Retired so far: {} cloud-only passwords ({} sessions revoked), {} synced.",
+            thousands(cloud_left + r.on_premises.not_yet),
+            thousands(r.redeemed_not_retired),
+            thousands(r.awaiting_redemption),
+            thousands(r.on_premises.not_yet),
+            thousands(r.passwords),
+            thousands(r.sessions),
+            thousands(r.on_premises.retired)
+        ))
     }
 
     /// Redemption counts as table rows: (label, count, meaning), for a tracked live run.

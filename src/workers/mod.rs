@@ -39,6 +39,7 @@ pub mod executor;
 pub mod facts;
 pub mod planner;
 pub mod resend;
+pub mod retire;
 
 use convert::{db, ConvertItem, ConvertOps};
 use executor::Settled;

@@ -700,6 +700,42 @@ mod tests {
         }
     }
 
+    /// Every one of the retire pass's four checkpoints (password set, sessions revoked) matches
+    /// exactly one row: the password first, the revocation only after it, and a revocation done
+    /// is never followed by a second password.
+    #[test]
+    fn next_step_over_every_retire_checkpoint() {
+        type Row = ([Option<bool>; 2], Action);
+        let (y, n, any) = (Some(true), Some(false), None);
+        let rows: [Row; 3] = [
+            ([any, y], Action::RecordDone),
+            ([y, n], Action::Send(Step::RevokeSessions)),
+            ([n, n], Action::Send(Step::SetPassword)),
+        ];
+        for bits in 0u8..4 {
+            let v: [bool; 2] = std::array::from_fn(|k| bits & (1 << k) != 0);
+            let matching: Vec<&Row> = rows
+                .iter()
+                .filter(|(p, _)| p.iter().zip(v).all(|(p, v)| fits(*p, v)))
+                .collect();
+            assert_eq!(matching.len(), 1, "{v:?} matches {} rows", matching.len());
+            let mut cp = Checkpoint::new(Pass::Retire, Pass::Retire.steps());
+            for (done, step) in v.into_iter().zip([Step::SetPassword, Step::RevokeSessions]) {
+                if done {
+                    cp.mark_done(step);
+                }
+            }
+            assert_eq!(next(&cp), matching[0].1, "{v:?}");
+        }
+        // A refusal of either retire step is never read as "done already".
+        for step in [Step::SetPassword, Step::RevokeSessions] {
+            assert!(matches!(
+                refusal(step, "Authorization_RequestDenied", ALREADY_B2B),
+                Answer::Refused { .. }
+            ));
+        }
+    }
+
     #[test]
     fn every_pass_starts_with_its_first_step() {
         let rows = [
