@@ -239,6 +239,8 @@ async fn device_code_sign_in_is_delegated() {
     assert_eq!(requests(&emu, "POST /{tenant}/oauth2/v2.0/token", "200"), 1);
 }
 
+/// Unix only: the stand-in `az` is a shell script.
+#[cfg(unix)]
 #[tokio::test]
 async fn azure_cli_token_and_its_error() {
     use std::os::unix::fs::PermissionsExt;

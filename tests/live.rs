@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::os::unix::process::ExitStatusExt as _;
 use std::path::Path;
 use std::time::Duration;
 
@@ -181,13 +180,7 @@ async fn sigkill_at_several_points_then_resume_converts_everyone_exactly_once() 
         }
         child.start_kill().unwrap(); // SIGKILL
         let status = child.wait().await.unwrap();
-        // Died of the signal, not of its own accord: a run that had already ended would make
-        // this crash test pass without crashing anything.
-        assert_eq!(
-            status.signal(),
-            Some(9),
-            "killed mid-run by SIGKILL: {status:?}"
-        );
+        common::assert_died_of_sigkill(&status, "killed mid-run by SIGKILL");
         run_id.get_or_insert_with(|| {
             b2b_convert::queue::Queue::open(&db)
                 .unwrap()
@@ -326,6 +319,8 @@ async fn blocked_directory_stops_the_run_with_exit_4_and_no_retry_storm() {
     assert_eq!(v["status"], "stopped");
 }
 
+/// Unix only: the interrupt is sent with `kill -INT`.
+#[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_exits_130_and_the_run_resumes_to_completion() {
     let dir = tempfile::tempdir().unwrap();
