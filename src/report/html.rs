@@ -738,63 +738,19 @@ pub(super) fn render(s: &Summary) -> String {
     page.into_string()
 }
 
+/// The HTML checker the integration tests use too: one copy.
+#[cfg(test)]
+#[path = "../../tests/common/html.rs"]
+#[allow(dead_code)]
+mod html_check;
+
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::{dry_run, live_run, XSS_NAME};
+    use super::html_check::check_balanced;
     use super::*;
     use crate::config::ReportFormat;
     use crate::report::render;
-
-    const VOID: [&str; 14] = [
-        "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param",
-        "source", "track", "wbr",
-    ];
-
-    /// Checks every opened non-void tag is closed in order; skips `<script>`/`<style>` bodies.
-    /// Returns the text of every tag seen, for further checks.
-    fn check_balanced(html: &str) -> Vec<String> {
-        let mut stack: Vec<String> = Vec::new();
-        let mut tags = Vec::new();
-        let mut rest = html;
-        while let Some(open) = rest.find('<') {
-            rest = &rest[open..];
-            if rest.starts_with("<!--") {
-                let end = rest.find("-->").expect("unclosed comment");
-                rest = &rest[end + 3..];
-                continue;
-            }
-            let end = rest.find('>').expect("unclosed tag");
-            let tag = &rest[1..end];
-            tags.push(tag.to_string());
-            rest = &rest[end + 1..];
-            if tag.starts_with('!') {
-                assert!(tag.eq_ignore_ascii_case("!DOCTYPE html"), "{tag}");
-                continue;
-            }
-            if let Some(name) = tag.strip_prefix('/') {
-                let top = stack.pop().unwrap_or_else(|| panic!("stray </{name}>"));
-                assert_eq!(top, name.trim(), "mismatched close");
-                continue;
-            }
-            let name: String = tag
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric())
-                .collect::<String>()
-                .to_ascii_lowercase();
-            assert!(!name.is_empty(), "bad tag <{tag}>");
-            if tag.ends_with('/') || VOID.contains(&name.as_str()) {
-                continue;
-            }
-            if name == "script" || name == "style" {
-                let close = format!("</{name}>");
-                let end = rest.find(&close).expect("unclosed raw text element");
-                rest = &rest[end..];
-            }
-            stack.push(name);
-        }
-        assert!(stack.is_empty(), "unclosed: {stack:?}");
-        tags
-    }
 
     #[test]
     fn checker_catches_unbalanced_markup() {

@@ -1,6 +1,7 @@
 //! Shared harness: an in-process emulator on 127.0.0.1:0 and the real binary pointed at it.
 #![allow(dead_code)]
 
+pub mod html;
 pub mod raw;
 
 use std::path::{Path, PathBuf};
