@@ -740,7 +740,7 @@ pub(super) fn render(s: &Summary) -> String {
 
 /// The HTML checker the integration tests use too: one copy.
 #[cfg(test)]
-#[path = "../../tests/common/html.rs"]
+#[path = "../../tests/it/common/html.rs"]
 #[allow(dead_code)]
 mod html_check;
 

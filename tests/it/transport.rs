@@ -1,7 +1,7 @@
 //! The binary against Graph endpoints that misbehave at the transport level, on loopback:
 //! every timeout message names what timed out, and `--http-timeout` reaches the client.
 
-mod common;
+use crate::common;
 
 use std::process::Stdio;
 

@@ -2,7 +2,7 @@
 //! and a tenant that blocks invitations. Every verdict is a count or an order read from the
 //! emulator's own records; no assertion depends on how fast the machine is.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! Sign-in methods and preflight against the emulator over loopback: each `--auth` method, each
 //! preflight finding, and a run that stops before its first invitation when it cannot work.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

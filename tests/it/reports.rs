@@ -3,7 +3,7 @@
 //! a copied database with no tenant in reach, and `demo`. Every count is checked against the
 //! database the run wrote, every documented JSON key against docs/report-json.md.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

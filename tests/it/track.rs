@@ -3,7 +3,7 @@
 //! links exist only with `--keep-redeem-links`. Verdicts are counts from the emulator's own
 //! records and the queue; nothing depends on how fast the machine is.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! reached Graph, and an unreachable Graph stops the run resumable with nothing left in flight.
 //! Every verdict is a count read from the emulator's or the queue's own records.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
