@@ -1005,6 +1005,61 @@ impl<'a> Summary<'a> {
     }
 }
 
+/// The sections of the Markdown and HTML reports. What each one says is computed here, once
+/// (the [`Summary`] methods and the sentences below); each renderer lays the sections out in its
+/// own order and matches on every variant, so a new section is a variant, its title, and one
+/// arm in each renderer — the compiler points at both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Section {
+    BoardSummary,
+    /// Conversions and 429s per minute: a chart, in HTML only.
+    Pace,
+    Attention,
+    Redemption,
+    StateCounts,
+    ReasonCounts,
+    Estimate,
+    Throughput,
+    FollowUps,
+    Run,
+    Options,
+    /// `apply` runs: the plan and who drifted; runs whose send options changed: the history.
+    Plan,
+    ThingsToConsider,
+}
+
+impl Section {
+    /// The section's heading (Attention's is followed by its count).
+    pub fn title(self) -> &'static str {
+        match self {
+            Section::BoardSummary => "Summary for the change board",
+            Section::Pace => "Pace",
+            Section::Attention => "Users who need action",
+            Section::Redemption => "Redemption",
+            Section::StateCounts => "Counts by state",
+            Section::ReasonCounts => "Counts by reason",
+            Section::Estimate => "Estimated duration of the live run",
+            Section::Throughput => "Throughput",
+            Section::FollowUps => "Follow-up steps",
+            Section::Run => "Run",
+            Section::Options => "Options",
+            Section::Plan => "Plan",
+            Section::ThingsToConsider => "Things to consider",
+        }
+    }
+}
+
+/// The board summary when no user is blocked or failed.
+pub(crate) const NOTHING_TO_FIX: &str = "Nothing needs fixing before the live run.";
+
+/// The attention section of a run where nobody needs action.
+pub(crate) const NO_ATTENTION: &str = "None. The CSV and JSON reports list every user of the run.";
+
+/// How the live-run estimate is worked out, under its table.
+pub(crate) const ESTIMATE_FORMULA: &str = "Formula: writes (one invitation per user, plus one per \
+    mail or userType PATCH) ÷ configured rate, against Graph's ceiling max(0, (writes − 3,000) ÷ \
+    20, (users − 150) ÷ 30) seconds; the slower bounds the run.";
+
 /// How a headline figure is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Tone {
@@ -1075,7 +1130,7 @@ pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -5,7 +5,7 @@
 //! read from the emulator's own records (`/_emulator/patches`, `conversions-back`, `secrets`,
 //! `stats`) or the queue.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt as _;

@@ -15,7 +15,7 @@ use b2b_convert::item::ItemState;
 use serde_json::Value;
 use tokio::io::AsyncReadExt as _;
 
-mod common;
+use crate::common;
 
 use common::{command, items, run, start};
 
