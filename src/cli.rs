@@ -119,8 +119,16 @@ pub enum Command {
     Track(TrackArgs),
     /// Re-invite converted users still PendingAcceptance (resetRedemption), once each per pass.
     Resend(ResendArgs),
+    /// After redemption: set each converted cloud-only user's internal password to a random
+    /// value and revoke its sessions, once each; synced users are left to `scripts`.
+    Retire(RetireArgs),
     /// Write the redeem links of a run started with --keep-redeem-links (CSV, created 0600).
     ExportLinks(ExportLinksArgs),
+    /// Undo the tool's own follow-up writes from the snapshot: userType back where --set-guest
+    /// changed it, mail back where --set-mail changed it.
+    Restore(RestoreArgs),
+    /// Convert named redeemed users back to internal members (Microsoft Graph beta).
+    Rollback(RollbackArgs),
     /// Write reviewed PowerShell 7 for what Graph cannot reach (on-premises AD DS passwords and
     /// mail, Exchange Online mailbox users) for this run's users, into a new directory.
     Scripts(ScriptsArgs),
@@ -448,6 +456,87 @@ pub struct ResendArgs {
     #[arg(long, value_name = "PATH")]
     pub only: Option<PathBuf>,
     /// List who would be re-invited; send nothing, record nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// One JSON object on stdout with the figures, for scripts.
+    #[arg(long)]
+    pub json: bool,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub yes: bool,
+    /// How to sign in (default: the first configured, in the Azure SDK's order).
+    #[arg(long, value_enum, env = "B2B_AUTH")]
+    pub auth: Option<crate::graph::AuthMethod>,
+    #[command(flatten)]
+    pub endpoints: EndpointArgs,
+}
+
+/// `restore RUN_ID`.
+#[derive(Debug, Clone, Args)]
+pub struct RestoreArgs {
+    /// The live run whose follow-up writes to undo (`runs` lists them).
+    pub run_id: i64,
+    /// Only the users named in PATH: object ids or UPNs, one a line, `#` comments; a name not
+    /// in the run is an error before anything is sent.
+    #[arg(long, value_name = "PATH")]
+    pub only: Option<PathBuf>,
+    /// List what would be put back; send nothing, record nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub yes: bool,
+    /// One JSON object on stdout with the figures, for scripts.
+    #[arg(long)]
+    pub json: bool,
+    /// How to sign in (default: the first configured, in the Azure SDK's order).
+    #[arg(long, value_enum, env = "B2B_AUTH")]
+    pub auth: Option<crate::graph::AuthMethod>,
+    #[command(flatten)]
+    pub endpoints: EndpointArgs,
+}
+
+/// `rollback RUN_ID --only PATH`.
+#[derive(Debug, Clone, Args)]
+pub struct RollbackArgs {
+    /// The live run whose users to convert back (`runs` lists them).
+    pub run_id: i64,
+    /// The users to convert back: object ids or UPNs, one a line, `#` comments (required: a
+    /// rollback is never run over a whole run by accident).
+    #[arg(long, value_name = "PATH")]
+    pub only: PathBuf,
+    /// A new file (created 0600, never overwritten) for the cloud users' new passwords;
+    /// required when cloud users are named.
+    #[arg(long, value_name = "PATH")]
+    pub passwords_out: Option<PathBuf>,
+    /// List who would be converted back and with which body; send nothing, record nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub yes: bool,
+    /// One JSON object on stdout with the figures, for scripts.
+    #[arg(long)]
+    pub json: bool,
+    /// How to sign in (default: the first configured, in the Azure SDK's order).
+    #[arg(long, value_enum, env = "B2B_AUTH")]
+    pub auth: Option<crate::graph::AuthMethod>,
+    #[command(flatten)]
+    pub endpoints: EndpointArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RetireArgs {
+    /// The live run whose converted users to retire (`runs` lists them).
+    pub run_id: i64,
+    /// Take at most N users of the pass in this invocation; the rest stay for the next `retire`.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
+    /// Only the users named in PATH: object ids or UPNs, one a line, `#` comments; a name that
+    /// is not a converted user of the run left to retire is an error before anything is sent.
+    #[arg(long, value_name = "PATH")]
+    pub only: Option<PathBuf>,
+    /// Re-read the users and say who would be retired; write nothing, record nothing.
     #[arg(long)]
     pub dry_run: bool,
     /// One JSON object on stdout with the figures, for scripts.

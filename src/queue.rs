@@ -17,6 +17,7 @@ use crate::item::{
 };
 use crate::model::{Invitation, User};
 
+pub mod backout;
 mod facts;
 mod ingest;
 mod items;
@@ -25,6 +26,7 @@ mod log;
 mod redemption;
 mod report;
 mod resend;
+mod retire;
 mod spans;
 
 pub use log::{LOG_FLUSH_AFTER, LOG_FLUSH_ROWS};
@@ -36,6 +38,10 @@ pub use facts::{AddressSource, RoundLink, SyncState, UserChange};
 pub use lease::{
     host_name, pid_alive, stale_after, Holder, LeaseCheck, LeaseRow, RunLease, HEARTBEAT_EVERY,
     LEASE_STALE_ENV, STALE_AFTER,
+};
+pub use retire::{
+    CredentialFacts, OnPremisesCounts, RetireCandidate, RetireEntry, RetirePass, RetireState,
+    RetireSummary, RetiredCounts, SkipKind,
 };
 pub use runs::{OptionChange, PlannedUser};
 pub use select::Selection;
@@ -94,6 +100,8 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../migrations/0007_tenant_facts.sql")),
         M::up(include_str!("../migrations/0008_step_attempts.sql")),
         M::up(include_str!("../migrations/0009_run_tenant_plan.sql")),
+        M::up(include_str!("../migrations/0010_backout.sql")),
+        M::up(include_str!("../migrations/0011_retire.sql")),
     ])
 }
 
@@ -263,7 +271,15 @@ macro_rules! sql_text_enum {
     )*};
 }
 
-sql_text_enum!(ItemState, Reason, RunMode, RunStatus, resend::ResendState);
+sql_text_enum!(
+    ItemState,
+    Reason,
+    RunMode,
+    RunStatus,
+    resend::ResendState,
+    retire::RetireState,
+    retire::SkipKind
+);
 
 fn corrupt(column: &'static str) -> impl Fn(rusqlite::Error) -> QueueError {
     move |e| QueueError::Corrupt {

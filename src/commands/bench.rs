@@ -64,10 +64,24 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// CPU seconds (user + system) of this process (`RUSAGE_SELF`) or of its waited-for children
-/// (`RUSAGE_CHILDREN`). On a shared machine wall time drifts with the load; CPU time much less,
-/// so the bench shows both beside the reference's.
-fn cpu_secs(who: libc::c_int) -> f64 {
+/// Whose CPU time [`cpu_secs`] reads.
+#[derive(Clone, Copy)]
+enum CpuOf {
+    /// This process (`RUSAGE_SELF`).
+    Process,
+    /// Its waited-for children (`RUSAGE_CHILDREN`).
+    Children,
+}
+
+/// CPU seconds (user + system) of this process or of its waited-for children. On a shared
+/// machine wall time drifts with the load; CPU time much less, so the bench shows both beside the
+/// reference's.
+#[cfg(unix)]
+fn cpu_secs(of: CpuOf) -> f64 {
+    let who = match of {
+        CpuOf::Process => libc::RUSAGE_SELF,
+        CpuOf::Children => libc::RUSAGE_CHILDREN,
+    };
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: getrusage only writes the struct it is given, which is zero-initialised and ours.
     let rc = unsafe { libc::getrusage(who, usage.as_mut_ptr()) };
@@ -78,6 +92,13 @@ fn cpu_secs(who: libc::c_int) -> f64 {
     let u = unsafe { usage.assume_init() };
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     secs(u.ru_utime) + secs(u.ru_stime)
+}
+
+/// Elsewhere the bench reports no CPU time (NaN prints as such), as it reports no peak RSS
+/// without `/proc`.
+#[cfg(not(unix))]
+fn cpu_secs(_of: CpuOf) -> f64 {
+    f64::NAN
 }
 
 /// Random GUIDs and addresses, as a real export has: sequential keys would keep every index
@@ -144,24 +165,24 @@ fn ingest_one(dir: &Path, n: usize) -> anyhow::Result<ExitStatus> {
         "https://graph.microsoft.com",
     )?;
     let before = peak_rss_mib().unwrap_or(f64::NAN);
-    let cpu_before = cpu_secs(libc::RUSAGE_SELF);
+    let cpu_before = cpu_secs(CpuOf::Process);
     let started = Instant::now();
     crate::source::ingest::ingest_csv(&queue, run_id, &csv)?;
     let finishing = Instant::now();
     queue.finish_ingest(run_id)?;
     let finish_secs = finishing.elapsed().as_secs_f64();
     let secs = started.elapsed().as_secs_f64();
-    let cpu = cpu_secs(libc::RUSAGE_SELF) - cpu_before;
+    let cpu = cpu_secs(CpuOf::Process) - cpu_before;
     let peak = peak_rss_mib().unwrap_or(f64::NAN);
     // What `status` and `runs` read: every count of the run.
     let counted = Instant::now();
     let total = queue.counts(run_id)?.total;
     let counts_secs = counted.elapsed().as_secs_f64();
     anyhow::ensure!(total == n as u64, "ingested {total} of {n} rows");
-    let children_before = cpu_secs(libc::RUSAGE_CHILDREN);
+    let children_before = cpu_secs(CpuOf::Children);
     let (reference, cpu_reference) = match sqlite3_import(dir, &csv, n) {
         Some(r) => {
-            let rc = cpu_secs(libc::RUSAGE_CHILDREN) - children_before;
+            let rc = cpu_secs(CpuOf::Children) - children_before;
             (
                 format!("{r:.2} | {:.1}×", secs / r),
                 format!("{cpu:.2} | {rc:.2} | {:.1}×", cpu / rc),

@@ -11,8 +11,11 @@ pub mod preflight;
 mod profiles;
 pub mod report;
 mod resend;
+mod restore;
 mod resume;
+mod retire;
 mod retry;
+mod rollback;
 mod run;
 mod runs;
 mod scripts;
@@ -35,6 +38,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Report(args) => report::report(&cli.db, args),
         Command::Track(args) => track::track(&cli.db, args).await,
         Command::Resend(args) => resend::resend(&cli.db, args).await,
+        Command::Restore(args) => restore::restore(&cli.db, args).await,
+        Command::Rollback(args) => rollback::rollback(&cli.db, args).await,
+        Command::Retire(args) => retire::retire(&cli.db, args).await,
         Command::ExportLinks(args) => export_links::export_links(&cli.db, args),
         Command::Scripts(args) => scripts::scripts(&cli.db, args),
         Command::Profiles => profiles::profiles(),

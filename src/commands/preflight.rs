@@ -358,13 +358,18 @@ pub fn retire_findings(claims: &Value) -> Vec<Finding> {
     out
 }
 
+/// What `retire` needs, read from the signed-in token (`retire --dry-run` lists it).
+pub async fn retire_findings_of(graph: &GraphClient) -> Vec<Finding> {
+    match graph.token_claims().await {
+        Ok(claims) => retire_findings(&claims),
+        Err(e) => vec![Finding::new("sign-in", "missing", sign_in_problem(&e))],
+    }
+}
+
 /// `retire` before its first write: the same checks as `preflight --retire`; exit 4 with the
 /// checklist when a permission or the role is missing, so nothing is written.
 pub async fn require_retire_ready(graph: &GraphClient) -> anyhow::Result<Vec<Finding>> {
-    let findings = match graph.token_claims().await {
-        Ok(claims) => retire_findings(&claims),
-        Err(e) => vec![Finding::new("sign-in", "missing", sign_in_problem(&e))],
-    };
+    let findings = retire_findings_of(graph).await;
     if findings.iter().any(Finding::blocking) {
         eprint!("{}", render(&findings));
         return Err(ExitError {

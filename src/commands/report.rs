@@ -56,6 +56,11 @@ pub fn write(
         } else {
             None
         },
+        retired: if live {
+            Some(queue.retired_counts(run_id)?)
+        } else {
+            None
+        },
         plan: match run_plan {
             Some(id) => Some(report::PlanRef {
                 run_id: id,
@@ -64,6 +69,7 @@ pub fn write(
             None => None,
         },
         option_history: queue.option_history(run_id)?,
+        backout: backout_done(queue, run_id)?,
         generated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
     };
@@ -100,4 +106,55 @@ impl ItemSource for RunItems<'_> {
     ) -> std::io::Result<()> {
         self.queue.for_each_item(self.run_id, f)
     }
+}
+
+/// What `restore` and `rollback` finished for the run, at most [`report::NOT_REDEEMED_LISTED`]
+/// users of each listed.
+fn backout_done(queue: &Queue, run_id: i64) -> anyhow::Result<report::BackoutDone> {
+    use crate::queue::backout::{BackoutKind, BackoutState};
+    let list = |kind: BackoutKind| -> anyhow::Result<(Vec<report::BackoutUser>, u64)> {
+        let done = queue.backout_entries(run_id, kind, Some(BackoutState::Done))?;
+        let total = done.len() as u64;
+        let users = done
+            .into_iter()
+            .take(report::NOT_REDEEMED_LISTED)
+            .map(|e| {
+                let mut what = Vec::new();
+                if e.needs_user_type {
+                    what.push(format!(
+                        "userType back to {}",
+                        e.user_type_to.as_deref().unwrap_or("Member")
+                    ));
+                }
+                if e.needs_mail {
+                    what.push(format!(
+                        "mail back to {}",
+                        e.mail_to.as_deref().unwrap_or("(none)")
+                    ));
+                }
+                if kind == BackoutKind::Rollback {
+                    what.push(format!(
+                        "internal member again since {}",
+                        e.converted_back_at
+                            .as_deref()
+                            .or(e.finished_at.as_deref())
+                            .unwrap_or("(unknown)")
+                    ));
+                }
+                report::BackoutUser {
+                    user: e.user_principal_name.or(e.user_id).unwrap_or_default(),
+                    what: what.join(", "),
+                }
+            })
+            .collect();
+        Ok((users, total))
+    };
+    let (restored, restored_total) = list(BackoutKind::Restore)?;
+    let (rolled_back, rolled_back_total) = list(BackoutKind::Rollback)?;
+    Ok(report::BackoutDone {
+        restored,
+        restored_total,
+        rolled_back,
+        rolled_back_total,
+    })
 }

@@ -8,6 +8,7 @@ use super::common;
 use crate::cli::StatusArgs;
 use crate::exit::ExitStatus;
 use crate::item::{ItemState, Reason};
+use crate::queue::backout::BackoutKind;
 use crate::queue::Queue;
 
 pub fn status(db: &Path, args: StatusArgs) -> anyhow::Result<ExitStatus> {
@@ -44,6 +45,7 @@ pub fn status_json(queue: &Queue, run_id: i64) -> anyhow::Result<serde_json::Val
         (c.graph_requests as f64 / per as f64 * 1000.0).round() / 1000.0
     };
     let redemption = queue.redemption_counts(run_id)?;
+    let retired = queue.retired_counts(run_id)?;
     Ok(json!({
         "runId": run.id,
         "mode": run.mode.as_str(),
@@ -70,6 +72,17 @@ pub fn status_json(queue: &Queue, run_id: i64) -> anyhow::Result<serde_json::Val
             "defaultDomain": t.default_domain,
         })),
         "plan": run.plan_run_id,
+        "restored": queue.backout_counts(run_id, BackoutKind::Restore)?.done,
+        "rolledBack": queue.backout_counts(run_id, BackoutKind::Rollback)?.done,
+        "retired": {
+            "passwords": retired.passwords,
+            "sessions": retired.sessions,
+            "awaitingRedemption": retired.awaiting_redemption,
+            "onPremises": {
+                "retired": retired.on_premises.retired,
+                "notYet": retired.on_premises.not_yet,
+            },
+        },
     }))
 }
 

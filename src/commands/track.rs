@@ -17,7 +17,7 @@ use crate::graph::Credentials;
 use crate::item::RunMode;
 use crate::model::User;
 use crate::queue::track::{TrackResult, TrackTarget, ACCEPTED};
-use crate::queue::Queue;
+use crate::queue::{CredentialFacts, Queue};
 
 /// Items read from the queue at a time: ten full `$batch` requests.
 const CHUNK: usize = 3_000;
@@ -87,6 +87,19 @@ pub async fn track(db: &Path, args: TrackArgs) -> anyhow::Result<ExitStatus> {
             }
         }
         queue.record_track_results(track_id, &results)?;
+        // Synced users' on-premises retirement shows as a password change after redemption.
+        let facts: Vec<CredentialFacts> = targets
+            .iter()
+            .filter_map(|t| {
+                let u = by_id.get(&t.user_id.to_ascii_lowercase())?;
+                Some(CredentialFacts {
+                    item_id: t.item_id,
+                    synced: u.on_premises_sync_enabled == Some(true),
+                    password_changed_at: u.last_password_change_date_time.clone(),
+                })
+            })
+            .collect();
+        queue.record_credentials(&facts)?;
     }
     let counts = queue.finish_track(track_id)?;
     if args.json {

@@ -470,7 +470,10 @@ impl State {
         let tenant = self.tenant.tenant_id.clone();
         if cost.invitation && cfg.throttle_every_nth_invitation > 0 {
             self.invitation_requests += 1;
-            if self.invitation_requests % cfg.throttle_every_nth_invitation == 0 {
+            if self
+                .invitation_requests
+                .is_multiple_of(cfg.throttle_every_nth_invitation)
+            {
                 return Err(Throttled {
                     wait: Duration::from_secs(1),
                     information: "InvitationLimitExceeded",

@@ -570,6 +570,12 @@ impl TokenProvider {
         }
     }
 
+    /// Waits until no renewal is running: a background renewal holds `renewing` until it has
+    /// stored its token (or given up), so taking the lock once is the end of it.
+    pub(crate) async fn renewal_settled_for_test(&self) {
+        drop(self.renewing.lock().await);
+    }
+
     pub(crate) fn cached_for_test(&self) -> Option<String> {
         self.cache
             .lock()

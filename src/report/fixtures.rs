@@ -165,8 +165,10 @@ pub fn dry_run() -> ReportData {
         pace: Vec::new(),
         follow_ups: Default::default(),
         redemption: None,
+        retired: None,
         plan: None,
         option_history: Vec::new(),
+        backout: Default::default(),
         generated_at: "2025-03-01T11:30:00Z".into(),
         tool_version: "0.1.0".into(),
     }
@@ -232,8 +234,10 @@ pub fn live_run() -> ReportData {
         ],
         follow_ups: Default::default(),
         redemption: Some(Default::default()),
+        retired: None,
         plan: None,
         option_history: Vec::new(),
+        backout: Default::default(),
         generated_at: "2025-03-01T10:02:00Z".into(),
         tool_version: "0.1.0".into(),
     }

@@ -1,19 +1,44 @@
 //! HTML report: one self-contained file for a change board, printable on A4 and no wider than
 //! the window, readable without JavaScript. It opens with the board's summary and lists only
-//! the users who need action, grouped by reason with the fix stated once per group. Inline style and a small inline script (table sorting) only; no external asset,
-//! font or URL. Every value from the tenant, the input or Graph goes through [`esc`].
+//! the users who need action, grouped by reason with the fix stated once per group. Inline
+//! style and a small inline script (table sorting) only; no external asset, font or URL.
+//!
+//! The markup is written with `maud`, which escapes every interpolated value unless it is
+//! wrapped in `PreEscaped` (only the constant style sheet and script are): a value from the
+//! tenant, the input or Graph cannot reach the page as markup, whether or not its line
+//! remembered to escape it. Text values go through [`Text`], which also writes `'` as `&#39;`.
+//! The sections are [`Section`]s: what each says is computed in `report/mod.rs`, shared with
+//! the Markdown report; this file only lays them out.
 
-use std::fmt::Write as _;
+use maud::{html, Markup, PreEscaped, Render, DOCTYPE};
 
 use super::{
     item_detail, item_fix, item_reason, mode_label, not_redeemed_state, state_label,
-    things_to_consider, thousands, Summary, HISTORY_ROWS, ONE_WAY, THINGS_TO_CONSIDER_INTRO,
+    things_to_consider, thousands, Section, Summary, ESTIMATE_FORMULA, HISTORY_ROWS,
+    NOTHING_TO_FIX, NO_ATTENTION, ONE_WAY, THINGS_TO_CONSIDER_INTRO,
 };
 use crate::item::{ItemRecord, ItemState, RunMode};
 
-/// Escapes text for HTML content and quoted attribute values.
-pub(crate) fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
+/// The HTML report's sections, in reading order: the board's summary and who needs action
+/// first, the reference tables after.
+const ORDER: [Section; 13] = [
+    Section::BoardSummary,
+    Section::Pace,
+    Section::Attention,
+    Section::Redemption,
+    Section::StateCounts,
+    Section::ReasonCounts,
+    Section::Estimate,
+    Section::Throughput,
+    Section::FollowUps,
+    Section::Run,
+    Section::Options,
+    Section::Plan,
+    Section::ThingsToConsider,
+];
+
+/// Writes `s` escaped for HTML content and quoted attribute values.
+fn push_escaped(out: &mut String, s: &str) {
     for c in s.chars() {
         match c {
             '&' => out.push_str("&amp;"),
@@ -24,12 +49,37 @@ pub(crate) fn esc(s: &str) -> String {
             c => out.push(c),
         }
     }
+}
+
+/// Escapes text for HTML content and quoted attribute values, as [`Text`] renders it.
+#[cfg(test)]
+pub(crate) fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    push_escaped(&mut out, s);
     out
 }
 
-fn opt(s: &Option<String>) -> String {
-    s.as_deref().map(esc).unwrap_or_default()
+/// A text value in the page. maud already escapes `& < > "` of any value spliced in; this
+/// also writes `'` as `&#39;`, so text reads the same whichever attribute quote surrounds it.
+struct Text<'a>(&'a str);
+
+impl Render for Text<'_> {
+    fn render_to(&self, buffer: &mut String) {
+        push_escaped(buffer, self.0);
+    }
 }
+
+fn t(s: &str) -> Text<'_> {
+    Text(s)
+}
+
+/// An optional value, empty when absent.
+fn opt(s: &Option<String>) -> Text<'_> {
+    Text(s.as_deref().unwrap_or_default())
+}
+
+/// A line break between blocks and rows, so the page's source reads line by line.
+const NL: PreEscaped<&str> = PreEscaped("\n");
 
 const STYLE: &str = "
 *{box-sizing:border-box}
@@ -94,12 +144,18 @@ th.addEventListener('keydown',function(e){if(e.key==='Enter'){sort();}});
 })();
 ";
 
-fn kv_table(out: &mut String, rows: &[(&str, String)]) {
-    out.push_str("<table class=\"kv\"><tbody>\n");
-    for (k, v) in rows {
-        let _ = writeln!(out, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(v));
+fn kv_table(rows: &[(&str, String)]) -> Markup {
+    html! {
+        table.kv {
+            tbody {
+                (NL)
+                @for (k, v) in rows {
+                    tr { th { (t(k)) } td { (t(v)) } } (NL)
+                }
+            }
+        }
+        (NL)
     }
-    out.push_str("</tbody></table>\n");
 }
 
 /// Most minutes the pace chart draws; longer runs are drawn in bins of several minutes.
@@ -107,10 +163,10 @@ const PACE_BARS: usize = 120;
 
 /// Conversions (green bars) and 429s (red bars) per minute, as an inline SVG with its numbers
 /// in the title and labels, so it reads without colour too.
-fn pace_chart(s: &Summary) -> String {
+fn pace_chart(s: &Summary) -> Markup {
     let pace = &s.data.pace;
     if pace.is_empty() {
-        return String::from("<p>No conversion or 429 was recorded yet.</p>\n");
+        return html! { p { "No conversion or 429 was recorded yet." } (NL) };
     }
     let bin = pace.len().div_ceil(PACE_BARS).max(1);
     let bins: Vec<(u64, u64)> = pace
@@ -139,77 +195,70 @@ fn pace_chart(s: &Summary) -> String {
     } else {
         format!("{bin} minutes")
     };
-    let mut out = String::new();
     let total_c: u64 = pace.iter().map(|m| m.converted).sum();
     let total_t: u64 = pace.iter().map(|m| m.throttled).sum();
-    let _ = writeln!(
-        out,
-        "<svg role=\"img\" aria-labelledby=\"pace-title\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\">\n\
-         <title id=\"pace-title\">Conversions and 429 responses per {unit}: {total_c} conversions, {total_t} 429s over {} minutes with activity</title>",
-        pace.len()
-    );
     let plot_h = (H - BOTTOM - 10) as f64;
     let y0 = (H - BOTTOM) as f64;
-    let _ = writeln!(
-        out,
-        "<line x1=\"{LEFT}\" y1=\"{y0}\" x2=\"{W}\" y2=\"{y0}\" stroke=\"#888\"></line>\
-         <text x=\"{lx}\" y=\"14\" text-anchor=\"end\">{max}</text><text x=\"{lx}\" y=\"{y0}\" text-anchor=\"end\">0</text>",
-        lx = LEFT - 6
-    );
-    for (n, (c, t)) in bins.iter().enumerate() {
-        let x = LEFT as f64 + slot * n as f64;
-        let hc = plot_h * *c as f64 / max as f64;
-        let ht = plot_h * *t as f64 / max as f64;
-        let _ = write!(
-            out,
-            "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{hc:.1}\" fill=\"#4c9a4c\"></rect>",
-            y0 - hc,
-            (slot * 0.8).max(0.5)
-        );
-        if *t > 0 {
-            let _ = write!(
-                out,
-                "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{ht:.1}\" fill=\"#b00020\"></rect>",
-                x + slot * 0.25,
-                y0 - ht,
-                (slot * 0.35).max(0.5)
-            );
-        }
-    }
+    let lx = LEFT - 6;
     let first = &pace[0].minute;
     let last = &pace[pace.len() - 1].minute;
-    let _ = write!(out, "\n<text x=\"{LEFT}\" y=\"{H}\">{}</text>", esc(first));
-    if pace.len() > 1 {
-        let _ = write!(
-            out,
-            "<text x=\"{:.1}\" y=\"{H}\" text-anchor=\"end\">{}</text>",
-            LEFT as f64 + slot * bins.len() as f64,
-            esc(last)
-        );
+    html! {
+        svg role="img" aria-labelledby="pace-title" width=(W) height=(H) viewBox=(format!("0 0 {W} {H}")) {
+            (NL)
+            title id="pace-title" {
+                "Conversions and 429 responses per " (unit) ": " (total_c) " conversions, "
+                (total_t) " 429s over " (pace.len()) " minutes with activity"
+            }
+            (NL)
+            line x1=(LEFT) y1=(y0) x2=(W) y2=(y0) stroke="#888" {}
+            text x=(lx) y="14" text-anchor="end" { (max) }
+            text x=(lx) y=(y0) text-anchor="end" { "0" }
+            (NL)
+            @for (n, (c, th)) in bins.iter().enumerate() {
+                @let x = LEFT as f64 + slot * n as f64;
+                @let hc = plot_h * *c as f64 / max as f64;
+                @let ht = plot_h * *th as f64 / max as f64;
+                rect x=(format!("{x:.1}")) y=(format!("{:.1}", y0 - hc))
+                    width=(format!("{:.1}", (slot * 0.8).max(0.5))) height=(format!("{hc:.1}"))
+                    fill="#4c9a4c" {}
+                @if *th > 0 {
+                    rect x=(format!("{:.1}", x + slot * 0.25)) y=(format!("{:.1}", y0 - ht))
+                        width=(format!("{:.1}", (slot * 0.35).max(0.5))) height=(format!("{ht:.1}"))
+                        fill="#b00020" {}
+                }
+            }
+            (NL)
+            text x=(LEFT) y=(H) { (t(first)) }
+            @if pace.len() > 1 {
+                text x=(format!("{:.1}", LEFT as f64 + slot * bins.len() as f64)) y=(H) text-anchor="end" {
+                    (t(last))
+                }
+            }
+            (NL)
+        }
+        (NL)
+        p.note {
+            span.bar style="width:1em" {} "conversions per " (unit) " "
+            span class="bar bad" style="width:1em;margin-left:1em" {}
+            "429 (throttled) responses per " (unit) ". In all: " (thousands(total_c))
+            " conversions and " (thousands(total_t)) " 429s over " (thousands(pace.len() as u64))
+            " minutes with activity; minutes without activity (pauses between an interruption and its resume) are left out."
+        }
+        (NL)
     }
-    out.push_str("\n</svg>\n");
-    let _ = writeln!(
-        out,
-        "<p class=\"note\"><span class=\"bar\" style=\"width:1em\"></span>conversions per {unit} \
-         <span class=\"bar bad\" style=\"width:1em;margin-left:1em\"></span>429 (throttled) responses per {unit}. \
-         In all: {} conversions and {} 429s over {} minutes with activity; minutes without activity \
-         (pauses between an interruption and its resume) are left out.</p>",
-        thousands(total_c),
-        thousands(total_t),
-        thousands(pace.len() as u64)
-    );
-    out
 }
 
-fn user_cell(i: &ItemRecord) -> String {
+fn user_cell(i: &ItemRecord) -> Markup {
     let main = match (&i.user_principal_name, &i.key) {
-        (Some(upn), _) => esc(upn),
-        (None, Some(k)) => esc(k.value()),
-        (None, None) => "(no user key)".to_string(),
+        (Some(upn), _) => upn.as_str(),
+        (None, Some(k)) => k.value(),
+        (None, None) => "(no user key)",
     };
-    match &i.display_name {
-        Some(name) => format!("{main}<small>{}</small>", esc(name)),
-        None => main,
+    html! {
+        (t(main))
+        @if let Some(name) = &i.display_name {
+            small { (t(name)) }
+        }
     }
 }
 
@@ -219,183 +268,188 @@ fn group_key(i: &ItemRecord) -> (u8, String) {
     (u8::from(i.state == ItemState::Failed), item_reason(i))
 }
 
-fn summary_section(out: &mut String, s: &Summary) {
-    let run = &s.data.run;
-    out.push_str("<section class=\"summary\" aria-labelledby=\"summary\">\n<h2 id=\"summary\">Summary for the change board</h2>\n");
-    let _ = writeln!(out, "<p class=\"verdict\">{}</p>", esc(&s.verdict()));
-    out.push_str("<ul class=\"figures\">\n");
-    for (n, label, tone) in s.headline() {
-        let _ = writeln!(
-            out,
-            "<li class=\"{}\"><b>{}</b>{}</li>",
-            tone.class(),
-            thousands(n),
-            esc(label)
-        );
-    }
-    out.push_str("</ul>\n");
-    let fixes = s.fixes();
-    if fixes.is_empty() {
-        out.push_str("<p class=\"ok\">Nothing needs fixing before the live run.</p>\n");
-    } else {
-        out.push_str(
-            "<h3>What needs fixing first</h3>\n<table class=\"fixes\"><colgroup><col style=\"width:34%\"><col style=\"width:6em\"><col></colgroup>\
-             <thead><tr><th>Reason</th><th class=\"n\">Users</th><th>Fix</th></tr></thead><tbody>\n",
-        );
-        for (reason, n, fix) in &fixes {
-            let _ = writeln!(
-                out,
-                "<tr><td>{}</td><td class=\"n\">{}</td><td>{}</td></tr>",
-                esc(reason),
-                thousands(*n),
-                esc(fix)
-            );
+/// The "Back-out" paragraph and, for a live run, the users restored and rolled back (issue 20).
+fn backout_block(data: &super::ReportData) -> Markup {
+    let b = &data.backout;
+    html! {
+        p { strong { "Back-out." } " " (t(&data.backout_sentence())) } (NL)
+        @for (title, users) in [("Restored", &b.restored), ("Rolled back", &b.rolled_back)] {
+            @if !users.is_empty() {
+                p { (title) ":" }
+                ul {
+                    @for u in users.iter() {
+                        li { (t(&u.user)) ": " (t(&u.what)) } (NL)
+                    }
+                }
+                (NL)
+            }
         }
-        out.push_str("</tbody></table>\n");
     }
-    if let Some(e) = s.estimate {
-        let _ = writeln!(
-            out,
-            "<p><strong>Estimate.</strong> {}.</p>",
-            esc(&super::estimate_text(&e))
-        );
-    }
-    let _ = writeln!(
-        out,
-        "<p><strong>Follow-up steps.</strong> {}</p>",
-        esc(&super::follow_up_text(&s.follow_up_sentences()))
-    );
-    if let Some(text) = s.redemption_sentence() {
-        let _ = writeln!(out, "<p><strong>Redemption.</strong> {}</p>", esc(&text));
-    }
-    let _ = writeln!(
-        out,
-        "<p class=\"oneway\"><strong>One-way.</strong> {}</p>",
-        esc(ONE_WAY)
-    );
-    let _ = writeln!(
-        out,
-        "<p class=\"note\">Run {} · {} · tenant {} · source {}.</p>\n</section>",
-        run.id,
-        esc(mode_label(run.mode)),
-        esc(run.tenant_id.as_deref().unwrap_or("unknown")),
-        esc(&run.source.to_string())
-    );
 }
 
-fn attention_section(out: &mut String, s: &Summary) {
-    let mode = s.data.run.mode;
-    let _ = writeln!(
-        out,
-        "<h2 id=\"attention\">Users who need action ({})</h2>",
-        thousands(s.attention.len() as u64)
-    );
-    if s.attention.is_empty() {
-        out.push_str("<p>None. The CSV and JSON reports list every user of the run.</p>\n");
-        return;
+fn summary_section(s: &Summary) -> Markup {
+    let run = &s.data.run;
+    let fixes = s.fixes();
+    html! {
+        section.summary aria-labelledby="summary" {
+            (NL)
+            h2 id="summary" { (Section::BoardSummary.title()) } (NL)
+            p.verdict { (t(&s.verdict())) } (NL)
+            ul.figures {
+                (NL)
+                @for (n, label, tone) in s.headline() {
+                    li class=(tone.class()) { b { (thousands(n)) } (t(label)) } (NL)
+                }
+            }
+            (NL)
+            @if fixes.is_empty() {
+                p.ok { (t(NOTHING_TO_FIX)) } (NL)
+            } @else {
+                h3 { "What needs fixing first" } (NL)
+                table.fixes {
+                    colgroup { col style="width:34%"; col style="width:6em"; col; }
+                    thead { tr { th { "Reason" } th.n { "Users" } th { "Fix" } } }
+                    tbody {
+                        (NL)
+                        @for (reason, n, fix) in &fixes {
+                            tr { td { (t(reason)) } td.n { (thousands(*n)) } td { (t(fix)) } } (NL)
+                        }
+                    }
+                }
+                (NL)
+            }
+            @if let Some(e) = s.estimate {
+                p { strong { "Estimate." } " " (t(&super::estimate_text(&e))) "." } (NL)
+            }
+            p { strong { "Follow-up steps." } " " (t(&super::follow_up_text(&s.follow_up_sentences()))) } (NL)
+            @if let Some(text) = s.redemption_sentence() {
+                p { strong { "Redemption." } " " (t(&text)) } (NL)
+            }
+            @if let Some(text) = s.credentials_sentence() {
+                p { strong { "Internal credentials." } " " (t(&text)) } (NL)
+            }
+            p.oneway { strong { "One-way." } " " (t(ONE_WAY)) } (NL)
+            (backout_block(s.data))
+            p.note {
+                "Run " (run.id) " · " (t(mode_label(run.mode))) " · tenant "
+                (t(run.tenant_id.as_deref().unwrap_or("unknown"))) " · source "
+                (t(&run.source.to_string())) "."
+            }
+            (NL)
+        }
+        (NL)
     }
-    out.push_str(
-        "<p class=\"note\">Only users who need action are listed, grouped by reason; the CSV and JSON reports list every user of the run.</p>\n",
-    );
+}
+
+fn attention_section(s: &Summary) -> Markup {
+    let mode = s.data.run.mode;
     let mut sorted = s.attention.clone();
     sorted.sort_by(|a, b| group_key(a).cmp(&group_key(b)).then(a.id.cmp(&b.id)));
-    let mut current: Option<(u8, String)> = None;
+    // Consecutive users of one group share a heading, a fix and a table.
+    let mut groups: Vec<((u8, String), Vec<&ItemRecord>)> = Vec::new();
     for i in sorted {
         let key = group_key(i);
-        if current.as_ref() != Some(&key) {
-            if current.is_some() {
-                out.push_str("</tbody></table>\n");
-            }
-            let n = s.attention.iter().filter(|o| group_key(o) == key).count();
-            let title = match (i.reason, i.state) {
-                (Some(r), _) => r.explanation().to_string(),
-                (None, _) => format!("Failed at Graph: {}", key.1),
-            };
-            let _ = writeln!(
-                out,
-                "<h3>{} — {} ({})</h3>\n<p><strong>Fix:</strong> {}</p>",
-                esc(state_label(i.state, mode)),
-                esc(&title),
-                thousands(n as u64),
-                esc(item_fix(i))
-            );
-            // Request ids exist only for users a request was sent for: failed ones.
-            out.push_str(if key.0 == 1 {
-                "<table class=\"users sortable\"><colgroup><col class=\"line\"><col class=\"user\"><col class=\"oid\"><col class=\"mail\"><col><col class=\"req\"></colgroup>\
-                 <thead><tr><th class=\"n\">Line</th><th>User</th><th>Object id</th><th>External email</th><th>Graph message</th><th>Request id</th></tr></thead><tbody>\n"
-            } else {
-                "<table class=\"users sortable\"><colgroup><col class=\"line\"><col class=\"user\"><col class=\"oid\"><col class=\"mail\"><col></colgroup>\
-                 <thead><tr><th class=\"n\">Line</th><th>User</th><th>Object id</th><th>External email</th><th>Detail</th></tr></thead><tbody>\n"
-            });
-            current = Some(key.clone());
+        match groups.last_mut() {
+            Some((k, members)) if *k == key => members.push(i),
+            _ => groups.push((key, vec![i])),
         }
-        let req = if key.0 == 1 {
-            format!("<td>{}</td>", opt(&i.request_id))
-        } else {
-            String::new()
-        };
-        let _ = writeln!(
-            out,
-            "<tr class=\"{st}\" data-item=\"{id}\" data-reason=\"{reason}\"><td class=\"n\">{line}</td><td>{user}</td><td>{oid}</td><td>{mail}</td><td>{detail}</td>{req}</tr>",
-            st = i.state.as_str(),
-            id = i.id,
-            reason = esc(&item_reason(i)),
-            line = i.line.map(|l| l.to_string()).unwrap_or_default(),
-            user = user_cell(i),
-            oid = opt(&i.user_id),
-            mail = opt(&i.external_email),
-            detail = esc(&item_detail(i)),
-        );
     }
-    out.push_str("</tbody></table>\n");
+    html! {
+        h2 id="attention" { (Section::Attention.title()) " (" (thousands(s.attention.len() as u64)) ")" } (NL)
+        @if s.attention.is_empty() {
+            p { (t(NO_ATTENTION)) } (NL)
+        } @else {
+            p.note { "Only users who need action are listed, grouped by reason; the CSV and JSON reports list every user of the run." } (NL)
+            @for ((failed, code), members) in &groups {
+                @let first = members[0];
+                @let title = match first.reason {
+                    Some(r) => r.explanation().to_string(),
+                    None => format!("Failed at Graph: {code}"),
+                };
+                @let failed = *failed == 1;
+                h3 { (t(state_label(first.state, mode))) " — " (t(&title)) " (" (thousands(members.len() as u64)) ")" } (NL)
+                p { strong { "Fix:" } " " (t(item_fix(first))) } (NL)
+                table class="users sortable" {
+                    colgroup {
+                        col.line; col.user; col.oid; col.mail; col;
+                        // Request ids exist only for users a request was sent for: failed ones.
+                        @if failed { col.req; }
+                    }
+                    thead {
+                        tr {
+                            th.n { "Line" } th { "User" } th { "Object id" } th { "External email" }
+                            @if failed { th { "Graph message" } th { "Request id" } } @else { th { "Detail" } }
+                        }
+                    }
+                    tbody {
+                        (NL)
+                        @for i in members {
+                            tr class=(i.state.as_str()) data-item=(i.id) data-reason=(t(&item_reason(i))) {
+                                td.n { @if let Some(l) = i.line { (l) } }
+                                td { (user_cell(i)) }
+                                td { (opt(&i.user_id)) }
+                                td { (opt(&i.external_email)) }
+                                td { (t(&item_detail(i))) }
+                                @if failed { td { (opt(&i.request_id)) } }
+                            }
+                            (NL)
+                        }
+                    }
+                }
+                (NL)
+            }
+        }
+    }
 }
 
-fn follow_up_section(out: &mut String, s: &Summary) {
-    if !s.has_follow_ups() {
-        return;
-    }
+fn follow_up_section(s: &Summary) -> Markup {
     let live = s.data.run.mode == RunMode::Live;
-    out.push_str("<h2 id=\"follow-ups\">Follow-up steps</h2>\n");
-    out.push_str(if live {
-        "<table class=\"steps\"><colgroup><col style=\"width:30%\"><col style=\"width:12em\"><col style=\"width:6em\"><col></colgroup>\
-         <thead><tr><th>Step</th><th class=\"n\">Users that needed it</th><th class=\"n\">Done</th><th>What it means</th></tr></thead><tbody>\n"
-    } else {
-        "<table class=\"steps\"><colgroup><col style=\"width:30%\"><col style=\"width:12em\"><col></colgroup>\
-         <thead><tr><th>Step</th><th class=\"n\">Users it will touch</th><th>What it means</th></tr></thead><tbody>\n"
-    });
-    for (step, planned, done, meaning) in s.follow_up_rows() {
-        let done = done
-            .map(|d| format!("<td class=\"n\">{}</td>", thousands(d)))
-            .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "<tr><td>{}</td><td class=\"n\">{}</td>{done}<td>{}</td></tr>",
-            esc(step),
-            thousands(planned),
-            esc(meaning)
-        );
+    html! {
+        h2 id="follow-ups" { (Section::FollowUps.title()) } (NL)
+        table.steps {
+            @if live {
+                colgroup { col style="width:30%"; col style="width:12em"; col style="width:6em"; col; }
+                thead { tr { th { "Step" } th.n { "Users that needed it" } th.n { "Done" } th { "What it means" } } }
+            } @else {
+                colgroup { col style="width:30%"; col style="width:12em"; col; }
+                thead { tr { th { "Step" } th.n { "Users it will touch" } th { "What it means" } } }
+            }
+            tbody {
+                (NL)
+                @for (step, planned, done, meaning) in s.follow_up_rows() {
+                    tr {
+                        td { (t(step)) }
+                        td.n { (thousands(planned)) }
+                        @if let Some(d) = done { td.n { (thousands(d)) } }
+                        td { (t(meaning)) }
+                    }
+                    (NL)
+                }
+            }
+        }
+        (NL)
+        @if let Some(e) = s.estimate.filter(|e| e.writes > e.users_to_convert) {
+            p {
+                (t("Each step is one more write on Graph's shared write bucket: the estimate counts "))
+                (thousands(e.writes)) " writes for " (thousands(e.users_to_convert)) " users."
+            }
+            (NL)
+        }
+        @if let Some(note) = s.billing_note() {
+            p.oneway { strong { "Billing." } " " (t(&note)) } (NL)
+        }
+        @if live {
+            p.note {
+                "Who got which step: the CSV report (" code { "mail_set_at" } ", " code { "guest_set_at" }
+                ") and the JSON report (" code { "mailSetAt" } ", " code { "guestSetAt" } ") give the time per user."
+            }
+        } @else {
+            p.note {
+                (t("Who gets which step: each user's detail in the CSV and JSON reports says \"mail will be set …\" or \"userType will be set to Guest …\"."))
+            }
+        }
+        (NL)
     }
-    out.push_str("</tbody></table>\n");
-    if let Some(e) = s.estimate.filter(|e| e.writes > e.users_to_convert) {
-        let _ = writeln!(
-            out,
-            "<p>Each step is one more write on Graph&#39;s shared write bucket: the estimate counts {} writes for {} users.</p>",
-            thousands(e.writes),
-            thousands(e.users_to_convert)
-        );
-    }
-    if let Some(note) = s.billing_note() {
-        let _ = writeln!(
-            out,
-            "<p class=\"oneway\"><strong>Billing.</strong> {}</p>",
-            esc(&note)
-        );
-    }
-    out.push_str(if live {
-        "<p class=\"note\">Who got which step: the CSV report (<code>mail_set_at</code>, <code>guest_set_at</code>) and the JSON report (<code>mailSetAt</code>, <code>guestSetAt</code>) give the time per user.</p>\n"
-    } else {
-        "<p class=\"note\">Who gets which step: each user&#39;s detail in the CSV and JSON reports says &quot;mail will be set …&quot; or &quot;userType will be set to Guest …&quot;.</p>\n"
-    });
 }
 
 /// Most days the redemption chart draws (the latest).
@@ -403,10 +457,10 @@ const REDEMPTION_BARS: usize = 90;
 
 /// Users redeemed so far, per day with redemptions, as an inline SVG; each bar's count is in
 /// the title and the table beside it, so it reads without colour too.
-fn redemption_chart(days: &[crate::queue::track::RedemptionDay]) -> String {
+fn redemption_chart(days: &[crate::queue::track::RedemptionDay]) -> Markup {
     let days = &days[days.len().saturating_sub(REDEMPTION_BARS)..];
     let Some(last) = days.last() else {
-        return "<p>No user has redeemed yet.</p>\n".to_string();
+        return html! { p { "No user has redeemed yet." } (NL) };
     };
     let max = last.cumulative.max(1);
     const W: usize = 900;
@@ -416,357 +470,348 @@ fn redemption_chart(days: &[crate::queue::track::RedemptionDay]) -> String {
     let slot = (W - LEFT) as f64 / days.len().max(20) as f64;
     let plot_h = (H - BOTTOM - 10) as f64;
     let y0 = (H - BOTTOM) as f64;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "<svg role=\"img\" aria-labelledby=\"redeem-title\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\">\n\
-         <title id=\"redeem-title\">Users redeemed so far, per day: {} by {}</title>\n\
-         <line x1=\"{LEFT}\" y1=\"{y0}\" x2=\"{W}\" y2=\"{y0}\" stroke=\"#888\"></line>\
-         <text x=\"{lx}\" y=\"14\" text-anchor=\"end\">{max}</text><text x=\"{lx}\" y=\"{y0}\" text-anchor=\"end\">0</text>",
-        last.cumulative,
-        esc(&last.day),
-        lx = LEFT - 6
-    );
-    for (n, d) in days.iter().enumerate() {
-        let h = plot_h * d.cumulative as f64 / max as f64;
-        let _ = write!(
-            out,
-            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{h:.1}\" fill=\"#4c9a4c\"><title>{}: {} redeemed, {} so far</title></rect>",
-            LEFT as f64 + slot * n as f64,
-            y0 - h,
-            (slot * 0.8).max(0.5),
-            esc(&d.day),
-            d.accepted,
-            d.cumulative
-        );
+    let lx = LEFT - 6;
+    html! {
+        svg role="img" aria-labelledby="redeem-title" width=(W) height=(H) viewBox=(format!("0 0 {W} {H}")) {
+            (NL)
+            title id="redeem-title" { "Users redeemed so far, per day: " (last.cumulative) " by " (t(&last.day)) }
+            (NL)
+            line x1=(LEFT) y1=(y0) x2=(W) y2=(y0) stroke="#888" {}
+            text x=(lx) y="14" text-anchor="end" { (max) }
+            text x=(lx) y=(y0) text-anchor="end" { "0" }
+            @for (n, d) in days.iter().enumerate() {
+                @let h = plot_h * d.cumulative as f64 / max as f64;
+                rect x=(format!("{:.1}", LEFT as f64 + slot * n as f64)) y=(format!("{:.1}", y0 - h))
+                    width=(format!("{:.1}", (slot * 0.8).max(0.5))) height=(format!("{h:.1}")) fill="#4c9a4c" {
+                    title { (t(&d.day)) ": " (d.accepted) " redeemed, " (d.cumulative) " so far" }
+                }
+            }
+            (NL)
+            text x=(LEFT) y=(H) { (t(&days[0].day)) }
+            @if days.len() > 1 {
+                text x=(format!("{:.1}", LEFT as f64 + slot * days.len() as f64)) y=(H) text-anchor="end" {
+                    (t(&last.day))
+                }
+            }
+            (NL)
+        }
+        (NL)
+        p.note {
+            span.bar style="width:1em" {}
+            "users redeemed so far, by the day Graph recorded each redemption (days without a redemption left out)."
+        }
+        (NL)
     }
-    let _ = write!(
-        out,
-        "\n<text x=\"{LEFT}\" y=\"{H}\">{}</text>",
-        esc(&days[0].day)
-    );
-    if days.len() > 1 {
-        let _ = write!(
-            out,
-            "<text x=\"{:.1}\" y=\"{H}\" text-anchor=\"end\">{}</text>",
-            LEFT as f64 + slot * days.len() as f64,
-            esc(&last.day)
-        );
-    }
-    out.push_str("\n</svg>\n<p class=\"note\"><span class=\"bar\" style=\"width:1em\"></span>users redeemed so far, by the day Graph recorded each redemption (days without a redemption left out).</p>\n");
-    out
 }
 
-fn redemption_section(out: &mut String, s: &Summary) {
+fn redemption_section(s: &Summary) -> Markup {
     let Some(r) = &s.data.redemption else {
-        return;
+        return html! {};
     };
-    out.push_str("<h2 id=\"redemption\">Redemption</h2>\n");
     let Some(rows) = s.redemption_rows() else {
-        let _ = writeln!(
-            out,
-            "<p>Not tracked yet. <code>b2b-convert track {}</code> reads every converted user&#39;s redemption state; run it again later to follow progress.</p>",
-            s.data.run.id
-        );
-        return;
-    };
-    let _ = writeln!(
-        out,
-        "<p>As of the last <code>track</code>, {}.</p>",
-        esc(r.counts.last_tracked_at.as_deref().unwrap_or(""))
-    );
-    let total: u64 = rows.iter().map(|(_, n, _)| n).sum::<u64>().max(1);
-    out.push_str(
-        "<table class=\"redemption\"><colgroup><col style=\"width:12em\"><col style=\"width:7em\"><col style=\"width:22%\"><col></colgroup>\
-         <thead><tr><th>Redemption state</th><th class=\"n\">Users</th><th>Share</th><th>Meaning</th></tr></thead><tbody>\n",
-    );
-    for (label, n, meaning) in &rows {
-        let tone = match *label {
-            "Accepted" => "",
-            "Not applied" => " bad",
-            _ => " warn",
+        return html! {
+            h2 id="redemption" { (Section::Redemption.title()) } (NL)
+            p {
+                "Not tracked yet. " code { "b2b-convert track " (s.data.run.id) }
+                (t(" reads every converted user's redemption state; run it again later to follow progress."))
+            }
+            (NL)
         };
-        let _ = writeln!(
-            out,
-            "<tr><td>{}</td><td class=\"n\">{}</td><td><span class=\"bar{tone}\" style=\"width:{w:.1}%\"></span>{p:.1}%</td><td>{}</td></tr>",
-            esc(label),
-            thousands(*n),
-            esc(meaning),
-            w = 70.0 * *n as f64 / total as f64,
-            p = 100.0 * *n as f64 / total as f64,
-        );
-    }
-    out.push_str("</tbody></table>\n<h3>Redemptions over time</h3>\n");
-    out.push_str(&redemption_chart(&r.timeline));
-    if !r.tracks.is_empty() {
-        let skip = r.tracks.len().saturating_sub(HISTORY_ROWS);
-        out.push_str(
-            "<table class=\"tracks\"><thead><tr><th>Track finished</th><th class=\"n\">Accepted</th><th class=\"n\">Pending</th><th class=\"n\">Not applied</th><th class=\"n\">Missing</th></tr></thead><tbody>\n",
-        );
-        for t in &r.tracks[skip..] {
-            let _ = writeln!(
-                out,
-                "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
-                opt(&t.finished_at),
-                thousands(t.accepted),
-                thousands(t.pending),
-                thousands(t.not_applied),
-                thousands(t.missing)
-            );
-        }
-        out.push_str("</tbody></table>\n");
-    }
-    let total = r.not_redeemed_total();
-    let _ = writeln!(
-        out,
-        "<h3 id=\"not-redeemed\">Not redeemed yet ({})</h3>",
-        thousands(total)
-    );
-    if total == 0 {
-        out.push_str("<p class=\"ok\">Every converted user has redeemed.</p>\n");
-        return;
-    }
+    };
+    let total: u64 = rows.iter().map(|(_, n, _)| n).sum::<u64>().max(1);
+    let not_redeemed = r.not_redeemed_total();
     let listed = r.not_redeemed.len() as u64;
-    if listed < total {
-        let _ = writeln!(
-            out,
-            "<p class=\"note\">The {} oldest invitations are listed; all {} are in the CSV and JSON reports (<code>external_user_state</code> empty or <code>PendingAcceptance</code>).</p>",
-            thousands(listed),
-            thousands(total)
-        );
+    let skip = r.tracks.len().saturating_sub(HISTORY_ROWS);
+    html! {
+        h2 id="redemption" { (Section::Redemption.title()) } (NL)
+        p {
+            "As of the last " code { "track" } ", "
+            (t(r.counts.last_tracked_at.as_deref().unwrap_or(""))) "."
+        }
+        (NL)
+        table.redemption {
+            colgroup { col style="width:12em"; col style="width:7em"; col style="width:22%"; col; }
+            thead { tr { th { "Redemption state" } th.n { "Users" } th { "Share" } th { "Meaning" } } }
+            tbody {
+                (NL)
+                @for (label, n, meaning) in &rows {
+                    @let tone = match *label {
+                        "Accepted" => "bar",
+                        "Not applied" => "bar bad",
+                        _ => "bar warn",
+                    };
+                    tr {
+                        td { (t(label)) }
+                        td.n { (thousands(*n)) }
+                        td {
+                            span class=(tone) style=(format!("width:{:.1}%", 70.0 * *n as f64 / total as f64)) {}
+                            (format!("{:.1}%", 100.0 * *n as f64 / total as f64))
+                        }
+                        td { (t(meaning)) }
+                    }
+                    (NL)
+                }
+            }
+        }
+        (NL)
+        h3 { "Redemptions over time" } (NL)
+        (redemption_chart(&r.timeline))
+        @if !r.tracks.is_empty() {
+            table.tracks {
+                thead { tr { th { "Track finished" } th.n { "Accepted" } th.n { "Pending" } th.n { "Not applied" } th.n { "Missing" } } }
+                tbody {
+                    (NL)
+                    @for pass in &r.tracks[skip..] {
+                        tr {
+                            td { (opt(&pass.finished_at)) }
+                            td.n { (thousands(pass.accepted)) }
+                            td.n { (thousands(pass.pending)) }
+                            td.n { (thousands(pass.not_applied)) }
+                            td.n { (thousands(pass.missing)) }
+                        }
+                        (NL)
+                    }
+                }
+            }
+            (NL)
+        }
+        h3 id="not-redeemed" { "Not redeemed yet (" (thousands(not_redeemed)) ")" } (NL)
+        @if not_redeemed == 0 {
+            p.ok { "Every converted user has redeemed." } (NL)
+        } @else {
+            @if listed < not_redeemed {
+                p.note {
+                    "The " (thousands(listed)) " oldest invitations are listed; all " (thousands(not_redeemed))
+                    " are in the CSV and JSON reports (" code { "external_user_state" } " empty or "
+                    code { "PendingAcceptance" } ")."
+                }
+                (NL)
+            }
+            table class="users sortable" {
+                colgroup { col style="width:28%"; col style="width:28%"; col style="width:14em"; col style="width:10em"; col; }
+                thead { tr { th { "User" } th { "External email" } th { "Invited" } th { "State" } th { "Last resent" } } }
+                tbody {
+                    (NL)
+                    @for n in &r.not_redeemed {
+                        tr data-not-redeemed=(n.item_id) {
+                            td { (opt(&n.user_principal_name)) }
+                            td { (opt(&n.external_email)) }
+                            td { (opt(&n.invited_at)) }
+                            td { (t(&not_redeemed_state(n))) }
+                            td { (t(n.last_resent_at.as_deref().unwrap_or("never"))) }
+                        }
+                        (NL)
+                    }
+                }
+            }
+            (NL)
+        }
     }
-    out.push_str(
-        "<table class=\"users sortable\"><colgroup><col style=\"width:28%\"><col style=\"width:28%\"><col style=\"width:14em\"><col style=\"width:10em\"><col></colgroup>\
-         <thead><tr><th>User</th><th>External email</th><th>Invited</th><th>State</th><th>Last resent</th></tr></thead><tbody>\n",
-    );
-    for n in &r.not_redeemed {
-        let _ = writeln!(
-            out,
-            "<tr data-not-redeemed=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            n.item_id,
-            opt(&n.user_principal_name),
-            opt(&n.external_email),
-            opt(&n.invited_at),
-            esc(&not_redeemed_state(n)),
-            n.last_resent_at
-                .as_deref()
-                .map(esc)
-                .unwrap_or_else(|| "never".into()),
-        );
+}
+
+fn state_counts_section(s: &Summary) -> Markup {
+    let d = s.data;
+    let total = d.counts.total.max(1);
+    html! {
+        h2 { (Section::StateCounts.title()) } (NL)
+        table.states {
+            colgroup { col style="width:40%"; col style="width:8em"; col; }
+            thead { tr { th { "State" } th.n { "Users" } th { "Share" } } }
+            tbody {
+                (NL)
+                @for (state, n) in s.state_counts() {
+                    @let tone = match state {
+                        ItemState::Blocked => "bar warn",
+                        ItemState::Failed => "bar bad",
+                        _ => "bar",
+                    };
+                    tr {
+                        td { (t(state_label(state, d.run.mode))) " " small { "(" (state.as_str()) ")" } }
+                        td.n { (n) }
+                        td {
+                            span class=(tone) style=(format!("width:{:.1}%", 80.0 * n as f64 / total as f64)) {}
+                            (format!("{:.1}%", 100.0 * n as f64 / total as f64))
+                        }
+                    }
+                    (NL)
+                }
+            }
+            tfoot { tr { th { "total" } th.n { (d.counts.total) } th {} } }
+        }
+        (NL)
     }
-    out.push_str("</tbody></table>\n");
+}
+
+fn reason_counts_section(s: &Summary) -> Markup {
+    let mode = s.data.run.mode;
+    html! {
+        h2 { (Section::ReasonCounts.title()) } (NL)
+        @if s.reasons.is_empty() {
+            p { "No user was blocked or skipped." } (NL)
+        } @else {
+            table.reasons {
+                colgroup { col style="width:12em"; col style="width:9em"; col style="width:5em"; col; col; }
+                thead { tr { th { "Reason" } th { "State" } th.n { "Users" } th { "Meaning" } th { "Fix" } } }
+                tbody {
+                    (NL)
+                    @for r in &s.reasons {
+                        tr {
+                            td { (t(&r.code)) }
+                            td { (t(r.state.map(|st| state_label(st, mode)).unwrap_or(""))) }
+                            td.n { (r.count) }
+                            td { (t(r.explanation.unwrap_or("Unknown reason code."))) }
+                            td { (t(r.fix_hint.unwrap_or(""))) }
+                        }
+                        (NL)
+                    }
+                }
+            }
+            (NL)
+        }
+    }
+}
+
+fn things_to_consider_section(s: &Summary) -> Markup {
+    let run = &s.data.run;
+    html! {
+        h2 { (Section::ThingsToConsider.title()) } (NL)
+        p { (t(THINGS_TO_CONSIDER_INTRO)) } (NL)
+        ul {
+            (NL)
+            @for (topic, text) in things_to_consider(run.tenant_id.as_deref(), run.options.set_guest) {
+                li { strong { (t(topic)) "." } " " (t(&text)) } (NL)
+            }
+        }
+        (NL)
+    }
+}
+
+/// One section, or nothing when it has nothing to say for this run.
+fn section(s: &Summary, section: Section) -> Markup {
+    let heading = |rows: &[(&str, String)]| {
+        html! { h2 { (section.title()) } (NL) (kv_table(rows)) }
+    };
+    match section {
+        Section::BoardSummary => summary_section(s),
+        Section::Pace if s.data.run.mode == RunMode::Live => {
+            html! { h2 { (section.title()) } (NL) (pace_chart(s)) }
+        }
+        Section::Pace => html! {},
+        Section::Attention => attention_section(s),
+        Section::Redemption => redemption_section(s),
+        Section::StateCounts => state_counts_section(s),
+        Section::ReasonCounts => reason_counts_section(s),
+        Section::Estimate => match s.estimate_rows() {
+            Some(rows) => html! {
+                (heading(&rows))
+                p.note { (t(ESTIMATE_FORMULA)) } (NL)
+            },
+            None => html! {},
+        },
+        Section::Throughput => match s.throughput_rows() {
+            Some(rows) => heading(&rows),
+            None => html! {},
+        },
+        Section::FollowUps if s.has_follow_ups() => follow_up_section(s),
+        Section::FollowUps => html! {},
+        Section::Run => heading(&s.run_rows()),
+        Section::Options => heading(&s.option_rows()),
+        Section::Plan => plan_section(s.data),
+        Section::ThingsToConsider => things_to_consider_section(s),
+    }
 }
 
 pub(super) fn render(s: &Summary) -> String {
     let d = s.data;
     let run = &d.run;
-    let mut out = String::with_capacity(16 * 1024 + s.attention.len() * 400);
     let title = format!(
         "Conversion to B2B collaboration: run {} ({})",
         run.id,
         mode_label(run.mode)
     );
-    let _ = write!(
-        out,
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
-         <title>{t}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<h1>{t}</h1>\n",
-        t = esc(&title)
-    );
-    let _ = writeln!(
-        out,
-        "<p class=\"sub\">Converting internal accounts of tenant {} to B2B collaboration · report generated {} · b2b-convert {}</p>",
-        esc(run.tenant_id.as_deref().unwrap_or("unknown")),
-        esc(&d.generated_at),
-        esc(&d.tool_version)
-    );
-    summary_section(&mut out, s);
-
-    if run.mode == RunMode::Live {
-        out.push_str("<h2>Pace</h2>\n");
-        out.push_str(&pace_chart(s));
-    }
-
-    attention_section(&mut out, s);
-    redemption_section(&mut out, s);
-
-    out.push_str("<h2>Counts by state</h2>\n");
-    let total = d.counts.total.max(1);
-    out.push_str(
-        "<table class=\"states\"><colgroup><col style=\"width:40%\"><col style=\"width:8em\"><col></colgroup><thead><tr><th>State</th><th class=\"n\">Users</th><th>Share</th></tr></thead><tbody>\n",
-    );
-    for (state, n) in s.state_counts() {
-        let tone = match state {
-            ItemState::Blocked => " warn",
-            ItemState::Failed => " bad",
-            _ => "",
-        };
-        let _ = writeln!(
-            out,
-            "<tr><td>{label} <small>({code})</small></td><td class=\"n\">{n}</td><td><span class=\"bar{tone}\" style=\"width:{w:.1}%\"></span>{p:.1}%</td></tr>",
-            label = esc(state_label(state, run.mode)),
-            code = state.as_str(),
-            w = 80.0 * n as f64 / total as f64,
-            p = 100.0 * n as f64 / total as f64,
-        );
-    }
-    let _ = writeln!(
-        out,
-        "</tbody><tfoot><tr><th>total</th><th class=\"n\">{}</th><th></th></tr></tfoot></table>",
-        d.counts.total
-    );
-
-    out.push_str("<h2>Counts by reason</h2>\n");
-    if s.reasons.is_empty() {
-        out.push_str("<p>No user was blocked or skipped.</p>\n");
-    } else {
-        out.push_str(
-            "<table class=\"reasons\"><colgroup><col style=\"width:12em\"><col style=\"width:9em\"><col style=\"width:5em\"><col><col></colgroup>\
-             <thead><tr><th>Reason</th><th>State</th><th class=\"n\">Users</th><th>Meaning</th><th>Fix</th></tr></thead><tbody>\n",
-        );
-        for r in &s.reasons {
-            let _ = writeln!(
-                out,
-                "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td><td>{}</td><td>{}</td></tr>",
-                esc(&r.code),
-                r.state.map(|st| state_label(st, run.mode)).unwrap_or(""),
-                r.count,
-                esc(r.explanation.unwrap_or("Unknown reason code.")),
-                esc(r.fix_hint.unwrap_or("")),
-            );
+    let page = html! {
+        (DOCTYPE) (NL)
+        html lang="en" {
+            (NL)
+            head {
+                (NL)
+                meta charset="utf-8"; (NL)
+                meta name="viewport" content="width=device-width, initial-scale=1"; (NL)
+                title { (t(&title)) } (NL)
+                style { (PreEscaped(STYLE)) } (NL)
+            }
+            (NL)
+            body {
+                (NL)
+                h1 { (t(&title)) } (NL)
+                p.sub {
+                    "Converting internal accounts of tenant " (t(run.tenant_id.as_deref().unwrap_or("unknown")))
+                    " to B2B collaboration · report generated " (t(&d.generated_at))
+                    " · b2b-convert " (t(&d.tool_version))
+                }
+                (NL)
+                @for part in ORDER {
+                    (section(s, part))
+                }
+                p.note { "Generated " (t(&d.generated_at)) " by b2b-convert " (t(&d.tool_version)) "." } (NL)
+                script { (PreEscaped(SCRIPT)) } (NL)
+            }
+            (NL)
         }
-        out.push_str("</tbody></table>\n");
-    }
-
-    if let Some(rows) = s.estimate_rows() {
-        out.push_str("<h2>Estimated duration of the live run</h2>\n");
-        kv_table(&mut out, &rows);
-        out.push_str(
-            "<p class=\"note\">Formula: writes (one invitation per user, plus one per mail or userType PATCH) ÷ configured rate, \
-             against Graph&#39;s ceiling max(0, (writes − 3,000) ÷ 20, (users − 150) ÷ 30) seconds; the slower bounds the run.</p>\n",
-        );
-    }
-    if let Some(rows) = s.throughput_rows() {
-        out.push_str("<h2>Throughput</h2>\n");
-        kv_table(&mut out, &rows);
-    }
-    follow_up_section(&mut out, s);
-    out.push_str("<h2>Run</h2>\n");
-    kv_table(&mut out, &s.run_rows());
-    out.push_str("<h2>Options</h2>\n");
-    kv_table(&mut out, &s.option_rows());
-    plan_section(&mut out, s.data);
-
-    out.push_str("<h2>Things to consider</h2>\n");
-    let _ = writeln!(out, "<p>{}</p>\n<ul>", esc(THINGS_TO_CONSIDER_INTRO));
-    for (topic, text) in things_to_consider(run.tenant_id.as_deref(), run.options.set_guest) {
-        let _ = writeln!(
-            out,
-            "<li><strong>{}.</strong> {}</li>",
-            esc(topic),
-            esc(&text)
-        );
-    }
-    out.push_str("</ul>\n");
-    let _ = write!(
-        out,
-        "<p class=\"note\">Generated {} by b2b-convert {}.</p>\n<script>{SCRIPT}</script>\n</body>\n</html>\n",
-        esc(&d.generated_at),
-        esc(&d.tool_version)
-    );
-    out
+        (NL)
+    };
+    page.into_string()
 }
 
 /// `apply` runs: the plan and who drifted; runs whose send options changed: the history.
-fn plan_section(out: &mut String, data: &crate::report::ReportData) {
-    if let Some(sentence) = data.plan_sentence() {
-        out.push_str("<h2 id=\"plan\">Plan</h2>\n");
-        let _ = writeln!(out, "<p>{}</p>", esc(&sentence));
-        let drifted = data.drifted();
-        if !drifted.is_empty() {
-            out.push_str("<table>\n<tr><th>User</th><th>What changed since the plan</th></tr>\n");
-            for i in drifted {
-                let _ = writeln!(
-                    out,
-                    "<tr><td>{}</td><td>{}</td></tr>",
-                    esc(i
-                        .user_principal_name
-                        .as_deref()
-                        .or(i.user_id.as_deref())
-                        .unwrap_or("")),
-                    esc(i.detail.as_deref().unwrap_or(""))
-                );
-            }
-            out.push_str("</table>\n");
-        }
-    }
+fn plan_section(data: &crate::report::ReportData) -> Markup {
     let history = data.option_history_lines();
-    if !history.is_empty() {
-        out.push_str("<h2 id=\"option-history\">Option history</h2>\n<ul>\n");
-        for line in history {
-            let _ = writeln!(out, "<li>{}</li>", esc(&line));
+    html! {
+        @if let Some(sentence) = data.plan_sentence() {
+            h2 id="plan" { (Section::Plan.title()) } (NL)
+            p { (t(&sentence)) } (NL)
+            @let drifted = data.drifted();
+            @if !drifted.is_empty() {
+                table {
+                    (NL)
+                    tr { th { "User" } th { "What changed since the plan" } } (NL)
+                    @for i in drifted {
+                        tr {
+                            td { (t(i.user_principal_name.as_deref().or(i.user_id.as_deref()).unwrap_or(""))) }
+                            td { (t(i.detail.as_deref().unwrap_or(""))) }
+                        }
+                        (NL)
+                    }
+                }
+                (NL)
+            }
         }
-        out.push_str("</ul>\n");
+        @if !history.is_empty() {
+            h2 id="option-history" { "Option history" } (NL)
+            ul {
+                (NL)
+                @for line in &history {
+                    li { (t(line)) } (NL)
+                }
+            }
+            (NL)
+        }
     }
 }
+
+/// The HTML checker the integration tests use too: one copy.
+#[cfg(test)]
+#[path = "../../tests/it/common/html.rs"]
+#[allow(dead_code)]
+mod html_check;
 
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::{dry_run, live_run, XSS_NAME};
+    use super::html_check::check_balanced;
     use super::*;
     use crate::config::ReportFormat;
     use crate::report::render;
-
-    const VOID: [&str; 14] = [
-        "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param",
-        "source", "track", "wbr",
-    ];
-
-    /// Checks every opened non-void tag is closed in order; skips `<script>`/`<style>` bodies.
-    /// Returns the text of every tag seen, for further checks.
-    fn check_balanced(html: &str) -> Vec<String> {
-        let mut stack: Vec<String> = Vec::new();
-        let mut tags = Vec::new();
-        let mut rest = html;
-        while let Some(open) = rest.find('<') {
-            rest = &rest[open..];
-            if rest.starts_with("<!--") {
-                let end = rest.find("-->").expect("unclosed comment");
-                rest = &rest[end + 3..];
-                continue;
-            }
-            let end = rest.find('>').expect("unclosed tag");
-            let tag = &rest[1..end];
-            tags.push(tag.to_string());
-            rest = &rest[end + 1..];
-            if tag.starts_with('!') {
-                assert!(tag.eq_ignore_ascii_case("!DOCTYPE html"), "{tag}");
-                continue;
-            }
-            if let Some(name) = tag.strip_prefix('/') {
-                let top = stack.pop().unwrap_or_else(|| panic!("stray </{name}>"));
-                assert_eq!(top, name.trim(), "mismatched close");
-                continue;
-            }
-            let name: String = tag
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric())
-                .collect::<String>()
-                .to_ascii_lowercase();
-            assert!(!name.is_empty(), "bad tag <{tag}>");
-            if tag.ends_with('/') || VOID.contains(&name.as_str()) {
-                continue;
-            }
-            if name == "script" || name == "style" {
-                let close = format!("</{name}>");
-                let end = rest.find(&close).expect("unclosed raw text element");
-                rest = &rest[end..];
-            }
-            stack.push(name);
-        }
-        assert!(stack.is_empty(), "unclosed: {stack:?}");
-        tags
-    }
 
     #[test]
     fn checker_catches_unbalanced_markup() {

@@ -34,10 +34,23 @@ struct Report<'a> {
     follow_ups: &'a FollowUpCounts,
     /// Live runs: what `track` found; `null` for a dry run (additive to version 1).
     redemption: Option<Redemption<'a>>,
+    /// Live runs: who still holds a working internal password (status JSON's `retired`,
+    /// additive to version 1).
+    retired: Option<&'a crate::queue::RetiredCounts>,
     /// `resume` with other send options: each stretch of items and how it went out (additive
     /// to version 1).
     option_history: Vec<OptionStretch<'a>>,
+    /// What `restore` and `rollback` cover and did (additive to version 1).
+    back_out: BackOut,
     items: StreamedItems<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BackOut {
+    text: String,
+    restored: u64,
+    rolled_back: u64,
 }
 
 #[derive(Serialize)]
@@ -168,6 +181,7 @@ pub(super) fn write(s: &Summary, items: &dyn ItemSource, out: &mut dyn Write) ->
             timeline: &r.timeline,
             tracks: &r.tracks,
         }),
+        retired: d.retired.as_ref(),
         option_history: d
             .option_history
             .iter()
@@ -179,6 +193,11 @@ pub(super) fn write(s: &Summary, items: &dyn ItemSource, out: &mut dyn Write) ->
                 changes: &c.changes,
             })
             .collect(),
+        back_out: BackOut {
+            text: d.backout_sentence(),
+            restored: d.backout.restored_total,
+            rolled_back: d.backout.rolled_back_total,
+        },
         items: StreamedItems(items),
     };
     let mut w = io::BufWriter::new(out);
@@ -196,7 +215,7 @@ mod tests {
     use serde_json::Value;
 
     /// Keep in step with docs/report-json.md.
-    const TOP_LEVEL: [&str; 15] = [
+    const TOP_LEVEL: [&str; 17] = [
         "schema",
         "version",
         "generatedAt",
@@ -210,7 +229,9 @@ mod tests {
         "pace",
         "followUps",
         "redemption",
+        "retired",
         "optionHistory",
+        "backOut",
         "items",
     ];
 

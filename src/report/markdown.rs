@@ -11,7 +11,8 @@ use std::fmt::Write as _;
 
 use super::{
     item_detail, item_fix, item_reason, mode_label, not_redeemed_state, state_label,
-    things_to_consider, thousands, Summary, HISTORY_ROWS, ONE_WAY, THINGS_TO_CONSIDER_INTRO,
+    things_to_consider, thousands, Section, Summary, ESTIMATE_FORMULA, HISTORY_ROWS,
+    NOTHING_TO_FIX, NO_ATTENTION, ONE_WAY, THINGS_TO_CONSIDER_INTRO,
 };
 use crate::item::ItemRecord;
 
@@ -51,6 +52,30 @@ fn opt(s: &Option<String>) -> String {
     s.as_deref().map(cell).unwrap_or_default()
 }
 
+/// Live runs: the users `restore` and `rollback` finished with.
+fn backout_section(out: &mut String, b: &super::BackoutDone) {
+    for (title, users, total) in [
+        ("Restored", &b.restored, b.restored_total),
+        ("Rolled back", &b.rolled_back, b.rolled_back_total),
+    ] {
+        if users.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "**{title}** ({} users):\n", super::thousands(total));
+        for u in users {
+            let _ = writeln!(out, "- {}: {}", cell(&u.user), cell(&u.what));
+        }
+        if total > users.len() as u64 {
+            let _ = writeln!(
+                out,
+                "- … and {} more (see the CSV or JSON report)",
+                super::thousands(total - users.len() as u64)
+            );
+        }
+        out.push('\n');
+    }
+}
+
 fn kv_table(out: &mut String, rows: &[(&str, String)]) {
     out.push_str("| Field | Value |\n| --- | --- |\n");
     for (k, v) in rows {
@@ -58,6 +83,23 @@ fn kv_table(out: &mut String, rows: &[(&str, String)]) {
     }
     out.push('\n');
 }
+
+/// The Markdown report's sections, in reading order: the board's summary, then the run's
+/// reference tables, the users who need action last (a long list in a terminal).
+const ORDER: [Section; 12] = [
+    Section::BoardSummary,
+    Section::Run,
+    Section::Options,
+    Section::Plan,
+    Section::Estimate,
+    Section::Throughput,
+    Section::FollowUps,
+    Section::Redemption,
+    Section::StateCounts,
+    Section::ReasonCounts,
+    Section::Attention,
+    Section::ThingsToConsider,
+];
 
 pub(super) fn render(s: &Summary) -> String {
     let d = s.data;
@@ -74,8 +116,96 @@ pub(super) fn render(s: &Summary) -> String {
         "Converting internal accounts of tenant {} to B2B collaboration.\n",
         cell(run.tenant_id.as_deref().unwrap_or("unknown"))
     );
+    for part in ORDER {
+        section(&mut out, s, part);
+    }
+    out
+}
 
-    out.push_str("## Summary for the change board\n\n");
+fn heading(out: &mut String, section: Section) {
+    let _ = writeln!(out, "## {}\n", section.title());
+}
+
+/// One section, or nothing when it has nothing to say for this run.
+fn section(out: &mut String, s: &Summary, section: Section) {
+    let run = &s.data.run;
+    match section {
+        Section::BoardSummary => summary_section(out, s),
+        // A chart: the HTML report draws it; here the throughput table stands for it.
+        Section::Pace => {}
+        Section::Run => {
+            heading(out, section);
+            kv_table(out, &s.run_rows());
+        }
+        Section::Options => {
+            heading(out, section);
+            kv_table(out, &s.option_rows());
+        }
+        Section::Plan => plan_section(out, s.data),
+        Section::Estimate => {
+            if let Some(rows) = s.estimate_rows() {
+                heading(out, section);
+                kv_table(out, &rows);
+                let _ = writeln!(out, "{ESTIMATE_FORMULA}\n");
+            }
+        }
+        Section::Throughput => {
+            if let Some(rows) = s.throughput_rows() {
+                heading(out, section);
+                kv_table(out, &rows);
+            }
+        }
+        Section::FollowUps => follow_up_section(out, s),
+        Section::Redemption => redemption_section(out, s),
+        Section::StateCounts => {
+            heading(out, section);
+            out.push_str("| State | Count |\n| --- | ---: |\n");
+            for (state, n) in s.state_counts() {
+                let _ = writeln!(
+                    out,
+                    "| {} ({}) | {n} |",
+                    state_label(state, run.mode),
+                    cell(state.as_str())
+                );
+            }
+            let _ = writeln!(out, "| **total** | **{}** |\n", s.data.counts.total);
+        }
+        Section::ReasonCounts => {
+            heading(out, section);
+            if s.reasons.is_empty() {
+                out.push_str("No item was blocked or skipped.\n\n");
+                return;
+            }
+            out.push_str(
+                "| Reason | State | Count | Meaning | Fix |\n| --- | --- | ---: | --- | --- |\n",
+            );
+            for r in &s.reasons {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {} | {} |",
+                    cell(&r.code),
+                    r.state.map(|st| state_label(st, run.mode)).unwrap_or(""),
+                    r.count,
+                    cell(r.explanation.unwrap_or("Unknown reason code.")),
+                    cell(r.fix_hint.unwrap_or("")),
+                );
+            }
+            out.push('\n');
+        }
+        Section::Attention => attention_section(out, s),
+        Section::ThingsToConsider => {
+            heading(out, section);
+            let _ = writeln!(out, "{THINGS_TO_CONSIDER_INTRO}\n");
+            for (topic, text) in things_to_consider(run.tenant_id.as_deref(), run.options.set_guest)
+            {
+                let _ = writeln!(out, "- **{topic}.** {}", cell(&text));
+            }
+        }
+    }
+}
+
+fn summary_section(out: &mut String, s: &Summary) {
+    heading(out, Section::BoardSummary);
     let _ = writeln!(out, "{}\n", cell(&s.verdict()));
     out.push_str("| Users | |\n| ---: | --- |\n");
     for (n, label, _) in s.headline() {
@@ -84,7 +214,7 @@ pub(super) fn render(s: &Summary) -> String {
     out.push('\n');
     let fixes = s.fixes();
     if fixes.is_empty() {
-        out.push_str("Nothing needs fixing before the live run.\n\n");
+        let _ = writeln!(out, "{NOTHING_TO_FIX}\n");
     } else {
         out.push_str(
             "### What needs fixing first\n\n| Reason | Users | Fix |\n| --- | ---: | --- |\n",
@@ -111,97 +241,50 @@ pub(super) fn render(s: &Summary) -> String {
     if let Some(text) = s.redemption_sentence() {
         let _ = writeln!(out, "**Redemption.** {}\n", cell(&text));
     }
+    if let Some(text) = s.credentials_sentence() {
+        let _ = writeln!(out, "**Internal credentials.** {}\n", cell(&text));
+    }
     let _ = writeln!(out, "> **One-way.** {ONE_WAY}\n");
+    let _ = writeln!(out, "**Back-out.** {}\n", cell(&s.data.backout_sentence()));
+    backout_section(out, &s.data.backout);
+}
 
-    out.push_str("## Run\n\n");
-    kv_table(&mut out, &s.run_rows());
-    out.push_str("## Options\n\n");
-    kv_table(&mut out, &s.option_rows());
-    plan_section(&mut out, s.data);
-
-    if let Some(rows) = s.estimate_rows() {
-        out.push_str("## Estimated duration of the live run\n\n");
-        kv_table(&mut out, &rows);
-        out.push_str(
-            "Formula: writes (one invitation per user, plus one per mail or userType PATCH) ÷ configured rate, \
-             against Graph's ceiling max(0, (writes − 3,000) ÷ 20, (users − 150) ÷ 30) seconds; the slower bounds the run.\n\n",
-        );
+fn attention_section(out: &mut String, s: &Summary) {
+    let mode = s.data.run.mode;
+    let _ = writeln!(
+        out,
+        "## {} ({})\n",
+        Section::Attention.title(),
+        s.attention.len()
+    );
+    if s.attention.is_empty() {
+        let _ = writeln!(out, "{NO_ATTENTION}\n");
+        return;
     }
-    if let Some(rows) = s.throughput_rows() {
-        out.push_str("## Throughput\n\n");
-        kv_table(&mut out, &rows);
-    }
-    follow_up_section(&mut out, s);
-    redemption_section(&mut out, s);
-
-    out.push_str("## Counts by state\n\n| State | Count |\n| --- | ---: |\n");
-    for (state, n) in s.state_counts() {
+    out.push_str(
+        "Only users who need action are listed; the CSV and JSON reports list every user of the run.\n\n",
+    );
+    out.push_str(
+        "| Item | Line | User | Object id | External email | State | Reason / error code | Detail / Graph message | Request id | Fix |\n\
+         | ---: | ---: | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    for i in &s.attention {
         let _ = writeln!(
             out,
-            "| {} ({}) | {n} |",
-            state_label(state, run.mode),
-            cell(state.as_str())
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            i.id,
+            i.line.map(|l| l.to_string()).unwrap_or_default(),
+            upn_or_key(i),
+            opt(&i.user_id),
+            opt(&i.external_email),
+            state_label(i.state, mode),
+            cell(&item_reason(i)),
+            cell(&item_detail(i)),
+            opt(&i.request_id),
+            cell(item_fix(i)),
         );
     }
-    let _ = writeln!(out, "| **total** | **{}** |\n", d.counts.total);
-
-    out.push_str("## Counts by reason\n\n");
-    if s.reasons.is_empty() {
-        out.push_str("No item was blocked or skipped.\n\n");
-    } else {
-        out.push_str(
-            "| Reason | State | Count | Meaning | Fix |\n| --- | --- | ---: | --- | --- |\n",
-        );
-        for r in &s.reasons {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} | {} |",
-                cell(&r.code),
-                r.state.map(|st| state_label(st, run.mode)).unwrap_or(""),
-                r.count,
-                cell(r.explanation.unwrap_or("Unknown reason code.")),
-                cell(r.fix_hint.unwrap_or("")),
-            );
-        }
-        out.push('\n');
-    }
-
-    let _ = writeln!(out, "## Users who need action ({})\n", s.attention.len());
-    if s.attention.is_empty() {
-        out.push_str("None. The CSV and JSON reports list every user of the run.\n\n");
-    } else {
-        out.push_str(
-            "Only users who need action are listed; the CSV and JSON reports list every user of the run.\n\n",
-        );
-        out.push_str(
-            "| Item | Line | User | Object id | External email | State | Reason / error code | Detail / Graph message | Request id | Fix |\n\
-             | ---: | ---: | --- | --- | --- | --- | --- | --- | --- | --- |\n",
-        );
-        for i in &s.attention {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                i.id,
-                i.line.map(|l| l.to_string()).unwrap_or_default(),
-                upn_or_key(i),
-                opt(&i.user_id),
-                opt(&i.external_email),
-                state_label(i.state, run.mode),
-                cell(&item_reason(i)),
-                cell(&item_detail(i)),
-                opt(&i.request_id),
-                cell(item_fix(i)),
-            );
-        }
-        out.push('\n');
-    }
-
-    out.push_str("## Things to consider\n\n");
-    let _ = writeln!(out, "{THINGS_TO_CONSIDER_INTRO}\n");
-    for (topic, text) in things_to_consider(run.tenant_id.as_deref(), run.options.set_guest) {
-        let _ = writeln!(out, "- **{topic}.** {}", cell(&text));
-    }
-    out
+    out.push('\n');
 }
 
 /// `apply` runs: the plan and who drifted; runs whose send options changed: the history.
@@ -238,7 +321,7 @@ fn follow_up_section(out: &mut String, s: &Summary) {
         return;
     }
     let live = s.data.run.mode == crate::item::RunMode::Live;
-    out.push_str("## Follow-up steps\n\n");
+    heading(out, Section::FollowUps);
     if live {
         out.push_str(
             "| Step | Users that needed it | Done | What it means |\n| --- | ---: | ---: | --- |\n",
@@ -290,7 +373,7 @@ fn redemption_section(out: &mut String, s: &Summary) {
     let Some(r) = &s.data.redemption else {
         return;
     };
-    out.push_str("## Redemption\n\n");
+    heading(out, Section::Redemption);
     let Some(rows) = s.redemption_rows() else {
         let _ = writeln!(
             out,

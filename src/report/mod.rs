@@ -71,14 +71,35 @@ pub struct ReportData {
     pub follow_ups: FollowUpCounts,
     /// Live runs: what `track` found; `None` for a dry run.
     pub redemption: Option<Redemption>,
+    /// Live runs: who still holds a working internal password (`retire`, `track`).
+    pub retired: Option<crate::queue::RetiredCounts>,
     /// `apply` runs: the dry run this live run executes.
     pub plan: Option<PlanRef>,
     /// `resume` with other send options: the run's option history, oldest first (empty when
     /// the options never changed).
     pub option_history: Vec<OptionChange>,
+    /// Live runs: what `restore` and `rollback` did (empty for a dry run).
+    pub backout: BackoutDone,
     /// RFC 3339.
     pub generated_at: String,
     pub tool_version: String,
+}
+
+/// What the back-out commands did for a live run: the users restored and rolled back, at most
+/// [`NOT_REDEEMED_LISTED`] of each listed (everyone is in the database), with the totals.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BackoutDone {
+    pub restored: Vec<BackoutUser>,
+    pub restored_total: u64,
+    pub rolled_back: Vec<BackoutUser>,
+    pub rolled_back_total: u64,
+}
+
+/// One user a back-out finished with, and what was done.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BackoutUser {
+    pub user: String,
+    pub what: String,
 }
 
 /// The approved dry run an `apply` run executes.
@@ -106,6 +127,62 @@ impl ReportData {
                 )
             )
         })
+    }
+
+    /// The "Back-out" paragraph of every people-facing report, with this run's numbers: what
+    /// `restore` covers, how many users would need `rollback` once redeemed, and what nothing
+    /// undoes. Computed once here; the renderers only place it.
+    pub fn backout_sentence(&self) -> String {
+        let f = &self.follow_ups;
+        let live = self.run.mode == RunMode::Live;
+        let (mail, guest, invited) = if live {
+            (
+                f.mail_set,
+                f.guest_set,
+                self.counts.state(crate::item::ItemState::Converted),
+            )
+        } else {
+            (
+                f.mail_planned,
+                f.guest_planned,
+                self.counts.state(crate::item::ItemState::WouldConvert),
+            )
+        };
+        let restore = if mail + guest == 0 {
+            "`restore` has nothing to put back: this run makes no follow-up writes".to_string()
+        } else {
+            format!(
+                "`restore` puts back from the snapshot what the tool itself {}: mail for {} users \
+                 (--set-mail) and userType for {} users (--set-guest)",
+                if live { "wrote" } else { "writes" },
+                thousands(mail),
+                thousands(guest)
+            )
+        };
+        let emails = if self.run.options.silent {
+            "the partners' redemption e-mails (no invitation e-mail is sent: --silent)".to_string()
+        } else {
+            format!(
+                "the invitation e-mail {} to {} users, or the partners' redemption e-mails",
+                if live { "already sent" } else { "sent" },
+                thousands(invited)
+            )
+        };
+        let mut text = format!(
+            "{restore}. The invitation itself is undone only by `rollback` (Microsoft Graph beta, \
+             not supported by Microsoft in production): {} users would need it once they have \
+             redeemed (cloud users get a new password; a user rolled back cannot be invited \
+             again). Nothing undoes {emails}.",
+            thousands(invited)
+        );
+        if live {
+            text.push_str(&format!(
+                " So far {} users restored, {} rolled back.",
+                thousands(self.backout.restored_total),
+                thousands(self.backout.rolled_back_total)
+            ));
+        }
+        text
     }
 
     /// The users an `apply` found changed since the plan (among the listed items).
@@ -840,6 +917,33 @@ impl<'a> Summary<'a> {
         })
     }
 
+    /// One paragraph for a live run: who still holds a working internal password — the first
+    /// thing a security review asks after the weekend. Cloud-only users are retired by
+    /// `retire` once they redeemed; synced users by the on-premises script (`scripts`), seen by
+    /// `track` as a password change after their redemption.
+    pub fn credentials_sentence(&self) -> Option<String> {
+        let r = self.data.retired.as_ref()?;
+        let run = self.data.run.id;
+        let cloud_left = r.awaiting_redemption + r.redeemed_not_retired;
+        if cloud_left + r.on_premises.not_yet == 0 {
+            return Some(format!(
+                "No converted user holds a working internal password: {} cloud-only users were given a random password with their sessions revoked, {} synced users changed their on-premises password after redeeming.",
+                thousands(r.passwords),
+                thousands(r.on_premises.retired)
+            ));
+        }
+        Some(format!(
+            "{} converted users still hold a working internal password: {} cloud-only users who redeemed (`b2b-convert retire {run}` retires them), {} cloud-only users not redeemed yet (retire after they redeem), and {} synced users (`b2b-convert scripts {run} --out DIR`: the on-premises password, run by an AD administrator; `track` then sees it). Retired so far: {} cloud-only passwords ({} sessions revoked), {} synced.",
+            thousands(cloud_left + r.on_premises.not_yet),
+            thousands(r.redeemed_not_retired),
+            thousands(r.awaiting_redemption),
+            thousands(r.on_premises.not_yet),
+            thousands(r.passwords),
+            thousands(r.sessions),
+            thousands(r.on_premises.retired)
+        ))
+    }
+
     /// Redemption counts as table rows: (label, count, meaning), for a tracked live run.
     pub fn redemption_rows(&self) -> Option<Vec<(&'static str, u64, &'static str)>> {
         let r = self.data.redemption.as_ref().filter(|r| r.tracked())?;
@@ -900,6 +1004,61 @@ impl<'a> Summary<'a> {
         ])
     }
 }
+
+/// The sections of the Markdown and HTML reports. What each one says is computed here, once
+/// (the [`Summary`] methods and the sentences below); each renderer lays the sections out in its
+/// own order and matches on every variant, so a new section is a variant, its title, and one
+/// arm in each renderer — the compiler points at both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Section {
+    BoardSummary,
+    /// Conversions and 429s per minute: a chart, in HTML only.
+    Pace,
+    Attention,
+    Redemption,
+    StateCounts,
+    ReasonCounts,
+    Estimate,
+    Throughput,
+    FollowUps,
+    Run,
+    Options,
+    /// `apply` runs: the plan and who drifted; runs whose send options changed: the history.
+    Plan,
+    ThingsToConsider,
+}
+
+impl Section {
+    /// The section's heading (Attention's is followed by its count).
+    pub fn title(self) -> &'static str {
+        match self {
+            Section::BoardSummary => "Summary for the change board",
+            Section::Pace => "Pace",
+            Section::Attention => "Users who need action",
+            Section::Redemption => "Redemption",
+            Section::StateCounts => "Counts by state",
+            Section::ReasonCounts => "Counts by reason",
+            Section::Estimate => "Estimated duration of the live run",
+            Section::Throughput => "Throughput",
+            Section::FollowUps => "Follow-up steps",
+            Section::Run => "Run",
+            Section::Options => "Options",
+            Section::Plan => "Plan",
+            Section::ThingsToConsider => "Things to consider",
+        }
+    }
+}
+
+/// The board summary when no user is blocked or failed.
+pub(crate) const NOTHING_TO_FIX: &str = "Nothing needs fixing before the live run.";
+
+/// The attention section of a run where nobody needs action.
+pub(crate) const NO_ATTENTION: &str = "None. The CSV and JSON reports list every user of the run.";
+
+/// How the live-run estimate is worked out, under its table.
+pub(crate) const ESTIMATE_FORMULA: &str = "Formula: writes (one invitation per user, plus one per \
+    mail or userType PATCH) ÷ configured rate, against Graph's ceiling max(0, (writes − 3,000) ÷ \
+    20, (users − 150) ÷ 30) seconds; the slower bounds the run.";
 
 /// How a headline figure is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -971,7 +1130,7 @@ pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -979,8 +1138,8 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
-pub(crate) const ONE_WAY: &str = "The conversion is one-way: Microsoft offers no way back to an \
-    internal account. Users keep their object id, user principal name, groups and app \
+pub(crate) const ONE_WAY: &str = "The conversion is one-way in Graph's supported API: only the \
+    beta conversion back (see Back-out) returns a redeemed user to an internal account. Users keep their object id, user principal name, groups and app \
     assignments; each user's properties as read before the change are kept in the run's \
     database and in the JSON report.";
 
@@ -1147,6 +1306,31 @@ pub(crate) mod fixtures;
 mod tests {
     use super::*;
     use crate::item::RunOptions;
+
+    #[test]
+    fn the_back_out_paragraph_carries_the_runs_numbers() {
+        let mut dry = fixtures::dry_run();
+        dry.follow_ups.mail_planned = 7;
+        dry.follow_ups.guest_planned = 9;
+        let would = dry.counts.state(ItemState::WouldConvert);
+        let text = dry.backout_sentence();
+        assert!(text.contains("mail for 7 users"), "{text}");
+        assert!(text.contains("userType for 9 users"), "{text}");
+        assert!(
+            text.contains(&format!("{} users would need it", thousands(would))),
+            "{text}"
+        );
+        assert!(text.contains("redemption e-mails"), "{text}");
+        assert!(!text.contains("So far"), "{text}");
+        let mut live = fixtures::live_run();
+        live.backout.restored_total = 3;
+        live.backout.rolled_back_total = 2;
+        let text = live.backout_sentence();
+        assert!(
+            text.contains("So far 3 users restored, 2 rolled back."),
+            "{text}"
+        );
+    }
 
     #[test]
     fn format_from_extension() {

@@ -33,11 +33,13 @@ use crate::progress::Progress;
 use crate::queue::{LookupOutcome, Queue};
 use crate::validate::{validate_with, Verdict};
 
+pub mod backout;
 pub mod convert;
 pub mod executor;
 pub mod facts;
 pub mod planner;
 pub mod resend;
+pub mod retire;
 pub mod scan;
 
 use convert::{db, ConvertItem, ConvertOps};

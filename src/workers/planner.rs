@@ -29,16 +29,26 @@ pub enum Step {
     SetPassword,
     /// `retire`: `POST /users/{id}/revokeSignInSessions`, after the password is set.
     RevokeSessions,
+    /// `restore`: `PATCH /users/{id}` `{"userType": <snapshot's>}`, undoing `--set-guest`. The
+    /// last write of the convert pass is undone first.
+    RestoreUserType,
+    /// `restore`: `PATCH /users/{id}` `{"mail": <snapshot's>}`, undoing `--set-mail`.
+    RestoreMail,
+    /// `rollback`: beta `POST /users/{id}/convertExternalToInternalMemberUser`.
+    ConvertBack,
 }
 
 /// Every step, for tables that must cover them all.
-pub const ALL_STEPS: [Step; 6] = [
+pub const ALL_STEPS: [Step; 9] = [
     Step::SetMail,
     Step::Invite,
     Step::SetGuest,
     Step::Reinvite,
     Step::SetPassword,
     Step::RevokeSessions,
+    Step::RestoreUserType,
+    Step::RestoreMail,
+    Step::ConvertBack,
 ];
 
 impl Step {
@@ -50,6 +60,9 @@ impl Step {
             Step::Reinvite => "reinvite",
             Step::SetPassword => "set_password",
             Step::RevokeSessions => "revoke_sessions",
+            Step::RestoreUserType => "restore_user_type",
+            Step::RestoreMail => "restore_mail",
+            Step::ConvertBack => "convert_back",
         }
     }
 
@@ -57,8 +70,8 @@ impl Step {
         ALL_STEPS.into_iter().find(|step| step.as_str() == s)
     }
 
-    fn bit(self) -> u8 {
-        1 << (self as u8)
+    fn bit(self) -> u16 {
+        1 << (self as u16)
     }
 }
 
@@ -71,6 +84,10 @@ pub enum Pass {
     Resend,
     /// `retire`: set a random password, then revoke the sign-in sessions.
     Retire,
+    /// `restore`: userType back, then mail back (the reverse of the convert pass's order).
+    Restore,
+    /// `rollback`: one conversion back to an internal member.
+    Rollback,
 }
 
 impl Pass {
@@ -79,6 +96,8 @@ impl Pass {
             Pass::Convert => &[Step::SetMail, Step::Invite, Step::SetGuest],
             Pass::Resend => &[Step::Reinvite],
             Pass::Retire => &[Step::SetPassword, Step::RevokeSessions],
+            Pass::Restore => &[Step::RestoreUserType, Step::RestoreMail],
+            Pass::Rollback => &[Step::ConvertBack],
         }
     }
 }
@@ -87,8 +106,8 @@ impl Pass {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Checkpoint {
     pass: Pass,
-    needed: u8,
-    done: u8,
+    needed: u16,
+    done: u16,
 }
 
 impl Checkpoint {
@@ -121,6 +140,29 @@ impl Checkpoint {
             (mail_set, Step::SetMail),
             (invited, Step::Invite),
             (guest_set, Step::SetGuest),
+        ] {
+            if done {
+                cp.mark_done(step);
+            }
+        }
+        cp
+    }
+
+    /// The restore pass's checkpoint as the queue stores it: which of the tool's follow-up
+    /// writes to undo, and which are undone already.
+    pub fn restore(
+        needs_user_type: bool,
+        user_type_done: bool,
+        needs_mail: bool,
+        mail_done: bool,
+    ) -> Checkpoint {
+        let mut needed = Vec::new();
+        needed.extend(needs_user_type.then_some(Step::RestoreUserType));
+        needed.extend(needs_mail.then_some(Step::RestoreMail));
+        let mut cp = Checkpoint::new(Pass::Restore, &needed);
+        for (done, step) in [
+            (user_type_done, Step::RestoreUserType),
+            (mail_done, Step::RestoreMail),
         ] {
             if done {
                 cp.mark_done(step);
@@ -168,10 +210,18 @@ pub enum Answer {
 /// Graph's words for "this user is converted already", in the refusal of an invitation.
 const ALREADY_B2B: &str = "already a B2B collaboration user";
 
+/// Graph's words for "this user is internal already", in the refusal of a conversion back.
+const ALREADY_INTERNAL: &str = "already internal";
+
 /// Sorts a 4xx refusal of `step`: one that says the step is done already is [`Answer::AlreadyDone`].
 pub fn refusal(step: Step, code: &str, message: &str) -> Answer {
     let (code, message) = (code.to_string(), message.to_string());
-    if matches!(step, Step::Invite | Step::Reinvite) && message.contains(ALREADY_B2B) {
+    let done_already = match step {
+        Step::Invite | Step::Reinvite => message.contains(ALREADY_B2B),
+        Step::ConvertBack => message.contains(ALREADY_INTERNAL),
+        _ => false,
+    };
+    if done_already {
         Answer::AlreadyDone { code, message }
     } else {
         Answer::Refused { code, message }
@@ -650,12 +700,50 @@ mod tests {
         }
     }
 
+    /// Every one of the retire pass's four checkpoints (password set, sessions revoked) matches
+    /// exactly one row: the password first, the revocation only after it, and a revocation done
+    /// is never followed by a second password.
+    #[test]
+    fn next_step_over_every_retire_checkpoint() {
+        type Row = ([Option<bool>; 2], Action);
+        let (y, n, any) = (Some(true), Some(false), None);
+        let rows: [Row; 3] = [
+            ([any, y], Action::RecordDone),
+            ([y, n], Action::Send(Step::RevokeSessions)),
+            ([n, n], Action::Send(Step::SetPassword)),
+        ];
+        for bits in 0u8..4 {
+            let v: [bool; 2] = std::array::from_fn(|k| bits & (1 << k) != 0);
+            let matching: Vec<&Row> = rows
+                .iter()
+                .filter(|(p, _)| p.iter().zip(v).all(|(p, v)| fits(*p, v)))
+                .collect();
+            assert_eq!(matching.len(), 1, "{v:?} matches {} rows", matching.len());
+            let mut cp = Checkpoint::new(Pass::Retire, Pass::Retire.steps());
+            for (done, step) in v.into_iter().zip([Step::SetPassword, Step::RevokeSessions]) {
+                if done {
+                    cp.mark_done(step);
+                }
+            }
+            assert_eq!(next(&cp), matching[0].1, "{v:?}");
+        }
+        // A refusal of either retire step is never read as "done already".
+        for step in [Step::SetPassword, Step::RevokeSessions] {
+            assert!(matches!(
+                refusal(step, "Authorization_RequestDenied", ALREADY_B2B),
+                Answer::Refused { .. }
+            ));
+        }
+    }
+
     #[test]
     fn every_pass_starts_with_its_first_step() {
         let rows = [
             (Pass::Convert, Step::Invite),
             (Pass::Resend, Step::Reinvite),
             (Pass::Retire, Step::SetPassword),
+            (Pass::Restore, Step::RestoreUserType),
+            (Pass::Rollback, Step::ConvertBack),
         ];
         for (pass, first) in rows {
             let mut cp = Checkpoint::new(pass, pass.steps());
@@ -701,6 +789,44 @@ mod tests {
             Answer::Refused { .. }
         ));
         assert_eq!(refusal(Step::Invite, "BadRequest", "nope"), refused());
+        let internal = "The user authentication is already internal and isn't eligible for \
+                        conversion.";
+        assert!(matches!(
+            refusal(Step::ConvertBack, "BadRequest", internal),
+            Answer::AlreadyDone { .. }
+        ));
+        assert!(matches!(
+            refusal(Step::RestoreMail, "BadRequest", internal),
+            Answer::Refused { .. }
+        ));
+    }
+
+    /// Every one of the 16 restore checkpoints matches exactly one row: userType is put back
+    /// before mail, and a step done is never asked for again.
+    #[test]
+    fn next_step_over_every_restore_checkpoint() {
+        type Row = ([Option<bool>; 4], Action);
+        // (needs_user_type, user_type_done, needs_mail, mail_done)
+        let (y, n, any) = (Some(true), Some(false), None);
+        let rows: [Row; 6] = [
+            // The later step done: the earlier one is past.
+            ([any, any, any, y], Action::RecordDone),
+            ([y, n, any, n], Action::Send(Step::RestoreUserType)),
+            ([y, y, y, n], Action::Send(Step::RestoreMail)),
+            ([n, any, y, n], Action::Send(Step::RestoreMail)),
+            ([y, y, n, n], Action::RecordDone),
+            ([n, any, n, n], Action::RecordDone),
+        ];
+        for bits in 0u8..16 {
+            let v: [bool; 4] = std::array::from_fn(|k| bits & (1 << k) != 0);
+            let matching: Vec<&Row> = rows
+                .iter()
+                .filter(|(p, _)| p.iter().zip(v).all(|(p, v)| fits(*p, v)))
+                .collect();
+            let cp = Checkpoint::restore(v[0], v[1], v[2], v[3]);
+            assert_eq!(matching.len(), 1, "{v:?} matches {} rows", matching.len());
+            assert_eq!(next(&cp), matching[0].1, "{v:?}");
+        }
     }
 
     /// Every answer × earlier unknown × stopping × attempts spent matches exactly one row.

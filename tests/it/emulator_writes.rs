@@ -8,7 +8,7 @@ use std::time::Duration;
 use b2b_convert::emulator::{Clock, EmulatorConfig, Tenant};
 use serde_json::{json, Value};
 
-mod common;
+use crate::common;
 
 use common::raw::{env, invite_body, sample_user, G};
 use common::start;

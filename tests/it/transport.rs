@@ -3,7 +3,7 @@
 //! or token endpoint that goes silent mid-run stops the run resumable instead of keeping it
 //! going without progress.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::process::Stdio;

@@ -80,7 +80,7 @@ fn help_states_credentials_exit_codes_defaults_and_examples() {
 
 #[test]
 fn readme_usage_block_is_the_help_output() {
-    let readme = include_str!("../README.md");
+    let readme = include_str!("../../README.md");
     let start = "<!-- usage: b2b-convert --help -->\n```text\n";
     let begin = readme
         .find(start)

@@ -6,7 +6,7 @@ use b2b_convert::emulator::{EmulatorConfig, Tenant};
 use b2b_convert::item::{ItemState, Reason};
 use serde_json::json;
 
-mod common;
+use crate::common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_blocks_converted_back_users_without_a_412() {

@@ -8,7 +8,7 @@ use b2b_convert::emulator::{self, Clock, Emulator, EmulatorConfig, Tenant};
 use base64::Engine;
 use serde_json::{json, Value};
 
-mod common;
+use crate::common;
 
 use common::raw::{env, invite_body, sample_user, token, token_url, G};
 use common::start;

@@ -1,6 +1,6 @@
 //! The spine against the emulator: CSV → queue → validation → dry run, status and runs.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

@@ -1,9 +1,9 @@
 //! Shared harness: an in-process emulator on 127.0.0.1:0 and the real binary pointed at it.
 #![allow(dead_code)]
 
+pub mod html;
 pub mod raw;
 
-use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
@@ -134,6 +134,20 @@ pub fn invitations_per_user(emu: &Emulator) -> std::collections::BTreeMap<String
     m
 }
 
+/// Asserts that a child stopped with `start_kill` died of SIGKILL, not of its own accord just
+/// before it (a run that had already ended would make a crash test pass without crashing
+/// anything). Unix only: elsewhere `start_kill` is `TerminateProcess`, whose exit code a process
+/// could also have chosen, so there is nothing to tell apart.
+pub fn assert_died_of_sigkill(status: &std::process::ExitStatus, context: &str) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt as _;
+        assert_eq!(status.signal(), Some(9), "{context}: {status:?}");
+    }
+    #[cfg(not(unix))]
+    let _ = (status, context);
+}
+
 /// Kills `child` (SIGKILL) once its run has stored some items but not finished ingesting, by
 /// polling the queue read-only (the test must not take part in creating the database). Bounded
 /// to 30 s of polling; returns whether the kill happened mid-ingestion.
@@ -165,7 +179,7 @@ pub async fn kill_mid_ingest(child: &mut tokio::process::Child, db: &Path) -> bo
     let status = child.wait().await.unwrap();
     if killed {
         // The process died of the signal, not of its own accord just before it.
-        assert_eq!(status.signal(), Some(9), "killed by SIGKILL: {status:?}");
+        assert_died_of_sigkill(&status, "killed mid-ingest");
     }
     killed
 }

@@ -1,7 +1,7 @@
 //! Issue 18 against the emulator: runs belong to their tenant, `apply` runs exactly the approved
 //! plan, `--only` pilots inside one run, and `resume` with other send options keeps a history.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! The tenant address index (issue 15 item 2): built once per tenant with Graph's delta query,
 //! then refreshed with only what changed, and rebuilt when Graph refuses the stored link.
 
-mod common;
+use crate::common;
 
 use b2b_convert::item::{ItemState, Reason};
 use common::*;

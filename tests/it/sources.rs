@@ -1,6 +1,6 @@
 //! Graph-query sources, request economy and sign-in, against the emulator over loopback.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

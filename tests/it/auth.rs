@@ -1,7 +1,7 @@
 //! Sign-in methods and preflight against the emulator over loopback: each `--auth` method, each
 //! preflight finding, and a run that stops before its first invitation when it cannot work.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 
@@ -239,6 +239,8 @@ async fn device_code_sign_in_is_delegated() {
     assert_eq!(requests(&emu, "POST /{tenant}/oauth2/v2.0/token", "200"), 1);
 }
 
+/// Unix only: the stand-in `az` is a shell script.
+#[cfg(unix)]
 #[tokio::test]
 async fn azure_cli_token_and_its_error() {
     use std::os::unix::fs::PermissionsExt;

@@ -2,10 +2,9 @@
 //! reached Graph, and an unreachable Graph stops the run resumable with nothing left in flight.
 //! Every verdict is a count read from the emulator's or the queue's own records.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 use b2b_convert::emulator::{EmulatorConfig, Tenant};
@@ -49,11 +48,7 @@ async fn kills_and_checkpoints_are_not_charged_as_attempts() {
         }
         child.start_kill().unwrap();
         let status = child.wait().await.unwrap();
-        assert_eq!(
-            status.signal(),
-            Some(9),
-            "killed mid-run, not ended: {status:?}"
-        );
+        assert_died_of_sigkill(&status, "killed mid-run, not ended");
     }
     let out = run(&emu, &db, &["resume", "--yes"]).await;
     assert!([0, 3].contains(&out.code), "{}", out.stderr);
@@ -401,11 +396,7 @@ async fn set_mail_and_set_guest_survive_faults_lost_answers_and_sigkill() {
         }
         child.start_kill().unwrap();
         let status = child.wait().await.unwrap();
-        assert_eq!(
-            status.signal(),
-            Some(9),
-            "died of SIGKILL, not ended: {status:?}"
-        );
+        assert_died_of_sigkill(&status, "died of SIGKILL, not ended");
     }
     let out = run(&emu, &db, &["resume", "--yes"]).await;
     assert_eq!(out.code, 3, "blocked users remain: exit 3\n{}", out.stderr);

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use b2b_convert::emulator::{EmulatorConfig, Tenant};
 
-mod common;
+use crate::common;
 
 /// The UPNs of a script's user table, in order.
 fn table_upns(script: &str) -> Vec<String> {

@@ -3,7 +3,7 @@
 //! a no-op, and `retry` sees the user as it is now. Verdicts are counts and records read from the
 //! emulator and the database; nothing depends on how fast the machine is.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -3,7 +3,7 @@
 //! a copied database with no tenant in reach, and `demo`. Every count is checked against the
 //! database the run wrote, every documented JSON key against docs/report-json.md.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -133,60 +133,9 @@ fn section<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
     &rest[..rest.find(end).unwrap_or(rest.len())]
 }
 
-const VOID: [&str; 14] = [
-    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source",
-    "track", "wbr",
-];
-
-/// Every opened non-void tag is closed, in order; `<script>`/`<style>` bodies are raw text.
-/// Returns the names of the elements seen.
-fn check_balanced(html: &str) -> Vec<String> {
-    let mut stack: Vec<String> = Vec::new();
-    let mut names = Vec::new();
-    let mut rest = html;
-    while let Some(open) = rest.find('<') {
-        rest = &rest[open..];
-        if rest.starts_with("<!--") {
-            let end = rest.find("-->").expect("unclosed comment");
-            rest = &rest[end + 3..];
-            continue;
-        }
-        let end = rest.find('>').expect("unclosed tag");
-        let tag = &rest[1..end];
-        rest = &rest[end + 1..];
-        if tag.starts_with('!') {
-            assert!(tag.eq_ignore_ascii_case("!DOCTYPE html"), "<{tag}>");
-            continue;
-        }
-        if let Some(name) = tag.strip_prefix('/') {
-            let top = stack.pop().unwrap_or_else(|| panic!("stray </{name}>"));
-            assert_eq!(top, name.trim(), "mismatched close");
-            continue;
-        }
-        let name: String = tag
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric())
-            .collect::<String>()
-            .to_ascii_lowercase();
-        assert!(!name.is_empty(), "bad tag <{tag}>");
-        names.push(name.clone());
-        if tag.ends_with('/') || VOID.contains(&name.as_str()) {
-            continue;
-        }
-        if name == "script" || name == "style" {
-            let close = format!("</{name}>");
-            let end = rest.find(&close).expect("unclosed raw text element");
-            rest = &rest[end..];
-        }
-        stack.push(name);
-    }
-    assert!(stack.is_empty(), "unclosed: {stack:?}");
-    names
-}
-
 fn check_html(html: &str, counts: &RunCounts, items: &[ItemRecord]) {
     assert!(html.starts_with("<!DOCTYPE html>"));
-    let names = check_balanced(html);
+    let names = html::element_names(html);
     assert_eq!(
         names.iter().filter(|n| *n == "script").count(),
         1,
@@ -689,7 +638,7 @@ async fn demo_writes_html_reports_and_prints_their_paths() {
         assert!(path.starts_with(&out_dir), "{p} is under --out-dir");
         let html = read(path);
         assert!(html.starts_with("<!DOCTYPE html>"), "{p}");
-        check_balanced(&html);
+        html::check_balanced(&html);
     }
     for name in ["dry-run-report.html", "live-run-report.html"] {
         let path = out_dir.join(name);

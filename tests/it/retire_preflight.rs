@@ -7,7 +7,7 @@
 use b2b_convert::emulator::{EmulatorConfig, Tenant};
 use serde_json::Value;
 
-mod common;
+use crate::common;
 
 use common::{Ran, BIN, COMMAND_TIMEOUT};
 

@@ -9,7 +9,7 @@ use b2b_convert::model::User;
 use base64::Engine;
 use serde_json::{json, Value};
 
-mod common;
+use crate::common;
 
 use common::raw::{invite_body, G};
 use common::start;

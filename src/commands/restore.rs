@@ -1,0 +1,439 @@
+//! `restore RUN_ID`: undo the tool's own follow-up writes from the snapshot — `userType` back
+//! where `--set-guest` changed it, `mail` back where `--set-mail` changed it (the step records
+//! say which were done). Each property is one checkpointed step of the one executor
+//! (`workers::backout`), exactly once through a crash, reconciled by re-reading the user. A
+//! user someone else changed since is left alone and reported. The invitation itself cannot be
+//! undone here (`rollback` converts redeemed users back).
+//!
+//! The helpers both back-out commands share (who `--only` names, the confirmation, the
+//! outcome and its exit status) live here too.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::common;
+use crate::cli::RestoreArgs;
+use crate::exit::{ExitError, ExitStatus};
+use crate::graph::{Credentials, GraphClient};
+use crate::item::{ItemRecord, ItemState, RunMode, RunRecord};
+use crate::progress::Progress;
+use crate::queue::backout::{BackoutCounts, BackoutKind, BackoutState, NewBackout};
+use crate::queue::{Queue, RunLease};
+use crate::source::only::OnlyList;
+use crate::workers::backout::{user_type_to, BackoutOps, PasswordsFile};
+use crate::workers::planner::StopReason;
+use crate::workers::resend::PassEnd;
+
+pub async fn restore(db: &Path, args: RestoreArgs) -> anyhow::Result<ExitStatus> {
+    let only = read_only(args.only.as_deref())?;
+    let (queue, lease, run) = if args.dry_run {
+        let queue = Arc::new(Queue::open_existing(db)?);
+        let run = common::pick_run(&queue, Some(args.run_id))?;
+        (queue, None, run)
+    } else {
+        let (queue, lease, run) = common::lease_run(db, Some(args.run_id))?;
+        (queue, Some(lease), run)
+    };
+    live_run(&run, "restore")?;
+    let items = queue.items(run.id)?;
+    let named = named_items(&items, only.as_ref())?;
+    let wanted = restore_plan(&queue, &items, named.as_ref())?;
+    let open: Vec<i64> = open_entries(&queue, run.id, BackoutKind::Restore, named.as_ref())?;
+    let this_time = (wanted.len() + open.len()) as u64;
+    if args.dry_run {
+        for (u, item) in wanted.iter().filter_map(|u| {
+            items
+                .iter()
+                .find(|i| i.id == u.item_id)
+                .map(|item| (u, item))
+        }) {
+            let mut what = Vec::new();
+            if u.needs_user_type {
+                what.push(format!(
+                    "userType Guest → {}",
+                    u.user_type_to.as_deref().unwrap_or("Member")
+                ));
+            }
+            if u.needs_mail {
+                what.push(format!(
+                    "mail {} → {}",
+                    u.mail_tool.as_deref().unwrap_or("(none)"),
+                    u.mail_to.as_deref().unwrap_or("(none)")
+                ));
+            }
+            if !args.json {
+                println!("would restore {}: {}", name_of(item), what.join(", "));
+            }
+        }
+        say(
+            args.json,
+            format!(
+                "dry run: {} user(s) of run {} would be restored; nothing was sent",
+                this_time, run.id
+            ),
+        );
+        print_json(
+            args.json,
+            &run,
+            BackoutKind::Restore,
+            &queue,
+            true,
+            this_time,
+        )?;
+        return Ok(ExitStatus::Success);
+    }
+    let lease = lease.expect("a live restore holds the lease");
+    if this_time == 0 {
+        say(
+            args.json,
+            format!(
+                "nothing to restore: no user of run {} has a mail or userType the tool set \
+                 that is not restored already",
+                run.id
+            ),
+        );
+        print_json(args.json, &run, BackoutKind::Restore, &queue, false, 0)?;
+        return Ok(ExitStatus::Success);
+    }
+    common::require_consent_possible(RunMode::Live, args.yes)?;
+    if !args.yes
+        && !confirm(
+            &run,
+            "RESTORE the mail and userType the tool set for",
+            this_time,
+        )?
+    {
+        return Err(common::declined());
+    }
+    let graph = common::connect_to_run(
+        &common::endpoints_for(&args.endpoints, &run),
+        Credentials::resolve(args.auth)?,
+        &queue,
+        &run,
+        RunMode::Live,
+    )
+    .await?;
+    queue.add_backout(run.id, BackoutKind::Restore, &wanted)?;
+    let selected = named.map(|n| n.into_iter().collect());
+    let end = execute(
+        &queue,
+        &lease,
+        &run,
+        graph,
+        BackoutKind::Restore,
+        None,
+        this_time,
+        selected,
+    )
+    .await?;
+    finish(&queue, &run, BackoutKind::Restore, end, args.json)
+}
+
+/// A back-out works a live run's users only.
+pub(super) fn live_run(run: &RunRecord, command: &str) -> anyhow::Result<()> {
+    if run.mode != RunMode::Live {
+        return Err(ExitError::usage(format!(
+            "run {} is a dry run: nothing was written to any user, there is nothing to {command}",
+            run.id
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+pub(super) fn read_only(path: Option<&Path>) -> anyhow::Result<Option<OnlyList>> {
+    match path {
+        Some(path) => Ok(Some(
+            OnlyList::read(path).map_err(|e| ExitError::usage(e.to_string()))?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// The items `--only` names (`None`: every item). A name that matches no item of the run is a
+/// usage error before anything is sent.
+pub(super) fn named_items(
+    items: &[ItemRecord],
+    only: Option<&OnlyList>,
+) -> anyhow::Result<Option<BTreeSet<i64>>> {
+    let Some(only) = only else {
+        return Ok(None);
+    };
+    let missing: Vec<String> = only
+        .keys
+        .iter()
+        .filter(|k| {
+            let single = OnlyList {
+                keys: vec![(*k).clone()],
+            };
+            !items
+                .iter()
+                .any(|i| single.names(i.user_id.as_deref(), i.user_principal_name.as_deref()))
+        })
+        .map(|k| k.value().to_string())
+        .collect();
+    if !missing.is_empty() {
+        return Err(ExitError::usage(format!(
+            "--only names {} user(s) who are not in this run: {}",
+            missing.len(),
+            missing.join(", ")
+        ))
+        .into());
+    }
+    Ok(Some(
+        items
+            .iter()
+            .filter(|i| only.names(i.user_id.as_deref(), i.user_principal_name.as_deref()))
+            .map(|i| i.id)
+            .collect(),
+    ))
+}
+
+/// The users whose mail or userType the tool set (per their step records) and who are not in
+/// a restore yet, with the values to put back from the snapshot.
+pub fn restore_plan(
+    queue: &Queue,
+    items: &[ItemRecord],
+    named: Option<&BTreeSet<i64>>,
+) -> anyhow::Result<Vec<NewBackout>> {
+    let taken: BTreeSet<i64> = queue
+        .backout_entries(
+            items.first().map_or(0, |i| i.run_id),
+            BackoutKind::Restore,
+            None,
+        )?
+        .into_iter()
+        .filter(|e| e.state != BackoutState::Skipped)
+        .map(|e| e.item_id)
+        .collect();
+    let ids: Vec<i64> = items
+        .iter()
+        .filter(|i| named.is_none_or(|n| n.contains(&i.id)) && !taken.contains(&i.id))
+        .map(|i| i.id)
+        .collect();
+    let steps = queue.steps_of(&ids)?;
+    Ok(items
+        .iter()
+        .filter_map(|i| {
+            let s = steps.get(&i.id)?;
+            let (user_type, mail) = (s.guest_set, s.needs_mail && s.mail_set);
+            (user_type || mail).then(|| NewBackout {
+                item_id: i.id,
+                needs_user_type: user_type,
+                user_type_to: user_type.then(|| user_type_to(i.snapshot.as_ref())),
+                needs_mail: mail,
+                mail_to: s.mail_from.clone(),
+                mail_tool: s.mail_to.clone(),
+            })
+        })
+        .collect())
+}
+
+/// Entries of `kind` not finished yet (a back-out a crash interrupted), those `named` only.
+pub(super) fn open_entries(
+    queue: &Queue,
+    run_id: i64,
+    kind: BackoutKind,
+    named: Option<&BTreeSet<i64>>,
+) -> anyhow::Result<Vec<i64>> {
+    Ok(queue
+        .backout_entries(run_id, kind, None)?
+        .into_iter()
+        .filter(|e| matches!(e.state, BackoutState::Pending | BackoutState::InFlight))
+        .filter(|e| named.is_none_or(|n| n.contains(&e.item_id)))
+        .map(|e| e.item_id)
+        .collect())
+}
+
+pub(super) fn name_of(item: &ItemRecord) -> String {
+    item.user_principal_name
+        .clone()
+        .or_else(|| item.user_id.clone())
+        .unwrap_or_else(|| format!("item {}", item.id))
+}
+
+fn say(json: bool, line: String) {
+    if !json {
+        println!("{line}");
+    }
+}
+
+/// Asks before a back-out touches anyone, naming the tenant and the number of users.
+pub(super) fn confirm(run: &RunRecord, what: &str, users: u64) -> anyhow::Result<bool> {
+    use std::io::{BufRead as _, Write as _};
+    let tenant = run
+        .tenant
+        .as_ref()
+        .map_or_else(|| "(unknown tenant)".to_string(), ToString::to_string);
+    let mut err = std::io::stderr();
+    writeln!(
+        err,
+        "About to {what} {users} users of tenant {tenant} (run {}).\nType `yes` to go on: ",
+        run.id
+    )?;
+    err.flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(answer.trim().eq_ignore_ascii_case("yes"))
+}
+
+/// Works the back-out under the run's lease, with Ctrl-C and a lost lease stopping it after
+/// the requests on the wire, and a progress bar over this invocation's users.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn execute(
+    queue: &Arc<Queue>,
+    lease: &RunLease,
+    run: &RunRecord,
+    graph: GraphClient,
+    kind: BackoutKind,
+    passwords: Option<PasswordsFile>,
+    users: u64,
+    only: Option<BTreeSet<i64>>,
+) -> anyhow::Result<PassEnd> {
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let lost = lease.lost_flag();
+    let command = kind.as_str();
+    let ctrl_c = tokio::spawn(async move {
+        let lease_lost = async {
+            while !lost.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        };
+        tokio::select! {
+            signal = tokio::signal::ctrl_c() => if signal.is_ok() {
+                crate::progress::suspend(|| {
+                    eprintln!("\nstopping after the requests on the wire; `{command}` continues")
+                });
+            },
+            () = lease_lost => {}
+        }
+        let _ = stop_tx.send(true);
+    });
+    let progress = Arc::new(Progress::new(
+        match kind {
+            BackoutKind::Restore => "restoring",
+            BackoutKind::Rollback => "converting back",
+        },
+        users,
+    ));
+    let ops = Arc::new(BackoutOps {
+        queue: queue.clone(),
+        graph: graph.with_gate(common::lease_gate(lease)),
+        kind,
+        progress: progress.clone(),
+        passwords,
+        max_attempts: run.options.max_attempts,
+    });
+    let outcome =
+        crate::workers::backout::work(ops, run.id, run.options.concurrency, stop, only).await;
+    ctrl_c.abort();
+    progress.finish();
+    queue.flush_request_log()?;
+    if lease.is_lost() || outcome.as_ref().is_err_and(common::lease_refused) {
+        return Err(anyhow::anyhow!(
+            "run {} was taken over by another process while this one was stalled; stopped",
+            run.id
+        ));
+    }
+    outcome
+}
+
+/// The summary line, `--json`'s object, every user left alone or failed, and the exit status:
+/// 3 when users were left not done.
+pub(super) fn finish(
+    queue: &Queue,
+    run: &RunRecord,
+    kind: BackoutKind,
+    end: PassEnd,
+    json: bool,
+) -> anyhow::Result<ExitStatus> {
+    let c = queue.backout_counts(run.id, kind)?;
+    let command = kind.as_str();
+    if !json {
+        for e in queue.backout_entries(run.id, kind, None)? {
+            let who = e
+                .user_principal_name
+                .clone()
+                .or(e.user_id.clone())
+                .unwrap_or_default();
+            match e.state {
+                BackoutState::Skipped => {
+                    println!("left alone {who}: {}", e.detail.unwrap_or_default());
+                }
+                BackoutState::Failed => println!(
+                    "failed {who}: {} {}",
+                    e.error_code.unwrap_or_default(),
+                    e.error_message.unwrap_or_default()
+                ),
+                _ => {}
+            }
+        }
+        println!(
+            "{command} of run {}: {} done, {} failed, {} left alone, {} left",
+            run.id,
+            c.done,
+            c.failed,
+            c.skipped,
+            c.open()
+        );
+    }
+    print_json(json, run, kind, queue, false, c.open())?;
+    let resume = format!("`b2b-convert {command} {}` continues", run.id);
+    match end {
+        PassEnd::Stopped(StopReason::TenantRefused(message)) => {
+            eprintln!("error: the tenant refused to go on: {message}; {resume}");
+            Ok(ExitStatus::TenantRefused)
+        }
+        PassEnd::Stopped(StopReason::Unreachable(message)) => Err(anyhow::anyhow!(
+            "Graph cannot be reached, nothing more was sent: {message}; {resume}"
+        )),
+        PassEnd::Stopped(StopReason::LeaseLost) => Err(anyhow::anyhow!(
+            "run {} was taken over by another process while this one was stalled; stopped",
+            run.id
+        )),
+        PassEnd::Stopped(StopReason::Error(message)) => Err(anyhow::anyhow!("{message}; {resume}")),
+        PassEnd::Interrupted => {
+            say(json, format!("interrupted: {resume}"));
+            Ok(ExitStatus::Interrupted)
+        }
+        PassEnd::Done if not_done(&c) => Ok(ExitStatus::NeedsAttention),
+        PassEnd::Done => Ok(ExitStatus::Success),
+    }
+}
+
+fn not_done(c: &BackoutCounts) -> bool {
+    c.failed + c.skipped + c.open() > 0
+}
+
+fn print_json(
+    json: bool,
+    run: &RunRecord,
+    kind: BackoutKind,
+    queue: &Queue,
+    dry_run: bool,
+    left: u64,
+) -> anyhow::Result<()> {
+    if !json {
+        return Ok(());
+    }
+    let c = queue.backout_counts(run.id, kind)?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "runId": run.id,
+            "command": kind.as_str(),
+            "dryRun": dry_run,
+            "done": c.done,
+            "failed": c.failed,
+            "leftAlone": c.skipped,
+            "left": left,
+        })
+    );
+    Ok(())
+}
+
+/// Whether an item is one a rollback may take: converted by this run.
+pub(super) fn converted(item: &ItemRecord) -> bool {
+    item.state == ItemState::Converted
+}

@@ -1,0 +1,672 @@
+//! `retire` passes (issue 19): the users a pass fixes when it starts, where each is within it
+//! (which of its two steps are done, the Graph times a lost answer is judged against), and the
+//! credential facts `track` and `retire` read (synced or not, `lastPasswordChangeDateTime`).
+//! SQL only; the decisions live in `workers::retire`. Every change of an entry is fenced by the
+//! run's lease. No password is ever written here.
+
+use rusqlite::{params, OptionalExtension};
+
+use super::track::{normalize_time, ACCEPTED};
+use super::{now, Queue, QueueError, Result};
+use crate::item::ItemState;
+
+/// A `retire` pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetirePass {
+    pub id: i64,
+    pub run_id: i64,
+    pub started_at: String,
+}
+
+/// Where one user is within a retire pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetireState {
+    Pending,
+    /// A request may be on the wire (or was when the process died).
+    InFlight,
+    /// Password set and sessions revoked.
+    Retired,
+    Failed,
+    /// Not written: see [`SkipKind`].
+    Skipped,
+}
+
+impl RetireState {
+    pub const ALL: [RetireState; 5] = [
+        RetireState::Pending,
+        RetireState::InFlight,
+        RetireState::Retired,
+        RetireState::Failed,
+        RetireState::Skipped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetireState::Pending => "pending",
+            RetireState::InFlight => "in_flight",
+            RetireState::Retired => "retired",
+            RetireState::Failed => "failed",
+            RetireState::Skipped => "skipped",
+        }
+    }
+}
+
+impl std::str::FromStr for RetireState {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<RetireState, String> {
+        RetireState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| format!("unknown retire state `{s}`"))
+    }
+}
+
+/// Why a user of a pass was not written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SkipKind {
+    /// Not `Accepted` when the pass re-read them: both credentials work until redemption.
+    Unredeemed,
+    /// Synced from on-premises: Graph cannot write the password (`scripts`).
+    Synced,
+    /// Holds an admin role: needs Privileged Authentication Administrator.
+    Privileged,
+    /// No longer in the tenant.
+    Gone,
+}
+
+impl SkipKind {
+    pub const ALL: [SkipKind; 4] = [
+        SkipKind::Unredeemed,
+        SkipKind::Synced,
+        SkipKind::Privileged,
+        SkipKind::Gone,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipKind::Unredeemed => "unredeemed",
+            SkipKind::Synced => "synced",
+            SkipKind::Privileged => "privileged",
+            SkipKind::Gone => "gone",
+        }
+    }
+}
+
+impl std::str::FromStr for SkipKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<SkipKind, String> {
+        SkipKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown retire skip kind `{s}`"))
+    }
+}
+
+/// One user of a retire pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetireEntry {
+    pub pass_id: i64,
+    pub item_id: i64,
+    pub user_id: Option<String>,
+    pub user_principal_name: Option<String>,
+    pub state: RetireState,
+    /// The step checkpointed in flight (`Step::as_str`).
+    pub step: Option<String>,
+    pub attempts: u32,
+    pub password_before: Option<String>,
+    pub sessions_before: Option<String>,
+    pub password_set: bool,
+    pub sessions_revoked: bool,
+    pub skip_kind: Option<SkipKind>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+}
+
+/// A converted user a new pass would take (`retire --dry-run`, `--only`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetireCandidate {
+    pub item_id: i64,
+    pub user_id: Option<String>,
+    pub user_principal_name: Option<String>,
+}
+
+/// Counts of a pass by entry state, and of its skipped users by why.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetireSummary {
+    pub pending: u64,
+    pub in_flight: u64,
+    pub retired: u64,
+    pub failed: u64,
+    pub unredeemed: u64,
+    pub synced: u64,
+    pub privileged: u64,
+    pub gone: u64,
+}
+
+impl RetireSummary {
+    /// Users of the pass not retired and not gone: they still hold a working internal password.
+    pub fn not_done(&self) -> u64 {
+        self.pending
+            + self.in_flight
+            + self.failed
+            + self.unredeemed
+            + self.synced
+            + self.privileged
+    }
+}
+
+/// A run's retirement as status and reports show it (SPEC: status JSON `retired`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetiredCounts {
+    /// Cloud-only converted users whose internal password was set to a random value.
+    pub passwords: u64,
+    /// … and whose sign-in sessions were revoked.
+    pub sessions: u64,
+    /// Cloud-only converted users not retired who had not redeemed when last read.
+    pub awaiting_redemption: u64,
+    /// Cloud-only converted users who redeemed but are not retired yet (`retire` does them).
+    pub redeemed_not_retired: u64,
+    pub on_premises: OnPremisesCounts,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OnPremisesCounts {
+    /// Synced converted users whose password changed after their redemption.
+    pub retired: u64,
+    /// Synced converted users not known to be retired.
+    pub not_yet: u64,
+}
+
+/// What a read of one converted user showed about its credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialFacts {
+    pub item_id: i64,
+    pub synced: bool,
+    pub password_changed_at: Option<String>,
+}
+
+const ENTRY_COLUMNS: &str = "r.pass_id, r.item_id, i.user_id, i.user_principal_name, r.state, \
+    r.step, r.attempts, r.password_before, r.sessions_before, r.password_set_at IS NOT NULL, \
+    r.sessions_revoked_at IS NOT NULL, r.skip_kind, r.error_code, r.error_message";
+
+/// `?1` run id: converted items with an object id not retired by an earlier pass.
+const CANDIDATE_WHERE: &str = "i.run_id = ?1 AND i.state = ?2 AND i.user_id IS NOT NULL
+    AND NOT EXISTS (SELECT 1 FROM retires x WHERE x.item_id = i.id AND x.state = ?3)";
+
+/// Whether an item is synced: the last read, else the snapshot taken before the conversion.
+const SYNCED: &str =
+    "coalesce(i.on_premises_sync, json_extract(i.snapshot, '$.onPremisesSyncEnabled'), 0) = 1";
+
+impl Queue {
+    /// The run's unfinished retire pass, if one was interrupted.
+    pub fn open_retire_pass(&self, run_id: i64) -> Result<Option<RetirePass>> {
+        self.conn()
+            .query_row(
+                "SELECT id, run_id, started_at FROM retire_passes
+                 WHERE run_id = ?1 AND finished_at IS NULL ORDER BY id LIMIT 1",
+                [run_id],
+                |r| {
+                    Ok(RetirePass {
+                        id: r.get(0)?,
+                        run_id: r.get(1)?,
+                        started_at: r.get(2)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// The converted users a new pass would take, in item order.
+    pub fn retire_candidates(&self, run_id: i64) -> Result<Vec<RetireCandidate>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT i.id, i.user_id, i.user_principal_name FROM items i
+                 WHERE {CANDIDATE_WHERE} ORDER BY i.id"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(
+                params![run_id, ItemState::Converted, RetireState::Retired],
+                |r| {
+                    Ok(RetireCandidate {
+                        item_id: r.get(0)?,
+                        user_id: r.get(1)?,
+                        user_principal_name: r.get(2)?,
+                    })
+                },
+            )
+            .map_err(|e| self.err(e))?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
+    /// Creates a pass over [`Queue::retire_candidates`], fixing its users in the same
+    /// transaction. `None` (and no pass) when there is nobody to retire.
+    pub fn create_retire_pass(&self, run_id: i64) -> Result<Option<RetirePass>> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        self.check_fence(&tx)?;
+        let at = now();
+        tx.execute(
+            "INSERT INTO retire_passes (run_id, started_at) VALUES (?1, ?2)",
+            params![run_id, at],
+        )
+        .map_err(|e| self.err(e))?;
+        let pass_id = tx.last_insert_rowid();
+        let n = tx
+            .execute(
+                &format!(
+                    "INSERT INTO retires (pass_id, item_id)
+                     SELECT ?4, i.id FROM items i WHERE {CANDIDATE_WHERE} ORDER BY i.id"
+                ),
+                params![run_id, ItemState::Converted, RetireState::Retired, pass_id],
+            )
+            .map_err(|e| self.err(e))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(Some(RetirePass {
+            id: pass_id,
+            run_id,
+            started_at: at,
+        }))
+    }
+
+    /// The pass's entries in `state`, in item order.
+    pub fn retire_entries(&self, pass_id: i64, state: RetireState) -> Result<Vec<RetireEntry>> {
+        self.entries_where("r.state = ?2", params![pass_id, state])
+    }
+
+    /// Every entry of the pass, in item order.
+    pub fn all_retire_entries(&self, pass_id: i64) -> Result<Vec<RetireEntry>> {
+        self.entries_where("1", params![pass_id])
+    }
+
+    fn entries_where(&self, cond: &str, p: &[&dyn rusqlite::ToSql]) -> Result<Vec<RetireEntry>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM retires r JOIN items i ON i.id = r.item_id
+                 WHERE r.pass_id = ?1 AND {cond} ORDER BY r.item_id"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(p, |r| {
+                Ok(RetireEntry {
+                    pass_id: r.get(0)?,
+                    item_id: r.get(1)?,
+                    user_id: r.get(2)?,
+                    user_principal_name: r.get(3)?,
+                    state: r.get(4)?,
+                    step: r.get(5)?,
+                    attempts: r.get::<_, i64>(6)? as u32,
+                    password_before: r.get(7)?,
+                    sessions_before: r.get(8)?,
+                    password_set: r.get(9)?,
+                    sessions_revoked: r.get(10)?,
+                    skip_kind: r.get(11)?,
+                    error_code: r.get(12)?,
+                    error_message: r.get(13)?,
+                })
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
+    /// Checkpoint before a request for `step` can leave the process: `pending` → `in_flight`.
+    /// The Graph times the pass just read are kept the first time (a later checkpoint of the
+    /// same entry keeps what was seen before anything was sent).
+    pub fn mark_retire_in_flight(
+        &self,
+        pass_id: i64,
+        item_id: i64,
+        step: &str,
+        password_before: Option<&str>,
+        sessions_before: Option<&str>,
+    ) -> Result<()> {
+        // In flight already when the step before it was just done in this process.
+        self.retire_transition(
+            pass_id,
+            item_id,
+            &[RetireState::Pending, RetireState::InFlight],
+            RetireState::InFlight,
+            "step = ?3, checkpoint_at = ?4,
+             password_before = CASE WHEN password_set_at IS NULL AND attempts = 0
+                               THEN ?5 ELSE password_before END,
+             sessions_before = CASE WHEN sessions_revoked_at IS NULL AND attempts = 0
+                               THEN ?6 ELSE sessions_before END",
+            params![
+                pass_id,
+                item_id,
+                step,
+                now(),
+                password_before,
+                sessions_before
+            ],
+        )
+    }
+
+    /// One more request at the current step that may have reached Graph.
+    pub fn charge_retire_attempt(&self, pass_id: i64, item_id: i64) -> Result<()> {
+        self.retire_transition(
+            pass_id,
+            item_id,
+            &[RetireState::InFlight],
+            RetireState::InFlight,
+            "attempts = attempts + 1",
+            params![pass_id, item_id],
+        )
+    }
+
+    /// `step` took effect: the password is set (`set_password`) or the sessions are revoked;
+    /// the next step starts with no attempts. The entry stays where it is.
+    pub fn retire_step_done(
+        &self,
+        pass_id: i64,
+        item_id: i64,
+        password: bool,
+        reconciled: bool,
+    ) -> Result<()> {
+        let column = if password {
+            "password_set_at"
+        } else {
+            "sessions_revoked_at"
+        };
+        let set = format!(
+            "{column} = coalesce({column}, ?3), attempts = 0, reconciled = max(reconciled, ?4)"
+        );
+        self.retire_transition(
+            pass_id,
+            item_id,
+            &[RetireState::InFlight, RetireState::Pending],
+            RetireState::InFlight,
+            &set,
+            params![pass_id, item_id, now(), reconciled],
+        )
+    }
+
+    /// Both steps are done.
+    pub fn record_retired(
+        &self,
+        pass_id: i64,
+        item_id: i64,
+        request_id: Option<&str>,
+        client_request_id: Option<&str>,
+    ) -> Result<()> {
+        self.retire_transition(
+            pass_id,
+            item_id,
+            &[RetireState::InFlight, RetireState::Pending],
+            RetireState::Retired,
+            "step = NULL, error_code = NULL, error_message = NULL,
+             request_id = coalesce(?3, request_id),
+             client_request_id = coalesce(?4, client_request_id)",
+            params![pass_id, item_id, request_id, client_request_id],
+        )
+    }
+
+    /// Graph refused a step (or attempts ran out).
+    pub fn record_retire_failed(
+        &self,
+        pass_id: i64,
+        item_id: i64,
+        code: &str,
+        message: &str,
+        request_id: Option<&str>,
+    ) -> Result<()> {
+        self.retire_transition(
+            pass_id,
+            item_id,
+            &[RetireState::Pending, RetireState::InFlight],
+            RetireState::Failed,
+            "error_code = ?3, error_message = ?4, request_id = coalesce(?5, request_id)",
+            params![pass_id, item_id, code, message, request_id],
+        )
+    }
+
+    /// The user is not written in this pass, for `kind`.
+    pub fn record_retire_skipped(
+        &self,
+        pass_id: i64,
+        item_id: i64,
+        kind: SkipKind,
+        why: &str,
+    ) -> Result<()> {
+        self.retire_transition(
+            pass_id,
+            item_id,
+            &[RetireState::Pending, RetireState::InFlight],
+            RetireState::Skipped,
+            "skip_kind = ?3, error_message = ?4",
+            params![pass_id, item_id, kind, why],
+        )
+    }
+
+    /// A step that certainly did not take effect waits again.
+    pub fn retire_back_to_pending(&self, pass_id: i64, item_id: i64) -> Result<()> {
+        self.retire_transition(
+            pass_id,
+            item_id,
+            &[RetireState::InFlight, RetireState::Pending],
+            RetireState::Pending,
+            "",
+            params![pass_id, item_id],
+        )
+    }
+
+    /// Notes the last error of an entry that stays where it is.
+    pub fn note_retire_error(
+        &self,
+        pass_id: i64,
+        item_id: i64,
+        code: &str,
+        message: &str,
+        request_id: Option<&str>,
+    ) -> Result<()> {
+        self.conn()
+            .execute(
+                "UPDATE retires SET error_code = ?3, error_message = ?4,
+                    request_id = coalesce(?5, request_id)
+                 WHERE pass_id = ?1 AND item_id = ?2",
+                params![pass_id, item_id, code, message, request_id],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub fn retire_summary(&self, pass_id: i64) -> Result<RetireSummary> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT state, skip_kind, count(*) FROM retires WHERE pass_id = ?1
+                 GROUP BY state, skip_kind",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([pass_id], |r| {
+                Ok((
+                    r.get::<_, RetireState>(0)?,
+                    r.get::<_, Option<SkipKind>>(1)?,
+                    r.get::<_, i64>(2)? as u64,
+                ))
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        let mut s = RetireSummary::default();
+        for (state, kind, n) in rows {
+            match (state, kind) {
+                (RetireState::Pending, _) => s.pending += n,
+                (RetireState::InFlight, _) => s.in_flight += n,
+                (RetireState::Retired, _) => s.retired += n,
+                (RetireState::Failed, _) => s.failed += n,
+                (RetireState::Skipped, Some(SkipKind::Unredeemed)) => s.unredeemed += n,
+                (RetireState::Skipped, Some(SkipKind::Synced)) => s.synced += n,
+                (RetireState::Skipped, Some(SkipKind::Privileged)) => s.privileged += n,
+                (RetireState::Skipped, Some(SkipKind::Gone) | None) => s.gone += n,
+            }
+        }
+        Ok(s)
+    }
+
+    /// Ends a pass once none of its users is pending or in flight; returns whether it ended.
+    pub fn finish_retire_pass(&self, pass_id: i64) -> Result<bool> {
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE retire_passes SET finished_at = ?2
+                 WHERE id = ?1 AND finished_at IS NULL AND NOT EXISTS (
+                   SELECT 1 FROM retires WHERE pass_id = ?1 AND state IN (?3, ?4))",
+                params![pass_id, now(), RetireState::Pending, RetireState::InFlight],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(n == 1)
+    }
+
+    /// Records what a read of converted users showed about their credentials, and (when
+    /// `state` is given) their `externalUserState` as `retire` re-read it.
+    pub fn record_credentials(&self, facts: &[CredentialFacts]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        for f in facts {
+            tx.execute(
+                "UPDATE items SET on_premises_sync = ?2, password_changed_at = ?3 WHERE id = ?1",
+                params![
+                    f.item_id,
+                    f.synced,
+                    f.password_changed_at.as_deref().map(normalize_time)
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The run's retirement over all its passes and the last reads (SPEC: status `retired`).
+    pub fn retired_counts(&self, run_id: i64) -> Result<RetiredCounts> {
+        let sql = format!(
+            "WITH c AS (
+               SELECT i.id, {SYNCED} AS synced, i.external_user_state AS state,
+                      i.external_user_state_changed_at AS redeemed_at,
+                      i.password_changed_at AS changed_at,
+                      EXISTS (SELECT 1 FROM retires r WHERE r.item_id = i.id
+                              AND r.password_set_at IS NOT NULL) AS password,
+                      EXISTS (SELECT 1 FROM retires r WHERE r.item_id = i.id
+                              AND r.sessions_revoked_at IS NOT NULL) AS sessions
+               FROM items i WHERE i.run_id = ?1 AND i.state = ?2)
+             SELECT
+               coalesce(sum(NOT synced AND password), 0),
+               coalesce(sum(NOT synced AND sessions), 0),
+               coalesce(sum(NOT synced AND NOT password AND coalesce(state, '') <> ?3), 0),
+               coalesce(sum(NOT synced AND NOT password AND coalesce(state, '') = ?3), 0),
+               coalesce(sum(synced AND state = ?3 AND changed_at > redeemed_at), 0),
+               coalesce(sum(synced AND NOT (coalesce(state, '') = ?3
+                                            AND coalesce(changed_at > redeemed_at, 0))), 0)
+             FROM c"
+        );
+        self.conn()
+            .query_row(&sql, params![run_id, ItemState::Converted, ACCEPTED], |r| {
+                let n = |k: usize| r.get::<_, i64>(k).map(|v| v as u64);
+                Ok(RetiredCounts {
+                    passwords: n(0)?,
+                    sessions: n(1)?,
+                    awaiting_redemption: n(2)?,
+                    redeemed_not_retired: n(3)?,
+                    on_premises: OnPremisesCounts {
+                        retired: n(4)?,
+                        not_yet: n(5)?,
+                    },
+                })
+            })
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records `externalUserState` and its change time as the pass just re-read them, so status
+    /// and reports count redemptions the pass saw. `tracked_at` is `track`'s and stays.
+    pub fn record_seen_state(
+        &self,
+        item_id: i64,
+        state: Option<&str>,
+        changed_at: Option<&str>,
+    ) -> Result<()> {
+        self.conn()
+            .execute(
+                "UPDATE items SET external_user_state = ?2,
+                    external_user_state_changed_at = ?3 WHERE id = ?1",
+                params![item_id, state, changed_at.map(normalize_time)],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Moves one entry from one of `from` to `to`, setting `set` too (`?1` pass, `?2` item,
+    /// then the caller's parameters); the lease is checked in the same write transaction, so a
+    /// holder that lost the run changes nothing.
+    fn retire_transition(
+        &self,
+        pass_id: i64,
+        item_id: i64,
+        from: &[RetireState],
+        to: RetireState,
+        set: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> Result<()> {
+        let n = params.len();
+        let allowed = (0..from.len())
+            .map(|k| format!("?{}", n + 2 + k))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let set = if set.is_empty() {
+            String::new()
+        } else {
+            format!("{set}, ")
+        };
+        let sql = format!(
+            "UPDATE retires SET {set}state = ?{} WHERE pass_id = ?1 AND item_id = ?2 AND state IN ({allowed})",
+            n + 1
+        );
+        let mut bound: Vec<&dyn rusqlite::ToSql> = params.to_vec();
+        bound.push(&to);
+        bound.extend(from.iter().map(|s| s as &dyn rusqlite::ToSql));
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        self.check_fence(&tx)?;
+        if tx
+            .execute(&sql, bound.as_slice())
+            .map_err(|e| self.err(e))?
+            == 1
+        {
+            tx.commit().map_err(|e| self.err(e))?;
+            return Ok(());
+        }
+        let actual: Option<RetireState> = tx
+            .query_row(
+                "SELECT state FROM retires WHERE pass_id = ?1 AND item_id = ?2",
+                params![pass_id, item_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Err(QueueError::Moved {
+            item_id,
+            expected: from[0].as_str(),
+            actual: actual.map_or_else(|| "not in this retire pass".into(), |s| s.as_str().into()),
+        })
+    }
+}
