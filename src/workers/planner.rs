@@ -459,7 +459,14 @@ pub struct ItemPlan {
     checkpoint: Checkpoint,
     attempts: Attempts,
     last: Answer,
+    /// Re-reads of the current step that failed to read the user (each already retried by the
+    /// client): a passing fault must not leave the item `in_flight` at once.
+    unreadable: u32,
 }
+
+/// How many times a re-read that could not read the user is tried again, while the run goes
+/// on, before the item is left `in_flight` for `resume`.
+pub const UNREADABLE_REREADS: u32 = 3;
 
 impl ItemPlan {
     /// `made` is what the queue has charged to the item's current step so far.
@@ -472,6 +479,7 @@ impl ItemPlan {
                 ..Attempts::default()
             },
             last: Answer::Accepted,
+            unreadable: 0,
         }
     }
 
@@ -505,6 +513,14 @@ impl ItemPlan {
     /// The user was read back after an unknown outcome or a "done already" refusal of `step`.
     pub fn reread(&mut self, step: Step, reread: &Reread, stopping: bool) -> Action {
         self.attempts.stopping = stopping;
+        if matches!(reread, Reread::Unreadable { .. })
+            && !stopping
+            && self.unreadable < UNREADABLE_REREADS
+        {
+            // Never a resend: only the read is tried again, the outcome still unknown.
+            self.unreadable += 1;
+            return Action::Reread(step);
+        }
         after_reread(step, reread, &self.last, &self.attempts)
     }
 
@@ -515,6 +531,7 @@ impl ItemPlan {
         self.attempts.made = 0;
         self.attempts.unknown_before = false;
         self.last = Answer::Accepted;
+        self.unreadable = 0;
         next(&self.checkpoint)
     }
 
@@ -1119,5 +1136,42 @@ mod tests {
             assert_eq!(Step::parse(s.as_str()), Some(s));
         }
         assert_eq!(Step::parse("other"), None);
+    }
+
+    /// A re-read that cannot read the user is tried again a few times while the run goes on,
+    /// never turning into a resend; then, or at once when stopping, the item stays in flight.
+    #[test]
+    fn an_unreadable_user_is_re_read_again_before_the_item_is_left_in_flight() {
+        let unreadable = Reread::Unreadable {
+            message: "503".into(),
+        };
+        let mut plan = ItemPlan::new(plan(false, None, false), 1, 5);
+        let _ = plan.answered(
+            Step::Invite,
+            Answer::Unknown {
+                code: "ServiceUnavailable".into(),
+                message: "lost".into(),
+            },
+            false,
+        );
+        for _ in 0..UNREADABLE_REREADS {
+            assert_eq!(
+                plan.reread(Step::Invite, &unreadable, false),
+                Action::Reread(Step::Invite)
+            );
+        }
+        assert_eq!(
+            plan.reread(Step::Invite, &unreadable, false),
+            Action::LeaveInFlight
+        );
+        let mut stopping = ItemPlan::new(plan_for_invite(), 1, 5);
+        assert_eq!(
+            stopping.reread(Step::Invite, &unreadable, true),
+            Action::LeaveInFlight
+        );
+    }
+
+    fn plan_for_invite() -> Checkpoint {
+        plan(false, None, false)
     }
 }
