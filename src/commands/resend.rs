@@ -64,8 +64,7 @@ pub async fn resend(db: &Path, args: ResendArgs) -> anyhow::Result<ExitStatus> {
                 return Ok(ExitStatus::Success);
             }
             if !args.yes && !confirm(&run, chosen.len() as u64, args.older_than, &last_tracked)? {
-                say("not confirmed: nothing sent".into());
-                return Ok(ExitStatus::Interrupted);
+                return Err(common::declined());
             }
             match queue.create_resend_pass(run.id, args.older_than, &cut)? {
                 Some(pass) => (pass, false),
@@ -100,8 +99,7 @@ pub async fn resend(db: &Path, args: ResendArgs) -> anyhow::Result<ExitStatus> {
             && this_time > 0
             && !confirm(&run, this_time, pass.older_than_days, &last_tracked)?
         {
-            say("not confirmed: nothing sent".into());
-            return Ok(ExitStatus::Interrupted);
+            return Err(common::declined());
         }
     }
 
