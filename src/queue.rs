@@ -23,6 +23,7 @@ mod ingest;
 mod items;
 mod lease;
 mod log;
+mod pass;
 mod redemption;
 mod report;
 mod resend;

@@ -6,7 +6,7 @@ use rusqlite::{params, OptionalExtension};
 
 use super::redemption::KEEP_LINKS;
 use super::track::PENDING_ACCEPTANCE;
-use super::{now, Queue, QueueError, Result};
+use super::{now, Queue, Result};
 use crate::item::ItemState;
 
 /// A `resend` pass.
@@ -40,6 +40,15 @@ impl ResendState {
             ResendState::Failed => "failed",
             ResendState::Skipped => "skipped",
         }
+    }
+}
+
+impl super::pass::PassState for ResendState {
+    const TABLE: &'static str = "resends";
+    const MISSING: &'static str = "not in this resend pass";
+
+    fn name(self) -> &'static str {
+        self.as_str()
     }
 }
 
@@ -259,7 +268,7 @@ impl Queue {
     /// killed right after it sent nothing (see [`Queue::charge_resend_attempt`]).
     pub fn mark_resend_in_flight(&self, pass_id: i64, item_id: i64) -> Result<String> {
         let at = now();
-        self.resend_transition(
+        self.pass_transition(
             pass_id,
             item_id,
             &[ResendState::Pending],
@@ -272,7 +281,7 @@ impl Queue {
 
     /// One more re-invitation of the user that may have reached Graph (`--max-attempts`).
     pub fn charge_resend_attempt(&self, pass_id: i64, item_id: i64) -> Result<()> {
-        self.resend_transition(
+        self.pass_transition(
             pass_id,
             item_id,
             &[ResendState::InFlight],
@@ -296,7 +305,7 @@ impl Queue {
     ) -> Result<()> {
         let reconciled = invitation_id.is_none();
         let at = now();
-        self.resend_transition(
+        self.pass_transition(
             pass_id,
             item_id,
             &[ResendState::InFlight],
@@ -339,7 +348,7 @@ impl Queue {
         request_id: Option<&str>,
         client_request_id: Option<&str>,
     ) -> Result<()> {
-        self.resend_transition(
+        self.pass_transition(
             pass_id,
             item_id,
             &[ResendState::Pending, ResendState::InFlight],
@@ -360,7 +369,7 @@ impl Queue {
 
     /// Nothing to send after all: the user redeemed meanwhile, or is gone.
     pub fn record_resend_skipped(&self, pass_id: i64, item_id: i64, why: &str) -> Result<()> {
-        self.resend_transition(
+        self.pass_transition(
             pass_id,
             item_id,
             &[ResendState::Pending, ResendState::InFlight],
@@ -373,7 +382,7 @@ impl Queue {
     /// A resend that certainly did not take effect waits again (the tenant refused it before
     /// carrying it out, or a re-read showed the user unchanged).
     pub fn resend_back_to_pending(&self, pass_id: i64, item_id: i64) -> Result<()> {
-        self.resend_transition(
+        self.pass_transition(
             pass_id,
             item_id,
             &[ResendState::InFlight],
@@ -445,63 +454,6 @@ impl Queue {
             )
             .map_err(|e| self.err(e))?;
         Ok(n == 1)
-    }
-
-    /// Moves one entry of a pass from one of `from` to `to`, setting `set` too (`?1` pass, `?2`
-    /// item, then the caller's parameters; `set` may be empty); the lease is checked in the same write transaction,
-    /// so a holder that lost the run changes nothing.
-    fn resend_transition(
-        &self,
-        pass_id: i64,
-        item_id: i64,
-        from: &[ResendState],
-        to: ResendState,
-        set: &str,
-        params: &[&dyn rusqlite::ToSql],
-    ) -> Result<()> {
-        let n = params.len();
-        let allowed = (0..from.len())
-            .map(|k| format!("?{}", n + 2 + k))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let set = if set.is_empty() {
-            String::new()
-        } else {
-            format!("{set}, ")
-        };
-        let sql = format!(
-            "UPDATE resends SET {set}state = ?{} WHERE pass_id = ?1 AND item_id = ?2 AND state IN ({allowed})",
-            n + 1
-        );
-        let mut bound: Vec<&dyn rusqlite::ToSql> = params.to_vec();
-        bound.push(&to);
-        bound.extend(from.iter().map(|s| s as &dyn rusqlite::ToSql));
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
-        self.check_fence(&tx)?;
-        if tx
-            .execute(&sql, bound.as_slice())
-            .map_err(|e| self.err(e))?
-            == 1
-        {
-            tx.commit().map_err(|e| self.err(e))?;
-            return Ok(());
-        }
-        let actual: Option<ResendState> = tx
-            .query_row(
-                "SELECT state FROM resends WHERE pass_id = ?1 AND item_id = ?2",
-                params![pass_id, item_id],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| self.err(e))?;
-        Err(QueueError::Moved {
-            item_id,
-            expected: from[0].as_str(),
-            actual: actual.map_or_else(|| "not in this resend pass".into(), |s| s.as_str().into()),
-        })
     }
 }
 

@@ -7,7 +7,7 @@
 use rusqlite::{params, OptionalExtension};
 
 use super::track::{normalize_time, ACCEPTED};
-use super::{now, Queue, QueueError, Result};
+use super::{now, Queue, Result};
 use crate::item::ItemState;
 
 /// A `retire` pass.
@@ -48,6 +48,15 @@ impl RetireState {
             RetireState::Failed => "failed",
             RetireState::Skipped => "skipped",
         }
+    }
+}
+
+impl super::pass::PassState for RetireState {
+    const TABLE: &'static str = "retires";
+    const MISSING: &'static str = "not in this retire pass";
+
+    fn name(self) -> &'static str {
+        self.as_str()
     }
 }
 
@@ -338,7 +347,7 @@ impl Queue {
         sessions_before: Option<&str>,
     ) -> Result<()> {
         // In flight already when the step before it was just done in this process.
-        self.retire_transition(
+        self.pass_transition(
             pass_id,
             item_id,
             &[RetireState::Pending, RetireState::InFlight],
@@ -361,7 +370,7 @@ impl Queue {
 
     /// One more request at the current step that may have reached Graph.
     pub fn charge_retire_attempt(&self, pass_id: i64, item_id: i64) -> Result<()> {
-        self.retire_transition(
+        self.pass_transition(
             pass_id,
             item_id,
             &[RetireState::InFlight],
@@ -388,7 +397,7 @@ impl Queue {
         let set = format!(
             "{column} = coalesce({column}, ?3), attempts = 0, reconciled = max(reconciled, ?4)"
         );
-        self.retire_transition(
+        self.pass_transition(
             pass_id,
             item_id,
             &[RetireState::InFlight, RetireState::Pending],
@@ -406,7 +415,7 @@ impl Queue {
         request_id: Option<&str>,
         client_request_id: Option<&str>,
     ) -> Result<()> {
-        self.retire_transition(
+        self.pass_transition(
             pass_id,
             item_id,
             &[RetireState::InFlight, RetireState::Pending],
@@ -427,7 +436,7 @@ impl Queue {
         message: &str,
         request_id: Option<&str>,
     ) -> Result<()> {
-        self.retire_transition(
+        self.pass_transition(
             pass_id,
             item_id,
             &[RetireState::Pending, RetireState::InFlight],
@@ -445,7 +454,7 @@ impl Queue {
         kind: SkipKind,
         why: &str,
     ) -> Result<()> {
-        self.retire_transition(
+        self.pass_transition(
             pass_id,
             item_id,
             &[RetireState::Pending, RetireState::InFlight],
@@ -457,7 +466,7 @@ impl Queue {
 
     /// A step that certainly did not take effect waits again.
     pub fn retire_back_to_pending(&self, pass_id: i64, item_id: i64) -> Result<()> {
-        self.retire_transition(
+        self.pass_transition(
             pass_id,
             item_id,
             &[RetireState::InFlight, RetireState::Pending],
@@ -611,62 +620,5 @@ impl Queue {
             )
             .map_err(|e| self.err(e))?;
         Ok(())
-    }
-
-    /// Moves one entry from one of `from` to `to`, setting `set` too (`?1` pass, `?2` item,
-    /// then the caller's parameters); the lease is checked in the same write transaction, so a
-    /// holder that lost the run changes nothing.
-    fn retire_transition(
-        &self,
-        pass_id: i64,
-        item_id: i64,
-        from: &[RetireState],
-        to: RetireState,
-        set: &str,
-        params: &[&dyn rusqlite::ToSql],
-    ) -> Result<()> {
-        let n = params.len();
-        let allowed = (0..from.len())
-            .map(|k| format!("?{}", n + 2 + k))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let set = if set.is_empty() {
-            String::new()
-        } else {
-            format!("{set}, ")
-        };
-        let sql = format!(
-            "UPDATE retires SET {set}state = ?{} WHERE pass_id = ?1 AND item_id = ?2 AND state IN ({allowed})",
-            n + 1
-        );
-        let mut bound: Vec<&dyn rusqlite::ToSql> = params.to_vec();
-        bound.push(&to);
-        bound.extend(from.iter().map(|s| s as &dyn rusqlite::ToSql));
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
-        self.check_fence(&tx)?;
-        if tx
-            .execute(&sql, bound.as_slice())
-            .map_err(|e| self.err(e))?
-            == 1
-        {
-            tx.commit().map_err(|e| self.err(e))?;
-            return Ok(());
-        }
-        let actual: Option<RetireState> = tx
-            .query_row(
-                "SELECT state FROM retires WHERE pass_id = ?1 AND item_id = ?2",
-                params![pass_id, item_id],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| self.err(e))?;
-        Err(QueueError::Moved {
-            item_id,
-            expected: from[0].as_str(),
-            actual: actual.map_or_else(|| "not in this retire pass".into(), |s| s.as_str().into()),
-        })
     }
 }
