@@ -34,7 +34,7 @@ use crate::queue::Queue;
 
 use super::convert::db;
 use super::executor::{self, reread_error, PassOps, Settled};
-use super::planner::{Checkpoint, ItemPlan, Pass, Reread, Step, StopReason};
+use super::planner::{Checkpoint, ItemPlan, Pass, Reread, Step};
 use super::resend::PassEnd;
 
 /// The userType `--set-guest` writes.
@@ -291,11 +291,8 @@ pub async fn work(
         }
     }
 
-    let stop_reason: Arc<Mutex<Option<StopReason>>> = Arc::default();
-    let stopping = {
-        let (stop, stop_reason) = (stop.clone(), stop_reason.clone());
-        move || *stop.borrow() || stop_reason.lock().map_or(true, |r| r.is_some())
-    };
+    let pass_stop = executor::PassStop::new(stop);
+    let stopping = pass_stop.stopping();
     let mut pending = db(&ops.queue, move |q| {
         q.backout_entries(run_id, kind, Some(BackoutState::Pending))
     })
@@ -310,50 +307,23 @@ pub async fn work(
         let chunk = match read_before(&ops, chunk.to_vec()).await? {
             Ok(left) => left,
             Err(e) => {
-                return Ok(PassEnd::Stopped(match e {
-                    GraphError::TenantRefused { message, .. } => StopReason::TenantRefused(message),
-                    GraphError::NotSent { message } => StopReason::Unreachable(message),
-                    other => StopReason::Error(format!(
-                        "re-reading the users before backing them out: {other}"
-                    )),
-                }));
+                return Ok(executor::chunk_read_stopped(
+                    e,
+                    "re-reading the users before backing them out",
+                ))
             }
         };
-        let queue = Arc::new(tokio::sync::Mutex::new(std::collections::VecDeque::from(
+        executor::work_chunk(
+            &ops,
             chunk,
-        )));
-        let mut workers = tokio::task::JoinSet::new();
-        for _ in 0..concurrency.max(1) {
-            let (ops, queue) = (ops.clone(), queue.clone());
-            let (stopping, stop_reason) = (stopping.clone(), stop_reason.clone());
-            workers.spawn(async move {
-                loop {
-                    if stopping() {
-                        break;
-                    }
-                    let Some(entry) = queue.lock().await.pop_front() else {
-                        break;
-                    };
-                    let (mut it, mut plan) = prepare(&ops, entry).await?;
-                    let settled = executor::work_item(&*ops, &mut it, &mut plan, &stopping).await?;
-                    if let Settled::Stopped(reason) = settled {
-                        let mut r = stop_reason.lock().unwrap_or_else(|p| p.into_inner());
-                        r.get_or_insert(reason);
-                    }
-                }
-                anyhow::Ok(())
-            });
-        }
-        while let Some(joined) = workers.join_next().await {
-            joined.context("a back-out worker panicked")??;
-        }
+            concurrency,
+            &pass_stop,
+            |ops: Arc<BackoutOps>, entry| async move { prepare(&ops, entry).await.map(Some) },
+            "back-out",
+        )
+        .await?;
     }
-    let reason = stop_reason.lock().unwrap_or_else(|p| p.into_inner()).take();
-    Ok(match reason {
-        Some(reason) => PassEnd::Stopped(reason),
-        None if *stop.borrow() => PassEnd::Interrupted,
-        None => PassEnd::Done,
-    })
+    Ok(pass_stop.end())
 }
 
 async fn prepare(ops: &BackoutOps, entry: BackoutEntry) -> anyhow::Result<(BackoutItem, ItemPlan)> {

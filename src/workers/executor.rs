@@ -14,12 +14,18 @@
 //! - the pause between attempts at a user is the one retry policy's (`graph::retry::delay`);
 //! - a write the lease no longer allows stops this process's pass without writing anything.
 
+use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use tokio::sync::watch;
 
 use crate::graph::{GraphError, ResponseMeta};
 use crate::queue::QueueError;
 
 use super::planner::{Action, Answer, ItemPlan, Leave, Reread, Step, StopReason};
+use super::resend::PassEnd;
 
 /// How an item left the executor in this process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -266,6 +272,98 @@ pub async fn reconcile_item<P: PassOps>(
         other => unreachable!("the planner never plans {other:?} at resume"),
     }
     Ok(Settled::Recorded)
+}
+
+/// Why a pass's workers stop: Ctrl-C, or the first reason one of them gave for the whole pass.
+/// Shared by every worker of the pass, so one worker's stop ends the others' before their next
+/// user.
+pub struct PassStop {
+    stop: watch::Receiver<bool>,
+    reason: Arc<Mutex<Option<StopReason>>>,
+}
+
+impl PassStop {
+    pub fn new(stop: watch::Receiver<bool>) -> PassStop {
+        PassStop {
+            stop,
+            reason: Arc::default(),
+        }
+    }
+
+    /// Whether no more user is to be started.
+    pub fn stopping(&self) -> impl Fn() -> bool + Clone + Send + Sync + 'static {
+        let (stop, reason) = (self.stop.clone(), self.reason.clone());
+        move || *stop.borrow() || reason.lock().map_or(true, |r| r.is_some())
+    }
+
+    /// How the pass ended in this process, once its workers are done.
+    pub fn end(self) -> PassEnd {
+        let reason = self.reason.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match reason {
+            Some(reason) => PassEnd::Stopped(reason),
+            None if *self.stop.borrow() => PassEnd::Interrupted,
+            None => PassEnd::Done,
+        }
+    }
+}
+
+/// The pass stops when the bulk re-read of a chunk fails: a tenant refusal or an unreachable
+/// Graph as such, anything else as an error saying what was being `doing`.
+pub fn chunk_read_stopped(e: GraphError, doing: &str) -> PassEnd {
+    PassEnd::Stopped(match e {
+        GraphError::TenantRefused { message, .. } => StopReason::TenantRefused(message),
+        GraphError::NotSent { message } => StopReason::Unreachable(message),
+        other => StopReason::Error(format!("{doing}: {other}")),
+    })
+}
+
+/// Works one chunk of a pass's entries, `concurrency` workers at a time, until the chunk is
+/// empty or the pass stops. `prepare` turns an entry into the item and plan the executor works
+/// (`None`: nothing to work, already recorded). A reason a worker stops the pass for is kept in
+/// `pass_stop`; `pass` names the pass in the error a panicked worker leaves.
+pub async fn work_chunk<P, E, F, Fut>(
+    ops: &Arc<P>,
+    chunk: Vec<E>,
+    concurrency: usize,
+    pass_stop: &PassStop,
+    prepare: F,
+    pass: &str,
+) -> anyhow::Result<()>
+where
+    P: PassOps + Send + 'static,
+    E: Send + 'static,
+    F: Fn(Arc<P>, E) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = anyhow::Result<Option<(P::Item, ItemPlan)>>> + Send,
+{
+    let queue = Arc::new(tokio::sync::Mutex::new(VecDeque::from(chunk)));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency.max(1) {
+        let (ops, queue, prepare) = (ops.clone(), queue.clone(), prepare.clone());
+        let (stopping, stop_reason) = (pass_stop.stopping(), pass_stop.reason.clone());
+        workers.spawn(async move {
+            loop {
+                if stopping() {
+                    break;
+                }
+                let Some(entry) = queue.lock().await.pop_front() else {
+                    break;
+                };
+                let Some((mut it, mut plan)) = prepare(ops.clone(), entry).await? else {
+                    continue;
+                };
+                let settled = work_item(&*ops, &mut it, &mut plan, &stopping).await?;
+                if let Settled::Stopped(reason) = settled {
+                    let mut r = stop_reason.lock().unwrap_or_else(|p| p.into_inner());
+                    r.get_or_insert(reason);
+                }
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(joined) = workers.join_next().await {
+        joined.with_context(|| format!("a {pass} worker panicked"))??;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! checkpoint. A user who redeemed (or vanished) meanwhile is skipped, never reset.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
@@ -176,11 +176,8 @@ pub async fn work(
         }
     }
 
-    let stop_reason: Arc<Mutex<Option<StopReason>>> = Arc::default();
-    let stopping = {
-        let (stop, stop_reason) = (stop.clone(), stop_reason.clone());
-        move || *stop.borrow() || stop_reason.lock().map_or(true, |r| r.is_some())
-    };
+    let pass_stop = executor::PassStop::new(stop);
+    let stopping = pass_stop.stopping();
     let mut budget = limit.unwrap_or(u64::MAX);
     let mut pending = db(q, move |q| q.resend_entries(pass, ResendState::Pending)).await?;
     if let Some(only) = &only {
@@ -195,53 +192,30 @@ pub async fn work(
         let chunk = match skip_redeemed(&ops, chunk).await? {
             Ok(left) => left,
             Err(e) => {
-                return Ok(PassEnd::Stopped(match e {
-                    GraphError::TenantRefused { message, .. } => StopReason::TenantRefused(message),
-                    GraphError::NotSent { message } => StopReason::Unreachable(message),
-                    other => StopReason::Error(format!(
-                        "re-reading the pass's users before re-inviting them: {other}"
-                    )),
-                }));
+                return Ok(executor::chunk_read_stopped(
+                    e,
+                    "re-reading the pass's users before re-inviting them",
+                ))
             }
         };
         budget = budget.saturating_sub(chunk.len() as u64);
-        let queue = Arc::new(tokio::sync::Mutex::new(std::collections::VecDeque::from(
+        executor::work_chunk(
+            &ops,
             chunk,
-        )));
-        let mut workers = tokio::task::JoinSet::new();
-        for _ in 0..options.concurrency.max(1) {
-            let (ops, options, queue) = (ops.clone(), options.clone(), queue.clone());
-            let (stopping, stop_reason) = (stopping.clone(), stop_reason.clone());
-            workers.spawn(async move {
-                loop {
-                    if stopping() {
-                        break;
-                    }
-                    let Some(entry) = queue.lock().await.pop_front() else {
-                        break;
-                    };
-                    let Some((mut it, mut plan)) = prepare(&ops, &options, entry).await? else {
-                        continue;
-                    };
-                    let settled = executor::work_item(&*ops, &mut it, &mut plan, &stopping).await?;
-                    if let Settled::Stopped(reason) = settled {
-                        let mut r = stop_reason.lock().unwrap_or_else(|p| p.into_inner());
-                        r.get_or_insert(reason);
-                    }
+            options.concurrency,
+            &pass_stop,
+            {
+                let options = options.clone();
+                move |ops: Arc<ResendOps>, entry| {
+                    let options = options.clone();
+                    async move { prepare(&ops, &options, entry).await }
                 }
-                anyhow::Ok(())
-            });
-        }
-        while let Some(joined) = workers.join_next().await {
-            joined.context("a resend worker panicked")??;
-        }
+            },
+            "resend",
+        )
+        .await?;
     }
-    let reason = stop_reason.lock().unwrap_or_else(|p| p.into_inner()).take();
-    Ok(match reason {
-        Some(reason) => PassEnd::Stopped(reason),
-        None if *stop.borrow() => PassEnd::Interrupted,
-        None => PassEnd::Done,
-    })
+    Ok(pass_stop.end())
 }
 
 /// The entry's item and re-invitation; an entry whose item has no object id or invited address

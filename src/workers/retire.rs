@@ -12,9 +12,8 @@
 //! The password lives in memory for one request only (`graph::Password`, wiped on drop).
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
@@ -26,7 +25,7 @@ use crate::queue::{CredentialFacts, Queue, RetireEntry, RetireState, SkipKind};
 
 use super::convert::db;
 use super::executor::{self, reread_error, PassOps, Settled};
-use super::planner::{Checkpoint, ItemPlan, Pass, Reread, Step, StopReason};
+use super::planner::{Checkpoint, ItemPlan, Pass, Reread, Step};
 use super::resend::PassEnd;
 
 /// Users re-read together just before they are written: one `$batch` of 20 × 15 ids.
@@ -363,11 +362,8 @@ pub async fn work(
         }
     }
 
-    let stop_reason: Arc<Mutex<Option<StopReason>>> = Arc::default();
-    let stopping = {
-        let (stop, stop_reason) = (stop.clone(), stop_reason.clone());
-        move || *stop.borrow() || stop_reason.lock().map_or(true, |r| r.is_some())
-    };
+    let pass_stop = executor::PassStop::new(stop);
+    let stopping = pass_stop.stopping();
     let mut budget = limit.unwrap_or(u64::MAX);
     let mut pending = db(q, move |q| q.retire_entries(pass, RetireState::Pending)).await?;
     if let Some(only) = &only {
@@ -383,52 +379,15 @@ pub async fn work(
         let chunk = match sort_chunk(&ops, &privileges, chunk).await? {
             Ok(left) => left,
             Err(e) => {
-                return Ok(PassEnd::Stopped(match e {
-                    GraphError::TenantRefused { message, .. } => StopReason::TenantRefused(message),
-                    GraphError::NotSent { message } => StopReason::Unreachable(message),
-                    other => StopReason::Error(format!(
-                        "re-reading the pass's users before retiring them: {other}"
-                    )),
-                }));
+                return Ok(executor::chunk_read_stopped(
+                    e,
+                    "re-reading the pass's users before retiring them",
+                ))
             }
         };
-        let queue = Arc::new(tokio::sync::Mutex::new(std::collections::VecDeque::from(
-            chunk,
-        )));
-        let mut workers = tokio::task::JoinSet::new();
-        for _ in 0..concurrency.max(1) {
-            let (ops, queue) = (ops.clone(), queue.clone());
-            let (stopping, stop_reason) = (stopping.clone(), stop_reason.clone());
-            workers.spawn(async move {
-                loop {
-                    if stopping() {
-                        break;
-                    }
-                    let Some(entry) = queue.lock().await.pop_front() else {
-                        break;
-                    };
-                    let Some((mut it, mut plan)) = RetireItem::new(entry, ops.max_attempts) else {
-                        continue;
-                    };
-                    let settled = executor::work_item(&*ops, &mut it, &mut plan, &stopping).await?;
-                    if let Settled::Stopped(reason) = settled {
-                        let mut r = stop_reason.lock().unwrap_or_else(|p| p.into_inner());
-                        r.get_or_insert(reason);
-                    }
-                }
-                anyhow::Ok(())
-            });
-        }
-        while let Some(joined) = workers.join_next().await {
-            joined.context("a retire worker panicked")??;
-        }
+        executor::work_chunk(&ops, chunk, concurrency, &pass_stop, |ops: Arc<RetireOps>, entry| async move { Ok(RetireItem::new(entry, ops.max_attempts)) }, "retire").await?;
     }
-    let reason = stop_reason.lock().unwrap_or_else(|p| p.into_inner()).take();
-    Ok(match reason {
-        Some(reason) => PassEnd::Stopped(reason),
-        None if *stop.borrow() => PassEnd::Interrupted,
-        None => PassEnd::Done,
-    })
+    Ok(pass_stop.end())
 }
 
 /// Re-reads the chunk's users in bulk, records what they show (redemption, synced, password
