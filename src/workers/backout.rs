@@ -277,11 +277,9 @@ pub async fn work(
     })
     .await?;
     for entry in in_flight {
-        let step = entry
-            .in_flight
-            .as_deref()
-            .and_then(Step::parse)
-            .unwrap_or(Step::ConvertBack);
+        // No step named: a restore left between its two steps (the first checkpointed done,
+        // the second not yet in flight). Every in-flight checkpoint names its step.
+        let step = entry.in_flight.as_deref().and_then(Step::parse);
         let has_user = entry.user_id.is_some();
         let (mut it, mut plan) = prepare(&ops, entry).await?;
         if let Settled::Stopped(reason) =

@@ -622,7 +622,7 @@ async fn reconcile_in_flight(pass: &Pass, ops: &ConvertOps) -> anyhow::Result<()
             _ => item.external_email.clone().unwrap_or_default(),
         };
         let (mut it, mut plan) = ConvertItem::load(&p.queue, item, email, pass.options()).await?;
-        match executor::reconcile_item(ops, &mut it, &mut plan, step, has_user).await? {
+        match executor::reconcile_item(ops, &mut it, &mut plan, Some(step), has_user).await? {
             Settled::Stopped(reason) => {
                 pass.stop_with(reason);
                 return Ok(());

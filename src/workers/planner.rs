@@ -540,6 +540,11 @@ impl ItemPlan {
         at_resume(step, reread)
     }
 
+    /// At resume, the item was left between two steps (nothing on the wire): what is left.
+    pub fn between_steps(&self) -> Action {
+        after_resume_step(&self.checkpoint)
+    }
+
     /// At resume, `step` was reconciled done: what is left of the item.
     pub fn resumed_step_done(&mut self, step: Step) -> Action {
         self.checkpoint.mark_done(step);

@@ -170,7 +170,8 @@ pub async fn work(
         };
         let has_user = it.entry.user_id.is_some();
         if let Settled::Stopped(reason) =
-            executor::reconcile_item(&*ops, &mut it, &mut plan, Step::Reinvite, has_user).await?
+            executor::reconcile_item(&*ops, &mut it, &mut plan, Some(Step::Reinvite), has_user)
+                .await?
         {
             return Ok(PassEnd::Stopped(reason));
         }

@@ -356,7 +356,7 @@ pub async fn work(
         };
         let step = it.step;
         if let Settled::Stopped(reason) =
-            executor::reconcile_item(&*ops, &mut it, &mut plan, step, true).await?
+            executor::reconcile_item(&*ops, &mut it, &mut plan, Some(step), true).await?
         {
             return Ok(PassEnd::Stopped(reason));
         }
