@@ -235,6 +235,84 @@ pub fn confirm(run: &RunRecord, users: u64) -> anyhow::Result<bool> {
     Ok(answer.trim().eq_ignore_ascii_case("yes"))
 }
 
+/// Whether a pass's [`StopWatch`] is listening for signals (it then stops the pass cleanly).
+static PASS_LISTENING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Until a pass's workers listen, the first SIGINT, SIGTERM or SIGHUP ends the process at once,
+/// exit 130: before the workers start nothing is on the wire (sign-in, reading the source into
+/// the queue are transactions a later `resume` continues). Registered at the start of every
+/// command that works a run, because once tokio listens for a signal the default disposition
+/// never comes back: without this a SIGTERM during sign-in would be ignored, or end the process
+/// with 143 before the handler exists.
+pub fn stop_at_once_until_a_pass_listens() -> anyhow::Result<()> {
+    let mut signals = Signals::new().context("cannot listen for SIGINT, SIGTERM and SIGHUP")?;
+    tokio::spawn(async move {
+        loop {
+            let name = signals.next().await;
+            if !PASS_LISTENING.load(std::sync::atomic::Ordering::SeqCst) {
+                crate::progress::suspend(|| {
+                    eprintln!(
+                        "\n{name}: stopped before any request of the pass was on the wire; \
+                         `b2b-convert resume` continues a run already created"
+                    )
+                });
+                std::process::exit(ExitStatus::Interrupted.code());
+            }
+        }
+    });
+    Ok(())
+}
+
+/// How a pass is told to stop: the first SIGINT, SIGTERM or SIGHUP (SPEC "Signals": all alike)
+/// or the run's lease lost to another process. A signal prints `stopping` with what continues
+/// the pass; a second one within [`SECOND_SIGNAL_WINDOW`] exits at once (130). Dropping the
+/// watch hands the signals back to [`stop_at_once_until_a_pass_listens`].
+pub struct StopWatch {
+    pub stop: watch::Receiver<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StopWatch {
+    /// `continues` ends the `stopping` line, e.g. "`resume` is safe either way".
+    pub fn start(lease: &RunLease, continues: String) -> anyhow::Result<StopWatch> {
+        let (stop_tx, stop) = watch::channel(false);
+        let lost = lease.lost_flag();
+        let mut signals = Signals::new().context("cannot listen for SIGINT, SIGTERM and SIGHUP")?;
+        PASS_LISTENING.store(true, std::sync::atomic::Ordering::SeqCst);
+        let task = tokio::spawn(async move {
+            let lease_lost = async {
+                while !lost.load(std::sync::atomic::Ordering::SeqCst) {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            };
+            tokio::select! {
+                name = signals.next() => {
+                    crate::progress::suspend(|| {
+                        eprintln!(
+                            "\n{name}: stopping: finishing the requests on the wire and checkpointing (a second signal within {} s quits at once); {continues}",
+                            SECOND_SIGNAL_WINDOW.as_secs()
+                        )
+                    });
+                    let _ = stop_tx.send(true);
+                    signals.second().await;
+                    std::process::exit(ExitStatus::Interrupted.code());
+                },
+                () = lease_lost => {
+                    let _ = stop_tx.send(true);
+                }
+            }
+        });
+        Ok(StopWatch { stop, task })
+    }
+}
+
+impl Drop for StopWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+        PASS_LISTENING.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// A second signal this soon after the first quits at once; a later one only restarts the
 /// window (SPEC "Signals").
 pub const SECOND_SIGNAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
@@ -399,34 +477,7 @@ pub async fn execute(
 ) -> anyhow::Result<ExitStatus> {
     let run_id = run.id;
     queue.set_run_status(run_id, RunStatus::Running)?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let lost = lease.lost_flag();
-    // Registered before any work starts, so a SIGTERM from a scheduler is never the default
-    // "terminate at once" that leaves items mid-step.
-    let mut signals = Signals::new().context("cannot listen for SIGINT, SIGTERM and SIGHUP")?;
-    let ctrl_c = tokio::spawn(async move {
-        let lease_lost = async {
-            while !lost.load(std::sync::atomic::Ordering::SeqCst) {
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            }
-        };
-        tokio::select! {
-            name = signals.next() => {
-                crate::progress::suspend(|| {
-                    eprintln!(
-                        "\n{name}: stopping: finishing requests on the wire and checkpointing (a second signal within {} s quits at once; `resume` is safe either way)",
-                        SECOND_SIGNAL_WINDOW.as_secs()
-                    )
-                });
-                let _ = stop_tx.send(true);
-                signals.second().await;
-                std::process::exit(ExitStatus::Interrupted.code());
-            },
-            () = lease_lost => {
-                let _ = stop_tx.send(true);
-            }
-        }
-    });
+    let watch = StopWatch::start(lease, "`resume` is safe either way".into())?;
     let label = match run.mode {
         RunMode::DryRun => "checking",
         RunMode::Live => "converting",
@@ -438,14 +489,14 @@ pub async fn execute(
         graph: graph.with_gate(lease_gate(lease)),
         progress,
         run: Arc::new(run),
-        stop: stop_rx,
+        stop: watch.stop.clone(),
         only: scope.only,
     };
     let span = crate::queue::WorkSpan::start(queue.clone(), run_id)?;
     let outcome = workers::work(pipeline).await;
     // A full disk fails these too: the run's own error (and the resume advice) goes first.
     let bookkeeping = span.finish().and_then(|()| queue.flush_request_log());
-    ctrl_c.abort();
+    drop(watch);
     if lease.is_lost() || outcome.as_ref().is_err_and(lease_refused) {
         // Another process took the run over (this one stopped heart-beating for a long time):
         // its status is now that process's to write.

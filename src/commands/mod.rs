@@ -28,6 +28,9 @@ use crate::exit::ExitStatus;
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
     ignore_file_size_signal();
+    if works_a_run(&cli.command) {
+        common::stop_at_once_until_a_pass_listens()?;
+    }
     match cli.command {
         Command::Run(args) => run::run(&cli.db, args).await,
         Command::Resume(args) => resume::resume(&cli.db, args).await,
@@ -49,6 +52,25 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Bench(args) => bench::bench(args).await,
         Command::Preflight(args) => preflight::preflight(&cli.db, args).await,
     }
+}
+
+/// The commands that sign in and work a run's users: a signal stops them the same way from
+/// their first instant (SPEC "Signals"). The emulator and the read-only commands keep the
+/// default dispositions.
+fn works_a_run(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Run(_)
+            | Command::Resume(_)
+            | Command::Apply(_)
+            | Command::Retry(_)
+            | Command::Track(_)
+            | Command::Resend(_)
+            | Command::Restore(_)
+            | Command::Rollback(_)
+            | Command::Retire(_)
+            | Command::Preflight(_)
+    )
 }
 
 /// A write past the file size limit (`ulimit -f`, a quota) raises SIGXFSZ, whose default kills

@@ -14,7 +14,6 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use chrono::Utc;
 
 use super::common;
@@ -112,30 +111,7 @@ pub async fn resend(db: &Path, args: ResendArgs) -> anyhow::Result<ExitStatus> {
     )
     .await?;
 
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let lost = lease.lost_flag();
-    // SIGINT, SIGTERM and SIGHUP alike, as for a run (SPEC "Signals").
-    let mut signals =
-        common::Signals::new().context("cannot listen for SIGINT, SIGTERM and SIGHUP")?;
-    let ctrl_c = tokio::spawn(async move {
-        let lease_lost = async {
-            while !lost.load(std::sync::atomic::Ordering::SeqCst) {
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            }
-        };
-        tokio::select! {
-            name = signals.next() => {
-                crate::progress::suspend(|| {
-                    eprintln!("\n{name}: stopping after the requests on the wire; `resend` continues this pass")
-                });
-                let _ = stop_tx.send(true);
-                signals.second().await;
-                std::process::exit(ExitStatus::Interrupted.code());
-            },
-            () = lease_lost => {}
-        }
-        let _ = stop_tx.send(true);
-    });
+    let watch = common::StopWatch::start(&lease, "`resend` continues this pass".into())?;
     // The bar counts what this invocation will work, never the pass's total (SPEC: `--limit`).
     let progress = Arc::new(Progress::new("re-inviting", this_time));
     let ops = Arc::new(ResendOps {
@@ -147,12 +123,12 @@ pub async fn resend(db: &Path, args: ResendArgs) -> anyhow::Result<ExitStatus> {
     let outcome = crate::workers::resend::work(
         ops,
         Arc::new(run.options.clone()),
-        stop,
+        watch.stop.clone(),
         args.limit,
         selected,
     )
     .await;
-    ctrl_c.abort();
+    drop(watch);
     progress.finish();
     queue.flush_request_log()?;
     if lease.is_lost() || outcome.as_ref().is_err_and(common::lease_refused) {

@@ -291,25 +291,7 @@ pub(super) async fn execute(
     users: u64,
     only: Option<BTreeSet<i64>>,
 ) -> anyhow::Result<PassEnd> {
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let lost = lease.lost_flag();
-    let command = kind.as_str();
-    let ctrl_c = tokio::spawn(async move {
-        let lease_lost = async {
-            while !lost.load(std::sync::atomic::Ordering::SeqCst) {
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            }
-        };
-        tokio::select! {
-            signal = tokio::signal::ctrl_c() => if signal.is_ok() {
-                crate::progress::suspend(|| {
-                    eprintln!("\nstopping after the requests on the wire; `{command}` continues")
-                });
-            },
-            () = lease_lost => {}
-        }
-        let _ = stop_tx.send(true);
-    });
+    let watch = common::StopWatch::start(lease, format!("`{}` continues", kind.as_str()))?;
     let progress = Arc::new(Progress::new(
         match kind {
             BackoutKind::Restore => "restoring",
@@ -325,9 +307,15 @@ pub(super) async fn execute(
         passwords,
         max_attempts: run.options.max_attempts,
     });
-    let outcome =
-        crate::workers::backout::work(ops, run.id, run.options.concurrency, stop, only).await;
-    ctrl_c.abort();
+    let outcome = crate::workers::backout::work(
+        ops,
+        run.id,
+        run.options.concurrency,
+        watch.stop.clone(),
+        only,
+    )
+    .await;
+    drop(watch);
     progress.finish();
     queue.flush_request_log()?;
     if lease.is_lost() || outcome.as_ref().is_err_and(common::lease_refused) {

@@ -140,24 +140,7 @@ pub async fn retire(db: &Path, args: RetireArgs) -> anyhow::Result<ExitStatus> {
         }
     }
 
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let lost = lease.lost_flag();
-    let ctrl_c = tokio::spawn(async move {
-        let lease_lost = async {
-            while !lost.load(std::sync::atomic::Ordering::SeqCst) {
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            }
-        };
-        tokio::select! {
-            signal = tokio::signal::ctrl_c() => if signal.is_ok() {
-                crate::progress::suspend(|| {
-                    eprintln!("\nstopping after the requests on the wire; `retire` continues this pass")
-                });
-            },
-            () = lease_lost => {}
-        }
-        let _ = stop_tx.send(true);
-    });
+    let watch = common::StopWatch::start(&lease, "`retire` continues this pass".into())?;
     // The bar counts what this invocation will work, never the pass's total (SPEC: `--limit`).
     let progress = Arc::new(Progress::new("retiring", this_time));
     let ops = Arc::new(RetireOps {
@@ -171,12 +154,12 @@ pub async fn retire(db: &Path, args: RetireArgs) -> anyhow::Result<ExitStatus> {
         ops,
         privileges,
         run.options.concurrency,
-        stop,
+        watch.stop.clone(),
         args.limit,
         selected,
     )
     .await;
-    ctrl_c.abort();
+    drop(watch);
     progress.finish();
     queue.flush_request_log()?;
     if lease.is_lost() || outcome.as_ref().is_err_and(common::lease_refused) {

@@ -138,6 +138,37 @@ async fn restore_puts_every_changed_property_back_exactly_once_through_sigkill()
         "killed before the end"
     );
 
+    // SIGTERM (a scheduler, systemd) stops a restore like Ctrl-C: exit 130, the requests on
+    // the wire answered and checkpointed, nothing left in flight.
+    let child = command(&emu, &db, &["restore", "1", "--yes"])
+        .spawn()
+        .unwrap();
+    let target = emu.patches().len() + want.len() / 6;
+    let mut polls = 0;
+    while emu.patches().len() < target && polls < 12_000 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        polls += 1;
+    }
+    let pid = child.id().unwrap().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("SIGTERM: stopping"), "{stderr}");
+    let q = b2b_convert::queue::Queue::open(&db).unwrap();
+    let counts = q
+        .backout_counts(1, b2b_convert::queue::backout::BackoutKind::Restore)
+        .unwrap();
+    assert_eq!(counts.in_flight, 0, "nothing left in flight: {stderr}");
+    drop(q);
+
     let out = run(&emu, &db, &["restore", "1", "--yes"]).await;
     assert_eq!(
         out.code, 3,

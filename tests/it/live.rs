@@ -413,6 +413,55 @@ async fn signal_when_invited(
         .unwrap()
 }
 
+/// A SIGTERM while the run is still signing in (a token endpoint slow to answer) ends it at
+/// once with 130 and says nothing was on the wire, rather than dying with 143 or being ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_signing_in_stops_at_once_with_130() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tenant, csv) = generated(20, 13, dir.path());
+    let emu = start(EmulatorConfig::new(tenant)).await;
+    // A token endpoint that takes the request and never answers; it says when the request came.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let login = format!("http://{}", listener.local_addr().unwrap());
+    let (asked_tx, asked) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt as _;
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 16 * 1024];
+        let n = socket.read(&mut buf).await.unwrap_or(0);
+        let _ = asked_tx.send(n);
+        while socket.read(&mut buf).await.unwrap_or(0) > 0 {}
+    });
+    let db = dir.path().join("live.db");
+    let child = command(&emu, &db, &["run", "--csv", csv.to_str().unwrap(), "--yes"])
+        .env("B2B_LOGIN_URL", &login)
+        .spawn()
+        .unwrap();
+    let n = tokio::time::timeout(COMMAND_TIMEOUT, asked)
+        .await
+        .expect("the run asks for a token")
+        .unwrap();
+    assert!(n > 0, "a token request arrived");
+    let pid = child.id().unwrap().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
+        .await
+        .expect("stops at once, not after the HTTP timeout")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("SIGTERM: stopped before any request of the pass was on the wire"),
+        "{stderr}"
+    );
+    assert_eq!(emu.invitations().len(), 0);
+    server.abort();
+}
+
 /// SIGTERM (schedulers, systemd, containers) and SIGHUP (a closed terminal) stop a run like
 /// Ctrl-C: exit 130, nothing left `in_flight`, the resume command on stderr; two signals in a
 /// row quit at once and `resume` reconciles. The run then finishes with everyone converted once.
