@@ -69,8 +69,9 @@ DUPES=0 MISSING=0 STRANDED=0 UNEXPECTED=0 CONVERTED=0 RESENT=0 APPROVED=0 FAILED
 TAKEOVERS=0 STUCK=0 RETIRED=0 REDEEMED=0 PW_TWICE=0 REV_TWICE=0 PW_MISSING=0
 
 # Exit codes a cycle may legitimately end with: 0/3 finished, 1 stopped (unreachable, lease),
-# 130 signal, 137 SIGKILL by the soak. Anything else (101 panic, 134 abort, 153 SIGXFSZ) counts.
-allowed() { case "$1" in 0|1|3|130|137|143) return 0;; *) return 1;; esac; }
+# 130 signal, 137 SIGKILL by the soak. Anything else (101 panic, 134 abort, 143 a SIGTERM not
+# handled, 153 SIGXFSZ) counts.
+allowed() { case "$1" in 0|1|3|130|137) return 0;; *) return 1;; esac; }
 
 cycle() { # db, command...
   local db=$1; shift
