@@ -54,6 +54,9 @@ cleanup() {
 trap cleanup EXIT
 
 start_emulator() { # seed
+  # The old tenant's file must be gone before the wait below: the redirect truncates it only
+  # once the background process starts, and the old lines would be read as the new emulator's.
+  rm -f emu.env
   "$BIN" emulator --generate "$USERS" --seed "$1" --write-csv users.csv \
     --fault-rate 0.1 --lost-response-rate 0.05 --latency-ms 2 \
     --app-roles "$ROLES" --app-directory-roles "User Administrator" \
@@ -121,7 +124,7 @@ while [ "$(date +%s)" -lt "$DEADLINE" ]; do
   start_emulator "$seed"; TENANTS=$((TENANTS + 1))
   db=t$seed.db
   "$BIN" --db dry$seed.db run --csv users.csv --dry-run --rate 2000 >/dev/null 2>>tool.err || true
-  approved=$("$BIN" --db dry$seed.db status --json | jq '.states.would_convert')
+  approved=$("$BIN" --db dry$seed.db status --json | jq '.states.would_convert' || echo 0)
 
   # Fuzzed copies: dry runs only; no item may name a user the original does not.
   for f in 1 2 3; do
