@@ -650,6 +650,10 @@ pub struct EmulatorKnobs {
     /// e.g. "User Administrator"); carried in tokens' `wids` as role template ids.
     #[arg(long, value_name = "LIST", default_value = "")]
     pub app_directory_roles: String,
+    /// Give throttled answers' Retry-After to the millisecond (e.g. 0.249), as Graph sometimes
+    /// does, instead of whole seconds.
+    #[arg(long)]
+    pub fractional_retry_after: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -85,6 +85,7 @@ pub fn config_from(tenant: Tenant, knobs: &EmulatorKnobs) -> anyhow::Result<Emul
         allow_invites_from: knobs.allow_invites_from.clone(),
         device_code_approve_after: knobs.device_code_approve_after,
         app_directory_roles,
+        fractional_retry_after: knobs.fractional_retry_after,
         ..EmulatorConfig::new(tenant)
     })
 }

@@ -513,6 +513,17 @@ fn every_property() -> User {
         external_user_converted_on: s(),
         on_premises_security_identifier: s(),
         on_premises_sam_account_name: s(),
+        created_date_time: s(),
+        given_name: s(),
+        surname: s(),
+        job_title: s(),
+        department: s(),
+        company_name: s(),
+        business_phones: Some(vec![]),
+        mobile_phone: s(),
+        office_location: s(),
+        preferred_language: s(),
+        usage_location: s(),
     }
 }
 

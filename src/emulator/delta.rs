@@ -2,7 +2,8 @@
 //! every user (`@odata.nextLink`) and ends with an opaque `@odata.deltaLink`; a later round from
 //! that link returns only the users changed since, removed ones as `@removed`. Only changes to
 //! the `$select`ed properties count, and the query options of the first request are carried in
-//! the tokens (a request with a token may not add any).
+//! the tokens (a request with a token may not add any). `$top` is ignored, as Graph ignores it
+//! here; `users/delta()` and `users/microsoft.graph.delta()` are the same function.
 //!
 //! Every change to a user is one entry of a log (its version is its position + 1) naming the
 //! properties it touched, so a page of a later round costs the changes it reads, not a scan of
@@ -156,12 +157,16 @@ impl Shared {
     pub(super) fn users_delta(&self, st: &State, call: &Call, ctx: &Ctx) -> Reply {
         let skip = call.q("skiptoken");
         let delta = call.q("deltatoken");
+        // Graph ignores `$top` on users delta (pages follow `Prefer: odata.maxpagesize`), and
+        // SDKs send it.
         let others: Vec<&str> = call
             .query
             .iter()
             .map(|(k, _)| k.trim_start_matches('$'))
             .filter(|k| {
-                !k.eq_ignore_ascii_case("skiptoken") && !k.eq_ignore_ascii_case("deltatoken")
+                !["skiptoken", "deltatoken", "top"]
+                    .iter()
+                    .any(|o| k.eq_ignore_ascii_case(o))
             })
             .collect();
         let page = page_size(call);
@@ -186,7 +191,7 @@ impl Shared {
                     cursor: st.changes.version(),
                     mask,
                 };
-                return self.delta_page(st, next, Vec::new(), true);
+                return self.delta_page(st, call, next, Vec::new(), true);
             }
             (Some(t), None) | (None, Some(t)) => {
                 if let Some(k) = others.first() {
@@ -283,7 +288,7 @@ impl Shared {
                 mask: token.mask,
             };
         }
-        let mut r = self.delta_page(st, next, value, done);
+        let mut r = self.delta_page(st, call, next, value, done);
         if call
             .header("prefer")
             .is_some_and(|p| p.contains("odata.maxpagesize"))
@@ -293,7 +298,14 @@ impl Shared {
         r
     }
 
-    fn delta_page(&self, st: &State, next: Token, value: Vec<Value>, done: bool) -> Reply {
+    fn delta_page(
+        &self,
+        st: &State,
+        call: &Call,
+        next: Token,
+        value: Vec<Value>,
+        done: bool,
+    ) -> Reply {
         let mut body = Map::new();
         let context = if next.mask == ALL {
             "users".to_string()
@@ -315,7 +327,7 @@ impl Shared {
             link.into(),
             json!(format!(
                 "{}/v1.0/users/delta?{param}={}",
-                self.base_url,
+                self.link_base(call),
                 next.encode(&st.instance)
             )),
         );

@@ -9,7 +9,12 @@
 //! - `inviteRedirectUrl` missing or not an absolute http(s) URL: `BadRequest`;
 //! - invalid email syntax (GRAPH-NOTES local-part rules): `BadRequest` "The email address 'x' is
 //!   not valid.";
+//! - `@odata.type` naming another type than the object's: `BadRequest` (the SDKs' own
+//!   `#microsoft.graph.invitation`, `#microsoft.graph.user` in `invitedUser`, … are accepted);
 //! - `resetRedemption` without `invitedUser`: `BadRequest`;
+//! - without `invitedUser`, an address a user already holds (mail, otherMails, proxyAddresses or
+//!   UPN): `BadRequest` "The invited user already exists in the directory as objectID: {id}" —
+//!   only `invitedUser.id` converts, and nobody changes;
 //! - `invitedUser.id` unknown: `404 Request_ResourceNotFound`;
 //! - already converted (`externalUserState` set or `creationType` Invitation) without
 //!   `resetRedemption: true`: `BadRequest` "User invitation failed. The user is already a B2B
@@ -128,14 +133,29 @@ fn parse_select(call: &Call, ctx: &Ctx) -> Result<Vec<&'static str>, Reply> {
     Ok(out)
 }
 
+/// Collections Graph's schema declares non-nullable: an unset one is `[]`, never `null`
+/// (Microsoft's SDKs model them as lists and fail on `null`).
+const NON_NULLABLE: &[&str] = &[
+    "otherMails",
+    "proxyAddresses",
+    "assignedPlans",
+    "identities",
+    "businessPhones",
+];
+/// `createdDateTime` of a user whose tenant file gives none: Graph sets it on every user.
+const TENANT_FILE_CREATED: &str = "2021-01-04T08:00:00Z";
+
 pub(super) fn project(u: &User, select: &[&str]) -> Value {
     let full = serde_json::to_value(u).unwrap_or(Value::Null);
     let mut out = Map::new();
     for p in select {
-        out.insert(
-            (*p).to_string(),
-            full.get(*p).cloned().unwrap_or(Value::Null),
-        );
+        let v = match full.get(*p) {
+            Some(v) if !v.is_null() => v.clone(),
+            _ if NON_NULLABLE.contains(p) => json!([]),
+            _ if *p == "createdDateTime" => json!(TENANT_FILE_CREATED),
+            _ => Value::Null,
+        };
+        out.insert((*p).to_string(), v);
     }
     Value::Object(out)
 }
@@ -232,7 +252,12 @@ impl Shared {
             ser.append_pair("$skiptoken", &token);
             body.insert(
                 "@odata.nextLink".into(),
-                json!(format!("{}{}?{}", self.base_url, call.path, ser.finish())),
+                json!(format!(
+                    "{}{}?{}",
+                    self.link_base(call),
+                    call.path,
+                    ser.finish()
+                )),
             );
         }
         body.insert("value".into(), Value::Array(value));
@@ -264,10 +289,18 @@ impl Shared {
             Some(Ok(f)) => Some(f),
             Some(Err(e)) => return ctx.err(400, e.code, e.message),
         };
+        let eventual = call
+            .header("consistencylevel")
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("eventual"));
+        // Counting users is an advanced query: Graph refuses `$count=true` without the header.
+        if wants_count(call) && !eventual {
+            return ctx.err(
+                400,
+                "Request_BadRequest",
+                "$count is not currently supported.",
+            );
+        }
         if let Some(f) = &filter {
-            let eventual = call
-                .header("consistencylevel")
-                .is_some_and(|v| v.eq_ignore_ascii_case("eventual"));
             if f.advanced && !(eventual && wants_count(call)) {
                 return ctx.err(
                     400,
@@ -426,10 +459,13 @@ impl Shared {
         let Some(pos) = st.index.user(key) else {
             return ctx.not_found(key);
         };
-        let body: Map<String, Value> = match serde_json::from_slice(&call.body) {
+        let mut body: Map<String, Value> = match serde_json::from_slice(&call.body) {
             Ok(Value::Object(m)) => m,
             _ => return ctx.err(400, "BadRequest", "Empty Payload. JSON content expected."),
         };
+        if let Err(msg) = take_odata_type(&mut body, "user") {
+            return ctx.err(400, "BadRequest", msg);
+        }
         let old = st.tenant.users[pos].clone();
         let mut next = old.clone();
         let mut password: Option<String> = None;
@@ -485,6 +521,32 @@ impl Shared {
                 },
                 "displayName" => match v.as_str() {
                     Some(s) if !s.trim().is_empty() => next.display_name = Some(s.into()),
+                    _ => return bad(),
+                },
+                "givenName" | "surname" | "jobTitle" | "department" | "companyName"
+                | "mobilePhone" | "officeLocation" | "preferredLanguage" | "usageLocation" => {
+                    let value = match v {
+                        Value::Null => None,
+                        Value::String(s) if s.is_empty() => None,
+                        Value::String(s) => Some(s.clone()),
+                        _ => return bad(),
+                    };
+                    let field = match k.as_str() {
+                        "givenName" => &mut next.given_name,
+                        "surname" => &mut next.surname,
+                        "jobTitle" => &mut next.job_title,
+                        "department" => &mut next.department,
+                        "companyName" => &mut next.company_name,
+                        "mobilePhone" => &mut next.mobile_phone,
+                        "officeLocation" => &mut next.office_location,
+                        "preferredLanguage" => &mut next.preferred_language,
+                        _ => &mut next.usage_location,
+                    };
+                    *field = value;
+                }
+                // Graph holds one business phone number per user.
+                "businessPhones" => match serde_json::from_value::<Vec<String>>(v.clone()) {
+                    Ok(list) if list.len() <= 1 => next.business_phones = Some(list),
                     _ => return bad(),
                 },
                 "passwordProfile" => {
@@ -546,7 +608,14 @@ impl Shared {
                 "Invitations are blocked for this directory due to suspicious activity. Please contact Microsoft support to restore invitations.",
             );
         }
-        let req: InvitationRequest = match serde_json::from_slice(&call.body) {
+        let mut raw: Value = match serde_json::from_slice(&call.body) {
+            Ok(v) => v,
+            Err(e) => return ctx.err(400, "BadRequest", body_error(&e.to_string())),
+        };
+        if let Err(msg) = take_invitation_odata_types(&mut raw) {
+            return ctx.err(400, "BadRequest", msg);
+        }
+        let req: InvitationRequest = match serde_json::from_value(raw) {
             Ok(r) => r,
             Err(e) => return ctx.err(400, "BadRequest", body_error(&e.to_string())),
         };
@@ -581,41 +650,53 @@ impl Shared {
                 if reset {
                     return ctx.err(400, "BadRequest", "resetRedemption requires invitedUser.id to name the user whose redemption is reset.");
                 }
+                // Only `invitedUser.id` converts: an address that a user already holds (mail,
+                // otherMails, proxyAddresses or UPN) is refused, and nobody changes.
+                let holder = st
+                    .index
+                    .address_owner(&email, None)
+                    .or_else(|| st.index.by_upn.get(&email.to_lowercase()).copied());
+                if let Some(pos) = holder {
+                    return ctx.err(
+                        400,
+                        "BadRequest",
+                        format!(
+                            "The invited user already exists in the directory as objectID: {}",
+                            st.tenant.users[pos].id
+                        ),
+                    );
+                }
                 if in_verified {
                     return ctx.err(400, "BadRequest", VERIFIED_MSG);
                 }
-                if let Some(pos) = st.index.address_owner(&email, None) {
-                    // Graph answers an invitation for a known guest with that guest.
-                    pos
-                } else {
-                    let id = uuid::Uuid::new_v4().to_string();
-                    let upn = format!(
-                        "{}#EXT#@{}",
-                        email.replace('@', "_"),
-                        st.tenant.initial_domain()
-                    );
-                    let user = User {
-                        id,
-                        display_name: Some(
-                            req.invited_user_display_name
-                                .clone()
-                                .unwrap_or_else(|| email.clone()),
-                        ),
-                        user_principal_name: Some(upn),
-                        mail: Some(email.clone()),
-                        other_mails: Some(vec![email.clone()]),
-                        proxy_addresses: Some(vec![format!("SMTP:{email}")]),
-                        account_enabled: Some(true),
-                        user_type: Some(
-                            req.invited_user_type
-                                .clone()
-                                .unwrap_or_else(|| "Guest".into()),
-                        ),
-                        creation_type: Some("Invitation".into()),
-                        ..Default::default()
-                    };
-                    st.add_user(user)
-                }
+                let id = uuid::Uuid::new_v4().to_string();
+                let upn = format!(
+                    "{}#EXT#@{}",
+                    email.replace('@', "_"),
+                    st.tenant.initial_domain()
+                );
+                let user = User {
+                    id,
+                    display_name: Some(
+                        req.invited_user_display_name
+                            .clone()
+                            .unwrap_or_else(|| email.clone()),
+                    ),
+                    user_principal_name: Some(upn),
+                    mail: Some(email.clone()),
+                    other_mails: Some(vec![email.clone()]),
+                    proxy_addresses: Some(vec![format!("SMTP:{email}")]),
+                    account_enabled: Some(true),
+                    user_type: Some(
+                        req.invited_user_type
+                            .clone()
+                            .unwrap_or_else(|| "Guest".into()),
+                    ),
+                    creation_type: Some("Invitation".into()),
+                    created_date_time: Some(stamp.clone()),
+                    ..Default::default()
+                };
+                st.add_user(user)
             }
             Some(r) => {
                 let Some(&pos) = st.index.by_id.get(&r.id.to_lowercase()) else {
@@ -865,6 +946,50 @@ fn converted_back_since(filter: &str) -> Option<chrono::DateTime<chrono::FixedOf
         return None;
     }
     chrono::DateTime::parse_from_rfc3339(value.trim_matches('\'')).ok()
+}
+
+/// Drop the `@odata.type` Microsoft's SDKs put in request bodies when it names `expected`
+/// (`#microsoft.graph.user` in a user's PATCH); another type is refused, as Graph refuses an
+/// object of the wrong type.
+fn take_odata_type(obj: &mut Map<String, Value>, expected: &str) -> Result<(), String> {
+    let Some(t) = obj.remove("@odata.type") else {
+        return Ok(());
+    };
+    let name = t.as_str().unwrap_or("").trim();
+    let bare = name.trim_start_matches('#');
+    if bare.eq_ignore_ascii_case(&format!("microsoft.graph.{expected}")) {
+        Ok(())
+    } else {
+        Err(format!(
+            "A type named '{name}' could not be resolved by the model: expected '#microsoft.graph.{expected}'."
+        ))
+    }
+}
+
+/// [`take_odata_type`] over an invitation body and the objects it holds, so that what is left
+/// is the invitation as modelled.
+fn take_invitation_odata_types(body: &mut Value) -> Result<(), String> {
+    let Value::Object(inv) = body else {
+        return Ok(());
+    };
+    take_odata_type(inv, "invitation")?;
+    if let Some(Value::Object(user)) = inv.get_mut("invitedUser") {
+        take_odata_type(user, "user")?;
+    }
+    if let Some(Value::Object(info)) = inv.get_mut("invitedUserMessageInfo") {
+        take_odata_type(info, "invitedUserMessageInfo")?;
+        if let Some(Value::Array(cc)) = info.get_mut("ccRecipients") {
+            for r in cc.iter_mut() {
+                if let Value::Object(r) = r {
+                    take_odata_type(r, "recipient")?;
+                    if let Some(Value::Object(a)) = r.get_mut("emailAddress") {
+                        take_odata_type(a, "emailAddress")?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// serde's message about an invitation body, in Graph's words.

@@ -96,6 +96,9 @@ pub struct EmulatorConfig {
     /// Directory role template ids the app's service principal holds (`--app-directory-roles`
     /// by display name, see [`directory_role_ids`]): carried in app-only tokens' `wids`.
     pub app_directory_roles: Vec<String>,
+    /// A throttled answer's `Retry-After` is the wait to the millisecond (`0.249`), as Graph's
+    /// sometimes is, instead of whole seconds rounded up: clients must read both forms.
+    pub fractional_retry_after: bool,
 }
 
 /// The template ids of directory roles named by display name (comma-separated, as
@@ -148,6 +151,7 @@ impl EmulatorConfig {
             device_code_interval: Duration::from_secs(5),
             identity_header: uuid::Uuid::new_v4().to_string(),
             app_directory_roles: Vec::new(),
+            fractional_retry_after: false,
         }
     }
 

@@ -160,7 +160,8 @@ impl Reply {
 /// Per-request identifiers that also go into error bodies.
 pub struct Ctx {
     pub request_id: String,
-    pub client_request_id: Option<String>,
+    /// The client's `client-request-id`, or the request id when it sent none (as Graph does).
+    pub client_request_id: String,
     pub date: String,
 }
 
@@ -173,7 +174,7 @@ impl Ctx {
                 inner_error: Some(InnerError {
                     code: None,
                     request_id: Some(self.request_id.clone()),
-                    client_request_id: self.client_request_id.clone(),
+                    client_request_id: Some(self.client_request_id.clone()),
                     date: Some(self.date.clone()),
                 }),
             },
@@ -268,7 +269,7 @@ fn route(method: &str, path: &str) -> Result<(Route, String), (NoRoute, String)>
             "GET" => Ok((Route::ListUsers, t("GET /v1.0/users"))),
             _ => Err(wrong_method("{m} /v1.0/users")),
         },
-        ["v1.0", "users", "delta" | "microsoft.graph.delta" | "microsoft.graph.delta()"] => {
+        ["v1.0", "users", "delta" | "delta()" | "microsoft.graph.delta" | "microsoft.graph.delta()"] => {
             match method {
                 "GET" => Ok((Route::UsersDelta, t("GET /v1.0/users/delta"))),
                 _ => Err(wrong_method("{m} /v1.0/users/delta")),
@@ -603,10 +604,35 @@ impl Shared {
         self.wall(now).format("%Y-%m-%dT%H:%M:%S").to_string()
     }
 
+    /// The root that `@odata.nextLink` and `@odata.deltaLink` are built on: the scheme this
+    /// server serves and the `Host` the client called, as Graph's links name the host called
+    /// (a client that reached the emulator as `localhost` is sent back to `localhost`). The
+    /// listening address when the request has no usable `Host`.
+    pub fn link_base(&self, call: &Call) -> String {
+        let (scheme, listening) = self
+            .base_url
+            .split_once("://")
+            .unwrap_or(("http", self.base_url.as_str()));
+        let host = call
+            .header("host")
+            .map(str::trim)
+            .filter(|h| {
+                !h.is_empty()
+                    && h.len() <= 255
+                    && h.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
+            })
+            .unwrap_or(listening);
+        format!("{scheme}://{host}")
+    }
+
     fn ctx(&self, call: &Call, now: Duration) -> Ctx {
+        let request_id = uuid::Uuid::new_v4().to_string();
         Ctx {
-            request_id: uuid::Uuid::new_v4().to_string(),
-            client_request_id: call.header("client-request-id").map(str::to_string),
+            request_id: request_id.clone(),
+            client_request_id: call
+                .header("client-request-id")
+                .map_or_else(|| request_id.clone(), str::to_string),
             date: self.date(now),
         }
     }
@@ -625,7 +651,7 @@ impl Shared {
         let ctx = self.ctx(call, now);
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let (reply, template, ru) = self.process(&mut st, call, &ctx, now, top_level);
-        let reply = finish(reply, &ctx, ru);
+        let reply = finish(reply, &ctx, ru, is_graph_path(&call.path));
         st.record(&template, call, &reply, now);
         reply
     }
@@ -684,6 +710,9 @@ impl Shared {
                 )
             }
         };
+        if let Some(refused) = unsupported_media_type(call, ctx) {
+            return (refused, template, Some(0));
+        }
         if let Some(denied) = self.authorize(st, &route, call, ctx) {
             return (denied, template, Some(0));
         }
@@ -691,14 +720,14 @@ impl Shared {
         let used = match st.throttle(&self.config, self.ru_limit, &app, cost, now) {
             Ok(used) => used,
             Err(t) => {
-                let secs = retry_after_secs(t.wait);
+                let secs = retry_after_value(&self.config, t.wait);
                 let reply = ctx
                     .err(
                         429,
                         "TooManyRequests",
                         format!("Too many requests. The request was throttled ({}); retry after {secs} seconds.", t.information),
                     )
-                    .with_header("Retry-After", secs.to_string())
+                    .with_header("Retry-After", secs.clone())
                     .with_header("x-ms-throttle-scope", t.scope)
                     .with_header("x-ms-throttle-information", t.information)
                     .with_header(
@@ -796,10 +825,10 @@ impl Shared {
             let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
             let early = match st.check_token(call, now) {
                 Err(msg) => Some(ctx.err(401, "InvalidAuthenticationToken", msg)),
-                Ok(_) => self.fault(&mut st, &ctx),
+                Ok(_) => unsupported_media_type(call, &ctx).or_else(|| self.fault(&mut st, &ctx)),
             };
             early.map(|r| {
-                let r = finish(r, &ctx, Some(0));
+                let r = finish(r, &ctx, Some(0), true);
                 st.record(template, call, &r, now);
                 r
             })
@@ -817,37 +846,82 @@ impl Shared {
                     b.requests.len()
                 ),
             ),
-            Ok(b) => {
-                let responses = b
-                    .requests
-                    .iter()
-                    .map(|item| {
-                        let sub = sub_call(call, item);
-                        let r = self.call(&sub, false);
-                        let headers: BTreeMap<String, String> = r
-                            .headers
-                            .iter()
-                            .map(|(k, v)| (k.clone(), v.clone()))
-                            .collect();
-                        BatchResponseItem {
-                            id: item.id.clone(),
-                            status: r.status,
-                            headers: Some(headers),
-                            body: r.body,
-                        }
-                    })
-                    .collect();
-                Reply::json(
-                    200,
-                    serde_json::to_value(BatchResponse { responses }).unwrap_or(Value::Null),
-                )
-            }
+            Ok(b) => match batch_order(&b.requests) {
+                Err(msg) => ctx.err(400, "BadRequest", msg),
+                Ok(order) => self.run_batch(call, &b.requests, &order, now),
+            },
         };
-        let reply = finish(reply, &ctx, Some(0));
+        let reply = finish(reply, &ctx, Some(0), true);
         let now = self.config.clock.now();
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         st.record(template, call, &reply, now);
         reply
+    }
+
+    /// The sub-requests of a `$batch` in `order` (dependencies first), each through the
+    /// pipeline on its own, answered in the order they were listed. Refused without being
+    /// carried out, as Graph refuses them: a URL that names the version (400), a body without
+    /// `Content-Type` (400), a dependency that failed (424).
+    fn run_batch(
+        &self,
+        outer: &Call,
+        items: &[crate::model::BatchRequestItem],
+        order: &[usize],
+        now: Duration,
+    ) -> Reply {
+        let mut answers: Vec<Option<BatchResponseItem>> = vec![None; items.len()];
+        for &i in order {
+            let item = &items[i];
+            let sub = sub_call(outer, item);
+            let refused = |status: u16, code: &str, msg: String| {
+                let ctx = self.ctx(&sub, now);
+                finish(ctx.err(status, code, msg), &ctx, None, true)
+            };
+            let failed_dependency = item.depends_on.iter().flatten().find(|d| {
+                answers
+                    .iter()
+                    .flatten()
+                    .any(|a| a.id.eq_ignore_ascii_case(d) && !(200..300).contains(&a.status))
+            });
+            let has_content_type = item
+                .headers
+                .iter()
+                .flatten()
+                .any(|(k, v)| k.eq_ignore_ascii_case("content-type") && !v.trim().is_empty());
+            let r = if let Some(d) = failed_dependency {
+                refused(
+                    424,
+                    "FailedDependency",
+                    format!("The request could not be carried out because request '{d}', on which it depends, failed."),
+                )
+            } else if names_version(&item.url) {
+                refused(
+                    400,
+                    "BadRequest",
+                    format!("Invalid request URL '{}': the URL of a request in a batch is relative to the batch's version, e.g. '/users/{{id}}', not '/v1.0/users/{{id}}'.", item.url.trim()),
+                )
+            } else if item.body.as_ref().is_some_and(|b| !b.is_null()) && !has_content_type {
+                refused(
+                    400,
+                    "BadRequest",
+                    "A request in a batch that has a body must specify its Content-Type header."
+                        .into(),
+                )
+            } else {
+                self.call(&sub, false)
+            };
+            answers[i] = Some(BatchResponseItem {
+                id: item.id.clone(),
+                status: r.status,
+                headers: Some(r.headers.iter().cloned().collect()),
+                body: r.body,
+            });
+        }
+        let responses = answers.into_iter().flatten().collect();
+        Reply::json(
+            200,
+            serde_json::to_value(BatchResponse { responses }).unwrap_or(Value::Null),
+        )
     }
 
     /// `/_emulator/...`: inspection (GET), the partner's side of an invitation (`POST
@@ -982,13 +1056,38 @@ impl State {
     }
 }
 
-/// Standard Graph headers on every answer.
-fn finish(reply: Reply, ctx: &Ctx, ru: Option<u64>) -> Reply {
+/// Graph's `Content-Type` on every answer: Microsoft's SDKs read the OData parameters.
+pub const GRAPH_CONTENT_TYPE: &str =
+    "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8";
+
+/// Graph's challenge on a 401: some clients (the SDKs' auth handlers) look for it before they
+/// renew a token.
+const WWW_AUTHENTICATE: &str = "Bearer realm=\"\", authorization_uri=\"https://login.microsoftonline.com/common/oauth2/authorize\", client_id=\"00000003-0000-0000-c000-000000000000\"";
+
+/// Whether `path` is Graph's (as opposed to the token endpoint's or the managed identity's):
+/// only Graph's answers carry the OData headers.
+fn is_graph_path(path: &str) -> bool {
+    path == "/v1.0" || path.starts_with("/v1.0/") || path.starts_with("/beta/")
+}
+
+/// Standard headers on every answer: `request-id`, `client-request-id` (the client's, or the
+/// request id), and for Graph's answers the OData `Content-Type`, `OData-Version` and, on a
+/// 401, `WWW-Authenticate`.
+fn finish(reply: Reply, ctx: &Ctx, ru: Option<u64>, graph: bool) -> Reply {
+    let content_type = if graph {
+        GRAPH_CONTENT_TYPE
+    } else {
+        "application/json"
+    };
     let mut r = reply
         .with_header("request-id", ctx.request_id.clone())
-        .with_header("Content-Type", "application/json");
-    if let Some(c) = &ctx.client_request_id {
-        r = r.with_header("client-request-id", c.clone());
+        .with_header("client-request-id", ctx.client_request_id.clone())
+        .with_header("Content-Type", content_type);
+    if graph {
+        r = r.with_header("OData-Version", "4.0");
+        if r.status == 401 {
+            r = r.with_header("WWW-Authenticate", WWW_AUTHENTICATE);
+        }
     }
     if let Some(ru) = ru {
         r = r.with_header("x-ms-resource-unit", ru.to_string());
@@ -996,23 +1095,100 @@ fn finish(reply: Reply, ctx: &Ctx, ru: Option<u64>) -> Reply {
     r
 }
 
+/// Graph reads request bodies as JSON only: a POST, PATCH or PUT with a body and no
+/// `Content-Type: application/json` is refused (415) before anything is carried out. A
+/// request without a body (`revokeSignInSessions`) needs none.
+fn unsupported_media_type(call: &Call, ctx: &Ctx) -> Option<Reply> {
+    let with_body = matches!(call.method.as_str(), "POST" | "PATCH" | "PUT")
+        && !call.body.iter().all(u8::is_ascii_whitespace);
+    let json = call.header("content-type").is_some_and(|v| {
+        v.split(';')
+            .next()
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+    });
+    (with_body && !json).then(|| {
+        ctx.err(
+            415,
+            "UnsupportedMediaType",
+            "The request body must be sent with the header 'Content-Type: application/json'.",
+        )
+    })
+}
+
+/// The order a batch's sub-requests are carried out in: as listed, except that a request
+/// comes after those it depends on. A batch Graph refuses as a whole (400) is the message why:
+/// more than one request with the same id (compared case-insensitively), a `dependsOn` naming
+/// no request of the batch, or dependencies in a cycle.
+fn batch_order(items: &[crate::model::BatchRequestItem]) -> Result<Vec<usize>, String> {
+    let mut ids: HashMap<String, usize> = HashMap::new();
+    for (i, item) in items.iter().enumerate() {
+        if ids.insert(item.id.to_lowercase(), i).is_some() {
+            return Err(format!(
+                "The batch request contains more than one request with the id '{}'; request ids must be unique (case-insensitive).",
+                item.id
+            ));
+        }
+    }
+    let mut deps: Vec<Vec<usize>> = Vec::with_capacity(items.len());
+    for item in items {
+        let mut mine = Vec::new();
+        for d in item.depends_on.iter().flatten() {
+            match ids.get(&d.to_lowercase()) {
+                Some(&j) => mine.push(j),
+                None => {
+                    return Err(format!(
+                        "Request '{}' depends on '{d}', which is not a request of this batch.",
+                        item.id
+                    ))
+                }
+            }
+        }
+        deps.push(mine);
+    }
+    let mut order = Vec::with_capacity(items.len());
+    let mut done = vec![false; items.len()];
+    // Each pass places at least one request, or the rest depend on each other.
+    while order.len() < items.len() {
+        let before = order.len();
+        for i in 0..items.len() {
+            if !done[i] && deps[i].iter().all(|&j| done[j]) {
+                done[i] = true;
+                order.push(i);
+            }
+        }
+        if order.len() == before {
+            return Err("The dependsOn of the batch's requests form a cycle.".into());
+        }
+    }
+    Ok(order)
+}
+
+/// Whether a sub-request URL names a version (`/v1.0/users`, `beta/users`) or is absolute:
+/// Graph takes only URLs relative to the batch's version.
+fn names_version(url: &str) -> bool {
+    let rel = url.trim().trim_start_matches('/').to_ascii_lowercase();
+    rel.starts_with("http:")
+        || rel.starts_with("https:")
+        || ["v1.0", "beta"].iter().any(|v| {
+            rel == *v || rel.starts_with(&format!("{v}/")) || rel.starts_with(&format!("{v}?"))
+        })
+}
+
 fn sub_call(outer: &Call, item: &crate::model::BatchRequestItem) -> Call {
     let url = item.url.trim();
     let (path, query) = url.split_once('?').unwrap_or((url, ""));
-    let rel = path.trim_start_matches('/');
-    let path = if rel.starts_with("v1.0/") {
-        format!("/{rel}")
-    } else {
-        format!("/v1.0/{rel}")
-    };
+    let path = format!("/v1.0/{}", path.trim_start_matches('/'));
     let mut headers: HashMap<String, String> = item
         .headers
         .iter()
         .flatten()
         .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
         .collect();
-    if let Some(auth) = outer.header("authorization") {
-        headers.insert("authorization".into(), auth.to_string());
+    // The batch's own credentials and host: links in sub-responses name the host called.
+    for name in ["authorization", "host"] {
+        if let Some(v) = outer.header(name) {
+            headers.insert(name.into(), v.to_string());
+        }
     }
     Call {
         method: item.method.to_ascii_uppercase(),
@@ -1034,6 +1210,17 @@ pub fn percent_decode(s: &str) -> String {
     percent_encoding::percent_decode_str(s)
         .decode_utf8_lossy()
         .into_owned()
+}
+
+/// `Retry-After` of a throttled answer: whole seconds rounded up, or with
+/// [`EmulatorConfig::fractional_retry_after`] the wait in seconds to the millisecond (at least
+/// `0.001`), as some of Graph's answers give it.
+fn retry_after_value(config: &EmulatorConfig, wait: Duration) -> String {
+    if config.fractional_retry_after {
+        format!("{:.3}", wait.as_secs_f64().max(0.001))
+    } else {
+        retry_after_secs(wait).to_string()
+    }
 }
 
 /// `Retry-After` of an injected 503: whole seconds from 1 to the configured maximum, as Graph

@@ -40,6 +40,7 @@ pub(super) fn sub_request(
         url: url.to_string(),
         headers,
         body,
+        depends_on: None,
     }
 }
 

@@ -321,6 +321,38 @@ mod tests {
     }
 
     #[test]
+    fn fractional_retry_after_is_honoured_to_the_millisecond() {
+        let now = SystemTime::now();
+        // As `$batch` sub-responses carry it, and as the emulator's --fractional-retry-after
+        // gives it: below a second, and with the millisecond that matters.
+        for (value, ms) in [
+            ("0.249", 249),
+            ("2.500", 2500),
+            ("0.001", 1),
+            (" 1.75 ", 1750),
+        ] {
+            let wait = parse_retry_after(value, now).expect(value);
+            // Within a microsecond: the f64 of "0.249" is not exactly 249 ms.
+            let off = wait.abs_diff(Duration::from_millis(ms));
+            assert!(off < Duration::from_micros(1), "{value:?}: {wait:?}");
+            // A 503 with it is resent after that wait, not a rounded or backed-off one.
+            let mut attempts = Attempts::default();
+            let verdict = RetryPolicy::default().next(
+                &mut attempts,
+                Failure::Failed {
+                    retry_after: Some(wait),
+                },
+                true,
+            );
+            assert_eq!(verdict, Verdict::RetryAfter(wait));
+        }
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::RETRY_AFTER, "0.249".parse().unwrap());
+        let wait = retry_after_header(&headers).unwrap();
+        assert!(wait.abs_diff(Duration::from_millis(249)) < Duration::from_micros(1));
+    }
+
+    #[test]
     fn backoff_stays_within_bounds() {
         let b = Backoff::default();
         assert_eq!(b.ceiling(1), Duration::from_millis(500));

@@ -720,7 +720,7 @@ async fn users_delta_refusals_and_latest() {
         (400, Some("Request_BadRequest")),
         "{v}"
     );
-    let (s, v) = g.get("/users/delta?$top=5").await;
+    let (s, v) = g.get("/users/delta?$orderby=displayName").await;
     assert_eq!(
         (s, v["error"]["code"].as_str()),
         (400, Some("Request_UnsupportedQuery")),
