@@ -149,16 +149,8 @@ async fn restore_puts_every_changed_property_back_exactly_once_through_sigkill()
         tokio::time::sleep(Duration::from_millis(5)).await;
         polls += 1;
     }
-    let pid = child.id().unwrap().to_string();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let out = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    signal(child.id().unwrap(), "-TERM");
+    let out = output_of(child).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("SIGTERM: stopping"), "{stderr}");

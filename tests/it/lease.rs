@@ -332,15 +332,6 @@ async fn retry_reads_its_users_again_before_validating() {
     );
 }
 
-/// Sends `signal` (`-STOP`, `-CONT`) to a process, through kill(1): no unsafe code in tests.
-fn signal(pid: u32, signal: &str) {
-    let status = std::process::Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill {signal} {pid}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_holder_that_lost_its_lease_writes_nothing_and_exits_1() {
     // A 1.5 s stale window (heartbeat every 125 ms) instead of 60 s: same rule, scaled.

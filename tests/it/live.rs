@@ -356,15 +356,8 @@ async fn sigint_exits_130_and_the_run_resumes_to_completion() {
         tokio::time::sleep(Duration::from_millis(20)).await;
         waited += Duration::from_millis(20);
     }
-    let kill = std::process::Command::new("kill")
-        .args(["-INT", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let out = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    signal(pid, "-INT");
+    let out = output_of(child).await;
     assert_eq!(
         out.status.code(),
         Some(130),
@@ -394,23 +387,16 @@ async fn signal_when_invited(
     after: usize,
     signals: &[&str],
 ) -> std::process::Output {
-    let pid = child.id().unwrap().to_string();
+    let pid = child.id().unwrap();
     let mut waited = Duration::ZERO;
     while emu.invitations().len() < after && waited < COMMAND_TIMEOUT {
         tokio::time::sleep(Duration::from_millis(20)).await;
         waited += Duration::from_millis(20);
     }
-    for signal in signals {
-        let kill = std::process::Command::new("kill")
-            .args([*signal, &pid])
-            .status()
-            .unwrap();
-        assert!(kill.success());
+    for name in signals {
+        signal(pid, name);
     }
-    tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap()
+    output_of(child).await
 }
 
 /// A SIGTERM while the run is still signing in (a token endpoint slow to answer) ends it at
@@ -442,16 +428,8 @@ async fn sigterm_while_signing_in_stops_at_once_with_130() {
         .expect("the run asks for a token")
         .unwrap();
     assert!(n > 0, "a token request arrived");
-    let pid = child.id().unwrap().to_string();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let out = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
-        .await
-        .expect("stops at once, not after the HTTP timeout")
-        .unwrap();
+    signal(child.id().unwrap(), "-TERM");
+    let out = output_of(child).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(

@@ -138,6 +138,24 @@ pub fn invitations_per_user(emu: &Emulator) -> std::collections::BTreeMap<String
 /// before it (a run that had already ended would make a crash test pass without crashing
 /// anything). Unix only: elsewhere `start_kill` is `TerminateProcess`, whose exit code a process
 /// could also have chosen, so there is nothing to tell apart.
+/// Sends `signal` (`-TERM`, `-STOP`, `-CONT`, …) to a process, through kill(1): no unsafe code
+/// in tests.
+pub fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+/// A spawned command's output once it ends, within [`COMMAND_TIMEOUT`].
+pub async fn output_of(child: tokio::process::Child) -> std::process::Output {
+    tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
+        .await
+        .expect("the command ends")
+        .unwrap()
+}
+
 pub fn assert_died_of_sigkill(status: &std::process::ExitStatus, context: &str) {
     #[cfg(unix)]
     {
