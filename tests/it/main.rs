@@ -10,6 +10,7 @@ mod backout;
 mod converted_back;
 mod emulator;
 mod emulator_credentials;
+mod emulator_tls;
 mod emulator_writes;
 mod facts;
 mod help;
