@@ -134,7 +134,7 @@ def _():
     expect(c["appid"] == CLIENT_ID, f"claims {c}")
 
 
-@check("azure-identity DeviceCodeCredential (auto-approved)")
+@check("azure-identity DeviceCodeCredential (auto-approved), then silent renewal")
 def _():
     prompts = []
     cred = DeviceCodeCredential(
@@ -142,12 +142,15 @@ def _():
         disable_instance_discovery=True, timeout=120,
         prompt_callback=lambda uri, code, expires: prompts.append((uri, code)),
     )
-    c = claims(cred.get_token(GRAPH_SCOPE).token)
+    # authenticate() builds its AuthenticationRecord from the answer's id_token and client_info.
+    record = cred.authenticate(scopes=[GRAPH_SCOPE])
+    expect(record.tenant_id == TENANT, f"record tenant {record.tenant_id}")
+    expect(record.username.startswith("admin@"), f"record user {record.username}")
     expect(len(prompts) == 1, f"prompts {prompts}")
+    c = claims(cred.get_token(GRAPH_SCOPE).token)
+    expect(len(prompts) == 1, "the second token came without a second sign-in")
     expect(c["idtyp"] == "user" and "User.Invite.All" in c["scp"].split(), f"claims {c}")
     expect("roles" not in c, "a delegated token carries no application roles")
-    record = cred._auth_record  # what DeviceCodeCredential built from id_token and client_info
-    expect(record is not None and record.tenant_id == TENANT, f"record {record}")
 
 
 @check("MSAL ConfidentialClientApplication secret, 00000003-…/.default")

@@ -272,25 +272,31 @@ fn verify_assertion(app: &App, jwt: &str, req: &TokenRequest<'_>) -> Result<(), 
     if claim("jti").is_empty() {
         return Err(bad_assertion("Client assertion has no jti claim."));
     }
-    let num = |k: &str| claims.get(k).and_then(Value::as_i64);
-    let (Some(nbf), Some(exp)) = (num("nbf"), num("exp")) else {
+    // MSAL Python writes `iat` and `exp` as fractional seconds and no `nbf`; Entra accepts its
+    // assertions, so the window starts at `nbf`, else at `iat`.
+    let num = |k: &str| {
+        claims
+            .get(k)
+            .and_then(Value::as_f64)
+            .map(|f| f.floor() as i64)
+    };
+    let (Some(start), Some(exp)) = (num("nbf").or(num("iat")), num("exp")) else {
         return Err(Refusal::new(
             401,
             "invalid_client",
             700024,
-            "Client assertion is not within its valid time range (nbf and exp are required).",
+            "Client assertion is not within its valid time range (exp and nbf or iat are required).",
         ));
     };
-    if num("iat").is_none()
-        || exp <= req.unix_now
-        || nbf > req.unix_now + SKEW_S
-        || exp - nbf > MAX_ASSERTION_LIFETIME_S
+    if exp <= req.unix_now
+        || start > req.unix_now + SKEW_S
+        || exp - start > MAX_ASSERTION_LIFETIME_S
     {
         return Err(Refusal::new(
             401,
             "invalid_client",
             700024,
-            format!("Client assertion is not within its valid time range. Current time: {}, assertion valid from {nbf} to {exp} (at most {MAX_ASSERTION_LIFETIME_S} s).", req.unix_now),
+            format!("Client assertion is not within its valid time range. Current time: {}, assertion valid from {start} to {exp} (at most {MAX_ASSERTION_LIFETIME_S} s).", req.unix_now),
         ));
     }
     Ok(())

@@ -96,11 +96,7 @@ pub fn openid_configuration(
 /// `GET /common/discovery/instance?api-version=1.1&authorization_endpoint=…`: the emulator is
 /// an instance of its own, known by the host called and nothing else, so an authority on
 /// another host is refused `invalid_instance` as Entra refuses hosts it does not know.
-pub fn instance_discovery(
-    origin: &str,
-    authorization_endpoint: Option<&str>,
-    date: &str,
-) -> Reply {
+pub fn instance_discovery(origin: &str, authorization_endpoint: Option<&str>, date: &str) -> Reply {
     let (scheme, host) = origin.split_once("://").unwrap_or(("https", origin));
     let Some(endpoint) = authorization_endpoint.filter(|e| !e.is_empty()) else {
         return refusal(

@@ -107,8 +107,7 @@ fn origin_called(shared: &Shared, host: Option<&axum::http::HeaderValue>) -> Str
     let plain = |h: &&str| {
         !h.is_empty()
             && h.len() <= 255
-            && h
-                .bytes()
+            && h.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
     };
     match host.and_then(|h| h.to_str().ok()).filter(plain) {
@@ -280,13 +279,22 @@ mod tests {
             "otherLink": "http://127.0.0.1:50001/v1.0/users",
         });
         rebase_links(&mut body, base, "https://localhost:5000");
-        assert_eq!(body["@odata.nextLink"], "https://localhost:5000/v1.0/users?$skiptoken=x");
+        assert_eq!(
+            body["@odata.nextLink"],
+            "https://localhost:5000/v1.0/users?$skiptoken=x"
+        );
         assert_eq!(
             body["responses"][0]["body"]["@odata.deltaLink"],
             "https://localhost:5000/v1.0/users/delta?$deltatoken=y"
         );
         assert_eq!(body["mail"], "http://127.0.0.1:5000/not-a-link");
-        assert_eq!(body["@odata.context"], "https://graph.microsoft.com/v1.0/$metadata#users");
-        assert_eq!(body["otherLink"], "http://127.0.0.1:50001/v1.0/users", "another port is another origin");
+        assert_eq!(
+            body["@odata.context"],
+            "https://graph.microsoft.com/v1.0/$metadata#users"
+        );
+        assert_eq!(
+            body["otherLink"], "http://127.0.0.1:50001/v1.0/users",
+            "another port is another origin"
+        );
     }
 }

@@ -50,9 +50,7 @@ impl Tls {
         ];
         ca.not_before = not_before;
         ca.not_after = not_after;
-        let ca_cert = ca
-            .self_signed(&ca_key)
-            .context("signing the emulator CA")?;
+        let ca_cert = ca.self_signed(&ca_key).context("signing the emulator CA")?;
 
         let server_key = KeyPair::generate().context("generating the emulator server key")?;
         let mut server = CertificateParams::new(

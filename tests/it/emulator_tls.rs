@@ -7,8 +7,8 @@
 
 use crate::common;
 
-use base64::Engine;
 use b2b_convert::emulator::{Emulator, EmulatorConfig, Tenant};
+use base64::Engine;
 use serde_json::{json, Value};
 
 async fn start_tls(mut config: EmulatorConfig) -> Emulator {
@@ -19,8 +19,8 @@ async fn start_tls(mut config: EmulatorConfig) -> Emulator {
 
 /// A client that trusts the emulator's CA and nothing else.
 fn trusting(emu: &Emulator) -> reqwest::Client {
-    let ca = reqwest::Certificate::from_pem(emu.ca_pem().expect("--tls has a CA").as_bytes())
-        .unwrap();
+    let ca =
+        reqwest::Certificate::from_pem(emu.ca_pem().expect("--tls has a CA").as_bytes()).unwrap();
     reqwest::Client::builder()
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
@@ -109,7 +109,10 @@ async fn discovery_documents_are_built_on_the_host_called() {
         .await;
         assert_eq!(status, 200, "{doc}");
         assert_eq!(doc["issuer"], format!("{origin}/{tid}/v2.0"));
-        assert_eq!(doc["token_endpoint"], format!("{origin}/{tid}/oauth2/v2.0/token"));
+        assert_eq!(
+            doc["token_endpoint"],
+            format!("{origin}/{tid}/oauth2/v2.0/token")
+        );
         assert_eq!(
             doc["device_authorization_endpoint"],
             format!("{origin}/{tid}/oauth2/v2.0/devicecode")
@@ -122,7 +125,10 @@ async fn discovery_documents_are_built_on_the_host_called() {
     // Called by a verified domain name, the document names the tenant by its id, as Entra's do.
     let (status, doc) = get(
         &http,
-        &format!("{}/contoso.com/v2.0/.well-known/openid-configuration", emu.base_url()),
+        &format!(
+            "{}/contoso.com/v2.0/.well-known/openid-configuration",
+            emu.base_url()
+        ),
         None,
     )
     .await;
@@ -135,11 +141,17 @@ async fn discovery_documents_are_built_on_the_host_called() {
     )
     .await;
     assert_eq!(status, 200, "{v1}");
-    assert_eq!(v1["token_endpoint"], format!("{}/{tid}/oauth2/token", localhost(&emu)));
+    assert_eq!(
+        v1["token_endpoint"],
+        format!("{}/{tid}/oauth2/token", localhost(&emu))
+    );
     assert_eq!(v1["issuer"], format!("https://sts.windows.net/{tid}/"));
     let (status, refused) = get(
         &http,
-        &format!("{}/fabrikam.example/v2.0/.well-known/openid-configuration", emu.base_url()),
+        &format!(
+            "{}/fabrikam.example/v2.0/.well-known/openid-configuration",
+            emu.base_url()
+        ),
         None,
     )
     .await;
@@ -151,7 +163,10 @@ async fn discovery_documents_are_built_on_the_host_called() {
     let authorize = format!("{here}/{tid}/oauth2/v2.0/authorize");
     let url = reqwest::Url::parse_with_params(
         &format!("{here}/common/discovery/instance"),
-        &[("api-version", "1.1"), ("authorization_endpoint", authorize.as_str())],
+        &[
+            ("api-version", "1.1"),
+            ("authorization_endpoint", authorize.as_str()),
+        ],
     )
     .unwrap();
     let (status, found) = get(&http, url.as_str(), None).await;
@@ -160,11 +175,17 @@ async fn discovery_documents_are_built_on_the_host_called() {
         found["tenant_discovery_endpoint"],
         format!("{here}/{tid}/v2.0/.well-known/openid-configuration")
     );
-    assert_eq!(found["metadata"][0]["aliases"], json!([here.trim_start_matches("https://")]));
+    assert_eq!(
+        found["metadata"][0]["aliases"],
+        json!([here.trim_start_matches("https://")])
+    );
     let elsewhere = format!("https://login.microsoftonline.com/{tid}/oauth2/v2.0/authorize");
     let url = reqwest::Url::parse_with_params(
         &format!("{here}/common/discovery/instance"),
-        &[("api-version", "1.1"), ("authorization_endpoint", elsewhere.as_str())],
+        &[
+            ("api-version", "1.1"),
+            ("authorization_endpoint", elsewhere.as_str()),
+        ],
     )
     .unwrap();
     let (status, refused) = get(&http, url.as_str(), None).await;
@@ -181,12 +202,8 @@ async fn tokens_by_basic_auth_either_scope_spelling_and_a_sha1_thumbprint() {
     let token_url = common::raw::token_url(&emu);
     let id = common::raw::env(&emu, "AZURE_CLIENT_ID");
     let secret = common::raw::env(&emu, "AZURE_CLIENT_SECRET");
-    let client_credentials = |scope: &'static str| {
-        [
-            ("grant_type", "client_credentials"),
-            ("scope", scope),
-        ]
-    };
+    let client_credentials =
+        |scope: &'static str| [("grant_type", "client_credentials"), ("scope", scope)];
     let (status, body) = post_form(
         &http,
         &token_url,
@@ -219,7 +236,10 @@ async fn tokens_by_basic_auth_either_scope_spelling_and_a_sha1_thumbprint() {
         &token_url,
         &[
             ("grant_type", "client_credentials"),
-            ("scope", "00000003-0000-0000-c000-000000000000/User.Read.All"),
+            (
+                "scope",
+                "00000003-0000-0000-c000-000000000000/User.Read.All",
+            ),
             ("client_id", id.as_str()),
             ("client_secret", secret.as_str()),
         ],
@@ -252,8 +272,8 @@ async fn tokens_by_basic_auth_either_scope_spelling_and_a_sha1_thumbprint() {
     emu.shutdown().await;
 }
 
-/// A client assertion signed with the fixture's key whose header names the certificate by its
-/// SHA-1 thumbprint only (`x5t`), as MSAL's do.
+/// A client assertion shaped as MSAL Python makes it: the certificate named by its SHA-1
+/// thumbprint only (`x5t`), `iat` and `exp` in fractional seconds, no `nbf`.
 fn sha1_assertion(pem_path: &str, client_id: &str, aud: &str) -> String {
     let text = std::fs::read(pem_path).unwrap();
     let blocks = pem::parse_many(&text).unwrap();
@@ -269,9 +289,9 @@ fn sha1_assertion(pem_path: &str, client_id: &str, aud: &str) -> String {
             .trim()
             .to_string(),
     );
-    let now = chrono::Utc::now().timestamp();
+    let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
     let claims = json!({"aud": aud, "iss": client_id, "sub": client_id,
-        "jti": uuid::Uuid::new_v4().to_string(), "nbf": now - 5, "iat": now - 5, "exp": now + 300});
+        "jti": uuid::Uuid::new_v4().to_string(), "iat": now, "exp": now + 600.0});
     jsonwebtoken::encode(&header, &claims, &key).unwrap()
 }
 
@@ -314,9 +334,15 @@ async fn next_and_delta_links_name_the_host_and_scheme_called() {
             break d.to_string();
         }
         link = page["@odata.nextLink"].as_str().unwrap().to_string();
-        assert!(link.starts_with(&format!("{here}/v1.0/users/delta?")), "{link}");
+        assert!(
+            link.starts_with(&format!("{here}/v1.0/users/delta?")),
+            "{link}"
+        );
     };
-    assert!(delta.starts_with(&format!("{here}/v1.0/users/delta?")), "{delta}");
+    assert!(
+        delta.starts_with(&format!("{here}/v1.0/users/delta?")),
+        "{delta}"
+    );
 
     // A `$batch` sub-answer's link names the origin the batch was sent to.
     let r = http
@@ -328,7 +354,9 @@ async fn next_and_delta_links_name_the_host_and_scheme_called() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let batch: Value = r.json().await.unwrap();
-    let link = batch["responses"][0]["body"]["@odata.nextLink"].as_str().unwrap();
+    let link = batch["responses"][0]["body"]["@odata.nextLink"]
+        .as_str()
+        .unwrap();
     assert!(link.starts_with(&format!("{here}/v1.0/users?")), "{link}");
     emu.shutdown().await;
 }
@@ -336,9 +364,15 @@ async fn next_and_delta_links_name_the_host_and_scheme_called() {
 #[tokio::test]
 async fn a_delegated_token_carries_the_consented_scopes_and_msal_sign_in_answers() {
     let mut config = EmulatorConfig::new(Tenant::sample());
-    config.delegated_scopes = ["User.Read", "User.Invite.All", "openid", "profile", "offline_access"]
-        .map(str::to_string)
-        .to_vec();
+    config.delegated_scopes = [
+        "User.Read",
+        "User.Invite.All",
+        "openid",
+        "profile",
+        "offline_access",
+    ]
+    .map(str::to_string)
+    .to_vec();
     let emu = start_tls(config).await;
     let http = trusting(&emu);
     let here = localhost(&emu);
@@ -368,13 +402,19 @@ async fn a_delegated_token_carries_the_consented_scopes_and_msal_sign_in_answers
     .await;
     assert_eq!(status, 200, "{answer}");
     let access = claims(answer["access_token"].as_str().unwrap());
-    assert_eq!(access["scp"], "User.Read User.Invite.All", "consented, not the app's roles");
+    assert_eq!(
+        access["scp"], "User.Read User.Invite.All",
+        "consented, not the app's roles"
+    );
     assert!(access.get("roles").is_none());
     let id_token = claims(answer["id_token"].as_str().unwrap());
     assert_eq!(id_token["aud"], client_id);
     assert_eq!(id_token["iss"], format!("{here}/{tid}/v2.0"));
     assert_eq!(id_token["tid"], tid);
-    assert!(id_token["preferred_username"].as_str().unwrap().starts_with("admin@"));
+    assert!(id_token["preferred_username"]
+        .as_str()
+        .unwrap()
+        .starts_with("admin@"));
     let info: Value = serde_json::from_slice(
         &base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(answer["client_info"].as_str().unwrap())
@@ -405,8 +445,14 @@ async fn a_delegated_token_carries_the_consented_scopes_and_msal_sign_in_answers
     )
     .await;
     assert_eq!(status, 200, "{renewed}");
-    assert_eq!(claims(renewed["access_token"].as_str().unwrap())["scp"], "User.Read User.Invite.All");
-    assert_eq!(claims(renewed["id_token"].as_str().unwrap())["oid"], id_token["oid"]);
+    assert_eq!(
+        claims(renewed["access_token"].as_str().unwrap())["scp"],
+        "User.Read User.Invite.All"
+    );
+    assert_eq!(
+        claims(renewed["id_token"].as_str().unwrap())["oid"],
+        id_token["oid"]
+    );
     assert_eq!(renewed["client_info"], answer["client_info"]);
     emu.shutdown().await;
 }
@@ -418,13 +464,12 @@ async fn a_run_converts_against_a_tls_emulator_trusting_its_ca_by_ssl_cert_file(
     let db = dir.path().join("q.db");
     let csv = common::repo_path("sample-data/users.csv");
     // `common::command` passes the emulator's printed environment, SSL_CERT_FILE included.
-    let out = common::run(
-        &emu,
-        &db,
-        &["run", "--csv", csv.to_str().unwrap(), "--yes"],
-    )
-    .await;
-    assert_eq!(out.code, 3, "blocked rows make exit 3\n{}\n{}", out.stdout, out.stderr);
+    let out = common::run(&emu, &db, &["run", "--csv", csv.to_str().unwrap(), "--yes"]).await;
+    assert_eq!(
+        out.code, 3,
+        "blocked rows make exit 3\n{}\n{}",
+        out.stdout, out.stderr
+    );
     let items = common::items(&db, out.run_id());
     let converted = common::count(&items, b2b_convert::item::ItemState::Converted);
     assert!(converted > 0, "{}\n{}", out.stdout, out.stderr);
@@ -435,7 +480,14 @@ async fn a_run_converts_against_a_tls_emulator_trusting_its_ca_by_ssl_cert_file(
     let mut cmd = common::command(
         &emu,
         &other,
-        &["run", "--csv", csv.to_str().unwrap(), "--yes", "--unreachable-after", "1"],
+        &[
+            "run",
+            "--csv",
+            csv.to_str().unwrap(),
+            "--yes",
+            "--unreachable-after",
+            "1",
+        ],
     );
     cmd.env_remove("SSL_CERT_FILE");
     let refused = tokio::time::timeout(common::COMMAND_TIMEOUT, cmd.output())
