@@ -19,6 +19,7 @@ Credentials (environment, Azure SDK names; never on the command line):
   AZURE_FEDERATED_TOKEN_FILE         workload identity: a federated token as client assertion
   IDENTITY_ENDPOINT, IDENTITY_HEADER managed identity (App Service, Automation)
   B2B_GRAPH_URL, B2B_LOGIN_URL       endpoint overrides (default from --cloud)
+  SSL_CERT_FILE                      extra trusted CAs (PEM), e.g. the emulator's --tls CA
   B2B_DB                             the work queue (--db)
   --auth picks one explicitly: secret, certificate, device-code (a person signs in),
   azure-cli, managed-identity (B2B_IMDS_URL overrides the VM metadata address),
@@ -602,6 +603,10 @@ pub struct EmulatorArgs {
     /// The tenant's id (a GUID); default: the tenant file's, or derived from --seed.
     #[arg(long, value_name = "GUID")]
     pub tenant_id: Option<String>,
+    /// Serve HTTPS with a CA and certificate generated at start; the CA file's path is printed as
+    /// SSL_CERT_FILE=… (Microsoft's SDKs and sign-in libraries refuse plain http).
+    #[arg(long)]
+    pub tls: bool,
     #[command(flatten)]
     pub knobs: EmulatorKnobs,
 }
@@ -654,6 +659,14 @@ pub struct EmulatorKnobs {
     /// does, instead of whole seconds.
     #[arg(long)]
     pub fractional_retry_after: bool,
+    /// Delegated permissions consented for the apps (comma-separated): a device-code token's
+    /// `scp`, whatever the client asked, so a scope not listed is Graph's 403.
+    #[arg(long, value_name = "LIST", default_value = crate::emulator::DEFAULT_DELEGATED_SCOPES)]
+    pub delegated_scopes: String,
+    /// Answer every Nth invitation request 429 with Retry-After: 1, whatever the buckets hold
+    /// (0 = never): throttling a client's retry handler meets at once, by count.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub throttle_every_nth_invitation: u64,
 }
 
 #[derive(Debug, Clone, Args)]

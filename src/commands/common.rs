@@ -72,6 +72,7 @@ pub fn connect(
         not_sent_retry_for: endpoints
             .unreachable_after
             .unwrap_or(crate::config::DEFAULT_NOT_SENT_RETRY_FOR),
+        ca_file: crate::graph::ca_file_from_env(),
     };
     let settle = options
         .settle_rate

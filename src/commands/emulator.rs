@@ -43,7 +43,10 @@ pub async fn emulator(args: crate::cli::EmulatorArgs) -> anyhow::Result<ExitStat
         tenant.tenant_id = id.to_string();
     }
     let users = tenant.users.len();
-    let config = config_from(tenant, &args.knobs)?;
+    let config = EmulatorConfig {
+        tls: args.tls,
+        ..config_from(tenant, &args.knobs)?
+    };
     let emu = emulator::start(config, listen).await?;
     {
         let mut out = std::io::stdout().lock();
@@ -76,16 +79,22 @@ pub fn config_from(tenant: Tenant, knobs: &EmulatorKnobs) -> anyhow::Result<Emul
         not_applied_rate: knobs.not_applied_rate,
         block_invitations: knobs.block_invitations,
         token_lifetime: std::time::Duration::from_secs(knobs.token_lifetime_s),
-        app_roles: knobs
-            .app_roles
-            .split(',')
-            .map(|r| r.trim().to_string())
-            .filter(|r| !r.is_empty())
-            .collect(),
+        app_roles: list(&knobs.app_roles),
+        delegated_scopes: list(&knobs.delegated_scopes),
+        throttle_every_nth_invitation: knobs.throttle_every_nth_invitation,
         allow_invites_from: knobs.allow_invites_from.clone(),
         device_code_approve_after: knobs.device_code_approve_after,
         app_directory_roles,
         fractional_retry_after: knobs.fractional_retry_after,
         ..EmulatorConfig::new(tenant)
     })
+}
+
+/// A comma-separated flag value, blanks dropped.
+fn list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty())
+        .collect()
 }

@@ -2,6 +2,9 @@
 //! secret or by a certificate-signed JWT assertion (verified for real with the registered public
 //! key), and the AADSTS-style refusals of the real service.
 //!
+//! A thumbprint is accepted as SHA-1 (`x5t`, what MSAL sends) or SHA-256 (`x5t#S256`); the scope
+//! as `https://graph.microsoft.com/.default` or `00000003-0000-0000-c000-000000000000/.default`.
+//!
 //! Refusals used: AADSTS90002 (unknown tenant, 400), AADSTS700016 (unknown app, 400),
 //! AADSTS7000215 (wrong secret, 401), AADSTS7000216 (no credential, 400), AADSTS700027 (assertion
 //! signature, thumbprint, audience or issuer invalid, 401), AADSTS700024 (assertion outside its
@@ -17,6 +20,14 @@ use super::tenant::{App, Tenant};
 use crate::model::TokenError;
 
 pub const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
+/// The same scope named by Microsoft Graph's application id, as some SDKs spell it.
+pub const GRAPH_SCOPE_BY_APP_ID: &str = "00000003-0000-0000-c000-000000000000/.default";
+
+/// Whether `scope` names Graph's `.default` scope in either spelling Entra accepts.
+pub fn is_graph_default(scope: &str) -> bool {
+    let scope = scope.trim();
+    scope.eq_ignore_ascii_case(GRAPH_SCOPE) || scope.eq_ignore_ascii_case(GRAPH_SCOPE_BY_APP_ID)
+}
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// Longest assertion lifetime accepted (`exp - nbf`).
 const MAX_ASSERTION_LIFETIME_S: i64 = 600;
@@ -120,7 +131,7 @@ pub fn authenticate(tenant: &Tenant, req: &TokenRequest<'_>) -> Result<String, R
                 format!("Application with identifier '{client_id}' was not found in the directory '{}'.", tenant.display_name),
             )
         })?;
-    if field("scope") != GRAPH_SCOPE {
+    if !is_graph_default(field("scope")) {
         return Err(Refusal::new(
             400,
             "invalid_scope",
@@ -180,14 +191,29 @@ fn bad_assertion(description: impl Into<String>) -> Refusal {
 fn verify_assertion(app: &App, jwt: &str, req: &TokenRequest<'_>) -> Result<(), Refusal> {
     let not_a_jwt = || bad_assertion("Client assertion is not a valid JWT.");
     let header = jsonwebtoken::decode_header(jwt).map_err(|_| not_a_jwt())?;
-    let thumb = header
-        .x5t_s256
-        .as_deref()
-        .ok_or_else(|| bad_assertion("Client assertion has no x5t#S256 thumbprint; the emulator identifies certificates by their SHA-256 thumbprint."))?;
-    let cert = app
-        .certificates
-        .iter()
-        .find(|c| c.thumbprint_sha256.trim_end_matches('=') == thumb.trim_end_matches('='))
+    // MSAL signs with the SHA-1 `x5t` (sometimes `x5t#S256` as well): either identifies the
+    // certificate, the SHA-256 one first when both are sent.
+    let same = |a: &str, b: &str| a.trim_end_matches('=') == b.trim_end_matches('=');
+    let (thumb, cert) = match (header.x5t_s256.as_deref(), header.x5t.as_deref()) {
+        (Some(t), _) => (
+            t,
+            app.certificates
+                .iter()
+                .find(|c| same(&c.thumbprint_sha256, t)),
+        ),
+        (None, Some(t)) => (
+            t,
+            app.certificates
+                .iter()
+                .find(|c| c.thumbprint_sha1.as_deref().is_some_and(|s| same(s, t))),
+        ),
+        (None, None) => {
+            return Err(bad_assertion(
+                "Client assertion has no x5t or x5t#S256 thumbprint of its certificate.",
+            ))
+        }
+    };
+    let cert = cert
         .ok_or_else(|| {
             bad_assertion(format!(
                 "The certificate with identifier used to sign the client assertion is not registered on application. [Reason - The key was not found., Thumbprint of key used by client: '{thumb}']"
@@ -246,25 +272,31 @@ fn verify_assertion(app: &App, jwt: &str, req: &TokenRequest<'_>) -> Result<(), 
     if claim("jti").is_empty() {
         return Err(bad_assertion("Client assertion has no jti claim."));
     }
-    let num = |k: &str| claims.get(k).and_then(Value::as_i64);
-    let (Some(nbf), Some(exp)) = (num("nbf"), num("exp")) else {
+    // MSAL Python writes `iat` and `exp` as fractional seconds and no `nbf`; Entra accepts its
+    // assertions, so the window starts at `nbf`, else at `iat`.
+    let num = |k: &str| {
+        claims
+            .get(k)
+            .and_then(Value::as_f64)
+            .map(|f| f.floor() as i64)
+    };
+    let (Some(start), Some(exp)) = (num("nbf").or(num("iat")), num("exp")) else {
         return Err(Refusal::new(
             401,
             "invalid_client",
             700024,
-            "Client assertion is not within its valid time range (nbf and exp are required).",
+            "Client assertion is not within its valid time range (exp and nbf or iat are required).",
         ));
     };
-    if num("iat").is_none()
-        || exp <= req.unix_now
-        || nbf > req.unix_now + SKEW_S
-        || exp - nbf > MAX_ASSERTION_LIFETIME_S
+    if exp <= req.unix_now
+        || start > req.unix_now + SKEW_S
+        || exp - start > MAX_ASSERTION_LIFETIME_S
     {
         return Err(Refusal::new(
             401,
             "invalid_client",
             700024,
-            format!("Client assertion is not within its valid time range. Current time: {}, assertion valid from {nbf} to {exp} (at most {MAX_ASSERTION_LIFETIME_S} s).", req.unix_now),
+            format!("Client assertion is not within its valid time range. Current time: {}, assertion valid from {start} to {exp} (at most {MAX_ASSERTION_LIFETIME_S} s).", req.unix_now),
         ));
     }
     Ok(())

@@ -53,8 +53,10 @@ const PARTNER_DOMAINS: &[&str] = &[
     "alpineskihouse.example",
 ];
 
-/// The sample app's certificate, so generated tenants accept the test fixture's assertions too.
+/// The sample app's certificate (`tests/fixtures/app-cert.pem`), so generated tenants accept the test fixture's assertions too.
 const FIXTURE_THUMBPRINT: &str = "3ZcT_pzF8xw56ABJIDtWObceKQbedF0W6pd0dPn46wA";
+/// The same certificate's SHA-1 thumbprint, which MSAL's assertions name in `x5t`.
+const FIXTURE_THUMBPRINT_SHA1: &str = "qlyuyb4yULe5ytCWNSNT1CrgQM4";
 const FIXTURE_PUBLIC_KEY: &str = include_str!("../../tests/fixtures/app-pub.pem");
 
 fn guid(rng: &mut StdRng) -> String {
@@ -125,6 +127,7 @@ impl Tenant {
             client_secret: Some(secret(&mut rng)),
             certificates: vec![AppCertificate {
                 thumbprint_sha256: FIXTURE_THUMBPRINT.into(),
+                thumbprint_sha1: Some(FIXTURE_THUMBPRINT_SHA1.into()),
                 public_key_pem: FIXTURE_PUBLIC_KEY.into(),
                 expires: None,
             }],

@@ -44,14 +44,13 @@
 //! service."), for a synced user ("…on-premises mastered Directory Sync objects…") and, with the
 //! same conflict answer as invitations, for an address another object holds.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use base64::Engine;
 use rand::{Rng, RngCore};
 use serde_json::{json, Map, Value};
 
-use super::auth::{self, TokenRequest};
 use super::filter;
 use super::routes::{Call, Ctx, Reply, Shared, State};
 use crate::model::{Invitation, InvitationRequest, InvitedUserMessageInfo, InvitedUserRef, User};
@@ -854,49 +853,6 @@ impl Shared {
             );
         }
         Reply::json(201, body)
-    }
-
-    pub(super) fn token(
-        &self,
-        st: &mut State,
-        call: &Call,
-        ctx: &Ctx,
-        segment: &str,
-        now: Duration,
-    ) -> Reply {
-        let form: HashMap<String, String> = url::form_urlencoded::parse(&call.body)
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
-        let mut audiences = Vec::new();
-        for base in [
-            Some(self.base_url.clone()),
-            call.header("host").map(|h| format!("http://{h}")),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            audiences.push(format!("{base}/{segment}/oauth2/v2.0/token"));
-            audiences.push(format!("{base}/{}/oauth2/v2.0/token", st.tenant.tenant_id));
-        }
-        let req = TokenRequest {
-            tenant_segment: segment,
-            form: &form,
-            audiences,
-            unix_now: self.wall(now).timestamp(),
-        };
-        if let Some(reply) = self.other_grant(st, &form, ctx, now) {
-            return reply;
-        }
-        match auth::authenticate(&st.tenant, &req) {
-            Ok(app) => self.app_token_reply(st, app, now),
-            Err(refusal) => {
-                let body = refusal.body(&ctx.date);
-                Reply::json(
-                    refusal.status,
-                    serde_json::to_value(body).unwrap_or(Value::Null),
-                )
-            }
-        }
     }
 }
 

@@ -2,7 +2,9 @@
 //! `roles` (app-only) or `scp` (delegated), the device-code and refresh-token grants, the
 //! managed-identity endpoints (App Service shape and instance-metadata shape), the permission
 //! check every Graph endpoint goes through (403 `Authorization_RequestDenied`), and the tenant's
-//! authorization policy (`allowInvitesFrom`).
+//! authorization policy (`allowInvitesFrom`); and the token endpoint itself, as MSAL calls it: the
+//! client secret in the form body or as HTTP Basic, msal-node's `device_code` grant spelling,
+//! and delegated answers carrying `id_token` and `client_info` (base64url `{"uid","utid"}`).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -10,7 +12,8 @@ use std::time::Duration;
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{json, Value};
 
-use super::auth::{check_tenant, Refusal};
+use super::auth::{self, check_tenant, Refusal, TokenRequest};
+use super::discovery;
 use super::routes::{Call, Ctx, Reply, Route, Shared, State, TokenInfo};
 
 /// Microsoft Graph Command Line Tools: a Microsoft public client present in every tenant.
@@ -55,6 +58,10 @@ pub fn role_template_id(name: &str) -> Option<&'static str> {
         .map(|(_, id)| *id)
 }
 const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+/// msal-node's spelling of the same grant (`GrantType.DEVICE_CODE_GRANT`), which Entra accepts.
+const DEVICE_CODE_GRANT_SHORT: &str = "device_code";
+/// Scopes that ask for a sign-in, not for an API: never carried in an access token's `scp`.
+const OIDC_SCOPES: &[&str] = &["openid", "profile", "email", "offline_access"];
 const DEVICE_CODE_LIFETIME: Duration = Duration::from_secs(900);
 const GRAPH_RESOURCE: &str = "https://graph.microsoft.com";
 
@@ -88,6 +95,8 @@ impl Grant {
 struct DeviceCode {
     tenant: String,
     client_id: String,
+    /// The scopes asked for at the device-code request (`openid` there earns an `id_token`).
+    scope: String,
     polls: u32,
     issued_at: Duration,
     last_poll: Option<Duration>,
@@ -96,6 +105,9 @@ struct DeviceCode {
 /// The identity side of the emulator's mutable state.
 pub struct IdentityState {
     key: EncodingKey,
+    /// Object id of the person the device-code flow signs in (stable for the emulator's life:
+    /// MSAL keys its account cache on it through `client_info`).
+    admin_oid: String,
     device_codes: HashMap<String, DeviceCode>,
     /// Refresh token → the grant it renews (rotated on each use, as Entra does).
     refresh_tokens: HashMap<String, Grant>,
@@ -106,6 +118,7 @@ impl Default for IdentityState {
         let secret: [u8; 32] = rand::random();
         IdentityState {
             key: EncodingKey::from_secret(&secret),
+            admin_oid: uuid::Uuid::new_v4().to_string(),
             device_codes: HashMap::new(),
             refresh_tokens: HashMap::new(),
         }
@@ -199,32 +212,86 @@ impl Shared {
         )
     }
 
-    fn delegated_reply(&self, st: &mut State, grant: Grant, now: Duration) -> Reply {
+    /// A delegated answer. `asked` is what the client asked for (its `scope`, and whether it
+    /// sent `client_info=1`): `openid` earns an `id_token`, and either earns `client_info`, as
+    /// Entra answers MSAL.
+    fn delegated_reply(
+        &self,
+        st: &mut State,
+        grant: Grant,
+        asked: &Asked,
+        origin: &str,
+        now: Duration,
+    ) -> Reply {
         let refresh = random_token(48);
         st.identity
             .refresh_tokens
             .insert(refresh.clone(), grant.clone());
-        let scope = grant.permissions.join(" ");
+        let mut scope: Vec<String> = grant.permissions.clone();
+        if asked.wants("offline_access") {
+            scope.push("offline_access".into());
+        }
+        let user = grant.user.clone().unwrap_or_default();
+        let client_id = grant.app_id.clone();
         let (token, lifetime) = self.issue(st, grant, now);
-        Reply::json(
-            200,
-            json!({
-                "token_type": "Bearer",
-                "scope": scope,
-                "expires_in": lifetime,
-                "ext_expires_in": lifetime,
-                "access_token": token,
-                "refresh_token": refresh,
-            }),
-        )
+        let mut body = json!({
+            "token_type": "Bearer",
+            "scope": scope.join(" "),
+            "expires_in": lifetime,
+            "ext_expires_in": lifetime,
+            "access_token": token,
+            "refresh_token": refresh,
+        });
+        let tid = st.tenant.tenant_id.clone();
+        let oid = st.identity.admin_oid.clone();
+        if asked.wants("openid") {
+            let iat = self.wall(now).timestamp();
+            let claims = json!({
+                "aud": client_id,
+                "iss": format!("{origin}/{tid}/v2.0"),
+                "iat": iat,
+                "nbf": iat,
+                "exp": iat + lifetime as i64,
+                "name": "Emulator Administrator",
+                "oid": oid,
+                "preferred_username": user,
+                "sub": random_token(24),
+                "tid": tid,
+                "ver": "2.0",
+            });
+            body["id_token"] = Value::String(
+                jsonwebtoken::encode(&Header::default(), &claims, &st.identity.key)
+                    .expect("HS256 signing cannot fail"),
+            );
+        }
+        if asked.client_info || asked.wants("openid") {
+            use base64::Engine;
+            let info = json!({"uid": oid, "utid": tid}).to_string();
+            body["client_info"] = Value::String(
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(info.as_bytes()),
+            );
+        }
+        Reply::json(200, body)
+    }
+
+    /// The delegated permissions consented for the app (`--delegated-scopes`), as `scp` carries
+    /// them: without the sign-in scopes.
+    fn consented_delegated(&self) -> Vec<String> {
+        self.config
+            .delegated_scopes
+            .iter()
+            .filter(|s| !OIDC_SCOPES.iter().any(|o| o.eq_ignore_ascii_case(s)))
+            .cloned()
+            .collect()
     }
 
     /// The device-code and refresh-token grants of the token endpoint; `None` for other grants.
-    pub(super) fn other_grant(
+    fn other_grant(
         &self,
         st: &mut State,
         form: &HashMap<String, String>,
         ctx: &Ctx,
+        origin: &str,
         now: Duration,
     ) -> Option<Reply> {
         let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
@@ -235,7 +302,7 @@ impl Shared {
             )
         };
         match field("grant_type") {
-            DEVICE_CODE_GRANT => {
+            DEVICE_CODE_GRANT | DEVICE_CODE_GRANT_SHORT => {
                 let code = field("device_code").to_string();
                 let interval = self.config.device_code_interval;
                 let approve_after = self.config.device_code_approve_after;
@@ -278,19 +345,21 @@ impl Shared {
                 let dc = st.identity.device_codes.remove(&code).expect("present");
                 let user = self.signed_in_user(st);
                 let grant = Grant {
-                    permissions: self.config.app_roles.clone(),
+                    permissions: self.consented_delegated(),
                     app_id: dc.client_id,
                     user: Some(user),
                     wids: vec![GUEST_INVITER_ROLE.to_string()],
                 };
                 let _ = dc.tenant;
-                Some(self.delegated_reply(st, grant, now))
+                let asked = Asked::new(&format!("{} {}", dc.scope, field("scope")), form);
+                Some(self.delegated_reply(st, grant, &asked, origin, now))
             }
             "refresh_token" => {
                 let grant = st.identity.refresh_tokens.remove(field("refresh_token"));
+                let asked = Asked::new(field("scope"), form);
                 Some(match grant {
                     Some(g) if g.app_id.eq_ignore_ascii_case(field("client_id")) => {
-                        self.delegated_reply(st, g, now)
+                        self.delegated_reply(st, g, &asked, origin, now)
                     }
                     _ => refuse(Refusal::new(
                         400,
@@ -325,7 +394,20 @@ impl Shared {
         now: Duration,
     ) -> Option<(Reply, String)> {
         let segs: Vec<&str> = call.path.trim_start_matches('/').split('/').collect();
+        let origin = self.origin(call);
         match (call.method.as_str(), segs.as_slice()) {
+            ("GET", [tenant, "v2.0", ".well-known", "openid-configuration"]) => Some((
+                discovery::openid_configuration(st, &origin, tenant, true, &ctx.date),
+                "GET /{tenant}/v2.0/.well-known/openid-configuration".into(),
+            )),
+            ("GET", [tenant, ".well-known", "openid-configuration"]) => Some((
+                discovery::openid_configuration(st, &origin, tenant, false, &ctx.date),
+                "GET /{tenant}/.well-known/openid-configuration".into(),
+            )),
+            ("GET", ["common", "discovery", "instance"]) => Some((
+                discovery::instance_discovery(&origin, call.q("authorization_endpoint"), &ctx.date),
+                "GET /common/discovery/instance".into(),
+            )),
             ("POST", [tenant, "oauth2", "v2.0", "devicecode"]) => Some((
                 self.device_code(st, call, ctx, tenant, now),
                 "POST /{tenant}/oauth2/v2.0/devicecode".into(),
@@ -386,6 +468,7 @@ impl Shared {
             DeviceCode {
                 tenant: tenant.to_string(),
                 client_id,
+                scope: form.get("scope").cloned().unwrap_or_default(),
                 polls: 0,
                 issued_at: now,
                 last_poll: None,
@@ -581,6 +664,60 @@ impl Shared {
             }),
         )
     }
+
+    /// `scheme://host` the client called: links and token audiences are built on it.
+    pub(super) fn origin(&self, call: &Call) -> String {
+        if call.origin.is_empty() {
+            self.base_url.clone()
+        } else {
+            call.origin.clone()
+        }
+    }
+
+    /// `POST /{tenant}/oauth2/v2.0/token`: every grant the emulator serves.
+    pub(super) fn token(
+        &self,
+        st: &mut State,
+        call: &Call,
+        ctx: &Ctx,
+        segment: &str,
+        now: Duration,
+    ) -> Reply {
+        let mut form: HashMap<String, String> = url::form_urlencoded::parse(&call.body)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        if let Some(refusal) = basic_credentials(call, &mut form) {
+            return Reply::json(
+                refusal.status,
+                serde_json::to_value(refusal.body(&ctx.date)).unwrap_or(Value::Null),
+            );
+        }
+        let origin = self.origin(call);
+        let mut audiences = Vec::new();
+        for base in [&self.base_url, &origin] {
+            audiences.push(format!("{base}/{segment}/oauth2/v2.0/token"));
+            audiences.push(format!("{base}/{}/oauth2/v2.0/token", st.tenant.tenant_id));
+        }
+        let req = TokenRequest {
+            tenant_segment: segment,
+            form: &form,
+            audiences,
+            unix_now: self.wall(now).timestamp(),
+        };
+        if let Some(reply) = self.other_grant(st, &form, ctx, &origin, now) {
+            return reply;
+        }
+        match auth::authenticate(&st.tenant, &req) {
+            Ok(app) => self.app_token_reply(st, app, now),
+            Err(refusal) => {
+                let body = refusal.body(&ctx.date);
+                Reply::json(
+                    refusal.status,
+                    serde_json::to_value(body).unwrap_or(Value::Null),
+                )
+            }
+        }
+    }
 }
 
 /// Whether the tenant's `allowInvitesFrom` lets this token invite. Apps invite only when members
@@ -601,4 +738,70 @@ fn bad_resource(call: &Call) -> Option<Reply> {
             json!({"error": "invalid_resource", "error_description": format!("AADSTS500011: The resource principal named {resource} was not found in the tenant.")}),
         )
     })
+}
+
+/// What a delegated sign-in asked for: its scopes, and MSAL's `client_info=1`.
+struct Asked {
+    scopes: Vec<String>,
+    client_info: bool,
+}
+
+impl Asked {
+    fn new(scope: &str, form: &HashMap<String, String>) -> Asked {
+        Asked {
+            scopes: scope.split_whitespace().map(str::to_string).collect(),
+            client_info: form.get("client_info").is_some_and(|v| v == "1"),
+        }
+    }
+
+    fn wants(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s.eq_ignore_ascii_case(scope))
+    }
+}
+
+/// HTTP Basic client authentication (RFC 6749 §2.3.1: `client_id:client_secret`, each
+/// form-encoded, then base64), which MSAL and other OAuth clients may send instead of form
+/// fields: folded into the form. A client id in both places that differ is refused as Entra does.
+fn basic_credentials(call: &Call, form: &mut HashMap<String, String>) -> Option<Refusal> {
+    use base64::Engine;
+    let value = call.header("authorization")?;
+    let (kind, encoded) = value.trim().split_once(' ')?;
+    if !kind.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let malformed = || {
+        Refusal::new(
+            401,
+            "invalid_client",
+            7000215,
+            "Invalid client secret provided: the Authorization header is not valid HTTP Basic credentials.",
+        )
+    };
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok());
+    let Some((id, secret)) = decoded.as_deref().and_then(|d| d.split_once(':')) else {
+        return Some(malformed());
+    };
+    let unform = |s: &str| -> String {
+        url::form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    let (id, secret) = (unform(id), unform(secret));
+    if let Some(body_id) = form.get("client_id") {
+        if !body_id.eq_ignore_ascii_case(&id) {
+            return Some(Refusal::new(
+                400,
+                "invalid_request",
+                50148,
+                "The client_id in the Authorization header does not match the client_id in the request body.",
+            ));
+        }
+    }
+    form.insert("client_id".into(), id);
+    form.entry("client_secret".into()).or_insert(secret);
+    None
 }

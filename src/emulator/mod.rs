@@ -8,7 +8,8 @@
 //! `auth` (token endpoint decisions), `identity` (JWT access tokens, permissions, device code,
 //! managed identity, invitation policy, directory roles in `wids`), `credentials` (password
 //! resets, `revokeSignInSessions`, the beta conversion back, the redemption policies),
-//! `routes` (pipeline, `$batch`, inspection), `handlers` (endpoints), `server` (connections).
+//! `routes` (pipeline, `$batch`, inspection), `handlers` (endpoints), `server` (connections),
+//! `tls` (`--tls`: the generated CA and certificate), `discovery` (OpenID and instance discovery).
 //!
 //! Per request: token (401) → permission (403) → throttling (429, nothing carried out) →
 //! injected fault (500/503/504, nothing carried out) → handler → for writes, maybe a lost response
@@ -17,6 +18,7 @@
 mod auth;
 mod credentials;
 mod delta;
+mod discovery;
 mod filter;
 mod generate;
 mod handlers;
@@ -25,6 +27,7 @@ mod routes;
 mod server;
 mod tenant;
 mod throttle;
+mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -82,8 +85,8 @@ pub struct EmulatorConfig {
     /// the buckets: a test with scaled buckets still sees a known number of 429s however fast or
     /// slow the machine is, without waiting on Graph's real refill.
     pub throttle_every_nth_invitation: u64,
-    /// Application permissions of apps whose tenant-file entry names none, of the managed
-    /// identity, and the delegated scopes of the device-code sign-in.
+    /// Application permissions of apps whose tenant-file entry names none, and of the managed
+    /// identity (delegated tokens carry [`EmulatorConfig::delegated_scopes`] instead).
     pub app_roles: Vec<String>,
     /// The authorization policy's `allowInvitesFrom`.
     pub allow_invites_from: String,
@@ -99,6 +102,12 @@ pub struct EmulatorConfig {
     /// A throttled answer's `Retry-After` is the wait to the millisecond (`0.249`), as Graph's
     /// sometimes is, instead of whole seconds rounded up: clients must read both forms.
     pub fractional_retry_after: bool,
+    /// Delegated permissions consented for every app (`--delegated-scopes`): a delegated token's
+    /// `scp` is this set whatever the client asked, as Entra's tokens carry every consented scope
+    /// of the resource, so a scope nobody consented shows as Graph's 403.
+    pub delegated_scopes: Vec<String>,
+    /// Serve HTTPS with a CA and certificate generated at start (`--tls`).
+    pub tls: bool,
 }
 
 /// The template ids of directory roles named by display name (comma-separated, as
@@ -121,6 +130,11 @@ pub fn directory_role_ids(list: &str) -> anyhow::Result<Vec<String>> {
         })
         .collect()
 }
+
+/// Delegated permissions consented when nothing else is said: what the tool's device-code
+/// sign-in needs (SPEC.md, permissions), plus the sign-in scopes every delegated client gets.
+pub const DEFAULT_DELEGATED_SCOPES: &str =
+    "User.Read,User.Invite.All,User.ReadWrite.All,Domain.Read.All,GroupMember.Read.All,openid,profile,offline_access";
 
 /// Application permissions the emulator grants when nothing else is said.
 pub const DEFAULT_APP_ROLES: &str =
@@ -152,6 +166,11 @@ impl EmulatorConfig {
             identity_header: uuid::Uuid::new_v4().to_string(),
             app_directory_roles: Vec::new(),
             fractional_retry_after: false,
+            delegated_scopes: DEFAULT_DELEGATED_SCOPES
+                .split(',')
+                .map(str::to_string)
+                .collect(),
+            tls: false,
         }
     }
 
@@ -169,6 +188,8 @@ impl EmulatorConfig {
 pub struct Emulator {
     addr: SocketAddr,
     shared: Arc<Shared>,
+    /// With `--tls`: the generated CA and where its file was written.
+    tls: Option<(tls::Tls, std::path::PathBuf)>,
     shutdown: tokio::sync::watch::Sender<server::Stop>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -184,6 +205,16 @@ pub async fn start(mut config: EmulatorConfig, listen: SocketAddr) -> anyhow::Re
         .await
         .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
+    let tls = match config.tls {
+        true => {
+            let made = tls::Tls::generate()?;
+            let path = tls::ca_file_path(addr.port());
+            tls::write_ca(&path, &made.ca_pem)?;
+            Some((made, path))
+        }
+        false => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let ru_limit = config.ru_limit();
     let tenant = std::mem::take(&mut config.tenant);
     let state = State {
@@ -216,7 +247,8 @@ pub async fn start(mut config: EmulatorConfig, listen: SocketAddr) -> anyhow::Re
     let shared = Arc::new(Shared {
         config,
         state: Mutex::new(state),
-        base_url: format!("http://{addr}"),
+        base_url: format!("{scheme}://{addr}"),
+        scheme,
         wall_start: chrono::Utc::now(),
         ru_limit,
         silent: std::sync::atomic::AtomicBool::new(false),
@@ -225,12 +257,14 @@ pub async fn start(mut config: EmulatorConfig, listen: SocketAddr) -> anyhow::Re
     let task = tokio::spawn(server::serve(
         listener,
         server::router(Arc::clone(&shared)),
+        tls.as_ref().map(|(t, _)| t.acceptor.clone()),
         rx,
     ));
-    tracing::info!(%addr, "emulator listening");
+    tracing::info!(%addr, scheme, "emulator listening");
     Ok(Emulator {
         addr,
         shared,
+        tls,
         shutdown: tx,
         task,
     })
@@ -241,9 +275,20 @@ impl Emulator {
         self.addr
     }
 
-    /// Both the Graph URL and the login URL.
+    /// Both the Graph URL and the login URL (`https://…` with `--tls`).
     pub fn base_url(&self) -> String {
         self.shared.base_url.clone()
+    }
+
+    /// With `--tls`, the generated CA (PEM) a client must trust.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.tls.as_ref().map(|(t, _)| t.ca_pem.as_str())
+    }
+
+    /// With `--tls`, the file holding [`Emulator::ca_pem`] (`SSL_CERT_FILE`); removed by
+    /// [`Emulator::shutdown`].
+    pub fn ca_file(&self) -> Option<&std::path::Path> {
+        self.tls.as_ref().map(|(_, p)| p.as_path())
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -255,7 +300,7 @@ impl Emulator {
     }
 
     /// `B2B_GRAPH_URL`, `B2B_LOGIN_URL`, `AZURE_TENANT_ID`, `AZURE_CLIENT_ID` and
-    /// `AZURE_CLIENT_SECRET` of the first app with a secret.
+    /// `AZURE_CLIENT_SECRET` of the first app with a secret; with `--tls`, `SSL_CERT_FILE`.
     pub fn client_env(&self) -> Vec<(String, String)> {
         let st = self.state();
         let base = self.base_url();
@@ -264,6 +309,9 @@ impl Emulator {
             ("B2B_LOGIN_URL".to_string(), base),
             ("AZURE_TENANT_ID".to_string(), st.tenant.tenant_id.clone()),
         ];
+        if let Some(path) = self.ca_file() {
+            env.push(("SSL_CERT_FILE".into(), path.display().to_string()));
+        }
         let app = st
             .tenant
             .apps
@@ -363,10 +411,14 @@ impl Emulator {
             .store(silent, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// Stop accepting and close every connection.
+    /// Stop accepting and close every connection (and remove the CA file of `--tls`).
     pub async fn shutdown(self) {
+        let ca_file = self.ca_file().map(std::path::Path::to_path_buf);
         let _ = self.shutdown.send(server::Stop::Now);
         let _ = self.task.await;
+        if let Some(path) = ca_file {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     /// Close the port: stop accepting at once, answer the requests already received, then close
@@ -403,6 +455,7 @@ impl Emulator {
         self.task = tokio::spawn(server::serve(
             listener,
             server::router(Arc::clone(&self.shared)),
+            self.tls.as_ref().map(|(t, _)| t.acceptor.clone()),
             rx,
         ));
         tracing::info!(addr = %self.addr, "emulator listening again");

@@ -28,7 +28,11 @@ const MAX_BATCH: usize = 20;
 pub struct Shared {
     pub config: EmulatorConfig,
     pub state: Mutex<State>,
+    /// `scheme://address` of the listener: what links are built on before the connection layer
+    /// rebases them onto the origin the client called (`server::rebase_links`).
     pub base_url: String,
+    /// `http`, or `https` with `--tls`.
+    pub scheme: &'static str,
     pub wall_start: DateTime<Utc>,
     /// Resource units per 10 s (0 = unlimited), after the tenant-size default.
     pub ru_limit: u64,
@@ -89,6 +93,9 @@ pub struct State {
 /// One request, top-level or a `$batch` sub-request.
 #[derive(Debug, Clone, Default)]
 pub struct Call {
+    /// `scheme://host` as the client called it (a `$batch` sub-request inherits its batch's;
+    /// empty only for calls made up in tests, see [`Shared::origin`]).
+    pub origin: String,
     pub method: String,
     /// Percent-decoded path, e.g. `/v1.0/users/ann@contoso.com`.
     pub path: String,
@@ -1191,6 +1198,7 @@ fn sub_call(outer: &Call, item: &crate::model::BatchRequestItem) -> Call {
         }
     }
     Call {
+        origin: outer.origin.clone(),
         method: item.method.to_ascii_uppercase(),
         path: percent_decode(&path),
         query: url::form_urlencoded::parse(query.as_bytes())

@@ -102,6 +102,9 @@ pub struct FederatedCredential {
 #[serde(rename_all = "camelCase")]
 pub struct AppCertificate {
     pub thumbprint_sha256: String,
+    /// The SHA-1 thumbprint (base64url, as in `x5t`), which MSAL's assertions name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbprint_sha1: Option<String>,
     pub public_key_pem: String,
     /// When the certificate expires (RFC 3339); past it the token endpoint answers AADSTS1000502.
     #[serde(default, skip_serializing_if = "Option::is_none")]

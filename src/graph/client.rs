@@ -68,6 +68,25 @@ impl std::fmt::Debug for GraphClient {
     }
 }
 
+/// The certificate authorities of a PEM file, for [`GraphConfig::ca_file`]: a file that cannot be
+/// read or holds no certificate is a configuration error, never silently the built-in roots only.
+fn extra_roots(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, GraphError> {
+    let bad = |why: String| {
+        GraphError::Config(format!(
+            "{} ({}): {why}",
+            path.display(),
+            super::config::CA_FILE_ENV
+        ))
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| bad(format!("not a PEM certificate bundle: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad("it holds no PEM certificate".into()));
+    }
+    Ok(certs)
+}
+
 impl GraphClient {
     /// Checks both endpoints and loads the credentials (a certificate is read here); no request
     /// is sent yet — [`GraphClient::authenticate`] does that.
@@ -80,8 +99,13 @@ impl GraphClient {
             .trim_end_matches('/')
             .to_string();
         let connect_timeout = config.request_timeout.min(MAX_CONNECT_TIMEOUT);
-        let http = reqwest::Client::builder()
-            .use_rustls_tls()
+        let mut builder = reqwest::Client::builder().use_rustls_tls();
+        if let Some(path) = &config.ca_file {
+            for cert in extra_roots(path)? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
             .user_agent(concat!("b2b-convert/", env!("CARGO_PKG_VERSION")))
             .timeout(config.request_timeout)
             .connect_timeout(connect_timeout)

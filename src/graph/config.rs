@@ -35,6 +35,10 @@ pub struct GraphConfig {
     pub http_retries: u32,
     /// How long a request that could not leave (connection refused, DNS, TLS) is retried.
     pub not_sent_retry_for: Duration,
+    /// A PEM file of certificate authorities trusted on top of the built-in roots
+    /// (`SSL_CERT_FILE`, see [`ca_file_from_env`]): a TLS-inspecting proxy's CA, or the CA
+    /// `emulator --tls` generated.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl GraphConfig {
@@ -51,8 +55,20 @@ impl GraphConfig {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             http_retries: DEFAULT_HTTP_RETRIES,
             not_sent_retry_for: DEFAULT_NOT_SENT_RETRY_FOR,
+            ca_file: None,
         }
     }
+}
+
+/// The environment variable naming extra trusted certificate authorities: the OpenSSL name the
+/// emulator prints and Python's and Node's HTTP stacks read, so one line serves every client.
+pub const CA_FILE_ENV: &str = "SSL_CERT_FILE";
+
+/// `SSL_CERT_FILE`, when set and not empty.
+pub fn ca_file_from_env() -> Option<PathBuf> {
+    std::env::var_os(CA_FILE_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
 }
 
 /// Microsoft Graph Command Line Tools: the public client the device-code sign-in uses when

@@ -30,8 +30,9 @@ use std::time::Duration;
 pub use auth::TokenProvider;
 pub use client::GraphClient;
 pub use config::{
-    check_endpoint, AuthMethod, Credentials, GraphConfig, Secret, DEFAULT_GRAPH_URL,
-    DEFAULT_HTTP_RETRIES, DEFAULT_LOGIN_URL, DEFAULT_NOT_SENT_RETRY_FOR, DEFAULT_REQUEST_TIMEOUT,
+    ca_file_from_env, check_endpoint, AuthMethod, Credentials, GraphConfig, Secret,
+    DEFAULT_GRAPH_URL, DEFAULT_HTTP_RETRIES, DEFAULT_LOGIN_URL, DEFAULT_NOT_SENT_RETRY_FOR,
+    DEFAULT_REQUEST_TIMEOUT,
 };
 pub use error::{GraphError, ResponseMeta, Traced};
 pub use limiter::Limiter;

@@ -11,6 +11,7 @@ mod converted_back;
 mod emulator;
 mod emulator_credentials;
 mod emulator_graph_shapes;
+mod emulator_tls;
 mod emulator_writes;
 mod facts;
 mod help;
