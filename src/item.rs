@@ -323,7 +323,7 @@ pub struct RunOptions {
     pub limit: Option<u64>,
     /// `--only`: how many users the invocation that last worked the run named. Like `limit` it
     /// belongs to one invocation; kept so the option history can mark that stretch a pilot.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub only: Option<u64>,
     /// `--set-mail`: PATCH a fixable user's `mail` to the input's externalEmail before inviting.
     #[serde(default)]

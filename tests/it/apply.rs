@@ -844,3 +844,41 @@ async fn a_limit_belongs_to_its_invocation_and_a_plain_resume_works_everyone() {
         .unwrap();
     assert_eq!(run.options.limit, None);
 }
+
+/// A planned user deleted before the apply changed since the plan (its verdict did): it ends
+/// `blocked` `changed_since_plan` "deleted since the plan", and nothing is sent for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_deleted_between_plan_and_apply_ends_changed_since_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    let (emu, csv) = tenant_with_csv(20, 71, dir.path()).await;
+    let csv = csv.to_str().unwrap();
+    let plan = run(&emu, &db, &["run", "--csv", csv, "--dry-run"]).await;
+    assert!([0, 3].contains(&plan.code), "{}", plan.stderr);
+    let planned: Vec<_> = items(&db, plan.run_id())
+        .into_iter()
+        .filter(|i| i.state == ItemState::WouldConvert)
+        .collect();
+    assert!(planned.len() >= 3, "{} would convert", planned.len());
+    let deleted = planned[1].user_id.clone().unwrap();
+    assert!(emu.delete_user(&deleted));
+
+    let applied = run(&emu, &db, &["apply", &plan.run_id().to_string(), "--yes"]).await;
+    assert_eq!(applied.code, 3, "{}\n{}", applied.stdout, applied.stderr);
+    let live = items(&db, applied.run_id());
+    let gone = live
+        .iter()
+        .find(|i| i.user_id.as_deref() == Some(deleted.as_str()))
+        .unwrap();
+    assert_eq!(gone.state, ItemState::Blocked, "{gone:?}");
+    assert_eq!(gone.reason, Some(Reason::ChangedSincePlan), "{gone:?}");
+    assert!(
+        gone.detail
+            .as_deref()
+            .unwrap()
+            .starts_with("deleted since the plan"),
+        "{gone:?}"
+    );
+    assert_eq!(count(&live, ItemState::Converted), planned.len() - 1);
+    assert!(!invitations_per_user(&emu).contains_key(&deleted));
+}
