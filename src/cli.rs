@@ -40,7 +40,7 @@ Examples:
   b2b-convert preflight --set-guest                              will Saturday's run work?
   b2b-convert run --csv partners.csv --dry-run --report dry-run.html
   b2b-convert run --csv partners.csv --silent --limit 50 --report pilot.html
-  b2b-convert resume --limit 0 --report live.html                everyone else in that run
+  b2b-convert resume --report live.html                          everyone else in that run
   b2b-convert status --json
   b2b-convert report 1 --out run-1.csv
 

@@ -317,7 +317,14 @@ pub struct RunOptions {
     /// Retries of one HTTP request inside the Graph client; separate from `max_attempts`.
     #[serde(default = "default_http_retries")]
     pub http_retries: u32,
+    /// `--limit` of the invocation that last worked the run: it counts users of that
+    /// invocation only, so `resume` never inherits it (SPEC: "`--limit N` counts users of this
+    /// invocation").
     pub limit: Option<u64>,
+    /// `--only`: how many users the invocation that last worked the run named. Like `limit` it
+    /// belongs to one invocation; kept so the option history can mark that stretch a pilot.
+    #[serde(default)]
+    pub only: Option<u64>,
     /// `--set-mail`: PATCH a fixable user's `mail` to the input's externalEmail before inviting.
     #[serde(default)]
     pub set_mail: bool,
@@ -348,6 +355,7 @@ impl Default for RunOptions {
             max_attempts: crate::config::DEFAULT_MAX_ATTEMPTS,
             http_retries: crate::config::DEFAULT_HTTP_RETRIES,
             limit: None,
+            only: None,
             set_mail: false,
             set_guest: false,
             keep_redeem_links: false,

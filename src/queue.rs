@@ -26,6 +26,7 @@ mod log;
 mod pass;
 mod redemption;
 mod report;
+pub mod report_facts;
 mod resend;
 mod retire;
 mod spans;

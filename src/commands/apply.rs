@@ -35,6 +35,7 @@ pub async fn apply(db: &Path, args: ApplyArgs) -> anyhow::Result<ExitStatus> {
     let mut options = plan.options.clone();
     common::apply_exec(&mut options, exec)?;
     let only = common::read_only(exec.only.as_deref())?;
+    options.only = only.as_ref().map(|names| names.len() as u64);
     common::require_consent_possible(RunMode::Live, exec.yes)?;
     let credentials = Credentials::resolve(exec.auth)?;
     let credentials_tenant = credentials.tenant_id().map(str::to_string);

@@ -145,10 +145,9 @@ pub fn apply_exec(options: &mut RunOptions, exec: &ExecArgs) -> anyhow::Result<(
     if let Some(r) = exec.http_retries {
         options.http_retries = r;
     }
-    if let Some(limit) = exec.limit {
-        // `--limit 0` lifts a pilot's limit.
-        options.limit = (limit > 0).then_some(limit);
-    }
+    // `--limit` counts users of this invocation: a `resume` without it works every pending
+    // user, never a limit an earlier pilot left behind (`--limit 0` still means none).
+    options.limit = exec.limit.filter(|l| *l > 0);
     // Follow-up steps can be added on resume, never dropped: items half-way through keep theirs.
     options.set_mail |= exec.set_mail;
     options.set_guest |= exec.set_guest;
@@ -655,6 +654,7 @@ pub async fn continue_run(
         apply_send(&mut run.options, send)?;
     }
     let only = read_only(exec.only.as_deref())?;
+    run.options.only = only.as_ref().map(|names| names.len() as u64);
     require_consent_possible(run.mode, exec.yes)?;
     let credentials = Credentials::resolve(exec.auth)?;
     let endpoints = endpoints_for(&exec.endpoints, &run).with_timeouts(exec);

@@ -6,7 +6,7 @@ use std::path::Path;
 use super::common;
 use crate::cli::{ReportArgs, ReportFormat};
 use crate::exit::{ExitError, ExitStatus};
-use crate::item::{ItemExtras, ItemRecord};
+use crate::item::{ItemExtras, ItemRecord, ItemState};
 use crate::queue::Queue;
 use crate::report::{self, ItemSource, ReportData};
 
@@ -61,6 +61,14 @@ pub fn write(
         } else {
             None
         },
+        left_to_do: queue.left_to_do(
+            run_id,
+            if live {
+                ItemState::Converted
+            } else {
+                ItemState::WouldConvert
+            },
+        )?,
         plan: match run_plan {
             Some(id) => Some(report::PlanRef {
                 run_id: id,

@@ -75,12 +75,17 @@ fn from_args(args: RunArgs) -> anyhow::Result<NewRun> {
         max_attempts: args.exec.max_attempts.unwrap_or(defaults.max_attempts),
         http_retries: args.exec.http_retries.unwrap_or(defaults.http_retries),
         limit: args.exec.limit.filter(|l| *l > 0),
+        only: None,
         set_mail: args.exec.set_mail,
         set_guest: args.exec.set_guest,
         keep_redeem_links: args.exec.keep_redeem_links,
     };
     common::check_options(&options)?;
     let only = common::read_only(args.exec.only.as_deref())?;
+    let options = RunOptions {
+        only: only.as_ref().map(|names| names.len() as u64),
+        ..options
+    };
     Ok(NewRun {
         source,
         mode: if args.dry_run {

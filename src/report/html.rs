@@ -12,10 +12,12 @@
 
 use maud::{html, Markup, PreEscaped, Render, DOCTYPE};
 
+use super::ticks;
+
 use super::{
     item_detail, item_fix, item_reason, mode_label, not_redeemed_state, state_label,
-    things_to_consider, thousands, Section, Summary, ESTIMATE_FORMULA, HISTORY_ROWS,
-    NOTHING_TO_FIX, NO_ATTENTION, ONE_WAY, THINGS_TO_CONSIDER_INTRO,
+    things_to_consider, thousands, Section, SharedDetail, Summary, ESTIMATE_FORMULA, HISTORY_ROWS,
+    LEFT_TO_DO_TITLE, NOTHING_TO_FIX, NO_ATTENTION, ONE_WAY, THINGS_TO_CONSIDER_INTRO,
 };
 use crate::item::{ItemRecord, ItemState, RunMode};
 
@@ -100,7 +102,7 @@ table{border-collapse:collapse;margin:.4em 0 1em;font-size:.9em;width:100%}
 th,td{border:1px solid #bbb;padding:.25em .45em;text-align:left;vertical-align:top;overflow-wrap:break-word}
 table{table-layout:fixed}
 th{background:#f0f0f0}
-td.n,th.n{text-align:right;white-space:nowrap}
+td.n,th.n,table.attn td:first-child{text-align:right;white-space:nowrap}
 table.kv{table-layout:fixed}table.kv th{width:14em}
 table.users{table-layout:fixed}
 table.users col.line{width:3.8em}table.users col.user{width:27%}table.users col.oid{width:17%}table.users col.mail{width:21%}table.users col.req{width:13%}
@@ -158,11 +160,22 @@ fn kv_table(rows: &[(&str, String)]) -> Markup {
     }
 }
 
-/// Most minutes the pace chart draws; longer runs are drawn in bins of several minutes.
+/// Most bars the pace chart draws; longer runs are drawn in bins of several minutes.
 const PACE_BARS: usize = 120;
 
-/// Conversions (green bars) and 429s (red bars) per minute, as an inline SVG with its numbers
-/// in the title and labels, so it reads without colour too.
+/// The pace chart's drawing area, in the SVG's own units: it scales with the page (the
+/// viewBox), so labels spaced for this width never overlap at any window or paper width.
+const CHART_W: f64 = 900.0;
+const CHART_H: f64 = 240.0;
+const PLOT_LEFT: f64 = 56.0;
+const PLOT_RIGHT: f64 = 876.0;
+const PLOT_TOP: f64 = 12.0;
+const PLOT_BOTTOM: f64 = 200.0;
+
+/// Conversions (green bars) and 429s (red bars) per minute of work, as an inline SVG with its
+/// numbers in the title and labels, so it reads without colour too. The axes carry computed
+/// ticks (`report::ticks`): counts in 1-2-5 steps, time worked in clock steps with labels in
+/// seconds, minutes or hours by the run's length, at most eight of each.
 fn pace_chart(s: &Summary) -> Markup {
     let pace = &s.data.pace;
     if pace.is_empty() {
@@ -178,18 +191,20 @@ fn pace_chart(s: &Summary) -> Markup {
             )
         })
         .collect();
-    let max = bins
-        .iter()
-        .map(|(c, t)| (*c).max(*t))
-        .max()
-        .unwrap_or(0)
-        .max(1);
-    const W: usize = 900;
-    const H: usize = 200;
-    const LEFT: usize = 50;
-    const BOTTOM: usize = 24;
-    // A short run keeps bars of a readable width instead of one slab across the chart.
-    let slot = (W - LEFT) as f64 / bins.len().max(30) as f64;
+    let max = bins.iter().map(|(c, t)| (*c).max(*t)).max().unwrap_or(0);
+    let (y_ticks, y_top) = ticks::counts(max);
+    // Minute i of activity is worked time [60·i, 60·(i+1)); a run shorter than its last minute
+    // ends where its work did.
+    let minutes = pace.len() as f64;
+    let total = match s.duration.map(|d| d.as_secs_f64()) {
+        Some(d) if d > 0.0 => d.clamp((minutes - 1.0) * 60.0 + 1.0, minutes * 60.0),
+        _ => minutes * 60.0,
+    };
+    let x_ticks = ticks::time(total);
+    let plot_w = PLOT_RIGHT - PLOT_LEFT;
+    let plot_h = PLOT_BOTTOM - PLOT_TOP;
+    let x_of = |secs: f64| PLOT_LEFT + plot_w * (secs / total).min(1.0);
+    let y_of = |n: u64| PLOT_BOTTOM - plot_h * n as f64 / y_top as f64;
     let unit = if bin == 1 {
         "minute".to_string()
     } else {
@@ -197,42 +212,38 @@ fn pace_chart(s: &Summary) -> Markup {
     };
     let total_c: u64 = pace.iter().map(|m| m.converted).sum();
     let total_t: u64 = pace.iter().map(|m| m.throttled).sum();
-    let plot_h = (H - BOTTOM - 10) as f64;
-    let y0 = (H - BOTTOM) as f64;
-    let lx = LEFT - 6;
-    let first = &pace[0].minute;
-    let last = &pace[pace.len() - 1].minute;
+    let f = |v: f64| format!("{v:.1}");
     html! {
-        svg role="img" aria-labelledby="pace-title" width=(W) height=(H) viewBox=(format!("0 0 {W} {H}")) {
+        svg role="img" aria-labelledby="pace-title" width=(CHART_W) height=(CHART_H) viewBox=(format!("0 0 {CHART_W} {CHART_H}")) {
             (NL)
             title id="pace-title" {
                 "Conversions and 429 responses per " (unit) ": " (total_c) " conversions, "
                 (total_t) " 429s over " (pace.len()) " minutes with activity"
             }
             (NL)
-            line x1=(LEFT) y1=(y0) x2=(W) y2=(y0) stroke="#888" {}
-            text x=(lx) y="14" text-anchor="end" { (max) }
-            text x=(lx) y=(y0) text-anchor="end" { "0" }
-            (NL)
-            @for (n, (c, th)) in bins.iter().enumerate() {
-                @let x = LEFT as f64 + slot * n as f64;
-                @let hc = plot_h * *c as f64 / max as f64;
-                @let ht = plot_h * *th as f64 / max as f64;
-                rect x=(format!("{x:.1}")) y=(format!("{:.1}", y0 - hc))
-                    width=(format!("{:.1}", (slot * 0.8).max(0.5))) height=(format!("{hc:.1}"))
-                    fill="#4c9a4c" {}
+            @for n in &y_ticks {
+                line x1=(f(PLOT_LEFT)) y1=(f(y_of(*n))) x2=(f(PLOT_RIGHT)) y2=(f(y_of(*n))) stroke=(if *n == 0 { "#888" } else { "#e2e2e2" }) {}
+                text class="y" x=(f(PLOT_LEFT - 6.0)) y=(f(y_of(*n) + 4.0)) text-anchor="end" { (thousands(*n)) }
+                (NL)
+            }
+            @for (k, (c, th)) in bins.iter().enumerate() {
+                @let x0 = x_of((k * bin) as f64 * 60.0);
+                @let x1 = x_of(((k + 1) * bin) as f64 * 60.0);
+                @let w = x1 - x0;
+                rect x=(f(x0 + w * 0.1)) y=(f(y_of(*c))) width=(f((w * 0.8).max(0.5))) height=(f(PLOT_BOTTOM - y_of(*c))) fill="#4c9a4c" {}
                 @if *th > 0 {
-                    rect x=(format!("{:.1}", x + slot * 0.25)) y=(format!("{:.1}", y0 - ht))
-                        width=(format!("{:.1}", (slot * 0.35).max(0.5))) height=(format!("{ht:.1}"))
-                        fill="#b00020" {}
+                    rect x=(f(x0 + w * 0.3)) y=(f(y_of(*th))) width=(f((w * 0.4).max(0.5))) height=(f(PLOT_BOTTOM - y_of(*th))) fill="#b00020" {}
                 }
             }
             (NL)
-            text x=(LEFT) y=(H) { (t(first)) }
-            @if pace.len() > 1 {
-                text x=(format!("{:.1}", LEFT as f64 + slot * bins.len() as f64)) y=(H) text-anchor="end" {
-                    (t(last))
-                }
+            @for (at, label) in &x_ticks {
+                @let x = x_of(*at);
+                line x1=(f(x)) y1=(f(PLOT_BOTTOM)) x2=(f(x)) y2=(f(PLOT_BOTTOM + 5.0)) stroke="#888" {}
+                text class="x" x=(f(x)) y=(f(PLOT_BOTTOM + 19.0)) text-anchor="middle" { (t(label)) }
+                (NL)
+            }
+            text x=(f((PLOT_LEFT + PLOT_RIGHT) / 2.0)) y=(f(CHART_H - 4.0)) text-anchor="middle" {
+                "time worked (pauses left out) · per " (unit)
             }
             (NL)
         }
@@ -242,7 +253,8 @@ fn pace_chart(s: &Summary) -> Markup {
             span class="bar bad" style="width:1em;margin-left:1em" {}
             "429 (throttled) responses per " (unit) ". In all: " (thousands(total_c))
             " conversions and " (thousands(total_t)) " 429s over " (thousands(pace.len() as u64))
-            " minutes with activity; minutes without activity (pauses between an interruption and its resume) are left out."
+            " minutes with activity (" (t(&pace[0].minute)) " to " (t(&pace[pace.len() - 1].minute))
+            "); minutes without activity (pauses between an interruption and its resume) are left out."
         }
         (NL)
     }
@@ -325,14 +337,19 @@ fn summary_section(s: &Summary) -> Markup {
             @if let Some(text) = s.redemption_sentence() {
                 p { strong { "Redemption." } " " (t(&text)) } (NL)
             }
-            @if let Some(text) = s.credentials_sentence() {
-                p { strong { "Internal credentials." } " " (t(&text)) } (NL)
+            h3 id="left-to-do" { (LEFT_TO_DO_TITLE) } (NL)
+            ul.left {
+                (NL)
+                @for (topic, text) in s.left_to_do() {
+                    li { strong { (t(topic)) "." } " " (t(&text)) } (NL)
+                }
             }
+            (NL)
             p.oneway { strong { "One-way." } " " (t(ONE_WAY)) } (NL)
             (backout_block(s.data))
             p.note {
                 "Run " (run.id) " · " (t(mode_label(run.mode))) " · tenant "
-                (t(run.tenant_id.as_deref().unwrap_or("unknown"))) " · source "
+                (t(&s.tenant_name())) " · source "
                 (t(&run.source.to_string())) "."
             }
             (NL)
@@ -361,44 +378,64 @@ fn attention_section(s: &Summary) -> Markup {
         } @else {
             p.note { "Only users who need action are listed, grouped by reason; the CSV and JSON reports list every user of the run." } (NL)
             @for ((failed, code), members) in &groups {
-                @let first = members[0];
-                @let title = match first.reason {
-                    Some(r) => r.explanation().to_string(),
-                    None => format!("Failed at Graph: {code}"),
-                };
-                @let failed = *failed == 1;
-                h3 { (t(state_label(first.state, mode))) " — " (t(&title)) " (" (thousands(members.len() as u64)) ")" } (NL)
-                p { strong { "Fix:" } " " (t(item_fix(first))) } (NL)
-                table class="users sortable" {
-                    colgroup {
-                        col.line; col.user; col.oid; col.mail; col;
-                        // Request ids exist only for users a request was sent for: failed ones.
-                        @if failed { col.req; }
-                    }
-                    thead {
-                        tr {
-                            th.n { "Line" } th { "User" } th { "Object id" } th { "External email" }
-                            @if failed { th { "Graph message" } th { "Request id" } } @else { th { "Detail" } }
-                        }
-                    }
-                    tbody {
-                        (NL)
-                        @for i in members {
-                            tr class=(i.state.as_str()) data-item=(i.id) data-reason=(t(&item_reason(i))) {
-                                td.n { @if let Some(l) = i.line { (l) } }
-                                td { (user_cell(i)) }
-                                td { (opt(&i.user_id)) }
-                                td { (opt(&i.external_email)) }
-                                td { (t(&item_detail(i))) }
-                                @if failed { td { (opt(&i.request_id)) } }
-                            }
-                            (NL)
-                        }
-                    }
-                }
-                (NL)
+                (group_table(mode, *failed == 1, code, members))
             }
         }
+    }
+}
+
+/// One group of listed users: its heading, the fix and what every detail shares, said once,
+/// then one row per user with only what is that user's own.
+fn group_table(mode: RunMode, failed: bool, code: &str, members: &[&ItemRecord]) -> Markup {
+    let first = members[0];
+    let title = match first.reason {
+        Some(r) => r.explanation().to_string(),
+        None => format!("Failed at Graph: {code}"),
+    };
+    let details: Vec<String> = members.iter().map(|i| item_detail(i)).collect();
+    let shared = SharedDetail::of(&details.iter().map(String::as_str).collect::<Vec<_>>());
+    let own_parts = details.iter().any(|d| !shared.own(d).is_empty());
+    let detail_head = if failed { "Graph message" } else { "Detail" };
+    html! {
+        h3 { (t(state_label(first.state, mode))) " — " (t(&title)) " (" (thousands(members.len() as u64)) ")" } (NL)
+        p { strong { "Fix:" } " " (t(item_fix(first))) } (NL)
+        @if !shared.is_empty() {
+            p.note {
+                (detail_head) @if own_parts { ", the same for every user below (each row gives the part in place of …)" } @else { " of every user below" }
+                ": " (t(&shared.template(own_parts)))
+            }
+            (NL)
+        }
+        table class="users sortable attn" {
+            colgroup {
+                col.line; col.user; col.oid; col.mail;
+                @if own_parts { col; }
+                // Request ids exist only for users a request was sent for: failed ones.
+                @if failed { col.req; }
+            }
+            thead {
+                tr {
+                    th.n { "Line" } th { "User" } th { "Object id" } th { "External email" }
+                    @if own_parts { th { (detail_head) } }
+                    @if failed { th { "Request id" } }
+                }
+            }
+            tbody {
+                (NL)
+                @for (i, detail) in members.iter().zip(&details) {
+                    tr class=(i.state.as_str()) data-item=(i.id) data-reason=(t(&item_reason(i))) {
+                        td { @if let Some(l) = i.line { (l) } }
+                        td { (user_cell(i)) }
+                        td { (opt(&i.user_id)) }
+                        td { (opt(&i.external_email)) }
+                        @if own_parts { td { (t(shared.own(detail))) } }
+                        @if failed { td { (opt(&i.request_id)) } }
+                    }
+                    (NL)
+                }
+            }
+        }
+        (NL)
     }
 }
 
@@ -745,7 +782,7 @@ pub(super) fn render(s: &Summary) -> String {
                 (NL)
                 h1 { (t(&title)) } (NL)
                 p.sub {
-                    "Converting internal accounts of tenant " (t(run.tenant_id.as_deref().unwrap_or("unknown")))
+                    "Converting internal accounts of tenant " (t(&s.tenant_name()))
                     " to B2B collaboration · report generated " (t(&d.generated_at))
                     " · b2b-convert " (t(&d.tool_version))
                 }
@@ -921,6 +958,98 @@ mod tests {
         let live = render(ReportFormat::Html, &live_run());
         assert!(live.contains("<h2>Pace</h2>"));
         assert!(live.contains("3 conversions, 5 429s over 2 minutes"));
+    }
+
+    /// The `(x, y, label)` of every `<text class="{class}">` in the pace chart.
+    fn axis_labels(html: &str, class: &str) -> Vec<(f64, f64, String)> {
+        let svg = &html[html.find("aria-labelledby=\"pace-title\"").unwrap()..];
+        let svg = &svg[..svg.find("</svg>").unwrap()];
+        let marker = format!("<text class=\"{class}\" ");
+        svg.match_indices(&marker)
+            .map(|(at, _)| {
+                let tag = &svg[at..];
+                let attr = |name: &str| -> f64 {
+                    let from = tag.find(&format!(" {name}=\"")).unwrap() + name.len() + 3;
+                    tag[from..from + tag[from..].find('"').unwrap()]
+                        .parse()
+                        .unwrap()
+                };
+                let body = &tag[tag.find('>').unwrap() + 1..];
+                (
+                    attr("x"),
+                    attr("y"),
+                    body[..body.find('<').unwrap()].to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// Runs of 10 s, 1 h and 3 days: each axis has 2 to 8 labels, distinct, in order, inside
+    /// the plot, and far enough apart that 12 px text (at most 0.6 em a character) never
+    /// touches its neighbour, whatever the width the page is shown at (the SVG scales).
+    #[test]
+    fn pace_chart_axes_read_well_at_any_run_length() {
+        for (minutes, worked, first, last) in [
+            (1usize, 10.0, "0 s", "10 s"),
+            (60, 3_600.0, "0 min", "60 min"),
+            (3 * 24 * 60, 3.0 * 86_400.0, "0 h", "72 h"),
+        ] {
+            let mut data = live_run();
+            data.active_seconds = Some(worked);
+            data.pace = (0..minutes)
+                .map(|m| crate::item::PaceMinute {
+                    minute: format!("2025-03-01T10:{:02}:00Z", m % 60),
+                    converted: 1_150 + (m as u64 * 37) % 300,
+                    throttled: (m as u64 * 7) % 40,
+                })
+                .collect();
+            let html = render(ReportFormat::Html, &data);
+            check_balanced(&html);
+            let x = axis_labels(&html, "x");
+            let names: Vec<&str> = x.iter().map(|(_, _, l)| l.as_str()).collect();
+            assert!((2..=8).contains(&x.len()), "{minutes} min: {names:?}");
+            assert_eq!(
+                (names[0], *names.last().unwrap()),
+                (first, last),
+                "{names:?}"
+            );
+            let distinct: std::collections::BTreeSet<&str> = names.iter().copied().collect();
+            assert_eq!(distinct.len(), names.len(), "{names:?}");
+            for pair in x.windows(2) {
+                let ((xa, _, a), (xb, _, b)) = (&pair[0], &pair[1]);
+                let half_widths = 7.2 * (a.len() + b.len()) as f64 / 2.0;
+                assert!(xb - xa >= half_widths + 6.0, "{a} at {xa}, {b} at {xb}");
+            }
+            for (at, _, l) in &x {
+                assert!((PLOT_LEFT..=PLOT_RIGHT).contains(at), "{l} at {at}");
+                let half = 7.2 * l.len() as f64 / 2.0;
+                assert!(
+                    at - half >= 0.0 && at + half <= CHART_W,
+                    "{l} leaves the chart"
+                );
+            }
+            let y = axis_labels(&html, "y");
+            let values: Vec<u64> = y
+                .iter()
+                .map(|(_, _, l)| l.replace(',', "").parse().unwrap())
+                .collect();
+            assert!((2..=8).contains(&y.len()), "{values:?}");
+            assert!(values.windows(2).all(|w| w[0] < w[1]), "{values:?}");
+            assert!(
+                y.windows(2).all(|w| w[1].1 + 12.0 <= w[0].1),
+                "y labels overlap: {y:?}"
+            );
+            assert!(y
+                .iter()
+                .all(|(_, at, _)| (PLOT_TOP..=PLOT_BOTTOM + 4.0).contains(at)));
+            let peak = data.pace.iter().map(|m| m.converted).max().unwrap();
+            let bin = minutes.div_ceil(PACE_BARS) as u64;
+            assert!(
+                *values.last().unwrap() >= peak,
+                "the top tick covers the tallest bar"
+            );
+            assert!(*values.last().unwrap() <= 2 * peak * bin, "{values:?}");
+        }
     }
 
     #[test]

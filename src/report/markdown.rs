@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use super::{
     item_detail, item_fix, item_reason, mode_label, not_redeemed_state, state_label,
     things_to_consider, thousands, Section, Summary, ESTIMATE_FORMULA, HISTORY_ROWS,
-    NOTHING_TO_FIX, NO_ATTENTION, ONE_WAY, THINGS_TO_CONSIDER_INTRO,
+    LEFT_TO_DO_TITLE, NOTHING_TO_FIX, NO_ATTENTION, ONE_WAY, THINGS_TO_CONSIDER_INTRO,
 };
 use crate::item::ItemRecord;
 
@@ -114,7 +114,7 @@ pub(super) fn render(s: &Summary) -> String {
     let _ = writeln!(
         out,
         "Converting internal accounts of tenant {} to B2B collaboration.\n",
-        cell(run.tenant_id.as_deref().unwrap_or("unknown"))
+        cell(&s.tenant_name())
     );
     for part in ORDER {
         section(&mut out, s, part);
@@ -241,9 +241,11 @@ fn summary_section(out: &mut String, s: &Summary) {
     if let Some(text) = s.redemption_sentence() {
         let _ = writeln!(out, "**Redemption.** {}\n", cell(&text));
     }
-    if let Some(text) = s.credentials_sentence() {
-        let _ = writeln!(out, "**Internal credentials.** {}\n", cell(&text));
+    let _ = writeln!(out, "### {LEFT_TO_DO_TITLE}\n");
+    for (topic, text) in s.left_to_do() {
+        let _ = writeln!(out, "- **{topic}.** {}", cell(&text));
     }
+    out.push('\n');
     let _ = writeln!(out, "> **One-way.** {ONE_WAY}\n");
     let _ = writeln!(out, "**Back-out.** {}\n", cell(&s.data.backout_sentence()));
     backout_section(out, &s.data.backout);

@@ -12,6 +12,7 @@ mod csv;
 mod html;
 mod json;
 mod markdown;
+mod ticks;
 
 use std::collections::BTreeSet;
 use std::io::{self, Write};
@@ -24,6 +25,7 @@ use serde::Serialize;
 use crate::config::ReportFormat;
 pub use crate::item::{FollowUpCounts, ItemExtras, PaceMinute};
 use crate::item::{ItemRecord, ItemState, Reason, RunCounts, RunMode, RunRecord};
+pub use crate::queue::report_facts::LeftToDo;
 use crate::queue::track::{NotRedeemed, RedemptionCounts, RedemptionDay, TrackPass};
 use crate::queue::OptionChange;
 
@@ -73,6 +75,9 @@ pub struct ReportData {
     pub redemption: Option<Redemption>,
     /// Live runs: who still holds a working internal password (`retire`, `track`).
     pub retired: Option<crate::queue::RetiredCounts>,
+    /// The users converted (live) or that would convert (dry run), by what the conversion
+    /// leaves as it was: synced passwords, userType.
+    pub left_to_do: LeftToDo,
     /// `apply` runs: the dry run this live run executes.
     pub plan: Option<PlanRef>,
     /// `resume` with other send options: the run's option history, oldest first (empty when
@@ -214,10 +219,19 @@ impl ReportData {
                 } else {
                     "with Microsoft's invitation email"
                 };
+                // A stretch worked by an invocation scoped to named or counted users.
+                let pilot = match (c.options.only, c.options.limit) {
+                    (Some(n), _) => format!("; pilot: {} named users (--only)", thousands(n)),
+                    (None, Some(n)) => format!("; pilot: at most {} users (--limit)", thousands(n)),
+                    (None, None) => String::new(),
+                };
                 if i == 0 {
-                    format!("{span}: {email} (as the run started, {})", c.at)
+                    format!("{span}: {email} (as the run started, {}{pilot})", c.at)
                 } else {
-                    format!("{span}: {email} (changed at {}: {})", c.at, c.changes)
+                    format!(
+                        "{span}: {email} (changed at {}: {}{pilot})",
+                        c.at, c.changes
+                    )
                 }
             })
             .collect()
@@ -763,14 +777,7 @@ impl<'a> Summary<'a> {
         };
         vec![
             ("Run id", run.id.to_string()),
-            (
-                "Tenant",
-                match (&run.tenant, &run.tenant_id) {
-                    (Some(t), _) => t.to_string(),
-                    (None, Some(id)) => id.clone(),
-                    (None, None) => "unknown".into(),
-                },
-            ),
+            ("Tenant", self.tenant_name()),
             ("Source", run.source.to_string()),
             ("Mode", mode_label(run.mode).to_string()),
             ("Status", status_label(&run.status).to_string()),
@@ -944,6 +951,101 @@ impl<'a> Summary<'a> {
         ))
     }
 
+    /// The tenant as people name it: "contoso.onmicrosoft.com (a26…)", else its id.
+    pub fn tenant_name(&self) -> String {
+        let run = &self.data.run;
+        match (&run.tenant, &run.tenant_id) {
+            (Some(t), _) => t.to_string(),
+            (None, Some(id)) => id.clone(),
+            (None, None) => "unknown".into(),
+        }
+    }
+
+    /// The tenant's id (`tid`), for the Teams link.
+    fn tenant_id(&self) -> Option<&str> {
+        let run = &self.data.run;
+        run.tenant
+            .as_ref()
+            .map(|t| t.id.as_str())
+            .or(run.tenant_id.as_deref())
+    }
+
+    /// What the conversion leaves to do, with this run's numbers, as (topic, text): the
+    /// internal passwords that still work, billing, the Teams tenant link, the back-out. The
+    /// wording follows Microsoft's article on inviting internal users (its "Things to
+    /// consider"); the board reads it on the first page, before approving.
+    pub fn left_to_do(&self) -> Vec<(&'static str, String)> {
+        let d = self.data;
+        let live = d.run.mode == RunMode::Live;
+        let l = &d.left_to_do;
+        let cloud = l.users - l.synced.min(l.users);
+        let n = thousands;
+        let passwords = match (live, self.credentials_sentence()) {
+            (true, Some(text)) => text,
+            _ => format!(
+                "Internal passwords still work until they are retired (after the invitation, \
+                 Microsoft notes, the user can still use their internal credentials): for the {} \
+                 cloud-only users, `b2b-convert retire` on the live run once each has \
+                 redeemed (a random password, sessions revoked); for the {} synced users, the \
+                 on-premises password, reset by an AD administrator with the script \
+                 `b2b-convert scripts` writes.",
+                n(cloud),
+                n(l.synced)
+            ),
+        };
+        let f = &d.follow_ups;
+        let switched = if live { f.guest_set } else { f.guest_planned };
+        let (keep, stay) = if live {
+            ("keep", "stay")
+        } else {
+            ("will keep", "will stay")
+        };
+        let billing = if d.run.options.set_guest || switched > 0 {
+            format!(
+                "--set-guest {} userType to Guest for {} users after their invitation, which is \
+                 what activates External ID monthly active user (MAU) pricing for them; {} users \
+                 {stay} userType Member, on member billing. MAU billing also needs the tenant \
+                 linked to an Azure subscription.",
+                if live { "set" } else { "sets" },
+                n(switched),
+                n(l.member.saturating_sub(switched))
+            )
+        } else {
+            let mut text = format!(
+                "The conversion does not change userType: the {} users who are userType Member \
+                 {keep} it, so their billing does not switch to External ID monthly active user \
+                 (MAU) pricing. To activate MAU pricing, userType must be changed to Guest \
+                 (--set-guest does it after each invitation), and the tenant linked to an Azure \
+                 subscription.",
+                n(l.member)
+            );
+            if l.guest > 0 {
+                text.push_str(&format!(
+                    " {} users are userType Guest already (internal guests) and stay so.",
+                    n(l.guest)
+                ));
+            }
+            text
+        };
+        let teams = format!(
+            "When the {} users sign in to Teams with their external account, this tenant is not \
+             in the Teams tenant picker at first: they reach it through a URL that contains the \
+             tenant, https://teams.microsoft.com/?tenantId={}, after which it appears in the \
+             picker. Send them that link with the news of the conversion.",
+            n(l.users),
+            self.tenant_id().unwrap_or("<tenant id>")
+        );
+        let backout = "What `restore` and `rollback` can undo for this run, and what nothing \
+                       undoes, is in the Back-out paragraph below."
+            .to_string();
+        vec![
+            ("Internal passwords", passwords),
+            ("Billing", billing),
+            ("Teams", teams),
+            ("Back-out", backout),
+        ]
+    }
+
     /// Redemption counts as table rows: (label, count, meaning), for a tracked live run.
     pub fn redemption_rows(&self) -> Option<Vec<(&'static str, u64, &'static str)>> {
         let r = self.data.redemption.as_ref().filter(|r| r.tracked())?;
@@ -1048,6 +1150,9 @@ impl Section {
         }
     }
 }
+
+/// The heading of the first page's list of what the conversion leaves to do.
+pub(crate) const LEFT_TO_DO_TITLE: &str = "What the conversion leaves to do";
 
 /// The board summary when no user is blocked or failed.
 pub(crate) const NOTHING_TO_FIX: &str = "Nothing needs fixing before the live run.";
@@ -1214,6 +1319,94 @@ pub(crate) fn item_detail(item: &ItemRecord) -> String {
     }
 }
 
+/// Fewest characters a group's details must share before the people formats say them once: a
+/// shorter common part is not worth a line of its own.
+const SHARED_DETAIL_MIN: usize = 12;
+
+/// What the details of one group of listed users have in common, said once above the group:
+/// the words every detail begins and ends with. A row then shows only its own part, so a
+/// 50,000-user report does not repeat the same explanation thousands of times (issue 22).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct SharedDetail {
+    pub prefix: String,
+    pub suffix: String,
+}
+
+impl SharedDetail {
+    /// The common beginning and end of `details`, cut at word boundaries; nothing for fewer
+    /// than two details or when less than [`SHARED_DETAIL_MIN`] characters are shared. When
+    /// every detail is the same, it is all prefix.
+    pub fn of(details: &[&str]) -> SharedDetail {
+        let (Some(first), true) = (details.first(), details.len() >= 2) else {
+            return SharedDetail::default();
+        };
+        if details.iter().all(|d| d == first) {
+            return if first.len() >= SHARED_DETAIL_MIN {
+                SharedDetail {
+                    prefix: first.to_string(),
+                    suffix: String::new(),
+                }
+            } else {
+                SharedDetail::default()
+            };
+        }
+        let shortest = details.iter().map(|d| d.len()).min().unwrap_or(0);
+        let mut prefix = details.iter().fold(first.len(), |n, d| {
+            first
+                .char_indices()
+                .zip(d.chars())
+                .take_while(|((i, a), b)| *i < n && a == b)
+                .last()
+                .map_or(0, |((i, a), _)| i + a.len_utf8())
+        });
+        // A prefix ends after a space: never half a word (or half an address).
+        prefix = first[..prefix].rfind(' ').map_or(0, |at| at + 1);
+        let mut suffix = details.iter().fold(first.len(), |n, d| {
+            first
+                .char_indices()
+                .rev()
+                .zip(d.chars().rev())
+                .take_while(|((i, a), b)| first.len() - i <= n && a == b)
+                .last()
+                .map_or(0, |((i, _), _)| first.len() - i)
+        });
+        suffix = suffix.min(shortest.saturating_sub(prefix));
+        while !first.is_char_boundary(first.len() - suffix) {
+            suffix -= 1;
+        }
+        // A suffix starts at a space.
+        let tail = &first[first.len() - suffix..];
+        suffix = tail.find(' ').map_or(0, |at| suffix - at);
+        if prefix + suffix < SHARED_DETAIL_MIN {
+            return SharedDetail::default();
+        }
+        SharedDetail {
+            prefix: first[..prefix].to_string(),
+            suffix: first[first.len() - suffix..].to_string(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.prefix.is_empty() && self.suffix.is_empty()
+    }
+
+    /// What of `detail` is its row's own, between the shared beginning and end.
+    pub fn own<'d>(&self, detail: &'d str) -> &'d str {
+        let rest = detail.strip_prefix(self.prefix.as_str()).unwrap_or(detail);
+        rest.strip_suffix(self.suffix.as_str()).unwrap_or(rest)
+    }
+
+    /// The shared text with "…" where each row's own part goes ("externalEmail … is not the
+    /// user's mail …"); the whole detail when all rows share it.
+    pub fn template(&self, own_parts: bool) -> String {
+        if own_parts {
+            format!("{}…{}", self.prefix, self.suffix)
+        } else {
+            format!("{}{}", self.prefix, self.suffix)
+        }
+    }
+}
+
 /// What the service desk does about one blocked or failed item.
 pub(crate) fn item_fix(item: &ItemRecord) -> &'static str {
     if let Some(r) = item.reason {
@@ -1330,6 +1523,115 @@ mod tests {
             text.contains("So far 3 users restored, 2 rolled back."),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_groups_shared_detail_is_cut_at_words_and_leaves_each_row_its_own() {
+        let same = "accountEnabled is false: the partner could not sign in after conversion";
+        let s = SharedDetail::of(&[same, same, same]);
+        assert_eq!((s.prefix.as_str(), s.suffix.as_str()), (same, ""));
+        assert_eq!(s.own(same), "");
+        let onprem = |upn: &str| {
+            format!(
+                "onPremisesUserPrincipalName is \"{upn}\": Entra Connect's default sync rule \
+                 writes this attribute"
+            )
+        };
+        let (a, b) = (onprem("ann@contoso.com"), onprem("bob@contoso.com"));
+        let s = SharedDetail::of(&[&a, &b]);
+        assert_eq!(s.prefix, "onPremisesUserPrincipalName is ");
+        assert_eq!(
+            s.suffix,
+            " Entra Connect's default sync rule writes this attribute"
+        );
+        assert_eq!(s.own(&a), "\"ann@contoso.com\":");
+        assert_eq!(s.own(&b), "\"bob@contoso.com\":");
+        assert_eq!(
+            format!("{}{}{}", s.prefix, s.own(&a), s.suffix),
+            a,
+            "nothing is lost"
+        );
+        let v = [
+            "a@x.example is in x.example, a verified domain of this tenant",
+            "b@x.example is in x.example, a verified domain of this tenant",
+        ];
+        let s = SharedDetail::of(&v);
+        assert_eq!(
+            s.suffix,
+            " is in x.example, a verified domain of this tenant"
+        );
+        assert_eq!(s.own(v[0]), "a@x.example");
+        // Too little in common, one row, or multi-byte text at the cut: nothing is shared.
+        assert!(SharedDetail::of(&["mail is a", "mail is b"]).is_empty());
+        assert!(SharedDetail::of(&[same]).is_empty());
+        let s = SharedDetail::of(&["ünïcödé prefix é one", "ünïcödé prefix ë one"]);
+        assert_eq!(
+            (s.prefix.as_str(), s.suffix.as_str()),
+            ("ünïcödé prefix ", " one")
+        );
+        assert_eq!(s.own("ünïcödé prefix ë one"), "ë");
+    }
+
+    #[test]
+    fn the_first_page_says_what_is_left_to_do_with_the_runs_numbers() {
+        let mut dry = fixtures::dry_run();
+        dry.left_to_do = LeftToDo {
+            users: 1_200,
+            synced: 200,
+            member: 700,
+            guest: 500,
+        };
+        dry.run.tenant = Some(crate::item::TenantIdentity {
+            id: "a26f0000-0000-4000-8000-000000000001".into(),
+            initial_domain: Some("contoso.onmicrosoft.com".into()),
+            default_domain: Some("contoso.com".into()),
+        });
+        let s = Summary::new(&dry);
+        let left = s.left_to_do();
+        let get = |k: &str| left.iter().find(|(t, _)| *t == k).unwrap().1.clone();
+        assert!(get("Internal passwords").contains("for the 1,000 cloud-only users"));
+        assert!(get("Internal passwords").contains("for the 200 synced users"));
+        assert!(get("Billing").contains("the 700 users who are userType Member will keep it"));
+        assert!(get("Billing").contains("500 users are userType Guest already"));
+        assert!(get("Teams").contains(
+            "https://teams.microsoft.com/?tenantId=a26f0000-0000-4000-8000-000000000001"
+        ));
+        assert!(get("Back-out").contains("Back-out paragraph"));
+        assert_eq!(
+            s.tenant_name(),
+            "contoso.onmicrosoft.com (a26f0000-0000-4000-8000-000000000001)"
+        );
+        dry.run.options.set_guest = true;
+        dry.follow_ups.guest_planned = 700;
+        let s = Summary::new(&dry);
+        let billing = &s.left_to_do()[1].1;
+        assert!(
+            billing.contains("sets userType to Guest for 700 users"),
+            "{billing}"
+        );
+        assert!(
+            billing.contains("0 users will stay userType Member"),
+            "{billing}"
+        );
+
+        let mut live = fixtures::live_run();
+        live.retired = Some(crate::queue::RetiredCounts {
+            awaiting_redemption: 2,
+            ..Default::default()
+        });
+        let s = Summary::new(&live);
+        let passwords = &s.left_to_do()[0].1;
+        assert!(
+            passwords.starts_with("2 converted users still hold"),
+            "{passwords}"
+        );
+        for format in [ReportFormat::Html, ReportFormat::Md] {
+            let text = render(format, &live);
+            let first_page = &text[..text.find(Section::Run.title()).unwrap()];
+            for topic in ["Internal passwords.", "Billing.", "Teams.", "Back-out."] {
+                assert!(first_page.contains(topic), "{format:?}: {topic}");
+            }
+        }
     }
 
     #[test]

@@ -471,6 +471,28 @@ fn prepare(
     by_key: HashMap<String, User>,
 ) -> anyhow::Result<Vec<(ItemRecord, Verdict)>> {
     let p = &pass.pipeline;
+    // `apply`: a planned user who is gone now changed since the plan (its verdict did), so it
+    // ends `changed_since_plan`, not `user_not_found` as in a run without a plan.
+    let (gone, items): (Vec<ItemRecord>, Vec<ItemRecord>) = items.into_iter().partition(|i| {
+        p.run.plan_run_id.is_some()
+            && i.snapshot.is_none()
+            && i.key
+                .as_ref()
+                .is_some_and(|k| !by_key.contains_key(&k.normalized()))
+    });
+    for item in gone {
+        let key = item.key.as_ref().map_or("", |k| k.value());
+        p.queue.record_verdict(
+            item.id,
+            ItemState::Blocked,
+            Some(crate::item::Reason::ChangedSincePlan),
+            Some(&format!(
+                "deleted since the plan: no user with id {key} in the tenant now"
+            )),
+            None,
+        )?;
+        p.progress.item_done(&p.queue, item.id);
+    }
     let found: Vec<(i64, Option<&User>)> = items
         .iter()
         .filter(|i| i.snapshot.is_none())

@@ -483,6 +483,18 @@ async fn an_only_pilot_silent_then_resume_no_silent_is_one_run_with_an_option_hi
         history.contains("- items 4–…: with Microsoft's invitation email (changed at "),
         "{history}"
     );
+    // The pilot's stretch says it was one; the rest of the run was not scoped.
+    let lines: Vec<&str> = history
+        .lines()
+        .filter(|l| l.starts_with("- items"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{history}");
+    assert!(
+        lines[0].ends_with("; pilot: 3 named users (--only))"),
+        "{}",
+        lines[0]
+    );
+    assert!(!lines[1].contains("pilot"), "{}", lines[1]);
     let json_path = dir.path().join("run.json");
     let written = run(
         &emu,
@@ -803,4 +815,70 @@ async fn profiles_keep_two_tenants_queues_apart_and_never_hold_a_secret() {
         "{}",
         unknown.stderr
     );
+}
+
+/// `--limit` counts users of one invocation: a pilot of 2, then a plain `resume`, converts
+/// everyone else; nothing of the pilot's limit is left in the run's options.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_belongs_to_its_invocation_and_a_plain_resume_works_everyone() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    let (emu, csv) = tenant_with_csv(20, 61, dir.path()).await;
+    let csv = csv.to_str().unwrap();
+    let piloted = run(&emu, &db, &["run", "--csv", csv, "--limit", "2", "--yes"]).await;
+    assert!([0, 3].contains(&piloted.code), "{}", piloted.stderr);
+    let run_id = piloted.run_id();
+    assert_eq!(emu.invitations().len(), 2, "the pilot's two users");
+    let pending = count(&items(&db, run_id), ItemState::Pending);
+    assert!(pending > 2, "users are left for the resume: {pending}");
+
+    let resumed = run(&emu, &db, &["resume", &run_id.to_string(), "--yes"]).await;
+    assert!([0, 3].contains(&resumed.code), "{}", resumed.stderr);
+    let all = items(&db, run_id);
+    assert_eq!(count(&all, ItemState::Pending), 0, "no limit was inherited");
+    assert_eq!(emu.invitations().len(), count(&all, ItemState::Converted));
+    let run = b2b_convert::queue::Queue::open(&db)
+        .unwrap()
+        .run(run_id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(run.options.limit, None);
+}
+
+/// A planned user deleted before the apply changed since the plan (its verdict did): it ends
+/// `blocked` `changed_since_plan` "deleted since the plan", and nothing is sent for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_deleted_between_plan_and_apply_ends_changed_since_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    let (emu, csv) = tenant_with_csv(20, 71, dir.path()).await;
+    let csv = csv.to_str().unwrap();
+    let plan = run(&emu, &db, &["run", "--csv", csv, "--dry-run"]).await;
+    assert!([0, 3].contains(&plan.code), "{}", plan.stderr);
+    let planned: Vec<_> = items(&db, plan.run_id())
+        .into_iter()
+        .filter(|i| i.state == ItemState::WouldConvert)
+        .collect();
+    assert!(planned.len() >= 3, "{} would convert", planned.len());
+    let deleted = planned[1].user_id.clone().unwrap();
+    assert!(emu.delete_user(&deleted));
+
+    let applied = run(&emu, &db, &["apply", &plan.run_id().to_string(), "--yes"]).await;
+    assert_eq!(applied.code, 3, "{}\n{}", applied.stdout, applied.stderr);
+    let live = items(&db, applied.run_id());
+    let gone = live
+        .iter()
+        .find(|i| i.user_id.as_deref() == Some(deleted.as_str()))
+        .unwrap();
+    assert_eq!(gone.state, ItemState::Blocked, "{gone:?}");
+    assert_eq!(gone.reason, Some(Reason::ChangedSincePlan), "{gone:?}");
+    assert!(
+        gone.detail
+            .as_deref()
+            .unwrap()
+            .starts_with("deleted since the plan"),
+        "{gone:?}"
+    );
+    assert_eq!(count(&live, ItemState::Converted), planned.len() - 1);
+    assert!(!invitations_per_user(&emu).contains_key(&deleted));
 }

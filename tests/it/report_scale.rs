@@ -1,11 +1,15 @@
 //! Reports at scale, from a queue generated directly in SQLite (no Graph, no emulator): the HTML
 //! report of a 100,000-item run stays small and lists every user who needs action, and the CSV
-//! report carries every item. The ignored test builds the 1,000,000-item database that
-//! docs/performance.md measures report memory on.
+//! report carries every item; a dry run's HTML report stays within 150 KB plus 300 bytes per
+//! listed user. The ignored test builds the 1,000,000-item database that docs/performance.md
+//! measures report memory on.
 
 use std::path::Path;
 
-use b2b_convert::item::{RunMode, RunOptions, RunStatus, SourceSpec};
+use crate::common;
+
+use b2b_convert::emulator::{EmulatorConfig, Tenant};
+use b2b_convert::item::{ItemState, RunMode, RunOptions, RunStatus, SourceSpec};
 use b2b_convert::queue::Queue;
 
 /// Creates a finished live run of `n` items: every 50th blocked (three reasons), every 997th not
@@ -154,6 +158,91 @@ fn html_report_of_100k_items_is_small_and_lists_every_blocked_user() {
         .count();
     assert_eq!(pending_rows, pending, "every pending user is in the CSV");
     assert!(!dir.path().join("r.csv.partial").exists());
+}
+
+/// Fixed part of the people-facing HTML report's size budget (issue 22).
+const HTML_BASE_BYTES: usize = 150 * 1024;
+/// Budget per listed user: what is specific to the row, the group's shared text said once.
+const HTML_BYTES_PER_LISTED: usize = 300;
+
+/// A dry run of a generated tenant (real validation, real details), its blocked users then
+/// copied eight more times under other names: about 2,000 listed users in 20 groups' worth of
+/// real detail texts. The report is measured in bytes, so the bound is exact and deterministic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn html_report_of_a_large_dry_run_stays_within_its_size_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenant = Tenant::generate(2_000, 22);
+    let csv = dir.path().join("users.csv");
+    tenant.write_csv(&csv).unwrap();
+    let mut config = EmulatorConfig::new(tenant);
+    config.bucket_scale = 100.0;
+    let emu = common::start(config).await;
+    let db = dir.path().join("q.db");
+    let out = common::run(
+        &emu,
+        &db,
+        &[
+            "run",
+            "--csv",
+            csv.to_str().unwrap(),
+            "--dry-run",
+            "--rate",
+            "1000",
+        ],
+    )
+    .await;
+    assert_eq!(
+        out.code, 3,
+        "a generated tenant has blocked users: {}",
+        out.stderr
+    );
+    let run_id = out.run_id();
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(&format!(
+            "WITH RECURSIVE k(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM k WHERE n < 8)
+             INSERT INTO items (run_id, line, key_kind, key_value, key_norm, user_id,
+                                user_principal_name, display_name, user_type, external_email,
+                                state, reason, detail, snapshot, created_at, updated_at)
+             SELECT run_id, line + n * 10000, key_kind, 'c' || n || '.' || key_value,
+                    'c' || n || '.' || key_norm, user_id, 'c' || n || '.' || user_principal_name,
+                    display_name, user_type, external_email, state, reason, detail, snapshot,
+                    created_at, updated_at
+             FROM items, k WHERE run_id = {run_id} AND state = 'blocked';"
+        ))
+        .unwrap();
+    let queue = Queue::open_existing(&db).unwrap();
+    let counts = queue.counts(run_id).unwrap();
+    let listed = (counts.state(ItemState::Blocked) + counts.state(ItemState::Failed)) as usize;
+    assert!(listed >= 1_500, "{listed} listed users");
+    let path = dir.path().join("r.html");
+    b2b_convert::commands::report::write(&queue, run_id, &path, None).unwrap();
+    let html = std::fs::read_to_string(&path).unwrap();
+
+    let budget = HTML_BASE_BYTES + HTML_BYTES_PER_LISTED * listed;
+    assert!(
+        html.len() <= budget,
+        "{} bytes for {listed} listed users: over the budget of {budget}",
+        html.len()
+    );
+    assert_eq!(
+        html.matches(" data-item=").count(),
+        listed,
+        "every listed user has a row"
+    );
+    common::html::check_balanced(&html);
+    // A text every user of a group shares is said once: the disabled accounts' explanation.
+    let disabled = queue
+        .items(run_id)
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.reason == Some(b2b_convert::item::Reason::AccountDisabled))
+        .filter_map(|i| i.detail)
+        .collect::<Vec<_>>();
+    assert!(disabled.len() >= 2, "the tenant has disabled accounts");
+    let detail = disabled[0].replace('\'', "&#39;");
+    assert!(disabled.iter().all(|d| *d == disabled[0]));
+    assert_eq!(html.matches(&detail).count(), 1, "{detail}");
 }
 
 /// Bars of the pace chart (everything up to the redemption section).
