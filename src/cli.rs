@@ -233,6 +233,15 @@ pub struct ExecArgs {
                        config::DEFAULT_SETTLE_RATE),
               config::DEFAULT_SETTLE_RATE))]
     pub settle_rate: Option<f64>,
+    /// Resource units per 10 s the run's reads may spend (Graph's read limit).
+    #[arg(long, value_name = "RU", value_parser = config::parse_read_budget,
+          help = config::with_default(
+              &format!("Resource units per 10 s that reads may spend, {} to {}: Graph's limit per \
+                        app and tenant is 8,000 above 500 users (5,000 up to 500, 3,500 below 50); \
+                        a look-up of 15 users costs 1; writes keep to --rate",
+                       config::MIN_READ_BUDGET, config::MAX_READ_BUDGET),
+              config::DEFAULT_READ_BUDGET))]
+    pub read_budget: Option<f64>,
     /// Users worked on at once.
     #[arg(long, value_name = "N", value_parser = config::concurrency_parser(),
           help = config::with_default(

@@ -216,6 +216,8 @@ pub async fn start(mut config: EmulatorConfig, listen: SocketAddr) -> anyhow::Re
         wall_start: chrono::Utc::now(),
         ru_limit,
         silent: std::sync::atomic::AtomicBool::new(false),
+        in_flight: std::sync::atomic::AtomicU64::new(0),
+        max_in_flight: std::sync::atomic::AtomicU64::new(0),
     });
     let (tx, rx) = tokio::sync::watch::channel(server::Stop::No);
     let task = tokio::spawn(server::serve(
@@ -327,7 +329,7 @@ impl Emulator {
 
     /// Same as `GET /_emulator/stats`.
     pub fn stats(&self) -> serde_json::Value {
-        self.state().stats_json()
+        self.shared.stats_json(&self.state())
     }
 
     /// The user as the tenant holds it now.
