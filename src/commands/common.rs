@@ -147,6 +147,9 @@ pub fn apply_exec(options: &mut RunOptions, exec: &ExecArgs) -> anyhow::Result<(
     if let Some(budget) = exec.read_budget {
         options.read_budget = Some(budget);
     }
+    if exec.read_by_key {
+        options.read_by_key = true;
+    }
     if let Some(c) = exec.concurrency {
         options.concurrency = c;
     }

@@ -264,10 +264,17 @@ impl Shared {
             Some(Ok(f)) => Some(f),
             Some(Err(e)) => return ctx.err(400, e.code, e.message),
         };
+        let eventual = call
+            .header("consistencylevel")
+            .is_some_and(|v| v.eq_ignore_ascii_case("eventual"));
+        if wants_count(call) && !eventual {
+            return ctx.err(
+                400,
+                "Request_BadRequest",
+                "$count is not supported on users without the header 'ConsistencyLevel: eventual'.",
+            );
+        }
         if let Some(f) = &filter {
-            let eventual = call
-                .header("consistencylevel")
-                .is_some_and(|v| v.eq_ignore_ascii_case("eventual"));
             if f.advanced && !(eventual && wants_count(call)) {
                 return ctx.err(
                     400,

@@ -327,6 +327,15 @@ impl Emulator {
         self.state().patches.clone()
     }
 
+    /// The most requests answered at once since the start or the last call (`maxInFlight` of
+    /// `/_emulator/stats`), which then starts again from the requests being answered now: a
+    /// test measures one command's concurrency after another's.
+    pub fn take_max_in_flight(&self) -> u64 {
+        use std::sync::atomic::Ordering;
+        let now = self.shared.in_flight.load(Ordering::SeqCst);
+        self.shared.max_in_flight.swap(now, Ordering::SeqCst)
+    }
+
     /// Same as `GET /_emulator/stats`.
     pub fn stats(&self) -> serde_json::Value {
         self.shared.stats_json(&self.state())

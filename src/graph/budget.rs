@@ -21,6 +21,8 @@ use url::Url;
 
 /// The window Graph states its resource-unit limits over.
 pub const WINDOW: Duration = Duration::from_secs(10);
+/// Weight of the newest round trip in [`ReadBudget::latency`].
+const LATENCY_WEIGHT: f64 = 0.2;
 /// Longest pause chosen without a `Retry-After` (as for writes).
 const MAX_DEFAULT_PAUSE: Duration = Duration::from_secs(60);
 
@@ -93,6 +95,8 @@ struct State {
     paused_until: Option<Instant>,
     /// Read 429s without a read going through in between: the default pause grows with them.
     consecutive_throttles: u32,
+    /// Round trip of recent reads (moving average), once one was measured.
+    latency: Option<Duration>,
 }
 
 impl ReadBudget {
@@ -111,6 +115,7 @@ impl ReadBudget {
                 refilled_at: Instant::now(),
                 paused_until: None,
                 consecutive_throttles: 0,
+                latency: None,
             }),
         })
     }
@@ -201,12 +206,20 @@ impl ReadBudget {
         );
     }
 
-    /// A read went through.
-    pub fn succeeded(&self) {
-        self.state
-            .lock()
-            .expect("read budget")
-            .consecutive_throttles = 0;
+    /// A read went through, answered `round_trip` after it left.
+    pub fn succeeded(&self, round_trip: Duration) {
+        let mut s = self.state.lock().expect("read budget");
+        s.consecutive_throttles = 0;
+        s.latency = Some(match s.latency {
+            None => round_trip,
+            Some(avg) => avg.mul_f64(1.0 - LATENCY_WEIGHT) + round_trip.mul_f64(LATENCY_WEIGHT),
+        });
+    }
+
+    /// The round trip of recent reads (a moving average), once one went through: what it takes
+    /// to spend the budget is how many reads are in flight at this latency.
+    pub fn latency(&self) -> Option<Duration> {
+        self.state.lock().expect("read budget").latency
     }
 
     /// The end of the current read pause, if one is in force.
@@ -347,6 +360,16 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::from_secs(1));
     }
 
+    #[test]
+    fn latency_is_a_moving_average_of_round_trips() {
+        let budget = ReadBudget::new(8000.0);
+        assert_eq!(budget.latency(), None);
+        budget.succeeded(Duration::from_millis(100));
+        assert_eq!(budget.latency(), Some(Duration::from_millis(100)));
+        budget.succeeded(Duration::from_millis(200));
+        assert_eq!(budget.latency(), Some(Duration::from_millis(120)));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn pressure_believes_graph_when_graph_has_less_left() {
         let budget = ReadBudget::new(1000.0);
@@ -389,7 +412,7 @@ mod tests {
         assert_eq!(budget.paused_until(), Some(t + Duration::from_secs(1)));
         budget.throttled(None);
         assert_eq!(budget.paused_until(), Some(t + Duration::from_secs(2)));
-        budget.succeeded();
+        budget.succeeded(Duration::from_millis(80));
         tokio::time::sleep(Duration::from_secs(5)).await;
         let t = Instant::now();
         budget.throttled(None);

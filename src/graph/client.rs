@@ -201,6 +201,18 @@ impl GraphClient {
         self.get_all(url, false).await
     }
 
+    /// How many users the tenant holds: `@odata.count` of a one-user page (`$count=true`, which
+    /// Graph serves on users only with `ConsistencyLevel: eventual`), one read of 1 RU. `None`
+    /// when the answer carries no count.
+    pub async fn count_users(&self) -> Result<Option<u64>, GraphError> {
+        let url = self.api_url(
+            &["users"],
+            &[("$count", "true"), ("$top", "1"), ("$select", "id")],
+        );
+        let page: Page<User> = self.get_json(url, true).await?;
+        Ok(page.count)
+    }
+
     /// One user by object id or UPN with everything validation needs; `None` when absent.
     pub async fn get_user(&self, id_or_upn: &str) -> Result<Option<User>, GraphError> {
         let url = self.api_url(&["users", id_or_upn], &[("$select", VALIDATION_SELECT)]);

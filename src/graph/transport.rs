@@ -311,7 +311,7 @@ impl GraphClient {
             if (200..300).contains(&status) {
                 self.report(call, attempt, &meta, started, None, false);
                 if call.spend.is_read() {
-                    self.budget.succeeded();
+                    self.budget.succeeded(started.elapsed());
                 } else {
                     inner.limiter.succeeded();
                 }
