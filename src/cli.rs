@@ -234,6 +234,19 @@ pub struct ExecArgs {
                        config::DEFAULT_SETTLE_RATE),
               config::DEFAULT_SETTLE_RATE))]
     pub settle_rate: Option<f64>,
+    /// Resource units per 10 s the run's reads may spend (Graph's read limit).
+    #[arg(long, value_name = "RU", value_parser = config::parse_read_budget,
+          help = config::with_default(
+              &format!("Resource units per 10 s that reads may spend, {} to {}: Graph's limit per \
+                        app and tenant is 8,000 above 500 users (5,000 up to 500, 3,500 below 50); \
+                        a look-up of 15 users costs 1; writes keep to --rate",
+                       config::MIN_READ_BUDGET, config::MAX_READ_BUDGET),
+              config::DEFAULT_READ_BUDGET))]
+    pub read_budget: Option<f64>,
+    /// A dry run looks users up by key, 15 a request, even where reading the tenant in pages
+    /// would take fewer requests. Hidden: for tests and benchmarks of the look-ups.
+    #[arg(long, hide = true)]
+    pub read_by_key: bool,
     /// Users worked on at once.
     #[arg(long, value_name = "N", value_parser = config::concurrency_parser(),
           help = config::with_default(
@@ -701,6 +714,11 @@ pub enum BenchKind {
     /// A 10-user pilot on a `--users` tenant: time to the first invitation once the tenant's
     /// address index exists, beside a full listing of every user's addresses.
     Pilot,
+    /// Dry runs of `--users`/5 and `--users` CSV users at 0 and 80 ms latency, at the default
+    /// limits and with them lifted, reading by key and by the tool's choice.
+    DryRun,
+    /// `resend` of `--users` pending users at 80 ms latency against the settle rate.
+    Resend,
 }
 
 #[cfg(test)]

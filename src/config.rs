@@ -26,6 +26,17 @@ pub const MIN_RATE: f64 = 0.01;
 /// Fastest `--rate`: far above anything Graph sustains; beyond it the limiter is meaningless.
 pub const MAX_RATE: f64 = 10_000.0;
 
+/// `--read-budget`: resource units per 10 s the reads of a run may spend: Graph's limit per
+/// app+tenant for a tenant above 500 users (3,500 below 50, 5,000 up to 500). Reads cost 1
+/// with `$select` (2 without, group members 3, transitive 5), so it is ~800 look-ups per second
+/// against the write ceiling's 20–30.
+pub const DEFAULT_READ_BUDGET: f64 = 8_000.0;
+/// Smallest `--read-budget`: a few reads per 10 s still make progress.
+pub const MIN_READ_BUDGET: f64 = 10.0;
+/// Largest `--read-budget`: Graph's per-app limit across all tenants is 150,000 per 20 s;
+/// beyond this the budget is lifted for rehearsals and benchmarks only.
+pub const MAX_READ_BUDGET: f64 = 10_000_000.0;
+
 /// `--concurrency`: users worked on at once.
 pub const DEFAULT_CONCURRENCY: usize = 8;
 pub const CONCURRENCY: RangeInclusive<u64> = 1..=256;
@@ -152,6 +163,11 @@ pub fn parse_rate(s: &str) -> Result<f64, String> {
     float_in(s, &(MIN_RATE..=MAX_RATE))
 }
 
+/// `--read-budget`: resource units per 10 s within [`MIN_READ_BUDGET`, `MAX_READ_BUDGET`].
+pub fn parse_read_budget(s: &str) -> Result<f64, String> {
+    float_in(s, &(MIN_READ_BUDGET..=MAX_READ_BUDGET))
+}
+
 /// A share of requests (emulator faults): within 0 to 1.
 pub fn parse_share(s: &str) -> Result<f64, String> {
     float_in(s, &(0.0..=1.0))
@@ -181,6 +197,16 @@ mod tests {
             "0", "-1", "1e-20", "0.001", "10000.5", "1e300", "inf", "NaN", "fast", "",
         ] {
             assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn read_budget_bounds() {
+        for ok in ["10", "3500", "8000", "10000000"] {
+            assert!(parse_read_budget(ok).is_ok(), "{ok}");
+        }
+        for bad in ["0", "9.9", "-8000", "1e8", "inf", "NaN", ""] {
+            assert!(parse_read_budget(bad).is_err(), "{bad}");
         }
     }
 

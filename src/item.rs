@@ -312,6 +312,13 @@ pub struct RunOptions {
     /// most `rate`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settle_rate: Option<f64>,
+    /// Resource units per 10 s for reads (`--read-budget`); `None`: the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_budget: Option<f64>,
+    /// Dry runs always look users up by key, never by reading the tenant in pages (hidden
+    /// `--read-by-key`: tests and benchmarks of the look-ups).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_by_key: bool,
     pub concurrency: usize,
     pub max_attempts: u32,
     /// Retries of one HTTP request inside the Graph client; separate from `max_attempts`.
@@ -351,6 +358,8 @@ impl Default for RunOptions {
             cc: None,
             rate: crate::config::DEFAULT_RATE,
             settle_rate: None,
+            read_budget: None,
+            read_by_key: false,
             concurrency: crate::config::DEFAULT_CONCURRENCY,
             max_attempts: crate::config::DEFAULT_MAX_ATTEMPTS,
             http_retries: crate::config::DEFAULT_HTTP_RETRIES,

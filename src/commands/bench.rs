@@ -14,6 +14,14 @@
 //!   buckets), and drained first so the sustained ceiling binds from the start (measured
 //!   against the write refill): invitations per second, the share of requests that drew a 429,
 //!   and Graph requests per converted user.
+//! - `dry-run`: dry runs of a CSV naming every user of a generated tenant (N/5 and N users),
+//!   at 0 and 80 ms latency, against Graph-sized buckets: the default limits (`--rate 30`,
+//!   `--read-budget 8000`) beside the same run with both lifted (the reference), each reading
+//!   the users by key (15 a request, many at once) and by the tool's choice (pages of 999 when
+//!   they take fewer requests): seconds, the ratio to the reference, 429s, requests and the
+//!   most requests the emulator answered at once.
+//! - `resend`: a live run of N users at the default pacing (scaled), a `track`, then `resend`
+//!   of every pending user at 80 ms latency: invitations per second against the settle rate.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -42,6 +50,8 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitStatus> {
         BenchKind::Ingest => ingest(&dir, args.users),
         BenchKind::Convert => convert(&dir, args.users, args.scale).await,
         BenchKind::Pilot => pilot(&dir, args.users).await,
+        BenchKind::DryRun => dry_runs(&dir, args.users).await,
+        BenchKind::Resend => resend(&dir, args.users, args.scale).await,
     };
     if temporary {
         // Generated inputs and queues (hundreds of MB at a million rows): not worth keeping.
@@ -750,6 +760,254 @@ async fn drain_write_bucket(
             return Ok(accepted);
         }
     }
+}
+
+/// One dry run of the `dry-run` bench.
+struct DryCase {
+    users: usize,
+    latency_ms: u64,
+    lifted: bool,
+    by_key: bool,
+}
+
+struct DryResult {
+    seconds: f64,
+    requests: u64,
+    throttled: u64,
+    max_in_flight: u64,
+    outcome: String,
+}
+
+async fn dry_runs(dir: &Path, users: usize) -> anyhow::Result<ExitStatus> {
+    println!(
+        "| CSV users | latency ms | reads | default limits s | limits lifted s | ratio | 429s \
+         (default) | requests (default) | most in flight (default) | users/s (default) |"
+    );
+    println!("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    for n in [(users / 5).max(1), users] {
+        let tenant = Tenant::generate(n, 42);
+        let csv = dir.join(format!("dry-{n}.csv"));
+        tenant.write_csv(&csv)?;
+        for latency_ms in [0, 80] {
+            for by_key in [true, false] {
+                let mut got = Vec::new();
+                for lifted in [true, false] {
+                    let case = DryCase {
+                        users: n,
+                        latency_ms,
+                        lifted,
+                        by_key,
+                    };
+                    got.push(dry_case(dir, &tenant, &csv, &case).await?);
+                }
+                let (lifted, default) = (&got[0], &got[1]);
+                println!(
+                    "| {n} | {latency_ms} | {} | {:.1} | {:.1} | {:.2}× | {} ({:.2}%) | {} | {} | {:.0} |",
+                    if by_key { "by key" } else { "tool's choice" },
+                    default.seconds,
+                    lifted.seconds,
+                    default.seconds / lifted.seconds.max(1e-3),
+                    default.throttled,
+                    100.0 * default.throttled as f64 / default.requests.max(1) as f64,
+                    default.requests,
+                    default.max_in_flight,
+                    n as f64 / default.seconds.max(1e-3),
+                );
+                eprintln!(
+                    "bench: {n} users, {latency_ms} ms, {}: default {} / lifted {} \
+                     ({} requests, {} 429s, {} at once)",
+                    if by_key { "by key" } else { "choice" },
+                    default.outcome,
+                    lifted.outcome,
+                    lifted.requests,
+                    lifted.throttled,
+                    lifted.max_in_flight
+                );
+            }
+        }
+    }
+    Ok(ExitStatus::Success)
+}
+
+async fn dry_case(
+    dir: &Path,
+    tenant: &Tenant,
+    csv: &Path,
+    case: &DryCase,
+) -> anyhow::Result<DryResult> {
+    let mut config = EmulatorConfig::new(tenant.clone());
+    config.latency = std::time::Duration::from_millis(case.latency_ms);
+    let emu = emulator::start(config, "127.0.0.1:0".parse()?).await?;
+    let env: std::collections::HashMap<String, String> = emu.client_env().into_iter().collect();
+    let credentials = Credentials::ClientSecret {
+        tenant_id: env["AZURE_TENANT_ID"].clone(),
+        client_id: env["AZURE_CLIENT_ID"].clone(),
+        secret: Secret::new(env["AZURE_CLIENT_SECRET"].clone()),
+    };
+    let db = dir.join(format!("bench-dry-{}.db", case.users));
+    let _ = std::fs::remove_file(&db);
+    let options = RunOptions {
+        rate: if case.lifted {
+            crate::config::MAX_RATE
+        } else {
+            crate::config::DEFAULT_RATE
+        },
+        read_budget: case.lifted.then_some(crate::config::MAX_READ_BUDGET),
+        read_by_key: case.by_key,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    run::start(
+        &db,
+        NewRun {
+            source: SourceSpec::Csv {
+                path: csv.to_string_lossy().into_owned(),
+            },
+            mode: RunMode::DryRun,
+            options,
+            endpoints: Endpoints::new(emu.base_url(), emu.base_url()),
+            yes: true,
+            report: None,
+            only: None,
+        },
+        credentials,
+    )
+    .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let queue = Queue::open(&db)?;
+    let run = queue.latest_run()?.context("bench run missing")?;
+    let counts = queue.counts(run.id)?;
+    let settled =
+        counts.total - counts.state(ItemState::Pending) - counts.state(ItemState::InFlight);
+    anyhow::ensure!(
+        settled == case.users as u64,
+        "the dry run settled {settled} of {} users",
+        case.users
+    );
+    let (requests, throttled) = emulator_counts(&emu.stats());
+    let max_in_flight = emu.take_max_in_flight();
+    emu.shutdown().await;
+    Ok(DryResult {
+        seconds,
+        requests,
+        throttled,
+        max_in_flight,
+        outcome: format!(
+            "{} would convert, {} blocked",
+            counts.state(ItemState::WouldConvert),
+            counts.state(ItemState::Blocked)
+        ),
+    })
+}
+
+/// Runs this executable as a child (`track`, `resend`) against the emulator, as an operator
+/// would; its wall time.
+fn child(emu: &emulator::Emulator, db: &Path, args: &[&str]) -> anyhow::Result<f64> {
+    let exe = std::env::current_exe().context("locating this executable")?;
+    let started = Instant::now();
+    let out = std::process::Command::new(&exe)
+        .envs(emu.client_env())
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", exe.display()))?;
+    let seconds = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        out.status.success(),
+        "`{}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(seconds)
+}
+
+async fn resend(dir: &Path, users: usize, scale: f64) -> anyhow::Result<ExitStatus> {
+    let rate = crate::config::DEFAULT_RATE * scale;
+    let settle = crate::config::DEFAULT_SETTLE_RATE * scale;
+    let tenant = Tenant::generate(users, 42);
+    let csv = dir.join("bench-resend.csv");
+    tenant.write_csv(&csv)?;
+    let mut config = EmulatorConfig::new(tenant);
+    config.bucket_scale = scale;
+    config.latency = BENCH_LATENCY;
+    let emu = emulator::start(config, "127.0.0.1:0".parse()?).await?;
+    let env: std::collections::HashMap<String, String> = emu.client_env().into_iter().collect();
+    let credentials = Credentials::ClientSecret {
+        tenant_id: env["AZURE_TENANT_ID"].clone(),
+        client_id: env["AZURE_CLIENT_ID"].clone(),
+        secret: Secret::new(env["AZURE_CLIENT_SECRET"].clone()),
+    };
+    let db = dir.join("bench-resend.db");
+    let _ = std::fs::remove_file(&db);
+    let started = Instant::now();
+    run::start(
+        &db,
+        NewRun {
+            source: SourceSpec::Csv {
+                path: csv.to_string_lossy().into_owned(),
+            },
+            mode: RunMode::Live,
+            options: RunOptions {
+                silent: true,
+                rate,
+                settle_rate: Some(settle),
+                concurrency: 32,
+                ..Default::default()
+            },
+            endpoints: Endpoints::new(emu.base_url(), emu.base_url()),
+            yes: true,
+            report: None,
+            only: None,
+        },
+        credentials,
+    )
+    .await?;
+    let converting = started.elapsed().as_secs_f64();
+    let run_id = Queue::open(&db)?
+        .latest_run()?
+        .context("bench run missing")?
+        .id
+        .to_string();
+    let invited = emu.invitations().len();
+    let tracking = child(&emu, &db, &["track", &run_id])?;
+    let (_, throttled_before) = emulator_counts(&emu.stats());
+    emu.take_max_in_flight();
+    let resending = child(&emu, &db, &["resend", &run_id, "--yes"])?;
+    let most = emu.take_max_in_flight();
+    let (_, throttled_after) = emulator_counts(&emu.stats());
+    let resent = emu
+        .invitations()
+        .iter()
+        .filter(|i| i["resetRedemption"] == true)
+        .count();
+    emu.shutdown().await;
+    let per_second = resent as f64 / resending.max(1e-3);
+    println!(
+        "users {users}, scale {scale}, latency {} ms, run options --rate {rate:.0}, settle \
+         {settle:.0}/s, --concurrency 32",
+        BENCH_LATENCY.as_millis()
+    );
+    println!();
+    println!("| figure | value |");
+    println!("|---|---:|");
+    println!("| live run: {invited} invitations | {converting:.1} s |");
+    println!("| track | {tracking:.1} s |");
+    println!("| resend: users re-invited | {resent} |");
+    println!("| resend: seconds (process start to exit) | {resending:.1} |");
+    println!("| resend: invitations/s | {per_second:.1} |");
+    println!(
+        "| reference: {resent} / settle rate {settle:.0}/s | {:.1} s |",
+        resent as f64 / settle
+    );
+    println!(
+        "| resend against the reference | {:.1}% |",
+        100.0 * per_second / settle
+    );
+    println!("| resend: 429s | {} |", throttled_after - throttled_before);
+    println!("| resend: most requests answered at once | {most} |");
+    Ok(ExitStatus::Success)
 }
 
 #[cfg(test)]

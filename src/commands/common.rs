@@ -12,7 +12,9 @@ use tokio::sync::watch;
 
 use crate::cli::ExecArgs;
 use crate::exit::{ExitError, ExitStatus};
-use crate::graph::{Credentials, GraphClient, GraphConfig, Limiter, RequestEvent, RequestObserver};
+use crate::graph::{
+    Credentials, GraphClient, GraphConfig, Limiter, ReadBudget, RequestEvent, RequestObserver,
+};
 use crate::item::{ItemState, RequestRecord, RunMode, RunOptions, RunRecord, RunStatus};
 use crate::progress::Progress;
 use crate::queue::{Queue, RunLease};
@@ -78,7 +80,14 @@ pub fn connect(
         .settle_rate
         .unwrap_or(crate::config::DEFAULT_SETTLE_RATE);
     let limiter = Limiter::pacing(options.rate, settle);
-    Ok(GraphClient::new(config, limiter)?.with_batching(mode == RunMode::Live))
+    let budget = ReadBudget::new(
+        options
+            .read_budget
+            .unwrap_or(crate::config::DEFAULT_READ_BUDGET),
+    );
+    Ok(GraphClient::new(config, limiter)?
+        .with_read_budget(budget)
+        .with_batching(mode == RunMode::Live))
 }
 
 /// Signs in for work on a stored run: its Graph client logs every request into the run's request
@@ -135,6 +144,12 @@ pub fn apply_exec(options: &mut RunOptions, exec: &ExecArgs) -> anyhow::Result<(
     }
     if let Some(settle) = exec.settle_rate {
         options.settle_rate = Some(settle);
+    }
+    if let Some(budget) = exec.read_budget {
+        options.read_budget = Some(budget);
+    }
+    if exec.read_by_key {
+        options.read_by_key = true;
     }
     if let Some(c) = exec.concurrency {
         options.concurrency = c;

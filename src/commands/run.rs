@@ -71,6 +71,8 @@ fn from_args(args: RunArgs) -> anyhow::Result<NewRun> {
         cc: args.cc,
         rate: args.exec.rate.unwrap_or(defaults.rate),
         settle_rate: args.exec.settle_rate,
+        read_budget: args.exec.read_budget,
+        read_by_key: args.exec.read_by_key,
         concurrency: args.exec.concurrency.unwrap_or(defaults.concurrency),
         max_attempts: args.exec.max_attempts.unwrap_or(defaults.max_attempts),
         http_retries: args.exec.http_retries.unwrap_or(defaults.http_retries),

@@ -252,6 +252,8 @@ pub async fn start(mut config: EmulatorConfig, listen: SocketAddr) -> anyhow::Re
         wall_start: chrono::Utc::now(),
         ru_limit,
         silent: std::sync::atomic::AtomicBool::new(false),
+        in_flight: std::sync::atomic::AtomicU64::new(0),
+        max_in_flight: std::sync::atomic::AtomicU64::new(0),
     });
     let (tx, rx) = tokio::sync::watch::channel(server::Stop::No);
     let task = tokio::spawn(server::serve(
@@ -377,9 +379,18 @@ impl Emulator {
         self.state().patches.clone()
     }
 
+    /// The most requests answered at once since the start or the last call (`maxInFlight` of
+    /// `/_emulator/stats`), which then starts again from the requests being answered now: a
+    /// test measures one command's concurrency after another's.
+    pub fn take_max_in_flight(&self) -> u64 {
+        use std::sync::atomic::Ordering;
+        let now = self.shared.in_flight.load(Ordering::SeqCst);
+        self.shared.max_in_flight.swap(now, Ordering::SeqCst)
+    }
+
     /// Same as `GET /_emulator/stats`.
     pub fn stats(&self) -> serde_json::Value {
-        self.state().stats_json()
+        self.shared.stats_json(&self.state())
     }
 
     /// The user as the tenant holds it now.

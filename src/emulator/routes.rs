@@ -3,6 +3,7 @@
 //! `/_emulator/requests`, and the inspection endpoints.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -39,6 +40,28 @@ pub struct Shared {
     /// A black hole: connections are accepted and requests read, but nothing is answered
     /// (inspection endpoints excepted), as a hung proxy or a black-holed route behaves.
     pub silent: std::sync::atomic::AtomicBool,
+    /// Requests being answered now (latency included), and the most there ever were: how many
+    /// requests a client keeps in flight, counted rather than timed.
+    pub in_flight: AtomicU64,
+    pub max_in_flight: AtomicU64,
+}
+
+/// One request being answered; counted in [`Shared::in_flight`] until dropped (answered, or
+/// its connection gone).
+pub struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    pub fn enter(shared: &'a Shared) -> InFlight<'a> {
+        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(shared)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 pub struct TokenInfo {
@@ -493,13 +516,20 @@ impl State {
         let scale = cfg.bucket_scale;
         let mut wants: Vec<(String, f64, Duration, f64, &'static str, String)> = Vec::new();
         if cost.ru > 0 && ru_limit > 0 {
+            // Reads and writes both spend resource units: a read refused names the Read scope
+            // (a client pauses its reads, not its invitations), a write refused here both.
+            let side = if cost.writes == 0 {
+                "Read"
+            } else {
+                "ReadWrite"
+            };
             wants.push((
                 format!("ru:{app}"),
                 ru_limit as f64 * scale,
                 Duration::from_secs(10),
                 cost.ru as f64,
                 "ResourceUnitLimitExceeded",
-                format!("Tenant_Application/ReadWrite/{app}/{tenant}"),
+                format!("Tenant_Application/{side}/{app}/{tenant}"),
             ));
         }
         if cost.writes > 0 && cfg.writes_per_150s > 0 {
@@ -977,7 +1007,7 @@ impl Shared {
                 Some(pos) => super::credentials::admin_set(&mut st, pos, &call.body),
                 None => not_found(id),
             },
-            ("GET", ["_emulator", "stats"]) => Reply::json(200, st.stats_json()),
+            ("GET", ["_emulator", "stats"]) => Reply::json(200, self.stats_json(&st)),
             ("GET", ["_emulator", "requests"]) => Reply::json(200, json!({"value": st.log})),
             ("GET", ["_emulator", "users", id]) => match st.index.user(id) {
                 Some(pos) => Reply::json(
@@ -1047,6 +1077,15 @@ impl State {
                 )
             }
         }
+    }
+}
+
+impl Shared {
+    /// `/_emulator/stats`: the tenant's counters and the most requests answered at once.
+    pub fn stats_json(&self, st: &State) -> Value {
+        let mut stats = st.stats_json();
+        stats["maxInFlight"] = json!(self.max_in_flight.load(Ordering::SeqCst));
+        stats
     }
 }
 

@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use tokio_rustls::TlsAcceptor;
 
-use super::routes::{percent_decode, Call, Reply, Shared};
+use super::routes::{percent_decode, Call, InFlight, Reply, Shared};
 
 /// Fired by a handler to drop its connection without answering.
 #[derive(Clone, Default)]
@@ -74,6 +74,7 @@ async fn entry(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         return to_response(shared.inspect(&call));
     }
     hold_if_silent(&shared).await;
+    let _answering = InFlight::enter(&shared);
     let worker = Arc::clone(&shared);
     let reply = match tokio::task::spawn_blocking(move || worker.handle(&call)).await {
         Ok(mut r) => {

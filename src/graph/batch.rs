@@ -11,7 +11,7 @@ use reqwest::Method;
 
 use super::error::{GraphError, ResponseMeta};
 use super::retry::{self, Attempts, Failure, Verdict};
-use super::transport::{error_parts, parse_answer, Call};
+use super::transport::{error_parts, parse_answer, Call, Spend};
 use super::{GraphClient, REQUESTS_PER_BATCH};
 use crate::model::{BatchRequest, BatchRequestItem, BatchResponse, Page, User};
 
@@ -72,6 +72,11 @@ impl GraphClient {
                     .map(|p| sub_request(&p.id, &Method::GET, &p.url, None))
                     .collect(),
             };
+            // Graph charges a `$batch` what its sub-requests cost.
+            let mut ru = 0;
+            for p in &round {
+                ru += super::budget::read_cost(&self.relative_url(&p.url)?);
+            }
             let answer = self
                 .execute(&Call {
                     method: Method::POST,
@@ -79,6 +84,7 @@ impl GraphClient {
                     headers: Vec::new(),
                     body: Some(serde_json::to_vec(&body).expect("batch encodes")),
                     idempotent: true,
+                    spend: Spend::Read(ru),
                 })
                 .await?;
             let parsed: BatchResponse = parse_answer(&answer.body, &answer.meta)?;
@@ -138,7 +144,7 @@ impl GraphClient {
                     }
                     429 => {
                         tracing::debug!(sub_request = %p.id, "$batch sub-request throttled");
-                        self.inner.limiter.throttled(retry_after);
+                        self.throttled(true, header("x-ms-throttle-scope"), retry_after);
                         Failure::Throttled
                     }
                     424 | 500 | 502 | 503 | 504 => Failure::Failed { retry_after },
@@ -183,12 +189,20 @@ impl GraphClient {
         Ok(users)
     }
 
-    /// The same sub-requests as `batch_users`, each as its own GET (every page followed).
+    /// The same sub-requests as `batch_users`, each as its own GET (every page followed), all
+    /// at once: the read budget, not the round trip, sets how fast they go.
     async fn get_users_one_by_one(&self, urls: Vec<String>) -> Result<Vec<User>, GraphError> {
-        let mut users = Vec::new();
+        let mut reads = tokio::task::JoinSet::new();
         for relative in urls {
             let first = self.relative_url(&relative)?;
-            users.extend(self.get_all::<User>(first, false).await?);
+            let client = self.clone();
+            reads.spawn(async move { client.get_all::<User>(first, false).await });
+        }
+        let mut users = Vec::new();
+        while let Some(read) = reads.join_next().await {
+            let read =
+                read.map_err(|e| GraphError::Config(format!("a look-up task failed: {e}")))?;
+            users.extend(read?);
         }
         Ok(users)
     }

@@ -11,13 +11,14 @@ use serde::de::DeserializeOwned;
 use url::Url;
 
 use super::auth::TokenProvider;
+use super::budget::ReadBudget;
 use super::config::{check_endpoint, GraphConfig};
 use super::error::{GraphError, Traced};
 use super::limiter::Limiter;
 use super::odata::{encode_query, in_filters, needs_advanced_query};
 use super::paging::Pager;
 use super::retry::{Backoff, RetryPolicy, Silence};
-use super::transport::{parse_answer, Call};
+use super::transport::{parse_answer, Call, Spend};
 use super::RequestObserver;
 use crate::model::{
     DeltaPage, Domain, Invitation, InvitationRequest, Page, User, CONVERTED_BACK_FILTER,
@@ -38,6 +39,8 @@ pub struct GraphClient {
     /// Bulk reads go through `$batch` (a POST) unless the run is a dry run, which must send
     /// nothing but GETs.
     pub(super) batching: bool,
+    /// The resource units every read waits on (writes wait on the limiter).
+    pub(super) budget: Arc<ReadBudget>,
 }
 
 pub(super) struct Inner {
@@ -134,7 +137,20 @@ impl GraphClient {
                 ..RetryPolicy::default()
             },
             batching: true,
+            budget: ReadBudget::new(crate::config::DEFAULT_READ_BUDGET),
         })
+    }
+
+    /// Reads spend `budget`'s resource units (by default Graph's 8,000 per 10 s of a tenant
+    /// above 500 users).
+    pub fn with_read_budget(mut self, budget: Arc<ReadBudget>) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// The run's shared read budget.
+    pub fn read_budget(&self) -> &Arc<ReadBudget> {
+        &self.budget
     }
 
     pub fn with_observer(mut self, observer: Arc<dyn RequestObserver>) -> Self {
@@ -209,6 +225,18 @@ impl GraphClient {
         self.get_all(url, false).await
     }
 
+    /// How many users the tenant holds: `@odata.count` of a one-user page (`$count=true`, which
+    /// Graph serves on users only with `ConsistencyLevel: eventual`), one read of 1 RU. `None`
+    /// when the answer carries no count.
+    pub async fn count_users(&self) -> Result<Option<u64>, GraphError> {
+        let url = self.api_url(
+            &["users"],
+            &[("$count", "true"), ("$top", "1"), ("$select", "id")],
+        );
+        let page: Page<User> = self.get_json(url, true).await?;
+        Ok(page.count)
+    }
+
     /// One user by object id or UPN with everything validation needs; `None` when absent.
     pub async fn get_user(&self, id_or_upn: &str) -> Result<Option<User>, GraphError> {
         let url = self.api_url(&["users", id_or_upn], &[("$select", VALIDATION_SELECT)]);
@@ -277,6 +305,7 @@ impl GraphClient {
         let answer = self
             .execute(&Call {
                 method: Method::GET,
+                spend: Spend::read(&url),
                 url,
                 headers: vec![("Prefer", "odata.maxpagesize=999")],
                 body: None,
@@ -381,6 +410,7 @@ impl GraphClient {
                 headers: Vec::new(),
                 body: Some(body),
                 idempotent: false,
+                spend: Spend::Write,
             })
             .await?;
         match serde_json::from_slice::<Invitation>(&answer.body) {
@@ -408,6 +438,7 @@ impl GraphClient {
         let answer = self
             .execute(&Call {
                 method: Method::GET,
+                spend: Spend::read(&url),
                 url,
                 headers,
                 body: None,

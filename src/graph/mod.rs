@@ -7,10 +7,12 @@
 //! - `retry`: the one retry policy every resend goes through;
 //! - `paging`: the one `@odata.nextLink` loop;
 //! - `odata`: literals, `in (…)` lists and query encoding;
-//! - `auth`, `config`, `jwt`, `limiter`, `error`: tokens, settings, assertions, pace, errors.
+//! - `auth`, `config`, `jwt`, `limiter`, `error`: tokens, settings, assertions, pace, errors;
+//! - `budget`: the read budget (Graph's resource units), apart from the write pace.
 
 pub mod auth;
 mod batch;
+pub mod budget;
 mod client;
 pub mod config;
 pub mod error;
@@ -28,6 +30,7 @@ mod writes;
 use std::time::Duration;
 
 pub use auth::TokenProvider;
+pub use budget::ReadBudget;
 pub use client::GraphClient;
 pub use config::{
     ca_file_from_env, check_endpoint, AuthMethod, Credentials, GraphConfig, Secret,

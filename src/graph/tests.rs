@@ -1026,6 +1026,7 @@ async fn transport_errors_are_sorted_by_whether_the_request_could_have_left() {
         headers: Vec::new(),
         body: None,
         idempotent: true,
+        spend: transport::Spend::Read(1),
     };
     let lost = transport::classify(&e, &call, Duration::from_secs(7), Duration::from_secs(3));
     match lost {

@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 use url::Url;
 
+use super::budget::Scope;
 use super::config::Secret;
 use super::error::{GraphError, ResponseMeta};
 use super::retry::{self, Attempts, Failure, Verdict};
@@ -32,6 +33,28 @@ pub(super) struct Call {
     pub(super) body: Option<Vec<u8>>,
     /// May be resent after a 5xx, a timeout or a dropped connection.
     pub(super) idempotent: bool,
+    /// Which budget the request waits on.
+    pub(super) spend: Spend,
+}
+
+/// What a request spends: reads wait on the read budget (resource units), writes on the write
+/// limiter (and charge their resource unit to the read budget without waiting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Spend {
+    /// A read costing this many resource units (a `$batch` of reads: their sum).
+    Read(u32),
+    Write,
+}
+
+impl Spend {
+    /// A GET of `url`, at Graph's price.
+    pub(super) fn read(url: &Url) -> Spend {
+        Spend::Read(super::budget::read_cost(url))
+    }
+
+    fn is_read(self) -> bool {
+        matches!(self, Spend::Read(_))
+    }
 }
 
 impl Call {
@@ -147,7 +170,13 @@ impl GraphClient {
         let mut already_renewed = false;
         loop {
             attempt += 1;
-            inner.limiter.acquire().await;
+            match call.spend {
+                Spend::Read(ru) => self.budget.acquire(ru).await,
+                Spend::Write => {
+                    inner.limiter.acquire().await;
+                    self.budget.spend(1);
+                }
+            }
             if let Some(silent) = inner.silence.exceeded() {
                 return Err(self.silenced(call, silent));
             }
@@ -273,11 +302,19 @@ impl GraphClient {
                 request_id: header_str(&headers, "request-id"),
             };
             if let Some(share) = retry::limit_percentage_header(&headers) {
-                inner.limiter.pressure(share);
+                if call.spend.is_read() {
+                    self.budget.pressure(share);
+                } else {
+                    inner.limiter.pressure(share);
+                }
             }
             if (200..300).contains(&status) {
                 self.report(call, attempt, &meta, started, None, false);
-                inner.limiter.succeeded();
+                if call.spend.is_read() {
+                    self.budget.succeeded(started.elapsed());
+                } else {
+                    inner.limiter.succeeded();
+                }
                 self.clear_denied(&call.kind());
                 return Ok(Answer { body, meta });
             }
@@ -288,7 +325,8 @@ impl GraphClient {
             let retry_after = retry::retry_after_header(&headers);
             match status {
                 429 => {
-                    inner.limiter.throttled(retry_after);
+                    let scope = header_str(&headers, "x-ms-throttle-scope");
+                    self.throttled(call.spend.is_read(), scope.as_deref(), retry_after);
                     let verdict =
                         self.retry
                             .next(&mut attempts, Failure::Throttled, call.idempotent);
@@ -354,6 +392,19 @@ impl GraphClient {
                 }
                 _ => return Err(self.refusal(&call.kind(), status, &body_text, meta)),
             }
+        }
+    }
+
+    /// A 429: the side the request waits on pauses, and the other side too when the answer's
+    /// `x-ms-throttle-scope` names it (or names nothing): a read throttled on Graph's resource
+    /// units does not hold up invitations, nor a write limit the reads.
+    pub(super) fn throttled(&self, read: bool, scope: Option<&str>, retry_after: Option<Duration>) {
+        let scope = Scope::parse(scope);
+        if !read || scope.pauses_writes() {
+            self.inner.limiter.throttled(retry_after);
+        }
+        if read || scope.pauses_reads() {
+            self.budget.throttled(retry_after);
         }
     }
 

@@ -13,7 +13,7 @@ use rand::TryRngCore;
 use reqwest::Method;
 use serde_json::json;
 
-use super::transport::{parse_answer, Call};
+use super::transport::{parse_answer, Call, Spend};
 use super::{GraphClient, GraphError, Traced};
 use crate::model::ConversionUserDetails;
 
@@ -220,6 +220,7 @@ impl GraphClient {
             headers: Vec::new(),
             body,
             idempotent: false,
+            spend: Spend::Write,
         };
         let answer = self.execute(&call).await;
         if let Some(body) = call.body.take() {

@@ -2,7 +2,8 @@
 //! checkpointed.
 //!
 //! A producer reads pending items in input order a chunk at a time, looks their users up in bulk
-//! (`id in (…)` through `$batch`), asks the stored address index ([`facts`], refreshed with
+//! (`id in (…)` through `$batch`; several chunks at once, [`lookups`], or from one read of the
+//! whole tenant in pages when a dry run names enough of it), asks the stored address index ([`facts`], refreshed with
 //! Graph's delta query at the start of the pass) who else holds their addresses, and validates each
 //! with the pure `validate` function. Verdicts that need no request are recorded at once; users to
 //! convert go through a bounded channel to `concurrency` workers, so reading the next chunk
@@ -25,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument as _;
 
 use crate::graph::{GraphClient, GraphError};
-use crate::item::{ItemRecord, ItemState, RunMode, RunOptions, RunRecord, UserKey};
+use crate::item::{ItemRecord, ItemState, RunMode, RunOptions, RunRecord};
 use crate::model::{
     EmailAddress, InvitationRequest, InvitedUserMessageInfo, InvitedUserRef, Recipient, User,
 };
@@ -37,6 +38,7 @@ pub mod backout;
 pub mod convert;
 pub mod executor;
 pub mod facts;
+pub mod lookups;
 pub mod planner;
 pub mod resend;
 pub mod retire;
@@ -240,7 +242,25 @@ pub async fn work(pipeline: Pipeline) -> anyhow::Result<Outcome> {
         drop(rx);
     }
 
-    let produced = produce(&pass, &facts, tx).await;
+    let reads = if pipeline.run.mode == RunMode::DryRun && !pass.options().read_by_key {
+        match lookups::choose(
+            &pipeline.graph,
+            &pipeline.queue,
+            run_id,
+            pipeline.only.as_deref(),
+        )
+        .await
+        {
+            Ok(reads) => reads,
+            Err(lookups::ChooseError::Graph(e)) => {
+                return refusal_or_error(e, "reading the users the run names")
+            }
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        lookups::Reads::ByKey
+    };
+    let produced = produce(&pass, &facts, &reads, tx).await;
     while let Some(joined) = workers.join_next().await {
         joined.context("an invite worker panicked")??;
     }
@@ -307,50 +327,80 @@ fn refusal_or_error(e: GraphError, doing: &str) -> anyhow::Result<Outcome> {
 
 /// Reads pending items chunk by chunk, records verdicts, hands conversions to the workers.
 /// Returns whether `--limit` stopped it.
+///
+/// The users of the next chunks are read while this one is recorded: as many chunks ahead as
+/// keep the read budget spent at the measured round trip ([`lookups::chunks_ahead`]). Chunks
+/// are recorded in the order the walk read them, and a round ends only once every chunk read
+/// ahead is recorded, so the rounds see exactly what they saw with one chunk at a time.
 async fn produce(
     pass: &Arc<Pass>,
     facts: &facts::Facts,
+    reads: &lookups::Reads,
     tx: mpsc::Sender<(ItemRecord, String)>,
 ) -> anyhow::Result<bool> {
     let p = &pass.pipeline;
     let limit = pass.options().limit;
     let mut scan = scan::Scan::default();
+    let mut ahead = lookups::Ahead::default();
+    // What one chunk's look-ups cost: its 20 filters of 15 (one `$batch` in a live run).
+    let ru_per_chunk = CHUNK.div_ceil(crate::graph::VALUES_PER_FILTER) as u32;
+    let mut round_ended = false;
     loop {
         if pass.stopping() {
             return Ok(false);
         }
         let run_id = p.run.id;
-        let keep = |i: &ItemRecord| p.only.as_ref().is_none_or(|only| only.contains(&i.id));
-        let items = match scan.next(&p.queue, run_id, CHUNK, keep)? {
-            scan::Next::Items(items) => items,
-            // Items the workers still hold may put others back (or show they are pending):
-            // the next round starts once they are settled.
-            scan::Next::RoundEnded => {
-                pass.all_settled(&tx).await;
-                continue;
+        let budget = p.graph.read_budget();
+        let depth = lookups::chunks_ahead(budget.per_second(), budget.latency(), ru_per_chunk);
+        while !round_ended && ahead.len() < depth {
+            let keep = |i: &ItemRecord| p.only.as_ref().is_none_or(|only| only.contains(&i.id));
+            let items = match scan.next(&p.queue, run_id, CHUNK, keep)? {
+                scan::Next::Items(items) => items,
+                scan::Next::RoundEnded => {
+                    round_ended = true;
+                    break;
+                }
+                scan::Next::Done => {
+                    if ahead.is_empty() {
+                        return Ok(false);
+                    }
+                    break;
+                }
+            };
+            // Items a previous pass took half-way (mail set or invited) go on at their next
+            // step: validating them again against the snapshot taken before the change would
+            // be wrong.
+            let ids: Vec<i64> = items.iter().map(|i| i.id).collect();
+            let steps = db(&p.queue, move |q| q.steps_of(&ids)).await?;
+            let (started, items): (Vec<_>, Vec<_>) = items
+                .into_iter()
+                .partition(|i| steps.get(&i.id).is_some_and(|s| s.mail_set || s.invited));
+            for item in started {
+                let row = &steps[&item.id];
+                let email = row
+                    .mail_to
+                    .clone()
+                    .or_else(|| item.external_email.clone())
+                    .unwrap_or_default();
+                pass.dispatched.fetch_add(1, Ordering::Relaxed);
+                if !pass.hand_out(&tx, item, email).await {
+                    return Ok(false);
+                }
             }
-            scan::Next::Done => return Ok(false),
-        };
-        // Items a previous pass took half-way (mail set or invited) go on at their next step:
-        // validating them again against the snapshot taken before the change would be wrong.
-        let ids: Vec<i64> = items.iter().map(|i| i.id).collect();
-        let steps = db(&p.queue, move |q| q.steps_of(&ids)).await?;
-        let (started, items): (Vec<_>, Vec<_>) = items
-            .into_iter()
-            .partition(|i| steps.get(&i.id).is_some_and(|s| s.mail_set || s.invited));
-        for item in started {
-            let row = &steps[&item.id];
-            let email = row
-                .mail_to
-                .clone()
-                .or_else(|| item.external_email.clone())
-                .unwrap_or_default();
-            pass.dispatched.fetch_add(1, Ordering::Relaxed);
-            if !pass.hand_out(&tx, item, email).await {
-                return Ok(false);
-            }
+            ahead.push(lookups::Chunk::start(reads, &p.graph, items));
         }
-        let found = match look_up(pass, &items).await {
+        let Some(chunk) = ahead.pop() else {
+            // Every chunk of the round is recorded. Items the workers still hold may put
+            // others back (or show they are pending): the next round starts once they are
+            // settled.
+            if round_ended {
+                pass.all_settled(&tx).await;
+                round_ended = false;
+            }
+            continue;
+        };
+        let (items, found) = chunk.answered().await;
+        let found = match found {
             Ok(found) => found,
             Err(GraphError::TenantRefused { message, .. }) => {
                 pass.stop_with(StopReason::TenantRefused(message));
@@ -365,6 +415,9 @@ async fn produce(
                     .context("looking users up in Graph (the run is resumable)"))
             }
         };
+        if pass.stopping() {
+            return Ok(false);
+        }
         for (item, verdict) in prepare(pass, items, facts, found)? {
             match verdict {
                 Verdict::Skip { reason, detail } | Verdict::Block { reason, detail } => {
@@ -432,34 +485,6 @@ async fn produce(
             }
         }
     }
-}
-
-/// Looks the chunk's users without a snapshot up in Graph, by object id or UPN (bulk reads).
-async fn look_up(pass: &Pass, items: &[ItemRecord]) -> Result<HashMap<String, User>, GraphError> {
-    let p = &pass.pipeline;
-    let mut ids = Vec::new();
-    let mut upns = Vec::new();
-    for item in items.iter().filter(|i| i.snapshot.is_none()) {
-        match &item.key {
-            Some(UserKey::Id(v)) => ids.push(v.clone()),
-            Some(UserKey::UserPrincipalName(v)) => upns.push(v.clone()),
-            None => {}
-        }
-    }
-    let mut by_key: HashMap<String, User> = HashMap::new();
-    if !ids.is_empty() {
-        for u in p.graph.users_by_ids(&ids).await? {
-            by_key.insert(UserKey::Id(u.id.clone()).normalized(), u);
-        }
-    }
-    if !upns.is_empty() {
-        for u in p.graph.users_by_upns(&upns).await? {
-            if let Some(upn) = &u.user_principal_name {
-                by_key.insert(UserKey::UserPrincipalName(upn.clone()).normalized(), u);
-            }
-        }
-    }
-    Ok(by_key)
 }
 
 /// Records what the look-up found for the chunk's users without a snapshot (not found ends the
@@ -682,7 +707,7 @@ pub fn needs_attention(queue: &Queue, run_id: i64) -> anyhow::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::item::Overrides;
+    use crate::item::{Overrides, UserKey};
 
     fn item(overrides: Overrides) -> ItemRecord {
         ItemRecord {

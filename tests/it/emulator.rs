@@ -976,3 +976,105 @@ async fn oversized_bodies_and_deep_filters_are_refused_like_graph() {
     let (s, _) = g.get("/users?$top=1").await;
     assert_eq!(s, 200, "the emulator still serves");
 }
+
+#[tokio::test]
+async fn reads_spend_resource_units_and_a_refused_read_names_the_read_scope() {
+    let emu = start(EmulatorConfig {
+        clock: Clock::manual(),
+        ru_per_10s: Some(10),
+        ..EmulatorConfig::new(Tenant::sample())
+    })
+    .await;
+    let g = G::new(&emu).await;
+    let dana = sample_user("Dana").id;
+    let read = |select: bool| {
+        let path = if select {
+            format!("/users/{dana}?$select=id,mail")
+        } else {
+            format!("/users/{dana}")
+        };
+        g.http.get(g.url(&path)).bearer_auth(&g.token).send()
+    };
+    // 1 RU with $select: ten reads spend the bucket of 10.
+    for i in 0..10 {
+        let r = read(true).await.unwrap();
+        assert_eq!(r.status(), 200, "read {i}");
+        assert_eq!(r.headers()["x-ms-resource-unit"], "1");
+    }
+    let r = read(true).await.unwrap();
+    assert_eq!(r.status(), 429);
+    let header =
+        |r: &reqwest::Response, name: &str| r.headers()[name].to_str().unwrap().to_string();
+    let scope = header(&r, "x-ms-throttle-scope");
+    assert!(scope.starts_with("Tenant_Application/Read/"), "{scope}");
+    assert_eq!(
+        header(&r, "x-ms-throttle-information"),
+        "ResourceUnitLimitExceeded"
+    );
+    assert_eq!(header(&r, "retry-after"), "1");
+    // One second refills 1 RU: a read without $select (2 RU) is refused, one with it goes.
+    emu.clock().advance(Duration::from_secs(1));
+    let r = read(false).await.unwrap();
+    assert_eq!(r.status(), 429, "2 RU without $select");
+    assert_eq!(header(&r, "x-ms-resource-unit"), "2");
+    assert_eq!(read(true).await.unwrap().status(), 200);
+    // A write spends a resource unit too: refused on them, it names both sides.
+    let elif = sample_user("Elif");
+    let r = g
+        .send(
+            reqwest::Method::POST,
+            "/invitations",
+            invite_body(&elif.id, elif.mail.as_deref().unwrap()),
+        )
+        .await;
+    assert_eq!(r.status(), 429);
+    let scope = header(&r, "x-ms-throttle-scope");
+    assert!(
+        scope.starts_with("Tenant_Application/ReadWrite/"),
+        "{scope}"
+    );
+    // A `$batch` costs its sub-requests: 3 s refill 3 RU, so 3 of 4 go through.
+    emu.clock().advance(Duration::from_secs(3));
+    let requests: Vec<Value> = (0..4)
+        .map(|i| json!({"id": i.to_string(), "method": "GET", "url": format!("/users/{dana}?$select=id")}))
+        .collect();
+    let (s, v) = g.post("/$batch", json!({"requests": requests})).await;
+    assert_eq!(s, 200);
+    let statuses: Vec<u64> = v["responses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    let sub_scope = v["responses"][3]["headers"]["x-ms-throttle-scope"]
+        .as_str()
+        .unwrap();
+    assert!(
+        sub_scope.starts_with("Tenant_Application/Read/"),
+        "{sub_scope}"
+    );
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn counting_users_needs_consistency_level_eventual() {
+    let emu = start(EmulatorConfig::new(Tenant::sample())).await;
+    let g = G::new(&emu).await;
+    let (s, v) = g.get("/users?$count=true&$top=1&$select=id").await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"]["code"], "Request_BadRequest");
+    let (s, v) = g
+        .get_with(
+            "/users?$count=true&$top=1&$select=id",
+            &[("ConsistencyLevel", "eventual")],
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["@odata.count"].as_u64().unwrap() as usize,
+        Tenant::sample().users.len()
+    );
+    assert_eq!(v["value"].as_array().unwrap().len(), 1);
+    emu.shutdown().await;
+}

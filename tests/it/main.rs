@@ -19,6 +19,7 @@ mod lease;
 mod live;
 mod pacing;
 mod pipeline;
+mod reads;
 mod report_scale;
 mod reports;
 mod retire;
