@@ -6,7 +6,8 @@
 //! leave (`… WHERE id = ? AND state = ?`) and fail loudly when the row moved under them.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::Connection;
 use rusqlite_migration::{Migrations, M};
@@ -36,6 +37,7 @@ mod select;
 mod steps;
 
 pub use facts::{AddressSource, RoundLink, SyncState, UserChange};
+pub use items::{ItemWrite, Trace};
 pub use lease::{
     host_name, pid_alive, stale_after, Holder, LeaseCheck, LeaseRow, RunLease, HEARTBEAT_EVERY,
     LEASE_STALE_ENV, STALE_AFTER,
@@ -141,6 +143,9 @@ pub struct Queue {
     /// The lease this process holds (run id, token), set when it takes one: every write to the
     /// run's items names the token, so a holder that lost the lease changes nothing.
     fence: Mutex<Option<(i64, String)>>,
+    /// Write transactions committed on this connection (SQLite's commit hook), so tests and the
+    /// bench count what a converted user costs instead of timing it.
+    writes: Arc<AtomicU64>,
 }
 
 /// The condition a fenced write adds, `?{run}`/`?{token}` being the bound fence: true when the
@@ -190,11 +195,19 @@ impl Queue {
                 path: path.to_path_buf(),
                 message: e.to_string(),
             })?;
+        let writes = Arc::new(AtomicU64::new(0));
+        let counter = writes.clone();
+        conn.commit_hook(Some(move || {
+            counter.fetch_add(1, Ordering::Relaxed);
+            false
+        }))
+        .map_err(|e| sqlite_err(path, e))?;
         Ok(Queue {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
             log: Mutex::new(log::LogBuffer::default()),
             fence: Mutex::new(None),
+            writes,
         })
     }
 
@@ -211,6 +224,12 @@ impl Queue {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Write transactions this queue has committed since it was opened (the lease heartbeat's
+    /// own connection not included): what a step costs, counted rather than timed.
+    pub fn write_transactions(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {

@@ -9,9 +9,9 @@ use crate::graph::{GraphClient, GraphError, ResponseMeta, Traced};
 use crate::item::{ItemRecord, RunOptions};
 use crate::model::{Invitation, InvitationRequest};
 use crate::progress::Progress;
-use crate::queue::{Queue, StepRow};
+use crate::queue::{ItemWrite, Queue, StepRow, Trace};
 
-use super::executor::{reread_error, PassOps};
+use super::executor::{reread_error, PassOps, Write};
 use super::planner::{Checkpoint, ItemPlan, Reread, Step};
 
 /// One user being converted.
@@ -202,6 +202,28 @@ impl PassOps for ConvertOps {
         Ok(())
     }
 
+    /// The convert pass's rows are one item and its step checkpoint: every batch the executor
+    /// hands over is one write transaction (`Queue::item_writes`), and the bar moves on (the
+    /// user's outcome read back for the log) on the same blocking thread.
+    async fn record(&self, it: &mut ConvertItem, writes: Vec<Write>) -> anyhow::Result<()> {
+        let id = it.item.id;
+        let mut ended = false;
+        let mut rows = Vec::with_capacity(writes.len());
+        for write in writes {
+            ended |= matches!(write, Write::Done(_) | Write::Failed { .. });
+            rows.extend(item_write(it, write)?);
+        }
+        let progress = self.progress.clone();
+        db(&self.queue, move |q| {
+            q.item_writes(id, &rows)?;
+            if ended {
+                progress.item_done(q, id);
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn record_skipped(&self, it: &ConvertItem, why: &str) -> anyhow::Result<()> {
         // The convert pass's re-reads never say "moot" (a user that vanished is `NotDone`): a
         // skip here is a bug, and the item stays as it is for `resume` rather than guessed at.
@@ -210,6 +232,56 @@ impl PassOps for ConvertOps {
             it.item.id
         )
     }
+}
+
+/// The queue row write of one executor write (`None`: the item has no step checkpoint to mark).
+fn item_write(it: &mut ConvertItem, write: Write) -> anyhow::Result<Option<ItemWrite>> {
+    let trace = |meta: Option<&ResponseMeta>| Trace {
+        request_id: meta.and_then(|m| m.request_id.clone()),
+        client_request_id: meta.map(|m| m.client_request_id.clone()),
+    };
+    Ok(match write {
+        Write::Checkpoint(step) => Some(ItemWrite::InFlight {
+            email: it.email.clone(),
+            step: it.has_steps.then(|| step.as_str()),
+        }),
+        Write::Charge => Some(ItemWrite::Charge),
+        Write::NoteUnknown {
+            code,
+            message,
+            meta,
+        } => Some(ItemWrite::NoteError {
+            code,
+            message,
+            trace: trace(Some(&meta.unwrap_or_default())),
+        }),
+        Write::StepDone(step) => it.has_steps.then(|| ItemWrite::StepDone(step.as_str())),
+        Write::Done(meta) => {
+            let (invitation, meta) = match it.invitation.take() {
+                Some(t) => (Some(t.value), Some(t.meta)),
+                None => (None, meta),
+            };
+            let mut trace = trace(meta.as_ref());
+            if invitation.is_none() {
+                trace.client_request_id = None;
+            }
+            Some(ItemWrite::Converted { invitation, trace })
+        }
+        Write::BackToPending => Some(ItemWrite::BackToPending),
+        Write::Failed {
+            code,
+            message,
+            meta,
+        } => Some(ItemWrite::Failed {
+            code,
+            message,
+            trace: trace(meta.as_ref()),
+        }),
+        Write::Skipped(why) => anyhow::bail!(
+            "item {}: the convert pass has no skipped outcome ({why}); stopping",
+            it.item.id
+        ),
+    })
 }
 
 /// Reads the user back: did `step` (towards `email`) take effect?
