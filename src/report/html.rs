@@ -262,6 +262,57 @@ fn user_cell(i: &ItemRecord) -> Markup {
     }
 }
 
+/// What every detail of a group shares at its start and at its end, as byte lengths `(head,
+/// tail)`: the group's paragraph says it once and each row keeps only its own part (issue 22:
+/// a 50,000-user dry run repeated the same explanation in each of 6,513 rows, 2.5 MB). A shared
+/// start ends, and a shared end starts, at a phrase boundary ("; " or ": "), so a row never
+/// shows half a word; a detail all members share is said once whole (`head` its length). A
+/// group of one keeps its detail in its row.
+fn shared_detail(details: &[String]) -> (usize, usize) {
+    let [first, rest @ ..] = details else {
+        return (0, 0);
+    };
+    if rest.is_empty() || first.is_empty() {
+        return (0, 0);
+    }
+    if rest.iter().all(|d| d == first) {
+        return (first.len(), 0);
+    }
+    let common = |a: &[u8], b: &[u8]| a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let mut prefix = rest
+        .iter()
+        .map(|d| common(first.as_bytes(), d.as_bytes()))
+        .min()
+        .unwrap_or(0);
+    while !first.is_char_boundary(prefix) {
+        prefix -= 1;
+    }
+    let shortest = details.iter().map(String::len).min().unwrap_or(0);
+    let head = ["; ", ": "]
+        .iter()
+        .filter_map(|sep| first[..prefix].rfind(sep).map(|at| at + sep.len()))
+        .max()
+        .unwrap_or(0);
+    let rev = |d: &str| d.bytes().rev().collect::<Vec<u8>>();
+    let first_rev = rev(first);
+    let suffix = rest
+        .iter()
+        .map(|d| common(&first_rev, &rev(d)))
+        .min()
+        .unwrap_or(0)
+        .min(shortest - head);
+    let mut from = first.len() - suffix;
+    while !first.is_char_boundary(from) {
+        from += 1;
+    }
+    let tail = ["; ", ": "]
+        .iter()
+        .filter_map(|sep| first[from..].find(sep).map(|at| first.len() - (from + at)))
+        .max()
+        .unwrap_or(0);
+    (head, tail)
+}
+
 /// The group a user who needs action is listed under: reason code for blocked, Graph error code
 /// for failed.
 fn group_key(i: &ItemRecord) -> (u8, String) {
@@ -367,8 +418,20 @@ fn attention_section(s: &Summary) -> Markup {
                     None => format!("Failed at Graph: {code}"),
                 };
                 @let failed = *failed == 1;
+                @let details: Vec<String> = members.iter().map(|i| item_detail(i)).collect();
+                @let (head, tail) = shared_detail(&details);
                 h3 { (t(state_label(first.state, mode))) " — " (t(&title)) " (" (thousands(members.len() as u64)) ")" } (NL)
                 p { strong { "Fix:" } " " (t(item_fix(first))) } (NL)
+                @if head + tail > 0 {
+                    @let d = &details[0];
+                    p.note {
+                        @if head == d.len() {
+                            "Every user's detail below: " (t(d))
+                        } @else {
+                            "Every user's detail below reads “" (t(&d[..head])) "…" (t(&d[d.len() - tail..])) "”, the row giving the “…”."
+                        }
+                    } (NL)
+                }
                 table class="users sortable" {
                     colgroup {
                         col.line; col.user; col.oid; col.mail; col;
@@ -383,13 +446,13 @@ fn attention_section(s: &Summary) -> Markup {
                     }
                     tbody {
                         (NL)
-                        @for i in members {
+                        @for (i, d) in members.iter().zip(&details) {
                             tr class=(i.state.as_str()) data-item=(i.id) data-reason=(t(&item_reason(i))) {
                                 td.n { @if let Some(l) = i.line { (l) } }
                                 td { (user_cell(i)) }
                                 td { (opt(&i.user_id)) }
                                 td { (opt(&i.external_email)) }
-                                td { (t(&item_detail(i))) }
+                                td { (t(&d[head..d.len() - tail])) }
                                 @if failed { td { (opt(&i.request_id)) } }
                             }
                             (NL)
