@@ -211,6 +211,26 @@ impl Queue {
         })
     }
 
+    /// A second, read-only connection to a database this process already opened with
+    /// [`Queue::open`] (so it exists and is migrated): the progress bar's once-a-second counts
+    /// read through it, beside the writer, as WAL allows, and can never write by mistake.
+    pub fn open_read_only(path: &Path) -> Result<Queue> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| sqlite_err(path, e))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(|e| sqlite_err(path, e))?;
+        Ok(Queue {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+            log: Mutex::new(log::LogBuffer::default()),
+            fence: Mutex::new(None),
+            writes: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
     /// Opens an existing database only; reading commands must not create one by accident.
     pub fn open_existing(path: &Path) -> Result<Queue> {
         if !path.exists() {
@@ -651,6 +671,21 @@ mod tests {
             vec![(ItemState::Blocked, 1), (ItemState::Pending, 9)]
         );
         assert_eq!(q.state_counts(run).unwrap(), counted(&q, run));
+    }
+
+    /// The progress bar's connection reads what the writer committed and refuses to write.
+    #[test]
+    fn a_read_only_queue_reads_beside_the_writer_and_never_writes() {
+        let (_d, q) = queue();
+        let run = csv_run(&q);
+        q.insert_items(run, &[row(2, Some(UserKey::Id("a".into())), None)], None)
+            .unwrap();
+        let ro = Queue::open_read_only(q.path()).unwrap();
+        assert_eq!(ro.state_counts(run).unwrap(), vec![(ItemState::Pending, 1)]);
+        assert!(ro.set_run_status(run, RunStatus::Finished).is_err());
+        let id = q.pending_items(run, 0, 1).unwrap()[0].id;
+        q.record_lookup(id, None).unwrap();
+        assert_eq!(ro.state_counts(run).unwrap(), vec![(ItemState::Blocked, 1)]);
     }
 
     #[test]
