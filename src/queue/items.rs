@@ -33,7 +33,7 @@ pub enum ItemWrite {
     StepDone(&'static str),
     /// [`Queue::record_converted`].
     Converted {
-        invitation: Option<Invitation>,
+        invitation: Option<Box<Invitation>>,
         trace: Trace,
     },
     /// [`Queue::record_failed`].
@@ -333,7 +333,7 @@ impl Queue {
             ItemWrite::Converted { invitation, trace } => self.converted_on(
                 conn,
                 item_id,
-                invitation.as_ref(),
+                invitation.as_deref(),
                 trace.request_id.as_deref(),
                 trace.client_request_id.as_deref(),
             ),

@@ -258,7 +258,7 @@ fn item_write(it: &mut ConvertItem, write: Write) -> anyhow::Result<Option<ItemW
         Write::StepDone(step) => it.has_steps.then(|| ItemWrite::StepDone(step.as_str())),
         Write::Done(meta) => {
             let (invitation, meta) = match it.invitation.take() {
-                Some(t) => (Some(t.value), Some(t.meta)),
+                Some(t) => (Some(Box::new(t.value)), Some(t.meta)),
                 None => (None, meta),
             };
             let mut trace = trace(meta.as_ref());
