@@ -185,7 +185,10 @@ impl Progress {
         let (stop, rx) = mpsc::channel::<()>();
         let tally = self.tally.clone();
         let bar = self.bar.clone();
-        let q = queue.clone();
+        // Its own read-only connection: the counts never wait on the workers' writes.
+        let q = Queue::open_read_only(queue.path())
+            .map(Arc::new)
+            .unwrap_or_else(|_| queue.clone());
         let thread = std::thread::Builder::new()
             .name("progress".into())
             .spawn(move || {

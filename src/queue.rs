@@ -6,7 +6,8 @@
 //! leave (`… WHERE id = ? AND state = ?`) and fail loudly when the row moved under them.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::Connection;
 use rusqlite_migration::{Migrations, M};
@@ -37,6 +38,7 @@ mod select;
 mod steps;
 
 pub use facts::{AddressSource, RoundLink, SyncState, UserChange};
+pub use items::{ItemWrite, Trace};
 pub use lease::{
     host_name, pid_alive, stale_after, Holder, LeaseCheck, LeaseRow, RunLease, HEARTBEAT_EVERY,
     LEASE_STALE_ENV, STALE_AFTER,
@@ -104,6 +106,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../migrations/0009_run_tenant_plan.sql")),
         M::up(include_str!("../migrations/0010_backout.sql")),
         M::up(include_str!("../migrations/0011_retire.sql")),
+        M::up(include_str!("../migrations/0012_run_counts.sql")),
     ])
 }
 
@@ -141,6 +144,9 @@ pub struct Queue {
     /// The lease this process holds (run id, token), set when it takes one: every write to the
     /// run's items names the token, so a holder that lost the lease changes nothing.
     fence: Mutex<Option<(i64, String)>>,
+    /// Write transactions committed on this connection (SQLite's commit hook), so tests and the
+    /// bench count what a converted user costs instead of timing it.
+    writes: Arc<AtomicU64>,
 }
 
 /// The condition a fenced write adds, `?{run}`/`?{token}` being the bound fence: true when the
@@ -190,11 +196,39 @@ impl Queue {
                 path: path.to_path_buf(),
                 message: e.to_string(),
             })?;
+        let writes = Arc::new(AtomicU64::new(0));
+        let counter = writes.clone();
+        conn.commit_hook(Some(move || {
+            counter.fetch_add(1, Ordering::Relaxed);
+            false
+        }))
+        .map_err(|e| sqlite_err(path, e))?;
         Ok(Queue {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
             log: Mutex::new(log::LogBuffer::default()),
             fence: Mutex::new(None),
+            writes,
+        })
+    }
+
+    /// A second, read-only connection to a database this process already opened with
+    /// [`Queue::open`] (so it exists and is migrated): the progress bar's once-a-second counts
+    /// read through it, beside the writer, as WAL allows, and can never write by mistake.
+    pub fn open_read_only(path: &Path) -> Result<Queue> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| sqlite_err(path, e))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(|e| sqlite_err(path, e))?;
+        Ok(Queue {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+            log: Mutex::new(log::LogBuffer::default()),
+            fence: Mutex::new(None),
+            writes: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -211,6 +245,12 @@ impl Queue {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Write transactions this queue has committed since it was opened (the lease heartbeat's
+    /// own connection not included): what a step costs, counted rather than timed.
+    pub fn write_transactions(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -510,6 +550,143 @@ mod tests {
             mail: Some(format!("{id}@fabrikam.com")),
             ..Default::default()
         }
+    }
+
+    /// The run's counts as `count(*)` over its items: the reference `run_counts` must equal.
+    fn counted(q: &Queue, run: i64) -> Vec<(ItemState, u64)> {
+        let conn = q.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT state, count(*) FROM items WHERE run_id = ?1 GROUP BY state ORDER BY state",
+            )
+            .unwrap();
+        let rows = stmt
+            .query_map([run], |r| {
+                Ok((r.get::<_, ItemState>(0)?, r.get::<_, i64>(1)? as u64))
+            })
+            .unwrap();
+        rows.map(|r| r.unwrap()).collect()
+    }
+
+    /// Every state change the queue makes, in a bounded random order over two runs, keeps the
+    /// trigger-kept `run_counts` equal to `count(*)` after each change: a change refused because
+    /// the item is elsewhere changes neither.
+    #[test]
+    fn run_counts_equal_count_star_over_random_transitions() {
+        let (_d, q) = queue();
+        let runs = [csv_run(&q), csv_run(&q)];
+        for (r, run) in runs.iter().enumerate() {
+            let rows: Vec<NewItem> = (0..120)
+                .map(|i| {
+                    let mut row = row(i + 2, Some(UserKey::Id(format!("u{r}-{}", i % 110))), None);
+                    if i == 5 {
+                        row.bad_input = Some(format!("line {}: no key", i + 2));
+                    }
+                    row
+                })
+                .collect();
+            q.insert_items(*run, &rows, None).unwrap();
+            q.finish_ingest(*run).unwrap();
+            assert_eq!(q.state_counts(*run).unwrap(), counted(&q, *run));
+        }
+        let ids: Vec<i64> = runs
+            .iter()
+            .flat_map(|r| q.items(*r).unwrap().into_iter().map(|i| i.id))
+            .collect();
+        // A fixed-seed xorshift: the same transitions on every run of the test.
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut changed = 0;
+        let mut seen = std::collections::BTreeSet::new();
+        for step in 0..3_000 {
+            let id = ids[next(ids.len() as u64) as usize];
+            let u = user(&format!("x{id}"));
+            let done = match next(9) {
+                0 => q.record_lookup(id, Some(&u)).map(drop),
+                1 => q.record_lookup(id, None).map(drop),
+                2 => q.record_verdict(id, ItemState::WouldConvert, None, None, None),
+                3 => q.record_verdict(id, ItemState::Skipped, Some(Reason::AlreadyB2b), None, None),
+                4 => q.mark_in_flight(id, "a@fabrikam.com"),
+                5 => q.charge_attempt(id),
+                6 => q.record_converted(id, None, None, None),
+                7 => q.record_failed(id, "BadRequest", "no", None, None),
+                _ => q.back_to_pending(id),
+            };
+            changed += usize::from(done.is_ok());
+            if step % 20 == 19 {
+                for run in runs {
+                    q.requeue_failed(run).unwrap();
+                }
+            }
+            for run in runs {
+                let counts = q.state_counts(run).unwrap();
+                seen.extend(counts.iter().map(|c| c.0));
+                assert_eq!(counts, counted(&q, run), "after step {step}");
+            }
+        }
+        assert!(changed > 200, "the walk changes states ({changed} changes)");
+        assert_eq!(
+            seen.len(),
+            ItemState::ALL.len(),
+            "every state reached: {seen:?}"
+        );
+        let c = q.counts(runs[0]).unwrap();
+        assert_eq!(c.total, 120);
+        q.discard_run(runs[0]).unwrap();
+        assert!(q.state_counts(runs[0]).unwrap().is_empty());
+        assert_eq!(q.state_counts(runs[1]).unwrap(), counted(&q, runs[1]));
+    }
+
+    /// A database written before migration 0012 gets its counts computed once when it is
+    /// opened, and kept from then on.
+    #[test]
+    fn an_older_database_is_counted_once_by_the_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let run = {
+            let q = Queue::open(&path).unwrap();
+            let run = csv_run(&q);
+            let rows: Vec<NewItem> = (0..10)
+                .map(|i| row(i + 2, Some(UserKey::Id(format!("u{i}"))), None))
+                .collect();
+            q.insert_items(run, &rows, None).unwrap();
+            let id = q.pending_items(run, 0, 1).unwrap()[0].id;
+            q.record_lookup(id, None).unwrap();
+            q.conn()
+                .execute_batch(
+                    "DROP TRIGGER items_count_insert; DROP TRIGGER items_count_delete;
+                     DROP TRIGGER items_count_update; DROP TABLE run_counts;
+                     PRAGMA user_version = 11;",
+                )
+                .unwrap();
+            run
+        };
+        let q = Queue::open(&path).unwrap();
+        assert_eq!(
+            q.state_counts(run).unwrap(),
+            vec![(ItemState::Blocked, 1), (ItemState::Pending, 9)]
+        );
+        assert_eq!(q.state_counts(run).unwrap(), counted(&q, run));
+    }
+
+    /// The progress bar's connection reads what the writer committed and refuses to write.
+    #[test]
+    fn a_read_only_queue_reads_beside_the_writer_and_never_writes() {
+        let (_d, q) = queue();
+        let run = csv_run(&q);
+        q.insert_items(run, &[row(2, Some(UserKey::Id("a".into())), None)], None)
+            .unwrap();
+        let ro = Queue::open_read_only(q.path()).unwrap();
+        assert_eq!(ro.state_counts(run).unwrap(), vec![(ItemState::Pending, 1)]);
+        assert!(ro.set_run_status(run, RunStatus::Finished).is_err());
+        let id = q.pending_items(run, 0, 1).unwrap()[0].id;
+        q.record_lookup(id, None).unwrap();
+        assert_eq!(ro.state_counts(run).unwrap(), vec![(ItemState::Blocked, 1)]);
     }
 
     #[test]

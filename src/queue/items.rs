@@ -5,6 +5,47 @@ use rusqlite::{params, OptionalExtension, Row, TransactionBehavior};
 
 use super::*;
 
+/// The request and client-request ids of the answer a write records, when there was one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Trace {
+    pub request_id: Option<String>,
+    pub client_request_id: Option<String>,
+}
+
+/// One write of an item's step bookkeeping, for [`Queue::item_writes`]: each is what the
+/// method of the same purpose writes on its own.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ItemWrite {
+    /// [`Queue::mark_in_flight`], and the step on the wire when the item has a step checkpoint.
+    InFlight {
+        email: String,
+        step: Option<&'static str>,
+    },
+    /// [`Queue::charge_attempt`].
+    Charge,
+    /// [`Queue::note_error`].
+    NoteError {
+        code: String,
+        message: String,
+        trace: Trace,
+    },
+    /// [`Queue::step_done`].
+    StepDone(&'static str),
+    /// [`Queue::record_converted`].
+    Converted {
+        invitation: Option<Box<Invitation>>,
+        trace: Trace,
+    },
+    /// [`Queue::record_failed`].
+    Failed {
+        code: String,
+        message: String,
+        trace: Trace,
+    },
+    /// [`Queue::back_to_pending`].
+    BackToPending,
+}
+
 impl Queue {
     // ---- work -----------------------------------------------------------------------------
 
@@ -227,17 +268,95 @@ impl Queue {
     /// the item's life (reports), the step checkpoint's `attempts` at the current step (what
     /// `--max-attempts` bounds).
     pub fn charge_attempt(&self, item_id: i64) -> Result<()> {
-        self.transition(
-            item_id,
-            &[ItemState::InFlight],
-            "attempts = attempts + 1",
-            params![item_id],
-        )?;
-        self.conn()
-            .prepare_cached("UPDATE item_steps SET attempts = attempts + 1 WHERE item_id = ?1")
-            .and_then(|mut s| s.execute([item_id]))
+        self.item_writes(item_id, &[ItemWrite::Charge])
+    }
+
+    /// Several writes of one item's step bookkeeping in ONE write transaction, in order (issue
+    /// 22: at most two write transactions per step). The executor joins what exactly-once lets
+    /// it join: an attempt's charge, the step done and the next step's checkpoint, or the
+    /// record of the item's end. Each write is fenced and state-guarded as on its own; the
+    /// first one refused rolls all of them back.
+    pub fn item_writes(&self, item_id: i64, writes: &[ItemWrite]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.err(e))?;
-        Ok(())
+        for write in writes {
+            self.item_write_on(&tx, item_id, write)?;
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    fn item_write_on(&self, conn: &Connection, item_id: i64, write: &ItemWrite) -> Result<()> {
+        match write {
+            ItemWrite::InFlight { email, step } => {
+                self.transition_on(
+                    conn,
+                    item_id,
+                    &[ItemState::Pending, ItemState::InFlight],
+                    "state = ?3, external_email = ?2",
+                    params![item_id, email, ItemState::InFlight],
+                )?;
+                if let Some(step) = step {
+                    self.step_in_flight_on(conn, item_id, step)?;
+                }
+                Ok(())
+            }
+            ItemWrite::Charge => {
+                self.transition_on(
+                    conn,
+                    item_id,
+                    &[ItemState::InFlight],
+                    "attempts = attempts + 1",
+                    params![item_id],
+                )?;
+                conn.prepare_cached(
+                    "UPDATE item_steps SET attempts = attempts + 1 WHERE item_id = ?1",
+                )
+                .and_then(|mut s| s.execute([item_id]))
+                .map_err(|e| self.err(e))?;
+                Ok(())
+            }
+            ItemWrite::NoteError {
+                code,
+                message,
+                trace,
+            } => self.note_error_on(
+                conn,
+                item_id,
+                code,
+                message,
+                trace.request_id.as_deref(),
+                trace.client_request_id.as_deref(),
+            ),
+            ItemWrite::StepDone(step) => self.step_done_on(conn, item_id, step),
+            ItemWrite::Converted { invitation, trace } => self.converted_on(
+                conn,
+                item_id,
+                invitation.as_deref(),
+                trace.request_id.as_deref(),
+                trace.client_request_id.as_deref(),
+            ),
+            ItemWrite::Failed {
+                code,
+                message,
+                trace,
+            } => self.failed_on(
+                conn,
+                item_id,
+                code,
+                message,
+                trace.request_id.as_deref(),
+                trace.client_request_id.as_deref(),
+            ),
+            ItemWrite::BackToPending => self.transition_on(
+                conn,
+                item_id,
+                &[ItemState::InFlight],
+                "state = ?2",
+                params![item_id, ItemState::Pending],
+            ),
+        }
     }
 
     /// The invitation API accepted it; `invitation` is `None` when reconciliation found the user
@@ -249,8 +368,26 @@ impl Queue {
         request_id: Option<&str>,
         client_request_id: Option<&str>,
     ) -> Result<()> {
+        self.converted_on(
+            &self.conn(),
+            item_id,
+            invitation,
+            request_id,
+            client_request_id,
+        )
+    }
+
+    fn converted_on(
+        &self,
+        conn: &Connection,
+        item_id: i64,
+        invitation: Option<&Invitation>,
+        request_id: Option<&str>,
+        client_request_id: Option<&str>,
+    ) -> Result<()> {
         let reconciled = invitation.is_none();
-        self.transition(
+        self.transition_on(
+            conn,
             item_id,
             &[ItemState::InFlight],
             // The redeem URL is bound but kept only when the run asked for it
@@ -286,7 +423,27 @@ impl Queue {
         request_id: Option<&str>,
         client_request_id: Option<&str>,
     ) -> Result<()> {
-        self.transition(
+        self.failed_on(
+            &self.conn(),
+            item_id,
+            code,
+            message,
+            request_id,
+            client_request_id,
+        )
+    }
+
+    fn failed_on(
+        &self,
+        conn: &Connection,
+        item_id: i64,
+        code: &str,
+        message: &str,
+        request_id: Option<&str>,
+        client_request_id: Option<&str>,
+    ) -> Result<()> {
+        self.transition_on(
+            conn,
             item_id,
             &[ItemState::Pending, ItemState::InFlight],
             "state = ?6, error_code = ?2, error_message = ?3,
@@ -312,8 +469,26 @@ impl Queue {
         request_id: Option<&str>,
         client_request_id: Option<&str>,
     ) -> Result<()> {
+        self.note_error_on(
+            &self.conn(),
+            item_id,
+            code,
+            message,
+            request_id,
+            client_request_id,
+        )
+    }
+
+    fn note_error_on(
+        &self,
+        conn: &Connection,
+        item_id: i64,
+        code: &str,
+        message: &str,
+        request_id: Option<&str>,
+        client_request_id: Option<&str>,
+    ) -> Result<()> {
         let (fence_run, fence_token) = self.fence();
-        let conn = self.conn();
         let changed = conn
             .prepare_cached(&format!(
                 "UPDATE items SET error_code = ?2, error_message = ?3,
@@ -336,7 +511,7 @@ impl Queue {
             })
             .map_err(|e| self.err(e))?;
         if changed == 0 {
-            self.check_fence(&conn)?;
+            self.check_fence(conn)?;
         }
         Ok(())
     }
@@ -386,6 +561,18 @@ impl Queue {
         set: &str,
         params: &[&dyn rusqlite::ToSql],
     ) -> Result<()> {
+        self.transition_on(&self.conn(), item_id, from, set, params)
+    }
+
+    /// [`Queue::transition`] on `conn`: the open transaction of a caller that writes more.
+    fn transition_on(
+        &self,
+        conn: &Connection,
+        item_id: i64,
+        from: &[ItemState],
+        set: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> Result<()> {
         let n = params.len();
         let allowed = (0..from.len())
             .map(|k| format!("?{}", n + 2 + k))
@@ -404,7 +591,6 @@ impl Queue {
         bound.extend(from.iter().map(|s| s as &dyn rusqlite::ToSql));
         bound.push(&fence_run);
         bound.push(&fence_token);
-        let conn = self.conn();
         let changed = conn
             .prepare_cached(&sql)
             .and_then(|mut s| s.execute(bound.as_slice()))
@@ -412,7 +598,7 @@ impl Queue {
         if changed == 1 {
             return Ok(());
         }
-        self.check_fence(&conn)?;
+        self.check_fence(conn)?;
         let actual: Option<ItemState> = conn
             .prepare_cached("SELECT state FROM items WHERE id = ?1")
             .and_then(|mut s| s.query_row([item_id], |r| r.get(0)).optional())

@@ -104,13 +104,15 @@ impl Queue {
             counts.states.insert(s.as_str().to_string(), 0);
         }
         let mut stmt = conn
-            .prepare_cached("SELECT state, count(*) FROM items WHERE run_id = ?1 GROUP BY state")
+            .prepare_cached("SELECT state, n FROM run_counts WHERE run_id = ?1 AND n > 0")
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([run_id], |r| {
                 Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
             })
             .map_err(|e| self.err(e))?;
+        // The states' counts are the trigger-kept `run_counts` rows (migration 0012), not a
+        // count over the run's items.
         for row in rows {
             let (state, n) = row.map_err(|e| self.err(e))?;
             counts.total += n as u64;

@@ -140,6 +140,7 @@ impl Queue {
         for sql in [
             "DELETE FROM requests WHERE run_id = ?1",
             "DELETE FROM items WHERE run_id = ?1",
+            "DELETE FROM run_counts WHERE run_id = ?1",
             "DELETE FROM run_leases WHERE run_id = ?1",
             "DELETE FROM runs WHERE id = ?1",
         ] {

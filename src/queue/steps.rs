@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{now, Queue, Result};
 
@@ -98,12 +98,25 @@ impl Queue {
     /// Notes which step is about to go on the wire (before `mark_in_flight`), fenced by the
     /// lease.
     pub fn step_in_flight(&self, item_id: i64, step: &str) -> Result<()> {
-        self.fenced_step_write(item_id, "in_flight = ?2", step)
+        self.step_in_flight_on(&self.conn(), item_id, step)
+    }
+
+    pub(super) fn step_in_flight_on(
+        &self,
+        conn: &Connection,
+        item_id: i64,
+        step: &str,
+    ) -> Result<()> {
+        self.fenced_step_write(conn, item_id, "in_flight = ?2", step)
     }
 
     /// Checkpoints a step as done (answered, or shown done by a re-read); the next step starts
     /// with no attempts made. Fenced by the lease.
     pub fn step_done(&self, item_id: i64, step: &str) -> Result<()> {
+        self.step_done_on(&self.conn(), item_id, step)
+    }
+
+    pub(super) fn step_done_on(&self, conn: &Connection, item_id: i64, step: &str) -> Result<()> {
         let column = match step {
             "set_mail" => "mail_set_at",
             "invite" => "invited_at",
@@ -111,6 +124,7 @@ impl Queue {
             other => unreachable!("unknown step {other}"),
         };
         self.fenced_step_write(
+            conn,
             item_id,
             &format!("{column} = coalesce({column}, ?2), in_flight = NULL, attempts = 0"),
             &now(),
@@ -119,9 +133,14 @@ impl Queue {
 
     /// One `UPDATE item_steps SET {set}` (binding `value` as `?2`) that changes nothing unless
     /// the lease this process holds is still its own.
-    fn fenced_step_write(&self, item_id: i64, set: &str, value: &str) -> Result<()> {
+    fn fenced_step_write(
+        &self,
+        conn: &Connection,
+        item_id: i64,
+        set: &str,
+        value: &str,
+    ) -> Result<()> {
         let (fence_run, fence_token) = self.fence();
-        let conn = self.conn();
         let changed = conn
             .prepare_cached(&format!(
                 "UPDATE item_steps SET {set} WHERE item_id = ?1 AND {}",
@@ -130,7 +149,7 @@ impl Queue {
             .and_then(|mut s| s.execute(params![item_id, value, fence_run, fence_token]))
             .map_err(|e| self.err(e))?;
         if changed == 0 {
-            self.check_fence(&conn)?;
+            self.check_fence(conn)?;
         }
         Ok(())
     }

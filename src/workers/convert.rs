@@ -9,9 +9,9 @@ use crate::graph::{GraphClient, GraphError, ResponseMeta, Traced};
 use crate::item::{ItemRecord, RunOptions};
 use crate::model::{Invitation, InvitationRequest};
 use crate::progress::Progress;
-use crate::queue::{Queue, StepRow};
+use crate::queue::{ItemWrite, Queue, StepRow, Trace};
 
-use super::executor::{reread_error, PassOps};
+use super::executor::{reread_error, PassOps, Write};
 use super::planner::{Checkpoint, ItemPlan, Reread, Step};
 
 /// One user being converted.
@@ -202,6 +202,28 @@ impl PassOps for ConvertOps {
         Ok(())
     }
 
+    /// The convert pass's rows are one item and its step checkpoint: every batch the executor
+    /// hands over is one write transaction (`Queue::item_writes`), and the bar moves on (the
+    /// user's outcome read back for the log) on the same blocking thread.
+    async fn record(&self, it: &mut ConvertItem, writes: Vec<Write>) -> anyhow::Result<()> {
+        let id = it.item.id;
+        let mut ended = false;
+        let mut rows = Vec::with_capacity(writes.len());
+        for write in writes {
+            ended |= matches!(write, Write::Done(_) | Write::Failed { .. });
+            rows.extend(item_write(it, write)?);
+        }
+        let progress = self.progress.clone();
+        db(&self.queue, move |q| {
+            q.item_writes(id, &rows)?;
+            if ended {
+                progress.item_done(q, id);
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn record_skipped(&self, it: &ConvertItem, why: &str) -> anyhow::Result<()> {
         // The convert pass's re-reads never say "moot" (a user that vanished is `NotDone`): a
         // skip here is a bug, and the item stays as it is for `resume` rather than guessed at.
@@ -210,6 +232,56 @@ impl PassOps for ConvertOps {
             it.item.id
         )
     }
+}
+
+/// The queue row write of one executor write (`None`: the item has no step checkpoint to mark).
+fn item_write(it: &mut ConvertItem, write: Write) -> anyhow::Result<Option<ItemWrite>> {
+    let trace = |meta: Option<&ResponseMeta>| Trace {
+        request_id: meta.and_then(|m| m.request_id.clone()),
+        client_request_id: meta.map(|m| m.client_request_id.clone()),
+    };
+    Ok(match write {
+        Write::Checkpoint(step) => Some(ItemWrite::InFlight {
+            email: it.email.clone(),
+            step: it.has_steps.then(|| step.as_str()),
+        }),
+        Write::Charge => Some(ItemWrite::Charge),
+        Write::NoteUnknown {
+            code,
+            message,
+            meta,
+        } => Some(ItemWrite::NoteError {
+            code,
+            message,
+            trace: trace(Some(&meta.unwrap_or_default())),
+        }),
+        Write::StepDone(step) => it.has_steps.then(|| ItemWrite::StepDone(step.as_str())),
+        Write::Done(meta) => {
+            let (invitation, meta) = match it.invitation.take() {
+                Some(t) => (Some(Box::new(t.value)), Some(t.meta)),
+                None => (None, meta),
+            };
+            let mut trace = trace(meta.as_ref());
+            if invitation.is_none() {
+                trace.client_request_id = None;
+            }
+            Some(ItemWrite::Converted { invitation, trace })
+        }
+        Write::BackToPending => Some(ItemWrite::BackToPending),
+        Write::Failed {
+            code,
+            message,
+            meta,
+        } => Some(ItemWrite::Failed {
+            code,
+            message,
+            trace: trace(meta.as_ref()),
+        }),
+        Write::Skipped(why) => anyhow::bail!(
+            "item {}: the convert pass has no skipped outcome ({why}); stopping",
+            it.item.id
+        ),
+    })
 }
 
 /// Reads the user back: did `step` (towards `email`) take effect?
@@ -254,4 +326,126 @@ where
     Ok(tokio::task::spawn_blocking(move || f(&queue))
         .await
         .context("a database task panicked")??)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::emulator::{EmulatorConfig, Tenant};
+    use crate::graph::{Credentials, GraphConfig, Limiter};
+    use crate::item::{ItemState, NewItem, Overrides, RunMode, SourceSpec, UserKey};
+    use crate::workers::executor::{work_item, Settled};
+
+    /// Write transactions one converted user costs, per combination of `--set-mail` and
+    /// `--set-guest`, counted by the queue's commit hook against the emulator: the checkpoint
+    /// before the first request, then one transaction per answered step holding its charge, its
+    /// done mark and the next step's checkpoint or the user's end. At most two per step.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_converted_user_costs_at_most_two_write_transactions_per_step() {
+        let tenant = Tenant::generate(60, 7);
+        let users: Vec<crate::model::User> = tenant
+            .users
+            .iter()
+            .filter(|u| {
+                u.user_type.as_deref() == Some("Member")
+                    && u.mail.is_some()
+                    && u.external_user_state.is_none()
+                    && u.on_premises_sync_enabled.is_none()
+                    && u.on_premises_user_principal_name.is_none()
+                    && u.account_enabled == Some(true)
+                    && !u.has_enabled_exchange_plan()
+            })
+            .take(4)
+            .cloned()
+            .collect();
+        assert_eq!(users.len(), 4, "four convertible members");
+        let emu =
+            crate::emulator::start(EmulatorConfig::new(tenant), "127.0.0.1:0".parse().unwrap())
+                .await
+                .unwrap();
+        let env: HashMap<String, String> = emu.client_env().into_iter().collect();
+        let credentials = Credentials::from_lookup(|k| env.get(k).cloned()).unwrap();
+        let base = emu.base_url();
+        let graph = GraphClient::new(
+            GraphConfig::new(&base, &base, credentials),
+            Limiter::new(1000.0),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Arc::new(Queue::open(&dir.path().join("q.db")).unwrap());
+        let options = RunOptions::default();
+        let run = queue
+            .create_run(
+                &SourceSpec::Csv {
+                    path: "u.csv".into(),
+                },
+                RunMode::Live,
+                &options,
+                None,
+                &base,
+            )
+            .unwrap();
+        let ops = ConvertOps {
+            queue: queue.clone(),
+            graph,
+            progress: Arc::new(Progress::new("test", 4)),
+        };
+        // (set mail, set guest) → write transactions, steps.
+        let cases = [
+            ((false, false), 2, 1),
+            ((false, true), 3, 2),
+            ((true, false), 3, 2),
+            ((true, true), 4, 3),
+        ];
+        for (k, ((set_mail, set_guest), want, steps)) in cases.into_iter().enumerate() {
+            let user = &users[k];
+            let row = NewItem {
+                line: Some(k as u64 + 2),
+                key: Some(UserKey::Id(user.id.clone())),
+                external_email: None,
+                overrides: Overrides::default(),
+                bad_input: None,
+                snapshot: None,
+            };
+            queue.insert_items(run, &[row], None).unwrap();
+            let item = queue.pending_items(run, 0, 1).unwrap().remove(0);
+            queue.record_lookup(item.id, Some(user)).unwrap();
+            let email = match set_mail {
+                true => format!("partner{k}@fabrikam.example"),
+                false => user.mail.clone().unwrap(),
+            };
+            if set_mail || set_guest {
+                let from = user.mail.as_deref();
+                queue
+                    .plan_steps(
+                        item.id,
+                        set_mail.then_some((from, email.as_str())),
+                        set_guest,
+                    )
+                    .unwrap();
+            }
+            let item = queue.item(item.id).unwrap().unwrap();
+            let (mut it, mut plan) = ConvertItem::load(&queue, item, email, &options)
+                .await
+                .unwrap();
+            let before = queue.write_transactions();
+            let settled = work_item(&ops, &mut it, &mut plan, || false).await.unwrap();
+            let spent = queue.write_transactions() - before;
+            assert_eq!(settled, Settled::Recorded);
+            let done = queue.item(it.item.id).unwrap().unwrap();
+            assert_eq!(
+                done.state,
+                ItemState::Converted,
+                "{set_mail} {set_guest}: {done:?}"
+            );
+            assert_eq!(
+                done.attempts as usize, steps,
+                "one charged request per step"
+            );
+            assert_eq!(spent, want, "set_mail {set_mail}, set_guest {set_guest}");
+            assert!(spent <= 2 * steps as u64);
+        }
+    }
 }

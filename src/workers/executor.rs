@@ -105,6 +105,74 @@ pub trait PassOps: Sync {
         item: &Self::Item,
         why: &str,
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// Records `writes`, in order, in as few write transactions as the pass's queue rows allow
+    /// (the executor hands over what exactly-once lets it join: an attempt's charge with the
+    /// step's result, a step done with the next step's checkpoint or the item's end). A pass
+    /// whose rows can be written together overrides this with one transaction; by default
+    /// each write is its own, through the methods above, in the same order.
+    fn record(
+        &self,
+        item: &mut Self::Item,
+        writes: Vec<Write>,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send {
+        async move {
+            for write in writes {
+                match write {
+                    Write::Checkpoint(step) => self.checkpoint(item, step).await?,
+                    Write::Charge => self.charge(item).await?,
+                    Write::NoteUnknown {
+                        code,
+                        message,
+                        meta,
+                    } => {
+                        self.note_unknown(item, &code, &message, meta.as_ref())
+                            .await?
+                    }
+                    Write::StepDone(step) => self.step_done(item, step).await?,
+                    Write::Done(meta) => self.record_done(item, meta).await?,
+                    Write::BackToPending => self.back_to_pending(item).await?,
+                    Write::Failed {
+                        code,
+                        message,
+                        meta,
+                    } => self.record_failed(item, &code, &message, meta).await?,
+                    Write::Skipped(why) => self.record_skipped(item, &why).await?,
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// One queue write the executor asks of a pass: [`PassOps::record`] gets them in order, a few
+/// at a time.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// [`PassOps::checkpoint`].
+    Checkpoint(Step),
+    /// [`PassOps::charge`].
+    Charge,
+    /// [`PassOps::note_unknown`].
+    NoteUnknown {
+        code: String,
+        message: String,
+        meta: Option<ResponseMeta>,
+    },
+    /// [`PassOps::step_done`].
+    StepDone(Step),
+    /// [`PassOps::record_done`].
+    Done(Option<ResponseMeta>),
+    /// [`PassOps::back_to_pending`].
+    BackToPending,
+    /// [`PassOps::record_failed`].
+    Failed {
+        code: String,
+        message: String,
+        meta: Option<ResponseMeta>,
+    },
+    /// [`PassOps::record_skipped`].
+    Skipped(String),
 }
 
 /// Reduces a Graph failure of `step`'s request to what the planner decides on.
@@ -165,6 +233,13 @@ macro_rules! fenced {
 
 /// Works one item through its pass's steps until it leaves the executor. `stopping` is asked
 /// before each decision that depends on it (Ctrl-C, another item's stop).
+///
+/// Writes are gathered and recorded together right before the next thing that needs them
+/// on disk: a request (its checkpoint must be committed first), a re-read, a pause, or the
+/// item leaving the executor. So an accepted step costs its checkpoint and one transaction
+/// holding its charge, its done mark and the next step's checkpoint (or the item's end): a
+/// process killed in between leaves the item `in_flight` at the step, which `resume` re-reads
+/// as it would after a kill just before the charge.
 pub async fn work_item<P: PassOps>(
     ops: &P,
     item: &mut P::Item,
@@ -172,11 +247,21 @@ pub async fn work_item<P: PassOps>(
     stopping: impl Fn() -> bool + Sync,
 ) -> anyhow::Result<Settled> {
     let mut last_meta: Option<ResponseMeta> = None;
+    let mut writes: Vec<Write> = Vec::new();
     let mut action = plan.start();
+    // Records the gathered writes in one call; a refusal by the lease stops the pass.
+    macro_rules! flush {
+        () => {
+            if !writes.is_empty() {
+                fenced!(ops.record(item, std::mem::take(&mut writes)));
+            }
+        };
+    }
     loop {
         action = match action {
             Action::Send(step) => {
-                fenced!(ops.checkpoint(item, step));
+                writes.push(Write::Checkpoint(step));
+                flush!();
                 let answer = match ops.send(item, step).await {
                     Ok(meta) => {
                         last_meta = Some(meta);
@@ -188,14 +273,20 @@ pub async fn work_item<P: PassOps>(
                     }
                 };
                 if super::planner::charges_attempt(&answer) {
-                    fenced!(ops.charge(item));
+                    writes.push(Write::Charge);
                 }
                 if let Answer::Unknown { code, message } = &answer {
-                    fenced!(ops.note_unknown(item, code, message, last_meta.as_ref()));
+                    writes.push(Write::NoteUnknown {
+                        code: code.clone(),
+                        message: message.clone(),
+                        meta: last_meta.clone(),
+                    });
                 }
                 plan.answered(step, answer, stopping())
             }
             Action::Reread(step) => {
+                // The charge (and the unknown answer) are on disk before the wait for Graph.
+                flush!();
                 let seen = ops.reread(item, step).await;
                 plan.reread(step, &seen, stopping())
             }
@@ -203,31 +294,41 @@ pub async fn work_item<P: PassOps>(
                 if reconciled {
                     tracing::info!(step = step.as_str(), "answer lost but the step took effect");
                 }
-                fenced!(ops.step_done(item, step));
+                writes.push(Write::StepDone(step));
                 plan.step_done(step)
             }
             Action::RecordDone => {
-                fenced!(ops.record_done(item, last_meta.take()));
+                writes.push(Write::Done(last_meta.take()));
+                flush!();
                 return Ok(Settled::Recorded);
             }
             Action::Retry(step) => {
-                fenced!(ops.back_to_pending(item));
+                writes.push(Write::BackToPending);
+                flush!();
                 tokio::time::sleep(crate::graph::retry::delay(plan.attempts_made())).await;
                 Action::Send(step)
             }
             Action::BackToPending => {
-                fenced!(ops.back_to_pending(item));
+                writes.push(Write::BackToPending);
+                flush!();
                 return Ok(Settled::Recorded);
             }
             Action::Fail { code, message } => {
-                fenced!(ops.record_failed(item, &code, &message, last_meta.take()));
+                writes.push(Write::Failed {
+                    code,
+                    message,
+                    meta: last_meta.take(),
+                });
+                flush!();
                 return Ok(Settled::Recorded);
             }
             Action::Skip { why } => {
-                fenced!(ops.record_skipped(item, &why));
+                writes.push(Write::Skipped(why));
+                flush!();
                 return Ok(Settled::Recorded);
             }
             Action::LeaveInFlight => {
+                flush!();
                 // Unknown and unknowable for now: never resend blind. The next process reconciles.
                 tracing::warn!("cannot re-read user; item stays in flight");
                 return Ok(Settled::Unresolved);
@@ -237,8 +338,9 @@ pub async fn work_item<P: PassOps>(
                 item: leave,
             } => {
                 if leave == Leave::Pending {
-                    fenced!(ops.back_to_pending(item));
+                    writes.push(Write::BackToPending);
                 }
+                flush!();
                 return Ok(Settled::Stopped(reason));
             }
         };
@@ -266,19 +368,32 @@ pub async fn reconcile_item<P: PassOps>(
             plan.resumed(step, seen.as_ref())
         }
     };
+    // The step shown done and what follows from it are recorded together.
+    let mut writes = Vec::new();
     if let Action::StepDone { step, .. } = action {
-        fenced!(ops.step_done(item, step));
+        writes.push(Write::StepDone(step));
         action = plan.resumed_step_done(step);
     }
-    match action {
-        Action::RecordDone => fenced!(ops.record_done(item, None)),
-        Action::BackToPending => fenced!(ops.back_to_pending(item)),
-        Action::Skip { why } => fenced!(ops.record_skipped(item, &why)),
-        Action::Fail { code, message } => fenced!(ops.record_failed(item, &code, &message, None)),
-        Action::StopRun { reason, .. } => return Ok(Settled::Stopped(reason)),
+    let (end, settled) = match action {
+        Action::RecordDone => (Some(Write::Done(None)), Settled::Recorded),
+        Action::BackToPending => (Some(Write::BackToPending), Settled::Recorded),
+        Action::Skip { why } => (Some(Write::Skipped(why)), Settled::Recorded),
+        Action::Fail { code, message } => (
+            Some(Write::Failed {
+                code,
+                message,
+                meta: None,
+            }),
+            Settled::Recorded,
+        ),
+        Action::StopRun { reason, .. } => (None, Settled::Stopped(reason)),
         other => unreachable!("the planner never plans {other:?} at resume"),
+    };
+    writes.extend(end);
+    if !writes.is_empty() {
+        fenced!(ops.record(item, writes));
     }
-    Ok(Settled::Recorded)
+    Ok(settled)
 }
 
 /// Why a pass's workers stop: Ctrl-C, or the first reason one of them gave for the whole pass.
