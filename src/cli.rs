@@ -1,4 +1,4 @@
-//! Command-line surface (SPEC.md, "Command line"). Parsing only: each command's behaviour lives in
+//! Command-line surface (docs/usage.md, "Command line"). Parsing only: each command's behaviour lives in
 //! `commands/`.
 
 use std::path::PathBuf;

@@ -1,8 +1,8 @@
-//! Graph's email-address syntax (GRAPH-NOTES.md, invitations): the one rule both the
+//! Graph's email-address syntax (Graph's documentation, invitations): the one rule both the
 //! validator (which blocks a user before anything is sent) and the emulator (which refuses like
 //! Graph) apply, so the tool and its simulated tenant can never disagree about an address.
 
-/// Characters the invitation API refuses in an email's local part (GRAPH-NOTES.md).
+/// Characters the invitation API refuses in an email's local part (Graph's documentation).
 pub const FORBIDDEN_LOCAL: &[char] = &[
     '~', '!', '#', '$', '%', '^', '&', '*', '(', ')', '+', '=', '[', ']', '{', '}', '\\', '/', '|',
     ';', ':', '"', '<', '>', '?', ',',
@@ -10,7 +10,7 @@ pub const FORBIDDEN_LOCAL: &[char] = &[
 
 /// Why `address` cannot be an invitation address, or `None` when it can.
 ///
-/// The rules are the invitation API's (GRAPH-NOTES.md), not RFC 5322: exactly one `@`; a local
+/// The rules are the invitation API's (Graph's documentation), not RFC 5322: exactly one `@`; a local
 /// part without spaces or any of ``~ ! # $ % ^ & * ( ) + = [ ] { } \ / | ; : " < > ? ,``, not
 /// starting or ending with `.` or `-` (`_` is fine anywhere); a domain of at least two
 /// dot-separated labels made of ASCII letters, digits and hyphens, none empty and none starting
@@ -79,7 +79,7 @@ mod tests {
         let table: &[(&str, bool)] = &[
             ("a@x.com", true),
             ("first.last@fabrikam.com", true),
-            // Consecutive dots: GRAPH-NOTES.md forbids only a leading or trailing `.`.
+            // Consecutive dots: Graph's documentation forbids only a leading or trailing `.`.
             ("a..b@x.com", true),
             ("_a_@x.com", true),
             ("a_b-c@x.example", true),

@@ -1,4 +1,4 @@
-//! Exit codes of SPEC.md and the error type that carries one out of a command.
+//! Exit codes of docs/usage.md and the error type that carries one out of a command.
 
 use std::fmt;
 

@@ -1,6 +1,6 @@
 //! The vocabulary of a run: item states, reason codes, run mode, options and the records the
 //! queue stores. Every stage (source, queue, workers, report) speaks these types; the strings
-//! they serialise to are the external contract of SPEC.md and must not change.
+//! they serialise to are the external contract of docs/usage.md and must not change.
 
 use std::fmt;
 use std::str::FromStr;
@@ -117,7 +117,7 @@ impl FromStr for ItemState {
     }
 }
 
-/// Why an item was blocked or skipped (SPEC.md, "Reason codes").
+/// Why an item was blocked or skipped (docs/usage.md, "Reason codes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {

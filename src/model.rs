@@ -24,7 +24,7 @@ pub struct User {
     pub proxy_addresses: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account_enabled: Option<bool>,
-    /// `Member` or `Guest`. Reported, never a reason to block (SPEC.md).
+    /// `Member` or `Guest`. Reported, never a reason to block (docs/usage.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_type: Option<String>,
     /// `PendingAcceptance` or `Accepted` once the user has been invited as B2B.

@@ -71,7 +71,7 @@ pub enum QueueError {
         expected: &'static str,
         actual: String,
     },
-    /// Another live process holds the run's lease (SPEC.md: exit 1, nothing changed).
+    /// Another live process holds the run's lease (docs/usage.md: exit 1, nothing changed).
     #[error("run {run_id} is being worked by pid {pid} on {host} since {since}")]
     Leased {
         run_id: i64,

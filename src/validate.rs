@@ -2,7 +2,7 @@
 //!
 //! Nothing here does I/O. Workers read the user (and, once per run, the tenant's verified domains
 //! and address owners), then ask [`validate`] whether the user can be converted. The checks follow
-//! the newer seed document (`seeds/000_…`) and GRAPH-NOTES.md "Conversion rules"; where the older
+//! the newer seed document (`seeds/000_…`) and Graph's documentation "Conversion rules"; where the older
 //! document (`seeds/001_…`) asked for more, its rule becomes a note or a hint in a detail text,
 //! never a block.
 

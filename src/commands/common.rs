@@ -481,7 +481,7 @@ pub fn read_only(path: Option<&Path>) -> anyhow::Result<Option<Vec<String>>> {
 }
 
 /// Works the run's queue to the end (or Ctrl-C, or a tenant refusal), then prints the status
-/// and writes the report. Returns the exit status of SPEC.md.
+/// and writes the report. Returns the exit status of docs/usage.md.
 pub async fn execute(
     queue: Arc<Queue>,
     lease: &RunLease,

@@ -1,5 +1,5 @@
 //! `scripts RUN_ID --out DIR`: the PowerShell 7 an AD DS or Exchange administrator reviews and
-//! runs for what Graph cannot write (SPEC.md, "What Graph cannot reach"): the on-premises
+//! runs for what Graph cannot write (docs/usage.md, "What Graph cannot reach"): the on-premises
 //! password of converted synced users, the on-premises `mail` of synced users blocked on it, and
 //! the (unsupported) Exchange Online path for mailbox users.
 //!

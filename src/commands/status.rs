@@ -1,4 +1,4 @@
-//! `status`: counts by state and by reason, as a table or one JSON object (SPEC.md).
+//! `status`: counts by state and by reason, as a table or one JSON object (docs/usage.md).
 
 use std::path::Path;
 
@@ -25,7 +25,7 @@ pub fn status(db: &Path, args: StatusArgs) -> anyhow::Result<ExitStatus> {
     Ok(ExitStatus::Success)
 }
 
-/// The machine-readable status object of SPEC.md. Keys are stable; every state is present.
+/// The machine-readable status object of docs/usage.md. Keys are stable; every state is present.
 pub fn status_json(queue: &Queue, run_id: i64) -> anyhow::Result<serde_json::Value> {
     let run = common::pick_run(queue, Some(run_id))?;
     let c = queue.counts(run_id)?;

@@ -1,4 +1,4 @@
-//! The credential side of a converted user, as Graph serves it (GRAPH-NOTES.md, "Passwords,
+//! The credential side of a converted user, as Graph serves it (Graph's documentation, "Passwords,
 //! sessions and directory roles" and "Converting back"): the permission and role checks of a
 //! `passwordProfile` PATCH, Entra's password complexity rules, `revokeSignInSessions`, the beta
 //! `convertExternalToInternalMemberUser`, the two policies that decide how partners redeem, who
@@ -180,7 +180,7 @@ impl Shared {
         )
     }
 
-    /// `POST /beta/users/{id}/convertExternalToInternalMemberUser` (GRAPH-NOTES.md).
+    /// `POST /beta/users/{id}/convertExternalToInternalMemberUser` (Graph's documentation).
     pub(super) fn convert_back(
         &self,
         st: &mut State,

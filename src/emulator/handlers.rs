@@ -7,7 +7,7 @@
 //! - unknown property in the body: `BadRequest` "Invalid property 'x'."; missing required
 //!   property: `BadRequest` "Property 'x' is required.";
 //! - `inviteRedirectUrl` missing or not an absolute http(s) URL: `BadRequest`;
-//! - invalid email syntax (GRAPH-NOTES local-part rules): `BadRequest` "The email address 'x' is
+//! - invalid email syntax (Graph's documented local-part rules): `BadRequest` "The email address 'x' is
 //!   not valid.";
 //! - `@odata.type` naming another type than the object's: `BadRequest` (the SDKs' own
 //!   `#microsoft.graph.invitation`, `#microsoft.graph.user` in `invitedUser`, … are accepted);

@@ -588,7 +588,7 @@ impl Shared {
                 "Directory.ReadWrite.All",
             ],
             Route::ConvertBack(_) => {
-                // Delegated callers need at least User Administrator (GRAPH-NOTES.md); the
+                // Delegated callers need at least User Administrator (Graph's documentation); the
                 // emulator's signed-in user holds Guest Inviter only.
                 if grant.user.is_some()
                     && !grant.holds_role(&[USER_ADMINISTRATOR_ROLE, GLOBAL_ADMINISTRATOR_ROLE])

@@ -1,5 +1,5 @@
 //! The simulated tenant: a loopback HTTP server that behaves like Microsoft Graph and the token
-//! endpoint for the calls this tool makes (SPEC.md, "The emulator"), with Graph-shaped throttling
+//! endpoint for the calls this tool makes (docs/emulator.md), with Graph-shaped throttling
 //! and injectable faults. It shares only `model` with the rest of the crate: its settings are the
 //! plain [`EmulatorConfig`], which the commands fill from their command-line flags.
 //!
@@ -132,7 +132,7 @@ pub fn directory_role_ids(list: &str) -> anyhow::Result<Vec<String>> {
 }
 
 /// Delegated permissions consented when nothing else is said: what the tool's device-code
-/// sign-in needs (SPEC.md, permissions), plus the sign-in scopes every delegated client gets.
+/// sign-in needs (docs/usage.md, permissions), plus the sign-in scopes every delegated client gets.
 pub const DEFAULT_DELEGATED_SCOPES: &str =
     "User.Read,User.Invite.All,User.ReadWrite.All,Domain.Read.All,GroupMember.Read.All,openid,profile,offline_access";
 

@@ -94,7 +94,7 @@ fn wipe(mut bytes: Vec<u8>) {
     std::hint::black_box(&bytes);
 }
 
-/// The body of a conversion back (GRAPH-NOTES.md, "Converting back").
+/// The body of a conversion back (Graph's documentation, "Converting back").
 #[derive(Debug)]
 pub enum ConvertBack<'a> {
     /// Synced from on-premises: no body (a UPN or password is refused).

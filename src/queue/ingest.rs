@@ -161,7 +161,7 @@ impl Queue {
     /// - a user named more than once (same case-folded key) keeps its first row `pending`; every
     ///   later row is blocked `duplicate_user`, "same user as line N" (N: the first row's line);
     /// - then every pending item whose explicit external email is shared with another user of
-    ///   the run is blocked `duplicate_email` (both, per SPEC.md).
+    ///   the run is blocked `duplicate_email` (both, per docs/usage.md).
     ///
     /// Each is one `GROUP BY` over the run's rows (SQLite's external sorter: memory bounded by
     /// its cache whatever the run's size) into a temporary table of the keys or addresses seen

@@ -1,4 +1,4 @@
-//! The run lease: one process at a time works a run (SPEC.md, "Command line").
+//! The run lease: one process at a time works a run (docs/usage.md, "Command line").
 //!
 //! A lease is a row of `run_leases` (holder's pid, host, token, heartbeat). It is taken in one
 //! `BEGIN IMMEDIATE` transaction, so two processes racing for the same run serialise on

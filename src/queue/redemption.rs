@@ -86,7 +86,7 @@ pub(super) const KEEP_LINKS: &str = "coalesce((SELECT json_extract(options, '$.k
     FROM runs WHERE runs.id = items.run_id), 0) = 1";
 
 impl Queue {
-    /// Redemption counts of the run as of the last `track` (SPEC.md, "Machine-readable status").
+    /// Redemption counts of the run as of the last `track` (docs/usage.md, "Machine-readable status").
     pub fn redemption_counts(&self, run_id: i64) -> Result<RedemptionCounts> {
         let conn = self.conn();
         let (pending, accepted, untracked, not_applied): (i64, i64, i64, i64) = conn

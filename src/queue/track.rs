@@ -11,7 +11,7 @@ use crate::item::ItemState;
 pub const ACCEPTED: &str = "Accepted";
 /// `externalUserState` of a user invited but not yet redeemed.
 pub const PENDING_ACCEPTANCE: &str = "PendingAcceptance";
-/// Error code of an item `track` found unchanged after a 201 (SPEC.md, `track`).
+/// Error code of an item `track` found unchanged after a 201 (docs/usage.md, `track`).
 pub const NOT_APPLIED: &str = "NotApplied";
 
 /// A converted item as `track` needs it.

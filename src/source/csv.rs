@@ -1,4 +1,4 @@
-//! The CSV source: streams an administrator's user list (SPEC.md "CSV input") into
+//! The CSV source: streams an administrator's user list (docs/usage.md "CSV input") into
 //! [`NewItem`]s, one row at a time, and checks a file's header before a run is created
 //! ([`check_header`]).
 //!

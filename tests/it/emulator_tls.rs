@@ -1,7 +1,7 @@
 //! `emulator --tls` and the sign-in surface Microsoft's own clients (MSAL, azure-identity) use:
 //! HTTPS with a generated CA, discovery documents and links built on the origin called, HTTP
 //! Basic client authentication, both spellings of Graph's `.default` scope, SHA-1 certificate
-//! thumbprints, and delegated answers whose `scp` is what was consented (GRAPH-NOTES.md, "What
+//! thumbprints, and delegated answers whose `scp` is what was consented (Graph's documentation, "What
 //! Microsoft's own clients expect of the service"). Every client here trusts only the CA the
 //! emulator generated.
 

@@ -1,4 +1,4 @@
-//! The row layer of the CSV reader: what a record means. The header names the columns (SPEC.md
+//! The row layer of the CSV reader: what a record means. The header names the columns (docs/usage.md
 //! "CSV input"); each later record becomes one [`NewItem`], and every problem with it — a
 //! record of the wrong width, a quote that broke it, a field that is not what its column needs —
 //! becomes that item's `bad_input`, naming the file, the line and the field. Blank lines are
@@ -12,7 +12,7 @@ use crate::validate::{email_syntax_error, upn_length_error};
 /// A warning names at most this many columns, then says how many more there are.
 const MAX_NAMED_COLUMNS: usize = 20;
 
-/// The columns SPEC.md defines; header names match them case-insensitively, no aliases.
+/// The columns docs/usage.md defines; header names match them case-insensitively, no aliases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Column {
     Id,
