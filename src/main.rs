@@ -15,6 +15,7 @@ fn main() {
     logging::init(cli.log_format, cli.verbose, cli.quiet);
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_start(b2b_convert::queue::threads::runtime_thread_started)
         .build()
         .map_err(anyhow::Error::from)
         .and_then(|rt| rt.block_on(commands::dispatch(cli)));

@@ -71,7 +71,6 @@ impl Tally {
 struct Watcher {
     stop: mpsc::Sender<()>,
     thread: JoinHandle<()>,
-    queue: Arc<Queue>,
     run_id: i64,
 }
 
@@ -189,6 +188,7 @@ impl Progress {
         let q = Queue::open_read_only(queue.path())
             .map(Arc::new)
             .unwrap_or_else(|_| queue.clone());
+        let summary = self.tally.clone();
         let thread = std::thread::Builder::new()
             .name("progress".into())
             .spawn(move || {
@@ -201,12 +201,14 @@ impl Progress {
                         _ => break,
                     }
                 }
+                // The summary's counts through the writer, which first writes the request
+                // rows it still buffers; here, off the threads that drive the pass.
+                refresh(&queue, run_id, 0, &summary);
             });
         if let Ok(thread) = thread {
             *self.watcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(Watcher {
                 stop,
                 thread,
-                queue,
                 run_id,
             });
         }
@@ -316,7 +318,6 @@ impl Progress {
         if let Some(w) = watcher {
             drop(w.stop);
             let _ = w.thread.join();
-            refresh(&w.queue, w.run_id, 0, &self.tally);
             let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
             let elapsed = self.started.elapsed().as_secs_f64();
             let settled = self.bar.position();

@@ -31,6 +31,7 @@ pub mod report_facts;
 mod resend;
 mod retire;
 mod spans;
+pub mod threads;
 
 pub use log::{LOG_FLUSH_AFTER, LOG_FLUSH_ROWS};
 mod runs;
@@ -38,7 +39,7 @@ mod select;
 mod steps;
 
 pub use facts::{AddressSource, RoundLink, SyncState, UserChange};
-pub use items::{ItemWrite, Trace};
+pub use items::{ItemWrite, Trace, VerdictRecord};
 pub use lease::{
     host_name, pid_alive, stale_after, Holder, LeaseCheck, LeaseRow, RunLease, HEARTBEAT_EVERY,
     LEASE_STALE_ENV, STALE_AFTER,
@@ -254,6 +255,7 @@ impl Queue {
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
+        threads::check();
         // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
         // back on drop), so a poisoned lock is still safe to use.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())

@@ -46,6 +46,18 @@ pub enum ItemWrite {
     BackToPending,
 }
 
+/// A validation verdict that ends an item without a request (see [`Queue::record_verdicts`]).
+#[derive(Debug, Clone, Copy)]
+pub struct VerdictRecord<'a> {
+    pub item_id: i64,
+    /// `would_convert`, `skipped` or `blocked`.
+    pub state: ItemState,
+    pub reason: Option<Reason>,
+    pub detail: Option<&'a str>,
+    /// The address the invitation would go to (kept where `None`).
+    pub external_email: Option<&'a str>,
+}
+
 impl Queue {
     // ---- work -----------------------------------------------------------------------------
 
@@ -243,12 +255,32 @@ impl Queue {
         detail: Option<&str>,
         external_email: Option<&str>,
     ) -> Result<()> {
-        self.transition(
+        self.record_verdicts(&[VerdictRecord {
             item_id,
-            &[ItemState::Pending],
-            "state = ?2, reason = ?3, detail = ?4, external_email = coalesce(?5, external_email)",
-            params![item_id, state, reason, detail, external_email],
-        )
+            state,
+            reason,
+            detail,
+            external_email,
+        }])
+    }
+
+    /// Several items' verdicts in ONE write transaction (a chunk of a dry run is one commit,
+    /// not one per user). The first refused write rolls all of them back.
+    pub fn record_verdicts(&self, verdicts: &[VerdictRecord<'_>]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        for v in verdicts {
+            self.transition_on(
+                &tx,
+                v.item_id,
+                &[ItemState::Pending],
+                "state = ?2, reason = ?3, detail = ?4, external_email = coalesce(?5, external_email)",
+                params![v.item_id, v.state, v.reason, v.detail, v.external_email],
+            )?;
+        }
+        tx.commit().map_err(|e| self.err(e))
     }
 
     /// Checkpoint before an invitation can leave the process: `pending` → `in_flight`. Also

@@ -42,6 +42,21 @@ impl Queue {
             let since = *buf.since.get_or_insert_with(Instant::now);
             buf.rows.len() >= LOG_FLUSH_ROWS || since.elapsed() >= LOG_FLUSH_AFTER
         };
+        // On a thread that drives async tasks the rows wait for the pass's next database call
+        // on the blocking pool ([`super::threads::db`]), which writes them when due.
+        if due && !super::threads::misplaced() {
+            self.flush_request_log()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the buffered request rows if they are due (see [`Queue::log_request`]).
+    pub fn flush_request_log_if_due(&self) -> Result<()> {
+        let due = {
+            let buf = self.log_buffer();
+            buf.rows.len() >= LOG_FLUSH_ROWS
+                || buf.since.is_some_and(|s| s.elapsed() >= LOG_FLUSH_AFTER)
+        };
         if due {
             self.flush_request_log()?;
         }
@@ -50,6 +65,12 @@ impl Queue {
 
     /// Writes every buffered request row in one transaction.
     pub fn flush_request_log(&self) -> Result<()> {
+        if self.log_buffer().rows.is_empty() {
+            return Ok(());
+        }
+        // The connection first, then the rows: a count read on another thread meanwhile finds
+        // the buffer empty and waits for this write on the connection, so it sees these rows.
+        let mut conn = self.conn();
         let rows = {
             let mut buf = self.log_buffer();
             buf.since = None;
@@ -58,7 +79,6 @@ impl Queue {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.err(e))?;

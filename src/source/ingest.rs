@@ -10,6 +10,7 @@ use crate::graph::{GraphClient, Pager};
 use crate::item::{NewItem, Overrides, RunRecord, SourceSpec, UserKey};
 use crate::model::{Page, User};
 use crate::progress::Progress;
+use crate::queue::threads::db;
 use crate::queue::{FinishStats, InsertStats, Queue};
 
 /// Rows per transaction: large enough to make ingestion cheap, small enough to lose little.
@@ -52,12 +53,13 @@ pub async fn ingest(
     if run.ingest_complete {
         return Ok(IngestSummary::default());
     }
+    let _driving = crate::queue::threads::driving_tasks();
     let mut summary = match &run.source {
         SourceSpec::Csv { path } => {
             let queue = queue.clone();
             let path = path.clone();
             let run_id = run.id;
-            tokio::task::spawn_blocking(move || ingest_csv(&queue, run_id, Path::new(&path)))
+            crate::queue::threads::blocking(move || ingest_csv(&queue, run_id, Path::new(&path)))
                 .await
                 .context("CSV ingestion task panicked")??
         }
@@ -65,7 +67,8 @@ pub async fn ingest(
             ingest_listing(queue, run, graph, first_page).await?
         }
     };
-    summary.finish(queue.finish_ingest(run.id)?);
+    let run_id = run.id;
+    summary.finish(db(queue, move |q| q.finish_ingest(run_id)).await?);
     Ok(summary)
 }
 
@@ -106,7 +109,7 @@ pub fn ingest_csv(queue: &Queue, run_id: i64, path: &Path) -> anyhow::Result<Ing
 }
 
 async fn ingest_listing(
-    queue: &Queue,
+    queue: &Arc<Queue>,
     run: &RunRecord,
     graph: &GraphClient,
     first_page: Option<Page<User>>,
@@ -115,7 +118,8 @@ async fn ingest_listing(
     let fetch =
         |link: Option<String>| async move { fetch_page(graph, &run.source, link.as_deref()).await };
     // Resuming mid-listing, the page fetched to check the query is not the next one.
-    let mut pages = match queue.ingest_cursor(run.id)? {
+    let run_id = run.id;
+    let mut pages = match db(queue, move |q| q.ingest_cursor(run_id)).await? {
         Some(done) if done == LISTING_DONE => Pager::finished(fetch),
         Some(link) => Pager::resume(Some(link), fetch),
         None => Pager::new(fetch).with_first_page(first_page),
@@ -128,7 +132,7 @@ async fn ingest_listing(
             .unwrap_or_else(|| LISTING_DONE.to_string());
         let items: Vec<NewItem> = page.value.into_iter().map(listed_user).collect();
         progress.inc(items.len() as u64);
-        summary.add(queue.insert_items(run.id, &items, Some(&next))?);
+        summary.add(db(queue, move |q| q.insert_items(run_id, &items, Some(&next))).await?);
     }
     progress.finish();
     Ok(summary)

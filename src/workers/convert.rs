@@ -3,8 +3,6 @@
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
-
 use crate::graph::{GraphClient, GraphError, ResponseMeta, Traced};
 use crate::item::{ItemRecord, RunOptions};
 use crate::model::{Invitation, InvitationRequest};
@@ -158,6 +156,7 @@ impl PassOps for ConvertOps {
             Some(t) => (Some(t.value), Some(t.meta)),
             None => (None, meta),
         };
+        let progress = self.progress.clone();
         db(&self.queue, move |q| {
             q.record_converted(
                 id,
@@ -168,11 +167,11 @@ impl PassOps for ConvertOps {
                 } else {
                     None
                 },
-            )
+            )?;
+            progress.item_done(q, id);
+            Ok(())
         })
-        .await?;
-        self.progress.item_done(&self.queue, id);
-        Ok(())
+        .await
     }
 
     async fn back_to_pending(&self, it: &ConvertItem) -> anyhow::Result<()> {
@@ -188,6 +187,7 @@ impl PassOps for ConvertOps {
         meta: Option<ResponseMeta>,
     ) -> anyhow::Result<()> {
         let (id, code, message) = (it.item.id, code.to_string(), message.to_string());
+        let progress = self.progress.clone();
         db(&self.queue, move |q| {
             q.record_failed(
                 id,
@@ -195,11 +195,11 @@ impl PassOps for ConvertOps {
                 &message,
                 meta.as_ref().and_then(|m| m.request_id.as_deref()),
                 meta.as_ref().map(|m| m.client_request_id.as_str()),
-            )
+            )?;
+            progress.item_done(q, id);
+            Ok(())
         })
-        .await?;
-        self.progress.item_done(&self.queue, id);
-        Ok(())
+        .await
     }
 
     /// The convert pass's rows are one item and its step checkpoint: every batch the executor
@@ -316,17 +316,7 @@ pub async fn reread(graph: &GraphClient, user_id: Option<&str>, step: Step, emai
     }
 }
 
-/// Runs a queue operation on the blocking pool: SQLite calls never stall the async workers.
-pub async fn db<T, F>(queue: &Arc<Queue>, f: F) -> anyhow::Result<T>
-where
-    T: Send + 'static,
-    F: FnOnce(&Queue) -> crate::queue::Result<T> + Send + 'static,
-{
-    let queue = queue.clone();
-    Ok(tokio::task::spawn_blocking(move || f(&queue))
-        .await
-        .context("a database task panicked")??)
-}
+pub use crate::queue::threads::db;
 
 #[cfg(test)]
 mod tests {

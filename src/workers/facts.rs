@@ -349,7 +349,7 @@ where
     F: FnOnce(&Queue) -> crate::queue::Result<T> + Send + 'static,
 {
     let queue = queue.clone();
-    tokio::task::spawn_blocking(move || f(&queue))
+    crate::queue::threads::blocking(move || f(&queue))
         .await
         .map_err(|e| FactsError::Panicked(e.to_string()))?
         .map_err(FactsError::from)

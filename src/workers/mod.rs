@@ -26,12 +26,12 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument as _;
 
 use crate::graph::{GraphClient, GraphError};
-use crate::item::{ItemRecord, ItemState, RunMode, RunOptions, RunRecord};
+use crate::item::{ItemRecord, ItemState, Reason, RunMode, RunOptions, RunRecord};
 use crate::model::{
     EmailAddress, InvitationRequest, InvitedUserMessageInfo, InvitedUserRef, Recipient, User,
 };
 use crate::progress::Progress;
-use crate::queue::{LookupOutcome, Queue};
+use crate::queue::{LookupOutcome, Queue, VerdictRecord};
 use crate::validate::{validate_with, Verdict};
 
 pub mod backout;
@@ -166,6 +166,7 @@ impl Pass {
 
 /// Runs the queue of `pipeline.run` until nothing pending is left, Ctrl-C, or a tenant refusal.
 pub async fn work(pipeline: Pipeline) -> anyhow::Result<Outcome> {
+    let _driving = crate::queue::threads::driving_tasks();
     let run_id = pipeline.run.id;
     let facts = match facts::refresh(&pipeline.graph, &pipeline.queue).await {
         Ok((f, refresh)) => {
@@ -185,7 +186,7 @@ pub async fn work(pipeline: Pipeline) -> anyhow::Result<Outcome> {
         Err(e) => return Err(anyhow::Error::new(e).context("updating the tenant's address index")),
     };
 
-    let counts = pipeline.queue.counts(run_id)?;
+    let counts = db(&pipeline.queue, move |q| q.counts(run_id)).await?;
     let done = counts.total - counts.state(ItemState::Pending) - counts.state(ItemState::InFlight);
     pipeline.progress.resume_at(done);
     let already = match pipeline.run.mode {
@@ -275,10 +276,8 @@ pub async fn work(pipeline: Pipeline) -> anyhow::Result<Outcome> {
     match reason {
         Some(StopReason::TenantRefused(message)) => return Ok(Outcome::TenantRefused(message)),
         Some(StopReason::Unreachable(message)) => {
-            let cut_off = pass
-                .pipeline
-                .queue
-                .counts(run_id)?
+            let cut_off = db(&pass.pipeline.queue, move |q| q.counts(run_id))
+                .await?
                 .state(ItemState::InFlight);
             anyhow::bail!(
                 "Graph cannot be reached, nothing more was sent: {message}{}",
@@ -334,12 +333,11 @@ fn refusal_or_error(e: GraphError, doing: &str) -> anyhow::Result<Outcome> {
 /// ahead is recorded, so the rounds see exactly what they saw with one chunk at a time.
 async fn produce(
     pass: &Arc<Pass>,
-    facts: &facts::Facts,
+    facts: &Arc<facts::Facts>,
     reads: &lookups::Reads,
     tx: mpsc::Sender<(ItemRecord, String)>,
 ) -> anyhow::Result<bool> {
     let p = &pass.pipeline;
-    let limit = pass.options().limit;
     let mut scan = scan::Scan::default();
     let mut ahead = lookups::Ahead::default();
     // What one chunk's look-ups cost: its 20 filters of 15 (one `$batch` in a live run).
@@ -353,8 +351,15 @@ async fn produce(
         let budget = p.graph.read_budget();
         let depth = lookups::chunks_ahead(budget.per_second(), budget.latency(), ru_per_chunk);
         while !round_ended && ahead.len() < depth {
-            let keep = |i: &ItemRecord| p.only.as_ref().is_none_or(|only| only.contains(&i.id));
-            let items = match scan.next(&p.queue, run_id, CHUNK, keep)? {
+            let only = p.only.clone();
+            let (walked, next) = db(&p.queue, move |q| {
+                let keep = |i: &ItemRecord| only.as_ref().is_none_or(|only| only.contains(&i.id));
+                let next = scan.next(q, run_id, CHUNK, keep)?;
+                Ok((scan, next))
+            })
+            .await?;
+            scan = walked;
+            let items = match next {
                 scan::Next::Items(items) => items,
                 scan::Next::RoundEnded => {
                     round_ended = true;
@@ -418,73 +423,127 @@ async fn produce(
         if pass.stopping() {
             return Ok(false);
         }
-        for (item, verdict) in prepare(pass, items, facts, found)? {
-            match verdict {
-                Verdict::Skip { reason, detail } | Verdict::Block { reason, detail } => {
-                    p.queue.record_verdict(
-                        item.id,
-                        reason.state(),
-                        Some(reason),
-                        Some(&detail),
-                        None,
-                    )?;
-                    p.progress.item_done(&p.queue, item.id);
-                }
-                Verdict::Convert {
-                    email,
-                    mut notes,
-                    mail_change,
-                } => {
-                    let needs_guest = planner::plan(
-                        mail_change.is_some(),
-                        item.snapshot.as_ref().and_then(|u| u.user_type.as_deref()),
-                        pass.options().set_guest,
+        let (pass_, facts_) = (pass.clone(), facts.clone());
+        let settled = crate::queue::threads::blocking(move || {
+            let verdicts = prepare(&pass_, items, &facts_, found)?;
+            record_chunk(&pass_, verdicts)
+        })
+        .await
+        .context("a database task panicked")??;
+        for ready in settled.to_invite {
+            if ready.mail_change.is_some() || ready.needs_guest {
+                let (id, mail, guest) = (ready.item.id, ready.mail_change, ready.needs_guest);
+                db(&p.queue, move |q| {
+                    q.plan_steps(
+                        id,
+                        mail.as_ref().map(|m| (m.from.as_deref(), m.to.as_str())),
+                        guest,
                     )
-                    .needs(Step::SetGuest);
-                    if limit.is_some_and(|l| pass.dispatched.load(Ordering::Relaxed) >= l) {
-                        return Ok(true);
-                    }
-                    pass.dispatched.fetch_add(1, Ordering::Relaxed);
-                    match p.run.mode {
-                        RunMode::DryRun => {
-                            if needs_guest {
-                                notes.push(
-                                    "userType will be set to Guest after the invitation".into(),
-                                );
-                            }
-                            let detail = (!notes.is_empty()).then(|| notes.join("; "));
-                            p.queue.record_verdict(
-                                item.id,
-                                ItemState::WouldConvert,
-                                None,
-                                detail.as_deref(),
-                                Some(&email),
-                            )?;
-                            p.progress.item_done(&p.queue, item.id);
+                })
+                .await?;
+            }
+            if !pass.hand_out(&tx, ready.item, ready.email).await {
+                return Ok(false);
+            }
+        }
+        if settled.limit_reached {
+            return Ok(true);
+        }
+    }
+}
+
+/// A user the chunk's checks let through in a live run, to be handed to the workers.
+struct ToInvite {
+    item: ItemRecord,
+    email: String,
+    mail_change: Option<crate::validate::MailChange>,
+    needs_guest: bool,
+}
+
+/// What recording a chunk's verdicts leaves the producer to do.
+struct ChunkRecorded {
+    to_invite: Vec<ToInvite>,
+    /// `--limit` was reached in this chunk: the users after it stay pending.
+    limit_reached: bool,
+}
+
+/// Records every verdict of a chunk that ends its item without a request (skipped, blocked, and
+/// in a dry run `would_convert`) in one write transaction, in order, up to `--limit`; returns
+/// the users a live run goes on to invite. Runs on the blocking pool.
+fn record_chunk(
+    pass: &Pass,
+    verdicts: Vec<(ItemRecord, Verdict)>,
+) -> anyhow::Result<ChunkRecorded> {
+    let p = &pass.pipeline;
+    let limit = pass.options().limit;
+    // (item id, state, reason, detail, address) of what ends here.
+    let mut ended: Vec<(
+        i64,
+        ItemState,
+        Option<Reason>,
+        Option<String>,
+        Option<String>,
+    )> = Vec::new();
+    let mut to_invite = Vec::new();
+    let mut limit_reached = false;
+    for (item, verdict) in verdicts {
+        match verdict {
+            Verdict::Skip { reason, detail } | Verdict::Block { reason, detail } => {
+                ended.push((item.id, reason.state(), Some(reason), Some(detail), None));
+            }
+            Verdict::Convert {
+                email,
+                mut notes,
+                mail_change,
+            } => {
+                let needs_guest = planner::plan(
+                    mail_change.is_some(),
+                    item.snapshot.as_ref().and_then(|u| u.user_type.as_deref()),
+                    pass.options().set_guest,
+                )
+                .needs(Step::SetGuest);
+                if limit.is_some_and(|l| pass.dispatched.load(Ordering::Relaxed) >= l) {
+                    limit_reached = true;
+                    break;
+                }
+                pass.dispatched.fetch_add(1, Ordering::Relaxed);
+                match p.run.mode {
+                    RunMode::DryRun => {
+                        if needs_guest {
+                            notes.push("userType will be set to Guest after the invitation".into());
                         }
-                        RunMode::Live => {
-                            if mail_change.is_some() || needs_guest {
-                                let id = item.id;
-                                db(&p.queue, move |q| {
-                                    q.plan_steps(
-                                        id,
-                                        mail_change
-                                            .as_ref()
-                                            .map(|m| (m.from.as_deref(), m.to.as_str())),
-                                        needs_guest,
-                                    )
-                                })
-                                .await?;
-                            }
-                            if !pass.hand_out(&tx, item, email).await {
-                                return Ok(false);
-                            }
-                        }
+                        let detail = (!notes.is_empty()).then(|| notes.join("; "));
+                        let state = ItemState::WouldConvert;
+                        ended.push((item.id, state, None, detail, Some(email)));
                     }
+                    RunMode::Live => to_invite.push(ToInvite {
+                        item,
+                        email,
+                        mail_change,
+                        needs_guest,
+                    }),
                 }
             }
         }
     }
+    let records: Vec<VerdictRecord<'_>> = ended
+        .iter()
+        .map(|(item_id, state, reason, detail, email)| VerdictRecord {
+            item_id: *item_id,
+            state: *state,
+            reason: *reason,
+            detail: detail.as_deref(),
+            external_email: email.as_deref(),
+        })
+        .collect();
+    p.queue.record_verdicts(&records)?;
+    for r in &records {
+        p.progress.item_done(&p.queue, r.item_id);
+    }
+    Ok(ChunkRecorded {
+        to_invite,
+        limit_reached,
+    })
 }
 
 /// Records what the look-up found for the chunk's users without a snapshot (not found ends the
