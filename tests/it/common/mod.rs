@@ -42,6 +42,8 @@ pub fn command(emu: &Emulator, db: &Path, args: &[&str]) -> tokio::process::Comm
         // The emulator injects faults by the thousand: back off from 20 ms rather than Graph's
         // 500 ms so fault tests do not mostly sleep (same policy, same attempt limits).
         .env("B2B_BACKOFF_BASE_MS", "20")
+        // A SQLite call on a thread that drives async tasks is a defect: make it fail the test.
+        .env("B2B_THREAD_CHECK", "panic")
         .arg("--db")
         .arg(db)
         .args(args)
