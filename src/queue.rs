@@ -94,21 +94,28 @@ pub enum QueueError {
 
 pub type Result<T> = std::result::Result<T, QueueError>;
 
+/// The schema's migrations, in order; a database's `user_version` is how many it has had.
+const MIGRATION_SQL: [&str; 13] = [
+    include_str!("../migrations/0001_init.sql"),
+    include_str!("../migrations/0002_run_lease.sql"),
+    include_str!("../migrations/0003_work_spans.sql"),
+    include_str!("../migrations/0004_steps.sql"),
+    include_str!("../migrations/0005_redemption.sql"),
+    include_str!("../migrations/0006_ingest.sql"),
+    include_str!("../migrations/0007_tenant_facts.sql"),
+    include_str!("../migrations/0008_step_attempts.sql"),
+    include_str!("../migrations/0009_run_tenant_plan.sql"),
+    include_str!("../migrations/0010_backout.sql"),
+    include_str!("../migrations/0011_retire.sql"),
+    include_str!("../migrations/0012_run_counts.sql"),
+    include_str!("../migrations/0013_count_inserts_per_statement.sql"),
+];
+
+/// How many migrations there are: a database at this `user_version` is current.
+const MIGRATIONS: usize = MIGRATION_SQL.len();
+
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![
-        M::up(include_str!("../migrations/0001_init.sql")),
-        M::up(include_str!("../migrations/0002_run_lease.sql")),
-        M::up(include_str!("../migrations/0003_work_spans.sql")),
-        M::up(include_str!("../migrations/0004_steps.sql")),
-        M::up(include_str!("../migrations/0005_redemption.sql")),
-        M::up(include_str!("../migrations/0006_ingest.sql")),
-        M::up(include_str!("../migrations/0007_tenant_facts.sql")),
-        M::up(include_str!("../migrations/0008_step_attempts.sql")),
-        M::up(include_str!("../migrations/0009_run_tenant_plan.sql")),
-        M::up(include_str!("../migrations/0010_backout.sql")),
-        M::up(include_str!("../migrations/0011_retire.sql")),
-        M::up(include_str!("../migrations/0012_run_counts.sql")),
-    ])
+    Migrations::new(MIGRATION_SQL.iter().map(|sql| M::up(sql)).collect())
 }
 
 /// What ingestion stored: `insert_items` counts `pending` and `bad_input` per batch (a later
@@ -242,6 +249,30 @@ impl Queue {
             });
         }
         Queue::open(path)
+    }
+
+    /// Opens an existing database to read it only (`status`, `report`): beside a run in
+    /// progress it never takes the writer's lock, and it can never write by mistake. A database
+    /// an older version left behind is migrated once, by [`Queue::open_existing`], as before.
+    pub fn open_existing_read_only(path: &Path) -> Result<Queue> {
+        if !path.exists() {
+            return Queue::open_existing(path);
+        }
+        check_file(path)?;
+        let reader = Queue::open_read_only(path)?;
+        let current = {
+            let conn = reader.conn();
+            check_database(path, &conn)?;
+            let version: i64 = conn
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .map_err(|e| sqlite_err(path, e))?;
+            version == MIGRATIONS as i64
+        };
+        if current {
+            return Ok(reader);
+        }
+        drop(reader);
+        Queue::open_existing(path)
     }
 
     pub fn path(&self) -> &Path {
@@ -661,7 +692,7 @@ mod tests {
             q.record_lookup(id, None).unwrap();
             q.conn()
                 .execute_batch(
-                    "DROP TRIGGER items_count_insert; DROP TRIGGER items_count_delete;
+                    "DROP TRIGGER IF EXISTS items_count_insert; DROP TRIGGER items_count_delete;
                      DROP TRIGGER items_count_update; DROP TABLE run_counts;
                      PRAGMA user_version = 11;",
                 )
@@ -689,6 +720,50 @@ mod tests {
         let id = q.pending_items(run, 0, 1).unwrap()[0].id;
         q.record_lookup(id, None).unwrap();
         assert_eq!(ro.state_counts(run).unwrap(), vec![(ItemState::Blocked, 1)]);
+    }
+
+    #[test]
+    fn the_migration_count_is_the_last_migration() {
+        let (_dir, q) = queue();
+        let version: i64 = q
+            .conn()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS as i64);
+    }
+
+    #[test]
+    fn a_current_database_is_read_without_writing_and_an_older_one_is_migrated_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let run = {
+            let q = Queue::open(&path).unwrap();
+            csv_run(&q)
+        };
+        let reader = Queue::open_existing_read_only(&path).unwrap();
+        assert!(reader.run(run).unwrap().is_some());
+        assert!(
+            reader.discard_run(run).is_err(),
+            "a read-only queue refuses to write"
+        );
+        drop(reader);
+        // As the version before the last migration left it.
+        let older = tempfile::tempdir().unwrap();
+        let path = older.path().join("q.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            let all_but_last = &MIGRATION_SQL[..MIGRATIONS - 1];
+            Migrations::new(all_but_last.iter().map(|sql| M::up(sql)).collect())
+                .to_latest(&mut conn)
+                .unwrap();
+        }
+        let q = Queue::open_existing_read_only(&path).unwrap();
+        let version: i64 = q
+            .conn()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS as i64, "migrated once by the writer");
+        assert!(q.list_runs().unwrap().is_empty());
     }
 
     #[test]

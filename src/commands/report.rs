@@ -11,7 +11,7 @@ use crate::queue::Queue;
 use crate::report::{self, ItemSource, ReportData};
 
 pub fn report(db: &Path, args: ReportArgs) -> anyhow::Result<ExitStatus> {
-    let queue = Queue::open_existing(db)?;
+    let queue = Queue::open_existing_read_only(db)?;
     common::pick_run(&queue, Some(args.run_id))?;
     write(&queue, args.run_id, &args.out, args.format)?;
     println!("report: {}", args.out.display());

@@ -12,7 +12,7 @@ use crate::queue::backout::BackoutKind;
 use crate::queue::Queue;
 
 pub fn status(db: &Path, args: StatusArgs) -> anyhow::Result<ExitStatus> {
-    let queue = Queue::open_existing(db)?;
+    let queue = Queue::open_existing_read_only(db)?;
     let run = common::pick_run(&queue, args.run_id)?;
     if args.json {
         println!(

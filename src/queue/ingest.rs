@@ -34,6 +34,25 @@ fn insert_sql(rows: usize) -> String {
     sql
 }
 
+/// Counts `n` items inserted in `state` into `run_counts`, in the inserting transaction (the
+/// inserts are counted per statement; state changes and deletes by triggers, migration 0012).
+pub(super) fn add_to_count(
+    tx: &Connection,
+    run_id: i64,
+    state: ItemState,
+    n: u64,
+) -> rusqlite::Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    tx.prepare_cached(
+        "INSERT INTO run_counts (run_id, state, n) VALUES (?1, ?2, ?3)
+         ON CONFLICT (run_id, state) DO UPDATE SET n = n + excluded.n",
+    )?
+    .execute(params![run_id, state, n as i64])?;
+    Ok(())
+}
+
 impl Queue {
     // ---- ingestion ------------------------------------------------------------------------
 
@@ -146,6 +165,8 @@ impl Queue {
             }
             insert.raw_execute().map_err(|e| self.err(e))?;
         }
+        add_to_count(&tx, run_id, ItemState::Pending, stats.pending).map_err(|e| self.err(e))?;
+        add_to_count(&tx, run_id, ItemState::Blocked, stats.bad_input).map_err(|e| self.err(e))?;
         if let Some(c) = cursor {
             tx.execute(
                 "UPDATE runs SET ingest_cursor = ?2 WHERE id = ?1",

@@ -204,6 +204,8 @@ impl Queue {
                     ],
                 )
                 .map_err(|e| self.err(e))? as u64;
+            super::ingest::add_to_count(&tx, run_id, ItemState::Pending, copied)
+                .map_err(|e| self.err(e))?;
             tx.execute(
                 "UPDATE runs SET plan_run_id = ?2, ingest_complete = 1 WHERE id = ?1",
                 params![run_id, plan.id],
