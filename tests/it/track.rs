@@ -53,6 +53,24 @@ impl Converted {
     }
 }
 
+/// What waiting `secs` seconds after the run's `track` does to every time a resend compares,
+/// without waiting: the queue's record of the track moves `secs` into the past (our clock: a
+/// resend's checkpoint must be a stamp's resolution, 1 s, after it), and the emulator's clock
+/// moves `secs` forward (Graph's: a reset is stamped, to the second, later than the invitation
+/// it resets). Either alone leaves a lost reset unprovable or unseen.
+fn as_if_waited_after_track(emu: &Emulator, db: &Path, run_id: i64, secs: u32) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let moved = conn
+        .execute(
+            "UPDATE items SET tracked_at = strftime('%Y-%m-%dT%H:%M:%fZ', tracked_at, ?2)
+             WHERE run_id = ?1 AND tracked_at IS NOT NULL",
+            rusqlite::params![run_id, format!("-{secs} seconds")],
+        )
+        .unwrap();
+    assert!(moved > 0, "the run was tracked");
+    emu.clock().advance(Duration::from_secs(secs.into()));
+}
+
 /// The bytes of the database and its WAL (what an attacker with the file would see).
 fn database_bytes(db: &Path) -> Vec<u8> {
     let mut bytes = std::fs::read(db).unwrap();
@@ -136,11 +154,9 @@ async fn resend_reinvites_every_pending_user_once_and_survives_sigkill() {
     assert_eq!(tracked["redemption"]["untracked"], 0);
     assert!(tracked["lastTrackedAt"].is_string());
 
-    // A resend checkpoint must be at least a stamp's resolution (1 s) after the first
-    // invitations' stamps for an unchanged stamp to prove a lost reset did not happen. Moving
-    // only the track into the past left the invitations' stamps and the resend's in one second
-    // now and then (a user re-invited twice in one pass): this wait is not an assertion.
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    // An unchanged stamp proves a lost reset did not happen only a stamp's resolution after
+    // the track, and a reset shows only in a later second than the invitation it resets.
+    as_if_waited_after_track(&emu, &db, run_id, 2);
     let invited_once = emu.invitations().len();
     let mut child = command(&emu, &db, &["resend", &id, "--yes"])
         .spawn()
@@ -389,7 +405,7 @@ async fn track_finds_who_redeemed_and_names_invitations_that_never_took_effect()
     assert_eq!(r["untracked"], 0);
 
     // resend re-invites exactly the pending users; redeemed and not-applied users are left alone.
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    as_if_waited_after_track(&emu, &db, run_id, 2);
     let before = emu.invitations().len();
     let out = run(&emu, &db, &["resend", &id, "--yes"]).await;
     out.assert_exit(0);
