@@ -12,11 +12,9 @@ use b2b_convert::model::Domain;
 use common::*;
 use serde_json::{json, Value};
 
-/// A generated tenant of `n` users and an input CSV over them.
+/// An emulator of a generated tenant of `n` users, and an input CSV over them.
 async fn tenant_with_csv(n: usize, seed: u64, dir: &Path) -> (Emulator, PathBuf) {
-    let tenant = Tenant::generate(n, seed);
-    let csv = dir.join(format!("users-{seed}.csv"));
-    tenant.write_csv(&csv).unwrap();
+    let (tenant, csv) = generated(n, seed, dir);
     (start(EmulatorConfig::new(tenant)).await, csv)
 }
 
@@ -40,42 +38,14 @@ async fn fabrikam(seed: u64) -> Emulator {
     start(EmulatorConfig::new(tenant)).await
 }
 
-/// Sets properties on a user as an administrator would (`POST /_emulator/users/{id}`).
-async fn admin_changes(emu: &Emulator, id: &str, body: Value) {
-    let r = reqwest::Client::new()
-        .post(format!("{}/_emulator/users/{id}", emu.base_url()))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
-}
-
-fn status_json(out: &Ran) -> Value {
-    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_resumed_with_another_tenants_environment_is_refused_before_anything_is_sent() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("q.db");
+    let (dir, db) = temp_db();
     let (contoso, csv) = tenant_with_csv(30, 11, dir.path()).await;
-    let started = run(
-        &contoso,
-        &db,
-        &[
-            "run",
-            "--csv",
-            csv.to_str().unwrap(),
-            "--limit",
-            "2",
-            "--yes",
-        ],
-    )
-    .await;
-    assert_eq!(started.code, 0, "{}\n{}", started.stdout, started.stderr);
+    let started = run_csv(&contoso, &db, &csv, "--limit 2 --yes").await;
+    started.assert_exit(0);
     let run_id = started.run_id();
-    let status = status_json(&run(&contoso, &db, &["status", &run_id.to_string(), "--json"]).await);
+    let status = status_json(&contoso, &db, Some(run_id)).await;
     assert_eq!(status["tenant"]["id"], contoso.tenant_id());
     assert_eq!(status["tenant"]["initialDomain"], "contoso.onmicrosoft.com");
     assert_eq!(status["tenant"]["defaultDomain"], "contoso.com");
@@ -92,7 +62,7 @@ async fn a_run_resumed_with_another_tenants_environment_is_refused_before_anythi
         &["resume", &run_id.to_string(), "--limit", "8", "--yes"],
     )
     .await;
-    assert_eq!(refused.code, 1, "{}\n{}", refused.stdout, refused.stderr);
+    refused.assert_exit(1);
     let line = refused
         .stderr
         .lines()
@@ -118,14 +88,8 @@ async fn a_run_resumed_with_another_tenants_environment_is_refused_before_anythi
     );
 
     // Nothing reached B beyond the token and the domains.
-    let stats = other.stats();
-    for key in stats["requests"].as_object().unwrap().keys() {
-        assert!(
-            key == "GET /v1.0/domains" || key.ends_with("/oauth2/v2.0/token"),
-            "tenant B was sent {key}"
-        );
-    }
-    assert_eq!(requests_to(&stats, "GET /v1.0/domains"), 1);
+    assert_only_sign_in_and_domains(&other);
+    assert_eq!(requests_to(&other.stats(), "GET /v1.0/domains"), 1);
     assert!(other.invitations().is_empty());
     // And A's run is as it was.
     assert_eq!(
@@ -141,28 +105,16 @@ async fn a_run_resumed_with_another_tenants_environment_is_refused_before_anythi
         &["resume", &run_id.to_string(), "--limit", "0", "--yes"],
     )
     .await;
-    assert!(resumed.code == 0 || resumed.code == 3, "{}", resumed.stderr);
+    resumed.assert_finished();
     assert_eq!(count(&items(&db, run_id), ItemState::Pending), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_converts_exactly_the_plan_minus_the_users_changed_since() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("q.db");
+    let (dir, db) = temp_db();
     let (emu, csv) = tenant_with_csv(40, 21, dir.path()).await;
-    let plan = run(
-        &emu,
-        &db,
-        &[
-            "run",
-            "--csv",
-            csv.to_str().unwrap(),
-            "--dry-run",
-            "--silent",
-        ],
-    )
-    .await;
-    assert!(plan.code == 0 || plan.code == 3, "{}", plan.stderr);
+    let plan = run_csv(&emu, &db, &csv, "--dry-run --silent").await;
+    plan.assert_finished();
     let plan_id = plan.run_id();
     let planned: Vec<_> = items(&db, plan_id)
         .into_iter()
@@ -176,14 +128,14 @@ async fn apply_converts_exactly_the_plan_minus_the_users_changed_since() {
         .map(|i| i.user_id.clone().unwrap())
         .collect();
     let old_mail = planned[0].snapshot.as_ref().unwrap().mail.clone().unwrap();
-    admin_changes(
+    admin_set(
         &emu,
         &changed[0],
         json!({"mail": "moved@elsewhere.example"}),
     )
     .await;
-    admin_changes(&emu, &changed[1], json!({"accountEnabled": false})).await;
-    admin_changes(
+    admin_set(&emu, &changed[1], json!({"accountEnabled": false})).await;
+    admin_set(
         &emu,
         &changed[2],
         json!({"onPremisesUserPrincipalName": "someone@corp.local"}),
@@ -192,7 +144,7 @@ async fn apply_converts_exactly_the_plan_minus_the_users_changed_since() {
     // And the source now names someone the board never saw: apply does not read it.
     std::fs::write(&csv, "id\nnot-in-the-plan\n").unwrap();
 
-    let report = dir.path().join("live.md");
+    let md_path = dir.path().join("live.md");
     let applied = run(
         &emu,
         &db,
@@ -201,18 +153,14 @@ async fn apply_converts_exactly_the_plan_minus_the_users_changed_since() {
             &plan_id.to_string(),
             "--yes",
             "--report",
-            report.to_str().unwrap(),
+            md_path.to_str().unwrap(),
         ],
     )
     .await;
-    assert_eq!(applied.code, 3, "{}\n{}", applied.stdout, applied.stderr);
+    applied.assert_exit(3);
     assert!(applied.stdout.starts_with("run-id: "), "{}", applied.stdout);
     let live_id = applied.run_id();
-    assert!(
-        applied.stdout.contains(&format!("plan: dry run {plan_id}")),
-        "{}",
-        applied.stdout
-    );
+    applied.assert_stdout_has(&format!("plan: dry run {plan_id}"));
     assert!(
         applied.stdout.contains(&format!(
             "changed since the plan: 3 of {} users",
@@ -223,10 +171,7 @@ async fn apply_converts_exactly_the_plan_minus_the_users_changed_since() {
     );
 
     // Exactly the plan minus the three, each invited once, with the plan's options (silent).
-    let want: BTreeSet<String> = planned[3..]
-        .iter()
-        .map(|i| i.user_id.clone().unwrap())
-        .collect();
+    let want = user_ids(&planned[3..], ItemState::WouldConvert);
     let invited = invitations_per_user(&emu);
     assert_eq!(invited.keys().cloned().collect::<BTreeSet<_>>(), want);
     assert!(invited.values().all(|&n| n == 1));
@@ -267,13 +212,13 @@ async fn apply_converts_exactly_the_plan_minus_the_users_changed_since() {
     assert!(detail(&changed[2])
         .contains("onPremisesUserPrincipalName was (none) at the plan, now someone@corp.local"));
 
-    let status = status_json(&run(&emu, &db, &["status", &live_id.to_string(), "--json"]).await);
+    let status = status_json(&emu, &db, Some(live_id)).await;
     assert_eq!(status["plan"], plan_id);
     assert_eq!(status["mode"], "live");
     assert_eq!(status["tenant"]["id"], emu.tenant_id());
     assert_eq!(status["reasons"]["changed_since_plan"], 3);
 
-    let md = std::fs::read_to_string(&report).unwrap();
+    let md = std::fs::read_to_string(&md_path).unwrap();
     let plan_section = &md[md.find("## Plan").expect("a plan section")..];
     assert!(
         plan_section.contains(&format!("applies dry run {plan_id} (finished ")),
@@ -287,29 +232,18 @@ async fn apply_converts_exactly_the_plan_minus_the_users_changed_since() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_refuses_an_unfinished_a_too_old_a_live_or_a_foreign_plan() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("q.db");
+    let (dir, db) = temp_db();
     let (emu, csv) = tenant_with_csv(30, 31, dir.path()).await;
-    let csv = csv.to_str().unwrap();
 
     // Not finished: a dry run stopped by --limit still has users to check.
-    let partial = run(
-        &emu,
-        &db,
-        &["run", "--csv", csv, "--dry-run", "--limit", "2"],
-    )
-    .await;
+    let partial = run_csv(&emu, &db, &csv, "--dry-run --limit 2").await;
     let partial_id = partial.run_id();
     let refused = run(&emu, &db, &["apply", &partial_id.to_string(), "--yes"]).await;
-    assert_eq!(refused.code, 2, "{}", refused.stderr);
-    assert!(
-        refused.stderr.contains("is not finished"),
-        "{}",
-        refused.stderr
-    );
+    refused.assert_exit(2);
+    refused.assert_stderr_has("is not finished");
 
     // Too old: any finished plan is older than --max-age 0.
-    let plan = run(&emu, &db, &["run", "--csv", csv, "--dry-run"]).await;
+    let plan = run_csv(&emu, &db, &csv, "--dry-run").await;
     let plan_id = plan.run_id();
     let refused = run(
         &emu,
@@ -317,24 +251,20 @@ async fn apply_refuses_an_unfinished_a_too_old_a_live_or_a_foreign_plan() {
         &["apply", &plan_id.to_string(), "--yes", "--max-age", "0"],
     )
     .await;
-    assert_eq!(refused.code, 2, "{}", refused.stderr);
-    assert!(refused.stderr.contains("--max-age 0"), "{}", refused.stderr);
+    refused.assert_exit(2);
+    refused.assert_stderr_has("--max-age 0");
 
     // A live run is not a plan.
-    let live = run(&emu, &db, &["run", "--csv", csv, "--limit", "1", "--yes"]).await;
+    let live = run_csv(&emu, &db, &csv, "--limit 1 --yes").await;
     let refused = run(&emu, &db, &["apply", &live.run_id().to_string(), "--yes"]).await;
-    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    refused.assert_exit(2);
     let invited_so_far = emu.invitations().len();
 
     // Another tenant's sign-in: exit 1, nothing sent there.
     let other = fabrikam(32).await;
     let refused = run(&other, &db, &["apply", &plan_id.to_string(), "--yes"]).await;
-    assert_eq!(refused.code, 1, "{}", refused.stderr);
-    assert!(
-        refused.stderr.contains("belongs to tenant"),
-        "{}",
-        refused.stderr
-    );
+    refused.assert_exit(1);
+    refused.assert_stderr_has("belongs to tenant");
     assert!(other.invitations().is_empty());
     assert_eq!(emu.invitations().len(), invited_so_far);
 
@@ -351,10 +281,8 @@ async fn apply_refuses_an_unfinished_a_too_old_a_live_or_a_foreign_plan() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_only_pilot_silent_then_resume_no_silent_is_one_run_with_an_option_history() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("q.db");
+    let (dir, db) = temp_db();
     let (emu, csv) = tenant_with_csv(30, 41, dir.path()).await;
-    let csv = csv.to_str().unwrap();
     let tenant = Tenant::generate(30, 41);
     // Pilot users who agreed to test: far apart in the CSV, named by id and by UPN.
     let convertible: Vec<_> = tenant
@@ -388,26 +316,11 @@ async fn an_only_pilot_silent_then_resume_no_silent_is_one_run_with_an_option_hi
     // A name that is not in the run is an error before anything is sent, and leaves no run.
     let typo = dir.path().join("typo.txt");
     std::fs::write(&typo, format!("{}\nnobody@contoso.com\n", pilot[0].id)).unwrap();
-    let refused = run(
-        &emu,
-        &db,
-        &[
-            "run",
-            "--csv",
-            csv,
-            "--silent",
-            "--only",
-            typo.to_str().unwrap(),
-            "--yes",
-        ],
-    )
-    .await;
-    assert_eq!(refused.code, 2, "{}", refused.stderr);
-    assert!(
-        refused.stderr.contains("nobody@contoso.com"),
-        "{}",
-        refused.stderr
-    );
+    let mut args = run_args(&csv, "--silent --yes");
+    args.extend(["--only", typo.to_str().unwrap()]);
+    let refused = run(&emu, &db, &args).await;
+    refused.assert_exit(2);
+    refused.assert_stderr_has("nobody@contoso.com");
     assert!(emu.invitations().is_empty());
     assert!(b2b_convert::queue::Queue::open(&db)
         .unwrap()
@@ -415,21 +328,10 @@ async fn an_only_pilot_silent_then_resume_no_silent_is_one_run_with_an_option_hi
         .unwrap()
         .is_empty());
 
-    let piloted = run(
-        &emu,
-        &db,
-        &[
-            "run",
-            "--csv",
-            csv,
-            "--silent",
-            "--only",
-            only.to_str().unwrap(),
-            "--yes",
-        ],
-    )
-    .await;
-    assert_eq!(piloted.code, 0, "{}\n{}", piloted.stdout, piloted.stderr);
+    let mut args = run_args(&csv, "--silent --yes");
+    args.extend(["--only", only.to_str().unwrap()]);
+    let piloted = run(&emu, &db, &args).await;
+    piloted.assert_exit(0);
     let run_id = piloted.run_id();
     let pilot_ids: BTreeSet<String> = pilot.iter().map(|u| u.id.clone()).collect();
     let invited: BTreeSet<String> = invitations_per_user(&emu).into_keys().collect();
@@ -442,7 +344,7 @@ async fn an_only_pilot_silent_then_resume_no_silent_is_one_run_with_an_option_hi
         "the others stay pending"
     );
 
-    let report = dir.path().join("run.md");
+    let md_path = dir.path().join("run.md");
     let resumed = run(
         &emu,
         &db,
@@ -452,11 +354,11 @@ async fn an_only_pilot_silent_then_resume_no_silent_is_one_run_with_an_option_hi
             "--no-silent",
             "--yes",
             "--report",
-            report.to_str().unwrap(),
+            md_path.to_str().unwrap(),
         ],
     )
     .await;
-    assert!(resumed.code == 0 || resumed.code == 3, "{}", resumed.stderr);
+    resumed.assert_finished();
     let all = items(&db, run_id);
     assert_eq!(count(&all, ItemState::Pending), 0);
     for inv in emu.invitations() {
@@ -473,7 +375,7 @@ async fn an_only_pilot_silent_then_resume_no_silent_is_one_run_with_an_option_hi
         "one run, every conversion invited once"
     );
 
-    let md = std::fs::read_to_string(&report).unwrap();
+    let md = std::fs::read_to_string(&md_path).unwrap();
     let history = &md[md.find("## Option history").expect("an option history")..];
     assert!(
         history.contains("- items 1–3: silent (no invitation email) (as the run started, "),
@@ -495,20 +397,8 @@ async fn an_only_pilot_silent_then_resume_no_silent_is_one_run_with_an_option_hi
         lines[0]
     );
     assert!(!lines[1].contains("pilot"), "{}", lines[1]);
-    let json_path = dir.path().join("run.json");
-    let written = run(
-        &emu,
-        &db,
-        &[
-            "report",
-            &run_id.to_string(),
-            "--out",
-            json_path.to_str().unwrap(),
-        ],
-    )
-    .await;
-    assert_eq!(written.code, 0, "{}", written.stderr);
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let json = report(&emu, &db, run_id, &dir.path().join("run.json"), &[]).await;
+    let v: Value = serde_json::from_str(&json).unwrap();
     let h = v["optionHistory"].as_array().unwrap();
     assert_eq!(h.len(), 2, "{h:?}");
     assert_eq!(
@@ -549,40 +439,24 @@ async fn run_answering(emu: &Emulator, db: &Path, args: &[&str], answer: &str) -
     cmd.stdin(std::process::Stdio::from(slave));
     let child = cmd.spawn().expect("binary starts");
     master.write_all(answer.as_bytes()).unwrap();
-    let out = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
-        .await
-        .expect("the prompted command ends")
-        .unwrap();
+    let out = output_of(child).await;
     drop(master);
-    Ran {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_prompt_names_the_tenant_and_this_invocations_users_and_no_leaves_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("q.db");
+    let (dir, db) = temp_db();
     let (emu, csv) = tenant_with_csv(30, 51, dir.path()).await;
-    let csv = csv.to_str().unwrap();
     let tenant = format!("contoso.onmicrosoft.com ({})", emu.tenant_id());
 
-    let declined = run_answering(&emu, &db, &["run", "--csv", csv, "--limit", "3"], "n\n").await;
-    assert_eq!(declined.code, 1, "{}\n{}", declined.stdout, declined.stderr);
-    assert!(
-        declined.stderr.contains(&format!(
-            "About to CONVERT up to 3 users of tenant {tenant}"
-        )),
-        "{}",
-        declined.stderr
-    );
-    assert!(
-        declined.stderr.contains("declined: nothing was sent"),
-        "{}",
-        declined.stderr
-    );
+    let args = run_args(&csv, "--limit 3");
+    let declined = run_answering(&emu, &db, &args, "n\n").await;
+    declined.assert_exit(1);
+    declined.assert_stderr_has(&format!(
+        "About to CONVERT up to 3 users of tenant {tenant}"
+    ));
+    declined.assert_stderr_has("declined: nothing was sent");
     assert!(emu.invitations().is_empty());
     let queue = b2b_convert::queue::Queue::open(&db).unwrap();
     assert!(
@@ -591,7 +465,7 @@ async fn the_prompt_names_the_tenant_and_this_invocations_users_and_no_leaves_no
     );
 
     // A run whose pilot is two named users: the prompt counts those two, not the run.
-    let started = run(&emu, &db, &["run", "--csv", csv, "--limit", "1", "--yes"]).await;
+    let started = run_csv(&emu, &db, &csv, "--limit 1 --yes").await;
     let run_id = started.run_id();
     let pending: Vec<_> = items(&db, run_id)
         .into_iter()
@@ -608,28 +482,20 @@ async fn the_prompt_names_the_tenant_and_this_invocations_users_and_no_leaves_no
     )
     .unwrap();
     let invited = emu.invitations().len();
-    let declined = run_answering(
-        &emu,
-        &db,
-        &[
-            "resume",
-            &run_id.to_string(),
-            "--limit",
-            "0",
-            "--only",
-            only.to_str().unwrap(),
-        ],
-        "no\n",
-    )
-    .await;
-    assert_eq!(declined.code, 1, "{}", declined.stderr);
-    assert!(
-        declined.stderr.contains(&format!(
-            "About to CONVERT up to 2 users of tenant {tenant}"
-        )),
-        "{}",
-        declined.stderr
-    );
+    let id = run_id.to_string();
+    let resume_pilot = [
+        "resume",
+        &id,
+        "--limit",
+        "0",
+        "--only",
+        only.to_str().unwrap(),
+    ];
+    let declined = run_answering(&emu, &db, &resume_pilot, "no\n").await;
+    declined.assert_exit(1);
+    declined.assert_stderr_has(&format!(
+        "About to CONVERT up to 2 users of tenant {tenant}"
+    ));
     assert_eq!(emu.invitations().len(), invited, "nothing was sent");
     assert_eq!(
         count(&items(&db, run_id), ItemState::Pending),
@@ -637,46 +503,24 @@ async fn the_prompt_names_the_tenant_and_this_invocations_users_and_no_leaves_no
         "the run is as it was"
     );
 
-    let accepted = run_answering(
-        &emu,
-        &db,
-        &[
-            "resume",
-            &run_id.to_string(),
-            "--limit",
-            "0",
-            "--only",
-            only.to_str().unwrap(),
-        ],
-        "yes\n",
-    )
-    .await;
-    assert_eq!(accepted.code, 0, "{}", accepted.stderr);
+    let accepted = run_answering(&emu, &db, &resume_pilot, "yes\n").await;
+    accepted.assert_exit(0);
     assert_eq!(emu.invitations().len(), invited + 2);
 }
 
 /// The binary in `cwd` with only a secret in its environment: everything else comes from the
 /// profile the arguments name.
 async fn run_in(cwd: &Path, secret: &str, args: &[&str]) -> Ran {
-    let out = tokio::process::Command::new(BIN)
-        .env_clear()
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("HOME", cwd)
         .env("AZURE_CLIENT_SECRET", secret)
         .env("B2B_BACKOFF_BASE_MS", "20")
         .current_dir(cwd)
         .args(args)
-        .stdin(std::process::Stdio::null())
-        .output();
-    let out = tokio::time::timeout(COMMAND_TIMEOUT, out)
-        .await
-        .expect("command ends")
-        .unwrap();
-    Ran {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+        .stdin(std::process::Stdio::null());
+    run_command(cmd).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -713,7 +557,7 @@ async fn profiles_keep_two_tenants_queues_apart_and_never_hold_a_secret() {
         &["--profile", "contoso", "run", "--csv", csv, "--dry-run"],
     )
     .await;
-    assert!(a.code == 0 || a.code == 3, "{}\n{}", a.stdout, a.stderr);
+    a.assert_finished();
     assert!(
         dir.path().join("contoso.db").is_file(),
         "the profile's own database"
@@ -738,7 +582,7 @@ async fn profiles_keep_two_tenants_queues_apart_and_never_hold_a_secret() {
         ],
     )
     .await;
-    assert!(b.code == 0 || b.code == 3, "{}\n{}", b.stdout, b.stderr);
+    b.assert_finished();
     assert!(dir.path().join("fabrikam.db").is_file());
     // Each queue holds its own tenant's run only.
     for (name, secret, emu, source) in [
@@ -757,15 +601,11 @@ async fn profiles_keep_two_tenants_queues_apart_and_never_hold_a_secret() {
             "{name}"
         );
         let status = run_in(dir.path(), secret, &["--profile", name, "status", "--json"]).await;
-        assert_eq!(
-            status_json(&status)["tenant"]["id"],
-            emu.tenant_id(),
-            "{name}"
-        );
+        assert_eq!(status.json()["tenant"]["id"], emu.tenant_id(), "{name}");
     }
 
     let listed = run_in(dir.path(), "", &["profiles"]).await;
-    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    listed.assert_exit(0);
     for want in [
         "contoso",
         "fabrikam",
@@ -794,7 +634,7 @@ async fn profiles_keep_two_tenants_queues_apart_and_never_hold_a_secret() {
         ],
     )
     .await;
-    assert!(flagged.code == 0 || flagged.code == 3, "{}", flagged.stderr);
+    flagged.assert_finished();
     assert!(elsewhere.is_file());
 
     // A secret in the file is refused, naming the line, and never printed.
@@ -805,35 +645,30 @@ async fn profiles_keep_two_tenants_queues_apart_and_never_hold_a_secret() {
     )
     .unwrap();
     let refused = run_in(leaky.path(), "", &["--profile", "x", "runs"]).await;
-    assert_eq!(refused.code, 1, "{}", refused.stderr);
-    assert!(refused.stderr.contains("line 3"), "{}", refused.stderr);
+    refused.assert_exit(1);
+    refused.assert_stderr_has("line 3");
     assert!(!refused.stderr.contains("s3cr3t"), "{}", refused.stderr);
     let unknown = run_in(dir.path(), "", &["--profile", "northwind", "runs"]).await;
     assert_eq!(unknown.code, 1);
-    assert!(
-        unknown.stderr.contains("no profile `northwind`"),
-        "{}",
-        unknown.stderr
-    );
+    unknown.assert_stderr_has("no profile `northwind`");
 }
 
 /// `--limit` counts users of one invocation: a pilot of 2, then a plain `resume`, converts
 /// everyone else; nothing of the pilot's limit is left in the run's options.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limit_belongs_to_its_invocation_and_a_plain_resume_works_everyone() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("q.db");
+    let (dir, db) = temp_db();
     let (emu, csv) = tenant_with_csv(20, 61, dir.path()).await;
-    let csv = csv.to_str().unwrap();
-    let piloted = run(&emu, &db, &["run", "--csv", csv, "--limit", "2", "--yes"]).await;
-    assert!([0, 3].contains(&piloted.code), "{}", piloted.stderr);
+    let piloted = run_csv(&emu, &db, &csv, "--limit 2 --yes").await;
+    piloted.assert_finished();
     let run_id = piloted.run_id();
     assert_eq!(emu.invitations().len(), 2, "the pilot's two users");
     let pending = count(&items(&db, run_id), ItemState::Pending);
     assert!(pending > 2, "users are left for the resume: {pending}");
 
-    let resumed = run(&emu, &db, &["resume", &run_id.to_string(), "--yes"]).await;
-    assert!([0, 3].contains(&resumed.code), "{}", resumed.stderr);
+    run(&emu, &db, &["resume", &run_id.to_string(), "--yes"])
+        .await
+        .assert_finished();
     let all = items(&db, run_id);
     assert_eq!(count(&all, ItemState::Pending), 0, "no limit was inherited");
     assert_eq!(emu.invitations().len(), count(&all, ItemState::Converted));
@@ -849,12 +684,10 @@ async fn a_limit_belongs_to_its_invocation_and_a_plain_resume_works_everyone() {
 /// `blocked` `changed_since_plan` "deleted since the plan", and nothing is sent for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_deleted_between_plan_and_apply_ends_changed_since_plan() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("q.db");
+    let (dir, db) = temp_db();
     let (emu, csv) = tenant_with_csv(20, 71, dir.path()).await;
-    let csv = csv.to_str().unwrap();
-    let plan = run(&emu, &db, &["run", "--csv", csv, "--dry-run"]).await;
-    assert!([0, 3].contains(&plan.code), "{}", plan.stderr);
+    let plan = run_csv(&emu, &db, &csv, "--dry-run").await;
+    plan.assert_finished();
     let planned: Vec<_> = items(&db, plan.run_id())
         .into_iter()
         .filter(|i| i.state == ItemState::WouldConvert)
@@ -864,7 +697,7 @@ async fn a_user_deleted_between_plan_and_apply_ends_changed_since_plan() {
     assert!(emu.delete_user(&deleted));
 
     let applied = run(&emu, &db, &["apply", &plan.run_id().to_string(), "--yes"]).await;
-    assert_eq!(applied.code, 3, "{}\n{}", applied.stdout, applied.stderr);
+    applied.assert_exit(3);
     let live = items(&db, applied.run_id());
     let gone = live
         .iter()

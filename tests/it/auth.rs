@@ -33,16 +33,16 @@ async fn run_with(
     for (k, v) in add {
         cmd.env(k, v);
     }
-    let out = tokio::time::timeout(common::COMMAND_TIMEOUT, cmd.output())
-        .await
-        .expect("finishes")
-        .expect("runs");
-    Ran {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    common::run_command(cmd).await
 }
+
+/// `preflight` with the emulator's environment plus `add`.
+async fn preflight_adding(emu: &Emulator, db: &Path, add: &[(&str, String)]) -> Ran {
+    run_with(emu, db, &["preflight"], &[], add).await
+}
+
+/// The app's own credentials, which the other sign-in methods must do without.
+const APP_CREDENTIALS: [&str; 2] = ["AZURE_CLIENT_SECRET", "AZURE_CLIENT_ID"];
 
 fn requests(emu: &Emulator, key: &str, status: &str) -> u64 {
     emu.stats()["requests"][key][status].as_u64().unwrap_or(0)
@@ -51,10 +51,10 @@ fn requests(emu: &Emulator, key: &str, status: &str) -> u64 {
 #[tokio::test]
 async fn clean_preflight_says_ready() {
     let emu = common::start(config(ALL)).await;
-    let dir = tempfile::tempdir().unwrap();
+    let (_dir, db) = common::temp_db();
     let r = common::run(
         &emu,
-        &dir.path().join("q.db"),
+        &db,
         &[
             "preflight",
             "--group",
@@ -62,36 +62,19 @@ async fn clean_preflight_says_ready() {
         ],
     )
     .await;
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    assert!(
-        r.stdout.contains("ready: the run will work"),
-        "{}",
-        r.stdout
-    );
-    assert!(r.stdout.contains("User.Invite.All granted"), "{}", r.stdout);
-    assert!(
-        r.stdout.contains("allowInvitesFrom is everyone"),
-        "{}",
-        r.stdout
-    );
-    assert!(
-        r.stdout.contains("drops customizedMessageBody"),
-        "{}",
-        r.stdout
-    );
+    r.assert_exit(0);
+    r.assert_stdout_has("ready: the run will work");
+    r.assert_stdout_has("User.Invite.All granted");
+    r.assert_stdout_has("allowInvitesFrom is everyone");
+    r.assert_stdout_has("drops customizedMessageBody");
 }
 
 #[tokio::test]
 async fn missing_permission_is_named_exactly() {
     let emu = common::start(config("User.Read.All,Domain.Read.All")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let r = common::run(
-        &emu,
-        &dir.path().join("q.db"),
-        &["preflight", "--set-mail", "--json"],
-    )
-    .await;
-    assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
+    let (_dir, db) = common::temp_db();
+    let r = common::run(&emu, &db, &["preflight", "--set-mail", "--json"]).await;
+    r.assert_exit(3);
     let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
     assert_eq!(v["ready"], false);
     let missing: Vec<String> = v["checks"]
@@ -114,33 +97,21 @@ async fn restrictive_invitation_policy_stops_app_only_sign_in() {
     let mut c = config(ALL);
     c.allow_invites_from = "adminsAndGuestInviters".into();
     let emu = common::start(c).await;
-    let dir = tempfile::tempdir().unwrap();
-    let r = common::run(&emu, &dir.path().join("q.db"), &["preflight"]).await;
-    assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
-    assert!(r.stdout.contains("[FIX]  invitation policy: allowInvitesFrom is adminsAndGuestInviters: an app cannot invite"), "{}", r.stdout);
+    let (_dir, db) = common::temp_db();
+    let r = common::run(&emu, &db, &["preflight"]).await;
+    r.assert_exit(3);
+    r.assert_stdout_has("[FIX]  invitation policy: allowInvitesFrom is adminsAndGuestInviters: an app cannot invite");
 }
 
 #[tokio::test]
 async fn bad_and_expired_secrets_are_shown_once_with_a_fix() {
     let mut tenant = Tenant::sample();
     let emu = common::start(config(ALL)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("q.db");
-    let r = run_with(
-        &emu,
-        &db,
-        &["preflight"],
-        &[],
-        &[("AZURE_CLIENT_SECRET", "wrong".into())],
-    )
-    .await;
-    assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
+    let (_dir, db) = common::temp_db();
+    let r = preflight_adding(&emu, &db, &[("AZURE_CLIENT_SECRET", "wrong".into())]).await;
+    r.assert_exit(3);
     assert_eq!(r.stdout.matches("AADSTS7000215").count(), 1, "{}", r.stdout);
-    assert!(
-        r.stdout.contains("Fix: the client secret is wrong"),
-        "{}",
-        r.stdout
-    );
+    r.assert_stdout_has("Fix: the client secret is wrong");
     assert!(!r.stdout.contains("wrong\n") && !r.stderr.contains("AADSTS7000215"));
     emu.shutdown().await;
 
@@ -154,14 +125,9 @@ async fn bad_and_expired_secrets_are_shown_once_with_a_fix() {
     c.tenant = tenant;
     let emu = common::start(c).await;
     let r = common::run(&emu, &db, &["preflight"]).await;
-    assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
-    assert!(r.stdout.contains("AADSTS7000222"), "{}", r.stdout);
-    assert!(
-        r.stdout
-            .contains("the client secret has expired: create a new one"),
-        "{}",
-        r.stdout
-    );
+    r.assert_exit(3);
+    r.assert_stdout_has("AADSTS7000222");
+    r.assert_stdout_has("the client secret has expired: create a new one");
     // The token endpoint answers invalid_client with 401, as Entra does.
     assert_eq!(requests(&emu, "POST /{tenant}/oauth2/v2.0/token", "401"), 1);
 }
@@ -172,17 +138,11 @@ async fn run_without_invite_permission_stops_before_any_invitation() {
         "User.ReadWrite.All,Domain.Read.All,GroupMember.Read.All",
     ))
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("q.db");
-    let csv = common::repo_path("sample-data/users.csv");
-    let r = common::run(&emu, &db, &["run", "--csv", csv.to_str().unwrap(), "--yes"]).await;
-    assert_eq!(r.code, 4, "{}\n{}", r.stdout, r.stderr);
-    assert!(
-        r.stderr
-            .contains("grant the Microsoft Graph application permission User.Invite.All"),
-        "{}",
-        r.stderr
-    );
+    let (_dir, db) = common::temp_db();
+    let csv = common::sample_csv();
+    let r = common::run_csv(&emu, &db, &csv, "--yes").await;
+    r.assert_exit(4);
+    r.assert_stderr_has("grant the Microsoft Graph application permission User.Invite.All");
     assert!(emu.invitations().is_empty());
     assert_eq!(requests(&emu, "POST /v1.0/invitations", "403"), 0);
     assert!(
@@ -191,13 +151,8 @@ async fn run_without_invite_permission_stops_before_any_invitation() {
     );
 
     // A dry run needs only the read permissions.
-    let r = common::run(
-        &emu,
-        &db,
-        &["run", "--csv", csv.to_str().unwrap(), "--dry-run"],
-    )
-    .await;
-    assert!(r.code == 0 || r.code == 3, "{}\n{}", r.stdout, r.stderr);
+    let r = common::run_csv(&emu, &db, &csv, "--dry-run").await;
+    r.assert_finished();
     let items = common::items(&db, r.run_id());
     assert_eq!(
         common::count(&items, b2b_convert::item::ItemState::Failed),
@@ -210,23 +165,19 @@ async fn device_code_sign_in_is_delegated() {
     let mut c = config(ALL);
     c.device_code_approve_after = 3;
     let emu = common::start(c).await;
-    let dir = tempfile::tempdir().unwrap();
+    let (_dir, db) = common::temp_db();
     let r = run_with(
         &emu,
-        &dir.path().join("q.db"),
+        &db,
         &["preflight", "--auth", "device-code"],
-        &["AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET"],
+        &APP_CREDENTIALS,
         &[],
     )
     .await;
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    assert!(
-        r.stderr.contains("https://microsoft.com/devicelogin"),
-        "{}",
-        r.stderr
-    );
-    assert!(r.stdout.contains("(delegated)"), "{}", r.stdout);
-    assert!(r.stdout.contains("User.Invite.All granted"), "{}", r.stdout);
+    r.assert_exit(0);
+    r.assert_stderr_has("https://microsoft.com/devicelogin");
+    r.assert_stdout_has("(delegated)");
+    r.assert_stdout_has("User.Invite.All granted");
     assert_eq!(
         requests(&emu, "POST /{tenant}/oauth2/v2.0/devicecode", "200"),
         1
@@ -269,7 +220,7 @@ async fn azure_cli_token_and_its_error() {
         std::slice::from_ref(&az),
     )
     .await;
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    r.assert_exit(0);
     // Without --auth, the chain falls through to Azure CLI when nothing else is configured.
     let r = run_with(
         &emu,
@@ -279,7 +230,7 @@ async fn azure_cli_token_and_its_error() {
         std::slice::from_ref(&az),
     )
     .await;
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    r.assert_exit(0);
 
     std::fs::write(
         &script,
@@ -287,45 +238,25 @@ async fn azure_cli_token_and_its_error() {
     )
     .unwrap();
     let r = run_with(&emu, &db, &["preflight", "--auth", "azure-cli"], &[], &[az]).await;
-    assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
-    assert!(
-        r.stdout
-            .contains("ERROR: Please run 'az login' to setup account."),
-        "{}",
-        r.stdout
-    );
+    r.assert_exit(3);
+    r.assert_stdout_has("ERROR: Please run 'az login' to setup account.");
 }
 
 #[tokio::test]
 async fn managed_identity_app_service_and_instance_metadata() {
     let emu = common::start(config(ALL)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("q.db");
+    let (_dir, db) = common::temp_db();
     let mi = [
         ("IDENTITY_ENDPOINT", emu.identity_endpoint()),
         ("IDENTITY_HEADER", emu.identity_header()),
     ];
     // Chosen by the chain from IDENTITY_ENDPOINT alone.
-    let r = run_with(
-        &emu,
-        &db,
-        &["preflight"],
-        &["AZURE_CLIENT_SECRET", "AZURE_CLIENT_ID"],
-        &mi,
-    )
-    .await;
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let r = run_with(&emu, &db, &["preflight"], &APP_CREDENTIALS, &mi).await;
+    r.assert_exit(0);
     assert_eq!(requests(&emu, "GET /msi/token", "200"), 1);
     let wrong = [mi[0].clone(), ("IDENTITY_HEADER", "nope".to_string())];
-    let r = run_with(
-        &emu,
-        &db,
-        &["preflight"],
-        &["AZURE_CLIENT_SECRET", "AZURE_CLIENT_ID"],
-        &wrong,
-    )
-    .await;
-    assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
+    let r = run_with(&emu, &db, &["preflight"], &APP_CREDENTIALS, &wrong).await;
+    r.assert_exit(3);
     assert_eq!(requests(&emu, "GET /msi/token", "401"), 1);
 
     // The instance metadata endpoint only with an explicit --auth, at B2B_IMDS_URL (loopback).
@@ -334,11 +265,11 @@ async fn managed_identity_app_service_and_instance_metadata() {
         &emu,
         &db,
         &["preflight", "--auth", "managed-identity"],
-        &["AZURE_CLIENT_SECRET", "AZURE_CLIENT_ID"],
+        &APP_CREDENTIALS,
         &imds,
     )
     .await;
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    r.assert_exit(0);
     assert_eq!(
         requests(&emu, "GET /metadata/identity/oauth2/token", "200"),
         1
@@ -381,8 +312,8 @@ async fn workload_identity_uses_the_federated_token_file() {
         file.to_string_lossy().into_owned(),
     )];
     let r = run_with(&emu, &db, &["preflight"], &["AZURE_CLIENT_SECRET"], &env).await;
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    assert!(r.stdout.contains("(app-only)"), "{}", r.stdout);
+    r.assert_exit(0);
+    r.assert_stdout_has("(app-only)");
 }
 
 #[tokio::test]
@@ -466,8 +397,7 @@ async fn graph_answers_403_without_the_permission_it_needs() {
 async fn certificate_sign_in_and_its_refusals() {
     let mut tenant = Tenant::sample();
     let emu = common::start(config(ALL)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("q.db");
+    let (_dir, db) = common::temp_db();
     let cert = |name: &str| {
         (
             "AZURE_CLIENT_CERTIFICATE_PATH",
@@ -478,16 +408,11 @@ async fn certificate_sign_in_and_its_refusals() {
     };
     let args = ["preflight", "--auth", "certificate"];
     let r = run_with(&emu, &db, &args, &[], &[cert("app-cert-with-key.pem")]).await;
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    r.assert_exit(0);
     let r = run_with(&emu, &db, &args, &[], &[cert("wrong-cert-with-key.pem")]).await;
-    assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
-    assert!(r.stdout.contains("AADSTS700027"), "{}", r.stdout);
-    assert!(
-        r.stdout
-            .contains("Fix: the certificate is not registered on the app"),
-        "{}",
-        r.stdout
-    );
+    r.assert_exit(3);
+    r.assert_stdout_has("AADSTS700027");
+    r.assert_stdout_has("Fix: the certificate is not registered on the app");
     emu.shutdown().await;
 
     let app = tenant
@@ -500,62 +425,48 @@ async fn certificate_sign_in_and_its_refusals() {
     c.tenant = tenant;
     let emu = common::start(c).await;
     let r = run_with(&emu, &db, &args, &[], &[cert("app-cert-with-key.pem")]).await;
-    assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
-    assert!(r.stdout.contains("AADSTS1000502"), "{}", r.stdout);
-    assert!(
-        r.stdout.contains("Fix: the certificate has expired"),
-        "{}",
-        r.stdout
-    );
+    r.assert_exit(3);
+    r.assert_stdout_has("AADSTS1000502");
+    r.assert_stdout_has("Fix: the certificate has expired");
 }
 
 #[tokio::test]
 async fn unknown_tenant_and_unknown_app_say_what_to_check() {
     let emu = common::start(config(ALL)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("q.db");
-    let r = run_with(
-        &emu,
-        &db,
-        &["preflight"],
-        &[],
-        &[("AZURE_TENANT_ID", "nowhere.example".into())],
-    )
-    .await;
-    assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
+    let (_dir, db) = common::temp_db();
+    let r = preflight_adding(&emu, &db, &[("AZURE_TENANT_ID", "nowhere.example".into())]).await;
+    r.assert_exit(3);
     assert!(
         r.stdout.contains("AADSTS90002") && r.stdout.contains("check AZURE_TENANT_ID"),
         "{}",
         r.stdout
     );
-    let r = run_with(
+    let r = preflight_adding(
         &emu,
         &db,
-        &["preflight"],
-        &[],
         &[(
             "AZURE_CLIENT_ID",
             "00000000-0000-0000-0000-000000000001".into(),
         )],
     )
     .await;
-    assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
+    r.assert_exit(3);
     assert!(
         r.stdout.contains("AADSTS700016") && r.stdout.contains("the app is not in this tenant"),
         "{}",
         r.stdout
     );
     // A run refused at sign-in is a configuration error (exit 1), shown once on stderr.
-    let csv = common::repo_path("sample-data/users.csv");
+    let csv = common::sample_csv();
     let r = run_with(
         &emu,
         &db,
-        &["run", "--csv", csv.to_str().unwrap(), "--dry-run"],
+        &common::run_args(&csv, "--dry-run"),
         &[],
         &[("AZURE_CLIENT_SECRET", "wrong".into())],
     )
     .await;
-    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    r.assert_exit(1);
     assert_eq!(r.stderr.matches("AADSTS7000215").count(), 1, "{}", r.stderr);
 }
 
@@ -563,18 +474,20 @@ async fn unknown_tenant_and_unknown_app_say_what_to_check() {
 async fn a_ready_token_is_read_for_its_roles() {
     let emu = common::start(config("User.Read.All,Domain.Read.All")).await;
     let answer = common::raw::token(&emu).await;
-    let dir = tempfile::tempdir().unwrap();
+    let (_dir, db) = common::temp_db();
     let token = answer.to_string();
     let r = run_with(
         &emu,
-        &dir.path().join("q.db"),
+        &db,
         &["preflight", "--auth", "token"],
         &[],
         &[("B2B_ACCESS_TOKEN", token.clone())],
     )
     .await;
-    assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
-    assert!(r.stdout.contains("[FIX]  send invitations: grant the Microsoft Graph application permission User.Invite.All"), "{}", r.stdout);
+    r.assert_exit(3);
+    r.assert_stdout_has(
+        "[FIX]  send invitations: grant the Microsoft Graph application permission User.Invite.All",
+    );
     assert!(
         !r.stdout.contains(&token) && !r.stderr.contains(&token),
         "the token is never printed"

@@ -9,52 +9,29 @@ use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt as _;
-use std::os::unix::process::ExitStatusExt as _;
+use std::path::Path;
 use std::time::Duration;
 
-use b2b_convert::emulator::{EmulatorConfig, Tenant};
+use b2b_convert::emulator::{Emulator, EmulatorConfig, Tenant};
 use b2b_convert::item::{ItemState, Reason};
 use b2b_convert::model::Domain;
 use common::*;
 use serde_json::json;
 
-fn scaled(tenant: Tenant) -> EmulatorConfig {
-    let mut config = EmulatorConfig::new(tenant);
-    // Graph's bucket shapes, scaled so no test waits on wall-clock throttling.
-    config.bucket_scale = 50.0;
-    config
-}
+/// Graph's bucket shapes, scaled so no test waits on wall-clock throttling.
+const SCALE: f64 = 50.0;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_puts_every_changed_property_back_exactly_once_through_sigkill() {
-    let dir = tempfile::tempdir().unwrap();
-    let tenant = Tenant::generate(400, 31);
-    let csv = dir.path().join("users.csv");
-    tenant.write_csv(&csv).unwrap();
-    let mut config = scaled(tenant);
-    // Slow answers keep requests on the wire when the restore is killed.
-    config.latency = Duration::from_millis(15);
-    let emu = start(config).await;
-    let db = dir.path().join("live.db");
-    let out = run(
-        &emu,
-        &db,
-        &[
-            "run",
-            "--csv",
-            csv.to_str().unwrap(),
-            "--yes",
-            "--silent",
-            "--set-mail",
-            "--set-guest",
-            "--rate",
-            "400",
-            "--concurrency",
-            "8",
-        ],
-    )
+    let Generated { dir, csv, emu, .. } = Generated::start(400, 31, |c| {
+        c.bucket_scale = SCALE;
+        // Slow answers keep requests on the wire when the restore is killed.
+        c.latency = Duration::from_millis(15);
+    })
     .await;
-    assert!([0, 3].contains(&out.code), "{}", out.stderr);
+    let db = dir.path().join("live.db");
+    let flags = "--yes --silent --set-mail --set-guest --rate 400 --concurrency 8";
+    run_csv(&emu, &db, &csv, flags).await.assert_finished();
     let its = items(&db, 1);
     // What the run wrote, per user and property, with the snapshot's value to put back.
     let tool_writes = emu.patches();
@@ -80,16 +57,12 @@ async fn restore_puts_every_changed_property_back_exactly_once_through_sigkill()
     assert!(mails.len() >= 5, "the tenant has users --set-mail fixed");
     // Someone else changes one of them since: restore must leave that user alone.
     let changed_by_other = mails[0].clone();
-    let r = reqwest::Client::new()
-        .post(format!(
-            "{}/_emulator/users/{changed_by_other}",
-            emu.base_url()
-        ))
-        .json(&json!({"mail": "someone.else@elsewhere.example"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    admin_set(
+        &emu,
+        &changed_by_other,
+        json!({"mail": "someone.else@elsewhere.example"}),
+    )
+    .await;
     want.retain(|(id, _), _| *id != changed_by_other);
     let before = emu.patches().len();
 
@@ -103,36 +76,22 @@ async fn restore_puts_every_changed_property_back_exactly_once_through_sigkill()
     }];
     let other = start(EmulatorConfig::new(other)).await;
     let refused = run(&other, &db, &["restore", "1", "--yes"]).await;
-    assert_eq!(refused.code, 1, "{}", refused.stderr);
-    assert!(
-        refused.stderr.contains("belongs to tenant"),
-        "{}",
-        refused.stderr
-    );
-    for key in other.stats()["requests"].as_object().unwrap().keys() {
-        assert!(
-            key == "GET /v1.0/domains" || key.ends_with("/oauth2/v2.0/token"),
-            "the other tenant was sent {key}"
-        );
-    }
+    refused.assert_exit(1);
+    refused.assert_stderr_has("belongs to tenant");
+    assert_only_sign_in_and_domains(&other);
     other.shutdown().await;
 
-    let dry = run(&emu, &db, &["restore", "1", "--dry-run"]).await;
-    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    run(&emu, &db, &["restore", "1", "--dry-run"])
+        .await
+        .assert_exit(0);
     assert_eq!(emu.patches().len(), before, "a dry run sends nothing");
 
-    let mut child = command(&emu, &db, &["restore", "1", "--yes"])
-        .spawn()
-        .unwrap();
+    let restore = ["restore", "1", "--yes"];
+    let mut child = command(&emu, &db, &restore).spawn().unwrap();
+    let every = Duration::from_millis(5);
     let target = before + want.len() / 3;
-    let mut polls = 0;
-    while emu.patches().len() < target && polls < 12_000 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        polls += 1;
-    }
-    child.start_kill().unwrap();
-    let status = child.wait().await.unwrap();
-    assert_eq!(status.signal(), Some(9), "killed mid-restore: {status:?}");
+    poll_until(|| emu.patches().len() >= target, every, 12_000).await;
+    sigkill(&mut child, "killed mid-restore").await;
     assert!(
         emu.patches().len() < before + want.len(),
         "killed before the end"
@@ -140,19 +99,13 @@ async fn restore_puts_every_changed_property_back_exactly_once_through_sigkill()
 
     // SIGTERM (a scheduler, systemd) stops a restore like Ctrl-C: exit 130, the requests on
     // the wire answered and checkpointed, nothing left in flight.
-    let child = command(&emu, &db, &["restore", "1", "--yes"])
-        .spawn()
-        .unwrap();
+    let child = command(&emu, &db, &restore).spawn().unwrap();
     let target = emu.patches().len() + want.len() / 6;
-    let mut polls = 0;
-    while emu.patches().len() < target && polls < 12_000 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        polls += 1;
-    }
+    poll_until(|| emu.patches().len() >= target, every, 12_000).await;
     signal(child.id().unwrap(), "-TERM");
     let out = output_of(child).await;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    out.assert_exit(130);
+    let stderr = &out.stderr;
     assert!(stderr.contains("SIGTERM: stopping"), "{stderr}");
     let q = b2b_convert::queue::Queue::open(&db).unwrap();
     let counts = q
@@ -161,18 +114,10 @@ async fn restore_puts_every_changed_property_back_exactly_once_through_sigkill()
     assert_eq!(counts.in_flight, 0, "nothing left in flight: {stderr}");
     drop(q);
 
-    let out = run(&emu, &db, &["restore", "1", "--yes"]).await;
-    assert_eq!(
-        out.code, 3,
-        "one user left alone\n{}\n{}",
-        out.stdout, out.stderr
-    );
-    assert!(
-        out.stdout
-            .contains("changed since by someone else: mail is someone.else@elsewhere.example"),
-        "{}",
-        out.stdout
-    );
+    // One user is left alone: exit 3.
+    let out = run(&emu, &db, &restore).await;
+    out.assert_exit(3);
+    out.assert_stdout_has("changed since by someone else: mail is someone.else@elsewhere.example");
     let restores = &emu.patches()[before..];
     let mut seen: BTreeMap<(String, String), usize> = BTreeMap::new();
     for p in restores {
@@ -206,28 +151,33 @@ async fn restore_puts_every_changed_property_back_exactly_once_through_sigkill()
         assert_eq!(&now, value, "{id} {prop}");
     }
     let users: BTreeSet<&String> = want.keys().map(|(id, _)| id).collect();
-    let status = run(&emu, &db, &["status", "1", "--json"]).await;
-    let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let status = status_json(&emu, &db, Some(1)).await;
     assert_eq!(status["restored"], users.len() as u64);
     assert_eq!(status["rolledBack"], 0);
     // A second restore has nothing left and sends nothing.
     let n = emu.patches().len();
-    let again = run(&emu, &db, &["restore", "1", "--yes"]).await;
+    let again = run(&emu, &db, &restore).await;
     assert_eq!(emu.patches().len(), n, "{}", again.stdout);
-    let report = dir.path().join("r.md");
-    let r = run(
-        &emu,
-        &db,
-        &["report", "1", "--out", report.to_str().unwrap()],
-    )
-    .await;
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let md = std::fs::read_to_string(&report).unwrap();
+    let md = report(&emu, &db, 1, &dir.path().join("r.md"), &[]).await;
     assert!(md.contains("**Back-out.**"), "{md}");
     assert!(
         md.contains(&format!("**Restored** ({} users)", users.len())),
         "{md}"
     );
+}
+
+/// `rollback 1 --only ONLY --passwords-out PASSWORDS --yes`.
+async fn rollback(emu: &Emulator, db: &Path, only: &Path, passwords: &Path) -> Ran {
+    let args = [
+        "rollback",
+        "1",
+        "--only",
+        only.to_str().unwrap(),
+        "--passwords-out",
+        passwords.to_str().unwrap(),
+        "--yes",
+    ];
+    run(emu, db, &args).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,19 +198,15 @@ async fn rollback_converts_back_exactly_the_redeemed_named_users() {
     let role_holders: BTreeSet<String> = tenant.directory_roles.keys().cloned().collect();
     let csv = dir.path().join("users.csv");
     tenant.write_csv(&csv).unwrap();
-    let emu = start(scaled(tenant)).await;
+    let emu = start(EmulatorConfig {
+        bucket_scale: SCALE,
+        ..EmulatorConfig::new(tenant)
+    })
+    .await;
     let db = dir.path().join("live.db");
-    let args = [
-        "run",
-        "--csv",
-        csv.to_str().unwrap(),
-        "--yes",
-        "--silent",
-        "--rate",
-        "400",
-    ];
-    let out = run(&emu, &db, &args).await;
-    assert!([0, 3].contains(&out.code), "{}", out.stderr);
+    run_csv(&emu, &db, &csv, "--yes --silent --rate 400")
+        .await
+        .assert_finished();
     let its = items(&db, 1);
     let converted = its.iter().filter(|i| {
         i.state == ItemState::Converted && !role_holders.contains(i.user_id.as_deref().unwrap())
@@ -296,35 +242,20 @@ async fn rollback_converts_back_exactly_the_redeemed_named_users() {
         .collect();
     std::fs::write(&only, names.join("\n")).unwrap();
 
+    // Cloud users need --passwords-out.
     let refused = run(
         &emu,
         &db,
         &["rollback", "1", "--only", only.to_str().unwrap(), "--yes"],
     )
     .await;
-    assert_eq!(
-        refused.code, 2,
-        "cloud users need --passwords-out\n{}",
-        refused.stderr
-    );
+    refused.assert_exit(2);
     assert!(emu.conversions_back().is_empty(), "nothing sent");
 
     let pw = dir.path().join("passwords.csv");
-    let args = [
-        "rollback",
-        "1",
-        "--only",
-        only.to_str().unwrap(),
-        "--passwords-out",
-        pw.to_str().unwrap(),
-        "--yes",
-    ];
-    let out = run(&emu, &db, &args).await;
-    assert_eq!(
-        out.code, 3,
-        "unredeemed users left\n{}\n{}",
-        out.stdout, out.stderr
-    );
+    // Unredeemed users are left: exit 3.
+    let out = rollback(&emu, &db, &only, &pw).await;
+    out.assert_exit(3);
     assert_eq!(
         out.stderr.matches("Microsoft Graph beta API").count(),
         1,
@@ -357,19 +288,15 @@ async fn rollback_converts_back_exactly_the_redeemed_named_users() {
     let mode = std::fs::metadata(&pw).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
     let file = std::fs::read_to_string(&pw).unwrap();
-    let report = dir.path().join("r.md");
-    let json_report = dir.path().join("r.json");
-    for path in [&report, &json_report] {
-        let r = run(&emu, &db, &["report", "1", "--out", path.to_str().unwrap()]).await;
-        assert_eq!(r.code, 0, "{}", r.stderr);
-    }
+    let md = report(&emu, &db, 1, &dir.path().join("r.md"), &[]).await;
+    let json_report = report(&emu, &db, 1, &dir.path().join("r.json"), &[]).await;
     let secrets = emu.secrets();
     assert_eq!(secrets.len(), 8, "one password per cloud user");
     let mut elsewhere = vec![
         out.stdout.clone().into_bytes(),
         out.stderr.clone().into_bytes(),
-        std::fs::read(&report).unwrap(),
-        std::fs::read(&json_report).unwrap(),
+        md.clone().into_bytes(),
+        json_report.into_bytes(),
     ];
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         let path = entry.unwrap().path();
@@ -387,10 +314,8 @@ async fn rollback_converts_back_exactly_the_redeemed_named_users() {
             );
         }
     }
-    let status = run(&emu, &db, &["status", "1", "--json"]).await;
-    let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let status = status_json(&emu, &db, Some(1)).await;
     assert_eq!(status["rolledBack"], 12);
-    let md = std::fs::read_to_string(&report).unwrap();
     assert!(md.contains("**Rolled back** (12 users)"), "{md}");
 
     // A new run naming them blocks those converted back, and Graph never answers 412.
@@ -401,21 +326,10 @@ async fn rollback_converts_back_exactly_the_redeemed_named_users() {
     )
     .unwrap();
     let db2 = dir.path().join("again.db");
-    let again = run(
-        &emu,
-        &db2,
-        &[
-            "run",
-            "--csv",
-            csv.to_str().unwrap(),
-            "--only",
-            named.to_str().unwrap(),
-            "--silent",
-            "--yes",
-        ],
-    )
-    .await;
-    assert_eq!(again.code, 3, "{}\n{}", again.stdout, again.stderr);
+    let mut args = run_args(&csv, "--silent --yes");
+    args.extend(["--only", named.to_str().unwrap()]);
+    let again = run(&emu, &db2, &args).await;
+    again.assert_exit(3);
     let blocked: BTreeSet<String> = items(&db2, again.run_id())
         .into_iter()
         .filter(|i| i.reason == Some(Reason::ConvertedBack))
@@ -434,29 +348,21 @@ async fn rollback_converts_back_exactly_the_redeemed_named_users() {
 /// never by a second conversion (or a second password).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_settles_lost_answers_by_re_reading_never_sending_twice() {
-    let dir = tempfile::tempdir().unwrap();
-    let tenant = Tenant::generate(200, 17);
+    let Generated {
+        dir,
+        tenant,
+        csv,
+        emu,
+    } = Generated::start(200, 17, |c| {
+        c.bucket_scale = SCALE;
+        c.lost_response_rate = 0.3;
+        c.seed = 5;
+    })
+    .await;
     let role_holders: BTreeSet<String> = tenant.directory_roles.keys().cloned().collect();
-    let csv = dir.path().join("users.csv");
-    tenant.write_csv(&csv).unwrap();
-    let mut config = scaled(tenant);
-    config.lost_response_rate = 0.3;
-    config.seed = 5;
-    let emu = start(config).await;
     let db = dir.path().join("live.db");
-    let args = [
-        "run",
-        "--csv",
-        csv.to_str().unwrap(),
-        "--yes",
-        "--silent",
-        "--rate",
-        "400",
-        "--max-attempts",
-        "12",
-    ];
-    let out = run(&emu, &db, &args).await;
-    assert!([0, 3].contains(&out.code), "{}", out.stderr);
+    let flags = "--yes --silent --rate 400 --max-attempts 12";
+    run_csv(&emu, &db, &csv, flags).await.assert_finished();
     let cloud: Vec<String> = items(&db, 1)
         .into_iter()
         .filter(|i| i.state == ItemState::Converted)
@@ -473,17 +379,7 @@ async fn rollback_settles_lost_answers_by_re_reading_never_sending_twice() {
     std::fs::write(&only, cloud.join("\n")).unwrap();
     let lost_before = emu.stats()["lostResponses"].as_u64().unwrap();
     let pw = dir.path().join("pw.csv");
-    let args = [
-        "rollback",
-        "1",
-        "--only",
-        only.to_str().unwrap(),
-        "--passwords-out",
-        pw.to_str().unwrap(),
-        "--yes",
-    ];
-    let out = run(&emu, &db, &args).await;
-    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    rollback(&emu, &db, &only, &pw).await.assert_exit(0);
     assert!(
         emu.stats()["lostResponses"].as_u64().unwrap() > lost_before,
         "some conversion answers were lost"
@@ -496,7 +392,6 @@ async fn rollback_settles_lost_answers_by_re_reading_never_sending_twice() {
     for s in emu.secrets() {
         assert!(file.contains(s["password"].as_str().unwrap()));
     }
-    let status = run(&emu, &db, &["status", "1", "--json"]).await;
-    let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let status = status_json(&emu, &db, Some(1)).await;
     assert_eq!(status["rolledBack"], 12);
 }

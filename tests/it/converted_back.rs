@@ -38,13 +38,8 @@ async fn a_run_blocks_converted_back_users_without_a_412() {
         assert_eq!(r.status(), 200);
     }
     let db = dir.path().join("q.db");
-    let r = common::run(
-        &emu,
-        &db,
-        &["run", "--csv", csv.to_str().unwrap(), "--silent", "--yes"],
-    )
-    .await;
-    assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
+    let r = common::run_csv(&emu, &db, &csv, "--silent --yes").await;
+    r.assert_exit(3);
     let items = common::items(&db, r.run_id());
     let blocked: Vec<&str> = items
         .iter()
@@ -87,7 +82,7 @@ async fn a_run_blocks_converted_back_users_without_a_412() {
         ],
     )
     .await;
-    assert_eq!(r2.code, 0, "{}", r2.stderr);
+    r2.assert_exit(0);
     let md = std::fs::read_to_string(out).unwrap();
     assert!(md.contains("converted_back"), "{md}");
     emu.shutdown().await;

@@ -11,19 +11,21 @@ use serde_json::{json, Value};
 
 use crate::common;
 
-use common::raw::{invite_body, G};
-use common::start;
+use common::raw::{assert_graph_error, invite_body, start_with_client, G};
 
 const USER_ADMIN: &str = "fe930be7-5e62-47db-91af-98c3a49a38b1";
 const PRIV_AUTH_ADMIN: &str = "7be44c8a-adaf-4e2a-84d6-ab2649e08a13";
 const STRONG: &str = "Str0ng!Passw0rd-for-a-test-only";
 
-fn config(tenant: Tenant, roles: &[&str], directory_roles: &[&str]) -> EmulatorConfig {
-    EmulatorConfig {
+/// An emulator of `tenant` whose app holds the permissions `roles` and the directory roles
+/// `directory_roles`, and a client signed in to it.
+async fn app_holding(tenant: &Tenant, roles: &[&str], directory_roles: &[&str]) -> (Emulator, G) {
+    start_with_client(EmulatorConfig {
         app_roles: roles.iter().map(|r| r.to_string()).collect(),
         app_directory_roles: directory_roles.iter().map(|r| r.to_string()).collect(),
-        ..EmulatorConfig::new(tenant)
-    }
+        ..EmulatorConfig::new(tenant.clone())
+    })
+    .await
 }
 
 /// A generated tenant whose user 7 holds User Administrator (one in a hundred does).
@@ -46,12 +48,8 @@ fn plain_cloud_user(t: &Tenant) -> User {
 }
 
 fn denied(s: u16, v: &Value) {
-    assert_eq!(s, 403, "{v}");
-    assert_eq!(v["error"]["code"], "Authorization_RequestDenied", "{v}");
-    assert_eq!(
-        v["error"]["message"],
-        "Insufficient privileges to complete the operation."
-    );
+    let message = "Insufficient privileges to complete the operation.";
+    assert_graph_error((s, v), 403, "Authorization_RequestDenied", message);
 }
 
 fn password_body(p: &str) -> Value {
@@ -66,26 +64,11 @@ fn claims(token: &str) -> Value {
     serde_json::from_slice(&raw).unwrap()
 }
 
-async fn redeem(g: &G, id: &str) -> u16 {
-    g.http
-        .post(format!("{}/_emulator/users/{id}/redeem", g.base))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 /// Invite `u` to its own `mail` and let the partner redeem.
 async fn convert_and_redeem(g: &G, u: &User) {
-    let (s, v) = g
-        .post(
-            "/invitations",
-            invite_body(&u.id, u.mail.as_deref().unwrap()),
-        )
-        .await;
+    let (s, v) = g.invite(u).await;
     assert_eq!(s, 201, "{v}");
-    assert_eq!(redeem(g, &u.id).await, 200);
+    assert_eq!(g.redeem(&u.id).await.0, 200);
 }
 
 async fn beta_post(g: &G, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -113,8 +96,7 @@ async fn password_patch_needs_the_permission_and_the_user_administrator_role() {
     let target = plain_cloud_user(&t);
 
     // The default app: User.ReadWrite.All, but its service principal holds no role.
-    let emu = start(EmulatorConfig::new(t.clone())).await;
-    let g = G::new(&emu).await;
+    let (emu, g) = start_with_client(EmulatorConfig::new(t.clone())).await;
     assert!(claims(&g.token).get("wids").is_none());
     let (s, v) = g.patch(&target.id, password_body(STRONG)).await;
     denied(s, &v);
@@ -126,42 +108,24 @@ async fn password_patch_needs_the_permission_and_the_user_administrator_role() {
     emu.shutdown().await;
 
     // The role, but no permission that covers passwords.
-    let emu = start(config(
-        t.clone(),
-        &["User.Read.All", "User.Invite.All"],
-        &[USER_ADMIN],
-    ))
-    .await;
-    let g = G::new(&emu).await;
+    let (emu, g) = app_holding(&t, &["User.Read.All", "User.Invite.All"], &[USER_ADMIN]).await;
     let (s, v) = g.patch(&target.id, password_body(STRONG)).await;
     denied(s, &v);
     emu.shutdown().await;
 
     // Least privilege: User-PasswordProfile.ReadWrite.All and User Administrator.
-    let emu = start(config(
-        t.clone(),
+    let (emu, g) = app_holding(
+        &t,
         &["User.Read.All", "User-PasswordProfile.ReadWrite.All"],
         &[USER_ADMIN],
-    ))
+    )
     .await;
-    let g = G::new(&emu).await;
     assert_eq!(claims(&g.token)["wids"], json!([USER_ADMIN]));
-    let r = g
-        .send(
-            reqwest::Method::PATCH,
-            &format!("/users/{}", target.id),
-            password_body(STRONG),
-        )
-        .await;
+    let r = g.patch_user(&target.id, password_body(STRONG)).await;
     assert_eq!(r.status(), 204);
     let after = emu.user(&target.id).unwrap();
     assert!(after.last_password_change_date_time.is_some());
-    let (s, v) = g
-        .get(&format!(
-            "/users/{}?$select=lastPasswordChangeDateTime",
-            target.id
-        ))
-        .await;
+    let (s, v) = g.get_user(&target.id, "lastPasswordChangeDateTime").await;
     assert_eq!(s, 200);
     assert_eq!(
         v["lastPasswordChangeDateTime"].as_str(),
@@ -203,8 +167,7 @@ async fn password_patch_refuses_admin_targets_synced_users_and_weak_passwords() 
     assert_eq!(ids, vec![USER_ADMIN, PRIV_AUTH_ADMIN]);
     assert!(b2b_convert::emulator::directory_role_ids("Chief Wizard").is_err());
 
-    let emu = start(config(t.clone(), &["User.ReadWrite.All"], &[USER_ADMIN])).await;
-    let g = G::new(&emu).await;
+    let (emu, g) = app_holding(&t, &["User.ReadWrite.All"], &[USER_ADMIN]).await;
     let (s, v) = g.patch(&admin.id, password_body(STRONG)).await;
     denied(s, &v);
     let (s, v) = g.patch(&synced.id, password_body(STRONG)).await;
@@ -238,8 +201,7 @@ async fn password_patch_refuses_admin_targets_synced_users_and_weak_passwords() 
     emu.shutdown().await;
 
     // Privileged Authentication Administrator may reset an admin's password.
-    let emu = start(config(t, &["User.ReadWrite.All"], &[PRIV_AUTH_ADMIN])).await;
-    let g = G::new(&emu).await;
+    let (emu, g) = app_holding(&t, &["User.ReadWrite.All"], &[PRIV_AUTH_ADMIN]).await;
     let (s, v) = g.patch(&admin.id, password_body(STRONG)).await;
     assert_eq!(s, 204, "{v}");
     assert!(secrets_hold(&emu, &admin.id, STRONG));
@@ -250,8 +212,7 @@ async fn password_patch_refuses_admin_targets_synced_users_and_weak_passwords() 
 async fn revoke_sign_in_sessions_needs_its_permission_and_moves_the_timestamp() {
     let t = tenant();
     let u = plain_cloud_user(&t);
-    let emu = start(config(t.clone(), &["User.Read.All"], &[])).await;
-    let g = G::new(&emu).await;
+    let (emu, g) = app_holding(&t, &["User.Read.All"], &[]).await;
     let (s, v) = g
         .post(&format!("/users/{}/revokeSignInSessions", u.id), json!({}))
         .await;
@@ -259,13 +220,7 @@ async fn revoke_sign_in_sessions_needs_its_permission_and_moves_the_timestamp() 
     assert!(emu.revocations().is_empty());
     emu.shutdown().await;
 
-    let emu = start(config(
-        t,
-        &["User.Read.All", "User.RevokeSessions.All"],
-        &[],
-    ))
-    .await;
-    let g = G::new(&emu).await;
+    let (emu, g) = app_holding(&t, &["User.Read.All", "User.RevokeSessions.All"], &[]).await;
     let (s, v) = g
         .post(&format!("/users/{}/revokeSignInSessions", u.id), json!({}))
         .await;
@@ -309,8 +264,7 @@ async fn conversion_back_rules_effects_and_the_412_after_it() {
         .cloned()
         .unwrap();
 
-    let emu = start(EmulatorConfig::new(t.clone())).await;
-    let g = G::new(&emu).await;
+    let (emu, g) = start_with_client(EmulatorConfig::new(t.clone())).await;
     let path = |u: &User| format!("/users/{}/convertExternalToInternalMemberUser", u.id);
 
     // Not (yet) a redeemed B2B user.
@@ -320,16 +274,11 @@ async fn conversion_back_rules_effects_and_the_412_after_it() {
         v["error"]["message"],
         "The user authentication is already internal and isn't eligible for conversion."
     );
-    let (s, _) = g
-        .post(
-            "/invitations",
-            invite_body(&cloud.id, cloud.mail.as_deref().unwrap()),
-        )
-        .await;
+    let (s, _) = g.invite(&cloud).await;
     assert_eq!(s, 201);
     let (s, _) = beta_post(&g, &path(&cloud), None).await;
     assert_eq!(s, 400, "pending acceptance: not redeemed, not eligible");
-    assert_eq!(redeem(&g, &cloud.id).await, 200);
+    assert_eq!(g.redeem(&cloud.id).await.0, 200);
 
     // Cloud users need a UPN on a verified domain and a valid password.
     let upn = cloud.user_principal_name.clone().unwrap();
@@ -387,21 +336,11 @@ async fn conversion_back_rules_effects_and_the_412_after_it() {
     // A second conversion back, and a new invitation: refused.
     let (s, _) = beta_post(&g, &path(&cloud), None).await;
     assert_eq!(s, 400);
-    let (s, v) = g
-        .post(
-            "/invitations",
-            invite_body(&cloud.id, cloud.mail.as_deref().unwrap()),
-        )
-        .await;
+    let (s, v) = g.invite(&cloud).await;
     assert_eq!(s, 412, "{v}");
 
     // externalUserConvertedOn is beta-only: v1.0 refuses it, beta lists who carries it.
-    let (s, _) = g
-        .get(&format!(
-            "/users/{}?$select=id,externalUserConvertedOn",
-            cloud.id
-        ))
-        .await;
+    let (s, _) = g.get_user(&cloud.id, "id,externalUserConvertedOn").await;
     assert_eq!(s, 400);
     let (s, v) = g
         .get(&format!(
@@ -462,8 +401,7 @@ async fn conversion_back_rules_effects_and_the_412_after_it() {
     emu.shutdown().await;
 
     // Without User-ConvertToInternal.ReadWrite.All or User.ReadWrite.All: 403.
-    let emu = start(config(t, &["User.Read.All", "User.Invite.All"], &[])).await;
-    let g = G::new(&emu).await;
+    let (emu, g) = app_holding(&t, &["User.Read.All", "User.Invite.All"], &[]).await;
     let (s, v) = beta_post(&g, &path(&untouched), None).await;
     denied(s, &v);
     emu.shutdown().await;
@@ -474,8 +412,7 @@ async fn redemption_policies_need_policy_read_all() {
     let t = tenant();
     let email = "/policies/authenticationMethodsPolicy/authenticationMethodConfigurations/email";
     let cross = "/policies/crossTenantAccessPolicy/default";
-    let emu = start(EmulatorConfig::new(t.clone())).await;
-    let g = G::new(&emu).await;
+    let (emu, g) = start_with_client(EmulatorConfig::new(t.clone())).await;
     for path in [email, cross] {
         let (s, v) = g.get(path).await;
         denied(s, &v);
@@ -486,8 +423,7 @@ async fn redemption_policies_need_policy_read_all() {
     blocked.policies.email_otp_state = "disabled".into();
     blocked.policies.b2b_collaboration_inbound_blocked = true;
     for (tenant, otp, access) in [(t, "enabled", "allowed"), (blocked, "disabled", "blocked")] {
-        let emu = start(config(tenant, &["User.Read.All", "Policy.Read.All"], &[])).await;
-        let g = G::new(&emu).await;
+        let (emu, g) = app_holding(&tenant, &["User.Read.All", "Policy.Read.All"], &[]).await;
         let (s, v) = g.get(email).await;
         assert_eq!(s, 200, "{v}");
         assert_eq!(v["state"], otp);
@@ -539,8 +475,7 @@ async fn generated_synced_users_carry_sid_and_sam_and_admins_exist() {
 async fn admin_sets_user_properties_through_the_inspection_endpoint() {
     let t = tenant();
     let u = plain_cloud_user(&t);
-    let emu = start(EmulatorConfig::new(t)).await;
-    let g = G::new(&emu).await;
+    let (emu, g) = start_with_client(EmulatorConfig::new(t)).await;
     let post = |body: Value| {
         g.http
             .post(format!("{}/_emulator/users/{}", g.base, u.id))
@@ -572,10 +507,7 @@ async fn admin_sets_user_properties_through_the_inspection_endpoint() {
     );
     // A converted-back user set this way is refused an invitation, as Graph does.
     let (s, _) = g
-        .post(
-            "/invitations",
-            invite_body(&u.id, "new.address@fabrikam.com"),
-        )
+        .post_invitation(invite_body(&u.id, "new.address@fabrikam.com"))
         .await;
     assert_eq!(s, 412);
     emu.shutdown().await;
@@ -586,19 +518,12 @@ async fn directory_roles_list_who_holds_an_admin_role() {
     let t = tenant();
     let holders: Vec<String> = t.directory_roles.keys().cloned().collect();
     assert_eq!(holders.len(), 6);
-    let emu = start(EmulatorConfig::new(t.clone())).await;
-    let g = G::new(&emu).await;
+    let (emu, g) = start_with_client(EmulatorConfig::new(t.clone())).await;
     let (s, v) = g.get("/directoryRoles?$expand=members").await;
     denied(s, &v);
     emu.shutdown().await;
 
-    let emu = start(config(
-        t,
-        &["User.Read.All", "RoleManagement.Read.Directory"],
-        &[],
-    ))
-    .await;
-    let g = G::new(&emu).await;
+    let (emu, g) = app_holding(&t, &["User.Read.All", "RoleManagement.Read.Directory"], &[]).await;
     let (s, v) = g.get("/directoryRoles?$expand=members").await;
     assert_eq!(s, 200, "{v}");
     let roles = v["value"].as_array().unwrap();

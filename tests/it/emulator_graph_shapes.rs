@@ -10,8 +10,9 @@ use serde_json::{json, Value};
 
 use crate::common;
 
-use common::raw::{invite_body, sample_user, G};
-use common::start;
+use common::raw::{
+    invite_body, json_of, sample_emulator, sample_emulator_with, sample_user, start_with_client,
+};
 
 const ODATA_JSON: &str =
     "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8";
@@ -40,8 +41,7 @@ fn tenant_with_kofi_addresses() -> Tenant {
 async fn invitation_without_invited_user_id_to_a_held_address_converts_nobody() {
     let tenant = tenant_with_kofi_addresses();
     let before = tenant.users.clone();
-    let emu = start(EmulatorConfig::new(tenant)).await;
-    let g = G::new(&emu).await;
+    let (emu, g) = start_with_client(EmulatorConfig::new(tenant)).await;
     let (bruno, kofi, chen) = (
         sample_user("Bruno"),
         sample_user("Kofi"),
@@ -59,7 +59,7 @@ async fn invitation_without_invited_user_id_to_a_held_address_converts_nobody() 
             "inviteRedirectUrl": "https://myapplications.microsoft.com",
             "sendInvitationMessage": false,
         });
-        let (s, v) = g.post("/invitations", body).await;
+        let (s, v) = g.post_invitation(body).await;
         assert_eq!(s, 400, "{address}: {v}");
         assert_eq!(
             error_of(&v),
@@ -77,10 +77,7 @@ async fn invitation_without_invited_user_id_to_a_held_address_converts_nobody() 
     }
     // The same user named by `invitedUser.id` converts.
     let (s, v) = g
-        .post(
-            "/invitations",
-            invite_body(&bruno.id, "bruno.costa@northwind.example"),
-        )
+        .post_invitation(invite_body(&bruno.id, "bruno.costa@northwind.example"))
         .await;
     assert_eq!(s, 201, "{v}");
     assert_eq!(
@@ -110,8 +107,7 @@ fn statuses(v: &Value) -> Vec<(String, u64)> {
 
 #[tokio::test]
 async fn batch_refuses_like_graph() {
-    let emu = start(EmulatorConfig::new(Tenant::sample())).await;
-    let g = G::new(&emu).await;
+    let (emu, g) = sample_emulator().await;
     let (dana, elif) = (sample_user("Dana"), sample_user("Elif"));
     let patch_dana = json!({"id": "p", "method": "PATCH", "url": format!("/users/{}", dana.id),
         "headers": {"Content-Type": "application/json"}, "body": {"jobTitle": "Partner"}});
@@ -210,8 +206,7 @@ async fn batch_refuses_like_graph() {
 
 #[tokio::test]
 async fn count_needs_consistency_level_and_bodies_need_content_type() {
-    let emu = start(EmulatorConfig::new(Tenant::sample())).await;
-    let g = G::new(&emu).await;
+    let (emu, g) = sample_emulator().await;
     let users = Tenant::sample().users.len();
     let (s, v) = g.get("/users?$top=5&$count=true").await;
     assert_eq!(s, 400, "{v}");
@@ -219,12 +214,7 @@ async fn count_needs_consistency_level_and_bodies_need_content_type() {
         error_of(&v),
         ("Request_BadRequest", "$count is not currently supported.")
     );
-    let (s, v) = g
-        .get_with(
-            "/users?$top=5&$count=true",
-            &[("ConsistencyLevel", "eventual")],
-        )
-        .await;
+    let (s, v) = g.get_eventual("/users?$top=5&$count=true").await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["@odata.count"], users);
 
@@ -254,14 +244,8 @@ async fn count_needs_consistency_level_and_bodies_need_content_type() {
     assert!(emu.patches().is_empty());
     // With its parameters, application/json is accepted; a POST without a body needs none.
     let r = g
-        .http
-        .post(g.url("/invitations"))
-        .bearer_auth(&g.token)
-        .header("Content-Type", "application/json; charset=utf-8")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+        .post_raw("/invitations", "application/json; charset=utf-8", body)
+        .await;
     assert_eq!(r.status(), 201);
     let r = g
         .http
@@ -276,8 +260,7 @@ async fn count_needs_consistency_level_and_bodies_need_content_type() {
 
 #[tokio::test]
 async fn sdk_shapes_are_accepted() {
-    let emu = start(EmulatorConfig::new(Tenant::sample())).await;
-    let g = G::new(&emu).await;
+    let (emu, g) = sample_emulator().await;
     let dana = sample_user("Dana");
     let (s, v) = g
         .patch(
@@ -300,10 +283,10 @@ async fn sdk_shapes_are_accepted() {
         .await;
     assert_eq!(s, 204, "{v}");
     let (s, v) = g
-        .get(&format!(
-            "/users/{}?$select=jobTitle,department,businessPhones,usageLocation,displayName",
-            dana.id
-        ))
+        .get_user(
+            &dana.id,
+            "jobTitle,department,businessPhones,usageLocation,displayName",
+        )
         .await;
     assert_eq!(s, 200);
     assert_eq!(v["jobTitle"], "Partner manager");
@@ -340,10 +323,7 @@ async fn sdk_shapes_are_accepted() {
     );
     // An SDK's invitation: typed objects throughout.
     let bruno = sample_user("Bruno");
-    let (s, v) = g
-        .post(
-            "/invitations",
-            json!({
+    let (s, v) = g.post_invitation(json!({
                 "@odata.type": "#microsoft.graph.invitation",
                 "invitedUserEmailAddress": bruno.mail,
                 "inviteRedirectUrl": "https://myapplications.microsoft.com",
@@ -398,8 +378,7 @@ async fn non_nullable_collections_are_empty_and_every_user_has_created_date_time
     u.assigned_plans = None;
     u.identities = None;
     u.created_date_time = None;
-    let emu = start(EmulatorConfig::new(tenant)).await;
-    let g = G::new(&emu).await;
+    let (emu, g) = start_with_client(EmulatorConfig::new(tenant)).await;
     const SELECT: &str = "otherMails,proxyAddresses,assignedPlans,identities,businessPhones,createdDateTime,jobTitle";
     let (s, v) = g.get(&format!("/users/{aisha_id}?$select={SELECT}")).await;
     assert_eq!(s, 200);
@@ -415,14 +394,7 @@ async fn non_nullable_collections_are_empty_and_every_user_has_created_date_time
     assert!(v["createdDateTime"].is_string(), "{v}");
     assert!(v["jobTitle"].is_null(), "a nullable property stays null");
     // Every user of a list and of delta, and a new guest created now.
-    let (s, guest) = g
-        .post(
-            "/invitations",
-            json!({"invitedUserEmailAddress": "new.partner@fabrikam.com", "inviteRedirectUrl": "https://myapplications.microsoft.com"}),
-        )
-        .await;
-    assert_eq!(s, 201, "{guest}");
-    let guest_id = guest["invitedUser"]["id"].as_str().unwrap().to_string();
+    let guest_id = g.invite_new_guest().await;
     let (_, list) = g.get(&format!("/users?$top=999&$select={SELECT}")).await;
     let (_, delta) = g
         .get_with(
@@ -452,8 +424,7 @@ async fn non_nullable_collections_are_empty_and_every_user_has_created_date_time
 
 #[tokio::test]
 async fn diagnostic_and_odata_headers_on_every_answer() {
-    let emu = start(EmulatorConfig::new(Tenant::sample())).await;
-    let g = G::new(&emu).await;
+    let (emu, g) = sample_emulator().await;
     let client_id = "0f8fad5b-d9cb-469f-a165-70867728950e";
     // The client's own client-request-id comes back, in the header and in error bodies.
     let r = g
@@ -501,57 +472,40 @@ async fn diagnostic_and_odata_headers_on_every_answer() {
 
 #[tokio::test]
 async fn links_name_the_host_the_client_called() {
-    let emu = start(EmulatorConfig::new(Tenant::sample())).await;
-    let g = G::new(&emu).await;
+    let (emu, g) = sample_emulator().await;
     // The request goes to 127.0.0.1; its Host header names another name for it.
     let host = format!("graph.emulator.test:{}", emu.addr().port());
     let get = |path: &str| {
-        g.http
+        let request = g
+            .http
             .get(g.url(path))
             .bearer_auth(&g.token)
             .header("Host", host.clone())
-            .header("Prefer", "odata.maxpagesize=10")
+            .header("Prefer", "odata.maxpagesize=10");
+        json_of(request)
     };
-    let v: Value = get("/users?$top=5")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let assert_on_host = |link: &str, path: &str| {
+        assert!(
+            link.starts_with(&format!("http://{host}/v1.0/{path}")),
+            "{link}"
+        );
+    };
+    let v = get("/users?$top=5").await;
+    assert_on_host(v["@odata.nextLink"].as_str().unwrap(), "users?");
+    let v = get("/users/delta?$select=id").await;
     let next = v["@odata.nextLink"].as_str().unwrap();
-    assert!(
-        next.starts_with(&format!("http://{host}/v1.0/users?")),
-        "{next}"
-    );
-    let v: Value = get("/users/delta?$select=id")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let next = v["@odata.nextLink"].as_str().unwrap();
-    assert!(
-        next.starts_with(&format!("http://{host}/v1.0/users/delta?")),
-        "{next}"
-    );
+    assert_on_host(next, "users/delta?");
     // Following the link to the address actually listened on gives the deltaLink, named
     // after the host called as well.
     let mut link = next.replace(&host, &emu.addr().to_string());
     let mut delta_link = None;
     for _ in 0..100 {
-        let v: Value = g
+        let request = g
             .http
             .get(&link)
             .bearer_auth(&g.token)
-            .header("Host", host.clone())
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .header("Host", host.clone());
+        let v = json_of(request).await;
         if let Some(d) = v["@odata.deltaLink"].as_str() {
             delta_link = Some(d.to_string());
             break;
@@ -562,27 +516,20 @@ async fn links_name_the_host_the_client_called() {
             .replace(&host, &emu.addr().to_string());
     }
     let delta_link = delta_link.expect("a deltaLink within 100 pages");
-    assert!(
-        delta_link.starts_with(&format!("http://{host}/v1.0/users/delta?$deltatoken=")),
-        "{delta_link}"
-    );
+    assert_on_host(&delta_link, "users/delta?$deltatoken=");
     // Inside a batch, the batch's host.
-    let r = g
+    let request = g
         .http
         .post(g.url("/$batch"))
         .bearer_auth(&g.token)
         .header("Host", host.clone())
-        .json(&json!({"requests": [sub("1", "GET", "/users?$top=3")]}))
-        .send()
-        .await
-        .unwrap();
-    let v: Value = r.json().await.unwrap();
-    let next = v["responses"][0]["body"]["@odata.nextLink"]
-        .as_str()
-        .unwrap();
-    assert!(
-        next.starts_with(&format!("http://{host}/v1.0/users?")),
-        "{next}"
+        .json(&json!({"requests": [sub("1", "GET", "/users?$top=3")]}));
+    let v = json_of(request).await;
+    assert_on_host(
+        v["responses"][0]["body"]["@odata.nextLink"]
+            .as_str()
+            .unwrap(),
+        "users?",
     );
     // Without a Host the client's own address is used: the tool's links are unchanged.
     let (_, v) = g.get("/users?$top=5").await;
@@ -596,23 +543,15 @@ async fn links_name_the_host_the_client_called() {
 #[tokio::test]
 async fn retry_after_can_be_fractional() {
     for (fractional, want) in [(false, "3"), (true, "2.500")] {
-        let emu = start(EmulatorConfig {
-            clock: Clock::manual(),
-            ru_per_10s: Some(4),
-            fractional_retry_after: fractional,
-            ..EmulatorConfig::new(Tenant::sample())
+        let (emu, g) = sample_emulator_with(|c| {
+            c.clock = Clock::manual();
+            c.ru_per_10s = Some(4);
+            c.fractional_retry_after = fractional;
         })
         .await;
-        let g = G::new(&emu).await;
         let mut throttled = None;
         for _ in 0..10 {
-            let r = g
-                .http
-                .get(g.url("/users?$select=id&$top=1"))
-                .bearer_auth(&g.token)
-                .send()
-                .await
-                .unwrap();
+            let r = g.get_response("/users?$select=id&$top=1").await;
             if r.status() == 429 {
                 throttled = Some(r.headers()["retry-after"].to_str().unwrap().to_string());
                 break;

@@ -161,15 +161,7 @@ async fn discovery_documents_are_built_on_the_host_called() {
     // Instance discovery, as MSAL reads it before an authority it does not know.
     let here = localhost(&emu);
     let authorize = format!("{here}/{tid}/oauth2/v2.0/authorize");
-    let url = reqwest::Url::parse_with_params(
-        &format!("{here}/common/discovery/instance"),
-        &[
-            ("api-version", "1.1"),
-            ("authorization_endpoint", authorize.as_str()),
-        ],
-    )
-    .unwrap();
-    let (status, found) = get(&http, url.as_str(), None).await;
+    let (status, found) = discover_instance(&http, &here, &authorize).await;
     assert_eq!(status, 200, "{found}");
     assert_eq!(
         found["tenant_discovery_endpoint"],
@@ -180,19 +172,24 @@ async fn discovery_documents_are_built_on_the_host_called() {
         json!([here.trim_start_matches("https://")])
     );
     let elsewhere = format!("https://login.microsoftonline.com/{tid}/oauth2/v2.0/authorize");
-    let url = reqwest::Url::parse_with_params(
-        &format!("{here}/common/discovery/instance"),
-        &[
-            ("api-version", "1.1"),
-            ("authorization_endpoint", elsewhere.as_str()),
-        ],
-    )
-    .unwrap();
-    let (status, refused) = get(&http, url.as_str(), None).await;
+    let (status, refused) = discover_instance(&http, &here, &elsewhere).await;
     assert_eq!(status, 400);
     assert_eq!(refused["error"], "invalid_instance");
     assert_eq!(refused["error_codes"], json!([50049]));
     emu.shutdown().await;
+}
+
+/// MSAL's instance discovery at `origin` for an authority's `authorize` endpoint.
+async fn discover_instance(http: &reqwest::Client, origin: &str, authorize: &str) -> (u16, Value) {
+    let url = reqwest::Url::parse_with_params(
+        &format!("{origin}/common/discovery/instance"),
+        &[
+            ("api-version", "1.1"),
+            ("authorization_endpoint", authorize),
+        ],
+    )
+    .unwrap();
+    get(http, url.as_str(), None).await
 }
 
 #[tokio::test]
@@ -378,6 +375,7 @@ async fn a_delegated_token_carries_the_consented_scopes_and_msal_sign_in_answers
     let here = localhost(&emu);
     let tid = emu.tenant_id();
     let client_id = common::raw::env(&emu, "AZURE_CLIENT_ID");
+    let token_url = format!("{here}/{tid}/oauth2/v2.0/token");
     let scope = "https://graph.microsoft.com/.default offline_access openid profile";
     let (status, flow) = post_form(
         &http,
@@ -390,7 +388,7 @@ async fn a_delegated_token_carries_the_consented_scopes_and_msal_sign_in_answers
     // msal-node's spelling of the grant, and MSAL's `client_info=1`.
     let (status, answer) = post_form(
         &http,
-        &format!("{here}/{tid}/oauth2/v2.0/token"),
+        &token_url,
         &[
             ("grant_type", "device_code"),
             ("client_id", client_id.as_str()),
@@ -433,7 +431,7 @@ async fn a_delegated_token_carries_the_consented_scopes_and_msal_sign_in_answers
     // The refresh answer carries the same shapes.
     let (status, renewed) = post_form(
         &http,
-        &format!("{here}/{tid}/oauth2/v2.0/token"),
+        &token_url,
         &[
             ("grant_type", "refresh_token"),
             ("client_id", client_id.as_str()),
@@ -460,11 +458,10 @@ async fn a_delegated_token_carries_the_consented_scopes_and_msal_sign_in_answers
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_converts_against_a_tls_emulator_trusting_its_ca_by_ssl_cert_file() {
     let emu = start_tls(EmulatorConfig::new(Tenant::sample())).await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("q.db");
+    let (dir, db) = common::temp_db();
     let csv = common::repo_path("sample-data/users.csv");
     // `common::command` passes the emulator's printed environment, SSL_CERT_FILE included.
-    let out = common::run(&emu, &db, &["run", "--csv", csv.to_str().unwrap(), "--yes"]).await;
+    let out = common::run_csv(&emu, &db, &csv, "--yes").await;
     assert_eq!(
         out.code, 3,
         "blocked rows make exit 3\n{}\n{}",
@@ -480,14 +477,7 @@ async fn a_run_converts_against_a_tls_emulator_trusting_its_ca_by_ssl_cert_file(
     let mut cmd = common::command(
         &emu,
         &other,
-        &[
-            "run",
-            "--csv",
-            csv.to_str().unwrap(),
-            "--yes",
-            "--unreachable-after",
-            "1",
-        ],
+        &common::run_args(&csv, "--yes --unreachable-after 1"),
     );
     cmd.env_remove("SSL_CERT_FILE");
     let refused = tokio::time::timeout(common::COMMAND_TIMEOUT, cmd.output())

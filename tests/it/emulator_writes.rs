@@ -10,36 +10,34 @@ use serde_json::{json, Value};
 
 use crate::common;
 
-use common::raw::{env, invite_body, sample_user, G};
+use common::raw::{
+    assert_graph_error, env, invite_body, keys, sample_emulator, sample_emulator_with, sample_user,
+    start_with_client, G,
+};
 use common::start;
 fn assert_conflict(s: u16, v: &Value) {
-    assert_eq!(s, 400, "{v}");
-    assert_eq!(v["error"]["code"], "Request_BadRequest", "{v}");
-    assert_eq!(
-        v["error"]["message"],
-        "Another object with the same value for property proxyAddresses already exists."
-    );
+    let message = "Another object with the same value for property proxyAddresses already exists.";
+    assert_graph_error((s, v), 400, "Request_BadRequest", message);
     assert_eq!(v["error"]["details"][0]["code"], "ObjectConflict", "{v}");
+}
+
+/// A `PATCH /users/{id}` that Graph accepts (204).
+async fn assert_patched(g: &G, id: &str, body: Value) {
+    let (s, v) = g.patch(id, body.clone()).await;
+    assert_eq!(s, 204, "{body}: {v}");
 }
 
 #[tokio::test]
 async fn patch_sets_mail_and_user_type_with_graphs_refusals() {
-    let emu = start(EmulatorConfig::new(Tenant::sample())).await;
-    let g = G::new(&emu).await;
+    let (emu, g) = sample_emulator().await;
     let kofi = sample_user("Kofi"); // cloud-only, no mailbox, no mail
     let r = g
-        .send(
-            reqwest::Method::PATCH,
-            &format!("/users/{}", kofi.id),
-            json!({"mail": "kofi.asante@adatum.example"}),
-        )
+        .patch_user(&kofi.id, json!({"mail": "kofi.asante@adatum.example"}))
         .await;
     assert_eq!(r.status(), 204);
     assert_eq!(r.headers()["x-ms-resource-unit"], "1");
     assert!(r.bytes().await.unwrap().is_empty(), "204 has no body");
-    let (s, v) = g
-        .get(&format!("/users/{}?$select=mail,proxyAddresses", kofi.id))
-        .await;
+    let (s, v) = g.get_user(&kofi.id, "mail,proxyAddresses").await;
     assert_eq!((s, &v["mail"]), (200, &json!("kofi.asante@adatum.example")));
     let after = emu.user(&kofi.id).unwrap();
     assert_eq!(after.mail.as_deref(), Some("kofi.asante@adatum.example"));
@@ -136,10 +134,7 @@ async fn patch_sets_mail_and_user_type_with_graphs_refusals() {
     assert_eq!(emu.patches().len(), 2);
     // After its mail was set, Kofi converts.
     let (s, v) = g
-        .post(
-            "/invitations",
-            invite_body(&kofi.id, "kofi.asante@adatum.example"),
-        )
+        .post_invitation(invite_body(&kofi.id, "kofi.asante@adatum.example"))
         .await;
     assert_eq!(s, 201, "{v}");
     emu.shutdown().await;
@@ -147,38 +142,22 @@ async fn patch_sets_mail_and_user_type_with_graphs_refusals() {
 
 #[tokio::test]
 async fn invitation_clash_carries_object_conflict() {
-    let emu = start(EmulatorConfig::new(Tenant::sample())).await;
-    let g = G::new(&emu).await;
+    let (emu, g) = sample_emulator().await;
     let liam = sample_user("Liam");
-    let (s, v) = g
-        .post(
-            "/invitations",
-            invite_body(&liam.id, liam.mail.as_deref().unwrap()),
-        )
-        .await;
+    let (s, v) = g.invite(&liam).await;
     assert_conflict(s, &v);
     // Once Megan no longer lists the address, Liam converts.
     let megan = sample_user("Megan");
     let (s, _) = g.patch(&megan.id, json!({"otherMails": []})).await;
     assert_eq!(s, 204);
-    let (s, v) = g
-        .post(
-            "/invitations",
-            invite_body(&liam.id, liam.mail.as_deref().unwrap()),
-        )
-        .await;
+    let (s, v) = g.invite(&liam).await;
     assert_eq!(s, 201, "{v}");
     emu.shutdown().await;
 }
 
 #[tokio::test]
 async fn patch_is_a_write_with_faults_and_lost_answers() {
-    let emu = start(EmulatorConfig {
-        lost_response_rate: 1.0,
-        ..EmulatorConfig::new(Tenant::sample())
-    })
-    .await;
-    let g = G::new(&emu).await;
+    let (emu, g) = sample_emulator_with(|c| c.lost_response_rate = 1.0).await;
     let kofi = sample_user("Kofi");
     let r = g
         .http
@@ -196,12 +175,7 @@ async fn patch_is_a_write_with_faults_and_lost_answers() {
     assert_eq!(emu.patches().len(), 1);
     emu.shutdown().await;
 
-    let emu = start(EmulatorConfig {
-        fault_rate: 1.0,
-        ..EmulatorConfig::new(Tenant::sample())
-    })
-    .await;
-    let g = G::new(&emu).await;
+    let (emu, g) = sample_emulator_with(|c| c.fault_rate = 1.0).await;
     let (s, _) = g
         .patch(&kofi.id, json!({"mail": "kofi.asante@adatum.example"}))
         .await;
@@ -211,29 +185,16 @@ async fn patch_is_a_write_with_faults_and_lost_answers() {
     emu.shutdown().await;
 
     // Same write buckets as invitations: 2 writes, then a PATCH and an invitation are refused.
-    let emu = start(EmulatorConfig {
-        clock: Clock::manual(),
-        writes_per_150s: 2,
-        ..EmulatorConfig::new(Tenant::sample())
+    let (emu, g) = sample_emulator_with(|c| {
+        c.clock = Clock::manual();
+        c.writes_per_150s = 2;
     })
     .await;
-    let g = G::new(&emu).await;
     let bruno = sample_user("Bruno");
-    assert_eq!(g.patch(&kofi.id, json!({"userType": "Guest"})).await.0, 204);
-    let (s, _) = g
-        .post(
-            "/invitations",
-            invite_body(&bruno.id, bruno.mail.as_deref().unwrap()),
-        )
-        .await;
+    assert_patched(&g, &kofi.id, json!({"userType": "Guest"})).await;
+    let (s, _) = g.invite(&bruno).await;
     assert_eq!(s, 201);
-    let r = g
-        .send(
-            reqwest::Method::PATCH,
-            &format!("/users/{}", bruno.id),
-            json!({"userType": "Guest"}),
-        )
-        .await;
+    let r = g.patch_user(&bruno.id, json!({"userType": "Guest"})).await;
     assert_eq!(r.status(), 429);
     assert_eq!(
         r.headers()["x-ms-throttle-information"],
@@ -268,14 +229,13 @@ async fn generated_tenant_has_users_set_mail_can_and_cannot_fix() {
         .filter(|d| d.is_verified)
         .map(|d| d.id.to_lowercase())
         .collect();
-    let emu = start(EmulatorConfig {
+    let (emu, g) = start_with_client(EmulatorConfig {
         writes_per_150s: 0,
         invitations_per_5s: 0,
         ru_per_10s: Some(0),
         ..EmulatorConfig::new(tenant.clone())
     })
     .await;
-    let g = G::new(&emu).await;
     let (mut fixable, mut synced, mut mailbox) = (0, 0, 0);
     for u in &tenant.users {
         let external = &rows[&u.id];
@@ -298,7 +258,7 @@ async fn generated_tenant_has_users_set_mail_can_and_cannot_fix() {
             mailbox += 1;
         } else {
             assert_eq!(s, 204, "{} {external}: {v}", u.id);
-            let (s, v) = g.post("/invitations", invite_body(&u.id, external)).await;
+            let (s, v) = g.post_invitation(invite_body(&u.id, external)).await;
             assert_eq!(s, 201, "{v}");
             fixable += 1;
         }
@@ -317,38 +277,17 @@ async fn generated_tenant_has_users_set_mail_can_and_cannot_fix() {
     emu.shutdown().await;
 }
 
-async fn redeem(g: &G, id: &str) -> (u16, Value) {
-    let r = g
-        .http
-        .post(format!("{}/_emulator/users/{id}/redeem", g.base))
-        .send()
-        .await
-        .unwrap();
-    let s = r.status().as_u16();
-    (s, r.json().await.unwrap_or(Value::Null))
-}
-
 #[tokio::test]
 async fn redeem_turns_pending_into_accepted() {
-    let emu = start(EmulatorConfig {
-        clock: Clock::manual(),
-        ..EmulatorConfig::new(Tenant::sample())
-    })
-    .await;
-    let g = G::new(&emu).await;
+    let (emu, g) = sample_emulator_with(|c| c.clock = Clock::manual()).await;
     let bruno = sample_user("Bruno");
     // Not invited yet: nothing to redeem.
-    assert_eq!(redeem(&g, &bruno.id).await.0, 409);
+    assert_eq!(g.redeem(&bruno.id).await.0, 409);
     assert_eq!(
-        redeem(&g, "7d4a3c1e-0000-4000-8000-000000000000").await.0,
+        g.redeem("7d4a3c1e-0000-4000-8000-000000000000").await.0,
         404
     );
-    let (s, _) = g
-        .post(
-            "/invitations",
-            invite_body(&bruno.id, bruno.mail.as_deref().unwrap()),
-        )
-        .await;
+    let (s, _) = g.invite(&bruno).await;
     assert_eq!(s, 201);
     let invited_at = emu
         .user(&bruno.id)
@@ -356,7 +295,7 @@ async fn redeem_turns_pending_into_accepted() {
         .external_user_state_change_date_time
         .unwrap();
     emu.clock().advance(Duration::from_secs(600));
-    let (s, v) = redeem(&g, &bruno.id).await;
+    let (s, v) = g.redeem(&bruno.id).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["externalUserState"], "Accepted");
     let after = emu.user(&bruno.id).unwrap();
@@ -365,10 +304,10 @@ async fn redeem_turns_pending_into_accepted() {
     assert_ne!(accepted_at, invited_at, "the change time moves");
     // Graph shows it to the tool.
     let (_, v) = g
-        .get(&format!(
-            "/users/{}?$select=externalUserState,externalUserStateChangeDateTime",
-            bruno.id
-        ))
+        .get_user(
+            &bruno.id,
+            "externalUserState,externalUserStateChangeDateTime",
+        )
         .await;
     assert_eq!(v["externalUserState"], "Accepted");
     assert_eq!(v["externalUserStateChangeDateTime"], accepted_at.as_str());
@@ -388,19 +327,9 @@ async fn redeem_turns_pending_into_accepted() {
 
 #[tokio::test]
 async fn not_applied_invitations_answer_201_and_change_nothing() {
-    let emu = start(EmulatorConfig {
-        not_applied_rate: 1.0,
-        ..EmulatorConfig::new(Tenant::sample())
-    })
-    .await;
-    let g = G::new(&emu).await;
+    let (emu, g) = sample_emulator_with(|c| c.not_applied_rate = 1.0).await;
     let chen = sample_user("Chen");
-    let (s, v) = g
-        .post(
-            "/invitations",
-            invite_body(&chen.id, chen.mail.as_deref().unwrap()),
-        )
-        .await;
+    let (s, v) = g.invite(&chen).await;
     assert_eq!(s, 201);
     assert_eq!(
         v["status"], "PendingAcceptance",
@@ -410,26 +339,21 @@ async fn not_applied_invitations_answer_201_and_change_nothing() {
     let inv = g.inspect("invitations").await;
     assert_eq!(inv["value"][0]["applied"], false);
     assert_eq!(inv["value"][0]["resetRedemption"], false);
-    assert_eq!(
-        redeem(&g, &chen.id).await.0,
-        409,
-        "nothing reached the user"
-    );
+    assert_eq!(g.redeem(&chen.id).await.0, 409, "nothing reached the user");
     emu.shutdown().await;
 
     // A share of them: every invitation is logged, the dropped ones marked, the rest applied.
-    let emu = start(EmulatorConfig {
+    let (emu, g) = start_with_client(EmulatorConfig {
         not_applied_rate: 0.5,
         seed: 5,
         ..EmulatorConfig::new(Tenant::generate(200, 3))
     })
     .await;
-    let g = G::new(&emu).await;
     let t = Tenant::generate(200, 3);
     let mut sent = 0;
     for u in &t.users {
         let Some(mail) = &u.mail else { continue };
-        if g.post("/invitations", invite_body(&u.id, mail)).await.0 == 201 {
+        if g.post_invitation(invite_body(&u.id, mail)).await.0 == 201 {
             sent += 1;
         }
     }
@@ -453,8 +377,7 @@ async fn not_applied_invitations_answer_201_and_change_nothing() {
 
 #[tokio::test]
 async fn reset_redemption_rules() {
-    let emu = start(EmulatorConfig::new(Tenant::sample())).await;
-    let g = G::new(&emu).await;
+    let (emu, g) = sample_emulator().await;
     let reset = |id: &str, email: &str| {
         let mut b = invite_body(id, email);
         b["resetRedemption"] = json!(true);
@@ -463,7 +386,7 @@ async fn reset_redemption_rules() {
     let dana = sample_user("Dana");
     let mail = dana.mail.clone().unwrap();
     // Never invited: refused.
-    let (s, v) = g.post("/invitations", reset(&dana.id, &mail)).await;
+    let (s, v) = g.post_invitation(reset(&dana.id, &mail)).await;
     assert_eq!(s, 400, "{v}");
     assert!(v["error"]["message"]
         .as_str()
@@ -472,26 +395,20 @@ async fn reset_redemption_rules() {
     // Without invitedUser: refused.
     let mut b = reset(&dana.id, &mail);
     b.as_object_mut().unwrap().remove("invitedUser");
-    let (s, v) = g.post("/invitations", b).await;
+    let (s, v) = g.post_invitation(b).await;
     assert_eq!(s, 400, "{v}");
     // Invited, redeemed, then reset: back to PendingAcceptance.
-    assert_eq!(
-        g.post("/invitations", invite_body(&dana.id, &mail)).await.0,
-        201
-    );
-    assert_eq!(redeem(&g, &dana.id).await.0, 200);
+    assert_eq!(g.post_invitation(invite_body(&dana.id, &mail)).await.0, 201);
+    assert_eq!(g.redeem(&dana.id).await.0, 200);
     let (s, v) = g
-        .post(
-            "/invitations",
-            reset(&dana.id, "someone.else@tailspintoys.example"),
-        )
+        .post_invitation(reset(&dana.id, "someone.else@tailspintoys.example"))
         .await;
     assert_eq!(s, 400, "{v}");
     assert!(v["error"]["message"].as_str().unwrap().starts_with(
         "The email you're using to invite this user doesn't match any emails on the user object"
     ));
     let (s, v) = g
-        .post("/invitations", reset(&dana.id, &mail.to_uppercase()))
+        .post_invitation(reset(&dana.id, &mail.to_uppercase()))
         .await;
     assert_eq!(s, 201, "{v}");
     assert_eq!(v["resetRedemption"], true);
@@ -500,20 +417,14 @@ async fn reset_redemption_rules() {
         Some("PendingAcceptance")
     );
     // An address in otherMails is accepted too.
-    assert_eq!(
-        g.patch(
-            &dana.id,
-            json!({"otherMails": ["dana.w@tailspintoys.example"]})
-        )
-        .await
-        .0,
-        204
-    );
+    assert_patched(
+        &g,
+        &dana.id,
+        json!({"otherMails": ["dana.w@tailspintoys.example"]}),
+    )
+    .await;
     let (s, v) = g
-        .post(
-            "/invitations",
-            reset(&dana.id, "dana.w@tailspintoys.example"),
-        )
+        .post_invitation(reset(&dana.id, "dana.w@tailspintoys.example"))
         .await;
     assert_eq!(s, 201, "{v}");
     let inv = emu.invitations();
@@ -578,8 +489,7 @@ async fn delta_round(
 #[tokio::test]
 async fn users_delta_pages_then_reports_only_changes() {
     let tenant = Tenant::sample();
-    let emu = start(EmulatorConfig::new(tenant.clone())).await;
-    let g = G::new(&emu).await;
+    let (emu, g) = start_with_client(EmulatorConfig::new(tenant.clone())).await;
     let select = "/users/delta?$select=id,mail,otherMails,proxyAddresses";
 
     // First round: every user once, in pages of at most the preferred size.
@@ -599,17 +509,10 @@ async fn users_delta_pages_then_reports_only_changes() {
     );
     let v: Value = r.json().await.unwrap();
     assert_eq!(
-        v["value"][0]
-            .as_object()
-            .unwrap()
-            .keys()
-            .collect::<HashSet<_>>(),
+        keys(&v["value"][0]),
         ["id", "mail", "otherMails", "proxyAddresses"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect::<HashSet<_>>()
-            .iter()
-            .collect()
+            .map(String::from)
+            .into()
     );
     assert!(v["@odata.context"]
         .as_str()
@@ -631,39 +534,11 @@ async fn users_delta_pages_then_reports_only_changes() {
     let dana = sample_user("Dana");
     let bruno = sample_user("Bruno");
     let ines = sample_user("Ines");
-    assert_eq!(
-        g.patch(&kofi.id, json!({"mail": "kofi@adatum.example"}))
-            .await
-            .0,
-        204
-    );
-    assert_eq!(
-        g.patch(&dana.id, json!({"displayName": "Dana W."})).await.0,
-        204
-    );
-    assert_eq!(
-        g.post(
-            "/invitations",
-            invite_body(&bruno.id, bruno.mail.as_deref().unwrap())
-        )
-        .await
-        .0,
-        201
-    );
-    assert_eq!(
-        g.patch(&kofi.id, json!({"mail": "kofi.asante@adatum.example"}))
-            .await
-            .0,
-        204
-    );
-    let (s, guest) = g
-        .post(
-            "/invitations",
-            json!({"invitedUserEmailAddress": "new.partner@fabrikam.com", "inviteRedirectUrl": "https://myapplications.microsoft.com"}),
-        )
-        .await;
-    assert_eq!(s, 201, "{guest}");
-    let guest_id = guest["invitedUser"]["id"].as_str().unwrap().to_string();
+    assert_patched(&g, &kofi.id, json!({"mail": "kofi@adatum.example"})).await;
+    assert_patched(&g, &dana.id, json!({"displayName": "Dana W."})).await;
+    assert_eq!(g.invite(&bruno).await.0, 201);
+    assert_patched(&g, &kofi.id, json!({"mail": "kofi.asante@adatum.example"})).await;
+    let guest_id = g.invite_new_guest().await;
     let r = g
         .http
         .delete(format!("{}/_emulator/users/{}", g.base, ines.id))
@@ -697,12 +572,7 @@ async fn users_delta_pages_then_reports_only_changes() {
     // Without $select every property is tracked: Bruno's invitation and Dana's name count.
     let (_, _, everything) = delta_round(&g, "/users/delta", None).await;
     assert_eq!(emu.redeem(&bruno.id), Some(200));
-    assert_eq!(
-        g.patch(&dana.id, json!({"displayName": "Dana Whitfield"}))
-            .await
-            .0,
-        204
-    );
+    assert_patched(&g, &dana.id, json!({"displayName": "Dana Whitfield"})).await;
     let (ids, _, _) = delta_round(&g, &everything, None).await;
     assert_eq!(ids, [bruno.id.clone(), dana.id.clone()]);
     emu.shutdown().await;
@@ -710,8 +580,7 @@ async fn users_delta_pages_then_reports_only_changes() {
 
 #[tokio::test]
 async fn users_delta_refusals_and_latest() {
-    let emu = start(EmulatorConfig::new(Tenant::sample())).await;
-    let g = G::new(&emu).await;
+    let (emu, g) = sample_emulator().await;
     let (_, _, link) = delta_round(&g, "/users/delta?$select=id,mail", None).await;
     // Options belong to the first request only.
     let (s, v) = g.get(&format!("{link}&$select=id")).await;
@@ -752,12 +621,7 @@ async fn users_delta_refusals_and_latest() {
     assert!(v["value"].as_array().unwrap().is_empty());
     let latest = v["@odata.deltaLink"].as_str().unwrap().to_string();
     let kofi = sample_user("Kofi");
-    assert_eq!(
-        g.patch(&kofi.id, json!({"mail": "kofi@adatum.example"}))
-            .await
-            .0,
-        204
-    );
+    assert_patched(&g, &kofi.id, json!({"mail": "kofi@adatum.example"})).await;
     let (ids, _, _) = delta_round(&g, &latest, None).await;
     assert_eq!(ids, vec![kofi.id]);
     let stats = emu.stats();
@@ -772,23 +636,17 @@ async fn users_delta_refusals_and_latest() {
 
 #[tokio::test]
 async fn throttle_headers_in_graphs_formats() {
-    let emu = start(EmulatorConfig {
-        clock: Clock::manual(),
-        writes_per_150s: 10,
-        ..EmulatorConfig::new(Tenant::sample())
+    let (emu, g) = sample_emulator_with(|c| {
+        c.clock = Clock::manual();
+        c.writes_per_150s = 10;
     })
     .await;
-    let g = G::new(&emu).await;
     let (app, tenant) = (env(&emu, "AZURE_CLIENT_ID"), emu.tenant_id());
     let dana = sample_user("Dana");
     let mut percentages = Vec::new();
     for _ in 0..10 {
         let r = g
-            .send(
-                reqwest::Method::PATCH,
-                &format!("/users/{}", dana.id),
-                json!({"accountEnabled": true}),
-            )
+            .patch_user(&dana.id, json!({"accountEnabled": true}))
             .await;
         assert_eq!(r.status(), 204);
         assert!(
@@ -807,11 +665,7 @@ async fn throttle_headers_in_graphs_formats() {
         .collect();
     assert_eq!(percentages, expected);
     let r = g
-        .send(
-            reqwest::Method::PATCH,
-            &format!("/users/{}", dana.id),
-            json!({"accountEnabled": true}),
-        )
+        .patch_user(&dana.id, json!({"accountEnabled": true}))
         .await;
     assert_eq!(r.status(), 429);
     let h = |n: &str| r.headers()[n].to_str().unwrap().to_string();
@@ -824,13 +678,7 @@ async fn throttle_headers_in_graphs_formats() {
     // Reads draw on the resource-unit bucket only, far from its limit: no header.
     let (s, _) = g.get(&format!("/users/{}", dana.id)).await;
     assert_eq!(s, 200);
-    let r = g
-        .http
-        .get(g.url("/domains"))
-        .bearer_auth(&g.token)
-        .send()
-        .await
-        .unwrap();
+    let r = g.get_response("/domains").await;
     assert!(r.headers().get("x-ms-throttle-limit-percentage").is_none());
     emu.shutdown().await;
 }

@@ -24,16 +24,18 @@ fn conflict_row(db: &std::path::Path, run_id: i64) -> (ItemState, Option<Reason>
     (item.state, item.reason, item.detail.unwrap_or_default())
 }
 
+/// A dry run of the sample CSV into `db`, whose blocked rows make exit 3.
+async fn sample_dry_run(emu: &b2b_convert::emulator::Emulator, db: &std::path::Path) -> Ran {
+    let out = run_csv(emu, db, &sample_csv(), "--dry-run").await;
+    out.assert_exit(3);
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_pass_reads_only_the_changes_and_sees_them() {
     let emu = start_sample().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("q.db");
-    let csv = repo_path("sample-data/users.csv");
-    let args = ["run", "--csv", csv.to_str().unwrap(), "--dry-run"];
-
-    let first = run(&emu, &db, &args).await;
-    assert_eq!(first.code, 3, "{}\n{}", first.stdout, first.stderr);
+    let (_dir, db) = temp_db();
+    let first = sample_dry_run(&emu, &db).await;
     // The first pass: a delta link for "from now", then one listing of every user.
     let full_round = delta_status(&emu, "200");
     assert_eq!(full_round, 1);
@@ -53,8 +55,7 @@ async fn a_second_pass_reads_only_the_changes_and_sees_them() {
 
     // The other holder leaves the tenant: the next pass learns it from one delta page.
     assert!(emu.delete_user(&holder), "{holder} exists");
-    let second = run(&emu, &db, &args).await;
-    assert_eq!(second.code, 3, "{}\n{}", second.stdout, second.stderr);
+    let second = sample_dry_run(&emu, &db).await;
     assert_eq!(
         delta_status(&emu, "200") - full_round,
         1,
@@ -84,12 +85,8 @@ async fn a_second_pass_reads_only_the_changes_and_sees_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_delta_link_falls_back_to_a_full_round() {
     let emu = start_sample().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("q.db");
-    let csv = repo_path("sample-data/users.csv");
-    let args = ["run", "--csv", csv.to_str().unwrap(), "--dry-run"];
-    let first = run(&emu, &db, &args).await;
-    assert_eq!(first.code, 3, "{}\n{}", first.stdout, first.stderr);
+    let (_dir, db) = temp_db();
+    sample_dry_run(&emu, &db).await;
     let listed = requests_to(&emu.stats(), LIST);
 
     // The stored link expires (Graph keeps delta state for a limited time).
@@ -101,8 +98,7 @@ async fn a_refused_delta_link_falls_back_to_a_full_round() {
     assert_eq!(changed, 1, "one tenant indexed");
     drop(conn);
 
-    let second = run(&emu, &db, &args).await;
-    assert_eq!(second.code, 3, "{}\n{}", second.stdout, second.stderr);
+    let second = sample_dry_run(&emu, &db).await;
     assert_eq!(
         delta_status(&emu, "410"),
         1,
@@ -152,8 +148,7 @@ async fn an_interrupted_full_round_goes_on_at_its_next_page() {
         Limiter::new(1_000.0),
     )
     .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("q.db");
+    let (_dir, db) = temp_db();
     let queue = Arc::new(Queue::open(&db).unwrap());
 
     let (f, first) = facts::refresh(&graph, &queue).await.unwrap();

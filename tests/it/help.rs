@@ -5,32 +5,30 @@
 use std::process::Command;
 
 use b2b_convert::cli::Cli;
+use clap::builder::StyledStr;
 use clap::CommandFactory;
 
 /// Walks `cmd` and its subcommands, collecting every command or argument without a description.
 fn undescribed(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
     for arg in cmd.get_arguments() {
-        let text = arg
-            .get_help()
-            .or_else(|| arg.get_long_help())
-            .map(|h| h.to_string())
-            .unwrap_or_default();
-        if text.trim().is_empty() {
+        if !described(arg.get_help(), arg.get_long_help()) {
             missing.push(format!("{path} {}", arg.get_id()));
         }
     }
     for sub in cmd.get_subcommands() {
         let name = format!("{path} {}", sub.get_name());
-        let about = sub
-            .get_about()
-            .or_else(|| sub.get_long_about())
-            .map(|h| h.to_string())
-            .unwrap_or_default();
-        if about.trim().is_empty() {
+        if !described(sub.get_about(), sub.get_long_about()) {
             missing.push(name.clone());
         }
         undescribed(sub, &name, missing);
     }
+}
+
+/// Whether a command or argument has a text to show, short or else long.
+fn described(short: Option<&StyledStr>, long: Option<&StyledStr>) -> bool {
+    short
+        .or(long)
+        .is_some_and(|text| !text.to_string().trim().is_empty())
 }
 
 #[test]

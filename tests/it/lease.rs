@@ -9,10 +9,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use b2b_convert::emulator::{EmulatorConfig, Tenant};
-use b2b_convert::item::{
-    ItemState, NewItem, Overrides, RunMode, RunOptions, RunStatus, SourceSpec, UserKey,
-};
+use b2b_convert::emulator::Tenant;
+use b2b_convert::item::{ItemState, RunMode, RunStatus};
 use b2b_convert::queue::Queue;
 use common::*;
 
@@ -25,87 +23,33 @@ fn run_count(db: &Path) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_process_on_a_leased_run_exits_1_and_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let tenant = Tenant::generate(300, 21);
-    let csv = dir.path().join("users.csv");
-    tenant.write_csv(&csv).unwrap();
-    let mut config = EmulatorConfig::new(tenant);
-    // Graph's buckets ×4, so the client's --rate below is the pace, not /invitations' 30/s.
-    config.bucket_scale = 4.0;
-    let emu = start(config).await;
-
-    let dry = dir.path().join("dry.db");
-    let out = run(
-        &emu,
-        &dry,
-        &["run", "--csv", csv.to_str().unwrap(), "--dry-run"],
-    )
+    let Generated { dir, csv, emu, .. } = Generated::start(300, 21, |c| {
+        // Graph's buckets ×4, so the client's --rate below is the pace, not /invitations' 30/s.
+        c.bucket_scale = 4.0;
+    })
     .await;
-    assert!([0, 3].contains(&out.code), "{}", out.stderr);
-    let expected: BTreeSet<String> = items(&dry, out.run_id())
-        .into_iter()
-        .filter(|i| i.state == ItemState::WouldConvert)
-        .map(|i| i.user_id.unwrap())
-        .collect();
+    let expected = would_convert(&emu, &dir.path().join("dry.db"), &csv, "").await;
 
     let db = dir.path().join("live.db");
-    let first = command(
-        &emu,
-        &db,
-        &[
-            "run",
-            "--csv",
-            csv.to_str().unwrap(),
-            "--yes",
-            // Slow enough (about 2 s for 255 invitations) that the second process meets a
-            // lease held by a working run, never a finished one.
-            "--rate",
-            "120",
-            "--concurrency",
-            "4",
-        ],
-    )
-    .spawn()
-    .unwrap();
+    // Slow enough (about 2 s for 255 invitations) that the second process meets a lease held
+    // by a working run, never a finished one.
+    let args = run_args(&csv, "--yes --rate 120 --concurrency 4");
+    let first = command(&emu, &db, &args).spawn().unwrap();
     let first_pid = first.id().unwrap();
     // Bounded wait until the first process is converting (it holds the lease from creation).
-    let mut waited = Duration::ZERO;
-    while emu.invitations().len() < 5 && waited < COMMAND_TIMEOUT {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        waited += Duration::from_millis(20);
-    }
+    let converting = || emu.invitations().len() >= 5;
+    poll_until(converting, Duration::from_millis(20), 12_000).await;
     let second = run(&emu, &db, &["resume", "--yes"]).await;
-    assert_eq!(second.code, 1, "{}", second.stderr);
-    assert!(
-        second
-            .stderr
-            .contains(&format!("is being worked by pid {first_pid} on ")),
-        "{}",
-        second.stderr
-    );
-    let first = tokio::time::timeout(COMMAND_TIMEOUT, first.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        [Some(0), Some(3)].contains(&first.status.code()),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
-    );
+    second.assert_exit(1);
+    second.assert_stderr_has(&format!("is being worked by pid {first_pid} on "));
+    output_of(first).await.assert_finished();
 
     // One invitation per converted user, none refused, none repeated, none failed.
     let its = items(&db, 1);
-    let converted: BTreeSet<String> = its
-        .iter()
-        .filter(|i| i.state == ItemState::Converted)
-        .map(|i| i.user_id.clone().unwrap())
-        .collect();
     assert_eq!(count(&its, ItemState::Failed), 0);
     assert_eq!(count(&its, ItemState::InFlight), 0);
-    assert_eq!(converted, expected);
-    let per_user = invitations_per_user(&emu);
-    assert!(per_user.values().all(|n| *n == 1), "{per_user:?}");
-    assert_eq!(per_user.keys().cloned().collect::<BTreeSet<_>>(), converted);
+    assert_eq!(user_ids(&its, ItemState::Converted), expected);
+    assert_each_converted_user_invited_once(&emu, &its);
     let stats = emu.stats();
     let refused: u64 = stats["requests"]["POST /v1.0/invitations"]
         .as_object()
@@ -134,24 +78,14 @@ async fn unusable_inputs_are_refused_before_a_run_exists() {
     for (name, text) in cases {
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
-        let out = run(
-            &emu,
-            &db,
-            &["run", "--csv", path.to_str().unwrap(), "--dry-run"],
-        )
-        .await;
+        let out = run_csv(&emu, &db, &path, "--dry-run").await;
         assert_eq!(out.code, 2, "{name}: {}", out.stderr);
         assert!(out.stderr.contains(name), "{name}: {}", out.stderr);
         assert!(!out.stdout.contains("run-id:"), "{name}: {}", out.stdout);
     }
     let missing = dir.path().join("missing.csv");
-    let out = run(
-        &emu,
-        &db,
-        &["run", "--csv", missing.to_str().unwrap(), "--dry-run"],
-    )
-    .await;
-    assert_eq!(out.code, 2, "{}", out.stderr);
+    let out = run_csv(&emu, &db, &missing, "--dry-run").await;
+    out.assert_exit(2);
     assert_eq!(run_count(&db), 0);
     // So a bare resume finds nothing to pick.
     let out = run(&emu, &db, &["resume"]).await;
@@ -168,7 +102,7 @@ async fn endless_or_hostile_inputs_and_foreign_databases_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let emu = start_sample().await;
     let db = dir.path().join("q.db");
-    let csv = repo_path("sample-data/users.csv");
+    let csv = sample_csv();
     let csv = csv.to_str().unwrap();
     let cases: [(&[&str], &str); 3] = [
         (
@@ -240,9 +174,8 @@ async fn resume_of_a_finished_run_is_a_no_op() {
     let dir = tempfile::tempdir().unwrap();
     let emu = start_sample().await;
     let db = dir.path().join("q.db");
-    let csv = repo_path("sample-data/users.csv");
-    let out = run(&emu, &db, &["run", "--csv", csv.to_str().unwrap(), "--yes"]).await;
-    assert_eq!(out.code, 3, "{}", out.stderr);
+    let out = run_csv(&emu, &db, &sample_csv(), "--yes").await;
+    out.assert_exit(3);
     let run_id = out.run_id();
     let before = Queue::open(&db).unwrap().run(run_id).unwrap().unwrap();
     assert_eq!(before.status, "finished");
@@ -251,12 +184,7 @@ async fn resume_of_a_finished_run_is_a_no_op() {
     // No --yes and no terminal: a finished run asks for nothing.
     let out = run(&emu, &db, &["resume"]).await;
     assert_eq!(out.code, 3, "blocked items remain: {}", out.stderr);
-    assert!(
-        out.stdout
-            .contains(&format!("run {run_id} is finished: nothing to resume")),
-        "{}",
-        out.stdout
-    );
+    out.assert_stdout_has(&format!("run {run_id} is finished: nothing to resume"));
     assert_eq!(emu.stats()["requests"], stats["requests"], "no Graph call");
     let after = Queue::open(&db).unwrap().run(run_id).unwrap().unwrap();
     assert_eq!(after.finished_at, before.finished_at);
@@ -282,30 +210,9 @@ async fn retry_reads_its_users_again_before_validating() {
     stale.mail = Some("old.address@fabrikam.com".into());
     let run_id = {
         let q = Queue::open(&db).unwrap();
-        let run_id = q
-            .create_run(
-                &SourceSpec::Csv {
-                    path: "users.csv".into(),
-                },
-                RunMode::Live,
-                &RunOptions::default(),
-                Some(&emu.tenant_id()),
-                &emu.base_url(),
-            )
+        let run_id = create_csv_run(&q, RunMode::Live, &emu.tenant_id(), &emu.base_url());
+        q.insert_items(run_id, &[item_by_id(2, &user.id)], Some("2"))
             .unwrap();
-        q.insert_items(
-            run_id,
-            &[NewItem {
-                line: Some(2),
-                key: Some(UserKey::Id(user.id.clone())),
-                external_email: None,
-                overrides: Overrides::default(),
-                bad_input: None,
-                snapshot: None,
-            }],
-            Some("2"),
-        )
-        .unwrap();
         q.finish_ingest(run_id).unwrap();
         let item = q.pending_items(run_id, 0, 1).unwrap().remove(0);
         q.record_lookup(item.id, Some(&stale)).unwrap();
@@ -316,8 +223,9 @@ async fn retry_reads_its_users_again_before_validating() {
         q.set_run_status(run_id, RunStatus::Finished).unwrap();
         run_id
     };
-    let out = run(&emu, &db, &["retry", &run_id.to_string(), "--yes"]).await;
-    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    run(&emu, &db, &["retry", &run_id.to_string(), "--yes"])
+        .await
+        .assert_exit(0);
     let invitations = emu.invitations();
     assert_eq!(invitations.len(), 1, "{invitations:?}");
     assert_eq!(
@@ -336,42 +244,22 @@ async fn retry_reads_its_users_again_before_validating() {
 async fn a_frozen_holder_that_lost_its_lease_writes_nothing_and_exits_1() {
     // A 1.5 s stale window (heartbeat every 125 ms) instead of 60 s: same rule, scaled.
     const STALE: (&str, &str) = ("B2B_LEASE_STALE_MS", "1500");
-    let dir = tempfile::tempdir().unwrap();
-    let tenant = Tenant::generate(400, 23);
-    let csv = dir.path().join("users.csv");
-    tenant.write_csv(&csv).unwrap();
-    let mut config = EmulatorConfig::new(tenant);
-    config.bucket_scale = 4.0;
-    config.latency = Duration::from_millis(20);
-    let emu = start(config).await;
+    let Generated { dir, csv, emu, .. } = Generated::start(400, 23, |c| {
+        c.bucket_scale = 4.0;
+        c.latency = Duration::from_millis(20);
+    })
+    .await;
     let db = dir.path().join("live.db");
 
-    let mut first = command(
-        &emu,
-        &db,
-        &[
-            "run",
-            "--csv",
-            csv.to_str().unwrap(),
-            "--yes",
-            "--silent",
-            "--set-guest",
-            // Slow enough that both processes are still converting when the first wakes.
-            "--rate",
-            "60",
-            "--concurrency",
-            "4",
-        ],
-    );
-    let first = first.env(STALE.0, STALE.1).spawn().unwrap();
+    // Slow enough that both processes are still converting when the first wakes.
+    let args = run_args(&csv, "--yes --silent --set-guest --rate 60 --concurrency 4");
+    let first = command(&emu, &db, &args)
+        .env(STALE.0, STALE.1)
+        .spawn()
+        .unwrap();
     let first_pid = first.id().unwrap();
     let poll = Duration::from_millis(20);
-    for _ in 0..12_000 {
-        if emu.invitations().len() >= 20 {
-            break;
-        }
-        tokio::time::sleep(poll).await;
-    }
+    poll_until(|| emu.invitations().len() >= 20, poll, 12_000).await;
     assert!(emu.invitations().len() >= 20, "the first process converts");
     // A holder frozen inside a write transaction keeps SQLite's write lock: the second process
     // then cannot take the lease (it gives up after its busy timeout, exit 1, having changed
@@ -406,12 +294,9 @@ async fn a_frozen_holder_that_lost_its_lease_writes_nothing_and_exits_1() {
             taken = Some((second, second_pid));
             break;
         }
-        let out = tokio::time::timeout(COMMAND_TIMEOUT, second.wait_with_output())
-            .await
-            .unwrap()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{err}");
+        let out = output_of(second).await;
+        out.assert_exit(1);
+        let err = &out.stderr;
         assert!(err.contains("locked"), "refused for another reason: {err}");
         signal(first_pid, "-CONT");
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -420,30 +305,14 @@ async fn a_frozen_holder_that_lost_its_lease_writes_nothing_and_exits_1() {
     assert_eq!(queue.lease(1).unwrap().map(|l| l.pid), Some(second_pid));
     // The new holder is converting before the old one wakes.
     let at_takeover = emu.invitations().len();
-    for _ in 0..12_000 {
-        if emu.invitations().len() >= at_takeover + 10 {
-            break;
-        }
-        tokio::time::sleep(poll).await;
-    }
+    poll_until(|| emu.invitations().len() >= at_takeover + 10, poll, 12_000).await;
     signal(first_pid, "-CONT");
 
-    let first = tokio::time::timeout(COMMAND_TIMEOUT, first.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    let first_err = String::from_utf8_lossy(&first.stderr);
-    assert_eq!(first.status.code(), Some(1), "{first_err}");
-    assert!(first_err.contains("taken over"), "{first_err}");
-    let second = tokio::time::timeout(COMMAND_TIMEOUT, second.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        [Some(0), Some(3)].contains(&second.status.code()),
-        "{}",
-        String::from_utf8_lossy(&second.stderr)
-    );
+    let first = output_of(first).await;
+    first.assert_exit(1);
+    first.assert_stderr_has("taken over");
+    let second = output_of(second).await;
+    second.assert_finished();
 
     // From the emulator's own logs: nobody invited or patched twice, every invited user
     // converted, nothing left in flight.
@@ -456,27 +325,19 @@ async fn a_frozen_holder_that_lost_its_lease_writes_nothing_and_exits_1() {
     assert!(
         twice.is_empty(),
         "{twice:#?}\nfirst: {}\nsecond: {}",
-        String::from_utf8_lossy(&first.stderr),
-        String::from_utf8_lossy(&second.stderr)
+        first.stderr,
+        second.stderr
     );
-    let mut patched = std::collections::BTreeMap::<String, usize>::new();
-    for p in emu.patches() {
-        if p["property"] == "userType" {
-            *patched
-                .entry(p["userId"].as_str().unwrap().to_string())
-                .or_default() += 1;
-        }
-    }
+    let patches = emu.patches();
+    let patched = count_per_user(patches.iter().filter(|p| p["property"] == "userType"));
     assert!(!patched.is_empty());
     assert!(patched.values().all(|n| *n == 1), "{patched:?}");
     let its = items(&db, 1);
-    let converted: BTreeSet<String> = its
-        .iter()
-        .filter(|i| i.state == ItemState::Converted)
-        .map(|i| i.user_id.clone().unwrap())
-        .collect();
     assert_eq!(count(&its, ItemState::InFlight), 0);
-    assert_eq!(per_user.keys().cloned().collect::<BTreeSet<_>>(), converted);
+    assert_eq!(
+        per_user.keys().cloned().collect::<BTreeSet<_>>(),
+        user_ids(&its, ItemState::Converted)
+    );
     assert_eq!(queue.lease(1).unwrap(), None);
 }
 
@@ -486,32 +347,17 @@ async fn a_frozen_holder_that_lost_its_lease_writes_nothing_and_exits_1() {
 /// refusal says the step is done: the user is re-read and recorded `converted`, not `failed`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invitation_refused_as_done_already_is_reconciled_converted() {
-    let dir = tempfile::tempdir().unwrap();
-    let tenant = Tenant::generate(40, 31);
-    let csv = dir.path().join("users.csv");
-    tenant.write_csv(&csv).unwrap();
-    let mut config = EmulatorConfig::new(tenant);
-    config.bucket_scale = 100.0;
-    // Every accepted invitation's next single read of the user lags behind it.
-    config.lagging_read_rate = 1.0;
-    let emu = start(config).await;
+    let Generated { dir, csv, emu, .. } = Generated::start(40, 31, |c| {
+        c.bucket_scale = 100.0;
+        // Every accepted invitation's next single read of the user lags behind it.
+        c.lagging_read_rate = 1.0;
+    })
+    .await;
     let db = dir.path().join("live.db");
     // A pilot of 3: the others are looked up (snapshot kept) and left pending.
-    let out = run(
-        &emu,
-        &db,
-        &[
-            "run",
-            "--csv",
-            csv.to_str().unwrap(),
-            "--yes",
-            "--silent",
-            "--limit",
-            "3",
-        ],
-    )
-    .await;
-    assert!([0, 3].contains(&out.code), "{}", out.stderr);
+    run_csv(&emu, &db, &csv, "--yes --silent --limit 3")
+        .await
+        .assert_finished();
     let queue = Queue::open(&db).unwrap();
     let victim = queue
         .items(1)
@@ -536,8 +382,9 @@ async fn an_invitation_refused_as_done_already_is_reconciled_converted() {
     assert_eq!(status, 201);
 
     // `--limit 0` lifts the pilot's limit, so the item is worked again after reconciliation.
-    let out = run(&emu, &db, &["resume", "--yes", "--limit", "0"]).await;
-    assert!([0, 3].contains(&out.code), "{}", out.stderr);
+    run(&emu, &db, &["resume", "--yes", "--limit", "0"])
+        .await
+        .assert_finished();
     let after = items(&db, 1);
     let item = after.iter().find(|i| i.id == victim.id).unwrap();
     assert_eq!(item.state, ItemState::Converted, "{item:?}");

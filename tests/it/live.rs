@@ -13,46 +13,22 @@ use b2b_convert::item::ItemState;
 use common::*;
 
 /// The users a dry run says would convert: the expectation every live run is held to.
-async fn would_convert(emu: &Emulator, dir: &Path, csv: &Path) -> BTreeSet<String> {
-    let db = dir.join("dry.db");
+async fn dry_run_expectation(emu: &Emulator, dir: &Path, csv: &Path) -> BTreeSet<String> {
     // Reads only, so the client's own --rate (default 30/s) and the workers' backoff after
     // faults are the only waits: the rate lifted, more workers to overlap the backoffs.
-    let out = run(
+    would_convert(
         emu,
-        &db,
-        &[
-            "run",
-            "--csv",
-            csv.to_str().unwrap(),
-            "--dry-run",
-            "--rate",
-            "2000",
-            "--concurrency",
-            "32",
-        ],
+        &dir.join("dry.db"),
+        csv,
+        "--rate 2000 --concurrency 32",
     )
-    .await;
-    assert!([0, 3].contains(&out.code), "{}", out.stderr);
-    items(&db, out.run_id())
-        .into_iter()
-        .filter(|i| i.state == ItemState::WouldConvert)
-        .map(|i| i.user_id.unwrap())
-        .collect()
+    .await
 }
 
 /// Exactly once: the converted items, the emulator's invitations and the dry run's
 /// expectation are the same set, and no user was invited twice.
 fn assert_exactly_once(emu: &Emulator, db: &Path, run_id: i64, expected: &BTreeSet<String>) {
     let its = items(db, run_id);
-    let converted: BTreeSet<String> = its
-        .iter()
-        .filter(|i| i.state == ItemState::Converted)
-        .map(|i| i.user_id.clone().unwrap())
-        .collect();
-    let per_user = invitations_per_user(emu);
-    let twice: Vec<_> = per_user.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "invited more than once: {twice:?}");
-    let invited: BTreeSet<String> = per_user.keys().cloned().collect();
     assert_eq!(count(&its, ItemState::Pending), 0);
     assert_eq!(count(&its, ItemState::InFlight), 0);
     assert_eq!(
@@ -62,68 +38,41 @@ fn assert_exactly_once(emu: &Emulator, db: &Path, run_id: i64, expected: &BTreeS
         its.iter().find(|i| i.state == ItemState::Failed)
     );
     assert_eq!(
-        &converted, expected,
+        &user_ids(&its, ItemState::Converted),
+        expected,
         "converted = what the dry run promised"
     );
-    assert_eq!(
-        invited, converted,
-        "one invitation per converted user, none missing"
-    );
-}
-
-fn generated(n: usize, seed: u64, dir: &Path) -> (Tenant, std::path::PathBuf) {
-    let tenant = Tenant::generate(n, seed);
-    let csv = dir.join("users.csv");
-    tenant.write_csv(&csv).unwrap();
-    (tenant, csv)
+    assert_each_converted_user_invited_once(emu, &its);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_lost_answers_and_throttling_still_convert_everyone_exactly_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let (tenant, csv) = generated(2_000, 11, dir.path());
-    let mut config = EmulatorConfig::new(tenant);
-    config.fault_rate = 0.2;
-    // Graph's 503s ask for 1–3 s; a tenth of a second keeps the run busy, not asleep.
-    config.fault_retry_after_max = std::time::Duration::from_millis(100);
-    config.lost_response_rate = 0.1;
-    // Graph's bucket shapes scaled ×20 so the run does not wait on Graph's real refill, and every
-    // 1,000th invitation request answered 429 by count: the run needs more than 1,500 invitation
-    // requests (asserted below), so it is throttled whatever the machine's speed. Each 429
-    // halves the client's pace for a while, hence few of them and a high --rate.
-    config.bucket_scale = 20.0;
-    config.throttle_every_nth_invitation = 1_000;
-    config.seed = 3;
-    let emu = start(config).await;
-    let expected = would_convert(&emu, dir.path(), &csv).await;
+    let Generated { dir, csv, emu, .. } = Generated::start(2_000, 11, |c| {
+        c.fault_rate = 0.2;
+        // Graph's 503s ask for 1–3 s; a tenth of a second keeps the run busy, not asleep.
+        c.fault_retry_after_max = std::time::Duration::from_millis(100);
+        c.lost_response_rate = 0.1;
+        // Graph's bucket shapes scaled ×20 so the run does not wait on Graph's real refill, and
+        // every 1,000th invitation request answered 429 by count: the run needs more than 1,500
+        // invitation requests (asserted below), so it is throttled whatever the machine's speed.
+        // Each 429 halves the client's pace for a while, hence few of them and a high --rate.
+        c.bucket_scale = 20.0;
+        c.throttle_every_nth_invitation = 1_000;
+        c.seed = 3;
+    })
+    .await;
+    let expected = dry_run_expectation(&emu, dir.path(), &csv).await;
     assert!(
         expected.len() > 1_500,
         "the generated tenant is mostly convertible"
     );
 
     let db = dir.path().join("live.db");
-    let out = run(
-        &emu,
-        &db,
-        &[
-            "run",
-            "--csv",
-            csv.to_str().unwrap(),
-            "--yes",
-            "--silent",
-            "--rate",
-            "2000",
-            // Never settle: the run must meet 429s (pacing on pressure is tests/pacing.rs).
-            "--settle-rate",
-            "2000",
-            "--concurrency",
-            "48",
-            "--max-attempts",
-            "12",
-        ],
-    )
-    .await;
-    assert_eq!(out.code, 3, "blocked users remain: exit 3\n{}", out.stderr);
+    // Never settle: the run must meet 429s (pacing on pressure is tests/pacing.rs).
+    let flags = "--yes --silent --rate 2000 --settle-rate 2000 --concurrency 48 --max-attempts 12";
+    // Blocked users remain: exit 3.
+    let out = run_csv(&emu, &db, &csv, flags).await;
+    out.assert_exit(3);
     assert_exactly_once(&emu, &db, out.run_id(), &expected);
     let stats = emu.stats();
     assert!(
@@ -142,91 +91,46 @@ async fn faults_lost_answers_and_throttling_still_convert_everyone_exactly_once(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_several_points_then_resume_converts_everyone_exactly_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let (tenant, csv) = generated(600, 5, dir.path());
-    let mut config = EmulatorConfig::new(tenant);
-    config.lost_response_rate = 0.05;
-    config.latency = Duration::from_millis(5);
-    // Graph's buckets ×10: the client's --rate 100 is the pace, not Graph's real refill.
-    config.bucket_scale = 10.0;
-    let emu = start(config).await;
-    let expected = would_convert(&emu, dir.path(), &csv).await;
+    let Generated { dir, csv, emu, .. } = Generated::start(600, 5, |c| {
+        c.lost_response_rate = 0.05;
+        c.latency = Duration::from_millis(5);
+        // Graph's buckets ×10: the client's --rate 100 is the pace, not Graph's real refill.
+        c.bucket_scale = 10.0;
+    })
+    .await;
+    let expected = dry_run_expectation(&emu, dir.path(), &csv).await;
     let db = dir.path().join("live.db");
 
-    let mut run_id = None;
+    let first_run = run_args(&csv, "--yes --rate 100 --concurrency 8");
     // Kill after roughly a quarter, a half and three quarters of the invitations.
-    for (i, fraction) in [0.25, 0.5, 0.75].into_iter().enumerate() {
-        let target = (expected.len() as f64 * fraction) as usize;
-        let args: Vec<&str> = if i == 0 {
-            vec![
-                "run",
-                "--csv",
-                csv.to_str().unwrap(),
-                "--yes",
-                "--rate",
-                "100",
-                "--concurrency",
-                "8",
-            ]
-        } else {
-            vec!["resume", "--yes"]
-        };
-        let mut child = command(&emu, &db, &args).spawn().unwrap();
-        // Bounded wait for progress, by count of invitations the tenant accepted.
-        let mut waited = Duration::ZERO;
-        while emu.invitations().len() < target && waited < COMMAND_TIMEOUT {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            waited += Duration::from_millis(20);
-        }
-        child.start_kill().unwrap(); // SIGKILL
-        let status = child.wait().await.unwrap();
-        common::assert_died_of_sigkill(&status, "killed mid-run by SIGKILL");
-        run_id.get_or_insert_with(|| {
-            b2b_convert::queue::Queue::open(&db)
-                .unwrap()
-                .latest_run()
-                .unwrap()
-                .unwrap()
-                .id
-        });
-    }
-    let out = run(&emu, &db, &["resume", "--yes"]).await;
-    assert_eq!(out.code, 3, "{}", out.stderr);
-    assert_exactly_once(&emu, &db, run_id.unwrap(), &expected);
+    let targets = [0.25, 0.5, 0.75].map(|fraction| (expected.len() as f64 * fraction) as usize);
+    kill_at_invitation_counts(&emu, &db, &first_run, &targets).await;
+    let run_id = b2b_convert::queue::Queue::open(&db)
+        .unwrap()
+        .latest_run()
+        .unwrap()
+        .unwrap()
+        .id;
+    run(&emu, &db, &["resume", "--yes"]).await.assert_exit(3);
+    assert_exactly_once(&emu, &db, run_id, &expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_is_honoured_by_every_request() {
     const CONCURRENCY: usize = 4;
-    let dir = tempfile::tempdir().unwrap();
-    let (tenant, csv) = generated(120, 8, dir.path());
-    let mut config = EmulatorConfig::new(tenant);
-    // 429s by count (every 30th invitation request) rather than a small bucket, so the run is
-    // throttled several times without waiting on a slow real refill.
-    config.bucket_scale = 10.0;
-    config.throttle_every_nth_invitation = 30;
-    let emu = start(config).await;
-    let expected = would_convert(&emu, dir.path(), &csv).await;
-    let db = dir.path().join("live.db");
-    let out = run(
-        &emu,
-        &db,
-        &[
-            "run",
-            "--csv",
-            csv.to_str().unwrap(),
-            "--yes",
-            "--rate",
-            "400",
-            // The pace after a 429 is tests/pacing.rs's business; this test is about Retry-After.
-            "--settle-rate",
-            "400",
-            "--concurrency",
-            &CONCURRENCY.to_string(),
-        ],
-    )
+    let Generated { dir, csv, emu, .. } = Generated::start(120, 8, |c| {
+        // 429s by count (every 30th invitation request) rather than a small bucket, so the run is
+        // throttled several times without waiting on a slow real refill.
+        c.bucket_scale = 10.0;
+        c.throttle_every_nth_invitation = 30;
+    })
     .await;
-    assert_eq!(out.code, 3, "{}", out.stderr);
+    let expected = dry_run_expectation(&emu, dir.path(), &csv).await;
+    let db = dir.path().join("live.db");
+    // The pace after a 429 is tests/pacing.rs's business; this test is about Retry-After.
+    let flags = format!("--yes --rate 400 --settle-rate 400 --concurrency {CONCURRENCY}");
+    let out = run_csv(&emu, &db, &csv, &flags).await;
+    out.assert_exit(3);
     assert_exactly_once(&emu, &db, out.run_id(), &expected);
 
     let log = emu_requests(&emu).await;
@@ -285,28 +189,10 @@ async fn blocked_directory_stops_the_run_with_exit_4_and_no_retry_storm() {
     let mut config = EmulatorConfig::new(Tenant::sample());
     config.block_invitations = true;
     let emu = start(config).await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("q.db");
-    let csv = repo_path("sample-data/users.csv");
-    let out = run(
-        &emu,
-        &db,
-        &[
-            "run",
-            "--csv",
-            csv.to_str().unwrap(),
-            "--yes",
-            "--concurrency",
-            "4",
-        ],
-    )
-    .await;
-    assert_eq!(out.code, 4, "{}\n{}", out.stdout, out.stderr);
-    assert!(
-        out.stderr.contains("Invitations are blocked"),
-        "{}",
-        out.stderr
-    );
+    let (_dir, db) = temp_db();
+    let out = run_csv(&emu, &db, &sample_csv(), "--yes --concurrency 4").await;
+    out.assert_exit(4);
+    out.assert_stderr_has("Invitations are blocked");
     let its = items(&db, out.run_id());
     assert_eq!(count(&its, ItemState::Converted), 0);
     assert_eq!(count(&its, ItemState::InFlight), 0);
@@ -319,8 +205,7 @@ async fn blocked_directory_stops_the_run_with_exit_4_and_no_retry_storm() {
         posts <= 4,
         "at most one refused request per worker, not a storm: {posts}"
     );
-    let status = run(&emu, &db, &["status", "--json"]).await;
-    let v: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let v = status_json(&emu, &db, None).await;
     assert_eq!(v["status"], "stopped");
 }
 
@@ -328,42 +213,17 @@ async fn blocked_directory_stops_the_run_with_exit_4_and_no_retry_storm() {
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_exits_130_and_the_run_resumes_to_completion() {
-    let dir = tempfile::tempdir().unwrap();
-    let (tenant, csv) = generated(300, 9, dir.path());
-    let mut config = EmulatorConfig::new(tenant);
-    // Graph's buckets ×10: the resume at --rate 200 is not held to Graph's real refill.
-    config.bucket_scale = 10.0;
-    let emu = start(config).await;
-    let expected = would_convert(&emu, dir.path(), &csv).await;
+    let Generated { dir, csv, emu, .. } = Generated::start(300, 9, |c| {
+        // Graph's buckets ×10: the resume at --rate 200 is not held to Graph's real refill.
+        c.bucket_scale = 10.0;
+    })
+    .await;
+    let expected = dry_run_expectation(&emu, dir.path(), &csv).await;
     let db = dir.path().join("live.db");
-    let child = command(
-        &emu,
-        &db,
-        &[
-            "run",
-            "--csv",
-            csv.to_str().unwrap(),
-            "--yes",
-            "--rate",
-            "20",
-        ],
-    )
-    .spawn()
-    .unwrap();
-    let pid = child.id().unwrap();
-    let mut waited = Duration::ZERO;
-    while emu.invitations().len() < 10 && waited < COMMAND_TIMEOUT {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        waited += Duration::from_millis(20);
-    }
-    signal(pid, "-INT");
-    let out = output_of(child).await;
-    assert_eq!(
-        out.status.code(),
-        Some(130),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let child = command(&emu, &db, &slow_run_args(&csv)).spawn().unwrap();
+    signal_when_invited(&emu, child, 10, &["-INT"])
+        .await
+        .assert_exit(130);
     assert!(
         emu.invitations().len() < expected.len(),
         "stopped before the end"
@@ -371,13 +231,17 @@ async fn sigint_exits_130_and_the_run_resumes_to_completion() {
     let its = b2b_convert::queue::Queue::open(&db).unwrap();
     let run = its.latest_run().unwrap().unwrap();
     assert_eq!(run.status, "interrupted");
-    let out = run_resume(&emu, &db).await;
-    assert_eq!(out.code, 3, "{}", out.stderr);
+    run_resume(&emu, &db).await.assert_exit(3);
     assert_exactly_once(&emu, &db, run.id, &expected);
 }
 
 async fn run_resume(emu: &Emulator, db: &Path) -> Ran {
     run(emu, db, &["resume", "--yes", "--rate", "200"]).await
+}
+
+/// `run` at 20/s: slow enough to be stopped part-way.
+fn slow_run_args(csv: &Path) -> Vec<&str> {
+    run_args(csv, "--yes --rate 20")
 }
 
 /// Sends `signals` (e.g. `["-TERM"]`) to the child once it has invited `after` users in all.
@@ -386,13 +250,11 @@ async fn signal_when_invited(
     child: tokio::process::Child,
     after: usize,
     signals: &[&str],
-) -> std::process::Output {
+) -> Ran {
     let pid = child.id().unwrap();
-    let mut waited = Duration::ZERO;
-    while emu.invitations().len() < after && waited < COMMAND_TIMEOUT {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        waited += Duration::from_millis(20);
-    }
+    // Bounded wait for progress, by count of invitations the tenant accepted.
+    let invited = || emu.invitations().len() >= after;
+    poll_until(invited, Duration::from_millis(20), 12_000).await;
     for name in signals {
         signal(pid, name);
     }
@@ -403,9 +265,7 @@ async fn signal_when_invited(
 /// once with 130 and says nothing was on the wire, rather than dying with 143 or being ignored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_while_signing_in_stops_at_once_with_130() {
-    let dir = tempfile::tempdir().unwrap();
-    let (tenant, csv) = generated(20, 13, dir.path());
-    let emu = start(EmulatorConfig::new(tenant)).await;
+    let Generated { dir, csv, emu, .. } = Generated::start(20, 13, |_| {}).await;
     // A token endpoint that takes the request and never answers; it says when the request came.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let login = format!("http://{}", listener.local_addr().unwrap());
@@ -419,7 +279,7 @@ async fn sigterm_while_signing_in_stops_at_once_with_130() {
         while socket.read(&mut buf).await.unwrap_or(0) > 0 {}
     });
     let db = dir.path().join("live.db");
-    let child = command(&emu, &db, &["run", "--csv", csv.to_str().unwrap(), "--yes"])
+    let child = command(&emu, &db, &run_args(&csv, "--yes"))
         .env("B2B_LOGIN_URL", &login)
         .spawn()
         .unwrap();
@@ -430,8 +290,8 @@ async fn sigterm_while_signing_in_stops_at_once_with_130() {
     assert!(n > 0, "a token request arrived");
     signal(child.id().unwrap(), "-TERM");
     let out = output_of(child).await;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    out.assert_exit(130);
+    let stderr = &out.stderr;
     assert!(
         stderr.contains("SIGTERM: stopped before any request of the pass was on the wire"),
         "{stderr}"
@@ -445,30 +305,16 @@ async fn sigterm_while_signing_in_stops_at_once_with_130() {
 /// row quit at once and `resume` reconciles. The run then finishes with everyone converted once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_and_sighup_stop_like_ctrl_c_and_the_run_resumes_exactly_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let (tenant, csv) = generated(300, 13, dir.path());
-    let mut config = EmulatorConfig::new(tenant);
-    config.bucket_scale = 10.0;
-    let emu = start(config).await;
-    let expected = would_convert(&emu, dir.path(), &csv).await;
+    let Generated { dir, csv, emu, .. } =
+        Generated::start(300, 13, |c| c.bucket_scale = 10.0).await;
+    let expected = dry_run_expectation(&emu, dir.path(), &csv).await;
     let db = dir.path().join("live.db");
-    let args = [
-        "run",
-        "--csv",
-        csv.to_str().unwrap(),
-        "--yes",
-        "--rate",
-        "20",
-    ];
-    let child = command(&emu, &db, &args).spawn().unwrap();
+    let child = command(&emu, &db, &slow_run_args(&csv)).spawn().unwrap();
     let out = signal_when_invited(&emu, child, 10, &["-TERM"]).await;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "SIGTERM: {stderr}");
+    out.assert_exit(130);
+    let stderr = &out.stderr;
     assert!(stderr.contains("SIGTERM: stopping"), "{stderr}");
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("resume"),
-        "{stderr}"
-    );
+    assert!(out.stdout.contains("resume"), "{stderr}");
     let its = items(&db, 1);
     assert_eq!(count(&its, ItemState::InFlight), 0, "nothing left mid-step");
     let run = b2b_convert::queue::Queue::open(&db)
@@ -483,24 +329,18 @@ async fn sigterm_and_sighup_stop_like_ctrl_c_and_the_run_resumes_exactly_once() 
         .unwrap();
     let invited = emu.invitations().len();
     let out = signal_when_invited(&emu, child, invited + 10, &["-HUP"]).await;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "SIGHUP: {stderr}");
-    assert!(stderr.contains("SIGHUP: stopping"), "{stderr}");
+    out.assert_exit(130);
+    out.assert_stderr_has("SIGHUP: stopping");
     assert_eq!(count(&items(&db, 1), ItemState::InFlight), 0);
 
     let child = command(&emu, &db, &["resume", "--yes", "--rate", "20"])
         .spawn()
         .unwrap();
     let invited = emu.invitations().len();
+    // A second signal quits at once.
     let out = signal_when_invited(&emu, child, invited + 10, &["-TERM", "-TERM"]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(130),
-        "a second signal quits at once: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    out.assert_exit(130);
 
-    let out = run_resume(&emu, &db).await;
-    assert_eq!(out.code, 3, "{}", out.stderr);
+    run_resume(&emu, &db).await.assert_exit(3);
     assert_exactly_once(&emu, &db, 1, &expected);
 }

@@ -1,5 +1,6 @@
 //! The integration tests, one binary: each file of `tests/it/` is a module, sharing
-//! `common` (the emulator harness, raw Graph calls, the HTML checker). One binary links once
+//! `common` (the emulator harness, running the binary, the queue and the emulator's records as
+//! tests read them, raw Graph calls, the HTML checker). One binary links once
 //! instead of once per file (docs/performance.md, "One test binary").
 
 mod common;

@@ -24,20 +24,10 @@ fn expected() -> BTreeMap<u64, (String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sample_dry_run_gives_the_expected_verdict_for_every_row() {
     let emu = start_sample().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("q.db");
-    let csv = repo_path("sample-data/users.csv");
-    let out = run(
-        &emu,
-        &db,
-        &["run", "--csv", csv.to_str().unwrap(), "--dry-run"],
-    )
-    .await;
-    assert_eq!(
-        out.code, 3,
-        "blocked rows make exit 3\n{}\n{}",
-        out.stdout, out.stderr
-    );
+    let (_dir, db) = temp_db();
+    let out = run_csv(&emu, &db, &sample_csv(), "--dry-run").await;
+    // Blocked rows make exit 3.
+    out.assert_exit(3);
     let run_id = out.run_id();
 
     let got: BTreeMap<u64, (String, String)> = items(&db, run_id)
@@ -72,19 +62,12 @@ async fn sample_dry_run_gives_the_expected_verdict_for_every_row() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_json_is_stable_machine_output() {
     let emu = start_sample().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("q.db");
-    let csv = repo_path("sample-data/users.csv");
-    let out = run(
-        &emu,
-        &db,
-        &["run", "--csv", csv.to_str().unwrap(), "--dry-run"],
-    )
-    .await;
+    let (_dir, db) = temp_db();
+    let out = run_csv(&emu, &db, &sample_csv(), "--dry-run").await;
     let run_id = out.run_id();
     let status = run(&emu, &db, &["status", &run_id.to_string(), "--json"]).await;
-    assert_eq!(status.code, 0, "{}", status.stderr);
-    let v: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    status.assert_exit(0);
+    let v = status.json();
     for key in [
         "runId",
         "mode",
@@ -113,7 +96,7 @@ async fn status_json_is_stable_machine_output() {
 
     let runs = run(&emu, &db, &["runs"]).await;
     assert_eq!(runs.code, 0);
-    assert!(runs.stdout.contains("dry_run"), "{}", runs.stdout);
+    runs.assert_stdout_has("dry_run");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,12 +122,7 @@ async fn malformed_csv_gives_clear_errors_or_blocked_items_never_a_panic() {
         let path = dir.path().join(name);
         std::fs::write(&path, bytes).unwrap();
         let db = dir.path().join(format!("{name}.db"));
-        let out = run(
-            &emu,
-            &db,
-            &["run", "--csv", path.to_str().unwrap(), "--dry-run"],
-        )
-        .await;
+        let out = run_csv(&emu, &db, &path, "--dry-run").await;
         assert!(
             [0, 1, 2, 3].contains(&out.code),
             "{name}: exit {} (a panic is 101)\n{}",
@@ -191,12 +169,7 @@ async fn bad_rows_are_recorded_with_line_and_field_and_the_rest_goes_on() {
     );
     std::fs::write(&csv, text).unwrap();
     let db = dir.path().join("q.db");
-    let out = run(
-        &emu,
-        &db,
-        &["run", "--csv", csv.to_str().unwrap(), "--dry-run"],
-    )
-    .await;
+    let out = run_csv(&emu, &db, &csv, "--dry-run").await;
     let its = items(&db, out.run_id());
     let bad = its
         .iter()
@@ -214,8 +187,7 @@ async fn bad_rows_are_recorded_with_line_and_field_and_the_rest_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_errors_exit_2_and_live_runs_need_consent() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("q.db");
+    let (_dir, db) = temp_db();
     assert_eq!(run_plain(&db, &["run"]).await.code, 2);
     assert_eq!(
         run_plain(&db, &["run", "--csv", "a.csv", "--filter", "x"])
@@ -224,51 +196,26 @@ async fn usage_errors_exit_2_and_live_runs_need_consent() {
         2
     );
     let emu = start_sample().await;
-    let csv = repo_path("sample-data/users.csv");
+    let csv = sample_csv();
     // Live, no terminal, no --yes: refuses before anything is read or sent.
-    let out = run(&emu, &db, &["run", "--csv", csv.to_str().unwrap()]).await;
-    assert_eq!(out.code, 2, "{}", out.stderr);
+    let out = run_csv(&emu, &db, &csv, "").await;
+    out.assert_exit(2);
     assert!(out.stderr.contains("--yes"));
     assert!(emu.invitations().is_empty());
     // Plain http to a non-loopback host is refused.
-    let out = run(
-        &emu,
-        &db,
-        &[
-            "run",
-            "--csv",
-            csv.to_str().unwrap(),
-            "--dry-run",
-            "--graph-url",
-            "http://example.com",
-        ],
-    )
-    .await;
-    assert_eq!(out.code, 1, "{}", out.stderr);
+    run_csv(&emu, &db, &csv, "--dry-run --graph-url http://example.com")
+        .await
+        .assert_exit(1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unusable_inputs_and_out_of_range_flags_exit_2_before_a_run_exists() {
     let emu = start_sample().await;
-    let dir = tempfile::tempdir().unwrap();
-    let sample = repo_path("sample-data/users.csv");
-    let db = dir.path().join("q.db");
+    let (dir, db) = temp_db();
     // A rate so small the limiter's interval would overflow: a usage error, not a panic.
-    let out = run(
-        &emu,
-        &db,
-        &[
-            "run",
-            "--csv",
-            sample.to_str().unwrap(),
-            "--dry-run",
-            "--rate",
-            "1e-20",
-        ],
-    )
-    .await;
-    assert_eq!(out.code, 2, "{}", out.stderr);
-    assert!(out.stderr.contains("--rate"), "{}", out.stderr);
+    let out = run_csv(&emu, &db, &sample_csv(), "--dry-run --rate 1e-20").await;
+    out.assert_exit(2);
+    out.assert_stderr_has("--rate");
     let cases: &[(&str, Option<&[u8]>, &str)] = &[
         ("missing.csv", None, "missing.csv: cannot open"),
         ("empty.csv", Some(b""), "empty.csv: line 1: no header row"),
@@ -283,12 +230,7 @@ async fn unusable_inputs_and_out_of_range_flags_exit_2_before_a_run_exists() {
         if let Some(bytes) = content {
             std::fs::write(&path, bytes).unwrap();
         }
-        let out = run(
-            &emu,
-            &db,
-            &["run", "--csv", path.to_str().unwrap(), "--dry-run"],
-        )
-        .await;
+        let out = run_csv(&emu, &db, &path, "--dry-run").await;
         assert_eq!(out.code, 2, "{name}: {}", out.stderr);
         assert!(out.stderr.contains(expected), "{name}: {}", out.stderr);
         assert!(!out.stdout.contains("run-id:"), "{name}: no run created");
@@ -304,18 +246,13 @@ async fn cr_only_csv_is_read_like_lf() {
     // Excel's "CSV (Macintosh)" ends lines with a bare CR.
     let emu = start_sample().await;
     let dir = tempfile::tempdir().unwrap();
-    let lf = std::fs::read_to_string(repo_path("sample-data/users.csv")).unwrap();
+    let lf = std::fs::read_to_string(sample_csv()).unwrap();
     let cr_path = dir.path().join("mac.csv");
     std::fs::write(&cr_path, lf.replace("\r\n", "\n").replace('\n', "\r")).unwrap();
     let mut verdicts = Vec::new();
-    for (name, path) in [("lf", repo_path("sample-data/users.csv")), ("cr", cr_path)] {
+    for (name, path) in [("lf", sample_csv()), ("cr", cr_path)] {
         let db = dir.path().join(format!("{name}.db"));
-        let out = run(
-            &emu,
-            &db,
-            &["run", "--csv", path.to_str().unwrap(), "--dry-run"],
-        )
-        .await;
+        let out = run_csv(&emu, &db, &path, "--dry-run").await;
         assert!([0, 3].contains(&out.code), "{name}: {}", out.stderr);
         // Today's defect: a CR-only file read as one huge header line printed user data as
         // "unknown columns". The sample's only extra column is `notes`.
@@ -345,38 +282,11 @@ async fn cr_only_csv_is_read_like_lf() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_emulator_command_prints_a_client_environment_that_works() {
-    use tokio::io::AsyncBufReadExt;
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("generated.csv");
-    let mut emu = tokio::process::Command::new(BIN)
-        .args([
-            "emulator",
-            "--generate",
-            "200",
-            "--seed",
-            "3",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--write-csv")
-        .arg(&csv)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(emu.stdout.take().unwrap()).lines();
-    let mut env = Vec::new();
-    while env.len() < 5 {
-        let line = tokio::time::timeout(COMMAND_TIMEOUT, lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .expect("five NAME=value lines");
-        let (k, v) = line.split_once('=').expect("NAME=value");
-        env.push((k.to_string(), v.to_string()));
-    }
+    let csv_arg = csv.to_str().unwrap();
+    let args = ["--generate", "200", "--seed", "3", "--write-csv", csv_arg];
+    let (mut emu, env) = spawn_emulator_command(&args).await;
     let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
     for name in [
         "B2B_GRAPH_URL",
@@ -392,25 +302,15 @@ async fn the_emulator_command_prints_a_client_environment_that_works() {
     assert_eq!(header.lines().count(), 201);
 
     let db = dir.path().join("q.db");
-    let out = tokio::process::Command::new(BIN)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env)
-        .arg("--db")
-        .arg(&db)
-        .args(["run", "--csv", csv.to_str().unwrap(), "--dry-run"])
-        .output();
-    let out = tokio::time::timeout(COMMAND_TIMEOUT, out)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let run_id: i64 = String::from_utf8_lossy(&out.stdout)
+    let out = run_command(command_with_env(
+        &env,
+        &db,
+        &["run", "--csv", csv_arg, "--dry-run"],
+    ))
+    .await;
+    out.assert_exit(3);
+    let run_id: i64 = out
+        .stdout
         .lines()
         .next()
         .and_then(|l| l.strip_prefix("run-id: "))
@@ -440,20 +340,13 @@ async fn csv_ingestion_killed_half_way_resumes_without_losing_or_repeating_a_row
     }
     let emu = start_sample().await;
     let db = dir.path().join("q.db");
-    let args = [
-        "run",
-        "--csv",
-        csv.to_str().unwrap(),
-        "--yes",
-        "--rate",
-        "2000",
-    ];
+    let args = run_args(&csv, "--yes --rate 2000");
     let mut child = command(&emu, &db, &args).spawn().unwrap();
     let killed_mid_ingest = kill_mid_ingest(&mut child, &db).await;
     assert!(killed_mid_ingest, "ingestion was interrupted part-way");
 
     let out = run(&emu, &db, &["resume", "--yes", "--rate", "2000"]).await;
-    assert_eq!(out.code, 3, "{}", out.stderr);
+    out.assert_exit(3);
     let run_id = out.run_id();
     let its = items(&db, run_id);
     let lines: std::collections::BTreeSet<u64> = its.iter().map(|i| i.line.unwrap()).collect();

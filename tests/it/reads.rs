@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use b2b_convert::emulator::{Emulator, EmulatorConfig, Tenant};
+use b2b_convert::emulator::Emulator;
 use b2b_convert::item::ItemState;
 use common::*;
 
@@ -26,11 +26,9 @@ fn verdicts(db: &Path, run_id: i64) -> BTreeMap<u64, (ItemState, Option<String>,
         .collect()
 }
 
-async fn dry_run(emu: &Emulator, db: &Path, csv: &Path, extra: &[&str]) -> (i64, String) {
-    let mut args = vec!["run", "--csv", csv.to_str().unwrap(), "--dry-run"];
-    args.extend_from_slice(extra);
-    let out = run(emu, db, &args).await;
-    assert!([0, 3].contains(&out.code), "{}", out.stderr);
+async fn dry_run(emu: &Emulator, db: &Path, csv: &Path, flags: &str) -> (i64, String) {
+    let out = run_csv(emu, db, csv, &format!("--dry-run {flags}")).await;
+    out.assert_finished();
     let id = out.run_id();
     let left = items(db, id)
         .iter()
@@ -49,10 +47,11 @@ async fn user_reads<F: std::future::Future<Output = T>, T>(emu: &Emulator, f: F)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_reads_by_key_many_at_once_or_in_pages_and_decides_the_same() {
-    let dir = tempfile::tempdir().unwrap();
-    let tenant = Tenant::generate(3_000, 17);
-    let csv = dir.path().join("users.csv");
-    tenant.write_csv(&csv).unwrap();
+    let Generated { dir, csv, emu, .. } = Generated::start(3_000, 17, |c| {
+        // Answers take a while, so reads one after another could never overlap.
+        c.latency = Duration::from_millis(25);
+    })
+    .await;
     let few = dir.path().join("few.csv");
     let text = std::fs::read_to_string(&csv).unwrap();
     std::fs::write(
@@ -60,17 +59,13 @@ async fn a_dry_run_reads_by_key_many_at_once_or_in_pages_and_decides_the_same() 
         text.lines().take(31).collect::<Vec<_>>().join("\n") + "\n",
     )
     .unwrap();
-    let mut config = EmulatorConfig::new(tenant);
-    // Answers take a while, so reads one after another could never overlap.
-    config.latency = Duration::from_millis(25);
-    let emu = start(config).await;
     let db = dir.path().join("dry.db");
 
     // The first pass builds the address index; its reads are not counted here.
-    let (first, _) = dry_run(&emu, &db, &csv, &[]).await;
+    let (first, _) = dry_run(&emu, &db, &csv, "").await;
 
     // The CSV names the whole tenant: 4 pages of 999 cost fewer requests than 200 look-ups.
-    let ((paged, log), reads) = user_reads(&emu, dry_run(&emu, &db, &csv, &[])).await;
+    let ((paged, log), reads) = user_reads(&emu, dry_run(&emu, &db, &csv, "")).await;
     assert!(
         log.contains("reading the tenant in pages of 999"),
         "the log says which: {log}"
@@ -79,7 +74,7 @@ async fn a_dry_run_reads_by_key_many_at_once_or_in_pages_and_decides_the_same() 
 
     // By key: 3,000 ids, 15 a request, many in flight at once.
     emu.take_max_in_flight();
-    let ((by_key, _), reads) = user_reads(&emu, dry_run(&emu, &db, &csv, &["--read-by-key"])).await;
+    let ((by_key, _), reads) = user_reads(&emu, dry_run(&emu, &db, &csv, "--read-by-key")).await;
     let most = emu.take_max_in_flight();
     assert_eq!(reads, 3_000 / 15, "one look-up per 15 users, no count");
     assert!(
@@ -88,7 +83,7 @@ async fn a_dry_run_reads_by_key_many_at_once_or_in_pages_and_decides_the_same() 
     );
 
     // A CSV of 30 users: 2 look-ups cost fewer requests than 4 pages.
-    let ((_, log), reads) = user_reads(&emu, dry_run(&emu, &db, &few, &[])).await;
+    let ((_, log), reads) = user_reads(&emu, dry_run(&emu, &db, &few, "")).await;
     assert!(
         log.contains("looking users up by key, 15 a request"),
         "the log says which: {log}"
@@ -110,55 +105,35 @@ async fn a_dry_run_reads_by_key_many_at_once_or_in_pages_and_decides_the_same() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resend_keeps_several_invitations_in_flight_and_reinvites_each_user_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let tenant = Tenant::generate(120, 23);
-    let csv = dir.path().join("users.csv");
-    tenant.write_csv(&csv).unwrap();
-    let mut config = EmulatorConfig::new(tenant);
-    config.bucket_scale = 1_000.0;
-    config.latency = Duration::from_millis(40);
-    let emu = start(config).await;
+    let Generated { dir, csv, emu, .. } = Generated::start(120, 23, |c| {
+        c.bucket_scale = 1_000.0;
+        c.latency = Duration::from_millis(40);
+    })
+    .await;
     let db = dir.path().join("live.db");
-    let out = run(
+    let out = run_csv(
         &emu,
         &db,
-        &[
-            "run",
-            "--csv",
-            csv.to_str().unwrap(),
-            "--yes",
-            "--silent",
-            "--rate",
-            "1000",
-            "--concurrency",
-            "8",
-        ],
+        &csv,
+        "--yes --silent --rate 1000 --concurrency 8",
     )
     .await;
-    assert!([0, 3].contains(&out.code), "{}", out.stderr);
+    out.assert_finished();
     let id = out.run_id().to_string();
-    let out = run(&emu, &db, &["track", &id]).await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    run(&emu, &db, &["track", &id]).await.assert_exit(0);
     let pending = emu.invitations().len();
     assert!(pending > 20, "most users converted: {pending}");
 
     emu.take_max_in_flight();
-    let out = run(&emu, &db, &["resend", &id, "--yes"]).await;
-    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    run(&emu, &db, &["resend", &id, "--yes"])
+        .await
+        .assert_exit(0);
     let most = emu.take_max_in_flight();
     assert!(
         most > 1,
         "resend works several users at once: at most {most} answered at once"
     );
-    let resent: BTreeMap<String, usize> = emu
-        .invitations()
-        .iter()
-        .filter(|i| i["resetRedemption"] == true)
-        .fold(BTreeMap::new(), |mut m, i| {
-            *m.entry(i["userId"].as_str().unwrap().to_string())
-                .or_insert(0) += 1;
-            m
-        });
+    let resent = resets_per_user(&emu);
     assert_eq!(resent.len(), pending, "every pending user re-invited");
     assert!(resent.values().all(|&n| n == 1), "each once: {resent:?}");
     emu.shutdown().await;

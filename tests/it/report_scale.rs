@@ -8,9 +8,18 @@ use std::path::Path;
 
 use crate::common;
 
-use b2b_convert::emulator::{EmulatorConfig, Tenant};
-use b2b_convert::item::{ItemState, RunMode, RunOptions, RunStatus, SourceSpec};
+use b2b_convert::item::{ItemState, RunMode, RunStatus};
 use b2b_convert::queue::Queue;
+
+/// Creates a finished run of no items in `db`, as if made against a tenant no longer in reach;
+/// returns its id.
+fn finished_run(db: &Path, mode: RunMode) -> i64 {
+    let queue = Queue::open(db).unwrap();
+    let tenant = "11111111-2222-3333-4444-555555555555";
+    let run_id = common::create_csv_run(&queue, mode, tenant, "http://127.0.0.1:1");
+    queue.set_run_status(run_id, RunStatus::Finished).unwrap();
+    run_id
+}
 
 /// Counts a run's items into `run_counts` again, as the tool does for the items it inserts
 /// itself: these tests write items with plain SQL.
@@ -22,48 +31,53 @@ fn recount(run_id: i64) -> String {
     )
 }
 
-/// Creates a finished live run of `n` items: every 50th blocked (three reasons), every 997th not
-/// blocked failed (`Request_BadRequest`), the rest converted over about an hour. Returns the run id.
-fn generate(db: &Path, n: u64) -> i64 {
-    let queue = Queue::open(db).unwrap();
-    let run_id = queue
-        .create_run(
-            &SourceSpec::Csv {
-                path: "users.csv".into(),
-            },
-            RunMode::Live,
-            &RunOptions::default(),
-            Some("11111111-2222-3333-4444-555555555555"),
-            "http://127.0.0.1:1",
-        )
-        .unwrap();
-    queue.set_run_status(run_id, RunStatus::Finished).unwrap();
-    drop(queue);
-    let conn = rusqlite::Connection::open(db).unwrap();
-    conn.execute_batch(&format!(
-        "BEGIN;
-         INSERT INTO items (run_id, line, key_kind, key_value, key_norm, user_id,
-                            user_principal_name, display_name, user_type, external_email, state,
-                            reason, detail, error_code, error_message, request_id, attempts,
-                            created_at, updated_at)
+/// `INSERT INTO items` of `n` generated users (`user1@contoso.com`, …) for `run_id`: the user
+/// columns every test fills the same way, then `columns` with the SQL `values` (over `i`, the
+/// user's number); then the run's counts.
+fn generated_items(run_id: i64, n: u64, columns: &str, values: &str) -> String {
+    let recount = recount(run_id);
+    format!(
+        "INSERT INTO items (run_id, line, key_kind, key_value, key_norm, user_id,
+                            user_principal_name, display_name, user_type, external_email, {columns})
          WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < {n})
          SELECT {run_id}, i + 1, 'userPrincipalName', 'user' || i || '@contoso.com',
                 'user' || i || '@contoso.com',
                 printf('%08x-0000-4000-8000-%012x', i, i * 7919),
                 'user' || i || '@contoso.com', 'User ' || i, 'Member',
                 'user' || i || '@partner.example',
-                CASE WHEN i % 50 = 0 THEN 'blocked' WHEN i % 997 = 0 THEN 'failed'
-                     ELSE 'converted' END,
-                CASE WHEN i % 150 = 0 THEN 'mail_missing' WHEN i % 100 = 0 THEN 'domain_verified'
-                     WHEN i % 50 = 0 THEN 'user_not_found' END,
-                CASE WHEN i % 50 = 0 THEN 'no user with this key' END,
-                CASE WHEN i % 50 <> 0 AND i % 997 = 0 THEN 'Request_BadRequest' END,
-                CASE WHEN i % 50 <> 0 AND i % 997 = 0 THEN 'Invalid request input.' END,
-                CASE WHEN i % 50 <> 0 THEN printf('%08x-1111-4000-8000-%012x', i, i) END,
-                1,
-                '2025-03-01T10:00:00.000Z',
-                strftime('%Y-%m-%dT%H:%M:%fZ', '2025-03-01T10:00:00', '+' || (i * 3600 / {n}) || ' seconds')
+                {values}
          FROM k;
+         {recount}"
+    )
+}
+
+/// Creates a finished live run of `n` items: every 50th blocked (three reasons), every 997th not
+/// blocked failed (`Request_BadRequest`), the rest converted over about an hour. Returns the run id.
+fn generate(db: &Path, n: u64) -> i64 {
+    let run_id = finished_run(db, RunMode::Live);
+    let items = generated_items(
+        run_id,
+        n,
+        "state, reason, detail, error_code, error_message, request_id, attempts, created_at,
+         updated_at",
+        &format!(
+            "CASE WHEN i % 50 = 0 THEN 'blocked' WHEN i % 997 = 0 THEN 'failed'
+                  ELSE 'converted' END,
+             CASE WHEN i % 150 = 0 THEN 'mail_missing' WHEN i % 100 = 0 THEN 'domain_verified'
+                  WHEN i % 50 = 0 THEN 'user_not_found' END,
+             CASE WHEN i % 50 = 0 THEN 'no user with this key' END,
+             CASE WHEN i % 50 <> 0 AND i % 997 = 0 THEN 'Request_BadRequest' END,
+             CASE WHEN i % 50 <> 0 AND i % 997 = 0 THEN 'Invalid request input.' END,
+             CASE WHEN i % 50 <> 0 THEN printf('%08x-1111-4000-8000-%012x', i, i) END,
+             1,
+             '2025-03-01T10:00:00.000Z',
+             strftime('%Y-%m-%dT%H:%M:%fZ', '2025-03-01T10:00:00', '+' || (i * 3600 / {n}) || ' seconds')"
+        ),
+    );
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.execute_batch(&format!(
+        "BEGIN;
+         {items}
          INSERT INTO requests (run_id, item_id, method, path, status, client_request_id,
                                duration_ms, throttled, attempt, at)
          SELECT {run_id}, id, 'POST', '/v1.0/invitations', CASE WHEN id % 200 = 0 THEN 429 ELSE 201 END,
@@ -72,9 +86,7 @@ fn generate(db: &Path, n: u64) -> i64 {
          INSERT INTO work_spans (run_id, started_at, last_seen_at, ended_at)
          VALUES ({run_id}, '2025-03-01T10:00:00Z', '2025-03-01T11:00:00Z', '2025-03-01T11:00:00Z');
          UPDATE runs SET finished_at = '2025-03-02T11:00:00Z' WHERE id = {run_id};
-         {recount}
-         COMMIT;",
-        recount = recount(run_id)
+         COMMIT;"
     ))
     .unwrap();
     run_id
@@ -83,8 +95,7 @@ fn generate(db: &Path, n: u64) -> i64 {
 #[test]
 fn html_report_of_100k_items_is_small_and_lists_every_blocked_user() {
     const N: u64 = 100_000;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("q.db");
+    let (dir, db) = common::temp_db();
     let run_id = generate(&db, N);
     // A `track` saw every third converted user redeemed over ten days, the rest pending.
     rusqlite::Connection::open(&db)
@@ -182,27 +193,10 @@ const HTML_BYTES_PER_LISTED: usize = 300;
 /// real detail texts. The report is measured in bytes, so the bound is exact and deterministic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn html_report_of_a_large_dry_run_stays_within_its_size_budget() {
-    let dir = tempfile::tempdir().unwrap();
-    let tenant = Tenant::generate(2_000, 22);
-    let csv = dir.path().join("users.csv");
-    tenant.write_csv(&csv).unwrap();
-    let mut config = EmulatorConfig::new(tenant);
-    config.bucket_scale = 100.0;
-    let emu = common::start(config).await;
+    let common::Generated { dir, csv, emu, .. } =
+        common::Generated::start(2_000, 22, |c| c.bucket_scale = 100.0).await;
     let db = dir.path().join("q.db");
-    let out = common::run(
-        &emu,
-        &db,
-        &[
-            "run",
-            "--csv",
-            csv.to_str().unwrap(),
-            "--dry-run",
-            "--rate",
-            "1000",
-        ],
-    )
-    .await;
+    let out = common::run_csv(&emu, &db, &csv, "--dry-run --rate 1000").await;
     assert_eq!(
         out.code, 3,
         "a generated tenant has blocked users: {}",
@@ -284,56 +278,32 @@ fn build_million_item_database() {
 #[test]
 fn dry_run_html_is_within_150_kb_and_300_bytes_per_listed_user() {
     const N: u64 = 20_000;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("q.db");
-    let queue = Queue::open(&db).unwrap();
-    let run_id = queue
-        .create_run(
-            &SourceSpec::Csv {
-                path: "users.csv".into(),
-            },
-            RunMode::DryRun,
-            &RunOptions::default(),
-            Some("11111111-2222-3333-4444-555555555555"),
-            "http://127.0.0.1:1",
-        )
-        .unwrap();
-    queue.set_run_status(run_id, RunStatus::Finished).unwrap();
-    drop(queue);
+    let (dir, db) = common::temp_db();
+    let run_id = finished_run(&db, RunMode::DryRun);
+    let items = generated_items(
+        run_id,
+        N,
+        "state, reason, detail, created_at, updated_at",
+        "CASE WHEN i % 8 = 0 THEN 'blocked' ELSE 'would_convert' END,
+         CASE i % 32 WHEN 0 THEN 'onprem_upn_present' WHEN 8 THEN 'exchange_mailbox'
+                     WHEN 16 THEN 'mail_mismatch' WHEN 24 THEN 'mail_missing' END,
+         CASE i % 32
+           WHEN 0 THEN 'onPremisesUserPrincipalName is \"user' || i || '@corp.contoso.com\": '
+             || 'Entra Connect''s default sync rule writes this attribute, and Microsoft '
+             || 'blocks internal-to-external conversion of user objects that have it'
+           WHEN 8 THEN 'an Exchange Online plan is enabled: the user has a mailbox, so '
+             || 'mail cannot be set to an external address outside the Exchange admin center'
+           WHEN 16 THEN 'externalEmail user' || i || '@partner.example is not the user''s '
+             || 'mail user' || i || '@fabrikam.com; it is in otherMails, which the older '
+             || 'guidance used for cloud-only users: the current guidance requires mail '
+             || 'to be the external address, so set mail to it first'
+           WHEN 24 THEN 'the user has no mail address; the invitation goes to mail'
+         END,
+         '2025-03-01T10:00:00.000Z', '2025-03-01T10:00:00.000Z'",
+    );
     rusqlite::Connection::open(&db)
         .unwrap()
-        .execute_batch(&format!(
-            "BEGIN;
-             INSERT INTO items (run_id, line, key_kind, key_value, key_norm, user_id,
-                                user_principal_name, display_name, user_type, external_email,
-                                state, reason, detail, created_at, updated_at)
-             WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < {N})
-             SELECT {run_id}, i + 1, 'userPrincipalName', 'user' || i || '@contoso.com',
-                    'user' || i || '@contoso.com',
-                    printf('%08x-0000-4000-8000-%012x', i, i * 7919),
-                    'user' || i || '@contoso.com', 'User ' || i, 'Member',
-                    'user' || i || '@partner.example',
-                    CASE WHEN i % 8 = 0 THEN 'blocked' ELSE 'would_convert' END,
-                    CASE i % 32 WHEN 0 THEN 'onprem_upn_present' WHEN 8 THEN 'exchange_mailbox'
-                                WHEN 16 THEN 'mail_mismatch' WHEN 24 THEN 'mail_missing' END,
-                    CASE i % 32
-                      WHEN 0 THEN 'onPremisesUserPrincipalName is \"user' || i || '@corp.contoso.com\": '
-                        || 'Entra Connect''s default sync rule writes this attribute, and Microsoft '
-                        || 'blocks internal-to-external conversion of user objects that have it'
-                      WHEN 8 THEN 'an Exchange Online plan is enabled: the user has a mailbox, so '
-                        || 'mail cannot be set to an external address outside the Exchange admin center'
-                      WHEN 16 THEN 'externalEmail user' || i || '@partner.example is not the user''s '
-                        || 'mail user' || i || '@fabrikam.com; it is in otherMails, which the older '
-                        || 'guidance used for cloud-only users: the current guidance requires mail '
-                        || 'to be the external address, so set mail to it first'
-                      WHEN 24 THEN 'the user has no mail address; the invitation goes to mail'
-                    END,
-                    '2025-03-01T10:00:00.000Z', '2025-03-01T10:00:00.000Z'
-             FROM k;
-             {recount}
-             COMMIT;",
-            recount = recount(run_id)
-        ))
+        .execute_batch(&format!("BEGIN; {items} COMMIT;"))
         .unwrap();
     let queue = Queue::open_existing(&db).unwrap();
     let html_path = dir.path().join("r.html");

@@ -8,7 +8,7 @@ use crate::common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use b2b_convert::emulator::{EmulatorConfig, Tenant};
+use b2b_convert::emulator::{Emulator, EmulatorConfig, Tenant};
 use b2b_convert::item::{ItemRecord, ItemState, RunCounts};
 use b2b_convert::queue::Queue;
 use common::*;
@@ -25,25 +25,35 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Writes `report RUN --out path [extra…]` and returns its text.
-async fn report(
-    emu: &b2b_convert::emulator::Emulator,
-    db: &Path,
-    run_id: i64,
-    path: &Path,
-    extra: &[&str],
-) -> String {
-    let id = run_id.to_string();
-    let mut args = vec!["report", id.as_str(), "--out", path.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    let out = run(emu, db, &args).await;
-    assert_eq!(out.code, 0, "report {path:?}: {}", out.stderr);
-    assert!(
-        out.stdout.contains(&path.display().to_string()),
-        "{}",
-        out.stdout
-    );
-    read(path)
+/// A run's report in each format.
+struct Reports {
+    md: String,
+    html: String,
+    csv: String,
+    json: String,
+}
+
+impl Reports {
+    /// `report RUN` written as `{stem}.md`, `.html`, `.csv` and `.json` in `dir`.
+    async fn write(emu: &Emulator, db: &Path, run_id: i64, dir: &Path, stem: &str) -> Reports {
+        let path = |format: &str| dir.join(format!("{stem}.{format}"));
+        Reports {
+            md: report(emu, db, run_id, &path("md"), &[]).await,
+            html: report(emu, db, run_id, &path("html"), &[]).await,
+            csv: report(emu, db, run_id, &path("csv"), &[]).await,
+            json: report(emu, db, run_id, &path("json"), &[]).await,
+        }
+    }
+
+    /// Each format's name and text.
+    fn each(&self) -> [(&'static str, &str); 4] {
+        [
+            ("md", &self.md),
+            ("html", &self.html),
+            ("csv", &self.csv),
+            ("json", &self.json),
+        ]
+    }
 }
 
 /// Nothing that lets someone redeem an invitation or call Graph is in any report.
@@ -61,7 +71,7 @@ fn assert_no_secrets(text: &str, secret: &str, what: &str) {
     }
 }
 
-fn client_secret(emu: &b2b_convert::emulator::Emulator) -> String {
+fn client_secret(emu: &Emulator) -> String {
     emu.client_env()
         .into_iter()
         .find(|(k, _)| k == "AZURE_CLIENT_SECRET")
@@ -74,6 +84,14 @@ fn client_secret(emu: &b2b_convert::emulator::Emulator) -> String {
 
 /// Markdown: state table equals the database, each item's row once, attention rows carry the
 /// reason (or Graph error code) and the request id.
+/// What a report names an item that needs attention by: its reason, else Graph's error code.
+fn attention_code(i: &ItemRecord) -> String {
+    i.reason
+        .map(|r| r.as_str().to_string())
+        .or_else(|| i.error_code.clone())
+        .expect("blocked or failed items have a reason or an error code")
+}
+
 fn check_md(md: &str, counts: &RunCounts, items: &[ItemRecord]) {
     assert!(
         md.starts_with("# Conversion to B2B collaboration: run "),
@@ -110,11 +128,7 @@ fn check_md(md: &str, counts: &RunCounts, items: &[ItemRecord]) {
         if i.state.needs_attention() {
             let row = rows[0];
             assert!(attention.contains(row), "item {} not under attention", i.id);
-            let code = i
-                .reason
-                .map(|r| r.as_str().to_string())
-                .or_else(|| i.error_code.clone())
-                .expect("blocked or failed items have a reason or an error code");
+            let code = attention_code(i);
             assert!(row.contains(&format!(" {code} ")), "{row}");
             if let Some(req) = &i.request_id {
                 assert!(row.contains(req.as_str()), "{row}");
@@ -162,11 +176,7 @@ fn check_html(html: &str, counts: &RunCounts, items: &[ItemRecord]) {
         if i.state.needs_attention() {
             let start = html.find(&marker).unwrap();
             let row = &html[start..start + html[start..].find("</tr>").unwrap()];
-            let code = i
-                .reason
-                .map(|r| r.as_str().to_string())
-                .or_else(|| i.error_code.clone())
-                .expect("blocked or failed items have a reason or an error code");
+            let code = attention_code(i);
             assert!(row.contains(&format!("data-reason=\"{code}\"")), "{row}");
             if let Some(req) = &i.request_id {
                 assert!(row.contains(&format!("<td>{req}</td>")), "{row}");
@@ -354,26 +364,21 @@ fn check_json(text: &str, counts: &RunCounts, items: &[ItemRecord]) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sample_dry_run_report_in_every_format_states_the_database() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("q.db");
+    let (dir, db) = temp_db();
     let emu = start_sample().await;
-    let csv = repo_path("sample-data/users.csv");
-    let out = run(
-        &emu,
-        &db,
-        &["run", "--csv", csv.to_str().unwrap(), "--dry-run"],
-    )
-    .await;
-    assert_eq!(out.code, 3, "the sample has blocked users: {}", out.stderr);
+    let out = run_csv(&emu, &db, &sample_csv(), "--dry-run").await;
+    // The sample has blocked users: exit 3.
+    out.assert_exit(3);
     let run_id = out.run_id();
     let counts = db_counts(&db, run_id);
     let its = items(&db, run_id);
     assert!(counts.state(ItemState::Blocked) > 0 && counts.state(ItemState::WouldConvert) > 0);
     assert_eq!(counts.total as usize, its.len());
     let secret = client_secret(&emu);
+    let reports = Reports::write(&emu, &db, run_id, dir.path(), "r").await;
 
-    let md = report(&emu, &db, run_id, &dir.path().join("r.md"), &[]).await;
-    check_md(&md, &counts, &its);
+    let md = &reports.md;
+    check_md(md, &counts, &its);
     assert!(md.contains("## Estimated duration of the live run"));
     assert!(md.contains(&format!(
         "| Users that would convert | {} |",
@@ -381,16 +386,14 @@ async fn sample_dry_run_report_in_every_format_states_the_database() {
     )));
     assert!(!md.contains("## Throughput"));
 
-    let html = report(&emu, &db, run_id, &dir.path().join("r.html"), &[]).await;
-    check_html(&html, &counts, &its);
+    let html = &reports.html;
+    check_html(html, &counts, &its);
     assert!(html.contains("<h2>Estimated duration of the live run</h2>"));
     assert!(!html.contains("<h2>Throughput</h2>"));
 
-    let csv_text = report(&emu, &db, run_id, &dir.path().join("r.csv"), &[]).await;
-    check_csv(&csv_text, &counts, &its);
+    check_csv(&reports.csv, &counts, &its);
 
-    let json_text = report(&emu, &db, run_id, &dir.path().join("r.json"), &[]).await;
-    let v = check_json(&json_text, &counts, &its);
+    let v = check_json(&reports.json, &counts, &its);
     assert_eq!(v["run"]["mode"], "dry_run");
     assert!(v["throughput"].is_null());
     let e = &v["estimate"];
@@ -414,16 +417,11 @@ async fn sample_dry_run_report_in_every_format_states_the_database() {
     let bad = dir.path().join("r.unknown");
     let id = run_id.to_string();
     let out = run(&emu, &db, &["report", &id, "--out", bad.to_str().unwrap()]).await;
-    assert_eq!(out.code, 2, "{}", out.stderr);
-    assert!(out.stderr.contains("--format"), "{}", out.stderr);
+    out.assert_exit(2);
+    out.assert_stderr_has("--format");
     assert!(!bad.exists());
 
-    for (what, text) in [
-        ("md", &md),
-        ("html", &html),
-        ("csv", &csv_text),
-        ("json", &json_text),
-    ] {
+    for (what, text) in reports.each() {
         assert_no_secrets(text, &secret, what);
     }
     emu.shutdown().await;
@@ -441,8 +439,7 @@ fn user_mut<'a>(t: &'a mut Tenant, upn: &str) -> &'a mut b2b_convert::model::Use
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_run_with_failures_and_hostile_names_reports_safely() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("q.db");
+    let (dir, db) = temp_db();
     let mut tenant = Tenant::sample();
     user_mut(&mut tenant, "aisha.rahman@contoso.com").display_name = Some(XSS_NAME.into());
     user_mut(&mut tenant, "bruno.costa@contoso.com").display_name = Some(FORMULA_NAME.into());
@@ -465,21 +462,11 @@ async fn live_run_with_failures_and_hostile_names_reports_safely() {
 
     let emu = start(EmulatorConfig::new(tenant)).await;
     let secret = client_secret(&emu);
-    let csv = repo_path("sample-data/users.csv");
+    let csv = sample_csv();
     let live_html = dir.path().join("live.html");
-    let out = run(
-        &emu,
-        &db,
-        &[
-            "run",
-            "--csv",
-            csv.to_str().unwrap(),
-            "--yes",
-            "--report",
-            live_html.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let mut args = run_args(&csv, "--yes");
+    args.extend(["--report", live_html.to_str().unwrap()]);
+    let out = run(&emu, &db, &args).await;
     assert_eq!(out.code, 3, "blocked and failed items: {}", out.stderr);
     let run_id = out.run_id();
     let counts = db_counts(&db, run_id);
@@ -517,9 +504,15 @@ async fn live_run_with_failures_and_hostile_names_reports_safely() {
         "Graph issued invitations, with redeem URLs the reports must not carry"
     );
 
-    // HTML, written by `run --report`.
-    let html = read(&live_html);
-    check_html(&html, &counts, &its);
+    // HTML, written by `run --report`; the other formats by `report`.
+    let reports = Reports {
+        html: read(&live_html),
+        md: report(&emu, &db, run_id, &dir.path().join("live.md"), &[]).await,
+        csv: report(&emu, &db, run_id, &dir.path().join("live.csv"), &[]).await,
+        json: report(&emu, &db, run_id, &dir.path().join("live.json"), &[]).await,
+    };
+    let html = &reports.html;
+    check_html(html, &counts, &its);
     assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
     assert!(!html.contains(XSS_NAME));
     assert!(html.contains("<h2>Throughput</h2>"));
@@ -538,15 +531,14 @@ async fn live_run_with_failures_and_hostile_names_reports_safely() {
     }
 
     // Markdown.
-    let md = report(&emu, &db, run_id, &dir.path().join("live.md"), &[]).await;
-    check_md(&md, &counts, &its);
+    let md = &reports.md;
+    check_md(md, &counts, &its);
     assert!(md.contains("\\<script\\>alert(1)\\</script\\>"));
     assert!(md.contains("## Throughput"));
     assert!(!md.contains("## Estimated duration"));
 
     // CSV: the formula name is text, the failed rows carry code and request id.
-    let csv_text = report(&emu, &db, run_id, &dir.path().join("live.csv"), &[]).await;
-    let rows = check_csv(&csv_text, &counts, &its);
+    let rows = check_csv(&reports.csv, &counts, &its);
     let col = |name: &str| {
         b2b_convert::report::CSV_COLUMNS
             .iter()
@@ -566,20 +558,14 @@ async fn live_run_with_failures_and_hostile_names_reports_safely() {
     }
 
     // JSON.
-    let json_text = report(&emu, &db, run_id, &dir.path().join("live.json"), &[]).await;
-    let v = check_json(&json_text, &counts, &its);
+    let v = check_json(&reports.json, &counts, &its);
     assert_eq!(v["run"]["mode"], "live");
     assert!(v["estimate"].is_null(), "a live run has no estimate");
     let t = &v["throughput"];
     assert_eq!(t["converted"], counts.state(ItemState::Converted));
     assert_eq!(t["graphRequests"], counts.graph_requests);
 
-    for (what, text) in [
-        ("html", &html),
-        ("md", &md),
-        ("csv", &csv_text),
-        ("json", &json_text),
-    ] {
+    for (what, text) in reports.each() {
         assert_no_secrets(text, &secret, what);
     }
 
@@ -620,7 +606,7 @@ async fn demo_writes_html_reports_and_prints_their_paths() {
         &["demo", "--out-dir", out_dir.to_str().unwrap()],
     )
     .await;
-    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    out.assert_exit(0);
     let printed: Vec<&str> = out
         .stdout
         .lines()
@@ -680,22 +666,14 @@ fn csv_users_with(
 /// even though the run kept them for `export-links`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tracked_run_with_follow_up_steps_reports_steps_and_redemption() {
-    let dir = tempfile::tempdir().unwrap();
-    let tenant = Tenant::generate(120, 31);
-    let csv = dir.path().join("users.csv");
-    tenant.write_csv(&csv).unwrap();
-    let mut config = EmulatorConfig::new(tenant);
-    config.bucket_scale = 1_000.0;
-    let emu = start(config).await;
+    let Generated { dir, csv, emu, .. } =
+        Generated::start(120, 31, |c| c.bucket_scale = 1_000.0).await;
     let secret = client_secret(&emu);
 
     // Dry run: the estimate counts one write per invitation plus one per planned PATCH.
     let dry_db = dir.path().join("dry.db");
-    let steps = ["--set-mail", "--set-guest"];
-    let mut args = vec!["run", "--csv", csv.to_str().unwrap(), "--dry-run"];
-    args.extend(steps);
-    let out = run(&emu, &dry_db, &args).await;
-    assert!([0, 3].contains(&out.code), "{}", out.stderr);
+    let out = run_csv(&emu, &dry_db, &csv, "--dry-run --set-mail --set-guest").await;
+    out.assert_finished();
     let dry_id = out.run_id();
     let dry_items = items(&dry_db, dry_id);
     let would: Vec<&ItemRecord> = dry_items
@@ -741,29 +719,12 @@ async fn tracked_run_with_follow_up_steps_reports_steps_and_redemption() {
 
     // Live run with both steps, keeping redeem links.
     let db = dir.path().join("live.db");
-    let mut args = vec![
-        "run",
-        "--csv",
-        csv.to_str().unwrap(),
-        "--yes",
-        "--silent",
-        "--rate",
-        "1000",
-        "--keep-redeem-links",
-    ];
-    args.extend(steps);
-    let out = run(&emu, &db, &args).await;
-    assert!([0, 3].contains(&out.code), "{}", out.stderr);
+    let flags = "--yes --silent --rate 1000 --keep-redeem-links --set-mail --set-guest";
+    let out = run_csv(&emu, &db, &csv, flags).await;
+    out.assert_finished();
     let run_id = out.run_id();
     let id = run_id.to_string();
-    let patched = |property: &str| -> BTreeSet<String> {
-        emu.patches()
-            .iter()
-            .filter(|p| p["property"] == property)
-            .map(|p| p["userId"].as_str().unwrap().to_string())
-            .collect()
-    };
-    let (mail_set, guest_set) = (patched("mail"), patched("userType"));
+    let (mail_set, guest_set) = (patched_users(&emu, "mail"), patched_users(&emu, "userType"));
     assert!(!mail_set.is_empty() && !guest_set.is_empty());
     let converted: Vec<String> = items(&db, run_id)
         .into_iter()
@@ -778,26 +739,18 @@ async fn tracked_run_with_follow_up_steps_reports_steps_and_redemption() {
         assert_eq!(emu.redeem(user), Some(200), "redeem {user}");
     }
     let out = run(&emu, &db, &["track", &id]).await;
-    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    out.assert_exit(0);
     let pending = converted.len() as u64 - 10;
 
     let its = items(&db, run_id);
     let counts = db_counts(&db, run_id);
-    let json = report(&emu, &db, run_id, &dir.path().join("live.json"), &[]).await;
-    let md = report(&emu, &db, run_id, &dir.path().join("live.md"), &[]).await;
-    let html = report(&emu, &db, run_id, &dir.path().join("live.html"), &[]).await;
-    let csv_text = report(&emu, &db, run_id, &dir.path().join("live.csv"), &[]).await;
-    for (text, what) in [
-        (&json, "json"),
-        (&md, "md"),
-        (&html, "html"),
-        (&csv_text, "csv"),
-    ] {
+    let reports = Reports::write(&emu, &db, run_id, dir.path(), "live").await;
+    for (what, text) in reports.each() {
         assert_no_secrets(text, &secret, what);
         assert!(!text.contains("/redeem?"), "{what} holds a redeem URL");
     }
 
-    let v = check_json(&json, &counts, &its);
+    let v = check_json(&reports.json, &counts, &its);
     let r = &v["redemption"];
     assert_eq!(r["accepted"], 10);
     assert_eq!(r["pendingAcceptance"], pending);
@@ -826,7 +779,7 @@ async fn tracked_run_with_follow_up_steps_reports_steps_and_redemption() {
     assert_eq!(accepted_in_json, redeemed);
 
     // CSV: who redeemed, who got which step, per user.
-    let rows = check_csv(&csv_text, &counts, &its);
+    let rows = check_csv(&reports.csv, &counts, &its);
     assert_eq!(
         csv_users_with(&rows, "external_user_state", Some("Accepted")),
         redeemed
@@ -839,8 +792,9 @@ async fn tracked_run_with_follow_up_steps_reports_steps_and_redemption() {
     assert_eq!(csv_users_with(&rows, "guest_set_at", None), guest_set);
 
     // Markdown and HTML: exact counts, the not-redeemed list, the steps and the billing note.
-    check_md(&md, &counts, &its);
-    let red = section(&md, "## Redemption", "\n## ");
+    let md = &reports.md;
+    check_md(md, &counts, &its);
+    let red = section(md, "## Redemption", "\n## ");
     assert!(red.contains("| Accepted | 10 |"), "{red}");
     assert!(
         red.contains(&format!("| Pending acceptance | {pending} |")),
@@ -856,7 +810,7 @@ async fn tracked_run_with_follow_up_steps_reports_steps_and_redemption() {
         listed, pending,
         "every pending user listed with invitation date: {red}"
     );
-    let steps_md = section(&md, "## Follow-up steps", "\n## ");
+    let steps_md = section(md, "## Follow-up steps", "\n## ");
     assert!(
         steps_md.contains(&format!(
             "| userType switched to Guest (after the invitation) | {} | {} |",
@@ -871,7 +825,8 @@ async fn tracked_run_with_follow_up_steps_reports_steps_and_redemption() {
         mail_set.len(),
         mail_set.len()
     )));
-    check_html(&html, &counts, &its);
+    let html = &reports.html;
+    check_html(html, &counts, &its);
     assert!(html.contains("<h2 id=\"redemption\">Redemption</h2>"));
     assert!(html.contains("<td>Accepted</td><td class=\"n\">10</td>"));
     assert!(html.contains(&format!("Not redeemed yet ({pending})")));

@@ -17,7 +17,7 @@ use tokio::io::AsyncReadExt as _;
 
 use crate::common;
 
-use common::{command, items, run, start};
+use common::{command, items, run, run_csv, start};
 
 const USER_ADMIN: &str = "fe930be7-5e62-47db-91af-98c3a49a38b1";
 
@@ -44,25 +44,14 @@ async fn convert_all(
     let csv = dir.join("users.csv");
     tenant.write_csv(&csv).unwrap();
     let db = dir.join("q.db");
-    let r = run(
+    let r = run_csv(
         emu,
         &db,
-        &[
-            "run",
-            "--csv",
-            csv.to_str().unwrap(),
-            "--yes",
-            "--silent",
-            "--rate",
-            "400",
-            "--concurrency",
-            "16",
-            "--max-attempts",
-            "12",
-        ],
+        &csv,
+        "--yes --silent --rate 400 --concurrency 16 --max-attempts 12",
     )
     .await;
-    assert!(r.code == 0 || r.code == 3, "{}\n{}", r.stdout, r.stderr);
+    r.assert_finished();
     items(&db, 1)
         .into_iter()
         .filter(|i| i.state == ItemState::Converted)
@@ -291,7 +280,7 @@ async fn retire_through_three_sigkills_writes_each_redeemed_cloud_user_once_and_
     )
     .await;
     let tracked = run(&emu, &db, &["track", "1"]).await;
-    assert_eq!(tracked.code, 0, "{}\n{}", tracked.stdout, tracked.stderr);
+    tracked.assert_exit(0);
     let status = run(&emu, &db, &["status", "1", "--json"]).await;
     let v: Value = serde_json::from_str(&status.stdout).unwrap();
     assert_eq!(v["retired"]["onPremises"]["retired"], 1, "{}", v["retired"]);
@@ -301,7 +290,7 @@ async fn retire_through_three_sigkills_writes_each_redeemed_cloud_user_once_and_
     for format in ["md", "html", "csv", "json"] {
         let out = dir.path().join(format!("report.{format}"));
         let r = run(&emu, &db, &["report", "1", "--out", out.to_str().unwrap()]).await;
-        assert_eq!(r.code, 0, "{}", r.stderr);
+        r.assert_exit(0);
         let bytes = std::fs::read(&out).unwrap();
         assert_no_secret(&out.display().to_string(), &bytes, &secrets);
         if format == "md" || format == "html" {
@@ -327,7 +316,7 @@ async fn without_the_role_retire_writes_nothing_and_the_checklist_names_it() {
 
     // The dry run re-reads: only redeemed users would be written; it names what is missing.
     let dry = run(&emu, &db, &["retire", "1", "--dry-run", "--json"]).await;
-    assert_eq!(dry.code, 0, "{}\n{}", dry.stdout, dry.stderr);
+    dry.assert_exit(0);
     let v: Value = serde_json::from_str(dry.stdout.trim()).unwrap();
     let admins = tenant.directory_roles.len() as u64;
     let would = v["wouldRetire"].as_u64().unwrap();
@@ -348,9 +337,9 @@ async fn without_the_role_retire_writes_nothing_and_the_checklist_names_it() {
     );
 
     let r = run(&emu, &db, &["retire", "1", "--yes"]).await;
-    assert_eq!(r.code, 4, "{}\n{}", r.stdout, r.stderr);
-    assert!(r.stderr.contains("password reset role"), "{}", r.stderr);
-    assert!(r.stderr.contains("User Administrator"), "{}", r.stderr);
+    r.assert_exit(4);
+    r.assert_stderr_has("password reset role");
+    r.assert_stderr_has("User Administrator");
     assert!(emu.secrets().is_empty());
     assert!(emu.revocations().is_empty());
     assert!(!emu
@@ -360,6 +349,6 @@ async fn without_the_role_retire_writes_nothing_and_the_checklist_names_it() {
 
     // Without --yes and without a terminal, retire refuses before anything.
     let r = run(&emu, &db, &["retire", "1"]).await;
-    assert_eq!(r.code, 2, "{}", r.stderr);
+    r.assert_exit(2);
     emu.shutdown().await;
 }

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::common;
 
-use common::{Ran, BIN, COMMAND_TIMEOUT};
+use common::{Ran, BIN};
 
 const USER_ADMIN: &str = "fe930be7-5e62-47db-91af-98c3a49a38b1";
 
@@ -22,9 +22,7 @@ fn config(tenant: Tenant, roles: &str, wids: &[&str]) -> EmulatorConfig {
 }
 
 fn checks(r: &Ran) -> Vec<Value> {
-    let v: Value =
-        serde_json::from_str(r.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", r.stdout));
-    v["checks"].as_array().unwrap().clone()
+    r.json()["checks"].as_array().unwrap().clone()
 }
 
 fn finding<'a>(checks: &'a [Value], name: &str) -> &'a Value {
@@ -42,33 +40,19 @@ async fn retire_preflight_names_every_missing_permission_and_the_role() {
         &[],
     ))
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let r = common::run(
-        &emu,
-        &dir.path().join("q.db"),
-        &["preflight", "--retire", "--json"],
-    )
-    .await;
-    assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
+    let (_dir, db) = common::temp_db();
+    let r = common::run(&emu, &db, &["preflight", "--retire", "--json"]).await;
+    r.assert_exit(3);
     let c = checks(&r);
-    let passwords = finding(&c, "set passwords");
-    assert_eq!(passwords["status"], "missing");
-    assert!(passwords["detail"]
-        .as_str()
-        .unwrap()
-        .contains("User-PasswordProfile.ReadWrite.All"));
-    let sessions = finding(&c, "revoke sessions");
-    assert_eq!(sessions["status"], "missing");
-    assert!(sessions["detail"]
-        .as_str()
-        .unwrap()
-        .contains("User.RevokeSessions.All"));
-    let role = finding(&c, "password reset role");
-    assert_eq!(role["status"], "missing");
-    assert!(role["detail"]
-        .as_str()
-        .unwrap()
-        .contains("User Administrator"));
+    for (name, needed) in [
+        ("set passwords", "User-PasswordProfile.ReadWrite.All"),
+        ("revoke sessions", "User.RevokeSessions.All"),
+        ("password reset role", "User Administrator"),
+    ] {
+        let f = finding(&c, name);
+        assert_eq!(f["status"], "missing", "{f}");
+        assert!(f["detail"].as_str().unwrap().contains(needed), "{f}");
+    }
     // Without Policy.Read.All the redemption context is listed, not guessed.
     for name in ["email one-time passcode", "inbound B2B collaboration"] {
         let f = finding(&c, name);
@@ -89,8 +73,8 @@ async fn retire_preflight_names_every_missing_permission_and_the_role() {
     assert!(emu.secrets().is_empty());
 
     // Without --retire, the same token is ready for a conversion.
-    let r = common::run(&emu, &dir.path().join("q.db"), &["preflight"]).await;
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let r = common::run(&emu, &db, &["preflight"]).await;
+    r.assert_exit(0);
     assert!(!r.stdout.contains("set passwords"), "{}", r.stdout);
     assert!(
         r.stdout.contains("ready, 3 checks not made"),
@@ -104,36 +88,14 @@ async fn retire_preflight_names_every_missing_permission_and_the_role() {
 async fn retire_preflight_is_ready_with_least_privilege_and_reads_the_redemption_context() {
     let roles = "User.Invite.All,User.Read.All,Domain.Read.All,Policy.Read.All,User-PasswordProfile.ReadWrite.All,User.RevokeSessions.All";
     let emu = common::start(config(Tenant::sample(), roles, &[USER_ADMIN])).await;
-    let dir = tempfile::tempdir().unwrap();
-    let r = common::run(&emu, &dir.path().join("q.db"), &["preflight", "--retire"]).await;
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    assert!(
-        r.stdout
-            .contains("[ok]   set passwords: User-PasswordProfile.ReadWrite.All granted"),
-        "{}",
-        r.stdout
-    );
-    assert!(
-        r.stdout
-            .contains("[ok]   revoke sessions: User.RevokeSessions.All granted"),
-        "{}",
-        r.stdout
-    );
-    assert!(
-        r.stdout.contains("[warn] password reset role: the app's service principal holds User Administrator: users holding an admin role need Privileged Authentication Administrator"),
-        "{}",
-        r.stdout
-    );
-    assert!(
-        r.stdout.contains("[ok]   email one-time passcode: on:"),
-        "{}",
-        r.stdout
-    );
-    assert!(
-        r.stdout.contains("[ok]   inbound B2B collaboration:"),
-        "{}",
-        r.stdout
-    );
+    let (_dir, db) = common::temp_db();
+    let r = common::run(&emu, &db, &["preflight", "--retire"]).await;
+    r.assert_exit(0);
+    r.assert_stdout_has("[ok]   set passwords: User-PasswordProfile.ReadWrite.All granted");
+    r.assert_stdout_has("[ok]   revoke sessions: User.RevokeSessions.All granted");
+    r.assert_stdout_has("[warn] password reset role: the app's service principal holds User Administrator: users holding an admin role need Privileged Authentication Administrator");
+    r.assert_stdout_has("[ok]   email one-time passcode: on:");
+    r.assert_stdout_has("[ok]   inbound B2B collaboration:");
     emu.shutdown().await;
 
     // A tenant that turned the passcode off and blocks inbound B2B by default: warned, with
@@ -142,8 +104,8 @@ async fn retire_preflight_is_ready_with_least_privilege_and_reads_the_redemption
     tenant.policies.email_otp_state = "disabled".into();
     tenant.policies.b2b_collaboration_inbound_blocked = true;
     let emu = common::start(config(tenant, roles, &[USER_ADMIN])).await;
-    let r = common::run(&emu, &dir.path().join("q.db"), &["preflight", "--json"]).await;
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let r = common::run(&emu, &db, &["preflight", "--json"]).await;
+    r.assert_exit(0);
     let c = checks(&r);
     let otp = finding(&c, "email one-time passcode");
     assert_eq!(otp["status"], "warning");
@@ -162,58 +124,26 @@ async fn retire_preflight_is_ready_with_least_privilege_and_reads_the_redemption
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn emulator_command_takes_directory_roles_and_a_tenant_id() {
-    use tokio::io::AsyncBufReadExt;
     let tid = "3f2504e0-4f89-11d3-9a0c-0305e82c3301";
-    let mut emu = tokio::process::Command::new(BIN)
-        .args([
-            "emulator",
-            "--generate",
-            "20",
-            "--listen",
-            "127.0.0.1:0",
-            "--tenant-id",
-            tid,
-            "--app-directory-roles",
-            "User Administrator",
-            "--app-roles",
-            "User.Read.All,Domain.Read.All,User-PasswordProfile.ReadWrite.All,User.RevokeSessions.All",
-        ])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(emu.stdout.take().unwrap()).lines();
-    let mut env = Vec::new();
-    while env.len() < 5 {
-        let line = tokio::time::timeout(COMMAND_TIMEOUT, lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .expect("five NAME=value lines");
-        let (k, v) = line.split_once('=').unwrap();
-        env.push((k.to_string(), v.to_string()));
-    }
+    let (mut emu, env) = common::spawn_emulator_command(&[
+        "--generate",
+        "20",
+        "--tenant-id",
+        tid,
+        "--app-directory-roles",
+        "User Administrator",
+        "--app-roles",
+        "User.Read.All,Domain.Read.All,User-PasswordProfile.ReadWrite.All,User.RevokeSessions.All",
+    ])
+    .await;
     assert!(
         env.contains(&("AZURE_TENANT_ID".to_string(), tid.to_string())),
         "{env:?}"
     );
-    let dir = tempfile::tempdir().unwrap();
-    let out = tokio::process::Command::new(BIN)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env)
-        .arg("--db")
-        .arg(dir.path().join("q.db"))
-        .args(["preflight", "--retire", "--json"])
-        .stdin(std::process::Stdio::null())
-        .output();
-    let out = tokio::time::timeout(COMMAND_TIMEOUT, out)
-        .await
-        .unwrap()
-        .unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (_dir, db) = common::temp_db();
+    let args = ["preflight", "--retire", "--json"];
+    let out = common::run_command(common::command_with_env(&env, &db, &args)).await;
+    let v = out.json();
     let c = v["checks"].as_array().unwrap();
     assert_eq!(
         finding(c, "password reset role")["status"],
@@ -224,14 +154,10 @@ async fn emulator_command_takes_directory_roles_and_a_tenant_id() {
     emu.kill().await.unwrap();
 
     // An unknown role name is a usage error naming the known ones.
-    let out = tokio::process::Command::new(BIN)
-        .args(["emulator", "--app-directory-roles", "Chief Wizard"])
-        .stdin(std::process::Stdio::null())
-        .output();
-    let out = tokio::time::timeout(COMMAND_TIMEOUT, out)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("User Administrator"));
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(["emulator", "--app-directory-roles", "Chief Wizard"])
+        .stdin(std::process::Stdio::null());
+    let out = common::run_command(cmd).await;
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("User Administrator"));
 }

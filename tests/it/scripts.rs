@@ -37,13 +37,8 @@ async fn scripts_name_exactly_the_right_users() {
     tenant.write_csv(&csv).unwrap();
     let emu = common::start(EmulatorConfig::new(tenant.clone())).await;
     let db = dir.path().join("q.db");
-    let r = common::run(
-        &emu,
-        &db,
-        &["run", "--csv", csv.to_str().unwrap(), "--silent", "--yes"],
-    )
-    .await;
-    assert!(r.code == 0 || r.code == 3, "{}\n{}", r.stdout, r.stderr);
+    let r = common::run_csv(&emu, &db, &csv, "--silent --yes").await;
+    r.assert_finished();
     let run_id = r.run_id().to_string();
 
     // The tenant says who is who.
@@ -76,7 +71,7 @@ async fn scripts_name_exactly_the_right_users() {
         })
         .collect();
     let r = common::run(&emu, &db, &["track", &run_id]).await;
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    r.assert_exit(0);
     let want_retire: BTreeSet<String> = converted_synced
         .iter()
         .map(|u| u.user_principal_name.clone().unwrap())
@@ -101,13 +96,9 @@ async fn scripts_name_exactly_the_right_users() {
 
     let before = emu.stats()["requests"].clone();
     let out = dir.path().join("scripts");
-    let r = common::run(
-        &emu,
-        &db,
-        &["scripts", &run_id, "--out", out.to_str().unwrap()],
-    )
-    .await;
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let write_scripts = ["scripts", &run_id, "--out", out.to_str().unwrap()];
+    let r = common::run(&emu, &db, &write_scripts).await;
+    r.assert_exit(0);
     assert_eq!(
         emu.stats()["requests"],
         before,
@@ -182,13 +173,8 @@ async fn scripts_name_exactly_the_right_users() {
         assert_eq!(std::fs::read_dir(&out).unwrap().count(), 4);
     }
     // Never into an existing directory.
-    let r = common::run(
-        &emu,
-        &db,
-        &["scripts", &run_id, "--out", out.to_str().unwrap()],
-    )
-    .await;
-    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
-    assert!(r.stderr.contains("exists"), "{}", r.stderr);
+    let r = common::run(&emu, &db, &write_scripts).await;
+    r.assert_exit(2);
+    r.assert_stderr_has("exists");
     emu.shutdown().await;
 }

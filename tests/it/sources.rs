@@ -14,7 +14,7 @@ use common::*;
 /// Asks the emulator itself which users match `filter`: the expectation for a `--filter` run.
 async fn emulator_evaluation(emu: &Emulator, filter: &str) -> BTreeSet<String> {
     let http = reqwest::Client::new();
-    let bearer = common::raw::token(emu).await;
+    let bearer = raw::token(emu).await;
     let mut url = reqwest::Url::parse_with_params(
         &format!("{}/v1.0/users", emu.base_url()),
         &[("$filter", filter), ("$select", "id"), ("$top", "500")],
@@ -23,15 +23,7 @@ async fn emulator_evaluation(emu: &Emulator, filter: &str) -> BTreeSet<String> {
     .to_string();
     let mut ids = BTreeSet::new();
     for _ in 0..1_000 {
-        let page: serde_json::Value = http
-            .get(&url)
-            .bearer_auth(&bearer)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page = raw::json_of(http.get(&url).bearer_auth(&bearer)).await;
         for u in page["value"].as_array().unwrap() {
             assert!(ids.insert(u["id"].as_str().unwrap().to_string()));
         }
@@ -67,8 +59,7 @@ async fn filter_run_queues_exactly_the_matching_users_even_across_a_crash_mid_li
     let expected = emulator_evaluation(&emu, filter).await;
     assert!(expected.len() > 999, "the listing spans several pages");
 
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("q.db");
+    let (_dir, db) = temp_db();
     let mut child = command(
         &emu,
         &db,
@@ -86,8 +77,9 @@ async fn filter_run_queues_exactly_the_matching_users_even_across_a_crash_mid_li
         "stopped mid-listing: {partial}"
     );
 
-    let out = run(&emu, &db, &["resume", "--rate", "500"]).await;
-    assert!([0, 3].contains(&out.code), "{}", out.stderr);
+    run(&emu, &db, &["resume", "--rate", "500"])
+        .await
+        .assert_finished();
     let got = once_each(&queued_ids(&db, run_id));
     assert_eq!(got, expected, "exactly the users the tenant says match");
     let its = items(&db, run_id);
@@ -98,34 +90,25 @@ async fn filter_run_queues_exactly_the_matching_users_even_across_a_crash_mid_li
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsupported_filter_is_a_usage_error_before_anything_is_queued() {
     let emu = start_sample().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("q.db");
+    let (_dir, db) = temp_db();
     let out = run(
         &emu,
         &db,
         &["run", "--filter", "favouriteColour eq 'blue'", "--dry-run"],
     )
     .await;
-    assert_eq!(out.code, 2, "{}", out.stderr);
-    assert!(
-        out.stderr.contains("Graph refused the query"),
-        "{}",
-        out.stderr
-    );
+    out.assert_exit(2);
+    out.assert_stderr_has("Graph refused the query");
     assert!(!out.stdout.contains("run-id"), "no run was created");
     // Advanced queries get ConsistencyLevel + $count and work.
-    let out = run(
-        &emu,
-        &db,
-        &[
-            "run",
-            "--filter",
-            "endsWith(mail,'@fabrikam.com')",
-            "--dry-run",
-        ],
-    )
-    .await;
-    assert!([0, 3].contains(&out.code), "{}", out.stderr);
+    let args = [
+        "run",
+        "--filter",
+        "endsWith(mail,'@fabrikam.com')",
+        "--dry-run",
+    ];
+    let out = run(&emu, &db, &args).await;
+    out.assert_finished();
     assert!(!items(&db, out.run_id()).is_empty());
 }
 
@@ -165,15 +148,14 @@ async fn group_transitive_reaches_nested_members_once_each() {
     assert!(expected.len() > direct.len(), "nesting adds members");
 
     let emu = start(EmulatorConfig::new(tenant)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("q.db");
+    let (_dir, db) = temp_db();
     let out = run(
         &emu,
         &db,
         &["run", "--group", top, "--transitive", "--dry-run"],
     )
     .await;
-    assert!([0, 3].contains(&out.code), "{}", out.stderr);
+    out.assert_finished();
     assert_eq!(once_each(&queued_ids(&db, out.run_id())), expected);
     let out = run(&emu, &db, &["run", "--group", top, "--dry-run"]).await;
     assert_eq!(once_each(&queued_ids(&db, out.run_id())), direct);
@@ -205,81 +187,58 @@ fn economy_emulator(tenant: Tenant) -> EmulatorConfig {
     config
 }
 
+/// A live run of the users `source` names (`--filter …` or `--csv …`), paced high and never
+/// settling: the economy is measured under throttling, as asserted. Returns how many it
+/// converted.
+async fn economy_run(emu: &Emulator, db: &Path, source: [&str; 2]) -> usize {
+    let mut args = vec!["run"];
+    args.extend(source);
+    args.extend([
+        "--yes",
+        "--rate",
+        "2000",
+        "--settle-rate",
+        "2000",
+        "--concurrency",
+        "16",
+    ]);
+    let out = run(emu, db, &args).await;
+    out.assert_exit(3);
+    count(&items(db, out.run_id()), ItemState::Converted)
+}
+
+/// Asserts the run over `source` spent at most `target` Graph requests per converted user, and
+/// was throttled on the way.
+fn assert_economy(emu: &Emulator, converted: usize, target: f64, source: &str) {
+    let per_user = requests_per_converted(emu, converted);
+    assert!(
+        per_user <= target,
+        "{source}: {per_user:.3} requests per converted user"
+    );
+    assert!(
+        emu.stats()["throttled"].as_u64().unwrap() > 0,
+        "{source}: throttled"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_economy_meets_the_targets_for_query_and_csv_sources() {
     let dir = tempfile::tempdir().unwrap();
     // --filter: the listing already carries every property validation needs.
     let emu = start(economy_emulator(Tenant::generate(1_500, 4))).await;
-    let db = dir.path().join("filter.db");
-    let out = run(
-        &emu,
-        &db,
-        &[
-            "run",
-            "--filter",
-            "accountEnabled eq true",
-            "--yes",
-            "--rate",
-            "2000",
-            // Never settle: the economy is measured under throttling, as asserted.
-            "--settle-rate",
-            "2000",
-            "--concurrency",
-            "16",
-        ],
-    )
-    .await;
-    assert_eq!(out.code, 3, "{}", out.stderr);
-    let converted = count(&items(&db, out.run_id()), ItemState::Converted);
+    let filter = ["--filter", "accountEnabled eq true"];
+    let converted = economy_run(&emu, &dir.path().join("filter.db"), filter).await;
     assert!(converted > 1_000);
-    let per_user = requests_per_converted(&emu, converted);
-    assert!(
-        per_user <= 1.02,
-        "--filter: {per_user:.3} requests per converted user"
-    );
-    assert!(
-        emu.stats()["throttled"].as_u64().unwrap() > 0,
-        "--filter: throttled"
-    );
+    assert_economy(&emu, converted, 1.02, "--filter");
     emu.shutdown().await;
 
     // --csv: users looked up 15 at a time, in $batch requests.
-    let tenant = Tenant::generate(1_500, 4);
-    let csv = dir.path().join("users.csv");
-    tenant.write_csv(&csv).unwrap();
+    let (tenant, csv) = generated(1_500, 4, dir.path());
     let emu = start(economy_emulator(tenant)).await;
     let db = dir.path().join("csv.db");
-    let out = run(
-        &emu,
-        &db,
-        &[
-            "run",
-            "--csv",
-            csv.to_str().unwrap(),
-            "--yes",
-            "--rate",
-            "2000",
-            // Never settle: the economy is measured under throttling, as asserted.
-            "--settle-rate",
-            "2000",
-            "--concurrency",
-            "16",
-        ],
-    )
-    .await;
-    assert_eq!(out.code, 3, "{}", out.stderr);
-    let converted = count(&items(&db, out.run_id()), ItemState::Converted);
-    let per_user = requests_per_converted(&emu, converted);
-    assert!(
-        per_user <= 1.15,
-        "--csv: {per_user:.3} requests per converted user"
-    );
-    assert!(
-        emu.stats()["throttled"].as_u64().unwrap() > 0,
-        "--csv: throttled"
-    );
-    let status = run(&emu, &db, &["status", "--json"]).await;
-    let v: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let converted = economy_run(&emu, &db, ["--csv", csv.to_str().unwrap()]).await;
+    assert_economy(&emu, converted, 1.15, "--csv");
+    let v = status_json(&emu, &db, None).await;
     assert!(v["graphRequestsPerUser"].as_f64().unwrap() <= 1.15);
 }
 
@@ -287,28 +246,21 @@ async fn request_economy_meets_the_targets_for_query_and_csv_sources() {
 async fn certificate_sign_in_works_and_a_wrong_key_is_refused() {
     let emu = start_sample().await;
     let dir = tempfile::tempdir().unwrap();
-    let csv = repo_path("sample-data/users.csv");
+    let csv = sample_csv();
     for (cert, ok) in [
         ("tests/fixtures/app-cert-with-key.pem", true),
         ("tests/fixtures/wrong-cert-with-key.pem", false),
     ] {
         let db = dir.path().join(format!("{ok}.db"));
-        let mut cmd = command(
-            &emu,
-            &db,
-            &["run", "--csv", csv.to_str().unwrap(), "--dry-run"],
-        );
+        let mut cmd = command(&emu, &db, &run_args(&csv, "--dry-run"));
         cmd.env_remove("AZURE_CLIENT_SECRET")
             .env("AZURE_CLIENT_CERTIFICATE_PATH", repo_path(cert));
-        let out = tokio::time::timeout(COMMAND_TIMEOUT, cmd.output())
-            .await
-            .unwrap()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let out = run_command(cmd).await;
         if ok {
-            assert_eq!(out.status.code(), Some(3), "{stderr}");
+            out.assert_exit(3);
         } else {
-            assert_eq!(out.status.code(), Some(1), "{stderr}");
+            out.assert_exit(1);
+            let stderr = &out.stderr;
             assert!(stderr.contains("AADSTS"), "a clear sign-in error: {stderr}");
             assert!(!db.exists() || Queue::open(&db).unwrap().latest_run().unwrap().is_none());
         }
@@ -317,31 +269,16 @@ async fn certificate_sign_in_works_and_a_wrong_key_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_expiring_mid_run_cause_no_failed_item() {
-    let dir = tempfile::tempdir().unwrap();
-    let tenant = Tenant::generate(300, 13);
-    let csv = dir.path().join("users.csv");
-    tenant.write_csv(&csv).unwrap();
-    let mut config = EmulatorConfig::new(tenant);
-    config.token_lifetime = Duration::from_secs(2);
-    // Graph's buckets ×10: the client's --rate 60 alone keeps the run longer than a token's
-    // two seconds, without waiting on Graph's real invitation refill.
-    config.bucket_scale = 10.0;
-    let emu = start(config).await;
-    let db = dir.path().join("q.db");
-    let out = run(
-        &emu,
-        &db,
-        &[
-            "run",
-            "--csv",
-            csv.to_str().unwrap(),
-            "--yes",
-            "--rate",
-            "60",
-        ],
-    )
+    let Generated { dir, csv, emu, .. } = Generated::start(300, 13, |c| {
+        // Graph's buckets ×10: the client's --rate 60 alone keeps the run longer than a token's
+        // two seconds, without waiting on Graph's real invitation refill.
+        c.bucket_scale = 10.0;
+        c.token_lifetime = Duration::from_secs(2);
+    })
     .await;
-    assert_eq!(out.code, 3, "{}", out.stderr);
+    let db = dir.path().join("q.db");
+    let out = run_csv(&emu, &db, &csv, "--yes --rate 60").await;
+    out.assert_exit(3);
     let its = items(&db, out.run_id());
     assert_eq!(count(&its, ItemState::Failed), 0);
     assert_eq!(count(&its, ItemState::Pending), 0);
@@ -361,8 +298,7 @@ async fn tokens_expiring_mid_run_cause_no_failed_item() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pasted_row_inside_a_quoted_cell_converts_nobody() {
     let emu = common::start_sample().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("q.db");
+    let (dir, db) = temp_db();
     let csv = dir.path().join("p.csv");
     let named = "3535df92-088c-5e62-a2d6-4e3cfa0512e6";
     let pasted = "50d40596-fd29-50f4-930b-15ecf3b4c22b";
@@ -371,7 +307,7 @@ async fn a_pasted_row_inside_a_quoted_cell_converts_nobody() {
         format!("id,notes\n{named},\"vendor note\n{pasted},pasted\nend of note\",extra\n"),
     )
     .unwrap();
-    let out = common::run(&emu, &db, &["run", "--csv", csv.to_str().unwrap(), "--yes"]).await;
+    let out = run_csv(&emu, &db, &csv, "--yes").await;
     assert_eq!(out.code, 3, "a bad row: {}", out.stderr);
     let items = common::items(&db, out.run_id());
     assert_eq!(

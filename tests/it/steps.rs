@@ -5,53 +5,27 @@
 use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::time::Duration;
 
-use b2b_convert::emulator::{EmulatorConfig, Tenant};
+use b2b_convert::emulator::Emulator;
 use b2b_convert::item::ItemState;
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kills_and_checkpoints_are_not_charged_as_attempts() {
-    let dir = tempfile::tempdir().unwrap();
-    let tenant = Tenant::generate(300, 21);
-    let csv = dir.path().join("users.csv");
-    tenant.write_csv(&csv).unwrap();
-    let mut config = EmulatorConfig::new(tenant);
-    // Slow answers keep many items checkpointed in flight at each kill.
-    config.latency = Duration::from_millis(20);
-    // Graph's buckets ×10: the client's --rate is the pace, not Graph's real refill.
-    config.bucket_scale = 10.0;
-    let emu = start(config).await;
+    let Generated { dir, csv, emu, .. } = Generated::start(300, 21, |c| {
+        // Graph's buckets ×10: the client's --rate is the pace, not Graph's real refill.
+        c.bucket_scale = 10.0;
+        // Slow answers keep many items checkpointed in flight at each kill.
+        c.latency = Duration::from_millis(20);
+    })
+    .await;
     let db = dir.path().join("live.db");
 
-    for (i, target) in [20usize, 60, 120].into_iter().enumerate() {
-        let args: Vec<&str> = if i == 0 {
-            vec![
-                "run",
-                "--csv",
-                csv.to_str().unwrap(),
-                "--yes",
-                "--rate",
-                "200",
-                "--concurrency",
-                "16",
-            ]
-        } else {
-            vec!["resume", "--yes"]
-        };
-        let mut child = command(&emu, &db, &args).spawn().unwrap();
-        let mut polls = 0;
-        while emu.invitations().len() < target && polls < 12_000 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            polls += 1;
-        }
-        child.start_kill().unwrap();
-        let status = child.wait().await.unwrap();
-        assert_died_of_sigkill(&status, "killed mid-run, not ended");
-    }
-    let out = run(&emu, &db, &["resume", "--yes"]).await;
-    assert!([0, 3].contains(&out.code), "{}", out.stderr);
+    let first_run = run_args(&csv, "--yes --rate 200 --concurrency 16");
+    kill_at_invitation_counts(&emu, &db, &first_run, &[20, 60, 120]).await;
+    run(&emu, &db, &["resume", "--yes"]).await.assert_finished();
     let its = items(&db, 1);
     assert_eq!(count(&its, ItemState::Pending), 0);
     assert_eq!(count(&its, ItemState::InFlight), 0);
@@ -74,54 +48,54 @@ async fn kills_and_checkpoints_are_not_charged_as_attempts() {
     }
 }
 
+/// `run` at 50/s with 8 workers, and the hidden `--unreachable-after 2`: the client's not-sent
+/// retry window (45 s by default) shortened so a test does not wait long on a closed port.
+fn port_run_args(csv: &Path) -> Vec<&str> {
+    run_args(csv, "--yes --rate 50 --concurrency 8 --unreachable-after 2")
+}
+
+/// Graph is back on the same port: a resume settles everything, each user invited once, and
+/// the items `stranded` in flight at the stop end converted.
+async fn resume_settles_every_item_once(emu: &mut Emulator, db: &Path, stranded: &[i64]) {
+    emu.reopen_port().await.unwrap();
+    let out = run(emu, db, &["resume", "--yes"]).await;
+    out.assert_finished();
+    let its = items(db, 1);
+    assert_eq!(count(&its, ItemState::InFlight), 0, "{}", out.stderr);
+    assert_eq!(count(&its, ItemState::Pending), 0, "{}", out.stderr);
+    assert_eq!(count(&its, ItemState::Failed), 0, "{}", out.stderr);
+    assert_each_converted_user_invited_once(emu, &its);
+    for id in stranded {
+        let now = its.iter().find(|n| n.id == *id).unwrap();
+        assert_eq!(
+            now.state,
+            ItemState::Converted,
+            "settled by resume: {now:?}"
+        );
+    }
+}
+
 /// Graph's port closes in the middle of a live run: the run stops resumable (exit 1, a message
 /// naming the URL) and nobody is charged for the outage. An item is left `in_flight` only when
 /// its request was written as the port closed (the answer cut off, never to be resent blind, the
 /// user unreadable within the client's window); the stop says so, and a resume against Graph
-/// back on the same port settles every one of them exactly once. The hidden
-/// `--unreachable-after 2` shortens the client's not-sent retry window (45 s by default) so the
-/// test does not wait three quarters of a minute on a closed port.
+/// back on the same port settles every one of them exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_graph_port_stops_the_run_with_nothing_in_flight() {
-    let dir = tempfile::tempdir().unwrap();
-    let tenant = Tenant::generate(400, 23);
-    let csv = dir.path().join("users.csv");
-    tenant.write_csv(&csv).unwrap();
-    let mut config = EmulatorConfig::new(tenant.clone());
-    config.latency = Duration::from_millis(5);
-    let mut emu = start(config).await;
+    let Generated {
+        dir, csv, mut emu, ..
+    } = Generated::start(400, 23, |c| c.latency = Duration::from_millis(5)).await;
     let db = dir.path().join("live.db");
-    let args = [
-        "run",
-        "--csv",
-        csv.to_str().unwrap(),
-        "--yes",
-        "--rate",
-        "50",
-        "--concurrency",
-        "8",
-        "--unreachable-after",
-        "2",
-    ];
-    let child = command(&emu, &db, &args).spawn().unwrap();
-    let mut polls = 0;
-    while emu.invitations().len() < 30 && polls < 6_000 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        polls += 1;
-    }
+    let child = command(&emu, &db, &port_run_args(&csv)).spawn().unwrap();
+    wait_for_invitations(&emu, 30).await;
     let url = emu.base_url();
-    let invited_before = emu.invitations().len();
-    assert!(invited_before >= 30, "the run got going");
     // The port closes between requests: answers already being written are finished, every
     // later connection is refused. A request written on a kept-alive connection in that instant
     // is the one the client cannot tell from an answer cut off.
     emu.close_port().await;
-    let out = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
-        .await
-        .expect("the run ends on its own")
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let out = output_of(child).await;
+    out.assert_exit(1);
+    let stderr = &out.stderr;
     assert!(
         stderr.contains(&url) || stderr.contains("127.0.0.1"),
         "names the URL: {stderr}"
@@ -157,33 +131,8 @@ async fn a_closed_graph_port_stops_the_run_with_nothing_in_flight() {
         0,
         "no user charged for an outage"
     );
-
-    // Graph is back on the same port: resume settles everything, each user invited once.
-    emu.reopen_port().await.unwrap();
-    let out = run(&emu, &db, &["resume", "--yes"]).await;
-    assert!([0, 3].contains(&out.code), "{}", out.stderr);
-    let its = items(&db, 1);
-    assert_eq!(count(&its, ItemState::InFlight), 0, "{}", out.stderr);
-    assert_eq!(count(&its, ItemState::Pending), 0, "{}", out.stderr);
-    assert_eq!(count(&its, ItemState::Failed), 0, "{}", out.stderr);
-    let per_user = invitations_per_user(&emu);
-    let twice: Vec<_> = per_user.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "invited more than once: {twice:?}");
-    let converted: BTreeSet<String> = its
-        .iter()
-        .filter(|i| i.state == ItemState::Converted)
-        .map(|i| i.user_id.clone().unwrap())
-        .collect();
-    let invited: BTreeSet<String> = per_user.keys().cloned().collect();
-    assert_eq!(invited, converted, "one invitation per converted user");
-    for i in &stranded {
-        let now = its.iter().find(|n| n.id == i.id).unwrap();
-        assert_eq!(
-            now.state,
-            ItemState::Converted,
-            "settled by resume: {now:?}"
-        );
-    }
+    let stranded: Vec<i64> = stranded.iter().map(|i| i.id).collect();
+    resume_settles_every_item_once(&mut emu, &db, &stranded).await;
 }
 
 /// Graph's port closes cutting off the answers in progress (slow answers keep every worker's
@@ -192,41 +141,20 @@ async fn a_closed_graph_port_stops_the_run_with_nothing_in_flight() {
 /// every invitation that took effect is recorded, none is sent twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_cut_off_as_the_port_closes_stay_in_flight_and_resume_settles_them_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let tenant = Tenant::generate(200, 37);
-    let csv = dir.path().join("users.csv");
-    tenant.write_csv(&csv).unwrap();
-    let mut config = EmulatorConfig::new(tenant);
-    // Carried out at once, answered 300 ms later: the cut finds invitations done, unanswered.
-    config.latency = Duration::from_millis(300);
-    let mut emu = start(config).await;
+    let Generated {
+        dir, csv, mut emu, ..
+    } = Generated::start(200, 37, |c| {
+        // Carried out at once, answered 300 ms later: the cut finds invitations done, unanswered.
+        c.latency = Duration::from_millis(300);
+    })
+    .await;
     let db = dir.path().join("live.db");
-    let args = [
-        "run",
-        "--csv",
-        csv.to_str().unwrap(),
-        "--yes",
-        "--rate",
-        "50",
-        "--concurrency",
-        "8",
-        "--unreachable-after",
-        "2",
-    ];
-    let child = command(&emu, &db, &args).spawn().unwrap();
-    let mut polls = 0;
-    while emu.invitations().len() < 20 && polls < 6_000 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        polls += 1;
-    }
-    assert!(emu.invitations().len() >= 20, "the run got going");
+    let child = command(&emu, &db, &port_run_args(&csv)).spawn().unwrap();
+    wait_for_invitations(&emu, 20).await;
     emu.cut_port().await;
-    let out = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
-        .await
-        .expect("the run ends on its own")
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let out = output_of(child).await;
+    out.assert_exit(1);
+    let stderr = &out.stderr;
     let its = items(&db, 1);
     let stranded: Vec<i64> = its
         .iter()
@@ -253,61 +181,23 @@ async fn answers_cut_off_as_the_port_closes_stay_in_flight_and_resume_settles_th
         0,
         "no user charged for an outage"
     );
-
-    emu.reopen_port().await.unwrap();
-    let out = run(&emu, &db, &["resume", "--yes"]).await;
-    assert!([0, 3].contains(&out.code), "{}", out.stderr);
-    let its = items(&db, 1);
-    assert_eq!(count(&its, ItemState::InFlight), 0, "{}", out.stderr);
-    assert_eq!(count(&its, ItemState::Pending), 0, "{}", out.stderr);
-    assert_eq!(count(&its, ItemState::Failed), 0, "{}", out.stderr);
-    let per_user = invitations_per_user(&emu);
-    let twice: Vec<_> = per_user.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "invited more than once: {twice:?}");
-    let converted: BTreeSet<String> = its
-        .iter()
-        .filter(|i| i.state == ItemState::Converted)
-        .map(|i| i.user_id.clone().unwrap())
-        .collect();
-    let invited: BTreeSet<String> = per_user.keys().cloned().collect();
-    assert_eq!(invited, converted, "one invitation per converted user");
-    for id in &stranded {
-        let now = its.iter().find(|n| n.id == *id).unwrap();
-        assert_eq!(
-            now.state,
-            ItemState::Converted,
-            "settled by resume: {now:?}"
-        );
-    }
+    resume_settles_every_item_once(&mut emu, &db, &stranded).await;
 }
 
 /// Users the dry run with `--set-mail --set-guest` says would convert, and the subset whose
 /// `mail` it says will be set (id → the CSV address).
 async fn dry_run_plan(
-    emu: &b2b_convert::emulator::Emulator,
-    dir: &std::path::Path,
-    csv: &std::path::Path,
+    emu: &Emulator,
+    dir: &Path,
+    csv: &Path,
 ) -> (BTreeSet<String>, BTreeMap<String, String>) {
     let db = dir.join("dry.db");
-    let args = [
-        "run",
-        "--csv",
-        csv.to_str().unwrap(),
-        "--dry-run",
-        "--set-mail",
-        "--set-guest",
-        // Reads only: the client's default --rate (20/s) would be most of the wait.
-        "--rate",
-        "2000",
-    ];
-    let out = run(emu, &db, &args).await;
-    assert!([0, 3].contains(&out.code), "{}", out.stderr);
+    // Reads only: the client's default --rate (20/s) would be most of the wait.
+    let flags = "--dry-run --set-mail --set-guest --rate 2000";
+    let out = run_csv(emu, &db, csv, flags).await;
+    out.assert_finished();
     let its = items(&db, out.run_id());
-    let would: BTreeSet<String> = its
-        .iter()
-        .filter(|i| i.state == ItemState::WouldConvert)
-        .map(|i| i.user_id.clone().unwrap())
-        .collect();
+    let would = user_ids(&its, ItemState::WouldConvert);
     let fixable = its
         .iter()
         .filter(|i| i.state == ItemState::WouldConvert)
@@ -331,34 +221,31 @@ async fn dry_run_plan(
     (would, fixable)
 }
 
-fn scaled(tenant: Tenant) -> EmulatorConfig {
-    let mut config = EmulatorConfig::new(tenant);
-    // Graph's bucket shapes, scaled so no test waits on wall-clock throttling.
-    config.bucket_scale = 50.0;
-    config
-}
-
 /// Issue 9's acceptance: mail set → invited → userType set, each exactly once, through 20%
 /// faults, 10% lost answers and repeated SIGKILLs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_mail_and_set_guest_survive_faults_lost_answers_and_sigkill() {
-    let dir = tempfile::tempdir().unwrap();
-    let tenant = Tenant::generate(1_000, 31);
-    let csv = dir.path().join("users.csv");
-    tenant.write_csv(&csv).unwrap();
+    let Generated {
+        dir,
+        tenant,
+        csv,
+        emu,
+    } = Generated::start(1_000, 31, |c| {
+        // Graph's bucket shapes, scaled so no test waits on wall-clock throttling.
+        c.bucket_scale = 50.0;
+        c.fault_rate = 0.2;
+        // Graph's 503s ask for 1–3 s; a tenth of a second keeps the run busy, not asleep.
+        c.fault_retry_after_max = std::time::Duration::from_millis(100);
+        c.lost_response_rate = 0.1;
+        c.seed = 7;
+    })
+    .await;
     let guest_before: BTreeSet<String> = tenant
         .users
         .iter()
         .filter(|u| u.user_type.as_deref() == Some("Guest"))
         .map(|u| u.id.clone())
         .collect();
-    let mut config = scaled(tenant);
-    config.fault_rate = 0.2;
-    // Graph's 503s ask for 1–3 s; a tenth of a second keeps the run busy, not asleep.
-    config.fault_retry_after_max = std::time::Duration::from_millis(100);
-    config.lost_response_rate = 0.1;
-    config.seed = 7;
-    let emu = start(config).await;
     let (expected, fixable) = dry_run_plan(&emu, dir.path(), &csv).await;
     assert!(
         fixable.len() >= 10,
@@ -367,39 +254,15 @@ async fn set_mail_and_set_guest_survive_faults_lost_answers_and_sigkill() {
     );
 
     let db = dir.path().join("live.db");
-    for (i, fraction) in [0.2, 0.45, 0.7].into_iter().enumerate() {
-        let target = (expected.len() as f64 * fraction) as usize;
-        let args: Vec<&str> = if i == 0 {
-            vec![
-                "run",
-                "--csv",
-                csv.to_str().unwrap(),
-                "--yes",
-                "--silent",
-                "--set-mail",
-                "--set-guest",
-                "--rate",
-                "400",
-                "--concurrency",
-                "16",
-                "--max-attempts",
-                "12",
-            ]
-        } else {
-            vec!["resume", "--yes"]
-        };
-        let mut child = command(&emu, &db, &args).spawn().unwrap();
-        let mut polls = 0;
-        while emu.invitations().len() < target && polls < 12_000 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            polls += 1;
-        }
-        child.start_kill().unwrap();
-        let status = child.wait().await.unwrap();
-        assert_died_of_sigkill(&status, "died of SIGKILL, not ended");
-    }
+    let first_run = run_args(
+        &csv,
+        "--yes --silent --set-mail --set-guest --rate 400 --concurrency 16 --max-attempts 12",
+    );
+    let targets = [0.2, 0.45, 0.7].map(|fraction| (expected.len() as f64 * fraction) as usize);
+    kill_at_invitation_counts(&emu, &db, &first_run, &targets).await;
+    // Blocked users remain: exit 3.
     let out = run(&emu, &db, &["resume", "--yes"]).await;
-    assert_eq!(out.code, 3, "blocked users remain: exit 3\n{}", out.stderr);
+    out.assert_exit(3);
 
     let its = items(&db, 1);
     let unsettled = its
@@ -417,21 +280,9 @@ async fn set_mail_and_set_guest_survive_faults_lost_answers_and_sigkill() {
         "{:?}",
         its.iter().find(|i| i.state == ItemState::Failed)
     );
-    let converted: BTreeSet<String> = its
-        .iter()
-        .filter(|i| i.state == ItemState::Converted)
-        .map(|i| i.user_id.clone().unwrap())
-        .collect();
+    let converted = user_ids(&its, ItemState::Converted);
     assert_eq!(converted, expected, "converted = what the dry run promised");
-
-    let per_user = invitations_per_user(&emu);
-    let twice: Vec<_> = per_user.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "invited more than once: {twice:?}");
-    let invited: BTreeSet<String> = per_user.keys().cloned().collect();
-    assert_eq!(
-        invited, converted,
-        "one accepted invitation per converted user"
-    );
+    assert_each_converted_user_invited_once(&emu, &its);
 
     for (id, address) in &fixable {
         let user = emu.user(id).unwrap();
@@ -445,30 +296,20 @@ async fn set_mail_and_set_guest_survive_faults_lost_answers_and_sigkill() {
         let user = emu.user(id).unwrap();
         assert_eq!(user.user_type.as_deref(), Some("Guest"), "userType of {id}");
     }
-    let patches = emu.patches();
-    let mail_patched: BTreeSet<String> = patches
-        .iter()
-        .filter(|p| p["property"] == "mail")
-        .map(|p| p["userId"].as_str().unwrap().to_string())
-        .collect();
     let fixable_ids: BTreeSet<String> = fixable.keys().cloned().collect();
     assert_eq!(
-        mail_patched, fixable_ids,
+        patched_users(&emu, "mail"),
+        fixable_ids,
         "mail written only for fixable users"
     );
-    let guest_patched: BTreeSet<String> = patches
-        .iter()
-        .filter(|p| p["property"] == "userType")
-        .map(|p| p["userId"].as_str().unwrap().to_string())
-        .collect();
     let needed_guest: BTreeSet<String> = converted.difference(&guest_before).cloned().collect();
     assert_eq!(
-        guest_patched, needed_guest,
+        patched_users(&emu, "userType"),
+        needed_guest,
         "users already Guest need no PATCH"
     );
 
-    let status = run(&emu, &db, &["status", "1", "--json"]).await;
-    let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let status = status_json(&emu, &db, Some(1)).await;
     assert_eq!(status["followUps"]["mailSet"], fixable.len() as u64);
     assert_eq!(status["followUps"]["guestSet"], needed_guest.len() as u64);
 }

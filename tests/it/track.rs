@@ -5,57 +5,70 @@
 
 use crate::common;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use b2b_convert::emulator::{Emulator, EmulatorConfig, Tenant};
 use b2b_convert::item::ItemState;
 use common::*;
 
-/// A generated tenant with its CSV, and buckets scaled so nothing waits on throttling.
-fn config(n: usize, seed: u64, dir: &Path) -> (EmulatorConfig, std::path::PathBuf) {
-    let tenant = Tenant::generate(n, seed);
-    let csv = dir.join("users.csv");
-    tenant.write_csv(&csv).unwrap();
-    let mut config = EmulatorConfig::new(tenant);
-    config.bucket_scale = 1_000.0;
-    (config, csv)
+/// A generated tenant converted by a silent live run (`flags` added) into `live.db`, the
+/// emulator's buckets scaled so nothing waits on throttling and `change` adjusting the rest.
+struct Converted {
+    dir: tempfile::TempDir,
+    csv: PathBuf,
+    emu: Emulator,
+    db: PathBuf,
+    run_id: i64,
+    converted: BTreeSet<String>,
 }
 
-async fn live_run(
-    emu: &Emulator,
-    db: &Path,
-    csv: &Path,
-    extra: &[&str],
-) -> (i64, BTreeSet<String>) {
-    let mut args = vec![
-        "run",
-        "--csv",
-        csv.to_str().unwrap(),
-        "--yes",
-        "--silent",
-        "--rate",
-        "1000",
-        "--concurrency",
-        "8",
-    ];
-    args.extend_from_slice(extra);
-    let out = run(emu, db, &args).await;
-    assert!([0, 3].contains(&out.code), "{}", out.stderr);
-    let run_id = out.run_id();
-    let converted = items(db, run_id)
-        .into_iter()
-        .filter(|i| i.state == ItemState::Converted)
-        .map(|i| i.user_id.unwrap())
-        .collect();
-    (run_id, converted)
+impl Converted {
+    async fn start(
+        n: usize,
+        seed: u64,
+        flags: &str,
+        change: impl FnOnce(&mut EmulatorConfig),
+    ) -> Converted {
+        let Generated { dir, csv, emu, .. } = Generated::start(n, seed, |c| {
+            c.bucket_scale = 1_000.0;
+            change(c);
+        })
+        .await;
+        let db = dir.path().join("live.db");
+        let flags = format!("--yes --silent --rate 1000 --concurrency 8 {flags}");
+        let out = run_csv(&emu, &db, &csv, &flags).await;
+        out.assert_finished();
+        let run_id = out.run_id();
+        let converted = user_ids(&items(&db, run_id), ItemState::Converted);
+        Converted {
+            dir,
+            csv,
+            emu,
+            db,
+            run_id,
+            converted,
+        }
+    }
 }
 
-async fn status_json(emu: &Emulator, db: &Path, run_id: i64) -> serde_json::Value {
-    let out = run(emu, db, &["status", &run_id.to_string(), "--json"]).await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    serde_json::from_str(&out.stdout).unwrap()
+/// What waiting `secs` seconds after the run's `track` does to every time a resend compares,
+/// without waiting: the queue's record of the track moves `secs` into the past (our clock: a
+/// resend's checkpoint must be a stamp's resolution, 1 s, after it), and the emulator's clock
+/// moves `secs` forward (Graph's: a reset is stamped, to the second, later than the invitation
+/// it resets). Either alone leaves a lost reset unprovable or unseen.
+fn as_if_waited_after_track(emu: &Emulator, db: &Path, run_id: i64, secs: u32) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let moved = conn
+        .execute(
+            "UPDATE items SET tracked_at = strftime('%Y-%m-%dT%H:%M:%fZ', tracked_at, ?2)
+             WHERE run_id = ?1 AND tracked_at IS NOT NULL",
+            rusqlite::params![run_id, format!("-{secs} seconds")],
+        )
+        .unwrap();
+    assert!(moved > 0, "the run was tracked");
+    emu.clock().advance(Duration::from_secs(secs.into()));
 }
 
 /// The bytes of the database and its WAL (what an attacker with the file would see).
@@ -75,21 +88,22 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-fn invitations_per_user(emu: &Emulator) -> BTreeMap<String, usize> {
-    common::invitations_per_user(emu)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resend_reinvites_every_pending_user_once_and_survives_sigkill() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut config, csv) = config(200, 21, dir.path());
-    // Slow enough answers that the resend pass is killed half-way, and some answers lost.
-    config.latency = Duration::from_millis(15);
-    config.lost_response_rate = 0.1;
-    config.seed = 5;
-    let emu = start(config).await;
-    let db = dir.path().join("live.db");
-    let (run_id, converted) = live_run(&emu, &db, &csv, &[]).await;
+    let Converted {
+        dir,
+        emu,
+        db,
+        run_id,
+        converted,
+        ..
+    } = Converted::start(200, 21, "", |c| {
+        // Slow enough answers that the resend pass is killed half-way, and some answers lost.
+        c.latency = Duration::from_millis(15);
+        c.lost_response_rate = 0.1;
+        c.seed = 5;
+    })
+    .await;
     assert!(converted.len() > 100, "mostly convertible");
     let id = run_id.to_string();
 
@@ -114,10 +128,10 @@ async fn resend_reinvites_every_pending_user_once_and_survives_sigkill() {
         ],
     )
     .await;
-    assert_eq!(out.code, 2, "{}", out.stderr);
-    assert!(out.stderr.contains("--keep-redeem-links"), "{}", out.stderr);
+    out.assert_exit(2);
+    out.assert_stderr_has("--keep-redeem-links");
 
-    let before = status_json(&emu, &db, run_id).await;
+    let before = status_json(&emu, &db, Some(run_id)).await;
     assert_eq!(before["redemption"]["untracked"], converted.len() as u64);
     assert!(before["lastTrackedAt"].is_null());
     let out = run(&emu, &db, &["resend", &id, "--yes"]).await;
@@ -125,14 +139,14 @@ async fn resend_reinvites_every_pending_user_once_and_survives_sigkill() {
 
     let requests_before = requests_to(&emu.stats(), "POST /v1.0/$batch");
     let out = run(&emu, &db, &["track", &id]).await;
-    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    out.assert_exit(0);
     let batches = requests_to(&emu.stats(), "POST /v1.0/$batch") - requests_before;
     assert_eq!(
         batches as usize,
         converted.len().div_ceil(300),
         "~300 users per request"
     );
-    let tracked = status_json(&emu, &db, run_id).await;
+    let tracked = status_json(&emu, &db, Some(run_id)).await;
     assert_eq!(
         tracked["redemption"]["pendingAcceptance"],
         converted.len() as u64
@@ -140,11 +154,9 @@ async fn resend_reinvites_every_pending_user_once_and_survives_sigkill() {
     assert_eq!(tracked["redemption"]["untracked"], 0);
     assert!(tracked["lastTrackedAt"].is_string());
 
-    // A resend checkpoint must be at least a stamp's resolution (1 s) after the first
-    // invitations' stamps for an unchanged stamp to prove a lost reset did not happen. Moving
-    // only the track into the past left the invitations' stamps and the resend's in one second
-    // now and then (a user re-invited twice in one pass): this wait is not an assertion.
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    // An unchanged stamp proves a lost reset did not happen only a stamp's resolution after
+    // the track, and a reset shows only in a later second than the invitation it resets.
+    as_if_waited_after_track(&emu, &db, run_id, 2);
     let invited_once = emu.invitations().len();
     let mut child = command(&emu, &db, &["resend", &id, "--yes"])
         .spawn()
@@ -153,7 +165,7 @@ async fn resend_reinvites_every_pending_user_once_and_survives_sigkill() {
     for _ in 0..6_000 {
         tokio::time::sleep(Duration::from_millis(5)).await;
         if emu.invitations().len() >= invited_once + 30 {
-            child.start_kill().unwrap();
+            sigkill(&mut child, "died of SIGKILL").await;
             killed = true;
             break;
         }
@@ -161,23 +173,13 @@ async fn resend_reinvites_every_pending_user_once_and_survives_sigkill() {
             break;
         }
     }
-    let status = child.wait().await.unwrap();
     assert!(killed, "the resend pass was killed half-way");
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(status.signal(), Some(9), "died of SIGKILL: {status:?}");
-    }
     let partial = emu.invitations().len() - invited_once;
     assert!(partial < converted.len(), "killed before the pass ended");
 
     let out = run(&emu, &db, &["resend", &id, "--yes"]).await;
-    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    assert!(
-        out.stdout.contains("continuing resend pass"),
-        "{}",
-        out.stdout
-    );
+    out.assert_exit(0);
+    out.assert_stdout_has("continuing resend pass");
     let per_user = invitations_per_user(&emu);
     let wrong: Vec<_> = per_user
         .iter()
@@ -191,27 +193,26 @@ async fn resend_reinvites_every_pending_user_once_and_survives_sigkill() {
 
     // The pass is finished: another resend starts no new pass until a new track.
     let out = run(&emu, &db, &["resend", &id, "--yes"]).await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(out.stdout.contains("nobody to re-invite"), "{}", out.stdout);
+    out.assert_exit(0);
+    out.assert_stdout_has("nobody to re-invite");
     assert_eq!(emu.invitations().len(), invited_once + converted.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_links_writes_each_converted_users_link_once_privately() {
-    let dir = tempfile::tempdir().unwrap();
-    let (config, csv) = config(60, 4, dir.path());
-    let emu = start(config).await;
-    let db = dir.path().join("live.db");
-    let (run_id, converted) = live_run(&emu, &db, &csv, &["--keep-redeem-links"]).await;
+    let Converted {
+        dir,
+        emu,
+        db,
+        run_id,
+        converted,
+        ..
+    } = Converted::start(60, 4, "--keep-redeem-links", |_| {}).await;
     let out_path = dir.path().join("links.csv");
     let id = run_id.to_string();
-    let out = run(
-        &emu,
-        &db,
-        &["export-links", &id, "--out", out_path.to_str().unwrap()],
-    )
-    .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    let export = ["export-links", &id, "--out", out_path.to_str().unwrap()];
+    let out = run(&emu, &db, &export).await;
+    out.assert_exit(0);
     assert!(
         !out.stdout.contains("/redeem?") && !out.stderr.contains("/redeem?"),
         "never printed"
@@ -242,12 +243,7 @@ async fn export_links_writes_each_converted_users_link_once_privately() {
         let mode = std::fs::metadata(&out_path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
-    let out = run(
-        &emu,
-        &db,
-        &["export-links", &id, "--out", out_path.to_str().unwrap()],
-    )
-    .await;
+    let out = run(&emu, &db, &export).await;
     assert_eq!(out.code, 2, "never overwritten: {}", out.stderr);
     assert_eq!(std::fs::read_to_string(&out_path).unwrap(), text);
 }
@@ -258,7 +254,7 @@ async fn export_links_writes_each_converted_users_link_once_privately() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement: 100,000 users (release build)"]
 async fn track_of_100k_converted_users_costs_one_request_per_300() {
-    use b2b_convert::item::{NewItem, Overrides, RunMode, RunOptions, SourceSpec, UserKey};
+    use b2b_convert::item::{NewItem, RunMode};
     use b2b_convert::model::Invitation;
     use b2b_convert::queue::Queue;
     const N: usize = 100_000;
@@ -281,28 +277,11 @@ async fn track_of_100k_converted_users_costs_one_request_per_300() {
     let db = dir.path().join("q.db");
     let run_id = {
         let q = Queue::open(&db).unwrap();
-        let run_id = q
-            .create_run(
-                &SourceSpec::Csv {
-                    path: "users.csv".into(),
-                },
-                RunMode::Live,
-                &RunOptions::default(),
-                Some(&emu.tenant_id()),
-                &emu.base_url(),
-            )
-            .unwrap();
+        let run_id = create_csv_run(&q, RunMode::Live, &emu.tenant_id(), &emu.base_url());
         let rows: Vec<NewItem> = users
             .iter()
             .enumerate()
-            .map(|(i, (id, _))| NewItem {
-                line: Some(i as u64 + 2),
-                key: Some(UserKey::Id(id.clone())),
-                external_email: None,
-                overrides: Overrides::default(),
-                bad_input: None,
-                snapshot: None,
-            })
+            .map(|(i, (id, _))| item_by_id(i as u64 + 2, id))
             .collect();
         q.insert_items(run_id, &rows, None).unwrap();
         q.finish_ingest(run_id).unwrap();
@@ -335,12 +314,12 @@ async fn track_of_100k_converted_users_costs_one_request_per_300() {
     let started = std::time::Instant::now();
     let out = run(&emu, &db, &["track", &run_id.to_string()]).await;
     let took = started.elapsed();
-    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    out.assert_exit(0);
     let after = emu.stats();
     let batches =
         requests_to(&after, "POST /v1.0/$batch") - requests_to(&before, "POST /v1.0/$batch");
     let gets = requests_to(&after, "GET /v1.0/users") - requests_to(&before, "GET /v1.0/users");
-    let status = status_json(&emu, &db, run_id).await;
+    let status = status_json(&emu, &db, Some(run_id)).await;
     println!(
         "track of {N} converted users: {batches} $batch + {gets} GET users requests \
          (reference: {N} / 300 = {}), run's own request log {} ; {:.1} s wall; {}",
@@ -355,13 +334,18 @@ async fn track_of_100k_converted_users_costs_one_request_per_300() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn track_finds_who_redeemed_and_names_invitations_that_never_took_effect() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut config, csv) = config(160, 31, dir.path());
-    config.not_applied_rate = 0.15;
-    config.seed = 9;
-    let emu = start(config).await;
-    let db = dir.path().join("live.db");
-    let (run_id, converted) = live_run(&emu, &db, &csv, &[]).await;
+    let Converted {
+        dir: _dir,
+        emu,
+        db,
+        run_id,
+        converted,
+        ..
+    } = Converted::start(160, 31, "", |c| {
+        c.not_applied_rate = 0.15;
+        c.seed = 9;
+    })
+    .await;
     let id = run_id.to_string();
     let mut applied = BTreeSet::new();
     let mut not_applied = BTreeSet::new();
@@ -410,7 +394,7 @@ async fn track_finds_who_redeemed_and_names_invitations_that_never_took_effect()
         .iter()
         .filter(|i| i.error_code.as_deref() == Some("NotApplied"))
         .all(|i| i.error_message.as_deref().unwrap().contains("request-id")));
-    let status = status_json(&emu, &db, run_id).await;
+    let status = status_json(&emu, &db, Some(run_id)).await;
     let r = &status["redemption"];
     assert_eq!(r["accepted"], redeemed.len() as u64);
     assert_eq!(
@@ -421,10 +405,10 @@ async fn track_finds_who_redeemed_and_names_invitations_that_never_took_effect()
     assert_eq!(r["untracked"], 0);
 
     // resend re-invites exactly the pending users; redeemed and not-applied users are left alone.
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    as_if_waited_after_track(&emu, &db, run_id, 2);
     let before = emu.invitations().len();
     let out = run(&emu, &db, &["resend", &id, "--yes"]).await;
-    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    out.assert_exit(0);
     let resent: Vec<serde_json::Value> = emu.invitations()[before..].to_vec();
     let resent_users: BTreeSet<String> = resent
         .iter()
@@ -437,7 +421,7 @@ async fn track_finds_who_redeemed_and_names_invitations_that_never_took_effect()
 
     // `retry` invites the not-applied users again.
     let out = run(&emu, &db, &["retry", &id, "--yes"]).await;
-    assert!([0, 3].contains(&out.code), "{}", out.stderr);
+    out.assert_finished();
     let again: BTreeSet<String> = emu.invitations()[before + resent.len()..]
         .iter()
         .map(|i| i["userId"].as_str().unwrap().to_string())
@@ -451,25 +435,25 @@ async fn track_finds_who_redeemed_and_names_invitations_that_never_took_effect()
 /// how to get them one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn track_and_export_links_default_to_the_latest_live_run_and_name_missing_links() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut config, csv) = config(80, 12, dir.path());
-    // Lost answers: those users are converted by reconciliation, without a stored link.
-    config.lost_response_rate = 0.25;
-    let emu = start(config).await;
-    let db = dir.path().join("live.db");
-    let (run_id, converted) = live_run(&emu, &db, &csv, &["--keep-redeem-links"]).await;
-    let out = run(
-        &emu,
-        &db,
-        &["run", "--csv", csv.to_str().unwrap(), "--dry-run"],
-    )
+    let Converted {
+        dir,
+        csv,
+        emu,
+        db,
+        run_id,
+        converted,
+    } = Converted::start(80, 12, "--keep-redeem-links", |c| {
+        // Lost answers: those users are converted by reconciliation, without a stored link.
+        c.lost_response_rate = 0.25;
+    })
     .await;
-    assert!([0, 3].contains(&out.code), "{}", out.stderr);
+    let out = run_csv(&emu, &db, &csv, "--dry-run").await;
+    out.assert_finished();
     let dry_id = out.run_id();
     assert!(dry_id > run_id);
 
     let out = run(&emu, &db, &["track", "--json"]).await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    out.assert_exit(0);
     let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
     assert_eq!(v["runId"], run_id, "the live run, not the later dry run");
     let figures = ["accepted", "pendingAcceptance", "notApplied", "missing"];
@@ -477,7 +461,7 @@ async fn track_and_export_links_default_to_the_latest_live_run_and_name_missing_
     assert_eq!(tracked, converted.len() as u64);
 
     let out = run(&emu, &db, &["runs", "--json"]).await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    out.assert_exit(0);
     let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
     let runs = v["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2);
@@ -492,7 +476,7 @@ async fn track_and_export_links_default_to_the_latest_live_run_and_name_missing_
         &["export-links", "--out", out_path.to_str().unwrap()],
     )
     .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    out.assert_exit(0);
     let written = csv::Reader::from_path(&out_path).unwrap().records().count();
     let without: Vec<_> = items(&db, run_id)
         .into_iter()
@@ -518,11 +502,7 @@ async fn track_and_export_links_default_to_the_latest_live_run_and_name_missing_
         "{}",
         out.stderr
     );
-    assert!(
-        out.stderr.contains(&format!("resend {run_id} --only")),
-        "{}",
-        out.stderr
-    );
+    out.assert_stderr_has(&format!("resend {run_id} --only"));
     for i in &without {
         assert!(out
             .stderr
@@ -530,19 +510,8 @@ async fn track_and_export_links_default_to_the_latest_live_run_and_name_missing_
     }
 }
 
-/// Re-invitations (resetRedemption) per user, from the emulator's own log.
-fn resets_per_user(emu: &Emulator) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for inv in emu.invitations() {
-        if inv["resetRedemption"] == true {
-            *m.entry(inv["userId"].as_str().unwrap().to_string())
-                .or_insert(0) += 1;
-        }
-    }
-    m
-}
-
-fn json_of(out: &Ran) -> serde_json::Value {
+/// Stdout as the one JSON object it must be.
+fn one_json_object(out: &Ran) -> serde_json::Value {
     assert_eq!(
         out.stdout.lines().count(),
         1,
@@ -554,11 +523,14 @@ fn json_of(out: &Ran) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resend_dry_run_only_and_limit_choose_who_and_redeemed_users_are_never_reset() {
-    let dir = tempfile::tempdir().unwrap();
-    let (config, csv) = config(80, 29, dir.path());
-    let emu = start(config).await;
-    let db = dir.path().join("live.db");
-    let (run_id, converted) = live_run(&emu, &db, &csv, &[]).await;
+    let Converted {
+        dir,
+        emu,
+        db,
+        run_id,
+        converted,
+        ..
+    } = Converted::start(80, 29, "", |_| {}).await;
     assert!(
         converted.len() > 30,
         "mostly convertible: {}",
@@ -566,7 +538,7 @@ async fn resend_dry_run_only_and_limit_choose_who_and_redeemed_users_are_never_r
     );
     let id = run_id.to_string();
     let out = run(&emu, &db, &["track", &id]).await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    out.assert_exit(0);
     let converted: Vec<String> = converted.into_iter().collect();
     // Three partners redeem after the track: a resend must not reset them.
     let redeemed: BTreeSet<String> = converted.iter().take(3).cloned().collect();
@@ -577,13 +549,13 @@ async fn resend_dry_run_only_and_limit_choose_who_and_redeemed_users_are_never_r
 
     // --dry-run lists everyone pending per the track, sends and records nothing.
     let out = run(&emu, &db, &["resend", &id, "--dry-run", "--json"]).await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let listed = json_of(&out);
+    out.assert_exit(0);
+    let listed = one_json_object(&out);
     assert_eq!(listed["dryRun"], true);
     assert_eq!(listed["wouldReinvite"], converted.len() as u64);
     assert_eq!(listed["users"].as_array().unwrap().len(), converted.len());
     let out = run(&emu, &db, &["resend", &id, "--dry-run", "--limit", "4"]).await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    out.assert_exit(0);
     assert_eq!(
         out.stdout.matches("would re-invite ").count(),
         4,
@@ -602,8 +574,8 @@ async fn resend_dry_run_only_and_limit_choose_who_and_redeemed_users_are_never_r
         &["resend", &id, "--yes", "--only", only.to_str().unwrap()],
     )
     .await;
-    assert_eq!(out.code, 2, "{}\n{}", out.stdout, out.stderr);
-    assert!(out.stderr.contains(stranger), "{}", out.stderr);
+    out.assert_exit(2);
+    out.assert_stderr_has(stranger);
     assert_eq!(emu.invitations().len(), invited_before);
 
     // --only: exactly the two named users (by object id and by UPN), nobody else.
@@ -630,8 +602,8 @@ async fn resend_dry_run_only_and_limit_choose_who_and_redeemed_users_are_never_r
         ],
     )
     .await;
-    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    let first = json_of(&out);
+    out.assert_exit(0);
+    let first = one_json_object(&out);
     assert_eq!(first["reinvited"], 2, "{first}");
     let resets = resets_per_user(&emu);
     let pilots: BTreeSet<String> = [converted[5].clone(), converted[6].clone()].into();
@@ -644,8 +616,8 @@ async fn resend_dry_run_only_and_limit_choose_who_and_redeemed_users_are_never_r
         &["resend", &id, "--yes", "--json", "--limit", "5"],
     )
     .await;
-    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    let second = json_of(&out);
+    out.assert_exit(0);
+    let second = one_json_object(&out);
     assert_eq!(second["continued"], true, "{second}");
     assert_eq!(second["passId"], first["passId"]);
     let after_limit = resets_per_user(&emu);
@@ -653,8 +625,8 @@ async fn resend_dry_run_only_and_limit_choose_who_and_redeemed_users_are_never_r
 
     // The rest; the users who redeemed since the track are re-read, skipped and never reset.
     let out = run(&emu, &db, &["resend", &id, "--yes", "--json"]).await;
-    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    let last = json_of(&out);
+    out.assert_exit(0);
+    let last = one_json_object(&out);
     assert_eq!(last["finished"], true, "{last}");
     assert_eq!(last["left"], 0, "{last}");
     assert_eq!(last["skipped"], redeemed.len() as u64, "{last}");

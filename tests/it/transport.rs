@@ -6,14 +6,17 @@
 use crate::common;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use b2b_convert::emulator::{EmulatorConfig, Tenant};
+use b2b_convert::emulator::Emulator;
 use b2b_convert::item::ItemState;
-use common::{command, count, invitations_per_user, items, start, BIN, COMMAND_TIMEOUT};
+use common::{
+    command, command_with_env, count, invitations_per_user, items, output_of, run, run_args,
+    run_command, run_plain, wait_for_invitations, Generated,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -43,34 +46,30 @@ async fn a_silent_graph_times_out_after_http_timeout_with_a_message_naming_the_r
     let csv = dir.path().join("users.csv");
     std::fs::write(&csv, "id,externalEmail\nu1,ann@fabrikam.com\n").unwrap();
     let (url, server) = silent_server().await;
-    let child = tokio::process::Command::new(BIN)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("B2B_ACCESS_TOKEN", "not-a-real-token")
-        .env("B2B_GRAPH_URL", &url)
-        .env("B2B_LOGIN_URL", &url)
-        .arg("--db")
-        .arg(dir.path().join("runs.db"))
-        .args(["run", "--csv", csv.to_str().unwrap(), "--dry-run"])
+    let env = [
+        ("B2B_ACCESS_TOKEN", "not-a-real-token"),
+        ("B2B_GRAPH_URL", &url),
+        ("B2B_LOGIN_URL", &url),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()));
+    let args = [
+        "run",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--dry-run",
         // No HTTP retries: one timed-out request is enough for the message under test.
-        .args([
-            "--http-timeout",
-            "1",
-            "--max-attempts",
-            "1",
-            "--http-retries",
-            "0",
-        ])
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(COMMAND_TIMEOUT, child)
-        .await
-        .expect("the run ends instead of hanging")
-        .unwrap();
+        "--http-timeout",
+        "1",
+        "--max-attempts",
+        "1",
+        "--http-retries",
+        "0",
+    ];
+    // The run ends instead of hanging.
+    let out = run_command(command_with_env(&env, &dir.path().join("runs.db"), &args)).await;
     server.abort();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    out.assert_exit(1);
+    let stderr = &out.stderr;
     assert!(
         stderr.contains("waiting for Graph's answer to GET /v1.0/")
             && stderr.contains("timed out after 1 s"),
@@ -82,20 +81,10 @@ async fn a_silent_graph_times_out_after_http_timeout_with_a_message_naming_the_r
 async fn http_timeout_is_bounded() {
     let dir = tempfile::tempdir().unwrap();
     for bad in ["0", "abc", "100000"] {
-        let out = tokio::process::Command::new(BIN)
-            .env_clear()
-            .arg("--db")
-            .arg(dir.path().join("runs.db"))
-            .args(["run", "--csv", "x.csv", "--dry-run", "--http-timeout", bad])
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2), "--http-timeout {bad}");
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains("--http-timeout"),
-            "{bad}"
-        );
+        let args = ["run", "--csv", "x.csv", "--dry-run", "--http-timeout", bad];
+        let out = run_plain(&dir.path().join("runs.db"), &args).await;
+        assert_eq!(out.code, 2, "--http-timeout {bad}");
+        assert!(out.stderr.contains("--http-timeout"), "{bad}");
     }
 }
 
@@ -143,36 +132,33 @@ async fn relay(client: TcpStream, target: SocketAddr, quiet: Arc<AtomicBool>) {
         return;
     };
     let (mut up_read, mut up_write) = upstream.into_split();
-    let (q_up, q_down) = (quiet.clone(), quiet);
-    let up = async move {
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            let n = client_read.read(&mut buf).await.unwrap_or(0);
-            if n == 0 {
-                return;
-            }
-            if !q_up.load(Ordering::SeqCst) && up_write.write_all(&buf[..n]).await.is_err() {
-                return;
-            }
-        }
-    };
-    let down = async move {
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            let n = up_read.read(&mut buf).await.unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            if !q_down.load(Ordering::SeqCst) && client_write.write_all(&buf[..n]).await.is_err() {
-                return;
-            }
-        }
-        if q_down.load(Ordering::SeqCst) {
+    let up = forward(&mut client_read, &mut up_write, &quiet);
+    let down = async {
+        if forward(&mut up_read, &mut client_write, &quiet).await && quiet.load(Ordering::SeqCst) {
             // A black hole never closes: hold the client's side open until the test ends.
             std::future::pending::<()>().await;
         }
     };
     tokio::join!(up, down);
+}
+
+/// Copies `from` to `to` until `from` closes (true) or a write fails (false), dropping what
+/// arrives while `quiet` is set.
+async fn forward(
+    from: &mut (impl AsyncReadExt + Unpin),
+    to: &mut (impl AsyncWriteExt + Unpin),
+    quiet: &AtomicBool,
+) -> bool {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = from.read(&mut buf).await.unwrap_or(0);
+        if n == 0 {
+            return true;
+        }
+        if !quiet.load(Ordering::SeqCst) && to.write_all(&buf[..n]).await.is_err() {
+            return false;
+        }
+    }
 }
 
 /// The live-run flags of the silence tests: a short `--http-timeout` and a short hidden
@@ -196,13 +182,22 @@ fn live_args(csv: &str) -> Vec<String> {
     .to_vec()
 }
 
-async fn wait_for_invitations(emu: &b2b_convert::emulator::Emulator, n: usize) {
-    let mut polls = 0;
-    while emu.invitations().len() < n && polls < 6_000 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        polls += 1;
-    }
-    assert!(emu.invitations().len() >= n, "the run got going");
+/// `resume 1 --yes extra…` against an answering Graph finishes the run exactly once: nothing
+/// pending or in flight, no user invited twice, every invitation Graph accepted recorded.
+async fn resume_finishes_exactly_once(emu: &Emulator, db: &Path, extra: &[&str]) {
+    let mut args = vec!["resume", "1", "--yes"];
+    args.extend_from_slice(extra);
+    run(emu, db, &args).await.assert_finished();
+    let its = items(db, 1);
+    assert_eq!(count(&its, ItemState::Pending), 0);
+    assert_eq!(count(&its, ItemState::InFlight), 0);
+    let per_user = invitations_per_user(emu);
+    assert!(per_user.values().all(|n| *n == 1), "no user invited twice");
+    assert_eq!(
+        per_user.len(),
+        count(&its, ItemState::Converted),
+        "every invitation Graph accepted is recorded, none missing"
+    );
 }
 
 /// Graph starts accepting connections and never answering in the middle of a live run: the run
@@ -211,23 +206,16 @@ async fn wait_for_invitations(emu: &b2b_convert::emulator::Emulator, n: usize) {
 /// invitation per user.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_black_hole_graph_stops_the_run_resumable_and_resume_finishes_it_exactly_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let tenant = Tenant::generate(300, 29);
-    let csv = dir.path().join("users.csv");
-    tenant.write_csv(&csv).unwrap();
-    let emu = start(EmulatorConfig::new(tenant)).await;
+    let Generated { dir, csv, emu, .. } = Generated::start(300, 29, |_| {}).await;
     let db = dir.path().join("live.db");
     let args = live_args(csv.to_str().unwrap());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let child = command(&emu, &db, &args).spawn().unwrap();
     wait_for_invitations(&emu, 20).await;
     emu.set_silent(true);
-    let out = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
-        .await
-        .expect("the run stops on its own")
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let out = output_of(child).await;
+    out.assert_exit(1);
+    let stderr = &out.stderr;
     assert!(stderr.contains(&emu.base_url()), "names the URL: {stderr}");
     assert!(stderr.contains("no answer"), "says why: {stderr}");
     assert!(stderr.contains("resume"), "says how to go on: {stderr}");
@@ -248,26 +236,7 @@ async fn a_black_hole_graph_stops_the_run_resumable_and_resume_finishes_it_exact
     );
 
     emu.set_silent(false);
-    let resumed = command(&emu, &db, &["resume", "1", "--yes"]).output();
-    let resumed = tokio::time::timeout(COMMAND_TIMEOUT, resumed)
-        .await
-        .expect("resume finishes")
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&resumed.stderr);
-    assert!(
-        [0, 3].contains(&resumed.status.code().unwrap_or(-1)),
-        "{stderr}"
-    );
-    let its = items(&db, 1);
-    assert_eq!(count(&its, ItemState::Pending), 0);
-    assert_eq!(count(&its, ItemState::InFlight), 0);
-    let per_user = invitations_per_user(&emu);
-    assert!(per_user.values().all(|n| *n == 1), "no user invited twice");
-    assert_eq!(
-        per_user.len(),
-        count(&its, ItemState::Converted),
-        "every invitation Graph accepted is recorded, none missing"
-    );
+    resume_finishes_exactly_once(&emu, &db, &[]).await;
 }
 
 /// The token endpoint stops answering mid-run while Graph still answers: once the token runs
@@ -275,14 +244,11 @@ async fn a_black_hole_graph_stops_the_run_resumable_and_resume_finishes_it_exact
 /// nothing `in_flight`, instead of marking users "cannot re-read" one after another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_endpoint_gone_silent_mid_run_stops_the_run_with_nothing_in_flight() {
-    let dir = tempfile::tempdir().unwrap();
-    let tenant = Tenant::generate(400, 31);
-    let csv = dir.path().join("users.csv");
-    tenant.write_csv(&csv).unwrap();
-    let mut config = EmulatorConfig::new(tenant);
-    // Short-lived tokens, so the run must renew after the token endpoint went quiet.
-    config.token_lifetime = Duration::from_secs(3);
-    let emu = start(config).await;
+    let Generated { dir, csv, emu, .. } = Generated::start(400, 31, |c| {
+        // Short-lived tokens, so the run must renew after the token endpoint went quiet.
+        c.token_lifetime = Duration::from_secs(3);
+    })
+    .await;
     let hole = Hole::before(emu.addr()).await;
     let db = dir.path().join("live.db");
     let args = live_args(csv.to_str().unwrap());
@@ -293,12 +259,9 @@ async fn a_token_endpoint_gone_silent_mid_run_stops_the_run_with_nothing_in_flig
         .unwrap();
     wait_for_invitations(&emu, 10).await;
     hole.go_quiet(true);
-    let out = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
-        .await
-        .expect("the run stops on its own")
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let out = output_of(child).await;
+    out.assert_exit(1);
+    let stderr = &out.stderr;
     assert!(
         stderr.contains("token"),
         "names the token endpoint: {stderr}"
@@ -330,24 +293,10 @@ async fn a_token_endpoint_gone_silent_mid_run_stops_the_run_with_nothing_in_flig
 /// again converts everyone exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_stops_the_run_resumable_and_resume_finishes_it_exactly_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let tenant = Tenant::generate(3_000, 37);
-    let csv = dir.path().join("users.csv");
-    tenant.write_csv(&csv).unwrap();
-    let mut config = EmulatorConfig::new(tenant);
-    config.bucket_scale = 1_000.0;
-    let emu = start(config).await;
+    let Generated { dir, csv, emu, .. } =
+        Generated::start(3_000, 37, |c| c.bucket_scale = 1_000.0).await;
     let db = dir.path().join("live.db");
-    let args = [
-        "run",
-        "--csv",
-        csv.to_str().unwrap(),
-        "--yes",
-        "--rate",
-        "1000",
-        "--concurrency",
-        "8",
-    ];
+    let args = run_args(&csv, "--yes --rate 1000 --concurrency 8");
     let mut cmd = command(&emu, &db, &args);
     // 3.5 MB: past ingestion, well before the last of 3,000 users is recorded.
     const LIMIT: libc::rlim_t = 3_500 * 1024;
@@ -364,12 +313,10 @@ async fn a_full_disk_stops_the_run_resumable_and_resume_finishes_it_exactly_once
             Ok(())
         });
     }
-    let out = tokio::time::timeout(COMMAND_TIMEOUT, cmd.output())
-        .await
-        .expect("the run stops on its own, no hang")
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "exit 1, not killed: {stderr}");
+    // Exit 1, not killed, no hang.
+    let out = run_command(cmd).await;
+    out.assert_exit(1);
+    let stderr = &out.stderr;
     assert!(stderr.contains("resume 1"), "{stderr}");
     assert!(stderr.contains("disk"), "{stderr}");
     let its = items(&db, 1);
@@ -379,20 +326,5 @@ async fn a_full_disk_stops_the_run_resumable_and_resume_finishes_it_exactly_once
     );
     assert_eq!(count(&its, ItemState::Failed), 0);
 
-    let resumed = command(&emu, &db, &["resume", "1", "--yes", "--rate", "1000"]).output();
-    let resumed = tokio::time::timeout(COMMAND_TIMEOUT, resumed)
-        .await
-        .expect("resume finishes")
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&resumed.stderr);
-    assert!(
-        [0, 3].contains(&resumed.status.code().unwrap_or(-1)),
-        "{stderr}"
-    );
-    let its = items(&db, 1);
-    assert_eq!(count(&its, ItemState::Pending), 0);
-    assert_eq!(count(&its, ItemState::InFlight), 0);
-    let per_user = invitations_per_user(&emu);
-    assert!(per_user.values().all(|n| *n == 1), "no user invited twice");
-    assert_eq!(per_user.len(), count(&its, ItemState::Converted));
+    resume_finishes_exactly_once(&emu, &db, &["--rate", "1000"]).await;
 }
