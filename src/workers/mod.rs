@@ -460,6 +460,15 @@ struct ToInvite {
     needs_guest: bool,
 }
 
+/// A verdict that ends its item here, as [`VerdictRecord`] owns it.
+struct Ended {
+    item_id: i64,
+    state: ItemState,
+    reason: Option<Reason>,
+    detail: Option<String>,
+    email: Option<String>,
+}
+
 /// What recording a chunk's verdicts leaves the producer to do.
 struct ChunkRecorded {
     to_invite: Vec<ToInvite>,
@@ -476,20 +485,19 @@ fn record_chunk(
 ) -> anyhow::Result<ChunkRecorded> {
     let p = &pass.pipeline;
     let limit = pass.options().limit;
-    // (item id, state, reason, detail, address) of what ends here.
-    let mut ended: Vec<(
-        i64,
-        ItemState,
-        Option<Reason>,
-        Option<String>,
-        Option<String>,
-    )> = Vec::new();
+    let mut ended: Vec<Ended> = Vec::new();
     let mut to_invite = Vec::new();
     let mut limit_reached = false;
     for (item, verdict) in verdicts {
         match verdict {
             Verdict::Skip { reason, detail } | Verdict::Block { reason, detail } => {
-                ended.push((item.id, reason.state(), Some(reason), Some(detail), None));
+                ended.push(Ended {
+                    item_id: item.id,
+                    state: reason.state(),
+                    reason: Some(reason),
+                    detail: Some(detail),
+                    email: None,
+                });
             }
             Verdict::Convert {
                 email,
@@ -513,8 +521,13 @@ fn record_chunk(
                             notes.push("userType will be set to Guest after the invitation".into());
                         }
                         let detail = (!notes.is_empty()).then(|| notes.join("; "));
-                        let state = ItemState::WouldConvert;
-                        ended.push((item.id, state, None, detail, Some(email)));
+                        ended.push(Ended {
+                            item_id: item.id,
+                            state: ItemState::WouldConvert,
+                            reason: None,
+                            detail,
+                            email: Some(email),
+                        });
                     }
                     RunMode::Live => to_invite.push(ToInvite {
                         item,
@@ -528,12 +541,12 @@ fn record_chunk(
     }
     let records: Vec<VerdictRecord<'_>> = ended
         .iter()
-        .map(|(item_id, state, reason, detail, email)| VerdictRecord {
-            item_id: *item_id,
-            state: *state,
-            reason: *reason,
-            detail: detail.as_deref(),
-            external_email: email.as_deref(),
+        .map(|e| VerdictRecord {
+            item_id: e.item_id,
+            state: e.state,
+            reason: e.reason,
+            detail: e.detail.as_deref(),
+            external_email: e.email.as_deref(),
         })
         .collect();
     p.queue.record_verdicts(&records)?;
