@@ -224,15 +224,7 @@ impl ReadBudget {
 
     /// The end of the current read pause, if one is in force.
     pub fn paused_until(&self) -> Option<Instant> {
-        let mut s = self.state.lock().expect("read budget");
-        match s.paused_until {
-            Some(until) if until > Instant::now() => Some(until),
-            Some(_) => {
-                s.paused_until = None;
-                None
-            }
-            None => None,
-        }
+        super::limiter::pause_in_force(&mut self.state.lock().expect("read budget").paused_until)
     }
 
     /// Resource units left now (negative while reserved reads wait for the refill).

@@ -257,16 +257,15 @@ impl Limiter {
 
     /// The end of the current global pause, if one is in force.
     pub fn paused_until(&self) -> Option<Instant> {
-        let mut s = self.state.lock().expect("limiter state");
-        match s.paused_until {
-            Some(until) if until > Instant::now() => Some(until),
-            Some(_) => {
-                s.paused_until = None;
-                None
-            }
-            None => None,
-        }
+        pause_in_force(&mut self.state.lock().expect("limiter state").paused_until)
     }
+}
+
+/// The end of the pause `paused_until` records while it lasts; an ended one is cleared. Shared
+/// by the write limiter and the read budget.
+pub(super) fn pause_in_force(paused_until: &mut Option<Instant>) -> Option<Instant> {
+    *paused_until = paused_until.filter(|&until| until > Instant::now());
+    *paused_until
 }
 
 impl std::fmt::Debug for Limiter {
