@@ -10,9 +10,13 @@ use serde::{Deserialize, Serialize};
 use crate::model::User;
 
 /// Where an item is in its life: `pending` → `in_flight` → one terminal state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ItemState {
+    /// Where every item starts.
+    #[default]
     Pending,
     /// Only while a request for the item may be on the wire.
     InFlight,
@@ -490,7 +494,7 @@ impl fmt::Display for TenantIdentity {
 }
 
 /// A stored item: one user of one run, with everything the report needs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ItemRecord {
     pub id: i64,
