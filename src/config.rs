@@ -99,41 +99,14 @@ pub enum ReportFormat {
     Json,
 }
 
-/// A `u64` within `range`, converted to `T` (every range here fits the target type).
-fn ranged<T>(range: RangeInclusive<u64>) -> ValueParser
+/// The parser of a flag taking a whole number within `range` (one of the ranges above), as a
+/// `T` (every range here fits its flag's type).
+pub fn ranged<T>(range: RangeInclusive<u64>) -> ValueParser
 where
     RangedU64ValueParser<T>: TypedValueParser,
     T: TryFrom<u64> + Clone + Send + Sync + 'static,
 {
     RangedU64ValueParser::<T>::new().range(range).into()
-}
-
-pub fn concurrency_parser() -> ValueParser {
-    ranged::<usize>(CONCURRENCY)
-}
-
-pub fn max_attempts_parser() -> ValueParser {
-    ranged::<u32>(MAX_ATTEMPTS)
-}
-
-pub fn http_retries_parser() -> ValueParser {
-    ranged::<u32>(HTTP_RETRIES)
-}
-
-pub fn http_timeout_parser() -> ValueParser {
-    ranged::<u64>(HTTP_TIMEOUT_S)
-}
-
-pub fn limit_parser() -> ValueParser {
-    ranged::<u64>(LIMIT)
-}
-
-pub fn latency_ms_parser() -> ValueParser {
-    ranged::<u64>(EMULATOR_LATENCY_MS)
-}
-
-pub fn token_lifetime_parser() -> ValueParser {
-    ranged::<u64>(EMULATOR_TOKEN_LIFETIME_S)
 }
 
 /// A count of at least one (`--generate`, `bench --users`).
