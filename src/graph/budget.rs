@@ -78,6 +78,7 @@ impl Scope {
 }
 
 /// The run's resource-unit bucket, shared by every read.
+#[derive(Debug)]
 pub struct ReadBudget {
     /// Resource units per [`WINDOW`]: the bucket's size.
     capacity: f64,
@@ -232,15 +233,6 @@ impl ReadBudget {
         let mut s = self.state.lock().expect("read budget");
         self.refill(&mut s, Instant::now());
         s.tokens
-    }
-}
-
-impl std::fmt::Debug for ReadBudget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReadBudget")
-            .field("capacity", &self.capacity)
-            .field("state", &self.state.lock().ok())
-            .finish()
     }
 }
 

@@ -456,14 +456,7 @@ impl GraphClient {
 
     /// `{root}/v1.0/{segments…}?{query}`, each segment and value percent-encoded.
     pub(super) fn api_url(&self, segments: &[&str], query: &[(&str, &str)]) -> Url {
-        let mut url = self.version_root();
-        url.path_segments_mut()
-            .expect("http(s) URLs have paths")
-            .extend(segments);
-        if !query.is_empty() {
-            url.set_query(Some(&encode_query(query)));
-        }
-        url
+        with_path_and_query(self.version_root(), segments, query)
     }
 
     /// A URL relative to the version root (as `$batch` sub-requests are written), made absolute.
@@ -491,14 +484,8 @@ impl GraphClient {
     /// `{root}/beta/{segments…}?{query}`: only for what v1.0 does not have (converting back,
     /// `externalUserConvertedOn`); Microsoft does not support beta in production.
     pub(super) fn beta_url(&self, segments: &[&str], query: &[(&str, &str)]) -> Url {
-        let mut url = Url::parse(&format!("{}/beta", self.inner.root)).expect("root was checked");
-        url.path_segments_mut()
-            .expect("http(s) URLs have paths")
-            .extend(segments);
-        if !query.is_empty() {
-            url.set_query(Some(&encode_query(query)));
-        }
-        url
+        let beta = Url::parse(&format!("{}/beta", self.inner.root)).expect("root was checked");
+        with_path_and_query(beta, segments, query)
     }
 
     /// A page link from Graph, refused unless it points back at Graph (our token goes with it).
@@ -521,4 +508,15 @@ impl GraphClient {
         }
         Ok(url)
     }
+}
+
+/// `base/{segments…}?{query}`, each segment and value percent-encoded.
+fn with_path_and_query(mut base: Url, segments: &[&str], query: &[(&str, &str)]) -> Url {
+    base.path_segments_mut()
+        .expect("http(s) URLs have paths")
+        .extend(segments);
+    if !query.is_empty() {
+        base.set_query(Some(&encode_query(query)));
+    }
+    base
 }

@@ -281,6 +281,14 @@ impl std::fmt::Debug for Limiter {
 mod tests {
     use super::*;
 
+    /// The pace after `n` more requests went through.
+    fn rate_after_successes(limiter: &Limiter, n: usize) -> f64 {
+        for _ in 0..n {
+            limiter.succeeded();
+        }
+        limiter.current_rate()
+    }
+
     async fn acquire_n(limiter: &Arc<Limiter>, n: usize, tasks: usize) {
         let mut handles = Vec::new();
         for t in 0..tasks {
@@ -389,12 +397,8 @@ mod tests {
         assert!(took >= Duration::from_millis(1990), "{took:?}");
         assert!(took < Duration::from_millis(2200), "{took:?}");
 
-        for _ in 0..20 * 10 {
-            limiter.succeeded();
-        }
-        assert_eq!(limiter.current_rate(), 20.0);
-        limiter.succeeded();
-        assert_eq!(limiter.current_rate(), 20.0);
+        assert_eq!(rate_after_successes(&limiter, 20 * 10), 20.0);
+        assert_eq!(rate_after_successes(&limiter, 1), 20.0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -402,12 +406,8 @@ mod tests {
         let limiter = Limiter::new(100.0);
         limiter.throttled(Some(Duration::ZERO));
         assert_eq!(limiter.current_rate(), 50.0);
-        for _ in 0..99 {
-            limiter.succeeded();
-        }
-        assert_eq!(limiter.current_rate(), 50.0);
-        limiter.succeeded();
-        assert_eq!(limiter.current_rate(), 55.0);
+        assert_eq!(rate_after_successes(&limiter, 99), 50.0);
+        assert_eq!(rate_after_successes(&limiter, 1), 55.0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -437,20 +437,11 @@ mod tests {
         assert!((took - 99.0 / 19.6).abs() < 0.05, "{took}");
 
         // Successes under pressure do not climb above the settle rate.
-        for _ in 0..1_000 {
-            limiter.succeeded();
-        }
-        assert_eq!(limiter.current_rate(), 19.6);
+        assert_eq!(rate_after_successes(&limiter, 1_000), 19.6);
         // Quiet for the hold: the burst is used again, step by step.
         tokio::time::sleep(PRESSURE_HOLD).await;
-        for _ in 0..30 {
-            limiter.succeeded();
-        }
-        assert_eq!(limiter.current_rate(), 19.6 + 30.0 * RAMP_STEP);
-        for _ in 0..30 * 10 {
-            limiter.succeeded();
-        }
-        assert_eq!(limiter.current_rate(), 30.0);
+        assert_eq!(rate_after_successes(&limiter, 30), 19.6 + 30.0 * RAMP_STEP);
+        assert_eq!(rate_after_successes(&limiter, 30 * 10), 30.0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -459,10 +450,7 @@ mod tests {
         limiter.pressure(0.9);
         limiter.throttled(Some(Duration::from_secs(1)));
         assert_eq!(limiter.current_rate(), 10.0);
-        for _ in 0..30 * 20 {
-            limiter.succeeded();
-        }
-        assert_eq!(limiter.current_rate(), 20.0);
+        assert_eq!(rate_after_successes(&limiter, 30 * 20), 20.0);
         let plain = Limiter::new(20.0);
         plain.pressure(1.5);
         assert_eq!(
