@@ -19,6 +19,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use url::Url;
 
+use super::limiter::{pause_in_force, sleep_through_pauses};
+
 /// The window Graph states its resource-unit limits over.
 pub const WINDOW: Duration = Duration::from_secs(10);
 /// Weight of the newest round trip in [`ReadBudget::latency`].
@@ -141,26 +143,20 @@ impl ReadBudget {
     /// the order they ask: each reserves its cost at once and waits for the refill to cover it.
     pub async fn acquire(&self, cost: u32) {
         let cost = f64::from(cost.max(1)).min(self.capacity);
-        loop {
+        sleep_through_pauses(|| self.paused_until()).await;
+        let wait = {
+            let mut s = self.state.lock().expect("read budget");
+            let now = Instant::now();
+            self.refill(&mut s, now);
+            s.tokens -= cost;
+            (s.tokens < 0.0).then(|| Duration::from_secs_f64(-s.tokens / self.per_second))
+        };
+        if let Some(wait) = wait {
+            tokio::time::sleep(wait).await;
+            // A 429 while waiting: the reservation stands, the pause comes first.
             if let Some(until) = self.paused_until() {
                 tokio::time::sleep_until(until).await;
-                continue;
             }
-            let wait = {
-                let mut s = self.state.lock().expect("read budget");
-                let now = Instant::now();
-                self.refill(&mut s, now);
-                s.tokens -= cost;
-                (s.tokens < 0.0).then(|| Duration::from_secs_f64(-s.tokens / self.per_second))
-            };
-            if let Some(wait) = wait {
-                tokio::time::sleep(wait).await;
-                // A 429 while waiting: the reservation stands, the pause comes first.
-                if let Some(until) = self.paused_until() {
-                    tokio::time::sleep_until(until).await;
-                }
-            }
-            return;
         }
     }
 
@@ -225,7 +221,7 @@ impl ReadBudget {
 
     /// The end of the current read pause, if one is in force.
     pub fn paused_until(&self) -> Option<Instant> {
-        super::limiter::pause_in_force(&mut self.state.lock().expect("read budget").paused_until)
+        pause_in_force(&mut self.state.lock().expect("read budget").paused_until)
     }
 
     /// Resource units left now (negative while reserved reads wait for the refill).

@@ -172,10 +172,7 @@ impl Limiter {
     /// Waits for any global pause, then for a slot at the current (adaptive) rate.
     pub async fn acquire(&self) {
         loop {
-            if let Some(until) = self.paused_until() {
-                tokio::time::sleep_until(until).await;
-                continue;
-            }
+            sleep_through_pauses(|| self.paused_until()).await;
             let slot = {
                 let mut s = self.state.lock().expect("limiter state");
                 if s.rate < self.ceiling {
@@ -258,6 +255,14 @@ impl Limiter {
     /// The end of the current global pause, if one is in force.
     pub fn paused_until(&self) -> Option<Instant> {
         pause_in_force(&mut self.state.lock().expect("limiter state").paused_until)
+    }
+}
+
+/// Sleeps until `paused_until` says no pause is in force (a pause extended meanwhile is slept
+/// through too). Shared by the write limiter and the read budget.
+pub(super) async fn sleep_through_pauses(paused_until: impl Fn() -> Option<Instant>) {
+    while let Some(until) = paused_until() {
+        tokio::time::sleep_until(until).await;
     }
 }
 
