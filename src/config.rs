@@ -109,6 +109,18 @@ where
     RangedU64ValueParser::<T>::new().range(range).into()
 }
 
+/// The milliseconds the environment variable `var` gives when it is a whole number within
+/// `range`, else `default` (unset, unreadable, out of range): the hidden knobs the tests turn
+/// (`B2B_BACKOFF_BASE_MS`), never flags.
+pub fn millis_from_env(var: &str, range: RangeInclusive<u64>, default: Duration) -> Duration {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|ms| range.contains(ms))
+        .map(Duration::from_millis)
+        .unwrap_or(default)
+}
+
 /// A count of at least one (`--generate`, `bench --users`).
 pub fn at_least_one_parser() -> ValueParser {
     ranged::<usize>(1..=100_000_000)
