@@ -252,7 +252,6 @@ pub struct RunOptions {
     pub limit: Option<u64>,
     /// `--only`: how many users the invocation that last worked the run named. Like `limit` it
     /// belongs to one invocation; kept so the option history can mark that stretch a pilot.
-    #[serde(default)]
     pub only: Option<u64>,
     /// `--set-mail`: PATCH a fixable user's `mail` to the input's externalEmail before inviting.
     #[serde(default)]
@@ -373,10 +372,8 @@ pub struct RunRecord {
     pub ingest_complete: bool,
     /// The tenant the run belongs to; `None`: it could not be known (a run made before runs
     /// recorded their tenant, with no tenant id among its stored options).
-    #[serde(default)]
     pub tenant: Option<TenantIdentity>,
     /// `apply`: the dry run this live run executes.
-    #[serde(default)]
     pub plan_run_id: Option<i64>,
 }
 
@@ -512,6 +509,18 @@ mod tests {
             "bogus".parse::<RunStatus>().unwrap_err(),
             "unknown run status \"bogus\""
         );
+    }
+
+    /// Options stored by an older version lack the later ones: each reads as unset.
+    #[test]
+    fn options_stored_before_later_flags_read_as_unset() {
+        let stored = r#"{"silent":true,"redirectUrl":"https://x.example","rate":20.0,
+                         "concurrency":8,"maxAttempts":6}"#;
+        let o: RunOptions = serde_json::from_str(stored).unwrap();
+        assert!(o.silent);
+        assert_eq!((o.limit, o.only, o.settle_rate), (None, None, None));
+        assert_eq!(o.http_retries, crate::config::DEFAULT_HTTP_RETRIES);
+        assert!(!o.set_mail && !o.set_guest && !o.keep_redeem_links && !o.read_by_key);
     }
 
     #[test]
