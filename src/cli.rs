@@ -248,21 +248,21 @@ pub struct ExecArgs {
     #[arg(long, hide = true)]
     pub read_by_key: bool,
     /// Users worked on at once.
-    #[arg(long, value_name = "N", value_parser = config::concurrency_parser(),
+    #[arg(long, value_name = "N", value_parser = config::ranged::<usize>(config::CONCURRENCY),
           help = config::with_default(
               &format!("Users worked on at once, {} to {}",
                        config::CONCURRENCY.start(), config::CONCURRENCY.end()),
               config::DEFAULT_CONCURRENCY))]
     pub concurrency: Option<usize>,
     /// Requests that may have reached Graph for one user before it ends `failed`.
-    #[arg(long, value_name = "N", value_parser = config::max_attempts_parser(),
+    #[arg(long, value_name = "N", value_parser = config::ranged::<u32>(config::MAX_ATTEMPTS),
           help = config::with_default(
               &format!("Requests that may have reached Graph for one user before it ends `failed`, {} to {}",
                        config::MAX_ATTEMPTS.start(), config::MAX_ATTEMPTS.end()),
               config::DEFAULT_MAX_ATTEMPTS))]
     pub max_attempts: Option<u32>,
     /// Retries of one HTTP request inside the Graph client (5xx, not sent); 429s do not count.
-    #[arg(long, value_name = "N", value_parser = config::http_retries_parser(),
+    #[arg(long, value_name = "N", value_parser = config::ranged::<u32>(config::HTTP_RETRIES),
           help = config::with_default(
               &format!("Retries of one idempotent HTTP request inside the Graph client (5xx, timeout, reset), {} to {}; 429s wait for Retry-After and do not count",
                        config::HTTP_RETRIES.start(), config::HTTP_RETRIES.end()),
@@ -270,7 +270,8 @@ pub struct ExecArgs {
     pub http_retries: Option<u32>,
     /// Seconds to wait for one answer from Graph or the token endpoint before giving up on that
     /// request. A connection that cannot even open is retried for about 45 s.
-    #[arg(long, value_name = "SECONDS", value_parser = config::http_timeout_parser(),
+    #[arg(long, value_name = "SECONDS",
+          value_parser = config::ranged::<u64>(config::HTTP_TIMEOUT_S),
           help = format!("Seconds to wait for one answer from Graph or the token endpoint, {} to {}; a connection that cannot even open is retried for about {} s [default: {}; not stored with the run]",
                          config::HTTP_TIMEOUT_S.start(), config::HTTP_TIMEOUT_S.end(),
                          config::DEFAULT_NOT_SENT_RETRY_FOR.as_secs(),
@@ -283,7 +284,7 @@ pub struct ExecArgs {
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub unreachable_after: Option<u64>,
     /// Convert at most N users of this run (a pilot batch); 0 lifts the limit on resume.
-    #[arg(long, value_name = "N", value_parser = config::limit_parser())]
+    #[arg(long, value_name = "N", value_parser = config::ranged::<u64>(config::LIMIT))]
     pub limit: Option<u64>,
     /// Work only the run's users named in this file (object ids or UPNs, one a line, `#`
     /// comments): a pilot of named users; the others stay pending for a later `resume`.
@@ -628,7 +629,8 @@ pub struct EmulatorArgs {
 #[derive(Debug, Clone, Args)]
 pub struct EmulatorKnobs {
     /// Added latency per request.
-    #[arg(long, value_name = "MS", default_value_t = 0, value_parser = config::latency_ms_parser())]
+    #[arg(long, value_name = "MS", default_value_t = 0,
+          value_parser = config::ranged::<u64>(config::EMULATOR_LATENCY_MS))]
     pub latency_ms: u64,
     /// Resource units per 10 s per app+tenant (0 = unlimited; default by tenant size).
     #[arg(long, value_name = "N")]
@@ -652,7 +654,8 @@ pub struct EmulatorKnobs {
     #[arg(long)]
     pub block_invitations: bool,
     /// Lifetime of issued access tokens.
-    #[arg(long, value_name = "S", default_value_t = 3599, value_parser = config::token_lifetime_parser())]
+    #[arg(long, value_name = "S", default_value_t = 3599,
+          value_parser = config::ranged::<u64>(config::EMULATOR_TOKEN_LIFETIME_S))]
     pub token_lifetime_s: u64,
     /// Application permissions granted to apps the tenant file says nothing about (comma-separated).
     #[arg(long, value_name = "LIST", default_value = crate::emulator::DEFAULT_APP_ROLES)]

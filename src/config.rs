@@ -99,8 +99,9 @@ pub enum ReportFormat {
     Json,
 }
 
-/// A `u64` within `range`, converted to `T` (every range here fits the target type).
-fn ranged<T>(range: RangeInclusive<u64>) -> ValueParser
+/// The parser of a flag taking a whole number within `range` (one of the ranges above), as a
+/// `T` (every range here fits its flag's type).
+pub fn ranged<T>(range: RangeInclusive<u64>) -> ValueParser
 where
     RangedU64ValueParser<T>: TypedValueParser,
     T: TryFrom<u64> + Clone + Send + Sync + 'static,
@@ -108,32 +109,16 @@ where
     RangedU64ValueParser::<T>::new().range(range).into()
 }
 
-pub fn concurrency_parser() -> ValueParser {
-    ranged::<usize>(CONCURRENCY)
-}
-
-pub fn max_attempts_parser() -> ValueParser {
-    ranged::<u32>(MAX_ATTEMPTS)
-}
-
-pub fn http_retries_parser() -> ValueParser {
-    ranged::<u32>(HTTP_RETRIES)
-}
-
-pub fn http_timeout_parser() -> ValueParser {
-    ranged::<u64>(HTTP_TIMEOUT_S)
-}
-
-pub fn limit_parser() -> ValueParser {
-    ranged::<u64>(LIMIT)
-}
-
-pub fn latency_ms_parser() -> ValueParser {
-    ranged::<u64>(EMULATOR_LATENCY_MS)
-}
-
-pub fn token_lifetime_parser() -> ValueParser {
-    ranged::<u64>(EMULATOR_TOKEN_LIFETIME_S)
+/// The milliseconds the environment variable `var` gives when it is a whole number within
+/// `range`, else `default` (unset, unreadable, out of range): the hidden knobs the tests turn
+/// (`B2B_BACKOFF_BASE_MS`), never flags.
+pub fn millis_from_env(var: &str, range: RangeInclusive<u64>, default: Duration) -> Duration {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|ms| range.contains(ms))
+        .map(Duration::from_millis)
+        .unwrap_or(default)
 }
 
 /// A count of at least one (`--generate`, `bench --users`).

@@ -9,88 +9,92 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::User;
 
-/// Where an item is in its life: `pending` → `in_flight` → one terminal state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ItemState {
-    Pending,
-    /// Only while a request for the item may be on the wire.
-    InFlight,
-    Converted,
-    WouldConvert,
-    Skipped,
-    Blocked,
-    Failed,
-}
-
-/// Where a run stands (`runs.status`). `RunRecord::status` keeps the stored text for display.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunStatus {
-    /// Being worked, or died while being worked (the lease tells which).
-    Running,
-    Finished,
-    /// Ctrl-C, a crash-safe stop or an error: `resume` continues it.
-    Interrupted,
-    /// The tenant refused to go on (exit 4).
-    Stopped,
-}
-
-impl RunStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunStatus::Running => "running",
-            RunStatus::Finished => "finished",
-            RunStatus::Interrupted => "interrupted",
-            RunStatus::Stopped => "stopped",
+/// Declares a fieldless enum whose every variant has one spelling on the wire (database, CSV,
+/// JSON, reports), with `ALL` (the variants in order), `as_str`, `Display`, and a `FromStr` that
+/// refuses any other spelling with the message `unknown` makes of it. The serde attributes
+/// given with the enum must spell the variants the same way (a test checks each enum).
+macro_rules! wire_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $($(#[$variant_meta:meta])* $variant:ident = $wire:literal,)+
         }
-    }
+        unknown = $unknown:expr;
+    ) => {
+        $(#[$meta])*
+        pub enum $name {
+            $($(#[$variant_meta])* $variant,)+
+        }
+
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: [$name; [$($wire),+].len()] = [$($name::$variant),+];
+
+            /// The spelling on the wire.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $wire,)+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                let unknown: fn(&str) -> String = $unknown;
+                $name::ALL
+                    .into_iter()
+                    .find(|v| v.as_str() == s)
+                    .ok_or_else(|| unknown(s))
+            }
+        }
+    };
 }
 
-impl fmt::Display for RunStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+wire_enum! {
+    /// Where an item is in its life: `pending` → `in_flight` → one terminal state.
+    #[derive(
+        Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+    )]
+    #[serde(rename_all = "snake_case")]
+    pub enum ItemState {
+        /// Where every item starts.
+        #[default]
+        Pending = "pending",
+        /// Only while a request for the item may be on the wire.
+        InFlight = "in_flight",
+        Converted = "converted",
+        WouldConvert = "would_convert",
+        Skipped = "skipped",
+        Blocked = "blocked",
+        Failed = "failed",
     }
+    unknown = |s| format!("unknown item state `{s}`");
 }
 
-impl FromStr for RunStatus {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        [
-            RunStatus::Running,
-            RunStatus::Finished,
-            RunStatus::Interrupted,
-            RunStatus::Stopped,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == s)
-        .ok_or_else(|| format!("unknown run status {s:?}"))
+wire_enum! {
+    /// Where a run stands (`runs.status`). `RunRecord::status` keeps the stored text for display.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum RunStatus {
+        /// Being worked, or died while being worked (the lease tells which).
+        Running = "running",
+        Finished = "finished",
+        /// Ctrl-C, a crash-safe stop or an error: `resume` continues it.
+        Interrupted = "interrupted",
+        /// The tenant refused to go on (exit 4).
+        Stopped = "stopped",
     }
+    unknown = |s| format!("unknown run status {s:?}");
 }
 
 impl ItemState {
-    pub const ALL: [ItemState; 7] = [
-        ItemState::Pending,
-        ItemState::InFlight,
-        ItemState::Converted,
-        ItemState::WouldConvert,
-        ItemState::Skipped,
-        ItemState::Blocked,
-        ItemState::Failed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ItemState::Pending => "pending",
-            ItemState::InFlight => "in_flight",
-            ItemState::Converted => "converted",
-            ItemState::WouldConvert => "would_convert",
-            ItemState::Skipped => "skipped",
-            ItemState::Blocked => "blocked",
-            ItemState::Failed => "failed",
-        }
-    }
-
     pub fn is_terminal(self) -> bool {
         !matches!(self, ItemState::Pending | ItemState::InFlight)
     }
@@ -101,80 +105,31 @@ impl ItemState {
     }
 }
 
-impl fmt::Display for ItemState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+wire_enum! {
+    /// Why an item was blocked or skipped (docs/usage.md, "Reason codes").
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum Reason {
+        BadInput = "bad_input",
+        DuplicateUser = "duplicate_user",
+        DuplicateEmail = "duplicate_email",
+        UserNotFound = "user_not_found",
+        AlreadyB2b = "already_b2b",
+        MailMissing = "mail_missing",
+        MailMismatch = "mail_mismatch",
+        DomainVerified = "domain_verified",
+        OnpremUpnPresent = "onprem_upn_present",
+        ExchangeMailbox = "exchange_mailbox",
+        MailConflict = "mail_conflict",
+        AccountDisabled = "account_disabled",
+        ConvertedBack = "converted_back",
+        /// `apply` only: the user changed since the approved dry run.
+        ChangedSincePlan = "changed_since_plan",
     }
-}
-
-impl FromStr for ItemState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ItemState::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| format!("unknown item state `{s}`"))
-    }
-}
-
-/// Why an item was blocked or skipped (docs/usage.md, "Reason codes").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Reason {
-    BadInput,
-    DuplicateUser,
-    DuplicateEmail,
-    UserNotFound,
-    AlreadyB2b,
-    MailMissing,
-    MailMismatch,
-    DomainVerified,
-    OnpremUpnPresent,
-    ExchangeMailbox,
-    MailConflict,
-    AccountDisabled,
-    ConvertedBack,
-    /// `apply` only: the user changed since the approved dry run.
-    ChangedSincePlan,
+    unknown = |s| format!("unknown reason code `{s}`");
 }
 
 impl Reason {
-    pub const ALL: [Reason; 14] = [
-        Reason::BadInput,
-        Reason::DuplicateUser,
-        Reason::DuplicateEmail,
-        Reason::UserNotFound,
-        Reason::AlreadyB2b,
-        Reason::MailMissing,
-        Reason::MailMismatch,
-        Reason::DomainVerified,
-        Reason::OnpremUpnPresent,
-        Reason::ExchangeMailbox,
-        Reason::MailConflict,
-        Reason::AccountDisabled,
-        Reason::ConvertedBack,
-        Reason::ChangedSincePlan,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::BadInput => "bad_input",
-            Reason::DuplicateUser => "duplicate_user",
-            Reason::DuplicateEmail => "duplicate_email",
-            Reason::UserNotFound => "user_not_found",
-            Reason::AlreadyB2b => "already_b2b",
-            Reason::MailMissing => "mail_missing",
-            Reason::MailMismatch => "mail_mismatch",
-            Reason::DomainVerified => "domain_verified",
-            Reason::OnpremUpnPresent => "onprem_upn_present",
-            Reason::ExchangeMailbox => "exchange_mailbox",
-            Reason::MailConflict => "mail_conflict",
-            Reason::AccountDisabled => "account_disabled",
-            Reason::ConvertedBack => "converted_back",
-            Reason::ChangedSincePlan => "changed_since_plan",
-        }
-    }
-
     /// The state an item with this reason ends in.
     pub fn state(self) -> ItemState {
         match self {
@@ -224,48 +179,15 @@ impl Reason {
     }
 }
 
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+wire_enum! {
+    /// Dry run validates only; live sends invitations.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum RunMode {
+        DryRun = "dry_run",
+        Live = "live",
     }
-}
-
-impl FromStr for Reason {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Reason::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown reason code `{s}`"))
-    }
-}
-
-/// Dry run validates only; live sends invitations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunMode {
-    DryRun,
-    Live,
-}
-
-impl RunMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunMode::DryRun => "dry_run",
-            RunMode::Live => "live",
-        }
-    }
-}
-
-impl FromStr for RunMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "dry_run" => Ok(RunMode::DryRun),
-            "live" => Ok(RunMode::Live),
-            _ => Err(format!("unknown run mode `{s}`")),
-        }
-    }
+    unknown = |s| format!("unknown run mode `{s}`");
 }
 
 /// Where a run's users come from.
@@ -325,12 +247,11 @@ pub struct RunOptions {
     #[serde(default = "default_http_retries")]
     pub http_retries: u32,
     /// `--limit` of the invocation that last worked the run: it counts users of that
-    /// invocation only, so `resume` never inherits it (SPEC: "`--limit N` counts users of this
-    /// invocation").
+    /// invocation only, so `resume` never inherits it (docs/usage.md: "`--limit N` counts the
+    /// users of one invocation").
     pub limit: Option<u64>,
     /// `--only`: how many users the invocation that last worked the run named. Like `limit` it
     /// belongs to one invocation; kept so the option history can mark that stretch a pilot.
-    #[serde(default)]
     pub only: Option<u64>,
     /// `--set-mail`: PATCH a fixable user's `mail` to the input's externalEmail before inviting.
     #[serde(default)]
@@ -451,10 +372,8 @@ pub struct RunRecord {
     pub ingest_complete: bool,
     /// The tenant the run belongs to; `None`: it could not be known (a run made before runs
     /// recorded their tenant, with no tenant id among its stored options).
-    #[serde(default)]
     pub tenant: Option<TenantIdentity>,
     /// `apply`: the dry run this live run executes.
-    #[serde(default)]
     pub plan_run_id: Option<i64>,
 }
 
@@ -490,7 +409,7 @@ impl fmt::Display for TenantIdentity {
 }
 
 /// A stored item: one user of one run, with everything the report needs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ItemRecord {
     pub id: i64,
@@ -574,6 +493,34 @@ mod tests {
             assert_eq!(r.as_str().parse::<Reason>().unwrap(), r);
             assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
         }
+        for r in RunStatus::ALL {
+            assert_eq!(r.as_str().parse::<RunStatus>().unwrap(), r);
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
+        for m in RunMode::ALL {
+            assert_eq!(m.as_str().parse::<RunMode>().unwrap(), m);
+            assert_eq!(serde_json::to_value(m).unwrap(), m.as_str());
+        }
+        assert_eq!(
+            "bogus".parse::<ItemState>().unwrap_err(),
+            "unknown item state `bogus`"
+        );
+        assert_eq!(
+            "bogus".parse::<RunStatus>().unwrap_err(),
+            "unknown run status \"bogus\""
+        );
+    }
+
+    /// Options stored by an older version lack the later ones: each reads as unset.
+    #[test]
+    fn options_stored_before_later_flags_read_as_unset() {
+        let stored = r#"{"silent":true,"redirectUrl":"https://x.example","rate":20.0,
+                         "concurrency":8,"maxAttempts":6}"#;
+        let o: RunOptions = serde_json::from_str(stored).unwrap();
+        assert!(o.silent);
+        assert_eq!((o.limit, o.only, o.settle_rate), (None, None, None));
+        assert_eq!(o.http_retries, crate::config::DEFAULT_HTTP_RETRIES);
+        assert!(!o.set_mail && !o.set_guest && !o.keep_redeem_links && !o.read_by_key);
     }
 
     #[test]

@@ -245,7 +245,6 @@ pub struct Recipient {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EmailAddress {
-    #[serde(default)]
     pub name: Option<String>,
     pub address: String,
 }
@@ -378,7 +377,6 @@ pub struct ConversionUserDetails {
 pub struct TokenResponse {
     pub token_type: String,
     pub expires_in: u64,
-    #[serde(default)]
     pub ext_expires_in: Option<u64>,
     pub access_token: String,
 }
@@ -390,11 +388,8 @@ pub struct TokenError {
     pub error_description: String,
     #[serde(default)]
     pub error_codes: Vec<u64>,
-    #[serde(default)]
     pub trace_id: Option<String>,
-    #[serde(default)]
     pub correlation_id: Option<String>,
-    #[serde(default)]
     pub timestamp: Option<String>,
 }
 

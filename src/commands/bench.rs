@@ -23,6 +23,7 @@
 //! - `resend`: a live run of N users at the default pacing (scaled), a `track`, then `resend`
 //!   of every pending user at 80 ms latency: invitations per second against the settle rate.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -162,13 +163,10 @@ fn ingest(dir: &Path, rows: usize) -> anyhow::Result<ExitStatus> {
 fn ingest_one(dir: &Path, n: usize) -> anyhow::Result<ExitStatus> {
     let csv = dir.join(format!("rows-{n}.csv"));
     write_rows(&csv, n)?;
-    let db = dir.join(format!("ingest-{n}.db"));
-    let _ = std::fs::remove_file(&db);
+    let db = fresh_db(dir, &format!("ingest-{n}.db"));
     let queue = Queue::open(&db)?;
     let run_id = queue.create_run(
-        &SourceSpec::Csv {
-            path: csv.to_string_lossy().into_owned(),
-        },
+        &csv_source(&csv),
         RunMode::DryRun,
         &RunOptions::default(),
         None,
@@ -374,29 +372,10 @@ async fn pilot(dir: &Path, users: usize) -> anyhow::Result<ExitStatus> {
     let mut config = EmulatorConfig::new(tenant);
     config.latency = BENCH_LATENCY;
     let emu = emulator::start(config, "127.0.0.1:0".parse()?).await?;
-    let env: std::collections::HashMap<String, String> = emu.client_env().into_iter().collect();
-    let credentials = || Credentials::ClientSecret {
-        tenant_id: env["AZURE_TENANT_ID"].clone(),
-        client_id: env["AZURE_CLIENT_ID"].clone(),
-        secret: Secret::new(env["AZURE_CLIENT_SECRET"].clone()),
-    };
-    let endpoints = || Endpoints::new(emu.base_url(), emu.base_url());
-    let db = dir.join("bench-pilot.db");
-    let _ = std::fs::remove_file(&db);
-    let new_run = |mode, csv: &PathBuf| NewRun {
-        source: SourceSpec::Csv {
-            path: csv.to_string_lossy().into_owned(),
-        },
-        mode,
-        options: RunOptions {
-            silent: true,
-            ..Default::default()
-        },
-        endpoints: endpoints(),
-        yes: true,
-        report: None,
-        only: None,
-    };
+    let env = client_env(&emu);
+    let credentials = || client_secret(&env);
+    let db = fresh_db(dir, "bench-pilot.db");
+    let pilot_run = |mode, csv: &Path| new_run(&emu, csv_source(csv), mode);
 
     // Reference: what every pass did before its first invitation until the index was kept.
     let graph = crate::graph::GraphClient::new(
@@ -419,7 +398,12 @@ async fn pilot(dir: &Path, users: usize) -> anyhow::Result<ExitStatus> {
     // The first run on the tenant: a dry-run pilot, which builds the index (a full delta round).
     let listed_before = requests_with(&emu.stats(), "GET /v1.0/users");
     let started = Instant::now();
-    run::start(&db, new_run(RunMode::DryRun, &pilot_csvs[0]), credentials()).await?;
+    run::start(
+        &db,
+        pilot_run(RunMode::DryRun, &pilot_csvs[0]),
+        credentials(),
+    )
+    .await?;
     let indexing = started.elapsed().as_secs_f64();
     let delta_requests = requests_with(&emu.stats(), "GET /v1.0/users/delta");
     // Listing pages and the pilot's few look-ups (a dry run reads users with plain GETs).
@@ -435,7 +419,7 @@ async fn pilot(dir: &Path, users: usize) -> anyhow::Result<ExitStatus> {
         let at = emu.clock().now();
         let started = Instant::now();
         let csv = &pilot_csvs[usize::from(change)];
-        run::start(&db, new_run(RunMode::Live, csv), credentials()).await?;
+        run::start(&db, pilot_run(RunMode::Live, csv), credentials()).await?;
         let whole = started.elapsed().as_secs_f64();
         let log = request_log(&emu.base_url()).await?;
         let first = log
@@ -535,6 +519,81 @@ fn emulator_counts(stats: &serde_json::Value) -> (u64, u64) {
     (requests, stats["throttled"].as_u64().unwrap_or(0))
 }
 
+/// `dir/name`, with any file left there by an earlier bench removed.
+fn fresh_db(dir: &Path, name: &str) -> PathBuf {
+    let db = dir.join(name);
+    let _ = std::fs::remove_file(&db);
+    db
+}
+
+fn csv_source(csv: &Path) -> SourceSpec {
+    SourceSpec::Csv {
+        path: csv.to_string_lossy().into_owned(),
+    }
+}
+
+/// A generated tenant of `users` behind Graph-shaped buckets scaled by `scale` and
+/// [`BENCH_LATENCY`], its users written to `csv`.
+async fn scaled_emulator(
+    users: usize,
+    csv: &Path,
+    scale: f64,
+) -> anyhow::Result<emulator::Emulator> {
+    let tenant = Tenant::generate(users, 42);
+    tenant.write_csv(csv)?;
+    let mut config = EmulatorConfig::new(tenant);
+    config.bucket_scale = scale;
+    config.latency = BENCH_LATENCY;
+    emulator::start(config, "127.0.0.1:0".parse()?).await
+}
+
+fn client_env(emu: &emulator::Emulator) -> HashMap<String, String> {
+    emu.client_env().into_iter().collect()
+}
+
+/// The emulator's app signing in with its client secret (from [`client_env`]).
+fn client_secret(env: &HashMap<String, String>) -> Credentials {
+    Credentials::ClientSecret {
+        tenant_id: env["AZURE_TENANT_ID"].clone(),
+        client_id: env["AZURE_CLIENT_ID"].clone(),
+        secret: Secret::new(env["AZURE_CLIENT_SECRET"].clone()),
+    }
+}
+
+/// A silent run of `source` against `emu`, confirmed in advance, reporting nothing.
+fn new_run(emu: &emulator::Emulator, source: SourceSpec, mode: RunMode) -> NewRun {
+    NewRun {
+        source,
+        mode,
+        options: RunOptions {
+            silent: true,
+            ..Default::default()
+        },
+        endpoints: Endpoints::new(emu.base_url(), emu.base_url()),
+        yes: true,
+        report: None,
+        only: None,
+    }
+}
+
+/// The tool's default pacing scaled with the buckets: `rate`, settling at `settle`, 32 at once.
+fn paced_live_options(rate: f64, settle: f64) -> RunOptions {
+    RunOptions {
+        silent: true,
+        rate,
+        settle_rate: Some(settle),
+        concurrency: 32,
+        ..Default::default()
+    }
+}
+
+/// Runs `run` to its end; its wall time in seconds.
+async fn timed_run(db: &Path, run: NewRun, credentials: Credentials) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    run::start(db, run, credentials).await?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
 /// The emulator's request log (`/_emulator/requests`).
 async fn request_log(base_url: &str) -> anyhow::Result<Vec<serde_json::Value>> {
     let mut log: serde_json::Value = reqwest::get(format!("{base_url}/_emulator/requests"))
@@ -556,19 +615,9 @@ async fn convert_case(
     settle: f64,
     case: Case,
 ) -> anyhow::Result<CaseResult> {
-    let tenant = Tenant::generate(users, 42);
     let csv = dir.join("bench-users.csv");
-    tenant.write_csv(&csv)?;
-    let mut config = EmulatorConfig::new(tenant);
-    config.bucket_scale = scale;
-    config.latency = BENCH_LATENCY;
-    let emu = emulator::start(config, "127.0.0.1:0".parse()?).await?;
-    let env: std::collections::HashMap<String, String> = emu.client_env().into_iter().collect();
-    let credentials = Credentials::ClientSecret {
-        tenant_id: env["AZURE_TENANT_ID"].clone(),
-        client_id: env["AZURE_CLIENT_ID"].clone(),
-        secret: Secret::new(env["AZURE_CLIENT_SECRET"].clone()),
-    };
+    let emu = scaled_emulator(users, &csv, scale).await?;
+    let env = client_env(&emu);
     if case.drained {
         let writes = drain_write_bucket(&emu.base_url(), &env).await?;
         eprintln!(
@@ -578,39 +627,19 @@ async fn convert_case(
     }
     let logged_before = request_log(&emu.base_url()).await?.len();
     let (requests_before, throttled_before) = emulator_counts(&emu.stats());
-    let db = dir.join("bench-convert.db");
-    let _ = std::fs::remove_file(&db);
+    let db = fresh_db(dir, "bench-convert.db");
     let source = if case.filter {
         SourceSpec::Filter {
             filter: BENCH_FILTER.into(),
         }
     } else {
-        SourceSpec::Csv {
-            path: csv.to_string_lossy().into_owned(),
-        }
+        csv_source(&csv)
     };
-    let started = Instant::now();
-    run::start(
-        &db,
-        NewRun {
-            source,
-            mode: RunMode::Live,
-            options: RunOptions {
-                silent: true,
-                rate,
-                settle_rate: Some(settle),
-                concurrency: 32,
-                ..Default::default()
-            },
-            endpoints: Endpoints::new(emu.base_url(), emu.base_url()),
-            yes: true,
-            report: None,
-            only: None,
-        },
-        credentials,
-    )
-    .await?;
-    let seconds = started.elapsed().as_secs_f64();
+    let run = NewRun {
+        options: paced_live_options(rate, settle),
+        ..new_run(&emu, source, RunMode::Live)
+    };
+    let seconds = timed_run(&db, run, client_secret(&env)).await?;
     let queue = Queue::open(&db)?;
     let run = queue.latest_run()?.context("bench run missing")?;
     let counts = queue.counts(run.id)?;
@@ -688,10 +717,7 @@ fn invitation_timing(entries: &[serde_json::Value]) -> Timing {
 /// that does not exist, 20 to a `$batch`, until the emulator answers 429: the bucket is empty and
 /// refills at the sustained rate. A 404 still costs a write, because throttling is decided before
 /// the request is carried out. No user in the tenant is touched.
-async fn drain_write_bucket(
-    base_url: &str,
-    env: &std::collections::HashMap<String, String>,
-) -> anyhow::Result<u64> {
+async fn drain_write_bucket(base_url: &str, env: &HashMap<String, String>) -> anyhow::Result<u64> {
     let http = reqwest::Client::new();
     let token: serde_json::Value = http
         .post(format!(
@@ -838,14 +864,7 @@ async fn dry_case(
     let mut config = EmulatorConfig::new(tenant.clone());
     config.latency = std::time::Duration::from_millis(case.latency_ms);
     let emu = emulator::start(config, "127.0.0.1:0".parse()?).await?;
-    let env: std::collections::HashMap<String, String> = emu.client_env().into_iter().collect();
-    let credentials = Credentials::ClientSecret {
-        tenant_id: env["AZURE_TENANT_ID"].clone(),
-        client_id: env["AZURE_CLIENT_ID"].clone(),
-        secret: Secret::new(env["AZURE_CLIENT_SECRET"].clone()),
-    };
-    let db = dir.join(format!("bench-dry-{}.db", case.users));
-    let _ = std::fs::remove_file(&db);
+    let db = fresh_db(dir, &format!("bench-dry-{}.db", case.users));
     let options = RunOptions {
         rate: if case.lifted {
             crate::config::MAX_RATE
@@ -856,24 +875,11 @@ async fn dry_case(
         read_by_key: case.by_key,
         ..Default::default()
     };
-    let started = Instant::now();
-    run::start(
-        &db,
-        NewRun {
-            source: SourceSpec::Csv {
-                path: csv.to_string_lossy().into_owned(),
-            },
-            mode: RunMode::DryRun,
-            options,
-            endpoints: Endpoints::new(emu.base_url(), emu.base_url()),
-            yes: true,
-            report: None,
-            only: None,
-        },
-        credentials,
-    )
-    .await?;
-    let seconds = started.elapsed().as_secs_f64();
+    let run = NewRun {
+        options,
+        ..new_run(&emu, csv_source(csv), RunMode::DryRun)
+    };
+    let seconds = timed_run(&db, run, client_secret(&client_env(&emu))).await?;
     let queue = Queue::open(&db)?;
     let run = queue.latest_run()?.context("bench run missing")?;
     let counts = queue.counts(run.id)?;
@@ -926,45 +932,14 @@ fn child(emu: &emulator::Emulator, db: &Path, args: &[&str]) -> anyhow::Result<f
 async fn resend(dir: &Path, users: usize, scale: f64) -> anyhow::Result<ExitStatus> {
     let rate = crate::config::DEFAULT_RATE * scale;
     let settle = crate::config::DEFAULT_SETTLE_RATE * scale;
-    let tenant = Tenant::generate(users, 42);
     let csv = dir.join("bench-resend.csv");
-    tenant.write_csv(&csv)?;
-    let mut config = EmulatorConfig::new(tenant);
-    config.bucket_scale = scale;
-    config.latency = BENCH_LATENCY;
-    let emu = emulator::start(config, "127.0.0.1:0".parse()?).await?;
-    let env: std::collections::HashMap<String, String> = emu.client_env().into_iter().collect();
-    let credentials = Credentials::ClientSecret {
-        tenant_id: env["AZURE_TENANT_ID"].clone(),
-        client_id: env["AZURE_CLIENT_ID"].clone(),
-        secret: Secret::new(env["AZURE_CLIENT_SECRET"].clone()),
+    let emu = scaled_emulator(users, &csv, scale).await?;
+    let db = fresh_db(dir, "bench-resend.db");
+    let run = NewRun {
+        options: paced_live_options(rate, settle),
+        ..new_run(&emu, csv_source(&csv), RunMode::Live)
     };
-    let db = dir.join("bench-resend.db");
-    let _ = std::fs::remove_file(&db);
-    let started = Instant::now();
-    run::start(
-        &db,
-        NewRun {
-            source: SourceSpec::Csv {
-                path: csv.to_string_lossy().into_owned(),
-            },
-            mode: RunMode::Live,
-            options: RunOptions {
-                silent: true,
-                rate,
-                settle_rate: Some(settle),
-                concurrency: 32,
-                ..Default::default()
-            },
-            endpoints: Endpoints::new(emu.base_url(), emu.base_url()),
-            yes: true,
-            report: None,
-            only: None,
-        },
-        credentials,
-    )
-    .await?;
-    let converting = started.elapsed().as_secs_f64();
+    let converting = timed_run(&db, run, client_secret(&client_env(&emu))).await?;
     let run_id = Queue::open(&db)?
         .latest_run()?
         .context("bench run missing")?

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
-use super::common;
+use super::{common, out_file};
 use crate::cli::ExportLinksArgs;
 use crate::exit::{ExitError, ExitStatus};
 use crate::queue::track::RedeemLink;
@@ -69,24 +69,8 @@ fn missing_links_notice(run_id: i64, missing: &[String]) -> String {
 
 /// Creates `path` for writing, owner-only, refusing an existing file.
 fn create_private(path: &Path) -> anyhow::Result<std::fs::File> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    opts.open(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            ExitError::usage(format!(
-                "--out {}: the file exists; export-links never overwrites (choose a new name)",
-                path.display()
-            ))
-            .into()
-        } else {
-            anyhow::anyhow!("--out {}: cannot create: {e}", path.display())
-        }
-    })
+    out_file::create_private_file(path)
+        .map_err(|e| out_file::refused(path, e, "the file exists; export-links never overwrites"))
 }
 
 /// The tenant's Teams link (`https://teams.microsoft.com/?tenantId=<tenant>`), or Teams' plain
@@ -160,12 +144,10 @@ mod tests {
     #[cfg(unix)]
     #[test]
     fn file_is_private_and_never_overwritten() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("links.csv");
         drop(create_private(&path).unwrap());
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(out_file::mode_of(&path), 0o600);
         let err = create_private(&path).unwrap_err();
         assert!(err.to_string().contains("never overwrites"), "{err}");
     }

@@ -7,6 +7,7 @@ mod common;
 mod demo;
 mod emulator;
 mod export_links;
+mod out_file;
 pub mod preflight;
 mod profiles;
 pub mod report;

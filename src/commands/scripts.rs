@@ -12,13 +12,13 @@
 //! script, its log or this tool.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context as _;
 
-use super::common;
+use super::{common, out_file};
 use crate::cli::ScriptsArgs;
-use crate::exit::{ExitError, ExitStatus};
+use crate::exit::ExitStatus;
 use crate::item::{ItemExtras, ItemRecord, ItemState, Reason};
 use crate::queue::Queue;
 
@@ -288,7 +288,16 @@ foreach ($u in $Users) {
         if ($PSCmdlet.ShouldProcess("$($u.UserPrincipalName) ($($account.DistinguishedName))", 'Reset the on-premises password to a random value')) {
             Set-ADAccountPassword -Identity $account -Reset -NewPassword (New-RandomSecret)
             Write-Log $u.UserPrincipalName $u.Identity 'reset'
-        } else {
+"#,
+    );
+    s.push_str(AD_LOOP_END);
+    s
+}
+
+/// How the loop over users of each Active Directory script ends: a change declined (`-WhatIf`,
+/// or "no" at the prompt) is logged as such; an error is logged and warned, and the loop goes on
+/// to the next user.
+const AD_LOOP_END: &str = r#"        } else {
             Write-Log $u.UserPrincipalName $u.Identity 'whatif: not changed'
         }
     } catch {
@@ -296,10 +305,7 @@ foreach ($u in $Users) {
         Write-Warning "$($u.UserPrincipalName): $($_.Exception.Message)"
     }
 }
-"#,
-    );
-    s
-}
+"#;
 
 /// `ad-set-mail.ps1`.
 pub fn ad_set_mail(plan: &Plan, h: &Header) -> String {
@@ -332,16 +338,9 @@ foreach ($u in $Users) {
         if ($PSCmdlet.ShouldProcess("$($u.UserPrincipalName) ($($account.DistinguishedName))", "Set mail from '$old' to '$($u.Mail)'")) {
             Set-ADUser -Identity $account -EmailAddress $u.Mail
             Write-Log $u.UserPrincipalName $u.Identity "mail set from '$old' to '$($u.Mail)'"
-        } else {
-            Write-Log $u.UserPrincipalName $u.Identity 'whatif: not changed'
-        }
-    } catch {
-        Write-Log $u.UserPrincipalName $u.Identity "error: $($_.Exception.Message)"
-        Write-Warning "$($u.UserPrincipalName): $($_.Exception.Message)"
-    }
-}
 "#,
     );
+    s.push_str(AD_LOOP_END);
     s
 }
 
@@ -520,35 +519,18 @@ pub fn scripts(db: &Path, args: ScriptsArgs) -> anyhow::Result<ExitStatus> {
 
 /// A new directory, owner-only; an existing one is refused so scripts of two runs (or an old
 /// review) are never mixed.
-fn create_private_dir(dir: &PathBuf) -> anyhow::Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(dir).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            ExitError::usage(format!(
-                "--out {}: it exists; scripts are written into a new directory only (choose a new name)",
-                dir.display()
-            ))
-            .into()
-        } else {
-            anyhow::anyhow!("--out {}: cannot create: {e}", dir.display())
-        }
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    out_file::create_private_dir(dir).map_err(|e| {
+        out_file::refused(
+            dir,
+            e,
+            "it exists; scripts are written into a new directory only",
+        )
     })
 }
 
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path)?;
+    let mut f = out_file::create_private_file(path)?;
     f.write_all(text.as_bytes())?;
     f.sync_all()
 }
@@ -567,27 +549,13 @@ mod tests {
         ItemRecord {
             id: 1,
             run_id: 1,
-            line: None,
-            key: None,
+            state,
             user_id: Some(user.id.clone()),
             user_principal_name: user.user_principal_name.clone(),
-            display_name: None,
-            user_type: None,
             external_email: email.map(str::to_string),
-            overrides: Default::default(),
-            state,
             reason,
-            detail: None,
-            attempts: 0,
             snapshot: Some(user),
-            error_code: None,
-            error_message: None,
-            request_id: None,
-            client_request_id: None,
-            invitation_id: None,
-            invitation_status: None,
-            reconciled: false,
-            updated_at: String::new(),
+            ..ItemRecord::default()
         }
     }
 
@@ -777,21 +745,14 @@ mod tests {
     #[cfg(unix)]
     #[test]
     fn directory_is_new_and_files_private() {
-        use std::os::unix::fs::PermissionsExt;
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("out");
         create_private_dir(&dir).unwrap();
         assert!(create_private_dir(&dir).is_err(), "never reused");
         let f = dir.join("a.ps1");
         write_private(&f, "x").unwrap();
-        assert_eq!(
-            std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        assert_eq!(
-            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
-            0o700
-        );
+        assert_eq!(out_file::mode_of(&f), 0o600);
+        assert_eq!(out_file::mode_of(&dir), 0o700);
         assert!(write_private(&f, "y").is_err(), "never overwritten");
     }
 }

@@ -32,7 +32,7 @@ use super::identity::{
     role_template_id, Grant, DIRECTORY_ROLES, GLOBAL_ADMINISTRATOR_ROLE,
     PRIVILEGED_AUTHENTICATION_ADMINISTRATOR_ROLE, USER_ADMINISTRATOR_ROLE,
 };
-use super::routes::{Call, Ctx, Reply, Shared, State};
+use super::routes::{Call, Ctx, Reply, Shared, State, UserCall};
 use crate::model::User;
 
 /// Roles whose holders may reset a non-admin user's password.
@@ -156,17 +156,9 @@ impl Shared {
 
     /// `POST /v1.0/users/{id}/revokeSignInSessions` → 200 `{"value": true}`; moves
     /// `signInSessionsValidFromDateTime`.
-    pub(super) fn revoke_sessions(
-        &self,
-        st: &mut State,
-        ctx: &Ctx,
-        key: &str,
-        now: Duration,
-    ) -> Reply {
-        let Some(pos) = st.index.user(key) else {
-            return ctx.not_found(key);
-        };
-        let at = stamp(self, now);
+    pub(super) fn revoke_sessions(&self, st: &mut State, req: UserCall) -> Reply {
+        let at = stamp(self, req.now);
+        let pos = req.pos;
         let mut next = st.tenant.users[pos].clone();
         next.sign_in_sessions_valid_from_date_time = Some(at.clone());
         st.revocations.push(json!({"userId": next.id, "at": at}));
@@ -181,21 +173,12 @@ impl Shared {
     }
 
     /// `POST /beta/users/{id}/convertExternalToInternalMemberUser` (Graph's documentation).
-    pub(super) fn convert_back(
-        &self,
-        st: &mut State,
-        call: &Call,
-        ctx: &Ctx,
-        key: &str,
-        now: Duration,
-    ) -> Reply {
-        let Some(pos) = st.index.user(key) else {
-            return ctx.not_found(key);
-        };
-        let body: Map<String, Value> = if call.body.iter().all(u8::is_ascii_whitespace) {
+    pub(super) fn convert_back(&self, st: &mut State, req: UserCall) -> Reply {
+        let (pos, ctx) = (req.pos, req.ctx);
+        let body: Map<String, Value> = if req.call.body.iter().all(u8::is_ascii_whitespace) {
             Map::new()
         } else {
-            match serde_json::from_slice(&call.body) {
+            match serde_json::from_slice(&req.call.body) {
                 Ok(Value::Object(m)) => m,
                 _ => {
                     return ctx.err(
@@ -280,7 +263,7 @@ impl Shared {
             }
             next.user_principal_name = Some(upn);
         }
-        let at = stamp(self, now);
+        let at = stamp(self, req.now);
         next.user_type = Some("Member".into());
         next.external_user_state = None;
         next.external_user_state_change_date_time = None;

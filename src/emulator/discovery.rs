@@ -36,14 +36,25 @@ pub fn openid_configuration(
         tenant.clone()
     };
     let base = format!("{origin}/{path}");
-    let body = if v2 {
+    // What the v1 and v2 documents say alike, then each version's own keys.
+    let mut body = json!({
+        "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+        "response_modes_supported": ["query", "fragment", "form_post"],
+        "subject_types_supported": ["pairwise"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "http_logout_supported": true,
+        "frontchannel_logout_supported": true,
+        "kerberos_endpoint": format!("{base}/kerberos"),
+        "tenant_region_scope": "EU",
+        "cloud_instance_name": "microsoftonline.com",
+        "cloud_graph_host_name": "graph.windows.net",
+        "msgraph_host": "graph.microsoft.com",
+        "rbac_url": "https://pas.windows.net",
+    });
+    let own = if v2 {
         json!({
             "token_endpoint": format!("{base}/oauth2/v2.0/token"),
-            "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
             "jwks_uri": format!("{base}/discovery/v2.0/keys"),
-            "response_modes_supported": ["query", "fragment", "form_post"],
-            "subject_types_supported": ["pairwise"],
-            "id_token_signing_alg_values_supported": ["RS256"],
             "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
             "scopes_supported": ["openid", "profile", "email", "offline_access"],
             "issuer": format!("{origin}/{tenant}/v2.0"),
@@ -51,45 +62,28 @@ pub fn openid_configuration(
             "userinfo_endpoint": "https://graph.microsoft.com/oidc/userinfo",
             "authorization_endpoint": format!("{base}/oauth2/v2.0/authorize"),
             "device_authorization_endpoint": format!("{base}/oauth2/v2.0/devicecode"),
-            "http_logout_supported": true,
-            "frontchannel_logout_supported": true,
             "end_session_endpoint": format!("{base}/oauth2/v2.0/logout"),
             "claims_supported": ["sub", "iss", "cloud_instance_name", "cloud_instance_host_name", "cloud_graph_host_name", "msgraph_host", "aud", "exp", "iat", "auth_time", "acr", "nonce", "preferred_username", "name", "tid", "ver", "at_hash", "c_hash", "email"],
-            "kerberos_endpoint": format!("{base}/kerberos"),
-            "tenant_region_scope": "EU",
-            "cloud_instance_name": "microsoftonline.com",
-            "cloud_graph_host_name": "graph.windows.net",
-            "msgraph_host": "graph.microsoft.com",
-            "rbac_url": "https://pas.windows.net",
         })
     } else {
         json!({
             "token_endpoint": format!("{base}/oauth2/token"),
-            "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
             "jwks_uri": format!("{origin}/common/discovery/keys"),
-            "response_modes_supported": ["query", "fragment", "form_post"],
-            "subject_types_supported": ["pairwise"],
-            "id_token_signing_alg_values_supported": ["RS256"],
             "response_types_supported": ["code", "id_token", "code id_token", "token id_token", "token"],
             "scopes_supported": ["openid"],
             "issuer": format!("https://sts.windows.net/{tenant}/"),
             "microsoft_multi_refresh_token": true,
             "authorization_endpoint": format!("{base}/oauth2/authorize"),
             "device_authorization_endpoint": format!("{base}/oauth2/devicecode"),
-            "http_logout_supported": true,
-            "frontchannel_logout_supported": true,
             "end_session_endpoint": format!("{base}/oauth2/logout"),
             "claims_supported": ["sub", "iss", "cloud_instance_name", "cloud_instance_host_name", "cloud_graph_host_name", "msgraph_host", "aud", "exp", "iat", "auth_time", "acr", "amr", "nonce", "email", "given_name", "family_name", "nickname"],
             "check_session_iframe": format!("{base}/oauth2/checksession"),
             "userinfo_endpoint": format!("{base}/openid/userinfo"),
-            "kerberos_endpoint": format!("{base}/kerberos"),
-            "tenant_region_scope": "EU",
-            "cloud_instance_name": "microsoftonline.com",
-            "cloud_graph_host_name": "graph.windows.net",
-            "msgraph_host": "graph.microsoft.com",
-            "rbac_url": "https://pas.windows.net",
         })
     };
+    if let (Some(body), Value::Object(own)) = (body.as_object_mut(), own) {
+        body.extend(own);
+    }
     Reply::json(200, body)
 }
 

@@ -258,34 +258,31 @@ enum Tok {
     Slash,
 }
 
+/// The token a one-character punctuation mark stands for.
+fn punctuation(c: char) -> Option<Tok> {
+    match c {
+        '(' => Some(Tok::LParen),
+        ')' => Some(Tok::RParen),
+        ',' => Some(Tok::Comma),
+        ':' => Some(Tok::Colon),
+        '/' => Some(Tok::Slash),
+        _ => None,
+    }
+}
+
 fn tokenize(s: &str) -> Result<Vec<Tok>, FilterError> {
     let chars: Vec<char> = s.chars().collect();
     let mut out = Vec::new();
     let mut i = 0;
     while i < chars.len() {
         let c = chars[i];
+        if let Some(tok) = punctuation(c) {
+            out.push(tok);
+            i += 1;
+            continue;
+        }
         match c {
             c if c.is_whitespace() => i += 1,
-            '(' => {
-                out.push(Tok::LParen);
-                i += 1
-            }
-            ')' => {
-                out.push(Tok::RParen);
-                i += 1
-            }
-            ',' => {
-                out.push(Tok::Comma);
-                i += 1
-            }
-            ':' => {
-                out.push(Tok::Colon);
-                i += 1
-            }
-            '/' => {
-                out.push(Tok::Slash);
-                i += 1
-            }
             '\'' => {
                 let mut v = String::new();
                 i += 1;
@@ -382,21 +379,25 @@ impl Parser {
     }
 
     fn or(&mut self) -> Result<Expr, FilterError> {
-        let mut left = self.and()?;
-        while self.peek_keyword("or") {
-            self.operator()?;
-            let right = self.and()?;
-            left = Expr::Or(Box::new(left), Box::new(right));
-        }
-        Ok(left)
+        self.joined("or", Self::and, Expr::Or)
     }
 
     fn and(&mut self) -> Result<Expr, FilterError> {
-        let mut left = self.unary()?;
-        while self.peek_keyword("and") {
+        self.joined("and", Self::unary, Expr::And)
+    }
+
+    /// One or more `operand`s joined by `keyword`, grouped from the left by `join`.
+    fn joined(
+        &mut self,
+        keyword: &str,
+        operand: fn(&mut Self) -> Result<Expr, FilterError>,
+        join: fn(Box<Expr>, Box<Expr>) -> Expr,
+    ) -> Result<Expr, FilterError> {
+        let mut left = operand(self)?;
+        while self.peek_keyword(keyword) {
             self.operator()?;
-            let right = self.unary()?;
-            left = Expr::And(Box::new(left), Box::new(right));
+            let right = operand(self)?;
+            left = join(Box::new(left), Box::new(right));
         }
         Ok(left)
     }

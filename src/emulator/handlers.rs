@@ -52,7 +52,7 @@ use rand::{Rng, RngCore};
 use serde_json::{json, Map, Value};
 
 use super::filter;
-use super::routes::{Call, Ctx, Reply, Shared, State};
+use super::routes::{Call, Ctx, Reply, Shared, State, UserCall};
 use crate::model::{Invitation, InvitationRequest, InvitedUserMessageInfo, InvitedUserRef, User};
 
 /// Properties `$select` accepts: the modelled ones, then Graph properties the emulator does not
@@ -157,6 +157,16 @@ pub(super) fn project(u: &User, select: &[&str]) -> Value {
         out.insert((*p).to_string(), v);
     }
     Value::Object(out)
+}
+
+/// A listing's `$select`, `$top` and `$skiptoken` offset, or the 400 for the first one that is
+/// wrong.
+fn parse_listing(call: &Call, ctx: &Ctx) -> Result<(Vec<&'static str>, usize, usize), Reply> {
+    Ok((
+        parse_select(call, ctx)?,
+        parse_top(call, ctx)?,
+        parse_skip(call, ctx)?,
+    ))
 }
 
 fn parse_top(call: &Call, ctx: &Ctx) -> Result<usize, Reply> {
@@ -264,13 +274,9 @@ impl Shared {
     }
 
     pub(super) fn list_users(&self, st: &State, call: &Call, ctx: &Ctx) -> Reply {
-        let select = match parse_select(call, ctx) {
-            Ok(s) => s,
+        let (select, top, offset) = match parse_listing(call, ctx) {
+            Ok(listing) => listing,
             Err(r) => return r,
-        };
-        let (top, offset) = match (parse_top(call, ctx), parse_skip(call, ctx)) {
-            (Ok(t), Ok(o)) => (t, o),
-            (Err(r), _) | (_, Err(r)) => return r,
         };
         // Beta lists the users converted back with `externalUserConvertedOn ge <instant>`, the
         // one filter the emulator serves on that (beta-only) property.
@@ -372,13 +378,9 @@ impl Shared {
         let Some(&gpos) = st.index.groups.get(&group.to_lowercase()) else {
             return ctx.not_found(group);
         };
-        let select = match parse_select(call, ctx) {
-            Ok(s) => s,
+        let (select, top, offset) = match parse_listing(call, ctx) {
+            Ok(listing) => listing,
             Err(r) => return r,
-        };
-        let (top, offset) = match (parse_top(call, ctx), parse_skip(call, ctx)) {
-            (Ok(t), Ok(o)) => (t, o),
-            (Err(r), _) | (_, Err(r)) => return r,
         };
         // Depth-first over nested groups; each object once, cycles safe.
         let mut seen: HashSet<String> = HashSet::new();
@@ -447,18 +449,9 @@ impl Shared {
     /// user synced from on-premises (mastered there), and for an address another object holds.
     /// Every property is checked before anything changes; an accepted PATCH is recorded per
     /// property for `GET /_emulator/patches`.
-    pub(super) fn patch_user(
-        &self,
-        st: &mut State,
-        call: &Call,
-        ctx: &Ctx,
-        key: &str,
-        now: Duration,
-    ) -> Reply {
-        let Some(pos) = st.index.user(key) else {
-            return ctx.not_found(key);
-        };
-        let mut body: Map<String, Value> = match serde_json::from_slice(&call.body) {
+    pub(super) fn patch_user(&self, st: &mut State, req: UserCall) -> Reply {
+        let (pos, ctx) = (req.pos, req.ctx);
+        let mut body: Map<String, Value> = match serde_json::from_slice(&req.call.body) {
             Ok(Value::Object(m)) => m,
             _ => return ctx.err(400, "BadRequest", "Empty Payload. JSON content expected."),
         };
@@ -565,7 +558,7 @@ impl Shared {
             }
         }
         let at = self
-            .wall(now)
+            .wall(req.now)
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         if let Some(password) = password {
             next.last_password_change_date_time = Some(at.clone());
@@ -740,38 +733,8 @@ impl Shared {
                             "The email you're using to invite this user doesn't match any emails on the user object. Use the user's mail or one of its otherMails.",
                         );
                     }
-                    if in_verified {
-                        return ctx.err(400, "BadRequest", VERIFIED_MSG);
-                    }
-                    if st.index.address_owner(&email, Some(pos)).is_some() {
-                        return ctx.conflict();
-                    }
-                    return self.accept_invitation(st, &req, &email, pos, reset, &stamp);
-                }
-                if u.on_premises_user_principal_name.is_some() {
-                    return ctx.err(
-                        400,
-                        "BadRequest",
-                        "User invitation failed. Invalid request input.",
-                    );
-                }
-                if u.has_enabled_exchange_plan() {
-                    return ctx.err(
-                        400,
-                        "BadRequest",
-                        "B2B users having a mailbox is not supported. Remove the Exchange Online mailbox before converting the user.",
-                    );
-                }
-                if !u
-                    .mail
-                    .as_deref()
-                    .is_some_and(|m| m.eq_ignore_ascii_case(&email))
-                {
-                    return ctx.err(
-                        400,
-                        "BadRequest",
-                        "User invitation failed. The invited user email address must match the user's mail property; update mail before converting.",
-                    );
+                } else if let Some(refused) = conversion_refusal(ctx, u, &email) {
+                    return refused;
                 }
                 if in_verified {
                     return ctx.err(400, "BadRequest", VERIFIED_MSG);
@@ -964,6 +927,25 @@ fn body_error(serde_msg: &str) -> String {
 /// the emulator and the validator never disagree.
 pub fn valid_email(s: &str) -> bool {
     crate::email::email_syntax_error(s).is_none()
+}
+
+/// Why Graph refuses to convert the internal user `u` by inviting `email` (a first invitation,
+/// not a reset): synced UPN, an Exchange mailbox, or an address that is not the user's mail.
+fn conversion_refusal(ctx: &Ctx, u: &User, email: &str) -> Option<Reply> {
+    let message = if u.on_premises_user_principal_name.is_some() {
+        "User invitation failed. Invalid request input."
+    } else if u.has_enabled_exchange_plan() {
+        "B2B users having a mailbox is not supported. Remove the Exchange Online mailbox before converting the user."
+    } else if !u
+        .mail
+        .as_deref()
+        .is_some_and(|m| m.eq_ignore_ascii_case(email))
+    {
+        "User invitation failed. The invited user email address must match the user's mail property; update mail before converting."
+    } else {
+        return None;
+    };
+    Some(ctx.err(400, "BadRequest", message))
 }
 
 #[cfg(test)]

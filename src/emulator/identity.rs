@@ -488,7 +488,19 @@ impl Shared {
         )
     }
 
-    fn managed_identity_token(&self, st: &mut State, now: Duration) -> (String, u64, i64) {
+    /// The answer of a managed-identity endpoint: the refusal of a resource other than Graph, or
+    /// a token of the managed identity spelled by `answer` from the token, its lifetime in
+    /// seconds and when it expires (Unix seconds).
+    fn managed_identity_answer(
+        &self,
+        st: &mut State,
+        call: &Call,
+        now: Duration,
+        answer: impl FnOnce(String, u64, i64) -> Value,
+    ) -> Reply {
+        if let Some(bad) = bad_resource(call) {
+            return bad;
+        }
         let grant = Grant {
             app_id: MANAGED_IDENTITY_CLIENT_ID.into(),
             permissions: self.granted(st, MANAGED_IDENTITY_CLIENT_ID),
@@ -497,7 +509,7 @@ impl Shared {
         };
         let (token, lifetime) = self.issue(st, grant, now);
         let expires_on = self.wall(now).timestamp() + lifetime as i64;
-        (token, lifetime, expires_on)
+        Reply::json(200, answer(token, lifetime, expires_on))
     }
 
     /// App Service / Automation: `GET {IDENTITY_ENDPOINT}?resource=…&api-version=2019-08-01`
@@ -509,20 +521,15 @@ impl Shared {
                 json!({"statusCode": 401, "message": "Unauthorized: the X-IDENTITY-HEADER header is missing or wrong."}),
             );
         }
-        if let Some(bad) = bad_resource(call) {
-            return bad;
-        }
-        let (token, _, expires_on) = self.managed_identity_token(st, now);
-        Reply::json(
-            200,
+        self.managed_identity_answer(st, call, now, |token, _, expires_on| {
             json!({
                 "access_token": token,
                 "expires_on": expires_on.to_string(),
                 "resource": GRAPH_RESOURCE,
                 "token_type": "Bearer",
                 "client_id": MANAGED_IDENTITY_CLIENT_ID,
-            }),
-        )
+            })
+        })
     }
 
     /// Virtual machines: `GET /metadata/identity/oauth2/token?api-version=2018-02-01&resource=…`
@@ -534,12 +541,7 @@ impl Shared {
                 json!({"error": "invalid_request", "error_description": "Required metadata header not specified"}),
             );
         }
-        if let Some(bad) = bad_resource(call) {
-            return bad;
-        }
-        let (token, lifetime, expires_on) = self.managed_identity_token(st, now);
-        Reply::json(
-            200,
+        self.managed_identity_answer(st, call, now, |token, lifetime, expires_on| {
             json!({
                 "access_token": token,
                 "refresh_token": "",
@@ -549,8 +551,8 @@ impl Shared {
                 "resource": GRAPH_RESOURCE,
                 "token_type": "Bearer",
                 "client_id": MANAGED_IDENTITY_CLIENT_ID,
-            }),
-        )
+            })
+        })
     }
 
     /// The permission check in front of every Graph endpoint, and the invitation policy.

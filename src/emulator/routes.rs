@@ -187,6 +187,15 @@ impl Reply {
     }
 }
 
+/// A request about the one user its path names (`/users/{id}/…`), found in the tenant.
+pub struct UserCall<'a> {
+    /// The user's place in `tenant.users`.
+    pub pos: usize,
+    pub call: &'a Call,
+    pub ctx: &'a Ctx,
+    pub now: Duration,
+}
+
 /// Per-request identifiers that also go into error bodies.
 pub struct Ctx {
     pub request_id: String,
@@ -287,23 +296,22 @@ fn route(method: &str, path: &str) -> Result<(Route, String), (NoRoute, String)>
         )
     };
     let wrong_method = |tmpl: &str| (NoRoute::Method, tmpl.replace("{m}", method));
+    // A resource that answers one method: its route, or the refusal of any other; `path` is the
+    // template the request counts under.
+    let only = |allowed: &str, route: Route, path: &str| {
+        if method == allowed {
+            Ok((route, format!("{allowed} {path}")))
+        } else {
+            Err((NoRoute::Method, format!("{method} {path}")))
+        }
+    };
     match segs.as_slice() {
-        [tenant, "oauth2", "v2.0", "token"] => match method {
-            "POST" => Ok((
-                Route::Token(t(tenant)),
-                t("POST /{tenant}/oauth2/v2.0/token"),
-            )),
-            _ => Err(wrong_method("{m} /{tenant}/oauth2/v2.0/token")),
-        },
-        ["v1.0", "users"] => match method {
-            "GET" => Ok((Route::ListUsers, t("GET /v1.0/users"))),
-            _ => Err(wrong_method("{m} /v1.0/users")),
-        },
+        [tenant, "oauth2", "v2.0", "token"] => {
+            only("POST", Route::Token(t(tenant)), "/{tenant}/oauth2/v2.0/token")
+        }
+        ["v1.0", "users"] => only("GET", Route::ListUsers, "/v1.0/users"),
         ["v1.0", "users", "delta" | "delta()" | "microsoft.graph.delta" | "microsoft.graph.delta()"] => {
-            match method {
-                "GET" => Ok((Route::UsersDelta, t("GET /v1.0/users/delta"))),
-                _ => Err(wrong_method("{m} /v1.0/users/delta")),
-            }
+            only("GET", Route::UsersDelta, "/v1.0/users/delta")
         }
         ["v1.0", "users", id] if !id.is_empty() => match method {
             "GET" => Ok((Route::GetUser(t(id)), t("GET /v1.0/users/{id}"))),
@@ -314,101 +322,57 @@ fn route(method: &str, path: &str) -> Result<(Route, String), (NoRoute, String)>
             if (*kind == "members" || *kind == "transitiveMembers")
                 && (rest.is_empty() || rest == ["microsoft.graph.user"]) =>
         {
-            let tmpl = format!(
-                "GET /v1.0/groups/{{id}}/{kind}{}",
-                if rest.is_empty() {
-                    ""
-                } else {
-                    "/microsoft.graph.user"
-                }
-            );
-            match method {
-                "GET" => Ok((
-                    Route::Members {
-                        group: t(id),
-                        transitive: *kind == "transitiveMembers",
-                        cast: !rest.is_empty(),
-                    },
-                    tmpl,
-                )),
-                _ => Err((NoRoute::Method, tmpl.replacen("GET", method, 1))),
-            }
+            let cast = if rest.is_empty() {
+                ""
+            } else {
+                "/microsoft.graph.user"
+            };
+            let members = Route::Members {
+                group: t(id),
+                transitive: *kind == "transitiveMembers",
+                cast: !rest.is_empty(),
+            };
+            only("GET", members, &format!("/v1.0/groups/{{id}}/{kind}{cast}"))
         }
-        ["v1.0", "domains"] => match method {
-            "GET" => Ok((Route::Domains, t("GET /v1.0/domains"))),
-            _ => Err(wrong_method("{m} /v1.0/domains")),
-        },
-        ["v1.0", "invitations"] => match method {
-            "POST" => Ok((Route::Invite, t("POST /v1.0/invitations"))),
-            _ => Err(wrong_method("{m} /v1.0/invitations")),
-        },
-        ["v1.0", "policies", "authorizationPolicy"] => match method {
-            "GET" => Ok((
-                Route::AuthorizationPolicy,
-                t("GET /v1.0/policies/authorizationPolicy"),
-            )),
-            _ => Err(wrong_method("{m} /v1.0/policies/authorizationPolicy")),
-        },
+        ["v1.0", "domains"] => only("GET", Route::Domains, "/v1.0/domains"),
+        ["v1.0", "invitations"] => only("POST", Route::Invite, "/v1.0/invitations"),
+        ["v1.0", "policies", "authorizationPolicy"] => {
+            only("GET", Route::AuthorizationPolicy, "/v1.0/policies/authorizationPolicy")
+        }
         ["v1.0", "users", id, "revokeSignInSessions" | "microsoft.graph.revokeSignInSessions"]
             if !id.is_empty() =>
         {
-            match method {
-                "POST" => Ok((
-                    Route::RevokeSessions(t(id)),
-                    t("POST /v1.0/users/{id}/revokeSignInSessions"),
-                )),
-                _ => Err(wrong_method("{m} /v1.0/users/{id}/revokeSignInSessions")),
-            }
+            only("POST", Route::RevokeSessions(t(id)), "/v1.0/users/{id}/revokeSignInSessions")
         }
         ["v1.0", "policies", "authenticationMethodsPolicy", "authenticationMethodConfigurations", kind]
             if kind.eq_ignore_ascii_case("email") =>
         {
-            let tmpl = "GET /v1.0/policies/authenticationMethodsPolicy/authenticationMethodConfigurations/email";
-            match method {
-                "GET" => Ok((Route::EmailOtpPolicy, t(tmpl))),
-                _ => Err((NoRoute::Method, tmpl.replacen("GET", method, 1))),
-            }
+            only(
+                "GET",
+                Route::EmailOtpPolicy,
+                "/v1.0/policies/authenticationMethodsPolicy/authenticationMethodConfigurations/email",
+            )
         }
-        ["v1.0", "policies", "crossTenantAccessPolicy", "default"] => match method {
-            "GET" => Ok((
-                Route::CrossTenantDefault,
-                t("GET /v1.0/policies/crossTenantAccessPolicy/default"),
-            )),
-            _ => Err(wrong_method(
-                "{m} /v1.0/policies/crossTenantAccessPolicy/default",
-            )),
-        },
-        ["v1.0", "directoryRoles"] => match method {
-            "GET" => Ok((Route::DirectoryRoles, t("GET /v1.0/directoryRoles"))),
-            _ => Err(wrong_method("{m} /v1.0/directoryRoles")),
-        },
-        ["beta", "users"] => match method {
-            "GET" => Ok((Route::BetaListUsers, t("GET /beta/users"))),
-            _ => Err(wrong_method("{m} /beta/users")),
-        },
-        ["beta", "users", id] if !id.is_empty() => match method {
-            "GET" => Ok((Route::BetaGetUser(t(id)), t("GET /beta/users/{id}"))),
-            _ => Err(wrong_method("{m} /beta/users/{id}")),
-        },
+        ["v1.0", "policies", "crossTenantAccessPolicy", "default"] => {
+            only("GET", Route::CrossTenantDefault, "/v1.0/policies/crossTenantAccessPolicy/default")
+        }
+        ["v1.0", "directoryRoles"] => only("GET", Route::DirectoryRoles, "/v1.0/directoryRoles"),
+        ["beta", "users"] => only("GET", Route::BetaListUsers, "/beta/users"),
+        ["beta", "users", id] if !id.is_empty() => {
+            only("GET", Route::BetaGetUser(t(id)), "/beta/users/{id}")
+        }
         ["beta", "users", id, "convertExternalToInternalMemberUser"
         | "microsoft.graph.convertExternalToInternalMemberUser"]
             if !id.is_empty() =>
         {
-            match method {
-                "POST" => Ok((
-                    Route::ConvertBack(t(id)),
-                    t("POST /beta/users/{id}/convertExternalToInternalMemberUser"),
-                )),
-                _ => Err(wrong_method(
-                    "{m} /beta/users/{id}/convertExternalToInternalMemberUser",
-                )),
-            }
+            only(
+                "POST",
+                Route::ConvertBack(t(id)),
+                "/beta/users/{id}/convertExternalToInternalMemberUser",
+            )
         }
         ["beta", rest @ ..] => Err(unknown(rest.last().copied().unwrap_or(""))),
-        ["v1.0", "$batch"] => match method {
-            "POST" => Ok((Route::Batch, t("POST /v1.0/$batch"))),
-            _ => Err(wrong_method("{m} /v1.0/$batch")),
-        },
+        ["v1.0", "$batch"] => only("POST", Route::Batch, "/v1.0/$batch"),
         ["v1.0", rest @ ..] => Err(unknown(rest.last().copied().unwrap_or(""))),
         [first, ..] => Err(unknown(first)),
         [] => Err(unknown("")),
@@ -632,6 +596,32 @@ impl State {
 }
 
 impl Shared {
+    /// Answers a request about the user `key` names (an object id or UPN) with `handle`, or
+    /// with Graph's 404 when the tenant has no such user.
+    fn about_user(
+        &self,
+        st: &mut State,
+        key: &str,
+        call: &Call,
+        ctx: &Ctx,
+        now: Duration,
+        handle: fn(&Self, &mut State, UserCall) -> Reply,
+    ) -> Reply {
+        match st.index.user(key) {
+            Some(pos) => handle(
+                self,
+                st,
+                UserCall {
+                    pos,
+                    call,
+                    ctx,
+                    now,
+                },
+            ),
+            None => ctx.not_found(key),
+        }
+    }
+
     /// Wall-clock time by the emulator's clock.
     pub fn wall(&self, now: Duration) -> DateTime<Utc> {
         self.wall_start + chrono::Duration::from_std(now).unwrap_or_default()
@@ -781,7 +771,7 @@ impl Shared {
             Route::ListUsers => self.list_users(st, call, ctx),
             Route::UsersDelta => self.users_delta(st, call, ctx),
             Route::GetUser(key) => self.get_user(st, call, ctx, key),
-            Route::PatchUser(key) => self.patch_user(st, call, ctx, key, now),
+            Route::PatchUser(key) => self.about_user(st, key, call, ctx, now, Self::patch_user),
             Route::Members {
                 group,
                 transitive,
@@ -790,8 +780,10 @@ impl Shared {
             Route::Domains => self.domains(st),
             Route::Invite => self.invite(st, call, ctx, now),
             Route::AuthorizationPolicy => self.authorization_policy(st),
-            Route::RevokeSessions(key) => self.revoke_sessions(st, ctx, key, now),
-            Route::ConvertBack(key) => self.convert_back(st, call, ctx, key, now),
+            Route::RevokeSessions(key) => {
+                self.about_user(st, key, call, ctx, now, Self::revoke_sessions)
+            }
+            Route::ConvertBack(key) => self.about_user(st, key, call, ctx, now, Self::convert_back),
             Route::BetaListUsers => self.list_users(st, call, ctx),
             Route::BetaGetUser(key) => self.get_user(st, call, ctx, key),
             Route::EmailOtpPolicy => self.email_otp_policy(st),

@@ -740,26 +740,19 @@ mod tests {
     #[test]
     fn renewal_window_is_min_of_five_minutes_and_ten_percent() {
         let at = Instant::now();
-        let c = cache_entry(
-            TokenResponse {
+        let expiring_in = |expires_in| {
+            let token = TokenResponse {
                 token_type: "Bearer".into(),
-                expires_in: 3600,
+                expires_in,
                 ext_expires_in: None,
                 access_token: "a".into(),
-            },
-            at,
-        );
+            };
+            cache_entry(token, at)
+        };
+        let c = expiring_in(3600);
         assert_eq!(c.renew_at, at + Duration::from_secs(3300));
         assert_eq!(c.expires_at, at + Duration::from_secs(3590));
-        let c = cache_entry(
-            TokenResponse {
-                token_type: "Bearer".into(),
-                expires_in: 600,
-                ext_expires_in: None,
-                access_token: "a".into(),
-            },
-            at,
-        );
+        let c = expiring_in(600);
         assert_eq!(c.renew_at, at + Duration::from_secs(540));
         assert_eq!(c.expires_at, at + Duration::from_secs(590));
     }

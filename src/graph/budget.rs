@@ -19,6 +19,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use url::Url;
 
+use super::limiter::{pause_in_force, sleep_through_pauses};
+
 /// The window Graph states its resource-unit limits over.
 pub const WINDOW: Duration = Duration::from_secs(10);
 /// Weight of the newest round trip in [`ReadBudget::latency`].
@@ -78,6 +80,7 @@ impl Scope {
 }
 
 /// The run's resource-unit bucket, shared by every read.
+#[derive(Debug)]
 pub struct ReadBudget {
     /// Resource units per [`WINDOW`]: the bucket's size.
     capacity: f64,
@@ -140,26 +143,20 @@ impl ReadBudget {
     /// the order they ask: each reserves its cost at once and waits for the refill to cover it.
     pub async fn acquire(&self, cost: u32) {
         let cost = f64::from(cost.max(1)).min(self.capacity);
-        loop {
+        sleep_through_pauses(|| self.paused_until()).await;
+        let wait = {
+            let mut s = self.state.lock().expect("read budget");
+            let now = Instant::now();
+            self.refill(&mut s, now);
+            s.tokens -= cost;
+            (s.tokens < 0.0).then(|| Duration::from_secs_f64(-s.tokens / self.per_second))
+        };
+        if let Some(wait) = wait {
+            tokio::time::sleep(wait).await;
+            // A 429 while waiting: the reservation stands, the pause comes first.
             if let Some(until) = self.paused_until() {
                 tokio::time::sleep_until(until).await;
-                continue;
             }
-            let wait = {
-                let mut s = self.state.lock().expect("read budget");
-                let now = Instant::now();
-                self.refill(&mut s, now);
-                s.tokens -= cost;
-                (s.tokens < 0.0).then(|| Duration::from_secs_f64(-s.tokens / self.per_second))
-            };
-            if let Some(wait) = wait {
-                tokio::time::sleep(wait).await;
-                // A 429 while waiting: the reservation stands, the pause comes first.
-                if let Some(until) = self.paused_until() {
-                    tokio::time::sleep_until(until).await;
-                }
-            }
-            return;
         }
     }
 
@@ -224,15 +221,7 @@ impl ReadBudget {
 
     /// The end of the current read pause, if one is in force.
     pub fn paused_until(&self) -> Option<Instant> {
-        let mut s = self.state.lock().expect("read budget");
-        match s.paused_until {
-            Some(until) if until > Instant::now() => Some(until),
-            Some(_) => {
-                s.paused_until = None;
-                None
-            }
-            None => None,
-        }
+        pause_in_force(&mut self.state.lock().expect("read budget").paused_until)
     }
 
     /// Resource units left now (negative while reserved reads wait for the refill).
@@ -240,15 +229,6 @@ impl ReadBudget {
         let mut s = self.state.lock().expect("read budget");
         self.refill(&mut s, Instant::now());
         s.tokens
-    }
-}
-
-impl std::fmt::Debug for ReadBudget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReadBudget")
-            .field("capacity", &self.capacity)
-            .field("state", &self.state.lock().ok())
-            .finish()
     }
 }
 

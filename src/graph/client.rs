@@ -29,6 +29,9 @@ use crate::model::{
 /// that does not accept within this is down or filtered.
 const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What the tenant's address index reads of each user (listing and delta query alike).
+const ADDRESS_SELECT: &str = "id,mail,otherMails,proxyAddresses";
+
 /// Cheap to clone: every worker holds one, all share the connection pool, token and limiter.
 #[derive(Clone)]
 pub struct GraphClient {
@@ -277,17 +280,8 @@ impl GraphClient {
         &self,
         next_link: Option<&str>,
     ) -> Result<Page<User>, GraphError> {
-        let url = match next_link {
-            Some(link) => self.next_link_url(link, false)?,
-            None => self.api_url(
-                &["users"],
-                &[
-                    ("$select", "id,mail,otherMails,proxyAddresses"),
-                    ("$top", "999"),
-                ],
-            ),
-        };
-        self.get_json(url, false).await
+        self.get_json(self.addresses_page_url(next_link)?, false)
+            .await
     }
 
     /// One page of the address delta query: `GET /v1.0/users/delta` selecting
@@ -297,10 +291,7 @@ impl GraphClient {
     pub async fn users_delta_page(&self, link: Option<&str>) -> Result<DeltaPage, GraphError> {
         let url = match link {
             Some(link) => self.next_link_url(link, false)?,
-            None => self.api_url(
-                &["users", "delta"],
-                &[("$select", "id,mail,otherMails,proxyAddresses")],
-            ),
+            None => self.api_url(&["users", "delta"], &[("$select", ADDRESS_SELECT)]),
         };
         let answer = self
             .execute(&Call {
@@ -321,10 +312,7 @@ impl GraphClient {
     pub async fn users_delta_latest(&self) -> Result<DeltaPage, GraphError> {
         let url = self.api_url(
             &["users", "delta"],
-            &[
-                ("$select", "id,mail,otherMails,proxyAddresses"),
-                ("$deltatoken", "latest"),
-            ],
+            &[("$select", ADDRESS_SELECT), ("$deltatoken", "latest")],
         );
         self.get_json(url, false).await
     }
@@ -333,17 +321,15 @@ impl GraphClient {
     /// raw entries, the way a delta page carries them: a full round of the address index by
     /// listing, a fifth of the pages of a delta round (200 a page).
     pub async fn users_addresses_page(&self, link: Option<&str>) -> Result<DeltaPage, GraphError> {
-        let url = match link {
+        self.get_json(self.addresses_page_url(link)?, false).await
+    }
+
+    /// The page of every user's addresses after `link`, or the first (999 a page).
+    fn addresses_page_url(&self, link: Option<&str>) -> Result<Url, GraphError> {
+        Ok(match link {
             Some(link) => self.next_link_url(link, false)?,
-            None => self.api_url(
-                &["users"],
-                &[
-                    ("$select", "id,mail,otherMails,proxyAddresses"),
-                    ("$top", "999"),
-                ],
-            ),
-        };
-        self.get_json(url, false).await
+            None => self.api_url(&["users"], &[("$select", ADDRESS_SELECT), ("$top", "999")]),
+        })
     }
 
     /// One page of `GET /v1.0/users?$filter=…`. Pass the previous page's `next_link` to go on.
@@ -470,14 +456,7 @@ impl GraphClient {
 
     /// `{root}/v1.0/{segments…}?{query}`, each segment and value percent-encoded.
     pub(super) fn api_url(&self, segments: &[&str], query: &[(&str, &str)]) -> Url {
-        let mut url = self.version_root();
-        url.path_segments_mut()
-            .expect("http(s) URLs have paths")
-            .extend(segments);
-        if !query.is_empty() {
-            url.set_query(Some(&encode_query(query)));
-        }
-        url
+        with_path_and_query(self.version_root(), segments, query)
     }
 
     /// A URL relative to the version root (as `$batch` sub-requests are written), made absolute.
@@ -505,14 +484,8 @@ impl GraphClient {
     /// `{root}/beta/{segments…}?{query}`: only for what v1.0 does not have (converting back,
     /// `externalUserConvertedOn`); Microsoft does not support beta in production.
     pub(super) fn beta_url(&self, segments: &[&str], query: &[(&str, &str)]) -> Url {
-        let mut url = Url::parse(&format!("{}/beta", self.inner.root)).expect("root was checked");
-        url.path_segments_mut()
-            .expect("http(s) URLs have paths")
-            .extend(segments);
-        if !query.is_empty() {
-            url.set_query(Some(&encode_query(query)));
-        }
-        url
+        let beta = Url::parse(&format!("{}/beta", self.inner.root)).expect("root was checked");
+        with_path_and_query(beta, segments, query)
     }
 
     /// A page link from Graph, refused unless it points back at Graph (our token goes with it).
@@ -535,4 +508,15 @@ impl GraphClient {
         }
         Ok(url)
     }
+}
+
+/// `base/{segments…}?{query}`, each segment and value percent-encoded.
+fn with_path_and_query(mut base: Url, segments: &[&str], query: &[(&str, &str)]) -> Url {
+    base.path_segments_mut()
+        .expect("http(s) URLs have paths")
+        .extend(segments);
+    if !query.is_empty() {
+        base.set_query(Some(&encode_query(query)));
+    }
+    base
 }

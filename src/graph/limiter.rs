@@ -172,10 +172,7 @@ impl Limiter {
     /// Waits for any global pause, then for a slot at the current (adaptive) rate.
     pub async fn acquire(&self) {
         loop {
-            if let Some(until) = self.paused_until() {
-                tokio::time::sleep_until(until).await;
-                continue;
-            }
+            sleep_through_pauses(|| self.paused_until()).await;
             let slot = {
                 let mut s = self.state.lock().expect("limiter state");
                 if s.rate < self.ceiling {
@@ -257,16 +254,23 @@ impl Limiter {
 
     /// The end of the current global pause, if one is in force.
     pub fn paused_until(&self) -> Option<Instant> {
-        let mut s = self.state.lock().expect("limiter state");
-        match s.paused_until {
-            Some(until) if until > Instant::now() => Some(until),
-            Some(_) => {
-                s.paused_until = None;
-                None
-            }
-            None => None,
-        }
+        pause_in_force(&mut self.state.lock().expect("limiter state").paused_until)
     }
+}
+
+/// Sleeps until `paused_until` says no pause is in force (a pause extended meanwhile is slept
+/// through too). Shared by the write limiter and the read budget.
+pub(super) async fn sleep_through_pauses(paused_until: impl Fn() -> Option<Instant>) {
+    while let Some(until) = paused_until() {
+        tokio::time::sleep_until(until).await;
+    }
+}
+
+/// The end of the pause `paused_until` records while it lasts; an ended one is cleared. Shared
+/// by the write limiter and the read budget.
+pub(super) fn pause_in_force(paused_until: &mut Option<Instant>) -> Option<Instant> {
+    *paused_until = paused_until.filter(|&until| until > Instant::now());
+    *paused_until
 }
 
 impl std::fmt::Debug for Limiter {
@@ -281,6 +285,14 @@ impl std::fmt::Debug for Limiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The pace after `n` more requests went through.
+    fn rate_after_successes(limiter: &Limiter, n: usize) -> f64 {
+        for _ in 0..n {
+            limiter.succeeded();
+        }
+        limiter.current_rate()
+    }
 
     async fn acquire_n(limiter: &Arc<Limiter>, n: usize, tasks: usize) {
         let mut handles = Vec::new();
@@ -390,12 +402,8 @@ mod tests {
         assert!(took >= Duration::from_millis(1990), "{took:?}");
         assert!(took < Duration::from_millis(2200), "{took:?}");
 
-        for _ in 0..20 * 10 {
-            limiter.succeeded();
-        }
-        assert_eq!(limiter.current_rate(), 20.0);
-        limiter.succeeded();
-        assert_eq!(limiter.current_rate(), 20.0);
+        assert_eq!(rate_after_successes(&limiter, 20 * 10), 20.0);
+        assert_eq!(rate_after_successes(&limiter, 1), 20.0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -403,12 +411,8 @@ mod tests {
         let limiter = Limiter::new(100.0);
         limiter.throttled(Some(Duration::ZERO));
         assert_eq!(limiter.current_rate(), 50.0);
-        for _ in 0..99 {
-            limiter.succeeded();
-        }
-        assert_eq!(limiter.current_rate(), 50.0);
-        limiter.succeeded();
-        assert_eq!(limiter.current_rate(), 55.0);
+        assert_eq!(rate_after_successes(&limiter, 99), 50.0);
+        assert_eq!(rate_after_successes(&limiter, 1), 55.0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -438,20 +442,11 @@ mod tests {
         assert!((took - 99.0 / 19.6).abs() < 0.05, "{took}");
 
         // Successes under pressure do not climb above the settle rate.
-        for _ in 0..1_000 {
-            limiter.succeeded();
-        }
-        assert_eq!(limiter.current_rate(), 19.6);
+        assert_eq!(rate_after_successes(&limiter, 1_000), 19.6);
         // Quiet for the hold: the burst is used again, step by step.
         tokio::time::sleep(PRESSURE_HOLD).await;
-        for _ in 0..30 {
-            limiter.succeeded();
-        }
-        assert_eq!(limiter.current_rate(), 19.6 + 30.0 * RAMP_STEP);
-        for _ in 0..30 * 10 {
-            limiter.succeeded();
-        }
-        assert_eq!(limiter.current_rate(), 30.0);
+        assert_eq!(rate_after_successes(&limiter, 30), 19.6 + 30.0 * RAMP_STEP);
+        assert_eq!(rate_after_successes(&limiter, 30 * 10), 30.0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -460,10 +455,7 @@ mod tests {
         limiter.pressure(0.9);
         limiter.throttled(Some(Duration::from_secs(1)));
         assert_eq!(limiter.current_rate(), 10.0);
-        for _ in 0..30 * 20 {
-            limiter.succeeded();
-        }
-        assert_eq!(limiter.current_rate(), 20.0);
+        assert_eq!(rate_after_successes(&limiter, 30 * 20), 20.0);
         let plain = Limiter::new(20.0);
         plain.pressure(1.5);
         assert_eq!(

@@ -39,12 +39,7 @@ pub const BACKOFF_BASE_ENV: &str = "B2B_BACKOFF_BASE_MS";
 fn default_base() -> Duration {
     static BASE: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
     *BASE.get_or_init(|| {
-        std::env::var(BACKOFF_BASE_ENV)
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .filter(|ms| (1..=500).contains(ms))
-            .map(Duration::from_millis)
-            .unwrap_or(DEFAULT_BACKOFF_BASE)
+        crate::config::millis_from_env(BACKOFF_BASE_ENV, 1..=500, DEFAULT_BACKOFF_BASE)
     })
 }
 

@@ -64,9 +64,7 @@ pub(super) struct DeviceCodeAnswer {
     pub user_code: String,
     pub verification_uri: String,
     pub expires_in: u64,
-    #[serde(default)]
     pub interval: Option<u64>,
-    #[serde(default)]
     pub message: Option<String>,
 }
 

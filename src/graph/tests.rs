@@ -30,6 +30,10 @@ impl Seen {
     fn path(&self) -> &str {
         self.uri.split('?').next().unwrap_or("")
     }
+    /// `path` on the server this request reached (its `Host`): a next link to serve.
+    fn link_to(&self, path: &str) -> String {
+        format!("http://{}{path}", self.header("host").unwrap())
+    }
 }
 
 struct Reply {
@@ -198,6 +202,32 @@ fn invitation_request() -> InvitationRequest {
     }
 }
 
+/// The error `client` meets inviting [`invitation_request`].
+async fn invite_error(client: &GraphClient) -> GraphError {
+    client.invite(&invitation_request()).await.unwrap_err()
+}
+
+/// Graph's 429 with `Retry-After: retry_after`.
+fn throttled(message: &str, retry_after: &str) -> Reply {
+    let mut r = graph_error(429, "TooManyRequests", message);
+    r.headers.push(("Retry-After", retry_after.into()));
+    r
+}
+
+/// A 200 page holding the user `id`, whose `@odata.nextLink` is `next` on the server `seen`
+/// reached.
+fn page_then(seen: &Seen, id: &str, next: &str) -> Reply {
+    reply(
+        200,
+        json!({"@odata.nextLink": seen.link_to(next), "value": [user_json(id)]}),
+    )
+}
+
+/// The last 200 page: the user `id`, no next link.
+fn last_page(id: &str) -> Reply {
+    reply(200, json!({"value": [user_json(id)]}))
+}
+
 fn user_json(id: &str) -> serde_json::Value {
     json!({"id": id, "userPrincipalName": format!("{id}@contoso.com")})
 }
@@ -242,14 +272,9 @@ async fn missing_user_is_none() {
 
 #[tokio::test]
 async fn throttled_request_waits_retry_after_and_is_retried() {
-    let mock = Mock::start(|_, n| {
-        if n == 0 {
-            let mut r = graph_error(429, "TooManyRequests", "slow down");
-            r.headers.push(("Retry-After", "0.3".into()));
-            r
-        } else {
-            reply(200, user_json("u1"))
-        }
+    let mock = Mock::start(|_, n| match n {
+        0 => throttled("slow down", "0.3"),
+        _ => reply(200, user_json("u1")),
     })
     .await;
     let recorder = Arc::new(Recorder::default());
@@ -316,25 +341,16 @@ async fn invite_success_is_traced() {
 #[tokio::test]
 async fn invite_is_never_resent_after_a_server_error() {
     let mock = Mock::start(|_, _| graph_error(502, "BadGateway", "oops")).await;
-    let err = mock
-        .client()
-        .invite(&invitation_request())
-        .await
-        .unwrap_err();
+    let err = invite_error(&mock.client()).await;
     assert!(matches!(err, GraphError::Unknown { .. }), "{err:?}");
     assert_eq!(mock.graph_hits().len(), 1);
 }
 
 #[tokio::test]
 async fn invite_is_resent_after_429() {
-    let mock = Mock::start(|_, n| {
-        if n == 0 {
-            let mut r = graph_error(429, "TooManyRequests", "later");
-            r.headers.push(("Retry-After", "0".into()));
-            r
-        } else {
-            reply(201, json!({"id": "inv-1", "status": "PendingAcceptance"}))
-        }
+    let mock = Mock::start(|_, n| match n {
+        0 => throttled("later", "0"),
+        _ => reply(201, json!({"id": "inv-1", "status": "PendingAcceptance"})),
     })
     .await;
     let traced = mock.client().invite(&invitation_request()).await.unwrap();
@@ -345,48 +361,40 @@ async fn invite_is_resent_after_429() {
 #[tokio::test]
 async fn invite_on_dropped_connection_is_unknown() {
     use tokio::io::AsyncReadExt;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let accepted = Arc::new(AtomicU32::new(0));
-    let counter = accepted.clone();
-    tokio::spawn(async move {
+    let (url, accepted) = counting_server(|mut socket| async move {
+        // Read the request (headers and body), "carry it out", then drop the connection.
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = Vec::new();
         loop {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            counter.fetch_add(1, Ordering::SeqCst);
-            // Read the request (headers and body), "carry it out", then drop the connection.
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut got = Vec::new();
-            loop {
-                let n = socket.read(&mut buf).await.unwrap_or(0);
-                if n == 0 {
+            let n = socket.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got);
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0);
+                if got.len() >= end + 4 + length {
                     break;
                 }
-                got.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&got);
-                if let Some(end) = text.find("\r\n\r\n") {
-                    let length = text[..end]
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse::<usize>().unwrap())
-                        })
-                        .unwrap_or(0);
-                    if got.len() >= end + 4 + length {
-                        break;
-                    }
-                }
             }
-            drop(socket);
         }
-    });
-    let config = GraphConfig {
-        http_retries: 2,
-        request_timeout: Duration::from_secs(5),
-        ..GraphConfig::new(&url, &url, Credentials::Token(Secret::new("t")))
-    };
-    let client = GraphClient::new(config, Limiter::new(1000.0)).unwrap();
-    let err = client.invite(&invitation_request()).await.unwrap_err();
+        drop(socket);
+    })
+    .await;
+    let client = GraphClient::new(
+        token_config(&url, 2, Duration::from_secs(5)),
+        Limiter::new(1000.0),
+    )
+    .unwrap();
+    let err = invite_error(&client).await;
     assert!(matches!(err, GraphError::Unknown { .. }), "{err:?}");
     assert_eq!(err.meta().unwrap().status, None);
     assert_eq!(accepted.load(Ordering::SeqCst), 1, "never resent");
@@ -407,11 +415,7 @@ async fn blocked_directory_stops_the_run() {
         )
     })
     .await;
-    let err = mock
-        .client()
-        .invite(&invitation_request())
-        .await
-        .unwrap_err();
+    let err = invite_error(&mock.client()).await;
     assert!(
         matches!(err, GraphError::TenantRefused { status: 403, .. }),
         "{err:?}"
@@ -422,11 +426,7 @@ async fn blocked_directory_stops_the_run() {
 #[tokio::test]
 async fn bad_request_is_an_api_error_with_graphs_words() {
     let mock = Mock::start(|_, _| graph_error(400, "BadRequest", "Invalid request input.")).await;
-    let err = mock
-        .client()
-        .invite(&invitation_request())
-        .await
-        .unwrap_err();
+    let err = invite_error(&mock.client()).await;
     match err {
         GraphError::Api {
             status,
@@ -446,11 +446,7 @@ async fn bad_request_is_an_api_error_with_graphs_words() {
         body: String::new(),
     })
     .await;
-    let err = mock
-        .client()
-        .invite(&invitation_request())
-        .await
-        .unwrap_err();
+    let err = invite_error(&mock.client()).await;
     assert_eq!(err.code(), Some("Bad Request"));
 }
 
@@ -469,7 +465,7 @@ async fn repeated_permission_denials_stop_the_run() {
     .await;
     let client = mock.client();
     for _ in 1..DENIED_STREAK_LIMIT {
-        let err = client.invite(&invitation_request()).await.unwrap_err();
+        let err = invite_error(&client).await;
         assert!(
             matches!(err, GraphError::Api { status: 403, .. }),
             "{err:?}"
@@ -477,7 +473,7 @@ async fn repeated_permission_denials_stop_the_run() {
         // Reads going through do not hide that every invitation is refused.
         assert!(client.get_user("u1").await.unwrap().is_some());
     }
-    let err = client.invite(&invitation_request()).await.unwrap_err();
+    let err = invite_error(&client).await;
     assert!(err.is_tenant_refusal(), "{err:?}");
 }
 
@@ -512,11 +508,7 @@ async fn unauthorized_renews_the_token_once() {
 async fn unauthorized_after_renewal_stops_the_run() {
     let mock =
         Mock::start(|_, _| graph_error(401, "InvalidAuthenticationToken", "Consent revoked")).await;
-    let err = mock
-        .client_with(secret_credentials())
-        .invite(&invitation_request())
-        .await
-        .unwrap_err();
+    let err = invite_error(&mock.client_with(secret_credentials())).await;
     assert!(
         matches!(err, GraphError::TenantRefused { status: 401, .. }),
         "{err:?}"
@@ -649,14 +641,7 @@ async fn token_is_renewed_ahead_of_expiry_without_blocking() {
 
     // Enter the renewal window: callers keep getting the valid token while one task renews.
     tokens.force_window_for_test(false);
-    let mut handles = Vec::new();
-    for _ in 0..10 {
-        let t = tokens.clone();
-        handles.push(tokio::spawn(async move { t.token().await.unwrap() }));
-    }
-    for h in handles {
-        assert_eq!(h.await.unwrap().expose(), "tok-1");
-    }
+    assert_eq!(tokens_of_ten_callers(&tokens).await, ["tok-1"; 10]);
     // No clock: the background renewal holds the renewal lock until the new token is stored.
     tokens.renewal_settled_for_test().await;
     assert_eq!(
@@ -669,15 +654,23 @@ async fn token_is_renewed_ahead_of_expiry_without_blocking() {
 
     // Expired: callers wait for one renewal.
     tokens.force_window_for_test(true);
-    let mut handles = Vec::new();
-    for _ in 0..10 {
-        let t = tokens.clone();
-        handles.push(tokio::spawn(async move { t.token().await.unwrap() }));
-    }
-    for h in handles {
-        assert_eq!(h.await.unwrap().expose(), "tok-3");
-    }
+    assert_eq!(tokens_of_ten_callers(&tokens).await, ["tok-3"; 10]);
     assert_eq!(mock.token_hits().len(), 3);
+}
+
+/// The tokens ten tasks asking `tokens` at once get.
+async fn tokens_of_ten_callers(tokens: &Arc<super::auth::TokenProvider>) -> Vec<String> {
+    let handles: Vec<_> = (0..10)
+        .map(|_| {
+            let t = tokens.clone();
+            tokio::spawn(async move { t.token().await.unwrap() })
+        })
+        .collect();
+    let mut got = Vec::new();
+    for h in handles {
+        got.push(h.await.unwrap().expose().to_string());
+    }
+    got
 }
 
 #[tokio::test]
@@ -715,19 +708,14 @@ async fn batch_resends_only_the_throttled_sub_request() {
     let first: BatchRequest = serde_json::from_str(&hits[0].body).unwrap();
     assert_eq!(first.requests.len(), 2);
     assert_eq!(first.requests[0].method, "GET");
+    let urls: Vec<&str> = first.requests.iter().map(|r| r.url.as_str()).collect();
     assert!(
-        first.requests[0]
-            .url
-            .starts_with("/users?$filter=id%20in%20(%27a0%27,%27a1%27,"),
-        "{}",
-        first.requests[0].url
+        urls[0].starts_with("/users?$filter=id%20in%20(%27a0%27,%27a1%27,"),
+        "{urls:?}"
     );
     assert!(
-        first.requests[1]
-            .url
-            .contains(",%27o%27%27brien%27)&$select="),
-        "{}",
-        first.requests[1].url
+        urls[1].contains(",%27o%27%27brien%27)&$select="),
+        "{urls:?}"
     );
     let second: BatchRequest = serde_json::from_str(&hits[1].body).unwrap();
     let second_ids: Vec<_> = second.requests.iter().map(|r| r.id.as_str()).collect();
@@ -807,21 +795,14 @@ async fn batch_sub_request_server_errors_are_retried() {
 
 #[tokio::test]
 async fn advanced_filter_pages_send_consistency_level_every_time() {
-    let mock = Arc::new(Mutex::new(String::new()));
-    let base = mock.clone();
-    let server = Mock::start(move |_, n| {
+    let server = Mock::start(|seen, n| {
         if n == 0 {
-            let next = format!("{}/v1.0/users?$skiptoken=abc", base.lock().unwrap());
-            reply(
-                200,
-                json!({"@odata.nextLink": next, "value": [user_json("u1")]}),
-            )
+            page_then(seen, "u1", "/v1.0/users?$skiptoken=abc")
         } else {
-            reply(200, json!({"value": [user_json("u2")]}))
+            last_page("u2")
         }
     })
     .await;
-    *mock.lock().unwrap() = server.url.clone();
     let client = server.client();
     let filter = "userType eq 'Guest' and onPremisesUserPrincipalName ne null";
     let first = client.list_users_page(filter, None).await.unwrap();
@@ -932,7 +913,7 @@ async fn closed_port_is_not_sent_and_retried_for_a_bounded_stretch() {
         .with_observer(recorder.clone());
     let started = tokio::time::Instant::now();
     // Even an invitation is resent: a connection that never opened carried nothing.
-    let err = client.invite(&invitation_request()).await.unwrap_err();
+    let err = invite_error(&client).await;
     let elapsed = started.elapsed();
     let GraphError::NotSent { message } = &err else {
         panic!("expected NotSent, got {err:?}");
@@ -957,31 +938,19 @@ async fn closed_port_is_not_sent_and_retried_for_a_bounded_stretch() {
 #[tokio::test]
 async fn silent_server_times_out_as_unknown_naming_what_timed_out() {
     use tokio::io::AsyncReadExt;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let accepted = Arc::new(AtomicU32::new(0));
-    let counter = accepted.clone();
-    // Accepts, reads whatever comes, never answers; holds every connection open.
-    let server = tokio::spawn(async move {
-        let mut held = Vec::new();
-        loop {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            counter.fetch_add(1, Ordering::SeqCst);
-            held.push(tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                while socket.read(&mut buf).await.unwrap_or(0) > 0 {}
-            }));
-        }
-    });
-    let config = GraphConfig {
-        http_retries: 1,
-        request_timeout: Duration::from_millis(300),
-        ..GraphConfig::new(&url, &url, Credentials::Token(Secret::new("t")))
-    };
-    let client = GraphClient::new(config, Limiter::new(1000.0))
-        .unwrap()
-        .with_backoff(fast_backoff());
-    let err = client.invite(&invitation_request()).await.unwrap_err();
+    // Reads whatever comes, never answers; holds every connection open.
+    let (url, accepted) = counting_server(|mut socket| async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        while socket.read(&mut buf).await.unwrap_or(0) > 0 {}
+    })
+    .await;
+    let client = GraphClient::new(
+        token_config(&url, 1, Duration::from_millis(300)),
+        Limiter::new(1000.0),
+    )
+    .unwrap()
+    .with_backoff(fast_backoff());
+    let err = invite_error(&client).await;
     let GraphError::Unknown { message, meta } = &err else {
         panic!("expected Unknown, got {err:?}");
     };
@@ -1008,7 +977,36 @@ async fn silent_server_times_out_as_unknown_naming_what_timed_out() {
         3,
         "a read is retried http_retries times"
     );
-    server.abort();
+}
+
+/// A loopback server that counts the connections it accepts and hands each to `serve` on a
+/// task of its own: its URL and the count.
+async fn counting_server<F, Fut>(serve: F) -> (String, Arc<AtomicU32>)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicU32::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (socket, _) = listener.accept().await.unwrap();
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve(socket));
+        }
+    });
+    (url, accepted)
+}
+
+/// Graph and the token endpoint at `url`, a fixed token, `http_retries` and `request_timeout`.
+fn token_config(url: &str, http_retries: u32, request_timeout: Duration) -> GraphConfig {
+    GraphConfig {
+        http_retries,
+        request_timeout,
+        ..GraphConfig::new(url, url, Credentials::Token(Secret::new("t")))
+    }
 }
 
 #[tokio::test]
@@ -1098,14 +1096,7 @@ async fn pager_walks_every_page_of_an_emulator_listing() {
     let emu = crate::emulator::start(EmulatorConfig::new(tenant), "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let env: HashMap<String, String> = emu.client_env().into_iter().collect();
-    let credentials = Credentials::from_lookup(|k| env.get(k).cloned()).unwrap();
-    let base = emu.base_url();
-    let client = GraphClient::new(
-        GraphConfig::new(&base, &base, credentials),
-        Limiter::new(1000.0),
-    )
-    .unwrap();
+    let client = client_of(&emu);
     let fetch = |link: Option<String>| {
         let client = client.clone();
         async move { client.list_user_addresses_page(link.as_deref()).await }
@@ -1148,12 +1139,10 @@ async fn pager_walks_every_page_of_an_emulator_listing() {
 
 #[tokio::test]
 async fn batch_sub_responses_with_more_pages_are_followed() {
-    let base = Arc::new(Mutex::new(String::new()));
-    let link_base = base.clone();
-    let mock = Mock::start(move |seen, n| {
+    let mock = Mock::start(|seen, n| {
         if seen.path() == "/v1.0/$batch" {
             let batch: BatchRequest = serde_json::from_str(&seen.body).unwrap();
-            let next = format!("{}/v1.0/users?$skiptoken=p2", link_base.lock().unwrap());
+            let next = seen.link_to("/v1.0/users?$skiptoken=p2");
             let r = &batch.requests[0];
             reply(
                 200,
@@ -1162,17 +1151,12 @@ async fn batch_sub_responses_with_more_pages_are_followed() {
             )
         } else if n == 0 {
             assert!(seen.uri.contains("$skiptoken=p2"), "{}", seen.uri);
-            let next = format!("{}/v1.0/users?$skiptoken=p3", link_base.lock().unwrap());
-            reply(
-                200,
-                json!({"@odata.nextLink": next, "value": [user_json("u2")]}),
-            )
+            page_then(seen, "u2", "/v1.0/users?$skiptoken=p3")
         } else {
-            reply(200, json!({"value": [user_json("u3")]}))
+            last_page("u3")
         }
     })
     .await;
-    *base.lock().unwrap() = mock.url.clone();
     let users = mock.client().users_by_ids(&["u1".into()]).await.unwrap();
     let ids: Vec<_> = users.iter().map(|u| u.id.as_str()).collect();
     assert_eq!(ids, ["u1", "u2", "u3"]);
@@ -1194,16 +1178,21 @@ async fn emulator_client(
     let emu = crate::emulator::start(config, "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
+    let client = client_of(&emu).with_backoff(fast_backoff());
+    (emu, client)
+}
+
+/// A client signed in to `emu` as its [`client_env`](crate::emulator::Emulator::client_env)
+/// says.
+fn client_of(emu: &crate::emulator::Emulator) -> GraphClient {
     let env: HashMap<String, String> = emu.client_env().into_iter().collect();
     let credentials = Credentials::from_lookup(|k| env.get(k).cloned()).unwrap();
     let base = emu.base_url();
-    let client = GraphClient::new(
+    GraphClient::new(
         GraphConfig::new(&base, &base, credentials),
         Limiter::new(1000.0),
     )
     .unwrap()
-    .with_backoff(fast_backoff());
-    (emu, client)
 }
 
 /// Invite `u` through the client and let the partner redeem.

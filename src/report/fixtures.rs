@@ -3,8 +3,7 @@
 
 use super::ReportData;
 use crate::item::{
-    ItemRecord, ItemState, Overrides, Reason, RunCounts, RunMode, RunOptions, RunRecord,
-    SourceSpec, UserKey,
+    ItemRecord, ItemState, Reason, RunCounts, RunMode, RunOptions, RunRecord, SourceSpec, UserKey,
 };
 use crate::model::User;
 
@@ -16,6 +15,7 @@ pub fn item(id: i64, state: ItemState) -> ItemRecord {
     ItemRecord {
         id,
         run_id: 1,
+        state,
         line: Some(id as u64 + 1),
         key: Some(UserKey::UserPrincipalName(upn.clone())),
         user_id: Some(format!("00000000-0000-0000-0000-{id:012}")),
@@ -23,25 +23,14 @@ pub fn item(id: i64, state: ItemState) -> ItemRecord {
         display_name: Some(format!("User {id}")),
         user_type: Some("Guest".into()),
         external_email: Some(format!("user{id}@partner.example")),
-        overrides: Overrides::default(),
-        state,
-        reason: None,
-        detail: None,
-        attempts: 0,
         snapshot: Some(User {
             id: format!("00000000-0000-0000-0000-{id:012}"),
             display_name: Some(format!("User {id}")),
             mail: Some(format!("user{id}@partner.example")),
             ..User::default()
         }),
-        error_code: None,
-        error_message: None,
-        request_id: None,
-        client_request_id: None,
-        invitation_id: None,
-        invitation_status: None,
-        reconciled: false,
         updated_at: "2025-03-01T10:05:00Z".into(),
+        ..ItemRecord::default()
     }
 }
 

@@ -489,6 +489,18 @@ pub(crate) struct Summary<'a> {
     pub attention: Vec<&'a ItemRecord>,
 }
 
+/// The follow-up table's row of `--set-mail`: the step, and what it means.
+const MAIL_STEP: (&str, &str) = (
+    "mail set to the input address (before the invitation)",
+    "The invitation goes to the user's mail; Microsoft requires it to be the external address. The old value is kept in the item's snapshot.",
+);
+
+/// The follow-up table's row of `--set-guest`: the step, and what it means.
+const GUEST_STEP: (&str, &str) = (
+    "userType switched to Guest (after the invitation)",
+    "Moves the user to External ID monthly active user (MAU) billing (see Billing below).",
+);
+
 impl<'a> Summary<'a> {
     pub fn new(data: &'a ReportData) -> Summary<'a> {
         let run = &data.run;
@@ -708,24 +720,28 @@ impl<'a> Summary<'a> {
         let o = &self.data.run.options;
         let f = &self.data.follow_ups;
         let live = self.data.run.mode == RunMode::Live;
-        let mut rows = Vec::new();
-        if o.set_mail || f.mail_set > 0 {
-            rows.push((
-                "mail set to the input address (before the invitation)",
-                f.mail_planned.max(f.mail_set),
-                live.then_some(f.mail_set),
-                "The invitation goes to the user's mail; Microsoft requires it to be the external address. The old value is kept in the item's snapshot.",
-            ));
-        }
-        if o.set_guest || f.guest_set > 0 {
-            rows.push((
-                "userType switched to Guest (after the invitation)",
-                f.guest_planned.max(f.guest_set),
-                live.then_some(f.guest_set),
-                "Moves the user to External ID monthly active user (MAU) billing (see Billing below).",
-            ));
-        }
-        rows
+        // (shown, users planned, users set, the step and what it means)
+        let steps = [
+            (
+                o.set_mail || f.mail_set > 0,
+                f.mail_planned,
+                f.mail_set,
+                MAIL_STEP,
+            ),
+            (
+                o.set_guest || f.guest_set > 0,
+                f.guest_planned,
+                f.guest_set,
+                GUEST_STEP,
+            ),
+        ];
+        steps
+            .into_iter()
+            .filter(|(shown, ..)| *shown)
+            .map(|(_, planned, set, (step, meaning))| {
+                (step, planned.max(set), live.then_some(set), meaning)
+            })
+            .collect()
     }
 
     /// What the userType switch means for billing, when the run asked for it.

@@ -241,6 +241,26 @@ impl<R: Read + Seek> Scanner<R> {
         Ok(())
     }
 
+    /// Takes what the input's buffer holds into `record`, up to the first byte `stop` accepts
+    /// (left unread), checking the record's bound; `false` at the end of the input.
+    #[inline]
+    fn take_until(
+        &mut self,
+        record: &mut Record,
+        start_offset: u64,
+        stop: impl Fn(u8) -> bool,
+    ) -> io::Result<bool> {
+        let buf = self.input.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(false);
+        }
+        let n = buf.iter().position(|&b| stop(b)).unwrap_or(buf.len());
+        record.push(&buf[..n]);
+        self.bump(n);
+        self.within_bound(start_offset)?;
+        Ok(true)
+    }
+
     /// One record from the current position, or `None` at the end of the input.
     fn scan_record(&mut self, record: &mut Record) -> io::Result<Option<Scanned>> {
         if self.peek()?.is_none() {
@@ -264,17 +284,10 @@ impl<R: Read + Seek> Scanner<R> {
                 // Inside the quotes, up to the closing quote. Past the record's cap nothing is
                 // stored, but the scan goes on to the closing quote: a long field is one record.
                 let closed = loop {
-                    let buf = self.input.fill_buf()?;
-                    if buf.is_empty() {
+                    let quoted_text = |b| matches!(b, b'"' | b'\r' | b'\n');
+                    if !self.take_until(record, start_offset, quoted_text)? {
                         break false;
                     }
-                    let n = buf
-                        .iter()
-                        .position(|b| matches!(b, b'"' | b'\r' | b'\n'))
-                        .unwrap_or(buf.len());
-                    record.push(&buf[..n]);
-                    self.bump(n);
-                    self.within_bound(start_offset)?;
                     match self.peek()? {
                         Some(b'"') => {
                             self.bump(1);
@@ -345,17 +358,10 @@ impl<R: Read + Seek> Scanner<R> {
             }
             // Unquoted text (or the rest of a field after a stray quote) up to the separator.
             let ended = loop {
-                let buf = self.input.fill_buf()?;
-                if buf.is_empty() {
+                let unquoted_text = |b| matches!(b, b',' | b'\r' | b'\n');
+                if !self.take_until(record, start_offset, unquoted_text)? {
                     break None;
                 }
-                let n = buf
-                    .iter()
-                    .position(|b| matches!(b, b',' | b'\r' | b'\n'))
-                    .unwrap_or(buf.len());
-                record.push(&buf[..n]);
-                self.bump(n);
-                self.within_bound(start_offset)?;
                 match self.peek()? {
                     Some(b @ (b',' | b'\r' | b'\n')) => break Some(b),
                     Some(_) => {}
