@@ -31,6 +31,8 @@ pub mod report_facts;
 mod resend;
 mod retire;
 mod spans;
+#[cfg(test)]
+mod testing;
 pub mod threads;
 
 pub use log::{LOG_FLUSH_AFTER, LOG_FLUSH_ROWS};
@@ -546,11 +548,7 @@ pub fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
 mod tests {
     use super::*;
 
-    fn queue() -> (tempfile::TempDir, Queue) {
-        let dir = tempfile::tempdir().unwrap();
-        let q = Queue::open(&dir.path().join("q.db")).unwrap();
-        (dir, q)
-    }
+    use testing::temp_queue as queue;
 
     fn row(line: u64, key: Option<UserKey>, email: Option<&str>) -> NewItem {
         NewItem {
@@ -564,16 +562,32 @@ mod tests {
     }
 
     fn csv_run(q: &Queue) -> i64 {
-        q.create_run(
-            &SourceSpec::Csv {
-                path: "users.csv".into(),
-            },
-            RunMode::DryRun,
-            &RunOptions::default(),
-            Some("t"),
-            "http://127.0.0.1:1",
-        )
-        .unwrap()
+        testing::csv_run(q, RunMode::DryRun, Some("t"))
+    }
+
+    /// A CSV run of one pending user, `u1` on line 2: its id and the item's.
+    fn one_pending(q: &Queue) -> (i64, i64) {
+        let run = csv_run(q);
+        q.insert_items(run, &[row(2, Some(UserKey::Id("u1".into())), None)], None)
+            .unwrap();
+        (run, q.pending_items(run, 0, 1).unwrap()[0].id)
+    }
+
+    /// A CSV run naming `u1` by id (line 2) and by UPN (line 3), and `zz`, whom the tenant does
+    /// not have (line 4): its pending items in line order.
+    fn u1_twice_and_a_stranger(q: &Queue) -> Vec<ItemRecord> {
+        let run = csv_run(q);
+        let rows = [
+            row(2, Some(UserKey::Id("u1".into())), None),
+            row(
+                3,
+                Some(UserKey::UserPrincipalName("u1@contoso.com".into())),
+                None,
+            ),
+            row(4, Some(UserKey::Id("zz".into())), None),
+        ];
+        q.insert_items(run, &rows, None).unwrap();
+        q.pending_items(run, 0, 10).unwrap()
     }
 
     fn user(id: &str) -> User {
@@ -1013,22 +1027,7 @@ mod tests {
     #[test]
     fn lookups_of_a_chunk_are_stored_together() {
         let (_d, q) = queue();
-        let run = csv_run(&q);
-        q.insert_items(
-            run,
-            &[
-                row(2, Some(UserKey::Id("u1".into())), None),
-                row(
-                    3,
-                    Some(UserKey::UserPrincipalName("u1@contoso.com".into())),
-                    None,
-                ),
-                row(4, Some(UserKey::Id("zz".into())), None),
-            ],
-            None,
-        )
-        .unwrap();
-        let items = q.pending_items(run, 0, 10).unwrap();
+        let items = u1_twice_and_a_stranger(&q);
         let u = user("u1");
         let outcomes = q
             .record_lookups(&[
@@ -1062,22 +1061,7 @@ mod tests {
     #[test]
     fn lookup_spots_same_user_under_two_keys() {
         let (_d, q) = queue();
-        let run = csv_run(&q);
-        q.insert_items(
-            run,
-            &[
-                row(2, Some(UserKey::Id("u1".into())), None),
-                row(
-                    3,
-                    Some(UserKey::UserPrincipalName("u1@contoso.com".into())),
-                    None,
-                ),
-                row(4, Some(UserKey::Id("zz".into())), None),
-            ],
-            None,
-        )
-        .unwrap();
-        let items = q.pending_items(run, 0, 10).unwrap();
+        let items = u1_twice_and_a_stranger(&q);
         let u = user("u1");
         assert_eq!(
             q.record_lookup(items[0].id, Some(&u)).unwrap(),
@@ -1091,7 +1075,7 @@ mod tests {
             q.record_lookup(items[2].id, None).unwrap(),
             LookupOutcome::NotFound
         );
-        let counts = q.counts(run).unwrap();
+        let counts = q.counts(items[0].run_id).unwrap();
         assert_eq!(counts.state(ItemState::Pending), 1);
         assert_eq!(counts.reasons["duplicate_user"], 1);
         assert_eq!(counts.reasons["user_not_found"], 1);
@@ -1101,10 +1085,7 @@ mod tests {
     #[test]
     fn state_changes_name_the_state_they_leave() {
         let (_d, q) = queue();
-        let run = csv_run(&q);
-        q.insert_items(run, &[row(2, Some(UserKey::Id("u1".into())), None)], None)
-            .unwrap();
-        let id = q.pending_items(run, 0, 1).unwrap()[0].id;
+        let (run, id) = one_pending(&q);
         // Converting an item that never went in flight is a bug and must be loud.
         assert!(matches!(
             q.record_converted(id, None, None, None),
@@ -1134,10 +1115,7 @@ mod tests {
     #[test]
     fn retry_requeues_failed_items() {
         let (_d, q) = queue();
-        let run = csv_run(&q);
-        q.insert_items(run, &[row(2, Some(UserKey::Id("u1".into())), None)], None)
-            .unwrap();
-        let id = q.pending_items(run, 0, 1).unwrap()[0].id;
+        let (run, id) = one_pending(&q);
         q.mark_in_flight(id, "a@b.com").unwrap();
         q.record_failed(id, "BadRequest", "nope", Some("r"), None)
             .unwrap();
@@ -1160,10 +1138,7 @@ mod tests {
     #[test]
     fn retry_forgets_the_snapshot_so_the_user_is_read_again() {
         let (_d, q) = queue();
-        let run = csv_run(&q);
-        q.insert_items(run, &[row(2, Some(UserKey::Id("u1".into())), None)], None)
-            .unwrap();
-        let id = q.pending_items(run, 0, 1).unwrap()[0].id;
+        let (run, id) = one_pending(&q);
         q.record_lookup(id, Some(&user("u1"))).unwrap();
         q.mark_in_flight(id, "stale@fabrikam.com").unwrap();
         q.record_failed(id, "BadRequest", "nope", None, None)

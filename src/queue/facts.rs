@@ -218,11 +218,7 @@ impl Queue {
 mod tests {
     use super::*;
 
-    fn queue() -> (tempfile::TempDir, Queue) {
-        let dir = tempfile::tempdir().unwrap();
-        let q = Queue::open(&dir.path().join("q.db")).unwrap();
-        (dir, q)
-    }
+    use crate::queue::testing::temp_queue as queue;
 
     fn change(id: &str, props: &[(AddressSource, &[&str])]) -> UserChange {
         UserChange {

@@ -112,6 +112,23 @@ impl Queue {
         tx.commit().map_err(|e| self.err(e))
     }
 
+    /// The `(name, count)` rows `sql` selects for the run `?1`.
+    fn named_counts(
+        &self,
+        conn: &Connection,
+        sql: &str,
+        run_id: i64,
+    ) -> Result<Vec<(String, u64)>> {
+        let mut stmt = conn.prepare_cached(sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([run_id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.err(e))
+    }
+
     fn log_buffer(&self) -> MutexGuard<'_, LogBuffer> {
         self.log.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -123,36 +140,23 @@ impl Queue {
         for s in ItemState::ALL {
             counts.states.insert(s.as_str().to_string(), 0);
         }
-        let mut stmt = conn
-            .prepare_cached("SELECT state, n FROM run_counts WHERE run_id = ?1 AND n > 0")
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([run_id], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-            })
-            .map_err(|e| self.err(e))?;
-        // The states' counts are the trigger-kept `run_counts` rows (migration 0012), not a
-        // count over the run's items.
-        for row in rows {
-            let (state, n) = row.map_err(|e| self.err(e))?;
-            counts.total += n as u64;
-            counts.states.insert(state, n as u64);
+        // The states' counts are the `run_counts` rows (migrations 0012 and 0013), not a count
+        // over the run's items.
+        let states = self.named_counts(
+            &conn,
+            "SELECT state, n FROM run_counts WHERE run_id = ?1 AND n > 0",
+            run_id,
+        )?;
+        for (state, n) in states {
+            counts.total += n;
+            counts.states.insert(state, n);
         }
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT reason, count(*) FROM items WHERE run_id = ?1 AND reason IS NOT NULL
-                 GROUP BY reason",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([run_id], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-            })
-            .map_err(|e| self.err(e))?;
-        for row in rows {
-            let (reason, n) = row.map_err(|e| self.err(e))?;
-            counts.reasons.insert(reason, n as u64);
-        }
+        counts.reasons.extend(self.named_counts(
+            &conn,
+            "SELECT reason, count(*) FROM items WHERE run_id = ?1 AND reason IS NOT NULL
+             GROUP BY reason",
+            run_id,
+        )?);
         let (requests, throttled, retries): (i64, i64, i64) = conn
             .query_row(
                 "SELECT count(*), coalesce(sum(throttled), 0), coalesce(sum(attempt > 1), 0)

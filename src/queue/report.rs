@@ -241,23 +241,10 @@ impl Queue {
 mod tests {
     use super::*;
 
-    fn queue() -> (tempfile::TempDir, std::sync::Arc<Queue>) {
-        let dir = tempfile::tempdir().unwrap();
-        let q = Queue::open(&dir.path().join("q.db")).unwrap();
-        (dir, std::sync::Arc::new(q))
-    }
+    use crate::queue::testing::temp_queue as queue;
 
     fn run(q: &Queue) -> i64 {
-        q.create_run(
-            &crate::item::SourceSpec::Csv {
-                path: "u.csv".into(),
-            },
-            crate::item::RunMode::Live,
-            &crate::item::RunOptions::default(),
-            None,
-            "http://127.0.0.1:1",
-        )
-        .unwrap()
+        crate::queue::testing::csv_run(q, crate::item::RunMode::Live, None)
     }
 
     #[test]

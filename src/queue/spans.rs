@@ -101,23 +101,10 @@ impl Drop for WorkSpan {
 mod tests {
     use super::*;
 
-    fn queue() -> (tempfile::TempDir, Arc<Queue>) {
-        let dir = tempfile::tempdir().unwrap();
-        let q = Queue::open(&dir.path().join("q.db")).unwrap();
-        (dir, Arc::new(q))
-    }
+    use crate::queue::testing::temp_queue as queue;
 
     fn run(q: &Queue) -> i64 {
-        q.create_run(
-            &crate::item::SourceSpec::Csv {
-                path: "u.csv".into(),
-            },
-            crate::item::RunMode::Live,
-            &crate::item::RunOptions::default(),
-            None,
-            "http://127.0.0.1:1",
-        )
-        .unwrap()
+        crate::queue::testing::csv_run(q, crate::item::RunMode::Live, None)
     }
 
     #[test]

@@ -238,25 +238,23 @@ pub async fn choose(
         return Ok(Reads::ByKey);
     };
     let cost = ReadCost::of(ids, upns, tenant_users);
-    if !cost.pages_win() {
-        tracing::info!(
-            run_id,
-            users = ids + upns,
-            tenant_users,
-            look_up_requests = cost.look_ups,
-            page_requests = cost.pages,
-            "looking users up by key, 15 a request: fewer requests than reading the tenant"
-        );
-        return Ok(Reads::ByKey);
-    }
+    let by_key = !cost.pages_win();
+    let choice = if by_key {
+        "looking users up by key, 15 a request: fewer requests than reading the tenant".to_string()
+    } else {
+        format!("reading the tenant in pages of {PAGE_SIZE}: fewer requests than looking users up by key")
+    };
     tracing::info!(
         run_id,
         users = ids + upns,
         tenant_users,
         look_up_requests = cost.look_ups,
         page_requests = cost.pages,
-        "reading the tenant in pages of {PAGE_SIZE}: fewer requests than looking users up by key"
+        "{choice}"
     );
+    if by_key {
+        return Ok(Reads::ByKey);
+    }
     let listing = Listing::read(graph, &wanted)
         .await
         .map_err(ChooseError::Graph)?;
