@@ -2,7 +2,7 @@
 //! with signal handling (SIGINT, SIGTERM and SIGHUP alike), and turning the result into the exit
 //! code.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 use std::sync::Arc;
@@ -17,10 +17,10 @@ use crate::graph::{
 };
 use crate::item::{ItemState, RequestRecord, RunMode, RunOptions, RunRecord, RunStatus};
 use crate::progress::Progress;
-use crate::queue::pass::PassUser;
+use crate::queue::pass::{PassTable, PassUser};
 use crate::queue::{Queue, RunLease};
 use crate::source::only::OnlyList;
-use crate::workers::executor::{work_entries, EntryWork, PassEnd, PassScope};
+use crate::workers::executor::{work_entries, EntryWork, PassContext, PassEnd, PassScope};
 use crate::workers::planner::StopReason;
 use crate::workers::{self, Outcome, Pipeline};
 
@@ -784,6 +784,15 @@ pub fn lease_run(db: &Path, id: Option<i64>) -> anyhow::Result<(Arc<Queue>, RunL
     Ok((queue, lease, run))
 }
 
+/// A usage error (exit 2) unless `run` is live: a dry run wrote to nobody, and `nothing` says
+/// what there is then nothing to do ("nobody was converted, there is nothing to track").
+pub fn require_live(run: &RunRecord, nothing: &str) -> anyhow::Result<()> {
+    if run.mode != RunMode::Live {
+        return Err(ExitError::usage(format!("run {} is a dry run: {nothing}", run.id)).into());
+    }
+    Ok(())
+}
+
 /// Opens the database and reads the run named, without its lease: for what writes nothing.
 pub fn read_run(db: &Path, id: i64) -> anyhow::Result<(Arc<Queue>, RunRecord)> {
     let queue = Arc::new(Queue::open_existing(db)?);
@@ -857,17 +866,21 @@ pub struct PassRun<'a> {
 }
 
 impl PassRun<'_> {
-    /// Works the pass that `ops` builds from the run's Graph client (its requests gated by the
-    /// lease) and the progress bar: Ctrl-C and a lost lease stop it after the requests on the
-    /// wire; the request log is on disk when it returns.
+    /// Works the pass that `ops` builds from its context (the run's Graph client, its requests
+    /// gated by the lease, and a progress bar): Ctrl-C and a lost lease stop it after the
+    /// requests on the wire; the request log is on disk when it returns.
     pub async fn work<P: EntryWork>(
         self,
         graph: GraphClient,
-        ops: impl FnOnce(GraphClient, Arc<Progress>) -> P,
+        ops: impl FnOnce(PassContext) -> P,
     ) -> anyhow::Result<PassEnd> {
         let watch = StopWatch::start(self.lease, self.continues)?;
         let progress = Arc::new(Progress::new(self.label, self.users));
-        let ops = ops(graph.with_gate(lease_gate(self.lease)), progress.clone());
+        let ops = ops(PassContext {
+            queue: self.queue.clone(),
+            graph: graph.with_gate(lease_gate(self.lease)),
+            progress: progress.clone(),
+        });
         let outcome = work_entries(Arc::new(ops), self.scope, watch.stop.clone()).await;
         drop(watch);
         progress.finish();
@@ -970,6 +983,38 @@ pub fn choose(
         (u.user_id.as_deref(), u.user_principal_name.as_deref())
     })?;
     Ok(named.into_iter().take(cap).map(|u| u.item_id).collect())
+}
+
+/// What this invocation works of pass `pass_id`: the entries of the pass's users `--only`
+/// names (every one without it), at most `--limit` of them, `concurrency` at a time; and how
+/// many users that is, for the prompt and the progress bar. `who` says who the pass's users
+/// are, in the error of a name that is none of them.
+pub fn scope_of_pass<S: PassTable>(
+    queue: &Queue,
+    pass_id: i64,
+    run: &RunRecord,
+    only: Option<&OnlyList>,
+    limit: Option<u64>,
+    who: &str,
+) -> anyhow::Result<(PassScope, u64)> {
+    let entries = queue.pass_users::<S>(pass_id)?;
+    let users: Vec<PassUser> = entries.iter().map(|(user, _)| user.clone()).collect();
+    let selected: Option<BTreeSet<i64>> = match only {
+        Some(only) => Some(choose(&users, Some(only), None, who)?.into_iter().collect()),
+        None => None,
+    };
+    let open = entries
+        .iter()
+        .filter(|(u, state)| {
+            state.is_open() && selected.as_ref().is_none_or(|s| s.contains(&u.item_id))
+        })
+        .count() as u64;
+    let scope = PassScope {
+        concurrency: run.options.concurrency,
+        limit,
+        only: selected,
+    };
+    Ok((scope, limit.map_or(open, |l| l.min(open))))
 }
 
 /// Asks on the terminal before a pass touches anyone: `prompt` says what is about to happen.

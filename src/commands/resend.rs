@@ -20,11 +20,10 @@ use super::common;
 use crate::cli::ResendArgs;
 use crate::exit::{ExitError, ExitStatus};
 use crate::item::{RunMode, RunRecord};
-use crate::queue::pass::{EntryCounts, PassUser};
+use crate::queue::pass::{EntryCounts, EntryState as _, PassUser};
 use crate::queue::track::{ResendPass, ResendState};
 use crate::queue::Queue;
 use crate::source::only::OnlyList;
-use crate::workers::executor::PassScope;
 use crate::workers::resend::{cutoff, ResendOps};
 
 /// Who `--only` may name, in its error: the users a resend takes.
@@ -49,16 +48,14 @@ pub async fn resend(db: &Path, args: ResendArgs) -> anyhow::Result<ExitStatus> {
         return Ok(ExitStatus::Success);
     };
     // The pass's own users decide what `--only` may name, and which entries are left to work.
-    let entries = queue.pass_users::<ResendState>(pass.id)?;
-    let chosen = common::choose(&users_of(&entries), only.as_ref(), None, WHO)?;
-    let selected: Option<BTreeSet<i64>> = only.as_ref().map(|_| chosen.iter().copied().collect());
-    let left = entries
-        .iter()
-        .filter(|(u, state)| {
-            open(*state) && selected.as_ref().is_none_or(|s| s.contains(&u.item_id))
-        })
-        .count() as u64;
-    let this_time = args.limit.map_or(left, |l| l.min(left));
+    let (scope, this_time) = common::scope_of_pass::<ResendState>(
+        &queue,
+        pass.id,
+        &run,
+        only.as_ref(),
+        args.limit,
+        WHO,
+    )?;
     if continued {
         let s = queue.resend_summary(pass.id)?;
         say(format!(
@@ -85,18 +82,12 @@ pub async fn resend(db: &Path, args: ResendArgs) -> anyhow::Result<ExitStatus> {
         label: "re-inviting",
         users: this_time,
         continues: "`resend` continues this pass".into(),
-        scope: PassScope {
-            concurrency: run.options.concurrency,
-            limit: args.limit,
-            only: selected,
-        },
+        scope,
     };
     let end = pass_run
-        .work(graph, |graph, progress| ResendOps {
-            queue: queue.clone(),
-            graph,
+        .work(graph, |cx| ResendOps {
+            cx,
             pass_id: pass.id,
-            progress,
             options: Arc::new(run.options.clone()),
         })
         .await?;
@@ -183,13 +174,7 @@ fn say_unless_json(args: &ResendArgs, line: String) {
 
 /// A run `resend` can work: live, and tracked at least once. Returns the last track's time.
 fn resendable(queue: &Queue, run: &RunRecord) -> anyhow::Result<String> {
-    if run.mode != RunMode::Live {
-        return Err(ExitError::usage(format!(
-            "run {} is a dry run: nobody was invited, there is nothing to resend",
-            run.id
-        ))
-        .into());
-    }
+    common::require_live(run, "nobody was invited, there is nothing to resend")?;
     let counts = queue.redemption_counts(run.id)?;
     counts.last_tracked_at.ok_or_else(|| {
         ExitError::usage(format!(
@@ -204,15 +189,15 @@ fn resendable(queue: &Queue, run: &RunRecord) -> anyhow::Result<String> {
 /// candidates a new pass would fix), with `--only` and `--limit` applied. Takes no lease, signs
 /// in nowhere, writes nothing.
 fn dry_run(db: &Path, args: &ResendArgs, only: Option<&OnlyList>) -> anyhow::Result<ExitStatus> {
-    let queue = Queue::open_existing(db)?;
-    let run = common::pick_run(&queue, Some(args.run_id))?;
+    let (queue, run) = common::read_run(db, args.run_id)?;
     let last_tracked = resendable(&queue, &run)?;
     let users = match queue.open_resend_pass(run.id)? {
         Some(pass) => {
             let all = queue.pass_users::<ResendState>(pass.id)?;
-            common::choose(&users_of(&all), only, None, WHO)?;
+            let users: Vec<PassUser> = all.iter().map(|(user, _)| user.clone()).collect();
+            common::choose(&users, only, None, WHO)?;
             all.into_iter()
-                .filter(|(_, state)| open(*state))
+                .filter(|(_, state)| state.is_open())
                 .map(|(user, _)| user)
                 .collect()
         }
@@ -253,16 +238,6 @@ fn dry_run(db: &Path, args: &ResendArgs, only: Option<&OnlyList>) -> anyhow::Res
         );
     }
     Ok(ExitStatus::Success)
-}
-
-/// Whether an entry in `state` is still to work.
-fn open(state: ResendState) -> bool {
-    matches!(state, ResendState::Pending | ResendState::InFlight)
-}
-
-/// The users of a pass's entries, whatever their state.
-fn users_of(entries: &[(PassUser, ResendState)]) -> Vec<PassUser> {
-    entries.iter().map(|(user, _)| user.clone()).collect()
 }
 
 /// `--json`: one object on stdout with the figures the lines above give people.

@@ -14,11 +14,11 @@ use std::sync::Arc;
 
 use super::common;
 use crate::cli::RestoreArgs;
-use crate::exit::{ExitError, ExitStatus};
+use crate::exit::ExitStatus;
 use crate::graph::GraphClient;
 use crate::item::{ItemRecord, ItemState, RunMode, RunRecord};
 use crate::queue::backout::{BackoutKind, BackoutState, NewBackout};
-use crate::queue::pass::EntryCounts;
+use crate::queue::pass::{EntryCounts, EntryState as _};
 use crate::queue::{Queue, RunLease};
 use crate::source::only::OnlyList;
 use crate::workers::backout::{user_type_to, BackoutOps, PasswordsFile};
@@ -113,14 +113,8 @@ pub async fn restore(db: &Path, args: RestoreArgs) -> anyhow::Result<ExitStatus>
 
 /// A back-out works a live run's users only.
 pub(super) fn live_run(run: &RunRecord, command: &str) -> anyhow::Result<()> {
-    if run.mode != RunMode::Live {
-        return Err(ExitError::usage(format!(
-            "run {} is a dry run: nothing was written to any user, there is nothing to {command}",
-            run.id
-        ))
-        .into());
-    }
-    Ok(())
+    let nothing = format!("nothing was written to any user, there is nothing to {command}");
+    common::require_live(run, &nothing)
 }
 
 /// The items `--only` names (`None`: every item). A name that matches no item of the run is a
@@ -188,7 +182,7 @@ pub(super) fn open_entries(
     Ok(queue
         .backout_entries(run_id, kind, None)?
         .into_iter()
-        .filter(|e| matches!(e.state, BackoutState::Pending | BackoutState::InFlight))
+        .filter(|e| e.state.is_open())
         .filter(|e| named.is_none_or(|n| n.contains(&e.item_id)))
         .map(|e| e.item_id)
         .collect())
@@ -258,12 +252,10 @@ impl BackOut<'_> {
             },
         };
         pass_run
-            .work(graph, |graph, progress| BackoutOps {
-                queue: self.queue.clone(),
-                graph,
+            .work(graph, |cx| BackoutOps {
+                cx,
                 run_id: run.id,
                 kind,
-                progress,
                 passwords,
                 max_attempts: run.options.max_attempts,
             })

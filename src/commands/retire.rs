@@ -16,13 +16,13 @@ use std::sync::Arc;
 
 use super::common;
 use crate::cli::RetireArgs;
-use crate::exit::{ExitError, ExitStatus};
+use crate::exit::ExitStatus;
 use crate::graph::GraphClient;
 use crate::item::{RunMode, RunRecord};
-use crate::queue::pass::PassUser;
+use crate::queue::pass::{EntryState as _, PassUser};
 use crate::queue::{Queue, RetireEntry, RetirePass, RetireState, RetireSummary, SkipKind};
 use crate::source::only::OnlyList;
-use crate::workers::executor::{PassScope, UsersById};
+use crate::workers::executor::UsersById;
 use crate::workers::retire::{skip_reason, Privileges, RetireOps};
 
 /// Users named on screen per kind; the rest are in `--json`, the reports and `scripts`.
@@ -61,22 +61,14 @@ pub async fn retire(db: &Path, args: RetireArgs) -> anyhow::Result<ExitStatus> {
         );
         return Ok(ExitStatus::Success);
     };
-    let entries = queue.pass_users::<RetireState>(pass.id)?;
-    let users: Vec<PassUser> = entries.iter().map(|(u, _)| u.clone()).collect();
-    let selected: Option<BTreeSet<i64>> = match &only {
-        Some(o) => Some(
-            common::choose(&users, Some(o), None, WHO)?
-                .into_iter()
-                .collect(),
-        ),
-        None => None,
-    };
-    let open = entries
-        .iter()
-        .filter(|(_, state)| matches!(state, RetireState::Pending | RetireState::InFlight))
-        .filter(|(u, _)| selected.as_ref().is_none_or(|s| s.contains(&u.item_id)))
-        .count() as u64;
-    let this_time = args.limit.map_or(open, |l| l.min(open));
+    let (scope, this_time) = common::scope_of_pass::<RetireState>(
+        &queue,
+        pass.id,
+        &run,
+        only.as_ref(),
+        args.limit,
+        WHO,
+    )?;
     if continued {
         let s = queue.retire_summary(pass.id)?;
         say(format!(
@@ -99,18 +91,12 @@ pub async fn retire(db: &Path, args: RetireArgs) -> anyhow::Result<ExitStatus> {
         label: "retiring",
         users: this_time,
         continues: "`retire` continues this pass".into(),
-        scope: PassScope {
-            concurrency: run.options.concurrency,
-            limit: args.limit,
-            only: selected,
-        },
+        scope,
     };
     let end = pass_run
-        .work(graph, |graph, progress| RetireOps {
-            queue: queue.clone(),
-            graph,
+        .work(graph, |cx| RetireOps {
+            cx,
             pass_id: pass.id,
-            progress,
             max_attempts: run.options.max_attempts,
             privileges,
         })
@@ -177,14 +163,7 @@ fn open_pass(
 
 /// A run `retire` can work: live.
 fn live_only(run: &RunRecord) -> anyhow::Result<()> {
-    if run.mode != RunMode::Live {
-        return Err(ExitError::usage(format!(
-            "run {} is a dry run: nobody was converted, there is nothing to retire",
-            run.id
-        ))
-        .into());
-    }
-    Ok(())
+    common::require_live(run, "nobody was converted, there is nothing to retire")
 }
 
 /// Who holds an admin role (one request), and whether the caller may reset their passwords too.
@@ -215,14 +194,13 @@ async fn dry_run(
     args: &RetireArgs,
     only: Option<&OnlyList>,
 ) -> anyhow::Result<ExitStatus> {
-    let queue = Arc::new(Queue::open_existing(db)?);
-    let run = common::pick_run(&queue, Some(args.run_id))?;
+    let (queue, run) = common::read_run(db, args.run_id)?;
     live_only(&run)?;
     let candidates: Vec<PassUser> = match queue.open_retire_pass(run.id)? {
         Some(pass) => queue
             .pass_users::<RetireState>(pass.id)?
             .into_iter()
-            .filter(|(_, state)| matches!(state, RetireState::Pending | RetireState::InFlight))
+            .filter(|(_, state)| state.is_open())
             .map(|(user, _)| user)
             .collect(),
         None => queue.retire_candidates(run.id)?,

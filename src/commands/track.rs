@@ -11,7 +11,7 @@ use anyhow::Context as _;
 
 use super::common;
 use crate::cli::TrackArgs;
-use crate::exit::{ExitError, ExitStatus};
+use crate::exit::ExitStatus;
 use crate::item::RunMode;
 use crate::model::User;
 use crate::queue::track::{TrackResult, TrackTarget, ACCEPTED};
@@ -24,13 +24,7 @@ const CHUNK: usize = 3_000;
 pub async fn track(db: &Path, args: TrackArgs) -> anyhow::Result<ExitStatus> {
     let queue = Arc::new(Queue::open_existing(db)?);
     let run = common::pick_live_run(&queue, args.run_id)?;
-    if run.mode != RunMode::Live {
-        return Err(ExitError::usage(format!(
-            "run {} is a dry run: nobody was converted, there is nothing to track",
-            run.id
-        ))
-        .into());
-    }
+    common::require_live(&run, "nobody was converted, there is nothing to track")?;
     let graph = common::sign_in(&args.endpoints, args.auth, &queue, &run, RunMode::Live).await?;
 
     let track_id = queue.start_track(run.id)?;

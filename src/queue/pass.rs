@@ -34,6 +34,11 @@ pub trait EntryState: Copy + PartialEq + Send + Sync + 'static {
     /// The state as stored.
     fn name(self) -> &'static str;
 
+    /// Whether the pass still has to work an entry in this state.
+    fn is_open(self) -> bool {
+        self == Self::PENDING || self == Self::IN_FLIGHT
+    }
+
     /// The state stored as `name`.
     fn parse(name: &str) -> std::result::Result<Self, String> {
         Self::ALL

@@ -17,22 +17,20 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use anyhow::Context as _;
 use serde_json::json;
 
-use crate::graph::{ConvertBack, GraphClient, GraphError, Password, ResponseMeta, Traced};
+use crate::graph::{ConvertBack, GraphError, Password, ResponseMeta, Traced};
 use crate::item::ItemRecord;
 use crate::model::{ConversionUserDetails, User};
-use crate::progress::Progress;
 use crate::queue::backout::{BackoutChange, BackoutEntry, BackoutKind, BackoutState};
 use crate::queue::pass::EntryKey;
 use crate::queue::track::ACCEPTED;
-use crate::queue::Queue;
 
 use super::convert::db;
-use super::executor::{reread_error, trace_of, EntryPass, EntryWork, UsersById};
+use super::executor::{reread_error, trace_of, EntryPass, EntryWork, PassContext, UsersById};
 use super::planner::{Checkpoint, ItemPlan, Pass, Reread, Step};
 
 /// The userType `--set-guest` writes.
@@ -246,11 +244,10 @@ impl BackoutItem {
 
 /// What a back-out pass needs to carry out its steps.
 pub struct BackoutOps {
-    pub queue: Arc<Queue>,
-    pub graph: GraphClient,
+    /// The queue, Graph and the progress bar.
+    pub cx: PassContext,
     pub run_id: i64,
     pub kind: BackoutKind,
-    pub progress: Arc<Progress>,
     /// `rollback` of cloud users: where their new passwords go.
     pub passwords: Option<PasswordsFile>,
     pub max_attempts: u32,
@@ -266,12 +263,8 @@ impl EntryPass for BackoutOps {
     type Item = BackoutItem;
     type State = BackoutState;
 
-    fn queue(&self) -> &Arc<Queue> {
-        &self.queue
-    }
-
-    fn progress(&self) -> &Progress {
-        &self.progress
+    fn context(&self) -> &PassContext {
+        &self.cx
     }
 
     fn key(&self, it: &BackoutItem) -> EntryKey {
@@ -284,6 +277,7 @@ impl EntryPass for BackoutOps {
             Step::RestoreUserType => {
                 let to = it.entry.user_type_to.as_deref().unwrap_or("Member");
                 let t = self
+                    .cx
                     .graph
                     .patch_user(&id, &json!({ "userType": to }))
                     .await?;
@@ -291,6 +285,7 @@ impl EntryPass for BackoutOps {
             }
             Step::RestoreMail => {
                 let t = self
+                    .cx
                     .graph
                     .patch_user(&id, &json!({ "mail": it.entry.mail_to }))
                     .await?;
@@ -305,7 +300,7 @@ impl EntryPass for BackoutOps {
                     },
                     _ => ConvertBack::Synced,
                 };
-                let answer = self.graph.convert_back(&id, &how).await?;
+                let answer = self.cx.graph.convert_back(&id, &how).await?;
                 let meta = answer.meta.clone();
                 it.answer = Some(answer);
                 Ok(meta)
@@ -315,7 +310,7 @@ impl EntryPass for BackoutOps {
 
     async fn reread(&self, it: &BackoutItem, step: Step) -> Reread {
         let id = it.user_id();
-        match self.graph.get_user(id).await {
+        match self.cx.graph.get_user(id).await {
             Ok(user) => match step {
                 Step::ConvertBack => rollback_view(user.as_ref()),
                 _ => restore_view(&it.entry, user.as_ref(), step),
@@ -385,7 +380,7 @@ impl EntryWork for BackoutOps {
 
     async fn entries(&self, state: BackoutState) -> anyhow::Result<Vec<BackoutEntry>> {
         let (run_id, kind) = (self.run_id, self.kind);
-        db(&self.queue, move |q| {
+        db(&self.cx.queue, move |q| {
             q.backout_entries(run_id, kind, Some(state))
         })
         .await
@@ -410,7 +405,7 @@ impl EntryWork for BackoutOps {
         entry: BackoutEntry,
     ) -> anyhow::Result<Option<(BackoutItem, ItemPlan)>> {
         let item_id = entry.item_id;
-        let item = db(&self.queue, move |q| q.item(item_id))
+        let item = db(&self.cx.queue, move |q| q.item(item_id))
             .await?
             .context("a back-out names a vanished item")?;
         Ok(Some(BackoutItem::new(entry, &item, self.max_attempts)))
@@ -424,7 +419,7 @@ impl EntryWork for BackoutOps {
         chunk: Vec<BackoutEntry>,
     ) -> anyhow::Result<Result<Vec<BackoutEntry>, GraphError>> {
         let ids: Vec<String> = chunk.iter().filter_map(|e| e.user_id.clone()).collect();
-        let now = match UsersById::read(&self.graph, &ids).await {
+        let now = match UsersById::read(&self.cx.graph, &ids).await {
             Ok(now) => now,
             Err(e) => return Ok(Err(e)),
         };
@@ -479,7 +474,7 @@ impl BackoutOps {
                     let changes: Vec<_> = BackoutChange::step_done(step.as_str())
                         .into_iter()
                         .collect();
-                    db(&self.queue, move |q| q.change_entry(&key, &changes)).await?;
+                    db(&self.cx.queue, move |q| q.change_entry(&key, &changes)).await?;
                     match step {
                         Step::RestoreUserType => entry.user_type_done = true,
                         _ => entry.mail_done = true,
@@ -638,11 +633,9 @@ mod tests {
     ) -> u64 {
         let q = &run.queue;
         let ops = BackoutOps {
-            queue: q.clone(),
-            graph: run.graph.clone(),
+            cx: run.context(),
             run_id: run.run_id,
             kind,
-            progress: Arc::new(Progress::new("test", 1)),
             passwords,
             max_attempts: 3,
         };

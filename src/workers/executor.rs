@@ -1,10 +1,13 @@
 //! The one executor every pass over users runs on: `run`/`resume`/`retry` (convert), `resend`,
-//! and the passes to come (retire, restore, rollback).
+//! `retire`, `restore` and `rollback`.
 //!
 //! A pass declares, through [`PassOps`], how each of its steps' requests is sent, how the user
 //! as Graph now holds it shows whether a step took effect (its re-read), and how each outcome is
-//! recorded in the queue. The [`planner`](super::planner) decides; this module only carries out
-//! its actions, in the same order for every pass:
+//! recorded in the queue. The passes whose records are entries of their own table (resend,
+//! retire, the back-outs) declare it through [`EntryPass`] instead, which records every batch of
+//! writes in one transaction, and [`EntryWork`], which [`work_entries`] works the same way for
+//! all of them. The [`planner`](super::planner) decides; this module only carries out its
+//! actions, in the same order for every pass:
 //!
 //! - the item is checkpointed `in_flight` (fenced by the lease) before a request may leave;
 //! - an attempt is charged only when the request may have reached Graph;
@@ -423,13 +426,13 @@ pub enum PassEnd {
 /// Why a pass's workers stop: Ctrl-C, or the first reason one of them gave for the whole pass.
 /// Shared by every worker of the pass, so one worker's stop ends the others' before their next
 /// user.
-pub struct PassStop {
+struct PassStop {
     stop: watch::Receiver<bool>,
     reason: Arc<Mutex<Option<StopReason>>>,
 }
 
 impl PassStop {
-    pub fn new(stop: watch::Receiver<bool>) -> PassStop {
+    fn new(stop: watch::Receiver<bool>) -> PassStop {
         PassStop {
             stop,
             reason: Arc::default(),
@@ -437,13 +440,13 @@ impl PassStop {
     }
 
     /// Whether no more user is to be started.
-    pub fn stopping(&self) -> impl Fn() -> bool + Clone + Send + Sync + 'static {
+    fn stopping(&self) -> impl Fn() -> bool + Clone + Send + Sync + 'static {
         let (stop, reason) = (self.stop.clone(), self.reason.clone());
         move || *stop.borrow() || reason.lock().map_or(true, |r| r.is_some())
     }
 
     /// How the pass ended in this process, once its workers are done.
-    pub fn end(self) -> PassEnd {
+    fn end(self) -> PassEnd {
         let reason = self.reason.lock().unwrap_or_else(|p| p.into_inner()).take();
         match reason {
             Some(reason) => PassEnd::Stopped(reason),
@@ -463,6 +466,14 @@ fn chunk_read_stopped(e: GraphError, doing: &str) -> PassEnd {
     })
 }
 
+/// What a pass over users works with: the run's queue, its Graph client (requests gated by the
+/// lease) and the invocation's progress bar.
+pub struct PassContext {
+    pub queue: Arc<Queue>,
+    pub graph: GraphClient,
+    pub progress: Arc<Progress>,
+}
+
 /// A pass whose records are changes of the user's entry in the pass's own table (resend,
 /// retire, the back-outs). It says which change each of the executor's writes makes; the
 /// bookkeeping is then the same for all of them: each batch the executor hands over is ONE
@@ -472,8 +483,7 @@ pub trait EntryPass: Sync {
     /// The states of the pass's table.
     type State: EntryState;
 
-    fn queue(&self) -> &Arc<Queue>;
-    fn progress(&self) -> &Progress;
+    fn context(&self) -> &PassContext;
     /// The entry `item` is.
     fn key(&self, item: &Self::Item) -> EntryKey;
 
@@ -518,8 +528,9 @@ pub trait EntryPass: Sync {
         change: EntryChange<Self::State>,
     ) -> impl Future<Output = anyhow::Result<()>> + Send {
         async move {
-            db(self.queue(), move |q| q.change_entry(&key, &[change])).await?;
-            self.progress().inc(1);
+            let cx = self.context();
+            db(&cx.queue, move |q| q.change_entry(&key, &[change])).await?;
+            cx.progress.inc(1);
             Ok(())
         }
     }
@@ -533,11 +544,12 @@ async fn change_entry<P: EntryPass>(
     changes: Vec<EntryChange<P::State>>,
     ended: u64,
 ) -> anyhow::Result<()> {
+    let cx = ops.context();
     if !changes.is_empty() {
         let key = ops.key(item);
-        db(ops.queue(), move |q| q.change_entry(&key, &changes)).await?;
+        db(&cx.queue, move |q| q.change_entry(&key, &changes)).await?;
     }
-    ops.progress().inc(ended);
+    cx.progress.inc(ended);
     Ok(())
 }
 
@@ -1157,6 +1169,17 @@ pub(crate) mod on_emulator {
             user_type: Some("Member".into()),
             account_enabled: Some(true),
             ..User::default()
+        }
+    }
+
+    impl Converted {
+        /// What a pass over the run's users works with.
+        pub fn context(&self) -> super::PassContext {
+            super::PassContext {
+                queue: self.queue.clone(),
+                graph: self.graph.clone(),
+                progress: Arc::new(Progress::new("test", self.items.len() as u64)),
+            }
         }
     }
 

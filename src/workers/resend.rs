@@ -12,16 +12,15 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 
-use crate::graph::{GraphClient, GraphError, ResponseMeta, Traced};
+use crate::graph::{GraphError, ResponseMeta, Traced};
 use crate::item::{ItemRecord, RunOptions};
 use crate::model::{Invitation, InvitationRequest, User};
-use crate::progress::Progress;
 use crate::queue::pass::EntryKey;
 use crate::queue::track::{ResendChange, ResendEntry, ResendState, ACCEPTED};
-use crate::queue::{Queue, Trace};
+use crate::queue::Trace;
 
 use super::convert::db;
-use super::executor::{reread_error, trace_of, EntryPass, EntryWork, UsersById};
+use super::executor::{reread_error, trace_of, EntryPass, EntryWork, PassContext, UsersById};
 use super::planner::{Checkpoint, ItemPlan, Pass, Reread, Step};
 
 /// Graph stamps `externalUserStateChangeDateTime` to the second: two changes at least this far
@@ -170,10 +169,9 @@ impl ResendItem {
 
 /// What the resend pass needs to carry out its step.
 pub struct ResendOps {
-    pub queue: Arc<Queue>,
-    pub graph: GraphClient,
+    /// The queue, Graph and the progress bar.
+    pub cx: PassContext,
     pub pass_id: i64,
-    pub progress: Arc<Progress>,
     /// The run's message options, with which each user is re-invited.
     pub options: Arc<RunOptions>,
 }
@@ -182,12 +180,8 @@ impl EntryPass for ResendOps {
     type Item = ResendItem;
     type State = ResendState;
 
-    fn queue(&self) -> &Arc<Queue> {
-        &self.queue
-    }
-
-    fn progress(&self) -> &Progress {
-        &self.progress
+    fn context(&self) -> &PassContext {
+        &self.cx
     }
 
     fn key(&self, it: &ResendItem) -> EntryKey {
@@ -195,7 +189,7 @@ impl EntryPass for ResendOps {
     }
 
     async fn send(&self, it: &mut ResendItem, _step: Step) -> Result<ResponseMeta, GraphError> {
-        let traced = self.graph.invite(&it.req).await?;
+        let traced = self.cx.graph.invite(&it.req).await?;
         let meta = traced.meta.clone();
         it.sent = Some(traced);
         Ok(meta)
@@ -208,7 +202,7 @@ impl EntryPass for ResendOps {
                 message: "no object id".into(),
             };
         };
-        match self.graph.get_user(user_id).await {
+        match self.cx.graph.get_user(user_id).await {
             Ok(u) => judge(&it.entry, &Seen::of(u.as_ref())),
             Err(e) => reread_error(user_id, e),
         }
@@ -264,7 +258,7 @@ impl EntryWork for ResendOps {
 
     async fn entries(&self, state: ResendState) -> anyhow::Result<Vec<ResendEntry>> {
         let pass = self.pass_id;
-        db(&self.queue, move |q| q.resend_entries(pass, state)).await
+        db(&self.cx.queue, move |q| q.resend_entries(pass, state)).await
     }
 
     fn item_id(entry: &ResendEntry) -> i64 {
@@ -283,7 +277,7 @@ impl EntryWork for ResendOps {
     /// address cannot be re-invited and is recorded failed (`None`).
     async fn prepare(&self, entry: ResendEntry) -> anyhow::Result<Option<(ResendItem, ItemPlan)>> {
         let item_id = entry.item_id;
-        let item = db(&self.queue, move |q| q.item(item_id))
+        let item = db(&self.cx.queue, move |q| q.item(item_id))
             .await?
             .context("a resend names a vanished item")?;
         match (item.user_id.as_deref(), item.external_email.as_deref()) {
@@ -304,7 +298,7 @@ impl EntryWork for ResendOps {
         chunk: Vec<ResendEntry>,
     ) -> anyhow::Result<Result<Vec<ResendEntry>, GraphError>> {
         let ids: Vec<String> = chunk.iter().filter_map(|e| e.user_id.clone()).collect();
-        let now = match UsersById::read(&self.graph, &ids).await {
+        let now = match UsersById::read(&self.cx.graph, &ids).await {
             Ok(now) => now,
             Err(e) => return Ok(Err(e)),
         };
@@ -525,10 +519,8 @@ mod tests {
             .unwrap()
             .unwrap();
         let ops = ResendOps {
-            queue: q.clone(),
-            graph: run.graph.clone(),
+            cx: run.context(),
             pass_id: pass.id,
-            progress: Arc::new(Progress::new("test", 1)),
             options: Arc::new(run.options.clone()),
         };
         let spent = crate::workers::executor::on_emulator::write_transactions_of(q, ops).await;

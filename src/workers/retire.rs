@@ -16,17 +16,14 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::graph::{GraphClient, GraphError, Password, ResponseMeta};
+use crate::graph::{GraphError, Password, ResponseMeta};
 use crate::model::User;
-use crate::progress::Progress;
 use crate::queue::pass::EntryKey;
 use crate::queue::track::ACCEPTED;
-use crate::queue::{
-    CredentialFacts, Queue, RetireChange, RetireEntry, RetireState, SeenState, SkipKind,
-};
+use crate::queue::{CredentialFacts, RetireChange, RetireEntry, RetireState, SeenState, SkipKind};
 
 use super::convert::db;
-use super::executor::{reread_error, trace_of, EntryPass, EntryWork, UsersById};
+use super::executor::{reread_error, trace_of, EntryPass, EntryWork, PassContext, UsersById};
 use super::planner::{Checkpoint, ItemPlan, Pass, Reread, Step};
 
 /// The one directory role whose holders a User Administrator may reset like anyone.
@@ -177,10 +174,9 @@ fn checkpointed_step(entry: &RetireEntry) -> Step {
 
 /// What the retire pass needs to carry out its steps.
 pub struct RetireOps {
-    pub queue: Arc<Queue>,
-    pub graph: GraphClient,
+    /// The queue, Graph and the progress bar.
+    pub cx: PassContext,
     pub pass_id: i64,
-    pub progress: Arc<Progress>,
     pub max_attempts: u32,
     /// Who holds an admin role, and whether the caller may write them too.
     pub privileges: Arc<Privileges>,
@@ -190,12 +186,8 @@ impl EntryPass for RetireOps {
     type Item = RetireItem;
     type State = RetireState;
 
-    fn queue(&self) -> &Arc<Queue> {
-        &self.queue
-    }
-
-    fn progress(&self) -> &Progress {
-        &self.progress
+    fn context(&self) -> &PassContext {
+        &self.cx
     }
 
     fn key(&self, it: &RetireItem) -> EntryKey {
@@ -207,11 +199,12 @@ impl EntryPass for RetireOps {
             Step::SetPassword => {
                 // Generated for this one request and wiped when it goes out of scope.
                 let password = Password::generate()?;
-                let sent = self.graph.set_password(&it.user_id, &password).await;
+                let sent = self.cx.graph.set_password(&it.user_id, &password).await;
                 drop(password);
                 sent.map(|t| t.meta)
             }
             _ => self
+                .cx
                 .graph
                 .revoke_sessions(&it.user_id)
                 .await
@@ -220,7 +213,7 @@ impl EntryPass for RetireOps {
     }
 
     async fn reread(&self, it: &RetireItem, step: Step) -> Reread {
-        match self.graph.get_user(&it.user_id).await {
+        match self.cx.graph.get_user(&it.user_id).await {
             Ok(u) => {
                 let seen = judge(step, &it.entry, u.as_ref());
                 tracing::info!(
@@ -287,7 +280,7 @@ impl EntryWork for RetireOps {
 
     async fn entries(&self, state: RetireState) -> anyhow::Result<Vec<RetireEntry>> {
         let pass = self.pass_id;
-        db(&self.queue, move |q| q.retire_entries(pass, state)).await
+        db(&self.cx.queue, move |q| q.retire_entries(pass, state)).await
     }
 
     fn item_id(entry: &RetireEntry) -> i64 {
@@ -315,7 +308,7 @@ impl EntryWork for RetireOps {
         chunk: Vec<RetireEntry>,
     ) -> anyhow::Result<Result<Vec<RetireEntry>, GraphError>> {
         let ids: Vec<String> = chunk.iter().filter_map(|e| e.user_id.clone()).collect();
-        let now = match UsersById::read(&self.graph, &ids).await {
+        let now = match UsersById::read(&self.cx.graph, &ids).await {
             Ok(now) => now,
             Err(e) => return Ok(Err(e)),
         };
@@ -343,7 +336,7 @@ impl EntryWork for RetireOps {
                 }
             }
         }
-        db(&self.queue, move |q| q.record_credentials(&facts)).await?;
+        db(&self.cx.queue, move |q| q.record_credentials(&facts)).await?;
         for (item_id, change) in skipped {
             self.leave(EntryKey::of_pass(self.pass_id, item_id), change)
                 .await?;
@@ -463,10 +456,8 @@ mod tests {
         let q = &run.queue;
         let pass = q.create_retire_pass(run.run_id).unwrap().unwrap();
         let ops = RetireOps {
-            queue: q.clone(),
-            graph: run.graph.clone(),
+            cx: run.context(),
             pass_id: pass.id,
-            progress: Arc::new(Progress::new("test", 1)),
             max_attempts: 3,
             privileges: Arc::default(),
         };
