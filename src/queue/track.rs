@@ -78,32 +78,22 @@ impl Queue {
         after_id: i64,
         limit: usize,
     ) -> Result<Vec<TrackTarget>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT id, user_id, user_principal_name, request_id, client_request_id
-                 FROM items WHERE run_id = ?1 AND state = ?4 AND user_id IS NOT NULL
-                   AND id > ?2
-                 ORDER BY id LIMIT ?3",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(
-                params![run_id, after_id, limit as i64, ItemState::Converted],
-                |r| {
-                    Ok(TrackTarget {
-                        item_id: r.get(0)?,
-                        user_id: r.get(1)?,
-                        user_principal_name: r.get(2)?,
-                        request_id: r.get(3)?,
-                        client_request_id: r.get(4)?,
-                    })
-                },
-            )
-            .map_err(|e| self.err(e))?
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| self.err(e))?;
-        Ok(rows)
+        self.select_rows(
+            "SELECT id, user_id, user_principal_name, request_id, client_request_id
+             FROM items WHERE run_id = ?1 AND state = ?4 AND user_id IS NOT NULL
+               AND id > ?2
+             ORDER BY id LIMIT ?3",
+            params![run_id, after_id, limit as i64, ItemState::Converted],
+            |r| {
+                Ok(TrackTarget {
+                    item_id: r.get(0)?,
+                    user_id: r.get(1)?,
+                    user_principal_name: r.get(2)?,
+                    request_id: r.get(3)?,
+                    client_request_id: r.get(4)?,
+                })
+            },
+        )
     }
 
     pub fn start_track(&self, run_id: i64) -> Result<i64> {

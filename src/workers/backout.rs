@@ -404,10 +404,7 @@ impl EntryWork for BackoutOps {
         &self,
         entry: BackoutEntry,
     ) -> anyhow::Result<Option<(BackoutItem, ItemPlan)>> {
-        let item_id = entry.item_id;
-        let item = db(&self.cx.queue, move |q| q.item(item_id))
-            .await?
-            .context("a back-out names a vanished item")?;
+        let item = self.cx.item(entry.item_id, "back-out").await?;
         Ok(Some(BackoutItem::new(entry, &item, self.max_attempts)))
     }
 

@@ -25,6 +25,7 @@ use anyhow::Context as _;
 use tokio::sync::watch;
 
 use crate::graph::{GraphClient, GraphError, ResponseMeta};
+use crate::item::ItemRecord;
 use crate::model::User;
 use crate::progress::Progress;
 use crate::queue::pass::{EntryChange, EntryKey, EntryState};
@@ -472,6 +473,16 @@ pub struct PassContext {
     pub queue: Arc<Queue>,
     pub graph: GraphClient,
     pub progress: Arc<Progress>,
+}
+
+impl PassContext {
+    /// The item an entry of the pass names (`what` names the pass in the error of a vanished
+    /// one).
+    pub async fn item(&self, item_id: i64, what: &str) -> anyhow::Result<ItemRecord> {
+        db(&self.queue, move |q| q.item(item_id))
+            .await?
+            .with_context(|| format!("a {what} names a vanished item"))
+    }
 }
 
 /// A pass whose records are changes of the user's entry in the pass's own table (resend,

@@ -9,7 +9,6 @@
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 
 use crate::graph::{GraphError, ResponseMeta, Traced};
@@ -277,9 +276,7 @@ impl EntryWork for ResendOps {
     /// address cannot be re-invited and is recorded failed (`None`).
     async fn prepare(&self, entry: ResendEntry) -> anyhow::Result<Option<(ResendItem, ItemPlan)>> {
         let item_id = entry.item_id;
-        let item = db(&self.cx.queue, move |q| q.item(item_id))
-            .await?
-            .context("a resend names a vanished item")?;
+        let item = self.cx.item(item_id, "resend").await?;
         match (item.user_id.as_deref(), item.external_email.as_deref()) {
             (Some(_), Some(email)) => Ok(Some(ResendItem::new(entry, &item, email, &self.options))),
             _ => {
