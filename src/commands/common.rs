@@ -1,6 +1,8 @@
 //! What `run`, `resume`, `retry` and `demo` share: connecting to Graph, executing a run's queue
 //! with signal handling (SIGINT, SIGTERM and SIGHUP alike), and turning the result into the exit
-//! code.
+//! code. And what the passes over a run's users (`resend`, `retire`, `restore`, `rollback`)
+//! share: signing in, choosing who `--only` and `--limit` name, working the pass under the lease
+//! ([`PassRun`]) and the exit status of its end ([`pass_exit`]).
 
 use std::collections::{BTreeSet, HashSet};
 use std::io::{BufRead, IsTerminal, Write};
@@ -1015,6 +1017,13 @@ pub fn scope_of_pass<S: PassTable>(
         only: selected,
     };
     Ok((scope, limit.map_or(open, |l| l.min(open))))
+}
+
+/// Prints a line for people, unless the command answers in `--json`.
+pub fn say(json: bool, line: String) {
+    if !json {
+        println!("{line}");
+    }
 }
 
 /// Asks on the terminal before a pass touches anyone: `prompt` says what is about to happen.

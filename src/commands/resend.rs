@@ -40,7 +40,7 @@ pub async fn resend(db: &Path, args: ResendArgs) -> anyhow::Result<ExitStatus> {
     let (queue, lease, run) = common::lease_run(db, Some(args.run_id))?;
     let last_tracked = resendable(&queue, &run)?;
     common::require_consent_possible(RunMode::Live, args.yes)?;
-    let say = |line: String| say_unless_json(&args, line);
+    let say = |line: String| common::say(args.json, line);
 
     let Some((pass, continued)) = open_pass(&queue, &run, &args, only.as_ref(), &last_tracked)?
     else {
@@ -145,8 +145,8 @@ fn open_pass(
     let users = queue.resend_candidate_list(run.id, &cut)?;
     let chosen = common::choose(&users, only, args.limit, WHO)?;
     if chosen.is_empty() {
-        say_unless_json(
-            args,
+        common::say(
+            args.json,
             format!(
                 "nobody to re-invite: no converted user of run {} is pending acceptance \
                  (older than {} days) per the track of {last_tracked}",
@@ -160,16 +160,9 @@ fn open_pass(
     }
     let pass = queue.create_resend_pass(run.id, args.older_than, &cut)?;
     if pass.is_none() {
-        say_unless_json(args, "nobody to re-invite".into());
+        common::say(args.json, "nobody to re-invite".into());
     }
     Ok(pass.map(|pass| (pass, false)))
-}
-
-/// A line for people, not with `--json`.
-fn say_unless_json(args: &ResendArgs, line: String) {
-    if !args.json {
-        println!("{line}");
-    }
 }
 
 /// A run `resend` can work: live, and tracked at least once. Returns the last track's time.

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::common;
+use super::common::{self, say};
 use crate::cli::RestoreArgs;
 use crate::exit::ExitStatus;
 use crate::graph::GraphClient;
@@ -193,13 +193,6 @@ pub(super) fn name_of(item: &ItemRecord) -> String {
         .clone()
         .or_else(|| item.user_id.clone())
         .unwrap_or_else(|| format!("item {}", item.id))
-}
-
-/// A line for people, not with `--json`.
-pub(super) fn say(json: bool, line: String) {
-    if !json {
-        println!("{line}");
-    }
 }
 
 /// Asks before a back-out touches anyone, naming the tenant and the number of users.

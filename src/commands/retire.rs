@@ -39,11 +39,7 @@ pub async fn retire(db: &Path, args: RetireArgs) -> anyhow::Result<ExitStatus> {
     let (queue, lease, run) = common::lease_run(db, Some(args.run_id))?;
     live_only(&run)?;
     common::require_consent_possible(RunMode::Live, args.yes)?;
-    let say = |line: String| {
-        if !args.json {
-            println!("{line}");
-        }
-    };
+    let say = |line: String| common::say(args.json, line);
 
     let graph = common::sign_in(&args.endpoints, args.auth, &queue, &run, RunMode::Live).await?;
     let findings = super::preflight::require_retire_ready(&graph).await?;
@@ -139,11 +135,7 @@ fn open_pass(
     }
     let candidates = queue.retire_candidates(run.id)?;
     let chosen = common::choose(&candidates, only, args.limit, WHO)?;
-    let nobody = |line: String| {
-        if !args.json {
-            println!("{line}");
-        }
-    };
+    let nobody = |line: String| common::say(args.json, line);
     if chosen.is_empty() {
         nobody(format!(
             "nobody to retire: run {} has no converted user left to retire",

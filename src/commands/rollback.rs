@@ -11,9 +11,9 @@
 
 use std::path::Path;
 
-use super::common;
+use super::common::{self, say};
 use super::restore::{
-    confirm, converted, finish, live_run, name_of, named_items, open_entries, say, BackOut,
+    confirm, converted, finish, live_run, name_of, named_items, open_entries, BackOut,
 };
 use crate::cli::RollbackArgs;
 use crate::exit::{ExitError, ExitStatus};
