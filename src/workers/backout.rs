@@ -628,16 +628,16 @@ mod tests {
         kind: BackoutKind,
         passwords: Option<PasswordsFile>,
     ) -> u64 {
-        let q = &run.queue;
+        let q = &run.cx.queue;
         let ops = BackoutOps {
-            cx: run.context(),
-            run_id: run.run_id,
+            cx: run.cx.clone(),
+            run_id: run.run_id(),
             kind,
             passwords,
             max_attempts: 3,
         };
         let spent = crate::workers::executor::on_emulator::write_transactions_of(q, ops).await;
-        assert_eq!(q.backout_counts(run.run_id, kind).unwrap().done, 1);
+        assert_eq!(q.backout_counts(run.run_id(), kind).unwrap().done, 1);
         spent
     }
 
@@ -654,8 +654,9 @@ mod tests {
             mail_to: Some("before1@fabrikam.example".into()),
             mail_tool: run.items[0].external_email.clone(),
         };
-        run.queue
-            .add_backout(run.run_id, BackoutKind::Restore, &[back])
+        run.cx
+            .queue
+            .add_backout(run.run_id(), BackoutKind::Restore, &[back])
             .unwrap();
         let spent = write_transactions_of(&run, BackoutKind::Restore, None).await;
         assert_eq!(spent, 3);
@@ -671,8 +672,9 @@ mod tests {
             item_id: run.items[0].id,
             ..Default::default()
         };
-        run.queue
-            .add_backout(run.run_id, BackoutKind::Rollback, &[back])
+        run.cx
+            .queue
+            .add_backout(run.run_id(), BackoutKind::Rollback, &[back])
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let passwords = PasswordsFile::create(&dir.path().join("pw.csv")).unwrap();

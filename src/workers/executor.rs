@@ -469,6 +469,7 @@ fn chunk_read_stopped(e: GraphError, doing: &str) -> PassEnd {
 
 /// What a pass over users works with: the run's queue, its Graph client (requests gated by the
 /// lease) and the invocation's progress bar.
+#[derive(Clone)]
 pub struct PassContext {
     pub queue: Arc<Queue>,
     pub graph: GraphClient,
@@ -1156,14 +1157,12 @@ pub(crate) mod on_emulator {
     use crate::queue::Queue;
     use crate::workers::convert::{ConvertItem, ConvertOps};
 
-    /// A converted run: the emulator holding its users, the queue and the run's items.
+    /// A converted run: the emulator holding its users, what a pass over them works with, and
+    /// the run's items.
     pub struct Converted {
         pub emulator: Emulator,
-        pub graph: GraphClient,
-        pub queue: Arc<Queue>,
-        pub run_id: i64,
+        pub cx: super::PassContext,
         pub items: Vec<ItemRecord>,
-        pub options: RunOptions,
         _dir: tempfile::TempDir,
     }
 
@@ -1184,13 +1183,8 @@ pub(crate) mod on_emulator {
     }
 
     impl Converted {
-        /// What a pass over the run's users works with.
-        pub fn context(&self) -> super::PassContext {
-            super::PassContext {
-                queue: self.queue.clone(),
-                graph: self.graph.clone(),
-                progress: Arc::new(Progress::new("test", self.items.len() as u64)),
-            }
+        pub fn run_id(&self) -> i64 {
+            self.items[0].run_id
         }
     }
 
@@ -1248,10 +1242,15 @@ pub(crate) mod on_emulator {
         let run_id = queue
             .create_run(&source, RunMode::Live, &options, None, &base)
             .unwrap();
+        let cx = super::PassContext {
+            queue: queue.clone(),
+            graph,
+            progress: Arc::new(Progress::new("test", n as u64)),
+        };
         let ops = ConvertOps {
             queue: queue.clone(),
-            graph: graph.clone(),
-            progress: Arc::new(Progress::new("test", n as u64)),
+            graph: cx.graph.clone(),
+            progress: cx.progress.clone(),
         };
         let mut items = Vec::new();
         for (k, user) in users.iter().enumerate() {
@@ -1281,11 +1280,8 @@ pub(crate) mod on_emulator {
         }
         Converted {
             emulator,
-            graph,
-            queue,
-            run_id,
+            cx,
             items,
-            options,
             _dir: dir,
         }
     }

@@ -502,8 +502,8 @@ mod tests {
     async fn a_re_invited_user_costs_two_write_transactions() {
         use crate::queue::track::TrackResult;
         let run = crate::workers::executor::on_emulator::converted(1, false).await;
-        let q = &run.queue;
-        let track = q.start_track(run.run_id).unwrap();
+        let q = &run.cx.queue;
+        let track = q.start_track(run.run_id()).unwrap();
         let seen = TrackResult::Seen {
             item_id: run.items[0].id,
             state: "PendingAcceptance".into(),
@@ -512,13 +512,13 @@ mod tests {
         q.record_track_results(track, &[seen]).unwrap();
         q.finish_track(track).unwrap();
         let pass = q
-            .create_resend_pass(run.run_id, 0, &cutoff(Utc::now(), 0))
+            .create_resend_pass(run.run_id(), 0, &cutoff(Utc::now(), 0))
             .unwrap()
             .unwrap();
         let ops = ResendOps {
-            cx: run.context(),
+            cx: run.cx.clone(),
             pass_id: pass.id,
-            options: Arc::new(run.options.clone()),
+            options: Arc::default(),
         };
         let spent = crate::workers::executor::on_emulator::write_transactions_of(q, ops).await;
         assert_eq!(q.resend_summary(pass.id).unwrap().done, 1);

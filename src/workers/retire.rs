@@ -453,10 +453,10 @@ mod tests {
         let run = crate::workers::executor::on_emulator::converted(1, false).await;
         let user_id = run.items[0].user_id.clone().unwrap();
         assert_eq!(run.emulator.redeem(&user_id), Some(200));
-        let q = &run.queue;
-        let pass = q.create_retire_pass(run.run_id).unwrap().unwrap();
+        let q = &run.cx.queue;
+        let pass = q.create_retire_pass(run.run_id()).unwrap().unwrap();
         let ops = RetireOps {
-            cx: run.context(),
+            cx: run.cx.clone(),
             pass_id: pass.id,
             max_attempts: 3,
             privileges: Arc::default(),
