@@ -390,8 +390,8 @@ impl EntryWork for BackoutOps {
         entry.item_id
     }
 
-    fn has_user(entry: &BackoutEntry) -> bool {
-        entry.user_id.is_some()
+    fn user_id(entry: &BackoutEntry) -> Option<&str> {
+        entry.user_id.as_deref()
     }
 
     /// No step named: a restore left between its two steps (the first checkpointed done, the
@@ -411,15 +411,11 @@ impl EntryWork for BackoutOps {
     /// A restore step whose property already holds the snapshot's value is checkpointed done
     /// without a request; a user changed since by someone else, not redeemed, gone or without
     /// an object id is recorded left alone.
-    async fn read_chunk(
+    async fn sort_chunk(
         &self,
         chunk: Vec<BackoutEntry>,
-    ) -> anyhow::Result<Result<Vec<BackoutEntry>, GraphError>> {
-        let ids: Vec<String> = chunk.iter().filter_map(|e| e.user_id.clone()).collect();
-        let now = match UsersById::read(&self.cx.graph, &ids).await {
-            Ok(now) => now,
-            Err(e) => return Ok(Err(e)),
-        };
+        now: &UsersById,
+    ) -> anyhow::Result<Vec<BackoutEntry>> {
         let mut left = Vec::with_capacity(chunk.len());
         for mut entry in chunk {
             let Some(id) = entry.user_id.as_deref() else {
@@ -443,7 +439,7 @@ impl EntryWork for BackoutOps {
                 None => left.push(entry),
             }
         }
-        Ok(Ok(left))
+        Ok(left)
     }
 }
 

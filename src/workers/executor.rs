@@ -700,8 +700,8 @@ impl UsersById {
 const CHUNK: usize = 300;
 
 /// How a pass over its table's entries is worked, once [`work_entries`] has them: which step
-/// an entry was left in flight at, the item and plan the executor works, and the bulk re-read
-/// of each chunk just before it is worked.
+/// an entry was left in flight at, the item and plan the executor works, and what the bulk
+/// re-read of each chunk just before it is worked means for its entries.
 pub trait EntryWork: EntryPass + Send + Sized + 'static {
     /// An entry as the pass's table holds it.
     type Entry: Clone + Send + 'static;
@@ -721,8 +721,8 @@ pub trait EntryWork: EntryPass + Send + Sized + 'static {
 
     fn item_id(entry: &Self::Entry) -> i64;
 
-    /// Whether the entry's user has an object id (a re-read can find it).
-    fn has_user(entry: &Self::Entry) -> bool;
+    /// The object id of the entry's user, if it has one (a re-read can find it).
+    fn user_id(entry: &Self::Entry) -> Option<&str>;
 
     /// The step an entry in flight was checkpointed at (`None`: between two steps).
     fn in_flight_step(entry: &Self::Entry) -> Option<Step>;
@@ -734,12 +734,13 @@ pub trait EntryWork: EntryPass + Send + Sized + 'static {
         entry: Self::Entry,
     ) -> impl Future<Output = anyhow::Result<Option<(Self::Item, ItemPlan)>>> + Send;
 
-    /// Re-reads the chunk's users in bulk just before they are worked, records those the pass
-    /// leaves alone, and returns the others (as now checkpointed).
-    fn read_chunk(
+    /// Sorts a chunk by what its users, re-read in bulk just before they are worked, show:
+    /// records those the pass leaves alone and returns the others (as now checkpointed).
+    fn sort_chunk(
         &self,
         chunk: Vec<Self::Entry>,
-    ) -> impl Future<Output = anyhow::Result<Result<Vec<Self::Entry>, GraphError>>> + Send;
+        now: &UsersById,
+    ) -> impl Future<Output = anyhow::Result<Vec<Self::Entry>>> + Send;
 }
 
 /// Which of a pass's users one invocation works, and how.
@@ -778,10 +779,15 @@ pub async fn work_entries<P: EntryWork>(
         let mut chunk = chunk.to_vec();
         chunk.truncate(usize::try_from(budget).unwrap_or(usize::MAX));
         let taken = chunk.len();
-        let chunk = match ops.read_chunk(chunk).await? {
-            Ok(left) => left,
+        let ids: Vec<String> = chunk
+            .iter()
+            .filter_map(|e| P::user_id(e).map(str::to_string))
+            .collect();
+        let now = match UsersById::read(&ops.context().graph, &ids).await {
+            Ok(now) => now,
             Err(e) => return Ok(chunk_read_stopped(e, P::READING)),
         };
+        let chunk = ops.sort_chunk(chunk, &now).await?;
         let counted = if P::LIMIT_COUNTS_LEFT_ALONE {
             taken
         } else {
@@ -797,7 +803,7 @@ pub async fn work_entries<P: EntryWork>(
 /// stops, if one of them stops it.
 async fn reconcile_in_flight<P: EntryWork>(ops: &Arc<P>) -> anyhow::Result<Option<StopReason>> {
     for entry in ops.entries(P::State::IN_FLIGHT).await? {
-        let (step, has_user) = (P::in_flight_step(&entry), P::has_user(&entry));
+        let (step, has_user) = (P::in_flight_step(&entry), P::user_id(&entry).is_some());
         let Some((mut it, mut plan)) = ops.prepare(entry).await? else {
             continue;
         };

@@ -264,8 +264,8 @@ impl EntryWork for ResendOps {
         entry.item_id
     }
 
-    fn has_user(entry: &ResendEntry) -> bool {
-        entry.user_id.is_some()
+    fn user_id(entry: &ResendEntry) -> Option<&str> {
+        entry.user_id.as_deref()
     }
 
     fn in_flight_step(_entry: &ResendEntry) -> Option<Step> {
@@ -290,15 +290,11 @@ impl EntryWork for ResendOps {
     }
 
     /// Records those who redeemed since the last `track` (or are gone) as skipped.
-    async fn read_chunk(
+    async fn sort_chunk(
         &self,
         chunk: Vec<ResendEntry>,
-    ) -> anyhow::Result<Result<Vec<ResendEntry>, GraphError>> {
-        let ids: Vec<String> = chunk.iter().filter_map(|e| e.user_id.clone()).collect();
-        let now = match UsersById::read(&self.cx.graph, &ids).await {
-            Ok(now) => now,
-            Err(e) => return Ok(Err(e)),
-        };
+        now: &UsersById,
+    ) -> anyhow::Result<Vec<ResendEntry>> {
         let mut left = Vec::with_capacity(chunk.len());
         for entry in chunk {
             let why = match entry.user_id.as_deref().map(|id| now.get(id)) {
@@ -319,7 +315,7 @@ impl EntryWork for ResendOps {
                 None => left.push(entry),
             }
         }
-        Ok(Ok(left))
+        Ok(left)
     }
 }
 

@@ -287,9 +287,8 @@ impl EntryWork for RetireOps {
         entry.item_id
     }
 
-    fn has_user(_entry: &RetireEntry) -> bool {
-        // An entry without an object id is never worked (`prepare`).
-        true
+    fn user_id(entry: &RetireEntry) -> Option<&str> {
+        entry.user_id.as_deref()
     }
 
     fn in_flight_step(entry: &RetireEntry) -> Option<Step> {
@@ -303,15 +302,11 @@ impl EntryWork for RetireOps {
     /// Records what the users show (redemption, synced, password change time), skips those not
     /// to be written, and returns the others with the two Graph times their first request is
     /// judged against.
-    async fn read_chunk(
+    async fn sort_chunk(
         &self,
         chunk: Vec<RetireEntry>,
-    ) -> anyhow::Result<Result<Vec<RetireEntry>, GraphError>> {
-        let ids: Vec<String> = chunk.iter().filter_map(|e| e.user_id.clone()).collect();
-        let now = match UsersById::read(&self.cx.graph, &ids).await {
-            Ok(now) => now,
-            Err(e) => return Ok(Err(e)),
-        };
+        now: &UsersById,
+    ) -> anyhow::Result<Vec<RetireEntry>> {
         let mut facts = Vec::new();
         let mut left = Vec::with_capacity(chunk.len());
         let mut skipped = Vec::new();
@@ -341,7 +336,7 @@ impl EntryWork for RetireOps {
             self.leave(EntryKey::of_pass(self.pass_id, item_id), change)
                 .await?;
         }
-        Ok(Ok(left))
+        Ok(left)
     }
 }
 
