@@ -24,7 +24,7 @@ mod ingest;
 mod items;
 mod lease;
 mod log;
-mod pass;
+pub mod pass;
 mod redemption;
 mod report;
 pub mod report_facts;
@@ -47,8 +47,8 @@ pub use lease::{
     LEASE_STALE_ENV, STALE_AFTER,
 };
 pub use retire::{
-    CredentialFacts, OnPremisesCounts, RetireCandidate, RetireEntry, RetirePass, RetireState,
-    RetireSummary, RetiredCounts, SkipKind,
+    CredentialFacts, OnPremisesCounts, RetireChange, RetireEntry, RetirePass, RetireState,
+    RetireSummary, RetiredCounts, SeenState, SkipKind,
 };
 pub use runs::{OptionChange, PlannedUser};
 pub use select::Selection;

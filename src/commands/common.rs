@@ -1,8 +1,10 @@
 //! What `run`, `resume`, `retry` and `demo` share: connecting to Graph, executing a run's queue
 //! with signal handling (SIGINT, SIGTERM and SIGHUP alike), and turning the result into the exit
-//! code.
+//! code. And what the passes over a run's users (`resend`, `retire`, `restore`, `rollback`)
+//! share: signing in, choosing who `--only` and `--limit` name, working the pass under the lease
+//! ([`PassRun`]) and the exit status of its end ([`pass_exit`]).
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 use std::sync::Arc;
@@ -17,7 +19,11 @@ use crate::graph::{
 };
 use crate::item::{ItemState, RequestRecord, RunMode, RunOptions, RunRecord, RunStatus};
 use crate::progress::Progress;
+use crate::queue::pass::{PassTable, PassUser};
 use crate::queue::{Queue, RunLease};
+use crate::source::only::OnlyList;
+use crate::workers::executor::{work_entries, EntryWork, PassContext, PassEnd, PassScope};
+use crate::workers::planner::StopReason;
 use crate::workers::{self, Outcome, Pipeline};
 
 /// Graph and token endpoints of one invocation.
@@ -235,19 +241,13 @@ pub fn confirm(run: &RunRecord, users: u64) -> anyhow::Result<bool> {
         (None, Some(t)) => format!("{t} (not verified: the run recorded no tenant id)"),
         (None, None) => "(unknown: the run recorded no tenant)".to_string(),
     };
-    let mut err = std::io::stderr();
-    writeln!(
-        err,
+    confirm_pass(&format!(
         "About to CONVERT up to {users} users of tenant {tenant} to B2B collaboration (run {}, source {}).\n\
-         The conversion is one-way. Invitation emails: {}.\nType `yes` to go on: ",
+         The conversion is one-way. Invitation emails: {}.",
         run.id,
         run.source,
         if run.options.silent { "not sent (--silent)" } else { "sent" },
-    )?;
-    err.flush()?;
-    let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer)?;
-    Ok(answer.trim().eq_ignore_ascii_case("yes"))
+    ))
 }
 
 /// Whether a pass's [`StopWatch`] is listening for signals (it then stops the pass cleanly).
@@ -278,10 +278,10 @@ pub fn stop_at_once_until_a_pass_listens() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How a pass is told to stop: the first SIGINT, SIGTERM or SIGHUP (SPEC "Signals": all alike)
-/// or the run's lease lost to another process. A signal prints `stopping` with what continues
-/// the pass; a second one within [`SECOND_SIGNAL_WINDOW`] exits at once (130). Dropping the
-/// watch hands the signals back to [`stop_at_once_until_a_pass_listens`].
+/// How a pass is told to stop: the first SIGINT, SIGTERM or SIGHUP (all alike, see
+/// docs/reliability.md) or the run's lease lost to another process. A signal prints `stopping`
+/// with what continues the pass; a second one within [`SECOND_SIGNAL_WINDOW`] exits at once
+/// (130). Dropping the watch hands the signals back to [`stop_at_once_until_a_pass_listens`].
 pub struct StopWatch {
     pub stop: watch::Receiver<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -329,7 +329,7 @@ impl Drop for StopWatch {
 }
 
 /// A second signal this soon after the first quits at once; a later one only restarts the
-/// window (SPEC "Signals").
+/// window (docs/usage.md, "When a run stops").
 pub const SECOND_SIGNAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// SIGINT, SIGTERM and SIGHUP, handled alike: job schedulers, `systemd`, containers and CI stop
@@ -515,9 +515,7 @@ pub async fn execute(
     if lease.is_lost() || outcome.as_ref().is_err_and(lease_refused) {
         // Another process took the run over (this one stopped heart-beating for a long time):
         // its status is now that process's to write.
-        return Err(anyhow::anyhow!(
-            "run {run_id} was taken over by another process while this one was stalled; stopped"
-        ));
+        return Err(taken_over(run_id));
     }
     let stopped = |e: &anyhow::Error| {
         format!(
@@ -788,6 +786,37 @@ pub fn lease_run(db: &Path, id: Option<i64>) -> anyhow::Result<(Arc<Queue>, RunL
     Ok((queue, lease, run))
 }
 
+/// A usage error (exit 2) unless `run` is live: a dry run wrote to nobody, and `nothing` says
+/// what there is then nothing to do ("nobody was converted, there is nothing to track").
+pub fn require_live(run: &RunRecord, nothing: &str) -> anyhow::Result<()> {
+    if run.mode != RunMode::Live {
+        return Err(ExitError::usage(format!("run {} is a dry run: {nothing}", run.id)).into());
+    }
+    Ok(())
+}
+
+/// Opens the database and reads the run named, without its lease: for what writes nothing.
+pub fn read_run(db: &Path, id: i64) -> anyhow::Result<(Arc<Queue>, RunRecord)> {
+    let queue = Arc::new(Queue::open_existing(db)?);
+    let run = pick_run(&queue, Some(id))?;
+    Ok((queue, run))
+}
+
+/// The run a pass over its users works: a dry run reads it without the lease ([`read_run`]), a
+/// live one takes the lease first ([`lease_run`]).
+pub fn open_run(
+    db: &Path,
+    id: i64,
+    dry_run: bool,
+) -> anyhow::Result<(Arc<Queue>, Option<RunLease>, RunRecord)> {
+    if dry_run {
+        let (queue, run) = read_run(db, id)?;
+        return Ok((queue, None, run));
+    }
+    let (queue, lease, run) = lease_run(db, Some(id))?;
+    Ok((queue, Some(lease), run))
+}
+
 /// The exit status of a run that has ended, from its items alone.
 pub fn finished_status(queue: &Queue, run_id: i64) -> anyhow::Result<ExitStatus> {
     Ok(if workers::needs_attention(queue, run_id)? {
@@ -795,4 +824,214 @@ pub fn finished_status(queue: &Queue, run_id: i64) -> anyhow::Result<ExitStatus>
     } else {
         ExitStatus::Success
     })
+}
+
+/// Signs in for work on `run` with a command's endpoint and sign-in flags (see
+/// [`connect_to_run`]).
+pub async fn sign_in(
+    endpoints: &crate::cli::EndpointArgs,
+    auth: Option<crate::graph::AuthMethod>,
+    queue: &Arc<Queue>,
+    run: &RunRecord,
+    mode: RunMode,
+) -> anyhow::Result<GraphClient> {
+    let credentials = Credentials::resolve(auth)?;
+    connect_to_run(
+        &endpoints_for(endpoints, run),
+        credentials,
+        queue,
+        run,
+        mode,
+    )
+    .await
+}
+
+/// The error of a process whose run another process took over while this one was stalled.
+pub fn taken_over(run_id: i64) -> anyhow::Error {
+    anyhow::anyhow!(
+        "run {run_id} was taken over by another process while this one was stalled; stopped"
+    )
+}
+
+/// A pass over users this invocation works under the run's lease.
+pub struct PassRun<'a> {
+    pub queue: &'a Arc<Queue>,
+    pub lease: &'a RunLease,
+    pub run: &'a RunRecord,
+    /// What the progress bar says the pass is doing ("re-inviting").
+    pub label: &'static str,
+    /// How many users this invocation will work: what the bar counts, never the pass's total.
+    pub users: u64,
+    /// How the pass is continued after a stop ("`resend` continues this pass").
+    pub continues: String,
+    pub scope: PassScope,
+}
+
+impl PassRun<'_> {
+    /// Works the pass that `ops` builds from its context (the run's Graph client, its requests
+    /// gated by the lease, and a progress bar): Ctrl-C and a lost lease stop it after the
+    /// requests on the wire; the request log is on disk when it returns.
+    pub async fn work<P: EntryWork>(
+        self,
+        graph: GraphClient,
+        ops: impl FnOnce(PassContext) -> P,
+    ) -> anyhow::Result<PassEnd> {
+        let watch = StopWatch::start(self.lease, self.continues)?;
+        let progress = Arc::new(Progress::new(self.label, self.users));
+        let ops = ops(PassContext {
+            queue: self.queue.clone(),
+            graph: graph.with_gate(lease_gate(self.lease)),
+            progress: progress.clone(),
+        });
+        let outcome = work_entries(Arc::new(ops), self.scope, watch.stop.clone()).await;
+        drop(watch);
+        progress.finish();
+        self.queue.flush_request_log()?;
+        if self.lease.is_lost() || outcome.as_ref().is_err_and(lease_refused) {
+            return Err(taken_over(self.run.id));
+        }
+        outcome
+    }
+}
+
+/// The exit status a pass's command ends with, and what it says of the end: `again` says how
+/// the pass is continued ("`b2b-convert resend 3` continues this pass"), `say` prints a line
+/// for people (not with `--json`), and `done` decides a pass that ran to its end.
+pub fn pass_exit(
+    end: PassEnd,
+    run_id: i64,
+    again: &str,
+    say: impl Fn(String),
+    done: impl FnOnce() -> ExitStatus,
+) -> anyhow::Result<ExitStatus> {
+    match end {
+        PassEnd::Done => Ok(done()),
+        PassEnd::Interrupted => {
+            say(format!("interrupted: {again}"));
+            Ok(ExitStatus::Interrupted)
+        }
+        PassEnd::Stopped(StopReason::TenantRefused(message)) => {
+            eprintln!("error: the tenant refused to go on: {message}");
+            say(format!("stopped: nothing more was sent; {again}"));
+            Ok(ExitStatus::TenantRefused)
+        }
+        PassEnd::Stopped(StopReason::Unreachable(message)) => Err(anyhow::anyhow!(
+            "Graph cannot be reached, nothing more was sent: {message}; {again}"
+        )),
+        PassEnd::Stopped(StopReason::LeaseLost) => Err(taken_over(run_id)),
+        PassEnd::Stopped(StopReason::Error(message)) => Err(anyhow::anyhow!("{message}; {again}")),
+    }
+}
+
+/// Reads a pass's `--only` file: unreadable or naming nobody is a usage error (exit 2).
+pub fn read_only_list(path: Option<&Path>) -> anyhow::Result<Option<OnlyList>> {
+    path.map(|p| OnlyList::read(p).map_err(|e| ExitError::usage(e.to_string()).into()))
+        .transpose()
+}
+
+/// The users of `users` that `only` names (every one without it), in their order. A name that
+/// is none of them is a usage error before anything is sent (exit 2): `who` says who the users
+/// are ("not in this run").
+pub fn named_by<'a, T>(
+    users: &'a [T],
+    only: Option<&OnlyList>,
+    who: &str,
+    names: impl Fn(&T) -> (Option<&str>, Option<&str>),
+) -> anyhow::Result<Vec<&'a T>> {
+    let Some(only) = only else {
+        return Ok(users.iter().collect());
+    };
+    let missing: Vec<String> = only
+        .keys
+        .iter()
+        .filter(|k| {
+            let single = OnlyList {
+                keys: vec![(*k).clone()],
+            };
+            !users.iter().any(|u| {
+                let (id, upn) = names(u);
+                single.names(id, upn)
+            })
+        })
+        .map(|k| k.value().to_string())
+        .collect();
+    if !missing.is_empty() {
+        return Err(ExitError::usage(format!(
+            "--only names {} user(s) who are {who}: {}",
+            missing.len(),
+            missing.join(", ")
+        ))
+        .into());
+    }
+    Ok(users
+        .iter()
+        .filter(|u| {
+            let (id, upn) = names(u);
+            only.names(id, upn)
+        })
+        .collect())
+}
+
+/// The item ids `--only` and `--limit` choose among a pass's `users`, in item order (see
+/// [`named_by`]).
+pub fn choose(
+    users: &[PassUser],
+    only: Option<&OnlyList>,
+    limit: Option<u64>,
+    who: &str,
+) -> anyhow::Result<Vec<i64>> {
+    let cap = limit.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
+    let named = named_by(users, only, who, |u| {
+        (u.user_id.as_deref(), u.user_principal_name.as_deref())
+    })?;
+    Ok(named.into_iter().take(cap).map(|u| u.item_id).collect())
+}
+
+/// What this invocation works of pass `pass_id`: the entries of the pass's users `--only`
+/// names (every one without it), at most `--limit` of them, `concurrency` at a time; and how
+/// many users that is, for the prompt and the progress bar. `who` says who the pass's users
+/// are, in the error of a name that is none of them.
+pub fn scope_of_pass<S: PassTable>(
+    queue: &Queue,
+    pass_id: i64,
+    run: &RunRecord,
+    only: Option<&OnlyList>,
+    limit: Option<u64>,
+    who: &str,
+) -> anyhow::Result<(PassScope, u64)> {
+    let entries = queue.pass_users::<S>(pass_id)?;
+    let users: Vec<PassUser> = entries.iter().map(|(user, _)| user.clone()).collect();
+    let selected: Option<BTreeSet<i64>> = match only {
+        Some(only) => Some(choose(&users, Some(only), None, who)?.into_iter().collect()),
+        None => None,
+    };
+    let open = entries
+        .iter()
+        .filter(|(u, state)| {
+            state.is_open() && selected.as_ref().is_none_or(|s| s.contains(&u.item_id))
+        })
+        .count() as u64;
+    let scope = PassScope {
+        concurrency: run.options.concurrency,
+        limit,
+        only: selected,
+    };
+    Ok((scope, limit.map_or(open, |l| l.min(open))))
+}
+
+/// Prints a line for people, unless the command answers in `--json`.
+pub fn say(json: bool, line: String) {
+    if !json {
+        println!("{line}");
+    }
+}
+
+/// Asks on the terminal before a pass touches anyone: `prompt` says what is about to happen.
+pub fn confirm_pass(prompt: &str) -> anyhow::Result<bool> {
+    let mut err = std::io::stderr();
+    writeln!(err, "{prompt}\nType `yes` to go on: ")?;
+    err.flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(answer.trim().eq_ignore_ascii_case("yes"))
 }

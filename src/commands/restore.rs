@@ -12,36 +12,28 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::common;
+use super::common::{self, say};
 use crate::cli::RestoreArgs;
-use crate::exit::{ExitError, ExitStatus};
-use crate::graph::{Credentials, GraphClient};
+use crate::exit::ExitStatus;
+use crate::graph::GraphClient;
 use crate::item::{ItemRecord, ItemState, RunMode, RunRecord};
-use crate::progress::Progress;
-use crate::queue::backout::{BackoutCounts, BackoutKind, BackoutState, NewBackout};
+use crate::queue::backout::{BackoutKind, BackoutState, NewBackout};
+use crate::queue::pass::{EntryCounts, EntryState as _};
 use crate::queue::{Queue, RunLease};
 use crate::source::only::OnlyList;
 use crate::workers::backout::{user_type_to, BackoutOps, PasswordsFile};
-use crate::workers::planner::StopReason;
-use crate::workers::resend::PassEnd;
+use crate::workers::executor::{PassEnd, PassScope};
 
 pub async fn restore(db: &Path, args: RestoreArgs) -> anyhow::Result<ExitStatus> {
-    let only = read_only(args.only.as_deref())?;
-    let (queue, lease, run) = if args.dry_run {
-        let queue = Arc::new(Queue::open_existing(db)?);
-        let run = common::pick_run(&queue, Some(args.run_id))?;
-        (queue, None, run)
-    } else {
-        let (queue, lease, run) = common::lease_run(db, Some(args.run_id))?;
-        (queue, Some(lease), run)
-    };
+    let only = common::read_only_list(args.only.as_deref())?;
+    let (queue, lease, run) = common::open_run(db, args.run_id, args.dry_run)?;
     live_run(&run, "restore")?;
     let items = queue.items(run.id)?;
     let named = named_items(&items, only.as_ref())?;
     let wanted = restore_plan(&queue, &items, named.as_ref())?;
     let open: Vec<i64> = open_entries(&queue, run.id, BackoutKind::Restore, named.as_ref())?;
     let this_time = (wanted.len() + open.len()) as u64;
-    if args.dry_run {
+    let Some(lease) = lease else {
         for (u, item) in wanted.iter().filter_map(|u| {
             items
                 .iter()
@@ -82,8 +74,7 @@ pub async fn restore(db: &Path, args: RestoreArgs) -> anyhow::Result<ExitStatus>
             this_time,
         )?;
         return Ok(ExitStatus::Success);
-    }
-    let lease = lease.expect("a live restore holds the lease");
+    };
     if this_time == 0 {
         say(
             args.json,
@@ -106,49 +97,24 @@ pub async fn restore(db: &Path, args: RestoreArgs) -> anyhow::Result<ExitStatus>
     {
         return Err(common::declined());
     }
-    let graph = common::connect_to_run(
-        &common::endpoints_for(&args.endpoints, &run),
-        Credentials::resolve(args.auth)?,
-        &queue,
-        &run,
-        RunMode::Live,
-    )
-    .await?;
+    let graph = common::sign_in(&args.endpoints, args.auth, &queue, &run, RunMode::Live).await?;
     queue.add_backout(run.id, BackoutKind::Restore, &wanted)?;
-    let selected = named.map(|n| n.into_iter().collect());
-    let end = execute(
-        &queue,
-        &lease,
-        &run,
-        graph,
-        BackoutKind::Restore,
-        None,
-        this_time,
-        selected,
-    )
-    .await?;
+    let back_out = BackOut {
+        queue: &queue,
+        lease: &lease,
+        run: &run,
+        kind: BackoutKind::Restore,
+        users: this_time,
+        only: named,
+    };
+    let end = back_out.work(graph, None).await?;
     finish(&queue, &run, BackoutKind::Restore, end, args.json)
 }
 
 /// A back-out works a live run's users only.
 pub(super) fn live_run(run: &RunRecord, command: &str) -> anyhow::Result<()> {
-    if run.mode != RunMode::Live {
-        return Err(ExitError::usage(format!(
-            "run {} is a dry run: nothing was written to any user, there is nothing to {command}",
-            run.id
-        ))
-        .into());
-    }
-    Ok(())
-}
-
-pub(super) fn read_only(path: Option<&Path>) -> anyhow::Result<Option<OnlyList>> {
-    match path {
-        Some(path) => Ok(Some(
-            OnlyList::read(path).map_err(|e| ExitError::usage(e.to_string()))?,
-        )),
-        None => Ok(None),
-    }
+    let nothing = format!("nothing was written to any user, there is nothing to {command}");
+    common::require_live(run, &nothing)
 }
 
 /// The items `--only` names (`None`: every item). A name that matches no item of the run is a
@@ -160,34 +126,10 @@ pub(super) fn named_items(
     let Some(only) = only else {
         return Ok(None);
     };
-    let missing: Vec<String> = only
-        .keys
-        .iter()
-        .filter(|k| {
-            let single = OnlyList {
-                keys: vec![(*k).clone()],
-            };
-            !items
-                .iter()
-                .any(|i| single.names(i.user_id.as_deref(), i.user_principal_name.as_deref()))
-        })
-        .map(|k| k.value().to_string())
-        .collect();
-    if !missing.is_empty() {
-        return Err(ExitError::usage(format!(
-            "--only names {} user(s) who are not in this run: {}",
-            missing.len(),
-            missing.join(", ")
-        ))
-        .into());
-    }
-    Ok(Some(
-        items
-            .iter()
-            .filter(|i| only.names(i.user_id.as_deref(), i.user_principal_name.as_deref()))
-            .map(|i| i.id)
-            .collect(),
-    ))
+    let named = common::named_by(items, Some(only), "not in this run", |i| {
+        (i.user_id.as_deref(), i.user_principal_name.as_deref())
+    })?;
+    Ok(Some(named.into_iter().map(|i| i.id).collect()))
 }
 
 /// The users whose mail or userType the tool set (per their step records) and who are not in
@@ -240,7 +182,7 @@ pub(super) fn open_entries(
     Ok(queue
         .backout_entries(run_id, kind, None)?
         .into_iter()
-        .filter(|e| matches!(e.state, BackoutState::Pending | BackoutState::InFlight))
+        .filter(|e| e.state.is_open())
         .filter(|e| named.is_none_or(|n| n.contains(&e.item_id)))
         .map(|e| e.item_id)
         .collect())
@@ -253,78 +195,65 @@ pub(super) fn name_of(item: &ItemRecord) -> String {
         .unwrap_or_else(|| format!("item {}", item.id))
 }
 
-fn say(json: bool, line: String) {
-    if !json {
-        println!("{line}");
-    }
-}
-
 /// Asks before a back-out touches anyone, naming the tenant and the number of users.
 pub(super) fn confirm(run: &RunRecord, what: &str, users: u64) -> anyhow::Result<bool> {
-    use std::io::{BufRead as _, Write as _};
     let tenant = run
         .tenant
         .as_ref()
         .map_or_else(|| "(unknown tenant)".to_string(), ToString::to_string);
-    let mut err = std::io::stderr();
-    writeln!(
-        err,
-        "About to {what} {users} users of tenant {tenant} (run {}).\nType `yes` to go on: ",
+    common::confirm_pass(&format!(
+        "About to {what} {users} users of tenant {tenant} (run {}).",
         run.id
-    )?;
-    err.flush()?;
-    let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer)?;
-    Ok(answer.trim().eq_ignore_ascii_case("yes"))
+    ))
 }
 
-/// Works the back-out under the run's lease, with Ctrl-C and a lost lease stopping it after
-/// the requests on the wire, and a progress bar over this invocation's users.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn execute(
-    queue: &Arc<Queue>,
-    lease: &RunLease,
-    run: &RunRecord,
-    graph: GraphClient,
-    kind: BackoutKind,
-    passwords: Option<PasswordsFile>,
-    users: u64,
-    only: Option<BTreeSet<i64>>,
-) -> anyhow::Result<PassEnd> {
-    let watch = common::StopWatch::start(lease, format!("`{}` continues", kind.as_str()))?;
-    let progress = Arc::new(Progress::new(
-        match kind {
-            BackoutKind::Restore => "restoring",
-            BackoutKind::Rollback => "converting back",
-        },
-        users,
-    ));
-    let ops = Arc::new(BackoutOps {
-        queue: queue.clone(),
-        graph: graph.with_gate(common::lease_gate(lease)),
-        kind,
-        progress: progress.clone(),
-        passwords,
-        max_attempts: run.options.max_attempts,
-    });
-    let outcome = crate::workers::backout::work(
-        ops,
-        run.id,
-        run.options.concurrency,
-        watch.stop.clone(),
-        only,
-    )
-    .await;
-    drop(watch);
-    progress.finish();
-    queue.flush_request_log()?;
-    if lease.is_lost() || outcome.as_ref().is_err_and(common::lease_refused) {
-        return Err(anyhow::anyhow!(
-            "run {} was taken over by another process while this one was stalled; stopped",
-            run.id
-        ));
+/// A back-out this invocation works under the run's lease.
+pub(super) struct BackOut<'a> {
+    pub queue: &'a Arc<Queue>,
+    pub lease: &'a RunLease,
+    pub run: &'a RunRecord,
+    pub kind: BackoutKind,
+    /// How many users this invocation works (the progress bar's count).
+    pub users: u64,
+    /// `--only`: just the entries of these items.
+    pub only: Option<BTreeSet<i64>>,
+}
+
+impl BackOut<'_> {
+    /// Works the back-out (see [`common::PassRun::work`]); `passwords` takes the new passwords
+    /// of the cloud users a rollback converts back.
+    pub async fn work(
+        self,
+        graph: GraphClient,
+        passwords: Option<PasswordsFile>,
+    ) -> anyhow::Result<PassEnd> {
+        let (run, kind) = (self.run, self.kind);
+        let pass_run = common::PassRun {
+            queue: self.queue,
+            lease: self.lease,
+            run,
+            label: match kind {
+                BackoutKind::Restore => "restoring",
+                BackoutKind::Rollback => "converting back",
+            },
+            users: self.users,
+            continues: format!("`{}` continues", kind.as_str()),
+            scope: PassScope {
+                concurrency: run.options.concurrency,
+                limit: None,
+                only: self.only,
+            },
+        };
+        pass_run
+            .work(graph, |cx| BackoutOps {
+                cx,
+                run_id: run.id,
+                kind,
+                passwords,
+                max_attempts: run.options.max_attempts,
+            })
+            .await
     }
-    outcome
 }
 
 /// The summary line, `--json`'s object, every user left alone or failed, and the exit status:
@@ -368,29 +297,22 @@ pub(super) fn finish(
     }
     print_json(json, run, kind, queue, false, c.open())?;
     let resume = format!("`b2b-convert {command} {}` continues", run.id);
-    match end {
-        PassEnd::Stopped(StopReason::TenantRefused(message)) => {
-            eprintln!("error: the tenant refused to go on: {message}; {resume}");
-            Ok(ExitStatus::TenantRefused)
-        }
-        PassEnd::Stopped(StopReason::Unreachable(message)) => Err(anyhow::anyhow!(
-            "Graph cannot be reached, nothing more was sent: {message}; {resume}"
-        )),
-        PassEnd::Stopped(StopReason::LeaseLost) => Err(anyhow::anyhow!(
-            "run {} was taken over by another process while this one was stalled; stopped",
-            run.id
-        )),
-        PassEnd::Stopped(StopReason::Error(message)) => Err(anyhow::anyhow!("{message}; {resume}")),
-        PassEnd::Interrupted => {
-            say(json, format!("interrupted: {resume}"));
-            Ok(ExitStatus::Interrupted)
-        }
-        PassEnd::Done if not_done(&c) => Ok(ExitStatus::NeedsAttention),
-        PassEnd::Done => Ok(ExitStatus::Success),
-    }
+    common::pass_exit(
+        end,
+        run.id,
+        &resume,
+        |line| say(json, line),
+        || {
+            if not_done(&c) {
+                ExitStatus::NeedsAttention
+            } else {
+                ExitStatus::Success
+            }
+        },
+    )
 }
 
-fn not_done(c: &BackoutCounts) -> bool {
+fn not_done(c: &EntryCounts) -> bool {
     c.failed + c.skipped + c.open() > 0
 }
 

@@ -16,114 +16,55 @@ use std::sync::Arc;
 
 use super::common;
 use crate::cli::RetireArgs;
-use crate::exit::{ExitError, ExitStatus};
-use crate::graph::{Credentials, GraphClient};
+use crate::exit::ExitStatus;
+use crate::graph::GraphClient;
 use crate::item::{RunMode, RunRecord};
-use crate::model::User;
-use crate::progress::Progress;
-use crate::queue::{Queue, RetireCandidate, RetireEntry, RetireState, RetireSummary, SkipKind};
+use crate::queue::pass::{EntryState as _, PassUser};
+use crate::queue::{Queue, RetireEntry, RetirePass, RetireState, RetireSummary, SkipKind};
 use crate::source::only::OnlyList;
-use crate::workers::planner::StopReason;
-use crate::workers::resend::PassEnd;
+use crate::workers::executor::UsersById;
 use crate::workers::retire::{skip_reason, Privileges, RetireOps};
 
 /// Users named on screen per kind; the rest are in `--json`, the reports and `scripts`.
 const LISTED: usize = 20;
 
+/// Who `--only` may name, in its error: the users a retire pass takes.
+const WHO: &str = "not converted users of this run left to retire";
+
 pub async fn retire(db: &Path, args: RetireArgs) -> anyhow::Result<ExitStatus> {
-    let only = match &args.only {
-        Some(path) => Some(OnlyList::read(path).map_err(|e| ExitError::usage(e.to_string()))?),
-        None => None,
-    };
+    let only = common::read_only_list(args.only.as_deref())?;
     if args.dry_run {
         return dry_run(db, &args, only.as_ref()).await;
     }
     let (queue, lease, run) = common::lease_run(db, Some(args.run_id))?;
     live_only(&run)?;
     common::require_consent_possible(RunMode::Live, args.yes)?;
-    let say = |line: String| {
-        if !args.json {
-            println!("{line}");
-        }
-    };
+    let say = |line: String| common::say(args.json, line);
 
-    let graph = common::connect_to_run(
-        &common::endpoints_for(&args.endpoints, &run),
-        Credentials::resolve(args.auth)?,
-        &queue,
-        &run,
-        RunMode::Live,
-    )
-    .await?;
+    let graph = common::sign_in(&args.endpoints, args.auth, &queue, &run, RunMode::Live).await?;
     let findings = super::preflight::require_retire_ready(&graph).await?;
     let privileges = Arc::new(privileges(&graph, &findings).await);
 
-    let (pass, continued) = match queue.open_retire_pass(run.id)? {
-        Some(pass) => (pass, true),
-        None => {
-            let candidates = queue.retire_candidates(run.id)?;
-            let chosen = choose(&candidates, only.as_ref(), args.limit)?;
-            if chosen.is_empty() {
-                say(format!(
-                    "nobody to retire: run {} has no converted user left to retire",
-                    run.id
-                ));
-                print_json(
-                    &args,
-                    &run,
-                    None,
-                    false,
-                    &[],
-                    &RetireSummary::default(),
-                    true,
-                );
-                return Ok(ExitStatus::Success);
-            }
-            if !args.yes && !confirm(&run, chosen.len() as u64)? {
-                eprintln!("declined: nothing was sent");
-                return Ok(ExitStatus::Fatal);
-            }
-            match queue.create_retire_pass(run.id)? {
-                Some(pass) => (pass, false),
-                None => {
-                    say("nobody to retire".into());
-                    print_json(
-                        &args,
-                        &run,
-                        None,
-                        false,
-                        &[],
-                        &RetireSummary::default(),
-                        true,
-                    );
-                    return Ok(ExitStatus::Success);
-                }
-            }
-        }
+    let Some((pass, continued)) = open_pass(&queue, &run, &args, only.as_ref())? else {
+        print_json(
+            &args,
+            &run,
+            None,
+            false,
+            &[],
+            &RetireSummary::default(),
+            true,
+        );
+        return Ok(ExitStatus::Success);
     };
-    let all = queue.all_retire_entries(pass.id)?;
-    let entries_as_candidates: Vec<RetireCandidate> = all
-        .iter()
-        .map(|e| RetireCandidate {
-            item_id: e.item_id,
-            user_id: e.user_id.clone(),
-            user_principal_name: e.user_principal_name.clone(),
-        })
-        .collect();
-    let selected: Option<BTreeSet<i64>> = match &only {
-        Some(o) => Some(
-            choose(&entries_as_candidates, Some(o), None)?
-                .into_iter()
-                .collect(),
-        ),
-        None => None,
-    };
-    let open = all
-        .iter()
-        .filter(|e| matches!(e.state, RetireState::Pending | RetireState::InFlight))
-        .filter(|e| selected.as_ref().is_none_or(|s| s.contains(&e.item_id)))
-        .count() as u64;
-    let this_time = args.limit.map_or(open, |l| l.min(open));
+    let (scope, this_time) = common::scope_of_pass::<RetireState>(
+        &queue,
+        pass.id,
+        &run,
+        only.as_ref(),
+        args.limit,
+        WHO,
+    )?;
     if continued {
         let s = queue.retire_summary(pass.id)?;
         say(format!(
@@ -135,42 +76,29 @@ pub async fn retire(db: &Path, args: RetireArgs) -> anyhow::Result<ExitStatus> {
             s.pending + s.in_flight
         ));
         if !args.yes && this_time > 0 && !confirm(&run, this_time)? {
-            eprintln!("declined: nothing was sent");
-            return Ok(ExitStatus::Fatal);
+            return Err(common::declined());
         }
     }
 
-    let watch = common::StopWatch::start(&lease, "`retire` continues this pass".into())?;
-    // The bar counts what this invocation will work, never the pass's total (SPEC: `--limit`).
-    let progress = Arc::new(Progress::new("retiring", this_time));
-    let ops = Arc::new(RetireOps {
-        queue: queue.clone(),
-        graph: graph.with_gate(common::lease_gate(&lease)),
-        pass_id: pass.id,
-        progress: progress.clone(),
-        max_attempts: run.options.max_attempts,
-    });
-    let outcome = crate::workers::retire::work(
-        ops,
-        privileges,
-        run.options.concurrency,
-        watch.stop.clone(),
-        args.limit,
-        selected,
-    )
-    .await;
-    drop(watch);
-    progress.finish();
-    queue.flush_request_log()?;
-    if lease.is_lost() || outcome.as_ref().is_err_and(common::lease_refused) {
-        return Err(anyhow::anyhow!(
-            "run {} was taken over by another process while this one was stalled; stopped",
-            run.id
-        ));
-    }
-    let outcome = outcome?;
+    let pass_run = common::PassRun {
+        queue: &queue,
+        lease: &lease,
+        run: &run,
+        label: "retiring",
+        users: this_time,
+        continues: "`retire` continues this pass".into(),
+        scope,
+    };
+    let end = pass_run
+        .work(graph, |cx| RetireOps {
+            cx,
+            pass_id: pass.id,
+            max_attempts: run.options.max_attempts,
+            privileges,
+        })
+        .await?;
     let s = queue.retire_summary(pass.id)?;
-    let finished = queue.finish_retire_pass(pass.id)?;
+    let finished = queue.finish_pass::<RetireState>(pass.id)?;
     let entries = queue.all_retire_entries(pass.id)?;
     if !args.json {
         print_summary(&run, pass.id, &s, &entries);
@@ -185,39 +113,49 @@ pub async fn retire(db: &Path, args: RetireArgs) -> anyhow::Result<ExitStatus> {
         finished,
     );
     let again = format!("`b2b-convert retire {}` continues this pass", run.id);
-    match outcome {
-        PassEnd::Stopped(StopReason::TenantRefused(message)) => {
-            eprintln!("error: the tenant refused to go on: {message}");
-            say(format!("stopped: nothing more was sent; {again}"));
-            Ok(ExitStatus::TenantRefused)
+    common::pass_exit(end, run.id, &again, say, || {
+        if s.not_done() > 0 {
+            ExitStatus::NeedsAttention
+        } else {
+            ExitStatus::Success
         }
-        PassEnd::Stopped(StopReason::Unreachable(message)) => Err(anyhow::anyhow!(
-            "Graph cannot be reached, nothing more was sent: {message}; {again}"
-        )),
-        PassEnd::Stopped(StopReason::LeaseLost) => Err(anyhow::anyhow!(
-            "run {} was taken over by another process while this one was stalled; stopped",
-            run.id
-        )),
-        PassEnd::Stopped(StopReason::Error(message)) => Err(anyhow::anyhow!("{message}; {again}")),
-        PassEnd::Interrupted => {
-            say(format!("interrupted: {again}"));
-            Ok(ExitStatus::Interrupted)
-        }
-        PassEnd::Done if s.not_done() > 0 => Ok(ExitStatus::NeedsAttention),
-        PassEnd::Done => Ok(ExitStatus::Success),
+    })
+}
+
+/// The run's open pass (`true`: continued), else a new one over the candidates this invocation
+/// chose, once the operator confirmed. `None` when there is nobody to retire (said).
+fn open_pass(
+    queue: &Queue,
+    run: &RunRecord,
+    args: &RetireArgs,
+    only: Option<&OnlyList>,
+) -> anyhow::Result<Option<(RetirePass, bool)>> {
+    if let Some(pass) = queue.open_retire_pass(run.id)? {
+        return Ok(Some((pass, true)));
     }
+    let candidates = queue.retire_candidates(run.id)?;
+    let chosen = common::choose(&candidates, only, args.limit, WHO)?;
+    let nobody = |line: String| common::say(args.json, line);
+    if chosen.is_empty() {
+        nobody(format!(
+            "nobody to retire: run {} has no converted user left to retire",
+            run.id
+        ));
+        return Ok(None);
+    }
+    if !args.yes && !confirm(run, chosen.len() as u64)? {
+        return Err(common::declined());
+    }
+    let pass = queue.create_retire_pass(run.id)?;
+    if pass.is_none() {
+        nobody("nobody to retire".into());
+    }
+    Ok(pass.map(|pass| (pass, false)))
 }
 
 /// A run `retire` can work: live.
 fn live_only(run: &RunRecord) -> anyhow::Result<()> {
-    if run.mode != RunMode::Live {
-        return Err(ExitError::usage(format!(
-            "run {} is a dry run: nobody was converted, there is nothing to retire",
-            run.id
-        ))
-        .into());
-    }
-    Ok(())
+    common::require_live(run, "nobody was converted, there is nothing to retire")
 }
 
 /// Who holds an admin role (one request), and whether the caller may reset their passwords too.
@@ -248,51 +186,33 @@ async fn dry_run(
     args: &RetireArgs,
     only: Option<&OnlyList>,
 ) -> anyhow::Result<ExitStatus> {
-    let queue = Arc::new(Queue::open_existing(db)?);
-    let run = common::pick_run(&queue, Some(args.run_id))?;
+    let (queue, run) = common::read_run(db, args.run_id)?;
     live_only(&run)?;
-    let candidates: Vec<RetireCandidate> = match queue.open_retire_pass(run.id)? {
+    let candidates: Vec<PassUser> = match queue.open_retire_pass(run.id)? {
         Some(pass) => queue
-            .all_retire_entries(pass.id)?
+            .pass_users::<RetireState>(pass.id)?
             .into_iter()
-            .filter(|e| matches!(e.state, RetireState::Pending | RetireState::InFlight))
-            .map(|e| RetireCandidate {
-                item_id: e.item_id,
-                user_id: e.user_id,
-                user_principal_name: e.user_principal_name,
-            })
+            .filter(|(_, state)| state.is_open())
+            .map(|(user, _)| user)
             .collect(),
         None => queue.retire_candidates(run.id)?,
     };
-    let chosen: BTreeSet<i64> = choose(&candidates, only, args.limit)?.into_iter().collect();
-    let chosen: Vec<&RetireCandidate> = candidates
+    let chosen: BTreeSet<i64> = common::choose(&candidates, only, args.limit, WHO)?
+        .into_iter()
+        .collect();
+    let chosen: Vec<&PassUser> = candidates
         .iter()
         .filter(|c| chosen.contains(&c.item_id))
         .collect();
-    let graph = common::connect_to_run(
-        &common::endpoints_for(&args.endpoints, &run),
-        Credentials::resolve(args.auth)?,
-        &queue,
-        &run,
-        RunMode::DryRun,
-    )
-    .await?;
+    let graph = common::sign_in(&args.endpoints, args.auth, &queue, &run, RunMode::DryRun).await?;
     let findings = super::preflight::retire_findings_of(&graph).await;
     let privileges = privileges(&graph, &findings).await;
     let ids: Vec<String> = chosen.iter().filter_map(|c| c.user_id.clone()).collect();
-    let users: std::collections::HashMap<String, User> = graph
-        .users_by_ids(&ids)
-        .await?
-        .into_iter()
-        .map(|u| (u.id.to_lowercase(), u))
-        .collect();
+    let users = UsersById::read(&graph, &ids).await?;
     let mut would = Vec::new();
     let mut not = Vec::new();
     for c in &chosen {
-        let user = c
-            .user_id
-            .as_deref()
-            .and_then(|id| users.get(&id.to_lowercase()));
+        let user = c.user_id.as_deref().and_then(|id| users.get(id));
         let name = c.user_principal_name.as_deref().unwrap_or("?");
         match skip_reason(user, &privileges) {
             None => would.push(name.to_string()),
@@ -335,46 +255,6 @@ async fn dry_run(
         );
     }
     Ok(ExitStatus::Success)
-}
-
-/// The item ids `--only` and `--limit` choose among `users`, in item order. A name that is
-/// none of them is an error before anything is sent (exit 2).
-fn choose(
-    users: &[RetireCandidate],
-    only: Option<&OnlyList>,
-    limit: Option<u64>,
-) -> anyhow::Result<Vec<i64>> {
-    let named = |o: &OnlyList, u: &RetireCandidate| {
-        o.names(u.user_id.as_deref(), u.user_principal_name.as_deref())
-    };
-    if let Some(o) = only {
-        let missing: Vec<String> = o
-            .keys
-            .iter()
-            .filter(|k| {
-                let single = OnlyList {
-                    keys: vec![(*k).clone()],
-                };
-                !users.iter().any(|u| named(&single, u))
-            })
-            .map(|k| k.value().to_string())
-            .collect();
-        if !missing.is_empty() {
-            return Err(ExitError::usage(format!(
-                "--only names {} user(s) who are not converted users of this run left to retire: {}",
-                missing.len(),
-                missing.join(", ")
-            ))
-            .into());
-        }
-    }
-    let cap = limit.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
-    Ok(users
-        .iter()
-        .filter(|u| only.is_none_or(|o| named(o, u)))
-        .take(cap)
-        .map(|u| u.item_id)
-        .collect())
 }
 
 /// The users of the pass skipped for `kind`, by UPN (or object id).
@@ -478,23 +358,16 @@ fn print_json(
 }
 
 fn confirm(run: &RunRecord, n: u64) -> anyhow::Result<bool> {
-    use std::io::{BufRead, Write};
-    let mut err = std::io::stderr();
-    writeln!(
-        err,
+    common::confirm_pass(&format!(
         "About to RETIRE the internal credentials of up to {n} converted users of run {} (tenant {}): \
          each one who has redeemed gets a random password nobody knows and its sign-in sessions \
          revoked; their internal password stops working for good. Synced and unredeemed users are \
-         not written.\nType `yes` to go on: ",
+         not written.",
         run.id,
         run.tenant
             .as_ref()
             .map(|t| t.to_string())
             .or_else(|| run.tenant_id.clone())
             .unwrap_or_else(|| "(from token)".into()),
-    )?;
-    err.flush()?;
-    let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer)?;
-    Ok(answer.trim().eq_ignore_ascii_case("yes"))
+    ))
 }

@@ -10,35 +10,26 @@
 //! password is written relative to the checkpoint, and why).
 
 use std::path::Path;
-use std::sync::Arc;
 
-use super::common;
+use super::common::{self, say};
 use super::restore::{
-    confirm, converted, execute, finish, live_run, name_of, named_items, open_entries, read_only,
+    confirm, converted, finish, live_run, name_of, named_items, open_entries, BackOut,
 };
 use crate::cli::RollbackArgs;
 use crate::exit::{ExitError, ExitStatus};
-use crate::graph::Credentials;
 use crate::item::RunMode;
-use crate::queue::backout::{BackoutKind, NewBackout};
-use crate::queue::Queue;
+use crate::queue::backout::{BackoutKind, BackoutState, NewBackout};
 use crate::workers::backout::{is_synced, PasswordsFile};
+use crate::workers::executor::PassEnd;
 
 /// Said once per invocation, on stderr and in the report.
 pub const BETA_NOTICE: &str = "rollback uses a Microsoft Graph beta API \
      (convertExternalToInternalMemberUser), which Microsoft does not support in production";
 
 pub async fn rollback(db: &Path, args: RollbackArgs) -> anyhow::Result<ExitStatus> {
-    let only = read_only(Some(&args.only))?;
+    let only = common::read_only_list(Some(&args.only))?;
     eprintln!("note: {BETA_NOTICE}");
-    let (queue, lease, run) = if args.dry_run {
-        let queue = Arc::new(Queue::open_existing(db)?);
-        let run = common::pick_run(&queue, Some(args.run_id))?;
-        (queue, None, run)
-    } else {
-        let (queue, lease, run) = common::lease_run(db, Some(args.run_id))?;
-        (queue, Some(lease), run)
-    };
+    let (queue, lease, run) = common::open_run(db, args.run_id, args.dry_run)?;
     live_run(&run, "roll back")?;
     let items = queue.items(run.id)?;
     let named = named_items(&items, only.as_ref())?.unwrap_or_default();
@@ -46,7 +37,7 @@ pub async fn rollback(db: &Path, args: RollbackArgs) -> anyhow::Result<ExitStatu
     let taken: std::collections::BTreeSet<i64> = queue
         .backout_entries(run.id, BackoutKind::Rollback, None)?
         .into_iter()
-        .filter(|e| e.state != crate::queue::backout::BackoutState::Skipped)
+        .filter(|e| e.state != BackoutState::Skipped)
         .map(|e| e.item_id)
         .collect();
     let mut wanted = Vec::new();
@@ -73,7 +64,7 @@ pub async fn rollback(db: &Path, args: RollbackArgs) -> anyhow::Result<ExitStatu
         .filter(|i| works(i.id) && !is_synced(i.snapshot.as_ref()))
         .count();
     let this_time = (open.len() + wanted.len()) as u64;
-    if args.dry_run {
+    let Some(lease) = lease else {
         for item in items.iter().filter(|i| works(i.id)) {
             let body = if is_synced(item.snapshot.as_ref()) {
                 "synced: no body".to_string()
@@ -100,8 +91,7 @@ pub async fn rollback(db: &Path, args: RollbackArgs) -> anyhow::Result<ExitStatu
             ),
         );
         return Ok(ExitStatus::Success);
-    }
-    let lease = lease.expect("a live rollback holds the lease");
+    };
     if this_time == 0 {
         say(
             args.json,
@@ -114,7 +104,7 @@ pub async fn rollback(db: &Path, args: RollbackArgs) -> anyhow::Result<ExitStatu
             &queue,
             &run,
             BackoutKind::Rollback,
-            crate::workers::resend::PassEnd::Done,
+            PassEnd::Done,
             args.json,
         );
     }
@@ -129,14 +119,7 @@ pub async fn rollback(db: &Path, args: RollbackArgs) -> anyhow::Result<ExitStatu
     if !args.yes && !confirm(&run, "CONVERT BACK to internal members", this_time)? {
         return Err(common::declined());
     }
-    let graph = common::connect_to_run(
-        &common::endpoints_for(&args.endpoints, &run),
-        Credentials::resolve(args.auth)?,
-        &queue,
-        &run,
-        RunMode::Live,
-    )
-    .await?;
+    let graph = common::sign_in(&args.endpoints, args.auth, &queue, &run, RunMode::Live).await?;
     // Created after the tenant check (a refused tenant leaves no file behind) and before any
     // request that writes.
     let passwords = match (&args.passwords_out, cloud) {
@@ -151,17 +134,15 @@ pub async fn rollback(db: &Path, args: RollbackArgs) -> anyhow::Result<ExitStatu
     };
     queue.add_backout(run.id, BackoutKind::Rollback, &wanted)?;
     let file = passwords.as_ref().map(|p| p.path().display().to_string());
-    let end = execute(
-        &queue,
-        &lease,
-        &run,
-        graph,
-        BackoutKind::Rollback,
-        passwords,
-        this_time,
-        Some(named),
-    )
-    .await?;
+    let back_out = BackOut {
+        queue: &queue,
+        lease: &lease,
+        run: &run,
+        kind: BackoutKind::Rollback,
+        users: this_time,
+        only: Some(named),
+    };
+    let end = back_out.work(graph, passwords).await?;
     if let Some(file) = file {
         say(
             args.json,
@@ -169,10 +150,4 @@ pub async fn rollback(db: &Path, args: RollbackArgs) -> anyhow::Result<ExitStatu
         );
     }
     finish(&queue, &run, BackoutKind::Rollback, end, args.json)
-}
-
-fn say(json: bool, line: String) {
-    if !json {
-        println!("{line}");
-    }
 }

@@ -4,7 +4,6 @@
 //! with the invitation's request id and moved to `failed` / `NotApplied` so `retry` invites it
 //! again — never silently counted as converted.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -12,12 +11,12 @@ use anyhow::Context as _;
 
 use super::common;
 use crate::cli::TrackArgs;
-use crate::exit::{ExitError, ExitStatus};
-use crate::graph::Credentials;
+use crate::exit::ExitStatus;
 use crate::item::RunMode;
 use crate::model::User;
 use crate::queue::track::{TrackResult, TrackTarget, ACCEPTED};
 use crate::queue::{CredentialFacts, Queue};
+use crate::workers::executor::UsersById;
 
 /// Items read from the queue at a time: ten full `$batch` requests.
 const CHUNK: usize = 3_000;
@@ -25,21 +24,8 @@ const CHUNK: usize = 3_000;
 pub async fn track(db: &Path, args: TrackArgs) -> anyhow::Result<ExitStatus> {
     let queue = Arc::new(Queue::open_existing(db)?);
     let run = common::pick_live_run(&queue, args.run_id)?;
-    if run.mode != RunMode::Live {
-        return Err(ExitError::usage(format!(
-            "run {} is a dry run: nobody was converted, there is nothing to track",
-            run.id
-        ))
-        .into());
-    }
-    let graph = common::connect_to_run(
-        &common::endpoints_for(&args.endpoints, &run),
-        Credentials::resolve(args.auth)?,
-        &queue,
-        &run,
-        RunMode::Live,
-    )
-    .await?;
+    common::require_live(&run, "nobody was converted, there is nothing to track")?;
+    let graph = common::sign_in(&args.endpoints, args.auth, &queue, &run, RunMode::Live).await?;
 
     let track_id = queue.start_track(run.id)?;
     let mut after = 0;
@@ -49,19 +35,15 @@ pub async fn track(db: &Path, args: TrackArgs) -> anyhow::Result<ExitStatus> {
         let Some(last) = targets.last() else { break };
         after = last.item_id;
         let ids: Vec<String> = targets.iter().map(|t| t.user_id.clone()).collect();
-        let users = graph.users_by_ids(&ids).await.with_context(|| {
+        let by_id = UsersById::read(&graph, &ids).await.with_context(|| {
             format!(
                 "reading run {}'s converted users (`track` can simply be run again)",
                 run.id
             )
         })?;
-        let by_id: HashMap<String, User> = users
-            .into_iter()
-            .map(|u| (u.id.to_ascii_lowercase(), u))
-            .collect();
         let results: Vec<TrackResult> = targets
             .iter()
-            .map(|t| classify(t, by_id.get(&t.user_id.to_ascii_lowercase()), run.id))
+            .map(|t| classify(t, by_id.get(&t.user_id), run.id))
             .collect();
         for (target, result) in targets.iter().zip(&results) {
             match result {
@@ -91,11 +73,12 @@ pub async fn track(db: &Path, args: TrackArgs) -> anyhow::Result<ExitStatus> {
         let facts: Vec<CredentialFacts> = targets
             .iter()
             .filter_map(|t| {
-                let u = by_id.get(&t.user_id.to_ascii_lowercase())?;
+                let u = by_id.get(&t.user_id)?;
                 Some(CredentialFacts {
                     item_id: t.item_id,
                     synced: u.on_premises_sync_enabled == Some(true),
                     password_changed_at: u.last_password_change_date_time.clone(),
+                    seen: None,
                 })
             })
             .collect();

@@ -2,10 +2,10 @@
 //! is within its back-out. SQL for the `backout_entries` table only; the decisions live in
 //! `workers::backout`. Every change of an entry is fenced by the run's lease.
 
-use rusqlite::types::Value;
-use rusqlite::{params, params_from_iter};
+use rusqlite::params;
 
-use super::{now, Queue, Result};
+use super::pass::{text, EntryChange, EntryCounts, EntryState};
+use super::{now, Queue, Result, Trace};
 
 /// Which back-out an entry belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,14 +38,6 @@ pub enum BackoutState {
 }
 
 impl BackoutState {
-    pub const ALL: [BackoutState; 5] = [
-        BackoutState::Pending,
-        BackoutState::InFlight,
-        BackoutState::Done,
-        BackoutState::Failed,
-        BackoutState::Skipped,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             BackoutState::Pending => "pending",
@@ -55,12 +47,29 @@ impl BackoutState {
             BackoutState::Skipped => "skipped",
         }
     }
+}
 
-    fn parse(s: &str) -> BackoutState {
-        BackoutState::ALL
-            .into_iter()
-            .find(|state| state.as_str() == s)
-            .unwrap_or(BackoutState::Failed)
+impl EntryState for BackoutState {
+    const TABLE: &'static str = "backout_entries";
+    const KEY: &'static str = "item_id = ?1 AND kind = ?2";
+    const MISSING: &'static str = "not in this back-out";
+    const ALL: &'static [Self] = &[
+        BackoutState::Pending,
+        BackoutState::InFlight,
+        BackoutState::Done,
+        BackoutState::Failed,
+        BackoutState::Skipped,
+    ];
+    const PENDING: Self = BackoutState::Pending;
+    const IN_FLIGHT: Self = BackoutState::InFlight;
+    const DONE: Self = BackoutState::Done;
+    const FAILED: Self = BackoutState::Failed;
+    const SKIPPED: Self = BackoutState::Skipped;
+    /// The step last checkpointed in flight is off the wire.
+    const OFF_THE_WIRE: &'static str = "in_flight = NULL";
+
+    fn name(self) -> &'static str {
+        self.as_str()
     }
 }
 
@@ -102,23 +111,6 @@ pub struct BackoutEntry {
     pub finished_at: Option<String>,
 }
 
-/// How many users of a run each back-out reached, by state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct BackoutCounts {
-    pub pending: u64,
-    pub in_flight: u64,
-    pub done: u64,
-    pub failed: u64,
-    pub skipped: u64,
-}
-
-impl BackoutCounts {
-    /// Users the back-out has not finished with.
-    pub fn open(&self) -> u64 {
-        self.pending + self.in_flight
-    }
-}
-
 const ENTRY_COLUMNS: &str = "b.item_id, b.kind, b.state, i.user_id, i.user_principal_name, \
      b.needs_user_type, b.user_type_to, b.needs_mail, b.mail_to, b.mail_tool, b.in_flight, \
      b.user_type_done_at IS NOT NULL, b.mail_done_at IS NOT NULL, b.passwords_file, \
@@ -134,7 +126,8 @@ fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BackoutEntry> {
         } else {
             BackoutKind::Restore
         },
-        state: BackoutState::parse(&state),
+        // A state this version does not know reads as failed: it is never worked again.
+        state: BackoutState::parse(&state).unwrap_or(BackoutState::Failed),
         user_id: r.get(3)?,
         user_principal_name: r.get(4)?,
         needs_user_type: r.get(5)?,
@@ -153,10 +146,6 @@ fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BackoutEntry> {
         error_message: r.get(18)?,
         finished_at: r.get(19)?,
     })
-}
-
-fn text(v: Option<&str>) -> Value {
-    v.map_or(Value::Null, |s| Value::Text(s.to_string()))
 }
 
 impl Queue {
@@ -204,150 +193,78 @@ impl Queue {
         kind: BackoutKind,
         state: Option<BackoutState>,
     ) -> Result<Vec<BackoutEntry>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(&format!(
+        self.select_rows(
+            &format!(
                 "SELECT {ENTRY_COLUMNS} FROM backout_entries b JOIN items i ON i.id = b.item_id
                  WHERE b.run_id = ?1 AND b.kind = ?2 AND (?3 IS NULL OR b.state = ?3)
                  ORDER BY b.item_id"
-            ))
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(
-                params![run_id, kind.as_str(), state.map(BackoutState::as_str)],
-                entry_from_row,
-            )
-            .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(|e| self.err(e))
+            ),
+            params![run_id, kind.as_str(), state.map(BackoutState::as_str)],
+            entry_from_row,
+        )
     }
 
     /// Counts of the run's entries of `kind` by state.
-    pub fn backout_counts(&self, run_id: i64, kind: BackoutKind) -> Result<BackoutCounts> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT state, count(*) FROM backout_entries
-                 WHERE run_id = ?1 AND kind = ?2 GROUP BY state",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![run_id, kind.as_str()], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
-            })
-            .map_err(|e| self.err(e))?;
-        let mut c = BackoutCounts::default();
-        for row in rows {
-            let (state, n) = row.map_err(|e| self.err(e))?;
-            match BackoutState::parse(&state) {
-                BackoutState::Pending => c.pending = n,
-                BackoutState::InFlight => c.in_flight = n,
-                BackoutState::Done => c.done = n,
-                BackoutState::Failed => c.failed = n,
-                BackoutState::Skipped => c.skipped = n,
-            }
-        }
-        Ok(c)
+    pub fn backout_counts(&self, run_id: i64, kind: BackoutKind) -> Result<EntryCounts> {
+        self.entry_counts::<BackoutState>("run_id = ?1 AND kind = ?2", &[&run_id, &kind.as_str()])
     }
+}
 
+/// A change of a back-out entry, for [`Queue::change_entry`] with [`super::EntryKey::of_item`].
+pub type BackoutChange = EntryChange<BackoutState>;
+
+impl BackoutChange {
     /// Checkpoints `step` in flight: after this a request may leave. `passwords_file` names
     /// the file that holds the password this request carries (`rollback` of a cloud user).
-    pub fn backout_in_flight(
-        &self,
-        item_id: i64,
-        kind: BackoutKind,
-        step: &str,
-        passwords_file: Option<&str>,
-    ) -> Result<()> {
-        self.backout_write(
-            item_id,
-            kind,
-            "state = 'in_flight', in_flight = ?5, passwords_file = coalesce(?6, passwords_file)",
+    pub fn in_flight(step: &str, passwords_file: Option<&str>) -> Self {
+        Self::moves(
+            &[BackoutState::Pending, BackoutState::InFlight],
+            BackoutState::InFlight,
+            "in_flight = ?3, passwords_file = coalesce(?4, passwords_file)",
             vec![text(Some(step)), text(passwords_file)],
         )
     }
 
-    /// Checkpoints `step` done; the next step starts with no attempts made.
-    pub fn backout_step_done(&self, item_id: i64, kind: BackoutKind, step: &str) -> Result<()> {
+    /// Checkpoints `step` done; the next step starts with no attempts made. `None` for the one
+    /// step of a rollback: recording the entry done is its checkpoint.
+    pub fn step_done(step: &str) -> Option<Self> {
         let column = match step {
             "restore_user_type" => "user_type_done_at",
             "restore_mail" => "mail_done_at",
-            // One step: recording the entry done is its checkpoint.
-            _ => return Ok(()),
+            _ => return None,
         };
-        self.backout_write(
-            item_id,
-            kind,
-            &format!("{column} = coalesce({column}, ?5), in_flight = NULL, attempts = 0"),
+        Some(Self::in_place(
+            &format!("{column} = coalesce({column}, ?3), in_flight = NULL, attempts = 0"),
             vec![text(Some(&now()))],
-        )
-    }
-
-    /// One more request that may have reached Graph.
-    pub fn backout_charge(&self, item_id: i64, kind: BackoutKind) -> Result<()> {
-        self.backout_write(item_id, kind, "attempts = attempts + 1", vec![])
-    }
-
-    /// The last error of an entry whose outcome is unknown.
-    pub fn backout_note_error(
-        &self,
-        item_id: i64,
-        kind: BackoutKind,
-        code: &str,
-        message: &str,
-    ) -> Result<()> {
-        self.backout_write(
-            item_id,
-            kind,
-            "error_code = ?5, error_message = ?6",
-            vec![text(Some(code)), text(Some(message))],
-        )
-    }
-
-    /// Nothing took effect: the entry waits for a later attempt or `restore`/`rollback`.
-    pub fn backout_to_pending(&self, item_id: i64, kind: BackoutKind) -> Result<()> {
-        self.backout_write(item_id, kind, "state = 'pending', in_flight = NULL", vec![])
+        ))
     }
 
     /// Every step is done. `converted_back_at` is the conversion answer's time (`rollback`).
-    pub fn backout_done(
-        &self,
-        item_id: i64,
-        kind: BackoutKind,
-        converted_back_at: Option<&str>,
-        request_id: Option<&str>,
-        client_request_id: Option<&str>,
-    ) -> Result<()> {
-        self.backout_write(
-            item_id,
-            kind,
-            "state = 'done', in_flight = NULL, finished_at = ?5,
-             converted_back_at = coalesce(?6, converted_back_at),
-             request_id = coalesce(?7, request_id),
-             client_request_id = coalesce(?8, client_request_id),
+    pub fn done(converted_back_at: Option<&str>, trace: &Trace) -> Self {
+        Self::moves(
+            &[BackoutState::Pending, BackoutState::InFlight],
+            BackoutState::Done,
+            "in_flight = NULL, finished_at = ?3,
+             converted_back_at = coalesce(?4, converted_back_at),
+             request_id = coalesce(?5, request_id),
+             client_request_id = coalesce(?6, client_request_id),
              error_code = NULL, error_message = NULL",
             vec![
                 text(Some(&now())),
                 text(converted_back_at),
-                text(request_id),
-                text(client_request_id),
+                text(trace.request_id.as_deref()),
+                text(trace.client_request_id.as_deref()),
             ],
         )
     }
 
-    pub fn backout_failed(
-        &self,
-        item_id: i64,
-        kind: BackoutKind,
-        code: &str,
-        message: &str,
-        request_id: Option<&str>,
-    ) -> Result<()> {
-        self.backout_write(
-            item_id,
-            kind,
-            "state = 'failed', in_flight = NULL, finished_at = ?5, error_code = ?6,
-             error_message = ?7, request_id = coalesce(?8, request_id)",
+    /// Graph refused a step (or attempts ran out).
+    pub fn failed(code: &str, message: &str, request_id: Option<&str>) -> Self {
+        Self::moves(
+            &[BackoutState::Pending, BackoutState::InFlight],
+            BackoutState::Failed,
+            "in_flight = NULL, finished_at = ?3, error_code = ?4, error_message = ?5,
+             request_id = coalesce(?6, request_id)",
             vec![
                 text(Some(&now())),
                 text(Some(code)),
@@ -358,44 +275,13 @@ impl Queue {
     }
 
     /// Left alone, and why (changed since by someone else, not redeemed, gone).
-    pub fn backout_skipped(&self, item_id: i64, kind: BackoutKind, why: &str) -> Result<()> {
-        self.backout_write(
-            item_id,
-            kind,
-            "state = 'skipped', in_flight = NULL, finished_at = ?5, detail = ?6",
+    pub fn skipped(why: &str) -> Self {
+        Self::moves(
+            &[BackoutState::Pending, BackoutState::InFlight],
+            BackoutState::Skipped,
+            "in_flight = NULL, finished_at = ?3, detail = ?4",
             vec![text(Some(&now())), text(Some(why))],
         )
-    }
-
-    /// One `UPDATE backout_entries SET {set}` binding the entry as `?1`/`?2`, the fence as
-    /// `?3`/`?4` and `values` from `?5`: it changes nothing unless the lease is still ours.
-    fn backout_write(
-        &self,
-        item_id: i64,
-        kind: BackoutKind,
-        set: &str,
-        values: Vec<Value>,
-    ) -> Result<()> {
-        let (fence_run, fence_token) = self.fence();
-        let mut bound = vec![
-            Value::Integer(item_id),
-            text(Some(kind.as_str())),
-            fence_run.map_or(Value::Null, Value::Integer),
-            text(fence_token.as_deref()),
-        ];
-        bound.extend(values);
-        let conn = self.conn();
-        let changed = conn
-            .prepare_cached(&format!(
-                "UPDATE backout_entries SET {set} WHERE item_id = ?1 AND kind = ?2 AND {}",
-                super::fence_sql(3, 4)
-            ))
-            .and_then(|mut s| s.execute(params_from_iter(bound)))
-            .map_err(|e| self.err(e))?;
-        if changed == 0 {
-            self.check_fence(&conn)?;
-        }
-        Ok(())
     }
 }
 
@@ -403,6 +289,7 @@ impl Queue {
 mod tests {
     use super::*;
     use crate::item::{NewItem, Overrides, RunMode, RunOptions, SourceSpec, UserKey};
+    use crate::queue::pass::EntryKey;
     use crate::queue::QueueError;
 
     fn queue_with_items() -> (tempfile::TempDir, Queue, i64, Vec<i64>) {
@@ -452,21 +339,31 @@ mod tests {
         let kind = BackoutKind::Restore;
         q.add_backout(run, kind, &[restore(ids[0]), restore(ids[1])])
             .unwrap();
-        q.backout_in_flight(ids[0], kind, "restore_user_type", None)
-            .unwrap();
-        q.backout_charge(ids[0], kind).unwrap();
-        q.backout_step_done(ids[0], kind, "restore_user_type")
-            .unwrap();
+        let first = EntryKey::of_item(ids[0], kind.as_str());
+        let step_done = BackoutChange::step_done("restore_user_type").unwrap();
+        q.change_entry(
+            &first,
+            &[
+                BackoutChange::in_flight("restore_user_type", None),
+                BackoutChange::charge(),
+                step_done,
+            ],
+        )
+        .unwrap();
         let e = &q.backout_entries(run, kind, None).unwrap()[0];
         assert_eq!(e.state, BackoutState::InFlight);
         assert!(e.user_type_done && !e.mail_done);
         assert_eq!((e.attempts, e.in_flight.as_deref()), (0, None));
-        q.backout_done(ids[0], kind, None, Some("r1"), Some("c1"))
+        let trace = Trace {
+            request_id: Some("r1".into()),
+            client_request_id: Some("c1".into()),
+        };
+        q.change_entry(&first, &[BackoutChange::done(None, &trace)])
             .unwrap();
-        q.backout_skipped(
-            ids[1],
-            kind,
-            "changed since by someone else: mail is x@y.com",
+        let why = "changed since by someone else: mail is x@y.com";
+        q.change_entry(
+            &EntryKey::of_item(ids[1], kind.as_str()),
+            &[BackoutChange::skipped(why)],
         )
         .unwrap();
         // Asked again: the done entry keeps its record, the one left alone is taken up again.
@@ -501,7 +398,10 @@ mod tests {
                 params![run],
             )
             .unwrap();
-        let refused = q.backout_in_flight(ids[0], kind, "convert_back", Some("pw.csv"));
+        let refused = q.change_entry(
+            &EntryKey::of_item(ids[0], kind.as_str()),
+            &[BackoutChange::in_flight("convert_back", Some("pw.csv"))],
+        );
         assert!(
             matches!(refused, Err(QueueError::LeaseLost { .. })),
             "{refused:?}"

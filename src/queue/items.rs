@@ -108,14 +108,9 @@ impl Queue {
         sql: &str,
         params: impl rusqlite::Params,
     ) -> Result<Vec<ItemRecord>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(sql).map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params, item_from_row)
-            .map_err(|e| self.err(e))?
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| self.err(e))?;
-        rows.into_iter().collect()
+        self.select_rows(sql, params, item_from_row)?
+            .into_iter()
+            .collect()
     }
 
     /// Stores what Graph said about a pending item's user. The snapshot is written once: later

@@ -127,15 +127,11 @@ impl Queue {
 
     /// Every completed `track` of the run, oldest first: redemption counts over time.
     pub fn track_history(&self, run_id: i64) -> Result<Vec<TrackPass>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT id, started_at, finished_at, accepted, pending, not_applied, missing
-                 FROM tracks WHERE run_id = ?1 AND finished_at IS NOT NULL ORDER BY id",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([run_id], |r| {
+        self.select_rows(
+            "SELECT id, started_at, finished_at, accepted, pending, not_applied, missing
+             FROM tracks WHERE run_id = ?1 AND finished_at IS NOT NULL ORDER BY id",
+            [run_id],
+            |r| {
                 Ok(TrackPass {
                     id: r.get(0)?,
                     started_at: r.get(1)?,
@@ -145,32 +141,21 @@ impl Queue {
                     not_applied: r.get::<_, i64>(5)? as u64,
                     missing: r.get::<_, i64>(6)? as u64,
                 })
-            })
-            .map_err(|e| self.err(e))?
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| self.err(e))?;
-        Ok(rows)
+            },
+        )
     }
 
     /// Redemptions per UTC day, from Graph's change times of the users `track` saw `Accepted`.
     pub fn redemption_timeline(&self, run_id: i64) -> Result<Vec<RedemptionDay>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT substr(external_user_state_changed_at, 1, 10) AS day, count(*)
-                 FROM items WHERE run_id = ?1 AND state = ?2
-                   AND external_user_state = ?3
-                   AND external_user_state_changed_at IS NOT NULL
-                 GROUP BY day ORDER BY day",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![run_id, ItemState::Converted, ACCEPTED], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
-            })
-            .map_err(|e| self.err(e))?
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| self.err(e))?;
+        let rows: Vec<(String, u64)> = self.select_rows(
+            "SELECT substr(external_user_state_changed_at, 1, 10) AS day, count(*)
+             FROM items WHERE run_id = ?1 AND state = ?2
+               AND external_user_state = ?3
+               AND external_user_state_changed_at IS NOT NULL
+             GROUP BY day ORDER BY day",
+            params![run_id, ItemState::Converted, ACCEPTED],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)),
+        )?;
         let mut cumulative = 0;
         Ok(rows
             .into_iter()
@@ -188,66 +173,49 @@ impl Queue {
     /// Converted users who have not redeemed per the last `track` (pending or never tracked),
     /// oldest invitation first, at most `limit`.
     pub fn not_redeemed(&self, run_id: i64, limit: usize) -> Result<Vec<NotRedeemed>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT i.id, i.user_id, i.user_principal_name, i.external_email, i.invited_at,
-                   i.external_user_state, i.external_user_state_changed_at,
-                   (SELECT max(r.sent_at) FROM resends r WHERE r.item_id = i.id AND r.state = ?3)
-                 FROM items i WHERE i.run_id = ?1 AND i.state = ?4
-                   AND (i.external_user_state IS NULL OR i.external_user_state <> ?5)
-                 ORDER BY i.invited_at, i.id LIMIT ?2",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(
-                params![
-                    run_id,
-                    limit as i64,
-                    ResendState::Sent,
-                    ItemState::Converted,
-                    ACCEPTED
-                ],
-                |r| {
-                    Ok(NotRedeemed {
-                        item_id: r.get(0)?,
-                        user_id: r.get(1)?,
-                        user_principal_name: r.get(2)?,
-                        external_email: r.get(3)?,
-                        invited_at: r.get(4)?,
-                        external_user_state: r.get(5)?,
-                        external_user_state_changed_at: r.get(6)?,
-                        last_resent_at: r.get(7)?,
-                    })
-                },
-            )
-            .map_err(|e| self.err(e))?
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| self.err(e))?;
-        Ok(rows)
+        self.select_rows(
+            "SELECT i.id, i.user_id, i.user_principal_name, i.external_email, i.invited_at,
+               i.external_user_state, i.external_user_state_changed_at,
+               (SELECT max(r.sent_at) FROM resends r WHERE r.item_id = i.id AND r.state = ?3)
+             FROM items i WHERE i.run_id = ?1 AND i.state = ?4
+               AND (i.external_user_state IS NULL OR i.external_user_state <> ?5)
+             ORDER BY i.invited_at, i.id LIMIT ?2",
+            params![
+                run_id,
+                limit as i64,
+                ResendState::Sent,
+                ItemState::Converted,
+                ACCEPTED
+            ],
+            |r| {
+                Ok(NotRedeemed {
+                    item_id: r.get(0)?,
+                    user_id: r.get(1)?,
+                    user_principal_name: r.get(2)?,
+                    external_email: r.get(3)?,
+                    invited_at: r.get(4)?,
+                    external_user_state: r.get(5)?,
+                    external_user_state_changed_at: r.get(6)?,
+                    last_resent_at: r.get(7)?,
+                })
+            },
+        )
     }
 
     /// Redeem links of the run's converted users (only runs with `--keep-redeem-links` have any).
     pub fn redeem_links(&self, run_id: i64) -> Result<Vec<RedeemLink>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT user_principal_name, external_email, invite_redeem_url FROM items
-                 WHERE run_id = ?1 AND state = ?2 AND invite_redeem_url IS NOT NULL
-                 ORDER BY id",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![run_id, ItemState::Converted], |r| {
+        self.select_rows(
+            "SELECT user_principal_name, external_email, invite_redeem_url FROM items
+             WHERE run_id = ?1 AND state = ?2 AND invite_redeem_url IS NOT NULL
+             ORDER BY id",
+            params![run_id, ItemState::Converted],
+            |r| {
                 Ok(RedeemLink {
                     user_principal_name: r.get(0)?,
                     external_email: r.get(1)?,
                     invite_redeem_url: r.get(2)?,
                 })
-            })
-            .map_err(|e| self.err(e))?
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| self.err(e))?;
-        Ok(rows)
+            },
+        )
     }
 }

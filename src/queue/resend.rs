@@ -1,12 +1,14 @@
 //! `resend` passes (issue 10): the users a pass fixes when it starts and where each is within
 //! it. SQL only; the decisions live in `workers::resend`. Every change of an entry is fenced by
-//! the run's lease.
+//! the run's lease ([`Queue::change_entry`]).
 
+use rusqlite::types::Value;
 use rusqlite::{params, OptionalExtension};
 
+use super::pass::{text, EntryChange, EntryCounts, EntryState, PassTable, PassUser};
 use super::redemption::KEEP_LINKS;
 use super::track::PENDING_ACCEPTANCE;
-use super::{now, Queue, Result};
+use super::{now, Queue, Result, Trace};
 use crate::item::ItemState;
 
 /// A `resend` pass.
@@ -43,29 +45,38 @@ impl ResendState {
     }
 }
 
-impl super::pass::PassState for ResendState {
+impl EntryState for ResendState {
     const TABLE: &'static str = "resends";
+    const KEY: &'static str = "pass_id = ?1 AND item_id = ?2";
     const MISSING: &'static str = "not in this resend pass";
+    const ALL: &'static [Self] = &[
+        ResendState::Pending,
+        ResendState::InFlight,
+        ResendState::Sent,
+        ResendState::Failed,
+        ResendState::Skipped,
+    ];
+    const PENDING: Self = ResendState::Pending;
+    const IN_FLIGHT: Self = ResendState::InFlight;
+    const DONE: Self = ResendState::Sent;
+    const FAILED: Self = ResendState::Failed;
+    const SKIPPED: Self = ResendState::Skipped;
+    const OFF_THE_WIRE: &'static str = "";
 
     fn name(self) -> &'static str {
         self.as_str()
     }
 }
 
+impl PassTable for ResendState {
+    const PASSES: &'static str = "resend_passes";
+}
+
 impl std::str::FromStr for ResendState {
     type Err = String;
 
     fn from_str(s: &str) -> std::result::Result<ResendState, String> {
-        [
-            ResendState::Pending,
-            ResendState::InFlight,
-            ResendState::Sent,
-            ResendState::Failed,
-            ResendState::Skipped,
-        ]
-        .into_iter()
-        .find(|state| state.as_str() == s)
-        .ok_or_else(|| format!("unknown resend state `{s}`"))
+        ResendState::parse(s)
     }
 }
 
@@ -85,33 +96,6 @@ pub struct ResendEntry {
     pub tracked_changed_at: Option<String>,
     /// When that `track` read the user (our clock).
     pub tracked_at: Option<String>,
-}
-
-/// A user `resend` would re-invite (listed by `resend --dry-run`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ResendUser {
-    pub item_id: i64,
-    pub user_id: Option<String>,
-    pub user_principal_name: Option<String>,
-    pub external_email: Option<String>,
-}
-
-/// Counts of a pass by entry state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ResendSummary {
-    pub pending: u64,
-    pub in_flight: u64,
-    pub sent: u64,
-    pub failed: u64,
-    pub skipped: u64,
-}
-
-impl ResendSummary {
-    /// Every user of the pass.
-    pub fn total(&self) -> u64 {
-        self.pending + self.in_flight + self.sent + self.failed + self.skipped
-    }
 }
 
 /// What a lost answer is judged against: Graph's change time as the last `track` read it, and
@@ -141,13 +125,7 @@ impl Queue {
             .conn()
             .query_row(
                 &format!("SELECT count(*) FROM items i WHERE {CANDIDATE_WHERE}"),
-                params![
-                    run_id,
-                    cutoff,
-                    ItemState::Converted,
-                    PENDING_ACCEPTANCE,
-                    ResendState::Sent
-                ],
+                candidate_params(&run_id, &cutoff),
                 |r| r.get(0),
             )
             .map_err(|e| self.err(e))?;
@@ -155,36 +133,15 @@ impl Queue {
     }
 
     /// The users of [`Queue::resend_candidates`], in item order (`resend --dry-run` lists them).
-    pub fn resend_candidate_list(&self, run_id: i64, cutoff: &str) -> Result<Vec<ResendUser>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(&format!(
+    pub fn resend_candidate_list(&self, run_id: i64, cutoff: &str) -> Result<Vec<PassUser>> {
+        self.select_rows(
+            &format!(
                 "SELECT i.id, i.user_id, i.user_principal_name, i.external_email FROM items i
                  WHERE {CANDIDATE_WHERE} ORDER BY i.id"
-            ))
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(
-                params![
-                    run_id,
-                    cutoff,
-                    ItemState::Converted,
-                    PENDING_ACCEPTANCE,
-                    ResendState::Sent
-                ],
-                |r| {
-                    Ok(ResendUser {
-                        item_id: r.get(0)?,
-                        user_id: r.get(1)?,
-                        user_principal_name: r.get(2)?,
-                        external_email: r.get(3)?,
-                    })
-                },
-            )
-            .map_err(|e| self.err(e))?
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| self.err(e))?;
-        Ok(rows)
+            ),
+            candidate_params(&run_id, &cutoff),
+            PassUser::from_row,
+        )
     }
 
     /// Creates a pass over the candidates of [`Queue::resend_candidates`], fixing its users in
@@ -236,15 +193,13 @@ impl Queue {
 
     /// The pass's entries in `state`, in item order.
     pub fn resend_entries(&self, pass_id: i64, state: ResendState) -> Result<Vec<ResendEntry>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(&format!(
+        self.select_rows(
+            &format!(
                 "SELECT {RESEND_COLUMNS} FROM resends r JOIN items i ON i.id = r.item_id
                  WHERE r.pass_id = ?1 AND r.state = ?2 ORDER BY r.item_id"
-            ))
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![pass_id, state], |r| {
+            ),
+            params![pass_id, state],
+            |r| {
                 Ok(ResendEntry {
                     pass_id: r.get(0)?,
                     item_id: r.get(1)?,
@@ -256,204 +211,88 @@ impl Queue {
                     tracked_changed_at: r.get(7)?,
                     tracked_at: r.get(8)?,
                 })
-            })
-            .map_err(|e| self.err(e))?
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| self.err(e))?;
-        Ok(rows)
-    }
-
-    /// Checkpoint before a resend can leave the process: `pending` → `in_flight`. Returns the
-    /// checkpoint time, which a lost answer is later judged against. Not an attempt: a process
-    /// killed right after it sent nothing (see [`Queue::charge_resend_attempt`]).
-    pub fn mark_resend_in_flight(&self, pass_id: i64, item_id: i64) -> Result<String> {
-        let at = now();
-        self.pass_transition(
-            pass_id,
-            item_id,
-            &[ResendState::Pending],
-            ResendState::InFlight,
-            "checkpoint_at = ?3",
-            params![pass_id, item_id, at],
-        )?;
-        Ok(at)
-    }
-
-    /// One more re-invitation of the user that may have reached Graph (`--max-attempts`).
-    pub fn charge_resend_attempt(&self, pass_id: i64, item_id: i64) -> Result<()> {
-        self.pass_transition(
-            pass_id,
-            item_id,
-            &[ResendState::InFlight],
-            ResendState::InFlight,
-            "attempts = attempts + 1",
-            params![pass_id, item_id],
+            },
         )
     }
 
-    /// The resend took effect. `redeem_url` is stored on the item only for runs with
-    /// `--keep-redeem-links` (a reset invalidates the previous link).
-    #[allow(clippy::too_many_arguments)]
-    pub fn record_resent(
-        &self,
-        pass_id: i64,
-        item_id: i64,
-        invitation_id: Option<&str>,
-        request_id: Option<&str>,
-        client_request_id: Option<&str>,
-        redeem_url: Option<&str>,
-    ) -> Result<()> {
-        let reconciled = invitation_id.is_none();
+    /// Counts of the pass's entries by state (`done`: re-invited).
+    pub fn resend_summary(&self, pass_id: i64) -> Result<EntryCounts> {
+        self.entry_counts::<ResendState>("pass_id = ?1", &[&pass_id])
+    }
+}
+
+/// A change of a resend entry, for [`Queue::change_entry`] with [`super::EntryKey::of_pass`].
+pub type ResendChange = EntryChange<ResendState>;
+
+impl ResendChange {
+    /// Checkpoint before a resend can leave the process: `pending` → `in_flight`. Returns the
+    /// checkpoint time too, which a lost answer is later judged against. Not an attempt: a
+    /// process killed right after it sent nothing (see [`EntryChange::charge`]).
+    pub fn in_flight() -> (ResendChange, String) {
         let at = now();
-        self.pass_transition(
-            pass_id,
-            item_id,
+        let change = Self::moves(
+            &[ResendState::Pending],
+            ResendState::InFlight,
+            "checkpoint_at = ?3",
+            vec![text(Some(&at))],
+        );
+        (change, at)
+    }
+
+    /// The resend took effect (`invitation_id` none: a re-read showed it did). `redeem_url` is
+    /// stored on the item only for runs with `--keep-redeem-links` (a reset invalidates the
+    /// previous link); the item is pending acceptance again.
+    pub fn sent(invitation_id: Option<&str>, trace: &Trace, redeem_url: Option<&str>) -> Self {
+        Self::moves(
             &[ResendState::InFlight],
             ResendState::Sent,
             "sent_at = ?3, reconciled = ?4, invitation_id = ?5,
              request_id = coalesce(?6, request_id),
              client_request_id = coalesce(?7, client_request_id),
              error_code = NULL, error_message = NULL",
-            params![
-                pass_id,
-                item_id,
-                at,
-                reconciled,
-                invitation_id,
-                request_id,
-                client_request_id
+            vec![
+                text(Some(&now())),
+                Value::from(invitation_id.is_none()),
+                text(invitation_id),
+                text(trace.request_id.as_deref()),
+                text(trace.client_request_id.as_deref()),
             ],
-        )?;
-        self.conn()
-            .execute(
-                &format!(
-                    "UPDATE items SET external_user_state = ?3,
-                        invite_redeem_url = CASE WHEN {KEEP_LINKS} THEN coalesce(?2, invite_redeem_url)
-                                                 ELSE NULL END
-                     WHERE id = ?1"
-                ),
-                params![item_id, redeem_url, PENDING_ACCEPTANCE],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(())
+        )
+        .and_item(
+            &format!(
+                "external_user_state = ?3,
+                 invite_redeem_url = CASE WHEN {KEEP_LINKS} THEN coalesce(?2, invite_redeem_url)
+                                          ELSE NULL END"
+            ),
+            vec![text(redeem_url), text(Some(PENDING_ACCEPTANCE))],
+        )
     }
 
     /// Graph refused the resend (or attempts ran out): the user stays converted and pending.
-    pub fn record_resend_failed(
-        &self,
-        pass_id: i64,
-        item_id: i64,
-        code: &str,
-        message: &str,
-        request_id: Option<&str>,
-        client_request_id: Option<&str>,
-    ) -> Result<()> {
-        self.pass_transition(
-            pass_id,
-            item_id,
+    pub fn failed(code: &str, message: &str, trace: &Trace) -> Self {
+        Self::moves(
             &[ResendState::Pending, ResendState::InFlight],
             ResendState::Failed,
             "error_code = ?3, error_message = ?4,
              request_id = coalesce(?5, request_id),
              client_request_id = coalesce(?6, client_request_id)",
-            params![
-                pass_id,
-                item_id,
-                code,
-                message,
-                request_id,
-                client_request_id
+            vec![
+                text(Some(code)),
+                text(Some(message)),
+                text(trace.request_id.as_deref()),
+                text(trace.client_request_id.as_deref()),
             ],
         )
     }
 
     /// Nothing to send after all: the user redeemed meanwhile, or is gone.
-    pub fn record_resend_skipped(&self, pass_id: i64, item_id: i64, why: &str) -> Result<()> {
-        self.pass_transition(
-            pass_id,
-            item_id,
+    pub fn skipped(why: &str) -> Self {
+        Self::moves(
             &[ResendState::Pending, ResendState::InFlight],
             ResendState::Skipped,
             "error_message = ?3",
-            params![pass_id, item_id, why],
+            vec![text(Some(why))],
         )
-    }
-
-    /// A resend that certainly did not take effect waits again (the tenant refused it before
-    /// carrying it out, or a re-read showed the user unchanged).
-    pub fn resend_back_to_pending(&self, pass_id: i64, item_id: i64) -> Result<()> {
-        self.pass_transition(
-            pass_id,
-            item_id,
-            &[ResendState::InFlight],
-            ResendState::Pending,
-            "",
-            params![pass_id, item_id],
-        )
-    }
-
-    /// Notes the last error of an entry that stays where it is (fenced like every change).
-    pub fn note_resend_error(
-        &self,
-        pass_id: i64,
-        item_id: i64,
-        code: &str,
-        message: &str,
-        request_id: Option<&str>,
-    ) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
-        self.check_fence(&tx)?;
-        tx.execute(
-            "UPDATE resends SET error_code = ?3, error_message = ?4,
-                request_id = coalesce(?5, request_id)
-             WHERE pass_id = ?1 AND item_id = ?2",
-            params![pass_id, item_id, code, message, request_id],
-        )
-        .map_err(|e| self.err(e))?;
-        tx.commit().map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
-    pub fn resend_summary(&self, pass_id: i64) -> Result<ResendSummary> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached("SELECT state, count(*) FROM resends WHERE pass_id = ?1 GROUP BY state")
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([pass_id], |r| {
-                Ok((r.get::<_, ResendState>(0)?, r.get::<_, i64>(1)? as u64))
-            })
-            .map_err(|e| self.err(e))?
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| self.err(e))?;
-        let mut s = ResendSummary::default();
-        for (state, n) in rows {
-            match state {
-                ResendState::Pending => s.pending = n,
-                ResendState::InFlight => s.in_flight = n,
-                ResendState::Sent => s.sent = n,
-                ResendState::Failed => s.failed = n,
-                ResendState::Skipped => s.skipped = n,
-            }
-        }
-        Ok(s)
-    }
-
-    /// Ends a pass once none of its users is pending or in flight; returns whether it ended.
-    pub fn finish_resend_pass(&self, pass_id: i64) -> Result<bool> {
-        let n = self
-            .conn()
-            .execute(
-                "UPDATE resend_passes SET finished_at = ?2
-                 WHERE id = ?1 AND finished_at IS NULL AND NOT EXISTS (
-                   SELECT 1 FROM resends WHERE pass_id = ?1 AND state IN (?3, ?4))",
-                params![pass_id, now(), ResendState::Pending, ResendState::InFlight],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(n == 1)
     }
 }
 
@@ -467,6 +306,17 @@ const CANDIDATE_WHERE: &str = "i.run_id = ?1 AND i.state = ?3 AND i.user_id IS N
     AND max(coalesce(i.external_user_state_changed_at, i.invited_at, ''),
             coalesce((SELECT max(r.sent_at) FROM resends r
                       WHERE r.item_id = i.id AND r.state = ?5), '')) <= ?2";
+
+/// The parameters of [`CANDIDATE_WHERE`].
+fn candidate_params<'a>(run_id: &'a i64, cutoff: &'a &str) -> [&'a dyn rusqlite::ToSql; 5] {
+    [
+        run_id,
+        cutoff,
+        &ItemState::Converted,
+        &PENDING_ACCEPTANCE,
+        &ResendState::Sent,
+    ]
+}
 
 fn pass_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ResendPass> {
     Ok(ResendPass {

@@ -6,8 +6,9 @@
 
 use rusqlite::{params, OptionalExtension};
 
+use super::pass::{text, EntryChange, EntryState, PassTable, PassUser};
 use super::track::{normalize_time, ACCEPTED};
-use super::{now, Queue, Result};
+use super::{now, Queue, Result, Trace};
 use crate::item::ItemState;
 
 /// A `retire` pass.
@@ -32,14 +33,6 @@ pub enum RetireState {
 }
 
 impl RetireState {
-    pub const ALL: [RetireState; 5] = [
-        RetireState::Pending,
-        RetireState::InFlight,
-        RetireState::Retired,
-        RetireState::Failed,
-        RetireState::Skipped,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             RetireState::Pending => "pending",
@@ -51,23 +44,38 @@ impl RetireState {
     }
 }
 
-impl super::pass::PassState for RetireState {
+impl EntryState for RetireState {
     const TABLE: &'static str = "retires";
+    const KEY: &'static str = "pass_id = ?1 AND item_id = ?2";
     const MISSING: &'static str = "not in this retire pass";
+    const ALL: &'static [Self] = &[
+        RetireState::Pending,
+        RetireState::InFlight,
+        RetireState::Retired,
+        RetireState::Failed,
+        RetireState::Skipped,
+    ];
+    const PENDING: Self = RetireState::Pending;
+    const IN_FLIGHT: Self = RetireState::InFlight;
+    const DONE: Self = RetireState::Retired;
+    const FAILED: Self = RetireState::Failed;
+    const SKIPPED: Self = RetireState::Skipped;
+    const OFF_THE_WIRE: &'static str = "";
 
     fn name(self) -> &'static str {
         self.as_str()
     }
 }
 
+impl PassTable for RetireState {
+    const PASSES: &'static str = "retire_passes";
+}
+
 impl std::str::FromStr for RetireState {
     type Err = String;
 
     fn from_str(s: &str) -> std::result::Result<RetireState, String> {
-        RetireState::ALL
-            .into_iter()
-            .find(|state| state.as_str() == s)
-            .ok_or_else(|| format!("unknown retire state `{s}`"))
+        RetireState::parse(s)
     }
 }
 
@@ -133,15 +141,6 @@ pub struct RetireEntry {
     pub error_message: Option<String>,
 }
 
-/// A converted user a new pass would take (`retire --dry-run`, `--only`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RetireCandidate {
-    pub item_id: i64,
-    pub user_id: Option<String>,
-    pub user_principal_name: Option<String>,
-}
-
 /// Counts of a pass by entry state, and of its skipped users by why.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RetireSummary {
@@ -167,7 +166,7 @@ impl RetireSummary {
     }
 }
 
-/// A run's retirement as status and reports show it (SPEC: status JSON `retired`).
+/// A run's retirement as status and reports show it (docs/usage.md, `retire`: status JSON `retired`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RetiredCounts {
@@ -197,6 +196,16 @@ pub struct CredentialFacts {
     pub item_id: i64,
     pub synced: bool,
     pub password_changed_at: Option<String>,
+    /// `externalUserState` and its change time, when the read is `retire`'s (`track` records
+    /// them with its results).
+    pub seen: Option<SeenState>,
+}
+
+/// A user's `externalUserState` and its change time as Graph showed them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenState {
+    pub state: Option<String>,
+    pub changed_at: Option<String>,
 }
 
 const ENTRY_COLUMNS: &str = "r.pass_id, r.item_id, i.user_id, i.user_principal_name, r.state, \
@@ -232,29 +241,15 @@ impl Queue {
     }
 
     /// The converted users a new pass would take, in item order.
-    pub fn retire_candidates(&self, run_id: i64) -> Result<Vec<RetireCandidate>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT i.id, i.user_id, i.user_principal_name FROM items i
+    pub fn retire_candidates(&self, run_id: i64) -> Result<Vec<PassUser>> {
+        self.select_rows(
+            &format!(
+                "SELECT i.id, i.user_id, i.user_principal_name, i.external_email FROM items i
                  WHERE {CANDIDATE_WHERE} ORDER BY i.id"
-            ))
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(
-                params![run_id, ItemState::Converted, RetireState::Retired],
-                |r| {
-                    Ok(RetireCandidate {
-                        item_id: r.get(0)?,
-                        user_id: r.get(1)?,
-                        user_principal_name: r.get(2)?,
-                    })
-                },
-            )
-            .map_err(|e| self.err(e))?
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| self.err(e))?;
-        Ok(rows)
+            ),
+            params![run_id, ItemState::Converted, RetireState::Retired],
+            PassUser::from_row,
+        )
     }
 
     /// Creates a pass over [`Queue::retire_candidates`], fixing its users in the same
@@ -303,15 +298,13 @@ impl Queue {
     }
 
     fn entries_where(&self, cond: &str, p: &[&dyn rusqlite::ToSql]) -> Result<Vec<RetireEntry>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(&format!(
+        self.select_rows(
+            &format!(
                 "SELECT {ENTRY_COLUMNS} FROM retires r JOIN items i ON i.id = r.item_id
                  WHERE r.pass_id = ?1 AND {cond} ORDER BY r.item_id"
-            ))
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(p, |r| {
+            ),
+            p,
+            |r| {
                 Ok(RetireEntry {
                     pass_id: r.get(0)?,
                     item_id: r.get(1)?,
@@ -328,195 +321,21 @@ impl Queue {
                     error_code: r.get(12)?,
                     error_message: r.get(13)?,
                 })
-            })
-            .map_err(|e| self.err(e))?
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| self.err(e))?;
-        Ok(rows)
-    }
-
-    /// Checkpoint before a request for `step` can leave the process: `pending` → `in_flight`.
-    /// The Graph times the pass just read are kept the first time (a later checkpoint of the
-    /// same entry keeps what was seen before anything was sent).
-    pub fn mark_retire_in_flight(
-        &self,
-        pass_id: i64,
-        item_id: i64,
-        step: &str,
-        password_before: Option<&str>,
-        sessions_before: Option<&str>,
-    ) -> Result<()> {
-        // In flight already when the step before it was just done in this process.
-        self.pass_transition(
-            pass_id,
-            item_id,
-            &[RetireState::Pending, RetireState::InFlight],
-            RetireState::InFlight,
-            "step = ?3, checkpoint_at = ?4,
-             password_before = CASE WHEN password_set_at IS NULL AND attempts = 0
-                               THEN ?5 ELSE password_before END,
-             sessions_before = CASE WHEN sessions_revoked_at IS NULL AND attempts = 0
-                               THEN ?6 ELSE sessions_before END",
-            params![
-                pass_id,
-                item_id,
-                step,
-                now(),
-                password_before,
-                sessions_before
-            ],
+            },
         )
     }
 
-    /// One more request at the current step that may have reached Graph.
-    pub fn charge_retire_attempt(&self, pass_id: i64, item_id: i64) -> Result<()> {
-        self.pass_transition(
-            pass_id,
-            item_id,
-            &[RetireState::InFlight],
-            RetireState::InFlight,
-            "attempts = attempts + 1",
-            params![pass_id, item_id],
-        )
-    }
-
-    /// `step` took effect: the password is set (`set_password`) or the sessions are revoked;
-    /// the next step starts with no attempts. The entry stays where it is.
-    pub fn retire_step_done(
-        &self,
-        pass_id: i64,
-        item_id: i64,
-        password: bool,
-        reconciled: bool,
-    ) -> Result<()> {
-        let column = if password {
-            "password_set_at"
-        } else {
-            "sessions_revoked_at"
-        };
-        let set = format!(
-            "{column} = coalesce({column}, ?3), attempts = 0, reconciled = max(reconciled, ?4)"
-        );
-        self.pass_transition(
-            pass_id,
-            item_id,
-            &[RetireState::InFlight, RetireState::Pending],
-            RetireState::InFlight,
-            &set,
-            params![pass_id, item_id, now(), reconciled],
-        )
-    }
-
-    /// Both steps are done.
-    pub fn record_retired(
-        &self,
-        pass_id: i64,
-        item_id: i64,
-        request_id: Option<&str>,
-        client_request_id: Option<&str>,
-    ) -> Result<()> {
-        self.pass_transition(
-            pass_id,
-            item_id,
-            &[RetireState::InFlight, RetireState::Pending],
-            RetireState::Retired,
-            "step = NULL, error_code = NULL, error_message = NULL,
-             request_id = coalesce(?3, request_id),
-             client_request_id = coalesce(?4, client_request_id)",
-            params![pass_id, item_id, request_id, client_request_id],
-        )
-    }
-
-    /// Graph refused a step (or attempts ran out).
-    pub fn record_retire_failed(
-        &self,
-        pass_id: i64,
-        item_id: i64,
-        code: &str,
-        message: &str,
-        request_id: Option<&str>,
-    ) -> Result<()> {
-        self.pass_transition(
-            pass_id,
-            item_id,
-            &[RetireState::Pending, RetireState::InFlight],
-            RetireState::Failed,
-            "error_code = ?3, error_message = ?4, request_id = coalesce(?5, request_id)",
-            params![pass_id, item_id, code, message, request_id],
-        )
-    }
-
-    /// The user is not written in this pass, for `kind`.
-    pub fn record_retire_skipped(
-        &self,
-        pass_id: i64,
-        item_id: i64,
-        kind: SkipKind,
-        why: &str,
-    ) -> Result<()> {
-        self.pass_transition(
-            pass_id,
-            item_id,
-            &[RetireState::Pending, RetireState::InFlight],
-            RetireState::Skipped,
-            "skip_kind = ?3, error_message = ?4",
-            params![pass_id, item_id, kind, why],
-        )
-    }
-
-    /// A step that certainly did not take effect waits again.
-    pub fn retire_back_to_pending(&self, pass_id: i64, item_id: i64) -> Result<()> {
-        self.pass_transition(
-            pass_id,
-            item_id,
-            &[RetireState::InFlight, RetireState::Pending],
-            RetireState::Pending,
-            "",
-            params![pass_id, item_id],
-        )
-    }
-
-    /// Notes the last error of an entry that stays where it is.
-    pub fn note_retire_error(
-        &self,
-        pass_id: i64,
-        item_id: i64,
-        code: &str,
-        message: &str,
-        request_id: Option<&str>,
-    ) -> Result<()> {
-        self.conn()
-            .execute(
-                "UPDATE retires SET error_code = ?3, error_message = ?4,
-                    request_id = coalesce(?5, request_id)
-                 WHERE pass_id = ?1 AND item_id = ?2",
-                params![pass_id, item_id, code, message, request_id],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
+    /// Counts of the pass's entries by state, and of its skipped users by why.
     pub fn retire_summary(&self, pass_id: i64) -> Result<RetireSummary> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT state, skip_kind, count(*) FROM retires WHERE pass_id = ?1
-                 GROUP BY state, skip_kind",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([pass_id], |r| {
-                Ok((
-                    r.get::<_, RetireState>(0)?,
-                    r.get::<_, Option<SkipKind>>(1)?,
-                    r.get::<_, i64>(2)? as u64,
-                ))
-            })
-            .map_err(|e| self.err(e))?
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| self.err(e))?;
+        let rows: Vec<(RetireState, Option<SkipKind>, i64)> = self.select_rows(
+            "SELECT state, skip_kind, count(*) FROM retires WHERE pass_id = ?1
+             GROUP BY state, skip_kind",
+            [pass_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
         let mut s = RetireSummary::default();
         for (state, kind, n) in rows {
+            let n = n as u64;
             match (state, kind) {
                 (RetireState::Pending, _) => s.pending += n,
                 (RetireState::InFlight, _) => s.in_flight += n,
@@ -531,22 +350,10 @@ impl Queue {
         Ok(s)
     }
 
-    /// Ends a pass once none of its users is pending or in flight; returns whether it ended.
-    pub fn finish_retire_pass(&self, pass_id: i64) -> Result<bool> {
-        let n = self
-            .conn()
-            .execute(
-                "UPDATE retire_passes SET finished_at = ?2
-                 WHERE id = ?1 AND finished_at IS NULL AND NOT EXISTS (
-                   SELECT 1 FROM retires WHERE pass_id = ?1 AND state IN (?3, ?4))",
-                params![pass_id, now(), RetireState::Pending, RetireState::InFlight],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(n == 1)
-    }
-
     /// Records what a read of converted users showed about their credentials, and (when
-    /// `state` is given) their `externalUserState` as `retire` re-read it.
+    /// `seen` is given) their `externalUserState` as `retire` re-read it, in one transaction.
+    /// `tracked_at` is `track`'s and stays: status and reports count the redemptions the pass
+    /// saw.
     pub fn record_credentials(&self, facts: &[CredentialFacts]) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
@@ -560,12 +367,24 @@ impl Queue {
                 ],
             )
             .map_err(|e| self.err(e))?;
+            if let Some(seen) = &f.seen {
+                tx.execute(
+                    "UPDATE items SET external_user_state = ?2,
+                        external_user_state_changed_at = ?3 WHERE id = ?1",
+                    params![
+                        f.item_id,
+                        seen.state,
+                        seen.changed_at.as_deref().map(normalize_time)
+                    ],
+                )
+                .map_err(|e| self.err(e))?;
+            }
         }
         tx.commit().map_err(|e| self.err(e))?;
         Ok(())
     }
 
-    /// The run's retirement over all its passes and the last reads (SPEC: status `retired`).
+    /// The run's retirement over all its passes and the last reads (docs/usage.md, `retire`: status `retired`).
     pub fn retired_counts(&self, run_id: i64) -> Result<RetiredCounts> {
         let sql = format!(
             "WITH c AS (
@@ -603,22 +422,86 @@ impl Queue {
             })
             .map_err(|e| self.err(e))
     }
+}
 
-    /// Records `externalUserState` and its change time as the pass just re-read them, so status
-    /// and reports count redemptions the pass saw. `tracked_at` is `track`'s and stays.
-    pub fn record_seen_state(
-        &self,
-        item_id: i64,
-        state: Option<&str>,
-        changed_at: Option<&str>,
-    ) -> Result<()> {
-        self.conn()
-            .execute(
-                "UPDATE items SET external_user_state = ?2,
-                    external_user_state_changed_at = ?3 WHERE id = ?1",
-                params![item_id, state, changed_at.map(normalize_time)],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(())
+/// A change of a retire entry, for [`Queue::change_entry`] with [`super::EntryKey::of_pass`].
+pub type RetireChange = EntryChange<RetireState>;
+
+impl RetireChange {
+    /// Checkpoint before a request for `step` can leave the process: `pending` → `in_flight`
+    /// (in flight already when the step before it was just done in this process). The Graph
+    /// times the pass just read are kept the first time: a later checkpoint of the same entry
+    /// keeps what was seen before anything was sent.
+    pub fn in_flight(
+        step: &str,
+        password_before: Option<&str>,
+        sessions_before: Option<&str>,
+    ) -> Self {
+        Self::moves(
+            &[RetireState::Pending, RetireState::InFlight],
+            RetireState::InFlight,
+            "step = ?3, checkpoint_at = ?4,
+             password_before = CASE WHEN password_set_at IS NULL AND attempts = 0
+                               THEN ?5 ELSE password_before END,
+             sessions_before = CASE WHEN sessions_revoked_at IS NULL AND attempts = 0
+                               THEN ?6 ELSE sessions_before END",
+            vec![
+                text(Some(step)),
+                text(Some(&now())),
+                text(password_before),
+                text(sessions_before),
+            ],
+        )
+    }
+
+    /// A step took effect: the password is set (`password`) or the sessions are revoked; the
+    /// next step starts with no attempts. The entry stays in flight.
+    pub fn step_done(password: bool) -> Self {
+        let column = if password {
+            "password_set_at"
+        } else {
+            "sessions_revoked_at"
+        };
+        Self::moves(
+            &[RetireState::InFlight, RetireState::Pending],
+            RetireState::InFlight,
+            &format!("{column} = coalesce({column}, ?3), attempts = 0"),
+            vec![text(Some(&now()))],
+        )
+    }
+
+    /// Both steps are done.
+    pub fn retired(trace: &Trace) -> Self {
+        Self::moves(
+            &[RetireState::InFlight, RetireState::Pending],
+            RetireState::Retired,
+            "step = NULL, error_code = NULL, error_message = NULL,
+             request_id = coalesce(?3, request_id),
+             client_request_id = coalesce(?4, client_request_id)",
+            vec![
+                text(trace.request_id.as_deref()),
+                text(trace.client_request_id.as_deref()),
+            ],
+        )
+    }
+
+    /// Graph refused a step (or attempts ran out).
+    pub fn failed(code: &str, message: &str, request_id: Option<&str>) -> Self {
+        Self::moves(
+            &[RetireState::Pending, RetireState::InFlight],
+            RetireState::Failed,
+            "error_code = ?3, error_message = ?4, request_id = coalesce(?5, request_id)",
+            vec![text(Some(code)), text(Some(message)), text(request_id)],
+        )
+    }
+
+    /// The user is not written in this pass, for `kind`.
+    pub fn skipped(kind: SkipKind, why: &str) -> Self {
+        Self::moves(
+            &[RetireState::Pending, RetireState::InFlight],
+            RetireState::Skipped,
+            "skip_kind = ?3, error_message = ?4",
+            vec![text(Some(kind.as_str())), text(Some(why))],
+        )
     }
 }

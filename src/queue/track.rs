@@ -78,32 +78,22 @@ impl Queue {
         after_id: i64,
         limit: usize,
     ) -> Result<Vec<TrackTarget>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT id, user_id, user_principal_name, request_id, client_request_id
-                 FROM items WHERE run_id = ?1 AND state = ?4 AND user_id IS NOT NULL
-                   AND id > ?2
-                 ORDER BY id LIMIT ?3",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(
-                params![run_id, after_id, limit as i64, ItemState::Converted],
-                |r| {
-                    Ok(TrackTarget {
-                        item_id: r.get(0)?,
-                        user_id: r.get(1)?,
-                        user_principal_name: r.get(2)?,
-                        request_id: r.get(3)?,
-                        client_request_id: r.get(4)?,
-                    })
-                },
-            )
-            .map_err(|e| self.err(e))?
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| self.err(e))?;
-        Ok(rows)
+        self.select_rows(
+            "SELECT id, user_id, user_principal_name, request_id, client_request_id
+             FROM items WHERE run_id = ?1 AND state = ?4 AND user_id IS NOT NULL
+               AND id > ?2
+             ORDER BY id LIMIT ?3",
+            params![run_id, after_id, limit as i64, ItemState::Converted],
+            |r| {
+                Ok(TrackTarget {
+                    item_id: r.get(0)?,
+                    user_id: r.get(1)?,
+                    user_principal_name: r.get(2)?,
+                    request_id: r.get(3)?,
+                    client_request_id: r.get(4)?,
+                })
+            },
+        )
     }
 
     pub fn start_track(&self, run_id: i64) -> Result<i64> {
@@ -233,8 +223,15 @@ mod tests {
     use super::*;
     use crate::item::{ItemState, NewItem, Overrides, RunMode, RunOptions, SourceSpec, UserKey};
     use crate::model::{Invitation, User};
+    use crate::queue::pass::EntryKey;
+    use crate::queue::Trace;
 
     const URL: &str = "https://login.example/redeem?ticket=SECRET-TICKET";
+
+    /// Makes one change to the entry of `item` in `pass`.
+    fn change(q: &Queue, pass: i64, item: i64, change: ResendChange) -> Result<()> {
+        q.change_entry(&EntryKey::of_pass(pass, item), &[change])
+    }
 
     /// A live run of `n` users, all converted with an invitation carrying a redeem URL.
     fn converted_run(keep: bool, n: usize) -> (tempfile::TempDir, Queue, i64, Vec<i64>) {
@@ -408,7 +405,7 @@ mod tests {
             .unwrap()
             .unwrap();
         let _lease = q.take_lease(run).unwrap();
-        q.mark_resend_in_flight(pass.id, ids[0]).unwrap();
+        change(&q, pass.id, ids[0], ResendChange::in_flight().0).unwrap();
         // Another process takes the run over (this one froze past the stale window).
         q.conn()
             .execute(
@@ -417,22 +414,18 @@ mod tests {
             )
             .unwrap();
         let lost = |r: Result<()>| matches!(r, Err(QueueError::LeaseLost { .. }));
-        assert!(lost(q.charge_resend_attempt(pass.id, ids[0])));
-        assert!(lost(q.record_resent(
-            pass.id,
-            ids[0],
-            Some("inv"),
-            None,
-            None,
-            None
-        )));
-        assert!(lost(
-            q.note_resend_error(pass.id, ids[0], "E", "late", None)
-        ));
-        assert!(lost(q.resend_back_to_pending(pass.id, ids[0])));
+        let late = [
+            ResendChange::charge(),
+            ResendChange::sent(Some("inv"), &Trace::default(), None),
+            ResendChange::note_error("E", "late", None),
+            ResendChange::back_to_pending(),
+        ];
+        for refused in late {
+            assert!(lost(change(&q, pass.id, ids[0], refused)));
+        }
         let entry = &q.resend_entries(pass.id, ResendState::InFlight).unwrap()[0];
         assert_eq!(entry.attempts, 0);
-        assert_eq!(q.resend_summary(pass.id).unwrap().sent, 0);
+        assert_eq!(q.resend_summary(pass.id).unwrap().done, 0);
     }
 
     #[test]
@@ -486,25 +479,30 @@ mod tests {
             pending[0].tracked_changed_at.as_deref(),
             Some("2026-11-01T10:00:00.000Z")
         );
-        let cp = q.mark_resend_in_flight(pass.id, ids[1]).unwrap();
-        assert!(q.mark_resend_in_flight(pass.id, ids[1]).is_err());
+        let (in_flight, cp) = ResendChange::in_flight();
+        change(&q, pass.id, ids[1], in_flight).unwrap();
+        assert!(change(&q, pass.id, ids[1], ResendChange::in_flight().0).is_err());
         let inflight = q.resend_entries(pass.id, ResendState::InFlight).unwrap();
         assert_eq!(inflight[0].checkpoint_at.as_deref(), Some(cp.as_str()));
         // The checkpoint is not an attempt (a kill right after it sent nothing); the answer is.
         assert_eq!(inflight[0].attempts, 0);
-        q.charge_resend_attempt(pass.id, ids[1]).unwrap();
+        change(&q, pass.id, ids[1], ResendChange::charge()).unwrap();
         let inflight = q.resend_entries(pass.id, ResendState::InFlight).unwrap();
         assert_eq!(inflight[0].attempts, 1);
-        q.record_resent(pass.id, ids[1], Some("inv-2"), Some("r"), None, Some(URL))
-            .unwrap();
-        assert!(!q.finish_resend_pass(pass.id).unwrap());
-        q.mark_resend_in_flight(pass.id, ids[2]).unwrap();
-        q.resend_back_to_pending(pass.id, ids[2]).unwrap();
-        q.record_resend_failed(pass.id, ids[2], "BadRequest", "no", None, None)
-            .unwrap();
+        let trace = Trace {
+            request_id: Some("r".into()),
+            client_request_id: None,
+        };
+        let sent = ResendChange::sent(Some("inv-2"), &trace, Some(URL));
+        change(&q, pass.id, ids[1], sent).unwrap();
+        assert!(!q.finish_pass::<ResendState>(pass.id).unwrap());
+        change(&q, pass.id, ids[2], ResendChange::in_flight().0).unwrap();
+        change(&q, pass.id, ids[2], ResendChange::back_to_pending()).unwrap();
+        let failed = ResendChange::failed("BadRequest", "no", &Trace::default());
+        change(&q, pass.id, ids[2], failed).unwrap();
         let s = q.resend_summary(pass.id).unwrap();
-        assert_eq!((s.sent, s.failed, s.pending, s.in_flight), (1, 1, 0, 0));
-        assert!(q.finish_resend_pass(pass.id).unwrap());
+        assert_eq!((s.done, s.failed, s.pending, s.in_flight), (1, 1, 0, 0));
+        assert!(q.finish_pass::<ResendState>(pass.id).unwrap());
         assert!(q.open_resend_pass(run).unwrap().is_none());
         // Re-invited after the last track: not a candidate again until a new track shows the
         // user still pending, and then only once the resend is older than the cutoff. (The

@@ -15,33 +15,26 @@
 //! for a password Graph never received: the next `rollback` (with a new file) sends a new one,
 //! and the entry names the file whose line Graph holds.
 
-use std::collections::{BTreeSet, HashMap};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use anyhow::Context as _;
 use serde_json::json;
-use tokio::sync::watch;
 
-use crate::graph::{ConvertBack, GraphClient, GraphError, Password, ResponseMeta, Traced};
+use crate::graph::{ConvertBack, GraphError, Password, ResponseMeta, Traced};
 use crate::item::ItemRecord;
 use crate::model::{ConversionUserDetails, User};
-use crate::progress::Progress;
-use crate::queue::backout::{BackoutEntry, BackoutKind, BackoutState};
+use crate::queue::backout::{BackoutChange, BackoutEntry, BackoutKind, BackoutState};
+use crate::queue::pass::EntryKey;
 use crate::queue::track::ACCEPTED;
-use crate::queue::Queue;
 
 use super::convert::db;
-use super::executor::{self, reread_error, PassOps, Settled};
+use super::executor::{reread_error, trace_of, EntryPass, EntryWork, PassContext, UsersById};
 use super::planner::{Checkpoint, ItemPlan, Pass, Reread, Step};
-use super::resend::PassEnd;
 
 /// The userType `--set-guest` writes.
 pub const TOOL_USER_TYPE: &str = "Guest";
-
-/// Users read together before their back-out: one `$batch` of 20 × 15 ids.
-const CHUNK: usize = 300;
 
 /// Where one property stands against the snapshot and the tool's write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,175 +244,84 @@ impl BackoutItem {
 
 /// What a back-out pass needs to carry out its steps.
 pub struct BackoutOps {
-    pub queue: Arc<Queue>,
-    pub graph: GraphClient,
+    /// The queue, Graph and the progress bar.
+    pub cx: PassContext,
+    pub run_id: i64,
     pub kind: BackoutKind,
-    pub progress: Arc<Progress>,
     /// `rollback` of cloud users: where their new passwords go.
     pub passwords: Option<PasswordsFile>,
     pub max_attempts: u32,
 }
 
-/// Works the run's back-out of `ops.kind`: entries a killed process left in flight are decided
-/// first from a re-read (never sent blind), then the pending ones (those of `only` when given),
-/// each chunk re-read in bulk just before it is worked so a user changed by someone else, or
-/// not redeemed, is left alone; `concurrency` at a time through the run's shared limiter.
-pub async fn work(
-    ops: Arc<BackoutOps>,
-    run_id: i64,
-    concurrency: usize,
-    stop: watch::Receiver<bool>,
-    only: Option<BTreeSet<i64>>,
-) -> anyhow::Result<PassEnd> {
-    let kind = ops.kind;
-    let in_flight = db(&ops.queue, move |q| {
-        q.backout_entries(run_id, kind, Some(BackoutState::InFlight))
-    })
-    .await?;
-    for entry in in_flight {
-        // No step named: a restore left between its two steps (the first checkpointed done,
-        // the second not yet in flight). Every in-flight checkpoint names its step.
-        let step = entry.in_flight.as_deref().and_then(Step::parse);
-        let has_user = entry.user_id.is_some();
-        let (mut it, mut plan) = prepare(&ops, entry).await?;
-        if let Settled::Stopped(reason) =
-            executor::reconcile_item(&*ops, &mut it, &mut plan, step, has_user).await?
-        {
-            return Ok(PassEnd::Stopped(reason));
-        }
+impl BackoutOps {
+    fn key_of(&self, item_id: i64) -> EntryKey {
+        EntryKey::of_item(item_id, self.kind.as_str())
     }
-
-    let pass_stop = executor::PassStop::new(stop);
-    let stopping = pass_stop.stopping();
-    let mut pending = db(&ops.queue, move |q| {
-        q.backout_entries(run_id, kind, Some(BackoutState::Pending))
-    })
-    .await?;
-    if let Some(only) = &only {
-        pending.retain(|e| only.contains(&e.item_id));
-    }
-    for chunk in pending.chunks(CHUNK) {
-        if stopping() {
-            break;
-        }
-        let chunk = match read_before(&ops, chunk.to_vec()).await? {
-            Ok(left) => left,
-            Err(e) => {
-                return Ok(executor::chunk_read_stopped(
-                    e,
-                    "re-reading the users before backing them out",
-                ))
-            }
-        };
-        executor::work_chunk(
-            &ops,
-            chunk,
-            concurrency,
-            &pass_stop,
-            |ops: Arc<BackoutOps>, entry| async move { prepare(&ops, entry).await.map(Some) },
-            "back-out",
-        )
-        .await?;
-    }
-    Ok(pass_stop.end())
 }
 
-async fn prepare(ops: &BackoutOps, entry: BackoutEntry) -> anyhow::Result<(BackoutItem, ItemPlan)> {
-    let item_id = entry.item_id;
-    let item = db(&ops.queue, move |q| q.item(item_id))
-        .await?
-        .context("a back-out names a vanished item")?;
-    Ok(BackoutItem::new(entry, &item, ops.max_attempts))
-}
-
-/// Reads the chunk's users in bulk just before their back-out. A restore step whose property
-/// already holds the snapshot's value is checkpointed done without a request; a user changed
-/// since by someone else, not redeemed, gone or without an object id is recorded left alone.
-/// Returns the entries still to work, as now checkpointed.
-async fn read_before(
-    ops: &BackoutOps,
-    chunk: Vec<BackoutEntry>,
-) -> anyhow::Result<Result<Vec<BackoutEntry>, GraphError>> {
-    let ids: Vec<String> = chunk.iter().filter_map(|e| e.user_id.clone()).collect();
-    let found = match ops.graph.users_by_ids(&ids).await {
-        Ok(found) => found,
-        Err(e) => return Ok(Err(e)),
-    };
-    let now: HashMap<String, User> = found
-        .into_iter()
-        .map(|u| (u.id.to_lowercase(), u))
-        .collect();
-    let kind = ops.kind;
-    let mut left = Vec::with_capacity(chunk.len());
-    'entries: for mut entry in chunk {
-        let Some(id) = entry.user_id.as_deref() else {
-            skip(ops, &entry, "the item has no object id").await?;
-            continue;
-        };
-        let user = now.get(&id.to_lowercase());
-        match kind {
-            BackoutKind::Rollback => match rollback_view(user) {
-                Reread::NotDone => left.push(entry),
-                Reread::Done => {
-                    skip(
-                        ops,
-                        &entry,
-                        "already an internal member (converted back elsewhere)",
-                    )
-                    .await?;
-                }
-                Reread::Moot { why } => skip(ops, &entry, &why).await?,
-                _ => left.push(entry),
-            },
-            BackoutKind::Restore => {
-                for (needed, done, step) in [
-                    (
-                        entry.needs_user_type,
-                        entry.user_type_done,
-                        Step::RestoreUserType,
-                    ),
-                    (entry.needs_mail, entry.mail_done, Step::RestoreMail),
-                ] {
-                    if !needed || done {
-                        continue;
-                    }
-                    match restore_view(&entry, user, step) {
-                        Reread::Moot { why } => {
-                            skip(ops, &entry, &why).await?;
-                            continue 'entries;
-                        }
-                        Reread::Done => {
-                            let item_id = entry.item_id;
-                            db(&ops.queue, move |q| {
-                                q.backout_step_done(item_id, kind, step.as_str())
-                            })
-                            .await?;
-                            match step {
-                                Step::RestoreUserType => entry.user_type_done = true,
-                                _ => entry.mail_done = true,
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-                left.push(entry);
-            }
-        }
-    }
-    Ok(Ok(left))
-}
-
-async fn skip(ops: &BackoutOps, entry: &BackoutEntry, why: &str) -> anyhow::Result<()> {
-    let (item_id, kind, why) = (entry.item_id, ops.kind, why.to_string());
-    db(&ops.queue, move |q| q.backout_skipped(item_id, kind, &why)).await?;
-    ops.progress.inc(1);
-    Ok(())
-}
-
-impl PassOps for BackoutOps {
+impl EntryPass for BackoutOps {
     type Item = BackoutItem;
+    type State = BackoutState;
 
-    async fn checkpoint(&self, it: &mut BackoutItem, step: Step) -> anyhow::Result<()> {
+    fn context(&self) -> &PassContext {
+        &self.cx
+    }
+
+    fn key(&self, it: &BackoutItem) -> EntryKey {
+        self.key_of(it.entry.item_id)
+    }
+
+    async fn send(&self, it: &mut BackoutItem, step: Step) -> Result<ResponseMeta, GraphError> {
+        let id = it.user_id().to_string();
+        match step {
+            Step::RestoreUserType => {
+                let to = it.entry.user_type_to.as_deref().unwrap_or("Member");
+                let t = self
+                    .cx
+                    .graph
+                    .patch_user(&id, &json!({ "userType": to }))
+                    .await?;
+                Ok(t.meta)
+            }
+            Step::RestoreMail => {
+                let t = self
+                    .cx
+                    .graph
+                    .patch_user(&id, &json!({ "mail": it.entry.mail_to }))
+                    .await?;
+                Ok(t.meta)
+            }
+            _ => {
+                let how = match (&it.how, &it.password) {
+                    (How::Cloud { upn }, Some(password)) => ConvertBack::Cloud {
+                        user_principal_name: upn,
+                        password,
+                        mail: None,
+                    },
+                    _ => ConvertBack::Synced,
+                };
+                let answer = self.cx.graph.convert_back(&id, &how).await?;
+                let meta = answer.meta.clone();
+                it.answer = Some(answer);
+                Ok(meta)
+            }
+        }
+    }
+
+    async fn reread(&self, it: &BackoutItem, step: Step) -> Reread {
+        let id = it.user_id();
+        match self.cx.graph.get_user(id).await {
+            Ok(user) => match step {
+                Step::ConvertBack => rollback_view(user.as_ref()),
+                _ => restore_view(&it.entry, user.as_ref(), step),
+            },
+            Err(e) => reread_error(id, e),
+        }
+    }
+
+    /// A cloud user's new password is written (and synced) to the passwords file before the
+    /// checkpoint, which names the file.
+    fn in_flight(&self, it: &mut BackoutItem, step: Step) -> anyhow::Result<BackoutChange> {
         let mut file = None;
         if let How::Cloud { upn } = &it.how {
             if it.password.is_none() {
@@ -438,144 +340,148 @@ impl PassOps for BackoutOps {
                 .as_ref()
                 .map(|p| p.path().display().to_string());
         }
-        let (item_id, kind) = (it.entry.item_id, self.kind);
-        db(&self.queue, move |q| {
-            q.backout_in_flight(item_id, kind, step.as_str(), file.as_deref())
-        })
-        .await
+        Ok(BackoutChange::in_flight(step.as_str(), file.as_deref()))
     }
 
-    async fn send(&self, it: &mut BackoutItem, step: Step) -> Result<ResponseMeta, GraphError> {
-        let id = it.user_id().to_string();
-        match step {
-            Step::RestoreUserType => {
-                let to = it.entry.user_type_to.as_deref().unwrap_or("Member");
-                let t = self
-                    .graph
-                    .patch_user(&id, &json!({ "userType": to }))
-                    .await?;
-                Ok(t.meta)
-            }
-            Step::RestoreMail => {
-                let t = self
-                    .graph
-                    .patch_user(&id, &json!({ "mail": it.entry.mail_to }))
-                    .await?;
-                Ok(t.meta)
-            }
-            _ => {
-                let how = match (&it.how, &it.password) {
-                    (How::Cloud { upn }, Some(password)) => ConvertBack::Cloud {
-                        user_principal_name: upn,
-                        password,
-                        mail: None,
-                    },
-                    _ => ConvertBack::Synced,
-                };
-                let answer = self.graph.convert_back(&id, &how).await?;
-                let meta = answer.meta.clone();
-                it.answer = Some(answer);
-                Ok(meta)
-            }
-        }
+    fn step_done(&self, _it: &BackoutItem, step: Step) -> Option<BackoutChange> {
+        BackoutChange::step_done(step.as_str())
     }
 
-    async fn reread(&self, it: &BackoutItem, step: Step) -> Reread {
-        let id = it.user_id();
-        match self.graph.get_user(id).await {
-            Ok(user) => match step {
-                Step::ConvertBack => rollback_view(user.as_ref()),
-                _ => restore_view(&it.entry, user.as_ref(), step),
-            },
-            Err(e) => reread_error(id, e),
-        }
-    }
-
-    async fn charge(&self, it: &BackoutItem) -> anyhow::Result<()> {
-        let (item_id, kind) = (it.entry.item_id, self.kind);
-        db(&self.queue, move |q| q.backout_charge(item_id, kind)).await
-    }
-
-    async fn note_unknown(
-        &self,
-        it: &BackoutItem,
-        code: &str,
-        message: &str,
-        _meta: Option<&ResponseMeta>,
-    ) -> anyhow::Result<()> {
-        let (item_id, kind) = (it.entry.item_id, self.kind);
-        let (code, message) = (code.to_string(), message.to_string());
-        db(&self.queue, move |q| {
-            q.backout_note_error(item_id, kind, &code, &message)
-        })
-        .await
-    }
-
-    async fn step_done(&self, it: &BackoutItem, step: Step) -> anyhow::Result<()> {
-        let (item_id, kind) = (it.entry.item_id, self.kind);
-        db(&self.queue, move |q| {
-            q.backout_step_done(item_id, kind, step.as_str())
-        })
-        .await
-    }
-
-    async fn record_done(
-        &self,
-        it: &mut BackoutItem,
-        meta: Option<ResponseMeta>,
-    ) -> anyhow::Result<()> {
-        let (item_id, kind) = (it.entry.item_id, self.kind);
+    fn done(&self, it: &BackoutItem, meta: Option<&ResponseMeta>) -> BackoutChange {
         let at = it
             .answer
-            .take()
-            .and_then(|a| a.value.converted_to_internal_user_date_time);
-        db(&self.queue, move |q| {
-            q.backout_done(
-                item_id,
-                kind,
-                at.as_deref(),
-                meta.as_ref().and_then(|m| m.request_id.as_deref()),
-                meta.as_ref().map(|m| m.client_request_id.as_str()),
-            )
-        })
-        .await?;
-        self.progress.inc(1);
-        Ok(())
+            .as_ref()
+            .and_then(|a| a.value.converted_to_internal_user_date_time.as_deref());
+        BackoutChange::done(at, &trace_of(meta))
     }
 
-    async fn back_to_pending(&self, it: &BackoutItem) -> anyhow::Result<()> {
-        let (item_id, kind) = (it.entry.item_id, self.kind);
-        db(&self.queue, move |q| q.backout_to_pending(item_id, kind)).await
-    }
-
-    async fn record_failed(
+    fn failed(
         &self,
-        it: &BackoutItem,
+        _it: &BackoutItem,
         code: &str,
         message: &str,
-        meta: Option<ResponseMeta>,
-    ) -> anyhow::Result<()> {
-        let (item_id, kind) = (it.entry.item_id, self.kind);
-        let (code, message) = (code.to_string(), message.to_string());
-        db(&self.queue, move |q| {
-            q.backout_failed(
-                item_id,
-                kind,
-                &code,
-                &message,
-                meta.as_ref().and_then(|m| m.request_id.as_deref()),
-            )
-        })
-        .await?;
-        self.progress.inc(1);
-        Ok(())
+        meta: Option<&ResponseMeta>,
+    ) -> BackoutChange {
+        BackoutChange::failed(code, message, meta.and_then(|m| m.request_id.as_deref()))
     }
 
-    async fn record_skipped(&self, it: &BackoutItem, why: &str) -> anyhow::Result<()> {
-        let (item_id, kind, why) = (it.entry.item_id, self.kind, why.to_string());
-        db(&self.queue, move |q| q.backout_skipped(item_id, kind, &why)).await?;
-        self.progress.inc(1);
-        Ok(())
+    fn skipped(&self, _it: &BackoutItem, why: &str) -> BackoutChange {
+        BackoutChange::skipped(why)
+    }
+}
+
+/// Entries a killed process left in flight are decided first from a re-read (never sent
+/// blind), then the pending ones, each chunk re-read in bulk just before it is worked so a user
+/// changed by someone else, or not redeemed, is left alone.
+impl EntryWork for BackoutOps {
+    type Entry = BackoutEntry;
+    const NAME: &'static str = "back-out";
+    const READING: &'static str = "re-reading the users before backing them out";
+
+    async fn entries(&self, state: BackoutState) -> anyhow::Result<Vec<BackoutEntry>> {
+        let (run_id, kind) = (self.run_id, self.kind);
+        db(&self.cx.queue, move |q| {
+            q.backout_entries(run_id, kind, Some(state))
+        })
+        .await
+    }
+
+    fn item_id(entry: &BackoutEntry) -> i64 {
+        entry.item_id
+    }
+
+    fn user_id(entry: &BackoutEntry) -> Option<&str> {
+        entry.user_id.as_deref()
+    }
+
+    /// No step named: a restore left between its two steps (the first checkpointed done, the
+    /// second not yet in flight). Every in-flight checkpoint names its step.
+    fn in_flight_step(entry: &BackoutEntry) -> Option<Step> {
+        entry.in_flight.as_deref().and_then(Step::parse)
+    }
+
+    async fn prepare(
+        &self,
+        entry: BackoutEntry,
+    ) -> anyhow::Result<Option<(BackoutItem, ItemPlan)>> {
+        let item = self.cx.item(entry.item_id, "back-out").await?;
+        Ok(Some(BackoutItem::new(entry, &item, self.max_attempts)))
+    }
+
+    /// A restore step whose property already holds the snapshot's value is checkpointed done
+    /// without a request; a user changed since by someone else, not redeemed, gone or without
+    /// an object id is recorded left alone.
+    async fn sort_chunk(
+        &self,
+        chunk: Vec<BackoutEntry>,
+        now: &UsersById,
+    ) -> anyhow::Result<Vec<BackoutEntry>> {
+        let mut left = Vec::with_capacity(chunk.len());
+        for mut entry in chunk {
+            let Some(id) = entry.user_id.as_deref() else {
+                self.leave_alone(&entry, "the item has no object id")
+                    .await?;
+                continue;
+            };
+            let user = now.get(id);
+            let why = match self.kind {
+                BackoutKind::Rollback => match rollback_view(user) {
+                    Reread::Done => {
+                        Some("already an internal member (converted back elsewhere)".to_string())
+                    }
+                    Reread::Moot { why } => Some(why),
+                    _ => None,
+                },
+                BackoutKind::Restore => self.restored_already(&mut entry, user).await?,
+            };
+            match why {
+                Some(why) => self.leave_alone(&entry, &why).await?,
+                None => left.push(entry),
+            }
+        }
+        Ok(left)
+    }
+}
+
+impl BackoutOps {
+    /// Checkpoints done each restore step of `entry` whose property `user` already shows
+    /// back, without a request; why the user is left alone, when someone else changed it since
+    /// (or it is gone).
+    async fn restored_already(
+        &self,
+        entry: &mut BackoutEntry,
+        user: Option<&User>,
+    ) -> anyhow::Result<Option<String>> {
+        for step in [Step::RestoreUserType, Step::RestoreMail] {
+            let (needed, done) = match step {
+                Step::RestoreUserType => (entry.needs_user_type, entry.user_type_done),
+                _ => (entry.needs_mail, entry.mail_done),
+            };
+            if !needed || done {
+                continue;
+            }
+            match restore_view(entry, user, step) {
+                Reread::Moot { why } => return Ok(Some(why)),
+                Reread::Done => {
+                    let key = self.key_of(entry.item_id);
+                    let changes: Vec<_> = BackoutChange::step_done(step.as_str())
+                        .into_iter()
+                        .collect();
+                    db(&self.cx.queue, move |q| q.change_entry(&key, &changes)).await?;
+                    match step {
+                        Step::RestoreUserType => entry.user_type_done = true,
+                        _ => entry.mail_done = true,
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+
+    async fn leave_alone(&self, entry: &BackoutEntry, why: &str) -> anyhow::Result<()> {
+        self.leave(self.key_of(entry.item_id), BackoutChange::skipped(why))
+            .await
     }
 }
 
@@ -709,6 +615,67 @@ mod tests {
             }
         );
         assert!(matches!(rollback_view(None), Reread::Moot { .. }));
+    }
+
+    /// Works one back-out of `kind` for the run's only user and returns the write
+    /// transactions it cost.
+    async fn write_transactions_of(
+        run: &crate::workers::executor::on_emulator::Converted,
+        kind: BackoutKind,
+        passwords: Option<PasswordsFile>,
+    ) -> u64 {
+        let q = &run.cx.queue;
+        let ops = BackoutOps {
+            cx: run.cx.clone(),
+            run_id: run.run_id(),
+            kind,
+            passwords,
+            max_attempts: 3,
+        };
+        let spent = crate::workers::executor::on_emulator::write_transactions_of(q, ops).await;
+        assert_eq!(q.backout_counts(run.run_id(), kind).unwrap().done, 1);
+        spent
+    }
+
+    /// The checkpoint of the userType, its charge and done with the mail's checkpoint, the
+    /// mail's charge and done with the entry `done`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restored_user_costs_three_write_transactions() {
+        let run = crate::workers::executor::on_emulator::converted(1, true).await;
+        let back = crate::queue::backout::NewBackout {
+            item_id: run.items[0].id,
+            needs_user_type: true,
+            user_type_to: Some("Member".into()),
+            needs_mail: true,
+            mail_to: Some("before1@fabrikam.example".into()),
+            mail_tool: run.items[0].external_email.clone(),
+        };
+        run.cx
+            .queue
+            .add_backout(run.run_id(), BackoutKind::Restore, &[back])
+            .unwrap();
+        let spent = write_transactions_of(&run, BackoutKind::Restore, None).await;
+        assert_eq!(spent, 3);
+    }
+
+    /// The checkpoint, then the charge with the entry `done`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rolled_back_user_costs_two_write_transactions() {
+        let run = crate::workers::executor::on_emulator::converted(1, false).await;
+        let user_id = run.items[0].user_id.clone().unwrap();
+        assert_eq!(run.emulator.redeem(&user_id), Some(200));
+        let back = crate::queue::backout::NewBackout {
+            item_id: run.items[0].id,
+            ..Default::default()
+        };
+        run.cx
+            .queue
+            .add_backout(run.run_id(), BackoutKind::Rollback, &[back])
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let passwords = PasswordsFile::create(&dir.path().join("pw.csv")).unwrap();
+        let spent = write_transactions_of(&run, BackoutKind::Rollback, Some(passwords)).await;
+        assert_eq!(spent, 2);
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! The one executor every pass over users runs on: `run`/`resume`/`retry` (convert), `resend`,
-//! and the passes to come (retire, restore, rollback).
+//! `retire`, `restore` and `rollback`.
 //!
 //! A pass declares, through [`PassOps`], how each of its steps' requests is sent, how the user
 //! as Graph now holds it shows whether a step took effect (its re-read), and how each outcome is
-//! recorded in the queue. The [`planner`](super::planner) decides; this module only carries out
-//! its actions, in the same order for every pass:
+//! recorded in the queue. The passes whose records are entries of their own table (resend,
+//! retire, the back-outs) declare it through [`EntryPass`] instead, which records every batch of
+//! writes in one transaction, and [`EntryWork`], which [`work_entries`] works the same way for
+//! all of them. The [`planner`](super::planner) decides; this module only carries out its
+//! actions, in the same order for every pass:
 //!
 //! - the item is checkpointed `in_flight` (fenced by the lease) before a request may leave;
 //! - an attempt is charged only when the request may have reached Graph;
@@ -14,18 +17,22 @@
 //! - the pause between attempts at a user is the one retry policy's (`graph::retry::delay`);
 //! - a write the lease no longer allows stops this process's pass without writing anything.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use tokio::sync::watch;
 
-use crate::graph::{GraphError, ResponseMeta};
-use crate::queue::QueueError;
+use crate::graph::{GraphClient, GraphError, ResponseMeta};
+use crate::item::ItemRecord;
+use crate::model::User;
+use crate::progress::Progress;
+use crate::queue::pass::{EntryChange, EntryKey, EntryState};
+use crate::queue::{Queue, QueueError, Trace};
 
+use super::convert::db;
 use super::planner::{Action, Answer, ItemPlan, Leave, Reread, Step, StopReason};
-use super::resend::PassEnd;
 
 /// How an item left the executor in this process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,6 +180,16 @@ pub enum Write {
     },
     /// [`PassOps::record_skipped`].
     Skipped(String),
+}
+
+impl Write {
+    /// Whether the write is the user's end in the pass: done, failed or skipped.
+    pub fn ends_item(&self) -> bool {
+        matches!(
+            self,
+            Write::Done(_) | Write::Failed { .. } | Write::Skipped(_)
+        )
+    }
 }
 
 /// Reduces a Graph failure of `step`'s request to what the planner decides on.
@@ -396,16 +413,27 @@ pub async fn reconcile_item<P: PassOps>(
     Ok(settled)
 }
 
+/// How a pass over its entries ended in this process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PassEnd {
+    /// Nothing pending is left (or `--limit` was reached).
+    Done,
+    /// Ctrl-C: the requests on the wire were finished and recorded.
+    Interrupted,
+    /// Stopped for the whole pass (tenant refusal, Graph unreachable, lease lost).
+    Stopped(StopReason),
+}
+
 /// Why a pass's workers stop: Ctrl-C, or the first reason one of them gave for the whole pass.
 /// Shared by every worker of the pass, so one worker's stop ends the others' before their next
 /// user.
-pub struct PassStop {
+struct PassStop {
     stop: watch::Receiver<bool>,
     reason: Arc<Mutex<Option<StopReason>>>,
 }
 
 impl PassStop {
-    pub fn new(stop: watch::Receiver<bool>) -> PassStop {
+    fn new(stop: watch::Receiver<bool>) -> PassStop {
         PassStop {
             stop,
             reason: Arc::default(),
@@ -413,13 +441,13 @@ impl PassStop {
     }
 
     /// Whether no more user is to be started.
-    pub fn stopping(&self) -> impl Fn() -> bool + Clone + Send + Sync + 'static {
+    fn stopping(&self) -> impl Fn() -> bool + Clone + Send + Sync + 'static {
         let (stop, reason) = (self.stop.clone(), self.reason.clone());
         move || *stop.borrow() || reason.lock().map_or(true, |r| r.is_some())
     }
 
     /// How the pass ended in this process, once its workers are done.
-    pub fn end(self) -> PassEnd {
+    fn end(self) -> PassEnd {
         let reason = self.reason.lock().unwrap_or_else(|p| p.into_inner()).take();
         match reason {
             Some(reason) => PassEnd::Stopped(reason),
@@ -431,7 +459,7 @@ impl PassStop {
 
 /// The pass stops when the bulk re-read of a chunk fails: a tenant refusal or an unreachable
 /// Graph as such, anything else as an error saying what was being `doing`.
-pub fn chunk_read_stopped(e: GraphError, doing: &str) -> PassEnd {
+fn chunk_read_stopped(e: GraphError, doing: &str) -> PassEnd {
     PassEnd::Stopped(match e {
         GraphError::TenantRefused { message, .. } => StopReason::TenantRefused(message),
         GraphError::NotSent { message } => StopReason::Unreachable(message),
@@ -439,28 +467,367 @@ pub fn chunk_read_stopped(e: GraphError, doing: &str) -> PassEnd {
     })
 }
 
+/// What a pass over users works with: the run's queue, its Graph client (requests gated by the
+/// lease) and the invocation's progress bar.
+#[derive(Clone)]
+pub struct PassContext {
+    pub queue: Arc<Queue>,
+    pub graph: GraphClient,
+    pub progress: Arc<Progress>,
+}
+
+impl PassContext {
+    /// The item an entry of the pass names (`what` names the pass in the error of a vanished
+    /// one).
+    pub async fn item(&self, item_id: i64, what: &str) -> anyhow::Result<ItemRecord> {
+        db(&self.queue, move |q| q.item(item_id))
+            .await?
+            .with_context(|| format!("a {what} names a vanished item"))
+    }
+}
+
+/// A pass whose records are changes of the user's entry in the pass's own table (resend,
+/// retire, the back-outs). It says which change each of the executor's writes makes; the
+/// bookkeeping is then the same for all of them: each batch the executor hands over is ONE
+/// write transaction ([`Queue::change_entry`]), and the progress bar moves once per user ended.
+pub trait EntryPass: Sync {
+    type Item: Send + Sync;
+    /// The states of the pass's table.
+    type State: EntryState;
+
+    fn context(&self) -> &PassContext;
+    /// The entry `item` is.
+    fn key(&self, item: &Self::Item) -> EntryKey;
+
+    /// [`PassOps::send`].
+    fn send(
+        &self,
+        item: &mut Self::Item,
+        step: Step,
+    ) -> impl Future<Output = Result<ResponseMeta, GraphError>> + Send;
+
+    /// [`PassOps::reread`].
+    fn reread(&self, item: &Self::Item, step: Step) -> impl Future<Output = Reread> + Send;
+
+    /// The checkpoint of `step`, readying `item` for its request.
+    fn in_flight(
+        &self,
+        item: &mut Self::Item,
+        step: Step,
+    ) -> anyhow::Result<EntryChange<Self::State>>;
+
+    /// `step` done (`None`: nothing to record, the end of a one-step pass is its checkpoint).
+    fn step_done(&self, item: &Self::Item, step: Step) -> Option<EntryChange<Self::State>>;
+
+    /// Every step asked for is done; `meta` is the last answer's (none when reconciled).
+    fn done(&self, item: &Self::Item, meta: Option<&ResponseMeta>) -> EntryChange<Self::State>;
+
+    fn failed(
+        &self,
+        item: &Self::Item,
+        code: &str,
+        message: &str,
+        meta: Option<&ResponseMeta>,
+    ) -> EntryChange<Self::State>;
+
+    fn skipped(&self, item: &Self::Item, why: &str) -> EntryChange<Self::State>;
+
+    /// Records `change` for an entry the pass leaves without working it (the chunk's re-read
+    /// showed nothing to do, or it cannot be worked) and moves the bar past it.
+    fn leave(
+        &self,
+        key: EntryKey,
+        change: EntryChange<Self::State>,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send {
+        async move {
+            let cx = self.context();
+            db(&cx.queue, move |q| q.change_entry(&key, &[change])).await?;
+            cx.progress.inc(1);
+            Ok(())
+        }
+    }
+}
+
+/// Makes `changes` to `item`'s entry in one write transaction, then moves the bar past the
+/// users `ended`.
+async fn change_entry<P: EntryPass>(
+    ops: &P,
+    item: &P::Item,
+    changes: Vec<EntryChange<P::State>>,
+    ended: u64,
+) -> anyhow::Result<()> {
+    let cx = ops.context();
+    if !changes.is_empty() {
+        let key = ops.key(item);
+        db(&cx.queue, move |q| q.change_entry(&key, &changes)).await?;
+    }
+    cx.progress.inc(ended);
+    Ok(())
+}
+
+impl<P: EntryPass> PassOps for P {
+    type Item = P::Item;
+
+    async fn checkpoint(&self, item: &mut P::Item, step: Step) -> anyhow::Result<()> {
+        let change = self.in_flight(item, step)?;
+        change_entry(self, item, vec![change], 0).await
+    }
+
+    fn send(
+        &self,
+        item: &mut P::Item,
+        step: Step,
+    ) -> impl Future<Output = Result<ResponseMeta, GraphError>> + Send {
+        EntryPass::send(self, item, step)
+    }
+
+    fn reread(&self, item: &P::Item, step: Step) -> impl Future<Output = Reread> + Send {
+        EntryPass::reread(self, item, step)
+    }
+
+    async fn charge(&self, item: &P::Item) -> anyhow::Result<()> {
+        change_entry(self, item, vec![EntryChange::charge()], 0).await
+    }
+
+    async fn note_unknown(
+        &self,
+        item: &P::Item,
+        code: &str,
+        message: &str,
+        meta: Option<&ResponseMeta>,
+    ) -> anyhow::Result<()> {
+        let request_id = meta.and_then(|m| m.request_id.as_deref());
+        let change = EntryChange::note_error(code, message, request_id);
+        change_entry(self, item, vec![change], 0).await
+    }
+
+    async fn step_done(&self, item: &P::Item, step: Step) -> anyhow::Result<()> {
+        let change = EntryPass::step_done(self, item, step);
+        change_entry(self, item, change.into_iter().collect(), 0).await
+    }
+
+    async fn record_done(
+        &self,
+        item: &mut P::Item,
+        meta: Option<ResponseMeta>,
+    ) -> anyhow::Result<()> {
+        let change = self.done(item, meta.as_ref());
+        change_entry(self, item, vec![change], 1).await
+    }
+
+    async fn back_to_pending(&self, item: &P::Item) -> anyhow::Result<()> {
+        change_entry(self, item, vec![EntryChange::back_to_pending()], 0).await
+    }
+
+    async fn record_failed(
+        &self,
+        item: &P::Item,
+        code: &str,
+        message: &str,
+        meta: Option<ResponseMeta>,
+    ) -> anyhow::Result<()> {
+        let change = self.failed(item, code, message, meta.as_ref());
+        change_entry(self, item, vec![change], 1).await
+    }
+
+    async fn record_skipped(&self, item: &P::Item, why: &str) -> anyhow::Result<()> {
+        change_entry(self, item, vec![self.skipped(item, why)], 1).await
+    }
+
+    /// The whole batch is one write transaction: the entry's changes in order.
+    async fn record(&self, item: &mut P::Item, writes: Vec<Write>) -> anyhow::Result<()> {
+        let mut changes = Vec::with_capacity(writes.len());
+        let mut ended = 0;
+        for write in writes {
+            ended += u64::from(write.ends_item());
+            let change = match write {
+                Write::Checkpoint(step) => Some(self.in_flight(item, step)?),
+                Write::Charge => Some(EntryChange::charge()),
+                Write::NoteUnknown {
+                    code,
+                    message,
+                    meta,
+                } => {
+                    let request_id = meta.as_ref().and_then(|m| m.request_id.as_deref());
+                    Some(EntryChange::note_error(&code, &message, request_id))
+                }
+                Write::StepDone(step) => EntryPass::step_done(self, item, step),
+                Write::Done(meta) => Some(self.done(item, meta.as_ref())),
+                Write::BackToPending => Some(EntryChange::back_to_pending()),
+                Write::Failed {
+                    code,
+                    message,
+                    meta,
+                } => Some(self.failed(item, &code, &message, meta.as_ref())),
+                Write::Skipped(why) => Some(self.skipped(item, &why)),
+            };
+            changes.extend(change);
+        }
+        change_entry(self, item, changes, ended).await
+    }
+}
+
+/// The request and client-request ids of an answer, as the queue records them.
+pub fn trace_of(meta: Option<&ResponseMeta>) -> Trace {
+    Trace {
+        request_id: meta.and_then(|m| m.request_id.clone()),
+        client_request_id: meta.map(|m| m.client_request_id.clone()),
+    }
+}
+
+/// Users read in bulk, found by object id whatever its case.
+pub struct UsersById(HashMap<String, User>);
+
+impl UsersById {
+    /// Reads the users of `ids` (15 a filter, 20 filters a `$batch`).
+    pub async fn read(graph: &GraphClient, ids: &[String]) -> Result<UsersById, GraphError> {
+        let found = graph.users_by_ids(ids).await?;
+        Ok(UsersById(
+            found
+                .into_iter()
+                .map(|u| (u.id.to_lowercase(), u))
+                .collect(),
+        ))
+    }
+
+    /// The user of object id `id`, if Graph returned it.
+    pub fn get(&self, id: &str) -> Option<&User> {
+        self.0.get(&id.to_lowercase())
+    }
+}
+
+/// Users re-read together just before they are worked: one `$batch` of 20 × 15 ids.
+const CHUNK: usize = 300;
+
+/// How a pass over its table's entries is worked, once [`work_entries`] has them: which step
+/// an entry was left in flight at, the item and plan the executor works, and what the bulk
+/// re-read of each chunk just before it is worked means for its entries.
+pub trait EntryWork: EntryPass + Send + Sized + 'static {
+    /// An entry as the pass's table holds it.
+    type Entry: Clone + Send + 'static;
+    /// The pass, as a panicked worker's error names it.
+    const NAME: &'static str;
+    /// What the pass is doing when a chunk's re-read fails.
+    const READING: &'static str;
+    /// Whether `--limit` counts the users a chunk's re-read leaves alone too (users taken, by
+    /// default), or only those worked.
+    const LIMIT_COUNTS_LEFT_ALONE: bool = true;
+
+    /// The pass's entries in `state`, in item order.
+    fn entries(
+        &self,
+        state: Self::State,
+    ) -> impl Future<Output = anyhow::Result<Vec<Self::Entry>>> + Send;
+
+    fn item_id(entry: &Self::Entry) -> i64;
+
+    /// The object id of the entry's user, if it has one (a re-read can find it).
+    fn user_id(entry: &Self::Entry) -> Option<&str>;
+
+    /// The step an entry in flight was checkpointed at (`None`: between two steps).
+    fn in_flight_step(entry: &Self::Entry) -> Option<Step>;
+
+    /// The item and plan the executor works for `entry` (`None`: nothing to work, the entry
+    /// is recorded already).
+    fn prepare(
+        &self,
+        entry: Self::Entry,
+    ) -> impl Future<Output = anyhow::Result<Option<(Self::Item, ItemPlan)>>> + Send;
+
+    /// Sorts a chunk by what its users, re-read in bulk just before they are worked, show:
+    /// records those the pass leaves alone and returns the others (as now checkpointed).
+    fn sort_chunk(
+        &self,
+        chunk: Vec<Self::Entry>,
+        now: &UsersById,
+    ) -> impl Future<Output = anyhow::Result<Vec<Self::Entry>>> + Send;
+}
+
+/// Which of a pass's users one invocation works, and how.
+#[derive(Debug, Clone, Default)]
+pub struct PassScope {
+    /// Users worked at once, through the run's shared limiter.
+    pub concurrency: usize,
+    /// `--limit`: at most this many users.
+    pub limit: Option<u64>,
+    /// `--only`: just the entries of these items.
+    pub only: Option<BTreeSet<i64>>,
+}
+
+/// Works a pass over its entries: those a killed process left in flight are decided first
+/// (never sent blind), then the pending ones of `scope`, a chunk at a time, each chunk re-read
+/// in bulk just before it is worked.
+pub async fn work_entries<P: EntryWork>(
+    ops: Arc<P>,
+    scope: PassScope,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<PassEnd> {
+    if let Some(reason) = reconcile_in_flight(&ops).await? {
+        return Ok(PassEnd::Stopped(reason));
+    }
+    let pass_stop = PassStop::new(stop);
+    let stopping = pass_stop.stopping();
+    let mut budget = scope.limit.unwrap_or(u64::MAX);
+    let mut pending = ops.entries(P::State::PENDING).await?;
+    if let Some(only) = &scope.only {
+        pending.retain(|e| only.contains(&P::item_id(e)));
+    }
+    for chunk in pending.chunks(CHUNK) {
+        if stopping() || budget == 0 {
+            break;
+        }
+        let mut chunk = chunk.to_vec();
+        chunk.truncate(usize::try_from(budget).unwrap_or(usize::MAX));
+        let taken = chunk.len();
+        let ids: Vec<String> = chunk
+            .iter()
+            .filter_map(|e| P::user_id(e).map(str::to_string))
+            .collect();
+        let now = match UsersById::read(&ops.context().graph, &ids).await {
+            Ok(now) => now,
+            Err(e) => return Ok(chunk_read_stopped(e, P::READING)),
+        };
+        let chunk = ops.sort_chunk(chunk, &now).await?;
+        let counted = if P::LIMIT_COUNTS_LEFT_ALONE {
+            taken
+        } else {
+            chunk.len()
+        };
+        budget = budget.saturating_sub(counted as u64);
+        work_chunk(&ops, chunk, scope.concurrency, &pass_stop).await?;
+    }
+    Ok(pass_stop.end())
+}
+
+/// Settles every entry a killed process left in flight, from a re-read; the reason the pass
+/// stops, if one of them stops it.
+async fn reconcile_in_flight<P: EntryWork>(ops: &Arc<P>) -> anyhow::Result<Option<StopReason>> {
+    for entry in ops.entries(P::State::IN_FLIGHT).await? {
+        let (step, has_user) = (P::in_flight_step(&entry), P::user_id(&entry).is_some());
+        let Some((mut it, mut plan)) = ops.prepare(entry).await? else {
+            continue;
+        };
+        if let Settled::Stopped(reason) =
+            reconcile_item(&**ops, &mut it, &mut plan, step, has_user).await?
+        {
+            return Ok(Some(reason));
+        }
+    }
+    Ok(None)
+}
+
 /// Works one chunk of a pass's entries, `concurrency` workers at a time, until the chunk is
-/// empty or the pass stops. `prepare` turns an entry into the item and plan the executor works
-/// (`None`: nothing to work, already recorded). A reason a worker stops the pass for is kept in
-/// `pass_stop`; `pass` names the pass in the error a panicked worker leaves.
-pub async fn work_chunk<P, E, F, Fut>(
+/// empty or the pass stops. A reason a worker stops the pass for is kept in `pass_stop`.
+async fn work_chunk<P: EntryWork>(
     ops: &Arc<P>,
-    chunk: Vec<E>,
+    chunk: Vec<P::Entry>,
     concurrency: usize,
     pass_stop: &PassStop,
-    prepare: F,
-    pass: &str,
-) -> anyhow::Result<()>
-where
-    P: PassOps + Send + 'static,
-    E: Send + 'static,
-    F: Fn(Arc<P>, E) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = anyhow::Result<Option<(P::Item, ItemPlan)>>> + Send,
-{
+) -> anyhow::Result<()> {
     let queue = Arc::new(tokio::sync::Mutex::new(VecDeque::from(chunk)));
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..concurrency.max(1) {
-        let (ops, queue, prepare) = (ops.clone(), queue.clone(), prepare.clone());
+        let (ops, queue) = (ops.clone(), queue.clone());
         let (stopping, stop_reason) = (pass_stop.stopping(), pass_stop.reason.clone());
         workers.spawn(async move {
             loop {
@@ -470,7 +837,7 @@ where
                 let Some(entry) = queue.lock().await.pop_front() else {
                     break;
                 };
-                let Some((mut it, mut plan)) = prepare(ops.clone(), entry).await? else {
+                let Some((mut it, mut plan)) = ops.prepare(entry).await? else {
                     continue;
                 };
                 let settled = work_item(&*ops, &mut it, &mut plan, &stopping).await?;
@@ -483,7 +850,7 @@ where
         });
     }
     while let Some(joined) = workers.join_next().await {
-        joined.with_context(|| format!("a {pass} worker panicked"))??;
+        joined.with_context(|| format!("a {} worker panicked", P::NAME))??;
     }
     Ok(())
 }
@@ -778,5 +1145,150 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(ops.journal(), ["record done"]);
+    }
+}
+
+/// A live run on an emulator whose users the convert pass converted, for the tests of the
+/// passes that come after it (resend, retire, the back-outs).
+#[cfg(test)]
+pub(crate) mod on_emulator {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use crate::emulator::{Emulator, EmulatorConfig, Tenant};
+    use crate::graph::{Credentials, GraphClient, GraphConfig, Limiter};
+    use crate::item::{ItemRecord, NewItem, Overrides, RunMode, RunOptions, SourceSpec, UserKey};
+    use crate::model::User;
+    use crate::progress::Progress;
+    use crate::queue::Queue;
+    use crate::workers::convert::{ConvertItem, ConvertOps};
+
+    /// A converted run: the emulator holding its users, what a pass over them works with, and
+    /// the run's items.
+    pub struct Converted {
+        pub emulator: Emulator,
+        pub cx: super::PassContext,
+        pub items: Vec<ItemRecord>,
+        _dir: tempfile::TempDir,
+    }
+
+    /// The User Administrator role's template id.
+    const USER_ADMINISTRATOR: &str = "fe930be7-5e62-47db-91af-98c3a49a38b1";
+
+    /// A cloud-only member with a partner address: the plainest user to convert.
+    fn member(n: usize) -> User {
+        User {
+            id: format!("00000000-0000-4000-8000-{n:012}"),
+            user_principal_name: Some(format!("member{n}@contoso.com")),
+            display_name: Some(format!("Member {n}")),
+            mail: Some(format!("member{n}@fabrikam.example")),
+            user_type: Some("Member".into()),
+            account_enabled: Some(true),
+            ..User::default()
+        }
+    }
+
+    impl Converted {
+        pub fn run_id(&self) -> i64 {
+            self.items[0].run_id
+        }
+    }
+
+    /// Works the pass of `ops` over all its entries, one user at a time, to its end, and
+    /// returns the write transactions it cost (the queue's commit hook counts them).
+    pub async fn write_transactions_of<P: super::EntryWork>(queue: &Queue, ops: P) -> u64 {
+        let (_stop, stop) = tokio::sync::watch::channel(false);
+        let scope = super::PassScope {
+            concurrency: 1,
+            ..super::PassScope::default()
+        };
+        let before = queue.write_transactions();
+        let end = super::work_entries(Arc::new(ops), scope, stop)
+            .await
+            .unwrap();
+        assert_eq!(end, super::PassEnd::Done);
+        queue.write_transactions() - before
+    }
+
+    /// `n` members converted by a live run (`--set-guest` when `set_guest`), one at a time.
+    pub async fn converted(n: usize, set_guest: bool) -> Converted {
+        let mut tenant = Tenant::generate(1, 7);
+        tenant.users = (1..=n).map(member).collect();
+        let users = tenant.users.clone();
+        let mut config = EmulatorConfig::new(tenant);
+        // The app may do every pass: write passwords and revoke sessions as User Administrator.
+        config.app_roles.extend(
+            [
+                "User-PasswordProfile.ReadWrite.All",
+                "User.RevokeSessions.All",
+            ]
+            .map(String::from),
+        );
+        config.app_directory_roles = vec![USER_ADMINISTRATOR.into()];
+        let emulator = crate::emulator::start(config, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let env: HashMap<String, String> = emulator.client_env().into_iter().collect();
+        let credentials = Credentials::from_lookup(|k| env.get(k).cloned()).unwrap();
+        let base = emulator.base_url();
+        let graph = GraphClient::new(
+            GraphConfig::new(&base, &base, credentials),
+            Limiter::new(1000.0),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Arc::new(Queue::open(&dir.path().join("q.db")).unwrap());
+        let options = RunOptions {
+            set_guest,
+            ..RunOptions::default()
+        };
+        let source = SourceSpec::Csv {
+            path: "u.csv".into(),
+        };
+        let run_id = queue
+            .create_run(&source, RunMode::Live, &options, None, &base)
+            .unwrap();
+        let cx = super::PassContext {
+            queue: queue.clone(),
+            graph,
+            progress: Arc::new(Progress::new("test", n as u64)),
+        };
+        let ops = ConvertOps {
+            queue: queue.clone(),
+            graph: cx.graph.clone(),
+            progress: cx.progress.clone(),
+        };
+        let mut items = Vec::new();
+        for (k, user) in users.iter().enumerate() {
+            let row = NewItem {
+                line: Some(k as u64 + 2),
+                key: Some(UserKey::Id(user.id.clone())),
+                external_email: None,
+                overrides: Overrides::default(),
+                bad_input: None,
+                snapshot: None,
+            };
+            queue.insert_items(run_id, &[row], None).unwrap();
+            let item = queue.pending_items(run_id, 0, 1).unwrap().remove(0);
+            queue.record_lookup(item.id, Some(user)).unwrap();
+            if set_guest {
+                queue.plan_steps(item.id, None, true).unwrap();
+            }
+            let item = queue.item(item.id).unwrap().unwrap();
+            let email = user.mail.clone().unwrap();
+            let (mut it, mut plan) = ConvertItem::load(&queue, item, email, &options)
+                .await
+                .unwrap();
+            super::work_item(&ops, &mut it, &mut plan, || false)
+                .await
+                .unwrap();
+            items.push(queue.item(it.item.id).unwrap().unwrap());
+        }
+        Converted {
+            emulator,
+            cx,
+            items,
+            _dir: dir,
+        }
     }
 }

@@ -7,23 +7,20 @@
 //! happen only when the track read the user at least a stamp's resolution before the
 //! checkpoint. A user who redeemed (or vanished) meanwhile is skipped, never reset.
 
-use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use tokio::sync::watch;
 
-use crate::graph::{GraphClient, GraphError, ResponseMeta, Traced};
+use crate::graph::{GraphError, ResponseMeta, Traced};
 use crate::item::{ItemRecord, RunOptions};
 use crate::model::{Invitation, InvitationRequest, User};
-use crate::progress::Progress;
-use crate::queue::track::{ResendEntry, ResendState, ACCEPTED};
-use crate::queue::Queue;
+use crate::queue::pass::EntryKey;
+use crate::queue::track::{ResendChange, ResendEntry, ResendState, ACCEPTED};
+use crate::queue::Trace;
 
 use super::convert::db;
-use super::executor::{self, reread_error, PassOps, Settled};
-use super::planner::{Checkpoint, ItemPlan, Pass, Reread, Step, StopReason};
+use super::executor::{reread_error, trace_of, EntryPass, EntryWork, PassContext, UsersById};
+use super::planner::{Checkpoint, ItemPlan, Pass, Reread, Step};
 
 /// Graph stamps `externalUserStateChangeDateTime` to the second: two changes at least this far
 /// apart in real time carry different stamps.
@@ -135,168 +132,6 @@ fn parse(t: Option<&str>) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-/// How a resend pass ended in this process.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PassEnd {
-    /// Nothing pending is left (or `--limit` was reached).
-    Done,
-    /// Ctrl-C: the requests on the wire were finished and recorded.
-    Interrupted,
-    /// Stopped for the whole pass (tenant refusal, Graph unreachable, lease lost).
-    Stopped(StopReason),
-}
-
-/// Users re-read together just before they are re-invited: one `$batch` of 20 × 15 ids.
-const CHUNK: usize = 300;
-
-/// Works the pass: entries a killed process left in flight are decided first (never sent
-/// blind), then the pending ones, `concurrency` at a time through the run's shared limiter.
-/// Each chunk of users is re-read in bulk just before it is re-invited: a user who redeemed
-/// since the last `track` is skipped, so a redemption is never reset. At most `limit` users are
-/// re-invited by this process, and with `only` just the entries of those items (`--only`).
-pub async fn work(
-    ops: Arc<ResendOps>,
-    options: Arc<RunOptions>,
-    stop: watch::Receiver<bool>,
-    limit: Option<u64>,
-    only: Option<BTreeSet<i64>>,
-) -> anyhow::Result<PassEnd> {
-    let q = &ops.queue;
-    let pass = ops.pass_id;
-    let in_flight = db(q, move |q| q.resend_entries(pass, ResendState::InFlight)).await?;
-    for entry in in_flight {
-        let Some((mut it, mut plan)) = prepare(&ops, &options, entry).await? else {
-            continue;
-        };
-        let has_user = it.entry.user_id.is_some();
-        if let Settled::Stopped(reason) =
-            executor::reconcile_item(&*ops, &mut it, &mut plan, Some(Step::Reinvite), has_user)
-                .await?
-        {
-            return Ok(PassEnd::Stopped(reason));
-        }
-    }
-
-    let pass_stop = executor::PassStop::new(stop);
-    let stopping = pass_stop.stopping();
-    let mut budget = limit.unwrap_or(u64::MAX);
-    let mut pending = db(q, move |q| q.resend_entries(pass, ResendState::Pending)).await?;
-    if let Some(only) = &only {
-        pending.retain(|e| only.contains(&e.item_id));
-    }
-    for chunk in pending.chunks(CHUNK) {
-        if stopping() || budget == 0 {
-            break;
-        }
-        let mut chunk = chunk.to_vec();
-        chunk.truncate(usize::try_from(budget).unwrap_or(usize::MAX));
-        let chunk = match skip_redeemed(&ops, chunk).await? {
-            Ok(left) => left,
-            Err(e) => {
-                return Ok(executor::chunk_read_stopped(
-                    e,
-                    "re-reading the pass's users before re-inviting them",
-                ))
-            }
-        };
-        budget = budget.saturating_sub(chunk.len() as u64);
-        executor::work_chunk(
-            &ops,
-            chunk,
-            options.concurrency,
-            &pass_stop,
-            {
-                let options = options.clone();
-                move |ops: Arc<ResendOps>, entry| {
-                    let options = options.clone();
-                    async move { prepare(&ops, &options, entry).await }
-                }
-            },
-            "resend",
-        )
-        .await?;
-    }
-    Ok(pass_stop.end())
-}
-
-/// The entry's item and re-invitation; an entry whose item has no object id or invited address
-/// cannot be re-invited and is recorded failed (`None`).
-async fn prepare(
-    ops: &ResendOps,
-    options: &RunOptions,
-    entry: ResendEntry,
-) -> anyhow::Result<Option<(ResendItem, ItemPlan)>> {
-    let item_id = entry.item_id;
-    let item = db(&ops.queue, move |q| q.item(item_id))
-        .await?
-        .context("a resend names a vanished item")?;
-    match (item.user_id.as_deref(), item.external_email.as_deref()) {
-        (Some(_), Some(email)) => Ok(Some(ResendItem::new(entry, &item, email, options))),
-        _ => {
-            let pass = ops.pass_id;
-            db(&ops.queue, move |q| {
-                q.record_resend_failed(
-                    pass,
-                    item_id,
-                    "NoAddress",
-                    "the item has no object id or invited address",
-                    None,
-                    None,
-                )
-            })
-            .await?;
-            ops.done();
-            Ok(None)
-        }
-    }
-}
-
-/// Re-reads the chunk's users in bulk and records those who redeemed since the last `track`
-/// (or are gone) as skipped; returns the others.
-async fn skip_redeemed(
-    ops: &ResendOps,
-    chunk: Vec<ResendEntry>,
-) -> anyhow::Result<Result<Vec<ResendEntry>, GraphError>> {
-    let ids: Vec<String> = chunk.iter().filter_map(|e| e.user_id.clone()).collect();
-    let found = match ops.graph.users_by_ids(&ids).await {
-        Ok(found) => found,
-        Err(e) => return Ok(Err(e)),
-    };
-    let now: HashMap<String, User> = found
-        .into_iter()
-        .map(|u| (u.id.to_lowercase(), u))
-        .collect();
-    let mut left = Vec::with_capacity(chunk.len());
-    for entry in chunk {
-        let why = match entry
-            .user_id
-            .as_deref()
-            .map(|id| now.get(&id.to_lowercase()))
-        {
-            // No object id: `prepare` records it failed.
-            None => None,
-            Some(None) => Some("the user no longer exists"),
-            Some(Some(u)) => u
-                .external_user_state
-                .as_deref()
-                .is_some_and(|s| s.eq_ignore_ascii_case(ACCEPTED))
-                .then_some("the user redeemed since the last track"),
-        };
-        match why {
-            Some(why) => {
-                let (pass, item_id) = (ops.pass_id, entry.item_id);
-                db(&ops.queue, move |q| {
-                    q.record_resend_skipped(pass, item_id, why)
-                })
-                .await?;
-                ops.done();
-            }
-            None => left.push(entry),
-        }
-    }
-    Ok(Ok(left))
-}
-
 /// One user being re-invited.
 pub struct ResendItem {
     pub entry: ResendEntry,
@@ -333,30 +168,27 @@ impl ResendItem {
 
 /// What the resend pass needs to carry out its step.
 pub struct ResendOps {
-    pub queue: Arc<Queue>,
-    pub graph: GraphClient,
+    /// The queue, Graph and the progress bar.
+    pub cx: PassContext,
     pub pass_id: i64,
-    pub progress: Arc<Progress>,
+    /// The run's message options, with which each user is re-invited.
+    pub options: Arc<RunOptions>,
 }
 
-impl ResendOps {
-    fn done(&self) {
-        self.progress.inc(1);
-    }
-}
-
-impl PassOps for ResendOps {
+impl EntryPass for ResendOps {
     type Item = ResendItem;
+    type State = ResendState;
 
-    async fn checkpoint(&self, it: &mut ResendItem, _step: Step) -> anyhow::Result<()> {
-        let (pass, item_id) = (self.pass_id, it.entry.item_id);
-        let at = db(&self.queue, move |q| q.mark_resend_in_flight(pass, item_id)).await?;
-        it.entry.checkpoint_at = Some(at);
-        Ok(())
+    fn context(&self) -> &PassContext {
+        &self.cx
+    }
+
+    fn key(&self, it: &ResendItem) -> EntryKey {
+        EntryKey::of_pass(self.pass_id, it.entry.item_id)
     }
 
     async fn send(&self, it: &mut ResendItem, _step: Step) -> Result<ResponseMeta, GraphError> {
-        let traced = self.graph.invite(&it.req).await?;
+        let traced = self.cx.graph.invite(&it.req).await?;
         let meta = traced.meta.clone();
         it.sent = Some(traced);
         Ok(meta)
@@ -369,101 +201,121 @@ impl PassOps for ResendOps {
                 message: "no object id".into(),
             };
         };
-        match self.graph.get_user(user_id).await {
+        match self.cx.graph.get_user(user_id).await {
             Ok(u) => judge(&it.entry, &Seen::of(u.as_ref())),
             Err(e) => reread_error(user_id, e),
         }
     }
 
-    async fn charge(&self, it: &ResendItem) -> anyhow::Result<()> {
-        let (pass, item_id) = (self.pass_id, it.entry.item_id);
-        db(&self.queue, move |q| q.charge_resend_attempt(pass, item_id)).await
+    /// Keeps the checkpoint's time: a lost answer is judged against it.
+    fn in_flight(&self, it: &mut ResendItem, _step: Step) -> anyhow::Result<ResendChange> {
+        let (change, at) = ResendChange::in_flight();
+        it.entry.checkpoint_at = Some(at);
+        Ok(change)
     }
 
-    async fn note_unknown(
+    fn step_done(&self, _it: &ResendItem, _step: Step) -> Option<ResendChange> {
+        // One step: recording the entry `sent` is its checkpoint.
+        None
+    }
+
+    fn done(&self, it: &ResendItem, _meta: Option<&ResponseMeta>) -> ResendChange {
+        match &it.sent {
+            Some(t) => ResendChange::sent(
+                Some(&t.value.id),
+                &trace_of(Some(&t.meta)),
+                t.value.invite_redeem_url.as_deref(),
+            ),
+            None => ResendChange::sent(None, &Trace::default(), None),
+        }
+    }
+
+    fn failed(
         &self,
-        it: &ResendItem,
+        _it: &ResendItem,
         code: &str,
         message: &str,
         meta: Option<&ResponseMeta>,
-    ) -> anyhow::Result<()> {
-        let (pass, item_id) = (self.pass_id, it.entry.item_id);
-        let (code, message) = (code.to_string(), message.to_string());
-        let request_id = meta.and_then(|m| m.request_id.clone());
-        db(&self.queue, move |q| {
-            q.note_resend_error(pass, item_id, &code, &message, request_id.as_deref())
-        })
-        .await
+    ) -> ResendChange {
+        ResendChange::failed(code, message, &trace_of(meta))
     }
 
-    async fn step_done(&self, _it: &ResendItem, _step: Step) -> anyhow::Result<()> {
-        // One step: recording the entry `sent` is its checkpoint.
-        Ok(())
+    fn skipped(&self, _it: &ResendItem, why: &str) -> ResendChange {
+        ResendChange::skipped(why)
+    }
+}
+
+/// Entries a killed process left in flight are decided first (never sent blind), then the
+/// pending ones. Each chunk of users is re-read in bulk just before it is re-invited: a user who
+/// redeemed since the last `track` is skipped, so a redemption is never reset. `--limit` counts
+/// the users re-invited.
+impl EntryWork for ResendOps {
+    type Entry = ResendEntry;
+    const NAME: &'static str = "resend";
+    const READING: &'static str = "re-reading the pass's users before re-inviting them";
+    const LIMIT_COUNTS_LEFT_ALONE: bool = false;
+
+    async fn entries(&self, state: ResendState) -> anyhow::Result<Vec<ResendEntry>> {
+        let pass = self.pass_id;
+        db(&self.cx.queue, move |q| q.resend_entries(pass, state)).await
     }
 
-    async fn record_done(
+    fn item_id(entry: &ResendEntry) -> i64 {
+        entry.item_id
+    }
+
+    fn user_id(entry: &ResendEntry) -> Option<&str> {
+        entry.user_id.as_deref()
+    }
+
+    fn in_flight_step(_entry: &ResendEntry) -> Option<Step> {
+        Some(Step::Reinvite)
+    }
+
+    /// The entry's item and re-invitation; an entry whose item has no object id or invited
+    /// address cannot be re-invited and is recorded failed (`None`).
+    async fn prepare(&self, entry: ResendEntry) -> anyhow::Result<Option<(ResendItem, ItemPlan)>> {
+        let item_id = entry.item_id;
+        let item = self.cx.item(item_id, "resend").await?;
+        match (item.user_id.as_deref(), item.external_email.as_deref()) {
+            (Some(_), Some(email)) => Ok(Some(ResendItem::new(entry, &item, email, &self.options))),
+            _ => {
+                let why = "the item has no object id or invited address";
+                let failed = ResendChange::failed("NoAddress", why, &Trace::default());
+                self.leave(EntryKey::of_pass(self.pass_id, item_id), failed)
+                    .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Records those who redeemed since the last `track` (or are gone) as skipped.
+    async fn sort_chunk(
         &self,
-        it: &mut ResendItem,
-        _meta: Option<ResponseMeta>,
-    ) -> anyhow::Result<()> {
-        let (pass, item_id) = (self.pass_id, it.entry.item_id);
-        let sent = it.sent.take();
-        db(&self.queue, move |q| match &sent {
-            Some(t) => q.record_resent(
-                pass,
-                item_id,
-                Some(&t.value.id),
-                t.meta.request_id.as_deref(),
-                Some(&t.meta.client_request_id),
-                t.value.invite_redeem_url.as_deref(),
-            ),
-            None => q.record_resent(pass, item_id, None, None, None, None),
-        })
-        .await?;
-        self.done();
-        Ok(())
-    }
-
-    async fn back_to_pending(&self, it: &ResendItem) -> anyhow::Result<()> {
-        let (pass, item_id) = (self.pass_id, it.entry.item_id);
-        db(&self.queue, move |q| {
-            q.resend_back_to_pending(pass, item_id)
-        })
-        .await
-    }
-
-    async fn record_failed(
-        &self,
-        it: &ResendItem,
-        code: &str,
-        message: &str,
-        meta: Option<ResponseMeta>,
-    ) -> anyhow::Result<()> {
-        let (pass, item_id) = (self.pass_id, it.entry.item_id);
-        let (code, message) = (code.to_string(), message.to_string());
-        db(&self.queue, move |q| {
-            q.record_resend_failed(
-                pass,
-                item_id,
-                &code,
-                &message,
-                meta.as_ref().and_then(|m| m.request_id.as_deref()),
-                meta.as_ref().map(|m| m.client_request_id.as_str()),
-            )
-        })
-        .await?;
-        self.done();
-        Ok(())
-    }
-
-    async fn record_skipped(&self, it: &ResendItem, why: &str) -> anyhow::Result<()> {
-        let (pass, item_id, why) = (self.pass_id, it.entry.item_id, why.to_string());
-        db(&self.queue, move |q| {
-            q.record_resend_skipped(pass, item_id, &why)
-        })
-        .await?;
-        self.done();
-        Ok(())
+        chunk: Vec<ResendEntry>,
+        now: &UsersById,
+    ) -> anyhow::Result<Vec<ResendEntry>> {
+        let mut left = Vec::with_capacity(chunk.len());
+        for entry in chunk {
+            let why = match entry.user_id.as_deref().map(|id| now.get(id)) {
+                // No object id: `prepare` records it failed.
+                None => None,
+                Some(None) => Some("the user no longer exists"),
+                Some(Some(u)) => u
+                    .external_user_state
+                    .as_deref()
+                    .is_some_and(|s| s.eq_ignore_ascii_case(ACCEPTED))
+                    .then_some("the user redeemed since the last track"),
+            };
+            match why {
+                Some(why) => {
+                    let key = EntryKey::of_pass(self.pass_id, entry.item_id);
+                    self.leave(key, ResendChange::skipped(why)).await?;
+                }
+                None => left.push(entry),
+            }
+        }
+        Ok(left)
     }
 }
 
@@ -638,6 +490,35 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    /// Write transactions one re-invited user costs, counted by the queue's commit hook: the
+    /// checkpoint, then the attempt's charge with the entry `sent`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_re_invited_user_costs_two_write_transactions() {
+        use crate::queue::track::TrackResult;
+        let run = crate::workers::executor::on_emulator::converted(1, false).await;
+        let q = &run.cx.queue;
+        let track = q.start_track(run.run_id()).unwrap();
+        let seen = TrackResult::Seen {
+            item_id: run.items[0].id,
+            state: "PendingAcceptance".into(),
+            changed_at: None,
+        };
+        q.record_track_results(track, &[seen]).unwrap();
+        q.finish_track(track).unwrap();
+        let pass = q
+            .create_resend_pass(run.run_id(), 0, &cutoff(Utc::now(), 0))
+            .unwrap()
+            .unwrap();
+        let ops = ResendOps {
+            cx: run.cx.clone(),
+            pass_id: pass.id,
+            options: Arc::default(),
+        };
+        let spent = crate::workers::executor::on_emulator::write_transactions_of(q, ops).await;
+        assert_eq!(q.resend_summary(pass.id).unwrap().done, 1);
+        assert_eq!(spent, 2);
     }
 
     #[test]

@@ -11,25 +11,20 @@
 //! is judged by whether Graph's time moved past them ([`judge`], pure): never resent blind.
 //! The password lives in memory for one request only (`graph::Password`, wiped on drop).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::watch;
 
-use crate::graph::{GraphClient, GraphError, Password, ResponseMeta};
+use crate::graph::{GraphError, Password, ResponseMeta};
 use crate::model::User;
-use crate::progress::Progress;
+use crate::queue::pass::EntryKey;
 use crate::queue::track::ACCEPTED;
-use crate::queue::{CredentialFacts, Queue, RetireEntry, RetireState, SkipKind};
+use crate::queue::{CredentialFacts, RetireChange, RetireEntry, RetireState, SeenState, SkipKind};
 
 use super::convert::db;
-use super::executor::{self, reread_error, PassOps, Settled};
+use super::executor::{reread_error, trace_of, EntryPass, EntryWork, PassContext, UsersById};
 use super::planner::{Checkpoint, ItemPlan, Pass, Reread, Step};
-use super::resend::PassEnd;
-
-/// Users re-read together just before they are written: one `$batch` of 20 × 15 ids.
-const CHUNK: usize = 300;
 
 /// The one directory role whose holders a User Administrator may reset like anyone.
 const GUEST_INVITER: &str = "Guest Inviter";
@@ -155,11 +150,7 @@ impl RetireItem {
         if entry.sessions_revoked {
             cp.mark_done(Step::RevokeSessions);
         }
-        let step = entry
-            .step
-            .as_deref()
-            .and_then(Step::parse)
-            .unwrap_or(Step::SetPassword);
+        let step = checkpointed_step(&entry);
         let plan = ItemPlan::new(cp, entry.attempts, max_attempts);
         Some((
             RetireItem {
@@ -172,35 +163,35 @@ impl RetireItem {
     }
 }
 
+/// The step the entry was last checkpointed at (the first, before any).
+fn checkpointed_step(entry: &RetireEntry) -> Step {
+    entry
+        .step
+        .as_deref()
+        .and_then(Step::parse)
+        .unwrap_or(Step::SetPassword)
+}
+
 /// What the retire pass needs to carry out its steps.
 pub struct RetireOps {
-    pub queue: Arc<Queue>,
-    pub graph: GraphClient,
+    /// The queue, Graph and the progress bar.
+    pub cx: PassContext,
     pub pass_id: i64,
-    pub progress: Arc<Progress>,
     pub max_attempts: u32,
+    /// Who holds an admin role, and whether the caller may write them too.
+    pub privileges: Arc<Privileges>,
 }
 
-impl RetireOps {
-    fn done(&self) {
-        self.progress.inc(1);
-    }
-}
-
-impl PassOps for RetireOps {
+impl EntryPass for RetireOps {
     type Item = RetireItem;
+    type State = RetireState;
 
-    async fn checkpoint(&self, it: &mut RetireItem, step: Step) -> anyhow::Result<()> {
-        it.step = step;
-        let (pass, item_id) = (self.pass_id, it.entry.item_id);
-        let (pw, ss) = (
-            it.entry.password_before.clone(),
-            it.entry.sessions_before.clone(),
-        );
-        db(&self.queue, move |q| {
-            q.mark_retire_in_flight(pass, item_id, step.as_str(), pw.as_deref(), ss.as_deref())
-        })
-        .await
+    fn context(&self) -> &PassContext {
+        &self.cx
+    }
+
+    fn key(&self, it: &RetireItem) -> EntryKey {
+        EntryKey::of_pass(self.pass_id, it.entry.item_id)
     }
 
     async fn send(&self, it: &mut RetireItem, step: Step) -> Result<ResponseMeta, GraphError> {
@@ -208,11 +199,12 @@ impl PassOps for RetireOps {
             Step::SetPassword => {
                 // Generated for this one request and wiped when it goes out of scope.
                 let password = Password::generate()?;
-                let sent = self.graph.set_password(&it.user_id, &password).await;
+                let sent = self.cx.graph.set_password(&it.user_id, &password).await;
                 drop(password);
                 sent.map(|t| t.meta)
             }
             _ => self
+                .cx
                 .graph
                 .revoke_sessions(&it.user_id)
                 .await
@@ -221,7 +213,7 @@ impl PassOps for RetireOps {
     }
 
     async fn reread(&self, it: &RetireItem, step: Step) -> Reread {
-        match self.graph.get_user(&it.user_id).await {
+        match self.cx.graph.get_user(&it.user_id).await {
             Ok(u) => {
                 let seen = judge(step, &it.entry, u.as_ref());
                 tracing::info!(
@@ -236,223 +228,129 @@ impl PassOps for RetireOps {
         }
     }
 
-    async fn charge(&self, it: &RetireItem) -> anyhow::Result<()> {
-        let (pass, item_id) = (self.pass_id, it.entry.item_id);
-        db(&self.queue, move |q| q.charge_retire_attempt(pass, item_id)).await
+    fn in_flight(&self, it: &mut RetireItem, step: Step) -> anyhow::Result<RetireChange> {
+        it.step = step;
+        Ok(RetireChange::in_flight(
+            step.as_str(),
+            it.entry.password_before.as_deref(),
+            it.entry.sessions_before.as_deref(),
+        ))
     }
 
-    async fn note_unknown(
+    fn step_done(&self, _it: &RetireItem, step: Step) -> Option<RetireChange> {
+        Some(RetireChange::step_done(step == Step::SetPassword))
+    }
+
+    fn done(&self, _it: &RetireItem, meta: Option<&ResponseMeta>) -> RetireChange {
+        RetireChange::retired(&trace_of(meta))
+    }
+
+    /// A password refused for this target after the caller's own role check passed: the
+    /// target holds an admin role the role list did not show. Reported, not failed blindly.
+    fn failed(
         &self,
         it: &RetireItem,
         code: &str,
         message: &str,
         meta: Option<&ResponseMeta>,
-    ) -> anyhow::Result<()> {
-        let (pass, item_id) = (self.pass_id, it.entry.item_id);
-        let (code, message) = (code.to_string(), message.to_string());
-        let request_id = meta.and_then(|m| m.request_id.clone());
-        db(&self.queue, move |q| {
-            q.note_retire_error(pass, item_id, &code, &message, request_id.as_deref())
-        })
-        .await
-    }
-
-    async fn step_done(&self, it: &RetireItem, step: Step) -> anyhow::Result<()> {
-        let (pass, item_id) = (self.pass_id, it.entry.item_id);
-        let password = step == Step::SetPassword;
-        db(&self.queue, move |q| {
-            q.retire_step_done(pass, item_id, password, false)
-        })
-        .await
-    }
-
-    async fn record_done(
-        &self,
-        it: &mut RetireItem,
-        meta: Option<ResponseMeta>,
-    ) -> anyhow::Result<()> {
-        let (pass, item_id) = (self.pass_id, it.entry.item_id);
-        db(&self.queue, move |q| {
-            q.record_retired(
-                pass,
-                item_id,
-                meta.as_ref().and_then(|m| m.request_id.as_deref()),
-                meta.as_ref().map(|m| m.client_request_id.as_str()),
-            )
-        })
-        .await?;
-        self.done();
-        Ok(())
-    }
-
-    async fn back_to_pending(&self, it: &RetireItem) -> anyhow::Result<()> {
-        let (pass, item_id) = (self.pass_id, it.entry.item_id);
-        db(&self.queue, move |q| {
-            q.retire_back_to_pending(pass, item_id)
-        })
-        .await
-    }
-
-    async fn record_failed(
-        &self,
-        it: &RetireItem,
-        code: &str,
-        message: &str,
-        meta: Option<ResponseMeta>,
-    ) -> anyhow::Result<()> {
-        let (pass, item_id) = (self.pass_id, it.entry.item_id);
-        let request_id = meta.and_then(|m| m.request_id);
-        // A password refused for this target after the caller's own role check passed: the
-        // target holds an admin role the role list did not show. Reported, not failed blindly.
+    ) -> RetireChange {
         if it.step == Step::SetPassword && code == DENIED {
             let why = format!(
                 "Graph refused the password change ({message}): the user holds an admin role; \
                  resetting it needs Privileged Authentication Administrator"
             );
-            db(&self.queue, move |q| {
-                q.record_retire_skipped(pass, item_id, SkipKind::Privileged, &why)
-            })
-            .await?;
-        } else {
-            let (code, message) = (code.to_string(), message.to_string());
-            db(&self.queue, move |q| {
-                q.record_retire_failed(pass, item_id, &code, &message, request_id.as_deref())
-            })
-            .await?;
+            return RetireChange::skipped(SkipKind::Privileged, &why);
         }
-        self.done();
-        Ok(())
+        let request_id = meta.and_then(|m| m.request_id.as_deref());
+        RetireChange::failed(code, message, request_id)
     }
 
-    async fn record_skipped(&self, it: &RetireItem, why: &str) -> anyhow::Result<()> {
-        let (pass, item_id, why) = (self.pass_id, it.entry.item_id, why.to_string());
-        db(&self.queue, move |q| {
-            q.record_retire_skipped(pass, item_id, SkipKind::Gone, &why)
-        })
-        .await?;
-        self.done();
-        Ok(())
+    fn skipped(&self, _it: &RetireItem, why: &str) -> RetireChange {
+        RetireChange::skipped(SkipKind::Gone, why)
     }
 }
 
-/// Works the pass: entries a killed process left in flight are decided first (never sent
-/// blind), then the pending ones, `concurrency` at a time through the run's shared limiter.
-/// Each chunk is re-read in bulk just before it is written; at most `limit` users are taken by
-/// this process, and with `only` just those items (`--only`).
-pub async fn work(
-    ops: Arc<RetireOps>,
-    privileges: Arc<Privileges>,
-    concurrency: usize,
-    stop: watch::Receiver<bool>,
-    limit: Option<u64>,
-    only: Option<BTreeSet<i64>>,
-) -> anyhow::Result<PassEnd> {
-    let q = &ops.queue;
-    let pass = ops.pass_id;
-    let in_flight = db(q, move |q| q.retire_entries(pass, RetireState::InFlight)).await?;
-    for entry in in_flight {
-        let Some((mut it, mut plan)) = RetireItem::new(entry, ops.max_attempts) else {
-            continue;
-        };
-        let step = it.step;
-        if let Settled::Stopped(reason) =
-            executor::reconcile_item(&*ops, &mut it, &mut plan, Some(step), true).await?
-        {
-            return Ok(PassEnd::Stopped(reason));
-        }
+/// Entries a killed process left in flight are decided first (never sent blind), then the
+/// pending ones. Each chunk is re-read in bulk just before it is written; `--limit` counts the
+/// users taken, written or not.
+impl EntryWork for RetireOps {
+    type Entry = RetireEntry;
+    const NAME: &'static str = "retire";
+    const READING: &'static str = "re-reading the pass's users before retiring them";
+
+    async fn entries(&self, state: RetireState) -> anyhow::Result<Vec<RetireEntry>> {
+        let pass = self.pass_id;
+        db(&self.cx.queue, move |q| q.retire_entries(pass, state)).await
     }
 
-    let pass_stop = executor::PassStop::new(stop);
-    let stopping = pass_stop.stopping();
-    let mut budget = limit.unwrap_or(u64::MAX);
-    let mut pending = db(q, move |q| q.retire_entries(pass, RetireState::Pending)).await?;
-    if let Some(only) = &only {
-        pending.retain(|e| only.contains(&e.item_id));
+    fn item_id(entry: &RetireEntry) -> i64 {
+        entry.item_id
     }
-    for chunk in pending.chunks(CHUNK) {
-        if stopping() || budget == 0 {
-            break;
-        }
-        let mut chunk = chunk.to_vec();
-        chunk.truncate(usize::try_from(budget).unwrap_or(usize::MAX));
-        budget = budget.saturating_sub(chunk.len() as u64);
-        let chunk = match sort_chunk(&ops, &privileges, chunk).await? {
-            Ok(left) => left,
-            Err(e) => {
-                return Ok(executor::chunk_read_stopped(
-                    e,
-                    "re-reading the pass's users before retiring them",
-                ))
+
+    fn user_id(entry: &RetireEntry) -> Option<&str> {
+        entry.user_id.as_deref()
+    }
+
+    fn in_flight_step(entry: &RetireEntry) -> Option<Step> {
+        Some(checkpointed_step(entry))
+    }
+
+    async fn prepare(&self, entry: RetireEntry) -> anyhow::Result<Option<(RetireItem, ItemPlan)>> {
+        Ok(RetireItem::new(entry, self.max_attempts))
+    }
+
+    /// Records what the users show (redemption, synced, password change time), skips those not
+    /// to be written, and returns the others with the two Graph times their first request is
+    /// judged against.
+    async fn sort_chunk(
+        &self,
+        chunk: Vec<RetireEntry>,
+        now: &UsersById,
+    ) -> anyhow::Result<Vec<RetireEntry>> {
+        let mut facts = Vec::new();
+        let mut left = Vec::with_capacity(chunk.len());
+        let mut skipped = Vec::new();
+        for mut entry in chunk {
+            let user = entry.user_id.as_deref().and_then(|id| now.get(id));
+            if let Some(u) = user {
+                facts.push(credential_facts(entry.item_id, u));
             }
-        };
-        executor::work_chunk(&ops, chunk, concurrency, &pass_stop, |ops: Arc<RetireOps>, entry| async move { Ok(RetireItem::new(entry, ops.max_attempts)) }, "retire").await?;
-    }
-    Ok(pass_stop.end())
-}
-
-/// Re-reads the chunk's users in bulk, records what they show (redemption, synced, password
-/// change time) and skips those not to be written; returns the others with the two Graph times
-/// their first request is judged against.
-async fn sort_chunk(
-    ops: &RetireOps,
-    privileges: &Privileges,
-    chunk: Vec<RetireEntry>,
-) -> anyhow::Result<Result<Vec<RetireEntry>, GraphError>> {
-    let ids: Vec<String> = chunk.iter().filter_map(|e| e.user_id.clone()).collect();
-    let found = match ops.graph.users_by_ids(&ids).await {
-        Ok(found) => found,
-        Err(e) => return Ok(Err(e)),
-    };
-    let now: HashMap<String, User> = found
-        .into_iter()
-        .map(|u| (u.id.to_lowercase(), u))
-        .collect();
-    let mut facts = Vec::new();
-    let mut left = Vec::with_capacity(chunk.len());
-    for mut entry in chunk {
-        let user = entry
-            .user_id
-            .as_deref()
-            .and_then(|id| now.get(&id.to_lowercase()));
-        if let Some(u) = user {
-            facts.push(CredentialFacts {
-                item_id: entry.item_id,
-                synced: u.on_premises_sync_enabled == Some(true),
-                password_changed_at: u.last_password_change_date_time.clone(),
-            });
-            let (item_id, state, changed) = (
-                entry.item_id,
-                u.external_user_state.clone(),
-                u.external_user_state_change_date_time.clone(),
-            );
-            db(&ops.queue, move |q| {
-                q.record_seen_state(item_id, state.as_deref(), changed.as_deref())
-            })
-            .await?;
+            match skip_reason(user, &self.privileges) {
+                Some((kind, why)) => {
+                    skipped.push((entry.item_id, RetireChange::skipped(kind, &why)))
+                }
+                None => {
+                    let u = user.expect("a user not skipped was read");
+                    if !entry.password_set {
+                        entry.password_before = u.last_password_change_date_time.clone();
+                    }
+                    if !entry.sessions_revoked {
+                        entry.sessions_before = u.sign_in_sessions_valid_from_date_time.clone();
+                    }
+                    left.push(entry);
+                }
+            }
         }
-        match skip_reason(user, privileges) {
-            Some((kind, why)) => {
-                let (pass, item_id) = (ops.pass_id, entry.item_id);
-                db(&ops.queue, move |q| {
-                    q.record_retire_skipped(pass, item_id, kind, &why)
-                })
+        db(&self.cx.queue, move |q| q.record_credentials(&facts)).await?;
+        for (item_id, change) in skipped {
+            self.leave(EntryKey::of_pass(self.pass_id, item_id), change)
                 .await?;
-                ops.done();
-            }
-            None => {
-                let u = user.expect("a user not skipped was read");
-                if !entry.password_set {
-                    entry.password_before = u.last_password_change_date_time.clone();
-                }
-                if !entry.sessions_revoked {
-                    entry.sessions_before = u.sign_in_sessions_valid_from_date_time.clone();
-                }
-                left.push(entry);
-            }
         }
+        Ok(left)
     }
-    db(&ops.queue, move |q| q.record_credentials(&facts)).await?;
-    Ok(Ok(left))
+}
+
+/// What a re-read of a converted user shows about its credentials and its redemption.
+fn credential_facts(item_id: i64, u: &User) -> CredentialFacts {
+    CredentialFacts {
+        item_id,
+        synced: u.on_premises_sync_enabled == Some(true),
+        password_changed_at: u.last_password_change_date_time.clone(),
+        seen: Some(SeenState {
+            state: u.external_user_state.clone(),
+            changed_at: u.external_user_state_change_date_time.clone(),
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -540,6 +438,28 @@ mod tests {
                 Reread::Moot { .. }
             ));
         }
+    }
+
+    /// Write transactions one retired user costs, counted by the queue's commit hook: what
+    /// the chunk's re-read showed, the first checkpoint, the password's charge and done with
+    /// the second checkpoint, and the revocation's charge and done with the entry `retired`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retired_user_costs_four_write_transactions() {
+        let run = crate::workers::executor::on_emulator::converted(1, false).await;
+        let user_id = run.items[0].user_id.clone().unwrap();
+        assert_eq!(run.emulator.redeem(&user_id), Some(200));
+        let q = &run.cx.queue;
+        let pass = q.create_retire_pass(run.run_id()).unwrap().unwrap();
+        let ops = RetireOps {
+            cx: run.cx.clone(),
+            pass_id: pass.id,
+            max_attempts: 3,
+            privileges: Arc::default(),
+        };
+        let spent = crate::workers::executor::on_emulator::write_transactions_of(q, ops).await;
+        let retired = q.retire_summary(pass.id).unwrap().retired;
+        assert_eq!(retired, 1, "{:?}", q.all_retire_entries(pass.id));
+        assert_eq!(spent, 4);
     }
 
     #[test]
