@@ -570,7 +570,11 @@ pub async fn execute(
         Outcome::Completed { .. } => {}
     }
     if let Some(path) = report {
-        super::report::write(&queue, run_id, path, None)
+        // Read through a connection of its own that cannot write, like `report`'s: the log's
+        // last buffered rows are written first, so the reader sees every request.
+        queue.flush_request_log()?;
+        let reader = Queue::open_read_only(queue.path())?;
+        super::report::write(&reader, run_id, path, None)
             .with_context(|| format!("writing the report {}", path.display()))?;
         println!("report: {}", path.display());
     }

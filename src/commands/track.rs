@@ -14,6 +14,7 @@ use crate::cli::TrackArgs;
 use crate::exit::ExitStatus;
 use crate::item::RunMode;
 use crate::model::User;
+use crate::queue::threads;
 use crate::queue::track::{TrackResult, TrackTarget, ACCEPTED};
 use crate::queue::{CredentialFacts, Queue};
 use crate::workers::executor::UsersById;
@@ -27,11 +28,13 @@ pub async fn track(db: &Path, args: TrackArgs) -> anyhow::Result<ExitStatus> {
     common::require_live(&run, "nobody was converted, there is nothing to track")?;
     let graph = common::sign_in(&args.endpoints, args.auth, &queue, &run, RunMode::Live).await?;
 
-    let track_id = queue.start_track(run.id)?;
+    let _driving = threads::driving_tasks();
+    let run_id = run.id;
+    let track_id = threads::db(&queue, move |q| q.start_track(run_id)).await?;
     let mut after = 0;
     let mut not_applied = 0u64;
     loop {
-        let targets = queue.track_targets(run.id, after, CHUNK)?;
+        let targets = threads::db(&queue, move |q| q.track_targets(run_id, after, CHUNK)).await?;
         let Some(last) = targets.last() else { break };
         after = last.item_id;
         let ids: Vec<String> = targets.iter().map(|t| t.user_id.clone()).collect();
@@ -68,7 +71,7 @@ pub async fn track(db: &Path, args: TrackArgs) -> anyhow::Result<ExitStatus> {
                 TrackResult::Seen { .. } => {}
             }
         }
-        queue.record_track_results(track_id, &results)?;
+        threads::db(&queue, move |q| q.record_track_results(track_id, &results)).await?;
         // Synced users' on-premises retirement shows as a password change after redemption.
         let facts: Vec<CredentialFacts> = targets
             .iter()
@@ -82,9 +85,9 @@ pub async fn track(db: &Path, args: TrackArgs) -> anyhow::Result<ExitStatus> {
                 })
             })
             .collect();
-        queue.record_credentials(&facts)?;
+        threads::db(&queue, move |q| q.record_credentials(&facts)).await?;
     }
-    let counts = queue.finish_track(track_id)?;
+    let counts = threads::db(&queue, move |q| q.finish_track(track_id)).await?;
     if args.json {
         let v = serde_json::json!({
             "runId": run.id,

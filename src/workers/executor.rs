@@ -762,6 +762,7 @@ pub async fn work_entries<P: EntryWork>(
     scope: PassScope,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<PassEnd> {
+    let _driving = crate::queue::threads::driving_tasks();
     if let Some(reason) = reconcile_in_flight(&ops).await? {
         return Ok(PassEnd::Stopped(reason));
     }
