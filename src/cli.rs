@@ -185,6 +185,16 @@ impl Cloud {
 }
 
 /// Where Graph and the token endpoint are.
+/// How to sign in, and where: every command that talks to Graph takes these.
+#[derive(Debug, Clone, Args)]
+pub struct SignInArgs {
+    /// How to sign in (default: the first configured, in the Azure SDK's order).
+    #[arg(long, value_enum, env = "B2B_AUTH")]
+    pub auth: Option<crate::graph::AuthMethod>,
+    #[command(flatten)]
+    pub endpoints: EndpointArgs,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct EndpointArgs {
     /// Graph base URL (default from --cloud).
@@ -309,11 +319,8 @@ pub struct ExecArgs {
     /// Once on for a run, it stays on.
     #[arg(long)]
     pub keep_redeem_links: bool,
-    /// How to sign in (default: the first configured, in the Azure SDK's order).
-    #[arg(long, value_enum, env = "B2B_AUTH")]
-    pub auth: Option<crate::graph::AuthMethod>,
     #[command(flatten)]
-    pub endpoints: EndpointArgs,
+    pub sign_in: SignInArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -334,11 +341,8 @@ pub struct PreflightArgs {
     /// One JSON object for scripts.
     #[arg(long)]
     pub json: bool,
-    /// How to sign in (default: the first configured, in the Azure SDK's order).
-    #[arg(long, value_enum, env = "B2B_AUTH")]
-    pub auth: Option<crate::graph::AuthMethod>,
     #[command(flatten)]
-    pub endpoints: EndpointArgs,
+    pub sign_in: SignInArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -449,11 +453,8 @@ pub struct TrackArgs {
     /// Print one JSON object with the figures instead of text.
     #[arg(long)]
     pub json: bool,
-    /// How to sign in (default: the first configured, in the Azure SDK's order).
-    #[arg(long, value_enum, env = "B2B_AUTH")]
-    pub auth: Option<crate::graph::AuthMethod>,
     #[command(flatten)]
-    pub endpoints: EndpointArgs,
+    pub sign_in: SignInArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -479,11 +480,8 @@ pub struct ResendArgs {
     /// Do not ask for confirmation.
     #[arg(long)]
     pub yes: bool,
-    /// How to sign in (default: the first configured, in the Azure SDK's order).
-    #[arg(long, value_enum, env = "B2B_AUTH")]
-    pub auth: Option<crate::graph::AuthMethod>,
     #[command(flatten)]
-    pub endpoints: EndpointArgs,
+    pub sign_in: SignInArgs,
 }
 
 /// `restore RUN_ID`.
@@ -504,11 +502,8 @@ pub struct RestoreArgs {
     /// One JSON object on stdout with the figures, for scripts.
     #[arg(long)]
     pub json: bool,
-    /// How to sign in (default: the first configured, in the Azure SDK's order).
-    #[arg(long, value_enum, env = "B2B_AUTH")]
-    pub auth: Option<crate::graph::AuthMethod>,
     #[command(flatten)]
-    pub endpoints: EndpointArgs,
+    pub sign_in: SignInArgs,
 }
 
 /// `rollback RUN_ID --only PATH`.
@@ -533,11 +528,8 @@ pub struct RollbackArgs {
     /// One JSON object on stdout with the figures, for scripts.
     #[arg(long)]
     pub json: bool,
-    /// How to sign in (default: the first configured, in the Azure SDK's order).
-    #[arg(long, value_enum, env = "B2B_AUTH")]
-    pub auth: Option<crate::graph::AuthMethod>,
     #[command(flatten)]
-    pub endpoints: EndpointArgs,
+    pub sign_in: SignInArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -560,11 +552,8 @@ pub struct RetireArgs {
     /// Do not ask for confirmation.
     #[arg(long)]
     pub yes: bool,
-    /// How to sign in (default: the first configured, in the Azure SDK's order).
-    #[arg(long, value_enum, env = "B2B_AUTH")]
-    pub auth: Option<crate::graph::AuthMethod>,
     #[command(flatten)]
-    pub endpoints: EndpointArgs,
+    pub sign_in: SignInArgs,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -37,9 +37,9 @@ pub async fn apply(db: &Path, args: ApplyArgs) -> anyhow::Result<ExitStatus> {
     let only = common::read_only(exec.only.as_deref())?;
     options.only = only.as_ref().map(|names| names.len() as u64);
     common::require_consent_possible(RunMode::Live, exec.yes)?;
-    let credentials = Credentials::resolve(exec.auth)?;
+    let credentials = Credentials::resolve(exec.sign_in.auth)?;
     let credentials_tenant = credentials.tenant_id().map(str::to_string);
-    let endpoints = common::endpoints_for(&exec.endpoints, &plan).with_timeouts(exec);
+    let endpoints = common::endpoints_for(&exec.sign_in.endpoints, &plan).with_timeouts(exec);
     let graph = common::connect(&endpoints, credentials, &options, RunMode::Live)?;
     graph.authenticate().await?;
     // A plan of another tenant is refused before any request beyond sign-in and domains.

@@ -673,8 +673,8 @@ pub async fn continue_run(
     let only = read_only(exec.only.as_deref())?;
     run.options.only = only.as_ref().map(|names| names.len() as u64);
     require_consent_possible(run.mode, exec.yes)?;
-    let credentials = Credentials::resolve(exec.auth)?;
-    let endpoints = endpoints_for(&exec.endpoints, &run).with_timeouts(exec);
+    let credentials = Credentials::resolve(exec.sign_in.auth)?;
+    let endpoints = endpoints_for(&exec.sign_in.endpoints, &run).with_timeouts(exec);
     let graph = connect_to_run(&endpoints, credentials, &queue, &run, run.mode).await?;
     let group = matches!(run.source, crate::item::SourceSpec::Group { .. });
     super::preflight::require_ready(
@@ -833,15 +833,14 @@ pub fn finished_status(queue: &Queue, run_id: i64) -> anyhow::Result<ExitStatus>
 /// Signs in for work on `run` with a command's endpoint and sign-in flags (see
 /// [`connect_to_run`]).
 pub async fn sign_in(
-    endpoints: &crate::cli::EndpointArgs,
-    auth: Option<crate::graph::AuthMethod>,
+    flags: &crate::cli::SignInArgs,
     queue: &Arc<Queue>,
     run: &RunRecord,
     mode: RunMode,
 ) -> anyhow::Result<GraphClient> {
-    let credentials = Credentials::resolve(auth)?;
+    let credentials = Credentials::resolve(flags.auth)?;
     connect_to_run(
-        &endpoints_for(endpoints, run),
+        &endpoints_for(&flags.endpoints, run),
         credentials,
         queue,
         run,

@@ -576,8 +576,11 @@ pub async fn preflight(_db: &Path, args: PreflightArgs) -> anyhow::Result<ExitSt
         custom_message: true,
         retire: args.retire,
     };
-    let endpoints = Endpoints::new(args.endpoints.graph_url(), args.endpoints.login_url());
-    let credentials = Credentials::resolve(args.auth)?;
+    let endpoints = Endpoints::new(
+        args.sign_in.endpoints.graph_url(),
+        args.sign_in.endpoints.login_url(),
+    );
+    let credentials = Credentials::resolve(args.sign_in.auth)?;
     let graph = common::connect(
         &endpoints,
         credentials,

@@ -74,7 +74,7 @@ pub async fn resend(db: &Path, args: ResendArgs) -> anyhow::Result<ExitStatus> {
         }
     }
 
-    let graph = common::sign_in(&args.endpoints, args.auth, &queue, &run, RunMode::Live).await?;
+    let graph = common::sign_in(&args.sign_in, &queue, &run, RunMode::Live).await?;
     let pass_run = common::PassRun {
         queue: &queue,
         lease: &lease,

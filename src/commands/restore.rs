@@ -97,7 +97,7 @@ pub async fn restore(db: &Path, args: RestoreArgs) -> anyhow::Result<ExitStatus>
     {
         return Err(common::declined());
     }
-    let graph = common::sign_in(&args.endpoints, args.auth, &queue, &run, RunMode::Live).await?;
+    let graph = common::sign_in(&args.sign_in, &queue, &run, RunMode::Live).await?;
     queue.add_backout(run.id, BackoutKind::Restore, &wanted)?;
     let back_out = BackOut {
         queue: &queue,

@@ -41,7 +41,7 @@ pub async fn retire(db: &Path, args: RetireArgs) -> anyhow::Result<ExitStatus> {
     common::require_consent_possible(RunMode::Live, args.yes)?;
     let say = |line: String| common::say(args.json, line);
 
-    let graph = common::sign_in(&args.endpoints, args.auth, &queue, &run, RunMode::Live).await?;
+    let graph = common::sign_in(&args.sign_in, &queue, &run, RunMode::Live).await?;
     let findings = super::preflight::require_retire_ready(&graph).await?;
     let privileges = Arc::new(privileges(&graph, &findings).await);
 
@@ -204,7 +204,7 @@ async fn dry_run(
         .iter()
         .filter(|c| chosen.contains(&c.item_id))
         .collect();
-    let graph = common::sign_in(&args.endpoints, args.auth, &queue, &run, RunMode::DryRun).await?;
+    let graph = common::sign_in(&args.sign_in, &queue, &run, RunMode::DryRun).await?;
     let findings = super::preflight::retire_findings_of(&graph).await;
     let privileges = privileges(&graph, &findings).await;
     let ids: Vec<String> = chosen.iter().filter_map(|c| c.user_id.clone()).collect();

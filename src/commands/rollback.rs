@@ -119,7 +119,7 @@ pub async fn rollback(db: &Path, args: RollbackArgs) -> anyhow::Result<ExitStatu
     if !args.yes && !confirm(&run, "CONVERT BACK to internal members", this_time)? {
         return Err(common::declined());
     }
-    let graph = common::sign_in(&args.endpoints, args.auth, &queue, &run, RunMode::Live).await?;
+    let graph = common::sign_in(&args.sign_in, &queue, &run, RunMode::Live).await?;
     // Created after the tenant check (a refused tenant leaves no file behind) and before any
     // request that writes.
     let passwords = match (&args.passwords_out, cloud) {

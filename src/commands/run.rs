@@ -26,7 +26,7 @@ pub struct NewRun {
 }
 
 pub async fn run(db: &Path, args: RunArgs) -> anyhow::Result<ExitStatus> {
-    let auth = args.exec.auth;
+    let auth = args.exec.sign_in.auth;
     let new = from_args(args)?;
     common::require_consent_possible(new.mode, new.yes)?;
     let credentials = Credentials::resolve(auth)?;
@@ -97,8 +97,8 @@ fn from_args(args: RunArgs) -> anyhow::Result<NewRun> {
         },
         options,
         endpoints: Endpoints::new(
-            args.exec.endpoints.graph_url(),
-            args.exec.endpoints.login_url(),
+            args.exec.sign_in.endpoints.graph_url(),
+            args.exec.sign_in.endpoints.login_url(),
         )
         .with_timeouts(&args.exec),
         yes: args.exec.yes,

@@ -26,7 +26,7 @@ pub async fn track(db: &Path, args: TrackArgs) -> anyhow::Result<ExitStatus> {
     let queue = Arc::new(Queue::open_existing(db)?);
     let run = common::pick_live_run(&queue, args.run_id)?;
     common::require_live(&run, "nobody was converted, there is nothing to track")?;
-    let graph = common::sign_in(&args.endpoints, args.auth, &queue, &run, RunMode::Live).await?;
+    let graph = common::sign_in(&args.sign_in, &queue, &run, RunMode::Live).await?;
 
     let _driving = threads::driving_tasks();
     let run_id = run.id;
