@@ -24,6 +24,8 @@ pub mod retry;
 mod signin;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+pub(crate) use tests::client_of as test_client;
 mod transport;
 mod writes;
 

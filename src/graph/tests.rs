@@ -1184,7 +1184,8 @@ async fn emulator_client(
 
 /// A client signed in to `emu` as its [`client_env`](crate::emulator::Emulator::client_env)
 /// says.
-fn client_of(emu: &crate::emulator::Emulator) -> GraphClient {
+/// A client of `emu` with its client environment, unthrottled on our side (1,000 writes/s).
+pub(crate) fn client_of(emu: &crate::emulator::Emulator) -> GraphClient {
     let env: HashMap<String, String> = emu.client_env().into_iter().collect();
     let credentials = Credentials::from_lookup(|k| env.get(k).cloned()).unwrap();
     let base = emu.base_url();

@@ -320,11 +320,8 @@ pub use crate::queue::threads::db;
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
     use crate::emulator::{EmulatorConfig, Tenant};
-    use crate::graph::{Credentials, GraphConfig, Limiter};
     use crate::item::{ItemState, NewItem, Overrides, RunMode, SourceSpec, UserKey};
     use crate::workers::executor::{work_item, Settled};
 
@@ -355,14 +352,8 @@ mod tests {
             crate::emulator::start(EmulatorConfig::new(tenant), "127.0.0.1:0".parse().unwrap())
                 .await
                 .unwrap();
-        let env: HashMap<String, String> = emu.client_env().into_iter().collect();
-        let credentials = Credentials::from_lookup(|k| env.get(k).cloned()).unwrap();
+        let graph = crate::graph::test_client(&emu);
         let base = emu.base_url();
-        let graph = GraphClient::new(
-            GraphConfig::new(&base, &base, credentials),
-            Limiter::new(1000.0),
-        )
-        .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let queue = Arc::new(Queue::open(&dir.path().join("q.db")).unwrap());
         let options = RunOptions::default();

@@ -1153,11 +1153,9 @@ mod tests {
 /// passes that come after it (resend, retire, the back-outs).
 #[cfg(test)]
 pub(crate) mod on_emulator {
-    use std::collections::HashMap;
     use std::sync::Arc;
 
     use crate::emulator::{Emulator, EmulatorConfig, Tenant};
-    use crate::graph::{Credentials, GraphClient, GraphConfig, Limiter};
     use crate::item::{ItemRecord, NewItem, Overrides, RunMode, RunOptions, SourceSpec, UserKey};
     use crate::model::User;
     use crate::progress::Progress;
@@ -1229,14 +1227,8 @@ pub(crate) mod on_emulator {
         let emulator = crate::emulator::start(config, "127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
-        let env: HashMap<String, String> = emulator.client_env().into_iter().collect();
-        let credentials = Credentials::from_lookup(|k| env.get(k).cloned()).unwrap();
+        let graph = crate::graph::test_client(&emulator);
         let base = emulator.base_url();
-        let graph = GraphClient::new(
-            GraphConfig::new(&base, &base, credentials),
-            Limiter::new(1000.0),
-        )
-        .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let queue = Arc::new(Queue::open(&dir.path().join("q.db")).unwrap());
         let options = RunOptions {
