@@ -75,18 +75,6 @@ pub struct ConvertOps {
 impl PassOps for ConvertOps {
     type Item = ConvertItem;
 
-    async fn checkpoint(&self, it: &mut ConvertItem, step: Step) -> anyhow::Result<()> {
-        let (id, to, has_steps) = (it.item.id, it.email.clone(), it.has_steps);
-        db(&self.queue, move |q| {
-            q.mark_in_flight(id, &to)?;
-            if has_steps {
-                q.step_in_flight(id, step.as_str())?;
-            }
-            Ok(())
-        })
-        .await
-    }
-
     async fn send(&self, it: &mut ConvertItem, step: Step) -> Result<ResponseMeta, GraphError> {
         let uid = it.item.user_id.as_deref().unwrap_or_default();
         match step {
@@ -112,96 +100,6 @@ impl PassOps for ConvertOps {
         reread(&self.graph, it.item.user_id.as_deref(), step, &it.email).await
     }
 
-    async fn charge(&self, it: &ConvertItem) -> anyhow::Result<()> {
-        let id = it.item.id;
-        db(&self.queue, move |q| q.charge_attempt(id)).await
-    }
-
-    async fn note_unknown(
-        &self,
-        it: &ConvertItem,
-        code: &str,
-        message: &str,
-        meta: Option<&ResponseMeta>,
-    ) -> anyhow::Result<()> {
-        let (id, code, message) = (it.item.id, code.to_string(), message.to_string());
-        let meta = meta.cloned().unwrap_or_default();
-        db(&self.queue, move |q| {
-            q.note_error(
-                id,
-                &code,
-                &message,
-                meta.request_id.as_deref(),
-                Some(&meta.client_request_id),
-            )
-        })
-        .await
-    }
-
-    async fn step_done(&self, it: &ConvertItem, step: Step) -> anyhow::Result<()> {
-        if !it.has_steps {
-            return Ok(());
-        }
-        let id = it.item.id;
-        db(&self.queue, move |q| q.step_done(id, step.as_str())).await
-    }
-
-    async fn record_done(
-        &self,
-        it: &mut ConvertItem,
-        meta: Option<ResponseMeta>,
-    ) -> anyhow::Result<()> {
-        let id = it.item.id;
-        let (inv, meta) = match it.invitation.take() {
-            Some(t) => (Some(t.value), Some(t.meta)),
-            None => (None, meta),
-        };
-        let progress = self.progress.clone();
-        db(&self.queue, move |q| {
-            q.record_converted(
-                id,
-                inv.as_ref(),
-                meta.as_ref().and_then(|m| m.request_id.as_deref()),
-                if inv.is_some() {
-                    meta.as_ref().map(|m| m.client_request_id.as_str())
-                } else {
-                    None
-                },
-            )?;
-            progress.item_done(q, id);
-            Ok(())
-        })
-        .await
-    }
-
-    async fn back_to_pending(&self, it: &ConvertItem) -> anyhow::Result<()> {
-        let id = it.item.id;
-        db(&self.queue, move |q| q.back_to_pending(id)).await
-    }
-
-    async fn record_failed(
-        &self,
-        it: &ConvertItem,
-        code: &str,
-        message: &str,
-        meta: Option<ResponseMeta>,
-    ) -> anyhow::Result<()> {
-        let (id, code, message) = (it.item.id, code.to_string(), message.to_string());
-        let progress = self.progress.clone();
-        db(&self.queue, move |q| {
-            q.record_failed(
-                id,
-                &code,
-                &message,
-                meta.as_ref().and_then(|m| m.request_id.as_deref()),
-                meta.as_ref().map(|m| m.client_request_id.as_str()),
-            )?;
-            progress.item_done(q, id);
-            Ok(())
-        })
-        .await
-    }
-
     /// The convert pass's rows are one item and its step checkpoint: every batch the executor
     /// hands over is one write transaction (`Queue::item_writes`), and the bar moves on (the
     /// user's outcome read back for the log) on the same blocking thread.
@@ -222,15 +120,6 @@ impl PassOps for ConvertOps {
             Ok(())
         })
         .await
-    }
-
-    async fn record_skipped(&self, it: &ConvertItem, why: &str) -> anyhow::Result<()> {
-        // The convert pass's re-reads never say "moot" (a user that vanished is `NotDone`): a
-        // skip here is a bug, and the item stays as it is for `resume` rather than guessed at.
-        anyhow::bail!(
-            "item {}: the convert pass has no skipped outcome ({why}); stopping",
-            it.item.id
-        )
     }
 }
 

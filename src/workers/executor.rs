@@ -52,13 +52,6 @@ pub enum Settled {
 pub trait PassOps: Sync {
     type Item: Send;
 
-    /// Checkpoints `in_flight` at `step`: after this a request may leave.
-    fn checkpoint(
-        &self,
-        item: &mut Self::Item,
-        step: Step,
-    ) -> impl Future<Output = anyhow::Result<()>> + Send;
-
     /// Sends `step`'s request. Keeps what the pass needs of the answer in `item`.
     fn send(
         &self,
@@ -69,116 +62,45 @@ pub trait PassOps: Sync {
     /// Reads the user back: did `step` take effect?
     fn reread(&self, item: &Self::Item, step: Step) -> impl Future<Output = Reread> + Send;
 
-    /// One more request at `step` that may have reached Graph.
-    fn charge(&self, item: &Self::Item) -> impl Future<Output = anyhow::Result<()>> + Send;
-
-    /// The last error of an item whose outcome is unknown, kept where it is.
-    fn note_unknown(
-        &self,
-        item: &Self::Item,
-        code: &str,
-        message: &str,
-        meta: Option<&ResponseMeta>,
-    ) -> impl Future<Output = anyhow::Result<()>> + Send;
-
-    /// Checkpoints `step` done.
-    fn step_done(
-        &self,
-        item: &Self::Item,
-        step: Step,
-    ) -> impl Future<Output = anyhow::Result<()>> + Send;
-
-    /// Every step asked for is done. `meta` is the last answer's (none when reconciled).
-    fn record_done(
-        &self,
-        item: &mut Self::Item,
-        meta: Option<ResponseMeta>,
-    ) -> impl Future<Output = anyhow::Result<()>> + Send;
-
-    /// Nothing took effect: the item waits for a later attempt or pass.
-    fn back_to_pending(&self, item: &Self::Item)
-        -> impl Future<Output = anyhow::Result<()>> + Send;
-
-    fn record_failed(
-        &self,
-        item: &Self::Item,
-        code: &str,
-        message: &str,
-        meta: Option<ResponseMeta>,
-    ) -> impl Future<Output = anyhow::Result<()>> + Send;
-
-    fn record_skipped(
-        &self,
-        item: &Self::Item,
-        why: &str,
-    ) -> impl Future<Output = anyhow::Result<()>> + Send;
-
     /// Records `writes`, in order, in as few write transactions as the pass's queue rows allow
     /// (the executor hands over what exactly-once lets it join: an attempt's charge with the
-    /// step's result, a step done with the next step's checkpoint or the item's end). A pass
-    /// whose rows can be written together overrides this with one transaction; by default
-    /// each write is its own, through the methods above, in the same order.
+    /// step's result, a step done with the next step's checkpoint or the item's end; a
+    /// checkpoint `in_flight` is always a batch of its own, recorded before the request
+    /// leaves). The first write refused stops the rest.
     fn record(
         &self,
         item: &mut Self::Item,
         writes: Vec<Write>,
-    ) -> impl Future<Output = anyhow::Result<()>> + Send {
-        async move {
-            for write in writes {
-                match write {
-                    Write::Checkpoint(step) => self.checkpoint(item, step).await?,
-                    Write::Charge => self.charge(item).await?,
-                    Write::NoteUnknown {
-                        code,
-                        message,
-                        meta,
-                    } => {
-                        self.note_unknown(item, &code, &message, meta.as_ref())
-                            .await?
-                    }
-                    Write::StepDone(step) => self.step_done(item, step).await?,
-                    Write::Done(meta) => self.record_done(item, meta).await?,
-                    Write::BackToPending => self.back_to_pending(item).await?,
-                    Write::Failed {
-                        code,
-                        message,
-                        meta,
-                    } => self.record_failed(item, &code, &message, meta).await?,
-                    Write::Skipped(why) => self.record_skipped(item, &why).await?,
-                }
-            }
-            Ok(())
-        }
-    }
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
 
 /// One queue write the executor asks of a pass: [`PassOps::record`] gets them in order, a few
 /// at a time.
 #[derive(Debug, Clone)]
 pub enum Write {
-    /// [`PassOps::checkpoint`].
+    /// Checkpoints `in_flight` at the step: after this a request may leave.
     Checkpoint(Step),
-    /// [`PassOps::charge`].
+    /// One more request at the step that may have reached Graph.
     Charge,
-    /// [`PassOps::note_unknown`].
+    /// The last error of an item whose outcome is unknown, kept where it is.
     NoteUnknown {
         code: String,
         message: String,
         meta: Option<ResponseMeta>,
     },
-    /// [`PassOps::step_done`].
+    /// Checkpoints the step done.
     StepDone(Step),
-    /// [`PassOps::record_done`].
+    /// Every step asked for is done; the last answer's meta (none when reconciled).
     Done(Option<ResponseMeta>),
-    /// [`PassOps::back_to_pending`].
+    /// Nothing took effect: the item waits for a later attempt or pass.
     BackToPending,
-    /// [`PassOps::record_failed`].
+    /// Graph refused the step for good.
     Failed {
         code: String,
         message: String,
         meta: Option<ResponseMeta>,
     },
-    /// [`PassOps::record_skipped`].
+    /// The re-read shows the step is moot (why).
     Skipped(String),
 }
 
@@ -568,11 +490,6 @@ async fn change_entry<P: EntryPass>(
 impl<P: EntryPass> PassOps for P {
     type Item = P::Item;
 
-    async fn checkpoint(&self, item: &mut P::Item, step: Step) -> anyhow::Result<()> {
-        let change = self.in_flight(item, step)?;
-        change_entry(self, item, vec![change], 0).await
-    }
-
     fn send(
         &self,
         item: &mut P::Item,
@@ -583,55 +500,6 @@ impl<P: EntryPass> PassOps for P {
 
     fn reread(&self, item: &P::Item, step: Step) -> impl Future<Output = Reread> + Send {
         EntryPass::reread(self, item, step)
-    }
-
-    async fn charge(&self, item: &P::Item) -> anyhow::Result<()> {
-        change_entry(self, item, vec![EntryChange::charge()], 0).await
-    }
-
-    async fn note_unknown(
-        &self,
-        item: &P::Item,
-        code: &str,
-        message: &str,
-        meta: Option<&ResponseMeta>,
-    ) -> anyhow::Result<()> {
-        let request_id = meta.and_then(|m| m.request_id.as_deref());
-        let change = EntryChange::note_error(code, message, request_id);
-        change_entry(self, item, vec![change], 0).await
-    }
-
-    async fn step_done(&self, item: &P::Item, step: Step) -> anyhow::Result<()> {
-        let change = EntryPass::step_done(self, item, step);
-        change_entry(self, item, change.into_iter().collect(), 0).await
-    }
-
-    async fn record_done(
-        &self,
-        item: &mut P::Item,
-        meta: Option<ResponseMeta>,
-    ) -> anyhow::Result<()> {
-        let change = self.done(item, meta.as_ref());
-        change_entry(self, item, vec![change], 1).await
-    }
-
-    async fn back_to_pending(&self, item: &P::Item) -> anyhow::Result<()> {
-        change_entry(self, item, vec![EntryChange::back_to_pending()], 0).await
-    }
-
-    async fn record_failed(
-        &self,
-        item: &P::Item,
-        code: &str,
-        message: &str,
-        meta: Option<ResponseMeta>,
-    ) -> anyhow::Result<()> {
-        let change = self.failed(item, code, message, meta.as_ref());
-        change_entry(self, item, vec![change], 1).await
-    }
-
-    async fn record_skipped(&self, item: &P::Item, why: &str) -> anyhow::Result<()> {
-        change_entry(self, item, vec![self.skipped(item, why)], 1).await
     }
 
     /// The whole batch is one write transaction: the entry's changes in order.
@@ -901,9 +769,6 @@ mod tests {
 
     impl PassOps for Scripted {
         type Item = ();
-        async fn checkpoint(&self, _: &mut (), step: Step) -> anyhow::Result<()> {
-            self.write(format!("checkpoint {}", step.as_str()))
-        }
         async fn send(&self, _: &mut (), step: Step) -> Result<ResponseMeta, GraphError> {
             self.journal
                 .lock()
@@ -926,38 +791,22 @@ mod tests {
                 .pop_front()
                 .expect("a scripted re-read")
         }
-        async fn charge(&self, _: &()) -> anyhow::Result<()> {
-            self.write("charge".into())
-        }
-        async fn note_unknown(
-            &self,
-            _: &(),
-            code: &str,
-            _: &str,
-            _: Option<&ResponseMeta>,
-        ) -> anyhow::Result<()> {
-            self.write(format!("note {code}"))
-        }
-        async fn step_done(&self, _: &(), step: Step) -> anyhow::Result<()> {
-            self.write(format!("done {}", step.as_str()))
-        }
-        async fn record_done(&self, _: &mut (), _: Option<ResponseMeta>) -> anyhow::Result<()> {
-            self.write("record done".into())
-        }
-        async fn back_to_pending(&self, _: &()) -> anyhow::Result<()> {
-            self.write("pending".into())
-        }
-        async fn record_failed(
-            &self,
-            _: &(),
-            code: &str,
-            _: &str,
-            _: Option<ResponseMeta>,
-        ) -> anyhow::Result<()> {
-            self.write(format!("failed {code}"))
-        }
-        async fn record_skipped(&self, _: &(), why: &str) -> anyhow::Result<()> {
-            self.write(format!("skipped {why}"))
+        /// One journal line per write, each a write of its own (a lease lost mid-batch stops
+        /// the rest, as a refused transaction would).
+        async fn record(&self, _: &mut (), writes: Vec<Write>) -> anyhow::Result<()> {
+            for write in writes {
+                self.write(match write {
+                    Write::Checkpoint(step) => format!("checkpoint {}", step.as_str()),
+                    Write::Charge => "charge".into(),
+                    Write::NoteUnknown { code, .. } => format!("note {code}"),
+                    Write::StepDone(step) => format!("done {}", step.as_str()),
+                    Write::Done(_) => "record done".into(),
+                    Write::BackToPending => "pending".into(),
+                    Write::Failed { code, .. } => format!("failed {code}"),
+                    Write::Skipped(why) => format!("skipped {why}"),
+                })?;
+            }
+            Ok(())
         }
     }
 
