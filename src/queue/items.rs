@@ -47,15 +47,15 @@ pub enum ItemWrite {
 }
 
 /// A validation verdict that ends an item without a request (see [`Queue::record_verdicts`]).
-#[derive(Debug, Clone, Copy)]
-pub struct VerdictRecord<'a> {
+#[derive(Debug, Clone)]
+pub struct VerdictRecord {
     pub item_id: i64,
     /// `would_convert`, `skipped` or `blocked`.
     pub state: ItemState,
     pub reason: Option<Reason>,
-    pub detail: Option<&'a str>,
+    pub detail: Option<String>,
     /// The address the invitation would go to (kept where `None`).
-    pub external_email: Option<&'a str>,
+    pub external_email: Option<String>,
 }
 
 impl Queue {
@@ -254,14 +254,14 @@ impl Queue {
             item_id,
             state,
             reason,
-            detail,
-            external_email,
+            detail: detail.map(str::to_string),
+            external_email: external_email.map(str::to_string),
         }])
     }
 
     /// Several items' verdicts in ONE write transaction (a chunk of a dry run is one commit,
     /// not one per user). The first refused write rolls all of them back.
-    pub fn record_verdicts(&self, verdicts: &[VerdictRecord<'_>]) -> Result<()> {
+    pub fn record_verdicts(&self, verdicts: &[VerdictRecord]) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)

@@ -19,6 +19,14 @@ pub(super) struct LogBuffer {
     since: Option<Instant>,
 }
 
+impl LogBuffer {
+    /// [`LOG_FLUSH_ROWS`] rows are waiting, or the oldest has waited [`LOG_FLUSH_AFTER`].
+    fn due(&self) -> bool {
+        self.rows.len() >= LOG_FLUSH_ROWS
+            || self.since.is_some_and(|s| s.elapsed() >= LOG_FLUSH_AFTER)
+    }
+}
+
 impl Drop for Queue {
     fn drop(&mut self) {
         if let Err(e) = self.flush_request_log() {
@@ -39,8 +47,8 @@ impl Queue {
         let due = {
             let mut buf = self.log_buffer();
             buf.rows.push((rec.clone(), throttled, attempt));
-            let since = *buf.since.get_or_insert_with(Instant::now);
-            buf.rows.len() >= LOG_FLUSH_ROWS || since.elapsed() >= LOG_FLUSH_AFTER
+            buf.since.get_or_insert_with(Instant::now);
+            buf.due()
         };
         // On a thread that drives async tasks the rows wait for the pass's next database call
         // on the blocking pool ([`super::threads::db`]), which writes them when due.
@@ -52,11 +60,7 @@ impl Queue {
 
     /// Writes the buffered request rows if they are due (see [`Queue::log_request`]).
     pub fn flush_request_log_if_due(&self) -> Result<()> {
-        let due = {
-            let buf = self.log_buffer();
-            buf.rows.len() >= LOG_FLUSH_ROWS
-                || buf.since.is_some_and(|s| s.elapsed() >= LOG_FLUSH_AFTER)
-        };
+        let due = self.log_buffer().due();
         if due {
             self.flush_request_log()?;
         }

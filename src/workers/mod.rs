@@ -424,12 +424,11 @@ async fn produce(
             return Ok(false);
         }
         let (pass_, facts_) = (pass.clone(), facts.clone());
-        let settled = crate::queue::threads::blocking(move || {
+        let settled = db(&p.queue, move |_| {
             let verdicts = prepare(&pass_, items, &facts_, found)?;
             record_chunk(&pass_, verdicts)
         })
-        .await
-        .context("a database task panicked")??;
+        .await?;
         for ready in settled.to_invite {
             if ready.mail_change.is_some() || ready.needs_guest {
                 let (id, mail, guest) = (ready.item.id, ready.mail_change, ready.needs_guest);
@@ -460,15 +459,6 @@ struct ToInvite {
     needs_guest: bool,
 }
 
-/// A verdict that ends its item here, as [`VerdictRecord`] owns it.
-struct Ended {
-    item_id: i64,
-    state: ItemState,
-    reason: Option<Reason>,
-    detail: Option<String>,
-    email: Option<String>,
-}
-
 /// What recording a chunk's verdicts leaves the producer to do.
 struct ChunkRecorded {
     to_invite: Vec<ToInvite>,
@@ -482,21 +472,21 @@ struct ChunkRecorded {
 fn record_chunk(
     pass: &Pass,
     verdicts: Vec<(ItemRecord, Verdict)>,
-) -> anyhow::Result<ChunkRecorded> {
+) -> crate::queue::Result<ChunkRecorded> {
     let p = &pass.pipeline;
     let limit = pass.options().limit;
-    let mut ended: Vec<Ended> = Vec::new();
+    let mut ended: Vec<VerdictRecord> = Vec::new();
     let mut to_invite = Vec::new();
     let mut limit_reached = false;
     for (item, verdict) in verdicts {
         match verdict {
             Verdict::Skip { reason, detail } | Verdict::Block { reason, detail } => {
-                ended.push(Ended {
+                ended.push(VerdictRecord {
                     item_id: item.id,
                     state: reason.state(),
                     reason: Some(reason),
                     detail: Some(detail),
-                    email: None,
+                    external_email: None,
                 });
             }
             Verdict::Convert {
@@ -521,12 +511,12 @@ fn record_chunk(
                             notes.push("userType will be set to Guest after the invitation".into());
                         }
                         let detail = (!notes.is_empty()).then(|| notes.join("; "));
-                        ended.push(Ended {
+                        ended.push(VerdictRecord {
                             item_id: item.id,
                             state: ItemState::WouldConvert,
                             reason: None,
                             detail,
-                            email: Some(email),
+                            external_email: Some(email),
                         });
                     }
                     RunMode::Live => to_invite.push(ToInvite {
@@ -539,18 +529,8 @@ fn record_chunk(
             }
         }
     }
-    let records: Vec<VerdictRecord<'_>> = ended
-        .iter()
-        .map(|e| VerdictRecord {
-            item_id: e.item_id,
-            state: e.state,
-            reason: e.reason,
-            detail: e.detail.as_deref(),
-            external_email: e.email.as_deref(),
-        })
-        .collect();
-    p.queue.record_verdicts(&records)?;
-    for r in &records {
+    p.queue.record_verdicts(&ended)?;
+    for r in &ended {
         p.progress.item_done(&p.queue, r.item_id);
     }
     Ok(ChunkRecorded {
@@ -560,13 +540,14 @@ fn record_chunk(
 }
 
 /// Records what the look-up found for the chunk's users without a snapshot (not found ends the
-/// item) in one write transaction, then validates every item.
+/// item) in one write transaction, then validates every item. In an `apply`, a planned user
+/// who is gone is blocked `changed_since_plan` (first, so `--limit` never leaves one behind).
 fn prepare(
     pass: &Pass,
     items: Vec<ItemRecord>,
     facts: &facts::Facts,
     by_key: HashMap<String, User>,
-) -> anyhow::Result<Vec<(ItemRecord, Verdict)>> {
+) -> crate::queue::Result<Vec<(ItemRecord, Verdict)>> {
     let p = &pass.pipeline;
     // `apply`: a planned user who is gone now changed since the plan (its verdict did), so it
     // ends `changed_since_plan`, not `user_not_found` as in a run without a plan.
@@ -577,19 +558,15 @@ fn prepare(
                 .as_ref()
                 .is_some_and(|k| !by_key.contains_key(&k.normalized()))
     });
-    for item in gone {
+    let gone = gone.into_iter().map(|item| {
         let key = item.key.as_ref().map_or("", |k| k.value());
-        p.queue.record_verdict(
-            item.id,
-            ItemState::Blocked,
-            Some(crate::item::Reason::ChangedSincePlan),
-            Some(&format!(
-                "deleted since the plan: no user with id {key} in the tenant now"
-            )),
-            None,
-        )?;
-        p.progress.item_done(&p.queue, item.id);
-    }
+        let verdict = Verdict::Block {
+            reason: Reason::ChangedSincePlan,
+            detail: format!("deleted since the plan: no user with id {key} in the tenant now"),
+        };
+        (item, verdict)
+    });
+    let gone: Vec<(ItemRecord, Verdict)> = gone.collect();
     let found: Vec<(i64, Option<&User>)> = items
         .iter()
         .filter(|i| i.snapshot.is_none())
@@ -633,7 +610,9 @@ fn prepare(
             Some((item, verdict))
         })
         .collect();
-    against_plan(pass, verdicts)
+    let mut verdicts = against_plan(pass, verdicts)?;
+    verdicts.splice(0..0, gone);
+    Ok(verdicts)
 }
 
 /// `apply`: a user who changed since the approved dry run is not converted, whatever the checks
@@ -641,7 +620,7 @@ fn prepare(
 fn against_plan(
     pass: &Pass,
     verdicts: Vec<(ItemRecord, Verdict)>,
-) -> anyhow::Result<Vec<(ItemRecord, Verdict)>> {
+) -> crate::queue::Result<Vec<(ItemRecord, Verdict)>> {
     let p = &pass.pipeline;
     if p.run.plan_run_id.is_none() {
         return Ok(verdicts);
