@@ -45,6 +45,7 @@ async fn a_run_resumed_with_another_tenants_environment_is_refused_before_anythi
     let started = run_csv(&contoso, &db, &csv, "--limit 2 --yes").await;
     started.assert_exit(0);
     let run_id = started.run_id();
+    let id = run_id.to_string();
     let status = status_json(&contoso, &db, Some(run_id)).await;
     assert_eq!(status["tenant"]["id"], contoso.tenant_id());
     assert_eq!(status["tenant"]["initialDomain"], "contoso.onmicrosoft.com");
@@ -56,36 +57,21 @@ async fn a_run_resumed_with_another_tenants_environment_is_refused_before_anythi
     // The wrong `source`: tenant B's environment loaded.
     let other = fabrikam(12).await;
     assert_ne!(other.tenant_id(), contoso.tenant_id());
-    let refused = run(
-        &other,
-        &db,
-        &["resume", &run_id.to_string(), "--limit", "8", "--yes"],
-    )
-    .await;
+    let refused = run(&other, &db, &["resume", &id, "--limit", "8", "--yes"]).await;
     refused.assert_exit(1);
     let line = refused
         .stderr
         .lines()
         .find(|l| l.contains("belongs to tenant"))
         .unwrap_or_else(|| panic!("no refusal line:\n{}", refused.stderr));
-    assert!(
-        line.contains(&format!(
-            "run {run_id} belongs to tenant contoso.onmicrosoft.com ({})",
-            contoso.tenant_id()
-        )),
-        "{line}"
-    );
-    assert!(
-        line.contains(&format!(
-            "you are signed in to fabrikam.onmicrosoft.com ({})",
-            other.tenant_id()
-        )),
-        "{line}"
-    );
-    assert!(
-        line.contains("sign in to the run's tenant, or start a new run"),
-        "{line}"
-    );
+    let (contoso_id, other_id) = (contoso.tenant_id(), other.tenant_id());
+    for part in [
+        format!("run {run_id} belongs to tenant contoso.onmicrosoft.com ({contoso_id})"),
+        format!("you are signed in to fabrikam.onmicrosoft.com ({other_id})"),
+        "sign in to the run's tenant, or start a new run".to_string(),
+    ] {
+        assert_has(line, &part);
+    }
 
     // Nothing reached B beyond the token and the domains.
     assert_only_sign_in_and_domains(&other);
@@ -99,12 +85,7 @@ async fn a_run_resumed_with_another_tenants_environment_is_refused_before_anythi
     assert_eq!(count(&items(&db, run_id), ItemState::Failed), 0);
 
     // Its own tenant continues it.
-    let resumed = run(
-        &contoso,
-        &db,
-        &["resume", &run_id.to_string(), "--limit", "0", "--yes"],
-    )
-    .await;
+    let resumed = run(&contoso, &db, &["resume", &id, "--limit", "0", "--yes"]).await;
     resumed.assert_finished();
     assert_eq!(count(&items(&db, run_id), ItemState::Pending), 0);
 }
@@ -113,13 +94,8 @@ async fn a_run_resumed_with_another_tenants_environment_is_refused_before_anythi
 async fn apply_converts_exactly_the_plan_minus_the_users_changed_since() {
     let (dir, db) = temp_db();
     let (emu, csv) = tenant_with_csv(40, 21, dir.path()).await;
-    let plan = run_csv(&emu, &db, &csv, "--dry-run --silent").await;
-    plan.assert_finished();
-    let plan_id = plan.run_id();
-    let planned: Vec<_> = items(&db, plan_id)
-        .into_iter()
-        .filter(|i| i.state == ItemState::WouldConvert)
-        .collect();
+    let plan_id = finished_run(&emu, &db, &csv, "--dry-run --silent").await;
+    let planned = items_in(&db, plan_id, ItemState::WouldConvert);
     assert!(planned.len() > 10, "{} would convert", planned.len());
 
     // Three users change after the board approved the plan.
@@ -243,14 +219,9 @@ async fn apply_refuses_an_unfinished_a_too_old_a_live_or_a_foreign_plan() {
     refused.assert_stderr_has("is not finished");
 
     // Too old: any finished plan is older than --max-age 0.
-    let plan = run_csv(&emu, &db, &csv, "--dry-run").await;
-    let plan_id = plan.run_id();
-    let refused = run(
-        &emu,
-        &db,
-        &["apply", &plan_id.to_string(), "--yes", "--max-age", "0"],
-    )
-    .await;
+    let plan_id = run_csv(&emu, &db, &csv, "--dry-run").await.run_id();
+    let plan = plan_id.to_string();
+    let refused = run(&emu, &db, &["apply", &plan, "--yes", "--max-age", "0"]).await;
     refused.assert_exit(2);
     refused.assert_stderr_has("--max-age 0");
 
@@ -262,7 +233,7 @@ async fn apply_refuses_an_unfinished_a_too_old_a_live_or_a_foreign_plan() {
 
     // Another tenant's sign-in: exit 1, nothing sent there.
     let other = fabrikam(32).await;
-    let refused = run(&other, &db, &["apply", &plan_id.to_string(), "--yes"]).await;
+    let refused = run(&other, &db, &["apply", &plan, "--yes"]).await;
     refused.assert_exit(1);
     refused.assert_stderr_has("belongs to tenant");
     assert!(other.invitations().is_empty());
@@ -467,10 +438,7 @@ async fn the_prompt_names_the_tenant_and_this_invocations_users_and_no_leaves_no
     // A run whose pilot is two named users: the prompt counts those two, not the run.
     let started = run_csv(&emu, &db, &csv, "--limit 1 --yes").await;
     let run_id = started.run_id();
-    let pending: Vec<_> = items(&db, run_id)
-        .into_iter()
-        .filter(|i| i.state == ItemState::Pending)
-        .collect();
+    let pending = items_in(&db, run_id, ItemState::Pending);
     let only = dir.path().join("two.txt");
     std::fs::write(
         &only,
@@ -659,9 +627,7 @@ async fn profiles_keep_two_tenants_queues_apart_and_never_hold_a_secret() {
 async fn a_limit_belongs_to_its_invocation_and_a_plain_resume_works_everyone() {
     let (dir, db) = temp_db();
     let (emu, csv) = tenant_with_csv(20, 61, dir.path()).await;
-    let piloted = run_csv(&emu, &db, &csv, "--limit 2 --yes").await;
-    piloted.assert_finished();
-    let run_id = piloted.run_id();
+    let run_id = finished_run(&emu, &db, &csv, "--limit 2 --yes").await;
     assert_eq!(emu.invitations().len(), 2, "the pilot's two users");
     let pending = count(&items(&db, run_id), ItemState::Pending);
     assert!(pending > 2, "users are left for the resume: {pending}");
@@ -686,17 +652,13 @@ async fn a_limit_belongs_to_its_invocation_and_a_plain_resume_works_everyone() {
 async fn a_user_deleted_between_plan_and_apply_ends_changed_since_plan() {
     let (dir, db) = temp_db();
     let (emu, csv) = tenant_with_csv(20, 71, dir.path()).await;
-    let plan = run_csv(&emu, &db, &csv, "--dry-run").await;
-    plan.assert_finished();
-    let planned: Vec<_> = items(&db, plan.run_id())
-        .into_iter()
-        .filter(|i| i.state == ItemState::WouldConvert)
-        .collect();
+    let plan_id = finished_run(&emu, &db, &csv, "--dry-run").await;
+    let planned = items_in(&db, plan_id, ItemState::WouldConvert);
     assert!(planned.len() >= 3, "{} would convert", planned.len());
     let deleted = planned[1].user_id.clone().unwrap();
     assert!(emu.delete_user(&deleted));
 
-    let applied = run(&emu, &db, &["apply", &plan.run_id().to_string(), "--yes"]).await;
+    let applied = run(&emu, &db, &["apply", &plan_id.to_string(), "--yes"]).await;
     applied.assert_exit(3);
     let live = items(&db, applied.run_id());
     let gone = live

@@ -77,13 +77,7 @@ async fn missing_permission_is_named_exactly() {
     r.assert_exit(3);
     let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
     assert_eq!(v["ready"], false);
-    let missing: Vec<String> = v["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["status"] == "missing")
-        .map(|c| c["detail"].as_str().unwrap().to_string())
-        .collect();
+    let missing = common::strings_where(&v["checks"], "detail", |c| c["status"] == "missing");
     assert_eq!(missing.len(), 2, "{missing:?}");
     assert!(
         missing[0].contains("application permission User.Invite.All"),

@@ -363,9 +363,8 @@ async fn rollback_settles_lost_answers_by_re_reading_never_sending_twice() {
     let db = dir.path().join("live.db");
     let flags = "--yes --silent --rate 400 --max-attempts 12";
     run_csv(&emu, &db, &csv, flags).await.assert_finished();
-    let cloud: Vec<String> = items(&db, 1)
+    let cloud: Vec<String> = items_in(&db, 1, ItemState::Converted)
         .into_iter()
-        .filter(|i| i.state == ItemState::Converted)
         .filter(|i| i.snapshot.as_ref().unwrap().on_premises_sync_enabled != Some(true))
         .filter_map(|i| i.user_id)
         .filter(|id| !role_holders.contains(id))

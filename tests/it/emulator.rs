@@ -11,8 +11,8 @@ use serde_json::{json, Value};
 use crate::common;
 
 use common::raw::{
-    env, invite_body, keys, sample_emulator, sample_emulator_with, sample_user, start_with_client,
-    token, token_url, G,
+    env, invite_body, keys, manual_clock_emulator, sample_emulator, sample_emulator_with,
+    sample_user, start_with_client, token, token_url, G,
 };
 use common::start;
 
@@ -204,9 +204,7 @@ async fn single_user_groups_and_domains() {
 
     let (s, v) = g.get("/domains").await;
     assert_eq!(s, 200);
-    assert!(v["value"]
-        .as_array()
-        .unwrap()
+    assert!(common::elements(&v["value"])
         .iter()
         .any(|d| d["id"] == "contoso.com" && d["isVerified"] == true && d["isDefault"] == true));
     emu.shutdown().await;
@@ -413,17 +411,9 @@ async fn conversion_changes_the_user_and_is_recorded() {
     emu.shutdown().await;
 }
 
-fn small_write_bucket() -> EmulatorConfig {
-    EmulatorConfig {
-        clock: Clock::manual(),
-        writes_per_150s: 3,
-        ..EmulatorConfig::new(Tenant::sample())
-    }
-}
-
 #[tokio::test]
 async fn write_bucket_answers_429_then_recovers_after_retry_after() {
-    let (emu, g) = start_with_client(small_write_bucket()).await;
+    let (emu, g) = manual_clock_emulator(|c| c.writes_per_150s = 3).await;
     let id = sample_user("Dana").id;
     let patch = || g.patch_user(&id, json!({"displayName": "Dana W."}));
     for _ in 0..3 {
@@ -447,9 +437,7 @@ async fn write_bucket_answers_429_then_recovers_after_retry_after() {
     assert_eq!(patch().await.status(), 204);
     assert_eq!(emu.stats()["throttled"], 2);
     let log = g.inspect("requests").await;
-    let throttled: Vec<&Value> = log["value"]
-        .as_array()
-        .unwrap()
+    let throttled: Vec<&Value> = common::elements(&log["value"])
         .iter()
         .filter(|e| e["status"] == 429)
         .collect();
@@ -460,7 +448,7 @@ async fn write_bucket_answers_429_then_recovers_after_retry_after() {
 
 #[tokio::test]
 async fn pacing_at_the_refill_rate_is_never_throttled() {
-    let (emu, g) = start_with_client(small_write_bucket()).await;
+    let (emu, g) = manual_clock_emulator(|c| c.writes_per_150s = 3).await;
     let users: Vec<_> = Tenant::sample()
         .users
         .into_iter()
@@ -478,11 +466,7 @@ async fn pacing_at_the_refill_rate_is_never_throttled() {
 
 #[tokio::test]
 async fn invitation_bucket_is_per_tenant() {
-    let (emu, g) = sample_emulator_with(|c| {
-        c.clock = Clock::manual();
-        c.invitations_per_5s = 2;
-    })
-    .await;
+    let (emu, g) = manual_clock_emulator(|c| c.invitations_per_5s = 2).await;
     let users: Vec<_> = ["Elif", "Farid", "Greta"]
         .iter()
         .map(|n| sample_user(n))
@@ -504,11 +488,7 @@ async fn invitation_bucket_is_per_tenant() {
 
 #[tokio::test]
 async fn batch_sub_requests_are_throttled_individually() {
-    let (emu, g) = sample_emulator_with(|c| {
-        c.clock = Clock::manual();
-        c.ru_per_10s = Some(4);
-    })
-    .await;
+    let (emu, g) = manual_clock_emulator(|c| c.ru_per_10s = Some(4)).await;
     let t = Tenant::sample();
     let requests: Vec<Value> = t.users[..5]
         .iter()
@@ -517,13 +497,10 @@ async fn batch_sub_requests_are_throttled_individually() {
         .collect();
     let (s, v) = g.post("/$batch", json!({"requests": requests})).await;
     assert_eq!(s, 200);
-    let statuses: Vec<u64> = v["responses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["status"].as_u64().unwrap())
-        .collect();
-    assert_eq!(statuses, [200, 200, 429, 429, 429]);
+    assert_eq!(
+        common::numbers(&v["responses"], "status"),
+        [200, 200, 429, 429, 429]
+    );
     assert_eq!(v["responses"][0]["body"]["id"], t.users[0].id);
     assert_eq!(v["responses"][2]["headers"]["Retry-After"], "5");
     let stats = emu.stats();
@@ -829,11 +806,7 @@ async fn oversized_bodies_and_deep_filters_are_refused_like_graph() {
 
 #[tokio::test]
 async fn reads_spend_resource_units_and_a_refused_read_names_the_read_scope() {
-    let (emu, g) = sample_emulator_with(|c| {
-        c.clock = Clock::manual();
-        c.ru_per_10s = Some(10);
-    })
-    .await;
+    let (emu, g) = manual_clock_emulator(|c| c.ru_per_10s = Some(10)).await;
     let dana = sample_user("Dana").id;
     let read = |select: bool| {
         let path = if select {
@@ -888,13 +861,10 @@ async fn reads_spend_resource_units_and_a_refused_read_names_the_read_scope() {
         .collect();
     let (s, v) = g.post("/$batch", json!({"requests": requests})).await;
     assert_eq!(s, 200);
-    let statuses: Vec<u64> = v["responses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["status"].as_u64().unwrap())
-        .collect();
-    assert_eq!(statuses, [200, 200, 200, 429]);
+    assert_eq!(
+        common::numbers(&v["responses"], "status"),
+        [200, 200, 200, 429]
+    );
     let sub_scope = v["responses"][3]["headers"]["x-ms-throttle-scope"]
         .as_str()
         .unwrap();

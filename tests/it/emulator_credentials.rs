@@ -359,13 +359,7 @@ async fn conversion_back_rules_effects_and_the_412_after_it() {
         ))
         .await;
     assert_eq!(s, 200, "{v}");
-    let listed: Vec<&str> = v["value"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(listed, vec![cloud.id.as_str()]);
+    assert_eq!(common::strings(&v["value"], "id"), [cloud.id.as_str()]);
 
     // Synced users: no UPN, no password; an empty body converts them.
     convert_and_redeem(&g, &synced).await;
@@ -533,12 +527,7 @@ async fn directory_roles_list_who_holds_an_admin_role() {
         roles[0]["id"], USER_ADMIN,
         "a role's id is not its template id"
     );
-    let mut members: Vec<String> = roles[0]["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap().to_string())
-        .collect();
+    let mut members = common::strings(&roles[0]["members"], "id");
     members.sort();
     let mut want = holders;
     want.sort();

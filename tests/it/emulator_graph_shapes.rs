@@ -5,13 +5,13 @@
 //! properties, delta's spellings, non-nullable collections, the diagnostic headers, links built
 //! from the host called, and fractional `Retry-After`. Raw HTTP on loopback, no retries.
 
-use b2b_convert::emulator::{Clock, EmulatorConfig, Tenant};
+use b2b_convert::emulator::{EmulatorConfig, Tenant};
 use serde_json::{json, Value};
 
 use crate::common;
 
 use common::raw::{
-    invite_body, json_of, sample_emulator, sample_emulator_with, sample_user, start_with_client,
+    invite_body, json_of, manual_clock_emulator, sample_emulator, sample_user, start_with_client,
 };
 
 const ODATA_JSON: &str =
@@ -92,9 +92,7 @@ fn sub(id: &str, method: &str, url: &str) -> Value {
 }
 
 fn statuses(v: &Value) -> Vec<(String, u64)> {
-    v["responses"]
-        .as_array()
-        .unwrap()
+    common::elements(&v["responses"])
         .iter()
         .map(|r| {
             (
@@ -167,9 +165,7 @@ async fn batch_refuses_like_graph() {
     .collect();
     assert_eq!(got, want, "{v}");
     let by_id = |id: &str| {
-        v["responses"]
-            .as_array()
-            .unwrap()
+        common::elements(&v["responses"])
             .iter()
             .find(|r| r["id"] == id)
             .unwrap()
@@ -351,12 +347,7 @@ async fn sdk_shapes_are_accepted() {
     ] {
         let (s, v) = g.get_with(path, &prefer).await;
         assert_eq!(s, 200, "{path}: {v}");
-        let ids: Vec<Value> = v["value"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|u| u["id"].clone())
-            .collect();
+        let ids = common::strings(&v["value"], "id");
         assert_eq!(ids.len(), 7, "{path}");
         let next = v["@odata.nextLink"].as_str().unwrap();
         assert!(next.contains("/v1.0/users/delta?$skiptoken="), "{next}");
@@ -543,8 +534,7 @@ async fn links_name_the_host_the_client_called() {
 #[tokio::test]
 async fn retry_after_can_be_fractional() {
     for (fractional, want) in [(false, "3"), (true, "2.500")] {
-        let (emu, g) = sample_emulator_with(|c| {
-            c.clock = Clock::manual();
+        let (emu, g) = manual_clock_emulator(|c| {
             c.ru_per_10s = Some(4);
             c.fractional_retry_after = fractional;
         })

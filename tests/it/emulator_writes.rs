@@ -5,14 +5,14 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use b2b_convert::emulator::{Clock, EmulatorConfig, Tenant};
+use b2b_convert::emulator::{EmulatorConfig, Tenant};
 use serde_json::{json, Value};
 
 use crate::common;
 
 use common::raw::{
-    assert_graph_error, env, invite_body, keys, sample_emulator, sample_emulator_with, sample_user,
-    start_with_client, G,
+    assert_graph_error, env, invite_body, keys, manual_clock_emulator, sample_emulator,
+    sample_emulator_with, sample_user, start_with_client, G,
 };
 use common::start;
 fn assert_conflict(s: u16, v: &Value) {
@@ -185,11 +185,7 @@ async fn patch_is_a_write_with_faults_and_lost_answers() {
     emu.shutdown().await;
 
     // Same write buckets as invitations: 2 writes, then a PATCH and an invitation are refused.
-    let (emu, g) = sample_emulator_with(|c| {
-        c.clock = Clock::manual();
-        c.writes_per_150s = 2;
-    })
-    .await;
+    let (emu, g) = manual_clock_emulator(|c| c.writes_per_150s = 2).await;
     let bruno = sample_user("Bruno");
     assert_patched(&g, &kofi.id, json!({"userType": "Guest"})).await;
     let (s, _) = g.invite(&bruno).await;
@@ -279,7 +275,7 @@ async fn generated_tenant_has_users_set_mail_can_and_cannot_fix() {
 
 #[tokio::test]
 async fn redeem_turns_pending_into_accepted() {
-    let (emu, g) = sample_emulator_with(|c| c.clock = Clock::manual()).await;
+    let (emu, g) = manual_clock_emulator(|_| {}).await;
     let bruno = sample_user("Bruno");
     // Not invited yet: nothing to redeem.
     assert_eq!(g.redeem(&bruno.id).await.0, 409);
@@ -636,11 +632,7 @@ async fn users_delta_refusals_and_latest() {
 
 #[tokio::test]
 async fn throttle_headers_in_graphs_formats() {
-    let (emu, g) = sample_emulator_with(|c| {
-        c.clock = Clock::manual();
-        c.writes_per_150s = 10;
-    })
-    .await;
+    let (emu, g) = manual_clock_emulator(|c| c.writes_per_150s = 10).await;
     let (app, tenant) = (env(&emu, "AZURE_CLIENT_ID"), emu.tenant_id());
     let dana = sample_user("Dana");
     let mut percentages = Vec::new();

@@ -24,13 +24,6 @@ fn conflict_row(db: &std::path::Path, run_id: i64) -> (ItemState, Option<Reason>
     (item.state, item.reason, item.detail.unwrap_or_default())
 }
 
-/// A dry run of the sample CSV into `db`, whose blocked rows make exit 3.
-async fn sample_dry_run(emu: &b2b_convert::emulator::Emulator, db: &std::path::Path) -> Ran {
-    let out = run_csv(emu, db, &sample_csv(), "--dry-run").await;
-    out.assert_exit(3);
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_pass_reads_only_the_changes_and_sees_them() {
     let emu = start_sample().await;

@@ -25,10 +25,7 @@ fn expected() -> BTreeMap<u64, (String, String)> {
 async fn sample_dry_run_gives_the_expected_verdict_for_every_row() {
     let emu = start_sample().await;
     let (_dir, db) = temp_db();
-    let out = run_csv(&emu, &db, &sample_csv(), "--dry-run").await;
-    // Blocked rows make exit 3.
-    out.assert_exit(3);
-    let run_id = out.run_id();
+    let run_id = sample_dry_run(&emu, &db).await.run_id();
 
     let got: BTreeMap<u64, (String, String)> = items(&db, run_id)
         .into_iter()
@@ -63,8 +60,7 @@ async fn sample_dry_run_gives_the_expected_verdict_for_every_row() {
 async fn status_json_is_stable_machine_output() {
     let emu = start_sample().await;
     let (_dir, db) = temp_db();
-    let out = run_csv(&emu, &db, &sample_csv(), "--dry-run").await;
-    let run_id = out.run_id();
+    let run_id = sample_dry_run(&emu, &db).await.run_id();
     let status = run(&emu, &db, &["status", &run_id.to_string(), "--json"]).await;
     status.assert_exit(0);
     let v = status.json();

@@ -366,10 +366,7 @@ fn check_json(text: &str, counts: &RunCounts, items: &[ItemRecord]) -> Value {
 async fn sample_dry_run_report_in_every_format_states_the_database() {
     let (dir, db) = temp_db();
     let emu = start_sample().await;
-    let out = run_csv(&emu, &db, &sample_csv(), "--dry-run").await;
-    // The sample has blocked users: exit 3.
-    out.assert_exit(3);
-    let run_id = out.run_id();
+    let run_id = sample_dry_run(&emu, &db).await.run_id();
     let counts = db_counts(&db, run_id);
     let its = items(&db, run_id);
     assert!(counts.state(ItemState::Blocked) > 0 && counts.state(ItemState::WouldConvert) > 0);
@@ -672,9 +669,7 @@ async fn tracked_run_with_follow_up_steps_reports_steps_and_redemption() {
 
     // Dry run: the estimate counts one write per invitation plus one per planned PATCH.
     let dry_db = dir.path().join("dry.db");
-    let out = run_csv(&emu, &dry_db, &csv, "--dry-run --set-mail --set-guest").await;
-    out.assert_finished();
-    let dry_id = out.run_id();
+    let dry_id = finished_run(&emu, &dry_db, &csv, "--dry-run --set-mail --set-guest").await;
     let dry_items = items(&dry_db, dry_id);
     let would: Vec<&ItemRecord> = dry_items
         .iter()
@@ -705,12 +700,10 @@ async fn tracked_run_with_follow_up_steps_reports_steps_and_redemption() {
     assert_eq!(v["followUps"]["mailSet"], 0);
     assert!(v["redemption"].is_null());
     let md = report(&emu, &dry_db, dry_id, &dir.path().join("dry.md"), &[]).await;
-    assert!(
-        md.contains(&format!(
-            "| Graph writes | {writes} ({} invitations + {mail} mail PATCHes + {guest} userType PATCHes;",
-            would.len()
-        )),
-        "{md}"
+    let invitations = would.len();
+    assert_has(
+        &md,
+        &format!("| Graph writes | {writes} ({invitations} invitations + {mail} mail PATCHes + {guest} userType PATCHes;"),
     );
     assert!(
         md.contains("**Billing.** The "),
@@ -720,15 +713,12 @@ async fn tracked_run_with_follow_up_steps_reports_steps_and_redemption() {
     // Live run with both steps, keeping redeem links.
     let db = dir.path().join("live.db");
     let flags = "--yes --silent --rate 1000 --keep-redeem-links --set-mail --set-guest";
-    let out = run_csv(&emu, &db, &csv, flags).await;
-    out.assert_finished();
-    let run_id = out.run_id();
+    let run_id = finished_run(&emu, &db, &csv, flags).await;
     let id = run_id.to_string();
     let (mail_set, guest_set) = (patched_users(&emu, "mail"), patched_users(&emu, "userType"));
     assert!(!mail_set.is_empty() && !guest_set.is_empty());
-    let converted: Vec<String> = items(&db, run_id)
+    let converted: Vec<String> = items_in(&db, run_id, ItemState::Converted)
         .into_iter()
-        .filter(|i| i.state == ItemState::Converted)
         .map(|i| i.user_id.unwrap())
         .collect();
     assert!(converted.len() > 20, "{}", converted.len());
@@ -769,14 +759,10 @@ async fn tracked_run_with_follow_up_steps_reports_steps_and_redemption() {
     );
     assert_eq!(v["followUps"]["mailSet"], mail_set.len() as u64);
     assert_eq!(v["followUps"]["guestSet"], guest_set.len() as u64);
-    let accepted_in_json: BTreeSet<String> = v["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i["externalUserState"] == "Accepted")
-        .map(|i| i["userId"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(accepted_in_json, redeemed);
+    let accepted_in_json = strings_where(&v["items"], "userId", |i| {
+        i["externalUserState"] == "Accepted"
+    });
+    assert_eq!(BTreeSet::from_iter(accepted_in_json), redeemed);
 
     // CSV: who redeemed, who got which step, per user.
     let rows = check_csv(&reports.csv, &counts, &its);

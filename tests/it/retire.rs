@@ -17,7 +17,7 @@ use tokio::io::AsyncReadExt as _;
 
 use crate::common;
 
-use common::{command, items, run, run_csv, start};
+use common::{command, items_in, run, run_csv, start};
 
 const USER_ADMIN: &str = "fe930be7-5e62-47db-91af-98c3a49a38b1";
 
@@ -52,9 +52,8 @@ async fn convert_all(
     )
     .await;
     r.assert_finished();
-    items(&db, 1)
+    items_in(&db, 1, ItemState::Converted)
         .into_iter()
-        .filter(|i| i.state == ItemState::Converted)
         .map(|i| i.user_id.unwrap())
         .collect()
 }
@@ -228,9 +227,7 @@ async fn retire_through_three_sigkills_writes_each_redeemed_cloud_user_once_and_
     let summary: Value = serde_json::from_str(last.stdout.trim()).unwrap();
     assert_eq!(summary["left"], 0, "{summary}");
     assert_eq!(summary["failed"], 0, "{summary}");
-    let synced_named: BTreeSet<String> = summary["syncedUsers"]
-        .as_array()
-        .unwrap()
+    let synced_named: BTreeSet<String> = common::elements(&summary["syncedUsers"])
         .iter()
         .map(|v| v.as_str().unwrap().to_string())
         .collect();

@@ -38,9 +38,7 @@ impl Converted {
         .await;
         let db = dir.path().join("live.db");
         let flags = format!("--yes --silent --rate 1000 --concurrency 8 {flags}");
-        let out = run_csv(&emu, &db, &csv, &flags).await;
-        out.assert_finished();
-        let run_id = out.run_id();
+        let run_id = finished_run(&emu, &db, &csv, &flags).await;
         let converted = user_ids(&items(&db, run_id), ItemState::Converted);
         Converted {
             dir,
@@ -447,9 +445,7 @@ async fn track_and_export_links_default_to_the_latest_live_run_and_name_missing_
         c.lost_response_rate = 0.25;
     })
     .await;
-    let out = run_csv(&emu, &db, &csv, "--dry-run").await;
-    out.assert_finished();
-    let dry_id = out.run_id();
+    let dry_id = finished_run(&emu, &db, &csv, "--dry-run").await;
     assert!(dry_id > run_id);
 
     let out = run(&emu, &db, &["track", "--json"]).await;
@@ -478,9 +474,8 @@ async fn track_and_export_links_default_to_the_latest_live_run_and_name_missing_
     .await;
     out.assert_exit(0);
     let written = csv::Reader::from_path(&out_path).unwrap().records().count();
-    let without: Vec<_> = items(&db, run_id)
+    let without: Vec<_> = items_in(&db, run_id, ItemState::Converted)
         .into_iter()
-        .filter(|i| i.state == ItemState::Converted)
         .filter(|i| i.invitation_id.is_none())
         .collect();
     assert_eq!(

@@ -135,6 +135,27 @@ pub async fn run_csv(emu: &Emulator, db: &Path, csv: &Path, flags: &str) -> Ran 
     run(emu, db, &run_args(csv, flags)).await
 }
 
+/// Asserts `text` contains `part`, showing `text` when it does not.
+pub fn assert_has(text: &str, part: &str) {
+    assert!(text.contains(part), "no {part:?} in:\n{text}");
+}
+
+/// The sample tenant's dry run (`run --csv sample-data/users.csv --dry-run`), which exits 3: the
+/// sample has blocked users.
+pub async fn sample_dry_run(emu: &Emulator, db: &Path) -> Ran {
+    let out = run_csv(emu, db, &super::sample_csv(), "--dry-run").await;
+    out.assert_exit(3);
+    out
+}
+
+/// Runs `run --csv CSV FLAGS…` (see [`run_args`]), which must finish (exit 0, or 3 when some users
+/// need attention), and returns its run id.
+pub async fn finished_run(emu: &Emulator, db: &Path, csv: &Path, flags: &str) -> i64 {
+    let out = run_csv(emu, db, csv, flags).await;
+    out.assert_finished();
+    out.run_id()
+}
+
 /// `status [RUN] --json` (the latest run without one), which must exit 0, parsed.
 pub async fn status_json(emu: &Emulator, db: &Path, run_id: Option<i64>) -> Value {
     let id = run_id.map(|id| id.to_string());

@@ -3,12 +3,14 @@
 
 mod cli;
 pub mod html;
+mod json;
 mod process;
 mod queue;
 pub mod raw;
 mod records;
 
 pub use cli::*;
+pub use json::*;
 pub use process::*;
 pub use queue::*;
 pub use records::*;

@@ -41,6 +41,13 @@ pub fn items(db: &Path, run_id: i64) -> Vec<ItemRecord> {
     Queue::open(db).unwrap().items(run_id).unwrap()
 }
 
+/// The items of run `run_id` in `state`, in order.
+pub fn items_in(db: &Path, run_id: i64, state: ItemState) -> Vec<ItemRecord> {
+    let mut all = items(db, run_id);
+    all.retain(|i| i.state == state);
+    all
+}
+
 pub fn count(items: &[ItemRecord], state: ItemState) -> usize {
     items.iter().filter(|i| i.state == state).count()
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use b2b_convert::emulator::{Emulator, EmulatorConfig, Tenant};
+use b2b_convert::emulator::{Clock, Emulator, EmulatorConfig, Tenant};
 use b2b_convert::model::User;
 use serde_json::{json, Value};
 
@@ -57,6 +57,16 @@ pub async fn sample_emulator_with(change: impl FnOnce(&mut EmulatorConfig)) -> (
     let mut config = EmulatorConfig::new(Tenant::sample());
     change(&mut config);
     start_with_client(config).await
+}
+
+/// The sample tenant's emulator on a manual clock (a throttling test advances it; buckets never
+/// refill on their own) with `change` made to its configuration, and a client signed in to it.
+pub async fn manual_clock_emulator(change: impl FnOnce(&mut EmulatorConfig)) -> (Emulator, G) {
+    sample_emulator_with(|c| {
+        c.clock = Clock::manual();
+        change(c);
+    })
+    .await
 }
 
 /// A client bound to one emulator and token.
