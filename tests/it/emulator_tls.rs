@@ -57,6 +57,24 @@ async fn post_form(
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
+/// msal-node as a public client (an id, no secret) of one token endpoint.
+struct PublicClient<'a> {
+    http: &'a reqwest::Client,
+    token_url: &'a str,
+    client_id: &'a str,
+}
+
+impl PublicClient<'_> {
+    /// A `grant_type` token request as msal-node spells it: the client's id, the grant's own
+    /// `fields`, then MSAL's `client_info=1`.
+    async fn grant(&self, grant_type: &str, fields: &[(&str, &str)]) -> (u16, Value) {
+        let mut form = vec![("grant_type", grant_type), ("client_id", self.client_id)];
+        form.extend_from_slice(fields);
+        form.push(("client_info", "1"));
+        post_form(self.http, self.token_url, &form, None).await
+    }
+}
+
 fn claims(jwt: &str) -> Value {
     let payload = jwt.split('.').nth(1).unwrap();
     serde_json::from_slice(
@@ -385,19 +403,16 @@ async fn a_delegated_token_carries_the_consented_scopes_and_msal_sign_in_answers
     )
     .await;
     assert_eq!(status, 200, "{flow}");
+    let msal = PublicClient {
+        http: &http,
+        token_url: &token_url,
+        client_id: &client_id,
+    };
     // msal-node's spelling of the grant, and MSAL's `client_info=1`.
-    let (status, answer) = post_form(
-        &http,
-        &token_url,
-        &[
-            ("grant_type", "device_code"),
-            ("client_id", client_id.as_str()),
-            ("device_code", flow["device_code"].as_str().unwrap()),
-            ("client_info", "1"),
-        ],
-        None,
-    )
-    .await;
+    let device_code = flow["device_code"].as_str().unwrap();
+    let (status, answer) = msal
+        .grant("device_code", &[("device_code", device_code)])
+        .await;
     assert_eq!(status, 200, "{answer}");
     let access = claims(answer["access_token"].as_str().unwrap());
     assert_eq!(
@@ -429,19 +444,9 @@ async fn a_delegated_token_carries_the_consented_scopes_and_msal_sign_in_answers
     assert_eq!(denied["error"]["code"], "Authorization_RequestDenied");
 
     // The refresh answer carries the same shapes.
-    let (status, renewed) = post_form(
-        &http,
-        &token_url,
-        &[
-            ("grant_type", "refresh_token"),
-            ("client_id", client_id.as_str()),
-            ("refresh_token", answer["refresh_token"].as_str().unwrap()),
-            ("scope", scope),
-            ("client_info", "1"),
-        ],
-        None,
-    )
-    .await;
+    let refresh_token = answer["refresh_token"].as_str().unwrap();
+    let fields = [("refresh_token", refresh_token), ("scope", scope)];
+    let (status, renewed) = msal.grant("refresh_token", &fields).await;
     assert_eq!(status, 200, "{renewed}");
     assert_eq!(
         claims(renewed["access_token"].as_str().unwrap())["scp"],

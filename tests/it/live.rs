@@ -291,11 +291,7 @@ async fn sigterm_while_signing_in_stops_at_once_with_130() {
     signal(child.id().unwrap(), "-TERM");
     let out = output_of(child).await;
     out.assert_exit(130);
-    let stderr = &out.stderr;
-    assert!(
-        stderr.contains("SIGTERM: stopped before any request of the pass was on the wire"),
-        "{stderr}"
-    );
+    out.assert_stderr_has("SIGTERM: stopped before any request of the pass was on the wire");
     assert_eq!(emu.invitations().len(), 0);
     server.abort();
 }

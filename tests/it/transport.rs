@@ -261,12 +261,9 @@ async fn a_token_endpoint_gone_silent_mid_run_stops_the_run_with_nothing_in_flig
     hole.go_quiet(true);
     let out = output_of(child).await;
     out.assert_exit(1);
-    let stderr = &out.stderr;
-    assert!(
-        stderr.contains("token"),
-        "names the token endpoint: {stderr}"
-    );
-    assert!(stderr.contains(&hole.url), "names the URL: {stderr}");
+    // Names the token endpoint and its URL.
+    out.assert_stderr_has("token");
+    out.assert_stderr_has(&hole.url);
     let its = items(&db, 1);
     assert_eq!(
         count(&its, ItemState::InFlight),
