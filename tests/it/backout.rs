@@ -23,8 +23,7 @@ const SCALE: f64 = 50.0;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_puts_every_changed_property_back_exactly_once_through_sigkill() {
-    let Generated { dir, csv, emu, .. } = Generated::start(400, 31, |c| {
-        c.bucket_scale = SCALE;
+    let Generated { dir, csv, emu, .. } = Generated::scaled(400, 31, SCALE, |c| {
         // Slow answers keep requests on the wire when the restore is killed.
         c.latency = Duration::from_millis(15);
     })
@@ -353,8 +352,7 @@ async fn rollback_settles_lost_answers_by_re_reading_never_sending_twice() {
         tenant,
         csv,
         emu,
-    } = Generated::start(200, 17, |c| {
-        c.bucket_scale = SCALE;
+    } = Generated::scaled(200, 17, SCALE, |c| {
         c.lost_response_rate = 0.3;
         c.seed = 5;
     })

@@ -23,11 +23,8 @@ fn run_count(db: &Path) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_process_on_a_leased_run_exits_1_and_changes_nothing() {
-    let Generated { dir, csv, emu, .. } = Generated::start(300, 21, |c| {
-        // Graph's buckets ×4, so the client's --rate below is the pace, not /invitations' 30/s.
-        c.bucket_scale = 4.0;
-    })
-    .await;
+    // Graph's buckets ×4, so the client's --rate below is the pace, not /invitations' 30/s.
+    let Generated { dir, csv, emu, .. } = Generated::scaled(300, 21, 4.0, |_| {}).await;
     let expected = would_convert(&emu, &dir.path().join("dry.db"), &csv, "").await;
 
     let db = dir.path().join("live.db");
@@ -244,11 +241,8 @@ async fn retry_reads_its_users_again_before_validating() {
 async fn a_frozen_holder_that_lost_its_lease_writes_nothing_and_exits_1() {
     // A 1.5 s stale window (heartbeat every 125 ms) instead of 60 s: same rule, scaled.
     const STALE: (&str, &str) = ("B2B_LEASE_STALE_MS", "1500");
-    let Generated { dir, csv, emu, .. } = Generated::start(400, 23, |c| {
-        c.bucket_scale = 4.0;
-        c.latency = Duration::from_millis(20);
-    })
-    .await;
+    let Generated { dir, csv, emu, .. } =
+        Generated::scaled(400, 23, 4.0, |c| c.latency = Duration::from_millis(20)).await;
     let db = dir.path().join("live.db");
 
     // Slow enough that both processes are still converting when the first wakes.
@@ -347,8 +341,7 @@ async fn a_frozen_holder_that_lost_its_lease_writes_nothing_and_exits_1() {
 /// refusal says the step is done: the user is re-read and recorded `converted`, not `failed`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invitation_refused_as_done_already_is_reconciled_converted() {
-    let Generated { dir, csv, emu, .. } = Generated::start(40, 31, |c| {
-        c.bucket_scale = 100.0;
+    let Generated { dir, csv, emu, .. } = Generated::scaled(40, 31, 100.0, |c| {
         // Every accepted invitation's next single read of the user lags behind it.
         c.lagging_read_rate = 1.0;
     })

@@ -47,16 +47,15 @@ fn assert_exactly_once(emu: &Emulator, db: &Path, run_id: i64, expected: &BTreeS
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_lost_answers_and_throttling_still_convert_everyone_exactly_once() {
-    let Generated { dir, csv, emu, .. } = Generated::start(2_000, 11, |c| {
+    // Graph's bucket shapes scaled ×20 so the run does not wait on Graph's real refill, and
+    // every 1,000th invitation request answered 429 by count: the run needs more than 1,500
+    // invitation requests (asserted below), so it is throttled whatever the machine's speed.
+    // Each 429 halves the client's pace for a while, hence few of them and a high --rate.
+    let Generated { dir, csv, emu, .. } = Generated::scaled(2_000, 11, 20.0, |c| {
         c.fault_rate = 0.2;
         // Graph's 503s ask for 1–3 s; a tenth of a second keeps the run busy, not asleep.
         c.fault_retry_after_max = std::time::Duration::from_millis(100);
         c.lost_response_rate = 0.1;
-        // Graph's bucket shapes scaled ×20 so the run does not wait on Graph's real refill, and
-        // every 1,000th invitation request answered 429 by count: the run needs more than 1,500
-        // invitation requests (asserted below), so it is throttled whatever the machine's speed.
-        // Each 429 halves the client's pace for a while, hence few of them and a high --rate.
-        c.bucket_scale = 20.0;
         c.throttle_every_nth_invitation = 1_000;
         c.seed = 3;
     })
@@ -91,11 +90,10 @@ async fn faults_lost_answers_and_throttling_still_convert_everyone_exactly_once(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_several_points_then_resume_converts_everyone_exactly_once() {
-    let Generated { dir, csv, emu, .. } = Generated::start(600, 5, |c| {
+    // Graph's buckets ×10: the client's --rate 100 is the pace, not Graph's real refill.
+    let Generated { dir, csv, emu, .. } = Generated::scaled(600, 5, 10.0, |c| {
         c.lost_response_rate = 0.05;
         c.latency = Duration::from_millis(5);
-        // Graph's buckets ×10: the client's --rate 100 is the pace, not Graph's real refill.
-        c.bucket_scale = 10.0;
     })
     .await;
     let expected = dry_run_expectation(&emu, dir.path(), &csv).await;
@@ -118,13 +116,10 @@ async fn sigkill_at_several_points_then_resume_converts_everyone_exactly_once() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_is_honoured_by_every_request() {
     const CONCURRENCY: usize = 4;
-    let Generated { dir, csv, emu, .. } = Generated::start(120, 8, |c| {
-        // 429s by count (every 30th invitation request) rather than a small bucket, so the run is
-        // throttled several times without waiting on a slow real refill.
-        c.bucket_scale = 10.0;
-        c.throttle_every_nth_invitation = 30;
-    })
-    .await;
+    // 429s by count (every 30th invitation request) rather than a small bucket, so the run is
+    // throttled several times without waiting on a slow real refill.
+    let Generated { dir, csv, emu, .. } =
+        Generated::scaled(120, 8, 10.0, |c| c.throttle_every_nth_invitation = 30).await;
     let expected = dry_run_expectation(&emu, dir.path(), &csv).await;
     let db = dir.path().join("live.db");
     // The pace after a 429 is tests/pacing.rs's business; this test is about Retry-After.
@@ -213,11 +208,8 @@ async fn blocked_directory_stops_the_run_with_exit_4_and_no_retry_storm() {
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_exits_130_and_the_run_resumes_to_completion() {
-    let Generated { dir, csv, emu, .. } = Generated::start(300, 9, |c| {
-        // Graph's buckets ×10: the resume at --rate 200 is not held to Graph's real refill.
-        c.bucket_scale = 10.0;
-    })
-    .await;
+    // Graph's buckets ×10: the resume at --rate 200 is not held to Graph's real refill.
+    let Generated { dir, csv, emu, .. } = Generated::scaled(300, 9, 10.0, |_| {}).await;
     let expected = dry_run_expectation(&emu, dir.path(), &csv).await;
     let db = dir.path().join("live.db");
     let child = command(&emu, &db, &slow_run_args(&csv)).spawn().unwrap();
@@ -301,8 +293,7 @@ async fn sigterm_while_signing_in_stops_at_once_with_130() {
 /// row quit at once and `resume` reconciles. The run then finishes with everyone converted once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_and_sighup_stop_like_ctrl_c_and_the_run_resumes_exactly_once() {
-    let Generated { dir, csv, emu, .. } =
-        Generated::start(300, 13, |c| c.bucket_scale = 10.0).await;
+    let Generated { dir, csv, emu, .. } = Generated::scaled(300, 13, 10.0, |_| {}).await;
     let expected = dry_run_expectation(&emu, dir.path(), &csv).await;
     let db = dir.path().join("live.db");
     let child = command(&emu, &db, &slow_run_args(&csv)).spawn().unwrap();

@@ -105,11 +105,8 @@ async fn a_dry_run_reads_by_key_many_at_once_or_in_pages_and_decides_the_same() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resend_keeps_several_invitations_in_flight_and_reinvites_each_user_once() {
-    let Generated { dir, csv, emu, .. } = Generated::start(120, 23, |c| {
-        c.bucket_scale = 1_000.0;
-        c.latency = Duration::from_millis(40);
-    })
-    .await;
+    let Generated { dir, csv, emu, .. } =
+        Generated::scaled(120, 23, 1_000.0, |c| c.latency = Duration::from_millis(40)).await;
     let db = dir.path().join("live.db");
     let out = run_csv(
         &emu,

@@ -194,7 +194,7 @@ const HTML_BYTES_PER_LISTED: usize = 300;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn html_report_of_a_large_dry_run_stays_within_its_size_budget() {
     let common::Generated { dir, csv, emu, .. } =
-        common::Generated::start(2_000, 22, |c| c.bucket_scale = 100.0).await;
+        common::Generated::scaled(2_000, 22, 100.0, |_| {}).await;
     let db = dir.path().join("q.db");
     let out = common::run_csv(&emu, &db, &csv, "--dry-run --rate 1000").await;
     assert_eq!(

@@ -663,8 +663,7 @@ fn csv_users_with(
 /// even though the run kept them for `export-links`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tracked_run_with_follow_up_steps_reports_steps_and_redemption() {
-    let Generated { dir, csv, emu, .. } =
-        Generated::start(120, 31, |c| c.bucket_scale = 1_000.0).await;
+    let Generated { dir, csv, emu, .. } = Generated::scaled(120, 31, 1_000.0, |_| {}).await;
     let secret = client_secret(&emu);
 
     // Dry run: the estimate counts one write per invitation plus one per planned PATCH.

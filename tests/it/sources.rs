@@ -269,13 +269,10 @@ async fn certificate_sign_in_works_and_a_wrong_key_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_expiring_mid_run_cause_no_failed_item() {
-    let Generated { dir, csv, emu, .. } = Generated::start(300, 13, |c| {
-        // Graph's buckets ×10: the client's --rate 60 alone keeps the run longer than a token's
-        // two seconds, without waiting on Graph's real invitation refill.
-        c.bucket_scale = 10.0;
-        c.token_lifetime = Duration::from_secs(2);
-    })
-    .await;
+    // Graph's buckets ×10: the client's --rate 60 alone keeps the run longer than a token's
+    // two seconds, without waiting on Graph's real invitation refill.
+    let Generated { dir, csv, emu, .. } =
+        Generated::scaled(300, 13, 10.0, |c| c.token_lifetime = Duration::from_secs(2)).await;
     let db = dir.path().join("q.db");
     let out = run_csv(&emu, &db, &csv, "--yes --rate 60").await;
     out.assert_exit(3);

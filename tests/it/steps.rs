@@ -14,9 +14,7 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kills_and_checkpoints_are_not_charged_as_attempts() {
-    let Generated { dir, csv, emu, .. } = Generated::start(300, 21, |c| {
-        // Graph's buckets ×10: the client's --rate is the pace, not Graph's real refill.
-        c.bucket_scale = 10.0;
+    let Generated { dir, csv, emu, .. } = Generated::scaled(300, 21, 10.0, |c| {
         // Slow answers keep many items checkpointed in flight at each kill.
         c.latency = Duration::from_millis(20);
     })
@@ -230,9 +228,7 @@ async fn set_mail_and_set_guest_survive_faults_lost_answers_and_sigkill() {
         tenant,
         csv,
         emu,
-    } = Generated::start(1_000, 31, |c| {
-        // Graph's bucket shapes, scaled so no test waits on wall-clock throttling.
-        c.bucket_scale = 50.0;
+    } = Generated::scaled(1_000, 31, 50.0, |c| {
         c.fault_rate = 0.2;
         // Graph's 503s ask for 1–3 s; a tenth of a second keeps the run busy, not asleep.
         c.fault_retry_after_max = std::time::Duration::from_millis(100);

@@ -31,11 +31,7 @@ impl Converted {
         flags: &str,
         change: impl FnOnce(&mut EmulatorConfig),
     ) -> Converted {
-        let Generated { dir, csv, emu, .. } = Generated::start(n, seed, |c| {
-            c.bucket_scale = 1_000.0;
-            change(c);
-        })
-        .await;
+        let Generated { dir, csv, emu, .. } = Generated::scaled(n, seed, 1_000.0, change).await;
         let db = dir.path().join("live.db");
         let flags = format!("--yes --silent --rate 1000 --concurrency 8 {flags}");
         let run_id = finished_run(&emu, &db, &csv, &flags).await;

@@ -290,8 +290,7 @@ async fn a_token_endpoint_gone_silent_mid_run_stops_the_run_with_nothing_in_flig
 /// again converts everyone exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_stops_the_run_resumable_and_resume_finishes_it_exactly_once() {
-    let Generated { dir, csv, emu, .. } =
-        Generated::start(3_000, 37, |c| c.bucket_scale = 1_000.0).await;
+    let Generated { dir, csv, emu, .. } = Generated::scaled(3_000, 37, 1_000.0, |_| {}).await;
     let db = dir.path().join("live.db");
     let args = run_args(&csv, "--yes --rate 1000 --concurrency 8");
     let mut cmd = command(&emu, &db, &args);

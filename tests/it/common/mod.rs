@@ -84,4 +84,20 @@ impl Generated {
             emu,
         }
     }
+
+    /// As [`Generated::start`], on an emulator whose buckets are Graph's scaled ×`scale`: a test's
+    /// `--rate` is then the pace, not Graph's real refill, and no test waits on wall-clock
+    /// throttling.
+    pub async fn scaled(
+        n: usize,
+        seed: u64,
+        scale: f64,
+        change: impl FnOnce(&mut EmulatorConfig),
+    ) -> Generated {
+        Generated::start(n, seed, |c| {
+            c.bucket_scale = scale;
+            change(c);
+        })
+        .await
+    }
 }
