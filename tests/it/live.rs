@@ -5,7 +5,7 @@
 use crate::common;
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use b2b_convert::emulator::{Emulator, EmulatorConfig, Tenant};
@@ -210,12 +210,8 @@ async fn blocked_directory_stops_the_run_with_exit_4_and_no_retry_storm() {
 async fn sigint_exits_130_and_the_run_resumes_to_completion() {
     // Graph's buckets ×10: the resume at --rate 200 is not held to Graph's real refill.
     let Generated { dir, csv, emu, .. } = Generated::scaled(300, 9, 10.0, |_| {}).await;
-    let expected = dry_run_expectation(&emu, dir.path(), &csv).await;
-    let db = dir.path().join("live.db");
-    let child = command(&emu, &db, &slow_run_args(&csv)).spawn().unwrap();
-    signal_when_invited(&emu, child, 10, &["-INT"])
-        .await
-        .assert_exit(130);
+    let (expected, db, out) = signalled_slow_run(&emu, dir.path(), &csv, "-INT").await;
+    out.assert_exit(130);
     assert!(
         emu.invitations().len() < expected.len(),
         "stopped before the end"
@@ -234,6 +230,21 @@ async fn run_resume(emu: &Emulator, db: &Path) -> Ran {
 /// `run` at 20/s: slow enough to be stopped part-way.
 fn slow_run_args(csv: &Path) -> Vec<&str> {
     run_args(csv, "--yes --rate 20")
+}
+
+/// What the dry run promises, then a slow live run (see [`slow_run_args`]) into `dir/live.db`
+/// sent `signal` once it has invited 10 users: the promise, the database and the run's outcome.
+async fn signalled_slow_run(
+    emu: &Emulator,
+    dir: &Path,
+    csv: &Path,
+    signal: &str,
+) -> (BTreeSet<String>, PathBuf, Ran) {
+    let expected = dry_run_expectation(emu, dir, csv).await;
+    let db = dir.join("live.db");
+    let child = command(emu, &db, &slow_run_args(csv)).spawn().unwrap();
+    let out = signal_when_invited(emu, child, 10, &[signal]).await;
+    (expected, db, out)
 }
 
 /// Sends `signals` (e.g. `["-TERM"]`) to the child once it has invited `after` users in all.
@@ -294,10 +305,7 @@ async fn sigterm_while_signing_in_stops_at_once_with_130() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_and_sighup_stop_like_ctrl_c_and_the_run_resumes_exactly_once() {
     let Generated { dir, csv, emu, .. } = Generated::scaled(300, 13, 10.0, |_| {}).await;
-    let expected = dry_run_expectation(&emu, dir.path(), &csv).await;
-    let db = dir.path().join("live.db");
-    let child = command(&emu, &db, &slow_run_args(&csv)).spawn().unwrap();
-    let out = signal_when_invited(&emu, child, 10, &["-TERM"]).await;
+    let (expected, db, out) = signalled_slow_run(&emu, dir.path(), &csv, "-TERM").await;
     out.assert_exit(130);
     let stderr = &out.stderr;
     assert!(stderr.contains("SIGTERM: stopping"), "{stderr}");
