@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use b2b_convert::emulator::{Emulator, EmulatorConfig, Tenant};
-use b2b_convert::item::{ItemState, Reason};
+use b2b_convert::item::{ItemRecord, ItemState, Reason};
 use b2b_convert::model::Domain;
 use common::*;
 use serde_json::{json, Value};
@@ -16,6 +16,22 @@ use serde_json::{json, Value};
 async fn tenant_with_csv(n: usize, seed: u64, dir: &Path) -> (Emulator, PathBuf) {
     let (tenant, csv) = generated(n, seed, dir);
     (start(EmulatorConfig::new(tenant)).await, csv)
+}
+
+/// A plan: a generated tenant of `n` users with its CSV in `dir` (see [`tenant_with_csv`]) and
+/// its dry run `--dry-run FLAGS…` into `db`, finished. The emulator, the CSV, the plan's run id
+/// and the items it would convert.
+async fn plan(
+    n: usize,
+    seed: u64,
+    dir: &Path,
+    db: &Path,
+    flags: &str,
+) -> (Emulator, PathBuf, i64, Vec<ItemRecord>) {
+    let (emu, csv) = tenant_with_csv(n, seed, dir).await;
+    let plan_id = finished_run(&emu, db, &csv, &format!("--dry-run {flags}")).await;
+    let planned = items_in(db, plan_id, ItemState::WouldConvert);
+    (emu, csv, plan_id, planned)
 }
 
 /// Tenant B: another directory, named fabrikam.
@@ -36,6 +52,21 @@ async fn fabrikam(seed: u64) -> Emulator {
         },
     ];
     start(EmulatorConfig::new(tenant)).await
+}
+
+/// Runs `args… --report MD_PATH`: the outcome, and the Markdown report the command wrote.
+async fn run_with_report(
+    emu: &Emulator,
+    db: &Path,
+    args: &[&str],
+    md_path: &Path,
+) -> (Ran, String) {
+    let mut args = args.to_vec();
+    args.extend(["--report", md_path.to_str().unwrap()]);
+    let out = run(emu, db, &args).await;
+    let md = std::fs::read_to_string(md_path)
+        .unwrap_or_else(|e| panic!("{}: {e}\nstderr:\n{}", md_path.display(), out.stderr));
+    (out, md)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,9 +124,7 @@ async fn a_run_resumed_with_another_tenants_environment_is_refused_before_anythi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_converts_exactly_the_plan_minus_the_users_changed_since() {
     let (dir, db) = temp_db();
-    let (emu, csv) = tenant_with_csv(40, 21, dir.path()).await;
-    let plan_id = finished_run(&emu, &db, &csv, "--dry-run --silent").await;
-    let planned = items_in(&db, plan_id, ItemState::WouldConvert);
+    let (emu, csv, plan_id, planned) = plan(40, 21, dir.path(), &db, "--silent").await;
     assert!(planned.len() > 10, "{} would convert", planned.len());
 
     // Three users change after the board approved the plan.
@@ -120,19 +149,8 @@ async fn apply_converts_exactly_the_plan_minus_the_users_changed_since() {
     // And the source now names someone the board never saw: apply does not read it.
     std::fs::write(&csv, "id\nnot-in-the-plan\n").unwrap();
 
-    let md_path = dir.path().join("live.md");
-    let applied = run(
-        &emu,
-        &db,
-        &[
-            "apply",
-            &plan_id.to_string(),
-            "--yes",
-            "--report",
-            md_path.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let apply = ["apply", &plan_id.to_string(), "--yes"];
+    let (applied, md) = run_with_report(&emu, &db, &apply, &dir.path().join("live.md")).await;
     applied.assert_exit(3);
     assert!(applied.stdout.starts_with("run-id: "), "{}", applied.stdout);
     let live_id = applied.run_id();
@@ -194,7 +212,6 @@ async fn apply_converts_exactly_the_plan_minus_the_users_changed_since() {
     assert_eq!(status["tenant"]["id"], emu.tenant_id());
     assert_eq!(status["reasons"]["changed_since_plan"], 3);
 
-    let md = std::fs::read_to_string(&md_path).unwrap();
     let plan_section = &md[md.find("## Plan").expect("a plan section")..];
     assert!(
         plan_section.contains(&format!("applies dry run {plan_id} (finished ")),
@@ -315,20 +332,8 @@ async fn an_only_pilot_silent_then_resume_no_silent_is_one_run_with_an_option_hi
         "the others stay pending"
     );
 
-    let md_path = dir.path().join("run.md");
-    let resumed = run(
-        &emu,
-        &db,
-        &[
-            "resume",
-            &run_id.to_string(),
-            "--no-silent",
-            "--yes",
-            "--report",
-            md_path.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let resume = ["resume", &run_id.to_string(), "--no-silent", "--yes"];
+    let (resumed, md) = run_with_report(&emu, &db, &resume, &dir.path().join("run.md")).await;
     resumed.assert_finished();
     let all = items(&db, run_id);
     assert_eq!(count(&all, ItemState::Pending), 0);
@@ -346,7 +351,6 @@ async fn an_only_pilot_silent_then_resume_no_silent_is_one_run_with_an_option_hi
         "one run, every conversion invited once"
     );
 
-    let md = std::fs::read_to_string(&md_path).unwrap();
     let history = &md[md.find("## Option history").expect("an option history")..];
     assert!(
         history.contains("- items 1–3: silent (no invitation email) (as the run started, "),
@@ -651,9 +655,7 @@ async fn a_limit_belongs_to_its_invocation_and_a_plain_resume_works_everyone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_deleted_between_plan_and_apply_ends_changed_since_plan() {
     let (dir, db) = temp_db();
-    let (emu, csv) = tenant_with_csv(20, 71, dir.path()).await;
-    let plan_id = finished_run(&emu, &db, &csv, "--dry-run").await;
-    let planned = items_in(&db, plan_id, ItemState::WouldConvert);
+    let (emu, _csv, plan_id, planned) = plan(20, 71, dir.path(), &db, "").await;
     assert!(planned.len() >= 3, "{} would convert", planned.len());
     let deleted = planned[1].user_id.clone().unwrap();
     assert!(emu.delete_user(&deleted));

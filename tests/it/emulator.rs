@@ -519,12 +519,9 @@ async fn batch_sub_requests_are_throttled_individually() {
 async fn lost_response_still_records_the_invitation() {
     let (emu, g) = sample_emulator_with(|c| c.lost_response_rate = 1.0).await;
     let u = sample_user("Hiroshi");
+    let body = invite_body(&u.id, u.mail.as_deref().unwrap());
     let r = g
-        .http
-        .post(g.url("/invitations"))
-        .bearer_auth(&g.token)
-        .json(&invite_body(&u.id, u.mail.as_deref().unwrap()))
-        .send()
+        .try_send(reqwest::Method::POST, "/invitations", body)
         .await;
     assert!(r.is_err(), "the client sees no answer: {r:?}");
     let inv = g.inspect("invitations").await;

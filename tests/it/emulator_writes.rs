@@ -159,13 +159,9 @@ async fn invitation_clash_carries_object_conflict() {
 async fn patch_is_a_write_with_faults_and_lost_answers() {
     let (emu, g) = sample_emulator_with(|c| c.lost_response_rate = 1.0).await;
     let kofi = sample_user("Kofi");
-    let r = g
-        .http
-        .patch(g.url(&format!("/users/{}", kofi.id)))
-        .bearer_auth(&g.token)
-        .json(&json!({"mail": "kofi.asante@adatum.example"}))
-        .send()
-        .await;
+    let path = format!("/users/{}", kofi.id);
+    let body = json!({"mail": "kofi.asante@adatum.example"});
+    let r = g.try_send(reqwest::Method::PATCH, &path, body).await;
     assert!(r.is_err(), "the answer is lost: {r:?}");
     assert_eq!(
         emu.user(&kofi.id).unwrap().mail.as_deref(),

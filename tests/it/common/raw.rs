@@ -128,19 +128,28 @@ impl G {
         (s, r.json().await.unwrap_or(Value::Null))
     }
 
-    pub async fn send(
+    /// `METHOD {path}` with `body`: the transport's own result, an error where the answer is lost.
+    pub async fn try_send(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Value,
-    ) -> reqwest::Response {
+    ) -> reqwest::Result<reqwest::Response> {
         self.http
             .request(method, self.url(path))
             .bearer_auth(&self.token)
             .json(&body)
             .send()
             .await
-            .unwrap()
+    }
+
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> reqwest::Response {
+        self.try_send(method, path, body).await.unwrap()
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
