@@ -2,7 +2,7 @@
 //! run over such users blocks them `converted_back` from the one beta listing per pass, and
 //! Graph never has to refuse one.
 
-use b2b_convert::emulator::{EmulatorConfig, Tenant};
+use b2b_convert::emulator::EmulatorConfig;
 use b2b_convert::item::{ItemState, Reason};
 use serde_json::json;
 
@@ -10,10 +10,8 @@ use crate::common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_blocks_converted_back_users_without_a_412() {
-    let tenant = Tenant::generate(80, 9);
     let dir = tempfile::tempdir().unwrap();
-    let csv = dir.path().join("users.csv");
-    tenant.write_csv(&csv).unwrap();
+    let (tenant, csv) = common::generated(80, 9, dir.path());
     let emu = common::start(EmulatorConfig::new(tenant.clone())).await;
     // Three plain users an administrator converted back earlier (as the beta action leaves them).
     let back: Vec<String> = tenant
@@ -27,15 +25,9 @@ async fn a_run_blocks_converted_back_users_without_a_412() {
         .take(3)
         .map(|u| u.id.clone())
         .collect();
-    let http = reqwest::Client::new();
     for id in &back {
-        let r = http
-            .post(format!("{}/_emulator/users/{id}", emu.base_url()))
-            .json(&json!({"externalUserConvertedOn": "2026-11-20T08:00:00Z", "userType": "Member"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        let body = json!({"externalUserConvertedOn": "2026-11-20T08:00:00Z", "userType": "Member"});
+        common::admin_set(&emu, id, body).await;
     }
     let db = dir.path().join("q.db");
     let r = common::run_csv(&emu, &db, &csv, "--silent --yes").await;

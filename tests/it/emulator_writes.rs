@@ -202,10 +202,8 @@ async fn patch_is_a_write_with_faults_and_lost_answers() {
 
 #[tokio::test]
 async fn generated_tenant_has_users_set_mail_can_and_cannot_fix() {
-    let tenant = Tenant::generate(3000, 9);
     let dir = tempfile::tempdir().unwrap();
-    let csv = dir.path().join("users.csv");
-    tenant.write_csv(&csv).unwrap();
+    let (tenant, csv) = common::generated(3000, 9, dir.path());
     let rows: HashMap<String, String> = std::fs::read_to_string(&csv)
         .unwrap()
         .lines()

@@ -17,7 +17,7 @@ use tokio::io::AsyncReadExt as _;
 
 use crate::common;
 
-use common::{command, items_in, run, run_csv, start};
+use common::{admin_set, command, items_in, run, run_csv, start};
 
 const USER_ADMIN: &str = "fe930be7-5e62-47db-91af-98c3a49a38b1";
 
@@ -56,19 +56,6 @@ async fn convert_all(
         .into_iter()
         .map(|i| i.user_id.unwrap())
         .collect()
-}
-
-/// `POST /_emulator/users/{id}`: set properties as an administrator would.
-async fn admin_set(emu: &b2b_convert::emulator::Emulator, id: &str, body: Value) {
-    let url = format!("{}/_emulator/users/{id}", emu.base_url());
-    let status = reqwest::Client::new()
-        .post(url)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(status.as_u16(), 200, "admin set {id}");
 }
 
 fn passwords(emu: &b2b_convert::emulator::Emulator) -> Vec<String> {
