@@ -45,24 +45,34 @@ impl Converted {
             converted,
         }
     }
-}
 
-/// What waiting `secs` seconds after the run's `track` does to every time a resend compares,
-/// without waiting: the queue's record of the track moves `secs` into the past (our clock: a
-/// resend's checkpoint must be a stamp's resolution, 1 s, after it), and the emulator's clock
-/// moves `secs` forward (Graph's: a reset is stamped, to the second, later than the invitation
-/// it resets). Either alone leaves a lost reset unprovable or unseen.
-fn as_if_waited_after_track(emu: &Emulator, db: &Path, run_id: i64, secs: u32) {
-    let conn = rusqlite::Connection::open(db).unwrap();
-    let moved = conn
-        .execute(
-            "UPDATE items SET tracked_at = strftime('%Y-%m-%dT%H:%M:%fZ', tracked_at, ?2)
+    /// Runs the binary against this tenant and database.
+    async fn run(&self, args: &[&str]) -> Ran {
+        run(&self.emu, &self.db, args).await
+    }
+
+    /// The run's `status RUN --json`.
+    async fn status(&self) -> serde_json::Value {
+        status_json(&self.emu, &self.db, Some(self.run_id)).await
+    }
+
+    /// What waiting `secs` seconds after the run's `track` does to every time a resend
+    /// compares, without waiting: the queue's record of the track moves `secs` into the past
+    /// (our clock: a resend's checkpoint must be a stamp's resolution, 1 s, after it), and the
+    /// emulator's clock moves `secs` forward (Graph's: a reset is stamped, to the second, later
+    /// than the invitation it resets). Either alone leaves a lost reset unprovable or unseen.
+    fn as_if_waited_after_track(&self, secs: u32) {
+        let conn = rusqlite::Connection::open(&self.db).unwrap();
+        let moved = conn
+            .execute(
+                "UPDATE items SET tracked_at = strftime('%Y-%m-%dT%H:%M:%fZ', tracked_at, ?2)
              WHERE run_id = ?1 AND tracked_at IS NOT NULL",
-            rusqlite::params![run_id, format!("-{secs} seconds")],
-        )
-        .unwrap();
-    assert!(moved > 0, "the run was tracked");
-    emu.clock().advance(Duration::from_secs(secs.into()));
+                rusqlite::params![self.run_id, format!("-{secs} seconds")],
+            )
+            .unwrap();
+        assert!(moved > 0, "the run was tracked");
+        self.emu.clock().advance(Duration::from_secs(secs.into()));
+    }
 }
 
 /// The bytes of the database and its WAL (what an attacker with the file would see).
@@ -84,25 +94,18 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resend_reinvites_every_pending_user_once_and_survives_sigkill() {
-    let Converted {
-        dir,
-        emu,
-        db,
-        run_id,
-        converted,
-        ..
-    } = Converted::start(200, 21, "", |c| {
+    let t = Converted::start(200, 21, "", |c| {
         // Slow enough answers that the resend pass is killed half-way, and some answers lost.
         c.latency = Duration::from_millis(15);
         c.lost_response_rate = 0.1;
         c.seed = 5;
     })
     .await;
-    assert!(converted.len() > 100, "mostly convertible");
-    let id = run_id.to_string();
+    assert!(t.converted.len() > 100, "mostly convertible");
+    let id = t.run_id.to_string();
 
     // No redeem URL is stored without --keep-redeem-links: not in the file, not in the WAL.
-    let bytes = database_bytes(&db);
+    let bytes = database_bytes(&t.db);
     assert!(
         !contains(&bytes, b"/redeem?"),
         "a redeem URL reached the database"
@@ -111,54 +114,51 @@ async fn resend_reinvites_every_pending_user_once_and_survives_sigkill() {
         !contains(&bytes, b"ticket%3d"),
         "a redeem ticket reached the database"
     );
-    let out = run(
-        &emu,
-        &db,
-        &[
+    let out = t
+        .run(&[
             "export-links",
             &id,
             "--out",
-            dir.path().join("l.csv").to_str().unwrap(),
-        ],
-    )
-    .await;
+            t.dir.path().join("l.csv").to_str().unwrap(),
+        ])
+        .await;
     out.assert_exit(2);
     out.assert_stderr_has("--keep-redeem-links");
 
-    let before = status_json(&emu, &db, Some(run_id)).await;
-    assert_eq!(before["redemption"]["untracked"], converted.len() as u64);
+    let before = t.status().await;
+    assert_eq!(before["redemption"]["untracked"], t.converted.len() as u64);
     assert!(before["lastTrackedAt"].is_null());
-    let out = run(&emu, &db, &["resend", &id, "--yes"]).await;
+    let out = t.run(&["resend", &id, "--yes"]).await;
     assert_eq!(out.code, 2, "resend needs a track first: {}", out.stderr);
 
-    let requests_before = requests_to(&emu.stats(), "POST /v1.0/$batch");
-    let out = run(&emu, &db, &["track", &id]).await;
+    let requests_before = requests_to(&t.emu.stats(), "POST /v1.0/$batch");
+    let out = t.run(&["track", &id]).await;
     out.assert_exit(0);
-    let batches = requests_to(&emu.stats(), "POST /v1.0/$batch") - requests_before;
+    let batches = requests_to(&t.emu.stats(), "POST /v1.0/$batch") - requests_before;
     assert_eq!(
         batches as usize,
-        converted.len().div_ceil(300),
+        t.converted.len().div_ceil(300),
         "~300 users per request"
     );
-    let tracked = status_json(&emu, &db, Some(run_id)).await;
+    let tracked = t.status().await;
     assert_eq!(
         tracked["redemption"]["pendingAcceptance"],
-        converted.len() as u64
+        t.converted.len() as u64
     );
     assert_eq!(tracked["redemption"]["untracked"], 0);
     assert!(tracked["lastTrackedAt"].is_string());
 
     // An unchanged stamp proves a lost reset did not happen only a stamp's resolution after
     // the track, and a reset shows only in a later second than the invitation it resets.
-    as_if_waited_after_track(&emu, &db, run_id, 2);
-    let invited_once = emu.invitations().len();
-    let mut child = command(&emu, &db, &["resend", &id, "--yes"])
+    t.as_if_waited_after_track(2);
+    let invited_once = t.emu.invitations().len();
+    let mut child = command(&t.emu, &t.db, &["resend", &id, "--yes"])
         .spawn()
         .unwrap();
     let mut killed = false;
     for _ in 0..6_000 {
         tokio::time::sleep(Duration::from_millis(5)).await;
-        if emu.invitations().len() >= invited_once + 30 {
+        if t.emu.invitations().len() >= invited_once + 30 {
             sigkill(&mut child, "died of SIGKILL").await;
             killed = true;
             break;
@@ -168,44 +168,37 @@ async fn resend_reinvites_every_pending_user_once_and_survives_sigkill() {
         }
     }
     assert!(killed, "the resend pass was killed half-way");
-    let partial = emu.invitations().len() - invited_once;
-    assert!(partial < converted.len(), "killed before the pass ended");
+    let partial = t.emu.invitations().len() - invited_once;
+    assert!(partial < t.converted.len(), "killed before the pass ended");
 
-    let out = run(&emu, &db, &["resend", &id, "--yes"]).await;
+    let out = t.run(&["resend", &id, "--yes"]).await;
     out.assert_exit(0);
     out.assert_stdout_has("continuing resend pass");
-    let per_user = invitations_per_user(&emu);
+    let per_user = invitations_per_user(&t.emu);
     let wrong: Vec<_> = per_user
         .iter()
-        .filter(|(u, n)| !converted.contains(*u) || **n != 2)
+        .filter(|(u, n)| !t.converted.contains(*u) || **n != 2)
         .collect();
     assert!(
         wrong.is_empty(),
         "each pending user re-invited exactly once: {wrong:?}"
     );
-    assert_eq!(per_user.len(), converted.len());
+    assert_eq!(per_user.len(), t.converted.len());
 
     // The pass is finished: another resend starts no new pass until a new track.
-    let out = run(&emu, &db, &["resend", &id, "--yes"]).await;
+    let out = t.run(&["resend", &id, "--yes"]).await;
     out.assert_exit(0);
     out.assert_stdout_has("nobody to re-invite");
-    assert_eq!(emu.invitations().len(), invited_once + converted.len());
+    assert_eq!(t.emu.invitations().len(), invited_once + t.converted.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_links_writes_each_converted_users_link_once_privately() {
-    let Converted {
-        dir,
-        emu,
-        db,
-        run_id,
-        converted,
-        ..
-    } = Converted::start(60, 4, "--keep-redeem-links", |_| {}).await;
-    let out_path = dir.path().join("links.csv");
-    let id = run_id.to_string();
+    let t = Converted::start(60, 4, "--keep-redeem-links", |_| {}).await;
+    let out_path = t.dir.path().join("links.csv");
+    let id = t.run_id.to_string();
     let export = ["export-links", &id, "--out", out_path.to_str().unwrap()];
-    let out = run(&emu, &db, &export).await;
+    let out = t.run(&export).await;
     out.assert_exit(0);
     assert!(
         !out.stdout.contains("/redeem?") && !out.stderr.contains("/redeem?"),
@@ -222,7 +215,10 @@ async fn export_links_writes_each_converted_users_link_once_privately() {
             "teamsUrl"
         ]
     );
-    let teams = format!("https://teams.microsoft.com/?tenantId={}", emu.tenant_id());
+    let teams = format!(
+        "https://teams.microsoft.com/?tenantId={}",
+        t.emu.tenant_id()
+    );
     let mut n = 0;
     for row in rows.records() {
         let row = row.unwrap();
@@ -230,14 +226,14 @@ async fn export_links_writes_each_converted_users_link_once_privately() {
         assert_eq!(&row[3], teams.as_str());
         n += 1;
     }
-    assert_eq!(n, converted.len());
+    assert_eq!(n, t.converted.len());
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&out_path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
-    let out = run(&emu, &db, &export).await;
+    let out = t.run(&export).await;
     assert_eq!(out.code, 2, "never overwritten: {}", out.stderr);
     assert_eq!(std::fs::read_to_string(&out_path).unwrap(), text);
 }
@@ -328,22 +324,15 @@ async fn track_of_100k_converted_users_costs_one_request_per_300() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn track_finds_who_redeemed_and_names_invitations_that_never_took_effect() {
-    let Converted {
-        dir: _dir,
-        emu,
-        db,
-        run_id,
-        converted,
-        ..
-    } = Converted::start(160, 31, "", |c| {
+    let t = Converted::start(160, 31, "", |c| {
         c.not_applied_rate = 0.15;
         c.seed = 9;
     })
     .await;
-    let id = run_id.to_string();
+    let id = t.run_id.to_string();
     let mut applied = BTreeSet::new();
     let mut not_applied = BTreeSet::new();
-    for inv in emu.invitations() {
+    for inv in t.emu.invitations() {
         let user = inv["userId"].as_str().unwrap().to_string();
         if inv["applied"] == true {
             applied.insert(user);
@@ -357,15 +346,15 @@ async fn track_finds_who_redeemed_and_names_invitations_that_never_took_effect()
             .union(&not_applied)
             .cloned()
             .collect::<BTreeSet<_>>(),
-        converted
+        t.converted
     );
     // Some partners redeem.
     let redeemed: BTreeSet<String> = applied.iter().take(25).cloned().collect();
     for user in &redeemed {
-        assert_eq!(emu.redeem(user), Some(200), "redeem {user}");
+        assert_eq!(t.emu.redeem(user), Some(200), "redeem {user}");
     }
 
-    let out = run(&emu, &db, &["track", &id]).await;
+    let out = t.run(&["track", &id]).await;
     assert_eq!(
         out.code, 3,
         "not-applied users need attention\n{}",
@@ -374,7 +363,7 @@ async fn track_finds_who_redeemed_and_names_invitations_that_never_took_effect()
     for user in &not_applied {
         assert!(out.stderr.contains(user.as_str()), "{user} named loudly");
     }
-    let its = items(&db, run_id);
+    let its = items(&t.db, t.run_id);
     let failed: BTreeSet<String> = its
         .iter()
         .filter(|i| i.state == ItemState::Failed && i.error_code.as_deref() == Some("NotApplied"))
@@ -388,7 +377,7 @@ async fn track_finds_who_redeemed_and_names_invitations_that_never_took_effect()
         .iter()
         .filter(|i| i.error_code.as_deref() == Some("NotApplied"))
         .all(|i| i.error_message.as_deref().unwrap().contains("request-id")));
-    let status = status_json(&emu, &db, Some(run_id)).await;
+    let status = t.status().await;
     let r = &status["redemption"];
     assert_eq!(r["accepted"], redeemed.len() as u64);
     assert_eq!(
@@ -399,11 +388,11 @@ async fn track_finds_who_redeemed_and_names_invitations_that_never_took_effect()
     assert_eq!(r["untracked"], 0);
 
     // resend re-invites exactly the pending users; redeemed and not-applied users are left alone.
-    as_if_waited_after_track(&emu, &db, run_id, 2);
-    let before = emu.invitations().len();
-    let out = run(&emu, &db, &["resend", &id, "--yes"]).await;
+    t.as_if_waited_after_track(2);
+    let before = t.emu.invitations().len();
+    let out = t.run(&["resend", &id, "--yes"]).await;
     out.assert_exit(0);
-    let resent: Vec<serde_json::Value> = emu.invitations()[before..].to_vec();
+    let resent: Vec<serde_json::Value> = t.emu.invitations()[before..].to_vec();
     let resent_users: BTreeSet<String> = resent
         .iter()
         .map(|i| i["userId"].as_str().unwrap().to_string())
@@ -414,9 +403,9 @@ async fn track_finds_who_redeemed_and_names_invitations_that_never_took_effect()
     assert!(resent.iter().all(|i| i["resetRedemption"] == true));
 
     // `retry` invites the not-applied users again.
-    let out = run(&emu, &db, &["retry", &id, "--yes"]).await;
+    let out = t.run(&["retry", &id, "--yes"]).await;
     out.assert_finished();
-    let again: BTreeSet<String> = emu.invitations()[before + resent.len()..]
+    let again: BTreeSet<String> = t.emu.invitations()[before + resent.len()..]
         .iter()
         .map(|i| i["userId"].as_str().unwrap().to_string())
         .collect();
@@ -429,66 +418,57 @@ async fn track_finds_who_redeemed_and_names_invitations_that_never_took_effect()
 /// how to get them one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn track_and_export_links_default_to_the_latest_live_run_and_name_missing_links() {
-    let Converted {
-        dir,
-        csv,
-        emu,
-        db,
-        run_id,
-        converted,
-    } = Converted::start(80, 12, "--keep-redeem-links", |c| {
+    let t = Converted::start(80, 12, "--keep-redeem-links", |c| {
         // Lost answers: those users are converted by reconciliation, without a stored link.
         c.lost_response_rate = 0.25;
     })
     .await;
-    let dry_id = finished_run(&emu, &db, &csv, "--dry-run").await;
+    let run_id = t.run_id;
+    let dry_id = finished_run(&t.emu, &t.db, &t.csv, "--dry-run").await;
     assert!(dry_id > run_id);
 
-    let out = run(&emu, &db, &["track", "--json"]).await;
+    let out = t.run(&["track", "--json"]).await;
     out.assert_exit(0);
     let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
     assert_eq!(v["runId"], run_id, "the live run, not the later dry run");
     let figures = ["accepted", "pendingAcceptance", "notApplied", "missing"];
     let tracked: u64 = figures.iter().map(|k| v[k].as_u64().unwrap()).sum();
-    assert_eq!(tracked, converted.len() as u64);
+    assert_eq!(tracked, t.converted.len() as u64);
 
-    let out = run(&emu, &db, &["runs", "--json"]).await;
+    let out = t.run(&["runs", "--json"]).await;
     out.assert_exit(0);
     let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
     let runs = v["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2);
     assert_eq!(runs[0]["mode"], "live");
     assert_eq!(runs[1]["mode"], "dry_run");
-    assert_eq!(runs[0]["states"]["converted"], converted.len() as u64);
+    assert_eq!(runs[0]["states"]["converted"], t.converted.len() as u64);
 
-    let out_path = dir.path().join("links.csv");
-    let out = run(
-        &emu,
-        &db,
-        &["export-links", "--out", out_path.to_str().unwrap()],
-    )
-    .await;
+    let out_path = t.dir.path().join("links.csv");
+    let out = t
+        .run(&["export-links", "--out", out_path.to_str().unwrap()])
+        .await;
     out.assert_exit(0);
     let written = csv::Reader::from_path(&out_path).unwrap().records().count();
-    let without: Vec<_> = items_in(&db, run_id, ItemState::Converted)
+    let without: Vec<_> = items_in(&t.db, run_id, ItemState::Converted)
         .into_iter()
         .filter(|i| i.invitation_id.is_none())
         .collect();
     assert_eq!(
         written + out.stderr.matches("\n  ").count(),
-        converted.len(),
+        t.converted.len(),
         "{}",
         out.stderr
     );
     assert!(
-        written < converted.len(),
+        written < t.converted.len(),
         "some answers were lost: {}",
         out.stderr
     );
     assert!(
         out.stderr.contains(&format!(
             "{} converted users of run {run_id} have no stored redeem link",
-            converted.len() - written
+            t.converted.len() - written
         )),
         "{}",
         out.stderr
@@ -514,38 +494,31 @@ fn one_json_object(out: &Ran) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resend_dry_run_only_and_limit_choose_who_and_redeemed_users_are_never_reset() {
-    let Converted {
-        dir,
-        emu,
-        db,
-        run_id,
-        converted,
-        ..
-    } = Converted::start(80, 29, "", |_| {}).await;
+    let t = Converted::start(80, 29, "", |_| {}).await;
     assert!(
-        converted.len() > 30,
+        t.converted.len() > 30,
         "mostly convertible: {}",
-        converted.len()
+        t.converted.len()
     );
-    let id = run_id.to_string();
-    let out = run(&emu, &db, &["track", &id]).await;
+    let id = t.run_id.to_string();
+    let out = t.run(&["track", &id]).await;
     out.assert_exit(0);
-    let converted: Vec<String> = converted.into_iter().collect();
+    let converted: Vec<String> = t.converted.iter().cloned().collect();
     // Three partners redeem after the track: a resend must not reset them.
     let redeemed: BTreeSet<String> = converted.iter().take(3).cloned().collect();
     for user in &redeemed {
-        assert_eq!(emu.redeem(user), Some(200), "redeem {user}");
+        assert_eq!(t.emu.redeem(user), Some(200), "redeem {user}");
     }
-    let invited_before = emu.invitations().len();
+    let invited_before = t.emu.invitations().len();
 
     // --dry-run lists everyone pending per the track, sends and records nothing.
-    let out = run(&emu, &db, &["resend", &id, "--dry-run", "--json"]).await;
+    let out = t.run(&["resend", &id, "--dry-run", "--json"]).await;
     out.assert_exit(0);
     let listed = one_json_object(&out);
     assert_eq!(listed["dryRun"], true);
     assert_eq!(listed["wouldReinvite"], converted.len() as u64);
     assert_eq!(listed["users"].as_array().unwrap().len(), converted.len());
-    let out = run(&emu, &db, &["resend", &id, "--dry-run", "--limit", "4"]).await;
+    let out = t.run(&["resend", &id, "--dry-run", "--limit", "4"]).await;
     out.assert_exit(0);
     assert_eq!(
         out.stdout.matches("would re-invite ").count(),
@@ -553,24 +526,22 @@ async fn resend_dry_run_only_and_limit_choose_who_and_redeemed_users_are_never_r
         "{}",
         out.stdout
     );
-    assert_eq!(emu.invitations().len(), invited_before);
+    assert_eq!(t.emu.invitations().len(), invited_before);
 
     // A name the pass does not hold is an error before anything is sent.
-    let only = dir.path().join("only.txt");
+    let only = t.dir.path().join("only.txt");
     let stranger = "00000000-0000-4000-8000-000000000000";
     std::fs::write(&only, format!("# pilot\n{}\n{stranger}\n", converted[5])).unwrap();
-    let out = run(
-        &emu,
-        &db,
-        &["resend", &id, "--yes", "--only", only.to_str().unwrap()],
-    )
-    .await;
+    let out = t
+        .run(&["resend", &id, "--yes", "--only", only.to_str().unwrap()])
+        .await;
     out.assert_exit(2);
     out.assert_stderr_has(stranger);
-    assert_eq!(emu.invitations().len(), invited_before);
+    assert_eq!(t.emu.invitations().len(), invited_before);
 
     // --only: exactly the two named users (by object id and by UPN), nobody else.
-    let upn = emu
+    let upn = t
+        .emu
         .user(&converted[6])
         .unwrap()
         .user_principal_name
@@ -580,48 +551,42 @@ async fn resend_dry_run_only_and_limit_choose_who_and_redeemed_users_are_never_r
         format!("{}   # by id\n\n{}\n", converted[5].to_uppercase(), upn),
     )
     .unwrap();
-    let out = run(
-        &emu,
-        &db,
-        &[
+    let out = t
+        .run(&[
             "resend",
             &id,
             "--yes",
             "--json",
             "--only",
             only.to_str().unwrap(),
-        ],
-    )
-    .await;
+        ])
+        .await;
     out.assert_exit(0);
     let first = one_json_object(&out);
     assert_eq!(first["reinvited"], 2, "{first}");
-    let resets = resets_per_user(&emu);
+    let resets = resets_per_user(&t.emu);
     let pilots: BTreeSet<String> = [converted[5].clone(), converted[6].clone()].into();
     assert_eq!(resets.keys().cloned().collect::<BTreeSet<_>>(), pilots);
 
     // --limit: five more of the same pass.
-    let out = run(
-        &emu,
-        &db,
-        &["resend", &id, "--yes", "--json", "--limit", "5"],
-    )
-    .await;
+    let out = t
+        .run(&["resend", &id, "--yes", "--json", "--limit", "5"])
+        .await;
     out.assert_exit(0);
     let second = one_json_object(&out);
     assert_eq!(second["continued"], true, "{second}");
     assert_eq!(second["passId"], first["passId"]);
-    let after_limit = resets_per_user(&emu);
+    let after_limit = resets_per_user(&t.emu);
     assert_eq!(after_limit.values().sum::<usize>(), 7, "{after_limit:?}");
 
     // The rest; the users who redeemed since the track are re-read, skipped and never reset.
-    let out = run(&emu, &db, &["resend", &id, "--yes", "--json"]).await;
+    let out = t.run(&["resend", &id, "--yes", "--json"]).await;
     out.assert_exit(0);
     let last = one_json_object(&out);
     assert_eq!(last["finished"], true, "{last}");
     assert_eq!(last["left"], 0, "{last}");
     assert_eq!(last["skipped"], redeemed.len() as u64, "{last}");
-    let resets = resets_per_user(&emu);
+    let resets = resets_per_user(&t.emu);
     assert!(resets.values().all(|n| *n == 1), "{resets:?}");
     let expected: BTreeSet<String> = converted
         .iter()
@@ -631,7 +596,7 @@ async fn resend_dry_run_only_and_limit_choose_who_and_redeemed_users_are_never_r
     assert_eq!(resets.keys().cloned().collect::<BTreeSet<_>>(), expected);
     for user in &redeemed {
         assert_eq!(
-            emu.user(user).unwrap().external_user_state.as_deref(),
+            t.emu.user(user).unwrap().external_user_state.as_deref(),
             Some("Accepted"),
             "{user} keeps its redemption"
         );
