@@ -94,62 +94,66 @@ impl Finding {
     }
 }
 
-/// One permission the run needs, with the ones that also cover it.
+/// One permission a run may need, with the ones that also cover it.
 struct Permission {
     what: &'static str,
     grant: &'static str,
     covered_by: &'static [&'static str],
+    /// Whether the run described by the needs asks for it.
+    needed: fn(&Needs) -> bool,
 }
 
-fn permissions(needs: &Needs) -> Vec<Permission> {
-    let mut out = vec![
-        Permission {
-            what: "read users",
-            grant: "User.Read.All",
-            covered_by: &[
-                "User.Read.All",
-                "User.ReadWrite.All",
-                "Directory.Read.All",
-                "Directory.ReadWrite.All",
-            ],
-        },
-        Permission {
-            what: "read verified domains",
-            grant: "Domain.Read.All",
-            covered_by: &[
-                "Domain.Read.All",
-                "Directory.Read.All",
-                "Directory.ReadWrite.All",
-            ],
-        },
-    ];
-    if needs.invite {
-        out.push(Permission {
-            what: "send invitations",
-            grant: "User.Invite.All",
-            covered_by: &["User.Invite.All", "Directory.ReadWrite.All"],
-        });
-    }
-    if needs.group {
-        out.push(Permission {
-            what: "read group members",
-            grant: "GroupMember.Read.All",
-            covered_by: &[
-                "GroupMember.Read.All",
-                "Group.Read.All",
-                "Directory.Read.All",
-                "Directory.ReadWrite.All",
-            ],
-        });
-    }
-    if needs.write_users {
-        out.push(Permission {
-            what: "set mail / userType",
-            grant: "User.ReadWrite.All",
-            covered_by: &["User.ReadWrite.All", "Directory.ReadWrite.All"],
-        });
-    }
-    out
+/// Every permission a run may need, in the checklist's order.
+const PERMISSIONS: &[Permission] = &[
+    Permission {
+        what: "read users",
+        grant: "User.Read.All",
+        covered_by: &[
+            "User.Read.All",
+            "User.ReadWrite.All",
+            "Directory.Read.All",
+            "Directory.ReadWrite.All",
+        ],
+        needed: |_| true,
+    },
+    Permission {
+        what: "read verified domains",
+        grant: "Domain.Read.All",
+        covered_by: &[
+            "Domain.Read.All",
+            "Directory.Read.All",
+            "Directory.ReadWrite.All",
+        ],
+        needed: |_| true,
+    },
+    Permission {
+        what: "send invitations",
+        grant: "User.Invite.All",
+        covered_by: &["User.Invite.All", "Directory.ReadWrite.All"],
+        needed: |needs| needs.invite,
+    },
+    Permission {
+        what: "read group members",
+        grant: "GroupMember.Read.All",
+        covered_by: &[
+            "GroupMember.Read.All",
+            "Group.Read.All",
+            "Directory.Read.All",
+            "Directory.ReadWrite.All",
+        ],
+        needed: |needs| needs.group,
+    },
+    Permission {
+        what: "set mail / userType",
+        grant: "User.ReadWrite.All",
+        covered_by: &["User.ReadWrite.All", "Directory.ReadWrite.All"],
+        needed: |needs| needs.write_users,
+    },
+];
+
+/// The permissions the run needs, in the checklist's order.
+fn permissions(needs: &Needs) -> impl Iterator<Item = &'static Permission> + '_ {
+    PERMISSIONS.iter().filter(|p| (p.needed)(needs))
 }
 
 /// Every check, in the order a person reads them. Never fails: problems are findings.
@@ -370,15 +374,24 @@ pub async fn retire_findings_of(graph: &GraphClient) -> Vec<Finding> {
 /// checklist when a permission or the role is missing, so nothing is written.
 pub async fn require_retire_ready(graph: &GraphClient) -> anyhow::Result<Vec<Finding>> {
     let findings = retire_findings_of(graph).await;
+    refuse_if_blocked(
+        &findings,
+        "retire cannot work yet: nothing was written; grant what the checklist says, then run again (`preflight --retire` re-checks)",
+    )?;
+    Ok(findings)
+}
+
+/// Exit 4 with the checklist on stderr when a finding blocks; `message` says what was not done.
+fn refuse_if_blocked(findings: &[Finding], message: &str) -> anyhow::Result<()> {
     if findings.iter().any(Finding::blocking) {
-        eprint!("{}", render(&findings));
+        eprint!("{}", render(findings));
         return Err(ExitError {
             status: ExitStatus::TenantRefused,
-            message: "retire cannot work yet: nothing was written; grant what the checklist says, then run again (`preflight --retire` re-checks)".into(),
+            message: message.into(),
         }
         .into());
     }
-    Ok(findings)
+    Ok(())
 }
 
 const REDEMPTION_NOT_CHECKED: &str = "not checked: reading it needs Policy.Read.All (optional)";
@@ -537,14 +550,10 @@ pub fn render(findings: &[Finding]) -> String {
 /// the run cannot work, rather than failing every user with 403.
 pub async fn require_ready(graph: &GraphClient, needs: &Needs) -> anyhow::Result<()> {
     let findings = check(graph, needs).await;
-    if findings.iter().any(Finding::blocking) {
-        eprint!("{}", render(&findings));
-        return Err(ExitError {
-            status: ExitStatus::TenantRefused,
-            message: "the run cannot work yet: nothing was sent; fix what the checklist says, then run again (`preflight` re-checks)".into(),
-        }
-        .into());
-    }
+    refuse_if_blocked(
+        &findings,
+        "the run cannot work yet: nothing was sent; fix what the checklist says, then run again (`preflight` re-checks)",
+    )?;
     for f in findings.iter().filter(|f| f.status == "warning") {
         if f.detail == POLICY_NOT_CHECKED {
             // Policy.Read.All is optional: most runs go without it.
