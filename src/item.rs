@@ -6,6 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use serde_with::skip_serializing_none;
 
 use crate::model::User;
 
@@ -294,18 +295,14 @@ impl Default for RunOptions {
 }
 
 /// Per-row overrides from the CSV columns of the same names.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Overrides {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub send_invitation_message: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invite_redirect_url: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_language: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub customized_message_body: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cc_recipient: Option<String>,
 }
 

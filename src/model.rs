@@ -2,87 +2,60 @@
 //!
 //! These are the wire types, spelled as Graph spells them (camelCase). Both sides use the same
 //! structs so the emulator cannot drift from what the client parses. Optional properties stay
-//! `Option` because Graph omits what was not `$select`ed and returns `null` for unset values.
+//! `Option` because Graph omits what was not `$select`ed and returns `null` for unset values;
+//! `#[skip_serializing_none]` leaves an absent one out of what is sent, as Graph does.
 
 use serde::{Deserialize, Serialize};
+use serde_with::skip_serializing_none;
 
 /// A user as Graph returns it. Only the properties this tool reads are modelled; the emulator
 /// keeps the same set as the tenant's source of truth.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct User {
     pub id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_principal_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mail: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub other_mails: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_addresses: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account_enabled: Option<bool>,
     /// `Member` or `Guest`. Reported, never a reason to block (docs/usage.md).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_type: Option<String>,
     /// `PendingAcceptance` or `Accepted` once the user has been invited as B2B.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_user_state: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_user_state_change_date_time: Option<String>,
     /// `Invitation` for accounts created or converted through the invitation API.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creation_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_premises_sync_enabled: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_premises_user_principal_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assigned_plans: Option<Vec<AssignedPlan>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identities: Option<Vec<ObjectIdentity>>,
     /// Moves when the password is set (a synced user's when the on-premises change syncs):
     /// how `retire` and `track` see that an internal password was retired.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_password_change_date_time: Option<String>,
     /// Moves on `revokeSignInSessions`: tokens issued before it are refused.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sign_in_sessions_valid_from_date_time: Option<String>,
     /// Set (beta) when the user was converted back to an internal member; Graph then refuses a
     /// new invitation with 412, so validation blocks the user `converted_back`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_user_converted_on: Option<String>,
     /// A synced user's on-premises SID: how the AD scripts find the account without guessing.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_premises_security_identifier: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_premises_sam_account_name: Option<String>,
     /// Set by Graph when the user is created; the emulator's invited guests get theirs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_date_time: Option<String>,
     /// Writable profile properties the tool never reads: held so that the emulator accepts
     /// an SDK's PATCH of them as Graph does, and answers them back.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub given_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub surname: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_title: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub department: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub company_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub business_phones: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mobile_phone: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub office_location: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preferred_language: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage_location: Option<String>,
 }
 
@@ -109,25 +82,22 @@ onPremisesSamAccountName";
 /// filterable with `ge`).
 pub const CONVERTED_BACK_FILTER: &str = "externalUserConvertedOn ge 1900-01-01T00:00:00Z";
 
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AssignedPlan {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assigned_date_time: Option<String>,
     pub capability_status: String,
     pub service: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_plan_id: Option<String>,
 }
 
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectIdentity {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sign_in_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer_assigned_id: Option<String>,
 }
 
@@ -146,53 +116,35 @@ pub struct Domain {
 }
 
 /// A group as listed by the emulator's tenant file; Graph itself returns more.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Group {
     pub id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
 }
 
 /// One page of a Graph collection.
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Page<T> {
-    #[serde(
-        rename = "@odata.context",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "@odata.context")]
     pub context: Option<String>,
-    #[serde(
-        rename = "@odata.count",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "@odata.count")]
     pub count: Option<u64>,
-    #[serde(
-        rename = "@odata.nextLink",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "@odata.nextLink")]
     pub next_link: Option<String>,
     pub value: Vec<T>,
 }
 
 /// One page of a delta query (`GET /v1.0/users/delta`): entries stay JSON because an entry
 /// may carry only the properties that changed, and an absent property must not read as empty.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DeltaPage {
-    #[serde(
-        rename = "@odata.nextLink",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "@odata.nextLink")]
     pub next_link: Option<String>,
-    #[serde(
-        rename = "@odata.deltaLink",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "@odata.deltaLink")]
     pub delta_link: Option<String>,
     #[serde(default)]
     pub value: Vec<serde_json::Value>,
@@ -200,22 +152,17 @@ pub struct DeltaPage {
 
 /// `POST /v1.0/invitations` body. Unknown properties are refused by Graph (and the emulator),
 /// so every field is modelled and absent ones are skipped.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct InvitationRequest {
     pub invited_user_email_address: String,
     pub invite_redirect_url: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub send_invitation_message: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invited_user_display_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invited_user_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reset_redemption: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invited_user: Option<InvitedUserRef>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invited_user_message_info: Option<InvitedUserMessageInfo>,
 }
 
@@ -225,14 +172,12 @@ pub struct InvitedUserRef {
     pub id: String,
 }
 
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct InvitedUserMessageInfo {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_language: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cc_recipients: Option<Vec<Recipient>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub customized_message_body: Option<String>,
 }
 
@@ -250,31 +195,24 @@ pub struct EmailAddress {
 }
 
 /// `201 Created` answer of the invitation API.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Invitation {
     pub id: String,
     #[serde(default)]
     pub invited_user_email_address: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invited_user_display_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invited_user_type: Option<String>,
     /// Credential-like link: stored in the database only, never logged or reported.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invite_redeem_url: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invite_redirect_url: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub send_invitation_message: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reset_redemption: Option<bool>,
     /// `PendingAcceptance`, `Completed`, `InProgress` or `Error`.
     #[serde(default)]
     pub status: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invited_user: Option<InvitedUserRef>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invited_user_message_info: Option<InvitedUserMessageInfo>,
 }
 
@@ -284,35 +222,23 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,
-    #[serde(
-        rename = "innerError",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "innerError")]
     pub inner_error: Option<InnerError>,
 }
 
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct InnerError {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
-    #[serde(
-        rename = "request-id",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "request-id")]
     pub request_id: Option<String>,
-    #[serde(
-        rename = "client-request-id",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "client-request-id")]
     pub client_request_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub date: Option<String>,
 }
 
@@ -322,18 +248,17 @@ pub struct BatchRequest {
     pub requests: Vec<BatchRequestItem>,
 }
 
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BatchRequestItem {
     pub id: String,
     pub method: String,
     /// Relative to the version root, e.g. `/users/{id}`.
     pub url: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<std::collections::BTreeMap<String, String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<serde_json::Value>,
     /// Ids of sub-requests that must succeed first; Graph answers 424 when one failed.
-    #[serde(rename = "dependsOn", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "dependsOn")]
     pub depends_on: Option<Vec<String>>,
 }
 
@@ -342,33 +267,26 @@ pub struct BatchResponse {
     pub responses: Vec<BatchResponseItem>,
 }
 
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BatchResponseItem {
     pub id: String,
     pub status: u16,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<std::collections::BTreeMap<String, String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<serde_json::Value>,
 }
 
 /// `200` answer of the beta `convertExternalToInternalMemberUser`. Graph's answer spells the
 /// date `convertedToInternalUserDateTime`; the documentation's table spells it
 /// `convertedToInternalDateTime`: both are read.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ConversionUserDetails {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_principal_name: Option<String>,
-    #[serde(
-        default,
-        alias = "convertedToInternalDateTime",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(alias = "convertedToInternalDateTime")]
     pub converted_to_internal_user_date_time: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mail: Option<String>,
 }
 

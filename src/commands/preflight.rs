@@ -94,62 +94,91 @@ impl Finding {
     }
 }
 
-/// One permission the run needs, with the ones that also cover it.
+/// One permission a run may need, with the ones that also cover it.
 struct Permission {
     what: &'static str,
     grant: &'static str,
     covered_by: &'static [&'static str],
+    /// Whether the run described by the needs asks for it.
+    needed: fn(&Needs) -> bool,
 }
 
-fn permissions(needs: &Needs) -> Vec<Permission> {
-    let mut out = vec![
-        Permission {
-            what: "read users",
-            grant: "User.Read.All",
-            covered_by: &[
-                "User.Read.All",
-                "User.ReadWrite.All",
-                "Directory.Read.All",
-                "Directory.ReadWrite.All",
-            ],
-        },
-        Permission {
-            what: "read verified domains",
-            grant: "Domain.Read.All",
-            covered_by: &[
-                "Domain.Read.All",
-                "Directory.Read.All",
-                "Directory.ReadWrite.All",
-            ],
-        },
-    ];
-    if needs.invite {
-        out.push(Permission {
-            what: "send invitations",
-            grant: "User.Invite.All",
-            covered_by: &["User.Invite.All", "Directory.ReadWrite.All"],
-        });
-    }
-    if needs.group {
-        out.push(Permission {
-            what: "read group members",
-            grant: "GroupMember.Read.All",
-            covered_by: &[
-                "GroupMember.Read.All",
-                "Group.Read.All",
-                "Directory.Read.All",
-                "Directory.ReadWrite.All",
-            ],
-        });
-    }
-    if needs.write_users {
-        out.push(Permission {
-            what: "set mail / userType",
-            grant: "User.ReadWrite.All",
-            covered_by: &["User.ReadWrite.All", "Directory.ReadWrite.All"],
-        });
-    }
-    out
+/// Every permission a run may need, in the checklist's order.
+const PERMISSIONS: &[Permission] = &[
+    Permission {
+        what: "read users",
+        grant: "User.Read.All",
+        covered_by: &[
+            "User.Read.All",
+            "User.ReadWrite.All",
+            "Directory.Read.All",
+            "Directory.ReadWrite.All",
+        ],
+        needed: |_| true,
+    },
+    Permission {
+        what: "read verified domains",
+        grant: "Domain.Read.All",
+        covered_by: &[
+            "Domain.Read.All",
+            "Directory.Read.All",
+            "Directory.ReadWrite.All",
+        ],
+        needed: |_| true,
+    },
+    Permission {
+        what: "send invitations",
+        grant: "User.Invite.All",
+        covered_by: &["User.Invite.All", "Directory.ReadWrite.All"],
+        needed: |needs| needs.invite,
+    },
+    Permission {
+        what: "read group members",
+        grant: "GroupMember.Read.All",
+        covered_by: &[
+            "GroupMember.Read.All",
+            "Group.Read.All",
+            "Directory.Read.All",
+            "Directory.ReadWrite.All",
+        ],
+        needed: |needs| needs.group,
+    },
+    Permission {
+        what: "set mail / userType",
+        grant: "User.ReadWrite.All",
+        covered_by: &["User.ReadWrite.All", "Directory.ReadWrite.All"],
+        needed: |needs| needs.write_users,
+    },
+];
+
+/// The permissions `retire` needs (with `--retire`, after the run's): setting passwords and
+/// revoking sessions. [`retire_findings`] checks them all: it is asked only when retiring.
+const RETIRE_PERMISSIONS: &[Permission] = &[
+    Permission {
+        what: "set passwords",
+        grant: "User-PasswordProfile.ReadWrite.All",
+        covered_by: &[
+            "User-PasswordProfile.ReadWrite.All",
+            "User.ReadWrite.All",
+            "Directory.ReadWrite.All",
+        ],
+        needed: |needs| needs.retire,
+    },
+    Permission {
+        what: "revoke sessions",
+        grant: "User.RevokeSessions.All",
+        covered_by: &[
+            "User.RevokeSessions.All",
+            "User.ReadWrite.All",
+            "Directory.ReadWrite.All",
+        ],
+        needed: |needs| needs.retire,
+    },
+];
+
+/// The permissions the run needs, in the checklist's order.
+fn permissions(needs: &Needs) -> impl Iterator<Item = &'static Permission> + '_ {
+    PERMISSIONS.iter().filter(|p| (p.needed)(needs))
 }
 
 /// Every check, in the order a person reads them. Never fails: problems are findings.
@@ -177,53 +206,14 @@ pub async fn check(graph: &GraphClient, needs: &Needs) -> Vec<Finding> {
         "signed in (the token is not a JWT: permissions cannot be read from it)".into()
     };
     out.push(Finding::new("sign-in", "ok", who));
-    let granted: Vec<String> = if delegated {
-        claims["scp"]
-            .as_str()
-            .unwrap_or("")
-            .split_whitespace()
-            .map(str::to_string)
-            .collect()
-    } else {
-        claims["roles"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|r| r.as_str().map(str::to_string))
-            .collect()
-    };
-    let kind = if delegated {
-        "delegated permission"
-    } else {
-        "application permission"
-    };
+    let grants = Grants::of(&claims);
     if claims.is_object() {
-        for p in permissions(needs) {
-            let has = granted
-                .iter()
-                .find(|g| p.covered_by.iter().any(|c| c.eq_ignore_ascii_case(g)));
-            out.push(match has {
-                Some(g) => Finding::new(p.what, "ok", format!("{g} granted")),
-                None => Finding::new(
-                    p.what,
-                    "missing",
-                    format!(
-                        "grant the Microsoft Graph {kind} {} (API permissions > Add a permission, then Grant admin consent)",
-                        p.grant
-                    ),
-                ),
-            });
-        }
+        out.extend(permissions(needs).map(|p| grants.finding(p)));
     }
     if needs.retire {
         out.extend(retire_findings(&claims));
     }
-    let roles: Vec<&str> = claims["wids"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
+    let roles = directory_roles(&claims);
     let inviting_role = INVITING_ROLES
         .iter()
         .find(|(id, _)| roles.contains(id))
@@ -231,7 +221,7 @@ pub async fn check(graph: &GraphClient, needs: &Needs) -> Vec<Finding> {
     if needs.invite {
         // Read the policy only with the permission to: a refused read is a wasted request.
         let can_read = !claims.is_object()
-            || granted.iter().any(|g| {
+            || grants.granted.iter().any(|g| {
                 g.eq_ignore_ascii_case("Policy.Read.All")
                     || g.eq_ignore_ascii_case("Policy.ReadWrite.Authorization")
             });
@@ -256,6 +246,56 @@ pub async fn check(graph: &GraphClient, needs: &Needs) -> Vec<Finding> {
         }
     }
     out
+}
+
+/// What a token grants: its permissions, and whether a user delegated them.
+struct Grants {
+    delegated: bool,
+    granted: Vec<String>,
+}
+
+impl Grants {
+    fn of(claims: &Value) -> Grants {
+        Grants {
+            delegated: claims.get("scp").is_some(),
+            granted: granted_permissions(claims),
+        }
+    }
+
+    /// `ok` naming the first granted permission that covers `p`, else `missing` with what to
+    /// grant.
+    fn finding(&self, p: &Permission) -> Finding {
+        let kind = if self.delegated {
+            "delegated permission"
+        } else {
+            "application permission"
+        };
+        let has = self
+            .granted
+            .iter()
+            .find(|g| p.covered_by.iter().any(|c| c.eq_ignore_ascii_case(g)));
+        match has {
+            Some(g) => Finding::new(p.what, "ok", format!("{g} granted")),
+            None => Finding::new(
+                p.what,
+                "missing",
+                format!(
+                    "grant the Microsoft Graph {kind} {} (API permissions > Add a permission, then Grant admin consent)",
+                    p.grant
+                ),
+            ),
+        }
+    }
+}
+
+/// The directory role template ids in the token's `wids`.
+fn directory_roles(claims: &Value) -> Vec<&str> {
+    claims["wids"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
 }
 
 /// The permissions a token carries: `scp` (delegated) or `roles` (app-only).
@@ -284,53 +324,13 @@ pub fn retire_findings(claims: &Value) -> Vec<Finding> {
             "not checked: the token is not a JWT, so its permissions and roles cannot be read; sign in with a method that gives Graph tokens (not B2B_ACCESS_TOKEN of another kind) before retiring",
         )];
     }
-    let delegated = claims.get("scp").is_some();
-    let granted = granted_permissions(claims);
-    let kind = if delegated {
-        "delegated permission"
-    } else {
-        "application permission"
-    };
-    let has = |covered_by: &[&str]| {
-        granted
-            .iter()
-            .find(|g| covered_by.iter().any(|c| c.eq_ignore_ascii_case(g)))
-            .cloned()
-    };
-    let grant = |what: &str, name: &str| {
-        Finding::new(
-            what,
-            "missing",
-            format!("grant the Microsoft Graph {kind} {name} (API permissions > Add a permission, then Grant admin consent)"),
-        )
-    };
-    let mut out = Vec::new();
-    out.push(
-        match has(&[
-            "User-PasswordProfile.ReadWrite.All",
-            "User.ReadWrite.All",
-            "Directory.ReadWrite.All",
-        ]) {
-            Some(g) => Finding::new("set passwords", "ok", format!("{g} granted")),
-            None => grant("set passwords", "User-PasswordProfile.ReadWrite.All"),
-        },
-    );
-    out.push(
-        match has(&[
-            "User.RevokeSessions.All",
-            "User.ReadWrite.All",
-            "Directory.ReadWrite.All",
-        ]) {
-            Some(g) => Finding::new("revoke sessions", "ok", format!("{g} granted")),
-            None => grant("revoke sessions", "User.RevokeSessions.All"),
-        },
-    );
-    let wids: Vec<&str> = claims["wids"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
+    let grants = Grants::of(claims);
+    let delegated = grants.delegated;
+    let mut out: Vec<Finding> = RETIRE_PERMISSIONS
+        .iter()
+        .map(|p| grants.finding(p))
         .collect();
+    let wids = directory_roles(claims);
     let holder = if delegated {
         "the signed-in user"
     } else {
@@ -370,15 +370,24 @@ pub async fn retire_findings_of(graph: &GraphClient) -> Vec<Finding> {
 /// checklist when a permission or the role is missing, so nothing is written.
 pub async fn require_retire_ready(graph: &GraphClient) -> anyhow::Result<Vec<Finding>> {
     let findings = retire_findings_of(graph).await;
+    refuse_if_blocked(
+        &findings,
+        "retire cannot work yet: nothing was written; grant what the checklist says, then run again (`preflight --retire` re-checks)",
+    )?;
+    Ok(findings)
+}
+
+/// Exit 4 with the checklist on stderr when a finding blocks; `message` says what was not done.
+fn refuse_if_blocked(findings: &[Finding], message: &str) -> anyhow::Result<()> {
     if findings.iter().any(Finding::blocking) {
-        eprint!("{}", render(&findings));
+        eprint!("{}", render(findings));
         return Err(ExitError {
             status: ExitStatus::TenantRefused,
-            message: "retire cannot work yet: nothing was written; grant what the checklist says, then run again (`preflight --retire` re-checks)".into(),
+            message: message.into(),
         }
         .into());
     }
-    Ok(findings)
+    Ok(())
 }
 
 const REDEMPTION_NOT_CHECKED: &str = "not checked: reading it needs Policy.Read.All (optional)";
@@ -537,14 +546,10 @@ pub fn render(findings: &[Finding]) -> String {
 /// the run cannot work, rather than failing every user with 403.
 pub async fn require_ready(graph: &GraphClient, needs: &Needs) -> anyhow::Result<()> {
     let findings = check(graph, needs).await;
-    if findings.iter().any(Finding::blocking) {
-        eprint!("{}", render(&findings));
-        return Err(ExitError {
-            status: ExitStatus::TenantRefused,
-            message: "the run cannot work yet: nothing was sent; fix what the checklist says, then run again (`preflight` re-checks)".into(),
-        }
-        .into());
-    }
+    refuse_if_blocked(
+        &findings,
+        "the run cannot work yet: nothing was sent; fix what the checklist says, then run again (`preflight` re-checks)",
+    )?;
     for f in findings.iter().filter(|f| f.status == "warning") {
         if f.detail == POLICY_NOT_CHECKED {
             // Policy.Read.All is optional: most runs go without it.

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
+use serde_with::skip_serializing_none;
 
 use crate::model::{Domain, User};
 
@@ -67,21 +68,19 @@ impl Policies {
 }
 
 /// An app registration allowed to get tokens.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct App {
     pub client_id: String,
     #[serde(default)]
     pub display_name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_secret: Option<String>,
     #[serde(default)]
     pub certificates: Vec<AppCertificate>,
     /// When the client secret expires (RFC 3339); past it the token endpoint answers AADSTS7000222.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_expires: Option<String>,
     /// Application permissions granted (admin consent); `None`: the emulator's `--app-roles`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub roles: Option<Vec<String>>,
     /// Workload identity federation: external tokens accepted as client assertions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -98,16 +97,15 @@ pub struct FederatedCredential {
 
 /// A certificate credential of an app: its SHA-256 thumbprint (base64url, as in `x5t#S256`) and
 /// its public key.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AppCertificate {
     pub thumbprint_sha256: String,
     /// The SHA-1 thumbprint (base64url, as in `x5t`), which MSAL's assertions name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thumbprint_sha1: Option<String>,
     pub public_key_pem: String,
     /// When the certificate expires (RFC 3339); past it the token endpoint answers AADSTS1000502.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<String>,
 }
 

@@ -167,25 +167,17 @@ impl Credentials {
         };
         let tenant_id = get("AZURE_TENANT_ID").ok_or_else(|| missing("AZURE_TENANT_ID"))?;
         let client_id = get("AZURE_CLIENT_ID").ok_or_else(|| missing("AZURE_CLIENT_ID"))?;
-        if let Some(secret) = get("AZURE_CLIENT_SECRET") {
-            return Ok(Credentials::ClientSecret {
-                tenant_id,
-                client_id,
-                secret: Secret::new(secret),
-            });
-        }
-        if let Some(path) = get("AZURE_CLIENT_CERTIFICATE_PATH") {
-            return Ok(Credentials::Certificate {
-                tenant_id,
-                client_id,
-                pem_path: PathBuf::from(path),
-            });
-        }
-        Err(GraphError::Config(
-            "neither AZURE_CLIENT_SECRET nor AZURE_CLIENT_CERTIFICATE_PATH is set: set one of \
-             them (or B2B_ACCESS_TOKEN)"
-                .into(),
-        ))
+        let Some((key, value)) = [AppKey::Secret, AppKey::Certificate]
+            .into_iter()
+            .find_map(|key| Some((key, get(key.variable())?)))
+        else {
+            return Err(GraphError::Config(
+                "neither AZURE_CLIENT_SECRET nor AZURE_CLIENT_CERTIFICATE_PATH is set: set one of \
+                 them (or B2B_ACCESS_TOKEN)"
+                    .into(),
+            ));
+        };
+        Ok(key.credentials(tenant_id, client_id, value))
     }
 
     /// The tenant, when the credentials name one (a bare token does not).
@@ -224,6 +216,11 @@ impl Credentials {
                 "the app registration's application (client) id",
             )
         };
+        let app_key = |key: AppKey| -> Result<Credentials, GraphError> {
+            let (tenant_id, client_id) = (tenant()?, app()?);
+            let value = need(key.variable(), key.what())?;
+            Ok(key.credentials(tenant_id, client_id, value))
+        };
         let az = || Credentials::AzureCli {
             tenant_id: get("AZURE_TENANT_ID"),
             program: PathBuf::from(get("B2B_AZ_PATH").unwrap_or_else(|| "az".into())),
@@ -252,22 +249,8 @@ impl Credentials {
             Some(AuthMethod::Token) => Ok(Credentials::Token(Secret::new(
                 need("B2B_ACCESS_TOKEN", "the bearer token to use")?.trim(),
             ))),
-            Some(AuthMethod::Secret) => Ok(Credentials::ClientSecret {
-                tenant_id: tenant()?,
-                client_id: app()?,
-                secret: Secret::new(need(
-                    "AZURE_CLIENT_SECRET",
-                    "the app's client secret value",
-                )?),
-            }),
-            Some(AuthMethod::Certificate) => Ok(Credentials::Certificate {
-                tenant_id: tenant()?,
-                client_id: app()?,
-                pem_path: PathBuf::from(need(
-                    "AZURE_CLIENT_CERTIFICATE_PATH",
-                    "the PEM file with the certificate and its key",
-                )?),
-            }),
+            Some(AuthMethod::Secret) => app_key(AppKey::Secret),
+            Some(AuthMethod::Certificate) => app_key(AppKey::Certificate),
             Some(AuthMethod::DeviceCode) => Ok(Credentials::DeviceCode {
                 tenant_id: get("AZURE_TENANT_ID").unwrap_or_else(|| "organizations".into()),
                 client_id: get("AZURE_CLIENT_ID").unwrap_or_else(|| GRAPH_CLI_CLIENT_ID.into()),
@@ -305,6 +288,47 @@ impl Credentials {
                 }
                 Self::from_lookup(lookup)
             }
+        }
+    }
+}
+
+/// The app registration's own credential, named by one environment variable.
+#[derive(Debug, Clone, Copy)]
+enum AppKey {
+    Secret,
+    Certificate,
+}
+
+impl AppKey {
+    /// The environment variable that holds it.
+    fn variable(self) -> &'static str {
+        match self {
+            AppKey::Secret => "AZURE_CLIENT_SECRET",
+            AppKey::Certificate => "AZURE_CLIENT_CERTIFICATE_PATH",
+        }
+    }
+
+    /// What that variable holds, for the message when it is not set.
+    fn what(self) -> &'static str {
+        match self {
+            AppKey::Secret => "the app's client secret value",
+            AppKey::Certificate => "the PEM file with the certificate and its key",
+        }
+    }
+
+    /// The credentials of the app `client_id` in `tenant_id` with this key's `value`.
+    fn credentials(self, tenant_id: String, client_id: String, value: String) -> Credentials {
+        match self {
+            AppKey::Secret => Credentials::ClientSecret {
+                tenant_id,
+                client_id,
+                secret: Secret::new(value),
+            },
+            AppKey::Certificate => Credentials::Certificate {
+                tenant_id,
+                client_id,
+                pem_path: PathBuf::from(value),
+            },
         }
     }
 }
