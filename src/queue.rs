@@ -32,7 +32,7 @@ mod resend;
 mod retire;
 mod spans;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 pub mod threads;
 
 pub use log::{LOG_FLUSH_AFTER, LOG_FLUSH_ROWS};
@@ -548,18 +548,7 @@ pub fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
 mod tests {
     use super::*;
 
-    use testing::temp_queue as queue;
-
-    fn row(line: u64, key: Option<UserKey>, email: Option<&str>) -> NewItem {
-        NewItem {
-            line: Some(line),
-            key,
-            external_email: email.map(str::to_string),
-            overrides: Overrides::default(),
-            bad_input: None,
-            snapshot: None,
-        }
-    }
+    use testing::{row, temp_queue as queue};
 
     fn csv_run(q: &Queue) -> i64 {
         testing::csv_run(q, RunMode::DryRun, Some("t"))
@@ -588,6 +577,16 @@ mod tests {
         ];
         q.insert_items(run, &rows, None).unwrap();
         q.pending_items(run, 0, 10).unwrap()
+    }
+
+    /// Ends the run's ingestion and asserts what it blocked: rows of a repeated user, rows of a
+    /// shared address.
+    fn assert_finished(q: &Queue, run: i64, duplicate_user: u64, duplicate_email: u64) {
+        let stats = FinishStats {
+            duplicate_user,
+            duplicate_email,
+        };
+        assert_eq!(q.finish_ingest(run).unwrap(), stats);
     }
 
     fn user(id: &str) -> User {
@@ -857,13 +856,9 @@ mod tests {
             let q = Queue::open(&garbled).unwrap();
             let run = csv_run(&q);
             let rows: Vec<NewItem> = (0..2_000)
-                .map(|i| NewItem {
-                    line: Some(i + 2),
-                    key: Some(UserKey::UserPrincipalName(format!("u{i}@contoso.com"))),
-                    external_email: Some(format!("u{i}@fabrikam.com")),
-                    overrides: Overrides::default(),
-                    bad_input: None,
-                    snapshot: None,
+                .map(|i| {
+                    let upn = UserKey::UserPrincipalName(format!("u{i}@contoso.com"));
+                    row(i + 2, Some(upn), Some(&format!("u{i}@fabrikam.com")))
                 })
                 .collect();
             q.insert_items(run, &rows, None).unwrap();
@@ -900,13 +895,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(stats.pending, 4);
-        assert_eq!(
-            q.finish_ingest(run).unwrap(),
-            FinishStats {
-                duplicate_user: 1,
-                duplicate_email: 2
-            }
-        );
+        assert_finished(&q, run, 1, 2);
         let items = q.items(run).unwrap();
         let got: Vec<_> = items.iter().map(|i| (i.line, i.state, i.reason)).collect();
         assert_eq!(
@@ -943,13 +932,7 @@ mod tests {
             row(303, Some(UserKey::Id("a".into())), None),
         ];
         q.insert_items(run, &second, Some("303")).unwrap();
-        assert_eq!(
-            q.finish_ingest(run).unwrap(),
-            FinishStats {
-                duplicate_user: 3,
-                duplicate_email: 0
-            }
-        );
+        assert_finished(&q, run, 3, 0);
         let items = q.items(run).unwrap();
         assert_eq!(items.len(), 256);
         assert!(items.iter().zip(&items[1..]).all(|(a, b)| a.line < b.line));
@@ -991,13 +974,7 @@ mod tests {
         listed.line = None;
         q.insert_items(run, &[listed.clone(), listed], None)
             .unwrap();
-        assert_eq!(
-            q.finish_ingest(run).unwrap(),
-            FinishStats {
-                duplicate_user: 2,
-                duplicate_email: 0
-            }
-        );
+        assert_finished(&q, run, 2, 0);
         let got: Vec<_> = q
             .items(run)
             .unwrap()

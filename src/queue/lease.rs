@@ -492,23 +492,11 @@ mod os {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::item::{ItemState, RunMode, RunOptions, SourceSpec};
+    use crate::item::{ItemState, RunMode};
+    use crate::queue::testing;
 
-    fn queue_with_run() -> (tempfile::TempDir, Queue, i64) {
-        let dir = tempfile::tempdir().unwrap();
-        let q = Queue::open(&dir.path().join("q.db")).unwrap();
-        let run = q
-            .create_run(
-                &SourceSpec::Csv {
-                    path: "u.csv".into(),
-                },
-                RunMode::DryRun,
-                &RunOptions::default(),
-                None,
-                "http://127.0.0.1:1",
-            )
-            .unwrap();
-        (dir, q, run)
+    fn queue_with_run() -> (tempfile::TempDir, Arc<Queue>, i64) {
+        testing::queue_with_run(RunMode::DryRun)
     }
 
     fn holder(pid: u32, host: &str) -> Holder {

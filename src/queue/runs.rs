@@ -509,23 +509,12 @@ mod tests {
 
     #[test]
     fn the_option_history_starts_with_the_options_the_run_began_with() {
-        let dir = tempfile::tempdir().unwrap();
-        let q = Queue::open(&dir.path().join("q.db")).unwrap();
+        let (_d, q) = testing::temp_queue();
         let silent = RunOptions {
             silent: true,
             ..RunOptions::default()
         };
-        let id = q
-            .create_run(
-                &SourceSpec::Csv {
-                    path: "u.csv".into(),
-                },
-                RunMode::Live,
-                &silent,
-                None,
-                "https://graph.microsoft.com",
-            )
-            .unwrap();
+        let id = testing::csv_run_with(&q, RunMode::Live, &silent, None);
         assert!(q.option_history(id).unwrap().is_empty());
         let loud = RunOptions::default();
         q.change_run_options(id, &silent, &loud, "with Microsoft's invitation email")
