@@ -171,6 +171,11 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// The schema version the migrations left in the database (`PRAGMA user_version`).
+fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+}
+
 impl Queue {
     /// Opens (creating 0600 if absent) and migrates the database.
     ///
@@ -213,13 +218,19 @@ impl Queue {
             false
         }))
         .map_err(|e| sqlite_err(path, e))?;
-        Ok(Queue {
+        Ok(Queue::on(path, conn, writes))
+    }
+
+    /// The queue of `path` over its open `conn`, holding no lease yet; `writes` counts its
+    /// commits.
+    fn on(path: &Path, conn: Connection, writes: Arc<AtomicU64>) -> Queue {
+        Queue {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
             log: Mutex::new(log::LogBuffer::default()),
             fence: Mutex::new(None),
             writes,
-        })
+        }
     }
 
     /// A second, read-only connection to a database this process already opened with
@@ -233,13 +244,7 @@ impl Queue {
         .map_err(|e| sqlite_err(path, e))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(|e| sqlite_err(path, e))?;
-        Ok(Queue {
-            path: path.to_path_buf(),
-            conn: Mutex::new(conn),
-            log: Mutex::new(log::LogBuffer::default()),
-            fence: Mutex::new(None),
-            writes: Arc::new(AtomicU64::new(0)),
-        })
+        Ok(Queue::on(path, conn, Arc::new(AtomicU64::new(0))))
     }
 
     /// Opens an existing database only; reading commands must not create one by accident.
@@ -265,10 +270,7 @@ impl Queue {
         let current = {
             let conn = reader.conn();
             check_database(path, &conn)?;
-            let version: i64 = conn
-                .query_row("PRAGMA user_version", [], |r| r.get(0))
-                .map_err(|e| sqlite_err(path, e))?;
-            version == MIGRATIONS as i64
+            user_version(&conn).map_err(|e| sqlite_err(path, e))? == MIGRATIONS as i64
         };
         if current {
             return Ok(reader);
@@ -296,6 +298,18 @@ impl Queue {
 
     fn err(&self, e: rusqlite::Error) -> QueueError {
         sqlite_err(&self.path, e)
+    }
+
+    /// Runs `work` in ONE write transaction (`BEGIN IMMEDIATE`) and commits what it did; an
+    /// error from `work` rolls all of it back.
+    fn write_tx<T>(&self, work: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        let out = work(&tx)?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(out)
     }
 
     /// The lease this process holds, bound into fenced writes as `(run id, token)`.
@@ -452,9 +466,7 @@ fn check_database(path: &Path, conn: &Connection) -> Result<()> {
             "is damaged (PRAGMA quick_check: {first}); nothing was changed: restore it from a copy or pass another --db"
         )));
     }
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(damaged)?;
+    let version = user_version(conn).map_err(damaged)?;
     let tables: i64 = conn
         .query_row(
             "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
@@ -738,10 +750,7 @@ mod tests {
     #[test]
     fn the_migration_count_is_the_last_migration() {
         let (_dir, q) = queue();
-        let version: i64 = q
-            .conn()
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
+        let version = user_version(&q.conn()).unwrap();
         assert_eq!(version, MIGRATIONS as i64);
     }
 
@@ -771,10 +780,7 @@ mod tests {
                 .unwrap();
         }
         let q = Queue::open_existing_read_only(&path).unwrap();
-        let version: i64 = q
-            .conn()
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
+        let version = user_version(&q.conn()).unwrap();
         assert_eq!(version, MIGRATIONS as i64, "migrated once by the writer");
         assert!(q.list_runs().unwrap().is_empty());
     }
