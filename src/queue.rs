@@ -566,6 +566,15 @@ mod tests {
         testing::csv_run(q, RunMode::DryRun, Some("t"))
     }
 
+    /// A database in a fresh directory, written by `make` through a queue closed again before
+    /// it returns: the directory's guard, the database's path and what `make` returned.
+    fn closed_database<T>(make: impl FnOnce(&Queue) -> T) -> (tempfile::TempDir, PathBuf, T) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let made = make(&Queue::open(&path).unwrap());
+        (dir, path, made)
+    }
+
     /// A CSV run of one pending user, `u1` on line 2: its id and the item's.
     fn one_pending(q: &Queue) -> (i64, i64) {
         let run = csv_run(q);
@@ -704,11 +713,8 @@ mod tests {
     /// opened, and kept from then on.
     #[test]
     fn an_older_database_is_counted_once_by_the_migration() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("q.db");
-        let run = {
-            let q = Queue::open(&path).unwrap();
-            let run = csv_run(&q);
+        let (_dir, path, run) = closed_database(|q| {
+            let run = csv_run(q);
             let rows: Vec<NewItem> = (0..10)
                 .map(|i| row(i + 2, Some(UserKey::Id(format!("u{i}"))), None))
                 .collect();
@@ -723,7 +729,7 @@ mod tests {
                 )
                 .unwrap();
             run
-        };
+        });
         let q = Queue::open(&path).unwrap();
         assert_eq!(
             q.state_counts(run).unwrap(),
@@ -736,13 +742,10 @@ mod tests {
     #[test]
     fn a_read_only_queue_reads_beside_the_writer_and_never_writes() {
         let (_d, q) = queue();
-        let run = csv_run(&q);
-        q.insert_items(run, &[row(2, Some(UserKey::Id("a".into())), None)], None)
-            .unwrap();
+        let (run, id) = one_pending(&q);
         let ro = Queue::open_read_only(q.path()).unwrap();
         assert_eq!(ro.state_counts(run).unwrap(), vec![(ItemState::Pending, 1)]);
         assert!(ro.set_run_status(run, RunStatus::Finished).is_err());
-        let id = q.pending_items(run, 0, 1).unwrap()[0].id;
         q.record_lookup(id, None).unwrap();
         assert_eq!(ro.state_counts(run).unwrap(), vec![(ItemState::Blocked, 1)]);
     }
@@ -756,12 +759,7 @@ mod tests {
 
     #[test]
     fn a_current_database_is_read_without_writing_and_an_older_one_is_migrated_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("q.db");
-        let run = {
-            let q = Queue::open(&path).unwrap();
-            csv_run(&q)
-        };
+        let (_dir, path, run) = closed_database(csv_run);
         let reader = Queue::open_existing_read_only(&path).unwrap();
         assert!(reader.run(run).unwrap().is_some());
         assert!(
@@ -1110,9 +1108,7 @@ mod tests {
     #[test]
     fn a_discarded_run_leaves_nothing_to_resume() {
         let (_d, q) = queue();
-        let run = csv_run(&q);
-        q.insert_items(run, &[row(2, Some(UserKey::Id("u1".into())), None)], None)
-            .unwrap();
+        let (run, _) = one_pending(&q);
         q.discard_run(run).unwrap();
         assert!(q.latest_run().unwrap().is_none());
         assert!(q.items(run).unwrap().is_empty());

@@ -13,6 +13,7 @@ pub struct Trace {
 }
 
 impl Trace {
+    /// The trace of an answer's ids, as the caller has them.
     pub fn of(request_id: Option<&str>, client_request_id: Option<&str>) -> Self {
         Trace {
             request_id: request_id.map(str::to_string),
@@ -139,11 +140,10 @@ impl Queue {
         self.write_tx(|tx| {
             // Fenced like every item write: a holder that lost the run records nothing.
             self.check_fence(tx)?;
-            let outcomes = found
+            found
                 .iter()
                 .map(|&(item_id, user)| self.lookup_in(tx, item_id, user))
-                .collect::<Result<Vec<_>>>()?;
-            Ok(outcomes)
+                .collect()
         })
     }
 
@@ -447,7 +447,8 @@ impl Queue {
         fail: bool,
     ) -> Result<()> {
         const ERROR: &str = "error_code = ?2, error_message = ?3,
-             request_id = coalesce(?4, request_id), client_request_id = coalesce(?5, client_request_id)";
+            request_id = coalesce(?4, request_id),
+            client_request_id = coalesce(?5, client_request_id)";
         let (request_id, client_request_id) = (&trace.request_id, &trace.client_request_id);
         if fail {
             return self.transition_on(
