@@ -602,6 +602,7 @@ mod tests {
 
     /// Ends the run's ingestion and asserts what it blocked: rows of a repeated user, rows of a
     /// shared address.
+    #[track_caller]
     fn assert_finished(q: &Queue, run: i64, duplicate_user: u64, duplicate_email: u64) {
         let stats = FinishStats {
             duplicate_user,
