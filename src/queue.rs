@@ -32,7 +32,7 @@ mod resend;
 mod retire;
 mod spans;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 pub mod threads;
 
 pub use log::{LOG_FLUSH_AFTER, LOG_FLUSH_ROWS};
@@ -171,6 +171,11 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// The schema version the migrations left in the database (`PRAGMA user_version`).
+fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+}
+
 impl Queue {
     /// Opens (creating 0600 if absent) and migrates the database.
     ///
@@ -213,13 +218,19 @@ impl Queue {
             false
         }))
         .map_err(|e| sqlite_err(path, e))?;
-        Ok(Queue {
+        Ok(Queue::on(path, conn, writes))
+    }
+
+    /// The queue of `path` over its open `conn`, holding no lease yet; `writes` counts its
+    /// commits.
+    fn on(path: &Path, conn: Connection, writes: Arc<AtomicU64>) -> Queue {
+        Queue {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
             log: Mutex::new(log::LogBuffer::default()),
             fence: Mutex::new(None),
             writes,
-        })
+        }
     }
 
     /// A second, read-only connection to a database this process already opened with
@@ -233,13 +244,7 @@ impl Queue {
         .map_err(|e| sqlite_err(path, e))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(|e| sqlite_err(path, e))?;
-        Ok(Queue {
-            path: path.to_path_buf(),
-            conn: Mutex::new(conn),
-            log: Mutex::new(log::LogBuffer::default()),
-            fence: Mutex::new(None),
-            writes: Arc::new(AtomicU64::new(0)),
-        })
+        Ok(Queue::on(path, conn, Arc::new(AtomicU64::new(0))))
     }
 
     /// Opens an existing database only; reading commands must not create one by accident.
@@ -265,10 +270,7 @@ impl Queue {
         let current = {
             let conn = reader.conn();
             check_database(path, &conn)?;
-            let version: i64 = conn
-                .query_row("PRAGMA user_version", [], |r| r.get(0))
-                .map_err(|e| sqlite_err(path, e))?;
-            version == MIGRATIONS as i64
+            user_version(&conn).map_err(|e| sqlite_err(path, e))? == MIGRATIONS as i64
         };
         if current {
             return Ok(reader);
@@ -296,6 +298,18 @@ impl Queue {
 
     fn err(&self, e: rusqlite::Error) -> QueueError {
         sqlite_err(&self.path, e)
+    }
+
+    /// Runs `work` in ONE write transaction (`BEGIN IMMEDIATE`) and commits what it did; an
+    /// error from `work` rolls all of it back.
+    fn write_tx<T>(&self, work: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        let out = work(&tx)?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(out)
     }
 
     /// The lease this process holds, bound into fenced writes as `(run id, token)`.
@@ -452,9 +466,7 @@ fn check_database(path: &Path, conn: &Connection) -> Result<()> {
             "is damaged (PRAGMA quick_check: {first}); nothing was changed: restore it from a copy or pass another --db"
         )));
     }
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(damaged)?;
+    let version = user_version(conn).map_err(damaged)?;
     let tables: i64 = conn
         .query_row(
             "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
@@ -548,21 +560,19 @@ pub fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
 mod tests {
     use super::*;
 
-    use testing::temp_queue as queue;
-
-    fn row(line: u64, key: Option<UserKey>, email: Option<&str>) -> NewItem {
-        NewItem {
-            line: Some(line),
-            key,
-            external_email: email.map(str::to_string),
-            overrides: Overrides::default(),
-            bad_input: None,
-            snapshot: None,
-        }
-    }
+    use testing::{row, temp_queue as queue};
 
     fn csv_run(q: &Queue) -> i64 {
         testing::csv_run(q, RunMode::DryRun, Some("t"))
+    }
+
+    /// A database in a fresh directory, written by `make` through a queue closed again before
+    /// it returns: the directory's guard, the database's path and what `make` returned.
+    fn closed_database<T>(make: impl FnOnce(&Queue) -> T) -> (tempfile::TempDir, PathBuf, T) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let made = make(&Queue::open(&path).unwrap());
+        (dir, path, made)
     }
 
     /// A CSV run of one pending user, `u1` on line 2: its id and the item's.
@@ -588,6 +598,17 @@ mod tests {
         ];
         q.insert_items(run, &rows, None).unwrap();
         q.pending_items(run, 0, 10).unwrap()
+    }
+
+    /// Ends the run's ingestion and asserts what it blocked: rows of a repeated user, rows of a
+    /// shared address.
+    #[track_caller]
+    fn assert_finished(q: &Queue, run: i64, duplicate_user: u64, duplicate_email: u64) {
+        let stats = FinishStats {
+            duplicate_user,
+            duplicate_email,
+        };
+        assert_eq!(q.finish_ingest(run).unwrap(), stats);
     }
 
     fn user(id: &str) -> User {
@@ -693,11 +714,8 @@ mod tests {
     /// opened, and kept from then on.
     #[test]
     fn an_older_database_is_counted_once_by_the_migration() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("q.db");
-        let run = {
-            let q = Queue::open(&path).unwrap();
-            let run = csv_run(&q);
+        let (_dir, path, run) = closed_database(|q| {
+            let run = csv_run(q);
             let rows: Vec<NewItem> = (0..10)
                 .map(|i| row(i + 2, Some(UserKey::Id(format!("u{i}"))), None))
                 .collect();
@@ -712,7 +730,7 @@ mod tests {
                 )
                 .unwrap();
             run
-        };
+        });
         let q = Queue::open(&path).unwrap();
         assert_eq!(
             q.state_counts(run).unwrap(),
@@ -725,13 +743,10 @@ mod tests {
     #[test]
     fn a_read_only_queue_reads_beside_the_writer_and_never_writes() {
         let (_d, q) = queue();
-        let run = csv_run(&q);
-        q.insert_items(run, &[row(2, Some(UserKey::Id("a".into())), None)], None)
-            .unwrap();
+        let (run, id) = one_pending(&q);
         let ro = Queue::open_read_only(q.path()).unwrap();
         assert_eq!(ro.state_counts(run).unwrap(), vec![(ItemState::Pending, 1)]);
         assert!(ro.set_run_status(run, RunStatus::Finished).is_err());
-        let id = q.pending_items(run, 0, 1).unwrap()[0].id;
         q.record_lookup(id, None).unwrap();
         assert_eq!(ro.state_counts(run).unwrap(), vec![(ItemState::Blocked, 1)]);
     }
@@ -739,21 +754,13 @@ mod tests {
     #[test]
     fn the_migration_count_is_the_last_migration() {
         let (_dir, q) = queue();
-        let version: i64 = q
-            .conn()
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
+        let version = user_version(&q.conn()).unwrap();
         assert_eq!(version, MIGRATIONS as i64);
     }
 
     #[test]
     fn a_current_database_is_read_without_writing_and_an_older_one_is_migrated_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("q.db");
-        let run = {
-            let q = Queue::open(&path).unwrap();
-            csv_run(&q)
-        };
+        let (_dir, path, run) = closed_database(csv_run);
         let reader = Queue::open_existing_read_only(&path).unwrap();
         assert!(reader.run(run).unwrap().is_some());
         assert!(
@@ -772,10 +779,7 @@ mod tests {
                 .unwrap();
         }
         let q = Queue::open_existing_read_only(&path).unwrap();
-        let version: i64 = q
-            .conn()
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
+        let version = user_version(&q.conn()).unwrap();
         assert_eq!(version, MIGRATIONS as i64, "migrated once by the writer");
         assert!(q.list_runs().unwrap().is_empty());
     }
@@ -857,13 +861,9 @@ mod tests {
             let q = Queue::open(&garbled).unwrap();
             let run = csv_run(&q);
             let rows: Vec<NewItem> = (0..2_000)
-                .map(|i| NewItem {
-                    line: Some(i + 2),
-                    key: Some(UserKey::UserPrincipalName(format!("u{i}@contoso.com"))),
-                    external_email: Some(format!("u{i}@fabrikam.com")),
-                    overrides: Overrides::default(),
-                    bad_input: None,
-                    snapshot: None,
+                .map(|i| {
+                    let upn = UserKey::UserPrincipalName(format!("u{i}@contoso.com"));
+                    row(i + 2, Some(upn), Some(&format!("u{i}@fabrikam.com")))
                 })
                 .collect();
             q.insert_items(run, &rows, None).unwrap();
@@ -900,13 +900,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(stats.pending, 4);
-        assert_eq!(
-            q.finish_ingest(run).unwrap(),
-            FinishStats {
-                duplicate_user: 1,
-                duplicate_email: 2
-            }
-        );
+        assert_finished(&q, run, 1, 2);
         let items = q.items(run).unwrap();
         let got: Vec<_> = items.iter().map(|i| (i.line, i.state, i.reason)).collect();
         assert_eq!(
@@ -943,13 +937,7 @@ mod tests {
             row(303, Some(UserKey::Id("a".into())), None),
         ];
         q.insert_items(run, &second, Some("303")).unwrap();
-        assert_eq!(
-            q.finish_ingest(run).unwrap(),
-            FinishStats {
-                duplicate_user: 3,
-                duplicate_email: 0
-            }
-        );
+        assert_finished(&q, run, 3, 0);
         let items = q.items(run).unwrap();
         assert_eq!(items.len(), 256);
         assert!(items.iter().zip(&items[1..]).all(|(a, b)| a.line < b.line));
@@ -991,13 +979,7 @@ mod tests {
         listed.line = None;
         q.insert_items(run, &[listed.clone(), listed], None)
             .unwrap();
-        assert_eq!(
-            q.finish_ingest(run).unwrap(),
-            FinishStats {
-                duplicate_user: 2,
-                duplicate_email: 0
-            }
-        );
+        assert_finished(&q, run, 2, 0);
         let got: Vec<_> = q
             .items(run)
             .unwrap()
@@ -1127,9 +1109,7 @@ mod tests {
     #[test]
     fn a_discarded_run_leaves_nothing_to_resume() {
         let (_d, q) = queue();
-        let run = csv_run(&q);
-        q.insert_items(run, &[row(2, Some(UserKey::Id("u1".into())), None)], None)
-            .unwrap();
+        let (run, _) = one_pending(&q);
         q.discard_run(run).unwrap();
         assert!(q.latest_run().unwrap().is_none());
         assert!(q.items(run).unwrap().is_empty());

@@ -1,7 +1,7 @@
 //! Items: reading them and every state change of one item. A change names the states it leaves
 //! (`… WHERE id = ? AND state IN (…)`) and fails loudly when the row moved under it.
 
-use rusqlite::{params, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, OptionalExtension, Row};
 
 use super::*;
 
@@ -10,6 +10,16 @@ use super::*;
 pub struct Trace {
     pub request_id: Option<String>,
     pub client_request_id: Option<String>,
+}
+
+impl Trace {
+    /// The trace of an answer's ids, as the caller has them.
+    pub fn of(request_id: Option<&str>, client_request_id: Option<&str>) -> Self {
+        Trace {
+            request_id: request_id.map(str::to_string),
+            client_request_id: client_request_id.map(str::to_string),
+        }
+    }
 }
 
 /// One write of an item's step bookkeeping, for [`Queue::item_writes`]: each is what the
@@ -23,7 +33,8 @@ pub enum ItemWrite {
     },
     /// [`Queue::charge_attempt`].
     Charge,
-    /// [`Queue::note_error`].
+    /// The last error of an item that stays where it is (e.g. in_flight awaiting
+    /// reconciliation), noted without changing its state.
     NoteError {
         code: String,
         message: String,
@@ -126,18 +137,14 @@ impl Queue {
     /// Items are settled in order, so a later item of the chunk resolving to the same user as an
     /// earlier one is its `duplicate_user`, exactly as with one call per item.
     pub fn record_lookups(&self, found: &[(i64, Option<&User>)]) -> Result<Vec<LookupOutcome>> {
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
-        // Fenced like every item write: a holder that lost the run records nothing.
-        self.check_fence(&tx)?;
-        let outcomes = found
-            .iter()
-            .map(|&(item_id, user)| self.lookup_in(&tx, item_id, user))
-            .collect::<Result<Vec<_>>>()?;
-        tx.commit().map_err(|e| self.err(e))?;
-        Ok(outcomes)
+        self.write_tx(|tx| {
+            // Fenced like every item write: a holder that lost the run records nothing.
+            self.check_fence(tx)?;
+            found
+                .iter()
+                .map(|&(item_id, user)| self.lookup_in(tx, item_id, user))
+                .collect()
+        })
     }
 
     fn lookup_in(
@@ -262,20 +269,19 @@ impl Queue {
     /// Several items' verdicts in ONE write transaction (a chunk of a dry run is one commit,
     /// not one per user). The first refused write rolls all of them back.
     pub fn record_verdicts(&self, verdicts: &[VerdictRecord]) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
-        for v in verdicts {
-            self.transition_on(
-                &tx,
-                v.item_id,
-                &[ItemState::Pending],
-                "state = ?2, reason = ?3, detail = ?4, external_email = coalesce(?5, external_email)",
-                params![v.item_id, v.state, v.reason, v.detail, v.external_email],
-            )?;
-        }
-        tx.commit().map_err(|e| self.err(e))
+        self.write_tx(|tx| {
+            for v in verdicts {
+                self.transition_on(
+                    tx,
+                    v.item_id,
+                    &[ItemState::Pending],
+                    "state = ?2, reason = ?3, detail = ?4,
+                     external_email = coalesce(?5, external_email)",
+                    params![v.item_id, v.state, v.reason, v.detail, v.external_email],
+                )?;
+            }
+            Ok(())
+        })
     }
 
     /// Checkpoint before an invitation can leave the process: `pending` → `in_flight`. Also
@@ -304,14 +310,12 @@ impl Queue {
     /// record of the item's end. Each write is fenced and state-guarded as on its own; the
     /// first one refused rolls all of them back.
     pub fn item_writes(&self, item_id: i64, writes: &[ItemWrite]) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
-        for write in writes {
-            self.item_write_on(&tx, item_id, write)?;
-        }
-        tx.commit().map_err(|e| self.err(e))
+        self.write_tx(|tx| {
+            for write in writes {
+                self.item_write_on(tx, item_id, write)?;
+            }
+            Ok(())
+        })
     }
 
     fn item_write_on(&self, conn: &Connection, item_id: i64, write: &ItemWrite) -> Result<()> {
@@ -348,34 +352,16 @@ impl Queue {
                 code,
                 message,
                 trace,
-            } => self.note_error_on(
-                conn,
-                item_id,
-                code,
-                message,
-                trace.request_id.as_deref(),
-                trace.client_request_id.as_deref(),
-            ),
+            } => self.error_on(conn, item_id, code, message, trace, false),
             ItemWrite::StepDone(step) => self.step_done_on(conn, item_id, step),
-            ItemWrite::Converted { invitation, trace } => self.converted_on(
-                conn,
-                item_id,
-                invitation.as_deref(),
-                trace.request_id.as_deref(),
-                trace.client_request_id.as_deref(),
-            ),
+            ItemWrite::Converted { invitation, trace } => {
+                self.converted_on(conn, item_id, invitation.as_deref(), trace)
+            }
             ItemWrite::Failed {
                 code,
                 message,
                 trace,
-            } => self.failed_on(
-                conn,
-                item_id,
-                code,
-                message,
-                trace.request_id.as_deref(),
-                trace.client_request_id.as_deref(),
-            ),
+            } => self.error_on(conn, item_id, code, message, trace, true),
             ItemWrite::BackToPending => self.transition_on(
                 conn,
                 item_id,
@@ -395,13 +381,8 @@ impl Queue {
         request_id: Option<&str>,
         client_request_id: Option<&str>,
     ) -> Result<()> {
-        self.converted_on(
-            &self.conn(),
-            item_id,
-            invitation,
-            request_id,
-            client_request_id,
-        )
+        let trace = Trace::of(request_id, client_request_id);
+        self.converted_on(&self.conn(), item_id, invitation, &trace)
     }
 
     fn converted_on(
@@ -409,8 +390,7 @@ impl Queue {
         conn: &Connection,
         item_id: i64,
         invitation: Option<&Invitation>,
-        request_id: Option<&str>,
-        client_request_id: Option<&str>,
+        trace: &Trace,
     ) -> Result<()> {
         let reconciled = invitation.is_none();
         self.transition_on(
@@ -434,8 +414,8 @@ impl Queue {
                     .or_else(|| Some("reconciled".to_string())),
                 invitation.and_then(|i| i.invite_redeem_url.clone()),
                 reconciled,
-                request_id,
-                client_request_id,
+                trace.request_id,
+                trace.client_request_id,
                 ItemState::Converted
             ],
         )
@@ -450,78 +430,46 @@ impl Queue {
         request_id: Option<&str>,
         client_request_id: Option<&str>,
     ) -> Result<()> {
-        self.failed_on(
-            &self.conn(),
-            item_id,
-            code,
-            message,
-            request_id,
-            client_request_id,
-        )
+        let trace = Trace::of(request_id, client_request_id);
+        self.error_on(&self.conn(), item_id, code, message, &trace, true)
     }
 
-    fn failed_on(
+    /// An item's last error and the ids of the answer that carried it. With `fail` the item
+    /// ends `failed` (from `pending` or `in_flight`); without, the error is only noted on an
+    /// item that stays where it is (e.g. in_flight awaiting reconciliation), whatever its state.
+    fn error_on(
         &self,
         conn: &Connection,
         item_id: i64,
         code: &str,
         message: &str,
-        request_id: Option<&str>,
-        client_request_id: Option<&str>,
+        trace: &Trace,
+        fail: bool,
     ) -> Result<()> {
-        self.transition_on(
-            conn,
-            item_id,
-            &[ItemState::Pending, ItemState::InFlight],
-            "state = ?6, error_code = ?2, error_message = ?3,
-             request_id = coalesce(?4, request_id), client_request_id = coalesce(?5, client_request_id)",
-            params![
+        const ERROR: &str = "error_code = ?2, error_message = ?3,
+            request_id = coalesce(?4, request_id),
+            client_request_id = coalesce(?5, client_request_id)";
+        let (request_id, client_request_id) = (&trace.request_id, &trace.client_request_id);
+        if fail {
+            return self.transition_on(
+                conn,
                 item_id,
-                code,
-                message,
-                request_id,
-                client_request_id,
-                ItemState::Failed
-            ],
-        )
-    }
-
-    /// Notes the last error of an item that stays where it is (e.g. in_flight awaiting
-    /// reconciliation) without changing state.
-    pub fn note_error(
-        &self,
-        item_id: i64,
-        code: &str,
-        message: &str,
-        request_id: Option<&str>,
-        client_request_id: Option<&str>,
-    ) -> Result<()> {
-        self.note_error_on(
-            &self.conn(),
-            item_id,
-            code,
-            message,
-            request_id,
-            client_request_id,
-        )
-    }
-
-    fn note_error_on(
-        &self,
-        conn: &Connection,
-        item_id: i64,
-        code: &str,
-        message: &str,
-        request_id: Option<&str>,
-        client_request_id: Option<&str>,
-    ) -> Result<()> {
+                &[ItemState::Pending, ItemState::InFlight],
+                &format!("state = ?6, {ERROR}"),
+                params![
+                    item_id,
+                    code,
+                    message,
+                    request_id,
+                    client_request_id,
+                    ItemState::Failed
+                ],
+            );
+        }
         let (fence_run, fence_token) = self.fence();
         let changed = conn
             .prepare_cached(&format!(
-                "UPDATE items SET error_code = ?2, error_message = ?3,
-                    request_id = coalesce(?4, request_id),
-                    client_request_id = coalesce(?5, client_request_id), updated_at = ?6
-                 WHERE id = ?1 AND {}",
+                "UPDATE items SET {ERROR}, updated_at = ?6 WHERE id = ?1 AND {}",
                 super::fence_sql(7, 8)
             ))
             .and_then(|mut s| {

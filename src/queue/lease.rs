@@ -17,7 +17,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{now, sqlite_err, Queue, QueueError, Result};
 
@@ -218,13 +218,7 @@ impl Queue {
         me: &Holder,
         alive: impl Fn(u32) -> bool,
     ) -> Result<String> {
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
-        let token = acquire_in(&tx, run_id, me, alive).map_err(|e| self.lease_err(run_id, e))?;
-        tx.commit().map_err(|e| self.err(e))?;
-        Ok(token)
+        self.write_tx(|tx| acquire_in(tx, run_id, me, alive).map_err(|e| self.lease_err(run_id, e)))
     }
 
     pub(crate) fn lease_err(&self, run_id: i64, e: LeaseFailure) -> QueueError {
@@ -492,23 +486,11 @@ mod os {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::item::{ItemState, RunMode, RunOptions, SourceSpec};
+    use crate::item::{ItemState, RunMode};
+    use crate::queue::{testing, ItemWrite, Trace};
 
-    fn queue_with_run() -> (tempfile::TempDir, Queue, i64) {
-        let dir = tempfile::tempdir().unwrap();
-        let q = Queue::open(&dir.path().join("q.db")).unwrap();
-        let run = q
-            .create_run(
-                &SourceSpec::Csv {
-                    path: "u.csv".into(),
-                },
-                RunMode::DryRun,
-                &RunOptions::default(),
-                None,
-                "http://127.0.0.1:1",
-            )
-            .unwrap();
-        (dir, q, run)
+    fn queue_with_run() -> (tempfile::TempDir, Arc<Queue>, i64) {
+        testing::queue_with_run(RunMode::DryRun)
     }
 
     fn holder(pid: u32, host: &str) -> Holder {
@@ -622,15 +604,7 @@ mod tests {
 
     /// One pending item of the run, and its id.
     fn one_item(q: &Queue, run: i64) -> i64 {
-        use crate::item::{NewItem, Overrides, UserKey};
-        let row = NewItem {
-            line: Some(2),
-            key: Some(UserKey::Id("u1".into())),
-            external_email: None,
-            overrides: Overrides::default(),
-            bad_input: None,
-            snapshot: None,
-        };
+        let row = testing::row(2, Some(crate::item::UserKey::Id("u1".into())), None);
         q.insert_items(run, &[row], None).unwrap();
         q.pending_items(run, 0, 1).unwrap()[0].id
     }
@@ -650,7 +624,12 @@ mod tests {
         let lost =
             |r: Result<()>| matches!(r, Err(QueueError::LeaseLost { run_id }) if run_id == run);
         assert!(lost(q.charge_attempt(item)));
-        assert!(lost(q.note_error(item, "E", "late", None, None)));
+        let note = ItemWrite::NoteError {
+            code: "E".into(),
+            message: "late".into(),
+            trace: Trace::default(),
+        };
+        assert!(lost(q.item_writes(item, &[note])));
         assert!(lost(q.step_done(item, "invite")));
         assert!(lost(q.record_converted(item, None, None, None)));
         assert!(lost(q.back_to_pending(item)));

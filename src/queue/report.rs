@@ -239,18 +239,12 @@ impl Queue {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    use crate::queue::testing::temp_queue as queue;
-
-    fn run(q: &Queue) -> i64 {
-        crate::queue::testing::csv_run(q, crate::item::RunMode::Live, None)
-    }
+    use crate::item::RunMode;
+    use crate::queue::testing::queue_with_run;
 
     #[test]
     fn spans_sum_and_a_killed_process_ends_at_its_last_heartbeat() {
-        let (_d, q) = queue();
-        let run_id = run(&q);
+        let (_d, q, run_id) = queue_with_run(RunMode::Live);
         assert_eq!(q.active_seconds(run_id).unwrap(), None);
         {
             let conn = q.conn();

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::*;
 
@@ -55,21 +55,16 @@ impl Queue {
         graph_url: &str,
         tenant: Option<&TenantIdentity>,
     ) -> Result<(i64, RunLease)> {
-        let (run_id, token) = {
-            let mut conn = self.conn();
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|e| self.err(e))?;
-            let run_id = insert_run(&tx, source, mode, options, tenant_id, graph_url)
+        let (run_id, token) = self.write_tx(|tx| {
+            let run_id = insert_run(tx, source, mode, options, tenant_id, graph_url)
                 .map_err(|e| self.err(e))?;
             if let Some(t) = tenant {
-                bind_tenant(&tx, run_id, t, "token").map_err(|e| self.err(e))?;
+                bind_tenant(tx, run_id, t, "token").map_err(|e| self.err(e))?;
             }
-            let token = lease::acquire_in(&tx, run_id, &Holder::current(), pid_alive)
+            let token = lease::acquire_in(tx, run_id, &Holder::current(), pid_alive)
                 .map_err(|e| self.lease_err(run_id, e))?;
-            tx.commit().map_err(|e| self.err(e))?;
-            (run_id, token)
-        };
+            Ok((run_id, token))
+        })?;
         Ok((run_id, self.start_heartbeat(run_id, token)?))
     }
 
@@ -133,20 +128,18 @@ impl Queue {
     /// Removes a run that never started (the operator declined the confirmation): its items, its
     /// request log and its lease, in one transaction.
     pub fn discard_run(&self, run_id: i64) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
-        for sql in [
-            "DELETE FROM requests WHERE run_id = ?1",
-            "DELETE FROM items WHERE run_id = ?1",
-            "DELETE FROM run_counts WHERE run_id = ?1",
-            "DELETE FROM run_leases WHERE run_id = ?1",
-            "DELETE FROM runs WHERE id = ?1",
-        ] {
-            tx.execute(sql, [run_id]).map_err(|e| self.err(e))?;
-        }
-        tx.commit().map_err(|e| self.err(e))
+        self.write_tx(|tx| {
+            for sql in [
+                "DELETE FROM requests WHERE run_id = ?1",
+                "DELETE FROM items WHERE run_id = ?1",
+                "DELETE FROM run_counts WHERE run_id = ?1",
+                "DELETE FROM run_leases WHERE run_id = ?1",
+                "DELETE FROM runs WHERE id = ?1",
+            ] {
+                tx.execute(sql, [run_id]).map_err(|e| self.err(e))?;
+            }
+            Ok(())
+        })
     }
 
     /// Records the tenant of a run made before runs recorded theirs, once its stored tenant name
@@ -166,13 +159,9 @@ impl Queue {
         options: &RunOptions,
         graph_url: &str,
     ) -> Result<(i64, RunLease, u64)> {
-        let (run_id, token, copied) = {
-            let mut conn = self.conn();
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|e| self.err(e))?;
+        let (run_id, token, copied) = self.write_tx(|tx| {
             let run_id = insert_run(
-                &tx,
+                tx,
                 &plan.source,
                 RunMode::Live,
                 options,
@@ -181,7 +170,7 @@ impl Queue {
             )
             .map_err(|e| self.err(e))?;
             if let Some(t) = &plan.tenant {
-                bind_tenant(&tx, run_id, t, "token").map_err(|e| self.err(e))?;
+                bind_tenant(tx, run_id, t, "token").map_err(|e| self.err(e))?;
             }
             let at = now();
             let copied = tx
@@ -204,18 +193,17 @@ impl Queue {
                     ],
                 )
                 .map_err(|e| self.err(e))? as u64;
-            super::ingest::add_to_count(&tx, run_id, ItemState::Pending, copied)
+            super::ingest::add_to_count(tx, run_id, ItemState::Pending, copied)
                 .map_err(|e| self.err(e))?;
             tx.execute(
                 "UPDATE runs SET plan_run_id = ?2, ingest_complete = 1 WHERE id = ?1",
                 params![run_id, plan.id],
             )
             .map_err(|e| self.err(e))?;
-            let token = lease::acquire_in(&tx, run_id, &Holder::current(), pid_alive)
+            let token = lease::acquire_in(tx, run_id, &Holder::current(), pid_alive)
                 .map_err(|e| self.lease_err(run_id, e))?;
-            tx.commit().map_err(|e| self.err(e))?;
-            (run_id, token, copied)
-        };
+            Ok((run_id, token, copied))
+        })?;
         Ok((run_id, self.start_heartbeat(run_id, token)?, copied))
     }
 
@@ -258,66 +246,57 @@ impl Queue {
         after: &RunOptions,
         changes: &str,
     ) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
-        let (first_pending, sent): (Option<i64>, i64) = tx
-            .query_row(
-                "SELECT (SELECT min(id) FROM items WHERE run_id = ?1 AND state = ?2),
-                        (SELECT count(*) FROM items WHERE run_id = ?1 AND state IN (?3, ?4))",
-                params![
-                    run_id,
-                    ItemState::Pending,
-                    ItemState::Converted,
-                    ItemState::Failed
-                ],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .map_err(|e| self.err(e))?;
-        let recorded: i64 = tx
-            .query_row(
-                "SELECT count(*) FROM option_changes WHERE run_id = ?1",
-                [run_id],
-                |r| r.get(0),
-            )
-            .map_err(|e| self.err(e))?;
-        let at = now();
-        let insert = |first: Option<i64>, sent: i64, options: &RunOptions, what: &str| {
-            tx.execute(
-                "INSERT INTO option_changes (run_id, at, first_item_id, sent_before, options, changes)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![run_id, at, first, sent, to_json(options), what],
-            )
-            .map_err(|e| self.err(e))
-        };
-        if recorded == 0 {
-            let started: Option<String> = tx
-                .query_row("SELECT started_at FROM runs WHERE id = ?1", [run_id], |r| {
-                    r.get(0)
-                })
-                .map_err(|e| self.err(e))?;
-            let first: Option<i64> = tx
+        self.write_tx(|tx| {
+            // The first item still pending and how many were sent (where the change applies
+            // from), whether the history has begun, and the run's first item (where it began).
+            let (first_pending, sent, recorded, first): (Option<i64>, i64, i64, Option<i64>) = tx
                 .query_row(
-                    "SELECT min(id) FROM items WHERE run_id = ?1",
-                    [run_id],
-                    |r| r.get(0),
+                    "SELECT (SELECT min(id) FROM items WHERE run_id = ?1 AND state = ?2),
+                            (SELECT count(*) FROM items WHERE run_id = ?1 AND state IN (?3, ?4)),
+                            (SELECT count(*) FROM option_changes WHERE run_id = ?1),
+                            (SELECT min(id) FROM items WHERE run_id = ?1)",
+                    params![
+                        run_id,
+                        ItemState::Pending,
+                        ItemState::Converted,
+                        ItemState::Failed
+                    ],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                 )
                 .map_err(|e| self.err(e))?;
+            let at = now();
+            let insert =
+                |at: &str, first: Option<i64>, sent: i64, opts: &RunOptions, what: &str| {
+                    tx.execute(
+                        "INSERT INTO option_changes
+                            (run_id, at, first_item_id, sent_before, options, changes)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        params![run_id, at, first, sent, to_json(opts), what],
+                    )
+                    .map_err(|e| self.err(e))
+                };
+            if recorded == 0 {
+                let started: Option<String> = tx
+                    .query_row("SELECT started_at FROM runs WHERE id = ?1", [run_id], |r| {
+                        r.get(0)
+                    })
+                    .map_err(|e| self.err(e))?;
+                insert(
+                    started.as_deref().unwrap_or(&at),
+                    first,
+                    0,
+                    before,
+                    "as started",
+                )?;
+            }
+            insert(&at, first_pending, sent, after, changes)?;
             tx.execute(
-                "INSERT INTO option_changes (run_id, at, first_item_id, sent_before, options, changes)
-                 VALUES (?1, ?2, ?3, 0, ?4, 'as started')",
-                params![run_id, started.unwrap_or_else(|| at.clone()), first, to_json(before)],
+                "UPDATE runs SET options = ?2 WHERE id = ?1",
+                params![run_id, to_json(after)],
             )
             .map_err(|e| self.err(e))?;
-        }
-        insert(first_pending, sent, after, changes)?;
-        tx.execute(
-            "UPDATE runs SET options = ?2 WHERE id = ?1",
-            params![run_id, to_json(after)],
-        )
-        .map_err(|e| self.err(e))?;
-        tx.commit().map_err(|e| self.err(e))
+            Ok(())
+        })
     }
 
     /// The run's option history, oldest first; empty when its options never changed.
@@ -509,23 +488,12 @@ mod tests {
 
     #[test]
     fn the_option_history_starts_with_the_options_the_run_began_with() {
-        let dir = tempfile::tempdir().unwrap();
-        let q = Queue::open(&dir.path().join("q.db")).unwrap();
+        let (_d, q) = testing::temp_queue();
         let silent = RunOptions {
             silent: true,
             ..RunOptions::default()
         };
-        let id = q
-            .create_run(
-                &SourceSpec::Csv {
-                    path: "u.csv".into(),
-                },
-                RunMode::Live,
-                &silent,
-                None,
-                "https://graph.microsoft.com",
-            )
-            .unwrap();
+        let id = testing::csv_run_with(&q, RunMode::Live, &silent, None);
         assert!(q.option_history(id).unwrap().is_empty());
         let loud = RunOptions::default();
         q.change_run_options(id, &silent, &loud, "with Microsoft's invitation email")

@@ -101,16 +101,12 @@ impl Drop for WorkSpan {
 mod tests {
     use super::*;
 
-    use crate::queue::testing::temp_queue as queue;
-
-    fn run(q: &Queue) -> i64 {
-        crate::queue::testing::csv_run(q, crate::item::RunMode::Live, None)
-    }
+    use crate::item::RunMode;
+    use crate::queue::testing::queue_with_run;
 
     #[test]
     fn a_span_is_closed_when_finished() {
-        let (_d, q) = queue();
-        let run_id = run(&q);
+        let (_d, q, run_id) = queue_with_run(RunMode::Live);
         let span = WorkSpan::start(q.clone(), run_id).unwrap();
         span.finish().unwrap();
         let open: i64 = q

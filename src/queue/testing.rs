@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::Queue;
-use crate::item::{RunMode, RunOptions, SourceSpec};
+use crate::item::{NewItem, Overrides, RunMode, RunOptions, SourceSpec, UserKey};
 
 /// A fresh, migrated queue in a temporary directory (kept alive by the returned guard).
 pub fn temp_queue() -> (tempfile::TempDir, Arc<Queue>) {
@@ -12,16 +12,41 @@ pub fn temp_queue() -> (tempfile::TempDir, Arc<Queue>) {
     (dir, Arc::new(q))
 }
 
-/// A run of `users.csv` in `mode`, bound to `tenant` when given; its id.
-pub fn csv_run(q: &Queue, mode: RunMode, tenant: Option<&str>) -> i64 {
+/// A fresh queue with one run of `users.csv` in `mode`, bound to no tenant: the guard, the
+/// queue and the run's id.
+pub fn queue_with_run(mode: RunMode) -> (tempfile::TempDir, Arc<Queue>, i64) {
+    let (dir, q) = temp_queue();
+    let run = csv_run(&q, mode, None);
+    (dir, q, run)
+}
+
+/// A CSV row to insert: its `line`, the user's `key` and the explicit external `email`.
+pub fn row(line: u64, key: Option<UserKey>, email: Option<&str>) -> NewItem {
+    NewItem {
+        line: Some(line),
+        key,
+        external_email: email.map(str::to_string),
+        overrides: Overrides::default(),
+        bad_input: None,
+        snapshot: None,
+    }
+}
+
+/// A run of `users.csv` in `mode` with `options`, bound to `tenant` when given; its id.
+pub fn csv_run_with(q: &Queue, mode: RunMode, options: &RunOptions, tenant: Option<&str>) -> i64 {
     q.create_run(
         &SourceSpec::Csv {
             path: "users.csv".into(),
         },
         mode,
-        &RunOptions::default(),
+        options,
         tenant,
         "http://127.0.0.1:1",
     )
     .unwrap()
+}
+
+/// A run of `users.csv` in `mode`, bound to `tenant` when given; its id.
+pub fn csv_run(q: &Queue, mode: RunMode, tenant: Option<&str>) -> i64 {
+    csv_run_with(q, mode, &RunOptions::default(), tenant)
 }

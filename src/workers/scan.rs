@@ -96,32 +96,17 @@ impl Scan {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::item::{ItemState, NewItem, Overrides, RunMode, RunOptions, SourceSpec, UserKey};
+    use std::sync::Arc;
 
-    fn queue_with(n: u64) -> (tempfile::TempDir, Queue, i64, Vec<i64>) {
-        let dir = tempfile::tempdir().unwrap();
-        let q = Queue::open(&dir.path().join("q.db")).unwrap();
-        let run = q
-            .create_run(
-                &SourceSpec::Csv {
-                    path: "users.csv".into(),
-                },
-                RunMode::Live,
-                &RunOptions::default(),
-                Some("t"),
-                "http://127.0.0.1:1",
-            )
-            .unwrap();
+    use super::*;
+    use crate::item::{ItemState, NewItem, RunMode, UserKey};
+    use crate::queue::testing::{csv_run, row, temp_queue};
+
+    fn queue_with(n: u64) -> (tempfile::TempDir, Arc<Queue>, i64, Vec<i64>) {
+        let (dir, q) = temp_queue();
+        let run = csv_run(&q, RunMode::Live, Some("t"));
         let rows: Vec<NewItem> = (0..n)
-            .map(|k| NewItem {
-                line: Some(k + 2),
-                key: Some(UserKey::Id(format!("u{k}"))),
-                external_email: None,
-                overrides: Overrides::default(),
-                bad_input: None,
-                snapshot: None,
-            })
+            .map(|k| row(k + 2, Some(UserKey::Id(format!("u{k}"))), None))
             .collect();
         q.insert_items(run, &rows, None).unwrap();
         let ids = q
