@@ -1005,6 +1005,7 @@ pub(crate) mod on_emulator {
     use std::sync::Arc;
 
     use crate::emulator::{Emulator, EmulatorConfig, Tenant};
+    use crate::graph::GraphClient;
     use crate::item::{ItemRecord, NewItem, Overrides, RunMode, RunOptions, SourceSpec, UserKey};
     use crate::model::User;
     use crate::progress::Progress;
@@ -1073,26 +1074,15 @@ pub(crate) mod on_emulator {
             .map(String::from),
         );
         config.app_directory_roles = vec![USER_ADMINISTRATOR.into()];
-        let emulator = crate::emulator::start(config, "127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
-        let graph = crate::graph::test_client(&emulator);
-        let base = emulator.base_url();
-        let dir = tempfile::tempdir().unwrap();
-        let queue = Arc::new(Queue::open(&dir.path().join("q.db")).unwrap());
         let options = RunOptions {
             set_guest,
             ..RunOptions::default()
         };
-        let source = SourceSpec::Csv {
-            path: "u.csv".into(),
-        };
-        let run_id = queue
-            .create_run(&source, RunMode::Live, &options, None, &base)
-            .unwrap();
+        let live = live_run(config, &options).await;
+        let queue = live.queue;
         let cx = super::PassContext {
             queue: queue.clone(),
-            graph,
+            graph: live.graph,
             progress: Arc::new(Progress::new("test", n as u64)),
         };
         let ops = ConvertOps {
@@ -1102,21 +1092,11 @@ pub(crate) mod on_emulator {
         };
         let mut items = Vec::new();
         for (k, user) in users.iter().enumerate() {
-            let row = NewItem {
-                line: Some(k as u64 + 2),
-                key: Some(UserKey::Id(user.id.clone())),
-                external_email: None,
-                overrides: Overrides::default(),
-                bad_input: None,
-                snapshot: None,
-            };
-            queue.insert_items(run_id, &[row], None).unwrap();
-            let item = queue.pending_items(run_id, 0, 1).unwrap().remove(0);
-            queue.record_lookup(item.id, Some(user)).unwrap();
+            let id = looked_up(&queue, live.run_id, k, user);
             if set_guest {
-                queue.plan_steps(item.id, None, true).unwrap();
+                queue.plan_steps(id, None, true).unwrap();
             }
-            let item = queue.item(item.id).unwrap().unwrap();
+            let item = queue.item(id).unwrap().unwrap();
             let email = user.mail.clone().unwrap();
             let (mut it, mut plan) = ConvertItem::load(&queue, item, email, &options)
                 .await
@@ -1127,10 +1107,60 @@ pub(crate) mod on_emulator {
             items.push(queue.item(it.item.id).unwrap().unwrap());
         }
         Converted {
-            emulator,
+            emulator: live.emulator,
             cx,
             items,
-            _dir: dir,
+            _dir: live.dir,
         }
+    }
+
+    /// A live run of `u.csv` with `options`, on a fresh emulator of `config`.
+    pub struct LiveRun {
+        pub emulator: Emulator,
+        /// A client of the emulator.
+        pub graph: GraphClient,
+        pub queue: Arc<Queue>,
+        pub run_id: i64,
+        /// Holds the queue's database.
+        pub dir: tempfile::TempDir,
+    }
+
+    pub async fn live_run(config: EmulatorConfig, options: &RunOptions) -> LiveRun {
+        let emulator = crate::emulator::start(config, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let graph = crate::graph::test_client(&emulator);
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Arc::new(Queue::open(&dir.path().join("q.db")).unwrap());
+        let source = SourceSpec::Csv {
+            path: "u.csv".into(),
+        };
+        let run_id = queue
+            .create_run(&source, RunMode::Live, options, None, &emulator.base_url())
+            .unwrap();
+        LiveRun {
+            emulator,
+            graph,
+            queue,
+            run_id,
+            dir,
+        }
+    }
+
+    /// Adds `user` to the run as the item of CSV line `k + 2`, looked up (found as `user`):
+    /// ready for the convert pass. Its id.
+    pub fn looked_up(queue: &Queue, run_id: i64, k: usize, user: &User) -> i64 {
+        let row = NewItem {
+            line: Some(k as u64 + 2),
+            key: Some(UserKey::Id(user.id.clone())),
+            external_email: None,
+            overrides: Overrides::default(),
+            bad_input: None,
+            snapshot: None,
+        };
+        queue.insert_items(run_id, &[row], None).unwrap();
+        let item = queue.pending_items(run_id, 0, 1).unwrap().remove(0);
+        queue.record_lookup(item.id, Some(user)).unwrap();
+        item.id
     }
 }
