@@ -564,23 +564,12 @@ mod tests {
     fn restore_re_reads_say_done_not_done_or_leave_alone() {
         let e = entry();
         let u = user(Some("Guest"), Some("a@fabrikam.com"));
-        assert_eq!(
-            restore_view(&e, Some(&u), Step::RestoreUserType),
-            Reread::NotDone
-        );
-        assert_eq!(
-            restore_view(&e, Some(&u), Step::RestoreMail),
-            Reread::NotDone
-        );
         let back = user(Some("Member"), None);
-        assert_eq!(
-            restore_view(&e, Some(&back), Step::RestoreUserType),
-            Reread::Done
-        );
-        assert_eq!(
-            restore_view(&e, Some(&back), Step::RestoreMail),
-            Reread::Done
-        );
+        for (now, want) in [(&u, Reread::NotDone), (&back, Reread::Done)] {
+            for step in [Step::RestoreUserType, Step::RestoreMail] {
+                assert_eq!(restore_view(&e, Some(now), step), want, "{now:?} {step:?}");
+            }
+        }
         let other = user(Some("Contractor"), Some("a@fabrikam.com"));
         assert_eq!(
             restore_view(&e, Some(&other), Step::RestoreUserType),
