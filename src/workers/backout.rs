@@ -30,7 +30,9 @@ use crate::queue::pass::EntryKey;
 use crate::queue::track::ACCEPTED;
 
 use super::convert::db;
-use super::executor::{reread_error, trace_of, EntryPass, EntryWork, PassContext, UsersById};
+use super::executor::{
+    reread_error, trace_of, EntryPass, EntryWork, PassContext, PassRequests, UsersById,
+};
 use super::planner::{Checkpoint, ItemPlan, Pass, Reread, Step};
 
 /// The userType `--set-guest` writes.
@@ -259,17 +261,8 @@ impl BackoutOps {
     }
 }
 
-impl EntryPass for BackoutOps {
+impl PassRequests for BackoutOps {
     type Item = BackoutItem;
-    type State = BackoutState;
-
-    fn context(&self) -> &PassContext {
-        &self.cx
-    }
-
-    fn key(&self, it: &BackoutItem) -> EntryKey {
-        self.key_of(it.entry.item_id)
-    }
 
     async fn send(&self, it: &mut BackoutItem, step: Step) -> Result<ResponseMeta, GraphError> {
         let id = it.user_id().to_string();
@@ -317,6 +310,18 @@ impl EntryPass for BackoutOps {
             },
             Err(e) => reread_error(id, e),
         }
+    }
+}
+
+impl EntryPass for BackoutOps {
+    type State = BackoutState;
+
+    fn context(&self) -> &PassContext {
+        &self.cx
+    }
+
+    fn key(&self, it: &BackoutItem) -> EntryKey {
+        self.key_of(it.entry.item_id)
     }
 
     /// A cloud user's new password is written (and synced) to the passwords file before the

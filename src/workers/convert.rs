@@ -9,7 +9,7 @@ use crate::model::{Invitation, InvitationRequest};
 use crate::progress::Progress;
 use crate::queue::{ItemWrite, Queue, StepRow, Trace};
 
-use super::executor::{reread_error, PassOps, Write};
+use super::executor::{reread_error, PassOps, PassRequests, Write};
 use super::planner::{Checkpoint, ItemPlan, Reread, Step};
 
 /// One user being converted.
@@ -72,7 +72,7 @@ pub struct ConvertOps {
     pub progress: Arc<Progress>,
 }
 
-impl PassOps for ConvertOps {
+impl PassRequests for ConvertOps {
     type Item = ConvertItem;
 
     async fn send(&self, it: &mut ConvertItem, step: Step) -> Result<ResponseMeta, GraphError> {
@@ -99,7 +99,9 @@ impl PassOps for ConvertOps {
     async fn reread(&self, it: &ConvertItem, step: Step) -> Reread {
         reread(&self.graph, it.item.user_id.as_deref(), step, &it.email).await
     }
+}
 
+impl PassOps for ConvertOps {
     /// The convert pass's rows are one item and its step checkpoint: every batch the executor
     /// hands over is one write transaction (`Queue::item_writes`), and the bar moves on (the
     /// user's outcome read back for the log) on the same blocking thread.

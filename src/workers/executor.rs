@@ -46,10 +46,9 @@ pub enum Settled {
     Stopped(StopReason),
 }
 
-/// What one pass declares for the executor: its requests, its re-read, its records. `Item` is
-/// what the pass knows about one user while working it. Every record is a small queue write;
-/// the checkpoint and every state change are fenced by the lease (`QueueError::LeaseLost`).
-pub trait PassOps: Sync {
+/// How a pass's steps reach Graph: each step's request, and the re-read that shows whether it
+/// took effect. `Item` is what the pass knows about one user while working it.
+pub trait PassRequests: Sync {
     type Item: Send;
 
     /// Sends `step`'s request. Keeps what the pass needs of the answer in `item`.
@@ -61,7 +60,12 @@ pub trait PassOps: Sync {
 
     /// Reads the user back: did `step` take effect?
     fn reread(&self, item: &Self::Item, step: Step) -> impl Future<Output = Reread> + Send;
+}
 
+/// What one pass declares for the executor: its requests and re-reads ([`PassRequests`]), and
+/// its records. Every record is a small queue write; the checkpoint and every state change are
+/// fenced by the lease (`QueueError::LeaseLost`).
+pub trait PassOps: PassRequests {
     /// Records `writes`, in order, in as few write transactions as the pass's queue rows allow
     /// (the executor hands over what exactly-once lets it join: an attempt's charge with the
     /// step's result, a step done with the next step's checkpoint or the item's end; a
@@ -412,24 +416,13 @@ impl PassContext {
 /// retire, the back-outs). It says which change each of the executor's writes makes; the
 /// bookkeeping is then the same for all of them: each batch the executor hands over is ONE
 /// write transaction ([`Queue::change_entry`]), and the progress bar moves once per user ended.
-pub trait EntryPass: Sync {
-    type Item: Send + Sync;
+pub trait EntryPass: PassRequests<Item: Sync> {
     /// The states of the pass's table.
     type State: EntryState;
 
     fn context(&self) -> &PassContext;
     /// The entry `item` is.
     fn key(&self, item: &Self::Item) -> EntryKey;
-
-    /// [`PassOps::send`].
-    fn send(
-        &self,
-        item: &mut Self::Item,
-        step: Step,
-    ) -> impl Future<Output = Result<ResponseMeta, GraphError>> + Send;
-
-    /// [`PassOps::reread`].
-    fn reread(&self, item: &Self::Item, step: Step) -> impl Future<Output = Reread> + Send;
 
     /// The checkpoint of `step`, readying `item` for its request.
     fn in_flight(
@@ -488,20 +481,6 @@ async fn change_entry<P: EntryPass>(
 }
 
 impl<P: EntryPass> PassOps for P {
-    type Item = P::Item;
-
-    fn send(
-        &self,
-        item: &mut P::Item,
-        step: Step,
-    ) -> impl Future<Output = Result<ResponseMeta, GraphError>> + Send {
-        EntryPass::send(self, item, step)
-    }
-
-    fn reread(&self, item: &P::Item, step: Step) -> impl Future<Output = Reread> + Send {
-        EntryPass::reread(self, item, step)
-    }
-
     /// The whole batch is one write transaction: the entry's changes in order.
     async fn record(&self, item: &mut P::Item, writes: Vec<Write>) -> anyhow::Result<()> {
         let mut changes = Vec::with_capacity(writes.len());
@@ -767,7 +746,7 @@ mod tests {
         }
     }
 
-    impl PassOps for Scripted {
+    impl PassRequests for Scripted {
         type Item = ();
         async fn send(&self, _: &mut (), step: Step) -> Result<ResponseMeta, GraphError> {
             self.journal
@@ -791,6 +770,9 @@ mod tests {
                 .pop_front()
                 .expect("a scripted re-read")
         }
+    }
+
+    impl PassOps for Scripted {
         /// One journal line per write, each a write of its own (a lease lost mid-batch stops
         /// the rest, as a refused transaction would).
         async fn record(&self, _: &mut (), writes: Vec<Write>) -> anyhow::Result<()> {
