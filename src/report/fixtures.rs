@@ -8,6 +8,13 @@ use crate::item::{
 use crate::model::User;
 
 pub const XSS_NAME: &str = "<script>alert(1)</script>";
+
+/// Asserts that `text` contains each of `wants`.
+pub fn assert_contains(text: &str, wants: &[&str]) {
+    for want in wants {
+        assert!(text.contains(want), "missing {want:?} in {text}");
+    }
+}
 pub const INJECTION: &str = "=HYPERLINK(\"http://x\")";
 
 pub fn item(id: i64, state: ItemState) -> ItemRecord {
