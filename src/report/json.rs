@@ -251,8 +251,11 @@ mod tests {
         }
     }
 
+    /// A JSON field: its key and value.
+    type Field = (&'static str, Value);
+
     /// `object` holds each field of `want` with the same value (number types included).
-    fn assert_fields(object: &Value, want: &[(&str, Value)]) {
+    fn assert_fields(object: &Value, want: &[Field]) {
         for (key, value) in want {
             assert_eq!(&object[*key], value, "{key}");
         }
@@ -308,7 +311,7 @@ mod tests {
             ("reconciled", 1.into()),
         ];
         // (run, the object it has not, the object it has and some of its fields)
-        let cases: [(ReportData, &str, &str, &[(&str, Value)]); 2] = [
+        let cases: [(ReportData, &str, &str, &[Field]); 2] = [
             (dry_run(), "throughput", "estimate", &estimate),
             (live_run(), "estimate", "throughput", &throughput),
         ];

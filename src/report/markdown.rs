@@ -535,7 +535,7 @@ mod tests {
             "### What needs fixing first",
             "> **One-way.**",
         ];
-        assert_contains(&summary, &wants);
+        assert_contains(summary, &wants);
         assert!(md.find("## Summary").unwrap() < md.find("## Run").unwrap());
         assert!(md.contains("11111111-2222-3333-4444-555555555555"));
         assert!(!md.contains("<script>"));
@@ -584,7 +584,7 @@ mod tests {
             "re-reading after an unknown outcome) | 1 |",
             "| Duration | 1 min 40 s |",
         ];
-        assert_contains(&t, &rows);
+        assert_contains(t, &rows);
         assert!(md.contains("| TooManyRequests |"));
     }
 
@@ -635,7 +635,7 @@ mod tests {
             "mail set for 2 of 2 users that needed it (--set-mail)",
             "userType switched to Guest for 3 of 3 users that needed it",
         ];
-        assert_contains(&summary, &wants);
+        assert_contains(summary, &wants);
         let f = section(&md, "## Follow-up steps");
         let wants = [
             "| mail set to the input address (before the invitation) | 2 | 2 |",
@@ -643,7 +643,7 @@ mod tests {
             "**Billing.** The 3 users switched to Guest move from member billing to Microsoft Entra External ID monthly active user (MAU) pricing",
             "`mail_set_at`, `guest_set_at`",
         ];
-        assert_contains(&f, &wants);
+        assert_contains(f, &wants);
         // Without the options there is no section and the billing consideration says how.
         let plain = render(ReportFormat::Md, &live_run());
         assert!(!plain.contains("## Follow-up steps"));
