@@ -870,6 +870,117 @@ pub struct PassRun<'a> {
     pub scope: PassScope,
 }
 
+/// A command that works a pass over users (`resend`, `retire`).
+pub struct PassCommand {
+    /// Its name, and what the progress bar says it is doing ("re-inviting").
+    pub name: &'static str,
+    pub label: &'static str,
+    /// What the pass's users are once done ("sent"), in the line of a continued pass.
+    pub done: &'static str,
+    /// What is said when the pass has nobody to work ("nobody to re-invite").
+    pub nobody: &'static str,
+    /// Who the pass's users are, in the error of an `--only` name that is none of them.
+    pub who: &'static str,
+}
+
+/// An invocation of a pass command: `--only` (read), `--limit`, `--yes` and `--json`.
+pub struct PassFlags<'a> {
+    command: &'static PassCommand,
+    only: Option<&'a OnlyList>,
+    limit: Option<u64>,
+    yes: bool,
+    json: bool,
+}
+
+impl<'a> PassFlags<'a> {
+    pub fn new(
+        command: &'static PassCommand,
+        only: Option<&'a OnlyList>,
+        limit: Option<u64>,
+        yes: bool,
+        json: bool,
+    ) -> Self {
+        PassFlags {
+            command,
+            only,
+            limit,
+            yes,
+            json,
+        }
+    }
+
+    /// The run's `open` pass (`true`: continued), else a new one (`create`) over the
+    /// `candidates` this invocation chooses, once the operator confirmed (`confirm`, given how
+    /// many). `None` when there is nobody to work, said with `why`.
+    pub fn open_pass<P>(
+        &self,
+        open: Option<P>,
+        candidates: impl FnOnce() -> crate::queue::Result<Vec<PassUser>>,
+        why: impl FnOnce() -> String,
+        confirm: impl FnOnce(u64) -> anyhow::Result<bool>,
+        create: impl FnOnce() -> crate::queue::Result<Option<P>>,
+    ) -> anyhow::Result<Option<(P, bool)>> {
+        if let Some(pass) = open {
+            return Ok(Some((pass, true)));
+        }
+        let nobody = self.command.nobody;
+        let chosen = choose(&candidates()?, self.only, self.limit, self.command.who)?;
+        if chosen.is_empty() {
+            say(self.json, format!("{nobody}: {}", why()));
+            return Ok(None);
+        }
+        if !self.yes && !confirm(chosen.len() as u64)? {
+            return Err(declined());
+        }
+        let pass = create()?;
+        if pass.is_none() {
+            say(self.json, nobody.into());
+        }
+        Ok(pass.map(|pass| (pass, false)))
+    }
+
+    /// The pass `pass` (its id and when it started) as this invocation works it: the users
+    /// `--only` and `--limit` choose ([`scope_of_pass`]). A pass continued from an earlier
+    /// invocation (`continued` counts how many of its users are done, how many left) is said
+    /// first and, with users left to work and no `--yes`, confirmed again (`confirm`, given how
+    /// many).
+    pub fn pass_run<'r, S: PassTable>(
+        &self,
+        queue: &'r Arc<Queue>,
+        lease: &'r RunLease,
+        run: &'r RunRecord,
+        (pass_id, started_at): (i64, &str),
+        continued: Option<impl FnOnce() -> crate::queue::Result<(u64, u64)>>,
+        confirm: impl FnOnce(u64) -> anyhow::Result<bool>,
+    ) -> anyhow::Result<PassRun<'r>> {
+        let command = self.command;
+        let (scope, users) =
+            scope_of_pass::<S>(queue, pass_id, run, self.only, self.limit, command.who)?;
+        if let Some(counts) = continued {
+            let (done, left) = counts()?;
+            say(
+                self.json,
+                format!(
+                    "continuing {} pass {pass_id} of run {} (started {started_at}): {done} {}, {left} left",
+                    command.name, run.id, command.done
+                ),
+            );
+            if !self.yes && users > 0 && !confirm(users)? {
+                return Err(declined());
+            }
+        }
+        Ok(PassRun {
+            queue,
+            lease,
+            run,
+            label: command.label,
+            users,
+            continues: format!("`{}` continues this pass", command.name),
+            scope,
+        })
+    }
+}
+
 impl PassRun<'_> {
     /// Works the pass that `ops` builds from its context (the run's Graph client, its requests
     /// gated by the lease, and a progress bar): Ctrl-C and a lost lease stop it after the
@@ -990,6 +1101,20 @@ pub fn choose(
     Ok(named.into_iter().take(cap).map(|u| u.item_id).collect())
 }
 
+/// The users of `users` that `--only` and `--limit` choose ([`choose`]), in their order.
+pub fn chosen<'u>(
+    users: &'u [PassUser],
+    only: Option<&OnlyList>,
+    limit: Option<u64>,
+    who: &str,
+) -> anyhow::Result<Vec<&'u PassUser>> {
+    let chosen: BTreeSet<i64> = choose(users, only, limit, who)?.into_iter().collect();
+    Ok(users
+        .iter()
+        .filter(|u| chosen.contains(&u.item_id))
+        .collect())
+}
+
 /// What this invocation works of pass `pass_id`: the entries of the pass's users `--only`
 /// names (every one without it), at most `--limit` of them, `concurrency` at a time; and how
 /// many users that is, for the prompt and the progress bar. `who` says who the pass's users
@@ -1020,6 +1145,28 @@ pub fn scope_of_pass<S: PassTable>(
         only: selected,
     };
     Ok((scope, limit.map_or(open, |l| l.min(open))))
+}
+
+/// A pass command's `--json` (when `json`): one object on stdout, the pass's own `figures`
+/// with the run and pass they are of, whether this invocation continued the pass, and whether
+/// the pass is finished.
+pub fn print_pass_json(
+    json: bool,
+    run_id: i64,
+    pass_id: Option<i64>,
+    continued: bool,
+    finished: bool,
+    figures: impl FnOnce() -> serde_json::Value,
+) {
+    if !json {
+        return;
+    }
+    let mut object = figures();
+    object["runId"] = run_id.into();
+    object["passId"] = pass_id.into();
+    object["continued"] = continued.into();
+    object["finished"] = finished.into();
+    println!("{object}");
 }
 
 /// Prints a line for people, unless the command answers in `--json`.

@@ -10,7 +10,6 @@
 //! the pass's users this invocation works (the others stay for the next `resend`);
 //! `--dry-run` lists them and writes nothing.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -21,10 +20,18 @@ use crate::cli::ResendArgs;
 use crate::exit::{ExitError, ExitStatus};
 use crate::item::{RunMode, RunRecord};
 use crate::queue::pass::{EntryCounts, EntryState as _, PassUser};
-use crate::queue::track::{ResendPass, ResendState};
+use crate::queue::track::ResendState;
 use crate::queue::Queue;
 use crate::source::only::OnlyList;
 use crate::workers::resend::{cutoff, ResendOps};
+
+const RESEND: common::PassCommand = common::PassCommand {
+    name: "resend",
+    label: "re-inviting",
+    done: "sent",
+    nobody: "nobody to re-invite",
+    who: WHO,
+};
 
 /// Who `--only` may name, in its error: the users a resend takes.
 const WHO: &str = "not pending acceptance in this run's resend (not converted, redeemed, or not \
@@ -42,48 +49,37 @@ pub async fn resend(db: &Path, args: ResendArgs) -> anyhow::Result<ExitStatus> {
     common::require_consent_possible(RunMode::Live, args.yes)?;
     let say = |line: String| common::say(args.json, line);
 
-    let Some((pass, continued)) = open_pass(&queue, &run, &args, only.as_ref(), &last_tracked)?
-    else {
+    let flags = common::PassFlags::new(&RESEND, only.as_ref(), args.limit, args.yes, args.json);
+    // The run's open pass (`true`: continued), else a new one over the candidates this
+    // invocation chose, once the operator confirmed; none when there is nobody to re-invite.
+    let cut = cutoff(Utc::now(), args.older_than);
+    let opened = flags.open_pass(
+        queue.open_resend_pass(run.id)?,
+        || queue.resend_candidate_list(run.id, &cut),
+        || {
+            format!(
+                "no converted user of run {} is pending acceptance (older than {} days) per the \
+                 track of {last_tracked}",
+                run.id, args.older_than
+            )
+        },
+        |n| confirm(&run, n, args.older_than, &last_tracked),
+        || queue.create_resend_pass(run.id, args.older_than, &cut),
+    )?;
+    let Some((pass, continued)) = opened else {
         print_json(&args, &run, None, false, &EntryCounts::default(), true);
         return Ok(ExitStatus::Success);
     };
     // The pass's own users decide what `--only` may name, and which entries are left to work.
-    let (scope, this_time) = common::scope_of_pass::<ResendState>(
+    let pass_run = flags.pass_run::<ResendState>(
         &queue,
-        pass.id,
+        &lease,
         &run,
-        only.as_ref(),
-        args.limit,
-        WHO,
+        (pass.id, &pass.started_at),
+        continued.then_some(|| queue.resend_summary(pass.id).map(|s| (s.done, s.open()))),
+        |n| confirm(&run, n, pass.older_than_days, &last_tracked),
     )?;
-    if continued {
-        let s = queue.resend_summary(pass.id)?;
-        say(format!(
-            "continuing resend pass {} of run {} (started {}): {} sent, {} left",
-            pass.id,
-            run.id,
-            pass.started_at,
-            s.done,
-            s.open()
-        ));
-        if !args.yes
-            && this_time > 0
-            && !confirm(&run, this_time, pass.older_than_days, &last_tracked)?
-        {
-            return Err(common::declined());
-        }
-    }
-
     let graph = common::sign_in(&args.sign_in, &queue, &run, RunMode::Live).await?;
-    let pass_run = common::PassRun {
-        queue: &queue,
-        lease: &lease,
-        run: &run,
-        label: "re-inviting",
-        users: this_time,
-        continues: "`resend` continues this pass".into(),
-        scope,
-    };
     let end = pass_run
         .work(graph, |cx| ResendOps {
             cx,
@@ -129,42 +125,6 @@ pub async fn resend(db: &Path, args: ResendArgs) -> anyhow::Result<ExitStatus> {
     })
 }
 
-/// The run's open pass (`true`: continued), else a new one over the candidates this invocation
-/// chose, once the operator confirmed. `None` when there is nobody to re-invite (said).
-fn open_pass(
-    queue: &Queue,
-    run: &RunRecord,
-    args: &ResendArgs,
-    only: Option<&OnlyList>,
-    last_tracked: &str,
-) -> anyhow::Result<Option<(ResendPass, bool)>> {
-    if let Some(pass) = queue.open_resend_pass(run.id)? {
-        return Ok(Some((pass, true)));
-    }
-    let cut = cutoff(Utc::now(), args.older_than);
-    let users = queue.resend_candidate_list(run.id, &cut)?;
-    let chosen = common::choose(&users, only, args.limit, WHO)?;
-    if chosen.is_empty() {
-        common::say(
-            args.json,
-            format!(
-                "nobody to re-invite: no converted user of run {} is pending acceptance \
-                 (older than {} days) per the track of {last_tracked}",
-                run.id, args.older_than
-            ),
-        );
-        return Ok(None);
-    }
-    if !args.yes && !confirm(run, chosen.len() as u64, args.older_than, last_tracked)? {
-        return Err(common::declined());
-    }
-    let pass = queue.create_resend_pass(run.id, args.older_than, &cut)?;
-    if pass.is_none() {
-        common::say(args.json, "nobody to re-invite".into());
-    }
-    Ok(pass.map(|pass| (pass, false)))
-}
-
 /// A run `resend` can work: live, and tracked at least once. Returns the last track's time.
 fn resendable(queue: &Queue, run: &RunRecord) -> anyhow::Result<String> {
     common::require_live(run, "nobody was invited, there is nothing to resend")?;
@@ -196,13 +156,7 @@ fn dry_run(db: &Path, args: &ResendArgs, only: Option<&OnlyList>) -> anyhow::Res
         }
         None => queue.resend_candidate_list(run.id, &cutoff(Utc::now(), args.older_than))?,
     };
-    let chosen: BTreeSet<i64> = common::choose(&users, only, args.limit, WHO)?
-        .into_iter()
-        .collect();
-    let users: Vec<&PassUser> = users
-        .iter()
-        .filter(|u| chosen.contains(&u.item_id))
-        .collect();
+    let users = common::chosen(&users, only, args.limit, WHO)?;
     if args.json {
         println!(
             "{}",
@@ -242,22 +196,14 @@ fn print_json(
     s: &EntryCounts,
     finished: bool,
 ) {
-    if !args.json {
-        return;
-    }
-    println!(
-        "{}",
+    common::print_pass_json(args.json, run.id, pass_id, continued, finished, || {
         serde_json::json!({
-            "runId": run.id,
-            "passId": pass_id,
-            "continued": continued,
             "reinvited": s.done,
             "failed": s.failed,
             "skipped": s.skipped,
             "left": s.open(),
-            "finished": finished,
         })
-    );
+    });
 }
 
 fn confirm(run: &RunRecord, n: u64, days: u32, tracked: &str) -> anyhow::Result<bool> {

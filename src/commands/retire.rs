@@ -10,7 +10,6 @@
 //! database with its users fixed when it starts; an interrupted pass is continued by the next
 //! `retire`, never started over. Exit 3 when users were left not done.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -20,13 +19,21 @@ use crate::exit::ExitStatus;
 use crate::graph::GraphClient;
 use crate::item::{RunMode, RunRecord};
 use crate::queue::pass::{EntryState as _, PassUser};
-use crate::queue::{Queue, RetireEntry, RetirePass, RetireState, RetireSummary, SkipKind};
+use crate::queue::{RetireEntry, RetireState, RetireSummary, SkipKind};
 use crate::source::only::OnlyList;
 use crate::workers::executor::UsersById;
 use crate::workers::retire::{skip_reason, Privileges, RetireOps};
 
 /// Users named on screen per kind; the rest are in `--json`, the reports and `scripts`.
 const LISTED: usize = 20;
+
+const RETIRE: common::PassCommand = common::PassCommand {
+    name: "retire",
+    label: "retiring",
+    done: "retired",
+    nobody: "nobody to retire",
+    who: WHO,
+};
 
 /// Who `--only` may name, in its error: the users a retire pass takes.
 const WHO: &str = "not converted users of this run left to retire";
@@ -45,7 +52,17 @@ pub async fn retire(db: &Path, args: RetireArgs) -> anyhow::Result<ExitStatus> {
     let findings = super::preflight::require_retire_ready(&graph).await?;
     let privileges = Arc::new(privileges(&graph, &findings).await);
 
-    let Some((pass, continued)) = open_pass(&queue, &run, &args, only.as_ref())? else {
+    let flags = common::PassFlags::new(&RETIRE, only.as_ref(), args.limit, args.yes, args.json);
+    // The run's open pass (`true`: continued), else a new one over the candidates this
+    // invocation chose, once the operator confirmed; none when there is nobody to retire.
+    let opened = flags.open_pass(
+        queue.open_retire_pass(run.id)?,
+        || queue.retire_candidates(run.id),
+        || format!("run {} has no converted user left to retire", run.id),
+        |n| confirm(&run, n),
+        || queue.create_retire_pass(run.id),
+    )?;
+    let Some((pass, continued)) = opened else {
         print_json(
             &args,
             &run,
@@ -57,38 +74,17 @@ pub async fn retire(db: &Path, args: RetireArgs) -> anyhow::Result<ExitStatus> {
         );
         return Ok(ExitStatus::Success);
     };
-    let (scope, this_time) = common::scope_of_pass::<RetireState>(
+    let pass_run = flags.pass_run::<RetireState>(
         &queue,
-        pass.id,
+        &lease,
         &run,
-        only.as_ref(),
-        args.limit,
-        WHO,
+        (pass.id, &pass.started_at),
+        continued.then_some(|| {
+            let s = queue.retire_summary(pass.id)?;
+            Ok((s.retired, s.pending + s.in_flight))
+        }),
+        |n| confirm(&run, n),
     )?;
-    if continued {
-        let s = queue.retire_summary(pass.id)?;
-        say(format!(
-            "continuing retire pass {} of run {} (started {}): {} retired, {} left",
-            pass.id,
-            run.id,
-            pass.started_at,
-            s.retired,
-            s.pending + s.in_flight
-        ));
-        if !args.yes && this_time > 0 && !confirm(&run, this_time)? {
-            return Err(common::declined());
-        }
-    }
-
-    let pass_run = common::PassRun {
-        queue: &queue,
-        lease: &lease,
-        run: &run,
-        label: "retiring",
-        users: this_time,
-        continues: "`retire` continues this pass".into(),
-        scope,
-    };
     let end = pass_run
         .work(graph, |cx| RetireOps {
             cx,
@@ -120,37 +116,6 @@ pub async fn retire(db: &Path, args: RetireArgs) -> anyhow::Result<ExitStatus> {
             ExitStatus::Success
         }
     })
-}
-
-/// The run's open pass (`true`: continued), else a new one over the candidates this invocation
-/// chose, once the operator confirmed. `None` when there is nobody to retire (said).
-fn open_pass(
-    queue: &Queue,
-    run: &RunRecord,
-    args: &RetireArgs,
-    only: Option<&OnlyList>,
-) -> anyhow::Result<Option<(RetirePass, bool)>> {
-    if let Some(pass) = queue.open_retire_pass(run.id)? {
-        return Ok(Some((pass, true)));
-    }
-    let candidates = queue.retire_candidates(run.id)?;
-    let chosen = common::choose(&candidates, only, args.limit, WHO)?;
-    let nobody = |line: String| common::say(args.json, line);
-    if chosen.is_empty() {
-        nobody(format!(
-            "nobody to retire: run {} has no converted user left to retire",
-            run.id
-        ));
-        return Ok(None);
-    }
-    if !args.yes && !confirm(run, chosen.len() as u64)? {
-        return Err(common::declined());
-    }
-    let pass = queue.create_retire_pass(run.id)?;
-    if pass.is_none() {
-        nobody("nobody to retire".into());
-    }
-    Ok(pass.map(|pass| (pass, false)))
 }
 
 /// A run `retire` can work: live.
@@ -197,13 +162,7 @@ async fn dry_run(
             .collect(),
         None => queue.retire_candidates(run.id)?,
     };
-    let chosen: BTreeSet<i64> = common::choose(&candidates, only, args.limit, WHO)?
-        .into_iter()
-        .collect();
-    let chosen: Vec<&PassUser> = candidates
-        .iter()
-        .filter(|c| chosen.contains(&c.item_id))
-        .collect();
+    let chosen = common::chosen(&candidates, only, args.limit, WHO)?;
     let graph = common::sign_in(&args.sign_in, &queue, &run, RunMode::DryRun).await?;
     let findings = super::preflight::retire_findings_of(&graph).await;
     let privileges = privileges(&graph, &findings).await;
@@ -334,15 +293,8 @@ fn print_json(
     s: &RetireSummary,
     finished: bool,
 ) {
-    if !args.json {
-        return;
-    }
-    println!(
-        "{}",
+    common::print_pass_json(args.json, run.id, pass_id, continued, finished, || {
         serde_json::json!({
-            "runId": run.id,
-            "passId": pass_id,
-            "continued": continued,
             "retired": s.retired,
             "awaitingRedemption": s.unredeemed,
             "synced": s.synced,
@@ -352,9 +304,8 @@ fn print_json(
             "failed": s.failed,
             "gone": s.gone,
             "left": s.pending + s.in_flight,
-            "finished": finished,
         })
-    );
+    });
 }
 
 fn confirm(run: &RunRecord, n: u64) -> anyhow::Result<bool> {

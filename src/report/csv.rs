@@ -8,36 +8,56 @@ use std::io::{self, Write};
 
 use super::{item_fix, ItemExtras, ItemSource};
 
-/// Column order of the CSV report. New columns are only ever appended.
-pub const CSV_COLUMNS: [&str; 27] = [
-    "item_id",
-    "line",
-    "user_key",
-    "user_id",
-    "user_principal_name",
-    "display_name",
-    "user_type",
-    "external_email",
-    "state",
-    "reason",
-    "detail",
-    "attempts",
-    "error_code",
-    "error_message",
-    "request_id",
-    "client_request_id",
-    "invitation_id",
-    "invitation_status",
-    "reconciled",
-    "updated_at",
-    "fix_hint",
-    "invited_at",
-    "external_user_state",
-    "external_user_state_changed_at",
-    "tracked_at",
-    "mail_set_at",
-    "guest_set_at",
+/// A column of the CSV report: its name, and its cell of an item.
+type Column = (&'static str, fn(&ItemRecord, &ItemExtras) -> String);
+
+/// The columns of the CSV report, in order. New columns are only ever appended.
+const COLUMNS: [Column; 27] = [
+    ("item_id", |i, _| i.id.to_string()),
+    ("line", |i, _| {
+        i.line.map(|l| l.to_string()).unwrap_or_default()
+    }),
+    ("user_key", |i, _| user_key(i)),
+    ("user_id", |i, _| text(&i.user_id)),
+    ("user_principal_name", |i, _| text(&i.user_principal_name)),
+    ("display_name", |i, _| text(&i.display_name)),
+    ("user_type", |i, _| text(&i.user_type)),
+    ("external_email", |i, _| text(&i.external_email)),
+    ("state", |i, _| i.state.as_str().to_string()),
+    ("reason", |i, _| {
+        i.reason.map(|r| r.as_str().to_string()).unwrap_or_default()
+    }),
+    ("detail", |i, _| text(&i.detail)),
+    ("attempts", |i, _| i.attempts.to_string()),
+    ("error_code", |i, _| text(&i.error_code)),
+    ("error_message", |i, _| text(&i.error_message)),
+    ("request_id", |i, _| text(&i.request_id)),
+    ("client_request_id", |i, _| text(&i.client_request_id)),
+    ("invitation_id", |i, _| text(&i.invitation_id)),
+    ("invitation_status", |i, _| text(&i.invitation_status)),
+    ("reconciled", |i, _| i.reconciled.to_string()),
+    ("updated_at", |i, _| i.updated_at.clone()),
+    ("fix_hint", |i, _| fix_hint(i)),
+    ("invited_at", |_, x| text(&x.invited_at)),
+    ("external_user_state", |_, x| text(&x.external_user_state)),
+    ("external_user_state_changed_at", |_, x| {
+        text(&x.external_user_state_changed_at)
+    }),
+    ("tracked_at", |_, x| text(&x.tracked_at)),
+    ("mail_set_at", |_, x| text(&x.mail_set_at)),
+    ("guest_set_at", |_, x| text(&x.guest_set_at)),
 ];
+
+/// Column order of the CSV report (the names of [`COLUMNS`]).
+pub const CSV_COLUMNS: [&str; 27] = {
+    let mut names = [""; 27];
+    let mut k = 0;
+    while k < names.len() {
+        names[k] = COLUMNS[k].0;
+        k += 1;
+    }
+    names
+};
 
 /// Neutralises a cell a spreadsheet would evaluate as a formula.
 pub(crate) fn spreadsheet_safe(cell: String) -> String {
@@ -47,47 +67,29 @@ pub(crate) fn spreadsheet_safe(cell: String) -> String {
     }
 }
 
-fn row(i: &ItemRecord, x: &ItemExtras) -> [String; 27] {
-    let o = |s: &Option<String>| s.clone().unwrap_or_default();
-    let key = match &i.key {
+fn text(s: &Option<String>) -> String {
+    s.clone().unwrap_or_default()
+}
+
+fn user_key(i: &ItemRecord) -> String {
+    match &i.key {
         Some(UserKey::Id(v)) => format!("id:{v}"),
         Some(UserKey::UserPrincipalName(v)) => format!("userPrincipalName:{v}"),
         None => String::new(),
-    };
-    let fix = if i.state.needs_attention() {
+    }
+}
+
+/// What to do about an item that needs attention; empty for the others.
+fn fix_hint(i: &ItemRecord) -> String {
+    if i.state.needs_attention() {
         item_fix(i).to_string()
     } else {
         String::new()
-    };
-    [
-        i.id.to_string(),
-        i.line.map(|l| l.to_string()).unwrap_or_default(),
-        key,
-        o(&i.user_id),
-        o(&i.user_principal_name),
-        o(&i.display_name),
-        o(&i.user_type),
-        o(&i.external_email),
-        i.state.as_str().to_string(),
-        i.reason.map(|r| r.as_str().to_string()).unwrap_or_default(),
-        o(&i.detail),
-        i.attempts.to_string(),
-        o(&i.error_code),
-        o(&i.error_message),
-        o(&i.request_id),
-        o(&i.client_request_id),
-        o(&i.invitation_id),
-        o(&i.invitation_status),
-        i.reconciled.to_string(),
-        i.updated_at.clone(),
-        fix,
-        o(&x.invited_at),
-        o(&x.external_user_state),
-        o(&x.external_user_state_changed_at),
-        o(&x.tracked_at),
-        o(&x.mail_set_at),
-        o(&x.guest_set_at),
-    ]
+    }
+}
+
+fn row(i: &ItemRecord, x: &ItemExtras) -> [String; 27] {
+    COLUMNS.map(|(_, cell)| cell(i, x))
 }
 
 /// Writes the header and one row per item as the source yields them: nothing is held.

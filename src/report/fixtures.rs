@@ -8,6 +8,13 @@ use crate::item::{
 use crate::model::User;
 
 pub const XSS_NAME: &str = "<script>alert(1)</script>";
+
+/// Asserts that `text` contains each of `wants`.
+pub fn assert_contains(text: &str, wants: &[&str]) {
+    for want in wants {
+        assert!(text.contains(want), "missing {want:?} in {text}");
+    }
+}
 pub const INJECTION: &str = "=HYPERLINK(\"http://x\")";
 
 pub fn item(id: i64, state: ItemState) -> ItemRecord {
@@ -139,11 +146,12 @@ pub fn dry_run() -> ReportData {
         items.push(it);
         id += 1;
     }
-    let mut failed = item(id, ItemState::Failed);
-    failed.error_code = Some("Request_BadRequest".into());
-    failed.error_message = Some("User invitation failed. Invalid request input.".into());
-    failed.request_id = Some("req-dry-failed".into());
-    items.push(failed);
+    items.push(failed(
+        id,
+        "Request_BadRequest",
+        INVALID_INPUT,
+        "req-dry-failed",
+    ));
     let counts = counts_of(&items);
     ReportData {
         run: run(RunMode::DryRun),
@@ -169,6 +177,18 @@ pub fn dry_run() -> ReportData {
     }
 }
 
+/// Graph's message for a refused invitation.
+const INVALID_INPUT: &str = "User invitation failed. Invalid request input.";
+
+/// Item `id`, failed with Graph's `code` and `message`, answered as request `request_id`.
+fn failed(id: i64, code: &str, message: &str, request_id: &str) -> ItemRecord {
+    let mut it = item(id, ItemState::Failed);
+    it.error_code = Some(code.into());
+    it.error_message = Some(message.into());
+    it.request_id = Some(request_id.into());
+    it
+}
+
 /// A live run: converted (one reconciled), failed with codes and request ids, one blocked.
 pub fn live_run() -> ReportData {
     let mut items = Vec::new();
@@ -181,18 +201,17 @@ pub fn live_run() -> ReportData {
         it.reconciled = id == 3;
         items.push(it);
     }
-    let mut f1 = item(4, ItemState::Failed);
+    let mut f1 = failed(
+        4,
+        "TooManyRequests",
+        "Too many requests; retry after 2 s",
+        "req-fail-4",
+    );
     f1.attempts = 6;
-    f1.error_code = Some("TooManyRequests".into());
-    f1.error_message = Some("Too many requests; retry after 2 s".into());
-    f1.request_id = Some("req-fail-4".into());
     f1.client_request_id = Some("creq-4".into());
     items.push(f1);
-    let mut f2 = item(5, ItemState::Failed);
+    let mut f2 = failed(5, "BadRequest", INVALID_INPUT, "req-fail-5");
     f2.attempts = 1;
-    f2.error_code = Some("BadRequest".into());
-    f2.error_message = Some("User invitation failed. Invalid request input.".into());
-    f2.request_id = Some("req-fail-5".into());
     items.push(f2);
     let mut b = item(6, ItemState::Blocked);
     b.reason = Some(Reason::MailMismatch);

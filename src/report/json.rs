@@ -211,7 +211,7 @@ mod tests {
     use super::super::fixtures::{dry_run, live_run, XSS_NAME};
     use crate::config::ReportFormat;
     use crate::item::{ItemRecord, ItemState};
-    use crate::report::render;
+    use crate::report::{render, ReportData};
     use serde_json::Value;
 
     /// Keep in step with docs/report-json.md.
@@ -234,6 +234,32 @@ mod tests {
         "backOut",
         "items",
     ];
+
+    fn json_of(data: &ReportData) -> Value {
+        serde_json::from_str(&render(ReportFormat::Json, data)).unwrap()
+    }
+
+    /// Every key of `object` is documented in docs/report-json.md (`what` names the object in
+    /// the error: "run.").
+    fn assert_documented(what: &str, object: &Value) {
+        let doc = include_str!("../../docs/report-json.md");
+        for key in object.as_object().unwrap().keys() {
+            assert!(
+                doc.contains(&format!("`{key}`")),
+                "{what}{key} not documented"
+            );
+        }
+    }
+
+    /// A JSON field: its key and value.
+    type Field = (&'static str, Value);
+
+    /// `object` holds each field of `want` with the same value (number types included).
+    fn assert_fields(object: &Value, want: &[Field]) {
+        for (key, value) in want {
+            assert_eq!(&object[*key], value, "{key}");
+        }
+    }
 
     #[test]
     fn documented_shape_and_version() {
@@ -261,55 +287,41 @@ mod tests {
             assert_eq!(v["counts"]["total"], data.counts.total);
             let items: Vec<ItemRecord> = serde_json::from_value(v["items"].clone()).unwrap();
             assert_eq!(items, data.items);
-            for key in v["run"].as_object().unwrap().keys() {
-                assert!(
-                    doc.contains(&format!("`{key}`")),
-                    "run.{key} not documented"
-                );
-            }
-            for key in v["counts"].as_object().unwrap().keys() {
-                assert!(
-                    doc.contains(&format!("`{key}`")),
-                    "counts.{key} not documented"
-                );
-            }
+            assert_documented("run.", &v["run"]);
+            assert_documented("counts.", &v["counts"]);
         }
     }
 
     #[test]
     fn estimate_only_for_dry_run_throughput_only_for_live() {
-        let dry: Value = serde_json::from_str(&render(ReportFormat::Json, &dry_run())).unwrap();
-        assert!(dry["throughput"].is_null());
-        let e = &dry["estimate"];
-        assert_eq!(e["wouldConvert"], 2);
-        assert_eq!(e["usersToConvert"], 2);
-        assert_eq!(e["atConfiguredRateSeconds"], 0.1);
-        assert_eq!(e["boundBy"], "configured_rate");
-        let doc = include_str!("../../docs/report-json.md");
-        for key in e.as_object().unwrap().keys() {
-            assert!(
-                doc.contains(&format!("`{key}`")),
-                "estimate.{key} not documented"
-            );
+        let estimate = [
+            ("wouldConvert", 2.into()),
+            ("usersToConvert", 2.into()),
+            ("atConfiguredRateSeconds", 0.1.into()),
+            ("boundBy", "configured_rate".into()),
+        ];
+        let throughput = [
+            ("converted", 3.into()),
+            ("durationSeconds", 100.0.into()),
+            ("convertedPerSecond", 0.03.into()),
+            ("graphRequests", 21.into()),
+            ("requestsPerConverted", 7.0.into()),
+            ("throttledRequests", 5.into()),
+            ("retries", 7.into()),
+            ("reconciled", 1.into()),
+        ];
+        // (run, the object it has not, the object it has and some of its fields)
+        let cases: [(ReportData, &str, &str, &[Field]); 2] = [
+            (dry_run(), "throughput", "estimate", &estimate),
+            (live_run(), "estimate", "throughput", &throughput),
+        ];
+        for (data, absent, present, fields) in cases {
+            let v = json_of(&data);
+            assert!(v[absent].is_null(), "{absent}");
+            assert_fields(&v[present], fields);
+            assert_documented(&format!("{present}."), &v[present]);
         }
-
-        let live: Value = serde_json::from_str(&render(ReportFormat::Json, &live_run())).unwrap();
-        assert!(live["estimate"].is_null());
-        let t = &live["throughput"];
-        assert_eq!(t["converted"], 3);
-        assert_eq!(t["durationSeconds"], 100.0);
-        assert_eq!(t["convertedPerSecond"], 0.03);
-        assert_eq!(t["graphRequests"], 21);
-        assert_eq!(t["requestsPerConverted"], 7.0);
-        assert_eq!(t["throttledRequests"], 5);
-        assert_eq!(t["retries"], 7);
-        assert_eq!(t["reconciled"], 1);
-        for key in t.as_object().unwrap().keys() {
-            assert!(
-                doc.contains(&format!("`{key}`")),
-                "throughput.{key} not documented"
-            );
-        }
+        let live = json_of(&live_run());
         let reasons = live["reasons"].as_array().unwrap();
         assert!(reasons.iter().any(
             |r| r["code"] == "mail_mismatch" && r["fixHint"].as_str().unwrap().contains("mail")
@@ -330,7 +342,6 @@ mod tests {
 
     #[test]
     fn redemption_and_follow_ups_are_documented_objects() {
-        let doc = include_str!("../../docs/report-json.md");
         let data = super::super::fixtures::tracked_live_run();
         let v: Value = serde_json::from_str(&render(ReportFormat::Json, &data)).unwrap();
         let r = &v["redemption"];
@@ -347,9 +358,7 @@ mod tests {
             (Some(2), Some(3))
         );
         for obj in [r, f, &v["items"][0]] {
-            for key in obj.as_object().unwrap().keys() {
-                assert!(doc.contains(&format!("`{key}`")), "{key} not documented");
-            }
+            assert_documented("", obj);
         }
         for key in [
             "externalUserState",

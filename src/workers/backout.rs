@@ -30,7 +30,9 @@ use crate::queue::pass::EntryKey;
 use crate::queue::track::ACCEPTED;
 
 use super::convert::db;
-use super::executor::{reread_error, trace_of, EntryPass, EntryWork, PassContext, UsersById};
+use super::executor::{
+    reread_error, trace_of, EntryPass, EntryWork, PassContext, PassRequests, UsersById,
+};
 use super::planner::{Checkpoint, ItemPlan, Pass, Reread, Step};
 
 /// The userType `--set-guest` writes.
@@ -259,17 +261,8 @@ impl BackoutOps {
     }
 }
 
-impl EntryPass for BackoutOps {
+impl PassRequests for BackoutOps {
     type Item = BackoutItem;
-    type State = BackoutState;
-
-    fn context(&self) -> &PassContext {
-        &self.cx
-    }
-
-    fn key(&self, it: &BackoutItem) -> EntryKey {
-        self.key_of(it.entry.item_id)
-    }
 
     async fn send(&self, it: &mut BackoutItem, step: Step) -> Result<ResponseMeta, GraphError> {
         let id = it.user_id().to_string();
@@ -317,6 +310,18 @@ impl EntryPass for BackoutOps {
             },
             Err(e) => reread_error(id, e),
         }
+    }
+}
+
+impl EntryPass for BackoutOps {
+    type State = BackoutState;
+
+    fn context(&self) -> &PassContext {
+        &self.cx
+    }
+
+    fn key(&self, it: &BackoutItem) -> EntryKey {
+        self.key_of(it.entry.item_id)
     }
 
     /// A cloud user's new password is written (and synced) to the passwords file before the
@@ -564,23 +569,12 @@ mod tests {
     fn restore_re_reads_say_done_not_done_or_leave_alone() {
         let e = entry();
         let u = user(Some("Guest"), Some("a@fabrikam.com"));
-        assert_eq!(
-            restore_view(&e, Some(&u), Step::RestoreUserType),
-            Reread::NotDone
-        );
-        assert_eq!(
-            restore_view(&e, Some(&u), Step::RestoreMail),
-            Reread::NotDone
-        );
         let back = user(Some("Member"), None);
-        assert_eq!(
-            restore_view(&e, Some(&back), Step::RestoreUserType),
-            Reread::Done
-        );
-        assert_eq!(
-            restore_view(&e, Some(&back), Step::RestoreMail),
-            Reread::Done
-        );
+        for (now, want) in [(&u, Reread::NotDone), (&back, Reread::Done)] {
+            for step in [Step::RestoreUserType, Step::RestoreMail] {
+                assert_eq!(restore_view(&e, Some(now), step), want, "{now:?} {step:?}");
+            }
+        }
         let other = user(Some("Contractor"), Some("a@fabrikam.com"));
         assert_eq!(
             restore_view(&e, Some(&other), Step::RestoreUserType),

@@ -9,7 +9,7 @@ use crate::model::{Invitation, InvitationRequest};
 use crate::progress::Progress;
 use crate::queue::{ItemWrite, Queue, StepRow, Trace};
 
-use super::executor::{reread_error, PassOps, Write};
+use super::executor::{reread_error, PassOps, PassRequests, Write};
 use super::planner::{Checkpoint, ItemPlan, Reread, Step};
 
 /// One user being converted.
@@ -72,7 +72,7 @@ pub struct ConvertOps {
     pub progress: Arc<Progress>,
 }
 
-impl PassOps for ConvertOps {
+impl PassRequests for ConvertOps {
     type Item = ConvertItem;
 
     async fn send(&self, it: &mut ConvertItem, step: Step) -> Result<ResponseMeta, GraphError> {
@@ -99,7 +99,9 @@ impl PassOps for ConvertOps {
     async fn reread(&self, it: &ConvertItem, step: Step) -> Reread {
         reread(&self.graph, it.item.user_id.as_deref(), step, &it.email).await
     }
+}
 
+impl PassOps for ConvertOps {
     /// The convert pass's rows are one item and its step checkpoint: every batch the executor
     /// hands over is one write transaction (`Queue::item_writes`), and the bar moves on (the
     /// user's outcome read back for the log) on the same blocking thread.
@@ -211,7 +213,8 @@ pub use crate::queue::threads::db;
 mod tests {
     use super::*;
     use crate::emulator::{EmulatorConfig, Tenant};
-    use crate::item::{ItemState, NewItem, Overrides, RunMode, SourceSpec, UserKey};
+    use crate::item::ItemState;
+    use crate::workers::executor::on_emulator::{live_run, looked_up};
     use crate::workers::executor::{work_item, Settled};
 
     /// Write transactions one converted user costs, per combination of `--set-mail` and
@@ -237,29 +240,12 @@ mod tests {
             .cloned()
             .collect();
         assert_eq!(users.len(), 4, "four convertible members");
-        let emu =
-            crate::emulator::start(EmulatorConfig::new(tenant), "127.0.0.1:0".parse().unwrap())
-                .await
-                .unwrap();
-        let graph = crate::graph::test_client(&emu);
-        let base = emu.base_url();
-        let dir = tempfile::tempdir().unwrap();
-        let queue = Arc::new(Queue::open(&dir.path().join("q.db")).unwrap());
         let options = RunOptions::default();
-        let run = queue
-            .create_run(
-                &SourceSpec::Csv {
-                    path: "u.csv".into(),
-                },
-                RunMode::Live,
-                &options,
-                None,
-                &base,
-            )
-            .unwrap();
+        let live = live_run(EmulatorConfig::new(tenant), &options).await;
+        let (queue, run) = (live.queue, live.run_id);
         let ops = ConvertOps {
             queue: queue.clone(),
-            graph,
+            graph: live.graph,
             progress: Arc::new(Progress::new("test", 4)),
         };
         // (set mail, set guest) → write transactions, steps.
@@ -271,17 +257,7 @@ mod tests {
         ];
         for (k, ((set_mail, set_guest), want, steps)) in cases.into_iter().enumerate() {
             let user = &users[k];
-            let row = NewItem {
-                line: Some(k as u64 + 2),
-                key: Some(UserKey::Id(user.id.clone())),
-                external_email: None,
-                overrides: Overrides::default(),
-                bad_input: None,
-                snapshot: None,
-            };
-            queue.insert_items(run, &[row], None).unwrap();
-            let item = queue.pending_items(run, 0, 1).unwrap().remove(0);
-            queue.record_lookup(item.id, Some(user)).unwrap();
+            let id = looked_up(&queue, run, k, user);
             let email = match set_mail {
                 true => format!("partner{k}@fabrikam.example"),
                 false => user.mail.clone().unwrap(),
@@ -289,14 +265,10 @@ mod tests {
             if set_mail || set_guest {
                 let from = user.mail.as_deref();
                 queue
-                    .plan_steps(
-                        item.id,
-                        set_mail.then_some((from, email.as_str())),
-                        set_guest,
-                    )
+                    .plan_steps(id, set_mail.then_some((from, email.as_str())), set_guest)
                     .unwrap();
             }
-            let item = queue.item(item.id).unwrap().unwrap();
+            let item = queue.item(id).unwrap().unwrap();
             let (mut it, mut plan) = ConvertItem::load(&queue, item, email, &options)
                 .await
                 .unwrap();

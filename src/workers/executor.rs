@@ -46,10 +46,9 @@ pub enum Settled {
     Stopped(StopReason),
 }
 
-/// What one pass declares for the executor: its requests, its re-read, its records. `Item` is
-/// what the pass knows about one user while working it. Every record is a small queue write;
-/// the checkpoint and every state change are fenced by the lease (`QueueError::LeaseLost`).
-pub trait PassOps: Sync {
+/// How a pass's steps reach Graph: each step's request, and the re-read that shows whether it
+/// took effect. `Item` is what the pass knows about one user while working it.
+pub trait PassRequests: Sync {
     type Item: Send;
 
     /// Sends `step`'s request. Keeps what the pass needs of the answer in `item`.
@@ -61,7 +60,12 @@ pub trait PassOps: Sync {
 
     /// Reads the user back: did `step` take effect?
     fn reread(&self, item: &Self::Item, step: Step) -> impl Future<Output = Reread> + Send;
+}
 
+/// What one pass declares for the executor: its requests and re-reads ([`PassRequests`]), and
+/// its records. Every record is a small queue write; the checkpoint and every state change are
+/// fenced by the lease (`QueueError::LeaseLost`).
+pub trait PassOps: PassRequests {
     /// Records `writes`, in order, in as few write transactions as the pass's queue rows allow
     /// (the executor hands over what exactly-once lets it join: an attempt's charge with the
     /// step's result, a step done with the next step's checkpoint or the item's end; a
@@ -412,24 +416,13 @@ impl PassContext {
 /// retire, the back-outs). It says which change each of the executor's writes makes; the
 /// bookkeeping is then the same for all of them: each batch the executor hands over is ONE
 /// write transaction ([`Queue::change_entry`]), and the progress bar moves once per user ended.
-pub trait EntryPass: Sync {
-    type Item: Send + Sync;
+pub trait EntryPass: PassRequests<Item: Sync> {
     /// The states of the pass's table.
     type State: EntryState;
 
     fn context(&self) -> &PassContext;
     /// The entry `item` is.
     fn key(&self, item: &Self::Item) -> EntryKey;
-
-    /// [`PassOps::send`].
-    fn send(
-        &self,
-        item: &mut Self::Item,
-        step: Step,
-    ) -> impl Future<Output = Result<ResponseMeta, GraphError>> + Send;
-
-    /// [`PassOps::reread`].
-    fn reread(&self, item: &Self::Item, step: Step) -> impl Future<Output = Reread> + Send;
 
     /// The checkpoint of `step`, readying `item` for its request.
     fn in_flight(
@@ -488,20 +481,6 @@ async fn change_entry<P: EntryPass>(
 }
 
 impl<P: EntryPass> PassOps for P {
-    type Item = P::Item;
-
-    fn send(
-        &self,
-        item: &mut P::Item,
-        step: Step,
-    ) -> impl Future<Output = Result<ResponseMeta, GraphError>> + Send {
-        EntryPass::send(self, item, step)
-    }
-
-    fn reread(&self, item: &P::Item, step: Step) -> impl Future<Output = Reread> + Send {
-        EntryPass::reread(self, item, step)
-    }
-
     /// The whole batch is one write transaction: the entry's changes in order.
     async fn record(&self, item: &mut P::Item, writes: Vec<Write>) -> anyhow::Result<()> {
         let mut changes = Vec::with_capacity(writes.len());
@@ -767,7 +746,7 @@ mod tests {
         }
     }
 
-    impl PassOps for Scripted {
+    impl PassRequests for Scripted {
         type Item = ();
         async fn send(&self, _: &mut (), step: Step) -> Result<ResponseMeta, GraphError> {
             self.journal
@@ -791,6 +770,9 @@ mod tests {
                 .pop_front()
                 .expect("a scripted re-read")
         }
+    }
+
+    impl PassOps for Scripted {
         /// One journal line per write, each a write of its own (a lease lost mid-batch stops
         /// the rest, as a refused transaction would).
         async fn record(&self, _: &mut (), writes: Vec<Write>) -> anyhow::Result<()> {
@@ -1005,6 +987,7 @@ pub(crate) mod on_emulator {
     use std::sync::Arc;
 
     use crate::emulator::{Emulator, EmulatorConfig, Tenant};
+    use crate::graph::GraphClient;
     use crate::item::{ItemRecord, NewItem, Overrides, RunMode, RunOptions, SourceSpec, UserKey};
     use crate::model::User;
     use crate::progress::Progress;
@@ -1073,26 +1056,15 @@ pub(crate) mod on_emulator {
             .map(String::from),
         );
         config.app_directory_roles = vec![USER_ADMINISTRATOR.into()];
-        let emulator = crate::emulator::start(config, "127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
-        let graph = crate::graph::test_client(&emulator);
-        let base = emulator.base_url();
-        let dir = tempfile::tempdir().unwrap();
-        let queue = Arc::new(Queue::open(&dir.path().join("q.db")).unwrap());
         let options = RunOptions {
             set_guest,
             ..RunOptions::default()
         };
-        let source = SourceSpec::Csv {
-            path: "u.csv".into(),
-        };
-        let run_id = queue
-            .create_run(&source, RunMode::Live, &options, None, &base)
-            .unwrap();
+        let live = live_run(config, &options).await;
+        let queue = live.queue;
         let cx = super::PassContext {
             queue: queue.clone(),
-            graph,
+            graph: live.graph,
             progress: Arc::new(Progress::new("test", n as u64)),
         };
         let ops = ConvertOps {
@@ -1102,21 +1074,11 @@ pub(crate) mod on_emulator {
         };
         let mut items = Vec::new();
         for (k, user) in users.iter().enumerate() {
-            let row = NewItem {
-                line: Some(k as u64 + 2),
-                key: Some(UserKey::Id(user.id.clone())),
-                external_email: None,
-                overrides: Overrides::default(),
-                bad_input: None,
-                snapshot: None,
-            };
-            queue.insert_items(run_id, &[row], None).unwrap();
-            let item = queue.pending_items(run_id, 0, 1).unwrap().remove(0);
-            queue.record_lookup(item.id, Some(user)).unwrap();
+            let id = looked_up(&queue, live.run_id, k, user);
             if set_guest {
-                queue.plan_steps(item.id, None, true).unwrap();
+                queue.plan_steps(id, None, true).unwrap();
             }
-            let item = queue.item(item.id).unwrap().unwrap();
+            let item = queue.item(id).unwrap().unwrap();
             let email = user.mail.clone().unwrap();
             let (mut it, mut plan) = ConvertItem::load(&queue, item, email, &options)
                 .await
@@ -1127,10 +1089,60 @@ pub(crate) mod on_emulator {
             items.push(queue.item(it.item.id).unwrap().unwrap());
         }
         Converted {
-            emulator,
+            emulator: live.emulator,
             cx,
             items,
-            _dir: dir,
+            _dir: live.dir,
         }
+    }
+
+    /// A live run of `u.csv` with `options`, on a fresh emulator of `config`.
+    pub struct LiveRun {
+        pub emulator: Emulator,
+        /// A client of the emulator.
+        pub graph: GraphClient,
+        pub queue: Arc<Queue>,
+        pub run_id: i64,
+        /// Holds the queue's database.
+        pub dir: tempfile::TempDir,
+    }
+
+    pub async fn live_run(config: EmulatorConfig, options: &RunOptions) -> LiveRun {
+        let emulator = crate::emulator::start(config, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let graph = crate::graph::test_client(&emulator);
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Arc::new(Queue::open(&dir.path().join("q.db")).unwrap());
+        let source = SourceSpec::Csv {
+            path: "u.csv".into(),
+        };
+        let run_id = queue
+            .create_run(&source, RunMode::Live, options, None, &emulator.base_url())
+            .unwrap();
+        LiveRun {
+            emulator,
+            graph,
+            queue,
+            run_id,
+            dir,
+        }
+    }
+
+    /// Adds `user` to the run as the item of CSV line `k + 2`, looked up (found as `user`):
+    /// ready for the convert pass. Its id.
+    pub fn looked_up(queue: &Queue, run_id: i64, k: usize, user: &User) -> i64 {
+        let row = NewItem {
+            line: Some(k as u64 + 2),
+            key: Some(UserKey::Id(user.id.clone())),
+            external_email: None,
+            overrides: Overrides::default(),
+            bad_input: None,
+            snapshot: None,
+        };
+        queue.insert_items(run_id, &[row], None).unwrap();
+        let item = queue.pending_items(run_id, 0, 1).unwrap().remove(0);
+        queue.record_lookup(item.id, Some(user)).unwrap();
+        item.id
     }
 }

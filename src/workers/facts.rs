@@ -64,18 +64,10 @@ impl Facts {
         queue: &Queue,
         items: &[ItemRecord],
     ) -> crate::queue::Result<TenantFacts> {
-        let mut addresses: Vec<String> = items
-            .iter()
-            .flat_map(|i| {
-                let mail = i.snapshot.as_ref().and_then(|u| u.mail.clone());
-                [mail, i.external_email.clone()]
-            })
-            .flatten()
-            .map(|a| a.trim().to_lowercase())
-            .filter(|a| !a.is_empty())
-            .collect();
-        addresses.sort_unstable();
-        addresses.dedup();
+        let addresses = normalize(items.iter().flat_map(|i| {
+            let mail = i.snapshot.as_ref().and_then(|u| u.mail.clone());
+            [mail, i.external_email.clone()].into_iter().flatten()
+        }));
         Ok(TenantFacts {
             verified_domains: self.verified_domains.clone(),
             address_owners: queue.address_owners(&self.tenant, &addresses)?,
@@ -294,16 +286,6 @@ fn change_of(entry: &serde_json::Value) -> Option<UserChange> {
             properties: Vec::new(),
         });
     }
-    let normalize = |list: Vec<&str>| -> Vec<String> {
-        let mut out: Vec<String> = list
-            .into_iter()
-            .map(|a| a.trim().to_lowercase())
-            .filter(|a| !a.is_empty())
-            .collect();
-        out.sort_unstable();
-        out.dedup();
-        out
-    };
     let strings = |v: &serde_json::Value| -> Vec<String> {
         v.as_array()
             .map(|a| {
@@ -316,23 +298,17 @@ fn change_of(entry: &serde_json::Value) -> Option<UserChange> {
     };
     let mut properties = Vec::new();
     if let Some(mail) = entry.get("mail") {
-        properties.push((
-            AddressSource::Mail,
-            normalize(mail.as_str().into_iter().collect()),
-        ));
+        properties.push((AddressSource::Mail, normalize(mail.as_str())));
     }
     if let Some(other) = entry.get("otherMails") {
         let list = strings(other);
-        properties.push((
-            AddressSource::OtherMails,
-            normalize(list.iter().map(String::as_str).collect()),
-        ));
+        properties.push((AddressSource::OtherMails, normalize(&list)));
     }
     if let Some(proxies) = entry.get("proxyAddresses") {
         let list = strings(proxies);
         properties.push((
             AddressSource::ProxyAddresses,
-            normalize(list.iter().filter_map(|p| smtp_address(p)).collect()),
+            normalize(list.iter().filter_map(|p| smtp_address(p))),
         ));
     }
     Some(UserChange {
@@ -340,6 +316,18 @@ fn change_of(entry: &serde_json::Value) -> Option<UserChange> {
         removed: false,
         properties,
     })
+}
+
+/// Addresses as the index compares them: trimmed, lowercase, none empty, sorted, each once.
+fn normalize<A: AsRef<str>>(addresses: impl IntoIterator<Item = A>) -> Vec<String> {
+    let mut out: Vec<String> = addresses
+        .into_iter()
+        .map(|a| a.as_ref().trim().to_lowercase())
+        .filter(|a| !a.is_empty())
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// Runs a queue operation on the blocking pool.

@@ -19,7 +19,9 @@ use crate::queue::track::{ResendChange, ResendEntry, ResendState, ACCEPTED};
 use crate::queue::Trace;
 
 use super::convert::db;
-use super::executor::{reread_error, trace_of, EntryPass, EntryWork, PassContext, UsersById};
+use super::executor::{
+    reread_error, trace_of, EntryPass, EntryWork, PassContext, PassRequests, UsersById,
+};
 use super::planner::{Checkpoint, ItemPlan, Pass, Reread, Step};
 
 /// Graph stamps `externalUserStateChangeDateTime` to the second: two changes at least this far
@@ -175,17 +177,8 @@ pub struct ResendOps {
     pub options: Arc<RunOptions>,
 }
 
-impl EntryPass for ResendOps {
+impl PassRequests for ResendOps {
     type Item = ResendItem;
-    type State = ResendState;
-
-    fn context(&self) -> &PassContext {
-        &self.cx
-    }
-
-    fn key(&self, it: &ResendItem) -> EntryKey {
-        EntryKey::of_pass(self.pass_id, it.entry.item_id)
-    }
 
     async fn send(&self, it: &mut ResendItem, _step: Step) -> Result<ResponseMeta, GraphError> {
         let traced = self.cx.graph.invite(&it.req).await?;
@@ -205,6 +198,18 @@ impl EntryPass for ResendOps {
             Ok(u) => judge(&it.entry, &Seen::of(u.as_ref())),
             Err(e) => reread_error(user_id, e),
         }
+    }
+}
+
+impl EntryPass for ResendOps {
+    type State = ResendState;
+
+    fn context(&self) -> &PassContext {
+        &self.cx
+    }
+
+    fn key(&self, it: &ResendItem) -> EntryKey {
+        EntryKey::of_pass(self.pass_id, it.entry.item_id)
     }
 
     /// Keeps the checkpoint's time: a lost answer is judged against it.

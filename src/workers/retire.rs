@@ -23,7 +23,9 @@ use crate::queue::track::ACCEPTED;
 use crate::queue::{CredentialFacts, RetireChange, RetireEntry, RetireState, SeenState, SkipKind};
 
 use super::convert::db;
-use super::executor::{reread_error, trace_of, EntryPass, EntryWork, PassContext, UsersById};
+use super::executor::{
+    reread_error, trace_of, EntryPass, EntryWork, PassContext, PassRequests, UsersById,
+};
 use super::planner::{Checkpoint, ItemPlan, Pass, Reread, Step};
 
 /// The one directory role whose holders a User Administrator may reset like anyone.
@@ -182,17 +184,8 @@ pub struct RetireOps {
     pub privileges: Arc<Privileges>,
 }
 
-impl EntryPass for RetireOps {
+impl PassRequests for RetireOps {
     type Item = RetireItem;
-    type State = RetireState;
-
-    fn context(&self) -> &PassContext {
-        &self.cx
-    }
-
-    fn key(&self, it: &RetireItem) -> EntryKey {
-        EntryKey::of_pass(self.pass_id, it.entry.item_id)
-    }
 
     async fn send(&self, it: &mut RetireItem, step: Step) -> Result<ResponseMeta, GraphError> {
         match step {
@@ -226,6 +219,18 @@ impl EntryPass for RetireOps {
             }
             Err(e) => reread_error(&it.user_id, e),
         }
+    }
+}
+
+impl EntryPass for RetireOps {
+    type State = RetireState;
+
+    fn context(&self) -> &PassContext {
+        &self.cx
+    }
+
+    fn key(&self, it: &RetireItem) -> EntryKey {
+        EntryKey::of_pass(self.pass_id, it.entry.item_id)
     }
 
     fn in_flight(&self, it: &mut RetireItem, step: Step) -> anyhow::Result<RetireChange> {

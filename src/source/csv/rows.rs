@@ -411,26 +411,8 @@ impl Header {
                 )),
             }
         }
-        if let Some(url) = redirect {
-            if is_http_url(url) {
-                overrides.invite_redirect_url = Some(url.to_string());
-            } else {
-                problems.push(format!(
-                    "field inviteRedirectUrl: {} is not an https:// or http:// URL",
-                    show(url)
-                ));
-            }
-        }
-        if let Some(tag) = language {
-            if is_language_tag(tag) {
-                overrides.message_language = Some(tag.to_string());
-            } else {
-                problems.push(format!(
-                    "field messageLanguage: {} is not a language tag like en-US",
-                    show(tag)
-                ));
-            }
-        }
+        overrides.invite_redirect_url = checked(Column::InviteRedirectUrl, redirect, &mut problems);
+        overrides.message_language = checked(Column::MessageLanguage, language, &mut problems);
         if let Some(body) = body {
             if body.len() > crate::config::MAX_MESSAGE_BYTES {
                 problems.push(format!(
@@ -458,6 +440,26 @@ impl Header {
             snapshot: None,
         }
     }
+}
+
+/// The `value` of `column` (`inviteRedirectUrl`, `messageLanguage`) if there is one and it
+/// passes the column's check; else `None`, and the problem with it in `problems`.
+fn checked(column: Column, value: Option<&str>, problems: &mut Vec<String>) -> Option<String> {
+    let (ok, not): (fn(&str) -> bool, &str) = match column {
+        Column::InviteRedirectUrl => (is_http_url, "an https:// or http:// URL"),
+        Column::MessageLanguage => (is_language_tag, "a language tag like en-US"),
+        other => unreachable!("{} has no value check", other.name()),
+    };
+    let value = value?;
+    if ok(value) {
+        return Some(value.to_string());
+    }
+    problems.push(format!(
+        "field {}: {} is not {not}",
+        column.name(),
+        show(value)
+    ));
+    None
 }
 
 /// What the operator is told about an unterminated quote: where it opened, how many lines it
