@@ -4,73 +4,33 @@
 
 use rusqlite::params;
 
-use super::pass::{text, EntryChange, EntryCounts, EntryState};
+use super::pass::{entry_state, text, EntryChange, EntryCounts};
 use super::{now, Queue, Result, Trace};
+use crate::item::wire_enum;
 
-/// Which back-out an entry belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackoutKind {
-    /// `restore`: the tool's own follow-up writes put back from the snapshot.
-    Restore,
-    /// `rollback`: the user converted back to an internal member (Graph beta).
-    Rollback,
-}
-
-impl BackoutKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackoutKind::Restore => "restore",
-            BackoutKind::Rollback => "rollback",
-        }
+wire_enum! {
+    /// Which back-out an entry belongs to.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum BackoutKind {
+        /// `restore`: the tool's own follow-up writes put back from the snapshot.
+        Restore = "restore",
+        /// `rollback`: the user converted back to an internal member (Graph beta).
+        Rollback = "rollback",
     }
+    unknown = |s| format!("unknown back-out kind `{s}`");
 }
 
-/// Where one user is within its back-out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackoutState {
-    Pending,
-    /// A request may be on the wire (or was when the process died).
-    InFlight,
-    Done,
-    Failed,
-    /// Left alone: changed since by someone else, not redeemed, or gone.
-    Skipped,
-}
-
-impl BackoutState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackoutState::Pending => "pending",
-            BackoutState::InFlight => "in_flight",
-            BackoutState::Done => "done",
-            BackoutState::Failed => "failed",
-            BackoutState::Skipped => "skipped",
-        }
+entry_state! {
+    /// Where one user is within its back-out.
+    pub enum BackoutState {
+        Done = "done",
+        /// Left alone: changed since by someone else, not redeemed, or gone.
+        Skipped,
     }
-}
-
-impl EntryState for BackoutState {
-    const TABLE: &'static str = "backout_entries";
-    const KEY: &'static str = "item_id = ?1 AND kind = ?2";
-    const MISSING: &'static str = "not in this back-out";
-    const ALL: &'static [Self] = &[
-        BackoutState::Pending,
-        BackoutState::InFlight,
-        BackoutState::Done,
-        BackoutState::Failed,
-        BackoutState::Skipped,
-    ];
-    const PENDING: Self = BackoutState::Pending;
-    const IN_FLIGHT: Self = BackoutState::InFlight;
-    const DONE: Self = BackoutState::Done;
-    const FAILED: Self = BackoutState::Failed;
-    const SKIPPED: Self = BackoutState::Skipped;
-    /// The step last checkpointed in flight is off the wire.
-    const OFF_THE_WIRE: &'static str = "in_flight = NULL";
-
-    fn name(self) -> &'static str {
-        self.as_str()
-    }
+    table = "backout_entries", key = "item_id = ?1 AND kind = ?2",
+    missing = "not in this back-out",
+    // The step last checkpointed in flight is off the wire.
+    off_the_wire = "in_flight = NULL";
 }
 
 /// A user to put into a back-out: for `restore`, what to put back.
@@ -121,13 +81,9 @@ fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BackoutEntry> {
     let state: String = r.get(2)?;
     Ok(BackoutEntry {
         item_id: r.get(0)?,
-        kind: if kind == "rollback" {
-            BackoutKind::Rollback
-        } else {
-            BackoutKind::Restore
-        },
+        kind: kind.parse().unwrap_or(BackoutKind::Restore),
         // A state this version does not know reads as failed: it is never worked again.
-        state: BackoutState::parse(&state).unwrap_or(BackoutState::Failed),
+        state: state.parse().unwrap_or(BackoutState::Failed),
         user_id: r.get(3)?,
         user_principal_name: r.get(4)?,
         needs_user_type: r.get(5)?,
@@ -288,36 +244,18 @@ impl BackoutChange {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::item::{NewItem, Overrides, RunMode, RunOptions, SourceSpec, UserKey};
+    use std::sync::Arc;
+
+    use crate::item::RunMode;
     use crate::queue::pass::EntryKey;
+    use crate::queue::testing::{csv_run, insert_users, temp_queue};
     use crate::queue::QueueError;
 
-    fn queue_with_items() -> (tempfile::TempDir, Queue, i64, Vec<i64>) {
-        let dir = tempfile::tempdir().unwrap();
-        let q = Queue::open(&dir.path().join("q.db")).unwrap();
-        let run = q
-            .create_run(
-                &SourceSpec::Csv {
-                    path: "u.csv".into(),
-                },
-                RunMode::Live,
-                &RunOptions::default(),
-                None,
-                "http://127.0.0.1:1",
-            )
-            .unwrap();
-        let rows: Vec<NewItem> = (1..=2)
-            .map(|n| NewItem {
-                line: Some(n),
-                key: Some(UserKey::UserPrincipalName(format!("u{n}@contoso.com"))),
-                external_email: Some(format!("u{n}@fabrikam.com")),
-                overrides: Overrides::default(),
-                bad_input: None,
-                snapshot: None,
-            })
-            .collect();
-        q.insert_items(run, &rows, None).unwrap();
-        let ids = q.items(run).unwrap().iter().map(|i| i.id).collect();
+    /// A live run of two users, and their item ids.
+    fn queue_with_items() -> (tempfile::TempDir, Arc<Queue>, i64, Vec<i64>) {
+        let (dir, q) = temp_queue();
+        let run = csv_run(&q, RunMode::Live, None);
+        let ids = insert_users(&q, run, 2);
         (dir, q, run, ids)
     }
 

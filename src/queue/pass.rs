@@ -9,16 +9,17 @@ use rusqlite::{params_from_iter, OptionalExtension};
 
 use super::{Queue, QueueError, Result};
 
-/// A state of an entry in a pass table, and the table.
-pub trait EntryState: Copy + PartialEq + Send + Sync + 'static {
+/// A state of an entry in a pass table, and the table; its stored spelling is `name`, read
+/// back by `FromStr`. Declared with [`entry_state!`].
+pub trait EntryState:
+    Copy + PartialEq + Send + Sync + 'static + std::str::FromStr<Err = String>
+{
     /// The table the pass's entries live in.
     const TABLE: &'static str;
     /// The condition naming one entry: `?1` and `?2` are its [`EntryKey`].
     const KEY: &'static str;
     /// What a `Moved` error says when the user has no entry in the pass at all.
     const MISSING: &'static str;
-    /// Every state an entry can be in.
-    const ALL: &'static [Self];
     /// Waiting for the pass.
     const PENDING: Self;
     /// A request may be on the wire (or was when the process died).
@@ -38,16 +39,56 @@ pub trait EntryState: Copy + PartialEq + Send + Sync + 'static {
     fn is_open(self) -> bool {
         self == Self::PENDING || self == Self::IN_FLIGHT
     }
-
-    /// The state stored as `name`.
-    fn parse(name: &str) -> std::result::Result<Self, String> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|s| s.name() == name)
-            .ok_or_else(|| format!("unknown {} state `{name}`", Self::TABLE))
-    }
 }
+
+/// Declares the state enum of a pass table with [`crate::item::wire_enum`] (`Debug`, `Clone`,
+/// `Copy`, `PartialEq`, `Eq`) and its [`EntryState`]. Every pass table's states are `Pending`,
+/// `InFlight`, the table's own done state, `Failed` and `Skipped`, in that order, stored as
+/// `pending`, `in_flight`, …, `failed`, `skipped`; only the done state (with its spelling) and
+/// what `Skipped` means are given. `table`, `key`, `missing` and `off_the_wire` are the
+/// trait's constants; an unknown spelling reads as ``unknown <table> state `…` ``.
+macro_rules! entry_state {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $(#[$done_meta:meta])* $done:ident = $done_wire:literal,
+            $(#[$skipped_meta:meta])* Skipped,
+        }
+        table = $table:literal, key = $key:literal, missing = $missing:literal,
+        off_the_wire = $off_the_wire:literal;
+    ) => {
+        crate::item::wire_enum! {
+            $(#[$meta])*
+            #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+            pub enum $name {
+                Pending = "pending",
+                /// A request may be on the wire (or was when the process died).
+                InFlight = "in_flight",
+                $(#[$done_meta])* $done = $done_wire,
+                Failed = "failed",
+                $(#[$skipped_meta])* Skipped = "skipped",
+            }
+            unknown = |s| format!("unknown {} state `{s}`", $table);
+        }
+
+        impl $crate::queue::pass::EntryState for $name {
+            const TABLE: &'static str = $table;
+            const KEY: &'static str = $key;
+            const MISSING: &'static str = $missing;
+            const PENDING: Self = $name::Pending;
+            const IN_FLIGHT: Self = $name::InFlight;
+            const DONE: Self = $name::$done;
+            const FAILED: Self = $name::Failed;
+            const SKIPPED: Self = $name::Skipped;
+            const OFF_THE_WIRE: &'static str = $off_the_wire;
+
+            fn name(self) -> &'static str {
+                self.as_str()
+            }
+        }
+    };
+}
+pub(super) use entry_state;
 
 /// A pass table whose passes are recorded in a table of their own (`resend_passes`,
 /// `retire_passes`), each entry naming its pass.
@@ -333,7 +374,7 @@ impl Queue {
 
 /// A state read back from its table.
 fn parse_state<S: EntryState>(name: &str) -> Result<S> {
-    S::parse(name).map_err(|message| QueueError::Corrupt {
+    name.parse().map_err(|message| QueueError::Corrupt {
         column: "state",
         message,
     })

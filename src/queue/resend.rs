@@ -5,7 +5,7 @@
 use rusqlite::types::Value;
 use rusqlite::{params, OptionalExtension};
 
-use super::pass::{text, EntryChange, EntryCounts, EntryState, PassTable, PassUser};
+use super::pass::{entry_state, text, EntryChange, EntryCounts, PassTable, PassUser};
 use super::redemption::KEEP_LINKS;
 use super::track::PENDING_ACCEPTANCE;
 use super::{now, Queue, Result, Trace};
@@ -21,63 +21,19 @@ pub struct ResendPass {
     pub finished_at: Option<String>,
 }
 
-/// Where one user is within a resend pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResendState {
-    Pending,
-    /// A request may be on the wire (or was when the process died).
-    InFlight,
-    Sent,
-    Failed,
-    /// Nothing to send after all (redeemed meanwhile, user gone).
-    Skipped,
-}
-
-impl ResendState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ResendState::Pending => "pending",
-            ResendState::InFlight => "in_flight",
-            ResendState::Sent => "sent",
-            ResendState::Failed => "failed",
-            ResendState::Skipped => "skipped",
-        }
+entry_state! {
+    /// Where one user is within a resend pass.
+    pub enum ResendState {
+        Sent = "sent",
+        /// Nothing to send after all (redeemed meanwhile, user gone).
+        Skipped,
     }
-}
-
-impl EntryState for ResendState {
-    const TABLE: &'static str = "resends";
-    const KEY: &'static str = "pass_id = ?1 AND item_id = ?2";
-    const MISSING: &'static str = "not in this resend pass";
-    const ALL: &'static [Self] = &[
-        ResendState::Pending,
-        ResendState::InFlight,
-        ResendState::Sent,
-        ResendState::Failed,
-        ResendState::Skipped,
-    ];
-    const PENDING: Self = ResendState::Pending;
-    const IN_FLIGHT: Self = ResendState::InFlight;
-    const DONE: Self = ResendState::Sent;
-    const FAILED: Self = ResendState::Failed;
-    const SKIPPED: Self = ResendState::Skipped;
-    const OFF_THE_WIRE: &'static str = "";
-
-    fn name(self) -> &'static str {
-        self.as_str()
-    }
+    table = "resends", key = "pass_id = ?1 AND item_id = ?2",
+    missing = "not in this resend pass", off_the_wire = "";
 }
 
 impl PassTable for ResendState {
     const PASSES: &'static str = "resend_passes";
-}
-
-impl std::str::FromStr for ResendState {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<ResendState, String> {
-        ResendState::parse(s)
-    }
 }
 
 /// One user of a resend pass.

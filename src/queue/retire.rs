@@ -6,10 +6,10 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use super::pass::{text, EntryChange, EntryState, PassTable, PassUser};
+use super::pass::{entry_state, text, EntryChange, PassTable, PassUser};
 use super::track::{normalize_time, ACCEPTED};
 use super::{now, Queue, Result, Trace};
-use crate::item::ItemState;
+use crate::item::{wire_enum, ItemState};
 
 /// A `retire` pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,106 +19,36 @@ pub struct RetirePass {
     pub started_at: String,
 }
 
-/// Where one user is within a retire pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetireState {
-    Pending,
-    /// A request may be on the wire (or was when the process died).
-    InFlight,
-    /// Password set and sessions revoked.
-    Retired,
-    Failed,
-    /// Not written: see [`SkipKind`].
-    Skipped,
-}
-
-impl RetireState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RetireState::Pending => "pending",
-            RetireState::InFlight => "in_flight",
-            RetireState::Retired => "retired",
-            RetireState::Failed => "failed",
-            RetireState::Skipped => "skipped",
-        }
+entry_state! {
+    /// Where one user is within a retire pass.
+    pub enum RetireState {
+        /// Password set and sessions revoked.
+        Retired = "retired",
+        /// Not written: see [`SkipKind`].
+        Skipped,
     }
-}
-
-impl EntryState for RetireState {
-    const TABLE: &'static str = "retires";
-    const KEY: &'static str = "pass_id = ?1 AND item_id = ?2";
-    const MISSING: &'static str = "not in this retire pass";
-    const ALL: &'static [Self] = &[
-        RetireState::Pending,
-        RetireState::InFlight,
-        RetireState::Retired,
-        RetireState::Failed,
-        RetireState::Skipped,
-    ];
-    const PENDING: Self = RetireState::Pending;
-    const IN_FLIGHT: Self = RetireState::InFlight;
-    const DONE: Self = RetireState::Retired;
-    const FAILED: Self = RetireState::Failed;
-    const SKIPPED: Self = RetireState::Skipped;
-    const OFF_THE_WIRE: &'static str = "";
-
-    fn name(self) -> &'static str {
-        self.as_str()
-    }
+    table = "retires", key = "pass_id = ?1 AND item_id = ?2",
+    missing = "not in this retire pass", off_the_wire = "";
 }
 
 impl PassTable for RetireState {
     const PASSES: &'static str = "retire_passes";
 }
 
-impl std::str::FromStr for RetireState {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<RetireState, String> {
-        RetireState::parse(s)
+wire_enum! {
+    /// Why a user of a pass was not written.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub enum SkipKind {
+        /// Not `Accepted` when the pass re-read them: both credentials work until redemption.
+        Unredeemed = "unredeemed",
+        /// Synced from on-premises: Graph cannot write the password (`scripts`).
+        Synced = "synced",
+        /// Holds an admin role: needs Privileged Authentication Administrator.
+        Privileged = "privileged",
+        /// No longer in the tenant.
+        Gone = "gone",
     }
-}
-
-/// Why a user of a pass was not written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum SkipKind {
-    /// Not `Accepted` when the pass re-read them: both credentials work until redemption.
-    Unredeemed,
-    /// Synced from on-premises: Graph cannot write the password (`scripts`).
-    Synced,
-    /// Holds an admin role: needs Privileged Authentication Administrator.
-    Privileged,
-    /// No longer in the tenant.
-    Gone,
-}
-
-impl SkipKind {
-    pub const ALL: [SkipKind; 4] = [
-        SkipKind::Unredeemed,
-        SkipKind::Synced,
-        SkipKind::Privileged,
-        SkipKind::Gone,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SkipKind::Unredeemed => "unredeemed",
-            SkipKind::Synced => "synced",
-            SkipKind::Privileged => "privileged",
-            SkipKind::Gone => "gone",
-        }
-    }
-}
-
-impl std::str::FromStr for SkipKind {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<SkipKind, String> {
-        SkipKind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown retire skip kind `{s}`"))
-    }
+    unknown = |s| format!("unknown retire skip kind `{s}`");
 }
 
 /// One user of a retire pass.
