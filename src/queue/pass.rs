@@ -341,7 +341,7 @@ impl Queue {
     pub fn pass_users<S: PassTable>(&self, pass_id: i64) -> Result<Vec<(PassUser, S)>> {
         let rows: Vec<(PassUser, String)> = self.select_rows(
             &format!(
-                "SELECT e.item_id, i.user_id, i.user_principal_name, i.external_email, e.state
+                "SELECT {PASS_USER_COLUMNS}, e.state
                  FROM {} e JOIN items i ON i.id = e.item_id WHERE e.pass_id = ?1
                  ORDER BY e.item_id",
                 S::TABLE
@@ -418,8 +418,12 @@ pub struct PassUser {
     pub external_email: Option<String>,
 }
 
+/// The columns [`PassUser::from_row`] reads, of the items table as `i`.
+pub(super) const PASS_USER_COLUMNS: &str =
+    "i.id, i.user_id, i.user_principal_name, i.external_email";
+
 impl PassUser {
-    /// `item id, user id, UPN, external email`, in that order.
+    /// [`PASS_USER_COLUMNS`], first in the row.
     pub(super) fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PassUser> {
         Ok(PassUser {
             item_id: r.get(0)?,

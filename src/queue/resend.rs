@@ -5,7 +5,9 @@
 use rusqlite::types::Value;
 use rusqlite::{params, OptionalExtension};
 
-use super::pass::{entry_state, text, EntryChange, EntryCounts, PassTable, PassUser};
+use super::pass::{
+    entry_state, text, EntryChange, EntryCounts, PassTable, PassUser, PASS_USER_COLUMNS,
+};
 use super::redemption::KEEP_LINKS;
 use super::track::PENDING_ACCEPTANCE;
 use super::{now, Queue, Result, Trace};
@@ -92,8 +94,7 @@ impl Queue {
     pub fn resend_candidate_list(&self, run_id: i64, cutoff: &str) -> Result<Vec<PassUser>> {
         self.select_rows(
             &format!(
-                "SELECT i.id, i.user_id, i.user_principal_name, i.external_email FROM items i
-                 WHERE {CANDIDATE_WHERE} ORDER BY i.id"
+                "SELECT {PASS_USER_COLUMNS} FROM items i WHERE {CANDIDATE_WHERE} ORDER BY i.id"
             ),
             candidate_params(&run_id, &cutoff),
             PassUser::from_row,

@@ -6,7 +6,7 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use super::pass::{entry_state, text, EntryChange, PassTable, PassUser};
+use super::pass::{entry_state, text, EntryChange, PassTable, PassUser, PASS_USER_COLUMNS};
 use super::track::{normalize_time, ACCEPTED};
 use super::{now, Queue, Result, Trace};
 use crate::item::{wire_enum, ItemState};
@@ -147,7 +147,7 @@ const CANDIDATE_WHERE: &str = "i.run_id = ?1 AND i.state = ?2 AND i.user_id IS N
     AND NOT EXISTS (SELECT 1 FROM retires x WHERE x.item_id = i.id AND x.state = ?3)";
 
 /// Whether an item is synced: the last read, else the snapshot taken before the conversion.
-const SYNCED: &str =
+pub(super) const SYNCED: &str =
     "coalesce(i.on_premises_sync, json_extract(i.snapshot, '$.onPremisesSyncEnabled'), 0) = 1";
 
 impl Queue {
@@ -174,8 +174,7 @@ impl Queue {
     pub fn retire_candidates(&self, run_id: i64) -> Result<Vec<PassUser>> {
         self.select_rows(
             &format!(
-                "SELECT i.id, i.user_id, i.user_principal_name, i.external_email FROM items i
-                 WHERE {CANDIDATE_WHERE} ORDER BY i.id"
+                "SELECT {PASS_USER_COLUMNS} FROM items i WHERE {CANDIDATE_WHERE} ORDER BY i.id"
             ),
             params![run_id, ItemState::Converted, RetireState::Retired],
             PassUser::from_row,

@@ -368,7 +368,7 @@ mod tests {
             }]
         );
         let waiting = q.not_redeemed(run, 10).unwrap();
-        let waiting: Vec<_> = waiting.iter().map(|w| w.item_id).collect();
+        let waiting: Vec<_> = waiting.iter().map(|w| w.user.item_id).collect();
         assert_eq!(waiting, vec![ids[1], ids[3]]);
         assert_eq!(q.track_history(run).unwrap().len(), 1);
         let n = q.not_redeemed(run, 10).unwrap();
