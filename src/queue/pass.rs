@@ -46,8 +46,27 @@ pub trait EntryState:
 /// `InFlight`, the table's own done state, `Failed` and `Skipped`, in that order, stored as
 /// `pending`, `in_flight`, …, `failed`, `skipped`; only the done state (with its spelling) and
 /// what `Skipped` means are given. `table`, `key`, `missing` and `off_the_wire` are the
-/// trait's constants; an unknown spelling reads as ``unknown <table> state `…` ``.
+/// trait's constants; an unknown spelling reads as ``unknown <table> state `…` ``. A table
+/// whose passes have a table of their own names it as `passes` instead of `key` and
+/// `off_the_wire`: its entries are keyed by pass and item, going back to pending clears
+/// nothing else, and it is a [`PassTable`].
 macro_rules! entry_state {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident { $($states:tt)* }
+        table = $table:literal, passes = $passes:literal, missing = $missing:literal;
+    ) => {
+        entry_state! {
+            $(#[$meta])*
+            pub enum $name { $($states)* }
+            table = $table, key = "pass_id = ?1 AND item_id = ?2", missing = $missing,
+            off_the_wire = "";
+        }
+
+        impl $crate::queue::pass::PassTable for $name {
+            const PASSES: &'static str = $passes;
+        }
+    };
     (
         $(#[$meta:meta])*
         pub enum $name:ident {
@@ -57,7 +76,7 @@ macro_rules! entry_state {
         table = $table:literal, key = $key:literal, missing = $missing:literal,
         off_the_wire = $off_the_wire:literal;
     ) => {
-        crate::item::wire_enum! {
+        $crate::item::wire_enum! {
             $(#[$meta])*
             #[derive(Debug, Clone, Copy, PartialEq, Eq)]
             pub enum $name {
@@ -352,6 +371,44 @@ impl Queue {
         rows.into_iter()
             .map(|(user, name)| Ok((user, parse_state(&name)?)))
             .collect()
+    }
+
+    /// Who a new pass would take: the items `candidates` names (a condition on `items i`,
+    /// `params` bound), in item order.
+    pub(super) fn candidate_users(
+        &self,
+        candidates: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<PassUser>> {
+        self.select_rows(
+            &format!("SELECT {PASS_USER_COLUMNS} FROM items i WHERE {candidates} ORDER BY i.id"),
+            params,
+            PassUser::from_row,
+        )
+    }
+
+    /// Fixes the users of the new pass `pass_id` in `S`'s table, in `tx`: the users
+    /// [`Queue::candidate_users`] lists for `candidates` (`params` bound, the pass id after
+    /// them). How many.
+    pub(super) fn insert_pass_entries<S: PassTable>(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        pass_id: i64,
+        candidates: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> Result<usize> {
+        let mut bound = params.to_vec();
+        bound.push(&pass_id);
+        tx.execute(
+            &format!(
+                "INSERT INTO {} (pass_id, item_id)
+                 SELECT ?{}, i.id FROM items i WHERE {candidates} ORDER BY i.id",
+                S::TABLE,
+                bound.len()
+            ),
+            bound.as_slice(),
+        )
+        .map_err(|e| self.err(e))
     }
 
     /// Every row `sql` selects (`params` bound), read by `row`.

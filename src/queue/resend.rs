@@ -5,9 +5,7 @@
 use rusqlite::types::Value;
 use rusqlite::{params, OptionalExtension};
 
-use super::pass::{
-    entry_state, text, EntryChange, EntryCounts, PassTable, PassUser, PASS_USER_COLUMNS,
-};
+use super::pass::{entry_state, text, EntryChange, EntryCounts, PassUser};
 use super::redemption::KEEP_LINKS;
 use super::track::PENDING_ACCEPTANCE;
 use super::{now, Queue, Result, Trace};
@@ -30,12 +28,7 @@ entry_state! {
         /// Nothing to send after all (redeemed meanwhile, user gone).
         Skipped,
     }
-    table = "resends", key = "pass_id = ?1 AND item_id = ?2",
-    missing = "not in this resend pass", off_the_wire = "";
-}
-
-impl PassTable for ResendState {
-    const PASSES: &'static str = "resend_passes";
+    table = "resends", passes = "resend_passes", missing = "not in this resend pass";
 }
 
 /// One user of a resend pass.
@@ -92,13 +85,7 @@ impl Queue {
 
     /// The users of [`Queue::resend_candidates`], in item order (`resend --dry-run` lists them).
     pub fn resend_candidate_list(&self, run_id: i64, cutoff: &str) -> Result<Vec<PassUser>> {
-        self.select_rows(
-            &format!(
-                "SELECT {PASS_USER_COLUMNS} FROM items i WHERE {CANDIDATE_WHERE} ORDER BY i.id"
-            ),
-            candidate_params(&run_id, &cutoff),
-            PassUser::from_row,
-        )
+        self.candidate_users(CANDIDATE_WHERE, &candidate_params(&run_id, &cutoff))
     }
 
     /// Creates a pass over the candidates of [`Queue::resend_candidates`], fixing its users in
@@ -117,22 +104,12 @@ impl Queue {
         )
         .map_err(|e| self.err(e))?;
         let pass_id = tx.last_insert_rowid();
-        let n = tx
-            .execute(
-                &format!(
-                    "INSERT INTO resends (pass_id, item_id)
-                     SELECT ?6, i.id FROM items i WHERE {CANDIDATE_WHERE} ORDER BY i.id"
-                ),
-                params![
-                    run_id,
-                    cutoff,
-                    ItemState::Converted,
-                    PENDING_ACCEPTANCE,
-                    ResendState::Sent,
-                    pass_id
-                ],
-            )
-            .map_err(|e| self.err(e))?;
+        let n = self.insert_pass_entries::<ResendState>(
+            &tx,
+            pass_id,
+            CANDIDATE_WHERE,
+            &candidate_params(&run_id, &cutoff),
+        )?;
         if n == 0 {
             return Ok(None);
         }

@@ -6,7 +6,7 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use super::pass::{entry_state, text, EntryChange, PassTable, PassUser, PASS_USER_COLUMNS};
+use super::pass::{entry_state, text, EntryChange, PassUser};
 use super::track::{normalize_time, ACCEPTED};
 use super::{now, Queue, Result, Trace};
 use crate::item::{wire_enum, ItemState};
@@ -27,12 +27,7 @@ entry_state! {
         /// Not written: see [`SkipKind`].
         Skipped,
     }
-    table = "retires", key = "pass_id = ?1 AND item_id = ?2",
-    missing = "not in this retire pass", off_the_wire = "";
-}
-
-impl PassTable for RetireState {
-    const PASSES: &'static str = "retire_passes";
+    table = "retires", passes = "retire_passes", missing = "not in this retire pass";
 }
 
 wire_enum! {
@@ -146,6 +141,11 @@ const ENTRY_COLUMNS: &str = "r.pass_id, r.item_id, i.user_id, i.user_principal_n
 const CANDIDATE_WHERE: &str = "i.run_id = ?1 AND i.state = ?2 AND i.user_id IS NOT NULL
     AND NOT EXISTS (SELECT 1 FROM retires x WHERE x.item_id = i.id AND x.state = ?3)";
 
+/// The parameters of [`CANDIDATE_WHERE`].
+fn candidate_params(run_id: &i64) -> [&dyn rusqlite::ToSql; 3] {
+    [run_id, &ItemState::Converted, &RetireState::Retired]
+}
+
 /// Whether an item is synced: the last read, else the snapshot taken before the conversion.
 pub(super) const SYNCED: &str =
     "coalesce(i.on_premises_sync, json_extract(i.snapshot, '$.onPremisesSyncEnabled'), 0) = 1";
@@ -172,13 +172,7 @@ impl Queue {
 
     /// The converted users a new pass would take, in item order.
     pub fn retire_candidates(&self, run_id: i64) -> Result<Vec<PassUser>> {
-        self.select_rows(
-            &format!(
-                "SELECT {PASS_USER_COLUMNS} FROM items i WHERE {CANDIDATE_WHERE} ORDER BY i.id"
-            ),
-            params![run_id, ItemState::Converted, RetireState::Retired],
-            PassUser::from_row,
-        )
+        self.candidate_users(CANDIDATE_WHERE, &candidate_params(&run_id))
     }
 
     /// Creates a pass over [`Queue::retire_candidates`], fixing its users in the same
@@ -196,15 +190,12 @@ impl Queue {
         )
         .map_err(|e| self.err(e))?;
         let pass_id = tx.last_insert_rowid();
-        let n = tx
-            .execute(
-                &format!(
-                    "INSERT INTO retires (pass_id, item_id)
-                     SELECT ?4, i.id FROM items i WHERE {CANDIDATE_WHERE} ORDER BY i.id"
-                ),
-                params![run_id, ItemState::Converted, RetireState::Retired, pass_id],
-            )
-            .map_err(|e| self.err(e))?;
+        let n = self.insert_pass_entries::<RetireState>(
+            &tx,
+            pass_id,
+            CANDIDATE_WHERE,
+            &candidate_params(&run_id),
+        )?;
         if n == 0 {
             return Ok(None);
         }
