@@ -4,7 +4,7 @@
 
 use rusqlite::params;
 
-use super::pass::{entry_state, text, EntryChange, EntryCounts};
+use super::pass::{entry_state, text, EntryChange, EntryCounts, PassUser, PASS_USER_COLUMNS};
 use super::{now, Queue, Result, Trace};
 use crate::item::wire_enum;
 
@@ -44,14 +44,12 @@ pub struct NewBackout {
     pub mail_tool: Option<String>,
 }
 
-/// One user of a back-out as stored, with the item's object id and UPN.
+/// One user of a back-out as stored, with its user (the item's object id, UPN and address).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackoutEntry {
-    pub item_id: i64,
+    pub user: PassUser,
     pub kind: BackoutKind,
     pub state: BackoutState,
-    pub user_id: Option<String>,
-    pub user_principal_name: Option<String>,
     pub needs_user_type: bool,
     pub user_type_to: Option<String>,
     pub needs_mail: bool,
@@ -71,36 +69,34 @@ pub struct BackoutEntry {
     pub finished_at: Option<String>,
 }
 
-const ENTRY_COLUMNS: &str = "b.item_id, b.kind, b.state, i.user_id, i.user_principal_name, \
-     b.needs_user_type, b.user_type_to, b.needs_mail, b.mail_to, b.mail_tool, b.in_flight, \
+/// (After [`PASS_USER_COLUMNS`].)
+const ENTRY_COLUMNS: &str = "b.kind, b.state, b.needs_user_type, b.user_type_to, b.needs_mail, b.mail_to, b.mail_tool, b.in_flight, \
      b.user_type_done_at IS NOT NULL, b.mail_done_at IS NOT NULL, b.passwords_file, \
      b.converted_back_at, b.attempts, b.detail, b.error_code, b.error_message, b.finished_at";
 
 fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BackoutEntry> {
-    let kind: String = r.get(1)?;
-    let state: String = r.get(2)?;
+    let kind: String = r.get(4)?;
+    let state: String = r.get(5)?;
     Ok(BackoutEntry {
-        item_id: r.get(0)?,
+        user: PassUser::from_row(r)?,
         kind: kind.parse().unwrap_or(BackoutKind::Restore),
         // A state this version does not know reads as failed: it is never worked again.
         state: state.parse().unwrap_or(BackoutState::Failed),
-        user_id: r.get(3)?,
-        user_principal_name: r.get(4)?,
-        needs_user_type: r.get(5)?,
-        user_type_to: r.get(6)?,
-        needs_mail: r.get(7)?,
-        mail_to: r.get(8)?,
-        mail_tool: r.get(9)?,
-        in_flight: r.get(10)?,
-        user_type_done: r.get(11)?,
-        mail_done: r.get(12)?,
-        passwords_file: r.get(13)?,
-        converted_back_at: r.get(14)?,
-        attempts: r.get(15)?,
-        detail: r.get(16)?,
-        error_code: r.get(17)?,
-        error_message: r.get(18)?,
-        finished_at: r.get(19)?,
+        needs_user_type: r.get(6)?,
+        user_type_to: r.get(7)?,
+        needs_mail: r.get(8)?,
+        mail_to: r.get(9)?,
+        mail_tool: r.get(10)?,
+        in_flight: r.get(11)?,
+        user_type_done: r.get(12)?,
+        mail_done: r.get(13)?,
+        passwords_file: r.get(14)?,
+        converted_back_at: r.get(15)?,
+        attempts: r.get(16)?,
+        detail: r.get(17)?,
+        error_code: r.get(18)?,
+        error_message: r.get(19)?,
+        finished_at: r.get(20)?,
     })
 }
 
@@ -151,7 +147,8 @@ impl Queue {
     ) -> Result<Vec<BackoutEntry>> {
         self.select_rows(
             &format!(
-                "SELECT {ENTRY_COLUMNS} FROM backout_entries b JOIN items i ON i.id = b.item_id
+                "SELECT {PASS_USER_COLUMNS}, {ENTRY_COLUMNS}
+                 FROM backout_entries b JOIN items i ON i.id = b.item_id
                  WHERE b.run_id = ?1 AND b.kind = ?2 AND (?3 IS NULL OR b.state = ?3)
                  ORDER BY b.item_id"
             ),

@@ -5,7 +5,7 @@
 use rusqlite::types::Value;
 use rusqlite::{params, OptionalExtension};
 
-use super::pass::{entry_state, text, EntryChange, EntryCounts, PassUser};
+use super::pass::{entry_state, text, EntryChange, EntryCounts, PassUser, PASS_USER_COLUMNS};
 use super::redemption::KEEP_LINKS;
 use super::track::PENDING_ACCEPTANCE;
 use super::{now, Queue, Result, Trace};
@@ -35,9 +35,7 @@ entry_state! {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResendEntry {
     pub pass_id: i64,
-    pub item_id: i64,
-    pub user_id: Option<String>,
-    pub user_principal_name: Option<String>,
+    pub user: PassUser,
     pub state: ResendState,
     pub attempts: u32,
     /// When the entry was last put in flight.
@@ -52,8 +50,9 @@ pub struct ResendEntry {
 /// What a lost answer is judged against: Graph's change time as the last `track` read it, and
 /// when (on our clock) that read was made. Candidates are always tracked after any earlier
 /// resend, so the tracked change time is the user's last change before this pass.
-const RESEND_COLUMNS: &str = "r.pass_id, r.item_id, i.user_id, i.user_principal_name, r.state, \
-    r.attempts, r.checkpoint_at, i.external_user_state_changed_at, i.tracked_at";
+/// (After [`PASS_USER_COLUMNS`].)
+const RESEND_COLUMNS: &str = "r.pass_id, r.state, r.attempts, r.checkpoint_at, \
+    i.external_user_state_changed_at, i.tracked_at";
 
 impl Queue {
     /// The run's unfinished resend pass, if one was interrupted.
@@ -129,21 +128,20 @@ impl Queue {
     pub fn resend_entries(&self, pass_id: i64, state: ResendState) -> Result<Vec<ResendEntry>> {
         self.select_rows(
             &format!(
-                "SELECT {RESEND_COLUMNS} FROM resends r JOIN items i ON i.id = r.item_id
+                "SELECT {PASS_USER_COLUMNS}, {RESEND_COLUMNS}
+                 FROM resends r JOIN items i ON i.id = r.item_id
                  WHERE r.pass_id = ?1 AND r.state = ?2 ORDER BY r.item_id"
             ),
             params![pass_id, state],
             |r| {
                 Ok(ResendEntry {
-                    pass_id: r.get(0)?,
-                    item_id: r.get(1)?,
-                    user_id: r.get(2)?,
-                    user_principal_name: r.get(3)?,
-                    state: r.get(4)?,
-                    attempts: r.get::<_, i64>(5)? as u32,
-                    checkpoint_at: r.get(6)?,
-                    tracked_changed_at: r.get(7)?,
-                    tracked_at: r.get(8)?,
+                    user: PassUser::from_row(r)?,
+                    pass_id: r.get(4)?,
+                    state: r.get(5)?,
+                    attempts: r.get::<_, i64>(6)? as u32,
+                    checkpoint_at: r.get(7)?,
+                    tracked_changed_at: r.get(8)?,
+                    tracked_at: r.get(9)?,
                 })
             },
         )

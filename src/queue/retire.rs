@@ -6,7 +6,7 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use super::pass::{entry_state, text, EntryChange, PassUser};
+use super::pass::{entry_state, text, EntryChange, PassUser, PASS_USER_COLUMNS};
 use super::track::{normalize_time, ACCEPTED};
 use super::{now, Queue, Result, Trace};
 use crate::item::{wire_enum, ItemState};
@@ -50,9 +50,7 @@ wire_enum! {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetireEntry {
     pub pass_id: i64,
-    pub item_id: i64,
-    pub user_id: Option<String>,
-    pub user_principal_name: Option<String>,
+    pub user: PassUser,
     pub state: RetireState,
     /// The step checkpointed in flight (`Step::as_str`).
     pub step: Option<String>,
@@ -133,8 +131,8 @@ pub struct SeenState {
     pub changed_at: Option<String>,
 }
 
-const ENTRY_COLUMNS: &str = "r.pass_id, r.item_id, i.user_id, i.user_principal_name, r.state, \
-    r.step, r.attempts, r.password_before, r.sessions_before, r.password_set_at IS NOT NULL, \
+/// (After [`PASS_USER_COLUMNS`].)
+const ENTRY_COLUMNS: &str = "r.pass_id, r.state, r.step, r.attempts, r.password_before, r.sessions_before, r.password_set_at IS NOT NULL, \
     r.sessions_revoked_at IS NOT NULL, r.skip_kind, r.error_code, r.error_message";
 
 /// `?1` run id: converted items with an object id not retired by an earlier pass.
@@ -220,26 +218,25 @@ impl Queue {
     fn entries_where(&self, cond: &str, p: &[&dyn rusqlite::ToSql]) -> Result<Vec<RetireEntry>> {
         self.select_rows(
             &format!(
-                "SELECT {ENTRY_COLUMNS} FROM retires r JOIN items i ON i.id = r.item_id
+                "SELECT {PASS_USER_COLUMNS}, {ENTRY_COLUMNS}
+                 FROM retires r JOIN items i ON i.id = r.item_id
                  WHERE r.pass_id = ?1 AND {cond} ORDER BY r.item_id"
             ),
             p,
             |r| {
                 Ok(RetireEntry {
-                    pass_id: r.get(0)?,
-                    item_id: r.get(1)?,
-                    user_id: r.get(2)?,
-                    user_principal_name: r.get(3)?,
-                    state: r.get(4)?,
-                    step: r.get(5)?,
-                    attempts: r.get::<_, i64>(6)? as u32,
-                    password_before: r.get(7)?,
-                    sessions_before: r.get(8)?,
-                    password_set: r.get(9)?,
-                    sessions_revoked: r.get(10)?,
-                    skip_kind: r.get(11)?,
-                    error_code: r.get(12)?,
-                    error_message: r.get(13)?,
+                    user: PassUser::from_row(r)?,
+                    pass_id: r.get(4)?,
+                    state: r.get(5)?,
+                    step: r.get(6)?,
+                    attempts: r.get::<_, i64>(7)? as u32,
+                    password_before: r.get(8)?,
+                    sessions_before: r.get(9)?,
+                    password_set: r.get(10)?,
+                    sessions_revoked: r.get(11)?,
+                    skip_kind: r.get(12)?,
+                    error_code: r.get(13)?,
+                    error_message: r.get(14)?,
                 })
             },
         )

@@ -444,7 +444,7 @@ mod tests {
         assert_eq!(q.open_resend_pass(run).unwrap(), Some(pass.clone()));
         let pending = q.resend_entries(pass.id, ResendState::Pending).unwrap();
         assert_eq!(
-            pending.iter().map(|e| e.item_id).collect::<Vec<_>>(),
+            pending.iter().map(|e| e.user.item_id).collect::<Vec<_>>(),
             vec![ids[1], ids[2]]
         );
         assert_eq!(
