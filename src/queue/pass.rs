@@ -387,28 +387,42 @@ impl Queue {
         )
     }
 
-    /// Fixes the users of the new pass `pass_id` in `S`'s table, in `tx`: the users
-    /// [`Queue::candidate_users`] lists for `candidates` (`params` bound, the pass id after
-    /// them). How many.
-    pub(super) fn insert_pass_entries<S: PassTable>(
+    /// Records a new pass of `S` in `tx`, its row in [`PassTable::PASSES`] (`columns` set to
+    /// `values`) and its users in the same transaction: those [`Queue::candidate_users`] lists
+    /// for `candidates` (`params` bound, the pass id after them). The pass id, or `None` when
+    /// there is nobody to take (`tx` must then not be committed).
+    pub(super) fn insert_pass<S: PassTable>(
         &self,
         tx: &rusqlite::Transaction<'_>,
-        pass_id: i64,
+        columns: &str,
+        values: &[&dyn rusqlite::ToSql],
         candidates: &str,
         params: &[&dyn rusqlite::ToSql],
-    ) -> Result<usize> {
-        let mut bound = params.to_vec();
-        bound.push(&pass_id);
+    ) -> Result<Option<i64>> {
         tx.execute(
             &format!(
-                "INSERT INTO {} (pass_id, item_id)
-                 SELECT ?{}, i.id FROM items i WHERE {candidates} ORDER BY i.id",
-                S::TABLE,
-                bound.len()
+                "INSERT INTO {} ({columns}) VALUES ({})",
+                S::PASSES,
+                placeholders(1, values.len())
             ),
-            bound.as_slice(),
+            values,
         )
-        .map_err(|e| self.err(e))
+        .map_err(|e| self.err(e))?;
+        let pass_id = tx.last_insert_rowid();
+        let mut bound = params.to_vec();
+        bound.push(&pass_id);
+        let n = tx
+            .execute(
+                &format!(
+                    "INSERT INTO {} (pass_id, item_id)
+                     SELECT ?{}, i.id FROM items i WHERE {candidates} ORDER BY i.id",
+                    S::TABLE,
+                    bound.len()
+                ),
+                bound.as_slice(),
+            )
+            .map_err(|e| self.err(e))?;
+        Ok((n > 0).then_some(pass_id))
     }
 
     /// Every row `sql` selects (`params` bound), read by `row`.

@@ -97,21 +97,16 @@ impl Queue {
     ) -> Result<Option<ResendPass>> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
-        tx.execute(
-            "INSERT INTO resend_passes (run_id, older_than_days, started_at) VALUES (?1, ?2, ?3)",
-            params![run_id, older_than_days, now()],
-        )
-        .map_err(|e| self.err(e))?;
-        let pass_id = tx.last_insert_rowid();
-        let n = self.insert_pass_entries::<ResendState>(
+        let Some(pass_id) = self.insert_pass::<ResendState>(
             &tx,
-            pass_id,
+            "run_id, older_than_days, started_at",
+            params![run_id, older_than_days, now()],
             CANDIDATE_WHERE,
             &candidate_params(&run_id, &cutoff),
-        )?;
-        if n == 0 {
+        )?
+        else {
             return Ok(None);
-        }
+        };
         let pass = tx
             .query_row(
                 "SELECT id, run_id, older_than_days, started_at, finished_at FROM resend_passes

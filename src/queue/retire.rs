@@ -182,21 +182,16 @@ impl Queue {
             .map_err(|e| self.err(e))?;
         self.check_fence(&tx)?;
         let at = now();
-        tx.execute(
-            "INSERT INTO retire_passes (run_id, started_at) VALUES (?1, ?2)",
-            params![run_id, at],
-        )
-        .map_err(|e| self.err(e))?;
-        let pass_id = tx.last_insert_rowid();
-        let n = self.insert_pass_entries::<RetireState>(
+        let Some(pass_id) = self.insert_pass::<RetireState>(
             &tx,
-            pass_id,
+            "run_id, started_at",
+            params![run_id, at],
             CANDIDATE_WHERE,
             &candidate_params(&run_id),
-        )?;
-        if n == 0 {
+        )?
+        else {
             return Ok(None);
-        }
+        };
         tx.commit().map_err(|e| self.err(e))?;
         Ok(Some(RetirePass {
             id: pass_id,
