@@ -10,7 +10,7 @@ use rusqlite::{params_from_iter, OptionalExtension};
 use super::{Queue, QueueError, Result};
 
 /// A state of an entry in a pass table, and the table; its stored spelling is `name`, read
-/// back by `FromStr`. Declared with [`entry_state!`].
+/// back by `FromStr`. Declared with `entry_state!`.
 pub trait EntryState:
     Copy + PartialEq + Send + Sync + 'static + std::str::FromStr<Err = String>
 {

@@ -4,7 +4,7 @@
 
 use rusqlite::params;
 
-use super::{now, Queue, QueueError, Result};
+use super::{now, Queue, QueueError, Result, Trace};
 use crate::item::ItemState;
 
 /// `externalUserState` of a user who has redeemed.
@@ -20,9 +20,8 @@ pub struct TrackTarget {
     pub item_id: i64,
     pub user_id: String,
     pub user_principal_name: Option<String>,
-    /// `request-id` of the invitation's answer: what Microsoft support asks for.
-    pub request_id: Option<String>,
-    pub client_request_id: Option<String>,
+    /// The ids of the invitation's answer: what Microsoft support asks for.
+    pub trace: Trace,
 }
 
 /// What `track` concluded about one item.
@@ -89,8 +88,10 @@ impl Queue {
                     item_id: r.get(0)?,
                     user_id: r.get(1)?,
                     user_principal_name: r.get(2)?,
-                    request_id: r.get(3)?,
-                    client_request_id: r.get(4)?,
+                    trace: Trace {
+                        request_id: r.get(3)?,
+                        client_request_id: r.get(4)?,
+                    },
                 })
             },
         )
@@ -311,7 +312,7 @@ mod tests {
         assert_eq!(q.redemption_counts(run).unwrap().untracked, 4);
         let targets = q.track_targets(run, 0, 10).unwrap();
         assert_eq!(targets.len(), 4);
-        assert_eq!(targets[0].request_id.as_deref(), Some("req-1"));
+        assert_eq!(targets[0].trace.request_id.as_deref(), Some("req-1"));
         let t = q.start_track(run).unwrap();
         q.record_track_results(
             t,
