@@ -150,7 +150,11 @@ fn backout_done(queue: &Queue, run_id: i64) -> anyhow::Result<report::BackoutDon
                     ));
                 }
                 report::BackoutUser {
-                    user: e.user_principal_name.or(e.user_id).unwrap_or_default(),
+                    user: e
+                        .user
+                        .user_principal_name
+                        .or(e.user.user_id)
+                        .unwrap_or_default(),
                     what: what.join(", "),
                 }
             })

@@ -147,7 +147,7 @@ pub fn restore_plan(
         )?
         .into_iter()
         .filter(|e| e.state != BackoutState::Skipped)
-        .map(|e| e.item_id)
+        .map(|e| e.user.item_id)
         .collect();
     let ids: Vec<i64> = items
         .iter()
@@ -183,8 +183,8 @@ pub(super) fn open_entries(
         .backout_entries(run_id, kind, None)?
         .into_iter()
         .filter(|e| e.state.is_open())
-        .filter(|e| named.is_none_or(|n| n.contains(&e.item_id)))
-        .map(|e| e.item_id)
+        .filter(|e| named.is_none_or(|n| n.contains(&e.user.item_id)))
+        .map(|e| e.user.item_id)
         .collect())
 }
 
@@ -270,9 +270,10 @@ pub(super) fn finish(
     if !json {
         for e in queue.backout_entries(run.id, kind, None)? {
             let who = e
+                .user
                 .user_principal_name
                 .clone()
-                .or(e.user_id.clone())
+                .or(e.user.user_id.clone())
                 .unwrap_or_default();
             match e.state {
                 BackoutState::Skipped => {

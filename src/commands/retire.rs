@@ -222,10 +222,11 @@ fn names(entries: &[RetireEntry], kind: SkipKind) -> Vec<String> {
         .iter()
         .filter(|e| e.state == RetireState::Skipped && e.skip_kind == Some(kind))
         .map(|e| {
-            e.user_principal_name
+            e.user
+                .user_principal_name
                 .clone()
-                .or_else(|| e.user_id.clone())
-                .unwrap_or_else(|| format!("item {}", e.item_id))
+                .or_else(|| e.user.user_id.clone())
+                .unwrap_or_else(|| format!("item {}", e.user.item_id))
         })
         .collect()
 }
@@ -274,7 +275,7 @@ fn print_summary(run: &RunRecord, pass_id: i64, s: &RetireSummary, entries: &[Re
         .map(|e| {
             format!(
                 "{}: {} {}",
-                e.user_principal_name.as_deref().unwrap_or("?"),
+                e.user.user_principal_name.as_deref().unwrap_or("?"),
                 e.error_code.as_deref().unwrap_or(""),
                 e.error_message.as_deref().unwrap_or("")
             )

@@ -38,7 +38,7 @@ pub async fn rollback(db: &Path, args: RollbackArgs) -> anyhow::Result<ExitStatu
         .backout_entries(run.id, BackoutKind::Rollback, None)?
         .into_iter()
         .filter(|e| e.state != BackoutState::Skipped)
-        .map(|e| e.item_id)
+        .map(|e| e.user.item_id)
         .collect();
     let mut wanted = Vec::new();
     for item in items.iter().filter(|i| named.contains(&i.id)) {

@@ -55,7 +55,7 @@ pub async fn track(db: &Path, args: TrackArgs) -> anyhow::Result<ExitStatus> {
                     tracing::error!(
                         user_id = target.user_id,
                         user_principal_name = target.user_principal_name,
-                        request_id = target.request_id,
+                        request_id = target.trace.request_id,
                         "invitation answered 201 but never took effect"
                     );
                     eprintln!(
@@ -144,8 +144,12 @@ pub fn classify(target: &TrackTarget, user: Option<&User>, run_id: i64) -> Track
                 "Graph accepted the invitation (request-id {}, client-request-id {}) but the \
                  user's externalUserState is still empty: the conversion never took effect; \
                  `b2b-convert retry {run_id}` invites the user again",
-                target.request_id.as_deref().unwrap_or("unknown"),
-                target.client_request_id.as_deref().unwrap_or("unknown"),
+                target.trace.request_id.as_deref().unwrap_or("unknown"),
+                target
+                    .trace
+                    .client_request_id
+                    .as_deref()
+                    .unwrap_or("unknown"),
             ),
         },
     }
@@ -154,14 +158,17 @@ pub fn classify(target: &TrackTarget, user: Option<&User>, run_id: i64) -> Track
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::Trace;
 
     fn target() -> TrackTarget {
         TrackTarget {
             item_id: 7,
             user_id: "u1".into(),
             user_principal_name: Some("u1@contoso.com".into()),
-            request_id: Some("req-9".into()),
-            client_request_id: Some("crid-9".into()),
+            trace: Trace {
+                request_id: Some("req-9".into()),
+                client_request_id: Some("crid-9".into()),
+            },
         }
     }
 

@@ -4,73 +4,33 @@
 
 use rusqlite::params;
 
-use super::pass::{text, EntryChange, EntryCounts, EntryState};
+use super::pass::{entry_state, text, EntryChange, EntryCounts, PassUser, PASS_USER_COLUMNS};
 use super::{now, Queue, Result, Trace};
+use crate::item::wire_enum;
 
-/// Which back-out an entry belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackoutKind {
-    /// `restore`: the tool's own follow-up writes put back from the snapshot.
-    Restore,
-    /// `rollback`: the user converted back to an internal member (Graph beta).
-    Rollback,
-}
-
-impl BackoutKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackoutKind::Restore => "restore",
-            BackoutKind::Rollback => "rollback",
-        }
+wire_enum! {
+    /// Which back-out an entry belongs to.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum BackoutKind {
+        /// `restore`: the tool's own follow-up writes put back from the snapshot.
+        Restore = "restore",
+        /// `rollback`: the user converted back to an internal member (Graph beta).
+        Rollback = "rollback",
     }
+    unknown = |s| format!("unknown back-out kind `{s}`");
 }
 
-/// Where one user is within its back-out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackoutState {
-    Pending,
-    /// A request may be on the wire (or was when the process died).
-    InFlight,
-    Done,
-    Failed,
-    /// Left alone: changed since by someone else, not redeemed, or gone.
-    Skipped,
-}
-
-impl BackoutState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackoutState::Pending => "pending",
-            BackoutState::InFlight => "in_flight",
-            BackoutState::Done => "done",
-            BackoutState::Failed => "failed",
-            BackoutState::Skipped => "skipped",
-        }
+entry_state! {
+    /// Where one user is within its back-out.
+    pub enum BackoutState {
+        Done = "done",
+        /// Left alone: changed since by someone else, not redeemed, or gone.
+        Skipped,
     }
-}
-
-impl EntryState for BackoutState {
-    const TABLE: &'static str = "backout_entries";
-    const KEY: &'static str = "item_id = ?1 AND kind = ?2";
-    const MISSING: &'static str = "not in this back-out";
-    const ALL: &'static [Self] = &[
-        BackoutState::Pending,
-        BackoutState::InFlight,
-        BackoutState::Done,
-        BackoutState::Failed,
-        BackoutState::Skipped,
-    ];
-    const PENDING: Self = BackoutState::Pending;
-    const IN_FLIGHT: Self = BackoutState::InFlight;
-    const DONE: Self = BackoutState::Done;
-    const FAILED: Self = BackoutState::Failed;
-    const SKIPPED: Self = BackoutState::Skipped;
-    /// The step last checkpointed in flight is off the wire.
-    const OFF_THE_WIRE: &'static str = "in_flight = NULL";
-
-    fn name(self) -> &'static str {
-        self.as_str()
-    }
+    table = "backout_entries", key = "item_id = ?1 AND kind = ?2",
+    missing = "not in this back-out",
+    // The step last checkpointed in flight is off the wire.
+    off_the_wire = "in_flight = NULL";
 }
 
 /// A user to put into a back-out: for `restore`, what to put back.
@@ -84,14 +44,12 @@ pub struct NewBackout {
     pub mail_tool: Option<String>,
 }
 
-/// One user of a back-out as stored, with the item's object id and UPN.
+/// One user of a back-out as stored, with its user (the item's object id, UPN and address).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackoutEntry {
-    pub item_id: i64,
+    pub user: PassUser,
     pub kind: BackoutKind,
     pub state: BackoutState,
-    pub user_id: Option<String>,
-    pub user_principal_name: Option<String>,
     pub needs_user_type: bool,
     pub user_type_to: Option<String>,
     pub needs_mail: bool,
@@ -111,40 +69,34 @@ pub struct BackoutEntry {
     pub finished_at: Option<String>,
 }
 
-const ENTRY_COLUMNS: &str = "b.item_id, b.kind, b.state, i.user_id, i.user_principal_name, \
-     b.needs_user_type, b.user_type_to, b.needs_mail, b.mail_to, b.mail_tool, b.in_flight, \
+/// (After [`PASS_USER_COLUMNS`].)
+const ENTRY_COLUMNS: &str = "b.kind, b.state, b.needs_user_type, b.user_type_to, b.needs_mail, b.mail_to, b.mail_tool, b.in_flight, \
      b.user_type_done_at IS NOT NULL, b.mail_done_at IS NOT NULL, b.passwords_file, \
      b.converted_back_at, b.attempts, b.detail, b.error_code, b.error_message, b.finished_at";
 
 fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BackoutEntry> {
-    let kind: String = r.get(1)?;
-    let state: String = r.get(2)?;
+    let kind: String = r.get(4)?;
+    let state: String = r.get(5)?;
     Ok(BackoutEntry {
-        item_id: r.get(0)?,
-        kind: if kind == "rollback" {
-            BackoutKind::Rollback
-        } else {
-            BackoutKind::Restore
-        },
+        user: PassUser::from_row(r)?,
+        kind: kind.parse().unwrap_or(BackoutKind::Restore),
         // A state this version does not know reads as failed: it is never worked again.
-        state: BackoutState::parse(&state).unwrap_or(BackoutState::Failed),
-        user_id: r.get(3)?,
-        user_principal_name: r.get(4)?,
-        needs_user_type: r.get(5)?,
-        user_type_to: r.get(6)?,
-        needs_mail: r.get(7)?,
-        mail_to: r.get(8)?,
-        mail_tool: r.get(9)?,
-        in_flight: r.get(10)?,
-        user_type_done: r.get(11)?,
-        mail_done: r.get(12)?,
-        passwords_file: r.get(13)?,
-        converted_back_at: r.get(14)?,
-        attempts: r.get(15)?,
-        detail: r.get(16)?,
-        error_code: r.get(17)?,
-        error_message: r.get(18)?,
-        finished_at: r.get(19)?,
+        state: state.parse().unwrap_or(BackoutState::Failed),
+        needs_user_type: r.get(6)?,
+        user_type_to: r.get(7)?,
+        needs_mail: r.get(8)?,
+        mail_to: r.get(9)?,
+        mail_tool: r.get(10)?,
+        in_flight: r.get(11)?,
+        user_type_done: r.get(12)?,
+        mail_done: r.get(13)?,
+        passwords_file: r.get(14)?,
+        converted_back_at: r.get(15)?,
+        attempts: r.get(16)?,
+        detail: r.get(17)?,
+        error_code: r.get(18)?,
+        error_message: r.get(19)?,
+        finished_at: r.get(20)?,
     })
 }
 
@@ -195,7 +147,8 @@ impl Queue {
     ) -> Result<Vec<BackoutEntry>> {
         self.select_rows(
             &format!(
-                "SELECT {ENTRY_COLUMNS} FROM backout_entries b JOIN items i ON i.id = b.item_id
+                "SELECT {PASS_USER_COLUMNS}, {ENTRY_COLUMNS}
+                 FROM backout_entries b JOIN items i ON i.id = b.item_id
                  WHERE b.run_id = ?1 AND b.kind = ?2 AND (?3 IS NULL OR b.state = ?3)
                  ORDER BY b.item_id"
             ),
@@ -288,36 +241,18 @@ impl BackoutChange {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::item::{NewItem, Overrides, RunMode, RunOptions, SourceSpec, UserKey};
+    use std::sync::Arc;
+
+    use crate::item::RunMode;
     use crate::queue::pass::EntryKey;
+    use crate::queue::testing::{csv_run, insert_users, temp_queue};
     use crate::queue::QueueError;
 
-    fn queue_with_items() -> (tempfile::TempDir, Queue, i64, Vec<i64>) {
-        let dir = tempfile::tempdir().unwrap();
-        let q = Queue::open(&dir.path().join("q.db")).unwrap();
-        let run = q
-            .create_run(
-                &SourceSpec::Csv {
-                    path: "u.csv".into(),
-                },
-                RunMode::Live,
-                &RunOptions::default(),
-                None,
-                "http://127.0.0.1:1",
-            )
-            .unwrap();
-        let rows: Vec<NewItem> = (1..=2)
-            .map(|n| NewItem {
-                line: Some(n),
-                key: Some(UserKey::UserPrincipalName(format!("u{n}@contoso.com"))),
-                external_email: Some(format!("u{n}@fabrikam.com")),
-                overrides: Overrides::default(),
-                bad_input: None,
-                snapshot: None,
-            })
-            .collect();
-        q.insert_items(run, &rows, None).unwrap();
-        let ids = q.items(run).unwrap().iter().map(|i| i.id).collect();
+    /// A live run of two users, and their item ids.
+    fn queue_with_items() -> (tempfile::TempDir, Arc<Queue>, i64, Vec<i64>) {
+        let (dir, q) = temp_queue();
+        let run = csv_run(&q, RunMode::Live, None);
+        let ids = insert_users(&q, run, 2);
         (dir, q, run, ids)
     }
 

@@ -9,16 +9,17 @@ use rusqlite::{params_from_iter, OptionalExtension};
 
 use super::{Queue, QueueError, Result};
 
-/// A state of an entry in a pass table, and the table.
-pub trait EntryState: Copy + PartialEq + Send + Sync + 'static {
+/// A state of an entry in a pass table, and the table; its stored spelling is `name`, read
+/// back by `FromStr`. Declared with `entry_state!`.
+pub trait EntryState:
+    Copy + PartialEq + Send + Sync + 'static + std::str::FromStr<Err = String>
+{
     /// The table the pass's entries live in.
     const TABLE: &'static str;
     /// The condition naming one entry: `?1` and `?2` are its [`EntryKey`].
     const KEY: &'static str;
     /// What a `Moved` error says when the user has no entry in the pass at all.
     const MISSING: &'static str;
-    /// Every state an entry can be in.
-    const ALL: &'static [Self];
     /// Waiting for the pass.
     const PENDING: Self;
     /// A request may be on the wire (or was when the process died).
@@ -38,16 +39,75 @@ pub trait EntryState: Copy + PartialEq + Send + Sync + 'static {
     fn is_open(self) -> bool {
         self == Self::PENDING || self == Self::IN_FLIGHT
     }
-
-    /// The state stored as `name`.
-    fn parse(name: &str) -> std::result::Result<Self, String> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|s| s.name() == name)
-            .ok_or_else(|| format!("unknown {} state `{name}`", Self::TABLE))
-    }
 }
+
+/// Declares the state enum of a pass table with [`crate::item::wire_enum`] (`Debug`, `Clone`,
+/// `Copy`, `PartialEq`, `Eq`) and its [`EntryState`]. Every pass table's states are `Pending`,
+/// `InFlight`, the table's own done state, `Failed` and `Skipped`, in that order, stored as
+/// `pending`, `in_flight`, …, `failed`, `skipped`; only the done state (with its spelling) and
+/// what `Skipped` means are given. `table`, `key`, `missing` and `off_the_wire` are the
+/// trait's constants; an unknown spelling reads as ``unknown <table> state `…` ``. A table
+/// whose passes have a table of their own names it as `passes` instead of `key` and
+/// `off_the_wire`: its entries are keyed by pass and item, going back to pending clears
+/// nothing else, and it is a [`PassTable`].
+macro_rules! entry_state {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident { $($states:tt)* }
+        table = $table:literal, passes = $passes:literal, missing = $missing:literal;
+    ) => {
+        entry_state! {
+            $(#[$meta])*
+            pub enum $name { $($states)* }
+            table = $table, key = "pass_id = ?1 AND item_id = ?2", missing = $missing,
+            off_the_wire = "";
+        }
+
+        impl $crate::queue::pass::PassTable for $name {
+            const PASSES: &'static str = $passes;
+        }
+    };
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $(#[$done_meta:meta])* $done:ident = $done_wire:literal,
+            $(#[$skipped_meta:meta])* Skipped,
+        }
+        table = $table:literal, key = $key:literal, missing = $missing:literal,
+        off_the_wire = $off_the_wire:literal;
+    ) => {
+        $crate::item::wire_enum! {
+            $(#[$meta])*
+            #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+            pub enum $name {
+                Pending = "pending",
+                /// A request may be on the wire (or was when the process died).
+                InFlight = "in_flight",
+                $(#[$done_meta])* $done = $done_wire,
+                Failed = "failed",
+                $(#[$skipped_meta])* Skipped = "skipped",
+            }
+            unknown = |s| format!("unknown {} state `{s}`", $table);
+        }
+
+        impl $crate::queue::pass::EntryState for $name {
+            const TABLE: &'static str = $table;
+            const KEY: &'static str = $key;
+            const MISSING: &'static str = $missing;
+            const PENDING: Self = $name::Pending;
+            const IN_FLIGHT: Self = $name::InFlight;
+            const DONE: Self = $name::$done;
+            const FAILED: Self = $name::Failed;
+            const SKIPPED: Self = $name::Skipped;
+            const OFF_THE_WIRE: &'static str = $off_the_wire;
+
+            fn name(self) -> &'static str {
+                self.as_str()
+            }
+        }
+    };
+}
+pub(super) use entry_state;
 
 /// A pass table whose passes are recorded in a table of their own (`resend_passes`,
 /// `retire_passes`), each entry naming its pass.
@@ -300,7 +360,7 @@ impl Queue {
     pub fn pass_users<S: PassTable>(&self, pass_id: i64) -> Result<Vec<(PassUser, S)>> {
         let rows: Vec<(PassUser, String)> = self.select_rows(
             &format!(
-                "SELECT e.item_id, i.user_id, i.user_principal_name, i.external_email, e.state
+                "SELECT {PASS_USER_COLUMNS}, e.state
                  FROM {} e JOIN items i ON i.id = e.item_id WHERE e.pass_id = ?1
                  ORDER BY e.item_id",
                 S::TABLE
@@ -311,6 +371,58 @@ impl Queue {
         rows.into_iter()
             .map(|(user, name)| Ok((user, parse_state(&name)?)))
             .collect()
+    }
+
+    /// Who a new pass would take: the items `candidates` names (a condition on `items i`,
+    /// `params` bound), in item order.
+    pub(super) fn candidate_users(
+        &self,
+        candidates: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<PassUser>> {
+        self.select_rows(
+            &format!("SELECT {PASS_USER_COLUMNS} FROM items i WHERE {candidates} ORDER BY i.id"),
+            params,
+            PassUser::from_row,
+        )
+    }
+
+    /// Records a new pass of `S` in `tx`, its row in [`PassTable::PASSES`] (`columns` set to
+    /// `values`) and its users in the same transaction: those [`Queue::candidate_users`] lists
+    /// for `candidates` (`params` bound, the pass id after them). The pass id, or `None` when
+    /// there is nobody to take (`tx` must then not be committed).
+    pub(super) fn insert_pass<S: PassTable>(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        columns: &str,
+        values: &[&dyn rusqlite::ToSql],
+        candidates: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> Result<Option<i64>> {
+        tx.execute(
+            &format!(
+                "INSERT INTO {} ({columns}) VALUES ({})",
+                S::PASSES,
+                placeholders(1, values.len())
+            ),
+            values,
+        )
+        .map_err(|e| self.err(e))?;
+        let pass_id = tx.last_insert_rowid();
+        let mut bound = params.to_vec();
+        bound.push(&pass_id);
+        let n = tx
+            .execute(
+                &format!(
+                    "INSERT INTO {} (pass_id, item_id)
+                     SELECT ?{}, i.id FROM items i WHERE {candidates} ORDER BY i.id",
+                    S::TABLE,
+                    bound.len()
+                ),
+                bound.as_slice(),
+            )
+            .map_err(|e| self.err(e))?;
+        Ok((n > 0).then_some(pass_id))
     }
 
     /// Every row `sql` selects (`params` bound), read by `row`.
@@ -333,7 +445,7 @@ impl Queue {
 
 /// A state read back from its table.
 fn parse_state<S: EntryState>(name: &str) -> Result<S> {
-    S::parse(name).map_err(|message| QueueError::Corrupt {
+    name.parse().map_err(|message| QueueError::Corrupt {
         column: "state",
         message,
     })
@@ -377,8 +489,12 @@ pub struct PassUser {
     pub external_email: Option<String>,
 }
 
+/// The columns [`PassUser::from_row`] reads, of the items table as `i`.
+pub(super) const PASS_USER_COLUMNS: &str =
+    "i.id, i.user_id, i.user_principal_name, i.external_email";
+
 impl PassUser {
-    /// `item id, user id, UPN, external email`, in that order.
+    /// [`PASS_USER_COLUMNS`], first in the row.
     pub(super) fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PassUser> {
         Ok(PassUser {
             item_id: r.get(0)?,

@@ -3,6 +3,7 @@
 
 use rusqlite::params;
 
+use super::pass::{PassUser, PASS_USER_COLUMNS};
 use super::resend::ResendState;
 use super::track::{ACCEPTED, NOT_APPLIED, PENDING_ACCEPTANCE};
 use super::{Queue, Result};
@@ -49,10 +50,8 @@ pub struct RedemptionDay {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NotRedeemed {
-    pub item_id: i64,
-    pub user_id: Option<String>,
-    pub user_principal_name: Option<String>,
-    pub external_email: Option<String>,
+    #[serde(flatten)]
+    pub user: PassUser,
     /// When the item became `converted`.
     pub invited_at: Option<String>,
     /// `PendingAcceptance`, or `None` when never tracked.
@@ -174,12 +173,14 @@ impl Queue {
     /// oldest invitation first, at most `limit`.
     pub fn not_redeemed(&self, run_id: i64, limit: usize) -> Result<Vec<NotRedeemed>> {
         self.select_rows(
-            "SELECT i.id, i.user_id, i.user_principal_name, i.external_email, i.invited_at,
-               i.external_user_state, i.external_user_state_changed_at,
-               (SELECT max(r.sent_at) FROM resends r WHERE r.item_id = i.id AND r.state = ?3)
-             FROM items i WHERE i.run_id = ?1 AND i.state = ?4
-               AND (i.external_user_state IS NULL OR i.external_user_state <> ?5)
-             ORDER BY i.invited_at, i.id LIMIT ?2",
+            &format!(
+                "SELECT {PASS_USER_COLUMNS}, i.invited_at,
+                   i.external_user_state, i.external_user_state_changed_at,
+                   (SELECT max(r.sent_at) FROM resends r WHERE r.item_id = i.id AND r.state = ?3)
+                 FROM items i WHERE i.run_id = ?1 AND i.state = ?4
+                   AND (i.external_user_state IS NULL OR i.external_user_state <> ?5)
+                 ORDER BY i.invited_at, i.id LIMIT ?2"
+            ),
             params![
                 run_id,
                 limit as i64,
@@ -189,10 +190,7 @@ impl Queue {
             ],
             |r| {
                 Ok(NotRedeemed {
-                    item_id: r.get(0)?,
-                    user_id: r.get(1)?,
-                    user_principal_name: r.get(2)?,
-                    external_email: r.get(3)?,
+                    user: PassUser::from_row(r)?,
                     invited_at: r.get(4)?,
                     external_user_state: r.get(5)?,
                     external_user_state_changed_at: r.get(6)?,

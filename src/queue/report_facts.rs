@@ -5,6 +5,7 @@
 
 use rusqlite::params;
 
+use super::retire::SYNCED;
 use super::{Queue, Result};
 use crate::item::ItemState;
 
@@ -27,14 +28,15 @@ impl Queue {
     pub fn left_to_do(&self, run_id: i64, state: ItemState) -> Result<LeftToDo> {
         self.conn()
             .query_row(
-                "SELECT count(*),
-                        coalesce(sum(coalesce(on_premises_sync,
-                            json_extract(snapshot, '$.onPremisesSyncEnabled'), 0) = 1), 0),
-                        coalesce(sum(lower(coalesce(user_type,
-                            json_extract(snapshot, '$.userType'), '')) = 'member'), 0),
-                        coalesce(sum(lower(coalesce(user_type,
-                            json_extract(snapshot, '$.userType'), '')) = 'guest'), 0)
-                   FROM items WHERE run_id = ?1 AND state = ?2",
+                &format!(
+                    "SELECT count(*),
+                            coalesce(sum({SYNCED}), 0),
+                            coalesce(sum(lower(coalesce(i.user_type,
+                                json_extract(i.snapshot, '$.userType'), '')) = 'member'), 0),
+                            coalesce(sum(lower(coalesce(i.user_type,
+                                json_extract(i.snapshot, '$.userType'), '')) = 'guest'), 0)
+                       FROM items i WHERE i.run_id = ?1 AND i.state = ?2"
+                ),
                 params![run_id, state],
                 |r| {
                     let n = |k: usize| r.get::<_, i64>(k).map(|v| v as u64);

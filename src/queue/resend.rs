@@ -5,7 +5,7 @@
 use rusqlite::types::Value;
 use rusqlite::{params, OptionalExtension};
 
-use super::pass::{text, EntryChange, EntryCounts, EntryState, PassTable, PassUser};
+use super::pass::{entry_state, text, EntryChange, EntryCounts, PassUser, PASS_USER_COLUMNS};
 use super::redemption::KEEP_LINKS;
 use super::track::PENDING_ACCEPTANCE;
 use super::{now, Queue, Result, Trace};
@@ -21,72 +21,21 @@ pub struct ResendPass {
     pub finished_at: Option<String>,
 }
 
-/// Where one user is within a resend pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResendState {
-    Pending,
-    /// A request may be on the wire (or was when the process died).
-    InFlight,
-    Sent,
-    Failed,
-    /// Nothing to send after all (redeemed meanwhile, user gone).
-    Skipped,
-}
-
-impl ResendState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ResendState::Pending => "pending",
-            ResendState::InFlight => "in_flight",
-            ResendState::Sent => "sent",
-            ResendState::Failed => "failed",
-            ResendState::Skipped => "skipped",
-        }
+entry_state! {
+    /// Where one user is within a resend pass.
+    pub enum ResendState {
+        Sent = "sent",
+        /// Nothing to send after all (redeemed meanwhile, user gone).
+        Skipped,
     }
-}
-
-impl EntryState for ResendState {
-    const TABLE: &'static str = "resends";
-    const KEY: &'static str = "pass_id = ?1 AND item_id = ?2";
-    const MISSING: &'static str = "not in this resend pass";
-    const ALL: &'static [Self] = &[
-        ResendState::Pending,
-        ResendState::InFlight,
-        ResendState::Sent,
-        ResendState::Failed,
-        ResendState::Skipped,
-    ];
-    const PENDING: Self = ResendState::Pending;
-    const IN_FLIGHT: Self = ResendState::InFlight;
-    const DONE: Self = ResendState::Sent;
-    const FAILED: Self = ResendState::Failed;
-    const SKIPPED: Self = ResendState::Skipped;
-    const OFF_THE_WIRE: &'static str = "";
-
-    fn name(self) -> &'static str {
-        self.as_str()
-    }
-}
-
-impl PassTable for ResendState {
-    const PASSES: &'static str = "resend_passes";
-}
-
-impl std::str::FromStr for ResendState {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<ResendState, String> {
-        ResendState::parse(s)
-    }
+    table = "resends", passes = "resend_passes", missing = "not in this resend pass";
 }
 
 /// One user of a resend pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResendEntry {
     pub pass_id: i64,
-    pub item_id: i64,
-    pub user_id: Option<String>,
-    pub user_principal_name: Option<String>,
+    pub user: PassUser,
     pub state: ResendState,
     pub attempts: u32,
     /// When the entry was last put in flight.
@@ -101,8 +50,9 @@ pub struct ResendEntry {
 /// What a lost answer is judged against: Graph's change time as the last `track` read it, and
 /// when (on our clock) that read was made. Candidates are always tracked after any earlier
 /// resend, so the tracked change time is the user's last change before this pass.
-const RESEND_COLUMNS: &str = "r.pass_id, r.item_id, i.user_id, i.user_principal_name, r.state, \
-    r.attempts, r.checkpoint_at, i.external_user_state_changed_at, i.tracked_at";
+/// (After [`PASS_USER_COLUMNS`].)
+const RESEND_COLUMNS: &str = "r.pass_id, r.state, r.attempts, r.checkpoint_at, \
+    i.external_user_state_changed_at, i.tracked_at";
 
 impl Queue {
     /// The run's unfinished resend pass, if one was interrupted.
@@ -134,14 +84,7 @@ impl Queue {
 
     /// The users of [`Queue::resend_candidates`], in item order (`resend --dry-run` lists them).
     pub fn resend_candidate_list(&self, run_id: i64, cutoff: &str) -> Result<Vec<PassUser>> {
-        self.select_rows(
-            &format!(
-                "SELECT i.id, i.user_id, i.user_principal_name, i.external_email FROM items i
-                 WHERE {CANDIDATE_WHERE} ORDER BY i.id"
-            ),
-            candidate_params(&run_id, &cutoff),
-            PassUser::from_row,
-        )
+        self.candidate_users(CANDIDATE_WHERE, &candidate_params(&run_id, &cutoff))
     }
 
     /// Creates a pass over the candidates of [`Queue::resend_candidates`], fixing its users in
@@ -154,31 +97,16 @@ impl Queue {
     ) -> Result<Option<ResendPass>> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
-        tx.execute(
-            "INSERT INTO resend_passes (run_id, older_than_days, started_at) VALUES (?1, ?2, ?3)",
+        let Some(pass_id) = self.insert_pass::<ResendState>(
+            &tx,
+            "run_id, older_than_days, started_at",
             params![run_id, older_than_days, now()],
-        )
-        .map_err(|e| self.err(e))?;
-        let pass_id = tx.last_insert_rowid();
-        let n = tx
-            .execute(
-                &format!(
-                    "INSERT INTO resends (pass_id, item_id)
-                     SELECT ?6, i.id FROM items i WHERE {CANDIDATE_WHERE} ORDER BY i.id"
-                ),
-                params![
-                    run_id,
-                    cutoff,
-                    ItemState::Converted,
-                    PENDING_ACCEPTANCE,
-                    ResendState::Sent,
-                    pass_id
-                ],
-            )
-            .map_err(|e| self.err(e))?;
-        if n == 0 {
+            CANDIDATE_WHERE,
+            &candidate_params(&run_id, &cutoff),
+        )?
+        else {
             return Ok(None);
-        }
+        };
         let pass = tx
             .query_row(
                 "SELECT id, run_id, older_than_days, started_at, finished_at FROM resend_passes
@@ -195,21 +123,20 @@ impl Queue {
     pub fn resend_entries(&self, pass_id: i64, state: ResendState) -> Result<Vec<ResendEntry>> {
         self.select_rows(
             &format!(
-                "SELECT {RESEND_COLUMNS} FROM resends r JOIN items i ON i.id = r.item_id
+                "SELECT {PASS_USER_COLUMNS}, {RESEND_COLUMNS}
+                 FROM resends r JOIN items i ON i.id = r.item_id
                  WHERE r.pass_id = ?1 AND r.state = ?2 ORDER BY r.item_id"
             ),
             params![pass_id, state],
             |r| {
                 Ok(ResendEntry {
-                    pass_id: r.get(0)?,
-                    item_id: r.get(1)?,
-                    user_id: r.get(2)?,
-                    user_principal_name: r.get(3)?,
-                    state: r.get(4)?,
-                    attempts: r.get::<_, i64>(5)? as u32,
-                    checkpoint_at: r.get(6)?,
-                    tracked_changed_at: r.get(7)?,
-                    tracked_at: r.get(8)?,
+                    user: PassUser::from_row(r)?,
+                    pass_id: r.get(4)?,
+                    state: r.get(5)?,
+                    attempts: r.get::<_, i64>(6)? as u32,
+                    checkpoint_at: r.get(7)?,
+                    tracked_changed_at: r.get(8)?,
+                    tracked_at: r.get(9)?,
                 })
             },
         )

@@ -6,10 +6,10 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use super::pass::{text, EntryChange, EntryState, PassTable, PassUser};
+use super::pass::{entry_state, text, EntryChange, PassUser, PASS_USER_COLUMNS};
 use super::track::{normalize_time, ACCEPTED};
 use super::{now, Queue, Result, Trace};
-use crate::item::ItemState;
+use crate::item::{wire_enum, ItemState};
 
 /// A `retire` pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,115 +19,38 @@ pub struct RetirePass {
     pub started_at: String,
 }
 
-/// Where one user is within a retire pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetireState {
-    Pending,
-    /// A request may be on the wire (or was when the process died).
-    InFlight,
-    /// Password set and sessions revoked.
-    Retired,
-    Failed,
-    /// Not written: see [`SkipKind`].
-    Skipped,
-}
-
-impl RetireState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RetireState::Pending => "pending",
-            RetireState::InFlight => "in_flight",
-            RetireState::Retired => "retired",
-            RetireState::Failed => "failed",
-            RetireState::Skipped => "skipped",
-        }
+entry_state! {
+    /// Where one user is within a retire pass.
+    pub enum RetireState {
+        /// Password set and sessions revoked.
+        Retired = "retired",
+        /// Not written: see [`SkipKind`].
+        Skipped,
     }
+    table = "retires", passes = "retire_passes", missing = "not in this retire pass";
 }
 
-impl EntryState for RetireState {
-    const TABLE: &'static str = "retires";
-    const KEY: &'static str = "pass_id = ?1 AND item_id = ?2";
-    const MISSING: &'static str = "not in this retire pass";
-    const ALL: &'static [Self] = &[
-        RetireState::Pending,
-        RetireState::InFlight,
-        RetireState::Retired,
-        RetireState::Failed,
-        RetireState::Skipped,
-    ];
-    const PENDING: Self = RetireState::Pending;
-    const IN_FLIGHT: Self = RetireState::InFlight;
-    const DONE: Self = RetireState::Retired;
-    const FAILED: Self = RetireState::Failed;
-    const SKIPPED: Self = RetireState::Skipped;
-    const OFF_THE_WIRE: &'static str = "";
-
-    fn name(self) -> &'static str {
-        self.as_str()
+wire_enum! {
+    /// Why a user of a pass was not written.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub enum SkipKind {
+        /// Not `Accepted` when the pass re-read them: both credentials work until redemption.
+        Unredeemed = "unredeemed",
+        /// Synced from on-premises: Graph cannot write the password (`scripts`).
+        Synced = "synced",
+        /// Holds an admin role: needs Privileged Authentication Administrator.
+        Privileged = "privileged",
+        /// No longer in the tenant.
+        Gone = "gone",
     }
-}
-
-impl PassTable for RetireState {
-    const PASSES: &'static str = "retire_passes";
-}
-
-impl std::str::FromStr for RetireState {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<RetireState, String> {
-        RetireState::parse(s)
-    }
-}
-
-/// Why a user of a pass was not written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum SkipKind {
-    /// Not `Accepted` when the pass re-read them: both credentials work until redemption.
-    Unredeemed,
-    /// Synced from on-premises: Graph cannot write the password (`scripts`).
-    Synced,
-    /// Holds an admin role: needs Privileged Authentication Administrator.
-    Privileged,
-    /// No longer in the tenant.
-    Gone,
-}
-
-impl SkipKind {
-    pub const ALL: [SkipKind; 4] = [
-        SkipKind::Unredeemed,
-        SkipKind::Synced,
-        SkipKind::Privileged,
-        SkipKind::Gone,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SkipKind::Unredeemed => "unredeemed",
-            SkipKind::Synced => "synced",
-            SkipKind::Privileged => "privileged",
-            SkipKind::Gone => "gone",
-        }
-    }
-}
-
-impl std::str::FromStr for SkipKind {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<SkipKind, String> {
-        SkipKind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown retire skip kind `{s}`"))
-    }
+    unknown = |s| format!("unknown retire skip kind `{s}`");
 }
 
 /// One user of a retire pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetireEntry {
     pub pass_id: i64,
-    pub item_id: i64,
-    pub user_id: Option<String>,
-    pub user_principal_name: Option<String>,
+    pub user: PassUser,
     pub state: RetireState,
     /// The step checkpointed in flight (`Step::as_str`).
     pub step: Option<String>,
@@ -208,16 +131,21 @@ pub struct SeenState {
     pub changed_at: Option<String>,
 }
 
-const ENTRY_COLUMNS: &str = "r.pass_id, r.item_id, i.user_id, i.user_principal_name, r.state, \
-    r.step, r.attempts, r.password_before, r.sessions_before, r.password_set_at IS NOT NULL, \
+/// (After [`PASS_USER_COLUMNS`].)
+const ENTRY_COLUMNS: &str = "r.pass_id, r.state, r.step, r.attempts, r.password_before, r.sessions_before, r.password_set_at IS NOT NULL, \
     r.sessions_revoked_at IS NOT NULL, r.skip_kind, r.error_code, r.error_message";
 
 /// `?1` run id: converted items with an object id not retired by an earlier pass.
 const CANDIDATE_WHERE: &str = "i.run_id = ?1 AND i.state = ?2 AND i.user_id IS NOT NULL
     AND NOT EXISTS (SELECT 1 FROM retires x WHERE x.item_id = i.id AND x.state = ?3)";
 
+/// The parameters of [`CANDIDATE_WHERE`].
+fn candidate_params(run_id: &i64) -> [&dyn rusqlite::ToSql; 3] {
+    [run_id, &ItemState::Converted, &RetireState::Retired]
+}
+
 /// Whether an item is synced: the last read, else the snapshot taken before the conversion.
-const SYNCED: &str =
+pub(super) const SYNCED: &str =
     "coalesce(i.on_premises_sync, json_extract(i.snapshot, '$.onPremisesSyncEnabled'), 0) = 1";
 
 impl Queue {
@@ -242,14 +170,7 @@ impl Queue {
 
     /// The converted users a new pass would take, in item order.
     pub fn retire_candidates(&self, run_id: i64) -> Result<Vec<PassUser>> {
-        self.select_rows(
-            &format!(
-                "SELECT i.id, i.user_id, i.user_principal_name, i.external_email FROM items i
-                 WHERE {CANDIDATE_WHERE} ORDER BY i.id"
-            ),
-            params![run_id, ItemState::Converted, RetireState::Retired],
-            PassUser::from_row,
-        )
+        self.candidate_users(CANDIDATE_WHERE, &candidate_params(&run_id))
     }
 
     /// Creates a pass over [`Queue::retire_candidates`], fixing its users in the same
@@ -261,24 +182,16 @@ impl Queue {
             .map_err(|e| self.err(e))?;
         self.check_fence(&tx)?;
         let at = now();
-        tx.execute(
-            "INSERT INTO retire_passes (run_id, started_at) VALUES (?1, ?2)",
+        let Some(pass_id) = self.insert_pass::<RetireState>(
+            &tx,
+            "run_id, started_at",
             params![run_id, at],
-        )
-        .map_err(|e| self.err(e))?;
-        let pass_id = tx.last_insert_rowid();
-        let n = tx
-            .execute(
-                &format!(
-                    "INSERT INTO retires (pass_id, item_id)
-                     SELECT ?4, i.id FROM items i WHERE {CANDIDATE_WHERE} ORDER BY i.id"
-                ),
-                params![run_id, ItemState::Converted, RetireState::Retired, pass_id],
-            )
-            .map_err(|e| self.err(e))?;
-        if n == 0 {
+            CANDIDATE_WHERE,
+            &candidate_params(&run_id),
+        )?
+        else {
             return Ok(None);
-        }
+        };
         tx.commit().map_err(|e| self.err(e))?;
         Ok(Some(RetirePass {
             id: pass_id,
@@ -300,26 +213,25 @@ impl Queue {
     fn entries_where(&self, cond: &str, p: &[&dyn rusqlite::ToSql]) -> Result<Vec<RetireEntry>> {
         self.select_rows(
             &format!(
-                "SELECT {ENTRY_COLUMNS} FROM retires r JOIN items i ON i.id = r.item_id
+                "SELECT {PASS_USER_COLUMNS}, {ENTRY_COLUMNS}
+                 FROM retires r JOIN items i ON i.id = r.item_id
                  WHERE r.pass_id = ?1 AND {cond} ORDER BY r.item_id"
             ),
             p,
             |r| {
                 Ok(RetireEntry {
-                    pass_id: r.get(0)?,
-                    item_id: r.get(1)?,
-                    user_id: r.get(2)?,
-                    user_principal_name: r.get(3)?,
-                    state: r.get(4)?,
-                    step: r.get(5)?,
-                    attempts: r.get::<_, i64>(6)? as u32,
-                    password_before: r.get(7)?,
-                    sessions_before: r.get(8)?,
-                    password_set: r.get(9)?,
-                    sessions_revoked: r.get(10)?,
-                    skip_kind: r.get(11)?,
-                    error_code: r.get(12)?,
-                    error_message: r.get(13)?,
+                    user: PassUser::from_row(r)?,
+                    pass_id: r.get(4)?,
+                    state: r.get(5)?,
+                    step: r.get(6)?,
+                    attempts: r.get::<_, i64>(7)? as u32,
+                    password_before: r.get(8)?,
+                    sessions_before: r.get(9)?,
+                    password_set: r.get(10)?,
+                    sessions_revoked: r.get(11)?,
+                    skip_kind: r.get(12)?,
+                    error_code: r.get(13)?,
+                    error_message: r.get(14)?,
                 })
             },
         )

@@ -4,7 +4,7 @@
 
 use rusqlite::params;
 
-use super::{now, Queue, QueueError, Result};
+use super::{now, Queue, QueueError, Result, Trace};
 use crate::item::ItemState;
 
 /// `externalUserState` of a user who has redeemed.
@@ -20,9 +20,8 @@ pub struct TrackTarget {
     pub item_id: i64,
     pub user_id: String,
     pub user_principal_name: Option<String>,
-    /// `request-id` of the invitation's answer: what Microsoft support asks for.
-    pub request_id: Option<String>,
-    pub client_request_id: Option<String>,
+    /// The ids of the invitation's answer: what Microsoft support asks for.
+    pub trace: Trace,
 }
 
 /// What `track` concluded about one item.
@@ -89,8 +88,10 @@ impl Queue {
                     item_id: r.get(0)?,
                     user_id: r.get(1)?,
                     user_principal_name: r.get(2)?,
-                    request_id: r.get(3)?,
-                    client_request_id: r.get(4)?,
+                    trace: Trace {
+                        request_id: r.get(3)?,
+                        client_request_id: r.get(4)?,
+                    },
                 })
             },
         )
@@ -221,9 +222,12 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::item::{ItemState, NewItem, Overrides, RunMode, RunOptions, SourceSpec, UserKey};
+    use std::sync::Arc;
+
+    use crate::item::{ItemState, RunMode, RunOptions};
     use crate::model::{Invitation, User};
     use crate::queue::pass::EntryKey;
+    use crate::queue::testing::{csv_run, insert_users, temp_queue};
     use crate::queue::Trace;
 
     const URL: &str = "https://login.example/redeem?ticket=SECRET-TICKET";
@@ -234,46 +238,25 @@ mod tests {
     }
 
     /// A live run of `n` users, all converted with an invitation carrying a redeem URL.
-    fn converted_run(keep: bool, n: usize) -> (tempfile::TempDir, Queue, i64, Vec<i64>) {
-        let dir = tempfile::tempdir().unwrap();
-        let q = Queue::open(&dir.path().join("q.db")).unwrap();
+    fn converted_run(keep: bool, n: usize) -> (tempfile::TempDir, Arc<Queue>, i64, Vec<i64>) {
+        let (dir, q) = temp_queue();
+        let run = csv_run(&q, RunMode::Live, Some("t"));
         let options = RunOptions {
             keep_redeem_links: keep,
             ..RunOptions::default()
         };
-        let run = q
-            .create_run(
-                &SourceSpec::Csv {
-                    path: "u.csv".into(),
-                },
-                RunMode::Live,
-                &options,
-                Some("t"),
-                "http://127.0.0.1:1",
-            )
-            .unwrap();
-        let rows: Vec<NewItem> = (0..n)
-            .map(|i| NewItem {
-                line: Some(i as u64 + 2),
-                key: Some(UserKey::Id(format!("u{i}"))),
-                external_email: None,
-                overrides: Overrides::default(),
-                bad_input: None,
-                snapshot: None,
-            })
-            .collect();
-        q.insert_items(run, &rows, None).unwrap();
-        let mut ids = Vec::new();
-        for item in q.pending_items(run, 0, n).unwrap() {
-            let uid = item.key.as_ref().unwrap().value().to_string();
+        q.update_run_options(run, &options).unwrap();
+        let ids = insert_users(&q, run, n);
+        for (i, &id) in ids.iter().enumerate() {
+            let uid = format!("u{i}");
             let user = User {
                 id: uid.clone(),
                 user_principal_name: Some(format!("{uid}@contoso.com")),
                 mail: Some(format!("{uid}@fabrikam.com")),
                 ..Default::default()
             };
-            q.record_lookup(item.id, Some(&user)).unwrap();
-            q.mark_in_flight(item.id, &format!("{uid}@fabrikam.com"))
+            q.record_lookup(id, Some(&user)).unwrap();
+            q.mark_in_flight(id, &format!("{uid}@fabrikam.com"))
                 .unwrap();
             let inv = Invitation {
                 id: format!("inv-{uid}"),
@@ -281,11 +264,26 @@ mod tests {
                 invite_redeem_url: Some(URL.into()),
                 ..Default::default()
             };
-            q.record_converted(item.id, Some(&inv), Some("req-1"), Some("crid-1"))
+            q.record_converted(id, Some(&inv), Some("req-1"), Some("crid-1"))
                 .unwrap();
-            ids.push(item.id);
         }
         (dir, q, run, ids)
+    }
+
+    /// What `track` concludes of a user it saw in `state`, changed at `changed_at`.
+    fn seen(item_id: i64, state: &str, changed_at: &str) -> TrackResult {
+        TrackResult::Seen {
+            item_id,
+            state: state.into(),
+            changed_at: Some(changed_at.into()),
+        }
+    }
+
+    /// One whole `track` of `run` that concludes `results`.
+    fn track(q: &Queue, run: i64, results: &[TrackResult]) {
+        let t = q.start_track(run).unwrap();
+        q.record_track_results(t, results).unwrap();
+        q.finish_track(t).unwrap();
     }
 
     #[test]
@@ -314,21 +312,13 @@ mod tests {
         assert_eq!(q.redemption_counts(run).unwrap().untracked, 4);
         let targets = q.track_targets(run, 0, 10).unwrap();
         assert_eq!(targets.len(), 4);
-        assert_eq!(targets[0].request_id.as_deref(), Some("req-1"));
+        assert_eq!(targets[0].trace.request_id.as_deref(), Some("req-1"));
         let t = q.start_track(run).unwrap();
         q.record_track_results(
             t,
             &[
-                TrackResult::Seen {
-                    item_id: ids[0],
-                    state: ACCEPTED.into(),
-                    changed_at: Some("2026-11-21T10:00:00Z".into()),
-                },
-                TrackResult::Seen {
-                    item_id: ids[1],
-                    state: PENDING_ACCEPTANCE.into(),
-                    changed_at: Some("2026-11-20T10:00:00.1234567Z".into()),
-                },
+                seen(ids[0], ACCEPTED, "2026-11-21T10:00:00Z"),
+                seen(ids[1], PENDING_ACCEPTANCE, "2026-11-20T10:00:00.1234567Z"),
                 TrackResult::NotApplied {
                     item_id: ids[2],
                     message: "never took effect (request-id req-1)".into(),
@@ -379,7 +369,7 @@ mod tests {
             }]
         );
         let waiting = q.not_redeemed(run, 10).unwrap();
-        let waiting: Vec<_> = waiting.iter().map(|w| w.item_id).collect();
+        let waiting: Vec<_> = waiting.iter().map(|w| w.user.item_id).collect();
         assert_eq!(waiting, vec![ids[1], ids[3]]);
         assert_eq!(q.track_history(run).unwrap().len(), 1);
         let n = q.not_redeemed(run, 10).unwrap();
@@ -392,14 +382,11 @@ mod tests {
     #[test]
     fn a_resend_holder_taken_over_changes_no_entry() {
         let (_d, q, run, ids) = converted_run(false, 1);
-        let t = q.start_track(run).unwrap();
-        let seen = TrackResult::Seen {
-            item_id: ids[0],
-            state: PENDING_ACCEPTANCE.into(),
-            changed_at: Some("2026-11-01T10:00:00Z".into()),
-        };
-        q.record_track_results(t, &[seen]).unwrap();
-        q.finish_track(t).unwrap();
+        track(
+            &q,
+            run,
+            &[seen(ids[0], PENDING_ACCEPTANCE, "2026-11-01T10:00:00Z")],
+        );
         let pass = q
             .create_resend_pass(run, 0, "2099-01-01T00:00:00.000Z")
             .unwrap()
@@ -431,29 +418,15 @@ mod tests {
     #[test]
     fn a_resend_pass_fixes_its_users_and_is_continued() {
         let (_d, q, run, ids) = converted_run(true, 3);
-        let t = q.start_track(run).unwrap();
-        q.record_track_results(
-            t,
+        track(
+            &q,
+            run,
             &[
-                TrackResult::Seen {
-                    item_id: ids[0],
-                    state: ACCEPTED.into(),
-                    changed_at: Some("2026-11-01T10:00:00Z".into()),
-                },
-                TrackResult::Seen {
-                    item_id: ids[1],
-                    state: PENDING_ACCEPTANCE.into(),
-                    changed_at: Some("2026-11-01T10:00:00Z".into()),
-                },
-                TrackResult::Seen {
-                    item_id: ids[2],
-                    state: PENDING_ACCEPTANCE.into(),
-                    changed_at: Some("2026-11-20T10:00:00Z".into()),
-                },
+                seen(ids[0], ACCEPTED, "2026-11-01T10:00:00Z"),
+                seen(ids[1], PENDING_ACCEPTANCE, "2026-11-01T10:00:00Z"),
+                seen(ids[2], PENDING_ACCEPTANCE, "2026-11-20T10:00:00Z"),
             ],
-        )
-        .unwrap();
-        q.finish_track(t).unwrap();
+        );
         // Older than the 10th: only the user invited on the 1st.
         assert_eq!(
             q.resend_candidates(run, "2026-11-10T00:00:00.000Z")
@@ -472,7 +445,7 @@ mod tests {
         assert_eq!(q.open_resend_pass(run).unwrap(), Some(pass.clone()));
         let pending = q.resend_entries(pass.id, ResendState::Pending).unwrap();
         assert_eq!(
-            pending.iter().map(|e| e.item_id).collect::<Vec<_>>(),
+            pending.iter().map(|e| e.user.item_id).collect::<Vec<_>>(),
             vec![ids[1], ids[2]]
         );
         assert_eq!(
@@ -521,17 +494,11 @@ mod tests {
                 [],
             )
             .unwrap();
-        let t = q.start_track(run).unwrap();
-        q.record_track_results(
-            t,
-            &[TrackResult::Seen {
-                item_id: ids[1],
-                state: PENDING_ACCEPTANCE.into(),
-                changed_at: Some("2026-11-01T10:00:00Z".into()),
-            }],
-        )
-        .unwrap();
-        q.finish_track(t).unwrap();
+        track(
+            &q,
+            run,
+            &[seen(ids[1], PENDING_ACCEPTANCE, "2026-11-01T10:00:00Z")],
+        );
         assert_eq!(
             q.resend_candidates(run, "2026-11-10T00:00:00.000Z")
                 .unwrap(),

@@ -267,6 +267,7 @@ pub fn live_run() -> ReportData {
 /// pending (resent once, hostile UPN), one never tracked; 1,200 not redeemed in all, so the
 /// people formats list only some of them.
 pub fn tracked_live_run() -> ReportData {
+    use crate::queue::pass::PassUser;
     use crate::queue::track::{NotRedeemed, RedemptionCounts, RedemptionDay, TrackPass};
     let mut data = live_run();
     data.run.options.set_mail = true;
@@ -288,10 +289,12 @@ pub fn tracked_live_run() -> ReportData {
     };
     let waiting =
         |item_id: i64, upn: &str, state: Option<&str>, resent: Option<&str>| NotRedeemed {
-            item_id,
-            user_id: Some(format!("00000000-0000-0000-0000-{item_id:012}")),
-            user_principal_name: Some(upn.into()),
-            external_email: Some(format!("user{item_id}@partner.example")),
+            user: PassUser {
+                item_id,
+                user_id: Some(format!("00000000-0000-0000-0000-{item_id:012}")),
+                user_principal_name: Some(upn.into()),
+                external_email: Some(format!("user{item_id}@partner.example")),
+            },
             invited_at: Some("2025-03-01T10:00:30Z".into()),
             external_user_state: state.map(String::from),
             external_user_state_changed_at: None,

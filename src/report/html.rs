@@ -630,9 +630,9 @@ fn redemption_section(s: &Summary) -> Markup {
                 tbody {
                     (NL)
                     @for n in &r.not_redeemed {
-                        tr data-not-redeemed=(n.item_id) {
-                            td { (opt(&n.user_principal_name)) }
-                            td { (opt(&n.external_email)) }
+                        tr data-not-redeemed=(n.user.item_id) {
+                            td { (opt(&n.user.user_principal_name)) }
+                            td { (opt(&n.user.external_email)) }
                             td { (opt(&n.invited_at)) }
                             td { (t(&not_redeemed_state(n))) }
                             td { (t(n.last_resent_at.as_deref().unwrap_or("never"))) }

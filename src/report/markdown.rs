@@ -449,9 +449,9 @@ fn redemption_section(out: &mut String, s: &Summary) {
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} | {} |",
-            n.item_id,
-            opt(&n.user_principal_name),
-            opt(&n.external_email),
+            n.user.item_id,
+            opt(&n.user.user_principal_name),
+            opt(&n.user.external_email),
             opt(&n.invited_at),
             not_redeemed_state(n),
             n.last_resent_at

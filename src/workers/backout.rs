@@ -240,7 +240,7 @@ impl BackoutItem {
     }
 
     fn user_id(&self) -> &str {
-        self.entry.user_id.as_deref().unwrap_or_default()
+        self.entry.user.user_id.as_deref().unwrap_or_default()
     }
 }
 
@@ -321,7 +321,7 @@ impl EntryPass for BackoutOps {
     }
 
     fn key(&self, it: &BackoutItem) -> EntryKey {
-        self.key_of(it.entry.item_id)
+        self.key_of(it.entry.user.item_id)
     }
 
     /// A cloud user's new password is written (and synced) to the passwords file before the
@@ -392,11 +392,11 @@ impl EntryWork for BackoutOps {
     }
 
     fn item_id(entry: &BackoutEntry) -> i64 {
-        entry.item_id
+        entry.user.item_id
     }
 
     fn user_id(entry: &BackoutEntry) -> Option<&str> {
-        entry.user_id.as_deref()
+        entry.user.user_id.as_deref()
     }
 
     /// No step named: a restore left between its two steps (the first checkpointed done, the
@@ -409,7 +409,7 @@ impl EntryWork for BackoutOps {
         &self,
         entry: BackoutEntry,
     ) -> anyhow::Result<Option<(BackoutItem, ItemPlan)>> {
-        let item = self.cx.item(entry.item_id, "back-out").await?;
+        let item = self.cx.item(entry.user.item_id, "back-out").await?;
         Ok(Some(BackoutItem::new(entry, &item, self.max_attempts)))
     }
 
@@ -423,7 +423,7 @@ impl EntryWork for BackoutOps {
     ) -> anyhow::Result<Vec<BackoutEntry>> {
         let mut left = Vec::with_capacity(chunk.len());
         for mut entry in chunk {
-            let Some(id) = entry.user_id.as_deref() else {
+            let Some(id) = entry.user.user_id.as_deref() else {
                 self.leave_alone(&entry, "the item has no object id")
                     .await?;
                 continue;
@@ -468,7 +468,7 @@ impl BackoutOps {
             match restore_view(entry, user, step) {
                 Reread::Moot { why } => return Ok(Some(why)),
                 Reread::Done => {
-                    let key = self.key_of(entry.item_id);
+                    let key = self.key_of(entry.user.item_id);
                     let changes: Vec<_> = BackoutChange::step_done(step.as_str())
                         .into_iter()
                         .collect();
@@ -485,7 +485,7 @@ impl BackoutOps {
     }
 
     async fn leave_alone(&self, entry: &BackoutEntry, why: &str) -> anyhow::Result<()> {
-        self.leave(self.key_of(entry.item_id), BackoutChange::skipped(why))
+        self.leave(self.key_of(entry.user.item_id), BackoutChange::skipped(why))
             .await
     }
 }
@@ -493,6 +493,7 @@ impl BackoutOps {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::pass::PassUser;
 
     fn user(user_type: Option<&str>, mail: Option<&str>) -> User {
         User {
@@ -506,11 +507,14 @@ mod tests {
 
     fn entry() -> BackoutEntry {
         BackoutEntry {
-            item_id: 1,
+            user: PassUser {
+                item_id: 1,
+                user_id: Some("u1".into()),
+                user_principal_name: Some("a@contoso.com".into()),
+                external_email: None,
+            },
             kind: BackoutKind::Restore,
             state: BackoutState::Pending,
-            user_id: Some("u1".into()),
-            user_principal_name: Some("a@contoso.com".into()),
             needs_user_type: true,
             user_type_to: Some("Member".into()),
             needs_mail: true,

@@ -188,7 +188,7 @@ impl PassRequests for ResendOps {
     }
 
     async fn reread(&self, it: &ResendItem, _step: Step) -> Reread {
-        let Some(user_id) = it.entry.user_id.as_deref() else {
+        let Some(user_id) = it.entry.user.user_id.as_deref() else {
             return Reread::Unprovable {
                 code: "NoUserId".into(),
                 message: "no object id".into(),
@@ -209,7 +209,7 @@ impl EntryPass for ResendOps {
     }
 
     fn key(&self, it: &ResendItem) -> EntryKey {
-        EntryKey::of_pass(self.pass_id, it.entry.item_id)
+        EntryKey::of_pass(self.pass_id, it.entry.user.item_id)
     }
 
     /// Keeps the checkpoint's time: a lost answer is judged against it.
@@ -266,11 +266,11 @@ impl EntryWork for ResendOps {
     }
 
     fn item_id(entry: &ResendEntry) -> i64 {
-        entry.item_id
+        entry.user.item_id
     }
 
     fn user_id(entry: &ResendEntry) -> Option<&str> {
-        entry.user_id.as_deref()
+        entry.user.user_id.as_deref()
     }
 
     fn in_flight_step(_entry: &ResendEntry) -> Option<Step> {
@@ -280,7 +280,7 @@ impl EntryWork for ResendOps {
     /// The entry's item and re-invitation; an entry whose item has no object id or invited
     /// address cannot be re-invited and is recorded failed (`None`).
     async fn prepare(&self, entry: ResendEntry) -> anyhow::Result<Option<(ResendItem, ItemPlan)>> {
-        let item_id = entry.item_id;
+        let item_id = entry.user.item_id;
         let item = self.cx.item(item_id, "resend").await?;
         match (item.user_id.as_deref(), item.external_email.as_deref()) {
             (Some(_), Some(email)) => Ok(Some(ResendItem::new(entry, &item, email, &self.options))),
@@ -302,7 +302,7 @@ impl EntryWork for ResendOps {
     ) -> anyhow::Result<Vec<ResendEntry>> {
         let mut left = Vec::with_capacity(chunk.len());
         for entry in chunk {
-            let why = match entry.user_id.as_deref().map(|id| now.get(id)) {
+            let why = match entry.user.user_id.as_deref().map(|id| now.get(id)) {
                 // No object id: `prepare` records it failed.
                 None => None,
                 Some(None) => Some("the user no longer exists"),
@@ -314,7 +314,7 @@ impl EntryWork for ResendOps {
             };
             match why {
                 Some(why) => {
-                    let key = EntryKey::of_pass(self.pass_id, entry.item_id);
+                    let key = EntryKey::of_pass(self.pass_id, entry.user.item_id);
                     self.leave(key, ResendChange::skipped(why)).await?;
                 }
                 None => left.push(entry),
@@ -338,7 +338,7 @@ pub fn judge(entry: &ResendEntry, seen: &Seen) -> Reread {
         1,
     );
     tracing::info!(
-        item = entry.item_id,
+        item = entry.user.item_id,
         ?decision,
         "resend with unknown outcome decided"
     );

@@ -144,7 +144,7 @@ pub struct RetireItem {
 
 impl RetireItem {
     fn new(entry: RetireEntry, max_attempts: u32) -> Option<(RetireItem, ItemPlan)> {
-        let user_id = entry.user_id.clone()?;
+        let user_id = entry.user.user_id.clone()?;
         let mut cp = Checkpoint::new(Pass::Retire, Pass::Retire.steps());
         if entry.password_set {
             cp.mark_done(Step::SetPassword);
@@ -210,7 +210,7 @@ impl PassRequests for RetireOps {
             Ok(u) => {
                 let seen = judge(step, &it.entry, u.as_ref());
                 tracing::info!(
-                    item = it.entry.item_id,
+                    item = it.entry.user.item_id,
                     step = step.as_str(),
                     ?seen,
                     "retire step with unknown outcome decided"
@@ -230,7 +230,7 @@ impl EntryPass for RetireOps {
     }
 
     fn key(&self, it: &RetireItem) -> EntryKey {
-        EntryKey::of_pass(self.pass_id, it.entry.item_id)
+        EntryKey::of_pass(self.pass_id, it.entry.user.item_id)
     }
 
     fn in_flight(&self, it: &mut RetireItem, step: Step) -> anyhow::Result<RetireChange> {
@@ -289,11 +289,11 @@ impl EntryWork for RetireOps {
     }
 
     fn item_id(entry: &RetireEntry) -> i64 {
-        entry.item_id
+        entry.user.item_id
     }
 
     fn user_id(entry: &RetireEntry) -> Option<&str> {
-        entry.user_id.as_deref()
+        entry.user.user_id.as_deref()
     }
 
     fn in_flight_step(entry: &RetireEntry) -> Option<Step> {
@@ -316,13 +316,13 @@ impl EntryWork for RetireOps {
         let mut left = Vec::with_capacity(chunk.len());
         let mut skipped = Vec::new();
         for mut entry in chunk {
-            let user = entry.user_id.as_deref().and_then(|id| now.get(id));
+            let user = entry.user.user_id.as_deref().and_then(|id| now.get(id));
             if let Some(u) = user {
-                facts.push(credential_facts(entry.item_id, u));
+                facts.push(credential_facts(entry.user.item_id, u));
             }
             match skip_reason(user, &self.privileges) {
                 Some((kind, why)) => {
-                    skipped.push((entry.item_id, RetireChange::skipped(kind, &why)))
+                    skipped.push((entry.user.item_id, RetireChange::skipped(kind, &why)))
                 }
                 None => {
                     let u = user.expect("a user not skipped was read");
@@ -361,13 +361,17 @@ fn credential_facts(item_id: i64, u: &User) -> CredentialFacts {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::pass::PassUser;
 
     fn entry(password_before: Option<&str>, sessions_before: Option<&str>) -> RetireEntry {
         RetireEntry {
             pass_id: 1,
-            item_id: 1,
-            user_id: Some("u1".into()),
-            user_principal_name: None,
+            user: PassUser {
+                item_id: 1,
+                user_id: Some("u1".into()),
+                user_principal_name: None,
+                external_email: None,
+            },
             state: RetireState::InFlight,
             step: None,
             attempts: 1,
