@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use crate::graph::{GraphError, ResponseMeta, Traced};
 use crate::item::{ItemRecord, RunOptions};
 use crate::model::{Invitation, InvitationRequest, User};
-use crate::queue::pass::EntryKey;
+use crate::queue::pass::{EntryKey, PassUser};
 use crate::queue::track::{ResendChange, ResendEntry, ResendState, ACCEPTED};
 use crate::queue::Trace;
 
@@ -104,14 +104,19 @@ pub fn after_unknown(
     if state.eq_ignore_ascii_case(ACCEPTED) {
         return AfterUnknown::Redeemed;
     }
-    let (Some(changed), Some(before)) = (parse(changed_at.as_deref()), parse(baseline.changed_at))
-    else {
+    let (Some(changed), Some(before)) = (
+        parse_time(changed_at.as_deref()),
+        parse_time(baseline.changed_at),
+    ) else {
         return AfterUnknown::Ambiguous;
     };
     if changed > before {
         return AfterUnknown::TookEffect;
     }
-    match (parse(baseline.tracked_at), parse(Some(checkpoint_at))) {
+    match (
+        parse_time(baseline.tracked_at),
+        parse_time(Some(checkpoint_at)),
+    ) {
         (Some(tracked), Some(checkpoint)) if checkpoint - tracked >= STAMP_RESOLUTION => {}
         _ => return AfterUnknown::Ambiguous,
     }
@@ -129,7 +134,8 @@ pub fn cutoff(now: DateTime<Utc>, older_than_days: u32) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-fn parse(t: Option<&str>) -> Option<DateTime<Utc>> {
+/// A Graph time (RFC 3339) as UTC; `None` when absent or unreadable. Also `retire`'s.
+pub(super) fn parse_time(t: Option<&str>) -> Option<DateTime<Utc>> {
     t.and_then(|t| DateTime::parse_from_rfc3339(t).ok())
         .map(|t| t.with_timezone(&Utc))
 }
@@ -265,12 +271,8 @@ impl EntryWork for ResendOps {
         db(&self.cx.queue, move |q| q.resend_entries(pass, state)).await
     }
 
-    fn item_id(entry: &ResendEntry) -> i64 {
-        entry.user.item_id
-    }
-
-    fn user_id(entry: &ResendEntry) -> Option<&str> {
-        entry.user.user_id.as_deref()
+    fn user(entry: &ResendEntry) -> &PassUser {
+        &entry.user
     }
 
     fn in_flight_step(_entry: &ResendEntry) -> Option<Step> {

@@ -14,11 +14,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
-
 use crate::graph::{GraphError, Password, ResponseMeta};
 use crate::model::User;
-use crate::queue::pass::EntryKey;
+use crate::queue::pass::{EntryKey, PassUser};
 use crate::queue::track::ACCEPTED;
 use crate::queue::{CredentialFacts, RetireChange, RetireEntry, RetireState, SeenState, SkipKind};
 
@@ -27,6 +25,7 @@ use super::executor::{
     reread_error, trace_of, EntryPass, EntryWork, PassContext, PassRequests, UsersById,
 };
 use super::planner::{Checkpoint, ItemPlan, Pass, Reread, Step};
+use super::resend::parse_time;
 
 /// The one directory role whose holders a User Administrator may reset like anyone.
 const GUEST_INVITER: &str = "Guest Inviter";
@@ -107,7 +106,7 @@ pub fn judge(step: Step, entry: &RetireEntry, user: Option<&User>) -> Reread {
             u.sign_in_sessions_valid_from_date_time.as_deref(),
         ),
     };
-    match (parse(before), now.map(|n| parse(Some(n)))) {
+    match (parse_time(before), now.map(|n| parse_time(Some(n)))) {
         (_, None) => Reread::NotDone,
         (_, Some(None)) => Reread::Unprovable {
             code: "UnknownOutcome".into(),
@@ -127,11 +126,6 @@ pub fn judge(step: Step, entry: &RetireEntry, user: Option<&User>) -> Reread {
         (Some(b), Some(Some(n))) if n > b => Reread::Done,
         (Some(_), Some(Some(_))) => Reread::NotDone,
     }
-}
-
-fn parse(t: Option<&str>) -> Option<DateTime<Utc>> {
-    t.and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.with_timezone(&Utc))
 }
 
 /// One user being retired.
@@ -288,12 +282,8 @@ impl EntryWork for RetireOps {
         db(&self.cx.queue, move |q| q.retire_entries(pass, state)).await
     }
 
-    fn item_id(entry: &RetireEntry) -> i64 {
-        entry.user.item_id
-    }
-
-    fn user_id(entry: &RetireEntry) -> Option<&str> {
-        entry.user.user_id.as_deref()
+    fn user(entry: &RetireEntry) -> &PassUser {
+        &entry.user
     }
 
     fn in_flight_step(entry: &RetireEntry) -> Option<Step> {
@@ -361,7 +351,6 @@ fn credential_facts(item_id: i64, u: &User) -> CredentialFacts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::pass::PassUser;
 
     fn entry(password_before: Option<&str>, sessions_before: Option<&str>) -> RetireEntry {
         RetireEntry {
