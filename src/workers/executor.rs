@@ -410,6 +410,19 @@ impl PassContext {
             .await?
             .with_context(|| format!("a {what} names a vanished item"))
     }
+
+    /// Re-reads the user `user_id` after an unknown outcome and lets `judge` read what it shows
+    /// (`None`: gone); a read that fails is sorted by [`reread_error`].
+    pub async fn reread_user(
+        &self,
+        user_id: &str,
+        judge: impl FnOnce(Option<&User>) -> Reread,
+    ) -> Reread {
+        match self.graph.get_user(user_id).await {
+            Ok(u) => judge(u.as_ref()),
+            Err(e) => reread_error(user_id, e),
+        }
+    }
 }
 
 /// A pass whose records are changes of the user's entry in the pass's own table (resend,

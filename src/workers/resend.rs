@@ -19,9 +19,7 @@ use crate::queue::track::{ResendChange, ResendEntry, ResendState, ACCEPTED};
 use crate::queue::Trace;
 
 use super::convert::db;
-use super::executor::{
-    reread_error, trace_of, EntryPass, EntryWork, PassContext, PassRequests, UsersById,
-};
+use super::executor::{trace_of, EntryPass, EntryWork, PassContext, PassRequests, UsersById};
 use super::planner::{Checkpoint, ItemPlan, Pass, Reread, Step};
 
 /// Graph stamps `externalUserStateChangeDateTime` to the second: two changes at least this far
@@ -200,10 +198,9 @@ impl PassRequests for ResendOps {
                 message: "no object id".into(),
             };
         };
-        match self.cx.graph.get_user(user_id).await {
-            Ok(u) => judge(&it.entry, &Seen::of(u.as_ref())),
-            Err(e) => reread_error(user_id, e),
-        }
+        self.cx
+            .reread_user(user_id, |u| judge(&it.entry, &Seen::of(u)))
+            .await
     }
 }
 

@@ -21,9 +21,7 @@ use crate::queue::track::ACCEPTED;
 use crate::queue::{CredentialFacts, RetireChange, RetireEntry, RetireState, SeenState, SkipKind};
 
 use super::convert::db;
-use super::executor::{
-    reread_error, trace_of, EntryPass, EntryWork, PassContext, PassRequests, UsersById,
-};
+use super::executor::{trace_of, EntryPass, EntryWork, PassContext, PassRequests, UsersById};
 use super::planner::{Checkpoint, ItemPlan, Pass, Reread, Step};
 use super::resend::parse_time;
 
@@ -200,9 +198,9 @@ impl PassRequests for RetireOps {
     }
 
     async fn reread(&self, it: &RetireItem, step: Step) -> Reread {
-        match self.cx.graph.get_user(&it.user_id).await {
-            Ok(u) => {
-                let seen = judge(step, &it.entry, u.as_ref());
+        self.cx
+            .reread_user(&it.user_id, |u| {
+                let seen = judge(step, &it.entry, u);
                 tracing::info!(
                     item = it.entry.user.item_id,
                     step = step.as_str(),
@@ -210,9 +208,8 @@ impl PassRequests for RetireOps {
                     "retire step with unknown outcome decided"
                 );
                 seen
-            }
-            Err(e) => reread_error(&it.user_id, e),
-        }
+            })
+            .await
     }
 }
 
