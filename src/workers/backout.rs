@@ -26,7 +26,7 @@ use crate::graph::{ConvertBack, GraphError, Password, ResponseMeta, Traced};
 use crate::item::ItemRecord;
 use crate::model::{ConversionUserDetails, User};
 use crate::queue::backout::{BackoutChange, BackoutEntry, BackoutKind, BackoutState};
-use crate::queue::pass::EntryKey;
+use crate::queue::pass::{EntryKey, PassUser};
 use crate::queue::track::ACCEPTED;
 
 use super::convert::db;
@@ -391,12 +391,8 @@ impl EntryWork for BackoutOps {
         .await
     }
 
-    fn item_id(entry: &BackoutEntry) -> i64 {
-        entry.user.item_id
-    }
-
-    fn user_id(entry: &BackoutEntry) -> Option<&str> {
-        entry.user.user_id.as_deref()
+    fn user(entry: &BackoutEntry) -> &PassUser {
+        &entry.user
     }
 
     /// No step named: a restore left between its two steps (the first checkpointed done, the
@@ -493,7 +489,6 @@ impl BackoutOps {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::pass::PassUser;
 
     fn user(user_type: Option<&str>, mail: Option<&str>) -> User {
         User {

@@ -28,7 +28,7 @@ use crate::graph::{GraphClient, GraphError, ResponseMeta};
 use crate::item::ItemRecord;
 use crate::model::User;
 use crate::progress::Progress;
-use crate::queue::pass::{EntryChange, EntryKey, EntryState};
+use crate::queue::pass::{EntryChange, EntryKey, EntryState, PassUser};
 use crate::queue::{Queue, QueueError, Trace};
 
 use super::convert::db;
@@ -410,6 +410,19 @@ impl PassContext {
             .await?
             .with_context(|| format!("a {what} names a vanished item"))
     }
+
+    /// Re-reads the user `user_id` after an unknown outcome and lets `judge` read what it shows
+    /// (`None`: gone); a read that fails is sorted by [`reread_error`].
+    pub async fn reread_user(
+        &self,
+        user_id: &str,
+        judge: impl FnOnce(Option<&User>) -> Reread,
+    ) -> Reread {
+        match self.graph.get_user(user_id).await {
+            Ok(u) => judge(u.as_ref()),
+            Err(e) => reread_error(user_id, e),
+        }
+    }
 }
 
 /// A pass whose records are changes of the user's entry in the pass's own table (resend,
@@ -566,10 +579,8 @@ pub trait EntryWork: EntryPass + Send + Sized + 'static {
         state: Self::State,
     ) -> impl Future<Output = anyhow::Result<Vec<Self::Entry>>> + Send;
 
-    fn item_id(entry: &Self::Entry) -> i64;
-
-    /// The object id of the entry's user, if it has one (a re-read can find it).
-    fn user_id(entry: &Self::Entry) -> Option<&str>;
+    /// The entry's user: its item, and the object id a re-read can find it by (if it has one).
+    fn user(entry: &Self::Entry) -> &PassUser;
 
     /// The step an entry in flight was checkpointed at (`None`: between two steps).
     fn in_flight_step(entry: &Self::Entry) -> Option<Step>;
@@ -618,7 +629,7 @@ pub async fn work_entries<P: EntryWork>(
     let mut budget = scope.limit.unwrap_or(u64::MAX);
     let mut pending = ops.entries(P::State::PENDING).await?;
     if let Some(only) = &scope.only {
-        pending.retain(|e| only.contains(&P::item_id(e)));
+        pending.retain(|e| only.contains(&P::user(e).item_id));
     }
     for chunk in pending.chunks(CHUNK) {
         if stopping() || budget == 0 {
@@ -629,7 +640,7 @@ pub async fn work_entries<P: EntryWork>(
         let taken = chunk.len();
         let ids: Vec<String> = chunk
             .iter()
-            .filter_map(|e| P::user_id(e).map(str::to_string))
+            .filter_map(|e| P::user(e).user_id.clone())
             .collect();
         let now = match UsersById::read(&ops.context().graph, &ids).await {
             Ok(now) => now,
@@ -651,7 +662,7 @@ pub async fn work_entries<P: EntryWork>(
 /// stops, if one of them stops it.
 async fn reconcile_in_flight<P: EntryWork>(ops: &Arc<P>) -> anyhow::Result<Option<StopReason>> {
     for entry in ops.entries(P::State::IN_FLIGHT).await? {
-        let (step, has_user) = (P::in_flight_step(&entry), P::user_id(&entry).is_some());
+        let (step, has_user) = (P::in_flight_step(&entry), P::user(&entry).user_id.is_some());
         let Some((mut it, mut plan)) = ops.prepare(entry).await? else {
             continue;
         };

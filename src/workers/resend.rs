@@ -14,14 +14,12 @@ use chrono::{DateTime, Utc};
 use crate::graph::{GraphError, ResponseMeta, Traced};
 use crate::item::{ItemRecord, RunOptions};
 use crate::model::{Invitation, InvitationRequest, User};
-use crate::queue::pass::EntryKey;
+use crate::queue::pass::{EntryKey, PassUser};
 use crate::queue::track::{ResendChange, ResendEntry, ResendState, ACCEPTED};
 use crate::queue::Trace;
 
 use super::convert::db;
-use super::executor::{
-    reread_error, trace_of, EntryPass, EntryWork, PassContext, PassRequests, UsersById,
-};
+use super::executor::{trace_of, EntryPass, EntryWork, PassContext, PassRequests, UsersById};
 use super::planner::{Checkpoint, ItemPlan, Pass, Reread, Step};
 
 /// Graph stamps `externalUserStateChangeDateTime` to the second: two changes at least this far
@@ -104,14 +102,19 @@ pub fn after_unknown(
     if state.eq_ignore_ascii_case(ACCEPTED) {
         return AfterUnknown::Redeemed;
     }
-    let (Some(changed), Some(before)) = (parse(changed_at.as_deref()), parse(baseline.changed_at))
-    else {
+    let (Some(changed), Some(before)) = (
+        parse_time(changed_at.as_deref()),
+        parse_time(baseline.changed_at),
+    ) else {
         return AfterUnknown::Ambiguous;
     };
     if changed > before {
         return AfterUnknown::TookEffect;
     }
-    match (parse(baseline.tracked_at), parse(Some(checkpoint_at))) {
+    match (
+        parse_time(baseline.tracked_at),
+        parse_time(Some(checkpoint_at)),
+    ) {
         (Some(tracked), Some(checkpoint)) if checkpoint - tracked >= STAMP_RESOLUTION => {}
         _ => return AfterUnknown::Ambiguous,
     }
@@ -129,7 +132,8 @@ pub fn cutoff(now: DateTime<Utc>, older_than_days: u32) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-fn parse(t: Option<&str>) -> Option<DateTime<Utc>> {
+/// A Graph time (RFC 3339) as UTC; `None` when absent or unreadable. Also `retire`'s.
+pub(super) fn parse_time(t: Option<&str>) -> Option<DateTime<Utc>> {
     t.and_then(|t| DateTime::parse_from_rfc3339(t).ok())
         .map(|t| t.with_timezone(&Utc))
 }
@@ -194,10 +198,9 @@ impl PassRequests for ResendOps {
                 message: "no object id".into(),
             };
         };
-        match self.cx.graph.get_user(user_id).await {
-            Ok(u) => judge(&it.entry, &Seen::of(u.as_ref())),
-            Err(e) => reread_error(user_id, e),
-        }
+        self.cx
+            .reread_user(user_id, |u| judge(&it.entry, &Seen::of(u)))
+            .await
     }
 }
 
@@ -265,12 +268,8 @@ impl EntryWork for ResendOps {
         db(&self.cx.queue, move |q| q.resend_entries(pass, state)).await
     }
 
-    fn item_id(entry: &ResendEntry) -> i64 {
-        entry.user.item_id
-    }
-
-    fn user_id(entry: &ResendEntry) -> Option<&str> {
-        entry.user.user_id.as_deref()
+    fn user(entry: &ResendEntry) -> &PassUser {
+        &entry.user
     }
 
     fn in_flight_step(_entry: &ResendEntry) -> Option<Step> {

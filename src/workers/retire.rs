@@ -14,19 +14,16 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
-
 use crate::graph::{GraphError, Password, ResponseMeta};
 use crate::model::User;
-use crate::queue::pass::EntryKey;
+use crate::queue::pass::{EntryKey, PassUser};
 use crate::queue::track::ACCEPTED;
 use crate::queue::{CredentialFacts, RetireChange, RetireEntry, RetireState, SeenState, SkipKind};
 
 use super::convert::db;
-use super::executor::{
-    reread_error, trace_of, EntryPass, EntryWork, PassContext, PassRequests, UsersById,
-};
+use super::executor::{trace_of, EntryPass, EntryWork, PassContext, PassRequests, UsersById};
 use super::planner::{Checkpoint, ItemPlan, Pass, Reread, Step};
+use super::resend::parse_time;
 
 /// The one directory role whose holders a User Administrator may reset like anyone.
 const GUEST_INVITER: &str = "Guest Inviter";
@@ -107,7 +104,7 @@ pub fn judge(step: Step, entry: &RetireEntry, user: Option<&User>) -> Reread {
             u.sign_in_sessions_valid_from_date_time.as_deref(),
         ),
     };
-    match (parse(before), now.map(|n| parse(Some(n)))) {
+    match (parse_time(before), now.map(|n| parse_time(Some(n)))) {
         (_, None) => Reread::NotDone,
         (_, Some(None)) => Reread::Unprovable {
             code: "UnknownOutcome".into(),
@@ -127,11 +124,6 @@ pub fn judge(step: Step, entry: &RetireEntry, user: Option<&User>) -> Reread {
         (Some(b), Some(Some(n))) if n > b => Reread::Done,
         (Some(_), Some(Some(_))) => Reread::NotDone,
     }
-}
-
-fn parse(t: Option<&str>) -> Option<DateTime<Utc>> {
-    t.and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.with_timezone(&Utc))
 }
 
 /// One user being retired.
@@ -206,9 +198,9 @@ impl PassRequests for RetireOps {
     }
 
     async fn reread(&self, it: &RetireItem, step: Step) -> Reread {
-        match self.cx.graph.get_user(&it.user_id).await {
-            Ok(u) => {
-                let seen = judge(step, &it.entry, u.as_ref());
+        self.cx
+            .reread_user(&it.user_id, |u| {
+                let seen = judge(step, &it.entry, u);
                 tracing::info!(
                     item = it.entry.user.item_id,
                     step = step.as_str(),
@@ -216,9 +208,8 @@ impl PassRequests for RetireOps {
                     "retire step with unknown outcome decided"
                 );
                 seen
-            }
-            Err(e) => reread_error(&it.user_id, e),
-        }
+            })
+            .await
     }
 }
 
@@ -288,12 +279,8 @@ impl EntryWork for RetireOps {
         db(&self.cx.queue, move |q| q.retire_entries(pass, state)).await
     }
 
-    fn item_id(entry: &RetireEntry) -> i64 {
-        entry.user.item_id
-    }
-
-    fn user_id(entry: &RetireEntry) -> Option<&str> {
-        entry.user.user_id.as_deref()
+    fn user(entry: &RetireEntry) -> &PassUser {
+        &entry.user
     }
 
     fn in_flight_step(entry: &RetireEntry) -> Option<Step> {
@@ -361,7 +348,6 @@ fn credential_facts(item_id: i64, u: &User) -> CredentialFacts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::pass::PassUser;
 
     fn entry(password_before: Option<&str>, sessions_before: Option<&str>) -> RetireEntry {
         RetireEntry {
