@@ -361,3 +361,37 @@ fn print_json(
 pub(super) fn converted(item: &ItemRecord) -> bool {
     item.state == ItemState::Converted
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_back_changes_lists_each_property_put_back_with_its_values() {
+        let dry_run = |p: &PutBack| {
+            put_back_changes(
+                p,
+                |to| format!("userType Guest → {to}"),
+                |tool, before| format!("mail {tool} → {before}"),
+            )
+        };
+        let both = PutBack::user_type_and_mail(None, Some("a@fabrikam.com"));
+        assert_eq!(
+            dry_run(&both),
+            ["userType Guest → Member", "mail a@fabrikam.com → (none)"]
+        );
+        let mail_only = PutBack {
+            needs_mail: true,
+            mail_to: Some("b@contoso.com".into()),
+            ..PutBack::default()
+        };
+        assert_eq!(dry_run(&mail_only), ["mail (none) → b@contoso.com"]);
+        // No userType recorded: Graph's default.
+        let user_type_only = PutBack {
+            needs_user_type: true,
+            ..PutBack::default()
+        };
+        assert_eq!(dry_run(&user_type_only), ["userType Guest → Member"]);
+        assert!(dry_run(&PutBack::default()).is_empty());
+    }
+}
