@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use super::common;
+use super::restore::put_back_changes;
 use crate::cli::{ReportArgs, ReportFormat};
 use crate::exit::{ExitError, ExitStatus};
 use crate::item::{ItemExtras, ItemRecord, ItemState};
@@ -127,19 +128,11 @@ fn backout_done(queue: &Queue, run_id: i64) -> anyhow::Result<report::BackoutDon
             .into_iter()
             .take(report::NOT_REDEEMED_LISTED)
             .map(|e| {
-                let mut what = Vec::new();
-                if e.needs_user_type {
-                    what.push(format!(
-                        "userType back to {}",
-                        e.user_type_to.as_deref().unwrap_or("Member")
-                    ));
-                }
-                if e.needs_mail {
-                    what.push(format!(
-                        "mail back to {}",
-                        e.mail_to.as_deref().unwrap_or("(none)")
-                    ));
-                }
+                let mut what = put_back_changes(
+                    &e.put_back,
+                    |to| format!("userType back to {to}"),
+                    |_tool, before| format!("mail back to {before}"),
+                );
                 if kind == BackoutKind::Rollback {
                     what.push(format!(
                         "internal member again since {}",

@@ -17,7 +17,7 @@ use crate::cli::RestoreArgs;
 use crate::exit::ExitStatus;
 use crate::graph::GraphClient;
 use crate::item::{ItemRecord, ItemState, RunMode, RunRecord};
-use crate::queue::backout::{BackoutKind, BackoutState, NewBackout};
+use crate::queue::backout::{BackoutKind, BackoutState, NewBackout, PutBack};
 use crate::queue::pass::{EntryCounts, EntryState as _};
 use crate::queue::{Queue, RunLease};
 use crate::source::only::OnlyList;
@@ -40,20 +40,11 @@ pub async fn restore(db: &Path, args: RestoreArgs) -> anyhow::Result<ExitStatus>
                 .find(|i| i.id == u.item_id)
                 .map(|item| (u, item))
         }) {
-            let mut what = Vec::new();
-            if u.needs_user_type {
-                what.push(format!(
-                    "userType Guest → {}",
-                    u.user_type_to.as_deref().unwrap_or("Member")
-                ));
-            }
-            if u.needs_mail {
-                what.push(format!(
-                    "mail {} → {}",
-                    u.mail_tool.as_deref().unwrap_or("(none)"),
-                    u.mail_to.as_deref().unwrap_or("(none)")
-                ));
-            }
+            let what = put_back_changes(
+                &u.put_back,
+                |to| format!("userType Guest → {to}"),
+                |tool, before| format!("mail {tool} → {before}"),
+            );
             if !args.json {
                 println!("would restore {}: {}", name_of(item), what.join(", "));
             }
@@ -162,14 +153,36 @@ pub fn restore_plan(
             let (user_type, mail) = (s.guest_set, s.needs_mail && s.mail_set);
             (user_type || mail).then(|| NewBackout {
                 item_id: i.id,
-                needs_user_type: user_type,
-                user_type_to: user_type.then(|| user_type_to(i.snapshot.as_ref())),
-                needs_mail: mail,
-                mail_to: s.mail_from.clone(),
-                mail_tool: s.mail_to.clone(),
+                put_back: PutBack {
+                    needs_user_type: user_type,
+                    user_type_to: user_type.then(|| user_type_to(i.snapshot.as_ref())),
+                    needs_mail: mail,
+                    mail_to: s.mail_from.clone(),
+                    mail_tool: s.mail_to.clone(),
+                },
             })
         })
         .collect())
+}
+
+/// What `put_back` changes, one line each: `user_type` of the userType put back, `mail` of the
+/// address the tool wrote and the one from before (`(none)`: no address).
+pub(super) fn put_back_changes(
+    put_back: &PutBack,
+    user_type: impl Fn(&str) -> String,
+    mail: impl Fn(&str, &str) -> String,
+) -> Vec<String> {
+    let mut what = Vec::new();
+    if put_back.needs_user_type {
+        what.push(user_type(put_back.user_type()));
+    }
+    if put_back.needs_mail {
+        what.push(mail(
+            put_back.mail_tool.as_deref().unwrap_or("(none)"),
+            put_back.mail_to.as_deref().unwrap_or("(none)"),
+        ));
+    }
+    what
 }
 
 /// Entries of `kind` not finished yet (a back-out a crash interrupted), those `named` only.
@@ -347,4 +360,38 @@ fn print_json(
 /// Whether an item is one a rollback may take: converted by this run.
 pub(super) fn converted(item: &ItemRecord) -> bool {
     item.state == ItemState::Converted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_back_changes_lists_each_property_put_back_with_its_values() {
+        let dry_run = |p: &PutBack| {
+            put_back_changes(
+                p,
+                |to| format!("userType Guest → {to}"),
+                |tool, before| format!("mail {tool} → {before}"),
+            )
+        };
+        let both = PutBack::user_type_and_mail(None, Some("a@fabrikam.com"));
+        assert_eq!(
+            dry_run(&both),
+            ["userType Guest → Member", "mail a@fabrikam.com → (none)"]
+        );
+        let mail_only = PutBack {
+            needs_mail: true,
+            mail_to: Some("b@contoso.com".into()),
+            ..PutBack::default()
+        };
+        assert_eq!(dry_run(&mail_only), ["mail (none) → b@contoso.com"]);
+        // No userType recorded: Graph's default.
+        let user_type_only = PutBack {
+            needs_user_type: true,
+            ..PutBack::default()
+        };
+        assert_eq!(dry_run(&user_type_only), ["userType Guest → Member"]);
+        assert!(dry_run(&PutBack::default()).is_empty());
+    }
 }

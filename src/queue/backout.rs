@@ -33,15 +33,48 @@ entry_state! {
     off_the_wire = "in_flight = NULL";
 }
 
-/// A user to put into a back-out: for `restore`, what to put back.
+/// What a `restore` puts back (nothing, for a `rollback`): the properties the tool wrote and the
+/// values from before.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PutBack {
+    pub needs_user_type: bool,
+    /// The snapshot's userType.
+    pub user_type_to: Option<String>,
+    pub needs_mail: bool,
+    /// The snapshot's mail (`None`: it had none).
+    pub mail_to: Option<String>,
+    /// The address `--set-mail` wrote.
+    pub mail_tool: Option<String>,
+}
+
+/// The columns of [`PutBack`], in its field order.
+const PUT_BACK_COLUMNS: &str = "needs_user_type, user_type_to, needs_mail, mail_to, mail_tool";
+
+impl PutBack {
+    /// The userType put back: the snapshot's, Graph's default `Member` when none was recorded.
+    pub fn user_type(&self) -> &str {
+        self.user_type_to.as_deref().unwrap_or("Member")
+    }
+
+    /// Both properties to put back: userType `Member`, and mail `mail_to` over the tool's
+    /// `mail_tool`.
+    #[cfg(test)]
+    pub(crate) fn user_type_and_mail(mail_to: Option<&str>, mail_tool: Option<&str>) -> PutBack {
+        PutBack {
+            needs_user_type: true,
+            user_type_to: Some("Member".into()),
+            needs_mail: true,
+            mail_to: mail_to.map(str::to_string),
+            mail_tool: mail_tool.map(str::to_string),
+        }
+    }
+}
+
+/// A user to put into a back-out.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NewBackout {
     pub item_id: i64,
-    pub needs_user_type: bool,
-    pub user_type_to: Option<String>,
-    pub needs_mail: bool,
-    pub mail_to: Option<String>,
-    pub mail_tool: Option<String>,
+    pub put_back: PutBack,
 }
 
 /// One user of a back-out as stored, with its user (the item's object id, UPN and address).
@@ -50,11 +83,7 @@ pub struct BackoutEntry {
     pub user: PassUser,
     pub kind: BackoutKind,
     pub state: BackoutState,
-    pub needs_user_type: bool,
-    pub user_type_to: Option<String>,
-    pub needs_mail: bool,
-    pub mail_to: Option<String>,
-    pub mail_tool: Option<String>,
+    pub put_back: PutBack,
     /// The step last checkpointed in flight.
     pub in_flight: Option<String>,
     pub user_type_done: bool,
@@ -69,9 +98,9 @@ pub struct BackoutEntry {
     pub finished_at: Option<String>,
 }
 
-/// (After [`PASS_USER_COLUMNS`].)
-const ENTRY_COLUMNS: &str = "b.kind, b.state, b.needs_user_type, b.user_type_to, b.needs_mail, b.mail_to, b.mail_tool, b.in_flight, \
-     b.user_type_done_at IS NOT NULL, b.mail_done_at IS NOT NULL, b.passwords_file, \
+/// (After [`PASS_USER_COLUMNS`], `b.kind, b.state` and [`PUT_BACK_COLUMNS`].)
+const ENTRY_COLUMNS: &str =
+    "b.in_flight, b.user_type_done_at IS NOT NULL, b.mail_done_at IS NOT NULL, b.passwords_file, \
      b.converted_back_at, b.attempts, b.detail, b.error_code, b.error_message, b.finished_at";
 
 fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BackoutEntry> {
@@ -82,11 +111,13 @@ fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BackoutEntry> {
         kind: kind.parse().unwrap_or(BackoutKind::Restore),
         // A state this version does not know reads as failed: it is never worked again.
         state: state.parse().unwrap_or(BackoutState::Failed),
-        needs_user_type: r.get(6)?,
-        user_type_to: r.get(7)?,
-        needs_mail: r.get(8)?,
-        mail_to: r.get(9)?,
-        mail_tool: r.get(10)?,
+        put_back: PutBack {
+            needs_user_type: r.get(6)?,
+            user_type_to: r.get(7)?,
+            needs_mail: r.get(8)?,
+            mail_to: r.get(9)?,
+            mail_tool: r.get(10)?,
+        },
         in_flight: r.get(11)?,
         user_type_done: r.get(12)?,
         mail_done: r.get(13)?,
@@ -109,27 +140,28 @@ impl Queue {
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         {
             let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO backout_entries (item_id, run_id, kind, needs_user_type,
-                        user_type_to, needs_mail, mail_to, mail_tool, created_at)
+                .prepare_cached(&format!(
+                    "INSERT INTO backout_entries (item_id, run_id, kind, {PUT_BACK_COLUMNS},
+                        created_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                      ON CONFLICT (item_id, kind) DO UPDATE SET
                         state = 'pending', detail = NULL, finished_at = NULL, attempts = 0
-                     WHERE backout_entries.state = 'skipped'",
-                )
+                     WHERE backout_entries.state = 'skipped'"
+                ))
                 .map_err(|e| self.err(e))?;
             let at = now();
             for u in users {
+                let p = &u.put_back;
                 insert
                     .execute(params![
                         u.item_id,
                         run_id,
                         kind.as_str(),
-                        u.needs_user_type,
-                        u.user_type_to,
-                        u.needs_mail,
-                        u.mail_to,
-                        u.mail_tool,
+                        p.needs_user_type,
+                        p.user_type_to,
+                        p.needs_mail,
+                        p.mail_to,
+                        p.mail_tool,
                         at
                     ])
                     .map_err(|e| self.err(e))?;
@@ -147,7 +179,7 @@ impl Queue {
     ) -> Result<Vec<BackoutEntry>> {
         self.select_rows(
             &format!(
-                "SELECT {PASS_USER_COLUMNS}, {ENTRY_COLUMNS}
+                "SELECT {PASS_USER_COLUMNS}, b.kind, b.state, {PUT_BACK_COLUMNS}, {ENTRY_COLUMNS}
                  FROM backout_entries b JOIN items i ON i.id = b.item_id
                  WHERE b.run_id = ?1 AND b.kind = ?2 AND (?3 IS NULL OR b.state = ?3)
                  ORDER BY b.item_id"
@@ -259,11 +291,7 @@ mod tests {
     fn restore(item_id: i64) -> NewBackout {
         NewBackout {
             item_id,
-            needs_user_type: true,
-            user_type_to: Some("Member".into()),
-            needs_mail: true,
-            mail_to: None,
-            mail_tool: Some("a@fabrikam.com".into()),
+            put_back: PutBack::user_type_and_mail(None, Some("a@fabrikam.com")),
         }
     }
 

@@ -87,7 +87,7 @@ pub fn restore_view(entry: &BackoutEntry, user: Option<&User>, step: Step) -> Re
             "userType",
             property(
                 user.user_type.as_deref(),
-                entry.user_type_to.as_deref(),
+                entry.put_back.user_type_to.as_deref(),
                 Some(TOOL_USER_TYPE),
             ),
         ),
@@ -95,8 +95,8 @@ pub fn restore_view(entry: &BackoutEntry, user: Option<&User>, step: Step) -> Re
             "mail",
             property(
                 user.mail.as_deref(),
-                entry.mail_to.as_deref(),
-                entry.mail_tool.as_deref(),
+                entry.put_back.mail_to.as_deref(),
+                entry.put_back.mail_tool.as_deref(),
             ),
         ),
     };
@@ -207,9 +207,9 @@ impl BackoutItem {
             BackoutKind::Restore => (
                 How::Restore,
                 Checkpoint::restore(
-                    entry.needs_user_type,
+                    entry.put_back.needs_user_type,
                     entry.user_type_done,
-                    entry.needs_mail,
+                    entry.put_back.needs_mail,
                     entry.mail_done,
                 ),
             ),
@@ -268,7 +268,7 @@ impl PassRequests for BackoutOps {
         let id = it.user_id().to_string();
         match step {
             Step::RestoreUserType => {
-                let to = it.entry.user_type_to.as_deref().unwrap_or("Member");
+                let to = it.entry.put_back.user_type();
                 let t = self
                     .cx
                     .graph
@@ -280,7 +280,7 @@ impl PassRequests for BackoutOps {
                 let t = self
                     .cx
                     .graph
-                    .patch_user(&id, &json!({ "mail": it.entry.mail_to }))
+                    .patch_user(&id, &json!({ "mail": it.entry.put_back.mail_to }))
                     .await?;
                 Ok(t.meta)
             }
@@ -455,8 +455,8 @@ impl BackoutOps {
     ) -> anyhow::Result<Option<String>> {
         for step in [Step::RestoreUserType, Step::RestoreMail] {
             let (needed, done) = match step {
-                Step::RestoreUserType => (entry.needs_user_type, entry.user_type_done),
-                _ => (entry.needs_mail, entry.mail_done),
+                Step::RestoreUserType => (entry.put_back.needs_user_type, entry.user_type_done),
+                _ => (entry.put_back.needs_mail, entry.mail_done),
             };
             if !needed || done {
                 continue;
@@ -489,6 +489,7 @@ impl BackoutOps {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::backout::PutBack;
 
     fn user(user_type: Option<&str>, mail: Option<&str>) -> User {
         User {
@@ -510,11 +511,7 @@ mod tests {
             },
             kind: BackoutKind::Restore,
             state: BackoutState::Pending,
-            needs_user_type: true,
-            user_type_to: Some("Member".into()),
-            needs_mail: true,
-            mail_to: None,
-            mail_tool: Some("a@fabrikam.com".into()),
+            put_back: PutBack::user_type_and_mail(None, Some("a@fabrikam.com")),
             in_flight: None,
             user_type_done: false,
             mail_done: false,
@@ -637,11 +634,10 @@ mod tests {
         let run = crate::workers::executor::on_emulator::converted(1, true).await;
         let back = crate::queue::backout::NewBackout {
             item_id: run.items[0].id,
-            needs_user_type: true,
-            user_type_to: Some("Member".into()),
-            needs_mail: true,
-            mail_to: Some("before1@fabrikam.example".into()),
-            mail_tool: run.items[0].external_email.clone(),
+            put_back: PutBack::user_type_and_mail(
+                Some("before1@fabrikam.example"),
+                run.items[0].external_email.as_deref(),
+            ),
         };
         run.cx
             .queue
