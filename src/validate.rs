@@ -669,9 +669,7 @@ mod tests {
             ),
         ];
         for (i, (change, expected)) in cases.into_iter().enumerate() {
-            let mut user = good();
-            change(&mut user);
-            let verdict = validate(&user, None, &facts);
+            let verdict = validate(&with(change), None, &facts);
             assert_eq!(reason_of(&verdict), Some(expected), "case {i}: {verdict:?}");
         }
         // Mismatch is checked before the verified domain of the requested address.
@@ -773,9 +771,7 @@ mod tests {
         ];
         let facts = facts();
         for (name, change, requested, want) in cases {
-            let mut user = good();
-            change(&mut user);
-            let verdict = validate_with(&user, requested, &facts, true);
+            let verdict = validate_with(&with(change), requested, &facts, true);
             match (want, &verdict) {
                 (
                     Ok(expected),
