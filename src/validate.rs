@@ -510,8 +510,6 @@ mod tests {
     /// One row per reason code `validate` can produce, plus the Convert cases.
     #[test]
     fn one_row_per_reason() {
-        let back = "2026-11-02T10:00:00Z";
-        let onprem_upn = "bob@corp.local";
         let cases = [
             converts("guest converts", good()),
             converts(
@@ -521,7 +519,7 @@ mod tests {
             converts("requested = mail, other case", good()).requesting(" BOB@fabrikam.com "),
             blocked(
                 "converted back (externalUserConvertedOn)",
-                with(|u| u.external_user_converted_on = Some(back.into())),
+                with(|u| u.external_user_converted_on = Some("2026-11-02T10:00:00Z".into())),
                 Reason::ConvertedBack,
             ),
             skipped(
@@ -539,7 +537,7 @@ mod tests {
             ),
             blocked(
                 "onprem upn",
-                with(|u| u.on_premises_user_principal_name = Some(onprem_upn.into())),
+                with(|u| u.on_premises_user_principal_name = Some("bob@corp.local".into())),
                 Reason::OnpremUpnPresent,
             ),
             blocked(
