@@ -457,124 +457,140 @@ mod tests {
         }
     }
 
+    /// [`good`] with one change.
+    fn with(change: impl FnOnce(&mut User)) -> User {
+        let mut user = good();
+        change(&mut user);
+        user
+    }
+
+    /// [`good`] with another mail.
+    fn mailed(mail: &str) -> User {
+        with(|u| u.mail = Some(mail.into()))
+    }
+
+    /// A row of [`one_row_per_reason`]: the user, the address asked for, the reason expected.
+    struct Case {
+        name: &'static str,
+        user: User,
+        requested: Option<&'static str>,
+        expected: Option<Reason>,
+    }
+
+    fn converts(name: &'static str, user: User) -> Case {
+        Case {
+            name,
+            user,
+            requested: None,
+            expected: None,
+        }
+    }
+
+    fn blocked(name: &'static str, user: User, reason: Reason) -> Case {
+        Case {
+            expected: Some(reason),
+            ..converts(name, user)
+        }
+    }
+
+    /// Already B2B: the one reason that skips the user rather than blocking it.
+    fn skipped(name: &'static str, user: User) -> Case {
+        blocked(name, user, Reason::AlreadyB2b)
+    }
+
+    impl Case {
+        fn requesting(self, email: &'static str) -> Self {
+            Case {
+                requested: Some(email),
+                ..self
+            }
+        }
+    }
+
     /// One row per reason code `validate` can produce, plus the Convert cases.
     #[test]
     fn one_row_per_reason() {
-        type Case = (
-            &'static str,
-            fn(&mut User),
-            Option<&'static str>,
-            Option<Reason>,
-        );
-        let cases: Vec<Case> = vec![
-            ("guest converts", |_| {}, None, None),
-            (
+        let cases = [
+            converts("guest converts", good()),
+            converts(
                 "member converts",
-                |u| u.user_type = Some("Member".into()),
-                None,
-                None,
+                with(|u| u.user_type = Some("Member".into())),
             ),
-            (
-                "requested = mail, other case",
-                |_| {},
-                Some(" BOB@fabrikam.com "),
-                None,
-            ),
-            (
+            converts("requested = mail, other case", good()).requesting(" BOB@fabrikam.com "),
+            blocked(
                 "converted back (externalUserConvertedOn)",
-                |u| u.external_user_converted_on = Some("2026-11-02T10:00:00Z".into()),
-                None,
-                Some(Reason::ConvertedBack),
+                with(|u| u.external_user_converted_on = Some("2026-11-02T10:00:00Z".into())),
+                Reason::ConvertedBack,
             ),
-            (
+            skipped(
                 "externalUserState",
-                |u| u.external_user_state = Some("PendingAcceptance".into()),
-                None,
-                Some(Reason::AlreadyB2b),
+                with(|u| u.external_user_state = Some("PendingAcceptance".into())),
             ),
-            (
+            skipped(
                 "creationType Invitation",
-                |u| u.creation_type = Some("invitation".into()),
-                None,
-                Some(Reason::AlreadyB2b),
+                with(|u| u.creation_type = Some("invitation".into())),
             ),
-            (
+            blocked(
                 "disabled",
-                |u| u.account_enabled = Some(false),
-                None,
-                Some(Reason::AccountDisabled),
+                with(|u| u.account_enabled = Some(false)),
+                Reason::AccountDisabled,
             ),
-            (
+            blocked(
                 "onprem upn",
-                |u| u.on_premises_user_principal_name = Some("bob@corp.local".into()),
-                None,
-                Some(Reason::OnpremUpnPresent),
+                with(|u| u.on_premises_user_principal_name = Some("bob@corp.local".into())),
+                Reason::OnpremUpnPresent,
             ),
-            (
+            blocked(
                 "exchange",
-                |u| u.assigned_plans = exchange(),
-                None,
-                Some(Reason::ExchangeMailbox),
+                with(|u| u.assigned_plans = exchange()),
+                Reason::ExchangeMailbox,
             ),
-            (
-                "no mail",
-                |u| u.mail = None,
-                None,
-                Some(Reason::MailMissing),
-            ),
-            (
+            blocked("no mail", with(|u| u.mail = None), Reason::MailMissing),
+            blocked(
                 "no mail, email requested",
-                |u| u.mail = Some("  ".into()),
-                Some("bob@fabrikam.com"),
-                Some(Reason::MailMissing),
-            ),
-            (
-                "mismatch",
-                |_| {},
-                Some("robert@fabrikam.com"),
-                Some(Reason::MailMismatch),
-            ),
-            (
+                mailed("  "),
+                Reason::MailMissing,
+            )
+            .requesting("bob@fabrikam.com"),
+            blocked("mismatch", good(), Reason::MailMismatch).requesting("robert@fabrikam.com"),
+            blocked(
                 "mail not a valid address",
-                |u| u.mail = Some("bob smith@fabrikam.com".into()),
-                None,
-                Some(Reason::MailMissing),
+                mailed("bob smith@fabrikam.com"),
+                Reason::MailMissing,
             ),
-            (
+            blocked(
                 "verified domain",
-                |u| u.mail = Some("bob@Contoso.com".into()),
-                None,
-                Some(Reason::DomainVerified),
+                mailed("bob@Contoso.com"),
+                Reason::DomainVerified,
             ),
-            (
+            blocked(
                 "conflict via mail",
-                |u| u.mail = Some("carol@fabrikam.com".into()),
-                None,
-                Some(Reason::MailConflict),
+                mailed("carol@fabrikam.com"),
+                Reason::MailConflict,
             ),
-            (
+            blocked(
                 "conflict via otherMails",
-                |u| u.mail = Some("shared@fabrikam.com".into()),
-                None,
-                Some(Reason::MailConflict),
+                mailed("shared@fabrikam.com"),
+                Reason::MailConflict,
             ),
-            (
+            blocked(
                 "conflict via proxyAddresses (smtp: stripped, any case)",
-                |u| u.mail = Some("ALIAS@fabrikam.com".into()),
-                None,
-                Some(Reason::MailConflict),
+                mailed("ALIAS@fabrikam.com"),
+                Reason::MailConflict,
             ),
-            (
+            converts(
                 "a SIP proxy address is no mail conflict",
-                |u| u.mail = Some("voice@fabrikam.com".into()),
-                None,
-                None,
+                mailed("voice@fabrikam.com"),
             ),
         ];
         let facts = facts();
-        for (name, change, requested, expected) in cases {
-            let mut user = good();
-            change(&mut user);
+        for Case {
+            name,
+            user,
+            requested,
+            expected,
+        } in cases
+        {
             let verdict = validate(&user, requested, &facts);
             assert_eq!(reason_of(&verdict), expected, "{name}: {verdict:?}");
             if let Some(r) = expected {
@@ -651,9 +667,7 @@ mod tests {
             ),
         ];
         for (i, (change, expected)) in cases.into_iter().enumerate() {
-            let mut user = good();
-            change(&mut user);
-            let verdict = validate(&user, None, &facts);
+            let verdict = validate(&with(change), None, &facts);
             assert_eq!(reason_of(&verdict), Some(expected), "case {i}: {verdict:?}");
         }
         // Mismatch is checked before the verified domain of the requested address.
@@ -755,9 +769,7 @@ mod tests {
         ];
         let facts = facts();
         for (name, change, requested, want) in cases {
-            let mut user = good();
-            change(&mut user);
-            let verdict = validate_with(&user, requested, &facts, true);
+            let verdict = validate_with(&with(change), requested, &facts, true);
             match (want, &verdict) {
                 (
                     Ok(expected),

@@ -609,6 +609,28 @@ mod tests {
     fn fits(pattern: Option<bool>, value: bool) -> bool {
         pattern.is_none_or(|p| p == value)
     }
+    /// The one row of a decision table that `matches` the case, asserting there is exactly one.
+    #[track_caller]
+    fn the_row<'a, R>(rows: &'a [R], case: &str, matches: impl Fn(&R) -> bool) -> &'a R {
+        let matching: Vec<&R> = rows.iter().filter(|r| matches(r)).collect();
+        assert_eq!(matching.len(), 1, "{case} matches {} rows", matching.len());
+        matching[0]
+    }
+    /// Every checkpoint of `N` flags matches exactly one row, and `next` takes its action.
+    #[track_caller]
+    fn next_over_every_checkpoint<const N: usize>(
+        rows: &[([Option<bool>; N], Action)],
+        checkpoint: impl Fn([bool; N]) -> Checkpoint,
+    ) {
+        for bits in 0u32..1 << N {
+            let v: [bool; N] = std::array::from_fn(|k| bits & (1 << k) != 0);
+            let case = format!("{v:?}");
+            let (_, want) = the_row(rows, &case, |(p, _)| {
+                p.iter().zip(v).all(|(p, v)| fits(*p, v))
+            });
+            assert_eq!(next(&checkpoint(v)), *want, "{case}");
+        }
+    }
     fn answers() -> [(&'static str, Answer); 6] {
         [
             ("accepted", Answer::Accepted),
@@ -710,16 +732,7 @@ mod tests {
             ([y, y, n, any, n], Action::Send(Step::Invite)),
             ([n, any, n, any, n], Action::Send(Step::Invite)),
         ];
-        for bits in 0u8..32 {
-            let v: [bool; 5] = std::array::from_fn(|k| bits & (1 << k) != 0);
-            let matching: Vec<&Row> = rows
-                .iter()
-                .filter(|(p, _)| p.iter().zip(v).all(|(p, v)| fits(*p, v)))
-                .collect();
-            assert_eq!(matching.len(), 1, "{v:?} matches {} rows", matching.len());
-            let cp = Checkpoint::convert(v[0], v[1], v[2], v[3], v[4]);
-            assert_eq!(next(&cp), matching[0].1, "{v:?}");
-        }
+        next_over_every_checkpoint(&rows, |v| Checkpoint::convert(v[0], v[1], v[2], v[3], v[4]));
     }
 
     /// Every one of the retire pass's four checkpoints (password set, sessions revoked) matches
@@ -734,21 +747,15 @@ mod tests {
             ([y, n], Action::Send(Step::RevokeSessions)),
             ([n, n], Action::Send(Step::SetPassword)),
         ];
-        for bits in 0u8..4 {
-            let v: [bool; 2] = std::array::from_fn(|k| bits & (1 << k) != 0);
-            let matching: Vec<&Row> = rows
-                .iter()
-                .filter(|(p, _)| p.iter().zip(v).all(|(p, v)| fits(*p, v)))
-                .collect();
-            assert_eq!(matching.len(), 1, "{v:?} matches {} rows", matching.len());
+        next_over_every_checkpoint(&rows, |v| {
             let mut cp = Checkpoint::new(Pass::Retire, Pass::Retire.steps());
             for (done, step) in v.into_iter().zip([Step::SetPassword, Step::RevokeSessions]) {
                 if done {
                     cp.mark_done(step);
                 }
             }
-            assert_eq!(next(&cp), matching[0].1, "{v:?}");
-        }
+            cp
+        });
         // A refusal of either retire step is never read as "done already".
         for step in [Step::SetPassword, Step::RevokeSessions] {
             assert!(matches!(
@@ -798,29 +805,25 @@ mod tests {
     fn a_refusal_that_says_done_already_is_told_apart() {
         let msg = "User invitation failed. The user is already a B2B collaboration user; set \
                    resetRedemption to true to reset its redemption status.";
-        assert!(matches!(
-            refusal(Step::Invite, "BadRequest", msg),
-            Answer::AlreadyDone { .. }
-        ));
-        assert!(matches!(
-            refusal(Step::Reinvite, "BadRequest", msg),
-            Answer::AlreadyDone { .. }
-        ));
-        assert!(matches!(
-            refusal(Step::SetGuest, "BadRequest", msg),
-            Answer::Refused { .. }
-        ));
-        assert_eq!(refusal(Step::Invite, "BadRequest", "nope"), refused());
         let internal = "The user authentication is already internal and isn't eligible for \
                         conversion.";
-        assert!(matches!(
-            refusal(Step::ConvertBack, "BadRequest", internal),
-            Answer::AlreadyDone { .. }
-        ));
-        assert!(matches!(
-            refusal(Step::RestoreMail, "BadRequest", internal),
-            Answer::Refused { .. }
-        ));
+        // (step, message, read as done already rather than refused)
+        let rows = [
+            (Step::Invite, msg, true),
+            (Step::Reinvite, msg, true),
+            (Step::SetGuest, msg, false),
+            (Step::ConvertBack, internal, true),
+            (Step::RestoreMail, internal, false),
+        ];
+        for (step, message, done_already) in rows {
+            let told_apart = match refusal(step, "BadRequest", message) {
+                Answer::AlreadyDone { .. } => true,
+                Answer::Refused { .. } => false,
+                other => panic!("{step:?}: neither done already nor refused: {other:?}"),
+            };
+            assert_eq!(told_apart, done_already, "{step:?}");
+        }
+        assert_eq!(refusal(Step::Invite, "BadRequest", "nope"), refused());
     }
 
     /// Every one of the 16 restore checkpoints matches exactly one row: userType is put back
@@ -839,16 +842,7 @@ mod tests {
             ([y, y, n, n], Action::RecordDone),
             ([n, any, n, n], Action::RecordDone),
         ];
-        for bits in 0u8..16 {
-            let v: [bool; 4] = std::array::from_fn(|k| bits & (1 << k) != 0);
-            let matching: Vec<&Row> = rows
-                .iter()
-                .filter(|(p, _)| p.iter().zip(v).all(|(p, v)| fits(*p, v)))
-                .collect();
-            let cp = Checkpoint::restore(v[0], v[1], v[2], v[3]);
-            assert_eq!(matching.len(), 1, "{v:?} matches {} rows", matching.len());
-            assert_eq!(next(&cp), matching[0].1, "{v:?}");
-        }
+        next_over_every_checkpoint(&rows, |v| Checkpoint::restore(v[0], v[1], v[2], v[3]));
     }
 
     /// Every answer × earlier unknown × stopping × attempts spent matches exactly one row.
@@ -877,18 +871,14 @@ mod tests {
         for (name, answer) in answers() {
             for bits in 0u8..8 {
                 let [before, stopping, spent] = std::array::from_fn(|k| bits & (1 << k) != 0);
-                let matching: Vec<&Row> = rows
-                    .iter()
-                    .filter(|r| {
-                        r.0 == name && fits(r.1, before) && fits(r.2, stopping) && fits(r.3, spent)
-                    })
-                    .collect();
                 let case = format!("{name}, before {before}, stopping {stopping}, spent {spent}");
-                assert_eq!(matching.len(), 1, "{case}");
+                let row = the_row(&rows, &case, |r| {
+                    r.0 == name && fits(r.1, before) && fits(r.2, stopping) && fits(r.3, spent)
+                });
                 let attempts = tries(if spent { 3 } else { 1 }, before, stopping);
                 assert_eq!(
                     after_answer(Step::Invite, &answer, &attempts),
-                    matching[0].4,
+                    row.4,
                     "{case}"
                 );
             }
@@ -981,22 +971,18 @@ mod tests {
             for (last_name, last) in &lasts {
                 for bits in 0u8..4 {
                     let [stopping, spent] = std::array::from_fn(|k| bits & (1 << k) != 0);
-                    let matching: Vec<&Row> = rows
-                        .iter()
-                        .filter(|r| {
-                            r.0 == name
-                                && r.1.is_none_or(|l| l == *last_name)
-                                && fits(r.2, stopping)
-                                && fits(r.3, spent)
-                        })
-                        .collect();
                     let case =
                         format!("{name} after {last_name}, stopping {stopping}, spent {spent}");
-                    assert_eq!(matching.len(), 1, "{case}");
+                    let row = the_row(&rows, &case, |r| {
+                        r.0 == name
+                            && r.1.is_none_or(|l| l == *last_name)
+                            && fits(r.2, stopping)
+                            && fits(r.3, spent)
+                    });
                     let attempts = tries(if spent { 3 } else { 1 }, true, stopping);
                     assert_eq!(
                         after_reread(Step::Invite, &reread, last, &attempts),
-                        matching[0].4,
+                        row.4,
                         "{case}"
                     );
                 }
@@ -1053,6 +1039,23 @@ mod tests {
         assert_eq!(after_resume_step(&mail_done), Action::BackToPending);
     }
 
+    /// An answer lost: the step is re-read, found not done, and sent again.
+    #[track_caller]
+    fn lost_then_retried(plan: &mut ItemPlan, step: Step) {
+        assert_eq!(plan.answered(step, unknown(), false), Action::Reread(step));
+        assert_eq!(
+            plan.reread(step, &Reread::NotDone, false),
+            Action::Retry(step)
+        );
+    }
+
+    /// An answer not taken at its word: the step is re-read and found done.
+    #[track_caller]
+    fn reread_as_done(plan: &mut ItemPlan, step: Step, answer: Answer) {
+        assert_eq!(plan.answered(step, answer, false), Action::Reread(step));
+        assert_eq!(plan.reread(step, &Reread::Done, false), done(step, true));
+    }
+
     #[test]
     fn attempts_are_counted_per_step() {
         let cp = Checkpoint::convert(false, false, false, true, false);
@@ -1060,14 +1063,7 @@ mod tests {
         assert_eq!(plan.start(), Action::Send(Step::Invite));
         // Two lost answers at the invitation, the third accepted: 3 of 3 attempts used.
         for _ in 0..2 {
-            assert_eq!(
-                plan.answered(Step::Invite, unknown(), false),
-                Action::Reread(Step::Invite)
-            );
-            assert_eq!(
-                plan.reread(Step::Invite, &Reread::NotDone, false),
-                Action::Retry(Step::Invite)
-            );
+            lost_then_retried(&mut plan, Step::Invite);
         }
         assert_eq!(
             plan.answered(Step::Invite, Answer::Accepted, false),
@@ -1077,22 +1073,8 @@ mod tests {
         assert_eq!(plan.step_done(Step::Invite), Action::Send(Step::SetGuest));
         // The userType step has its own attempts, and no earlier lost answer.
         assert_eq!(plan.attempts_made(), 0);
-        assert_eq!(
-            plan.answered(Step::SetGuest, unknown(), false),
-            Action::Reread(Step::SetGuest)
-        );
-        assert_eq!(
-            plan.reread(Step::SetGuest, &Reread::NotDone, false),
-            Action::Retry(Step::SetGuest)
-        );
-        assert_eq!(
-            plan.answered(Step::SetGuest, refused(), false),
-            Action::Reread(Step::SetGuest)
-        );
-        assert_eq!(
-            plan.reread(Step::SetGuest, &Reread::Done, false),
-            done(Step::SetGuest, true)
-        );
+        lost_then_retried(&mut plan, Step::SetGuest);
+        reread_as_done(&mut plan, Step::SetGuest, refused());
         assert_eq!(plan.step_done(Step::SetGuest), Action::RecordDone);
     }
 
@@ -1112,14 +1094,7 @@ mod tests {
     #[test]
     fn a_done_already_refusal_is_reconciled_as_done() {
         let mut plan = ItemPlan::new(Checkpoint::convert(false, false, false, false, false), 0, 3);
-        assert_eq!(
-            plan.answered(Step::Invite, already(), false),
-            Action::Reread(Step::Invite)
-        );
-        assert_eq!(
-            plan.reread(Step::Invite, &Reread::Done, false),
-            done(Step::Invite, true)
-        );
+        reread_as_done(&mut plan, Step::Invite, already());
         assert_eq!(plan.step_done(Step::Invite), Action::RecordDone);
     }
 
