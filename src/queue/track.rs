@@ -42,12 +42,29 @@ pub enum TrackResult {
 }
 
 /// Counts of one `track` invocation.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct TrackCounts {
     pub accepted: u64,
     pub pending: u64,
     pub not_applied: u64,
     pub missing: u64,
+}
+
+/// The `tracks` columns [`TrackCounts::from_row`] reads, in its order.
+pub(super) const TRACK_COUNT_COLUMNS: &str = "accepted, pending, not_applied, missing";
+
+impl TrackCounts {
+    /// The counts from [`TRACK_COUNT_COLUMNS`], selected from column `at` on.
+    pub(super) fn from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<TrackCounts> {
+        let n = |k: usize| r.get::<_, i64>(at + k).map(|v| v as u64);
+        Ok(TrackCounts {
+            accepted: n(0)?,
+            pending: n(1)?,
+            not_applied: n(2)?,
+            missing: n(3)?,
+        })
+    }
 }
 
 /// Graph's times come with or without fractions (`…T10:00:00Z`, `…T10:00:00.1234567Z`); stored
@@ -204,16 +221,9 @@ impl Queue {
         )
         .map_err(|e| self.err(e))?;
         conn.query_row(
-            "SELECT accepted, pending, not_applied, missing FROM tracks WHERE id = ?1",
+            &format!("SELECT {TRACK_COUNT_COLUMNS} FROM tracks WHERE id = ?1"),
             [track_id],
-            |r| {
-                Ok(TrackCounts {
-                    accepted: r.get::<_, i64>(0)? as u64,
-                    pending: r.get::<_, i64>(1)? as u64,
-                    not_applied: r.get::<_, i64>(2)? as u64,
-                    missing: r.get::<_, i64>(3)? as u64,
-                })
-            },
+            |r| TrackCounts::from_row(r, 0),
         )
         .map_err(|e| self.err(e))
     }
