@@ -214,18 +214,15 @@ impl Queue {
 
     /// Marks a `track` complete; only complete tracks count for `lastTrackedAt` and `resend`.
     pub fn finish_track(&self, track_id: i64) -> Result<TrackCounts> {
-        let conn = self.conn();
-        conn.execute(
-            "UPDATE tracks SET finished_at = ?2 WHERE id = ?1",
-            params![track_id, now()],
-        )
-        .map_err(|e| self.err(e))?;
-        conn.query_row(
-            &format!("SELECT {TRACK_COUNT_COLUMNS} FROM tracks WHERE id = ?1"),
-            [track_id],
-            |r| TrackCounts::from_row(r, 0),
-        )
-        .map_err(|e| self.err(e))
+        self.conn()
+            .query_row(
+                &format!(
+                    "UPDATE tracks SET finished_at = ?2 WHERE id = ?1 RETURNING {TRACK_COUNT_COLUMNS}"
+                ),
+                params![track_id, now()],
+                |r| TrackCounts::from_row(r, 0),
+            )
+            .map_err(|e| self.err(e))
     }
 }
 
