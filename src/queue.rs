@@ -50,7 +50,7 @@ pub use retire::{
     CredentialFacts, OnPremisesCounts, RetireChange, RetireEntry, RetirePass, RetireState,
     RetireSummary, RetiredCounts, SeenState, SkipKind,
 };
-pub use runs::{OptionChange, PlannedUser};
+pub use runs::{NewRun, OptionChange, PlannedUser};
 pub use select::Selection;
 pub use spans::WorkSpan;
 pub use steps::{FollowUps, StepRow};

@@ -165,13 +165,13 @@ fn ingest_one(dir: &Path, n: usize) -> anyhow::Result<ExitStatus> {
     write_rows(&csv, n)?;
     let db = fresh_db(dir, &format!("ingest-{n}.db"));
     let queue = Queue::open(&db)?;
-    let run_id = queue.create_run(
-        &csv_source(&csv),
-        RunMode::DryRun,
-        &RunOptions::default(),
-        None,
-        "https://graph.microsoft.com",
-    )?;
+    let run_id = queue.create_run(crate::queue::NewRun {
+        source: &csv_source(&csv),
+        mode: RunMode::DryRun,
+        options: &RunOptions::default(),
+        tenant_id: None,
+        graph_url: "https://graph.microsoft.com",
+    })?;
     let before = peak_rss_mib().unwrap_or(f64::NAN);
     let cpu_before = cpu_secs(CpuOf::Process);
     let started = Instant::now();

@@ -145,11 +145,13 @@ pub async fn start(db: &Path, new: NewRun, credentials: Credentials) -> anyhow::
     };
     let queue = Arc::new(Queue::open(db)?);
     let (run_id, lease) = queue.create_leased_run(
-        &new.source,
-        new.mode,
-        &new.options,
-        tenant_id.as_deref(),
-        &new.endpoints.graph_url,
+        crate::queue::NewRun {
+            source: &new.source,
+            mode: new.mode,
+            options: &new.options,
+            tenant_id: tenant_id.as_deref(),
+            graph_url: &new.endpoints.graph_url,
+        },
         tenant.as_ref(),
     )?;
     println!("run-id: {run_id}");

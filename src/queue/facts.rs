@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, OptionalExtension};
 
 use super::{now, Queue, Result};
 
@@ -85,23 +85,21 @@ impl Queue {
     /// complete index. `listing_delta`: the round lists users instead of reading a delta round,
     /// and adopts this delta link when the listing ends.
     pub fn facts_start_full_round(&self, tenant: &str, listing_delta: Option<&str>) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
+        self.write_tx(|tx| {
+            tx.execute("DELETE FROM tenant_addresses WHERE tenant = ?1", [tenant])
+                .map_err(|e| self.err(e))?;
+            tx.execute(
+                "INSERT INTO tenant_sync
+                     (tenant, delta_link, round_link, full_round, listing_delta, synced_at)
+                 VALUES (?1, NULL, NULL, 1, ?2, NULL)
+                 ON CONFLICT (tenant) DO UPDATE SET
+                     delta_link = NULL, round_link = NULL, full_round = 1, listing_delta = ?2,
+                     synced_at = NULL",
+                params![tenant, listing_delta],
+            )
             .map_err(|e| self.err(e))?;
-        tx.execute("DELETE FROM tenant_addresses WHERE tenant = ?1", [tenant])
-            .map_err(|e| self.err(e))?;
-        tx.execute(
-            "INSERT INTO tenant_sync
-                 (tenant, delta_link, round_link, full_round, listing_delta, synced_at)
-             VALUES (?1, NULL, NULL, 1, ?2, NULL)
-             ON CONFLICT (tenant) DO UPDATE SET
-                 delta_link = NULL, round_link = NULL, full_round = 1, listing_delta = ?2,
-                 synced_at = NULL",
-            params![tenant, listing_delta],
-        )
-        .map_err(|e| self.err(e))?;
-        tx.commit().map_err(|e| self.err(e))
+            Ok(())
+        })
     }
 
     /// Applies one delta page and records where the round goes on, in ONE transaction: a
@@ -113,11 +111,7 @@ impl Queue {
         changes: &[UserChange],
         link: &RoundLink,
     ) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
-        {
+        self.write_tx(|tx| {
             let mut drop_user = tx
                 .prepare_cached("DELETE FROM tenant_addresses WHERE tenant = ?1 AND user_id = ?2")
                 .map_err(|e| self.err(e))?;
@@ -151,27 +145,27 @@ impl Queue {
                     }
                 }
             }
-        }
-        let (delta, round) = match link {
-            RoundLink::Next(next) => (None, Some(next.as_str())),
-            RoundLink::Delta(delta) => (Some(delta.as_str()), None),
-        };
-        tx.execute(
-            "INSERT INTO tenant_sync (tenant, delta_link, round_link, full_round, synced_at)
-             VALUES (?1, ?2, ?3, 0, ?4)
-             ON CONFLICT (tenant) DO UPDATE SET
-                 delta_link = coalesce(excluded.delta_link, tenant_sync.delta_link),
-                 round_link = excluded.round_link,
-                 full_round = CASE WHEN excluded.delta_link IS NULL
-                                   THEN tenant_sync.full_round ELSE 0 END,
-                 listing_delta = CASE WHEN excluded.delta_link IS NULL
-                                      THEN tenant_sync.listing_delta ELSE NULL END,
-                 synced_at = CASE WHEN excluded.delta_link IS NULL
-                                  THEN tenant_sync.synced_at ELSE excluded.synced_at END",
-            params![tenant, delta, round, now()],
-        )
-        .map_err(|e| self.err(e))?;
-        tx.commit().map_err(|e| self.err(e))
+            let (delta, round) = match link {
+                RoundLink::Next(next) => (None, Some(next.as_str())),
+                RoundLink::Delta(delta) => (Some(delta.as_str()), None),
+            };
+            tx.execute(
+                "INSERT INTO tenant_sync (tenant, delta_link, round_link, full_round, synced_at)
+                 VALUES (?1, ?2, ?3, 0, ?4)
+                 ON CONFLICT (tenant) DO UPDATE SET
+                     delta_link = coalesce(excluded.delta_link, tenant_sync.delta_link),
+                     round_link = excluded.round_link,
+                     full_round = CASE WHEN excluded.delta_link IS NULL
+                                       THEN tenant_sync.full_round ELSE 0 END,
+                     listing_delta = CASE WHEN excluded.delta_link IS NULL
+                                          THEN tenant_sync.listing_delta ELSE NULL END,
+                     synced_at = CASE WHEN excluded.delta_link IS NULL
+                                      THEN tenant_sync.synced_at ELSE excluded.synced_at END",
+                params![tenant, delta, round, now()],
+            )
+            .map_err(|e| self.err(e))?;
+            Ok(())
+        })
     }
 
     /// The holders of each of `addresses` (trimmed, lowercase) that anyone holds: one index

@@ -5,7 +5,7 @@ use rusqlite::params;
 
 use super::pass::{PassUser, PASS_USER_COLUMNS};
 use super::resend::ResendState;
-use super::track::{ACCEPTED, NOT_APPLIED, PENDING_ACCEPTANCE};
+use super::track::{TrackCounts, ACCEPTED, NOT_APPLIED, PENDING_ACCEPTANCE, TRACK_COUNT_COLUMNS};
 use super::{Queue, Result};
 use crate::item::ItemState;
 
@@ -29,10 +29,8 @@ pub struct TrackPass {
     pub id: i64,
     pub started_at: String,
     pub finished_at: Option<String>,
-    pub accepted: u64,
-    pub pending: u64,
-    pub not_applied: u64,
-    pub missing: u64,
+    #[serde(flatten)]
+    pub counts: TrackCounts,
 }
 
 /// Redemptions on one day (UTC), from Graph's own change times of the accepted users.
@@ -127,18 +125,17 @@ impl Queue {
     /// Every completed `track` of the run, oldest first: redemption counts over time.
     pub fn track_history(&self, run_id: i64) -> Result<Vec<TrackPass>> {
         self.select_rows(
-            "SELECT id, started_at, finished_at, accepted, pending, not_applied, missing
-             FROM tracks WHERE run_id = ?1 AND finished_at IS NOT NULL ORDER BY id",
+            &format!(
+                "SELECT id, started_at, finished_at, {TRACK_COUNT_COLUMNS}
+                 FROM tracks WHERE run_id = ?1 AND finished_at IS NOT NULL ORDER BY id"
+            ),
             [run_id],
             |r| {
                 Ok(TrackPass {
                     id: r.get(0)?,
                     started_at: r.get(1)?,
                     finished_at: r.get(2)?,
-                    accepted: r.get::<_, i64>(3)? as u64,
-                    pending: r.get::<_, i64>(4)? as u64,
-                    not_applied: r.get::<_, i64>(5)? as u64,
-                    missing: r.get::<_, i64>(6)? as u64,
+                    counts: TrackCounts::from_row(r, 3)?,
                 })
             },
         )

@@ -28,19 +28,23 @@ pub struct OptionChange {
     pub changes: String,
 }
 
+/// What a new run is made of, as [`Queue::create_run`] and [`Queue::create_leased_run`] store it.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRun<'a> {
+    pub source: &'a SourceSpec,
+    pub mode: RunMode,
+    pub options: &'a RunOptions,
+    /// The tenant the run was begun signed in to, when known.
+    pub tenant_id: Option<&'a str>,
+    pub graph_url: &'a str,
+}
+
 impl Queue {
     // ---- runs -----------------------------------------------------------------------------
 
-    pub fn create_run(
-        &self,
-        source: &SourceSpec,
-        mode: RunMode,
-        options: &RunOptions,
-        tenant_id: Option<&str>,
-        graph_url: &str,
-    ) -> Result<i64> {
+    pub fn create_run(&self, new: NewRun<'_>) -> Result<i64> {
         let conn = self.conn();
-        insert_run(&conn, source, mode, options, tenant_id, graph_url).map_err(|e| self.err(e))
+        insert_run(&conn, new).map_err(|e| self.err(e))
     }
 
     /// Creates a run already leased to this process, in one transaction: a bare `resume` in
@@ -48,16 +52,11 @@ impl Queue {
     /// bound to `tenant` (when known) in the same transaction, so no run exists unbound.
     pub fn create_leased_run(
         &self,
-        source: &SourceSpec,
-        mode: RunMode,
-        options: &RunOptions,
-        tenant_id: Option<&str>,
-        graph_url: &str,
+        new: NewRun<'_>,
         tenant: Option<&TenantIdentity>,
     ) -> Result<(i64, RunLease)> {
         let (run_id, token) = self.write_tx(|tx| {
-            let run_id = insert_run(tx, source, mode, options, tenant_id, graph_url)
-                .map_err(|e| self.err(e))?;
+            let run_id = insert_run(tx, new).map_err(|e| self.err(e))?;
             if let Some(t) = tenant {
                 bind_tenant(tx, run_id, t, "token").map_err(|e| self.err(e))?;
             }
@@ -160,15 +159,14 @@ impl Queue {
         graph_url: &str,
     ) -> Result<(i64, RunLease, u64)> {
         let (run_id, token, copied) = self.write_tx(|tx| {
-            let run_id = insert_run(
-                tx,
-                &plan.source,
-                RunMode::Live,
+            let new = NewRun {
+                source: &plan.source,
+                mode: RunMode::Live,
                 options,
-                plan.tenant_id.as_deref(),
+                tenant_id: plan.tenant_id.as_deref(),
                 graph_url,
-            )
-            .map_err(|e| self.err(e))?;
+            };
+            let run_id = insert_run(tx, new).map_err(|e| self.err(e))?;
             if let Some(t) = &plan.tenant {
                 bind_tenant(tx, run_id, t, "token").map_err(|e| self.err(e))?;
             }
@@ -367,24 +365,17 @@ fn bind_tenant(
     Ok(())
 }
 
-fn insert_run(
-    conn: &Connection,
-    source: &SourceSpec,
-    mode: RunMode,
-    options: &RunOptions,
-    tenant_id: Option<&str>,
-    graph_url: &str,
-) -> rusqlite::Result<i64> {
+fn insert_run(conn: &Connection, new: NewRun<'_>) -> rusqlite::Result<i64> {
     conn.prepare_cached(
         "INSERT INTO runs (source, mode, options, tenant_id, graph_url, started_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
     .execute(params![
-        to_json(source),
-        mode.as_str(),
-        to_json(options),
-        tenant_id,
-        graph_url,
+        to_json(new.source),
+        new.mode.as_str(),
+        to_json(new.options),
+        new.tenant_id,
+        new.graph_url,
         now()
     ])?;
     Ok(conn.last_insert_rowid())
@@ -446,17 +437,16 @@ mod tests {
             let mut conn = Connection::open(&path).unwrap();
             migrations().to_version(&mut conn, 7).unwrap();
             for tenant in [Some(TID), Some("contoso.onmicrosoft.com"), None] {
-                insert_run(
-                    &conn,
-                    &SourceSpec::Csv {
+                let new = NewRun {
+                    source: &SourceSpec::Csv {
                         path: "u.csv".into(),
                     },
-                    RunMode::Live,
-                    &RunOptions::default(),
-                    tenant,
-                    "https://graph.microsoft.com",
-                )
-                .unwrap();
+                    mode: RunMode::Live,
+                    options: &RunOptions::default(),
+                    tenant_id: tenant,
+                    graph_url: "https://graph.microsoft.com",
+                };
+                insert_run(&conn, new).unwrap();
             }
         }
         let q = Queue::open(&path).unwrap();

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::Queue;
+use super::{NewRun, Queue};
 use crate::item::{NewItem, Overrides, RunMode, RunOptions, SourceSpec, UserKey};
 
 /// A fresh, migrated queue in a temporary directory (kept alive by the returned guard).
@@ -34,15 +34,15 @@ pub fn row(line: u64, key: Option<UserKey>, email: Option<&str>) -> NewItem {
 
 /// A run of `users.csv` in `mode` with `options`, bound to `tenant` when given; its id.
 pub fn csv_run_with(q: &Queue, mode: RunMode, options: &RunOptions, tenant: Option<&str>) -> i64 {
-    q.create_run(
-        &SourceSpec::Csv {
+    q.create_run(NewRun {
+        source: &SourceSpec::Csv {
             path: "users.csv".into(),
         },
         mode,
         options,
-        tenant,
-        "http://127.0.0.1:1",
-    )
+        tenant_id: tenant,
+        graph_url: "http://127.0.0.1:1",
+    })
     .unwrap()
 }
 

@@ -42,12 +42,29 @@ pub enum TrackResult {
 }
 
 /// Counts of one `track` invocation.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct TrackCounts {
     pub accepted: u64,
     pub pending: u64,
     pub not_applied: u64,
     pub missing: u64,
+}
+
+/// The `tracks` columns [`TrackCounts::from_row`] reads, in its order.
+pub(super) const TRACK_COUNT_COLUMNS: &str = "accepted, pending, not_applied, missing";
+
+impl TrackCounts {
+    /// The counts from [`TRACK_COUNT_COLUMNS`], selected from column `at` on.
+    pub(super) fn from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<TrackCounts> {
+        let n = |k: usize| r.get::<_, i64>(at + k).map(|v| v as u64);
+        Ok(TrackCounts {
+            accepted: n(0)?,
+            pending: n(1)?,
+            not_applied: n(2)?,
+            missing: n(3)?,
+        })
+    }
 }
 
 /// Graph's times come with or without fractions (`…T10:00:00Z`, `…T10:00:00.1234567Z`); stored
@@ -197,25 +214,15 @@ impl Queue {
 
     /// Marks a `track` complete; only complete tracks count for `lastTrackedAt` and `resend`.
     pub fn finish_track(&self, track_id: i64) -> Result<TrackCounts> {
-        let conn = self.conn();
-        conn.execute(
-            "UPDATE tracks SET finished_at = ?2 WHERE id = ?1",
-            params![track_id, now()],
-        )
-        .map_err(|e| self.err(e))?;
-        conn.query_row(
-            "SELECT accepted, pending, not_applied, missing FROM tracks WHERE id = ?1",
-            [track_id],
-            |r| {
-                Ok(TrackCounts {
-                    accepted: r.get::<_, i64>(0)? as u64,
-                    pending: r.get::<_, i64>(1)? as u64,
-                    not_applied: r.get::<_, i64>(2)? as u64,
-                    missing: r.get::<_, i64>(3)? as u64,
-                })
-            },
-        )
-        .map_err(|e| self.err(e))
+        self.conn()
+            .query_row(
+                &format!(
+                    "UPDATE tracks SET finished_at = ?2 WHERE id = ?1 RETURNING {TRACK_COUNT_COLUMNS}"
+                ),
+                params![track_id, now()],
+                |r| TrackCounts::from_row(r, 0),
+            )
+            .map_err(|e| self.err(e))
     }
 }
 

@@ -268,7 +268,9 @@ pub fn live_run() -> ReportData {
 /// people formats list only some of them.
 pub fn tracked_live_run() -> ReportData {
     use crate::queue::pass::PassUser;
-    use crate::queue::track::{NotRedeemed, RedemptionCounts, RedemptionDay, TrackPass};
+    use crate::queue::track::{
+        NotRedeemed, RedemptionCounts, RedemptionDay, TrackCounts, TrackPass,
+    };
     let mut data = live_run();
     data.run.options.set_mail = true;
     data.run.options.set_guest = true;
@@ -282,10 +284,12 @@ pub fn tracked_live_run() -> ReportData {
         id,
         started_at: format!("{day}T09:00:00Z"),
         finished_at: Some(format!("{day}T09:00:05Z")),
-        accepted,
-        pending,
-        not_applied: 1,
-        missing: 0,
+        counts: TrackCounts {
+            accepted,
+            pending,
+            not_applied: 1,
+            missing: 0,
+        },
     };
     let waiting =
         |item_id: i64, upn: &str, state: Option<&str>, resent: Option<&str>| NotRedeemed {

@@ -601,10 +601,10 @@ fn redemption_section(s: &Summary) -> Markup {
                     @for pass in &r.tracks[skip..] {
                         tr {
                             td { (opt(&pass.finished_at)) }
-                            td.n { (thousands(pass.accepted)) }
-                            td.n { (thousands(pass.pending)) }
-                            td.n { (thousands(pass.not_applied)) }
-                            td.n { (thousands(pass.missing)) }
+                            td.n { (thousands(pass.counts.accepted)) }
+                            td.n { (thousands(pass.counts.pending)) }
+                            td.n { (thousands(pass.counts.not_applied)) }
+                            td.n { (thousands(pass.counts.missing)) }
                         }
                         (NL)
                     }

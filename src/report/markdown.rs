@@ -422,10 +422,10 @@ fn redemption_section(out: &mut String, s: &Summary) {
             out,
             "| {} | {} | {} | {} | {} |",
             t.finished_at.as_deref().map(cell).unwrap_or_default(),
-            thousands(t.accepted),
-            thousands(t.pending),
-            thousands(t.not_applied),
-            thousands(t.missing)
+            thousands(t.counts.accepted),
+            thousands(t.counts.pending),
+            thousands(t.counts.not_applied),
+            thousands(t.counts.missing)
         );
     }
     out.push('\n');

@@ -1002,7 +1002,7 @@ pub(crate) mod on_emulator {
     use crate::item::{ItemRecord, NewItem, Overrides, RunMode, RunOptions, SourceSpec, UserKey};
     use crate::model::User;
     use crate::progress::Progress;
-    use crate::queue::Queue;
+    use crate::queue::{NewRun, Queue};
     use crate::workers::convert::{ConvertItem, ConvertOps};
 
     /// A converted run: the emulator holding its users, what a pass over them works with, and
@@ -1129,7 +1129,13 @@ pub(crate) mod on_emulator {
             path: "u.csv".into(),
         };
         let run_id = queue
-            .create_run(&source, RunMode::Live, options, None, &emulator.base_url())
+            .create_run(NewRun {
+                source: &source,
+                mode: RunMode::Live,
+                options,
+                tenant_id: None,
+                graph_url: &emulator.base_url(),
+            })
             .unwrap();
         LiveRun {
             emulator,

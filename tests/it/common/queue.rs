@@ -6,7 +6,7 @@ use std::path::Path;
 use b2b_convert::item::{
     ItemRecord, ItemState, NewItem, Overrides, RunMode, RunOptions, SourceSpec, UserKey,
 };
-use b2b_convert::queue::Queue;
+use b2b_convert::queue::{NewRun, Queue};
 
 /// Creates a run over `users.csv` directly in the queue, as if begun against `graph_url` signed
 /// in to tenant `tenant_id`; returns its id.
@@ -15,13 +15,13 @@ pub fn create_csv_run(queue: &Queue, mode: RunMode, tenant_id: &str, graph_url: 
         path: "users.csv".into(),
     };
     queue
-        .create_run(
-            &source,
+        .create_run(NewRun {
+            source: &source,
             mode,
-            &RunOptions::default(),
-            Some(tenant_id),
+            options: &RunOptions::default(),
+            tenant_id: Some(tenant_id),
             graph_url,
-        )
+        })
         .unwrap()
 }
 
