@@ -1119,7 +1119,7 @@ pub fn chosen<'u>(
 /// names (every one without it), at most `--limit` of them, `concurrency` at a time; and how
 /// many users that is, for the prompt and the progress bar. `who` says who the pass's users
 /// are, in the error of a name that is none of them.
-pub fn scope_of_pass<S: PassTable>(
+fn scope_of_pass<S: PassTable>(
     queue: &Queue,
     pass_id: i64,
     run: &RunRecord,

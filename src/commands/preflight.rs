@@ -152,7 +152,8 @@ const PERMISSIONS: &[Permission] = &[
 ];
 
 /// The permissions `retire` needs (with `--retire`, after the run's): setting passwords and
-/// revoking sessions. [`retire_findings`] checks them all: it is asked only when retiring.
+/// revoking sessions. [`retire_findings`] checks them all (each is `needed` whenever it is
+/// asked): it is asked only when retiring.
 const RETIRE_PERMISSIONS: &[Permission] = &[
     Permission {
         what: "set passwords",
@@ -162,7 +163,7 @@ const RETIRE_PERMISSIONS: &[Permission] = &[
             "User.ReadWrite.All",
             "Directory.ReadWrite.All",
         ],
-        needed: |needs| needs.retire,
+        needed: |_| true,
     },
     Permission {
         what: "revoke sessions",
@@ -172,7 +173,7 @@ const RETIRE_PERMISSIONS: &[Permission] = &[
             "User.ReadWrite.All",
             "Directory.ReadWrite.All",
         ],
-        needed: |needs| needs.retire,
+        needed: |_| true,
     },
 ];
 
@@ -191,7 +192,8 @@ pub async fn check(graph: &GraphClient, needs: &Needs) -> Vec<Finding> {
             return out;
         }
     };
-    let delegated = claims.get("scp").is_some();
+    let grants = Grants::of(&claims);
+    let delegated = grants.delegated;
     let who = if delegated {
         format!(
             "signed in as {} (delegated)",
@@ -206,7 +208,6 @@ pub async fn check(graph: &GraphClient, needs: &Needs) -> Vec<Finding> {
         "signed in (the token is not a JWT: permissions cannot be read from it)".into()
     };
     out.push(Finding::new("sign-in", "ok", who));
-    let grants = Grants::of(&claims);
     if claims.is_object() {
         out.extend(permissions(needs).map(|p| grants.finding(p)));
     }

@@ -270,8 +270,8 @@ impl Credentials {
             }
             None => {
                 let environment = get("B2B_ACCESS_TOKEN").is_some()
-                    || get("AZURE_CLIENT_SECRET").is_some()
-                    || get("AZURE_CLIENT_CERTIFICATE_PATH").is_some();
+                    || get(AppKey::Secret.variable()).is_some()
+                    || get(AppKey::Certificate.variable()).is_some();
                 if !environment {
                     if get("AZURE_FEDERATED_TOKEN_FILE").is_some() {
                         return workload();

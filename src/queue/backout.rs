@@ -277,13 +277,12 @@ mod tests {
 
     use crate::item::RunMode;
     use crate::queue::pass::EntryKey;
-    use crate::queue::testing::{csv_run, insert_users, temp_queue};
+    use crate::queue::testing::{insert_users, queue_with_run};
     use crate::queue::QueueError;
 
     /// A live run of two users, and their item ids.
     fn queue_with_items() -> (tempfile::TempDir, Arc<Queue>, i64, Vec<i64>) {
-        let (dir, q) = temp_queue();
-        let run = csv_run(&q, RunMode::Live, None);
+        let (dir, q, run) = queue_with_run(RunMode::Live);
         let ids = insert_users(&q, run, 2);
         (dir, q, run, ids)
     }

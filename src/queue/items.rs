@@ -22,6 +22,11 @@ impl Trace {
     }
 }
 
+/// An item's last error and the ids of the answer that carried it (`?2`–`?5`).
+const ITEM_ERROR: &str = "error_code = ?2, error_message = ?3,
+    request_id = coalesce(?4, request_id),
+    client_request_id = coalesce(?5, client_request_id)";
+
 /// One write of an item's step bookkeeping, for [`Queue::item_writes`]: each is what the
 /// method of the same purpose writes on its own.
 #[derive(Debug, Clone, PartialEq)]
@@ -352,7 +357,7 @@ impl Queue {
                 code,
                 message,
                 trace,
-            } => self.error_on(conn, item_id, code, message, trace, false),
+            } => self.note_error_on(conn, item_id, code, message, trace),
             ItemWrite::StepDone(step) => self.step_done_on(conn, item_id, step),
             ItemWrite::Converted { invitation, trace } => {
                 self.converted_on(conn, item_id, invitation.as_deref(), trace)
@@ -361,7 +366,7 @@ impl Queue {
                 code,
                 message,
                 trace,
-            } => self.error_on(conn, item_id, code, message, trace, true),
+            } => self.failed_on(conn, item_id, code, message, trace),
             ItemWrite::BackToPending => self.transition_on(
                 conn,
                 item_id,
@@ -431,45 +436,50 @@ impl Queue {
         client_request_id: Option<&str>,
     ) -> Result<()> {
         let trace = Trace::of(request_id, client_request_id);
-        self.error_on(&self.conn(), item_id, code, message, &trace, true)
+        self.failed_on(&self.conn(), item_id, code, message, &trace)
     }
 
-    /// An item's last error and the ids of the answer that carried it. With `fail` the item
-    /// ends `failed` (from `pending` or `in_flight`); without, the error is only noted on an
-    /// item that stays where it is (e.g. in_flight awaiting reconciliation), whatever its state.
-    fn error_on(
+    /// The item ends `failed` (from `pending` or `in_flight`) with its last error and the ids
+    /// of the answer that carried it.
+    fn failed_on(
         &self,
         conn: &Connection,
         item_id: i64,
         code: &str,
         message: &str,
         trace: &Trace,
-        fail: bool,
     ) -> Result<()> {
-        const ERROR: &str = "error_code = ?2, error_message = ?3,
-            request_id = coalesce(?4, request_id),
-            client_request_id = coalesce(?5, client_request_id)";
-        let (request_id, client_request_id) = (&trace.request_id, &trace.client_request_id);
-        if fail {
-            return self.transition_on(
-                conn,
+        self.transition_on(
+            conn,
+            item_id,
+            &[ItemState::Pending, ItemState::InFlight],
+            &format!("state = ?6, {ITEM_ERROR}"),
+            params![
                 item_id,
-                &[ItemState::Pending, ItemState::InFlight],
-                &format!("state = ?6, {ERROR}"),
-                params![
-                    item_id,
-                    code,
-                    message,
-                    request_id,
-                    client_request_id,
-                    ItemState::Failed
-                ],
-            );
-        }
+                code,
+                message,
+                trace.request_id,
+                trace.client_request_id,
+                ItemState::Failed
+            ],
+        )
+    }
+
+    /// The item's last error is noted, the item staying where it is (e.g. in_flight awaiting
+    /// reconciliation), whatever its state; fenced by the lease.
+    fn note_error_on(
+        &self,
+        conn: &Connection,
+        item_id: i64,
+        code: &str,
+        message: &str,
+        trace: &Trace,
+    ) -> Result<()> {
+        let (request_id, client_request_id) = (&trace.request_id, &trace.client_request_id);
         let (fence_run, fence_token) = self.fence();
         let changed = conn
             .prepare_cached(&format!(
-                "UPDATE items SET {ERROR}, updated_at = ?6 WHERE id = ?1 AND {}",
+                "UPDATE items SET {ITEM_ERROR}, updated_at = ?6 WHERE id = ?1 AND {}",
                 super::fence_sql(7, 8)
             ))
             .and_then(|mut s| {

@@ -228,15 +228,13 @@ impl Queue {
         key: &EntryKey,
         changes: &[EntryChange<S>],
     ) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
-        self.check_fence(&tx)?;
-        for change in changes {
-            self.change_on(&tx, key, change)?;
-        }
-        tx.commit().map_err(|e| self.err(e))
+        self.write_tx(|tx| {
+            self.check_fence(tx)?;
+            for change in changes {
+                self.change_on(tx, key, change)?;
+            }
+            Ok(())
+        })
     }
 
     fn change_on<S: EntryState>(

@@ -54,15 +54,8 @@ pub fn csv_run(q: &Queue, mode: RunMode, tenant: Option<&str>) -> i64 {
 /// `n` rows of `users.csv` (lines 2, 3, …), keyed by the object ids `u0`, `u1`, … and without
 /// a partner address, inserted into `run`; their item ids, in row order.
 pub fn insert_users(q: &Queue, run: i64, n: usize) -> Vec<i64> {
-    let rows: Vec<crate::item::NewItem> = (0..n)
-        .map(|i| crate::item::NewItem {
-            line: Some(i as u64 + 2),
-            key: Some(crate::item::UserKey::Id(format!("u{i}"))),
-            external_email: None,
-            overrides: crate::item::Overrides::default(),
-            bad_input: None,
-            snapshot: None,
-        })
+    let rows: Vec<NewItem> = (0..n as u64)
+        .map(|i| row(i + 2, Some(UserKey::Id(format!("u{i}"))), None))
         .collect();
     q.insert_items(run, &rows, None).unwrap();
     q.items(run).unwrap().iter().map(|i| i.id).collect()

@@ -234,7 +234,7 @@ mod tests {
     use crate::item::{ItemState, RunMode, RunOptions};
     use crate::model::{Invitation, User};
     use crate::queue::pass::EntryKey;
-    use crate::queue::testing::{csv_run, insert_users, temp_queue};
+    use crate::queue::testing::{csv_run_with, insert_users, temp_queue};
     use crate::queue::Trace;
 
     const URL: &str = "https://login.example/redeem?ticket=SECRET-TICKET";
@@ -247,12 +247,11 @@ mod tests {
     /// A live run of `n` users, all converted with an invitation carrying a redeem URL.
     fn converted_run(keep: bool, n: usize) -> (tempfile::TempDir, Arc<Queue>, i64, Vec<i64>) {
         let (dir, q) = temp_queue();
-        let run = csv_run(&q, RunMode::Live, Some("t"));
         let options = RunOptions {
             keep_redeem_links: keep,
             ..RunOptions::default()
         };
-        q.update_run_options(run, &options).unwrap();
+        let run = csv_run_with(&q, RunMode::Live, &options, Some("t"));
         let ids = insert_users(&q, run, n);
         for (i, &id) in ids.iter().enumerate() {
             let uid = format!("u{i}");

@@ -265,7 +265,7 @@ mod tests {
     fn documented_shape_and_version() {
         let doc = include_str!("../../docs/report-json.md");
         for data in [dry_run(), live_run()] {
-            let v: Value = serde_json::from_str(&render(ReportFormat::Json, &data)).unwrap();
+            let v = json_of(&data);
             let obj = v.as_object().unwrap();
             for key in TOP_LEVEL {
                 assert!(obj.contains_key(key), "missing {key}");
@@ -343,7 +343,7 @@ mod tests {
     #[test]
     fn redemption_and_follow_ups_are_documented_objects() {
         let data = super::super::fixtures::tracked_live_run();
-        let v: Value = serde_json::from_str(&render(ReportFormat::Json, &data)).unwrap();
+        let v = json_of(&data);
         let r = &v["redemption"];
         assert_eq!(r["pendingAcceptance"], 1_150);
         assert_eq!(r["accepted"], 2_345);
@@ -372,7 +372,7 @@ mod tests {
                 "{key} present, null without a value"
             );
         }
-        let dry: Value = serde_json::from_str(&render(ReportFormat::Json, &dry_run())).unwrap();
+        let dry = json_of(&dry_run());
         assert!(dry["redemption"].is_null());
     }
 }

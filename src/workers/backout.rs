@@ -30,9 +30,7 @@ use crate::queue::pass::{EntryKey, PassUser};
 use crate::queue::track::ACCEPTED;
 
 use super::convert::db;
-use super::executor::{
-    reread_error, trace_of, EntryPass, EntryWork, PassContext, PassRequests, UsersById,
-};
+use super::executor::{trace_of, EntryPass, EntryWork, PassContext, PassRequests, UsersById};
 use super::planner::{Checkpoint, ItemPlan, Pass, Reread, Step};
 
 /// The userType `--set-guest` writes.
@@ -302,14 +300,12 @@ impl PassRequests for BackoutOps {
     }
 
     async fn reread(&self, it: &BackoutItem, step: Step) -> Reread {
-        let id = it.user_id();
-        match self.cx.graph.get_user(id).await {
-            Ok(user) => match step {
-                Step::ConvertBack => rollback_view(user.as_ref()),
-                _ => restore_view(&it.entry, user.as_ref(), step),
-            },
-            Err(e) => reread_error(id, e),
-        }
+        self.cx
+            .reread_user(it.user_id(), |user| match step {
+                Step::ConvertBack => rollback_view(user),
+                _ => restore_view(&it.entry, user, step),
+            })
+            .await
     }
 }
 

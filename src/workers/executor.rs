@@ -999,7 +999,7 @@ pub(crate) mod on_emulator {
 
     use crate::emulator::{Emulator, EmulatorConfig, Tenant};
     use crate::graph::GraphClient;
-    use crate::item::{ItemRecord, NewItem, Overrides, RunMode, RunOptions, SourceSpec, UserKey};
+    use crate::item::{ItemRecord, RunMode, RunOptions, SourceSpec, UserKey};
     use crate::model::User;
     use crate::progress::Progress;
     use crate::queue::{NewRun, Queue};
@@ -1123,8 +1123,7 @@ pub(crate) mod on_emulator {
             .await
             .unwrap();
         let graph = crate::graph::test_client(&emulator);
-        let dir = tempfile::tempdir().unwrap();
-        let queue = Arc::new(Queue::open(&dir.path().join("q.db")).unwrap());
+        let (dir, queue) = crate::queue::testing::temp_queue();
         let source = SourceSpec::Csv {
             path: "u.csv".into(),
         };
@@ -1149,14 +1148,8 @@ pub(crate) mod on_emulator {
     /// Adds `user` to the run as the item of CSV line `k + 2`, looked up (found as `user`):
     /// ready for the convert pass. Its id.
     pub fn looked_up(queue: &Queue, run_id: i64, k: usize, user: &User) -> i64 {
-        let row = NewItem {
-            line: Some(k as u64 + 2),
-            key: Some(UserKey::Id(user.id.clone())),
-            external_email: None,
-            overrides: Overrides::default(),
-            bad_input: None,
-            snapshot: None,
-        };
+        let row =
+            crate::queue::testing::row(k as u64 + 2, Some(UserKey::Id(user.id.clone())), None);
         queue.insert_items(run_id, &[row], None).unwrap();
         let item = queue.pending_items(run_id, 0, 1).unwrap().remove(0);
         queue.record_lookup(item.id, Some(user)).unwrap();

@@ -99,22 +99,13 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::item::{ItemState, NewItem, RunMode, UserKey};
-    use crate::queue::testing::{csv_run, row, temp_queue};
+    use crate::item::{ItemState, RunMode};
+    use crate::queue::testing::{csv_run, insert_users, temp_queue};
 
     fn queue_with(n: u64) -> (tempfile::TempDir, Arc<Queue>, i64, Vec<i64>) {
         let (dir, q) = temp_queue();
         let run = csv_run(&q, RunMode::Live, Some("t"));
-        let rows: Vec<NewItem> = (0..n)
-            .map(|k| row(k + 2, Some(UserKey::Id(format!("u{k}"))), None))
-            .collect();
-        q.insert_items(run, &rows, None).unwrap();
-        let ids = q
-            .pending_items(run, 0, 100)
-            .unwrap()
-            .iter()
-            .map(|i| i.id)
-            .collect();
+        let ids = insert_users(&q, run, n as usize);
         (dir, q, run, ids)
     }
 

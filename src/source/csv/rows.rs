@@ -411,8 +411,18 @@ impl Header {
                 )),
             }
         }
-        overrides.invite_redirect_url = checked(Column::InviteRedirectUrl, redirect, &mut problems);
-        overrides.message_language = checked(Column::MessageLanguage, language, &mut problems);
+        overrides.invite_redirect_url = checked(
+            Column::InviteRedirectUrl,
+            redirect,
+            (is_http_url, "an https:// or http:// URL"),
+            &mut problems,
+        );
+        overrides.message_language = checked(
+            Column::MessageLanguage,
+            language,
+            (is_language_tag, "a language tag like en-US"),
+            &mut problems,
+        );
         if let Some(body) = body {
             if body.len() > crate::config::MAX_MESSAGE_BYTES {
                 problems.push(format!(
@@ -442,20 +452,20 @@ impl Header {
     }
 }
 
-/// The `value` of `column` (`inviteRedirectUrl`, `messageLanguage`) if there is one and it
-/// passes the column's check; else `None`, and the problem with it in `problems`.
-fn checked(column: Column, value: Option<&str>, problems: &mut Vec<String>) -> Option<String> {
-    let (ok, not): (fn(&str) -> bool, &str) = match column {
-        Column::InviteRedirectUrl => (is_http_url, "an https:// or http:// URL"),
-        Column::MessageLanguage => (is_language_tag, "a language tag like en-US"),
-        other => unreachable!("{} has no value check", other.name()),
-    };
+/// The `value` of `column` if there is one and `ok` accepts it; else `None`, and the problem
+/// with it (it is not `what`) in `problems`.
+fn checked(
+    column: Column,
+    value: Option<&str>,
+    (ok, what): (fn(&str) -> bool, &str),
+    problems: &mut Vec<String>,
+) -> Option<String> {
     let value = value?;
     if ok(value) {
         return Some(value.to_string());
     }
     problems.push(format!(
-        "field {}: {} is not {not}",
+        "field {}: {} is not {what}",
         column.name(),
         show(value)
     ));
